@@ -1,0 +1,48 @@
+// The one job-spec validator used by moectl, moed and moe-worker: YAML -> moe.v1.JobSpec with
+// every field checked, defaults applied, and errors that name file:line:column, the field
+// path, what is wrong and what would be right. All errors of a file are reported at once.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "moe/v1/job.pb.h"
+
+namespace moe {
+
+struct SpecError {
+  std::string file;   // as given by the caller; "" for a spec that came over gRPC
+  int line = 0;       // 1-based; 0 when unknown
+  int column = 0;     // 1-based; 0 when unknown
+  std::string field;  // dotted path, e.g. "model.moe.top_k"; "" for the whole file
+  std::string message;
+  // "job.yaml:14:12: model.moe.top_k: must be between 1 and num_experts (8), got 9"
+  std::string ToString() const;
+};
+
+struct ParsedSpec {
+  moe::v1::JobSpec spec;
+  std::vector<SpecError> errors;
+  bool ok() const { return errors.empty(); }
+};
+
+// Parses YAML text. file_name is used in messages; relative data paths resolve against
+// base_dir and are stored absolute. Runs ValidateJobSpec too, mapping its errors to positions.
+ParsedSpec ParseJobSpec(const std::string& yaml_text, const std::string& file_name,
+                        const std::string& base_dir);
+
+// Reads and parses a file (a missing, unreadable or binary file is an error, not a crash).
+ParsedSpec LoadJobSpecFile(const std::string& path);
+
+// Checks ranges and relations of a complete spec (defaults already applied), as moed does for
+// a spec that came straight over gRPC. Errors carry field paths but no positions.
+std::vector<SpecError> ValidateJobSpec(const moe::v1::JobSpec& spec);
+
+// All errors, one per line, for a status message or a terminal.
+std::string FormatSpecErrors(const std::vector<SpecError>& errors);
+
+// The same as LoadJobSpecFile, as a status: InvalidArgument with every error when it fails.
+absl::StatusOr<moe::v1::JobSpec> LoadJobSpec(const std::string& path);
+
+}  // namespace moe
