@@ -1,7 +1,208 @@
-// moe-worker: one rank of a training job (placeholder until the trainer lands).
-#include <cstdio>
+// moe-worker: one rank of a training job. main only parses flags, then either trains
+// (standalone with --job, or launched by moed with --spec/--moed/--job-id) or samples text
+// from a checkpoint (--sample).
+#include <unistd.h>
 
-int main() {
-  std::fprintf(stderr, "moe-worker: not built yet\n");
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/files.h"
+#include "common/job_spec.h"
+#include "google/protobuf/util/json_util.h"
+#include "kernels/threads.h"
+#include "worker/comm_mpi.h"
+#include "worker/dataset.h"
+#include "worker/generate.h"
+#include "worker/reporter.h"
+#include "worker/signals.h"
+#include "worker/trainer.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage:\n"
+    "  moe-worker --job JOB.yaml [--checkpoint-dir DIR] [--resume] [--max-steps N]\n"
+    "  moe-worker --spec SPEC.json --moed HOST:PORT --job-id ID [--attempt N] [--checkpoint-dir DIR] [--resume]\n"
+    "  moe-worker --sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
+    "Run several ranks with: mpirun -np W moe-worker --job JOB.yaml\n";
+
+struct WorkerFlags {
+  std::string job_yaml, spec_json, moed, job_id, checkpoint_dir;
+  int attempt = 0;
+  bool resume = false;
+  int max_steps = -1;
+  int threads = 0;
+  double comm_timeout_s = 300;
+  moe::SampleOptions sample;
+  bool sampling = false;
+};
+
+// Returns an error message, or "" when the flags are good.
+std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](std::string* out) -> bool {
+      if (i + 1 >= argc) return false;
+      *out = argv[++i];
+      return true;
+    };
+    std::string v;
+    auto int_flag = [&](int* out) -> std::string {
+      if (!value(&v)) return a + " needs a value";
+      if (!absl::SimpleAtoi(v, out)) return absl::StrCat(a, " must be an integer, got '", v, "'");
+      return "";
+    };
+    std::string err;
+    if (a == "--job") {
+      if (!value(&f->job_yaml)) return "--job needs a file";
+    } else if (a == "--spec") {
+      if (!value(&f->spec_json)) return "--spec needs a file";
+    } else if (a == "--moed") {
+      if (!value(&f->moed)) return "--moed needs HOST:PORT";
+    } else if (a == "--job-id") {
+      if (!value(&f->job_id)) return "--job-id needs a value";
+    } else if (a == "--checkpoint-dir") {
+      if (!value(&f->checkpoint_dir)) return "--checkpoint-dir needs a directory";
+    } else if (a == "--attempt") {
+      err = int_flag(&f->attempt);
+    } else if (a == "--max-steps") {
+      err = int_flag(&f->max_steps);
+    } else if (a == "--threads") {
+      err = int_flag(&f->threads);
+    } else if (a == "--resume") {
+      f->resume = true;
+    } else if (a == "--comm-timeout") {
+      if (!value(&v) || !absl::SimpleAtod(v, &f->comm_timeout_s) || f->comm_timeout_s <= 0) {
+        return "--comm-timeout needs a positive number of seconds";
+      }
+    } else if (a == "--sample") {
+      f->sampling = true;
+      if (!value(&f->sample.checkpoint)) return "--sample needs a checkpoint directory";
+    } else if (a == "--prompt") {
+      if (!value(&f->sample.prompt)) return "--prompt needs text";
+    } else if (a == "--tokens") {
+      err = int_flag(&f->sample.tokens);
+    } else if (a == "--top-k") {
+      err = int_flag(&f->sample.top_k);
+    } else if (a == "--temperature") {
+      if (!value(&v) || !absl::SimpleAtod(v, &f->sample.temperature)) return "--temperature needs a number";
+    } else if (a == "--seed") {
+      if (!value(&v) || !absl::SimpleAtoi(v, &f->sample.seed)) return "--seed needs an integer";
+    } else if (a == "--help" || a == "-h") {
+      std::printf("%s", kUsage);
+      std::exit(0);
+    } else {
+      return absl::StrCat("unknown flag '", a, "'");
+    }
+    if (!err.empty()) return err;
+  }
+  if (!f->sampling && f->job_yaml.empty() == f->spec_json.empty()) return "give exactly one of --job or --spec";
+  return "";
+}
+
+absl::StatusOr<moe::v1::JobSpec> LoadSpec(const WorkerFlags& f) {
+  if (!f.job_yaml.empty()) return moe::LoadJobSpec(f.job_yaml);
+  absl::StatusOr<std::string> text = moe::ReadFile(f.spec_json);
+  if (!text.ok()) return text.status();
+  moe::v1::JobSpec spec;
+  auto st = google::protobuf::util::JsonStringToMessage(*text, &spec);
+  if (!st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(f.spec_json, ": not a JobSpec in JSON: ", st.ToString()));
+  }
+  std::vector<moe::SpecError> errors = moe::ValidateJobSpec(spec);
+  if (!errors.empty()) return absl::InvalidArgumentError(moe::FormatSpecErrors(errors));
+  return spec;
+}
+
+int LocalRanks() {
+  const char* s = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  int n = 1;
+  if (s != nullptr && absl::SimpleAtoi(s, &n) && n > 0) return n;
   return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  WorkerFlags flags;
+  if (std::string err = ParseFlags(argc, argv, &flags); !err.empty()) {
+    std::fprintf(stderr, "moe-worker: %s\n%s", err.c_str(), kUsage);
+    return 2;
+  }
+  if (flags.sampling) {
+    absl::StatusOr<std::string> text = moe::GenerateText(flags.sample);
+    if (!text.ok()) {
+      std::fprintf(stderr, "moe-worker: %s\n", std::string(text.status().message()).c_str());
+      return 1;
+    }
+    std::printf("%s\n", text->c_str());
+    return 0;
+  }
+
+  absl::StatusOr<moe::v1::JobSpec> spec = LoadSpec(flags);
+  if (!spec.ok()) {
+    std::fprintf(stderr, "moe-worker: invalid job:\n%s\n", std::string(spec.status().message()).c_str());
+    return 2;
+  }
+  moe::InstallSignalHandlers();
+  moe::CommOptions comm_opts;
+  comm_opts.timeout_seconds = flags.comm_timeout_s;
+  std::unique_ptr<moe::Communicator> comm = moe::CreateMpiCommunicator(comm_opts);
+  const int rank = comm->rank(), world = comm->world_size();
+  auto fail = [&](const std::string& msg) {
+    std::fprintf(stderr, "moe-worker rank %d: %s\n", rank, msg.c_str());
+    return 1;
+  };
+  if (world != spec->resources().ranks()) {
+    return fail(absl::StrCat("the job asks for resources.ranks = ", spec->resources().ranks(), " but ", world,
+                             " ranks were started; run it with mpirun -np ", spec->resources().ranks()));
+  }
+  int threads = spec->resources().threads_per_rank();
+  if (flags.threads > 0) threads = flags.threads;
+  if (threads <= 0) threads = std::max(1, static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)) / LocalRanks());
+  moe::kernels::SetNumThreads(threads);
+
+  moe::ReporterOptions ropts;
+  ropts.moed_address = flags.moed;
+  ropts.job_id = flags.job_id;
+  ropts.rank = rank;
+  ropts.world_size = world;
+  ropts.attempt = flags.attempt;
+  std::unique_ptr<moe::Reporter> reporter = moe::Reporter::Create(ropts);
+
+  absl::StatusOr<moe::Dataset> data = moe::LoadDataset(spec->data());
+  if (!data.ok()) return fail(absl::StrCat("cannot load data: ", data.status().message()));
+  if (spec->model().vocab_size() > 0 && data->vocab_size > spec->model().vocab_size()) {
+    return fail(absl::StrCat("model.vocab_size is ", spec->model().vocab_size(), " but the data has ",
+                             data->vocab_size, " token ids; raise model.vocab_size or leave it out"));
+  }
+
+  moe::TrainerOptions topts;
+  topts.checkpoint_dir = flags.checkpoint_dir;
+  if (topts.checkpoint_dir.empty()) topts.checkpoint_dir = spec->checkpoint().dir();
+  if (topts.checkpoint_dir.empty()) topts.checkpoint_dir = "checkpoints/" + spec->name();
+  topts.resume = flags.resume;
+  topts.max_steps = flags.max_steps;
+  topts.on_metrics = [&](const moe::v1::MetricPoint& p) { reporter->Metrics(p); };
+  topts.on_log = [&](const std::string& line) { reporter->Log(line); };
+  topts.on_step = [&](int64_t step) { reporter->SetStep(step); };
+  if (rank == 0) {
+    std::string line = absl::StrCat("moe-worker: job ", spec->name(), ", ", world, " rank(s), ", threads,
+                                    " thread(s) per rank, data ", data->source, ", vocab ", data->vocab_size,
+                                    ", checkpoints in ", topts.checkpoint_dir);
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+    reporter->Log(line);
+  }
+  moe::Trainer trainer(*spec, comm.get(), &*data, topts);
+  moe::TrainOutcome outcome;
+  absl::Status st = trainer.Run(&outcome);
+  reporter->Close();
+  if (!st.ok()) return fail(std::string(st.message()));
+  return outcome == moe::TrainOutcome::kStopped ? 143 : 0;
 }

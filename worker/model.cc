@@ -1,0 +1,156 @@
+#include "worker/model.h"
+
+#include <algorithm>
+
+#include "kernels/attention.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/dropout.h"
+#include "kernels/embedding.h"
+#include "kernels/matmul.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+
+namespace moe {
+namespace {
+
+// Dropout sites: 0 = embedding, 1 + 2l = attention output of block l, 2 + 2l = MoE output.
+uint64_t SiteSeed(uint64_t seed, int site) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(site + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+void Add(float* x, const float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+}  // namespace
+
+Model::Model(const ModelConfig& cfg, Communicator* comm)
+    : cfg_(cfg), comm_(comm), layout_(cfg, comm->rank(), comm->world_size()) {
+  params_.assign(layout_.total(), 0.f);
+  grads_.assign(layout_.total(), 0.f);
+  for (int l = 0; l < cfg.layers; ++l) moe_layers_.push_back(std::make_unique<MoeLayer>(cfg, comm));
+  acts_.resize(cfg.layers);
+}
+
+void Model::ZeroGrads() { std::fill(grads_.begin(), grads_.end(), 0.f); }
+
+ForwardResult Model::Forward(const int32_t* idx, const int32_t* targets, int b,
+                             const BatchContext& ctx) {
+  const int T = cfg_.seq_len, D = cfg_.d, V = cfg_.vocab, H = cfg_.heads, Hkv = cfg_.kv_heads;
+  const int hd = cfg_.head_dim, C3 = cfg_.qkv_dim();
+  const int n = b * T;
+  const size_t nd = static_cast<size_t>(n) * D;
+  const float p_drop = ctx.train ? cfg_.dropout : 0.f;
+  const uint64_t offset = static_cast<uint64_t>(ctx.first_token) * D;
+  ModelTensors w = layout_.Bind(params_.data());
+  ctx_ = ctx;
+  b_ = b;
+  idx_.assign(idx, idx + n);
+  targets_.assign(targets, targets + n);
+
+  ForwardResult result;
+  std::vector<float> x(nd), tmp(nd);
+  kernels::EmbeddingForward(x.data(), idx, w.wte, n, D);
+  kernels::DropoutForward(x.data(), x.data(), nd, p_drop, SiteSeed(ctx.dropout_seed, 0), offset);
+
+  for (int l = 0; l < cfg_.layers; ++l) {
+    BlockActs& a = acts_[l];
+    const BlockTensors& bw = w.blocks[l];
+    // Attention: x += dropout(attn(RMSNorm(x)) @ wo^T)
+    a.x_in = x;
+    a.attn_in.resize(nd);
+    a.attn_rstd.resize(n);
+    kernels::RmsNormForward(a.attn_in.data(), a.attn_rstd.data(), x.data(), bw.attn_norm, n, D);
+    a.qkv.resize(static_cast<size_t>(n) * C3);
+    kernels::LinearForward(a.qkv.data(), a.attn_in.data(), bw.wqkv, n, D, C3);
+    kernels::RopeForward(a.qkv.data(), b, T, H, Hkv, hd);
+    a.attn_y.resize(nd);
+    a.attn_lse.resize(static_cast<size_t>(b) * H * T);
+    kernels::AttentionForward(a.attn_y.data(), a.attn_lse.data(), a.qkv.data(), b, T, H, Hkv, hd);
+    kernels::LinearForward(tmp.data(), a.attn_y.data(), bw.wo, n, D, D);
+    kernels::DropoutForward(tmp.data(), tmp.data(), nd, p_drop, SiteSeed(ctx.dropout_seed, 1 + 2 * l), offset);
+    Add(x.data(), tmp.data(), nd);
+
+    // MoE: x += dropout(MoE(RMSNorm(x)))
+    a.x_mid = x;
+    a.moe_in.resize(nd);
+    a.moe_rstd.resize(n);
+    kernels::RmsNormForward(a.moe_in.data(), a.moe_rstd.data(), x.data(), bw.moe_norm, n, D);
+    MoeLayerForwardStats stats;
+    moe_layers_[l]->Forward(a.moe_in.data(), bw, n, ctx.global_tokens, ctx.loss_scale, tmp.data(), &stats);
+    kernels::DropoutForward(tmp.data(), tmp.data(), nd, p_drop, SiteSeed(ctx.dropout_seed, 2 + 2 * l), offset);
+    Add(x.data(), tmp.data(), nd);
+    result.aux_loss += stats.aux_loss;
+    result.z_loss += stats.z_loss;
+    result.layers.push_back(std::move(stats));
+  }
+
+  // Head: logits = RMSNorm(x) @ wte^T (or lm_head^T), then CE.
+  x_final_ = std::move(x);
+  final_out_.resize(nd);
+  final_rstd_.resize(n);
+  kernels::RmsNormForward(final_out_.data(), final_rstd_.data(), x_final_.data(), w.final_norm, n, D);
+  logits_.resize(static_cast<size_t>(n) * V);
+  kernels::LinearForward(logits_.data(), final_out_.data(), w.lm_head, n, D, V);
+  ce_losses_.resize(n);
+  ce_lse_.resize(n);
+  result.ce_sum = kernels::CrossEntropyForward(ce_losses_.data(), ce_lse_.data(), logits_.data(),
+                                               targets, n, V);
+  return result;
+}
+
+void Model::Backward() {
+  const int b = b_, T = cfg_.seq_len, D = cfg_.d, V = cfg_.vocab, H = cfg_.heads;
+  const int Hkv = cfg_.kv_heads, hd = cfg_.head_dim, C3 = cfg_.qkv_dim();
+  const int n = b * T;
+  const size_t nd = static_cast<size_t>(n) * D;
+  const float p_drop = ctx_.train ? cfg_.dropout : 0.f;
+  const uint64_t offset = static_cast<uint64_t>(ctx_.first_token) * D;
+  ModelTensors w = layout_.Bind(params_.data());
+  ModelTensors g = layout_.Bind(grads_.data());
+
+  // Head: dlogits overwrite the logits in place.
+  kernels::CrossEntropyBackward(logits_.data(), logits_.data(), ce_lse_.data(), targets_.data(),
+                                ctx_.loss_scale, n, V);
+  std::vector<float> dnorm(nd, 0.f), dx(nd, 0.f), dtmp(nd);
+  kernels::LinearBackward(dnorm.data(), g.lm_head, logits_.data(), final_out_.data(), w.lm_head, n, D, V);
+  kernels::RmsNormBackward(dx.data(), g.final_norm, dnorm.data(), x_final_.data(), w.final_norm,
+                           final_rstd_.data(), n, D);
+
+  std::vector<float> dqkv;
+  for (int l = cfg_.layers - 1; l >= 0; --l) {
+    BlockActs& a = acts_[l];
+    const BlockTensors& bw = w.blocks[l];
+    const BlockTensors& bg = g.blocks[l];
+    // MoE branch: dx flows to the residual unchanged and through dropout -> MoE -> RMSNorm.
+    std::fill(dtmp.begin(), dtmp.end(), 0.f);
+    kernels::DropoutBackward(dtmp.data(), dx.data(), nd, p_drop, SiteSeed(ctx_.dropout_seed, 2 + 2 * l), offset);
+    std::fill(dnorm.begin(), dnorm.end(), 0.f);
+    moe_layers_[l]->Backward(dtmp.data(), a.moe_in.data(), bw, bg, dnorm.data());
+    kernels::RmsNormBackward(dx.data(), bg.moe_norm, dnorm.data(), a.x_mid.data(), bw.moe_norm,
+                             a.moe_rstd.data(), n, D);
+
+    // Attention branch.
+    std::fill(dtmp.begin(), dtmp.end(), 0.f);
+    kernels::DropoutBackward(dtmp.data(), dx.data(), nd, p_drop, SiteSeed(ctx_.dropout_seed, 1 + 2 * l), offset);
+    std::vector<float>& dattn_y = dnorm;  // reuse: (n, D)
+    std::fill(dattn_y.begin(), dattn_y.end(), 0.f);
+    kernels::LinearBackward(dattn_y.data(), bg.wo, dtmp.data(), a.attn_y.data(), bw.wo, n, D, D);
+    dqkv.assign(static_cast<size_t>(n) * C3, 0.f);
+    kernels::AttentionBackward(dqkv.data(), dattn_y.data(), a.attn_y.data(), a.attn_lse.data(),
+                               a.qkv.data(), b, T, H, Hkv, hd);
+    kernels::RopeBackward(dqkv.data(), b, T, H, Hkv, hd);
+    std::fill(dtmp.begin(), dtmp.end(), 0.f);
+    kernels::LinearBackward(dtmp.data(), bg.wqkv, dqkv.data(), a.attn_in.data(), bw.wqkv, n, D, C3);
+    kernels::RmsNormBackward(dx.data(), bg.attn_norm, dtmp.data(), a.x_in.data(), bw.attn_norm,
+                             a.attn_rstd.data(), n, D);
+  }
+  std::fill(dtmp.begin(), dtmp.end(), 0.f);
+  kernels::DropoutBackward(dtmp.data(), dx.data(), nd, p_drop, SiteSeed(ctx_.dropout_seed, 0), offset);
+  kernels::EmbeddingBackward(g.wte, dtmp.data(), idx_.data(), n, D);
+}
+
+}  // namespace moe

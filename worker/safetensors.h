@@ -1,0 +1,49 @@
+// safetensors files (F32 only): the format Python's safetensors.torch.load_file reads, and the
+// small JSON reading/writing its header needs.
+// Layout: u64 little-endian header length N, N bytes of JSON header (padded with spaces to a
+// multiple of 8), then the tensors' raw little-endian bytes back to back. Header:
+//   {"__metadata__": {"k": "v"}, "name": {"dtype": "F32", "shape": [..], "data_offsets": [b, e]}}
+// with offsets relative to the start of the data.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace moe {
+
+struct NamedTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::vector<float> data;  // row-major, prod(shape) elements
+};
+
+struct SafetensorsFile {
+  std::vector<NamedTensor> tensors;             // in file (data offset) order
+  std::map<std::string, std::string> metadata;  // "__metadata__", {} if absent
+};
+
+// Writes path atomically (temp file, fsync, rename). Tensors are stored in the given order.
+// A tensor whose data size is not prod(shape), or a repeated or empty name, is InvalidArgument.
+absl::Status WriteSafetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
+                              const std::map<std::string, std::string>& metadata = {});
+// The same, for tensors held elsewhere (no copy of the data).
+absl::Status WriteSafetensors(const std::string& path, const std::vector<const NamedTensor*>& tensors,
+                              const std::map<std::string, std::string>& metadata = {});
+
+// Reads and validates: header length and JSON, dtype F32, shape vs byte length, offsets that
+// tile the data exactly. Errors name the file (`what`) and the problem.
+absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path);
+absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes, const std::string& what);
+
+// The JSON helpers the header and the checkpoint metadata use.
+std::string JsonQuote(std::string_view s);  // "..." with the escapes JSON requires
+// A JSON object whose values are all strings.
+absl::StatusOr<std::map<std::string, std::string>> ParseJsonStringMap(std::string_view json);
+
+}  // namespace moe

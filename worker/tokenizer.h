@@ -1,0 +1,47 @@
+// Tokenizers: text <-> token ids. The nanoGPT character tokenizer and GPT-2's byte-level BPE,
+// both rebuildable from a Serialize() blob that checkpoints and the token cache store.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace moe {
+
+class Tokenizer {  // text <-> token ids
+ public:
+  virtual ~Tokenizer() = default;
+  // Encodes text the tokenizer can represent (GPT-2: any bytes; char: bytes of the vocabulary).
+  // A char tokenizer drops bytes outside its vocabulary here; use TryEncode for user input.
+  virtual std::vector<int32_t> Encode(std::string_view text) const = 0;
+  // Like Encode, but a byte the tokenizer cannot represent is an InvalidArgument error that
+  // names the character and its byte offset (prompts at sampling time, data at load time).
+  virtual absl::StatusOr<std::vector<int32_t>> TryEncode(std::string_view text) const = 0;
+  // Raw bytes of the tokens, concatenated; an id outside [0, vocab_size) becomes U+FFFD.
+  virtual std::string Decode(const std::vector<int32_t>& ids) const = 0;
+  virtual int vocab_size() const = 0;
+  virtual std::string Describe() const = 0;   // e.g. "char (65 symbols)"
+  virtual std::string Serialize() const = 0;  // enough to rebuild it (stored in checkpoints)
+};
+
+// nanoGPT shakespeare_char: the vocabulary is the sorted set of distinct bytes of the corpus,
+// id = rank in that set (so tiny shakespeare gives 65 symbols with nanoGPT's stoi). The text is
+// treated as bytes: a multibyte UTF-8 character becomes several symbols, one per byte.
+absl::StatusOr<std::unique_ptr<Tokenizer>> BuildCharTokenizer(std::string_view corpus);
+
+// GPT-2 byte-level BPE from dir/encoder.json and dir/vocab.bpe (scripts/fetch_data.sh puts them
+// in data/gpt2). "<|endoftext|>" in text is encoded as plain text, not as the special token.
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGpt2Tokenizer(const std::string& dir);
+
+// Rebuilds a tokenizer from Tokenizer::Serialize().
+absl::StatusOr<std::unique_ptr<Tokenizer>> DeserializeTokenizer(std::string_view blob);
+
+// Parses a JSON object of string -> integer (GPT-2's encoder.json). Exposed for tests.
+absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> ParseJsonStringIntMap(
+    std::string_view json);
+
+}  // namespace moe
