@@ -1,0 +1,92 @@
+#include "kernels/router.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace moe::kernels {
+
+void RouterForward(float* probs, float* lse, int32_t* expert_idx, float* weights,
+                   const float* logits, int n, int e, int k) {
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < n; ++t) {
+    const float* z = logits + int64_t{t} * e;
+    float* p = probs + int64_t{t} * e;
+    float mx = z[0];
+    for (int x = 1; x < e; ++x) mx = std::max(mx, z[x]);
+    float sum = 0.0f;
+    for (int x = 0; x < e; ++x) {
+      p[x] = std::exp(z[x] - mx);
+      sum += p[x];
+    }
+    const float inv = 1.0f / sum;
+    for (int x = 0; x < e; ++x) p[x] *= inv;
+    lse[t] = mx + std::log(sum);
+
+    // Top-k by repeated selection (k and e are small): strictly greater wins, so a tie goes to
+    // the lower expert index; picked experts are excluded by index.
+    int32_t* idx = expert_idx + int64_t{t} * k;
+    float* w = weights + int64_t{t} * k;
+    float picked_sum = 0.0f;
+    for (int j = 0; j < k; ++j) {
+      int best = -1;
+      for (int x = 0; x < e; ++x) {
+        if (std::find(idx, idx + j, x) != idx + j) continue;
+        if (best < 0 || p[x] > p[best]) best = x;
+      }
+      idx[j] = best;
+      w[j] = p[best];
+      picked_sum += p[best];
+    }
+    for (int j = 0; j < k; ++j) w[j] /= picked_sum;
+  }
+}
+
+void RouterStats(double* prob_sum, double* z_sum, double* entropy_sum, const float* probs,
+                 const float* lse, int n, int e) {
+  // Sequential over tokens: a fixed summation order, and n * e is small next to the GEMMs.
+  double z = 0.0, ent = 0.0;
+  for (int t = 0; t < n; ++t) {
+    const float* p = probs + int64_t{t} * e;
+    for (int x = 0; x < e; ++x) {
+      prob_sum[x] += p[x];
+      if (p[x] > 0.0f) ent -= double{p[x]} * std::log(double{p[x]});
+    }
+    z += double{lse[t]} * lse[t];
+  }
+  *z_sum += z;
+  *entropy_sum += ent;
+}
+
+void RouterBackward(float* dlogits, const float* dweights, const float* probs, const float* lse,
+                    const int32_t* expert_idx, const float* aux_grad, float z_scale, int n, int e,
+                    int k) {
+#pragma omp parallel
+  {
+    std::vector<float> dp(e);  // dloss / dprobs of one token
+#pragma omp for schedule(static)
+    for (int t = 0; t < n; ++t) {
+      const float* p = probs + int64_t{t} * e;
+      const int32_t* idx = expert_idx + int64_t{t} * k;
+      for (int x = 0; x < e; ++x) dp[x] = aux_grad != nullptr ? aux_grad[x] : 0.0f;
+      if (dweights != nullptr) {
+        // w_j = p_j / S, S = sum of picked p: dp_j += (dw_j - sum_m dw_m w_m) / S.
+        // With k = 1, w = p / p = 1 exactly and this is exactly 0.
+        const float* dw = dweights + int64_t{t} * k;
+        float s = 0.0f;
+        for (int j = 0; j < k; ++j) s += p[idx[j]];
+        float dw_dot_w = 0.0f;
+        for (int j = 0; j < k; ++j) dw_dot_w += dw[j] * (p[idx[j]] / s);
+        for (int j = 0; j < k; ++j) dp[idx[j]] += (dw[j] - dw_dot_w) / s;
+      }
+      // Softmax backward, plus the z term: d(z_scale * lse^2)/dlogits = 2 z_scale lse p.
+      float p_dot_dp = 0.0f;
+      for (int x = 0; x < e; ++x) p_dot_dp += p[x] * dp[x];
+      const float zc = 2.0f * z_scale * lse[t];
+      float* dz = dlogits + int64_t{t} * e;
+      for (int x = 0; x < e; ++x) dz[x] += p[x] * (dp[x] - p_dot_dp + zc);
+    }
+  }
+}
+
+}  // namespace moe::kernels
