@@ -280,7 +280,7 @@ class MpiCommunicator final : public Communicator {
           }
         }
       }
-      MOE_MPI_CHECK(rc);
+      CheckMpi(rc, "MPI_Testsome", __FILE__, __LINE__);
       if (outcount > 0) {
         for (int i = 0; i < outcount; ++i) completed[indices[i]] = true;
         done += outcount;
