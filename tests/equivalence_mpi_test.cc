@@ -1,0 +1,135 @@
+// The invariant of MODEL.md's parallel layout: W ranks on a global batch give the same loss
+// curve and the same weights (to rounding) as one rank, in dropless mode. Runs under mpirun at
+// W = 1, 2 and 4; rank 0 also trains a one-process oracle and compares. Also: a run
+// checkpointed by W ranks resumes on W ranks and on one rank with the same curve.
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/threads.h"
+#include "tests/support/mpi_env.h"
+#include "tests/support/paths.h"
+#include "tests/support/test_jobs.h"
+#include "worker/checkpoint.h"
+#include "worker/comm_mpi.h"
+#include "worker/comm_single.h"
+#include "worker/dataset.h"
+#include "worker/trainer.h"
+
+namespace moe {
+namespace {
+
+[[maybe_unused]] ::testing::Environment* const kMpiEnv =
+    ::testing::AddGlobalTestEnvironment(new testing::MpiEnvironment);
+
+constexpr int kSteps = 20;
+
+double RelErr(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-12); }
+
+std::vector<double> Losses(const Trainer& t) {
+  std::vector<double> out;
+  for (const auto& p : t.history()) out.push_back(p.loss());
+  return out;
+}
+
+// A temp directory made by rank 0, its name shared with every rank.
+std::string SharedTempDir(Communicator* comm, const std::string& prefix) {
+  char buf[256] = {};
+  if (comm->rank() == 0) {
+    std::string dir = testing::MakeTempDir(prefix);
+    std::snprintf(buf, sizeof(buf), "%s", dir.c_str());
+  }
+  comm->Broadcast(buf, sizeof(buf), 0);
+  return buf;
+}
+
+TEST(EquivalenceTest, RanksMatchOneRankAndResumeAcrossRankCounts) {
+  kernels::SetNumThreads(1);
+  auto comm = CreateMpiCommunicator(testing::TestCommOptions());
+  const int W = comm->world_size();
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec(W);
+  spec.mutable_train()->set_steps(kSteps);
+  spec.mutable_train()->set_log_every(1);
+  spec.mutable_train()->set_eval_every(0);
+  spec.mutable_train()->set_grad_accum(2);  // accumulation splits the same global batch
+  spec.mutable_model()->set_dropout(0.1);   // masks keyed by global token: same on any W
+  spec.mutable_checkpoint()->set_every(kSteps / 2);
+  spec.mutable_checkpoint()->set_keep(5);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+
+  // W ranks: 10 steps, checkpoint, then a resumed run for the other 10.
+  const std::string dir = SharedTempDir(comm.get(), "moe-equiv-");
+  TrainOutcome outcome;
+  TrainerOptions o1;
+  o1.checkpoint_dir = dir;
+  o1.max_steps = kSteps / 2;
+  Trainer first(spec, comm.get(), &*data, o1);
+  ASSERT_TRUE(first.Run(&outcome).ok());
+  TrainerOptions o2;
+  o2.checkpoint_dir = dir;
+  o2.resume = true;
+  Trainer second(spec, comm.get(), &*data, o2);
+  ASSERT_TRUE(second.Run(&outcome).ok());
+  comm->Barrier();
+  if (comm->rank() != 0) return;
+
+  std::vector<double> parallel = Losses(first), rest = Losses(second);
+  parallel.insert(parallel.end(), rest.begin(), rest.end());
+  ASSERT_EQ(parallel.size(), static_cast<size_t>(kSteps));
+
+  // The one-process oracle on the same global batch.
+  moe::v1::JobSpec one = spec;
+  one.mutable_resources()->set_ranks(1);
+  auto single = CreateSingleProcessCommunicator();
+  Trainer oracle(one, single.get(), &*data, TrainerOptions{});
+  ASSERT_TRUE(oracle.Run(&outcome).ok());
+  std::vector<double> expected = Losses(oracle);
+  ASSERT_EQ(expected.size(), parallel.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_LT(RelErr(parallel[i], expected[i]), 1e-5)
+        << "W=" << W << " step " << i + 1 << ": " << parallel[i] << " vs " << expected[i];
+  }
+
+  // Final weights: the W-rank checkpoint (experts gathered by global index) against the oracle.
+  auto latest = LatestCheckpoint(dir);
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  auto ckpt = ReadCheckpoint(*latest);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  ASSERT_EQ(ckpt->step, kSteps);
+  int compared = 0;
+  for (const NamedTensor& t : ckpt->tensors) {
+    const ParamInfo* info = oracle.model().layout().Find(t.name);
+    if (info == nullptr) continue;  // optimizer state
+    const float* w = oracle.model().params().data() + info->offset;
+    ASSERT_EQ(static_cast<int64_t>(t.data.size()), info->size) << t.name;
+    double diff = 0, norm = 0;
+    for (int64_t i = 0; i < info->size; ++i) {
+      diff += (t.data[i] - w[i]) * static_cast<double>(t.data[i] - w[i]);
+      norm += static_cast<double>(w[i]) * w[i];
+    }
+    EXPECT_LT(std::sqrt(diff / norm), 1e-5) << "W=" << W << " " << t.name;
+    ++compared;
+  }
+  EXPECT_EQ(compared, static_cast<int>(oracle.model().layout().params().size()));
+
+  // Resume the W-rank step-10 checkpoint on one rank: the same curve from step 11 on.
+  const std::string one_dir = testing::MakeTempDir("moe-equiv-one-");
+  std::filesystem::copy(dir + "/step_00000010", one_dir + "/step_00000010",
+                        std::filesystem::copy_options::recursive);
+  TrainerOptions o3;
+  o3.checkpoint_dir = one_dir;
+  o3.resume = true;
+  Trainer resumed(one, single.get(), &*data, o3);
+  ASSERT_TRUE(resumed.Run(&outcome).ok());
+  std::vector<double> tail = Losses(resumed);
+  ASSERT_EQ(tail.size(), static_cast<size_t>(kSteps / 2));
+  for (size_t i = 0; i < tail.size(); ++i) {
+    EXPECT_LT(RelErr(tail[i], expected[kSteps / 2 + i]), 1e-5) << "resumed on 1 rank, step " << kSteps / 2 + i + 1;
+  }
+}
+
+}  // namespace
+}  // namespace moe

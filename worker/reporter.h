@@ -1,0 +1,52 @@
+// Reporter: a rank's link to moed's WorkerReportService: log lines, metric points and heartbeats
+// sent from a background thread, so training never waits on the network. It reconnects with
+// backoff when moed restarts and resends what moed has not stored (moed tells it on reconnect).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "moe/v1/metrics.pb.h"
+
+namespace moe {
+
+struct ReporterOptions {
+  std::string moed_address;  // "" = a reporter that does nothing (standalone runs)
+  std::string job_id;
+  int rank = 0;
+  int world_size = 1;
+  int attempt = 0;
+  // Bearer token; "" = take it from the MOE_TOKEN environment variable (if set).
+  std::string token;
+};
+
+class Reporter {
+ public:
+  // Never blocks: the connection is made by the background thread.
+  static std::unique_ptr<Reporter> Create(const ReporterOptions& opts);
+  virtual ~Reporter();  // Close()s
+  Reporter(const Reporter&) = delete;
+  Reporter& operator=(const Reporter&) = delete;
+
+  // One log line of this rank. Kept in a bounded queue until moed has it; when the queue is
+  // full the oldest unsent line is dropped and counted.
+  void Log(const std::string& line);
+  // Rank 0 calls this each log interval.
+  void Metrics(const moe::v1::MetricPoint& point);
+  // Heartbeats (every ~2 s) carry the latest step.
+  void SetStep(int64_t step);
+  // Sends what is queued with a short deadline (~3 s) and stops the thread. Idempotent.
+  void Close();
+
+  int64_t dropped_lines() const;
+  bool connected() const;
+
+  struct Impl;
+
+ private:
+  explicit Reporter(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moe
