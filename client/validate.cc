@@ -1,12 +1,206 @@
-#include "client/commands.h"
-
+// moectl validate JOB.yaml: checks a job file on the user's terminal and describes the job
+// (shape, parameters, FLOPs, memory per rank), so a bad file never reaches the daemon.
+#include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "client/commands.h"
+#include "common/job_spec.h"
+#include "common/model_stats.h"
 
 namespace moe::client {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: moectl validate JOB.yaml\n"
+    "  Checks a job file and describes the job. Exit 0 when it is valid; exit 2 with every\n"
+    "  error (file:line:column: field: problem) on stderr otherwise.\n";
+
+// Three significant figures with a unit per factor of 1000, e.g. 31898880 -> "31.9M".
+std::string FormatScaled(double v, const char* const units[6]) {
+  int unit = 0;
+  while (unit < 5 && std::fabs(v) >= 999.5) {
+    v /= 1000;
+    ++unit;
+  }
+  return absl::StrFormat("%.3g%s", v, units[unit]);
+}
+
+// Counts (parameters, tokens): 31.9M, 1.73B.
+std::string FormatCount(double v) {
+  static const char* const kUnits[] = {"", "K", "M", "B", "T", "P"};
+  return FormatScaled(v, kUnits);
+}
+
+// FLOPs: 67.5M, 1.11T (G, not B, for 1e9).
+std::string FormatFlops(double v) {
+  static const char* const kUnits[] = {"", "K", "M", "G", "T", "P"};
+  return FormatScaled(v, kUnits);
+}
+
+std::string FormatBytes(double bytes) {
+  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int unit = 0;
+  while (unit < 5 && bytes >= 1023.5) {
+    bytes /= 1024;
+    ++unit;
+  }
+  return absl::StrFormat("%.3g %s", bytes, kUnits[unit]);
+}
+
+// The char tokenizer's vocabulary: the number of distinct byte values in the text. 0 when the
+// file cannot be read (it was readable a moment ago, during validation).
+int CountByteValues(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  bool seen[256] = {};
+  int distinct = 0;
+  std::vector<char> buf(1 << 20);
+  while (in && distinct < 256) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    for (std::streamsize i = 0; i < in.gcount(); ++i) {
+      unsigned char c = static_cast<unsigned char>(buf[static_cast<size_t>(i)]);
+      if (!seen[c]) seen[c] = true, ++distinct;
+    }
+  }
+  return distinct;
+}
+
+const char* TokenizerName(v1::Tokenizer t) {
+  switch (t) {
+    case v1::TOKENIZER_CHAR:
+      return "char";
+    case v1::TOKENIZER_GPT2:
+      return "gpt2";
+    case v1::TOKENIZER_PRETOKENIZED:
+      return "pretokenized";
+    default:
+      return "unspecified";
+  }
+}
+
+void Describe(const std::string& file, v1::JobSpec spec) {
+  const v1::ModelSpec& m = spec.model();
+  const v1::MoeSpec& e = m.moe();
+  const v1::DataSpec& d = spec.data();
+  const v1::TrainSpec& t = spec.train();
+  const v1::ResourceSpec& r = spec.resources();
+  const v1::CheckpointSpec& c = spec.checkpoint();
+
+  std::string vocab = absl::StrCat(m.vocab_size());
+  if (m.vocab_size() == 0) {  // char tokenizer: the text fixes it
+    int counted = CountByteValues(d.path());
+    spec.mutable_model()->set_vocab_size(counted);
+    vocab = absl::StrCat(counted, " (byte values in the text)");
+  }
+  const ModelStats s = ComputeModelStats(spec);
+
+  std::printf("%s: valid job (%s)\n", spec.name().c_str(), file.c_str());
+  std::printf(
+      "  model        d_model %d, %d layers, %d heads (%d kv heads, head size %d), seq_len %d,\n"
+      "               vocab %s, %s embeddings, dropout %g\n",
+      m.d_model(), m.n_layers(), m.n_heads(), m.n_kv_heads(), m.d_model() / m.n_heads(),
+      m.seq_len(), vocab.c_str(), m.tie_embeddings() ? "tied" : "untied", m.dropout());
+  if (e.num_experts() == 1) {
+    std::printf("  experts      dense (1 expert, hidden %d), replicated on every rank\n",
+                e.expert_hidden());
+  } else {
+    std::string capacity = e.capacity_factor() == 0
+                               ? std::string("dropless")
+                               : absl::StrFormat("capacity factor %g", e.capacity_factor());
+    std::printf("  experts      E %d, top-%d, hidden %d, %s, %d per rank; aux %g, z %g\n",
+                e.num_experts(), e.top_k(), e.expert_hidden(), capacity.c_str(),
+                e.num_experts() / r.ranks(), e.aux_loss_coef(), e.z_loss_coef());
+  }
+  std::printf("  parameters   %s total, %s active (%s on each rank)\n",
+              FormatCount(static_cast<double>(s.total_params)).c_str(),
+              FormatCount(static_cast<double>(s.active_params)).c_str(),
+              FormatCount(static_cast<double>(s.params_per_rank)).c_str());
+  const int64_t tokens_per_step = static_cast<int64_t>(t.batch_size()) * m.seq_len();
+  std::printf(
+      "  compute      %s FLOPs/token (6 * active + 6 * L * D * T), %s tokens/step (%d x %d),\n"
+      "               %s FLOPs/step\n",
+      FormatFlops(s.flops_per_token).c_str(),
+      FormatCount(static_cast<double>(tokens_per_step)).c_str(), t.batch_size(), m.seq_len(),
+      FormatFlops(s.flops_per_token * static_cast<double>(tokens_per_step)).c_str());
+  const double total_bytes =
+      static_cast<double>(s.weight_bytes) + static_cast<double>(s.grad_bytes) +
+      static_cast<double>(s.optimizer_bytes) + static_cast<double>(s.activation_bytes);
+  std::printf(
+      "  memory/rank  weights %s, grads %s, optimizer %s, activations %s, total %s (estimate)\n",
+      FormatBytes(static_cast<double>(s.weight_bytes)).c_str(),
+      FormatBytes(static_cast<double>(s.grad_bytes)).c_str(),
+      FormatBytes(static_cast<double>(s.optimizer_bytes)).c_str(),
+      FormatBytes(static_cast<double>(s.activation_bytes)).c_str(),
+      FormatBytes(total_bytes).c_str());
+  std::printf("  data         %s\n               tokenizer %s", d.path().c_str(),
+              TokenizerName(d.tokenizer()));
+  if (d.tokenizer() == v1::TOKENIZER_GPT2) std::printf(" (%s)", d.tokenizer_dir().c_str());
+  std::printf(", val_fraction %g%s%s\n", d.val_fraction(), d.cache_dir().empty() ? "" : ", cache ",
+              d.cache_dir().c_str());
+  std::printf(
+      "  train        %d steps, batch %d (%d per rank, %d micro-batch%s), lr %g -> %g, warmup %d,\n"
+      "               weight_decay %g, grad_clip %g, %s, seed %llu\n",
+      t.steps(), t.batch_size(), t.batch_size() / r.ranks(), t.grad_accum(),
+      t.grad_accum() == 1 ? "" : "es", t.lr(), t.min_lr(), t.warmup_steps(), t.weight_decay(),
+      t.grad_clip(), t.precision() == v1::PRECISION_BF16 ? "bf16" : "fp32",
+      static_cast<unsigned long long>(t.seed()));
+  std::printf("  eval         every %d steps, %d batches; log every %d steps\n", t.eval_every(),
+              t.eval_batches(), t.log_every());
+  std::string threads =
+      r.threads_per_rank() == 0 ? "cores / ranks" : absl::StrCat(r.threads_per_rank());
+  std::printf("  resources    %d rank%s, %s, %s launcher, threads per rank %s\n", r.ranks(),
+              r.ranks() == 1 ? "" : "s", r.device() == v1::DEVICE_CUDA ? "cuda" : "cpu",
+              r.launcher() == v1::LAUNCHER_SLURM ? "slurm" : "local", threads.c_str());
+  if (r.launcher() == v1::LAUNCHER_SLURM) {
+    const v1::SlurmSpec& sl = r.slurm();
+    std::vector<std::string> parts = {
+        absl::StrCat("partition ", sl.partition().empty() ? "(from extra args)" : sl.partition()),
+        absl::StrCat(sl.nodes(), " nodes x ", sl.ranks_per_node(), " ranks"),
+        absl::StrCat(sl.gpus_per_node(), " GPUs/node")};
+    if (!sl.time_limit().empty()) parts.push_back(absl::StrCat("time ", sl.time_limit()));
+    if (!sl.account().empty()) parts.push_back(absl::StrCat("account ", sl.account()));
+    if (sl.extra_sbatch_args_size() > 0) {
+      parts.push_back(absl::StrCat("extra ", absl::StrJoin(sl.extra_sbatch_args(), " ")));
+    }
+    std::printf("  slurm        %s\n", absl::StrJoin(parts, ", ").c_str());
+  }
+  std::printf("  checkpoint   every %d steps, keep %d, dir %s; max_restarts %d\n", c.every(),
+              c.keep(), c.dir().empty() ? "(moed's state directory)" : c.dir().c_str(),
+              spec.max_restarts());
+}
+
+}  // namespace
 
 int RunValidate(int argc, char** argv) {
-  std::fprintf(stderr, "moectl validate: not built yet\n");
-  return 2;
+  if (argc == 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (argc != 2 || argv[1][0] == '\0' || argv[1][0] == '-') {
+    if (argc < 2 || argv[1][0] == '\0') {
+      std::fputs("moectl validate: missing the job file\n", stderr);
+    } else if (argc > 2) {
+      std::fputs("moectl validate: expects exactly one job file\n", stderr);
+    } else {
+      std::fprintf(stderr, "moectl validate: unknown option '%s'\n", argv[1]);
+    }
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string file = argv[1];
+  ParsedSpec parsed = LoadJobSpecFile(file);
+  if (!parsed.ok()) {
+    for (const SpecError& e : parsed.errors) std::fprintf(stderr, "%s\n", e.ToString().c_str());
+    return 2;
+  }
+  Describe(file, parsed.spec);
+  return 0;
 }
 
 }  // namespace moe::client

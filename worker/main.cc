@@ -29,6 +29,7 @@ constexpr char kUsage[] =
     "  moe-worker --job JOB.yaml [--checkpoint-dir DIR] [--resume] [--max-steps N]\n"
     "  moe-worker --spec SPEC.json --moed HOST:PORT --job-id ID [--attempt N] [--checkpoint-dir DIR] [--resume]\n"
     "  moe-worker --sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
+    "  moe-worker --score CHECKPOINT --batch-out FILE   (CE on the first held-out batch, as JSON)\n"
     "Run several ranks with: mpirun -np W moe-worker --job JOB.yaml\n";
 
 struct WorkerFlags {
@@ -40,6 +41,7 @@ struct WorkerFlags {
   double comm_timeout_s = 300;
   moe::SampleOptions sample;
   bool sampling = false;
+  std::string score_checkpoint, batch_out;
 };
 
 // Returns an error message, or "" when the flags are good.
@@ -83,6 +85,10 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
     } else if (a == "--sample") {
       f->sampling = true;
       if (!value(&f->sample.checkpoint)) return "--sample needs a checkpoint directory";
+    } else if (a == "--score") {
+      if (!value(&f->score_checkpoint)) return "--score needs a checkpoint directory";
+    } else if (a == "--batch-out") {
+      if (!value(&f->batch_out)) return "--batch-out needs a file";
     } else if (a == "--prompt") {
       if (!value(&f->sample.prompt)) return "--prompt needs text";
     } else if (a == "--tokens") {
@@ -100,6 +106,9 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       return absl::StrCat("unknown flag '", a, "'");
     }
     if (!err.empty()) return err;
+  }
+  if (!f->score_checkpoint.empty()) {
+    return f->batch_out.empty() ? "--score needs --batch-out FILE" : "";
   }
   if (!f->sampling && f->job_yaml.empty() == f->spec_json.empty()) return "give exactly one of --job or --spec";
   return "";
@@ -133,6 +142,15 @@ int main(int argc, char** argv) {
   if (std::string err = ParseFlags(argc, argv, &flags); !err.empty()) {
     std::fprintf(stderr, "moe-worker: %s\n%s", err.c_str(), kUsage);
     return 2;
+  }
+  if (!flags.score_checkpoint.empty()) {
+    absl::StatusOr<double> ce = moe::ScoreCheckpoint(flags.score_checkpoint, flags.batch_out);
+    if (!ce.ok()) {
+      std::fprintf(stderr, "moe-worker: %s\n", std::string(ce.status().message()).c_str());
+      return 1;
+    }
+    std::printf("{\"ce\": %.9g, \"batch\": \"%s\"}\n", *ce, flags.batch_out.c_str());
+    return 0;
   }
   if (flags.sampling) {
     absl::StatusOr<std::string> text = moe::GenerateText(flags.sample);

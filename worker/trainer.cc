@@ -252,7 +252,7 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
     if (opts_.on_step) opts_.on_step(step);
     const int every = spec_.checkpoint().every();
     if (!opts_.checkpoint_dir.empty() &&
-        (stop || ckpt_now || step == t.steps() || (every > 0 && step % every == 0))) {
+        (stop || ckpt_now || step == last || (every > 0 && step % every == 0))) {
       absl::Status st = SaveCheckpoint(step);
       if (!st.ok()) return st;
     }

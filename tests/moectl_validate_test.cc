@@ -1,0 +1,262 @@
+// Runs the real `moectl validate` on the bad-job corpus (tests/jobs/bad/NAME.yaml, each with the
+// error lines it must print in NAME.expect) and on the examples/, checking exit codes, messages
+// and that nothing crashes.
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/paths.h"
+
+extern char** environ;
+
+namespace moe {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+struct RunResult {
+  bool exited = false;  // false: killed by a signal (a crash)
+  int exit_code = -1;
+  int signal = 0;
+  std::string out;
+  std::string err;
+};
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Runs moectl with args, stdout and stderr captured through files in a temp dir.
+RunResult RunMoectl(const std::vector<std::string>& args) {
+  const std::string dir = moe::testing::MakeTempDir("moectl_validate_test_");
+  const std::string out_path = dir + "/out";
+  const std::string err_path = dir + "/err";
+  const std::string bin = moe::testing::BinDir() + "/moectl";
+  std::vector<std::string> argv_store = {bin};
+  argv_store.insert(argv_store.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& a : argv_store) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0644);
+  posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC,
+                                   0644);
+  pid_t pid = 0;
+  int rc = posix_spawn(&pid, bin.c_str(), &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  RunResult r;
+  if (rc != 0) {
+    ADD_FAILURE() << "cannot start " << bin << ": " << std::strerror(rc);
+    fs::remove_all(dir);
+    return r;
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  r.exited = WIFEXITED(status);
+  r.exit_code = r.exited ? WEXITSTATUS(status) : -1;
+  r.signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+  r.out = ReadAll(out_path);
+  r.err = ReadAll(err_path);
+  fs::remove_all(dir);
+  return r;
+}
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    lines.emplace_back(line);
+  }
+  return lines;
+}
+
+std::string BadDir() { return moe::testing::SourceDir() + "/tests/jobs/bad"; }
+
+// Where the bad jobs' relative data path (../../../../shared/...) lands.
+std::string SharedFromBadDir() {
+  return (fs::path(BadDir()) / "../../../../shared").lexically_normal().string();
+}
+
+std::vector<std::string> BadJobNames() {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(BadDir(), ec)) {
+    if (entry.path().extension() == ".expect") names.push_back(entry.path().stem().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+TEST(BadJobCorpus, HasAtLeastThirtyPairedFiles) {
+  std::vector<std::string> names = BadJobNames();
+  EXPECT_GE(names.size(), 30u);
+  for (const std::string& name : names) {
+    EXPECT_TRUE(fs::is_regular_file(BadDir() + "/" + name + ".yaml"))
+        << name << ".expect has no .yaml";
+  }
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(BadDir(), ec)) {
+    if (entry.path().extension() == ".yaml") {
+      EXPECT_TRUE(fs::is_regular_file(fs::path(entry.path()).replace_extension(".expect")))
+          << entry.path() << " has no .expect";
+    }
+  }
+}
+
+class BadJobTest : public ::testing::TestWithParam<std::string> {};
+
+// Each line of NAME.expect must be part of the matching stderr line, in order, and stderr has
+// exactly that many lines: every error is reported, and nothing else. {SRC} and {SRC_PARENT}
+// stand for the repository and the folder above it (absolute paths in messages).
+TEST_P(BadJobTest, FailsWithTheExpectedErrors) {
+  const std::string name = GetParam();
+  if (!fs::is_regular_file(SharedFromBadDir() + "/data/tinyshakespeare/input.txt")) {
+    GTEST_SKIP() << "the bad jobs name " << SharedFromBadDir()
+                 << "/data/tinyshakespeare/input.txt, which is absent in this checkout";
+  }
+  const std::string src = fs::path(moe::testing::SourceDir()).lexically_normal().string();
+  const std::string src_parent = fs::path(src).parent_path().string();
+  std::vector<std::string> expected;
+  for (const std::string& line : Lines(ReadAll(BadDir() + "/" + name + ".expect"))) {
+    expected.push_back(absl::StrReplaceAll(line, {{"{SRC_PARENT}", src_parent}, {"{SRC}", src}}));
+  }
+  ASSERT_FALSE(expected.empty()) << name << ".expect is empty";
+
+  RunResult r = RunMoectl({"validate", BadDir() + "/" + name + ".yaml"});
+  ASSERT_TRUE(r.exited) << "moectl was killed by signal " << r.signal << "\n" << r.err;
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_EQ(r.out, "");
+  std::vector<std::string> got = Lines(r.err);
+  ASSERT_EQ(got.size(), expected.size()) << "stderr:\n" << r.err;
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_THAT(got[i], HasSubstr(expected[i])) << "line " << i + 1;
+    // Every line names the job file, so a user knows which file is wrong.
+    EXPECT_THAT(got[i], HasSubstr(name + ".yaml"));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Corpus, BadJobTest, ::testing::ValuesIn(BadJobNames()),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           std::string id = info.param;
+                           std::replace(id.begin(), id.end(), '-', '_');
+                           return id;
+                         });
+
+TEST(MoectlValidate, MissingFileAndDirectoryAreClearErrors) {
+  const std::string dir = moe::testing::MakeTempDir("moectl_validate_dir_");
+  RunResult missing = RunMoectl({"validate", dir + "/nope.yaml"});
+  ASSERT_TRUE(missing.exited);
+  EXPECT_EQ(missing.exit_code, 2);
+  EXPECT_EQ(missing.err,
+            dir + "/nope.yaml: does not exist; give the path of a job file (e.g. job.yaml)\n");
+
+  RunResult directory = RunMoectl({"validate", dir});
+  ASSERT_TRUE(directory.exited);
+  EXPECT_EQ(directory.exit_code, 2);
+  EXPECT_EQ(directory.err, dir + ": is a directory; give the path of a job file (e.g. job.yaml)\n");
+  fs::remove_all(dir);
+}
+
+TEST(MoectlValidate, WrongArgumentsPrintUsage) {
+  for (const std::vector<std::string>& args :
+       std::vector<std::vector<std::string>>{{"validate"},
+                                             {"validate", "a.yaml", "b.yaml"},
+                                             {"validate", "--strict"},
+                                             {"validate", ""}}) {
+    RunResult r = RunMoectl(args);
+    ASSERT_TRUE(r.exited);
+    EXPECT_EQ(r.exit_code, 2) << args.size();
+    EXPECT_THAT(r.err, HasSubstr("usage: moectl validate JOB.yaml"));
+  }
+  RunResult help = RunMoectl({"validate", "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.out, HasSubstr("usage: moectl validate JOB.yaml"));
+}
+
+// Each example, copied beside stand-ins for the data that scripts/setup.sh fetches, so the test
+// does not depend on the download; the file itself is validated unchanged.
+class ExampleTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = moe::testing::MakeTempDir("moectl_examples_");
+    fs::create_directories(root_ + "/examples");
+    fs::create_directories(root_ + "/data/gpt2");
+    std::ofstream(root_ + "/data/bible-kjv.txt")
+        << "In the beginning God created the heaven and the earth.\n";
+    std::ofstream(root_ + "/data/gpt2/encoder.json") << "{\"!\": 0}";
+    std::ofstream(root_ + "/data/gpt2/vocab.bpe") << "#version: 0.2\n";
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  RunResult ValidateCopy(const std::string& example) {
+    std::string copy = root_ + "/examples/" + example;
+    fs::copy_file(moe::testing::SourceDir() + "/examples/" + example, copy);
+    return RunMoectl({"validate", copy});
+  }
+
+  std::string root_;
+};
+
+TEST_F(ExampleTest, SmallMediumAndCpuDemoValidate) {
+  struct Case {
+    std::string file;
+    std::string params;
+  };
+  for (const Case& c : std::vector<Case>{{"small.yaml", "407M total, 152M active"},
+                                         {"medium.yaml", "1.73B total, 321M active"},
+                                         {"cpu-demo.yaml", "total, "}}) {
+    RunResult r = ValidateCopy(c.file);
+    ASSERT_TRUE(r.exited) << c.file;
+    EXPECT_EQ(r.exit_code, 0) << c.file << "\n" << r.err;
+    EXPECT_EQ(r.err, "");
+    EXPECT_THAT(r.out, HasSubstr(c.params)) << r.out;
+    EXPECT_THAT(r.out, HasSubstr(root_ + "/data/bible-kjv.txt"));
+    EXPECT_THAT(r.out, HasSubstr("FLOPs/token"));
+    EXPECT_THAT(r.out, HasSubstr("memory/rank  weights"));
+  }
+  // cpu-demo: the char vocabulary is counted from the text (18 distinct bytes in the stand-in).
+  RunResult demo = RunMoectl({"validate", root_ + "/examples/cpu-demo.yaml"});
+  EXPECT_THAT(demo.out, HasSubstr("vocab 18 (byte values in the text)"));
+  EXPECT_THAT(demo.out, HasSubstr("E 4, top-2, hidden 256, dropless, 2 per rank"));
+}
+
+TEST(MoectlValidateExamples, TinyShakespeareValidatesAgainstTheSharedData) {
+  const std::string example = moe::testing::SourceDir() + "/examples/tiny-shakespeare.yaml";
+  const std::string data =
+      (fs::path(moe::testing::SourceDir()) / "../shared/data/tinyshakespeare/input.txt")
+          .lexically_normal();
+  if (!fs::is_regular_file(data)) GTEST_SKIP() << data << " is absent in this checkout";
+  RunResult r = RunMoectl({"validate", example});
+  ASSERT_TRUE(r.exited);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_THAT(r.out, HasSubstr("tiny-shakespeare: valid job"));
+  EXPECT_THAT(r.out, HasSubstr("31.9M total, 10.7M active"));
+  EXPECT_THAT(r.out, HasSubstr("E 8, top-2, hidden 512, dropless, 8 per rank"));
+  EXPECT_THAT(r.out, HasSubstr(data));
+  EXPECT_THAT(r.out, HasSubstr("16.4K tokens/step"));
+}
+
+}  // namespace
+}  // namespace moe
