@@ -3,6 +3,8 @@
 #include <glob.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -342,6 +344,12 @@ absl::Status CheckSplits(const Dataset& data, int seq_len) {
 
 void SampleBatch(const std::vector<uint16_t>& tokens, uint64_t seed, uint64_t stream, int64_t step,
                  int first_seq, int count, int seq_len, int32_t* x, int32_t* y) {
+  if (seq_len <= 0 || tokens.size() < static_cast<size_t>(seq_len) + 1) {
+    // A caller bug (CheckSplits catches short data at load time): stop with the sizes.
+    std::fprintf(stderr, "%s:%d: SampleBatch: %zu tokens cannot hold a sequence of %d + 1\n",
+                 __FILE__, __LINE__, tokens.size(), seq_len);
+    std::abort();
+  }
   const uint64_t starts = tokens.size() - static_cast<uint64_t>(seq_len);  // valid offsets
   const uint64_t base = SplitMix64(SplitMix64(SplitMix64(seed) ^ stream) ^ static_cast<uint64_t>(step));
   for (int r = 0; r < count; ++r) {

@@ -45,7 +45,8 @@ absl::Status CheckSplits(const Dataset& data, int seq_len);
 // slice. (stream tells apart independent sequences of batches, e.g. 0 = train, 1 = val.)
 // Fills x, y (count, seq_len) with sequences first_seq .. first_seq+count-1 of that global batch:
 // sequence i starts at offset splitmix64-chain(seed, stream, step, i) % (len - seq_len), x holds
-// tokens[off, off + seq_len) and y the same shifted by one. Requires len >= seq_len + 1.
+// tokens[off, off + seq_len) and y the same shifted by one. Requires len >= seq_len + 1 (check
+// with CheckSplits at load time; a violation aborts the rank with the sizes).
 void SampleBatch(const std::vector<uint16_t>& tokens, uint64_t seed, uint64_t stream, int64_t step,
                  int first_seq, int count, int seq_len, int32_t* x, int32_t* y);
 

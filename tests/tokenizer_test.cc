@@ -1,0 +1,182 @@
+// Tokenizers: nanoGPT char ids, GPT-2 BPE ids (checked against the gpt-3-encoder reference),
+// round trips, serialization, and the errors bad input gets.
+#include "worker/tokenizer.h"
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "common/files.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/paths.h"
+
+namespace moe {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+std::string Shakespeare() {
+  absl::StatusOr<std::string> text = ReadFile(testing::ShakespearePath());
+  EXPECT_TRUE(text.ok()) << text.status();
+  return text.ok() ? *text : "";
+}
+
+TEST(CharTokenizer, TinyShakespeareMatchesNanoGpt) {
+  auto tok = BuildCharTokenizer(Shakespeare());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ((*tok)->vocab_size(), 65);
+  EXPECT_EQ((*tok)->Describe(), "char (65 symbols)");
+  // nanoGPT shakespeare_char: stoi over sorted(set(text)); '\n' = 0, ' ' = 1, 'A' = 13, 'a' = 39.
+  EXPECT_THAT((*tok)->Encode("First Citizen"),
+              ElementsAre(18, 47, 56, 57, 58, 1, 15, 47, 58, 47, 64, 43, 52));
+  EXPECT_THAT((*tok)->Encode("\n !A a"), ElementsAre(0, 1, 2, 13, 1, 39));
+  EXPECT_EQ((*tok)->Decode({18, 47, 56, 57, 58}), "First");
+}
+
+TEST(CharTokenizer, RoundTripsAndSerializes) {
+  auto tok = BuildCharTokenizer("hello, world\n\xC3\xA9");  // é is two byte-symbols
+  ASSERT_TRUE(tok.ok());
+  EXPECT_EQ((*tok)->vocab_size(), 12);
+  std::string text = "world, hello\n\xC3\xA9";
+  auto ids = (*tok)->TryEncode(text);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ((*tok)->Decode(*ids), text);
+
+  auto back = DeserializeTokenizer((*tok)->Serialize());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ((*back)->vocab_size(), 12);
+  EXPECT_EQ((*back)->Encode(text), *ids);
+  EXPECT_EQ((*back)->Serialize(), (*tok)->Serialize());
+}
+
+TEST(CharTokenizer, UnknownCharacterIsNamed) {
+  auto tok = BuildCharTokenizer("abc");
+  ASSERT_TRUE(tok.ok());
+  auto ids = (*tok)->TryEncode("abz");
+  ASSERT_FALSE(ids.ok());
+  EXPECT_EQ(ids.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ids.status().message(), HasSubstr("'z'"));
+  EXPECT_THAT(ids.status().message(), HasSubstr("byte 2"));
+  EXPECT_THAT((*tok)->Encode("abz"), ElementsAre(0, 1));  // lenient form drops it
+  EXPECT_EQ((*tok)->Decode({0, 7}), "a\xEF\xBF\xBD");     // bad id -> U+FFFD
+  EXPECT_FALSE(BuildCharTokenizer("").ok());
+}
+
+TEST(Tokenizer, DeserializeRejectsGarbage) {
+  for (std::string blob : {"", "hello", "moe-tokenizer char v1\nzz", "moe-tokenizer char v1\n6261",
+                           "moe-tokenizer gpt2 v1\nencoder.json 99\n{}"}) {
+    auto tok = DeserializeTokenizer(blob);
+    ASSERT_FALSE(tok.ok()) << blob;
+    EXPECT_EQ(tok.status().code(), absl::StatusCode::kInvalidArgument) << blob;
+  }
+}
+
+TEST(JsonStringIntMap, ParsesEscapes) {
+  auto m = ParseJsonStringIntMap(
+      R"( {"a": 1, "\"q\\": 2 , "\u0120x": 3, "\ud83d\ude00": 4, "\n\t\/": -5} )");
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_EQ(m->size(), 5u);
+  EXPECT_EQ((*m)[0], (std::pair<std::string, int64_t>("a", 1)));
+  EXPECT_EQ((*m)[1].first, "\"q\\");
+  EXPECT_EQ((*m)[2].first, "\xC4\xA0x");          // U+0120 in UTF-8
+  EXPECT_EQ((*m)[3].first, "\xF0\x9F\x98\x80");   // surrogate pair -> U+1F600
+  EXPECT_EQ((*m)[4], (std::pair<std::string, int64_t>("\n\t/", -5)));
+  EXPECT_TRUE(ParseJsonStringIntMap("{}").ok());
+}
+
+TEST(JsonStringIntMap, ReportsWhereItBroke) {
+  for (const char* bad : {"", "[]", "{\"a\" 1}", "{\"a\": x}", "{\"a\": 1", "{\"a\": 1,}",
+                          "{\"\\ud800\": 1}", "{\"a\": 1} x", "{\"\\q\": 1}"}) {
+    auto m = ParseJsonStringIntMap(bad);
+    ASSERT_FALSE(m.ok()) << bad;
+    EXPECT_THAT(m.status().message(), HasSubstr("at byte")) << bad;
+  }
+}
+
+class Gpt2Test : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::SourceDir() + "/data/gpt2";
+    if (!std::filesystem::exists(dir_ + "/encoder.json") ||
+        !std::filesystem::exists(dir_ + "/vocab.bpe")) {
+      GTEST_SKIP() << dir_ << " has no encoder.json/vocab.bpe; run scripts/fetch_data.sh";
+    }
+    auto tok = LoadGpt2Tokenizer(dir_);
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    tok_ = *std::move(tok);
+  }
+  std::string dir_;
+  std::unique_ptr<Tokenizer> tok_;
+};
+
+TEST_F(Gpt2Test, KnownIds) {
+  EXPECT_EQ(tok_->vocab_size(), 50257);
+  EXPECT_THAT(tok_->Encode("Hello world"), ElementsAre(15496, 995));
+  EXPECT_THAT(tok_->Encode(" the"), ElementsAre(262));
+  // Expected ids below come from gpt-3-encoder's Encoder.js (the reference GPT-2 encoder).
+  EXPECT_THAT(tok_->Encode("I'm here, they're ALL 123456 apples!!"),
+              ElementsAre(40, 1101, 994, 11, 484, 821, 11096, 17031, 29228, 22514, 3228));
+  EXPECT_THAT(tok_->Encode("  two  spaces\n\nnew\tline  "),
+              ElementsAre(220, 734, 220, 9029, 198, 198, 3605, 197, 1370, 220, 220));
+  EXPECT_THAT(tok_->Encode("naïve café — “quotes” 日本語 😀"),
+              ElementsAre(2616, 38776, 40304, 851, 564, 250, 421, 6421, 447, 251, 10545, 245, 98,
+                          17312, 105, 45739, 252, 30325, 222));
+  EXPECT_THAT(tok_->Encode("In the beginning God created the heaven and the earth."),
+              ElementsAre(818, 262, 3726, 1793, 2727, 262, 9538, 290, 262, 4534, 13));
+  EXPECT_THAT(tok_->Encode("don't 'S 'll'd"), ElementsAre(9099, 470, 705, 50, 705, 297, 1549));
+  EXPECT_THAT(tok_->Encode("x = foo(bar[3]) + 2.5e10;"),
+              ElementsAre(87, 796, 22944, 7, 5657, 58, 18, 12962, 1343, 362, 13, 20, 68, 940, 26));
+  EXPECT_THAT(tok_->Encode("   "), ElementsAre(220, 220, 220));
+  EXPECT_THAT(tok_->Encode("a\u00a0b"), ElementsAre(64, 1849, 65));
+  EXPECT_TRUE(tok_->Encode("").empty());
+}
+
+TEST_F(Gpt2Test, RoundTripsAnyBytes) {
+  std::string shakespeare = Shakespeare().substr(0, 20000);
+  std::string binary;
+  for (int i = 0; i < 512; ++i) binary.push_back(static_cast<char>((i * 37) & 0xFF));
+  for (const std::string& text : {shakespeare, binary, std::string("\xC3(\xE2\x82 broken utf8\xFF"),
+                                  std::string("<|endoftext|> tabs\t\t\tand CRLF\r\n")}) {
+    std::vector<int32_t> ids = tok_->Encode(text);
+    EXPECT_EQ(tok_->Decode(ids), text);
+    auto checked = tok_->TryEncode(text);
+    ASSERT_TRUE(checked.ok());
+    EXPECT_EQ(*checked, ids);
+  }
+  // BPE compresses English: tiny shakespeare is ~3.3 characters per token with GPT-2.
+  EXPECT_LT(tok_->Encode(shakespeare).size(), shakespeare.size() / 3);
+}
+
+TEST_F(Gpt2Test, SerializeRebuildsTheSameTokenizer) {
+  auto back = DeserializeTokenizer(tok_->Serialize());
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ((*back)->vocab_size(), 50257);
+  EXPECT_EQ((*back)->Describe(), tok_->Describe());
+  EXPECT_THAT((*back)->Encode("Hello world"), ElementsAre(15496, 995));
+}
+
+TEST(Gpt2Tokenizer, BadFilesAreExplained) {
+  std::string dir = testing::MakeTempDir("gpt2_bad_");
+  auto missing = LoadGpt2Tokenizer(dir);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_THAT(missing.status().message(), HasSubstr("encoder.json"));
+  EXPECT_THAT(missing.status().message(), HasSubstr("fetch_data.sh"));
+
+  ASSERT_TRUE(WriteFileAtomic(dir + "/encoder.json", "{\"a\": 0, \"b\" 1}").ok());
+  ASSERT_TRUE(WriteFileAtomic(dir + "/vocab.bpe", "#version: 0.2\na b\n").ok());
+  auto bad_json = LoadGpt2Tokenizer(dir);
+  ASSERT_FALSE(bad_json.ok());
+  EXPECT_THAT(bad_json.status().message(), HasSubstr("encoder.json"));
+  EXPECT_THAT(bad_json.status().message(), HasSubstr("at byte"));
+
+  ASSERT_TRUE(WriteFileAtomic(dir + "/encoder.json", "{\"a\": 0, \"b\": 1}").ok());
+  auto too_few = LoadGpt2Tokenizer(dir);  // a byte-level BPE needs all 256 bytes
+  ASSERT_FALSE(too_few.ok());
+  EXPECT_THAT(too_few.status().message(), HasSubstr("no token for byte"));
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace moe
