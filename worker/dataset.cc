@@ -70,6 +70,26 @@ absl::StatusOr<CacheMeta> ParseMeta(absl::string_view text) {
   return meta;
 }
 
+// The default token cache: never beside the text (its folder may be read-only or shared), but
+// under $MOE_CACHE_DIR, else $XDG_CACHE_HOME/moe/tokens, else ~/.cache/moe/tokens, in a folder
+// named after the text file and a hash of its absolute path.
+std::string DefaultCacheDir(const std::string& text_path, absl::string_view kind) {
+  std::string root;
+  if (const char* env = std::getenv("MOE_CACHE_DIR"); env != nullptr && *env != '\0') {
+    root = env;
+  } else if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
+    root = absl::StrCat(xdg, "/moe/tokens");
+  } else {
+    const char* home = std::getenv("HOME");
+    root = absl::StrCat(home != nullptr && *home != '\0' ? home : "/tmp", "/.cache/moe/tokens");
+  }
+  std::error_code ec;
+  std::string abs = std::filesystem::absolute(text_path, ec).string();
+  if (ec) abs = text_path;
+  return absl::StrCat(root, "/", std::filesystem::path(abs).filename().string(), "-",
+                      absl::StrFormat("%016x", Xxh64(abs.data(), abs.size())), "/", kind);
+}
+
 // Reads cache_dir/name as raw uint16 tokens when it has `count` tokens hashing to `hash`.
 bool ReadCachedTokens(const std::string& path, const std::string& count, const std::string& hash,
                       std::vector<uint16_t>* out) {
@@ -118,9 +138,7 @@ absl::StatusOr<Dataset> LoadText(const moe::v1::DataSpec& spec) {
     want["tokenizer_xxh64"] = absl::StrFormat("%016x", Xxh64(blob.data(), blob.size()));
   }
 
-  std::string cache_dir = spec.cache_dir().empty()
-                              ? absl::StrCat(spec.path(), ".moe-cache/", kind)
-                              : spec.cache_dir();
+  std::string cache_dir = spec.cache_dir().empty() ? DefaultCacheDir(spec.path(), kind) : spec.cache_dir();
   const std::string meta_path = cache_dir + "/meta.txt";
   Dataset data;
 

@@ -96,7 +96,9 @@ absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
   Tokenizer* tok = loaded->tokenizer.get();
   Model& model = *loaded->model;
   const ModelConfig& cfg = model.config();
-  std::vector<int32_t> ids = tok->Encode(opts.prompt);
+  absl::StatusOr<std::vector<int32_t>> encoded = tok->TryEncode(opts.prompt);
+  if (!encoded.ok()) return encoded.status();
+  std::vector<int32_t> ids = *std::move(encoded);
   if (ids.empty()) ids.push_back(0);
   std::mt19937_64 rng(opts.seed);
   const int T = cfg.seq_len, V = cfg.vocab;

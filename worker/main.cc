@@ -195,6 +195,9 @@ int main(int argc, char** argv) {
 
   absl::StatusOr<moe::Dataset> data = moe::LoadDataset(spec->data());
   if (!data.ok()) return fail(absl::StrCat("cannot load data: ", data.status().message()));
+  if (absl::Status st = moe::CheckSplits(*data, spec->model().seq_len()); !st.ok()) {
+    return fail(std::string(st.message()));
+  }
   if (spec->model().vocab_size() > 0 && data->vocab_size > spec->model().vocab_size()) {
     return fail(absl::StrCat("model.vocab_size is ", spec->model().vocab_size(), " but the data has ",
                              data->vocab_size, " token ids; raise model.vocab_size or leave it out"));
