@@ -1,7 +1,117 @@
-// moed: the controller daemon (placeholder until the control plane lands).
-#include <cstdio>
+// moed: the controller daemon. main parses flags into a MoedConfig, starts the daemon and
+// serves until SIGTERM or SIGINT (running jobs keep running; the next moed finds them again).
+#include <signal.h>
 
-int main() {
-  std::fprintf(stderr, "moed: not built yet\n");
-  return 1;
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "daemon/moed.h"
+
+namespace {
+
+constexpr char kUsage[] = R"(usage: moed --state-dir DIR [flags]
+
+  --listen HOST:PORT          gRPC address (default 127.0.0.1:50051)
+  --state-dir DIR             job store and job files (required)
+  --max-ranks N               ranks moed may run at once (default: GPU count, else cores)
+  --metrics-listen HOST:PORT  Prometheus /metrics address (default 127.0.0.1:9464; "" = off)
+  --token-file FILE           require this bearer token on every RPC
+  --worker-bin PATH           moe-worker executable (default: beside moed)
+  --mpirun PATH               mpirun executable (default: mpirun on PATH)
+  --heartbeat-timeout SECS    silence after which a running job is lost (default 60)
+  --cancel-grace SECS         SIGTERM to SIGKILL delay when cancelling (default 30)
+)";
+
+// Parses --name VALUE / --name=VALUE into config; false (with a message) on a bad flag.
+bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    }
+    std::string value;
+    size_t eq = arg.find('=');
+    if (eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+    } else if (arg.rfind("--", 0) == 0 && i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      std::fprintf(stderr, "moed: flag %s needs a value\n%s", arg.c_str(), kUsage);
+      return false;
+    }
+    auto seconds = [&](std::chrono::milliseconds* out) {
+      double s = 0;
+      if (!absl::SimpleAtod(value, &s)) {
+        std::fprintf(stderr, "moed: %s: '%s' is not a number of seconds\n", arg.c_str(),
+                     value.c_str());
+        return false;
+      }
+      *out = std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
+      return true;
+    };
+    if (arg == "--listen") {
+      c->listen = value;
+    } else if (arg == "--state-dir") {
+      c->state_dir = value;
+    } else if (arg == "--max-ranks") {
+      if (!absl::SimpleAtoi(value, &c->max_ranks)) {
+        std::fprintf(stderr, "moed: --max-ranks: '%s' is not a whole number\n", value.c_str());
+        return false;
+      }
+    } else if (arg == "--metrics-listen") {
+      c->metrics_listen = value;
+    } else if (arg == "--token-file") {
+      c->token_file = value;
+    } else if (arg == "--worker-bin") {
+      c->worker_bin = value;
+    } else if (arg == "--mpirun") {
+      c->mpirun = value;
+    } else if (arg == "--heartbeat-timeout") {
+      if (!seconds(&c->heartbeat_timeout)) return false;
+    } else if (arg == "--cancel-grace") {
+      if (!seconds(&c->cancel_grace)) return false;
+    } else {
+      std::fprintf(stderr, "moed: unknown flag %s\n%s", arg.c_str(), kUsage);
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  moe::daemon::MoedConfig config;
+  if (!ParseFlags(argc, argv, &config)) return 2;
+  // Block the stop signals before any thread starts, so all of them inherit the mask and
+  // sigwait below receives the signal.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  auto moed = moe::daemon::Moed::Start(config);
+  if (!moed.ok()) {
+    std::fprintf(stderr, "moed: %s\n", std::string(moed.status().message()).c_str());
+    return 2;
+  }
+  const auto& c = (*moed)->config();
+  std::fprintf(stderr, "moed: serving on %s, state in %s, max %d ranks, metrics on %s%s\n",
+               c.listen.c_str(), c.state_dir.c_str(), c.max_ranks,
+               c.metrics_listen.empty() ? "(off)" : c.metrics_listen.c_str(),
+               c.token_file.empty() ? "" : ", token required");
+  int sig = 0;
+  sigwait(&stop, &sig);
+  std::fprintf(stderr, "moed: signal %d, stopping (jobs keep running)\n", sig);
+  (*moed)->Shutdown();
+  return 0;
 }

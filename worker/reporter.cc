@@ -17,6 +17,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
 #include "moe/v1/worker.grpc.pb.h"
 
 namespace moe {
@@ -114,7 +115,10 @@ struct Reporter::Impl {
   bool Ack(moe::v1::WorkerReportService::Stub& stub, grpc::Status* status) {
     grpc::ClientContext ctx;
     AddAuth(ctx);
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    // Wait for the channel to connect (within the deadline) instead of failing fast on a
+    // cached connect error: moed may be back already.
+    ctx.set_wait_for_ready(true);
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
     moe::v1::ReportAck ack;
     *status = stub.LastLogSeq(&ctx, Hello(), &ack);
     if (!status->ok()) return false;
@@ -123,10 +127,17 @@ struct Reporter::Impl {
   }
 
   void Run() {
-    auto channel = grpc::CreateChannel(opts.moed_address, grpc::InsecureChannelCredentials());
+    // Reconnect quickly when moed comes back (gRPC's default backoff grows from 1 s to 120 s).
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    auto channel = grpc::CreateCustomChannel(opts.moed_address,
+                                             grpc::InsecureChannelCredentials(), args);
     auto stub = moe::v1::WorkerReportService::NewStub(channel);
     auto backoff = std::chrono::milliseconds(100);
     Clock::time_point close_by = Clock::time_point::max();
+    bool outage = false;
     while (true) {
       {
         std::lock_guard<std::mutex> lock(mu);
@@ -139,11 +150,20 @@ struct Reporter::Impl {
           GiveUp(status);
           break;
         }
+        if (!outage) {  // one line per outage, for the rank's log
+          std::fprintf(stderr, "moe-worker rank %d: cannot reach moed at %s (%s), retrying\n",
+                       opts.rank, opts.moed_address.c_str(), status.error_message().c_str());
+          outage = true;
+        }
         std::unique_lock<std::mutex> lock(mu);
         if (closing && logs.empty() && metrics.empty()) break;
         cv.wait_for(lock, backoff, [&] { return closing && Clock::now() >= close_by; });
         backoff = std::min(backoff * 2, kMaxBackoff);
         continue;
+      }
+      if (outage) {
+        std::fprintf(stderr, "moe-worker rank %d: reconnected to moed\n", opts.rank);
+        outage = false;
       }
       backoff = std::chrono::milliseconds(100);
       status = Stream(*stub, close_by);

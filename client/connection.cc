@@ -1,0 +1,210 @@
+// moectl's configuration, connection and error wording.
+#include "client/connection.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/files.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "yaml-cpp/yaml.h"
+
+namespace moe::client {
+namespace {
+
+std::string& ServerOverride() {
+  static std::string* value = new std::string();
+  return *value;
+}
+
+std::string ExpandHome(const std::string& path) {
+  if (path.rfind("~/", 0) == 0) {
+    const char* home = std::getenv("HOME");
+    return std::string(home ? home : "") + path.substr(1);
+  }
+  return path;
+}
+
+}  // namespace
+
+void SetServerOverride(const std::string& server) { ServerOverride() = server; }
+
+absl::StatusOr<ClientConfig> LoadClientConfig() {
+  ClientConfig c;
+  std::string config_path;
+  bool explicit_config = false;
+  if (const char* env = std::getenv("MOE_CONFIG"); env != nullptr && *env != '\0') {
+    config_path = env;
+    explicit_config = true;
+  } else if (const char* home = std::getenv("HOME")) {
+    config_path = std::string(home) + "/.config/moe/config.yaml";
+  }
+  std::string token_file;
+  if (!config_path.empty()) {
+    std::ifstream probe(config_path);
+    if (probe.good()) {
+      try {
+        YAML::Node root = YAML::LoadFile(config_path);
+        if (root["server"]) c.server = root["server"].as<std::string>();
+        if (root["token_file"]) token_file = ExpandHome(root["token_file"].as<std::string>());
+      } catch (const YAML::Exception& e) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("config ", config_path, ": ", e.what(),
+                         " (expected `server: HOST:PORT` and `token_file: PATH`)"));
+      }
+    } else if (explicit_config) {
+      return absl::NotFoundError(
+          absl::StrCat("MOE_CONFIG names ", config_path, ", which cannot be read"));
+    }
+  }
+  if (const char* env = std::getenv("MOE_SERVER"); env != nullptr && *env != '\0') c.server = env;
+  if (!ServerOverride().empty()) c.server = ServerOverride();
+  if (const char* env = std::getenv("MOE_TOKEN"); env != nullptr && *env != '\0') {
+    c.token = env;
+  } else if (!token_file.empty()) {
+    absl::StatusOr<std::string> text = ReadFile(token_file);
+    if (!text.ok()) {
+      return absl::NotFoundError(absl::StrCat("token_file ", token_file, " (from ", config_path,
+                                              ") cannot be read: ", text.status().message()));
+    }
+    std::string first = text->substr(0, text->find('\n'));
+    c.token = std::string(absl::StripAsciiWhitespace(first));
+  }
+  return c;
+}
+
+std::unique_ptr<moe::v1::JobService::Stub> NewJobStub(const ClientConfig& config) {
+  // `logs -f` reconnects after a moed restart: keep gRPC's reconnect backoff short.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  return moe::v1::JobService::NewStub(
+      grpc::CreateCustomChannel(config.server, grpc::InsecureChannelCredentials(), args));
+}
+
+void PrepareContext(grpc::ClientContext& ctx, const ClientConfig& config, double deadline_s) {
+  if (!config.token.empty()) ctx.AddMetadata("authorization", "Bearer " + config.token);
+  if (deadline_s > 0) {
+    ctx.set_deadline(std::chrono::system_clock::now() +
+                     std::chrono::milliseconds(static_cast<int64_t>(deadline_s * 1000)));
+  }
+}
+
+std::string DescribeError(const grpc::Status& s, const ClientConfig& config) {
+  switch (s.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+      return absl::StrCat("cannot reach moed at ", config.server,
+                          " (is it running? set --server or MOE_SERVER)");
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return absl::StrCat("moed at ", config.server, " did not answer in time");
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return absl::StrCat("moed at ", config.server, " refused the request: ", s.error_message(),
+                          config.token.empty() ? "" : " (check MOE_TOKEN / token_file)");
+    case grpc::StatusCode::UNIMPLEMENTED:
+      if (s.error_message().empty()) {
+        return absl::StrCat("the server at ", config.server, " is not a moed");
+      }
+      return s.error_message();
+    default:
+      return s.error_message().empty() ? absl::StrCat("moed error (code ", s.error_code(), ")")
+                                       : s.error_message();
+  }
+}
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "moectl: %s\n", message.c_str());
+  return 1;
+}
+
+bool Args::Has(const std::string& name) const {
+  for (const auto& [n, v] : flags) {
+    if (n == name) return true;
+  }
+  return false;
+}
+
+std::string Args::Get(const std::string& name, const std::string& fallback) const {
+  std::string out = fallback;
+  for (const auto& [n, v] : flags) {
+    if (n == name) out = v;
+  }
+  return out;
+}
+
+absl::StatusOr<Args> ParseArgs(int argc, char** argv, const std::vector<std::string>& value_flags,
+                               const std::vector<std::string>& bool_flags) {
+  Args a;
+  auto in = [](const std::vector<std::string>& v, const std::string& s) {
+    return std::find(v.begin(), v.end(), s) != v.end();
+  };
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg.size() < 2 || arg[0] != '-' || arg == "--") {
+      a.positional.push_back(arg);
+      continue;
+    }
+    std::string value;
+    bool has_value = false;
+    if (size_t eq = arg.find('='); eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+      has_value = true;
+    }
+    if (arg == "--server") {  // accepted after the command too
+      if (!has_value) {
+        if (i + 1 >= argc) return absl::InvalidArgumentError("--server needs HOST:PORT");
+        value = argv[++i];
+      }
+      SetServerOverride(value);
+      continue;
+    }
+    if (in(value_flags, arg)) {
+      if (!has_value) {
+        if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat(arg, " needs a value"));
+        value = argv[++i];
+      }
+      a.flags.emplace_back(arg, value);
+    } else if (in(bool_flags, arg)) {
+      if (has_value) return absl::InvalidArgumentError(absl::StrCat(arg, " takes no value"));
+      a.flags.emplace_back(arg, "");
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("unknown option ", arg));
+    }
+  }
+  return a;
+}
+
+std::string StateName(moe::v1::JobState state) {
+  std::string name = moe::v1::JobState_Name(state);
+  constexpr char kPrefix[] = "JOB_STATE_";
+  if (name.rfind(kPrefix, 0) == 0) name = name.substr(sizeof(kPrefix) - 1);
+  return name.empty() ? "UNKNOWN" : name;
+}
+
+std::string FormatDuration(double seconds) {
+  if (seconds < 0) return "-";
+  int64_t s = static_cast<int64_t>(seconds + 0.5);
+  if (s >= 3600) return absl::StrFormat("%dh%02dm", s / 3600, (s % 3600) / 60);
+  if (s >= 60) return absl::StrFormat("%dm%02ds", s / 60, s % 60);
+  return absl::StrFormat("%ds", s);
+}
+
+double EstimateSecondsLeft(const moe::v1::Job& job) {
+  const int64_t total = job.spec().train().steps();
+  const int64_t step = job.latest().step();
+  if (!job.has_latest() || total <= 0 || step <= 0) return -1;
+  if (step >= total) return 0;
+  double per_step_s = job.latest().step_ms() / 1000.0;
+  if (per_step_s <= 0 && job.started_unix_ms() > 0 && job.latest().unix_ms() > job.started_unix_ms()) {
+    per_step_s = (job.latest().unix_ms() - job.started_unix_ms()) / 1000.0 / step;
+  }
+  return per_step_s > 0 ? per_step_s * (total - step) : -1;
+}
+
+}  // namespace moe::client

@@ -1,0 +1,54 @@
+// How moectl finds and talks to moed: server address and token from flags, environment and
+// ~/.config/moe/config.yaml; a stub; and gRPC errors turned into one clear line.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/support/status.h"
+#include "moe/v1/control.grpc.pb.h"
+
+namespace moe::client {
+
+struct ClientConfig {
+  std::string server = "127.0.0.1:50051";
+  std::string token;  // "" = no authorization header
+};
+
+// --server given before the command (main.cc); wins over MOE_SERVER and the config file.
+void SetServerOverride(const std::string& server);
+
+// Order: --server, MOE_SERVER, config `server:`; MOE_TOKEN, config `token_file:`. The config
+// file is MOE_CONFIG or ~/.config/moe/config.yaml (absent is fine; unreadable or bad is an error).
+absl::StatusOr<ClientConfig> LoadClientConfig();
+
+std::unique_ptr<moe::v1::JobService::Stub> NewJobStub(const ClientConfig& config);
+// Adds the token and, when deadline_s > 0, a deadline.
+void PrepareContext(grpc::ClientContext& ctx, const ClientConfig& config, double deadline_s);
+
+// "cannot reach moed at ADDR (is it running? set --server or MOE_SERVER)" and the like.
+std::string DescribeError(const grpc::Status& status, const ClientConfig& config);
+
+// Prints "moectl: <message>" on stderr; returns 1 (or 2 for usage errors from callers).
+int Fail(const std::string& message);
+
+// Minimal argument splitting for subcommands: flags (with values where listed) and positionals.
+struct Args {
+  std::vector<std::string> positional;
+  std::vector<std::pair<std::string, std::string>> flags;  // name (with dashes), value
+  bool Has(const std::string& name) const;
+  std::string Get(const std::string& name, const std::string& fallback) const;
+};
+// Flags in value_flags take a value (--n V or --n=V); others are booleans. Unknown flags fail.
+absl::StatusOr<Args> ParseArgs(int argc, char** argv, const std::vector<std::string>& value_flags,
+                               const std::vector<std::string>& bool_flags);
+
+std::string StateName(moe::v1::JobState state);
+std::string FormatDuration(double seconds);  // "1h02m", "3m05s", "12s"
+// Seconds left, or a negative number when unknown.
+double EstimateSecondsLeft(const moe::v1::Job& job);
+
+}  // namespace moe::client

@@ -1,0 +1,211 @@
+// moectl submit, list, status, cancel.
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/time.h"
+#include "client/commands.h"
+#include "client/connection.h"
+#include "common/files.h"
+#include "common/job_spec.h"
+
+namespace moe::client {
+namespace {
+
+std::string FormatTime(int64_t unix_ms) {
+  if (unix_ms <= 0) return "-";
+  return absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::FromUnixMillis(unix_ms),
+                          absl::LocalTimeZone());
+}
+
+std::string Progress(const moe::v1::Job& j) {
+  if (!j.has_latest()) return absl::StrCat("0/", j.spec().train().steps());
+  return absl::StrCat(j.latest().step(), "/", j.spec().train().steps());
+}
+
+std::string Loss(const moe::v1::Job& j) {
+  return j.has_latest() ? absl::StrFormat("%.4f", j.latest().loss()) : "-";
+}
+
+std::string Throughput(const moe::v1::Job& j) {
+  return j.has_latest() && j.latest().tokens_per_s() > 0
+             ? absl::StrFormat("%.0f", j.latest().tokens_per_s())
+             : "-";
+}
+
+absl::StatusOr<moe::v1::Job> GetJob(moe::v1::JobService::Stub& stub, const ClientConfig& c,
+                                    const std::string& id, grpc::Status* status) {
+  grpc::ClientContext ctx;
+  PrepareContext(ctx, c, 10);
+  moe::v1::GetJobRequest req;
+  req.set_id(id);
+  moe::v1::Job job;
+  *status = stub.GetJob(&ctx, req, &job);
+  if (!status->ok()) return absl::UnknownError(status->error_message());
+  return job;
+}
+
+}  // namespace
+
+int RunSubmit(int argc, char** argv) {
+  absl::StatusOr<Args> args = ParseArgs(argc, argv, {}, {"--follow", "-f"});
+  if (!args.ok() || args->positional.size() != 1) {
+    std::fprintf(stderr, "moectl submit: %s\nusage: moectl submit JOB.yaml [--follow]\n",
+                 args.ok() ? "one job file expected" : std::string(args.status().message()).c_str());
+    return 2;
+  }
+  const std::string path = args->positional[0];
+  ParsedSpec parsed = LoadJobSpecFile(path);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "%s\n", FormatSpecErrors(parsed.errors).c_str());
+    std::fprintf(stderr, "moectl: %s refused: %zu error%s; nothing was submitted\n", path.c_str(),
+                 parsed.errors.size(), parsed.errors.size() == 1 ? "" : "s");
+    return 2;
+  }
+  absl::StatusOr<ClientConfig> config = LoadClientConfig();
+  if (!config.ok()) return Fail(std::string(config.status().message()));
+  moe::v1::SubmitJobRequest req;
+  *req.mutable_spec() = parsed.spec;
+  if (absl::StatusOr<std::string> text = ReadFile(path); text.ok()) req.set_spec_yaml(*text);
+  auto stub = NewJobStub(*config);
+  grpc::ClientContext ctx;
+  PrepareContext(ctx, *config, 30);
+  moe::v1::Job job;
+  grpc::Status s = stub->SubmitJob(&ctx, req, &job);
+  if (!s.ok()) return Fail(DescribeError(s, *config));
+  std::printf("%s\n", job.id().c_str());
+  std::fflush(stdout);
+  if (args->Has("--follow") || args->Has("-f")) return FollowLogs(job.id(), -1, 0, true);
+  return 0;
+}
+
+int RunList(int argc, char** argv) {
+  absl::StatusOr<Args> args = ParseArgs(argc, argv, {}, {});
+  if (!args.ok() || !args->positional.empty()) {
+    std::fprintf(stderr, "usage: moectl list\n");
+    return 2;
+  }
+  absl::StatusOr<ClientConfig> config = LoadClientConfig();
+  if (!config.ok()) return Fail(std::string(config.status().message()));
+  auto stub = NewJobStub(*config);
+  grpc::ClientContext ctx;
+  PrepareContext(ctx, *config, 10);
+  moe::v1::ListJobsResponse resp;
+  grpc::Status s = stub->ListJobs(&ctx, moe::v1::ListJobsRequest(), &resp);
+  if (!s.ok()) return Fail(DescribeError(s, *config));
+  std::printf("%-10s %-20s %-11s %5s %-19s %s\n", "ID", "NAME", "STATE", "RANKS", "CREATED",
+              "REASON");
+  for (const moe::v1::Job& j : resp.jobs()) {
+    std::printf("%-10s %-20s %-11s %5d %-19s %s\n", j.id().c_str(), j.spec().name().c_str(),
+                StateName(j.state()).c_str(), j.spec().resources().ranks(),
+                FormatTime(j.created_unix_ms()).c_str(), j.reason().c_str());
+  }
+  return 0;
+}
+
+int RunStatus(int argc, char** argv) {
+  absl::StatusOr<Args> args = ParseArgs(argc, argv, {}, {});
+  if (!args.ok() || args->positional.size() > 1) {
+    std::fprintf(stderr, "usage: moectl status [JOB]\n");
+    return 2;
+  }
+  absl::StatusOr<ClientConfig> config = LoadClientConfig();
+  if (!config.ok()) return Fail(std::string(config.status().message()));
+  auto stub = NewJobStub(*config);
+  if (args->positional.empty()) {
+    grpc::ClientContext ctx;
+    PrepareContext(ctx, *config, 10);
+    moe::v1::ListJobsResponse resp;
+    grpc::Status s = stub->ListJobs(&ctx, moe::v1::ListJobsRequest(), &resp);
+    if (!s.ok()) return Fail(DescribeError(s, *config));
+    std::printf("%-10s %-16s %-11s %-11s %9s %9s %7s %8s %s\n", "ID", "NAME", "STATE", "STEP",
+                "LOSS", "TOK/S", "ETA", "RESTARTS", "REASON");
+    for (const moe::v1::Job& j : resp.jobs()) {
+      std::printf("%-10s %-16s %-11s %-11s %9s %9s %7s %8d %s\n", j.id().c_str(),
+                  j.spec().name().c_str(), StateName(j.state()).c_str(), Progress(j).c_str(),
+                  Loss(j).c_str(), Throughput(j).c_str(),
+                  j.state() == moe::v1::JOB_STATE_RUNNING
+                      ? FormatDuration(EstimateSecondsLeft(j)).c_str()
+                      : "-",
+                  j.restarts(), j.reason().c_str());
+    }
+    return 0;
+  }
+  grpc::Status s;
+  absl::StatusOr<moe::v1::Job> job = GetJob(*stub, *config, args->positional[0], &s);
+  if (!job.ok()) return Fail(DescribeError(s, *config));
+  const moe::v1::Job& j = *job;
+  std::printf("job       %s (%s)\n", j.id().c_str(), j.spec().name().c_str());
+  std::printf("state     %s\n", StateName(j.state()).c_str());
+  if (!j.reason().empty()) std::printf("reason    %s\n", j.reason().c_str());
+  const int64_t total = j.spec().train().steps();
+  std::printf("step      %s", Progress(j).c_str());
+  if (total > 0 && j.has_latest()) std::printf(" (%.1f%%)", 100.0 * j.latest().step() / total);
+  std::printf("\n");
+  if (j.has_latest()) {
+    std::printf("loss      %.4f", j.latest().loss());
+    if (j.latest().has_val_loss()) std::printf("  val %.4f", j.latest().val_loss());
+    if (j.best_val_loss() > 0) std::printf("  best val %.4f", j.best_val_loss());
+    std::printf("\n");
+  }
+  std::printf("tokens/s  %s\n", Throughput(j).c_str());
+  if (j.state() == moe::v1::JOB_STATE_RUNNING) {
+    std::printf("ETA       %s\n", FormatDuration(EstimateSecondsLeft(j)).c_str());
+  }
+  std::printf("restarts  %d of %d\n", j.restarts(), j.spec().max_restarts());
+  std::printf("ranks     %d\n", j.spec().resources().ranks());
+  std::printf("created   %s\n", FormatTime(j.created_unix_ms()).c_str());
+  std::printf("started   %s\n", FormatTime(j.started_unix_ms()).c_str());
+  if (j.ended_unix_ms() > 0) std::printf("ended     %s\n", FormatTime(j.ended_unix_ms()).c_str());
+  std::printf("dir       %s\n", j.state_dir().c_str());
+  return 0;
+}
+
+int RunCancel(int argc, char** argv) {
+  absl::StatusOr<Args> args = ParseArgs(argc, argv, {"--wait"}, {"--no-wait"});
+  double wait_s = 300;
+  if (!args.ok() || args->positional.size() != 1 ||
+      !absl::SimpleAtod(args->Get("--wait", "300"), &wait_s)) {
+    std::fprintf(stderr, "usage: moectl cancel JOB [--no-wait] [--wait SECONDS]\n");
+    return 2;
+  }
+  absl::StatusOr<ClientConfig> config = LoadClientConfig();
+  if (!config.ok()) return Fail(std::string(config.status().message()));
+  auto stub = NewJobStub(*config);
+  const std::string id = args->positional[0];
+  grpc::ClientContext ctx;
+  PrepareContext(ctx, *config, 10);
+  moe::v1::CancelJobRequest req;
+  req.set_id(id);
+  moe::v1::Job job;
+  grpc::Status s = stub->CancelJob(&ctx, req, &job);
+  if (!s.ok()) return Fail(DescribeError(s, *config));
+  if (args->Has("--no-wait")) {
+    std::printf("%s %s (%s)\n", id.c_str(), StateName(job.state()).c_str(), job.reason().c_str());
+    return 0;
+  }
+  // CANCELLED comes once no process of the job is left (SIGTERM, grace, SIGKILL).
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::milliseconds(static_cast<int64_t>(wait_s * 1000));
+  while (job.state() != moe::v1::JOB_STATE_CANCELLED && job.state() != moe::v1::JOB_STATE_FAILED &&
+         job.state() != moe::v1::JOB_STATE_SUCCEEDED) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      return Fail(absl::StrCat(id, " is still ", StateName(job.state()), " after ", wait_s,
+                               " s; moed keeps stopping it (moectl status ", id, ")"));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    absl::StatusOr<moe::v1::Job> now = GetJob(*stub, *config, id, &s);
+    if (now.ok()) {
+      job = *std::move(now);
+    } else if (s.error_code() != grpc::StatusCode::UNAVAILABLE) {
+      return Fail(DescribeError(s, *config));
+    }
+  }
+  std::printf("%s %s\n", id.c_str(), StateName(job.state()).c_str());
+  return job.state() == moe::v1::JOB_STATE_CANCELLED ? 0 : 1;
+}
+
+}  // namespace moe::client

@@ -1,0 +1,108 @@
+// moectl logs: prints a job's lines and follows them, resuming after the last seq per rank when
+// the stream breaks (a moed restart), so nothing is printed twice or skipped.
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "client/commands.h"
+#include "client/connection.h"
+
+namespace moe::client {
+namespace {
+
+constexpr auto kReconnectFor = std::chrono::seconds(120);
+
+}  // namespace
+
+int FollowLogs(const std::string& job_id, int rank, int64_t tail, bool follow) {
+  absl::StatusOr<ClientConfig> config = LoadClientConfig();
+  if (!config.ok()) return Fail(std::string(config.status().message()));
+  auto stub = NewJobStub(*config);
+  std::map<int, int64_t> after;
+  bool first = true;
+  bool warned = false;
+  auto down_since = std::chrono::steady_clock::time_point::max();
+  auto backoff = std::chrono::milliseconds(100);
+  while (true) {
+    grpc::ClientContext ctx;
+    PrepareContext(ctx, *config, follow ? 0 : 60);
+    moe::v1::StreamLogsRequest req;
+    req.set_id(job_id);
+    req.set_follow(follow);
+    req.set_rank(rank);
+    if (first) req.set_tail(tail);
+    for (const auto& [r, seq] : after) (*req.mutable_after_seq())[r] = seq;
+    auto reader = stub->StreamLogs(&ctx, req);
+    moe::v1::LogLine line;
+    while (reader->Read(&line)) {
+      if (rank < 0) {
+        std::printf("[%d] %s\n", line.rank(), line.text().c_str());
+      } else {
+        std::printf("%s\n", line.text().c_str());
+      }
+      after[line.rank()] = line.seq();
+      down_since = std::chrono::steady_clock::time_point::max();
+      backoff = std::chrono::milliseconds(100);
+    }
+    std::fflush(stdout);
+    grpc::Status s = reader->Finish();
+    first = false;
+    if (s.ok()) break;
+    if (follow && s.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      const auto now = std::chrono::steady_clock::now();
+      if (down_since == std::chrono::steady_clock::time_point::max()) down_since = now;
+      if (now - down_since > kReconnectFor) return Fail(DescribeError(s, *config));
+      if (!warned) {
+        std::fprintf(stderr, "moectl: lost moed at %s, reconnecting...\n", config->server.c_str());
+        warned = true;
+      }
+      std::this_thread::sleep_for(backoff);
+      backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
+      continue;
+    }
+    return Fail(DescribeError(s, *config));
+  }
+  // How the job stands decides the exit code.
+  for (int tries = 0;; ++tries) {
+    grpc::ClientContext ctx;
+    PrepareContext(ctx, *config, 10);
+    moe::v1::GetJobRequest req;
+    req.set_id(job_id);
+    moe::v1::Job job;
+    grpc::Status s = stub->GetJob(&ctx, req, &job);
+    if (!s.ok()) {
+      if (s.error_code() == grpc::StatusCode::UNAVAILABLE && tries < 20) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        continue;
+      }
+      return Fail(DescribeError(s, *config));
+    }
+    const moe::v1::JobState st = job.state();
+    if (follow || st == moe::v1::JOB_STATE_FAILED || st == moe::v1::JOB_STATE_CANCELLED) {
+      std::fprintf(stderr, "moectl: job %s %s%s%s\n", job_id.c_str(), StateName(st).c_str(),
+                   job.reason().empty() ? "" : ": ", job.reason().c_str());
+    }
+    if (st == moe::v1::JOB_STATE_SUCCEEDED) return 0;
+    if (follow || st == moe::v1::JOB_STATE_FAILED || st == moe::v1::JOB_STATE_CANCELLED) return 1;
+    return 0;  // without -f, lines of a job still going are a success
+  }
+}
+
+int RunLogs(int argc, char** argv) {
+  absl::StatusOr<Args> args = ParseArgs(argc, argv, {"--rank", "--tail"}, {"-f", "--follow"});
+  int rank = -1;
+  int64_t tail = 0;
+  if (!args.ok() || args->positional.size() != 1 ||
+      !absl::SimpleAtoi(args->Get("--rank", "-1"), &rank) || rank < -1 ||
+      !absl::SimpleAtoi(args->Get("--tail", "0"), &tail) || tail < 0) {
+    std::fprintf(stderr, "moectl logs: %s\nusage: moectl logs JOB [-f] [--rank N] [--tail N]\n",
+                 args.ok() ? "bad arguments" : std::string(args.status().message()).c_str());
+    return 2;
+  }
+  return FollowLogs(args->positional[0], rank, tail, args->Has("-f") || args->Has("--follow"));
+}
+
+}  // namespace moe::client

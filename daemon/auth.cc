@@ -1,0 +1,56 @@
+// Bearer-token check with a constant-time comparison.
+#include "daemon/auth.h"
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "common/files.h"
+
+namespace moe::daemon {
+namespace {
+
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
+  }
+  return diff == 0;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> LoadTokenFile(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot read token file ", path, ": ", text.status().message()));
+  }
+  absl::string_view first = *text;
+  first = first.substr(0, first.find('\n'));
+  std::string token(absl::StripAsciiWhitespace(first));
+  if (token.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("token file ", path, " is empty (write the token on its first line)"));
+  }
+  return token;
+}
+
+absl::Status TokenAuth::Check(const grpc::ServerContext& context) const {
+  if (!enabled()) return absl::OkStatus();
+  const auto& md = context.client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end()) {
+    return absl::UnauthenticatedError(
+        "missing token: moed requires 'authorization: Bearer <token>' (set MOE_TOKEN or "
+        "token_file in the moectl config)");
+  }
+  absl::string_view value(it->second.data(), it->second.size());
+  constexpr absl::string_view kBearer = "Bearer ";
+  if (value.substr(0, kBearer.size()) != kBearer ||
+      !ConstantTimeEquals(value.substr(kBearer.size()), token_)) {
+    return absl::UnauthenticatedError("invalid token: the bearer token does not match moed's");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moe::daemon

@@ -1,0 +1,38 @@
+// JobServiceImpl: the gRPC JobService moectl talks to: submit (validated again here), get, list,
+// cancel, and log / metric streams that follow a job live until it ends.
+#pragma once
+
+#include "daemon/auth.h"
+#include "daemon/job_store.h"
+#include "daemon/scheduler.h"
+#include "moe/v1/control.grpc.pb.h"
+
+namespace moe::daemon {
+
+class JobServiceImpl final : public moe::v1::JobService::Service {
+ public:
+  JobServiceImpl(JobStore* store, Scheduler* scheduler, const TokenAuth* auth)
+      : store_(store), scheduler_(scheduler), auth_(auth) {}
+
+  grpc::Status SubmitJob(grpc::ServerContext* context, const moe::v1::SubmitJobRequest* request,
+                         moe::v1::Job* response) override;
+  grpc::Status GetJob(grpc::ServerContext* context, const moe::v1::GetJobRequest* request,
+                      moe::v1::Job* response) override;
+  grpc::Status ListJobs(grpc::ServerContext* context, const moe::v1::ListJobsRequest* request,
+                        moe::v1::ListJobsResponse* response) override;
+  grpc::Status CancelJob(grpc::ServerContext* context, const moe::v1::CancelJobRequest* request,
+                         moe::v1::Job* response) override;
+  grpc::Status StreamLogs(grpc::ServerContext* context,
+                          const moe::v1::StreamLogsRequest* request,
+                          grpc::ServerWriter<moe::v1::LogLine>* writer) override;
+  grpc::Status StreamMetrics(grpc::ServerContext* context,
+                             const moe::v1::StreamMetricsRequest* request,
+                             grpc::ServerWriter<moe::v1::MetricPoint>* writer) override;
+
+ private:
+  JobStore* const store_;
+  Scheduler* const scheduler_;
+  const TokenAuth* const auth_;
+};
+
+}  // namespace moe::daemon

@@ -1,0 +1,534 @@
+// JobStore: SQLite schema and queries. One connection behind a mutex; every multi-row change is
+// one transaction, so a crash leaves either all of it or none.
+#include "daemon/job_store.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace moe::daemon {
+namespace {
+
+using moe::v1::JobState;
+
+constexpr char kSchema[] = R"sql(
+CREATE TABLE IF NOT EXISTS jobs(
+  num INTEGER PRIMARY KEY,
+  id TEXT UNIQUE NOT NULL,
+  spec BLOB NOT NULL,
+  spec_yaml TEXT NOT NULL DEFAULT '',
+  state INTEGER NOT NULL,
+  reason TEXT NOT NULL DEFAULT '',
+  created_ms INTEGER NOT NULL,
+  started_ms INTEGER NOT NULL DEFAULT 0,
+  ended_ms INTEGER NOT NULL DEFAULT 0,
+  restarts INTEGER NOT NULL DEFAULT 0,
+  attempt INTEGER NOT NULL DEFAULT 0,
+  latest BLOB,
+  best_val_loss REAL NOT NULL DEFAULT 0,
+  job_dir TEXT NOT NULL,
+  checkpoint_dir TEXT NOT NULL,
+  launch_handle TEXT NOT NULL DEFAULT '',
+  cancel_requested INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS events(
+  id INTEGER PRIMARY KEY, job_id TEXT NOT NULL, unix_ms INTEGER NOT NULL,
+  state INTEGER NOT NULL, reason TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id);
+CREATE TABLE IF NOT EXISTS logs(
+  job_id TEXT NOT NULL, rank INTEGER NOT NULL, seq INTEGER NOT NULL,
+  unix_ms INTEGER NOT NULL, text TEXT NOT NULL, PRIMARY KEY(job_id, rank, seq));
+CREATE INDEX IF NOT EXISTS logs_job ON logs(job_id);
+CREATE TABLE IF NOT EXISTS metrics(
+  id INTEGER PRIMARY KEY, job_id TEXT NOT NULL, attempt INTEGER NOT NULL, step INTEGER NOT NULL,
+  point BLOB NOT NULL, UNIQUE(job_id, attempt, step));
+CREATE TABLE IF NOT EXISTS capture_offsets(
+  job_id TEXT NOT NULL, path TEXT NOT NULL, offset INTEGER NOT NULL, PRIMARY KEY(job_id, path));
+CREATE TABLE IF NOT EXISTS report_cursors(
+  job_id TEXT NOT NULL, rank INTEGER NOT NULL, attempt INTEGER NOT NULL,
+  last_src_seq INTEGER NOT NULL, PRIMARY KEY(job_id, rank, attempt));
+)sql";
+
+// A prepared statement that finalizes itself.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) { rc_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr); }
+  ~Stmt() { sqlite3_finalize(stmt_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+  bool ok() const { return rc_ == SQLITE_OK; }
+  Stmt& Bind(int i, int64_t v) {
+    sqlite3_bind_int64(stmt_, i, v);
+    return *this;
+  }
+  Stmt& Bind(int i, double v) {
+    sqlite3_bind_double(stmt_, i, v);
+    return *this;
+  }
+  Stmt& Bind(int i, const std::string& v) {
+    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& BindBlob(int i, const std::string& v) {
+    sqlite3_bind_blob(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  int Step() { return sqlite3_step(stmt_); }
+  void Reset() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
+  int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
+  double Double(int col) { return sqlite3_column_double(stmt_, col); }
+  std::string Text(int col) {
+    const void* p = sqlite3_column_blob(stmt_, col);
+    int n = sqlite3_column_bytes(stmt_, col);
+    return p ? std::string(static_cast<const char*>(p), n) : std::string();
+  }
+
+ private:
+  sqlite3_stmt* stmt_ = nullptr;
+  int rc_;
+};
+
+std::string FormatId(int64_t num) { return absl::StrFormat("j-%06d", num); }
+
+constexpr char kJobColumns[] =
+    "id, spec, state, reason, created_ms, started_ms, ended_ms, restarts, attempt, latest, "
+    "best_val_loss, job_dir, checkpoint_dir, launch_handle, cancel_requested";
+
+JobRecord RowToRecord(Stmt& s) {
+  JobRecord r;
+  r.job.set_id(s.Text(0));
+  r.job.mutable_spec()->ParseFromString(s.Text(1));
+  r.job.set_state(static_cast<JobState>(s.Int(2)));
+  r.job.set_reason(s.Text(3));
+  r.job.set_created_unix_ms(s.Int(4));
+  r.job.set_started_unix_ms(s.Int(5));
+  r.job.set_ended_unix_ms(s.Int(6));
+  r.job.set_restarts(static_cast<int>(s.Int(7)));
+  r.attempt = static_cast<int>(s.Int(8));
+  std::string latest = s.Text(9);
+  if (!latest.empty()) r.job.mutable_latest()->ParseFromString(latest);
+  r.job.set_best_val_loss(s.Double(10));
+  r.job.set_state_dir(s.Text(11));
+  r.checkpoint_dir = s.Text(12);
+  r.launch_handle = s.Text(13);
+  r.cancel_requested = s.Int(14) != 0;
+  return r;
+}
+
+}  // namespace
+
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+bool IsFinal(JobState state) {
+  return state == moe::v1::JOB_STATE_SUCCEEDED || state == moe::v1::JOB_STATE_FAILED ||
+         state == moe::v1::JOB_STATE_CANCELLED;
+}
+
+std::string StateName(JobState state) {
+  std::string name = moe::v1::JobState_Name(state);
+  constexpr char kPrefix[] = "JOB_STATE_";
+  if (name.rfind(kPrefix, 0) == 0) name = name.substr(sizeof(kPrefix) - 1);
+  return name.empty() ? "UNKNOWN" : name;
+}
+
+absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(path.c_str(), &db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                           nullptr);
+  if (rc != SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    sqlite3_close(db);
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot open job store ", path, ": ", msg,
+                     " (check that --state-dir is writable)"));
+  }
+  sqlite3_busy_timeout(db, 5000);
+  std::unique_ptr<JobStore> store(new JobStore(db));
+  std::lock_guard<std::mutex> lock(store->mu_);
+  for (const char* sql : {"PRAGMA journal_mode=WAL;", "PRAGMA synchronous=NORMAL;", kSchema}) {
+    absl::Status s = store->Exec(sql);
+    if (!s.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot initialise job store ", path, ": ", s.message()));
+    }
+  }
+  return store;
+}
+
+JobStore::~JobStore() {
+  std::lock_guard<std::mutex> lock(mu_);
+  sqlite3_close(db_);
+}
+
+absl::Status JobStore::Exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "unknown error";
+    sqlite3_free(err);
+    return absl::InternalError(absl::StrCat("sqlite: ", msg));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::Error(const char* what) {
+  return absl::InternalError(absl::StrCat("job store: ", what, ": ", sqlite3_errmsg(db_)));
+}
+
+void JobStore::Bump() {
+  {
+    std::lock_guard<std::mutex> lock(version_mu_);
+    ++version_;
+  }
+  version_cv_.notify_all();
+}
+
+uint64_t JobStore::Version() {
+  std::lock_guard<std::mutex> lock(version_mu_);
+  return version_;
+}
+
+uint64_t JobStore::WaitForChange(uint64_t seen, std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(version_mu_);
+  version_cv_.wait_until(lock, deadline, [&] { return version_ != seen; });
+  return version_;
+}
+
+absl::StatusOr<JobRecord> JobStore::CreateJob(const moe::v1::JobSpec& spec,
+                                              const std::string& spec_yaml,
+                                              const std::string& job_root,
+                                              const std::string& reason) {
+  JobRecord r;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
+    int64_t num = 1;
+    {
+      Stmt q(db_, "SELECT COALESCE(MAX(num), 0) + 1 FROM jobs");
+      if (q.Step() == SQLITE_ROW) num = q.Int(0);
+    }
+    const int64_t now = NowUnixMs();
+    std::string id = FormatId(num);
+    std::string job_dir = absl::StrCat(job_root, "/", id);
+    std::string ckpt = spec.checkpoint().dir().empty() ? absl::StrCat(job_dir, "/checkpoints")
+                                                       : spec.checkpoint().dir();
+    Stmt ins(db_,
+             "INSERT INTO jobs(num, id, spec, spec_yaml, state, reason, created_ms, job_dir, "
+             "checkpoint_dir) VALUES(?,?,?,?,?,?,?,?,?)");
+    ins.Bind(1, num).Bind(2, id).BindBlob(3, spec.SerializeAsString()).Bind(4, spec_yaml);
+    ins.Bind(5, static_cast<int64_t>(moe::v1::JOB_STATE_QUEUED)).Bind(6, reason).Bind(7, now);
+    ins.Bind(8, job_dir).Bind(9, ckpt);
+    if (ins.Step() != SQLITE_DONE) {
+      absl::Status err = Error("insert job");
+      Exec("ROLLBACK;").IgnoreError();
+      return err;
+    }
+    Stmt ev(db_, "INSERT INTO events(job_id, unix_ms, state, reason) VALUES(?,?,?,?)");
+    ev.Bind(1, id).Bind(2, now).Bind(3, static_cast<int64_t>(moe::v1::JOB_STATE_QUEUED));
+    ev.Bind(4, reason);
+    if (ev.Step() != SQLITE_DONE) {
+      absl::Status err = Error("insert event");
+      Exec("ROLLBACK;").IgnoreError();
+      return err;
+    }
+    if (absl::Status s = Exec("COMMIT;"); !s.ok()) return s;
+    absl::StatusOr<JobRecord> got = GetJobLocked(id);
+    if (!got.ok()) return got.status();
+    r = *std::move(got);
+  }
+  Bump();
+  return r;
+}
+
+absl::StatusOr<JobRecord> JobStore::GetJobLocked(const std::string& id) {
+  Stmt q(db_, absl::StrCat("SELECT ", kJobColumns, " FROM jobs WHERE id = ?").c_str());
+  q.Bind(1, id);
+  int rc = q.Step();
+  if (rc == SQLITE_ROW) return RowToRecord(q);
+  if (rc == SQLITE_DONE) {
+    return absl::NotFoundError(
+        absl::StrCat("no job '", id, "' (moectl list shows the jobs moed knows)"));
+  }
+  return Error("read job");
+}
+
+absl::StatusOr<JobRecord> JobStore::GetJob(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return GetJobLocked(id);
+}
+
+absl::StatusOr<std::vector<JobRecord>> JobStore::ListJobs() {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_, absl::StrCat("SELECT ", kJobColumns, " FROM jobs ORDER BY num").c_str());
+  std::vector<JobRecord> out;
+  int rc;
+  while ((rc = q.Step()) == SQLITE_ROW) out.push_back(RowToRecord(q));
+  if (rc != SQLITE_DONE) return Error("list jobs");
+  return out;
+}
+
+absl::Status JobStore::UpdateJob(const JobRecord& r) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
+    auto fail = [&](const char* what) {
+      absl::Status err = Error(what);
+      Exec("ROLLBACK;").IgnoreError();
+      return err;
+    };
+    int64_t old_state = -1;
+    std::string old_reason;
+    {
+      Stmt q(db_, "SELECT state, reason FROM jobs WHERE id = ?");
+      q.Bind(1, r.job.id());
+      if (q.Step() != SQLITE_ROW) {
+        Exec("ROLLBACK;").IgnoreError();
+        return absl::NotFoundError(absl::StrCat("no job '", r.job.id(), "'"));
+      }
+      old_state = q.Int(0);
+      old_reason = q.Text(1);
+    }
+    Stmt u(db_,
+           "UPDATE jobs SET state=?, reason=?, started_ms=?, ended_ms=?, restarts=?, attempt=?, "
+           "launch_handle=?, cancel_requested=? WHERE id=?");
+    u.Bind(1, static_cast<int64_t>(r.job.state())).Bind(2, r.job.reason());
+    u.Bind(3, r.job.started_unix_ms()).Bind(4, r.job.ended_unix_ms());
+    u.Bind(5, static_cast<int64_t>(r.job.restarts())).Bind(6, static_cast<int64_t>(r.attempt));
+    u.Bind(7, r.launch_handle).Bind(8, static_cast<int64_t>(r.cancel_requested ? 1 : 0));
+    u.Bind(9, r.job.id());
+    if (u.Step() != SQLITE_DONE) return fail("update job");
+    if (old_state != r.job.state() || old_reason != r.job.reason()) {
+      Stmt ev(db_, "INSERT INTO events(job_id, unix_ms, state, reason) VALUES(?,?,?,?)");
+      ev.Bind(1, r.job.id()).Bind(2, NowUnixMs()).Bind(3, static_cast<int64_t>(r.job.state()));
+      ev.Bind(4, r.job.reason());
+      if (ev.Step() != SQLITE_DONE) return fail("insert event");
+    }
+    if (absl::Status s = Exec("COMMIT;"); !s.ok()) return s;
+  }
+  Bump();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<JobEvent>> JobStore::Events(const std::string& id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_, "SELECT unix_ms, state, reason FROM events WHERE job_id = ? ORDER BY id");
+  q.Bind(1, id);
+  std::vector<JobEvent> out;
+  int rc;
+  while ((rc = q.Step()) == SQLITE_ROW) {
+    out.push_back({q.Int(0), static_cast<JobState>(q.Int(1)), q.Text(2)});
+  }
+  if (rc != SQLITE_DONE) return Error("read events");
+  return out;
+}
+
+absl::Status JobStore::InsertLinesLocked(
+    const std::string& job_id, int rank,
+    const std::vector<std::pair<int64_t, std::string>>& lines) {
+  int64_t seq = 0;
+  {
+    Stmt q(db_, "SELECT COALESCE(MAX(seq), 0) FROM logs WHERE job_id = ? AND rank = ?");
+    q.Bind(1, job_id).Bind(2, static_cast<int64_t>(rank));
+    if (q.Step() != SQLITE_ROW) return Error("read last seq");
+    seq = q.Int(0);
+  }
+  Stmt ins(db_, "INSERT INTO logs(job_id, rank, seq, unix_ms, text) VALUES(?,?,?,?,?)");
+  for (const auto& [ms, text] : lines) {
+    ins.Reset();
+    ins.Bind(1, job_id).Bind(2, static_cast<int64_t>(rank)).Bind(3, ++seq).Bind(4, ms);
+    ins.Bind(5, text);
+    if (ins.Step() != SQLITE_DONE) return Error("insert log line");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::AppendCapturedLines(const std::string& job_id, int rank,
+                                           const std::vector<std::string>& lines,
+                                           int64_t unix_ms, const std::string& path,
+                                           int64_t new_offset) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
+    std::vector<std::pair<int64_t, std::string>> rows;
+    rows.reserve(lines.size());
+    for (const std::string& l : lines) rows.emplace_back(unix_ms, l);
+    absl::Status s = InsertLinesLocked(job_id, rank, rows);
+    if (s.ok()) {
+      Stmt up(db_, "INSERT OR REPLACE INTO capture_offsets(job_id, path, offset) VALUES(?,?,?)");
+      up.Bind(1, job_id).Bind(2, path).Bind(3, new_offset);
+      if (up.Step() != SQLITE_DONE) s = Error("store capture offset");
+    }
+    if (!s.ok()) {
+      Exec("ROLLBACK;").IgnoreError();
+      return s;
+    }
+    if (absl::Status c = Exec("COMMIT;"); !c.ok()) return c;
+  }
+  Bump();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::map<std::string, int64_t>> JobStore::CaptureOffsets(
+    const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_, "SELECT path, offset FROM capture_offsets WHERE job_id = ?");
+  q.Bind(1, job_id);
+  std::map<std::string, int64_t> out;
+  int rc;
+  while ((rc = q.Step()) == SQLITE_ROW) out[q.Text(0)] = q.Int(1);
+  if (rc != SQLITE_DONE) return Error("read capture offsets");
+  return out;
+}
+
+absl::Status JobStore::AppendReportedLines(const std::string& job_id, int attempt,
+                                           const std::vector<moe::v1::LogLine>& lines) {
+  if (lines.empty()) return absl::OkStatus();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
+    absl::Status s;
+    std::map<int, std::vector<std::pair<int64_t, std::string>>> by_rank;
+    std::map<int, int64_t> cursor;
+    for (const moe::v1::LogLine& l : lines) {
+      auto it = cursor.find(l.rank());
+      if (it == cursor.end()) {
+        Stmt q(db_,
+               "SELECT last_src_seq FROM report_cursors WHERE job_id=? AND rank=? AND attempt=?");
+        q.Bind(1, job_id).Bind(2, static_cast<int64_t>(l.rank()));
+        q.Bind(3, static_cast<int64_t>(attempt));
+        it = cursor.emplace(l.rank(), q.Step() == SQLITE_ROW ? q.Int(0) : 0).first;
+      }
+      if (l.seq() <= it->second) continue;  // already stored: a resend after a reconnect
+      it->second = l.seq();
+      by_rank[l.rank()].emplace_back(l.unix_ms(), l.text());
+    }
+    for (const auto& [rank, rows] : by_rank) {
+      s = InsertLinesLocked(job_id, rank, rows);
+      if (!s.ok()) break;
+      Stmt up(db_,
+              "INSERT OR REPLACE INTO report_cursors(job_id, rank, attempt, last_src_seq) "
+              "VALUES(?,?,?,?)");
+      up.Bind(1, job_id).Bind(2, static_cast<int64_t>(rank)).Bind(3, static_cast<int64_t>(attempt));
+      up.Bind(4, cursor[rank]);
+      if (up.Step() != SQLITE_DONE) {
+        s = Error("store report cursor");
+        break;
+      }
+    }
+    if (!s.ok()) {
+      Exec("ROLLBACK;").IgnoreError();
+      return s;
+    }
+    if (absl::Status c = Exec("COMMIT;"); !c.ok()) return c;
+  }
+  Bump();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ReportCursor> JobStore::GetReportCursor(const std::string& job_id, int rank,
+                                                       int attempt) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ReportCursor c;
+  {
+    Stmt q(db_, "SELECT last_src_seq FROM report_cursors WHERE job_id=? AND rank=? AND attempt=?");
+    q.Bind(1, job_id).Bind(2, static_cast<int64_t>(rank)).Bind(3, static_cast<int64_t>(attempt));
+    if (q.Step() == SQLITE_ROW) c.last_src_seq = q.Int(0);
+  }
+  {
+    Stmt q(db_, "SELECT COALESCE(MAX(step), -1) FROM metrics WHERE job_id=? AND attempt=?");
+    q.Bind(1, job_id).Bind(2, static_cast<int64_t>(attempt));
+    if (q.Step() == SQLITE_ROW) c.last_metric_step = q.Int(0);
+  }
+  return c;
+}
+
+absl::StatusOr<std::vector<StoredLogLine>> JobStore::ReadLogs(const std::string& job_id,
+                                                              int64_t after_rowid, int limit) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_,
+         "SELECT rowid, rank, seq, unix_ms, text FROM logs WHERE job_id = ? AND rowid > ? "
+         "ORDER BY rowid LIMIT ?");
+  q.Bind(1, job_id).Bind(2, after_rowid).Bind(3, static_cast<int64_t>(limit));
+  std::vector<StoredLogLine> out;
+  int rc;
+  while ((rc = q.Step()) == SQLITE_ROW) {
+    StoredLogLine l;
+    l.rowid = q.Int(0);
+    l.line.set_rank(static_cast<int>(q.Int(1)));
+    l.line.set_seq(q.Int(2));
+    l.line.set_unix_ms(q.Int(3));
+    l.line.set_text(q.Text(4));
+    out.push_back(std::move(l));
+  }
+  if (rc != SQLITE_DONE) return Error("read logs");
+  return out;
+}
+
+absl::StatusOr<std::map<int, int64_t>> JobStore::LastSeqs(const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_, "SELECT rank, MAX(seq) FROM logs WHERE job_id = ? GROUP BY rank");
+  q.Bind(1, job_id);
+  std::map<int, int64_t> out;
+  int rc;
+  while ((rc = q.Step()) == SQLITE_ROW) out[static_cast<int>(q.Int(0))] = q.Int(1);
+  if (rc != SQLITE_DONE) return Error("read last seqs");
+  return out;
+}
+
+absl::Status JobStore::AddMetric(const std::string& job_id, int attempt,
+                                 const moe::v1::MetricPoint& p) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
+    auto fail = [&](const char* what) {
+      absl::Status err = Error(what);
+      Exec("ROLLBACK;").IgnoreError();
+      return err;
+    };
+    Stmt ins(db_, "INSERT OR IGNORE INTO metrics(job_id, attempt, step, point) VALUES(?,?,?,?)");
+    ins.Bind(1, job_id).Bind(2, static_cast<int64_t>(attempt)).Bind(3, p.step());
+    ins.BindBlob(4, p.SerializeAsString());
+    if (ins.Step() != SQLITE_DONE) return fail("insert metric");
+    Stmt up(db_, "UPDATE jobs SET latest = ? WHERE id = ?");
+    up.BindBlob(1, p.SerializeAsString()).Bind(2, job_id);
+    if (up.Step() != SQLITE_DONE) return fail("update latest metric");
+    if (p.has_val_loss()) {
+      Stmt best(db_,
+                "UPDATE jobs SET best_val_loss = ? WHERE id = ? AND "
+                "(best_val_loss = 0 OR best_val_loss > ?)");
+      best.Bind(1, p.val_loss()).Bind(2, job_id).Bind(3, p.val_loss());
+      if (best.Step() != SQLITE_DONE) return fail("update best val loss");
+    }
+    if (absl::Status s = Exec("COMMIT;"); !s.ok()) return s;
+  }
+  Bump();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<StoredMetric>> JobStore::ReadMetrics(const std::string& job_id,
+                                                                int64_t after_rowid, int limit) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_,
+         "SELECT id, attempt, point FROM metrics WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?");
+  q.Bind(1, job_id).Bind(2, after_rowid).Bind(3, static_cast<int64_t>(limit));
+  std::vector<StoredMetric> out;
+  int rc;
+  while ((rc = q.Step()) == SQLITE_ROW) {
+    StoredMetric m;
+    m.rowid = q.Int(0);
+    m.attempt = static_cast<int>(q.Int(1));
+    m.point.ParseFromString(q.Text(2));
+    out.push_back(std::move(m));
+  }
+  if (rc != SQLITE_DONE) return Error("read metrics");
+  return out;
+}
+
+}  // namespace moe::daemon

@@ -1,0 +1,124 @@
+// JobStore: moed's durable state in one SQLite database (WAL mode): jobs, their state changes,
+// every log line (per-rank contiguous seq), every metric point, and the byte offsets of the rank
+// output files already ingested, so a restarted moed neither loses nor repeats a line.
+#pragma once
+
+#include <sqlite3.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "moe/v1/control.pb.h"
+
+namespace moe::daemon {
+
+// A job as stored: the public view plus what only moed needs to run it.
+struct JobRecord {
+  moe::v1::Job job;
+  int attempt = 0;              // 0 for the first launch, +1 per relaunch
+  std::string launch_handle;    // launcher-specific, e.g. "pid=12 start=345 dir=/x"
+  bool cancel_requested = false;
+  std::string checkpoint_dir;
+};
+
+struct StoredLogLine {
+  int64_t rowid = 0;  // store order, a cursor for followers
+  moe::v1::LogLine line;
+};
+
+struct StoredMetric {
+  int64_t rowid = 0;
+  int attempt = 0;
+  moe::v1::MetricPoint point;
+};
+
+struct JobEvent {
+  int64_t unix_ms = 0;
+  moe::v1::JobState state = moe::v1::JOB_STATE_UNSPECIFIED;
+  std::string reason;
+};
+
+// What moed has already stored from one worker process (rank, attempt): reporters resend only
+// what is newer.
+struct ReportCursor {
+  int64_t last_src_seq = 0;
+  int64_t last_metric_step = -1;
+};
+
+int64_t NowUnixMs();
+bool IsFinal(moe::v1::JobState state);
+std::string StateName(moe::v1::JobState state);  // "RUNNING"
+
+class JobStore {
+ public:
+  // Opens (creating if needed) the database at path.
+  static absl::StatusOr<std::unique_ptr<JobStore>> Open(const std::string& path);
+  ~JobStore();
+  JobStore(const JobStore&) = delete;
+  JobStore& operator=(const JobStore&) = delete;
+
+  // Stores a new QUEUED job with the next id (j-000001, ...). job_root is <state-dir>/jobs.
+  absl::StatusOr<JobRecord> CreateJob(const moe::v1::JobSpec& spec, const std::string& spec_yaml,
+                                      const std::string& job_root, const std::string& reason);
+  absl::StatusOr<JobRecord> GetJob(const std::string& id);  // NotFound for an unknown id
+  absl::StatusOr<std::vector<JobRecord>> ListJobs();
+  // Writes the mutable columns; records an event when the state or reason changed.
+  absl::Status UpdateJob(const JobRecord& record);
+  absl::StatusOr<std::vector<JobEvent>> Events(const std::string& id);
+
+  // Appends lines captured from a rank's output file and moves that file's offset, atomically.
+  absl::Status AppendCapturedLines(const std::string& job_id, int rank,
+                                   const std::vector<std::string>& lines, int64_t unix_ms,
+                                   const std::string& path, int64_t new_offset);
+  absl::StatusOr<std::map<std::string, int64_t>> CaptureOffsets(const std::string& job_id);
+  // Appends lines a reporter sent (src_seq = the reporter's own numbering); lines at or below
+  // the cursor of (job, rank, attempt) are duplicates of a resend and are skipped.
+  absl::Status AppendReportedLines(const std::string& job_id, int attempt,
+                                   const std::vector<moe::v1::LogLine>& lines);
+  absl::StatusOr<ReportCursor> GetReportCursor(const std::string& job_id, int rank, int attempt);
+
+  // Lines with rowid > after_rowid, in store order, at most limit.
+  absl::StatusOr<std::vector<StoredLogLine>> ReadLogs(const std::string& job_id,
+                                                      int64_t after_rowid, int limit);
+  // Highest seq per rank.
+  absl::StatusOr<std::map<int, int64_t>> LastSeqs(const std::string& job_id);
+
+  // Stores a point (a resend of a stored (attempt, step) is ignored) and updates the job's
+  // latest point and best val loss.
+  absl::Status AddMetric(const std::string& job_id, int attempt, const moe::v1::MetricPoint& p);
+  absl::StatusOr<std::vector<StoredMetric>> ReadMetrics(const std::string& job_id,
+                                                        int64_t after_rowid, int limit);
+
+  // Change notification for followers: every write bumps the version.
+  uint64_t Version();
+  // Waits until the version differs from seen or the deadline passes; returns the version.
+  uint64_t WaitForChange(uint64_t seen, std::chrono::steady_clock::time_point deadline);
+
+ private:
+  explicit JobStore(sqlite3* db) : db_(db) {}
+  absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Error(const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<JobRecord> GetJobLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status InsertLinesLocked(const std::string& job_id, int rank,
+                                 const std::vector<std::pair<int64_t, std::string>>& lines)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Bump();
+
+  std::mutex mu_;
+  sqlite3* db_ ABSL_GUARDED_BY(mu_);
+
+  std::mutex version_mu_;
+  std::condition_variable version_cv_;
+  uint64_t version_ ABSL_GUARDED_BY(version_mu_) = 0;
+};
+
+}  // namespace moe::daemon

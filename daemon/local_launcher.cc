@@ -1,0 +1,387 @@
+// LocalLauncher: fork a monitor (new session) that forks mpirun and writes its wait status to
+// <attempt-dir>/exit_status; Open MPI writes each rank's stdout/stderr to
+// <attempt-dir>/ranks/1/rank.N/{stdout,stderr} (--output-filename DIR:nocopy).
+#include "daemon/local_launcher.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/files.h"
+
+extern char** environ;
+
+namespace moe::daemon {
+namespace {
+
+struct Handle {
+  int pid = 0;             // the monitor: session leader of the attempt
+  long long start = 0;     // its start time in clock ticks, to tell a reused pid apart
+  std::string dir;         // the attempt directory
+};
+
+std::string FormatHandle(const Handle& h) {
+  return absl::StrCat("pid=", h.pid, " start=", h.start, " dir=", h.dir);
+}
+
+Handle ParseHandle(const std::string& s) {
+  Handle h;
+  for (absl::string_view part : absl::StrSplit(s, ' ', absl::SkipEmpty())) {
+    if (absl::ConsumePrefix(&part, "pid=")) {
+      (void)absl::SimpleAtoi(part, &h.pid);
+    } else if (absl::ConsumePrefix(&part, "start=")) {
+      (void)absl::SimpleAtoi(part, &h.start);
+    } else if (absl::ConsumePrefix(&part, "dir=")) {
+      h.dir = std::string(part);
+    }
+  }
+  return h;
+}
+
+// /proc/<pid>/stat fields after the command name: state, ppid, pgrp, session, ..., starttime.
+struct ProcStat {
+  char state = '?';
+  int ppid = 0;
+  int session = 0;
+  long long start = 0;
+};
+
+bool ReadProcStat(int pid, ProcStat* out) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  size_t close = text.rfind(')');
+  if (close == std::string::npos) return false;
+  std::istringstream rest(text.substr(close + 2));
+  int pgrp = 0;
+  rest >> out->state >> out->ppid >> pgrp >> out->session;
+  std::string skip;
+  // Fields 7..21 sit between session (6) and starttime (22).
+  for (int i = 7; i <= 21; ++i) rest >> skip;
+  rest >> out->start;
+  return static_cast<bool>(rest);
+}
+
+void Reap(int pid) {
+  int status;
+  while (waitpid(pid, &status, WNOHANG) < 0 && errno == EINTR) {
+  }
+}
+
+// The monitor is ours (and alive, not a zombie) only if its start time matches.
+bool MonitorAlive(const Handle& h) {
+  if (h.pid <= 0) return false;
+  Reap(h.pid);
+  ProcStat st;
+  if (!ReadProcStat(h.pid, &st)) return false;
+  return st.start == h.start && st.state != 'Z' && st.state != 'X';
+}
+
+std::string ResolveOnPath(const std::string& name) {
+  if (name.find('/') != std::string::npos) return name;
+  const char* path = std::getenv("PATH");
+  for (absl::string_view dir : absl::StrSplit(path ? path : "/usr/bin:/bin", ':')) {
+    std::string candidate = absl::StrCat(dir, "/", name);
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
+
+// Async-signal-safe decimal formatting for the monitor child.
+size_t FormatInt(int v, char* buf) {
+  char tmp[16];
+  size_t n = 0;
+  bool neg = v < 0;
+  unsigned u = neg ? 0u - static_cast<unsigned>(v) : static_cast<unsigned>(v);
+  do {
+    tmp[n++] = static_cast<char>('0' + u % 10);
+    u /= 10;
+  } while (u != 0);
+  size_t len = 0;
+  if (neg) buf[len++] = '-';
+  while (n > 0) buf[len++] = tmp[--n];
+  buf[len++] = '\n';
+  return len;
+}
+
+std::string LastLine(const std::string& path) {
+  std::ifstream in(path);
+  std::string line, last;
+  while (std::getline(in, line)) {
+    if (!absl::StripAsciiWhitespace(line).empty()) last = line;
+  }
+  return std::string(absl::StripAsciiWhitespace(last));
+}
+
+std::string SignalName(int sig) {
+  const char* d = strsignal(sig);
+  return d ? d : "unknown signal";
+}
+
+}  // namespace
+
+std::vector<int> LocalLauncher::SessionMembers(int sid) {
+  std::vector<int> out;
+  if (sid <= 0) return out;
+  DIR* d = opendir("/proc");
+  if (d == nullptr) return out;
+  while (dirent* e = readdir(d)) {
+    int pid = 0;
+    if (!absl::SimpleAtoi(e->d_name, &pid)) continue;
+    ProcStat st;
+    if (ReadProcStat(pid, &st) && st.session == sid && st.state != 'Z' && st.state != 'X') {
+      out.push_back(pid);
+    }
+  }
+  closedir(d);
+  return out;
+}
+
+absl::StatusOr<std::string> LocalLauncher::Launch(const LaunchRequest& req) {
+  const std::string mpirun = ResolveOnPath(options_.mpirun);
+  if (mpirun.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "launch error: mpirun ('", options_.mpirun,
+        "') not found on PATH (install Open MPI or pass moed --mpirun)"));
+  }
+  if (access(options_.worker_bin.c_str(), X_OK) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("launch error: worker executable ", options_.worker_bin,
+                     " is missing or not executable (build moe-worker or pass moed --worker-bin)"));
+  }
+  const std::string dir = absl::StrCat(req.job_dir, "/attempt-", req.attempt);
+  if (absl::Status s = MakeDirs(dir); !s.ok()) return s;
+  if (absl::Status s = MakeDirs(req.checkpoint_dir); !s.ok()) return s;
+
+  std::vector<std::string> args = {mpirun, "--allow-run-as-root", "--oversubscribe",
+                                   "--bind-to", "none", "-np",
+                                   absl::StrCat(req.spec.resources().ranks()),
+                                   "--output-filename", absl::StrCat(dir, "/ranks:nocopy")};
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (std::strncmp(*e, "MOE_TOKEN=", 10) != 0) env.emplace_back(*e);
+  }
+  if (!req.token.empty()) {
+    env.push_back(absl::StrCat("MOE_TOKEN=", req.token));
+    args.insert(args.end(), {"-x", "MOE_TOKEN"});
+  }
+  args.insert(args.end(), {options_.worker_bin, "--spec", req.spec_path, "--moed",
+                           req.moed_address, "--job-id", req.job_id, "--attempt",
+                           absl::StrCat(req.attempt), "--checkpoint-dir", req.checkpoint_dir});
+  if (req.resume) args.push_back("--resume");
+
+  std::vector<char*> argv, envp;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  for (std::string& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  const std::string log_path = dir + "/mpirun.log";
+  const std::string status_tmp = dir + "/exit_status.tmp";
+  const std::string status_path = dir + "/exit_status";
+
+  int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (log_fd < 0) {
+    return absl::InternalError(absl::StrCat("launch error: cannot open ", log_path, ": ",
+                                            std::strerror(errno)));
+  }
+  int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
+  pid_t monitor = fork();
+  if (monitor < 0) {
+    int err = errno;
+    close(log_fd);
+    close(null_fd);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("launch error: fork failed: ", std::strerror(err)));
+  }
+  if (monitor == 0) {
+    // Monitor: only async-signal-safe calls from here on. It keeps none of moed's descriptors
+    // (listening sockets, the database): stdin is /dev/null, stdout and stderr the log.
+    setsid();
+    dup2(null_fd, 0);
+    dup2(log_fd, 1);
+    dup2(log_fd, 2);
+    syscall(SYS_close_range, 3U, ~0U, 0U);
+    struct sigaction ign = {};
+    ign.sa_handler = SIG_IGN;
+    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGUSR1, SIGUSR2}) sigaction(sig, &ign, nullptr);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    pid_t child = fork();
+    if (child == 0) {
+      struct sigaction dfl = {};
+      dfl.sa_handler = SIG_DFL;
+      for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGUSR1, SIGUSR2}) {
+        sigaction(sig, &dfl, nullptr);
+      }
+      execve(argv[0], argv.data(), envp.data());
+      const char msg[] = "moed: exec of mpirun failed\n";
+      (void)!write(2, msg, sizeof(msg) - 1);
+      _exit(127);
+    }
+    int status = 127 << 8;
+    if (child > 0) {
+      while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+      }
+    }
+    char buf[32];
+    size_t n = FormatInt(status, buf);
+    int fd = open(status_tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      (void)!write(fd, buf, n);
+      fsync(fd);
+      close(fd);
+      rename(status_tmp.c_str(), status_path.c_str());
+    }
+    _exit(0);
+  }
+  close(log_fd);
+  close(null_fd);
+  Handle h;
+  h.pid = monitor;
+  h.dir = dir;
+  ProcStat st;
+  if (ReadProcStat(monitor, &st)) h.start = st.start;
+  return FormatHandle(h);
+}
+
+ProcessState LocalLauncher::Poll(const std::string& handle) {
+  Handle h = ParseHandle(handle);
+  ProcessState ps;
+  if (h.dir.empty()) {
+    ps.kind = ProcessState::kLost;
+    ps.reason = "no record of the launched processes (moed stopped while launching)";
+    return ps;
+  }
+  absl::StatusOr<std::string> status_text = ReadFile(h.dir + "/exit_status");
+  if (!status_text.ok()) {
+    if (MonitorAlive(h)) return ps;  // kRunning
+    // Re-check: the monitor may have written the file just before exiting.
+    status_text = ReadFile(h.dir + "/exit_status");
+    if (!status_text.ok()) {
+      ps.kind = ProcessState::kLost;
+      ps.reason = "the mpirun monitor process is gone without an exit status (killed?)";
+      return ps;
+    }
+  }
+  Reap(h.pid);
+  int status = 0;
+  (void)absl::SimpleAtoi(absl::StripAsciiWhitespace(*status_text), &status);
+  ps.kind = ProcessState::kExited;
+  if (WIFSIGNALED(status)) {
+    ps.term_signal = WTERMSIG(status);
+    ps.exit_code = 128 + ps.term_signal;
+    ps.reason = absl::StrCat("mpirun was killed by signal ", ps.term_signal, " (",
+                             SignalName(ps.term_signal), ")");
+    return ps;
+  }
+  ps.exit_code = WEXITSTATUS(status);
+  if (ps.exit_code == 0) return ps;
+
+  // Name the rank from mpirun's own report when it gives one.
+  absl::StatusOr<std::string> log = ReadFile(h.dir + "/mpirun.log");
+  std::string text = log.ok() ? *log : "";
+  std::smatch m;
+  int rank = -1;
+  static const std::regex kSignal(
+      R"(process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+) \(([^)]*)\))");
+  static const std::regex kExit(R"(Process name: \[\[\d+,\d+\],(\d+)\]\s+Exit code:\s+(\d+))");
+  if (std::regex_search(text, m, kSignal)) {
+    rank = std::stoi(m[1]);
+    ps.reason = absl::StrCat("rank ", rank, " was killed by signal ", m[2].str(), " (",
+                             m[3].str(), ")");
+  } else if (std::regex_search(text, m, kExit)) {
+    rank = std::stoi(m[1]);
+    ps.reason = absl::StrCat("rank ", rank, " exited with code ", m[2].str());
+  } else if (ps.exit_code == 127 && text.find("exec of mpirun failed") != std::string::npos) {
+    ps.reason = "launch error: mpirun could not be executed";
+    return ps;
+  } else {
+    ps.reason = absl::StrCat("mpirun exited with code ", ps.exit_code);
+  }
+  // The last line the failing rank (or, unknown, any rank) wrote on stderr says why.
+  for (const OutputFile& f : OutputFiles(handle)) {
+    if (rank >= 0 && f.rank != rank) continue;
+    if (f.path.size() < 7 || f.path.compare(f.path.size() - 7, 7, "/stderr") != 0) continue;
+    std::string last = LastLine(f.path);
+    if (last.empty()) continue;
+    if (last.size() > 300) last = last.substr(0, 300) + "...";
+    absl::StrAppend(&ps.reason, "; rank ", f.rank, " stderr: ", last);
+    break;
+  }
+  return ps;
+}
+
+void LocalLauncher::Terminate(const std::string& handle) {
+  // SIGTERM to the ranks only: they checkpoint and exit, and mpirun then ends by itself.
+  // (mpirun itself would answer SIGTERM by killing the ranks at once.)
+  Handle h = ParseHandle(handle);
+  if (h.pid <= 0) return;
+  for (int pid : SessionMembers(h.pid)) {
+    if (pid == h.pid) continue;
+    ProcStat st;
+    if (ReadProcStat(pid, &st) && st.ppid == h.pid) continue;  // mpirun
+    kill(pid, SIGTERM);
+  }
+}
+
+void LocalLauncher::Kill(const std::string& handle) {
+  Handle h = ParseHandle(handle);
+  if (h.pid <= 0) return;
+  for (int pid : SessionMembers(h.pid)) kill(pid, SIGKILL);
+  Reap(h.pid);
+}
+
+bool LocalLauncher::AnyAlive(const std::string& handle) {
+  Handle h = ParseHandle(handle);
+  if (h.pid <= 0) return false;
+  Reap(h.pid);
+  return !SessionMembers(h.pid).empty();
+}
+
+std::vector<OutputFile> LocalLauncher::OutputFiles(const std::string& handle) {
+  Handle h = ParseHandle(handle);
+  std::vector<OutputFile> out;
+  if (h.dir.empty()) return out;
+  const std::string root = h.dir + "/ranks";
+  DIR* top = opendir(root.c_str());
+  if (top == nullptr) return out;
+  while (dirent* job = readdir(top)) {
+    if (job->d_name[0] == '.') continue;
+    const std::string job_dir = absl::StrCat(root, "/", job->d_name);
+    DIR* ranks = opendir(job_dir.c_str());
+    if (ranks == nullptr) continue;
+    while (dirent* r = readdir(ranks)) {
+      absl::string_view name = r->d_name;
+      int rank = 0;
+      if (!absl::ConsumePrefix(&name, "rank.") || !absl::SimpleAtoi(name, &rank)) continue;
+      for (const char* stream : {"stdout", "stderr"}) {
+        std::string path = absl::StrCat(job_dir, "/", r->d_name, "/", stream);
+        struct stat sb;
+        if (stat(path.c_str(), &sb) == 0) out.push_back({rank, path});
+      }
+    }
+    closedir(ranks);
+  }
+  closedir(top);
+  std::sort(out.begin(), out.end(),
+            [](const OutputFile& a, const OutputFile& b) { return a.path < b.path; });
+  return out;
+}
+
+}  // namespace moe::daemon

@@ -1,0 +1,37 @@
+// LocalLauncher: runs `mpirun -np N moe-worker ...` on this machine in a session of its own,
+// under a small monitor process that records mpirun's exit status in a file. The session, the
+// status file and the per-rank output files let a restarted moed find the attempt again.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "daemon/launcher.h"
+
+namespace moe::daemon {
+
+struct LocalLauncherOptions {
+  std::string mpirun = "mpirun";  // a name on PATH or a path
+  std::string worker_bin;         // the moe-worker executable
+};
+
+class LocalLauncher final : public Launcher {
+ public:
+  explicit LocalLauncher(LocalLauncherOptions options) : options_(std::move(options)) {}
+  std::string name() const override { return "local"; }
+  absl::StatusOr<std::string> Launch(const LaunchRequest& request) override;
+  ProcessState Poll(const std::string& handle) override;
+  void Terminate(const std::string& handle) override;
+  void Kill(const std::string& handle) override;
+  bool AnyAlive(const std::string& handle) override;
+  bool CapturesOutput() const override { return true; }
+  std::vector<OutputFile> OutputFiles(const std::string& handle) override;
+
+  // Every live (non-zombie) process whose session id is sid, from /proc.
+  static std::vector<int> SessionMembers(int sid);
+
+ private:
+  LocalLauncherOptions options_;
+};
+
+}  // namespace moe::daemon

@@ -1,0 +1,168 @@
+// Moed: wiring and config validation.
+#include "daemon/moed.h"
+
+#include <dirent.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/str_cat.h"
+#include "common/files.h"
+#include "daemon/auth.h"
+#include "daemon/job_service.h"
+#include "daemon/job_store.h"
+#include "daemon/local_launcher.h"
+#include "daemon/metrics_http.h"
+#include "daemon/report_service.h"
+#include "daemon/scheduler.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
+
+namespace moe::daemon {
+namespace {
+
+int CountGpus() {
+  int n = 0;
+  DIR* d = opendir("/dev");
+  if (d == nullptr) return 0;
+  while (dirent* e = readdir(d)) {
+    absl::string_view name = e->d_name;
+    int idx;
+    if (absl::ConsumePrefix(&name, "nvidia") && absl::SimpleAtoi(name, &idx)) ++n;
+  }
+  closedir(d);
+  return n;
+}
+
+std::string SelfDir() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof(buf) - 1);
+  if (n <= 0) return ".";
+  std::string path(buf, static_cast<size_t>(n));
+  return path.substr(0, path.rfind('/'));
+}
+
+// Workers on this machine reach a wildcard listener through loopback.
+std::string ReportAddress(const std::string& listen) {
+  size_t colon = listen.rfind(':');
+  std::string host = listen.substr(0, colon), port = listen.substr(colon + 1);
+  if (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::") host = "127.0.0.1";
+  return absl::StrCat(host, ":", port);
+}
+
+}  // namespace
+
+absl::Status MoedConfig::Validate() {
+  size_t colon = listen.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) ||
+      port <= 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--listen: '", listen, "' is not HOST:PORT with a port 1-65535 (e.g. 127.0.0.1:50051)"));
+  }
+  if (state_dir.empty()) {
+    return absl::InvalidArgumentError(
+        "--state-dir: required (a directory for moed's database and job files, e.g. "
+        "/var/lib/moed)");
+  }
+  if (max_ranks < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-ranks: must be at least 1, got ", max_ranks));
+  }
+  if (max_ranks == 0) {
+    int gpus = CountGpus();
+    max_ranks = gpus > 0 ? gpus : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }
+  if (worker_bin.empty()) worker_bin = SelfDir() + "/moe-worker";
+  if (heartbeat_timeout.count() <= 0) {
+    return absl::InvalidArgumentError("--heartbeat-timeout: must be positive (seconds)");
+  }
+  if (cancel_grace.count() < 0) {
+    return absl::InvalidArgumentError("--cancel-grace: must not be negative (seconds)");
+  }
+  return absl::OkStatus();
+}
+
+Moed::Moed(MoedConfig config) : config_(std::move(config)) {}
+
+absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  std::unique_ptr<Moed> m(new Moed(std::move(config)));
+  const MoedConfig& c = m->config_;
+  if (absl::Status s = MakeDirs(c.state_dir + "/jobs"); !s.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--state-dir: cannot create ", c.state_dir, "/jobs: ", s.message()));
+  }
+  absl::StatusOr<std::unique_ptr<JobStore>> store = JobStore::Open(c.state_dir + "/moed.db");
+  if (!store.ok()) return store.status();
+  m->store_ = *std::move(store);
+  std::string token;
+  if (!c.token_file.empty()) {
+    absl::StatusOr<std::string> t = LoadTokenFile(c.token_file);
+    if (!t.ok()) return t.status();
+    token = *t;
+  }
+  m->auth_ = std::make_unique<TokenAuth>(token);
+  m->launcher_ = std::make_unique<LocalLauncher>(LocalLauncherOptions{c.mpirun, c.worker_bin});
+  SchedulerOptions so;
+  so.state_dir = c.state_dir;
+  so.max_ranks = c.max_ranks;
+  so.report_address = ReportAddress(c.listen);
+  so.token = token;
+  so.heartbeat_timeout = c.heartbeat_timeout;
+  so.cancel_grace = c.cancel_grace;
+  m->scheduler_ = std::make_unique<Scheduler>(so, m->store_.get(), m->launcher_.get());
+  m->job_service_ =
+      std::make_unique<JobServiceImpl>(m->store_.get(), m->scheduler_.get(), m->auth_.get());
+  m->report_service_ =
+      std::make_unique<ReportServiceImpl>(m->store_.get(), m->scheduler_.get(), m->auth_.get());
+  if (absl::Status s = m->scheduler_->Recover(); !s.ok()) return s;
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int selected = 0;
+  builder.AddListeningPort(c.listen, grpc::InsecureServerCredentials(), &selected);
+  builder.RegisterService(m->job_service_.get());
+  builder.RegisterService(m->report_service_.get());
+  m->server_ = builder.BuildAndStart();
+  if (m->server_ == nullptr || selected == 0) {
+    return absl::UnavailableError(absl::StrCat(
+        "--listen: cannot listen on ", c.listen,
+        " (is another moed running there? pick another port with --listen)"));
+  }
+  if (!c.metrics_listen.empty()) {
+    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http = MetricsHttpServer::Start(
+        c.metrics_listen, [store = m->store_.get()] { return RenderPrometheusMetrics(*store); });
+    if (!http.ok()) {
+      m->server_->Shutdown();
+      return http.status();
+    }
+    m->metrics_ = *std::move(http);
+  }
+  m->scheduler_->Start();
+  return m;
+}
+
+Moed::~Moed() { Shutdown(); }
+
+void Moed::Shutdown() {
+  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (scheduler_) scheduler_->Stop();
+  metrics_.reset();
+}
+
+void Moed::Wait() {
+  if (server_) server_->Wait();
+}
+
+int Moed::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
+
+}  // namespace moe::daemon

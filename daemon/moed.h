@@ -1,0 +1,65 @@
+// Moed: the daemon as one object: job store, scheduler, local launcher, the gRPC server (job
+// service, worker report service, health, reflection) and the /metrics endpoint. main.cc fills
+// a MoedConfig from flags; tests can run a Moed in process.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace moe::daemon {
+
+class JobStore;
+class Scheduler;
+class LocalLauncher;
+class TokenAuth;
+class JobServiceImpl;
+class ReportServiceImpl;
+class MetricsHttpServer;
+
+struct MoedConfig {
+  std::string listen = "127.0.0.1:50051";
+  std::string state_dir;
+  int max_ranks = 0;  // 0 = the GPU count, or the core count without GPUs
+  std::string metrics_listen = "127.0.0.1:9464";  // "" = no /metrics endpoint
+  std::string token_file;                         // "" = no auth
+  std::string worker_bin;                         // "" = moe-worker beside moed
+  std::string mpirun = "mpirun";
+  std::chrono::milliseconds heartbeat_timeout{60000};
+  std::chrono::milliseconds cancel_grace{30000};
+
+  // Fills the defaults that depend on the machine and checks every field.
+  absl::Status Validate();
+};
+
+class Moed {
+ public:
+  static absl::StatusOr<std::unique_ptr<Moed>> Start(MoedConfig config);
+  ~Moed();  // stops serving; running jobs keep running and are found again on the next start
+  void Wait();
+  void Shutdown();
+  const MoedConfig& config() const { return config_; }
+  int metrics_port() const;
+
+ private:
+  explicit Moed(MoedConfig config);
+
+  MoedConfig config_;
+  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<TokenAuth> auth_;
+  std::unique_ptr<LocalLauncher> launcher_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<JobServiceImpl> job_service_;
+  std::unique_ptr<ReportServiceImpl> report_service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<MetricsHttpServer> metrics_;
+};
+
+}  // namespace moe::daemon

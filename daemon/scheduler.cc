@@ -1,0 +1,474 @@
+// Scheduler: queue admission, launch, output ingestion, heartbeats, cancel, restart, recovery.
+#include "daemon/scheduler.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/files.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace moe::daemon {
+namespace {
+
+using moe::v1::JobState;
+constexpr int64_t kMaxLineBytes = 64 * 1024;   // a longer line is split
+constexpr int64_t kReadChunk = 4 * 1024 * 1024;  // per file per tick
+
+void LogDaemon(const std::string& msg) { std::fprintf(stderr, "moed: %s\n", msg.c_str()); }
+
+// Reads [offset, offset + max) of path.
+std::string ReadRange(const std::string& path, int64_t offset, int64_t max) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "";
+  std::string buf(static_cast<size_t>(max), '\0');
+  ssize_t n = pread(fd, buf.data(), buf.size(), offset);
+  close(fd);
+  buf.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  return buf;
+}
+
+}  // namespace
+
+std::string SanitizeUtf8(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  size_t i = 0;
+  while (i < s.size()) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    int len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    bool ok = len > 0 && i + len <= s.size();
+    for (int k = 1; ok && k < len; ++k) {
+      ok = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
+    }
+    if (ok && len == 2 && c < 0xC2) ok = false;  // overlong
+    if (ok) {
+      out.append(s.substr(i, len));
+      i += len;
+    } else {
+      out.push_back('?');
+      ++i;
+    }
+  }
+  return out;
+}
+
+Scheduler::Scheduler(SchedulerOptions options, JobStore* store, Launcher* launcher)
+    : options_(std::move(options)), store_(store), launcher_(launcher) {}
+
+Scheduler::~Scheduler() { Stop(); }
+
+void Scheduler::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void Scheduler::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Scheduler::Loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    Tick();
+    wake_.wait_for(lock, options_.poll_interval, [this] { return stop_; });
+  }
+}
+
+void Scheduler::SetState(JobRecord& rec, JobState state, const std::string& reason) {
+  rec.job.set_state(state);
+  rec.job.set_reason(reason);
+  const int64_t now = NowUnixMs();
+  if (state == moe::v1::JOB_STATE_STARTING && rec.job.started_unix_ms() == 0) {
+    rec.job.set_started_unix_ms(now);
+  }
+  if (IsFinal(state)) rec.job.set_ended_unix_ms(now);
+  if (absl::Status s = store_->UpdateJob(rec); !s.ok()) {
+    LogDaemon(absl::StrCat("job ", rec.job.id(), ": cannot store state ", StateName(state), ": ",
+                           s.message()));
+  }
+}
+
+int Scheduler::UsedRanks() const {
+  int used = 0;
+  for (const auto& [id, a] : active_) used += a.rec.job.spec().resources().ranks();
+  return used;
+}
+
+absl::Status Scheduler::Recover() {
+  absl::StatusOr<std::vector<JobRecord>> jobs = store_->ListJobs();
+  if (!jobs.ok()) return jobs.status();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (JobRecord& rec : *jobs) {
+    const JobState st = rec.job.state();
+    if (st == moe::v1::JOB_STATE_QUEUED) {
+      queue_.push_back(rec.job.id());
+      continue;
+    }
+    if (IsFinal(st)) continue;
+    const std::string id = rec.job.id();
+    Active& a = active_[id];
+    a.rec = std::move(rec);
+    a.attempt_started = Clock::now();
+    absl::StatusOr<std::map<std::string, int64_t>> offsets = store_->CaptureOffsets(id);
+    if (offsets.ok()) a.offsets = *std::move(offsets);
+    a.launched = !a.rec.launch_handle.empty() && st != moe::v1::JOB_STATE_RESTARTING;
+    if (a.rec.cancel_requested) {
+      if (a.launched) launcher_->Terminate(a.rec.launch_handle);
+      a.cancel_deadline = Clock::now() + options_.cancel_grace;
+      a.last_term = Clock::now();
+      LogDaemon(absl::StrCat("job ", id, ": resuming its cancel"));
+      continue;
+    }
+    if (!a.launched) continue;  // relaunched by the next tick
+    ProcessState ps = launcher_->Poll(a.rec.launch_handle);
+    if (ps.kind == ProcessState::kLost) {
+      // Nothing of the attempt is left (or only strays): relaunch from the newest checkpoint.
+      // This is moed's doing, not the job's, so it does not count against max_restarts.
+      Ingest(a, /*final=*/true);
+      launcher_->Kill(a.rec.launch_handle);
+      a.launched = false;
+      a.rec.attempt += 1;
+      a.rec.launch_handle.clear();
+      SetState(a.rec, moe::v1::JOB_STATE_RESTARTING,
+               absl::StrCat("moed restarted and found no live process of the job (", ps.reason,
+                            "); resuming from the newest checkpoint"));
+      LogDaemon(absl::StrCat("job ", id, ": no live process found, relaunching"));
+    } else {
+      LogDaemon(absl::StrCat("job ", id, ": reattached to attempt ", a.rec.attempt));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<moe::v1::Job> Scheduler::Submit(const moe::v1::JobSpec& spec,
+                                               const std::string& spec_yaml) {
+  const int ranks = spec.resources().ranks();
+  if (ranks > options_.max_ranks) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "resources.ranks: the job asks for ", ranks, " ranks but this moed may use at most ",
+        options_.max_ranks, " (lower resources.ranks, or start moed with --max-ranks ", ranks,
+        ")"));
+  }
+  absl::StatusOr<JobRecord> rec =
+      store_->CreateJob(spec, spec_yaml, options_.state_dir + "/jobs", "waiting in the queue");
+  if (!rec.ok()) return rec.status();
+  const std::string dir = rec->job.state_dir();
+  std::string json;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  opts.preserve_proto_field_names = true;
+  absl::Status s = MakeDirs(dir);
+  if (s.ok()) {
+    if (!google::protobuf::util::MessageToJsonString(spec, &json, opts).ok()) {
+      s = absl::InternalError("cannot write the spec as JSON");
+    }
+  }
+  if (s.ok()) s = WriteFileAtomic(dir + "/spec.json", json);
+  if (s.ok() && !spec_yaml.empty()) s = WriteFileAtomic(dir + "/spec.yaml", spec_yaml);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!s.ok()) {
+    SetState(*rec, moe::v1::JOB_STATE_FAILED,
+             absl::StrCat("cannot write the job's files: ", s.message()));
+    return absl::InternalError(absl::StrCat("cannot write the files of job ", rec->job.id(),
+                                            " under ", dir, ": ", s.message()));
+  }
+  queue_.push_back(rec->job.id());
+  Admit();
+  wake_.notify_all();
+  absl::StatusOr<JobRecord> now = store_->GetJob(rec->job.id());
+  if (!now.ok()) return now.status();
+  return now->job;
+}
+
+absl::StatusOr<moe::v1::Job> Scheduler::Cancel(const std::string& id) {
+  absl::StatusOr<JobRecord> rec = store_->GetJob(id);
+  if (!rec.ok()) return rec.status();
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = active_.find(id);
+  if (it != active_.end()) {
+    Active& a = it->second;
+    if (!a.rec.cancel_requested) {
+      a.rec.cancel_requested = true;
+      a.cancel_deadline = Clock::now() + options_.cancel_grace;
+      a.last_term = Clock::now();
+      if (a.launched) launcher_->Terminate(a.rec.launch_handle);
+      a.rec.job.set_reason("cancelling: waiting for the ranks to stop");
+      if (absl::Status s = store_->UpdateJob(a.rec); !s.ok()) return s;
+    }
+    wake_.notify_all();
+    return a.rec.job;
+  }
+  auto q = std::find(queue_.begin(), queue_.end(), id);
+  if (q != queue_.end()) {
+    queue_.erase(q);
+    SetState(*rec, moe::v1::JOB_STATE_CANCELLED, "cancelled while queued");
+    return rec->job;
+  }
+  // Re-read: the job may have ended between the first read and the lock.
+  rec = store_->GetJob(id);
+  if (!rec.ok()) return rec.status();
+  return absl::FailedPreconditionError(absl::StrCat("job ", id, " already ended (",
+                                                    StateName(rec->job.state()),
+                                                    "); there is nothing to cancel"));
+}
+
+absl::Status Scheduler::OnWorkerHello(const std::string& job_id, int attempt, int rank) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = active_.find(job_id);
+  if (it == active_.end()) {
+    absl::StatusOr<JobRecord> rec = store_->GetJob(job_id);
+    if (!rec.ok()) return rec.status();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", job_id, " is ", StateName(rec->job.state()), ", not running; stop reporting"));
+  }
+  Active& a = it->second;
+  if (attempt != a.rec.attempt || !a.launched) {
+    return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " runs attempt ",
+                                                      a.rec.attempt, ", not ", attempt));
+  }
+  a.last_heard[rank] = Clock::now();
+  if (a.rec.job.state() == moe::v1::JOB_STATE_STARTING && !a.rec.cancel_requested) {
+    SetState(a.rec, moe::v1::JOB_STATE_RUNNING, "");
+  }
+  return absl::OkStatus();
+}
+
+void Scheduler::OnWorkerReport(const std::string& job_id, int attempt, int rank) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = active_.find(job_id);
+  if (it == active_.end() || it->second.rec.attempt != attempt) return;
+  it->second.last_heard[rank] = Clock::now();
+}
+
+void Scheduler::Tick() {
+  for (auto it = active_.begin(); it != active_.end();) {
+    if (Watch(it->second)) {
+      it = active_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  Admit();
+}
+
+void Scheduler::Admit() {
+  while (!queue_.empty()) {
+    const std::string id = queue_.front();
+    absl::StatusOr<JobRecord> rec = store_->GetJob(id);
+    if (!rec.ok() || rec->job.state() != moe::v1::JOB_STATE_QUEUED) {
+      queue_.pop_front();
+      continue;
+    }
+    const int ranks = rec->job.spec().resources().ranks();
+    const int used = UsedRanks();
+    if (used + ranks > options_.max_ranks) {
+      // FIFO: the head waits, and so does everything behind it (no starvation of big jobs).
+      std::string reason = absl::StrCat("waiting for ", ranks, " ranks: ", used, " of ",
+                                        options_.max_ranks, " in use (--max-ranks)");
+      if (rec->job.reason() != reason) SetState(*rec, moe::v1::JOB_STATE_QUEUED, reason);
+      for (size_t i = 1; i < queue_.size(); ++i) {
+        absl::StatusOr<JobRecord> other = store_->GetJob(queue_[i]);
+        std::string behind = absl::StrCat("waiting behind ", id, " in the queue");
+        if (other.ok() && other->job.state() == moe::v1::JOB_STATE_QUEUED &&
+            other->job.reason() != behind) {
+          SetState(*other, moe::v1::JOB_STATE_QUEUED, behind);
+        }
+      }
+      return;
+    }
+    queue_.pop_front();
+    Active& a = active_[id];
+    a.rec = *std::move(rec);
+    LaunchAttempt(a);
+  }
+}
+
+void Scheduler::LaunchAttempt(Active& a) {
+  LaunchRequest req;
+  req.job_id = a.rec.job.id();
+  req.attempt = a.rec.attempt;
+  req.spec = a.rec.job.spec();
+  req.job_dir = a.rec.job.state_dir();
+  req.spec_path = req.job_dir + "/spec.json";
+  req.checkpoint_dir = a.rec.checkpoint_dir;
+  req.moed_address = options_.report_address;
+  req.token = options_.token;
+  req.resume = a.rec.attempt > 0;
+  a.last_heard.clear();
+  a.pending_failure.clear();
+  a.killed = false;
+  a.attempt_started = Clock::now();
+  absl::StatusOr<std::string> handle = launcher_->Launch(req);
+  if (!handle.ok()) {
+    a.launched = false;
+    a.rec.launch_handle.clear();
+    // Marked launched=false with a pending failure: Watch ends it on this tick.
+    a.pending_failure = std::string(handle.status().message());
+    return;
+  }
+  a.launched = true;
+  a.rec.launch_handle = *handle;
+  SetState(a.rec, moe::v1::JOB_STATE_STARTING,
+           absl::StrCat("launched ", a.rec.job.spec().resources().ranks(), " ranks (attempt ",
+                        a.rec.attempt, ")"));
+  LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": launched attempt ", a.rec.attempt));
+}
+
+void Scheduler::Ingest(Active& a, bool final) {
+  if (!a.launched || !launcher_->CapturesOutput()) return;
+  for (const OutputFile& f : launcher_->OutputFiles(a.rec.launch_handle)) {
+    int64_t offset = a.offsets.count(f.path) ? a.offsets[f.path] : 0;
+    while (true) {
+      std::string data = ReadRange(f.path, offset, kReadChunk);
+      if (data.empty()) break;
+      std::vector<std::string> lines;
+      size_t pos = 0;
+      while (pos < data.size()) {
+        size_t nl = data.find('\n', pos);
+        if (nl == std::string::npos) {
+          // A partial line waits for its newline unless the attempt ended (or it is huge).
+          if (!final && static_cast<int64_t>(data.size() - pos) < kMaxLineBytes) break;
+          nl = data.size();
+        }
+        size_t len = std::min<size_t>(nl - pos, kMaxLineBytes);
+        std::string line = data.substr(pos, len);
+        if (!line.empty() && line.back() == '\r') line.pop_back();
+        lines.push_back(SanitizeUtf8(line));
+        pos = len < nl - pos ? pos + len : nl + 1;
+      }
+      if (lines.empty()) break;
+      const int64_t new_offset = offset + static_cast<int64_t>(std::min(pos, data.size()));
+      absl::Status s =
+          store_->AppendCapturedLines(a.rec.job.id(), f.rank, lines, NowUnixMs(), f.path,
+                                      new_offset);
+      if (!s.ok()) {
+        LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": cannot store log lines: ", s.message()));
+        break;
+      }
+      offset = new_offset;
+      a.offsets[f.path] = offset;
+      if (a.rec.job.state() == moe::v1::JOB_STATE_STARTING && !a.rec.cancel_requested) {
+        SetState(a.rec, moe::v1::JOB_STATE_RUNNING, "");
+      }
+      if (static_cast<int64_t>(data.size()) < kReadChunk) break;
+    }
+  }
+}
+
+void Scheduler::Failed(Active& a, const std::string& reason) {
+  const int max_restarts = a.rec.job.spec().max_restarts();
+  if (a.rec.job.restarts() < max_restarts) {
+    a.rec.job.set_restarts(a.rec.job.restarts() + 1);
+    a.rec.attempt += 1;
+    a.launched = false;
+    a.rec.launch_handle.clear();
+    SetState(a.rec, moe::v1::JOB_STATE_RESTARTING,
+             absl::StrCat("restart ", a.rec.job.restarts(), " of ", max_restarts, " after: ",
+                          reason));
+    LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": restarting after: ", reason));
+    return;
+  }
+  SetState(a.rec, moe::v1::JOB_STATE_FAILED,
+           max_restarts > 0 ? absl::StrCat(reason, " (after ", a.rec.job.restarts(), " restarts)")
+                            : reason);
+}
+
+bool Scheduler::Watch(Active& a) {
+  const Clock::time_point now = Clock::now();
+  const std::string& handle = a.rec.launch_handle;
+
+  if (a.rec.cancel_requested) {
+    if (a.launched) Ingest(a, /*final=*/false);
+    if (!a.launched || !launcher_->AnyAlive(handle)) {
+      if (a.launched) Ingest(a, /*final=*/true);
+      a.rec.cancel_requested = false;
+      SetState(a.rec, moe::v1::JOB_STATE_CANCELLED, "cancelled by request");
+      return true;
+    }
+    if (now >= a.cancel_deadline) {
+      if (!a.killed) {
+        LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": grace period over, SIGKILL"));
+      }
+      launcher_->Kill(handle);
+      a.killed = true;
+    } else if (now - a.last_term >= std::chrono::seconds(1)) {
+      launcher_->Terminate(handle);  // ranks that started after the first SIGTERM
+      a.last_term = now;
+    }
+    return false;
+  }
+
+  if (!a.launched) {
+    if (!a.pending_failure.empty()) {  // the launch itself failed: not worth a restart
+      SetState(a.rec, moe::v1::JOB_STATE_FAILED, a.pending_failure);
+      return true;
+    }
+    LaunchAttempt(a);  // RESTARTING, or recovered without a live attempt
+    return false;
+  }
+
+  Ingest(a, /*final=*/false);
+  if (!a.pending_failure.empty()) {  // moed killed it; wait until nothing is left
+    if (launcher_->AnyAlive(handle)) {
+      launcher_->Kill(handle);
+      return false;
+    }
+    Ingest(a, /*final=*/true);
+    Failed(a, a.pending_failure);
+    return IsFinal(a.rec.job.state());
+  }
+
+  ProcessState ps = launcher_->Poll(handle);
+  if (ps.kind != ProcessState::kRunning) {
+    if (launcher_->AnyAlive(handle)) {
+      launcher_->Kill(handle);  // stragglers of an ended attempt
+      if (ps.kind == ProcessState::kLost || launcher_->AnyAlive(handle)) {
+        if (ps.kind == ProcessState::kLost) a.pending_failure = ps.reason;
+        return false;
+      }
+    }
+    Ingest(a, /*final=*/true);
+    if (ps.kind == ProcessState::kExited && ps.exit_code == 0) {
+      SetState(a.rec, moe::v1::JOB_STATE_SUCCEEDED, "");
+      return true;
+    }
+    Failed(a, ps.reason);
+    return IsFinal(a.rec.job.state());
+  }
+
+  // Heartbeats: every rank that reported must keep reporting; and some rank must report
+  // within the timeout of the launch.
+  const auto timeout = options_.heartbeat_timeout;
+  std::string lost;
+  if (a.last_heard.empty()) {
+    if (now - a.attempt_started > timeout) {
+      lost = absl::StrCat("lost heartbeat: no worker reported within ",
+                          timeout.count() / 1000.0, " s of the launch");
+    }
+  } else {
+    for (const auto& [rank, t] : a.last_heard) {
+      if (now - t > timeout) {
+        lost = absl::StrCat("lost heartbeat from rank ", rank, " (nothing for ",
+                            timeout.count() / 1000.0, " s)");
+        break;
+      }
+    }
+  }
+  if (!lost.empty()) {
+    LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": ", lost, "; killing the attempt"));
+    a.pending_failure = lost;
+    launcher_->Kill(handle);
+  }
+  return false;
+}
+
+}  // namespace moe::daemon

@@ -1,0 +1,210 @@
+// moed's queue, launcher and state machine through the real moed and moectl binaries, with
+// tests/tools/fake_worker.sh standing in for moe-worker (same launch contract, no training):
+// success, cancel, a rank killed (fail / restart), moed killed and restarted, the queue,
+// a lost heartbeat.
+#include <signal.h>
+
+#include <algorithm>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <thread>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "tests/support/daemon_harness.h"
+
+namespace moe::testing {
+namespace {
+
+using moe::v1::Job;
+using moe::v1::JobState;
+
+HarnessOptions FakeOptions(std::map<std::string, std::string> env) {
+  HarnessOptions o;
+  o.worker_bin = FakeWorkerPath();
+  o.cancel_grace_s = 5;
+  o.env = std::move(env);
+  return o;
+}
+
+std::string SubmitOk(DaemonHarness& h, const std::string& path) {
+  CommandResult r = h.Moectl({"submit", path});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  std::string id = r.out.substr(0, r.out.find('\n'));
+  EXPECT_TRUE(absl::StartsWith(id, "j-")) << r.out;
+  return id;
+}
+
+// Every rank's seqs are 1..n with no gap or repeat.
+void ExpectContiguous(const std::vector<moe::v1::LogLine>& lines) {
+  std::map<int, int64_t> last;
+  for (const auto& l : lines) {
+    EXPECT_EQ(l.seq(), last[l.rank()] + 1) << "rank " << l.rank() << ": " << l.text();
+    last[l.rank()] = l.seq();
+  }
+}
+
+int CountContaining(const std::vector<moe::v1::LogLine>& lines, int rank, const std::string& s) {
+  int n = 0;
+  for (const auto& l : lines) n += (l.rank() == rank && absl::StrContains(l.text(), s));
+  return n;
+}
+
+TEST(DaemonLauncher, TwoRankJobSucceedsAndFollowReadsEveryLine) {
+  DaemonHarness h(FakeOptions({{"FAKE_STEPS", "5"}, {"FAKE_STEP_SECONDS", "0.05"}}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult r = h.Moectl({"submit", h.WriteJob("ok", 2, 5), "--follow"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.out, "[1] rank 1 done after 5 steps")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.err, "SUCCEEDED")) << r.err;
+  const std::string id = "j-000001";
+  std::vector<moe::v1::LogLine> lines = h.AllLogs(id);
+  ExpectContiguous(lines);
+  for (int rank : {0, 1}) {
+    EXPECT_EQ(CountContaining(lines, rank, "\"step\""), 5) << "rank " << rank;
+  }
+  // The follower printed exactly the stored lines.
+  EXPECT_EQ(static_cast<size_t>(std::count(r.out.begin(), r.out.end(), '\n')), lines.size() + 1);
+  CommandResult st = h.Moectl({"status", id});
+  EXPECT_EQ(st.exit_code, 0);
+  EXPECT_TRUE(absl::StrContains(st.out, "SUCCEEDED")) << st.out;
+  CommandResult tail = h.Moectl({"logs", id, "--rank", "1", "--tail", "1"});
+  EXPECT_EQ(tail.out, "rank 1 done after 5 steps\n");
+}
+
+TEST(DaemonLauncher, CancelStopsEveryProcess) {
+  DaemonHarness h(FakeOptions({{"FAKE_STEPS", "100000"}, {"FAKE_STEP_SECONDS", "0.1"}}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const std::string id = SubmitOk(h, h.WriteJob("long", 2, 100));
+  Job job = h.WaitForState(id, moe::v1::JOB_STATE_RUNNING, 30);
+  ASSERT_EQ(job.state(), moe::v1::JOB_STATE_RUNNING);
+  const std::string job_dir = h.state_dir() + "/jobs/" + id + "/";
+  ASSERT_FALSE(ProcessesMentioning(job_dir).empty());
+  CommandResult r = h.Moectl({"cancel", id});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, id + " CANCELLED\n");
+  EXPECT_TRUE(ProcessesMentioning(job_dir).empty());
+  // The ranks checkpointed on SIGTERM: their last words are in the log.
+  std::vector<moe::v1::LogLine> lines = h.AllLogs(id);
+  EXPECT_EQ(CountContaining(lines, 0, "got SIGTERM"), 1);
+  EXPECT_EQ(CountContaining(lines, 1, "got SIGTERM"), 1);
+  // A second cancel: the job has ended.
+  CommandResult again = h.Moectl({"cancel", id});
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(again.err, "already ended (CANCELLED)")) << again.err;
+}
+
+TEST(DaemonLauncher, RankExitFailsTheJobWithTheReason) {
+  DaemonHarness h(FakeOptions({{"FAKE_STEPS", "50"}, {"FAKE_STEP_SECONDS", "0.05"},
+                               {"FAKE_FAIL_RANK", "1"}, {"FAKE_FAIL_STEP", "3"},
+                               {"FAKE_FAIL_CODE", "7"}}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const std::string id = SubmitOk(h, h.WriteJob("fails", 2, 50));
+  Job job = h.WaitFor(id, [](const Job& j) { return j.state() >= moe::v1::JOB_STATE_SUCCEEDED; }, 60);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_FAILED);
+  EXPECT_TRUE(absl::StrContains(job.reason(), "code 7")) << job.reason();
+  EXPECT_TRUE(absl::StrContains(job.reason(), "rank 1 stderr: rank 1 failing on purpose"))
+      << job.reason();
+  CommandResult logs = h.Moectl({"logs", id, "-f"});
+  EXPECT_EQ(logs.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(logs.out, "[1] rank 1 failing on purpose at step 3"));
+  EXPECT_TRUE(ProcessesMentioning(h.state_dir() + "/jobs/" + id + "/").empty());
+}
+
+TEST(DaemonLauncher, KilledRankFailsOrRestartsFromCheckpoint) {
+  DaemonHarness h(FakeOptions({{"FAKE_STEPS", "40"}, {"FAKE_STEP_SECONDS", "0.1"}}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  for (int max_restarts : {0, 1}) {
+    const std::string id =
+        SubmitOk(h, h.WriteJob(absl::StrCat("kill-", max_restarts), 2, 40, max_restarts));
+    Job job = h.WaitFor(id, [](const Job& j) { return j.state() == moe::v1::JOB_STATE_RUNNING; }, 30);
+    ASSERT_EQ(job.state(), moe::v1::JOB_STATE_RUNNING);
+    // Wait for a few steps, then kill -9 rank 1.
+    h.WaitFor(id, [&](const Job&) { return CountContaining(h.AllLogs(id), 1, "\"step\"") >= 3; }, 30);
+    std::vector<int> ranks;
+    for (int pid : ProcessesMentioning(h.state_dir() + "/jobs/" + id + "/")) {
+      std::ifstream env(absl::StrCat("/proc/", pid, "/environ"));
+      std::string all((std::istreambuf_iterator<char>(env)), std::istreambuf_iterator<char>());
+      std::ifstream cmd(absl::StrCat("/proc/", pid, "/cmdline"));
+      std::string c((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
+      if (absl::StrContains(all, std::string("OMPI_COMM_WORLD_RANK=1\0", 23)) &&
+          absl::StrContains(c, "fake_worker")) {
+        ranks.push_back(pid);
+      }
+    }
+    ASSERT_FALSE(ranks.empty());
+    for (int pid : ranks) kill(pid, SIGKILL);
+    job = h.WaitFor(id, [](const Job& j) { return j.state() >= moe::v1::JOB_STATE_SUCCEEDED; }, 90);
+    if (max_restarts == 0) {
+      EXPECT_EQ(job.state(), moe::v1::JOB_STATE_FAILED);
+      EXPECT_TRUE(absl::StrContains(job.reason(), "rank 1 was killed by signal 9")) << job.reason();
+    } else {
+      EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason();
+      EXPECT_EQ(job.restarts(), 1);
+      std::vector<moe::v1::LogLine> lines = h.AllLogs(id);
+      ExpectContiguous(lines);
+      EXPECT_EQ(CountContaining(lines, 1, "resuming from step"), 1);
+      EXPECT_EQ(CountContaining(lines, 1, "done after 40 steps"), 1);
+    }
+    EXPECT_TRUE(ProcessesMentioning(h.state_dir() + "/jobs/" + id + "/").empty());
+  }
+}
+
+TEST(DaemonLauncher, MoedKilledMidJobReattachesAndLosesNoLine) {
+  DaemonHarness h(FakeOptions({{"FAKE_STEPS", "30"}, {"FAKE_STEP_SECONDS", "0.1"}}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const std::string id = SubmitOk(h, h.WriteJob("survive", 2, 30));
+  h.WaitFor(id, [&](const Job&) { return CountContaining(h.AllLogs(id), 0, "\"step\"") >= 5; }, 30);
+  h.Kill9();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the ranks write on, unseen
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  Job job = h.WaitFor(id, [](const Job& j) { return j.state() >= moe::v1::JOB_STATE_SUCCEEDED; }, 60);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason();
+  EXPECT_EQ(job.restarts(), 0);
+  EXPECT_TRUE(absl::StrContains(h.MoedLog(), "reattached")) << h.MoedLog();
+  std::vector<moe::v1::LogLine> lines = h.AllLogs(id);
+  ExpectContiguous(lines);
+  for (int rank : {0, 1}) {
+    EXPECT_EQ(CountContaining(lines, rank, "\"step\""), 30) << "rank " << rank;
+  }
+}
+
+TEST(DaemonLauncher, QueueHoldsSecondJobUntilFirstEnds) {
+  DaemonHarness h(FakeOptions({{"FAKE_STEPS", "15"}, {"FAKE_STEP_SECONDS", "0.1"}}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const std::string first = SubmitOk(h, h.WriteJob("first", 2, 15));
+  const std::string second = SubmitOk(h, h.WriteJob("second", 2, 15));
+  Job a = h.WaitForState(first, moe::v1::JOB_STATE_RUNNING, 30);
+  ASSERT_EQ(a.state(), moe::v1::JOB_STATE_RUNNING);
+  Job b = h.WaitFor(second, [](const Job& j) { return !j.reason().empty(); }, 5);
+  EXPECT_EQ(b.state(), moe::v1::JOB_STATE_QUEUED);
+  EXPECT_TRUE(absl::StrContains(b.reason(), "waiting for 2 ranks: 2 of 2 in use")) << b.reason();
+  b = h.WaitFor(second, [](const Job& j) { return j.state() != moe::v1::JOB_STATE_QUEUED; }, 60);
+  a = h.WaitFor(first, [](const Job&) { return true; }, 1);
+  EXPECT_EQ(a.state(), moe::v1::JOB_STATE_SUCCEEDED);
+  EXPECT_GE(b.started_unix_ms(), a.ended_unix_ms());
+  b = h.WaitForState(second, moe::v1::JOB_STATE_SUCCEEDED, 60);
+  EXPECT_EQ(b.state(), moe::v1::JOB_STATE_SUCCEEDED);
+  // A job asking for more ranks than moed may use is refused at submit.
+  CommandResult big = h.Moectl({"submit", h.WriteJob("big", 4, 5)});
+  EXPECT_EQ(big.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(big.err, "at most 2")) << big.err;
+}
+
+TEST(DaemonLauncher, SilentWorkersFailOnLostHeartbeat) {
+  HarnessOptions o = FakeOptions({{"FAKE_STEPS", "100000"}, {"FAKE_STEP_SECONDS", "0.1"}});
+  o.heartbeat_timeout_s = 1.5;  // the fake worker never reports over gRPC
+  DaemonHarness h(o);
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const std::string id = SubmitOk(h, h.WriteJob("silent", 2, 100));
+  Job job = h.WaitFor(id, [](const Job& j) { return j.state() >= moe::v1::JOB_STATE_SUCCEEDED; }, 30);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_FAILED);
+  EXPECT_TRUE(absl::StrContains(job.reason(), "lost heartbeat")) << job.reason();
+  EXPECT_TRUE(ProcessesMentioning(h.state_dir() + "/jobs/" + id + "/").empty());
+}
+
+}  // namespace
+}  // namespace moe::testing

@@ -1,0 +1,124 @@
+// JobStore: ids, state events, log seqs contiguous per rank with capture offsets moved in the
+// same transaction, reporter resends skipped, metric resends ignored, all surviving a reopen.
+#include "daemon/job_store.h"
+
+#include "daemon/scheduler.h"
+#include "absl/strings/match.h"
+#include "gtest/gtest.h"
+#include "tests/support/paths.h"
+
+namespace moe::daemon {
+namespace {
+
+moe::v1::JobSpec Spec(const std::string& name) {
+  moe::v1::JobSpec s;
+  s.set_name(name);
+  s.mutable_resources()->set_ranks(2);
+  s.mutable_train()->set_steps(10);
+  return s;
+}
+
+TEST(JobStore, JobsLogsMetricsSurviveReopen) {
+  const std::string dir = moe::testing::MakeTempDir("moe-store-");
+  const std::string db = dir + "/moed.db";
+  {
+    auto store = JobStore::Open(db);
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto a = (*store)->CreateJob(Spec("a"), "name: a\n", dir + "/jobs", "queued");
+    auto b = (*store)->CreateJob(Spec("b"), "", dir + "/jobs", "queued");
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(a->job.id(), "j-000001");
+    EXPECT_EQ(b->job.id(), "j-000002");
+    EXPECT_EQ(a->checkpoint_dir, dir + "/jobs/j-000001/checkpoints");
+    EXPECT_EQ((*store)->GetJob("j-000009").status().code(), absl::StatusCode::kNotFound);
+
+    JobRecord r = *a;
+    r.job.set_state(moe::v1::JOB_STATE_RUNNING);
+    r.launch_handle = "pid=1 start=2 dir=/x";
+    ASSERT_TRUE((*store)->UpdateJob(r).ok());
+
+    ASSERT_TRUE((*store)->AppendCapturedLines("j-000001", 0, {"x", "y"}, 5, "/f0", 4).ok());
+    ASSERT_TRUE((*store)->AppendCapturedLines("j-000001", 1, {"z"}, 6, "/f1", 2).ok());
+    ASSERT_TRUE((*store)->AppendCapturedLines("j-000001", 0, {"w"}, 7, "/f0e", 2).ok());
+
+    moe::v1::LogLine l1, l2;
+    l1.set_rank(1);
+    l1.set_seq(1);
+    l1.set_text("reported 1");
+    l2 = l1;
+    l2.set_seq(2);
+    l2.set_text("reported 2");
+    ASSERT_TRUE((*store)->AppendReportedLines("j-000002", 0, {l1, l2}).ok());
+    ASSERT_TRUE((*store)->AppendReportedLines("j-000002", 0, {l1, l2}).ok());  // a resend
+    auto cursor = (*store)->GetReportCursor("j-000002", 1, 0);
+    ASSERT_TRUE(cursor.ok());
+    EXPECT_EQ(cursor->last_src_seq, 2);
+
+    moe::v1::MetricPoint p;
+    p.set_step(5);
+    p.set_loss(3.0);
+    p.set_has_val_loss(true);
+    p.set_val_loss(3.5);
+    ASSERT_TRUE((*store)->AddMetric("j-000001", 0, p).ok());
+    ASSERT_TRUE((*store)->AddMetric("j-000001", 0, p).ok());  // a resend
+    p.set_step(6);
+    p.set_val_loss(3.25);
+    ASSERT_TRUE((*store)->AddMetric("j-000001", 0, p).ok());
+  }
+  auto store = JobStore::Open(db);
+  ASSERT_TRUE(store.ok());
+  auto a = (*store)->GetJob("j-000001");
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(a->job.state(), moe::v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(a->launch_handle, "pid=1 start=2 dir=/x");
+  EXPECT_EQ(a->job.latest().step(), 6);
+  EXPECT_DOUBLE_EQ(a->job.best_val_loss(), 3.25);
+  auto events = (*store)->Events("j-000001");
+  ASSERT_TRUE(events.ok());
+  ASSERT_EQ(events->size(), 2u);
+  EXPECT_EQ((*events)[1].state, moe::v1::JOB_STATE_RUNNING);
+
+  auto lines = (*store)->ReadLogs("j-000001", 0, 100);
+  ASSERT_TRUE(lines.ok());
+  ASSERT_EQ(lines->size(), 4u);
+  EXPECT_EQ((*lines)[0].line.text(), "x");
+  EXPECT_EQ((*lines)[0].line.seq(), 1);
+  EXPECT_EQ((*lines)[1].line.seq(), 2);
+  EXPECT_EQ((*lines)[2].line.rank(), 1);
+  EXPECT_EQ((*lines)[2].line.seq(), 1);
+  EXPECT_EQ((*lines)[3].line.text(), "w");
+  EXPECT_EQ((*lines)[3].line.seq(), 3);  // rank 0's stderr joins rank 0's seq space
+  auto after = (*store)->ReadLogs("j-000001", (*lines)[1].rowid, 100);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->size(), 2u);
+  auto offsets = (*store)->CaptureOffsets("j-000001");
+  ASSERT_TRUE(offsets.ok());
+  EXPECT_EQ((*offsets)["/f0"], 4);
+  EXPECT_EQ((*offsets)["/f0e"], 2);
+  auto reported = (*store)->ReadLogs("j-000002", 0, 100);
+  ASSERT_TRUE(reported.ok());
+  EXPECT_EQ(reported->size(), 2u);
+  auto metrics = (*store)->ReadMetrics("j-000001", 0, 100);
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_EQ(metrics->size(), 2u);
+  auto last = (*store)->LastSeqs("j-000001");
+  ASSERT_TRUE(last.ok());
+  EXPECT_EQ((*last)[0], 3);
+  EXPECT_EQ((*last)[1], 1);
+}
+
+TEST(JobStore, OpenFailsClearlyOnAnUnwritablePath) {
+  auto store = JobStore::Open("/proc/no-such-dir/moed.db");
+  ASSERT_FALSE(store.ok());
+  EXPECT_TRUE(absl::StrContains(store.status().message(), "--state-dir")) << store.status();
+}
+
+TEST(SanitizeUtf8, KeepsValidTextAndReplacesBadBytes) {
+  EXPECT_EQ(SanitizeUtf8("plain ascii"), "plain ascii");
+  EXPECT_EQ(SanitizeUtf8("caf\xc3\xa9"), "caf\xc3\xa9");
+  EXPECT_EQ(SanitizeUtf8("bad\xff\xfe."), "bad??.");
+  EXPECT_EQ(SanitizeUtf8("cut\xe2\x82"), "cut??");
+}
+
+}  // namespace
+}  // namespace moe::daemon

@@ -1,0 +1,143 @@
+// End to end through the real moed, moectl and moe-worker on a temp state dir and free ports:
+// a 2-rank CPU job trains to SUCCEEDED with metrics matching its log; moed killed mid-job and
+// restarted still finishes it with complete logs and metrics; a rank killed with max_restarts 1
+// resumes from its checkpoint and finishes.
+#include <signal.h>
+
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "gtest/gtest.h"
+#include "tests/support/daemon_harness.h"
+
+namespace moe::testing {
+namespace {
+
+using moe::v1::Job;
+
+bool Ended(const Job& j) { return j.state() >= moe::v1::JOB_STATE_SUCCEEDED; }
+
+std::vector<moe::v1::MetricPoint> AllMetrics(DaemonHarness& h, const std::string& id) {
+  auto stub = h.Stub();
+  grpc::ClientContext ctx;
+  moe::v1::StreamMetricsRequest req;
+  req.set_id(id);
+  req.set_after_step(-1);
+  auto reader = stub->StreamMetrics(&ctx, req);
+  std::vector<moe::v1::MetricPoint> out;
+  moe::v1::MetricPoint p;
+  while (reader->Read(&p)) out.push_back(p);
+  EXPECT_TRUE(reader->Finish().ok());
+  return out;
+}
+
+void ExpectContiguous(const std::vector<moe::v1::LogLine>& lines) {
+  std::map<int, int64_t> last;
+  for (const auto& l : lines) {
+    ASSERT_EQ(l.seq(), last[l.rank()] + 1) << "rank " << l.rank() << ": " << l.text();
+    last[l.rank()] = l.seq();
+  }
+}
+
+// Every metric point has its JSON line in rank 0's log, with the same loss.
+void ExpectMetricsMatchLog(const std::vector<moe::v1::MetricPoint>& points,
+                           const std::vector<moe::v1::LogLine>& lines) {
+  std::set<std::string> rank0;
+  for (const auto& l : lines) {
+    if (l.rank() == 0) rank0.insert(l.text().substr(0, l.text().find(", \"aux_loss\"")));
+  }
+  for (const auto& p : points) {
+    std::string head = absl::StrFormat("{\"step\": %d, \"loss\": %.6f", p.step(), p.loss());
+    EXPECT_TRUE(rank0.count(head)) << "no log line for " << head;
+  }
+}
+
+HarnessOptions RealWorker() {
+  HarnessOptions o;
+  o.max_ranks = 2;
+  o.cancel_grace_s = 20;
+  return o;
+}
+
+TEST(E2eControl, TwoRankCpuJobSucceedsWithMetricsMatchingItsLog) {
+  DaemonHarness h(RealWorker());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult r = h.Moectl({"submit", h.WriteJob("e2e-ok", 2, 10), "--follow"}, 600);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err << h.MoedLog();
+  const std::string id = r.out.substr(0, r.out.find('\n'));
+  Job job = h.WaitFor(id, Ended, 10);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason();
+  std::vector<moe::v1::LogLine> lines = h.AllLogs(id);
+  ExpectContiguous(lines);
+  std::vector<moe::v1::MetricPoint> points = AllMetrics(h, id);
+  ASSERT_FALSE(points.empty());
+  EXPECT_EQ(points.back().step(), 10);
+  EXPECT_EQ(job.latest().step(), 10);
+  ExpectMetricsMatchLog(points, lines);
+  CommandResult m = h.Moectl({"metrics", id});
+  EXPECT_EQ(m.exit_code, 0) << m.err;
+  EXPECT_TRUE(absl::StrContains(m.out, "* train")) << m.out;
+  EXPECT_TRUE(ProcessesMentioning(h.state_dir() + "/jobs/" + id + "/").empty());
+}
+
+TEST(E2eControl, MoedKilledMidJobRestartsAndTheJobFinishesComplete) {
+  DaemonHarness h(RealWorker());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult sub = h.Moectl({"submit", h.WriteJob("e2e-survive", 2, 60)});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  const std::string id = sub.out.substr(0, sub.out.find('\n'));
+  Job job = h.WaitFor(id, [](const Job& j) { return j.latest().step() >= 3 || Ended(j); }, 300);
+  ASSERT_FALSE(Ended(job)) << "the job ended before moed could be killed: " << job.reason();
+  h.Kill9();
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  job = h.WaitFor(id, Ended, 600);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason() << h.MoedLog();
+  std::vector<moe::v1::LogLine> lines = h.AllLogs(id);
+  ExpectContiguous(lines);
+  std::vector<moe::v1::MetricPoint> points = AllMetrics(h, id);
+  ASSERT_FALSE(points.empty());
+  EXPECT_EQ(points.back().step(), 60);
+  ExpectMetricsMatchLog(points, lines);
+  // moectl logs reads the whole job back and exits 0 for a job that succeeded.
+  CommandResult logs = h.Moectl({"logs", id, "-f"});
+  EXPECT_EQ(logs.exit_code, 0) << logs.err;
+  EXPECT_EQ(static_cast<size_t>(std::count(logs.out.begin(), logs.out.end(), '\n')), lines.size());
+}
+
+TEST(E2eControl, KilledRankRestartsFromCheckpointAndFinishes) {
+  DaemonHarness h(RealWorker());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult sub =
+      h.Moectl({"submit", h.WriteJob("e2e-restart", 2, 60, 1, "checkpoint:\n  every: 2\n")});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  const std::string id = sub.out.substr(0, sub.out.find('\n'));
+  Job job = h.WaitFor(id, [](const Job& j) { return j.latest().step() >= 5 || Ended(j); }, 300);
+  ASSERT_FALSE(Ended(job)) << job.reason();
+  int killed = 0;
+  for (int pid : ProcessesMentioning(h.state_dir() + "/jobs/" + id + "/")) {
+    std::ifstream env(absl::StrCat("/proc/", pid, "/environ"));
+    std::string all((std::istreambuf_iterator<char>(env)), std::istreambuf_iterator<char>());
+    std::ifstream cmd(absl::StrCat("/proc/", pid, "/cmdline"));
+    std::string c((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
+    if (absl::StrContains(all, std::string("OMPI_COMM_WORLD_RANK=1\0", 23)) &&
+        absl::StrContains(c, "moe-worker")) {
+      killed += kill(pid, SIGKILL) == 0;
+    }
+  }
+  ASSERT_GT(killed, 0);
+  job = h.WaitFor(id, Ended, 600);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason() << h.MoedLog();
+  EXPECT_EQ(job.restarts(), 1);
+  ExpectContiguous(h.AllLogs(id));
+  EXPECT_EQ(AllMetrics(h, id).back().step(), 60);
+}
+
+}  // namespace
+}  // namespace moe::testing
