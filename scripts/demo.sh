@@ -29,8 +29,11 @@ echo "demo: submitted $JOB as $JOB_ID; following its logs"
 "$BIN/moectl" logs "$JOB_ID" -f
 "$BIN/moectl" status "$JOB_ID"
 "$BIN/moectl" metrics "$JOB_ID"
-CKPT=$("$BIN/moectl" status "$JOB_ID" --checkpoint-dir 2>/dev/null || true)
-if [ -n "$CKPT" ]; then
-  echo "demo: a sample from $CKPT"
-  "$BIN/moe-worker" --sample "$CKPT" --prompt "And God said" --tokens 300
+# The checkpoints sit in the job's folder on the moed host (moectl status prints it as "dir").
+JOB_DIR=$("$BIN/moectl" status "$JOB_ID" | awk '$1 == "dir" {print $2}')
+if [ -d "$JOB_DIR/checkpoints" ]; then
+  echo "demo: a sample from the newest checkpoint in $JOB_DIR/checkpoints"
+  "$BIN/moe-worker" --sample "$JOB_DIR/checkpoints" --prompt "And God said" --tokens 300
+else
+  echo "demo: no checkpoints in '$JOB_DIR/checkpoints' on this machine (moed runs elsewhere?); skipping the sample"
 fi

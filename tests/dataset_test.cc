@@ -36,10 +36,22 @@ FileId Stat(const std::string& path) {
 
 class DatasetTest : public ::testing::Test {
  protected:
-  void SetUp() override { dir_ = testing::MakeTempDir("dataset_test_"); }
-  void TearDown() override { fs::remove_all(dir_); }
+  void SetUp() override {
+    dir_ = testing::MakeTempDir("dataset_test_");
+    setenv("MOE_CACHE_DIR", (dir_ + "/cache").c_str(), 1);  // the default cache root
+  }
+  void TearDown() override {
+    unsetenv("MOE_CACHE_DIR");
+    fs::remove_all(dir_);
+  }
 
-  // Tiny shakespeare copied into the temp dir, so the cache lands there.
+  // The default cache folder of the one text loaded so far: MOE_CACHE_DIR/<name>-<hash>/<kind>.
+  std::string DefaultCache(const std::string& kind) {
+    for (const auto& e : fs::directory_iterator(dir_ + "/cache")) return e.path().string() + "/" + kind;
+    return "";
+  }
+
+  // Tiny shakespeare copied into the temp dir.
   std::string CopyShakespeare() {
     std::string path = dir_ + "/input.txt";
     fs::copy_file(testing::ShakespearePath(), path);
@@ -81,8 +93,10 @@ TEST_F(DatasetTest, CharShakespeareMatchesNanoGpt) {
   std::vector<uint16_t> head(data->train.begin(), data->train.begin() + 13);
   EXPECT_THAT(head, ElementsAre(18, 47, 56, 57, 58, 1, 15, 47, 58, 47, 64, 43, 52));  // First Citizen
   EXPECT_THAT(data->source, HasSubstr("tokenized into"));
-  EXPECT_TRUE(fs::exists(path + ".moe-cache/char/train.bin"));
-  EXPECT_EQ(fs::file_size(path + ".moe-cache/char/train.bin"), 2 * 1003854u);
+  // The cache is under MOE_CACHE_DIR, never beside the text (whose folder may be read-only).
+  EXPECT_FALSE(fs::exists(path + ".moe-cache"));
+  ASSERT_TRUE(fs::exists(DefaultCache("char") + "/train.bin"));
+  EXPECT_EQ(fs::file_size(DefaultCache("char") + "/train.bin"), 2 * 1003854u);
   EXPECT_TRUE(CheckSplits(*data, 256).ok());
 }
 
@@ -90,7 +104,7 @@ TEST_F(DatasetTest, CacheIsReusedThenInvalidatedWhenTheTextChanges) {
   std::string path = CopyShakespeare();
   auto first = LoadDataset(Spec(path, moe::v1::TOKENIZER_CHAR));
   ASSERT_TRUE(first.ok()) << first.status();
-  std::string cache = path + ".moe-cache/char";
+  std::string cache = DefaultCache("char");
   std::vector<std::string> files = {cache + "/train.bin", cache + "/val.bin", cache + "/meta.txt",
                                     cache + "/tokenizer.txt"};
   std::vector<FileId> before;
@@ -167,7 +181,7 @@ TEST_F(DatasetTest, ConcurrentLoadersAgreeAndLeaveAValidCache) {
   ASSERT_TRUE(after.ok()) << after.status();
   EXPECT_THAT(after->source, HasSubstr("cached in"));
   EXPECT_EQ(after->train.size() + after->val.size(), expect.size());
-  for (const auto& e : fs::directory_iterator(path + ".moe-cache/char")) {
+  for (const auto& e : fs::directory_iterator(DefaultCache("char"))) {
     EXPECT_THAT(e.path().filename().string(), ::testing::Not(HasSubstr(".tmp."))) << "temp left";
   }
 }
