@@ -157,6 +157,10 @@ int RunStatus(int argc, char** argv) {
   }
   std::printf("restarts  %d of %d\n", j.restarts(), j.spec().max_restarts());
   std::printf("ranks     %d\n", j.spec().resources().ranks());
+  if (!j.slurm_job_id().empty()) {
+    std::printf("slurm     job %s on %s\n", j.slurm_job_id().c_str(),
+                j.node_list().empty() ? "(no nodes yet)" : j.node_list().c_str());
+  }
   std::printf("created   %s\n", FormatTime(j.created_unix_ms()).c_str());
   std::printf("started   %s\n", FormatTime(j.started_unix_ms()).c_str());
   if (j.ended_unix_ms() > 0) std::printf("ended     %s\n", FormatTime(j.ended_unix_ms()).c_str());

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
+#include "daemon/slurm_launcher.h"
 #include "daemon/status_util.h"
 
 namespace moe::daemon {
@@ -33,10 +34,6 @@ grpc::Status JobServiceImpl::SubmitJob(grpc::ServerContext* context,
     return ToGrpcStatus(absl::InvalidArgumentError(
         absl::StrCat("invalid job spec:\n", FormatSpecErrors(errors))));
   }
-  if (request->spec().resources().launcher() == moe::v1::LAUNCHER_SLURM) {
-    return ToGrpcStatus(absl::UnimplementedError(
-        "resources.launcher: slurm is not available in this moed yet (use launcher: local)"));
-  }
   absl::StatusOr<moe::v1::Job> job = scheduler_->Submit(request->spec(), request->spec_yaml());
   if (!job.ok()) return ToGrpcStatus(job.status());
   *response = *std::move(job);
@@ -51,6 +48,7 @@ grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* context,
   absl::StatusOr<JobRecord> rec = store_->GetJob(request->id());
   if (!rec.ok()) return ToGrpcStatus(rec.status());
   *response = rec->job;
+  SlurmLauncher::Describe(rec->launch_handle, response);
   return grpc::Status::OK;
 }
 
@@ -60,7 +58,11 @@ grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* context,
   if (absl::Status s = auth_->Check(*context); !s.ok()) return ToGrpcStatus(s);
   absl::StatusOr<std::vector<JobRecord>> jobs = store_->ListJobs();
   if (!jobs.ok()) return ToGrpcStatus(jobs.status());
-  for (JobRecord& r : *jobs) *response->add_jobs() = std::move(r.job);
+  for (JobRecord& r : *jobs) {
+    moe::v1::Job* job = response->add_jobs();
+    *job = std::move(r.job);
+    SlurmLauncher::Describe(r.launch_handle, job);
+  }
   return grpc::Status::OK;
 }
 

@@ -23,6 +23,10 @@ constexpr char kUsage[] = R"(usage: moed --state-dir DIR [flags]
   --token-file FILE           require this bearer token on every RPC
   --worker-bin PATH           moe-worker executable (default: beside moed)
   --mpirun PATH               mpirun executable (default: mpirun on PATH)
+  --slurm-template PATH       batch script template for launcher: slurm jobs
+                              (default: deploy/slurm/moe-job.sbatch.tmpl found from moed's path)
+  --slurm-mpi pmix|mpirun     how Slurm jobs start their ranks: srun --mpi=pmix (default) or
+                              mpirun inside the allocation
   --heartbeat-timeout SECS    silence after which a running job is lost (default 60)
   --cancel-grace SECS         SIGTERM to SIGKILL delay when cancelling (default 30)
 )";
@@ -73,6 +77,10 @@ bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
       c->worker_bin = value;
     } else if (arg == "--mpirun") {
       c->mpirun = value;
+    } else if (arg == "--slurm-template") {
+      c->slurm_template = value;
+    } else if (arg == "--slurm-mpi") {
+      c->slurm_mpi = value;
     } else if (arg == "--heartbeat-timeout") {
       if (!seconds(&c->heartbeat_timeout)) return false;
     } else if (arg == "--cancel-grace") {

@@ -19,6 +19,7 @@
 #include "daemon/metrics_http.h"
 #include "daemon/report_service.h"
 #include "daemon/scheduler.h"
+#include "daemon/slurm_launcher.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -57,6 +58,17 @@ std::string ReportAddress(const std::string& listen) {
   return absl::StrCat(host, ":", port);
 }
 
+// Slurm ranks run on other nodes: a wildcard listener is reached through this host's name.
+std::string SlurmReportAddress(const std::string& listen) {
+  size_t colon = listen.rfind(':');
+  std::string host = listen.substr(0, colon), port = listen.substr(colon + 1);
+  if (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::") {
+    char name[256] = {};
+    if (gethostname(name, sizeof(name) - 1) == 0) host = name;
+  }
+  return absl::StrCat(host, ":", port);
+}
+
 }  // namespace
 
 absl::Status MoedConfig::Validate() {
@@ -81,6 +93,18 @@ absl::Status MoedConfig::Validate() {
     max_ranks = gpus > 0 ? gpus : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   }
   if (worker_bin.empty()) worker_bin = SelfDir() + "/moe-worker";
+  if (slurm_mpi != "pmix" && slurm_mpi != "mpirun") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--slurm-mpi: '", slurm_mpi, "' is neither pmix (srun --mpi=pmix) nor mpirun"));
+  }
+  if (slurm_template.empty()) {
+    // Installed (<prefix>/bin/moed -> <prefix>/share/moe), else a build tree inside the source.
+    slurm_template = SelfDir() + "/../share/moe/slurm/moe-job.sbatch.tmpl";
+    const std::string in_source = SelfDir() + "/../../deploy/slurm/moe-job.sbatch.tmpl";
+    if (access(slurm_template.c_str(), R_OK) != 0 && access(in_source.c_str(), R_OK) == 0) {
+      slurm_template = in_source;
+    }
+  }
   if (heartbeat_timeout.count() <= 0) {
     return absl::InvalidArgumentError("--heartbeat-timeout: must be positive (seconds)");
   }
@@ -111,6 +135,13 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
   }
   m->auth_ = std::make_unique<TokenAuth>(token);
   m->launcher_ = std::make_unique<LocalLauncher>(LocalLauncherOptions{c.mpirun, c.worker_bin});
+  SlurmLauncherOptions slurm;
+  slurm.worker_bin = c.worker_bin;
+  slurm.template_path = c.slurm_template;
+  slurm.mpi = c.slurm_mpi;
+  slurm.mpirun = c.mpirun;
+  slurm.report_address = SlurmReportAddress(c.listen);
+  m->slurm_launcher_ = std::make_unique<SlurmLauncher>(slurm);
   SchedulerOptions so;
   so.state_dir = c.state_dir;
   so.max_ranks = c.max_ranks;
@@ -118,7 +149,8 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
   so.token = token;
   so.heartbeat_timeout = c.heartbeat_timeout;
   so.cancel_grace = c.cancel_grace;
-  m->scheduler_ = std::make_unique<Scheduler>(so, m->store_.get(), m->launcher_.get());
+  m->scheduler_ = std::make_unique<Scheduler>(so, m->store_.get(), m->launcher_.get(),
+                                              m->slurm_launcher_.get());
   m->job_service_ =
       std::make_unique<JobServiceImpl>(m->store_.get(), m->scheduler_.get(), m->auth_.get());
   m->report_service_ =

@@ -19,6 +19,7 @@ namespace moe::daemon {
 class JobStore;
 class Scheduler;
 class LocalLauncher;
+class SlurmLauncher;
 class TokenAuth;
 class JobServiceImpl;
 class ReportServiceImpl;
@@ -32,6 +33,8 @@ struct MoedConfig {
   std::string token_file;                         // "" = no auth
   std::string worker_bin;                         // "" = moe-worker beside moed
   std::string mpirun = "mpirun";
+  std::string slurm_template;     // "" = deploy/slurm/moe-job.sbatch.tmpl found from moed's path
+  std::string slurm_mpi = "pmix";  // how Slurm jobs start ranks: "pmix" (srun) or "mpirun"
   std::chrono::milliseconds heartbeat_timeout{60000};
   std::chrono::milliseconds cancel_grace{30000};
 
@@ -55,6 +58,7 @@ class Moed {
   std::unique_ptr<JobStore> store_;
   std::unique_ptr<TokenAuth> auth_;
   std::unique_ptr<LocalLauncher> launcher_;
+  std::unique_ptr<SlurmLauncher> slurm_launcher_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<JobServiceImpl> job_service_;
   std::unique_ptr<ReportServiceImpl> report_service_;

@@ -18,7 +18,7 @@ absl::Status ReportServiceImpl::FillAck(const moe::v1::WorkerHello& hello,
   if (!cursor.ok()) return cursor.status();
   ack->set_last_log_seq(cursor->last_src_seq);
   ack->set_last_metric_step(cursor->last_metric_step);
-  ack->set_logs_from_output(scheduler_->CapturesOutput());
+  ack->set_logs_from_output(scheduler_->CapturesOutput(hello.job_id()));
   return absl::OkStatus();
 }
 
@@ -55,7 +55,7 @@ grpc::Status ReportServiceImpl::Report(grpc::ServerContext* context,
   if (absl::Status s = scheduler_->OnWorkerHello(job_id, attempt, hello.rank()); !s.ok()) {
     return ToGrpcStatus(s);
   }
-  const bool captured = scheduler_->CapturesOutput();
+  const bool captured = scheduler_->CapturesOutput(job_id);
   while (reader->Read(&msg)) {
     scheduler_->OnWorkerReport(job_id, attempt, hello.rank());
     absl::Status s;

@@ -57,8 +57,26 @@ std::string SanitizeUtf8(std::string_view s) {
   return out;
 }
 
-Scheduler::Scheduler(SchedulerOptions options, JobStore* store, Launcher* launcher)
-    : options_(std::move(options)), store_(store), launcher_(launcher) {}
+Scheduler::Scheduler(SchedulerOptions options, JobStore* store, Launcher* launcher,
+                     SlurmLauncher* slurm)
+    : options_(std::move(options)), store_(store), launcher_(launcher), slurm_(slurm) {}
+
+bool Scheduler::IsSlurm(const JobRecord& rec) {
+  return rec.job.spec().resources().launcher() == moe::v1::LAUNCHER_SLURM;
+}
+
+Launcher* Scheduler::LauncherFor(const JobRecord& rec) const {
+  return IsSlurm(rec) && slurm_ != nullptr ? slurm_ : launcher_;
+}
+
+bool Scheduler::CapturesOutput(const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (auto it = active_.find(job_id); it != active_.end()) {
+    return LauncherFor(it->second.rec)->CapturesOutput();
+  }
+  absl::StatusOr<JobRecord> rec = store_->GetJob(job_id);
+  return rec.ok() ? LauncherFor(*rec)->CapturesOutput() : launcher_->CapturesOutput();
+}
 
 Scheduler::~Scheduler() { Stop(); }
 
@@ -99,7 +117,9 @@ void Scheduler::SetState(JobRecord& rec, JobState state, const std::string& reas
 
 int Scheduler::UsedRanks() const {
   int used = 0;
-  for (const auto& [id, a] : active_) used += a.rec.job.spec().resources().ranks();
+  for (const auto& [id, a] : active_) {
+    if (!IsSlurm(a.rec)) used += a.rec.job.spec().resources().ranks();
+  }
   return used;
 }
 
@@ -109,7 +129,7 @@ absl::Status Scheduler::Recover() {
   std::lock_guard<std::mutex> lock(mu_);
   for (JobRecord& rec : *jobs) {
     const JobState st = rec.job.state();
-    if (st == moe::v1::JOB_STATE_QUEUED) {
+    if (st == moe::v1::JOB_STATE_QUEUED && rec.launch_handle.empty()) {
       queue_.push_back(rec.job.id());
       continue;
     }
@@ -122,19 +142,19 @@ absl::Status Scheduler::Recover() {
     if (offsets.ok()) a.offsets = *std::move(offsets);
     a.launched = !a.rec.launch_handle.empty() && st != moe::v1::JOB_STATE_RESTARTING;
     if (a.rec.cancel_requested) {
-      if (a.launched) launcher_->Terminate(a.rec.launch_handle);
+      if (a.launched) LauncherFor(a.rec)->Terminate(a.rec.launch_handle);
       a.cancel_deadline = Clock::now() + options_.cancel_grace;
       a.last_term = Clock::now();
       LogDaemon(absl::StrCat("job ", id, ": resuming its cancel"));
       continue;
     }
     if (!a.launched) continue;  // relaunched by the next tick
-    ProcessState ps = launcher_->Poll(a.rec.launch_handle);
+    ProcessState ps = LauncherFor(a.rec)->Poll(a.rec.launch_handle);
     if (ps.kind == ProcessState::kLost) {
       // Nothing of the attempt is left (or only strays): relaunch from the newest checkpoint.
       // This is moed's doing, not the job's, so it does not count against max_restarts.
       Ingest(a, /*final=*/true);
-      launcher_->Kill(a.rec.launch_handle);
+      LauncherFor(a.rec)->Kill(a.rec.launch_handle);
       a.launched = false;
       a.rec.attempt += 1;
       a.rec.launch_handle.clear();
@@ -152,7 +172,7 @@ absl::Status Scheduler::Recover() {
 absl::StatusOr<moe::v1::Job> Scheduler::Submit(const moe::v1::JobSpec& spec,
                                                const std::string& spec_yaml) {
   const int ranks = spec.resources().ranks();
-  if (ranks > options_.max_ranks) {
+  if (spec.resources().launcher() != moe::v1::LAUNCHER_SLURM && ranks > options_.max_ranks) {
     return absl::InvalidArgumentError(absl::StrCat(
         "resources.ranks: the job asks for ", ranks, " ranks but this moed may use at most ",
         options_.max_ranks, " (lower resources.ranks, or start moed with --max-ranks ", ranks,
@@ -200,7 +220,7 @@ absl::StatusOr<moe::v1::Job> Scheduler::Cancel(const std::string& id) {
       a.rec.cancel_requested = true;
       a.cancel_deadline = Clock::now() + options_.cancel_grace;
       a.last_term = Clock::now();
-      if (a.launched) launcher_->Terminate(a.rec.launch_handle);
+      if (a.launched) LauncherFor(a.rec)->Terminate(a.rec.launch_handle);
       a.rec.job.set_reason("cancelling: waiting for the ranks to stop");
       if (absl::Status s = store_->UpdateJob(a.rec); !s.ok()) return s;
     }
@@ -231,12 +251,15 @@ absl::Status Scheduler::OnWorkerHello(const std::string& job_id, int attempt, in
         "job ", job_id, " is ", StateName(rec->job.state()), ", not running; stop reporting"));
   }
   Active& a = it->second;
+  if (IsSlurm(a.rec) && a.launched && attempt > a.rec.attempt) AdoptAttempt(a, attempt);
   if (attempt != a.rec.attempt || !a.launched) {
     return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " runs attempt ",
                                                       a.rec.attempt, ", not ", attempt));
   }
   a.last_heard[rank] = Clock::now();
-  if (a.rec.job.state() == moe::v1::JOB_STATE_STARTING && !a.rec.cancel_requested) {
+  if ((a.rec.job.state() == moe::v1::JOB_STATE_STARTING ||
+       a.rec.job.state() == moe::v1::JOB_STATE_QUEUED) &&
+      !a.rec.cancel_requested) {
     SetState(a.rec, moe::v1::JOB_STATE_RUNNING, "");
   }
   return absl::OkStatus();
@@ -261,6 +284,17 @@ void Scheduler::Tick() {
 }
 
 void Scheduler::Admit() {
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    absl::StatusOr<JobRecord> rec = store_->GetJob(*it);
+    if (!rec.ok() || rec->job.state() != moe::v1::JOB_STATE_QUEUED || !IsSlurm(*rec)) {
+      ++it;
+      continue;
+    }
+    it = queue_.erase(it);
+    Active& a = active_[rec->job.id()];
+    a.rec = *std::move(rec);
+    LaunchAttempt(a);
+  }
   while (!queue_.empty()) {
     const std::string id = queue_.front();
     absl::StatusOr<JobRecord> rec = store_->GetJob(id);
@@ -307,7 +341,7 @@ void Scheduler::LaunchAttempt(Active& a) {
   a.pending_failure.clear();
   a.killed = false;
   a.attempt_started = Clock::now();
-  absl::StatusOr<std::string> handle = launcher_->Launch(req);
+  absl::StatusOr<std::string> handle = LauncherFor(a.rec)->Launch(req);
   if (!handle.ok()) {
     a.launched = false;
     a.rec.launch_handle.clear();
@@ -317,6 +351,16 @@ void Scheduler::LaunchAttempt(Active& a) {
   }
   a.launched = true;
   a.rec.launch_handle = *handle;
+  if (IsSlurm(a.rec)) {
+    moe::v1::Job view;
+    SlurmLauncher::Describe(*handle, &view);
+    SetState(a.rec, moe::v1::JOB_STATE_QUEUED,
+             absl::StrCat("submitted to Slurm as job ", view.slurm_job_id(), " (attempt ",
+                          a.rec.attempt, ")"));
+    LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": attempt ", a.rec.attempt,
+                           " is Slurm job ", view.slurm_job_id()));
+    return;
+  }
   SetState(a.rec, moe::v1::JOB_STATE_STARTING,
            absl::StrCat("launched ", a.rec.job.spec().resources().ranks(), " ranks (attempt ",
                         a.rec.attempt, ")"));
@@ -324,8 +368,9 @@ void Scheduler::LaunchAttempt(Active& a) {
 }
 
 void Scheduler::Ingest(Active& a, bool final) {
-  if (!a.launched || !launcher_->CapturesOutput()) return;
-  for (const OutputFile& f : launcher_->OutputFiles(a.rec.launch_handle)) {
+  Launcher* launcher = LauncherFor(a.rec);
+  if (!a.launched || !launcher->CapturesOutput()) return;
+  for (const OutputFile& f : launcher->OutputFiles(a.rec.launch_handle)) {
     int64_t offset = a.offsets.count(f.path) ? a.offsets[f.path] : 0;
     while (true) {
       std::string data = ReadRange(f.path, offset, kReadChunk);
@@ -385,10 +430,11 @@ void Scheduler::Failed(Active& a, const std::string& reason) {
 bool Scheduler::Watch(Active& a) {
   const Clock::time_point now = Clock::now();
   const std::string& handle = a.rec.launch_handle;
+  Launcher* launcher = LauncherFor(a.rec);
 
   if (a.rec.cancel_requested) {
     if (a.launched) Ingest(a, /*final=*/false);
-    if (!a.launched || !launcher_->AnyAlive(handle)) {
+    if (!a.launched || !launcher->AnyAlive(handle)) {
       if (a.launched) Ingest(a, /*final=*/true);
       a.rec.cancel_requested = false;
       SetState(a.rec, moe::v1::JOB_STATE_CANCELLED, "cancelled by request");
@@ -398,10 +444,10 @@ bool Scheduler::Watch(Active& a) {
       if (!a.killed) {
         LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": grace period over, SIGKILL"));
       }
-      launcher_->Kill(handle);
+      launcher->Kill(handle);
       a.killed = true;
     } else if (now - a.last_term >= std::chrono::seconds(1)) {
-      launcher_->Terminate(handle);  // ranks that started after the first SIGTERM
+      launcher->Terminate(handle);  // ranks that started after the first SIGTERM
       a.last_term = now;
     }
     return false;
@@ -418,8 +464,8 @@ bool Scheduler::Watch(Active& a) {
 
   Ingest(a, /*final=*/false);
   if (!a.pending_failure.empty()) {  // moed killed it; wait until nothing is left
-    if (launcher_->AnyAlive(handle)) {
-      launcher_->Kill(handle);
+    if (launcher->AnyAlive(handle)) {
+      launcher->Kill(handle);
       return false;
     }
     Ingest(a, /*final=*/true);
@@ -427,11 +473,11 @@ bool Scheduler::Watch(Active& a) {
     return IsFinal(a.rec.job.state());
   }
 
-  ProcessState ps = launcher_->Poll(handle);
+  ProcessState ps = launcher->Poll(handle);
   if (ps.kind != ProcessState::kRunning) {
-    if (launcher_->AnyAlive(handle)) {
-      launcher_->Kill(handle);  // stragglers of an ended attempt
-      if (ps.kind == ProcessState::kLost || launcher_->AnyAlive(handle)) {
+    if (launcher->AnyAlive(handle)) {
+      launcher->Kill(handle);  // stragglers of an ended attempt
+      if (ps.kind == ProcessState::kLost || launcher->AnyAlive(handle)) {
         if (ps.kind == ProcessState::kLost) a.pending_failure = ps.reason;
         return false;
       }
@@ -444,6 +490,7 @@ bool Scheduler::Watch(Active& a) {
     Failed(a, ps.reason);
     return IsFinal(a.rec.job.state());
   }
+  if (IsSlurm(a.rec) && slurm_ != nullptr) WatchSlurm(a, now);
 
   // Heartbeats: every rank that reported must keep reporting; and some rank must report
   // within the timeout of the launch.
@@ -466,9 +513,45 @@ bool Scheduler::Watch(Active& a) {
   if (!lost.empty()) {
     LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": ", lost, "; killing the attempt"));
     a.pending_failure = lost;
-    launcher_->Kill(handle);
+    launcher->Kill(handle);
   }
   return false;
+}
+
+void Scheduler::AdoptAttempt(Active& a, int attempt) {
+  a.rec.attempt = attempt;
+  a.last_heard.clear();
+  a.attempt_started = Clock::now();
+  moe::v1::Job view;
+  SlurmLauncher::Describe(a.rec.launch_handle, &view);
+  SetState(a.rec, a.rec.job.state(),
+           absl::StrCat("Slurm requeued job ", view.slurm_job_id(), ": attempt ", attempt,
+                        " resumes from the newest checkpoint"));
+  LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": Slurm requeued it, attempt ", attempt));
+}
+
+void Scheduler::WatchSlurm(Active& a, Clock::time_point now) {
+  const SlurmJobInfo info = slurm_->Info(a.rec.launch_handle);
+  if (!info.known) return;
+  if (info.attempt > a.rec.attempt) AdoptAttempt(a, info.attempt);
+  const moe::v1::JobState st = a.rec.job.state();
+  // Ranks of this attempt report, so an older answer from Slurm that says PENDING is stale.
+  if (info.pending() && a.last_heard.empty()) {
+    // Waiting in Slurm's queue: no heartbeat is due until it runs.
+    std::string reason = absl::StrCat("Slurm job ", info.slurm_job_id, " ", info.state);
+    if (!info.reason.empty() && info.reason != "None") absl::StrAppend(&reason, ": ", info.reason);
+    if (a.rec.attempt > 0) absl::StrAppend(&reason, " (attempt ", a.rec.attempt, ")");
+    if (st != moe::v1::JOB_STATE_QUEUED || a.rec.job.reason() != reason) {
+      SetState(a.rec, moe::v1::JOB_STATE_QUEUED, reason);
+    }
+    a.last_heard.clear();
+    a.attempt_started = now;
+  } else if (st == moe::v1::JOB_STATE_QUEUED) {
+    SetState(a.rec, moe::v1::JOB_STATE_STARTING,
+             absl::StrCat("Slurm job ", info.slurm_job_id, " ", info.state, " on ",
+                          info.node_list.empty() ? "?" : info.node_list));
+    a.attempt_started = now;
+  }
 }
 
 }  // namespace moe::daemon

@@ -18,6 +18,7 @@
 #include "absl/status/statusor.h"
 #include "daemon/job_store.h"
 #include "daemon/launcher.h"
+#include "daemon/slurm_launcher.h"
 #include "moe/v1/control.pb.h"
 
 namespace moe::daemon {
@@ -34,7 +35,9 @@ struct SchedulerOptions {
 
 class Scheduler {
  public:
-  Scheduler(SchedulerOptions options, JobStore* store, Launcher* launcher);
+  // launcher runs `launcher: local` jobs; slurm (when given) runs `launcher: slurm` jobs.
+  Scheduler(SchedulerOptions options, JobStore* store, Launcher* launcher,
+            SlurmLauncher* slurm = nullptr);
   ~Scheduler();
 
   // Reads the store: queues QUEUED jobs again and reattaches to (or relaunches) the jobs a
@@ -54,7 +57,7 @@ class Scheduler {
   absl::Status OnWorkerHello(const std::string& job_id, int attempt, int rank);
   void OnWorkerReport(const std::string& job_id, int attempt, int rank);
   // Whether moed reads this job's log lines from the ranks' output files itself.
-  bool CapturesOutput() const { return launcher_->CapturesOutput(); }
+  bool CapturesOutput(const std::string& job_id);
 
   int max_ranks() const { return options_.max_ranks; }
 
@@ -84,10 +87,17 @@ class Scheduler {
   void SetState(JobRecord& rec, moe::v1::JobState state, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int UsedRanks() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The launcher a job asked for (resources.launcher).
+  static bool IsSlurm(const JobRecord& rec);
+  Launcher* LauncherFor(const JobRecord& rec) const;
+  // Slurm jobs: PENDING shows as QUEUED with Slurm's reason; a requeue moves the attempt on.
+  void WatchSlurm(Active& a, Clock::time_point now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AdoptAttempt(Active& a, int attempt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const SchedulerOptions options_;
   JobStore* const store_;
   Launcher* const launcher_;
+  SlurmLauncher* const slurm_;
 
   std::mutex mu_;
   std::condition_variable wake_;
