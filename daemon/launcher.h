@@ -1,5 +1,5 @@
 // Launcher: how moed starts, watches, signals and finds the output of one attempt of a job.
-// LocalLauncher (mpirun on this machine) implements it; a SlurmLauncher can join later.
+// LocalLauncher (mpirun on this machine) and SlurmLauncher (sbatch + srun) implement it.
 #pragma once
 
 #include <cstdint>
