@@ -1,32 +1,111 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (see README "Numbers"): checks what needs PyTorch or a GPU, with
 # binaries built on the build machine and carried in .carry/ (bin/, lib/ for the shared
-# libraries the GPU image lacks, data/input.txt, reference_moe.py). Prints a short table last.
-#   .carry is filled by: bash scripts/make_carry.sh
+# libraries the GPU image lacks, data/input.txt, reference_moe.py). Prints a table last.
+#   .carry is filled by: BUILD_DIR=build-cuda bash scripts/make_carry.sh
+# Steps (each can be skipped: SKIP_PARITY=1, SKIP_TESTS=1, SKIP_BENCH=1; TRAIN_STEPS=N trains
+# the tiny shakespeare job on the GPU for N steps of its 5000-step schedule, 0 = not at all):
+#   1. fp32 parity of the CPU worker with reference_moe.py (one step of tiny, same batch scored)
+#   2. the GPU tests (every CUDA op against its CPU twin; the whole model; the trainer)
+#   3. ours (moe_bench, bf16) against the peer (reference_moe.py bench CONFIG --compile)
+#   4. tiny shakespeare on one GPU (device cuda, bf16), val loss reached
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export NCCL_NVLS_ENABLE=0
-export LD_LIBRARY_PATH=$PWD/.carry/lib:${LD_LIBRARY_PATH:-}
+export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 OUT=${OUT:-/tmp/moe-device}
 mkdir -p "$OUT"
 W=.carry/bin/moe-worker
+[[ -f .carry/lib.tar.xz && ! -d .carry/lib ]] && tar -C .carry -xJf .carry/lib.tar.xz
+# CUDA libraries: the image's toolkit, else the ones PyTorch's wheels bring.
+CUDA_LIBS=/usr/local/cuda/lib64
+for d in $(python3 -c "import nvidia, os; print(' '.join(os.path.join(p, x, 'lib') for p in nvidia.__path__ for x in os.listdir(p)) + ' ' + ' '.join(os.path.join(p, 'cu13', 'lib') for p in nvidia.__path__))" 2>/dev/null); do
+  [[ -d $d ]] && CUDA_LIBS=$CUDA_LIBS:$d
+done
+export LD_LIBRARY_PATH=$PWD/.carry/lib:$CUDA_LIBS:${LD_LIBRARY_PATH:-}
 nvidia-smi -L || true
-if ldd "$W" | grep "not found"; then echo "device_check: missing shared libraries (above)"; exit 1; fi
+for b in .carry/bin/*; do
+  if ldd "$b" | grep "not found"; then echo "device_check: $b misses shared libraries (above)"; exit 1; fi
+done
+declare -A R
 
-# 1. fp32 parity with the PyTorch peer (issue: CPU training core): one training step of the
-#    tiny config, then the same held-out batch scored by us and by reference_moe.py.
-P=/tmp/moe-parity
-rm -rf "$P" && mkdir -p "$P"
-sed -e "s|path: .*input.txt|path: $PWD/.carry/data/input.txt|" -e "s|cache_dir: .*||" \
-    examples/tiny-shakespeare.yaml > "$P/tiny.yaml"
-"$W" --job "$P/tiny.yaml" --max-steps 1 --checkpoint-dir "$P/ck" --threads 16 2>&1 | tail -3
-"$W" --score "$P/ck" --batch-out "$P/batch.bin" | tee "$P/ours.json"
-python3 bench/check_reference_parity.py --checkpoint "$P/ck" --batch "$P/batch.bin" \
-    --ours "$P/ours.json" --reference .carry/reference_moe.py | tee "$OUT/parity.json"
-parity_rc=${PIPESTATUS[0]}
+# 1. fp32 parity with the PyTorch peer (CPU worker).
+if [[ -z ${SKIP_PARITY:-} ]]; then
+  P=/tmp/moe-parity
+  rm -rf "$P" && mkdir -p "$P"
+  sed -e "s|path: .*input.txt|path: $PWD/.carry/data/input.txt|" -e "s|cache_dir: .*||" \
+      examples/tiny-shakespeare.yaml > "$P/tiny.yaml"
+  "$W" --job "$P/tiny.yaml" --max-steps 1 --checkpoint-dir "$P/ck" --threads 16 2>&1 | tail -3
+  "$W" --score "$P/ck" --batch-out "$P/batch.bin" | tee "$P/ours.json"
+  python3 bench/check_reference_parity.py --checkpoint "$P/ck" --batch "$P/batch.bin" \
+      --ours "$P/ours.json" --reference .carry/reference_moe.py | tee "$OUT/parity.json"
+  R[parity]="$(cat "$OUT/parity.json" 2>/dev/null || echo missing) rc=${PIPESTATUS[0]}"
+fi
 
+# 2. GPU tests.
+if [[ -z ${SKIP_TESTS:-} ]]; then
+  for t in cuda_ops_test cuda_model_test; do
+    [[ -x .carry/bin/$t ]] || { R[$t]="not carried"; continue; }
+    MOE_SHARED_DIR=$PWD/.carry/shared timeout 300 ".carry/bin/$t" --gtest_brief=1 > "$OUT/$t.log" 2>&1
+    rc=$?
+    grep -E "^\[ +(PASSED|FAILED|SKIPPED) +\]|Failure|loss cpu|Expected|Which is|error" "$OUT/$t.log" | head -40
+    R[$t]="rc=$rc, $(grep -E '^\[  PASSED  \]' "$OUT/$t.log" | head -1) $(grep -E '^\[  FAILED  \] [0-9]+' "$OUT/$t.log" | head -1)"
+  done
+fi
+
+# 3. Ours against the peer, in this same call.
+BENCH_CONFIGS=${BENCH_CONFIGS:-tiny small medium}
+PEER_CONFIGS=${PEER_CONFIGS:-tiny small}
+if [[ -z ${SKIP_BENCH:-} ]]; then
+  for c in $BENCH_CONFIGS; do
+    timeout 240 .carry/bin/moe_bench --config "$c" --steps "${BENCH_STEPS:-20}" --precision bf16 \
+        > "$OUT/ours_$c.json" 2> "$OUT/ours_$c.err"
+    echo "ours $c rc=$?: $(cat "$OUT/ours_$c.json")"; tail -3 "$OUT/ours_$c.err"
+  done
+  for c in $PEER_CONFIGS; do
+    timeout 300 python3 .carry/reference_moe.py bench "$c" --compile > "$OUT/peer_$c.json" 2> "$OUT/peer_$c.err"
+    echo "peer $c rc=$?: $(tail -1 "$OUT/peer_$c.json")"; tail -2 "$OUT/peer_$c.err"
+  done
+fi
+
+# 4. tiny shakespeare on one GPU.
+if [[ ${TRAIN_STEPS:-0} -gt 0 ]]; then
+  Q=/tmp/moe-tiny-gpu
+  rm -rf "$Q" && mkdir -p "$Q"
+  sed -e "s|path: .*input.txt|path: $PWD/.carry/data/input.txt|" -e "s|cache_dir: .*||" \
+      -e "s|device: cpu|device: cuda|" -e "s|precision: fp32|precision: bf16|" \
+      -e "s|every: 1000|every: 100000|" examples/tiny-shakespeare.yaml > "$Q/tiny.yaml"
+  start=$(date +%s)
+  timeout "${TRAIN_TIMEOUT:-400}" "$W" --job "$Q/tiny.yaml" --max-steps "$TRAIN_STEPS" --checkpoint-dir "$Q/ck" \
+      > "$OUT/train_tiny.log" 2>&1
+  rc=$?
+  grep val_loss "$OUT/train_tiny.log" | tail -4
+  R[train]="rc=$rc, $(( $(date +%s) - start )) s, last: $(grep val_loss "$OUT/train_tiny.log" | tail -1 | grep -oE '"step": [0-9]+|"val_loss": [0-9.]+' | tr '\n' ' ')"
+fi
+
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+    try:
+        return json.loads(open(os.path.join(out, name)).read().strip().splitlines()[-1])
+    except Exception:
+        return None
+print("\n| config | ours tokens/s | ours TFLOP/s (MFU) | fwd / bwd / opt ms | ours mem GB | peer tokens/s | peer TFLOP/s | ours / peer |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+for c in ("tiny", "small", "medium"):
+    o, p = load(f"ours_{c}.json"), load(f"peer_{c}.json")
+    if o is None and p is None: continue
+    ot = f"{o['tokens_per_s']:.0f}" if o else "-"
+    of = f"{o['model_tflops']:.1f} ({100*o['mfu']:.1f}%)" if o else "-"
+    split = f"{o['forward_ms']:.1f} / {o['backward_ms']:.1f} / {o['optimizer_ms']:.1f}" if o else "-"
+    mem = f"{o['model_mem_gb']:.1f}" if o else "-"
+    pt = f"{p['tokens_per_s']}" if p else "-"
+    pf = f"{p['model_tflops']}" if p else "-"
+    ratio = f"{o['tokens_per_s']/p['tokens_per_s']:.2f}" if o and p else "-"
+    print(f"| {c} | {ot} | {of} | {split} | {mem} | {pt} | {pf} | {ratio} |")
+PY
 echo
 echo "| check | result |"
 echo "| --- | --- |"
-echo "| reference parity (tiny, fp32) | $(cat "$OUT/parity.json" 2>/dev/null || echo missing) rc=$parity_rc |"
+for k in "${!R[@]}"; do echo "| $k | ${R[$k]} |"; done

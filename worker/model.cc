@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "kernels/adamw.h"
 #include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/dropout.h"
@@ -13,14 +14,6 @@
 namespace moe {
 namespace {
 
-// Dropout sites: 0 = embedding, 1 + 2l = attention output of block l, 2 + 2l = MoE output.
-uint64_t SiteSeed(uint64_t seed, int site) {
-  uint64_t z = seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(site + 1);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 void Add(float* x, const float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] += y[i];
 }
@@ -31,11 +24,57 @@ Model::Model(const ModelConfig& cfg, Communicator* comm)
     : cfg_(cfg), comm_(comm), layout_(cfg, comm->rank(), comm->world_size()) {
   params_.assign(layout_.total(), 0.f);
   grads_.assign(layout_.total(), 0.f);
+  adam_m_.assign(layout_.total(), 0.f);
+  adam_v_.assign(layout_.total(), 0.f);
   for (int l = 0; l < cfg.layers; ++l) moe_layers_.push_back(std::make_unique<MoeLayer>(cfg, comm));
   acts_.resize(cfg.layers);
 }
 
+void Model::InitParams(uint64_t seed) {
+  layout_.Initialize(params_.data(), seed);
+  std::fill(adam_m_.begin(), adam_m_.end(), 0.f);
+  std::fill(adam_v_.begin(), adam_v_.end(), 0.f);
+}
+
 void Model::ZeroGrads() { std::fill(grads_.begin(), grads_.end(), 0.f); }
+
+void Model::AllReduceDenseGrads(Communicator* comm) {
+  comm->AllReduceSum(grads_.data(), layout_.dense_size());
+}
+
+void Model::GradSquaredNorms(double* dense_sq, double* expert_sq) {
+  const int64_t dense = layout_.dense_size();
+  *dense_sq = kernels::SquaredNorm(grads_.data(), dense);
+  *expert_sq = kernels::SquaredNorm(grads_.data() + dense, layout_.total() - dense);
+}
+
+void Model::AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) {
+  for (const ParamInfo& info : layout_.params()) {
+    kernels::AdamWConfig c;
+    c.lr = static_cast<float>(lr);
+    c.weight_decay = info.decay ? static_cast<float>(weight_decay) : 0.f;
+    kernels::AdamWUpdate(params_.data() + info.offset, grads_.data() + info.offset,
+                         adam_m_.data() + info.offset, adam_v_.data() + info.offset, info.size, c,
+                         step, clip_scale);
+  }
+}
+
+void Model::CopyToHost(ParamSet set, std::vector<float>* out) {
+  switch (set) {
+    case ParamSet::kParams: *out = params_; break;
+    case ParamSet::kAdamM: *out = adam_m_; break;
+    case ParamSet::kAdamV: *out = adam_v_; break;
+    case ParamSet::kGrads: *out = grads_; break;
+  }
+}
+
+void Model::CopyFromHost(ParamSet set, const std::vector<float>& in) {
+  std::vector<float>& dst = set == ParamSet::kParams ? params_
+                            : set == ParamSet::kAdamM  ? adam_m_
+                            : set == ParamSet::kAdamV  ? adam_v_
+                                                       : grads_;
+  std::copy(in.begin(), in.begin() + std::min(in.size(), dst.size()), dst.begin());
+}
 
 ForwardResult Model::Forward(const int32_t* idx, const int32_t* targets, int b,
                              const BatchContext& ctx) {
@@ -54,7 +93,7 @@ ForwardResult Model::Forward(const int32_t* idx, const int32_t* targets, int b,
   ForwardResult result;
   std::vector<float> x(nd), tmp(nd);
   kernels::EmbeddingForward(x.data(), idx, w.wte, n, D);
-  kernels::DropoutForward(x.data(), x.data(), nd, p_drop, SiteSeed(ctx.dropout_seed, 0), offset);
+  kernels::DropoutForward(x.data(), x.data(), nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 0), offset);
 
   for (int l = 0; l < cfg_.layers; ++l) {
     BlockActs& a = acts_[l];
@@ -71,7 +110,7 @@ ForwardResult Model::Forward(const int32_t* idx, const int32_t* targets, int b,
     a.attn_lse.resize(static_cast<size_t>(b) * H * T);
     kernels::AttentionForward(a.attn_y.data(), a.attn_lse.data(), a.qkv.data(), b, T, H, Hkv, hd);
     kernels::LinearForward(tmp.data(), a.attn_y.data(), bw.wo, n, D, D);
-    kernels::DropoutForward(tmp.data(), tmp.data(), nd, p_drop, SiteSeed(ctx.dropout_seed, 1 + 2 * l), offset);
+    kernels::DropoutForward(tmp.data(), tmp.data(), nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset);
     Add(x.data(), tmp.data(), nd);
 
     // MoE: x += dropout(MoE(RMSNorm(x)))
@@ -81,7 +120,7 @@ ForwardResult Model::Forward(const int32_t* idx, const int32_t* targets, int b,
     kernels::RmsNormForward(a.moe_in.data(), a.moe_rstd.data(), x.data(), bw.moe_norm, n, D);
     MoeLayerForwardStats stats;
     moe_layers_[l]->Forward(a.moe_in.data(), bw, n, ctx.global_tokens, ctx.loss_scale, tmp.data(), &stats);
-    kernels::DropoutForward(tmp.data(), tmp.data(), nd, p_drop, SiteSeed(ctx.dropout_seed, 2 + 2 * l), offset);
+    kernels::DropoutForward(tmp.data(), tmp.data(), nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 2 + 2 * l), offset);
     Add(x.data(), tmp.data(), nd);
     result.aux_loss += stats.aux_loss;
     result.z_loss += stats.z_loss;
@@ -127,7 +166,7 @@ void Model::Backward() {
     const BlockTensors& bg = g.blocks[l];
     // MoE branch: dx flows to the residual unchanged and through dropout -> MoE -> RMSNorm.
     std::fill(dtmp.begin(), dtmp.end(), 0.f);
-    kernels::DropoutBackward(dtmp.data(), dx.data(), nd, p_drop, SiteSeed(ctx_.dropout_seed, 2 + 2 * l), offset);
+    kernels::DropoutBackward(dtmp.data(), dx.data(), nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 2 + 2 * l), offset);
     std::fill(dnorm.begin(), dnorm.end(), 0.f);
     moe_layers_[l]->Backward(dtmp.data(), a.moe_in.data(), bw, bg, dnorm.data());
     kernels::RmsNormBackward(dx.data(), bg.moe_norm, dnorm.data(), a.x_mid.data(), bw.moe_norm,
@@ -135,7 +174,7 @@ void Model::Backward() {
 
     // Attention branch.
     std::fill(dtmp.begin(), dtmp.end(), 0.f);
-    kernels::DropoutBackward(dtmp.data(), dx.data(), nd, p_drop, SiteSeed(ctx_.dropout_seed, 1 + 2 * l), offset);
+    kernels::DropoutBackward(dtmp.data(), dx.data(), nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 1 + 2 * l), offset);
     std::vector<float>& dattn_y = dnorm;  // reuse: (n, D)
     std::fill(dattn_y.begin(), dattn_y.end(), 0.f);
     kernels::LinearBackward(dattn_y.data(), bg.wo, dtmp.data(), a.attn_y.data(), bw.wo, n, D, D);
@@ -149,7 +188,7 @@ void Model::Backward() {
                              a.attn_rstd.data(), n, D);
   }
   std::fill(dtmp.begin(), dtmp.end(), 0.f);
-  kernels::DropoutBackward(dtmp.data(), dx.data(), nd, p_drop, SiteSeed(ctx_.dropout_seed, 0), offset);
+  kernels::DropoutBackward(dtmp.data(), dx.data(), nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 0), offset);
   kernels::EmbeddingBackward(g.wte, dtmp.data(), idx_.data(), n, D);
 }
 

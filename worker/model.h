@@ -11,40 +11,32 @@
 #include "worker/model_config.h"
 #include "worker/moe_layer.h"
 #include "worker/param_layout.h"
+#include "worker/train_model.h"
 
 namespace moe {
 
-// Where this rank's micro-batch sits in the step, for loss scaling and dropout counters.
-struct BatchContext {
-  bool train = true;            // dropout on, activations kept for Backward
-  uint64_t dropout_seed = 0;    // per step and micro-step
-  int64_t first_token = 0;      // global index of this rank's first token (dropout counters)
-  int64_t global_tokens = 0;    // tokens of this micro-batch over all ranks
-  float loss_scale = 0;         // 1 / tokens in the whole step (all ranks, all micro-steps)
-};
-
-struct ForwardResult {
-  double ce_sum = 0;        // sum over this rank's tokens of the CE loss
-  double aux_loss = 0;      // summed over layers, global for this micro-batch
-  double z_loss = 0;        // summed over layers, global for this micro-batch
-  std::vector<MoeLayerForwardStats> layers;
-};
-
-class Model {
+class Model final : public TrainModel {
  public:
   Model(const ModelConfig& cfg, Communicator* comm);
 
-  const ModelConfig& config() const { return cfg_; }
-  const ParamLayout& layout() const { return layout_; }
-  std::vector<float>& params() { return params_; }
+  const ModelConfig& config() const override { return cfg_; }
+  const ParamLayout& layout() const override { return layout_; }
+  std::vector<float>& params() override { return params_; }
   std::vector<float>& grads() { return grads_; }
-  void InitParams(uint64_t seed) { layout_.Initialize(params_.data(), seed); }
-  void ZeroGrads();
+  void InitParams(uint64_t seed) override;
+  void ZeroGrads() override;
 
   // idx, targets (b, T) token ids of this rank's sequences.
-  ForwardResult Forward(const int32_t* idx, const int32_t* targets, int b, const BatchContext& ctx);
+  ForwardResult Forward(const int32_t* idx, const int32_t* targets, int b,
+                        const BatchContext& ctx) override;
   // Accumulates parameter gradients of ce * loss_scale + aux + z for the last Forward.
-  void Backward();
+  void Backward() override;
+
+  void AllReduceDenseGrads(Communicator* comm) override;
+  void GradSquaredNorms(double* dense_sq, double* expert_sq) override;
+  void AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) override;
+  void CopyToHost(ParamSet set, std::vector<float>* out) override;
+  void CopyFromHost(ParamSet set, const std::vector<float>& in) override;
   // Logits (b*T, V) of the last forward pass (valid until Backward, which overwrites them).
   const std::vector<float>& logits() const { return logits_; }
 
@@ -58,6 +50,7 @@ class Model {
   Communicator* comm_;
   ParamLayout layout_;
   std::vector<float> params_, grads_;
+  std::vector<float> adam_m_, adam_v_;  // AdamW moments, same layout
   std::vector<std::unique_ptr<MoeLayer>> moe_layers_;
 
   // Saved by Forward for Backward.

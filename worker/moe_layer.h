@@ -11,18 +11,9 @@
 #include "worker/model_config.h"
 #include "worker/param_layout.h"
 #include "worker/token_dispatcher.h"
+#include "worker/train_model.h"
 
 namespace moe {
-
-// What one layer measured in one forward pass, already reduced over ranks.
-struct MoeLayerForwardStats {
-  double aux_loss = 0;  // aux_coef * E * sum_e f_e P_e
-  double z_loss = 0;    // z_coef * mean_t lse_t^2
-  std::vector<int64_t> routed;  // (E) assignments per expert, before drops, all ranks
-  int64_t dropped = 0;          // all ranks
-  int64_t assignments = 0;      // N_global * k
-  double entropy_sum = 0;       // sum over all tokens of the router entropy (nats)
-};
 
 class MoeLayer {
  public:

@@ -10,7 +10,6 @@
 #include "common/model_stats.h"
 #include "common/schedule.h"
 #include "google/protobuf/util/json_util.h"
-#include "kernels/adamw.h"
 #include "worker/checkpoint.h"
 #include "worker/signals.h"
 
@@ -41,11 +40,14 @@ Trainer::Trainer(const moe::v1::JobSpec& spec, Communicator* comm, Dataset* data
       comm_(comm),
       data_(data),
       opts_(std::move(opts)),
-      cfg_(ModelConfig::FromSpec(spec, data->vocab_size)),
-      model_(cfg_, comm) {
-  model_.InitParams(spec.train().seed());
-  adam_m_.assign(model_.params().size(), 0.f);
-  adam_v_.assign(model_.params().size(), 0.f);
+      cfg_(ModelConfig::FromSpec(spec, data->vocab_size)) {
+  absl::StatusOr<std::unique_ptr<TrainModel>> model = MakeTrainModel(spec, cfg_, comm);
+  if (!model.ok()) {
+    init_status_ = model.status();
+  } else {
+    model_ = std::move(*model);
+    model_->InitParams(spec.train().seed());
+  }
   const auto& t = spec.train();
   micro_batch_ = t.batch_size() / (t.grad_accum() * comm->world_size());
 }
@@ -58,7 +60,7 @@ StepResult Trainer::Step(int64_t step) {
   const double a2a0 = comm_->all_to_all_seconds(), ar0 = comm_->all_reduce_seconds();
   const auto t0 = Clock::now();
 
-  model_.ZeroGrads();
+  model_->ZeroGrads();
   std::vector<int32_t> x(static_cast<size_t>(micro_batch_) * T), y(x.size());
   double ce_sum = 0, aux = 0, z = 0, fwd_s = 0, bwd_s = 0;
   std::vector<MoeLayerForwardStats> layer_stats;
@@ -74,9 +76,9 @@ StepResult Trainer::Step(int64_t step) {
     ctx.global_tokens = static_cast<int64_t>(global_micro) * T;
     ctx.loss_scale = 1.0f / (static_cast<float>(t.batch_size()) * T);
     const auto f0 = Clock::now();
-    ForwardResult res = model_.Forward(x.data(), y.data(), micro_batch_, ctx);
+    ForwardResult res = model_->Forward(x.data(), y.data(), micro_batch_, ctx);
     const auto f1 = Clock::now();
-    model_.Backward();
+    model_->Backward();
     const auto f2 = Clock::now();
     fwd_s += Seconds(f0, f1);
     bwd_s += Seconds(f1, f2);
@@ -99,17 +101,15 @@ StepResult Trainer::Step(int64_t step) {
   // scaled by 1 / tokens in the global step); an expert's gradient already holds every rank's
   // tokens. Then the global norm: the dense part is identical everywhere, experts are summed.
   const auto o0 = Clock::now();
-  std::vector<float>& grads = model_.grads();
-  const int64_t dense = model_.layout().dense_size();
-  comm_->AllReduceSum(grads.data(), dense);
-  const double dense_sq = kernels::SquaredNorm(grads.data(), dense);
-  double red[4] = {ce_sum, kernels::SquaredNorm(grads.data() + dense, model_.layout().total() - dense),
-                   StopRequested() ? 1.0 : 0.0, CheckpointRequested() ? 1.0 : 0.0};
+  model_->AllReduceDenseGrads(comm_);
+  double dense_sq = 0, expert_sq = 0;
+  model_->GradSquaredNorms(&dense_sq, &expert_sq);
+  double red[4] = {ce_sum, expert_sq, StopRequested() ? 1.0 : 0.0, CheckpointRequested() ? 1.0 : 0.0};
   comm_->AllReduceSum(red, 4);
   const double grad_norm = std::sqrt(dense_sq + red[1]);
   const double clip = t.grad_clip();
   const float clip_scale = (clip > 0 && grad_norm > clip) ? static_cast<float>(clip / (grad_norm + 1e-6)) : 1.0f;
-  Update(step, lr, clip_scale);
+  model_->AdamWStep(step + 1, lr, t.weight_decay(), clip_scale);
   const auto t1 = Clock::now();
 
   // Metrics of this step.
@@ -157,18 +157,6 @@ StepResult Trainer::Step(int64_t step) {
   return result;
 }
 
-void Trainer::Update(int64_t step, double lr, float clip_scale) {
-  std::vector<float>& w = model_.params();
-  std::vector<float>& g = model_.grads();
-  for (const ParamInfo& info : model_.layout().params()) {
-    kernels::AdamWConfig c;
-    c.lr = static_cast<float>(lr);
-    c.weight_decay = info.decay ? static_cast<float>(spec_.train().weight_decay()) : 0.f;
-    kernels::AdamWUpdate(w.data() + info.offset, g.data() + info.offset, adam_m_.data() + info.offset,
-                         adam_v_.data() + info.offset, info.size, c, step + 1, clip_scale);
-  }
-}
-
 double Trainer::Evaluate() {
   const auto& t = spec_.train();
   const int T = cfg_.seq_len, A = t.grad_accum(), W = comm_->world_size(), r = comm_->rank();
@@ -183,7 +171,7 @@ double Trainer::Evaluate() {
     ctx.first_token = static_cast<int64_t>(r) * (global_micro / W) * T;
     ctx.global_tokens = static_cast<int64_t>(global_micro) * T;
     ctx.loss_scale = 1.0f / ctx.global_tokens;
-    ce_sum += model_.Forward(x.data(), y.data(), micro_batch_, ctx).ce_sum;
+    ce_sum += model_->Forward(x.data(), y.data(), micro_batch_, ctx).ce_sum;
   }
   comm_->AllReduceSum(&ce_sum, 1);
   return ce_sum / (static_cast<double>(t.eval_batches()) * global_micro * T);
@@ -220,6 +208,7 @@ void Trainer::Emit(const moe::v1::MetricPoint& point) {
 }
 
 absl::Status Trainer::Run(TrainOutcome* outcome) {
+  if (!init_status_.ok()) return init_status_;
   const auto& t = spec_.train();
   int64_t step = 0;
   if (opts_.resume && !opts_.checkpoint_dir.empty()) {
@@ -276,10 +265,13 @@ absl::Status Trainer::SaveCheckpoint(int64_t steps_done) {
   if (data_->tokenizer) ckpt.tokenizer = data_->tokenizer->Serialize();
   ckpt.meta["world_size"] = std::to_string(W);
   ckpt.meta["vocab_size"] = std::to_string(cfg_.vocab);
-  const std::pair<const char*, std::vector<float>*> sets[] = {
-      {"", &model_.params()}, {"adam_m.", &adam_m_}, {"adam_v.", &adam_v_}};
-  for (const auto& [prefix, buf] : sets) {
-    for (const ParamInfo& info : model_.layout().params()) {
+  const std::pair<const char*, ParamSet> sets[] = {
+      {"", ParamSet::kParams}, {"adam_m.", ParamSet::kAdamM}, {"adam_v.", ParamSet::kAdamV}};
+  std::vector<float> host;
+  for (const auto& [prefix, set] : sets) {
+    model_->CopyToHost(set, &host);
+    const std::vector<float>* buf = &host;
+    for (const ParamInfo& info : model_->layout().params()) {
       NamedTensor nt;
       nt.name = std::string(prefix) + info.name;
       nt.shape = info.global_shape;
@@ -307,10 +299,15 @@ absl::Status Trainer::LoadCheckpoint(const std::string& path, int64_t* steps_don
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(path);
   if (!ckpt.ok()) return ckpt.status();
   std::vector<std::pair<std::string, std::vector<int64_t>>> expected;
+  // Host copies of the three buffers: the checkpoint fills them, then they go back.
+  std::vector<float> params, adam_m, adam_v;
+  model_->CopyToHost(ParamSet::kParams, &params);
+  model_->CopyToHost(ParamSet::kAdamM, &adam_m);
+  model_->CopyToHost(ParamSet::kAdamV, &adam_v);
   const std::pair<const char*, std::vector<float>*> sets[] = {
-      {"", &model_.params()}, {"adam_m.", &adam_m_}, {"adam_v.", &adam_v_}};
+      {"", &params}, {"adam_m.", &adam_m}, {"adam_v.", &adam_v}};
   for (const auto& set : sets) {
-    for (const ParamInfo& info : model_.layout().params()) expected.emplace_back(set.first + info.name, info.global_shape);
+    for (const ParamInfo& info : model_->layout().params()) expected.emplace_back(set.first + info.name, info.global_shape);
   }
   absl::Status st = CheckCompatible(*ckpt, expected);
   if (!st.ok()) {
@@ -321,13 +318,16 @@ absl::Status Trainer::LoadCheckpoint(const std::string& path, int64_t* steps_don
     for (const auto& [prefix, buf] : sets) {
       const std::string p(prefix);
       if (nt.name.compare(0, p.size(), p) != 0) continue;
-      const ParamInfo* info = model_.layout().Find(nt.name.substr(p.size()));
+      const ParamInfo* info = model_->layout().Find(nt.name.substr(p.size()));
       if (info == nullptr) continue;
-      const size_t first = info->expert ? static_cast<size_t>(model_.layout().expert_begin()) * (info->size / info->shape[0]) : 0;
+      const size_t first = info->expert ? static_cast<size_t>(model_->layout().expert_begin()) * (info->size / info->shape[0]) : 0;
       std::copy(nt.data.begin() + first, nt.data.begin() + first + info->size, buf->begin() + info->offset);
       break;
     }
   }
+  model_->CopyFromHost(ParamSet::kParams, params);
+  model_->CopyFromHost(ParamSet::kAdamM, adam_m);
+  model_->CopyFromHost(ParamSet::kAdamV, adam_v);
   *steps_done = ckpt->step;
   return absl::OkStatus();
 }

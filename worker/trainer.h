@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -13,7 +14,7 @@
 #include "moe/v1/metrics.pb.h"
 #include "worker/comm.h"
 #include "worker/dataset.h"
-#include "worker/model.h"
+#include "worker/train_model.h"
 
 namespace moe {
 
@@ -49,21 +50,22 @@ class Trainer {
   absl::Status SaveCheckpoint(int64_t steps_done);
   absl::Status LoadCheckpoint(const std::string& path, int64_t* steps_done);
 
-  Model& model() { return model_; }
+  // The backend chosen from spec.resources().device(); init_status() says why there is none.
+  TrainModel& model() { return *model_; }
+  const absl::Status& init_status() const { return init_status_; }
   const std::vector<moe::v1::MetricPoint>& history() const { return history_; }
 
  private:
   void Log(const std::string& line);
   void Emit(const moe::v1::MetricPoint& point);
-  void Update(int64_t step, double lr, float clip_scale);
 
   moe::v1::JobSpec spec_;
   Communicator* comm_;
   Dataset* data_;
   TrainerOptions opts_;
   ModelConfig cfg_;
-  Model model_;
-  std::vector<float> adam_m_, adam_v_;
+  absl::Status init_status_;
+  std::unique_ptr<TrainModel> model_;
   int micro_batch_ = 0;  // sequences per rank per micro-step
   double best_val_ = 0;
   bool has_best_val_ = false;

@@ -1,0 +1,182 @@
+// moe_bench: trains one of reference_moe.py's configurations for N steps on random tokens (as
+// the peer's `bench` mode does) and prints one JSON line: tokens/s, model TFLOP/s and MFU
+// (MODEL.md: 6 * active params + 6 L D T FLOPs per token, over a 989 TFLOP/s peak), the step
+// time split and device memory.
+//   moe_bench --config tiny|tiny-dense|small|medium [--steps 20] [--warmup 5]
+//             [--precision bf16|fp32] [--device cuda|cpu]
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "common/model_stats.h"
+#include "moe/v1/job.pb.h"
+#include "worker/comm_single.h"
+#include "worker/cuda_model.h"
+#include "worker/model_config.h"
+#include "worker/train_model.h"
+
+#ifdef MOE_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace {
+
+struct BenchConfig {
+  const char* name;
+  int vocab, d, layers, heads, experts, k, ffn, seq, batch;
+  double dropout;
+};
+
+// reference_moe.py's CONFIGS.
+constexpr BenchConfig kConfigs[] = {
+    {"tiny", 65, 384, 6, 6, 8, 2, 512, 256, 64, 0.2},
+    {"tiny-dense", 65, 384, 6, 6, 1, 1, 1024, 256, 64, 0.2},
+    {"small", 50304, 768, 12, 12, 8, 2, 1536, 1024, 16, 0.0},
+    {"medium", 50304, 1024, 16, 16, 32, 4, 1024, 1024, 16, 0.0},
+};
+
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config = "tiny", precision = "bf16", device = "cuda";
+  int steps = 20, warmup = 5;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (a == "--config" && has_value) {
+      config = argv[++i];
+    } else if (a == "--precision" && has_value) {
+      precision = argv[++i];
+    } else if (a == "--device" && has_value) {
+      device = argv[++i];
+    } else if (a == "--steps" && has_value && absl::SimpleAtoi(argv[i + 1], &steps)) {
+      ++i;
+    } else if (a == "--warmup" && has_value && absl::SimpleAtoi(argv[i + 1], &warmup)) {
+      ++i;
+    } else {
+      std::fprintf(stderr,
+                   "usage: moe_bench --config tiny|tiny-dense|small|medium [--steps N] [--warmup N] "
+                   "[--precision bf16|fp32] [--device cuda|cpu]\n");
+      return 2;
+    }
+  }
+  const BenchConfig* c = nullptr;
+  for (const BenchConfig& x : kConfigs) {
+    if (config == x.name) c = &x;
+  }
+  if (c == nullptr || steps <= 0 || (precision != "bf16" && precision != "fp32") ||
+      (device != "cuda" && device != "cpu")) {
+    std::fprintf(stderr, "moe_bench: bad arguments (config %s, precision %s, device %s)\n", config.c_str(),
+                 precision.c_str(), device.c_str());
+    return 2;
+  }
+
+  moe::v1::JobSpec spec;
+  auto* m = spec.mutable_model();
+  m->set_d_model(c->d);
+  m->set_n_layers(c->layers);
+  m->set_n_heads(c->heads);
+  m->set_n_kv_heads(c->heads);
+  m->set_seq_len(c->seq);
+  m->set_vocab_size(c->vocab);
+  m->set_tie_embeddings(true);
+  m->set_dropout(c->dropout);
+  m->mutable_moe()->set_num_experts(c->experts);
+  m->mutable_moe()->set_top_k(c->k);
+  m->mutable_moe()->set_expert_hidden(c->ffn);
+  m->mutable_moe()->set_aux_loss_coef(0.01);
+  m->mutable_moe()->set_z_loss_coef(0.001);
+  auto* t = spec.mutable_train();
+  t->set_batch_size(c->batch);
+  t->set_grad_accum(1);
+  t->set_precision(precision == "bf16" ? moe::v1::PRECISION_BF16 : moe::v1::PRECISION_FP32);
+  spec.mutable_resources()->set_ranks(1);
+  spec.mutable_resources()->set_device(device == "cuda" ? moe::v1::DEVICE_CUDA : moe::v1::DEVICE_CPU);
+
+  const moe::ModelConfig cfg = moe::ModelConfig::FromSpec(spec, c->vocab);
+  const moe::ModelStats stats = moe::ComputeModelStats(spec);
+  auto comm = moe::CreateSingleProcessCommunicator();
+  auto made = moe::MakeTrainModel(spec, cfg, comm.get());
+  if (!made.ok()) {
+    std::fprintf(stderr, "moe_bench: %s\n", std::string(made.status().message()).c_str());
+    return 1;
+  }
+  moe::TrainModel& model = **made;
+  model.InitParams(0);
+
+  const int n = c->batch * c->seq;
+  std::mt19937 rng(0);
+  std::uniform_int_distribution<int> tok(0, c->vocab - 1);
+  std::vector<int32_t> x(n), y(n);
+  std::vector<double> step_s, fwd_s, bwd_s, opt_s;
+  double ce = 0;
+  for (int s = 0; s < warmup + steps; ++s) {
+    for (int i = 0; i < n; ++i) {
+      x[i] = tok(rng);
+      y[i] = tok(rng);
+    }
+    moe::BatchContext ctx;
+    ctx.train = true;
+    ctx.dropout_seed = static_cast<uint64_t>(s) + 1;
+    ctx.global_tokens = n;
+    ctx.loss_scale = 1.0f / n;
+    const auto t0 = Clock::now();
+    model.ZeroGrads();
+    const moe::ForwardResult r = model.Forward(x.data(), y.data(), c->batch, ctx);
+    const auto t1 = Clock::now();
+    model.Backward();
+    const auto t2 = Clock::now();
+    model.AllReduceDenseGrads(comm.get());
+    double dense_sq = 0, expert_sq = 0;
+    model.GradSquaredNorms(&dense_sq, &expert_sq);
+    const double norm = std::sqrt(dense_sq + expert_sq);
+    model.AdamWStep(s + 1, 3e-4, 0.1, norm > 1.0 ? static_cast<float>(1.0 / (norm + 1e-6)) : 1.0f);
+    const auto t3 = Clock::now();
+    ce = r.ce_sum / n;
+    if (s >= warmup) {
+      step_s.push_back(Seconds(t0, t3));
+      fwd_s.push_back(Seconds(t0, t1));
+      bwd_s.push_back(Seconds(t1, t2));
+      opt_s.push_back(Seconds(t2, t3));
+    }
+  }
+  double total = 0;
+  for (double v : step_s) total += v;
+  const double mean_step = total / step_s.size();
+  const double tok_s = n / mean_step;
+  const double tflops = stats.flops_per_token * tok_s / 1e12;
+  double used_gb = 0;
+#ifdef MOE_WITH_CUDA
+  if (device == "cuda") {
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) used_gb = (total_b - free_b) / 1073741824.0;
+  }
+#endif
+  std::printf(
+      "{\"bench\": \"moe_bench\", \"config\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", "
+      "\"steps\": %d, \"tokens_per_step\": %d, \"active_params\": %lld, \"total_params\": %lld, "
+      "\"flops_per_token\": %.4g, \"step_ms\": %.2f, \"step_ms_median\": %.2f, \"tokens_per_s\": %.0f, "
+      "\"model_tflops\": %.1f, \"mfu\": %.4f, \"forward_ms\": %.2f, \"backward_ms\": %.2f, "
+      "\"optimizer_ms\": %.2f, \"communication_ms\": 0.00, \"model_mem_gb\": %.2f, "
+      "\"device_used_gb\": %.2f, \"ce\": %.4f}\n",
+      c->name, device.c_str(), precision.c_str(), steps, n, static_cast<long long>(stats.active_params),
+      static_cast<long long>(stats.total_params), stats.flops_per_token, mean_step * 1e3, Median(step_s) * 1e3,
+      tok_s, tflops, tflops / 989.0, Median(fwd_s) * 1e3, Median(bwd_s) * 1e3, Median(opt_s) * 1e3,
+      moe::CudaModelDeviceBytes(model) / 1073741824.0, used_gb, ce);
+  return 0;
+}

@@ -1,0 +1,19 @@
+// Causal self-attention with grouped KV heads on the GPU, flash style: no (t, t) score matrix
+// is stored; forward keeps the log-sum-exp of each score row, backward recomputes the
+// probabilities from it. Same layouts and conventions as kernels/attention.h: the fused qkv
+// buffer's rows are [q: h*hd | k: hkv*hd | v: hkv*hd]. fp32 arithmetic. hd in {8, 16, 32, 64}.
+#pragma once
+
+#include "kernels/cuda/common.h"
+
+namespace moe::cuda {
+
+// out (b, t, h*hd), lse (b, h, t).
+void AttentionForward(float* out, float* lse, const float* qkv, int b, int t, int h, int hkv, int hd,
+                      cudaStream_t stream);
+// dqkv (b, t, (h + 2 hkv) hd) += . scratch: b * h * t floats (rowsum(dout * out)).
+void AttentionBackward(float* dqkv, const float* dout, const float* out, const float* lse,
+                       const float* qkv, int b, int t, int h, int hkv, int hd, float* scratch,
+                       cudaStream_t stream);
+
+}  // namespace moe::cuda

@@ -1,0 +1,31 @@
+// What every CUDA op shares: error checks that abort the rank with host, file and line, the
+// bf16 type, and whether this process can see a GPU. Plain C++ (no device code): worker/ and
+// tests include it.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace moe::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// Aborts with the host name, the failed expression, file:line and CUDA's error string.
+void CheckCuda(cudaError_t err, const char* what, const char* file, int line);
+
+// True when a CUDA device is present and usable (tests skip themselves otherwise).
+bool HaveGpu();
+
+// Blocks of `threads` threads covering n items.
+inline unsigned BlocksFor(int64_t n, int threads) {
+  return static_cast<unsigned>((n + threads - 1) / threads);
+}
+
+}  // namespace moe::cuda
+
+#define MOE_CUDA_CHECK(expr) ::moe::cuda::CheckCuda((expr), #expr, __FILE__, __LINE__)
+// After every launch: launch-configuration errors surface here, at their own line.
+#define MOE_CUDA_LAUNCH_CHECK() \
+  ::moe::cuda::CheckCuda(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)

@@ -1,0 +1,43 @@
+// Dense matrix products on the GPU through cuBLASLt: bf16 or fp32 operands, fp32 accumulation
+// (CUBLAS_COMPUTE_32F: no TF32), fp32 output. Row-major, the same contract as kernels/matmul.h.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <tuple>
+
+#include "kernels/cuda/common.h"
+
+struct cublasLtContext;
+
+namespace moe::cuda {
+
+enum class DType { kF32, kBF16 };
+
+class Blas {
+ public:
+  Blas();
+  ~Blas();
+  Blas(const Blas&) = delete;
+  Blas& operator=(const Blas&) = delete;
+
+  // c (m, n) fp32 = alpha * op(a) @ op(b) + beta * c, row-major; op(x) = x^T when trans_x.
+  // a and b are both of `type` (device pointers).
+  void Gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* a, int lda,
+            const void* b, int ldb, float beta, float* c, int ldc, DType type, cudaStream_t stream);
+
+ private:
+  struct Plan;  // descriptors and the algorithm cuBLASLt chose, cached per shape
+  using Key = std::tuple<bool, bool, int, int, int, int, int, int, int, int>;  // + alignment
+  Plan* GetPlan(const Key& key);
+
+  cublasLtContext* handle_ = nullptr;
+  void* workspace_ = nullptr;  // device
+  size_t workspace_bytes_ = 0;
+  std::map<Key, Plan*> plans_;
+};
+
+// out (n, c) -> bf16 copy, for operands of bf16 products. n elements.
+void CastToBf16(bf16* out, const float* in, int64_t n, cudaStream_t stream);
+
+}  // namespace moe::cuda

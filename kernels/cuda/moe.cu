@@ -1,0 +1,595 @@
+#include "kernels/cuda/moe.h"
+
+#include <mma.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+
+#include "kernels/cuda/nn.h"
+
+namespace moe::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxExperts = 64;
+
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// ---- router ----
+
+__global__ void RouterForwardKernel(float* probs, float* lse, int32_t* expert_idx, float* weights,
+                                    const float* logits, int n, int e, int k) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= n) return;
+  const float* z = logits + int64_t{t} * e;
+  float* p = probs + int64_t{t} * e;
+  float mx = z[0];
+  for (int x = 1; x < e; ++x) mx = fmaxf(mx, z[x]);
+  float sum = 0.0f;
+  for (int x = 0; x < e; ++x) {
+    p[x] = expf(z[x] - mx);
+    sum += p[x];
+  }
+  const float inv = 1.0f / sum;
+  for (int x = 0; x < e; ++x) p[x] *= inv;
+  lse[t] = mx + logf(sum);
+  // Top-k by repeated selection: strictly greater wins, so ties go to the lower index.
+  int32_t* idx = expert_idx + int64_t{t} * k;
+  float* w = weights + int64_t{t} * k;
+  uint64_t picked = 0;
+  float picked_sum = 0.0f;
+  for (int j = 0; j < k; ++j) {
+    int best = -1;
+    for (int x = 0; x < e; ++x) {
+      if ((picked >> x) & 1ull) continue;
+      if (best < 0 || p[x] > p[best]) best = x;
+    }
+    picked |= 1ull << best;
+    idx[j] = best;
+    w[j] = p[best];
+    picked_sum += p[best];
+  }
+  for (int j = 0; j < k; ++j) w[j] /= picked_sum;
+}
+
+__global__ void RouterStatsKernel(double* prob_sum, double* z_sum, double* entropy_sum,
+                                  const float* probs, const float* lse, int n, int e) {
+  __shared__ double acc[kMaxExperts + 2];
+  for (int x = threadIdx.x; x < e + 2; x += blockDim.x) acc[x] = 0.0;
+  __syncthreads();
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t < n) {
+    const float* p = probs + int64_t{t} * e;
+    double ent = 0.0;
+    for (int x = 0; x < e; ++x) {
+      atomicAdd(acc + x, double{p[x]});
+      if (p[x] > 0.0f) ent -= double{p[x]} * log(double{p[x]});
+    }
+    atomicAdd(acc + e, double{lse[t]} * lse[t]);
+    atomicAdd(acc + e + 1, ent);
+  }
+  __syncthreads();
+  for (int x = threadIdx.x; x < e; x += blockDim.x) atomicAdd(prob_sum + x, acc[x]);
+  if (threadIdx.x == 0) {
+    atomicAdd(z_sum, acc[e]);
+    atomicAdd(entropy_sum, acc[e + 1]);
+  }
+}
+
+__global__ void RouterBackwardKernel(float* dlogits, const float* dweights, const float* probs,
+                                     const float* lse, const int32_t* expert_idx, const float* aux_grad,
+                                     float z_scale, int n, int e, int k) {
+  const int t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= n) return;
+  float dp[kMaxExperts];
+  const float* p = probs + int64_t{t} * e;
+  const int32_t* idx = expert_idx + int64_t{t} * k;
+  for (int x = 0; x < e; ++x) dp[x] = aux_grad != nullptr ? aux_grad[x] : 0.0f;
+  if (dweights != nullptr) {
+    const float* dw = dweights + int64_t{t} * k;
+    float s = 0.0f;
+    for (int j = 0; j < k; ++j) s += p[idx[j]];
+    float dw_dot_w = 0.0f;
+    for (int j = 0; j < k; ++j) dw_dot_w += dw[j] * (p[idx[j]] / s);
+    for (int j = 0; j < k; ++j) dp[idx[j]] += (dw[j] - dw_dot_w) / s;
+  }
+  float p_dot_dp = 0.0f;
+  for (int x = 0; x < e; ++x) p_dot_dp += p[x] * dp[x];
+  const float zc = 2.0f * z_scale * lse[t];
+  float* dz = dlogits + int64_t{t} * e;
+  for (int x = 0; x < e; ++x) dz[x] += p[x] * (dp[x] - p_dot_dp + zc);
+}
+
+__global__ void RouterAuxGradKernel(float* aux_grad, double* stats, const int32_t* routed,
+                                    const int32_t* counts, int e, double n_global, int k, double coef_e,
+                                    float loss_scale) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  double kept = 0.0;
+  for (int x = 0; x < e; ++x) {
+    const double f_e = static_cast<double>(routed[x]) / (n_global * k);
+    aux_grad[x] = static_cast<float>(coef_e * f_e * loss_scale);
+    stats[x] = routed[x];
+    kept += counts[x];
+  }
+  stats[2 * e + 2] = kept;
+}
+
+// ---- routing plan: a stable counting sort by expert ----
+
+// One block of 1024 threads per expert: the rank of each of its assignments among the
+// assignments to it, in assignment order (t, then j), by a block-wide prefix sum per chunk.
+__global__ void __launch_bounds__(1024) PlanRankKernel(int32_t* assignment_to_slot, int32_t* counts,
+                                                       int32_t* routed, const int32_t* expert_idx,
+                                                       int nk, int64_t capacity) {
+  __shared__ int warp_total[32];
+  const int x = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int base = 0;
+  for (int a0 = 0; a0 < nk; a0 += 1024) {
+    const int a = a0 + threadIdx.x;
+    const int flag = (a < nk && expert_idx[a] == x) ? 1 : 0;
+    int v = flag;  // inclusive scan within the warp
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, v, o);
+      if (lane >= o) v += y;
+    }
+    if (lane == 31) warp_total[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+      int w = warp_total[lane];
+      for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(0xffffffffu, w, o);
+        if (lane >= o) w += y;
+      }
+      warp_total[lane] = w;  // inclusive over warps
+    }
+    __syncthreads();
+    if (flag) {
+      const int rank = base + v - 1 + (warp > 0 ? warp_total[warp - 1] : 0);
+      assignment_to_slot[a] = (capacity > 0 && rank >= capacity) ? -1 : rank;
+    }
+    base += warp_total[31];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    routed[x] = base;
+    counts[x] = capacity > 0 ? static_cast<int>(min(static_cast<int64_t>(base), capacity)) : base;
+  }
+}
+
+// Rank within expert -> global slot; offsets from the counts (every block recomputes them).
+__global__ void PlanSlotKernel(int32_t* assignment_to_slot, int32_t* slot_to_assignment, int32_t* offsets,
+                               const int32_t* counts, const int32_t* expert_idx, int nk, int e) {
+  __shared__ int off[kMaxExperts + 1];
+  if (threadIdx.x == 0) {
+    off[0] = 0;
+    for (int x = 0; x < e; ++x) off[x + 1] = off[x] + counts[x];
+  }
+  __syncthreads();
+  if (blockIdx.x == 0) {
+    for (int x = threadIdx.x; x <= e; x += blockDim.x) offsets[x] = off[x];
+  }
+  const int a = blockIdx.x * blockDim.x + threadIdx.x;
+  if (a >= nk) return;
+  const int r = assignment_to_slot[a];
+  if (r < 0) return;
+  const int slot = off[expert_idx[a]] + r;
+  assignment_to_slot[a] = slot;
+  slot_to_assignment[slot] = a;
+}
+
+// ---- permute / unpermute: one warp per assignment or token ----
+
+__global__ void PermuteForwardKernel(float* xs, const float* x, const int32_t* a2s, int n, int k, int d) {
+  const int a = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (a >= n * k) return;
+  const int s = a2s[a];
+  if (s < 0) return;
+  const float* src = x + int64_t{a / k} * d;
+  float* dst = xs + int64_t{s} * d;
+  for (int c = lane; c < d; c += 32) dst[c] = src[c];
+}
+
+__global__ void PermuteBackwardKernel(float* dx, const float* dxs, const int32_t* a2s, int n, int k, int d) {
+  const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (t >= n) return;
+  float* dst = dx + int64_t{t} * d;
+  for (int j = 0; j < k; ++j) {
+    const int s = a2s[int64_t{t} * k + j];
+    if (s < 0) continue;
+    const float* src = dxs + int64_t{s} * d;
+    for (int c = lane; c < d; c += 32) dst[c] += src[c];
+  }
+}
+
+__global__ void UnpermuteForwardKernel(float* out, const float* ys, const float* weights, const int32_t* a2s,
+                                       int n, int k, int d) {
+  const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (t >= n) return;
+  float* dst = out + int64_t{t} * d;
+  for (int c = lane; c < d; c += 32) dst[c] = 0.0f;
+  for (int j = 0; j < k; ++j) {
+    const int64_t a = int64_t{t} * k + j;
+    const int s = a2s[a];
+    if (s < 0) continue;
+    const float w = weights[a];
+    const float* src = ys + int64_t{s} * d;
+    for (int c = lane; c < d; c += 32) dst[c] += w * src[c];
+  }
+}
+
+__global__ void UnpermuteBackwardKernel(float* dys, float* dweights, const float* dout, const float* ys,
+                                        const float* weights, const int32_t* a2s, int n, int k, int d) {
+  const int a = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (a >= n * k) return;
+  const int s = a2s[a];
+  if (s < 0) return;
+  const float* g = dout + int64_t{a / k} * d;
+  if (dys != nullptr) {
+    const float w = weights[a];
+    float* dst = dys + int64_t{s} * d;
+    for (int c = lane; c < d; c += 32) dst[c] += w * g[c];
+  }
+  if (dweights != nullptr) {
+    const float* y = ys + int64_t{s} * d;
+    float dot = 0.0f;
+    for (int c = lane; c < d; c += 32) dot += g[c] * y[c];
+    dot = WarpSum(dot);
+    if (lane == 0) dweights[a] += dot;
+  }
+}
+
+// ---- grouped GEMM ----
+
+// Operand element (i, kk) of op(A) and (kk, j) of op(B) for group x, zero outside the matrix.
+// rows: the group's row count m_x; o: its first row.
+template <GroupedOp kOp>
+__device__ __forceinline__ float FetchA(const float* a, int64_t o, int rows, int m, int k, int i, int kk) {
+  if constexpr (kOp == GroupedOp::kTN) {
+    return (kk < rows && i < m) ? a[(o + kk) * m + i] : 0.0f;
+  } else {
+    return (i < rows && kk < k) ? a[(o + i) * k + kk] : 0.0f;
+  }
+}
+template <GroupedOp kOp>
+__device__ __forceinline__ float FetchB(const float* b, int64_t o, int rows, int n, int k, int kk, int j) {
+  if constexpr (kOp == GroupedOp::kNN) {
+    return (kk < k && j < n) ? b[int64_t{kk} * n + j] : 0.0f;
+  } else if constexpr (kOp == GroupedOp::kNT) {
+    return (kk < k && j < n) ? b[int64_t{j} * k + kk] : 0.0f;
+  } else {
+    return (kk < rows && j < n) ? b[(o + kk) * n + j] : 0.0f;
+  }
+}
+
+// Per block: which group, its rows, and where its operands and output start. Returns false when
+// the block has no work (a row tile past the group's rows).
+template <GroupedOp kOp>
+struct Tile {
+  const float* a;
+  const float* b;
+  float* c;  // the element (0, 0) of this group's output
+  int64_t o;  // first row of the group in the grouped buffers
+  int rows;   // m_x
+  int m_eff;  // rows of the output matrix this group writes (m_x for NN/NT, m for TN)
+  int k_eff;  // length of the reduction (k for NN/NT, m_x for TN)
+  __device__ bool Init(const int32_t* offsets, const float* a_, const float* b_, float* c_, int m,
+                       int n, int k, int row0) {
+    const int x = blockIdx.z;
+    o = offsets[x];
+    rows = offsets[x + 1] - offsets[x];
+    a = a_;
+    if constexpr (kOp == GroupedOp::kTN) {
+      b = b_;
+      c = c_ + int64_t{x} * m * n;
+      m_eff = m;
+      k_eff = rows;
+      return row0 < m;
+    } else {
+      b = b_ + int64_t{x} * k * n;
+      c = c_ + o * n;
+      m_eff = rows;
+      k_eff = k;
+      return row0 < rows;
+    }
+  }
+};
+
+constexpr int kWmmaBM = 128, kWmmaBN = 128, kWmmaBK = 32;
+
+template <GroupedOp kOp>
+__global__ void __launch_bounds__(256) GroupedGemmWmmaKernel(const int32_t* offsets, int m, int n, int k,
+                                                             float alpha, const float* a_, const float* b_,
+                                                             float beta, float* c_) {
+  using namespace nvcuda;
+  __shared__ __align__(32) bf16 as[kWmmaBM][kWmmaBK + 8];
+  __shared__ __align__(32) bf16 bs[kWmmaBK][kWmmaBN + 8];
+  __shared__ __align__(32) float scratch[8][16 * 16];
+  const int row0 = blockIdx.y * kWmmaBM, col0 = blockIdx.x * kWmmaBN;
+  Tile<kOp> tile;
+  if (!tile.Init(offsets, a_, b_, c_, m, n, k, row0)) return;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int warp_m = warp / 4, warp_n = warp % 4;  // 2 x 4 warps, each 64 x 32
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
+#pragma unroll
+  for (int fi = 0; fi < 4; ++fi)
+#pragma unroll
+    for (int fj = 0; fj < 2; ++fj) wmma::fill_fragment(acc[fi][fj], 0.0f);
+
+  for (int k0 = 0; k0 < tile.k_eff; k0 += kWmmaBK) {
+    // Coalesced loads: consecutive threads walk the operand's contiguous dimension.
+#pragma unroll 4
+    for (int l = tid; l < kWmmaBM * kWmmaBK; l += 256) {
+      int i, kk;
+      if constexpr (kOp == GroupedOp::kTN) {
+        i = l % kWmmaBM;
+        kk = l / kWmmaBM;
+      } else {
+        kk = l % kWmmaBK;
+        i = l / kWmmaBK;
+      }
+      as[i][kk] = __float2bfloat16(FetchA<kOp>(tile.a, tile.o, tile.rows, m, k, row0 + i, k0 + kk));
+    }
+#pragma unroll 4
+    for (int l = tid; l < kWmmaBK * kWmmaBN; l += 256) {
+      int kk, j;
+      if constexpr (kOp == GroupedOp::kNT) {
+        kk = l % kWmmaBK;
+        j = l / kWmmaBK;
+      } else {
+        j = l % kWmmaBN;
+        kk = l / kWmmaBN;
+      }
+      bs[kk][j] = __float2bfloat16(FetchB<kOp>(tile.b, tile.o, tile.rows, n, k, k0 + kk, col0 + j));
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kWmmaBK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> fa[4];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> fb[2];
+#pragma unroll
+      for (int fi = 0; fi < 4; ++fi) wmma::load_matrix_sync(fa[fi], &as[warp_m * 64 + fi * 16][kk], kWmmaBK + 8);
+#pragma unroll
+      for (int fj = 0; fj < 2; ++fj) wmma::load_matrix_sync(fb[fj], &bs[kk][warp_n * 32 + fj * 16], kWmmaBN + 8);
+#pragma unroll
+      for (int fi = 0; fi < 4; ++fi)
+#pragma unroll
+        for (int fj = 0; fj < 2; ++fj) wmma::mma_sync(acc[fi][fj], fa[fi], fb[fj], acc[fi][fj]);
+    }
+    __syncthreads();
+  }
+  // Epilogue through a per-warp 16 x 16 scratch, with bounds and beta.
+#pragma unroll
+  for (int fi = 0; fi < 4; ++fi) {
+#pragma unroll
+    for (int fj = 0; fj < 2; ++fj) {
+      wmma::store_matrix_sync(scratch[warp], acc[fi][fj], 16, wmma::mem_row_major);
+      __syncwarp();
+      for (int e = lane; e < 256; e += 32) {
+        const int i = row0 + warp_m * 64 + fi * 16 + e / 16;
+        const int j = col0 + warp_n * 32 + fj * 16 + e % 16;
+        if (i < tile.m_eff && j < n) {
+          float* dst = tile.c + int64_t{i} * n + j;
+          const float v = alpha * scratch[warp][e];
+          *dst = beta != 0.0f ? v + beta * *dst : v;
+        }
+      }
+      __syncwarp();
+    }
+  }
+}
+
+constexpr int kFmaBM = 64, kFmaBN = 64, kFmaBK = 16;
+
+// fp32 FMA version: 256 threads, 4 x 4 outputs each.
+template <GroupedOp kOp>
+__global__ void __launch_bounds__(256) GroupedGemmFmaKernel(const int32_t* offsets, int m, int n, int k,
+                                                            float alpha, const float* a_, const float* b_,
+                                                            float beta, float* c_) {
+  __shared__ float as[kFmaBK][kFmaBM];
+  __shared__ float bs[kFmaBK][kFmaBN];
+  const int row0 = blockIdx.y * kFmaBM, col0 = blockIdx.x * kFmaBN;
+  Tile<kOp> tile;
+  if (!tile.Init(offsets, a_, b_, c_, m, n, k, row0)) return;
+  const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+  float acc[4][4] = {};
+  for (int k0 = 0; k0 < tile.k_eff; k0 += kFmaBK) {
+    for (int l = tid; l < kFmaBM * kFmaBK; l += 256) {
+      int i, kk;
+      if constexpr (kOp == GroupedOp::kTN) {
+        i = l % kFmaBM;
+        kk = l / kFmaBM;
+      } else {
+        kk = l % kFmaBK;
+        i = l / kFmaBK;
+      }
+      as[kk][i] = FetchA<kOp>(tile.a, tile.o, tile.rows, m, k, row0 + i, k0 + kk);
+    }
+    for (int l = tid; l < kFmaBK * kFmaBN; l += 256) {
+      int kk, j;
+      if constexpr (kOp == GroupedOp::kNT) {
+        kk = l % kFmaBK;
+        j = l / kFmaBK;
+      } else {
+        j = l % kFmaBN;
+        kk = l / kFmaBN;
+      }
+      bs[kk][j] = FetchB<kOp>(tile.b, tile.o, tile.rows, n, k, k0 + kk, col0 + j);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kFmaBK; ++kk) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) av[r] = as[kk][ty * 4 + r];
+#pragma unroll
+      for (int c = 0; c < 4; ++c) bv[c] = bs[kk][tx * 4 + c];
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[r][c] += av[r] * bv[c];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int i = row0 + ty * 4 + r, j = col0 + tx * 4 + c;
+      if (i < tile.m_eff && j < n) {
+        float* dst = tile.c + int64_t{i} * n + j;
+        const float v = alpha * acc[r][c];
+        *dst = beta != 0.0f ? v + beta * *dst : v;
+      }
+    }
+  }
+}
+
+template <GroupedOp kOp>
+void LaunchGrouped(int groups, const int32_t* offsets, int max_rows, int m, int n, int k, float alpha,
+                   const float* a, const float* b, float beta, float* c, bool tensor_cores,
+                   cudaStream_t stream) {
+  const int out_rows = kOp == GroupedOp::kTN ? m : max_rows;
+  if (tensor_cores) {
+    const dim3 grid((n + kWmmaBN - 1) / kWmmaBN, (out_rows + kWmmaBM - 1) / kWmmaBM, groups);
+    GroupedGemmWmmaKernel<kOp><<<grid, 256, 0, stream>>>(offsets, m, n, k, alpha, a, b, beta, c);
+  } else {
+    const dim3 grid((n + kFmaBN - 1) / kFmaBN, (out_rows + kFmaBM - 1) / kFmaBM, groups);
+    GroupedGemmFmaKernel<kOp><<<grid, 256, 0, stream>>>(offsets, m, n, k, alpha, a, b, beta, c);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void CheckExperts(int e) {
+  if (e > kMaxExperts) {
+    std::fprintf(stderr, "cuda router: %d experts, at most %d supported\n", e, kMaxExperts);
+    std::abort();
+  }
+}
+
+}  // namespace
+
+void RouterForward(float* probs, float* lse, int32_t* expert_idx, float* weights, const float* logits,
+                   int n, int e, int k, cudaStream_t stream) {
+  CheckExperts(e);
+  if (n <= 0) return;
+  RouterForwardKernel<<<BlocksFor(n, 128), 128, 0, stream>>>(probs, lse, expert_idx, weights, logits, n, e, k);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void RouterStats(double* prob_sum, double* z_sum, double* entropy_sum, const float* probs,
+                 const float* lse, int n, int e, cudaStream_t stream) {
+  CheckExperts(e);
+  if (n <= 0) return;
+  RouterStatsKernel<<<BlocksFor(n, kThreads), kThreads, 0, stream>>>(prob_sum, z_sum, entropy_sum, probs,
+                                                                    lse, n, e);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void RouterBackward(float* dlogits, const float* dweights, const float* probs, const float* lse,
+                    const int32_t* expert_idx, const float* aux_grad, float z_scale, int n, int e, int k,
+                    cudaStream_t stream) {
+  CheckExperts(e);
+  if (n <= 0) return;
+  RouterBackwardKernel<<<BlocksFor(n, 128), 128, 0, stream>>>(dlogits, dweights, probs, lse, expert_idx,
+                                                              aux_grad, z_scale, n, e, k);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void RouterAuxGrad(float* aux_grad, double* stats, const int32_t* routed, const int32_t* counts, int e,
+                   double n_global, int k, double coef_e, float loss_scale, cudaStream_t stream) {
+  RouterAuxGradKernel<<<1, 32, 0, stream>>>(aux_grad, stats, routed, counts, e, n_global, k, coef_e,
+                                            loss_scale);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void BuildRoutingPlan(int32_t* counts, int32_t* routed, int32_t* offsets, int32_t* assignment_to_slot,
+                      int32_t* slot_to_assignment, const int32_t* expert_idx, int n, int k, int e,
+                      int64_t capacity, cudaStream_t stream) {
+  CheckExperts(e);
+  const int nk = n * k;
+  PlanRankKernel<<<e, 1024, 0, stream>>>(assignment_to_slot, counts, routed, expert_idx, nk, capacity);
+  MOE_CUDA_LAUNCH_CHECK();
+  PlanSlotKernel<<<std::max(1u, BlocksFor(nk, kThreads)), kThreads, 0, stream>>>(
+      assignment_to_slot, slot_to_assignment, offsets, counts, expert_idx, nk, e);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void PermuteForward(float* xs, const float* x, const int32_t* a2s, int n, int k, int d, cudaStream_t stream) {
+  if (n * k <= 0) return;
+  PermuteForwardKernel<<<BlocksFor(int64_t{n} * k, kThreads / 32), kThreads, 0, stream>>>(xs, x, a2s, n, k, d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void PermuteBackward(float* dx, const float* dxs, const int32_t* a2s, int n, int k, int d, cudaStream_t stream) {
+  if (n <= 0) return;
+  PermuteBackwardKernel<<<BlocksFor(n, kThreads / 32), kThreads, 0, stream>>>(dx, dxs, a2s, n, k, d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void UnpermuteForward(float* out, const float* ys, const float* weights, const int32_t* a2s, int n, int k,
+                      int d, cudaStream_t stream) {
+  if (n <= 0) return;
+  UnpermuteForwardKernel<<<BlocksFor(n, kThreads / 32), kThreads, 0, stream>>>(out, ys, weights, a2s, n, k, d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void UnpermuteBackward(float* dys, float* dweights, const float* dout, const float* ys, const float* weights,
+                       const int32_t* a2s, int n, int k, int d, cudaStream_t stream) {
+  if (n * k <= 0) return;
+  UnpermuteBackwardKernel<<<BlocksFor(int64_t{n} * k, kThreads / 32), kThreads, 0, stream>>>(
+      dys, dweights, dout, ys, weights, a2s, n, k, d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void GroupedGemm(GroupedOp op, int groups, const int32_t* offsets, int max_rows, int m, int n, int k,
+                 float alpha, const float* a, const float* b, float beta, float* c, bool tensor_cores,
+                 cudaStream_t stream) {
+  if (groups <= 0 || n <= 0) return;
+  if (op != GroupedOp::kTN && max_rows <= 0) return;
+  if (op == GroupedOp::kTN && m <= 0) return;
+  switch (op) {
+    case GroupedOp::kNN:
+      return LaunchGrouped<GroupedOp::kNN>(groups, offsets, max_rows, m, n, k, alpha, a, b, beta, c,
+                                           tensor_cores, stream);
+    case GroupedOp::kNT:
+      return LaunchGrouped<GroupedOp::kNT>(groups, offsets, max_rows, m, n, k, alpha, a, b, beta, c,
+                                           tensor_cores, stream);
+    case GroupedOp::kTN:
+      return LaunchGrouped<GroupedOp::kTN>(groups, offsets, max_rows, m, n, k, alpha, a, b, beta, c,
+                                           tensor_cores, stream);
+  }
+}
+
+void ExpertsForward(float* ys, float* g, float* u, float* h, const float* xs, const float* w1,
+                    const float* w3, const float* w2, const int32_t* offsets, int max_rows, int e_local,
+                    int d, int f, bool tc, cudaStream_t stream) {
+  if (max_rows <= 0) return;
+  GroupedGemm(GroupedOp::kNN, e_local, offsets, max_rows, 0, f, d, 1.0f, xs, w1, 0.0f, g, tc, stream);
+  GroupedGemm(GroupedOp::kNN, e_local, offsets, max_rows, 0, f, d, 1.0f, xs, w3, 0.0f, u, tc, stream);
+  SwigluForward(h, g, u, int64_t{max_rows} * f, stream);
+  GroupedGemm(GroupedOp::kNN, e_local, offsets, max_rows, 0, d, f, 1.0f, h, w2, 0.0f, ys, tc, stream);
+}
+
+void ExpertsBackward(float* dxs, float* dw1, float* dw3, float* dw2, const float* dys, const float* xs,
+                     const float* g, const float* u, const float* h, const float* w1, const float* w3,
+                     const float* w2, const int32_t* offsets, int max_rows, int e_local, int d, int f,
+                     float* scratch, bool tc, cudaStream_t stream) {
+  if (max_rows <= 0) return;
+  float* dg = scratch;                          // (rows, f)
+  float* du = scratch + int64_t{max_rows} * f;  // (rows, f): first dh = dy W2^T, then du
+  GroupedGemm(GroupedOp::kNT, e_local, offsets, max_rows, 0, f, d, 1.0f, dys, w2, 0.0f, du, tc, stream);
+  if (dw2 != nullptr) GroupedGemm(GroupedOp::kTN, e_local, offsets, max_rows, f, d, 0, 1.0f, h, dys, 1.0f, dw2, tc, stream);
+  SwigluBackward(dg, du, du, g, u, int64_t{max_rows} * f, /*accumulate=*/false, stream);
+  if (dw1 != nullptr) GroupedGemm(GroupedOp::kTN, e_local, offsets, max_rows, d, f, 0, 1.0f, xs, dg, 1.0f, dw1, tc, stream);
+  if (dw3 != nullptr) GroupedGemm(GroupedOp::kTN, e_local, offsets, max_rows, d, f, 0, 1.0f, xs, du, 1.0f, dw3, tc, stream);
+  if (dxs != nullptr) {
+    GroupedGemm(GroupedOp::kNT, e_local, offsets, max_rows, 0, d, f, 1.0f, dg, w1, 1.0f, dxs, tc, stream);
+    GroupedGemm(GroupedOp::kNT, e_local, offsets, max_rows, 0, d, f, 1.0f, du, w3, 1.0f, dxs, tc, stream);
+  }
+}
+
+}  // namespace moe::cuda

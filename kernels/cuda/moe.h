@@ -1,0 +1,70 @@
+// The MoE layer's own ops on the GPU, twins of kernels/router.h, kernels/routing_plan.h and
+// kernels/experts.h: router softmax/top-k, router statistics and backward, the routing plan as a
+// stable counting sort by expert (capacity: first come by token order), permute/unpermute, and
+// the experts as grouped GEMMs over all local experts (one launch per product, no host loop
+// over experts, no host sync: group sizes are read on the device).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda/common.h"
+
+namespace moe::cuda {
+
+// logits (n, e) -> probs (n, e), lse (n), expert_idx (n, k), weights (n, k). e <= 64.
+void RouterForward(float* probs, float* lse, int32_t* expert_idx, float* weights, const float* logits,
+                   int n, int e, int k, cudaStream_t stream);
+// prob_sum (e) += , z_sum (1) += sum lse^2, entropy_sum (1) += ; device doubles.
+void RouterStats(double* prob_sum, double* z_sum, double* entropy_sum, const float* probs,
+                 const float* lse, int n, int e, cudaStream_t stream);
+// As kernels::RouterBackward; aux_grad (e) device, may be null; dweights may be null.
+void RouterBackward(float* dlogits, const float* dweights, const float* probs, const float* lse,
+                    const int32_t* expert_idx, const float* aux_grad, float z_scale, int n, int e, int k,
+                    cudaStream_t stream);
+// aux_grad[x] = coef_e * (routed[x] / (n_global * k)) * loss_scale (in double, then float), and
+// the layer's stats doubles: stats[x] = routed[x], stats[2e + 2] = kept assignments. coef_e is
+// aux_coef * E.
+void RouterAuxGrad(float* aux_grad, double* stats, const int32_t* routed, const int32_t* counts, int e,
+                   double n_global, int k, double coef_e, float loss_scale, cudaStream_t stream);
+
+// The routing plan of kernels::BuildRoutingPlan on the device: counts (e) kept per expert,
+// routed (e) before drops, offsets (e + 1), assignment_to_slot (n k) (-1 when dropped),
+// slot_to_assignment (n k; the first offsets[e] entries are valid). capacity 0 = unlimited.
+void BuildRoutingPlan(int32_t* counts, int32_t* routed, int32_t* offsets, int32_t* assignment_to_slot,
+                      int32_t* slot_to_assignment, const int32_t* expert_idx, int n, int k, int e,
+                      int64_t capacity, cudaStream_t stream);
+
+// xs[slot] = x[token of slot] ; dx (n, d) += gathered dxs.
+void PermuteForward(float* xs, const float* x, const int32_t* assignment_to_slot, int n, int k, int d,
+                    cudaStream_t stream);
+void PermuteBackward(float* dx, const float* dxs, const int32_t* assignment_to_slot, int n, int k, int d,
+                     cudaStream_t stream);
+// out (n, d) = sum over kept j of weights[t, j] ys[slot] ; dys += , dweights += (either may be null).
+void UnpermuteForward(float* out, const float* ys, const float* weights, const int32_t* assignment_to_slot,
+                      int n, int k, int d, cudaStream_t stream);
+void UnpermuteBackward(float* dys, float* dweights, const float* dout, const float* ys, const float* weights,
+                       const int32_t* assignment_to_slot, int n, int k, int d, cudaStream_t stream);
+
+// Grouped products over `groups` experts; group x owns rows [offsets[x], offsets[x + 1]) of the
+// row-grouped buffers (offsets on the device). max_rows bounds every group's rows (grid size).
+//   kNN: c[rows] (m_x, n) = alpha a[rows] (m_x, k) @ b_x (k, n)   + beta c[rows]; b_x = b + x k n
+//   kNT: c[rows] (m_x, n) = alpha a[rows] (m_x, k) @ b_x^T, b_x (n, k)  + beta c[rows]
+//   kTN: c_x (m, n) = alpha a[rows]^T (m, m_x) @ b[rows] (m_x, n) + beta c_x;     c_x = c + x m n
+// tensor_cores: operands rounded to bf16 as they are loaded, fp32 accumulation (wmma); else fp32.
+enum class GroupedOp { kNN, kNT, kTN };
+void GroupedGemm(GroupedOp op, int groups, const int32_t* offsets, int max_rows, int m, int n, int k,
+                 float alpha, const float* a, const float* b, float beta, float* c, bool tensor_cores,
+                 cudaStream_t stream);
+
+// kernels::ExpertsForward / ExpertsBackward over grouped rows (offsets as above). ys (rows, d);
+// g, u, h (rows, f) saved; weights w1, w3 (e, d, f), w2 (e, f, d). Backward accumulates into
+// dxs, dw1, dw3, dw2 (each may be null); scratch: 2 * max_rows * f floats.
+void ExpertsForward(float* ys, float* g, float* u, float* h, const float* xs, const float* w1,
+                    const float* w3, const float* w2, const int32_t* offsets, int max_rows, int e_local,
+                    int d, int f, bool tensor_cores, cudaStream_t stream);
+void ExpertsBackward(float* dxs, float* dw1, float* dw3, float* dw2, const float* dys, const float* xs,
+                     const float* g, const float* u, const float* h, const float* w1, const float* w3,
+                     const float* w2, const int32_t* offsets, int max_rows, int e_local, int d, int f,
+                     float* scratch, bool tensor_cores, cudaStream_t stream);
+
+}  // namespace moe::cuda

@@ -1,0 +1,424 @@
+// Every CUDA op against its CPU twin (kernels/*.h) on a sweep of shapes: odd token counts,
+// experts that get no tokens, k = 1..4, GQA on and off, capacity drops. The error is
+// ||cuda - cpu|| / ||cpu|| per output, with a tolerance stated per op. Skips without a GPU.
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+#ifdef MOE_WITH_CUDA
+#include "kernels/adamw.h"
+#include "kernels/attention.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/common.h"
+#include "kernels/cuda/matmul.h"
+#include "kernels/cuda/moe.h"
+#include "kernels/cuda/nn.h"
+#include "kernels/dropout.h"
+#include "kernels/embedding.h"
+#include "kernels/experts.h"
+#include "kernels/matmul.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/router.h"
+#include "kernels/routing_plan.h"
+#endif
+
+namespace moe {
+namespace {
+
+#ifndef MOE_WITH_CUDA
+
+TEST(CudaOpsTest, NeedsCuda) { GTEST_SKIP() << "built without CUDA: no GPU ops to test"; }
+
+#else
+
+#define SKIP_WITHOUT_GPU()                                      \
+  do {                                                          \
+    if (!cuda::HaveGpu()) GTEST_SKIP() << "no CUDA GPU on this machine"; \
+  } while (0)
+
+// A device copy of a host vector, and back.
+template <typename T>
+class Dev {
+ public:
+  explicit Dev(const std::vector<T>& host) : n_(host.size()) {
+    MOE_CUDA_CHECK(cudaMalloc(&p_, sizeof(T) * std::max<size_t>(1, n_)));
+    if (n_ > 0) MOE_CUDA_CHECK(cudaMemcpy(p_, host.data(), sizeof(T) * n_, cudaMemcpyHostToDevice));
+  }
+  explicit Dev(size_t n, T fill = T{}) : Dev(std::vector<T>(n, fill)) {}
+  ~Dev() { cudaFree(p_); }
+  T* get() { return p_; }
+  std::vector<T> Host() const {
+    MOE_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<T> out(n_);
+    if (n_ > 0) MOE_CUDA_CHECK(cudaMemcpy(out.data(), p_, sizeof(T) * n_, cudaMemcpyDeviceToHost));
+    return out;
+  }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_;
+};
+
+std::vector<float> Randn(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+// ||a - b|| / ||b|| (b the CPU reference); NaN anywhere fails.
+double RelErr(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    if (std::isnan(a[i]) || std::isnan(b[i])) return INFINITY;
+    num += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
+    den += double{b[i]} * b[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+constexpr double kFp32Tol = 1e-5;      // same math, another summation order
+constexpr double kAttnTol = 1e-5;      // fp32 flash (online softmax) vs two-pass CPU
+constexpr double kBf16Tol = 1e-2;      // bf16 operands, fp32 accumulation
+
+TEST(CudaOpsTest, Embedding) {
+  SKIP_WITHOUT_GPU();
+  const int n = 37, d = 24, v = 11;
+  std::vector<int32_t> idx(n);
+  for (int i = 0; i < n; ++i) idx[i] = (i * 7) % v;
+  auto wte = Randn(int64_t{v} * d, 1), dout = Randn(int64_t{n} * d, 2);
+  std::vector<float> out(n * d), dwte(v * d, 0.f);
+  kernels::EmbeddingForward(out.data(), idx.data(), wte.data(), n, d);
+  kernels::EmbeddingBackward(dwte.data(), dout.data(), idx.data(), n, d);
+  Dev<int32_t> didx(idx);
+  Dev<float> dw(wte), dout_d(dout), out_d(n * d), dwte_d(v * d);
+  cuda::EmbeddingForward(out_d.get(), didx.get(), dw.get(), n, d, nullptr);
+  cuda::EmbeddingBackward(dwte_d.get(), dout_d.get(), didx.get(), n, d, nullptr);
+  EXPECT_EQ(out_d.Host(), out);
+  EXPECT_LT(RelErr(dwte_d.Host(), dwte), kFp32Tol);
+}
+
+TEST(CudaOpsTest, DropoutReproducesCounterUniformExactly) {
+  SKIP_WITHOUT_GPU();
+  for (float p : {0.0f, 0.1f, 0.5f}) {
+    const int64_t n = 10007;
+    const uint64_t seed = 1234567, offset = 999;
+    auto in = Randn(n, 3), dout = Randn(n, 4);
+    std::vector<float> out(n), din(n, 0.5f);
+    kernels::DropoutForward(out.data(), in.data(), n, p, seed, offset);
+    kernels::DropoutBackward(din.data(), dout.data(), n, p, seed, offset);
+    Dev<float> in_d(in), out_d(n), dout_d(dout), din_d(n, 0.5f);
+    cuda::DropoutForward(out_d.get(), in_d.get(), n, p, seed, offset, nullptr);
+    cuda::DropoutBackward(din_d.get(), dout_d.get(), n, p, seed, offset, nullptr);
+    EXPECT_EQ(out_d.Host(), out) << "p " << p;  // bitwise: same mask, same scale
+    EXPECT_EQ(din_d.Host(), din) << "p " << p;
+  }
+}
+
+TEST(CudaOpsTest, RmsNorm) {
+  SKIP_WITHOUT_GPU();
+  for (int d : {16, 96, 384, 1000}) {
+    const int n = 37;
+    auto x = Randn(int64_t{n} * d, 5), w = Randn(d, 6), dy = Randn(int64_t{n} * d, 7);
+    std::vector<float> y(n * d), rstd(n), dx(n * d, 0.1f), dw(d, 0.2f);
+    kernels::RmsNormForward(y.data(), rstd.data(), x.data(), w.data(), n, d);
+    kernels::RmsNormBackward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), n, d);
+    Dev<float> x_d(x), w_d(w), dy_d(dy), y_d(n * d), rstd_d(n), dx_d(n * d, 0.1f), dw_d(d, 0.2f);
+    cuda::RmsNormForward(y_d.get(), rstd_d.get(), x_d.get(), w_d.get(), n, d, nullptr);
+    cuda::RmsNormBackward(dx_d.get(), dw_d.get(), dy_d.get(), x_d.get(), w_d.get(), rstd_d.get(), n, d, nullptr);
+    EXPECT_LT(RelErr(y_d.Host(), y), kFp32Tol) << "d " << d;
+    EXPECT_LT(RelErr(rstd_d.Host(), rstd), kFp32Tol);
+    EXPECT_LT(RelErr(dx_d.Host(), dx), kFp32Tol);
+    EXPECT_LT(RelErr(dw_d.Host(), dw), kFp32Tol);
+  }
+}
+
+TEST(CudaOpsTest, Rope) {
+  SKIP_WITHOUT_GPU();
+  for (int hkv : {4, 2, 1}) {
+    const int b = 2, t = 13, h = 4, hd = 16, row = (h + 2 * hkv) * hd;
+    auto qkv = Randn(int64_t{b} * t * row, 8);
+    std::vector<float> cpu = qkv, back;
+    kernels::RopeForward(cpu.data(), b, t, h, hkv, hd);
+    std::vector<float> cos_t(t * hd / 2), sin_t(t * hd / 2);
+    cuda::RopeTablesHost(cos_t.data(), sin_t.data(), t, hd);
+    Dev<float> c_d(cos_t), s_d(sin_t), q_d(qkv);
+    cuda::RopeForward(q_d.get(), c_d.get(), s_d.get(), b, t, h, hkv, hd, nullptr);
+    EXPECT_LT(RelErr(q_d.Host(), cpu), kFp32Tol) << "hkv " << hkv;
+    kernels::RopeBackward(cpu.data(), b, t, h, hkv, hd);
+    cuda::RopeBackward(q_d.get(), c_d.get(), s_d.get(), b, t, h, hkv, hd, nullptr);
+    EXPECT_LT(RelErr(q_d.Host(), cpu), kFp32Tol);
+    EXPECT_LT(RelErr(q_d.Host(), qkv), 1e-5);  // the backward rotation undoes the forward one
+  }
+}
+
+TEST(CudaOpsTest, Swiglu) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 1001;
+  auto g = Randn(n, 9), u = Randn(n, 10), dh = Randn(n, 11);
+  std::vector<float> h(n), dg(n, 0.3f), du(n, -0.2f);
+  kernels::SwigluForward(h.data(), g.data(), u.data(), n);
+  kernels::SwigluBackward(dg.data(), du.data(), dh.data(), g.data(), u.data(), n);
+  Dev<float> g_d(g), u_d(u), dh_d(dh), h_d(n), dg_d(n, 0.3f), du_d(n, -0.2f);
+  cuda::SwigluForward(h_d.get(), g_d.get(), u_d.get(), n, nullptr);
+  cuda::SwigluBackward(dg_d.get(), du_d.get(), dh_d.get(), g_d.get(), u_d.get(), n, true, nullptr);
+  EXPECT_LT(RelErr(h_d.Host(), h), kFp32Tol);
+  EXPECT_LT(RelErr(dg_d.Host(), dg), kFp32Tol);
+  EXPECT_LT(RelErr(du_d.Host(), du), kFp32Tol);
+}
+
+TEST(CudaOpsTest, CrossEntropy) {
+  SKIP_WITHOUT_GPU();
+  for (int v : {65, 1000, 50304}) {
+    const int n = 37;
+    auto logits = Randn(int64_t{n} * v, 12, 2.0f);
+    std::vector<int32_t> tgt(n);
+    for (int i = 0; i < n; ++i) tgt[i] = (i * 31) % v;
+    tgt[5] = -1;  // ignored
+    std::vector<float> losses(n), lse(n), dl(logits.size());
+    const double sum = kernels::CrossEntropyForward(losses.data(), lse.data(), logits.data(), tgt.data(), n, v);
+    kernels::CrossEntropyBackward(dl.data(), logits.data(), lse.data(), tgt.data(), 1.0f / n, n, v);
+    Dev<float> l_d(logits), losses_d(n), lse_d(n), dl_d(logits.size());
+    Dev<int32_t> t_d(tgt);
+    Dev<double> sum_d(1, 0.0);
+    Dev<cuda::bf16> dl16_d(logits.size());
+    cuda::CrossEntropyForward(losses_d.get(), lse_d.get(), l_d.get(), t_d.get(), n, v, nullptr);
+    cuda::Sum(sum_d.get(), losses_d.get(), n, nullptr);
+    cuda::CrossEntropyBackward(dl_d.get(), l_d.get(), lse_d.get(), t_d.get(), 1.0f / n, n, v, nullptr);
+    cuda::CrossEntropyBackwardBf16(dl16_d.get(), l_d.get(), lse_d.get(), t_d.get(), 1.0f / n, n, v, nullptr);
+    EXPECT_LT(RelErr(losses_d.Host(), losses), kFp32Tol) << "v " << v;
+    EXPECT_LT(RelErr(lse_d.Host(), lse), kFp32Tol);
+    EXPECT_NEAR(sum_d.Host()[0], sum, 1e-5 * std::abs(sum));
+    EXPECT_LT(RelErr(dl_d.Host(), dl), kFp32Tol);
+    std::vector<float> dl16;
+    for (cuda::bf16 x : dl16_d.Host()) dl16.push_back(__bfloat162float(x));
+    EXPECT_LT(RelErr(dl16, dl), kBf16Tol);
+  }
+}
+
+TEST(CudaOpsTest, AdamWAndSquaredNorm) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = 4099;
+  auto p = Randn(n, 13), g = Randn(n, 14), m = Randn(n, 15, 0.1f), v = Randn(n, 16, 0.1f);
+  for (float& x : v) x = std::abs(x);
+  kernels::AdamWConfig cfg;
+  cfg.lr = 3e-3f;
+  cfg.weight_decay = 0.1f;
+  const int64_t step = 7;
+  std::vector<float> pc = p, mc = m, vc = v;
+  kernels::AdamWUpdate(pc.data(), g.data(), mc.data(), vc.data(), n, cfg, step, 0.5f);
+  Dev<float> p_d(p), g_d(g), m_d(m), v_d(v);
+  Dev<cuda::bf16> p16(n);
+  // Bias corrections as the CPU forms them: in double from the float betas, then rounded.
+  const float bc1 = static_cast<float>(1.0 - std::pow(double{cfg.beta1}, 7.0));
+  const float bc2 = static_cast<float>(1.0 - std::pow(double{cfg.beta2}, 7.0));
+  cuda::AdamWUpdate(p_d.get(), p16.get(), g_d.get(), m_d.get(), v_d.get(), n, cfg.lr, cfg.beta1, cfg.beta2,
+                    cfg.eps, cfg.weight_decay, bc1, bc2, 0.5f, nullptr);
+  EXPECT_LT(RelErr(p_d.Host(), pc), 1e-6);
+  EXPECT_LT(RelErr(m_d.Host(), mc), 1e-6);
+  EXPECT_LT(RelErr(v_d.Host(), vc), 1e-6);
+  std::vector<float> p16f;
+  for (cuda::bf16 x : p16.Host()) p16f.push_back(__bfloat162float(x));
+  EXPECT_LT(RelErr(p16f, pc), 4e-3);  // the bf16 copy: half an ulp of bf16 at most
+  Dev<double> sq(1, 0.0);
+  cuda::SquaredNorm(sq.get(), g_d.get(), n, nullptr);
+  const double want = kernels::SquaredNorm(g.data(), n);
+  EXPECT_NEAR(sq.Host()[0], want, 1e-12 * want);
+}
+
+struct AttnCase {
+  int b, t, h, hkv, hd;
+};
+
+class CudaAttentionTest : public ::testing::TestWithParam<AttnCase> {};
+
+TEST_P(CudaAttentionTest, ForwardAndBackwardMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const AttnCase c = GetParam();
+  const int row = (c.h + 2 * c.hkv) * c.hd;
+  const int64_t n = int64_t{c.b} * c.t;
+  auto qkv = Randn(n * row, 17), dout = Randn(n * c.h * c.hd, 18);
+  std::vector<float> out(n * c.h * c.hd), lse(int64_t{c.b} * c.h * c.t), dqkv(n * row, 0.25f);
+  kernels::AttentionForward(out.data(), lse.data(), qkv.data(), c.b, c.t, c.h, c.hkv, c.hd);
+  kernels::AttentionBackward(dqkv.data(), dout.data(), out.data(), lse.data(), qkv.data(), c.b, c.t, c.h,
+                             c.hkv, c.hd);
+  Dev<float> qkv_d(qkv), dout_d(dout), out_d(out.size(), NAN), lse_d(lse.size(), NAN), dqkv_d(n * row, 0.25f),
+      scratch(lse.size());
+  cuda::AttentionForward(out_d.get(), lse_d.get(), qkv_d.get(), c.b, c.t, c.h, c.hkv, c.hd, nullptr);
+  EXPECT_LT(RelErr(out_d.Host(), out), kAttnTol);
+  EXPECT_LT(RelErr(lse_d.Host(), lse), kAttnTol);
+  // Backward from the CPU's forward outputs, so that only backward is under test.
+  Dev<float> out_cpu(out), lse_cpu(lse);
+  cuda::AttentionBackward(dqkv_d.get(), dout_d.get(), out_cpu.get(), lse_cpu.get(), qkv_d.get(), c.b, c.t, c.h,
+                          c.hkv, c.hd, scratch.get(), nullptr);
+  EXPECT_LT(RelErr(dqkv_d.Host(), dqkv), 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionTest,
+                         ::testing::Values(AttnCase{1, 1, 4, 4, 16}, AttnCase{2, 13, 4, 4, 16},
+                                           AttnCase{2, 13, 4, 2, 16}, AttnCase{1, 77, 4, 1, 32},
+                                           AttnCase{2, 130, 6, 6, 64}, AttnCase{1, 257, 4, 2, 64},
+                                           AttnCase{3, 33, 2, 1, 8}));
+
+TEST(CudaOpsTest, LinearFp32AndBf16) {
+  SKIP_WITHOUT_GPU();
+  cuda::Blas blas;
+  for (auto [n, c, oc] : {std::tuple{37, 48, 40}, std::tuple{128, 384, 1152}, std::tuple{1, 64, 65}}) {
+    auto x = Randn(int64_t{n} * c, 19), w = Randn(int64_t{oc} * c, 20), dy = Randn(int64_t{n} * oc, 21);
+    std::vector<float> y(n * oc), dx(n * c, 0.5f), dw(oc * c, 0.25f);
+    kernels::LinearForward(y.data(), x.data(), w.data(), n, c, oc);
+    kernels::LinearBackward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), n, c, oc);
+    for (bool bf : {false, true}) {
+      Dev<float> x_d(x), w_d(w), dy_d(dy), y_d(n * oc), dx_d(n * c, 0.5f), dw_d(oc * c, 0.25f);
+      Dev<cuda::bf16> x16(x.size()), w16(w.size()), dy16(dy.size());
+      cuda::CastToBf16(x16.get(), x_d.get(), x.size(), nullptr);
+      cuda::CastToBf16(w16.get(), w_d.get(), w.size(), nullptr);
+      cuda::CastToBf16(dy16.get(), dy_d.get(), dy.size(), nullptr);
+      const cuda::DType t = bf ? cuda::DType::kBF16 : cuda::DType::kF32;
+      const void* xa = bf ? static_cast<const void*>(x16.get()) : x_d.get();
+      const void* wa = bf ? static_cast<const void*>(w16.get()) : w_d.get();
+      const void* dya = bf ? static_cast<const void*>(dy16.get()) : dy_d.get();
+      blas.Gemm(false, true, n, oc, c, 1.0f, xa, c, wa, c, 0.0f, y_d.get(), oc, t, nullptr);
+      blas.Gemm(false, false, n, c, oc, 1.0f, dya, oc, wa, c, 1.0f, dx_d.get(), c, t, nullptr);
+      blas.Gemm(true, false, oc, c, n, 1.0f, dya, oc, xa, c, 1.0f, dw_d.get(), c, t, nullptr);
+      const double tol = bf ? kBf16Tol : kFp32Tol;
+      EXPECT_LT(RelErr(y_d.Host(), y), tol) << n << "x" << c << "x" << oc << " bf16 " << bf;
+      EXPECT_LT(RelErr(dx_d.Host(), dx), tol);
+      EXPECT_LT(RelErr(dw_d.Host(), dw), tol);
+    }
+  }
+}
+
+struct MoeCase {
+  int n, e, k;
+  double capacity;
+  bool empty_expert;  // route nothing to the last expert
+};
+
+class CudaMoeOpsTest : public ::testing::TestWithParam<MoeCase> {};
+
+TEST_P(CudaMoeOpsTest, RouterPlanPermuteAndExpertsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const MoeCase c = GetParam();
+  const int n = c.n, E = c.e, k = c.k, D = 48, F = 40;
+  auto logits = Randn(int64_t{n} * E, 22, 2.0f);
+  if (c.empty_expert) {
+    for (int t = 0; t < n; ++t) logits[int64_t{t} * E + E - 1] = -30.0f;
+  }
+  // Router forward and stats.
+  std::vector<float> probs(n * E), lse(n), w(n * k);
+  std::vector<int32_t> idx(n * k);
+  kernels::RouterForward(probs.data(), lse.data(), idx.data(), w.data(), logits.data(), n, E, k);
+  Dev<float> logits_d(logits), probs_d(n * E), lse_d(n), w_d(n * k);
+  Dev<int32_t> idx_d(n * k);
+  cuda::RouterForward(probs_d.get(), lse_d.get(), idx_d.get(), w_d.get(), logits_d.get(), n, E, k, nullptr);
+  EXPECT_LT(RelErr(probs_d.Host(), probs), kFp32Tol);
+  EXPECT_LT(RelErr(lse_d.Host(), lse), kFp32Tol);
+  EXPECT_EQ(idx_d.Host(), idx);
+  EXPECT_LT(RelErr(w_d.Host(), w), kFp32Tol);
+  std::vector<double> prob_sum(E, 0.0);
+  double z = 0, ent = 0;
+  kernels::RouterStats(prob_sum.data(), &z, &ent, probs.data(), lse.data(), n, E);
+  Dev<double> stats_d(E + 2, 0.0);
+  cuda::RouterStats(stats_d.get(), stats_d.get() + E, stats_d.get() + E + 1, probs_d.get(), lse_d.get(), n, E,
+                    nullptr);
+  std::vector<double> st = stats_d.Host();
+  for (int x = 0; x < E; ++x) EXPECT_NEAR(st[x], prob_sum[x], 1e-5 * n);
+  EXPECT_NEAR(st[E], z, 1e-5 * std::abs(z) + 1e-9);
+  EXPECT_NEAR(st[E + 1], ent, 1e-5 * std::abs(ent) + 1e-9);
+
+  // Routing plan: exact.
+  kernels::RoutingPlan plan = kernels::BuildRoutingPlan(idx.data(), n, k, E, c.capacity);
+  Dev<int32_t> counts_d(E), routed_d(E), offsets_d(E + 1), a2s_d(n * k), s2a_d(n * k, -7);
+  const int64_t cap = plan.capacity;
+  cuda::BuildRoutingPlan(counts_d.get(), routed_d.get(), offsets_d.get(), a2s_d.get(), s2a_d.get(), idx_d.get(),
+                         n, k, E, cap, nullptr);
+  EXPECT_EQ(counts_d.Host(), plan.counts);
+  EXPECT_EQ(offsets_d.Host(), plan.offsets);
+  EXPECT_EQ(a2s_d.Host(), plan.assignment_to_slot);
+  std::vector<int32_t> s2a = s2a_d.Host();
+  s2a.resize(plan.kept());
+  EXPECT_EQ(s2a, plan.slot_to_assignment);
+  std::vector<int32_t> routed = routed_d.Host();
+  for (int x = 0; x < E; ++x) EXPECT_EQ(routed[x], plan.routed[x]);
+  if (c.empty_expert) {
+    EXPECT_EQ(plan.counts[E - 1], 0);
+  }
+
+  // Permute / experts / unpermute, forward and backward, fp32 and bf16.
+  const int kept = plan.kept(), rows = n * k;
+  auto x = Randn(int64_t{n} * D, 23), dout = Randn(int64_t{n} * D, 24);
+  auto w1 = Randn(int64_t{E} * D * F, 25, 0.2f), w3 = Randn(int64_t{E} * D * F, 26, 0.2f),
+       w2 = Randn(int64_t{E} * F * D, 27, 0.2f);
+  std::vector<float> xs(int64_t{kept} * D), ys(int64_t{kept} * D), g(int64_t{kept} * F), u(g.size()), h(g.size());
+  std::vector<float> out(int64_t{n} * D), dys(int64_t{kept} * D, 0.f), dweights(n * k, 0.f), dxs(xs.size(), 0.f);
+  std::vector<float> dx(int64_t{n} * D, 0.f), dw1(w1.size(), 0.f), dw3(w3.size(), 0.f), dw2(w2.size(), 0.f);
+  std::vector<float> scratch(2 * g.size() + 1);
+  kernels::PermuteForward(xs.data(), x.data(), plan, D);
+  kernels::ExpertsForward(ys.data(), g.data(), u.data(), h.data(), xs.data(), w1.data(), w3.data(), w2.data(),
+                          plan.counts.data(), E, D, F);
+  kernels::UnpermuteForward(out.data(), ys.data(), w.data(), plan, D);
+  kernels::UnpermuteBackward(dys.data(), dweights.data(), dout.data(), ys.data(), w.data(), plan, D);
+  kernels::ExpertsBackward(dxs.data(), dw1.data(), dw3.data(), dw2.data(), dys.data(), xs.data(), g.data(),
+                           u.data(), h.data(), w1.data(), w3.data(), w2.data(), plan.counts.data(), E, D, F,
+                           scratch.data());
+  kernels::PermuteBackward(dx.data(), dxs.data(), plan, D);
+  for (bool tc : {false, true}) {
+    const double tol = tc ? kBf16Tol : kFp32Tol;
+    Dev<float> x_d(x), dout_d(dout), w1_d(w1), w3_d(w3), w2_d(w2);
+    Dev<float> xs_d(int64_t{rows} * D, NAN), ys_d(int64_t{rows} * D, NAN), g_d(int64_t{rows} * F),
+        u_d(int64_t{rows} * F), h_d(int64_t{rows} * F), out_d(int64_t{n} * D, NAN);
+    Dev<float> dys_d(int64_t{rows} * D), dw_d(n * k), dxs_d(int64_t{rows} * D), dx_d(int64_t{n} * D),
+        dw1_d(w1.size()), dw3_d(w3.size()), dw2_d(w2.size()), scr_d(2 * int64_t{rows} * F);
+    cuda::PermuteForward(xs_d.get(), x_d.get(), a2s_d.get(), n, k, D, nullptr);
+    cuda::ExpertsForward(ys_d.get(), g_d.get(), u_d.get(), h_d.get(), xs_d.get(), w1_d.get(), w3_d.get(),
+                         w2_d.get(), offsets_d.get(), rows, E, D, F, tc, nullptr);
+    cuda::UnpermuteForward(out_d.get(), ys_d.get(), w_d.get(), a2s_d.get(), n, k, D, nullptr);
+    cuda::UnpermuteBackward(dys_d.get(), dw_d.get(), dout_d.get(), ys_d.get(), w_d.get(), a2s_d.get(), n, k, D,
+                            nullptr);
+    cuda::ExpertsBackward(dxs_d.get(), dw1_d.get(), dw3_d.get(), dw2_d.get(), dys_d.get(), xs_d.get(), g_d.get(),
+                          u_d.get(), h_d.get(), w1_d.get(), w3_d.get(), w2_d.get(), offsets_d.get(), rows, E, D,
+                          F, scr_d.get(), tc, nullptr);
+    cuda::PermuteBackward(dx_d.get(), dxs_d.get(), a2s_d.get(), n, k, D, nullptr);
+    auto first = [](std::vector<float> v, int64_t count) { v.resize(count); return v; };
+    EXPECT_EQ(first(xs_d.Host(), xs.size()), xs);
+    EXPECT_LT(RelErr(first(ys_d.Host(), ys.size()), ys), tol) << "bf16 " << tc;
+    EXPECT_LT(RelErr(out_d.Host(), out), tol);
+    EXPECT_LT(RelErr(first(dys_d.Host(), dys.size()), dys), tol);
+    EXPECT_LT(RelErr(dw_d.Host(), dweights), tol);
+    EXPECT_LT(RelErr(dx_d.Host(), dx), tol);
+    EXPECT_LT(RelErr(dw1_d.Host(), dw1), tol);
+    EXPECT_LT(RelErr(dw3_d.Host(), dw3), tol);
+    EXPECT_LT(RelErr(dw2_d.Host(), dw2), tol);
+  }
+
+  // Router backward (through weights, aux and z).
+  std::vector<float> aux(E), dlog(n * E, 0.1f);
+  for (int x2 = 0; x2 < E; ++x2) aux[x2] = 0.01f * (x2 + 1);
+  kernels::RouterBackward(dlog.data(), dweights.data(), probs.data(), lse.data(), idx.data(), aux.data(), 0.003f,
+                          n, E, k);
+  Dev<float> dlog_d(n * E, 0.1f), dwts_d(dweights), aux_d(aux);
+  cuda::RouterBackward(dlog_d.get(), dwts_d.get(), probs_d.get(), lse_d.get(), idx_d.get(), aux_d.get(), 0.003f,
+                       n, E, k, nullptr);
+  EXPECT_LT(RelErr(dlog_d.Host(), dlog), 1e-4);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaMoeOpsTest,
+                         ::testing::Values(MoeCase{37, 5, 1, 0.0, false}, MoeCase{37, 5, 2, 0.0, true},
+                                           MoeCase{37, 8, 3, 0.0, true}, MoeCase{101, 8, 4, 0.0, false},
+                                           MoeCase{101, 8, 2, 1.0, false}, MoeCase{77, 6, 4, 0.5, true},
+                                           MoeCase{1, 4, 2, 0.0, false}, MoeCase{3001, 32, 4, 1.25, false},
+                                           MoeCase{300, 64, 4, 0.0, true}));
+
+#endif  // MOE_WITH_CUDA
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,579 @@
+#include "worker/cuda_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+#ifdef MOE_WITH_CUDA
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/common.h"
+#include "kernels/cuda/matmul.h"
+#include "kernels/cuda/moe.h"
+#include "kernels/cuda/nn.h"
+#endif
+
+namespace moe {
+
+#ifndef MOE_WITH_CUDA
+
+absl::StatusOr<std::unique_ptr<TrainModel>> MakeCudaModel(const ModelConfig&, Communicator*, bool) {
+  return absl::FailedPreconditionError(
+      "resources.device is cuda but this moe-worker was built without CUDA (no nvcc at build "
+      "time); rebuild on a machine with the CUDA toolkit or use device: cpu");
+}
+
+int64_t CudaModelDeviceBytes(const TrainModel&) { return 0; }
+
+#else
+
+namespace {
+
+using cuda::bf16;
+
+// A device allocation of `count` T, freed with the model.
+class DeviceArena {
+ public:
+  ~DeviceArena() {
+    for (void* p : ptrs_) cudaFree(p);
+  }
+  template <typename T>
+  T* Alloc(int64_t count) {
+    void* p = nullptr;
+    if (count > 0) {
+      MOE_CUDA_CHECK(cudaMalloc(&p, sizeof(T) * count));
+      ptrs_.push_back(p);
+      bytes_ += static_cast<int64_t>(sizeof(T)) * count;
+    }
+    return static_cast<T*>(p);
+  }
+  void FreeAll() {
+    for (void* p : ptrs_) MOE_CUDA_CHECK(cudaFree(p));
+    ptrs_.clear();
+    bytes_ = 0;
+  }
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  std::vector<void*> ptrs_;
+  int64_t bytes_ = 0;
+};
+
+class CudaModel final : public TrainModel {
+ public:
+  CudaModel(const ModelConfig& cfg, Communicator* comm, bool use_bf16);
+  ~CudaModel() override;
+
+  const ModelConfig& config() const override { return cfg_; }
+  const ParamLayout& layout() const override { return layout_; }
+  void InitParams(uint64_t seed) override;
+  void ZeroGrads() override;
+  ForwardResult Forward(const int32_t* idx, const int32_t* targets, int b,
+                        const BatchContext& ctx) override;
+  void Backward() override;
+  void AllReduceDenseGrads(Communicator* comm) override;
+  void GradSquaredNorms(double* dense_sq, double* expert_sq) override;
+  void AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) override;
+  void CopyToHost(ParamSet set, std::vector<float>* out) override;
+  void CopyFromHost(ParamSet set, const std::vector<float>& in) override;
+  const std::vector<float>& params() override;
+
+  int64_t device_bytes() const { return weights_.bytes() + acts_.bytes(); }
+
+ private:
+  // Saved by Forward for Backward, per block. n = b T tokens, r = n k expert rows (n when dense).
+  struct BlockActs {
+    float *x_in, *attn_in, *attn_rstd, *qkv, *attn_y, *attn_lse;  // (n,D) (n,D) (n) (n,C3) (n,D) (b,H,T)
+    float *x_mid, *moe_in, *moe_rstd;                              // (n,D) (n,D) (n)
+    float *router_logits, *probs, *router_lse, *weights;           // (n,E) (n,E) (n) (n,k)
+    int32_t *expert_idx, *a2s, *s2a;                               // (n,k) (n k) (n k)
+    int32_t *counts, *routed, *offsets;                            // (E) (E) (E+1)
+    float* aux_grad;                                               // (E)
+    double* stats;  // (2E+3): routed, prob_sum, z_sum, entropy_sum, kept
+    float *xs, *ys, *g, *u, *h;                                    // (r,D) (r,D) (r,F) x3
+  };
+
+  float* Buffer(ParamSet set) {
+    switch (set) {
+      case ParamSet::kParams: return params_;
+      case ParamSet::kAdamM: return adam_m_;
+      case ParamSet::kAdamV: return adam_v_;
+      case ParamSet::kGrads: return grads_;
+    }
+    return nullptr;
+  }
+  const bf16* Bf16Of(const float* w) const { return params16_ + (w - params_); }
+  void RefreshBf16();
+  void EnsureActivations(int b);
+  int ExpertRows(int n) const { return cfg_.is_moe() ? n * cfg_.top_k : n; }
+
+  // out (n, oc) = inp (n, c) @ w^T ; dinp += dout @ w ; dw += dout^T @ inp. fp32 = the fp32
+  // product even in bf16 mode (the router). dout16: dout already in bf16 (or null).
+  void Linear(float* out, const float* inp, const float* w, int n, int c, int oc, bool fp32);
+  void LinearBackward(float* dinp, float* dw, const float* dout, const bf16* dout16, const float* inp,
+                      const float* w, int n, int c, int oc, bool fp32);
+
+  void MoeForward(BlockActs& a, const BlockTensors& w, int n, const BatchContext& ctx, float* out);
+  void MoeBackward(BlockActs& a, const BlockTensors& w, const BlockTensors& gw, int n,
+                   const float* dout, float* dm);
+
+  ModelConfig cfg_;
+  Communicator* comm_;
+  ParamLayout layout_;
+  bool bf16_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cuda::Blas> blas_;
+  DeviceArena weights_, acts_;
+  float *params_ = nullptr, *grads_ = nullptr, *adam_m_ = nullptr, *adam_v_ = nullptr;  // (total)
+  bf16* params16_ = nullptr;  // (total) bf16 mode only
+  float *rope_cos_ = nullptr, *rope_sin_ = nullptr;  // (T, hd/2)
+  double* norms_ = nullptr;   // (2) device
+  double* host_stats_ = nullptr;  // pinned: ce_sum, then each layer's 2E+3 stats
+  std::vector<float> host_params_;
+
+  // Activations, sized for b_cap_ sequences.
+  int b_cap_ = 0;
+  std::vector<BlockActs> blocks_;
+  float *x_, *tmp_, *x_final_, *final_out_, *final_rstd_, *logits_, *ce_lse_, *ce_losses_;
+  int32_t *idx_, *targets_;
+  double* ce_sum_;  // (1)
+  // Backward scratch.
+  float *dx_, *dtmp_, *dnorm_, *dqkv_, *att_scratch_, *dys_, *dweights_, *d_expert_in_, *drouter_,
+      *expert_scratch_;
+  bf16 *s16a_, *s16b_;  // bf16 casts of product operands (n * max(D, C3, F, V))
+  int32_t* dense_offsets_ = nullptr;  // {0, n} for a dense model's one expert
+
+  // The last forward.
+  BatchContext ctx_;
+  int b_ = 0;
+};
+
+CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, bool use_bf16)
+    : cfg_(cfg), comm_(comm), layout_(cfg, comm->rank(), comm->world_size()), bf16_(use_bf16) {
+  MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  blas_ = std::make_unique<cuda::Blas>();
+  const int64_t total = layout_.total();
+  params_ = weights_.Alloc<float>(total);
+  grads_ = weights_.Alloc<float>(total);
+  adam_m_ = weights_.Alloc<float>(total);
+  adam_v_ = weights_.Alloc<float>(total);
+  if (bf16_) params16_ = weights_.Alloc<bf16>(total);
+  MOE_CUDA_CHECK(cudaMemsetAsync(params_, 0, sizeof(float) * total, stream_));
+  const int half = cfg.head_dim / 2;
+  std::vector<float> cos_t(static_cast<size_t>(cfg.seq_len) * half), sin_t(cos_t.size());
+  cuda::RopeTablesHost(cos_t.data(), sin_t.data(), cfg.seq_len, cfg.head_dim);
+  rope_cos_ = weights_.Alloc<float>(cos_t.size());
+  rope_sin_ = weights_.Alloc<float>(sin_t.size());
+  MOE_CUDA_CHECK(cudaMemcpy(rope_cos_, cos_t.data(), sizeof(float) * cos_t.size(), cudaMemcpyHostToDevice));
+  MOE_CUDA_CHECK(cudaMemcpy(rope_sin_, sin_t.data(), sizeof(float) * sin_t.size(), cudaMemcpyHostToDevice));
+  norms_ = weights_.Alloc<double>(2);
+  const int per_layer = 2 * cfg.experts + 3;
+  MOE_CUDA_CHECK(cudaMallocHost(&host_stats_, sizeof(double) * (1 + cfg.layers * per_layer)));
+  ZeroGrads();
+}
+
+CudaModel::~CudaModel() {
+  cudaStreamSynchronize(stream_);
+  cudaFreeHost(host_stats_);
+  blas_.reset();
+  cudaStreamDestroy(stream_);
+}
+
+void CudaModel::RefreshBf16() {
+  if (bf16_) cuda::CastToBf16(params16_, params_, layout_.total(), stream_);
+}
+
+void CudaModel::InitParams(uint64_t seed) {
+  // The host init of ParamLayout, then one copy: the same weights as the CPU model.
+  std::vector<float> host(layout_.total(), 0.f);
+  layout_.Initialize(host.data(), seed);
+  MOE_CUDA_CHECK(cudaMemcpy(params_, host.data(), sizeof(float) * host.size(), cudaMemcpyHostToDevice));
+  MOE_CUDA_CHECK(cudaMemset(adam_m_, 0, sizeof(float) * host.size()));
+  MOE_CUDA_CHECK(cudaMemset(adam_v_, 0, sizeof(float) * host.size()));
+  RefreshBf16();
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaModel::ZeroGrads() {
+  MOE_CUDA_CHECK(cudaMemsetAsync(grads_, 0, sizeof(float) * layout_.total(), stream_));
+}
+
+void CudaModel::EnsureActivations(int b) {
+  if (b <= b_cap_) return;
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  acts_.FreeAll();
+  b_cap_ = b;
+  const int64_t n = int64_t{b} * cfg_.seq_len, D = cfg_.d, C3 = cfg_.qkv_dim(), E = cfg_.experts;
+  const int64_t k = cfg_.top_k, F = cfg_.ffn, V = cfg_.vocab, H = cfg_.heads;
+  const int64_t r = ExpertRows(static_cast<int>(n));
+  blocks_.assign(cfg_.layers, BlockActs{});
+  for (BlockActs& a : blocks_) {
+    a.x_in = acts_.Alloc<float>(n * D);
+    a.attn_in = acts_.Alloc<float>(n * D);
+    a.attn_rstd = acts_.Alloc<float>(n);
+    a.qkv = acts_.Alloc<float>(n * C3);
+    a.attn_y = acts_.Alloc<float>(n * D);
+    a.attn_lse = acts_.Alloc<float>(n * H);
+    a.x_mid = acts_.Alloc<float>(n * D);
+    a.moe_in = acts_.Alloc<float>(n * D);
+    a.moe_rstd = acts_.Alloc<float>(n);
+    if (cfg_.is_moe()) {
+      a.router_logits = acts_.Alloc<float>(n * E);
+      a.probs = acts_.Alloc<float>(n * E);
+      a.router_lse = acts_.Alloc<float>(n);
+      a.weights = acts_.Alloc<float>(n * k);
+      a.expert_idx = acts_.Alloc<int32_t>(n * k);
+      a.a2s = acts_.Alloc<int32_t>(n * k);
+      a.s2a = acts_.Alloc<int32_t>(n * k);
+      a.counts = acts_.Alloc<int32_t>(E);
+      a.routed = acts_.Alloc<int32_t>(E);
+      a.offsets = acts_.Alloc<int32_t>(E + 1);
+      a.aux_grad = acts_.Alloc<float>(E);
+      a.stats = acts_.Alloc<double>(2 * E + 3);
+      a.xs = acts_.Alloc<float>(r * D);
+      a.ys = acts_.Alloc<float>(r * D);
+    }
+    a.g = acts_.Alloc<float>(r * F);
+    a.u = acts_.Alloc<float>(r * F);
+    a.h = acts_.Alloc<float>(r * F);
+  }
+  x_ = acts_.Alloc<float>(n * D);
+  tmp_ = acts_.Alloc<float>(n * D);
+  x_final_ = acts_.Alloc<float>(n * D);
+  final_out_ = acts_.Alloc<float>(n * D);
+  final_rstd_ = acts_.Alloc<float>(n);
+  logits_ = acts_.Alloc<float>(n * V);
+  ce_lse_ = acts_.Alloc<float>(n);
+  ce_losses_ = acts_.Alloc<float>(n);
+  idx_ = acts_.Alloc<int32_t>(n);
+  targets_ = acts_.Alloc<int32_t>(n);
+  ce_sum_ = acts_.Alloc<double>(1);
+  dx_ = acts_.Alloc<float>(n * D);
+  dtmp_ = acts_.Alloc<float>(n * D);
+  dnorm_ = acts_.Alloc<float>(n * D);
+  dqkv_ = acts_.Alloc<float>(n * C3);
+  att_scratch_ = acts_.Alloc<float>(n * H);
+  if (cfg_.is_moe()) {
+    dys_ = acts_.Alloc<float>(r * D);
+    dweights_ = acts_.Alloc<float>(n * k);
+    d_expert_in_ = acts_.Alloc<float>(r * D);
+    drouter_ = acts_.Alloc<float>(n * E);
+  }
+  expert_scratch_ = acts_.Alloc<float>(2 * r * F);
+  if (bf16_) {
+    const int64_t widest = std::max({D, C3, V});
+    s16a_ = acts_.Alloc<bf16>(n * widest);
+    s16b_ = acts_.Alloc<bf16>(n * widest);
+  }
+  dense_offsets_ = acts_.Alloc<int32_t>(2);
+}
+
+void CudaModel::Linear(float* out, const float* inp, const float* w, int n, int c, int oc, bool fp32) {
+  if (!bf16_ || fp32) {
+    blas_->Gemm(false, true, n, oc, c, 1.0f, inp, c, w, c, 0.0f, out, oc, cuda::DType::kF32, stream_);
+    return;
+  }
+  cuda::CastToBf16(s16a_, inp, int64_t{n} * c, stream_);
+  blas_->Gemm(false, true, n, oc, c, 1.0f, s16a_, c, Bf16Of(w), c, 0.0f, out, oc, cuda::DType::kBF16, stream_);
+}
+
+void CudaModel::LinearBackward(float* dinp, float* dw, const float* dout, const bf16* dout16,
+                               const float* inp, const float* w, int n, int c, int oc, bool fp32) {
+  if (!bf16_ || fp32) {
+    if (dinp != nullptr) {
+      blas_->Gemm(false, false, n, c, oc, 1.0f, dout, oc, w, c, 1.0f, dinp, c, cuda::DType::kF32, stream_);
+    }
+    if (dw != nullptr) {
+      blas_->Gemm(true, false, oc, c, n, 1.0f, dout, oc, inp, c, 1.0f, dw, c, cuda::DType::kF32, stream_);
+    }
+    return;
+  }
+  if (dout16 == nullptr) {
+    cuda::CastToBf16(s16a_, dout, int64_t{n} * oc, stream_);
+    dout16 = s16a_;
+  }
+  if (dinp != nullptr) {
+    blas_->Gemm(false, false, n, c, oc, 1.0f, dout16, oc, Bf16Of(w), c, 1.0f, dinp, c, cuda::DType::kBF16, stream_);
+  }
+  if (dw != nullptr) {
+    cuda::CastToBf16(s16b_, inp, int64_t{n} * c, stream_);
+    blas_->Gemm(true, false, oc, c, n, 1.0f, dout16, oc, s16b_, c, 1.0f, dw, c, cuda::DType::kBF16, stream_);
+  }
+}
+
+ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int b,
+                                 const BatchContext& ctx) {
+  EnsureActivations(b);
+  const int T = cfg_.seq_len, D = cfg_.d, V = cfg_.vocab, H = cfg_.heads, Hkv = cfg_.kv_heads;
+  const int hd = cfg_.head_dim, C3 = cfg_.qkv_dim();
+  const int n = b * T;
+  const int64_t nd = int64_t{n} * D;
+  const float p_drop = ctx.train ? cfg_.dropout : 0.f;
+  const uint64_t offset = static_cast<uint64_t>(ctx.first_token) * D;
+  ModelTensors w = layout_.Bind(params_);
+  ctx_ = ctx;
+  b_ = b;
+  MOE_CUDA_CHECK(cudaMemcpyAsync(idx_, idx, sizeof(int32_t) * n, cudaMemcpyHostToDevice, stream_));
+  MOE_CUDA_CHECK(cudaMemcpyAsync(targets_, targets, sizeof(int32_t) * n, cudaMemcpyHostToDevice, stream_));
+
+  cuda::EmbeddingForward(x_, idx_, w.wte, n, D, stream_);
+  cuda::DropoutForward(x_, x_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 0), offset, stream_);
+  for (int l = 0; l < cfg_.layers; ++l) {
+    BlockActs& a = blocks_[l];
+    const BlockTensors& bw = w.blocks[l];
+    // Attention: x += dropout(attn(RMSNorm(x)) @ wo^T)
+    MOE_CUDA_CHECK(cudaMemcpyAsync(a.x_in, x_, sizeof(float) * nd, cudaMemcpyDeviceToDevice, stream_));
+    cuda::RmsNormForward(a.attn_in, a.attn_rstd, x_, bw.attn_norm, n, D, stream_);
+    Linear(a.qkv, a.attn_in, bw.wqkv, n, D, C3, false);
+    cuda::RopeForward(a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
+    cuda::AttentionForward(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, stream_);
+    Linear(tmp_, a.attn_y, bw.wo, n, D, D, false);
+    cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
+    cuda::Add(x_, tmp_, nd, stream_);
+    // MoE: x += dropout(MoE(RMSNorm(x)))
+    MOE_CUDA_CHECK(cudaMemcpyAsync(a.x_mid, x_, sizeof(float) * nd, cudaMemcpyDeviceToDevice, stream_));
+    cuda::RmsNormForward(a.moe_in, a.moe_rstd, x_, bw.moe_norm, n, D, stream_);
+    MoeForward(a, bw, n, ctx, tmp_);
+    cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 2 + 2 * l), offset, stream_);
+    cuda::Add(x_, tmp_, nd, stream_);
+  }
+  MOE_CUDA_CHECK(cudaMemcpyAsync(x_final_, x_, sizeof(float) * nd, cudaMemcpyDeviceToDevice, stream_));
+  cuda::RmsNormForward(final_out_, final_rstd_, x_final_, w.final_norm, n, D, stream_);
+  Linear(logits_, final_out_, w.lm_head, n, D, V, false);
+  cuda::CrossEntropyForward(ce_losses_, ce_lse_, logits_, targets_, n, V, stream_);
+  MOE_CUDA_CHECK(cudaMemsetAsync(ce_sum_, 0, sizeof(double), stream_));
+  cuda::Sum(ce_sum_, ce_losses_, n, stream_);
+
+  // The one device-to-host copy of the forward pass: CE sum and every layer's router stats.
+  const int E = cfg_.experts, per_layer = 2 * E + 3;
+  MOE_CUDA_CHECK(cudaMemcpyAsync(host_stats_, ce_sum_, sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  if (cfg_.is_moe()) {
+    for (int l = 0; l < cfg_.layers; ++l) {
+      MOE_CUDA_CHECK(cudaMemcpyAsync(host_stats_ + 1 + l * per_layer, blocks_[l].stats,
+                                     sizeof(double) * per_layer, cudaMemcpyDeviceToHost, stream_));
+    }
+  }
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+
+  ForwardResult result;
+  result.ce_sum = host_stats_[0];
+  const double n_global = static_cast<double>(ctx.global_tokens);
+  const int k = cfg_.top_k;
+  for (int l = 0; l < cfg_.layers; ++l) {
+    MoeLayerForwardStats s;
+    if (cfg_.is_moe()) {
+      // The formulas of MoeLayer::Forward, on the reduced [routed | prob_sum | z, H | kept].
+      const double* red = host_stats_ + 1 + l * per_layer;
+      s.routed.assign(E, 0);
+      double aux = 0, routed_total = 0;
+      for (int e = 0; e < E; ++e) {
+        const double f_e = red[e] / (n_global * k);
+        const double p_e = red[E + e] / n_global;
+        aux += f_e * p_e;
+        s.routed[e] = static_cast<int64_t>(red[e]);
+        routed_total += red[e];
+      }
+      s.aux_loss = cfg_.aux_coef * E * aux;
+      s.z_loss = cfg_.z_coef * red[2 * E] / n_global;
+      s.entropy_sum = red[2 * E + 1];
+      s.dropped = static_cast<int64_t>(routed_total - red[2 * E + 2]);
+      s.assignments = static_cast<int64_t>(n_global) * k;
+    }
+    result.aux_loss += s.aux_loss;
+    result.z_loss += s.z_loss;
+    result.layers.push_back(std::move(s));
+  }
+  return result;
+}
+
+void CudaModel::MoeForward(BlockActs& a, const BlockTensors& w, int n, const BatchContext& ctx,
+                           float* out) {
+  const int D = cfg_.d, F = cfg_.ffn, E = cfg_.experts, k = cfg_.top_k;
+  const bool tc = bf16_;
+  if (!cfg_.is_moe()) {
+    const int32_t offsets[2] = {0, n};
+    MOE_CUDA_CHECK(cudaMemcpyAsync(dense_offsets_, offsets, sizeof(offsets), cudaMemcpyHostToDevice, stream_));
+    cuda::ExpertsForward(out, a.g, a.u, a.h, a.moe_in, w.w1, w.w3, w.w2, dense_offsets_, n, 1, D, F, tc, stream_);
+    return;
+  }
+  // Route: fp32 router product, softmax, top-k, renormalised weights; the plan (capacity).
+  Linear(a.router_logits, a.moe_in, w.router, n, D, E, /*fp32=*/true);
+  cuda::RouterForward(a.probs, a.router_lse, a.expert_idx, a.weights, a.router_logits, n, E, k, stream_);
+  const int64_t capacity =
+      cfg_.capacity_factor > 0.0 ? static_cast<int64_t>(std::ceil(cfg_.capacity_factor * n * k / E)) : 0;
+  cuda::BuildRoutingPlan(a.counts, a.routed, a.offsets, a.a2s, a.s2a, a.expert_idx, n, k, E, capacity, stream_);
+  MOE_CUDA_CHECK(cudaMemsetAsync(a.stats, 0, sizeof(double) * (2 * E + 3), stream_));
+  cuda::RouterStats(a.stats + E, a.stats + 2 * E, a.stats + 2 * E + 1, a.probs, a.router_lse, n, E, stream_);
+  // One rank: the stats are already global. (With several GPUs, the all-reduce of MoeLayer's
+  // [routed | prob_sum | z, H | drops] goes here, on the device.)
+  cuda::RouterAuxGrad(a.aux_grad, a.stats, a.routed, a.counts, E, static_cast<double>(ctx.global_tokens), k,
+                      cfg_.aux_coef * E, ctx.loss_scale, stream_);
+  // Permute -> exchange (the identity on one GPU: the experts read xs in place) -> experts ->
+  // exchange back (identity) -> unpermute.
+  const int rows = n * k;
+  cuda::PermuteForward(a.xs, a.moe_in, a.a2s, n, k, D, stream_);
+  cuda::ExpertsForward(a.ys, a.g, a.u, a.h, a.xs, w.w1, w.w3, w.w2, a.offsets, rows, E, D, F, tc, stream_);
+  cuda::UnpermuteForward(out, a.ys, a.weights, a.a2s, n, k, D, stream_);
+}
+
+void CudaModel::MoeBackward(BlockActs& a, const BlockTensors& w, const BlockTensors& gw, int n,
+                            const float* dout, float* dm) {
+  const int D = cfg_.d, F = cfg_.ffn, E = cfg_.experts, k = cfg_.top_k;
+  const bool tc = bf16_;
+  if (!cfg_.is_moe()) {
+    cuda::ExpertsBackward(dm, gw.w1, gw.w3, gw.w2, dout, a.moe_in, a.g, a.u, a.h, w.w1, w.w3, w.w2,
+                          dense_offsets_, n, 1, D, F, expert_scratch_, tc, stream_);
+    return;
+  }
+  const int rows = n * k;
+  MOE_CUDA_CHECK(cudaMemsetAsync(dys_, 0, sizeof(float) * rows * D, stream_));
+  MOE_CUDA_CHECK(cudaMemsetAsync(dweights_, 0, sizeof(float) * rows, stream_));
+  cuda::UnpermuteBackward(dys_, dweights_, dout, a.ys, a.weights, a.a2s, n, k, D, stream_);
+  MOE_CUDA_CHECK(cudaMemsetAsync(d_expert_in_, 0, sizeof(float) * rows * D, stream_));
+  cuda::ExpertsBackward(d_expert_in_, gw.w1, gw.w3, gw.w2, dys_, a.xs, a.g, a.u, a.h, w.w1, w.w3, w.w2,
+                        a.offsets, rows, E, D, F, expert_scratch_, tc, stream_);
+  cuda::PermuteBackward(dm, d_expert_in_, a.a2s, n, k, D, stream_);
+  MOE_CUDA_CHECK(cudaMemsetAsync(drouter_, 0, sizeof(float) * n * E, stream_));
+  cuda::RouterBackward(drouter_, dweights_, a.probs, a.router_lse, a.expert_idx, a.aux_grad,
+                       static_cast<float>(cfg_.z_coef * ctx_.loss_scale), n, E, k, stream_);
+  LinearBackward(dm, gw.router, drouter_, nullptr, a.moe_in, w.router, n, D, E, /*fp32=*/true);
+}
+
+void CudaModel::Backward() {
+  const int b = b_, T = cfg_.seq_len, D = cfg_.d, V = cfg_.vocab, H = cfg_.heads;
+  const int Hkv = cfg_.kv_heads, hd = cfg_.head_dim, C3 = cfg_.qkv_dim();
+  const int n = b * T;
+  const int64_t nd = int64_t{n} * D;
+  const float p_drop = ctx_.train ? cfg_.dropout : 0.f;
+  const uint64_t offset = static_cast<uint64_t>(ctx_.first_token) * D;
+  ModelTensors w = layout_.Bind(params_);
+  ModelTensors g = layout_.Bind(grads_);
+  auto zero = [&](float* p, int64_t count) {
+    MOE_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(float) * count, stream_));
+  };
+
+  // Head: dlogits (in place in fp32, or straight to bf16 for the bf16 products).
+  const bf16* dlogits16 = nullptr;
+  if (bf16_) {
+    cuda::CrossEntropyBackwardBf16(s16b_, logits_, ce_lse_, targets_, ctx_.loss_scale, n, V, stream_);
+    // s16b_ holds dlogits; LinearBackward's weight product casts its input into s16b_, so
+    // move dlogits to s16a_'s role by swapping the two scratch buffers for this call.
+    std::swap(s16a_, s16b_);
+    dlogits16 = s16a_;
+  } else {
+    cuda::CrossEntropyBackward(logits_, logits_, ce_lse_, targets_, ctx_.loss_scale, n, V, stream_);
+  }
+  zero(dnorm_, nd);
+  zero(dx_, nd);
+  LinearBackward(dnorm_, g.lm_head, logits_, dlogits16, final_out_, w.lm_head, n, D, V, false);
+  cuda::RmsNormBackward(dx_, g.final_norm, dnorm_, x_final_, w.final_norm, final_rstd_, n, D, stream_);
+
+  for (int l = cfg_.layers - 1; l >= 0; --l) {
+    BlockActs& a = blocks_[l];
+    const BlockTensors& bw = w.blocks[l];
+    const BlockTensors& bg = g.blocks[l];
+    zero(dtmp_, nd);
+    cuda::DropoutBackward(dtmp_, dx_, nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 2 + 2 * l), offset, stream_);
+    zero(dnorm_, nd);
+    MoeBackward(a, bw, bg, n, dtmp_, dnorm_);
+    cuda::RmsNormBackward(dx_, bg.moe_norm, dnorm_, a.x_mid, bw.moe_norm, a.moe_rstd, n, D, stream_);
+
+    zero(dtmp_, nd);
+    cuda::DropoutBackward(dtmp_, dx_, nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 1 + 2 * l), offset, stream_);
+    float* dattn_y = dnorm_;
+    zero(dattn_y, nd);
+    LinearBackward(dattn_y, bg.wo, dtmp_, nullptr, a.attn_y, bw.wo, n, D, D, false);
+    zero(dqkv_, int64_t{n} * C3);
+    cuda::AttentionBackward(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, att_scratch_, stream_);
+    cuda::RopeBackward(dqkv_, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
+    zero(dtmp_, nd);
+    LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, a.attn_in, bw.wqkv, n, D, C3, false);
+    cuda::RmsNormBackward(dx_, bg.attn_norm, dtmp_, a.x_in, bw.attn_norm, a.attn_rstd, n, D, stream_);
+  }
+  zero(dtmp_, nd);
+  cuda::DropoutBackward(dtmp_, dx_, nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 0), offset, stream_);
+  cuda::EmbeddingBackward(g.wte, dtmp_, idx_, n, D, stream_);
+  // Synchronous at the end so that the trainer's forward / backward / optimizer times are real.
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaModel::AllReduceDenseGrads(Communicator* comm) {
+  // One rank (MakeCudaModel refuses more): the sum over ranks is the identity.
+  (void)comm;
+}
+
+void CudaModel::GradSquaredNorms(double* dense_sq, double* expert_sq) {
+  const int64_t dense = layout_.dense_size();
+  MOE_CUDA_CHECK(cudaMemsetAsync(norms_, 0, 2 * sizeof(double), stream_));
+  cuda::SquaredNorm(norms_, grads_, dense, stream_);
+  cuda::SquaredNorm(norms_ + 1, grads_ + dense, layout_.total() - dense, stream_);
+  MOE_CUDA_CHECK(cudaMemcpyAsync(host_stats_, norms_, 2 * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  *dense_sq = host_stats_[0];
+  *expert_sq = host_stats_[1];
+}
+
+void CudaModel::AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) {
+  const float b1 = 0.9f, b2 = 0.95f, eps = 1e-8f;  // kernels::AdamWConfig's defaults
+  const float bc1 = static_cast<float>(1.0 - std::pow(double{b1}, static_cast<double>(step)));
+  const float bc2 = static_cast<float>(1.0 - std::pow(double{b2}, static_cast<double>(step)));
+  for (const ParamInfo& info : layout_.params()) {
+    const float wd = info.decay ? static_cast<float>(weight_decay) : 0.f;
+    cuda::AdamWUpdate(params_ + info.offset, bf16_ ? params16_ + info.offset : nullptr,
+                      grads_ + info.offset, adam_m_ + info.offset, adam_v_ + info.offset, info.size,
+                      static_cast<float>(lr), b1, b2, eps, wd, bc1, bc2, clip_scale, stream_);
+  }
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaModel::CopyToHost(ParamSet set, std::vector<float>* out) {
+  out->resize(layout_.total());
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  MOE_CUDA_CHECK(cudaMemcpy(out->data(), Buffer(set), sizeof(float) * out->size(), cudaMemcpyDeviceToHost));
+}
+
+void CudaModel::CopyFromHost(ParamSet set, const std::vector<float>& in) {
+  const size_t count = std::min<size_t>(in.size(), layout_.total());
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  MOE_CUDA_CHECK(cudaMemcpy(Buffer(set), in.data(), sizeof(float) * count, cudaMemcpyHostToDevice));
+  if (set == ParamSet::kParams) RefreshBf16();
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+const std::vector<float>& CudaModel::params() {
+  CopyToHost(ParamSet::kParams, &host_params_);
+  return host_params_;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TrainModel>> MakeCudaModel(const ModelConfig& cfg, Communicator* comm,
+                                                          bool use_bf16) {
+  if (!cuda::HaveGpu()) {
+    return absl::FailedPreconditionError("resources.device is cuda but no CUDA GPU is visible to this process");
+  }
+  if (comm->world_size() != 1) {
+    return absl::UnimplementedError(absl::StrCat(
+        "device cuda runs on one rank for now (the multi-GPU expert exchange needs the NCCL "
+        "communicator); this job has ", comm->world_size(), " ranks"));
+  }
+  const int hd = cfg.head_dim;
+  if (hd != 8 && hd != 16 && hd != 32 && hd != 64) {
+    return absl::UnimplementedError(absl::StrCat("device cuda: head size d_model / n_heads = ", hd,
+                                                 " is not one of 8, 16, 32, 64"));
+  }
+  if (cfg.experts > 64) {
+    return absl::UnimplementedError(absl::StrCat("device cuda: at most 64 experts, got ", cfg.experts));
+  }
+  return std::unique_ptr<TrainModel>(std::make_unique<CudaModel>(cfg, comm, use_bf16));
+}
+
+int64_t CudaModelDeviceBytes(const TrainModel& model) {
+  const auto* m = dynamic_cast<const CudaModel*>(&model);
+  return m != nullptr ? m->device_bytes() : 0;
+}
+
+#endif  // MOE_WITH_CUDA
+
+}  // namespace moe

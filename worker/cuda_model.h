@@ -1,0 +1,26 @@
+// The model of MODEL.md on one GPU: the CUDA twin of Model (model.h) behind the same TrainModel
+// seam. fp32 master weights, gradients and AdamW moments live on the device; in bf16 mode the
+// matrix products read bf16 operands (a bf16 weight copy refreshed by every AdamW step) with
+// fp32 accumulation, while the router, norms, softmax, attention and loss stay fp32.
+// One rank only for now: the expert exchange is the identity on one GPU (no host copies); the
+// multi-GPU exchange belongs to a future NCCL Communicator working on device pointers.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "worker/comm.h"
+#include "worker/model_config.h"
+#include "worker/train_model.h"
+
+namespace moe {
+
+// The CUDA model, or why it cannot run here (no CUDA in this build, no GPU, several ranks, a
+// shape the kernels do not take).
+absl::StatusOr<std::unique_ptr<TrainModel>> MakeCudaModel(const ModelConfig& cfg, Communicator* comm,
+                                                          bool bf16);
+
+// Bytes of device memory the CUDA model holds (0 for any other model).
+int64_t CudaModelDeviceBytes(const TrainModel& model);
+
+}  // namespace moe
