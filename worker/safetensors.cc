@@ -4,19 +4,21 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <memory>
 #include <set>
-#include <tuple>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/files.h"
+#include "google/protobuf/struct.pb.h"
+#include "google/protobuf/util/json_util.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "safetensors and token shards are little-endian; this code copies bytes as is");
@@ -27,189 +29,14 @@ namespace {
 // Headers beyond this are refused before parsing (the Rust reader's limit too).
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 
-// A minimal JSON value: enough for safetensors headers (objects, arrays, strings, integers).
-struct Json {
-  enum Type { kNull, kBool, kNumber, kString, kArray, kObject } type = kNull;
-  bool boolean = false;
-  bool is_uint = false;  // number is a non-negative integer that fits uint64
-  uint64_t uint = 0;
-  std::string str;
-  std::vector<Json> items;                            // array
-  std::vector<std::pair<std::string, Json>> fields;  // object, in order
-};
-
-class JsonParser {
- public:
-  explicit JsonParser(absl::string_view s) : s_(s) {}
-
-  absl::StatusOr<Json> ParseDocument() {
-    Json v;
-    if (absl::Status st = Value(&v, 0); !st.ok()) return st;
-    SkipWs();
-    if (i_ != s_.size()) return Error("trailing data after the JSON value");
-    return v;
-  }
-
- private:
-  absl::Status Error(absl::string_view what) const {
-    return absl::InvalidArgumentError(absl::StrCat("JSON error at byte ", i_, ": ", what));
-  }
-  void SkipWs() {
-    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\n' || s_[i_] == '\r' || s_[i_] == '\t'))
-      ++i_;
-  }
-  bool Hex4(uint32_t* v) {
-    if (i_ + 4 > s_.size()) return false;
-    *v = 0;
-    for (int k = 0; k < 4; ++k) {
-      char c = s_[i_ + k];
-      int d = (c >= '0' && c <= '9')   ? c - '0'
-              : (c >= 'a' && c <= 'f') ? c - 'a' + 10
-              : (c >= 'A' && c <= 'F') ? c - 'A' + 10
-                                       : -1;
-      if (d < 0) return false;
-      *v = *v * 16 + d;
-    }
-    i_ += 4;
-    return true;
-  }
-  static void AppendUtf8(uint32_t cp, std::string* out) {
-    if (cp < 0x80) {
-      out->push_back(static_cast<char>(cp));
-    } else if (cp < 0x800) {
-      out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-      out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    } else if (cp < 0x10000) {
-      out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-      out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-      out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    } else {
-      out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-      out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-      out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-      out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    }
-  }
-  absl::Status String(std::string* out) {
-    ++i_;  // opening quote
-    while (true) {
-      if (i_ >= s_.size()) return Error("unterminated string");
-      char c = s_[i_++];
-      if (c == '"') return absl::OkStatus();
-      if (static_cast<unsigned char>(c) < 0x20) return Error("control character in string");
-      if (c != '\\') {
-        out->push_back(c);
-        continue;
-      }
-      if (i_ >= s_.size()) return Error("unterminated escape");
-      char e = s_[i_++];
-      switch (e) {
-        case '"': out->push_back('"'); break;
-        case '\\': out->push_back('\\'); break;
-        case '/': out->push_back('/'); break;
-        case 'b': out->push_back('\b'); break;
-        case 'f': out->push_back('\f'); break;
-        case 'n': out->push_back('\n'); break;
-        case 'r': out->push_back('\r'); break;
-        case 't': out->push_back('\t'); break;
-        case 'u': {
-          uint32_t cp;
-          if (!Hex4(&cp)) return Error("bad \\u escape");
-          if (cp >= 0xD800 && cp <= 0xDBFF) {
-            uint32_t lo;
-            if (i_ + 2 > s_.size() || s_[i_] != '\\' || s_[i_ + 1] != 'u') {
-              return Error("unpaired surrogate");
-            }
-            i_ += 2;
-            if (!Hex4(&lo) || lo < 0xDC00 || lo > 0xDFFF) return Error("bad low surrogate");
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          }
-          AppendUtf8(cp, out);
-          break;
-        }
-        default:
-          return Error("unknown escape");
-      }
-    }
-  }
-  absl::Status Value(Json* v, int depth) {
-    if (depth > 64) return Error("nesting too deep");
-    SkipWs();
-    if (i_ >= s_.size()) return Error("unexpected end of input");
-    char c = s_[i_];
-    if (c == '"') {
-      v->type = Json::kString;
-      return String(&v->str);
-    }
-    if (c == '{' || c == '[') {
-      bool object = c == '{';
-      v->type = object ? Json::kObject : Json::kArray;
-      ++i_;
-      SkipWs();
-      if (i_ < s_.size() && s_[i_] == (object ? '}' : ']')) {
-        ++i_;
-        return absl::OkStatus();
-      }
-      while (true) {
-        SkipWs();
-        std::string key;
-        if (object) {
-          if (i_ >= s_.size() || s_[i_] != '"') return Error("expected a string key");
-          if (absl::Status st = String(&key); !st.ok()) return st;
-          SkipWs();
-          if (i_ >= s_.size() || s_[i_] != ':') return Error("expected ':'");
-          ++i_;
-        }
-        Json item;
-        if (absl::Status st = Value(&item, depth + 1); !st.ok()) return st;
-        if (object) {
-          v->fields.emplace_back(std::move(key), std::move(item));
-        } else {
-          v->items.push_back(std::move(item));
-        }
-        SkipWs();
-        if (i_ < s_.size() && s_[i_] == ',') {
-          ++i_;
-          continue;
-        }
-        if (i_ < s_.size() && s_[i_] == (object ? '}' : ']')) {
-          ++i_;
-          return absl::OkStatus();
-        }
-        return Error(object ? "expected ',' or '}'" : "expected ',' or ']'");
-      }
-    }
-    for (auto [word, type, b] : {std::tuple{"true", Json::kBool, true},
-                                 std::tuple{"false", Json::kBool, false},
-                                 std::tuple{"null", Json::kNull, false}}) {
-      if (s_.substr(i_, std::strlen(word)) == word) {
-        i_ += std::strlen(word);
-        v->type = type;
-        v->boolean = b;
-        return absl::OkStatus();
-      }
-    }
-    // Number: record whether it is a plain non-negative integer; other numbers are accepted
-    // syntactically but carry no value (safetensors headers only use integers).
-    size_t start = i_;
-    if (s_[i_] == '-') ++i_;
-    while (i_ < s_.size() && (std::isdigit(static_cast<unsigned char>(s_[i_])) || s_[i_] == '.' ||
-                              s_[i_] == 'e' || s_[i_] == 'E' || s_[i_] == '+' || s_[i_] == '-'))
-      ++i_;
-    absl::string_view num = s_.substr(start, i_ - start);
-    if (num.empty() || num == "-") return Error("unexpected character");
-    v->type = Json::kNumber;
-    v->is_uint = std::all_of(num.begin(), num.end(), [](char d) { return d >= '0' && d <= '9'; }) &&
-                 num.size() <= 19;
-    if (v->is_uint) {
-      for (char d : num) v->uint = v->uint * 10 + (d - '0');
-    }
-    return absl::OkStatus();
-  }
-
-  absl::string_view s_;
-  size_t i_ = 0;
-};
+// JSON numbers arrive as double: a non-negative integer below 2^53 converts exactly.
+bool AsUint(const google::protobuf::Value& v, uint64_t* out) {
+  if (v.kind_case() != google::protobuf::Value::kNumberValue) return false;
+  double d = v.number_value();
+  if (!(d >= 0 && d < 9007199254740992.0) || std::trunc(d) != d) return false;
+  *out = static_cast<uint64_t>(d);
+  return true;
+}
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
@@ -252,16 +79,48 @@ std::string JsonQuote(std::string_view s) {
   return out;
 }
 
+absl::Status ParseJsonObject(std::string_view json_in, google::protobuf::Struct* out) {
+  absl::string_view json(json_in.data(), json_in.size());
+  // protobuf would report a top-level array or scalar without a position; say it here.
+  size_t first = json.find_first_not_of(" \t\r\n");
+  if (first == absl::string_view::npos || json[first] != '{') {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "JSON error at byte ", first == absl::string_view::npos ? json.size() : first,
+        ": expected a JSON object"));
+  }
+  out->Clear();
+  auto st = google::protobuf::util::JsonStringToMessage(
+      google::protobuf::StringPiece(json.data(), json.size()), out);
+  if (st.ok()) return absl::OkStatus();
+  // Syntax errors read "<what>\n<up to 20 bytes either side>\n<spaces>^". Locate the context in
+  // the input to name the byte; if it is not unique, show it with the caret inline instead.
+  const std::string msg_text(st.message().data(), st.message().size());
+  absl::string_view msg = msg_text;
+  size_t nl1 = msg.find('\n'), nl2 = msg.rfind('\n');
+  if (nl1 == nl2 || msg.back() != '^') {
+    return absl::InvalidArgumentError(absl::StrCat("JSON error: ", msg));
+  }
+  absl::string_view what = msg.substr(0, nl1);
+  absl::string_view context = msg.substr(nl1 + 1, nl2 - nl1 - 1);  // may hold newlines itself
+  size_t caret = std::min(msg.size() - nl2 - 2, context.size());
+  size_t at = context.empty() ? json.size() : json.find(context);
+  if (at != absl::string_view::npos && (context.empty() || json.rfind(context) == at)) {
+    return absl::InvalidArgumentError(absl::StrCat("JSON error at byte ", at + caret, ": ", what));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      "JSON error: ", what, " (at the ^ in \"", absl::CEscape(context.substr(0, caret)), "^",
+      absl::CEscape(context.substr(caret)), "\")"));
+}
+
 absl::StatusOr<std::map<std::string, std::string>> ParseJsonStringMap(std::string_view json) {
-  absl::StatusOr<Json> doc = JsonParser(absl::string_view(json.data(), json.size())).ParseDocument();
-  if (!doc.ok()) return doc.status();
-  if (doc->type != Json::kObject) return absl::InvalidArgumentError("expected a JSON object");
+  google::protobuf::Struct doc;
+  if (absl::Status st = ParseJsonObject(json, &doc); !st.ok()) return st;
   std::map<std::string, std::string> out;
-  for (auto& [key, value] : doc->fields) {
-    if (value.type != Json::kString) {
+  for (const auto& [key, value] : doc.fields()) {
+    if (value.kind_case() != google::protobuf::Value::kStringValue) {
       return absl::InvalidArgumentError(absl::StrCat("value of \"", key, "\" is not a string"));
     }
-    out[key] = value.str;
+    out[key] = value.string_value();
   }
   return out;
 }
@@ -357,9 +216,11 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes_in, cons
   }
   absl::string_view header = bytes.substr(8, header_len);
   absl::string_view data = bytes.substr(8 + header_len);
-  absl::StatusOr<Json> doc = JsonParser(header).ParseDocument();
-  if (!doc.ok()) return bad(absl::StrCat("bad header: ", doc.status().message()));
-  if (doc->type != Json::kObject) return bad("bad header: not a JSON object");
+  google::protobuf::Struct doc;
+  if (absl::Status st = ParseJsonObject(std::string_view(header.data(), header.size()), &doc);
+      !st.ok()) {
+    return bad(absl::StrCat("bad header: ", st.message()));
+  }
 
   SafetensorsFile out;
   struct Span {
@@ -367,48 +228,49 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes_in, cons
     size_t index;
   };
   std::vector<Span> spans;
-  std::vector<std::pair<std::string, const Json*>> entries;
-  std::set<std::string> names;
-  for (const auto& [name, value] : doc->fields) {
-    if (!names.insert(name).second) return bad(absl::StrCat("tensor \"", name, "\" repeated"));
+  // Repeated keys are refused by the JSON reader; fields() is a map, so order comes from spans.
+  for (const auto& [name, value] : doc.fields()) {
     if (name == "__metadata__") {
-      if (value.type != Json::kObject) return bad("__metadata__ is not an object");
-      for (const auto& [k, v] : value.fields) {
-        if (v.type != Json::kString) return bad(absl::StrCat("__metadata__.", k, " not a string"));
-        out.metadata[k] = v.str;
+      if (!value.has_struct_value()) return bad("__metadata__ is not an object");
+      for (const auto& [k, v] : value.struct_value().fields()) {
+        if (v.kind_case() != google::protobuf::Value::kStringValue) {
+          return bad(absl::StrCat("__metadata__.", k, " not a string"));
+        }
+        out.metadata[k] = v.string_value();
       }
       continue;
     }
-    auto field = [&](absl::string_view key) -> const Json* {
-      for (const auto& [k, v] : value.fields) {
-        if (k == key) return &v;
-      }
-      return nullptr;
+    auto field = [&](const std::string& key) -> const google::protobuf::Value* {
+      if (!value.has_struct_value()) return nullptr;
+      auto it = value.struct_value().fields().find(key);
+      return it == value.struct_value().fields().end() ? nullptr : &it->second;
     };
-    const Json* dtype = value.type == Json::kObject ? field("dtype") : nullptr;
-    const Json* shape = value.type == Json::kObject ? field("shape") : nullptr;
-    const Json* offsets = value.type == Json::kObject ? field("data_offsets") : nullptr;
-    if (!dtype || dtype->type != Json::kString || !shape || shape->type != Json::kArray ||
-        !offsets || offsets->type != Json::kArray || offsets->items.size() != 2 ||
-        !offsets->items[0].is_uint || !offsets->items[1].is_uint) {
+    const google::protobuf::Value* dtype = field("dtype");
+    const google::protobuf::Value* shape = field("shape");
+    const google::protobuf::Value* offsets = field("data_offsets");
+    uint64_t begin = 0, end = 0;
+    if (!dtype || !dtype->has_string_value() || !shape || !shape->has_list_value() ||
+        !offsets || !offsets->has_list_value() || offsets->list_value().values_size() != 2 ||
+        !AsUint(offsets->list_value().values(0), &begin) ||
+        !AsUint(offsets->list_value().values(1), &end)) {
       return bad(absl::StrCat("tensor \"", name,
                               "\": header entry needs dtype, shape and data_offsets [begin, end]"));
     }
-    if (dtype->str != "F32") {
-      return bad(absl::StrCat("tensor \"", name, "\" has dtype ", dtype->str,
+    if (dtype->string_value() != "F32") {
+      return bad(absl::StrCat("tensor \"", name, "\" has dtype ", dtype->string_value(),
                               "; only F32 is supported (convert with tensor.float())"));
     }
     NamedTensor t;
     t.name = name;
     uint64_t elems = 1;
-    for (const Json& d : shape->items) {
-      if (!d.is_uint || d.uint > (1ull << 40) || (elems > 0 && d.uint > (1ull << 62) / elems)) {
+    for (const google::protobuf::Value& d : shape->list_value().values()) {
+      uint64_t dim;
+      if (!AsUint(d, &dim) || dim > (1ull << 40) || (elems > 0 && dim > (1ull << 62) / elems)) {
         return bad(absl::StrCat("tensor \"", name, "\": bad shape entry"));
       }
-      t.shape.push_back(static_cast<int64_t>(d.uint));
-      elems *= d.uint;
+      t.shape.push_back(static_cast<int64_t>(dim));
+      elems *= dim;
     }
-    uint64_t begin = offsets->items[0].uint, end = offsets->items[1].uint;
     if (end < begin || end - begin != elems * sizeof(float)) {
       return bad(absl::StrCat("tensor \"", name, "\": shape ", ShapeString(t.shape), " needs ",
                               elems * sizeof(float), " bytes but data_offsets [", begin, ", ",
@@ -418,8 +280,17 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes_in, cons
     out.tensors.push_back(std::move(t));
   }
   // The tensors must tile the data exactly: no gap, no overlap, nothing missing at the end.
-  std::sort(spans.begin(), spans.end(),
-            [](const Span& a, const Span& b) { return a.begin < b.begin || (a.begin == b.begin && a.end < b.end); });
+  // Sorting by offset gives the written order. Zero-byte tensors can share an offset, so for
+  // those use where the name's entry appears in the header (written "name":{ by this writer and
+  // the reference one; __metadata__'s values are strings), then the name.
+  auto key_pos = [&](const NamedTensor& t) { return header.find(JsonQuote(t.name) + ":{"); };
+  std::sort(spans.begin(), spans.end(), [&](const Span& a, const Span& b) {
+    if (a.begin != b.begin || a.end != b.end) {
+      return a.begin < b.begin || (a.begin == b.begin && a.end < b.end);
+    }
+    const NamedTensor &ta = out.tensors[a.index], &tb = out.tensors[b.index];
+    return std::make_pair(key_pos(ta), ta.name) < std::make_pair(key_pos(tb), tb.name);
+  });
   uint64_t pos = 0;
   for (const Span& s : spans) {
     if (s.begin != pos) {

@@ -1,5 +1,5 @@
 // safetensors files (F32 only): the format Python's safetensors.torch.load_file reads, and the
-// small JSON reading/writing its header needs.
+// JSON helpers its header needs (reading is protobuf's JSON parser, the project's one reader).
 // Layout: u64 little-endian header length N, N bytes of JSON header (padded with spaces to a
 // multiple of 8), then the tensors' raw little-endian bytes back to back. Header:
 //   {"__metadata__": {"k": "v"}, "name": {"dtype": "F32", "shape": [..], "data_offsets": [b, e]}}
@@ -14,6 +14,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+
+namespace google::protobuf {
+class Struct;
+}  // namespace google::protobuf
 
 namespace moe {
 
@@ -41,8 +45,12 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<const N
 absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path);
 absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes, const std::string& what);
 
-// The JSON helpers the header and the checkpoint metadata use.
+// The JSON helpers the header, the checkpoint metadata and GPT-2's encoder.json use.
 std::string JsonQuote(std::string_view s);  // "..." with the escapes JSON requires
+// Parses a JSON document whose top level is an object into *out (numbers become doubles).
+// A syntax error is InvalidArgument "JSON error at byte N: <protobuf's reason>" (or with the
+// context around the failure when protobuf's report does not pin the byte).
+absl::Status ParseJsonObject(std::string_view json, google::protobuf::Struct* out);
 // A JSON object whose values are all strings.
 absl::StatusOr<std::map<std::string, std::string>> ParseJsonStringMap(std::string_view json);
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 #include <climits>
+#include <cmath>
+#include <map>
 #include <mutex>
 #include <unordered_map>
 #include <utility>
@@ -12,6 +14,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/files.h"
+#include "google/protobuf/struct.pb.h"
+#include "worker/safetensors.h"
 
 namespace moe {
 namespace {
@@ -465,109 +469,20 @@ absl::StatusOr<std::string> TakeSection(absl::string_view* blob, absl::string_vi
 
 }  // namespace
 
-absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> ParseJsonStringIntMap(
-    std::string_view json_in) {
-  absl::string_view json(json_in.data(), json_in.size());
-  std::vector<std::pair<std::string, int64_t>> out;
-  size_t i = 0;
-  auto error = [&](absl::string_view what) {
-    return absl::InvalidArgumentError(absl::StrCat("JSON parse error at byte ", i, ": ", what));
-  };
-  auto skip_ws = [&] {
-    while (i < json.size() && (json[i] == ' ' || json[i] == '\n' || json[i] == '\r' ||
-                               json[i] == '\t')) {
-      ++i;
+absl::StatusOr<std::map<std::string, int64_t>> ParseJsonStringIntMap(std::string_view json) {
+  google::protobuf::Struct doc;
+  if (absl::Status st = ParseJsonObject(json, &doc); !st.ok()) return st;
+  std::map<std::string, int64_t> out;
+  for (const auto& [key, value] : doc.fields()) {
+    // Numbers arrive as double; below 2^53 in magnitude an integer converts exactly.
+    double d = value.number_value();
+    if (value.kind_case() != google::protobuf::Value::kNumberValue || std::trunc(d) != d ||
+        std::fabs(d) >= 9007199254740992.0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("value of \"", key, "\" is not an integer below 2^53"));
     }
-  };
-  auto hex4 = [&](uint32_t* v) {
-    if (i + 4 > json.size()) return false;
-    *v = 0;
-    for (int k = 0; k < 4; ++k) {
-      char c = json[i + k];
-      int d = (c >= '0' && c <= '9')   ? c - '0'
-              : (c >= 'a' && c <= 'f') ? c - 'a' + 10
-              : (c >= 'A' && c <= 'F') ? c - 'A' + 10
-                                       : -1;
-      if (d < 0) return false;
-      *v = *v * 16 + d;
-    }
-    i += 4;
-    return true;
-  };
-  skip_ws();
-  if (i >= json.size() || json[i] != '{') return error("expected '{'");
-  ++i;
-  skip_ws();
-  if (i < json.size() && json[i] == '}') return out;
-  while (true) {
-    skip_ws();
-    if (i >= json.size() || json[i] != '"') return error("expected a string key");
-    ++i;
-    std::string key;
-    while (true) {
-      if (i >= json.size()) return error("unterminated string");
-      char c = json[i++];
-      if (c == '"') break;
-      if (c != '\\') {
-        key.push_back(c);
-        continue;
-      }
-      if (i >= json.size()) return error("unterminated escape");
-      char e = json[i++];
-      switch (e) {
-        case '"': key.push_back('"'); break;
-        case '\\': key.push_back('\\'); break;
-        case '/': key.push_back('/'); break;
-        case 'b': key.push_back('\b'); break;
-        case 'f': key.push_back('\f'); break;
-        case 'n': key.push_back('\n'); break;
-        case 'r': key.push_back('\r'); break;
-        case 't': key.push_back('\t'); break;
-        case 'u': {
-          uint32_t cp;
-          if (!hex4(&cp)) return error("bad \\u escape");
-          if (cp >= 0xD800 && cp <= 0xDBFF) {  // surrogate pair
-            uint32_t lo;
-            if (i + 2 > json.size() || json[i] != '\\' || json[i + 1] != 'u') {
-              return error("unpaired surrogate in \\u escape");
-            }
-            i += 2;
-            if (!hex4(&lo) || lo < 0xDC00 || lo > 0xDFFF) return error("bad low surrogate");
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          }
-          AppendUtf8(cp, &key);
-          break;
-        }
-        default:
-          return error(absl::StrCat("unknown escape \\", std::string(1, e)));
-      }
-    }
-    skip_ws();
-    if (i >= json.size() || json[i] != ':') return error("expected ':'");
-    ++i;
-    skip_ws();
-    size_t start = i;
-    if (i < json.size() && json[i] == '-') ++i;
-    while (i < json.size() && json[i] >= '0' && json[i] <= '9') ++i;
-    int64_t value;
-    if (!absl::SimpleAtoi(json.substr(start, i - start), &value)) {
-      i = start;
-      return error("expected an integer value");
-    }
-    out.emplace_back(std::move(key), value);
-    skip_ws();
-    if (i < json.size() && json[i] == ',') {
-      ++i;
-      continue;
-    }
-    if (i < json.size() && json[i] == '}') {
-      ++i;
-      break;
-    }
-    return error("expected ',' or '}'");
+    out.emplace(key, static_cast<int64_t>(d));
   }
-  skip_ws();
-  if (i != json.size()) return error("trailing data after the object");
   return out;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -40,8 +41,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGpt2Tokenizer(const std::string& 
 // Rebuilds a tokenizer from Tokenizer::Serialize().
 absl::StatusOr<std::unique_ptr<Tokenizer>> DeserializeTokenizer(std::string_view blob);
 
-// Parses a JSON object of string -> integer (GPT-2's encoder.json). Exposed for tests.
-absl::StatusOr<std::vector<std::pair<std::string, int64_t>>> ParseJsonStringIntMap(
-    std::string_view json);
+// Parses a JSON object of string -> integer (GPT-2's encoder.json) with ParseJsonObject
+// (worker/safetensors.h). Exposed for tests.
+absl::StatusOr<std::map<std::string, int64_t>> ParseJsonStringIntMap(std::string_view json);
 
 }  // namespace moe
