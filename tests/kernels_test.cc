@@ -25,26 +25,9 @@ namespace {
 using moe::testing::GradCheck;
 using moe::testing::GradCheckOptions;
 using moe::testing::GradCheckResult;
-
-std::vector<float> Randn(int64_t n, uint64_t seed, float scale = 1.0f) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-// sum(a * r) in double: the scalar every gradient check differentiates (dloss/da = r).
-double WeightedSum(const std::vector<float>& a, const std::vector<float>& r) {
-  double s = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) s += double{a[i]} * r[i];
-  return s;
-}
-
-void ExpectGradOk(const GradCheckResult& r, double tol) {
-  EXPECT_GT(r.checked, 0);
-  EXPECT_LT(r.max_rel_error, tol) << "worst: " << r.worst;
-}
+using moe::testing::Randn;
+using moe::testing::WeightedSum;
+using moe::testing::ExpectGradOk;
 
 // ---------------------------------------------------------------------------------------------
 // Matmul

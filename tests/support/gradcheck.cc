@@ -6,6 +6,8 @@
 #include <numeric>
 #include <random>
 
+#include "gtest/gtest.h"
+
 namespace moe::testing {
 
 GradCheckResult GradCheck(const std::function<double()>& loss,
@@ -51,6 +53,25 @@ GradCheckResult GradCheck(const std::function<double()>& loss,
     }
   }
   return result;
+}
+
+std::vector<float> Randn(int64_t n, uint64_t seed, float scale) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+double WeightedSum(const std::vector<float>& a, const std::vector<float>& r) {
+  double s = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) s += double{a[i]} * r[i];
+  return s;
+}
+
+void ExpectGradOk(const GradCheckResult& r, double tol) {
+  EXPECT_GT(r.checked, 0);
+  EXPECT_LT(r.max_rel_error, tol) << "worst: " << r.worst;
 }
 
 }  // namespace moe::testing

@@ -32,6 +32,15 @@ struct GradCheckResult {
   int64_t checked = 0;
 };
 
+// n normal(0, scale) floats from a seeded generator.
+std::vector<float> Randn(int64_t n, uint64_t seed, float scale = 1.0f);
+
+// sum(a * r) in double: the scalar the kernel gradient checks differentiate (dloss/da = r).
+double WeightedSum(const std::vector<float>& a, const std::vector<float>& r);
+
+// A gtest expectation: something was checked and the worst relative error is under tol.
+void ExpectGradOk(const GradCheckResult& r, double tol);
+
 // loss() must be a pure function of the parameters (recompute the forward pass from them).
 GradCheckResult GradCheck(const std::function<double()>& loss,
                           const std::vector<GradCheckParam>& params,
