@@ -4,6 +4,8 @@
 // time split and device memory.
 //   moe_bench --config tiny|tiny-dense|small|medium [--steps 20] [--warmup 5]
 //             [--precision bf16|fp32] [--device cuda|cpu]
+//   moe_bench --config small --grouped-gemm: times the experts' grouped products alone (the
+//             fast cuBLAS path and the simple oracle kernel), one JSON line per product.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -22,6 +24,9 @@
 
 #ifdef MOE_WITH_CUDA
 #include <cuda_runtime.h>
+
+#include "kernels/cuda/matmul.h"
+#include "kernels/cuda/moe.h"
 #endif
 
 namespace {
@@ -50,11 +55,82 @@ double Median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
+#ifdef MOE_WITH_CUDA
+// The experts' products of one MoE layer (rows = tokens * k, split evenly over the experts with
+// a +-25% skew): forward x@W1 (kNN), dgrad dh@W1^T (kNT), wgrad x^T@dg (kTN), each timed with
+// events over `iters` launches after a warm-up. FLOPs = 2 rows D F per product.
+int GroupedGemmBench(const BenchConfig& c, int iters) {
+  using moe::cuda::bf16;
+  const int E = c.experts, D = c.d, F = c.ffn, rows = c.batch * c.seq * c.k;
+  std::vector<int32_t> counts(E), offsets(E + 1, 0);
+  for (int x = 0; x < E; ++x) counts[x] = rows / E + (x % 2 == 0 ? 1 : -1) * (rows / E / 4);
+  int used = 0;
+  for (int x = 0; x + 1 < E; ++x) used += counts[x];
+  counts[E - 1] = rows - used;
+  for (int x = 0; x < E; ++x) offsets[x + 1] = offsets[x] + counts[x];
+  const int64_t big = int64_t{rows} * std::max(D, F), wsize = int64_t{E} * D * F;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<float> host(std::max(big, wsize));
+  for (float& v : host) v = nd(rng);
+  float *a32, *b32, *c32;
+  bf16 *a16, *b16, *c16;
+  int32_t* off_d;
+  MOE_CUDA_CHECK(cudaMalloc(&a32, sizeof(float) * big));
+  MOE_CUDA_CHECK(cudaMalloc(&b32, sizeof(float) * std::max(big, wsize)));
+  MOE_CUDA_CHECK(cudaMalloc(&c32, sizeof(float) * std::max(big, wsize)));
+  MOE_CUDA_CHECK(cudaMalloc(&a16, sizeof(bf16) * big));
+  MOE_CUDA_CHECK(cudaMalloc(&b16, sizeof(bf16) * std::max(big, wsize)));
+  MOE_CUDA_CHECK(cudaMalloc(&c16, sizeof(bf16) * std::max(big, wsize)));
+  MOE_CUDA_CHECK(cudaMalloc(&off_d, sizeof(int32_t) * (E + 1)));
+  MOE_CUDA_CHECK(cudaMemcpy(a32, host.data(), sizeof(float) * big, cudaMemcpyHostToDevice));
+  MOE_CUDA_CHECK(cudaMemcpy(b32, host.data(), sizeof(float) * std::max(big, wsize), cudaMemcpyHostToDevice));
+  MOE_CUDA_CHECK(cudaMemcpy(off_d, offsets.data(), sizeof(int32_t) * (E + 1), cudaMemcpyHostToDevice));
+  moe::cuda::CastToBf16(a16, a32, big, nullptr);
+  moe::cuda::CastToBf16(b16, b32, std::max(big, wsize), nullptr);
+  moe::cuda::GroupedBlas gblas;
+  cudaEvent_t e0, e1;
+  MOE_CUDA_CHECK(cudaEventCreate(&e0));
+  MOE_CUDA_CHECK(cudaEventCreate(&e1));
+  using Op = moe::cuda::GroupedOp;
+  struct Case { const char* name; Op op; int m, n, k; };
+  const Case cases[] = {{"fwd x@W1 (kNN)", Op::kNN, 0, F, D},
+                        {"dgrad dg@W1^T (kNT)", Op::kNT, 0, D, F},
+                        {"wgrad x^T@dg (kTN)", Op::kTN, D, F, 0}};
+  for (const Case& cs : cases) {
+    for (int fast = 1; fast >= 0; --fast) {
+      auto launch = [&] {
+        if (fast) {
+          gblas.Gemm(cs.op, E, counts.data(), cs.m, cs.n, cs.k, 1.0f, 0.0f, {{a16, b16, c16}}, nullptr);
+        } else {
+          moe::cuda::GroupedGemm(cs.op, E, off_d, rows, cs.m, cs.n, cs.k, 1.0f, a32, b32, 0.0f, c32, true, nullptr);
+        }
+      };
+      const int reps = fast ? iters : std::max(1, iters / 10);
+      for (int i = 0; i < 3; ++i) launch();
+      MOE_CUDA_CHECK(cudaEventRecord(e0, nullptr));
+      for (int i = 0; i < reps; ++i) launch();
+      MOE_CUDA_CHECK(cudaEventRecord(e1, nullptr));
+      MOE_CUDA_CHECK(cudaEventSynchronize(e1));
+      float ms = 0;
+      MOE_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+      const double per = ms / reps, flops = 2.0 * rows * D * F;
+      std::printf("{\"bench\": \"grouped_gemm\", \"config\": \"%s\", \"product\": \"%s\", \"path\": \"%s\", "
+                  "\"rows\": %d, \"experts\": %d, \"ms\": %.4f, \"tflops\": %.1f}\n",
+                  c.name, cs.name, fast ? "cublas_grouped" : "oracle_wmma", rows, E, per, flops / per / 1e9);
+    }
+  }
+  cudaFree(a32), cudaFree(b32), cudaFree(c32), cudaFree(a16), cudaFree(b16), cudaFree(c16), cudaFree(off_d);
+  return 0;
+}
+#endif
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string config = "tiny", precision = "bf16", device = "cuda";
   int steps = 20, warmup = 5;
+  bool grouped_gemm = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const bool has_value = i + 1 < argc;
@@ -68,10 +144,12 @@ int main(int argc, char** argv) {
       ++i;
     } else if (a == "--warmup" && has_value && absl::SimpleAtoi(argv[i + 1], &warmup)) {
       ++i;
+    } else if (a == "--grouped-gemm") {
+      grouped_gemm = true;
     } else {
       std::fprintf(stderr,
                    "usage: moe_bench --config tiny|tiny-dense|small|medium [--steps N] [--warmup N] "
-                   "[--precision bf16|fp32] [--device cuda|cpu]\n");
+                   "[--precision bf16|fp32] [--device cuda|cpu] [--grouped-gemm]\n");
       return 2;
     }
   }
@@ -84,6 +162,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moe_bench: bad arguments (config %s, precision %s, device %s)\n", config.c_str(),
                  precision.c_str(), device.c_str());
     return 2;
+  }
+  if (grouped_gemm) {
+#ifdef MOE_WITH_CUDA
+    return GroupedGemmBench(*c, steps);
+#else
+    std::fprintf(stderr, "moe_bench: --grouped-gemm needs a CUDA build\n");
+    return 2;
+#endif
   }
 
   moe::v1::JobSpec spec;

@@ -327,7 +327,8 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
     cuda::RmsNormForward(a.attn_in, a.attn_rstd, x_, bw.attn_norm, n, D, stream_);
     Linear(a.qkv, a.attn_in, bw.wqkv, n, D, C3, false);
     cuda::RopeForward(a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
-    cuda::AttentionForward(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, stream_);
+    (bf16_ ? cuda::AttentionForwardBf16 : cuda::AttentionForward)(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd,
+                                                                  stream_);  // bf16 jobs: tensor cores
     Linear(tmp_, a.attn_y, bw.wo, n, D, D, false);
     cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
     cuda::Add(x_, tmp_, nd, stream_);
@@ -485,7 +486,8 @@ void CudaModel::Backward() {
     zero(dattn_y, nd);
     LinearBackward(dattn_y, bg.wo, dtmp_, nullptr, a.attn_y, bw.wo, n, D, D, false);
     zero(dqkv_, int64_t{n} * C3);
-    cuda::AttentionBackward(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, att_scratch_, stream_);
+    (bf16_ ? cuda::AttentionBackwardBf16 : cuda::AttentionBackward)(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b,
+                                                                    T, H, Hkv, hd, att_scratch_, stream_);
     cuda::RopeBackward(dqkv_, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
     zero(dtmp_, nd);
     LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, a.attn_in, bw.wqkv, n, D, C3, false);

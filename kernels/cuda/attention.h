@@ -1,7 +1,9 @@
 // Causal self-attention with grouped KV heads on the GPU, flash style: no (t, t) score matrix
 // is stored; forward keeps the log-sum-exp of each score row, backward recomputes the
 // probabilities from it. Same layouts and conventions as kernels/attention.h: the fused qkv
-// buffer's rows are [q: h*hd | k: hkv*hd | v: hkv*hd]. fp32 arithmetic. hd in {8, 16, 32, 64}.
+// buffer's rows are [q: h*hd | k: hkv*hd | v: hkv*hd]. Two paths: fp32 SIMT (AttentionForward /
+// AttentionBackward; fp32 jobs, and the oracle for the fast path) and tensor cores
+// (...Bf16; bf16 jobs). hd in {8, 16, 32, 64}.
 #pragma once
 
 #include "kernels/cuda/common.h"
@@ -15,5 +17,15 @@ void AttentionForward(float* out, float* lse, const float* qkv, int b, int t, in
 void AttentionBackward(float* dqkv, const float* dout, const float* out, const float* lse,
                        const float* qkv, int b, int t, int h, int hkv, int hd, float* scratch,
                        cudaStream_t stream);
+
+// The same on tensor cores (mma.sync bf16, fp32 accumulation; fp32 softmax statistics, P and dS
+// rounded to bf16), same buffers, all fp32 in memory. Agrees with the fp32 path to bf16
+// rounding (about 1e-2 relative). hd 16, 32, 64; any other hd (or a buffer not 16-byte
+// aligned) takes the fp32 path.
+void AttentionForwardBf16(float* out, float* lse, const float* qkv, int b, int t, int h, int hkv, int hd,
+                          cudaStream_t stream);
+void AttentionBackwardBf16(float* dqkv, const float* dout, const float* out, const float* lse,
+                           const float* qkv, int b, int t, int h, int hkv, int hd, float* scratch,
+                           cudaStream_t stream);
 
 }  // namespace moe::cuda

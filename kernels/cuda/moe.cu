@@ -1,10 +1,12 @@
 #include "kernels/cuda/moe.h"
 
+#include <cublas_v2.h>
 #include <mma.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
 
 #include "kernels/cuda/nn.h"
 
@@ -463,6 +465,75 @@ void LaunchGrouped(int groups, const int32_t* offsets, int max_rows, int m, int 
   MOE_CUDA_LAUNCH_CHECK();
 }
 
+// ---- fast path helpers ----
+
+void CheckBlas(cublasStatus_t st, const char* what, const char* file, int line) {
+  if (st == CUBLAS_STATUS_SUCCESS) return;
+  std::fprintf(stderr, "cuBLAS error at %s:%d: %s: status %d\n", file, line, what, static_cast<int>(st));
+  std::abort();
+}
+#define MOE_BLAS_CHECK(expr) CheckBlas((expr), #expr, __FILE__, __LINE__)
+
+// The pointer table of one grouped call, passed by value (3 KB of kernel parameters at most).
+struct PointerTable {
+  const void* p[3][GroupedBlas::kMaxProblems];
+};
+
+__global__ void FillPointersKernel(void** dst, const PointerTable table, int count) {
+  for (int i = threadIdx.x; i < count; i += blockDim.x) {
+    dst[i] = const_cast<void*>(table.p[0][i]);
+    dst[GroupedBlas::kMaxProblems + i] = const_cast<void*>(table.p[1][i]);
+    dst[2 * GroupedBlas::kMaxProblems + i] = const_cast<void*>(table.p[2][i]);
+  }
+}
+
+__device__ __forceinline__ float SigmoidF(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+#define MOE_GRID_LOOP(i, n)                                                                   \
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
+// Two bf16 per thread; an odd tail element is done alone.
+__global__ void SwigluForwardBf16Kernel(bf16* h, const bf16* g, const bf16* u, int64_t n) {
+  MOE_GRID_LOOP(i, n / 2) {
+    const float2 gv = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(g)[i]);
+    const float2 uv = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(u)[i]);
+    reinterpret_cast<__nv_bfloat162*>(h)[i] =
+        __floats2bfloat162_rn(gv.x * SigmoidF(gv.x) * uv.x, gv.y * SigmoidF(gv.y) * uv.y);
+  }
+  if (n % 2 == 1 && blockIdx.x == 0 && threadIdx.x == 0) {
+    const float gi = __bfloat162float(g[n - 1]), ui = __bfloat162float(u[n - 1]);
+    h[n - 1] = __float2bfloat16(gi * SigmoidF(gi) * ui);
+  }
+}
+
+__global__ void SwigluBackwardBf16Kernel(bf16* dg, bf16* du, const bf16* dh, const bf16* g, const bf16* u,
+                                         int64_t n) {
+  MOE_GRID_LOOP(i, n) {
+    const float gi = __bfloat162float(g[i]), ui = __bfloat162float(u[i]), d = __bfloat162float(dh[i]);
+    const float s = SigmoidF(gi);
+    dg[i] = __float2bfloat16(d * ui * s * (1.0f + gi * (1.0f - s)));
+    du[i] = __float2bfloat16(d * gi * s);
+  }
+}
+
+__global__ void Bf16ToFloatKernel(float* out, const bf16* in, int64_t n) {
+  MOE_GRID_LOOP(i, n) { out[i] = __bfloat162float(in[i]); }
+}
+
+// out += a (+ b when b is not null).
+__global__ void AccumulateBf16Kernel(float* out, const bf16* a, const bf16* b, int64_t n) {
+  MOE_GRID_LOOP(i, n) { out[i] += __bfloat162float(a[i]) + (b != nullptr ? __bfloat162float(b[i]) : 0.0f); }
+}
+
+unsigned ElementwiseBlocks(int64_t n) { return std::min<unsigned>(std::max(1u, BlocksFor(n, kThreads)), 8192); }
+
+void AccumulateBf16(float* out, const bf16* a, const bf16* b, int64_t n, cudaStream_t stream) {
+  if (out == nullptr || n <= 0) return;
+  AccumulateBf16Kernel<<<ElementwiseBlocks(n), kThreads, 0, stream>>>(out, a, b, n);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
 void CheckExperts(int e) {
   if (e > kMaxExperts) {
     std::fprintf(stderr, "cuda router: %d experts, at most %d supported\n", e, kMaxExperts);
@@ -589,6 +660,147 @@ void ExpertsBackward(float* dxs, float* dw1, float* dw3, float* dw2, const float
   if (dxs != nullptr) {
     GroupedGemm(GroupedOp::kNT, e_local, offsets, max_rows, 0, d, f, 1.0f, dg, w1, 1.0f, dxs, tc, stream);
     GroupedGemm(GroupedOp::kNT, e_local, offsets, max_rows, 0, d, f, 1.0f, du, w3, 1.0f, dxs, tc, stream);
+  }
+}
+
+// ---- fast path ----
+
+GroupedBlas::GroupedBlas() {
+  cublasHandle_t h = nullptr;
+  MOE_BLAS_CHECK(cublasCreate(&h));
+  handle_ = h;
+  MOE_CUDA_CHECK(cudaMalloc(&device_ptrs_, sizeof(void*) * 3 * kMaxProblems));
+}
+
+GroupedBlas::~GroupedBlas() {
+  cudaFree(device_ptrs_);
+  cublasDestroy(static_cast<cublasHandle_t>(handle_));
+}
+
+void GroupedBlas::Gemm(GroupedOp op, int groups, const int32_t* host_counts, int m, int n, int k, float alpha,
+                       float beta, std::initializer_list<Operands> sets, cudaStream_t stream) {
+  if (n <= 0 || (op == GroupedOp::kTN && m <= 0)) return;
+  // Row-major C (rows, cols) = A B is column-major C^T = B^T A^T: cuBLAS's A is our b.
+  std::vector<cublasOperation_t> ta, tb;
+  std::vector<int> mm, nn, kk, lda, ldb, ldc, group_size;
+  std::vector<float> alphas, betas;
+  PointerTable table;
+  int count = 0;
+  for (const Operands& s : sets) {
+    int64_t o = 0;  // first row of group x
+    for (int x = 0; x < groups; ++x) {
+      const int rows = host_counts[x];
+      if (rows <= 0) {
+        if (op == GroupedOp::kTN && beta == 0.0f && m > 0 && n > 0) {
+          MOE_CUDA_CHECK(cudaMemsetAsync(s.c + int64_t{x} * m * n, 0, sizeof(bf16) * m * n, stream));
+        }
+        continue;
+      }
+      if (count == kMaxProblems) {
+        std::fprintf(stderr, "GroupedBlas: more than %d products in one call\n", kMaxProblems);
+        std::abort();
+      }
+      switch (op) {
+        case GroupedOp::kNN:  // c[rows] (rows, n) = a[rows] (rows, k) @ b_x (k, n)
+          ta.push_back(CUBLAS_OP_N), tb.push_back(CUBLAS_OP_N);
+          mm.push_back(n), nn.push_back(rows), kk.push_back(k);
+          lda.push_back(n), ldb.push_back(k), ldc.push_back(n);
+          table.p[0][count] = s.b + int64_t{x} * k * n;
+          table.p[1][count] = s.a + o * k;
+          table.p[2][count] = s.c + o * n;
+          break;
+        case GroupedOp::kNT:  // c[rows] (rows, n) = a[rows] (rows, k) @ b_x^T, b_x (n, k)
+          ta.push_back(CUBLAS_OP_T), tb.push_back(CUBLAS_OP_N);
+          mm.push_back(n), nn.push_back(rows), kk.push_back(k);
+          lda.push_back(k), ldb.push_back(k), ldc.push_back(n);
+          table.p[0][count] = s.b + int64_t{x} * n * k;
+          table.p[1][count] = s.a + o * k;
+          table.p[2][count] = s.c + o * n;
+          break;
+        case GroupedOp::kTN:  // c_x (m, n) = a[rows]^T (m, rows) @ b[rows] (rows, n)
+          ta.push_back(CUBLAS_OP_N), tb.push_back(CUBLAS_OP_T);
+          mm.push_back(n), nn.push_back(m), kk.push_back(rows);
+          lda.push_back(n), ldb.push_back(m), ldc.push_back(n);
+          table.p[0][count] = s.b + o * n;
+          table.p[1][count] = s.a + o * m;
+          table.p[2][count] = s.c + int64_t{x} * m * n;
+          break;
+      }
+      alphas.push_back(alpha);
+      betas.push_back(beta);
+      group_size.push_back(1);
+      ++count;
+      o += rows;
+    }
+  }
+  if (count == 0) return;
+  // One pointer table: the calls are ordered on `stream`, so a call's fill waits for the
+  // previous product to finish reading it.
+  void** ptrs = device_ptrs_;
+  FillPointersKernel<<<1, 256, 0, stream>>>(ptrs, table, count);
+  MOE_CUDA_LAUNCH_CHECK();
+  cublasHandle_t h = static_cast<cublasHandle_t>(handle_);
+  MOE_BLAS_CHECK(cublasSetStream(h, stream));
+  MOE_BLAS_CHECK(cublasGemmGroupedBatchedEx(
+      h, ta.data(), tb.data(), mm.data(), nn.data(), kk.data(), alphas.data(),
+      const_cast<const void* const*>(ptrs), CUDA_R_16BF, lda.data(),
+      const_cast<const void* const*>(ptrs + kMaxProblems), CUDA_R_16BF, ldb.data(), betas.data(),
+      ptrs + 2 * kMaxProblems, CUDA_R_16BF, ldc.data(), count, group_size.data(), CUBLAS_COMPUTE_32F));
+}
+
+void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* g16, bf16* u16,
+                        bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
+                        int e_local, int d, int f, bf16* scratch16, cudaStream_t stream) {
+  int64_t rows = 0;
+  for (int x = 0; x < e_local; ++x) rows += host_counts[x];
+  if (rows <= 0) return;
+  blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{xs16, w1, g16}, {xs16, w3, u16}}, stream);
+  SwigluForwardBf16Kernel<<<ElementwiseBlocks(rows * f / 2), kThreads, 0, stream>>>(h16, g16, u16, rows * f);
+  MOE_CUDA_LAUNCH_CHECK();
+  bf16* ys16 = scratch16;  // (rows, d)
+  blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, d, f, 1.0f, 0.0f, {{h16, w2, ys16}}, stream);
+  Bf16ToFloatKernel<<<ElementwiseBlocks(rows * d), kThreads, 0, stream>>>(ys, ys16, rows * d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+int64_t ExpertsBackwardBf16Scratch(int64_t max_rows, int e_local, int d, int f) {
+  return 3 * max_rows * f + 2 * max_rows * d + 3 * int64_t{e_local} * d * f;
+}
+
+void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, float* dw1, float* dw3,
+                         float* dw2, const bf16* dys16, const bf16* xs16, const bf16* g16, const bf16* u16,
+                         const bf16* h16, const bf16* w1, const bf16* w3, const bf16* w2, int e_local, int d,
+                         int f, bf16* scratch16, cudaStream_t stream) {
+  int64_t rows = 0;
+  for (int x = 0; x < e_local; ++x) rows += host_counts[x];
+  if (rows <= 0) return;
+  const int64_t wsize = int64_t{e_local} * d * f;
+  bf16* dh16 = scratch16;            // (rows, f)
+  bf16* dg16 = dh16 + rows * f;      // (rows, f)
+  bf16* du16 = dg16 + rows * f;      // (rows, f)
+  bf16* dxa16 = du16 + rows * f;     // (rows, d): dg W1^T
+  bf16* dxb16 = dxa16 + rows * d;    // (rows, d): du W3^T
+  bf16* dw1_16 = dxb16 + rows * d;   // (e, d, f): this step's products, added to the fp32 grads
+  bf16* dw3_16 = dw1_16 + wsize;
+  bf16* dw2_16 = dw3_16 + wsize;     // (e, f, d)
+  blas.Gemm(GroupedOp::kNT, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{dys16, w2, dh16}}, stream);
+  if (dw2 != nullptr) {
+    blas.Gemm(GroupedOp::kTN, e_local, host_counts, f, d, 0, 1.0f, 0.0f, {{h16, dys16, dw2_16}}, stream);
+    AccumulateBf16(dw2, dw2_16, nullptr, wsize, stream);
+  }
+  SwigluBackwardBf16Kernel<<<ElementwiseBlocks(rows * f), kThreads, 0, stream>>>(dg16, du16, dh16, g16, u16,
+                                                                                rows * f);
+  MOE_CUDA_LAUNCH_CHECK();
+  if (dw1 != nullptr || dw3 != nullptr) {
+    blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 0.0f, {{xs16, dg16, dw1_16}, {xs16, du16, dw3_16}},
+              stream);
+    AccumulateBf16(dw1, dw1_16, nullptr, wsize, stream);
+    AccumulateBf16(dw3, dw3_16, nullptr, wsize, stream);
+  }
+  if (dxs != nullptr) {
+    blas.Gemm(GroupedOp::kNT, e_local, host_counts, 0, d, f, 1.0f, 0.0f, {{dg16, w1, dxa16}, {du16, w3, dxb16}},
+              stream);
+    AccumulateBf16(dxs, dxa16, dxb16, rows * d, stream);
   }
 }
 

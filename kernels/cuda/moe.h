@@ -2,10 +2,17 @@
 // kernels/experts.h: router softmax/top-k, router statistics and backward, the routing plan as a
 // stable counting sort by expert (capacity: first come by token order), permute/unpermute, and
 // the experts as grouped GEMMs over all local experts (one launch per product, no host loop
-// over experts, no host sync: group sizes are read on the device).
+// over experts, no host sync: group sizes are read on the device). Beside them, the fast path
+// (GroupedBlas, ExpertsForwardBf16 / ExpertsBackwardBf16): bf16 operands through cuBLAS's grouped
+// GEMM, still one call per product; it needs the per-expert counts on the host (the one
+// device-to-host count exchange per layer). The simple kernels stay as its test oracle.
+// Status: the fast path matches the oracle and the CPU op by op (tests/cuda_ops_test.cc) and runs
+// the experts' products at ~300 TFLOP/s on an H100, but wired into CudaModel its bf16 MoE parity
+// came out wrong from run to run (cause not found yet), so CudaModel still calls the oracle.
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "kernels/cuda/common.h"
 
@@ -66,5 +73,50 @@ void ExpertsBackward(float* dxs, float* dw1, float* dw3, float* dw2, const float
                      const float* g, const float* u, const float* h, const float* w1, const float* w3,
                      const float* w2, const int32_t* offsets, int max_rows, int e_local, int d, int f,
                      float* scratch, bool tensor_cores, cudaStream_t stream);
+
+// ---- fast path ----
+
+// Grouped bf16 products, fp32 accumulation, bf16 output (the only mixed type cuBLAS's grouped
+// GEMM takes) through cublasGemmGroupedBatchedEx: one call over every (group, operand set) pair.
+// The row counts are host values (counts[x] rows for group x, the offsets their prefix sums);
+// the device pointer arrays are written by one small kernel from a by-value table, so nothing
+// waits on the host. The same shapes as GroupedGemm; `sets` lists products of identical shapes
+// (x@W1 and x@W3) that share the call. Groups with no rows are skipped (a kTN output then keeps
+// beta * c only for beta 0 or 1).
+class GroupedBlas {
+ public:
+  struct Operands {
+    const bf16* a;
+    const bf16* b;
+    bf16* c;
+  };
+  static constexpr int kMaxProblems = 128;  // groups * sets per call (64 experts, 2 sets)
+
+  GroupedBlas();
+  ~GroupedBlas();
+  GroupedBlas(const GroupedBlas&) = delete;
+  GroupedBlas& operator=(const GroupedBlas&) = delete;
+
+  void Gemm(GroupedOp op, int groups, const int32_t* host_counts, int m, int n, int k, float alpha,
+            float beta, std::initializer_list<Operands> sets, cudaStream_t stream);
+
+ private:
+  void* handle_ = nullptr;        // cublasHandle_t
+  void** device_ptrs_ = nullptr;  // (3, kMaxProblems) device: A, B, C pointer arrays
+};
+
+// ExpertsForward / ExpertsBackward on the fast path: bf16 operands and products, fp32 where
+// the oracle keeps fp32 (ys, the accumulated gradients). host_counts (e_local) on the host;
+// rows grouped as in ExpertsForward. xs16, dys16: bf16 copies of xs and dys. Saved for the
+// backward: g16, u16, h16 (rows, f) bf16. Forward scratch: rows * d bf16. dw1, dw3, dw2 and
+// dxs (may be null) accumulate in fp32. Backward scratch: ExpertsBackwardBf16Scratch bf16.
+void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* g16, bf16* u16,
+                        bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
+                        int e_local, int d, int f, bf16* scratch16, cudaStream_t stream);
+int64_t ExpertsBackwardBf16Scratch(int64_t max_rows, int e_local, int d, int f);
+void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, float* dw1, float* dw3,
+                         float* dw2, const bf16* dys16, const bf16* xs16, const bf16* g16, const bf16* u16,
+                         const bf16* h16, const bf16* w1, const bf16* w3, const bf16* w2, int e_local, int d,
+                         int f, bf16* scratch16, cudaStream_t stream);
 
 }  // namespace moe::cuda
