@@ -36,33 +36,7 @@ TEST(CudaModelTest, NeedsCuda) { GTEST_SKIP() << "built without CUDA: no GPU mod
     if (!cuda::HaveGpu()) GTEST_SKIP() << "no CUDA GPU on this machine"; \
   } while (0)
 
-struct Case {
-  const char* name;
-  int experts, top_k, heads, kv_heads;
-  double capacity;
-  bool tied;
-  float dropout;
-};
-
-ModelConfig Config(const Case& c) {
-  ModelConfig cfg;
-  cfg.vocab = 37;
-  cfg.d = 64;
-  cfg.layers = 2;
-  cfg.heads = c.heads;
-  cfg.kv_heads = c.kv_heads;
-  cfg.head_dim = cfg.d / cfg.heads;
-  cfg.seq_len = 33;
-  cfg.experts = c.experts;
-  cfg.top_k = c.top_k;
-  cfg.ffn = 48;
-  cfg.tied = c.tied;
-  cfg.dropout = c.dropout;
-  cfg.capacity_factor = c.capacity;
-  cfg.aux_coef = c.experts > 1 ? 0.01 : 0;
-  cfg.z_coef = c.experts > 1 ? 0.001 : 0;
-  return cfg;
-}
+using Case = testing::ModelCase;
 
 double RelErr(const float* a, const float* b, int64_t n) {
   double num = 0, den = 0;
@@ -79,7 +53,7 @@ class CudaModelParityTest : public ::testing::TestWithParam<std::tuple<Case, boo
 TEST_P(CudaModelParityTest, LossAndGradientsMatchCpu) {
   SKIP_WITHOUT_GPU();
   const auto [c, bf16] = GetParam();
-  const ModelConfig cfg = Config(c);
+  const ModelConfig cfg = testing::CaseConfig(c, /*vocab=*/37, /*d=*/64, /*seq_len=*/33, /*ffn=*/48);
   auto comm = CreateSingleProcessCommunicator();
   Model cpu(cfg, comm.get());
   cpu.InitParams(42);

@@ -24,20 +24,6 @@ using moe::v1::Job;
 
 bool Ended(const Job& j) { return j.state() >= moe::v1::JOB_STATE_SUCCEEDED; }
 
-std::vector<moe::v1::MetricPoint> AllMetrics(DaemonHarness& h, const std::string& id) {
-  auto stub = h.Stub();
-  grpc::ClientContext ctx;
-  moe::v1::StreamMetricsRequest req;
-  req.set_id(id);
-  req.set_after_step(-1);
-  auto reader = stub->StreamMetrics(&ctx, req);
-  std::vector<moe::v1::MetricPoint> out;
-  moe::v1::MetricPoint p;
-  while (reader->Read(&p)) out.push_back(p);
-  EXPECT_TRUE(reader->Finish().ok());
-  return out;
-}
-
 void ExpectContiguous(const std::vector<moe::v1::LogLine>& lines) {
   std::map<int, int64_t> last;
   for (const auto& l : lines) {
@@ -76,7 +62,7 @@ TEST(E2eControl, TwoRankCpuJobSucceedsWithMetricsMatchingItsLog) {
   EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason();
   std::vector<moe::v1::LogLine> lines = h.AllLogs(id);
   ExpectContiguous(lines);
-  std::vector<moe::v1::MetricPoint> points = AllMetrics(h, id);
+  std::vector<moe::v1::MetricPoint> points = h.AllMetrics(id);
   ASSERT_FALSE(points.empty());
   EXPECT_EQ(points.back().step(), 10);
   EXPECT_EQ(job.latest().step(), 10);
@@ -101,7 +87,7 @@ TEST(E2eControl, MoedKilledMidJobRestartsAndTheJobFinishesComplete) {
   EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason() << h.MoedLog();
   std::vector<moe::v1::LogLine> lines = h.AllLogs(id);
   ExpectContiguous(lines);
-  std::vector<moe::v1::MetricPoint> points = AllMetrics(h, id);
+  std::vector<moe::v1::MetricPoint> points = h.AllMetrics(id);
   ASSERT_FALSE(points.empty());
   EXPECT_EQ(points.back().step(), 60);
   ExpectMetricsMatchLog(points, lines);
@@ -136,7 +122,7 @@ TEST(E2eControl, KilledRankRestartsFromCheckpointAndFinishes) {
   EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason() << h.MoedLog();
   EXPECT_EQ(job.restarts(), 1);
   ExpectContiguous(h.AllLogs(id));
-  EXPECT_EQ(AllMetrics(h, id).back().step(), 60);
+  EXPECT_EQ(h.AllMetrics(id).back().step(), 60);
 }
 
 }  // namespace

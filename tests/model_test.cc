@@ -6,45 +6,20 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/support/test_jobs.h"
 #include "worker/comm_single.h"
 #include "worker/model.h"
 
 namespace moe {
 namespace {
 
-struct Case {
-  const char* name;
-  int experts, top_k, heads, kv_heads;
-  double capacity;
-  bool tied;
-  float dropout;
-};
-
-ModelConfig SmallConfig(const Case& c) {
-  ModelConfig cfg;
-  cfg.vocab = 11;
-  cfg.d = 16;
-  cfg.layers = 2;
-  cfg.heads = c.heads;
-  cfg.kv_heads = c.kv_heads;
-  cfg.head_dim = cfg.d / cfg.heads;
-  cfg.seq_len = 7;
-  cfg.experts = c.experts;
-  cfg.top_k = c.top_k;
-  cfg.ffn = 12;
-  cfg.tied = c.tied;
-  cfg.dropout = c.dropout;
-  cfg.capacity_factor = c.capacity;
-  cfg.aux_coef = c.experts > 1 ? 0.01 : 0;
-  cfg.z_coef = c.experts > 1 ? 0.001 : 0;
-  return cfg;
-}
+using Case = testing::ModelCase;
 
 class ModelGradTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ModelGradTest, MatchesFiniteDifferences) {
   const Case& c = GetParam();
-  ModelConfig cfg = SmallConfig(c);
+  ModelConfig cfg = testing::CaseConfig(c, /*vocab=*/11, /*d=*/16, /*seq_len=*/7, /*ffn=*/12);
   auto comm = CreateSingleProcessCommunicator();
   Model model(cfg, comm.get());
   model.InitParams(42);

@@ -164,20 +164,6 @@ resources:
 std::string SlurmE2e::skip_;
 int SlurmE2e::lock_fd_ = -1;
 
-std::vector<moe::v1::MetricPoint> AllMetrics(DaemonHarness& h, const std::string& id) {
-  auto stub = h.Stub();
-  grpc::ClientContext ctx;
-  moe::v1::StreamMetricsRequest req;
-  req.set_id(id);
-  req.set_after_step(-1);
-  auto reader = stub->StreamMetrics(&ctx, req);
-  std::vector<moe::v1::MetricPoint> out;
-  moe::v1::MetricPoint p;
-  while (reader->Read(&p)) out.push_back(p);
-  EXPECT_TRUE(reader->Finish().ok());
-  return out;
-}
-
 bool AnyLogContains(const std::vector<moe::v1::LogLine>& lines, int rank, const std::string& s) {
   for (const auto& l : lines) {
     if (l.rank() == rank && absl::StrContains(l.text(), s)) return true;
@@ -200,7 +186,7 @@ TEST_F(SlurmE2e, TwoRankCpuJobSucceedsWithLogsAndMetrics) {
   // Logs came over gRPC (CapturesOutput() is false for slurm): rank 0 says the world has 2 ranks.
   std::vector<moe::v1::LogLine> lines = h.AllLogs(id);
   EXPECT_TRUE(AnyLogContains(lines, 0, "2 rank(s)")) << lines.size() << " lines";
-  std::vector<moe::v1::MetricPoint> points = AllMetrics(h, id);
+  std::vector<moe::v1::MetricPoint> points = h.AllMetrics(id);
   ASSERT_FALSE(points.empty());
   EXPECT_EQ(points.back().step(), 12);
   EXPECT_EQ(job.latest().step(), 12);

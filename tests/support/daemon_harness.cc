@@ -16,6 +16,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
 #include "common/files.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -326,6 +327,23 @@ std::vector<moe::v1::LogLine> DaemonHarness::AllLogs(const std::string& id) {
   moe::v1::LogLine line;
   while (reader->Read(&line)) out.push_back(line);
   reader->Finish();
+  return out;
+}
+
+std::vector<moe::v1::MetricPoint> DaemonHarness::AllMetrics(const std::string& id) {
+  auto stub = Stub();
+  grpc::ClientContext ctx;
+  std::string t = token();
+  if (!t.empty()) ctx.AddMetadata("authorization", "Bearer " + t);
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  moe::v1::StreamMetricsRequest req;
+  req.set_id(id);
+  req.set_after_step(-1);
+  auto reader = stub->StreamMetrics(&ctx, req);
+  std::vector<moe::v1::MetricPoint> out;
+  moe::v1::MetricPoint p;
+  while (reader->Read(&p)) out.push_back(p);
+  EXPECT_TRUE(reader->Finish().ok());
   return out;
 }
 

@@ -68,6 +68,8 @@ class DaemonHarness {
   moe::v1::Job WaitForState(const std::string& id, moe::v1::JobState state, double timeout_s);
   // All stored lines of a job (every rank), from moed.
   std::vector<moe::v1::LogLine> AllLogs(const std::string& id);
+  // All stored metric points of a job, from moed.
+  std::vector<moe::v1::MetricPoint> AllMetrics(const std::string& id);
   std::string MoedLog() const;
 
  private:

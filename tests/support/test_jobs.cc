@@ -54,6 +54,26 @@ moe::v1::JobSpec SmallShakespeareSpec(int ranks) {
   return s;
 }
 
+ModelConfig CaseConfig(const ModelCase& c, int vocab, int d, int seq_len, int ffn) {
+  ModelConfig cfg;
+  cfg.vocab = vocab;
+  cfg.d = d;
+  cfg.layers = 2;
+  cfg.heads = c.heads;
+  cfg.kv_heads = c.kv_heads;
+  cfg.head_dim = d / c.heads;
+  cfg.seq_len = seq_len;
+  cfg.experts = c.experts;
+  cfg.top_k = c.top_k;
+  cfg.ffn = ffn;
+  cfg.tied = c.tied;
+  cfg.dropout = c.dropout;
+  cfg.capacity_factor = c.capacity;
+  cfg.aux_coef = c.experts > 1 ? 0.01 : 0;
+  cfg.z_coef = c.experts > 1 ? 0.001 : 0;
+  return cfg;
+}
+
 std::string WriteTempText(const std::string& text) {
   std::string path = MakeTempDir("moe-text-") + "/input.txt";
   std::ofstream(path) << text;
