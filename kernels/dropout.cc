@@ -1,17 +1,13 @@
 #include "kernels/dropout.h"
 
 namespace moe::kernels {
-namespace {
 
-// splitmix64's output function: a bijective 64-bit mix (Steele, Lea, Flood 2014).
-inline uint64_t SplitMix64(uint64_t x) {
+uint64_t SplitMix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
   return x ^ (x >> 31);
 }
-
-}  // namespace
 
 float CounterUniform(uint64_t seed, uint64_t counter) {
   // The seed is mixed once and xor-ed with the counter, then mixed again: for a fixed seed the

@@ -7,6 +7,10 @@
 
 namespace moe::kernels {
 
+// splitmix64's output function: a bijective 64-bit mix (Steele, Lea, Flood 2014). The one hash
+// behind every counter-based draw (dropout masks, data sampling, dropout site seeds).
+uint64_t SplitMix64(uint64_t x);
+
 // A uniform float in [0, 1) from (seed, counter): the one RNG every backend implements.
 float CounterUniform(uint64_t seed, uint64_t counter);
 

@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/files.h"
+#include "kernels/dropout.h"
 #include "worker/checkpoint.h"
 
 namespace moe {
@@ -27,13 +28,6 @@ constexpr absl::string_view kCacheHeader = "moe-token-cache v1";
 constexpr int32_t kShardMagic = 20240520;
 constexpr int32_t kShardVersion = 1;
 constexpr size_t kShardHeaderBytes = 256 * sizeof(int32_t);
-
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 std::string TokenBytes(const std::vector<uint16_t>& tokens) {
   return std::string(reinterpret_cast<const char*>(tokens.data()), tokens.size() * sizeof(uint16_t));
@@ -369,6 +363,7 @@ void SampleBatch(const std::vector<uint16_t>& tokens, uint64_t seed, uint64_t st
     std::abort();
   }
   const uint64_t starts = tokens.size() - static_cast<uint64_t>(seq_len);  // valid offsets
+  using kernels::SplitMix64;
   const uint64_t base = SplitMix64(SplitMix64(SplitMix64(seed) ^ stream) ^ static_cast<uint64_t>(step));
   for (int r = 0; r < count; ++r) {
     uint64_t i = static_cast<uint64_t>(first_seq + r);

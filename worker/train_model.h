@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "kernels/dropout.h"
 #include "moe/v1/job.pb.h"
 #include "worker/comm.h"
 #include "worker/model_config.h"
@@ -46,10 +47,7 @@ struct ForwardResult {
 // The seed of one dropout site for one micro-step: 0 = embedding, 1 + 2l = attention output of
 // block l, 2 + 2l = MoE output. Every backend draws its masks from this.
 inline uint64_t DropoutSiteSeed(uint64_t seed, int site) {
-  uint64_t z = seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(site + 1);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+  return kernels::SplitMix64(seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(site));
 }
 
 // The flat buffers of a model, all in ParamLayout's layout: a checkpoint holds the first three;
