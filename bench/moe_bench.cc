@@ -4,6 +4,9 @@
 // time split and device memory.
 //   moe_bench --config tiny|tiny-dense|small|medium [--steps 20] [--warmup 5]
 //             [--precision bf16|fp32] [--device cuda|cpu]
+//   Under mpirun -np W (device cuda: one GPU per rank), every rank trains the config's batch
+//   (weak scaling: W times the tokens per step) with the experts split over the ranks, and rank
+//   0 prints tokens/s over all ranks and per GPU, and the GPU time of the collectives.
 //   moe_bench --config small --grouped-gemm: times the experts' grouped products alone (the
 //             fast cuBLAS path and the simple oracle kernel), one JSON line per product.
 #include <algorithm>
@@ -17,7 +20,7 @@
 #include "absl/strings/numbers.h"
 #include "common/model_stats.h"
 #include "moe/v1/job.pb.h"
-#include "worker/comm_single.h"
+#include "worker/comm_mpi.h"
 #include "worker/cuda_model.h"
 #include "worker/model_config.h"
 #include "worker/train_model.h"
@@ -191,12 +194,17 @@ int main(int argc, char** argv) {
   t->set_batch_size(c->batch);
   t->set_grad_accum(1);
   t->set_precision(precision == "bf16" ? moe::v1::PRECISION_BF16 : moe::v1::PRECISION_FP32);
-  spec.mutable_resources()->set_ranks(1);
+  auto comm = moe::CreateMpiCommunicator(moe::CommOptions{});
+  const int W = comm->world_size(), rank = comm->rank();
+  if (c->experts > 1 && c->experts % W != 0) {
+    if (rank == 0) std::fprintf(stderr, "moe_bench: %d experts do not split over %d ranks\n", c->experts, W);
+    return 2;
+  }
+  spec.mutable_resources()->set_ranks(W);
   spec.mutable_resources()->set_device(device == "cuda" ? moe::v1::DEVICE_CUDA : moe::v1::DEVICE_CPU);
 
   const moe::ModelConfig cfg = moe::ModelConfig::FromSpec(spec, c->vocab);
   const moe::ModelStats stats = moe::ComputeModelStats(spec);
-  auto comm = moe::CreateSingleProcessCommunicator();
   auto made = moe::MakeTrainModel(spec, cfg, comm.get());
   if (!made.ok()) {
     std::fprintf(stderr, "moe_bench: %s\n", std::string(made.status().message()).c_str());
@@ -206,11 +214,11 @@ int main(int argc, char** argv) {
   model.InitParams(0);
 
   const int n = c->batch * c->seq;
-  std::mt19937 rng(0);
+  std::mt19937 rng(rank);
   std::uniform_int_distribution<int> tok(0, c->vocab - 1);
   std::vector<int32_t> x(n), y(n);
   std::vector<double> step_s, fwd_s, bwd_s, opt_s;
-  double ce = 0;
+  double ce = 0, a2a0 = 0, ar0 = 0;
   for (int s = 0; s < warmup + steps; ++s) {
     for (int i = 0; i < n; ++i) {
       x[i] = tok(rng);
@@ -219,8 +227,9 @@ int main(int argc, char** argv) {
     moe::BatchContext ctx;
     ctx.train = true;
     ctx.dropout_seed = static_cast<uint64_t>(s) + 1;
-    ctx.global_tokens = n;
-    ctx.loss_scale = 1.0f / n;
+    ctx.first_token = static_cast<int64_t>(rank) * n;
+    ctx.global_tokens = static_cast<int64_t>(n) * W;
+    ctx.loss_scale = 1.0f / (static_cast<float>(n) * W);
     const auto t0 = Clock::now();
     model.ZeroGrads();
     const moe::ForwardResult r = model.Forward(x.data(), y.data(), c->batch, ctx);
@@ -230,10 +239,12 @@ int main(int argc, char** argv) {
     model.AllReduceDenseGrads(comm.get());
     double dense_sq = 0, expert_sq = 0;
     model.GradSquaredNorms(&dense_sq, &expert_sq);
+    comm->AllReduceSum(&expert_sq, 1);
     const double norm = std::sqrt(dense_sq + expert_sq);
     model.AdamWStep(s + 1, 3e-4, 0.1, norm > 1.0 ? static_cast<float>(1.0 / (norm + 1e-6)) : 1.0f);
     const auto t3 = Clock::now();
     ce = r.ce_sum / n;
+    if (s == warmup - 1 || (warmup == 0 && s == 0)) model.DeviceCommSeconds(&a2a0, &ar0);
     if (s >= warmup) {
       step_s.push_back(Seconds(t0, t3));
       fwd_s.push_back(Seconds(t0, t1));
@@ -243,9 +254,26 @@ int main(int argc, char** argv) {
   }
   double total = 0;
   for (double v : step_s) total += v;
-  const double mean_step = total / step_s.size();
-  const double tok_s = n / mean_step;
+  // The slowest rank sets the pace: its mean step, over all ranks' tokens.
+  double mean_step = total / step_s.size();
+  double a2a1 = 0, ar1 = 0;
+  model.DeviceCommSeconds(&a2a1, &ar1);
+  double comm_ms[2] = {(a2a1 - a2a0) * 1e3 / step_s.size(), (ar1 - ar0) * 1e3 / step_s.size()};
+  comm->AllReduceSum(comm_ms, 2);
+  std::vector<float> steps_by_rank(static_cast<size_t>(W));
+  const float mine = static_cast<float>(mean_step);
+  comm->Gather(&mine, 1, steps_by_rank.data(), 0);
+  if (rank != 0) return 0;
+  for (float v : steps_by_rank) mean_step = std::max(mean_step, double{v});
+  const double tok_s = static_cast<double>(n) * W / mean_step;
   const double tflops = stats.flops_per_token * tok_s / 1e12;
+  // The exchange's bus bandwidth (nccl_ceiling.py's definition): each MoE layer sends rows to the
+  // experts and back, in the forward and the backward: 4 L all-to-alls per step, each of about
+  // n k D bf16 values per rank (balanced routing).
+  const double a2a_ms = comm_ms[0] / W, a2a_calls = 4.0 * c->layers;
+  const double a2a_bytes = static_cast<double>(n) * c->k * c->d * 2;
+  const double a2a_busbw =
+      W > 1 && a2a_ms > 0 && c->experts > 1 ? a2a_bytes * (W - 1) / W / (a2a_ms / 1e3 / a2a_calls) / 1e9 : 0;
   double used_gb = 0;
 #ifdef MOE_WITH_CUDA
   if (device == "cuda") {
@@ -255,14 +283,15 @@ int main(int argc, char** argv) {
 #endif
   std::printf(
       "{\"bench\": \"moe_bench\", \"config\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", "
-      "\"steps\": %d, \"tokens_per_step\": %d, \"active_params\": %lld, \"total_params\": %lld, "
-      "\"flops_per_token\": %.4g, \"step_ms\": %.2f, \"step_ms_median\": %.2f, \"tokens_per_s\": %.0f, "
-      "\"model_tflops\": %.1f, \"mfu\": %.4f, \"forward_ms\": %.2f, \"backward_ms\": %.2f, "
-      "\"optimizer_ms\": %.2f, \"communication_ms\": 0.00, \"model_mem_gb\": %.2f, "
-      "\"device_used_gb\": %.2f, \"ce\": %.4f}\n",
-      c->name, device.c_str(), precision.c_str(), steps, n, static_cast<long long>(stats.active_params),
-      static_cast<long long>(stats.total_params), stats.flops_per_token, mean_step * 1e3, Median(step_s) * 1e3,
-      tok_s, tflops, tflops / 989.0, Median(fwd_s) * 1e3, Median(bwd_s) * 1e3, Median(opt_s) * 1e3,
+      "\"ranks\": %d, \"steps\": %d, \"tokens_per_step\": %lld, \"active_params\": %lld, "
+      "\"total_params\": %lld, \"flops_per_token\": %.4g, \"step_ms\": %.2f, \"step_ms_median\": %.2f, "
+      "\"tokens_per_s\": %.0f, \"tokens_per_s_per_gpu\": %.0f, \"model_tflops\": %.1f, \"mfu\": %.4f, "
+      "\"forward_ms\": %.2f, \"backward_ms\": %.2f, \"optimizer_ms\": %.2f, \"all_to_all_ms\": %.2f, "
+      "\"all_reduce_ms\": %.2f, \"a2a_mb_per_call\": %.1f, \"a2a_busbw_gbps\": %.1f, \"model_mem_gb\": %.2f, \"device_used_gb\": %.2f, \"ce\": %.4f}\n",
+      c->name, device.c_str(), precision.c_str(), W, steps, static_cast<long long>(n) * W,
+      static_cast<long long>(stats.active_params), static_cast<long long>(stats.total_params), stats.flops_per_token,
+      mean_step * 1e3, Median(step_s) * 1e3, tok_s, tok_s / W, tflops / W, tflops / W / 989.0, Median(fwd_s) * 1e3,
+      Median(bwd_s) * 1e3, Median(opt_s) * 1e3, a2a_ms, comm_ms[1] / W, a2a_bytes / 1048576.0, a2a_busbw,
       moe::CudaModelDeviceBytes(model) / 1073741824.0, used_gb, ce);
   return 0;
 }

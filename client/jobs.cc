@@ -6,9 +6,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "client/commands.h"
 #include "client/connection.h"
+#include "client/expert_load.h"
 #include "common/files.h"
 #include "common/job_spec.h"
 
@@ -156,7 +158,13 @@ int RunStatus(int argc, char** argv) {
     std::printf("ETA       %s\n", FormatDuration(EstimateSecondsLeft(j)).c_str());
   }
   std::printf("restarts  %d of %d\n", j.restarts(), j.spec().max_restarts());
-  std::printf("ranks     %d\n", j.spec().resources().ranks());
+  std::printf("ranks     %d", j.spec().resources().ranks());
+  if (j.spec().resources().device() == moe::v1::DEVICE_CUDA) {
+    std::printf(", device cuda%s%s", j.gpus().empty() ? "" : " on GPUs ",
+                absl::StrJoin(j.gpus(), ",").c_str());
+  }
+  std::printf("\n");
+  std::printf("%s", FormatExpertLoad(j, j.latest()).c_str());
   if (!j.slurm_job_id().empty()) {
     std::printf("slurm     job %s on %s\n", j.slurm_job_id().c_str(),
                 j.node_list().empty() ? "(no nodes yet)" : j.node_list().c_str());

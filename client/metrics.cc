@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "client/commands.h"
 #include "client/connection.h"
+#include "client/expert_load.h"
 #include "client/plot.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -73,13 +74,23 @@ int RunMetrics(int argc, char** argv) {
     std::printf("no metrics yet for %s\n", args->positional[0].c_str());
     return 0;
   }
-  std::printf("%8s %9s %9s %10s %9s %10s %9s\n", "STEP", "LOSS", "VAL", "LR", "GRADNORM",
-              "TOK/S", "STEP_MS");
+  // The job says how the experts sit on the ranks (and GPUs).
+  grpc::ClientContext job_ctx;
+  PrepareContext(job_ctx, *config, 10);
+  moe::v1::GetJobRequest job_req;
+  job_req.set_id(args->positional[0]);
+  moe::v1::Job job;
+  s = stub->GetJob(&job_ctx, job_req, &job);
+  if (!s.ok()) return Fail(DescribeError(s, *config));
+  const bool shares = !FormatRankShares(job, by_step.rbegin()->second).empty();
+  std::printf("%8s %9s %9s %10s %9s %10s %9s%s\n", "STEP", "LOSS", "VAL", "LR", "GRADNORM",
+              "TOK/S", "STEP_MS", shares ? "  TOKENS % PER RANK" : "");
   std::vector<double> xs, train, vxs, val;
   for (const auto& [step, m] : by_step) {
-    std::printf("%8lld %9.4f %9s %10.3g %9.3f %10.0f %9.1f\n", static_cast<long long>(step),
+    std::printf("%8lld %9.4f %9s %10.3g %9.3f %10.0f %9.1f%s%s\n", static_cast<long long>(step),
                 m.loss(), m.has_val_loss() ? absl::StrFormat("%.4f", m.val_loss()).c_str() : "-",
-                m.lr(), m.grad_norm(), m.tokens_per_s(), m.step_ms());
+                m.lr(), m.grad_norm(), m.tokens_per_s(), m.step_ms(), shares ? "  " : "",
+                shares ? FormatRankShares(job, m).c_str() : "");
     xs.push_back(static_cast<double>(step));
     train.push_back(m.loss());
     if (m.has_val_loss()) {
@@ -88,6 +99,7 @@ int RunMetrics(int argc, char** argv) {
     }
   }
   std::printf("\n%s", RenderLossPlot(xs, train, vxs, val, 64, 16).c_str());
+  std::printf("\n%s", FormatExpertLoad(job, by_step.rbegin()->second).c_str());
   return 0;
 }
 

@@ -517,13 +517,17 @@ void ApplyDefaults(JobSpec* s, const std::set<std::string>& present, std::set<st
   if (absent("train.weight_decay")) train->set_weight_decay(0.1);
   if (absent("train.grad_clip")) train->set_grad_clip(1.0);
   if (absent("train.seed")) train->set_seed(1337);
-  if (absent("train.precision")) train->set_precision(v1::PRECISION_FP32);
   if (absent("train.eval_every")) train->set_eval_every(250);
   if (absent("train.eval_batches")) train->set_eval_batches(20);
   if (absent("train.log_every")) train->set_log_every(10);
 
   if (absent("resources.ranks")) res->set_ranks(1);
   if (absent("resources.device")) res->set_device(v1::DEVICE_CPU);
+  // Mixed precision is what a GPU job wants; the CPU kernels are fp32.
+  if (absent("train.precision")) {
+    const bool cuda = usable("resources.device") && res->device() == v1::DEVICE_CUDA;
+    train->set_precision(cuda ? v1::PRECISION_BF16 : v1::PRECISION_FP32);
+  }
   if (absent("resources.launcher")) res->set_launcher(v1::LAUNCHER_LOCAL);
   if (usable("resources.launcher") && res->launcher() == v1::LAUNCHER_SLURM) {
     v1::SlurmSpec* slurm = res->mutable_slurm();
@@ -811,6 +815,12 @@ class Checker {
         r.device() != v1::DEVICE_CUDA) {
       Fail("train.precision",
            "bf16 needs resources.device cuda (the CPU kernels compute in fp32); use fp32 on cpu");
+    }
+    if (Ok("train.precision") && Ok("resources.device") && Ok("resources.ranks") &&
+        t.precision() == v1::PRECISION_FP32 && r.device() == v1::DEVICE_CUDA && r.ranks() > 1) {
+      Fail("train.precision",
+           absl::StrCat("fp32 runs on one GPU only; with resources.ranks ", r.ranks(),
+                        " on cuda use bf16 (the multi-GPU expert exchange is bf16), or ranks: 1"));
     }
     if (r.launcher() == v1::LAUNCHER_SLURM && Ok("resources.launcher") && Ok("resources.ranks")) {
       const v1::SlurmSpec& sl = r.slurm();

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
+#include "daemon/local_launcher.h"
 #include "daemon/slurm_launcher.h"
 #include "daemon/status_util.h"
 
@@ -48,6 +49,7 @@ grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* context,
   absl::StatusOr<JobRecord> rec = store_->GetJob(request->id());
   if (!rec.ok()) return ToGrpcStatus(rec.status());
   *response = rec->job;
+  LocalLauncher::Describe(rec->launch_handle, response);
   SlurmLauncher::Describe(rec->launch_handle, response);
   return grpc::Status::OK;
 }
@@ -61,6 +63,7 @@ grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* context,
   for (JobRecord& r : *jobs) {
     moe::v1::Job* job = response->add_jobs();
     *job = std::move(r.job);
+    LocalLauncher::Describe(r.launch_handle, job);
     SlurmLauncher::Describe(r.launch_handle, job);
   }
   return grpc::Status::OK;

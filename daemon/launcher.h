@@ -22,6 +22,9 @@ struct LaunchRequest {
   std::string moed_address;    // where workers report
   std::string token;           // "" when auth is off; passed as MOE_TOKEN
   bool resume = false;
+  // device cuda, local launcher: the GPUs the ranks get, as CUDA numbers them for moed (rank r
+  // on gpus[r]); empty for cpu jobs.
+  std::vector<int> gpus;
 };
 
 // What the launcher reports about a launched attempt.

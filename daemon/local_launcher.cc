@@ -20,6 +20,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/files.h"
@@ -33,10 +34,13 @@ struct Handle {
   int pid = 0;             // the monitor: session leader of the attempt
   long long start = 0;     // its start time in clock ticks, to tell a reused pid apart
   std::string dir;         // the attempt directory
+  std::vector<int> gpus;   // LaunchRequest::gpus
 };
 
 std::string FormatHandle(const Handle& h) {
-  return absl::StrCat("pid=", h.pid, " start=", h.start, " dir=", h.dir);
+  std::string s = absl::StrCat("pid=", h.pid, " start=", h.start, " dir=", h.dir);
+  if (!h.gpus.empty()) absl::StrAppend(&s, " gpus=", absl::StrJoin(h.gpus, ","));
+  return s;
 }
 
 Handle ParseHandle(const std::string& s) {
@@ -48,6 +52,11 @@ Handle ParseHandle(const std::string& s) {
       (void)absl::SimpleAtoi(part, &h.start);
     } else if (absl::ConsumePrefix(&part, "dir=")) {
       h.dir = std::string(part);
+    } else if (absl::ConsumePrefix(&part, "gpus=")) {
+      for (absl::string_view g : absl::StrSplit(part, ',', absl::SkipEmpty())) {
+        int index = 0;
+        if (absl::SimpleAtoi(g, &index)) h.gpus.push_back(index);
+      }
     }
   }
   return h;
@@ -89,6 +98,19 @@ bool MonitorAlive(const Handle& h) {
   ProcStat st;
   if (!ReadProcStat(h.pid, &st)) return false;
   return st.start == h.start && st.state != 'Z' && st.state != 'X';
+}
+
+// GPU index -> the name the ranks' CUDA_VISIBLE_DEVICES uses: moed's own entry when moed runs
+// with CUDA_VISIBLE_DEVICES set, else the index.
+std::string GpuName(int index) {
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+  if (visible != nullptr) {
+    std::vector<std::string> names = absl::StrSplit(visible, ',', absl::SkipWhitespace());
+    if (index >= 0 && index < static_cast<int>(names.size())) {
+      return std::string(absl::StripAsciiWhitespace(names[index]));
+    }
+  }
+  return absl::StrCat(index);
 }
 
 std::string ResolveOnPath(const std::string& name) {
@@ -171,9 +193,22 @@ absl::StatusOr<std::string> LocalLauncher::Launch(const LaunchRequest& req) {
                                    "--bind-to", "none", "-np",
                                    absl::StrCat(req.spec.resources().ranks()),
                                    "--output-filename", absl::StrCat(dir, "/ranks:nocopy")};
+  // The ranks inherit moed's environment, except: MOE_TOKEN (moed's own), CUDA_VISIBLE_DEVICES
+  // (a cuda job sees only its GPUs, so two jobs never share one), and NCCL_NVLS_ENABLE defaults
+  // to 0 (NVLink SHARP multicast is not usable on every machine; a user setting is kept).
   std::vector<std::string> env;
+  bool nvls_set = false;
   for (char** e = environ; *e != nullptr; ++e) {
-    if (std::strncmp(*e, "MOE_TOKEN=", 10) != 0) env.emplace_back(*e);
+    if (std::strncmp(*e, "MOE_TOKEN=", 10) == 0) continue;
+    if (!req.gpus.empty() && std::strncmp(*e, "CUDA_VISIBLE_DEVICES=", 21) == 0) continue;
+    if (std::strncmp(*e, "NCCL_NVLS_ENABLE=", 17) == 0) nvls_set = true;
+    env.emplace_back(*e);
+  }
+  if (!nvls_set) env.push_back("NCCL_NVLS_ENABLE=0");
+  if (!req.gpus.empty()) {
+    std::vector<std::string> names;
+    for (int g : req.gpus) names.push_back(GpuName(g));
+    env.push_back(absl::StrCat("CUDA_VISIBLE_DEVICES=", absl::StrJoin(names, ",")));
   }
   if (!req.token.empty()) {
     env.push_back(absl::StrCat("MOE_TOKEN=", req.token));
@@ -255,9 +290,19 @@ absl::StatusOr<std::string> LocalLauncher::Launch(const LaunchRequest& req) {
   Handle h;
   h.pid = monitor;
   h.dir = dir;
+  h.gpus = req.gpus;
   ProcStat st;
   if (ReadProcStat(monitor, &st)) h.start = st.start;
   return FormatHandle(h);
+}
+
+std::vector<int> LocalLauncher::Gpus(const std::string& handle) {
+  return ParseHandle(handle).gpus;
+}
+
+void LocalLauncher::Describe(const std::string& handle, moe::v1::Job* job) {
+  job->clear_gpus();
+  for (int g : Gpus(handle)) job->add_gpus(GpuName(g));
 }
 
 ProcessState LocalLauncher::Poll(const std::string& handle) {

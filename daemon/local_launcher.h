@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "daemon/launcher.h"
+#include "moe/v1/control.pb.h"
 
 namespace moe::daemon {
 
@@ -29,6 +30,10 @@ class LocalLauncher final : public Launcher {
 
   // Every live (non-zombie) process whose session id is sid, from /proc.
   static std::vector<int> SessionMembers(int sid);
+  // The GPUs a handle's ranks got (LaunchRequest::gpus), and the view for moectl: job->gpus
+  // as CUDA_VISIBLE_DEVICES names them.
+  static std::vector<int> Gpus(const std::string& handle);
+  static void Describe(const std::string& handle, moe::v1::Job* job);
 
  private:
   LocalLauncherOptions options_;

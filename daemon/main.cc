@@ -18,7 +18,9 @@ constexpr char kUsage[] = R"(usage: moed --state-dir DIR [flags]
 
   --listen HOST:PORT          gRPC address (default 127.0.0.1:50051)
   --state-dir DIR             job store and job files (required)
-  --max-ranks N               ranks moed may run at once (default: GPU count, else cores)
+  --max-ranks N               ranks of device: cpu jobs moed may run at once (default: cores)
+  --gpus N                    GPUs for device: cuda jobs, one rank per GPU (default: the
+                              CUDA_VISIBLE_DEVICES entries, else the /dev/nvidia* count)
   --metrics-listen HOST:PORT  Prometheus /metrics address (default 127.0.0.1:9464; "" = off)
   --token-file FILE           require this bearer token on every RPC
   --worker-bin PATH           moe-worker executable (default: beside moed)
@@ -69,6 +71,11 @@ bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
         std::fprintf(stderr, "moed: --max-ranks: '%s' is not a whole number\n", value.c_str());
         return false;
       }
+    } else if (arg == "--gpus") {
+      if (!absl::SimpleAtoi(value, &c->gpus)) {
+        std::fprintf(stderr, "moed: --gpus: '%s' is not a whole number\n", value.c_str());
+        return false;
+      }
     } else if (arg == "--metrics-listen") {
       c->metrics_listen = value;
     } else if (arg == "--token-file") {
@@ -113,8 +120,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   const auto& c = (*moed)->config();
-  std::fprintf(stderr, "moed: serving on %s, state in %s, max %d ranks, metrics on %s%s\n",
-               c.listen.c_str(), c.state_dir.c_str(), c.max_ranks,
+  std::fprintf(stderr,
+               "moed: serving on %s, state in %s, max %d CPU ranks, %d GPUs, metrics on %s%s\n",
+               c.listen.c_str(), c.state_dir.c_str(), c.max_ranks, c.gpus,
                c.metrics_listen.empty() ? "(off)" : c.metrics_listen.c_str(),
                c.token_file.empty() ? "" : ", token required");
   int sig = 0;

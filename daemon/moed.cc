@@ -4,13 +4,17 @@
 #include <dirent.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
-#include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "common/files.h"
 #include "daemon/auth.h"
 #include "daemon/job_service.h"
@@ -29,7 +33,13 @@
 namespace moe::daemon {
 namespace {
 
+// The GPUs a device: cuda job may use: the entries of CUDA_VISIBLE_DEVICES when moed runs with
+// it set (the ranks inherit it, so they see the same set), else the /dev/nvidiaN devices.
 int CountGpus() {
+  if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES"); visible != nullptr) {
+    return static_cast<int>(
+        std::vector<std::string>(absl::StrSplit(visible, ',', absl::SkipWhitespace())).size());
+  }
   int n = 0;
   DIR* d = opendir("/dev");
   if (d == nullptr) return 0;
@@ -89,9 +99,12 @@ absl::Status MoedConfig::Validate() {
         absl::StrCat("--max-ranks: must be at least 1, got ", max_ranks));
   }
   if (max_ranks == 0) {
-    int gpus = CountGpus();
-    max_ranks = gpus > 0 ? gpus : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    max_ranks = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   }
+  if (gpus < -1) {
+    return absl::InvalidArgumentError(absl::StrCat("--gpus: must be 0 or more, got ", gpus));
+  }
+  if (gpus == -1) gpus = CountGpus();
   if (worker_bin.empty()) worker_bin = SelfDir() + "/moe-worker";
   if (slurm_mpi != "pmix" && slurm_mpi != "mpirun") {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -145,6 +158,7 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
   SchedulerOptions so;
   so.state_dir = c.state_dir;
   so.max_ranks = c.max_ranks;
+  so.gpus = c.gpus;
   so.report_address = ReportAddress(c.listen);
   so.token = token;
   so.heartbeat_timeout = c.heartbeat_timeout;

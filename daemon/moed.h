@@ -28,7 +28,10 @@ class MetricsHttpServer;
 struct MoedConfig {
   std::string listen = "127.0.0.1:50051";
   std::string state_dir;
-  int max_ranks = 0;  // 0 = the GPU count, or the core count without GPUs
+  int max_ranks = 0;  // ranks of device: cpu jobs at once; 0 = the core count
+  // GPUs for device: cuda jobs (one rank each); -1 = the CUDA_VISIBLE_DEVICES entries, else
+  // the /dev/nvidiaN count.
+  int gpus = -1;
   std::string metrics_listen = "127.0.0.1:9464";  // "" = no /metrics endpoint
   std::string token_file;                         // "" = no auth
   std::string worker_bin;                         // "" = moe-worker beside moed

@@ -9,7 +9,9 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/files.h"
+#include "daemon/local_launcher.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace moe::daemon {
@@ -65,6 +67,10 @@ bool Scheduler::IsSlurm(const JobRecord& rec) {
   return rec.job.spec().resources().launcher() == moe::v1::LAUNCHER_SLURM;
 }
 
+bool Scheduler::UsesGpus(const JobRecord& rec) {
+  return !IsSlurm(rec) && rec.job.spec().resources().device() == moe::v1::DEVICE_CUDA;
+}
+
 Launcher* Scheduler::LauncherFor(const JobRecord& rec) const {
   return IsSlurm(rec) && slurm_ != nullptr ? slurm_ : launcher_;
 }
@@ -118,9 +124,31 @@ void Scheduler::SetState(JobRecord& rec, JobState state, const std::string& reas
 int Scheduler::UsedRanks() const {
   int used = 0;
   for (const auto& [id, a] : active_) {
-    if (!IsSlurm(a.rec)) used += a.rec.job.spec().resources().ranks();
+    if (!IsSlurm(a.rec) && !UsesGpus(a.rec)) used += a.rec.job.spec().resources().ranks();
   }
   return used;
+}
+
+int Scheduler::UsedGpus() const {
+  int used = 0;
+  for (const auto& [id, a] : active_) {
+    if (UsesGpus(a.rec)) used += a.rec.job.spec().resources().ranks();
+  }
+  return used;
+}
+
+std::vector<int> Scheduler::FreeGpus(int n) const {
+  std::vector<bool> held(static_cast<size_t>(options_.gpus), false);
+  for (const auto& [id, a] : active_) {
+    for (int g : a.gpus) {
+      if (g >= 0 && g < options_.gpus) held[static_cast<size_t>(g)] = true;
+    }
+  }
+  std::vector<int> out;
+  for (int g = 0; g < options_.gpus && static_cast<int>(out.size()) < n; ++g) {
+    if (!held[static_cast<size_t>(g)]) out.push_back(g);
+  }
+  return out;
 }
 
 absl::Status Scheduler::Recover() {
@@ -141,6 +169,7 @@ absl::Status Scheduler::Recover() {
     absl::StatusOr<std::map<std::string, int64_t>> offsets = store_->CaptureOffsets(id);
     if (offsets.ok()) a.offsets = *std::move(offsets);
     a.launched = !a.rec.launch_handle.empty() && st != moe::v1::JOB_STATE_RESTARTING;
+    if (UsesGpus(a.rec)) a.gpus = LocalLauncher::Gpus(a.rec.launch_handle);
     if (a.rec.cancel_requested) {
       if (a.launched) LauncherFor(a.rec)->Terminate(a.rec.launch_handle);
       a.cancel_deadline = Clock::now() + options_.cancel_grace;
@@ -172,7 +201,21 @@ absl::Status Scheduler::Recover() {
 absl::StatusOr<moe::v1::Job> Scheduler::Submit(const moe::v1::JobSpec& spec,
                                                const std::string& spec_yaml) {
   const int ranks = spec.resources().ranks();
-  if (spec.resources().launcher() != moe::v1::LAUNCHER_SLURM && ranks > options_.max_ranks) {
+  const bool local = spec.resources().launcher() != moe::v1::LAUNCHER_SLURM;
+  const bool cuda = spec.resources().device() == moe::v1::DEVICE_CUDA;
+  if (local && cuda && ranks > options_.gpus) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "resources.ranks: a device: cuda job runs one rank per GPU and asks for ", ranks,
+        " ranks, but moed ",
+        options_.gpus == 0 ? "sees no GPU"
+                           : absl::StrCat("sees only ", options_.gpus, " GPU",
+                                          options_.gpus == 1 ? "" : "s"),
+        " on this machine (CUDA_VISIBLE_DEVICES, else /dev/nvidia*, or moed --gpus); ",
+        options_.gpus == 0 ? "use device: cpu"
+                           : absl::StrCat("lower resources.ranks to ", options_.gpus),
+        ", or submit it to a moed on a machine with ", ranks, " GPUs"));
+  }
+  if (local && !cuda && ranks > options_.max_ranks) {
     return absl::InvalidArgumentError(absl::StrCat(
         "resources.ranks: the job asks for ", ranks, " ranks but this moed may use at most ",
         options_.max_ranks, " (lower resources.ranks, or start moed with --max-ranks ", ranks,
@@ -303,11 +346,16 @@ void Scheduler::Admit() {
       continue;
     }
     const int ranks = rec->job.spec().resources().ranks();
-    const int used = UsedRanks();
-    if (used + ranks > options_.max_ranks) {
+    const bool gpus = UsesGpus(*rec);
+    const int used = gpus ? UsedGpus() : UsedRanks();
+    const int limit = gpus ? options_.gpus : options_.max_ranks;
+    if (used + ranks > limit) {
       // FIFO: the head waits, and so does everything behind it (no starvation of big jobs).
-      std::string reason = absl::StrCat("waiting for ", ranks, " ranks: ", used, " of ",
-                                        options_.max_ranks, " in use (--max-ranks)");
+      std::string reason =
+          gpus ? absl::StrCat("waiting for ", ranks, ranks == 1 ? " GPU: " : " GPUs: ", used,
+                              " of ", limit, " in use")
+               : absl::StrCat("waiting for ", ranks, " ranks: ", used, " of ", limit,
+                              " in use (--max-ranks)");
       if (rec->job.reason() != reason) SetState(*rec, moe::v1::JOB_STATE_QUEUED, reason);
       for (size_t i = 1; i < queue_.size(); ++i) {
         absl::StatusOr<JobRecord> other = store_->GetJob(queue_[i]);
@@ -337,6 +385,8 @@ void Scheduler::LaunchAttempt(Active& a) {
   req.moed_address = options_.report_address;
   req.token = options_.token;
   req.resume = a.rec.attempt > 0;
+  if (UsesGpus(a.rec) && a.gpus.empty()) a.gpus = FreeGpus(a.rec.job.spec().resources().ranks());
+  req.gpus = a.gpus;
   a.last_heard.clear();
   a.pending_failure.clear();
   a.killed = false;
@@ -362,8 +412,9 @@ void Scheduler::LaunchAttempt(Active& a) {
     return;
   }
   SetState(a.rec, moe::v1::JOB_STATE_STARTING,
-           absl::StrCat("launched ", a.rec.job.spec().resources().ranks(), " ranks (attempt ",
-                        a.rec.attempt, ")"));
+           absl::StrCat("launched ", a.rec.job.spec().resources().ranks(), " ranks",
+                        a.gpus.empty() ? "" : absl::StrCat(" on GPUs ", absl::StrJoin(a.gpus, ",")),
+                        " (attempt ", a.rec.attempt, ")"));
   LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": launched attempt ", a.rec.attempt));
 }
 

@@ -1,5 +1,5 @@
 // Scheduler: the queue and the job state machine. Jobs wait QUEUED (FIFO) until their ranks fit
-// in --max-ranks, then a launcher starts them; one thread polls the running attempts, ingests
+// (device cpu: in --max-ranks; device cuda: one free GPU per rank), then a launcher starts them; one thread polls the running attempts, ingests
 // their output into the store, watches heartbeats, drives cancels and restarts, and on start
 // finds again the jobs a previous moed left running.
 #pragma once
@@ -12,6 +12,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -25,7 +26,8 @@ namespace moe::daemon {
 
 struct SchedulerOptions {
   std::string state_dir;
-  int max_ranks = 1;
+  int max_ranks = 1;  // ranks of local device: cpu jobs at once
+  int gpus = 0;       // GPUs for local device: cuda jobs (one rank per GPU), indices 0..gpus-1
   std::string report_address;  // the address workers are told to report to
   std::string token;           // passed to workers (MOE_TOKEN) when auth is on
   std::chrono::milliseconds heartbeat_timeout{60000};
@@ -73,6 +75,7 @@ class Scheduler {
     Clock::time_point cancel_deadline;
     Clock::time_point last_term;
     bool killed = false;
+    std::vector<int> gpus;  // local cuda jobs: the GPUs it holds, kept across its attempts
   };
 
   void Loop();
@@ -86,9 +89,15 @@ class Scheduler {
   void Failed(Active& a, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SetState(JobRecord& rec, moe::v1::JobState state, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ranks of the local cpu jobs, and GPUs of the local cuda jobs, that hold them now.
   int UsedRanks() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int UsedGpus() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The lowest n GPUs no active job holds.
+  std::vector<int> FreeGpus(int n) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The launcher a job asked for (resources.launcher).
   static bool IsSlurm(const JobRecord& rec);
+  // A local device: cuda job: it takes one GPU per rank on this machine.
+  static bool UsesGpus(const JobRecord& rec);
   Launcher* LauncherFor(const JobRecord& rec) const;
   // Slurm jobs: PENDING shows as QUEUED with Slurm's reason; a requeue moves the attempt on.
   void WatchSlurm(Active& a, Clock::time_point now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -11,22 +11,12 @@
 #   4. tiny shakespeare on one GPU (device cuda, bf16), val loss reached
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+source scripts/device_env.sh
 OUT=${OUT:-/tmp/moe-device}
 mkdir -p "$OUT"
 W=.carry/bin/moe-worker
-[[ -f .carry/lib.tar.xz && ! -d .carry/lib ]] && tar -C .carry -xJf .carry/lib.tar.xz
-# CUDA libraries: the image's toolkit, else the ones PyTorch's wheels bring.
-CUDA_LIBS=/usr/local/cuda/lib64
-for d in $(python3 -c "import nvidia, os; print(' '.join(os.path.join(p, x, 'lib') for p in nvidia.__path__ for x in os.listdir(p)) + ' ' + ' '.join(os.path.join(p, 'cu13', 'lib') for p in nvidia.__path__))" 2>/dev/null); do
-  [[ -d $d ]] && CUDA_LIBS=$CUDA_LIBS:$d
-done
-export LD_LIBRARY_PATH=$PWD/.carry/lib:$CUDA_LIBS:${LD_LIBRARY_PATH:-}
 nvidia-smi -L || true
-for b in .carry/bin/*; do
-  if ldd "$b" | grep "not found"; then echo "device_check: $b misses shared libraries (above)"; exit 1; fi
-done
+device_env_check_libs || exit 1
 declare -A R
 
 # 1. fp32 parity with the PyTorch peer (CPU worker).
@@ -46,7 +36,7 @@ fi
 if [[ -z ${SKIP_TESTS:-} ]]; then
   for t in cuda_ops_test cuda_model_test; do
     [[ -x .carry/bin/$t ]] || { R[$t]="not carried"; continue; }
-    MOE_SHARED_DIR=$PWD/.carry/shared timeout 300 ".carry/bin/$t" --gtest_brief=1 > "$OUT/$t.log" 2>&1
+    timeout 300 ".carry/bin/$t" --gtest_brief=1 ${GTEST_REPEAT:+--gtest_repeat=$GTEST_REPEAT} > "$OUT/$t.log" 2>&1
     rc=$?
     grep -E "^\[ +(PASSED|FAILED|SKIPPED) +\]|Failure|loss cpu|Expected|Which is|error" "$OUT/$t.log" | head -40
     R[$t]="rc=$rc, $(grep -E '^\[  PASSED  \]' "$OUT/$t.log" | head -1) $(grep -E '^\[  FAILED  \] [0-9]+' "$OUT/$t.log" | head -1)"

@@ -1,25 +1,41 @@
 #!/usr/bin/env bash
-# Fills .carry/ (git-ignored) with what scripts/device_check.sh needs on the GPU machine: the
-# worker binary, the GPU tests and the benchmark (when built), the shared libraries that
-# machine's image lacks (gRPC, Abseil, yaml-cpp, OpenBLAS, ...; MPI, protobuf, CUDA, libc and
-# friends are there), the corpus and the PyTorch peer.
-#   BUILD_DIR=build-cuda bash scripts/make_carry.sh
+# Fills .carry/ (git-ignored) with what scripts/device_check.sh and scripts/device_service.sh need
+# on the GPU machine: moe-worker, moed and moectl, the GPU tests and benchmarks (when built), the
+# shared libraries that machine's image lacks or may have at another version, the corpus and the
+# PyTorch peer.
+#   BUILD_DIR=build-cuda bash scripts/make_carry.sh      (CARRY_DIR=DIR: fill DIR instead)
+# Libraries: everything the binaries load except what the image has for sure: libc and the
+# compiler runtime, Open MPI (mpirun must match the libmpi the ranks load), OpenSSL, zlib and
+# friends, and CUDA and NCCL (the toolkit or PyTorch's nvidia wheels; NCCL alone is bigger than
+# the 64 MiB a call carries). gRPC, Abseil, protobuf (the image's 3.21 is another build of the same
+# soname), yaml-cpp, SQLite, OpenBLAS and the like go along, as .carry/lib.tar.xz (the scripts
+# unpack it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
-rm -rf .carry && mkdir -p .carry/bin .carry/lib .carry/data .carry/shared/data/tinyshakespeare
-bins=("$BUILD_DIR/bin/moe-worker")
-for extra in "$BUILD_DIR/bin/moe_bench" "$BUILD_DIR/tests/cuda_ops_test" "$BUILD_DIR/tests/cuda_model_test"; do
+CARRY=${CARRY_DIR:-.carry}
+rm -rf "$CARRY" && mkdir -p "$CARRY/bin" "$CARRY/lib" "$CARRY/data" "$CARRY/shared/data/tinyshakespeare"
+bins=("$BUILD_DIR/bin/moe-worker" "$BUILD_DIR/bin/moed" "$BUILD_DIR/bin/moectl")
+for extra in "$BUILD_DIR/bin/moe_bench" "$BUILD_DIR/bin/a2a_bench" "$BUILD_DIR/tests/cuda_ops_test" \
+             "$BUILD_DIR/tests/cuda_model_test" "$BUILD_DIR/tests/comm_nccl_mpi_test" \
+             "$BUILD_DIR/tests/cuda_equivalence_mpi_test"; do
   [[ -x $extra ]] && bins+=("$extra")
 done
-for b in "${bins[@]}"; do cp "$b" .carry/bin/ && strip ".carry/bin/$(basename "$b")"; done
-cp ../shared/data/tinyshakespeare/input.txt .carry/data/
-cp ../shared/data/tinyshakespeare/input.txt .carry/shared/data/tinyshakespeare/  # MOE_SHARED_DIR for tests
-cp ../shared/bench/reference_moe.py .carry/
+for b in "${bins[@]}"; do cp "$b" "$CARRY/bin/" && strip "$CARRY/bin/$(basename "$b")"; done
+cp ../shared/data/tinyshakespeare/input.txt "$CARRY/data/"
+cp ../shared/data/tinyshakespeare/input.txt "$CARRY/shared/data/tinyshakespeare/"  # MOE_SHARED_DIR for tests
+cp ../shared/bench/reference_moe.py ../shared/bench/nccl_ceiling.py "$CARRY/"
 for b in "${bins[@]}"; do ldd "$b"; done | awk '/=>/{print $3}' | sort -u |
-  grep -vE "/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|libmpi|libmpi_cxx|libopen-pal|libopen-rte|libhwloc|libevent[^/]*|libz|libssl|libcrypto|libudev|libltdl|libsystemd|libcap|libgcrypt|liblzma|libzstd|liblz4|libgpg-error|libcuda|libcudart|libcublas|libcublasLt|libnvrtc)\.so" |
-  while read -r lib; do cp -L "$lib" .carry/lib/; done
-# The working tree that travels is capped (64 MiB): the libraries go compressed;
-# device_check.sh unpacks them.
-tar -C .carry -cJf .carry/lib.tar.xz lib && rm -rf .carry/lib
-du -sh .carry
+  grep -vE "/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|libmpi|libmpi_cxx|libopen-pal|libopen-rte|libhwloc|libevent[^/]*|libz|libssl|libcrypto|libudev|libltdl|libsystemd|libcap|libgcrypt|liblzma|libzstd|liblz4|libgpg-error|libcuda|libcudart|libcublas|libcublasLt|libnvrtc|libnccl)\.so" |
+  while read -r lib; do cp -L "$lib" "$CARRY/lib/"; done
+echo "make_carry: $(ls "$CARRY/bin" | tr '\n' ' ')"
+echo "make_carry: $(ls "$CARRY/lib" | wc -l) libraries: $(ls "$CARRY/lib" | sed 's/\.so.*//' | sort -u | tr '\n' ' ')"
+# The working tree that travels is capped (64 MiB in all): the libraries go compressed.
+tar -C "$CARRY" -cJf "$CARRY/lib.tar.xz" lib && rm -rf "$CARRY/lib"
+size=$(du -sm "$CARRY" | cut -f1)
+du -sh "$CARRY"/*
+echo "make_carry: $size MiB in $CARRY"
+if (( size > 60 )); then
+  echo "make_carry: $CARRY is $size MiB; with the working tree it must stay under 64 MiB (leave out a test or bench binary)" >&2
+  exit 1
+fi

@@ -1,5 +1,6 @@
 // End to end through the real moed, moectl and moe-worker on a temp state dir and free ports:
-// a 2-rank CPU job trains to SUCCEEDED with metrics matching its log; moed killed mid-job and
+// a 2-rank CPU job trains to SUCCEEDED with metrics matching its log and its per-rank expert load
+// in moectl status; moed killed mid-job and
 // restarted still finishes it with complete logs and metrics; a rank killed with max_restarts 1
 // resumes from its checkpoint and finishes.
 #include <signal.h>
@@ -70,6 +71,14 @@ TEST(E2eControl, TwoRankCpuJobSucceedsWithMetricsMatchingItsLog) {
   CommandResult m = h.Moectl({"metrics", id});
   EXPECT_EQ(m.exit_code, 0) << m.err;
   EXPECT_TRUE(absl::StrContains(m.out, "* train")) << m.out;
+  // Per-expert load per rank: 4 experts on 2 ranks, experts 0-1 on rank 0 and 2-3 on rank 1.
+  EXPECT_TRUE(absl::StrContains(m.out, "TOKENS % PER RANK")) << m.out;
+  CommandResult st = h.Moectl({"status", id});
+  EXPECT_EQ(st.exit_code, 0) << st.err;
+  EXPECT_TRUE(absl::StrContains(st.out, "experts   4 on 2 ranks (2 each), step 10: tokens routed"))
+      << st.out;
+  EXPECT_TRUE(absl::StrContains(st.out, "rank 0  experts 0-1  tokens ")) << st.out;
+  EXPECT_TRUE(absl::StrContains(st.out, "rank 1  experts 2-3  tokens ")) << st.out;
   EXPECT_TRUE(ProcessesMentioning(h.state_dir() + "/jobs/" + id + "/").empty());
 }
 

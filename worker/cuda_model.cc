@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -12,6 +15,7 @@
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/cuda/nn.h"
+#include "worker/comm_nccl.h"
 #endif
 
 namespace moe {
@@ -60,9 +64,30 @@ class DeviceArena {
   int64_t bytes_ = 0;
 };
 
+// One MoE layer's route between GPUs (MODEL.md "Parallel layout"), fixed by the forward's counts
+// and reused by its backward. Rows leave in plan order (grouped by global expert, so by owner
+// rank), arrive in wire order ([from rank 0: local experts 0, 1, ...][from rank 1: ...]) and
+// are read by the experts in expert order ([local expert 0: from rank 0, 1, ...][...]).
+struct Route {
+  std::vector<int64_t> send, recv;    // (W) rows to / from each peer
+  std::vector<int32_t> local_counts;  // (E_local) rows per local expert, over all peers
+  int64_t rows = 0;                   // rows this rank's experts take
+  cuda::RowBlocks to_expert, to_wire; // wire <-> expert order; no blocks when E_local is 1
+};
+
+// bf16 expert rows kept from the forward for the backward: input x (rows, D) in expert order
+// and g, u, h (rows, F). Reallocated (larger) when a step routes more rows here than fit.
+struct ExpertRowBuffers {
+  int64_t capacity = 0;  // rows
+  bf16 *x = nullptr, *g = nullptr, *u = nullptr, *h = nullptr;
+  std::shared_ptr<DeviceArena> mem;
+};
+
 class CudaModel final : public TrainModel {
  public:
-  CudaModel(const ModelConfig& cfg, Communicator* comm, bool use_bf16);
+  // dcomm: the NCCL communicator when the job has several ranks (null for one).
+  CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr<DeviceCommunicator> dcomm,
+            bool use_bf16);
   ~CudaModel() override;
 
   const ModelConfig& config() const override { return cfg_; }
@@ -79,7 +104,13 @@ class CudaModel final : public TrainModel {
   void CopyFromHost(ParamSet set, const std::vector<float>& in) override;
   const std::vector<float>& params() override;
 
-  int64_t device_bytes() const { return weights_.bytes() + acts_.bytes(); }
+  void DeviceCommSeconds(double* all_to_all, double* all_reduce) override;
+
+  int64_t device_bytes() const {
+    int64_t bytes = weights_.bytes() + acts_.bytes() + scratch16_.bytes();
+    for (const BlockActs& a : blocks_) bytes += a.saved16.mem != nullptr ? a.saved16.mem->bytes() : 0;
+    return bytes;
+  }
 
  private:
   // Saved by Forward for Backward, per block. n = b T tokens, r = n k expert rows (n when dense).
@@ -91,7 +122,13 @@ class CudaModel final : public TrainModel {
     int32_t *counts, *routed, *offsets;                            // (E) (E) (E+1)
     float* aux_grad;                                               // (E)
     double* stats;  // (2E+3): routed, prob_sum, z_sum, entropy_sum, kept
-    float *xs, *ys, *g, *u, *h;                                    // (r,D) (r,D) (r,F) x3
+    float *xs, *ys;                                                // (r,D) (r,D) plan order
+    float *g, *u, *h;                                              // (r,F) x3 fp32 mode
+    int32_t* counts_host;  // (E) pinned: this layer's counts, the one count exchange per layer
+    // bf16 mode: the experts' input in expert order and what their backward needs, for the rows
+    // this rank's experts take (on several GPUs, that depends on the routing: grown on demand).
+    ExpertRowBuffers saved16;
+    Route route;  // several GPUs: the forward's route, reused by the backward
   };
 
   float* Buffer(ParamSet set) {
@@ -117,6 +154,24 @@ class CudaModel final : public TrainModel {
   void MoeForward(BlockActs& a, const BlockTensors& w, int n, const BatchContext& ctx, float* out);
   void MoeBackward(BlockActs& a, const BlockTensors& w, const BlockTensors& gw, int n,
                    const float* dout, float* dm);
+  // bf16 experts of one MoE layer on the permuted rows a.xs (kept of them): the exchange to the
+  // experts' GPUs (none on one GPU), the grouped products, the exchange back into a.ys.
+  void ExpertsForward16(BlockActs& a, const BlockTensors& w, int64_t kept);
+  // Their backward: dys_ (kept, D) plan order -> weight gradients, d_expert_in_ (kept, D).
+  void ExpertsBackward16(BlockActs& a, const BlockTensors& w, const BlockTensors& gw, int64_t kept);
+
+  // Several GPUs. The route of a layer from this rank's counts per global expert (host), by
+  // the one count exchange over the host communicator.
+  void PlanRoute(Route& r, const int32_t* counts);
+  // Rows between plan order (src or dst, `plan`) and expert order (`experts`), bf16, through
+  // wire order in scratch16_.wire: ToExperts sends, FromExperts brings back.
+  void ToExperts(const Route& r, const bf16* plan, bf16* experts);
+  void FromExperts(const Route& r, const bf16* experts, bf16* plan);
+  // Makes the bf16 scratch and a layer's saved buffers hold `rows` expert rows.
+  void ReserveExpertRows(BlockActs& a, int64_t rows);
+  // The dense gradient all-reduce of one bucket [begin, end) of the flat buffer, on
+  // reduce_stream_ once stream_ has produced it.
+  void ReduceDenseBucket(int64_t begin, int64_t end);
 
   ModelConfig cfg_;
   Communicator* comm_;
@@ -143,15 +198,55 @@ class CudaModel final : public TrainModel {
       *expert_scratch_;
   bf16 *s16a_, *s16b_;  // bf16 casts of product operands (n * max(D, C3, F, V))
   int32_t* dense_offsets_ = nullptr;  // {0, n} for a dense model's one expert
+  // bf16 mode: the experts' grouped products through cuBLAS (kernels/cuda/moe.h's fast path).
+  std::unique_ptr<cuda::GroupedBlas> grouped_;
+  int32_t* counts_host_ = nullptr;  // pinned (L, E)
+  cudaEvent_t counts_ready_ = nullptr;
+  bf16* plan16_ = nullptr;  // (r, D): a.xs or dys_ in bf16, plan order
+  // bf16 scratch for the expert rows of any layer (capacity rows, grown like saved16).
+  struct {
+    int64_t capacity = 0;
+    bf16 *wire = nullptr, *ys = nullptr, *dys = nullptr, *dx = nullptr, *backward = nullptr;
+    float* dxs = nullptr;  // (capacity, D) fp32 gradient of the experts' input
+  } expert16_;
+  DeviceArena scratch16_;
+
+  // Several GPUs: NCCL, and the dense gradient all-reduce, queued bucket by bucket on its own
+  // stream during the last micro-step's backward (dense_queued_) so that it overlaps the
+  // backward of the blocks below.
+  std::unique_ptr<DeviceCommunicator> dcomm_;
+  cudaStream_t reduce_stream_ = nullptr;
+  cudaEvent_t bucket_ready_ = nullptr, reduce_done_ = nullptr;
+  bool dense_queued_ = false;
+  std::vector<std::pair<int64_t, int64_t>> block_buckets_;  // per block, its dense [begin, end)
 
   // The last forward.
   BatchContext ctx_;
   int b_ = 0;
 };
 
-CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, bool use_bf16)
-    : cfg_(cfg), comm_(comm), layout_(cfg, comm->rank(), comm->world_size()), bf16_(use_bf16) {
+CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr<DeviceCommunicator> dcomm,
+                     bool use_bf16)
+    : cfg_(cfg),
+      comm_(comm),
+      layout_(cfg, comm->rank(), comm->world_size()),
+      bf16_(use_bf16),
+      dcomm_(std::move(dcomm)) {
   MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  if (dcomm_ != nullptr) {
+    MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&reduce_stream_, cudaStreamNonBlocking));
+    MOE_CUDA_CHECK(cudaEventCreateWithFlags(&bucket_ready_, cudaEventDisableTiming));
+    MOE_CUDA_CHECK(cudaEventCreateWithFlags(&reduce_done_, cudaEventDisableTiming));
+    // Block l's replicated parameters ("blocks.l.*") are contiguous in the layout: one bucket.
+    block_buckets_.assign(cfg.layers, {0, 0});
+    for (const ParamInfo& info : layout_.params()) {
+      int l = -1;
+      if (info.expert || std::sscanf(info.name.c_str(), "blocks.%d.", &l) != 1) continue;
+      auto& [begin, end] = block_buckets_[l];
+      if (end == 0) begin = info.offset;
+      end = info.offset + info.size;
+    }
+  }
   blas_ = std::make_unique<cuda::Blas>();
   const int64_t total = layout_.total();
   params_ = weights_.Alloc<float>(total);
@@ -165,17 +260,35 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, bool use_bf16)
   cuda::RopeTablesHost(cos_t.data(), sin_t.data(), cfg.seq_len, cfg.head_dim);
   rope_cos_ = weights_.Alloc<float>(cos_t.size());
   rope_sin_ = weights_.Alloc<float>(sin_t.size());
-  MOE_CUDA_CHECK(cudaMemcpy(rope_cos_, cos_t.data(), sizeof(float) * cos_t.size(), cudaMemcpyHostToDevice));
-  MOE_CUDA_CHECK(cudaMemcpy(rope_sin_, sin_t.data(), sizeof(float) * sin_t.size(), cudaMemcpyHostToDevice));
+  // Every copy goes on stream_: a cudaMemcpy from pageable memory may return before its data
+  // has landed, and stream_ (non-blocking) would not wait for it.
+  MOE_CUDA_CHECK(cudaMemcpyAsync(rope_cos_, cos_t.data(), sizeof(float) * cos_t.size(), cudaMemcpyHostToDevice,
+                                 stream_));
+  MOE_CUDA_CHECK(cudaMemcpyAsync(rope_sin_, sin_t.data(), sizeof(float) * sin_t.size(), cudaMemcpyHostToDevice,
+                                 stream_));
   norms_ = weights_.Alloc<double>(2);
   const int per_layer = 2 * cfg.experts + 3;
   MOE_CUDA_CHECK(cudaMallocHost(&host_stats_, sizeof(double) * (1 + cfg.layers * per_layer)));
+  if (bf16_) {
+    grouped_ = std::make_unique<cuda::GroupedBlas>();
+    MOE_CUDA_CHECK(cudaMallocHost(&counts_host_, sizeof(int32_t) * cfg.layers * std::max(1, cfg.experts)));
+    MOE_CUDA_CHECK(cudaEventCreateWithFlags(&counts_ready_, cudaEventDisableTiming));
+  }
   ZeroGrads();
 }
 
 CudaModel::~CudaModel() {
   cudaStreamSynchronize(stream_);
+  if (reduce_stream_ != nullptr) {
+    cudaStreamSynchronize(reduce_stream_);
+    cudaStreamDestroy(reduce_stream_);
+    cudaEventDestroy(bucket_ready_);
+    cudaEventDestroy(reduce_done_);
+  }
   cudaFreeHost(host_stats_);
+  if (counts_host_ != nullptr) cudaFreeHost(counts_host_);
+  if (counts_ready_ != nullptr) cudaEventDestroy(counts_ready_);
+  grouped_.reset();
   blas_.reset();
   cudaStreamDestroy(stream_);
 }
@@ -188,9 +301,9 @@ void CudaModel::InitParams(uint64_t seed) {
   // The host init of ParamLayout, then one copy: the same weights as the CPU model.
   std::vector<float> host(layout_.total(), 0.f);
   layout_.Initialize(host.data(), seed);
-  MOE_CUDA_CHECK(cudaMemcpy(params_, host.data(), sizeof(float) * host.size(), cudaMemcpyHostToDevice));
-  MOE_CUDA_CHECK(cudaMemset(adam_m_, 0, sizeof(float) * host.size()));
-  MOE_CUDA_CHECK(cudaMemset(adam_v_, 0, sizeof(float) * host.size()));
+  MOE_CUDA_CHECK(cudaMemcpyAsync(params_, host.data(), sizeof(float) * host.size(), cudaMemcpyHostToDevice, stream_));
+  MOE_CUDA_CHECK(cudaMemsetAsync(adam_m_, 0, sizeof(float) * host.size(), stream_));
+  MOE_CUDA_CHECK(cudaMemsetAsync(adam_v_, 0, sizeof(float) * host.size(), stream_));
   RefreshBf16();
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
@@ -208,7 +321,8 @@ void CudaModel::EnsureActivations(int b) {
   const int64_t k = cfg_.top_k, F = cfg_.ffn, V = cfg_.vocab, H = cfg_.heads;
   const int64_t r = ExpertRows(static_cast<int>(n));
   blocks_.assign(cfg_.layers, BlockActs{});
-  for (BlockActs& a : blocks_) {
+  for (int l = 0; l < cfg_.layers; ++l) {
+    BlockActs& a = blocks_[l];
     a.x_in = acts_.Alloc<float>(n * D);
     a.attn_in = acts_.Alloc<float>(n * D);
     a.attn_rstd = acts_.Alloc<float>(n);
@@ -234,9 +348,14 @@ void CudaModel::EnsureActivations(int b) {
       a.xs = acts_.Alloc<float>(r * D);
       a.ys = acts_.Alloc<float>(r * D);
     }
-    a.g = acts_.Alloc<float>(r * F);
-    a.u = acts_.Alloc<float>(r * F);
-    a.h = acts_.Alloc<float>(r * F);
+    if (bf16_) {
+      a.counts_host = counts_host_ + int64_t{l} * std::max(1, cfg_.experts);
+      ReserveExpertRows(a, r);
+    } else {
+      a.g = acts_.Alloc<float>(r * F);
+      a.u = acts_.Alloc<float>(r * F);
+      a.h = acts_.Alloc<float>(r * F);
+    }
   }
   x_ = acts_.Alloc<float>(n * D);
   tmp_ = acts_.Alloc<float>(n * D);
@@ -260,11 +379,12 @@ void CudaModel::EnsureActivations(int b) {
     d_expert_in_ = acts_.Alloc<float>(r * D);
     drouter_ = acts_.Alloc<float>(n * E);
   }
-  expert_scratch_ = acts_.Alloc<float>(2 * r * F);
+  if (!bf16_) expert_scratch_ = acts_.Alloc<float>(2 * r * F);
   if (bf16_) {
     const int64_t widest = std::max({D, C3, V});
     s16a_ = acts_.Alloc<bf16>(n * widest);
     s16b_ = acts_.Alloc<bf16>(n * widest);
+    plan16_ = acts_.Alloc<bf16>(r * D);
   }
   dense_offsets_ = acts_.Alloc<int32_t>(2);
 }
@@ -393,6 +513,14 @@ void CudaModel::MoeForward(BlockActs& a, const BlockTensors& w, int n, const Bat
   const int D = cfg_.d, F = cfg_.ffn, E = cfg_.experts, k = cfg_.top_k;
   const bool tc = bf16_;
   if (!cfg_.is_moe()) {
+    // One replicated expert takes every token: no routing, no exchange.
+    if (bf16_) {
+      a.counts_host[0] = n;
+      cuda::CastToBf16(a.saved16.x, a.moe_in, int64_t{n} * D, stream_);
+      cuda::ExpertsForwardBf16(*grouped_, a.counts_host, out, expert16_.ys, a.saved16.g, a.saved16.u, a.saved16.h,
+                               a.saved16.x, Bf16Of(w.w1), Bf16Of(w.w3), Bf16Of(w.w2), 1, D, F, stream_);
+      return;
+    }
     const int32_t offsets[2] = {0, n};
     MOE_CUDA_CHECK(cudaMemcpyAsync(dense_offsets_, offsets, sizeof(offsets), cudaMemcpyHostToDevice, stream_));
     cuda::ExpertsForward(out, a.g, a.u, a.h, a.moe_in, w.w1, w.w3, w.w2, dense_offsets_, n, 1, D, F, tc, stream_);
@@ -404,18 +532,53 @@ void CudaModel::MoeForward(BlockActs& a, const BlockTensors& w, int n, const Bat
   const int64_t capacity =
       cfg_.capacity_factor > 0.0 ? static_cast<int64_t>(std::ceil(cfg_.capacity_factor * n * k / E)) : 0;
   cuda::BuildRoutingPlan(a.counts, a.routed, a.offsets, a.a2s, a.s2a, a.expert_idx, n, k, E, capacity, stream_);
+  if (bf16_) {
+    // The count exchange: the grouped products (and the route between GPUs) need each
+    // expert's rows on the host. Waited on only once the stats and the permute are queued.
+    MOE_CUDA_CHECK(cudaMemcpyAsync(a.counts_host, a.counts, sizeof(int32_t) * E, cudaMemcpyDeviceToHost, stream_));
+    MOE_CUDA_CHECK(cudaEventRecord(counts_ready_, stream_));
+  }
+  // The layer's stats [routed | prob_sum | z, H | kept], summed over GPUs before the aux
+  // gradient reads the global routed counts.
   MOE_CUDA_CHECK(cudaMemsetAsync(a.stats, 0, sizeof(double) * (2 * E + 3), stream_));
   cuda::RouterStats(a.stats + E, a.stats + 2 * E, a.stats + 2 * E + 1, a.probs, a.router_lse, n, E, stream_);
-  // One rank: the stats are already global. (With several GPUs, the all-reduce of MoeLayer's
-  // [routed | prob_sum | z, H | drops] goes here, on the device.)
-  cuda::RouterAuxGrad(a.aux_grad, a.stats, a.routed, a.counts, E, static_cast<double>(ctx.global_tokens), k,
-                      cfg_.aux_coef * E, ctx.loss_scale, stream_);
-  // Permute -> exchange (the identity on one GPU: the experts read xs in place) -> experts ->
-  // exchange back (identity) -> unpermute.
+  cuda::RouterCountStats(a.stats, a.routed, a.counts, E, stream_);
+  if (dcomm_ != nullptr) dcomm_->AllReduceSum(a.stats, 2 * E + 3, DeviceDType::kF64, stream_);
+  cuda::RouterAuxGrad(a.aux_grad, a.stats, E, static_cast<double>(ctx.global_tokens), k, cfg_.aux_coef * E,
+                      ctx.loss_scale, stream_);
+  // Permute -> experts (bf16: through the exchange) -> unpermute.
   const int rows = n * k;
   cuda::PermuteForward(a.xs, a.moe_in, a.a2s, n, k, D, stream_);
-  cuda::ExpertsForward(a.ys, a.g, a.u, a.h, a.xs, w.w1, w.w3, w.w2, a.offsets, rows, E, D, F, tc, stream_);
+  if (bf16_) {
+    MOE_CUDA_CHECK(cudaEventSynchronize(counts_ready_));
+    int64_t kept = 0;
+    for (int e = 0; e < E; ++e) kept += a.counts_host[e];
+    ExpertsForward16(a, w, kept);
+  } else {
+    cuda::ExpertsForward(a.ys, a.g, a.u, a.h, a.xs, w.w1, w.w3, w.w2, a.offsets, rows, E, D, F, tc, stream_);
+  }
   cuda::UnpermuteForward(out, a.ys, a.weights, a.a2s, n, k, D, stream_);
+}
+
+void CudaModel::ExpertsForward16(BlockActs& a, const BlockTensors& w, int64_t kept) {
+  const int D = cfg_.d, F = cfg_.ffn, E_local = layout_.experts_local();
+  if (dcomm_ == nullptr) {
+    // One GPU: plan order is expert order; the experts read the permuted rows in place.
+    cuda::CastToBf16(a.saved16.x, a.xs, kept * D, stream_);
+    cuda::ExpertsForwardBf16(*grouped_, a.counts_host, a.ys, expert16_.ys, a.saved16.g, a.saved16.u, a.saved16.h,
+                             a.saved16.x, Bf16Of(w.w1), Bf16Of(w.w3), Bf16Of(w.w2), E_local, D, F, stream_);
+    return;
+  }
+  Route& r = a.route;
+  PlanRoute(r, a.counts_host);
+  ReserveExpertRows(a, r.rows);
+  cuda::CastToBf16(plan16_, a.xs, kept * D, stream_);
+  ToExperts(r, plan16_, a.saved16.x);
+  cuda::ExpertsForwardBf16(*grouped_, r.local_counts.data(), nullptr, expert16_.ys, a.saved16.g, a.saved16.u,
+                           a.saved16.h, a.saved16.x, Bf16Of(w.w1), Bf16Of(w.w3), Bf16Of(w.w2), E_local, D, F,
+                           stream_);
+  FromExperts(r, expert16_.ys, plan16_);
+  cuda::CastToFloat(a.ys, plan16_, kept * D, stream_);
 }
 
 void CudaModel::MoeBackward(BlockActs& a, const BlockTensors& w, const BlockTensors& gw, int n,
@@ -423,6 +586,13 @@ void CudaModel::MoeBackward(BlockActs& a, const BlockTensors& w, const BlockTens
   const int D = cfg_.d, F = cfg_.ffn, E = cfg_.experts, k = cfg_.top_k;
   const bool tc = bf16_;
   if (!cfg_.is_moe()) {
+    if (bf16_) {
+      cuda::CastToBf16(plan16_, dout, int64_t{n} * D, stream_);
+      cuda::ExpertsBackwardBf16(*grouped_, a.counts_host, dm, gw.w1, gw.w3, gw.w2, plan16_, a.saved16.x,
+                                a.saved16.g, a.saved16.u, a.saved16.h, Bf16Of(w.w1), Bf16Of(w.w3), Bf16Of(w.w2), 1,
+                                D, F, expert16_.backward, stream_);
+      return;
+    }
     cuda::ExpertsBackward(dm, gw.w1, gw.w3, gw.w2, dout, a.moe_in, a.g, a.u, a.h, w.w1, w.w3, w.w2,
                           dense_offsets_, n, 1, D, F, expert_scratch_, tc, stream_);
     return;
@@ -432,13 +602,132 @@ void CudaModel::MoeBackward(BlockActs& a, const BlockTensors& w, const BlockTens
   MOE_CUDA_CHECK(cudaMemsetAsync(dweights_, 0, sizeof(float) * rows, stream_));
   cuda::UnpermuteBackward(dys_, dweights_, dout, a.ys, a.weights, a.a2s, n, k, D, stream_);
   MOE_CUDA_CHECK(cudaMemsetAsync(d_expert_in_, 0, sizeof(float) * rows * D, stream_));
-  cuda::ExpertsBackward(d_expert_in_, gw.w1, gw.w3, gw.w2, dys_, a.xs, a.g, a.u, a.h, w.w1, w.w3, w.w2,
-                        a.offsets, rows, E, D, F, expert_scratch_, tc, stream_);
+  if (bf16_) {
+    // The plan and the route are the forward's: no count exchange here.
+    int64_t kept = 0;
+    for (int e = 0; e < E; ++e) kept += a.counts_host[e];
+    ExpertsBackward16(a, w, gw, kept);
+  } else {
+    cuda::ExpertsBackward(d_expert_in_, gw.w1, gw.w3, gw.w2, dys_, a.xs, a.g, a.u, a.h, w.w1, w.w3, w.w2,
+                          a.offsets, rows, E, D, F, expert_scratch_, tc, stream_);
+  }
   cuda::PermuteBackward(dm, d_expert_in_, a.a2s, n, k, D, stream_);
   MOE_CUDA_CHECK(cudaMemsetAsync(drouter_, 0, sizeof(float) * n * E, stream_));
   cuda::RouterBackward(drouter_, dweights_, a.probs, a.router_lse, a.expert_idx, a.aux_grad,
                        static_cast<float>(cfg_.z_coef * ctx_.loss_scale), n, E, k, stream_);
   LinearBackward(dm, gw.router, drouter_, nullptr, a.moe_in, w.router, n, D, E, /*fp32=*/true);
+}
+
+void CudaModel::ExpertsBackward16(BlockActs& a, const BlockTensors& w, const BlockTensors& gw, int64_t kept) {
+  const int D = cfg_.d, F = cfg_.ffn, E_local = layout_.experts_local();
+  cuda::CastToBf16(plan16_, dys_, kept * D, stream_);
+  if (dcomm_ == nullptr) {
+    cuda::ExpertsBackwardBf16(*grouped_, a.counts_host, d_expert_in_, gw.w1, gw.w3, gw.w2, plan16_, a.saved16.x,
+                              a.saved16.g, a.saved16.u, a.saved16.h, Bf16Of(w.w1), Bf16Of(w.w3), Bf16Of(w.w2),
+                              E_local, D, F, expert16_.backward, stream_);
+    return;
+  }
+  // The route of the forward: dys to the experts, their input gradient back (bf16 both ways,
+  // like the activations).
+  const Route& r = a.route;
+  ToExperts(r, plan16_, expert16_.dys);
+  MOE_CUDA_CHECK(cudaMemsetAsync(expert16_.dxs, 0, sizeof(float) * r.rows * D, stream_));
+  cuda::ExpertsBackwardBf16(*grouped_, r.local_counts.data(), expert16_.dxs, gw.w1, gw.w3, gw.w2, expert16_.dys,
+                            a.saved16.x, a.saved16.g, a.saved16.u, a.saved16.h, Bf16Of(w.w1), Bf16Of(w.w3),
+                            Bf16Of(w.w2), E_local, D, F, expert16_.backward, stream_);
+  cuda::CastToBf16(expert16_.dx, expert16_.dxs, r.rows * D, stream_);
+  FromExperts(r, expert16_.dx, plan16_);
+  cuda::CastToFloat(d_expert_in_, plan16_, kept * D, stream_);
+}
+
+void CudaModel::PlanRoute(Route& r, const int32_t* counts) {
+  const int W = comm_->world_size(), E_local = layout_.experts_local(), E = cfg_.experts;
+  std::vector<int64_t> send_counts(counts, counts + E), recv_counts(static_cast<size_t>(W) * E_local);
+  comm_->AllToAllCounts(send_counts.data(), recv_counts.data(), E_local);
+  r.send.assign(W, 0);
+  r.recv.assign(W, 0);
+  r.local_counts.assign(E_local, 0);
+  r.rows = 0;
+  for (int p = 0; p < W; ++p) {
+    for (int j = 0; j < E_local; ++j) {
+      const int64_t from_p = recv_counts[p * E_local + j];
+      r.send[p] += send_counts[p * E_local + j];
+      r.recv[p] += from_p;
+      r.local_counts[j] += static_cast<int32_t>(from_p);
+      r.rows += from_p;
+    }
+  }
+  // Block (p, j): rows from peer p for local expert j. Wire order walks (p, j), expert order (j, p).
+  r.to_expert.count = r.to_wire.count = 0;
+  if (E_local == 1) return;
+  std::vector<int64_t> wire_row(recv_counts.size() + 1, 0);
+  for (size_t b = 0; b < recv_counts.size(); ++b) wire_row[b + 1] = wire_row[b] + recv_counts[b];
+  int64_t expert_row = 0;
+  for (int j = 0; j < E_local; ++j) {
+    for (int p = 0; p < W; ++p) {
+      const size_t b = static_cast<size_t>(p) * E_local + j;
+      const int i = r.to_expert.count++;
+      r.to_wire.count++;
+      r.to_expert.src_row[i] = r.to_wire.dst_row[i] = wire_row[b];
+      r.to_expert.dst_row[i] = r.to_wire.src_row[i] = expert_row;
+      r.to_expert.rows[i] = r.to_wire.rows[i] = recv_counts[b];
+      expert_row += recv_counts[b];
+    }
+  }
+}
+
+void CudaModel::ToExperts(const Route& r, const bf16* plan, bf16* experts) {
+  const int64_t D = cfg_.d;
+  std::vector<int64_t> send(r.send.size()), recv(r.recv.size());
+  for (size_t p = 0; p < send.size(); ++p) send[p] = r.send[p] * D, recv[p] = r.recv[p] * D;
+  // With one expert per GPU, wire order is expert order: receive in place.
+  bf16* wire = r.to_expert.count > 0 ? expert16_.wire : experts;
+  dcomm_->AllToAllV(plan, send.data(), wire, recv.data(), DeviceDType::kBF16, stream_);
+  cuda::CopyRowBlocks(experts, wire, r.to_expert, D * sizeof(bf16), stream_);
+}
+
+void CudaModel::FromExperts(const Route& r, const bf16* experts, bf16* plan) {
+  const int64_t D = cfg_.d;
+  std::vector<int64_t> send(r.recv.size()), recv(r.send.size());
+  for (size_t p = 0; p < send.size(); ++p) send[p] = r.recv[p] * D, recv[p] = r.send[p] * D;
+  const bf16* wire = experts;
+  if (r.to_wire.count > 0) {
+    cuda::CopyRowBlocks(expert16_.wire, experts, r.to_wire, D * sizeof(bf16), stream_);
+    wire = expert16_.wire;
+  }
+  // The reverse route: what came from peer p goes back to p.
+  dcomm_->AllToAllV(wire, send.data(), plan, recv.data(), DeviceDType::kBF16, stream_);
+}
+
+void CudaModel::ReserveExpertRows(BlockActs& a, int64_t rows) {
+  const int64_t D = cfg_.d, F = cfg_.ffn, E_local = cfg_.is_moe() ? layout_.experts_local() : 1;
+  rows = std::max<int64_t>(rows, 1);
+  // Grown by a quarter more than asked, so that routing that wobbles does not reallocate often.
+  auto grown = [](int64_t need, int64_t have) { return need <= have ? have : std::max(need, have + have / 4); };
+  if (rows > a.saved16.capacity) {
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    ExpertRowBuffers& s = a.saved16;
+    s.capacity = grown(rows, s.capacity);
+    s.mem = std::make_shared<DeviceArena>();
+    s.x = s.mem->Alloc<bf16>(s.capacity * D);
+    s.g = s.mem->Alloc<bf16>(s.capacity * F);
+    s.u = s.mem->Alloc<bf16>(s.capacity * F);
+    s.h = s.mem->Alloc<bf16>(s.capacity * F);
+  }
+  if (rows > expert16_.capacity) {
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    scratch16_.FreeAll();
+    const int64_t c = grown(rows, expert16_.capacity);
+    expert16_.capacity = c;
+    expert16_.wire = scratch16_.Alloc<bf16>(c * D);
+    expert16_.ys = scratch16_.Alloc<bf16>(c * D);
+    expert16_.dys = scratch16_.Alloc<bf16>(c * D);
+    expert16_.dx = scratch16_.Alloc<bf16>(c * D);
+    expert16_.dxs = scratch16_.Alloc<float>(c * D);
+    expert16_.backward =
+        scratch16_.Alloc<bf16>(cuda::ExpertsBackwardBf16Scratch(c, static_cast<int>(E_local), static_cast<int>(D),
+                                                                static_cast<int>(F)));
+  }
 }
 
 void CudaModel::Backward() {
@@ -453,6 +742,9 @@ void CudaModel::Backward() {
   auto zero = [&](float* p, int64_t count) {
     MOE_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(float) * count, stream_));
   };
+  // Several GPUs: the dense gradients are reduced bucket by bucket during the backward of the
+  // step's last micro-batch (earlier ones only accumulate); AllReduceDenseGrads then waits.
+  const bool reduce_now = dcomm_ != nullptr && ctx_.last_micro_step && cfg_.layers > 0;
 
   // Head: dlogits (in place in fp32, or straight to bf16 for the bf16 products).
   const bf16* dlogits16 = nullptr;
@@ -492,17 +784,46 @@ void CudaModel::Backward() {
     zero(dtmp_, nd);
     LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, a.attn_in, bw.wqkv, n, D, C3, false);
     cuda::RmsNormBackward(dx_, bg.attn_norm, dtmp_, a.x_in, bw.attn_norm, a.attn_rstd, n, D, stream_);
+    // Block l's replicated gradients are final (on the last micro-step): reduce them over GPUs
+    // while the blocks below run their backward.
+    if (reduce_now) ReduceDenseBucket(block_buckets_[l].first, block_buckets_[l].second);
   }
   zero(dtmp_, nd);
   cuda::DropoutBackward(dtmp_, dx_, nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 0), offset, stream_);
   cuda::EmbeddingBackward(g.wte, dtmp_, idx_, n, D, stream_);
+  if (reduce_now) {
+    // The rest: the embedding before the first block, the final norm (and lm_head) after the last.
+    ReduceDenseBucket(0, block_buckets_.front().first);
+    ReduceDenseBucket(block_buckets_.back().second, layout_.dense_size());
+    MOE_CUDA_CHECK(cudaEventRecord(reduce_done_, reduce_stream_));
+    dense_queued_ = true;
+  }
   // Synchronous at the end so that the trainer's forward / backward / optimizer times are real.
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
+void CudaModel::ReduceDenseBucket(int64_t begin, int64_t end) {
+  if (end <= begin) return;
+  MOE_CUDA_CHECK(cudaEventRecord(bucket_ready_, stream_));
+  MOE_CUDA_CHECK(cudaStreamWaitEvent(reduce_stream_, bucket_ready_, 0));
+  dcomm_->AllReduceSum(grads_ + begin, end - begin, DeviceDType::kF32, reduce_stream_);
+}
+
 void CudaModel::AllReduceDenseGrads(Communicator* comm) {
-  // One rank (MakeCudaModel refuses more): the sum over ranks is the identity.
-  (void)comm;
+  (void)comm;  // the device communicator does it; one GPU: the sum over ranks is the identity
+  if (dcomm_ == nullptr) return;
+  if (dense_queued_) {
+    MOE_CUDA_CHECK(cudaStreamWaitEvent(stream_, reduce_done_, 0));
+    dense_queued_ = false;
+  } else {
+    dcomm_->AllReduceSum(grads_, layout_.dense_size(), DeviceDType::kF32, stream_);
+  }
+  dcomm_->Wait(stream_, "dense gradient all-reduce");
+}
+
+void CudaModel::DeviceCommSeconds(double* all_to_all, double* all_reduce) {
+  *all_to_all = dcomm_ != nullptr ? dcomm_->all_to_all_seconds() : 0.0;
+  *all_reduce = dcomm_ != nullptr ? dcomm_->all_reduce_seconds() : 0.0;
 }
 
 void CudaModel::GradSquaredNorms(double* dense_sq, double* expert_sq) {
@@ -532,13 +853,18 @@ void CudaModel::AdamWStep(int64_t step, double lr, double weight_decay, float cl
 void CudaModel::CopyToHost(ParamSet set, std::vector<float>* out) {
   out->resize(layout_.total());
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  MOE_CUDA_CHECK(cudaMemcpy(out->data(), Buffer(set), sizeof(float) * out->size(), cudaMemcpyDeviceToHost));
+  MOE_CUDA_CHECK(
+      cudaMemcpyAsync(out->data(), Buffer(set), sizeof(float) * out->size(), cudaMemcpyDeviceToHost, stream_));
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 void CudaModel::CopyFromHost(ParamSet set, const std::vector<float>& in) {
   const size_t count = std::min<size_t>(in.size(), layout_.total());
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  MOE_CUDA_CHECK(cudaMemcpy(Buffer(set), in.data(), sizeof(float) * count, cudaMemcpyHostToDevice));
+  // On stream_, so that the bf16 cast below reads the new values: a plain cudaMemcpy from
+  // pageable memory may return before its data lands, and stream_ does not wait for it (this
+  // once fed stale expert weights, the tail of the buffer, to the bf16 products).
+  MOE_CUDA_CHECK(cudaMemcpyAsync(Buffer(set), in.data(), sizeof(float) * count, cudaMemcpyHostToDevice, stream_));
   if (set == ParamSet::kParams) RefreshBf16();
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
@@ -552,14 +878,9 @@ const std::vector<float>& CudaModel::params() {
 
 absl::StatusOr<std::unique_ptr<TrainModel>> MakeCudaModel(const ModelConfig& cfg, Communicator* comm,
                                                           bool use_bf16) {
-  if (!cuda::HaveGpu()) {
-    return absl::FailedPreconditionError("resources.device is cuda but no CUDA GPU is visible to this process");
-  }
-  if (comm->world_size() != 1) {
-    return absl::UnimplementedError(absl::StrCat(
-        "device cuda runs on one rank for now (the multi-GPU expert exchange needs the NCCL "
-        "communicator); this job has ", comm->world_size(), " ranks"));
-  }
+  const int W = comm->world_size();
+  // Checks of the job alone first: every rank takes the same branch, so none is left waiting
+  // in the collective setup below.
   const int hd = cfg.head_dim;
   if (hd != 8 && hd != 16 && hd != 32 && hd != 64) {
     return absl::UnimplementedError(absl::StrCat("device cuda: head size d_model / n_heads = ", hd,
@@ -568,7 +889,21 @@ absl::StatusOr<std::unique_ptr<TrainModel>> MakeCudaModel(const ModelConfig& cfg
   if (cfg.experts > 64) {
     return absl::UnimplementedError(absl::StrCat("device cuda: at most 64 experts, got ", cfg.experts));
   }
-  return std::unique_ptr<TrainModel>(std::make_unique<CudaModel>(cfg, comm, use_bf16));
+  if (W > 1 && !use_bf16) {
+    return absl::UnimplementedError(absl::StrCat(
+        "device cuda on several GPUs (ranks: ", W, ") runs in bf16 only; set train.precision: bf16, "
+        "or ranks: 1 for fp32"));
+  }
+  std::unique_ptr<DeviceCommunicator> dcomm;
+  if (W > 1) {
+    // Picks this rank's GPU and connects the GPUs (collective; errors agree on every rank).
+    absl::StatusOr<std::unique_ptr<DeviceCommunicator>> made = DeviceCommunicator::Create(comm, CommOptions{});
+    if (!made.ok()) return made.status();
+    dcomm = std::move(*made);
+  } else if (!cuda::HaveGpu()) {
+    return absl::FailedPreconditionError("resources.device is cuda but no CUDA GPU is visible to this process");
+  }
+  return std::unique_ptr<TrainModel>(std::make_unique<CudaModel>(cfg, comm, std::move(dcomm), use_bf16));
 }
 
 int64_t CudaModelDeviceBytes(const TrainModel& model) {

@@ -2,8 +2,9 @@
 // seam. fp32 master weights, gradients and AdamW moments live on the device; in bf16 mode the
 // matrix products read bf16 operands (a bf16 weight copy refreshed by every AdamW step) with
 // fp32 accumulation, while the router, norms, softmax, attention and loss stay fp32.
-// One rank only for now: the expert exchange is the identity on one GPU (no host copies); the
-// multi-GPU exchange belongs to a future NCCL Communicator working on device pointers.
+// Several ranks (bf16 only): one GPU per rank, experts split E / W per GPU; each MoE layer's
+// rows go to their experts' GPUs and back through NCCL (worker/comm_nccl.h), and the replicated
+// gradients are all-reduced in per-block buckets that overlap the backward.
 #pragma once
 
 #include <memory>
@@ -15,8 +16,8 @@
 
 namespace moe {
 
-// The CUDA model, or why it cannot run here (no CUDA in this build, no GPU, several ranks, a
-// shape the kernels do not take).
+// The CUDA model, or why it cannot run here (no CUDA in this build, no GPU, fp32 on several
+// GPUs, a shape the kernels do not take). Several ranks: collective (sets up NCCL).
 absl::StatusOr<std::unique_ptr<TrainModel>> MakeCudaModel(const ModelConfig& cfg, Communicator* comm,
                                                           bool bf16);
 

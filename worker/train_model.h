@@ -25,6 +25,7 @@ struct BatchContext {
   int64_t first_token = 0;      // global index of this rank's first token (dropout counters)
   int64_t global_tokens = 0;    // tokens of this micro-batch over all ranks
   float loss_scale = 0;         // 1 / tokens in the whole step (all ranks, all micro-steps)
+  bool last_micro_step = true;  // the step's gradients are final after this Backward
 };
 
 // What one MoE layer measured in one forward pass, already reduced over ranks.
@@ -79,6 +80,14 @@ class TrainModel {
   // AdamW on every parameter (ParamInfo::decay picks weight_decay or 0); grads are multiplied
   // by clip_scale first. step is 1-based.
   virtual void AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) = 0;
+
+  // Seconds a device backend spent in its own collectives since it was made (GPU time of its
+  // all-to-alls and all-reduces); zero for backends whose collectives go through the trainer's
+  // Communicator, which times them itself.
+  virtual void DeviceCommSeconds(double* all_to_all, double* all_reduce) {
+    *all_to_all = 0;
+    *all_reduce = 0;
+  }
 
   // Host copies of a whole flat buffer (total() floats), for checkpoints and tests.
   virtual void CopyToHost(ParamSet set, std::vector<float>* out) = 0;

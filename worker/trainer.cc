@@ -57,7 +57,9 @@ StepResult Trainer::Step(int64_t step) {
   const int T = cfg_.seq_len, A = t.grad_accum(), W = comm_->world_size(), r = comm_->rank();
   const int global_micro = t.batch_size() / A;  // sequences per micro-step over all ranks
   const double lr = LearningRateAt(static_cast<int>(step), t.steps(), t.lr(), t.min_lr(), t.warmup_steps());
-  const double a2a0 = comm_->all_to_all_seconds(), ar0 = comm_->all_reduce_seconds();
+  double dev_a2a0 = 0, dev_ar0 = 0;
+  model_->DeviceCommSeconds(&dev_a2a0, &dev_ar0);
+  const double a2a0 = comm_->all_to_all_seconds() + dev_a2a0, ar0 = comm_->all_reduce_seconds() + dev_ar0;
   const auto t0 = Clock::now();
 
   model_->ZeroGrads();
@@ -75,6 +77,7 @@ StepResult Trainer::Step(int64_t step) {
     ctx.first_token = static_cast<int64_t>(first_seq) * T;
     ctx.global_tokens = static_cast<int64_t>(global_micro) * T;
     ctx.loss_scale = 1.0f / (static_cast<float>(t.batch_size()) * T);
+    ctx.last_micro_step = a == A - 1;
     const auto f0 = Clock::now();
     ForwardResult res = model_->Forward(x.data(), y.data(), micro_batch_, ctx);
     const auto f1 = Clock::now();
@@ -128,7 +131,10 @@ StepResult Trainer::Step(int64_t step) {
     p.set_mfu(ComputeModelStats(spec_).flops_per_token * tokens / step_s / 989e12);
   }
   auto* times = p.mutable_times();
-  const double a2a = comm_->all_to_all_seconds() - a2a0, ar = comm_->all_reduce_seconds() - ar0;
+  double dev_a2a = 0, dev_ar = 0;
+  model_->DeviceCommSeconds(&dev_a2a, &dev_ar);
+  const double a2a = comm_->all_to_all_seconds() + dev_a2a - a2a0;
+  const double ar = comm_->all_reduce_seconds() + dev_ar - ar0;
   times->set_all_to_all_ms(a2a * 1e3);
   times->set_all_reduce_ms(ar * 1e3);
   times->set_compute_ms(std::max(0.0, step_s - a2a - ar) * 1e3);

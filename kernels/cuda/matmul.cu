@@ -24,6 +24,13 @@ __global__ void CastToBf16Kernel(bf16* out, const float* in, int64_t n) {
   }
 }
 
+__global__ void CastToFloatKernel(float* out, const bf16* in, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = __bfloat162float(in[i]);
+  }
+}
+
 // Largest power of two (at most 256) that divides every address: cuBLASLt picks algorithms by
 // the alignment it is promised.
 int CommonAlignment(const void* a, const void* b, const void* c) {
@@ -121,6 +128,13 @@ void CastToBf16(bf16* out, const float* in, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
   const unsigned blocks = std::min<unsigned>(BlocksFor(n, 256), 16384);
   CastToBf16Kernel<<<blocks, 256, 0, stream>>>(out, in, n);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void CastToFloat(float* out, const bf16* in, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  const unsigned blocks = std::min<unsigned>(BlocksFor(n, 256), 16384);
+  CastToFloatKernel<<<blocks, 256, 0, stream>>>(out, in, n);
   MOE_CUDA_LAUNCH_CHECK();
 }
 

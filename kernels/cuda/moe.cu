@@ -106,18 +106,20 @@ __global__ void RouterBackwardKernel(float* dlogits, const float* dweights, cons
   for (int x = 0; x < e; ++x) dz[x] += p[x] * (dp[x] - p_dot_dp + zc);
 }
 
-__global__ void RouterAuxGradKernel(float* aux_grad, double* stats, const int32_t* routed,
-                                    const int32_t* counts, int e, double n_global, int k, double coef_e,
-                                    float loss_scale) {
+__global__ void RouterCountStatsKernel(double* stats, const int32_t* routed, const int32_t* counts, int e) {
   if (threadIdx.x != 0 || blockIdx.x != 0) return;
   double kept = 0.0;
   for (int x = 0; x < e; ++x) {
-    const double f_e = static_cast<double>(routed[x]) / (n_global * k);
-    aux_grad[x] = static_cast<float>(coef_e * f_e * loss_scale);
     stats[x] = routed[x];
     kept += counts[x];
   }
   stats[2 * e + 2] = kept;
+}
+
+__global__ void RouterAuxGradKernel(float* aux_grad, const double* stats, int e, double n_global, int k,
+                                    double coef_e, float loss_scale) {
+  const int x = threadIdx.x;
+  if (x < e) aux_grad[x] = static_cast<float>(coef_e * (stats[x] / (n_global * k)) * loss_scale);
 }
 
 // ---- routing plan: a stable counting sort by expert ----
@@ -474,19 +476,6 @@ void CheckBlas(cublasStatus_t st, const char* what, const char* file, int line) 
 }
 #define MOE_BLAS_CHECK(expr) CheckBlas((expr), #expr, __FILE__, __LINE__)
 
-// The pointer table of one grouped call, passed by value (3 KB of kernel parameters at most).
-struct PointerTable {
-  const void* p[3][GroupedBlas::kMaxProblems];
-};
-
-__global__ void FillPointersKernel(void** dst, const PointerTable table, int count) {
-  for (int i = threadIdx.x; i < count; i += blockDim.x) {
-    dst[i] = const_cast<void*>(table.p[0][i]);
-    dst[GroupedBlas::kMaxProblems + i] = const_cast<void*>(table.p[1][i]);
-    dst[2 * GroupedBlas::kMaxProblems + i] = const_cast<void*>(table.p[2][i]);
-  }
-}
-
 __device__ __forceinline__ float SigmoidF(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 #define MOE_GRID_LOOP(i, n)                                                                   \
@@ -570,10 +559,16 @@ void RouterBackward(float* dlogits, const float* dweights, const float* probs, c
   MOE_CUDA_LAUNCH_CHECK();
 }
 
-void RouterAuxGrad(float* aux_grad, double* stats, const int32_t* routed, const int32_t* counts, int e,
-                   double n_global, int k, double coef_e, float loss_scale, cudaStream_t stream) {
-  RouterAuxGradKernel<<<1, 32, 0, stream>>>(aux_grad, stats, routed, counts, e, n_global, k, coef_e,
-                                            loss_scale);
+void RouterCountStats(double* stats, const int32_t* routed, const int32_t* counts, int e, cudaStream_t stream) {
+  CheckExperts(e);
+  RouterCountStatsKernel<<<1, 32, 0, stream>>>(stats, routed, counts, e);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void RouterAuxGrad(float* aux_grad, const double* stats, int e, double n_global, int k, double coef_e,
+                   float loss_scale, cudaStream_t stream) {
+  CheckExperts(e);
+  RouterAuxGradKernel<<<1, kMaxExperts, 0, stream>>>(aux_grad, stats, e, n_global, k, coef_e, loss_scale);
   MOE_CUDA_LAUNCH_CHECK();
 }
 
@@ -663,6 +658,39 @@ void ExpertsBackward(float* dxs, float* dw1, float* dw3, float* dw2, const float
   }
 }
 
+// grid.y walks the blocks, grid.x and the threads a block's words.
+template <typename Word>
+__global__ void CopyRowBlocksKernel(char* dst, const char* src, const RowBlocks blocks, int64_t row_bytes) {
+  const int i = blockIdx.y;
+  const int64_t words = blocks.rows[i] * row_bytes / sizeof(Word);
+  const Word* s = reinterpret_cast<const Word*>(src + blocks.src_row[i] * row_bytes);
+  Word* d = reinterpret_cast<Word*>(dst + blocks.dst_row[i] * row_bytes);
+  for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < words;
+       w += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    d[w] = s[w];
+  }
+}
+
+void CopyRowBlocks(void* dst, const void* src, const RowBlocks& blocks, int64_t row_bytes, cudaStream_t stream) {
+  if (blocks.count <= 0 || row_bytes <= 0) return;
+  int64_t most = 0;
+  for (int i = 0; i < blocks.count; ++i) most = std::max(most, blocks.rows[i]);
+  if (most == 0) return;
+  const dim3 grid(std::min<unsigned>(BlocksFor(most * row_bytes / 16 + 1, kThreads), 1024), blocks.count);
+  const uintptr_t bits = reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) |
+                         static_cast<uintptr_t>(row_bytes);
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  if (bits % 16 == 0) {
+    CopyRowBlocksKernel<int4><<<grid, kThreads, 0, stream>>>(d, s, blocks, row_bytes);
+  } else if (bits % 4 == 0) {
+    CopyRowBlocksKernel<int32_t><<<grid, kThreads, 0, stream>>>(d, s, blocks, row_bytes);
+  } else {
+    CopyRowBlocksKernel<int16_t><<<grid, kThreads, 0, stream>>>(d, s, blocks, row_bytes);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
 // ---- fast path ----
 
 GroupedBlas::GroupedBlas() {
@@ -684,7 +712,8 @@ void GroupedBlas::Gemm(GroupedOp op, int groups, const int32_t* host_counts, int
   std::vector<cublasOperation_t> ta, tb;
   std::vector<int> mm, nn, kk, lda, ldb, ldc, group_size;
   std::vector<float> alphas, betas;
-  PointerTable table;
+  // cuBLAS's A, B and C pointer arrays, uploaded below.
+  std::vector<const void*> table(3 * kMaxProblems, nullptr);
   int count = 0;
   for (const Operands& s : sets) {
     int64_t o = 0;  // first row of group x
@@ -705,25 +734,25 @@ void GroupedBlas::Gemm(GroupedOp op, int groups, const int32_t* host_counts, int
           ta.push_back(CUBLAS_OP_N), tb.push_back(CUBLAS_OP_N);
           mm.push_back(n), nn.push_back(rows), kk.push_back(k);
           lda.push_back(n), ldb.push_back(k), ldc.push_back(n);
-          table.p[0][count] = s.b + int64_t{x} * k * n;
-          table.p[1][count] = s.a + o * k;
-          table.p[2][count] = s.c + o * n;
+          table[count] = s.b + int64_t{x} * k * n;
+          table[kMaxProblems + count] = s.a + o * k;
+          table[2 * kMaxProblems + count] = s.c + o * n;
           break;
         case GroupedOp::kNT:  // c[rows] (rows, n) = a[rows] (rows, k) @ b_x^T, b_x (n, k)
           ta.push_back(CUBLAS_OP_T), tb.push_back(CUBLAS_OP_N);
           mm.push_back(n), nn.push_back(rows), kk.push_back(k);
           lda.push_back(k), ldb.push_back(k), ldc.push_back(n);
-          table.p[0][count] = s.b + int64_t{x} * n * k;
-          table.p[1][count] = s.a + o * k;
-          table.p[2][count] = s.c + o * n;
+          table[count] = s.b + int64_t{x} * n * k;
+          table[kMaxProblems + count] = s.a + o * k;
+          table[2 * kMaxProblems + count] = s.c + o * n;
           break;
         case GroupedOp::kTN:  // c_x (m, n) = a[rows]^T (m, rows) @ b[rows] (rows, n)
           ta.push_back(CUBLAS_OP_N), tb.push_back(CUBLAS_OP_T);
           mm.push_back(n), nn.push_back(m), kk.push_back(rows);
           lda.push_back(n), ldb.push_back(m), ldc.push_back(n);
-          table.p[0][count] = s.b + o * n;
-          table.p[1][count] = s.a + o * m;
-          table.p[2][count] = s.c + int64_t{x} * m * n;
+          table[count] = s.b + o * n;
+          table[kMaxProblems + count] = s.a + o * m;
+          table[2 * kMaxProblems + count] = s.c + int64_t{x} * m * n;
           break;
       }
       alphas.push_back(alpha);
@@ -734,11 +763,10 @@ void GroupedBlas::Gemm(GroupedOp op, int groups, const int32_t* host_counts, int
     }
   }
   if (count == 0) return;
-  // One pointer table: the calls are ordered on `stream`, so a call's fill waits for the
-  // previous product to finish reading it.
+  // The pointer arrays go up by a copy on `stream` (from pageable memory it is staged at once,
+  // so `table` may go); the calls are ordered on `stream`, so one device table serves them all.
   void** ptrs = device_ptrs_;
-  FillPointersKernel<<<1, 256, 0, stream>>>(ptrs, table, count);
-  MOE_CUDA_LAUNCH_CHECK();
+  MOE_CUDA_CHECK(cudaMemcpyAsync(ptrs, table.data(), sizeof(void*) * table.size(), cudaMemcpyHostToDevice, stream));
   cublasHandle_t h = static_cast<cublasHandle_t>(handle_);
   MOE_BLAS_CHECK(cublasSetStream(h, stream));
   MOE_BLAS_CHECK(cublasGemmGroupedBatchedEx(
@@ -748,19 +776,20 @@ void GroupedBlas::Gemm(GroupedOp op, int groups, const int32_t* host_counts, int
       ptrs + 2 * kMaxProblems, CUDA_R_16BF, ldc.data(), count, group_size.data(), CUBLAS_COMPUTE_32F));
 }
 
-void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* g16, bf16* u16,
-                        bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
-                        int e_local, int d, int f, bf16* scratch16, cudaStream_t stream) {
+void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* ys16, bf16* g16,
+                        bf16* u16, bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
+                        int e_local, int d, int f, cudaStream_t stream) {
   int64_t rows = 0;
   for (int x = 0; x < e_local; ++x) rows += host_counts[x];
   if (rows <= 0) return;
   blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{xs16, w1, g16}, {xs16, w3, u16}}, stream);
   SwigluForwardBf16Kernel<<<ElementwiseBlocks(rows * f / 2), kThreads, 0, stream>>>(h16, g16, u16, rows * f);
   MOE_CUDA_LAUNCH_CHECK();
-  bf16* ys16 = scratch16;  // (rows, d)
   blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, d, f, 1.0f, 0.0f, {{h16, w2, ys16}}, stream);
-  Bf16ToFloatKernel<<<ElementwiseBlocks(rows * d), kThreads, 0, stream>>>(ys, ys16, rows * d);
-  MOE_CUDA_LAUNCH_CHECK();
+  if (ys != nullptr) {
+    Bf16ToFloatKernel<<<ElementwiseBlocks(rows * d), kThreads, 0, stream>>>(ys, ys16, rows * d);
+    MOE_CUDA_LAUNCH_CHECK();
+  }
 }
 
 int64_t ExpertsBackwardBf16Scratch(int64_t max_rows, int e_local, int d, int f) {

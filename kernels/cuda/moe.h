@@ -6,9 +6,7 @@
 // (GroupedBlas, ExpertsForwardBf16 / ExpertsBackwardBf16): bf16 operands through cuBLAS's grouped
 // GEMM, still one call per product; it needs the per-expert counts on the host (the one
 // device-to-host count exchange per layer). The simple kernels stay as its test oracle.
-// Status: the fast path matches the oracle and the CPU op by op (tests/cuda_ops_test.cc) and runs
-// the experts' products at ~300 TFLOP/s on an H100, but wired into CudaModel its bf16 MoE parity
-// came out wrong from run to run (cause not found yet), so CudaModel still calls the oracle.
+// CudaModel uses the fast path in bf16 and the simple kernels in fp32.
 #pragma once
 
 #include <cstdint>
@@ -28,11 +26,13 @@ void RouterStats(double* prob_sum, double* z_sum, double* entropy_sum, const flo
 void RouterBackward(float* dlogits, const float* dweights, const float* probs, const float* lse,
                     const int32_t* expert_idx, const float* aux_grad, float z_scale, int n, int e, int k,
                     cudaStream_t stream);
-// aux_grad[x] = coef_e * (routed[x] / (n_global * k)) * loss_scale (in double, then float), and
-// the layer's stats doubles: stats[x] = routed[x], stats[2e + 2] = kept assignments. coef_e is
-// aux_coef * E.
-void RouterAuxGrad(float* aux_grad, double* stats, const int32_t* routed, const int32_t* counts, int e,
-                   double n_global, int k, double coef_e, float loss_scale, cudaStream_t stream);
+// This rank's count stats of one layer: stats[x] = routed[x] (x < e), stats[2e + 2] = kept
+// assignments (the other entries are RouterStats'). Summed over ranks, they are the global ones.
+void RouterCountStats(double* stats, const int32_t* routed, const int32_t* counts, int e, cudaStream_t stream);
+// aux_grad[x] = coef_e * (stats[x] / (n_global * k)) * loss_scale (in double, then float), from
+// the global routed counts in stats. coef_e is aux_coef * E.
+void RouterAuxGrad(float* aux_grad, const double* stats, int e, double n_global, int k, double coef_e,
+                   float loss_scale, cudaStream_t stream);
 
 // The routing plan of kernels::BuildRoutingPlan on the device: counts (e) kept per expert,
 // routed (e) before drops, offsets (e + 1), assignment_to_slot (n k) (-1 when dropped),
@@ -74,6 +74,16 @@ void ExpertsBackward(float* dxs, float* dw1, float* dw3, float* dw2, const float
                      const float* w2, const int32_t* offsets, int max_rows, int e_local, int d, int f,
                      float* scratch, bool tensor_cores, cudaStream_t stream);
 
+// Moves row blocks between two orders of the same rows (the expert exchange's wire order and
+// expert order): block i is rows[i] rows starting at row src_row[i] of src and dst_row[i] of
+// dst; a row is row_bytes bytes (even). One launch for every block.
+struct RowBlocks {
+  static constexpr int kMax = 64;  // W * E_local <= E <= 64
+  int count = 0;
+  int64_t src_row[kMax], dst_row[kMax], rows[kMax];
+};
+void CopyRowBlocks(void* dst, const void* src, const RowBlocks& blocks, int64_t row_bytes, cudaStream_t stream);
+
 // ---- fast path ----
 
 // Grouped bf16 products, fp32 accumulation, bf16 output (the only mixed type cuBLAS's grouped
@@ -106,13 +116,14 @@ class GroupedBlas {
 };
 
 // ExpertsForward / ExpertsBackward on the fast path: bf16 operands and products, fp32 where
-// the oracle keeps fp32 (ys, the accumulated gradients). host_counts (e_local) on the host;
-// rows grouped as in ExpertsForward. xs16, dys16: bf16 copies of xs and dys. Saved for the
-// backward: g16, u16, h16 (rows, f) bf16. Forward scratch: rows * d bf16. dw1, dw3, dw2 and
-// dxs (may be null) accumulate in fp32. Backward scratch: ExpertsBackwardBf16Scratch bf16.
-void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* g16, bf16* u16,
-                        bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
-                        int e_local, int d, int f, bf16* scratch16, cudaStream_t stream);
+// the oracle keeps fp32 (the accumulated gradients). host_counts (e_local) on the host; rows
+// grouped as in ExpertsForward. xs16, dys16: bf16 inputs. The forward writes ys16 (rows, d),
+// and its fp32 copy ys unless ys is null; it saves g16, u16, h16 (rows, f) for the backward.
+// dw1, dw3, dw2 and dxs (may be null) accumulate in fp32. Backward scratch:
+// ExpertsBackwardBf16Scratch bf16.
+void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* ys16, bf16* g16,
+                        bf16* u16, bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
+                        int e_local, int d, int f, cudaStream_t stream);
 int64_t ExpertsBackwardBf16Scratch(int64_t max_rows, int e_local, int d, int f);
 void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, float* dw1, float* dw3,
                          float* dw2, const bf16* dys16, const bf16* xs16, const bf16* g16, const bf16* u16,
