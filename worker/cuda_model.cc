@@ -742,6 +742,13 @@ void CudaModel::Backward() {
   auto zero = [&](float* p, int64_t count) {
     MOE_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(float) * count, stream_));
   };
+  // The gradient through dropout site `site` of dx_: dx_ itself when dropout is off.
+  auto through_dropout = [&](int site) -> const float* {
+    if (p_drop == 0.f) return dx_;
+    zero(dtmp_, nd);
+    cuda::DropoutBackward(dtmp_, dx_, nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, site), offset, stream_);
+    return dtmp_;
+  };
   // Several GPUs: the dense gradients are reduced bucket by bucket during the backward of the
   // step's last micro-batch (earlier ones only accumulate); AllReduceDenseGrads then waits.
   const bool reduce_now = dcomm_ != nullptr && ctx_.last_micro_step && cfg_.layers > 0;
@@ -766,17 +773,15 @@ void CudaModel::Backward() {
     BlockActs& a = blocks_[l];
     const BlockTensors& bw = w.blocks[l];
     const BlockTensors& bg = g.blocks[l];
-    zero(dtmp_, nd);
-    cuda::DropoutBackward(dtmp_, dx_, nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 2 + 2 * l), offset, stream_);
+    const float* dmoe = through_dropout(2 + 2 * l);
     zero(dnorm_, nd);
-    MoeBackward(a, bw, bg, n, dtmp_, dnorm_);
+    MoeBackward(a, bw, bg, n, dmoe, dnorm_);
     cuda::RmsNormBackward(dx_, bg.moe_norm, dnorm_, a.x_mid, bw.moe_norm, a.moe_rstd, n, D, stream_);
 
-    zero(dtmp_, nd);
-    cuda::DropoutBackward(dtmp_, dx_, nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 1 + 2 * l), offset, stream_);
+    const float* dattn_out = through_dropout(1 + 2 * l);
     float* dattn_y = dnorm_;
     zero(dattn_y, nd);
-    LinearBackward(dattn_y, bg.wo, dtmp_, nullptr, a.attn_y, bw.wo, n, D, D, false);
+    LinearBackward(dattn_y, bg.wo, dattn_out, nullptr, a.attn_y, bw.wo, n, D, D, false);
     zero(dqkv_, int64_t{n} * C3);
     (bf16_ ? cuda::AttentionBackwardBf16 : cuda::AttentionBackward)(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b,
                                                                     T, H, Hkv, hd, att_scratch_, stream_);
@@ -788,9 +793,7 @@ void CudaModel::Backward() {
     // while the blocks below run their backward.
     if (reduce_now) ReduceDenseBucket(block_buckets_[l].first, block_buckets_[l].second);
   }
-  zero(dtmp_, nd);
-  cuda::DropoutBackward(dtmp_, dx_, nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 0), offset, stream_);
-  cuda::EmbeddingBackward(g.wte, dtmp_, idx_, n, D, stream_);
+  cuda::EmbeddingBackward(g.wte, through_dropout(0), idx_, n, D, stream_);
   if (reduce_now) {
     // The rest: the embedding before the first block, the final norm (and lm_head) after the last.
     ReduceDenseBucket(0, block_buckets_.front().first);

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
 #include <vector>
 
 #include "kernels/cuda/nn.h"
@@ -496,13 +498,35 @@ __global__ void SwigluForwardBf16Kernel(bf16* h, const bf16* g, const bf16* u, i
   }
 }
 
+__device__ __forceinline__ void SwigluGrad(float d, float g, float u, float* dg, float* du) {
+  const float s = SigmoidF(g);
+  *dg = d * u * s * (1.0f + g * (1.0f - s));
+  *du = d * g * s;
+}
+
+// Two bf16 per thread when every pointer allows (kPairs), an odd tail alone; else one each.
+template <bool kPairs>
 __global__ void SwigluBackwardBf16Kernel(bf16* dg, bf16* du, const bf16* dh, const bf16* g, const bf16* u,
                                          int64_t n) {
-  MOE_GRID_LOOP(i, n) {
-    const float gi = __bfloat162float(g[i]), ui = __bfloat162float(u[i]), d = __bfloat162float(dh[i]);
-    const float s = SigmoidF(gi);
-    dg[i] = __float2bfloat16(d * ui * s * (1.0f + gi * (1.0f - s)));
-    du[i] = __float2bfloat16(d * gi * s);
+  if constexpr (kPairs) {
+    MOE_GRID_LOOP(i, n / 2) {
+      const float2 gv = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(g)[i]);
+      const float2 uv = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(u)[i]);
+      const float2 dv = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(dh)[i]);
+      float dg0, du0, dg1, du1;
+      SwigluGrad(dv.x, gv.x, uv.x, &dg0, &du0);
+      SwigluGrad(dv.y, gv.y, uv.y, &dg1, &du1);
+      reinterpret_cast<__nv_bfloat162*>(dg)[i] = __floats2bfloat162_rn(dg0, dg1);
+      reinterpret_cast<__nv_bfloat162*>(du)[i] = __floats2bfloat162_rn(du0, du1);
+    }
+  }
+  const int64_t first = kPairs ? n - n % 2 : 0;
+  for (int64_t i = first + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float dgi, dui;
+    SwigluGrad(__bfloat162float(dh[i]), __bfloat162float(g[i]), __bfloat162float(u[i]), &dgi, &dui);
+    dg[i] = __float2bfloat16(dgi);
+    du[i] = __float2bfloat16(dui);
   }
 }
 
@@ -510,16 +534,47 @@ __global__ void Bf16ToFloatKernel(float* out, const bf16* in, int64_t n) {
   MOE_GRID_LOOP(i, n) { out[i] = __bfloat162float(in[i]); }
 }
 
-// out += a (+ b when b is not null).
+// out += a (+ b when b is not null); two elements per thread when the pointers allow (kPairs).
+template <bool kPairs>
 __global__ void AccumulateBf16Kernel(float* out, const bf16* a, const bf16* b, int64_t n) {
-  MOE_GRID_LOOP(i, n) { out[i] += __bfloat162float(a[i]) + (b != nullptr ? __bfloat162float(b[i]) : 0.0f); }
+  if constexpr (kPairs) {
+    MOE_GRID_LOOP(i, n / 2) {
+      float2 o = reinterpret_cast<float2*>(out)[i];
+      const float2 av = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(a)[i]);
+      o.x += av.x;
+      o.y += av.y;
+      if (b != nullptr) {
+        const float2 bv = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(b)[i]);
+        o.x += bv.x;
+        o.y += bv.y;
+      }
+      reinterpret_cast<float2*>(out)[i] = o;
+    }
+  }
+  const int64_t first = kPairs ? n - n % 2 : 0;
+  for (int64_t i = first + static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] += __bfloat162float(a[i]) + (b != nullptr ? __bfloat162float(b[i]) : 0.0f);
+  }
+}
+
+// Whether every pointer is a multiple of `bytes` (null counts as aligned).
+bool Aligned(int bytes, std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs) {
+    if (reinterpret_cast<uintptr_t>(p) % bytes != 0) return false;
+  }
+  return true;
 }
 
 unsigned ElementwiseBlocks(int64_t n) { return std::min<unsigned>(std::max(1u, BlocksFor(n, kThreads)), 8192); }
 
 void AccumulateBf16(float* out, const bf16* a, const bf16* b, int64_t n, cudaStream_t stream) {
   if (out == nullptr || n <= 0) return;
-  AccumulateBf16Kernel<<<ElementwiseBlocks(n), kThreads, 0, stream>>>(out, a, b, n);
+  if (Aligned(8, {out}) && Aligned(4, {a, b})) {
+    AccumulateBf16Kernel<true><<<ElementwiseBlocks(n / 2), kThreads, 0, stream>>>(out, a, b, n);
+  } else {
+    AccumulateBf16Kernel<false><<<ElementwiseBlocks(n), kThreads, 0, stream>>>(out, a, b, n);
+  }
   MOE_CUDA_LAUNCH_CHECK();
 }
 
@@ -792,8 +847,11 @@ void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys
   }
 }
 
+// Scratch parts start on 16-byte boundaries (8 bf16): paired loads and cuBLAS's fast kernels.
+int64_t Pad8(int64_t n) { return (n + 7) / 8 * 8; }
+
 int64_t ExpertsBackwardBf16Scratch(int64_t max_rows, int e_local, int d, int f) {
-  return 3 * max_rows * f + 2 * max_rows * d + 3 * int64_t{e_local} * d * f;
+  return 3 * Pad8(max_rows * f) + 2 * Pad8(max_rows * d) + 3 * Pad8(int64_t{e_local} * d * f);
 }
 
 void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, float* dw1, float* dw3,
@@ -804,21 +862,26 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
   for (int x = 0; x < e_local; ++x) rows += host_counts[x];
   if (rows <= 0) return;
   const int64_t wsize = int64_t{e_local} * d * f;
-  bf16* dh16 = scratch16;            // (rows, f)
-  bf16* dg16 = dh16 + rows * f;      // (rows, f)
-  bf16* du16 = dg16 + rows * f;      // (rows, f)
-  bf16* dxa16 = du16 + rows * f;     // (rows, d): dg W1^T
-  bf16* dxb16 = dxa16 + rows * d;    // (rows, d): du W3^T
-  bf16* dw1_16 = dxb16 + rows * d;   // (e, d, f): this step's products, added to the fp32 grads
-  bf16* dw3_16 = dw1_16 + wsize;
-  bf16* dw2_16 = dw3_16 + wsize;     // (e, f, d)
+  bf16* dh16 = scratch16;                 // (rows, f)
+  bf16* dg16 = dh16 + Pad8(rows * f);     // (rows, f)
+  bf16* du16 = dg16 + Pad8(rows * f);     // (rows, f)
+  bf16* dxa16 = du16 + Pad8(rows * f);    // (rows, d): dg W1^T
+  bf16* dxb16 = dxa16 + Pad8(rows * d);   // (rows, d): du W3^T
+  bf16* dw1_16 = dxb16 + Pad8(rows * d);  // (e, d, f): this step's products, added to the fp32 grads
+  bf16* dw3_16 = dw1_16 + Pad8(wsize);
+  bf16* dw2_16 = dw3_16 + Pad8(wsize);    // (e, f, d)
   blas.Gemm(GroupedOp::kNT, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{dys16, w2, dh16}}, stream);
   if (dw2 != nullptr) {
     blas.Gemm(GroupedOp::kTN, e_local, host_counts, f, d, 0, 1.0f, 0.0f, {{h16, dys16, dw2_16}}, stream);
     AccumulateBf16(dw2, dw2_16, nullptr, wsize, stream);
   }
-  SwigluBackwardBf16Kernel<<<ElementwiseBlocks(rows * f), kThreads, 0, stream>>>(dg16, du16, dh16, g16, u16,
-                                                                                rows * f);
+  if (Aligned(4, {dg16, du16, dh16, g16, u16})) {
+    SwigluBackwardBf16Kernel<true><<<ElementwiseBlocks(rows * f / 2), kThreads, 0, stream>>>(dg16, du16, dh16, g16,
+                                                                                            u16, rows * f);
+  } else {
+    SwigluBackwardBf16Kernel<false><<<ElementwiseBlocks(rows * f), kThreads, 0, stream>>>(dg16, du16, dh16, g16,
+                                                                                         u16, rows * f);
+  }
   MOE_CUDA_LAUNCH_CHECK();
   if (dw1 != nullptr || dw3 != nullptr) {
     blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 0.0f, {{xs16, dg16, dw1_16}, {xs16, du16, dw3_16}},

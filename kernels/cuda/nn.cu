@@ -94,13 +94,16 @@ __global__ void RmsNormForwardKernel(float* out, float* rstd, const float* inp, 
 // A block of 8 warps takes kRowsPerBlock rows, one warp per row at a time; dweight is summed per
 // block in shared memory (d floats) and then added to the output once per block.
 constexpr int kRmsRowsPerBlock = 64;
+// dweight: each warp sums its rows into its own shared slice (no atomics inside the block),
+// then the block adds the slices to dweight.
 __global__ void RmsNormBackwardKernel(float* dinp, float* dweight, const float* dout,
                                       const float* inp, const float* weight, const float* rstd,
                                       int n, int d) {
-  extern __shared__ float dw_shared[];  // (d)
+  extern __shared__ float dw_shared[];  // (warps, d)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  float* dw_warp = dw_shared + int64_t{warp} * d;
   if (dweight != nullptr) {
-    for (int c = threadIdx.x; c < d; c += blockDim.x) dw_shared[c] = 0.0f;
+    for (int c = threadIdx.x; c < warps * d; c += blockDim.x) dw_shared[c] = 0.0f;
     __syncthreads();
   }
   const int row0 = blockIdx.x * kRmsRowsPerBlock;
@@ -117,12 +120,16 @@ __global__ void RmsNormBackwardKernel(float* dinp, float* dweight, const float* 
       for (int c = lane; c < d; c += 32) dx[c] += r * weight[c] * dy[c] - k * x[c];
     }
     if (dweight != nullptr) {
-      for (int c = lane; c < d; c += 32) atomicAdd(dw_shared + c, dy[c] * x[c] * r);
+      for (int c = lane; c < d; c += 32) dw_warp[c] += dy[c] * x[c] * r;
     }
   }
   if (dweight != nullptr) {
     __syncthreads();
-    for (int c = threadIdx.x; c < d; c += blockDim.x) atomicAdd(dweight + c, dw_shared[c]);
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+      float sum = 0.0f;
+      for (int w = 0; w < warps; ++w) sum += dw_shared[int64_t{w} * d + c];
+      atomicAdd(dweight + c, sum);
+    }
   }
 }
 
@@ -299,7 +306,7 @@ void RmsNormForward(float* out, float* rstd, const float* inp, const float* weig
 void RmsNormBackward(float* dinp, float* dweight, const float* dout, const float* inp,
                      const float* weight, const float* rstd, int n, int d, cudaStream_t stream) {
   if (n <= 0) return;
-  const size_t smem = dweight != nullptr ? sizeof(float) * d : 0;
+  const size_t smem = dweight != nullptr ? sizeof(float) * d * (kThreads / 32) : 0;
   if (smem > 48 * 1024) {
     MOE_CUDA_CHECK(cudaFuncSetAttribute(RmsNormBackwardKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
