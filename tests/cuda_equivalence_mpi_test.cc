@@ -13,6 +13,7 @@
 #include "tests/support/mpi_env.h"
 #include "tests/support/paths.h"
 #include "tests/support/test_jobs.h"
+#include "tests/support/training_runs.h"
 #include "worker/comm_mpi.h"
 #include "worker/comm_single.h"
 #include "worker/dataset.h"
@@ -29,12 +30,6 @@ namespace {
     ::testing::AddGlobalTestEnvironment(new testing::MpiEnvironment);
 
 constexpr int kSteps = 20;
-
-std::vector<double> Losses(const Trainer& t) {
-  std::vector<double> out;
-  for (const auto& p : t.history()) out.push_back(p.loss());
-  return out;
-}
 
 // Whether every rank has a GPU of its own on its host (agreed by all ranks, so all skip or none).
 bool EveryRankHasAGpu(Communicator* comm) {
@@ -67,28 +62,12 @@ TEST(CudaEquivalenceTest, GpusMatchOneGpuAndResumeAcrossGpuCounts) {
   ASSERT_TRUE(data.ok()) << data.status();
 
   // W GPUs: 10 steps and a checkpoint, then a resumed run for the other 10.
-  char dir_buf[256] = {};
-  if (comm->rank() == 0) std::snprintf(dir_buf, sizeof(dir_buf), "%s", testing::MakeTempDir("moe-gpu-equiv-").c_str());
-  comm->Broadcast(dir_buf, sizeof(dir_buf), 0);
-  const std::string dir = dir_buf;
-  TrainOutcome outcome;
-  TrainerOptions o1;
-  o1.checkpoint_dir = dir;
-  o1.max_steps = kSteps / 2;
-  Trainer first(spec, comm.get(), &*data, o1);
-  ASSERT_TRUE(first.init_status().ok()) << first.init_status();
-  ASSERT_TRUE(first.Run(&outcome).ok());
-  TrainerOptions o2;
-  o2.checkpoint_dir = dir;
-  o2.resume = true;
-  Trainer second(spec, comm.get(), &*data, o2);
-  ASSERT_TRUE(second.Run(&outcome).ok());
+  const std::string dir = testing::SharedTempDir(comm.get(), "moe-gpu-equiv-");
+  const std::vector<double> parallel = testing::TrainInTwoHalves(spec, comm.get(), &*data, dir);
   comm->Barrier();
   if (comm->rank() != 0) return;
-
-  std::vector<double> parallel = Losses(first), rest = Losses(second);
-  parallel.insert(parallel.end(), rest.begin(), rest.end());
   ASSERT_EQ(parallel.size(), static_cast<size_t>(kSteps));
+  TrainOutcome outcome;
 
   // The oracle: one GPU, the same global batch, from scratch; and the W-GPU step-10
   // checkpoint resumed on one GPU.
@@ -98,7 +77,7 @@ TEST(CudaEquivalenceTest, GpusMatchOneGpuAndResumeAcrossGpuCounts) {
   Trainer oracle(one, single.get(), &*data, TrainerOptions{});
   ASSERT_TRUE(oracle.init_status().ok()) << oracle.init_status();
   ASSERT_TRUE(oracle.Run(&outcome).ok());
-  const std::vector<double> ref = Losses(oracle);
+  const std::vector<double> ref = testing::Losses(oracle);
   ASSERT_EQ(ref.size(), static_cast<size_t>(kSteps));
   const std::string one_dir = testing::MakeTempDir("moe-gpu-equiv-one-");
   std::filesystem::copy(dir + "/step_00000010", one_dir + "/step_00000010",
@@ -108,7 +87,7 @@ TEST(CudaEquivalenceTest, GpusMatchOneGpuAndResumeAcrossGpuCounts) {
   o3.resume = true;
   Trainer resumed(one, single.get(), &*data, o3);
   ASSERT_TRUE(resumed.Run(&outcome).ok());
-  const std::vector<double> tail = Losses(resumed);
+  const std::vector<double> tail = testing::Losses(resumed);
   ASSERT_EQ(tail.size(), static_cast<size_t>(kSteps / 2));
 
   // bf16 tolerance: the experts' inputs, outputs and gradients cross the wire in bf16 and

@@ -11,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "tests/support/paths.h"
 #include "tests/support/test_jobs.h"
+#include "tests/support/training_runs.h"
 #include "worker/checkpoint.h"
 #include "worker/comm_single.h"
 #include "worker/cuda_model.h"
@@ -148,11 +149,7 @@ moe::v1::JobSpec CudaSpec(bool bf16) {
   return spec;
 }
 
-std::vector<double> Losses(const Trainer& t) {
-  std::vector<double> out;
-  for (const auto& p : t.history()) out.push_back(p.loss());
-  return out;
-}
+using testing::Losses;
 
 TEST(CudaTrainerTest, SameLossCurveAsCpuAndResumes) {
   SKIP_WITHOUT_GPU();

@@ -12,6 +12,7 @@
 #include "tests/support/mpi_env.h"
 #include "tests/support/paths.h"
 #include "tests/support/test_jobs.h"
+#include "tests/support/training_runs.h"
 #include "worker/checkpoint.h"
 #include "worker/comm_mpi.h"
 #include "worker/comm_single.h"
@@ -27,23 +28,6 @@ namespace {
 constexpr int kSteps = 20;
 
 double RelErr(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-12); }
-
-std::vector<double> Losses(const Trainer& t) {
-  std::vector<double> out;
-  for (const auto& p : t.history()) out.push_back(p.loss());
-  return out;
-}
-
-// A temp directory made by rank 0, its name shared with every rank.
-std::string SharedTempDir(Communicator* comm, const std::string& prefix) {
-  char buf[256] = {};
-  if (comm->rank() == 0) {
-    std::string dir = testing::MakeTempDir(prefix);
-    std::snprintf(buf, sizeof(buf), "%s", dir.c_str());
-  }
-  comm->Broadcast(buf, sizeof(buf), 0);
-  return buf;
-}
 
 TEST(EquivalenceTest, RanksMatchOneRankAndResumeAcrossRankCounts) {
   kernels::SetNumThreads(1);
@@ -61,24 +45,12 @@ TEST(EquivalenceTest, RanksMatchOneRankAndResumeAcrossRankCounts) {
   ASSERT_TRUE(data.ok()) << data.status();
 
   // W ranks: 10 steps, checkpoint, then a resumed run for the other 10.
-  const std::string dir = SharedTempDir(comm.get(), "moe-equiv-");
-  TrainOutcome outcome;
-  TrainerOptions o1;
-  o1.checkpoint_dir = dir;
-  o1.max_steps = kSteps / 2;
-  Trainer first(spec, comm.get(), &*data, o1);
-  ASSERT_TRUE(first.Run(&outcome).ok());
-  TrainerOptions o2;
-  o2.checkpoint_dir = dir;
-  o2.resume = true;
-  Trainer second(spec, comm.get(), &*data, o2);
-  ASSERT_TRUE(second.Run(&outcome).ok());
+  const std::string dir = testing::SharedTempDir(comm.get(), "moe-equiv-");
+  const std::vector<double> parallel = testing::TrainInTwoHalves(spec, comm.get(), &*data, dir);
   comm->Barrier();
   if (comm->rank() != 0) return;
-
-  std::vector<double> parallel = Losses(first), rest = Losses(second);
-  parallel.insert(parallel.end(), rest.begin(), rest.end());
   ASSERT_EQ(parallel.size(), static_cast<size_t>(kSteps));
+  TrainOutcome outcome;
 
   // The one-process oracle on the same global batch.
   moe::v1::JobSpec one = spec;
@@ -86,7 +58,7 @@ TEST(EquivalenceTest, RanksMatchOneRankAndResumeAcrossRankCounts) {
   auto single = CreateSingleProcessCommunicator();
   Trainer oracle(one, single.get(), &*data, TrainerOptions{});
   ASSERT_TRUE(oracle.Run(&outcome).ok());
-  std::vector<double> expected = Losses(oracle);
+  std::vector<double> expected = testing::Losses(oracle);
   ASSERT_EQ(expected.size(), parallel.size());
   for (size_t i = 0; i < expected.size(); ++i) {
     EXPECT_LT(RelErr(parallel[i], expected[i]), 1e-5)
@@ -124,7 +96,7 @@ TEST(EquivalenceTest, RanksMatchOneRankAndResumeAcrossRankCounts) {
   o3.resume = true;
   Trainer resumed(one, single.get(), &*data, o3);
   ASSERT_TRUE(resumed.Run(&outcome).ok());
-  std::vector<double> tail = Losses(resumed);
+  std::vector<double> tail = testing::Losses(resumed);
   ASSERT_EQ(tail.size(), static_cast<size_t>(kSteps / 2));
   for (size_t i = 0; i < tail.size(); ++i) {
     EXPECT_LT(RelErr(tail[i], expected[kSteps / 2 + i]), 1e-5) << "resumed on 1 rank, step " << kSteps / 2 + i + 1;

@@ -6,6 +6,7 @@
 #include "kernels/threads.h"
 #include "tests/support/paths.h"
 #include "tests/support/test_jobs.h"
+#include "tests/support/training_runs.h"
 #include "worker/checkpoint.h"
 #include "worker/comm_single.h"
 #include "worker/dataset.h"
@@ -14,11 +15,7 @@
 namespace moe {
 namespace {
 
-std::vector<double> Losses(const Trainer& t) {
-  std::vector<double> out;
-  for (const auto& p : t.history()) out.push_back(p.loss());
-  return out;
-}
+using testing::Losses;
 
 TEST(TrainTest, SmallModelLearnsShakespeare) {
   kernels::SetNumThreads(1);

@@ -1,0 +1,27 @@
+// What the training tests share: the loss curve of a run, a directory every rank sees, and a run
+// in two halves with a checkpoint between (the equivalence tests on CPU ranks and on GPUs).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "moe/v1/job.pb.h"
+#include "worker/comm.h"
+#include "worker/dataset.h"
+#include "worker/trainer.h"
+
+namespace moe::testing {
+
+// The loss of every step the trainer ran.
+std::vector<double> Losses(const Trainer& t);
+
+// A temp directory made by rank 0, its name shared with every rank (collective).
+std::string SharedTempDir(Communicator* comm, const std::string& prefix);
+
+// Trains spec's steps on every rank of comm in two runs: the first stops at steps / 2 with a
+// checkpoint in dir, the second resumes from it. Returns the losses of all steps; a run that
+// fails is a test failure (and the curve comes back short).
+std::vector<double> TrainInTwoHalves(const moe::v1::JobSpec& spec, Communicator* comm, Dataset* data,
+                                     const std::string& dir);
+
+}  // namespace moe::testing
