@@ -3,8 +3,9 @@
 # binaries built on the build machine and carried in .carry/ (bin/, lib/ for the shared
 # libraries the GPU image lacks, data/input.txt, reference_moe.py). Prints a table last.
 #   .carry is filled by: BUILD_DIR=build-cuda bash scripts/make_carry.sh
-# Steps (each can be skipped: SKIP_PARITY=1, SKIP_TESTS=1, SKIP_BENCH=1; TRAIN_STEPS=N trains
-# the tiny shakespeare job on the GPU for N steps of its 5000-step schedule, 0 = not at all):
+# Steps (each can be skipped: SKIP_PARITY=1, SKIP_TESTS=1, SKIP_BENCH=1; GTEST_REPEAT=N repeats the
+# GPU tests; TRAIN_STEPS=N trains the tiny shakespeare job on the GPU for N steps of its
+# 5000-step schedule, 0 = not at all):
 #   1. fp32 parity of the CPU worker with reference_moe.py (one step of tiny, same batch scored)
 #   2. the GPU tests (every CUDA op against its CPU twin; the whole model; the trainer)
 #   3. ours (moe_bench, bf16) against the peer (reference_moe.py bench CONFIG --compile)
