@@ -69,7 +69,7 @@ class DeviceArena {
 // rank), arrive in wire order ([from rank 0: local experts 0, 1, ...][from rank 1: ...]) and
 // are read by the experts in expert order ([local expert 0: from rank 0, 1, ...][...]).
 struct Route {
-  std::vector<int64_t> send, recv;    // (W) rows to / from each peer
+  std::vector<int64_t> send, recv;    // (W) elements (rows * D) to / from each peer
   std::vector<int32_t> local_counts;  // (E_local) rows per local expert, over all peers
   int64_t rows = 0;                   // rows this rank's experts take
   cuda::RowBlocks to_expert, to_wire; // wire <-> expert order; no blocks when E_local is 1
@@ -651,8 +651,8 @@ void CudaModel::PlanRoute(Route& r, const int32_t* counts) {
   for (int p = 0; p < W; ++p) {
     for (int j = 0; j < E_local; ++j) {
       const int64_t from_p = recv_counts[p * E_local + j];
-      r.send[p] += send_counts[p * E_local + j];
-      r.recv[p] += from_p;
+      r.send[p] += send_counts[p * E_local + j] * cfg_.d;
+      r.recv[p] += from_p * cfg_.d;
       r.local_counts[j] += static_cast<int32_t>(from_p);
       r.rows += from_p;
     }
@@ -678,25 +678,21 @@ void CudaModel::PlanRoute(Route& r, const int32_t* counts) {
 
 void CudaModel::ToExperts(const Route& r, const bf16* plan, bf16* experts) {
   const int64_t D = cfg_.d;
-  std::vector<int64_t> send(r.send.size()), recv(r.recv.size());
-  for (size_t p = 0; p < send.size(); ++p) send[p] = r.send[p] * D, recv[p] = r.recv[p] * D;
   // With one expert per GPU, wire order is expert order: receive in place.
   bf16* wire = r.to_expert.count > 0 ? expert16_.wire : experts;
-  dcomm_->AllToAllV(plan, send.data(), wire, recv.data(), DeviceDType::kBF16, stream_);
+  dcomm_->AllToAllV(plan, r.send.data(), wire, r.recv.data(), DeviceDType::kBF16, stream_);
   cuda::CopyRowBlocks(experts, wire, r.to_expert, D * sizeof(bf16), stream_);
 }
 
 void CudaModel::FromExperts(const Route& r, const bf16* experts, bf16* plan) {
   const int64_t D = cfg_.d;
-  std::vector<int64_t> send(r.recv.size()), recv(r.send.size());
-  for (size_t p = 0; p < send.size(); ++p) send[p] = r.recv[p] * D, recv[p] = r.send[p] * D;
   const bf16* wire = experts;
   if (r.to_wire.count > 0) {
     cuda::CopyRowBlocks(expert16_.wire, experts, r.to_wire, D * sizeof(bf16), stream_);
     wire = expert16_.wire;
   }
   // The reverse route: what came from peer p goes back to p.
-  dcomm_->AllToAllV(wire, send.data(), plan, recv.data(), DeviceDType::kBF16, stream_);
+  dcomm_->AllToAllV(wire, r.recv.data(), plan, r.send.data(), DeviceDType::kBF16, stream_);
 }
 
 void CudaModel::ReserveExpertRows(BlockActs& a, int64_t rows) {

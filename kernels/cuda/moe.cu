@@ -10,6 +10,7 @@
 #include <initializer_list>
 #include <vector>
 
+#include "kernels/cuda/matmul.h"
 #include "kernels/cuda/nn.h"
 
 namespace moe::cuda {
@@ -530,10 +531,6 @@ __global__ void SwigluBackwardBf16Kernel(bf16* dg, bf16* du, const bf16* dh, con
   }
 }
 
-__global__ void Bf16ToFloatKernel(float* out, const bf16* in, int64_t n) {
-  MOE_GRID_LOOP(i, n) { out[i] = __bfloat162float(in[i]); }
-}
-
 // out += a (+ b when b is not null); two elements per thread when the pointers allow (kPairs).
 template <bool kPairs>
 __global__ void AccumulateBf16Kernel(float* out, const bf16* a, const bf16* b, int64_t n) {
@@ -842,8 +839,7 @@ void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys
   MOE_CUDA_LAUNCH_CHECK();
   blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, d, f, 1.0f, 0.0f, {{h16, w2, ys16}}, stream);
   if (ys != nullptr) {
-    Bf16ToFloatKernel<<<ElementwiseBlocks(rows * d), kThreads, 0, stream>>>(ys, ys16, rows * d);
-    MOE_CUDA_LAUNCH_CHECK();
+    CastToFloat(ys, ys16, rows * d, stream);
   }
 }
 
