@@ -3,7 +3,9 @@
 // (MODEL.md: 6 * active params + 6 L D T FLOPs per token, over a 989 TFLOP/s peak), the step
 // time split and device memory.
 //   moe_bench --config tiny|tiny-dense|small|medium [--steps 20] [--warmup 5]
-//             [--precision bf16|fp32] [--device cuda|cpu]
+//             [--precision bf16|fp32] [--device cuda|cpu] [--profile]
+//   --profile: the CUDA profiler records the first measured step only (for
+//   `ncu --profile-from-start off`, see bench/ncu_summary.py).
 //   Under mpirun -np W (device cuda: one GPU per rank), every rank trains the config's batch
 //   (weak scaling: W times the tokens per step) with the experts split over the ranks, and rank
 //   0 prints tokens/s over all ranks and per GPU, and the GPU time of the collectives.
@@ -26,6 +28,7 @@
 #include "worker/train_model.h"
 
 #ifdef MOE_WITH_CUDA
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/matmul.h"
@@ -59,22 +62,20 @@ double Median(std::vector<double> v) {
 }
 
 #ifdef MOE_WITH_CUDA
-// The experts' products of one MoE layer (rows = tokens * k, split evenly over the experts with
-// a +-25% skew): forward x@W1 (kNN), dgrad dh@W1^T (kNT), wgrad x^T@dg (kTN), each timed with
-// events over `iters` launches after a warm-up. FLOPs = 2 rows D F per product.
+// The experts' products of one MoE layer (rows = tokens * k, split over the experts with a
+// +-25% and a +-3% skew): forward x@W1 (kNN), dgrad dh@W1^T (kNT), wgrad x^T@dg (kTN), each
+// timed with events over `iters` launches after a warm-up, on cuBLAS's grouped GEMM, on the
+// padded strided batched GEMM (every expert padded to the largest count; kTN into fp32) and, at
+// 25%, on the simple kernels. FLOPs = 2 rows D F per product (the padding's are not counted).
 int GroupedGemmBench(const BenchConfig& c, int iters) {
   using moe::cuda::bf16;
   const int E = c.experts, D = c.d, F = c.ffn, rows = c.batch * c.seq * c.k;
-  std::vector<int32_t> counts(E), offsets(E + 1, 0);
-  for (int x = 0; x < E; ++x) counts[x] = rows / E + (x % 2 == 0 ? 1 : -1) * (rows / E / 4);
-  int used = 0;
-  for (int x = 0; x + 1 < E; ++x) used += counts[x];
-  counts[E - 1] = rows - used;
-  for (int x = 0; x < E; ++x) offsets[x + 1] = offsets[x] + counts[x];
   const int64_t big = int64_t{rows} * std::max(D, F), wsize = int64_t{E} * D * F;
+  // Padded: up to 1.25 rows in all.
+  const int64_t padded = big * 5 / 4 + 64 * std::max(D, F);
   std::mt19937 rng(1);
   std::normal_distribution<float> nd(0.f, 1.f);
-  std::vector<float> host(std::max(big, wsize));
+  std::vector<float> host(std::max(padded, wsize));
   for (float& v : host) v = nd(rng);
   float *a32, *b32, *c32;
   bf16 *a16, *b16, *c16;
@@ -82,14 +83,14 @@ int GroupedGemmBench(const BenchConfig& c, int iters) {
   MOE_CUDA_CHECK(cudaMalloc(&a32, sizeof(float) * big));
   MOE_CUDA_CHECK(cudaMalloc(&b32, sizeof(float) * std::max(big, wsize)));
   MOE_CUDA_CHECK(cudaMalloc(&c32, sizeof(float) * std::max(big, wsize)));
-  MOE_CUDA_CHECK(cudaMalloc(&a16, sizeof(bf16) * big));
-  MOE_CUDA_CHECK(cudaMalloc(&b16, sizeof(bf16) * std::max(big, wsize)));
-  MOE_CUDA_CHECK(cudaMalloc(&c16, sizeof(bf16) * std::max(big, wsize)));
+  MOE_CUDA_CHECK(cudaMalloc(&a16, sizeof(bf16) * padded));
+  MOE_CUDA_CHECK(cudaMalloc(&b16, sizeof(bf16) * std::max(padded, wsize)));
+  MOE_CUDA_CHECK(cudaMalloc(&c16, sizeof(bf16) * std::max(padded, wsize)));
   MOE_CUDA_CHECK(cudaMalloc(&off_d, sizeof(int32_t) * (E + 1)));
   MOE_CUDA_CHECK(cudaMemcpy(a32, host.data(), sizeof(float) * big, cudaMemcpyHostToDevice));
   MOE_CUDA_CHECK(cudaMemcpy(b32, host.data(), sizeof(float) * std::max(big, wsize), cudaMemcpyHostToDevice));
-  MOE_CUDA_CHECK(cudaMemcpy(off_d, offsets.data(), sizeof(int32_t) * (E + 1), cudaMemcpyHostToDevice));
-  moe::cuda::CastToBf16(a16, a32, big, nullptr);
+  MOE_CUDA_CHECK(cudaMemcpy(c32, host.data(), sizeof(float) * std::max(big, wsize), cudaMemcpyHostToDevice));
+  moe::cuda::CastToBf16(a16, c32, std::min(padded, std::max(big, wsize)), nullptr);
   moe::cuda::CastToBf16(b16, b32, std::max(big, wsize), nullptr);
   moe::cuda::GroupedBlas gblas;
   cudaEvent_t e0, e1;
@@ -100,27 +101,50 @@ int GroupedGemmBench(const BenchConfig& c, int iters) {
   const Case cases[] = {{"fwd x@W1 (kNN)", Op::kNN, 0, F, D},
                         {"dgrad dg@W1^T (kNT)", Op::kNT, 0, D, F},
                         {"wgrad x^T@dg (kTN)", Op::kTN, D, F, 0}};
-  for (const Case& cs : cases) {
-    for (int fast = 1; fast >= 0; --fast) {
-      auto launch = [&] {
-        if (fast) {
-          gblas.Gemm(cs.op, E, counts.data(), cs.m, cs.n, cs.k, 1.0f, 0.0f, {{a16, b16, c16}}, nullptr);
-        } else {
-          moe::cuda::GroupedGemm(cs.op, E, off_d, rows, cs.m, cs.n, cs.k, 1.0f, a32, b32, 0.0f, c32, true, nullptr);
-        }
-      };
-      const int reps = fast ? iters : std::max(1, iters / 10);
-      for (int i = 0; i < 3; ++i) launch();
-      MOE_CUDA_CHECK(cudaEventRecord(e0, nullptr));
-      for (int i = 0; i < reps; ++i) launch();
-      MOE_CUDA_CHECK(cudaEventRecord(e1, nullptr));
-      MOE_CUDA_CHECK(cudaEventSynchronize(e1));
-      float ms = 0;
-      MOE_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-      const double per = ms / reps, flops = 2.0 * rows * D * F;
-      std::printf("{\"bench\": \"grouped_gemm\", \"config\": \"%s\", \"product\": \"%s\", \"path\": \"%s\", "
-                  "\"rows\": %d, \"experts\": %d, \"ms\": %.4f, \"tflops\": %.1f}\n",
-                  c.name, cs.name, fast ? "cublas_grouped" : "oracle_wmma", rows, E, per, flops / per / 1e9);
+  for (const int skew_pct : {25, 3}) {
+    std::vector<int32_t> counts(E), offsets(E + 1, 0);
+    for (int x = 0; x < E; ++x) counts[x] = rows / E + (x % 2 == 0 ? 1 : -1) * (rows / E * skew_pct / 100);
+    int used = 0;
+    for (int x = 0; x + 1 < E; ++x) used += counts[x];
+    counts[E - 1] = rows - used;
+    int cap = 0;
+    for (int x = 0; x < E; ++x) {
+      offsets[x + 1] = offsets[x] + counts[x];
+      cap = std::max(cap, (counts[x] + 7) / 8 * 8);
+    }
+    MOE_CUDA_CHECK(cudaMemcpy(off_d, offsets.data(), sizeof(int32_t) * (E + 1), cudaMemcpyHostToDevice));
+    for (const Case& cs : cases) {
+      for (const char* path : {"cublas_grouped", "cublas_padded", "oracle_wmma"}) {
+        const std::string p = path;
+        if (p == "oracle_wmma" && skew_pct != 25) continue;
+        auto launch = [&] {
+          if (p == "cublas_grouped") {
+            gblas.Gemm(cs.op, E, counts.data(), cs.m, cs.n, cs.k, 1.0f, 0.0f, {{a16, b16, c16}}, nullptr);
+          } else if (p == "cublas_padded") {
+            if (cs.op == Op::kTN) {
+              gblas.PaddedWeightGrad(E, cap, cs.m, cs.n, a16, b16, c32, nullptr);
+            } else {
+              gblas.Padded(cs.op, E, cap, cs.n, cs.k, 0.0f, a16, b16, c16, nullptr);
+            }
+          } else {
+            moe::cuda::GroupedGemm(cs.op, E, off_d, rows, cs.m, cs.n, cs.k, 1.0f, a32, b32, 0.0f, c32, true,
+                                   nullptr);
+          }
+        };
+        const int reps = p == "oracle_wmma" ? std::max(1, iters / 10) : iters;
+        for (int i = 0; i < 3; ++i) launch();
+        MOE_CUDA_CHECK(cudaEventRecord(e0, nullptr));
+        for (int i = 0; i < reps; ++i) launch();
+        MOE_CUDA_CHECK(cudaEventRecord(e1, nullptr));
+        MOE_CUDA_CHECK(cudaEventSynchronize(e1));
+        float ms = 0;
+        MOE_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        const double per = ms / reps, flops = 2.0 * rows * D * F;
+        std::printf("{\"bench\": \"grouped_gemm\", \"config\": \"%s\", \"product\": \"%s\", \"path\": \"%s\", "
+                    "\"skew_pct\": %d, \"rows\": %d, \"padded_rows\": %d, \"experts\": %d, \"ms\": %.4f, "
+                    "\"tflops\": %.1f}\n",
+                    c.name, cs.name, path, skew_pct, rows, E * cap, E, per, flops / per / 1e9);
+      }
     }
   }
   cudaFree(a32), cudaFree(b32), cudaFree(c32), cudaFree(a16), cudaFree(b16), cudaFree(c16), cudaFree(off_d);
@@ -133,7 +157,7 @@ int GroupedGemmBench(const BenchConfig& c, int iters) {
 int main(int argc, char** argv) {
   std::string config = "tiny", precision = "bf16", device = "cuda";
   int steps = 20, warmup = 5;
-  bool grouped_gemm = false;
+  bool grouped_gemm = false, profile = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const bool has_value = i + 1 < argc;
@@ -149,10 +173,12 @@ int main(int argc, char** argv) {
       ++i;
     } else if (a == "--grouped-gemm") {
       grouped_gemm = true;
+    } else if (a == "--profile") {
+      profile = true;
     } else {
       std::fprintf(stderr,
                    "usage: moe_bench --config tiny|tiny-dense|small|medium [--steps N] [--warmup N] "
-                   "[--precision bf16|fp32] [--device cuda|cpu] [--grouped-gemm]\n");
+                   "[--precision bf16|fp32] [--device cuda|cpu] [--grouped-gemm] [--profile]\n");
       return 2;
     }
   }
@@ -230,6 +256,9 @@ int main(int argc, char** argv) {
     ctx.first_token = static_cast<int64_t>(rank) * n;
     ctx.global_tokens = static_cast<int64_t>(n) * W;
     ctx.loss_scale = 1.0f / (static_cast<float>(n) * W);
+#ifdef MOE_WITH_CUDA
+    if (profile && s == warmup) cudaProfilerStart();
+#endif
     const auto t0 = Clock::now();
     model.ZeroGrads();
     const moe::ForwardResult r = model.Forward(x.data(), y.data(), c->batch, ctx);
@@ -243,6 +272,9 @@ int main(int argc, char** argv) {
     const double norm = std::sqrt(dense_sq + expert_sq);
     model.AdamWStep(s + 1, 3e-4, 0.1, norm > 1.0 ? static_cast<float>(1.0 / (norm + 1e-6)) : 1.0f);
     const auto t3 = Clock::now();
+#ifdef MOE_WITH_CUDA
+    if (profile && s == warmup) cudaProfilerStop();
+#endif
     ce = r.ce_sum / n;
     if (s == warmup - 1 || (warmup == 0 && s == 0)) model.DeviceCommSeconds(&a2a0, &ar0);
     if (s >= warmup) {

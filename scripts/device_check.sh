@@ -10,6 +10,8 @@
 #   2. the GPU tests (every CUDA op against its CPU twin; the whole model; the trainer)
 #   3. ours (moe_bench, bf16) against the peer (reference_moe.py bench CONFIG --compile)
 #   4. tiny shakespeare on one GPU (device cuda, bf16), val loss reached
+#   5. PROFILE=CONFIG: the kernels of one training step of CONFIG under Nsight Compute, summed
+#      per kernel (bench/ncu_summary.py)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device_env.sh
@@ -46,7 +48,7 @@ fi
 
 # 3. Ours against the peer, in this same call.
 BENCH_CONFIGS=${BENCH_CONFIGS:-tiny small medium}
-PEER_CONFIGS=${PEER_CONFIGS:-tiny small}
+PEER_CONFIGS=${PEER_CONFIGS-tiny small}
 if [[ -z ${SKIP_BENCH:-} ]]; then
   for c in $BENCH_CONFIGS; do
     timeout 240 .carry/bin/moe_bench --config "$c" --steps "${BENCH_STEPS:-20}" --precision bf16 \
@@ -72,6 +74,16 @@ if [[ ${TRAIN_STEPS:-0} -gt 0 ]]; then
   rc=$?
   grep val_loss "$OUT/train_tiny.log" | tail -4
   R[train]="rc=$rc, $(( $(date +%s) - start )) s, last: $(grep val_loss "$OUT/train_tiny.log" | tail -1 | grep -oE '"step": [0-9]+|"val_loss": [0-9.]+' | tr '\n' ' ')"
+fi
+
+# 5. Where one step's GPU time goes.
+if [[ -n ${PROFILE:-} ]]; then
+  NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  timeout 300 "$NCU" --profile-from-start off --metrics gpu__time_duration.sum --csv \
+      .carry/bin/moe_bench --config "$PROFILE" --steps 1 --warmup 2 --profile > "$OUT/ncu_$PROFILE.csv" 2> "$OUT/ncu.err"
+  echo "ncu rc=$?"; tail -3 "$OUT/ncu.err"
+  python3 bench/ncu_summary.py "$OUT/ncu_$PROFILE.csv" --top 45 | tee "$OUT/ncu_$PROFILE.txt"
+  gzip -f "$OUT/ncu_$PROFILE.csv"
 fi
 
 python3 - "$OUT" <<'PY'

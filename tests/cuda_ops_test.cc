@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -424,7 +425,8 @@ TEST(CudaOpsTest, LinearFp32AndBf16) {
 struct MoeCase {
   int n, e, k;
   double capacity;
-  bool empty_expert;  // route nothing to the last expert
+  bool empty_expert;         // route nothing to the last expert
+  bool hot_expert = false;   // route most tokens to expert 0 (the fast path's grouped products)
 };
 
 class CudaMoeOpsTest : public ::testing::TestWithParam<MoeCase> {};
@@ -436,6 +438,9 @@ TEST_P(CudaMoeOpsTest, RouterPlanPermuteAndExpertsMatchCpu) {
   auto logits = Randn(int64_t{n} * E, 22, 2.0f);
   if (c.empty_expert) {
     for (int t = 0; t < n; ++t) logits[int64_t{t} * E + E - 1] = -30.0f;
+  }
+  if (c.hot_expert) {
+    for (int t = 0; t < n; ++t) logits[int64_t{t} * E] += 8.0f;
   }
   // Router forward and stats.
   std::vector<float> probs(n * E), lse(n), w(n * k);
@@ -524,36 +529,48 @@ TEST_P(CudaMoeOpsTest, RouterPlanPermuteAndExpertsMatchCpu) {
     EXPECT_LT(RelErr(dw2_d.Host(), dw2), tol);
   }
 
-  // The fast path (bf16 through cuBLAS's grouped GEMM) from the counts copied to the host, as
-  // the model does once per layer.
+  // The fast path (bf16 through cuBLAS: padded batched products, or grouped ones when padding
+  // would cost too much) from the counts copied to the host, as the model does once per layer.
+  // Expert-row buffers start as NaN: only the layout's own rows may be read.
   {
     const std::vector<int32_t> counts_host = counts_d.Host();
+    const int64_t brows = cuda::ExpertLayoutRows(counts_host.data(), E);
+    const int cap = cuda::ExpertPadRows(counts_host.data(), E);
+    if (c.hot_expert) {
+      EXPECT_EQ(cap, 0) << "a hot expert takes the grouped products";
+    } else if (c.n >= 1000) {
+      EXPECT_GT(cap, 0) << "balanced experts take the padded products";
+    }
     cuda::GroupedBlas gblas;
     Dev<float> x_d(x), dout_d(dout), w1_d(w1), w3_d(w3), w2_d(w2);
     Dev<float> xs_d(int64_t{rows} * D, NAN), ys_d(int64_t{rows} * D, NAN), out_d(int64_t{n} * D, NAN);
     Dev<float> dys_d(int64_t{rows} * D), dw_d(n * k), dxs_d(int64_t{rows} * D), dx_d(int64_t{n} * D),
         dw1_d(w1.size()), dw3_d(w3.size()), dw2_d(w2.size());
-    Dev<cuda::bf16> xs16(int64_t{rows} * D), dys16(int64_t{rows} * D), g16(int64_t{rows} * F),
-        u16(int64_t{rows} * F), h16(int64_t{rows} * F), w1_16(w1.size()), w3_16(w3.size()), w2_16(w2.size()),
-        fwd16(int64_t{rows} * D), scr16(cuda::ExpertsBackwardBf16Scratch(rows, E, D, F));
+    const cuda::bf16 nan16 = __float2bfloat16(NAN);
+    Dev<cuda::bf16> xs16(brows * D, nan16), dys16(brows * D, nan16), g16(brows * F, nan16), u16(brows * F, nan16),
+        h16(brows * F, nan16), w1_16(w1.size()), w3_16(w3.size()), w2_16(w2.size()), fwd16(int64_t{rows} * D),
+        scr16(cuda::ExpertsBf16Scratch(brows, E, D, F), nan16);
     cuda::CastToBf16(w1_16.get(), w1_d.get(), w1.size(), nullptr);
     cuda::CastToBf16(w3_16.get(), w3_d.get(), w3.size(), nullptr);
     cuda::CastToBf16(w2_16.get(), w2_d.get(), w2.size(), nullptr);
     cuda::PermuteForward(xs_d.get(), x_d.get(), a2s_d.get(), n, k, D, nullptr);
-    cuda::CastToBf16(xs16.get(), xs_d.get(), int64_t{rows} * D, nullptr);
+    cuda::ToExpertLayout(xs16.get(), xs_d.get(), counts_host.data(), E, D, nullptr);
     cuda::ExpertsForwardBf16(gblas, counts_host.data(), ys_d.get(), fwd16.get(), g16.get(), u16.get(), h16.get(),
-                             xs16.get(), w1_16.get(), w3_16.get(), w2_16.get(), E, D, F, nullptr);
+                             xs16.get(), w1_16.get(), w3_16.get(), w2_16.get(), E, D, F, scr16.get(), nullptr);
     cuda::UnpermuteForward(out_d.get(), ys_d.get(), w_d.get(), a2s_d.get(), n, k, D, nullptr);
     cuda::UnpermuteBackward(dys_d.get(), dw_d.get(), dout_d.get(), ys_d.get(), w_d.get(), a2s_d.get(), n, k, D,
                             nullptr);
-    cuda::CastToBf16(dys16.get(), dys_d.get(), int64_t{rows} * D, nullptr);
+    cuda::ToExpertLayout(dys16.get(), dys_d.get(), counts_host.data(), E, D, nullptr);
     cuda::ExpertsBackwardBf16(gblas, counts_host.data(), dxs_d.get(), dw1_d.get(), dw3_d.get(), dw2_d.get(),
                               dys16.get(), xs16.get(), g16.get(), u16.get(), h16.get(), w1_16.get(), w3_16.get(),
                               w2_16.get(), E, D, F, scr16.get(), nullptr);
     cuda::PermuteBackward(dx_d.get(), dxs_d.get(), a2s_d.get(), n, k, D, nullptr);
     auto first = [](std::vector<float> v, int64_t count) { v.resize(count); return v; };
-    EXPECT_LT(RelErr(first(ys_d.Host(), ys.size()), ys), kBf16Tol) << "fast path";
-    EXPECT_LT(RelErr(first(ToFloat(g16.Host()), g.size()), g), kBf16Tol);
+    EXPECT_LT(RelErr(first(ys_d.Host(), ys.size()), ys), kBf16Tol) << "fast path, pad rows " << cap;
+    EXPECT_LT(RelErr(first(ToFloat(fwd16.Host()), ys.size()), ys), kBf16Tol);
+    if (cap == 0) {
+      EXPECT_LT(RelErr(first(ToFloat(g16.Host()), g.size()), g), kBf16Tol);
+    }
     EXPECT_LT(RelErr(out_d.Host(), out), kBf16Tol);
     EXPECT_LT(RelErr(first(dys_d.Host(), dys.size()), dys), kBf16Tol);
     EXPECT_LT(RelErr(dw_d.Host(), dweights), kBf16Tol);
@@ -610,6 +627,108 @@ TEST(CudaOpsTest, GroupedBlasMatchesGroupedGemmOracle) {
                  nullptr);
       EXPECT_LT(RelErr(ToFloat(c_fast.Host()), c_oracle.Host()), 4e-3)
           << "op " << static_cast<int>(op) << " beta " << beta;
+    }
+  }
+}
+
+// The padded products against the same oracle: every operand's experts `cap` rows apart, the
+// rows past each count zero (ToExpertLayout), beta 0 and 1; the weight gradient added to fp32.
+TEST(CudaOpsTest, GroupedBlasPaddedMatchesGroupedGemmOracle) {
+  SKIP_WITHOUT_GPU();
+  cuda::GroupedBlas gblas;
+  const std::vector<int32_t> counts = {37, 0, 130, 1, 64};
+  const int groups = static_cast<int>(counts.size()), cap = 136;
+  std::vector<int32_t> offsets(groups + 1, 0);
+  for (int x = 0; x < groups; ++x) offsets[x + 1] = offsets[x] + counts[x];
+  const int rows = offsets[groups];
+  Dev<int32_t> offsets_d(offsets);
+  // Compact (rows, width) to padded (groups * cap, width), zero between; and back.
+  auto pad = [&](const std::vector<float>& compact, int width) {
+    std::vector<float> out(int64_t{groups} * cap * width, 0.0f);
+    for (int x = 0; x < groups; ++x)
+      for (int64_t i = 0; i < int64_t{counts[x]} * width; ++i)
+        out[int64_t{x} * cap * width + i] = compact[int64_t{offsets[x]} * width + i];
+    return out;
+  };
+  auto unpad = [&](const std::vector<float>& padded, int width) {
+    std::vector<float> out(int64_t{rows} * width);
+    for (int x = 0; x < groups; ++x)
+      for (int64_t i = 0; i < int64_t{counts[x]} * width; ++i)
+        out[int64_t{offsets[x]} * width + i] = padded[int64_t{x} * cap * width + i];
+    return out;
+  };
+  auto to16 = [](const std::vector<float>& v) {
+    Dev<float> d(v);
+    auto out = std::make_unique<Dev<cuda::bf16>>(v.size());
+    cuda::CastToBf16(out->get(), d.get(), v.size(), nullptr);
+    return out;
+  };
+  auto rounded = [&](const std::vector<float>& v) { return ToFloat(to16(v)->Host()); };
+  const int m = 48, n = 72, k = 40;
+  for (cuda::GroupedOp op : {cuda::GroupedOp::kNN, cuda::GroupedOp::kNT}) {
+    for (float beta : {0.0f, 1.0f}) {
+      auto a = rounded(Randn(int64_t{rows} * k, 51)), b = rounded(Randn(int64_t{groups} * k * n, 52));
+      auto c0 = Randn(int64_t{rows} * n, 53);
+      Dev<float> a_d(a), b_d(b), c_oracle(c0);
+      cuda::GroupedGemm(op, groups, offsets_d.get(), rows, 0, n, k, 1.0f, a_d.get(), b_d.get(), beta, c_oracle.get(),
+                        /*tensor_cores=*/true, nullptr);
+      auto a16 = to16(pad(a, k)), b16 = to16(b), c16 = to16(pad(c0, n));
+      gblas.Padded(op, groups, cap, n, k, beta, a16->get(), b16->get(), c16->get(), nullptr);
+      EXPECT_LT(RelErr(unpad(ToFloat(c16->Host()), n), c_oracle.Host()), 4e-3)
+          << "op " << static_cast<int>(op) << " beta " << beta;
+    }
+  }
+  auto a = rounded(Randn(int64_t{rows} * m, 54)), b = rounded(Randn(int64_t{rows} * n, 55));
+  auto c0 = Randn(int64_t{groups} * m * n, 56);
+  Dev<float> a_d(a), b_d(b), c_oracle(c0), c_fast(c0);
+  cuda::GroupedGemm(cuda::GroupedOp::kTN, groups, offsets_d.get(), rows, m, n, 0, 1.0f, a_d.get(), b_d.get(), 1.0f,
+                    c_oracle.get(), /*tensor_cores=*/true, nullptr);
+  ASSERT_EQ(cuda::ExpertPadRows(counts.data(), groups), 0) << "these counts pad to more than twice their rows";
+  const std::vector<int32_t> even = {100, 97, 130, 90, 64};  // pads to 136 rows each
+  ASSERT_EQ(cuda::ExpertPadRows(even.data(), groups), cap);
+  auto a16p = to16(pad(a, m)), b16p = to16(pad(b, n));
+  gblas.PaddedWeightGrad(groups, cap, m, n, a16p->get(), b16p->get(), c_fast.get(), nullptr);
+  EXPECT_LT(RelErr(c_fast.Host(), c_oracle.Host()), 4e-3) << "kTN into fp32";
+}
+
+// ToExpertLayout: compact fp32 rows to the padded layout (zero rows past each count), and
+// ExpertLayoutToCompact's blocks back; compact counts keep the rows as they are.
+TEST(CudaOpsTest, ExpertLayoutPadsAndCompacts) {
+  SKIP_WITHOUT_GPU();
+  const int d = 6;
+  for (const std::vector<int32_t>& counts : {std::vector<int32_t>{30, 25, 0, 28}, std::vector<int32_t>{40, 1, 0, 2}}) {
+    const int e = static_cast<int>(counts.size());
+    int rows = 0;
+    for (int c : counts) rows += c;
+    const int cap = cuda::ExpertPadRows(counts.data(), e);
+    const int64_t lrows = cuda::ExpertLayoutRows(counts.data(), e);
+    auto x = Randn(int64_t{rows} * d, 61);
+    Dev<float> x_d(x);
+    Dev<cuda::bf16> layout(lrows * d, __float2bfloat16(NAN)), back(int64_t{rows} * d);
+    cuda::ToExpertLayout(layout.get(), x_d.get(), counts.data(), e, d, nullptr);
+    cuda::CopyRowBlocks(back.get(), layout.get(), cuda::ExpertLayoutToCompact(counts.data(), e), sizeof(cuda::bf16) * d,
+                        nullptr);
+    EXPECT_LT(RelErr(ToFloat(back.Host()), x), 4e-3) << "cap " << cap;
+    EXPECT_EQ(cap, counts[0] == 30 ? 32 : 0) << "padded, then compact";
+    const std::vector<float> l = ToFloat(layout.Host());
+    if (cap > 0) {
+      EXPECT_EQ(lrows, int64_t{e} * cap);
+      int o = 0;
+      for (int xi = 0; xi < e; ++xi) {
+        for (int i = 0; i < cap; ++i) {
+          for (int c = 0; c < d; ++c) {
+            const float v = l[(int64_t{xi} * cap + i) * d + c];
+            if (i < counts[xi]) {
+              EXPECT_NEAR(v, x[(int64_t{o} + i) * d + c], 1e-2 * std::abs(x[(int64_t{o} + i) * d + c]) + 1e-6);
+            } else {
+              EXPECT_EQ(v, 0.0f) << "pad row " << i << " of expert " << xi;
+            }
+          }
+        }
+        o += counts[xi];
+      }
+    } else {
+      EXPECT_EQ(lrows, rows);
     }
   }
 }
@@ -702,7 +821,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaMoeOpsTest,
                                            MoeCase{37, 8, 3, 0.0, true}, MoeCase{101, 8, 4, 0.0, false},
                                            MoeCase{101, 8, 2, 1.0, false}, MoeCase{77, 6, 4, 0.5, true},
                                            MoeCase{1, 4, 2, 0.0, false}, MoeCase{3001, 32, 4, 1.25, false},
-                                           MoeCase{300, 64, 4, 0.0, true}));
+                                           MoeCase{300, 64, 4, 0.0, true}, MoeCase{3001, 8, 2, 0.0, false, true},
+                                           MoeCase{400, 6, 2, 0.0, true, true}));
 
 #endif  // MOE_WITH_CUDA
 

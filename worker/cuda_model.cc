@@ -72,11 +72,15 @@ struct Route {
   std::vector<int64_t> send, recv;    // (W) elements (rows * D) to / from each peer
   std::vector<int32_t> local_counts;  // (E_local) rows per local expert, over all peers
   int64_t rows = 0;                   // rows this rank's experts take
-  cuda::RowBlocks to_expert, to_wire; // wire <-> expert order; no blocks when E_local is 1
+  int cap = 0;                        // the experts' layout: padded to cap rows each, or compact (0)
+  // Wire order to the experts' layout, and compact expert order back to wire order; no blocks
+  // when E_local is 1.
+  cuda::RowBlocks to_expert, to_wire;
 };
 
 // bf16 expert rows kept from the forward for the backward: input x (rows, D) in expert order
-// and g, u, h (rows, F). Reallocated (larger) when a step routes more rows here than fit.
+// and g, u, h (rows, F), in the experts' layout of the fast path (kernels/cuda/moe.h: padded
+// per expert, or compact). Reallocated (larger) when a step routes more rows here than fit.
 struct ExpertRowBuffers {
   int64_t capacity = 0;  // rows
   bf16 *x = nullptr, *g = nullptr, *u = nullptr, *h = nullptr;
@@ -516,9 +520,11 @@ void CudaModel::MoeForward(BlockActs& a, const BlockTensors& w, int n, const Bat
     // One replicated expert takes every token: no routing, no exchange.
     if (bf16_) {
       a.counts_host[0] = n;
-      cuda::CastToBf16(a.saved16.x, a.moe_in, int64_t{n} * D, stream_);
-      cuda::ExpertsForwardBf16(*grouped_, a.counts_host, out, expert16_.ys, a.saved16.g, a.saved16.u, a.saved16.h,
-                               a.saved16.x, Bf16Of(w.w1), Bf16Of(w.w3), Bf16Of(w.w2), 1, D, F, stream_);
+      ReserveExpertRows(a, cuda::ExpertLayoutRows(a.counts_host, 1));
+      cuda::ToExpertLayout(a.saved16.x, a.moe_in, a.counts_host, 1, D, stream_);
+      cuda::ExpertsForwardBf16(*grouped_, a.counts_host, out, nullptr, a.saved16.g, a.saved16.u, a.saved16.h,
+                               a.saved16.x, Bf16Of(w.w1), Bf16Of(w.w3), Bf16Of(w.w2), 1, D, F, expert16_.backward,
+                               stream_);
       return;
     }
     const int32_t offsets[2] = {0, n};
@@ -563,20 +569,22 @@ void CudaModel::MoeForward(BlockActs& a, const BlockTensors& w, int n, const Bat
 void CudaModel::ExpertsForward16(BlockActs& a, const BlockTensors& w, int64_t kept) {
   const int D = cfg_.d, F = cfg_.ffn, E_local = layout_.experts_local();
   if (dcomm_ == nullptr) {
-    // One GPU: plan order is expert order; the experts read the permuted rows in place.
-    cuda::CastToBf16(a.saved16.x, a.xs, kept * D, stream_);
-    cuda::ExpertsForwardBf16(*grouped_, a.counts_host, a.ys, expert16_.ys, a.saved16.g, a.saved16.u, a.saved16.h,
-                             a.saved16.x, Bf16Of(w.w1), Bf16Of(w.w3), Bf16Of(w.w2), E_local, D, F, stream_);
+    // One GPU: plan order is expert order.
+    ReserveExpertRows(a, cuda::ExpertLayoutRows(a.counts_host, E_local));
+    cuda::ToExpertLayout(a.saved16.x, a.xs, a.counts_host, E_local, D, stream_);
+    cuda::ExpertsForwardBf16(*grouped_, a.counts_host, a.ys, nullptr, a.saved16.g, a.saved16.u, a.saved16.h,
+                             a.saved16.x, Bf16Of(w.w1), Bf16Of(w.w3), Bf16Of(w.w2), E_local, D, F,
+                             expert16_.backward, stream_);
     return;
   }
   Route& r = a.route;
   PlanRoute(r, a.counts_host);
-  ReserveExpertRows(a, r.rows);
+  ReserveExpertRows(a, cuda::ExpertLayoutRows(r.local_counts.data(), E_local));
   cuda::CastToBf16(plan16_, a.xs, kept * D, stream_);
   ToExperts(r, plan16_, a.saved16.x);
   cuda::ExpertsForwardBf16(*grouped_, r.local_counts.data(), nullptr, expert16_.ys, a.saved16.g, a.saved16.u,
                            a.saved16.h, a.saved16.x, Bf16Of(w.w1), Bf16Of(w.w3), Bf16Of(w.w2), E_local, D, F,
-                           stream_);
+                           expert16_.backward, stream_);
   FromExperts(r, expert16_.ys, plan16_);
   cuda::CastToFloat(a.ys, plan16_, kept * D, stream_);
 }
@@ -587,8 +595,8 @@ void CudaModel::MoeBackward(BlockActs& a, const BlockTensors& w, const BlockTens
   const bool tc = bf16_;
   if (!cfg_.is_moe()) {
     if (bf16_) {
-      cuda::CastToBf16(plan16_, dout, int64_t{n} * D, stream_);
-      cuda::ExpertsBackwardBf16(*grouped_, a.counts_host, dm, gw.w1, gw.w3, gw.w2, plan16_, a.saved16.x,
+      cuda::ToExpertLayout(expert16_.dys, dout, a.counts_host, 1, D, stream_);
+      cuda::ExpertsBackwardBf16(*grouped_, a.counts_host, dm, gw.w1, gw.w3, gw.w2, expert16_.dys, a.saved16.x,
                                 a.saved16.g, a.saved16.u, a.saved16.h, Bf16Of(w.w1), Bf16Of(w.w3), Bf16Of(w.w2), 1,
                                 D, F, expert16_.backward, stream_);
       return;
@@ -620,9 +628,9 @@ void CudaModel::MoeBackward(BlockActs& a, const BlockTensors& w, const BlockTens
 
 void CudaModel::ExpertsBackward16(BlockActs& a, const BlockTensors& w, const BlockTensors& gw, int64_t kept) {
   const int D = cfg_.d, F = cfg_.ffn, E_local = layout_.experts_local();
-  cuda::CastToBf16(plan16_, dys_, kept * D, stream_);
   if (dcomm_ == nullptr) {
-    cuda::ExpertsBackwardBf16(*grouped_, a.counts_host, d_expert_in_, gw.w1, gw.w3, gw.w2, plan16_, a.saved16.x,
+    cuda::ToExpertLayout(expert16_.dys, dys_, a.counts_host, E_local, D, stream_);
+    cuda::ExpertsBackwardBf16(*grouped_, a.counts_host, d_expert_in_, gw.w1, gw.w3, gw.w2, expert16_.dys, a.saved16.x,
                               a.saved16.g, a.saved16.u, a.saved16.h, Bf16Of(w.w1), Bf16Of(w.w3), Bf16Of(w.w2),
                               E_local, D, F, expert16_.backward, stream_);
     return;
@@ -630,6 +638,7 @@ void CudaModel::ExpertsBackward16(BlockActs& a, const BlockTensors& w, const Blo
   // The route of the forward: dys to the experts, their input gradient back (bf16 both ways,
   // like the activations).
   const Route& r = a.route;
+  cuda::CastToBf16(plan16_, dys_, kept * D, stream_);
   ToExperts(r, plan16_, expert16_.dys);
   MOE_CUDA_CHECK(cudaMemsetAsync(expert16_.dxs, 0, sizeof(float) * r.rows * D, stream_));
   cuda::ExpertsBackwardBf16(*grouped_, r.local_counts.data(), expert16_.dxs, gw.w1, gw.w3, gw.w2, expert16_.dys,
@@ -657,30 +666,39 @@ void CudaModel::PlanRoute(Route& r, const int32_t* counts) {
       r.rows += from_p;
     }
   }
+  r.cap = cuda::ExpertPadRows(r.local_counts.data(), E_local);
   // Block (p, j): rows from peer p for local expert j. Wire order walks (p, j), expert order (j, p).
   r.to_expert.count = r.to_wire.count = 0;
   if (E_local == 1) return;
   std::vector<int64_t> wire_row(recv_counts.size() + 1, 0);
   for (size_t b = 0; b < recv_counts.size(); ++b) wire_row[b + 1] = wire_row[b] + recv_counts[b];
-  int64_t expert_row = 0;
+  int64_t expert_row = 0;  // compact
   for (int j = 0; j < E_local; ++j) {
+    int64_t layout_row = r.cap > 0 ? int64_t{j} * r.cap : expert_row;
     for (int p = 0; p < W; ++p) {
       const size_t b = static_cast<size_t>(p) * E_local + j;
       const int i = r.to_expert.count++;
       r.to_wire.count++;
       r.to_expert.src_row[i] = r.to_wire.dst_row[i] = wire_row[b];
-      r.to_expert.dst_row[i] = r.to_wire.src_row[i] = expert_row;
+      r.to_expert.dst_row[i] = layout_row;
+      r.to_wire.src_row[i] = expert_row;
       r.to_expert.rows[i] = r.to_wire.rows[i] = recv_counts[b];
       expert_row += recv_counts[b];
+      layout_row += recv_counts[b];
     }
   }
 }
 
 void CudaModel::ToExperts(const Route& r, const bf16* plan, bf16* experts) {
-  const int64_t D = cfg_.d;
+  const int64_t D = cfg_.d, E_local = layout_.experts_local();
   // With one expert per GPU, wire order is expert order: receive in place.
   bf16* wire = r.to_expert.count > 0 ? expert16_.wire : experts;
   dcomm_->AllToAllV(plan, r.send.data(), wire, r.recv.data(), DeviceDType::kBF16, stream_);
+  if (r.cap > 0) {
+    // The padded layout's rows past each expert's count are zero.
+    const int64_t from = r.to_expert.count > 0 ? 0 : r.rows, to = E_local * r.cap;
+    MOE_CUDA_CHECK(cudaMemsetAsync(experts + from * D, 0, sizeof(bf16) * (to - from) * D, stream_));
+  }
   cuda::CopyRowBlocks(experts, wire, r.to_expert, D * sizeof(bf16), stream_);
 }
 
@@ -721,7 +739,7 @@ void CudaModel::ReserveExpertRows(BlockActs& a, int64_t rows) {
     expert16_.dx = scratch16_.Alloc<bf16>(c * D);
     expert16_.dxs = scratch16_.Alloc<float>(c * D);
     expert16_.backward =
-        scratch16_.Alloc<bf16>(cuda::ExpertsBackwardBf16Scratch(c, static_cast<int>(E_local), static_cast<int>(D),
+        scratch16_.Alloc<bf16>(cuda::ExpertsBf16Scratch(c, static_cast<int>(E_local), static_cast<int>(D),
                                                                 static_cast<int>(F)));
   }
 }

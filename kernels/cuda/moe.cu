@@ -745,6 +745,113 @@ void CopyRowBlocks(void* dst, const void* src, const RowBlocks& blocks, int64_t 
 
 // ---- fast path ----
 
+namespace {
+
+// Rows of `blocks` from bf16 src to fp32 out: out = src, or out += src (kAccumulate); grid.y
+// walks the blocks as in CopyRowBlocksKernel. Two elements per thread when the pointers allow.
+template <bool kAccumulate, bool kPairs>
+__global__ void RowBlocksToFloatKernel(float* out, const bf16* src, const RowBlocks blocks, int d) {
+  const int i = blockIdx.y;
+  const int64_t n = blocks.rows[i] * d;
+  float* o = out + blocks.dst_row[i] * d;
+  const bf16* s = src + blocks.src_row[i] * d;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  if constexpr (kPairs) {
+    for (int64_t j = first; j < n / 2; j += stride) {
+      const float2 v = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(s)[j]);
+      float2& w = reinterpret_cast<float2*>(o)[j];
+      w = kAccumulate ? make_float2(w.x + v.x, w.y + v.y) : v;
+    }
+  } else {
+    for (int64_t j = first; j < n; j += stride) o[j] = (kAccumulate ? o[j] : 0.0f) + __bfloat162float(s[j]);
+  }
+}
+
+void RowBlocksToFloat(float* out, const bf16* src, const RowBlocks& blocks, int d, bool accumulate,
+                      cudaStream_t stream) {
+  int64_t most = 0;
+  for (int i = 0; i < blocks.count; ++i) most = std::max(most, blocks.rows[i]);
+  if (most == 0 || d <= 0) return;
+  const bool pairs = d % 2 == 0 && Aligned(8, {out}) && Aligned(4, {src});
+  const dim3 grid(std::min<unsigned>(BlocksFor(most * d / (pairs ? 2 : 1), kThreads), 1024), blocks.count);
+  if (accumulate) {
+    if (pairs) RowBlocksToFloatKernel<true, true><<<grid, kThreads, 0, stream>>>(out, src, blocks, d);
+    else RowBlocksToFloatKernel<true, false><<<grid, kThreads, 0, stream>>>(out, src, blocks, d);
+  } else {
+    if (pairs) RowBlocksToFloatKernel<false, true><<<grid, kThreads, 0, stream>>>(out, src, blocks, d);
+    else RowBlocksToFloatKernel<false, false><<<grid, kThreads, 0, stream>>>(out, src, blocks, d);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+// Padded layout from compact fp32 rows: grid.y = expert x, whose `cap` rows at x * cap take
+// its blocks.rows[x] rows from src row blocks.src_row[x] on, then zeros.
+__global__ void ToPaddedKernel(bf16* dst, const float* src, const RowBlocks blocks, int cap, int d) {
+  const int x = blockIdx.y;
+  const int64_t real = blocks.rows[x] * d, n = int64_t{cap} * d;
+  bf16* o = dst + int64_t{x} * cap * d;
+  const float* s = src + blocks.src_row[x] * d;
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < n;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    o[j] = __float2bfloat16(j < real ? s[j] : 0.0f);
+  }
+}
+
+int64_t CountSum(const int32_t* host_counts, int e_local) {
+  int64_t rows = 0;
+  for (int x = 0; x < e_local; ++x) rows += host_counts[x];
+  return rows;
+}
+
+}  // namespace
+
+int ExpertPadRows(const int32_t* host_counts, int e_local) {
+  const int64_t rows = CountSum(host_counts, e_local);
+  int64_t cap = 0;
+  for (int x = 0; x < e_local; ++x) cap = std::max<int64_t>(cap, (host_counts[x] + 7) / 8 * 8);
+  if (rows <= 0 || e_local > RowBlocks::kMax || e_local * cap > 2 * rows) return 0;
+  return static_cast<int>(cap);
+}
+
+int64_t ExpertLayoutRows(const int32_t* host_counts, int e_local) {
+  const int cap = ExpertPadRows(host_counts, e_local);
+  return cap > 0 ? int64_t{e_local} * cap : CountSum(host_counts, e_local);
+}
+
+RowBlocks ExpertLayoutToCompact(const int32_t* host_counts, int e_local) {
+  const int cap = ExpertPadRows(host_counts, e_local);
+  RowBlocks blocks;
+  int64_t o = 0;
+  for (int x = 0; x < e_local; ++x) {
+    if (host_counts[x] > 0) {
+      blocks.src_row[blocks.count] = cap > 0 ? int64_t{x} * cap : o;
+      blocks.dst_row[blocks.count] = o;
+      blocks.rows[blocks.count] = host_counts[x];
+      ++blocks.count;
+    }
+    o += host_counts[x];
+  }
+  return blocks;
+}
+
+void ToExpertLayout(bf16* dst, const float* src, const int32_t* host_counts, int e_local, int d,
+                    cudaStream_t stream) {
+  const int cap = ExpertPadRows(host_counts, e_local);
+  if (cap == 0) return CastToBf16(dst, src, CountSum(host_counts, e_local) * d, stream);
+  RowBlocks blocks;  // one per expert, empty ones included: grid.y is the expert
+  blocks.count = e_local;
+  int64_t o = 0;
+  for (int x = 0; x < e_local; ++x) {
+    blocks.src_row[x] = o;
+    blocks.rows[x] = host_counts[x];
+    o += host_counts[x];
+  }
+  const dim3 grid(std::min<unsigned>(BlocksFor(int64_t{cap} * d, kThreads), 1024), e_local);
+  ToPaddedKernel<<<grid, kThreads, 0, stream>>>(dst, src, blocks, cap, d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
 GroupedBlas::GroupedBlas() {
   cublasHandle_t h = nullptr;
   MOE_BLAS_CHECK(cublasCreate(&h));
@@ -828,64 +935,124 @@ void GroupedBlas::Gemm(GroupedOp op, int groups, const int32_t* host_counts, int
       ptrs + 2 * kMaxProblems, CUDA_R_16BF, ldc.data(), count, group_size.data(), CUBLAS_COMPUTE_32F));
 }
 
+void GroupedBlas::Padded(GroupedOp op, int experts, int cap, int n, int k, float beta, const bf16* a,
+                         const bf16* b, bf16* c, cudaStream_t stream) {
+  if (op == GroupedOp::kTN) {
+    std::fprintf(stderr, "GroupedBlas::Padded: kTN is PaddedWeightGrad\n");
+    std::abort();
+  }
+  if (experts <= 0 || cap <= 0 || n <= 0 || k <= 0) return;
+  cublasHandle_t h = static_cast<cublasHandle_t>(handle_);
+  MOE_BLAS_CHECK(cublasSetStream(h, stream));
+  // Column-major C^T (n, cap) = op(B_x) (n, k) A^T (k, cap): kNN's b_x is (k, n), kNT's (n, k).
+  const bool nt = op == GroupedOp::kNT;
+  const float one = 1.0f;
+  MOE_BLAS_CHECK(cublasGemmStridedBatchedEx(h, nt ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, n, cap, k, &one, b,
+                                            CUDA_R_16BF, nt ? k : n, int64_t{k} * n, a, CUDA_R_16BF, k,
+                                            int64_t{cap} * k, &beta, c, CUDA_R_16BF, n, int64_t{cap} * n, experts,
+                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+void GroupedBlas::PaddedWeightGrad(int experts, int cap, int m, int n, const bf16* a, const bf16* b, float* c,
+                                   cudaStream_t stream) {
+  if (experts <= 0 || cap <= 0 || m <= 0 || n <= 0) return;
+  cublasHandle_t h = static_cast<cublasHandle_t>(handle_);
+  MOE_BLAS_CHECK(cublasSetStream(h, stream));
+  // Column-major C^T (n, m) += B_x^T (n, cap) A_x (cap, m): b_x (cap, n) and a_x (cap, m) row-major.
+  const float one = 1.0f;
+  MOE_BLAS_CHECK(cublasGemmStridedBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_T, n, m, cap, &one, b, CUDA_R_16BF, n,
+                                            int64_t{cap} * n, a, CUDA_R_16BF, m, int64_t{cap} * m, &one, c,
+                                            CUDA_R_32F, n, int64_t{m} * n, experts, CUBLAS_COMPUTE_32F,
+                                            CUBLAS_GEMM_DEFAULT));
+}
+
 void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* ys16, bf16* g16,
                         bf16* u16, bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
-                        int e_local, int d, int f, cudaStream_t stream) {
-  int64_t rows = 0;
-  for (int x = 0; x < e_local; ++x) rows += host_counts[x];
+                        int e_local, int d, int f, bf16* scratch16, cudaStream_t stream) {
+  const int64_t rows = CountSum(host_counts, e_local);
   if (rows <= 0) return;
-  blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{xs16, w1, g16}, {xs16, w3, u16}}, stream);
-  SwigluForwardBf16Kernel<<<ElementwiseBlocks(rows * f / 2), kThreads, 0, stream>>>(h16, g16, u16, rows * f);
-  MOE_CUDA_LAUNCH_CHECK();
-  blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, d, f, 1.0f, 0.0f, {{h16, w2, ys16}}, stream);
-  if (ys != nullptr) {
-    CastToFloat(ys, ys16, rows * d, stream);
+  const int cap = ExpertPadRows(host_counts, e_local);
+  const int64_t lrows = ExpertLayoutRows(host_counts, e_local);
+  bf16* y16 = scratch16;  // (lrows, d): the output in the experts' layout
+  if (cap > 0) {
+    blas.Padded(GroupedOp::kNN, e_local, cap, f, d, 0.0f, xs16, w1, g16, stream);
+    blas.Padded(GroupedOp::kNN, e_local, cap, f, d, 0.0f, xs16, w3, u16, stream);
+  } else {
+    blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{xs16, w1, g16}, {xs16, w3, u16}}, stream);
   }
+  SwigluForwardBf16Kernel<<<ElementwiseBlocks(lrows * f / 2), kThreads, 0, stream>>>(h16, g16, u16, lrows * f);
+  MOE_CUDA_LAUNCH_CHECK();
+  if (cap > 0) {
+    blas.Padded(GroupedOp::kNN, e_local, cap, d, f, 0.0f, h16, w2, y16, stream);
+  } else {
+    blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, d, f, 1.0f, 0.0f, {{h16, w2, y16}}, stream);
+  }
+  const RowBlocks blocks = ExpertLayoutToCompact(host_counts, e_local);
+  if (ys16 != nullptr) CopyRowBlocks(ys16, y16, blocks, sizeof(bf16) * d, stream);
+  if (ys != nullptr) RowBlocksToFloat(ys, y16, blocks, d, /*accumulate=*/false, stream);
 }
 
 // Scratch parts start on 16-byte boundaries (8 bf16): paired loads and cuBLAS's fast kernels.
 int64_t Pad8(int64_t n) { return (n + 7) / 8 * 8; }
 
-int64_t ExpertsBackwardBf16Scratch(int64_t max_rows, int e_local, int d, int f) {
-  return 3 * Pad8(max_rows * f) + 2 * Pad8(max_rows * d) + 3 * Pad8(int64_t{e_local} * d * f);
+int64_t ExpertsBf16Scratch(int64_t layout_rows, int e_local, int d, int f) {
+  return 3 * Pad8(layout_rows * f) + 2 * Pad8(layout_rows * d) + 3 * Pad8(int64_t{e_local} * d * f);
 }
 
 void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, float* dw1, float* dw3,
                          float* dw2, const bf16* dys16, const bf16* xs16, const bf16* g16, const bf16* u16,
                          const bf16* h16, const bf16* w1, const bf16* w3, const bf16* w2, int e_local, int d,
                          int f, bf16* scratch16, cudaStream_t stream) {
-  int64_t rows = 0;
-  for (int x = 0; x < e_local; ++x) rows += host_counts[x];
+  const int64_t rows = CountSum(host_counts, e_local);
   if (rows <= 0) return;
+  const int cap = ExpertPadRows(host_counts, e_local);
+  const int64_t lrows = ExpertLayoutRows(host_counts, e_local);
   const int64_t wsize = int64_t{e_local} * d * f;
-  bf16* dh16 = scratch16;                 // (rows, f)
-  bf16* dg16 = dh16 + Pad8(rows * f);     // (rows, f)
-  bf16* du16 = dg16 + Pad8(rows * f);     // (rows, f)
-  bf16* dxa16 = du16 + Pad8(rows * f);    // (rows, d): dg W1^T
-  bf16* dxb16 = dxa16 + Pad8(rows * d);   // (rows, d): du W3^T
-  bf16* dw1_16 = dxb16 + Pad8(rows * d);  // (e, d, f): this step's products, added to the fp32 grads
-  bf16* dw3_16 = dw1_16 + Pad8(wsize);
-  bf16* dw2_16 = dw3_16 + Pad8(wsize);    // (e, f, d)
-  blas.Gemm(GroupedOp::kNT, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{dys16, w2, dh16}}, stream);
-  if (dw2 != nullptr) {
-    blas.Gemm(GroupedOp::kTN, e_local, host_counts, f, d, 0, 1.0f, 0.0f, {{h16, dys16, dw2_16}}, stream);
-    AccumulateBf16(dw2, dw2_16, nullptr, wsize, stream);
-  }
-  if (Aligned(4, {dg16, du16, dh16, g16, u16})) {
-    SwigluBackwardBf16Kernel<true><<<ElementwiseBlocks(rows * f / 2), kThreads, 0, stream>>>(dg16, du16, dh16, g16,
-                                                                                            u16, rows * f);
+  bf16* dh16 = scratch16;                  // (lrows, f)
+  bf16* dg16 = dh16 + Pad8(lrows * f);     // (lrows, f)
+  bf16* du16 = dg16 + Pad8(lrows * f);     // (lrows, f)
+  bf16* dxa16 = du16 + Pad8(lrows * f);    // (lrows, d): dg W1^T (padded: + du W3^T)
+  bf16* dxb16 = dxa16 + Pad8(lrows * d);   // (lrows, d): du W3^T (compact)
+  bf16* dw1_16 = dxb16 + Pad8(lrows * d);  // (e, d, f), compact only: this step's products, added to
+  bf16* dw3_16 = dw1_16 + Pad8(wsize);     // the fp32 gradients
+  bf16* dw2_16 = dw3_16 + Pad8(wsize);     // (e, f, d)
+  if (cap > 0) {
+    blas.Padded(GroupedOp::kNT, e_local, cap, f, d, 0.0f, dys16, w2, dh16, stream);
+    if (dw2 != nullptr) blas.PaddedWeightGrad(e_local, cap, f, d, h16, dys16, dw2, stream);
   } else {
-    SwigluBackwardBf16Kernel<false><<<ElementwiseBlocks(rows * f), kThreads, 0, stream>>>(dg16, du16, dh16, g16,
-                                                                                         u16, rows * f);
+    blas.Gemm(GroupedOp::kNT, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{dys16, w2, dh16}}, stream);
+    if (dw2 != nullptr) {
+      blas.Gemm(GroupedOp::kTN, e_local, host_counts, f, d, 0, 1.0f, 0.0f, {{h16, dys16, dw2_16}}, stream);
+      AccumulateBf16(dw2, dw2_16, nullptr, wsize, stream);
+    }
+  }
+  // The zero rows of the padded layout stay zero: dh = 0 there, and so dg = du = 0.
+  const int64_t elems = lrows * f;
+  if (Aligned(4, {dg16, du16, dh16, g16, u16})) {
+    SwigluBackwardBf16Kernel<true><<<ElementwiseBlocks(elems / 2), kThreads, 0, stream>>>(dg16, du16, dh16, g16,
+                                                                                          u16, elems);
+  } else {
+    SwigluBackwardBf16Kernel<false><<<ElementwiseBlocks(elems), kThreads, 0, stream>>>(dg16, du16, dh16, g16, u16,
+                                                                                       elems);
   }
   MOE_CUDA_LAUNCH_CHECK();
-  if (dw1 != nullptr || dw3 != nullptr) {
+  if (cap > 0) {
+    if (dw1 != nullptr) blas.PaddedWeightGrad(e_local, cap, d, f, xs16, dg16, dw1, stream);
+    if (dw3 != nullptr) blas.PaddedWeightGrad(e_local, cap, d, f, xs16, du16, dw3, stream);
+  } else if (dw1 != nullptr || dw3 != nullptr) {
     blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 0.0f, {{xs16, dg16, dw1_16}, {xs16, du16, dw3_16}},
               stream);
     AccumulateBf16(dw1, dw1_16, nullptr, wsize, stream);
     AccumulateBf16(dw3, dw3_16, nullptr, wsize, stream);
   }
-  if (dxs != nullptr) {
+  if (dxs == nullptr) return;
+  if (cap > 0) {
+    // dx = dg W1^T + du W3^T in one padded buffer (the second product adds to the first), then
+    // added to the compact fp32 rows.
+    blas.Padded(GroupedOp::kNT, e_local, cap, d, f, 0.0f, dg16, w1, dxa16, stream);
+    blas.Padded(GroupedOp::kNT, e_local, cap, d, f, 1.0f, du16, w3, dxa16, stream);
+    RowBlocksToFloat(dxs, dxa16, ExpertLayoutToCompact(host_counts, e_local), d, /*accumulate=*/true, stream);
+  } else {
     blas.Gemm(GroupedOp::kNT, e_local, host_counts, 0, d, f, 1.0f, 0.0f, {{dg16, w1, dxa16}, {du16, w3, dxb16}},
               stream);
     AccumulateBf16(dxs, dxa16, dxb16, rows * d, stream);

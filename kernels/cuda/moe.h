@@ -86,13 +86,36 @@ void CopyRowBlocks(void* dst, const void* src, const RowBlocks& blocks, int64_t 
 
 // ---- fast path ----
 
-// Grouped bf16 products, fp32 accumulation, bf16 output (the only mixed type cuBLAS's grouped
-// GEMM takes) through cublasGemmGroupedBatchedEx: one call over every (group, operand set) pair.
-// The row counts are host values (counts[x] rows for group x, the offsets their prefix sums);
-// the device pointer arrays are written by one small kernel from a by-value table, so nothing
-// waits on the host. The same shapes as GroupedGemm; `sets` lists products of identical shapes
-// (x@W1 and x@W3) that share the call. Groups with no rows are skipped (a kTN output then keeps
-// beta * c only for beta 0 or 1).
+// ---- the experts' layout on the fast path ----
+// The experts' bf16 rows (their input x, g, u, h and the gradients) are either
+//   padded: every local expert padded to `cap` rows (ExpertPadRows), expert x's rows at
+//     x * cap, the rows past its count zero, so that each product is one strided batched GEMM
+//     of equal shapes, which cuBLAS runs on its Hopper kernels (about twice as fast as its
+//     grouped GEMM, see moe_bench --grouped-gemm), the zero rows adding nothing to the weight
+//     gradients; or
+//   compact: expert x's rows right after expert x - 1's, one cuBLAS grouped GEMM per product
+//     (each expert its own count), when padding would more than double the rows (cap 0).
+// The counts are host values (the one device-to-host count exchange per layer).
+
+// Rows per expert of the padded layout (the largest count rounded up to 8), or 0: compact.
+int ExpertPadRows(const int32_t* host_counts, int e_local);
+// Rows of the layout: e_local * cap, or the sum of the counts.
+int64_t ExpertLayoutRows(const int32_t* host_counts, int e_local);
+// Compact fp32 rows (sum of counts, d) to the layout in bf16 (dst: ExpertLayoutRows rows).
+void ToExpertLayout(bf16* dst, const float* src, const int32_t* host_counts, int e_local, int d,
+                    cudaStream_t stream);
+// The blocks that move every expert's rows from the layout to compact order (CopyRowBlocks).
+RowBlocks ExpertLayoutToCompact(const int32_t* host_counts, int e_local);
+
+// bf16 products of the experts, fp32 accumulation, one cuBLAS call per product.
+//   Gemm (compact layout): cublasGemmGroupedBatchedEx over every (expert, operand set) pair,
+//     bf16 output, the shapes of GroupedGemm; `sets` lists products of identical shapes (x@W1
+//     and x@W3) that share the call. Experts with no rows are skipped (a kTN output then keeps
+//     beta * c only for beta 0 or 1). The pointer arrays go up by one copy on the stream.
+//   Padded (padded layout, cublasGemmStridedBatchedEx), every operand's experts `cap` rows apart:
+//     kNN: c_x (cap, n) = a_x (cap, k) @ b_x (k, n) + beta c_x, bf16 c
+//     kNT: c_x (cap, n) = a_x (cap, k) @ b_x^T + beta c_x, b_x (n, k), bf16 c
+//   PaddedWeightGrad: c_x (m, n) += a_x^T (m, cap) @ b_x (cap, n), fp32 c (the gradients).
 class GroupedBlas {
  public:
   struct Operands {
@@ -109,6 +132,10 @@ class GroupedBlas {
 
   void Gemm(GroupedOp op, int groups, const int32_t* host_counts, int m, int n, int k, float alpha,
             float beta, std::initializer_list<Operands> sets, cudaStream_t stream);
+  void Padded(GroupedOp op, int experts, int cap, int n, int k, float beta, const bf16* a, const bf16* b, bf16* c,
+              cudaStream_t stream);
+  void PaddedWeightGrad(int experts, int cap, int m, int n, const bf16* a, const bf16* b, float* c,
+                        cudaStream_t stream);
 
  private:
   void* handle_ = nullptr;        // cublasHandle_t
@@ -116,15 +143,15 @@ class GroupedBlas {
 };
 
 // ExpertsForward / ExpertsBackward on the fast path: bf16 operands and products, fp32 where
-// the oracle keeps fp32 (the accumulated gradients). host_counts (e_local) on the host; rows
-// grouped as in ExpertsForward. xs16, dys16: bf16 inputs. The forward writes ys16 (rows, d),
-// and its fp32 copy ys unless ys is null; it saves g16, u16, h16 (rows, f) for the backward.
-// dw1, dw3, dw2 and dxs (may be null) accumulate in fp32. Backward scratch:
-// ExpertsBackwardBf16Scratch bf16.
+// the oracle keeps fp32 (the accumulated gradients), rows as in ExpertsForward. xs16, dys16,
+// g16, u16, h16: the experts' layout (above; ExpertLayoutRows rows of d or f). The forward
+// writes ys (rows, d) in fp32 and/or ys16 in bf16 (either may be null), compact, and saves
+// g16, u16, h16 for the backward, which takes the same counts. dw1, dw3, dw2 and the compact
+// dxs (each may be null) accumulate in fp32. Scratch (both): ExpertsBf16Scratch bf16.
 void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* ys16, bf16* g16,
                         bf16* u16, bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
-                        int e_local, int d, int f, cudaStream_t stream);
-int64_t ExpertsBackwardBf16Scratch(int64_t max_rows, int e_local, int d, int f);
+                        int e_local, int d, int f, bf16* scratch16, cudaStream_t stream);
+int64_t ExpertsBf16Scratch(int64_t layout_rows, int e_local, int d, int f);
 void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, float* dw1, float* dw3,
                          float* dw2, const bf16* dys16, const bf16* xs16, const bf16* g16, const bf16* u16,
                          const bf16* h16, const bf16* w1, const bf16* w3, const bf16* w2, int e_local, int d,
