@@ -120,6 +120,7 @@ class CudaModel final : public TrainModel {
   // Saved by Forward for Backward, per block. n = b T tokens, r = n k expert rows (n when dense).
   struct BlockActs {
     float *x_in, *attn_in, *attn_rstd, *qkv, *attn_y, *attn_lse;  // (n,D) (n,D) (n) (n,C3) (n,D) (b,H,T)
+    bf16* qkv16;                                                   // (n,C3) bf16 mode: qkv in bf16
     float *x_mid, *moe_in, *moe_rstd;                              // (n,D) (n,D) (n)
     float *router_logits, *probs, *router_lse, *weights;           // (n,E) (n,E) (n) (n,k)
     int32_t *expert_idx, *a2s, *s2a;                               // (n,k) (n k) (n k)
@@ -331,6 +332,7 @@ void CudaModel::EnsureActivations(int b) {
     a.attn_in = acts_.Alloc<float>(n * D);
     a.attn_rstd = acts_.Alloc<float>(n);
     a.qkv = acts_.Alloc<float>(n * C3);
+    a.qkv16 = bf16_ ? acts_.Alloc<bf16>(n * C3) : nullptr;
     a.attn_y = acts_.Alloc<float>(n * D);
     a.attn_lse = acts_.Alloc<float>(n * H);
     a.x_mid = acts_.Alloc<float>(n * D);
@@ -451,8 +453,13 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
     cuda::RmsNormForward(a.attn_in, a.attn_rstd, x_, bw.attn_norm, n, D, stream_);
     Linear(a.qkv, a.attn_in, bw.wqkv, n, D, C3, false);
     cuda::RopeForward(a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
-    (bf16_ ? cuda::AttentionForwardBf16 : cuda::AttentionForward)(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd,
-                                                                  stream_);  // bf16 jobs: tensor cores
+    if (bf16_) {
+      // Tensor cores, reading q, k, v in bf16 (kept for the backward).
+      cuda::CastToBf16(a.qkv16, a.qkv, int64_t{n} * C3, stream_);
+      cuda::AttentionForwardBf16(a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd, stream_);
+    } else {
+      cuda::AttentionForward(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, stream_);
+    }
     Linear(tmp_, a.attn_y, bw.wo, n, D, D, false);
     cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
     cuda::Add(x_, tmp_, nd, stream_);
@@ -797,8 +804,13 @@ void CudaModel::Backward() {
     zero(dattn_y, nd);
     LinearBackward(dattn_y, bg.wo, dattn_out, nullptr, a.attn_y, bw.wo, n, D, D, false);
     zero(dqkv_, int64_t{n} * C3);
-    (bf16_ ? cuda::AttentionBackwardBf16 : cuda::AttentionBackward)(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b,
-                                                                    T, H, Hkv, hd, att_scratch_, stream_);
+    if (bf16_) {
+      cuda::CastToBf16(s16b_, dattn_y, nd, stream_);  // s16b_ is free until the next product
+      cuda::AttentionBackwardBf16(dqkv_, dattn_y, s16b_, a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd,
+                                  att_scratch_, stream_);
+    } else {
+      cuda::AttentionBackward(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, att_scratch_, stream_);
+    }
     cuda::RopeBackward(dqkv_, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
     zero(dtmp_, nd);
     LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, a.attn_in, bw.wqkv, n, D, C3, false);

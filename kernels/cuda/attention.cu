@@ -89,6 +89,48 @@ __global__ void AttentionDsumKernel(float* dsum, const float* dout, const float*
   dsum[idx] = acc;
 }
 
+// The same, a warp per token row (all heads): lanes read float4s along the row, coalesced, and
+// each head's HD / 4 lanes add up their part. HD divides 128, so heads never straddle the
+// 128-column steps.
+template <int HD>
+__global__ void AttentionDsumRowsKernel(float* dsum, const float* dout, const float* out, int rows, int t, int h) {
+  constexpr int kGroup = HD / 4;  // lanes per head
+  const int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const int bi = row / t, i = row % t, width = h * HD;
+  const float4* o4 = reinterpret_cast<const float4*>(out + int64_t{row} * width);
+  const float4* d4 = reinterpret_cast<const float4*>(dout + int64_t{row} * width);
+  for (int c0 = 0; c0 < width; c0 += 128) {
+    const int c = c0 + lane * 4;
+    float acc = 0.0f;
+    if (c < width) {
+      const float4 o = o4[c / 4], d = d4[c / 4];
+      acc = o.x * d.x + o.y * d.y + o.z * d.z + o.w * d.w;
+    }
+#pragma unroll
+    for (int s = kGroup / 2; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, s);
+    if (c < width && lane % kGroup == 0) dsum[(int64_t{bi} * h + c / HD) * t + i] = acc;
+  }
+}
+
+// dsum for every row and head: the warp-per-row kernel where the head size and alignment allow.
+void AttentionDsum(float* dsum, const float* dout, const float* out, int b, int t, int h, int hd,
+                   cudaStream_t stream) {
+  const int rows = b * t;
+  const bool vec = reinterpret_cast<uintptr_t>(dout) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  const unsigned blocks = static_cast<unsigned>((int64_t{rows} * 32 + 255) / 256);
+  if (vec && hd == 64) {
+    AttentionDsumRowsKernel<64><<<blocks, 256, 0, stream>>>(dsum, dout, out, rows, t, h);
+  } else if (vec && hd == 32) {
+    AttentionDsumRowsKernel<32><<<blocks, 256, 0, stream>>>(dsum, dout, out, rows, t, h);
+  } else if (vec && hd == 16) {
+    AttentionDsumRowsKernel<16><<<blocks, 256, 0, stream>>>(dsum, dout, out, rows, t, h);
+  } else {
+    AttentionDsumKernel<<<BlocksFor(int64_t{rows} * h, 256), 256, 0, stream>>>(dsum, dout, out, b, t, h, hd);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
 // dq: thread = query row, walking key tiles as the forward does.
 template <int HD>
 __global__ void __launch_bounds__(kQ) AttentionDqKernel(float* dqkv, const float* dout, const float* lse,
@@ -238,8 +280,9 @@ void Backward(float* dqkv, const float* dout, const float* lse, const float* dsu
 
 // ---------------------------------------------------------------------------------------------
 // Tensor-core path (bf16 jobs): the same flash algorithm on mma.sync m16n8k16 (bf16 operands,
-// fp32 accumulation). qkv, dout, out stay fp32 in memory; each 64-row tile is converted to
-// bf16 as it lands in shared memory. Softmax statistics (max, sum, lse, dsum) are fp32; P and
+// fp32 accumulation). q, k, v and dout come in bf16 (the model keeps a bf16 copy); each 64-row
+// tile goes to shared memory by cp.async, two stages: the next tile loads while this one is
+// multiplied. out, lse, dq/dk/dv stay fp32. Softmax statistics (max, sum, lse, dsum) are fp32; P and
 // dS are rounded to bf16 for their products, as FlashAttention-2 does. A block is 4 warps, each
 // owning 16 rows of a 64-row tile. Forward and dq walk key tiles; dk/dv walks query tiles of
 // every head of its kv group, so every output element has one writer (no atomics).
@@ -274,17 +317,26 @@ __device__ __forceinline__ uint32_t Word(const bf16 (*s)[PITCH], int r, int c) {
   return *reinterpret_cast<const uint32_t*>(&s[r][c]);
 }
 
-// dst[r][c] = src row (r0 + r), columns [col, col + HD), as bf16; zero past t.
+// cp.async of 16 bytes global -> shared; src_bytes 0 writes zeros (rows past t).
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Starts dst[r][c] = src row (r0 + r), columns [col, col + HD) (bf16); zeros past t.
 template <int HD, int PITCH>
-__device__ __forceinline__ void LoadTile(bf16 (*dst)[PITCH], const float* src, int64_t row_len, int64_t col,
-                                         int r0, int t) {
-  constexpr int kVec = HD / 4;
-  for (int idx = threadIdx.x; idx < kTc * kVec; idx += kTcThreads) {
-    const int r = idx / kVec, c = (idx % kVec) * 4, i = r0 + r;
-    const float4 x = i < t ? *reinterpret_cast<const float4*>(src + i * row_len + col + c)
-                           : make_float4(0.f, 0.f, 0.f, 0.f);
-    *reinterpret_cast<__nv_bfloat162*>(&dst[r][c]) = __floats2bfloat162_rn(x.x, x.y);
-    *reinterpret_cast<__nv_bfloat162*>(&dst[r][c + 2]) = __floats2bfloat162_rn(x.z, x.w);
+__device__ __forceinline__ void LoadTileAsync(bf16 (*dst)[PITCH], const bf16* src, int64_t row_len, int64_t col,
+                                              int r0, int t) {
+  constexpr int kChunks = HD / 8;  // 16-byte chunks per row
+  for (int idx = threadIdx.x; idx < kTc * kChunks; idx += kTcThreads) {
+    const int r = idx / kChunks, c = (idx % kChunks) * 8, i = r0 + r;
+    CpAsync16(&dst[r][c], src + int64_t{min(i, t - 1)} * row_len + col + c, i < t);
   }
 }
 
@@ -353,38 +405,47 @@ __device__ __forceinline__ float QuadSum(float v) {
 
 // Forward. grid (query tiles, b * h); the heaviest (last) query tiles are launched first.
 template <int HD>
-__global__ void __launch_bounds__(kTcThreads) AttentionForwardTcKernel(float* out, float* lse, const float* qkv,
+__global__ void __launch_bounds__(kTcThreads) AttentionForwardTcKernel(float* out, float* lse, const bf16* qkv,
                                                                        int t, int h, int hkv, float scale) {
   constexpr int P = HD + 8;  // padded pitch: fragment reads and ldmatrix are conflict-free
-  __shared__ __align__(16) bf16 qk[kTc][P];  // q first, then each key tile
-  __shared__ __align__(16) bf16 vs[kTc][P];
+  __shared__ __align__(16) bf16 qs[kTc][P];
+  __shared__ __align__(16) bf16 ks[2][kTc][P];  // two stages of key and value tiles
+  __shared__ __align__(16) bf16 vs[2][kTc][P];
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTc;
   const int bh = blockIdx.y, bi = bh / h, hi = bh % h, kvh = hi / (h / hkv);
   const int64_t row_len = int64_t{h + 2 * hkv} * HD;
-  const float* base = qkv + int64_t{bi} * t * row_len;
+  const int64_t k_col = int64_t{h + kvh} * HD, v_col = int64_t{h + hkv + kvh} * HD;
+  const bf16* base = qkv + int64_t{bi} * t * row_len;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const float sl2 = scale * kLog2e;  // scores in log2 units
-  LoadTile<HD>(qk, base, row_len, int64_t{hi} * HD, q0, t);
-  __syncthreads();
+  LoadTileAsync<HD>(qs, base, row_len, int64_t{hi} * HD, q0, t);
+  LoadTileAsync<HD>(ks[0], base, row_len, k_col, 0, t);
+  LoadTileAsync<HD>(vs[0], base, row_len, v_col, 0, t);
+  CpAsyncCommit();
   uint32_t qa[HD / 16][4];
-  LoadA<HD>(qa, qk, warp * 16, g, q);
   float o[HD / 8][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
-  for (int k0 = 0; k0 <= q0; k0 += kTc) {
+  const int tiles = q0 / kTc + 1;
+  for (int j = 0; j < tiles; ++j) {
+    const int k0 = j * kTc, st = j & 1;
+    if (j + 1 < tiles) {
+      LoadTileAsync<HD>(ks[st ^ 1], base, row_len, k_col, k0 + kTc, t);
+      LoadTileAsync<HD>(vs[st ^ 1], base, row_len, v_col, k0 + kTc, t);
+    }
+    CpAsyncCommit();
+    CpAsyncWait<1>();  // all but the prefetch just issued: tile j (and q) have landed
     __syncthreads();
-    LoadTile<HD>(qk, base, row_len, int64_t{h + kvh} * HD, k0, t);
-    LoadTile<HD>(vs, base, row_len, int64_t{h + hkv + kvh} * HD, k0, t);
-    __syncthreads();
+    if (j == 0) LoadA<HD>(qa, qs, warp * 16, g, q);
     float s[kTc / 8][4];
-    MulABt<HD>(s, qa, qk, g, q);
+    MulABt<HD>(s, qa, ks[st], g, q);
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < kTc / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int j = k0 + nt * 8 + 2 * q + (e & 1);
-        s[nt][e] = (j > row[e / 2] || j >= t) ? -INFINITY : s[nt][e] * sl2;
+        const int jj = k0 + nt * 8 + 2 * q + (e & 1);
+        s[nt][e] = (jj > row[e / 2] || jj >= t) ? -INFINITY : s[nt][e] * sl2;
         mx[e / 2] = fmaxf(mx[e / 2], s[nt][e]);
       }
 #pragma unroll
@@ -406,7 +467,8 @@ __global__ void __launch_bounds__(kTcThreads) AttentionForwardTcKernel(float* ou
         s[nt][e] = exp2f(s[nt][e] - m[e / 2]);
         l[e / 2] += s[nt][e];
       }
-    MulPZ<HD>(o, s, vs, lane);
+    MulPZ<HD>(o, s, vs[st], lane);
+    __syncthreads();  // stage st is refilled by the next iteration's prefetch
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -424,24 +486,30 @@ __global__ void __launch_bounds__(kTcThreads) AttentionForwardTcKernel(float* ou
 
 // dq. grid (query tiles, b * h). dS = P o (dP - dsum) * scale; dq = dS K.
 template <int HD>
-__global__ void __launch_bounds__(kTcThreads) AttentionDqTcKernel(float* dqkv, const float* dout, const float* lse,
-                                                                  const float* dsum, const float* qkv, int t,
+__global__ void __launch_bounds__(kTcThreads) AttentionDqTcKernel(float* dqkv, const bf16* dout, const float* lse,
+                                                                  const float* dsum, const bf16* qkv, int t,
                                                                   int h, int hkv, float scale) {
   constexpr int P = HD + 8;
-  __shared__ __align__(16) bf16 ks[kTc][P];  // q first, then each key tile
-  __shared__ __align__(16) bf16 vs[kTc][P];  // dout first, then each value tile
+  __shared__ __align__(16) bf16 ks[2][kTc][P];  // q (stage 1) first, then key tiles
+  __shared__ __align__(16) bf16 vs[2][kTc][P];  // dout (stage 1) first, then value tiles
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTc;
   const int bh = blockIdx.y, bi = bh / h, hi = bh % h, kvh = hi / (h / hkv);
   const int64_t row_len = int64_t{h + 2 * hkv} * HD;
-  const float* base = qkv + int64_t{bi} * t * row_len;
+  const int64_t k_col = int64_t{h + kvh} * HD, v_col = int64_t{h + hkv + kvh} * HD;
+  const bf16* base = qkv + int64_t{bi} * t * row_len;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const float sl2 = scale * kLog2e;
-  LoadTile<HD>(ks, base, row_len, int64_t{hi} * HD, q0, t);
-  LoadTile<HD>(vs, dout + int64_t{bi} * t * h * HD, int64_t{h} * HD, int64_t{hi} * HD, q0, t);
+  LoadTileAsync<HD>(ks[1], base, row_len, int64_t{hi} * HD, q0, t);
+  LoadTileAsync<HD>(vs[1], dout + int64_t{bi} * t * h * HD, int64_t{h} * HD, int64_t{hi} * HD, q0, t);
+  LoadTileAsync<HD>(ks[0], base, row_len, k_col, 0, t);
+  LoadTileAsync<HD>(vs[0], base, row_len, v_col, 0, t);
+  CpAsyncCommit();
+  CpAsyncWait<0>();
   __syncthreads();
   uint32_t qa[HD / 16][4], da[HD / 16][4];
-  LoadA<HD>(qa, ks, warp * 16, g, q);
-  LoadA<HD>(da, vs, warp * 16, g, q);
+  LoadA<HD>(qa, ks[1], warp * 16, g, q);
+  LoadA<HD>(da, vs[1], warp * 16, g, q);
+  __syncthreads();  // stage 1 now takes key tile 1
   const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
   float lr[2], dr[2];
 #pragma unroll
@@ -451,23 +519,29 @@ __global__ void __launch_bounds__(kTcThreads) AttentionDqTcKernel(float* dqkv, c
     dr[r] = ok ? dsum[(int64_t{bi} * h + hi) * t + row[r]] : 0.f;
   }
   float dq[HD / 8][4] = {};
-  for (int k0 = 0; k0 <= q0; k0 += kTc) {
-    __syncthreads();
-    LoadTile<HD>(ks, base, row_len, int64_t{h + kvh} * HD, k0, t);
-    LoadTile<HD>(vs, base, row_len, int64_t{h + hkv + kvh} * HD, k0, t);
+  const int tiles = q0 / kTc + 1;
+  for (int j = 0; j < tiles; ++j) {
+    const int k0 = j * kTc, st = j & 1;
+    if (j + 1 < tiles) {
+      LoadTileAsync<HD>(ks[st ^ 1], base, row_len, k_col, k0 + kTc, t);
+      LoadTileAsync<HD>(vs[st ^ 1], base, row_len, v_col, k0 + kTc, t);
+    }
+    CpAsyncCommit();
+    CpAsyncWait<1>();
     __syncthreads();
     float s[kTc / 8][4], dp[kTc / 8][4];
-    MulABt<HD>(s, qa, ks, g, q);
-    MulABt<HD>(dp, da, vs, g, q);
+    MulABt<HD>(s, qa, ks[st], g, q);
+    MulABt<HD>(dp, da, vs[st], g, q);
 #pragma unroll
     for (int nt = 0; nt < kTc / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int j = k0 + nt * 8 + 2 * q + (e & 1), i = row[e / 2];
-        const float p = (j > i || j >= t || i >= t) ? 0.f : exp2f(s[nt][e] * sl2 - lr[e / 2]);
+        const int jj = k0 + nt * 8 + 2 * q + (e & 1), i = row[e / 2];
+        const float p = (jj > i || jj >= t || i >= t) ? 0.f : exp2f(s[nt][e] * sl2 - lr[e / 2]);
         s[nt][e] = p * (dp[nt][e] - dr[e / 2]) * scale;
       }
-    MulPZ<HD>(dq, s, ks, lane);
+    MulPZ<HD>(dq, s, ks[st], lane);
+    __syncthreads();
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -483,60 +557,73 @@ __global__ void __launch_bounds__(kTcThreads) AttentionDqTcKernel(float* dqkv, c
 }
 
 // dk, dv. grid (key tiles, b * hkv); walks every query head of the group and every query tile
-// at or after the key tile. dv = P^T dout, dk = dS^T q.
+// at or after the key tile (steps s: head s / per_head, tile s % per_head). dv = P^T dout,
+// dk = dS^T q.
 template <int HD>
-__global__ void __launch_bounds__(kTcThreads) AttentionDkvTcKernel(float* dqkv, const float* dout, const float* lse,
-                                                                   const float* dsum, const float* qkv, int t,
+__global__ void __launch_bounds__(kTcThreads) AttentionDkvTcKernel(float* dqkv, const bf16* dout, const float* lse,
+                                                                   const float* dsum, const bf16* qkv, int t,
                                                                    int h, int hkv, float scale) {
   constexpr int P = HD + 8;
-  __shared__ __align__(16) bf16 qs[kTc][P];  // k first, then each query tile
-  __shared__ __align__(16) bf16 ds[kTc][P];  // v first, then each dout tile
-  __shared__ float ls[kTc], dss[kTc];
+  __shared__ __align__(16) bf16 qs[2][kTc][P];  // k (stage 1) first, then query tiles
+  __shared__ __align__(16) bf16 ds[2][kTc][P];  // v (stage 1) first, then dout tiles
+  __shared__ float ls[2][kTc], dss[2][kTc];
   const int j0 = blockIdx.x * kTc;
   const int bg = blockIdx.y, bi = bg / hkv, kvh = bg % hkv, group = h / hkv;
   const int64_t row_len = int64_t{h + 2 * hkv} * HD, out_len = int64_t{h} * HD;
-  const float* base = qkv + int64_t{bi} * t * row_len;
-  const float* dbase = dout + int64_t{bi} * t * out_len;
+  const bf16* base = qkv + int64_t{bi} * t * row_len;
+  const bf16* dbase = dout + int64_t{bi} * t * out_len;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const float sl2 = scale * kLog2e;
-  LoadTile<HD>(qs, base, row_len, int64_t{h + kvh} * HD, j0, t);
-  LoadTile<HD>(ds, base, row_len, int64_t{h + hkv + kvh} * HD, j0, t);
+  LoadTileAsync<HD>(qs[1], base, row_len, int64_t{h + kvh} * HD, j0, t);
+  LoadTileAsync<HD>(ds[1], base, row_len, int64_t{h + hkv + kvh} * HD, j0, t);
+  CpAsyncCommit();
+  CpAsyncWait<0>();
   __syncthreads();
   uint32_t ka[HD / 16][4], va[HD / 16][4];
-  LoadA<HD>(ka, qs, warp * 16, g, q);
-  LoadA<HD>(va, ds, warp * 16, g, q);
+  LoadA<HD>(ka, qs[1], warp * 16, g, q);
+  LoadA<HD>(va, ds[1], warp * 16, g, q);
+  __syncthreads();
   const int key[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
-  float dk[HD / 8][4] = {}, dv[HD / 8][4] = {};
-  for (int hi = kvh * group; hi < (kvh + 1) * group; ++hi) {
-    for (int i0 = j0; i0 < t; i0 += kTc) {
-      __syncthreads();
-      LoadTile<HD>(qs, base, row_len, int64_t{hi} * HD, i0, t);
-      LoadTile<HD>(ds, dbase, out_len, int64_t{hi} * HD, i0, t);
-      for (int r = threadIdx.x; r < kTc; r += kTcThreads) {
-        const int i = i0 + r;
-        ls[r] = i < t ? lse[(int64_t{bi} * h + hi) * t + i] * kLog2e : 0.f;
-        dss[r] = i < t ? dsum[(int64_t{bi} * h + hi) * t + i] : 0.f;
-      }
-      __syncthreads();
-      float s[kTc / 8][4], dp[kTc / 8][4];
-      MulABt<HD>(s, ka, qs, g, q);  // s^T: rows keys, columns queries
-      MulABt<HD>(dp, va, ds, g, q);
-#pragma unroll
-      for (int nt = 0; nt < kTc / 8; ++nt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int c = nt * 8 + 2 * q + e, i = i0 + c;
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            const int j = key[r];
-            const float p = (j > i || i >= t || j >= t) ? 0.f : exp2f(s[nt][2 * r + e] * sl2 - ls[c]);
-            s[nt][2 * r + e] = p;
-            dp[nt][2 * r + e] = p * (dp[nt][2 * r + e] - dss[c]) * scale;
-          }
-        }
-      MulPZ<HD>(dv, s, ds, lane);
-      MulPZ<HD>(dk, dp, qs, lane);
+  const int first = j0 / kTc, per_head = (t + kTc - 1) / kTc - first, steps = group * per_head;
+  // Starts step s's query and dout tiles (and their lse, dsum) into stage st.
+  auto issue = [&](int s, int st) {
+    const int hi = kvh * group + s / per_head, i0 = (first + s % per_head) * kTc;
+    LoadTileAsync<HD>(qs[st], base, row_len, int64_t{hi} * HD, i0, t);
+    LoadTileAsync<HD>(ds[st], dbase, out_len, int64_t{hi} * HD, i0, t);
+    for (int r = threadIdx.x; r < kTc; r += kTcThreads) {
+      const int i = i0 + r;
+      ls[st][r] = i < t ? lse[(int64_t{bi} * h + hi) * t + i] * kLog2e : 0.f;
+      dss[st][r] = i < t ? dsum[(int64_t{bi} * h + hi) * t + i] : 0.f;
     }
+  };
+  float dk[HD / 8][4] = {}, dv[HD / 8][4] = {};
+  issue(0, 0);
+  CpAsyncCommit();
+  for (int s = 0; s < steps; ++s) {
+    const int st = s & 1, i0 = (first + s % per_head) * kTc;
+    if (s + 1 < steps) issue(s + 1, st ^ 1);
+    CpAsyncCommit();
+    CpAsyncWait<1>();
+    __syncthreads();
+    float sc[kTc / 8][4], dp[kTc / 8][4];
+    MulABt<HD>(sc, ka, qs[st], g, q);  // s^T: rows keys, columns queries
+    MulABt<HD>(dp, va, ds[st], g, q);
+#pragma unroll
+    for (int nt = 0; nt < kTc / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int c = nt * 8 + 2 * q + e, i = i0 + c;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int j = key[r];
+          const float p = (j > i || i >= t || j >= t) ? 0.f : exp2f(sc[nt][2 * r + e] * sl2 - ls[st][c]);
+          sc[nt][2 * r + e] = p;
+          dp[nt][2 * r + e] = p * (dp[nt][2 * r + e] - dss[st][c]) * scale;
+        }
+      }
+    MulPZ<HD>(dv, sc, ds[st], lane);
+    MulPZ<HD>(dk, dp, qs[st], lane);
+    __syncthreads();
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -554,27 +641,27 @@ __global__ void __launch_bounds__(kTcThreads) AttentionDkvTcKernel(float* dqkv, 
 }
 
 template <int HD>
-void ForwardTc(float* out, float* lse, const float* qkv, int b, int t, int h, int hkv, cudaStream_t stream) {
+void ForwardTc(float* out, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, cudaStream_t stream) {
   const dim3 grid((t + kTc - 1) / kTc, b * h);
-  AttentionForwardTcKernel<HD><<<grid, kTcThreads, 0, stream>>>(out, lse, qkv, t, h, hkv,
+  AttentionForwardTcKernel<HD><<<grid, kTcThreads, 0, stream>>>(out, lse, qkv16, t, h, hkv,
                                                                1.0f / sqrtf(static_cast<float>(HD)));
   MOE_CUDA_LAUNCH_CHECK();
 }
 
 template <int HD>
-void BackwardTc(float* dqkv, const float* dout, const float* lse, const float* dsum, const float* qkv, int b,
+void BackwardTc(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b,
                 int t, int h, int hkv, cudaStream_t stream) {
   const float scale = 1.0f / sqrtf(static_cast<float>(HD));
   const int tiles = (t + kTc - 1) / kTc;
-  AttentionDqTcKernel<HD><<<dim3(tiles, b * h), kTcThreads, 0, stream>>>(dqkv, dout, lse, dsum, qkv, t, h, hkv,
-                                                                         scale);
+  AttentionDqTcKernel<HD><<<dim3(tiles, b * h), kTcThreads, 0, stream>>>(dqkv, dout16, lse, dsum, qkv16, t, h,
+                                                                         hkv, scale);
   MOE_CUDA_LAUNCH_CHECK();
-  AttentionDkvTcKernel<HD><<<dim3(tiles, b * hkv), kTcThreads, 0, stream>>>(dqkv, dout, lse, dsum, qkv, t, h,
-                                                                            hkv, scale);
+  AttentionDkvTcKernel<HD><<<dim3(tiles, b * hkv), kTcThreads, 0, stream>>>(dqkv, dout16, lse, dsum, qkv16, t,
+                                                                            h, hkv, scale);
   MOE_CUDA_LAUNCH_CHECK();
 }
 
-// The tensor-core kernels read rows as float4: every row start must be 16-byte aligned.
+// The tensor-core kernels read rows in 16-byte pieces: every row start must be 16-byte aligned.
 bool TcAligned(int hd, std::initializer_list<const void*> ptrs) {
   if (hd % 16 != 0) return false;
   for (const void* p : ptrs)
@@ -605,9 +692,7 @@ void AttentionBackward(float* dqkv, const float* dout, const float* out, const f
                        const float* qkv, int b, int t, int h, int hkv, int hd, float* scratch,
                        cudaStream_t stream) {
   if (b * t == 0) return;
-  const int64_t rows = int64_t{b} * h * t;
-  AttentionDsumKernel<<<BlocksFor(rows, 256), 256, 0, stream>>>(scratch, dout, out, b, t, h, hd);
-  MOE_CUDA_LAUNCH_CHECK();
+  AttentionDsum(scratch, dout, out, b, t, h, hd, stream);
   switch (hd) {
     case 8: return Backward<8>(dqkv, dout, lse, scratch, qkv, b, t, h, hkv, stream);
     case 16: return Backward<16>(dqkv, dout, lse, scratch, qkv, b, t, h, hkv, stream);
@@ -617,31 +702,29 @@ void AttentionBackward(float* dqkv, const float* dout, const float* out, const f
   }
 }
 
-void AttentionForwardBf16(float* out, float* lse, const float* qkv, int b, int t, int h, int hkv, int hd,
-                          cudaStream_t stream) {
+void AttentionForwardBf16(float* out, float* lse, const float* qkv, const bf16* qkv16, int b, int t, int h,
+                          int hkv, int hd, cudaStream_t stream) {
   if (b * t == 0) return;
-  if (!TcAligned(hd, {out, qkv})) return AttentionForward(out, lse, qkv, b, t, h, hkv, hd, stream);
+  if (!TcAligned(hd, {out, qkv16})) return AttentionForward(out, lse, qkv, b, t, h, hkv, hd, stream);
   switch (hd) {
-    case 16: return ForwardTc<16>(out, lse, qkv, b, t, h, hkv, stream);
-    case 32: return ForwardTc<32>(out, lse, qkv, b, t, h, hkv, stream);
-    case 64: return ForwardTc<64>(out, lse, qkv, b, t, h, hkv, stream);
+    case 16: return ForwardTc<16>(out, lse, qkv16, b, t, h, hkv, stream);
+    case 32: return ForwardTc<32>(out, lse, qkv16, b, t, h, hkv, stream);
+    case 64: return ForwardTc<64>(out, lse, qkv16, b, t, h, hkv, stream);
     default: return AttentionForward(out, lse, qkv, b, t, h, hkv, hd, stream);
   }
 }
 
-void AttentionBackwardBf16(float* dqkv, const float* dout, const float* out, const float* lse,
-                           const float* qkv, int b, int t, int h, int hkv, int hd, float* scratch,
+void AttentionBackwardBf16(float* dqkv, const float* dout, const bf16* dout16, const float* out, const float* lse,
+                           const float* qkv, const bf16* qkv16, int b, int t, int h, int hkv, int hd, float* scratch,
                            cudaStream_t stream) {
   if (b * t == 0) return;
-  if (!TcAligned(hd, {dqkv, dout, qkv}) || (hd != 16 && hd != 32 && hd != 64))
+  if (!TcAligned(hd, {dqkv, dout16, qkv16}) || (hd != 16 && hd != 32 && hd != 64))
     return AttentionBackward(dqkv, dout, out, lse, qkv, b, t, h, hkv, hd, scratch, stream);
-  const int64_t rows = int64_t{b} * h * t;
-  AttentionDsumKernel<<<BlocksFor(rows, 256), 256, 0, stream>>>(scratch, dout, out, b, t, h, hd);
-  MOE_CUDA_LAUNCH_CHECK();
+  AttentionDsum(scratch, dout, out, b, t, h, hd, stream);
   switch (hd) {
-    case 16: return BackwardTc<16>(dqkv, dout, lse, scratch, qkv, b, t, h, hkv, stream);
-    case 32: return BackwardTc<32>(dqkv, dout, lse, scratch, qkv, b, t, h, hkv, stream);
-    default: return BackwardTc<64>(dqkv, dout, lse, scratch, qkv, b, t, h, hkv, stream);
+    case 16: return BackwardTc<16>(dqkv, dout16, lse, scratch, qkv16, b, t, h, hkv, stream);
+    case 32: return BackwardTc<32>(dqkv, dout16, lse, scratch, qkv16, b, t, h, hkv, stream);
+    default: return BackwardTc<64>(dqkv, dout16, lse, scratch, qkv16, b, t, h, hkv, stream);
   }
 }
 

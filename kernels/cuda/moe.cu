@@ -807,9 +807,12 @@ int64_t CountSum(const int32_t* host_counts, int e_local) {
 }  // namespace
 
 int ExpertPadRows(const int32_t* host_counts, int e_local) {
+  // A multiple of 128 rows: few distinct shapes over a run, so that cuBLAS picks its kernel for
+  // each once (a new shape costs a heuristic query on the host, on the critical path).
+  constexpr int64_t kStep = 128;
   const int64_t rows = CountSum(host_counts, e_local);
   int64_t cap = 0;
-  for (int x = 0; x < e_local; ++x) cap = std::max<int64_t>(cap, (host_counts[x] + 7) / 8 * 8);
+  for (int x = 0; x < e_local; ++x) cap = std::max<int64_t>(cap, (host_counts[x] + kStep - 1) / kStep * kStep);
   if (rows <= 0 || e_local > RowBlocks::kMax || e_local * cap > 2 * rows) return 0;
   return static_cast<int>(cap);
 }

@@ -97,7 +97,7 @@ void CopyRowBlocks(void* dst, const void* src, const RowBlocks& blocks, int64_t 
 //     (each expert its own count), when padding would more than double the rows (cap 0).
 // The counts are host values (the one device-to-host count exchange per layer).
 
-// Rows per expert of the padded layout (the largest count rounded up to 8), or 0: compact.
+// Rows per expert of the padded layout (the largest count rounded up to 128), or 0: compact.
 int ExpertPadRows(const int32_t* host_counts, int e_local);
 // Rows of the layout: e_local * cap, or the sum of the counts.
 int64_t ExpertLayoutRows(const int32_t* host_counts, int e_local);

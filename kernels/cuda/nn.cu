@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
@@ -75,7 +78,7 @@ __global__ void DropoutBackwardKernel(float* din, const float* dout, int64_t n, 
   }
 }
 
-// One warp per row.
+// One warp per row. The general kernel: any d, any alignment.
 __global__ void RmsNormForwardKernel(float* out, float* rstd, const float* inp, const float* weight,
                                      int n, int d) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
@@ -91,8 +94,53 @@ __global__ void RmsNormForwardKernel(float* out, float* rstd, const float* inp, 
   for (int c = lane; c < d; c += 32) y[c] = x[c] * r * weight[c];
 }
 
-// A block of 8 warps takes kRowsPerBlock rows, one warp per row at a time; dweight is summed per
-// block in shared memory (d floats) and then added to the output once per block.
+// The register-resident RMSNorm kernels, for d % 4 == 0, 16-byte aligned pointers and
+// d <= 128 * kRmsMaxVecs: one warp per row, lane l holding the row's float4 vectors l, l + 32,
+// ..., l + 32 (kVecs - 1) in registers (those past d / 4 are zeros and never stored), so each
+// row is read from memory once.
+constexpr int kRmsMaxVecs = 8;
+
+__device__ __forceinline__ float4 Zero4() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
+
+// One warp per row, as RmsNormForwardKernel, the row held in registers.
+template <int kVecs>
+__global__ void __launch_bounds__(kThreads) RmsNormForwardVecKernel(float* out, float* rstd,
+                                                                    const float* inp,
+                                                                    const float* weight, int n,
+                                                                    int d) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32, d4 = d / 4;
+  if (row >= n) return;
+  const float4* x4 = reinterpret_cast<const float4*>(inp + int64_t{row} * d);
+  float4 x[kVecs];
+  float ss = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kVecs; ++k) {
+    const int v = k * 32 + lane;
+    x[k] = v < d4 ? x4[v] : Zero4();
+    ss += x[k].x * x[k].x;
+    ss += x[k].y * x[k].y;
+    ss += x[k].z * x[k].z;
+    ss += x[k].w * x[k].w;
+  }
+  ss = WarpSum(ss);
+  const float r = 1.0f / sqrtf(ss / d + kernels::kRmsNormEps);
+  if (lane == 0) rstd[row] = r;
+  const float4* w4 = reinterpret_cast<const float4*>(weight);
+  float4* y4 = reinterpret_cast<float4*>(out + int64_t{row} * d);
+#pragma unroll
+  for (int k = 0; k < kVecs; ++k) {
+    const int v = k * 32 + lane;
+    if (v < d4) {
+      const float4 w = w4[v];
+      y4[v] = make_float4(x[k].x * r * w.x, x[k].y * r * w.y, x[k].z * r * w.z, x[k].w * r * w.w);
+    }
+  }
+}
+
+// The general backward kernel (any d, any alignment). A block of 8 warps takes kRowsPerBlock
+// rows, one warp per row at a time; dweight is summed per block in shared memory (d floats) and
+// then added to the output once per block.
 constexpr int kRmsRowsPerBlock = 64;
 // dweight: each warp sums its rows into its own shared slice (no atomics inside the block),
 // then the block adds the slices to dweight.
@@ -133,22 +181,152 @@ __global__ void RmsNormBackwardKernel(float* dinp, float* dweight, const float* 
   }
 }
 
-// One thread per (row, rotated head, pair i).
-__global__ void RopeKernel(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h,
-                           int hkv, int hd, float sign) {
-  const int half = hd / 2, heads = h + hkv;
-  const int64_t row_len = int64_t{h + 2 * hkv} * hd;
-  MOE_GRID_STRIDE(idx, int64_t{b} * t * heads * half) {
-    const int i = static_cast<int>(idx % half);
-    const int64_t rh = idx / half;
-    const int head = static_cast<int>(rh % heads);
-    const int64_t r = rh / heads;
-    const int pos = static_cast<int>(r % t);
-    float* v = qkv + r * row_len + int64_t{head} * hd;
-    const float cs = cos_t[int64_t{pos} * half + i], s = sign * sin_t[int64_t{pos} * half + i];
-    const float a = v[i], c = v[i + half];
-    v[i] = a * cs - c * s;
-    v[i + half] = a * s + c * cs;
+// Register-resident backward: warps walk rows grid-stride (row = global warp, + all warps), one
+// row per warp at a time, the row's x and dy in registers. Each lane keeps its columns' dweight
+// partial sums in registers across all its rows; at the end the warps' partials meet in shared
+// memory (warps, d) and the block adds their sum to dweight with one atomicAdd per column.
+template <int kVecs>
+__global__ void __launch_bounds__(kThreads) RmsNormBackwardVecKernel(
+    float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+    const float* rstd, int n, int d) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int d4 = d / 4;
+  const float4* w4 = reinterpret_cast<const float4*>(weight);
+  float4 dw[kVecs];
+#pragma unroll
+  for (int k = 0; k < kVecs; ++k) dw[k] = Zero4();
+  for (int row = blockIdx.x * warps + warp; row < n; row += gridDim.x * warps) {
+    const float4* x4 = reinterpret_cast<const float4*>(inp + int64_t{row} * d);
+    const float4* dy4 = reinterpret_cast<const float4*>(dout + int64_t{row} * d);
+    const float r = rstd[row];
+    float4 x[kVecs], dy[kVecs];
+#pragma unroll
+    for (int k = 0; k < kVecs; ++k) {
+      const int v = k * 32 + lane;
+      x[k] = v < d4 ? x4[v] : Zero4();
+      dy[k] = v < d4 ? dy4[v] : Zero4();
+    }
+    if (dinp != nullptr) {
+      // dx_c += r w_c dy_c - x_c r^3 / d * sum_j dy_j w_j x_j (zero padding adds nothing).
+      float dot = 0.0f;
+#pragma unroll
+      for (int k = 0; k < kVecs; ++k) {
+        const int v = k * 32 + lane;
+        const float4 w = v < d4 ? w4[v] : Zero4();
+        dot += dy[k].x * w.x * x[k].x;
+        dot += dy[k].y * w.y * x[k].y;
+        dot += dy[k].z * w.z * x[k].z;
+        dot += dy[k].w * w.w * x[k].w;
+      }
+      dot = WarpSum(dot);
+      const float kk = dot * r * r * r / d;
+      float4* dx4 = reinterpret_cast<float4*>(dinp + int64_t{row} * d);
+#pragma unroll
+      for (int k = 0; k < kVecs; ++k) {
+        const int v = k * 32 + lane;
+        if (v < d4) {
+          const float4 w = w4[v];
+          float4 o = dx4[v];
+          o.x += r * w.x * dy[k].x - kk * x[k].x;
+          o.y += r * w.y * dy[k].y - kk * x[k].y;
+          o.z += r * w.z * dy[k].z - kk * x[k].z;
+          o.w += r * w.w * dy[k].w - kk * x[k].w;
+          dx4[v] = o;
+        }
+      }
+    }
+    if (dweight != nullptr) {
+#pragma unroll
+      for (int k = 0; k < kVecs; ++k) {
+        dw[k].x += dy[k].x * x[k].x * r;
+        dw[k].y += dy[k].y * x[k].y * r;
+        dw[k].z += dy[k].z * x[k].z * r;
+        dw[k].w += dy[k].w * x[k].w * r;
+      }
+    }
+  }
+  if (dweight == nullptr) return;  // the same for the whole block
+  extern __shared__ float4 dw_shared4[];  // (warps, d / 4)
+#pragma unroll
+  for (int k = 0; k < kVecs; ++k) {
+    const int v = k * 32 + lane;
+    if (v < d4) dw_shared4[warp * d4 + v] = dw[k];
+  }
+  __syncthreads();
+  const float* dw_shared = reinterpret_cast<const float*>(dw_shared4);
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    float sum = 0.0f;
+    for (int w = 0; w < warps; ++w) sum += dw_shared[w * d + c];
+    atomicAdd(dweight + c, sum);
+  }
+}
+
+// W consecutive floats at p (16-byte aligned when W is 4): one float4 access, or W scalar ones.
+template <int W>
+__device__ __forceinline__ void LoadW(float (&dst)[W], const float* p) {
+  if constexpr (W == 4) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    dst[0] = q.x, dst[1] = q.y, dst[2] = q.z, dst[3] = q.w;
+  } else {
+#pragma unroll
+    for (int j = 0; j < W; ++j) dst[j] = p[j];
+  }
+}
+template <int W>
+__device__ __forceinline__ void StoreW(float* p, const float (&src)[W]) {
+  if constexpr (W == 4) {
+    *reinterpret_cast<float4*>(p) = make_float4(src[0], src[1], src[2], src[3]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < W; ++j) p[j] = src[j];
+  }
+}
+
+// Rotated heads one thread loads before it stores any of them (memory-level parallelism).
+constexpr int kRopeHeadsPerStep = 4;
+
+// RoPE in place on the q and k heads (the first `heads` of each row of row_len floats), pairs
+// (i, i + hd/2). Block (x, y): threadIdx.y picks one of blockDim.y rows (row = b * t + pos),
+// threadIdx.x a group of W pairs i = W * threadIdx.x + j (striding by W * blockDim.x when hd / 2 is
+// larger); the thread reads that group's cos/sin once and walks every rotated head of its row,
+// kRopeHeadsPerStep heads at a time. W = 4 (float4 accesses) needs hd/2 % 4 == 0 and 16-byte
+// aligned qkv and tables; W = 1 takes any even hd. All index math is 32-bit but the row offset.
+template <int W>
+__global__ void RopeKernel(float* qkv, const float* cos_t, const float* sin_t, int rows, int t,
+                           int heads, int row_len, int hd, float sign) {
+  const int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  const int half = hd / 2, pos = row % t;
+  float* base = qkv + int64_t{row} * row_len;
+  for (int i = threadIdx.x * W; i < half; i += blockDim.x * W) {
+    float cs[W], s[W];
+    LoadW<W>(cs, cos_t + pos * half + i);
+    LoadW<W>(s, sin_t + pos * half + i);
+#pragma unroll
+    for (int j = 0; j < W; ++j) s[j] *= sign;
+    for (int head0 = 0; head0 < heads; head0 += kRopeHeadsPerStep) {
+      float a[kRopeHeadsPerStep][W], c[kRopeHeadsPerStep][W];
+#pragma unroll
+      for (int u = 0; u < kRopeHeadsPerStep; ++u) {
+        if (head0 + u < heads) {
+          LoadW<W>(a[u], base + (head0 + u) * hd + i);
+          LoadW<W>(c[u], base + (head0 + u) * hd + half + i);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kRopeHeadsPerStep; ++u) {
+        if (head0 + u < heads) {
+          float na[W], nc[W];
+#pragma unroll
+          for (int j = 0; j < W; ++j) {
+            na[j] = a[u][j] * cs[j] - c[u][j] * s[j];
+            nc[j] = a[u][j] * s[j] + c[u][j] * cs[j];
+          }
+          StoreW<W>(base + (head0 + u) * hd + i, na);
+          StoreW<W>(base + (head0 + u) * hd + half + i, nc);
+        }
+      }
+    }
   }
 }
 
@@ -262,6 +440,60 @@ __global__ void SumKernel(double* out, const float* x, int64_t n) {
   }
 }
 
+// True when every pointer is a multiple of `bytes`.
+bool Aligned(int bytes, std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs) {
+    if (reinterpret_cast<uintptr_t>(p) % bytes != 0) return false;
+  }
+  return true;
+}
+
+// Calls f(std::integral_constant<int, K>{}) for the smallest instantiated K >= vecs (vecs is at
+// most kRmsMaxVecs): the float4 vectors per lane of the register-resident RMSNorm kernels.
+template <typename F>
+void WithRmsVecs(int vecs, F&& f) {
+  static_assert(kRmsMaxVecs == 8, "instantiate up to kRmsMaxVecs");
+  if (vecs <= 1) {
+    f(std::integral_constant<int, 1>{});
+  } else if (vecs <= 2) {
+    f(std::integral_constant<int, 2>{});
+  } else if (vecs <= 3) {
+    f(std::integral_constant<int, 3>{});
+  } else if (vecs <= 4) {
+    f(std::integral_constant<int, 4>{});
+  } else if (vecs <= 6) {
+    f(std::integral_constant<int, 6>{});
+  } else {
+    f(std::integral_constant<int, 8>{});
+  }
+}
+
+// Whether (d, pointers) fit the register-resident RMSNorm kernels.
+bool RmsNormVectorizable(int d, std::initializer_list<const void*> ptrs) {
+  return d % 4 == 0 && d <= 128 * kRmsMaxVecs && Aligned(16, ptrs);
+}
+
+// Both directions: sign = +1 rotates by the angle, -1 by minus the angle (the transpose).
+void Rope(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv, int hd,
+          float sign, cudaStream_t stream) {
+  const int rows = b * t, heads = h + hkv, half = hd / 2;
+  if (rows <= 0 || heads <= 0 || half <= 0) return;
+  const int row_len = (h + 2 * hkv) * hd;
+  const bool vec = half % 4 == 0 && Aligned(16, {qkv, cos_t, sin_t});
+  // threadIdx.x over the pair groups of one head (at most kThreads), threadIdx.y over rows.
+  const int groups = vec ? half / 4 : half;
+  const dim3 block(std::min(groups, kThreads), std::max(1, kThreads / groups));
+  const unsigned blocks = BlocksFor(rows, static_cast<int>(block.y));
+  if (vec) {
+    RopeKernel<4><<<blocks, block, 0, stream>>>(qkv, cos_t, sin_t, rows, t, heads, row_len, hd,
+                                                  sign);
+  } else {
+    RopeKernel<1><<<blocks, block, 0, stream>>>(qkv, cos_t, sin_t, rows, t, heads, row_len, hd,
+                                                  sign);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 void EmbeddingForward(float* out, const int32_t* idx, const float* wte, int n, int d, cudaStream_t stream) {
@@ -299,13 +531,39 @@ void DropoutBackward(float* din, const float* dout, int64_t n, float p, uint64_t
 void RmsNormForward(float* out, float* rstd, const float* inp, const float* weight, int n, int d,
                     cudaStream_t stream) {
   if (n <= 0) return;
-  RmsNormForwardKernel<<<BlocksFor(n, kThreads / 32), kThreads, 0, stream>>>(out, rstd, inp, weight, n, d);
+  const unsigned blocks = BlocksFor(n, kThreads / 32);
+  if (RmsNormVectorizable(d, {out, inp, weight})) {
+    WithRmsVecs((d / 4 + 31) / 32, [&](auto vecs) {
+      RmsNormForwardVecKernel<decltype(vecs)::value><<<blocks, kThreads, 0, stream>>>(
+          out, rstd, inp, weight, n, d);
+    });
+  } else {
+    RmsNormForwardKernel<<<blocks, kThreads, 0, stream>>>(out, rstd, inp, weight, n, d);
+  }
   MOE_CUDA_LAUNCH_CHECK();
 }
 
 void RmsNormBackward(float* dinp, float* dweight, const float* dout, const float* inp,
                      const float* weight, const float* rstd, int n, int d, cudaStream_t stream) {
-  if (n <= 0) return;
+  if (n <= 0 || (dinp == nullptr && dweight == nullptr)) return;
+  if (RmsNormVectorizable(d, {dinp, dout, inp, weight})) {
+    // As many blocks as fit on the GPU at once (no more than there are rows for their warps):
+    // every block pays d atomics at its end, so fewer, longer-lived blocks.
+    const size_t smem = dweight != nullptr ? sizeof(float) * d * (kThreads / 32) : 0;
+    WithRmsVecs((d / 4 + 31) / 32, [&](auto vecs) {
+      const auto kernel = RmsNormBackwardVecKernel<decltype(vecs)::value>;
+      int device = 0, sms = 0, per_sm = 0;
+      MOE_CUDA_CHECK(cudaGetDevice(&device));
+      MOE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      MOE_CUDA_CHECK(
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+      const unsigned blocks =
+          std::max(1u, std::min<unsigned>(BlocksFor(n, kThreads / 32), unsigned(sms * per_sm)));
+      kernel<<<blocks, kThreads, smem, stream>>>(dinp, dweight, dout, inp, weight, rstd, n, d);
+    });
+    MOE_CUDA_LAUNCH_CHECK();
+    return;
+  }
   const size_t smem = dweight != nullptr ? sizeof(float) * d * (kThreads / 32) : 0;
   if (smem > 48 * 1024) {
     MOE_CUDA_CHECK(cudaFuncSetAttribute(RmsNormBackwardKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -331,18 +589,12 @@ void RopeTablesHost(float* cos_t, float* sin_t, int t, int hd) {
 
 void RopeForward(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
                  int hd, cudaStream_t stream) {
-  const int64_t total = int64_t{b} * t * (h + hkv) * (hd / 2);
-  if (total <= 0) return;
-  RopeKernel<<<GridFor(total), kThreads, 0, stream>>>(qkv, cos_t, sin_t, b, t, h, hkv, hd, 1.0f);
-  MOE_CUDA_LAUNCH_CHECK();
+  Rope(qkv, cos_t, sin_t, b, t, h, hkv, hd, 1.0f, stream);
 }
 
 void RopeBackward(float* dqkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
                   int hd, cudaStream_t stream) {
-  const int64_t total = int64_t{b} * t * (h + hkv) * (hd / 2);
-  if (total <= 0) return;
-  RopeKernel<<<GridFor(total), kThreads, 0, stream>>>(dqkv, cos_t, sin_t, b, t, h, hkv, hd, -1.0f);
-  MOE_CUDA_LAUNCH_CHECK();
+  Rope(dqkv, cos_t, sin_t, b, t, h, hkv, hd, -1.0f, stream);
 }
 
 void SwigluForward(float* h, const float* g, const float* u, int64_t n, cudaStream_t stream) {
