@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 namespace moe::cuda {
 namespace {
@@ -129,8 +130,9 @@ Blas::~Blas() {
 Blas::Plan* Blas::GetPlan(const Key& key) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
-  const auto [ta, tb, m, n, k, lda, ldb, ldc, type_int, align] = key;
+  const auto [ta, tb, m, n, k, lda, ldb, ldc, type_int, align, batch, stride_a, stride_b, stride_c, c_bf16] = key;
   const cudaDataType_t in_type = type_int == 1 ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t out_type = c_bf16 == 1 ? CUDA_R_16BF : CUDA_R_32F;
   // Row-major C (m, n) = op(A) op(B) is column-major C^T (n, m) = op(B)^T op(A)^T: cuBLAS's
   // "A" is our b and its "B" our a, each with the same transpose flag.
   Plan* p = new Plan;
@@ -142,7 +144,16 @@ Blas::Plan* Blas::GetPlan(const Key& key) {
   // Column-major shapes: cuBLAS-A = our b: (n, k) when not transposed, stored with ld ldb.
   MOE_LT_CHECK(cublasLtMatrixLayoutCreate(&p->a, in_type, tb ? k : n, tb ? n : k, ldb));
   MOE_LT_CHECK(cublasLtMatrixLayoutCreate(&p->b, in_type, ta ? m : k, ta ? k : m, lda));
-  MOE_LT_CHECK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, n, m, ldc));
+  MOE_LT_CHECK(cublasLtMatrixLayoutCreate(&p->c, out_type, n, m, ldc));
+  if (batch > 1) {
+    const int32_t count = batch;
+    const std::pair<cublasLtMatrixLayout_t, int64_t> strided[] = {{p->a, stride_b}, {p->b, stride_a}, {p->c, stride_c}};
+    for (const auto& [layout, stride] : strided) {
+      MOE_LT_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+      MOE_LT_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                                    sizeof(stride)));
+    }
+  }
   cublasLtMatmulPreference_t pref;
   MOE_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   MOE_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -178,8 +189,18 @@ void Blas::Gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, co
     }
     return;
   }
+  GemmBatched(trans_a, trans_b, m, n, k, alpha, a, lda, 0, b, ldb, 0, beta, c, ldc, 0, 1, type, DType::kF32, stream);
+}
+
+void Blas::GemmBatched(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* a, int lda,
+                       int64_t stride_a, const void* b, int ldb, int64_t stride_b, float beta, void* c, int ldc,
+                       int64_t stride_c, int batch, DType type, DType c_type, cudaStream_t stream) {
+  if (m <= 0 || n <= 0 || batch <= 0) return;
+  if (k <= 0 && batch == 1 && c_type == DType::kF32) return Gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
+                                                                beta, static_cast<float*>(c), ldc, type, stream);
+  if (batch == 1) stride_a = stride_b = stride_c = 0;
   Plan* p = GetPlan(Key{trans_a, trans_b, m, n, k, lda, ldb, ldc, type == DType::kBF16 ? 1 : 0,
-                        CommonAlignment(a, b, c)});
+                        CommonAlignment(a, b, c), batch, stride_a, stride_b, stride_c, c_type == DType::kBF16 ? 1 : 0});
   MOE_LT_CHECK(cublasLtMatmul(reinterpret_cast<cublasLtHandle_t>(handle_), p->desc, &alpha, b,
                               p->a, a, p->b, &beta, c, p->c, c, p->c, &p->algo, workspace_,
                               workspace_bytes_, stream));

@@ -25,10 +25,16 @@ class Blas {
   // a and b are both of `type` (device pointers).
   void Gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* a, int lda,
             const void* b, int ldb, float beta, float* c, int ldc, DType type, cudaStream_t stream);
+  // The same for `batch` products, operand x at a + x * stride_a (b, c likewise, in elements),
+  // c of c_type (fp32 or bf16): one cuBLASLt call (strided batch).
+  void GemmBatched(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* a, int lda,
+                   int64_t stride_a, const void* b, int ldb, int64_t stride_b, float beta, void* c, int ldc,
+                   int64_t stride_c, int batch, DType type, DType c_type, cudaStream_t stream);
 
  private:
   struct Plan;  // descriptors and the algorithm cuBLASLt chose, cached per shape
-  using Key = std::tuple<bool, bool, int, int, int, int, int, int, int, int>;  // + alignment
+  // trans_a, trans_b, m, n, k, lda, ldb, ldc, bf16 in, alignment, batch, strides a b c, bf16 out
+  using Key = std::tuple<bool, bool, int, int, int, int, int, int, int, int, int, int64_t, int64_t, int64_t, int>;
   Plan* GetPlan(const Key& key);
 
   cublasLtContext* handle_ = nullptr;

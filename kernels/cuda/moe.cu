@@ -945,28 +945,18 @@ void GroupedBlas::Padded(GroupedOp op, int experts, int cap, int n, int k, float
     std::abort();
   }
   if (experts <= 0 || cap <= 0 || n <= 0 || k <= 0) return;
-  cublasHandle_t h = static_cast<cublasHandle_t>(handle_);
-  MOE_BLAS_CHECK(cublasSetStream(h, stream));
-  // Column-major C^T (n, cap) = op(B_x) (n, k) A^T (k, cap): kNN's b_x is (k, n), kNT's (n, k).
+  // c_x (cap, n) = a_x (cap, k) @ op(b_x): kNN's b_x is (k, n), kNT's (n, k).
   const bool nt = op == GroupedOp::kNT;
-  const float one = 1.0f;
-  MOE_BLAS_CHECK(cublasGemmStridedBatchedEx(h, nt ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, n, cap, k, &one, b,
-                                            CUDA_R_16BF, nt ? k : n, int64_t{k} * n, a, CUDA_R_16BF, k,
-                                            int64_t{cap} * k, &beta, c, CUDA_R_16BF, n, int64_t{cap} * n, experts,
-                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  lt_.GemmBatched(false, nt, cap, n, k, 1.0f, a, k, int64_t{cap} * k, b, nt ? k : n, int64_t{k} * n, beta, c, n,
+                  int64_t{cap} * n, experts, DType::kBF16, DType::kBF16, stream);
 }
 
 void GroupedBlas::PaddedWeightGrad(int experts, int cap, int m, int n, const bf16* a, const bf16* b, float* c,
                                    cudaStream_t stream) {
   if (experts <= 0 || cap <= 0 || m <= 0 || n <= 0) return;
-  cublasHandle_t h = static_cast<cublasHandle_t>(handle_);
-  MOE_BLAS_CHECK(cublasSetStream(h, stream));
-  // Column-major C^T (n, m) += B_x^T (n, cap) A_x (cap, m): b_x (cap, n) and a_x (cap, m) row-major.
-  const float one = 1.0f;
-  MOE_BLAS_CHECK(cublasGemmStridedBatchedEx(h, CUBLAS_OP_N, CUBLAS_OP_T, n, m, cap, &one, b, CUDA_R_16BF, n,
-                                            int64_t{cap} * n, a, CUDA_R_16BF, m, int64_t{cap} * m, &one, c,
-                                            CUDA_R_32F, n, int64_t{m} * n, experts, CUBLAS_COMPUTE_32F,
-                                            CUBLAS_GEMM_DEFAULT));
+  // c_x (m, n) += a_x^T (m, cap) @ b_x (cap, n).
+  lt_.GemmBatched(true, false, m, n, cap, 1.0f, a, m, int64_t{cap} * m, b, n, int64_t{cap} * n, 1.0f, c, n,
+                  int64_t{m} * n, experts, DType::kBF16, DType::kF32, stream);
 }
 
 void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* ys16, bf16* g16,

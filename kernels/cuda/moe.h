@@ -13,6 +13,7 @@
 #include <initializer_list>
 
 #include "kernels/cuda/common.h"
+#include "kernels/cuda/matmul.h"
 
 namespace moe::cuda {
 
@@ -112,7 +113,8 @@ RowBlocks ExpertLayoutToCompact(const int32_t* host_counts, int e_local);
 //     bf16 output, the shapes of GroupedGemm; `sets` lists products of identical shapes (x@W1
 //     and x@W3) that share the call. Experts with no rows are skipped (a kTN output then keeps
 //     beta * c only for beta 0 or 1). The pointer arrays go up by one copy on the stream.
-//   Padded (padded layout, cublasGemmStridedBatchedEx), every operand's experts `cap` rows apart:
+//   Padded (padded layout, one strided-batch cuBLASLt product, its algorithm cached per shape),
+//     every operand's experts `cap` rows apart:
 //     kNN: c_x (cap, n) = a_x (cap, k) @ b_x (k, n) + beta c_x, bf16 c
 //     kNT: c_x (cap, n) = a_x (cap, k) @ b_x^T + beta c_x, b_x (n, k), bf16 c
 //   PaddedWeightGrad: c_x (m, n) += a_x^T (m, cap) @ b_x (cap, n), fp32 c (the gradients).
@@ -140,6 +142,7 @@ class GroupedBlas {
  private:
   void* handle_ = nullptr;        // cublasHandle_t
   void** device_ptrs_ = nullptr;  // (3, kMaxProblems) device: A, B, C pointer arrays
+  Blas lt_;                       // the padded products
 };
 
 // ExpertsForward / ExpertsBackward on the fast path: bf16 operands and products, fp32 where
