@@ -9,8 +9,8 @@
 //   Under mpirun -np W (device cuda: one GPU per rank), every rank trains the config's batch
 //   (weak scaling: W times the tokens per step) with the experts split over the ranks, and rank
 //   0 prints tokens/s over all ranks and per GPU, and the GPU time of the collectives.
-//   moe_bench --config small --grouped-gemm: times the experts' grouped products alone (the
-//             fast cuBLAS path and the simple oracle kernel), one JSON line per product.
+//   moe_bench --config small --grouped-gemm: times the experts' products alone (cuBLAS grouped,
+//             cuBLAS padded batches and the simple oracle kernel), one JSON line per product.
 #include <algorithm>
 #include <chrono>
 #include <cmath>

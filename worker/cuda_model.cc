@@ -160,7 +160,7 @@ class CudaModel final : public TrainModel {
   void MoeBackward(BlockActs& a, const BlockTensors& w, const BlockTensors& gw, int n,
                    const float* dout, float* dm);
   // bf16 experts of one MoE layer on the permuted rows a.xs (kept of them): the exchange to the
-  // experts' GPUs (none on one GPU), the grouped products, the exchange back into a.ys.
+  // experts' GPUs (none on one GPU), the experts' products, the exchange back into a.ys.
   void ExpertsForward16(BlockActs& a, const BlockTensors& w, int64_t kept);
   // Their backward: dys_ (kept, D) plan order -> weight gradients, d_expert_in_ (kept, D).
   void ExpertsBackward16(BlockActs& a, const BlockTensors& w, const BlockTensors& gw, int64_t kept);
@@ -203,7 +203,7 @@ class CudaModel final : public TrainModel {
       *expert_scratch_;
   bf16 *s16a_, *s16b_;  // bf16 casts of product operands (n * max(D, C3, F, V))
   int32_t* dense_offsets_ = nullptr;  // {0, n} for a dense model's one expert
-  // bf16 mode: the experts' grouped products through cuBLAS (kernels/cuda/moe.h's fast path).
+  // bf16 mode: the experts' products through cuBLAS (kernels/cuda/moe.h's fast path).
   std::unique_ptr<cuda::GroupedBlas> grouped_;
   int32_t* counts_host_ = nullptr;  // pinned (L, E)
   cudaEvent_t counts_ready_ = nullptr;
@@ -546,7 +546,7 @@ void CudaModel::MoeForward(BlockActs& a, const BlockTensors& w, int n, const Bat
       cfg_.capacity_factor > 0.0 ? static_cast<int64_t>(std::ceil(cfg_.capacity_factor * n * k / E)) : 0;
   cuda::BuildRoutingPlan(a.counts, a.routed, a.offsets, a.a2s, a.s2a, a.expert_idx, n, k, E, capacity, stream_);
   if (bf16_) {
-    // The count exchange: the grouped products (and the route between GPUs) need each
+    // The count exchange: the experts' products (and the route between GPUs) need each
     // expert's rows on the host. Waited on only once the stats and the permute are queued.
     MOE_CUDA_CHECK(cudaMemcpyAsync(a.counts_host, a.counts, sizeof(int32_t) * E, cudaMemcpyDeviceToHost, stream_));
     MOE_CUDA_CHECK(cudaEventRecord(counts_ready_, stream_));

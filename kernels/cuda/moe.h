@@ -3,8 +3,9 @@
 // stable counting sort by expert (capacity: first come by token order), permute/unpermute, and
 // the experts as grouped GEMMs over all local experts (one launch per product, no host loop
 // over experts, no host sync: group sizes are read on the device). Beside them, the fast path
-// (GroupedBlas, ExpertsForwardBf16 / ExpertsBackwardBf16): bf16 operands through cuBLAS's grouped
-// GEMM, still one call per product; it needs the per-expert counts on the host (the one
+// (GroupedBlas, ExpertsForwardBf16 / ExpertsBackwardBf16): bf16 operands through cuBLAS, one
+// call per product over all local experts (padded strided batches, or the grouped GEMM; see
+// "the experts' layout" below); it needs the per-expert counts on the host (the one
 // device-to-host count exchange per layer). The simple kernels stay as its test oracle.
 // CudaModel uses the fast path in bf16 and the simple kernels in fp32.
 #pragma once
