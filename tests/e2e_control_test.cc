@@ -1,10 +1,12 @@
 // End to end through the real moed, moectl and moe-worker on a temp state dir and free ports:
 // a 2-rank CPU job trains to SUCCEEDED with metrics matching its log and its per-rank expert load
-// in moectl status; moed killed mid-job and
-// restarted still finishes it with complete logs and metrics; a rank killed with max_restarts 1
+// in moectl status; moed killed mid-job and restarted still finishes it with complete logs and
+// metrics, and a `moectl logs -f` that was following it reconnects and prints every line once; a
+// rank killed with max_restarts 1
 // resumes from its checkpoint and finishes.
 #include <signal.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -15,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
 #include "tests/support/daemon_harness.h"
 
@@ -24,6 +27,13 @@ namespace {
 using moe::v1::Job;
 
 bool Ended(const Job& j) { return j.state() >= moe::v1::JOB_STATE_SUCCEEDED; }
+
+// moectl's output lines, sorted: ranks interleave differently in a live stream.
+std::vector<std::string> SortedLines(const std::string& out) {
+  std::vector<std::string> lines = absl::StrSplit(out, '\n', absl::SkipEmpty());
+  std::sort(lines.begin(), lines.end());
+  return lines;
+}
 
 void ExpectContiguous(const std::vector<moe::v1::LogLine>& lines) {
   std::map<int, int64_t> last;
@@ -88,11 +98,16 @@ TEST(E2eControl, MoedKilledMidJobRestartsAndTheJobFinishesComplete) {
   CommandResult sub = h.Moectl({"submit", h.WriteJob("e2e-survive", 2, 60)});
   ASSERT_EQ(sub.exit_code, 0) << sub.err;
   const std::string id = sub.out.substr(0, sub.out.find('\n'));
+  // A follower streaming the logs while moed dies: it must reconnect and end with every line.
+  CommandResult follow;
+  std::thread follower([&] { follow = h.Moectl({"logs", id, "-f"}, 900); });
   Job job = h.WaitFor(id, [](const Job& j) { return j.latest().step() >= 3 || Ended(j); }, 300);
+  if (Ended(job)) follower.join();
   ASSERT_FALSE(Ended(job)) << "the job ended before moed could be killed: " << job.reason();
   h.Kill9();
   ASSERT_TRUE(h.Start()) << h.MoedLog();
   job = h.WaitFor(id, Ended, 600);
+  follower.join();
   EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason() << h.MoedLog();
   std::vector<moe::v1::LogLine> lines = h.AllLogs(id);
   ExpectContiguous(lines);
@@ -104,6 +119,10 @@ TEST(E2eControl, MoedKilledMidJobRestartsAndTheJobFinishesComplete) {
   CommandResult logs = h.Moectl({"logs", id, "-f"});
   EXPECT_EQ(logs.exit_code, 0) << logs.err;
   EXPECT_EQ(static_cast<size_t>(std::count(logs.out.begin(), logs.out.end(), '\n')), lines.size());
+  // The follower across the restart printed the same lines, each once, and said it reconnected.
+  EXPECT_EQ(follow.exit_code, 0) << follow.err;
+  EXPECT_TRUE(absl::StrContains(follow.err, "reconnecting")) << follow.err;
+  EXPECT_EQ(SortedLines(follow.out), SortedLines(logs.out));
 }
 
 TEST(E2eControl, KilledRankRestartsFromCheckpointAndFinishes) {
