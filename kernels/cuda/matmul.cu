@@ -196,8 +196,11 @@ void Blas::GemmBatched(bool trans_a, bool trans_b, int m, int n, int k, float al
                        int64_t stride_a, const void* b, int ldb, int64_t stride_b, float beta, void* c, int ldc,
                        int64_t stride_c, int batch, DType type, DType c_type, cudaStream_t stream) {
   if (m <= 0 || n <= 0 || batch <= 0) return;
-  if (k <= 0 && batch == 1 && c_type == DType::kF32) return Gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
-                                                                beta, static_cast<float*>(c), ldc, type, stream);
+  if (k <= 0) {
+    // An empty sum leaves beta * c, which cuBLASLt does not compute (Gemm clears c for it).
+    std::fprintf(stderr, "Blas::GemmBatched: k = %d, needs k > 0\n", k);
+    std::abort();
+  }
   if (batch == 1) stride_a = stride_b = stride_c = 0;
   Plan* p = GetPlan(Key{trans_a, trans_b, m, n, k, lda, ldb, ldc, type == DType::kBF16 ? 1 : 0,
                         CommonAlignment(a, b, c), batch, stride_a, stride_b, stride_c, c_type == DType::kBF16 ? 1 : 0});
