@@ -79,7 +79,7 @@ fi
 # 5. Where one step's GPU time goes.
 if [[ -n ${PROFILE:-} ]]; then
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-  timeout 300 "$NCU" --profile-from-start off --metrics gpu__time_duration.sum --csv \
+  timeout 300 "$NCU" --clock-control none --cache-control none --profile-from-start off --metrics gpu__time_duration.sum --csv \
       .carry/bin/moe_bench --config "$PROFILE" --steps 1 --warmup 2 --profile > "$OUT/ncu_$PROFILE.csv" 2> "$OUT/ncu.err"
   echo "ncu rc=$?"; tail -3 "$OUT/ncu.err"
   python3 bench/ncu_summary.py "$OUT/ncu_$PROFILE.csv" --top 45 | tee "$OUT/ncu_$PROFILE.txt"

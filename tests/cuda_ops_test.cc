@@ -436,7 +436,7 @@ struct MoeCase {
   int n, e, k;
   double capacity;
   bool empty_expert;         // route nothing to the last expert
-  bool hot_expert = false;   // route most tokens to expert 0 (the fast path's grouped products)
+  bool hot_expert = false;   // route most tokens to expert 0 (the fast path's chunked products)
 };
 
 class CudaMoeOpsTest : public ::testing::TestWithParam<MoeCase> {};
@@ -539,17 +539,18 @@ TEST_P(CudaMoeOpsTest, RouterPlanPermuteAndExpertsMatchCpu) {
     EXPECT_LT(RelErr(dw2_d.Host(), dw2), tol);
   }
 
-  // The fast path (bf16 through cuBLAS: padded batched products, or grouped ones when padding
-  // would cost too much) from the counts copied to the host, as the model does once per layer.
+  // The fast path (bf16 through cuBLAS: strided batched products, or chunked ones when padding
+  // every expert would cost too much) from the counts copied to the host, as the model does once per layer.
   // Expert-row buffers start as NaN: only the layout's own rows may be read.
   {
     const std::vector<int32_t> counts_host = counts_d.Host();
     const int64_t brows = cuda::ExpertLayoutRows(counts_host.data(), E);
-    const int cap = cuda::ExpertPadRows(counts_host.data(), E);
+    const cuda::ExpertLayout layout = cuda::PlanExpertLayout(counts_host.data(), E);
+    const int cap = layout.chunk;
     if (c.hot_expert) {
-      EXPECT_EQ(cap, 0) << "a hot expert takes the grouped products";
+      EXPECT_TRUE(cap > 0 && !layout.strided) << "a hot expert takes the chunked products";
     } else if (c.n >= 1000) {
-      EXPECT_GT(cap, 0) << "balanced experts take the padded products";
+      EXPECT_TRUE(layout.strided) << "balanced experts take the strided products";
     }
     cuda::GroupedBlas gblas;
     Dev<float> x_d(x), dout_d(dout), w1_d(w1), w3_d(w3), w2_d(w2);
@@ -693,53 +694,122 @@ TEST(CudaOpsTest, GroupedBlasPaddedMatchesGroupedGemmOracle) {
   Dev<float> a_d(a), b_d(b), c_oracle(c0), c_fast(c0);
   cuda::GroupedGemm(cuda::GroupedOp::kTN, groups, offsets_d.get(), rows, m, n, 0, 1.0f, a_d.get(), b_d.get(), 1.0f,
                     c_oracle.get(), /*tensor_cores=*/true, nullptr);
-  ASSERT_EQ(cuda::ExpertPadRows(counts.data(), groups), 0) << "these counts pad to more than twice their rows";
   const std::vector<int32_t> even = {200, 197, 230, 190, 164};  // pads to 256 rows each
-  ASSERT_EQ(cuda::ExpertPadRows(even.data(), groups), 256);
+  const cuda::ExpertLayout strided = cuda::PlanExpertLayout(even.data(), groups);
+  ASSERT_TRUE(strided.strided);
+  ASSERT_EQ(strided.chunk, 256);
   auto a16p = to16(pad(a, m)), b16p = to16(pad(b, n));
   gblas.PaddedWeightGrad(groups, cap, m, n, a16p->get(), b16p->get(), c_fast.get(), nullptr);
   EXPECT_LT(RelErr(c_fast.Host(), c_oracle.Host()), 4e-3) << "kTN into fp32";
 }
 
-// ToExpertLayout: compact fp32 rows to the padded layout (zero rows past each count), and
-// ExpertLayoutToCompact's blocks back; compact counts keep the rows as they are.
+// ToExpertLayout: compact fp32 rows to the layout (strided or chunked: zero rows past each
+// count), and ExpertLayoutToCompact's blocks back.
 TEST(CudaOpsTest, ExpertLayoutPadsAndCompacts) {
   SKIP_WITHOUT_GPU();
   const int d = 6;
-  for (const std::vector<int32_t>& counts : {std::vector<int32_t>{120, 100, 0, 112}, std::vector<int32_t>{40, 1, 0, 2}}) {
+  for (const std::vector<int32_t>& counts : {std::vector<int32_t>{120, 100, 0, 112}, std::vector<int32_t>{300, 1, 0, 2}}) {
     const int e = static_cast<int>(counts.size());
     int rows = 0;
     for (int c : counts) rows += c;
-    const int cap = cuda::ExpertPadRows(counts.data(), e);
+    const cuda::ExpertLayout l = cuda::PlanExpertLayout(counts.data(), e);
     const int64_t lrows = cuda::ExpertLayoutRows(counts.data(), e);
+    if (counts[0] == 120) {
+      EXPECT_TRUE(l.strided && l.chunk == 128 && l.chunks == e) << "every expert padded to 128 rows";
+    } else {
+      // 300 rows in three chunks of 128, one chunk each for the 1 and the 2, none for the 0.
+      EXPECT_TRUE(!l.strided && l.chunk == 128 && l.chunks == 5) << "chunked: " << l.chunk << " x " << l.chunks;
+    }
+    EXPECT_EQ(lrows, int64_t{l.chunks} * l.chunk);
     auto x = Randn(int64_t{rows} * d, 61);
     Dev<float> x_d(x);
     Dev<cuda::bf16> layout(lrows * d, __float2bfloat16(NAN)), back(int64_t{rows} * d);
     cuda::ToExpertLayout(layout.get(), x_d.get(), counts.data(), e, d, nullptr);
     cuda::CopyRowBlocks(back.get(), layout.get(), cuda::ExpertLayoutToCompact(counts.data(), e), sizeof(cuda::bf16) * d,
                         nullptr);
-    EXPECT_LT(RelErr(ToFloat(back.Host()), x), 4e-3) << "cap " << cap;
-    EXPECT_EQ(cap, counts[0] == 120 ? 128 : 0) << "padded, then compact";
-    const std::vector<float> l = ToFloat(layout.Host());
-    if (cap > 0) {
-      EXPECT_EQ(lrows, int64_t{e} * cap);
-      int o = 0;
-      for (int xi = 0; xi < e; ++xi) {
-        for (int i = 0; i < cap; ++i) {
-          for (int c = 0; c < d; ++c) {
-            const float v = l[(int64_t{xi} * cap + i) * d + c];
-            if (i < counts[xi]) {
-              EXPECT_NEAR(v, x[(int64_t{o} + i) * d + c], 1e-2 * std::abs(x[(int64_t{o} + i) * d + c]) + 1e-6);
-            } else {
-              EXPECT_EQ(v, 0.0f) << "pad row " << i << " of expert " << xi;
-            }
+    EXPECT_LT(RelErr(ToFloat(back.Host()), x), 4e-3) << "chunk " << l.chunk;
+    const std::vector<float> v = ToFloat(layout.Host());
+    int o = 0;
+    for (int xi = 0; xi < e; ++xi) {
+      EXPECT_EQ(l.start[xi + 1] - l.start[xi], int64_t{(counts[xi] + l.chunk - 1) / l.chunk} * l.chunk +
+                                                  (l.strided && counts[xi] == 0 ? l.chunk : 0))
+          << "expert " << xi << "'s chunks";
+      for (int64_t i = 0; i < l.start[xi + 1] - l.start[xi]; ++i) {
+        for (int c = 0; c < d; ++c) {
+          const float got = v[(l.start[xi] + i) * d + c];
+          if (i < counts[xi]) {
+            const float want = x[(int64_t{o} + i) * d + c];
+            EXPECT_NEAR(got, want, 1e-2 * std::abs(want) + 1e-6);
+          } else {
+            EXPECT_EQ(got, 0.0f) << "pad row " << i << " of expert " << xi;
           }
         }
-        o += counts[xi];
       }
-    } else {
-      EXPECT_EQ(lrows, rows);
+      o += counts[xi];
     }
+  }
+}
+
+// The layout's products (Products, WeightGrad) against the simple kernel on the same bf16
+// operands, for a strided and a chunked layout (a hot expert over three chunks, an empty
+// expert), beta 0 and 1, the weight gradient added to fp32. Layout buffers start as NaN past
+// what ToExpertLayout writes.
+TEST(CudaOpsTest, GroupedBlasLayoutProductsMatchGroupedGemmOracle) {
+  SKIP_WITHOUT_GPU();
+  cuda::GroupedBlas gblas;
+  const int m = 48, n = 72, k = 40;
+  auto rounded = [](const std::vector<float>& v) {
+    Dev<float> d(v);
+    Dev<cuda::bf16> h(v.size());
+    cuda::CastToBf16(h.get(), d.get(), v.size(), nullptr);
+    return ToFloat(h.Host());
+  };
+  for (const std::vector<int32_t>& counts :
+       {std::vector<int32_t>{120, 100, 90, 112, 101}, std::vector<int32_t>{37, 0, 300, 1, 64}}) {
+    const int groups = static_cast<int>(counts.size());
+    const cuda::ExpertLayout l = cuda::PlanExpertLayout(counts.data(), groups);
+    ASSERT_GT(l.chunk, 0);
+    EXPECT_EQ(l.strided, counts[1] != 0) << "the first counts are even, the second have a hot expert";
+    std::vector<int32_t> offsets(groups + 1, 0);
+    for (int x = 0; x < groups; ++x) offsets[x + 1] = offsets[x] + counts[x];
+    const int rows = offsets[groups];
+    Dev<int32_t> offsets_d(offsets);
+    const cuda::RowBlocks back = cuda::ExpertLayoutToCompact(counts.data(), groups);
+    // Compact fp32 rows of `width` to the layout in bf16, and the layout back to compact fp32.
+    auto to_layout = [&](const std::vector<float>& compact, int width) {
+      Dev<float> d(compact);
+      auto out = std::make_unique<Dev<cuda::bf16>>(l.rows * width, __float2bfloat16(NAN));
+      cuda::ToExpertLayout(out->get(), d.get(), counts.data(), groups, width, nullptr);
+      return out;
+    };
+    auto to_compact = [&](Dev<cuda::bf16>& lay, int width) {
+      Dev<cuda::bf16> c16(int64_t{rows} * width);
+      cuda::CopyRowBlocks(c16.get(), lay.get(), back, sizeof(cuda::bf16) * width, nullptr);
+      return ToFloat(c16.Host());
+    };
+    for (cuda::GroupedOp op : {cuda::GroupedOp::kNN, cuda::GroupedOp::kNT}) {
+      for (float beta : {0.0f, 1.0f}) {
+        auto a = rounded(Randn(int64_t{rows} * k, 71)), b = rounded(Randn(int64_t{groups} * k * n, 72));
+        auto c0 = rounded(Randn(int64_t{rows} * n, 73));
+        Dev<float> a_d(a), b_d(b), c_oracle(c0);
+        cuda::GroupedGemm(op, groups, offsets_d.get(), rows, 0, n, k, 1.0f, a_d.get(), b_d.get(), beta,
+                          c_oracle.get(), /*tensor_cores=*/true, nullptr);
+        Dev<cuda::bf16> b16(b.size());
+        cuda::CastToBf16(b16.get(), b_d.get(), b.size(), nullptr);
+        auto a16 = to_layout(a, k), c16 = to_layout(c0, n);
+        gblas.Products(op, l, groups, n, k, beta, a16->get(), b16.get(), c16->get(), nullptr);
+        EXPECT_LT(RelErr(to_compact(*c16, n), c_oracle.Host()), 4e-3)
+            << "op " << static_cast<int>(op) << " beta " << beta << " chunk " << l.chunk << " strided " << l.strided;
+      }
+    }
+    auto a = rounded(Randn(int64_t{rows} * m, 74)), b = rounded(Randn(int64_t{rows} * n, 75));
+    auto c0 = Randn(int64_t{groups} * m * n, 76);
+    Dev<float> a_d(a), b_d(b), c_oracle(c0), c_fast(c0);
+    cuda::GroupedGemm(cuda::GroupedOp::kTN, groups, offsets_d.get(), rows, m, n, 0, 1.0f, a_d.get(), b_d.get(), 1.0f,
+                      c_oracle.get(), /*tensor_cores=*/true, nullptr);
+    auto a16 = to_layout(a, m), b16 = to_layout(b, n);
+    gblas.WeightGrad(l, groups, m, n, a16->get(), b16->get(), c_fast.get(), nullptr);
+    EXPECT_LT(RelErr(c_fast.Host(), c_oracle.Host()), 4e-3) << "kTN into fp32, strided " << l.strided;
   }
 }
 

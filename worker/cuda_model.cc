@@ -72,7 +72,7 @@ struct Route {
   std::vector<int64_t> send, recv;    // (W) elements (rows * D) to / from each peer
   std::vector<int32_t> local_counts;  // (E_local) rows per local expert, over all peers
   int64_t rows = 0;                   // rows this rank's experts take
-  int cap = 0;                        // the experts' layout: padded to cap rows each, or compact (0)
+  cuda::ExpertLayout layout;          // the experts' layout of their rows (kernels/cuda/moe.h)
   // Wire order to the experts' layout, and compact expert order back to wire order; no blocks
   // when E_local is 1.
   cuda::RowBlocks to_expert, to_wire;
@@ -673,7 +673,7 @@ void CudaModel::PlanRoute(Route& r, const int32_t* counts) {
       r.rows += from_p;
     }
   }
-  r.cap = cuda::ExpertPadRows(r.local_counts.data(), E_local);
+  r.layout = cuda::PlanExpertLayout(r.local_counts.data(), E_local);
   // Block (p, j): rows from peer p for local expert j. Wire order walks (p, j), expert order (j, p).
   r.to_expert.count = r.to_wire.count = 0;
   if (E_local == 1) return;
@@ -681,7 +681,7 @@ void CudaModel::PlanRoute(Route& r, const int32_t* counts) {
   for (size_t b = 0; b < recv_counts.size(); ++b) wire_row[b + 1] = wire_row[b] + recv_counts[b];
   int64_t expert_row = 0;  // compact
   for (int j = 0; j < E_local; ++j) {
-    int64_t layout_row = r.cap > 0 ? int64_t{j} * r.cap : expert_row;
+    int64_t layout_row = r.layout.start[j];
     for (int p = 0; p < W; ++p) {
       const size_t b = static_cast<size_t>(p) * E_local + j;
       const int i = r.to_expert.count++;
@@ -697,13 +697,13 @@ void CudaModel::PlanRoute(Route& r, const int32_t* counts) {
 }
 
 void CudaModel::ToExperts(const Route& r, const bf16* plan, bf16* experts) {
-  const int64_t D = cfg_.d, E_local = layout_.experts_local();
+  const int64_t D = cfg_.d;
   // With one expert per GPU, wire order is expert order: receive in place.
   bf16* wire = r.to_expert.count > 0 ? expert16_.wire : experts;
   dcomm_->AllToAllV(plan, r.send.data(), wire, r.recv.data(), DeviceDType::kBF16, stream_);
-  if (r.cap > 0) {
-    // The padded layout's rows past each expert's count are zero.
-    const int64_t from = r.to_expert.count > 0 ? 0 : r.rows, to = E_local * r.cap;
+  if (r.layout.chunk > 0) {
+    // The layout's rows past each expert's count are zero.
+    const int64_t from = r.to_expert.count > 0 ? 0 : r.rows, to = r.layout.rows;
     MOE_CUDA_CHECK(cudaMemsetAsync(experts + from * D, 0, sizeof(bf16) * (to - from) * D, stream_));
   }
   cuda::CopyRowBlocks(experts, wire, r.to_expert, D * sizeof(bf16), stream_);

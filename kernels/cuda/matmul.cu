@@ -130,7 +130,8 @@ Blas::~Blas() {
 Blas::Plan* Blas::GetPlan(const Key& key) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
-  const auto [ta, tb, m, n, k, lda, ldb, ldc, type_int, align, batch, stride_a, stride_b, stride_c, c_bf16] = key;
+  const auto [ta, tb, m, n, k, lda, ldb, ldc, type_int, align, batch, stride_a, stride_b, stride_c, c_bf16,
+              pointers] = key;
   const cudaDataType_t in_type = type_int == 1 ? CUDA_R_16BF : CUDA_R_32F;
   const cudaDataType_t out_type = c_bf16 == 1 ? CUDA_R_16BF : CUDA_R_32F;
   // Row-major C (m, n) = op(A) op(B) is column-major C^T (n, m) = op(B)^T op(A)^T: cuBLAS's
@@ -145,7 +146,14 @@ Blas::Plan* Blas::GetPlan(const Key& key) {
   MOE_LT_CHECK(cublasLtMatrixLayoutCreate(&p->a, in_type, tb ? k : n, tb ? n : k, ldb));
   MOE_LT_CHECK(cublasLtMatrixLayoutCreate(&p->b, in_type, ta ? m : k, ta ? k : m, lda));
   MOE_LT_CHECK(cublasLtMatrixLayoutCreate(&p->c, out_type, n, m, ldc));
-  if (batch > 1) {
+  if (pointers == 1) {
+    const int32_t count = batch;
+    const uint32_t mode = CUBLASLT_BATCH_MODE_POINTER_ARRAY;
+    for (cublasLtMatrixLayout_t layout : {p->a, p->b, p->c}) {
+      MOE_LT_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+      MOE_LT_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_MODE, &mode, sizeof(mode)));
+    }
+  } else if (batch > 1) {
     const int32_t count = batch;
     const std::pair<cublasLtMatrixLayout_t, int64_t> strided[] = {{p->a, stride_b}, {p->b, stride_a}, {p->c, stride_c}};
     for (const auto& [layout, stride] : strided) {
@@ -169,8 +177,8 @@ Blas::Plan* Blas::GetPlan(const Key& key) {
                                               p->a, p->b, p->c, p->c, pref, 1, &result, &found));
   cublasLtMatmulPreferenceDestroy(pref);
   if (found == 0) {
-    std::fprintf(stderr, "cuBLASLt: no algorithm for m=%d n=%d k=%d (%s)\n", m, n, k,
-                 type_int == 1 ? "bf16" : "fp32");
+    std::fprintf(stderr, "cuBLASLt: no algorithm for m=%d n=%d k=%d batch=%d (%s%s)\n", m, n, k, batch,
+                 type_int == 1 ? "bf16" : "fp32", pointers == 1 ? ", pointer arrays" : "");
     std::abort();
   }
   p->algo = result.algo;
@@ -203,10 +211,27 @@ void Blas::GemmBatched(bool trans_a, bool trans_b, int m, int n, int k, float al
   }
   if (batch == 1) stride_a = stride_b = stride_c = 0;
   Plan* p = GetPlan(Key{trans_a, trans_b, m, n, k, lda, ldb, ldc, type == DType::kBF16 ? 1 : 0,
-                        CommonAlignment(a, b, c), batch, stride_a, stride_b, stride_c, c_type == DType::kBF16 ? 1 : 0});
+                        CommonAlignment(a, b, c), batch, stride_a, stride_b, stride_c, c_type == DType::kBF16 ? 1 : 0,
+                        0});
   MOE_LT_CHECK(cublasLtMatmul(reinterpret_cast<cublasLtHandle_t>(handle_), p->desc, &alpha, b,
                               p->a, a, p->b, &beta, c, p->c, c, p->c, &p->algo, workspace_,
                               workspace_bytes_, stream));
+}
+
+void Blas::GemmPointerArray(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* const* a_ptrs,
+                            int lda, const void* const* b_ptrs, int ldb, float beta, void* const* c_ptrs, int ldc,
+                            int batch, int align, DType type, DType c_type, cudaStream_t stream) {
+  if (m <= 0 || n <= 0 || batch <= 0) return;
+  if (k <= 0) {
+    std::fprintf(stderr, "Blas::GemmPointerArray: k = %d, needs k > 0\n", k);
+    std::abort();
+  }
+  Plan* p = GetPlan(Key{trans_a, trans_b, m, n, k, lda, ldb, ldc, type == DType::kBF16 ? 1 : 0, align, batch, 0, 0, 0,
+                        c_type == DType::kBF16 ? 1 : 0, 1});
+  // As in GemmBatched, cuBLAS's A is our b; with pointer arrays the operands are the arrays.
+  void* c_arg = const_cast<void**>(c_ptrs);
+  MOE_LT_CHECK(cublasLtMatmul(reinterpret_cast<cublasLtHandle_t>(handle_), p->desc, &alpha, b_ptrs, p->a, a_ptrs,
+                              p->b, &beta, c_arg, p->c, c_arg, p->c, &p->algo, workspace_, workspace_bytes_, stream));
 }
 
 void CastToBf16(bf16* out, const float* in, int64_t n, cudaStream_t stream) {

@@ -30,11 +30,18 @@ class Blas {
   void GemmBatched(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* a, int lda,
                    int64_t stride_a, const void* b, int ldb, int64_t stride_b, float beta, void* c, int ldc,
                    int64_t stride_c, int batch, DType type, DType c_type, cudaStream_t stream);
+  // The same over pointer arrays: product x reads a_ptrs[x], b_ptrs[x] and writes c_ptrs[x]
+  // (device arrays of `batch` device pointers, each `align` bytes aligned). k > 0.
+  void GemmPointerArray(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* const* a_ptrs,
+                        int lda, const void* const* b_ptrs, int ldb, float beta, void* const* c_ptrs, int ldc,
+                        int batch, int align, DType type, DType c_type, cudaStream_t stream);
 
  private:
   struct Plan;  // descriptors and the algorithm cuBLASLt chose, cached per shape
-  // trans_a, trans_b, m, n, k, lda, ldb, ldc, bf16 in, alignment, batch, strides a b c, bf16 out
-  using Key = std::tuple<bool, bool, int, int, int, int, int, int, int, int, int, int64_t, int64_t, int64_t, int>;
+  // trans_a, trans_b, m, n, k, lda, ldb, ldc, bf16 in, alignment, batch, strides a b c, bf16 out,
+  // pointer arrays (1) or strides (0)
+  using Key =
+      std::tuple<bool, bool, int, int, int, int, int, int, int, int, int, int64_t, int64_t, int64_t, int, int>;
   Plan* GetPlan(const Key& key);
 
   cublasLtContext* handle_ = nullptr;

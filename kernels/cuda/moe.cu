@@ -785,12 +785,16 @@ void RowBlocksToFloat(float* out, const bf16* src, const RowBlocks& blocks, int 
   MOE_CUDA_LAUNCH_CHECK();
 }
 
-// Padded layout from compact fp32 rows: grid.y = expert x, whose `cap` rows at x * cap take
-// its blocks.rows[x] rows from src row blocks.src_row[x] on, then zeros.
-__global__ void ToPaddedKernel(bf16* dst, const float* src, const RowBlocks blocks, int cap, int d) {
+// The layout's rows from compact fp32 rows: grid.y = expert x, whose span[x] rows from
+// dst_row[x] on take its rows[x] rows from src row src_row[x] on, then zeros.
+struct LayoutBlocks {
+  int64_t src_row[RowBlocks::kMax], dst_row[RowBlocks::kMax], rows[RowBlocks::kMax], span[RowBlocks::kMax];
+};
+
+__global__ void ToLayoutKernel(bf16* dst, const float* src, const LayoutBlocks blocks, int d) {
   const int x = blockIdx.y;
-  const int64_t real = blocks.rows[x] * d, n = int64_t{cap} * d;
-  bf16* o = dst + int64_t{x} * cap * d;
+  const int64_t real = blocks.rows[x] * d, n = blocks.span[x] * d;
+  bf16* o = dst + blocks.dst_row[x] * d;
   const float* s = src + blocks.src_row[x] * d;
   for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < n;
        j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -806,29 +810,69 @@ int64_t CountSum(const int32_t* host_counts, int e_local) {
 
 }  // namespace
 
-int ExpertPadRows(const int32_t* host_counts, int e_local) {
-  // A multiple of 128 rows: few distinct shapes over a run, so that cuBLAS picks its kernel for
-  // each once (a new shape costs a heuristic query on the host, on the critical path).
+ExpertLayout PlanExpertLayout(const int32_t* host_counts, int e_local) {
+  // Chunks are a multiple of 128 rows: few distinct shapes over a run, so that cuBLAS picks its
+  // kernel for each once (a new shape costs a heuristic query on the host, on the critical path).
   constexpr int64_t kStep = 128;
+  auto round_up = [](int64_t v) { return (v + kStep - 1) / kStep * kStep; };
+  ExpertLayout l;
   const int64_t rows = CountSum(host_counts, e_local);
+  auto compact = [&]() {
+    l = ExpertLayout();
+    l.rows = rows;
+    for (int x = 0; x < e_local; ++x) l.start[x + 1] = l.start[x] + host_counts[x];
+    return l;
+  };
+  if (rows <= 0 || e_local > RowBlocks::kMax || e_local > ExpertLayout::kMaxChunks) return compact();
   int64_t cap = 0;
-  for (int x = 0; x < e_local; ++x) cap = std::max<int64_t>(cap, (host_counts[x] + kStep - 1) / kStep * kStep);
-  if (rows <= 0 || e_local > RowBlocks::kMax || e_local * cap > 2 * rows) return 0;
-  return static_cast<int>(cap);
+  for (int x = 0; x < e_local; ++x) cap = std::max(cap, round_up(host_counts[x]));
+  if (e_local * cap <= 2 * rows || e_local * cap <= rows + kStep * e_local) {
+    l.chunk = static_cast<int>(cap);
+    l.chunks = e_local;
+    l.strided = true;
+    for (int x = 0; x <= e_local; ++x) l.first_chunk[x] = x;
+  } else {
+    // Chunks of the largest count over j: the fewest padded rows, an extra chunk index (one
+    // more weight-gradient call over the experts that have it) counted as a quarter of a full one.
+    int64_t best_cost = -1;
+    for (int j = 2; j <= 8; ++j) {
+      const int64_t chunk = round_up((cap + j - 1) / j);
+      int64_t chunks = 0, most = 0;
+      for (int x = 0; x < e_local; ++x) {
+        const int64_t c = (host_counts[x] + chunk - 1) / chunk;
+        chunks += c;
+        most = std::max(most, c);
+      }
+      const int64_t cost = chunks * chunk + (most - 1) * chunk * e_local / 4;
+      if (chunks <= ExpertLayout::kMaxChunks && (best_cost < 0 || cost < best_cost)) {
+        best_cost = cost;
+        l.chunk = static_cast<int>(chunk);
+      }
+    }
+    if (best_cost < 0) return compact();
+    l.chunks = 0;
+    for (int x = 0; x < e_local; ++x) {
+      l.first_chunk[x] = l.chunks;
+      l.chunks += static_cast<int>((host_counts[x] + l.chunk - 1) / l.chunk);
+    }
+    l.first_chunk[e_local] = l.chunks;
+  }
+  l.rows = int64_t{l.chunks} * l.chunk;
+  for (int x = 0; x <= e_local; ++x) l.start[x] = int64_t{l.first_chunk[x]} * l.chunk;
+  return l;
 }
 
 int64_t ExpertLayoutRows(const int32_t* host_counts, int e_local) {
-  const int cap = ExpertPadRows(host_counts, e_local);
-  return cap > 0 ? int64_t{e_local} * cap : CountSum(host_counts, e_local);
+  return PlanExpertLayout(host_counts, e_local).rows;
 }
 
 RowBlocks ExpertLayoutToCompact(const int32_t* host_counts, int e_local) {
-  const int cap = ExpertPadRows(host_counts, e_local);
+  const ExpertLayout l = PlanExpertLayout(host_counts, e_local);
   RowBlocks blocks;
   int64_t o = 0;
   for (int x = 0; x < e_local; ++x) {
     if (host_counts[x] > 0) {
-      blocks.src_row[blocks.count] = cap > 0 ? int64_t{x} * cap : o;
+      blocks.src_row[blocks.count] = l.start[x];
       blocks.dst_row[blocks.count] = o;
       blocks.rows[blocks.count] = host_counts[x];
       ++blocks.count;
@@ -840,18 +884,21 @@ RowBlocks ExpertLayoutToCompact(const int32_t* host_counts, int e_local) {
 
 void ToExpertLayout(bf16* dst, const float* src, const int32_t* host_counts, int e_local, int d,
                     cudaStream_t stream) {
-  const int cap = ExpertPadRows(host_counts, e_local);
-  if (cap == 0) return CastToBf16(dst, src, CountSum(host_counts, e_local) * d, stream);
-  RowBlocks blocks;  // one per expert, empty ones included: grid.y is the expert
-  blocks.count = e_local;
-  int64_t o = 0;
+  const ExpertLayout l = PlanExpertLayout(host_counts, e_local);
+  if (l.chunk == 0) return CastToBf16(dst, src, CountSum(host_counts, e_local) * d, stream);
+  LayoutBlocks blocks;  // one per expert, empty ones included: grid.y is the expert
+  int64_t o = 0, most = 0;
   for (int x = 0; x < e_local; ++x) {
     blocks.src_row[x] = o;
+    blocks.dst_row[x] = l.start[x];
     blocks.rows[x] = host_counts[x];
+    blocks.span[x] = l.start[x + 1] - l.start[x];
+    most = std::max(most, blocks.span[x]);
     o += host_counts[x];
   }
-  const dim3 grid(std::min<unsigned>(BlocksFor(int64_t{cap} * d, kThreads), 1024), e_local);
-  ToPaddedKernel<<<grid, kThreads, 0, stream>>>(dst, src, blocks, cap, d);
+  if (most == 0) return;
+  const dim3 grid(std::min<unsigned>(BlocksFor(most * d, kThreads), 1024), e_local);
+  ToLayoutKernel<<<grid, kThreads, 0, stream>>>(dst, src, blocks, d);
   MOE_CUDA_LAUNCH_CHECK();
 }
 
@@ -859,7 +906,7 @@ GroupedBlas::GroupedBlas() {
   cublasHandle_t h = nullptr;
   MOE_BLAS_CHECK(cublasCreate(&h));
   handle_ = h;
-  MOE_CUDA_CHECK(cudaMalloc(&device_ptrs_, sizeof(void*) * 3 * kMaxProblems));
+  MOE_CUDA_CHECK(cudaMalloc(&device_ptrs_, sizeof(void*) * 3 * kTable));
 }
 
 GroupedBlas::~GroupedBlas() {
@@ -959,24 +1006,98 @@ void GroupedBlas::PaddedWeightGrad(int experts, int cap, int m, int n, const bf1
                   int64_t{m} * n, experts, DType::kBF16, DType::kF32, stream);
 }
 
+void** GroupedBlas::Upload(const std::vector<const void*>& table, int count, int* align, cudaStream_t stream) {
+  // Largest power of two (at most 256) dividing every address: cuBLASLt picks by the alignment.
+  uintptr_t bits = 256;
+  for (const void* p : table) bits |= reinterpret_cast<uintptr_t>(p);
+  *align = static_cast<int>(bits & (~bits + 1));
+  // From pageable memory the copy is staged at once, so `table` may go; the calls are ordered
+  // on `stream`, so one device table serves them all.
+  void** ptrs = device_ptrs_;
+  for (int i = 0; i < 3; ++i) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(ptrs + i * kTable, table.data() + int64_t{i} * count, sizeof(void*) * count,
+                                   cudaMemcpyHostToDevice, stream));
+  }
+  return ptrs;
+}
+
+void GroupedBlas::Products(GroupedOp op, const ExpertLayout& l, int e_local, int n, int k, float beta, const bf16* a,
+                           const bf16* b, bf16* c, cudaStream_t stream) {
+  if (l.strided) return Padded(op, e_local, l.chunk, n, k, beta, a, b, c, stream);
+  if (op == GroupedOp::kTN || l.chunk <= 0) {
+    std::fprintf(stderr, "GroupedBlas::Products: needs kNN or kNT on a strided or chunked layout\n");
+    std::abort();
+  }
+  if (l.chunks <= 0 || n <= 0 || k <= 0) return;
+  // Chunk j of expert x: c_j (chunk, n) = a_j (chunk, k) @ op(b_x) + beta c_j.
+  const int chunks = l.chunks;
+  std::vector<const void*> table(3 * static_cast<size_t>(chunks));
+  for (int x = 0; x < e_local; ++x) {
+    for (int j = l.first_chunk[x]; j < l.first_chunk[x + 1]; ++j) {
+      table[j] = a + int64_t{j} * l.chunk * k;
+      table[chunks + j] = b + int64_t{x} * k * n;
+      table[2 * chunks + j] = c + int64_t{j} * l.chunk * n;
+    }
+  }
+  int align = 0;
+  void** p = Upload(table, chunks, &align, stream);
+  const bool nt = op == GroupedOp::kNT;
+  lt_.GemmPointerArray(false, nt, l.chunk, n, k, 1.0f, const_cast<const void* const*>(p), k,
+                       const_cast<const void* const*>(p + kTable), nt ? k : n, beta, p + 2 * kTable, n, chunks, align,
+                       DType::kBF16, DType::kBF16, stream);
+}
+
+void GroupedBlas::WeightGrad(const ExpertLayout& l, int e_local, int m, int n, const bf16* a, const bf16* b, float* c,
+                             cudaStream_t stream) {
+  if (l.strided) return PaddedWeightGrad(e_local, l.chunk, m, n, a, b, c, stream);
+  if (l.chunk <= 0) {
+    std::fprintf(stderr, "GroupedBlas::WeightGrad: needs a strided or chunked layout\n");
+    std::abort();
+  }
+  if (l.chunks <= 0 || m <= 0 || n <= 0) return;
+  // c_x (m, n) += sum over expert x's chunks j of a_j^T (m, chunk) @ b_j (chunk, n): one call per
+  // chunk index i over the experts that have an i-th chunk (distinct outputs within a call).
+  int most = 0;
+  for (int x = 0; x < e_local; ++x) most = std::max(most, l.first_chunk[x + 1] - l.first_chunk[x]);
+  for (int i = 0; i < most; ++i) {
+    std::vector<int> experts;
+    for (int x = 0; x < e_local; ++x) {
+      if (l.first_chunk[x] + i < l.first_chunk[x + 1]) experts.push_back(x);
+    }
+    const int count = static_cast<int>(experts.size());
+    std::vector<const void*> table(3 * static_cast<size_t>(count));
+    for (int e = 0; e < count; ++e) {
+      const int64_t j = l.first_chunk[experts[e]] + i;
+      table[e] = a + j * l.chunk * m;
+      table[count + e] = b + j * l.chunk * n;
+      table[2 * count + e] = c + int64_t{experts[e]} * m * n;
+    }
+    int align = 0;
+    void** p = Upload(table, count, &align, stream);
+    lt_.GemmPointerArray(true, false, m, n, l.chunk, 1.0f, const_cast<const void* const*>(p), m,
+                         const_cast<const void* const*>(p + kTable), n, 1.0f, p + 2 * kTable, n, count, align,
+                         DType::kBF16, DType::kF32, stream);
+  }
+}
+
 void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* ys16, bf16* g16,
                         bf16* u16, bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
                         int e_local, int d, int f, bf16* scratch16, cudaStream_t stream) {
   const int64_t rows = CountSum(host_counts, e_local);
   if (rows <= 0) return;
-  const int cap = ExpertPadRows(host_counts, e_local);
-  const int64_t lrows = ExpertLayoutRows(host_counts, e_local);
+  const ExpertLayout l = PlanExpertLayout(host_counts, e_local);
+  const int64_t lrows = l.rows;
   bf16* y16 = scratch16;  // (lrows, d): the output in the experts' layout
-  if (cap > 0) {
-    blas.Padded(GroupedOp::kNN, e_local, cap, f, d, 0.0f, xs16, w1, g16, stream);
-    blas.Padded(GroupedOp::kNN, e_local, cap, f, d, 0.0f, xs16, w3, u16, stream);
+  if (l.chunk > 0) {
+    blas.Products(GroupedOp::kNN, l, e_local, f, d, 0.0f, xs16, w1, g16, stream);
+    blas.Products(GroupedOp::kNN, l, e_local, f, d, 0.0f, xs16, w3, u16, stream);
   } else {
     blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{xs16, w1, g16}, {xs16, w3, u16}}, stream);
   }
   SwigluForwardBf16Kernel<<<ElementwiseBlocks(lrows * f / 2), kThreads, 0, stream>>>(h16, g16, u16, lrows * f);
   MOE_CUDA_LAUNCH_CHECK();
-  if (cap > 0) {
-    blas.Padded(GroupedOp::kNN, e_local, cap, d, f, 0.0f, h16, w2, y16, stream);
+  if (l.chunk > 0) {
+    blas.Products(GroupedOp::kNN, l, e_local, d, f, 0.0f, h16, w2, y16, stream);
   } else {
     blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, d, f, 1.0f, 0.0f, {{h16, w2, y16}}, stream);
   }
@@ -998,8 +1119,8 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
                          int f, bf16* scratch16, cudaStream_t stream) {
   const int64_t rows = CountSum(host_counts, e_local);
   if (rows <= 0) return;
-  const int cap = ExpertPadRows(host_counts, e_local);
-  const int64_t lrows = ExpertLayoutRows(host_counts, e_local);
+  const ExpertLayout l = PlanExpertLayout(host_counts, e_local);
+  const int64_t lrows = l.rows;
   const int64_t wsize = int64_t{e_local} * d * f;
   bf16* dh16 = scratch16;                  // (lrows, f)
   bf16* dg16 = dh16 + Pad8(lrows * f);     // (lrows, f)
@@ -1009,9 +1130,9 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
   bf16* dw1_16 = dxb16 + Pad8(lrows * d);  // (e, d, f), compact only: this step's products, added to
   bf16* dw3_16 = dw1_16 + Pad8(wsize);     // the fp32 gradients
   bf16* dw2_16 = dw3_16 + Pad8(wsize);     // (e, f, d)
-  if (cap > 0) {
-    blas.Padded(GroupedOp::kNT, e_local, cap, f, d, 0.0f, dys16, w2, dh16, stream);
-    if (dw2 != nullptr) blas.PaddedWeightGrad(e_local, cap, f, d, h16, dys16, dw2, stream);
+  if (l.chunk > 0) {
+    blas.Products(GroupedOp::kNT, l, e_local, f, d, 0.0f, dys16, w2, dh16, stream);
+    if (dw2 != nullptr) blas.WeightGrad(l, e_local, f, d, h16, dys16, dw2, stream);
   } else {
     blas.Gemm(GroupedOp::kNT, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{dys16, w2, dh16}}, stream);
     if (dw2 != nullptr) {
@@ -1019,7 +1140,7 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
       AccumulateBf16(dw2, dw2_16, nullptr, wsize, stream);
     }
   }
-  // The zero rows of the padded layout stay zero: dh = 0 there, and so dg = du = 0.
+  // The zero rows of the strided or chunked layout stay zero: dh = 0 there, and so dg = du = 0.
   const int64_t elems = lrows * f;
   if (Aligned(4, {dg16, du16, dh16, g16, u16})) {
     SwigluBackwardBf16Kernel<true><<<ElementwiseBlocks(elems / 2), kThreads, 0, stream>>>(dg16, du16, dh16, g16,
@@ -1029,9 +1150,9 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
                                                                                        elems);
   }
   MOE_CUDA_LAUNCH_CHECK();
-  if (cap > 0) {
-    if (dw1 != nullptr) blas.PaddedWeightGrad(e_local, cap, d, f, xs16, dg16, dw1, stream);
-    if (dw3 != nullptr) blas.PaddedWeightGrad(e_local, cap, d, f, xs16, du16, dw3, stream);
+  if (l.chunk > 0) {
+    if (dw1 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, dg16, dw1, stream);
+    if (dw3 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, du16, dw3, stream);
   } else if (dw1 != nullptr || dw3 != nullptr) {
     blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 0.0f, {{xs16, dg16, dw1_16}, {xs16, du16, dw3_16}},
               stream);
@@ -1039,11 +1160,11 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
     AccumulateBf16(dw3, dw3_16, nullptr, wsize, stream);
   }
   if (dxs == nullptr) return;
-  if (cap > 0) {
-    // dx = dg W1^T + du W3^T in one padded buffer (the second product adds to the first), then
+  if (l.chunk > 0) {
+    // dx = dg W1^T + du W3^T in one layout buffer (the second product adds to the first), then
     // added to the compact fp32 rows.
-    blas.Padded(GroupedOp::kNT, e_local, cap, d, f, 0.0f, dg16, w1, dxa16, stream);
-    blas.Padded(GroupedOp::kNT, e_local, cap, d, f, 1.0f, du16, w3, dxa16, stream);
+    blas.Products(GroupedOp::kNT, l, e_local, d, f, 0.0f, dg16, w1, dxa16, stream);
+    blas.Products(GroupedOp::kNT, l, e_local, d, f, 1.0f, du16, w3, dxa16, stream);
     RowBlocksToFloat(dxs, dxa16, ExpertLayoutToCompact(host_counts, e_local), d, /*accumulate=*/true, stream);
   } else {
     blas.Gemm(GroupedOp::kNT, e_local, host_counts, 0, d, f, 1.0f, 0.0f, {{dg16, w1, dxa16}, {du16, w3, dxb16}},

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <vector>
 
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/matmul.h"
@@ -89,19 +90,32 @@ void CopyRowBlocks(void* dst, const void* src, const RowBlocks& blocks, int64_t 
 // ---- fast path ----
 
 // ---- the experts' layout on the fast path ----
-// The experts' bf16 rows (their input x, g, u, h and the gradients) are either
-//   padded: every local expert padded to `cap` rows (ExpertPadRows), expert x's rows at
-//     x * cap, the rows past its count zero, so that each product is one strided batched GEMM
-//     of equal shapes, which cuBLAS runs on its Hopper kernels (about twice as fast as its
-//     grouped GEMM, see moe_bench --grouped-gemm), the zero rows adding nothing to the weight
-//     gradients; or
-//   compact: expert x's rows right after expert x - 1's, one cuBLAS grouped GEMM per product
-//     (each expert its own count), when padding would more than double the rows (cap 0).
+// The experts' bf16 rows (their input x, g, u, h and the gradients) lie in one of three layouts:
+//   strided: every local expert padded to `chunk` rows (the largest count rounded up to 128),
+//     expert x's rows at x * chunk, the rows past its count zero, so that each product is one
+//     strided batched GEMM of equal shapes, which cuBLAS runs on its Hopper kernels (about twice
+//     as fast as its grouped GEMM, see moe_bench --grouped-gemm), the zero rows adding nothing
+//     to the weight gradients;
+//   chunked: when one expert takes far more rows than the others (padding every expert to it
+//     would more than double the rows), expert x's rows fill ceil(count / chunk) chunks of
+//     `chunk` rows, one after the other, zero past its count; each product is then one batched
+//     GEMM over the chunks through pointer arrays (the same Hopper kernels, each chunk reading
+//     its expert's weights), and a weight gradient one such call per chunk index (the experts
+//     that have that many chunks);
+//   compact (chunk 0): expert x's rows right after expert x - 1's, one cuBLAS grouped GEMM per
+//     product (each expert its own count); only when the chunks would not fit the tables.
 // The counts are host values (the one device-to-host count exchange per layer).
-
-// Rows per expert of the padded layout (the largest count rounded up to 128), or 0: compact.
-int ExpertPadRows(const int32_t* host_counts, int e_local);
-// Rows of the layout: e_local * cap, or the sum of the counts.
+struct ExpertLayout {
+  static constexpr int kMaxChunks = 256;
+  int chunk = 0;         // rows per chunk (a multiple of 128); 0: compact
+  int chunks = 0;        // chunks in all (strided: one per expert)
+  bool strided = false;  // chunk x is expert x's
+  int64_t rows = 0;      // rows of the layout: chunks * chunk, or the sum of the counts
+  int32_t first_chunk[RowBlocks::kMax + 1] = {};  // expert x's chunks: [first_chunk[x], first_chunk[x + 1])
+  int64_t start[RowBlocks::kMax + 1] = {};        // expert x's first row in the layout
+};
+ExpertLayout PlanExpertLayout(const int32_t* host_counts, int e_local);
+// Rows of the layout (PlanExpertLayout(...).rows).
 int64_t ExpertLayoutRows(const int32_t* host_counts, int e_local);
 // Compact fp32 rows (sum of counts, d) to the layout in bf16 (dst: ExpertLayoutRows rows).
 void ToExpertLayout(bf16* dst, const float* src, const int32_t* host_counts, int e_local, int d,
@@ -114,11 +128,13 @@ RowBlocks ExpertLayoutToCompact(const int32_t* host_counts, int e_local);
 //     bf16 output, the shapes of GroupedGemm; `sets` lists products of identical shapes (x@W1
 //     and x@W3) that share the call. Experts with no rows are skipped (a kTN output then keeps
 //     beta * c only for beta 0 or 1). The pointer arrays go up by one copy on the stream.
-//   Padded (padded layout, one strided-batch cuBLASLt product, its algorithm cached per shape),
+//   Padded (strided layout, one strided-batch cuBLASLt product, its algorithm cached per shape),
 //     every operand's experts `cap` rows apart:
 //     kNN: c_x (cap, n) = a_x (cap, k) @ b_x (k, n) + beta c_x, bf16 c
 //     kNT: c_x (cap, n) = a_x (cap, k) @ b_x^T + beta c_x, b_x (n, k), bf16 c
 //   PaddedWeightGrad: c_x (m, n) += a_x^T (m, cap) @ b_x (cap, n), fp32 c (the gradients).
+//   Products / WeightGrad: the same over a strided or chunked layout (chunk j of expert x
+//     multiplies b_x; the weight gradient sums expert x's chunks).
 class GroupedBlas {
  public:
   struct Operands {
@@ -127,6 +143,7 @@ class GroupedBlas {
     bf16* c;
   };
   static constexpr int kMaxProblems = 128;  // groups * sets per call (64 experts, 2 sets)
+  static constexpr int kTable = ExpertLayout::kMaxChunks;  // entries of each pointer array
 
   GroupedBlas();
   ~GroupedBlas();
@@ -139,10 +156,17 @@ class GroupedBlas {
               cudaStream_t stream);
   void PaddedWeightGrad(int experts, int cap, int m, int n, const bf16* a, const bf16* b, float* c,
                         cudaStream_t stream);
+  void Products(GroupedOp op, const ExpertLayout& layout, int e_local, int n, int k, float beta, const bf16* a,
+                const bf16* b, bf16* c, cudaStream_t stream);
+  void WeightGrad(const ExpertLayout& layout, int e_local, int m, int n, const bf16* a, const bf16* b, float* c,
+                  cudaStream_t stream);
 
  private:
   void* handle_ = nullptr;        // cublasHandle_t
-  void** device_ptrs_ = nullptr;  // (3, kMaxProblems) device: A, B, C pointer arrays
+  // Uploads the (3, count) A, B, C pointers of `table` (count entries each) on `stream`; returns
+  // the device arrays and the bytes every pointer is aligned to.
+  void** Upload(const std::vector<const void*>& table, int count, int* align, cudaStream_t stream);
+  void** device_ptrs_ = nullptr;  // (3, kTable) device: A, B, C pointer arrays
   Blas lt_;                       // the padded products
 };
 
