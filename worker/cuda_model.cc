@@ -150,11 +150,12 @@ class CudaModel final : public TrainModel {
   void EnsureActivations(int b);
   int ExpertRows(int n) const { return cfg_.is_moe() ? n * cfg_.top_k : n; }
 
-  // out (n, oc) = inp (n, c) @ w^T ; dinp += dout @ w ; dw += dout^T @ inp. fp32 = the fp32
-  // product even in bf16 mode (the router). dout16: dout already in bf16 (or null).
+  // out (n, oc) = inp (n, c) @ w^T ; dinp = dout @ w (dinp += when add_to_dinp) ;
+  // dw += dout^T @ inp. fp32 = the fp32 product even in bf16 mode (the router). dout16: dout
+  // already in bf16 (or null).
   void Linear(float* out, const float* inp, const float* w, int n, int c, int oc, bool fp32);
   void LinearBackward(float* dinp, float* dw, const float* dout, const bf16* dout16, const float* inp,
-                      const float* w, int n, int c, int oc, bool fp32);
+                      const float* w, int n, int c, int oc, bool fp32, bool add_to_dinp);
 
   void MoeForward(BlockActs& a, const BlockTensors& w, int n, const BatchContext& ctx, float* out);
   void MoeBackward(BlockActs& a, const BlockTensors& w, const BlockTensors& gw, int n,
@@ -195,7 +196,7 @@ class CudaModel final : public TrainModel {
   // Activations, sized for b_cap_ sequences.
   int b_cap_ = 0;
   std::vector<BlockActs> blocks_;
-  float *x_, *tmp_, *x_final_, *final_out_, *final_rstd_, *logits_, *ce_lse_, *ce_losses_;
+  float *tmp_, *x_final_, *final_out_, *final_rstd_, *logits_, *ce_lse_, *ce_losses_;
   int32_t *idx_, *targets_;
   double* ce_sum_;  // (1)
   // Backward scratch.
@@ -363,7 +364,6 @@ void CudaModel::EnsureActivations(int b) {
       a.h = acts_.Alloc<float>(r * F);
     }
   }
-  x_ = acts_.Alloc<float>(n * D);
   tmp_ = acts_.Alloc<float>(n * D);
   x_final_ = acts_.Alloc<float>(n * D);
   final_out_ = acts_.Alloc<float>(n * D);
@@ -405,10 +405,12 @@ void CudaModel::Linear(float* out, const float* inp, const float* w, int n, int 
 }
 
 void CudaModel::LinearBackward(float* dinp, float* dw, const float* dout, const bf16* dout16,
-                               const float* inp, const float* w, int n, int c, int oc, bool fp32) {
+                               const float* inp, const float* w, int n, int c, int oc, bool fp32,
+                               bool add_to_dinp) {
+  const float dinp_beta = add_to_dinp ? 1.0f : 0.0f;
   if (!bf16_ || fp32) {
     if (dinp != nullptr) {
-      blas_->Gemm(false, false, n, c, oc, 1.0f, dout, oc, w, c, 1.0f, dinp, c, cuda::DType::kF32, stream_);
+      blas_->Gemm(false, false, n, c, oc, 1.0f, dout, oc, w, c, dinp_beta, dinp, c, cuda::DType::kF32, stream_);
     }
     if (dw != nullptr) {
       blas_->Gemm(true, false, oc, c, n, 1.0f, dout, oc, inp, c, 1.0f, dw, c, cuda::DType::kF32, stream_);
@@ -420,7 +422,8 @@ void CudaModel::LinearBackward(float* dinp, float* dw, const float* dout, const 
     dout16 = s16a_;
   }
   if (dinp != nullptr) {
-    blas_->Gemm(false, false, n, c, oc, 1.0f, dout16, oc, Bf16Of(w), c, 1.0f, dinp, c, cuda::DType::kBF16, stream_);
+    blas_->Gemm(false, false, n, c, oc, 1.0f, dout16, oc, Bf16Of(w), c, dinp_beta, dinp, c, cuda::DType::kBF16,
+                stream_);
   }
   if (dw != nullptr) {
     cuda::CastToBf16(s16b_, inp, int64_t{n} * c, stream_);
@@ -443,14 +446,16 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
   MOE_CUDA_CHECK(cudaMemcpyAsync(idx_, idx, sizeof(int32_t) * n, cudaMemcpyHostToDevice, stream_));
   MOE_CUDA_CHECK(cudaMemcpyAsync(targets_, targets, sizeof(int32_t) * n, cudaMemcpyHostToDevice, stream_));
 
-  cuda::EmbeddingForward(x_, idx_, w.wte, n, D, stream_);
-  cuda::DropoutForward(x_, x_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 0), offset, stream_);
+  // The residual stream lives in the buffers the backward reads: block l's input x_in, its
+  // middle x_mid (after attention), and x_final_ after the last block.
+  float* x = cfg_.layers > 0 ? blocks_[0].x_in : x_final_;
+  cuda::EmbeddingForward(x, idx_, w.wte, n, D, stream_);
+  cuda::DropoutForward(x, x, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 0), offset, stream_);
   for (int l = 0; l < cfg_.layers; ++l) {
     BlockActs& a = blocks_[l];
     const BlockTensors& bw = w.blocks[l];
-    // Attention: x += dropout(attn(RMSNorm(x)) @ wo^T)
-    MOE_CUDA_CHECK(cudaMemcpyAsync(a.x_in, x_, sizeof(float) * nd, cudaMemcpyDeviceToDevice, stream_));
-    cuda::RmsNormForward(a.attn_in, a.attn_rstd, x_, bw.attn_norm, n, D, stream_);
+    // Attention: x_mid = x_in + dropout(attn(RMSNorm(x_in)) @ wo^T)
+    cuda::RmsNormForward(a.attn_in, a.attn_rstd, a.x_in, bw.attn_norm, n, D, stream_);
     Linear(a.qkv, a.attn_in, bw.wqkv, n, D, C3, false);
     cuda::RopeForward(a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
     if (bf16_) {
@@ -462,15 +467,13 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
     }
     Linear(tmp_, a.attn_y, bw.wo, n, D, D, false);
     cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
-    cuda::Add(x_, tmp_, nd, stream_);
-    // MoE: x += dropout(MoE(RMSNorm(x)))
-    MOE_CUDA_CHECK(cudaMemcpyAsync(a.x_mid, x_, sizeof(float) * nd, cudaMemcpyDeviceToDevice, stream_));
-    cuda::RmsNormForward(a.moe_in, a.moe_rstd, x_, bw.moe_norm, n, D, stream_);
+    cuda::AddOut(a.x_mid, a.x_in, tmp_, nd, stream_);
+    // MoE: the next block's x_in (or x_final_) = x_mid + dropout(MoE(RMSNorm(x_mid)))
+    cuda::RmsNormForward(a.moe_in, a.moe_rstd, a.x_mid, bw.moe_norm, n, D, stream_);
     MoeForward(a, bw, n, ctx, tmp_);
     cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 2 + 2 * l), offset, stream_);
-    cuda::Add(x_, tmp_, nd, stream_);
+    cuda::AddOut(l + 1 < cfg_.layers ? blocks_[l + 1].x_in : x_final_, a.x_mid, tmp_, nd, stream_);
   }
-  MOE_CUDA_CHECK(cudaMemcpyAsync(x_final_, x_, sizeof(float) * nd, cudaMemcpyDeviceToDevice, stream_));
   cuda::RmsNormForward(final_out_, final_rstd_, x_final_, w.final_norm, n, D, stream_);
   Linear(logits_, final_out_, w.lm_head, n, D, V, false);
   cuda::CrossEntropyForward(ce_losses_, ce_lse_, logits_, targets_, n, V, stream_);
@@ -630,7 +633,8 @@ void CudaModel::MoeBackward(BlockActs& a, const BlockTensors& w, const BlockTens
   MOE_CUDA_CHECK(cudaMemsetAsync(drouter_, 0, sizeof(float) * n * E, stream_));
   cuda::RouterBackward(drouter_, dweights_, a.probs, a.router_lse, a.expert_idx, a.aux_grad,
                        static_cast<float>(cfg_.z_coef * ctx_.loss_scale), n, E, k, stream_);
-  LinearBackward(dm, gw.router, drouter_, nullptr, a.moe_in, w.router, n, D, E, /*fp32=*/true);
+  LinearBackward(dm, gw.router, drouter_, nullptr, a.moe_in, w.router, n, D, E, /*fp32=*/true,
+                 /*add_to_dinp=*/true);
 }
 
 void CudaModel::ExpertsBackward16(BlockActs& a, const BlockTensors& w, const BlockTensors& gw, int64_t kept) {
@@ -785,9 +789,9 @@ void CudaModel::Backward() {
   } else {
     cuda::CrossEntropyBackward(logits_, logits_, ce_lse_, targets_, ctx_.loss_scale, n, V, stream_);
   }
-  zero(dnorm_, nd);
   zero(dx_, nd);
-  LinearBackward(dnorm_, g.lm_head, logits_, dlogits16, final_out_, w.lm_head, n, D, V, false);
+  LinearBackward(dnorm_, g.lm_head, logits_, dlogits16, final_out_, w.lm_head, n, D, V, false,
+                 /*add_to_dinp=*/false);
   cuda::RmsNormBackward(dx_, g.final_norm, dnorm_, x_final_, w.final_norm, final_rstd_, n, D, stream_);
 
   for (int l = cfg_.layers - 1; l >= 0; --l) {
@@ -801,8 +805,7 @@ void CudaModel::Backward() {
 
     const float* dattn_out = through_dropout(1 + 2 * l);
     float* dattn_y = dnorm_;
-    zero(dattn_y, nd);
-    LinearBackward(dattn_y, bg.wo, dattn_out, nullptr, a.attn_y, bw.wo, n, D, D, false);
+    LinearBackward(dattn_y, bg.wo, dattn_out, nullptr, a.attn_y, bw.wo, n, D, D, false, /*add_to_dinp=*/false);
     zero(dqkv_, int64_t{n} * C3);
     if (bf16_) {
       cuda::CastToBf16(s16b_, dattn_y, nd, stream_);  // s16b_ is free until the next product
@@ -812,8 +815,7 @@ void CudaModel::Backward() {
       cuda::AttentionBackward(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, att_scratch_, stream_);
     }
     cuda::RopeBackward(dqkv_, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
-    zero(dtmp_, nd);
-    LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, a.attn_in, bw.wqkv, n, D, C3, false);
+    LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, a.attn_in, bw.wqkv, n, D, C3, false, /*add_to_dinp=*/false);
     cuda::RmsNormBackward(dx_, bg.attn_norm, dtmp_, a.x_in, bw.attn_norm, a.attn_rstd, n, D, stream_);
     // Block l's replicated gradients are final (on the last micro-step): reduce them over GPUs
     // while the blocks below run their backward.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <type_traits>
 
@@ -356,6 +357,20 @@ __global__ void AddKernel(float* x, const float* y, int64_t n) {
   MOE_GRID_STRIDE(i, n) { x[i] += y[i]; }
 }
 
+// out = x + y four at a time (16-byte aligned pointers), the n % 4 tail by block 0.
+__global__ void AddOutVec4Kernel(float* out, const float* x, const float* y, int64_t n) {
+  const int64_t n4 = n / 4;
+  MOE_GRID_STRIDE(i, n4) {
+    const float4 a = reinterpret_cast<const float4*>(x)[i], b = reinterpret_cast<const float4*>(y)[i];
+    reinterpret_cast<float4*>(out)[i] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+  }
+  if (blockIdx.x == 0 && threadIdx.x < n - n4 * 4) out[n4 * 4 + threadIdx.x] = x[n4 * 4 + threadIdx.x] + y[n4 * 4 + threadIdx.x];
+}
+
+__global__ void AddOutKernel(float* out, const float* x, const float* y, int64_t n) {
+  MOE_GRID_STRIDE(i, n) { out[i] = x[i] + y[i]; }
+}
+
 // One warp per row: an online max / sum of exponentials in one pass over the logits.
 __global__ void CrossEntropyForwardKernel(float* losses, float* lse, const float* logits,
                                           const int32_t* targets, int n, int v) {
@@ -388,38 +403,108 @@ __global__ void CrossEntropyForwardKernel(float* losses, float* lse, const float
   }
 }
 
-template <typename T>
+// grid.y walks the rows, grid.x and the threads a row's columns, four at a time when kVec4
+// (v % 4 == 0: every row starts 16-byte aligned): no per-element division, the row's target
+// and lse loaded once per thread.
+template <typename T, bool kVec4>
 __global__ void CrossEntropyBackwardKernel(T* dlogits, const float* logits, const float* lse,
                                            const int32_t* targets, float scale, int n, int v) {
-  MOE_GRID_STRIDE(i, int64_t{n} * v) {
-    const int64_t row = i / v;
-    const int c = static_cast<int>(i - row * v);
+  const int step = kVec4 ? 4 : 1;
+  for (int row = blockIdx.y; row < n; row += gridDim.y) {
     const int32_t tgt = targets[row];
-    float g = 0.0f;
-    if (tgt >= 0) {
-      g = scale * expf(logits[i] - lse[row]);
-      if (c == tgt) g -= scale;
-    }
-    if constexpr (sizeof(T) == 2) {
-      dlogits[i] = __float2bfloat16(g);
-    } else {
-      dlogits[i] = g;
+    const float l = lse[row];
+    const float* z = logits + int64_t{row} * v;
+    T* dz = dlogits + int64_t{row} * v;
+    for (int c = (blockIdx.x * blockDim.x + threadIdx.x) * step; c < v; c += gridDim.x * blockDim.x * step) {
+      float g[4];
+      if constexpr (kVec4) {
+        const float4 x = *reinterpret_cast<const float4*>(z + c);
+        g[0] = x.x, g[1] = x.y, g[2] = x.z, g[3] = x.w;
+      } else {
+        g[0] = z[c];
+      }
+#pragma unroll
+      for (int e = 0; e < step; ++e) {
+        float ge = 0.0f;
+        if (tgt >= 0) {
+          ge = scale * expf(g[e] - l);
+          if (c + e == tgt) ge -= scale;
+        }
+        g[e] = ge;
+      }
+      if constexpr (kVec4 && sizeof(T) == 2) {
+        __nv_bfloat162 lo = __floats2bfloat162_rn(g[0], g[1]), hi = __floats2bfloat162_rn(g[2], g[3]);
+        uint2 bits;
+        memcpy(&bits.x, &lo, 4);
+        memcpy(&bits.y, &hi, 4);
+        *reinterpret_cast<uint2*>(dz + c) = bits;
+      } else if constexpr (kVec4) {
+        *reinterpret_cast<float4*>(dz + c) = make_float4(g[0], g[1], g[2], g[3]);
+      } else if constexpr (sizeof(T) == 2) {
+        dz[c] = __float2bfloat16(g[0]);
+      } else {
+        dz[c] = g[0];
+      }
     }
   }
+}
+
+// One element of AdamW (kernels::AdamWStep's math); returns the new parameter.
+__device__ __forceinline__ float AdamWElement(float& p, float g, float& m, float& v, float lr, float b1, float b2,
+                                              float eps, float wd, float bc1, float bc2, float grad_scale) {
+  const float gi = g * grad_scale;
+  m = b1 * m + (1.0f - b1) * gi;
+  v = b2 * v + (1.0f - b2) * gi * gi;
+  const float m_hat = m / bc1;
+  const float v_hat = v / bc2;
+  p = p - lr * (m_hat / (sqrtf(v_hat) + eps) + wd * p);
+  return p;
 }
 
 __global__ void AdamWKernel(float* param, bf16* param_bf16, const float* grad, float* m, float* v,
                             int64_t n, float lr, float b1, float b2, float eps, float wd, float bc1,
                             float bc2, float grad_scale) {
   MOE_GRID_STRIDE(i, n) {
-    const float gi = grad[i] * grad_scale;
-    const float mi = b1 * m[i] + (1.0f - b1) * gi;
-    const float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+    float p = param[i], mi = m[i], vi = v[i];
+    AdamWElement(p, grad[i], mi, vi, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
     m[i] = mi;
     v[i] = vi;
-    const float m_hat = mi / bc1;
-    const float v_hat = vi / bc2;
-    const float p = param[i] - lr * (m_hat / (sqrtf(v_hat) + eps) + wd * param[i]);
+    param[i] = p;
+    if (param_bf16 != nullptr) param_bf16[i] = __float2bfloat16(p);
+  }
+}
+
+// The same four elements at a time (fp32 pointers 16-byte, the bf16 copy 8-byte aligned); the
+// n % 4 tail by the first threads of block 0.
+__global__ void AdamWVec4Kernel(float* param, bf16* param_bf16, const float* grad, float* m, float* v,
+                                int64_t n, float lr, float b1, float b2, float eps, float wd, float bc1,
+                                float bc2, float grad_scale) {
+  const int64_t n4 = n / 4;
+  MOE_GRID_STRIDE(i, n4) {
+    float4 p = reinterpret_cast<float4*>(param)[i], mi = reinterpret_cast<float4*>(m)[i],
+           vi = reinterpret_cast<float4*>(v)[i];
+    const float4 g = reinterpret_cast<const float4*>(grad)[i];
+    AdamWElement(p.x, g.x, mi.x, vi.x, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+    AdamWElement(p.y, g.y, mi.y, vi.y, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+    AdamWElement(p.z, g.z, mi.z, vi.z, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+    AdamWElement(p.w, g.w, mi.w, vi.w, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+    reinterpret_cast<float4*>(m)[i] = mi;
+    reinterpret_cast<float4*>(v)[i] = vi;
+    reinterpret_cast<float4*>(param)[i] = p;
+    if (param_bf16 != nullptr) {
+      __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y), hi = __floats2bfloat162_rn(p.z, p.w);
+      uint2 bits;
+      memcpy(&bits.x, &lo, 4);
+      memcpy(&bits.y, &hi, 4);
+      reinterpret_cast<uint2*>(param_bf16)[i] = bits;
+    }
+  }
+  if (blockIdx.x == 0 && threadIdx.x < n - n4 * 4) {
+    const int64_t i = n4 * 4 + threadIdx.x;
+    float p = param[i], mi = m[i], vi = v[i];
+    AdamWElement(p, grad[i], mi, vi, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+    m[i] = mi;
+    v[i] = vi;
     param[i] = p;
     if (param_bf16 != nullptr) param_bf16[i] = __float2bfloat16(p);
   }
@@ -616,6 +701,16 @@ void Add(float* x, const float* y, int64_t n, cudaStream_t stream) {
   MOE_CUDA_LAUNCH_CHECK();
 }
 
+void AddOut(float* out, const float* x, const float* y, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  if ((reinterpret_cast<uintptr_t>(out) | reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(y)) % 16 == 0) {
+    AddOutVec4Kernel<<<GridFor(std::max<int64_t>(1, n / 4)), kThreads, 0, stream>>>(out, x, y, n);
+  } else {
+    AddOutKernel<<<GridFor(n), kThreads, 0, stream>>>(out, x, y, n);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
 void CrossEntropyForward(float* losses, float* lse, const float* logits, const int32_t* targets, int n,
                          int v, cudaStream_t stream) {
   if (n <= 0) return;
@@ -624,28 +719,46 @@ void CrossEntropyForward(float* losses, float* lse, const float* logits, const i
   MOE_CUDA_LAUNCH_CHECK();
 }
 
+template <typename T>
+void LaunchCrossEntropyBackward(T* dlogits, const float* logits, const float* lse, const int32_t* targets,
+                                float scale, int n, int v, cudaStream_t stream) {
+  if (n <= 0 || v <= 0) return;
+  const bool vec4 = v % 4 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0 &&
+                    reinterpret_cast<uintptr_t>(dlogits) % (4 * sizeof(T)) == 0;
+  const int per_thread = vec4 ? 4 : 1;
+  const dim3 grid(std::max(1u, std::min<unsigned>(BlocksFor((v + per_thread - 1) / per_thread, kThreads), 64)),
+                  std::min(n, 65535));
+  if (vec4) {
+    CrossEntropyBackwardKernel<T, true><<<grid, kThreads, 0, stream>>>(dlogits, logits, lse, targets, scale, n, v);
+  } else {
+    CrossEntropyBackwardKernel<T, false><<<grid, kThreads, 0, stream>>>(dlogits, logits, lse, targets, scale, n, v);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
 void CrossEntropyBackward(float* dlogits, const float* logits, const float* lse, const int32_t* targets,
                           float scale, int n, int v, cudaStream_t stream) {
-  if (n <= 0) return;
-  CrossEntropyBackwardKernel<float><<<GridFor(int64_t{n} * v), kThreads, 0, stream>>>(
-      dlogits, logits, lse, targets, scale, n, v);
-  MOE_CUDA_LAUNCH_CHECK();
+  LaunchCrossEntropyBackward(dlogits, logits, lse, targets, scale, n, v, stream);
 }
 
 void CrossEntropyBackwardBf16(bf16* dlogits, const float* logits, const float* lse,
                               const int32_t* targets, float scale, int n, int v, cudaStream_t stream) {
-  if (n <= 0) return;
-  CrossEntropyBackwardKernel<bf16><<<GridFor(int64_t{n} * v), kThreads, 0, stream>>>(
-      dlogits, logits, lse, targets, scale, n, v);
-  MOE_CUDA_LAUNCH_CHECK();
+  LaunchCrossEntropyBackward(dlogits, logits, lse, targets, scale, n, v, stream);
 }
 
 void AdamWUpdate(float* param, bf16* param_bf16, const float* grad, float* m, float* v, int64_t n,
                  float lr, float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2,
                  float grad_scale, cudaStream_t stream) {
   if (n <= 0) return;
-  AdamWKernel<<<GridFor(n), kThreads, 0, stream>>>(param, param_bf16, grad, m, v, n, lr, beta1, beta2,
-                                                   eps, weight_decay, bc1, bc2, grad_scale);
+  auto aligned = [](const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; };
+  if (aligned(param, 16) && aligned(grad, 16) && aligned(m, 16) && aligned(v, 16) &&
+      (param_bf16 == nullptr || aligned(param_bf16, 8))) {
+    AdamWVec4Kernel<<<GridFor(std::max<int64_t>(1, n / 4)), kThreads, 0, stream>>>(
+        param, param_bf16, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale);
+  } else {
+    AdamWKernel<<<GridFor(n), kThreads, 0, stream>>>(param, param_bf16, grad, m, v, n, lr, beta1, beta2,
+                                                     eps, weight_decay, bc1, bc2, grad_scale);
+  }
   MOE_CUDA_LAUNCH_CHECK();
 }
 

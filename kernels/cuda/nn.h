@@ -42,6 +42,8 @@ void SwigluBackward(float* dg, float* du, const float* dh, const float* g, const
 
 // x += y.
 void Add(float* x, const float* y, int64_t n, cudaStream_t stream);
+// out = x + y (n elements; out may not alias x or y).
+void AddOut(float* out, const float* x, const float* y, int64_t n, cudaStream_t stream);
 
 // losses (n), lse (n) from logits (n, v) ; a target < 0 gives loss 0.
 void CrossEntropyForward(float* losses, float* lse, const float* logits, const int32_t* targets, int n,
