@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 #include <vector>
 
@@ -486,6 +487,46 @@ __device__ __forceinline__ float SigmoidF(float x) { return 1.0f / (1.0f + expf(
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
 // Two bf16 per thread; an odd tail element is done alone.
+// Eight bf16 as one 16-byte word and back.
+__device__ __forceinline__ void Unpack8(uint4 w, float* f) {
+  const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    __nv_bfloat162 p;
+    memcpy(&p, &words[i], 4);
+    const float2 v = __bfloat1622float2(p);
+    f[2 * i] = v.x;
+    f[2 * i + 1] = v.y;
+  }
+}
+__device__ __forceinline__ uint4 Pack8(const float* f) {
+  uint32_t words[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const __nv_bfloat162 p = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+    memcpy(&words[i], &p, 4);
+  }
+  return make_uint4(words[0], words[1], words[2], words[3]);
+}
+
+// h = silu(g) u, eight elements per thread (16-byte aligned pointers), the n % 8 tail by block 0.
+__global__ void SwigluForwardBf16Vec8Kernel(bf16* h, const bf16* g, const bf16* u, int64_t n) {
+  MOE_GRID_LOOP(i, n / 8) {
+    float gv[8], uv[8];
+    Unpack8(reinterpret_cast<const uint4*>(g)[i], gv);
+    Unpack8(reinterpret_cast<const uint4*>(u)[i], uv);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) gv[e] = gv[e] * SigmoidF(gv[e]) * uv[e];
+    reinterpret_cast<uint4*>(h)[i] = Pack8(gv);
+  }
+  const int64_t tail = n - n / 8 * 8;
+  if (blockIdx.x == 0 && threadIdx.x < tail) {
+    const int64_t i = n / 8 * 8 + threadIdx.x;
+    const float gi = __bfloat162float(g[i]), ui = __bfloat162float(u[i]);
+    h[i] = __float2bfloat16(gi * SigmoidF(gi) * ui);
+  }
+}
+
 __global__ void SwigluForwardBf16Kernel(bf16* h, const bf16* g, const bf16* u, int64_t n) {
   MOE_GRID_LOOP(i, n / 2) {
     const float2 gv = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(g)[i]);
@@ -503,6 +544,29 @@ __device__ __forceinline__ void SwigluGrad(float d, float g, float u, float* dg,
   const float s = SigmoidF(g);
   *dg = d * u * s * (1.0f + g * (1.0f - s));
   *du = d * g * s;
+}
+
+// Eight bf16 per thread (16-byte aligned pointers), the n % 8 tail by block 0.
+__global__ void SwigluBackwardBf16Vec8Kernel(bf16* dg, bf16* du, const bf16* dh, const bf16* g, const bf16* u,
+                                             int64_t n) {
+  MOE_GRID_LOOP(i, n / 8) {
+    float gv[8], uv[8], dv[8], dgv[8], duv[8];
+    Unpack8(reinterpret_cast<const uint4*>(g)[i], gv);
+    Unpack8(reinterpret_cast<const uint4*>(u)[i], uv);
+    Unpack8(reinterpret_cast<const uint4*>(dh)[i], dv);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) SwigluGrad(dv[e], gv[e], uv[e], &dgv[e], &duv[e]);
+    reinterpret_cast<uint4*>(dg)[i] = Pack8(dgv);
+    reinterpret_cast<uint4*>(du)[i] = Pack8(duv);
+  }
+  const int64_t tail = n - n / 8 * 8;
+  if (blockIdx.x == 0 && threadIdx.x < tail) {
+    const int64_t i = n / 8 * 8 + threadIdx.x;
+    float dgi, dui;
+    SwigluGrad(__bfloat162float(dh[i]), __bfloat162float(g[i]), __bfloat162float(u[i]), &dgi, &dui);
+    dg[i] = __float2bfloat16(dgi);
+    du[i] = __float2bfloat16(dui);
+  }
 }
 
 // Two bf16 per thread when every pointer allows (kPairs), an odd tail alone; else one each.
@@ -1094,7 +1158,12 @@ void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys
   } else {
     blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{xs16, w1, g16}, {xs16, w3, u16}}, stream);
   }
-  SwigluForwardBf16Kernel<<<ElementwiseBlocks(lrows * f / 2), kThreads, 0, stream>>>(h16, g16, u16, lrows * f);
+  if (Aligned(16, {h16, g16, u16})) {
+    SwigluForwardBf16Vec8Kernel<<<ElementwiseBlocks(std::max<int64_t>(1, lrows * f / 8)), kThreads, 0, stream>>>(
+        h16, g16, u16, lrows * f);
+  } else {
+    SwigluForwardBf16Kernel<<<ElementwiseBlocks(lrows * f / 2), kThreads, 0, stream>>>(h16, g16, u16, lrows * f);
+  }
   MOE_CUDA_LAUNCH_CHECK();
   if (l.chunk > 0) {
     blas.Products(GroupedOp::kNN, l, e_local, d, f, 0.0f, h16, w2, y16, stream);
@@ -1142,7 +1211,10 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
   }
   // The zero rows of the strided or chunked layout stay zero: dh = 0 there, and so dg = du = 0.
   const int64_t elems = lrows * f;
-  if (Aligned(4, {dg16, du16, dh16, g16, u16})) {
+  if (Aligned(16, {dg16, du16, dh16, g16, u16})) {
+    SwigluBackwardBf16Vec8Kernel<<<ElementwiseBlocks(std::max<int64_t>(1, elems / 8)), kThreads, 0, stream>>>(
+        dg16, du16, dh16, g16, u16, elems);
+  } else if (Aligned(4, {dg16, du16, dh16, g16, u16})) {
     SwigluBackwardBf16Kernel<true><<<ElementwiseBlocks(elems / 2), kThreads, 0, stream>>>(dg16, du16, dh16, g16,
                                                                                           u16, elems);
   } else {
