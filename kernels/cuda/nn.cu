@@ -461,17 +461,22 @@ __device__ __forceinline__ float AdamWElement(float& p, float g, float& m, float
   return p;
 }
 
+// AdamW at element i, in place (and its bf16 copy when there is one).
+__device__ __forceinline__ void AdamWAt(int64_t i, float* param, bf16* param_bf16, const float* grad, float* m,
+                                        float* v, float lr, float b1, float b2, float eps, float wd, float bc1,
+                                        float bc2, float grad_scale) {
+  float p = param[i], mi = m[i], vi = v[i];
+  AdamWElement(p, grad[i], mi, vi, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+  m[i] = mi;
+  v[i] = vi;
+  param[i] = p;
+  if (param_bf16 != nullptr) param_bf16[i] = __float2bfloat16(p);
+}
+
 __global__ void AdamWKernel(float* param, bf16* param_bf16, const float* grad, float* m, float* v,
                             int64_t n, float lr, float b1, float b2, float eps, float wd, float bc1,
                             float bc2, float grad_scale) {
-  MOE_GRID_STRIDE(i, n) {
-    float p = param[i], mi = m[i], vi = v[i];
-    AdamWElement(p, grad[i], mi, vi, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
-    m[i] = mi;
-    v[i] = vi;
-    param[i] = p;
-    if (param_bf16 != nullptr) param_bf16[i] = __float2bfloat16(p);
-  }
+  MOE_GRID_STRIDE(i, n) { AdamWAt(i, param, param_bf16, grad, m, v, lr, b1, b2, eps, wd, bc1, bc2, grad_scale); }
 }
 
 // The same four elements at a time (fp32 pointers 16-byte, the bf16 copy 8-byte aligned); the
@@ -500,13 +505,7 @@ __global__ void AdamWVec4Kernel(float* param, bf16* param_bf16, const float* gra
     }
   }
   if (blockIdx.x == 0 && threadIdx.x < n - n4 * 4) {
-    const int64_t i = n4 * 4 + threadIdx.x;
-    float p = param[i], mi = m[i], vi = v[i];
-    AdamWElement(p, grad[i], mi, vi, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
-    m[i] = mi;
-    v[i] = vi;
-    param[i] = p;
-    if (param_bf16 != nullptr) param_bf16[i] = __float2bfloat16(p);
+    AdamWAt(n4 * 4 + threadIdx.x, param, param_bf16, grad, m, v, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
   }
 }
 
