@@ -662,12 +662,7 @@ void BackwardTc(float* dqkv, const bf16* dout16, const float* lse, const float* 
 }
 
 // The tensor-core kernels read rows in 16-byte pieces: every row start must be 16-byte aligned.
-bool TcAligned(int hd, std::initializer_list<const void*> ptrs) {
-  if (hd % 16 != 0) return false;
-  for (const void* p : ptrs)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
-  return true;
-}
+bool TcAligned(int hd, std::initializer_list<const void*> ptrs) { return hd % 16 == 0 && Aligned(16, ptrs); }
 
 [[noreturn]] void BadHeadDim(int hd) {
   std::fprintf(stderr, "cuda attention: head size %d is not one of 8, 16, 32, 64\n", hd);

@@ -6,7 +6,9 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 
 namespace moe::cuda {
 
@@ -17,6 +19,22 @@ void CheckCuda(cudaError_t err, const char* what, const char* file, int line);
 
 // True when a CUDA device is present and usable (tests skip themselves otherwise).
 bool HaveGpu();
+
+// True when every pointer is a multiple of `bytes`.
+inline bool Aligned(int bytes, std::initializer_list<const void*> ptrs) {
+  for (const void* p : ptrs) {
+    if (reinterpret_cast<uintptr_t>(p) % bytes != 0) return false;
+  }
+  return true;
+}
+
+// Largest power of two (at most 256) that divides every one of `count` addresses: cuBLASLt
+// picks algorithms by the alignment it is promised.
+inline int CommonAlignment(const void* const* ptrs, size_t count) {
+  uintptr_t bits = 256;
+  for (size_t i = 0; i < count; ++i) bits |= reinterpret_cast<uintptr_t>(ptrs[i]);
+  return static_cast<int>(bits & (~bits + 1));
+}
 
 // Blocks of `threads` threads covering n items.
 inline unsigned BlocksFor(int64_t n, int threads) {

@@ -93,14 +93,6 @@ unsigned CastBlocks(int64_t items) {
   return std::max(1u, std::min<unsigned>(BlocksFor(items, 256), 16384));
 }
 
-// Largest power of two (at most 256) that divides every address: cuBLASLt picks algorithms by
-// the alignment it is promised.
-int CommonAlignment(const void* a, const void* b, const void* c) {
-  const uintptr_t bits = reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(b) |
-                         reinterpret_cast<uintptr_t>(c) | 256;
-  return static_cast<int>(bits & (~bits + 1));
-}
-
 }  // namespace
 
 struct Blas::Plan {
@@ -210,8 +202,9 @@ void Blas::GemmBatched(bool trans_a, bool trans_b, int m, int n, int k, float al
     std::abort();
   }
   if (batch == 1) stride_a = stride_b = stride_c = 0;
+  const void* operands[] = {a, b, c};
   Plan* p = GetPlan(Key{trans_a, trans_b, m, n, k, lda, ldb, ldc, type == DType::kBF16 ? 1 : 0,
-                        CommonAlignment(a, b, c), batch, stride_a, stride_b, stride_c, c_type == DType::kBF16 ? 1 : 0,
+                        CommonAlignment(operands, 3), batch, stride_a, stride_b, stride_c, c_type == DType::kBF16 ? 1 : 0,
                         0});
   MOE_LT_CHECK(cublasLtMatmul(reinterpret_cast<cublasLtHandle_t>(handle_), p->desc, &alpha, b,
                               p->a, a, p->b, &beta, c, p->c, c, p->c, &p->algo, workspace_,

@@ -486,7 +486,6 @@ __device__ __forceinline__ float SigmoidF(float x) { return 1.0f / (1.0f + expf(
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
-// Two bf16 per thread; an odd tail element is done alone.
 // Eight bf16 as one 16-byte word and back.
 __device__ __forceinline__ void Unpack8(uint4 w, float* f) {
   const uint32_t words[4] = {w.x, w.y, w.z, w.w};
@@ -527,6 +526,7 @@ __global__ void SwigluForwardBf16Vec8Kernel(bf16* h, const bf16* g, const bf16* 
   }
 }
 
+// Two bf16 per thread; an odd tail element is done alone.
 __global__ void SwigluForwardBf16Kernel(bf16* h, const bf16* g, const bf16* u, int64_t n) {
   MOE_GRID_LOOP(i, n / 2) {
     const float2 gv = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(g)[i]);
@@ -620,12 +620,6 @@ __global__ void AccumulateBf16Kernel(float* out, const bf16* a, const bf16* b, i
 }
 
 // Whether every pointer is a multiple of `bytes` (null counts as aligned).
-bool Aligned(int bytes, std::initializer_list<const void*> ptrs) {
-  for (const void* p : ptrs) {
-    if (reinterpret_cast<uintptr_t>(p) % bytes != 0) return false;
-  }
-  return true;
-}
 
 unsigned ElementwiseBlocks(int64_t n) { return std::min<unsigned>(std::max(1u, BlocksFor(n, kThreads)), 8192); }
 
@@ -1071,10 +1065,7 @@ void GroupedBlas::PaddedWeightGrad(int experts, int cap, int m, int n, const bf1
 }
 
 void** GroupedBlas::Upload(const std::vector<const void*>& table, int count, int* align, cudaStream_t stream) {
-  // Largest power of two (at most 256) dividing every address: cuBLASLt picks by the alignment.
-  uintptr_t bits = 256;
-  for (const void* p : table) bits |= reinterpret_cast<uintptr_t>(p);
-  *align = static_cast<int>(bits & (~bits + 1));
+  *align = CommonAlignment(table.data(), table.size());
   // From pageable memory the copy is staged at once, so `table` may go; the calls are ordered
   // on `stream`, so one device table serves them all.
   void** ptrs = device_ptrs_;

@@ -353,10 +353,6 @@ __global__ void SwigluBackwardKernel(float* dg, float* du, const float* dh, cons
   }
 }
 
-__global__ void AddKernel(float* x, const float* y, int64_t n) {
-  MOE_GRID_STRIDE(i, n) { x[i] += y[i]; }
-}
-
 // out = x + y four at a time (16-byte aligned pointers), the n % 4 tail by block 0.
 __global__ void AddOutVec4Kernel(float* out, const float* x, const float* y, int64_t n) {
   const int64_t n4 = n / 4;
@@ -524,13 +520,6 @@ __global__ void SumKernel(double* out, const float* x, int64_t n) {
   }
 }
 
-// True when every pointer is a multiple of `bytes`.
-bool Aligned(int bytes, std::initializer_list<const void*> ptrs) {
-  for (const void* p : ptrs) {
-    if (reinterpret_cast<uintptr_t>(p) % bytes != 0) return false;
-  }
-  return true;
-}
 
 // Calls f(std::integral_constant<int, K>{}) for the smallest instantiated K >= vecs (vecs is at
 // most kRmsMaxVecs): the float4 vectors per lane of the register-resident RMSNorm kernels.
@@ -694,15 +683,9 @@ void SwigluBackward(float* dg, float* du, const float* dh, const float* g, const
   MOE_CUDA_LAUNCH_CHECK();
 }
 
-void Add(float* x, const float* y, int64_t n, cudaStream_t stream) {
-  if (n <= 0) return;
-  AddKernel<<<GridFor(n), kThreads, 0, stream>>>(x, y, n);
-  MOE_CUDA_LAUNCH_CHECK();
-}
-
 void AddOut(float* out, const float* x, const float* y, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
-  if ((reinterpret_cast<uintptr_t>(out) | reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(y)) % 16 == 0) {
+  if (Aligned(16, {out, x, y})) {
     AddOutVec4Kernel<<<GridFor(std::max<int64_t>(1, n / 4)), kThreads, 0, stream>>>(out, x, y, n);
   } else {
     AddOutKernel<<<GridFor(n), kThreads, 0, stream>>>(out, x, y, n);
@@ -749,9 +732,7 @@ void AdamWUpdate(float* param, bf16* param_bf16, const float* grad, float* m, fl
                  float lr, float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2,
                  float grad_scale, cudaStream_t stream) {
   if (n <= 0) return;
-  auto aligned = [](const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; };
-  if (aligned(param, 16) && aligned(grad, 16) && aligned(m, 16) && aligned(v, 16) &&
-      (param_bf16 == nullptr || aligned(param_bf16, 8))) {
+  if (Aligned(16, {param, grad, m, v}) && Aligned(8, {param_bf16})) {
     AdamWVec4Kernel<<<GridFor(std::max<int64_t>(1, n / 4)), kThreads, 0, stream>>>(
         param, param_bf16, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale);
   } else {

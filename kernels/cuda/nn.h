@@ -41,7 +41,6 @@ void SwigluBackward(float* dg, float* du, const float* dh, const float* g, const
                     bool accumulate, cudaStream_t stream);
 
 // x += y.
-void Add(float* x, const float* y, int64_t n, cudaStream_t stream);
 // out = x + y (n elements; out may not alias x or y).
 void AddOut(float* out, const float* x, const float* y, int64_t n, cudaStream_t stream);
 
