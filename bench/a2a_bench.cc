@@ -19,8 +19,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "kernels/cuda/common.h"
-#include "worker/comm_mpi.h"
-#include "worker/comm_nccl.h"
+#include "worker/parallel/comm_mpi.h"
+#include "worker/parallel/comm_nccl.h"
 
 namespace {
 

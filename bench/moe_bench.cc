@@ -22,10 +22,10 @@
 #include "absl/strings/numbers.h"
 #include "common/model_stats.h"
 #include "moe/v1/job.pb.h"
-#include "worker/comm_mpi.h"
-#include "worker/cuda_model.h"
-#include "worker/model_config.h"
-#include "worker/train_model.h"
+#include "worker/parallel/comm_mpi.h"
+#include "worker/model/cuda/cuda_model.h"
+#include "worker/model/model_config.h"
+#include "worker/train/make_model.h"
 
 #ifdef MOE_WITH_CUDA
 #include <cuda_profiler_api.h>
@@ -244,7 +244,8 @@ int main(int argc, char** argv) {
   std::uniform_int_distribution<int> tok(0, c->vocab - 1);
   std::vector<int32_t> x(n), y(n);
   std::vector<double> step_s, fwd_s, bwd_s, opt_s;
-  double ce = 0, a2a0 = 0, ar0 = 0;
+  double ce = 0;
+  moe::CommSeconds comm_s;  // over the measured steps
   for (int s = 0; s < warmup + steps; ++s) {
     for (int i = 0; i < n; ++i) {
       x[i] = tok(rng);
@@ -265,7 +266,7 @@ int main(int argc, char** argv) {
     const auto t1 = Clock::now();
     model.Backward();
     const auto t2 = Clock::now();
-    model.AllReduceDenseGrads(comm.get());
+    const moe::CommSeconds step_comm = model.ReduceGrads();
     double dense_sq = 0, expert_sq = 0;
     model.GradSquaredNorms(&dense_sq, &expert_sq);
     comm->AllReduceSum(&expert_sq, 1);
@@ -276,8 +277,9 @@ int main(int argc, char** argv) {
     if (profile && s == warmup) cudaProfilerStop();
 #endif
     ce = r.ce_sum / n;
-    if (s == warmup - 1 || (warmup == 0 && s == 0)) model.DeviceCommSeconds(&a2a0, &ar0);
     if (s >= warmup) {
+      comm_s.all_to_all += step_comm.all_to_all;
+      comm_s.all_reduce += step_comm.all_reduce;
       step_s.push_back(Seconds(t0, t3));
       fwd_s.push_back(Seconds(t0, t1));
       bwd_s.push_back(Seconds(t1, t2));
@@ -288,9 +290,8 @@ int main(int argc, char** argv) {
   for (double v : step_s) total += v;
   // The slowest rank sets the pace: its mean step, over all ranks' tokens.
   double mean_step = total / step_s.size();
-  double a2a1 = 0, ar1 = 0;
-  model.DeviceCommSeconds(&a2a1, &ar1);
-  double comm_ms[2] = {(a2a1 - a2a0) * 1e3 / step_s.size(), (ar1 - ar0) * 1e3 / step_s.size()};
+  double comm_ms[2] = {comm_s.all_to_all * 1e3 / step_s.size(), comm_s.all_reduce * 1e3 / step_s.size()};
+  const double peak_flops = model.PeakFlopsPerSecond();
   comm->AllReduceSum(comm_ms, 2);
   std::vector<float> steps_by_rank(static_cast<size_t>(W));
   const float mine = static_cast<float>(mean_step);
@@ -322,7 +323,7 @@ int main(int argc, char** argv) {
       "\"all_reduce_ms\": %.2f, \"a2a_mb_per_call\": %.1f, \"a2a_busbw_gbps\": %.1f, \"model_mem_gb\": %.2f, \"device_used_gb\": %.2f, \"ce\": %.4f}\n",
       c->name, device.c_str(), precision.c_str(), W, steps, static_cast<long long>(n) * W,
       static_cast<long long>(stats.active_params), static_cast<long long>(stats.total_params), stats.flops_per_token,
-      mean_step * 1e3, Median(step_s) * 1e3, tok_s, tok_s / W, tflops / W, tflops / W / 989.0, Median(fwd_s) * 1e3,
+      mean_step * 1e3, Median(step_s) * 1e3, tok_s, tok_s / W, tflops / W, peak_flops > 0 ? tflops * 1e12 / W / peak_flops : 0.0, Median(fwd_s) * 1e3,
       Median(bwd_s) * 1e3, Median(opt_s) * 1e3, a2a_ms, comm_ms[1] / W, a2a_bytes / 1048576.0, a2a_busbw,
       moe::CudaModelDeviceBytes(model) / 1073741824.0, used_gb, ce);
   return 0;

@@ -17,10 +17,10 @@
 #include "kernels/threads.h"
 #include "tests/support/mpi_env.h"
 #include "tests/support/test_jobs.h"
-#include "worker/comm_mpi.h"
-#include "worker/dataset.h"
-#include "worker/param_layout.h"
-#include "worker/trainer.h"
+#include "worker/parallel/comm_mpi.h"
+#include "worker/data/dataset.h"
+#include "worker/model/param_layout.h"
+#include "worker/train/trainer.h"
 
 namespace moe {
 namespace {

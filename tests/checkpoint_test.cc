@@ -1,6 +1,6 @@
 // Checkpoints and safetensors: round trip, keep-N pruning, crash safety (killed writers),
 // corruption and truncation detection, shape compatibility, and the safetensors byte layout.
-#include "worker/checkpoint.h"
+#include "worker/checkpoint/checkpoint.h"
 
 #include <signal.h>
 #include <sys/wait.h>

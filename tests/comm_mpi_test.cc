@@ -1,7 +1,7 @@
 // The MPI Communicator on 1, 2 and 4 ranks: inputs are built so that every exchanged value
 // is known exactly on every rank. FailureInjection.* and CommStandalone.* only run when
 // tests/rank_failure_test.cc starts this binary with their environment variables.
-#include "worker/comm_mpi.h"
+#include "worker/parallel/comm_mpi.h"
 
 #include <gtest/gtest.h>
 #include <mpi.h>

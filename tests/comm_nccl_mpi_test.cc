@@ -15,13 +15,13 @@
 #include <vector>
 
 #include "tests/support/mpi_env.h"
-#include "worker/comm_mpi.h"
+#include "worker/parallel/comm_mpi.h"
 
 #ifdef MOE_WITH_CUDA
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/common.h"
-#include "worker/comm_nccl.h"
+#include "worker/parallel/comm_nccl.h"
 #endif
 
 namespace moe {

@@ -14,10 +14,10 @@
 #include "tests/support/paths.h"
 #include "tests/support/test_jobs.h"
 #include "tests/support/training_runs.h"
-#include "worker/comm_mpi.h"
-#include "worker/comm_single.h"
-#include "worker/dataset.h"
-#include "worker/trainer.h"
+#include "worker/parallel/comm_mpi.h"
+#include "worker/parallel/comm_single.h"
+#include "worker/data/dataset.h"
+#include "worker/train/trainer.h"
 
 #ifdef MOE_WITH_CUDA
 #include <cuda_runtime.h>

@@ -18,7 +18,7 @@
 #include "moe/v1/worker.grpc.pb.h"
 #include "tests/support/daemon_harness.h"
 #include "tests/support/paths.h"
-#include "worker/reporter.h"
+#include "worker/report/reporter.h"
 
 namespace moe::testing {
 namespace {

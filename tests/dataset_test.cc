@@ -1,6 +1,6 @@
 // Dataset: nanoGPT-compatible char data and splits, the token cache (reuse, invalidation,
 // concurrent builders), pretokenized shards (raw and FineWeb), their errors, and SampleBatch.
-#include "worker/dataset.h"
+#include "worker/data/dataset.h"
 
 #include <sys/stat.h>
 #include <sys/wait.h>

@@ -13,11 +13,11 @@
 #include "tests/support/paths.h"
 #include "tests/support/test_jobs.h"
 #include "tests/support/training_runs.h"
-#include "worker/checkpoint.h"
-#include "worker/comm_mpi.h"
-#include "worker/comm_single.h"
-#include "worker/dataset.h"
-#include "worker/trainer.h"
+#include "worker/checkpoint/checkpoint.h"
+#include "worker/parallel/comm_mpi.h"
+#include "worker/parallel/comm_single.h"
+#include "worker/data/dataset.h"
+#include "worker/train/trainer.h"
 
 namespace moe {
 namespace {

@@ -7,8 +7,8 @@
 
 #include "gtest/gtest.h"
 #include "tests/support/test_jobs.h"
-#include "worker/comm_single.h"
-#include "worker/model.h"
+#include "worker/parallel/comm_single.h"
+#include "worker/model/cpu/model.h"
 
 namespace moe {
 namespace {

@@ -1,6 +1,6 @@
 // Tokenizers: nanoGPT char ids, GPT-2 BPE ids (checked against the gpt-3-encoder reference),
 // round trips, serialization, and the errors bad input gets.
-#include "worker/tokenizer.h"
+#include "worker/data/tokenizer.h"
 
 #include <filesystem>
 #include <string>

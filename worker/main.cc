@@ -15,12 +15,12 @@
 #include "common/job_spec.h"
 #include "google/protobuf/util/json_util.h"
 #include "kernels/threads.h"
-#include "worker/comm_mpi.h"
-#include "worker/dataset.h"
-#include "worker/generate.h"
-#include "worker/reporter.h"
-#include "worker/signals.h"
-#include "worker/trainer.h"
+#include "worker/parallel/comm_mpi.h"
+#include "worker/data/dataset.h"
+#include "worker/sample/generate.h"
+#include "worker/report/reporter.h"
+#include "worker/train/signals.h"
+#include "worker/train/trainer.h"
 
 namespace {
 

@@ -26,4 +26,27 @@ bool HaveGpu() {
   return n > 0;
 }
 
+double PeakDenseFlops(bool tensor_bf16) {
+  int dev = 0, sms = 0, khz = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  // Dense FLOPs per SM per clock (an FMA is two), from the architectures' published peaks.
+  double per_sm = 0;
+  if (tensor_bf16) {
+    if (major == 8) per_sm = minor == 0 ? 2048 : 1024;  // A100; Ampere/Ada consumer and workstation
+    if (major == 9) per_sm = 4096;                      // Hopper
+    if (major == 10) per_sm = 8192;                     // Blackwell data center
+  } else {
+    if (major == 8) per_sm = minor == 0 ? 128 : 256;  // 64 or 128 fp32 lanes
+    if (major == 9 || major == 10) per_sm = 256;
+  }
+  return per_sm * sms * khz * 1e3;
+}
+
 }  // namespace moe::cuda

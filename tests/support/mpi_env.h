@@ -10,7 +10,7 @@
 
 #include <gtest/gtest.h>
 
-#include "worker/comm.h"
+#include "worker/parallel/comm.h"
 
 namespace moe::testing {
 

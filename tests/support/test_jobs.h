@@ -5,7 +5,7 @@
 #include <string>
 
 #include "moe/v1/job.pb.h"
-#include "worker/model_config.h"
+#include "worker/model/model_config.h"
 
 namespace moe::testing {
 

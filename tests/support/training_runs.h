@@ -6,9 +6,9 @@
 #include <vector>
 
 #include "moe/v1/job.pb.h"
-#include "worker/comm.h"
-#include "worker/dataset.h"
-#include "worker/trainer.h"
+#include "worker/parallel/comm.h"
+#include "worker/data/dataset.h"
+#include "worker/train/trainer.h"
 
 namespace moe::testing {
 

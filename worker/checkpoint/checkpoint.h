@@ -1,0 +1,62 @@
+// Checkpoints: dir/step_<8-digit step>/ written atomically (temp dir + rename, manifest with
+// per-file size and XXH64 checksum), found again after a crash, read back with every byte checked.
+// Files of one checkpoint:
+//   model.safetensors      weights (MODEL.md names), loadable by safetensors.torch.load_file
+//   optimizer.safetensors  every "adam_*" tensor (AdamW m and v)
+//   spec.json              the JobSpec it was trained with (protobuf JSON)
+//   tokenizer.txt          Tokenizer::Serialize(), empty for pretokenized data
+//   meta.json              Checkpoint::meta as a JSON object of strings
+//   MANIFEST               written last: format, step, and "file <name> <size> <xxh64>" lines
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "worker/checkpoint/safetensors.h"
+
+namespace moe {
+
+struct Checkpoint {
+  int64_t step = 0;                 // optimizer steps done
+  std::string spec_json;            // the JobSpec (protobuf JSON) it was trained with
+  std::string tokenizer;            // Tokenizer::Serialize(), "" for pretokenized
+  // Model weights by MODEL.md names, plus "adam_m.<name>", "adam_v.<name>". ReadCheckpoint
+  // returns the weights first (in written order), then the adam_* tensors (in written order).
+  std::vector<NamedTensor> tensors;
+  std::map<std::string, std::string> meta;  // anything else (e.g. rng, world size, best val loss)
+};
+
+// Writes dir/step_<8-digit step>/ atomically: files into a temp dir, fsync, manifest last, then
+// rename the directory into place (replacing an older checkpoint of the same step atomically).
+// Keeps the newest `keep` complete checkpoints and deletes older ones (keep <= 0 keeps all), and
+// removes temp dirs that crashed writers of this host left behind.
+absl::Status WriteCheckpoint(const std::string& dir, const Checkpoint& ckpt, int keep);
+
+// Newest complete checkpoint under dir (NotFound if none): a step_XXXXXXXX directory whose
+// manifest parses and whose files exist with the listed sizes. Temp dirs are ignored.
+absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir);
+
+// Reads and verifies (manifest, sizes, checksums, safetensors headers, shapes); a corrupt,
+// truncated or foreign file is InvalidArgument/DataLoss naming the file and what is wrong.
+absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path);
+
+// OK when every expected (name, shape) is in the checkpoint with that shape and the checkpoint
+// holds no other weight (adam_* tensors aside); otherwise names the first mismatch and both shapes.
+absl::Status CheckCompatible(const Checkpoint& ckpt,
+                             const std::vector<std::pair<std::string, std::vector<int64_t>>>& expected);
+
+// XXH64 (seed 0) of a buffer: the manifest checksum, also used by the dataset token cache.
+uint64_t Xxh64(const void* data, size_t len, uint64_t seed = 0);
+
+// Test hook: called with the name of each stage WriteCheckpoint reaches ("temp_dir",
+// "file:<name>" after each file, "manifest", "renamed"), so a test can kill the writer there.
+void SetCheckpointTestHook(void (*hook)(std::string_view stage));
+
+}  // namespace moe

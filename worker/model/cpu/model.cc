@@ -1,0 +1,208 @@
+#include "worker/model/cpu/model.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+
+#include "kernels/adamw.h"
+#include "kernels/attention.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/dropout.h"
+#include "kernels/embedding.h"
+#include "kernels/matmul.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+
+namespace moe {
+namespace {
+
+void Add(float* x, const float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+}  // namespace
+
+Model::Model(const ModelConfig& cfg, Communicator* comm)
+    : cfg_(cfg), comm_(comm), layout_(cfg, comm->rank(), comm->world_size()) {
+  params_.assign(layout_.total(), 0.f);
+  grads_.assign(layout_.total(), 0.f);
+  adam_m_.assign(layout_.total(), 0.f);
+  adam_v_.assign(layout_.total(), 0.f);
+  for (int l = 0; l < cfg.layers; ++l) moe_layers_.push_back(std::make_unique<MoeLayer>(cfg, comm));
+  acts_.resize(cfg.layers);
+}
+
+void Model::InitParams(uint64_t seed) {
+  layout_.Initialize(params_.data(), seed);
+  std::fill(adam_m_.begin(), adam_m_.end(), 0.f);
+  std::fill(adam_v_.begin(), adam_v_.end(), 0.f);
+}
+
+void Model::ZeroGrads() {
+  std::fill(grads_.begin(), grads_.end(), 0.f);
+  comm_at_step_start_ = {comm_->all_to_all_seconds(), comm_->all_reduce_seconds()};
+}
+
+CommSeconds Model::ReduceGrads() {
+  comm_->AllReduceSum(grads_.data(), layout_.dense_size());
+  return {comm_->all_to_all_seconds() - comm_at_step_start_.all_to_all,
+          comm_->all_reduce_seconds() - comm_at_step_start_.all_reduce};
+}
+
+int64_t Model::PeakMemoryBytes() const {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports kilobytes
+}
+
+void Model::GradSquaredNorms(double* dense_sq, double* expert_sq) {
+  const int64_t dense = layout_.dense_size();
+  *dense_sq = kernels::SquaredNorm(grads_.data(), dense);
+  *expert_sq = kernels::SquaredNorm(grads_.data() + dense, layout_.total() - dense);
+}
+
+void Model::AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) {
+  for (const ParamInfo& info : layout_.params()) {
+    kernels::AdamWConfig c;
+    c.lr = static_cast<float>(lr);
+    c.weight_decay = info.decay ? static_cast<float>(weight_decay) : 0.f;
+    kernels::AdamWUpdate(params_.data() + info.offset, grads_.data() + info.offset,
+                         adam_m_.data() + info.offset, adam_v_.data() + info.offset, info.size, c,
+                         step, clip_scale);
+  }
+}
+
+void Model::CopyToHost(ParamSet set, std::vector<float>* out) {
+  switch (set) {
+    case ParamSet::kParams: *out = params_; break;
+    case ParamSet::kAdamM: *out = adam_m_; break;
+    case ParamSet::kAdamV: *out = adam_v_; break;
+    case ParamSet::kGrads: *out = grads_; break;
+  }
+}
+
+void Model::CopyFromHost(ParamSet set, const std::vector<float>& in) {
+  std::vector<float>& dst = set == ParamSet::kParams ? params_
+                            : set == ParamSet::kAdamM  ? adam_m_
+                            : set == ParamSet::kAdamV  ? adam_v_
+                                                       : grads_;
+  std::copy(in.begin(), in.begin() + std::min(in.size(), dst.size()), dst.begin());
+}
+
+ForwardResult Model::Forward(const int32_t* idx, const int32_t* targets, int b,
+                             const BatchContext& ctx) {
+  const int T = cfg_.seq_len, D = cfg_.d, V = cfg_.vocab, H = cfg_.heads, Hkv = cfg_.kv_heads;
+  const int hd = cfg_.head_dim, C3 = cfg_.qkv_dim();
+  const int n = b * T;
+  const size_t nd = static_cast<size_t>(n) * D;
+  const float p_drop = ctx.train ? cfg_.dropout : 0.f;
+  const uint64_t offset = static_cast<uint64_t>(ctx.first_token) * D;
+  ModelTensors w = layout_.Bind(params_.data());
+  ctx_ = ctx;
+  b_ = b;
+  idx_.assign(idx, idx + n);
+  targets_.assign(targets, targets + n);
+
+  ForwardResult result;
+  std::vector<float> x(nd), tmp(nd);
+  kernels::EmbeddingForward(x.data(), idx, w.wte, n, D);
+  kernels::DropoutForward(x.data(), x.data(), nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 0), offset);
+
+  for (int l = 0; l < cfg_.layers; ++l) {
+    BlockActs& a = acts_[l];
+    const BlockTensors& bw = w.blocks[l];
+    // Attention: x += dropout(attn(RMSNorm(x)) @ wo^T)
+    a.x_in = x;
+    a.attn_in.resize(nd);
+    a.attn_rstd.resize(n);
+    kernels::RmsNormForward(a.attn_in.data(), a.attn_rstd.data(), x.data(), bw.attn_norm, n, D);
+    a.qkv.resize(static_cast<size_t>(n) * C3);
+    kernels::LinearForward(a.qkv.data(), a.attn_in.data(), bw.wqkv, n, D, C3);
+    kernels::RopeForward(a.qkv.data(), b, T, H, Hkv, hd);
+    a.attn_y.resize(nd);
+    a.attn_lse.resize(static_cast<size_t>(b) * H * T);
+    kernels::AttentionForward(a.attn_y.data(), a.attn_lse.data(), a.qkv.data(), b, T, H, Hkv, hd);
+    kernels::LinearForward(tmp.data(), a.attn_y.data(), bw.wo, n, D, D);
+    kernels::DropoutForward(tmp.data(), tmp.data(), nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset);
+    Add(x.data(), tmp.data(), nd);
+
+    // MoE: x += dropout(MoE(RMSNorm(x)))
+    a.x_mid = x;
+    a.moe_in.resize(nd);
+    a.moe_rstd.resize(n);
+    kernels::RmsNormForward(a.moe_in.data(), a.moe_rstd.data(), x.data(), bw.moe_norm, n, D);
+    MoeLayerForwardStats stats;
+    moe_layers_[l]->Forward(a.moe_in.data(), bw, n, ctx.global_tokens, ctx.loss_scale, tmp.data(), &stats);
+    kernels::DropoutForward(tmp.data(), tmp.data(), nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 2 + 2 * l), offset);
+    Add(x.data(), tmp.data(), nd);
+    result.aux_loss += stats.aux_loss;
+    result.z_loss += stats.z_loss;
+    result.layers.push_back(std::move(stats));
+  }
+
+  // Head: logits = RMSNorm(x) @ wte^T (or lm_head^T), then CE.
+  x_final_ = std::move(x);
+  final_out_.resize(nd);
+  final_rstd_.resize(n);
+  kernels::RmsNormForward(final_out_.data(), final_rstd_.data(), x_final_.data(), w.final_norm, n, D);
+  logits_.resize(static_cast<size_t>(n) * V);
+  kernels::LinearForward(logits_.data(), final_out_.data(), w.lm_head, n, D, V);
+  ce_losses_.resize(n);
+  ce_lse_.resize(n);
+  result.ce_sum = kernels::CrossEntropyForward(ce_losses_.data(), ce_lse_.data(), logits_.data(),
+                                               targets, n, V);
+  return result;
+}
+
+void Model::Backward() {
+  const int b = b_, T = cfg_.seq_len, D = cfg_.d, V = cfg_.vocab, H = cfg_.heads;
+  const int Hkv = cfg_.kv_heads, hd = cfg_.head_dim, C3 = cfg_.qkv_dim();
+  const int n = b * T;
+  const size_t nd = static_cast<size_t>(n) * D;
+  const float p_drop = ctx_.train ? cfg_.dropout : 0.f;
+  const uint64_t offset = static_cast<uint64_t>(ctx_.first_token) * D;
+  ModelTensors w = layout_.Bind(params_.data());
+  ModelTensors g = layout_.Bind(grads_.data());
+
+  // Head: dlogits overwrite the logits in place.
+  kernels::CrossEntropyBackward(logits_.data(), logits_.data(), ce_lse_.data(), targets_.data(),
+                                ctx_.loss_scale, n, V);
+  std::vector<float> dnorm(nd, 0.f), dx(nd, 0.f), dtmp(nd);
+  kernels::LinearBackward(dnorm.data(), g.lm_head, logits_.data(), final_out_.data(), w.lm_head, n, D, V);
+  kernels::RmsNormBackward(dx.data(), g.final_norm, dnorm.data(), x_final_.data(), w.final_norm,
+                           final_rstd_.data(), n, D);
+
+  std::vector<float> dqkv;
+  for (int l = cfg_.layers - 1; l >= 0; --l) {
+    BlockActs& a = acts_[l];
+    const BlockTensors& bw = w.blocks[l];
+    const BlockTensors& bg = g.blocks[l];
+    // MoE branch: dx flows to the residual unchanged and through dropout -> MoE -> RMSNorm.
+    std::fill(dtmp.begin(), dtmp.end(), 0.f);
+    kernels::DropoutBackward(dtmp.data(), dx.data(), nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 2 + 2 * l), offset);
+    std::fill(dnorm.begin(), dnorm.end(), 0.f);
+    moe_layers_[l]->Backward(dtmp.data(), a.moe_in.data(), bw, bg, dnorm.data());
+    kernels::RmsNormBackward(dx.data(), bg.moe_norm, dnorm.data(), a.x_mid.data(), bw.moe_norm,
+                             a.moe_rstd.data(), n, D);
+
+    // Attention branch.
+    std::fill(dtmp.begin(), dtmp.end(), 0.f);
+    kernels::DropoutBackward(dtmp.data(), dx.data(), nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 1 + 2 * l), offset);
+    std::vector<float>& dattn_y = dnorm;  // reuse: (n, D)
+    std::fill(dattn_y.begin(), dattn_y.end(), 0.f);
+    kernels::LinearBackward(dattn_y.data(), bg.wo, dtmp.data(), a.attn_y.data(), bw.wo, n, D, D);
+    dqkv.assign(static_cast<size_t>(n) * C3, 0.f);
+    kernels::AttentionBackward(dqkv.data(), dattn_y.data(), a.attn_y.data(), a.attn_lse.data(),
+                               a.qkv.data(), b, T, H, Hkv, hd);
+    kernels::RopeBackward(dqkv.data(), b, T, H, Hkv, hd);
+    std::fill(dtmp.begin(), dtmp.end(), 0.f);
+    kernels::LinearBackward(dtmp.data(), bg.wqkv, dqkv.data(), a.attn_in.data(), bw.wqkv, n, D, C3);
+    kernels::RmsNormBackward(dx.data(), bg.attn_norm, dtmp.data(), a.x_in.data(), bw.attn_norm,
+                             a.attn_rstd.data(), n, D);
+  }
+  std::fill(dtmp.begin(), dtmp.end(), 0.f);
+  kernels::DropoutBackward(dtmp.data(), dx.data(), nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 0), offset);
+  kernels::EmbeddingBackward(g.wte, dtmp.data(), idx_.data(), n, D);
+}
+
+}  // namespace moe

@@ -1,0 +1,66 @@
+// The MoE GPT of MODEL.md on one rank: parameters, gradients, forward and backward over this
+// rank's share of a micro-batch. Expert-parallel layers talk to other ranks through the
+// Communicator; everything else is local. The trainer owns the optimizer and the reductions.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "worker/parallel/comm.h"
+#include "worker/model/model_config.h"
+#include "worker/model/cpu/moe_layer.h"
+#include "worker/model/param_layout.h"
+#include "worker/model/train_model.h"
+
+namespace moe {
+
+class Model final : public TrainModel {
+ public:
+  Model(const ModelConfig& cfg, Communicator* comm);
+
+  const ModelConfig& config() const override { return cfg_; }
+  const ParamLayout& layout() const override { return layout_; }
+  std::vector<float>& params() override { return params_; }
+  std::vector<float>& grads() { return grads_; }
+  void InitParams(uint64_t seed) override;
+  void ZeroGrads() override;
+
+  // idx, targets (b, T) token ids of this rank's sequences.
+  ForwardResult Forward(const int32_t* idx, const int32_t* targets, int b,
+                        const BatchContext& ctx) override;
+  // Accumulates parameter gradients of ce * loss_scale + aux + z for the last Forward.
+  void Backward() override;
+
+  CommSeconds ReduceGrads() override;
+  int64_t PeakMemoryBytes() const override;
+  void GradSquaredNorms(double* dense_sq, double* expert_sq) override;
+  void AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) override;
+  void CopyToHost(ParamSet set, std::vector<float>* out) override;
+  void CopyFromHost(ParamSet set, const std::vector<float>& in) override;
+  // Logits (b*T, V) of the last forward pass (valid until Backward, which overwrites them).
+  const std::vector<float>& logits() const { return logits_; }
+
+ private:
+  struct BlockActs {
+    std::vector<float> x_in, attn_in, attn_rstd, qkv, attn_y, attn_lse;
+    std::vector<float> x_mid, moe_in, moe_rstd;
+  };
+
+  ModelConfig cfg_;
+  Communicator* comm_;
+  ParamLayout layout_;
+  std::vector<float> params_, grads_;
+  std::vector<float> adam_m_, adam_v_;  // AdamW moments, same layout
+  std::vector<std::unique_ptr<MoeLayer>> moe_layers_;
+  CommSeconds comm_at_step_start_;  // comm_'s clocks at ZeroGrads
+
+  // Saved by Forward for Backward.
+  BatchContext ctx_;
+  int b_ = 0;
+  std::vector<int32_t> idx_, targets_;
+  std::vector<BlockActs> acts_;
+  std::vector<float> x_final_, final_out_, final_rstd_, logits_, ce_lse_, ce_losses_;
+};
+
+}  // namespace moe

@@ -1,0 +1,26 @@
+#include "worker/model/model_config.h"
+
+namespace moe {
+
+ModelConfig ModelConfig::FromSpec(const moe::v1::JobSpec& spec, int vocab_size) {
+  const auto& m = spec.model();
+  ModelConfig c;
+  c.vocab = m.vocab_size() > 0 ? m.vocab_size() : vocab_size;
+  c.d = m.d_model();
+  c.layers = m.n_layers();
+  c.heads = m.n_heads();
+  c.kv_heads = m.n_kv_heads() > 0 ? m.n_kv_heads() : m.n_heads();
+  c.head_dim = c.d / c.heads;
+  c.seq_len = m.seq_len();
+  c.experts = m.moe().num_experts() > 0 ? m.moe().num_experts() : 1;
+  c.top_k = c.experts > 1 ? m.moe().top_k() : 1;
+  c.ffn = m.moe().expert_hidden() > 0 ? m.moe().expert_hidden() : 4 * c.d;
+  c.tied = m.tie_embeddings();
+  c.dropout = static_cast<float>(m.dropout());
+  c.capacity_factor = m.moe().capacity_factor();
+  c.aux_coef = c.experts > 1 ? m.moe().aux_loss_coef() : 0;
+  c.z_coef = c.experts > 1 ? m.moe().z_loss_coef() : 0;
+  return c;
+}
+
+}  // namespace moe

@@ -1,0 +1,71 @@
+// Where every parameter lives in one flat buffer (the same layout serves weights, gradients and
+// AdamW moments): replicated ("dense") parameters first, then this rank's expert shard, so the
+// dense gradients are one contiguous range to all-reduce.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "worker/model/model_config.h"
+
+namespace moe {
+
+struct ParamInfo {
+  std::string name;                   // reference_moe.py state_dict name
+  std::vector<int64_t> shape;         // on this rank (experts: E_local leading)
+  std::vector<int64_t> global_shape;  // as in the checkpoint (experts: E leading)
+  int64_t offset = 0;                 // floats from the start of the buffer
+  int64_t size = 0;                   // floats on this rank
+  bool decay = false;                 // weight decay: 2-D and 3-D weights only
+  bool expert = false;                // sharded over ranks by the leading expert index
+  float init_std = 0;                 // N(0, std); 0 means ones (norm weights)
+};
+
+// Pointers into one flat buffer, by role. Shapes are the local ones.
+struct BlockTensors {
+  float* attn_norm;  // (D)
+  float* wqkv;       // ((H + 2 H_kv) hd, D)
+  float* wo;         // (D, D)
+  float* moe_norm;   // (D)
+  float* router;     // (E, D); null when dense
+  float* w1;         // (E_local, D, F)
+  float* w3;         // (E_local, D, F)
+  float* w2;         // (E_local, F, D)
+};
+struct ModelTensors {
+  float* wte;         // (V, D)
+  float* lm_head;     // (V, D): wte when tied
+  float* final_norm;  // (D)
+  std::vector<BlockTensors> blocks;
+};
+
+class ParamLayout {
+ public:
+  ParamLayout(const ModelConfig& cfg, int rank, int world);
+
+  const std::vector<ParamInfo>& params() const { return params_; }
+  int64_t total() const { return total_; }
+  int64_t dense_size() const { return dense_size_; }  // [0, dense_size) is replicated
+  int expert_begin() const { return expert_begin_; }  // first global expert index on this rank
+  int experts_local() const { return experts_local_; }
+  const ParamInfo* Find(const std::string& name) const;
+
+  ModelTensors Bind(float* base) const;
+
+  // Fills weights per MODEL.md's init, from a counter-based RNG keyed by (seed, name, global
+  // element index): the same model for any number of ranks.
+  void Initialize(float* base, uint64_t seed) const;
+
+ private:
+  void Add(const std::string& name, std::vector<int64_t> global_shape, bool expert, float init_std);
+
+  ModelConfig cfg_;
+  int rank_, world_;
+  int expert_begin_ = 0, experts_local_ = 1;
+  std::vector<ParamInfo> params_;
+  int64_t total_ = 0;
+  int64_t dense_size_ = 0;
+};
+
+}  // namespace moe

@@ -1,0 +1,341 @@
+// Reporter: one background thread owns the gRPC stream. Queued items stay in memory until moed
+// acknowledges them (LastLogSeq on every (re)connect and every few seconds), so a moed restart
+// loses nothing the queue could hold and duplicates nothing (moed skips seqs it has).
+#include "worker/report/reporter.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "moe/v1/worker.grpc.pb.h"
+
+namespace moe {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr size_t kMaxLogLines = 20000;
+constexpr size_t kMaxMetrics = 2000;
+constexpr auto kHeartbeatEvery = std::chrono::seconds(2);
+constexpr auto kAckEvery = std::chrono::seconds(5);
+constexpr auto kMaxBackoff = std::chrono::milliseconds(2000);
+constexpr auto kCloseDeadline = std::chrono::seconds(3);
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+bool Permanent(grpc::StatusCode code) {
+  return code == grpc::StatusCode::NOT_FOUND || code == grpc::StatusCode::FAILED_PRECONDITION ||
+         code == grpc::StatusCode::UNAUTHENTICATED || code == grpc::StatusCode::INVALID_ARGUMENT ||
+         code == grpc::StatusCode::PERMISSION_DENIED;
+}
+
+}  // namespace
+
+struct Reporter::Impl {
+  ReporterOptions opts;
+  bool enabled = false;
+
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  std::deque<moe::v1::LogLine> logs;        // unconfirmed, oldest first
+  size_t logs_sent = 0;                     // how many at the front went out on this stream
+  std::deque<moe::v1::MetricPoint> metrics;  // unconfirmed
+  size_t metrics_sent = 0;
+  int64_t next_seq = 1;
+  int64_t step = 0;
+  int64_t dropped = 0;
+  bool logs_wanted = true;  // false once moed says it reads our output itself
+  bool closing = false;
+  bool done = false;
+  bool gave_up = false;
+  bool is_connected = false;
+  grpc::ClientContext* live_ctx = nullptr;  // to cancel a stuck final flush
+
+  std::thread thread;
+
+  moe::v1::WorkerHello Hello() const {
+    moe::v1::WorkerHello h;
+    h.set_job_id(opts.job_id);
+    h.set_rank(opts.rank);
+    h.set_world_size(opts.world_size);
+    h.set_attempt(opts.attempt);
+    char host[256] = {};
+    gethostname(host, sizeof(host) - 1);
+    h.set_host(host);
+    h.set_pid(static_cast<int>(getpid()));
+    return h;
+  }
+
+  void AddAuth(grpc::ClientContext& ctx) const {
+    if (!opts.token.empty()) ctx.AddMetadata("authorization", "Bearer " + opts.token);
+  }
+
+  // Drops what moed acknowledged.
+  void ApplyAck(const moe::v1::ReportAck& ack) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (ack.logs_from_output()) {
+      logs_wanted = false;
+      logs.clear();
+      logs_sent = 0;
+    }
+    while (!logs.empty() && logs.front().seq() <= ack.last_log_seq()) {
+      logs.pop_front();
+      if (logs_sent > 0) --logs_sent;
+    }
+    while (!metrics.empty() && metrics.front().step() <= ack.last_metric_step()) {
+      metrics.pop_front();
+      if (metrics_sent > 0) --metrics_sent;
+    }
+  }
+
+  void GiveUp(const grpc::Status& s) {
+    std::fprintf(stderr, "moe-worker rank %d: moed refused reports (%s); training goes on\n",
+                 opts.rank, s.error_message().c_str());
+    std::lock_guard<std::mutex> lock(mu);
+    gave_up = true;
+    logs.clear();
+    metrics.clear();
+  }
+
+  // Asks moed what it has stored; false when moed cannot be reached.
+  bool Ack(moe::v1::WorkerReportService::Stub& stub, grpc::Status* status) {
+    grpc::ClientContext ctx;
+    AddAuth(ctx);
+    // Wait for the channel to connect (within the deadline) instead of failing fast on a
+    // cached connect error: moed may be back already.
+    ctx.set_wait_for_ready(true);
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    moe::v1::ReportAck ack;
+    *status = stub.LastLogSeq(&ctx, Hello(), &ack);
+    if (!status->ok()) return false;
+    ApplyAck(ack);
+    return true;
+  }
+
+  void Run() {
+    // Reconnect quickly when moed comes back (gRPC's default backoff grows from 1 s to 120 s).
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    auto channel = grpc::CreateCustomChannel(opts.moed_address,
+                                             grpc::InsecureChannelCredentials(), args);
+    auto stub = moe::v1::WorkerReportService::NewStub(channel);
+    auto backoff = std::chrono::milliseconds(100);
+    Clock::time_point close_by = Clock::time_point::max();
+    bool outage = false;
+    while (true) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (gave_up || (closing && Clock::now() >= close_by)) break;
+        if (closing && close_by == Clock::time_point::max()) close_by = Clock::now() + kCloseDeadline;
+      }
+      grpc::Status status;
+      if (!Ack(*stub, &status)) {
+        if (Permanent(status.error_code())) {
+          GiveUp(status);
+          break;
+        }
+        if (!outage) {  // one line per outage, for the rank's log
+          std::fprintf(stderr, "moe-worker rank %d: cannot reach moed at %s (%s), retrying\n",
+                       opts.rank, opts.moed_address.c_str(), status.error_message().c_str());
+          outage = true;
+        }
+        std::unique_lock<std::mutex> lock(mu);
+        if (closing && logs.empty() && metrics.empty()) break;
+        cv.wait_for(lock, backoff, [&] { return closing && Clock::now() >= close_by; });
+        backoff = std::min(backoff * 2, kMaxBackoff);
+        continue;
+      }
+      if (outage) {
+        std::fprintf(stderr, "moe-worker rank %d: reconnected to moed\n", opts.rank);
+        outage = false;
+      }
+      backoff = std::chrono::milliseconds(100);
+      status = Stream(*stub, close_by);
+      if (status.ok()) break;  // closed cleanly after a flush
+      if (Permanent(status.error_code())) {
+        GiveUp(status);
+        break;
+      }
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    done = true;
+    is_connected = false;
+    cv.notify_all();
+  }
+
+  // One stream: hello, then everything queued, heartbeats, periodic acks. Returns OK only when
+  // closing and all was sent.
+  grpc::Status Stream(moe::v1::WorkerReportService::Stub& stub, Clock::time_point& close_by) {
+    grpc::ClientContext ctx;
+    AddAuth(ctx);
+    moe::v1::ReportAck ack;
+    std::unique_ptr<grpc::ClientWriter<moe::v1::WorkerReport>> writer =
+        stub.Report(&ctx, &ack);
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      live_ctx = &ctx;
+      logs_sent = 0;  // resend what is unconfirmed
+      metrics_sent = 0;
+      is_connected = true;
+    }
+    auto finish = [&]() {
+      grpc::Status s = writer->Finish();
+      std::lock_guard<std::mutex> lock(mu);
+      live_ctx = nullptr;
+      is_connected = false;
+      return s;
+    };
+    moe::v1::WorkerReport hello;
+    *hello.mutable_hello() = Hello();
+    if (!writer->Write(hello)) return finish();
+    Clock::time_point next_beat = Clock::now();
+    Clock::time_point next_ack = Clock::now() + kAckEvery;
+    while (true) {
+      std::vector<moe::v1::WorkerReport> batch;
+      bool flush_and_stop = false;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait_until(lock, std::min(next_beat, next_ack), [&] {
+          return closing || logs_sent < logs.size() || metrics_sent < metrics.size();
+        });
+        if (closing && close_by == Clock::time_point::max()) close_by = Clock::now() + kCloseDeadline;
+        for (; metrics_sent < metrics.size(); ++metrics_sent) {
+          *batch.emplace_back().mutable_metrics() = metrics[metrics_sent];
+        }
+        for (; logs_sent < logs.size(); ++logs_sent) {
+          *batch.emplace_back().mutable_log() = logs[logs_sent];
+        }
+        if (Clock::now() >= next_beat) {
+          moe::v1::Heartbeat* hb = batch.emplace_back().mutable_heartbeat();
+          hb->set_step(step);
+          hb->set_unix_ms(NowMs());
+          next_beat = Clock::now() + kHeartbeatEvery;
+        }
+        flush_and_stop = closing;
+      }
+      for (const moe::v1::WorkerReport& r : batch) {
+        if (!writer->Write(r)) return finish();
+      }
+      if (flush_and_stop) {
+        writer->WritesDone();
+        grpc::Status s = finish();
+        if (s.ok()) ApplyAck(ack);
+        std::lock_guard<std::mutex> lock(mu);
+        const bool all_sent = logs_sent >= logs.size() && metrics_sent >= metrics.size();
+        if (s.ok() && all_sent) return grpc::Status::OK;
+        if (Clock::now() >= close_by) return grpc::Status::OK;  // out of time: give up quietly
+        return s.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "more to send") : s;
+      }
+      if (Clock::now() >= next_ack) {
+        grpc::Status s;
+        Ack(stub, &s);  // trims the queue; a failure shows up on the stream soon enough
+        next_ack = Clock::now() + kAckEvery;
+      }
+    }
+  }
+};
+
+Reporter::Reporter(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+std::unique_ptr<Reporter> Reporter::Create(const ReporterOptions& opts) {
+  auto impl = std::make_unique<Impl>();
+  impl->opts = opts;
+  if (impl->opts.token.empty()) {
+    if (const char* t = std::getenv("MOE_TOKEN")) impl->opts.token = t;
+  }
+  impl->enabled = !opts.moed_address.empty();
+  std::unique_ptr<Reporter> r(new Reporter(std::move(impl)));
+  if (r->impl_->enabled) {
+    Impl* p = r->impl_.get();
+    p->thread = std::thread([p] { p->Run(); });
+  }
+  return r;
+}
+
+Reporter::~Reporter() { Close(); }
+
+void Reporter::Log(const std::string& line) {
+  if (!impl_->enabled) return;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (!impl_->logs_wanted || impl_->gave_up || impl_->closing) return;
+    if (impl_->logs.size() >= kMaxLogLines) {
+      if (impl_->logs_sent > 0) {
+        --impl_->logs_sent;  // sent, just not yet confirmed
+      } else {
+        ++impl_->dropped;
+      }
+      impl_->logs.pop_front();
+    }
+    moe::v1::LogLine& l = impl_->logs.emplace_back();
+    l.set_rank(impl_->opts.rank);
+    l.set_seq(impl_->next_seq++);
+    l.set_unix_ms(NowMs());
+    l.set_text(line);
+  }
+  impl_->cv.notify_all();
+}
+
+void Reporter::Metrics(const moe::v1::MetricPoint& point) {
+  if (!impl_->enabled) return;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (impl_->gave_up || impl_->closing) return;
+    if (impl_->metrics.size() >= kMaxMetrics) {
+      if (impl_->metrics_sent > 0) --impl_->metrics_sent;
+      impl_->metrics.pop_front();
+    }
+    impl_->metrics.push_back(point);
+    if (impl_->metrics.back().unix_ms() == 0) impl_->metrics.back().set_unix_ms(NowMs());
+    impl_->step = std::max(impl_->step, point.step());
+  }
+  impl_->cv.notify_all();
+}
+
+void Reporter::SetStep(int64_t step) {
+  if (!impl_->enabled) return;
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  impl_->step = step;
+}
+
+void Reporter::Close() {
+  if (!impl_->enabled || !impl_->thread.joinable()) return;
+  {
+    std::unique_lock<std::mutex> lock(impl_->mu);
+    impl_->closing = true;
+    impl_->cv.notify_all();
+    if (!impl_->cv.wait_for(lock, kCloseDeadline + std::chrono::seconds(1),
+                            [&] { return impl_->done; })) {
+      if (impl_->live_ctx != nullptr) impl_->live_ctx->TryCancel();
+    }
+  }
+  impl_->thread.join();
+}
+
+int64_t Reporter::dropped_lines() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->dropped;
+}
+
+bool Reporter::connected() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->is_connected;
+}
+
+}  // namespace moe

@@ -1,0 +1,130 @@
+#include "worker/sample/generate.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/json_util.h"
+#include "moe/v1/job.pb.h"
+#include "worker/checkpoint/checkpoint.h"
+#include "common/files.h"
+#include "worker/parallel/comm_single.h"
+#include "worker/data/dataset.h"
+#include "worker/model/cpu/model.h"
+#include "worker/data/tokenizer.h"
+
+namespace moe {
+
+namespace {
+
+// A one-rank model holding a checkpoint's weights, with its spec and tokenizer.
+struct LoadedModel {
+  moe::v1::JobSpec spec;
+  std::unique_ptr<Tokenizer> tokenizer;  // null for pretokenized data
+  std::unique_ptr<Communicator> comm;
+  std::unique_ptr<Model> model;
+};
+
+absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint) {
+  std::string path = checkpoint;
+  if (absl::StatusOr<std::string> latest = LatestCheckpoint(path); latest.ok()) path = *latest;
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(path);
+  if (!ckpt.ok()) return ckpt.status();
+  LoadedModel m;
+  if (!google::protobuf::util::JsonStringToMessage(ckpt->spec_json, &m.spec).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", path, " holds no readable job spec"));
+  }
+  int vocab = m.spec.model().vocab_size();
+  if (!ckpt->tokenizer.empty()) {
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tok = DeserializeTokenizer(ckpt->tokenizer);
+    if (!tok.ok()) return tok.status();
+    m.tokenizer = std::move(*tok);
+    if (vocab == 0) vocab = m.tokenizer->vocab_size();
+  }
+  if (vocab == 0 && ckpt->meta.count("vocab_size")) vocab = std::atoi(ckpt->meta.at("vocab_size").c_str());
+  m.comm = CreateSingleProcessCommunicator();
+  ModelConfig cfg = ModelConfig::FromSpec(m.spec, vocab);
+  cfg.dropout = 0;
+  m.model = std::make_unique<Model>(cfg, m.comm.get());
+  std::vector<std::pair<std::string, std::vector<int64_t>>> expected;
+  for (const ParamInfo& info : m.model->layout().params()) expected.emplace_back(info.name, info.global_shape);
+  if (absl::Status st = CheckCompatible(*ckpt, expected); !st.ok()) return st;
+  for (const NamedTensor& nt : ckpt->tensors) {
+    if (const ParamInfo* info = m.model->layout().Find(nt.name)) {
+      std::copy(nt.data.begin(), nt.data.end(), m.model->params().begin() + info->offset);
+    }
+  }
+  return m;
+}
+
+}  // namespace
+
+absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std::string& batch_out) {
+  absl::StatusOr<LoadedModel> m = LoadModel(checkpoint);
+  if (!m.ok()) return m.status();
+  absl::StatusOr<Dataset> data = LoadDataset(m->spec.data());
+  if (!data.ok()) return data.status();
+  const ModelConfig& cfg = m->model->config();
+  const int b = m->spec.train().batch_size(), T = cfg.seq_len;
+  std::vector<int32_t> x(static_cast<size_t>(b) * T), y(x.size());
+  SampleBatch(data->val, m->spec.train().seed(), /*stream=*/1, /*step=*/0, 0, b, T, x.data(), y.data());
+  BatchContext ctx;
+  ctx.train = false;
+  ctx.global_tokens = static_cast<int64_t>(b) * T;
+  ctx.loss_scale = 1.0f / ctx.global_tokens;
+  const double ce = m->model->Forward(x.data(), y.data(), b, ctx).ce_sum / ctx.global_tokens;
+  // The batch as int32 rows: b rows of T inputs, then b rows of T targets.
+  std::string bytes(reinterpret_cast<const char*>(x.data()), x.size() * sizeof(int32_t));
+  bytes.append(reinterpret_cast<const char*>(y.data()), y.size() * sizeof(int32_t));
+  if (absl::Status st = WriteFileAtomic(batch_out, bytes); !st.ok()) return st;
+  return ce;
+}
+
+absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
+  if (opts.tokens < 0) return absl::InvalidArgumentError("--tokens must be >= 0");
+  if (opts.temperature <= 0) return absl::InvalidArgumentError("--temperature must be > 0");
+  absl::StatusOr<LoadedModel> loaded = LoadModel(opts.checkpoint);
+  if (!loaded.ok()) return loaded.status();
+  if (!loaded->tokenizer) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint ", opts.checkpoint, " was trained on pretokenized shards; it has no tokenizer to turn text into tokens"));
+  }
+  Tokenizer* tok = loaded->tokenizer.get();
+  Model& model = *loaded->model;
+  const ModelConfig& cfg = model.config();
+  absl::StatusOr<std::vector<int32_t>> encoded = tok->TryEncode(opts.prompt);
+  if (!encoded.ok()) return encoded.status();
+  std::vector<int32_t> ids = *std::move(encoded);
+  if (ids.empty()) ids.push_back(0);
+  std::mt19937_64 rng(opts.seed);
+  const int T = cfg.seq_len, V = cfg.vocab;
+  for (int i = 0; i < opts.tokens; ++i) {
+    // The model sees at most T tokens: the last T of the context.
+    const int n = std::min<int>(static_cast<int>(ids.size()), T);
+    std::vector<int32_t> ctx(ids.end() - n, ids.end());
+    std::vector<int32_t> x(T, 0), y(T, -1);
+    std::copy(ctx.begin(), ctx.end(), x.begin());
+    BatchContext bc;
+    bc.train = false;
+    bc.global_tokens = T;
+    bc.loss_scale = 1.0f / T;
+    model.Forward(x.data(), y.data(), 1, bc);
+    const float* logits = model.logits().data() + static_cast<size_t>(n - 1) * V;
+    std::vector<int> order(V);
+    std::iota(order.begin(), order.end(), 0);
+    const int keep = opts.top_k > 0 ? std::min(opts.top_k, V) : V;
+    std::partial_sort(order.begin(), order.begin() + keep, order.end(),
+                      [&](int a, int b) { return logits[a] > logits[b]; });
+    std::vector<double> probs(keep);
+    for (int j = 0; j < keep; ++j) probs[j] = std::exp((logits[order[j]] - logits[order[0]]) / opts.temperature);
+    std::discrete_distribution<int> pick(probs.begin(), probs.end());
+    ids.push_back(order[pick(rng)]);
+  }
+  return tok->Decode(ids);
+}
+
+}  // namespace moe

@@ -1,0 +1,75 @@
+// The training loop of one rank: sample -> forward -> backward -> reduce -> clip -> update,
+// with evaluation on held-out data, metrics, checkpoints and resume. Every rank runs the same
+// loop; the Communicator keeps them in step.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "moe/v1/job.pb.h"
+#include "moe/v1/metrics.pb.h"
+#include "worker/parallel/comm.h"
+#include "worker/data/dataset.h"
+#include "worker/model/train_model.h"
+
+namespace moe {
+
+struct TrainerOptions {
+  std::string checkpoint_dir;  // "" = no checkpoints
+  bool resume = false;         // continue from the newest checkpoint in checkpoint_dir
+  int max_steps = -1;          // stop after this many steps this run (tests); -1 = spec's steps
+  // Called on rank 0 for every metric point and every log line (besides stdout).
+  std::function<void(const moe::v1::MetricPoint&)> on_metrics;
+  std::function<void(const std::string&)> on_log;
+  std::function<void(int64_t)> on_step;  // heartbeat: every rank, after each step
+};
+
+// What one optimizer step measured, and what the ranks agreed on at its end.
+struct StepResult {
+  moe::v1::MetricPoint metrics;
+  bool stop_requested = false;        // some rank got SIGTERM/SIGINT
+  bool checkpoint_requested = false;  // some rank got SIGUSR1
+};
+
+// How the run ended.
+enum class TrainOutcome { kFinished, kStopped };
+
+class Trainer {
+ public:
+  Trainer(const moe::v1::JobSpec& spec, Communicator* comm, Dataset* data, TrainerOptions opts);
+
+  absl::Status Run(TrainOutcome* outcome);
+
+  // One optimizer step (exposed for tests).
+  StepResult Step(int64_t step);
+  double Evaluate();  // val CE, averaged over eval_batches micro-batches
+  absl::Status SaveCheckpoint(int64_t steps_done);
+  absl::Status LoadCheckpoint(const std::string& path, int64_t* steps_done);
+
+  // The backend chosen from spec.resources().device(); init_status() says why there is none.
+  TrainModel& model() { return *model_; }
+  const absl::Status& init_status() const { return init_status_; }
+  const std::vector<moe::v1::MetricPoint>& history() const { return history_; }
+
+ private:
+  void Log(const std::string& line);
+  void Emit(const moe::v1::MetricPoint& point);
+
+  moe::v1::JobSpec spec_;
+  Communicator* comm_;
+  Dataset* data_;
+  TrainerOptions opts_;
+  ModelConfig cfg_;
+  absl::Status init_status_;
+  std::unique_ptr<TrainModel> model_;
+  int micro_batch_ = 0;  // sequences per rank per micro-step
+  double best_val_ = 0;
+  bool has_best_val_ = false;
+  std::vector<moe::v1::MetricPoint> history_;
+};
+
+}  // namespace moe
