@@ -7,13 +7,12 @@
 namespace moe::kernels {
 
 RoutingPlan BuildRoutingPlan(const int32_t* expert_idx, int n, int k, int e,
-                             double capacity_factor) {
+                             int64_t capacity) {
   RoutingPlan plan;
   plan.n = n;
   plan.k = k;
   plan.e = e;
-  plan.capacity =
-      capacity_factor > 0.0 ? static_cast<int64_t>(std::ceil(capacity_factor * n * k / e)) : 0;
+  plan.capacity = capacity;
   plan.counts.assign(e, 0);
   plan.routed.assign(e, 0);
   plan.offsets.assign(e + 1, 0);

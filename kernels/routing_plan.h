@@ -1,6 +1,7 @@
 // Routing bookkeeping shared by every backend: which assignment (token t, choice j) goes to
 // which slot of the expert-grouped buffer, and which are dropped by the capacity rule of
-// MODEL.md (capacity = ceil(c * n * k / e) per expert, first come by token order; c = 0: dropless).
+// MODEL.md (capacity kept assignments per expert, first come by token order; 0: dropless). The
+// capacity itself comes from ExpertCapacity (worker/model/moe_bookkeeping.h).
 #pragma once
 
 #include <cstdint>
@@ -20,7 +21,7 @@ struct RoutingPlan {
   int kept() const { return offsets.empty() ? 0 : offsets.back(); }
 };
 
-RoutingPlan BuildRoutingPlan(const int32_t* expert_idx, int n, int k, int e, double capacity_factor);
+RoutingPlan BuildRoutingPlan(const int32_t* expert_idx, int n, int k, int e, int64_t capacity);
 
 // xs (kept, d): xs[slot] = x[token of slot] ; x (n, d).
 void PermuteForward(float* xs, const float* x, const RoutingPlan& plan, int d);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "worker/model/moe_bookkeeping.h"
 
 #ifdef MOE_WITH_CUDA
 #include "kernels/adamw.h"
@@ -475,7 +476,7 @@ TEST_P(CudaMoeOpsTest, RouterPlanPermuteAndExpertsMatchCpu) {
   EXPECT_NEAR(st[E + 1], ent, 1e-5 * std::abs(ent) + 1e-9);
 
   // Routing plan: exact.
-  kernels::RoutingPlan plan = kernels::BuildRoutingPlan(idx.data(), n, k, E, c.capacity);
+  kernels::RoutingPlan plan = kernels::BuildRoutingPlan(idx.data(), n, k, E, moe::ExpertCapacity(c.capacity, n, k, E));
   Dev<int32_t> counts_d(E), routed_d(E), offsets_d(E + 1), a2s_d(n * k), s2a_d(n * k, -7);
   const int64_t cap = plan.capacity;
   cuda::BuildRoutingPlan(counts_d.get(), routed_d.get(), offsets_d.get(), a2s_d.get(), s2a_d.get(), idx_d.get(),

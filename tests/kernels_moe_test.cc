@@ -170,7 +170,7 @@ const std::vector<int32_t> kHandIdx = {1, 0,   // t0: a0 -> e1, a1 -> e0
                                        1, 2};  // t5: a10 -> e1, a11 -> e2 (both dropped)
 
 TEST(RoutingPlan, CapacityDropsHandMadeRoutingExactly) {
-  const RoutingPlan plan = BuildRoutingPlan(kHandIdx.data(), 6, 2, 5, 0.8);
+  const RoutingPlan plan = BuildRoutingPlan(kHandIdx.data(), 6, 2, 5, moe::ExpertCapacity(0.8, 6, 2, 5));
   EXPECT_EQ(plan.n, 6);
   EXPECT_EQ(plan.k, 2);
   EXPECT_EQ(plan.e, 5);
@@ -186,7 +186,7 @@ TEST(RoutingPlan, CapacityDropsHandMadeRoutingExactly) {
 }
 
 TEST(RoutingPlan, DroplessKeepsEverythingAndCapacityRoundsUp) {
-  const RoutingPlan plan = BuildRoutingPlan(kHandIdx.data(), 6, 2, 5, 0.0);
+  const RoutingPlan plan = BuildRoutingPlan(kHandIdx.data(), 6, 2, 5, moe::ExpertCapacity(0.0, 6, 2, 5));
   EXPECT_EQ(plan.capacity, 0);
   EXPECT_EQ(plan.dropped, 0);
   EXPECT_EQ(plan.counts, (std::vector<int32_t>{3, 5, 3, 1, 0}));
@@ -195,9 +195,9 @@ TEST(RoutingPlan, DroplessKeepsEverythingAndCapacityRoundsUp) {
   for (int s = 0; s < plan.kept(); ++s) {
     EXPECT_EQ(plan.assignment_to_slot[plan.slot_to_assignment[s]], s);
   }
-  EXPECT_EQ(BuildRoutingPlan(kHandIdx.data(), 6, 2, 5, 1.0).capacity, 3);  // ceil(2.4)
+  EXPECT_EQ(BuildRoutingPlan(kHandIdx.data(), 6, 2, 5, moe::ExpertCapacity(1.0, 6, 2, 5)).capacity, 3);  // ceil(2.4)
   // Capacity large enough for all: same as dropless but with the capacity recorded.
-  const RoutingPlan roomy = BuildRoutingPlan(kHandIdx.data(), 6, 2, 5, 2.5);
+  const RoutingPlan roomy = BuildRoutingPlan(kHandIdx.data(), 6, 2, 5, moe::ExpertCapacity(2.5, 6, 2, 5));
   EXPECT_EQ(roomy.capacity, 6);
   EXPECT_EQ(roomy.dropped, 0);
   EXPECT_EQ(roomy.slot_to_assignment, plan.slot_to_assignment);
@@ -205,7 +205,7 @@ TEST(RoutingPlan, DroplessKeepsEverythingAndCapacityRoundsUp) {
 
 TEST(Permute, ForwardAndBackwardMatchNaiveWithDrops) {
   const int n = 6, k = 2, d = 3;
-  const RoutingPlan plan = BuildRoutingPlan(kHandIdx.data(), n, k, 5, 0.8);
+  const RoutingPlan plan = BuildRoutingPlan(kHandIdx.data(), n, k, 5, moe::ExpertCapacity(0.8, n, k, 5));
   const int kept = plan.kept();
   std::vector<float> x = Randn(n * d, 24), weights = Randn(n * k, 25);
   std::vector<float> xs(kept * d);

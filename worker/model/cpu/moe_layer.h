@@ -9,6 +9,7 @@
 #include "kernels/routing_plan.h"
 #include "worker/parallel/comm.h"
 #include "worker/model/model_config.h"
+#include "worker/model/moe_bookkeeping.h"
 #include "worker/model/param_layout.h"
 #include "worker/model/cpu/token_dispatcher.h"
 #include "worker/model/train_model.h"
@@ -29,8 +30,8 @@ class MoeLayer {
 
  private:
   ModelConfig cfg_;
+  MoeShape shape_;
   TokenDispatcher dispatcher_;
-  int experts_local_;
   int n_ = 0;
   float loss_scale_ = 0;
   // Saved for backward. Shapes: n tokens, kept = assignments not dropped, r = rows received.
