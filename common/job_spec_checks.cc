@@ -1,0 +1,430 @@
+// The range and relation rules of a job spec: the one place each rule lives, for YAML files
+// (after defaults) and gRPC specs alike, and ValidateJobSpec of common/job_spec.h.
+#include <glob.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <regex>
+#include <set>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/job_spec_internal.h"
+
+namespace moe {
+namespace job_spec_internal {
+namespace {
+
+namespace fs = std::filesystem;
+namespace pb = google::protobuf;
+using moe::v1::JobSpec;
+
+// A rule that involves several fields runs only when each of them passed its own check, so one
+// mistake is reported once.
+class Checker {
+ public:
+  Checker(const JobSpec& spec, const std::set<std::string>& skip) : s_(spec), skip_(skip) {}
+
+  std::vector<SpecError> Run() {
+    CheckName();
+    CheckModel();
+    CheckData();
+    CheckTrain();
+    CheckResources();
+    CheckCheckpoint();
+    AtLeast("max_restarts", s_.max_restarts(), 0);
+    CheckRelations();
+    return std::move(errors_);
+  }
+
+ private:
+  bool Ok(const std::string& path) const {
+    return !IsUnderAny(path, skip_) && !failed_.count(path);
+  }
+
+  void Fail(const std::string& path, std::string message) {
+    failed_.insert(path);
+    if (!IsUnderAny(path, skip_)) errors_.push_back(SpecError{"", 0, 0, path, std::move(message)});
+  }
+
+  bool Between(const std::string& path, int64_t v, int64_t lo, int64_t hi) {
+    if (v < lo || v > hi) {
+      Fail(path, absl::StrCat("must be between ", lo, " and ", hi, ", got ", v));
+    }
+    return Ok(path);
+  }
+  bool AtLeast(const std::string& path, int64_t v, int64_t lo) {
+    if (v < lo) Fail(path, absl::StrCat("must be at least ", lo, ", got ", v));
+    return Ok(path);
+  }
+  bool NonNegative(const std::string& path, double v) {
+    if (!(v >= 0) || !std::isfinite(v)) {
+      Fail(path, absl::StrCat("must be at least 0, got ", FormatDouble(v)));
+    }
+    return Ok(path);
+  }
+  template <typename E>
+  bool Chosen(const std::string& path, E value, const pb::EnumDescriptor* desc) {
+    if (value == 0 || desc->FindValueByNumber(value) == nullptr) {
+      Fail(path, absl::StrCat("must be one of ", absl::StrJoin(EnumNames(desc), ", "), ", got ",
+                              EnumName(desc, value)));
+    }
+    return Ok(path);
+  }
+  // Paths reach here absolute: ParseJobSpec resolves relative ones, a gRPC client must too.
+  bool AbsolutePath(const std::string& path, const std::string& value) {
+    if (!value.empty() && value[0] == '~') {
+      Fail(path, absl::StrCat("'~' is not expanded; write the full path, got ", value));
+    } else if (!value.empty() && !fs::path(value).is_absolute()) {
+      Fail(path, absl::StrCat("must be an absolute path (moectl resolves relative paths against "
+                              "the job file's directory), got ",
+                              value));
+    }
+    return Ok(path);
+  }
+  // An optional directory the worker creates: fine when absent, wrong when it is a file.
+  void DirectoryOrAbsent(const std::string& path, const std::string& value) {
+    if (value.empty() || !AbsolutePath(path, value)) return;
+    std::error_code ec;
+    if (fs::exists(value, ec) && !fs::is_directory(value, ec)) {
+      Fail(path, absl::StrCat(value, " exists and is not a directory; give a directory"));
+    }
+  }
+
+  // Slurm names (partition, account) go to sbatch as one word.
+  void NoSpaces(const std::string& path, const std::string& value) {
+    if (value.find_first_of(" \t\n") != std::string::npos) {
+      Fail(path, absl::StrCat("must not contain spaces, got '", value, "'"));
+    }
+  }
+
+  void CheckName() {
+    static const std::regex kName("[a-z0-9-]{1,63}");
+    if (!std::regex_match(s_.name(), kName)) {
+      Fail("name", absl::StrCat("must be 1 to 63 characters from a-z, 0-9 and '-', got '",
+                                Truncate(s_.name()), "'"));
+    }
+  }
+
+  void CheckModel() {
+    const v1::ModelSpec& m = s_.model();
+    Between("model.d_model", m.d_model(), 1, kMaxDModel);
+    Between("model.n_layers", m.n_layers(), 1, kMaxLayers);
+    Between("model.n_heads", m.n_heads(), 1, kMaxDModel);
+    Between("model.n_kv_heads", m.n_kv_heads(), 1, kMaxDModel);
+    Between("model.seq_len", m.seq_len(), 1, kMaxSeqLen);
+    Between("model.vocab_size", m.vocab_size(), 0, kMaxVocab);
+    if (!(m.dropout() >= 0 && m.dropout() < 1)) {
+      Fail("model.dropout",
+           absl::StrCat("must be at least 0 and less than 1, got ", FormatDouble(m.dropout())));
+    }
+    const v1::MoeSpec& e = m.moe();
+    Between("model.moe.num_experts", e.num_experts(), 1, kMaxExperts);
+    AtLeast("model.moe.top_k", e.top_k(), 1);
+    Between("model.moe.expert_hidden", e.expert_hidden(), 1, kMaxExpertHidden);
+    NonNegative("model.moe.capacity_factor", e.capacity_factor());
+    NonNegative("model.moe.aux_loss_coef", e.aux_loss_coef());
+    NonNegative("model.moe.z_loss_coef", e.z_loss_coef());
+  }
+
+  void CheckData() {
+    const v1::DataSpec& d = s_.data();
+    if (d.path().empty()) {
+      Fail("data.path", "must not be empty; give the training text or token shards");
+    }
+    AbsolutePath("data.path", d.path());
+    Chosen("data.tokenizer", d.tokenizer(), v1::Tokenizer_descriptor());
+    if (!(d.val_fraction() > 0 && d.val_fraction() < 1)) {
+      Fail("data.val_fraction", absl::StrCat("must be greater than 0 and less than 1, got ",
+                                             FormatDouble(d.val_fraction())));
+    }
+    AbsolutePath("data.tokenizer_dir", d.tokenizer_dir());
+    DirectoryOrAbsent("data.cache_dir", d.cache_dir());
+  }
+
+  void CheckTrain() {
+    const v1::TrainSpec& t = s_.train();
+    AtLeast("train.steps", t.steps(), 1);
+    AtLeast("train.batch_size", t.batch_size(), 1);
+    AtLeast("train.grad_accum", t.grad_accum(), 1);
+    if (!(t.lr() > 0) || !std::isfinite(t.lr())) {
+      Fail("train.lr", absl::StrCat("must be greater than 0, got ", FormatDouble(t.lr())));
+    }
+    NonNegative("train.min_lr", t.min_lr());
+    AtLeast("train.warmup_steps", t.warmup_steps(), 0);
+    NonNegative("train.weight_decay", t.weight_decay());
+    NonNegative("train.grad_clip", t.grad_clip());
+    Chosen("train.precision", t.precision(), v1::Precision_descriptor());
+    AtLeast("train.eval_every", t.eval_every(), 1);
+    AtLeast("train.eval_batches", t.eval_batches(), 1);
+    AtLeast("train.log_every", t.log_every(), 1);
+  }
+
+  void CheckResources() {
+    const v1::ResourceSpec& r = s_.resources();
+    Between("resources.ranks", r.ranks(), 1, kMaxRanks);
+    Chosen("resources.device", r.device(), v1::Device_descriptor());
+    Chosen("resources.launcher", r.launcher(), v1::Launcher_descriptor());
+    AtLeast("resources.threads_per_rank", r.threads_per_rank(), 0);
+    if (!Ok("resources.launcher")) return;
+    const v1::SlurmSpec& sl = r.slurm();
+    if (r.launcher() != v1::LAUNCHER_SLURM) {
+      if (sl.ByteSizeLong() != 0) {
+        Fail("resources.slurm", absl::StrCat("is only used with launcher slurm (launcher is ",
+                                             EnumName(v1::Launcher_descriptor(), r.launcher()),
+                                             "); remove it or set resources.launcher: slurm"));
+      }
+      return;
+    }
+    bool partition_in_args = false;
+    for (int i = 0; i < sl.extra_sbatch_args_size(); ++i) {
+      const std::string& arg = sl.extra_sbatch_args(i);
+      std::string path = absl::StrCat("resources.slurm.extra_sbatch_args[", i, "]");
+      if (arg.empty() || arg[0] != '-' || arg.find_first_of("\n\r") != std::string::npos) {
+        Fail(path,
+             absl::StrCat("must be one sbatch option starting with '-', e.g. --qos=high, got '",
+                          Truncate(arg), "'"));
+      }
+      if (arg == "-p" || absl::StartsWith(arg, "--partition")) partition_in_args = true;
+    }
+    if (sl.partition().empty() && !partition_in_args) {
+      Fail("resources.slurm.partition",
+           "is required with launcher slurm (or pass --partition=... in "
+           "resources.slurm.extra_sbatch_args); see sinfo for the partitions");
+    } else {
+      NoSpaces("resources.slurm.partition", sl.partition());
+    }
+    AtLeast("resources.slurm.nodes", sl.nodes(), 1);
+    AtLeast("resources.slurm.ranks_per_node", sl.ranks_per_node(), 1);
+    AtLeast("resources.slurm.gpus_per_node", sl.gpus_per_node(), 0);
+    static const std::regex kTime(
+        "[0-9]+(:[0-9]{1,2}){0,2}|[0-9]+-[0-9]{1,2}(:[0-9]{1,2}){0,2}|UNLIMITED|INFINITE");
+    if (!sl.time_limit().empty() && !std::regex_match(sl.time_limit(), kTime)) {
+      Fail("resources.slurm.time_limit",
+           absl::StrCat("must be a Slurm time (MM, HH:MM:SS, D-HH, D-HH:MM:SS), got '",
+                        Truncate(sl.time_limit()), "'"));
+    }
+    NoSpaces("resources.slurm.account", sl.account());
+  }
+
+  void CheckCheckpoint() {
+    DirectoryOrAbsent("checkpoint.dir", s_.checkpoint().dir());
+    AtLeast("checkpoint.every", s_.checkpoint().every(), 0);
+    AtLeast("checkpoint.keep", s_.checkpoint().keep(), 1);
+  }
+
+  void CheckRelations() {
+    const v1::ModelSpec& m = s_.model();
+    const v1::MoeSpec& e = m.moe();
+    const v1::TrainSpec& t = s_.train();
+    const v1::ResourceSpec& r = s_.resources();
+    const v1::DataSpec& d = s_.data();
+
+    if (Ok("model.d_model") && Ok("model.n_heads")) {
+      if (m.d_model() % m.n_heads() != 0) {
+        Fail("model.d_model",
+             absl::StrCat("must be a multiple of n_heads (", m.n_heads(), "), got ", m.d_model()));
+      } else if ((m.d_model() / m.n_heads()) % 2 != 0) {
+        Fail("model.n_heads",
+             absl::StrCat("must leave an even head size d_model / n_heads for RoPE pairs, got ",
+                          m.d_model(), " / ", m.n_heads(), " = ", m.d_model() / m.n_heads()));
+      }
+    }
+    if (Ok("model.n_heads") && Ok("model.n_kv_heads") &&
+        (m.n_kv_heads() > m.n_heads() || m.n_heads() % m.n_kv_heads() != 0)) {
+      Fail("model.n_kv_heads",
+           absl::StrCat("must divide n_heads (", m.n_heads(), "), got ", m.n_kv_heads()));
+    }
+    if (Ok("model.moe.num_experts") && Ok("model.moe.top_k") && e.top_k() > e.num_experts()) {
+      Fail("model.moe.top_k", absl::StrCat("must be between 1 and num_experts (", e.num_experts(),
+                                           "), got ", e.top_k()));
+    }
+    if (Ok("model.moe.num_experts") && Ok("resources.ranks") && e.num_experts() > 1 &&
+        e.num_experts() % r.ranks() != 0) {
+      Fail("resources.ranks",
+           absl::StrCat("must divide model.moe.num_experts (", e.num_experts(),
+                        ") so that every rank holds the same number of experts, got ", r.ranks()));
+    }
+    if (Ok("train.batch_size") && Ok("resources.ranks") && Ok("train.grad_accum") &&
+        t.batch_size() % (static_cast<int64_t>(r.ranks()) * t.grad_accum()) != 0) {
+      Fail("train.batch_size",
+           absl::StrCat("must be a multiple of resources.ranks * train.grad_accum (", r.ranks(),
+                        " * ", t.grad_accum(), " = ",
+                        static_cast<int64_t>(r.ranks()) * t.grad_accum(), "), got ",
+                        t.batch_size()));
+    }
+    if (Ok("train.lr") && Ok("train.min_lr") && t.min_lr() > t.lr()) {
+      Fail("train.min_lr", absl::StrCat("must be between 0 and train.lr (", FormatDouble(t.lr()),
+                                        "), got ", FormatDouble(t.min_lr())));
+    }
+    if (Ok("train.steps") && Ok("train.warmup_steps") && t.warmup_steps() > t.steps()) {
+      Fail("train.warmup_steps", absl::StrCat("must be between 0 and train.steps (", t.steps(),
+                                              "), got ", t.warmup_steps()));
+    }
+    if (Ok("train.precision") && Ok("resources.device") && t.precision() == v1::PRECISION_BF16 &&
+        r.device() != v1::DEVICE_CUDA) {
+      Fail("train.precision",
+           "bf16 needs resources.device cuda (the CPU kernels compute in fp32); use fp32 on cpu");
+    }
+    if (Ok("train.precision") && Ok("resources.device") && Ok("resources.ranks") &&
+        t.precision() == v1::PRECISION_FP32 && r.device() == v1::DEVICE_CUDA && r.ranks() > 1) {
+      Fail("train.precision",
+           absl::StrCat("fp32 runs on one GPU only; with resources.ranks ", r.ranks(),
+                        " on cuda use bf16 (the multi-GPU expert exchange is bf16), or ranks: 1"));
+    }
+    if (r.launcher() == v1::LAUNCHER_SLURM && Ok("resources.launcher") && Ok("resources.ranks")) {
+      const v1::SlurmSpec& sl = r.slurm();
+      if (Ok("resources.slurm.nodes") && Ok("resources.slurm.ranks_per_node") &&
+          static_cast<int64_t>(sl.nodes()) * sl.ranks_per_node() != r.ranks()) {
+        Fail("resources.slurm.ranks_per_node",
+             absl::StrCat("nodes (", sl.nodes(), ") * ranks_per_node (", sl.ranks_per_node(),
+                          ") must equal resources.ranks (", r.ranks(), ")"));
+      }
+      if (Ok("resources.device") && r.device() == v1::DEVICE_CUDA &&
+          Ok("resources.slurm.gpus_per_node") && Ok("resources.slurm.ranks_per_node") &&
+          sl.gpus_per_node() < sl.ranks_per_node()) {
+        Fail("resources.slurm.gpus_per_node",
+             absl::StrCat("must be at least ranks_per_node (", sl.ranks_per_node(),
+                          ") with device cuda (one GPU per rank), got ", sl.gpus_per_node()));
+      }
+    }
+    if (Ok("data.tokenizer") && Ok("model.vocab_size")) CheckVocab();
+    if (Ok("data.tokenizer") && Ok("data.path") && !d.path().empty()) CheckDataPath();
+    if (Ok("data.tokenizer") && Ok("data.tokenizer_dir")) CheckTokenizerDir();
+  }
+
+  void CheckVocab() {
+    const int v = s_.model().vocab_size();
+    switch (s_.data().tokenizer()) {
+      case v1::TOKENIZER_GPT2:
+        if (v < kGpt2Vocab) {
+          Fail("model.vocab_size",
+               absl::StrCat("must be at least ", kGpt2Vocab, " for tokenizer gpt2 (",
+                            kGpt2PaddedVocab, " is the usual padded size), got ", v));
+        }
+        break;
+      case v1::TOKENIZER_PRETOKENIZED:
+        if (v == 0) {
+          Fail("model.vocab_size",
+               "is required with tokenizer pretokenized: the number of token ids the shards use");
+        }
+        break;
+      default:  // char: 0 means "the number of byte values in the text"
+        break;
+    }
+  }
+
+  void CheckDataPath() {
+    const std::string& p = s_.data().path();
+    std::error_code ec;
+    if (s_.data().tokenizer() == v1::TOKENIZER_PRETOKENIZED) {
+      if (p.find_first_of("*?[") != std::string::npos) {
+        glob_t g{};
+        int rc = ::glob(p.c_str(), 0, nullptr, &g);
+        size_t bins = 0;
+        for (size_t i = 0; rc == 0 && i < g.gl_pathc; ++i) {
+          if (absl::EndsWith(g.gl_pathv[i], ".bin") && fs::is_regular_file(g.gl_pathv[i], ec)) {
+            ++bins;
+          }
+        }
+        globfree(&g);
+        if (bins == 0) Fail("data.path", absl::StrCat("the pattern ", p, " matches no .bin shard"));
+        return;
+      }
+      if (fs::is_directory(p, ec)) {
+        size_t bins = 0;
+        for (const auto& entry : fs::directory_iterator(p, ec)) {
+          if (entry.path().extension() == ".bin" && entry.is_regular_file(ec)) ++bins;
+        }
+        if (bins == 0) Fail("data.path", absl::StrCat("the directory ", p, " holds no .bin shard"));
+        return;
+      }
+      if (!fs::exists(p, ec)) {
+        Fail("data.path", absl::StrCat(p,
+                                       " does not exist; give a .bin shard, a directory of them "
+                                       "or a glob such as shards/*.bin"));
+      } else if (!fs::is_regular_file(p, ec) || fs::path(p).extension() != ".bin") {
+        Fail("data.path", absl::StrCat(p,
+                                       " is not a .bin token shard (tokenizer pretokenized); "
+                                       "for a text file use tokenizer char or gpt2"));
+      } else if (::access(p.c_str(), R_OK) != 0) {
+        Fail("data.path", absl::StrCat(p, " is not readable; check its permissions"));
+      }
+      return;
+    }
+    std::string tokenizer = EnumName(v1::Tokenizer_descriptor(), s_.data().tokenizer());
+    if (!fs::exists(p, ec)) {
+      Fail("data.path", absl::StrCat(p, " does not exist; give the training text file"));
+    } else if (!fs::is_regular_file(p, ec)) {
+      Fail("data.path",
+           absl::StrCat(p, " is not a regular file; tokenizer ", tokenizer,
+                        " reads one text file (use pretokenized for shard directories)"));
+    } else if (::access(p.c_str(), R_OK) != 0) {
+      Fail("data.path", absl::StrCat(p, " is not readable; check its permissions"));
+    } else if (fs::file_size(p, ec) == 0) {
+      Fail("data.path", absl::StrCat(p, " is empty; give a text file to train on"));
+    }
+  }
+
+  void CheckTokenizerDir() {
+    const std::string& dir = s_.data().tokenizer_dir();
+    if (s_.data().tokenizer() != v1::TOKENIZER_GPT2) {
+      if (!dir.empty()) {
+        Fail("data.tokenizer_dir",
+             "is only used with tokenizer gpt2; remove it or set data.tokenizer: gpt2");
+      }
+      return;
+    }
+    if (dir.empty()) {
+      Fail("data.tokenizer_dir",
+           "is required with tokenizer gpt2: the directory holding "
+           "encoder.json and vocab.bpe");
+      return;
+    }
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) {
+      Fail("data.tokenizer_dir", absl::StrCat(dir,
+                                              " is not a directory; give the directory holding "
+                                              "encoder.json and vocab.bpe (GPT-2's BPE files)"));
+      return;
+    }
+    std::vector<std::string> missing;
+    for (const char* name : {"encoder.json", "vocab.bpe"}) {
+      fs::path f = fs::path(dir) / name;
+      if (!fs::is_regular_file(f, ec) || ::access(f.c_str(), R_OK) != 0) missing.push_back(name);
+    }
+    if (!missing.empty()) {
+      Fail("data.tokenizer_dir",
+           absl::StrCat(dir, " lacks ", absl::StrJoin(missing, " and "),
+                        "; tokenizer gpt2 needs encoder.json and vocab.bpe there (set "
+                        "data.tokenizer_dir to where they are)"));
+    }
+  }
+
+  const JobSpec& s_;
+  const std::set<std::string>& skip_;
+  std::set<std::string> failed_;
+  std::vector<SpecError> errors_;
+};
+
+}  // namespace
+
+std::vector<SpecError> CheckJobSpec(const JobSpec& spec, const std::set<std::string>& skip) {
+  return Checker(spec, skip).Run();
+}
+
+}  // namespace job_spec_internal
+
+std::vector<SpecError> ValidateJobSpec(const moe::v1::JobSpec& spec) {
+  static const std::set<std::string> kNothingSkipped;
+  return job_spec_internal::CheckJobSpec(spec, kNothingSkipped);
+}
+
+}  // namespace moe

@@ -1,0 +1,70 @@
+// What the parts of the job-spec validator share (job_spec*.cc only; callers use job_spec.h):
+// sanity limits, dotted field paths, enum names, and the entry points of defaults and checks.
+#pragma once
+
+#include <cstdint>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/job_spec.h"
+#include "google/protobuf/descriptor.h"
+#include "moe/v1/job.pb.h"
+
+namespace moe::job_spec_internal {
+
+// Sanity limits: far above any model this service trains, low enough that derived values
+// (expert_hidden = 4 * d_model, products of sizes) stay far from int32 and int64 limits.
+inline constexpr int64_t kMaxDModel = 1 << 16;
+inline constexpr int64_t kMaxLayers = 1 << 12;
+inline constexpr int64_t kMaxSeqLen = 1 << 20;
+inline constexpr int64_t kMaxExperts = 1 << 12;
+inline constexpr int64_t kMaxExpertHidden = 1 << 20;
+inline constexpr int64_t kMaxRanks = 1 << 16;
+
+// GPT-2's BPE has 50257 tokens; 50304 (a multiple of 64) is the usual padded size.
+inline constexpr int64_t kGpt2Vocab = 50257;
+inline constexpr int64_t kGpt2PaddedVocab = 50304;
+// Token shards hold uint16 ids.
+inline constexpr int64_t kMaxVocab = 1 << 16;
+
+// ---- Field paths ("model.moe.top_k", "resources.slurm.extra_sbatch_args[2]").
+
+// "model" + "d_model" -> "model.d_model"; "" + "name" -> "name".
+std::string JoinPath(const std::string& prefix, const std::string& key);
+// "a.b[2]" -> "a.b" -> "a" -> "".
+std::string ParentPath(const std::string& path);
+// Whether path or one of its parents (the whole spec, "", included) is in roots.
+bool IsUnderAny(const std::string& path, const std::set<std::string>& roots);
+
+// ---- Values as messages show them.
+
+// One line of at most 40 characters.
+std::string Truncate(std::string s);
+// %g: 0.001, 1e-05.
+std::string FormatDouble(double v);
+
+// YAML names of an enum's values: TOKENIZER_CHAR -> "char"; UNSPECIFIED is not a choice.
+std::vector<std::pair<std::string, int>> EnumChoices(const google::protobuf::EnumDescriptor* e);
+// The names alone, in declaration order.
+std::vector<std::string> EnumNames(const google::protobuf::EnumDescriptor* e);
+// "char" for TOKENIZER_CHAR; "unspecified (0)" for a number that is not a choice.
+std::string EnumName(const google::protobuf::EnumDescriptor* e, int number);
+
+// ---- The steps after reading (job_spec_defaults.cc, job_spec_checks.cc).
+
+// Relative paths resolve against base_dir and are stored absolute.
+void ResolvePaths(moe::v1::JobSpec* s, const std::string& base_dir);
+
+// Fills in every key not in `present` (dotted paths of the keys the file gave). A default
+// derived from a key in `bad` (under it, or itself) is not computed; its path joins `bad`.
+void ApplyDefaults(moe::v1::JobSpec* s, const std::set<std::string>& present,
+                   std::set<std::string>* bad);
+
+// Every range and relation rule; fields under `skip` (already reported) are not checked, nor
+// the rules that use them. Errors carry field paths but no file or position.
+std::vector<SpecError> CheckJobSpec(const moe::v1::JobSpec& spec,
+                                    const std::set<std::string>& skip);
+
+}  // namespace moe::job_spec_internal

@@ -1,0 +1,353 @@
+// Unit tests of the defaults and rules of a job spec (common/job_spec_defaults.cc and
+// job_spec_checks.cc): every default, ranges, relations, data paths, Slurm, gRPC specs.
+#include <string>
+#include <vector>
+
+#include "common/job_spec.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/job_spec_fixture.h"
+
+namespace moe {
+namespace {
+
+using ::moe::testing::JobSpecTest;
+using ::moe::testing::kMinimal;
+using ::moe::testing::WithExtra;
+using ::moe::testing::WriteText;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+TEST_F(JobSpecTest, MinimalSpecGetsEveryDefault) {
+  v1::JobSpec s = ValidSpec(kMinimal);
+  EXPECT_EQ(s.name(), "tiny");
+  EXPECT_EQ(s.model().d_model(), 64);
+  EXPECT_EQ(s.model().n_kv_heads(), 4);  // = n_heads
+  EXPECT_EQ(s.model().vocab_size(), 0);  // char: fixed by the text
+  EXPECT_TRUE(s.model().tie_embeddings());
+  EXPECT_EQ(s.model().dropout(), 0.0);
+  EXPECT_EQ(s.model().moe().num_experts(), 1);
+  EXPECT_EQ(s.model().moe().top_k(), 1);
+  EXPECT_EQ(s.model().moe().expert_hidden(), 256);  // 4 * d_model
+  EXPECT_EQ(s.model().moe().capacity_factor(), 0.0);
+  EXPECT_DOUBLE_EQ(s.model().moe().aux_loss_coef(), 0.01);
+  EXPECT_DOUBLE_EQ(s.model().moe().z_loss_coef(), 0.001);
+  EXPECT_EQ(s.data().path(), dir_ + "/input.txt");
+  EXPECT_EQ(s.data().tokenizer(), v1::TOKENIZER_CHAR);
+  EXPECT_DOUBLE_EQ(s.data().val_fraction(), 0.1);
+  EXPECT_EQ(s.data().tokenizer_dir(), "");
+  EXPECT_EQ(s.data().cache_dir(), "");
+  EXPECT_EQ(s.train().steps(), 5000);
+  EXPECT_EQ(s.train().batch_size(), 8);
+  EXPECT_EQ(s.train().grad_accum(), 1);
+  EXPECT_DOUBLE_EQ(s.train().lr(), 1e-3);
+  EXPECT_DOUBLE_EQ(s.train().min_lr(), 1e-4);
+  EXPECT_EQ(s.train().warmup_steps(), 100);
+  EXPECT_DOUBLE_EQ(s.train().weight_decay(), 0.1);
+  EXPECT_DOUBLE_EQ(s.train().grad_clip(), 1.0);
+  EXPECT_EQ(s.train().seed(), 1337u);
+  EXPECT_EQ(s.train().precision(), v1::PRECISION_FP32);
+  EXPECT_EQ(s.train().eval_every(), 250);
+  EXPECT_EQ(s.train().eval_batches(), 20);
+  EXPECT_EQ(s.train().log_every(), 10);
+  EXPECT_EQ(s.resources().ranks(), 1);
+  EXPECT_EQ(s.resources().device(), v1::DEVICE_CPU);
+  EXPECT_EQ(s.resources().launcher(), v1::LAUNCHER_LOCAL);
+  EXPECT_EQ(s.resources().threads_per_rank(), 0);
+  EXPECT_FALSE(s.resources().has_slurm());
+  EXPECT_EQ(s.checkpoint().dir(), "");
+  EXPECT_EQ(s.checkpoint().every(), 1000);
+  EXPECT_EQ(s.checkpoint().keep(), 3);
+  EXPECT_EQ(s.max_restarts(), 0);
+  EXPECT_THAT(ValidateJobSpec(s), IsEmpty());
+}
+
+TEST_F(JobSpecTest, DerivedDefaultsFollowTheGivenValues) {
+  std::string yaml = WithExtra("  batch_size: 8", "  lr: 3.0e-4\n");
+  yaml.replace(yaml.find("steps: 5000"), 11, "steps: 40");
+  yaml.replace(yaml.find("d_model: 64"), 11, "d_model: 96");
+  yaml.replace(yaml.find("n_heads: 4"), 10, "n_heads: 3");
+  v1::JobSpec s = ValidSpec(yaml);
+  EXPECT_DOUBLE_EQ(s.train().min_lr(), 3e-5);          // lr / 10
+  EXPECT_EQ(s.train().warmup_steps(), 40);             // 100, capped at steps
+  EXPECT_EQ(s.model().n_kv_heads(), 3);                // n_heads
+  EXPECT_EQ(s.model().moe().expert_hidden(), 4 * 96);  // 4 * d_model
+}
+
+TEST_F(JobSpecTest, Gpt2DefaultsVocabAndTokenizerDir) {
+  std::string yaml = kMinimal;
+  yaml.replace(yaml.find("input.txt"), 9, "input.txt\n  tokenizer: gpt2");
+  // The tokenizer files sit in gpt2/, not beside input.txt: the default dir lacks them.
+  ParsedSpec p = Parse(yaml);
+  ASSERT_EQ(p.errors.size(), 1u) << FormatSpecErrors(p.errors);
+  EXPECT_EQ(p.errors[0].field, "data.tokenizer_dir");
+  EXPECT_THAT(p.errors[0].message, HasSubstr("lacks encoder.json and vocab.bpe"));
+  EXPECT_EQ(p.errors[0].line, 7);  // 'data:' holds the defaulted key
+
+  WriteText(dir_ + "/encoder.json", "{}");
+  WriteText(dir_ + "/vocab.bpe", "");
+  v1::JobSpec s = ValidSpec(yaml);
+  EXPECT_EQ(s.model().vocab_size(), 50304);
+  EXPECT_EQ(s.data().tokenizer_dir(), dir_);
+
+  v1::JobSpec t = ValidSpec(yaml.insert(yaml.find("  tokenizer: gpt2"), "  tokenizer_dir: gpt2\n"));
+  EXPECT_EQ(t.data().tokenizer_dir(), dir_ + "/gpt2");
+}
+
+TEST_F(JobSpecTest, RangesAreChecked) {
+  ExpectOnlyErrors({
+      {"  seq_len: 32", "  dropout: 1\n", "model.dropout",
+       "must be at least 0 and less than 1, got 1"},
+      {"  seq_len: 32", "  dropout: -0.5\n", "model.dropout", "must be at least 0 and less than 1"},
+      {"  seq_len: 32", "  vocab_size: -1\n", "model.vocab_size", "must be between 0 and"},
+      {"  seq_len: 32", "  n_kv_heads: 0\n", "model.n_kv_heads", "must be between 1 and"},
+      {"  seq_len: 32", "  moe: {num_experts: 0}\n", "model.moe.num_experts",
+       "must be between 1 and"},
+      {"  seq_len: 32", "  moe: {top_k: 0}\n", "model.moe.top_k", "must be at least 1, got 0"},
+      {"  seq_len: 32", "  moe: {expert_hidden: -1}\n", "model.moe.expert_hidden",
+       "must be between 1"},
+      {"  seq_len: 32", "  moe: {capacity_factor: -1}\n", "model.moe.capacity_factor",
+       "must be at least 0"},
+      {"  seq_len: 32", "  moe: {aux_loss_coef: -1}\n", "model.moe.aux_loss_coef",
+       "must be at least 0"},
+      {"  seq_len: 32", "  moe: {z_loss_coef: -1}\n", "model.moe.z_loss_coef",
+       "must be at least 0"},
+      {"  path: input.txt", "  val_fraction: 0\n", "data.val_fraction",
+       "greater than 0 and less than 1"},
+      {"  path: input.txt", "  val_fraction: 1\n", "data.val_fraction",
+       "greater than 0 and less than 1"},
+      {"  batch_size: 8", "  grad_accum: 0\n", "train.grad_accum", "must be at least 1, got 0"},
+      {"  batch_size: 8", "  lr: 0\n", "train.lr", "must be greater than 0, got 0"},
+      {"  batch_size: 8", "  min_lr: -1e-5\n", "train.min_lr", "must be at least 0"},
+      {"  batch_size: 8", "  warmup_steps: -1\n", "train.warmup_steps",
+       "must be at least 0, got -1"},
+      {"  batch_size: 8", "  weight_decay: -0.1\n", "train.weight_decay", "must be at least 0"},
+      {"  batch_size: 8", "  grad_clip: -1\n", "train.grad_clip", "must be at least 0"},
+      {"  batch_size: 8", "  eval_every: 0\n", "train.eval_every", "must be at least 1"},
+      {"  batch_size: 8", "  eval_batches: 0\n", "train.eval_batches", "must be at least 1"},
+      {"  batch_size: 8", "  log_every: 0\n", "train.log_every", "must be at least 1"},
+  });
+  std::string zero_steps = kMinimal;
+  zero_steps.replace(zero_steps.find("steps: 5000"), 11, "steps: 0");
+  EXPECT_EQ(OnlyError(zero_steps).field, "train.steps");  // and no warm-up error on top
+  EXPECT_EQ(OnlyError(kMinimal + std::string("resources: {ranks: 0}\n")).field, "resources.ranks");
+  EXPECT_EQ(OnlyError(kMinimal + std::string("resources: {threads_per_rank: -1}\n")).field,
+            "resources.threads_per_rank");
+  EXPECT_EQ(OnlyError(kMinimal + std::string("checkpoint: {keep: 0}\n")).field, "checkpoint.keep");
+  EXPECT_EQ(OnlyError(kMinimal + std::string("checkpoint: {every: -1}\n")).field,
+            "checkpoint.every");
+  EXPECT_EQ(OnlyError(kMinimal + std::string("max_restarts: -1\n")).field, "max_restarts");
+}
+
+TEST_F(JobSpecTest, NameMustBeALowercaseLabel) {
+  for (const std::string& name :
+       std::vector<std::string>{"Tiny", "my_job", "\"\"", std::string(64, 'a')}) {
+    std::string yaml = kMinimal;
+    yaml.replace(0, 10, "name: " + name);
+    SpecError e = OnlyError(yaml);
+    EXPECT_EQ(e.field, "name") << name;
+    EXPECT_THAT(e.message, HasSubstr("1 to 63 characters from a-z, 0-9 and '-'"));
+  }
+  std::string yaml = kMinimal;
+  yaml.replace(0, 10, "name: " + std::string(63, '7'));
+  ValidSpec(yaml);
+}
+
+TEST_F(JobSpecTest, RelationsNameTheWrongFieldWithTheNumbers) {
+  ExpectOnlyErrors({
+      {"  seq_len: 32", "  moe: {num_experts: 8, top_k: 9}\n", "model.moe.top_k",
+       "must be between 1 and num_experts (8), got 9"},
+      {"  seq_len: 32", "  n_kv_heads: 3\n", "model.n_kv_heads", "must divide n_heads (4), got 3"},
+      {"  seq_len: 32", "  n_kv_heads: 8\n", "model.n_kv_heads", "must divide n_heads (4), got 8"},
+      {"  batch_size: 8", "  grad_accum: 3\n", "train.batch_size",
+       "must be a multiple of resources.ranks * train.grad_accum (1 * 3 = 3), got 8"},
+      {"  batch_size: 8", "  lr: 1.0e-3\n  min_lr: 2.0e-3\n", "train.min_lr",
+       "must be between 0 and train.lr (0.001), got 0.002"},
+      {"  batch_size: 8", "  warmup_steps: 5001\n", "train.warmup_steps",
+       "must be between 0 and train.steps (5000), got 5001"},
+      {"  batch_size: 8", "  precision: bf16\n", "train.precision",
+       "bf16 needs resources.device cuda"},
+  });
+
+  std::string heads = kMinimal;
+  heads.replace(heads.find("n_heads: 4"), 10, "n_heads: 5");
+  SpecError e = OnlyError(heads);
+  EXPECT_EQ(e.field, "model.d_model");
+  EXPECT_EQ(e.message, "must be a multiple of n_heads (5), got 64");
+
+  std::string odd = kMinimal;
+  odd.replace(odd.find("n_heads: 4"), 10, "n_heads: 64");  // head size 1
+  e = OnlyError(odd);
+  EXPECT_EQ(e.field, "model.n_heads");
+  EXPECT_THAT(e.message,
+              HasSubstr("even head size d_model / n_heads for RoPE pairs, got 64 / 64 = 1"));
+
+  std::string three_ranks = WithExtra("  seq_len: 32", "  moe: {num_experts: 8, top_k: 2}\n");
+  three_ranks.replace(three_ranks.find("batch_size: 8"), 13, "batch_size: 24");
+  e = OnlyError(three_ranks + "resources: {ranks: 3}\n");
+  EXPECT_EQ(e.field, "resources.ranks");
+  EXPECT_THAT(e.message, HasSubstr("must divide model.moe.num_experts (8)"));
+
+  // Dense models (E = 1) are data parallel only: any rank count that divides the batch.
+  std::string dense = kMinimal;
+  dense.replace(dense.find("batch_size: 8"), 13, "batch_size: 9");
+  ValidSpec(dense + "resources: {ranks: 3}\n");
+}
+
+TEST_F(JobSpecTest, VocabularyDependsOnTheTokenizer) {
+  std::string gpt2 = WithExtra("  path: input.txt", "  tokenizer: gpt2\n  tokenizer_dir: gpt2\n");
+  SpecError e = OnlyError(gpt2.insert(gpt2.find("data:"), "  vocab_size: 50000\n"));
+  EXPECT_EQ(e.field, "model.vocab_size");
+  EXPECT_EQ(
+      e.message,
+      "must be at least 50257 for tokenizer gpt2 (50304 is the usual padded size), got 50000");
+
+  // char: any vocab (0 = counted from the text).
+  ValidSpec(WithExtra("  seq_len: 32", "  vocab_size: 65\n"));
+
+  std::string shards = kMinimal;
+  shards.replace(shards.find("path: input.txt"), 15, "path: shards\n  tokenizer: pretokenized");
+  e = OnlyError(shards);
+  EXPECT_EQ(e.field, "model.vocab_size");
+  EXPECT_THAT(e.message, HasSubstr("is required with tokenizer pretokenized"));
+  ValidSpec(shards.insert(shards.find("data:"), "  vocab_size: 50304\n"));
+}
+
+TEST_F(JobSpecTest, DataPathMustExistAndFitTheTokenizer) {
+  auto with_path = [](const std::string& path, const std::string& extra = "") {
+    std::string y = kMinimal;
+    y.replace(y.find("path: input.txt"), 15, "path: " + path + extra);
+    return y.insert(y.find("data:"), "  vocab_size: 512\n");
+  };
+  const std::string pre = "\n  tokenizer: pretokenized";
+  SpecError e = OnlyError(with_path("nope.txt"));
+  EXPECT_EQ(e.field, "data.path");
+  EXPECT_EQ(e.message, dir_ + "/nope.txt does not exist; give the training text file");
+  EXPECT_EQ(e.line, 9);
+  EXPECT_EQ(e.column, 9);
+  EXPECT_THAT(OnlyError(with_path("shards")).message, HasSubstr("is not a regular file"));
+  WriteText(dir_ + "/empty.txt", "");
+  EXPECT_THAT(OnlyError(with_path("empty.txt")).message, HasSubstr("is empty"));
+  EXPECT_THAT(OnlyError(with_path("~/input.txt")).message, HasSubstr("'~' is not expanded"));
+
+  ValidSpec(with_path("shards", pre));
+  ValidSpec(with_path("shards/train_000.bin", pre));
+  v1::JobSpec glob = ValidSpec(with_path("\"shards/train_*.bin\"", pre));
+  EXPECT_EQ(glob.data().path(), dir_ + "/shards/train_*.bin");
+  EXPECT_THAT(OnlyError(with_path("\"shards/val_*.bin\"", pre)).message,
+              HasSubstr("matches no .bin shard"));
+  EXPECT_THAT(OnlyError(with_path("gpt2", pre)).message, HasSubstr("holds no .bin shard"));
+  EXPECT_THAT(OnlyError(with_path("input.txt", pre)).message,
+              HasSubstr("is not a .bin token shard"));
+  EXPECT_THAT(OnlyError(with_path("none.bin", pre)).message, HasSubstr("does not exist"));
+}
+
+TEST_F(JobSpecTest, SlurmLauncher) {
+  const std::string base = std::string(kMinimal);
+  SpecError e = OnlyError(base + "resources: {launcher: slurm}\n");
+  EXPECT_EQ(e.field, "resources.slurm.partition");
+  EXPECT_THAT(e.message, HasSubstr("is required with launcher slurm"));
+
+  v1::JobSpec s = ValidSpec(base +
+                            "resources:\n  ranks: 4\n  device: cuda\n  launcher: slurm\n"
+                            "  slurm: {partition: gpu, nodes: 2, time_limit: \"1-02:00:00\"}\n");
+  EXPECT_EQ(s.resources().slurm().ranks_per_node(), 2);
+  EXPECT_EQ(s.resources().slurm().gpus_per_node(), 2);
+  s = ValidSpec(
+      base +
+      "resources:\n  launcher: slurm\n  slurm: {extra_sbatch_args: [\"--partition=cpu\"]}\n");
+  EXPECT_EQ(s.resources().slurm().nodes(), 1);
+  EXPECT_EQ(s.resources().slurm().gpus_per_node(), 0);
+
+  e = OnlyError(base +
+                "resources:\n  ranks: 4\n  launcher: slurm\n  slurm: {partition: p, nodes: 2, "
+                "ranks_per_node: 3}\n");
+  EXPECT_EQ(e.message, "nodes (2) * ranks_per_node (3) must equal resources.ranks (4)");
+  e = OnlyError(base +
+                "resources:\n  ranks: 2\n  device: cuda\n  launcher: slurm\n  slurm: {partition: "
+                "p, gpus_per_node: 1}\n");
+  EXPECT_EQ(e.field, "resources.slurm.gpus_per_node");
+  EXPECT_THAT(
+      OnlyError(base + "resources:\n  launcher: slurm\n  slurm: {partition: p, time_limit: 2h}\n")
+          .message,
+      HasSubstr("must be a Slurm time"));
+  e = OnlyError(
+      base + "resources:\n  launcher: slurm\n  slurm: {partition: p, extra_sbatch_args: [qos]}\n");
+  EXPECT_EQ(e.field, "resources.slurm.extra_sbatch_args[0]");
+  EXPECT_EQ(e.line, 14);
+  EXPECT_EQ(OnlyError(base + "resources:\n  slurm: {partition: gpu}\n").field, "resources.slurm");
+}
+
+// A complete spec as it would arrive over gRPC.
+v1::JobSpec CompleteSpec(const std::string& data_path) {
+  v1::JobSpec s;
+  s.set_name("grpc-job");
+  v1::ModelSpec* m = s.mutable_model();
+  m->set_d_model(384);
+  m->set_n_layers(6);
+  m->set_n_heads(6);
+  m->set_n_kv_heads(6);
+  m->set_seq_len(256);
+  m->set_vocab_size(65);
+  m->set_tie_embeddings(true);
+  m->mutable_moe()->set_num_experts(8);
+  m->mutable_moe()->set_top_k(2);
+  m->mutable_moe()->set_expert_hidden(512);
+  s.mutable_data()->set_path(data_path);
+  s.mutable_data()->set_tokenizer(v1::TOKENIZER_CHAR);
+  s.mutable_data()->set_val_fraction(0.1);
+  v1::TrainSpec* t = s.mutable_train();
+  t->set_steps(5000);
+  t->set_batch_size(64);
+  t->set_grad_accum(1);
+  t->set_lr(1e-3);
+  t->set_min_lr(1e-4);
+  t->set_warmup_steps(100);
+  t->set_precision(v1::PRECISION_FP32);
+  t->set_eval_every(250);
+  t->set_eval_batches(20);
+  t->set_log_every(10);
+  s.mutable_resources()->set_ranks(2);
+  s.mutable_resources()->set_device(v1::DEVICE_CPU);
+  s.mutable_resources()->set_launcher(v1::LAUNCHER_LOCAL);
+  s.mutable_checkpoint()->set_every(1000);
+  s.mutable_checkpoint()->set_keep(3);
+  return s;
+}
+
+TEST_F(JobSpecTest, ValidateJobSpecChecksAProtoWithFieldPathsOnly) {
+  v1::JobSpec s = CompleteSpec(dir_ + "/input.txt");
+  EXPECT_THAT(ValidateJobSpec(s), IsEmpty());
+
+  s.mutable_model()->mutable_moe()->set_top_k(9);
+  std::vector<SpecError> errors = ValidateJobSpec(s);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].file, "");
+  EXPECT_EQ(errors[0].line, 0);
+  EXPECT_EQ(errors[0].ToString(), "model.moe.top_k: must be between 1 and num_experts (8), got 9");
+
+  s = CompleteSpec("input.txt");
+  s.mutable_train()->set_precision(v1::PRECISION_UNSPECIFIED);
+  s.mutable_resources()->set_ranks(3);
+  s.clear_name();
+  errors = ValidateJobSpec(s);
+  // (batch_size 64 is not checked against the 3 ranks: ranks is already reported wrong.)
+  ASSERT_EQ(errors.size(), 4u) << FormatSpecErrors(errors);
+  EXPECT_EQ(
+      FormatSpecErrors(errors),
+      "name: must be 1 to 63 characters from a-z, 0-9 and '-', got ''\n"
+      "data.path: must be an absolute path (moectl resolves relative paths against the job "
+      "file's directory), got input.txt\n"
+      "train.precision: must be one of fp32, bf16, got unspecified (0)\n"
+      "resources.ranks: must divide model.moe.num_experts (8) so that every rank holds the same "
+      "number of experts, got 3");
+
+  // A spec without defaults applied (all zeros) is refused field by field, never crashes.
+  v1::JobSpec empty;
+  errors = ValidateJobSpec(empty);
+  EXPECT_GE(errors.size(), 15u);
+  for (const SpecError& e : errors) EXPECT_FALSE(e.field.empty()) << e.message;
+}
+
+}  // namespace
+}  // namespace moe

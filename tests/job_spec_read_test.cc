@@ -1,0 +1,250 @@
+// Unit tests of reading a job file (common/job_spec_read.cc): YAML -> JobSpec, required keys,
+// types, enums, unknown keys, FILE:LINE:COL positions, broken files, paths, LoadJobSpecFile.
+#include <string>
+#include <vector>
+
+#include "common/job_spec.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/job_spec_fixture.h"
+
+namespace moe {
+namespace {
+
+using ::moe::testing::JobSpecTest;
+using ::moe::testing::kMinimal;
+using ::moe::testing::WithExtra;
+using ::moe::testing::WriteText;
+using ::testing::HasSubstr;
+
+TEST_F(JobSpecTest, EachMissingRequiredKeyIsReportedAtItsParent) {
+  struct Case {
+    std::string line;  // removed from kMinimal
+    std::string field;
+    int line_no;  // where the parent mapping's key is (1 = the document)
+  };
+  const std::vector<Case> cases = {
+      {"name: tiny\n", "name", 1},  // the document mapping, which now starts at 'model:'
+      {"  d_model: 64\n", "model.d_model", 2},
+      {"  n_layers: 2\n", "model.n_layers", 2},
+      {"  n_heads: 4\n", "model.n_heads", 2},
+      {"  seq_len: 32\n", "model.seq_len", 2},
+      {"  path: input.txt\n", "data.path", 7},
+      {"  steps: 5000\n", "train.steps", 9},
+      {"  batch_size: 8\n", "train.batch_size", 9},
+  };
+  for (const Case& c : cases) {
+    std::string yaml = kMinimal;
+    yaml.erase(yaml.find(c.line), c.line.size());
+    if (c.field == "data.path") yaml.insert(yaml.find("data:") + 5, "\n  val_fraction: 0.1");
+    SpecError e = OnlyError(yaml);
+    EXPECT_EQ(e.field, c.field);
+    EXPECT_THAT(e.message, HasSubstr("required key missing"));
+    EXPECT_EQ(e.line, c.line_no) << c.field;
+    EXPECT_EQ(e.column, 1) << c.field;
+  }
+}
+
+TEST_F(JobSpecTest, MissingSectionIsOneError) {
+  SpecError e = OnlyError(
+      "name: x\nmodel: {d_model: 64, n_layers: 2, n_heads: 4, seq_len: 32}\n"
+      "data: {path: input.txt}\n");
+  EXPECT_EQ(e.field, "train");
+  EXPECT_THAT(e.message, HasSubstr("add 'train:' with steps, batch_size"));
+}
+
+TEST_F(JobSpecTest, TypeErrorsSayWhatWasExpectedAndGot) {
+  struct Case {
+    std::string value;
+    std::string want;
+  };
+  for (const Case& c :
+       std::vector<Case>{{"abc", "must be an integer, got 'abc'"},
+                         {"1.5", "must be an integer, got 1.5"},
+                         {"[1, 2]", "must be an integer, got a list"},
+                         {"{a: 1}", "must be an integer, got a mapping"},
+                         {"\"64\"", "must be an integer, got the quoted string \"64\""},
+                         {"99999999999", "must be an integer between"}}) {
+    std::string yaml = kMinimal;
+    yaml.replace(yaml.find("d_model: 64"), 11, "d_model: " + c.value);
+    SpecError e = OnlyError(yaml);
+    EXPECT_EQ(e.field, "model.d_model");
+    EXPECT_THAT(e.message, HasSubstr(c.want)) << c.value;
+    EXPECT_EQ(e.line, 3);
+    EXPECT_EQ(e.column, 12);
+  }
+  EXPECT_THAT(OnlyError(WithExtra("  seq_len: 32", "  dropout: high\n")).message,
+              HasSubstr("must be a number, got 'high'"));
+  EXPECT_THAT(OnlyError(WithExtra("  seq_len: 32", "  tie_embeddings: yes\n")).message,
+              HasSubstr("must be true or false, got 'yes'"));
+  EXPECT_THAT(OnlyError(WithExtra("  batch_size: 8", "  lr: .inf\n")).message,
+              HasSubstr("must be a finite number"));
+  EXPECT_THAT(OnlyError(WithExtra("  batch_size: 8", "  seed: -3\n")).message,
+              HasSubstr("must be a non-negative integer"));
+  EXPECT_THAT(OnlyError(WithExtra("  batch_size: 8", "  steps_extra:\n")).message,
+              HasSubstr("unknown key"));
+  SpecError null_value = OnlyError(WithExtra("  batch_size: 8", "  grad_clip:\n"));
+  EXPECT_EQ(null_value.field, "train.grad_clip");
+  EXPECT_THAT(null_value.message, HasSubstr("has no value"));
+}
+
+TEST_F(JobSpecTest, EnumsListTheirChoices) {
+  SpecError e = OnlyError(WithExtra("  path: input.txt", "  tokenizer: bpe\n"));
+  EXPECT_EQ(e.field, "data.tokenizer");
+  EXPECT_EQ(e.message, "must be one of char, gpt2, pretokenized, got 'bpe'");
+  EXPECT_THAT(OnlyError(WithExtra("  batch_size: 8", "  precision: BF16\n")).message,
+              HasSubstr("did you mean 'bf16'?"));
+  EXPECT_THAT(OnlyError(kMinimal + std::string("resources: {device: gpu}\n")).message,
+              HasSubstr("must be one of cpu, cuda"));
+  EXPECT_THAT(OnlyError(kMinimal + std::string("resources: {launcher: k8s}\n")).message,
+              HasSubstr("must be one of local, slurm"));
+}
+
+TEST_F(JobSpecTest, UnknownKeysSuggestTheNearestKnownOne) {
+  std::string yaml = kMinimal;
+  yaml.replace(yaml.find("n_layers"), 8, "n_layer");
+  SpecError e = OnlyError(yaml);  // no "n_layers missing" on top
+  EXPECT_EQ(e.ToString(), "job.yaml:4:3: model.n_layer: unknown key; did you mean 'n_layers'?");
+
+  e = OnlyError(WithExtra("  batch_size: 8", "  warmup: 10\n"));
+  EXPECT_THAT(e.message, HasSubstr("unknown key"));
+
+  e = OnlyError(WithExtra("  batch_size: 8", "  wieght_decay: 0.1\n"));
+  EXPECT_EQ(e.message, "unknown key; did you mean 'weight_decay'?");
+  EXPECT_EQ(e.line, 12);
+  EXPECT_EQ(e.column, 3);
+
+  e = OnlyError(WithExtra("  seq_len: 32", "  steps: 10\n"));
+  EXPECT_EQ(e.field, "model.steps");
+  EXPECT_EQ(e.message, "unknown key under 'model'; 'steps' belongs at train.steps");
+
+  e = OnlyError(kMinimal + std::string("epochs: 3\n"));
+  EXPECT_THAT(e.message, HasSubstr("the keys at the top level are: name, model, data"));
+
+  e = OnlyError(WithExtra("  seq_len: 32", "  d_model: 128\n"));
+  EXPECT_EQ(e.field, "model.d_model");
+  EXPECT_EQ(e.message, "duplicate key (first given on line 3); keep one");
+}
+
+TEST_F(JobSpecTest, AllErrorsOfAFileAreReportedInFileOrder) {
+  ParsedSpec p = Parse(R"(name: Bad Name
+model:
+  d_model: 64
+  n_layers: 0
+  n_heads: 4
+  seq_len: 32
+  moe: {num_experts: 4, top_k: 5}
+data:
+  path: input.txt
+  tokenizer: Char
+train:
+  steps: 10
+  batch_size: 8
+  lr: abc
+  warmup_steps: 20
+)");
+  ASSERT_EQ(p.errors.size(), 6u) << FormatSpecErrors(p.errors);
+  EXPECT_FALSE(p.ok());
+  EXPECT_EQ(FormatSpecErrors(p.errors),
+            "job.yaml:1:7: name: must be 1 to 63 characters from a-z, 0-9 and '-', got 'Bad Name'\n"
+            "job.yaml:4:13: model.n_layers: must be between 1 and 4096, got 0\n"
+            "job.yaml:7:32: model.moe.top_k: must be between 1 and num_experts (4), got 5\n"
+            "job.yaml:10:14: data.tokenizer: must be one of char, gpt2, pretokenized, got 'Char'; "
+            "did you mean 'char'?\n"
+            "job.yaml:14:7: train.lr: must be a number, got 'abc'\n"
+            "job.yaml:15:17: train.warmup_steps: must be between 0 and train.steps (10), got 20");
+  EXPECT_EQ(p.spec.ByteSizeLong(), 0u);  // nothing half-validated escapes
+}
+
+TEST_F(JobSpecTest, OneMistakeGivesOneError) {
+  // A section that is not a mapping does not also report its keys as missing or wrong.
+  SpecError e =
+      OnlyError("name: x\nmodel: 64\ndata: {path: input.txt}\ntrain: {steps: 1, batch_size: 1}\n");
+  EXPECT_EQ(e.field, "model");
+  EXPECT_THAT(e.message, HasSubstr("must be a mapping"));
+  // A bad value does not break the rules that use it (or the defaults derived from it).
+  std::string yaml = kMinimal;
+  yaml.replace(yaml.find("n_heads: 4"), 10, "n_heads: four");
+  EXPECT_EQ(OnlyError(yaml).field, "model.n_heads");
+  yaml = kMinimal;
+  yaml.replace(yaml.find("steps: 5000"), 11, "steps: many");
+  EXPECT_EQ(OnlyError(yaml).field, "train.steps");
+  EXPECT_EQ(OnlyError(WithExtra("  batch_size: 8", "  lr: -1\n")).field, "train.lr");
+  EXPECT_EQ(OnlyError(kMinimal + std::string("resources: {ranks: x}\n")).field, "resources.ranks");
+}
+
+TEST_F(JobSpecTest, BrokenFilesGiveOneClearError) {
+  SpecError e = OnlyError("name: x\nmodel: {d_model: 64\ndata: 1\n");
+  EXPECT_EQ(e.line, 3);
+  EXPECT_THAT(e.message, HasSubstr("invalid YAML"));
+  EXPECT_EQ(e.field, "");
+
+  EXPECT_THAT(OnlyError("").message, HasSubstr("is empty"));
+  EXPECT_THAT(OnlyError("# nothing\n").message, HasSubstr("is empty"));
+  EXPECT_THAT(OnlyError("---\n...\n").message, HasSubstr("is empty"));
+  EXPECT_THAT(OnlyError("- a\n- b\n").message, HasSubstr("must be a YAML mapping"));
+  EXPECT_THAT(OnlyError("name: x\n---\nname: y\n").message,
+              HasSubstr("more than one YAML document"));
+
+  e = OnlyError(std::string("name: x\nmo\0del: 1\n", 18));
+  EXPECT_EQ(
+      e.ToString(),
+      "job.yaml:2:3: is not a UTF-8 text file: found a NUL byte here; a job file is YAML text");
+  EXPECT_THAT(OnlyError("name: caf\xe9\n").message,
+              HasSubstr("byte 0xE9 here, which is not valid UTF-8"));
+  EXPECT_THAT(OnlyError("name: " + std::string(600, '[') + std::string(600, ']')).message,
+              HasSubstr("nested too deeply"));
+  EXPECT_THAT(OnlyError(std::string(2 << 20, '#')).message, HasSubstr("too large"));
+  ValidSpec(std::string(kMinimal) + "# UTF-8 is fine: caf\xc3\xa9\n");
+}
+
+TEST_F(JobSpecTest, LoadJobSpecFileReadsFilesAndRefusesOthers) {
+  WriteText(dir_ + "/job.yaml", kMinimal);
+  ParsedSpec p = LoadJobSpecFile(dir_ + "/job.yaml");
+  ASSERT_TRUE(p.ok()) << FormatSpecErrors(p.errors);
+  EXPECT_EQ(p.spec.data().path(), dir_ + "/input.txt");
+
+  for (const std::string& bad : {dir_ + "/missing.yaml", dir_ + "/gpt2"}) {
+    ParsedSpec q = LoadJobSpecFile(bad);
+    ASSERT_EQ(q.errors.size(), 1u);
+    EXPECT_EQ(q.errors[0].file, bad);
+    EXPECT_THAT(q.errors[0].ToString(),
+                HasSubstr(bad == dir_ + "/gpt2" ? "is a directory" : "does not exist"));
+  }
+  ParsedSpec dev = LoadJobSpecFile("/dev/null");
+  ASSERT_EQ(dev.errors.size(), 1u);
+  EXPECT_THAT(dev.errors[0].message, HasSubstr("not a regular file"));
+
+  absl::StatusOr<v1::JobSpec> ok = LoadJobSpec(dir_ + "/job.yaml");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->name(), "tiny");
+  WriteText(dir_ + "/bad.yaml", std::string(kMinimal) + "epochs: 1\nmax_restarts: -1\n");
+  absl::StatusOr<v1::JobSpec> bad = LoadJobSpec(dir_ + "/bad.yaml");
+  ASSERT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("bad.yaml:12:1: epochs: unknown key"));
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("\n"));
+}
+
+TEST_F(JobSpecTest, RelativePathsResolveAgainstTheBaseDir) {
+  std::string yaml = WithExtra("  path: input.txt", "  cache_dir: cache/../tokens\n") +
+                     "checkpoint: {dir: ckpt}\n";
+  v1::JobSpec s = ValidSpec(yaml);
+  EXPECT_EQ(s.data().path(), dir_ + "/input.txt");
+  EXPECT_EQ(s.data().cache_dir(), dir_ + "/tokens");
+  EXPECT_EQ(s.checkpoint().dir(), dir_ + "/ckpt");
+
+  std::string abs = kMinimal;
+  abs.replace(abs.find("path: input.txt"), 15, "path: " + dir_ + "/./input.txt");
+  EXPECT_EQ(ParseJobSpec(abs, "job.yaml", "/nonexistent").spec.data().path(),
+            dir_ + "/./input.txt");
+
+  // The checkpoint dir may not exist yet, but must not be a file.
+  SpecError e = OnlyError(kMinimal + std::string("checkpoint: {dir: input.txt}\n"));
+  EXPECT_EQ(e.field, "checkpoint.dir");
+  EXPECT_THAT(e.message, HasSubstr("is not a directory"));
+  EXPECT_THAT(OnlyError(WithExtra("  path: input.txt", "  tokenizer_dir: gpt2\n")).message,
+              HasSubstr("only used with tokenizer gpt2"));
+}
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,61 @@
+#include "tests/support/job_spec_fixture.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "gmock/gmock.h"
+#include "tests/support/paths.h"
+
+namespace moe::testing {
+
+namespace fs = std::filesystem;
+
+void WriteText(const std::string& path, const std::string& text) {
+  fs::create_directories(fs::path(path).parent_path());
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+std::string WithExtra(const std::string& section_line, const std::string& extra) {
+  std::string yaml = kMinimal;
+  size_t at = yaml.find(section_line);
+  EXPECT_NE(at, std::string::npos) << section_line;
+  at = yaml.find('\n', at) + 1;
+  return yaml.insert(at, extra);
+}
+
+void JobSpecTest::SetUp() {
+  dir_ = MakeTempDir("job_spec_test_");
+  WriteText(dir_ + "/input.txt", "First Citizen:\nBefore we proceed any further, hear me speak.\n");
+  WriteText(dir_ + "/gpt2/encoder.json", "{}");
+  WriteText(dir_ + "/gpt2/vocab.bpe", "#version: 0.2\n");
+  WriteText(dir_ + "/shards/train_000.bin", "\x01\x02");
+  WriteText(dir_ + "/shards/train_001.bin", "\x03\x04");
+}
+
+void JobSpecTest::TearDown() { fs::remove_all(dir_); }
+
+ParsedSpec JobSpecTest::Parse(const std::string& yaml) {
+  return ParseJobSpec(yaml, "job.yaml", dir_);
+}
+
+SpecError JobSpecTest::OnlyError(const std::string& yaml) {
+  ParsedSpec p = Parse(yaml);
+  EXPECT_EQ(p.errors.size(), 1u) << FormatSpecErrors(p.errors);
+  return p.errors.empty() ? SpecError{} : p.errors[0];
+}
+
+moe::v1::JobSpec JobSpecTest::ValidSpec(const std::string& yaml) {
+  ParsedSpec p = Parse(yaml);
+  EXPECT_TRUE(p.ok()) << FormatSpecErrors(p.errors);
+  return p.spec;
+}
+
+void JobSpecTest::ExpectOnlyErrors(const std::vector<OneErrorCase>& cases) {
+  for (const OneErrorCase& c : cases) {
+    SpecError e = OnlyError(WithExtra(c.section_line, c.extra));
+    EXPECT_EQ(e.field, c.field) << c.extra;
+    EXPECT_THAT(e.message, ::testing::HasSubstr(c.message)) << c.extra;
+  }
+}
+
+}  // namespace moe::testing
