@@ -157,7 +157,8 @@ int GroupedGemmBench(const BenchConfig& c, int iters) {
 int main(int argc, char** argv) {
   std::string config = "tiny", precision = "bf16", device = "cuda";
   int steps = 20, warmup = 5;
-  bool grouped_gemm = false, profile = false;
+  bool grouped_gemm = false;
+  [[maybe_unused]] bool profile = false;  // CUDA builds only
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const bool has_value = i + 1 < argc;

@@ -14,6 +14,7 @@
 #include "kernels/router.h"
 #include "kernels/routing_plan.h"
 #include "tests/support/gradcheck.h"
+#include "worker/model/moe_bookkeeping.h"
 
 namespace moe::kernels {
 namespace {

@@ -109,7 +109,7 @@ TEST(RankFailure, MpiErrorIsReportedWithRankAndPlace) {
   ExpectEndedByItself(job);
   // Rank 1 posted a receive for fewer floats than rank 0 sent: MPI reports a truncation.
   EXPECT_THAT(job.output, HasSubstr("moe-worker rank 1 (")) << job.output;
-  EXPECT_THAT(job.output, HasSubstr("worker/comm_mpi.cc:")) << job.output;
+  EXPECT_THAT(job.output, HasSubstr("worker/parallel/comm_mpi.cc:")) << job.output;
   EXPECT_THAT(job.output, HasSubstr("in all-to-all (payload) with rank 0: ")) << job.output;
   EXPECT_THAT(job.output, HasSubstr("MPI_ERR_TRUNCATE")) << job.output;
 }
