@@ -7,8 +7,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
-#include "daemon/local_launcher.h"
-#include "daemon/slurm_launcher.h"
 #include "daemon/status_util.h"
 
 namespace moe::daemon {
@@ -49,8 +47,7 @@ grpc::Status JobServiceImpl::GetJob(grpc::ServerContext* context,
   absl::StatusOr<JobRecord> rec = store_->GetJob(request->id());
   if (!rec.ok()) return ToGrpcStatus(rec.status());
   *response = rec->job;
-  LocalLauncher::Describe(rec->launch_handle, response);
-  SlurmLauncher::Describe(rec->launch_handle, response);
+  launchers_.For(response->spec())->Describe(rec->launch_handle, response);
   return grpc::Status::OK;
 }
 
@@ -63,8 +60,7 @@ grpc::Status JobServiceImpl::ListJobs(grpc::ServerContext* context,
   for (JobRecord& r : *jobs) {
     moe::v1::Job* job = response->add_jobs();
     *job = std::move(r.job);
-    LocalLauncher::Describe(r.launch_handle, job);
-    SlurmLauncher::Describe(r.launch_handle, job);
+    launchers_.For(job->spec())->Describe(r.launch_handle, job);
   }
   return grpc::Status::OK;
 }

@@ -4,6 +4,7 @@
 
 #include "daemon/auth.h"
 #include "daemon/job_store.h"
+#include "daemon/launcher.h"
 #include "daemon/scheduler.h"
 #include "moe/v1/control.grpc.pb.h"
 
@@ -11,8 +12,10 @@ namespace moe::daemon {
 
 class JobServiceImpl final : public moe::v1::JobService::Service {
  public:
-  JobServiceImpl(JobStore* store, Scheduler* scheduler, const TokenAuth* auth)
-      : store_(store), scheduler_(scheduler), auth_(auth) {}
+  // launchers describe a job's launch handle in GetJob and ListJobs.
+  JobServiceImpl(JobStore* store, Scheduler* scheduler, Launchers launchers,
+                 const TokenAuth* auth)
+      : store_(store), scheduler_(scheduler), launchers_(launchers), auth_(auth) {}
 
   grpc::Status SubmitJob(grpc::ServerContext* context, const moe::v1::SubmitJobRequest* request,
                          moe::v1::Job* response) override;
@@ -32,6 +35,7 @@ class JobServiceImpl final : public moe::v1::JobService::Service {
  private:
   JobStore* const store_;
   Scheduler* const scheduler_;
+  const Launchers launchers_;
   const TokenAuth* const auth_;
 };
 

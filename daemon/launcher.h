@@ -1,4 +1,5 @@
-// Launcher: how moed starts, watches, signals and finds the output of one attempt of a job.
+// Launcher: how moed starts, watches, signals, describes and finds the output of one attempt of
+// a job; Launchers: the ones a moed has, chosen by a job spec's resources.launcher.
 // LocalLauncher (mpirun on this machine) and SlurmLauncher (sbatch + srun) implement it.
 #pragma once
 
@@ -8,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "moe/v1/control.pb.h"
 #include "moe/v1/job.pb.h"
 
 namespace moe::daemon {
@@ -42,6 +44,22 @@ struct OutputFile {
   std::string path;
 };
 
+// An attempt in the queue of a batch system (Slurm): who it is there, from the handle alone.
+struct BatchJob {
+  std::string system;  // "Slurm"
+  std::string id;      // the batch system's job id
+};
+
+// Where an attempt stands in its batch system, as the launcher last saw it.
+struct BatchState {
+  bool known = false;     // the batch system answered at least once; nothing below is set before
+  std::string state;      // its word for it: PENDING, RUNNING, COMPLETED, ...
+  std::string reason;     // why a pending job waits (Resources, Priority, ...); "" when none given
+  std::string node_list;  // where it runs
+  int attempt = 0;        // moed's attempt that runs now: a requeue by the batch system moves it on
+  bool pending = false;   // waiting in the queue (before its first run, or after a requeue)
+};
+
 class Launcher {
  public:
   virtual ~Launcher() = default;
@@ -58,6 +76,35 @@ class Launcher {
   // the log lines come over the workers' report streams).
   virtual bool CapturesOutput() const = 0;
   virtual std::vector<OutputFile> OutputFiles(const std::string& handle) = 0;
+
+  // Whether the ranks run on this machine: the job then takes moed's ranks (--max-ranks) or GPUs
+  // and waits for them in moed's FIFO queue. Otherwise a batch system queues and places it:
+  // moed submits it at once and follows it there (BatchStateOf).
+  virtual bool RunsOnThisMachine() const = 0;
+  // The GPUs of this machine a handle's ranks got (LaunchRequest::gpus); empty when none.
+  virtual std::vector<int> Gpus(const std::string& handle) const = 0;
+  // Fills the job view moectl gets (GetJob, ListJobs) with what the handle tells, asking no one:
+  // the GPUs of a local job; the Slurm job id and node list of a Slurm job.
+  virtual void Describe(const std::string& handle, moe::v1::Job* view) const = 0;
+
+  // Launchers that do not run on this machine: the attempt in its batch system, from the
+  // handle alone (empty for the others, and for a handle that never reached the batch system).
+  virtual BatchJob BatchJobOf(const std::string& handle) const = 0;
+  // The attempt as the batch system last told (it is asked at most so often); known = false
+  // for launchers without a batch system.
+  virtual BatchState BatchStateOf(const std::string& handle) = 0;
+};
+
+// The launchers of one moed, by the kind a job spec asks for (resources.launcher). moed.cc builds
+// the concrete ones; the scheduler and the job service see only Launcher.
+struct Launchers {
+  Launcher* local = nullptr;  // LAUNCHER_LOCAL and LAUNCHER_UNSPECIFIED jobs
+  Launcher* slurm = nullptr;  // LAUNCHER_SLURM jobs; when null, they run on local
+
+  Launcher* For(const moe::v1::JobSpec& spec) const {
+    return spec.resources().launcher() == moe::v1::LAUNCHER_SLURM && slurm != nullptr ? slurm
+                                                                                       : local;
+  }
 };
 
 }  // namespace moe::daemon

@@ -296,13 +296,13 @@ absl::StatusOr<std::string> LocalLauncher::Launch(const LaunchRequest& req) {
   return FormatHandle(h);
 }
 
-std::vector<int> LocalLauncher::Gpus(const std::string& handle) {
+std::vector<int> LocalLauncher::Gpus(const std::string& handle) const {
   return ParseHandle(handle).gpus;
 }
 
-void LocalLauncher::Describe(const std::string& handle, moe::v1::Job* job) {
-  job->clear_gpus();
-  for (int g : Gpus(handle)) job->add_gpus(GpuName(g));
+void LocalLauncher::Describe(const std::string& handle, moe::v1::Job* view) const {
+  view->clear_gpus();
+  for (int g : Gpus(handle)) view->add_gpus(GpuName(g));
 }
 
 ProcessState LocalLauncher::Poll(const std::string& handle) {

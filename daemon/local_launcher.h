@@ -27,13 +27,15 @@ class LocalLauncher final : public Launcher {
   bool AnyAlive(const std::string& handle) override;
   bool CapturesOutput() const override { return true; }
   std::vector<OutputFile> OutputFiles(const std::string& handle) override;
+  bool RunsOnThisMachine() const override { return true; }
+  std::vector<int> Gpus(const std::string& handle) const override;
+  // view->gpus: the handle's GPUs as CUDA_VISIBLE_DEVICES names them.
+  void Describe(const std::string& handle, moe::v1::Job* view) const override;
+  BatchJob BatchJobOf(const std::string&) const override { return {}; }
+  BatchState BatchStateOf(const std::string&) override { return {}; }
 
   // Every live (non-zombie) process whose session id is sid, from /proc.
   static std::vector<int> SessionMembers(int sid);
-  // The GPUs a handle's ranks got (LaunchRequest::gpus), and the view for moectl: job->gpus
-  // as CUDA_VISIBLE_DEVICES names them.
-  static std::vector<int> Gpus(const std::string& handle);
-  static void Describe(const std::string& handle, moe::v1::Job* job);
 
  private:
   LocalLauncherOptions options_;

@@ -1,4 +1,4 @@
-// Moed: wiring and config validation.
+// Moed: wiring and config validation. The only place that builds the concrete launchers.
 #include "daemon/moed.h"
 
 #include <dirent.h>
@@ -147,7 +147,8 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
     token = *t;
   }
   m->auth_ = std::make_unique<TokenAuth>(token);
-  m->launcher_ = std::make_unique<LocalLauncher>(LocalLauncherOptions{c.mpirun, c.worker_bin});
+  m->local_launcher_ =
+      std::make_unique<LocalLauncher>(LocalLauncherOptions{c.mpirun, c.worker_bin});
   SlurmLauncherOptions slurm;
   slurm.worker_bin = c.worker_bin;
   slurm.template_path = c.slurm_template;
@@ -163,10 +164,10 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
   so.token = token;
   so.heartbeat_timeout = c.heartbeat_timeout;
   so.cancel_grace = c.cancel_grace;
-  m->scheduler_ = std::make_unique<Scheduler>(so, m->store_.get(), m->launcher_.get(),
-                                              m->slurm_launcher_.get());
-  m->job_service_ =
-      std::make_unique<JobServiceImpl>(m->store_.get(), m->scheduler_.get(), m->auth_.get());
+  const Launchers launchers{m->local_launcher_.get(), m->slurm_launcher_.get()};
+  m->scheduler_ = std::make_unique<Scheduler>(so, m->store_.get(), launchers);
+  m->job_service_ = std::make_unique<JobServiceImpl>(m->store_.get(), m->scheduler_.get(),
+                                                     launchers, m->auth_.get());
   m->report_service_ =
       std::make_unique<ReportServiceImpl>(m->store_.get(), m->scheduler_.get(), m->auth_.get());
   if (absl::Status s = m->scheduler_->Recover(); !s.ok()) return s;

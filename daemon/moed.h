@@ -1,6 +1,6 @@
-// Moed: the daemon as one object: job store, scheduler, local launcher, the gRPC server (job
-// service, worker report service, health, reflection) and the /metrics endpoint. main.cc fills
-// a MoedConfig from flags; tests can run a Moed in process.
+// Moed: the daemon as one object: job store, scheduler, the launchers (local, Slurm), the gRPC
+// server (job service, worker report service, health, reflection) and the /metrics endpoint.
+// main.cc fills a MoedConfig from flags; tests can run a Moed in process.
 #pragma once
 
 #include <chrono>
@@ -18,8 +18,7 @@ namespace moe::daemon {
 
 class JobStore;
 class Scheduler;
-class LocalLauncher;
-class SlurmLauncher;
+class Launcher;
 class TokenAuth;
 class JobServiceImpl;
 class ReportServiceImpl;
@@ -60,8 +59,8 @@ class Moed {
   MoedConfig config_;
   std::unique_ptr<JobStore> store_;
   std::unique_ptr<TokenAuth> auth_;
-  std::unique_ptr<LocalLauncher> launcher_;
-  std::unique_ptr<SlurmLauncher> slurm_launcher_;
+  std::unique_ptr<Launcher> local_launcher_;
+  std::unique_ptr<Launcher> slurm_launcher_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<JobServiceImpl> job_service_;
   std::unique_ptr<ReportServiceImpl> report_service_;

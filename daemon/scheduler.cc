@@ -11,7 +11,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/files.h"
-#include "daemon/local_launcher.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace moe::daemon {
@@ -59,20 +58,19 @@ std::string SanitizeUtf8(std::string_view s) {
   return out;
 }
 
-Scheduler::Scheduler(SchedulerOptions options, JobStore* store, Launcher* launcher,
-                     SlurmLauncher* slurm)
-    : options_(std::move(options)), store_(store), launcher_(launcher), slurm_(slurm) {}
-
-bool Scheduler::IsSlurm(const JobRecord& rec) {
-  return rec.job.spec().resources().launcher() == moe::v1::LAUNCHER_SLURM;
-}
-
-bool Scheduler::UsesGpus(const JobRecord& rec) {
-  return !IsSlurm(rec) && rec.job.spec().resources().device() == moe::v1::DEVICE_CUDA;
-}
+Scheduler::Scheduler(SchedulerOptions options, JobStore* store, Launchers launchers)
+    : options_(std::move(options)), store_(store), launchers_(launchers) {}
 
 Launcher* Scheduler::LauncherFor(const JobRecord& rec) const {
-  return IsSlurm(rec) && slurm_ != nullptr ? slurm_ : launcher_;
+  return launchers_.For(rec.job.spec());
+}
+
+bool Scheduler::InBatchSystem(const JobRecord& rec) const {
+  return !LauncherFor(rec)->RunsOnThisMachine();
+}
+
+bool Scheduler::UsesGpus(const JobRecord& rec) const {
+  return !InBatchSystem(rec) && rec.job.spec().resources().device() == moe::v1::DEVICE_CUDA;
 }
 
 bool Scheduler::CapturesOutput(const std::string& job_id) {
@@ -81,7 +79,7 @@ bool Scheduler::CapturesOutput(const std::string& job_id) {
     return LauncherFor(it->second.rec)->CapturesOutput();
   }
   absl::StatusOr<JobRecord> rec = store_->GetJob(job_id);
-  return rec.ok() ? LauncherFor(*rec)->CapturesOutput() : launcher_->CapturesOutput();
+  return rec.ok() ? LauncherFor(*rec)->CapturesOutput() : launchers_.local->CapturesOutput();
 }
 
 Scheduler::~Scheduler() { Stop(); }
@@ -124,7 +122,7 @@ void Scheduler::SetState(JobRecord& rec, JobState state, const std::string& reas
 int Scheduler::UsedRanks() const {
   int used = 0;
   for (const auto& [id, a] : active_) {
-    if (!IsSlurm(a.rec) && !UsesGpus(a.rec)) used += a.rec.job.spec().resources().ranks();
+    if (!InBatchSystem(a.rec) && !UsesGpus(a.rec)) used += a.rec.job.spec().resources().ranks();
   }
   return used;
 }
@@ -169,7 +167,7 @@ absl::Status Scheduler::Recover() {
     absl::StatusOr<std::map<std::string, int64_t>> offsets = store_->CaptureOffsets(id);
     if (offsets.ok()) a.offsets = *std::move(offsets);
     a.launched = !a.rec.launch_handle.empty() && st != moe::v1::JOB_STATE_RESTARTING;
-    if (UsesGpus(a.rec)) a.gpus = LocalLauncher::Gpus(a.rec.launch_handle);
+    if (UsesGpus(a.rec)) a.gpus = LauncherFor(a.rec)->Gpus(a.rec.launch_handle);
     if (a.rec.cancel_requested) {
       if (a.launched) LauncherFor(a.rec)->Terminate(a.rec.launch_handle);
       a.cancel_deadline = Clock::now() + options_.cancel_grace;
@@ -201,7 +199,7 @@ absl::Status Scheduler::Recover() {
 absl::StatusOr<moe::v1::Job> Scheduler::Submit(const moe::v1::JobSpec& spec,
                                                const std::string& spec_yaml) {
   const int ranks = spec.resources().ranks();
-  const bool local = spec.resources().launcher() != moe::v1::LAUNCHER_SLURM;
+  const bool local = launchers_.For(spec)->RunsOnThisMachine();
   const bool cuda = spec.resources().device() == moe::v1::DEVICE_CUDA;
   if (local && cuda && ranks > options_.gpus) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -294,7 +292,7 @@ absl::Status Scheduler::OnWorkerHello(const std::string& job_id, int attempt, in
         "job ", job_id, " is ", StateName(rec->job.state()), ", not running; stop reporting"));
   }
   Active& a = it->second;
-  if (IsSlurm(a.rec) && a.launched && attempt > a.rec.attempt) AdoptAttempt(a, attempt);
+  if (InBatchSystem(a.rec) && a.launched && attempt > a.rec.attempt) AdoptAttempt(a, attempt);
   if (attempt != a.rec.attempt || !a.launched) {
     return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " runs attempt ",
                                                       a.rec.attempt, ", not ", attempt));
@@ -329,7 +327,7 @@ void Scheduler::Tick() {
 void Scheduler::Admit() {
   for (auto it = queue_.begin(); it != queue_.end();) {
     absl::StatusOr<JobRecord> rec = store_->GetJob(*it);
-    if (!rec.ok() || rec->job.state() != moe::v1::JOB_STATE_QUEUED || !IsSlurm(*rec)) {
+    if (!rec.ok() || rec->job.state() != moe::v1::JOB_STATE_QUEUED || !InBatchSystem(*rec)) {
       ++it;
       continue;
     }
@@ -391,7 +389,8 @@ void Scheduler::LaunchAttempt(Active& a) {
   a.pending_failure.clear();
   a.killed = false;
   a.attempt_started = Clock::now();
-  absl::StatusOr<std::string> handle = LauncherFor(a.rec)->Launch(req);
+  Launcher* launcher = LauncherFor(a.rec);
+  absl::StatusOr<std::string> handle = launcher->Launch(req);
   if (!handle.ok()) {
     a.launched = false;
     a.rec.launch_handle.clear();
@@ -401,14 +400,13 @@ void Scheduler::LaunchAttempt(Active& a) {
   }
   a.launched = true;
   a.rec.launch_handle = *handle;
-  if (IsSlurm(a.rec)) {
-    moe::v1::Job view;
-    SlurmLauncher::Describe(*handle, &view);
+  if (!launcher->RunsOnThisMachine()) {
+    const BatchJob batch = launcher->BatchJobOf(*handle);
     SetState(a.rec, moe::v1::JOB_STATE_QUEUED,
-             absl::StrCat("submitted to Slurm as job ", view.slurm_job_id(), " (attempt ",
+             absl::StrCat("submitted to ", batch.system, " as job ", batch.id, " (attempt ",
                           a.rec.attempt, ")"));
-    LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": attempt ", a.rec.attempt,
-                           " is Slurm job ", view.slurm_job_id()));
+    LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": attempt ", a.rec.attempt, " is ",
+                           batch.system, " job ", batch.id));
     return;
   }
   SetState(a.rec, moe::v1::JOB_STATE_STARTING,
@@ -541,7 +539,7 @@ bool Scheduler::Watch(Active& a) {
     Failed(a, ps.reason);
     return IsFinal(a.rec.job.state());
   }
-  if (IsSlurm(a.rec) && slurm_ != nullptr) WatchSlurm(a, now);
+  if (!launcher->RunsOnThisMachine()) WatchBatch(a, now);
 
   // Heartbeats: every rank that reported must keep reporting; and some rank must report
   // within the timeout of the launch.
@@ -573,24 +571,26 @@ void Scheduler::AdoptAttempt(Active& a, int attempt) {
   a.rec.attempt = attempt;
   a.last_heard.clear();
   a.attempt_started = Clock::now();
-  moe::v1::Job view;
-  SlurmLauncher::Describe(a.rec.launch_handle, &view);
+  const BatchJob batch = LauncherFor(a.rec)->BatchJobOf(a.rec.launch_handle);
   SetState(a.rec, a.rec.job.state(),
-           absl::StrCat("Slurm requeued job ", view.slurm_job_id(), ": attempt ", attempt,
+           absl::StrCat(batch.system, " requeued job ", batch.id, ": attempt ", attempt,
                         " resumes from the newest checkpoint"));
-  LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": Slurm requeued it, attempt ", attempt));
+  LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": ", batch.system, " requeued it, attempt ",
+                         attempt));
 }
 
-void Scheduler::WatchSlurm(Active& a, Clock::time_point now) {
-  const SlurmJobInfo info = slurm_->Info(a.rec.launch_handle);
+void Scheduler::WatchBatch(Active& a, Clock::time_point now) {
+  Launcher* launcher = LauncherFor(a.rec);
+  const BatchState info = launcher->BatchStateOf(a.rec.launch_handle);
   if (!info.known) return;
   if (info.attempt > a.rec.attempt) AdoptAttempt(a, info.attempt);
+  const BatchJob batch = launcher->BatchJobOf(a.rec.launch_handle);
   const moe::v1::JobState st = a.rec.job.state();
-  // Ranks of this attempt report, so an older answer from Slurm that says PENDING is stale.
-  if (info.pending() && a.last_heard.empty()) {
-    // Waiting in Slurm's queue: no heartbeat is due until it runs.
-    std::string reason = absl::StrCat("Slurm job ", info.slurm_job_id, " ", info.state);
-    if (!info.reason.empty() && info.reason != "None") absl::StrAppend(&reason, ": ", info.reason);
+  // Ranks of this attempt report, so an older answer that says pending is stale.
+  if (info.pending && a.last_heard.empty()) {
+    // Waiting in the batch system's queue: no heartbeat is due until it runs.
+    std::string reason = absl::StrCat(batch.system, " job ", batch.id, " ", info.state);
+    if (!info.reason.empty()) absl::StrAppend(&reason, ": ", info.reason);
     if (a.rec.attempt > 0) absl::StrAppend(&reason, " (attempt ", a.rec.attempt, ")");
     if (st != moe::v1::JOB_STATE_QUEUED || a.rec.job.reason() != reason) {
       SetState(a.rec, moe::v1::JOB_STATE_QUEUED, reason);
@@ -599,7 +599,7 @@ void Scheduler::WatchSlurm(Active& a, Clock::time_point now) {
     a.attempt_started = now;
   } else if (st == moe::v1::JOB_STATE_QUEUED) {
     SetState(a.rec, moe::v1::JOB_STATE_STARTING,
-             absl::StrCat("Slurm job ", info.slurm_job_id, " ", info.state, " on ",
+             absl::StrCat(batch.system, " job ", batch.id, " ", info.state, " on ",
                           info.node_list.empty() ? "?" : info.node_list));
     a.attempt_started = now;
   }

@@ -1,7 +1,8 @@
 // Scheduler: the queue and the job state machine. Jobs wait QUEUED (FIFO) until their ranks fit
-// (device cpu: in --max-ranks; device cuda: one free GPU per rank), then a launcher starts them; one thread polls the running attempts, ingests
-// their output into the store, watches heartbeats, drives cancels and restarts, and on start
-// finds again the jobs a previous moed left running.
+// (device cpu: in --max-ranks; device cuda: one free GPU per rank), then their Launcher starts
+// them (batch jobs go to their batch system at once); one thread polls the running attempts,
+// ingests their output into the store, watches heartbeats, drives cancels and restarts, and on
+// start finds again the jobs a previous moed left running.
 #pragma once
 
 #include <chrono>
@@ -19,7 +20,6 @@
 #include "absl/status/statusor.h"
 #include "daemon/job_store.h"
 #include "daemon/launcher.h"
-#include "daemon/slurm_launcher.h"
 #include "moe/v1/control.pb.h"
 
 namespace moe::daemon {
@@ -37,9 +37,8 @@ struct SchedulerOptions {
 
 class Scheduler {
  public:
-  // launcher runs `launcher: local` jobs; slurm (when given) runs `launcher: slurm` jobs.
-  Scheduler(SchedulerOptions options, JobStore* store, Launcher* launcher,
-            SlurmLauncher* slurm = nullptr);
+  // launchers.For(spec) runs a job.
+  Scheduler(SchedulerOptions options, JobStore* store, Launchers launchers);
   ~Scheduler();
 
   // Reads the store: queues QUEUED jobs again and reattaches to (or relaunches) the jobs a
@@ -95,18 +94,19 @@ class Scheduler {
   // The lowest n GPUs no active job holds.
   std::vector<int> FreeGpus(int n) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The launcher a job asked for (resources.launcher).
-  static bool IsSlurm(const JobRecord& rec);
-  // A local device: cuda job: it takes one GPU per rank on this machine.
-  static bool UsesGpus(const JobRecord& rec);
   Launcher* LauncherFor(const JobRecord& rec) const;
-  // Slurm jobs: PENDING shows as QUEUED with Slurm's reason; a requeue moves the attempt on.
-  void WatchSlurm(Active& a, Clock::time_point now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Its launcher hands it to a batch system (Slurm), which queues and places it, not moed.
+  bool InBatchSystem(const JobRecord& rec) const;
+  // A device: cuda job run on this machine: it takes one GPU per rank here.
+  bool UsesGpus(const JobRecord& rec) const;
+  // Batch jobs: pending in the batch system shows as QUEUED with its reason; a requeue there
+  // moves the attempt on.
+  void WatchBatch(Active& a, Clock::time_point now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AdoptAttempt(Active& a, int attempt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const SchedulerOptions options_;
   JobStore* const store_;
-  Launcher* const launcher_;
-  SlurmLauncher* const slurm_;
+  const Launchers launchers_;
 
   std::mutex mu_;
   std::condition_variable wake_;

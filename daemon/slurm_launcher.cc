@@ -212,12 +212,17 @@ bool SlurmLauncher::IsSlurmHandle(const std::string& handle) {
   return absl::StartsWith(handle, "slurm=");
 }
 
-void SlurmLauncher::Describe(const std::string& handle, moe::v1::Job* job) {
+void SlurmLauncher::Describe(const std::string& handle, moe::v1::Job* view) const {
   if (!IsSlurmHandle(handle)) return;
   Handle h = ParseHandle(handle);
-  job->set_slurm_job_id(h.id);
+  view->set_slurm_job_id(h.id);
   absl::StatusOr<std::string> nodes = ReadFile(absl::StrCat(h.dir, "/slurm-", h.id, ".nodes"));
-  if (nodes.ok()) job->set_node_list(std::string(absl::StripAsciiWhitespace(*nodes)));
+  if (nodes.ok()) view->set_node_list(std::string(absl::StripAsciiWhitespace(*nodes)));
+}
+
+BatchJob SlurmLauncher::BatchJobOf(const std::string& handle) const {
+  if (!IsSlurmHandle(handle)) return {};
+  return {"Slurm", ParseHandle(handle).id};
 }
 
 absl::StatusOr<std::vector<std::string>> SlurmLauncher::SbatchArgs(const LaunchRequest& req) {
@@ -433,6 +438,18 @@ SlurmLauncher::Cached SlurmLauncher::Refresh(const std::string& handle, bool for
 
 SlurmJobInfo SlurmLauncher::Info(const std::string& handle) {
   return Refresh(handle, /*force=*/false).info;
+}
+
+BatchState SlurmLauncher::BatchStateOf(const std::string& handle) {
+  const SlurmJobInfo info = Info(handle);
+  BatchState b;
+  b.known = info.known;
+  b.state = info.state;
+  b.reason = info.reason == "None" ? "" : info.reason;
+  b.node_list = info.node_list;
+  b.attempt = info.attempt;
+  b.pending = info.pending();
+  return b;
 }
 
 ProcessState SlurmLauncher::Poll(const std::string& handle) {

@@ -53,15 +53,21 @@ class SlurmLauncher final : public Launcher {
   bool AnyAlive(const std::string& handle) override;
   bool CapturesOutput() const override { return false; }
   std::vector<OutputFile> OutputFiles(const std::string&) override { return {}; }
+  bool RunsOnThisMachine() const override { return false; }
+  std::vector<int> Gpus(const std::string&) const override { return {}; }
+  // Fills view->slurm_job_id and node_list from a handle and the node-list file the batch
+  // script writes, without asking Slurm.
+  void Describe(const std::string& handle, moe::v1::Job* view) const override;
+  // {"Slurm", Slurm's job id}.
+  BatchJob BatchJobOf(const std::string& handle) const override;
+  // Info in the launcher's words; Slurm's Reason "None" is no reason.
+  BatchState BatchStateOf(const std::string& handle) override;
 
   // The job as last seen (asks Slurm when that is older than options.refresh).
   SlurmJobInfo Info(const std::string& handle);
 
   // Whether a stored launch handle is one of ours.
   static bool IsSlurmHandle(const std::string& handle);
-  // Fills job->slurm_job_id and node_list from a handle and the node-list file the batch script
-  // writes, without asking Slurm (for GetJob / ListJobs).
-  static void Describe(const std::string& handle, moe::v1::Job* job);
   // The batch script for a request: the template with every {{NAME}} replaced.
   absl::StatusOr<std::string> Render(const LaunchRequest& request) const;
   // sbatch's arguments (without the script path) for a request.
