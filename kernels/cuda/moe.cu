@@ -112,12 +112,12 @@ __global__ void RouterBackwardKernel(float* dlogits, const float* dweights, cons
 
 __global__ void RouterCountStatsKernel(double* stats, const int32_t* routed, const int32_t* counts, int e) {
   if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  double kept = 0.0;
+  double dropped = 0.0;
   for (int x = 0; x < e; ++x) {
     stats[x] = routed[x];
-    kept += counts[x];
+    dropped += routed[x] - counts[x];
   }
-  stats[2 * e + 2] = kept;
+  stats[2 * e + 2] = dropped;
 }
 
 __global__ void RouterAuxGradKernel(float* aux_grad, const double* stats, int e, double n_global, int k,

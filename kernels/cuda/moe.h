@@ -29,8 +29,9 @@ void RouterStats(double* prob_sum, double* z_sum, double* entropy_sum, const flo
 void RouterBackward(float* dlogits, const float* dweights, const float* probs, const float* lse,
                     const int32_t* expert_idx, const float* aux_grad, float z_scale, int n, int e, int k,
                     cudaStream_t stream);
-// This rank's count stats of one layer: stats[x] = routed[x] (x < e), stats[2e + 2] = kept
-// assignments (the other entries are RouterStats'). Summed over ranks, they are the global ones.
+// This rank's count stats of one layer, in the RouterStatsSlots layout (worker/model/
+// moe_bookkeeping.h): stats[x] = routed[x] (x < e), stats[2e + 2] = dropped assignments (the
+// other entries are RouterStats'). Summed over ranks, they are the global ones.
 void RouterCountStats(double* stats, const int32_t* routed, const int32_t* counts, int e, cudaStream_t stream);
 // aux_grad[x] = coef_e * (stats[x] / (n_global * k)) * loss_scale (in double, then float), from
 // the global routed counts in stats. coef_e is aux_coef * E.

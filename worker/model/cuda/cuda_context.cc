@@ -1,0 +1,47 @@
+#include "worker/model/cuda/cuda_context.h"
+
+#ifdef MOE_WITH_CUDA
+
+#include "kernels/cuda/matmul.h"
+
+namespace moe {
+
+void CudaContext::Linear(float* out, const float* inp, const float* w, int n, int c, int oc, bool fp32) const {
+  if (!bf16 || fp32) {
+    blas->Gemm(false, true, n, oc, c, 1.0f, inp, c, w, c, 0.0f, out, oc, cuda::DType::kF32, stream);
+    return;
+  }
+  cuda::CastToBf16(s16a, inp, int64_t{n} * c, stream);
+  blas->Gemm(false, true, n, oc, c, 1.0f, s16a, c, Bf16Of(w), c, 0.0f, out, oc, cuda::DType::kBF16, stream);
+}
+
+void CudaContext::LinearBackward(float* dinp, float* dw, const float* dout, const cuda::bf16* dout16,
+                                 const float* inp, const float* w, int n, int c, int oc, bool fp32,
+                                 bool add_to_dinp) const {
+  const float dinp_beta = add_to_dinp ? 1.0f : 0.0f;
+  if (!bf16 || fp32) {
+    if (dinp != nullptr) {
+      blas->Gemm(false, false, n, c, oc, 1.0f, dout, oc, w, c, dinp_beta, dinp, c, cuda::DType::kF32, stream);
+    }
+    if (dw != nullptr) {
+      blas->Gemm(true, false, oc, c, n, 1.0f, dout, oc, inp, c, 1.0f, dw, c, cuda::DType::kF32, stream);
+    }
+    return;
+  }
+  if (dout16 == nullptr) {
+    cuda::CastToBf16(s16a, dout, int64_t{n} * oc, stream);
+    dout16 = s16a;
+  }
+  if (dinp != nullptr) {
+    blas->Gemm(false, false, n, c, oc, 1.0f, dout16, oc, Bf16Of(w), c, dinp_beta, dinp, c, cuda::DType::kBF16,
+               stream);
+  }
+  if (dw != nullptr) {
+    cuda::CastToBf16(s16b, inp, int64_t{n} * c, stream);
+    blas->Gemm(true, false, oc, c, n, 1.0f, dout16, oc, s16b, c, 1.0f, dw, c, cuda::DType::kBF16, stream);
+  }
+}
+
+}  // namespace moe
+
+#endif  // MOE_WITH_CUDA

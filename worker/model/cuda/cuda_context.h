@@ -1,0 +1,39 @@
+// What the parts of the CUDA model share on one GPU: its stream, cuBLAS(Lt), the precision,
+// the weights with their bf16 copy, and the two bf16 scratch buffers of the operand casts;
+// and the one linear product both the model and its MoE layers use (fp32, or bf16 operands
+// with fp32 accumulation).
+#pragma once
+
+#ifdef MOE_WITH_CUDA
+
+#include <cstdint>
+
+#include "kernels/cuda/common.h"
+#include "kernels/cuda/matmul.h"
+
+namespace moe {
+
+struct CudaContext {
+  cudaStream_t stream = nullptr;
+  cuda::Blas* blas = nullptr;
+  bool bf16 = false;           // bf16 operands for the products (else fp32 throughout)
+  const float* params = nullptr;      // (total) fp32 master weights
+  const cuda::bf16* params16 = nullptr;  // (total) their bf16 copy (bf16 mode)
+  // bf16 casts of product operands, each n * max(D, C3, V) (bf16 mode). The backward of the
+  // head swaps them once (CudaModel::Backward), so they are read through here, never cached.
+  cuda::bf16 *s16a = nullptr, *s16b = nullptr;
+
+  // The bf16 copy of a weight tensor that lives at `w` in params.
+  const cuda::bf16* Bf16Of(const float* w) const { return params16 + (w - params); }
+
+  // out (n, oc) = inp (n, c) @ w^T. fp32: the fp32 product even in bf16 mode (the router).
+  void Linear(float* out, const float* inp, const float* w, int n, int c, int oc, bool fp32) const;
+  // dinp = dout @ w (+= when add_to_dinp; skipped when null); dw += dout^T @ inp (skipped when
+  // null). dout16: dout already in bf16, or null.
+  void LinearBackward(float* dinp, float* dw, const float* dout, const cuda::bf16* dout16, const float* inp,
+                      const float* w, int n, int c, int oc, bool fp32, bool add_to_dinp) const;
+};
+
+}  // namespace moe
+
+#endif  // MOE_WITH_CUDA

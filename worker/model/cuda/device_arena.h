@@ -1,0 +1,66 @@
+// Device memory of the CUDA model. DeviceArena: cudaMalloc'd buffers freed together, counted in
+// a DeviceMemory shared by all of a model's arenas (its peak is the model's peak allocation).
+// BufferTable: the activation buffers listed once with their shapes, then carved out of one
+// allocation (as llm.c sizes and points its activations), so that a reader finds every
+// buffer's shape in one place.
+#pragma once
+
+#ifdef MOE_WITH_CUDA
+
+#include <cstdint>
+#include <vector>
+
+namespace moe {
+
+// Bytes a model holds on its device now, and the most it has held.
+struct DeviceMemory {
+  int64_t now = 0;
+  int64_t peak = 0;
+};
+
+// Buffers listed by shape: Add(&ptr, count) records where the pointer goes and how many
+// elements it has; DeviceArena::Allocate fills every pointer (null for a count of 0).
+class BufferTable {
+ public:
+  template <typename T>
+  void Add(T** ptr, int64_t count) {
+    entries_.push_back({reinterpret_cast<void**>(ptr), static_cast<int64_t>(sizeof(T)) * count});
+  }
+  struct Entry {
+    void** ptr;
+    int64_t bytes;
+  };
+  const std::vector<Entry>& entries() const { return entries_; }
+
+ private:
+  std::vector<Entry> entries_;
+};
+
+class DeviceArena {
+ public:
+  explicit DeviceArena(DeviceMemory* memory) : memory_(memory) {}
+  ~DeviceArena();
+  DeviceArena(const DeviceArena&) = delete;
+  DeviceArena& operator=(const DeviceArena&) = delete;
+
+  // `count` T, freed with the arena; null for count 0.
+  template <typename T>
+  T* Alloc(int64_t count) {
+    return static_cast<T*>(AllocBytes(static_cast<int64_t>(sizeof(T)) * count));
+  }
+  // One allocation for the whole table, every buffer 256-byte aligned (as cudaMalloc's own).
+  void Allocate(const BufferTable& table);
+  void FreeAll();
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  void* AllocBytes(int64_t bytes);
+
+  DeviceMemory* memory_;
+  std::vector<void*> ptrs_;
+  int64_t bytes_ = 0;
+};
+
+}  // namespace moe
+
+#endif  // MOE_WITH_CUDA

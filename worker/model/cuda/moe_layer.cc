@@ -1,0 +1,238 @@
+#include "worker/model/cuda/moe_layer.h"
+
+#ifdef MOE_WITH_CUDA
+
+#include <algorithm>
+
+#include "kernels/cuda/matmul.h"
+
+namespace moe {
+
+MoeScratch::MoeScratch(const MoeShape& shape, bool bf16, DeviceMemory* memory)
+    : shape_(shape), bf16_(bf16), rows_mem_(memory) {
+  if (bf16_) {
+    grouped = std::make_unique<cuda::GroupedBlas>();
+    MOE_CUDA_CHECK(cudaEventCreateWithFlags(&counts_ready, cudaEventDisableTiming));
+  }
+}
+
+MoeScratch::~MoeScratch() {
+  if (counts_ready != nullptr) cudaEventDestroy(counts_ready);
+}
+
+void MoeScratch::AddTo(BufferTable* table, int64_t n) {
+  const int64_t D = shape_.d, r = shape_.ExpertRows(n);
+  if (!shape_.dense) {
+    table->Add(&dys, r * D);
+    table->Add(&dweights, n * shape_.top_k);
+    table->Add(&d_expert_in, r * D);
+    table->Add(&drouter, n * shape_.experts);
+  }
+  if (!bf16_) table->Add(&fp32_scratch, 2 * r * shape_.ffn);
+  if (bf16_) table->Add(&plan16, r * D);
+  table->Add(&dense_offsets, 2);
+}
+
+void MoeScratch::ReserveExpertRows(int64_t rows, cudaStream_t stream) {
+  rows = std::max<int64_t>(rows, 1);
+  if (rows <= capacity) return;
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  rows_mem_.FreeAll();
+  // A quarter more than asked, so that routing that wobbles does not reallocate often.
+  capacity = std::max(rows, capacity + capacity / 4);
+  const int64_t D = shape_.d;
+  wire = rows_mem_.Alloc<cuda::bf16>(capacity * D);
+  ys = rows_mem_.Alloc<cuda::bf16>(capacity * D);
+  dys16 = rows_mem_.Alloc<cuda::bf16>(capacity * D);
+  dx16 = rows_mem_.Alloc<cuda::bf16>(capacity * D);
+  dxs = rows_mem_.Alloc<float>(capacity * D);
+  backward = rows_mem_.Alloc<cuda::bf16>(cuda::ExpertsBf16Scratch(capacity, shape_.experts_local, D, shape_.ffn));
+}
+
+CudaMoeLayer::CudaMoeLayer(const ModelConfig& cfg, const MoeShape& shape, const CudaContext* ctx,
+                           MoeScratch* scratch, ExpertExchange* exchange, DeviceMemory* memory)
+    : cfg_(cfg),
+      shape_(shape),
+      ctx_(ctx),
+      scratch_(scratch),
+      exchange_(shape.dense ? nullptr : exchange),
+      dispatcher_(shape, exchange_),
+      memory_(memory) {
+  if (ctx_->bf16 && !shape_.dense) {
+    MOE_CUDA_CHECK(cudaMallocHost(&counts_host_, sizeof(int32_t) * shape_.experts));
+  }
+}
+
+CudaMoeLayer::~CudaMoeLayer() {
+  if (counts_host_ != nullptr) cudaFreeHost(counts_host_);
+}
+
+void CudaMoeLayer::AddTo(BufferTable* table, int64_t n) {
+  const int64_t D = shape_.d, F = shape_.ffn, E = shape_.experts, k = shape_.top_k, r = shape_.ExpertRows(n);
+  if (!shape_.dense) {
+    table->Add(&router_logits_, n * E);
+    table->Add(&probs_, n * E);
+    table->Add(&router_lse_, n);
+    table->Add(&weights_, n * k);
+    table->Add(&expert_idx_, n * k);
+    table->Add(&a2s_, n * k);
+    table->Add(&s2a_, n * k);
+    table->Add(&counts_, E);
+    table->Add(&routed_, E);
+    table->Add(&offsets_, E + 1);
+    table->Add(&aux_grad_, E);
+    table->Add(&stats_, RouterStatsSlots{shape_.experts}.size());
+    table->Add(&xs_, r * D);
+    table->Add(&ys_, r * D);
+  }
+  if (!ctx_->bf16) {
+    table->Add(&g_, r * F);
+    table->Add(&u_, r * F);
+    table->Add(&h_, r * F);
+  }
+}
+
+void CudaMoeLayer::ReserveSaved() {
+  const int64_t rows = std::max<int64_t>(dispatcher_.layout().rows, 1);
+  scratch_->ReserveExpertRows(rows, ctx_->stream);
+  if (rows <= saved_.capacity) return;
+  MOE_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
+  const int64_t D = shape_.d, F = shape_.ffn;
+  saved_.capacity = std::max(rows, saved_.capacity + saved_.capacity / 4);
+  saved_.mem = std::make_unique<DeviceArena>(memory_);
+  saved_.x = saved_.mem->Alloc<cuda::bf16>(saved_.capacity * D);
+  saved_.g = saved_.mem->Alloc<cuda::bf16>(saved_.capacity * F);
+  saved_.u = saved_.mem->Alloc<cuda::bf16>(saved_.capacity * F);
+  saved_.h = saved_.mem->Alloc<cuda::bf16>(saved_.capacity * F);
+}
+
+void CudaMoeLayer::Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx) {
+  const int D = shape_.d, E = shape_.experts, k = shape_.top_k;
+  cudaStream_t stream = ctx_->stream;
+  // fp32 router product, softmax, top-k, renormalised weights; the plan (capacity).
+  ctx_->Linear(router_logits_, m, w.router, n, D, E, /*fp32=*/true);
+  cuda::RouterForward(probs_, router_lse_, expert_idx_, weights_, router_logits_, n, E, k, stream);
+  cuda::BuildRoutingPlan(counts_, routed_, offsets_, a2s_, s2a_, expert_idx_, n, k, E,
+                         ExpertCapacity(cfg_.capacity_factor, n, k, E), stream);
+  if (ctx_->bf16) {
+    // The counts' copy to the host: the experts' products (and the route between GPUs) need
+    // each expert's rows there. Waited on only once the statistics and the permute are queued.
+    MOE_CUDA_CHECK(cudaMemcpyAsync(counts_host_, counts_, sizeof(int32_t) * E, cudaMemcpyDeviceToHost, stream));
+    MOE_CUDA_CHECK(cudaEventRecord(scratch_->counts_ready, stream));
+  }
+  // The layer's statistics, summed over GPUs before the aux gradient reads the global counts.
+  const RouterStatsSlots slot{E};
+  MOE_CUDA_CHECK(cudaMemsetAsync(stats_, 0, sizeof(double) * slot.size(), stream));
+  cuda::RouterStats(stats_ + slot.prob_sum(), stats_ + slot.z_sum(), stats_ + slot.entropy_sum(), probs_,
+                    router_lse_, n, E, stream);
+  cuda::RouterCountStats(stats_, routed_, counts_, E, stream);
+  if (exchange_ != nullptr) exchange_->SumStats(stats_, slot.size(), stream);
+  cuda::RouterAuxGrad(aux_grad_, stats_ + slot.routed(), E, static_cast<double>(ctx.global_tokens), k,
+                      cfg_.aux_coef * E, ctx.loss_scale, stream);
+}
+
+void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, float* out) {
+  const int D = shape_.d, F = shape_.ffn, E = shape_.experts, k = shape_.top_k;
+  cudaStream_t stream = ctx_->stream;
+  if (shape_.dense) {
+    // One replicated expert takes every token: no routing, no exchange.
+    if (ctx_->bf16) {
+      const int32_t counts[1] = {n};
+      dispatcher_.Preprocess(counts);
+      ExpertsForward16(m, w, out);
+      return;
+    }
+    const int32_t offsets[2] = {0, n};
+    MOE_CUDA_CHECK(cudaMemcpyAsync(scratch_->dense_offsets, offsets, sizeof(offsets), cudaMemcpyHostToDevice, stream));
+    cuda::ExpertsForward(out, g_, u_, h_, m, w.w1, w.w3, w.w2, scratch_->dense_offsets, n, 1, D, F, false, stream);
+    return;
+  }
+  Route(m, w, n, ctx);
+  // Permute -> experts (bf16: through the dispatcher) -> unpermute.
+  cuda::PermuteForward(xs_, m, a2s_, n, k, D, stream);
+  if (ctx_->bf16) {
+    MOE_CUDA_CHECK(cudaEventSynchronize(scratch_->counts_ready));
+    dispatcher_.Preprocess(counts_host_);
+    ExpertsForward16(xs_, w, ys_);
+  } else {
+    cuda::ExpertsForward(ys_, g_, u_, h_, xs_, w.w1, w.w3, w.w2, offsets_, n * k, E, D, F, false, stream);
+  }
+  cuda::UnpermuteForward(out, ys_, weights_, a2s_, n, k, D, stream);
+}
+
+void CudaMoeLayer::ExpertsForward16(const float* in, const BlockTensors& w, float* out) {
+  const int D = shape_.d, F = shape_.ffn, L = shape_.experts_local;
+  cudaStream_t stream = ctx_->stream;
+  ReserveSaved();
+  MoeScratch& s = *scratch_;
+  dispatcher_.Dispatch(in, saved_.x, s.dispatch(), stream);
+  const int32_t* counts = dispatcher_.local_counts();
+  const cuda::bf16 *w1 = ctx_->Bf16Of(w.w1), *w3 = ctx_->Bf16Of(w.w3), *w2 = ctx_->Bf16Of(w.w2);
+  if (!dispatcher_.exchanges()) {
+    // Plan order is expert order: the experts write the fp32 output directly.
+    cuda::ExpertsForwardBf16(*s.grouped, counts, out, nullptr, saved_.g, saved_.u, saved_.h, saved_.x, w1, w3, w2,
+                             L, D, F, s.backward, stream);
+    return;
+  }
+  cuda::ExpertsForwardBf16(*s.grouped, counts, nullptr, s.ys, saved_.g, saved_.u, saved_.h, saved_.x, w1, w3, w2,
+                           L, D, F, s.backward, stream);
+  dispatcher_.Combine(s.ys, out, s.dispatch(), stream);
+}
+
+void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensors& w, const BlockTensors& g, int n,
+                            float loss_scale, float* dm) {
+  const int D = shape_.d, F = shape_.ffn, E = shape_.experts, k = shape_.top_k;
+  cudaStream_t stream = ctx_->stream;
+  MoeScratch& s = *scratch_;
+  if (shape_.dense) {
+    if (ctx_->bf16) {
+      ExpertsBackward16(dout, w, g, dm);
+      return;
+    }
+    cuda::ExpertsBackward(dm, g.w1, g.w3, g.w2, dout, m, g_, u_, h_, w.w1, w.w3, w.w2, s.dense_offsets, n, 1, D, F,
+                          s.fp32_scratch, false, stream);
+    return;
+  }
+  const int rows = n * k;
+  MOE_CUDA_CHECK(cudaMemsetAsync(s.dys, 0, sizeof(float) * rows * D, stream));
+  MOE_CUDA_CHECK(cudaMemsetAsync(s.dweights, 0, sizeof(float) * rows, stream));
+  cuda::UnpermuteBackward(s.dys, s.dweights, dout, ys_, weights_, a2s_, n, k, D, stream);
+  MOE_CUDA_CHECK(cudaMemsetAsync(s.d_expert_in, 0, sizeof(float) * rows * D, stream));
+  if (ctx_->bf16) {
+    // The route is the forward's: no count exchange here.
+    ExpertsBackward16(s.dys, w, g, s.d_expert_in);
+  } else {
+    cuda::ExpertsBackward(s.d_expert_in, g.w1, g.w3, g.w2, s.dys, xs_, g_, u_, h_, w.w1, w.w3, w.w2, offsets_, rows, E,
+                          D, F, s.fp32_scratch, false, stream);
+  }
+  cuda::PermuteBackward(dm, s.d_expert_in, a2s_, n, k, D, stream);
+  MOE_CUDA_CHECK(cudaMemsetAsync(s.drouter, 0, sizeof(float) * n * E, stream));
+  cuda::RouterBackward(s.drouter, s.dweights, probs_, router_lse_, expert_idx_, aux_grad_,
+                       static_cast<float>(cfg_.z_coef * loss_scale), n, E, k, stream);
+  ctx_->LinearBackward(dm, g.router, s.drouter, nullptr, m, w.router, n, D, E, /*fp32=*/true, /*add_to_dinp=*/true);
+}
+
+void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din) {
+  const int D = shape_.d, F = shape_.ffn, L = shape_.experts_local;
+  cudaStream_t stream = ctx_->stream;
+  MoeScratch& s = *scratch_;
+  const int32_t* counts = dispatcher_.local_counts();
+  const cuda::bf16 *w1 = ctx_->Bf16Of(w.w1), *w3 = ctx_->Bf16Of(w.w3), *w2 = ctx_->Bf16Of(w.w2);
+  // The gradient of the experts' output goes where their rows went (bf16, like the activations).
+  dispatcher_.Dispatch(dout, s.dys16, s.dispatch(), stream);
+  if (!dispatcher_.exchanges()) {
+    cuda::ExpertsBackwardBf16(*s.grouped, counts, din, g.w1, g.w3, g.w2, s.dys16, saved_.x, saved_.g, saved_.u,
+                              saved_.h, w1, w3, w2, L, D, F, s.backward, stream);
+    return;
+  }
+  const int64_t rows = dispatcher_.rows_in();
+  MOE_CUDA_CHECK(cudaMemsetAsync(s.dxs, 0, sizeof(float) * rows * D, stream));
+  cuda::ExpertsBackwardBf16(*s.grouped, counts, s.dxs, g.w1, g.w3, g.w2, s.dys16, saved_.x, saved_.g, saved_.u,
+                            saved_.h, w1, w3, w2, L, D, F, s.backward, stream);
+  cuda::CastToBf16(s.dx16, s.dxs, rows * D, stream);
+  dispatcher_.Combine(s.dx16, din, s.dispatch(), stream);
+}
+
+}  // namespace moe
+
+#endif  // MOE_WITH_CUDA

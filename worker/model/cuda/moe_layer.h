@@ -1,0 +1,115 @@
+// One MoE feed-forward layer on a GPU, the twin of model/cpu/moe_layer.h, in the same pieces:
+// router (fp32 product, softmax, top-k, the routing plan with its capacity) -> statistics (the
+// RouterStatsSlots of model/moe_bookkeeping.h, summed over GPUs) -> permute -> token
+// dispatcher (to the experts' GPUs, token_dispatcher.h) -> experts -> dispatcher back ->
+// unpermute and weight. Backward mirrors it. In bf16 the experts run on the fast path of
+// kernels/cuda (cuBLAS over the padded or chunked layout), in fp32 on the simple grouped
+// kernels (one GPU). A dense model (E = 1) runs its one expert over every token, no router.
+#pragma once
+
+#ifdef MOE_WITH_CUDA
+
+#include <cstdint>
+#include <memory>
+
+#include "kernels/cuda/moe.h"
+#include "worker/model/cuda/cuda_context.h"
+#include "worker/model/cuda/device_arena.h"
+#include "worker/model/cuda/token_dispatcher.h"
+#include "worker/model/model_config.h"
+#include "worker/model/moe_bookkeeping.h"
+#include "worker/model/param_layout.h"
+#include "worker/model/train_model.h"
+
+namespace moe {
+
+// What every MoE layer of a model shares: the experts' cuBLAS handle, the event of the count
+// copy, and scratch that only one layer uses at a time. Rows of the experts (`rows`) depend on
+// the routing, so those buffers grow on demand; the others are per batch (n tokens).
+class MoeScratch {
+ public:
+  MoeScratch(const MoeShape& shape, bool bf16, DeviceMemory* memory);
+  ~MoeScratch();
+
+  // The per-batch buffers, for n tokens, into the model's activation table.
+  void AddTo(BufferTable* table, int64_t n);
+  // Makes the expert-row scratch hold `rows` rows (waits for the stream before it reallocates).
+  void ReserveExpertRows(int64_t rows, cudaStream_t stream);
+
+  std::unique_ptr<cuda::GroupedBlas> grouped;  // bf16
+  cudaEvent_t counts_ready = nullptr;          // bf16
+  // Per batch (r = n k expert rows, n when dense).
+  float *dys = nullptr, *d_expert_in = nullptr;  // (r, D) plan order
+  float *dweights = nullptr, *drouter = nullptr;  // (n, k), (n, E)
+  float* fp32_scratch = nullptr;                 // (2 r F) fp32 experts' backward
+  int32_t* dense_offsets = nullptr;              // (2) {0, n}: a dense model's one expert, fp32
+  cuda::bf16* plan16 = nullptr;                  // (r, D) bf16 rows in plan order
+  // Expert rows (capacity of them), bf16 mode.
+  int64_t capacity = 0;
+  cuda::bf16 *wire = nullptr, *ys = nullptr, *dys16 = nullptr, *dx16 = nullptr, *backward = nullptr;
+  float* dxs = nullptr;  // (capacity, D) fp32 gradient of the experts' input
+  DispatchScratch dispatch() const { return {wire, plan16}; }
+
+ private:
+  MoeShape shape_;
+  bool bf16_;
+  DeviceArena rows_mem_;
+};
+
+class CudaMoeLayer {
+ public:
+  // exchange: null on one GPU.
+  CudaMoeLayer(const ModelConfig& cfg, const MoeShape& shape, const CudaContext* ctx, MoeScratch* scratch,
+               ExpertExchange* exchange, DeviceMemory* memory);
+  ~CudaMoeLayer();
+
+  // This layer's per-batch buffers for n tokens, into the model's activation table.
+  void AddTo(BufferTable* table, int64_t n);
+  // m (n, D) -> out (n, D) (overwritten). The layer's statistics (RouterStatsSlots, summed
+  // over GPUs) are then in stats() on the device; its aux gradient is already computed there.
+  void Forward(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, float* out);
+  // dout (n, D) -> dm (n, D) +=, parameter gradients += into g. m: the forward's input.
+  void Backward(const float* dout, const float* m, const BlockTensors& w, const BlockTensors& g, int n,
+                float loss_scale, float* dm);
+
+  const double* stats() const { return stats_; }  // device, RouterStatsSlots{E}.size()
+
+ private:
+  // The router: logits, probabilities, top-k, the plan, the statistics and the aux gradient.
+  void Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx);
+  // The experts on bf16 rows: dispatch, products, combine (kept rows of xs_ -> ys_; dense: m -> out).
+  void ExpertsForward16(const float* in, const BlockTensors& w, float* out);
+  void ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din);
+  // Makes the saved expert rows hold the dispatcher's layout.
+  void ReserveSaved();
+
+  ModelConfig cfg_;
+  MoeShape shape_;
+  const CudaContext* ctx_;
+  MoeScratch* scratch_;
+  ExpertExchange* exchange_;  // null on one GPU and when dense
+  CudaTokenDispatcher dispatcher_;
+  int32_t* counts_host_ = nullptr;  // (E) pinned: the plan's counts, the one count copy per layer
+
+  // Per batch (n tokens, r = n k rows), saved by Forward for Backward.
+  float *router_logits_ = nullptr, *probs_ = nullptr, *router_lse_ = nullptr, *weights_ = nullptr;  // (n,E) (n,E) (n) (n,k)
+  int32_t *expert_idx_ = nullptr, *a2s_ = nullptr, *s2a_ = nullptr;  // (n,k) (n k) (n k)
+  int32_t *counts_ = nullptr, *routed_ = nullptr, *offsets_ = nullptr;  // (E) (E) (E+1)
+  float* aux_grad_ = nullptr;  // (E)
+  double* stats_ = nullptr;    // (RouterStatsSlots)
+  float *xs_ = nullptr, *ys_ = nullptr;  // (r, D) plan order
+  float *g_ = nullptr, *u_ = nullptr, *h_ = nullptr;  // (r, F) fp32 mode
+
+  // bf16: the experts' input and what their backward needs, in the experts' layout, for the
+  // rows this rank's experts take (on several GPUs that depends on the routing: grown on demand).
+  struct SavedRows {
+    int64_t capacity = 0;  // rows
+    cuda::bf16 *x = nullptr, *g = nullptr, *u = nullptr, *h = nullptr;
+    std::unique_ptr<DeviceArena> mem;
+  } saved_;
+  DeviceMemory* memory_;
+};
+
+}  // namespace moe
+
+#endif  // MOE_WITH_CUDA
