@@ -8,7 +8,10 @@
 # 5000-step schedule, 0 = not at all):
 #   1. fp32 parity of the CPU worker with reference_moe.py (one step of tiny, same batch scored)
 #   2. the GPU tests (every CUDA op against its CPU twin; the whole model; the trainer)
-#   3. ours (moe_bench, bf16) against the peer (reference_moe.py bench CONFIG --compile)
+#   3. ours (moe_bench, bf16) against the peer (reference_moe.py bench CONFIG --compile); with a
+#      baseline moe_bench carried as .carry/baseline/moe_bench (an older tree's, for a change that
+#      must not slow anything), it runs beside ours, alternating, BASELINE_ROUNDS times (default 2),
+#      and the table adds ours / baseline (the best round of each)
 #   4. tiny shakespeare on one GPU (device cuda, bf16), val loss reached
 #   5. PROFILE=CONFIG: the kernels of one training step of CONFIG under Nsight Compute, summed
 #      per kernel (bench/ncu_summary.py)
@@ -54,6 +57,16 @@ if [[ -z ${SKIP_BENCH:-} ]]; then
     timeout 240 .carry/bin/moe_bench --config "$c" --steps "${BENCH_STEPS:-20}" --precision bf16 \
         > "$OUT/ours_$c.json" 2> "$OUT/ours_$c.err"
     echo "ours $c rc=$?: $(cat "$OUT/ours_$c.json")"; tail -3 "$OUT/ours_$c.err"
+    if [[ -x .carry/baseline/moe_bench ]]; then
+      for ((i = 1; i <= ${BASELINE_ROUNDS:-2}; i++)); do
+        for who in base ours; do
+          b=.carry/bin/moe_bench; [[ $who == base ]] && b=.carry/baseline/moe_bench
+          timeout 240 "$b" --config "$c" --steps "${BENCH_STEPS:-20}" --precision bf16 \
+              >> "$OUT/round_${who}_$c.json" 2>> "$OUT/round_${who}_$c.err"
+        done
+      done
+      tail -n "${BASELINE_ROUNDS:-2}" "$OUT/round_base_$c.json" | sed "s/^/baseline $c: /"
+    fi
   done
   for c in $PEER_CONFIGS; do
     timeout 300 python3 .carry/reference_moe.py bench "$c" --compile > "$OUT/peer_$c.json" 2> "$OUT/peer_$c.err"
@@ -107,6 +120,18 @@ for c in ("tiny", "small", "medium"):
     pf = f"{p['model_tflops']}" if p else "-"
     ratio = f"{o['tokens_per_s']/p['tokens_per_s']:.2f}" if o and p else "-"
     print(f"| {c} | {ot} | {of} | {split} | {mem} | {pt} | {pf} | {ratio} |")
+if os.path.exists(os.path.join(out, "round_base_tiny.json")) or os.path.exists(os.path.join(out, "round_base_small.json")):
+    def best(name):
+        try:
+            return max(json.loads(l)["tokens_per_s"] for l in open(os.path.join(out, name)) if l.strip())
+        except Exception:
+            return None
+    print("\n| config | ours tokens/s (best round) | baseline tokens/s (best round) | ours / baseline |")
+    print("| --- | --- | --- | --- |")
+    for c in ("tiny", "small", "medium"):
+        o, b = best(f"round_ours_{c}.json"), best(f"round_base_{c}.json")
+        if o is None or b is None: continue
+        print(f"| {c} | {o:.0f} | {b:.0f} | {o/b:.3f} |")
 PY
 echo
 echo "| check | result |"

@@ -1,6 +1,7 @@
-// Communicator: the collectives expert parallelism and data parallelism need, behind one
-// small interface with an MPI implementation for CPU tensors (comm_mpi.h) and, later, an
-// NCCL one for device tensors. The same trainer and token dispatcher run on both.
+// Communicator: the host collectives expert parallelism and data parallelism need, behind one
+// small interface: MPI (comm_mpi.h) and one rank (comm_single.h). The trainer and the CPU
+// token dispatcher run on it; the GPU model runs its device collectives through
+// DeviceCommunicator (comm_nccl.h, NCCL) and uses this one for the count exchange and scalars.
 //
 // Contract shared by every implementation:
 // - Every rank calls the same collectives in the same order (the trainer's step does).

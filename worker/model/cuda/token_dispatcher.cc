@@ -13,19 +13,21 @@ ExchangePlan ExpertExchange::Plan(const int32_t* counts) const {
 
 void ExpertExchange::Send(const ExchangePlan& plan, const cuda::bf16* plan_rows, cuda::bf16* wire_rows,
                           cudaStream_t stream) {
-  std::vector<int64_t> send(plan.send_rows), recv(plan.recv_rows);
-  for (int64_t& v : send) v *= shape_.d;
-  for (int64_t& v : recv) v *= shape_.d;
-  device_->AllToAllV(plan_rows, send.data(), wire_rows, recv.data(), DeviceDType::kBF16, stream);
+  Rows(plan.send_rows, plan_rows, plan.recv_rows, wire_rows, stream);
 }
 
 void ExpertExchange::Return(const ExchangePlan& plan, const cuda::bf16* wire_rows, cuda::bf16* plan_rows,
                             cudaStream_t stream) {
   // The reverse route: what came from peer p goes back to p.
-  std::vector<int64_t> send(plan.recv_rows), recv(plan.send_rows);
-  for (int64_t& v : send) v *= shape_.d;
-  for (int64_t& v : recv) v *= shape_.d;
-  device_->AllToAllV(wire_rows, send.data(), plan_rows, recv.data(), DeviceDType::kBF16, stream);
+  Rows(plan.recv_rows, wire_rows, plan.send_rows, plan_rows, stream);
+}
+
+void ExpertExchange::Rows(const std::vector<int64_t>& send_rows, const cuda::bf16* send,
+                          const std::vector<int64_t>& recv_rows, cuda::bf16* recv, cudaStream_t stream) {
+  std::vector<int64_t> send_elems(send_rows), recv_elems(recv_rows);
+  for (int64_t& v : send_elems) v *= shape_.d;
+  for (int64_t& v : recv_elems) v *= shape_.d;
+  device_->AllToAllV(send, send_elems.data(), recv, recv_elems.data(), DeviceDType::kBF16, stream);
 }
 
 void ExpertExchange::SumStats(double* stats, int64_t n, cudaStream_t stream) {

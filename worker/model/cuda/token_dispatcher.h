@@ -38,6 +38,10 @@ class ExpertExchange {
   void SumStats(double* stats, int64_t n, cudaStream_t stream);
 
  private:
+  // send_rows[p] rows of `send` to peer p, recv_rows[p] rows from p into `recv` (bf16, D wide).
+  void Rows(const std::vector<int64_t>& send_rows, const cuda::bf16* send, const std::vector<int64_t>& recv_rows,
+            cuda::bf16* recv, cudaStream_t stream);
+
   Communicator* host_;
   DeviceCommunicator* device_;
   MoeShape shape_;
