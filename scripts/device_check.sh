@@ -40,7 +40,7 @@ fi
 
 # 2. GPU tests.
 if [[ -z ${SKIP_TESTS:-} ]]; then
-  for t in cuda_ops_test cuda_model_test; do
+  for t in cuda_ops_test cuda_moe_ops_test cuda_model_test; do
     [[ -x .carry/bin/$t ]] || { R[$t]="not carried"; continue; }
     timeout 300 ".carry/bin/$t" --gtest_brief=1 ${GTEST_REPEAT:+--gtest_repeat=$GTEST_REPEAT} > "$OUT/$t.log" 2>&1
     rc=$?

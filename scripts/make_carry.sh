@@ -17,7 +17,7 @@ CARRY=${CARRY_DIR:-.carry}
 rm -rf "$CARRY" && mkdir -p "$CARRY/bin" "$CARRY/lib" "$CARRY/data" "$CARRY/shared/data/tinyshakespeare"
 bins=("$BUILD_DIR/bin/moe-worker" "$BUILD_DIR/bin/moed" "$BUILD_DIR/bin/moectl")
 for extra in "$BUILD_DIR/bin/moe_bench" "$BUILD_DIR/bin/a2a_bench" "$BUILD_DIR/tests/cuda_ops_test" \
-             "$BUILD_DIR/tests/cuda_model_test" "$BUILD_DIR/tests/comm_nccl_mpi_test" \
+             "$BUILD_DIR/tests/cuda_moe_ops_test" "$BUILD_DIR/tests/cuda_model_test" "$BUILD_DIR/tests/comm_nccl_mpi_test" \
              "$BUILD_DIR/tests/cuda_equivalence_mpi_test"; do
   [[ -x $extra ]] && bins+=("$extra")
 done

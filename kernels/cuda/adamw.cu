@@ -1,0 +1,119 @@
+#include "kernels/cuda/adamw.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/cuda/device.cuh"
+
+namespace moe::cuda {
+namespace {
+
+using internal::GridFor;
+using internal::kThreads;
+using internal::WarpSumD;
+
+// One element of AdamW (kernels::AdamWStep's math); returns the new parameter.
+__device__ __forceinline__ float AdamWElement(float& p, float g, float& m, float& v, float lr, float b1, float b2,
+                                              float eps, float wd, float bc1, float bc2, float grad_scale) {
+  const float gi = g * grad_scale;
+  m = b1 * m + (1.0f - b1) * gi;
+  v = b2 * v + (1.0f - b2) * gi * gi;
+  const float m_hat = m / bc1;
+  const float v_hat = v / bc2;
+  p = p - lr * (m_hat / (sqrtf(v_hat) + eps) + wd * p);
+  return p;
+}
+
+// AdamW at element i, in place (and its bf16 copy when there is one).
+__device__ __forceinline__ void AdamWAt(int64_t i, float* param, bf16* param_bf16, const float* grad, float* m,
+                                        float* v, float lr, float b1, float b2, float eps, float wd, float bc1,
+                                        float bc2, float grad_scale) {
+  float p = param[i], mi = m[i], vi = v[i];
+  AdamWElement(p, grad[i], mi, vi, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+  m[i] = mi;
+  v[i] = vi;
+  param[i] = p;
+  if (param_bf16 != nullptr) param_bf16[i] = __float2bfloat16(p);
+}
+
+__global__ void AdamWKernel(float* param, bf16* param_bf16, const float* grad, float* m, float* v,
+                            int64_t n, float lr, float b1, float b2, float eps, float wd, float bc1,
+                            float bc2, float grad_scale) {
+  MOE_GRID_STRIDE(i, n) { AdamWAt(i, param, param_bf16, grad, m, v, lr, b1, b2, eps, wd, bc1, bc2, grad_scale); }
+}
+
+// The same four elements at a time (fp32 pointers 16-byte, the bf16 copy 8-byte aligned); the
+// n % 4 tail by the first threads of block 0.
+__global__ void AdamWVec4Kernel(float* param, bf16* param_bf16, const float* grad, float* m, float* v,
+                                int64_t n, float lr, float b1, float b2, float eps, float wd, float bc1,
+                                float bc2, float grad_scale) {
+  const int64_t n4 = n / 4;
+  MOE_GRID_STRIDE(i, n4) {
+    float4 p = reinterpret_cast<float4*>(param)[i], mi = reinterpret_cast<float4*>(m)[i],
+           vi = reinterpret_cast<float4*>(v)[i];
+    const float4 g = reinterpret_cast<const float4*>(grad)[i];
+    AdamWElement(p.x, g.x, mi.x, vi.x, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+    AdamWElement(p.y, g.y, mi.y, vi.y, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+    AdamWElement(p.z, g.z, mi.z, vi.z, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+    AdamWElement(p.w, g.w, mi.w, vi.w, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+    reinterpret_cast<float4*>(m)[i] = mi;
+    reinterpret_cast<float4*>(v)[i] = vi;
+    reinterpret_cast<float4*>(param)[i] = p;
+    if (param_bf16 != nullptr) {
+      __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y), hi = __floats2bfloat162_rn(p.z, p.w);
+      uint2 bits;
+      memcpy(&bits.x, &lo, 4);
+      memcpy(&bits.y, &hi, 4);
+      reinterpret_cast<uint2*>(param_bf16)[i] = bits;
+    }
+  }
+  if (blockIdx.x == 0 && threadIdx.x < n - n4 * 4) {
+    AdamWAt(n4 * 4 + threadIdx.x, param, param_bf16, grad, m, v, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);
+  }
+}
+
+template <bool kSquare>
+__global__ void SumKernel(double* out, const float* x, int64_t n) {
+  double acc = 0.0;
+  MOE_GRID_STRIDE(i, n) { acc += kSquare ? double{x[i]} * x[i] : double{x[i]}; }
+  acc = WarpSumD(acc);
+  __shared__ double partial[kThreads / 32];
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = acc;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    double v = threadIdx.x < blockDim.x / 32 ? partial[threadIdx.x] : 0.0;
+    v = WarpSumD(v);
+    if (threadIdx.x == 0) atomicAdd(out, v);
+  }
+}
+
+}  // namespace
+
+void AdamWUpdate(float* param, bf16* param_bf16, const float* grad, float* m, float* v, int64_t n,
+                 float lr, float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2,
+                 float grad_scale, cudaStream_t stream) {
+  if (n <= 0) return;
+  if (Aligned(16, {param, grad, m, v}) && Aligned(8, {param_bf16})) {
+    AdamWVec4Kernel<<<GridFor(std::max<int64_t>(1, n / 4)), kThreads, 0, stream>>>(
+        param, param_bf16, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2, grad_scale);
+  } else {
+    AdamWKernel<<<GridFor(n), kThreads, 0, stream>>>(param, param_bf16, grad, m, v, n, lr, beta1, beta2,
+                                                     eps, weight_decay, bc1, bc2, grad_scale);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void SquaredNorm(double* out, const float* x, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  SumKernel<true><<<std::min<unsigned>(GridFor(n), 1024), kThreads, 0, stream>>>(out, x, n);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void Sum(double* out, const float* x, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  SumKernel<false><<<std::min<unsigned>(GridFor(n), 1024), kThreads, 0, stream>>>(out, x, n);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace moe::cuda

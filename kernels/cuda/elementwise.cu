@@ -1,0 +1,155 @@
+#include "kernels/cuda/elementwise.h"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/cuda/device.cuh"
+
+namespace moe::cuda {
+namespace {
+
+using internal::GridFor;
+using internal::kThreads;
+
+// kernels::CounterUniform, bit for bit: splitmix64 mixes and the top 24 bits as a float.
+__device__ __forceinline__ uint64_t SplitMix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+__device__ __forceinline__ float CounterUniform(uint64_t mixed_seed, uint64_t counter) {
+  const uint64_t bits = SplitMix64(mixed_seed ^ counter);
+  return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);
+}
+uint64_t SplitMix64Host(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+__global__ void EmbeddingForwardKernel(float* out, const int32_t* idx, const float* wte, int n, int d) {
+  MOE_GRID_STRIDE(i, int64_t{n} * d) {
+    const int64_t row = i / d;
+    out[i] = wte[int64_t{idx[row]} * d + (i - row * d)];
+  }
+}
+__global__ void EmbeddingBackwardKernel(float* dwte, const float* dout, const int32_t* idx, int n, int d) {
+  MOE_GRID_STRIDE(i, int64_t{n} * d) {
+    const int64_t row = i / d;
+    atomicAdd(dwte + int64_t{idx[row]} * d + (i - row * d), dout[i]);
+  }
+}
+
+__global__ void DropoutForwardKernel(float* out, const float* in, int64_t n, float p, float scale,
+                                     uint64_t mixed_seed, uint64_t offset) {
+  MOE_GRID_STRIDE(i, n) {
+    out[i] = CounterUniform(mixed_seed, offset + i) >= p ? in[i] * scale : 0.0f;
+  }
+}
+__global__ void DropoutBackwardKernel(float* din, const float* dout, int64_t n, float p, float scale,
+                                      uint64_t mixed_seed, uint64_t offset) {
+  MOE_GRID_STRIDE(i, n) {
+    if (p == 0.0f) {
+      din[i] += dout[i];
+    } else if (CounterUniform(mixed_seed, offset + i) >= p) {
+      din[i] += __fmul_rn(dout[i], scale);  // no fused multiply-add: round as the CPU does
+    }
+  }
+}
+
+__device__ __forceinline__ float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+__global__ void SwigluForwardKernel(float* h, const float* g, const float* u, int64_t n) {
+  MOE_GRID_STRIDE(i, n) { h[i] = g[i] * Sigmoid(g[i]) * u[i]; }
+}
+__global__ void SwigluBackwardKernel(float* dg, float* du, const float* dh, const float* g,
+                                     const float* u, int64_t n, bool accumulate) {
+  MOE_GRID_STRIDE(i, n) {
+    const float s = Sigmoid(g[i]);
+    const float d = dh[i];
+    const float dgi = d * u[i] * s * (1.0f + g[i] * (1.0f - s));
+    const float dui = d * g[i] * s;
+    if (accumulate) {
+      if (dg != nullptr) dg[i] += dgi;
+      if (du != nullptr) du[i] += dui;
+    } else {
+      if (dg != nullptr) dg[i] = dgi;
+      if (du != nullptr) du[i] = dui;
+    }
+  }
+}
+
+// out = x + y four at a time (16-byte aligned pointers), the n % 4 tail by block 0.
+__global__ void AddOutVec4Kernel(float* out, const float* x, const float* y, int64_t n) {
+  const int64_t n4 = n / 4;
+  MOE_GRID_STRIDE(i, n4) {
+    const float4 a = reinterpret_cast<const float4*>(x)[i], b = reinterpret_cast<const float4*>(y)[i];
+    reinterpret_cast<float4*>(out)[i] = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+  }
+  if (blockIdx.x == 0 && threadIdx.x < n - n4 * 4) out[n4 * 4 + threadIdx.x] = x[n4 * 4 + threadIdx.x] + y[n4 * 4 + threadIdx.x];
+}
+
+__global__ void AddOutKernel(float* out, const float* x, const float* y, int64_t n) {
+  MOE_GRID_STRIDE(i, n) { out[i] = x[i] + y[i]; }
+}
+
+}  // namespace
+
+void EmbeddingForward(float* out, const int32_t* idx, const float* wte, int n, int d, cudaStream_t stream) {
+  if (n <= 0) return;
+  EmbeddingForwardKernel<<<GridFor(int64_t{n} * d), kThreads, 0, stream>>>(out, idx, wte, n, d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void EmbeddingBackward(float* dwte, const float* dout, const int32_t* idx, int n, int d, cudaStream_t stream) {
+  if (n <= 0) return;
+  EmbeddingBackwardKernel<<<GridFor(int64_t{n} * d), kThreads, 0, stream>>>(dwte, dout, idx, n, d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void DropoutForward(float* out, const float* in, int64_t n, float p, uint64_t seed, uint64_t offset,
+                    cudaStream_t stream) {
+  if (n <= 0) return;
+  if (p == 0.0f) {
+    if (out != in) MOE_CUDA_CHECK(cudaMemcpyAsync(out, in, sizeof(float) * n, cudaMemcpyDeviceToDevice, stream));
+    return;
+  }
+  DropoutForwardKernel<<<GridFor(n), kThreads, 0, stream>>>(out, in, n, p, 1.0f / (1.0f - p),
+                                                            SplitMix64Host(seed), offset);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void DropoutBackward(float* din, const float* dout, int64_t n, float p, uint64_t seed, uint64_t offset,
+                     cudaStream_t stream) {
+  if (n <= 0) return;
+  DropoutBackwardKernel<<<GridFor(n), kThreads, 0, stream>>>(din, dout, n, p, 1.0f / (1.0f - p),
+                                                             SplitMix64Host(seed), offset);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void SwigluForward(float* h, const float* g, const float* u, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  SwigluForwardKernel<<<GridFor(n), kThreads, 0, stream>>>(h, g, u, n);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void SwigluBackward(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n,
+                    bool accumulate, cudaStream_t stream) {
+  if (n <= 0) return;
+  SwigluBackwardKernel<<<GridFor(n), kThreads, 0, stream>>>(dg, du, dh, g, u, n, accumulate);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void AddOut(float* out, const float* x, const float* y, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  if (Aligned(16, {out, x, y})) {
+    AddOutVec4Kernel<<<GridFor(std::max<int64_t>(1, n / 4)), kThreads, 0, stream>>>(out, x, y, n);
+  } else {
+    AddOutKernel<<<GridFor(n), kThreads, 0, stream>>>(out, x, y, n);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace moe::cuda

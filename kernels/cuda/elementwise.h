@@ -1,0 +1,30 @@
+// Elementwise ops on the GPU, twins of kernels/embedding.h, kernels/dropout.h (CounterUniform
+// bit for bit) and kernels/experts.h's SwiGLU, with the residual add. Device pointers, stream last.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda/common.h"
+
+namespace moe::cuda {
+
+// out (n, d) = wte[idx] ; dwte[idx[i]] += dout[i] (fp32 atomics: order not fixed).
+void EmbeddingForward(float* out, const int32_t* idx, const float* wte, int n, int d, cudaStream_t stream);
+void EmbeddingBackward(float* dwte, const float* dout, const int32_t* idx, int n, int d, cudaStream_t stream);
+
+// out = in * keep / (1 - p) (out may alias in) ; din += dout * keep / (1 - p).
+void DropoutForward(float* out, const float* in, int64_t n, float p, uint64_t seed, uint64_t offset,
+                    cudaStream_t stream);
+void DropoutBackward(float* din, const float* dout, int64_t n, float p, uint64_t seed, uint64_t offset,
+                     cudaStream_t stream);
+
+// h = silu(g) * u ; dg, du += (accumulate) or = (overwrite) the SwiGLU gradients. dh may alias du
+// when overwriting (each element is read before it is written).
+void SwigluForward(float* h, const float* g, const float* u, int64_t n, cudaStream_t stream);
+void SwigluBackward(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n,
+                    bool accumulate, cudaStream_t stream);
+
+// out = x + y (n elements; out may not alias x or y).
+void AddOut(float* out, const float* x, const float* y, int64_t n, cudaStream_t stream);
+
+}  // namespace moe::cuda

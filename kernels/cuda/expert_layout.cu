@@ -1,0 +1,202 @@
+#include "kernels/cuda/expert_layout.h"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/cuda/device.cuh"
+#include "kernels/cuda/matmul.h"
+#include "kernels/cuda/moe_internal.h"
+
+namespace moe::cuda {
+namespace {
+
+using internal::CountSum;
+using internal::kThreads;
+
+// grid.y walks the blocks, grid.x and the threads a block's words.
+template <typename Word>
+__global__ void CopyRowBlocksKernel(char* dst, const char* src, const RowBlocks blocks, int64_t row_bytes) {
+  const int i = blockIdx.y;
+  const int64_t words = blocks.rows[i] * row_bytes / sizeof(Word);
+  const Word* s = reinterpret_cast<const Word*>(src + blocks.src_row[i] * row_bytes);
+  Word* d = reinterpret_cast<Word*>(dst + blocks.dst_row[i] * row_bytes);
+  for (int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; w < words;
+       w += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    d[w] = s[w];
+  }
+}
+
+// Rows of `blocks` from bf16 src to fp32 out: out = src, or out += src (kAccumulate); grid.y
+// walks the blocks as in CopyRowBlocksKernel. Two elements per thread when the pointers allow.
+template <bool kAccumulate, bool kPairs>
+__global__ void RowBlocksToFloatKernel(float* out, const bf16* src, const RowBlocks blocks, int d) {
+  const int i = blockIdx.y;
+  const int64_t n = blocks.rows[i] * d;
+  float* o = out + blocks.dst_row[i] * d;
+  const bf16* s = src + blocks.src_row[i] * d;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  if constexpr (kPairs) {
+    for (int64_t j = first; j < n / 2; j += stride) {
+      const float2 v = __bfloat1622float2(reinterpret_cast<const __nv_bfloat162*>(s)[j]);
+      float2& w = reinterpret_cast<float2*>(o)[j];
+      w = kAccumulate ? make_float2(w.x + v.x, w.y + v.y) : v;
+    }
+  } else {
+    for (int64_t j = first; j < n; j += stride) o[j] = (kAccumulate ? o[j] : 0.0f) + __bfloat162float(s[j]);
+  }
+}
+
+// The layout's rows from compact fp32 rows: grid.y = expert x, whose span[x] rows from
+// dst_row[x] on take its rows[x] rows from src row src_row[x] on, then zeros.
+struct LayoutBlocks {
+  int64_t src_row[RowBlocks::kMax], dst_row[RowBlocks::kMax], rows[RowBlocks::kMax], span[RowBlocks::kMax];
+};
+
+__global__ void ToLayoutKernel(bf16* dst, const float* src, const LayoutBlocks blocks, int d) {
+  const int x = blockIdx.y;
+  const int64_t real = blocks.rows[x] * d, n = blocks.span[x] * d;
+  bf16* o = dst + blocks.dst_row[x] * d;
+  const float* s = src + blocks.src_row[x] * d;
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < n;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    o[j] = __float2bfloat16(j < real ? s[j] : 0.0f);
+  }
+}
+
+}  // namespace
+
+void CopyRowBlocks(void* dst, const void* src, const RowBlocks& blocks, int64_t row_bytes, cudaStream_t stream) {
+  if (blocks.count <= 0 || row_bytes <= 0) return;
+  int64_t most = 0;
+  for (int i = 0; i < blocks.count; ++i) most = std::max(most, blocks.rows[i]);
+  if (most == 0) return;
+  const dim3 grid(std::min<unsigned>(BlocksFor(most * row_bytes / 16 + 1, kThreads), 1024), blocks.count);
+  const uintptr_t bits = reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) |
+                         static_cast<uintptr_t>(row_bytes);
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  if (bits % 16 == 0) {
+    CopyRowBlocksKernel<int4><<<grid, kThreads, 0, stream>>>(d, s, blocks, row_bytes);
+  } else if (bits % 4 == 0) {
+    CopyRowBlocksKernel<int32_t><<<grid, kThreads, 0, stream>>>(d, s, blocks, row_bytes);
+  } else {
+    CopyRowBlocksKernel<int16_t><<<grid, kThreads, 0, stream>>>(d, s, blocks, row_bytes);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+namespace internal {
+
+void RowBlocksToFloat(float* out, const bf16* src, const RowBlocks& blocks, int d, bool accumulate,
+                      cudaStream_t stream) {
+  int64_t most = 0;
+  for (int i = 0; i < blocks.count; ++i) most = std::max(most, blocks.rows[i]);
+  if (most == 0 || d <= 0) return;
+  const bool pairs = d % 2 == 0 && Aligned(8, {out}) && Aligned(4, {src});
+  const dim3 grid(std::min<unsigned>(BlocksFor(most * d / (pairs ? 2 : 1), kThreads), 1024), blocks.count);
+  if (accumulate) {
+    if (pairs) RowBlocksToFloatKernel<true, true><<<grid, kThreads, 0, stream>>>(out, src, blocks, d);
+    else RowBlocksToFloatKernel<true, false><<<grid, kThreads, 0, stream>>>(out, src, blocks, d);
+  } else {
+    if (pairs) RowBlocksToFloatKernel<false, true><<<grid, kThreads, 0, stream>>>(out, src, blocks, d);
+    else RowBlocksToFloatKernel<false, false><<<grid, kThreads, 0, stream>>>(out, src, blocks, d);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace internal
+
+ExpertLayout PlanExpertLayout(const int32_t* host_counts, int e_local) {
+  // Chunks are a multiple of 128 rows: few distinct shapes over a run, so that cuBLAS picks its
+  // kernel for each once (a new shape costs a heuristic query on the host, on the critical path).
+  constexpr int64_t kStep = 128;
+  auto round_up = [](int64_t v) { return (v + kStep - 1) / kStep * kStep; };
+  ExpertLayout l;
+  const int64_t rows = CountSum(host_counts, e_local);
+  auto compact = [&]() {
+    l = ExpertLayout();
+    l.rows = rows;
+    for (int x = 0; x < e_local; ++x) l.start[x + 1] = l.start[x] + host_counts[x];
+    return l;
+  };
+  if (rows <= 0 || e_local > RowBlocks::kMax || e_local > ExpertLayout::kMaxChunks) return compact();
+  int64_t cap = 0;
+  for (int x = 0; x < e_local; ++x) cap = std::max(cap, round_up(host_counts[x]));
+  if (e_local * cap <= 2 * rows || e_local * cap <= rows + kStep * e_local) {
+    l.chunk = static_cast<int>(cap);
+    l.chunks = e_local;
+    l.strided = true;
+    for (int x = 0; x <= e_local; ++x) l.first_chunk[x] = x;
+  } else {
+    // Chunks of the largest count over j: the fewest padded rows, an extra chunk index (one
+    // more weight-gradient call over the experts that have it) counted as a quarter of a full one.
+    int64_t best_cost = -1;
+    for (int j = 2; j <= 8; ++j) {
+      const int64_t chunk = round_up((cap + j - 1) / j);
+      int64_t chunks = 0, most = 0;
+      for (int x = 0; x < e_local; ++x) {
+        const int64_t c = (host_counts[x] + chunk - 1) / chunk;
+        chunks += c;
+        most = std::max(most, c);
+      }
+      const int64_t cost = chunks * chunk + (most - 1) * chunk * e_local / 4;
+      if (chunks <= ExpertLayout::kMaxChunks && (best_cost < 0 || cost < best_cost)) {
+        best_cost = cost;
+        l.chunk = static_cast<int>(chunk);
+      }
+    }
+    if (best_cost < 0) return compact();
+    l.chunks = 0;
+    for (int x = 0; x < e_local; ++x) {
+      l.first_chunk[x] = l.chunks;
+      l.chunks += static_cast<int>((host_counts[x] + l.chunk - 1) / l.chunk);
+    }
+    l.first_chunk[e_local] = l.chunks;
+  }
+  l.rows = int64_t{l.chunks} * l.chunk;
+  for (int x = 0; x <= e_local; ++x) l.start[x] = int64_t{l.first_chunk[x]} * l.chunk;
+  return l;
+}
+
+int64_t ExpertLayoutRows(const int32_t* host_counts, int e_local) {
+  return PlanExpertLayout(host_counts, e_local).rows;
+}
+
+RowBlocks ExpertLayoutToCompact(const int32_t* host_counts, int e_local) {
+  const ExpertLayout l = PlanExpertLayout(host_counts, e_local);
+  RowBlocks blocks;
+  int64_t o = 0;
+  for (int x = 0; x < e_local; ++x) {
+    if (host_counts[x] > 0) {
+      blocks.src_row[blocks.count] = l.start[x];
+      blocks.dst_row[blocks.count] = o;
+      blocks.rows[blocks.count] = host_counts[x];
+      ++blocks.count;
+    }
+    o += host_counts[x];
+  }
+  return blocks;
+}
+
+void ToExpertLayout(bf16* dst, const float* src, const int32_t* host_counts, int e_local, int d,
+                    cudaStream_t stream) {
+  const ExpertLayout l = PlanExpertLayout(host_counts, e_local);
+  if (l.chunk == 0) return CastToBf16(dst, src, CountSum(host_counts, e_local) * d, stream);
+  LayoutBlocks blocks;  // one per expert, empty ones included: grid.y is the expert
+  int64_t o = 0, most = 0;
+  for (int x = 0; x < e_local; ++x) {
+    blocks.src_row[x] = o;
+    blocks.dst_row[x] = l.start[x];
+    blocks.rows[x] = host_counts[x];
+    blocks.span[x] = l.start[x + 1] - l.start[x];
+    most = std::max(most, blocks.span[x]);
+    o += host_counts[x];
+  }
+  if (most == 0) return;
+  const dim3 grid(std::min<unsigned>(BlocksFor(most * d, kThreads), 1024), e_local);
+  ToLayoutKernel<<<grid, kThreads, 0, stream>>>(dst, src, blocks, d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace moe::cuda

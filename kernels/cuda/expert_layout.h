@@ -1,0 +1,55 @@
+// Where the experts' rows lie on the fast path (strided, chunked or compact) and the moves
+// between orders of the same rows: RowBlocks / CopyRowBlocks, PlanExpertLayout, ToExpertLayout.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda/common.h"
+
+namespace moe::cuda {
+
+// Moves row blocks between two orders of the same rows (the expert exchange's wire order and
+// expert order): block i is rows[i] rows starting at row src_row[i] of src and dst_row[i] of
+// dst; a row is row_bytes bytes (even). One launch for every block.
+struct RowBlocks {
+  static constexpr int kMax = 64;  // W * E_local <= E <= 64
+  int count = 0;
+  int64_t src_row[kMax], dst_row[kMax], rows[kMax];
+};
+void CopyRowBlocks(void* dst, const void* src, const RowBlocks& blocks, int64_t row_bytes, cudaStream_t stream);
+
+// The experts' layout on the fast path: the experts' bf16 rows (their input x, g, u, h and the
+// gradients) lie in one of three layouts:
+//   strided: every local expert padded to `chunk` rows (the largest count rounded up to 128),
+//     expert x's rows at x * chunk, the rows past its count zero, so that each product is one
+//     strided batched GEMM of equal shapes, which cuBLAS runs on its Hopper kernels (about twice
+//     as fast as its grouped GEMM, see moe_bench --grouped-gemm), the zero rows adding nothing
+//     to the weight gradients;
+//   chunked: when one expert takes far more rows than the others (padding every expert to it
+//     would more than double the rows), expert x's rows fill ceil(count / chunk) chunks of
+//     `chunk` rows, one after the other, zero past its count; each product is then one batched
+//     GEMM over the chunks through pointer arrays (the same Hopper kernels, each chunk reading
+//     its expert's weights), and a weight gradient one such call per chunk index (the experts
+//     that have that many chunks);
+//   compact (chunk 0): expert x's rows right after expert x - 1's, one cuBLAS grouped GEMM per
+//     product (each expert its own count); only when the chunks would not fit the tables.
+// The counts are host values (the one device-to-host count exchange per layer).
+struct ExpertLayout {
+  static constexpr int kMaxChunks = 256;
+  int chunk = 0;         // rows per chunk (a multiple of 128); 0: compact
+  int chunks = 0;        // chunks in all (strided: one per expert)
+  bool strided = false;  // chunk x is expert x's
+  int64_t rows = 0;      // rows of the layout: chunks * chunk, or the sum of the counts
+  int32_t first_chunk[RowBlocks::kMax + 1] = {};  // expert x's chunks: [first_chunk[x], first_chunk[x + 1])
+  int64_t start[RowBlocks::kMax + 1] = {};        // expert x's first row in the layout
+};
+ExpertLayout PlanExpertLayout(const int32_t* host_counts, int e_local);
+// Rows of the layout (PlanExpertLayout(...).rows).
+int64_t ExpertLayoutRows(const int32_t* host_counts, int e_local);
+// Compact fp32 rows (sum of counts, d) to the layout in bf16 (dst: ExpertLayoutRows rows).
+void ToExpertLayout(bf16* dst, const float* src, const int32_t* host_counts, int e_local, int d,
+                    cudaStream_t stream);
+// The blocks that move every expert's rows from the layout to compact order (CopyRowBlocks).
+RowBlocks ExpertLayoutToCompact(const int32_t* host_counts, int e_local);
+
+}  // namespace moe::cuda

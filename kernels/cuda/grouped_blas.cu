@@ -1,0 +1,199 @@
+#include "kernels/cuda/grouped_blas.h"
+
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <initializer_list>
+#include <vector>
+
+namespace moe::cuda {
+namespace {
+
+void CheckBlas(cublasStatus_t st, const char* what, const char* file, int line) {
+  if (st == CUBLAS_STATUS_SUCCESS) return;
+  std::fprintf(stderr, "cuBLAS error at %s:%d: %s: status %d\n", file, line, what, static_cast<int>(st));
+  std::abort();
+}
+#define MOE_BLAS_CHECK(expr) CheckBlas((expr), #expr, __FILE__, __LINE__)
+
+}  // namespace
+
+GroupedBlas::GroupedBlas() {
+  cublasHandle_t h = nullptr;
+  MOE_BLAS_CHECK(cublasCreate(&h));
+  handle_ = h;
+  MOE_CUDA_CHECK(cudaMalloc(&device_ptrs_, sizeof(void*) * 3 * kTable));
+}
+
+GroupedBlas::~GroupedBlas() {
+  cudaFree(device_ptrs_);
+  cublasDestroy(static_cast<cublasHandle_t>(handle_));
+}
+
+void GroupedBlas::Gemm(GroupedOp op, int groups, const int32_t* host_counts, int m, int n, int k, float alpha,
+                       float beta, std::initializer_list<Operands> sets, cudaStream_t stream) {
+  if (n <= 0 || (op == GroupedOp::kTN && m <= 0)) return;
+  // Row-major C (rows, cols) = A B is column-major C^T = B^T A^T: cuBLAS's A is our b.
+  std::vector<cublasOperation_t> ta, tb;
+  std::vector<int> mm, nn, kk, lda, ldb, ldc, group_size;
+  std::vector<float> alphas, betas;
+  // cuBLAS's A, B and C pointer arrays, uploaded below.
+  std::vector<const void*> table(3 * kMaxProblems, nullptr);
+  int count = 0;
+  for (const Operands& s : sets) {
+    int64_t o = 0;  // first row of group x
+    for (int x = 0; x < groups; ++x) {
+      const int rows = host_counts[x];
+      if (rows <= 0) {
+        if (op == GroupedOp::kTN && beta == 0.0f && m > 0 && n > 0) {
+          MOE_CUDA_CHECK(cudaMemsetAsync(s.c + int64_t{x} * m * n, 0, sizeof(bf16) * m * n, stream));
+        }
+        continue;
+      }
+      if (count == kMaxProblems) {
+        std::fprintf(stderr, "GroupedBlas: more than %d products in one call\n", kMaxProblems);
+        std::abort();
+      }
+      switch (op) {
+        case GroupedOp::kNN:  // c[rows] (rows, n) = a[rows] (rows, k) @ b_x (k, n)
+          ta.push_back(CUBLAS_OP_N), tb.push_back(CUBLAS_OP_N);
+          mm.push_back(n), nn.push_back(rows), kk.push_back(k);
+          lda.push_back(n), ldb.push_back(k), ldc.push_back(n);
+          table[count] = s.b + int64_t{x} * k * n;
+          table[kMaxProblems + count] = s.a + o * k;
+          table[2 * kMaxProblems + count] = s.c + o * n;
+          break;
+        case GroupedOp::kNT:  // c[rows] (rows, n) = a[rows] (rows, k) @ b_x^T, b_x (n, k)
+          ta.push_back(CUBLAS_OP_T), tb.push_back(CUBLAS_OP_N);
+          mm.push_back(n), nn.push_back(rows), kk.push_back(k);
+          lda.push_back(k), ldb.push_back(k), ldc.push_back(n);
+          table[count] = s.b + int64_t{x} * n * k;
+          table[kMaxProblems + count] = s.a + o * k;
+          table[2 * kMaxProblems + count] = s.c + o * n;
+          break;
+        case GroupedOp::kTN:  // c_x (m, n) = a[rows]^T (m, rows) @ b[rows] (rows, n)
+          ta.push_back(CUBLAS_OP_N), tb.push_back(CUBLAS_OP_T);
+          mm.push_back(n), nn.push_back(m), kk.push_back(rows);
+          lda.push_back(n), ldb.push_back(m), ldc.push_back(n);
+          table[count] = s.b + o * n;
+          table[kMaxProblems + count] = s.a + o * m;
+          table[2 * kMaxProblems + count] = s.c + int64_t{x} * m * n;
+          break;
+      }
+      alphas.push_back(alpha);
+      betas.push_back(beta);
+      group_size.push_back(1);
+      ++count;
+      o += rows;
+    }
+  }
+  if (count == 0) return;
+  // The pointer arrays go up by a copy on `stream` (from pageable memory it is staged at once,
+  // so `table` may go); the calls are ordered on `stream`, so one device table serves them all.
+  void** ptrs = device_ptrs_;
+  MOE_CUDA_CHECK(cudaMemcpyAsync(ptrs, table.data(), sizeof(void*) * table.size(), cudaMemcpyHostToDevice, stream));
+  cublasHandle_t h = static_cast<cublasHandle_t>(handle_);
+  MOE_BLAS_CHECK(cublasSetStream(h, stream));
+  MOE_BLAS_CHECK(cublasGemmGroupedBatchedEx(
+      h, ta.data(), tb.data(), mm.data(), nn.data(), kk.data(), alphas.data(),
+      const_cast<const void* const*>(ptrs), CUDA_R_16BF, lda.data(),
+      const_cast<const void* const*>(ptrs + kMaxProblems), CUDA_R_16BF, ldb.data(), betas.data(),
+      ptrs + 2 * kMaxProblems, CUDA_R_16BF, ldc.data(), count, group_size.data(), CUBLAS_COMPUTE_32F));
+}
+
+void GroupedBlas::Padded(GroupedOp op, int experts, int cap, int n, int k, float beta, const bf16* a,
+                         const bf16* b, bf16* c, cudaStream_t stream) {
+  if (op == GroupedOp::kTN) {
+    std::fprintf(stderr, "GroupedBlas::Padded: kTN is PaddedWeightGrad\n");
+    std::abort();
+  }
+  if (experts <= 0 || cap <= 0 || n <= 0 || k <= 0) return;
+  // c_x (cap, n) = a_x (cap, k) @ op(b_x): kNN's b_x is (k, n), kNT's (n, k).
+  const bool nt = op == GroupedOp::kNT;
+  lt_.GemmBatched(false, nt, cap, n, k, 1.0f, a, k, int64_t{cap} * k, b, nt ? k : n, int64_t{k} * n, beta, c, n,
+                  int64_t{cap} * n, experts, DType::kBF16, DType::kBF16, stream);
+}
+
+void GroupedBlas::PaddedWeightGrad(int experts, int cap, int m, int n, const bf16* a, const bf16* b, float* c,
+                                   cudaStream_t stream) {
+  if (experts <= 0 || cap <= 0 || m <= 0 || n <= 0) return;
+  // c_x (m, n) += a_x^T (m, cap) @ b_x (cap, n).
+  lt_.GemmBatched(true, false, m, n, cap, 1.0f, a, m, int64_t{cap} * m, b, n, int64_t{cap} * n, 1.0f, c, n,
+                  int64_t{m} * n, experts, DType::kBF16, DType::kF32, stream);
+}
+
+void** GroupedBlas::Upload(const std::vector<const void*>& table, int count, int* align, cudaStream_t stream) {
+  *align = CommonAlignment(table.data(), table.size());
+  // From pageable memory the copy is staged at once, so `table` may go; the calls are ordered
+  // on `stream`, so one device table serves them all.
+  void** ptrs = device_ptrs_;
+  for (int i = 0; i < 3; ++i) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(ptrs + i * kTable, table.data() + int64_t{i} * count, sizeof(void*) * count,
+                                   cudaMemcpyHostToDevice, stream));
+  }
+  return ptrs;
+}
+
+void GroupedBlas::Products(GroupedOp op, const ExpertLayout& l, int e_local, int n, int k, float beta, const bf16* a,
+                           const bf16* b, bf16* c, cudaStream_t stream) {
+  if (l.strided) return Padded(op, e_local, l.chunk, n, k, beta, a, b, c, stream);
+  if (op == GroupedOp::kTN || l.chunk <= 0) {
+    std::fprintf(stderr, "GroupedBlas::Products: needs kNN or kNT on a strided or chunked layout\n");
+    std::abort();
+  }
+  if (l.chunks <= 0 || n <= 0 || k <= 0) return;
+  // Chunk j of expert x: c_j (chunk, n) = a_j (chunk, k) @ op(b_x) + beta c_j.
+  const int chunks = l.chunks;
+  std::vector<const void*> table(3 * static_cast<size_t>(chunks));
+  for (int x = 0; x < e_local; ++x) {
+    for (int j = l.first_chunk[x]; j < l.first_chunk[x + 1]; ++j) {
+      table[j] = a + int64_t{j} * l.chunk * k;
+      table[chunks + j] = b + int64_t{x} * k * n;
+      table[2 * chunks + j] = c + int64_t{j} * l.chunk * n;
+    }
+  }
+  int align = 0;
+  void** p = Upload(table, chunks, &align, stream);
+  const bool nt = op == GroupedOp::kNT;
+  lt_.GemmPointerArray(false, nt, l.chunk, n, k, 1.0f, const_cast<const void* const*>(p), k,
+                       const_cast<const void* const*>(p + kTable), nt ? k : n, beta, p + 2 * kTable, n, chunks, align,
+                       DType::kBF16, DType::kBF16, stream);
+}
+
+void GroupedBlas::WeightGrad(const ExpertLayout& l, int e_local, int m, int n, const bf16* a, const bf16* b, float* c,
+                             cudaStream_t stream) {
+  if (l.strided) return PaddedWeightGrad(e_local, l.chunk, m, n, a, b, c, stream);
+  if (l.chunk <= 0) {
+    std::fprintf(stderr, "GroupedBlas::WeightGrad: needs a strided or chunked layout\n");
+    std::abort();
+  }
+  if (l.chunks <= 0 || m <= 0 || n <= 0) return;
+  // c_x (m, n) += sum over expert x's chunks j of a_j^T (m, chunk) @ b_j (chunk, n): one call per
+  // chunk index i over the experts that have an i-th chunk (distinct outputs within a call).
+  int most = 0;
+  for (int x = 0; x < e_local; ++x) most = std::max(most, l.first_chunk[x + 1] - l.first_chunk[x]);
+  for (int i = 0; i < most; ++i) {
+    std::vector<int> experts;
+    for (int x = 0; x < e_local; ++x) {
+      if (l.first_chunk[x] + i < l.first_chunk[x + 1]) experts.push_back(x);
+    }
+    const int count = static_cast<int>(experts.size());
+    std::vector<const void*> table(3 * static_cast<size_t>(count));
+    for (int e = 0; e < count; ++e) {
+      const int64_t j = l.first_chunk[experts[e]] + i;
+      table[e] = a + j * l.chunk * m;
+      table[count + e] = b + j * l.chunk * n;
+      table[2 * count + e] = c + int64_t{experts[e]} * m * n;
+    }
+    int align = 0;
+    void** p = Upload(table, count, &align, stream);
+    lt_.GemmPointerArray(true, false, m, n, l.chunk, 1.0f, const_cast<const void* const*>(p), m,
+                         const_cast<const void* const*>(p + kTable), n, 1.0f, p + 2 * kTable, n, count, align,
+                         DType::kBF16, DType::kF32, stream);
+  }
+}
+
+}  // namespace moe::cuda

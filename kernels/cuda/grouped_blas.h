@@ -1,0 +1,63 @@
+// The fast path's grouped products: bf16 operands through cuBLAS / cuBLASLt, one call per
+// product over all local experts, on the layouts of expert_layout.h (counts on the host).
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <vector>
+
+#include "kernels/cuda/common.h"
+#include "kernels/cuda/expert_layout.h"
+#include "kernels/cuda/grouped_gemm.h"
+#include "kernels/cuda/matmul.h"
+
+namespace moe::cuda {
+
+// bf16 products of the experts, fp32 accumulation, one cuBLAS call per product.
+//   Gemm (compact layout): cublasGemmGroupedBatchedEx over every (expert, operand set) pair,
+//     bf16 output, the shapes of GroupedGemm; `sets` lists products of identical shapes (x@W1
+//     and x@W3) that share the call. Experts with no rows are skipped (a kTN output then keeps
+//     beta * c only for beta 0 or 1). The pointer arrays go up by one copy on the stream.
+//   Padded (strided layout, one strided-batch cuBLASLt product, its algorithm cached per shape),
+//     every operand's experts `cap` rows apart:
+//     kNN: c_x (cap, n) = a_x (cap, k) @ b_x (k, n) + beta c_x, bf16 c
+//     kNT: c_x (cap, n) = a_x (cap, k) @ b_x^T + beta c_x, b_x (n, k), bf16 c
+//   PaddedWeightGrad: c_x (m, n) += a_x^T (m, cap) @ b_x (cap, n), fp32 c (the gradients).
+//   Products / WeightGrad: the same over a strided or chunked layout (chunk j of expert x
+//     multiplies b_x; the weight gradient sums expert x's chunks).
+class GroupedBlas {
+ public:
+  struct Operands {
+    const bf16* a;
+    const bf16* b;
+    bf16* c;
+  };
+  static constexpr int kMaxProblems = 128;  // groups * sets per call (64 experts, 2 sets)
+  static constexpr int kTable = ExpertLayout::kMaxChunks;  // entries of each pointer array
+
+  GroupedBlas();
+  ~GroupedBlas();
+  GroupedBlas(const GroupedBlas&) = delete;
+  GroupedBlas& operator=(const GroupedBlas&) = delete;
+
+  void Gemm(GroupedOp op, int groups, const int32_t* host_counts, int m, int n, int k, float alpha,
+            float beta, std::initializer_list<Operands> sets, cudaStream_t stream);
+  void Padded(GroupedOp op, int experts, int cap, int n, int k, float beta, const bf16* a, const bf16* b, bf16* c,
+              cudaStream_t stream);
+  void PaddedWeightGrad(int experts, int cap, int m, int n, const bf16* a, const bf16* b, float* c,
+                        cudaStream_t stream);
+  void Products(GroupedOp op, const ExpertLayout& layout, int e_local, int n, int k, float beta, const bf16* a,
+                const bf16* b, bf16* c, cudaStream_t stream);
+  void WeightGrad(const ExpertLayout& layout, int e_local, int m, int n, const bf16* a, const bf16* b, float* c,
+                  cudaStream_t stream);
+
+ private:
+  void* handle_ = nullptr;        // cublasHandle_t
+  // Uploads the (3, count) A, B, C pointers of `table` (count entries each) on `stream`; returns
+  // the device arrays and the bytes every pointer is aligned to.
+  void** Upload(const std::vector<const void*>& table, int count, int* align, cudaStream_t stream);
+  void** device_ptrs_ = nullptr;  // (3, kTable) device: A, B, C pointer arrays
+  Blas lt_;                       // the padded products
+};
+
+}  // namespace moe::cuda

@@ -1,0 +1,103 @@
+#include "kernels/cuda/permute.h"
+
+#include <cstdint>
+
+#include "kernels/cuda/device.cuh"
+
+namespace moe::cuda {
+namespace {
+
+using internal::kThreads;
+using internal::WarpSum;
+
+// One warp per assignment or token.
+
+__global__ void PermuteForwardKernel(float* xs, const float* x, const int32_t* a2s, int n, int k, int d) {
+  const int a = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (a >= n * k) return;
+  const int s = a2s[a];
+  if (s < 0) return;
+  const float* src = x + int64_t{a / k} * d;
+  float* dst = xs + int64_t{s} * d;
+  for (int c = lane; c < d; c += 32) dst[c] = src[c];
+}
+
+__global__ void PermuteBackwardKernel(float* dx, const float* dxs, const int32_t* a2s, int n, int k, int d) {
+  const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (t >= n) return;
+  float* dst = dx + int64_t{t} * d;
+  for (int j = 0; j < k; ++j) {
+    const int s = a2s[int64_t{t} * k + j];
+    if (s < 0) continue;
+    const float* src = dxs + int64_t{s} * d;
+    for (int c = lane; c < d; c += 32) dst[c] += src[c];
+  }
+}
+
+__global__ void UnpermuteForwardKernel(float* out, const float* ys, const float* weights, const int32_t* a2s,
+                                       int n, int k, int d) {
+  const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (t >= n) return;
+  float* dst = out + int64_t{t} * d;
+  for (int c = lane; c < d; c += 32) dst[c] = 0.0f;
+  for (int j = 0; j < k; ++j) {
+    const int64_t a = int64_t{t} * k + j;
+    const int s = a2s[a];
+    if (s < 0) continue;
+    const float w = weights[a];
+    const float* src = ys + int64_t{s} * d;
+    for (int c = lane; c < d; c += 32) dst[c] += w * src[c];
+  }
+}
+
+__global__ void UnpermuteBackwardKernel(float* dys, float* dweights, const float* dout, const float* ys,
+                                        const float* weights, const int32_t* a2s, int n, int k, int d) {
+  const int a = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (a >= n * k) return;
+  const int s = a2s[a];
+  if (s < 0) return;
+  const float* g = dout + int64_t{a / k} * d;
+  if (dys != nullptr) {
+    const float w = weights[a];
+    float* dst = dys + int64_t{s} * d;
+    for (int c = lane; c < d; c += 32) dst[c] += w * g[c];
+  }
+  if (dweights != nullptr) {
+    const float* y = ys + int64_t{s} * d;
+    float dot = 0.0f;
+    for (int c = lane; c < d; c += 32) dot += g[c] * y[c];
+    dot = WarpSum(dot);
+    if (lane == 0) dweights[a] += dot;
+  }
+}
+
+}  // namespace
+
+void PermuteForward(float* xs, const float* x, const int32_t* a2s, int n, int k, int d, cudaStream_t stream) {
+  if (n * k <= 0) return;
+  PermuteForwardKernel<<<BlocksFor(int64_t{n} * k, kThreads / 32), kThreads, 0, stream>>>(xs, x, a2s, n, k, d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void PermuteBackward(float* dx, const float* dxs, const int32_t* a2s, int n, int k, int d, cudaStream_t stream) {
+  if (n <= 0) return;
+  PermuteBackwardKernel<<<BlocksFor(n, kThreads / 32), kThreads, 0, stream>>>(dx, dxs, a2s, n, k, d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void UnpermuteForward(float* out, const float* ys, const float* weights, const int32_t* a2s, int n, int k,
+                      int d, cudaStream_t stream) {
+  if (n <= 0) return;
+  UnpermuteForwardKernel<<<BlocksFor(n, kThreads / 32), kThreads, 0, stream>>>(out, ys, weights, a2s, n, k, d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void UnpermuteBackward(float* dys, float* dweights, const float* dout, const float* ys, const float* weights,
+                       const int32_t* a2s, int n, int k, int d, cudaStream_t stream) {
+  if (n * k <= 0) return;
+  UnpermuteBackwardKernel<<<BlocksFor(int64_t{n} * k, kThreads / 32), kThreads, 0, stream>>>(
+      dys, dweights, dout, ys, weights, a2s, n, k, d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace moe::cuda

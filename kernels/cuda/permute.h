@@ -1,0 +1,22 @@
+// Permute and unpermute on the GPU: tokens to their experts' slots of the routing plan and the
+// weighted combine back, forward and backward.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda/common.h"
+
+namespace moe::cuda {
+
+// xs[slot] = x[token of slot] ; dx (n, d) += gathered dxs.
+void PermuteForward(float* xs, const float* x, const int32_t* assignment_to_slot, int n, int k, int d,
+                    cudaStream_t stream);
+void PermuteBackward(float* dx, const float* dxs, const int32_t* assignment_to_slot, int n, int k, int d,
+                     cudaStream_t stream);
+// out (n, d) = sum over kept j of weights[t, j] ys[slot] ; dys += , dweights += (either may be null).
+void UnpermuteForward(float* out, const float* ys, const float* weights, const int32_t* assignment_to_slot,
+                      int n, int k, int d, cudaStream_t stream);
+void UnpermuteBackward(float* dys, float* dweights, const float* dout, const float* ys, const float* weights,
+                       const int32_t* assignment_to_slot, int n, int k, int d, cudaStream_t stream);
+
+}  // namespace moe::cuda

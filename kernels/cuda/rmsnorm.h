@@ -1,0 +1,16 @@
+// RMSNorm on the GPU, twin of kernels/rmsnorm.h (same eps, backward accumulates).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cuda/common.h"
+
+namespace moe::cuda {
+
+// out (n, d), rstd (n) ; dinp (n, d) += , dweight (d) += (either may be null).
+void RmsNormForward(float* out, float* rstd, const float* inp, const float* weight, int n, int d,
+                    cudaStream_t stream);
+void RmsNormBackward(float* dinp, float* dweight, const float* dout, const float* inp,
+                     const float* weight, const float* rstd, int n, int d, cudaStream_t stream);
+
+}  // namespace moe::cuda

@@ -1,0 +1,130 @@
+#include "kernels/cuda/rope.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cuda/device.cuh"
+#include "kernels/rope.h"
+
+namespace moe::cuda {
+namespace {
+
+using internal::kThreads;
+
+// W consecutive floats at p (16-byte aligned when W is 4): one float4 access, or W scalar ones.
+template <int W>
+__device__ __forceinline__ void LoadW(float (&dst)[W], const float* p) {
+  if constexpr (W == 4) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    dst[0] = q.x, dst[1] = q.y, dst[2] = q.z, dst[3] = q.w;
+  } else {
+#pragma unroll
+    for (int j = 0; j < W; ++j) dst[j] = p[j];
+  }
+}
+template <int W>
+__device__ __forceinline__ void StoreW(float* p, const float (&src)[W]) {
+  if constexpr (W == 4) {
+    *reinterpret_cast<float4*>(p) = make_float4(src[0], src[1], src[2], src[3]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < W; ++j) p[j] = src[j];
+  }
+}
+
+// Rotated heads one thread loads before it stores any of them (memory-level parallelism).
+constexpr int kRopeHeadsPerStep = 4;
+
+// RoPE in place on the q and k heads (the first `heads` of each row of row_len floats), pairs
+// (i, i + hd/2). Block (x, y): threadIdx.y picks one of blockDim.y rows (row = b * t + pos),
+// threadIdx.x a group of W pairs i = W * threadIdx.x + j (striding by W * blockDim.x when hd / 2 is
+// larger); the thread reads that group's cos/sin once and walks every rotated head of its row,
+// kRopeHeadsPerStep heads at a time. W = 4 (float4 accesses) needs hd/2 % 4 == 0 and 16-byte
+// aligned qkv and tables; W = 1 takes any even hd. All index math is 32-bit but the row offset.
+template <int W>
+__global__ void RopeKernel(float* qkv, const float* cos_t, const float* sin_t, int rows, int t,
+                           int heads, int row_len, int hd, float sign) {
+  const int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  const int half = hd / 2, pos = row % t;
+  float* base = qkv + int64_t{row} * row_len;
+  for (int i = threadIdx.x * W; i < half; i += blockDim.x * W) {
+    float cs[W], s[W];
+    LoadW<W>(cs, cos_t + pos * half + i);
+    LoadW<W>(s, sin_t + pos * half + i);
+#pragma unroll
+    for (int j = 0; j < W; ++j) s[j] *= sign;
+    for (int head0 = 0; head0 < heads; head0 += kRopeHeadsPerStep) {
+      float a[kRopeHeadsPerStep][W], c[kRopeHeadsPerStep][W];
+#pragma unroll
+      for (int u = 0; u < kRopeHeadsPerStep; ++u) {
+        if (head0 + u < heads) {
+          LoadW<W>(a[u], base + (head0 + u) * hd + i);
+          LoadW<W>(c[u], base + (head0 + u) * hd + half + i);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kRopeHeadsPerStep; ++u) {
+        if (head0 + u < heads) {
+          float na[W], nc[W];
+#pragma unroll
+          for (int j = 0; j < W; ++j) {
+            na[j] = a[u][j] * cs[j] - c[u][j] * s[j];
+            nc[j] = a[u][j] * s[j] + c[u][j] * cs[j];
+          }
+          StoreW<W>(base + (head0 + u) * hd + i, na);
+          StoreW<W>(base + (head0 + u) * hd + half + i, nc);
+        }
+      }
+    }
+  }
+}
+
+// Both directions: sign = +1 rotates by the angle, -1 by minus the angle (the transpose).
+void Rope(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv, int hd,
+          float sign, cudaStream_t stream) {
+  const int rows = b * t, heads = h + hkv, half = hd / 2;
+  if (rows <= 0 || heads <= 0 || half <= 0) return;
+  const int row_len = (h + 2 * hkv) * hd;
+  const bool vec = half % 4 == 0 && Aligned(16, {qkv, cos_t, sin_t});
+  // threadIdx.x over the pair groups of one head (at most kThreads), threadIdx.y over rows.
+  const int groups = vec ? half / 4 : half;
+  const dim3 block(std::min(groups, kThreads), std::max(1, kThreads / groups));
+  const unsigned blocks = BlocksFor(rows, static_cast<int>(block.y));
+  if (vec) {
+    RopeKernel<4><<<blocks, block, 0, stream>>>(qkv, cos_t, sin_t, rows, t, heads, row_len, hd,
+                                                  sign);
+  } else {
+    RopeKernel<1><<<blocks, block, 0, stream>>>(qkv, cos_t, sin_t, rows, t, heads, row_len, hd,
+                                                  sign);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void RopeTablesHost(float* cos_t, float* sin_t, int t, int hd) {
+  // The same fp32 arithmetic as kernels/rope.cc's RopeTables.
+  const int half = hd / 2;
+  for (int i = 0; i < half; ++i) {
+    const float inv_freq = 1.0f / std::pow(kernels::kRopeTheta, static_cast<float>(2 * i) / hd);
+    for (int pos = 0; pos < t; ++pos) {
+      const float angle = static_cast<float>(pos) * inv_freq;
+      cos_t[int64_t{pos} * half + i] = std::cos(angle);
+      sin_t[int64_t{pos} * half + i] = std::sin(angle);
+    }
+  }
+}
+
+void RopeForward(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
+                 int hd, cudaStream_t stream) {
+  Rope(qkv, cos_t, sin_t, b, t, h, hkv, hd, 1.0f, stream);
+}
+
+void RopeBackward(float* dqkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
+                  int hd, cudaStream_t stream) {
+  Rope(dqkv, cos_t, sin_t, b, t, h, hkv, hd, -1.0f, stream);
+}
+
+}  // namespace moe::cuda
