@@ -1,6 +1,6 @@
 // moe_bench: trains one of reference_moe.py's configurations for N steps on random tokens (as
 // the peer's `bench` mode does) and prints one JSON line: tokens/s, model TFLOP/s and MFU
-// (MODEL.md: 6 * active params + 6 L D T FLOPs per token, over a 989 TFLOP/s peak), the step
+// (MODEL.md: 6 * active params + 6 L D T FLOPs per token, over W GPUs' peak), the step
 // time split and device memory.
 //   moe_bench --config tiny|tiny-dense|small|medium [--steps 20] [--warmup 5]
 //             [--precision bf16|fp32] [--device cuda|cpu] [--profile]
@@ -26,6 +26,7 @@
 #include "worker/model/cuda/cuda_model.h"
 #include "worker/model/model_config.h"
 #include "worker/train/make_model.h"
+#include "worker/train/step_metrics.h"
 
 #ifdef MOE_WITH_CUDA
 #include <cuda_profiler_api.h>
@@ -158,7 +159,7 @@ int main(int argc, char** argv) {
   std::string config = "tiny", precision = "bf16", device = "cuda";
   int steps = 20, warmup = 5;
   bool grouped_gemm = false;
-  [[maybe_unused]] bool profile = false;  // CUDA builds only
+  [[maybe_unused]] bool profile = false;  // read in CUDA builds only
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     const bool has_value = i + 1 < argc;
@@ -324,7 +325,8 @@ int main(int argc, char** argv) {
       "\"all_reduce_ms\": %.2f, \"a2a_mb_per_call\": %.1f, \"a2a_busbw_gbps\": %.1f, \"model_mem_gb\": %.2f, \"device_used_gb\": %.2f, \"ce\": %.4f}\n",
       c->name, device.c_str(), precision.c_str(), W, steps, static_cast<long long>(n) * W,
       static_cast<long long>(stats.active_params), static_cast<long long>(stats.total_params), stats.flops_per_token,
-      mean_step * 1e3, Median(step_s) * 1e3, tok_s, tok_s / W, tflops / W, peak_flops > 0 ? tflops * 1e12 / W / peak_flops : 0.0, Median(fwd_s) * 1e3,
+      mean_step * 1e3, Median(step_s) * 1e3, tok_s, tok_s / W, tflops / W,
+      moe::ModelFlopsUtilization(stats.flops_per_token, tok_s, W, peak_flops), Median(fwd_s) * 1e3,
       Median(bwd_s) * 1e3, Median(opt_s) * 1e3, a2a_ms, comm_ms[1] / W, a2a_bytes / 1048576.0, a2a_busbw,
       moe::CudaModelDeviceBytes(model) / 1073741824.0, used_gb, ce);
   return 0;

@@ -83,13 +83,16 @@ int RunMetrics(int argc, char** argv) {
   s = stub->GetJob(&job_ctx, job_req, &job);
   if (!s.ok()) return Fail(DescribeError(s, *config));
   const bool shares = !FormatRankShares(job, by_step.rbegin()->second).empty();
-  std::printf("%8s %9s %9s %10s %9s %10s %9s%s\n", "STEP", "LOSS", "VAL", "LR", "GRADNORM",
-              "TOK/S", "STEP_MS", shares ? "  TOKENS % PER RANK" : "");
+  std::printf("%8s %9s %9s %10s %9s %10s %9s %9s%s\n", "STEP", "LOSS", "VAL", "LR", "GRADNORM",
+              "TOK/S", "STEP_MS", "PEAK_MB", shares ? "  TOKENS % PER RANK" : "");
   std::vector<double> xs, train, vxs, val;
   for (const auto& [step, m] : by_step) {
-    std::printf("%8lld %9.4f %9s %10.3g %9.3f %10.0f %9.1f%s%s\n", static_cast<long long>(step),
+    // Peak memory: the largest rank's high-water mark; "-" for points of older workers.
+    std::printf("%8lld %9.4f %9s %10.3g %9.3f %10.0f %9.1f %9s%s%s\n", static_cast<long long>(step),
                 m.loss(), m.has_val_loss() ? absl::StrFormat("%.4f", m.val_loss()).c_str() : "-",
-                m.lr(), m.grad_norm(), m.tokens_per_s(), m.step_ms(), shares ? "  " : "",
+                m.lr(), m.grad_norm(), m.tokens_per_s(), m.step_ms(),
+                m.peak_memory_mb() > 0 ? absl::StrFormat("%.0f", m.peak_memory_mb()).c_str() : "-",
+                shares ? "  " : "",
                 shares ? FormatRankShares(job, m).c_str() : "");
     xs.push_back(static_cast<double>(step));
     train.push_back(m.loss());

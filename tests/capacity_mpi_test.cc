@@ -5,6 +5,7 @@
 // weights with the kernels, and the capacity rule is applied by a plain loop per rank's slice.
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -17,6 +18,7 @@
 #include "kernels/threads.h"
 #include "tests/support/mpi_env.h"
 #include "tests/support/test_jobs.h"
+#include "tests/support/training_runs.h"
 #include "worker/parallel/comm_mpi.h"
 #include "worker/data/dataset.h"
 #include "worker/model/param_layout.h"
@@ -64,11 +66,12 @@ TEST(CapacityTest, ReportedDropRateIsTheCountedOne) {
   spec.mutable_train()->set_eval_every(0);
   auto data = LoadDataset(spec.data());
   ASSERT_TRUE(data.ok()) << data.status();
-  Trainer trainer(spec, comm.get(), &*data, TrainerOptions{});
+  std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data);
+  ASSERT_NE(trainer, nullptr);
   TrainOutcome outcome;
-  ASSERT_TRUE(trainer.Run(&outcome).ok());
-  ASSERT_EQ(trainer.history().size(), 1u);
-  const moe::v1::MoeLayerStats& reported = trainer.history()[0].layers(0);
+  ASSERT_TRUE(trainer->Run(&outcome).ok());
+  ASSERT_EQ(trainer->history().size(), 1u);
+  const moe::v1::MoeLayerStats& reported = trainer->history()[0].layers(0);
 
   // The same global batch, routed by block 0 of the initial model.
   const ModelConfig cfg = ModelConfig::FromSpec(spec, data->vocab_size);

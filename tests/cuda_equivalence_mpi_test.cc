@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -74,10 +75,10 @@ TEST(CudaEquivalenceTest, GpusMatchOneGpuAndResumeAcrossGpuCounts) {
   auto single = CreateSingleProcessCommunicator();
   moe::v1::JobSpec one = spec;
   one.mutable_resources()->set_ranks(1);
-  Trainer oracle(one, single.get(), &*data, TrainerOptions{});
-  ASSERT_TRUE(oracle.init_status().ok()) << oracle.init_status();
-  ASSERT_TRUE(oracle.Run(&outcome).ok());
-  const std::vector<double> ref = testing::Losses(oracle);
+  std::unique_ptr<Trainer> oracle = testing::NewTrainer(one, single.get(), &*data);
+  ASSERT_NE(oracle, nullptr);
+  ASSERT_TRUE(oracle->Run(&outcome).ok());
+  const std::vector<double> ref = testing::Losses(*oracle);
   ASSERT_EQ(ref.size(), static_cast<size_t>(kSteps));
   const std::string one_dir = testing::MakeTempDir("moe-gpu-equiv-one-");
   std::filesystem::copy(dir + "/step_00000010", one_dir + "/step_00000010",
@@ -85,9 +86,10 @@ TEST(CudaEquivalenceTest, GpusMatchOneGpuAndResumeAcrossGpuCounts) {
   TrainerOptions o3;
   o3.checkpoint_dir = one_dir;
   o3.resume = true;
-  Trainer resumed(one, single.get(), &*data, o3);
-  ASSERT_TRUE(resumed.Run(&outcome).ok());
-  const std::vector<double> tail = testing::Losses(resumed);
+  std::unique_ptr<Trainer> resumed = testing::NewTrainer(one, single.get(), &*data, o3);
+  ASSERT_NE(resumed, nullptr);
+  ASSERT_TRUE(resumed->Run(&outcome).ok());
+  const std::vector<double> tail = testing::Losses(*resumed);
   ASSERT_EQ(tail.size(), static_cast<size_t>(kSteps / 2));
 
   // bf16 tolerance: the experts' inputs, outputs and gradients cross the wire in bf16 and

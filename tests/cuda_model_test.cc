@@ -4,6 +4,7 @@
 // trainer with device cuda: the same loss curve as the CPU trainer (fp32), resume from a GPU
 // checkpoint, and learning in bf16. Skips without a GPU.
 #include <cmath>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -162,15 +163,16 @@ TEST(CudaTrainerTest, SameLossCurveAsCpuAndResumes) {
   auto data = LoadDataset(spec.data());
   ASSERT_TRUE(data.ok()) << data.status();
   auto comm = CreateSingleProcessCommunicator();
-  Trainer gpu(spec, comm.get(), &*data, TrainerOptions{});
-  ASSERT_TRUE(gpu.init_status().ok()) << gpu.init_status();
+  std::unique_ptr<Trainer> gpu = testing::NewTrainer(spec, comm.get(), &*data);
+  ASSERT_NE(gpu, nullptr);
   TrainOutcome outcome;
-  ASSERT_TRUE(gpu.Run(&outcome).ok());
+  ASSERT_TRUE(gpu->Run(&outcome).ok());
   moe::v1::JobSpec cpu_spec = spec;
   cpu_spec.mutable_resources()->set_device(moe::v1::DEVICE_CPU);
-  Trainer cpu(cpu_spec, comm.get(), &*data, TrainerOptions{});
-  ASSERT_TRUE(cpu.Run(&outcome).ok());
-  const std::vector<double> a = Losses(cpu), g = Losses(gpu);
+  std::unique_ptr<Trainer> cpu = testing::NewTrainer(cpu_spec, comm.get(), &*data);
+  ASSERT_NE(cpu, nullptr);
+  ASSERT_TRUE(cpu->Run(&outcome).ok());
+  const std::vector<double> a = Losses(*cpu), g = Losses(*gpu);
   ASSERT_EQ(a.size(), 30u);
   ASSERT_EQ(g.size(), 30u);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(g[i], a[i], 1e-3 * a[i]) << "step " << i + 1;
@@ -181,14 +183,16 @@ TEST(CudaTrainerTest, SameLossCurveAsCpuAndResumes) {
   first_opts.checkpoint_dir = dir;
   first_opts.max_steps = 12;
   spec.mutable_checkpoint()->set_every(12);
-  Trainer first(spec, comm.get(), &*data, first_opts);
-  ASSERT_TRUE(first.Run(&outcome).ok());
+  std::unique_ptr<Trainer> first = testing::NewTrainer(spec, comm.get(), &*data, first_opts);
+  ASSERT_NE(first, nullptr);
+  ASSERT_TRUE(first->Run(&outcome).ok());
   TrainerOptions second_opts;
   second_opts.checkpoint_dir = dir;
   second_opts.resume = true;
-  Trainer second(spec, comm.get(), &*data, second_opts);
-  ASSERT_TRUE(second.Run(&outcome).ok());
-  std::vector<double> b = Losses(first), c = Losses(second);
+  std::unique_ptr<Trainer> second = testing::NewTrainer(spec, comm.get(), &*data, second_opts);
+  ASSERT_NE(second, nullptr);
+  ASSERT_TRUE(second->Run(&outcome).ok());
+  std::vector<double> b = Losses(*first), c = Losses(*second);
   b.insert(b.end(), c.begin(), c.end());
   ASSERT_EQ(b.size(), 30u);
   // Not bitwise: the GPU's atomic sums have no fixed order, and routing amplifies the rounding
@@ -204,12 +208,12 @@ TEST(CudaTrainerTest, LearnsShakespeareInBf16) {
   auto data = LoadDataset(spec.data());
   ASSERT_TRUE(data.ok()) << data.status();
   auto comm = CreateSingleProcessCommunicator();
-  Trainer trainer(spec, comm.get(), &*data, TrainerOptions{});
-  ASSERT_TRUE(trainer.init_status().ok()) << trainer.init_status();
-  const double val0 = trainer.Evaluate();
+  std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data);
+  ASSERT_NE(trainer, nullptr);
+  const double val0 = trainer->Evaluate();
   TrainOutcome outcome;
-  ASSERT_TRUE(trainer.Run(&outcome).ok());
-  const double val = trainer.Evaluate();
+  ASSERT_TRUE(trainer->Run(&outcome).ok());
+  const double val = trainer->Evaluate();
   // The CPU trainer's bar (train_test.cc): 2.37 after 300 steps in fp32.
   EXPECT_GT(val0, 4.0);
   EXPECT_LT(val, 2.5) << "val loss after 300 steps";

@@ -3,7 +3,8 @@
 // in moectl status; moed killed mid-job and restarted still finishes it with complete logs and
 // metrics, and a `moectl logs -f` that was following it reconnects and prints every line once; a
 // rank killed with max_restarts 1
-// resumes from its checkpoint and finishes.
+// resumes from its checkpoint and finishes; a CPU job's points carry its peak memory, in
+// `moectl metrics --format csv` and in the table.
 #include <signal.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
@@ -151,6 +153,34 @@ TEST(E2eControl, KilledRankRestartsFromCheckpointAndFinishes) {
   EXPECT_EQ(job.restarts(), 1);
   ExpectContiguous(h.AllLogs(id));
   EXPECT_EQ(h.AllMetrics(id).back().step(), 60);
+}
+
+TEST(E2eControl, CpuJobReportsPeakMemoryInMetrics) {
+  DaemonHarness h(RealWorker());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult r = h.Moectl({"submit", h.WriteJob("e2e-memory", 1, 3), "--follow"}, 600);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err << h.MoedLog();
+  const std::string id = r.out.substr(0, r.out.find('\n'));
+  Job job = h.WaitFor(id, Ended, 10);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason();
+
+  CommandResult csv = h.Moectl({"metrics", id, "--format", "csv"});
+  ASSERT_EQ(csv.exit_code, 0) << csv.err;
+  std::vector<std::string> lines = absl::StrSplit(csv.out, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 4u) << csv.out;  // the header and steps 1-3
+  std::vector<std::string> header = absl::StrSplit(lines[0], ',');
+  const size_t col = std::find(header.begin(), header.end(), "peak_memory_mb") - header.begin();
+  ASSERT_LT(col, header.size()) << lines[0];
+  for (size_t i = 1; i < lines.size(); ++i) {
+    std::vector<std::string> row = absl::StrSplit(lines[i], ',');
+    ASSERT_EQ(row.size(), header.size()) << lines[i];
+    double mb = 0;
+    ASSERT_TRUE(absl::SimpleAtod(row[col], &mb)) << lines[i];
+    EXPECT_GT(mb, 1) << lines[i];  // a worker's resident set is megabytes, at least
+  }
+  CommandResult table = h.Moectl({"metrics", id});
+  EXPECT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_TRUE(absl::StrContains(table.out, "PEAK_MB")) << table.out;
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 // checkpointed by W ranks resumes on W ranks and on one rank with the same curve.
 #include <cmath>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -56,9 +57,10 @@ TEST(EquivalenceTest, RanksMatchOneRankAndResumeAcrossRankCounts) {
   moe::v1::JobSpec one = spec;
   one.mutable_resources()->set_ranks(1);
   auto single = CreateSingleProcessCommunicator();
-  Trainer oracle(one, single.get(), &*data, TrainerOptions{});
-  ASSERT_TRUE(oracle.Run(&outcome).ok());
-  std::vector<double> expected = testing::Losses(oracle);
+  std::unique_ptr<Trainer> oracle = testing::NewTrainer(one, single.get(), &*data);
+  ASSERT_NE(oracle, nullptr);
+  ASSERT_TRUE(oracle->Run(&outcome).ok());
+  std::vector<double> expected = testing::Losses(*oracle);
   ASSERT_EQ(expected.size(), parallel.size());
   for (size_t i = 0; i < expected.size(); ++i) {
     EXPECT_LT(RelErr(parallel[i], expected[i]), 1e-5)
@@ -73,9 +75,9 @@ TEST(EquivalenceTest, RanksMatchOneRankAndResumeAcrossRankCounts) {
   ASSERT_EQ(ckpt->step, kSteps);
   int compared = 0;
   for (const NamedTensor& t : ckpt->tensors) {
-    const ParamInfo* info = oracle.model().layout().Find(t.name);
+    const ParamInfo* info = oracle->model().layout().Find(t.name);
     if (info == nullptr) continue;  // optimizer state
-    const float* w = oracle.model().params().data() + info->offset;
+    const float* w = oracle->model().params().data() + info->offset;
     ASSERT_EQ(static_cast<int64_t>(t.data.size()), info->size) << t.name;
     double diff = 0, norm = 0;
     for (int64_t i = 0; i < info->size; ++i) {
@@ -85,7 +87,7 @@ TEST(EquivalenceTest, RanksMatchOneRankAndResumeAcrossRankCounts) {
     EXPECT_LT(std::sqrt(diff / norm), 1e-5) << "W=" << W << " " << t.name;
     ++compared;
   }
-  EXPECT_EQ(compared, static_cast<int>(oracle.model().layout().params().size()));
+  EXPECT_EQ(compared, static_cast<int>(oracle->model().layout().params().size()));
 
   // Resume the W-rank step-10 checkpoint on one rank: the same curve from step 11 on.
   const std::string one_dir = testing::MakeTempDir("moe-equiv-one-");
@@ -94,9 +96,10 @@ TEST(EquivalenceTest, RanksMatchOneRankAndResumeAcrossRankCounts) {
   TrainerOptions o3;
   o3.checkpoint_dir = one_dir;
   o3.resume = true;
-  Trainer resumed(one, single.get(), &*data, o3);
-  ASSERT_TRUE(resumed.Run(&outcome).ok());
-  std::vector<double> tail = testing::Losses(resumed);
+  std::unique_ptr<Trainer> resumed = testing::NewTrainer(one, single.get(), &*data, o3);
+  ASSERT_NE(resumed, nullptr);
+  ASSERT_TRUE(resumed->Run(&outcome).ok());
+  std::vector<double> tail = testing::Losses(*resumed);
   ASSERT_EQ(tail.size(), static_cast<size_t>(kSteps / 2));
   for (size_t i = 0; i < tail.size(); ++i) {
     EXPECT_LT(RelErr(tail[i], expected[kSteps / 2 + i]), 1e-5) << "resumed on 1 rank, step " << kSteps / 2 + i + 1;

@@ -1,6 +1,7 @@
 // The CPU trainer end to end on one rank: it learns shakespeare, and a run stopped and resumed
 // from its checkpoint gives bitwise the same losses as an unstopped run.
 #include <filesystem>
+#include <memory>
 
 #include "gtest/gtest.h"
 #include "kernels/threads.h"
@@ -27,17 +28,18 @@ TEST(TrainTest, SmallModelLearnsShakespeare) {
   auto comm = CreateSingleProcessCommunicator();
   TrainerOptions opts;
   opts.checkpoint_dir = "";
-  Trainer trainer(spec, comm.get(), &*data, opts);
-  const double val0 = trainer.Evaluate();
+  std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data, opts);
+  ASSERT_NE(trainer, nullptr);
+  const double val0 = trainer->Evaluate();
   TrainOutcome outcome;
-  ASSERT_TRUE(trainer.Run(&outcome).ok());
-  const double val = trainer.Evaluate();
+  ASSERT_TRUE(trainer->Run(&outcome).ok());
+  const double val = trainer->Evaluate();
   // Untrained: ~ln(65) = 4.17. This 0.1M-parameter model reaches 2.37 after 300 steps of
   // 512 tokens; 2.5 is a bar only a model that really learns clears.
   EXPECT_GT(val0, 4.0);
   EXPECT_LT(val, 2.5) << "val loss after 300 steps";
-  ASSERT_FALSE(trainer.history().empty());
-  EXPECT_TRUE(trainer.history().back().has_val_loss());
+  ASSERT_FALSE(trainer->history().empty());
+  EXPECT_TRUE(trainer->history().back().has_val_loss());
 }
 
 TEST(TrainTest, ResumeEqualsUninterrupted) {
@@ -52,31 +54,34 @@ TEST(TrainTest, ResumeEqualsUninterrupted) {
   auto comm = CreateSingleProcessCommunicator();
 
   TrainerOptions full_opts;
-  Trainer full(spec, comm.get(), &*data, full_opts);
+  std::unique_ptr<Trainer> full = testing::NewTrainer(spec, comm.get(), &*data, full_opts);
+  ASSERT_NE(full, nullptr);
   TrainOutcome outcome;
-  ASSERT_TRUE(full.Run(&outcome).ok());
+  ASSERT_TRUE(full->Run(&outcome).ok());
 
   const std::string dir = testing::MakeTempDir("moe-resume-");
   TrainerOptions first_opts;
   first_opts.checkpoint_dir = dir;
   first_opts.max_steps = 12;  // stops after 12 steps with a checkpoint (every = 12 below)
   spec.mutable_checkpoint()->set_every(12);
-  Trainer first(spec, comm.get(), &*data, first_opts);
-  ASSERT_TRUE(first.Run(&outcome).ok());
+  std::unique_ptr<Trainer> first = testing::NewTrainer(spec, comm.get(), &*data, first_opts);
+  ASSERT_NE(first, nullptr);
+  ASSERT_TRUE(first->Run(&outcome).ok());
   ASSERT_TRUE(LatestCheckpoint(dir).ok());
 
   TrainerOptions second_opts;
   second_opts.checkpoint_dir = dir;
   second_opts.resume = true;
-  Trainer second(spec, comm.get(), &*data, second_opts);
-  ASSERT_TRUE(second.Run(&outcome).ok());
+  std::unique_ptr<Trainer> second = testing::NewTrainer(spec, comm.get(), &*data, second_opts);
+  ASSERT_NE(second, nullptr);
+  ASSERT_TRUE(second->Run(&outcome).ok());
 
-  std::vector<double> a = Losses(full), b = Losses(first), c = Losses(second);
+  std::vector<double> a = Losses(*full), b = Losses(*first), c = Losses(*second);
   b.insert(b.end(), c.begin(), c.end());
   ASSERT_EQ(a.size(), 30u);
   ASSERT_EQ(b.size(), 30u);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;  // bitwise
-  EXPECT_EQ(full.model().params(), second.model().params());
+  EXPECT_EQ(full->model().params(), second->model().params());
 }
 
 TEST(TrainTest, RefusesACheckpointOfAnotherModel) {
@@ -91,13 +96,15 @@ TEST(TrainTest, RefusesACheckpointOfAnotherModel) {
   opts.checkpoint_dir = dir;
   TrainOutcome outcome;
   {
-    Trainer t(spec, comm.get(), &*data, opts);
-    ASSERT_TRUE(t.Run(&outcome).ok());
+    std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &*data, opts);
+    ASSERT_NE(t, nullptr);
+    ASSERT_TRUE(t->Run(&outcome).ok());
   }
   spec.mutable_model()->set_d_model(32);
   opts.resume = true;
-  Trainer other(spec, comm.get(), &*data, opts);
-  absl::Status st = other.Run(&outcome);
+  std::unique_ptr<Trainer> other = testing::NewTrainer(spec, comm.get(), &*data, opts);
+  ASSERT_NE(other, nullptr);
+  absl::Status st = other->Run(&outcome);
   ASSERT_FALSE(st.ok());
   EXPECT_NE(std::string(st.message()).find("does not fit this job's model"), std::string::npos) << st;
 }

@@ -220,9 +220,9 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     reporter->Log(line);
   }
-  moe::Trainer trainer(*spec, comm.get(), &*data, topts);
-  moe::TrainOutcome outcome;
-  absl::Status st = trainer.Run(&outcome);
+  absl::StatusOr<std::unique_ptr<moe::Trainer>> trainer = moe::Trainer::Create(*spec, comm.get(), &*data, topts);
+  moe::TrainOutcome outcome = moe::TrainOutcome::kFinished;
+  const absl::Status st = trainer.ok() ? (*trainer)->Run(&outcome) : trainer.status();
   reporter->Close();
   if (!st.ok()) return fail(std::string(st.message()));
   return outcome == moe::TrainOutcome::kStopped ? 143 : 0;

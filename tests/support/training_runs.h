@@ -1,7 +1,9 @@
-// What the training tests share: the loss curve of a run, a directory every rank sees, and a run
-// in two halves with a checkpoint between (the equivalence tests on CPU ranks and on GPUs).
+// What the training tests share: a trainer that must start, the loss curve of a run, a directory
+// every rank sees, and a run in two halves with a checkpoint between (the equivalence tests on
+// CPU ranks and on GPUs).
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -11,6 +13,10 @@
 #include "worker/train/trainer.h"
 
 namespace moe::testing {
+
+// Trainer::Create, or nullptr after a test failure that says why.
+std::unique_ptr<Trainer> NewTrainer(const moe::v1::JobSpec& spec, Communicator* comm, Dataset* data,
+                                    TrainerOptions opts = {});
 
 // The loss of every step the trainer ran.
 std::vector<double> Losses(const Trainer& t);

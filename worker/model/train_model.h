@@ -36,6 +36,18 @@ struct MoeLayerForwardStats {
   int64_t dropped = 0;          // all ranks
   int64_t assignments = 0;      // N_global * k
   double entropy_sum = 0;       // sum over all tokens of the router entropy (nats)
+
+  // Adds another forward pass of the same layer (a later micro-step of the step): counts and
+  // the entropy sum become the step's totals; aux_loss and z_loss the micro-steps' sum.
+  void Add(const MoeLayerForwardStats& other) {
+    aux_loss += other.aux_loss;
+    z_loss += other.z_loss;
+    if (routed.size() < other.routed.size()) routed.resize(other.routed.size(), 0);
+    for (size_t e = 0; e < other.routed.size(); ++e) routed[e] += other.routed[e];
+    dropped += other.dropped;
+    assignments += other.assignments;
+    entropy_sum += other.entropy_sum;
+  }
 };
 
 // Seconds one rank spent in collectives (wall time on CPUs, GPU time on GPUs).

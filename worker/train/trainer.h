@@ -1,6 +1,7 @@
 // The training loop of one rank: sample -> forward -> backward -> reduce -> clip -> update,
 // with evaluation on held-out data, metrics, checkpoints and resume. Every rank runs the same
-// loop; the Communicator keeps them in step.
+// loop; the Communicator keeps them in step. A step's MetricPoint is built in step_metrics.h,
+// checkpoints are saved and loaded in trainer_checkpoint.cc.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "moe/v1/job.pb.h"
 #include "moe/v1/metrics.pb.h"
 #include "worker/parallel/comm.h"
@@ -40,22 +42,35 @@ enum class TrainOutcome { kFinished, kStopped };
 
 class Trainer {
  public:
-  Trainer(const moe::v1::JobSpec& spec, Communicator* comm, Dataset* data, TrainerOptions opts);
+  // A trainer on the backend spec.resources().device() picks, weights initialised from the
+  // spec's seed; an error where that backend cannot start (no CUDA in this build, no GPU).
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const moe::v1::JobSpec& spec, Communicator* comm,
+                                                        Dataset* data, TrainerOptions opts);
+  // The same on a backend the caller built for ModelConfig::FromSpec(spec, data->vocab_size) on
+  // comm (tests: a backend that reports a device peak).
+  static absl::StatusOr<std::unique_ptr<Trainer>> Create(const moe::v1::JobSpec& spec, Communicator* comm,
+                                                        Dataset* data, TrainerOptions opts,
+                                                        std::unique_ptr<TrainModel> model);
 
   absl::Status Run(TrainOutcome* outcome);
 
   // One optimizer step (exposed for tests).
   StepResult Step(int64_t step);
   double Evaluate();  // val CE, averaged over eval_batches micro-batches
+  // Checkpoints (trainer_checkpoint.cc): collective over the ranks, rank 0 reads and writes.
   absl::Status SaveCheckpoint(int64_t steps_done);
   absl::Status LoadCheckpoint(const std::string& path, int64_t* steps_done);
 
-  // The backend chosen from spec.resources().device(); init_status() says why there is none.
-  TrainModel& model() { return *model_; }
-  const absl::Status& init_status() const { return init_status_; }
+  TrainModel& model() { return *model_; }  // the backend being trained
   const std::vector<moe::v1::MetricPoint>& history() const { return history_; }
 
  private:
+  Trainer(const moe::v1::JobSpec& spec, Communicator* comm, Dataset* data, TrainerOptions opts,
+          std::unique_ptr<TrainModel> model);
+
+  // Fills x, y (micro_batch_, T) with this rank's slice of micro-step a of the step, and says
+  // where it sits in the step.
+  BatchContext SampleMicroBatch(int64_t step, int a, int32_t* x, int32_t* y) const;
   void Log(const std::string& line);
   void Emit(const moe::v1::MetricPoint& point);
 
@@ -64,11 +79,9 @@ class Trainer {
   Dataset* data_;
   TrainerOptions opts_;
   ModelConfig cfg_;
-  absl::Status init_status_;
   std::unique_ptr<TrainModel> model_;
-  int micro_batch_ = 0;  // sequences per rank per micro-step
-  double best_val_ = 0;
-  bool has_best_val_ = false;
+  int micro_batch_ = 0;         // sequences per rank per micro-step
+  double flops_per_token_ = 0;  // model FLOPs per token, for MFU
   std::vector<moe::v1::MetricPoint> history_;
 };
 

@@ -1,0 +1,94 @@
+// Trainer's checkpoints: every rank's share of the weights and AdamW moments written as one
+// checkpoint by rank 0 (experts gathered by global index), and read back into each rank's slice.
+#include "worker/train/trainer.h"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/json_util.h"
+#include "worker/checkpoint/checkpoint.h"
+
+namespace moe {
+
+absl::Status Trainer::SaveCheckpoint(int64_t steps_done) {
+  // Rank 0 gathers each expert tensor (E_local experts from every rank, in rank order = global
+  // expert order) and writes one checkpoint with every tensor by its global shape.
+  const int W = comm_->world_size();
+  const bool root = comm_->rank() == 0;
+  Checkpoint ckpt;
+  ckpt.step = steps_done;
+  google::protobuf::util::MessageToJsonString(spec_, &ckpt.spec_json);
+  if (data_->tokenizer) ckpt.tokenizer = data_->tokenizer->Serialize();
+  ckpt.meta["world_size"] = std::to_string(W);
+  ckpt.meta["vocab_size"] = std::to_string(cfg_.vocab);
+  const std::pair<const char*, ParamSet> sets[] = {
+      {"", ParamSet::kParams}, {"adam_m.", ParamSet::kAdamM}, {"adam_v.", ParamSet::kAdamV}};
+  std::vector<float> host;
+  for (const auto& [prefix, set] : sets) {
+    model_->CopyToHost(set, &host);
+    const std::vector<float>* buf = &host;
+    for (const ParamInfo& info : model_->layout().params()) {
+      NamedTensor nt;
+      nt.name = std::string(prefix) + info.name;
+      nt.shape = info.global_shape;
+      const float* src = buf->data() + info.offset;
+      if (info.expert && W > 1) {
+        if (root) nt.data.resize(static_cast<size_t>(info.size) * W);
+        comm_->Gather(src, info.size, root ? nt.data.data() : nullptr, 0);
+      } else if (root) {
+        nt.data.assign(src, src + info.size);
+      }
+      if (root) ckpt.tensors.push_back(std::move(nt));
+    }
+  }
+  absl::Status st = absl::OkStatus();
+  if (root) st = WriteCheckpoint(opts_.checkpoint_dir, ckpt, std::max(1, spec_.checkpoint().keep()));
+  // Every rank learns whether the write worked, so none goes on alone.
+  double ok = st.ok() ? 1.0 : 0.0;
+  comm_->Broadcast(&ok, sizeof(ok), 0);
+  if (!root && ok == 0) return absl::InternalError("rank 0 failed to write the checkpoint");
+  if (st.ok() && root) Log(absl::StrCat("checkpoint written at step ", steps_done, " in ", opts_.checkpoint_dir));
+  return st;
+}
+
+absl::Status Trainer::LoadCheckpoint(const std::string& path, int64_t* steps_done) {
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(path);
+  if (!ckpt.ok()) return ckpt.status();
+  std::vector<std::pair<std::string, std::vector<int64_t>>> expected;
+  // Host copies of the three buffers: the checkpoint fills them, then they go back.
+  std::vector<float> params, adam_m, adam_v;
+  model_->CopyToHost(ParamSet::kParams, &params);
+  model_->CopyToHost(ParamSet::kAdamM, &adam_m);
+  model_->CopyToHost(ParamSet::kAdamV, &adam_v);
+  const std::pair<const char*, std::vector<float>*> sets[] = {
+      {"", &params}, {"adam_m.", &adam_m}, {"adam_v.", &adam_v}};
+  for (const auto& set : sets) {
+    for (const ParamInfo& info : model_->layout().params()) expected.emplace_back(set.first + info.name, info.global_shape);
+  }
+  absl::Status st = CheckCompatible(*ckpt, expected);
+  if (!st.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", path, " does not fit this job's model: ", st.message()));
+  }
+  // Each rank takes its own slice of every expert tensor (experts by global index).
+  for (const NamedTensor& nt : ckpt->tensors) {
+    for (const auto& [prefix, buf] : sets) {
+      const std::string p(prefix);
+      if (nt.name.compare(0, p.size(), p) != 0) continue;
+      const ParamInfo* info = model_->layout().Find(nt.name.substr(p.size()));
+      if (info == nullptr) continue;
+      const size_t first = info->expert ? static_cast<size_t>(model_->layout().expert_begin()) * (info->size / info->shape[0]) : 0;
+      std::copy(nt.data.begin() + first, nt.data.begin() + first + info->size, buf->begin() + info->offset);
+      break;
+    }
+  }
+  model_->CopyFromHost(ParamSet::kParams, params);
+  model_->CopyFromHost(ParamSet::kAdamM, adam_m);
+  model_->CopyFromHost(ParamSet::kAdamV, adam_v);
+  *steps_done = ckpt->step;
+  return absl::OkStatus();
+}
+
+}  // namespace moe
