@@ -124,7 +124,7 @@ for c in ("tiny", "small", "medium"):
     pf = f"{p['model_tflops']}" if p else "-"
     ratio = f"{o['tokens_per_s']/p['tokens_per_s']:.2f}" if o and p else "-"
     print(f"| {c} | {ot} | {of} | {split} | {mem} | {pt} | {pf} | {ratio} |")
-if os.path.exists(os.path.join(out, "round_base_tiny.json")) or os.path.exists(os.path.join(out, "round_base_small.json")):
+if any(os.path.exists(os.path.join(out, f"round_base_{c}.json")) for c in ("tiny", "small", "medium")):
     def best(name):
         try:
             return max(json.loads(l)["tokens_per_s"] for l in open(os.path.join(out, name)) if l.strip())
