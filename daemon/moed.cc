@@ -89,6 +89,16 @@ absl::Status MoedConfig::Validate() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--listen: '", listen, "' is not HOST:PORT with a port 1-65535 (e.g. 127.0.0.1:50051)"));
   }
+  if (geteuid() == 0 && !allow_root) {
+    return absl::FailedPreconditionError(
+        "refusing to run as root: every job moed launches would run as root and could read or "
+        "write any file of this machine. Run moed as an unprivileged user (e.g. the 'moe' user "
+        "of deploy/systemd/moed.service), or pass --allow-root to accept that risk (containers "
+        "and test machines where root is the only user)");
+  }
+  if (min_free_bytes < 0) {
+    return absl::InvalidArgumentError("--min-free-space: must not be negative");
+  }
   if (state_dir.empty()) {
     return absl::InvalidArgumentError(
         "--state-dir: required (a directory for moed's database and job files, e.g. "
@@ -164,6 +174,7 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
   so.token = token;
   so.heartbeat_timeout = c.heartbeat_timeout;
   so.cancel_grace = c.cancel_grace;
+  so.min_free_bytes = c.min_free_bytes;
   const Launchers launchers{m->local_launcher_.get(), m->slurm_launcher_.get()};
   m->scheduler_ = std::make_unique<Scheduler>(so, m->store_.get(), launchers);
   m->job_service_ = std::make_unique<JobServiceImpl>(m->store_.get(), m->scheduler_.get(),
@@ -208,6 +219,10 @@ void Moed::Shutdown() {
 
 void Moed::Wait() {
   if (server_) server_->Wait();
+}
+
+absl::Status Moed::Health() const {
+  return scheduler_ ? scheduler_->CheckFreeSpace() : absl::OkStatus();
 }
 
 int Moed::metrics_port() const { return metrics_ ? metrics_->port() : 0; }

@@ -33,7 +33,14 @@ struct SchedulerOptions {
   std::chrono::milliseconds heartbeat_timeout{60000};
   std::chrono::milliseconds cancel_grace{30000};
   std::chrono::milliseconds poll_interval{200};
+  // Submissions are refused (RESOURCE_EXHAUSTED) while state_dir's file system has less free.
+  int64_t min_free_bytes = 0;
+  // How often the store's write-ahead log is folded back and truncated.
+  std::chrono::milliseconds wal_checkpoint_interval{30000};
 };
+
+// Free bytes for an unprivileged writer on the file system holding path; -1 when unknown.
+int64_t FreeBytes(const std::string& path);
 
 class Scheduler {
  public:
@@ -61,6 +68,9 @@ class Scheduler {
   bool CapturesOutput(const std::string& job_id);
 
   int max_ranks() const { return options_.max_ranks; }
+  // OK, or RESOURCE_EXHAUSTED saying how much the state directory has free against the floor
+  // (--min-free-space): what Submit refuses with and what /healthz reports.
+  absl::Status CheckFreeSpace() const;
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -75,6 +85,12 @@ class Scheduler {
     Clock::time_point last_term;
     bool killed = false;
     std::vector<int> gpus;  // local cuda jobs: the GPUs it holds, kept across its attempts
+    // rec differs from the store (a write failed): retried every tick. A job whose final state
+    // is not stored yet stays here (finished), so the store never shows it ended before it did
+    // and never shows a state it did not reach.
+    bool unstored = false;
+    bool finished = false;
+    Clock::time_point launch_not_before;  // after a launch that could not be recorded
   };
 
   void Loop();
@@ -83,10 +99,16 @@ class Scheduler {
   void LaunchAttempt(Active& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Returns true when the job left the active set.
   bool Watch(Active& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Ingest(Active& a, bool final) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // False when the store refused lines: then the attempt must not end yet (its lines are all
+  // stored before its final state).
+  bool Ingest(Active& a, bool final) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The attempt ended with a failure: restart it if max_restarts allows, else FAILED.
   void Failed(Active& a, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SetState(JobRecord& rec, moe::v1::JobState state, const std::string& reason)
+  // Sets the state in rec and stores it; false (logged) when the store refused the write.
+  bool SetState(JobRecord& rec, moe::v1::JobState state, const std::string& reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The same for an active job: a refused write is retried by Tick until it is stored.
+  void Store(Active& a, moe::v1::JobState state, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ranks of the local cpu jobs, and GPUs of the local cuda jobs, that hold them now.
   int UsedRanks() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -113,6 +135,7 @@ class Scheduler {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);   // QUEUED job ids, oldest first
   std::map<std::string, Active> active_ ABSL_GUARDED_BY(mu_);  // holding ranks
+  Clock::time_point last_wal_checkpoint_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };
 

@@ -320,7 +320,8 @@ absl::StatusOr<std::string> SlurmLauncher::Render(const LaunchRequest& req) cons
   return out;
 }
 
-absl::StatusOr<std::string> SlurmLauncher::Launch(const LaunchRequest& req) {
+absl::StatusOr<std::string> SlurmLauncher::Launch(const LaunchRequest& req,
+                                                  const RecordLaunch& record) {
   if (access(options_.worker_bin.c_str(), X_OK) != 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("launch error: worker executable ", options_.worker_bin,
@@ -336,7 +337,9 @@ absl::StatusOr<std::string> SlurmLauncher::Launch(const LaunchRequest& req) {
   if (absl::Status s = WriteFileAtomic(path, *script); !s.ok()) {
     return absl::InternalError(absl::StrCat("launch error: cannot write ", path, ": ", s.message()));
   }
-  std::vector<std::string> argv = {"sbatch"};
+  // --hold: the job waits in Slurm until its handle is stored (then scontrol release), so a moed
+  // that dies in between never leaves an attempt running that it does not know.
+  std::vector<std::string> argv = {"sbatch", "--hold"};
   argv.insert(argv.end(), args->begin(), args->end());
   argv.push_back(path);
   std::vector<std::string> env;
@@ -360,7 +363,18 @@ absl::StatusOr<std::string> SlurmLauncher::Launch(const LaunchRequest& req) {
         absl::StrCat("launch error: sbatch printed no job id: ", OneLine(r.out)));
   }
   Handle h{id, req.attempt, req.job_dir};
-  return FormatHandle(h);
+  const std::string handle = FormatHandle(h);
+  if (absl::Status s = record(handle); !s.ok()) {
+    RunCommand({"scancel", id}, {}, options_.command_timeout_s);
+    return s;
+  }
+  CommandOutput rel = RunCommand({"scontrol", "release", id}, {}, options_.command_timeout_s);
+  if (rel.exit_code != 0) {
+    // Stored already: the scheduler sees it held in Slurm's queue; say why in moed's log.
+    std::fprintf(stderr, "moed: scontrol release of Slurm job %s failed: %s\n", id.c_str(),
+                 OneLine(rel.out).c_str());
+  }
+  return handle;
 }
 
 SlurmLauncher::Cached SlurmLauncher::Refresh(const std::string& handle, bool force) {

@@ -21,10 +21,12 @@ class FakeLauncher : public Launcher {
  public:
   explicit FakeLauncher(bool batch) : batch_(batch) {}
   std::string name() const override { return batch_ ? "fakebatch" : "fakelocal"; }
-  absl::StatusOr<std::string> Launch(const LaunchRequest&) override {
+  absl::StatusOr<std::string> Launch(const LaunchRequest&, const RecordLaunch& record) override {
+    const std::string handle = batch_ ? "batch=7" : "local=1";
+    if (absl::Status s = record(handle); !s.ok()) return s;
     std::lock_guard<std::mutex> lock(mu_);
     ++launches_;
-    return std::string(batch_ ? "batch=7" : "local=1");
+    return handle;
   }
   ProcessState Poll(const std::string&) override {
     std::lock_guard<std::mutex> lock(mu_);

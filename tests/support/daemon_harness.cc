@@ -172,6 +172,9 @@ bool DaemonHarness::Start() {
   if (!options_.token_file.empty()) {
     argv.insert(argv.end(), {"--token-file", options_.token_file});
   }
+  // CI runs as root; moed refuses root without --allow-root (tested on its own).
+  if (geteuid() == 0 && options_.allow_root) argv.push_back("--allow-root");
+  argv.insert(argv.end(), options_.extra_args.begin(), options_.extra_args.end());
   pid_ = Spawn(argv, options_.env, work_dir_ + "/moed.out", work_dir_ + "/moed.log",
                /*new_session=*/true);
   // Ready once ListJobs answers (UNAUTHENTICATED counts: the server is up).
@@ -181,6 +184,7 @@ bool DaemonHarness::Start() {
     int status;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
+      start_exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
       return false;
     }
     grpc::ClientContext ctx;
