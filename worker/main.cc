@@ -1,6 +1,7 @@
 // moe-worker: one rank of a training job. main only parses flags, then either trains
 // (standalone with --job, or launched by moed with --spec/--moed/--job-id) or samples text
 // from a checkpoint (--sample).
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -143,6 +144,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moe-worker: %s\n%s", err.c_str(), kUsage);
     return 2;
   }
+  // Checkpoints and token caches hold the job's data: for the job's owner alone.
+  umask(077);
   if (!flags.score_checkpoint.empty()) {
     absl::StatusOr<double> ce = moe::ScoreCheckpoint(flags.score_checkpoint, flags.batch_out);
     if (!ce.ok()) {
