@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/job_spec_internal.h"
+#include "common/sbatch_options.h"
 
 namespace moe {
 namespace job_spec_internal {
@@ -191,6 +192,8 @@ class Checker {
         Fail(path,
              absl::StrCat("must be one sbatch option starting with '-', e.g. --qos=high, got '",
                           Truncate(arg), "'"));
+      } else if (std::string why = RefusedSbatchOption(arg); !why.empty()) {
+        Fail(path, why);
       }
       if (arg == "-p" || absl::StartsWith(arg, "--partition")) partition_in_args = true;
     }

@@ -24,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/files.h"
+#include "common/sbatch_options.h"
 
 extern char** environ;
 
@@ -228,10 +229,21 @@ BatchJob SlurmLauncher::BatchJobOf(const std::string& handle) const {
 absl::StatusOr<std::vector<std::string>> SlurmLauncher::SbatchArgs(const LaunchRequest& req) {
   const moe::v1::ResourceSpec& r = req.spec.resources();
   const moe::v1::SlurmSpec& sl = r.slurm();
-  std::vector<std::string> args = {"--parsable",
-                                   absl::StrCat("--job-name=moe-", req.job_id, "-", req.spec.name()),
-                                   absl::StrCat("--output=", req.job_dir, "/slurm-%j.out"),
-                                   absl::StrCat("--chdir=", req.job_dir), "--export=ALL"};
+  // The job's own options come first, each on the allowlist, and moed's after them: for an
+  // option given twice sbatch takes the last, so none of the job's can override moed's.
+  std::vector<std::string> args;
+  for (int i = 0; i < sl.extra_sbatch_args_size(); ++i) {
+    const std::string& a = sl.extra_sbatch_args(i);
+    if (std::string why = RefusedSbatchOption(a); !why.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("launch error: resources.slurm.extra_sbatch_args[", i, "]: ", why));
+    }
+    args.push_back(a);
+  }
+  args.insert(args.end(),
+              {"--parsable", absl::StrCat("--job-name=moe-", req.job_id, "-", req.spec.name()),
+               absl::StrCat("--output=", req.job_dir, "/slurm-%j.out"),
+               absl::StrCat("--chdir=", req.job_dir), "--export=ALL"});
   if (!sl.partition().empty()) {
     if (absl::Status s = CheckOptionValue("resources.slurm.partition", sl.partition()); !s.ok()) {
       return s;
@@ -261,15 +273,6 @@ absl::StatusOr<std::vector<std::string>> SlurmLauncher::SbatchArgs(const LaunchR
       return s;
     }
     args.push_back(absl::StrCat("--time=", sl.time_limit()));
-  }
-  for (int i = 0; i < sl.extra_sbatch_args_size(); ++i) {
-    const std::string& a = sl.extra_sbatch_args(i);
-    if (a.empty() || a[0] != '-') {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "launch error: resources.slurm.extra_sbatch_args[", i, "] '", OneLine(a),
-          "' is not an option (it must start with '-')"));
-    }
-    args.push_back(a);
   }
   return args;
 }
