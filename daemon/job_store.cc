@@ -99,7 +99,7 @@ std::string FormatId(int64_t num) { return absl::StrFormat("j-%06d", num); }
 
 constexpr char kJobColumns[] =
     "id, spec, state, reason, created_ms, started_ms, ended_ms, restarts, attempt, latest, "
-    "best_val_loss, job_dir, checkpoint_dir, launch_handle, cancel_requested";
+    "best_val_loss, job_dir, checkpoint_dir, launch_handle, cancel_requested, report_secret";
 
 JobRecord RowToRecord(Stmt& s) {
   JobRecord r;
@@ -119,6 +119,7 @@ JobRecord RowToRecord(Stmt& s) {
   r.checkpoint_dir = s.Text(12);
   r.launch_handle = s.Text(13);
   r.cancel_requested = s.Int(14) != 0;
+  r.report_secret = s.Text(15);
   return r;
 }
 
@@ -172,6 +173,20 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
     if (!s.ok()) {
       return absl::FailedPreconditionError(
           absl::StrCat("cannot initialise job store ", path, ": ", s.message()));
+    }
+  }
+  // Stores from before the report secret get its column.
+  bool has_secret = false;
+  {
+    Stmt q(db, "SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'report_secret'");
+    has_secret = q.Step() == SQLITE_ROW;
+  }
+  if (!has_secret) {
+    absl::Status s =
+        store->Exec("ALTER TABLE jobs ADD COLUMN report_secret TEXT NOT NULL DEFAULT '';");
+    if (!s.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot upgrade job store ", path, ": ", s.message()));
     }
   }
   return store;
@@ -347,12 +362,12 @@ absl::Status JobStore::UpdateJob(const JobRecord& r) {
     }
     Stmt u(db_,
            "UPDATE jobs SET state=?, reason=?, started_ms=?, ended_ms=?, restarts=?, attempt=?, "
-           "launch_handle=?, cancel_requested=? WHERE id=?");
+           "launch_handle=?, cancel_requested=?, report_secret=? WHERE id=?");
     u.Bind(1, static_cast<int64_t>(r.job.state())).Bind(2, r.job.reason());
     u.Bind(3, r.job.started_unix_ms()).Bind(4, r.job.ended_unix_ms());
     u.Bind(5, static_cast<int64_t>(r.job.restarts())).Bind(6, static_cast<int64_t>(r.attempt));
     u.Bind(7, r.launch_handle).Bind(8, static_cast<int64_t>(r.cancel_requested ? 1 : 0));
-    u.Bind(9, r.job.id());
+    u.Bind(9, r.report_secret).Bind(10, r.job.id());
     if (u.Step() != SQLITE_DONE) return fail("update job");
     if (old_state != r.job.state() || old_reason != r.job.reason()) {
       Stmt ev(db_, "INSERT INTO events(job_id, unix_ms, state, reason) VALUES(?,?,?,?)");

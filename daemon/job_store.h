@@ -30,6 +30,9 @@ struct JobRecord {
   std::string launch_handle;    // launcher-specific, e.g. "pid=12 start=345 dir=/x"
   bool cancel_requested = false;
   std::string checkpoint_dir;
+  // The secret of the current launch: its workers' reports must carry it (moed gives it to them
+  // in MOE_REPORT_SECRET). "" for attempts launched before moed had one.
+  std::string report_secret;
 };
 
 struct StoredLogLine {

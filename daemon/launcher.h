@@ -24,6 +24,7 @@ struct LaunchRequest {
   std::string checkpoint_dir;
   std::string moed_address;    // where workers report
   std::string token;           // "" when auth is off; passed as MOE_TOKEN
+  std::string report_secret;   // this launch's reports must carry it; passed as MOE_REPORT_SECRET
   bool resume = false;
   // device cuda, local launcher: the GPUs the ranks get, as CUDA numbers them for moed (rank r
   // on gpus[r]); empty for cpu jobs.

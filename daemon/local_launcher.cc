@@ -230,6 +230,7 @@ absl::StatusOr<std::string> LocalLauncher::Launch(const LaunchRequest& req,
   bool nvls_set = false;
   for (char** e = environ; *e != nullptr; ++e) {
     if (std::strncmp(*e, "MOE_TOKEN=", 10) == 0) continue;
+    if (std::strncmp(*e, "MOE_REPORT_SECRET=", 18) == 0) continue;
     if (!req.gpus.empty() && std::strncmp(*e, "CUDA_VISIBLE_DEVICES=", 21) == 0) continue;
     if (std::strncmp(*e, "NCCL_NVLS_ENABLE=", 17) == 0) nvls_set = true;
     env.emplace_back(*e);
@@ -243,6 +244,10 @@ absl::StatusOr<std::string> LocalLauncher::Launch(const LaunchRequest& req,
   if (!req.token.empty()) {
     env.push_back(absl::StrCat("MOE_TOKEN=", req.token));
     args.insert(args.end(), {"-x", "MOE_TOKEN"});
+  }
+  if (!req.report_secret.empty()) {
+    env.push_back(absl::StrCat("MOE_REPORT_SECRET=", req.report_secret));
+    args.insert(args.end(), {"-x", "MOE_REPORT_SECRET"});
   }
   args.insert(args.end(), {options_.worker_bin, "--spec", req.spec_path, "--moed",
                            req.moed_address, "--job-id", req.job_id, "--attempt",

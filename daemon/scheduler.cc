@@ -34,6 +34,32 @@ void ApplyState(JobRecord& rec, JobState state, const std::string& reason) {
   if (IsFinal(state)) rec.job.set_ended_unix_ms(now);
 }
 
+// 128 random bits as hex: a launch's report secret.
+std::string NewSecret() {
+  unsigned char bytes[16] = {};
+  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  size_t got = 0;
+  while (fd >= 0 && got < sizeof(bytes)) {
+    ssize_t n = read(fd, bytes + got, sizeof(bytes) - got);
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  if (fd >= 0) close(fd);
+  std::string hex;
+  for (unsigned char b : bytes) absl::StrAppend(&hex, absl::Hex(b, absl::kZeroPad2));
+  return got == sizeof(bytes) ? hex : "";
+}
+
+// Constant time in the secret's bytes. An attempt launched before moed had secrets has none.
+bool SecretMatches(const std::string& expected, const std::string& given) {
+  if (expected.empty()) return true;
+  unsigned char diff = expected.size() == given.size() ? 0 : 1;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    diff |= static_cast<unsigned char>(expected[i] ^ (i < given.size() ? given[i] : 0));
+  }
+  return diff == 0;
+}
+
 std::string Mib(int64_t bytes) { return absl::StrCat(bytes / (1024 * 1024), " MiB"); }
 
 // Reads [offset, offset + max) of path.
@@ -339,8 +365,9 @@ absl::StatusOr<moe::v1::Job> Scheduler::Cancel(const std::string& id) {
                                                     "); there is nothing to cancel"));
 }
 
-absl::Status Scheduler::OnWorkerHello(const std::string& job_id, int attempt, int rank) {
-  std::lock_guard<std::mutex> lock(mu_);
+absl::StatusOr<Scheduler::Active*> Scheduler::ReporterJob(const std::string& job_id,
+                                                          int attempt, int rank, int world_size,
+                                                          const std::string& secret) {
   auto it = active_.find(job_id);
   if (it == active_.end()) {
     absl::StatusOr<JobRecord> rec = store_->GetJob(job_id);
@@ -349,15 +376,44 @@ absl::Status Scheduler::OnWorkerHello(const std::string& job_id, int attempt, in
         "job ", job_id, " is ", StateName(rec->job.state()), ", not running; stop reporting"));
   }
   Active& a = it->second;
-  if (InBatchSystem(a.rec) && a.launched && attempt > a.rec.attempt) AdoptAttempt(a, attempt);
-  if (attempt != a.rec.attempt || !a.launched) {
+  if (InBatchSystem(a.rec) && a.launched && attempt > a.rec.attempt &&
+      SecretMatches(a.rec.report_secret, secret)) {
+    AdoptAttempt(a, attempt);
+  }
+  if (attempt != a.rec.attempt || !a.launched || a.finished) {
     return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " runs attempt ",
                                                       a.rec.attempt, ", not ", attempt));
   }
+  if (!SecretMatches(a.rec.report_secret, secret)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "report for job ", job_id, " attempt ", attempt, secret.empty() ? " without" : " with a wrong",
+        " report secret: only the ranks moed launched (MOE_REPORT_SECRET) may report"));
+  }
+  const int ranks = a.rec.job.spec().resources().ranks();
+  if (rank < 0 || rank >= ranks || world_size != ranks) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "report as rank ", rank, " of ", world_size, " for job ", job_id, ", which runs ", ranks,
+        ranks == 1 ? " rank" : " ranks", ": no such rank"));
+  }
+  return &a;
+}
+
+absl::Status Scheduler::CheckReporter(const std::string& job_id, int attempt, int rank,
+                                      int world_size, const std::string& secret) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ReporterJob(job_id, attempt, rank, world_size, secret).status();
+}
+
+absl::Status Scheduler::OnWorkerHello(const std::string& job_id, int attempt, int rank,
+                                      int world_size, const std::string& secret) {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<Active*> found = ReporterJob(job_id, attempt, rank, world_size, secret);
+  if (!found.ok()) return found.status();
+  Active& a = **found;
   a.last_heard[rank] = Clock::now();
   if ((a.rec.job.state() == moe::v1::JOB_STATE_STARTING ||
        a.rec.job.state() == moe::v1::JOB_STATE_QUEUED) &&
-      !a.rec.cancel_requested && !a.finished) {
+      !a.rec.cancel_requested) {
     Store(a, moe::v1::JOB_STATE_RUNNING, "");
   }
   return absl::OkStatus();
@@ -450,6 +506,8 @@ void Scheduler::LaunchAttempt(Active& a) {
   req.moed_address = options_.report_address;
   req.token = options_.token;
   req.resume = a.rec.attempt > 0;
+  a.rec.report_secret = NewSecret();  // stored with the launch by record below
+  req.report_secret = a.rec.report_secret;
   if (UsesGpus(a.rec) && a.gpus.empty()) a.gpus = FreeGpus(a.rec.job.spec().resources().ranks());
   req.gpus = a.gpus;
   a.last_heard.clear();

@@ -61,8 +61,14 @@ class Scheduler {
   absl::StatusOr<moe::v1::Job> Cancel(const std::string& id);
 
   // From the report service: a worker of (job, attempt) says hello / sends anything.
-  // FailedPrecondition when the job is not running that attempt (a stale worker).
-  absl::Status OnWorkerHello(const std::string& job_id, int attempt, int rank);
+  // FailedPrecondition when the job is not running that attempt (a stale worker);
+  // PermissionDenied when the report does not carry the launch's secret, or names a rank the
+  // job does not have (world_size must be the job's ranks).
+  absl::Status OnWorkerHello(const std::string& job_id, int attempt, int rank, int world_size,
+                             const std::string& secret);
+  // The same checks without the hello's effects (LastLogSeq).
+  absl::Status CheckReporter(const std::string& job_id, int attempt, int rank, int world_size,
+                             const std::string& secret);
   void OnWorkerReport(const std::string& job_id, int attempt, int rank);
   // Whether moed reads this job's log lines from the ranks' output files itself.
   bool CapturesOutput(const std::string& job_id);
@@ -125,6 +131,10 @@ class Scheduler {
   // moves the attempt on.
   void WatchBatch(Active& a, Clock::time_point now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AdoptAttempt(Active& a, int attempt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The active job a report names, after the attempt, secret and rank checks.
+  absl::StatusOr<Active*> ReporterJob(const std::string& job_id, int attempt, int rank,
+                                      int world_size, const std::string& secret)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const SchedulerOptions options_;
   JobStore* const store_;

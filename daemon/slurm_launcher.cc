@@ -347,6 +347,9 @@ absl::StatusOr<std::string> SlurmLauncher::Launch(const LaunchRequest& req,
   argv.push_back(path);
   std::vector<std::string> env;
   if (!req.token.empty()) env.push_back(absl::StrCat("MOE_TOKEN=", req.token));
+  if (!req.report_secret.empty()) {
+    env.push_back(absl::StrCat("MOE_REPORT_SECRET=", req.report_secret));
+  }
   CommandOutput r = RunCommand(argv, env, options_.command_timeout_s);
   if (r.exit_code != 0) {
     return absl::FailedPreconditionError(

@@ -219,7 +219,7 @@ TEST_F(DaemonFaults, RefusedRunningAndRestartingAreRetried) {
   const std::string id = Submit(/*max_restarts=*/1);
   ASSERT_EQ(WaitStored(id, moe::v1::JOB_STATE_STARTING), moe::v1::JOB_STATE_STARTING);
   Refuse({moe::v1::JOB_STATE_RUNNING});
-  ASSERT_TRUE(scheduler_->OnWorkerHello(id, 0, 0).ok());
+  ASSERT_TRUE(scheduler_->OnWorkerHello(id, 0, 0, 1, store_->GetJob(id)->report_secret).ok());
   ExpectHeld(id, moe::v1::JOB_STATE_STARTING);
   Refuse({});
   ASSERT_EQ(WaitStored(id, moe::v1::JOB_STATE_RUNNING), moe::v1::JOB_STATE_RUNNING);

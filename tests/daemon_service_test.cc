@@ -199,6 +199,7 @@ TEST(DaemonService, ReportedMetricsReachStatusMetricsAndPrometheus) {
   ro.rank = 0;
   ro.world_size = 2;
   ro.attempt = 0;
+  ro.report_secret = h.ReportSecret(id);
   auto reporter = Reporter::Create(ro);
   for (int step = 1; step <= 3; ++step) {
     moe::v1::MetricPoint p;
@@ -258,6 +259,7 @@ TEST(DaemonService, ReporterResendsAcrossAMoedRestart) {
   ro.moed_address = h.address();
   ro.job_id = id;
   ro.world_size = 2;
+  ro.report_secret = h.ReportSecret(id);
   auto reporter = Reporter::Create(ro);
   auto send = [&](int step) {
     moe::v1::MetricPoint p;

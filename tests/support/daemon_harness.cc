@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "common/files.h"
+#include "daemon/job_store.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "tests/support/paths.h"
@@ -228,6 +229,13 @@ std::string DaemonHarness::token() const {
   std::string t = Slurp(options_.token_file);
   while (!t.empty() && (t.back() == '\n' || t.back() == ' ')) t.pop_back();
   return t;
+}
+
+std::string DaemonHarness::ReportSecret(const std::string& id) const {
+  auto store = moe::daemon::JobStore::Open(state_dir_ + "/moed.db");
+  if (!store.ok()) return "";
+  absl::StatusOr<moe::daemon::JobRecord> rec = (*store)->GetJob(id);
+  return rec.ok() ? rec->report_secret : "";
 }
 
 CommandResult DaemonHarness::Moectl(const std::vector<std::string>& args, double timeout_s,

@@ -62,6 +62,9 @@ class DaemonHarness {
                        const std::map<std::string, std::string>& env = {});
   std::unique_ptr<moe::v1::JobService::Stub> Stub();
   std::string token() const;
+  // The report secret moed gave the job's current launch (read from its store), for a test
+  // that plays one of the job's ranks.
+  std::string ReportSecret(const std::string& id) const;
 
   // Writes a job file in the work dir and returns its path.
   std::string WriteJob(const std::string& name, int ranks, int steps, int max_restarts = 0,
