@@ -34,6 +34,9 @@ constexpr char kUsage[] = R"(usage: moed --state-dir DIR [flags]
   --cancel-grace SECS         SIGTERM to SIGKILL delay when cancelling (default 30)
   --min-free-space SIZE       refuse new jobs (RESOURCE_EXHAUSTED) while the state directory
                               has less free space, e.g. 512M, 2G (default 256M; 0 = off)
+  --data-root DIR             jobs may read data only under DIR (repeatable; symlinks resolved;
+                              default: anywhere but the system's directories)
+  --checkpoint-root DIR       jobs may write checkpoints only under DIR (repeatable; same default)
   --allow-root                run as root although every job then runs as root (refused
                               without it)
 )";
@@ -120,6 +123,10 @@ bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
       if (!seconds(&c->heartbeat_timeout)) return false;
     } else if (arg == "--cancel-grace") {
       if (!seconds(&c->cancel_grace)) return false;
+    } else if (arg == "--data-root") {
+      c->data_roots.push_back(value);
+    } else if (arg == "--checkpoint-root") {
+      c->checkpoint_roots.push_back(value);
     } else if (arg == "--min-free-space") {
       if (!ParseSize(value, &c->min_free_bytes)) {
         std::fprintf(stderr, "moed: --min-free-space: '%s' is not a size (e.g. 512M, 2G)\n",

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -44,6 +45,10 @@ struct MoedConfig {
   int64_t min_free_bytes = int64_t{256} << 20;
   // moed as root runs every job as root: refused unless asked for (--allow-root).
   bool allow_root = false;
+  // Where jobs may read data and write checkpoints (symlinks resolved); none = anything but
+  // the system's directories (common/path_policy.h).
+  std::vector<std::string> data_roots;
+  std::vector<std::string> checkpoint_roots;
 
   // Fills the defaults that depend on the machine and checks every field.
   absl::Status Validate();

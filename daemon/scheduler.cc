@@ -261,6 +261,7 @@ absl::Status Scheduler::Recover() {
 absl::StatusOr<moe::v1::Job> Scheduler::Submit(const moe::v1::JobSpec& spec,
                                                const std::string& spec_yaml) {
   if (absl::Status s = CheckFreeSpace(); !s.ok()) return s;
+  if (absl::Status s = CheckSpecPaths(options_.paths, spec); !s.ok()) return s;
   const int ranks = spec.resources().ranks();
   const bool local = launchers_.For(spec)->RunsOnThisMachine();
   const bool cuda = spec.resources().device() == moe::v1::DEVICE_CUDA;

@@ -18,6 +18,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/path_policy.h"
 #include "daemon/job_store.h"
 #include "daemon/launcher.h"
 #include "moe/v1/control.pb.h"
@@ -35,6 +36,9 @@ struct SchedulerOptions {
   std::chrono::milliseconds poll_interval{200};
   // Submissions are refused (RESOURCE_EXHAUSTED) while state_dir's file system has less free.
   int64_t min_free_bytes = 0;
+  // The directories jobs may read data from and write checkpoints to (moed --data-root,
+  // --checkpoint-root); checked at submit, and again by the workers.
+  PathPolicy paths;
   // How often the store's write-ahead log is folded back and truncated.
   std::chrono::milliseconds wal_checkpoint_interval{30000};
 };

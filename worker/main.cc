@@ -12,6 +12,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/path_policy.h"
 #include "common/files.h"
 #include "common/job_spec.h"
 #include "google/protobuf/util/json_util.h"
@@ -196,6 +197,19 @@ int main(int argc, char** argv) {
   ropts.attempt = flags.attempt;
   std::unique_ptr<moe::Reporter> reporter = moe::Reporter::Create(ropts);
 
+  // The same path policy moed applied at submit (its roots come in MOE_DATA_ROOTS and
+  // MOE_CHECKPOINT_ROOTS), again here where the files are opened, symlinks resolved now.
+  const moe::PathPolicy policy = moe::PathPolicy::FromEnvironment();
+  if (absl::Status st = moe::CheckSpecPaths(policy, *spec); !st.ok()) {
+    return fail(std::string(st.message()));
+  }
+  if (flags.checkpoint_dir.empty() && spec->checkpoint().dir().empty()) {
+    if (absl::Status st = moe::CheckCheckpointPath(policy, "checkpoint directory",
+                                                   "checkpoints/" + spec->name());
+        !st.ok()) {
+      return fail(std::string(st.message()));
+    }
+  }
   absl::StatusOr<moe::Dataset> data = moe::LoadDataset(spec->data());
   if (!data.ok()) return fail(absl::StrCat("cannot load data: ", data.status().message()));
   if (absl::Status st = moe::CheckSplits(*data, spec->model().seq_len()); !st.ok()) {
