@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/job_spec_internal.h"
+#include "common/sbatch_options.h"
 
 namespace moe {
 namespace job_spec_internal {
@@ -33,6 +34,18 @@ class Checker {
   Checker(const JobSpec& spec, const std::set<std::string>& skip) : s_(spec), skip_(skip) {}
 
   std::vector<SpecError> Run() {
+    // A NUL would cut a path short where the OS reads it (moed once used "/etc/shadow\0x" as
+    // /etc/shadow); control characters have no place in a name or path either.
+    const v1::DataSpec& d = s_.data();
+    const v1::SlurmSpec& sl = s_.resources().slurm();
+    for (const auto& [path, value] : std::vector<std::pair<const char*, const std::string*>>{
+             {"name", &s_.name()}, {"data.path", &d.path()},
+             {"data.tokenizer_dir", &d.tokenizer_dir()}, {"data.cache_dir", &d.cache_dir()},
+             {"checkpoint.dir", &s_.checkpoint().dir()}, {"resources.slurm.partition", &sl.partition()},
+             {"resources.slurm.account", &sl.account()},
+             {"resources.slurm.time_limit", &sl.time_limit()}}) {
+      NoControlCharacters(path, *value);
+    }
     CheckName();
     CheckModel();
     CheckData();
@@ -59,6 +72,19 @@ class Checker {
       Fail(path, absl::StrCat("must be between ", lo, " and ", hi, ", got ", v));
     }
     return Ok(path);
+  }
+  void NoControlCharacters(const std::string& path, const std::string& value) {
+    for (char c : value) {
+      const auto u = static_cast<unsigned char>(c);
+      if (u < 0x20 || u == 0x7f) {
+        Fail(path, u == 0 ? std::string("holds a NUL byte; names and paths may not (it would "
+                                        "cut the path short)")
+                          : absl::StrCat("holds the control character 0x",
+                                         absl::Hex(u, absl::kZeroPad2),
+                                         "; names and paths may not"));
+        return;
+      }
+    }
   }
   bool AtLeast(const std::string& path, int64_t v, int64_t lo) {
     if (v < lo) Fail(path, absl::StrCat("must be at least ", lo, ", got ", v));
@@ -191,6 +217,8 @@ class Checker {
         Fail(path,
              absl::StrCat("must be one sbatch option starting with '-', e.g. --qos=high, got '",
                           Truncate(arg), "'"));
+      } else if (std::string why = RefusedSbatchOption(arg); !why.empty()) {
+        Fail(path, why);
       }
       if (arg == "-p" || absl::StartsWith(arg, "--partition")) partition_in_args = true;
     }

@@ -1,8 +1,11 @@
 // Bearer-token check with a constant-time comparison.
 #include "daemon/auth.h"
 
+#include <sys/stat.h>
+
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "common/files.h"
 
@@ -20,6 +23,12 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
 }  // namespace
 
 absl::StatusOr<std::string> LoadTokenFile(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "token file %s is readable by others (mode %04o): anyone on this machine could act as "
+        "any user of moed; run chmod 600 %s", path, st.st_mode & 07777, path));
+  }
   absl::StatusOr<std::string> text = ReadFile(path);
   if (!text.ok()) {
     return absl::FailedPreconditionError(

@@ -2,6 +2,10 @@
 // one transaction, so a crash leaves either all of it or none.
 #include "daemon/job_store.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -95,7 +99,7 @@ std::string FormatId(int64_t num) { return absl::StrFormat("j-%06d", num); }
 
 constexpr char kJobColumns[] =
     "id, spec, state, reason, created_ms, started_ms, ended_ms, restarts, attempt, latest, "
-    "best_val_loss, job_dir, checkpoint_dir, launch_handle, cancel_requested";
+    "best_val_loss, job_dir, checkpoint_dir, launch_handle, cancel_requested, report_secret";
 
 JobRecord RowToRecord(Stmt& s) {
   JobRecord r;
@@ -115,6 +119,7 @@ JobRecord RowToRecord(Stmt& s) {
   r.checkpoint_dir = s.Text(12);
   r.launch_handle = s.Text(13);
   r.cancel_requested = s.Int(14) != 0;
+  r.report_secret = s.Text(15);
   return r;
 }
 
@@ -139,6 +144,12 @@ std::string StateName(JobState state) {
 }
 
 absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path) {
+  // Jobs, logs and specs are their users' business alone: the database is created 0600 (and an
+  // older one tightened), and SQLite gives its -wal and -shm files the database's mode.
+  if (int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600); fd >= 0) {
+    fchmod(fd, 0600);
+    close(fd);
+  }
   sqlite3* db = nullptr;
   int rc = sqlite3_open_v2(path.c_str(), &db,
                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
@@ -153,11 +164,29 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
   sqlite3_busy_timeout(db, 5000);
   std::unique_ptr<JobStore> store(new JobStore(db));
   std::lock_guard<std::mutex> lock(store->mu_);
-  for (const char* sql : {"PRAGMA journal_mode=WAL;", "PRAGMA synchronous=NORMAL;", kSchema}) {
+  // journal_size_limit: after a checkpoint the WAL file is cut back to 4 MiB at most (SQLite
+  // otherwise keeps it at its largest size, and it grows with every burst of log lines).
+  for (const char* sql : {"PRAGMA journal_mode=WAL;", "PRAGMA synchronous=NORMAL;",
+                          "PRAGMA journal_size_limit=4194304;", "PRAGMA wal_autocheckpoint=1000;",
+                          kSchema}) {
     absl::Status s = store->Exec(sql);
     if (!s.ok()) {
       return absl::FailedPreconditionError(
           absl::StrCat("cannot initialise job store ", path, ": ", s.message()));
+    }
+  }
+  // Stores from before the report secret get its column.
+  bool has_secret = false;
+  {
+    Stmt q(db, "SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'report_secret'");
+    has_secret = q.Step() == SQLITE_ROW;
+  }
+  if (!has_secret) {
+    absl::Status s =
+        store->Exec("ALTER TABLE jobs ADD COLUMN report_secret TEXT NOT NULL DEFAULT '';");
+    if (!s.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot upgrade job store ", path, ": ", s.message()));
     }
   }
   return store;
@@ -179,7 +208,41 @@ absl::Status JobStore::Exec(const char* sql) {
 }
 
 absl::Status JobStore::Error(const char* what) {
-  return absl::InternalError(absl::StrCat("job store: ", what, ": ", sqlite3_errmsg(db_)));
+  const int code = sqlite3_errcode(db_);
+  std::string msg = absl::StrCat("job store: ", what, ": ", sqlite3_errmsg(db_));
+  if (code == SQLITE_FULL) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(msg, " (the state directory's file system is full)"));
+  }
+  return absl::InternalError(msg);
+}
+
+absl::Status JobStore::Commit() {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, "COMMIT;", nullptr, nullptr, &err) == SQLITE_OK) return absl::OkStatus();
+  std::string msg = err ? err : "unknown error";
+  sqlite3_free(err);
+  const bool full = sqlite3_errcode(db_) == SQLITE_FULL;
+  if (sqlite3_get_autocommit(db_) == 0) Exec("ROLLBACK;").IgnoreError();
+  msg = absl::StrCat("job store: commit: ", msg);
+  return full ? absl::ResourceExhaustedError(msg) : absl::InternalError(msg);
+}
+
+absl::Status JobStore::Fault(std::string_view op, const JobRecord* record) {
+  return fault_ ? fault_(op, record) : absl::OkStatus();
+}
+
+void JobStore::SetWriteFaultForTest(WriteFault fault) {
+  std::lock_guard<std::mutex> lock(mu_);
+  fault_ = std::move(fault);
+}
+
+absl::Status JobStore::CheckpointWal() {
+  std::lock_guard<std::mutex> lock(mu_);
+  int log_frames = 0, done = 0;
+  int rc = sqlite3_wal_checkpoint_v2(db_, nullptr, SQLITE_CHECKPOINT_TRUNCATE, &log_frames, &done);
+  if (rc != SQLITE_OK && rc != SQLITE_BUSY) return Error("checkpoint the WAL");
+  return absl::OkStatus();
 }
 
 void JobStore::Bump() {
@@ -208,6 +271,7 @@ absl::StatusOr<JobRecord> JobStore::CreateJob(const moe::v1::JobSpec& spec,
   JobRecord r;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status s = Fault("create_job", nullptr); !s.ok()) return s;
     if (absl::Status s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
     int64_t num = 1;
     {
@@ -238,7 +302,7 @@ absl::StatusOr<JobRecord> JobStore::CreateJob(const moe::v1::JobSpec& spec,
       Exec("ROLLBACK;").IgnoreError();
       return err;
     }
-    if (absl::Status s = Exec("COMMIT;"); !s.ok()) return s;
+    if (absl::Status s = Commit(); !s.ok()) return s;
     absl::StatusOr<JobRecord> got = GetJobLocked(id);
     if (!got.ok()) return got.status();
     r = *std::move(got);
@@ -277,6 +341,7 @@ absl::StatusOr<std::vector<JobRecord>> JobStore::ListJobs() {
 absl::Status JobStore::UpdateJob(const JobRecord& r) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status s = Fault("update_job", &r); !s.ok()) return s;
     if (absl::Status s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
     auto fail = [&](const char* what) {
       absl::Status err = Error(what);
@@ -297,12 +362,12 @@ absl::Status JobStore::UpdateJob(const JobRecord& r) {
     }
     Stmt u(db_,
            "UPDATE jobs SET state=?, reason=?, started_ms=?, ended_ms=?, restarts=?, attempt=?, "
-           "launch_handle=?, cancel_requested=? WHERE id=?");
+           "launch_handle=?, cancel_requested=?, report_secret=? WHERE id=?");
     u.Bind(1, static_cast<int64_t>(r.job.state())).Bind(2, r.job.reason());
     u.Bind(3, r.job.started_unix_ms()).Bind(4, r.job.ended_unix_ms());
     u.Bind(5, static_cast<int64_t>(r.job.restarts())).Bind(6, static_cast<int64_t>(r.attempt));
     u.Bind(7, r.launch_handle).Bind(8, static_cast<int64_t>(r.cancel_requested ? 1 : 0));
-    u.Bind(9, r.job.id());
+    u.Bind(9, r.report_secret).Bind(10, r.job.id());
     if (u.Step() != SQLITE_DONE) return fail("update job");
     if (old_state != r.job.state() || old_reason != r.job.reason()) {
       Stmt ev(db_, "INSERT INTO events(job_id, unix_ms, state, reason) VALUES(?,?,?,?)");
@@ -310,7 +375,8 @@ absl::Status JobStore::UpdateJob(const JobRecord& r) {
       ev.Bind(4, r.job.reason());
       if (ev.Step() != SQLITE_DONE) return fail("insert event");
     }
-    if (absl::Status s = Exec("COMMIT;"); !s.ok()) return s;
+    if (absl::Status s = Commit(); !s.ok()) return s;
+    Fault("update_job_committed", &r).IgnoreError();
   }
   Bump();
   return absl::OkStatus();
@@ -355,6 +421,7 @@ absl::Status JobStore::AppendCapturedLines(const std::string& job_id, int rank,
                                            int64_t new_offset) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status s = Fault("append_lines", nullptr); !s.ok()) return s;
     if (absl::Status s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
     std::vector<std::pair<int64_t, std::string>> rows;
     rows.reserve(lines.size());
@@ -369,7 +436,7 @@ absl::Status JobStore::AppendCapturedLines(const std::string& job_id, int rank,
       Exec("ROLLBACK;").IgnoreError();
       return s;
     }
-    if (absl::Status c = Exec("COMMIT;"); !c.ok()) return c;
+    if (absl::Status c = Commit(); !c.ok()) return c;
   }
   Bump();
   return absl::OkStatus();
@@ -392,6 +459,7 @@ absl::Status JobStore::AppendReportedLines(const std::string& job_id, int attemp
   if (lines.empty()) return absl::OkStatus();
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status f = Fault("append_lines", nullptr); !f.ok()) return f;
     if (absl::Status s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
     absl::Status s;
     std::map<int, std::vector<std::pair<int64_t, std::string>>> by_rank;
@@ -426,7 +494,7 @@ absl::Status JobStore::AppendReportedLines(const std::string& job_id, int attemp
       Exec("ROLLBACK;").IgnoreError();
       return s;
     }
-    if (absl::Status c = Exec("COMMIT;"); !c.ok()) return c;
+    if (absl::Status c = Commit(); !c.ok()) return c;
   }
   Bump();
   return absl::OkStatus();
@@ -486,6 +554,7 @@ absl::Status JobStore::AddMetric(const std::string& job_id, int attempt,
                                  const moe::v1::MetricPoint& p) {
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status s = Fault("add_metric", nullptr); !s.ok()) return s;
     if (absl::Status s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
     auto fail = [&](const char* what) {
       absl::Status err = Error(what);
@@ -506,7 +575,7 @@ absl::Status JobStore::AddMetric(const std::string& job_id, int attempt,
       best.Bind(1, p.val_loss()).Bind(2, job_id).Bind(3, p.val_loss());
       if (best.Step() != SQLITE_DONE) return fail("update best val loss");
     }
-    if (absl::Status s = Exec("COMMIT;"); !s.ok()) return s;
+    if (absl::Status s = Commit(); !s.ok()) return s;
   }
   Bump();
   return absl::OkStatus();

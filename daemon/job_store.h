@@ -8,10 +8,12 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -28,6 +30,9 @@ struct JobRecord {
   std::string launch_handle;    // launcher-specific, e.g. "pid=12 start=345 dir=/x"
   bool cancel_requested = false;
   std::string checkpoint_dir;
+  // The secret of the current launch: its workers' reports must carry it (moed gives it to them
+  // in MOE_REPORT_SECRET). "" for attempts launched before moed had one.
+  std::string report_secret;
 };
 
 struct StoredLogLine {
@@ -98,6 +103,19 @@ class JobStore {
   absl::StatusOr<std::vector<StoredMetric>> ReadMetrics(const std::string& job_id,
                                                         int64_t after_rowid, int limit);
 
+  // Folds the write-ahead log into the database and truncates it (PRAGMA wal_checkpoint
+  // (TRUNCATE)), so the WAL stays bounded however long moed runs; the scheduler calls it
+  // periodically. A reader in the way makes it a partial checkpoint, not an error.
+  absl::Status CheckpointWal();
+
+  // Fault injection for tests: called before every write with its name ("create_job",
+  // "update_job", "append_lines", "add_metric") and, for update_job, the record; a non-OK
+  // status is returned as that write's error and nothing is written. Also called once an
+  // update_job is committed ("update_job_committed"; its answer is ignored), so a test can stop
+  // moed right after a record.
+  using WriteFault = std::function<absl::Status(std::string_view op, const JobRecord* record)>;
+  void SetWriteFaultForTest(WriteFault fault);
+
   // Change notification for followers: every write bumps the version.
   uint64_t Version();
   // Waits until the version differs from seen or the deadline passes; returns the version.
@@ -107,6 +125,11 @@ class JobStore {
   explicit JobStore(sqlite3* db) : db_(db) {}
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Error(const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // COMMIT; when it fails (a full disk), ROLLBACK, so the connection never stays inside a
+  // transaction that would make every later BEGIN fail.
+  absl::Status Commit() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Fault(std::string_view op, const JobRecord* record)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<JobRecord> GetJobLocked(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status InsertLinesLocked(const std::string& job_id, int rank,
                                  const std::vector<std::pair<int64_t, std::string>>& lines)
@@ -115,6 +138,7 @@ class JobStore {
 
   std::mutex mu_;
   sqlite3* db_ ABSL_GUARDED_BY(mu_);
+  WriteFault fault_ ABSL_GUARDED_BY(mu_);
 
   std::mutex version_mu_;
   std::condition_variable version_cv_;

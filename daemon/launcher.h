@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@ struct LaunchRequest {
   std::string checkpoint_dir;
   std::string moed_address;    // where workers report
   std::string token;           // "" when auth is off; passed as MOE_TOKEN
+  std::string report_secret;   // this launch's reports must carry it; passed as MOE_REPORT_SECRET
   bool resume = false;
   // device cuda, local launcher: the GPUs the ranks get, as CUDA numbers them for moed (rank r
   // on gpus[r]); empty for cpu jobs.
@@ -60,12 +62,21 @@ struct BatchState {
   bool pending = false;   // waiting in the queue (before its first run, or after a requeue)
 };
 
+// Stores an attempt's handle durably (the scheduler's job record); OK only once it is stored.
+using RecordLaunch = std::function<absl::Status(const std::string& handle)>;
+
 class Launcher {
  public:
   virtual ~Launcher() = default;
   virtual std::string name() const = 0;
   // Starts the attempt; returns an opaque handle that survives a moed restart (it is stored).
-  virtual absl::StatusOr<std::string> Launch(const LaunchRequest& request) = 0;
+  // Nothing of the job runs before record(handle) has returned OK: the launcher prepares the
+  // attempt held (a monitor waiting on a pipe; a Slurm job submitted --hold), records it, and
+  // only then lets it go. When record fails, or moed dies before it returns, the held attempt
+  // goes away without running, so a restarted moed can never find two copies of one attempt.
+  // A record error is returned as it is (its message does not start with "launch error").
+  virtual absl::StatusOr<std::string> Launch(const LaunchRequest& request,
+                                             const RecordLaunch& record) = 0;
   virtual ProcessState Poll(const std::string& handle) = 0;
   // Asks the ranks to stop (they checkpoint on SIGTERM), or kills every process of the attempt.
   virtual void Terminate(const std::string& handle) = 0;

@@ -149,6 +149,35 @@ std::string LastLine(const std::string& path) {
   return std::string(absl::StripAsciiWhitespace(last));
 }
 
+}  // namespace
+
+absl::Status ParseExitStatus(const absl::StatusOr<std::string>& text, const std::string& path,
+                             int* status) {
+  if (!text.ok()) {
+    return absl::DataLossError(absl::StrCat("the attempt's exit status ", path,
+                                            " cannot be read (", text.status().message(),
+                                            "); counted as a failure"));
+  }
+  absl::string_view word = absl::StripAsciiWhitespace(*text);
+  if (word.empty()) {
+    return absl::DataLossError(absl::StrCat("the attempt's exit status ", path,
+                                            " is empty (was the disk full?); counted as a failure"));
+  }
+  int value = 0;
+  if (!absl::SimpleAtoi(word, &value) || value < 0 || value > 0xffff) {
+    std::string shown(word.substr(0, 40));
+    for (char& c : shown) {
+      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
+    }
+    return absl::DataLossError(absl::StrCat("the attempt's exit status ", path, " holds '", shown,
+                                            "', not a wait status; counted as a failure"));
+  }
+  *status = value;
+  return absl::OkStatus();
+}
+
+namespace {
+
 std::string SignalName(int sig) {
   const char* d = strsignal(sig);
   return d ? d : "unknown signal";
@@ -173,7 +202,8 @@ std::vector<int> LocalLauncher::SessionMembers(int sid) {
   return out;
 }
 
-absl::StatusOr<std::string> LocalLauncher::Launch(const LaunchRequest& req) {
+absl::StatusOr<std::string> LocalLauncher::Launch(const LaunchRequest& req,
+                                                  const RecordLaunch& record) {
   const std::string mpirun = ResolveOnPath(options_.mpirun);
   if (mpirun.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -200,6 +230,7 @@ absl::StatusOr<std::string> LocalLauncher::Launch(const LaunchRequest& req) {
   bool nvls_set = false;
   for (char** e = environ; *e != nullptr; ++e) {
     if (std::strncmp(*e, "MOE_TOKEN=", 10) == 0) continue;
+    if (std::strncmp(*e, "MOE_REPORT_SECRET=", 18) == 0) continue;
     if (!req.gpus.empty() && std::strncmp(*e, "CUDA_VISIBLE_DEVICES=", 21) == 0) continue;
     if (std::strncmp(*e, "NCCL_NVLS_ENABLE=", 17) == 0) nvls_set = true;
     env.emplace_back(*e);
@@ -213,6 +244,10 @@ absl::StatusOr<std::string> LocalLauncher::Launch(const LaunchRequest& req) {
   if (!req.token.empty()) {
     env.push_back(absl::StrCat("MOE_TOKEN=", req.token));
     args.insert(args.end(), {"-x", "MOE_TOKEN"});
+  }
+  if (!req.report_secret.empty()) {
+    env.push_back(absl::StrCat("MOE_REPORT_SECRET=", req.report_secret));
+    args.insert(args.end(), {"-x", "MOE_REPORT_SECRET"});
   }
   args.insert(args.end(), {options_.worker_bin, "--spec", req.spec_path, "--moed",
                            req.moed_address, "--job-id", req.job_id, "--attempt",
@@ -228,18 +263,30 @@ absl::StatusOr<std::string> LocalLauncher::Launch(const LaunchRequest& req) {
   const std::string status_tmp = dir + "/exit_status.tmp";
   const std::string status_path = dir + "/exit_status";
 
-  int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  int log_fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   if (log_fd < 0) {
     return absl::InternalError(absl::StrCat("launch error: cannot open ", log_path, ": ",
                                             std::strerror(errno)));
   }
   int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  // The monitor waits for one byte on this pipe before it starts mpirun: moed sends it once
+  // the handle is stored. If moed dies first, the pipe closes and the monitor leaves quietly.
+  int go[2];
+  if (pipe2(go, O_CLOEXEC) != 0) {
+    int err = errno;
+    close(log_fd);
+    close(null_fd);
+    return absl::ResourceExhaustedError(
+        absl::StrCat("launch error: pipe failed: ", std::strerror(err)));
+  }
 
   pid_t monitor = fork();
   if (monitor < 0) {
     int err = errno;
     close(log_fd);
     close(null_fd);
+    close(go[0]);
+    close(go[1]);
     return absl::ResourceExhaustedError(
         absl::StrCat("launch error: fork failed: ", std::strerror(err)));
   }
@@ -250,13 +297,24 @@ absl::StatusOr<std::string> LocalLauncher::Launch(const LaunchRequest& req) {
     dup2(null_fd, 0);
     dup2(log_fd, 1);
     dup2(log_fd, 2);
-    syscall(SYS_close_range, 3U, ~0U, 0U);
+    dup2(go[0], 3);
+    syscall(SYS_close_range, 4U, ~0U, 0U);
     struct sigaction ign = {};
     ign.sa_handler = SIG_IGN;
     for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGUSR1, SIGUSR2}) sigaction(sig, &ign, nullptr);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
+    char go_byte = 0;
+    ssize_t got;
+    while ((got = read(3, &go_byte, 1)) < 0 && errno == EINTR) {
+    }
+    close(3);
+    if (got != 1 || go_byte != 'g') {
+      const char msg[] = "moed: the launch was not recorded; nothing was started\n";
+      (void)!write(2, msg, sizeof(msg) - 1);
+      _exit(0);  // no exit_status: a restarted moed sees the attempt lost and never started
+    }
     pid_t child = fork();
     if (child == 0) {
       struct sigaction dfl = {};
@@ -276,24 +334,40 @@ absl::StatusOr<std::string> LocalLauncher::Launch(const LaunchRequest& req) {
     }
     char buf[32];
     size_t n = FormatInt(status, buf);
-    int fd = open(status_tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    // Renamed into place only when every byte and the fsync made it: a full disk leaves no
+    // exit_status rather than an empty one, and moed then fails the attempt (never success).
+    int fd = open(status_tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
     if (fd >= 0) {
-      (void)!write(fd, buf, n);
-      fsync(fd);
-      close(fd);
-      rename(status_tmp.c_str(), status_path.c_str());
+      const bool written = write(fd, buf, n) == static_cast<ssize_t>(n) && fsync(fd) == 0;
+      if (close(fd) == 0 && written) {
+        rename(status_tmp.c_str(), status_path.c_str());
+      } else {
+        unlink(status_tmp.c_str());
+      }
     }
     _exit(0);
   }
   close(log_fd);
   close(null_fd);
+  close(go[0]);
   Handle h;
   h.pid = monitor;
   h.dir = dir;
   h.gpus = req.gpus;
   ProcStat st;
   if (ReadProcStat(monitor, &st)) h.start = st.start;
-  return FormatHandle(h);
+  const std::string handle = FormatHandle(h);
+  if (absl::Status s = record(handle); !s.ok()) {
+    close(go[1]);  // the monitor reads end-of-file and leaves without starting anything
+    int wstatus;
+    while (waitpid(monitor, &wstatus, 0) < 0 && errno == EINTR) {
+    }
+    return s;
+  }
+  const char go_byte = 'g';
+  (void)!write(go[1], &go_byte, 1);
+  close(go[1]);
+  return handle;
 }
 
 std::vector<int> LocalLauncher::Gpus(const std::string& handle) const {
@@ -313,21 +387,28 @@ ProcessState LocalLauncher::Poll(const std::string& handle) {
     ps.reason = "no record of the launched processes (moed stopped while launching)";
     return ps;
   }
-  absl::StatusOr<std::string> status_text = ReadFile(h.dir + "/exit_status");
-  if (!status_text.ok()) {
+  const std::string status_path = h.dir + "/exit_status";
+  absl::StatusOr<std::string> status_text = ReadFile(status_path);
+  if (!status_text.ok() && absl::IsNotFound(status_text.status())) {
     if (MonitorAlive(h)) return ps;  // kRunning
     // Re-check: the monitor may have written the file just before exiting.
-    status_text = ReadFile(h.dir + "/exit_status");
-    if (!status_text.ok()) {
+    status_text = ReadFile(status_path);
+    if (!status_text.ok() && absl::IsNotFound(status_text.status())) {
       ps.kind = ProcessState::kLost;
-      ps.reason = "the mpirun monitor process is gone without an exit status (killed?)";
+      ps.reason = "the mpirun monitor process is gone without an exit status (killed, or its "
+                  "disk full?)";
       return ps;
     }
   }
   Reap(h.pid);
-  int status = 0;
-  (void)absl::SimpleAtoi(absl::StripAsciiWhitespace(*status_text), &status);
   ps.kind = ProcessState::kExited;
+  int status = 0;
+  if (absl::Status s = ParseExitStatus(status_text, status_path, &status); !s.ok()) {
+    // Never success: an exit status nobody can read is a failure that says so.
+    ps.exit_code = -1;
+    ps.reason = std::string(s.message());
+    return ps;
+  }
   if (WIFSIGNALED(status)) {
     ps.term_signal = WTERMSIG(status);
     ps.exit_code = 128 + ps.term_signal;

@@ -16,11 +16,17 @@ struct LocalLauncherOptions {
   std::string worker_bin;         // the moe-worker executable
 };
 
+// The monitor's exit_status file as a wait status; DataLoss, naming the file and what it holds,
+// when it cannot be read, is empty or is not a number (a full disk): never a silent 0.
+absl::Status ParseExitStatus(const absl::StatusOr<std::string>& text, const std::string& path,
+                             int* status);
+
 class LocalLauncher final : public Launcher {
  public:
   explicit LocalLauncher(LocalLauncherOptions options) : options_(std::move(options)) {}
   std::string name() const override { return "local"; }
-  absl::StatusOr<std::string> Launch(const LaunchRequest& request) override;
+  absl::StatusOr<std::string> Launch(const LaunchRequest& request,
+                                     const RecordLaunch& record) override;
   ProcessState Poll(const std::string& handle) override;
   void Terminate(const std::string& handle) override;
   void Kill(const std::string& handle) override;

@@ -1,6 +1,7 @@
 // moed: the controller daemon. main parses flags into a MoedConfig, starts the daemon and
 // serves until SIGTERM or SIGINT (running jobs keep running; the next moed finds them again).
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <cstdio>
@@ -31,7 +32,33 @@ constexpr char kUsage[] = R"(usage: moed --state-dir DIR [flags]
                               mpirun inside the allocation
   --heartbeat-timeout SECS    silence after which a running job is lost (default 60)
   --cancel-grace SECS         SIGTERM to SIGKILL delay when cancelling (default 30)
+  --min-free-space SIZE       refuse new jobs (RESOURCE_EXHAUSTED) while the state directory
+                              has less free space, e.g. 512M, 2G (default 256M; 0 = off)
+  --data-root DIR             jobs may read data only under DIR (repeatable; symlinks resolved;
+                              default: anywhere but the system's directories)
+  --checkpoint-root DIR       jobs may write checkpoints only under DIR (repeatable; same default)
+  --allow-root                run as root although every job then runs as root (refused
+                              without it)
 )";
+
+// "512M", "2G", "1048576" -> bytes; false when it is not a size.
+bool ParseSize(const std::string& text, int64_t* out) {
+  if (text.empty()) return false;
+  int64_t unit = 1;
+  std::string digits = text;
+  switch (text.back()) {
+    case 'K': case 'k': unit = int64_t{1} << 10; break;
+    case 'M': case 'm': unit = int64_t{1} << 20; break;
+    case 'G': case 'g': unit = int64_t{1} << 30; break;
+    case 'T': case 't': unit = int64_t{1} << 40; break;
+    default: unit = 1;
+  }
+  if (unit != 1) digits.pop_back();
+  int64_t n = 0;
+  if (!absl::SimpleAtoi(digits, &n) || n < 0 || n > (int64_t{1} << 62) / unit) return false;
+  *out = n * unit;
+  return true;
+}
 
 // Parses --name VALUE / --name=VALUE into config; false (with a message) on a bad flag.
 bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
@@ -40,6 +67,10 @@ bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
     if (arg == "--help" || arg == "-h") {
       std::fputs(kUsage, stdout);
       std::exit(0);
+    }
+    if (arg == "--allow-root") {
+      c->allow_root = true;
+      continue;
     }
     std::string value;
     size_t eq = arg.find('=');
@@ -92,6 +123,16 @@ bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
       if (!seconds(&c->heartbeat_timeout)) return false;
     } else if (arg == "--cancel-grace") {
       if (!seconds(&c->cancel_grace)) return false;
+    } else if (arg == "--data-root") {
+      c->data_roots.push_back(value);
+    } else if (arg == "--checkpoint-root") {
+      c->checkpoint_roots.push_back(value);
+    } else if (arg == "--min-free-space") {
+      if (!ParseSize(value, &c->min_free_bytes)) {
+        std::fprintf(stderr, "moed: --min-free-space: '%s' is not a size (e.g. 512M, 2G)\n",
+                     value.c_str());
+        return false;
+      }
     } else {
       std::fprintf(stderr, "moed: unknown flag %s\n%s", arg.c_str(), kUsage);
       return false;
@@ -105,6 +146,9 @@ bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
 int main(int argc, char** argv) {
   moe::daemon::MoedConfig config;
   if (!ParseFlags(argc, argv, &config)) return 2;
+  // Everything moed and its jobs create (store, specs, logs, checkpoints, token caches) is
+  // for the owner alone.
+  umask(077);
   // Block the stop signals before any thread starts, so all of them inherit the mask and
   // sigwait below receives the signal.
   sigset_t stop;

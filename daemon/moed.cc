@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/files.h"
+#include "common/path_policy.h"
 #include "daemon/auth.h"
 #include "daemon/job_service.h"
 #include "daemon/job_store.h"
@@ -88,6 +89,26 @@ absl::Status MoedConfig::Validate() {
       port <= 0 || port > 65535) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--listen: '", listen, "' is not HOST:PORT with a port 1-65535 (e.g. 127.0.0.1:50051)"));
+  }
+  if (geteuid() == 0 && !allow_root) {
+    return absl::FailedPreconditionError(
+        "refusing to run as root: every job moed launches would run as root and could read or "
+        "write any file of this machine. Run moed as an unprivileged user (e.g. the 'moe' user "
+        "of deploy/systemd/moed.service), or pass --allow-root to accept that risk (containers "
+        "and test machines where root is the only user)");
+  }
+  for (std::vector<std::string>* roots : {&data_roots, &checkpoint_roots}) {
+    for (std::string& root : *roots) {
+      if (root.empty() || root[0] != '/') {
+        return absl::InvalidArgumentError(absl::StrCat(
+            roots == &data_roots ? "--data-root" : "--checkpoint-root", ": '", root,
+            "' is not an absolute directory"));
+      }
+      root = ResolvePath(root);
+    }
+  }
+  if (min_free_bytes < 0) {
+    return absl::InvalidArgumentError("--min-free-space: must not be negative");
   }
   if (state_dir.empty()) {
     return absl::InvalidArgumentError(
@@ -164,6 +185,13 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
   so.token = token;
   so.heartbeat_timeout = c.heartbeat_timeout;
   so.cancel_grace = c.cancel_grace;
+  so.min_free_bytes = c.min_free_bytes;
+  so.paths.data_roots = c.data_roots;
+  so.paths.checkpoint_roots = c.checkpoint_roots;
+  // Workers check the same roots when they open their files: they inherit these (mpirun,
+  // sbatch --export=ALL).
+  setenv("MOE_DATA_ROOTS", so.paths.DataRootsEnv().c_str(), 1);
+  setenv("MOE_CHECKPOINT_ROOTS", so.paths.CheckpointRootsEnv().c_str(), 1);
   const Launchers launchers{m->local_launcher_.get(), m->slurm_launcher_.get()};
   m->scheduler_ = std::make_unique<Scheduler>(so, m->store_.get(), launchers);
   m->job_service_ = std::make_unique<JobServiceImpl>(m->store_.get(), m->scheduler_.get(),
@@ -208,6 +236,10 @@ void Moed::Shutdown() {
 
 void Moed::Wait() {
   if (server_) server_->Wait();
+}
+
+absl::Status Moed::Health() const {
+  return scheduler_ ? scheduler_->CheckFreeSpace() : absl::OkStatus();
 }
 
 int Moed::metrics_port() const { return metrics_ ? metrics_->port() : 0; }

@@ -4,8 +4,10 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -39,6 +41,14 @@ struct MoedConfig {
   std::string slurm_mpi = "pmix";  // how Slurm jobs start ranks: "pmix" (srun) or "mpirun"
   std::chrono::milliseconds heartbeat_timeout{60000};
   std::chrono::milliseconds cancel_grace{30000};
+  // New submissions are refused (RESOURCE_EXHAUSTED) while --state-dir has less free space.
+  int64_t min_free_bytes = int64_t{256} << 20;
+  // moed as root runs every job as root: refused unless asked for (--allow-root).
+  bool allow_root = false;
+  // Where jobs may read data and write checkpoints (symlinks resolved); none = anything but
+  // the system's directories (common/path_policy.h).
+  std::vector<std::string> data_roots;
+  std::vector<std::string> checkpoint_roots;
 
   // Fills the defaults that depend on the machine and checks every field.
   absl::Status Validate();
@@ -52,6 +62,8 @@ class Moed {
   void Shutdown();
   const MoedConfig& config() const { return config_; }
   int metrics_port() const;
+  // OK, or why moed cannot take new jobs now (the state directory's free space): for /healthz.
+  absl::Status Health() const;
 
  private:
   explicit Moed(MoedConfig config);

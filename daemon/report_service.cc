@@ -10,6 +10,16 @@
 #include "daemon/status_util.h"
 
 namespace moe::daemon {
+namespace {
+
+// The launch's secret a worker sends with every report (x-moe-report-secret metadata).
+std::string ReportSecret(const grpc::ServerContext& context) {
+  auto it = context.client_metadata().find(kReportSecretHeader);
+  if (it == context.client_metadata().end()) return "";
+  return std::string(it->second.data(), it->second.size());
+}
+
+}  // namespace
 
 absl::Status ReportServiceImpl::FillAck(const moe::v1::WorkerHello& hello,
                                         moe::v1::ReportAck* ack) {
@@ -28,6 +38,12 @@ grpc::Status ReportServiceImpl::LastLogSeq(grpc::ServerContext* context,
   if (absl::Status s = auth_->Check(*context); !s.ok()) return ToGrpcStatus(s);
   if (absl::StatusOr<JobRecord> rec = store_->GetJob(request->job_id()); !rec.ok()) {
     return ToGrpcStatus(rec.status());
+  }
+  if (absl::Status s = scheduler_->CheckReporter(request->job_id(), request->attempt(),
+                                                 request->rank(), request->world_size(),
+                                                 ReportSecret(*context));
+      !s.ok()) {
+    return ToGrpcStatus(s);
   }
   return ToGrpcStatus(FillAck(*request, response));
 }
@@ -52,15 +68,25 @@ grpc::Status ReportServiceImpl::Report(grpc::ServerContext* context,
         absl::StrCat("hello: rank ", hello.rank(), " is outside world size ",
                      hello.world_size())));
   }
-  if (absl::Status s = scheduler_->OnWorkerHello(job_id, attempt, hello.rank()); !s.ok()) {
+  if (absl::Status s = scheduler_->OnWorkerHello(job_id, attempt, hello.rank(),
+                                                 hello.world_size(), ReportSecret(*context));
+      !s.ok()) {
     return ToGrpcStatus(s);
   }
+  absl::StatusOr<JobRecord> rec = store_->GetJob(job_id);
+  if (!rec.ok()) return ToGrpcStatus(rec.status());
+  const int64_t max_step = rec->job.spec().train().steps();
   const bool captured = scheduler_->CapturesOutput(job_id);
   while (reader->Read(&msg)) {
     scheduler_->OnWorkerReport(job_id, attempt, hello.rank());
     absl::Status s;
     switch (msg.kind_case()) {
       case moe::v1::WorkerReport::kMetrics:
+        if (msg.metrics().step() < 0 || msg.metrics().step() > max_step) {
+          return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+              "metric at step ", msg.metrics().step(), " for job ", job_id, ", which trains ",
+              max_step, " steps: not a step this job can reach")));
+        }
         s = store_->AddMetric(job_id, attempt, msg.metrics());
         break;
       case moe::v1::WorkerReport::kLog:

@@ -9,6 +9,9 @@
 
 namespace moe::daemon {
 
+// The metadata key of a launch's report secret (worker/report/reporter.cc sends it).
+inline constexpr char kReportSecretHeader[] = "x-moe-report-secret";
+
 class ReportServiceImpl final : public moe::v1::WorkerReportService::Service {
  public:
   ReportServiceImpl(JobStore* store, Scheduler* scheduler, const TokenAuth* auth)

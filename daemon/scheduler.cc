@@ -2,6 +2,7 @@
 #include "daemon/scheduler.h"
 
 #include <fcntl.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +22,45 @@ constexpr int64_t kMaxLineBytes = 64 * 1024;   // a longer line is split
 constexpr int64_t kReadChunk = 4 * 1024 * 1024;  // per file per tick
 
 void LogDaemon(const std::string& msg) { std::fprintf(stderr, "moed: %s\n", msg.c_str()); }
+
+// A state (and its timestamps) on a record, not stored yet.
+void ApplyState(JobRecord& rec, JobState state, const std::string& reason) {
+  rec.job.set_state(state);
+  rec.job.set_reason(reason);
+  const int64_t now = NowUnixMs();
+  if (state == moe::v1::JOB_STATE_STARTING && rec.job.started_unix_ms() == 0) {
+    rec.job.set_started_unix_ms(now);
+  }
+  if (IsFinal(state)) rec.job.set_ended_unix_ms(now);
+}
+
+// 128 random bits as hex: a launch's report secret.
+std::string NewSecret() {
+  unsigned char bytes[16] = {};
+  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  size_t got = 0;
+  while (fd >= 0 && got < sizeof(bytes)) {
+    ssize_t n = read(fd, bytes + got, sizeof(bytes) - got);
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  if (fd >= 0) close(fd);
+  std::string hex;
+  for (unsigned char b : bytes) absl::StrAppend(&hex, absl::Hex(b, absl::kZeroPad2));
+  return got == sizeof(bytes) ? hex : "";
+}
+
+// Constant time in the secret's bytes. An attempt launched before moed had secrets has none.
+bool SecretMatches(const std::string& expected, const std::string& given) {
+  if (expected.empty()) return true;
+  unsigned char diff = expected.size() == given.size() ? 0 : 1;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    diff |= static_cast<unsigned char>(expected[i] ^ (i < given.size() ? given[i] : 0));
+  }
+  return diff == 0;
+}
+
+std::string Mib(int64_t bytes) { return absl::StrCat(bytes / (1024 * 1024), " MiB"); }
 
 // Reads [offset, offset + max) of path.
 std::string ReadRange(const std::string& path, int64_t offset, int64_t max) {
@@ -97,26 +137,48 @@ void Scheduler::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+int64_t FreeBytes(const std::string& path) {
+  struct statvfs st;
+  if (statvfs(path.c_str(), &st) != 0) return -1;
+  return static_cast<int64_t>(st.f_bavail) * static_cast<int64_t>(st.f_frsize);
+}
+
+absl::Status Scheduler::CheckFreeSpace() const {
+  if (options_.min_free_bytes <= 0) return absl::OkStatus();
+  const int64_t free = FreeBytes(options_.state_dir);
+  if (free < 0 || free >= options_.min_free_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "moed's state directory ", options_.state_dir, " has ", Mib(free), " free, below the ",
+      Mib(options_.min_free_bytes), " moed keeps for the jobs it runs (--min-free-space); new "
+      "jobs are refused until space is freed (delete old jobs' checkpoints or logs, or lower "
+      "--min-free-space)"));
+}
+
 void Scheduler::Loop() {
   std::unique_lock<std::mutex> lock(mu_);
+  last_wal_checkpoint_ = Clock::now();
   while (!stop_) {
     Tick();
+    if (Clock::now() - last_wal_checkpoint_ >= options_.wal_checkpoint_interval) {
+      if (absl::Status s = store_->CheckpointWal(); !s.ok()) LogDaemon(std::string(s.message()));
+      last_wal_checkpoint_ = Clock::now();
+    }
     wake_.wait_for(lock, options_.poll_interval, [this] { return stop_; });
   }
 }
 
-void Scheduler::SetState(JobRecord& rec, JobState state, const std::string& reason) {
-  rec.job.set_state(state);
-  rec.job.set_reason(reason);
-  const int64_t now = NowUnixMs();
-  if (state == moe::v1::JOB_STATE_STARTING && rec.job.started_unix_ms() == 0) {
-    rec.job.set_started_unix_ms(now);
-  }
-  if (IsFinal(state)) rec.job.set_ended_unix_ms(now);
+bool Scheduler::SetState(JobRecord& rec, JobState state, const std::string& reason) {
+  ApplyState(rec, state, reason);
   if (absl::Status s = store_->UpdateJob(rec); !s.ok()) {
     LogDaemon(absl::StrCat("job ", rec.job.id(), ": cannot store state ", StateName(state), ": ",
-                           s.message()));
+                           s.message(), "; retrying"));
+    return false;
   }
+  return true;
+}
+
+void Scheduler::Store(Active& a, JobState state, const std::string& reason) {
+  a.unstored = !SetState(a.rec, state, reason);
 }
 
 int Scheduler::UsedRanks() const {
@@ -185,9 +247,9 @@ absl::Status Scheduler::Recover() {
       a.launched = false;
       a.rec.attempt += 1;
       a.rec.launch_handle.clear();
-      SetState(a.rec, moe::v1::JOB_STATE_RESTARTING,
-               absl::StrCat("moed restarted and found no live process of the job (", ps.reason,
-                            "); resuming from the newest checkpoint"));
+      Store(a, moe::v1::JOB_STATE_RESTARTING,
+            absl::StrCat("moed restarted and found no live process of the job (", ps.reason,
+                         "); resuming from the newest checkpoint"));
       LogDaemon(absl::StrCat("job ", id, ": no live process found, relaunching"));
     } else {
       LogDaemon(absl::StrCat("job ", id, ": reattached to attempt ", a.rec.attempt));
@@ -198,6 +260,8 @@ absl::Status Scheduler::Recover() {
 
 absl::StatusOr<moe::v1::Job> Scheduler::Submit(const moe::v1::JobSpec& spec,
                                                const std::string& spec_yaml) {
+  if (absl::Status s = CheckFreeSpace(); !s.ok()) return s;
+  if (absl::Status s = CheckSpecPaths(options_.paths, spec); !s.ok()) return s;
   const int ranks = spec.resources().ranks();
   const bool local = launchers_.For(spec)->RunsOnThisMachine();
   const bool cuda = spec.resources().device() == moe::v1::DEVICE_CUDA;
@@ -257,22 +321,42 @@ absl::StatusOr<moe::v1::Job> Scheduler::Cancel(const std::string& id) {
   auto it = active_.find(id);
   if (it != active_.end()) {
     Active& a = it->second;
+    if (a.finished) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job ", id, " already ended (", StateName(a.rec.job.state()),
+          ", being stored); there is nothing to cancel"));
+    }
     if (!a.rec.cancel_requested) {
-      a.rec.cancel_requested = true;
+      // Stored first, signalled after: the answer is the truth either way (a cancel moed could
+      // not record has not touched the job, and a restarted moed resumes a recorded one).
+      JobRecord next = a.rec;
+      next.cancel_requested = true;
+      next.job.set_reason("cancelling: waiting for the ranks to stop");
+      if (absl::Status s = store_->UpdateJob(next); !s.ok()) {
+        return absl::Status(s.code(), absl::StrCat("cannot record the cancel of job ", id, " (",
+                                                   s.message(),
+                                                   "); nothing was signalled and the job goes "
+                                                   "on; try again"));
+      }
+      a.rec = std::move(next);
+      a.unstored = false;
       a.cancel_deadline = Clock::now() + options_.cancel_grace;
       a.last_term = Clock::now();
       if (a.launched) LauncherFor(a.rec)->Terminate(a.rec.launch_handle);
-      a.rec.job.set_reason("cancelling: waiting for the ranks to stop");
-      if (absl::Status s = store_->UpdateJob(a.rec); !s.ok()) return s;
     }
     wake_.notify_all();
     return a.rec.job;
   }
   auto q = std::find(queue_.begin(), queue_.end(), id);
   if (q != queue_.end()) {
+    JobRecord next = *rec;
+    ApplyState(next, moe::v1::JOB_STATE_CANCELLED, "cancelled while queued");
+    if (absl::Status s = store_->UpdateJob(next); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("cannot record the cancel of job ", id, " (",
+                                                 s.message(), "); it is still queued; try again"));
+    }
     queue_.erase(q);
-    SetState(*rec, moe::v1::JOB_STATE_CANCELLED, "cancelled while queued");
-    return rec->job;
+    return next.job;
   }
   // Re-read: the job may have ended between the first read and the lock.
   rec = store_->GetJob(id);
@@ -282,8 +366,9 @@ absl::StatusOr<moe::v1::Job> Scheduler::Cancel(const std::string& id) {
                                                     "); there is nothing to cancel"));
 }
 
-absl::Status Scheduler::OnWorkerHello(const std::string& job_id, int attempt, int rank) {
-  std::lock_guard<std::mutex> lock(mu_);
+absl::StatusOr<Scheduler::Active*> Scheduler::ReporterJob(const std::string& job_id,
+                                                          int attempt, int rank, int world_size,
+                                                          const std::string& secret) {
   auto it = active_.find(job_id);
   if (it == active_.end()) {
     absl::StatusOr<JobRecord> rec = store_->GetJob(job_id);
@@ -292,16 +377,45 @@ absl::Status Scheduler::OnWorkerHello(const std::string& job_id, int attempt, in
         "job ", job_id, " is ", StateName(rec->job.state()), ", not running; stop reporting"));
   }
   Active& a = it->second;
-  if (InBatchSystem(a.rec) && a.launched && attempt > a.rec.attempt) AdoptAttempt(a, attempt);
-  if (attempt != a.rec.attempt || !a.launched) {
+  if (InBatchSystem(a.rec) && a.launched && attempt > a.rec.attempt &&
+      SecretMatches(a.rec.report_secret, secret)) {
+    AdoptAttempt(a, attempt);
+  }
+  if (attempt != a.rec.attempt || !a.launched || a.finished) {
     return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " runs attempt ",
                                                       a.rec.attempt, ", not ", attempt));
   }
+  if (!SecretMatches(a.rec.report_secret, secret)) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "report for job ", job_id, " attempt ", attempt, secret.empty() ? " without" : " with a wrong",
+        " report secret: only the ranks moed launched (MOE_REPORT_SECRET) may report"));
+  }
+  const int ranks = a.rec.job.spec().resources().ranks();
+  if (rank < 0 || rank >= ranks || world_size != ranks) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "report as rank ", rank, " of ", world_size, " for job ", job_id, ", which runs ", ranks,
+        ranks == 1 ? " rank" : " ranks", ": no such rank"));
+  }
+  return &a;
+}
+
+absl::Status Scheduler::CheckReporter(const std::string& job_id, int attempt, int rank,
+                                      int world_size, const std::string& secret) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return ReporterJob(job_id, attempt, rank, world_size, secret).status();
+}
+
+absl::Status Scheduler::OnWorkerHello(const std::string& job_id, int attempt, int rank,
+                                      int world_size, const std::string& secret) {
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<Active*> found = ReporterJob(job_id, attempt, rank, world_size, secret);
+  if (!found.ok()) return found.status();
+  Active& a = **found;
   a.last_heard[rank] = Clock::now();
   if ((a.rec.job.state() == moe::v1::JOB_STATE_STARTING ||
        a.rec.job.state() == moe::v1::JOB_STATE_QUEUED) &&
       !a.rec.cancel_requested) {
-    SetState(a.rec, moe::v1::JOB_STATE_RUNNING, "");
+    Store(a, moe::v1::JOB_STATE_RUNNING, "");
   }
   return absl::OkStatus();
 }
@@ -315,7 +429,17 @@ void Scheduler::OnWorkerReport(const std::string& job_id, int attempt, int rank)
 
 void Scheduler::Tick() {
   for (auto it = active_.begin(); it != active_.end();) {
-    if (Watch(it->second)) {
+    Active& a = it->second;
+    if (a.unstored) {
+      absl::Status s = store_->UpdateJob(a.rec);
+      a.unstored = !s.ok();
+      if (s.ok()) {
+        LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": stored ", StateName(a.rec.job.state()),
+                               " after an earlier failure"));
+      }
+    }
+    if (!a.finished && Watch(a)) a.finished = true;
+    if (a.finished && !a.unstored) {
       it = active_.erase(it);
     } else {
       ++it;
@@ -383,6 +507,8 @@ void Scheduler::LaunchAttempt(Active& a) {
   req.moed_address = options_.report_address;
   req.token = options_.token;
   req.resume = a.rec.attempt > 0;
+  a.rec.report_secret = NewSecret();  // stored with the launch by record below
+  req.report_secret = a.rec.report_secret;
   if (UsesGpus(a.rec) && a.gpus.empty()) a.gpus = FreeGpus(a.rec.job.spec().resources().ranks());
   req.gpus = a.gpus;
   a.last_heard.clear();
@@ -390,35 +516,62 @@ void Scheduler::LaunchAttempt(Active& a) {
   a.killed = false;
   a.attempt_started = Clock::now();
   Launcher* launcher = LauncherFor(a.rec);
-  absl::StatusOr<std::string> handle = launcher->Launch(req);
+  // The handle and the new state are stored before anything of the attempt runs (the launcher
+  // holds it until record returns OK), so a moed killed at any point can never launch the
+  // same attempt twice.
+  bool record_failed = false;
+  const RecordLaunch record = [&](const std::string& handle) -> absl::Status {
+    JobRecord next = a.rec;
+    next.launch_handle = handle;
+    if (!launcher->RunsOnThisMachine()) {
+      const BatchJob batch = launcher->BatchJobOf(handle);
+      ApplyState(next, moe::v1::JOB_STATE_QUEUED,
+                 absl::StrCat("submitted to ", batch.system, " as job ", batch.id, " (attempt ",
+                              a.rec.attempt, ")"));
+    } else {
+      ApplyState(next, moe::v1::JOB_STATE_STARTING,
+                 absl::StrCat("launched ", a.rec.job.spec().resources().ranks(), " ranks",
+                              a.gpus.empty() ? ""
+                                             : absl::StrCat(" on GPUs ", absl::StrJoin(a.gpus, ",")),
+                              " (attempt ", a.rec.attempt, ")"));
+    }
+    if (absl::Status s = store_->UpdateJob(next); !s.ok()) {
+      record_failed = true;
+      return s;
+    }
+    a.rec = std::move(next);
+    a.unstored = false;
+    return absl::OkStatus();
+  };
+  absl::StatusOr<std::string> handle = launcher->Launch(req, record);
   if (!handle.ok()) {
     a.launched = false;
     a.rec.launch_handle.clear();
+    if (record_failed) {
+      // Nothing was started; the job keeps its place and the launch is tried again.
+      LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": cannot record the launch of attempt ",
+                             a.rec.attempt, " (", handle.status().message(),
+                             "); nothing was started, retrying"));
+      a.launch_not_before = Clock::now() + std::chrono::milliseconds(250);
+      return;
+    }
     // Marked launched=false with a pending failure: Watch ends it on this tick.
     a.pending_failure = std::string(handle.status().message());
     return;
   }
   a.launched = true;
-  a.rec.launch_handle = *handle;
   if (!launcher->RunsOnThisMachine()) {
     const BatchJob batch = launcher->BatchJobOf(*handle);
-    SetState(a.rec, moe::v1::JOB_STATE_QUEUED,
-             absl::StrCat("submitted to ", batch.system, " as job ", batch.id, " (attempt ",
-                          a.rec.attempt, ")"));
     LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": attempt ", a.rec.attempt, " is ",
                            batch.system, " job ", batch.id));
     return;
   }
-  SetState(a.rec, moe::v1::JOB_STATE_STARTING,
-           absl::StrCat("launched ", a.rec.job.spec().resources().ranks(), " ranks",
-                        a.gpus.empty() ? "" : absl::StrCat(" on GPUs ", absl::StrJoin(a.gpus, ",")),
-                        " (attempt ", a.rec.attempt, ")"));
   LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": launched attempt ", a.rec.attempt));
 }
 
-void Scheduler::Ingest(Active& a, bool final) {
+bool Scheduler::Ingest(Active& a, bool final) {
   Launcher* launcher = LauncherFor(a.rec);
-  if (!a.launched || !launcher->CapturesOutput()) return;
+  if (!a.launched || !launcher->CapturesOutput()) return true;
   for (const OutputFile& f : launcher->OutputFiles(a.rec.launch_handle)) {
     int64_t offset = a.offsets.count(f.path) ? a.offsets[f.path] : 0;
     while (true) {
@@ -446,16 +599,17 @@ void Scheduler::Ingest(Active& a, bool final) {
                                       new_offset);
       if (!s.ok()) {
         LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": cannot store log lines: ", s.message()));
-        break;
+        return false;
       }
       offset = new_offset;
       a.offsets[f.path] = offset;
       if (a.rec.job.state() == moe::v1::JOB_STATE_STARTING && !a.rec.cancel_requested) {
-        SetState(a.rec, moe::v1::JOB_STATE_RUNNING, "");
+        Store(a, moe::v1::JOB_STATE_RUNNING, "");
       }
       if (static_cast<int64_t>(data.size()) < kReadChunk) break;
     }
   }
+  return true;
 }
 
 void Scheduler::Failed(Active& a, const std::string& reason) {
@@ -465,15 +619,14 @@ void Scheduler::Failed(Active& a, const std::string& reason) {
     a.rec.attempt += 1;
     a.launched = false;
     a.rec.launch_handle.clear();
-    SetState(a.rec, moe::v1::JOB_STATE_RESTARTING,
-             absl::StrCat("restart ", a.rec.job.restarts(), " of ", max_restarts, " after: ",
-                          reason));
+    Store(a, moe::v1::JOB_STATE_RESTARTING,
+          absl::StrCat("restart ", a.rec.job.restarts(), " of ", max_restarts, " after: ", reason));
     LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": restarting after: ", reason));
     return;
   }
-  SetState(a.rec, moe::v1::JOB_STATE_FAILED,
-           max_restarts > 0 ? absl::StrCat(reason, " (after ", a.rec.job.restarts(), " restarts)")
-                            : reason);
+  Store(a, moe::v1::JOB_STATE_FAILED,
+        max_restarts > 0 ? absl::StrCat(reason, " (after ", a.rec.job.restarts(), " restarts)")
+                         : reason);
 }
 
 bool Scheduler::Watch(Active& a) {
@@ -484,9 +637,9 @@ bool Scheduler::Watch(Active& a) {
   if (a.rec.cancel_requested) {
     if (a.launched) Ingest(a, /*final=*/false);
     if (!a.launched || !launcher->AnyAlive(handle)) {
-      if (a.launched) Ingest(a, /*final=*/true);
+      if (a.launched && !Ingest(a, /*final=*/true)) return false;
       a.rec.cancel_requested = false;
-      SetState(a.rec, moe::v1::JOB_STATE_CANCELLED, "cancelled by request");
+      Store(a, moe::v1::JOB_STATE_CANCELLED, "cancelled by request");
       return true;
     }
     if (now >= a.cancel_deadline) {
@@ -504,9 +657,10 @@ bool Scheduler::Watch(Active& a) {
 
   if (!a.launched) {
     if (!a.pending_failure.empty()) {  // the launch itself failed: not worth a restart
-      SetState(a.rec, moe::v1::JOB_STATE_FAILED, a.pending_failure);
+      Store(a, moe::v1::JOB_STATE_FAILED, a.pending_failure);
       return true;
     }
+    if (now < a.launch_not_before) return false;
     LaunchAttempt(a);  // RESTARTING, or recovered without a live attempt
     return false;
   }
@@ -517,7 +671,7 @@ bool Scheduler::Watch(Active& a) {
       launcher->Kill(handle);
       return false;
     }
-    Ingest(a, /*final=*/true);
+    if (!Ingest(a, /*final=*/true)) return false;
     Failed(a, a.pending_failure);
     return IsFinal(a.rec.job.state());
   }
@@ -531,9 +685,9 @@ bool Scheduler::Watch(Active& a) {
         return false;
       }
     }
-    Ingest(a, /*final=*/true);
+    if (!Ingest(a, /*final=*/true)) return false;
     if (ps.kind == ProcessState::kExited && ps.exit_code == 0) {
-      SetState(a.rec, moe::v1::JOB_STATE_SUCCEEDED, "");
+      Store(a, moe::v1::JOB_STATE_SUCCEEDED, "");
       return true;
     }
     Failed(a, ps.reason);
@@ -572,9 +726,9 @@ void Scheduler::AdoptAttempt(Active& a, int attempt) {
   a.last_heard.clear();
   a.attempt_started = Clock::now();
   const BatchJob batch = LauncherFor(a.rec)->BatchJobOf(a.rec.launch_handle);
-  SetState(a.rec, a.rec.job.state(),
-           absl::StrCat(batch.system, " requeued job ", batch.id, ": attempt ", attempt,
-                        " resumes from the newest checkpoint"));
+  Store(a, a.rec.job.state(),
+        absl::StrCat(batch.system, " requeued job ", batch.id, ": attempt ", attempt,
+                     " resumes from the newest checkpoint"));
   LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": ", batch.system, " requeued it, attempt ",
                          attempt));
 }
@@ -593,14 +747,14 @@ void Scheduler::WatchBatch(Active& a, Clock::time_point now) {
     if (!info.reason.empty()) absl::StrAppend(&reason, ": ", info.reason);
     if (a.rec.attempt > 0) absl::StrAppend(&reason, " (attempt ", a.rec.attempt, ")");
     if (st != moe::v1::JOB_STATE_QUEUED || a.rec.job.reason() != reason) {
-      SetState(a.rec, moe::v1::JOB_STATE_QUEUED, reason);
+      Store(a, moe::v1::JOB_STATE_QUEUED, reason);
     }
     a.last_heard.clear();
     a.attempt_started = now;
   } else if (st == moe::v1::JOB_STATE_QUEUED) {
-    SetState(a.rec, moe::v1::JOB_STATE_STARTING,
-             absl::StrCat(batch.system, " job ", batch.id, " ", info.state, " on ",
-                          info.node_list.empty() ? "?" : info.node_list));
+    Store(a, moe::v1::JOB_STATE_STARTING,
+          absl::StrCat(batch.system, " job ", batch.id, " ", info.state, " on ",
+                       info.node_list.empty() ? "?" : info.node_list));
     a.attempt_started = now;
   }
 }

@@ -18,6 +18,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/path_policy.h"
 #include "daemon/job_store.h"
 #include "daemon/launcher.h"
 #include "moe/v1/control.pb.h"
@@ -33,7 +34,17 @@ struct SchedulerOptions {
   std::chrono::milliseconds heartbeat_timeout{60000};
   std::chrono::milliseconds cancel_grace{30000};
   std::chrono::milliseconds poll_interval{200};
+  // Submissions are refused (RESOURCE_EXHAUSTED) while state_dir's file system has less free.
+  int64_t min_free_bytes = 0;
+  // The directories jobs may read data from and write checkpoints to (moed --data-root,
+  // --checkpoint-root); checked at submit, and again by the workers.
+  PathPolicy paths;
+  // How often the store's write-ahead log is folded back and truncated.
+  std::chrono::milliseconds wal_checkpoint_interval{30000};
 };
+
+// Free bytes for an unprivileged writer on the file system holding path; -1 when unknown.
+int64_t FreeBytes(const std::string& path);
 
 class Scheduler {
  public:
@@ -54,13 +65,22 @@ class Scheduler {
   absl::StatusOr<moe::v1::Job> Cancel(const std::string& id);
 
   // From the report service: a worker of (job, attempt) says hello / sends anything.
-  // FailedPrecondition when the job is not running that attempt (a stale worker).
-  absl::Status OnWorkerHello(const std::string& job_id, int attempt, int rank);
+  // FailedPrecondition when the job is not running that attempt (a stale worker);
+  // PermissionDenied when the report does not carry the launch's secret, or names a rank the
+  // job does not have (world_size must be the job's ranks).
+  absl::Status OnWorkerHello(const std::string& job_id, int attempt, int rank, int world_size,
+                             const std::string& secret);
+  // The same checks without the hello's effects (LastLogSeq).
+  absl::Status CheckReporter(const std::string& job_id, int attempt, int rank, int world_size,
+                             const std::string& secret);
   void OnWorkerReport(const std::string& job_id, int attempt, int rank);
   // Whether moed reads this job's log lines from the ranks' output files itself.
   bool CapturesOutput(const std::string& job_id);
 
   int max_ranks() const { return options_.max_ranks; }
+  // OK, or RESOURCE_EXHAUSTED saying how much the state directory has free against the floor
+  // (--min-free-space): what Submit refuses with and what /healthz reports.
+  absl::Status CheckFreeSpace() const;
 
  private:
   using Clock = std::chrono::steady_clock;
@@ -75,6 +95,12 @@ class Scheduler {
     Clock::time_point last_term;
     bool killed = false;
     std::vector<int> gpus;  // local cuda jobs: the GPUs it holds, kept across its attempts
+    // rec differs from the store (a write failed): retried every tick. A job whose final state
+    // is not stored yet stays here (finished), so the store never shows it ended before it did
+    // and never shows a state it did not reach.
+    bool unstored = false;
+    bool finished = false;
+    Clock::time_point launch_not_before;  // after a launch that could not be recorded
   };
 
   void Loop();
@@ -83,10 +109,16 @@ class Scheduler {
   void LaunchAttempt(Active& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Returns true when the job left the active set.
   bool Watch(Active& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void Ingest(Active& a, bool final) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // False when the store refused lines: then the attempt must not end yet (its lines are all
+  // stored before its final state).
+  bool Ingest(Active& a, bool final) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The attempt ended with a failure: restart it if max_restarts allows, else FAILED.
   void Failed(Active& a, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void SetState(JobRecord& rec, moe::v1::JobState state, const std::string& reason)
+  // Sets the state in rec and stores it; false (logged) when the store refused the write.
+  bool SetState(JobRecord& rec, moe::v1::JobState state, const std::string& reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The same for an active job: a refused write is retried by Tick until it is stored.
+  void Store(Active& a, moe::v1::JobState state, const std::string& reason)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Ranks of the local cpu jobs, and GPUs of the local cuda jobs, that hold them now.
   int UsedRanks() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -103,6 +135,10 @@ class Scheduler {
   // moves the attempt on.
   void WatchBatch(Active& a, Clock::time_point now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AdoptAttempt(Active& a, int attempt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The active job a report names, after the attempt, secret and rank checks.
+  absl::StatusOr<Active*> ReporterJob(const std::string& job_id, int attempt, int rank,
+                                      int world_size, const std::string& secret)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const SchedulerOptions options_;
   JobStore* const store_;
@@ -113,6 +149,7 @@ class Scheduler {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);   // QUEUED job ids, oldest first
   std::map<std::string, Active> active_ ABSL_GUARDED_BY(mu_);  // holding ranks
+  Clock::time_point last_wal_checkpoint_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };
 

@@ -24,6 +24,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/files.h"
+#include "common/sbatch_options.h"
 
 extern char** environ;
 
@@ -228,10 +229,21 @@ BatchJob SlurmLauncher::BatchJobOf(const std::string& handle) const {
 absl::StatusOr<std::vector<std::string>> SlurmLauncher::SbatchArgs(const LaunchRequest& req) {
   const moe::v1::ResourceSpec& r = req.spec.resources();
   const moe::v1::SlurmSpec& sl = r.slurm();
-  std::vector<std::string> args = {"--parsable",
-                                   absl::StrCat("--job-name=moe-", req.job_id, "-", req.spec.name()),
-                                   absl::StrCat("--output=", req.job_dir, "/slurm-%j.out"),
-                                   absl::StrCat("--chdir=", req.job_dir), "--export=ALL"};
+  // The job's own options come first, each on the allowlist, and moed's after them: for an
+  // option given twice sbatch takes the last, so none of the job's can override moed's.
+  std::vector<std::string> args;
+  for (int i = 0; i < sl.extra_sbatch_args_size(); ++i) {
+    const std::string& a = sl.extra_sbatch_args(i);
+    if (std::string why = RefusedSbatchOption(a); !why.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("launch error: resources.slurm.extra_sbatch_args[", i, "]: ", why));
+    }
+    args.push_back(a);
+  }
+  args.insert(args.end(),
+              {"--parsable", absl::StrCat("--job-name=moe-", req.job_id, "-", req.spec.name()),
+               absl::StrCat("--output=", req.job_dir, "/slurm-%j.out"),
+               absl::StrCat("--chdir=", req.job_dir), "--export=ALL"});
   if (!sl.partition().empty()) {
     if (absl::Status s = CheckOptionValue("resources.slurm.partition", sl.partition()); !s.ok()) {
       return s;
@@ -261,15 +273,6 @@ absl::StatusOr<std::vector<std::string>> SlurmLauncher::SbatchArgs(const LaunchR
       return s;
     }
     args.push_back(absl::StrCat("--time=", sl.time_limit()));
-  }
-  for (int i = 0; i < sl.extra_sbatch_args_size(); ++i) {
-    const std::string& a = sl.extra_sbatch_args(i);
-    if (a.empty() || a[0] != '-') {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "launch error: resources.slurm.extra_sbatch_args[", i, "] '", OneLine(a),
-          "' is not an option (it must start with '-')"));
-    }
-    args.push_back(a);
   }
   return args;
 }
@@ -320,7 +323,8 @@ absl::StatusOr<std::string> SlurmLauncher::Render(const LaunchRequest& req) cons
   return out;
 }
 
-absl::StatusOr<std::string> SlurmLauncher::Launch(const LaunchRequest& req) {
+absl::StatusOr<std::string> SlurmLauncher::Launch(const LaunchRequest& req,
+                                                  const RecordLaunch& record) {
   if (access(options_.worker_bin.c_str(), X_OK) != 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("launch error: worker executable ", options_.worker_bin,
@@ -336,11 +340,16 @@ absl::StatusOr<std::string> SlurmLauncher::Launch(const LaunchRequest& req) {
   if (absl::Status s = WriteFileAtomic(path, *script); !s.ok()) {
     return absl::InternalError(absl::StrCat("launch error: cannot write ", path, ": ", s.message()));
   }
-  std::vector<std::string> argv = {"sbatch"};
+  // --hold: the job waits in Slurm until its handle is stored (then scontrol release), so a moed
+  // that dies in between never leaves an attempt running that it does not know.
+  std::vector<std::string> argv = {"sbatch", "--hold"};
   argv.insert(argv.end(), args->begin(), args->end());
   argv.push_back(path);
   std::vector<std::string> env;
   if (!req.token.empty()) env.push_back(absl::StrCat("MOE_TOKEN=", req.token));
+  if (!req.report_secret.empty()) {
+    env.push_back(absl::StrCat("MOE_REPORT_SECRET=", req.report_secret));
+  }
   CommandOutput r = RunCommand(argv, env, options_.command_timeout_s);
   if (r.exit_code != 0) {
     return absl::FailedPreconditionError(
@@ -360,7 +369,18 @@ absl::StatusOr<std::string> SlurmLauncher::Launch(const LaunchRequest& req) {
         absl::StrCat("launch error: sbatch printed no job id: ", OneLine(r.out)));
   }
   Handle h{id, req.attempt, req.job_dir};
-  return FormatHandle(h);
+  const std::string handle = FormatHandle(h);
+  if (absl::Status s = record(handle); !s.ok()) {
+    RunCommand({"scancel", id}, {}, options_.command_timeout_s);
+    return s;
+  }
+  CommandOutput rel = RunCommand({"scontrol", "release", id}, {}, options_.command_timeout_s);
+  if (rel.exit_code != 0) {
+    // Stored already: the scheduler sees it held in Slurm's queue; say why in moed's log.
+    std::fprintf(stderr, "moed: scontrol release of Slurm job %s failed: %s\n", id.c_str(),
+                 OneLine(rel.out).c_str());
+  }
+  return handle;
 }
 
 SlurmLauncher::Cached SlurmLauncher::Refresh(const std::string& handle, bool force) {

@@ -43,7 +43,8 @@ class SlurmLauncher final : public Launcher {
  public:
   explicit SlurmLauncher(SlurmLauncherOptions options) : options_(std::move(options)) {}
   std::string name() const override { return "slurm"; }
-  absl::StatusOr<std::string> Launch(const LaunchRequest& request) override;
+  absl::StatusOr<std::string> Launch(const LaunchRequest& request,
+                                     const RecordLaunch& record) override;
   ProcessState Poll(const std::string& handle) override;
   // Pending: scancel. Running: SIGTERM to the batch script and every step (the ranks write a
   // checkpoint and exit 143, the script then ends); Slurm ends the job.

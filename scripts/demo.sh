@@ -18,8 +18,10 @@ if [ -z "${MOE_SERVER:-}" ]; then
   if ! "$BIN/moectl" list >/dev/null 2>&1; then
     mkdir -p "$STATE_DIR"
     echo "demo: starting moed on $MOE_SERVER (state in $STATE_DIR, log in $STATE_DIR/moed.log)"
+    # moed refuses root unless told (--allow-root): the demo runs as root on a fresh machine.
+    ROOT_FLAG=(); [ "$(id -u)" = 0 ] && ROOT_FLAG=(--allow-root)
     nohup "$BIN/moed" --listen "$MOE_SERVER" --state-dir "$STATE_DIR" --metrics-listen 127.0.0.1:${MOE_METRICS_PORT:-9464} \
-      >>"$STATE_DIR/moed.log" 2>&1 &
+      "${ROOT_FLAG[@]}" >>"$STATE_DIR/moed.log" 2>&1 &
     for _ in $(seq 50); do "$BIN/moectl" list >/dev/null 2>&1 && break; sleep 0.2; done
   fi
 fi

@@ -72,8 +72,9 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+ROOT_FLAG=(); [ "$(id -u)" = 0 ] && ROOT_FLAG=(--allow-root)  # the lent machines run as root
 "$BIN/moed" --state-dir "$WORK/state" --listen "$MOE_SERVER" --metrics-listen= --max-ranks "$RANKS" \
-  --cancel-grace 30 > "$OUT/moed.log" 2>&1 &
+  --cancel-grace 30 "${ROOT_FLAG[@]}" > "$OUT/moed.log" 2>&1 &
 MOED_PID=$!
 for _ in $(seq 100); do "$BIN/moectl" list > /dev/null 2>&1 && break; sleep 0.2; done
 if ! "$BIN/moectl" list > /dev/null 2>&1; then

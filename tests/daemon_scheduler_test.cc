@@ -21,10 +21,12 @@ class FakeLauncher : public Launcher {
  public:
   explicit FakeLauncher(bool batch) : batch_(batch) {}
   std::string name() const override { return batch_ ? "fakebatch" : "fakelocal"; }
-  absl::StatusOr<std::string> Launch(const LaunchRequest&) override {
+  absl::StatusOr<std::string> Launch(const LaunchRequest&, const RecordLaunch& record) override {
+    const std::string handle = batch_ ? "batch=7" : "local=1";
+    if (absl::Status s = record(handle); !s.ok()) return s;
     std::lock_guard<std::mutex> lock(mu_);
     ++launches_;
-    return std::string(batch_ ? "batch=7" : "local=1");
+    return handle;
   }
   ProcessState Poll(const std::string&) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -154,7 +156,7 @@ TEST_F(DaemonScheduler, BatchJobFollowsItsBatchSystem) {
   batch_.SetState(b);
   now = WaitFor(id, moe::v1::JOB_STATE_STARTING, "Fakebatch job 7 RUNNING on n[1-2]");
   EXPECT_EQ(now.reason(), "Fakebatch job 7 RUNNING on n[1-2]");
-  ASSERT_TRUE(scheduler_->OnWorkerHello(id, 0, 0).ok());
+  ASSERT_TRUE(scheduler_->OnWorkerHello(id, 0, 0, 4, store_->GetJob(id)->report_secret).ok());
   now = WaitFor(id, moe::v1::JOB_STATE_RUNNING, "");
   EXPECT_EQ(now.state(), moe::v1::JOB_STATE_RUNNING);
 
@@ -166,7 +168,7 @@ TEST_F(DaemonScheduler, BatchJobFollowsItsBatchSystem) {
   batch_.SetState(b);
   now = WaitFor(id, moe::v1::JOB_STATE_QUEUED, "Fakebatch job 7 PENDING: BeginTime (attempt 1)");
   EXPECT_EQ(now.reason(), "Fakebatch job 7 PENDING: BeginTime (attempt 1)");
-  EXPECT_EQ(scheduler_->OnWorkerHello(id, 0, 0).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(scheduler_->OnWorkerHello(id, 0, 0, 4, store_->GetJob(id)->report_secret).code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(batch_.launches(), 1);  // the batch system runs it again, moed does not
 
   batch_.Exit();

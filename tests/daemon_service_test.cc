@@ -3,6 +3,7 @@
 // duplicate log lines), moectl speaks one clear line, and /metrics is valid Prometheus text.
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -143,6 +144,7 @@ TEST(DaemonService, TokenIsRequiredWhenConfigured) {
   const std::string dir = MakeTempDir("moe-token-");
   o.token_file = dir + "/token";
   std::ofstream(o.token_file) << "s3cret-token\n";
+  chmod(o.token_file.c_str(), 0600);  // moed refuses a token file others can read
   DaemonHarness h(o);
   ASSERT_TRUE(h.Start()) << h.MoedLog();
   auto stub = h.Stub();
@@ -199,6 +201,7 @@ TEST(DaemonService, ReportedMetricsReachStatusMetricsAndPrometheus) {
   ro.rank = 0;
   ro.world_size = 2;
   ro.attempt = 0;
+  ro.report_secret = h.ReportSecret(id);
   auto reporter = Reporter::Create(ro);
   for (int step = 1; step <= 3; ++step) {
     moe::v1::MetricPoint p;
@@ -258,6 +261,7 @@ TEST(DaemonService, ReporterResendsAcrossAMoedRestart) {
   ro.moed_address = h.address();
   ro.job_id = id;
   ro.world_size = 2;
+  ro.report_secret = h.ReportSecret(id);
   auto reporter = Reporter::Create(ro);
   auto send = [&](int step) {
     moe::v1::MetricPoint p;

@@ -1,7 +1,10 @@
 // The CPU trainer end to end on one rank: it learns shakespeare, and a run stopped and resumed
 // from its checkpoint gives bitwise the same losses as an unstopped run.
 #include <filesystem>
+#include <fstream>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/threads.h"
@@ -107,6 +110,77 @@ TEST(TrainTest, RefusesACheckpointOfAnotherModel) {
   absl::Status st = other->Run(&outcome);
   ASSERT_FALSE(st.ok());
   EXPECT_NE(std::string(st.message()).find("does not fit this job's model"), std::string::npos) << st;
+}
+
+// Flips one byte in the middle of a checkpoint's weights (the manifest's checksum catches it).
+void FlipByte(const std::string& ckpt_dir) {
+  const std::string path = ckpt_dir + "/model.safetensors";
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(0, std::ios::end);
+  const std::streamoff mid = f.tellg() / 2;
+  f.seekg(mid);
+  char c = 0;
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ 0x40);
+  f.seekp(mid);
+  f.write(&c, 1);
+}
+
+TEST(TrainTest, ResumeSkipsADamagedCheckpointAndFailsWhenNoneIsGood) {
+  kernels::SetNumThreads(1);
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.mutable_train()->set_steps(6);
+  spec.mutable_checkpoint()->set_every(2);
+  spec.mutable_checkpoint()->set_keep(3);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  auto comm = CreateSingleProcessCommunicator();
+  const std::string dir = testing::MakeTempDir("moe-damaged-");
+  TrainerOptions opts;
+  opts.checkpoint_dir = dir;
+  opts.max_steps = 4;  // checkpoints at steps 2 and 4
+  TrainOutcome outcome;
+  {
+    std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &*data, opts);
+    ASSERT_TRUE(t->Run(&outcome).ok());
+  }
+  FlipByte(dir + "/step_00000004");
+  std::vector<std::string> log;
+  opts.resume = true;
+  opts.max_steps = 0;  // resume only: where does it start?
+  opts.on_log = [&log](const std::string& line) { log.push_back(line); };
+  {
+    std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &*data, opts);
+    ASSERT_TRUE(t->Run(&outcome).ok());
+  }
+  std::string all;
+  for (const std::string& l : log) all += l + "\n";
+  EXPECT_NE(all.find("skipping damaged checkpoint " + dir + "/step_00000004"), std::string::npos)
+      << all;
+  EXPECT_NE(all.find("resumed from " + dir + "/step_00000002 at step 2"), std::string::npos) << all;
+
+  // Every checkpoint damaged: the run fails saying so (no silent start from step 0) ...
+  FlipByte(dir + "/step_00000002");
+  log.clear();
+  {
+    std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &*data, opts);
+    absl::Status st = t->Run(&outcome);
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(st.code(), absl::StatusCode::kDataLoss);
+    EXPECT_NE(std::string(st.message()).find("every checkpoint under"), std::string::npos) << st;
+    EXPECT_NE(std::string(st.message()).find("start_over_if_damaged"), std::string::npos) << st;
+  }
+  // ... unless the job asks to start over.
+  spec.mutable_checkpoint()->set_start_over_if_damaged(true);
+  log.clear();
+  opts.max_steps = 1;
+  {
+    std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &*data, opts);
+    ASSERT_TRUE(t->Run(&outcome).ok());
+  }
+  all.clear();
+  for (const std::string& l : log) all += l + "\n";
+  EXPECT_NE(all.find("starting over from step 0"), std::string::npos) << all;
 }
 
 }  // namespace

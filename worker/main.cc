@@ -1,6 +1,7 @@
 // moe-worker: one rank of a training job. main only parses flags, then either trains
 // (standalone with --job, or launched by moed with --spec/--moed/--job-id) or samples text
 // from a checkpoint (--sample).
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -11,6 +12,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/path_policy.h"
 #include "common/files.h"
 #include "common/job_spec.h"
 #include "google/protobuf/util/json_util.h"
@@ -143,6 +145,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moe-worker: %s\n%s", err.c_str(), kUsage);
     return 2;
   }
+  // Checkpoints and token caches hold the job's data: for the job's owner alone.
+  umask(077);
   if (!flags.score_checkpoint.empty()) {
     absl::StatusOr<double> ce = moe::ScoreCheckpoint(flags.score_checkpoint, flags.batch_out);
     if (!ce.ok()) {
@@ -193,6 +197,19 @@ int main(int argc, char** argv) {
   ropts.attempt = flags.attempt;
   std::unique_ptr<moe::Reporter> reporter = moe::Reporter::Create(ropts);
 
+  // The same path policy moed applied at submit (its roots come in MOE_DATA_ROOTS and
+  // MOE_CHECKPOINT_ROOTS), again here where the files are opened, symlinks resolved now.
+  const moe::PathPolicy policy = moe::PathPolicy::FromEnvironment();
+  if (absl::Status st = moe::CheckSpecPaths(policy, *spec); !st.ok()) {
+    return fail(std::string(st.message()));
+  }
+  if (flags.checkpoint_dir.empty() && spec->checkpoint().dir().empty()) {
+    if (absl::Status st = moe::CheckCheckpointPath(policy, "checkpoint directory",
+                                                   "checkpoints/" + spec->name());
+        !st.ok()) {
+      return fail(std::string(st.message()));
+    }
+  }
   absl::StatusOr<moe::Dataset> data = moe::LoadDataset(spec->data());
   if (!data.ok()) return fail(absl::StrCat("cannot load data: ", data.status().message()));
   if (absl::Status st = moe::CheckSplits(*data, spec->model().seq_len()); !st.ok()) {

@@ -32,9 +32,10 @@ case "${1:-}" in
     if [ ! -s "$STATE/token" ]; then
       (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$STATE/token")
     fi
+    ROOT_FLAG=(); [ "$(id -u)" = 0 ] && ROOT_FLAG=(--allow-root)  # the one-machine test cluster
     setsid "$BIN/moed" --state-dir "$STATE" --listen "0.0.0.0:$PORT" --metrics-listen "" \
       --token-file "$STATE/token" --worker-bin "$BIN/moe-worker" \
-      --slurm-mpi "${MOE_SLURM_MPI:-pmix}" --max-ranks 1 \
+      --slurm-mpi "${MOE_SLURM_MPI:-pmix}" --max-ranks 1 "${ROOT_FLAG[@]}" \
       </dev/null >>"$STATE/moed.log" 2>&1 &
     echo $! > "$PIDFILE"
     sleep 1

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "common/files.h"
+#include "daemon/job_store.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "tests/support/paths.h"
@@ -172,6 +173,9 @@ bool DaemonHarness::Start() {
   if (!options_.token_file.empty()) {
     argv.insert(argv.end(), {"--token-file", options_.token_file});
   }
+  // CI runs as root; moed refuses root without --allow-root (tested on its own).
+  if (geteuid() == 0 && options_.allow_root) argv.push_back("--allow-root");
+  argv.insert(argv.end(), options_.extra_args.begin(), options_.extra_args.end());
   pid_ = Spawn(argv, options_.env, work_dir_ + "/moed.out", work_dir_ + "/moed.log",
                /*new_session=*/true);
   // Ready once ListJobs answers (UNAUTHENTICATED counts: the server is up).
@@ -181,6 +185,7 @@ bool DaemonHarness::Start() {
     int status;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
+      start_exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
       return false;
     }
     grpc::ClientContext ctx;
@@ -224,6 +229,13 @@ std::string DaemonHarness::token() const {
   std::string t = Slurp(options_.token_file);
   while (!t.empty() && (t.back() == '\n' || t.back() == ' ')) t.pop_back();
   return t;
+}
+
+std::string DaemonHarness::ReportSecret(const std::string& id) const {
+  auto store = moe::daemon::JobStore::Open(state_dir_ + "/moed.db");
+  if (!store.ok()) return "";
+  absl::StatusOr<moe::daemon::JobRecord> rec = (*store)->GetJob(id);
+  return rec.ok() ? rec->report_secret : "";
 }
 
 CommandResult DaemonHarness::Moectl(const std::vector<std::string>& args, double timeout_s,

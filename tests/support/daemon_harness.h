@@ -36,6 +36,8 @@ struct HarnessOptions {
   double heartbeat_timeout_s = 60;
   double cancel_grace_s = 10;
   std::map<std::string, std::string> env;  // for moed and so for the workers it launches
+  bool allow_root = true;                  // pass --allow-root when the test runs as root
+  std::vector<std::string> extra_args;     // more moed flags
 };
 
 class DaemonHarness {
@@ -45,6 +47,8 @@ class DaemonHarness {
 
   // Starts moed (again, on the same state dir and ports) and waits until it answers.
   bool Start();
+  // moed's exit code when Start failed because moed exited (-1 otherwise).
+  int start_exit_code() const { return start_exit_code_; }
   void Kill9();
   void Stop();  // SIGTERM and wait
   pid_t pid() const { return pid_; }
@@ -58,6 +62,9 @@ class DaemonHarness {
                        const std::map<std::string, std::string>& env = {});
   std::unique_ptr<moe::v1::JobService::Stub> Stub();
   std::string token() const;
+  // The report secret moed gave the job's current launch (read from its store), for a test
+  // that plays one of the job's ranks.
+  std::string ReportSecret(const std::string& id) const;
 
   // Writes a job file in the work dir and returns its path.
   std::string WriteJob(const std::string& name, int ranks, int steps, int max_restarts = 0,
@@ -77,6 +84,7 @@ class DaemonHarness {
   std::string work_dir_, state_dir_, address_;
   int port_ = 0, metrics_port_ = 0;
   pid_t pid_ = -1;
+  int start_exit_code_ = -1;
 };
 
 }  // namespace moe::testing

@@ -390,6 +390,46 @@ absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir) {
   return complete.front().second;
 }
 
+absl::StatusOr<std::string> NewestGoodCheckpoint(
+    const std::string& dir, bool start_over,
+    const std::function<void(const std::string&)>& report) {
+  // Every step_ directory counts, complete-looking or not: a wrong size is damage too.
+  std::vector<std::pair<int64_t, std::string>> all;
+  std::error_code ec;
+  for (const fs::directory_entry& entry : fs::directory_iterator(dir, ec)) {
+    int64_t step = ParseStepDirName(entry.path().filename().string());
+    if (step >= 0 && entry.is_directory(ec)) all.emplace_back(step, entry.path().string());
+  }
+  if (all.empty()) {
+    return absl::NotFoundError(absl::StrCat("no checkpoint under ", dir));
+  }
+  std::sort(all.begin(), all.end(), std::greater<>());
+  std::vector<std::string> damaged;
+  for (const auto& [step, path] : all) {
+    absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(path);
+    absl::Status st = ckpt.ok() && ckpt->step != step
+                          ? absl::DataLossError(absl::StrCat("its manifest says step ", ckpt->step))
+                          : ckpt.status();
+    if (st.ok()) return path;
+    damaged.push_back(absl::StrCat(path, ": ", st.message()));
+    if (report) {
+      report(absl::StrCat("skipping damaged checkpoint ", path, ": ", st.message(),
+                          "; trying an older one"));
+    }
+  }
+  std::string why = absl::StrCat("every checkpoint under ", dir, " is damaged (",
+                                 absl::StrJoin(damaged, "; "), ")");
+  if (start_over) {
+    if (report) {
+      report(absl::StrCat(why, "; starting over from step 0 (checkpoint.start_over_if_damaged)"));
+    }
+    return absl::NotFoundError(why);
+  }
+  return absl::DataLossError(absl::StrCat(
+      why, "; the job stops rather than silently train from step 0: restore a checkpoint, or "
+           "set checkpoint.start_over_if_damaged: true to start over"));
+}
+
 absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path) {
   absl::StatusOr<Manifest> manifest = ReadManifest(path);
   if (!manifest.ok()) return manifest.status();

@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
@@ -42,6 +43,16 @@ absl::Status WriteCheckpoint(const std::string& dir, const Checkpoint& ckpt, int
 // Newest complete checkpoint under dir (NotFound if none): a step_XXXXXXXX directory whose
 // manifest parses and whose files exist with the listed sizes. Temp dirs are ignored.
 absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir);
+
+// Where a resume starts: the newest checkpoint under dir that passes every check of
+// ReadCheckpoint (manifest, sizes, checksums, headers), skipping damaged ones, each reported
+// through report ("skipping damaged checkpoint DIR: why; trying an older one"). NotFound when
+// dir holds no checkpoint (a fresh start). When checkpoints exist but none is good: DataLoss
+// naming each and what is wrong, unless start_over, which reports that and returns NotFound
+// (train from step 0).
+absl::StatusOr<std::string> NewestGoodCheckpoint(
+    const std::string& dir, bool start_over,
+    const std::function<void(const std::string&)>& report);
 
 // Reads and verifies (manifest, sizes, checksums, safetensors headers, shapes); a corrupt,
 // truncated or foreign file is InvalidArgument/DataLoss naming the file and what is wrong.

@@ -82,6 +82,7 @@ struct Reporter::Impl {
 
   void AddAuth(grpc::ClientContext& ctx) const {
     if (!opts.token.empty()) ctx.AddMetadata("authorization", "Bearer " + opts.token);
+    if (!opts.report_secret.empty()) ctx.AddMetadata("x-moe-report-secret", opts.report_secret);
   }
 
   // Drops what moed acknowledged.
@@ -258,6 +259,9 @@ std::unique_ptr<Reporter> Reporter::Create(const ReporterOptions& opts) {
   impl->opts = opts;
   if (impl->opts.token.empty()) {
     if (const char* t = std::getenv("MOE_TOKEN")) impl->opts.token = t;
+  }
+  if (impl->opts.report_secret.empty()) {
+    if (const char* t = std::getenv("MOE_REPORT_SECRET")) impl->opts.report_secret = t;
   }
   impl->enabled = !opts.moed_address.empty();
   std::unique_ptr<Reporter> r(new Reporter(std::move(impl)));

@@ -19,6 +19,8 @@ struct ReporterOptions {
   int attempt = 0;
   // Bearer token; "" = take it from the MOE_TOKEN environment variable (if set).
   std::string token;
+  // The launch's report secret moed checks on every report; "" = MOE_REPORT_SECRET (if set).
+  std::string report_secret;
 };
 
 class Reporter {

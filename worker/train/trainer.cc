@@ -233,7 +233,8 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
   const auto& t = spec_.train();
   int64_t step = 0;
   if (opts_.resume && !opts_.checkpoint_dir.empty()) {
-    absl::StatusOr<std::string> latest = LatestCheckpoint(opts_.checkpoint_dir);
+    absl::StatusOr<std::string> latest = NewestGoodCheckpoint(
+        opts_.checkpoint_dir, spec_.checkpoint().start_over_if_damaged(), [this](const std::string& m) { Log(m); });
     if (latest.ok()) {
       absl::Status st = LoadCheckpoint(*latest, &step);
       if (!st.ok()) return st;

@@ -1,0 +1,141 @@
+// Least privilege: moed refuses root without --allow-root; a job's paths are checked against
+// the data and checkpoint roots (symlinks resolved) by moed at submit and by the worker when it
+// opens them; NUL bytes are refused; nothing moed or a worker creates is readable by others.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/path_policy.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "gtest/gtest.h"
+#include "tests/support/daemon_harness.h"
+#include "tests/support/paths.h"
+
+namespace moe::testing {
+namespace {
+
+TEST(DaemonPrivilege, RootWithoutAllowRootIsRefused) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root";
+  HarnessOptions o;
+  o.allow_root = false;
+  DaemonHarness h(o);
+  EXPECT_FALSE(h.Start());
+  EXPECT_EQ(h.start_exit_code(), 2);
+  EXPECT_TRUE(absl::StrContains(h.MoedLog(), "refusing to run as root")) << h.MoedLog();
+  EXPECT_TRUE(absl::StrContains(h.MoedLog(), "--allow-root")) << h.MoedLog();
+}
+
+TEST(DaemonPrivilege, TokenFileReadableByOthersIsRefusedWithTheFix) {
+  HarnessOptions o;
+  const std::string dir = MakeTempDir("moe-token-");
+  o.token_file = dir + "/token";
+  std::ofstream(o.token_file) << "t0ken\n";
+  chmod(o.token_file.c_str(), 0644);
+  DaemonHarness h(o);
+  EXPECT_FALSE(h.Start());
+  EXPECT_TRUE(absl::StrContains(h.MoedLog(), "readable by others")) << h.MoedLog();
+  EXPECT_TRUE(absl::StrContains(h.MoedLog(), "chmod 600 " + o.token_file)) << h.MoedLog();
+}
+
+TEST(DaemonPrivilege, RefusedPathsSayWhy) {
+  const std::string root = MakeTempDir("moe-data-root-");
+  std::filesystem::copy_file(ShakespearePath(), root + "/input.txt");
+  // A link inside the root to a file outside it.
+  ASSERT_EQ(symlink(ShakespearePath().c_str(), (root + "/escape.txt").c_str()), 0);
+  HarnessOptions o;
+  o.worker_bin = FakeWorkerPath();
+  o.extra_args = {"--data-root", root};
+  DaemonHarness h(o);
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  auto job_with = [&](const std::string& name, const std::string& data_path,
+                      const std::string& ckpt_dir) {
+    std::string path = h.work_dir() + "/" + name + ".yaml";
+    std::ofstream(path) << "name: " << name << "\nmodel: {d_model: 64, n_layers: 2, n_heads: 4, "
+                        << "seq_len: 32, moe: {num_experts: 4, top_k: 2, expert_hidden: 64}}\n"
+                        << "data: {path: \"" << data_path << "\", tokenizer: char}\n"
+                        << "train: {steps: 2, batch_size: 4}\n"
+                        << "resources: {ranks: 1, device: cpu, launcher: local}\n"
+                        << "checkpoint: {dir: \"" << ckpt_dir << "\"}\n";
+    return h.Moectl({"submit", path});
+  };
+  CommandResult r = job_with("shadow", "/etc/shadow", "");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(r.err, "data.path: /etc/shadow is outside the directories moed "
+                                       "allows (--data-root " + root + ")")) << r.err;
+  r = job_with("escape", root + "/escape.txt", "");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(r.err, "(which resolves to " + ResolvePath(ShakespearePath()) + ")"))
+      << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "outside the directories moed allows")) << r.err;
+  r = job_with("ok", root + "/input.txt", "");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+
+  // checkpoint.dir "/" (no --checkpoint-root: anything but / and the system directories).
+  r = job_with("slash", root + "/input.txt", "/");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(r.err, "checkpoint.dir: / is the root directory")) << r.err;
+
+  // A NUL byte in a path, straight over gRPC (YAML cannot carry it past moectl).
+  moe::v1::SubmitJobRequest req;
+  moe::v1::JobSpec* spec = req.mutable_spec();
+  spec->set_name("nul");
+  spec->mutable_data()->set_path(std::string("/tmp/x\0/etc/shadow", 18));
+  auto stub = h.Stub();
+  grpc::ClientContext ctx;
+  moe::v1::Job job;
+  grpc::Status s = stub->SubmitJob(&ctx, req, &job);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "data.path: holds a NUL byte"))
+      << s.error_message();
+}
+
+TEST(DaemonPrivilege, PolicyWithoutRootsAndInTheWorker) {
+  PathPolicy none;
+  absl::Status s = CheckDataPath(none, "data.path", "/etc/shadow");
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(absl::StrContains(s.message(), "inside the system directory /etc")) << s;
+  EXPECT_TRUE(CheckDataPath(none, "data.path", ShakespearePath()).ok());
+  EXPECT_FALSE(CheckCheckpointPath(none, "checkpoint.dir", "/").ok());
+  EXPECT_FALSE(CheckCheckpointPath(none, "checkpoint.dir", "/usr/lib/x").ok());
+
+  // The worker checks again when it opens the files (MOE_DATA_ROOTS from moed).
+  const std::string dir = MakeTempDir("moe-worker-policy-");
+  const std::string job = dir + "/job.yaml";
+  std::ofstream(job) << "name: w\nmodel: {d_model: 64, n_layers: 2, n_heads: 4, seq_len: 32}\n"
+                     << "data: {path: \"" << ShakespearePath() << "\", tokenizer: char}\n"
+                     << "train: {steps: 1, batch_size: 4}\n";
+  CommandResult r = RunCommand({BinDir() + "/moe-worker", "--job", job},
+                               {{"MOE_DATA_ROOTS", dir}}, 120);
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "outside the directories moed allows")) << r.err;
+}
+
+TEST(DaemonPrivilege, NothingMoedOrAWorkerCreatesIsReadableByOthers) {
+  HarnessOptions o;
+  DaemonHarness h(o);
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult r = h.Moectl({"submit", h.WriteJob("perm", 1, 2), "--follow"}, 300);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  int files = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(h.state_dir())) {
+    struct stat st;
+    ASSERT_EQ(lstat(e.path().c_str(), &st), 0);
+    if (S_ISLNK(st.st_mode)) continue;
+    ++files;
+    // Open MPI makes its per-rank output directories 0750 itself; they sit inside the 0700
+    // attempt directory. Everything else is the owner's alone.
+    const bool open_mpi = absl::StrContains(e.path().string(), "/ranks");
+    EXPECT_EQ(st.st_mode & (open_mpi ? 007 : 077), 0u)
+        << e.path() << " has mode " << std::oct << (st.st_mode & 0777);
+  }
+  EXPECT_GT(files, 10);
+}
+
+}  // namespace
+}  // namespace moe::testing
