@@ -19,11 +19,13 @@ constexpr const char* kFont = "font-family=\"sans-serif\" font-size=\"11\"";
 std::string Value(double v) { return absl::StrFormat("%.9g", v); }
 std::string Px(double v) { return absl::StrFormat("%.1f", v); }
 
-std::string TickLabel(double v) {
+// Enough digits that neighbouring ticks (step apart) read differently.
+std::string TickLabel(double v, double step) {
   if (v == 0) return "0";
   const double a = std::fabs(v);
-  if (a >= 1e5 || a < 1e-3) return absl::StrFormat("%.2g", v);
-  return absl::StrFormat("%.4g", v);
+  if (a >= 1e5 || a < 1e-4) return absl::StrFormat("%.3g", v);
+  const int decimals = std::clamp(static_cast<int>(-std::floor(std::log10(step))), 0, 8);
+  return absl::StrFormat("%.*f", decimals, v);
 }
 
 // 1, 2 or 5 times a power of ten, so that about `want` ticks span the range.
@@ -82,13 +84,13 @@ std::string Axes(const Frame& f, bool x_is_step) {
                     Px(py), "\" y2=\"", Px(py), "\" stroke=\"#e3e3e3\"/>");
     absl::StrAppend(&out, "<text x=\"", Px(f.Left() - 4), "\" y=\"", Px(py + 4),
                     "\" text-anchor=\"end\" ", kFont, " fill=\"#555\">",
-                    TickLabel(std::fabs(v) < ystep * 1e-9 ? 0 : v), "</text>");
+                    TickLabel(std::fabs(v) < ystep * 1e-9 ? 0 : v, ystep), "</text>");
   }
   double xstep = NiceStep(f.x.hi - f.x.lo, 5);
   if (x_is_step) xstep = std::max(1.0, std::round(xstep));
   for (double v = std::ceil(f.x.lo / xstep) * xstep; v <= f.x.hi + xstep * 1e-9; v += xstep) {
     absl::StrAppend(&out, "<text x=\"", Px(f.X(v)), "\" y=\"", Px(f.Bottom() + 14),
-                    "\" text-anchor=\"middle\" ", kFont, " fill=\"#555\">", TickLabel(v),
+                    "\" text-anchor=\"middle\" ", kFont, " fill=\"#555\">", TickLabel(v, xstep),
                     "</text>");
   }
   absl::StrAppend(&out, "<rect x=\"", Px(f.Left()), "\" y=\"", Px(f.Top()), "\" width=\"",
