@@ -12,20 +12,21 @@
 namespace moe::charts {
 namespace {
 
-constexpr int kLeft = 58, kRight = 12, kTop = 26, kBottom = 30;
+constexpr int kLeft = 70, kRight = 12, kTop = 26, kBottom = 30;
 constexpr const char* kFont = "font-family=\"sans-serif\" font-size=\"11\"";
 
 // Exact enough to compare with the stored double: 9 significant digits.
 std::string Value(double v) { return absl::StrFormat("%.9g", v); }
 std::string Px(double v) { return absl::StrFormat("%.1f", v); }
 
-// Enough digits that neighbouring ticks (step apart) read differently.
+// Enough significant digits that neighbouring ticks (step apart) read differently.
 std::string TickLabel(double v, double step) {
   if (v == 0) return "0";
-  const double a = std::fabs(v);
-  if (a >= 1e5 || a < 1e-4) return absl::StrFormat("%.3g", v);
-  const int decimals = std::clamp(static_cast<int>(-std::floor(std::log10(step))), 0, 8);
-  return absl::StrFormat("%.*f", decimals, v);
+  // At least every integer digit, so 20 is never written 2e+01.
+  const int integer = static_cast<int>(std::floor(std::log10(std::fabs(v)))) + 1;
+  const int digits = std::clamp(
+      std::max(integer, static_cast<int>(std::ceil(std::log10(std::fabs(v) / step))) + 1), 1, 7);
+  return absl::StrFormat("%.*g", digits, v);
 }
 
 // 1, 2 or 5 times a power of ten, so that about `want` ticks span the range.
