@@ -1,26 +1,74 @@
-// The moectl commands; each takes its own argv (argv[0] = command name) and returns the exit code:
-// 0 success, 1 an error from moed (or a job that did not succeed), 2 bad usage or a bad file.
+// The moectl commands. main.cc parses the command line (CLI11) into these option structs; each
+// command returns the exit code: 0 success, 1 an error from moed (or a job that did not
+// succeed), 2 bad usage or a bad file.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace moe::client {
 
-// validate JOB.yaml: exit 0 and a description of the job, or exit 2 and every error.
-int RunValidate(int argc, char** argv);
+enum class OutputFormat { kTable, kJson, kCsv };
 
-// submit JOB.yaml [--follow]: validates locally, submits, prints the job id.
-int RunSubmit(int argc, char** argv);
-// list: every job moed knows, one line each.
-int RunList(int argc, char** argv);
-// status [JOB]: one job in detail, or a line per job with progress and ETA.
-int RunStatus(int argc, char** argv);
-// cancel JOB [--no-wait] [--wait SECS]: stops the job and waits until it is CANCELLED.
-int RunCancel(int argc, char** argv);
-// logs JOB [-f] [--rank N] [--tail N]: prints (and follows) the job's log lines.
-int RunLogs(int argc, char** argv);
-// metrics JOB [--format table|json|csv]: the job's metric points, with a loss plot.
-int RunMetrics(int argc, char** argv);
+// validate JOB.yaml: exit 0 and a description of the job, or exit 2 and every error.
+int RunValidate(const std::string& file);
+
+struct SubmitOptions {
+  std::string file;
+  bool follow = false;
+};
+int RunSubmit(const SubmitOptions& o);
+
+struct ListOptions {
+  OutputFormat output = OutputFormat::kTable;
+  std::vector<std::string> states;  // upper case state names; empty = all
+  std::string name_pattern;         // shell glob on the job name; "" = all
+  int limit = 0;                    // the newest N; 0 = all
+};
+int RunList(const ListOptions& o);
+
+struct StatusOptions {
+  OutputFormat output = OutputFormat::kTable;
+  std::vector<std::string> ids;  // empty = a line per job
+};
+int RunStatus(const StatusOptions& o);
+
+struct CancelOptions {
+  std::string id;
+  bool no_wait = false;
+  double wait_s = 300;
+};
+int RunCancel(const CancelOptions& o);
+
+struct LogsOptions {
+  std::string id;
+  bool follow = false;
+  int rank = -1;
+  int64_t tail = 0;
+};
+int RunLogs(const LogsOptions& o);
+
+struct MetricsOptions {
+  std::string id;
+  OutputFormat output = OutputFormat::kTable;
+  std::string svg_file;  // also write the charts as one SVG file
+};
+int RunMetrics(const MetricsOptions& o);
+
+struct DeleteOptions {
+  std::vector<std::string> ids;
+  bool checkpoints = false;
+};
+int RunDelete(const DeleteOptions& o);
+
+struct PruneOptions {
+  int64_t older_than_ms = 0;
+  std::vector<std::string> states;  // upper case; empty = every final state
+  bool checkpoints = false;
+  bool dry_run = false;
+};
+int RunPrune(const PruneOptions& o);
 
 // Prints a job's lines from moed and, with follow, keeps going until the job ends, reconnecting
 // when moed restarts. Returns 0 only if the job SUCCEEDED (with follow), 1 otherwise.

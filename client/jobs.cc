@@ -1,4 +1,7 @@
 // moectl submit, list, status, cancel.
+#include <fnmatch.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <thread>
@@ -11,6 +14,7 @@
 #include "client/commands.h"
 #include "client/connection.h"
 #include "client/expert_load.h"
+#include "client/output.h"
 #include "common/files.h"
 #include "common/job_spec.h"
 
@@ -50,96 +54,28 @@ absl::StatusOr<moe::v1::Job> GetJob(moe::v1::JobService::Stub& stub, const Clien
   return job;
 }
 
-}  // namespace
-
-int RunSubmit(int argc, char** argv) {
-  absl::StatusOr<Args> args = ParseArgs(argc, argv, {}, {"--follow", "-f"});
-  if (!args.ok() || args->positional.size() != 1) {
-    std::fprintf(stderr, "moectl submit: %s\nusage: moectl submit JOB.yaml [--follow]\n",
-                 args.ok() ? "one job file expected" : std::string(args.status().message()).c_str());
-    return 2;
-  }
-  const std::string path = args->positional[0];
-  ParsedSpec parsed = LoadJobSpecFile(path);
-  if (!parsed.ok()) {
-    std::fprintf(stderr, "%s\n", FormatSpecErrors(parsed.errors).c_str());
-    std::fprintf(stderr, "moectl: %s refused: %zu error%s; nothing was submitted\n", path.c_str(),
-                 parsed.errors.size(), parsed.errors.size() == 1 ? "" : "s");
-    return 2;
-  }
-  absl::StatusOr<ClientConfig> config = LoadClientConfig();
-  if (!config.ok()) return Fail(std::string(config.status().message()));
-  moe::v1::SubmitJobRequest req;
-  *req.mutable_spec() = parsed.spec;
-  if (absl::StatusOr<std::string> text = ReadFile(path); text.ok()) req.set_spec_yaml(*text);
-  auto stub = NewJobStub(*config);
+absl::StatusOr<std::vector<moe::v1::Job>> ListAll(moe::v1::JobService::Stub& stub,
+                                                  const ClientConfig& c, grpc::Status* status) {
   grpc::ClientContext ctx;
-  PrepareContext(ctx, *config, 30);
-  moe::v1::Job job;
-  grpc::Status s = stub->SubmitJob(&ctx, req, &job);
-  if (!s.ok()) return Fail(DescribeError(s, *config));
-  std::printf("%s\n", job.id().c_str());
-  std::fflush(stdout);
-  if (args->Has("--follow") || args->Has("-f")) return FollowLogs(job.id(), -1, 0, true);
-  return 0;
-}
-
-int RunList(int argc, char** argv) {
-  absl::StatusOr<Args> args = ParseArgs(argc, argv, {}, {});
-  if (!args.ok() || !args->positional.empty()) {
-    std::fprintf(stderr, "usage: moectl list\n");
-    return 2;
-  }
-  absl::StatusOr<ClientConfig> config = LoadClientConfig();
-  if (!config.ok()) return Fail(std::string(config.status().message()));
-  auto stub = NewJobStub(*config);
-  grpc::ClientContext ctx;
-  PrepareContext(ctx, *config, 10);
+  PrepareContext(ctx, c, 10);
   moe::v1::ListJobsResponse resp;
-  grpc::Status s = stub->ListJobs(&ctx, moe::v1::ListJobsRequest(), &resp);
-  if (!s.ok()) return Fail(DescribeError(s, *config));
-  std::printf("%-10s %-20s %-11s %5s %-19s %s\n", "ID", "NAME", "STATE", "RANKS", "CREATED",
-              "REASON");
-  for (const moe::v1::Job& j : resp.jobs()) {
-    std::printf("%-10s %-20s %-11s %5d %-19s %s\n", j.id().c_str(), j.spec().name().c_str(),
-                StateName(j.state()).c_str(), j.spec().resources().ranks(),
-                FormatTime(j.created_unix_ms()).c_str(), j.reason().c_str());
-  }
-  return 0;
+  *status = stub.ListJobs(&ctx, moe::v1::ListJobsRequest(), &resp);
+  if (!status->ok()) return absl::UnknownError(status->error_message());
+  return std::vector<moe::v1::Job>(resp.jobs().begin(), resp.jobs().end());
 }
 
-int RunStatus(int argc, char** argv) {
-  absl::StatusOr<Args> args = ParseArgs(argc, argv, {}, {});
-  if (!args.ok() || args->positional.size() > 1) {
-    std::fprintf(stderr, "usage: moectl status [JOB]\n");
-    return 2;
-  }
-  absl::StatusOr<ClientConfig> config = LoadClientConfig();
-  if (!config.ok()) return Fail(std::string(config.status().message()));
-  auto stub = NewJobStub(*config);
-  if (args->positional.empty()) {
-    grpc::ClientContext ctx;
-    PrepareContext(ctx, *config, 10);
-    moe::v1::ListJobsResponse resp;
-    grpc::Status s = stub->ListJobs(&ctx, moe::v1::ListJobsRequest(), &resp);
-    if (!s.ok()) return Fail(DescribeError(s, *config));
-    std::printf("%-10s %-16s %-11s %-11s %9s %9s %7s %8s %s\n", "ID", "NAME", "STATE", "STEP",
-                "LOSS", "TOK/S", "ETA", "RESTARTS", "REASON");
-    for (const moe::v1::Job& j : resp.jobs()) {
-      std::printf("%-10s %-16s %-11s %-11s %9s %9s %7s %8d %s\n", j.id().c_str(),
-                  j.spec().name().c_str(), StateName(j.state()).c_str(), Progress(j).c_str(),
-                  Loss(j).c_str(), Throughput(j).c_str(),
-                  j.state() == moe::v1::JOB_STATE_RUNNING
-                      ? FormatDuration(EstimateSecondsLeft(j)).c_str()
-                      : "-",
-                  j.restarts(), j.reason().c_str());
-    }
-    return 0;
-  }
-  grpc::Status s;
-  absl::StatusOr<moe::v1::Job> job = GetJob(*stub, *config, args->positional[0], &s);
-  if (!job.ok()) return Fail(DescribeError(s, *config));
-  const moe::v1::Job& j = *job;
+void PrintJson(const std::vector<moe::v1::Job>& jobs) {
+  Json out = Json::array();
+  for (const moe::v1::Job& j : jobs) out.push_back(JobToJson(j));
+  std::printf("%s\n", out.dump(2).c_str());
+}
+
+void PrintCsv(const std::vector<moe::v1::Job>& jobs) {
+  std::printf("%s", CsvLine(JobCsvHeader()).c_str());
+  for (const moe::v1::Job& j : jobs) std::printf("%s", CsvLine(JobCsvRow(j)).c_str());
+}
+
+void PrintDetail(const moe::v1::Job& j) {
   std::printf("job       %s (%s)\n", j.id().c_str(), j.spec().name().c_str());
   std::printf("state     %s\n", StateName(j.state()).c_str());
   if (!j.reason().empty()) std::printf("reason    %s\n", j.reason().c_str());
@@ -173,21 +109,130 @@ int RunStatus(int argc, char** argv) {
   std::printf("started   %s\n", FormatTime(j.started_unix_ms()).c_str());
   if (j.ended_unix_ms() > 0) std::printf("ended     %s\n", FormatTime(j.ended_unix_ms()).c_str());
   std::printf("dir       %s\n", j.state_dir().c_str());
-  return 0;
 }
 
-int RunCancel(int argc, char** argv) {
-  absl::StatusOr<Args> args = ParseArgs(argc, argv, {"--wait"}, {"--no-wait"});
-  double wait_s = 300;
-  if (!args.ok() || args->positional.size() != 1 ||
-      !absl::SimpleAtod(args->Get("--wait", "300"), &wait_s)) {
-    std::fprintf(stderr, "usage: moectl cancel JOB [--no-wait] [--wait SECONDS]\n");
+constexpr size_t kReasonWidth = 60;
+
+}  // namespace
+
+int RunSubmit(const SubmitOptions& o) {
+  const std::string& path = o.file;
+  ParsedSpec parsed = LoadJobSpecFile(path);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "%s\n", FormatSpecErrors(parsed.errors).c_str());
+    std::fprintf(stderr, "moectl: %s refused: %zu error%s; nothing was submitted\n", path.c_str(),
+                 parsed.errors.size(), parsed.errors.size() == 1 ? "" : "s");
     return 2;
   }
   absl::StatusOr<ClientConfig> config = LoadClientConfig();
   if (!config.ok()) return Fail(std::string(config.status().message()));
+  moe::v1::SubmitJobRequest req;
+  *req.mutable_spec() = parsed.spec;
+  if (absl::StatusOr<std::string> text = ReadFile(path); text.ok()) req.set_spec_yaml(*text);
   auto stub = NewJobStub(*config);
-  const std::string id = args->positional[0];
+  grpc::ClientContext ctx;
+  PrepareContext(ctx, *config, 30);
+  moe::v1::Job job;
+  grpc::Status s = stub->SubmitJob(&ctx, req, &job);
+  if (!s.ok()) return Fail(DescribeError(s, *config));
+  std::printf("%s\n", job.id().c_str());
+  std::fflush(stdout);
+  if (o.follow) return FollowLogs(job.id(), -1, 0, true);
+  return 0;
+}
+
+int RunList(const ListOptions& o) {
+  absl::StatusOr<ClientConfig> config = LoadClientConfig();
+  if (!config.ok()) return Fail(std::string(config.status().message()));
+  auto stub = NewJobStub(*config);
+  grpc::Status s;
+  absl::StatusOr<std::vector<moe::v1::Job>> all = ListAll(*stub, *config, &s);
+  if (!all.ok()) return Fail(DescribeError(s, *config));
+  std::vector<moe::v1::Job> jobs;
+  for (const moe::v1::Job& j : *all) {
+    if (!o.states.empty() &&
+        std::find(o.states.begin(), o.states.end(), StateName(j.state())) == o.states.end()) {
+      continue;
+    }
+    if (!o.name_pattern.empty() && fnmatch(o.name_pattern.c_str(), j.spec().name().c_str(), 0) != 0) {
+      continue;
+    }
+    jobs.push_back(j);
+  }
+  // moed lists in id order: the newest N are the last N.
+  if (o.limit > 0 && jobs.size() > static_cast<size_t>(o.limit)) {
+    jobs.erase(jobs.begin(), jobs.end() - o.limit);
+  }
+  if (o.output == OutputFormat::kJson) {
+    PrintJson(jobs);
+    return 0;
+  }
+  if (o.output == OutputFormat::kCsv) {
+    PrintCsv(jobs);
+    return 0;
+  }
+  std::printf("%-10s %-20s %-11s %5s %-19s %s\n", "ID", "NAME", "STATE", "RANKS", "CREATED",
+              "REASON");
+  for (const moe::v1::Job& j : jobs) {
+    std::printf("%-10s %-20s %-11s %5d %-19s %s\n", j.id().c_str(), j.spec().name().c_str(),
+                StateName(j.state()).c_str(), j.spec().resources().ranks(),
+                FormatTime(j.created_unix_ms()).c_str(), Clip(j.reason(), kReasonWidth).c_str());
+  }
+  return 0;
+}
+
+int RunStatus(const StatusOptions& o) {
+  absl::StatusOr<ClientConfig> config = LoadClientConfig();
+  if (!config.ok()) return Fail(std::string(config.status().message()));
+  auto stub = NewJobStub(*config);
+  grpc::Status s;
+  std::vector<moe::v1::Job> jobs;
+  if (o.ids.empty()) {
+    absl::StatusOr<std::vector<moe::v1::Job>> all = ListAll(*stub, *config, &s);
+    if (!all.ok()) return Fail(DescribeError(s, *config));
+    jobs = *std::move(all);
+  } else {
+    for (const std::string& id : o.ids) {
+      absl::StatusOr<moe::v1::Job> job = GetJob(*stub, *config, id, &s);
+      if (!job.ok()) return Fail(DescribeError(s, *config));
+      jobs.push_back(*std::move(job));
+    }
+  }
+  if (o.output == OutputFormat::kJson) {
+    PrintJson(jobs);
+    return 0;
+  }
+  if (o.output == OutputFormat::kCsv) {
+    PrintCsv(jobs);
+    return 0;
+  }
+  if (!o.ids.empty()) {
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      if (i > 0) std::printf("\n");
+      PrintDetail(jobs[i]);
+    }
+    return 0;
+  }
+  std::printf("%-10s %-16s %-11s %-11s %9s %9s %7s %8s %s\n", "ID", "NAME", "STATE", "STEP",
+              "LOSS", "TOK/S", "ETA", "RESTARTS", "REASON");
+  for (const moe::v1::Job& j : jobs) {
+    std::printf("%-10s %-16s %-11s %-11s %9s %9s %7s %8d %s\n", j.id().c_str(),
+                j.spec().name().c_str(), StateName(j.state()).c_str(), Progress(j).c_str(),
+                Loss(j).c_str(), Throughput(j).c_str(),
+                j.state() == moe::v1::JOB_STATE_RUNNING
+                    ? FormatDuration(EstimateSecondsLeft(j)).c_str()
+                    : "-",
+                j.restarts(), Clip(j.reason(), kReasonWidth).c_str());
+  }
+  return 0;
+}
+
+int RunCancel(const CancelOptions& o) {
+  const double wait_s = o.wait_s;
+  absl::StatusOr<ClientConfig> config = LoadClientConfig();
+  if (!config.ok()) return Fail(std::string(config.status().message()));
+  auto stub = NewJobStub(*config);
+  const std::string& id = o.id;
   grpc::ClientContext ctx;
   PrepareContext(ctx, *config, 10);
   moe::v1::CancelJobRequest req;
@@ -195,7 +240,7 @@ int RunCancel(int argc, char** argv) {
   moe::v1::Job job;
   grpc::Status s = stub->CancelJob(&ctx, req, &job);
   if (!s.ok()) return Fail(DescribeError(s, *config));
-  if (args->Has("--no-wait")) {
+  if (o.no_wait) {
     std::printf("%s %s (%s)\n", id.c_str(), StateName(job.state()).c_str(), job.reason().c_str());
     return 0;
   }

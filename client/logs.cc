@@ -91,18 +91,27 @@ int FollowLogs(const std::string& job_id, int rank, int64_t tail, bool follow) {
   }
 }
 
-int RunLogs(int argc, char** argv) {
-  absl::StatusOr<Args> args = ParseArgs(argc, argv, {"--rank", "--tail"}, {"-f", "--follow"});
-  int rank = -1;
-  int64_t tail = 0;
-  if (!args.ok() || args->positional.size() != 1 ||
-      !absl::SimpleAtoi(args->Get("--rank", "-1"), &rank) || rank < -1 ||
-      !absl::SimpleAtoi(args->Get("--tail", "0"), &tail) || tail < 0) {
-    std::fprintf(stderr, "moectl logs: %s\nusage: moectl logs JOB [-f] [--rank N] [--tail N]\n",
-                 args.ok() ? "bad arguments" : std::string(args.status().message()).c_str());
-    return 2;
+int RunLogs(const LogsOptions& o) {
+  if (o.rank >= 0) {
+    // A rank the job does not have is a usage error, not an empty log.
+    absl::StatusOr<ClientConfig> config = LoadClientConfig();
+    if (!config.ok()) return Fail(std::string(config.status().message()));
+    auto stub = NewJobStub(*config);
+    grpc::ClientContext ctx;
+    PrepareContext(ctx, *config, 10);
+    moe::v1::GetJobRequest req;
+    req.set_id(o.id);
+    moe::v1::Job job;
+    grpc::Status s = stub->GetJob(&ctx, req, &job);
+    if (!s.ok()) return Fail(DescribeError(s, *config));
+    const int ranks = job.spec().resources().ranks();
+    if (o.rank >= ranks) {
+      std::fprintf(stderr, "moectl logs: job %s has %d rank%s (0..%d); there is no rank %d\n",
+                   o.id.c_str(), ranks, ranks == 1 ? "" : "s", ranks - 1, o.rank);
+      return 2;
+    }
   }
-  return FollowLogs(args->positional[0], rank, tail, args->Has("-f") || args->Has("--follow"));
+  return FollowLogs(o.id, o.rank, o.tail, o.follow);
 }
 
 }  // namespace moe::client

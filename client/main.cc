@@ -1,69 +1,271 @@
-// moectl: the command-line client. main only picks the command; each command lives in its own
-// file and returns the process exit code.
+// moectl: the command-line client. main parses the command line with CLI11 into each command's
+// options (client/commands.h) and runs the one command given; `moectl COMMAND --help` says more.
 #include <cstdio>
-#include <cstring>
+#include <functional>
 #include <string>
+#include <vector>
 
+#include "CLI/CLI.hpp"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "client/commands.h"
 #include "client/connection.h"
+#include "moe_version.h"
 
 namespace {
 
-struct Command {
-  const char* name;
-  const char* usage;
-  int (*run)(int argc, char** argv);  // argv[0] is the command name
-};
+using moe::client::OutputFormat;
 
-constexpr Command kCommands[] = {
-    {"validate", "validate JOB.yaml            check a job file and describe the job",
-     moe::client::RunValidate},
-    {"submit", "submit JOB.yaml [--follow]   validate, submit, print the job id (and follow)",
-     moe::client::RunSubmit},
-    {"list", "list                         every job moed knows", moe::client::RunList},
-    {"status", "status [JOB]                 state, step/total, loss, tokens/s, ETA, restarts",
-     moe::client::RunStatus},
-    {"logs", "logs JOB [-f] [--rank N] [--tail N]  log lines; -f follows until the job ends",
-     moe::client::RunLogs},
-    {"cancel", "cancel JOB [--no-wait]       stop the job; waits until it is CANCELLED",
-     moe::client::RunCancel},
-    {"metrics", "metrics JOB [--format table|json|csv]  metric points and a loss plot",
-     moe::client::RunMetrics},
-};
+const std::vector<std::string> kStates = {"QUEUED",    "STARTING", "RUNNING",  "RESTARTING",
+                                          "SUCCEEDED", "FAILED",   "CANCELLED"};
+const std::vector<std::string> kFinalStates = {"SUCCEEDED", "FAILED", "CANCELLED"};
 
-void PrintUsage(FILE* out) {
-  std::fprintf(out, "usage: moectl [--server HOST:PORT] COMMAND [ARGS]\n\n"
-               "server: --server, else MOE_SERVER, else `server:` in MOE_CONFIG or\n"
-               "~/.config/moe/config.yaml (default 127.0.0.1:50051); token: MOE_TOKEN or `token_file:`\n\n"
-               "commands:\n");
-  for (const Command& c : kCommands) std::fprintf(out, "  %s\n", c.usage);
+// "7d", "12h", "30m", "90s", "2w", or several ("1d12h"); milliseconds, or -1 when malformed.
+int64_t ParseAge(const std::string& text) {
+  int64_t total = 0;
+  size_t i = 0;
+  if (text.empty()) return -1;
+  while (i < text.size()) {
+    size_t j = i;
+    while (j < text.size() && absl::ascii_isdigit(static_cast<unsigned char>(text[j]))) ++j;
+    int64_t n = 0;
+    if (j == i || j == text.size() || !absl::SimpleAtoi(text.substr(i, j - i), &n)) return -1;
+    int64_t unit = 0;
+    switch (text[j]) {
+      case 's': unit = 1000; break;
+      case 'm': unit = 60 * 1000; break;
+      case 'h': unit = 3600 * 1000; break;
+      case 'd': unit = 24 * 3600 * 1000LL; break;
+      case 'w': unit = 7 * 24 * 3600 * 1000LL; break;
+      default: return -1;
+    }
+    total += n * unit;
+    i = j + 1;
+  }
+  return total;
+}
+
+// One command: its name, its usage line (shown on errors and atop --help) and its description.
+CLI::App* AddCommand(CLI::App& app, const char* name, const std::string& usage,
+                     const std::string& what) {
+  CLI::App* sub = app.add_subcommand(name, what);
+  sub->footer(absl::StrCat("usage: moectl ", usage));
+  sub->description(absl::StrCat("usage: moectl ", usage, "\n  ", what));
+  return sub;
+}
+
+CLI::Option* AddOutput(CLI::App* sub, std::string* value, const std::string& names) {
+  return sub->add_option(names, *value, "output format: table, json (for scripts) or csv")
+      ->check(CLI::IsMember({"table", "json", "csv"}))
+      ->default_str("table");
+}
+
+OutputFormat Format(const std::string& v) {
+  return v == "json" ? OutputFormat::kJson : v == "csv" ? OutputFormat::kCsv : OutputFormat::kTable;
+}
+
+// A bash completion script for every command and flag of app; job ids come from moed.
+std::string BashCompletion(CLI::App& app) {
+  std::string commands, cases;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+    std::vector<std::string> flags = {"--help"};
+    for (const CLI::Option* opt : sub->get_options()) {
+      if (opt->get_positional() || opt->get_name() == "--help") continue;
+      for (const std::string& n : opt->get_lnames()) flags.push_back("--" + n);
+      for (const std::string& n : opt->get_snames()) flags.push_back("-" + n);
+    }
+    absl::StrAppend(&commands, commands.empty() ? "" : " ", sub->get_name());
+    const std::string n = sub->get_name();
+    const bool jobs = n == "status" || n == "logs" || n == "cancel" || n == "metrics" ||
+                      n == "delete";
+    const bool files = n == "validate" || n == "submit";
+    absl::StrAppend(&cases, "    ", n, ") words=\"", absl::StrJoin(flags, " "), "\"",
+                    jobs ? "; ids=1" : "", files ? "; yaml=1" : "", " ;;\n");
+  }
+  return absl::StrCat(R"SH(# bash completion for moectl: source <(moectl completion bash)
+_moectl() {
+  local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
+  local cmd="" i words="" ids=0 yaml=0
+  for ((i = 1; i < COMP_CWORD; i++)); do
+    case ${COMP_WORDS[i]} in
+      --server) ((i++)) ;;
+      -*) ;;
+      *) cmd=${COMP_WORDS[i]}; break ;;
+    esac
+  done
+  case $prev in
+    -o|--output|--format) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return ;;
+    --state) COMPREPLY=($(compgen -W ")SH", absl::StrJoin(kStates, " "), R"SH(" -- "$cur")); return ;;
+    --svg) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    --server|--rank|--tail|--wait|--limit|--name|--older-than) return ;;
+  esac
+  if [[ -z $cmd ]]; then
+    COMPREPLY=($(compgen -W ")SH", commands, R"SH( --server --help --version" -- "$cur"))
+    return
+  fi
+  case $cmd in
+)SH", cases, R"SH(  esac
+  if [[ $cur == -* ]]; then
+    COMPREPLY=($(compgen -W "$words" -- "$cur"))
+  elif ((ids)); then
+    COMPREPLY=($(compgen -W "$(moectl list -o csv 2>/dev/null | tail -n +2 | cut -d, -f1)" -- "$cur"))
+  elif ((yaml)); then
+    COMPREPLY=($(compgen -f -X '!*.y*ml' -- "$cur") $(compgen -d -- "$cur"))
+  fi
+}
+complete -o filenames -F _moectl moectl
+)SH");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Global options before the command: --server HOST:PORT (also MOE_SERVER or the config file).
-  while (argc >= 2 && std::strncmp(argv[1], "--server", 8) == 0) {
-    if (argv[1][8] == '=') {
-      moe::client::SetServerOverride(argv[1] + 9);
-      --argc;
-      ++argv;
-    } else if (argv[1][8] == '\0' && argc >= 3) {
-      moe::client::SetServerOverride(argv[2]);
-      argc -= 2;
-      argv += 2;
-    } else {
-      break;
+  CLI::App app(
+      "moectl: submit and watch Mixture-of-Experts training jobs on moed.\n"
+      "server: --server, else MOE_SERVER, else `server:` in MOE_CONFIG or\n"
+      "~/.config/moe/config.yaml (default 127.0.0.1:50051); token: MOE_TOKEN or `token_file:`.\n"
+      "exit codes: 0 ok, 1 an error from moed or a job that did not succeed, 2 bad usage",
+      "moectl");
+  app.set_version_flag("--version", absl::StrCat("moectl ", moe::kMoeVersion));
+  std::string server;
+  app.add_option("--server", server, "moed's gRPC address HOST:PORT");
+  app.require_subcommand(1, 1);
+  app.fallthrough();
+  std::function<int()> run;
+
+  std::string file;
+  CLI::App* validate = AddCommand(app, "validate", "validate JOB.yaml",
+                                  "check a job file and describe the job (exit 2 with every error)");
+  validate->add_option("JOB.yaml", file, "the job file")->required();
+  validate->callback([&] { run = [&] { return moe::client::RunValidate(file); }; });
+
+  moe::client::SubmitOptions submit_o;
+  CLI::App* submit = AddCommand(app, "submit", "submit JOB.yaml [-f|--follow]",
+                                "validate locally, submit, print the job id");
+  submit->add_option("JOB.yaml", submit_o.file, "the job file")->required();
+  submit->add_flag("-f,--follow", submit_o.follow,
+                   "follow the job's logs until it ends; exit 0 only if it SUCCEEDED");
+  submit->callback([&] { run = [&] { return moe::client::RunSubmit(submit_o); }; });
+
+  moe::client::ListOptions list_o;
+  std::string list_fmt = "table";
+  CLI::App* list = AddCommand(app, "list",
+                              "list [-o table|json|csv] [--state S]... [--name PATTERN] [--limit N]",
+                              "the jobs moed knows, oldest first");
+  AddOutput(list, &list_fmt, "-o,--output");
+  list->add_option("--state", list_o.states, "only jobs in this state (repeatable)")
+      ->check(CLI::IsMember(kStates, CLI::ignore_case));
+  list->add_option("--name", list_o.name_pattern, "only jobs whose name matches this glob");
+  list->add_option("--limit", list_o.limit, "only the newest N (after the filters)")
+      ->check(CLI::NonNegativeNumber);
+  list->callback([&] {
+    list_o.output = Format(list_fmt);
+    for (std::string& st : list_o.states) absl::AsciiStrToUpper(&st);
+    run = [&] { return moe::client::RunList(list_o); };
+  });
+
+  moe::client::StatusOptions status_o;
+  std::string status_fmt = "table";
+  CLI::App* status = AddCommand(app, "status", "status [JOB...] [-o table|json|csv]",
+                                "state, step/total, loss, tokens/s, ETA, restarts, reason; with "
+                                "JOBs each in detail (GPUs, expert load per rank)");
+  status->add_option("JOB", status_o.ids, "job ids (none: a line per job)");
+  AddOutput(status, &status_fmt, "-o,--output");
+  status->callback([&] {
+    status_o.output = Format(status_fmt);
+    run = [&] { return moe::client::RunStatus(status_o); };
+  });
+
+  moe::client::LogsOptions logs_o;
+  CLI::App* logs = AddCommand(app, "logs", "logs JOB [-f] [--rank N] [--tail N]",
+                              "a job's log lines; -f follows until the job ends");
+  logs->add_option("JOB", logs_o.id, "job id")->required();
+  logs->add_flag("-f,--follow", logs_o.follow, "follow until the job ends (exit 0 if it SUCCEEDED)");
+  logs->add_option("--rank", logs_o.rank, "only this rank (0..ranks-1)")
+      ->check(CLI::Range(0, 1 << 20));
+  logs->add_option("--tail", logs_o.tail, "only the last N lines per rank")
+      ->check(CLI::NonNegativeNumber);
+  logs->callback([&] { run = [&] { return moe::client::RunLogs(logs_o); }; });
+
+  moe::client::CancelOptions cancel_o;
+  CLI::App* cancel = AddCommand(app, "cancel", "cancel JOB [--no-wait] [--wait SECONDS]",
+                                "stop a job (SIGTERM, grace, SIGKILL); waits until CANCELLED");
+  cancel->add_option("JOB", cancel_o.id, "job id")->required();
+  cancel->add_flag("--no-wait", cancel_o.no_wait, "return at once");
+  cancel->add_option("--wait", cancel_o.wait_s, "wait at most this long (default 300)")
+      ->check(CLI::NonNegativeNumber);
+  cancel->callback([&] { run = [&] { return moe::client::RunCancel(cancel_o); }; });
+
+  moe::client::MetricsOptions metrics_o;
+  std::string metrics_fmt = "table";
+  CLI::App* metrics = AddCommand(app, "metrics", "metrics JOB [-o table|json|csv] [--svg FILE]",
+                                 "metric points: a table with a loss plot, JSON or CSV (with "
+                                 "every MoE layer); --svg writes the dashboard's charts");
+  metrics->add_option("JOB", metrics_o.id, "job id")->required();
+  AddOutput(metrics, &metrics_fmt, "-o,--output,--format");
+  metrics->add_option("--svg", metrics_o.svg_file, "also write the charts to FILE (SVG)");
+  metrics->callback([&] {
+    metrics_o.output = Format(metrics_fmt);
+    run = [&] { return moe::client::RunMetrics(metrics_o); };
+  });
+
+  moe::client::DeleteOptions delete_o;
+  CLI::App* del = AddCommand(app, "delete", "delete JOB... [--checkpoints]",
+                             "remove finished jobs: their records, metrics, logs and (with "
+                             "--checkpoints) checkpoints; a job not finished is refused");
+  del->add_option("JOB", delete_o.ids, "job ids")->required();
+  del->add_flag("--checkpoints", delete_o.checkpoints, "also remove the checkpoint directory");
+  del->callback([&] { run = [&] { return moe::client::RunDelete(delete_o); }; });
+
+  moe::client::PruneOptions prune_o;
+  std::string older_than;
+  CLI::App* prune = AddCommand(app, "prune",
+                               "prune --older-than AGE [--state S]... [--checkpoints] [--dry-run]",
+                               "delete every finished job that ended more than AGE ago (AGE "
+                               "like 7d, 12h, 30m, 1d12h)");
+  prune->add_option("--older-than", older_than, "age: Ns, Nm, Nh, Nd, Nw, or several")->required();
+  prune->add_option("--state", prune_o.states, "only this final state (repeatable)")
+      ->check(CLI::IsMember(kFinalStates, CLI::ignore_case));
+  prune->add_flag("--checkpoints", prune_o.checkpoints, "also remove checkpoint directories");
+  prune->add_flag("--dry-run", prune_o.dry_run, "list what would be deleted, delete nothing");
+  prune->callback([&] {
+    for (std::string& st : prune_o.states) absl::AsciiStrToUpper(&st);
+    prune_o.older_than_ms = ParseAge(older_than);
+    if (prune_o.older_than_ms < 0) {
+      throw CLI::ValidationError("--older-than", "'" + older_than +
+                                                     "' is not an age like 7d, 12h, 30m or 1d12h");
     }
+    run = [&] { return moe::client::RunPrune(prune_o); };
+  });
+
+  std::string shell;
+  CLI::App* completion = AddCommand(app, "completion", "completion bash",
+                                    "print a bash completion script: source <(moectl completion bash)");
+  completion->add_option("SHELL", shell, "the shell (bash)")
+      ->required()
+      ->check(CLI::IsMember({"bash"}));
+  completion->callback([&] {
+    run = [&] {
+      std::fputs(BashCompletion(app).c_str(), stdout);
+      return 0;
+    };
+  });
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {  // --help, --version
+    return app.exit(e) == 0 ? 0 : 2;
+  } catch (const CLI::ParseError& e) {
+    std::vector<CLI::App*> chosen = app.get_subcommands();
+    const std::string usage =
+        chosen.empty() ? "usage: moectl [--server HOST:PORT] COMMAND [ARGS]  (moectl --help)"
+                       : chosen.front()->get_footer();
+    std::fprintf(stderr, "moectl%s%s: %s\n%s\n", chosen.empty() ? "" : " ",
+                 chosen.empty() ? "" : chosen.front()->get_name().c_str(), e.what(), usage.c_str());
+    return 2;
   }
-  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0) {
-    PrintUsage(argc < 2 ? stderr : stdout);
-    return argc < 2 ? 2 : 0;
-  }
-  for (const Command& c : kCommands) {
-    if (std::strcmp(argv[1], c.name) == 0) return c.run(argc - 1, argv + 1);
-  }
-  std::fprintf(stderr, "moectl: unknown command '%s'\n", argv[1]);
-  PrintUsage(stderr);
-  return 2;
+  if (!server.empty()) moe::client::SetServerOverride(server);
+  return run ? run() : 2;
 }

@@ -1,5 +1,5 @@
 // moectl metrics: a job's metric points as a table with an ASCII plot of train and val loss, or
-// as JSON or CSV for other tools.
+// as JSON or CSV for other tools; --svg also writes the dashboard's charts to a file.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -7,33 +7,27 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/commands.h"
 #include "client/connection.h"
 #include "client/expert_load.h"
 #include "client/plot.h"
-#include "google/protobuf/util/json_util.h"
+#include "client/output.h"
+#include "common/files.h"
+#include "common/svg_charts.h"
 
 namespace moe::client {
 
-int RunMetrics(int argc, char** argv) {
-  absl::StatusOr<Args> args = ParseArgs(argc, argv, {"--format"}, {});
-  const std::string format = args.ok() ? args->Get("--format", "table") : "";
-  if (!args.ok() || args->positional.size() != 1 ||
-      (format != "table" && format != "json" && format != "csv")) {
-    std::fprintf(stderr, "moectl metrics: %s\nusage: moectl metrics JOB [--format table|json|csv]\n",
-                 !args.ok() ? std::string(args.status().message()).c_str()
-                            : "--format is table, json or csv");
-    return 2;
-  }
+int RunMetrics(const MetricsOptions& o) {
   absl::StatusOr<ClientConfig> config = LoadClientConfig();
   if (!config.ok()) return Fail(std::string(config.status().message()));
   auto stub = NewJobStub(*config);
   grpc::ClientContext ctx;
   PrepareContext(ctx, *config, 60);
   moe::v1::StreamMetricsRequest req;
-  req.set_id(args->positional[0]);
+  req.set_id(o.id);
   req.set_after_step(-1);
   auto reader = stub->StreamMetrics(&ctx, req);
   // A restart replays steps from its checkpoint: the newest point of a step wins.
@@ -43,42 +37,77 @@ int RunMetrics(int argc, char** argv) {
   grpc::Status s = reader->Finish();
   if (!s.ok()) return Fail(DescribeError(s, *config));
 
-  if (format == "json") {
-    google::protobuf::util::JsonPrintOptions opts;
-    opts.preserve_proto_field_names = true;
-    opts.always_print_primitive_fields = true;
-    std::printf("[");
-    bool first = true;
-    for (const auto& [step, point] : by_step) {
-      std::string json;
-      (void)google::protobuf::util::MessageToJsonString(point, &json, opts);
-      std::printf("%s\n  %s", first ? "" : ",", json.c_str());
-      first = false;
+  if (!o.svg_file.empty()) {
+    std::vector<moe::v1::MetricPoint> points;
+    for (const auto& [step, point] : by_step) points.push_back(point);
+    const std::string svg =
+        moe::charts::ChartsDocument(absl::StrCat(o.id, " metrics"), moe::charts::JobCharts(points));
+    if (absl::Status w = WriteFileAtomic(o.svg_file, svg); !w.ok()) {
+      return Fail(absl::StrCat("cannot write ", o.svg_file, ": ", w.message()));
     }
-    std::printf("%s]\n", by_step.empty() ? "" : "\n");
+    std::fprintf(stderr, "moectl: wrote %s (%zu points)\n", o.svg_file.c_str(), points.size());
+  }
+  if (o.output == OutputFormat::kJson) {
+    Json out = Json::array();
+    for (const auto& [step, point] : by_step) out.push_back(PointToJson(point));
+    std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
-  if (format == "csv") {
-    std::printf("step,loss,val_loss,aux_loss,z_loss,lr,grad_norm,tokens_per_s,mfu,step_ms,"
-                "peak_memory_mb,unix_ms\n");
+  if (o.output == OutputFormat::kCsv) {
+    // The step columns, then per MoE layer (as the newest point names them) its entropy, drop
+    // rate, imbalance and tokens per expert.
+    std::vector<std::string> header = {"step", "loss", "val_loss", "aux_loss", "z_loss", "lr",
+                                       "grad_norm", "tokens_per_s", "mfu", "step_ms",
+                                       "peak_memory_mb", "unix_ms", "compute_ms",
+                                       "all_to_all_ms", "all_reduce_ms"};
+    std::vector<std::pair<int, int>> layers;  // layer, experts
+    if (!by_step.empty()) {
+      for (const auto& l : by_step.rbegin()->second.layers()) {
+        layers.emplace_back(l.layer(), l.tokens_per_expert_size());
+        for (const char* f : {"router_entropy", "drop_rate", "load_imbalance"}) {
+          header.push_back(absl::StrCat("layer", l.layer(), "_", f));
+        }
+        for (int e = 0; e < l.tokens_per_expert_size(); ++e) {
+          header.push_back(absl::StrCat("layer", l.layer(), "_expert", e, "_tokens"));
+        }
+      }
+    }
+    std::printf("%s", CsvLine(header).c_str());
+    auto num = [](double v) { return absl::StrFormat("%.6g", v); };
     for (const auto& [step, m] : by_step) {
-      std::printf("%lld,%.6g,%s,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%.6g,%lld\n",
-                  static_cast<long long>(step), m.loss(),
-                  m.has_val_loss() ? absl::StrFormat("%.6g", m.val_loss()).c_str() : "",
-                  m.aux_loss(), m.z_loss(), m.lr(), m.grad_norm(), m.tokens_per_s(), m.mfu(),
-                  m.step_ms(), m.peak_memory_mb(), static_cast<long long>(m.unix_ms()));
+      std::vector<std::string> row = {
+          std::to_string(step), num(m.loss()), m.has_val_loss() ? num(m.val_loss()) : "",
+          num(m.aux_loss()), num(m.z_loss()), num(m.lr()), num(m.grad_norm()),
+          num(m.tokens_per_s()), num(m.mfu()), num(m.step_ms()), num(m.peak_memory_mb()),
+          std::to_string(m.unix_ms()), num(m.times().compute_ms()),
+          num(m.times().all_to_all_ms()), num(m.times().all_reduce_ms())};
+      for (const auto& [layer, experts] : layers) {
+        const moe::v1::MoeLayerStats* found = nullptr;
+        for (const auto& l : m.layers()) {
+          if (l.layer() == layer) found = &l;
+        }
+        row.push_back(found ? num(found->router_entropy()) : "");
+        row.push_back(found ? num(found->drop_rate()) : "");
+        row.push_back(found ? num(found->load_imbalance()) : "");
+        for (int e = 0; e < experts; ++e) {
+          row.push_back(found && e < found->tokens_per_expert_size()
+                            ? std::to_string(found->tokens_per_expert(e))
+                            : "");
+        }
+      }
+      std::printf("%s", CsvLine(row).c_str());
     }
     return 0;
   }
   if (by_step.empty()) {
-    std::printf("no metrics yet for %s\n", args->positional[0].c_str());
+    std::printf("no metrics yet for %s\n", o.id.c_str());
     return 0;
   }
   // The job says how the experts sit on the ranks (and GPUs).
   grpc::ClientContext job_ctx;
   PrepareContext(job_ctx, *config, 10);
   moe::v1::GetJobRequest job_req;
-  job_req.set_id(args->positional[0]);
+  job_req.set_id(o.id);
   moe::v1::Job job;
   s = stub->GetJob(&job_ctx, job_req, &job);
   if (!s.ok()) return Fail(DescribeError(s, *config));

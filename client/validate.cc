@@ -177,23 +177,11 @@ void Describe(const std::string& file, v1::JobSpec spec) {
 
 }  // namespace
 
-int RunValidate(int argc, char** argv) {
-  if (argc == 2 && (std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0)) {
-    std::fputs(kUsage, stdout);
-    return 0;
-  }
-  if (argc != 2 || argv[1][0] == '\0' || argv[1][0] == '-') {
-    if (argc < 2 || argv[1][0] == '\0') {
-      std::fputs("moectl validate: missing the job file\n", stderr);
-    } else if (argc > 2) {
-      std::fputs("moectl validate: expects exactly one job file\n", stderr);
-    } else {
-      std::fprintf(stderr, "moectl validate: unknown option '%s'\n", argv[1]);
-    }
-    std::fputs(kUsage, stderr);
+int RunValidate(const std::string& file) {
+  if (file.empty()) {
+    std::fprintf(stderr, "moectl validate: the job file name is empty\n%s", kUsage);
     return 2;
   }
-  const std::string file = argv[1];
   ParsedSpec parsed = LoadJobSpecFile(file);
   if (!parsed.ok()) {
     for (const SpecError& e : parsed.errors) std::fprintf(stderr, "%s\n", e.ToString().c_str());

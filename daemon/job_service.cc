@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
+#include "daemon/job_cleanup.h"
 #include "daemon/status_util.h"
 
 namespace moe::daemon {
@@ -76,6 +77,28 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+grpc::Status JobServiceImpl::DeleteJob(grpc::ServerContext* context,
+                                       const moe::v1::DeleteJobRequest* request,
+                                       moe::v1::DeleteJobResponse* response) {
+  if (absl::Status s = auth_->Check(*context); !s.ok()) return ToGrpcStatus(s);
+  if (absl::Status s = CheckId(request->id()); !s.ok()) return ToGrpcStatus(s);
+  absl::StatusOr<moe::v1::DeleteJobResponse> out =
+      DeleteFinishedJob(*store_, jobs_root_, request->id(), request->checkpoints());
+  if (!out.ok()) return ToGrpcStatus(out.status());
+  *response = *std::move(out);
+  return grpc::Status::OK;
+}
+
+grpc::Status JobServiceImpl::PruneJobs(grpc::ServerContext* context,
+                                       const moe::v1::PruneJobsRequest* request,
+                                       moe::v1::PruneJobsResponse* response) {
+  if (absl::Status s = auth_->Check(*context); !s.ok()) return ToGrpcStatus(s);
+  absl::StatusOr<moe::v1::PruneJobsResponse> out = daemon::PruneJobs(*store_, jobs_root_, *request);
+  if (!out.ok()) return ToGrpcStatus(out.status());
+  *response = *std::move(out);
+  return grpc::Status::OK;
+}
+
 grpc::Status JobServiceImpl::StreamLogs(grpc::ServerContext* context,
                                         const moe::v1::StreamLogsRequest* request,
                                         grpc::ServerWriter<moe::v1::LogLine>* writer) {
@@ -91,6 +114,10 @@ grpc::Status JobServiceImpl::StreamLogs(grpc::ServerContext* context,
   }
   if (absl::StatusOr<JobRecord> rec = store_->GetJob(id); !rec.ok()) {
     return ToGrpcStatus(rec.status());
+  } else if (request->rank() >= rec->job.spec().resources().ranks()) {
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("rank: job ", id, " has ranks 0..", rec->job.spec().resources().ranks() - 1,
+                     ", not ", request->rank())));
   }
   std::map<int, int64_t> after(request->after_seq().begin(), request->after_seq().end());
   if (request->tail() > 0) {

@@ -51,6 +51,8 @@ CREATE TABLE IF NOT EXISTS capture_offsets(
 CREATE TABLE IF NOT EXISTS report_cursors(
   job_id TEXT NOT NULL, rank INTEGER NOT NULL, attempt INTEGER NOT NULL,
   last_src_seq INTEGER NOT NULL, PRIMARY KEY(job_id, rank, attempt));
+CREATE TABLE IF NOT EXISTS deleted_jobs(
+  num INTEGER PRIMARY KEY, id TEXT NOT NULL, deleted_ms INTEGER NOT NULL);
 )sql";
 
 // A prepared statement that finalizes itself.
@@ -275,7 +277,10 @@ absl::StatusOr<JobRecord> JobStore::CreateJob(const moe::v1::JobSpec& spec,
     if (absl::Status s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
     int64_t num = 1;
     {
-      Stmt q(db_, "SELECT COALESCE(MAX(num), 0) + 1 FROM jobs");
+      // Ids of deleted jobs are never given out again.
+      Stmt q(db_,
+             "SELECT MAX(COALESCE((SELECT MAX(num) FROM jobs), 0), "
+             "COALESCE((SELECT MAX(num) FROM deleted_jobs), 0)) + 1");
       if (q.Step() == SQLITE_ROW) num = q.Int(0);
     }
     const int64_t now = NowUnixMs();
@@ -598,6 +603,51 @@ absl::StatusOr<std::vector<StoredMetric>> JobStore::ReadMetrics(const std::strin
   }
   if (rc != SQLITE_DONE) return Error("read metrics");
   return out;
+}
+
+absl::StatusOr<JobRecord> JobStore::DeleteJob(const std::string& id) {
+  JobRecord r;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status s = Exec("BEGIN IMMEDIATE;"); !s.ok()) return s;
+    absl::StatusOr<JobRecord> rec = GetJobLocked(id);
+    if (!rec.ok()) {
+      Exec("ROLLBACK;").IgnoreError();
+      return rec.status();
+    }
+    if (!IsFinal(rec->job.state())) {
+      Exec("ROLLBACK;").IgnoreError();
+      return absl::FailedPreconditionError(
+          absl::StrCat("job ", id, " is ", StateName(rec->job.state()),
+                       "; only a finished job can be deleted (moectl cancel ", id, " first)"));
+    }
+    r = *std::move(rec);
+    Stmt num(db_, "SELECT num FROM jobs WHERE id = ?");
+    num.Bind(1, id);
+    const int64_t n = num.Step() == SQLITE_ROW ? num.Int(0) : 0;
+    Stmt tomb(db_, "INSERT OR REPLACE INTO deleted_jobs(num, id, deleted_ms) VALUES(?,?,?)");
+    tomb.Bind(1, n).Bind(2, id).Bind(3, NowUnixMs());
+    if (tomb.Step() != SQLITE_DONE) {
+      absl::Status err = Error("record deleted job");
+      Exec("ROLLBACK;").IgnoreError();
+      return err;
+    }
+    for (const char* sql :
+         {"DELETE FROM events WHERE job_id = ?", "DELETE FROM logs WHERE job_id = ?",
+          "DELETE FROM metrics WHERE job_id = ?", "DELETE FROM capture_offsets WHERE job_id = ?",
+          "DELETE FROM report_cursors WHERE job_id = ?", "DELETE FROM jobs WHERE id = ?"}) {
+      Stmt del(db_, sql);
+      del.Bind(1, id);
+      if (del.Step() != SQLITE_DONE) {
+        absl::Status err = Error("delete job rows");
+        Exec("ROLLBACK;").IgnoreError();
+        return err;
+      }
+    }
+    if (absl::Status s = Exec("COMMIT;"); !s.ok()) return s;
+  }
+  Bump();
+  return r;
 }
 
 }  // namespace moe::daemon

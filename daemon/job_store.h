@@ -79,6 +79,9 @@ class JobStore {
   // Writes the mutable columns; records an event when the state or reason changed.
   absl::Status UpdateJob(const JobRecord& record);
   absl::StatusOr<std::vector<JobEvent>> Events(const std::string& id);
+  // Removes a finished job's rows (job, events, logs, metrics, cursors) in one transaction and
+  // returns what it was; its id is never reused. FailedPrecondition for a job not final.
+  absl::StatusOr<JobRecord> DeleteJob(const std::string& id);
 
   // Appends lines captured from a rank's output file and moves that file's offset, atomically.
   absl::Status AppendCapturedLines(const std::string& job_id, int rank,

@@ -12,6 +12,7 @@
 
 #include "absl/strings/numbers.h"
 #include "daemon/moed.h"
+#include "moe_version.h"
 
 namespace {
 
@@ -22,8 +23,11 @@ constexpr char kUsage[] = R"(usage: moed --state-dir DIR [flags]
   --max-ranks N               ranks of device: cpu jobs moed may run at once (default: cores)
   --gpus N                    GPUs for device: cuda jobs, one rank per GPU (default: the
                               CUDA_VISIBLE_DEVICES entries, else the /dev/nvidia* count)
-  --metrics-listen HOST:PORT  Prometheus /metrics address (default 127.0.0.1:9464; "" = off)
-  --token-file FILE           require this bearer token on every RPC
+  --metrics-listen HOST:PORT  HTTP port: /metrics (Prometheus), /healthz and the dashboard at /
+                              (default 127.0.0.1:9464; "" = off)
+  --metrics-retention SECS    how long a finished job stays in /metrics (default 3600)
+  --token-file FILE           require this bearer token on every RPC and HTTP request
+                              (except /healthz)
   --worker-bin PATH           moe-worker executable (default: beside moed)
   --mpirun PATH               mpirun executable (default: mpirun on PATH)
   --slurm-template PATH       batch script template for launcher: slurm jobs
@@ -39,6 +43,8 @@ constexpr char kUsage[] = R"(usage: moed --state-dir DIR [flags]
   --checkpoint-root DIR       jobs may write checkpoints only under DIR (repeatable; same default)
   --allow-root                run as root although every job then runs as root (refused
                               without it)
+  --version                   print the version (git describe of the build) and exit
+  --help                      print this and exit
 )";
 
 // "512M", "2G", "1048576" -> bytes; false when it is not a size.
@@ -71,6 +77,10 @@ bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
     if (arg == "--allow-root") {
       c->allow_root = true;
       continue;
+    }
+    if (arg == "--version") {
+      std::printf("moed %s\n", moe::kMoeVersion);
+      std::exit(0);
     }
     std::string value;
     size_t eq = arg.find('=');
@@ -121,6 +131,8 @@ bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
       c->slurm_mpi = value;
     } else if (arg == "--heartbeat-timeout") {
       if (!seconds(&c->heartbeat_timeout)) return false;
+    } else if (arg == "--metrics-retention") {
+      if (!seconds(&c->metrics_retention)) return false;
     } else if (arg == "--cancel-grace") {
       if (!seconds(&c->cancel_grace)) return false;
     } else if (arg == "--data-root") {

@@ -21,7 +21,9 @@
 #include "daemon/job_service.h"
 #include "daemon/job_store.h"
 #include "daemon/local_launcher.h"
-#include "daemon/metrics_http.h"
+#include "daemon/dashboard.h"
+#include "daemon/http_server.h"
+#include "daemon/prometheus.h"
 #include "daemon/report_service.h"
 #include "daemon/scheduler.h"
 #include "daemon/slurm_launcher.h"
@@ -142,6 +144,9 @@ absl::Status MoedConfig::Validate() {
   if (heartbeat_timeout.count() <= 0) {
     return absl::InvalidArgumentError("--heartbeat-timeout: must be positive (seconds)");
   }
+  if (metrics_retention.count() < 0) {
+    return absl::InvalidArgumentError("--metrics-retention: must not be negative (seconds)");
+  }
   if (cancel_grace.count() < 0) {
     return absl::InvalidArgumentError("--cancel-grace: must not be negative (seconds)");
   }
@@ -195,7 +200,8 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
   const Launchers launchers{m->local_launcher_.get(), m->slurm_launcher_.get()};
   m->scheduler_ = std::make_unique<Scheduler>(so, m->store_.get(), launchers);
   m->job_service_ = std::make_unique<JobServiceImpl>(m->store_.get(), m->scheduler_.get(),
-                                                     launchers, m->auth_.get());
+                                                     launchers, m->auth_.get(),
+                                                     c.state_dir + "/jobs");
   m->report_service_ =
       std::make_unique<ReportServiceImpl>(m->store_.get(), m->scheduler_.get(), m->auth_.get());
   if (absl::Status s = m->scheduler_->Recover(); !s.ok()) return s;
@@ -214,13 +220,20 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
         " (is another moed running there? pick another port with --listen)"));
   }
   if (!c.metrics_listen.empty()) {
-    absl::StatusOr<std::unique_ptr<MetricsHttpServer>> http = MetricsHttpServer::Start(
-        c.metrics_listen, [store = m->store_.get()] { return RenderPrometheusMetrics(*store); });
+    m->exporter_ = std::make_unique<PrometheusExporter>(m->store_.get(), c.metrics_retention);
+    m->dashboard_ = std::make_unique<Dashboard>(m->store_.get());
+    HttpServerOptions ho;
+    ho.listen = c.metrics_listen;
+    ho.token = token;
+    Moed* moed = m.get();
+    ho.health = [moed] { return moed->Health(); };
+    absl::StatusOr<std::unique_ptr<HttpServer>> http =
+        HttpServer::Start(ho, m->exporter_.get(), m->dashboard_.get());
     if (!http.ok()) {
       m->server_->Shutdown();
       return http.status();
     }
-    m->metrics_ = *std::move(http);
+    m->http_ = *std::move(http);
   }
   m->scheduler_->Start();
   return m;
@@ -231,7 +244,7 @@ Moed::~Moed() { Shutdown(); }
 void Moed::Shutdown() {
   if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   if (scheduler_) scheduler_->Stop();
-  metrics_.reset();
+  http_.reset();
 }
 
 void Moed::Wait() {
@@ -242,6 +255,6 @@ absl::Status Moed::Health() const {
   return scheduler_ ? scheduler_->CheckFreeSpace() : absl::OkStatus();
 }
 
-int Moed::metrics_port() const { return metrics_ ? metrics_->port() : 0; }
+int Moed::metrics_port() const { return http_ ? http_->port() : 0; }
 
 }  // namespace moe::daemon

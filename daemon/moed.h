@@ -1,5 +1,6 @@
 // Moed: the daemon as one object: job store, scheduler, the launchers (local, Slurm), the gRPC
-// server (job service, worker report service, health, reflection) and the /metrics endpoint.
+// server (job service, worker report service, health, reflection) and the HTTP port (/metrics,
+// /healthz, the dashboard).
 // main.cc fills a MoedConfig from flags; tests can run a Moed in process.
 #pragma once
 
@@ -24,7 +25,9 @@ class Launcher;
 class TokenAuth;
 class JobServiceImpl;
 class ReportServiceImpl;
-class MetricsHttpServer;
+class HttpServer;
+class PrometheusExporter;
+class Dashboard;
 
 struct MoedConfig {
   std::string listen = "127.0.0.1:50051";
@@ -33,7 +36,9 @@ struct MoedConfig {
   // GPUs for device: cuda jobs (one rank each); -1 = the CUDA_VISIBLE_DEVICES entries, else
   // the /dev/nvidiaN count.
   int gpus = -1;
-  std::string metrics_listen = "127.0.0.1:9464";  // "" = no /metrics endpoint
+  std::string metrics_listen = "127.0.0.1:9464";  // "" = no HTTP port (/metrics, dashboard)
+  // How long a finished job's final values stay in /metrics.
+  std::chrono::milliseconds metrics_retention{3600 * 1000};
   std::string token_file;                         // "" = no auth
   std::string worker_bin;                         // "" = moe-worker beside moed
   std::string mpirun = "mpirun";
@@ -77,7 +82,9 @@ class Moed {
   std::unique_ptr<JobServiceImpl> job_service_;
   std::unique_ptr<ReportServiceImpl> report_service_;
   std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<MetricsHttpServer> metrics_;
+  std::unique_ptr<PrometheusExporter> exporter_;
+  std::unique_ptr<Dashboard> dashboard_;
+  std::unique_ptr<HttpServer> http_;
 };
 
 }  // namespace moe::daemon

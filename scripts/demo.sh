@@ -1,16 +1,36 @@
 #!/usr/bin/env bash
 # The main job, end to end on this machine's CPU: set up, start moed (or use the one at
 # $MOE_SERVER), submit examples/cpu-demo.yaml (a 2-rank MoE on the King James Bible), follow its
-# logs to the end, show its metrics and a sample of generated text.
-# Usage: bash scripts/demo.sh [JOB.yaml]
+# logs to the end, show its metrics and a sample of generated text. A moed the demo started is
+# stopped at the end unless KEEP_MOED=1 (then `bash scripts/demo.sh stop` stops it).
+# Usage: bash scripts/demo.sh [JOB.yaml]      KEEP_MOED=1 bash scripts/demo.sh
+#        bash scripts/demo.sh stop            stops the moed a demo left running
 set -euo pipefail
 cd "$(dirname "$0")/.."
+STATE_DIR=${MOE_STATE_DIR:-$PWD/.moed}
+
+stop_moed() {
+  local pid
+  pid=$(cat "$STATE_DIR/moed.pid" 2>/dev/null || true)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    echo "demo: stopped moed (pid $pid)"
+  else
+    echo "demo: no moed started by the demo is running"
+  fi
+  rm -f "$STATE_DIR/moed.pid"
+}
+if [ "${1:-}" = stop ]; then
+  stop_moed
+  exit 0
+fi
+
 bash scripts/setup.sh
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 JOB=${1:-examples/cpu-demo.yaml}
 BIN=build/bin
-STATE_DIR=${MOE_STATE_DIR:-$PWD/.moed}
 build/bin/moectl validate "$JOB"
 
 if [ -z "${MOE_SERVER:-}" ]; then
@@ -22,6 +42,9 @@ if [ -z "${MOE_SERVER:-}" ]; then
     ROOT_FLAG=(); [ "$(id -u)" = 0 ] && ROOT_FLAG=(--allow-root)
     nohup "$BIN/moed" --listen "$MOE_SERVER" --state-dir "$STATE_DIR" --metrics-listen 127.0.0.1:${MOE_METRICS_PORT:-9464} \
       "${ROOT_FLAG[@]}" >>"$STATE_DIR/moed.log" 2>&1 &
+    echo $! >"$STATE_DIR/moed.pid"
+    if [ "${KEEP_MOED:-0}" != 1 ]; then trap stop_moed EXIT; fi
+    echo "demo: dashboard at http://127.0.0.1:${MOE_METRICS_PORT:-9464}/"
     for _ in $(seq 50); do "$BIN/moectl" list >/dev/null 2>&1 && break; sleep 0.2; done
   fi
 fi

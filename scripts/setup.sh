@@ -11,6 +11,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libyaml-cpp-dev libsqlite3-dev sqlite3
   libgtest-dev libgmock-dev libopenblas-dev
+  libcivetweb-dev libcli11-dev nlohmann-json3-dev
   bible-kjv curl ca-certificates procps
 )
 

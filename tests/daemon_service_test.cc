@@ -242,8 +242,12 @@ TEST(DaemonService, ReportedMetricsReachStatusMetricsAndPrometheus) {
   EXPECT_TRUE(absl::StrContains(resp, "moe_jobs{state=\"running\"} 1")) << resp;
   EXPECT_TRUE(absl::StrContains(resp, absl::StrCat("moe_job_loss{job=\"", id, "\",name=\"rep\"} 2.5")))
       << resp;
+  // A counter over the logged steps (1, 2, 3: 13 each), labelled with the rank holding expert 3.
   EXPECT_TRUE(absl::StrContains(
-      resp, absl::StrCat("moe_job_expert_tokens{job=\"", id, "\",layer=\"0\",expert=\"3\"} 13")))
+      resp, absl::StrCat("moe_job_expert_tokens_total{job=\"", id,
+                         "\",name=\"rep\",layer=\"0\",expert=\"3\",rank=\"1\"} 39")))
+      << resp;
+  EXPECT_TRUE(absl::StrContains(resp, absl::StrCat("moe_job_val_loss{job=\"", id, "\",name=\"rep\"} 2.75")))
       << resp;
   EXPECT_TRUE(absl::StartsWith(HttpGet(h.metrics_port(), "/nope"), "HTTP/1.1 404"));
   ASSERT_EQ(h.Moectl({"cancel", id}).exit_code, 0);
@@ -300,6 +304,7 @@ TEST(DaemonService, PromtoolAcceptsMetrics) {
   std::ofstream(file) << body;
   CommandResult r = RunCommand({"/bin/sh", "-c", "promtool check metrics < " + file}, {}, 30);
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err << body;
+  EXPECT_EQ(r.out + r.err, "") << "promtool lint: " << r.out << r.err;
 }
 
 }  // namespace

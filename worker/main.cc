@@ -17,6 +17,7 @@
 #include "common/job_spec.h"
 #include "google/protobuf/util/json_util.h"
 #include "kernels/threads.h"
+#include "moe_version.h"
 #include "worker/parallel/comm_mpi.h"
 #include "worker/data/dataset.h"
 #include "worker/sample/generate.h"
@@ -32,7 +33,9 @@ constexpr char kUsage[] =
     "  moe-worker --spec SPEC.json --moed HOST:PORT --job-id ID [--attempt N] [--checkpoint-dir DIR] [--resume]\n"
     "  moe-worker --sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
     "  moe-worker --score CHECKPOINT --batch-out FILE   (CE on the first held-out batch, as JSON)\n"
-    "Run several ranks with: mpirun -np W moe-worker --job JOB.yaml\n";
+    "  moe-worker --version | --help\n"
+    "Run several ranks with: mpirun -np W moe-worker --job JOB.yaml (as root also\n"
+    "--allow-run-as-root, or OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)\n";
 
 struct WorkerFlags {
   std::string job_yaml, spec_json, moed, job_id, checkpoint_dir;
@@ -101,6 +104,9 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       if (!value(&v) || !absl::SimpleAtod(v, &f->sample.temperature)) return "--temperature needs a number";
     } else if (a == "--seed") {
       if (!value(&v) || !absl::SimpleAtoi(v, &f->sample.seed)) return "--seed needs an integer";
+    } else if (a == "--version") {
+      std::printf("moe-worker %s\n", moe::kMoeVersion);
+      std::exit(0);
     } else if (a == "--help" || a == "-h") {
       std::printf("%s", kUsage);
       std::exit(0);

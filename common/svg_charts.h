@@ -1,0 +1,69 @@
+// SVG charts of a job's metrics, drawn once here for moed's dashboard and for
+// `moectl metrics JOB --svg FILE`: line charts, an experts x steps heatmap, stacked step bars.
+// Every drawn value carries data-* attributes (series, step, value; layer, expert, tokens) so a
+// test, or a script, can read back exactly what a chart shows.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "moe/v1/metrics.pb.h"
+
+namespace moe::charts {
+
+// Text escaped for XML/HTML content and attribute values.
+std::string XmlEscape(const std::string& text);
+
+struct Series {
+  std::string name;   // legend text and the points' data-series
+  std::string color;  // CSS color
+  std::vector<double> x, y;
+};
+
+struct LineChart {
+  std::string id;     // element id of the <svg>
+  std::string title;
+  std::vector<Series> series;
+  int width = 520, height = 210;
+};
+std::string RenderLineChart(const LineChart& chart);
+
+// cells[c][e]: tokens routed to expert e at steps[c] (one MoE layer).
+struct Heatmap {
+  std::string id, title;
+  int layer = 0;
+  std::vector<int64_t> steps;
+  std::vector<std::vector<int64_t>> cells;
+  int width = 520, height = 210;
+};
+std::string RenderHeatmap(const Heatmap& map);
+
+// parts[c][p]: milliseconds of part p at steps[c], stacked bottom up.
+struct StackedBars {
+  std::string id, title;
+  std::vector<std::string> part_names, part_colors;
+  std::vector<int64_t> steps;
+  std::vector<std::vector<double>> parts;
+  int width = 520, height = 210;
+};
+std::string RenderStackedBars(const StackedBars& bars);
+
+// One chart of a job, ready to place.
+struct Chart {
+  std::string id, title, svg;
+  int width = 0, height = 0;
+};
+
+// Every chart of a job from its metric points (one per step, in step order): loss (train and
+// val), learning rate, grad norm, tokens/s, MFU, the step split, and per MoE layer the expert
+// load heatmap, router entropy and drop rate. Steps are thinned evenly to at most max_columns
+// (each kept column is a real logged step, never an average).
+std::vector<Chart> JobCharts(const std::vector<moe::v1::MetricPoint>& points,
+                             size_t max_columns = 120);
+
+// The charts in a grid as one standalone SVG document (what `moectl metrics --svg` writes).
+std::string ChartsDocument(const std::string& title, const std::vector<Chart>& charts,
+                           int columns = 2);
+
+}  // namespace moe::charts

@@ -1,0 +1,170 @@
+// HttpServer: civetweb's context with one request handler that checks the token and routes.
+#include "daemon/http_server.h"
+
+#include <civetweb.h>
+
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "daemon/dashboard.h"
+#include "daemon/prometheus.h"
+
+namespace moe::daemon {
+namespace {
+
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
+  }
+  return diff == 0;
+}
+
+void Reply(mg_connection* conn, int code, const char* reason, const char* type,
+           const std::string& body, const std::string& extra_headers = "") {
+  const mg_request_info* ri = mg_get_request_info(conn);
+  const bool head = ri != nullptr && std::strcmp(ri->request_method, "HEAD") == 0;
+  std::string head_text = absl::StrCat("HTTP/1.1 ", code, " ", reason, "\r\nContent-Type: ", type,
+                                       "\r\nContent-Length: ", body.size(),
+                                       "\r\nCache-Control: no-store\r\n", extra_headers, "\r\n");
+  mg_write(conn, head_text.data(), head_text.size());
+  if (!head) mg_write(conn, body.data(), body.size());
+}
+
+// civetweb wants "PORT" for every interface and "HOST:PORT" or "[V6]:PORT" otherwise.
+absl::StatusOr<std::string> ListeningPorts(const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  int port = -1;
+  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) ||
+      port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--metrics-listen: '", listen, "' is not HOST:PORT (e.g. 127.0.0.1:9464)"));
+  }
+  const std::string host = listen.substr(0, colon);
+  if (host.empty() || host == "0.0.0.0") return std::to_string(port);
+  if (host == "localhost") return absl::StrCat("127.0.0.1:", port);
+  return absl::StrCat(host, ":", port);
+}
+
+int QuietLog(const mg_connection*, const char*) { return 1; }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOptions& options,
+                                                              PrometheusExporter* exporter,
+                                                              Dashboard* dashboard) {
+  absl::StatusOr<std::string> ports = ListeningPorts(options.listen);
+  if (!ports.ok()) return ports.status();
+  static std::once_flag init;
+  std::call_once(init, [] { mg_init_library(0); });
+  std::unique_ptr<HttpServer> s(new HttpServer(options, exporter, dashboard));
+  const std::string threads = std::to_string(options.threads);
+  const std::string deadline = std::to_string(options.request_deadline.count());
+  const std::string keep_alive = std::to_string(options.keep_alive.count());
+  const char* opts[] = {"listening_ports", ports->c_str(),
+                        "num_threads", threads.c_str(),
+                        "request_timeout_ms", deadline.c_str(),
+                        "keep_alive_timeout_ms", keep_alive.c_str(),
+                        "enable_keep_alive", "yes",
+                        "linger_timeout_ms", "0",
+                        nullptr};
+  mg_callbacks callbacks = {};
+  callbacks.log_message = QuietLog;
+  s->ctx_ = mg_start(&callbacks, nullptr, opts);
+  if (s->ctx_ == nullptr) {
+    return absl::UnavailableError(absl::StrCat(
+        "--metrics-listen: cannot listen on ", options.listen,
+        " (is another moed running there? pick another port, or \"\" to turn it off)"));
+  }
+  mg_server_port bound[4] = {};
+  if (mg_get_server_ports(s->ctx_, 4, bound) > 0) s->port_ = bound[0].port;
+  mg_set_request_handler(s->ctx_, "/", &HttpServer::HandleThunk, s.get());
+  return s;
+}
+
+HttpServer::~HttpServer() {
+  if (ctx_ != nullptr) mg_stop(ctx_);
+}
+
+int HttpServer::HandleThunk(mg_connection* conn, void* self) {
+  return static_cast<HttpServer*>(self)->Handle(conn);
+}
+
+bool HttpServer::Authorized(mg_connection* conn) const {
+  if (options_.token.empty()) return true;
+  const char* header = mg_get_header(conn, "Authorization");
+  if (header == nullptr) return false;
+  absl::string_view value = absl::StripAsciiWhitespace(header);
+  if (absl::ConsumePrefix(&value, "Bearer ")) return ConstantTimeEquals(value, options_.token);
+  // Basic USER:TOKEN (any user): what a browser sends after asking.
+  std::string decoded;
+  if (absl::ConsumePrefix(&value, "Basic ") && absl::Base64Unescape(value, &decoded)) {
+    const size_t colon = decoded.find(':');
+    return colon != std::string::npos &&
+           ConstantTimeEquals(absl::string_view(decoded).substr(colon + 1), options_.token);
+  }
+  return false;
+}
+
+int HttpServer::Handle(mg_connection* conn) {
+  const mg_request_info* ri = mg_get_request_info(conn);
+  const std::string method = ri->request_method;
+  const std::string path = ri->local_uri != nullptr ? ri->local_uri : "/";
+  constexpr const char* kText = "text/plain; charset=utf-8";
+  if (method != "GET" && method != "HEAD") {
+    Reply(conn, 405, "Method Not Allowed", kText, "only GET and HEAD are served\n",
+          "Allow: GET, HEAD\r\n");
+    return 405;
+  }
+  if (path == "/healthz") {
+    const absl::Status health = options_.health ? options_.health() : absl::OkStatus();
+    if (!health.ok()) {
+      Reply(conn, 503, "Service Unavailable", kText, std::string(health.message()) + "\n");
+      return 503;
+    }
+    Reply(conn, 200, "OK", kText, "ok\n");
+    return 200;
+  }
+  if (!Authorized(conn)) {
+    Reply(conn, 401, "Unauthorized", kText,
+          "moed requires its token: 'Authorization: Bearer <token>' (or Basic auth with the "
+          "token as the password)\n",
+          "WWW-Authenticate: Basic realm=\"moed\", charset=\"UTF-8\"\r\n");
+    return 401;
+  }
+  if (path == "/metrics") {
+    Reply(conn, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", exporter_->Render());
+    return 200;
+  }
+  if (path == "/" || path == "/jobs" || path == "/jobs/") {
+    Reply(conn, 200, "OK", "text/html; charset=utf-8", dashboard_->JobsPage());
+    return 200;
+  }
+  absl::string_view rest = path;
+  if (absl::ConsumePrefix(&rest, "/jobs/")) {
+    const bool svg = absl::ConsumeSuffix(&rest, "/charts.svg");
+    const std::string id(rest);
+    absl::StatusOr<std::string> page = svg ? dashboard_->JobChartsSvg(id) : dashboard_->JobPage(id);
+    if (page.ok()) {
+      Reply(conn, 200, "OK", svg ? "image/svg+xml" : "text/html; charset=utf-8", *page);
+      return 200;
+    }
+    if (absl::IsNotFound(page.status())) {
+      Reply(conn, 404, "Not Found", kText, absl::StrCat("no job ", id, " (see /)\n"));
+      return 404;
+    }
+    Reply(conn, 500, "Internal Server Error", kText,
+          absl::StrCat(page.status().message(), "\n"));
+    return 500;
+  }
+  Reply(conn, 404, "Not Found", kText, "not found: try /, /jobs/ID, /metrics or /healthz\n");
+  return 404;
+}
+
+}  // namespace moe::daemon

@@ -1,0 +1,113 @@
+// Job deletion: the rows go first (one transaction), then the files; a checkpoint directory
+// another stored job also uses is kept.
+#include "daemon/job_cleanup.h"
+
+#include <filesystem>
+#include <set>
+#include <system_error>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace moe::daemon {
+namespace {
+
+namespace fs = std::filesystem;
+
+// True when path is inside (or is) dir, both made absolute and normal.
+bool Within(const fs::path& path, const fs::path& dir) {
+  const fs::path p = fs::absolute(path).lexically_normal(), d = fs::absolute(dir).lexically_normal();
+  auto pi = p.begin(), di = d.begin();
+  for (; di != d.end() && !di->empty(); ++di, ++pi) {
+    if (pi == p.end() || *pi != *di) return false;
+  }
+  return true;
+}
+
+void RemoveAll(const fs::path& path, moe::v1::DeleteJobResponse* out) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return;
+  fs::remove_all(path, ec);
+  if (ec) {
+    out->add_kept_paths(absl::StrCat(path.string(), " (cannot remove: ", ec.message(), ")"));
+  } else {
+    out->add_removed_paths(path.string());
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<moe::v1::DeleteJobResponse> DeleteFinishedJob(JobStore& store,
+                                                             const std::string& jobs_root,
+                                                             const std::string& id,
+                                                             bool checkpoints) {
+  absl::StatusOr<JobRecord> rec = store.DeleteJob(id);
+  if (!rec.ok()) return rec.status();
+  moe::v1::DeleteJobResponse out;
+  *out.mutable_job() = rec->job;
+  const fs::path job_dir = rec->job.state_dir(), ckpt = rec->checkpoint_dir;
+  // A checkpoint directory shared with a job still stored stays, whatever was asked.
+  bool shared = false;
+  if (absl::StatusOr<std::vector<JobRecord>> all = store.ListJobs(); all.ok()) {
+    for (const JobRecord& other : *all) shared = shared || (!ckpt.empty() && other.checkpoint_dir == ckpt.string());
+  }
+  const bool remove_ckpt = checkpoints && !shared && !ckpt.empty();
+  std::error_code ec;
+  if (!job_dir.empty() && Within(job_dir, jobs_root) && fs::is_directory(job_dir, ec)) {
+    const bool ckpt_inside = !ckpt.empty() && Within(ckpt, job_dir);
+    if (remove_ckpt || !ckpt_inside) {
+      RemoveAll(job_dir, &out);
+    } else {
+      // Keep the checkpoints: remove every entry of the job folder that does not hold them.
+      for (const fs::directory_entry& e : fs::directory_iterator(job_dir, ec)) {
+        if (!Within(ckpt, e.path())) RemoveAll(e.path(), &out);
+      }
+    }
+  }
+  if (remove_ckpt) {
+    RemoveAll(ckpt, &out);
+  } else if (!ckpt.empty() && fs::exists(ckpt, ec)) {
+    out.add_kept_paths(shared ? absl::StrCat(ckpt.string(), " (shared with another job)")
+                              : ckpt.string());
+  }
+  return out;
+}
+
+absl::StatusOr<moe::v1::PruneJobsResponse> PruneJobs(JobStore& store, const std::string& jobs_root,
+                                                     const moe::v1::PruneJobsRequest& request) {
+  std::set<int> states;
+  for (int s : request.states()) {
+    if (!IsFinal(static_cast<moe::v1::JobState>(s))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "states: ", StateName(static_cast<moe::v1::JobState>(s)),
+          " is not a final state (SUCCEEDED, FAILED or CANCELLED); running jobs are never pruned"));
+    }
+    states.insert(s);
+  }
+  if (request.older_than_ms() < 0) {
+    return absl::InvalidArgumentError("older_than_ms: must not be negative");
+  }
+  absl::StatusOr<std::vector<JobRecord>> jobs = store.ListJobs();
+  if (!jobs.ok()) return jobs.status();
+  const int64_t cutoff = NowUnixMs() - request.older_than_ms();
+  moe::v1::PruneJobsResponse out;
+  for (const JobRecord& r : *jobs) {
+    const moe::v1::Job& j = r.job;
+    if (!IsFinal(j.state()) || j.ended_unix_ms() > cutoff) continue;
+    if (!states.empty() && !states.count(j.state())) continue;
+    if (request.dry_run()) {
+      *out.add_deleted()->mutable_job() = j;
+      continue;
+    }
+    absl::StatusOr<moe::v1::DeleteJobResponse> d =
+        DeleteFinishedJob(store, jobs_root, j.id(), request.checkpoints());
+    if (d.ok()) {
+      *out.add_deleted() = *std::move(d);
+    } else if (!absl::IsNotFound(d.status()) && !absl::IsFailedPrecondition(d.status())) {
+      return d.status();  // a job deleted or restarted meanwhile is simply skipped
+    }
+  }
+  return out;
+}
+
+}  // namespace moe::daemon

@@ -1,0 +1,66 @@
+// moed's HTTP port: the token guards every path but /healthz (401 without it, Bearer or Basic
+// with it), and slow clients holding connections cannot delay a scrape.
+#include <chrono>
+#include <fstream>
+#include <string>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "gtest/gtest.h"
+#include "tests/support/daemon_harness.h"
+#include "tests/support/http_client.h"
+#include "tests/support/paths.h"
+
+namespace moe::testing {
+namespace {
+
+HarnessOptions Fake() {
+  HarnessOptions o;
+  o.worker_bin = FakeWorkerPath();
+  o.cancel_grace_s = 5;
+  return o;
+}
+
+TEST(DashboardHttp, TokenIsRequiredExceptOnHealthz) {
+  HarnessOptions o = Fake();
+  const std::string dir = MakeTempDir("moe-http-token-");
+  o.token_file = dir + "/token";
+  std::ofstream(o.token_file) << "http-s3cret\n";
+  DaemonHarness h(o);
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const int port = h.metrics_port();
+  for (const char* path : {"/metrics", "/", "/jobs/j-000001", "/jobs/j-000001/charts.svg"}) {
+    HttpResponse none = HttpGet(port, path);
+    EXPECT_EQ(none.status, 401) << path << none.headers;
+    EXPECT_TRUE(absl::StrContains(none.headers, "WWW-Authenticate")) << none.headers;
+    EXPECT_EQ(HttpGet(port, path, {"Authorization: Bearer wrong"}).status, 401) << path;
+  }
+  EXPECT_EQ(HttpGet(port, "/healthz").status, 200);
+  HttpResponse bearer = HttpGet(port, "/metrics", {"Authorization: Bearer http-s3cret"});
+  EXPECT_EQ(bearer.status, 200);
+  EXPECT_TRUE(absl::StrContains(bearer.body, "moe_up 1")) << bearer.body;
+  // A browser asks for a user and password: any user, the token as the password.
+  HttpResponse basic = HttpGet(
+      port, "/", {"Authorization: Basic " + absl::Base64Escape("me:http-s3cret")});
+  EXPECT_EQ(basic.status, 200);
+  EXPECT_TRUE(absl::StrContains(basic.body, "<table id=\"jobs\">")) << basic.body;
+  EXPECT_EQ(HttpGet(port, "/jobs/j-999999", {"Authorization: Bearer http-s3cret"}).status, 404);
+}
+
+TEST(DashboardHttp, TwentySlowClientsDoNotDelayAScrape) {
+  DaemonHarness h(Fake());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  SlowClients slow(h.metrics_port(), 20);
+  ASSERT_EQ(slow.connected(), 20);
+  for (const char* path : {"/metrics", "/", "/healthz"}) {
+    const auto start = std::chrono::steady_clock::now();
+    HttpResponse r = HttpGet(h.metrics_port(), path, {}, 5);
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_EQ(r.status, 200) << path;
+    EXPECT_LT(s, 1.0) << path << " took " << s << " s with 20 slow clients connected";
+  }
+}
+
+}  // namespace
+}  // namespace moe::testing

@@ -1,0 +1,170 @@
+// moectl as a script sees it: --help on every command and --version on every program exit 0;
+// list/status -o json parse and carry every field; the filters; a rank the job lacks is a usage
+// error; delete and prune remove finished jobs end to end and refuse a running one.
+#include <sys/stat.h>
+
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "gtest/gtest.h"
+#include "moe_version.h"
+#include "nlohmann/json.hpp"
+#include "tests/support/daemon_harness.h"
+#include "tests/support/paths.h"
+
+namespace moe::testing {
+namespace {
+
+using moe::v1::Job;
+using Json = nlohmann::json;
+
+bool Exists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+HarnessOptions Fake(const std::string& steps, const std::string& step_s) {
+  HarnessOptions o;
+  o.worker_bin = FakeWorkerPath();
+  o.cancel_grace_s = 5;
+  o.env = {{"FAKE_STEPS", steps}, {"FAKE_STEP_SECONDS", step_s}};
+  return o;
+}
+
+TEST(MoectlCli, HelpAndVersionExitZero) {
+  for (const char* cmd : {"validate", "submit", "list", "status", "logs", "cancel", "metrics",
+                          "delete", "prune", "completion"}) {
+    CommandResult r = RunCommand({BinDir() + "/moectl", cmd, "--help"}, {}, 10);
+    EXPECT_EQ(r.exit_code, 0) << cmd << r.err;
+    EXPECT_TRUE(absl::StrContains(r.out, std::string("usage: moectl ") + cmd)) << r.out;
+  }
+  EXPECT_EQ(RunCommand({BinDir() + "/moectl", "--help"}, {}, 10).exit_code, 0);
+  for (const char* prog : {"moectl", "moed", "moe-worker"}) {
+    CommandResult r = RunCommand({BinDir() + "/" + prog, "--version"}, {}, 10);
+    EXPECT_EQ(r.exit_code, 0) << prog << r.err;
+    EXPECT_EQ(r.out, std::string(prog) + " " + moe::kMoeVersion + "\n");
+  }
+  CommandResult bad = RunCommand({BinDir() + "/moectl", "list", "-o", "yaml"}, {}, 10);
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_TRUE(absl::StrContains(bad.err, "usage: moectl list")) << bad.err;
+  CommandResult completion = RunCommand({BinDir() + "/moectl", "completion", "bash"}, {}, 10);
+  EXPECT_EQ(completion.exit_code, 0);
+  EXPECT_TRUE(absl::StrContains(completion.out, "complete -o filenames -F _moectl moectl"));
+  EXPECT_TRUE(absl::StrContains(completion.out, "--older-than")) << completion.out;
+  CommandResult syntax = RunCommand({"/bin/bash", "-n", "-c", completion.out}, {}, 10);
+  EXPECT_EQ(syntax.exit_code, 0) << syntax.err;
+}
+
+TEST(MoectlCli, ListJsonCarriesEveryFieldAndFilters) {
+  DaemonHarness h(Fake("2", "0.05"));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  std::vector<std::string> ids;
+  for (const char* name : {"alpha-1", "beta-1", "alpha-2"}) {
+    CommandResult r = h.Moectl({"submit", h.WriteJob(name, 1, 2), "--follow"}, 60);
+    ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+    ids.push_back(r.out.substr(0, r.out.find('\n')));
+  }
+  CommandResult list = h.Moectl({"list", "-o", "json"});
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  Json jobs = Json::parse(list.out);
+  ASSERT_EQ(jobs.size(), 3u);
+  auto stub = h.Stub();
+  for (const Json& j : jobs) {
+    grpc::ClientContext ctx;
+    moe::v1::GetJobRequest req;
+    req.set_id(j.at("id").get<std::string>());
+    Job job;
+    ASSERT_TRUE(stub->GetJob(&ctx, req, &job).ok());
+    EXPECT_EQ(j.at("name"), job.spec().name());
+    EXPECT_EQ(j.at("state"), "SUCCEEDED");
+    EXPECT_TRUE(j.at("steps").is_number_integer());
+    EXPECT_EQ(j.at("steps").get<int64_t>(), job.spec().train().steps());
+    EXPECT_EQ(j.at("ranks").get<int>(), 1);
+    EXPECT_EQ(j.at("restarts").get<int>(), job.restarts());
+    EXPECT_EQ(j.at("max_restarts").get<int>(), job.spec().max_restarts());
+    EXPECT_EQ(j.at("device"), "cpu");
+    EXPECT_EQ(j.at("launcher"), "local");
+    EXPECT_EQ(j.at("created_unix_ms").get<int64_t>(), job.created_unix_ms());
+    EXPECT_EQ(j.at("started_unix_ms").get<int64_t>(), job.started_unix_ms());
+    EXPECT_EQ(j.at("ended_unix_ms").get<int64_t>(), job.ended_unix_ms());
+    EXPECT_EQ(j.at("state_dir"), job.state_dir());
+    // The stand-in worker reports no metrics: no step, loss or ETA, rather than zeros.
+    EXPECT_FALSE(j.contains("step") || j.contains("loss") || j.contains("val_loss") ||
+                 j.contains("eta_s") || j.contains("reason"))
+        << j.dump();
+  }
+  CommandResult filtered =
+      h.Moectl({"list", "--state", "succeeded", "--name", "alpha-*", "--limit", "1", "-o", "json"});
+  ASSERT_EQ(filtered.exit_code, 0) << filtered.err;
+  Json one = Json::parse(filtered.out);
+  ASSERT_EQ(one.size(), 1u);
+  EXPECT_EQ(one[0].at("id"), ids[2]);
+  EXPECT_EQ(Json::parse(h.Moectl({"list", "--state", "FAILED", "-o", "json"}).out).size(), 0u);
+  CommandResult status = h.Moectl({"status", ids[0], ids[1], "-o", "json"});
+  ASSERT_EQ(status.exit_code, 0) << status.err;
+  Json two = Json::parse(status.out);
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_EQ(two[1].at("id"), ids[1]);
+  CommandResult csv = h.Moectl({"status", "-o", "csv"});
+  EXPECT_TRUE(absl::StartsWith(csv.out, "id,name,state,")) << csv.out;
+  CommandResult rank = h.Moectl({"logs", ids[0], "--rank", "7"});
+  EXPECT_EQ(rank.exit_code, 2);
+  EXPECT_TRUE(absl::StrContains(rank.err, "there is no rank 7")) << rank.err;
+}
+
+TEST(MoectlCli, DeleteAndPruneRemoveFinishedJobsOnly) {
+  DaemonHarness h(Fake("100000", "0.2"));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult sub = h.Moectl({"submit", h.WriteJob("keep-running", 1, 100)});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  const std::string id = sub.out.substr(0, sub.out.find('\n'));
+  ASSERT_EQ(h.WaitForState(id, moe::v1::JOB_STATE_RUNNING, 30).state(), moe::v1::JOB_STATE_RUNNING);
+  CommandResult refused = h.Moectl({"delete", id});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(refused.err, "is RUNNING; only a finished job can be deleted"))
+      << refused.err;
+  CommandResult prune_running = h.Moectl({"prune", "--older-than", "0s"});
+  EXPECT_EQ(prune_running.exit_code, 0) << prune_running.err;
+  EXPECT_TRUE(absl::StrContains(prune_running.out, "pruned 0 jobs")) << prune_running.out;
+  ASSERT_EQ(h.Moectl({"cancel", id}).exit_code, 0);
+
+  // Deleted without --checkpoints: rows and rank output gone, the checkpoints stay.
+  const Job job = h.WaitForState(id, moe::v1::JOB_STATE_CANCELLED, 30);
+  const std::string dir = job.state_dir();
+  ASSERT_TRUE(Exists(dir + "/checkpoints")) << dir;
+  CommandResult del = h.Moectl({"delete", id});
+  EXPECT_EQ(del.exit_code, 0) << del.err;
+  EXPECT_TRUE(absl::StrContains(del.out, "deleted " + id)) << del.out;
+  EXPECT_TRUE(absl::StrContains(del.out, "kept " + dir + "/checkpoints")) << del.out;
+  EXPECT_TRUE(Exists(dir + "/checkpoints"));
+  EXPECT_FALSE(Exists(dir + "/spec.json"));
+  CommandResult gone = h.Moectl({"status", id});
+  EXPECT_EQ(gone.exit_code, 1);
+  EXPECT_EQ(h.Moectl({"delete", id}).exit_code, 1);
+
+  // Two more jobs, cancelled; prune by state and age, dry run first; ids are never reused.
+  std::vector<std::string> ids;
+  for (const char* name : {"p-1", "p-2"}) {
+    CommandResult r = h.Moectl({"submit", h.WriteJob(name, 1, 1)});
+    ids.push_back(r.out.substr(0, r.out.find('\n')));
+    ASSERT_EQ(h.WaitForState(ids.back(), moe::v1::JOB_STATE_RUNNING, 30).state(),
+              moe::v1::JOB_STATE_RUNNING);
+    ASSERT_EQ(h.Moectl({"cancel", ids.back()}).exit_code, 0);
+  }
+  ASSERT_NE(ids[0], id);
+  EXPECT_TRUE(absl::StrContains(h.Moectl({"prune", "--older-than", "1h"}).out, "pruned 0 jobs"));
+  CommandResult dry = h.Moectl({"prune", "--older-than", "0s", "--state", "cancelled", "--dry-run"});
+  EXPECT_TRUE(absl::StrContains(dry.out, "would prune 2 jobs")) << dry.out << dry.err;
+  EXPECT_EQ(Json::parse(h.Moectl({"list", "-o", "json"}).out).size(), 2u);
+  CommandResult pruned =
+      h.Moectl({"prune", "--older-than", "0s", "--state", "CANCELLED", "--checkpoints"});
+  EXPECT_EQ(pruned.exit_code, 0) << pruned.err;
+  EXPECT_TRUE(absl::StrContains(pruned.out, "pruned 2 jobs")) << pruned.out;
+  EXPECT_EQ(Json::parse(h.Moectl({"list", "-o", "json"}).out).size(), 0u);
+  EXPECT_EQ(h.Moectl({"prune", "--older-than", "soon"}).exit_code, 2);
+  EXPECT_EQ(h.Moectl({"prune", "--older-than", "1d", "--state", "RUNNING"}).exit_code, 2);
+}
+
+}  // namespace
+}  // namespace moe::testing

@@ -1,0 +1,67 @@
+// HttpGet and SlowClients on raw sockets.
+#include "tests/support/http_client.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "absl/strings/numbers.h"
+
+namespace moe::testing {
+namespace {
+
+int Connect(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr = {};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace
+
+HttpResponse HttpGet(int port, const std::string& path, const std::vector<std::string>& headers,
+                     double timeout_s) {
+  HttpResponse r;
+  int fd = Connect(port);
+  if (fd < 0) return r;
+  timeval tv = {static_cast<time_t>(timeout_s), 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string req = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n";
+  for (const std::string& h : headers) req += h + "\r\n";
+  req += "\r\n";
+  (void)!write(fd, req.data(), req.size());
+  std::string resp;
+  char buf[8192];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, static_cast<size_t>(n));
+  close(fd);
+  const size_t end = resp.find("\r\n\r\n");
+  if (resp.rfind("HTTP/1.", 0) != 0 || end == std::string::npos) return r;
+  (void)absl::SimpleAtoi(resp.substr(9, 3), &r.status);
+  r.headers = resp.substr(0, end);
+  r.body = resp.substr(end + 4);
+  return r;
+}
+
+SlowClients::SlowClients(int port, int count) {
+  for (int i = 0; i < count; ++i) {
+    int fd = Connect(port);
+    if (fd < 0) continue;
+    const std::string part = "GET /metrics HTTP/1.1\r\nHost: loc";
+    (void)!write(fd, part.data(), part.size());
+    fds_.push_back(fd);
+  }
+}
+
+SlowClients::~SlowClients() {
+  for (int fd : fds_) close(fd);
+}
+
+}  // namespace moe::testing
