@@ -1,6 +1,7 @@
 // moed's HTTP port: the token guards every path but /healthz (401 without it, Bearer or Basic
 // with it), and slow clients holding connections cannot delay a scrape.
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -26,6 +27,9 @@ TEST(DashboardHttp, TokenIsRequiredExceptOnHealthz) {
   const std::string dir = MakeTempDir("moe-http-token-");
   o.token_file = dir + "/token";
   std::ofstream(o.token_file) << "http-s3cret\n";
+  // moed refuses a token file that others can read.
+  std::filesystem::permissions(o.token_file, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write,
+                               std::filesystem::perm_options::replace);
   DaemonHarness h(o);
   ASSERT_TRUE(h.Start()) << h.MoedLog();
   const int port = h.metrics_port();
