@@ -36,7 +36,13 @@ double PeakDenseFlops(bool tensor_bf16) {
     cudaGetLastError();
     return 0;
   }
-  // Dense FLOPs per SM per clock (an FMA is two), from the architectures' published peaks.
+  // The published dense bf16 peaks of the parts MODEL.md measures against (their spec clocks
+  // sit below the maximum clock the device reports): H100 SXM and H200 SXM (132 SMs), H100
+  // PCIe (114 SMs), A100 (108 SMs).
+  if (tensor_bf16 && major == 9 && sms == 132) return 989.4e12;
+  if (tensor_bf16 && major == 9 && sms == 114) return 756.0e12;
+  if (tensor_bf16 && major == 8 && minor == 0 && sms == 108) return 312.0e12;
+  // Otherwise: dense FLOPs per SM per clock (an FMA is two) at the maximum SM clock.
   double per_sm = 0;
   if (tensor_bf16) {
     if (major == 8) per_sm = minor == 0 ? 2048 : 1024;  // A100; Ampere/Ada consumer and workstation

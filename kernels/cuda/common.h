@@ -20,9 +20,10 @@ void CheckCuda(cudaError_t err, const char* what, const char* file, int line);
 // True when a CUDA device is present and usable (tests skip themselves otherwise).
 bool HaveGpu();
 
-// Dense FLOP/s of the current GPU, for MFU: SMs x peak SM clock x FLOPs per SM per clock of
-// its architecture (bf16 tensor cores when tensor_bf16, else fp32 FMA units). 0 for an
-// architecture this table does not know.
+// Dense FLOP/s of the current GPU, for MFU: the published bf16 peak of the parts MODEL.md
+// names (989 TFLOP/s for H100 and H200 SXM), else SMs x maximum SM clock x FLOPs per SM per
+// clock of its architecture (bf16 tensor cores when tensor_bf16, else fp32 FMA units). 0 for
+// an architecture this table does not know.
 double PeakDenseFlops(bool tensor_bf16);
 
 // True when every pointer is a multiple of `bytes`.
