@@ -84,6 +84,18 @@ const char* TokenizerName(v1::Tokenizer t) {
   }
 }
 
+// "cosine", "wsd (decay over the last 20%)", "constant".
+std::string ScheduleText(const v1::TrainSpec& t) {
+  switch (t.schedule()) {
+    case v1::SCHEDULE_WSD:
+      return absl::StrFormat("wsd (decay over the last %g%%)", 100 * (t.decay_fraction() > 0 ? t.decay_fraction() : 0.2));
+    case v1::SCHEDULE_CONSTANT:
+      return "constant";
+    default:
+      return "cosine";
+  }
+}
+
 void Describe(const std::string& file, v1::JobSpec spec) {
   const v1::ModelSpec& m = spec.model();
   const v1::MoeSpec& e = m.moe();
@@ -103,9 +115,10 @@ void Describe(const std::string& file, v1::JobSpec spec) {
   std::printf("%s: valid job (%s)\n", spec.name().c_str(), file.c_str());
   std::printf(
       "  model        d_model %d, %d layers, %d heads (%d kv heads, head size %d), seq_len %d,\n"
-      "               vocab %s, %s embeddings, dropout %g\n",
+      "               vocab %s, %s embeddings, dropout %g, rope theta %g\n",
       m.d_model(), m.n_layers(), m.n_heads(), m.n_kv_heads(), m.d_model() / m.n_heads(),
-      m.seq_len(), vocab.c_str(), m.tie_embeddings() ? "tied" : "untied", m.dropout());
+      m.seq_len(), vocab.c_str(), m.tie_embeddings() ? "tied" : "untied", m.dropout(),
+      m.attention().rope_theta() > 0 ? m.attention().rope_theta() : 10000.0);
   if (e.num_experts() == 1) {
     std::printf("  experts      dense (1 expert, hidden %d), replicated on every rank\n",
                 e.expert_hidden());
@@ -144,10 +157,11 @@ void Describe(const std::string& file, v1::JobSpec spec) {
   std::printf(", val_fraction %g%s%s\n", d.val_fraction(), d.cache_dir().empty() ? "" : ", cache ",
               d.cache_dir().c_str());
   std::printf(
-      "  train        %d steps, batch %d (%d per rank, %d micro-batch%s), lr %g -> %g, warmup %d,\n"
+      "  train        %d steps, batch %d (%d per rank, %d micro-batch%s), lr %g -> %g, warmup %d, %s,\n"
       "               weight_decay %g, grad_clip %g, %s, seed %llu\n",
       t.steps(), t.batch_size(), t.batch_size() / r.ranks(), t.grad_accum(),
-      t.grad_accum() == 1 ? "" : "es", t.lr(), t.min_lr(), t.warmup_steps(), t.weight_decay(),
+      t.grad_accum() == 1 ? "" : "es", t.lr(), t.min_lr(), t.warmup_steps(), ScheduleText(t).c_str(),
+      t.weight_decay(),
       t.grad_clip(), t.precision() == v1::PRECISION_BF16 ? "bf16" : "fp32",
       static_cast<unsigned long long>(t.seed()));
   std::printf("  eval         every %d steps, %d batches; log every %d steps\n", t.eval_every(),

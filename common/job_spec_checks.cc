@@ -158,6 +158,13 @@ class Checker {
     NonNegative("model.moe.capacity_factor", e.capacity_factor());
     NonNegative("model.moe.aux_loss_coef", e.aux_loss_coef());
     NonNegative("model.moe.z_loss_coef", e.z_loss_coef());
+    // 0 stands for the default (a spec that never set it); a base at or below 1 has no meaning.
+    const double theta = m.attention().rope_theta();
+    if (!(theta == 0 || (theta > 1 && std::isfinite(theta)))) {
+      Fail("model.attention.rope_theta",
+           absl::StrCat("must be greater than 1 (10000 by default, 1e6 for Mixtral and Qwen), got ",
+                        FormatDouble(theta)));
+    }
   }
 
   void CheckData() {
@@ -191,6 +198,13 @@ class Checker {
     AtLeast("train.eval_every", t.eval_every(), 1);
     AtLeast("train.eval_batches", t.eval_batches(), 1);
     AtLeast("train.log_every", t.log_every(), 1);
+    if (t.schedule() != v1::SCHEDULE_UNSPECIFIED) Chosen("train.schedule", t.schedule(), v1::Schedule_descriptor());
+    // 0 stands for the default 0.2 (a spec that never set it).
+    if (!(t.decay_fraction() >= 0 && t.decay_fraction() <= 1)) {
+      Fail("train.decay_fraction", absl::StrCat("must be greater than 0 and at most 1 (the share of the steps "
+                                                "that decays, 0.2 by default), got ",
+                                                FormatDouble(t.decay_fraction())));
+    }
   }
 
   void CheckResources() {

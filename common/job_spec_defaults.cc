@@ -66,6 +66,9 @@ void ApplyDefaults(JobSpec* s, const std::set<std::string>& present, std::set<st
   if (absent("train.eval_every")) train->set_eval_every(250);
   if (absent("train.eval_batches")) train->set_eval_batches(20);
   if (absent("train.log_every")) train->set_log_every(10);
+  if (absent("train.schedule")) train->set_schedule(v1::SCHEDULE_COSINE);
+  if (absent("train.decay_fraction")) train->set_decay_fraction(0.2);
+  if (absent("model.attention.rope_theta")) m->mutable_attention()->set_rope_theta(10000);
 
   if (absent("resources.ranks")) res->set_ranks(1);
   if (absent("resources.device")) res->set_device(v1::DEVICE_CPU);

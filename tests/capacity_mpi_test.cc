@@ -42,7 +42,7 @@ std::vector<int32_t> FirstBlockRouting(const ModelConfig& cfg, uint64_t seed, co
   kernels::EmbeddingForward(x.data(), idx.data(), t.wte, n, D);
   kernels::RmsNormForward(a.data(), rstd.data(), x.data(), t.blocks[0].attn_norm, n, D);
   kernels::LinearForward(qkv.data(), a.data(), t.blocks[0].wqkv, n, D, cfg.qkv_dim());
-  kernels::RopeForward(qkv.data(), b, T, cfg.heads, cfg.kv_heads, cfg.head_dim);
+  kernels::RopeForward(qkv.data(), b, T, cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.rope_theta);
   kernels::AttentionForward(y.data(), lse.data(), qkv.data(), b, T, cfg.heads, cfg.kv_heads, cfg.head_dim);
   kernels::LinearForward(proj.data(), y.data(), t.blocks[0].wo, n, D, D);
   for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];

@@ -108,7 +108,7 @@ TEST(CudaOpsTest, Rope) {
     std::vector<float> cpu = qkv, back;
     kernels::RopeForward(cpu.data(), b, t, h, hkv, hd);
     std::vector<float> cos_t(t * hd / 2), sin_t(t * hd / 2);
-    cuda::RopeTablesHost(cos_t.data(), sin_t.data(), t, hd);
+    kernels::RopeTables(cos_t.data(), sin_t.data(), t, hd, kernels::kRopeTheta);
     Dev<float> c_d(cos_t), s_d(sin_t), q_d(qkv);
     cuda::RopeForward(q_d.get(), c_d.get(), s_d.get(), b, t, h, hkv, hd, nullptr);
     EXPECT_LT(RelErr(q_d.Host(), cpu), kFp32Tol) << "hkv " << hkv;

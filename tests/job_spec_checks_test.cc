@@ -50,6 +50,9 @@ TEST_F(JobSpecTest, MinimalSpecGetsEveryDefault) {
   EXPECT_EQ(s.train().eval_every(), 250);
   EXPECT_EQ(s.train().eval_batches(), 20);
   EXPECT_EQ(s.train().log_every(), 10);
+  EXPECT_EQ(s.train().schedule(), v1::SCHEDULE_COSINE);
+  EXPECT_DOUBLE_EQ(s.train().decay_fraction(), 0.2);
+  EXPECT_DOUBLE_EQ(s.model().attention().rope_theta(), 10000);
   EXPECT_EQ(s.resources().ranks(), 1);
   EXPECT_EQ(s.resources().device(), v1::DEVICE_CPU);
   EXPECT_EQ(s.resources().launcher(), v1::LAUNCHER_LOCAL);
@@ -60,6 +63,21 @@ TEST_F(JobSpecTest, MinimalSpecGetsEveryDefault) {
   EXPECT_EQ(s.checkpoint().keep(), 3);
   EXPECT_EQ(s.max_restarts(), 0);
   EXPECT_THAT(ValidateJobSpec(s), IsEmpty());
+}
+
+TEST_F(JobSpecTest, ScheduleAndRopeThetaAreReadAndChecked) {
+  v1::JobSpec s = ValidSpec(WithExtra("  batch_size: 8", "  schedule: wsd\n  decay_fraction: 0.3\n"));
+  EXPECT_EQ(s.train().schedule(), v1::SCHEDULE_WSD);
+  EXPECT_DOUBLE_EQ(s.train().decay_fraction(), 0.3);
+  s = ValidSpec(WithExtra("  seq_len: 32", "  attention: {rope_theta: 1.0e6}\n"));
+  EXPECT_DOUBLE_EQ(s.model().attention().rope_theta(), 1e6);
+  ExpectOnlyErrors({
+      {"  batch_size: 8", "  schedule: linear\n", "train.schedule", "must be one of cosine, wsd, constant"},
+      {"  batch_size: 8", "  decay_fraction: 1.5\n", "train.decay_fraction", "at most 1"},
+      {"  seq_len: 32", "  attention: {rope_theta: 0.5}\n", "model.attention.rope_theta", "greater than 1"},
+      {"  seq_len: 32", "  attention: {rope_theta: -1}\n", "model.attention.rope_theta", "greater than 1"},
+      {"  seq_len: 32", "  attention: {theta: 5}\n", "model.attention.theta", "unknown key"},
+  });
 }
 
 TEST_F(JobSpecTest, DerivedDefaultsFollowTheGivenValues) {

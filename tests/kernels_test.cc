@@ -147,6 +147,25 @@ TEST(RmsNorm, ForwardMatchesNaiveAndBackwardMatchesFiniteDifferences) {
 // ---------------------------------------------------------------------------------------------
 // RoPE
 
+TEST(Rope, ThetaSetsTheBaseOfTheAngles) {
+  const int b = 1, t = 9, h = 2, hkv = 1, hd = 8;
+  const int row = (h + 2 * hkv) * hd;
+  for (float theta : {10000.0f, 1.0e6f, 500.0f}) {
+    std::vector<float> qkv = Randn(b * t * row, 14), orig = qkv;
+    RopeForward(qkv.data(), b, t, h, hkv, hd, theta);
+    for (int pos = 0; pos < t; ++pos) {
+      for (int i = 0; i < hd / 2; ++i) {
+        const int64_t a = int64_t{pos} * row + i, c = a + hd / 2;  // head 0 (q)
+        const double angle = pos * std::pow(static_cast<double>(theta), -2.0 * i / hd);
+        EXPECT_NEAR(qkv[a], orig[a] * std::cos(angle) - orig[c] * std::sin(angle), 1e-5) << theta;
+        EXPECT_NEAR(qkv[c], orig[a] * std::sin(angle) + orig[c] * std::cos(angle), 1e-5) << theta;
+      }
+    }
+    RopeBackward(qkv.data(), b, t, h, hkv, hd, theta);
+    for (size_t i = 0; i < qkv.size(); ++i) EXPECT_NEAR(qkv[i], orig[i], 1e-5);
+  }
+}
+
 TEST(Rope, ForwardMatchesNaiveLeavesVAloneAndBackwardIsTheTranspose) {
   const int b = 2, t = 7, h = 4, hkv = 2, hd = 6;
   const int row = (h + 2 * hkv) * hd;

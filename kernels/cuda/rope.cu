@@ -104,19 +104,6 @@ void Rope(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int 
 
 }  // namespace
 
-void RopeTablesHost(float* cos_t, float* sin_t, int t, int hd) {
-  // The same fp32 arithmetic as kernels/rope.cc's RopeTables.
-  const int half = hd / 2;
-  for (int i = 0; i < half; ++i) {
-    const float inv_freq = 1.0f / std::pow(kernels::kRopeTheta, static_cast<float>(2 * i) / hd);
-    for (int pos = 0; pos < t; ++pos) {
-      const float angle = static_cast<float>(pos) * inv_freq;
-      cos_t[int64_t{pos} * half + i] = std::cos(angle);
-      sin_t[int64_t{pos} * half + i] = std::sin(angle);
-    }
-  }
-}
-
 void RopeForward(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
                  int hd, cudaStream_t stream) {
   Rope(qkv, cos_t, sin_t, b, t, h, hkv, hd, 1.0f, stream);

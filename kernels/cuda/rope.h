@@ -1,5 +1,5 @@
-// Rotary position embeddings on the GPU, twin of kernels/rope.h: the tables (built on the host)
-// and the rotation in place on the fused qkv buffer, forward and backward.
+// Rotary position embeddings on the GPU, twin of kernels/rope.h: the rotation in place on the
+// fused qkv buffer, forward and backward, from device copies of kernels::RopeTables' tables.
 #pragma once
 
 #include <cstdint>
@@ -8,8 +8,6 @@
 
 namespace moe::cuda {
 
-// cos, sin tables (t, hd/2) on the host, computed exactly as kernels/rope.cc does.
-void RopeTablesHost(float* cos_t, float* sin_t, int t, int hd);
 // In place on qkv (b, t, (h + 2 hkv) hd); cos_t, sin_t (t, hd/2) device tables.
 void RopeForward(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
                  int hd, cudaStream_t stream);

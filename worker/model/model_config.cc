@@ -17,6 +17,7 @@ ModelConfig ModelConfig::FromSpec(const moe::v1::JobSpec& spec, int vocab_size) 
   c.ffn = m.moe().expert_hidden() > 0 ? m.moe().expert_hidden() : 4 * c.d;
   c.tied = m.tie_embeddings();
   c.dropout = static_cast<float>(m.dropout());
+  c.rope_theta = m.attention().rope_theta() > 0 ? static_cast<float>(m.attention().rope_theta()) : 10000.f;
   c.capacity_factor = m.moe().capacity_factor();
   c.aux_coef = c.experts > 1 ? m.moe().aux_loss_coef() : 0;
   c.z_coef = c.experts > 1 ? m.moe().z_loss_coef() : 0;

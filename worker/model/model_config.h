@@ -18,6 +18,7 @@ struct ModelConfig {
   int ffn = 0;          // F
   bool tied = true;     // LM head shares wte
   float dropout = 0.f;
+  float rope_theta = 10000.f;  // RoPE base (model.attention.rope_theta)
   double capacity_factor = 0;  // 0 = dropless
   double aux_coef = 0;
   double z_coef = 0;

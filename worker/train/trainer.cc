@@ -122,7 +122,7 @@ StepResult Trainer::Step(int64_t step) {
   const int A = t.grad_accum();
   StepMeasurements m;
   m.step = step + 1;
-  m.lr = LearningRateAt(static_cast<int>(step), t.steps(), t.lr(), t.min_lr(), t.warmup_steps());
+  m.lr = LearningRateAt(t, static_cast<int>(step));
   const auto t0 = Clock::now();
 
   // Forward and backward, micro-step by micro-step; gradients accumulate in the model.

@@ -118,7 +118,7 @@ ForwardResult Model::Forward(const int32_t* idx, const int32_t* targets, int b,
     kernels::RmsNormForward(a.attn_in.data(), a.attn_rstd.data(), x.data(), bw.attn_norm, n, D);
     a.qkv.resize(static_cast<size_t>(n) * C3);
     kernels::LinearForward(a.qkv.data(), a.attn_in.data(), bw.wqkv, n, D, C3);
-    kernels::RopeForward(a.qkv.data(), b, T, H, Hkv, hd);
+    kernels::RopeForward(a.qkv.data(), b, T, H, Hkv, hd, cfg_.rope_theta);
     a.attn_y.resize(nd);
     a.attn_lse.resize(static_cast<size_t>(b) * H * T);
     kernels::AttentionForward(a.attn_y.data(), a.attn_lse.data(), a.qkv.data(), b, T, H, Hkv, hd);
@@ -194,7 +194,7 @@ void Model::Backward() {
     dqkv.assign(static_cast<size_t>(n) * C3, 0.f);
     kernels::AttentionBackward(dqkv.data(), dattn_y.data(), a.attn_y.data(), a.attn_lse.data(),
                                a.qkv.data(), b, T, H, Hkv, hd);
-    kernels::RopeBackward(dqkv.data(), b, T, H, Hkv, hd);
+    kernels::RopeBackward(dqkv.data(), b, T, H, Hkv, hd, cfg_.rope_theta);
     std::fill(dtmp.begin(), dtmp.end(), 0.f);
     kernels::LinearBackward(dtmp.data(), bg.wqkv, dqkv.data(), a.attn_in.data(), bw.wqkv, n, D, C3);
     kernels::RmsNormBackward(dx.data(), bg.attn_norm, dtmp.data(), a.x_in.data(), bw.attn_norm,

@@ -10,6 +10,7 @@
 
 #ifdef MOE_WITH_CUDA
 #include "kernels/adamw.h"
+#include "kernels/rope.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/matmul.h"
@@ -150,7 +151,7 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr
 
   const int half = cfg.head_dim / 2;
   std::vector<float> cos_t(static_cast<size_t>(cfg.seq_len) * half), sin_t(cos_t.size());
-  cuda::RopeTablesHost(cos_t.data(), sin_t.data(), cfg.seq_len, cfg.head_dim);
+  kernels::RopeTables(cos_t.data(), sin_t.data(), cfg.seq_len, cfg.head_dim, cfg.rope_theta);
   rope_cos_ = weights_.Alloc<float>(cos_t.size());
   rope_sin_ = weights_.Alloc<float>(sin_t.size());
   // Every copy goes on stream_: a cudaMemcpy from pageable memory may return before its data
