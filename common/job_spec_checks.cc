@@ -16,6 +16,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/backend_limits.h"
 #include "common/job_spec_internal.h"
 #include "common/sbatch_options.h"
 
@@ -320,6 +321,22 @@ class Checker {
       Fail("train.precision",
            absl::StrCat("fp32 runs on one GPU only; with resources.ranks ", r.ranks(),
                         " on cuda use bf16 (the multi-GPU expert exchange is bf16), or ranks: 1"));
+    }
+    // What the GPU backend cannot run is refused here, not at run time (common/backend_limits.h).
+    if (Ok("resources.device") && r.device() == v1::DEVICE_CUDA) {
+      const v1::ModelSpec& m = s_.model();
+      if (Ok("model.d_model") && Ok("model.n_heads") && m.n_heads() > 0 && m.d_model() % m.n_heads() == 0 &&
+          !CudaRunsHeadSize(m.d_model() / m.n_heads())) {
+        Fail("model.n_heads",
+             absl::StrCat("gives head size d_model / n_heads = ", m.d_model() / m.n_heads(),
+                          ", which device cuda does not run yet; it runs head sizes ", CudaHeadSizesText(),
+                          " (choose n_heads = d_model / one of them, or use device: cpu)"));
+      }
+      if (Ok("model.moe.num_experts") && m.moe().num_experts() > kCudaMaxExperts) {
+        Fail("model.moe.num_experts",
+             absl::StrCat("device cuda runs at most ", kCudaMaxExperts, " experts per layer, got ",
+                          m.moe().num_experts(), " (use at most ", kCudaMaxExperts, ", or device: cpu)"));
+      }
     }
     if (r.launcher() == v1::LAUNCHER_SLURM && Ok("resources.launcher") && Ok("resources.ranks")) {
       const v1::SlurmSpec& sl = r.slurm();

@@ -80,6 +80,23 @@ TEST_F(JobSpecTest, ScheduleAndRopeThetaAreReadAndChecked) {
   });
 }
 
+TEST_F(JobSpecTest, ShapesTheGpuBackendCannotRunAreRefusedAtValidate) {
+  // d_model 64 / n_heads 4 = 16 runs; head size 128 (Mixtral's) does not yet.
+  std::string big_heads = WithExtra("  batch_size: 8", "");
+  big_heads.replace(big_heads.find("d_model: 64"), 11, "d_model: 512");
+  big_heads += "resources: {device: cuda}\n";
+  SpecError e = OnlyError(big_heads);
+  EXPECT_EQ(e.field, "model.n_heads");
+  EXPECT_THAT(e.message, HasSubstr("head size d_model / n_heads = 128"));
+  EXPECT_THAT(e.message, HasSubstr("runs head sizes 8, 16, 32, 64"));
+  big_heads.replace(big_heads.find("device: cuda"), 12, "device: cpu ");
+  EXPECT_THAT(Parse(big_heads).errors, IsEmpty());
+  std::string many = WithExtra("  seq_len: 32", "  moe: {num_experts: 128, top_k: 2}\n") + "resources: {device: cuda}\n";
+  e = OnlyError(many);
+  EXPECT_EQ(e.field, "model.moe.num_experts");
+  EXPECT_THAT(e.message, HasSubstr("at most 64 experts per layer, got 128"));
+}
+
 TEST_F(JobSpecTest, DerivedDefaultsFollowTheGivenValues) {
   std::string yaml = WithExtra("  batch_size: 8", "  lr: 3.0e-4\n");
   yaml.replace(yaml.find("steps: 5000"), 11, "steps: 40");

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/backend_limits.h"
 
 #ifdef MOE_WITH_CUDA
 #include "kernels/adamw.h"
@@ -465,13 +466,14 @@ absl::StatusOr<std::unique_ptr<TrainModel>> MakeCudaModel(const ModelConfig& cfg
   const int W = comm->world_size();
   // Checks of the job alone first: every rank takes the same branch, so none is left waiting
   // in the collective setup below.
-  const int hd = cfg.head_dim;
-  if (hd != 8 && hd != 16 && hd != 32 && hd != 64) {
-    return absl::UnimplementedError(
-        absl::StrCat("device cuda: head size d_model / n_heads = ", hd, " is not one of 8, 16, 32, 64"));
+  // The job-spec checks refuse these at validate and submit; a spec that skipped them stops here.
+  if (!CudaRunsHeadSize(cfg.head_dim)) {
+    return absl::UnimplementedError(absl::StrCat("device cuda: head size d_model / n_heads = ", cfg.head_dim,
+                                                 " is not one of ", CudaHeadSizesText()));
   }
-  if (cfg.experts > 64) {
-    return absl::UnimplementedError(absl::StrCat("device cuda: at most 64 experts, got ", cfg.experts));
+  if (cfg.experts > kCudaMaxExperts) {
+    return absl::UnimplementedError(
+        absl::StrCat("device cuda: at most ", kCudaMaxExperts, " experts, got ", cfg.experts));
   }
   if (W > 1 && !use_bf16) {
     return absl::UnimplementedError(absl::StrCat(
