@@ -70,6 +70,15 @@ struct PruneOptions {
 };
 int RunPrune(const PruneOptions& o);
 
+struct ExportOptions {
+  std::string source;  // a job id (its checkpoint directory, from moed) or a checkpoint directory
+  std::string format = "hf";
+  std::string out_dir;
+  std::string dtype = "fp32";
+};
+// Runs where the checkpoints are readable (moed's host, or a shared file system).
+int RunExport(const ExportOptions& o);
+
 // Prints a job's lines from moed and, with follow, keeps going until the job ends, reconnecting
 // when moed restarts. Returns 0 only if the job SUCCEEDED (with follow), 1 otherwise.
 int FollowLogs(const std::string& job_id, int rank, int64_t tail, bool follow);

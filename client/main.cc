@@ -240,6 +240,20 @@ int main(int argc, char** argv) {
     run = [&] { return moe::client::RunPrune(prune_o); };
   });
 
+  moe::client::ExportOptions export_o;
+  CLI::App* exp = AddCommand(app, "export", "export JOB_OR_CHECKPOINT_DIR --format hf OUT_DIR [--dtype fp32|bf16]",
+                             "write a job's newest checkpoint (or a checkpoint directory) as a Hugging Face "
+                             "model directory (MixtralForCausalLM) that transformers loads; run it where "
+                             "the checkpoints are");
+  exp->add_option("SOURCE", export_o.source, "a job id or a checkpoint directory")->required();
+  exp->add_option("OUT_DIR", export_o.out_dir, "the directory to create (absent or empty)")->required();
+  exp->add_option("--format", export_o.format, "the format: hf (Hugging Face transformers)")
+      ->required()
+      ->check(CLI::IsMember({"hf"}));
+  exp->add_option("--dtype", export_o.dtype, "weights as fp32 (default) or bf16")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  exp->callback([&] { run = [&] { return moe::client::RunExport(export_o); }; });
+
   std::string shell;
   CLI::App* completion = AddCommand(app, "completion", "completion bash",
                                     "print a bash completion script: source <(moectl completion bash)");

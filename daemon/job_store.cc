@@ -119,6 +119,7 @@ JobRecord RowToRecord(Stmt& s) {
   r.job.set_best_val_loss(s.Double(10));
   r.job.set_state_dir(s.Text(11));
   r.checkpoint_dir = s.Text(12);
+  r.job.set_checkpoint_dir(r.checkpoint_dir);
   r.launch_handle = s.Text(13);
   r.cancel_requested = s.Int(14) != 0;
   r.report_secret = s.Text(15);
