@@ -17,6 +17,8 @@ int RunValidate(const std::string& file);
 struct SubmitOptions {
   std::string file;
   bool follow = false;
+  // --from JOB: start from that job's newest checkpoint (model.init_from = its checkpoint dir).
+  std::string from_job;
 };
 int RunSubmit(const SubmitOptions& o);
 
@@ -40,6 +42,14 @@ struct CancelOptions {
   double wait_s = 300;
 };
 int RunCancel(const CancelOptions& o);
+
+struct ResumeOptions {
+  std::string id;
+  int steps = 0;  // 0 = the job's train.steps
+  bool follow = false;
+};
+// resume JOB: a finished job continues from its newest checkpoint (moed's ResumeJob).
+int RunResume(const ResumeOptions& o);
 
 struct LogsOptions {
   std::string id;

@@ -388,6 +388,19 @@ absl::Status JobStore::UpdateJob(const JobRecord& r) {
   return absl::OkStatus();
 }
 
+absl::Status JobStore::UpdateJobSpec(const std::string& id, const moe::v1::JobSpec& spec) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status s = Fault("update_job", nullptr); !s.ok()) return s;
+    Stmt u(db_, "UPDATE jobs SET spec=? WHERE id=?");
+    u.BindBlob(1, spec.SerializeAsString()).Bind(2, id);
+    if (u.Step() != SQLITE_DONE) return Error("update job spec");
+    if (sqlite3_changes(db_) == 0) return absl::NotFoundError(absl::StrCat("no job '", id, "'"));
+  }
+  Bump();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<JobEvent>> JobStore::Events(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   Stmt q(db_, "SELECT unix_ms, state, reason FROM events WHERE job_id = ? ORDER BY id");
