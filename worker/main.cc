@@ -34,7 +34,8 @@ constexpr char kUsage[] =
     "  moe-worker --job JOB.yaml [--checkpoint-dir DIR] [--resume] [--max-steps N]\n"
     "  moe-worker --spec SPEC.json --moed HOST:PORT --job-id ID [--attempt N] [--checkpoint-dir DIR] [--resume]\n"
     "  moe-worker --sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
-    "  moe-worker --score CHECKPOINT --batch-out FILE   (CE on the first held-out batch, as JSON)\n"
+    "  moe-worker --score CHECKPOINT --batch-out FILE [--logits-out FILE] [--greedy N --greedy-out FILE]\n"
+    "             (CE on the first held-out batch, as JSON; the first sequence's logits; N greedy tokens)\n"
     "  moe-worker --export CHECKPOINT --format hf --out DIR [--dtype fp32|bf16]\n"
     "  moe-worker --version | --help\n"
     "Run several ranks with: mpirun -np W moe-worker --job JOB.yaml (as root also\n"
@@ -50,6 +51,7 @@ struct WorkerFlags {
   moe::SampleOptions sample;
   bool sampling = false;
   std::string score_checkpoint, batch_out;
+  moe::ScoreExtras score_extras;
   std::string export_checkpoint, export_format, export_out, export_dtype = "fp32";
 };
 
@@ -104,6 +106,12 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       if (!value(&f->export_out)) return "--out needs a directory";
     } else if (a == "--dtype") {
       if (!value(&f->export_dtype)) return "--dtype needs fp32 or bf16";
+    } else if (a == "--logits-out") {
+      if (!value(&f->score_extras.logits_out)) return "--logits-out needs a file";
+    } else if (a == "--greedy") {
+      err = int_flag(&f->score_extras.greedy_tokens);
+    } else if (a == "--greedy-out") {
+      if (!value(&f->score_extras.greedy_out)) return "--greedy-out needs a file";
     } else if (a == "--batch-out") {
       if (!value(&f->batch_out)) return "--batch-out needs a file";
     } else if (a == "--prompt") {
@@ -128,6 +136,7 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
     if (!err.empty()) return err;
   }
   if (!f->score_checkpoint.empty()) {
+    if (f->score_extras.greedy_tokens > 0 && f->score_extras.greedy_out.empty()) return "--greedy needs --greedy-out FILE";
     return f->batch_out.empty() ? "--score needs --batch-out FILE" : "";
   }
   if (!f->export_checkpoint.empty()) {
@@ -172,7 +181,7 @@ int main(int argc, char** argv) {
   // Checkpoints and token caches hold the job's data: for the job's owner alone.
   umask(077);
   if (!flags.score_checkpoint.empty()) {
-    absl::StatusOr<double> ce = moe::ScoreCheckpoint(flags.score_checkpoint, flags.batch_out);
+    absl::StatusOr<double> ce = moe::ScoreCheckpoint(flags.score_checkpoint, flags.batch_out, flags.score_extras);
     if (!ce.ok()) {
       std::fprintf(stderr, "moe-worker: %s\n", std::string(ce.status().message()).c_str());
       return 1;
