@@ -17,6 +17,8 @@ int RunValidate(const std::string& file);
 struct SubmitOptions {
   std::string file;
   bool follow = false;
+  // --from JOB: start from that job's newest checkpoint (model.init_from = its checkpoint dir).
+  std::string from_job;
 };
 int RunSubmit(const SubmitOptions& o);
 
@@ -40,6 +42,14 @@ struct CancelOptions {
   double wait_s = 300;
 };
 int RunCancel(const CancelOptions& o);
+
+struct ResumeOptions {
+  std::string id;
+  int steps = 0;  // 0 = the job's train.steps
+  bool follow = false;
+};
+// resume JOB: a finished job continues from its newest checkpoint (moed's ResumeJob).
+int RunResume(const ResumeOptions& o);
 
 struct LogsOptions {
   std::string id;
@@ -69,6 +79,15 @@ struct PruneOptions {
   bool dry_run = false;
 };
 int RunPrune(const PruneOptions& o);
+
+struct ExportOptions {
+  std::string source;  // a job id (its checkpoint directory, from moed) or a checkpoint directory
+  std::string format = "hf";
+  std::string out_dir;
+  std::string dtype = "fp32";
+};
+// Runs where the checkpoints are readable (moed's host, or a shared file system).
+int RunExport(const ExportOptions& o);
 
 // Prints a job's lines from moed and, with follow, keeps going until the job ends, reconnecting
 // when moed restarts. Returns 0 only if the job SUCCEEDED (with follow), 1 otherwise.

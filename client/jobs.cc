@@ -130,6 +130,18 @@ int RunSubmit(const SubmitOptions& o) {
   *req.mutable_spec() = parsed.spec;
   if (absl::StatusOr<std::string> text = ReadFile(path); text.ok()) req.set_spec_yaml(*text);
   auto stub = NewJobStub(*config);
+  if (!o.from_job.empty()) {
+    if (!parsed.spec.model().init_from().empty()) {
+      std::fprintf(stderr, "moectl submit: %s sets model.init_from and --from names a job; give one of them\n",
+                   path.c_str());
+      return 2;
+    }
+    grpc::Status gs;
+    absl::StatusOr<moe::v1::Job> from = GetJob(*stub, *config, o.from_job, &gs);
+    if (!from.ok()) return Fail(absl::StrCat("--from ", o.from_job, ": ", DescribeError(gs, *config)));
+    // The worker reads the newest complete checkpoint there when the new job starts.
+    req.mutable_spec()->mutable_model()->set_init_from(from->checkpoint_dir());
+  }
   grpc::ClientContext ctx;
   PrepareContext(ctx, *config, 30);
   moe::v1::Job job;
@@ -224,6 +236,24 @@ int RunStatus(const StatusOptions& o) {
                     : "-",
                 j.restarts(), Clip(j.reason(), kReasonWidth).c_str());
   }
+  return 0;
+}
+
+int RunResume(const ResumeOptions& o) {
+  absl::StatusOr<ClientConfig> config = LoadClientConfig();
+  if (!config.ok()) return Fail(std::string(config.status().message()));
+  auto stub = NewJobStub(*config);
+  grpc::ClientContext ctx;
+  PrepareContext(ctx, *config, 30);
+  moe::v1::ResumeJobRequest req;
+  req.set_id(o.id);
+  req.set_steps(o.steps);
+  moe::v1::Job job;
+  grpc::Status s = stub->ResumeJob(&ctx, req, &job);
+  if (!s.ok()) return Fail(DescribeError(s, *config));
+  std::printf("%s %s (%s)\n", job.id().c_str(), StateName(job.state()).c_str(), job.reason().c_str());
+  std::fflush(stdout);
+  if (o.follow) return FollowLogs(job.id(), -1, 0, true);
   return 0;
 }
 

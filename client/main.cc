@@ -79,7 +79,7 @@ std::string BashCompletion(CLI::App& app) {
     absl::StrAppend(&commands, commands.empty() ? "" : " ", sub->get_name());
     const std::string n = sub->get_name();
     const bool jobs = n == "status" || n == "logs" || n == "cancel" || n == "metrics" ||
-                      n == "delete";
+                      n == "delete" || n == "resume" || n == "export";
     const bool files = n == "validate" || n == "submit";
     absl::StrAppend(&cases, "    ", n, ") words=\"", absl::StrJoin(flags, " "), "\"",
                     jobs ? "; ids=1" : "", files ? "; yaml=1" : "", " ;;\n");
@@ -99,7 +99,9 @@ _moectl() {
     -o|--output|--format) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return ;;
     --state) COMPREPLY=($(compgen -W ")SH", absl::StrJoin(kStates, " "), R"SH(" -- "$cur")); return ;;
     --svg) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-    --server|--rank|--tail|--wait|--limit|--name|--older-than) return ;;
+    --server|--rank|--tail|--wait|--limit|--name|--older-than|--steps) return ;;
+    --from) COMPREPLY=($(compgen -W "$(moectl list -o csv 2>/dev/null | tail -n +2 | cut -d, -f1)" -- "$cur")); return ;;
+    --dtype) COMPREPLY=($(compgen -W "fp32 bf16" -- "$cur")); return ;;
   esac
   if [[ -z $cmd ]]; then
     COMPREPLY=($(compgen -W ")SH", commands, R"SH( --server --help --version" -- "$cur"))
@@ -142,9 +144,12 @@ int main(int argc, char** argv) {
   validate->callback([&] { run = [&] { return moe::client::RunValidate(file); }; });
 
   moe::client::SubmitOptions submit_o;
-  CLI::App* submit = AddCommand(app, "submit", "submit JOB.yaml [-f|--follow]",
+  CLI::App* submit = AddCommand(app, "submit", "submit JOB.yaml [-f|--follow] [--from JOB]",
                                 "validate locally, submit, print the job id");
   submit->add_option("JOB.yaml", submit_o.file, "the job file")->required();
+  submit->add_option("--from", submit_o.from_job,
+                     "start from this job's newest checkpoint (sets model.init_from to its checkpoint "
+                     "directory; the optimizer starts fresh), e.g. to fine-tune");
   submit->add_flag("-f,--follow", submit_o.follow,
                    "follow the job's logs until it ends; exit 0 only if it SUCCEEDED");
   submit->callback([&] { run = [&] { return moe::client::RunSubmit(submit_o); }; });
@@ -188,6 +193,16 @@ int main(int argc, char** argv) {
   logs->add_option("--tail", logs_o.tail, "only the last N lines per rank")
       ->check(CLI::NonNegativeNumber);
   logs->callback([&] { run = [&] { return moe::client::RunLogs(logs_o); }; });
+
+  moe::client::ResumeOptions resume_o;
+  CLI::App* resume = AddCommand(app, "resume", "resume JOB [--steps N] [-f|--follow]",
+                                "continue a finished, failed or cancelled job from its newest complete "
+                                "checkpoint (same job id, a new attempt)");
+  resume->add_option("JOB", resume_o.id, "job id")->required();
+  resume->add_option("--steps", resume_o.steps, "train up to step N (the job's train.steps becomes N)")
+      ->check(CLI::PositiveNumber);
+  resume->add_flag("-f,--follow", resume_o.follow, "follow the job's logs until it ends");
+  resume->callback([&] { run = [&] { return moe::client::RunResume(resume_o); }; });
 
   moe::client::CancelOptions cancel_o;
   CLI::App* cancel = AddCommand(app, "cancel", "cancel JOB [--no-wait] [--wait SECONDS]",
@@ -239,6 +254,20 @@ int main(int argc, char** argv) {
     }
     run = [&] { return moe::client::RunPrune(prune_o); };
   });
+
+  moe::client::ExportOptions export_o;
+  CLI::App* exp = AddCommand(app, "export", "export JOB_OR_CHECKPOINT_DIR --format hf OUT_DIR [--dtype fp32|bf16]",
+                             "write a job's newest checkpoint (or a checkpoint directory) as a Hugging Face "
+                             "model directory (MixtralForCausalLM) that transformers loads; run it where "
+                             "the checkpoints are");
+  exp->add_option("SOURCE", export_o.source, "a job id or a checkpoint directory")->required();
+  exp->add_option("OUT_DIR", export_o.out_dir, "the directory to create (absent or empty)")->required();
+  exp->add_option("--format", export_o.format, "the format: hf (Hugging Face transformers)")
+      ->required()
+      ->check(CLI::IsMember({"hf"}));
+  exp->add_option("--dtype", export_o.dtype, "weights as fp32 (default) or bf16")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  exp->callback([&] { run = [&] { return moe::client::RunExport(export_o); }; });
 
   std::string shell;
   CLI::App* completion = AddCommand(app, "completion", "completion bash",

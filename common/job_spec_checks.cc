@@ -43,12 +43,14 @@ class Checker {
              {"name", &s_.name()}, {"data.path", &d.path()},
              {"data.tokenizer_dir", &d.tokenizer_dir()}, {"data.cache_dir", &d.cache_dir()},
              {"checkpoint.dir", &s_.checkpoint().dir()}, {"resources.slurm.partition", &sl.partition()},
+             {"model.init_from", &s_.model().init_from()},
              {"resources.slurm.account", &sl.account()},
              {"resources.slurm.time_limit", &sl.time_limit()}}) {
       NoControlCharacters(path, *value);
     }
     CheckName();
     CheckModel();
+    CheckInitFrom();
     CheckData();
     CheckTrain();
     CheckResources();
@@ -165,6 +167,17 @@ class Checker {
       Fail("model.attention.rope_theta",
            absl::StrCat("must be greater than 1 (10000 by default, 1e6 for Mixtral and Qwen), got ",
                         FormatDouble(theta)));
+    }
+  }
+
+  // Weights to start from: read when the job starts, so they must be there now.
+  void CheckInitFrom() {
+    const std::string& dir = s_.model().init_from();
+    if (dir.empty() || !AbsolutePath("model.init_from", dir)) return;
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) {
+      Fail("model.init_from", absl::StrCat(dir, " is not a directory; give a Hugging Face model directory "
+                                           "(config.json + safetensors) or a checkpoint directory"));
     }
   }
 

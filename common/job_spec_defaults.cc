@@ -110,6 +110,7 @@ void ResolvePaths(JobSpec* s, const std::string& base_dir) {
   resolve(s->mutable_data()->mutable_tokenizer_dir());
   resolve(s->mutable_data()->mutable_cache_dir());
   resolve(s->mutable_checkpoint()->mutable_dir());
+  resolve(s->mutable_model()->mutable_init_from());
 }
 
 }  // namespace moe::job_spec_internal

@@ -117,6 +117,11 @@ absl::Status CheckSpecPaths(const PathPolicy& policy, const moe::v1::JobSpec& sp
                                     {"data.cache_dir", &d.cache_dir()}}) {
     if (absl::Status s = CheckDataPath(policy, field, *path); !s.ok()) return s;
   }
+  // Weights to start from are read: under a data root or a checkpoint root.
+  if (const std::string& init = spec.model().init_from(); !init.empty()) {
+    absl::Status as_data = CheckDataPath(policy, "model.init_from", init);
+    if (!as_data.ok() && !CheckCheckpointPath(policy, "model.init_from", init).ok()) return as_data;
+  }
   return CheckCheckpointPath(policy, "checkpoint.dir", spec.checkpoint().dir());
 }
 

@@ -77,6 +77,20 @@ grpc::Status JobServiceImpl::CancelJob(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+grpc::Status JobServiceImpl::ResumeJob(grpc::ServerContext* context,
+                                       const moe::v1::ResumeJobRequest* request,
+                                       moe::v1::Job* response) {
+  if (absl::Status s = auth_->Check(*context); !s.ok()) return ToGrpcStatus(s);
+  if (absl::Status s = CheckId(request->id()); !s.ok()) return ToGrpcStatus(s);
+  if (request->steps() < 0) {
+    return ToGrpcStatus(absl::InvalidArgumentError("steps: must be 0 (keep the job's) or a step count"));
+  }
+  absl::StatusOr<moe::v1::Job> job = scheduler_->Resume(request->id(), request->steps());
+  if (!job.ok()) return ToGrpcStatus(job.status());
+  *response = *std::move(job);
+  return grpc::Status::OK;
+}
+
 grpc::Status JobServiceImpl::DeleteJob(grpc::ServerContext* context,
                                        const moe::v1::DeleteJobRequest* request,
                                        moe::v1::DeleteJobResponse* response) {

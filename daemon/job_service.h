@@ -33,6 +33,8 @@ class JobServiceImpl final : public moe::v1::JobService::Service {
                         moe::v1::ListJobsResponse* response) override;
   grpc::Status CancelJob(grpc::ServerContext* context, const moe::v1::CancelJobRequest* request,
                          moe::v1::Job* response) override;
+  grpc::Status ResumeJob(grpc::ServerContext* context, const moe::v1::ResumeJobRequest* request,
+                         moe::v1::Job* response) override;
   grpc::Status DeleteJob(grpc::ServerContext* context, const moe::v1::DeleteJobRequest* request,
                          moe::v1::DeleteJobResponse* response) override;
   grpc::Status PruneJobs(grpc::ServerContext* context, const moe::v1::PruneJobsRequest* request,

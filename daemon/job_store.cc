@@ -119,6 +119,7 @@ JobRecord RowToRecord(Stmt& s) {
   r.job.set_best_val_loss(s.Double(10));
   r.job.set_state_dir(s.Text(11));
   r.checkpoint_dir = s.Text(12);
+  r.job.set_checkpoint_dir(r.checkpoint_dir);
   r.launch_handle = s.Text(13);
   r.cancel_requested = s.Int(14) != 0;
   r.report_secret = s.Text(15);
@@ -382,6 +383,19 @@ absl::Status JobStore::UpdateJob(const JobRecord& r) {
     }
     if (absl::Status s = Commit(); !s.ok()) return s;
     Fault("update_job_committed", &r).IgnoreError();
+  }
+  Bump();
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::UpdateJobSpec(const std::string& id, const moe::v1::JobSpec& spec) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status s = Fault("update_job", nullptr); !s.ok()) return s;
+    Stmt u(db_, "UPDATE jobs SET spec=? WHERE id=?");
+    u.BindBlob(1, spec.SerializeAsString()).Bind(2, id);
+    if (u.Step() != SQLITE_DONE) return Error("update job spec");
+    if (sqlite3_changes(db_) == 0) return absl::NotFoundError(absl::StrCat("no job '", id, "'"));
   }
   Bump();
   return absl::OkStatus();

@@ -78,6 +78,8 @@ class JobStore {
   absl::StatusOr<std::vector<JobRecord>> ListJobs();
   // Writes the mutable columns; records an event when the state or reason changed.
   absl::Status UpdateJob(const JobRecord& record);
+  // Replaces a job's spec (moectl resume --steps); the caller then updates its state.
+  absl::Status UpdateJobSpec(const std::string& id, const moe::v1::JobSpec& spec);
   absl::StatusOr<std::vector<JobEvent>> Events(const std::string& id);
   // Removes a finished job's rows (job, events, logs, metrics, cursors) in one transaction and
   // returns what it was; its id is never reused. FailedPrecondition for a job not final.

@@ -8,13 +8,18 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/files.h"
+#include "common/job_spec.h"
 #include "daemon/scheduler_internal.h"
 #include "google/protobuf/util/json_util.h"
+#include "worker/checkpoint/checkpoint.h"
 
 namespace moe::daemon {
 namespace {
@@ -36,6 +41,50 @@ void ApplyState(JobRecord& rec, moe::v1::JobState state, const std::string& reas
 }
 
 namespace {
+
+// The spec the workers read (<job folder>/spec.json).
+absl::Status WriteSpecJson(const std::string& dir, const moe::v1::JobSpec& spec) {
+  std::string json;
+  google::protobuf::util::JsonPrintOptions opts;
+  opts.add_whitespace = true;
+  opts.preserve_proto_field_names = true;
+  if (!google::protobuf::util::MessageToJsonString(spec, &json, opts).ok()) {
+    return absl::InternalError("cannot write the spec as JSON");
+  }
+  return WriteFileAtomic(dir + "/spec.json", json);
+}
+
+// A new job's checkpoint.dir must be absent or empty: a directory with another run's checkpoints
+// would be overwritten and rotated away (the worker checks again when it claims the directory).
+absl::Status CheckCheckpointDirFree(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (dir.empty() || !fs::is_directory(dir, ec) || fs::is_empty(dir, ec)) return absl::OkStatus();
+  std::string owner = "files no job owns";
+  if (absl::StatusOr<std::string> text = ReadFile(dir + "/.moe-owner"); text.ok()) {
+    owner = absl::StrCat("the checkpoints of ", absl::StripTrailingAsciiWhitespace(*text));
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "checkpoint.dir: ", dir, " is not empty (it holds ", owner,
+      "); give this job its own checkpoint.dir (or leave it out), start from those weights with "
+      "model.init_from: ", dir, " (moectl submit --from JOB), or continue that job with moectl resume JOB"));
+}
+
+// model.init_from names a Hugging Face directory or holds a complete checkpoint now.
+absl::Status CheckInitFrom(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (dir.empty() || fs::exists(fs::path(dir) / "config.json", ec) || fs::exists(fs::path(dir) / "MANIFEST", ec)) {
+    return absl::OkStatus();
+  }
+  if (absl::StatusOr<std::string> latest = LatestCheckpoint(dir); !latest.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model.init_from: ", dir, " is neither a Hugging Face model directory (config.json) nor holds a "
+        "complete checkpoint yet (a job writes its first one at checkpoint.every steps, or when it ends)"));
+  }
+  return absl::OkStatus();
+}
+
 
 // Constant time in the secret's bytes. An attempt launched before moed had secrets has none.
 bool SecretMatches(const std::string& expected, const std::string& given) {
@@ -238,6 +287,8 @@ absl::StatusOr<moe::v1::Job> Scheduler::Submit(const moe::v1::JobSpec& spec,
                                                const std::string& spec_yaml) {
   if (absl::Status s = CheckFreeSpace(); !s.ok()) return s;
   if (absl::Status s = CheckSpecPaths(options_.paths, spec); !s.ok()) return s;
+  if (absl::Status s = CheckCheckpointDirFree(spec.checkpoint().dir()); !s.ok()) return s;
+  if (absl::Status s = CheckInitFrom(spec.model().init_from()); !s.ok()) return s;
   const int ranks = spec.resources().ranks();
   const bool local = launchers_.For(spec)->RunsOnThisMachine();
   const bool cuda = spec.resources().device() == moe::v1::DEVICE_CUDA;
@@ -263,17 +314,8 @@ absl::StatusOr<moe::v1::Job> Scheduler::Submit(const moe::v1::JobSpec& spec,
       store_->CreateJob(spec, spec_yaml, options_.state_dir + "/jobs", "waiting in the queue");
   if (!rec.ok()) return rec.status();
   const std::string dir = rec->job.state_dir();
-  std::string json;
-  google::protobuf::util::JsonPrintOptions opts;
-  opts.add_whitespace = true;
-  opts.preserve_proto_field_names = true;
   absl::Status s = MakeDirs(dir);
-  if (s.ok()) {
-    if (!google::protobuf::util::MessageToJsonString(spec, &json, opts).ok()) {
-      s = absl::InternalError("cannot write the spec as JSON");
-    }
-  }
-  if (s.ok()) s = WriteFileAtomic(dir + "/spec.json", json);
+  if (s.ok()) s = WriteSpecJson(dir, spec);
   if (s.ok() && !spec_yaml.empty()) s = WriteFileAtomic(dir + "/spec.yaml", spec_yaml);
   std::lock_guard<std::mutex> lock(mu_);
   if (!s.ok()) {
@@ -340,6 +382,68 @@ absl::StatusOr<moe::v1::Job> Scheduler::Cancel(const std::string& id) {
   return absl::FailedPreconditionError(absl::StrCat("job ", id, " already ended (",
                                                     StateName(rec->job.state()),
                                                     "); there is nothing to cancel"));
+}
+
+absl::StatusOr<moe::v1::Job> Scheduler::Resume(const std::string& id, int steps) {
+  if (absl::Status s = CheckFreeSpace(); !s.ok()) return s;
+  std::lock_guard<std::mutex> lock(mu_);
+  absl::StatusOr<JobRecord> rec = store_->GetJob(id);
+  if (!rec.ok()) return rec.status();
+  if (!IsFinal(rec->job.state()) || active_.count(id)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", id, " is ", StateName(rec->job.state()),
+        "; only a finished (SUCCEEDED, FAILED or CANCELLED) job can be resumed"));
+  }
+  absl::StatusOr<std::string> latest = LatestCheckpoint(rec->checkpoint_dir);
+  if (!latest.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", id, " has no complete checkpoint in ", rec->checkpoint_dir,
+        " to continue from; submit its job file again to start over"));
+  }
+  const std::string name = std::filesystem::path(*latest).filename().string();
+  const int64_t at = std::atoll(name.substr(name.find('_') + 1).c_str());
+  moe::v1::JobSpec spec = rec->job.spec();
+  if (steps > 0) {
+    if (steps <= at) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "steps: the newest checkpoint of job ", id, " is at step ", at, "; give more steps than that"));
+    }
+    spec.mutable_train()->set_steps(steps);
+    std::vector<SpecError> errors = ValidateJobSpec(spec);
+    if (!errors.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("with train.steps ", steps, " the job is not valid:\n",
+                                                     FormatSpecErrors(errors)));
+    }
+  } else if (at >= spec.train().steps()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "job ", id, " already trained all ", spec.train().steps(), " steps (checkpoint ", *latest,
+        "); give more with moectl resume ", id, " --steps N"));
+  }
+  // The workers read the spec from the job folder: it changes before the job is queued.
+  if (steps > 0) {
+    if (absl::Status s = WriteSpecJson(rec->job.state_dir(), spec); !s.ok()) return s;
+    if (absl::Status s = store_->UpdateJobSpec(id, spec); !s.ok()) return s;
+    *rec->job.mutable_spec() = spec;
+  }
+  JobRecord next = *rec;
+  next.attempt += 1;  // attempts after the first resume from the newest checkpoint
+  next.launch_handle.clear();
+  next.cancel_requested = false;
+  next.report_secret.clear();
+  next.job.set_ended_unix_ms(0);
+  next.job.set_state(moe::v1::JOB_STATE_QUEUED);
+  next.job.set_reason(absl::StrCat("resumed (moectl resume): continues from step ", at, " of ",
+                                   spec.train().steps(), " (", *latest, ")"));
+  if (absl::Status s = store_->UpdateJob(next); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("cannot record the resume of job ", id, " (", s.message(),
+                                               "); nothing changed; try again"));
+  }
+  queue_.push_back(id);
+  Admit();
+  wake_.notify_all();
+  absl::StatusOr<JobRecord> now = store_->GetJob(id);
+  if (!now.ok()) return now.status();
+  return now->job;
 }
 
 absl::StatusOr<Scheduler::Active*> Scheduler::ReporterJob(const std::string& job_id,

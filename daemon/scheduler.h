@@ -63,6 +63,9 @@ class Scheduler {
   // NotFound, FailedPrecondition for an ended job; otherwise starts the cancel and returns the
   // job as it is now (CANCELLED at once when it never started).
   absl::StatusOr<moe::v1::Job> Cancel(const std::string& id);
+  // moectl resume: a finished job queued again as its next attempt, which resumes from the
+  // newest complete checkpoint; steps > 0 replaces train.steps. See ResumeJobRequest.
+  absl::StatusOr<moe::v1::Job> Resume(const std::string& id, int steps);
 
   // From the report service: a worker of (job, attempt) says hello / sends anything.
   // FailedPrecondition when the job is not running that attempt (a stale worker);

@@ -1,12 +1,13 @@
 // moe-worker: one rank of a training job. main only parses flags, then either trains
 // (standalone with --job, or launched by moed with --spec/--moed/--job-id) or samples text
-// from a checkpoint (--sample).
+// from a checkpoint (--sample), or exports one for Hugging Face (--export).
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -20,6 +21,7 @@
 #include "moe_version.h"
 #include "worker/parallel/comm_mpi.h"
 #include "worker/data/dataset.h"
+#include "worker/interchange/hf_export.h"
 #include "worker/sample/generate.h"
 #include "worker/report/reporter.h"
 #include "worker/train/signals.h"
@@ -32,7 +34,9 @@ constexpr char kUsage[] =
     "  moe-worker --job JOB.yaml [--checkpoint-dir DIR] [--resume] [--max-steps N]\n"
     "  moe-worker --spec SPEC.json --moed HOST:PORT --job-id ID [--attempt N] [--checkpoint-dir DIR] [--resume]\n"
     "  moe-worker --sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
-    "  moe-worker --score CHECKPOINT --batch-out FILE   (CE on the first held-out batch, as JSON)\n"
+    "  moe-worker --score CHECKPOINT --batch-out FILE [--logits-out FILE] [--greedy N --greedy-out FILE]\n"
+    "             (CE on the first held-out batch, as JSON; the first sequence's logits; N greedy tokens)\n"
+    "  moe-worker --export CHECKPOINT --format hf --out DIR [--dtype fp32|bf16]\n"
     "  moe-worker --version | --help\n"
     "Run several ranks with: mpirun -np W moe-worker --job JOB.yaml (as root also\n"
     "--allow-run-as-root, or OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)\n";
@@ -47,6 +51,8 @@ struct WorkerFlags {
   moe::SampleOptions sample;
   bool sampling = false;
   std::string score_checkpoint, batch_out;
+  moe::ScoreExtras score_extras;
+  std::string export_checkpoint, export_format, export_out, export_dtype = "fp32";
 };
 
 // Returns an error message, or "" when the flags are good.
@@ -92,6 +98,20 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       if (!value(&f->sample.checkpoint)) return "--sample needs a checkpoint directory";
     } else if (a == "--score") {
       if (!value(&f->score_checkpoint)) return "--score needs a checkpoint directory";
+    } else if (a == "--export") {
+      if (!value(&f->export_checkpoint)) return "--export needs a checkpoint directory";
+    } else if (a == "--format") {
+      if (!value(&f->export_format)) return "--format needs a value (hf)";
+    } else if (a == "--out") {
+      if (!value(&f->export_out)) return "--out needs a directory";
+    } else if (a == "--dtype") {
+      if (!value(&f->export_dtype)) return "--dtype needs fp32 or bf16";
+    } else if (a == "--logits-out") {
+      if (!value(&f->score_extras.logits_out)) return "--logits-out needs a file";
+    } else if (a == "--greedy") {
+      err = int_flag(&f->score_extras.greedy_tokens);
+    } else if (a == "--greedy-out") {
+      if (!value(&f->score_extras.greedy_out)) return "--greedy-out needs a file";
     } else if (a == "--batch-out") {
       if (!value(&f->batch_out)) return "--batch-out needs a file";
     } else if (a == "--prompt") {
@@ -116,7 +136,14 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
     if (!err.empty()) return err;
   }
   if (!f->score_checkpoint.empty()) {
+    if (f->score_extras.greedy_tokens > 0 && f->score_extras.greedy_out.empty()) return "--greedy needs --greedy-out FILE";
     return f->batch_out.empty() ? "--score needs --batch-out FILE" : "";
+  }
+  if (!f->export_checkpoint.empty()) {
+    if (f->export_format != "hf") return "--export needs --format hf (the only format)";
+    if (f->export_out.empty()) return "--export needs --out DIR";
+    if (!moe::ParseExportDtype(f->export_dtype).ok()) return "--dtype must be fp32 or bf16";
+    return "";
   }
   if (!f->sampling && f->job_yaml.empty() == f->spec_json.empty()) return "give exactly one of --job or --spec";
   return "";
@@ -154,12 +181,23 @@ int main(int argc, char** argv) {
   // Checkpoints and token caches hold the job's data: for the job's owner alone.
   umask(077);
   if (!flags.score_checkpoint.empty()) {
-    absl::StatusOr<double> ce = moe::ScoreCheckpoint(flags.score_checkpoint, flags.batch_out);
+    absl::StatusOr<double> ce = moe::ScoreCheckpoint(flags.score_checkpoint, flags.batch_out, flags.score_extras);
     if (!ce.ok()) {
       std::fprintf(stderr, "moe-worker: %s\n", std::string(ce.status().message()).c_str());
       return 1;
     }
     std::printf("{\"ce\": %.9g, \"batch\": \"%s\"}\n", *ce, flags.batch_out.c_str());
+    return 0;
+  }
+  if (!flags.export_checkpoint.empty()) {
+    moe::HfExportOptions opts;
+    opts.dtype = *moe::ParseExportDtype(flags.export_dtype);
+    absl::StatusOr<moe::HfExportResult> r = moe::ExportHf(flags.export_checkpoint, flags.export_out, opts);
+    if (!r.ok()) {
+      std::fprintf(stderr, "moe-worker: %s\n", std::string(r.status().message()).c_str());
+      return 1;
+    }
+    std::printf("%s", moe::DescribeExport(*r, flags.export_out).c_str());
     return 0;
   }
   if (flags.sampling) {
@@ -231,6 +269,16 @@ int main(int argc, char** argv) {
   if (topts.checkpoint_dir.empty()) topts.checkpoint_dir = spec->checkpoint().dir();
   if (topts.checkpoint_dir.empty()) topts.checkpoint_dir = "checkpoints/" + spec->name();
   topts.resume = flags.resume;
+  // The checkpoint directory's owner: moed's job (its id and folder, which is unique to one moed)
+  // or, run by hand, the job's name.
+  if (!flags.job_id.empty()) {
+    std::error_code ec;
+    const std::string folder =
+        std::filesystem::absolute(flags.spec_json, ec).lexically_normal().parent_path().string();
+    topts.checkpoint_owner = absl::StrCat("job ", flags.job_id, " of ", folder);
+  } else {
+    topts.checkpoint_owner = absl::StrCat("standalone job ", spec->name());
+  }
   topts.max_steps = flags.max_steps;
   topts.on_metrics = [&](const moe::v1::MetricPoint& p) { reporter->Metrics(p); };
   topts.on_log = [&](const std::string& line) { reporter->Log(line); };

@@ -56,7 +56,44 @@ absl::Status WriteAll(int fd, const void* data, size_t n, const std::string& pat
   return absl::OkStatus();
 }
 
+// Bytes per element of a dtype this reader takes; 0 for one it does not.
+size_t ElementBytes(const std::string& dtype, const SafetensorsReadOptions& options) {
+  if (dtype == "F32") return 4;
+  if (options.widen_to_f32 && (dtype == "BF16" || dtype == "F16")) return 2;
+  return 0;
+}
+
 }  // namespace
+
+uint16_t FloatToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+float Bf16ToFloat(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+float F16ToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const int exp = (h >> 10) & 0x1f;
+  const uint32_t mant = h & 0x3ffu;
+  float f;
+  if (exp == 0) {  // zero or subnormal: mant * 2^-24
+    f = std::ldexp(static_cast<float>(mant), -24);
+    return sign ? -f : f;
+  }
+  uint32_t u = exp == 31 ? sign | 0x7f800000u | (mant << 13)
+                         : sign | (static_cast<uint32_t>(exp - 15 + 127) << 23) | (mant << 13);
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 
 std::string JsonQuote(std::string_view s) {
   std::string out = "\"";
@@ -133,7 +170,9 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<NamedTe
 }
 
 absl::Status WriteSafetensors(const std::string& path, const std::vector<const NamedTensor*>& tensors,
-                              const std::map<std::string, std::string>& metadata) {
+                              const std::map<std::string, std::string>& metadata, TensorDtype dtype) {
+  const bool bf16 = dtype == TensorDtype::kBF16;
+  const size_t elem_bytes = bf16 ? 2 : sizeof(float);
   std::string header = "{";
   if (!metadata.empty()) {
     header += "\"__metadata__\":{";
@@ -159,9 +198,9 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<const N
                                                      ShapeString(t.shape), " but ", t.data.size(),
                                                      " values"));
     }
-    uint64_t bytes = t.data.size() * sizeof(float);
+    uint64_t bytes = t.data.size() * elem_bytes;
     absl::StrAppend(&header, header.size() > 1 ? "," : "", JsonQuote(t.name),
-                    ":{\"dtype\":\"F32\",\"shape\":", ShapeString(t.shape),
+                    ":{\"dtype\":\"", bf16 ? "BF16" : "F32", "\",\"shape\":", ShapeString(t.shape),
                     ",\"data_offsets\":[", offset, ",", offset + bytes, "]}");
     offset += bytes;
   }
@@ -178,9 +217,21 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<const N
   uint64_t header_len = header.size();
   absl::Status st = WriteAll(fd, &header_len, 8, tmp);
   if (st.ok()) st = WriteAll(fd, header.data(), header.size(), tmp);
+  std::vector<uint16_t> half;
   for (const NamedTensor* t : tensors) {
     if (!st.ok()) break;
-    st = WriteAll(fd, t->data.data(), t->data.size() * sizeof(float), tmp);
+    if (!bf16) {
+      st = WriteAll(fd, t->data.data(), t->data.size() * sizeof(float), tmp);
+      continue;
+    }
+    // In pieces, so a large tensor needs no second full-size buffer.
+    constexpr size_t kPiece = 1 << 20;
+    for (size_t i = 0; i < t->data.size() && st.ok(); i += kPiece) {
+      const size_t n = std::min(kPiece, t->data.size() - i);
+      half.resize(n);
+      for (size_t j = 0; j < n; ++j) half[j] = FloatToBf16(t->data[i + j]);
+      st = WriteAll(fd, half.data(), n * 2, tmp);
+    }
   }
   if (st.ok() && ::fsync(fd) != 0) {
     st = absl::InternalError(absl::StrCat("cannot fsync ", tmp, ": ", std::strerror(errno)));
@@ -199,7 +250,8 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<const N
   return SyncDir(dir);
 }
 
-absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes_in, const std::string& what) {
+absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes_in, const std::string& what,
+                                                 const SafetensorsReadOptions& options) {
   absl::string_view bytes(bytes_in.data(), bytes_in.size());
   auto bad = [&](const std::string& msg) {
     return absl::DataLossError(absl::StrCat(what, ": ", msg));
@@ -226,6 +278,7 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes_in, cons
   struct Span {
     uint64_t begin, end;
     size_t index;
+    std::string dtype;
   };
   std::vector<Span> spans;
   // Repeated keys are refused by the JSON reader; fields() is a map, so order comes from spans.
@@ -256,9 +309,11 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes_in, cons
       return bad(absl::StrCat("tensor \"", name,
                               "\": header entry needs dtype, shape and data_offsets [begin, end]"));
     }
-    if (dtype->string_value() != "F32") {
-      return bad(absl::StrCat("tensor \"", name, "\" has dtype ", dtype->string_value(),
-                              "; only F32 is supported (convert with tensor.float())"));
+    const size_t elem_bytes = ElementBytes(dtype->string_value(), options);
+    if (elem_bytes == 0) {
+      return bad(absl::StrCat("tensor \"", name, "\" has dtype ", dtype->string_value(), "; only ",
+                              options.widen_to_f32 ? "F32, BF16 and F16 are" : "F32 is",
+                              " supported (convert with tensor.float())"));
     }
     NamedTensor t;
     t.name = name;
@@ -271,12 +326,12 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes_in, cons
       t.shape.push_back(static_cast<int64_t>(dim));
       elems *= dim;
     }
-    if (end < begin || end - begin != elems * sizeof(float)) {
+    if (end < begin || end - begin != elems * elem_bytes) {
       return bad(absl::StrCat("tensor \"", name, "\": shape ", ShapeString(t.shape), " needs ",
-                              elems * sizeof(float), " bytes but data_offsets [", begin, ", ",
+                              elems * elem_bytes, " bytes but data_offsets [", begin, ", ",
                               end, "] span ", end >= begin ? end - begin : 0));
     }
-    spans.push_back({begin, end, out.tensors.size()});
+    spans.push_back({begin, end, out.tensors.size(), dtype->string_value()});
     out.tensors.push_back(std::move(t));
   }
   // The tensors must tile the data exactly: no gap, no overlap, nothing missing at the end.
@@ -308,18 +363,29 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes_in, cons
   ordered.reserve(spans.size());
   for (const Span& s : spans) {
     NamedTensor& t = out.tensors[s.index];
-    t.data.resize((s.end - s.begin) / sizeof(float));
-    if (!t.data.empty()) std::memcpy(t.data.data(), data.data() + s.begin, s.end - s.begin);
+    if (s.dtype == "F32") {
+      t.data.resize((s.end - s.begin) / sizeof(float));
+      if (!t.data.empty()) std::memcpy(t.data.data(), data.data() + s.begin, s.end - s.begin);
+    } else {
+      t.data.resize((s.end - s.begin) / 2);
+      const bool bf16 = s.dtype == "BF16";
+      for (size_t i = 0; i < t.data.size(); ++i) {
+        uint16_t h;
+        std::memcpy(&h, data.data() + s.begin + 2 * i, 2);
+        t.data[i] = bf16 ? Bf16ToFloat(h) : F16ToFloat(h);
+      }
+    }
     ordered.push_back(std::move(t));
   }
   out.tensors = std::move(ordered);
   return out;
 }
 
-absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path) {
+absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path,
+                                                const SafetensorsReadOptions& options) {
   absl::StatusOr<std::string> bytes = ReadFile(path);
   if (!bytes.ok()) return bytes.status();
-  return ParseSafetensors(*bytes, path);
+  return ParseSafetensors(*bytes, path, options);
 }
 
 }  // namespace moe

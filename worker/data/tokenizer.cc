@@ -554,4 +554,20 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> DeserializeTokenizer(std::string_view
       "\"; expected \"moe-tokenizer char v1\" or \"moe-tokenizer gpt2 v1\""));
 }
 
+absl::StatusOr<Gpt2Files> Gpt2FilesOf(std::string_view blob_in) {
+  absl::string_view blob(blob_in.data(), blob_in.size());
+  if (blob.substr(0, kGpt2Header.size()) != kGpt2Header) {
+    return absl::NotFoundError("not a serialized GPT-2 tokenizer");
+  }
+  blob.remove_prefix(kGpt2Header.size());
+  Gpt2Files files;
+  absl::StatusOr<std::string> encoder = TakeSection(&blob, "encoder.json");
+  if (!encoder.ok()) return encoder.status();
+  absl::StatusOr<std::string> bpe = TakeSection(&blob, "vocab.bpe");
+  if (!bpe.ok()) return bpe.status();
+  files.encoder_json = *std::move(encoder);
+  files.vocab_bpe = *std::move(bpe);
+  return files;
+}
+
 }  // namespace moe

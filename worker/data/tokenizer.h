@@ -41,6 +41,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGpt2Tokenizer(const std::string& 
 // Rebuilds a tokenizer from Tokenizer::Serialize().
 absl::StatusOr<std::unique_ptr<Tokenizer>> DeserializeTokenizer(std::string_view blob);
 
+// GPT-2's two files as a Serialize() blob holds them (for exporting the tokenizer); NotFound
+// when the blob is not a GPT-2 tokenizer.
+struct Gpt2Files {
+  std::string encoder_json;  // Hugging Face calls it vocab.json
+  std::string vocab_bpe;     // Hugging Face calls it merges.txt
+};
+absl::StatusOr<Gpt2Files> Gpt2FilesOf(std::string_view blob);
+
 // Parses a JSON object of string -> integer (GPT-2's encoder.json) with ParseJsonObject
 // (worker/safetensors.h). Exposed for tests.
 absl::StatusOr<std::map<std::string, int64_t>> ParseJsonStringIntMap(std::string_view json);

@@ -29,7 +29,9 @@ struct LoadedModel {
   std::unique_ptr<Model> model;
 };
 
-absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint) {
+// seq_len > 0 builds the model for that context instead of the job's (shorter is the same math:
+// positions start at 0 and attention is causal).
+absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int seq_len = 0) {
   std::string path = checkpoint;
   if (absl::StatusOr<std::string> latest = LatestCheckpoint(path); latest.ok()) path = *latest;
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(path);
@@ -49,6 +51,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint) {
   m.comm = CreateSingleProcessCommunicator();
   ModelConfig cfg = ModelConfig::FromSpec(m.spec, vocab);
   cfg.dropout = 0;
+  if (seq_len > 0) cfg.seq_len = seq_len;
   m.model = std::make_unique<Model>(cfg, m.comm.get());
   std::vector<std::pair<std::string, std::vector<int64_t>>> expected;
   for (const ParamInfo& info : m.model->layout().params()) expected.emplace_back(info.name, info.global_shape);
@@ -64,6 +67,11 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint) {
 }  // namespace
 
 absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std::string& batch_out) {
+  return ScoreCheckpoint(checkpoint, batch_out, ScoreExtras());
+}
+
+absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std::string& batch_out,
+                                       const ScoreExtras& extras) {
   absl::StatusOr<LoadedModel> m = LoadModel(checkpoint);
   if (!m.ok()) return m.status();
   absl::StatusOr<Dataset> data = LoadDataset(m->spec.data());
@@ -81,6 +89,33 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
   std::string bytes(reinterpret_cast<const char*>(x.data()), x.size() * sizeof(int32_t));
   bytes.append(reinterpret_cast<const char*>(y.data()), y.size() * sizeof(int32_t));
   if (absl::Status st = WriteFileAtomic(batch_out, bytes); !st.ok()) return st;
+  const int V = cfg.vocab;
+  if (!extras.logits_out.empty()) {
+    const std::vector<float>& logits = m->model->logits();
+    std::string out(reinterpret_cast<const char*>(logits.data()), static_cast<size_t>(T) * V * sizeof(float));
+    if (absl::Status st = WriteFileAtomic(extras.logits_out, out); !st.ok()) return st;
+  }
+  if (extras.greedy_tokens > 0) {
+    const int n = extras.greedy_tokens, P = std::min(32, T - n);
+    if (P < 1) return absl::InvalidArgumentError(absl::StrCat("--greedy ", n, " leaves no prompt in seq_len ", T));
+    // A model for exactly P + n positions, run again over the whole context for every new token.
+    absl::StatusOr<LoadedModel> g = LoadModel(checkpoint, P + n);
+    if (!g.ok()) return g.status();
+    std::vector<int32_t> ids(x.begin(), x.begin() + P);
+    std::vector<int32_t> gx(P + n, 0), gy(P + n, -1);
+    for (int i = 0; i < n; ++i) {
+      std::copy(ids.begin(), ids.end(), gx.begin());
+      BatchContext bc;
+      bc.train = false;
+      bc.global_tokens = P + n;
+      bc.loss_scale = 1.0f / (P + n);
+      g->model->Forward(gx.data(), gy.data(), 1, bc);
+      const float* row = g->model->logits().data() + (ids.size() - 1) * static_cast<size_t>(V);
+      ids.push_back(static_cast<int32_t>(std::max_element(row, row + V) - row));
+    }
+    std::string out(reinterpret_cast<const char*>(ids.data()), ids.size() * sizeof(int32_t));
+    if (absl::Status st = WriteFileAtomic(extras.greedy_out, out); !st.ok()) return st;
+  }
   return ce;
 }
 

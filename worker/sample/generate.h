@@ -23,6 +23,15 @@ struct SampleOptions {
 // another implementation (reference_moe.py) can score the same tokens.
 absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std::string& batch_out);
 
+// What else a score writes, for checking another implementation's outputs (bench/check_hf_export.py).
+struct ScoreExtras {
+  std::string logits_out;  // float32 logits (T, V) of the batch's first sequence
+  int greedy_tokens = 0;   // > 0: greedy continuation of the first sequence's first P tokens,
+  std::string greedy_out;  // P = min(32, T - greedy_tokens), written as int32: P prompt ids, then the new ones
+};
+absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std::string& batch_out,
+                                       const ScoreExtras& extras);
+
 // Returns the prompt followed by the generated text.
 absl::StatusOr<std::string> GenerateText(const SampleOptions& opts);
 

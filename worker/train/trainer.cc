@@ -232,6 +232,8 @@ void Trainer::Emit(const moe::v1::MetricPoint& point) {
 absl::Status Trainer::Run(TrainOutcome* outcome) {
   const auto& t = spec_.train();
   int64_t step = 0;
+  if (absl::Status st = ClaimCheckpointDir(); !st.ok()) return st;
+  bool resumed = false;
   if (opts_.resume && !opts_.checkpoint_dir.empty()) {
     absl::StatusOr<std::string> latest = NewestGoodCheckpoint(
         opts_.checkpoint_dir, spec_.checkpoint().start_over_if_damaged(), [this](const std::string& m) { Log(m); });
@@ -239,9 +241,14 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
       absl::Status st = LoadCheckpoint(*latest, &step);
       if (!st.ok()) return st;
       Log(absl::StrCat("resumed from ", *latest, " at step ", step));
+      resumed = true;
     } else if (!absl::IsNotFound(latest.status())) {
       return latest.status();
     }
+  }
+  // A resumed job has its own weights; init_from only seeds a job's first step.
+  if (!resumed && !spec_.model().init_from().empty()) {
+    if (absl::Status st = InitFrom(spec_.model().init_from()); !st.ok()) return st;
   }
   const int64_t last = opts_.max_steps >= 0 ? std::min<int64_t>(t.steps(), step + opts_.max_steps) : t.steps();
   const int log_every = std::max(1, t.log_every());

@@ -24,6 +24,9 @@ struct TrainerOptions {
   std::string checkpoint_dir;  // "" = no checkpoints
   bool resume = false;         // continue from the newest checkpoint in checkpoint_dir
   int max_steps = -1;          // stop after this many steps this run (tests); -1 = spec's steps
+  // Who owns checkpoint_dir (its .moe-owner marker): "job <id> of <moed job folder>" for moed's
+  // jobs, "standalone job <name>" otherwise. "" = no ownership check (tests).
+  std::string checkpoint_owner;
   // Called on rank 0 for every metric point and every log line (besides stdout).
   std::function<void(const moe::v1::MetricPoint&)> on_metrics;
   std::function<void(const std::string&)> on_log;
@@ -60,6 +63,12 @@ class Trainer {
   // Checkpoints (trainer_checkpoint.cc): collective over the ranks, rank 0 reads and writes.
   absl::Status SaveCheckpoint(int64_t steps_done);
   absl::Status LoadCheckpoint(const std::string& path, int64_t* steps_done);
+  // model.init_from: the weights of a Hugging Face directory or one of our checkpoints; the
+  // optimizer state stays fresh. Collective; every rank reads the files.
+  absl::Status InitFrom(const std::string& dir);
+  // Claims opts.checkpoint_dir for opts.checkpoint_owner (rank 0, agreed by all): refuses a
+  // directory another job owns, or one that is not empty and has no owner unless resuming.
+  absl::Status ClaimCheckpointDir();
 
   TrainModel& model() { return *model_; }  // the backend being trained
   const std::vector<moe::v1::MetricPoint>& history() const { return history_; }

@@ -3,13 +3,17 @@
 #include "worker/train/trainer.h"
 
 #include <algorithm>
+#include <filesystem>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/json_util.h"
+#include "common/files.h"
 #include "worker/checkpoint/checkpoint.h"
+#include "worker/interchange/hf_import.h"
 
 namespace moe {
 
@@ -88,6 +92,84 @@ absl::Status Trainer::LoadCheckpoint(const std::string& path, int64_t* steps_don
   model_->CopyFromHost(ParamSet::kAdamM, adam_m);
   model_->CopyFromHost(ParamSet::kAdamV, adam_v);
   *steps_done = ckpt->step;
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::InitFrom(const std::string& dir) {
+  absl::StatusOr<PretrainedWeights> w = LoadPretrained(dir, HfShape::FromSpec(spec_, cfg_.vocab));
+  // Every rank reads the same files; they agree before anyone goes on.
+  double ok = w.ok() ? 1.0 : 0.0;
+  comm_->AllReduceSum(&ok, 1);
+  if (!w.ok()) return absl::Status(w.status().code(), absl::StrCat("model.init_from: ", w.status().message()));
+  if (ok < comm_->world_size()) return absl::InternalError("model.init_from: another rank could not read the weights");
+  std::vector<float> params;
+  model_->CopyToHost(ParamSet::kParams, &params);
+  std::set<std::string> filled;
+  for (const NamedTensor& nt : w->tensors) {
+    const ParamInfo* info = model_->layout().Find(nt.name);
+    if (info == nullptr) return absl::InternalError(absl::StrCat("model.init_from: no parameter ", nt.name));
+    const size_t first = info->expert ? static_cast<size_t>(model_->layout().expert_begin()) * (info->size / info->shape[0]) : 0;
+    std::copy(nt.data.begin() + first, nt.data.begin() + first + info->size, params.begin() + info->offset);
+    filled.insert(nt.name);
+  }
+  for (const ParamInfo& info : model_->layout().params()) {
+    if (!filled.count(info.name)) return absl::InternalError(absl::StrCat("model.init_from: nothing for ", info.name));
+  }
+  model_->CopyFromHost(ParamSet::kParams, params);
+  Log(absl::StrCat("initialised the weights from ", w->source, "; the optimizer starts fresh"));
+  for (const std::string& note : w->notes) Log(absl::StrCat("init_from: ", note));
+  return absl::OkStatus();
+}
+
+namespace {
+
+constexpr char kOwnerFile[] = ".moe-owner";
+
+// What claiming dir for owner finds wrong; "" when the claim is fine (and made).
+std::string Claim(const std::string& dir, const std::string& owner, bool resume) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const std::string marker = dir + "/" + kOwnerFile;
+  if (fs::exists(marker, ec)) {
+    absl::StatusOr<std::string> text = ReadFile(marker);
+    if (!text.ok()) return absl::StrCat("cannot read ", marker, ": ", text.status().message());
+    std::string found(*text);
+    while (!found.empty() && (found.back() == '\n' || found.back() == ' ')) found.pop_back();
+    if (found == owner) return "";
+    return absl::StrCat(
+        "checkpoint directory ", dir, " belongs to ", found, " (", marker, "), not to this ", owner,
+        "; give this job its own checkpoint.dir, start from that job's weights with model.init_from: ", dir,
+        " (moectl submit --from), or remove ", marker, " to hand the directory over");
+  }
+  bool empty = true;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    (void)entry;
+    empty = false;
+    break;
+  }
+  // Checkpoints from before the marker existed: a resume asks for them, so it adopts them.
+  if (!empty && !resume) {
+    return absl::StrCat("checkpoint directory ", dir,
+                        " is not empty and no job owns it (no ", kOwnerFile,
+                        "); this job would overwrite and rotate away what is there. Give this job its own "
+                        "checkpoint.dir, start from those weights with model.init_from: ", dir,
+                        ", or resume them (moe-worker --resume)");
+  }
+  if (absl::Status st = MakeDirs(dir); !st.ok()) return std::string(st.message());
+  if (absl::Status st = WriteFileAtomic(marker, owner + "\n"); !st.ok()) return std::string(st.message());
+  return "";
+}
+
+}  // namespace
+
+absl::Status Trainer::ClaimCheckpointDir() {
+  if (opts_.checkpoint_dir.empty() || opts_.checkpoint_owner.empty()) return absl::OkStatus();
+  std::string problem;
+  if (comm_->rank() == 0) problem = Claim(opts_.checkpoint_dir, opts_.checkpoint_owner, opts_.resume);
+  double ok = problem.empty() ? 1.0 : 0.0;
+  comm_->Broadcast(&ok, sizeof(ok), 0);
+  if (comm_->rank() == 0 && !problem.empty()) return absl::FailedPreconditionError(problem);
+  if (ok == 0) return absl::FailedPreconditionError("rank 0 refused the checkpoint directory");
   return absl::OkStatus();
 }
 

@@ -1,0 +1,122 @@
+// Continuing runs end to end through the real moed, moectl and moe-worker: `moectl resume` takes
+// a finished job further from its newest checkpoint (same id, a new attempt), and a cancelled one
+// a few steps further; `moectl submit --from` starts a new job from another job's newest checkpoint;
+// a job whose checkpoint.dir holds another job's checkpoints is refused at submit with the path
+// and the fix; `moectl export` of a job id writes a Hugging Face directory.
+#include <filesystem>
+#include <string>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "tests/support/daemon_harness.h"
+
+namespace moe::testing {
+namespace {
+
+using moe::v1::Job;
+
+bool Ended(const Job& j) { return j.state() >= moe::v1::JOB_STATE_SUCCEEDED; }
+
+std::string FirstLine(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+bool LogsContain(DaemonHarness& h, const std::string& id, const std::string& needle) {
+  for (const auto& l : h.AllLogs(id)) {
+    if (absl::StrContains(l.text(), needle)) return true;
+  }
+  return false;
+}
+
+HarnessOptions Options() {
+  HarnessOptions o;
+  o.max_ranks = 2;
+  o.cancel_grace_s = 20;
+  return o;
+}
+
+TEST(E2eResume, ResumeSubmitFromExportAndAForeignCheckpointDirectory) {
+  DaemonHarness h(Options());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult r = h.Moectl({"submit", h.WriteJob("base", 2, 4), "--follow"}, 300);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err << h.MoedLog();
+  const std::string base = FirstLine(r.out);
+  Job job = h.WaitFor(base, Ended, 10);
+  ASSERT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason();
+  const std::string ckpt_dir = job.checkpoint_dir();
+  ASSERT_TRUE(std::filesystem::exists(ckpt_dir + "/step_00000004")) << ckpt_dir;
+
+  // All its steps are done: resume needs more.
+  r = h.Moectl({"resume", base});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.err, "already trained all 4 steps")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "--steps N")) << r.err;
+  r = h.Moectl({"resume", base, "--steps", "3"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(r.err, "at step 4")) << r.err;
+
+  // Six steps: the same job continues from step 4, as a new attempt.
+  r = h.Moectl({"resume", base, "--steps", "6", "--follow"}, 300);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err << h.MoedLog();
+  EXPECT_TRUE(absl::StartsWith(r.out, base + " ")) << r.out;
+  job = h.WaitFor(base, Ended, 10);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason();
+  EXPECT_EQ(job.spec().train().steps(), 6);
+  EXPECT_EQ(job.latest().step(), 6);
+  EXPECT_TRUE(LogsContain(h, base, "resumed from " + ckpt_dir + "/step_00000004 at step 4"));
+  EXPECT_TRUE(std::filesystem::exists(ckpt_dir + "/step_00000006"));
+  EXPECT_TRUE(std::filesystem::exists(job.state_dir() + "/spec.json"));
+
+  // A new job from it: its weights start from base's newest checkpoint, in its own directory.
+  r = h.Moectl({"submit", h.WriteJob("tuned", 1, 2), "--from", base, "--follow"}, 300);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err << h.MoedLog();
+  const std::string tuned = FirstLine(r.out);
+  job = h.WaitFor(tuned, Ended, 10);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason();
+  EXPECT_EQ(job.spec().model().init_from(), ckpt_dir);
+  EXPECT_NE(job.checkpoint_dir(), ckpt_dir);
+  EXPECT_TRUE(LogsContain(h, tuned, "initialised the weights from checkpoint " + ckpt_dir + "/step_00000006 (step 6)"));
+
+  // A job pointed at base's checkpoint directory is refused before anything runs.
+  r = h.Moectl({"submit", h.WriteJob("thief", 1, 2, 0, absl::StrCat("checkpoint:\n  dir: ", ckpt_dir, "\n"))});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.err, ckpt_dir + " is not empty")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "the checkpoints of job " + base)) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "moectl submit --from")) << r.err;
+
+  // Export by job id: the newest checkpoint as a Hugging Face directory.
+  const std::string out = h.work_dir() + "/hf";
+  r = h.Moectl({"export", base, "--format", "hf", out});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.out, "step_00000006 (step 6) as MixtralForCausalLM")) << r.out;
+  EXPECT_TRUE(std::filesystem::exists(out + "/model.safetensors"));
+  EXPECT_TRUE(std::filesystem::exists(out + "/config.json"));
+  r = h.Moectl({"export", base, "--format", "hf", out});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(r.err, "is not empty")) << r.err;
+
+  // A running job cannot be resumed; once cancelled (it checkpoints), it goes on to its end.
+  r = h.Moectl({"submit", h.WriteJob("long", 2, 100000, 0, "checkpoint:\n  every: 0\n")});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string long_id = FirstLine(r.out);
+  job = h.WaitFor(long_id, [](const Job& j) { return j.latest().step() >= 2 || Ended(j); }, 300);
+  ASSERT_FALSE(Ended(job)) << job.reason();
+  r = h.Moectl({"resume", long_id});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(r.err, "only a finished")) << r.err;
+  r = h.Moectl({"cancel", long_id}, 120);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  job = h.WaitFor(long_id, Ended, 10);
+  ASSERT_EQ(job.state(), moe::v1::JOB_STATE_CANCELLED);
+  const int64_t stopped_at = job.latest().step();
+  ASSERT_GE(stopped_at, 2);
+  const int64_t until = stopped_at + 3;
+  r = h.Moectl({"resume", long_id, "--steps", std::to_string(until), "--follow"}, 600);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err << h.MoedLog();
+  job = h.WaitFor(long_id, Ended, 10);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason();
+  EXPECT_EQ(job.latest().step(), until);
+  EXPECT_TRUE(LogsContain(h, long_id, "resumed from " + job.checkpoint_dir() + "/step_"));
+}
+
+}  // namespace
+}  // namespace moe::testing

@@ -1,0 +1,366 @@
+// Hugging Face interchange on the CPU, no PyTorch: a tiny job trained 2 steps, exported (fp32)
+// and used as model.init_from gives its weights back bit for bit; bf16 exports round each weight
+// once; a sharded directory (written here: tensors split over two files with an index) reads
+// back the same; mismatched shapes are reported one line per tensor; config keys our math cannot
+// follow are refused by name; a dense model goes out as Mistral; a checkpoint directory owned by
+// another job is refused with the path and the fix.
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "common/files.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/threads.h"
+#include "tests/support/paths.h"
+#include "tests/support/test_jobs.h"
+#include "tests/support/training_runs.h"
+#include "worker/checkpoint/checkpoint.h"
+#include "worker/data/dataset.h"
+#include "worker/interchange/hf_export.h"
+#include "worker/interchange/hf_import.h"
+#include "worker/parallel/comm_single.h"
+#include "worker/train/trainer.h"
+
+namespace moe {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+// A 2-step run of the small test job (untied head, so lm_head goes through too), checkpointed.
+class HfInterchange : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    kernels::SetNumThreads(1);
+    spec_ = new moe::v1::JobSpec(testing::SmallShakespeareSpec());
+    spec_->set_name("hf-roundtrip");
+    spec_->mutable_model()->set_tie_embeddings(false);
+    spec_->mutable_train()->set_steps(2);
+    spec_->mutable_train()->set_eval_every(2);
+    spec_->mutable_train()->set_eval_batches(1);
+    data_ = new Dataset(*LoadDataset(spec_->data()));
+    ckpt_dir_ = new std::string(testing::MakeTempDir("hf-ckpt-"));
+    auto comm = CreateSingleProcessCommunicator();
+    TrainerOptions opts;
+    opts.checkpoint_dir = *ckpt_dir_;
+    std::unique_ptr<Trainer> t = testing::NewTrainer(*spec_, comm.get(), data_, opts);
+    ASSERT_NE(t, nullptr);
+    TrainOutcome outcome;
+    ASSERT_TRUE(t->Run(&outcome).ok());
+  }
+
+  // The weights a job with init_from = dir starts with (every MODEL.md tensor, flat).
+  static absl::StatusOr<std::vector<float>> StartingWeights(const std::string& dir, moe::v1::JobSpec spec) {
+    spec.mutable_model()->set_init_from(dir);
+    auto comm = CreateSingleProcessCommunicator();
+    TrainerOptions opts;
+    opts.max_steps = 0;  // Run only initialises
+    auto t = Trainer::Create(spec, comm.get(), data_, opts);
+    if (!t.ok()) return t.status();
+    TrainOutcome outcome;
+    if (absl::Status st = (*t)->Run(&outcome); !st.ok()) return st;
+    std::vector<float> w;
+    (*t)->model().CopyToHost(ParamSet::kParams, &w);
+    return w;
+  }
+
+  // The checkpoint's weights in the model's flat layout.
+  static std::vector<float> CheckpointWeights(const std::function<float(float)>& f = nullptr) {
+    absl::StatusOr<std::string> latest = LatestCheckpoint(*ckpt_dir_);
+    EXPECT_TRUE(latest.ok());
+    absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(*latest);
+    EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+    auto comm = CreateSingleProcessCommunicator();
+    auto t = Trainer::Create(*spec_, comm.get(), data_, {});
+    std::vector<float> w;
+    (*t)->model().CopyToHost(ParamSet::kParams, &w);
+    for (const ParamInfo& info : (*t)->model().layout().params()) {
+      for (const NamedTensor& nt : ckpt->tensors) {
+        if (nt.name != info.name) continue;
+        for (int64_t i = 0; i < info.size; ++i) w[info.offset + i] = f ? f(nt.data[i]) : nt.data[i];
+      }
+    }
+    return w;
+  }
+
+  static moe::v1::JobSpec* spec_;
+  static Dataset* data_;
+  static std::string* ckpt_dir_;
+};
+moe::v1::JobSpec* HfInterchange::spec_ = nullptr;
+Dataset* HfInterchange::data_ = nullptr;
+std::string* HfInterchange::ckpt_dir_ = nullptr;
+
+TEST_F(HfInterchange, Fp32RoundTripIsBitIdentical) {
+  const std::string out = testing::MakeTempDir("hf-out-") + "/model";
+  absl::StatusOr<HfExportResult> r = ExportHf(*ckpt_dir_, out, {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->step, 2);
+  EXPECT_EQ(r->architecture, "MixtralForCausalLM");
+  for (const char* f : {"config.json", "generation_config.json", "model.safetensors"}) {
+    EXPECT_TRUE(fs::exists(out + "/" + f)) << f;
+  }
+  EXPECT_FALSE(fs::exists(out + "/vocab.json"));  // char: not representable, and said so
+  ASSERT_FALSE(r->notes.empty());
+  EXPECT_THAT(r->notes[0], HasSubstr("no Hugging Face equivalent"));
+  const std::string config = *ReadFile(out + "/config.json");
+  for (const char* want : {"\"MixtralForCausalLM\"", "\"model_type\": \"mixtral\"", "\"hidden_size\": 64",
+                           "\"num_key_value_heads\": 2", "\"num_local_experts\": 4", "\"num_experts_per_tok\": 2",
+                           "\"intermediate_size\": 96", "\"tie_word_embeddings\": false", "\"rope_theta\": 10000.0",
+                           "\"eos_token_id\": null"}) {
+    EXPECT_THAT(config, HasSubstr(want));
+  }
+  absl::StatusOr<SafetensorsFile> st = ReadSafetensors(out + "/model.safetensors");
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->metadata.at("format"), "pt");  // transformers refuses files without it
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const NamedTensor& t : st->tensors) shapes[t.name] = t.shape;
+  EXPECT_EQ(shapes["model.layers.1.self_attn.q_proj.weight"], (std::vector<int64_t>{64, 64}));
+  EXPECT_EQ(shapes["model.layers.1.self_attn.k_proj.weight"], (std::vector<int64_t>{32, 64}));
+  EXPECT_EQ(shapes["model.layers.1.block_sparse_moe.experts.3.w1.weight"], (std::vector<int64_t>{96, 64}));
+  EXPECT_EQ(shapes["model.layers.1.block_sparse_moe.experts.3.w2.weight"], (std::vector<int64_t>{64, 96}));
+  EXPECT_EQ(shapes["lm_head.weight"], (std::vector<int64_t>{65, 64}));
+
+  absl::StatusOr<std::vector<float>> got = StartingWeights(out, *spec_);
+  ASSERT_TRUE(got.ok()) << got.status();
+  const std::vector<float> want = CheckpointWeights();
+  ASSERT_EQ(got->size(), want.size());
+  EXPECT_EQ(std::memcmp(got->data(), want.data(), want.size() * sizeof(float)), 0);
+  // Our own checkpoint directory works as init_from too.
+  got = StartingWeights(*ckpt_dir_, *spec_);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(std::memcmp(got->data(), want.data(), want.size() * sizeof(float)), 0);
+}
+
+TEST_F(HfInterchange, Bf16ExportRoundsEachWeightOnce) {
+  const std::string out = testing::MakeTempDir("hf-bf16-") + "/model";
+  HfExportOptions o;
+  o.dtype = TensorDtype::kBF16;
+  absl::StatusOr<HfExportResult> r = ExportHf(*ckpt_dir_, out, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_THAT(*ReadFile(out + "/config.json"), HasSubstr("\"torch_dtype\": \"bfloat16\""));
+  absl::StatusOr<std::vector<float>> got = StartingWeights(out, *spec_);
+  ASSERT_TRUE(got.ok()) << got.status();
+  const std::vector<float> want = CheckpointWeights([](float x) { return Bf16ToFloat(FloatToBf16(x)); });
+  EXPECT_EQ(std::memcmp(got->data(), want.data(), want.size() * sizeof(float)), 0);
+}
+
+TEST_F(HfInterchange, ReadsAShardedDirectory) {
+  // The exporter's own sharding (a tiny shard limit).
+  const std::string root = testing::MakeTempDir("hf-shard-");
+  HfExportOptions o;
+  o.max_shard_bytes = 200'000;
+  absl::StatusOr<HfExportResult> r = ExportHf(*ckpt_dir_, root + "/ours", o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(fs::exists(root + "/ours/model.safetensors.index.json"));
+  EXPECT_FALSE(fs::exists(root + "/ours/model.safetensors"));
+  int shards = 0;
+  for (const auto& e : fs::directory_iterator(root + "/ours")) {
+    shards += absl::StartsWith(e.path().filename().string(), "model-0000");
+  }
+  EXPECT_GT(shards, 1);
+  EXPECT_EQ(static_cast<size_t>(shards) + 3, r->files.size());  // config, generation config, index
+  const std::vector<float> want = CheckpointWeights();
+  absl::StatusOr<std::vector<float>> got = StartingWeights(root + "/ours", *spec_);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(std::memcmp(got->data(), want.data(), want.size() * sizeof(float)), 0);
+
+  // One written by hand, as another tool would: tensors alternate between two files (the
+  // second in BF16), an index maps them, in an order unlike ours.
+  ASSERT_TRUE(ExportHf(*ckpt_dir_, root + "/single", {}).ok());
+  absl::StatusOr<SafetensorsFile> all = ReadSafetensors(root + "/single/model.safetensors");
+  ASSERT_TRUE(all.ok());
+  const std::string dir = root + "/hand";
+  fs::create_directories(dir);
+  fs::copy_file(root + "/single/config.json", dir + "/config.json");
+  std::vector<const NamedTensor*> a, b;
+  std::string map;
+  for (size_t i = 0; i < all->tensors.size(); ++i) {
+    const NamedTensor& t = all->tensors[all->tensors.size() - 1 - i];
+    (i % 2 == 0 ? a : b).push_back(&t);
+    absl::StrAppend(&map, map.empty() ? "" : ",", JsonQuote(t.name), ":",
+                    i % 2 == 0 ? "\"part-a.safetensors\"" : "\"part-b.safetensors\"");
+  }
+  ASSERT_TRUE(WriteSafetensors(dir + "/part-a.safetensors", a, {{"format", "pt"}}).ok());
+  ASSERT_TRUE(WriteSafetensors(dir + "/part-b.safetensors", b, {{"format", "pt"}}, TensorDtype::kBF16).ok());
+  ASSERT_TRUE(WriteFileAtomic(dir + "/model.safetensors.index.json",
+                              absl::StrCat("{\"metadata\": {\"total_size\": 1}, \"weight_map\": {", map, "}}"))
+                  .ok());
+  const HfShape shape = HfShape::FromSpec(*spec_, 65);
+  absl::StatusOr<PretrainedWeights> w = LoadPretrained(dir, shape);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_THAT(w->source, HasSubstr("2 safetensors files"));
+  got = StartingWeights(dir, *spec_);
+  ASSERT_TRUE(got.ok()) << got.status();
+  // Half the tensors went through bf16: every weight equals the fp32 one or its bf16 rounding.
+  int64_t exact = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const float r16 = Bf16ToFloat(FloatToBf16(want[i]));
+    ASSERT_TRUE((*got)[i] == want[i] || (*got)[i] == r16) << i;
+    exact += (*got)[i] == want[i];
+  }
+  EXPECT_GT(exact, 0);
+
+  // An index naming a file that lacks its tensor is refused, naming the tensor.
+  std::string bad = *ReadFile(dir + "/model.safetensors.index.json");
+  bad = absl::StrReplaceAll(bad, {{"\"model.norm.weight\":\"part-a.safetensors\"", "\"model.norm.weight\":\"part-b.safetensors\""},
+                                  {"\"model.norm.weight\":\"part-b.safetensors\"", "\"model.norm.weight\":\"part-a.safetensors\""}});
+  ASSERT_TRUE(WriteFileAtomic(dir + "/model.safetensors.index.json", bad).ok());
+  w = LoadPretrained(dir, shape);
+  ASSERT_FALSE(w.ok());
+  EXPECT_THAT(std::string(w.status().message()), HasSubstr("model.norm.weight: in part-"));
+}
+
+TEST_F(HfInterchange, ShapeMismatchesAreReportedPerTensor) {
+  const std::string out = testing::MakeTempDir("hf-mis-") + "/model";
+  ASSERT_TRUE(ExportHf(*ckpt_dir_, out, {}).ok());
+  // The config describes the export; make the files disagree with the job instead.
+  moe::v1::JobSpec other = *spec_;
+  other.mutable_model()->mutable_moe()->set_expert_hidden(80);
+  absl::StatusOr<std::vector<float>> got = StartingWeights(out, other);
+  ASSERT_FALSE(got.ok());
+  const std::string msg(got.status().message());
+  EXPECT_THAT(msg, HasSubstr("model.init_from"));
+  EXPECT_THAT(msg, HasSubstr("intermediate_size is 96 in config.json, the job's model.moe.expert_hidden is 80"));
+  // With a config that agrees, the tensors themselves are named one per line.
+  std::string config = *ReadFile(out + "/config.json");
+  ASSERT_TRUE(WriteFileAtomic(out + "/config.json",
+                              absl::StrReplaceAll(config, {{"\"intermediate_size\": 96", "\"intermediate_size\": 80"}}))
+                  .ok());
+  got = StartingWeights(out, other);
+  ASSERT_FALSE(got.ok());
+  const std::string lines(got.status().message());
+  EXPECT_THAT(lines, HasSubstr("model.layers.0.block_sparse_moe.experts.0.w1.weight: shape [96, 64] in the "
+                               "checkpoint, the job needs [80, 64]"));
+  EXPECT_THAT(lines, HasSubstr("model.layers.1.block_sparse_moe.experts.3.w2.weight: shape [64, 96] in the "
+                               "checkpoint, the job needs [64, 80]"));
+  std::vector<std::string> per_tensor = absl::StrSplit(lines, "in the checkpoint, the job needs");
+  EXPECT_EQ(per_tensor.size() - 1, 2u * 4 * 3);  // 2 layers x 4 experts x w1, w2, w3
+}
+
+TEST_F(HfInterchange, ConfigKeysOurMathCannotFollowAreRefusedByName) {
+  const std::string out = testing::MakeTempDir("hf-cfg-") + "/model";
+  ASSERT_TRUE(ExportHf(*ckpt_dir_, out, {}).ok());
+  const std::string config = *ReadFile(out + "/config.json");
+  ASSERT_TRUE(WriteFileAtomic(out + "/config.json",
+                              absl::StrReplaceAll(config, {{"\"rope_theta\": 10000.0", "\"rope_theta\": 1000000.0"},
+                                                           {"\"hidden_act\": \"silu\"", "\"hidden_act\": \"gelu\""}}))
+                  .ok());
+  absl::StatusOr<PretrainedWeights> w = LoadPretrained(out, HfShape::FromSpec(*spec_, 65));
+  ASSERT_FALSE(w.ok());
+  EXPECT_THAT(std::string(w.status().message()), HasSubstr("rope_theta is 1e+06 in config.json"));
+  EXPECT_THAT(std::string(w.status().message()), HasSubstr("hidden_act is \"gelu\""));
+}
+
+TEST_F(HfInterchange, ExportRefusesANonEmptyDirectory) {
+  const std::string out = testing::MakeTempDir("hf-full-");
+  ASSERT_TRUE(WriteFileAtomic(out + "/keep.txt", "x").ok());
+  absl::StatusOr<HfExportResult> r = ExportHf(*ckpt_dir_, out, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("is not empty"));
+  EXPECT_TRUE(fs::exists(out + "/keep.txt"));
+  // An empty directory is fine.
+  const std::string empty = testing::MakeTempDir("hf-empty-");
+  EXPECT_TRUE(ExportHf(*ckpt_dir_, empty, {}).ok());
+}
+
+TEST(HfInterchangeDense, DenseModelGoesOutAsMistralAndComesBack) {
+  kernels::SetNumThreads(1);
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.set_name("hf-dense");
+  spec.mutable_model()->mutable_moe()->set_num_experts(1);
+  spec.mutable_model()->mutable_moe()->set_top_k(1);
+  spec.mutable_train()->set_steps(1);
+  spec.mutable_train()->set_eval_every(1);
+  spec.mutable_train()->set_eval_batches(1);
+  Dataset data = *LoadDataset(spec.data());
+  const std::string ckpt = testing::MakeTempDir("hf-dense-");
+  auto comm = CreateSingleProcessCommunicator();
+  TrainerOptions opts;
+  opts.checkpoint_dir = ckpt;
+  std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &data, opts);
+  ASSERT_NE(t, nullptr);
+  TrainOutcome outcome;
+  ASSERT_TRUE(t->Run(&outcome).ok());
+  std::vector<float> want;
+  t->model().CopyToHost(ParamSet::kParams, &want);
+
+  const std::string out = testing::MakeTempDir("hf-dense-out-") + "/m";
+  absl::StatusOr<HfExportResult> r = ExportHf(ckpt, out, {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->architecture, "MistralForCausalLM");
+  const std::string config = *ReadFile(out + "/config.json");
+  EXPECT_THAT(config, HasSubstr("\"model_type\": \"mistral\""));
+  EXPECT_THAT(config, Not(HasSubstr("num_local_experts")));
+  absl::StatusOr<SafetensorsFile> st = ReadSafetensors(out + "/model.safetensors");
+  ASSERT_TRUE(st.ok());
+  bool has_gate_proj = false;
+  for (const NamedTensor& nt : st->tensors) has_gate_proj |= nt.name == "model.layers.0.mlp.gate_proj.weight";
+  EXPECT_TRUE(has_gate_proj);
+
+  spec.mutable_model()->set_init_from(out);
+  opts = {};
+  opts.max_steps = 0;
+  std::unique_ptr<Trainer> t2 = testing::NewTrainer(spec, comm.get(), &data, opts);
+  ASSERT_NE(t2, nullptr);
+  ASSERT_TRUE(t2->Run(&outcome).ok());
+  std::vector<float> got;
+  t2->model().CopyToHost(ParamSet::kParams, &got);
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0);
+}
+
+TEST(CheckpointOwner, ADirectoryAnotherJobOwnsIsRefusedWithThePathAndTheFix) {
+  kernels::SetNumThreads(1);
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.mutable_train()->set_steps(1);
+  spec.mutable_train()->set_eval_every(1);
+  spec.mutable_train()->set_eval_batches(1);
+  Dataset data = *LoadDataset(spec.data());
+  const std::string dir = testing::MakeTempDir("owner-");
+  auto comm = CreateSingleProcessCommunicator();
+  auto run = [&](const std::string& owner, bool resume) {
+    TrainerOptions opts;
+    opts.checkpoint_dir = dir;
+    opts.checkpoint_owner = owner;
+    opts.resume = resume;
+    auto t = Trainer::Create(spec, comm.get(), &data, opts);
+    EXPECT_TRUE(t.ok());
+    TrainOutcome outcome;
+    return (*t)->Run(&outcome);
+  };
+  ASSERT_TRUE(run("job j-000001 of /state/jobs/j-000001", false).ok());
+  EXPECT_EQ(*ReadFile(dir + "/.moe-owner"), "job j-000001 of /state/jobs/j-000001\n");
+  // The owner again (a restart, or moectl resume): fine.
+  EXPECT_TRUE(run("job j-000001 of /state/jobs/j-000001", true).ok());
+  // Another job, fresh or resuming: refused, naming the directory, the owner and the fixes.
+  for (bool resume : {false, true}) {
+    absl::Status st = run("job j-000002 of /state/jobs/j-000002", resume);
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+    const std::string msg(st.message());
+    EXPECT_THAT(msg, HasSubstr(absl::StrCat("checkpoint directory ", dir, " belongs to job j-000001")));
+    EXPECT_THAT(msg, HasSubstr("give this job its own checkpoint.dir"));
+    EXPECT_THAT(msg, HasSubstr("model.init_from"));
+  }
+  // A directory with checkpoints and no marker (made before markers, or by hand): refused for a
+  // fresh start, adopted by a resume.
+  fs::remove(dir + "/.moe-owner");
+  absl::Status st = run("standalone job test-small", false);
+  ASSERT_FALSE(st.ok());
+  EXPECT_THAT(std::string(st.message()), HasSubstr("is not empty and no job owns it"));
+  EXPECT_TRUE(run("standalone job test-small", true).ok());
+  EXPECT_EQ(*ReadFile(dir + "/.moe-owner"), "standalone job test-small\n");
+}
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,214 @@
+#include "worker/interchange/hf_export.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/files.h"
+#include "google/protobuf/util/json_util.h"
+#include "moe/v1/job.pb.h"
+#include "worker/checkpoint/checkpoint.h"
+#include "worker/data/tokenizer.h"
+#include "worker/interchange/hf_layout.h"
+
+namespace moe {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A step directory as given, or the newest good one under a directory of them.
+absl::StatusOr<std::string> ResolveCheckpoint(const std::string& path) {
+  std::error_code ec;
+  if (fs::exists(fs::path(path) / "MANIFEST", ec)) return path;
+  absl::StatusOr<std::string> newest = NewestGoodCheckpoint(path, /*start_over=*/false, [](const std::string&) {});
+  if (absl::IsNotFound(newest.status())) {
+    return absl::NotFoundError(absl::StrCat(path, " holds no complete checkpoint (step_XXXXXXXX with a MANIFEST)"));
+  }
+  return newest;
+}
+
+// Shards in tensor order, each below max_bytes unless one tensor alone is larger.
+std::vector<std::vector<const NamedTensor*>> Shard(const std::vector<NamedTensor>& tensors, int64_t max_bytes,
+                                                   size_t elem_bytes) {
+  std::vector<std::vector<const NamedTensor*>> shards(1);
+  int64_t bytes = 0;
+  for (const NamedTensor& t : tensors) {
+    const int64_t n = static_cast<int64_t>(t.data.size() * elem_bytes);
+    if (!shards.back().empty() && bytes + n > max_bytes) {
+      shards.emplace_back();
+      bytes = 0;
+    }
+    shards.back().push_back(&t);
+    bytes += n;
+  }
+  return shards;
+}
+
+absl::Status CheckOutDir(const std::string& out_dir) {
+  std::error_code ec;
+  if (!fs::exists(out_dir, ec)) return absl::OkStatus();
+  if (!fs::is_directory(out_dir, ec)) {
+    return absl::FailedPreconditionError(absl::StrCat(out_dir, " exists and is not a directory"));
+  }
+  if (!fs::is_empty(out_dir, ec)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        out_dir, " exists and is not empty; export into a new directory (or remove this one first)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string DescribeExport(const HfExportResult& r, const std::string& out_dir) {
+  std::string out = absl::StrCat("exported ", r.checkpoint, " (step ", r.step, ") as ", r.architecture, " to ",
+                                 out_dir, ": ", absl::StrJoin(r.files, ", "), "\n");
+  for (const std::string& note : r.notes) absl::StrAppend(&out, "note: ", note, "\n");
+  return out;
+}
+
+absl::StatusOr<TensorDtype> ParseExportDtype(const std::string& name) {
+  if (name == "fp32" || name == "float32") return TensorDtype::kF32;
+  if (name == "bf16" || name == "bfloat16") return TensorDtype::kBF16;
+  return absl::InvalidArgumentError(absl::StrCat("--dtype must be bf16 or fp32, got '", name, "'"));
+}
+
+absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std::string& out_dir,
+                                        const HfExportOptions& options) {
+  if (absl::Status st = CheckOutDir(out_dir); !st.ok()) return st;
+  absl::StatusOr<std::string> path = ResolveCheckpoint(checkpoint);
+  if (!path.ok()) return path.status();
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(*path);
+  if (!ckpt.ok()) return ckpt.status();
+  moe::v1::JobSpec spec;
+  if (!google::protobuf::util::JsonStringToMessage(ckpt->spec_json, &spec).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", *path, " holds no readable job spec"));
+  }
+  HfExportResult result;
+  result.checkpoint = *path;
+  result.step = ckpt->step;
+
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (!ckpt->tokenizer.empty()) {
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tok = DeserializeTokenizer(ckpt->tokenizer);
+    if (!tok.ok()) return tok.status();
+    tokenizer = *std::move(tok);
+  }
+  int vocab = spec.model().vocab_size();
+  if (vocab == 0 && tokenizer) vocab = tokenizer->vocab_size();
+  if (vocab == 0 && ckpt->meta.count("vocab_size")) vocab = std::atoi(ckpt->meta.at("vocab_size").c_str());
+  const HfShape shape = HfShape::FromSpec(spec, vocab);
+
+  // Only the weights: AdamW's moments stay behind.
+  std::vector<NamedTensor> weights;
+  for (NamedTensor& t : ckpt->tensors) {
+    if (!absl::StartsWith(t.name, "adam_")) weights.push_back(std::move(t));
+  }
+  ckpt->tensors.clear();
+  absl::StatusOr<std::vector<NamedTensor>> hf = ToHfTensors(shape, std::move(weights));
+  if (!hf.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", *path, " does not match its own spec:\n",
+                                                   hf.status().message()));
+  }
+  result.architecture = shape.is_moe() ? "MixtralForCausalLM" : "MistralForCausalLM";
+
+  HfConfigExtras extras;
+  extras.torch_dtype = options.dtype == TensorDtype::kBF16 ? "bfloat16" : "float32";
+  extras.rope_theta = shape.rope_theta;
+  std::vector<std::pair<std::string, std::string>> files;  // name, contents (small files)
+  absl::StatusOr<Gpt2Files> gpt2 = Gpt2FilesOf(ckpt->tokenizer);
+  if (gpt2.ok()) {
+    absl::StatusOr<std::map<std::string, int64_t>> encoder = ParseJsonStringIntMap(gpt2->encoder_json);
+    if (!encoder.ok()) return encoder.status();
+    auto eot = encoder->find("<|endoftext|>");
+    if (eot != encoder->end()) extras.bos_token_id = extras.eos_token_id = static_cast<int>(eot->second);
+    files.emplace_back("vocab.json", gpt2->encoder_json);
+    files.emplace_back("merges.txt", gpt2->vocab_bpe);
+    const std::string special = R"("<|endoftext|>")";
+    files.emplace_back("tokenizer_config.json",
+                       absl::StrCat("{\n  \"tokenizer_class\": \"GPT2Tokenizer\",\n  \"model_max_length\": ",
+                                    shape.seq_len, ",\n  \"add_prefix_space\": false,\n  \"bos_token\": ", special,
+                                    ",\n  \"eos_token\": ", special, ",\n  \"unk_token\": ", special, "\n}\n"));
+    files.emplace_back("special_tokens_map.json",
+                       absl::StrCat("{\n  \"bos_token\": ", special, ",\n  \"eos_token\": ", special,
+                                    ",\n  \"unk_token\": ", special, "\n}\n"));
+  } else if (tokenizer) {
+    result.notes.push_back(absl::StrCat(
+        "the job's tokenizer (", tokenizer->Describe(),
+        ") has no Hugging Face equivalent: the export has no tokenizer files; token id i is the i-th "
+        "distinct byte of the training text, in byte order"));
+  } else {
+    result.notes.push_back(
+        "the job was trained on pretokenized shards and its checkpoint holds no tokenizer: the export has "
+        "no tokenizer files; copy those of the tokenizer the shards were made with");
+  }
+  if (shape.is_moe() && spec.model().moe().capacity_factor() > 0) {
+    result.notes.push_back(absl::StrFormat(
+        "the job trained with capacity_factor %g; Hugging Face's Mixtral is dropless, so where a batch "
+        "overflowed an expert here, its outputs differ from ours",
+        spec.model().moe().capacity_factor()));
+  }
+  files.emplace_back("config.json", HfConfigJson(shape, extras));
+  std::string gen = "{\n";
+  if (extras.bos_token_id >= 0) {
+    absl::StrAppend(&gen, "  \"bos_token_id\": ", extras.bos_token_id, ",\n  \"eos_token_id\": ",
+                    extras.eos_token_id, ",\n");
+  }
+  absl::StrAppend(&gen, "  \"max_length\": ", shape.seq_len, "\n}\n");
+  files.emplace_back("generation_config.json", gen);
+
+  // Everything goes into a temp sibling that is renamed into place at the end.
+  std::error_code ec;
+  fs::path out = fs::absolute(out_dir, ec).lexically_normal();
+  if (!out.has_filename()) out = out.parent_path();  // "dir/"
+  const std::string tmp = absl::StrCat(out.string(), ".partial-", ::getpid());
+  fs::remove_all(tmp, ec);
+  if (absl::Status st = MakeDirs(tmp); !st.ok()) return st;
+  auto fail = [&](absl::Status st) {
+    fs::remove_all(tmp, ec);
+    return st;
+  };
+  for (const auto& [name, contents] : files) {
+    if (absl::Status st = WriteFileAtomic(tmp + "/" + name, contents); !st.ok()) return fail(st);
+    result.files.push_back(name);
+  }
+  const size_t elem_bytes = options.dtype == TensorDtype::kBF16 ? 2 : 4;
+  const auto shards = Shard(*hf, std::max<int64_t>(1, options.max_shard_bytes), elem_bytes);
+  const std::map<std::string, std::string> metadata = {{"format", "pt"}};
+  if (shards.size() == 1) {
+    if (absl::Status st = WriteSafetensors(tmp + "/model.safetensors", shards[0], metadata, options.dtype); !st.ok()) {
+      return fail(st);
+    }
+    result.files.push_back("model.safetensors");
+  } else {
+    std::vector<std::string> map_lines;
+    int64_t total = 0;
+    for (size_t i = 0; i < shards.size(); ++i) {
+      const std::string name = absl::StrFormat("model-%05d-of-%05d.safetensors", i + 1, shards.size());
+      if (absl::Status st = WriteSafetensors(tmp + "/" + name, shards[i], metadata, options.dtype); !st.ok()) {
+        return fail(st);
+      }
+      for (const NamedTensor* t : shards[i]) {
+        map_lines.push_back(absl::StrCat("    ", JsonQuote(t->name), ": ", JsonQuote(name)));
+        total += static_cast<int64_t>(t->data.size() * elem_bytes);
+      }
+      result.files.push_back(name);
+    }
+    const std::string index = absl::StrCat("{\n  \"metadata\": {\"total_size\": ", total, "},\n  \"weight_map\": {\n",
+                                           absl::StrJoin(map_lines, ",\n"), "\n  }\n}\n");
+    if (absl::Status st = WriteFileAtomic(tmp + "/model.safetensors.index.json", index); !st.ok()) return fail(st);
+    result.files.push_back("model.safetensors.index.json");
+  }
+  if (fs::exists(out_dir, ec)) fs::remove(out_dir, ec);  // empty, checked above
+  if (absl::Status st = CheckOutDir(out_dir); !st.ok()) return fail(st);
+  fs::rename(tmp, out_dir, ec);
+  if (ec) return fail(absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", out_dir, ": ", ec.message())));
+  if (absl::Status st = SyncDir(out.parent_path().string()); !st.ok()) return st;
+  return result;
+}
+
+}  // namespace moe
