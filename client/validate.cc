@@ -44,16 +44,6 @@ std::string FormatFlops(double v) {
   return FormatScaled(v, kUnits);
 }
 
-std::string FormatBytes(double bytes) {
-  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  int unit = 0;
-  while (unit < 5 && bytes >= 1023.5) {
-    bytes /= 1024;
-    ++unit;
-  }
-  return absl::StrFormat("%.3g %s", bytes, kUnits[unit]);
-}
-
 // The char tokenizer's vocabulary: the number of distinct byte values in the text. 0 when the
 // file cannot be read (it was readable a moment ago, during validation).
 int CountByteValues(const std::string& path) {
@@ -141,16 +131,13 @@ void Describe(const std::string& file, v1::JobSpec spec) {
       FormatFlops(s.flops_per_token).c_str(),
       FormatCount(static_cast<double>(tokens_per_step)).c_str(), t.batch_size(), m.seq_len(),
       FormatFlops(s.flops_per_token * static_cast<double>(tokens_per_step)).c_str());
-  const double total_bytes =
-      static_cast<double>(s.weight_bytes) + static_cast<double>(s.grad_bytes) +
-      static_cast<double>(s.optimizer_bytes) + static_cast<double>(s.activation_bytes);
   std::printf(
       "  memory/rank  weights %s, grads %s, optimizer %s, activations %s, total %s (estimate)\n",
       FormatBytes(static_cast<double>(s.weight_bytes)).c_str(),
       FormatBytes(static_cast<double>(s.grad_bytes)).c_str(),
       FormatBytes(static_cast<double>(s.optimizer_bytes)).c_str(),
       FormatBytes(static_cast<double>(s.activation_bytes)).c_str(),
-      FormatBytes(total_bytes).c_str());
+      FormatBytes(static_cast<double>(s.total_bytes)).c_str());
   std::printf("  data         %s\n               tokenizer %s", d.path().c_str(),
               TokenizerName(d.tokenizer()));
   if (d.tokenizer() == v1::TOKENIZER_GPT2) std::printf(" (%s)", d.tokenizer_dir().c_str());

@@ -3,6 +3,7 @@
 #include <glob.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "common/backend_limits.h"
 #include "common/job_spec_internal.h"
+#include "common/model_stats.h"
 #include "common/sbatch_options.h"
 
 namespace moe {
@@ -368,6 +370,7 @@ class Checker {
       }
     }
     if (Ok("data.tokenizer") && Ok("model.vocab_size")) CheckVocab();
+    CheckMemory();
     if (Ok("data.tokenizer") && Ok("data.path") && !d.path().empty()) CheckDataPath();
     if (Ok("data.tokenizer") && Ok("data.tokenizer_dir")) CheckTokenizerDir();
   }
@@ -391,6 +394,106 @@ class Checker {
       default:  // char: 0 means "the number of byte values in the text"
         break;
     }
+  }
+
+  // A shape too large for any machine is refused here rather than dying in the worker: the
+  // per-rank estimate of common/model_stats.h (what moectl validate prints) against
+  // MaxRankBytes. The error names the dimension that, brought back to the largest ordinary
+  // size, shrinks the estimate the most, and the largest value of it that would fit.
+  void CheckMemory() {
+    for (const char* f :
+         {"model.d_model", "model.n_layers", "model.n_heads", "model.n_kv_heads", "model.seq_len",
+          "model.vocab_size", "model.moe.num_experts", "model.moe.top_k",
+          "model.moe.expert_hidden", "train.batch_size", "train.grad_accum", "train.precision",
+          "resources.ranks", "resources.device"}) {
+      if (!Ok(f)) return;
+    }
+    JobSpec sized = s_;
+    // The char tokenizer's vocabulary is the text's byte values: 256 at most.
+    if (sized.model().vocab_size() == 0) sized.mutable_model()->set_vocab_size(256);
+    const int64_t limit = MaxRankBytes(sized);
+    const ModelStats stats = ComputeModelStats(sized);
+    if (stats.total_bytes <= limit) return;
+
+    struct Dim {
+      const char* path;
+      int64_t value;
+      int64_t ordinary;  // the largest size of this dimension in today's large models
+      void (*set)(JobSpec*, int64_t);
+    };
+    const int64_t micro = int64_t{64} * s_.resources().ranks() * s_.train().grad_accum();
+    const Dim dims[] = {
+        // expert_hidden at its default (4 * d_model) follows d_model.
+        {"model.d_model", s_.model().d_model(), 8192,
+         [](JobSpec* j, int64_t v) {
+           v1::ModelSpec* m = j->mutable_model();
+           if (int64_t{m->moe().expert_hidden()} == 4 * int64_t{m->d_model()}) {
+             m->mutable_moe()->set_expert_hidden(static_cast<int>(4 * v));
+           }
+           m->set_d_model(static_cast<int>(v));
+         }},
+        {"model.n_layers", s_.model().n_layers(), 128,
+         [](JobSpec* j, int64_t v) { j->mutable_model()->set_n_layers(static_cast<int>(v)); }},
+        {"model.moe.num_experts", s_.model().moe().num_experts(), 256,
+         [](JobSpec* j, int64_t v) {
+           j->mutable_model()->mutable_moe()->set_num_experts(static_cast<int>(v));
+         }},
+        {"model.moe.expert_hidden", s_.model().moe().expert_hidden(), 32768,
+         [](JobSpec* j, int64_t v) {
+           j->mutable_model()->mutable_moe()->set_expert_hidden(static_cast<int>(v));
+         }},
+        {"model.seq_len", s_.model().seq_len(), 32768,
+         [](JobSpec* j, int64_t v) { j->mutable_model()->set_seq_len(static_cast<int>(v)); }},
+        // 64 sequences per rank and micro-batch.
+        {"train.batch_size", s_.train().batch_size(), micro,
+         [](JobSpec* j, int64_t v) { j->mutable_train()->set_batch_size(static_cast<int>(v)); }},
+    };
+    auto total_with = [&](const Dim& d, int64_t v) {
+      JobSpec j = sized;
+      d.set(&j, v);
+      return static_cast<double>(ComputeModelStats(j).total_bytes);
+    };
+    const Dim* culprit = &dims[0];
+    double best = 0;
+    for (const Dim& d : dims) {
+      const double shrink =
+          static_cast<double>(stats.total_bytes) / total_with(d, std::min(d.value, d.ordinary));
+      if (shrink > best) best = shrink, culprit = &d;
+    }
+    // The estimate grows with every dimension: the largest value that fits, by bisection.
+    int64_t lo = 0, hi = culprit->value;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo + 1) / 2;
+      if (total_with(*culprit, mid) <= static_cast<double>(limit)) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    std::string fix =
+        lo >= 1 ? absl::StrCat("lower ", culprit->path, " to at most ", lo,
+                               " (the other dimensions as they are)")
+                : absl::StrCat("even ", culprit->path,
+                               " 1 would not fit; reduce model.d_model, model.n_layers and "
+                               "model.moe.expert_hidden too");
+    if (culprit->path == std::string("model.moe.num_experts")) {
+      absl::StrAppend(&fix, ", or spread the experts over more ranks (resources.ranks; each "
+                            "holds num_experts / ranks)");
+    } else if (culprit->path == std::string("train.batch_size")) {
+      absl::StrAppend(&fix, ", or raise train.grad_accum or resources.ranks");
+    }
+    Fail(culprit->path,
+         absl::StrCat(
+             culprit->value, " makes the job need about ",
+             FormatBytes(static_cast<double>(stats.total_bytes)),
+             " per rank (moectl validate's estimate: parameters ",
+             FormatBytes(static_cast<double>(stats.weight_bytes)), ", gradients ",
+             FormatBytes(static_cast<double>(stats.grad_bytes)), ", AdamW ",
+             FormatBytes(static_cast<double>(stats.optimizer_bytes)), ", activations ",
+             FormatBytes(static_cast<double>(stats.activation_bytes)), "), more than the ", FormatBytes(static_cast<double>(limit)),
+             s_.resources().device() == v1::DEVICE_CUDA ? " any one GPU can hold"
+                                                        : " one machine's memory can hold",
+             "; ", fix));
   }
 
   void CheckDataPath() {

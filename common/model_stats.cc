@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 
+#include "absl/strings/str_format.h"
+
 namespace moe {
 namespace {
 
@@ -78,8 +80,24 @@ ModelStats ComputeModelStats(const moe::v1::JobSpec& spec) {
   const double per_block = 6 * D + (H + 2 * Hkv) * hd + H * T + 2 * E + k * (2 * D + 3 * F);
   const double final_elems = 2 * D + 2 * V;
   const double bytes_per_element = spec.train().precision() == v1::PRECISION_BF16 ? 2 : 4;
-  s.activation_bytes = ToInt64(tokens * (L * per_block + final_elems) * bytes_per_element);
+  const double activations = tokens * (L * per_block + final_elems) * bytes_per_element;
+  s.activation_bytes = ToInt64(activations);
+  s.total_bytes = ToInt64(16 * per_rank + activations);
   return s;
+}
+
+int64_t MaxRankBytes(const moe::v1::JobSpec& spec) {
+  return spec.resources().device() == v1::DEVICE_CUDA ? kMaxCudaRankBytes : kMaxCpuRankBytes;
+}
+
+std::string FormatBytes(double bytes) {
+  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  int unit = 0;
+  while (unit < 6 && bytes >= 1023.5) {
+    bytes /= 1024;
+    ++unit;
+  }
+  return absl::StrFormat("%.3g %s", bytes, kUnits[unit]);
 }
 
 }  // namespace moe

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "moe/v1/job.pb.h"
 
@@ -17,9 +18,22 @@ struct ModelStats {
   int64_t optimizer_bytes = 0;
   int64_t activation_bytes = 0;
   int64_t params_per_rank = 0;
+  // weights + grads + optimizer + activations, saturating at INT64_MAX.
+  int64_t total_bytes = 0;
 };
 
-// vocab_size must be known (spec.model().vocab_size() > 0).
+// vocab_size must be known (spec.model().vocab_size() > 0). Every count is computed in double
+// and saturates at INT64_MAX, so no spec, however absurd, overflows the arithmetic.
 ModelStats ComputeModelStats(const moe::v1::JobSpec& spec);
+
+// The most one rank may need by ComputeModelStats' estimate before a spec is refused as too
+// large for any machine: a CPU rank shares one host's memory (2 TiB, a large two-socket
+// server), a cuda rank holds its model on one GPU (512 GiB, above the largest GPU made, 288 GB).
+inline constexpr int64_t kMaxCpuRankBytes = int64_t{2} << 40;
+inline constexpr int64_t kMaxCudaRankBytes = int64_t{512} << 30;
+int64_t MaxRankBytes(const moe::v1::JobSpec& spec);
+
+// 1536 -> "1.5 KiB", 13194139533312 -> "12 TiB" (three significant figures, binary units).
+std::string FormatBytes(double bytes);
 
 }  // namespace moe

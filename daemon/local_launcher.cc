@@ -446,7 +446,7 @@ ProcessState LocalLauncher::Poll(const std::string& handle) {
     if (f.path.size() < 7 || f.path.compare(f.path.size() - 7, 7, "/stderr") != 0) continue;
     std::string last = LastLine(f.path);
     if (last.empty()) continue;
-    if (last.size() > 300) last = last.substr(0, 300) + "...";
+    if (last.size() > 500) last = last.substr(0, 500) + "...";
     absl::StrAppend(&ps.reason, "; rank ", f.rank, " stderr: ", last);
     break;
   }

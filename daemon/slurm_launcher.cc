@@ -192,7 +192,7 @@ std::string LastNonEmptyLine(const std::string& path) {
     line = absl::StripAsciiWhitespace(line);
     if (!line.empty()) last = std::string(line);
   }
-  return last.size() > 300 ? last.substr(0, 300) + "..." : last;
+  return last.size() > 500 ? last.substr(0, 500) + "..." : last;
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // moe-worker: one rank of a training job. main only parses flags, then either trains
 // (standalone with --job, or launched by moed with --spec/--moed/--job-id) or samples text
 // from a checkpoint (--sample), or exports one for Hugging Face (--export).
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -9,6 +10,8 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <new>
+#include <stdexcept>
 #include <string>
 
 #include "absl/strings/numbers.h"
@@ -16,6 +19,7 @@
 #include "common/path_policy.h"
 #include "common/files.h"
 #include "common/job_spec.h"
+#include "common/model_stats.h"
 #include "google/protobuf/util/json_util.h"
 #include "kernels/threads.h"
 #include "moe_version.h"
@@ -23,6 +27,7 @@
 #include "worker/data/dataset.h"
 #include "worker/interchange/hf_export.h"
 #include "worker/sample/generate.h"
+#include "worker/model/allocation_error.h"
 #include "worker/report/reporter.h"
 #include "worker/train/signals.h"
 #include "worker/train/trainer.h"
@@ -170,6 +175,26 @@ int LocalRanks() {
   return 1;
 }
 
+// Why a rank ran out of memory, in one line for moed's FAILED reason (it keeps the first 500
+// characters of a rank's last stderr line): what could not be allocated, the job's estimate
+// (what moectl validate prints) against this machine, and what to change.
+std::string OutOfMemoryReason(const std::string& what, moe::v1::JobSpec spec, int vocab_size) {
+  spec.mutable_model()->set_vocab_size(vocab_size);
+  const moe::ModelStats stats = moe::ComputeModelStats(spec);
+  const double ram = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
+                     static_cast<double>(sysconf(_SC_PAGESIZE));
+  std::string machine = absl::StrCat("this machine has ", moe::FormatBytes(ram));
+  rlimit as{};
+  if (getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY) {
+    absl::StrAppend(&machine, ", ulimit -v ", moe::FormatBytes(static_cast<double>(as.rlim_cur)));
+  }
+  return absl::StrCat(what, " (the job needs about ",
+                      moe::FormatBytes(static_cast<double>(stats.total_bytes)),
+                      " per rank; ", machine,
+                      "); make the model smaller (model.d_model, n_layers, moe.expert_hidden), "
+                      "lower train.batch_size or use more ranks");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -291,9 +316,26 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     reporter->Log(line);
   }
-  absl::StatusOr<std::unique_ptr<moe::Trainer>> trainer = moe::Trainer::Create(*spec, comm.get(), &*data, topts);
+  // A shape that passed validation can still be more than this machine holds: the allocation
+  // failure ends the rank with the reason in words (exit 1), not an abort by signal 6.
   moe::TrainOutcome outcome = moe::TrainOutcome::kFinished;
-  const absl::Status st = trainer.ok() ? (*trainer)->Run(&outcome) : trainer.status();
+  absl::Status st;
+  try {
+    absl::StatusOr<std::unique_ptr<moe::Trainer>> trainer =
+        moe::Trainer::Create(*spec, comm.get(), &*data, topts);
+    st = trainer.ok() ? (*trainer)->Run(&outcome) : trainer.status();
+  } catch (const moe::AllocationError& e) {
+    st = absl::ResourceExhaustedError(OutOfMemoryReason(e.what(), *spec, data->vocab_size));
+  } catch (const std::bad_alloc&) {
+    st = absl::ResourceExhaustedError(
+        OutOfMemoryReason("could not allocate memory for the model's buffers: out of memory",
+                          *spec, data->vocab_size));
+  } catch (const std::length_error& e) {
+    st = absl::ResourceExhaustedError(OutOfMemoryReason(
+        absl::StrCat("could not allocate a buffer larger than memory can address (", e.what(),
+                     ")"),
+        *spec, data->vocab_size));
+  }
   reporter->Close();
   if (!st.ok()) return fail(std::string(st.message()));
   return outcome == moe::TrainOutcome::kStopped ? 143 : 0;

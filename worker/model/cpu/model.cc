@@ -3,6 +3,11 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <new>
+#include <stdexcept>
+
+#include "absl/strings/str_cat.h"
+#include "common/model_stats.h"
 
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
@@ -12,6 +17,7 @@
 #include "kernels/matmul.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
+#include "worker/model/allocation_error.h"
 
 namespace moe {
 namespace {
@@ -24,10 +30,20 @@ void Add(float* x, const float* y, size_t n) {
 
 Model::Model(const ModelConfig& cfg, Communicator* comm)
     : cfg_(cfg), comm_(comm), layout_(cfg, comm->rank(), comm->world_size()) {
-  params_.assign(layout_.total(), 0.f);
-  grads_.assign(layout_.total(), 0.f);
-  adam_m_.assign(layout_.total(), 0.f);
-  adam_v_.assign(layout_.total(), 0.f);
+  // Weights, gradients and AdamW's m and v: four fp32 copies of this rank's parameters.
+  try {
+    params_.assign(layout_.total(), 0.f);
+    grads_.assign(layout_.total(), 0.f);
+    adam_m_.assign(layout_.total(), 0.f);
+    adam_v_.assign(layout_.total(), 0.f);
+  } catch (const std::bad_alloc&) {
+    throw AllocationError(absl::StrCat(
+        "could not allocate ", FormatBytes(16.0 * static_cast<double>(layout_.total())),
+        " for the model's parameters, gradients and AdamW moments: out of memory"));
+  } catch (const std::length_error&) {
+    throw AllocationError(absl::StrCat("could not allocate ", layout_.total(),
+                                       " parameters: more than one buffer can hold"));
+  }
   for (int l = 0; l < cfg.layers; ++l) moe_layers_.push_back(std::make_unique<MoeLayer>(cfg, comm));
   acts_.resize(cfg.layers);
 }

@@ -4,7 +4,10 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
+#include "common/model_stats.h"
 #include "kernels/cuda/common.h"
+#include "worker/model/allocation_error.h"
 
 namespace moe {
 namespace {
@@ -23,7 +26,21 @@ DeviceArena::~DeviceArena() {
 void* DeviceArena::AllocBytes(int64_t bytes) {
   if (bytes <= 0) return nullptr;
   void* p = nullptr;
-  MOE_CUDA_CHECK(cudaMalloc(&p, bytes));
+  const cudaError_t err = cudaMalloc(&p, bytes);
+  if (err == cudaErrorMemoryAllocation) {
+    // Out of memory is the job's size, not a bug: said in words, not an abort.
+    cudaGetLastError();
+    int device = 0;
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaGetDevice(&device);
+    cudaMemGetInfo(&free_bytes, &total_bytes);
+    throw AllocationError(absl::StrCat(
+        "could not allocate ", FormatBytes(static_cast<double>(bytes)), " on GPU ", device, " (",
+        FormatBytes(static_cast<double>(free_bytes)), " of ",
+        FormatBytes(static_cast<double>(total_bytes)), " free) after ",
+        FormatBytes(static_cast<double>(memory_->now)), " for the model: out of memory"));
+  }
+  MOE_CUDA_CHECK(err);
   ptrs_.push_back(p);
   bytes_ += bytes;
   memory_->now += bytes;
