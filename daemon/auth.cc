@@ -44,7 +44,7 @@ absl::StatusOr<std::string> LoadTokenFile(const std::string& path) {
   return token;
 }
 
-absl::Status TokenAuth::Check(const grpc::ServerContext& context) const {
+absl::Status TokenAuth::Check(const grpc::ServerContextBase& context) const {
   if (!enabled()) return absl::OkStatus();
   const auto& md = context.client_metadata();
   auto it = md.find("authorization");

@@ -19,7 +19,7 @@ class TokenAuth {
   bool enabled() const { return !token_.empty(); }
   const std::string& token() const { return token_; }
   // Unauthenticated, naming what is missing, unless the call carries the token.
-  absl::Status Check(const grpc::ServerContext& context) const;
+  absl::Status Check(const grpc::ServerContextBase& context) const;
 
  private:
   std::string token_;

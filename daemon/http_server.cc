@@ -2,9 +2,15 @@
 #include "daemon/http_server.h"
 
 #include <civetweb.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <mutex>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/escaping.h"
@@ -54,6 +60,28 @@ absl::StatusOr<std::string> ListeningPorts(const std::string& listen) {
 
 int QuietLog(const mg_connection*, const char*) { return 1; }
 
+// Opens and at once closes a connection to the listener at HOST:PORT (a wildcard host through
+// loopback): civetweb's accept loop sleeps in poll() for up to 2 s between looks at its stop
+// flag, and a connection ends that sleep.
+void PokeListener(const std::string& listen, int port) {
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (host.size() >= 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  if (host.empty() || host == "0.0.0.0") host = "127.0.0.1";
+  if (host == "::") host = "::1";
+  addrinfo hints = {};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0) return;
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    const bool connected = connect(fd, a->ai_addr, a->ai_addrlen) == 0;
+    close(fd);
+    if (connected) break;
+  }
+  freeaddrinfo(found);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOptions& options,
@@ -89,7 +117,19 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
 }
 
 HttpServer::~HttpServer() {
-  if (ctx_ != nullptr) mg_stop(ctx_);
+  if (ctx_ == nullptr) return;
+  // mg_stop waits for the accept loop to see its stop flag; poke the listener until it has, so
+  // moed stops in milliseconds rather than up to civetweb's 2 s poll.
+  std::atomic<bool> stopped{false};
+  std::thread poker([&] {
+    while (!stopped) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      if (!stopped) PokeListener(options_.listen, port_);
+    }
+  });
+  mg_stop(ctx_);
+  stopped = true;
+  poker.join();
 }
 
 int HttpServer::HandleThunk(mg_connection* conn, void* self) {

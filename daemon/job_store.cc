@@ -249,11 +249,19 @@ absl::Status JobStore::CheckpointWal() {
 }
 
 void JobStore::Bump() {
+  std::function<void()> listener;
   {
     std::lock_guard<std::mutex> lock(version_mu_);
     ++version_;
+    listener = listener_;
   }
   version_cv_.notify_all();
+  if (listener) listener();
+}
+
+void JobStore::SetChangeListener(std::function<void()> listener) {
+  std::lock_guard<std::mutex> lock(version_mu_);
+  listener_ = std::move(listener);
 }
 
 uint64_t JobStore::Version() {

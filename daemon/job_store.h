@@ -125,6 +125,9 @@ class JobStore {
   uint64_t Version();
   // Waits until the version differs from seen or the deadline passes; returns the version.
   uint64_t WaitForChange(uint64_t seen, std::chrono::steady_clock::time_point deadline);
+  // Called after every change (on the writer's thread, no store lock held): the stream
+  // reactors' FollowHub wakes its parked followers with it. Set once, before serving.
+  void SetChangeListener(std::function<void()> listener);
 
  private:
   explicit JobStore(sqlite3* db) : db_(db) {}
@@ -148,6 +151,7 @@ class JobStore {
   std::mutex version_mu_;
   std::condition_variable version_cv_;
   uint64_t version_ ABSL_GUARDED_BY(version_mu_) = 0;
+  std::function<void()> listener_ ABSL_GUARDED_BY(version_mu_);
 };
 
 }  // namespace moe::daemon

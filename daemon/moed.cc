@@ -18,6 +18,7 @@
 #include "common/files.h"
 #include "common/path_policy.h"
 #include "daemon/auth.h"
+#include "daemon/follow_hub.h"
 #include "daemon/job_service.h"
 #include "daemon/job_store.h"
 #include "daemon/local_launcher.h"
@@ -199,9 +200,10 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
   setenv("MOE_CHECKPOINT_ROOTS", so.paths.CheckpointRootsEnv().c_str(), 1);
   const Launchers launchers{m->local_launcher_.get(), m->slurm_launcher_.get()};
   m->scheduler_ = std::make_unique<Scheduler>(so, m->store_.get(), launchers);
+  m->follow_hub_ = std::make_unique<FollowHub>(m->store_.get());
   m->job_service_ = std::make_unique<JobServiceImpl>(m->store_.get(), m->scheduler_.get(),
                                                      launchers, m->auth_.get(),
-                                                     c.state_dir + "/jobs");
+                                                     c.state_dir + "/jobs", m->follow_hub_.get());
   m->report_service_ =
       std::make_unique<ReportServiceImpl>(m->store_.get(), m->scheduler_.get(), m->auth_.get());
   if (absl::Status s = m->scheduler_->Recover(); !s.ok()) return s;
@@ -242,7 +244,12 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
 Moed::~Moed() { Shutdown(); }
 
 void Moed::Shutdown() {
-  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  // Followers first: the hub finishes the streams it holds (UNAVAILABLE) and refuses the rest as
+  // their writes complete. Then the server: unary calls get kShutdownGrace to answer; what is
+  // still open after it (the workers' report streams) is cancelled, and their reactors finish.
+  constexpr auto kShutdownGrace = std::chrono::milliseconds(200);
+  if (follow_hub_) follow_hub_->Shutdown();
+  if (server_) server_->Shutdown(std::chrono::system_clock::now() + kShutdownGrace);
   if (scheduler_) scheduler_->Stop();
   http_.reset();
 }

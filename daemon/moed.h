@@ -24,6 +24,7 @@ class Scheduler;
 class Launcher;
 class TokenAuth;
 class JobServiceImpl;
+class FollowHub;
 class ReportServiceImpl;
 class HttpServer;
 class PrometheusExporter;
@@ -64,6 +65,8 @@ class Moed {
   static absl::StatusOr<std::unique_ptr<Moed>> Start(MoedConfig config);
   ~Moed();  // stops serving; running jobs keep running and are found again on the next start
   void Wait();
+  // Within about a second, followers and report streams open: streams end UNAVAILABLE (moectl
+  // and the reporters reconnect to the next moed), and the port is free for it at once.
   void Shutdown();
   const MoedConfig& config() const { return config_; }
   int metrics_port() const;
@@ -79,6 +82,7 @@ class Moed {
   std::unique_ptr<Launcher> local_launcher_;
   std::unique_ptr<Launcher> slurm_launcher_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<FollowHub> follow_hub_;
   std::unique_ptr<JobServiceImpl> job_service_;
   std::unique_ptr<ReportServiceImpl> report_service_;
   std::unique_ptr<grpc::Server> server_;

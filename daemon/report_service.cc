@@ -13,7 +13,7 @@ namespace moe::daemon {
 namespace {
 
 // The launch's secret a worker sends with every report (x-moe-report-secret metadata).
-std::string ReportSecret(const grpc::ServerContext& context) {
+std::string ReportSecret(const grpc::ServerContextBase& context) {
   auto it = context.client_metadata().find(kReportSecretHeader);
   if (it == context.client_metadata().end()) return "";
   return std::string(it->second.data(), it->second.size());
@@ -32,76 +32,128 @@ absl::Status ReportServiceImpl::FillAck(const moe::v1::WorkerHello& hello,
   return absl::OkStatus();
 }
 
-grpc::Status ReportServiceImpl::LastLogSeq(grpc::ServerContext* context,
-                                           const moe::v1::WorkerHello* request,
-                                           moe::v1::ReportAck* response) {
-  if (absl::Status s = auth_->Check(*context); !s.ok()) return ToGrpcStatus(s);
-  if (absl::StatusOr<JobRecord> rec = store_->GetJob(request->job_id()); !rec.ok()) {
-    return ToGrpcStatus(rec.status());
+grpc::ServerUnaryReactor* ReportServiceImpl::LastLogSeq(grpc::CallbackServerContext* context,
+                                                       const moe::v1::WorkerHello* request,
+                                                       moe::v1::ReportAck* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status s = auth_->Check(*context);
+  if (s.ok()) s = store_->GetJob(request->job_id()).status();
+  if (s.ok()) {
+    s = scheduler_->CheckReporter(request->job_id(), request->attempt(), request->rank(),
+                                  request->world_size(), ReportSecret(*context));
   }
-  if (absl::Status s = scheduler_->CheckReporter(request->job_id(), request->attempt(),
-                                                 request->rank(), request->world_size(),
-                                                 ReportSecret(*context));
-      !s.ok()) {
-    return ToGrpcStatus(s);
-  }
-  return ToGrpcStatus(FillAck(*request, response));
+  if (s.ok()) s = FillAck(*request, response);
+  reactor->Finish(ToGrpcStatus(s));
+  return reactor;
 }
 
-grpc::Status ReportServiceImpl::Report(grpc::ServerContext* context,
-                                       grpc::ServerReader<moe::v1::WorkerReport>* reader,
-                                       moe::v1::ReportAck* response) {
-  if (absl::Status s = auth_->Check(*context); !s.ok()) return ToGrpcStatus(s);
-  moe::v1::WorkerReport msg;
-  if (!reader->Read(&msg)) {
-    return ToGrpcStatus(absl::InvalidArgumentError("empty report stream: send a hello first"));
-  }
+absl::Status ReportServiceImpl::Hello(const grpc::ServerContextBase& context,
+                                      const moe::v1::WorkerReport& msg, int64_t* max_step) {
   if (msg.kind_case() != moe::v1::WorkerReport::kHello) {
-    return ToGrpcStatus(
-        absl::InvalidArgumentError("the first message of a report stream must be a hello"));
+    return absl::InvalidArgumentError("the first message of a report stream must be a hello");
   }
-  const moe::v1::WorkerHello hello = msg.hello();
-  const std::string& job_id = hello.job_id();
-  const int attempt = hello.attempt();
+  const moe::v1::WorkerHello& hello = msg.hello();
   if (hello.rank() < 0 || (hello.world_size() > 0 && hello.rank() >= hello.world_size())) {
-    return ToGrpcStatus(absl::InvalidArgumentError(
-        absl::StrCat("hello: rank ", hello.rank(), " is outside world size ",
-                     hello.world_size())));
+    return absl::InvalidArgumentError(absl::StrCat("hello: rank ", hello.rank(),
+                                                   " is outside world size ", hello.world_size()));
   }
-  if (absl::Status s = scheduler_->OnWorkerHello(job_id, attempt, hello.rank(),
-                                                 hello.world_size(), ReportSecret(*context));
+  if (absl::Status s = scheduler_->OnWorkerHello(hello.job_id(), hello.attempt(), hello.rank(),
+                                                 hello.world_size(), ReportSecret(context));
       !s.ok()) {
-    return ToGrpcStatus(s);
+    return s;
   }
-  absl::StatusOr<JobRecord> rec = store_->GetJob(job_id);
-  if (!rec.ok()) return ToGrpcStatus(rec.status());
-  const int64_t max_step = rec->job.spec().train().steps();
-  const bool captured = scheduler_->CapturesOutput(job_id);
-  while (reader->Read(&msg)) {
-    scheduler_->OnWorkerReport(job_id, attempt, hello.rank());
-    absl::Status s;
-    switch (msg.kind_case()) {
-      case moe::v1::WorkerReport::kMetrics:
-        if (msg.metrics().step() < 0 || msg.metrics().step() > max_step) {
-          return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
-              "metric at step ", msg.metrics().step(), " for job ", job_id, ", which trains ",
-              max_step, " steps: not a step this job can reach")));
-        }
-        s = store_->AddMetric(job_id, attempt, msg.metrics());
-        break;
-      case moe::v1::WorkerReport::kLog:
-        if (!captured) {
-          moe::v1::LogLine line = msg.log();
-          line.set_rank(hello.rank());
-          s = store_->AppendReportedLines(job_id, attempt, {line});
-        }
-        break;
-      default:
-        break;  // heartbeats (and a repeated hello) only keep the job alive
+  absl::StatusOr<JobRecord> rec = store_->GetJob(hello.job_id());
+  if (!rec.ok()) return rec.status();
+  *max_step = rec->job.spec().train().steps();
+  return absl::OkStatus();
+}
+
+absl::Status ReportServiceImpl::Store(const moe::v1::WorkerHello& hello, int64_t max_step,
+                                      const moe::v1::WorkerReport& msg) {
+  const std::string& job_id = hello.job_id();
+  scheduler_->OnWorkerReport(job_id, hello.attempt(), hello.rank());
+  switch (msg.kind_case()) {
+    case moe::v1::WorkerReport::kMetrics:
+      if (msg.metrics().step() < 0 || msg.metrics().step() > max_step) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "metric at step ", msg.metrics().step(), " for job ", job_id, ", which trains ",
+            max_step, " steps: not a step this job can reach"));
+      }
+      return store_->AddMetric(job_id, hello.attempt(), msg.metrics());
+    case moe::v1::WorkerReport::kLog:
+      if (!scheduler_->CapturesOutput(job_id)) {
+        moe::v1::LogLine line = msg.log();
+        line.set_rank(hello.rank());
+        return store_->AppendReportedLines(job_id, hello.attempt(), {line});
+      }
+      return absl::OkStatus();
+    default:
+      return absl::OkStatus();  // heartbeats (and a repeated hello) only keep the job alive
+  }
+}
+
+namespace {
+
+// One rank's report stream: read, check or store, read again. The reads are sequential, so one
+// reaction at a time touches it; the store writes are short. When the worker closes its side
+// the ack says what moed has; when the call is cancelled (the worker went away, or moed's
+// shutdown) the pending read ends with ok = false and the stream finishes.
+class ReportStream final : public grpc::ServerReadReactor<moe::v1::WorkerReport> {
+ public:
+  ReportStream(ReportServiceImpl* service, grpc::CallbackServerContext* context,
+               moe::v1::ReportAck* response)
+      : service_(service), context_(context), response_(response) {
+    StartRead(&msg_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      if (!said_hello_) {
+        return Finish(ToGrpcStatus(
+            absl::InvalidArgumentError("empty report stream: send a hello first")));
+      }
+      return Finish(ToGrpcStatus(service_->FillAck(hello_, response_)));
     }
-    if (!s.ok()) return ToGrpcStatus(s);
+    absl::Status s;
+    if (!said_hello_) {
+      s = service_->Hello(*context_, msg_, &max_step_);
+      if (s.ok()) {
+        hello_ = msg_.hello();
+        said_hello_ = true;
+      }
+    } else {
+      s = service_->Store(hello_, max_step_, msg_);
+    }
+    if (!s.ok()) return Finish(ToGrpcStatus(s));
+    StartRead(&msg_);
   }
-  return ToGrpcStatus(FillAck(hello, response));
+
+  void OnDone() override { delete this; }
+
+ private:
+  ReportServiceImpl* const service_;
+  grpc::CallbackServerContext* const context_;
+  moe::v1::ReportAck* const response_;
+  moe::v1::WorkerReport msg_;
+  moe::v1::WorkerHello hello_;
+  bool said_hello_ = false;
+  int64_t max_step_ = 0;
+};
+
+class RefusedReport final : public grpc::ServerReadReactor<moe::v1::WorkerReport> {
+ public:
+  explicit RefusedReport(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+grpc::ServerReadReactor<moe::v1::WorkerReport>* ReportServiceImpl::Report(
+    grpc::CallbackServerContext* context, moe::v1::ReportAck* response) {
+  if (absl::Status s = auth_->Check(*context); !s.ok()) {
+    return new RefusedReport(ToGrpcStatus(s));
+  }
+  return new ReportStream(this, context, response);
 }
 
 }  // namespace moe::daemon
