@@ -174,6 +174,9 @@ void Describe(const std::string& file, v1::JobSpec spec) {
   std::printf("  checkpoint   every %d steps, keep %d, dir %s; max_restarts %d\n", c.every(),
               c.keep(), c.dir().empty() ? "(moed's state directory)" : c.dir().c_str(),
               spec.max_restarts());
+  if (!spec.model().init_from().empty()) {
+    std::printf("  init from    %s (weights only; the optimizer starts fresh)\n", spec.model().init_from().c_str());
+  }
 }
 
 }  // namespace
