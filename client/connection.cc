@@ -122,64 +122,6 @@ int Fail(const std::string& message) {
   return 1;
 }
 
-bool Args::Has(const std::string& name) const {
-  for (const auto& [n, v] : flags) {
-    if (n == name) return true;
-  }
-  return false;
-}
-
-std::string Args::Get(const std::string& name, const std::string& fallback) const {
-  std::string out = fallback;
-  for (const auto& [n, v] : flags) {
-    if (n == name) out = v;
-  }
-  return out;
-}
-
-absl::StatusOr<Args> ParseArgs(int argc, char** argv, const std::vector<std::string>& value_flags,
-                               const std::vector<std::string>& bool_flags) {
-  Args a;
-  auto in = [](const std::vector<std::string>& v, const std::string& s) {
-    return std::find(v.begin(), v.end(), s) != v.end();
-  };
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg.size() < 2 || arg[0] != '-' || arg == "--") {
-      a.positional.push_back(arg);
-      continue;
-    }
-    std::string value;
-    bool has_value = false;
-    if (size_t eq = arg.find('='); eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-      has_value = true;
-    }
-    if (arg == "--server") {  // accepted after the command too
-      if (!has_value) {
-        if (i + 1 >= argc) return absl::InvalidArgumentError("--server needs HOST:PORT");
-        value = argv[++i];
-      }
-      SetServerOverride(value);
-      continue;
-    }
-    if (in(value_flags, arg)) {
-      if (!has_value) {
-        if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat(arg, " needs a value"));
-        value = argv[++i];
-      }
-      a.flags.emplace_back(arg, value);
-    } else if (in(bool_flags, arg)) {
-      if (has_value) return absl::InvalidArgumentError(absl::StrCat(arg, " takes no value"));
-      a.flags.emplace_back(arg, "");
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat("unknown option ", arg));
-    }
-  }
-  return a;
-}
-
 std::string StateName(moe::v1::JobState state) {
   std::string name = moe::v1::JobState_Name(state);
   constexpr char kPrefix[] = "JOB_STATE_";
@@ -205,6 +147,18 @@ double EstimateSecondsLeft(const moe::v1::Job& job) {
     per_step_s = (job.latest().unix_ms() - job.started_unix_ms()) / 1000.0 / step;
   }
   return per_step_s > 0 ? per_step_s * (total - step) : -1;
+}
+
+absl::StatusOr<moe::v1::Job> GetJob(moe::v1::JobService::Stub& stub, const ClientConfig& config,
+                                    const std::string& id, grpc::Status* status) {
+  grpc::ClientContext ctx;
+  PrepareContext(ctx, config, 10);
+  moe::v1::GetJobRequest req;
+  req.set_id(id);
+  moe::v1::Job job;
+  *status = stub.GetJob(&ctx, req, &job);
+  if (!status->ok()) return absl::UnknownError(status->error_message());
+  return job;
 }
 
 }  // namespace moe::client

@@ -35,16 +35,9 @@ std::string DescribeError(const grpc::Status& status, const ClientConfig& config
 // Prints "moectl: <message>" on stderr; returns 1 (or 2 for usage errors from callers).
 int Fail(const std::string& message);
 
-// Minimal argument splitting for subcommands: flags (with values where listed) and positionals.
-struct Args {
-  std::vector<std::string> positional;
-  std::vector<std::pair<std::string, std::string>> flags;  // name (with dashes), value
-  bool Has(const std::string& name) const;
-  std::string Get(const std::string& name, const std::string& fallback) const;
-};
-// Flags in value_flags take a value (--n V or --n=V); others are booleans. Unknown flags fail.
-absl::StatusOr<Args> ParseArgs(int argc, char** argv, const std::vector<std::string>& value_flags,
-                               const std::vector<std::string>& bool_flags);
+// One GetJob call (10 s deadline): the job, or an error whose status is in *status.
+absl::StatusOr<moe::v1::Job> GetJob(moe::v1::JobService::Stub& stub, const ClientConfig& config,
+                                    const std::string& id, grpc::Status* status);
 
 std::string StateName(moe::v1::JobState state);
 std::string FormatDuration(double seconds);  // "1h02m", "3m05s", "12s"

@@ -23,16 +23,12 @@ int RunExport(const ExportOptions& o) {
     absl::StatusOr<ClientConfig> config = LoadClientConfig();
     if (!config.ok()) return Fail(std::string(config.status().message()));
     auto stub = NewJobStub(*config);
-    grpc::ClientContext ctx;
-    PrepareContext(ctx, *config, 10);
-    moe::v1::GetJobRequest req;
-    req.set_id(o.source);
-    moe::v1::Job job;
-    grpc::Status s = stub->GetJob(&ctx, req, &job);
-    if (!s.ok()) {
+    grpc::Status s;
+    absl::StatusOr<moe::v1::Job> got = GetJob(*stub, *config, o.source, &s);
+    if (!got.ok()) {
       return Fail(absl::StrCat(o.source, " is not a directory here, and as a job id: ", DescribeError(s, *config)));
     }
-    dir = job.checkpoint_dir();
+    dir = got->checkpoint_dir();
     if (!std::filesystem::is_directory(dir, ec)) {
       return Fail(absl::StrCat("job ", o.source, " keeps its checkpoints in ", dir,
                                ", which is not a directory here (run moectl export on moed's host, or give "

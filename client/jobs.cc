@@ -42,18 +42,6 @@ std::string Throughput(const moe::v1::Job& j) {
              : "-";
 }
 
-absl::StatusOr<moe::v1::Job> GetJob(moe::v1::JobService::Stub& stub, const ClientConfig& c,
-                                    const std::string& id, grpc::Status* status) {
-  grpc::ClientContext ctx;
-  PrepareContext(ctx, c, 10);
-  moe::v1::GetJobRequest req;
-  req.set_id(id);
-  moe::v1::Job job;
-  *status = stub.GetJob(&ctx, req, &job);
-  if (!status->ok()) return absl::UnknownError(status->error_message());
-  return job;
-}
-
 absl::StatusOr<std::vector<moe::v1::Job>> ListAll(moe::v1::JobService::Stub& stub,
                                                   const ClientConfig& c, grpc::Status* status) {
   grpc::ClientContext ctx;

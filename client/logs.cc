@@ -67,19 +67,16 @@ int FollowLogs(const std::string& job_id, int rank, int64_t tail, bool follow) {
   }
   // How the job stands decides the exit code.
   for (int tries = 0;; ++tries) {
-    grpc::ClientContext ctx;
-    PrepareContext(ctx, *config, 10);
-    moe::v1::GetJobRequest req;
-    req.set_id(job_id);
-    moe::v1::Job job;
-    grpc::Status s = stub->GetJob(&ctx, req, &job);
-    if (!s.ok()) {
+    grpc::Status s;
+    absl::StatusOr<moe::v1::Job> got = GetJob(*stub, *config, job_id, &s);
+    if (!got.ok()) {
       if (s.error_code() == grpc::StatusCode::UNAVAILABLE && tries < 20) {
         std::this_thread::sleep_for(std::chrono::milliseconds(500));
         continue;
       }
       return Fail(DescribeError(s, *config));
     }
+    const moe::v1::Job& job = *got;
     const moe::v1::JobState st = job.state();
     if (follow || st == moe::v1::JOB_STATE_FAILED || st == moe::v1::JOB_STATE_CANCELLED) {
       std::fprintf(stderr, "moectl: job %s %s%s%s\n", job_id.c_str(), StateName(st).c_str(),
@@ -97,14 +94,10 @@ int RunLogs(const LogsOptions& o) {
     absl::StatusOr<ClientConfig> config = LoadClientConfig();
     if (!config.ok()) return Fail(std::string(config.status().message()));
     auto stub = NewJobStub(*config);
-    grpc::ClientContext ctx;
-    PrepareContext(ctx, *config, 10);
-    moe::v1::GetJobRequest req;
-    req.set_id(o.id);
-    moe::v1::Job job;
-    grpc::Status s = stub->GetJob(&ctx, req, &job);
-    if (!s.ok()) return Fail(DescribeError(s, *config));
-    const int ranks = job.spec().resources().ranks();
+    grpc::Status s;
+    absl::StatusOr<moe::v1::Job> job = GetJob(*stub, *config, o.id, &s);
+    if (!job.ok()) return Fail(DescribeError(s, *config));
+    const int ranks = job->spec().resources().ranks();
     if (o.rank >= ranks) {
       std::fprintf(stderr, "moectl logs: job %s has %d rank%s (0..%d); there is no rank %d\n",
                    o.id.c_str(), ranks, ranks == 1 ? "" : "s", ranks - 1, o.rank);
