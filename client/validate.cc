@@ -86,6 +86,44 @@ std::string ScheduleText(const v1::TrainSpec& t) {
   }
 }
 
+// The recipe options a job turns on (MODEL.md "Options"), with what each adds; "" for none.
+std::string RecipeText(const v1::JobSpec& spec) {
+  const v1::ModelSpec& m = spec.model();
+  const v1::MoeSpec& e = m.moe();
+  const v1::TrainSpec& t = spec.train();
+  const double hd = m.n_heads() > 0 ? static_cast<double>(m.d_model()) / m.n_heads() : 0;
+  const double L = m.n_layers();
+  std::vector<std::string> on;
+  if (m.attention().qk_norm()) {
+    on.push_back(absl::StrCat("qk_norm (+", FormatCount(2 * L * hd), " params)"));
+  }
+  if (m.attention().gate()) {
+    on.push_back(absl::StrCat("gated attention (+", FormatCount(L * m.n_heads() * hd * m.d_model()), " params)"));
+  }
+  if (m.attention().dropout() > 0) on.push_back(absl::StrFormat("attention dropout %g", m.attention().dropout()));
+  const bool two = e.activation() == v1::ACTIVATION_RELU2 || e.activation() == v1::ACTIVATION_GELU;
+  if (two) on.push_back(e.activation() == v1::ACTIVATION_RELU2 ? "relu2 experts (no w3)" : "gelu experts (no w3)");
+  if (e.shared_experts() > 0) {
+    const double fs = e.shared_expert_hidden();
+    on.push_back(absl::StrCat(e.shared_experts(), " shared expert", e.shared_experts() == 1 ? "" : "s",
+                              " of hidden ", e.shared_expert_hidden(), " (+",
+                              FormatCount(L * e.shared_experts() * (two ? 2 : 3) * m.d_model() * fs),
+                              " params, active)"));
+  }
+  if (e.router_score() == v1::SCORE_SIGMOID) on.push_back("sigmoid router");
+  if (e.router_temperature() > 0 && e.router_temperature() != 1) {
+    on.push_back(absl::StrFormat("router temperature %g", e.router_temperature()));
+  }
+  if (e.bias_update_rate() > 0) {
+    on.push_back(absl::StrFormat("loss-free balancing (bias rate %g)", e.bias_update_rate()));
+  }
+  if (e.expert_dropout() > 0) on.push_back(absl::StrFormat("expert dropout %g", e.expert_dropout()));
+  if (t.optimizer() == v1::OPTIMIZER_MUON) {
+    on.push_back(absl::StrFormat("Muon for block matrices (lr %g), AdamW for the rest", t.muon_lr()));
+  }
+  return absl::StrJoin(on, ", ");
+}
+
 void Describe(const std::string& file, v1::JobSpec spec) {
   const v1::ModelSpec& m = spec.model();
   const v1::MoeSpec& e = m.moe();
@@ -120,6 +158,8 @@ void Describe(const std::string& file, v1::JobSpec spec) {
                 e.num_experts(), e.top_k(), e.expert_hidden(), capacity.c_str(),
                 e.num_experts() / r.ranks(), e.aux_loss_coef(), e.z_loss_coef());
   }
+  const std::string recipe = RecipeText(spec);
+  std::printf("  recipe       %s\n", recipe.empty() ? "base (no options)" : recipe.c_str());
   std::printf("  parameters   %s total, %s active (%s on each rank)\n",
               FormatCount(static_cast<double>(s.total_params)).c_str(),
               FormatCount(static_cast<double>(s.active_params)).c_str(),

@@ -25,4 +25,35 @@ inline std::string CudaHeadSizesText() {
   return out;
 }
 
+// The recipe options of MODEL.md ("Options: the seeds' recipes") by what a job sets; a backend
+// runs an option only when BackendRuns says so, and the job-spec checks refuse the rest.
+enum class RecipeOption {
+  kQkNorm,             // model.attention.qk_norm
+  kAttentionGate,      // model.attention.gate
+  kAttentionDropout,   // model.attention.dropout
+  kActivation,         // model.moe.activation relu2 / gelu
+  kSharedExperts,      // model.moe.shared_experts
+  kSigmoidRouter,      // model.moe.router_score sigmoid
+  kRouterTemperature,  // model.moe.router_temperature other than 1
+  kBiasBalancing,      // model.moe.bias_update_rate
+  kExpertDropout,      // model.moe.expert_dropout
+  kMuon,               // train.optimizer muon
+};
+
+inline bool BackendRuns(bool cuda, RecipeOption option) {
+  switch (option) {
+    case RecipeOption::kQkNorm: return false;
+    case RecipeOption::kAttentionGate: return false;
+    case RecipeOption::kAttentionDropout: return false;
+    case RecipeOption::kActivation: return false;
+    case RecipeOption::kSharedExperts: return false;
+    case RecipeOption::kSigmoidRouter: return false;
+    case RecipeOption::kRouterTemperature: return false;
+    case RecipeOption::kBiasBalancing: return false;
+    case RecipeOption::kExpertDropout: return false;
+    case RecipeOption::kMuon: return false;
+  }
+  return !cuda && false;
+}
+
 }  // namespace moe

@@ -369,6 +369,9 @@ class Checker {
                           ") with device cuda (one GPU per rank), got ", sl.gpus_per_node()));
       }
     }
+    CheckRecipeOptions(
+        s_, [this](const std::string& path) { return Ok(path); },
+        [this](const std::string& path, std::string message) { Fail(path, std::move(message)); });
     if (Ok("data.tokenizer") && Ok("model.vocab_size")) CheckVocab();
     CheckMemory();
     if (Ok("data.tokenizer") && Ok("data.path") && !d.path().empty()) CheckDataPath();

@@ -69,6 +69,19 @@ void ApplyDefaults(JobSpec* s, const std::set<std::string>& present, std::set<st
   if (absent("train.schedule")) train->set_schedule(v1::SCHEDULE_COSINE);
   if (absent("train.decay_fraction")) train->set_decay_fraction(0.2);
   if (absent("model.attention.rope_theta")) m->mutable_attention()->set_rope_theta(10000);
+  // The recipe options: off unless named (MODEL.md "Options").
+  if (absent("model.moe.activation")) moe->set_activation(v1::ACTIVATION_SWIGLU);
+  if (absent("model.moe.router_score")) moe->set_router_score(v1::SCORE_SOFTMAX);
+  if (absent("model.moe.router_temperature")) moe->set_router_temperature(1.0);
+  // Shared experts default to the routed experts' hidden size, Muon to AdamW's lr.
+  if (absent("model.moe.shared_expert_hidden") && moe->shared_experts() > 0) {
+    derive("model.moe.shared_expert_hidden", usable("model.moe.expert_hidden"),
+           [&] { moe->set_shared_expert_hidden(moe->expert_hidden()); });
+  }
+  if (absent("train.optimizer")) train->set_optimizer(v1::OPTIMIZER_ADAMW);
+  if (absent("train.muon_lr") && train->optimizer() == v1::OPTIMIZER_MUON) {
+    derive("train.muon_lr", usable("train.lr"), [&] { train->set_muon_lr(train->lr()); });
+  }
 
   if (absent("resources.ranks")) res->set_ranks(1);
   if (absent("resources.device")) res->set_device(v1::DEVICE_CPU);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <set>
 #include <string>
 #include <utility>
@@ -66,5 +67,12 @@ void ApplyDefaults(moe::v1::JobSpec* s, const std::set<std::string>& present,
 // the rules that use them. Errors carry field paths but no file or position.
 std::vector<SpecError> CheckJobSpec(const moe::v1::JobSpec& spec,
                                     const std::set<std::string>& skip);
+
+// The recipe options (MODEL.md "Options"; job_spec_recipe.cc): ranges, the combinations that
+// make no sense, and what the job's backend runs. ok(path) says a field is still checkable;
+// fail(path, message) reports one.
+void CheckRecipeOptions(const moe::v1::JobSpec& spec,
+                        const std::function<bool(const std::string&)>& ok,
+                        const std::function<void(const std::string&, std::string)>& fail);
 
 }  // namespace moe::job_spec_internal

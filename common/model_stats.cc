@@ -39,14 +39,21 @@ ModelStats ComputeModelStats(const moe::v1::JobSpec& spec) {
   // Per block (MODEL.md's table): two RMSNorm weights (D each), wqkv ((H + 2 Hkv) hd x D),
   // wo (D x D), the router (E x D; absent when E = 1, the dense case) and E SwiGLU experts
   // (w1, w3: D x F, w2: F x D).
-  const double norms = 2 * D;
-  const double attention = D * (H + 2 * Hkv) * hd + D * D;
+  // Recipe options (MODEL.md "Counting"): QK-norm adds q_norm and k_norm (hd each), gated
+  // attention wg (H hd x D), relu2 / gelu experts have no w3 (2 D F instead of 3 D F), and S
+  // shared experts of hidden F_s are replicated and always active.
+  const v1::MoeSpec& e = m.moe();
+  const double matrices = e.activation() == v1::ACTIVATION_RELU2 || e.activation() == v1::ACTIVATION_GELU ? 2 : 3;
+  const double norms = 2 * D + (m.attention().qk_norm() ? 2 * hd : 0);
+  const double attention = D * (H + 2 * Hkv) * hd + D * D + (m.attention().gate() ? H * hd * D : 0);
   const double router = E > 1 ? D * E : 0;
-  const double expert = 3 * D * F;
+  const double expert = matrices * D * F;
+  const double shared = std::max(0, e.shared_experts()) * matrices * D *
+                        (e.shared_expert_hidden() > 0 ? e.shared_expert_hidden() : F);
   // Outside the blocks: wte (V x D), final_norm (D), lm_head (V x D) when untied.
   const double outside = V * D + D + (m.tie_embeddings() ? 0 : V * D);
 
-  const double replicated = L * (norms + attention + router) + outside;
+  const double replicated = L * (norms + attention + router + shared) + outside;
   const double total = replicated + L * E * expert;
   const double active = replicated + L * k * expert;
 

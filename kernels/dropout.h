@@ -5,7 +5,22 @@
 
 #include <cstdint>
 
+#if defined(__CUDACC__)
+#define MOE_HOST_DEVICE __host__ __device__
+#else
+#define MOE_HOST_DEVICE
+#endif
+
 namespace moe::kernels {
+
+// Attention dropout draws CounterUniform(AttentionDropoutSeed(..), counter) for the probability
+// of query token i attending to key j in head h: query is i's global token index (the batch's
+// first token over all ranks + b * T + i), so any number of ranks draws the same masks.
+inline MOE_HOST_DEVICE uint64_t AttentionDropoutCounter(uint64_t query, int head, int heads,
+                                                        int seq_len, int key) {
+  return (query * static_cast<uint64_t>(heads) + static_cast<uint64_t>(head)) *
+             static_cast<uint64_t>(seq_len) + static_cast<uint64_t>(key);
+}
 
 // splitmix64's output function: a bijective 64-bit mix (Steele, Lea, Flood 2014). The one hash
 // behind every counter-based draw (dropout masks, data sampling, dropout site seeds).

@@ -21,6 +21,22 @@ ModelConfig ModelConfig::FromSpec(const moe::v1::JobSpec& spec, int vocab_size) 
   c.capacity_factor = m.moe().capacity_factor();
   c.aux_coef = c.experts > 1 ? m.moe().aux_loss_coef() : 0;
   c.z_coef = c.experts > 1 ? m.moe().z_loss_coef() : 0;
+  c.qk_norm = m.attention().qk_norm();
+  c.attn_gate = m.attention().gate();
+  c.attn_dropout = static_cast<float>(m.attention().dropout());
+  switch (m.moe().activation()) {
+    case moe::v1::ACTIVATION_RELU2: c.activation = Activation::kRelu2; break;
+    case moe::v1::ACTIVATION_GELU: c.activation = Activation::kGelu; break;
+    default: c.activation = Activation::kSwiglu; break;
+  }
+  c.shared_experts = m.moe().shared_experts();
+  c.shared_ffn = m.moe().shared_expert_hidden() > 0 ? m.moe().shared_expert_hidden() : c.ffn;
+  c.router_sigmoid = c.experts > 1 && m.moe().router_score() == moe::v1::SCORE_SIGMOID;
+  c.router_temperature =
+      m.moe().router_temperature() > 0 ? static_cast<float>(m.moe().router_temperature()) : 1.f;
+  c.bias_update_rate = c.experts > 1 ? static_cast<float>(m.moe().bias_update_rate()) : 0.f;
+  c.expert_dropout = c.experts > 1 ? static_cast<float>(m.moe().expert_dropout()) : 0.f;
+  c.muon = spec.train().optimizer() == moe::v1::OPTIMIZER_MUON;
   return c;
 }
 

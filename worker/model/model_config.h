@@ -23,8 +23,25 @@ struct ModelConfig {
   double aux_coef = 0;
   double z_coef = 0;
 
+  // The recipe options of MODEL.md ("Options: the seeds' recipes"); the defaults are the base
+  // model.
+  bool qk_norm = false;           // model.attention.qk_norm
+  bool attn_gate = false;         // model.attention.gate
+  float attn_dropout = 0.f;       // model.attention.dropout
+  enum class Activation { kSwiglu, kRelu2, kGelu };
+  Activation activation = Activation::kSwiglu;  // model.moe.activation
+  int shared_experts = 0;         // S (model.moe.shared_experts)
+  int shared_ffn = 0;             // F_s (model.moe.shared_expert_hidden)
+  bool router_sigmoid = false;    // model.moe.router_score: sigmoid
+  float router_temperature = 1.f; // tau
+  float bias_update_rate = 0.f;   // u; 0 = no loss-free balancing
+  float expert_dropout = 0.f;
+  bool muon = false;              // train.optimizer: muon
+
   int qkv_dim() const { return (heads + 2 * kv_heads) * head_dim; }
   bool is_moe() const { return experts > 1; }
+  bool gated_experts() const { return activation == Activation::kSwiglu; }  // has W3
+  bool balances_by_bias() const { return is_moe() && bias_update_rate > 0; }
 
   // vocab_size: the spec's, or the tokenizer's when the spec leaves it 0.
   static ModelConfig FromSpec(const moe::v1::JobSpec& spec, int vocab_size);

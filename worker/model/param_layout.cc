@@ -30,14 +30,25 @@ ParamLayout::ParamLayout(const ModelConfig& cfg, int rank, int world)
     std::string p = "blocks." + std::to_string(i) + ".";
     Add(p + "attn_norm.weight", {D}, false, 0);
     Add(p + "attn.wqkv.weight", {cfg.qkv_dim(), D}, false, std);
+    if (cfg.qk_norm) {
+      Add(p + "attn.q_norm.weight", {cfg.head_dim}, false, 0);
+      Add(p + "attn.k_norm.weight", {cfg.head_dim}, false, 0);
+    }
+    if (cfg.attn_gate) Add(p + "attn.wg.weight", {static_cast<int64_t>(cfg.heads) * cfg.head_dim, D}, false, std);
     Add(p + "attn.wo.weight", {D, D}, false, proj_std);
     Add(p + "moe_norm.weight", {D}, false, 0);
     if (cfg.is_moe()) Add(p + "moe.router.weight", {E, D}, false, std);
     // A dense model (E = 1) keeps its single expert replicated.
     if (!cfg.is_moe()) {
       Add(p + "moe.w1", {1, D, F}, false, std);
-      Add(p + "moe.w3", {1, D, F}, false, std);
+      if (cfg.gated_experts()) Add(p + "moe.w3", {1, D, F}, false, std);
       Add(p + "moe.w2", {1, F, D}, false, proj_std);
+    }
+    if (cfg.shared_experts > 0) {
+      const int64_t S = cfg.shared_experts, Fs = cfg.shared_ffn;
+      Add(p + "moe.shared_w1", {S, D, Fs}, false, std);
+      if (cfg.gated_experts()) Add(p + "moe.shared_w3", {S, D, Fs}, false, std);
+      Add(p + "moe.shared_w2", {S, Fs, D}, false, proj_std);
     }
   }
   Add("final_norm.weight", {D}, false, 0);
@@ -47,7 +58,7 @@ ParamLayout::ParamLayout(const ModelConfig& cfg, int rank, int world)
     for (int i = 0; i < cfg.layers; ++i) {
       std::string p = "blocks." + std::to_string(i) + ".";
       Add(p + "moe.w1", {E, D, F}, true, std);
-      Add(p + "moe.w3", {E, D, F}, true, std);
+      if (cfg.gated_experts()) Add(p + "moe.w3", {E, D, F}, true, std);
       Add(p + "moe.w2", {E, F, D}, true, proj_std);
     }
   }
@@ -66,6 +77,9 @@ void ParamLayout::Add(const std::string& name, std::vector<int64_t> global_shape
   info.decay = global_shape.size() >= 2;
   info.expert = expert;
   info.init_std = init_std;
+  const bool in_block = name.rfind("blocks.", 0) == 0;
+  const bool router = name.find(".router.") != std::string::npos;
+  info.muon = in_block && !router && global_shape.size() >= 2;
   total_ += info.size;
   params_.push_back(std::move(info));
 }
@@ -83,6 +97,7 @@ ModelTensors ParamLayout::Bind(float* base) const {
     if (p == nullptr) throw std::logic_error("no parameter " + name);
     return base + p->offset;
   };
+  auto maybe = [&](bool on, const std::string& name) -> float* { return on ? at(name) : nullptr; };
   ModelTensors t;
   t.wte = at("wte.weight");
   t.final_norm = at("final_norm.weight");
@@ -96,8 +111,15 @@ ModelTensors ParamLayout::Bind(float* base) const {
     b.moe_norm = at(p + "moe_norm.weight");
     b.router = cfg_.is_moe() ? at(p + "moe.router.weight") : nullptr;
     b.w1 = at(p + "moe.w1");
-    b.w3 = at(p + "moe.w3");
+    b.w3 = maybe(cfg_.gated_experts(), p + "moe.w3");
     b.w2 = at(p + "moe.w2");
+    b.q_norm = maybe(cfg_.qk_norm, p + "attn.q_norm.weight");
+    b.k_norm = maybe(cfg_.qk_norm, p + "attn.k_norm.weight");
+    b.wg = maybe(cfg_.attn_gate, p + "attn.wg.weight");
+    const bool shared = cfg_.shared_experts > 0;
+    b.shared_w1 = maybe(shared, p + "moe.shared_w1");
+    b.shared_w3 = maybe(shared && cfg_.gated_experts(), p + "moe.shared_w3");
+    b.shared_w2 = maybe(shared, p + "moe.shared_w2");
     t.blocks.push_back(b);
   }
   return t;

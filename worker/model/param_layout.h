@@ -19,6 +19,9 @@ struct ParamInfo {
   int64_t size = 0;                   // floats on this rank
   bool decay = false;                 // weight decay: 2-D and 3-D weights only
   bool expert = false;                // sharded over ranks by the leading expert index
+  // A 2-D weight matrix inside a block (wqkv, wo, wg; each expert's and shared expert's W1,
+  // W2, W3 one matrix at a time): what train.optimizer muon updates. Everything else is AdamW.
+  bool muon = false;
   float init_std = 0;                 // N(0, std); 0 means ones (norm weights)
 };
 
@@ -30,8 +33,15 @@ struct BlockTensors {
   float* moe_norm;   // (D)
   float* router;     // (E, D); null when dense
   float* w1;         // (E_local, D, F)
-  float* w3;         // (E_local, D, F)
+  float* w3;         // (E_local, D, F); null for relu2 / gelu (no W3)
   float* w2;         // (E_local, F, D)
+  // Recipe options; null when the option is off.
+  float* q_norm;     // (hd)            attention.qk_norm
+  float* k_norm;     // (hd)
+  float* wg;         // (H hd, D)       attention.gate
+  float* shared_w1;  // (S, D, F_s)     moe.shared_experts
+  float* shared_w3;  // (S, D, F_s)     swiglu only
+  float* shared_w2;  // (S, F_s, D)
 };
 struct ModelTensors {
   float* wte;         // (V, D)

@@ -68,6 +68,12 @@ struct ForwardResult {
 inline uint64_t DropoutSiteSeed(uint64_t seed, int site) {
   return kernels::SplitMix64(seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(site));
 }
+// The seed of block l's attention-probability dropout (model.attention.dropout) for one
+// micro-step; kernels::AttentionDropoutCounter numbers its draws.
+inline uint64_t AttentionDropoutSeed(uint64_t seed, int layer) { return DropoutSiteSeed(seed, -1 - layer); }
+// The seed of block l's expert dropout for one micro-step: expert e of the layer is off when
+// kernels::CounterUniform(seed, e) < expert_dropout, the same draw on every rank.
+inline uint64_t ExpertDropoutSeed(uint64_t seed, int layer) { return DropoutSiteSeed(seed, -1000001 - layer); }
 
 // The flat buffers of a model, all in ParamLayout's layout: a checkpoint holds the first three;
 // gradients are there for tests.
@@ -103,6 +109,12 @@ class TrainModel {
   // AdamW on every parameter (ParamInfo::decay picks weight_decay or 0); grads are multiplied
   // by clip_scale first. step is 1-based.
   virtual void AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) = 0;
+
+  // Loss-free balancing's router biases (model.moe.bias_update_rate, MODEL.md "Options:
+  // Experts"): L x E fp32 (layer-major), the same on every rank, no gradient, saved in
+  // checkpoints as blocks.{i}.moe.router_bias. Empty when the job does not balance by bias.
+  virtual std::vector<float> RouterBiases() { return {}; }
+  virtual void SetRouterBiases(const std::vector<float>& biases) { (void)biases; }
 
   // Dense FLOP/s of one device of this backend at its precision (for MFU), 0 when unknown.
   virtual double PeakFlopsPerSecond() const { return 0; }
