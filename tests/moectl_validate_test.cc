@@ -241,6 +241,29 @@ TEST_F(ExampleTest, SmallMediumAndCpuDemoValidate) {
   EXPECT_THAT(demo.out, HasSubstr("E 4, top-2, hidden 256, dropless, 2 per rank"));
 }
 
+// The seed recipes (issue 16): each validates, counts its options' parameters (MODEL.md
+// "Counting") and names them in the recipe line.
+TEST_F(ExampleTest, SeedRecipesValidate) {
+  struct Case {
+    std::string file;
+    std::string params;
+    std::vector<std::string> recipe;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"tutel-style.yaml", "235M total, 39.7M active",
+            {"qk_norm (+1.02K params)", "gated attention (+2.1M params)"}},
+           {"modded-nanogpt-style.yaml", "332M total, 162M active",
+            {"qk_norm (+1.54K params)", "relu2 experts (no w3)",
+             "Muon for block matrices (lr 0.02), AdamW for the rest"}}}) {
+    RunResult r = ValidateCopy(c.file);
+    ASSERT_TRUE(r.exited) << c.file;
+    EXPECT_EQ(r.exit_code, 0) << c.file << "\n" << r.err;
+    EXPECT_EQ(r.err, "");
+    EXPECT_THAT(r.out, HasSubstr(c.params)) << r.out;
+    for (const std::string& piece : c.recipe) EXPECT_THAT(r.out, HasSubstr(piece)) << r.out;
+  }
+}
+
 TEST(MoectlValidateExamples, TinyShakespeareValidatesAgainstTheSharedData) {
   const std::string example = moe::testing::SourceDir() + "/examples/tiny-shakespeare.yaml";
   const std::string data =
