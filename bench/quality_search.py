@@ -1,0 +1,143 @@
+"""The shakespeare_char quality search (issue 21): trains variants of MODEL.md's "tiny" job on one
+GPU through moe-worker and reports each one's best validation loss, nanoGPT's way: the first
+90% of the characters train, the last 10% validate, val loss is the mean CE over 200 random
+batches of 64 x 256 of the held-out part, evaluated every 250 steps; best val is the minimum.
+
+  python3 bench/quality_search.py --worker .carry/bin/moe-worker --moectl .carry/bin/moectl \
+      --data input.txt --out DIR [--only NAME,NAME] [--seeds 1337,1338] [--parallel 3]
+
+Every line printed is JSON (one per run), then a Markdown table: variant, active parameters (as
+`moectl validate` counts them), best val per seed, their mean, the step of the best, seconds.
+A variant is a set of overrides of the base job below (dotted keys); its job file is written
+as JSON (valid YAML) to DIR/NAME-SEED.yaml so any run can be repeated by hand.
+"""
+import argparse, concurrent.futures as cf, copy, json, os, re, subprocess, sys, time
+
+BASE = {
+    "name": "shakespeare-moe",
+    "model": {"d_model": 384, "n_layers": 6, "n_heads": 6, "n_kv_heads": 6, "seq_len": 256,
+              "vocab_size": 65, "tie_embeddings": True, "dropout": 0.2,
+              "moe": {"num_experts": 8, "top_k": 2, "expert_hidden": 512, "capacity_factor": 0,
+                      "aux_loss_coef": 0.01, "z_loss_coef": 0.001}},
+    "data": {"path": "", "tokenizer": "char", "val_fraction": 0.1},
+    "train": {"steps": 5000, "batch_size": 64, "lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 100,
+              "weight_decay": 0.1, "grad_clip": 1.0, "precision": "bf16", "eval_every": 250,
+              "eval_batches": 200, "log_every": 250},
+    "resources": {"ranks": 1, "device": "cuda"},
+    "checkpoint": {"every": 100000, "keep": 1},
+}
+
+# name -> overrides. Active parameters stay at or under the base's 10.67M (10.7M as counted):
+# k * F * 3 (or 2 for relu2 / gelu) + shared experts is held at 3072 per layer and token.
+VARIANTS = {
+    "base": {},
+    "dense-twin": {"model.moe.num_experts": 1, "model.moe.top_k": 1, "model.moe.expert_hidden": 1024},
+    "steps2000": {"train.steps": 2000},
+    "steps2000-drop0.3": {"train.steps": 2000, "model.dropout": 0.3},
+    "drop0.3": {"model.dropout": 0.3},
+    "attn-drop0.1": {"model.attention.dropout": 0.1},
+    "expert-drop0.1": {"model.moe.expert_dropout": 0.1},
+    "wd0.5": {"train.weight_decay": 0.5},
+    "fine-e16-k4": {"model.moe.num_experts": 16, "model.moe.top_k": 4, "model.moe.expert_hidden": 256},
+    "qknorm-gate": {"model.attention.qk_norm": True, "model.attention.gate": True,
+                    "model.moe.expert_hidden": 448},
+    "shared1-k1": {"model.moe.top_k": 1, "model.moe.shared_experts": 1, "model.moe.shared_expert_hidden": 512},
+    "relu2-f768": {"model.moe.activation": "relu2", "model.moe.expert_hidden": 768},
+    "sigmoid-bias": {"model.moe.router_score": "sigmoid", "model.moe.bias_update_rate": 0.001,
+                     "model.moe.aux_loss_coef": 0.0},
+    "muon": {"train.optimizer": "muon", "train.muon_lr": 0.02, "train.lr": 3e-3, "train.min_lr": 3e-4},
+    "wsd": {"train.schedule": "wsd", "train.decay_fraction": 0.5, "train.steps": 3000},
+}
+
+
+def with_overrides(base, overrides):
+    job = copy.deepcopy(base)
+    for dotted, value in overrides.items():
+        node = job
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return job
+
+
+def run(args, name, overrides, seed):
+    job = with_overrides(BASE, overrides)
+    job["name"] = re.sub(r"[^a-z0-9-]", "-", f"q-{name}-{seed}".lower())[:63]
+    job["data"]["path"] = os.path.abspath(args.data)
+    job["train"]["seed"] = seed
+    path = os.path.join(args.out, f"{name}-{seed}.yaml")
+    with open(path, "w") as f:
+        json.dump(job, f, indent=1)
+    active = "?"
+    if args.moectl:
+        v = subprocess.run([args.moectl, "validate", path], capture_output=True, text=True)
+        if v.returncode != 0:
+            return dict(variant=name, seed=seed, error=(v.stderr or v.stdout).strip()[:400])
+        m = re.search(r"parameters\s+(\S+) total, (\S+) active", v.stdout)
+        active = m.group(2) if m else "?"
+    start = time.time()
+    p = subprocess.run([args.worker, "--job", path, "--checkpoint-dir", os.path.join(args.out, f"ck-{name}-{seed}")],
+                       capture_output=True, text=True, timeout=args.timeout)
+    vals = []
+    for line in p.stdout.splitlines() + p.stderr.splitlines():
+        if '"val_loss"' not in line:
+            continue
+        try:
+            d = json.loads(line[line.index("{"):])
+        except ValueError:
+            continue
+        if d.get("val_loss") is not None:
+            vals.append((d["val_loss"], d.get("step")))
+    r = dict(variant=name, seed=seed, active=active, seconds=round(time.time() - start, 1), rc=p.returncode,
+             evals=len(vals))
+    if vals:
+        best = min(vals)
+        r.update(best_val=round(best[0], 4), best_step=best[1], last_val=round(vals[-1][0], 4))
+    else:
+        r["error"] = (p.stderr or p.stdout)[-400:]
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", required=True)
+    ap.add_argument("--moectl", default="")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--only", default="", help="comma-separated variant names (default: all)")
+    ap.add_argument("--seeds", default="1337,1338")
+    ap.add_argument("--parallel", type=int, default=3, help="runs sharing the GPU at once")
+    ap.add_argument("--timeout", type=int, default=540)
+    a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    names = [n for n in a.only.split(",") if n] or list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        sys.exit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    results = []
+    with cf.ThreadPoolExecutor(a.parallel) as pool:
+        futs = [pool.submit(run, a, n, VARIANTS[n], s) for n in names for s in seeds]
+        for f in cf.as_completed(futs):
+            try:
+                r = f.result()
+            except Exception as e:  # a timeout or a crash is a row, not the end of the search
+                r = dict(error=str(e)[:300])
+            print(json.dumps(r), flush=True)
+            results.append(r)
+    print("\n| variant | active | best val per seed | mean | best at step | seconds |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for n in names:
+        rs = sorted((r for r in results if r.get("variant") == n), key=lambda r: r["seed"])
+        bests = [r["best_val"] for r in rs if "best_val" in r]
+        mean = f"{sum(bests) / len(bests):.4f}" if bests else "-"
+        per = " / ".join(f"{r['best_val']:.4f}" if "best_val" in r else "err" for r in rs)
+        steps = " / ".join(str(r.get("best_step", "-")) for r in rs)
+        secs = " / ".join(str(r.get("seconds", "-")) for r in rs)
+        active = rs[0].get("active", "?") if rs else "?"
+        print(f"| {n} | {active} | {per} | {mean} | {steps} | {secs} |")
+
+
+if __name__ == "__main__":
+    main()
