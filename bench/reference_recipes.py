@@ -16,7 +16,24 @@ import argparse, glob, json, math, os, sys
 
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
-from safetensors.torch import load_file
+
+
+def load_file(path):
+    """model.safetensors -> {name: tensor}: an 8-byte little-endian header size, a JSON header
+    of {name: {dtype, shape, data_offsets}}, then the data (F32 here; BF16 / F16 widened)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little"); header = json.loads(f.read(n)); data = f.read()
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        lo, hi = info["data_offsets"]; raw = data[lo:hi]
+        if info["dtype"] == "BF16":
+            a = (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+        else:
+            a = np.frombuffer(raw, dtype={"F32": np.float32, "F16": np.float16, "F64": np.float64}[info["dtype"]])
+        out[name] = torch.from_numpy(a.astype(np.float64).reshape(info["shape"]))
+    return out
 
 EPS = 1e-5
 

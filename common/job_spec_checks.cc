@@ -553,10 +553,13 @@ class Checker {
 
   void CheckTokenizerDir() {
     const std::string& dir = s_.data().tokenizer_dir();
-    if (s_.data().tokenizer() != v1::TOKENIZER_GPT2) {
+    // pretokenized: optional, the BPE the shards were made with (for samples and exports).
+    const bool pretokenized = s_.data().tokenizer() == v1::TOKENIZER_PRETOKENIZED;
+    if (s_.data().tokenizer() != v1::TOKENIZER_GPT2 && !(pretokenized && !dir.empty())) {
       if (!dir.empty()) {
         Fail("data.tokenizer_dir",
-             "is only used with tokenizer gpt2; remove it or set data.tokenizer: gpt2");
+             "is only used with tokenizer gpt2 or pretokenized (the BPE the shards were made "
+             "with); remove it, or set data.tokenizer: gpt2 or pretokenized");
       }
       return;
     }

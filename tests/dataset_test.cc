@@ -223,6 +223,45 @@ TEST_F(DatasetTest, RawBinSplitsByFraction) {
   EXPECT_EQ(data->val[0], 900 % 300);
 }
 
+// Shards made with GPT-2's BPE may name it (data.tokenizer_dir): the dataset carries the
+// tokenizer, so checkpoints of the job can sample text; without it there is none.
+TEST_F(DatasetTest, PretokenizedShardsMayNameTheirTokenizer) {
+  std::vector<uint16_t> tokens(1000);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<uint16_t>(i % 3);
+  WriteTokens(dir_ + "/tokens.bin", tokens, /*fineweb=*/false);
+  const std::string bpe = dir_ + "/bpe";
+  fs::create_directories(bpe);
+  // A byte-level BPE of 257 tokens: "a", "b", "ab", then the other 253 bytes in GPT-2's
+  // byte-to-character map (printable bytes stand for themselves, the rest for U+0100 on).
+  std::string encoder = "{\"a\": 0, \"b\": 1, \"ab\": 2";
+  int next_id = 3, shifted = 0;
+  for (int byte = 0; byte < 256; ++byte) {
+    const bool printable = (byte >= 33 && byte <= 126) || (byte >= 161 && byte <= 172) || byte >= 174;
+    const int code = printable ? byte : 256 + shifted++;
+    if (byte == 'a' || byte == 'b') continue;
+    std::string utf8 = code < 0x80 ? std::string(1, static_cast<char>(code))
+                                   : std::string{static_cast<char>(0xC0 | (code >> 6)),
+                                                 static_cast<char>(0x80 | (code & 0x3F))};
+    if (utf8 == "\"" || utf8 == "\\") utf8 = "\\" + utf8;
+    encoder += ", \"" + utf8 + "\": " + std::to_string(next_id++);
+  }
+  encoder += "}";
+  ASSERT_TRUE(WriteFileAtomic(bpe + "/encoder.json", encoder).ok());
+  ASSERT_TRUE(WriteFileAtomic(bpe + "/vocab.bpe", "#version: 0.2\na b\n").ok());
+  moe::v1::DataSpec spec = Spec(dir_ + "/tokens.bin", moe::v1::TOKENIZER_PRETOKENIZED);
+  auto plain = LoadDataset(spec);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(plain->tokenizer, nullptr);
+  spec.set_tokenizer_dir(bpe);
+  auto named = LoadDataset(spec);
+  ASSERT_TRUE(named.ok()) << named.status();
+  ASSERT_NE(named->tokenizer, nullptr);
+  EXPECT_EQ(named->tokenizer->Decode({2, 0, 1}), "abab");
+  EXPECT_EQ(named->train, plain->train);
+  spec.set_tokenizer_dir(dir_ + "/missing");
+  EXPECT_FALSE(LoadDataset(spec).ok());
+}
+
 TEST_F(DatasetTest, FineWebShardsWithValFiles) {
   std::string shards = dir_ + "/fineweb10B";
   fs::create_directory(shards);

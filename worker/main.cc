@@ -1,6 +1,7 @@
 // moe-worker: one rank of a training job. main only parses flags, then either trains
 // (standalone with --job, or launched by moed with --spec/--moed/--job-id) or samples text
 // from a checkpoint (--sample), or exports one for Hugging Face (--export).
+#include <chrono>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -39,6 +40,7 @@ constexpr char kUsage[] =
     "  moe-worker --job JOB.yaml [--checkpoint-dir DIR] [--resume] [--max-steps N]\n"
     "  moe-worker --spec SPEC.json --moed HOST:PORT --job-id ID [--attempt N] [--checkpoint-dir DIR] [--resume]\n"
     "  moe-worker --sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
+    "             [--no-kv-cache] (tokens printed as they come; the whole context per token without the cache)\n"
     "  moe-worker --score CHECKPOINT --batch-out FILE [--logits-out FILE] [--greedy N --greedy-out FILE]\n"
     "             (CE on the first held-out batch, as JSON; the first sequence's logits; N greedy tokens)\n"
     "  moe-worker --export CHECKPOINT --format hf --out DIR [--dtype fp32|bf16]\n"
@@ -98,6 +100,8 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       if (!value(&v) || !absl::SimpleAtod(v, &f->comm_timeout_s) || f->comm_timeout_s <= 0) {
         return "--comm-timeout needs a positive number of seconds";
       }
+    } else if (a == "--no-kv-cache") {
+      f->sample.kv_cache = false;
     } else if (a == "--sample") {
       f->sampling = true;
       if (!value(&f->sample.checkpoint)) return "--sample needs a checkpoint directory";
@@ -226,12 +230,26 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (flags.sampling) {
+    // The prompt, then each token as it comes; the speed on stderr.
+    std::printf("%s", flags.sample.prompt.c_str());
+    std::fflush(stdout);
+    int produced = 0;
+    flags.sample.on_token = [&produced](const std::string& piece) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+      ++produced;
+    };
+    const auto start = std::chrono::steady_clock::now();
     absl::StatusOr<std::string> text = moe::GenerateText(flags.sample);
     if (!text.ok()) {
       std::fprintf(stderr, "moe-worker: %s\n", std::string(text.status().message()).c_str());
       return 1;
     }
-    std::printf("%s\n", text->c_str());
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("\n");
+    std::fprintf(stderr, "moe-worker: %d tokens in %.2f s (%.1f tokens/s, %s, model load included)\n", produced,
+                 seconds, seconds > 0 ? produced / seconds : 0.0,
+                 flags.sample.kv_cache ? "kv cache" : "no kv cache");
     return 0;
   }
 

@@ -332,8 +332,16 @@ absl::StatusOr<Dataset> LoadDataset(const moe::v1::DataSpec& spec) {
     case moe::v1::TOKENIZER_CHAR:
     case moe::v1::TOKENIZER_GPT2:
       return LoadText(spec);
-    case moe::v1::TOKENIZER_PRETOKENIZED:
-      return LoadPretokenized(spec);
+    case moe::v1::TOKENIZER_PRETOKENIZED: {
+      absl::StatusOr<Dataset> data = LoadPretokenized(spec);
+      if (!data.ok() || spec.tokenizer_dir().empty()) return data;
+      // Shards made with GPT-2's BPE may name it, so that samples and exports can turn
+      // tokens back into text: the tokenizer is kept with the data (and in checkpoints).
+      absl::StatusOr<std::unique_ptr<Tokenizer>> tok = LoadGpt2Tokenizer(spec.tokenizer_dir());
+      if (!tok.ok()) return tok.status();
+      data->tokenizer = *std::move(tok);
+      return data;
+    }
     default:
       return absl::InvalidArgumentError(
           "data.tokenizer is unspecified; set it to char, gpt2 or pretokenized");

@@ -16,6 +16,7 @@
 #include "worker/data/dataset.h"
 #include "worker/model/cpu/model.h"
 #include "worker/data/tokenizer.h"
+#include "worker/sample/decoder.h"
 
 namespace moe {
 
@@ -119,6 +120,44 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
   return ce;
 }
 
+int64_t ContextStart(int64_t start, int64_t size, int seq_len) {
+  if (size - start <= seq_len) return start;
+  return size - std::max(1, seq_len / 2);
+}
+
+namespace {
+
+// One draw from the top_k most likely tokens at temperature, from logits (V).
+int32_t SampleToken(const float* logits, int V, const SampleOptions& opts, std::mt19937_64* rng) {
+  std::vector<int> order(V);
+  std::iota(order.begin(), order.end(), 0);
+  const int keep = opts.top_k > 0 ? std::min(opts.top_k, V) : V;
+  std::partial_sort(order.begin(), order.begin() + keep, order.end(),
+                    [&](int a, int b) { return logits[a] > logits[b]; });
+  std::vector<double> probs(keep);
+  for (int j = 0; j < keep; ++j) probs[j] = std::exp((logits[order[j]] - logits[order[0]]) / opts.temperature);
+  std::discrete_distribution<int> pick(probs.begin(), probs.end());
+  return order[pick(*rng)];
+}
+
+// The logits after ids[start..) by the whole-context forward (the oracle path).
+std::vector<float> ContextLogits(Model& model, const std::vector<int32_t>& ids, int64_t start) {
+  const ModelConfig& cfg = model.config();
+  const int T = cfg.seq_len, V = cfg.vocab;
+  const int n = static_cast<int>(ids.size() - start);
+  std::vector<int32_t> x(T, 0), y(T, -1);
+  std::copy(ids.begin() + start, ids.end(), x.begin());
+  BatchContext bc;
+  bc.train = false;
+  bc.global_tokens = T;
+  bc.loss_scale = 1.0f / T;
+  model.Forward(x.data(), y.data(), 1, bc);
+  const float* row = model.logits().data() + static_cast<size_t>(n - 1) * V;
+  return std::vector<float>(row, row + V);
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
   if (opts.tokens < 0) return absl::InvalidArgumentError("--tokens must be >= 0");
   if (opts.temperature <= 0) return absl::InvalidArgumentError("--temperature must be > 0");
@@ -126,7 +165,9 @@ absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
   if (!loaded.ok()) return loaded.status();
   if (!loaded->tokenizer) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "checkpoint ", opts.checkpoint, " was trained on pretokenized shards; it has no tokenizer to turn text into tokens"));
+        "checkpoint ", opts.checkpoint, " was trained on pretokenized shards that name no tokenizer; "
+        "set data.tokenizer_dir to the GPT-2 BPE files the shards were made with, so that its "
+        "checkpoints can turn text into tokens and back"));
   }
   Tokenizer* tok = loaded->tokenizer.get();
   Model& model = *loaded->model;
@@ -135,29 +176,35 @@ absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
   if (!encoded.ok()) return encoded.status();
   std::vector<int32_t> ids = *std::move(encoded);
   if (ids.empty()) ids.push_back(0);
+  for (int32_t id : ids) {
+    if (id < 0 || id >= cfg.vocab) {
+      return absl::InvalidArgumentError(absl::StrCat("the prompt holds token ", id, ", outside the model's vocabulary of ", cfg.vocab));
+    }
+  }
   std::mt19937_64 rng(opts.seed);
   const int T = cfg.seq_len, V = cfg.vocab;
+  int64_t start = ContextStart(0, static_cast<int64_t>(ids.size()), T);
+  std::unique_ptr<CpuDecoder> decoder;
+  std::vector<float> logits;
+  if (opts.kv_cache) {
+    decoder = std::make_unique<CpuDecoder>(&model);
+    for (size_t j = start; j < ids.size(); ++j) logits = decoder->Step(ids[j]);
+  }
   for (int i = 0; i < opts.tokens; ++i) {
-    // The model sees at most T tokens: the last T of the context.
-    const int n = std::min<int>(static_cast<int>(ids.size()), T);
-    std::vector<int32_t> ctx(ids.end() - n, ids.end());
-    std::vector<int32_t> x(T, 0), y(T, -1);
-    std::copy(ctx.begin(), ctx.end(), x.begin());
-    BatchContext bc;
-    bc.train = false;
-    bc.global_tokens = T;
-    bc.loss_scale = 1.0f / T;
-    model.Forward(x.data(), y.data(), 1, bc);
-    const float* logits = model.logits().data() + static_cast<size_t>(n - 1) * V;
-    std::vector<int> order(V);
-    std::iota(order.begin(), order.end(), 0);
-    const int keep = opts.top_k > 0 ? std::min(opts.top_k, V) : V;
-    std::partial_sort(order.begin(), order.begin() + keep, order.end(),
-                      [&](int a, int b) { return logits[a] > logits[b]; });
-    std::vector<double> probs(keep);
-    for (int j = 0; j < keep; ++j) probs[j] = std::exp((logits[order[j]] - logits[order[0]]) / opts.temperature);
-    std::discrete_distribution<int> pick(probs.begin(), probs.end());
-    ids.push_back(order[pick(rng)]);
+    if (!opts.kv_cache) logits = ContextLogits(model, ids, start);
+    const int32_t next = SampleToken(logits.data(), V, opts, &rng);
+    ids.push_back(next);
+    if (opts.on_token) opts.on_token(tok->Decode({next}));
+    const int64_t moved = ContextStart(start, static_cast<int64_t>(ids.size()), T);
+    if (opts.kv_cache && i + 1 < opts.tokens) {
+      if (moved != start) {  // the window restarts: recompute the cache from its new start
+        decoder->Reset();
+        for (size_t j = moved; j < ids.size(); ++j) logits = decoder->Step(ids[j]);
+      } else {
+        logits = decoder->Step(next);
+      }
+    }
+    start = moved;
   }
   return tok->Decode(ids);
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -16,7 +17,17 @@ struct SampleOptions {
   double temperature = 0.8;
   int top_k = 200;  // 0 = all
   uint64_t seed = 1337;
+  // true: one row per new token, keys and values cached (sample/decoder.h); false: the whole
+  // context through Model::Forward for every token (the oracle). The same tokens either way.
+  bool kv_cache = true;
+  // Called with the text of each new token as it comes (may be null).
+  std::function<void(const std::string&)> on_token;
 };
+
+// The context both samplers condition on: ids[start..). When it would pass seq_len tokens, it
+// restarts from its last seq_len / 2 (recomputed from scratch), so the cache never overflows
+// and both samplers see the same context at every step.
+int64_t ContextStart(int64_t start, int64_t size, int seq_len);
 
 // CE of a checkpoint's one-rank model (fp32, dropout off) on the first held-out batch of its
 // job (batch_size x seq_len); writes that batch to batch_out as int32 (inputs, then targets), so

@@ -38,6 +38,8 @@ class Model final : public TrainModel {
   void AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) override;
   void CopyToHost(ParamSet set, std::vector<float>* out) override;
   void CopyFromHost(ParamSet set, const std::vector<float>& in) override;
+  // Block l's MoE layer, for inference that runs it on its own rows (sample/decoder.h).
+  MoeLayer* moe_layer(int l) { return moe_layers_[l].get(); }
   // Logits (b*T, V) of the last forward pass (valid until Backward, which overwrites them).
   const std::vector<float>& logits() const { return logits_; }
 

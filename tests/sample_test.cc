@@ -1,0 +1,126 @@
+// Sampling: the KV-cache decoder (sample/decoder.h) gives the logits of Model::Forward over the
+// whole context at every position, for several shapes (GQA, MQA, dense, capacity) and recipe
+// options; the context window restarts the same way for both samplers; and a trained
+// checkpoint samples the same tokens with and without the cache for the same seed, across a
+// window restart.
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/threads.h"
+#include "tests/support/paths.h"
+#include "tests/support/test_jobs.h"
+#include "tests/support/training_runs.h"
+#include "worker/data/dataset.h"
+#include "worker/model/cpu/model.h"
+#include "worker/parallel/comm_single.h"
+#include "worker/sample/decoder.h"
+#include "worker/sample/generate.h"
+
+namespace moe {
+namespace {
+
+struct DecoderCase {
+  const char* name;
+  testing::ModelCase shape;
+  void (*options)(ModelConfig*);  // recipe options to switch on (null: none)
+};
+
+void NoOptions(ModelConfig*) {}
+
+class DecoderMatchesForward : public ::testing::TestWithParam<DecoderCase> {};
+
+TEST_P(DecoderMatchesForward, AtEveryPosition) {
+  kernels::SetNumThreads(1);
+  const DecoderCase& c = GetParam();
+  const int V = 37, D = 32, T = 12, F = 24;
+  ModelConfig cfg = testing::CaseConfig(c.shape, V, D, T, F);
+  cfg.dropout = 0;
+  if (c.options) c.options(&cfg);
+  auto comm = CreateSingleProcessCommunicator();
+  Model model(cfg, comm.get());
+  model.InitParams(7);
+  std::vector<int32_t> x(T), y(T, 0);
+  for (int t = 0; t < T; ++t) x[t] = (t * 11 + 3) % V;
+  BatchContext bc;
+  bc.train = false;
+  bc.global_tokens = T;
+  bc.loss_scale = 1.0f / T;
+  model.Forward(x.data(), y.data(), 1, bc);
+  const std::vector<float> full = model.logits();
+
+  CpuDecoder decoder(&model);
+  for (int t = 0; t < T; ++t) {
+    const std::vector<float>& row = decoder.Step(x[t]);
+    double err = 0, ref = 0;
+    for (int v = 0; v < V; ++v) {
+      err = std::max(err, static_cast<double>(std::fabs(row[v] - full[static_cast<size_t>(t) * V + v])));
+      ref = std::max(ref, static_cast<double>(std::fabs(full[static_cast<size_t>(t) * V + v])));
+    }
+    EXPECT_LT(err, 1e-5 * std::max(1.0, ref)) << c.name << " position " << t;
+  }
+  EXPECT_EQ(decoder.length(), T);
+  decoder.Reset();
+  EXPECT_EQ(decoder.length(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, DecoderMatchesForward,
+    ::testing::Values(DecoderCase{"moe_gqa", {"moe_gqa", 4, 2, 4, 2, 0, true, 0}, NoOptions},
+                      DecoderCase{"moe_mqa_untied", {"moe_mqa", 4, 1, 4, 1, 0, false, 0}, NoOptions},
+                      DecoderCase{"dense", {"dense", 1, 1, 2, 2, 0, true, 0}, NoOptions}),
+    [](const ::testing::TestParamInfo<DecoderCase>& info) { return std::string(info.param.name); });
+
+TEST(ContextStart, RestartsFromTheLastHalfWindowOnlyWhenFull) {
+  EXPECT_EQ(ContextStart(0, 5, 8), 0);
+  EXPECT_EQ(ContextStart(0, 8, 8), 0);
+  EXPECT_EQ(ContextStart(0, 9, 8), 5);   // 9 tokens do not fit: keep the last 4
+  EXPECT_EQ(ContextStart(5, 12, 8), 5);  // 7 since the restart still fit
+  EXPECT_EQ(ContextStart(5, 14, 8), 10);
+  EXPECT_EQ(ContextStart(0, 3, 1), 2);   // a window of one token keeps one
+  EXPECT_EQ(ContextStart(0, 100, 8), 96);  // a long prompt starts at its last half window
+}
+
+// A trained checkpoint: 200 sampled tokens with T = 32 restart the window several times.
+TEST(Sampling, CachedAndUncachedSamplersGiveTheSameTokens) {
+  kernels::SetNumThreads(1);
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.set_name("sample-kv");
+  spec.mutable_train()->set_steps(3);
+  spec.mutable_train()->set_eval_every(3);
+  spec.mutable_train()->set_eval_batches(1);
+  Dataset data = *LoadDataset(spec.data());
+  const std::string dir = testing::MakeTempDir("sample-kv-");
+  {
+    auto comm = CreateSingleProcessCommunicator();
+    TrainerOptions opts;
+    opts.checkpoint_dir = dir;
+    std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &data, opts);
+    ASSERT_NE(t, nullptr);
+    TrainOutcome outcome;
+    ASSERT_TRUE(t->Run(&outcome).ok());
+  }
+  SampleOptions opts;
+  opts.checkpoint = dir;
+  opts.prompt = "ROMEO: ";
+  opts.tokens = 200;
+  opts.temperature = 1.0;
+  opts.top_k = 0;
+  opts.seed = 99;
+  std::string streamed;
+  opts.on_token = [&streamed](const std::string& piece) { streamed += piece; };
+  absl::StatusOr<std::string> cached = GenerateText(opts);
+  ASSERT_TRUE(cached.ok()) << cached.status();
+  EXPECT_EQ(opts.prompt + streamed, *cached);  // every token was streamed as it came
+  opts.kv_cache = false;
+  opts.on_token = nullptr;
+  absl::StatusOr<std::string> uncached = GenerateText(opts);
+  ASSERT_TRUE(uncached.ok()) << uncached.status();
+  EXPECT_EQ(*cached, *uncached);
+  EXPECT_EQ(cached->size(), opts.prompt.size() + 200);  // char tokens: one byte each
+}
+
+}  // namespace
+}  // namespace moe
