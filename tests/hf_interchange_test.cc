@@ -319,6 +319,98 @@ TEST(HfInterchangeDense, DenseModelGoesOutAsMistralAndComesBack) {
   EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0);
 }
 
+// QK-norm is Qwen3's attention: the export is Qwen3MoeForCausalLM with self_attn.q_norm /
+// k_norm and Qwen3-MoE's expert names, and comes back bit for bit; a Mixtral directory is
+// refused by a QK-norm job (and a Qwen3 one by a job without it); a recipe option no stock
+// architecture represents is refused at export, naming the option.
+TEST(HfInterchangeQwen3, QkNormJobGoesOutAsQwen3MoeAndComesBack) {
+  kernels::SetNumThreads(1);
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.set_name("hf-qwen3");
+  spec.mutable_model()->mutable_attention()->set_qk_norm(true);
+  spec.mutable_model()->mutable_attention()->set_rope_theta(1e6);
+  spec.mutable_train()->set_steps(2);
+  spec.mutable_train()->set_eval_every(2);
+  spec.mutable_train()->set_eval_batches(1);
+  Dataset data = *LoadDataset(spec.data());
+  const std::string ckpt = testing::MakeTempDir("hf-qwen3-");
+  auto comm = CreateSingleProcessCommunicator();
+  TrainerOptions opts;
+  opts.checkpoint_dir = ckpt;
+  std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &data, opts);
+  ASSERT_NE(t, nullptr);
+  TrainOutcome outcome;
+  ASSERT_TRUE(t->Run(&outcome).ok());
+  std::vector<float> want;
+  t->model().CopyToHost(ParamSet::kParams, &want);
+
+  const std::string out = testing::MakeTempDir("hf-qwen3-out-") + "/m";
+  absl::StatusOr<HfExportResult> r = ExportHf(ckpt, out, {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->architecture, "Qwen3MoeForCausalLM");
+  const std::string config = *ReadFile(out + "/config.json");
+  EXPECT_THAT(config, HasSubstr("\"model_type\": \"qwen3_moe\""));
+  EXPECT_THAT(config, HasSubstr("\"norm_topk_prob\": true"));
+  EXPECT_THAT(config, HasSubstr("\"moe_intermediate_size\": 96"));
+  EXPECT_THAT(config, HasSubstr("\"rope_theta\": 1000000.0"));
+  absl::StatusOr<SafetensorsFile> st = ReadSafetensors(out + "/model.safetensors");
+  ASSERT_TRUE(st.ok());
+  std::map<std::string, std::vector<int64_t>> names;
+  for (const NamedTensor& nt : st->tensors) names[nt.name] = nt.shape;
+  EXPECT_EQ(names["model.layers.1.self_attn.q_norm.weight"], (std::vector<int64_t>{16}));
+  EXPECT_EQ(names["model.layers.1.self_attn.k_norm.weight"], (std::vector<int64_t>{16}));
+  EXPECT_EQ(names["model.layers.0.mlp.gate.weight"], (std::vector<int64_t>{4, 64}));
+  EXPECT_EQ(names["model.layers.0.mlp.experts.3.down_proj.weight"], (std::vector<int64_t>{64, 96}));
+  EXPECT_EQ(names.count("model.layers.0.block_sparse_moe.gate.weight"), 0u);
+
+  spec.mutable_model()->set_init_from(out);
+  opts = {};
+  opts.max_steps = 0;
+  std::unique_ptr<Trainer> back = testing::NewTrainer(spec, comm.get(), &data, opts);
+  ASSERT_NE(back, nullptr);
+  ASSERT_TRUE(back->Run(&outcome).ok());
+  std::vector<float> got;
+  back->model().CopyToHost(ParamSet::kParams, &got);
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0);
+
+  // The same directory, a job without QK-norm: refused with the fix.
+  moe::v1::JobSpec plain = spec;
+  plain.mutable_model()->mutable_attention()->set_qk_norm(false);
+  auto refused = Trainer::Create(plain, comm.get(), &data, opts);
+  if (refused.ok()) {
+    absl::Status run = (*refused)->Run(&outcome);
+    EXPECT_FALSE(run.ok());
+    EXPECT_THAT(run.message(), HasSubstr("qwen3_moe has QK-norm"));
+  } else {
+    EXPECT_THAT(refused.status().message(), HasSubstr("qwen3_moe has QK-norm"));
+  }
+}
+
+TEST(HfInterchangeQwen3, OptionsNoStockArchitectureHoldsAreRefusedByName) {
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  EXPECT_TRUE(HfUnrepresentable(spec).empty());
+  spec.mutable_model()->mutable_attention()->set_qk_norm(true);
+  EXPECT_TRUE(HfUnrepresentable(spec).empty());
+  spec.mutable_model()->mutable_attention()->set_gate(true);
+  spec.mutable_model()->mutable_moe()->set_shared_experts(1);
+  spec.mutable_model()->mutable_moe()->set_router_score(moe::v1::SCORE_SIGMOID);
+  const std::vector<std::string> no = HfUnrepresentable(spec);
+  ASSERT_EQ(no.size(), 3u);
+  EXPECT_THAT(no[0], HasSubstr("model.attention.gate"));
+  EXPECT_THAT(no[1], HasSubstr("model.moe.shared_experts"));
+  EXPECT_THAT(no[2], HasSubstr("sigmoid"));
+  // A Mixtral config.json read by a QK-norm job, and a Qwen3-MoE one by a plain job.
+  HfShape qk = HfShape::FromSpec(spec, 65);
+  HfShape base = HfShape::FromSpec(testing::SmallShakespeareSpec(), 65);
+  std::vector<std::string> notes;
+  absl::Status a = CheckHfConfig(HfConfigJson(base, {}), "mixtral", qk, qk.rope_theta, &notes);
+  EXPECT_THAT(a.message(), HasSubstr("has no QK-norm"));
+  absl::Status b = CheckHfConfig(HfConfigJson(qk, {}), "qwen", base, base.rope_theta, &notes);
+  EXPECT_THAT(b.message(), HasSubstr("has QK-norm"));
+  EXPECT_TRUE(CheckHfConfig(HfConfigJson(qk, {}), "qwen", qk, qk.rope_theta, &notes).ok());
+}
+
 TEST(CheckpointOwner, ADirectoryAnotherJobOwnsIsRefusedWithThePathAndTheFix) {
   kernels::SetNumThreads(1);
   moe::v1::JobSpec spec = testing::SmallShakespeareSpec();

@@ -102,6 +102,12 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
   if (vocab == 0 && tokenizer) vocab = tokenizer->vocab_size();
   if (vocab == 0 && ckpt->meta.count("vocab_size")) vocab = std::atoi(ckpt->meta.at("vocab_size").c_str());
   const HfShape shape = HfShape::FromSpec(spec, vocab);
+  if (std::vector<std::string> no = HfUnrepresentable(spec); !no.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint ", *path, " was trained with ", absl::StrJoin(no, ", "),
+        ", which no stock Hugging Face architecture represents (Mixtral, or Qwen3-MoE with QK-norm); "
+        "transformers could not load it without custom code"));
+  }
 
   // Only the weights: AdamW's moments stay behind.
   std::vector<NamedTensor> weights;
@@ -114,7 +120,8 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
     return absl::InvalidArgumentError(absl::StrCat("checkpoint ", *path, " does not match its own spec:\n",
                                                    hf.status().message()));
   }
-  result.architecture = shape.is_moe() ? "MixtralForCausalLM" : "MistralForCausalLM";
+  result.architecture = shape.qk_norm ? (shape.is_moe() ? "Qwen3MoeForCausalLM" : "Qwen3ForCausalLM")
+                                      : (shape.is_moe() ? "MixtralForCausalLM" : "MistralForCausalLM");
 
   HfConfigExtras extras;
   extras.torch_dtype = options.dtype == TensorDtype::kBF16 ? "bfloat16" : "float32";

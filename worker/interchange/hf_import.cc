@@ -135,7 +135,7 @@ absl::StatusOr<PretrainedWeights> LoadOurs(const std::string& dir, const HfShape
   }
   std::vector<std::string> problems;
   PretrainedWeights out;
-  for (const auto& [name, want] : OurTensorShapes(shape)) {
+  for (const auto& [name, want] : shape.ours) {
     auto it = found.find(name);
     if (it == found.end()) {
       problems.push_back(absl::StrCat(name, ": missing; the job needs ", ShapeText(want)));
@@ -166,7 +166,15 @@ absl::StatusOr<PretrainedWeights> LoadPretrained(const std::string& dir, const H
   if (!fs::is_directory(dir, ec)) {
     return absl::NotFoundError(absl::StrCat("model.init_from: ", dir, " is not a directory"));
   }
-  if (fs::exists(fs::path(dir) / "config.json", ec)) return LoadHf(dir, shape);
+  if (fs::exists(fs::path(dir) / "config.json", ec)) {
+    if (!shape.unrepresentable.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          dir, " is a Hugging Face model, and this job has ", absl::StrJoin(shape.unrepresentable, ", "),
+          ", whose weights no stock architecture holds; remove those options, or start from one of our "
+          "checkpoints of the same recipe"));
+    }
+    return LoadHf(dir, shape);
+  }
   return LoadOurs(dir, shape);
 }
 

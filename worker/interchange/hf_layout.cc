@@ -44,7 +44,14 @@ struct ExpertPart {
 };
 std::vector<ExpertPart> ExpertParts(const HfShape& s, int i) {
   std::vector<ExpertPart> out;
-  if (s.is_moe()) {
+  if (s.is_moe() && s.qk_norm) {  // Qwen3-MoE: mlp.experts.e.{gate,down,up}_proj
+    for (int e = 0; e < s.experts; ++e) {
+      std::string p = absl::StrCat(Layer(i), "mlp.experts.", e, ".");
+      out.push_back({p + "gate_proj.weight", Block(i) + "moe.w1", e});
+      out.push_back({p + "down_proj.weight", Block(i) + "moe.w2", e});
+      out.push_back({p + "up_proj.weight", Block(i) + "moe.w3", e});
+    }
+  } else if (s.is_moe()) {
     for (int e = 0; e < s.experts; ++e) {
       std::string p = absl::StrCat(Layer(i), "block_sparse_moe.experts.", e, ".");
       out.push_back({p + "w1.weight", Block(i) + "moe.w1", e});
@@ -59,7 +66,27 @@ std::vector<ExpertPart> ExpertParts(const HfShape& s, int i) {
   return out;
 }
 
+// The router's HF name: Mixtral's block_sparse_moe.gate, Qwen3-MoE's mlp.gate.
+std::string RouterName(const HfShape& s, int i) {
+  return Layer(i) + (s.qk_norm ? "mlp.gate.weight" : "block_sparse_moe.gate.weight");
+}
+
 }  // namespace
+
+std::vector<std::string> HfUnrepresentable(const moe::v1::JobSpec& spec) {
+  const auto& m = spec.model();
+  const auto& e = m.moe();
+  std::vector<std::string> out;
+  if (m.attention().gate()) out.push_back("model.attention.gate (gated attention)");
+  if (e.activation() == moe::v1::ACTIVATION_RELU2 || e.activation() == moe::v1::ACTIVATION_GELU) {
+    out.push_back("model.moe.activation (relu2 / gelu experts; the architectures are SwiGLU)");
+  }
+  if (e.shared_experts() > 0) out.push_back("model.moe.shared_experts (no gate on the shared expert)");
+  if (e.router_score() == moe::v1::SCORE_SIGMOID) out.push_back("model.moe.router_score: sigmoid");
+  if (e.router_temperature() > 0 && e.router_temperature() != 1) out.push_back("model.moe.router_temperature");
+  if (e.bias_update_rate() > 0) out.push_back("model.moe.bias_update_rate (router biases)");
+  return out;
+}
 
 HfShape HfShape::FromSpec(const moe::v1::JobSpec& spec, int vocab) {
   const auto& m = spec.model();
@@ -77,6 +104,9 @@ HfShape HfShape::FromSpec(const moe::v1::JobSpec& spec, int vocab) {
   s.seq_len = m.seq_len();
   s.aux_coef = s.experts > 1 ? m.moe().aux_loss_coef() : 0;
   s.rope_theta = m.attention().rope_theta() > 0 ? m.attention().rope_theta() : 10000;
+  s.qk_norm = m.attention().qk_norm();
+  s.unrepresentable = HfUnrepresentable(spec);
+  s.ours = OurTensorShapes(s);
   return s;
 }
 
@@ -88,6 +118,10 @@ Shapes OurTensorShapes(const HfShape& s) {
   for (int i = 0; i < s.layers; ++i) {
     out.push_back({Block(i) + "attn_norm.weight", {D}});
     out.push_back({Block(i) + "attn.wqkv.weight", {qkv, D}});
+    if (s.qk_norm) {
+      out.push_back({Block(i) + "attn.q_norm.weight", {s.head_dim}});
+      out.push_back({Block(i) + "attn.k_norm.weight", {s.head_dim}});
+    }
     out.push_back({Block(i) + "attn.wo.weight", {D, D}});
     out.push_back({Block(i) + "moe_norm.weight", {D}});
     if (s.is_moe()) out.push_back({Block(i) + "moe.router.weight", {E, D}});
@@ -113,8 +147,12 @@ Shapes HfTensorShapes(const HfShape& s) {
     out.push_back({p + "self_attn.k_proj.weight", {kv, D}});
     out.push_back({p + "self_attn.v_proj.weight", {kv, D}});
     out.push_back({p + "self_attn.o_proj.weight", {D, q}});
+    if (s.qk_norm) {
+      out.push_back({p + "self_attn.q_norm.weight", {s.head_dim}});
+      out.push_back({p + "self_attn.k_norm.weight", {s.head_dim}});
+    }
     out.push_back({p + "post_attention_layernorm.weight", {D}});
-    if (s.is_moe()) out.push_back({p + "block_sparse_moe.gate.weight", {E, D}});
+    if (s.is_moe()) out.push_back({RouterName(s, i), {E, D}});
     for (const ExpertPart& part : ExpertParts(s, i)) {
       const bool down = absl::EndsWith(part.ours, ".w2");
       out.push_back({part.hf, down ? std::vector<int64_t>{D, F} : std::vector<int64_t>{F, D}});
@@ -169,8 +207,12 @@ absl::StatusOr<std::vector<NamedTensor>> ToHfTensors(const HfShape& s, std::vect
     }
     by_name.erase(b + "attn.wqkv.weight");
     rename(b + "attn.wo.weight", p + "self_attn.o_proj.weight");
+    if (s.qk_norm) {
+      rename(b + "attn.q_norm.weight", p + "self_attn.q_norm.weight");
+      rename(b + "attn.k_norm.weight", p + "self_attn.k_norm.weight");
+    }
     rename(b + "moe_norm.weight", p + "post_attention_layernorm.weight");
-    if (s.is_moe()) rename(b + "moe.router.weight", p + "block_sparse_moe.gate.weight");
+    if (s.is_moe()) rename(b + "moe.router.weight", RouterName(s, i));
     // Ours are [in, out] per expert (z @ W1); HF's Linear weights are [out, in].
     for (const ExpertPart& part : ExpertParts(s, i)) {
       const bool down = absl::EndsWith(part.ours, ".w2");
@@ -240,9 +282,13 @@ absl::StatusOr<std::vector<NamedTensor>> FromHfTensors(const HfShape& s,
       at += t.data.size();
     }
     out.push_back(std::move(qkv));
+    if (s.qk_norm) {
+      rename(p + "self_attn.q_norm.weight", b + "attn.q_norm.weight");
+      rename(p + "self_attn.k_norm.weight", b + "attn.k_norm.weight");
+    }
     rename(p + "self_attn.o_proj.weight", b + "attn.wo.weight");
     rename(p + "post_attention_layernorm.weight", b + "moe_norm.weight");
-    if (s.is_moe()) rename(p + "block_sparse_moe.gate.weight", b + "moe.router.weight");
+    if (s.is_moe()) rename(RouterName(s, i), b + "moe.router.weight");
     NamedTensor w1 = Make(b + "moe.w1", {s.experts, D, F});
     NamedTensor w3 = Make(b + "moe.w3", {s.experts, D, F});
     NamedTensor w2 = Make(b + "moe.w2", {s.experts, F, D});
@@ -268,8 +314,14 @@ std::string HfConfigJson(const HfShape& s, const HfConfigExtras& x) {
     kv.push_back(absl::StrCat("  \"", key, "\": ", value));
   };
   const bool moe = s.is_moe();
-  add("architectures", moe ? "[\"MixtralForCausalLM\"]" : "[\"MistralForCausalLM\"]");
-  add("model_type", moe ? "\"mixtral\"" : "\"mistral\"");
+  // QK-norm is Qwen3's attention: Qwen3MoeForCausalLM (Qwen3ForCausalLM when dense).
+  if (s.qk_norm) {
+    add("architectures", moe ? "[\"Qwen3MoeForCausalLM\"]" : "[\"Qwen3ForCausalLM\"]");
+    add("model_type", moe ? "\"qwen3_moe\"" : "\"qwen3\"");
+  } else {
+    add("architectures", moe ? "[\"MixtralForCausalLM\"]" : "[\"MistralForCausalLM\"]");
+    add("model_type", moe ? "\"mixtral\"" : "\"mistral\"");
+  }
   add("vocab_size", std::to_string(s.vocab));
   add("hidden_size", std::to_string(s.d));
   add("intermediate_size", std::to_string(s.ffn));
@@ -290,7 +342,21 @@ std::string HfConfigJson(const HfShape& s, const HfConfigExtras& x) {
   add("bos_token_id", id(x.bos_token_id));
   add("eos_token_id", id(x.eos_token_id));
   add("pad_token_id", "null");
-  if (moe) {
+  if (s.qk_norm) {
+    add("attention_bias", "false");
+    add("use_sliding_window", "false");
+    add("max_window_layers", std::to_string(s.layers));
+  }
+  if (moe && s.qk_norm) {
+    add("num_experts", std::to_string(s.experts));
+    add("num_experts_per_tok", std::to_string(s.top_k));
+    add("moe_intermediate_size", std::to_string(s.ffn));
+    add("norm_topk_prob", "true");  // our top-k weights are renormalised
+    add("decoder_sparse_step", "1");
+    add("mlp_only_layers", "[]");
+    add("output_router_logits", "false");
+    add("router_aux_loss_coef", absl::StrFormat("%.17g", s.aux_coef));
+  } else if (moe) {
     add("num_local_experts", std::to_string(s.experts));
     add("num_experts_per_tok", std::to_string(s.top_k));
     add("output_router_logits", "false");
@@ -329,10 +395,18 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
   };
   std::vector<std::string> problems;
   const std::string type = str("model_type");
-  const bool dense_type = type == "mistral" || type == "llama";
-  if (type != "mixtral" && !dense_type) {
+  const bool qwen = type == "qwen3" || type == "qwen3_moe";
+  const bool dense_type = type == "mistral" || type == "llama" || type == "qwen3";
+  const bool moe_type = type == "mixtral" || type == "qwen3_moe";
+  if (!moe_type && !dense_type) {
     problems.push_back(absl::StrCat("model_type is \"", type,
-                                    "\"; only mixtral (and mistral or llama for a dense model) can be read"));
+                                    "\"; only mixtral and qwen3_moe (and mistral, llama or qwen3 for a dense model) "
+                                    "can be read"));
+  } else if (qwen != s.qk_norm) {
+    problems.push_back(qwen ? absl::StrCat("model_type ", type, " has QK-norm, but the job has model.attention.qk_norm "
+                                           "false (set it to true)")
+                            : absl::StrCat("model_type ", type, " has no QK-norm, but the job has "
+                                           "model.attention.qk_norm true (remove it, or start from a Qwen3 checkpoint)"));
   } else if (dense_type && s.is_moe()) {
     problems.push_back(absl::StrCat("model_type ", type, " is a dense model, but the job has model.moe.num_experts ",
                                     s.experts, " (set it to 1, or start from a Mixtral checkpoint)"));
@@ -343,7 +417,7 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
     const char* job_key;
     bool required;
   };
-  const int hf_experts = type == "mixtral" ? s.experts : 1;
+  const int hf_experts = moe_type ? s.experts : 1;
   const Dim dims[] = {
       {"vocab_size", s.vocab, "model.vocab_size", true},
       {"hidden_size", s.d, "model.d_model", true},
@@ -351,8 +425,8 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
       {"num_attention_heads", s.heads, "model.n_heads", true},
       {"num_key_value_heads", s.kv_heads, "model.n_kv_heads", false},
       {"head_dim", s.head_dim, "model.d_model / model.n_heads", false},
-      {"intermediate_size", s.ffn, "model.moe.expert_hidden", true},
-      {"num_local_experts", hf_experts, "model.moe.num_experts", type == "mixtral"},
+      {type == "qwen3_moe" ? "moe_intermediate_size" : "intermediate_size", s.ffn, "model.moe.expert_hidden", true},
+      {type == "qwen3_moe" ? "num_experts" : "num_local_experts", hf_experts, "model.moe.num_experts", moe_type},
   };
   for (const Dim& d : dims) {
     double v = 0;
@@ -365,7 +439,23 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
     }
   }
   double k = 0;
-  if (type == "mixtral" && num("num_experts_per_tok", &k) && k != s.top_k) {
+  if (type == "qwen3_moe") {
+    auto norm = f.find("norm_topk_prob");
+    if (norm == f.end() || norm->second.kind_case() != google::protobuf::Value::kBoolValue || !norm->second.bool_value()) {
+      problems.push_back("norm_topk_prob is not true in config.json; our router renormalises the top-k weights");
+    }
+    double step = 1;
+    if (num("decoder_sparse_step", &step) && step != 1) {
+      problems.push_back(absl::StrCat("decoder_sparse_step is ", step, "; every one of our blocks is an MoE layer"));
+    }
+    auto dense_layers = f.find("mlp_only_layers");
+    if (dense_layers != f.end() && dense_layers->second.has_list_value() &&
+        dense_layers->second.list_value().values_size() > 0) {
+      problems.push_back("mlp_only_layers is not empty; every one of our blocks is an MoE layer");
+    }
+    if (truthy("use_sliding_window")) problems.push_back("use_sliding_window is true; our attention is full causal");
+  }
+  if (moe_type && num("num_experts_per_tok", &k) && k != s.top_k) {
     notes->push_back(absl::StrCat("the checkpoint routed to num_experts_per_tok = ", k,
                                   " experts per token; this job uses model.moe.top_k = ", s.top_k));
   }

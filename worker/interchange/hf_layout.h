@@ -15,6 +15,10 @@
 //   final_norm.weight                      -> model.norm.weight
 //   lm_head.weight (untied only)           -> lm_head.weight (tied: absent, HF ties it on load)
 // A dense model (E = 1) is MistralForCausalLM: mlp.gate_proj = w1^T, up_proj = w3^T, down_proj = w2^T.
+// With QK-norm (model.attention.qk_norm) the model is Qwen3MoeForCausalLM (Qwen3ForCausalLM when
+// dense): the same attention plus self_attn.q_norm / k_norm.weight (hd) = attn.q_norm / k_norm,
+// the router mlp.gate.weight, experts mlp.experts.e.{gate_proj, up_proj, down_proj} (w1, w3, w2
+// transposed), config num_experts / moe_intermediate_size / norm_topk_prob true.
 #pragma once
 
 #include <cstdint>
@@ -36,10 +40,21 @@ struct HfShape {
   int seq_len = 0;
   double aux_coef = 0;
   double rope_theta = 10000;  // model.attention.rope_theta
+  bool qk_norm = false;       // model.attention.qk_norm: Qwen3's naming and config
+  // Our tensors by MODEL.md name and global shape, every recipe option's included (from the
+  // job's ParamLayout when the caller has one; else OurTensorShapes' base model + QK-norm).
+  std::vector<std::pair<std::string, std::vector<int64_t>>> ours;
+  std::vector<std::string> unrepresentable;  // HfUnrepresentable of the spec
   bool is_moe() const { return experts > 1; }
   // vocab: the spec's, or the tokenizer's when the spec leaves it 0.
   static HfShape FromSpec(const moe::v1::JobSpec& spec, int vocab);
 };
+
+// The recipe options of a job that no stock architecture represents (gated attention, relu2 /
+// gelu experts, shared experts without a gate, sigmoid routers, a router temperature, router
+// biases), each named with its key; empty when the job exports as Mixtral / Mistral, or as
+// Qwen3-MoE / Qwen3 with QK-norm.
+std::vector<std::string> HfUnrepresentable(const moe::v1::JobSpec& spec);
 
 // Our tensors by MODEL.md name with their global shapes, in checkpoint order.
 std::vector<std::pair<std::string, std::vector<int64_t>>> OurTensorShapes(const HfShape& s);

@@ -96,7 +96,10 @@ absl::Status Trainer::LoadCheckpoint(const std::string& path, int64_t* steps_don
 }
 
 absl::Status Trainer::InitFrom(const std::string& dir) {
-  absl::StatusOr<PretrainedWeights> w = LoadPretrained(dir, HfShape::FromSpec(spec_, cfg_.vocab));
+  HfShape shape = HfShape::FromSpec(spec_, cfg_.vocab);
+  shape.ours.clear();  // every tensor of the job's recipe, as the model lays them out
+  for (const ParamInfo& info : model_->layout().params()) shape.ours.emplace_back(info.name, info.global_shape);
+  absl::StatusOr<PretrainedWeights> w = LoadPretrained(dir, shape);
   // Every rank reads the same files; they agree before anyone goes on.
   double ok = w.ok() ? 1.0 : 0.0;
   comm_->AllReduceSum(&ok, 1);
