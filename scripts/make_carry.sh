@@ -16,15 +16,20 @@ BUILD_DIR=${BUILD_DIR:-build}
 CARRY=${CARRY_DIR:-.carry}
 rm -rf "$CARRY" && mkdir -p "$CARRY/bin" "$CARRY/lib" "$CARRY/data" "$CARRY/shared/data/tinyshakespeare"
 bins=("$BUILD_DIR/bin/moe-worker" "$BUILD_DIR/bin/moed" "$BUILD_DIR/bin/moectl")
-for extra in "$BUILD_DIR/bin/moe_bench" "$BUILD_DIR/bin/a2a_bench" "$BUILD_DIR/tests/cuda_ops_test" \
-             "$BUILD_DIR/tests/cuda_moe_ops_test" "$BUILD_DIR/tests/cuda_model_test" "$BUILD_DIR/tests/comm_nccl_mpi_test" \
-             "$BUILD_DIR/tests/cuda_equivalence_mpi_test"; do
+# Every GPU test (tests/cuda_*_test.cc, comm_nccl_mpi_test) and the benchmarks, when built.
+for extra in "$BUILD_DIR/bin/moe_bench" "$BUILD_DIR/bin/a2a_bench" "$BUILD_DIR"/tests/cuda_*_test \
+             "$BUILD_DIR/tests/comm_nccl_mpi_test"; do
   [[ -x $extra ]] && bins+=("$extra")
 done
 for b in "${bins[@]}"; do cp "$b" "$CARRY/bin/" && strip "$CARRY/bin/$(basename "$b")"; done
 cp ../shared/data/tinyshakespeare/input.txt "$CARRY/data/"
 cp ../shared/data/tinyshakespeare/input.txt "$CARRY/shared/data/tinyshakespeare/"  # MOE_SHARED_DIR for tests
 cp ../shared/bench/reference_moe.py ../shared/bench/nccl_ceiling.py "$CARRY/"
+# The KJV demo text and GPT-2's BPE (scripts/fetch_data.sh), for the recipe runs, when fetched.
+if [[ -s data/bible-kjv.txt && -s data/gpt2/encoder.json ]]; then
+  mkdir -p "$CARRY/data/gpt2"
+  cp data/bible-kjv.txt "$CARRY/data/" && cp data/gpt2/encoder.json data/gpt2/vocab.bpe "$CARRY/data/gpt2/"
+fi
 for b in "${bins[@]}"; do ldd "$b"; done | awk '/=>/{print $3}' | sort -u |
   grep -vE "/(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|librt|libmpi|libmpi_cxx|libopen-pal|libopen-rte|libhwloc|libevent[^/]*|libz|libssl|libcrypto|libudev|libltdl|libsystemd|libcap|libgcrypt|liblzma|libzstd|liblz4|libgpg-error|libcuda|libcudart|libcublas|libcublasLt|libnvrtc|libnccl)\.so" |
   while read -r lib; do cp -L "$lib" "$CARRY/lib/"; done
