@@ -215,6 +215,11 @@ void Trainer::Emit(const moe::v1::MetricPoint& point) {
       "\"all_reduce_ms\": %.2f",
       point.step(), point.loss(), point.aux_loss(), point.z_loss(), point.lr(), point.grad_norm(),
       point.tokens_per_s(), point.step_ms(), point.times().all_to_all_ms(), point.times().all_reduce_ms());
+  // Where the step went, the model FLOP utilisation and the memory high-water mark.
+  absl::StrAppendFormat(&line, ", \"forward_ms\": %.1f, \"backward_ms\": %.1f, \"optimizer_ms\": %.1f",
+                        point.times().forward_ms(), point.times().backward_ms(), point.times().optimizer_ms());
+  if (point.mfu() > 0) absl::StrAppendFormat(&line, ", \"mfu\": %.4f", point.mfu());
+  if (point.peak_memory_mb() > 0) absl::StrAppendFormat(&line, ", \"peak_memory_mb\": %.0f", point.peak_memory_mb());
   if (point.has_val_loss()) absl::StrAppendFormat(&line, ", \"val_loss\": %.6f", point.val_loss());
   if (point.layers_size() > 0) {
     double imb = 0, drop = 0;

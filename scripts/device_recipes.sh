@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Runs on the lent GPU machine (binaries from scripts/make_carry.sh in .carry/): the checks of
+# the recipe options, the interchange and the sampler (issues 16 and 18). Prints a table last.
+# Steps (SKIP_TESTS=1, SKIP_PARITY=1, SKIP_HF=1, SKIP_RECIPES=1, SKIP_MUON=1 leave one out):
+#   1. every carried GPU test (.carry/bin/cuda_*_test): each CUDA op and the whole model against
+#      the CPU backend, the recipe options and the head sizes included
+#   2. fp32 parity of the CPU worker with bench/reference_recipes.py (float64 PyTorch) with every
+#      option on: two small jobs trained 3 steps, the same held-out batch scored by both
+#   3. a QK-norm job trained on the GPU, exported, loaded by transformers as Qwen3-MoE
+#      (bench/check_hf_export.py: logits and 50 greedy tokens), and sampled with the KV cache
+#   4. the seed recipes (examples/tutel-style.yaml, modded-nanogpt-style.yaml) and their base
+#      twins (the same sizes, no options) RECIPE_STEPS steps (300) on the KJV text with GPT-2's
+#      BPE: loss first and last, tokens/s, TFLOP/s, peak memory
+#   5. config small 30 steps with AdamW and with Muon: the optimizer's share of the step
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/device_env.sh
+OUT=${OUT:-/tmp/moe-device}
+mkdir -p "$OUT"
+W=$PWD/.carry/bin/moe-worker
+nvidia-smi -L || true
+device_env_check_libs || exit 1
+declare -A R
+TXT=$PWD/.carry/data/input.txt
+KJV=$PWD/.carry/data/bible-kjv.txt
+BPE=$PWD/.carry/data/gpt2
+# "name: train N steps of FILE on DEVICE": the worker's JSON log lines go to $OUT/NAME.log.
+train() {
+  local name=$1 job=$2 steps=$3
+  rm -rf "/tmp/ck-$name"
+  timeout "${TRAIN_TIMEOUT:-300}" "$W" --job "$job" --max-steps "$steps" --checkpoint-dir "/tmp/ck-$name" \
+      > "$OUT/$name.log" 2>&1
+  echo "train $name rc=$?"
+}
+
+# 1. GPU tests.
+if [[ -z ${SKIP_TESTS:-} ]]; then
+  for t in .carry/bin/cuda_*_test; do
+    n=$(basename "$t")
+    [[ $n == *_mpi_test ]] && continue
+    timeout 300 "$t" --gtest_brief=1 > "$OUT/$n.log" 2>&1
+    rc=$?
+    grep -E "^\[ +(FAILED|SKIPPED) +\]|Failure|Expected|Which is" "$OUT/$n.log" | head -20
+    R[$n]="rc=$rc, $(grep -E '^\[  PASSED  \]' "$OUT/$n.log" | head -1) $(grep -E '^\[  FAILED  \] [0-9]+' "$OUT/$n.log" | head -1)"
+  done
+fi
+
+# 2. Recipe parity, CPU worker against float64 PyTorch.
+if [[ -z ${SKIP_PARITY:-} ]]; then
+  P=/tmp/moe-recipe-parity && rm -rf "$P" && mkdir -p "$P"
+  cat > "$P/a.yaml" <<JOB
+name: parity-a
+model: {d_model: 64, n_layers: 2, n_heads: 4, n_kv_heads: 2, seq_len: 32,
+        attention: {qk_norm: true, gate: true, dropout: 0.1, rope_theta: 500000},
+        moe: {num_experts: 4, top_k: 2, expert_hidden: 48, activation: relu2, shared_experts: 1,
+              shared_expert_hidden: 32, router_score: sigmoid, router_temperature: 0.7,
+              bias_update_rate: 0.01, expert_dropout: 0.2}}
+data: {path: $TXT}
+train: {steps: 3, batch_size: 8, eval_every: 3, eval_batches: 1, optimizer: muon, lr: 0.003, muon_lr: 0.02}
+checkpoint: {every: 3}
+JOB
+  cat > "$P/b.yaml" <<JOB
+name: parity-b
+model: {d_model: 64, n_layers: 2, n_heads: 4, n_kv_heads: 1, seq_len: 32, tie_embeddings: false,
+        attention: {qk_norm: true},
+        moe: {num_experts: 8, top_k: 3, expert_hidden: 40, activation: gelu, capacity_factor: 1.0,
+              router_temperature: 1.5, bias_update_rate: 0.05}}
+data: {path: $TXT}
+train: {steps: 3, batch_size: 8, eval_every: 3, eval_batches: 1}
+checkpoint: {every: 3}
+JOB
+  for j in a b; do
+    "$W" --job "$P/$j.yaml" --checkpoint-dir "$P/ck-$j" --threads 8 > "$P/train-$j.log" 2>&1 || tail -3 "$P/train-$j.log"
+    "$W" --score "$P/ck-$j" --batch-out "$P/batch-$j.bin" > "$P/ours-$j.json"
+    python3 bench/reference_recipes.py --checkpoint "$P/ck-$j" --batch "$P/batch-$j.bin" --ours "$P/ours-$j.json" \
+        | tee "$OUT/recipe_parity_$j.json"
+    R[recipe_parity_$j]="$(tail -1 "$OUT/recipe_parity_$j.json" 2>/dev/null || echo missing)"
+  done
+fi
+
+# 3. Qwen3-MoE through transformers, and the GPU sampler.
+if [[ -z ${SKIP_HF:-} ]]; then
+  H=/tmp/moe-qwen3 && rm -rf "$H" && mkdir -p "$H"
+  cat > "$H/q.yaml" <<JOB
+name: qwen3
+model: {d_model: 128, n_layers: 2, n_heads: 4, n_kv_heads: 2, seq_len: 128,
+        attention: {qk_norm: true, rope_theta: 1000000}, moe: {num_experts: 4, top_k: 2, expert_hidden: 128}}
+data: {path: $TXT}
+train: {steps: 60, batch_size: 16, eval_every: 60, eval_batches: 2, precision: fp32}
+resources: {device: cuda}
+checkpoint: {every: 60}
+JOB
+  train qwen3 "$H/q.yaml" 60
+  python3 bench/check_hf_export.py --worker "$W" --checkpoint /tmp/ck-qwen3 --work "$H/work" --dtype fp32 \
+      2> "$OUT/hf_qwen3.err" | tee "$OUT/hf_qwen3.json"
+  R[hf_qwen3]="$(tail -1 "$OUT/hf_qwen3.json" 2>/dev/null || tail -2 "$OUT/hf_qwen3.err")"
+  "$W" --sample /tmp/ck-qwen3 --prompt "ROMEO:" --tokens 200 > "$OUT/sample.txt" 2> "$OUT/sample.err"
+  R[sample]="$(tail -1 "$OUT/sample.err")"
+fi
+
+# 4. The seed recipes and their base twins.
+if [[ -z ${SKIP_RECIPES:-} && -s $KJV ]]; then
+  S=${RECIPE_STEPS:-300}
+  K=/tmp/moe-recipes && rm -rf "$K" && mkdir -p "$K"
+  for r in tutel-style modded-nanogpt-style; do
+    sed -e "s|path: ../data/bible-kjv.txt|path: $KJV|" -e "s|tokenizer_dir: ../data/gpt2|tokenizer_dir: $BPE|" \
+        "examples/$r.yaml" > "$K/$r.yaml"
+    # The twin: the same sizes with every recipe option off.
+    sed -e "/qk_norm: true/d" -e "/gate: true/d" -e "/activation: relu2/d" -e "/optimizer: muon/d" \
+        -e "/muon_lr:/d" -e "s/schedule: wsd/schedule: cosine/" -e "s/^name: .*/name: $r-base/" \
+        "$K/$r.yaml" > "$K/$r-base.yaml"
+    grep -q "attention:$" "$K/$r-base.yaml" && sed -i "/^  attention:$/d" "$K/$r-base.yaml"
+    train "$r" "$K/$r.yaml" "$S"
+    train "$r-base" "$K/$r-base.yaml" "$S"
+  done
+fi
+
+# 5. Muon's share of a step of config small.
+if [[ -z ${SKIP_MUON:-} && -s $KJV ]]; then
+  M=/tmp/moe-muon && rm -rf "$M" && mkdir -p "$M"
+  sed -e "s|path: ../data/bible-kjv.txt|path: $KJV|" -e "s|tokenizer_dir: ../data/gpt2.*|tokenizer_dir: $BPE|" \
+      -e "s/^name: .*/name: small-adamw/" examples/small.yaml > "$M/adamw.yaml"
+  sed -e "s/^name: .*/name: small-muon/" -e "s/^train:$/train:\n  optimizer: muon/" "$M/adamw.yaml" > "$M/muon.yaml"
+  train small-adamw "$M/adamw.yaml" 30
+  train small-muon "$M/muon.yaml" 30
+fi
+
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def steps(name):
+    rows = []
+    try:
+        for line in open(os.path.join(out, name + ".log")):
+            if line.startswith("{") and '"step"' in line:
+                try: rows.append(json.loads(line))
+                except ValueError: pass
+    except OSError: pass
+    return [r for r in rows if "loss" in r]
+def get(r, *keys):
+    for k in keys:
+        if k in r: return r[k]
+        if "times" in r and k in r["times"]: return r["times"][k]
+    return None
+print("\n| run | steps | loss first -> last | tokens/s (median of the last half) | MFU | optimizer ms / step ms | peak MB |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+for name in ("tutel-style", "tutel-style-base", "modded-nanogpt-style", "modded-nanogpt-style-base",
+             "small-adamw", "small-muon", "qwen3"):
+    rs = steps(name)
+    if not rs: continue
+    half = rs[len(rs) // 2:]
+    tps = sorted(get(r, "tokens_per_s") or 0 for r in half)[len(half) // 2]
+    mfu = sorted(get(r, "mfu") or 0 for r in half)[len(half) // 2]
+    opt = sorted(get(r, "optimizer_ms") or 0 for r in half)[len(half) // 2]
+    stp = sorted(get(r, "step_ms") or 0 for r in half)[len(half) // 2]
+    mem = max(get(r, "peak_memory_mb") or 0 for r in rs)
+    print(f"| {name} | {rs[-1].get('step')} | {rs[0]['loss']:.3f} -> {rs[-1]['loss']:.3f} | {tps:.0f} | {100*mfu:.1f}% | {opt:.1f} / {stp:.1f} | {mem:.0f} |")
+PY
+echo
+echo "| check | result |"
+echo "| --- | --- |"
+for k in "${!R[@]}"; do echo "| $k | ${R[$k]} |"; done
