@@ -40,7 +40,8 @@ constexpr char kUsage[] =
     "  moe-worker --job JOB.yaml [--checkpoint-dir DIR] [--resume] [--max-steps N]\n"
     "  moe-worker --spec SPEC.json --moed HOST:PORT --job-id ID [--attempt N] [--checkpoint-dir DIR] [--resume]\n"
     "  moe-worker --sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
-    "             [--no-kv-cache] (tokens printed as they come; the whole context per token without the cache)\n"
+    "             [--device cpu|cuda|auto] [--no-kv-cache] (tokens printed as they come, with a KV cache on\n"
+    "             the GPU when there is one; --no-kv-cache: the whole context per token on the CPU)\n"
     "  moe-worker --score CHECKPOINT --batch-out FILE [--logits-out FILE] [--greedy N --greedy-out FILE]\n"
     "             (CE on the first held-out batch, as JSON; the first sequence's logits; N greedy tokens)\n"
     "  moe-worker --export CHECKPOINT --format hf --out DIR [--dtype fp32|bf16]\n"
@@ -102,6 +103,11 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       }
     } else if (a == "--no-kv-cache") {
       f->sample.kv_cache = false;
+    } else if (a == "--device") {
+      if (!value(&f->sample.device) ||
+          (f->sample.device != "cpu" && f->sample.device != "cuda" && f->sample.device != "auto")) {
+        return "--device needs cpu, cuda or auto";
+      }
     } else if (a == "--sample") {
       f->sampling = true;
       if (!value(&f->sample.checkpoint)) return "--sample needs a checkpoint directory";
@@ -234,11 +240,15 @@ int main(int argc, char** argv) {
     std::printf("%s", flags.sample.prompt.c_str());
     std::fflush(stdout);
     int produced = 0;
-    flags.sample.on_token = [&produced](const std::string& piece) {
+    std::chrono::steady_clock::time_point first, last;  // the first and the last token's arrival
+    flags.sample.on_token = [&](const std::string& piece) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
-      ++produced;
+      last = std::chrono::steady_clock::now();
+      if (produced++ == 0) first = last;
     };
+    std::string device;
+    flags.sample.device_used = &device;
     const auto start = std::chrono::steady_clock::now();
     absl::StatusOr<std::string> text = moe::GenerateText(flags.sample);
     if (!text.ok()) {
@@ -247,9 +257,12 @@ int main(int argc, char** argv) {
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::printf("\n");
-    std::fprintf(stderr, "moe-worker: %d tokens in %.2f s (%.1f tokens/s, %s, model load included)\n", produced,
-                 seconds, seconds > 0 ? produced / seconds : 0.0,
-                 flags.sample.kv_cache ? "kv cache" : "no kv cache");
+    // Generation speed: the tokens after the first over the time since it came (loading the
+    // model and reading the prompt excluded).
+    const double gen = std::chrono::duration<double>(last - first).count();
+    std::fprintf(stderr, "moe-worker: %d tokens in %.2f s, %.1f tokens/s after the first, on %s with %s\n",
+                 produced, seconds, gen > 0 ? (produced - 1) / gen : 0.0, device.c_str(),
+                 flags.sample.kv_cache ? "a kv cache" : "no kv cache");
     return 0;
   }
 

@@ -9,21 +9,20 @@
 #include <vector>
 
 #include "worker/model/cpu/model.h"
+#include "worker/model/token_decoder.h"
 
 namespace moe {
 
-class CpuDecoder {
+class CpuDecoder final : public TokenDecoder {
  public:
   // model holds the weights (read, never written) and runs the MoE layers (their router biases
   // included); build it on a one-rank communicator with dropout off.
   explicit CpuDecoder(Model* model);
 
-  // Forgets the context.
-  void Reset();
-  // Appends token at position length() (< seq_len) and returns the logits (V) of the next one.
-  const std::vector<float>& Step(int32_t token);
-  int length() const { return length_; }
-  int capacity() const { return cfg_.seq_len; }
+  void Reset() override;
+  const std::vector<float>& Step(int32_t token) override;
+  int length() const override { return length_; }
+  const char* device() const override { return "cpu"; }
 
  private:
   Model* model_;

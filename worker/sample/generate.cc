@@ -17,6 +17,7 @@
 #include "worker/model/cpu/model.h"
 #include "worker/data/tokenizer.h"
 #include "worker/sample/decoder.h"
+#include "worker/model/cuda/cuda_decoder.h"
 
 namespace moe {
 
@@ -184,11 +185,25 @@ absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
   std::mt19937_64 rng(opts.seed);
   const int T = cfg.seq_len, V = cfg.vocab;
   int64_t start = ContextStart(0, static_cast<int64_t>(ids.size()), T);
-  std::unique_ptr<CpuDecoder> decoder;
+  std::unique_ptr<TokenDecoder> decoder;
   std::vector<float> logits;
   if (opts.kv_cache) {
-    decoder = std::make_unique<CpuDecoder>(&model);
+    if (opts.device != "cpu") {
+      absl::StatusOr<std::unique_ptr<TokenDecoder>> gpu =
+          MakeCudaDecoder(cfg, model.layout(), model.params(), model.RouterBiases());
+      if (gpu.ok()) {
+        decoder = *std::move(gpu);
+      } else if (opts.device == "cuda") {
+        return absl::Status(gpu.status().code(), absl::StrCat("--device cuda: ", gpu.status().message()));
+      }
+    }
+    if (!decoder) decoder = std::make_unique<CpuDecoder>(&model);
+    if (opts.device_used) *opts.device_used = decoder->device();
     for (size_t j = start; j < ids.size(); ++j) logits = decoder->Step(ids[j]);
+  } else if (opts.device == "cuda") {
+    return absl::InvalidArgumentError("--no-kv-cache runs on the CPU (the whole context per token); drop --device cuda");
+  } else if (opts.device_used) {
+    *opts.device_used = "cpu";
   }
   for (int i = 0; i < opts.tokens; ++i) {
     if (!opts.kv_cache) logits = ContextLogits(model, ids, start);

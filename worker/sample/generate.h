@@ -20,6 +20,9 @@ struct SampleOptions {
   // true: one row per new token, keys and values cached (sample/decoder.h); false: the whole
   // context through Model::Forward for every token (the oracle). The same tokens either way.
   bool kv_cache = true;
+  // Where the cached sampler runs: "cpu", "cuda", or "auto" (the GPU when there is one).
+  std::string device = "auto";
+  std::string* device_used = nullptr;  // if set: "cpu" or "cuda", where the sampler ran
   // Called with the text of each new token as it comes (may be null).
   std::function<void(const std::string&)> on_token;
 };
