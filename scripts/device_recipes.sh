@@ -11,7 +11,8 @@
 #   4. the seed recipes (examples/tutel-style.yaml, modded-nanogpt-style.yaml) and their base
 #      twins (the same sizes, no options) RECIPE_STEPS steps (300) on the KJV text with GPT-2's
 #      BPE: loss first and last, tokens/s, TFLOP/s, peak memory
-#   5. config small 30 steps with AdamW and with Muon: the optimizer's share of the step
+#   5. config small 30 steps with AdamW and with Muon: the optimizer's share of the step; then
+#      200 tokens sampled from that checkpoint on the GPU with the KV cache (and 50 on the CPU)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device_env.sh
@@ -123,6 +124,13 @@ if [[ -z ${SKIP_MUON:-} && -s $KJV ]]; then
   sed -e "s/^name: .*/name: small-muon/" -e "s/^train:$/train:\n  optimizer: muon/" "$M/adamw.yaml" > "$M/muon.yaml"
   train small-adamw "$M/adamw.yaml" 30
   train small-muon "$M/muon.yaml" 30
+  # The GPU sampler on config small (its 30-step checkpoint): tokens/s after the first token.
+  "$W" --sample /tmp/ck-small-adamw --prompt "In the beginning" --tokens 200 --device cuda \
+      > "$OUT/sample_small.txt" 2> "$OUT/sample_small.err"
+  R[sample_small_gpu]="$(tail -1 "$OUT/sample_small.err")"
+  "$W" --sample /tmp/ck-small-adamw --prompt "In the beginning" --tokens 50 --device cpu \
+      > /dev/null 2> "$OUT/sample_small_cpu.err"
+  R[sample_small_cpu]="$(tail -1 "$OUT/sample_small_cpu.err")"
 fi
 
 python3 - "$OUT" <<'PY'
