@@ -1,0 +1,49 @@
+// One optimizer-state buffer (AdamW's m or v, Muon's momentum in m's place) stored as
+// train.optimizer_state says: fp32, bf16, or int8 blocks (kernels/state_codec.h). Blocks never
+// cross a tensor: each tensor of the ParamLayout is cut into blocks of at most 2048 from its
+// start, one fp32 scale each. Reading and writing go by tensor and by a range of its blocks, so
+// an update never needs more than one tensor in fp32 at a time; the arithmetic stays fp32.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "worker/model/param_layout.h"
+
+namespace moe {
+
+enum class StateFormat { kFp32, kBf16, kInt8 };
+
+class OptimizerStateBuffer {
+ public:
+  // is_signed: m and Muon's momentum (true), v (false: never negative, a finer int8 code).
+  OptimizerStateBuffer(const ParamLayout& layout, StateFormat format, bool is_signed);
+
+  StateFormat format() const { return format_; }
+  // Bytes held (what the memory estimate counts).
+  int64_t bytes() const;
+
+  // Values [begin, begin + count) of the tensor whose ParamInfo is p, as fp32. For int8, begin
+  // and count are whole blocks (multiples of kernels::kStateBlock, count may end at the tensor's
+  // end); fp32 and bf16 take any range.
+  void Read(const ParamInfo& p, int64_t begin, int64_t count, float* out) const;
+  void Write(const ParamInfo& p, int64_t begin, int64_t count, const float* in);
+  // The whole buffer in the layout's flat order, as fp32 (checkpoints store fp32), and back.
+  void ReadAll(std::vector<float>* out) const;
+  void WriteAll(const std::vector<float>& in);
+  void Zero();
+
+ private:
+  int64_t BlockIndex(const ParamInfo& p, int64_t begin) const;
+
+  const ParamLayout& layout_;
+  StateFormat format_;
+  bool is_signed_;
+  std::vector<float> f32_;
+  std::vector<uint16_t> bf16_;
+  std::vector<uint8_t> int8_;
+  std::vector<float> scales_;          // int8: one per block
+  std::vector<int64_t> first_block_;   // int8: per tensor (layout order), its first block's index
+};
+
+}  // namespace moe
