@@ -38,6 +38,9 @@ enum class RecipeOption {
   kBiasBalancing,      // model.moe.bias_update_rate
   kExpertDropout,      // model.moe.expert_dropout
   kMuon,               // train.optimizer muon
+  kRecompute,          // train.recompute full
+  kCompactState,       // train.optimizer_state bf16 / int8
+  kBf16MasterWeights,  // train.master_weights bf16
 };
 
 inline bool BackendRuns(bool cuda, RecipeOption option) {
@@ -52,6 +55,9 @@ inline bool BackendRuns(bool cuda, RecipeOption option) {
     case RecipeOption::kBiasBalancing: return false;
     case RecipeOption::kExpertDropout: return false;
     case RecipeOption::kMuon: return false;
+    case RecipeOption::kRecompute: return false;
+    case RecipeOption::kCompactState: return false;
+    case RecipeOption::kBf16MasterWeights: return false;
   }
   return !cuda && false;
 }

@@ -79,6 +79,9 @@ void ApplyDefaults(JobSpec* s, const std::set<std::string>& present, std::set<st
            [&] { moe->set_shared_expert_hidden(moe->expert_hidden()); });
   }
   if (absent("train.optimizer")) train->set_optimizer(v1::OPTIMIZER_ADAMW);
+  if (absent("train.recompute")) train->set_recompute(v1::RECOMPUTE_NONE);
+  if (absent("train.optimizer_state")) train->set_optimizer_state(v1::STATE_FP32);
+  if (absent("train.master_weights")) train->set_master_weights(v1::PRECISION_FP32);
   if (absent("train.muon_lr") && train->optimizer() == v1::OPTIMIZER_MUON) {
     derive("train.muon_lr", usable("train.lr"), [&] { train->set_muon_lr(train->lr()); });
   }

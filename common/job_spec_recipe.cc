@@ -38,6 +38,9 @@ void CheckRecipeOptions(const JobSpec& spec, const std::function<bool(const std:
   enum_value("model.moe.activation", e.activation(), v1::Activation_descriptor());
   enum_value("model.moe.router_score", e.router_score(), v1::RouterScore_descriptor());
   enum_value("train.optimizer", t.optimizer(), v1::Optimizer_descriptor());
+  enum_value("train.recompute", t.recompute(), v1::Recompute_descriptor());
+  enum_value("train.optimizer_state", t.optimizer_state(), v1::StateStorage_descriptor());
+  enum_value("train.master_weights", t.master_weights(), v1::Precision_descriptor());
   if (e.shared_experts() < 0 || e.shared_experts() > kMaxExperts) {
     fail("model.moe.shared_experts", absl::StrCat("must be between 0 and ", kMaxExperts, ", got ", e.shared_experts()));
   }
@@ -99,6 +102,10 @@ void CheckRecipeOptions(const JobSpec& spec, const std::function<bool(const std:
       {"model.moe.bias_update_rate", {u > 0, RecipeOption::kBiasBalancing}},
       {"model.moe.expert_dropout", {e.expert_dropout() > 0, RecipeOption::kExpertDropout}},
       {"train.optimizer", {t.optimizer() == v1::OPTIMIZER_MUON, RecipeOption::kMuon}},
+      {"train.recompute", {t.recompute() == v1::RECOMPUTE_FULL, RecipeOption::kRecompute}},
+      {"train.optimizer_state",
+       {t.optimizer_state() == v1::STATE_BF16 || t.optimizer_state() == v1::STATE_INT8, RecipeOption::kCompactState}},
+      {"train.master_weights", {t.master_weights() == v1::PRECISION_BF16, RecipeOption::kBf16MasterWeights}},
   };
   for (const auto& [path, on_option] : set) {
     if (on_option.first && ok(path) && !BackendRuns(cuda, on_option.second)) {

@@ -37,6 +37,11 @@ struct ModelConfig {
   float bias_update_rate = 0.f;   // u; 0 = no loss-free balancing
   float expert_dropout = 0.f;
   bool muon = false;              // train.optimizer: muon
+  // Memory (MODEL.md "Memory"; train.recompute, optimizer_state, master_weights).
+  bool recompute = false;         // full: keep block inputs only, recompute in the backward
+  enum class State { kFp32, kBf16, kInt8 };
+  State optimizer_state = State::kFp32;
+  bool bf16_master = false;       // weights stored bf16, updates stochastically rounded
 
   int qkv_dim() const { return (heads + 2 * kv_heads) * head_dim; }
   bool is_moe() const { return experts > 1; }
