@@ -56,8 +56,8 @@ inline bool BackendRuns(bool cuda, RecipeOption option) {
     case RecipeOption::kExpertDropout: return false;
     case RecipeOption::kMuon: return false;
     case RecipeOption::kRecompute: return false;
-    case RecipeOption::kCompactState: return false;
-    case RecipeOption::kBf16MasterWeights: return false;
+    case RecipeOption::kCompactState: return !cuda;
+    case RecipeOption::kBf16MasterWeights: return !cuda;
   }
   return !cuda && false;
 }

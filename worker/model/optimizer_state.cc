@@ -11,22 +11,37 @@ using kernels::kStateBlock;
 
 OptimizerStateBuffer::OptimizerStateBuffer(const ParamLayout& layout, StateFormat format, bool is_signed)
     : layout_(layout), format_(format), is_signed_(is_signed) {
-  const int64_t n = layout.total();
-  switch (format) {
+  if (format == StateFormat::kInt8) {
+    int64_t blocks = 0;
+    for (const ParamInfo& p : layout.params()) {
+      first_block_.push_back(blocks);
+      blocks += (p.size + kStateBlock - 1) / kStateBlock;
+    }
+    blocks_ = blocks;
+  }
+}
+
+int64_t OptimizerStateBuffer::BytesNeeded() const {
+  const int64_t n = layout_.total();
+  switch (format_) {
+    case StateFormat::kFp32: return 4 * n;
+    case StateFormat::kBf16: return 2 * n;
+    case StateFormat::kInt8: return n + 4 * blocks_;
+  }
+  return 0;
+}
+
+void OptimizerStateBuffer::Allocate() {
+  const int64_t n = layout_.total();
+  switch (format_) {
     case StateFormat::kFp32: f32_.assign(n, 0.f); break;
     case StateFormat::kBf16: bf16_.assign(n, 0); break;
-    case StateFormat::kInt8: {
-      int64_t blocks = 0;
-      for (const ParamInfo& p : layout.params()) {
-        first_block_.push_back(blocks);
-        blocks += (p.size + kStateBlock - 1) / kStateBlock;
-      }
-      scales_.assign(blocks, 0.f);
+    case StateFormat::kInt8:
+      scales_.assign(blocks_, 0.f);
       int8_.assign(n, 0);
-      Zero();
       break;
-    }
   }
+  Zero();
 }
 
 int64_t OptimizerStateBuffer::bytes() const {

@@ -17,9 +17,17 @@ enum class StateFormat { kFp32, kBf16, kInt8 };
 class OptimizerStateBuffer {
  public:
   // is_signed: m and Muon's momentum (true), v (false: never negative, a finer int8 code).
+  // Holds nothing until Allocate (so that its owner can catch std::bad_alloc there).
   OptimizerStateBuffer(const ParamLayout& layout, StateFormat format, bool is_signed);
+  // Storage for every value, zeroed. Throws std::bad_alloc when memory runs out.
+  void Allocate();
+  // Bytes Allocate takes.
+  int64_t BytesNeeded() const;
 
   StateFormat format() const { return format_; }
+  // The fp32 values in the layout's flat order when the format is fp32 (the fast path: no
+  // decoding), else null.
+  float* fp32() { return format_ == StateFormat::kFp32 ? f32_.data() : nullptr; }
   // Bytes held (what the memory estimate counts).
   int64_t bytes() const;
 
@@ -44,6 +52,7 @@ class OptimizerStateBuffer {
   std::vector<uint8_t> int8_;
   std::vector<float> scales_;          // int8: one per block
   std::vector<int64_t> first_block_;   // int8: per tensor (layout order), its first block's index
+  int64_t blocks_ = 0;                 // int8: blocks in all
 };
 
 }  // namespace moe

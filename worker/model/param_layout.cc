@@ -6,15 +6,11 @@
 #include "kernels/dropout.h"
 
 namespace moe {
-namespace {
-
-uint64_t HashName(const std::string& s) {  // FNV-1a
+uint64_t ParamNameHash(const std::string& s) {  // FNV-1a
   uint64_t h = 1469598103934665603ull;
   for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
   return h;
 }
-
-}  // namespace
 
 ParamLayout::ParamLayout(const ModelConfig& cfg, int rank, int world)
     : cfg_(cfg), rank_(rank), world_(world) {
@@ -133,8 +129,8 @@ void ParamLayout::Initialize(float* base, uint64_t seed) const {
       continue;
     }
     // An expert shard starts at this global element of the full (E, ...) tensor.
-    const int64_t first = p.expert ? static_cast<int64_t>(expert_begin_) * (p.size / experts_local_) : 0;
-    const uint64_t key = seed ^ HashName(p.name);
+    const int64_t first = GlobalFirst(p);
+    const uint64_t key = seed ^ ParamNameHash(p.name);
     for (int64_t i = 0; i < p.size; ++i) {
       // Box-Muller on two counter-based uniforms: element g uses counters 2g and 2g+1.
       const uint64_t g = static_cast<uint64_t>(first + i);

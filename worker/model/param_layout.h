@@ -50,6 +50,10 @@ struct ModelTensors {
   std::vector<BlockTensors> blocks;
 };
 
+// A stable 64-bit hash of a parameter's name (FNV-1a): keys the counter-based draws that
+// belong to one tensor (initialisation, stochastic rounding), the same on every rank.
+uint64_t ParamNameHash(const std::string& name);
+
 class ParamLayout {
  public:
   ParamLayout(const ModelConfig& cfg, int rank, int world);
@@ -60,6 +64,11 @@ class ParamLayout {
   int expert_begin() const { return expert_begin_; }  // first global expert index on this rank
   int experts_local() const { return experts_local_; }
   const ParamInfo* Find(const std::string& name) const;
+  // The global element index (in the checkpoint's full tensor) of p's first element on this
+  // rank: 0, or the first local expert's offset in an expert tensor.
+  int64_t GlobalFirst(const ParamInfo& p) const {
+    return p.expert ? static_cast<int64_t>(expert_begin_) * (p.size / experts_local_) : 0;
+  }
 
   ModelTensors Bind(float* base) const;
 

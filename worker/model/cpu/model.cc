@@ -17,6 +17,7 @@
 #include "kernels/matmul.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
+#include "kernels/state_codec.h"
 #include "worker/model/allocation_error.h"
 
 namespace moe {
@@ -26,20 +27,40 @@ void Add(float* x, const float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
+StateFormat FormatOf(ModelConfig::State s) {
+  return s == ModelConfig::State::kInt8 ? StateFormat::kInt8
+         : s == ModelConfig::State::kBf16 ? StateFormat::kBf16
+                                          : StateFormat::kFp32;
+}
+
+// Rounds n weights to bf16 values, stochastically (train.master_weights bf16): the draw of
+// element i of tensor `name` at `step` is the same on every rank.
+void RoundToBf16(float* w, int64_t n, const std::string& name, int64_t first, int64_t step) {
+  const uint64_t key = ParamNameHash(name) ^ kernels::SplitMix64(static_cast<uint64_t>(step));
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t r = static_cast<uint32_t>(kernels::CounterUniform(key, static_cast<uint64_t>(first + i)) * 16777216.0f);
+    w[i] = kernels::FromBf16Bits(kernels::Bf16BitsStochastic(w[i], r));
+  }
+}
+
 }  // namespace
 
 Model::Model(const ModelConfig& cfg, Communicator* comm)
-    : cfg_(cfg), comm_(comm), layout_(cfg, comm->rank(), comm->world_size()) {
-  // Weights, gradients and AdamW's m and v: four fp32 copies of this rank's parameters.
+    : cfg_(cfg), comm_(comm), layout_(cfg, comm->rank(), comm->world_size()),
+      adam_m_(layout_, FormatOf(cfg.optimizer_state), /*is_signed=*/true),
+      adam_v_(layout_, FormatOf(cfg.optimizer_state), /*is_signed=*/false) {
+  // Weights and gradients: two fp32 copies of this rank's parameters; AdamW's m and v as
+  // train.optimizer_state says.
   try {
     params_.assign(layout_.total(), 0.f);
     grads_.assign(layout_.total(), 0.f);
-    adam_m_.assign(layout_.total(), 0.f);
-    adam_v_.assign(layout_.total(), 0.f);
+    adam_m_.Allocate();
+    adam_v_.Allocate();
   } catch (const std::bad_alloc&) {
-    throw AllocationError(absl::StrCat(
-        "could not allocate ", FormatBytes(16.0 * static_cast<double>(layout_.total())),
-        " for the model's parameters, gradients and AdamW moments: out of memory"));
+    const double bytes = 8.0 * static_cast<double>(layout_.total()) + static_cast<double>(adam_m_.BytesNeeded()) +
+                         static_cast<double>(adam_v_.BytesNeeded());
+    throw AllocationError(absl::StrCat("could not allocate ", FormatBytes(bytes),
+                                       " for the model's parameters, gradients and AdamW moments: out of memory"));
   } catch (const std::length_error&) {
     throw AllocationError(absl::StrCat("could not allocate ", layout_.total(),
                                        " parameters: more than one buffer can hold"));
@@ -50,8 +71,11 @@ Model::Model(const ModelConfig& cfg, Communicator* comm)
 
 void Model::InitParams(uint64_t seed) {
   layout_.Initialize(params_.data(), seed);
-  std::fill(adam_m_.begin(), adam_m_.end(), 0.f);
-  std::fill(adam_v_.begin(), adam_v_.end(), 0.f);
+  if (cfg_.bf16_master) {  // the weights start as bf16 values (nearest)
+    for (float& w : params_) w = kernels::FromBf16Bits(kernels::Bf16Bits(w));
+  }
+  adam_m_.Zero();
+  adam_v_.Zero();
 }
 
 void Model::ZeroGrads() {
@@ -78,30 +102,54 @@ void Model::GradSquaredNorms(double* dense_sq, double* expert_sq) {
 }
 
 void Model::AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) {
+  // Compact moments (train.optimizer_state bf16 / int8) are decoded a chunk of whole state
+  // blocks at a time, updated in fp32 and encoded again; fp32 moments are updated in place.
+  constexpr int64_t kChunk = 64 * kernels::kStateBlock;
+  std::vector<float> m, v;
   for (const ParamInfo& info : layout_.params()) {
     kernels::AdamWConfig c;
     c.lr = static_cast<float>(lr);
     c.weight_decay = info.decay ? static_cast<float>(weight_decay) : 0.f;
-    kernels::AdamWUpdate(params_.data() + info.offset, grads_.data() + info.offset,
-                         adam_m_.data() + info.offset, adam_v_.data() + info.offset, info.size, c,
-                         step, clip_scale);
+    for (int64_t begin = 0; begin < info.size; begin += kChunk) {
+      const int64_t n = std::min(kChunk, info.size - begin);
+      const int64_t at = info.offset + begin;
+      float* mp = adam_m_.fp32() ? adam_m_.fp32() + at : nullptr;
+      float* vp = adam_v_.fp32() ? adam_v_.fp32() + at : nullptr;
+      if (mp == nullptr) {
+        m.resize(n);
+        v.resize(n);
+        adam_m_.Read(info, begin, n, m.data());
+        adam_v_.Read(info, begin, n, v.data());
+        mp = m.data();
+        vp = v.data();
+      }
+      kernels::AdamWUpdate(params_.data() + at, grads_.data() + at, mp, vp, n, c, step, clip_scale);
+      if (adam_m_.fp32() == nullptr) {
+        adam_m_.Write(info, begin, n, mp);
+        adam_v_.Write(info, begin, n, vp);
+      }
+      if (cfg_.bf16_master) RoundToBf16(params_.data() + at, n, info.name, layout_.GlobalFirst(info) + begin, step);
+    }
   }
 }
 
 void Model::CopyToHost(ParamSet set, std::vector<float>* out) {
   switch (set) {
     case ParamSet::kParams: *out = params_; break;
-    case ParamSet::kAdamM: *out = adam_m_; break;
-    case ParamSet::kAdamV: *out = adam_v_; break;
+    case ParamSet::kAdamM: adam_m_.ReadAll(out); break;
+    case ParamSet::kAdamV: adam_v_.ReadAll(out); break;
     case ParamSet::kGrads: *out = grads_; break;
   }
 }
 
 void Model::CopyFromHost(ParamSet set, const std::vector<float>& in) {
-  std::vector<float>& dst = set == ParamSet::kParams ? params_
-                            : set == ParamSet::kAdamM  ? adam_m_
-                            : set == ParamSet::kAdamV  ? adam_v_
-                                                       : grads_;
+  if (set == ParamSet::kAdamM || set == ParamSet::kAdamV) {
+    std::vector<float> full(in.begin(), in.begin() + std::min<size_t>(in.size(), layout_.total()));
+    full.resize(layout_.total(), 0.f);
+    (set == ParamSet::kAdamM ? adam_m_ : adam_v_).WriteAll(full);
+    return;
+  }
+  std::vector<float>& dst = set == ParamSet::kParams ? params_ : grads_;
   std::copy(in.begin(), in.begin() + std::min(in.size(), dst.size()), dst.begin());
 }
 

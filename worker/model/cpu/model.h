@@ -10,6 +10,7 @@
 #include "worker/parallel/comm.h"
 #include "worker/model/model_config.h"
 #include "worker/model/cpu/moe_layer.h"
+#include "worker/model/optimizer_state.h"
 #include "worker/model/param_layout.h"
 #include "worker/model/train_model.h"
 
@@ -53,7 +54,9 @@ class Model final : public TrainModel {
   Communicator* comm_;
   ParamLayout layout_;
   std::vector<float> params_, grads_;
-  std::vector<float> adam_m_, adam_v_;  // AdamW moments, same layout
+  // AdamW's m and v (Muon's momentum in m's place), same layout, stored as
+  // train.optimizer_state says (fp32 by default).
+  OptimizerStateBuffer adam_m_, adam_v_;
   std::vector<std::unique_ptr<MoeLayer>> moe_layers_;
   CommSeconds comm_at_step_start_;  // comm_'s clocks at ZeroGrads
 
