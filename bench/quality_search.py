@@ -32,21 +32,25 @@ BASE = {
 VARIANTS = {
     "base": {},
     "dense-twin": {"model.moe.num_experts": 1, "model.moe.top_k": 1, "model.moe.expert_hidden": 1024},
-    "steps2000": {"train.steps": 2000},
-    "steps2000-drop0.3": {"train.steps": 2000, "model.dropout": 0.3},
-    "drop0.3": {"model.dropout": 0.3},
-    "attn-drop0.1": {"model.attention.dropout": 0.1},
-    "expert-drop0.1": {"model.moe.expert_dropout": 0.1},
-    "wd0.5": {"train.weight_decay": 0.5},
-    "fine-e16-k4": {"model.moe.num_experts": 16, "model.moe.top_k": 4, "model.moe.expert_hidden": 256},
-    "qknorm-gate": {"model.attention.qk_norm": True, "model.attention.gate": True,
-                    "model.moe.expert_hidden": 448},
-    "shared1-k1": {"model.moe.top_k": 1, "model.moe.shared_experts": 1, "model.moe.shared_expert_hidden": 512},
-    "relu2-f768": {"model.moe.activation": "relu2", "model.moe.expert_hidden": 768},
-    "sigmoid-bias": {"model.moe.router_score": "sigmoid", "model.moe.bias_update_rate": 0.001,
-                     "model.moe.aux_loss_coef": 0.0},
-    "muon": {"train.optimizer": "muon", "train.muon_lr": 0.02, "train.lr": 3e-3, "train.min_lr": 3e-4},
-    "wsd": {"train.schedule": "wsd", "train.decay_fraction": 0.5, "train.steps": 3000},
+    # nanoGPT's dropout 0.2 also drops attention probabilities (attn_dropout); ours did not
+    "attn0.2": {"model.attention.dropout": 0.2},
+    "dense-twin-attn0.2": {"model.moe.num_experts": 1, "model.moe.top_k": 1, "model.moe.expert_hidden": 1024,
+                           "model.attention.dropout": 0.2},
+    "attn0.2-s2500": {"model.attention.dropout": 0.2, "train.steps": 2500},
+    "attn0.1-s2000": {"model.attention.dropout": 0.1, "train.steps": 2000},
+    "attn0.2-drop0.3-s3000": {"model.attention.dropout": 0.2, "model.dropout": 0.3, "train.steps": 3000},
+    "attn0.2-expdrop0.2-s3000": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2,
+                                 "train.steps": 3000},
+    "attn0.2-e16k4-s3000": {"model.attention.dropout": 0.2, "model.moe.num_experts": 16, "model.moe.top_k": 4,
+                            "model.moe.expert_hidden": 256, "train.steps": 3000},
+    "attn0.2-qknorm-gate-s3000": {"model.attention.dropout": 0.2, "model.attention.qk_norm": True,
+                                  "model.attention.gate": True, "model.moe.expert_hidden": 448, "train.steps": 3000},
+    "attn0.2-shared1-k1-s3000": {"model.attention.dropout": 0.2, "model.moe.top_k": 1,
+                                 "model.moe.shared_experts": 1, "model.moe.shared_expert_hidden": 512,
+                                 "train.steps": 3000},
+    "attn0.2-muon-s2500": {"model.attention.dropout": 0.2, "train.optimizer": "muon", "train.muon_lr": 0.02,
+                           "train.steps": 2500},
+    "attn0.2-wd0.3-s3000": {"model.attention.dropout": 0.2, "train.weight_decay": 0.3, "train.steps": 3000},
 }
 
 
@@ -109,6 +113,8 @@ def main():
     ap.add_argument("--seeds", default="1337,1338")
     ap.add_argument("--parallel", type=int, default=3, help="runs sharing the GPU at once")
     ap.add_argument("--timeout", type=int, default=540)
+    ap.add_argument("--top", type=int, default=0,
+                    help="> 0: every variant on the first seed, then only the best TOP (and the dense twins) on the rest")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     names = [n for n in a.only.split(",") if n] or list(VARIANTS)
@@ -117,15 +123,27 @@ def main():
         sys.exit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     seeds = [int(s) for s in a.seeds.split(",")]
     results = []
-    with cf.ThreadPoolExecutor(a.parallel) as pool:
-        futs = [pool.submit(run, a, n, VARIANTS[n], s) for n in names for s in seeds]
-        for f in cf.as_completed(futs):
-            try:
-                r = f.result()
-            except Exception as e:  # a timeout or a crash is a row, not the end of the search
-                r = dict(error=str(e)[:300])
-            print(json.dumps(r), flush=True)
-            results.append(r)
+
+    def sweep(jobs):
+        with cf.ThreadPoolExecutor(a.parallel) as pool:
+            futs = [pool.submit(run, a, n, VARIANTS[n], s) for n, s in jobs]
+            for f in cf.as_completed(futs):
+                try:
+                    r = f.result()
+                except Exception as e:  # a timeout or a crash is a row, not the end of the search
+                    r = dict(error=str(e)[:300])
+                print(json.dumps(r), flush=True)
+                results.append(r)
+
+    if a.top > 0:
+        # Every variant on the first seed; the best `top` of them, and the dense twins, on the others.
+        sweep([(n, seeds[0]) for n in names])
+        ranked = sorted((r for r in results if "best_val" in r), key=lambda r: r["best_val"])
+        again = [r["variant"] for r in ranked if not r["variant"].startswith("dense-twin")][:a.top]
+        again += [n for n in names if n.startswith("dense-twin")]
+        sweep([(n, s) for n in again for s in seeds[1:]])
+    else:
+        sweep([(n, s) for n in names for s in seeds])
     print("\n| variant | active | best val per seed | mean | best at step | seconds |")
     print("| --- | --- | --- | --- | --- | --- |")
     for n in names:
