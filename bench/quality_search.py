@@ -66,7 +66,7 @@ def with_overrides(base, overrides):
 
 
 def run(args, name, overrides, seed):
-    job = with_overrides(BASE, overrides)
+    job = with_overrides(with_overrides(BASE, overrides), args.overrides)
     job["name"] = re.sub(r"[^a-z0-9-]", "-", f"q-{name}-{seed}".lower())[:63]
     job["data"]["path"] = os.path.abspath(args.data)
     job["train"]["seed"] = seed
@@ -115,7 +115,16 @@ def main():
     ap.add_argument("--timeout", type=int, default=540)
     ap.add_argument("--top", type=int, default=0,
                     help="> 0: every variant on the first seed, then only the best TOP (and the dense twins) on the rest")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override every variant's job (e.g. train.steps=20 resources.device=cpu); JSON values")
     a = ap.parse_args()
+    a.overrides = {}
+    for kv in a.set:
+        key, _, value = kv.partition("=")
+        try:
+            a.overrides[key] = json.loads(value)
+        except ValueError:
+            a.overrides[key] = value
     os.makedirs(a.out, exist_ok=True)
     names = [n for n in a.only.split(",") if n] or list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]

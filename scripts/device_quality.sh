@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs on the lent GPU machine: the shakespeare_char quality search of issue 21
+# (bench/quality_search.py: variants of MODEL.md's tiny at <= 10.7M active parameters through
+# moe-worker on one GPU, nanoGPT's split and val measurement; every variant on seed 1337, the
+# best TOP (default 3) and the dense twins on seed 1338 too). Prints the table last.
+#   QUALITY_ONLY=a,b  limits the variants;  PARALLEL=N runs N at once on the GPU (default 4).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/device_env.sh
+OUT=${OUT:-/tmp/moe-device}
+mkdir -p "$OUT"
+nvidia-smi -L || true
+device_env_check_libs || exit 1
+python3 bench/quality_search.py --worker .carry/bin/moe-worker --moectl .carry/bin/moectl \
+    --data .carry/data/input.txt --out /tmp/moe-quality --seeds 1337,1338 --top "${TOP:-3}" \
+    --parallel "${PARALLEL:-4}" ${QUALITY_ONLY:+--only "$QUALITY_ONLY"} | tee "$OUT/quality.txt"
