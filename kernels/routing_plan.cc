@@ -7,7 +7,7 @@
 namespace moe::kernels {
 
 RoutingPlan BuildRoutingPlan(const int32_t* expert_idx, int n, int k, int e,
-                             int64_t capacity) {
+                             int64_t capacity, const uint8_t* expert_off) {
   RoutingPlan plan;
   plan.n = n;
   plan.k = k;
@@ -27,6 +27,10 @@ RoutingPlan BuildRoutingPlan(const int32_t* expert_idx, int n, int k, int e,
       std::abort();
     }
     ++plan.routed[x];
+    if (expert_off != nullptr && expert_off[x] != 0) {
+      ++plan.expert_dropped;
+      continue;
+    }
     if (plan.capacity > 0 && plan.counts[x] >= plan.capacity) {
       ++plan.dropped;
       continue;

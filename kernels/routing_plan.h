@@ -1,7 +1,9 @@
 // Routing bookkeeping shared by every backend: which assignment (token t, choice j) goes to
 // which slot of the expert-grouped buffer, and which are dropped by the capacity rule of
 // MODEL.md (capacity kept assignments per expert, first come by token order; 0: dropless). The
-// capacity itself comes from ExpertCapacity (worker/model/moe_bookkeeping.h).
+// capacity itself comes from ExpertCapacity (worker/model/moe_bookkeeping.h). Expert dropout
+// (model.moe.expert_dropout) switches whole experts off: their assignments are dropped before
+// the capacity rule, take no capacity, and are counted apart.
 #pragma once
 
 #include <cstdint>
@@ -16,12 +18,15 @@ struct RoutingPlan {
   std::vector<int32_t> offsets;         // (e + 1) exclusive prefix sum of counts
   std::vector<int32_t> slot_to_assignment;  // (kept) slot -> t * k + j, grouped by expert, token order
   std::vector<int32_t> assignment_to_slot;  // (n * k) -> slot, or -1 when dropped
-  std::vector<int64_t> routed;          // (e) assignments before drops
-  int64_t dropped = 0;
+  std::vector<int64_t> routed;          // (e) assignments before drops (expert dropout's too)
+  int64_t dropped = 0;                  // by the capacity rule
+  int64_t expert_dropped = 0;           // sent to a switched-off expert
   int kept() const { return offsets.empty() ? 0 : offsets.back(); }
 };
 
-RoutingPlan BuildRoutingPlan(const int32_t* expert_idx, int n, int k, int e, int64_t capacity);
+// expert_off (e): nonzero for an expert switched off by expert dropout; null = none.
+RoutingPlan BuildRoutingPlan(const int32_t* expert_idx, int n, int k, int e, int64_t capacity,
+                             const uint8_t* expert_off = nullptr);
 
 // xs (kept, d): xs[slot] = x[token of slot] ; x (n, d).
 void PermuteForward(float* xs, const float* x, const RoutingPlan& plan, int d);

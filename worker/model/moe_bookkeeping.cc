@@ -1,6 +1,9 @@
 #include "worker/model/moe_bookkeeping.h"
 
+#include <algorithm>
 #include <cmath>
+
+#include "kernels/dropout.h"
 
 namespace moe {
 
@@ -39,6 +42,7 @@ MoeLayerForwardStats ReduceRouterStats(const double* summed, const MoeShape& sha
   s.z_loss = z_coef * summed[slot.z_sum()] / n_global;
   s.entropy_sum = summed[slot.entropy_sum()];
   s.dropped = static_cast<int64_t>(summed[slot.dropped()]);
+  s.expert_dropped = static_cast<int64_t>(summed[slot.expert_dropped()]);
   s.assignments = global_tokens * k;
   return s;
 }
@@ -54,6 +58,53 @@ std::vector<float> AuxLossGradient(const double* summed, const MoeShape& shape, 
     grad[e] = static_cast<float>(aux_coef * E * f_e * loss_scale);
   }
   return grad;
+}
+
+kernels::ExpertActivation ExpertActivationOf(const ModelConfig& cfg) {
+  switch (cfg.activation) {
+    case ModelConfig::Activation::kRelu2: return kernels::ExpertActivation::kRelu2;
+    case ModelConfig::Activation::kGelu: return kernels::ExpertActivation::kGelu;
+    case ModelConfig::Activation::kSwiglu: break;
+  }
+  return kernels::ExpertActivation::kSwiglu;
+}
+
+kernels::RouterScoring RouterScoringOf(const ModelConfig& cfg, const float* bias) {
+  kernels::RouterScoring s;
+  s.sigmoid = cfg.router_sigmoid;
+  s.temperature = cfg.router_temperature;
+  s.bias = cfg.balances_by_bias() ? bias : nullptr;
+  return s;
+}
+
+std::vector<uint8_t> ExpertsSwitchedOff(uint64_t seed, float p, int experts) {
+  if (p <= 0.0f) return {};
+  std::vector<uint8_t> off(experts);
+  for (int e = 0; e < experts; ++e) off[e] = kernels::CounterUniform(seed, static_cast<uint64_t>(e)) < p ? 1 : 0;
+  return off;
+}
+
+void UpdateRouterBiases(std::vector<float>* biases, const std::vector<MoeLayerForwardStats>& layers,
+                        float rate, int experts) {
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const std::vector<int64_t>& c = layers[l].routed;
+    if (static_cast<int>(c.size()) != experts) continue;
+    // Integer comparison of c_e * E with sum(c): the sign of mean - c_e without rounding.
+    int64_t total = 0;
+    for (int64_t v : c) total += v;
+    float* b = biases->data() + l * experts;
+    for (int e = 0; e < experts; ++e) {
+      const int64_t scaled = c[e] * experts;
+      if (scaled < total) b[e] += rate;
+      else if (scaled > total) b[e] -= rate;
+    }
+  }
+}
+
+double RouterBiasSpread(const float* bias, int experts) {
+  if (experts <= 0) return 0;
+  const auto [lo, hi] = std::minmax_element(bias, bias + experts);
+  return static_cast<double>(*hi) - static_cast<double>(*lo);
 }
 
 ExchangePlan PlanExchange(const MoeShape& shape, const int64_t* send_counts, const int64_t* recv_counts) {

@@ -2,12 +2,16 @@
 // call it): the experts' shape on a rank and the dense case, the capacity rule, the layout of
 // the router statistics every rank sums and their reduction into MoeLayerForwardStats, and the
 // exchange plan of expert parallelism (who sends how many rows to whom, and where each
-// (peer, local expert) block lies on the wire and in expert order).
+// (peer, local expert) block lies on the wire and in expert order), and the expert options of
+// MODEL.md that are bookkeeping too: the router's scoring, which experts expert dropout switches
+// off, and loss-free balancing's bias update.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "kernels/experts.h"
+#include "kernels/router.h"
 #include "worker/model/model_config.h"
 #include "worker/model/train_model.h"
 
@@ -34,18 +38,20 @@ int64_t ExpertCapacity(double capacity_factor, int64_t n, int k, int e);
 
 // One layer's router statistics, as one buffer of doubles that every rank fills with its own
 // tokens' values and that is summed over ranks:
-//   [routed (E) | prob_sum (E) | z_sum | entropy_sum | dropped]
+//   [routed (E) | prob_sum (E) | z_sum | entropy_sum | dropped | expert_dropped]
 // routed: assignments per expert before drops; prob_sum: sum over tokens of the router
-// probabilities; z_sum: sum of lse^2; entropy_sum: sum of the router entropies (nats);
-// dropped: assignments the capacity rule dropped.
+// probabilities (normalised per token); z_sum: sum of lse^2; entropy_sum: sum of the router
+// entropies (nats); dropped: assignments the capacity rule dropped; expert_dropped: assignments
+// to experts that expert dropout switched off.
 struct RouterStatsSlots {
   int experts = 1;
-  int size() const { return 2 * experts + 3; }
+  int size() const { return 2 * experts + 4; }
   int routed() const { return 0; }
   int prob_sum() const { return experts; }
   int z_sum() const { return 2 * experts; }
   int entropy_sum() const { return 2 * experts + 1; }
   int dropped() const { return 2 * experts + 2; }
+  int expert_dropped() const { return 2 * experts + 3; }
 };
 
 // The layer's losses and statistics from the summed buffer (global_tokens: tokens of the
@@ -57,6 +63,27 @@ MoeLayerForwardStats ReduceRouterStats(const double* summed, const MoeShape& sha
 // aux_coef E f_e loss_scale (e = 0..E-1), from the summed buffer.
 std::vector<float> AuxLossGradient(const double* summed, const MoeShape& shape, int64_t global_tokens,
                                    double aux_coef, float loss_scale);
+
+// The experts' activation of the job (model.moe.activation).
+kernels::ExpertActivation ExpertActivationOf(const ModelConfig& cfg);
+
+// The router's scoring of the job (router_score, router_temperature), with bias (E) in the
+// choice when the job balances by bias (else ignored, may be null).
+kernels::RouterScoring RouterScoringOf(const ModelConfig& cfg, const float* bias);
+
+// Expert dropout of one layer in one micro-step (MODEL.md, model.moe.expert_dropout): expert e
+// is off when kernels::CounterUniform(seed, e) < p; seed is ExpertDropoutSeed(micro-step seed,
+// layer), so every rank draws the same. (E) bytes, 1 = off; empty when p is 0.
+std::vector<uint8_t> ExpertsSwitchedOff(uint64_t seed, float p, int experts);
+
+// Loss-free balancing's update after an optimizer step (DeepSeek-V3): for each layer l,
+// b[l E + e] += u * sign(mean(c) - c_e), with c_e = layers[l].routed[e], the step's
+// assignments over all ranks and micro-steps (the router's choices, before any drop).
+// biases: L x E, layer-major.
+void UpdateRouterBiases(std::vector<float>* biases, const std::vector<MoeLayerForwardStats>& layers,
+                        float rate, int experts);
+// max - min of one layer's biases (E); the metric of how far balancing has pushed.
+double RouterBiasSpread(const float* bias, int experts);
 
 // The route of one MoE layer between ranks (MODEL.md "Parallel layout"), from this rank's
 // rows per global expert and what every peer sends to this rank's experts. Rows leave in plan

@@ -33,7 +33,8 @@ struct MoeLayerForwardStats {
   double aux_loss = 0;  // aux_coef * E * sum_e f_e P_e
   double z_loss = 0;    // z_coef * mean_t lse_t^2
   std::vector<int64_t> routed;  // (E) assignments per expert, before drops, all ranks
-  int64_t dropped = 0;          // all ranks
+  int64_t dropped = 0;          // all ranks, by the capacity rule
+  int64_t expert_dropped = 0;   // all ranks, sent to experts expert dropout switched off
   int64_t assignments = 0;      // N_global * k
   double entropy_sum = 0;       // sum over all tokens of the router entropy (nats)
 
@@ -45,6 +46,7 @@ struct MoeLayerForwardStats {
     if (routed.size() < other.routed.size()) routed.resize(other.routed.size(), 0);
     for (size_t e = 0; e < other.routed.size(); ++e) routed[e] += other.routed[e];
     dropped += other.dropped;
+    expert_dropped += other.expert_dropped;
     assignments += other.assignments;
     entropy_sum += other.entropy_sum;
   }

@@ -133,6 +133,26 @@ void Model::AdamWStep(int64_t step, double lr, double weight_decay, float clip_s
   }
 }
 
+std::vector<float> Model::RouterBiases() {
+  if (!cfg_.balances_by_bias()) return {};
+  std::vector<float> out;
+  out.reserve(static_cast<size_t>(cfg_.layers) * cfg_.experts);
+  for (const auto& layer : moe_layers_) out.insert(out.end(), layer->router_bias().begin(), layer->router_bias().end());
+  return out;
+}
+
+void Model::SetRouterBiases(const std::vector<float>& biases) {
+  if (!cfg_.balances_by_bias()) return;
+  const size_t E = static_cast<size_t>(cfg_.experts);
+  if (biases.size() != E * cfg_.layers) {
+    throw std::invalid_argument(absl::StrCat("SetRouterBiases: ", biases.size(), " values for ", cfg_.layers,
+                                             " layers of ", E, " experts"));
+  }
+  for (int l = 0; l < cfg_.layers; ++l) {
+    std::copy(biases.begin() + l * E, biases.begin() + (l + 1) * E, moe_layers_[l]->router_bias().begin());
+  }
+}
+
 void Model::CopyToHost(ParamSet set, std::vector<float>* out) {
   switch (set) {
     case ParamSet::kParams: *out = params_; break;
@@ -196,7 +216,8 @@ ForwardResult Model::Forward(const int32_t* idx, const int32_t* targets, int b,
     a.moe_rstd.resize(n);
     kernels::RmsNormForward(a.moe_in.data(), a.moe_rstd.data(), x.data(), bw.moe_norm, n, D);
     MoeLayerForwardStats stats;
-    moe_layers_[l]->Forward(a.moe_in.data(), bw, n, ctx.global_tokens, ctx.loss_scale, tmp.data(), &stats);
+    moe_layers_[l]->Forward(a.moe_in.data(), bw, n, ctx.global_tokens, ctx.loss_scale, tmp.data(), &stats,
+                            MoeLayerStep{ctx.train, ExpertDropoutSeed(ctx.dropout_seed, l)});
     kernels::DropoutForward(tmp.data(), tmp.data(), nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 2 + 2 * l), offset);
     Add(x.data(), tmp.data(), nd);
     result.aux_loss += stats.aux_loss;

@@ -37,6 +37,8 @@ class Model final : public TrainModel {
   int64_t PeakMemoryBytes() const override;
   void GradSquaredNorms(double* dense_sq, double* expert_sq) override;
   void AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) override;
+  std::vector<float> RouterBiases() override;
+  void SetRouterBiases(const std::vector<float>& biases) override;
   void CopyToHost(ParamSet set, std::vector<float>* out) override;
   void CopyFromHost(ParamSet set, const std::vector<float>& in) override;
   // Block l's MoE layer, for inference that runs it on its own rows (sample/decoder.h).

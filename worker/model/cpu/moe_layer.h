@@ -1,6 +1,8 @@
-// One MoE feed-forward layer: router -> routing plan (capacity, drops) -> permute -> token
-// dispatcher (all-to-all) -> experts -> dispatcher back -> unpermute and weight. Backward mirrors
-// it. A dense model (E = 1) runs its one replicated expert on every token with no router.
+// One MoE feed-forward layer: router -> routing plan (capacity, expert dropout) -> permute ->
+// token dispatcher (all-to-all) -> experts -> dispatcher back -> unpermute and weight, plus the
+// shared experts (replicated, every token). Backward mirrors it. A dense model (E = 1) runs its
+// one replicated expert on every token with no router. Loss-free balancing's router bias lives
+// here (the trainer updates it between steps through Model::SetRouterBiases).
 #pragma once
 
 #include <cstdint>
@@ -16,6 +18,12 @@
 
 namespace moe {
 
+// Where a forward pass sits, for expert dropout: on only in training.
+struct MoeLayerStep {
+  bool train = false;
+  uint64_t expert_dropout_seed = 0;  // ExpertDropoutSeed(micro-step seed, layer)
+};
+
 class MoeLayer {
  public:
   MoeLayer(const ModelConfig& cfg, Communicator* comm);
@@ -23,15 +31,26 @@ class MoeLayer {
   // m (n, D) -> out (n, D). global_tokens: tokens of this micro-batch over all ranks (for the
   // global f_e and P_e). loss_scale: d(total loss)/d(per-token loss), 1 / tokens in the step.
   void Forward(const float* m, const BlockTensors& w, int n, int64_t global_tokens,
-               float loss_scale, float* out, MoeLayerForwardStats* stats);
+               float loss_scale, float* out, MoeLayerForwardStats* stats,
+               const MoeLayerStep& step = {});
   // dout (n, D) -> dm (n, D) +=, and parameter gradients += into g.
   void Backward(const float* dout, const float* m, const BlockTensors& w, const BlockTensors& g,
                 float* dm);
 
+  // Loss-free balancing's bias (E), 0 at the start; used only when the job balances by bias.
+  std::vector<float>& router_bias() { return bias_; }
+
  private:
+  // The shared experts (model.moe.shared_experts): out (n, D) += sum_s Shared_s(m).
+  void SharedForward(const float* m, const BlockTensors& w, int n, float* out);
+  void SharedBackward(const float* dout, const float* m, const BlockTensors& w, const BlockTensors& g,
+                      float* dm);
+
   ModelConfig cfg_;
   MoeShape shape_;
+  kernels::ExpertActivation act_;
   TokenDispatcher dispatcher_;
+  std::vector<float> bias_;                   // (E)
   int n_ = 0;
   float loss_scale_ = 0;
   // Saved for backward. Shapes: n tokens, kept = assignments not dropped, r = rows received.
@@ -42,8 +61,9 @@ class MoeLayer {
   kernels::RoutingPlan plan_;
   std::vector<float> xs_, ys_;                // (kept, D) plan order
   std::vector<float> expert_in_, expert_out_; // (r, D) expert order
-  std::vector<float> g_, u_, h_;              // (r, F)
+  std::vector<float> g_, u_, h_;              // (r, F); u_ only for swiglu
   std::vector<int32_t> local_counts_;         // (E_local)
+  std::vector<float> shared_g_, shared_u_, shared_h_;  // (S, n, F_s); shared_u_ only for swiglu
 };
 
 }  // namespace moe
