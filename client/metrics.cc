@@ -61,12 +61,22 @@ int RunMetrics(const MetricsOptions& o) {
                                        "peak_memory_mb", "unix_ms", "compute_ms",
                                        "all_to_all_ms", "all_reduce_ms"};
     std::vector<std::pair<int, int>> layers;  // layer, experts
+    // The expert options' columns, when the job has them (any point has a nonzero value).
+    bool bias_spread = false, expert_dropout = false;
+    for (const auto& [step, m] : by_step) {
+      for (const auto& l : m.layers()) {
+        bias_spread = bias_spread || l.router_bias_spread() != 0;
+        expert_dropout = expert_dropout || l.expert_dropout_rate() != 0;
+      }
+    }
     if (!by_step.empty()) {
       for (const auto& l : by_step.rbegin()->second.layers()) {
         layers.emplace_back(l.layer(), l.tokens_per_expert_size());
         for (const char* f : {"router_entropy", "drop_rate", "load_imbalance"}) {
           header.push_back(absl::StrCat("layer", l.layer(), "_", f));
         }
+        if (bias_spread) header.push_back(absl::StrCat("layer", l.layer(), "_router_bias_spread"));
+        if (expert_dropout) header.push_back(absl::StrCat("layer", l.layer(), "_expert_dropout_rate"));
         for (int e = 0; e < l.tokens_per_expert_size(); ++e) {
           header.push_back(absl::StrCat("layer", l.layer(), "_expert", e, "_tokens"));
         }
@@ -89,6 +99,8 @@ int RunMetrics(const MetricsOptions& o) {
         row.push_back(found ? num(found->router_entropy()) : "");
         row.push_back(found ? num(found->drop_rate()) : "");
         row.push_back(found ? num(found->load_imbalance()) : "");
+        if (bias_spread) row.push_back(found ? num(found->router_bias_spread()) : "");
+        if (expert_dropout) row.push_back(found ? num(found->expert_dropout_rate()) : "");
         for (int e = 0; e < experts; ++e) {
           row.push_back(found && e < found->tokens_per_expert_size()
                             ? std::to_string(found->tokens_per_expert(e))

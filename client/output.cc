@@ -67,12 +67,16 @@ Json PointToJson(const moe::v1::MetricPoint& p) {
   if (!p.layers().empty()) {
     Json layers = Json::array();
     for (const moe::v1::MoeLayerStats& l : p.layers()) {
-      layers.push_back(Json{{"layer", l.layer()},
-                            {"tokens_per_expert", std::vector<int64_t>(l.tokens_per_expert().begin(),
-                                                                       l.tokens_per_expert().end())},
-                            {"load_imbalance", l.load_imbalance()},
-                            {"drop_rate", l.drop_rate()},
-                            {"router_entropy", l.router_entropy()}});
+      Json layer{{"layer", l.layer()},
+                 {"tokens_per_expert", std::vector<int64_t>(l.tokens_per_expert().begin(),
+                                                            l.tokens_per_expert().end())},
+                 {"load_imbalance", l.load_imbalance()},
+                 {"drop_rate", l.drop_rate()},
+                 {"router_entropy", l.router_entropy()}};
+      // The expert options' metrics, only where the job has them.
+      if (l.router_bias_spread() != 0) layer["router_bias_spread"] = l.router_bias_spread();
+      if (l.expert_dropout_rate() != 0) layer["expert_dropout_rate"] = l.expert_dropout_rate();
+      layers.push_back(std::move(layer));
     }
     o["layers"] = std::move(layers);
   }

@@ -18,7 +18,7 @@ using Json = nlohmann::ordered_json;
 Json JobToJson(const moe::v1::Job& job);
 // step, loss, val_loss, aux_loss, z_loss, lr, grad_norm, tokens_per_s, mfu, step_ms, times,
 // peak_memory_mb, unix_ms, layers [{layer, tokens_per_expert, load_imbalance, drop_rate,
-// router_entropy}].
+// router_entropy, and router_bias_spread, expert_dropout_rate where the job has them}].
 Json PointToJson(const moe::v1::MetricPoint& point);
 
 // One CSV field, quoted when it needs to be.

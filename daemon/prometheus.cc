@@ -257,6 +257,10 @@ std::string PrometheusExporter::Render() {
        [](const moe::v1::MoeLayerStats& l) { return l.drop_rate(); }},
       {"moe_job_expert_load_imbalance_ratio", "Max over mean tokens per expert, per MoE layer.",
        [](const moe::v1::MoeLayerStats& l) { return l.load_imbalance(); }},
+      {"moe_job_router_bias_spread", "Max minus min of the loss-free balancing router bias, per MoE layer.",
+       [](const moe::v1::MoeLayerStats& l) { return l.router_bias_spread(); }},
+      {"moe_job_expert_dropout_ratio", "Assignments to experts switched off by expert dropout over all, per MoE layer.",
+       [](const moe::v1::MoeLayerStats& l) { return l.expert_dropout_rate(); }},
   };
   for (const LayerGauge& g : layer_gauges) {
     Family f(&out, g.name, "gauge", g.help);

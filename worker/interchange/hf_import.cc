@@ -149,6 +149,13 @@ absl::StatusOr<PretrainedWeights> LoadOurs(const std::string& dir, const HfShape
     found.erase(it);
   }
   for (const auto& [name, t] : found) {
+    // Loss-free balancing's router biases: a job starting from these weights balances afresh.
+    if (absl::EndsWith(name, ".moe.router_bias")) {
+      if (out.notes.empty() || out.notes.back().find("router_bias") == std::string::npos) {
+        out.notes.push_back("the checkpoint's router biases (blocks.*.moe.router_bias) are not taken; balancing starts from 0");
+      }
+      continue;
+    }
     problems.push_back(absl::StrCat(name, ": not a weight of the job's model (shape ", ShapeText(t.shape), ")"));
   }
   if (!problems.empty()) {

@@ -107,6 +107,8 @@ double RouterBiasSpread(const float* bias, int experts) {
   return static_cast<double>(*hi) - static_cast<double>(*lo);
 }
 
+std::string RouterBiasName(int layer) { return "blocks." + std::to_string(layer) + ".moe.router_bias"; }
+
 ExchangePlan PlanExchange(const MoeShape& shape, const int64_t* send_counts, const int64_t* recv_counts) {
   const int W = shape.world, L = shape.experts_local;
   ExchangePlan plan;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kernels/experts.h"
@@ -84,6 +85,8 @@ void UpdateRouterBiases(std::vector<float>* biases, const std::vector<MoeLayerFo
                         float rate, int experts);
 // max - min of one layer's biases (E); the metric of how far balancing has pushed.
 double RouterBiasSpread(const float* bias, int experts);
+// The checkpoint name of layer l's router bias (E, fp32), as bench/reference_recipes.py reads it.
+std::string RouterBiasName(int layer);
 
 // The route of one MoE layer between ranks (MODEL.md "Parallel layout"), from this rank's
 // rows per global expert and what every peer sends to this rank's experts. Rows leave in plan

@@ -15,6 +15,7 @@
 #include "worker/parallel/comm_single.h"
 #include "worker/data/dataset.h"
 #include "worker/model/cpu/model.h"
+#include "worker/model/moe_bookkeeping.h"
 #include "worker/data/tokenizer.h"
 #include "worker/sample/decoder.h"
 #include "worker/model/cuda/cuda_decoder.h"
@@ -57,12 +58,21 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int seq_len
   m.model = std::make_unique<Model>(cfg, m.comm.get());
   std::vector<std::pair<std::string, std::vector<int64_t>>> expected;
   for (const ParamInfo& info : m.model->layout().params()) expected.emplace_back(info.name, info.global_shape);
+  // Loss-free balancing's router biases choose the experts: the sampler routes with them.
+  std::vector<float> biases = m.model->RouterBiases();
+  for (int l = 0; !biases.empty() && l < cfg.layers; ++l) {
+    expected.emplace_back(RouterBiasName(l), std::vector<int64_t>{cfg.experts});
+  }
   if (absl::Status st = CheckCompatible(*ckpt, expected); !st.ok()) return st;
   for (const NamedTensor& nt : ckpt->tensors) {
     if (const ParamInfo* info = m.model->layout().Find(nt.name)) {
       std::copy(nt.data.begin(), nt.data.end(), m.model->params().begin() + info->offset);
     }
+    for (int l = 0; !biases.empty() && l < cfg.layers; ++l) {
+      if (nt.name == RouterBiasName(l)) std::copy(nt.data.begin(), nt.data.end(), biases.begin() + l * cfg.experts);
+    }
   }
+  m.model->SetRouterBiases(biases);
   return m;
 }
 

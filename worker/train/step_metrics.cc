@@ -48,6 +48,8 @@ moe::v1::MetricPoint BuildMetricPoint(const StepMeasurements& m) {
     const double mean = static_cast<double>(sum_routed) / s.routed.size();
     ls->set_load_imbalance(mean > 0 ? max_routed / mean : 0);
     ls->set_drop_rate(s.assignments > 0 ? static_cast<double>(s.dropped) / s.assignments : 0);
+    ls->set_expert_dropout_rate(s.assignments > 0 ? static_cast<double>(s.expert_dropped) / s.assignments : 0);
+    if (l < m.router_bias_spread.size()) ls->set_router_bias_spread(m.router_bias_spread[l]);
     // assignments = tokens * k, so this is the mean entropy per token.
     ls->set_router_entropy(s.entropy_sum / (s.assignments / m.top_k));
   }

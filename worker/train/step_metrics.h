@@ -30,6 +30,7 @@ struct StepMeasurements {
   int64_t peak_memory_bytes = 0;     // high-water mark, the maximum over ranks
   int top_k = 1;
   std::vector<MoeLayerForwardStats> layers;  // (L) summed over micro-steps; empty = dense model
+  std::vector<double> router_bias_spread;    // (L) after the step's bias update; empty = none
 };
 
 // Model FLOPs utilisation of one device: the global model FLOP/s over the peak of all

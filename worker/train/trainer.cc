@@ -13,6 +13,7 @@
 #include "common/model_stats.h"
 #include "common/schedule.h"
 #include "worker/checkpoint/checkpoint.h"
+#include "worker/model/moe_bookkeeping.h"
 #include "worker/train/make_model.h"
 #include "worker/train/signals.h"
 #include "worker/train/step_metrics.h"
@@ -161,6 +162,7 @@ StepResult Trainer::Step(int64_t step) {
   const double clip = t.grad_clip();
   const float clip_scale = (clip > 0 && m.grad_norm > clip) ? static_cast<float>(clip / (m.grad_norm + 1e-6)) : 1.0f;
   model_->AdamWStep(step + 1, m.lr, t.weight_decay(), clip_scale);
+  if (cfg_.balances_by_bias()) UpdateBiases(&m);
   const auto t1 = Clock::now();
 
   m.tokens = static_cast<double>(t.batch_size()) * cfg_.seq_len;
@@ -177,6 +179,19 @@ StepResult Trainer::Step(int64_t step) {
   result.stop_requested = agreed.stop_requested;
   result.checkpoint_requested = agreed.checkpoint_requested;
   return result;
+}
+
+void Trainer::UpdateBiases(StepMeasurements* m) {
+  // The step's counts are global (summed over ranks in each forward) and summed over the
+  // micro-steps here, so every rank makes the same update.
+  std::vector<float> biases = model_->RouterBiases();
+  if (biases.size() != static_cast<size_t>(cfg_.layers) * cfg_.experts) return;  // the backend keeps none
+  UpdateRouterBiases(&biases, m->layers, cfg_.bias_update_rate, cfg_.experts);
+  model_->SetRouterBiases(biases);
+  m->router_bias_spread.clear();
+  for (int l = 0; l < cfg_.layers; ++l) {
+    m->router_bias_spread.push_back(RouterBiasSpread(biases.data() + static_cast<size_t>(l) * cfg_.experts, cfg_.experts));
+  }
 }
 
 double Trainer::Evaluate() {
@@ -228,6 +243,16 @@ void Trainer::Emit(const moe::v1::MetricPoint& point) {
       drop += l.drop_rate() / point.layers_size();
     }
     absl::StrAppendFormat(&line, ", \"max_load_imbalance\": %.3f, \"drop_rate\": %.4f", imb, drop);
+    if (cfg_.expert_dropout > 0) {
+      double off = 0;
+      for (const auto& l : point.layers()) off += l.expert_dropout_rate() / point.layers_size();
+      absl::StrAppendFormat(&line, ", \"expert_dropout_rate\": %.4f", off);
+    }
+    if (cfg_.balances_by_bias()) {
+      double spread = 0;
+      for (const auto& l : point.layers()) spread = std::max(spread, l.router_bias_spread());
+      absl::StrAppendFormat(&line, ", \"max_router_bias_spread\": %.4g", spread);
+    }
   }
   line += "}";
   Log(line);

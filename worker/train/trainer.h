@@ -17,6 +17,7 @@
 #include "worker/parallel/comm.h"
 #include "worker/data/dataset.h"
 #include "worker/model/train_model.h"
+#include "worker/train/step_metrics.h"
 
 namespace moe {
 
@@ -80,6 +81,9 @@ class Trainer {
   // Fills x, y (micro_batch_, T) with this rank's slice of micro-step a of the step, and says
   // where it sits in the step.
   BatchContext SampleMicroBatch(int64_t step, int a, int32_t* x, int32_t* y) const;
+  // Loss-free balancing after the optimizer step: the router biases move by the step's
+  // counts (MODEL.md "Options: Experts"), and each layer's spread goes into the metrics.
+  void UpdateBiases(StepMeasurements* m);
   void Log(const std::string& line);
   void Emit(const moe::v1::MetricPoint& point);
 

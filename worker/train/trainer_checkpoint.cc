@@ -14,6 +14,8 @@
 #include "common/files.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/interchange/hf_import.h"
+#include "worker/model/moe_bookkeeping.h"
+#include "worker/train/checkpoint_recipe.h"
 
 namespace moe {
 
@@ -47,6 +49,19 @@ absl::Status Trainer::SaveCheckpoint(int64_t steps_done) {
       }
       if (root) ckpt.tensors.push_back(std::move(nt));
     }
+    // Loss-free balancing's biases are weights of the model's function (they pick the experts):
+    // with the weights, one (E) tensor per layer, the same on every rank.
+    if (set == ParamSet::kParams && root) {
+      const std::vector<float> biases = model_->RouterBiases();
+      const int E = cfg_.experts;
+      for (size_t l = 0; !biases.empty() && l < static_cast<size_t>(cfg_.layers); ++l) {
+        NamedTensor nt;
+        nt.name = RouterBiasName(static_cast<int>(l));
+        nt.shape = {E};
+        nt.data.assign(biases.begin() + l * E, biases.begin() + (l + 1) * E);
+        ckpt.tensors.push_back(std::move(nt));
+      }
+    }
   }
   absl::Status st = absl::OkStatus();
   if (root) st = WriteCheckpoint(opts_.checkpoint_dir, ckpt, std::max(1, spec_.checkpoint().keep()));
@@ -61,7 +76,23 @@ absl::Status Trainer::SaveCheckpoint(int64_t steps_done) {
 absl::Status Trainer::LoadCheckpoint(const std::string& path, int64_t* steps_done) {
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(path);
   if (!ckpt.ok()) return ckpt.status();
+  // The recipe first: options that leave the tensors' shapes alone would pass the check below.
+  moe::v1::JobSpec saved;
+  if (!google::protobuf::util::JsonStringToMessage(ckpt->spec_json, &saved).ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", path, " holds no readable job spec (spec.json)"));
+  }
+  if (const std::string diff = RecipeDifference(saved, spec_); !diff.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint ", path, " was made with another recipe than this job's:\n", diff,
+        "\na checkpoint resumes only under the options that made it: set them back as the checkpoint has "
+        "them, or give this job its own checkpoint.dir (model.init_from: ", path,
+        " starts from its weights when the tensors fit)"));
+  }
+  const bool biased = !model_->RouterBiases().empty();
   std::vector<std::pair<std::string, std::vector<int64_t>>> expected;
+  if (biased) {
+    for (int l = 0; l < cfg_.layers; ++l) expected.emplace_back(RouterBiasName(l), std::vector<int64_t>{cfg_.experts});
+  }
   // Host copies of the three buffers: the checkpoint fills them, then they go back.
   std::vector<float> params, adam_m, adam_v;
   model_->CopyToHost(ParamSet::kParams, &params);
@@ -91,6 +122,15 @@ absl::Status Trainer::LoadCheckpoint(const std::string& path, int64_t* steps_don
   model_->CopyFromHost(ParamSet::kParams, params);
   model_->CopyFromHost(ParamSet::kAdamM, adam_m);
   model_->CopyFromHost(ParamSet::kAdamV, adam_v);
+  if (biased) {
+    std::vector<float> biases(static_cast<size_t>(cfg_.layers) * cfg_.experts, 0.f);
+    for (const NamedTensor& nt : ckpt->tensors) {
+      for (int l = 0; l < cfg_.layers; ++l) {
+        if (nt.name == RouterBiasName(l)) std::copy(nt.data.begin(), nt.data.end(), biases.begin() + l * cfg_.experts);
+      }
+    }
+    model_->SetRouterBiases(biases);
+  }
   *steps_done = ckpt->step;
   return absl::OkStatus();
 }
