@@ -1,5 +1,7 @@
 // Whole-model gradient checks (finite differences against Backward) for dense and MoE models,
-// with and without capacity drops, GQA on and off, tied and untied heads.
+// with and without capacity drops, GQA on and off, tied and untied heads, and the expert options
+// (relu2 / gelu experts, shared experts, sigmoid router, temperature, balancing bias, expert
+// dropout).
 #include <algorithm>
 #include <cmath>
 #include <random>
@@ -15,14 +17,22 @@ namespace {
 
 using Case = testing::ModelCase;
 
-class ModelGradTest : public ::testing::TestWithParam<Case> {};
-
-TEST_P(ModelGradTest, MatchesFiniteDifferences) {
-  const Case& c = GetParam();
-  ModelConfig cfg = testing::CaseConfig(c, /*vocab=*/11, /*d=*/16, /*seq_len=*/7, /*ffn=*/12);
+// The worst relative error of the directional derivatives of every tensor (see below), and
+// which; expert_dropped: assignments expert dropout removed in the checked forward.
+double WorstGradError(const ModelConfig& cfg, std::string* worst_name, int64_t* expert_dropped) {
   auto comm = CreateSingleProcessCommunicator();
   Model model(cfg, comm.get());
   model.InitParams(42);
+  if (cfg.balances_by_bias()) {
+    // Biases that decide some choices outright (expert 0 always in, the last expert never)
+    // without making near-ties a finite-difference step could flip.
+    std::vector<float> bias(static_cast<size_t>(cfg.layers) * cfg.experts, 0.f);
+    for (int l = 0; l < cfg.layers; ++l) {
+      bias[static_cast<size_t>(l) * cfg.experts] = 2.f;
+      bias[static_cast<size_t>(l + 1) * cfg.experts - 1] = -2.f;
+    }
+    model.SetRouterBiases(bias);
+  }
   // Larger weights than the 0.02 init, so the gradients are well above fp32 noise.
   std::mt19937 rng(7);
   std::normal_distribution<float> noise(0.f, 0.3f);
@@ -40,11 +50,21 @@ TEST_P(ModelGradTest, MatchesFiniteDifferences) {
   ctx.dropout_seed = 99;
   ctx.global_tokens = n;
   ctx.loss_scale = 1.0f / n;
+  // The expert counts of the unperturbed forward: a step that changes them changed a top-k
+  // choice, and the difference quotient is then no derivative.
+  std::vector<std::vector<int64_t>> routed;
   auto loss = [&]() {
     ForwardResult r = model.Forward(idx.data(), tgt.data(), b, ctx);
+    for (size_t l = 0; l < r.layers.size() && l < routed.size(); ++l) {
+      EXPECT_EQ(r.layers[l].routed, routed[l]) << "a finite-difference step changed a top-k choice in layer " << l;
+    }
     return r.ce_sum * ctx.loss_scale + r.aux_loss + r.z_loss;
   };
-  loss();
+  *expert_dropped = 0;
+  for (const MoeLayerForwardStats& l : model.Forward(idx.data(), tgt.data(), b, ctx).layers) {
+    *expert_dropped += l.expert_dropped;
+    routed.push_back(l.routed);
+  }
   model.ZeroGrads();
   model.Backward();
 
@@ -54,7 +74,6 @@ TEST_P(ModelGradTest, MatchesFiniteDifferences) {
   const std::vector<float> grads = model.grads();
   const double eps = 1e-2;
   double worst = 0;
-  std::string worst_name;
   for (const ParamInfo& p : model.layout().params()) {
     std::vector<float> dir(p.size);
     double norm = 0;
@@ -78,9 +97,20 @@ TEST_P(ModelGradTest, MatchesFiniteDifferences) {
     const double err = std::abs(analytic - numeric) / std::max({std::abs(analytic), std::abs(numeric), 1e-3});
     if (err > worst) {
       worst = err;
-      worst_name = p.name + ": analytic " + std::to_string(analytic) + " numeric " + std::to_string(numeric);
+      *worst_name = p.name + ": analytic " + std::to_string(analytic) + " numeric " + std::to_string(numeric);
     }
   }
+  return worst;
+}
+
+class ModelGradTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ModelGradTest, MatchesFiniteDifferences) {
+  const Case& c = GetParam();
+  ModelConfig cfg = testing::CaseConfig(c, /*vocab=*/11, /*d=*/16, /*seq_len=*/7, /*ffn=*/12);
+  std::string worst_name;
+  int64_t expert_dropped = 0;
+  const double worst = WorstGradError(cfg, &worst_name, &expert_dropped);
   // fp32 forward, central differences along unit directions: 1e-2 relative (floor 1e-3). A
   // missing or mis-scaled gradient term shows up as an error of order 1.
   EXPECT_LT(worst, 1e-2) << c.name << " worst " << worst_name;
@@ -95,6 +125,73 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"moe_top3_capacity", 5, 3, 2, 2, 1.0, false, 0.f},
                       Case{"moe_top2_capacity_dropout", 4, 2, 4, 2, 0.5, true, 0.3f}),
     [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
+
+// The expert options on a model shape.
+struct RecipeCase {
+  const char* name;
+  Case shape;
+  void (*options)(ModelConfig*);
+};
+
+class RecipeGradTest : public ::testing::TestWithParam<RecipeCase> {};
+
+TEST_P(RecipeGradTest, MatchesFiniteDifferences) {
+  const RecipeCase& c = GetParam();
+  ModelConfig cfg = testing::CaseConfig(c.shape, /*vocab=*/11, /*d=*/16, /*seq_len=*/7, /*ffn=*/12);
+  c.options(&cfg);
+  std::string worst_name;
+  int64_t expert_dropped = 0;
+  const double worst = WorstGradError(cfg, &worst_name, &expert_dropped);
+  EXPECT_LT(worst, 1e-2) << c.name << " worst " << worst_name;
+  if (cfg.expert_dropout > 0) {
+    EXPECT_GT(expert_dropped, 0) << "expert dropout switched nothing off";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Recipes, RecipeGradTest,
+    ::testing::Values(
+        RecipeCase{"relu2_shared", {"moe", 4, 2, 4, 2, 0, true, 0.f},
+                   [](ModelConfig* c) {
+                     c->activation = ModelConfig::Activation::kRelu2;
+                     c->shared_experts = 2;
+                     c->shared_ffn = 10;
+                   }},
+        RecipeCase{"gelu_dense_shared", {"dense", 1, 1, 4, 4, 0, false, 0.f},
+                   [](ModelConfig* c) {
+                     c->activation = ModelConfig::Activation::kGelu;
+                     c->shared_experts = 1;
+                     c->shared_ffn = 8;
+                   }},
+        RecipeCase{"swiglu_shared_capacity", {"moe", 5, 3, 2, 2, 1.0, false, 0.f},
+                   [](ModelConfig* c) {
+                     c->shared_experts = 1;
+                     c->shared_ffn = 12;
+                   }},
+        RecipeCase{"sigmoid_tau05_bias", {"moe", 4, 2, 4, 4, 0, true, 0.f},
+                   [](ModelConfig* c) {
+                     c->router_sigmoid = true;
+                     c->router_temperature = 0.5f;
+                     c->bias_update_rate = 0.001f;
+                   }},
+        RecipeCase{"softmax_tau2_top1", {"moe", 3, 1, 4, 1, 0, true, 0.f},
+                   [](ModelConfig* c) { c->router_temperature = 2.0f; }},
+        RecipeCase{"expert_dropout_capacity_bias", {"moe", 4, 2, 4, 2, 0.5, true, 0.3f},
+                   [](ModelConfig* c) {
+                     c->expert_dropout = 0.5f;
+                     c->bias_update_rate = 0.01f;
+                   }},
+        RecipeCase{"all_expert_options", {"moe", 4, 2, 4, 2, 0, false, 0.f},
+                   [](ModelConfig* c) {
+                     c->activation = ModelConfig::Activation::kGelu;
+                     c->shared_experts = 1;
+                     c->shared_ffn = 6;
+                     c->router_sigmoid = true;
+                     c->router_temperature = 1.5f;
+                     c->bias_update_rate = 0.001f;
+                     c->expert_dropout = 0.4f;
+                   }}),
+    [](const ::testing::TestParamInfo<RecipeCase>& info) { return std::string(info.param.name); });
 
 }  // namespace
 }  // namespace moe

@@ -29,6 +29,24 @@ struct DecoderCase {
 };
 
 void NoOptions(ModelConfig*) {}
+// Expert options (MODEL.md "Options: Experts"); expert dropout is training-only, so not here.
+void RelU2Shared(ModelConfig* c) {
+  c->activation = ModelConfig::Activation::kRelu2;
+  c->shared_experts = 2;
+  c->shared_ffn = 16;
+}
+void GeluSigmoidBias(ModelConfig* c) {
+  c->activation = ModelConfig::Activation::kGelu;
+  c->router_sigmoid = true;
+  c->router_temperature = 0.7f;
+  c->bias_update_rate = 0.001f;
+  c->expert_dropout = 0.5f;  // must not act outside training
+}
+void GeluShared(ModelConfig* c) {
+  c->activation = ModelConfig::Activation::kGelu;
+  c->shared_experts = 1;
+  c->shared_ffn = 20;
+}
 
 class DecoderMatchesForward : public ::testing::TestWithParam<DecoderCase> {};
 
@@ -42,6 +60,11 @@ TEST_P(DecoderMatchesForward, AtEveryPosition) {
   auto comm = CreateSingleProcessCommunicator();
   Model model(cfg, comm.get());
   model.InitParams(7);
+  if (cfg.balances_by_bias()) {  // biases that change choices: the decoder must route with them
+    std::vector<float> bias(static_cast<size_t>(cfg.layers) * cfg.experts);
+    for (size_t i = 0; i < bias.size(); ++i) bias[i] = 0.02f * static_cast<float>(i % 5);
+    model.SetRouterBiases(bias);
+  }
   std::vector<int32_t> x(T), y(T, 0);
   for (int t = 0; t < T; ++t) x[t] = (t * 11 + 3) % V;
   BatchContext bc;
@@ -70,7 +93,10 @@ INSTANTIATE_TEST_SUITE_P(
     Shapes, DecoderMatchesForward,
     ::testing::Values(DecoderCase{"moe_gqa", {"moe_gqa", 4, 2, 4, 2, 0, true, 0}, NoOptions},
                       DecoderCase{"moe_mqa_untied", {"moe_mqa", 4, 1, 4, 1, 0, false, 0}, NoOptions},
-                      DecoderCase{"dense", {"dense", 1, 1, 2, 2, 0, true, 0}, NoOptions}),
+                      DecoderCase{"dense", {"dense", 1, 1, 2, 2, 0, true, 0}, NoOptions},
+                      DecoderCase{"moe_relu2_shared", {"moe", 4, 2, 4, 2, 0, true, 0}, RelU2Shared},
+                      DecoderCase{"moe_gelu_sigmoid_bias", {"moe", 4, 2, 4, 4, 0, false, 0}, GeluSigmoidBias},
+                      DecoderCase{"dense_gelu_shared", {"dense", 1, 1, 2, 2, 0, true, 0}, GeluShared}),
     [](const ::testing::TestParamInfo<DecoderCase>& info) { return std::string(info.param.name); });
 
 TEST(ContextStart, RestartsFromTheLastHalfWindowOnlyWhenFull) {
