@@ -48,12 +48,12 @@ inline bool BackendRuns(bool cuda, RecipeOption option) {
     case RecipeOption::kQkNorm: return false;
     case RecipeOption::kAttentionGate: return false;
     case RecipeOption::kAttentionDropout: return false;
-    case RecipeOption::kActivation: return false;
-    case RecipeOption::kSharedExperts: return false;
-    case RecipeOption::kSigmoidRouter: return false;
-    case RecipeOption::kRouterTemperature: return false;
-    case RecipeOption::kBiasBalancing: return false;
-    case RecipeOption::kExpertDropout: return false;
+    case RecipeOption::kActivation: return !cuda;
+    case RecipeOption::kSharedExperts: return !cuda;
+    case RecipeOption::kSigmoidRouter: return !cuda;
+    case RecipeOption::kRouterTemperature: return !cuda;
+    case RecipeOption::kBiasBalancing: return !cuda;
+    case RecipeOption::kExpertDropout: return !cuda;
     case RecipeOption::kMuon: return false;
     case RecipeOption::kRecompute: return false;
     case RecipeOption::kCompactState: return !cuda;

@@ -1,7 +1,10 @@
 // The invariant of MODEL.md's parallel layout: W ranks on a global batch give the same loss
 // curve and the same weights (to rounding) as one rank, in dropless mode. Runs under mpirun at
 // W = 1, 2 and 4; rank 0 also trains a one-process oracle and compares. Also: a run
-// checkpointed by W ranks resumes on W ranks and on one rank with the same curve.
+// checkpointed by W ranks resumes on W ranks and on one rank with the same curve. And the same
+// with the expert options that talk across ranks: loss-free balancing (biases from global
+// counts, restored from the checkpoint), expert dropout (every rank draws the same experts) and
+// shared experts (replicated like the dense weights).
 #include <cmath>
 #include <filesystem>
 #include <memory>
@@ -104,6 +107,85 @@ TEST(EquivalenceTest, RanksMatchOneRankAndResumeAcrossRankCounts) {
   for (size_t i = 0; i < tail.size(); ++i) {
     EXPECT_LT(RelErr(tail[i], expected[kSteps / 2 + i]), 1e-5) << "resumed on 1 rank, step " << kSteps / 2 + i + 1;
   }
+}
+
+TEST(EquivalenceTest, ExpertOptionsMatchOneRankAndResume) {
+  kernels::SetNumThreads(1);
+  auto comm = CreateMpiCommunicator(testing::TestCommOptions());
+  const int W = comm->world_size();
+  constexpr int kOptionSteps = 12;
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec(W);
+  spec.mutable_train()->set_steps(kOptionSteps);
+  spec.mutable_train()->set_log_every(1);
+  spec.mutable_train()->set_eval_every(0);
+  spec.mutable_train()->set_grad_accum(2);
+  auto* e = spec.mutable_model()->mutable_moe();
+  e->set_shared_experts(1);
+  e->set_shared_expert_hidden(48);
+  e->set_bias_update_rate(0.02);
+  e->set_expert_dropout(0.25);
+  spec.mutable_checkpoint()->set_every(kOptionSteps / 2);
+  spec.mutable_checkpoint()->set_keep(5);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+
+  const std::string dir = testing::SharedTempDir(comm.get(), "moe-equiv-opts-");
+  const std::vector<double> parallel = testing::TrainInTwoHalves(spec, comm.get(), &*data, dir);
+  comm->Barrier();
+  if (comm->rank() != 0) return;
+  ASSERT_EQ(parallel.size(), static_cast<size_t>(kOptionSteps));
+
+  moe::v1::JobSpec one = spec;
+  one.mutable_resources()->set_ranks(1);
+  auto single = CreateSingleProcessCommunicator();
+  std::unique_ptr<Trainer> oracle = testing::NewTrainer(one, single.get(), &*data);
+  ASSERT_NE(oracle, nullptr);
+  TrainOutcome outcome;
+  ASSERT_TRUE(oracle->Run(&outcome).ok());
+  const std::vector<double> expected = testing::Losses(*oracle);
+  ASSERT_EQ(expected.size(), parallel.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_LT(RelErr(parallel[i], expected[i]), 1e-5)
+        << "W=" << W << " step " << i + 1 << ": " << parallel[i] << " vs " << expected[i];
+  }
+  // The options acted: biases moved, experts were switched off.
+  const moe::v1::MetricPoint& last = oracle->history().back();
+  ASSERT_EQ(last.layers_size(), 2);
+  for (const auto& l : last.layers()) EXPECT_GT(l.router_bias_spread(), 0) << "layer " << l.layer();
+  double off = 0;
+  for (const auto& p : oracle->history()) {
+    for (const auto& l : p.layers()) off += l.expert_dropout_rate();
+  }
+  EXPECT_GT(off, 0) << "expert dropout switched no expert off in " << kOptionSteps << " steps";
+
+  // The W-rank checkpoint: weights (shared experts too) and the router biases as the oracle has them.
+  auto latest = LatestCheckpoint(dir);
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  auto ckpt = ReadCheckpoint(*latest);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  const std::vector<float> oracle_bias = oracle->model().RouterBiases();
+  ASSERT_EQ(oracle_bias.size(), 2u * 4u);
+  int weights = 0, biases = 0;
+  for (const NamedTensor& t : ckpt->tensors) {
+    if (t.name.find(".moe.router_bias") != std::string::npos) {
+      const int l = t.name == "blocks.0.moe.router_bias" ? 0 : 1;
+      for (int x = 0; x < 4; ++x) EXPECT_EQ(t.data[x], oracle_bias[l * 4 + x]) << t.name << " expert " << x;
+      ++biases;
+      continue;
+    }
+    const ParamInfo* info = oracle->model().layout().Find(t.name);
+    if (info == nullptr) continue;  // optimizer state
+    const float* w = oracle->model().params().data() + info->offset;
+    double diff = 0, norm = 0;
+    for (int64_t i = 0; i < info->size; ++i) {
+      diff += (t.data[i] - w[i]) * static_cast<double>(t.data[i] - w[i]);
+      norm += static_cast<double>(w[i]) * w[i];
+    }
+    EXPECT_LT(std::sqrt(diff / norm), 1e-5) << "W=" << W << " " << t.name;
+    ++weights;
+  }
+  EXPECT_EQ(weights, static_cast<int>(oracle->model().layout().params().size()));
+  EXPECT_EQ(biases, 2);
 }
 
 }  // namespace
