@@ -1,0 +1,139 @@
+// Checkpoints and the expert options: loss-free balancing's router biases are saved with the
+// weights (blocks.{i}.moe.router_bias) and sampled with; a checkpoint is refused, with the
+// options that differ named, by a job of another recipe, whether or not the tensors would fit.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/threads.h"
+#include "tests/support/paths.h"
+#include "tests/support/test_jobs.h"
+#include "tests/support/training_runs.h"
+#include "worker/checkpoint/checkpoint.h"
+#include "worker/data/dataset.h"
+#include "worker/parallel/comm_single.h"
+#include "worker/sample/generate.h"
+#include "worker/train/checkpoint_recipe.h"
+#include "worker/train/trainer.h"
+
+namespace moe {
+namespace {
+
+TEST(RecipeDifference, NamesEachOptionThatDiffersAndReadsDefaults) {
+  moe::v1::JobSpec a = testing::SmallShakespeareSpec();
+  moe::v1::JobSpec b = a;
+  EXPECT_EQ(RecipeDifference(a, b), "");
+  b.mutable_model()->mutable_moe()->set_router_temperature(1.0);  // the default, spelled out
+  b.mutable_model()->mutable_moe()->set_activation(moe::v1::ACTIVATION_SWIGLU);
+  EXPECT_EQ(RecipeDifference(a, b), "");
+  b.mutable_model()->mutable_moe()->set_activation(moe::v1::ACTIVATION_GELU);
+  b.mutable_model()->mutable_moe()->set_router_score(moe::v1::SCORE_SIGMOID);
+  EXPECT_EQ(RecipeDifference(a, b),
+            "model.moe.activation: swiglu in the checkpoint, gelu in this job\n"
+            "model.moe.router_score: softmax in the checkpoint, sigmoid in this job");
+}
+
+class CheckpointRecipeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    kernels::SetNumThreads(1);
+    spec_ = testing::SmallShakespeareSpec();
+    spec_.mutable_train()->set_steps(3);
+    spec_.mutable_train()->set_eval_every(0);
+    auto* e = spec_.mutable_model()->mutable_moe();
+    e->set_bias_update_rate(0.01);
+    e->set_shared_experts(1);
+    auto data = LoadDataset(spec_.data());
+    ASSERT_TRUE(data.ok()) << data.status();
+    data_ = std::make_unique<Dataset>(std::move(*data));
+    comm_ = CreateSingleProcessCommunicator();
+    dir_ = testing::MakeTempDir("moe-recipe-");
+    TrainerOptions opts;
+    opts.checkpoint_dir = dir_;
+    std::unique_ptr<Trainer> t = testing::NewTrainer(spec_, comm_.get(), data_.get(), opts);
+    ASSERT_NE(t, nullptr);
+    TrainOutcome outcome;
+    ASSERT_TRUE(t->Run(&outcome).ok());
+    biases_ = t->model().RouterBiases();
+  }
+
+  // A resume of dir_ by a job with spec: the status of its run.
+  absl::Status Resume(const moe::v1::JobSpec& spec) {
+    TrainerOptions opts;
+    opts.checkpoint_dir = dir_;
+    opts.resume = true;
+    std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm_.get(), data_.get(), opts);
+    if (t == nullptr) return absl::InternalError("no trainer");
+    TrainOutcome outcome;
+    return t->Run(&outcome);
+  }
+
+  moe::v1::JobSpec spec_;
+  std::unique_ptr<Dataset> data_;
+  std::unique_ptr<Communicator> comm_;
+  std::string dir_;
+  std::vector<float> biases_;
+};
+
+TEST_F(CheckpointRecipeTest, RouterBiasesAreSavedWithTheWeightsAndSampledWith) {
+  ASSERT_EQ(biases_.size(), 2u * 4u);
+  float spread = 0;
+  for (float b : biases_) spread = std::max(spread, std::abs(b));
+  EXPECT_GT(spread, 0.f) << "three steps of balancing moved no bias";
+  auto latest = LatestCheckpoint(dir_);
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  auto ckpt = ReadCheckpoint(*latest);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  int found = 0;
+  for (const NamedTensor& t : ckpt->tensors) {
+    for (int l = 0; l < 2; ++l) {
+      if (t.name != "blocks." + std::to_string(l) + ".moe.router_bias") continue;
+      ASSERT_EQ(t.shape, (std::vector<int64_t>{4}));
+      EXPECT_EQ(t.data, std::vector<float>(biases_.begin() + 4 * l, biases_.begin() + 4 * (l + 1)));
+      ++found;
+    }
+  }
+  EXPECT_EQ(found, 2);
+  // The scorer (and sampler) load the biases with the weights.
+  absl::StatusOr<double> ce = ScoreCheckpoint(dir_, testing::MakeTempDir("moe-recipe-score-") + "/batch.bin");
+  ASSERT_TRUE(ce.ok()) << ce.status();
+  EXPECT_GT(*ce, 0.0);
+}
+
+TEST_F(CheckpointRecipeTest, ResumeUnderTheSameRecipeGoesOn) {
+  moe::v1::JobSpec more = spec_;
+  more.mutable_train()->set_steps(4);
+  EXPECT_TRUE(Resume(more).ok());
+}
+
+TEST_F(CheckpointRecipeTest, AnotherRecipeIsRefusedNamingTheOptions) {
+  // Same tensors, other math: only the recipe check can tell.
+  moe::v1::JobSpec sigmoid = spec_;
+  sigmoid.mutable_train()->set_steps(4);
+  sigmoid.mutable_model()->mutable_moe()->set_router_score(moe::v1::SCORE_SIGMOID);
+  absl::Status st = Resume(sigmoid);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  const std::string msg(st.message());
+  EXPECT_NE(msg.find("was made with another recipe"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("model.moe.router_score: softmax in the checkpoint, sigmoid in this job"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("checkpoint.dir"), std::string::npos) << msg;
+
+  // Balancing switched off, and another activation: both named.
+  moe::v1::JobSpec plain = spec_;
+  plain.mutable_train()->set_steps(4);
+  plain.mutable_model()->mutable_moe()->set_bias_update_rate(0);
+  plain.mutable_model()->mutable_moe()->set_activation(moe::v1::ACTIVATION_RELU2);
+  st = Resume(plain);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(std::string(st.message()).find("model.moe.activation: swiglu in the checkpoint, relu2 in this job"),
+            std::string::npos)
+      << st;
+  EXPECT_NE(std::string(st.message()).find("model.moe.bias_update_rate: 0.01 in the checkpoint, 0 in this job"),
+            std::string::npos)
+      << st;
+}
+
+}  // namespace
+}  // namespace moe
