@@ -110,5 +110,36 @@ TEST(StepMetricsTest, LayerStatsOfTwoMicroStepsAddUp) {
   EXPECT_EQ(p.layers(1).load_imbalance(), 6.0 / 4);
 }
 
+TEST(StepMetricsTest, ExpertOptionsMetricsAreApartFromCapacityDrops) {
+  // Two micro-steps: expert dropout removed 3 then 5 of 16 assignments, capacity 1 then 0.
+  MoeLayerForwardStats a, b;
+  a.routed = {6, 4, 4, 2};
+  a.assignments = 16;
+  a.dropped = 1;
+  a.expert_dropped = 3;
+  b.routed = {2, 4, 4, 6};
+  b.assignments = 16;
+  b.expert_dropped = 5;
+  MoeLayerForwardStats step;
+  step.Add(a);
+  step.Add(b);
+  EXPECT_EQ(step.expert_dropped, 8);
+  StepMeasurements m;
+  m.tokens = 16;
+  m.step_seconds = 1;
+  m.top_k = 2;
+  m.layers = {step, step};
+  m.router_bias_spread = {0.03, 0.0};
+  const moe::v1::MetricPoint p = BuildMetricPoint(m);
+  ASSERT_EQ(p.layers_size(), 2);
+  EXPECT_EQ(p.layers(0).drop_rate(), 1.0 / 32);
+  EXPECT_EQ(p.layers(0).expert_dropout_rate(), 8.0 / 32);
+  EXPECT_EQ(p.layers(0).router_bias_spread(), 0.03);
+  EXPECT_EQ(p.layers(1).router_bias_spread(), 0.0);
+  // Without balancing (no spreads), the field stays 0.
+  m.router_bias_spread.clear();
+  EXPECT_EQ(BuildMetricPoint(m).layers(0).router_bias_spread(), 0.0);
+}
+
 }  // namespace
 }  // namespace moe
