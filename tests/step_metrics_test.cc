@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "client/output.h"
 #include "gtest/gtest.h"
 #include "worker/model/train_model.h"
 #include "worker/train/step_metrics.h"
@@ -139,6 +140,15 @@ TEST(StepMetricsTest, ExpertOptionsMetricsAreApartFromCapacityDrops) {
   // Without balancing (no spreads), the field stays 0.
   m.router_bias_spread.clear();
   EXPECT_EQ(BuildMetricPoint(m).layers(0).router_bias_spread(), 0.0);
+
+  // moectl metrics -o json: the options' values where the job has them, absent otherwise.
+  const auto json = client::PointToJson(p);
+  EXPECT_EQ(json["layers"][0]["router_bias_spread"].get<double>(), 0.03);
+  EXPECT_EQ(json["layers"][0]["expert_dropout_rate"].get<double>(), 8.0 / 32);
+  EXPECT_FALSE(json["layers"][1].contains("router_bias_spread"));
+  moe::v1::MetricPoint plain = p;
+  plain.mutable_layers(0)->set_expert_dropout_rate(0);
+  EXPECT_FALSE(client::PointToJson(plain)["layers"][0].contains("expert_dropout_rate"));
 }
 
 }  // namespace
