@@ -39,6 +39,18 @@ struct DecoderCase {
 };
 
 void NoOptions(ModelConfig*) {}
+// The expert options the decoder runs: activations, shared experts, the router's scoring and bias.
+void Relu2Shared(ModelConfig* c) {
+  c->activation = ModelConfig::Activation::kRelu2;
+  c->shared_experts = 2;
+  c->shared_ffn = 32;
+}
+void GeluSigmoidBias(ModelConfig* c) {
+  c->activation = ModelConfig::Activation::kGelu;
+  c->router_sigmoid = true;
+  c->router_temperature = 0.7f;
+  c->bias_update_rate = 0.001f;
+}
 
 class CudaDecoderMatchesForward : public ::testing::TestWithParam<DecoderCase> {};
 
@@ -52,6 +64,11 @@ TEST_P(CudaDecoderMatchesForward, AtEveryPosition) {
   auto comm = CreateSingleProcessCommunicator();
   Model model(cfg, comm.get());
   model.InitParams(11);
+  if (cfg.balances_by_bias()) {  // biases that change choices: the decoder must route with them
+    std::vector<float> bias(static_cast<size_t>(cfg.layers) * cfg.experts);
+    for (size_t i = 0; i < bias.size(); ++i) bias[i] = 0.02f * static_cast<float>(i % 5);
+    model.SetRouterBiases(bias);
+  }
   std::vector<int32_t> x(T), y(T, 0);
   for (int t = 0; t < T; ++t) x[t] = (t * 7 + 5) % V;
   BatchContext bc;
@@ -79,7 +96,9 @@ INSTANTIATE_TEST_SUITE_P(
     Shapes, CudaDecoderMatchesForward,
     ::testing::Values(DecoderCase{"moe_gqa", {"moe_gqa", 4, 2, 4, 2, 0, true, 0}, NoOptions},
                       DecoderCase{"moe_mqa_untied", {"moe_mqa", 8, 3, 4, 1, 0, false, 0}, NoOptions},
-                      DecoderCase{"dense", {"dense", 1, 1, 2, 2, 0, true, 0}, NoOptions}),
+                      DecoderCase{"dense", {"dense", 1, 1, 2, 2, 0, true, 0}, NoOptions},
+                      DecoderCase{"moe_relu2_shared", {"moe", 4, 2, 4, 2, 0, true, 0}, Relu2Shared},
+                      DecoderCase{"moe_gelu_sigmoid_bias", {"moe", 4, 2, 4, 4, 0, false, 0}, GeluSigmoidBias}),
     [](const ::testing::TestParamInfo<DecoderCase>& info) { return std::string(info.param.name); });
 
 TEST(CudaSampling, GreedyTokensMatchTheCpuWithoutTheCache) {

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/rope.h"
 #include "kernels/router.h"
+#include "worker/model/moe_bookkeeping.h"
 
 #ifdef MOE_WITH_CUDA
 #include "kernels/cuda/decode.h"
@@ -144,7 +145,11 @@ class CudaDecoder final : public TokenDecoder {
       float lse = 0;
       MOE_CUDA_CHECK(cudaMemcpyAsync(logits.data(), router_->p, sizeof(float) * E, cudaMemcpyDeviceToHost, stream_));
       MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-      kernels::RouterForward(probs.data(), &lse, picks.data(), weights.data(), logits.data(), 1, E, k);
+      // The CPU router's scoring (sigmoid / temperature, and the balancing bias in the choice).
+      const size_t first = static_cast<size_t>(l) * E;
+      const float* bias = biases_.size() >= first + E ? biases_.data() + first : nullptr;
+      kernels::RouterForward(probs.data(), &lse, picks.data(), weights.data(), logits.data(), 1, E, k,
+                             RouterScoringOf(cfg_, bias));
       for (int j = 0; j < k; ++j) {
         const size_t e = static_cast<size_t>(picks[j]);
         ExpertRow(bw.w1 + e * df, bw.w3 ? bw.w3 + e * df : nullptr, bw.w2 + e * df, F, weights[j]);
@@ -155,7 +160,6 @@ class CudaDecoder final : public TokenDecoder {
       ExpertRow(bw.shared_w1 + s * dfs, bw.shared_w3 ? bw.shared_w3 + s * dfs : nullptr, bw.shared_w2 + s * dfs,
                 cfg_.shared_ffn, 1.f);
     }
-    (void)l;
   }
 
   // x += weight * Expert(m_) for the expert whose matrices start at w1 (D, f), w3 (null without
