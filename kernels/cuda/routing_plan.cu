@@ -17,9 +17,10 @@ using internal::kThreads;
 // assignments to it, in assignment order (t, then j), by a block-wide prefix sum per chunk.
 __global__ void __launch_bounds__(1024) PlanRankKernel(int32_t* assignment_to_slot, int32_t* counts,
                                                        int32_t* routed, const int32_t* expert_idx,
-                                                       int nk, int64_t capacity) {
+                                                       int nk, int64_t capacity, uint64_t expert_off) {
   __shared__ int warp_total[32];
   const int x = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const bool off = (expert_off >> x) & 1ull;
   int base = 0;
   for (int a0 = 0; a0 < nk; a0 += 1024) {
     const int a = a0 + threadIdx.x;
@@ -42,14 +43,14 @@ __global__ void __launch_bounds__(1024) PlanRankKernel(int32_t* assignment_to_sl
     __syncthreads();
     if (flag) {
       const int rank = base + v - 1 + (warp > 0 ? warp_total[warp - 1] : 0);
-      assignment_to_slot[a] = (capacity > 0 && rank >= capacity) ? -1 : rank;
+      assignment_to_slot[a] = (off || (capacity > 0 && rank >= capacity)) ? -1 : rank;
     }
     base += warp_total[31];
     __syncthreads();
   }
   if (threadIdx.x == 0) {
     routed[x] = base;
-    counts[x] = capacity > 0 ? static_cast<int>(min(static_cast<int64_t>(base), capacity)) : base;
+    counts[x] = off ? 0 : capacity > 0 ? static_cast<int>(min(static_cast<int64_t>(base), capacity)) : base;
   }
 }
 
@@ -79,9 +80,16 @@ __global__ void PlanSlotKernel(int32_t* assignment_to_slot, int32_t* slot_to_ass
 void BuildRoutingPlan(int32_t* counts, int32_t* routed, int32_t* offsets, int32_t* assignment_to_slot,
                       int32_t* slot_to_assignment, const int32_t* expert_idx, int n, int k, int e,
                       int64_t capacity, cudaStream_t stream) {
+  BuildRoutingPlan(counts, routed, offsets, assignment_to_slot, slot_to_assignment, expert_idx, n, k, e, capacity,
+                   /*expert_off=*/0, stream);
+}
+
+void BuildRoutingPlan(int32_t* counts, int32_t* routed, int32_t* offsets, int32_t* assignment_to_slot,
+                      int32_t* slot_to_assignment, const int32_t* expert_idx, int n, int k, int e,
+                      int64_t capacity, uint64_t expert_off, cudaStream_t stream) {
   CheckExperts(e);
   const int nk = n * k;
-  PlanRankKernel<<<e, 1024, 0, stream>>>(assignment_to_slot, counts, routed, expert_idx, nk, capacity);
+  PlanRankKernel<<<e, 1024, 0, stream>>>(assignment_to_slot, counts, routed, expert_idx, nk, capacity, expert_off);
   MOE_CUDA_LAUNCH_CHECK();
   PlanSlotKernel<<<std::max(1u, BlocksFor(nk, kThreads)), kThreads, 0, stream>>>(
       assignment_to_slot, slot_to_assignment, offsets, counts, expert_idx, nk, e);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <stdexcept>
 #include <utility>
 #include <vector>
 
@@ -60,6 +61,8 @@ class CudaModel final : public TrainModel {
   void CopyToHost(ParamSet set, std::vector<float>* out) override;
   void CopyFromHost(ParamSet set, const std::vector<float>& in) override;
   const std::vector<float>& params() override;
+  std::vector<float> RouterBiases() override;
+  void SetRouterBiases(const std::vector<float>& biases) override;
   double PeakFlopsPerSecond() const override { return peak_flops_; }
   int64_t PeakMemoryBytes() const override { return memory_.peak; }
 
@@ -172,7 +175,8 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr
   moe_scratch_ = std::make_unique<MoeScratch>(shape_, bf16_, &memory_);
   for (int l = 0; l < cfg.layers; ++l) {
     moe_.push_back(
-        std::make_unique<CudaMoeLayer>(cfg, shape_, &ctx_, moe_scratch_.get(), exchange_.get(), &memory_));
+        std::make_unique<CudaMoeLayer>(cfg, shape_, &ctx_, moe_scratch_.get(), exchange_.get(), &memory_,
+                                       static_cast<int>(moe_.size())));
   }
   ZeroGrads();
 }
@@ -434,6 +438,23 @@ void CudaModel::AdamWStep(int64_t step, double lr, double weight_decay, float cl
                       c.beta2, c.eps, wd, bc1, bc2, clip_scale, stream_);
   }
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+std::vector<float> CudaModel::RouterBiases() {
+  if (!cfg_.balances_by_bias()) return {};
+  std::vector<float> out;
+  for (const auto& layer : moe_) out.insert(out.end(), layer->router_bias().begin(), layer->router_bias().end());
+  return out;
+}
+
+void CudaModel::SetRouterBiases(const std::vector<float>& biases) {
+  if (!cfg_.balances_by_bias()) return;
+  const size_t E = static_cast<size_t>(cfg_.experts);
+  if (biases.size() != E * moe_.size()) {
+    throw std::invalid_argument(absl::StrCat("SetRouterBiases: ", biases.size(), " values for ", moe_.size(),
+                                             " layers of ", E, " experts"));
+  }
+  for (size_t l = 0; l < moe_.size(); ++l) moe_[l]->SetRouterBias(biases.data() + l * E);
 }
 
 void CudaModel::CopyToHost(ParamSet set, std::vector<float>* out) {

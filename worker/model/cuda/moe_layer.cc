@@ -50,9 +50,10 @@ void MoeScratch::ReserveExpertRows(int64_t rows, cudaStream_t stream) {
 }
 
 CudaMoeLayer::CudaMoeLayer(const ModelConfig& cfg, const MoeShape& shape, const CudaContext* ctx,
-                           MoeScratch* scratch, ExpertExchange* exchange, DeviceMemory* memory)
+                           MoeScratch* scratch, ExpertExchange* exchange, DeviceMemory* memory, int layer)
     : cfg_(cfg),
       shape_(shape),
+      layer_(layer),
       ctx_(ctx),
       scratch_(scratch),
       exchange_(shape.dense ? nullptr : exchange),
@@ -61,10 +62,25 @@ CudaMoeLayer::CudaMoeLayer(const ModelConfig& cfg, const MoeShape& shape, const 
   if (ctx_->bf16 && !shape_.dense) {
     MOE_CUDA_CHECK(cudaMallocHost(&counts_host_, sizeof(int32_t) * shape_.experts));
   }
+  if (cfg_.balances_by_bias()) {
+    bias_host_.assign(shape_.experts, 0.f);
+    MOE_CUDA_CHECK(cudaMalloc(&bias_, sizeof(float) * shape_.experts));
+    MOE_CUDA_CHECK(cudaMemset(bias_, 0, sizeof(float) * shape_.experts));
+  }
 }
 
 CudaMoeLayer::~CudaMoeLayer() {
   if (counts_host_ != nullptr) cudaFreeHost(counts_host_);
+  if (bias_ != nullptr) cudaFree(bias_);
+}
+
+void CudaMoeLayer::SetRouterBias(const float* bias) {
+  if (bias_ == nullptr) return;
+  std::copy(bias, bias + shape_.experts, bias_host_.begin());
+  // Between steps: the stream's earlier work may still read the old bias.
+  MOE_CUDA_CHECK(cudaMemcpyAsync(bias_, bias_host_.data(), sizeof(float) * shape_.experts, cudaMemcpyHostToDevice,
+                                 ctx_->stream));
+  MOE_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
 }
 
 void CudaMoeLayer::AddTo(BufferTable* table, int64_t n) {
@@ -111,9 +127,17 @@ void CudaMoeLayer::Route(const float* m, const BlockTensors& w, int n, const Bat
   cudaStream_t stream = ctx_->stream;
   // fp32 router product, softmax, top-k, renormalised weights; the plan (capacity).
   ctx_->Linear(router_logits_, m, w.router, n, D, E, /*fp32=*/true);
-  cuda::RouterForward(probs_, router_lse_, expert_idx_, weights_, router_logits_, n, E, k, stream);
+  cuda::RouterForward(probs_, router_lse_, expert_idx_, weights_, router_logits_, n, E, k,
+                      RouterScoringOf(cfg_, bias_), stream);
+  // Expert dropout: the same draws as the CPU's (moe_bookkeeping.h), as a bit mask (E <= 64).
+  uint64_t off_mask = 0;
+  if (ctx.train) {
+    const std::vector<uint8_t> off =
+        ExpertsSwitchedOff(ExpertDropoutSeed(ctx.dropout_seed, layer_), cfg_.expert_dropout, E);
+    for (size_t x = 0; x < off.size(); ++x) off_mask |= static_cast<uint64_t>(off[x] != 0) << x;
+  }
   cuda::BuildRoutingPlan(counts_, routed_, offsets_, a2s_, s2a_, expert_idx_, n, k, E,
-                         ExpertCapacity(cfg_.capacity_factor, n, k, E), stream);
+                         ExpertCapacity(cfg_.capacity_factor, n, k, E), off_mask, stream);
   if (ctx_->bf16) {
     // The counts' copy to the host: the experts' products (and the route between GPUs) need
     // each expert's rows there. Waited on only once the statistics and the permute are queued.
@@ -124,8 +148,8 @@ void CudaMoeLayer::Route(const float* m, const BlockTensors& w, int n, const Bat
   const RouterStatsSlots slot{E};
   MOE_CUDA_CHECK(cudaMemsetAsync(stats_, 0, sizeof(double) * slot.size(), stream));
   cuda::RouterStats(stats_ + slot.prob_sum(), stats_ + slot.z_sum(), stats_ + slot.entropy_sum(), probs_,
-                    router_lse_, n, E, stream);
-  cuda::RouterCountStats(stats_, routed_, counts_, E, stream);
+                    router_lse_, n, E, /*normalize=*/cfg_.router_sigmoid, stream);
+  cuda::RouterCountStats(stats_, routed_, counts_, E, off_mask, stream);
   if (exchange_ != nullptr) exchange_->SumStats(stats_, slot.size(), stream);
   cuda::RouterAuxGrad(aux_grad_, stats_ + slot.routed(), E, static_cast<double>(ctx.global_tokens), k,
                       cfg_.aux_coef * E, ctx.loss_scale, stream);
@@ -208,7 +232,8 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
   cuda::PermuteBackward(dm, s.d_expert_in, a2s_, n, k, D, stream);
   MOE_CUDA_CHECK(cudaMemsetAsync(s.drouter, 0, sizeof(float) * n * E, stream));
   cuda::RouterBackward(s.drouter, s.dweights, probs_, router_lse_, expert_idx_, aux_grad_,
-                       static_cast<float>(cfg_.z_coef * loss_scale), n, E, k, stream);
+                       static_cast<float>(cfg_.z_coef * loss_scale), n, E, k, RouterScoringOf(cfg_, bias_),
+                       router_logits_, stream);
   ctx_->LinearBackward(dm, g.router, s.drouter, nullptr, m, w.router, n, D, E, /*fp32=*/true, /*add_to_dinp=*/true);
 }
 

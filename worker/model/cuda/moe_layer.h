@@ -1,5 +1,6 @@
 // One MoE feed-forward layer on a GPU, the twin of model/cpu/moe_layer.h, in the same pieces:
-// router (fp32 product, softmax, top-k, the routing plan with its capacity) -> statistics (the
+// router (fp32 product, softmax or sigmoid, top-k with the balancing bias, the routing plan with
+// its capacity and expert dropout) -> statistics (the
 // RouterStatsSlots of model/moe_bookkeeping.h, summed over GPUs) -> permute -> token
 // dispatcher (to the experts' GPUs, token_dispatcher.h) -> experts -> dispatcher back ->
 // unpermute and weight. Backward mirrors it. In bf16 the experts run on the fast path of
@@ -11,6 +12,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "kernels/cuda/moe.h"
 #include "worker/model/cuda/cuda_context.h"
@@ -58,9 +60,9 @@ class MoeScratch {
 
 class CudaMoeLayer {
  public:
-  // exchange: null on one GPU.
+  // exchange: null on one GPU. layer: the block's index (expert dropout's draws).
   CudaMoeLayer(const ModelConfig& cfg, const MoeShape& shape, const CudaContext* ctx, MoeScratch* scratch,
-               ExpertExchange* exchange, DeviceMemory* memory);
+               ExpertExchange* exchange, DeviceMemory* memory, int layer = 0);
   ~CudaMoeLayer();
 
   // This layer's per-batch buffers for n tokens, into the model's activation table.
@@ -74,6 +76,11 @@ class CudaMoeLayer {
 
   const double* stats() const { return stats_; }  // device, RouterStatsSlots{E}.size()
 
+  // Loss-free balancing's bias (E), 0 at the start: the host copy, and its upload to the device
+  // (between steps; only when the job balances by bias).
+  const std::vector<float>& router_bias() const { return bias_host_; }
+  void SetRouterBias(const float* bias);
+
  private:
   // The router: logits, probabilities, top-k, the plan, the statistics and the aux gradient.
   void Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx);
@@ -85,6 +92,9 @@ class CudaMoeLayer {
 
   ModelConfig cfg_;
   MoeShape shape_;
+  int layer_ = 0;
+  std::vector<float> bias_host_;  // (E) when balancing by bias
+  float* bias_ = nullptr;         // (E) device copy
   const CudaContext* ctx_;
   MoeScratch* scratch_;
   ExpertExchange* exchange_;  // null on one GPU and when dense

@@ -1,0 +1,133 @@
+// The router's expert options on the GPU against the CPU (kernels/router.h, routing_plan.h):
+// sigmoid scores, temperature and the balancing bias in the choice (forward, statistics,
+// backward with the aux and z terms), and expert dropout in the routing plan and the count
+// statistics. Skips without a GPU (the device script runs it).
+#include <cstdint>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "worker/model/moe_bookkeeping.h"
+
+#ifdef MOE_WITH_CUDA
+#include "kernels/cuda/moe.h"
+#include "kernels/cuda/router.h"
+#include "kernels/cuda/routing_plan.h"
+#include "kernels/router.h"
+#include "kernels/routing_plan.h"
+#include "tests/support/cuda_ops.h"
+#endif
+
+namespace moe {
+namespace {
+
+#ifndef MOE_WITH_CUDA
+
+TEST(CudaRouterRecipesTest, NeedsCuda) { GTEST_SKIP() << "built without CUDA"; }
+
+#else
+
+using testing::Dev;
+using testing::kFp32Tol;
+using testing::Randn;
+using testing::RelErr;
+
+struct ScoringCase {
+  const char* name;
+  bool sigmoid;
+  float tau;
+  bool bias;
+  int e, k;
+};
+
+class CudaRouterScoringTest : public ::testing::TestWithParam<ScoringCase> {};
+
+TEST_P(CudaRouterScoringTest, ForwardStatsAndBackwardMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const ScoringCase& c = GetParam();
+  const int n = 77, E = c.e, k = c.k;
+  const std::vector<float> logits = Randn(static_cast<size_t>(n) * E, 40, 2.0f);
+  const std::vector<float> bias = Randn(E, 41, 0.2f);
+  Dev<float> bias_d(bias);
+  kernels::RouterScoring cpu, gpu;
+  cpu.sigmoid = gpu.sigmoid = c.sigmoid;
+  cpu.temperature = gpu.temperature = c.tau;
+  cpu.bias = c.bias ? bias.data() : nullptr;
+  gpu.bias = c.bias ? bias_d.get() : nullptr;
+
+  std::vector<float> probs(n * E), lse(n), w(n * k);
+  std::vector<int32_t> idx(n * k);
+  kernels::RouterForward(probs.data(), lse.data(), idx.data(), w.data(), logits.data(), n, E, k, cpu);
+  Dev<float> logits_d(logits), probs_d(n * E), lse_d(n), w_d(n * k);
+  Dev<int32_t> idx_d(n * k);
+  cuda::RouterForward(probs_d.get(), lse_d.get(), idx_d.get(), w_d.get(), logits_d.get(), n, E, k, gpu, nullptr);
+  EXPECT_LT(RelErr(probs_d.Host(), probs), kFp32Tol);
+  EXPECT_LT(RelErr(lse_d.Host(), lse), kFp32Tol);
+  EXPECT_EQ(idx_d.Host(), idx);
+  EXPECT_LT(RelErr(w_d.Host(), w), kFp32Tol);
+
+  std::vector<double> prob_sum(E, 0.0);
+  double z = 0, ent = 0;
+  kernels::RouterStats(prob_sum.data(), &z, &ent, probs.data(), lse.data(), n, E, c.sigmoid);
+  Dev<double> stats_d(E + 2, 0.0);
+  cuda::RouterStats(stats_d.get(), stats_d.get() + E, stats_d.get() + E + 1, probs_d.get(), lse_d.get(), n, E,
+                    c.sigmoid, nullptr);
+  const std::vector<double> st = stats_d.Host();
+  for (int x = 0; x < E; ++x) EXPECT_NEAR(st[x], prob_sum[x], 1e-5 * n);
+  EXPECT_NEAR(st[E], z, 1e-5 * std::abs(z) + 1e-9);
+  EXPECT_NEAR(st[E + 1], ent, 1e-5 * std::abs(ent) + 1e-9);
+
+  const std::vector<float> dweights = Randn(n * k, 42), aux = Randn(E, 43, 0.3f);
+  std::vector<float> dlogits(n * E, 0.f);
+  kernels::RouterBackward(dlogits.data(), dweights.data(), probs.data(), lse.data(), idx.data(), aux.data(), 0.02f,
+                          n, E, k, cpu, logits.data());
+  Dev<float> dweights_d(dweights), aux_d(aux), dlogits_d(n * E);
+  cuda::RouterBackward(dlogits_d.get(), dweights_d.get(), probs_d.get(), lse_d.get(), idx_d.get(), aux_d.get(),
+                       0.02f, n, E, k, gpu, logits_d.get(), nullptr);
+  EXPECT_LT(RelErr(dlogits_d.Host(), dlogits), kFp32Tol);
+}
+
+INSTANTIATE_TEST_SUITE_P(Scorings, CudaRouterScoringTest,
+                         ::testing::Values(ScoringCase{"softmax_bias", false, 1.0f, true, 8, 2},
+                                           ScoringCase{"softmax_tau05", false, 0.5f, false, 7, 3},
+                                           ScoringCase{"sigmoid", true, 1.0f, false, 16, 4},
+                                           ScoringCase{"sigmoid_tau2_bias_e64", true, 2.0f, true, 64, 6}),
+                         [](const ::testing::TestParamInfo<ScoringCase>& info) { return std::string(info.param.name); });
+
+TEST(CudaExpertDropoutTest, PlanAndCountStatsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const double capacity : {0.0, 1.0}) {
+    const int n = 101, E = 12, k = 2;
+    const std::vector<float> logits = Randn(static_cast<size_t>(n) * E, 44, 1.5f);
+    std::vector<float> probs(n * E), lse(n), w(n * k);
+    std::vector<int32_t> idx(n * k);
+    kernels::RouterForward(probs.data(), lse.data(), idx.data(), w.data(), logits.data(), n, E, k);
+    const std::vector<uint8_t> off = ExpertsSwitchedOff(7, 0.3f, E);
+    uint64_t mask = 0;
+    for (int x = 0; x < E; ++x) mask |= static_cast<uint64_t>(off[x]) << x;
+    ASSERT_NE(mask, 0u) << "no expert off: pick another seed";
+    const int64_t cap = ExpertCapacity(capacity, n, k, E);
+    const kernels::RoutingPlan plan = kernels::BuildRoutingPlan(idx.data(), n, k, E, cap, off.data());
+    Dev<int32_t> idx_d(idx), counts_d(E), routed_d(E), offsets_d(E + 1), a2s_d(n * k), s2a_d(n * k, -7);
+    cuda::BuildRoutingPlan(counts_d.get(), routed_d.get(), offsets_d.get(), a2s_d.get(), s2a_d.get(), idx_d.get(), n,
+                           k, E, cap, mask, nullptr);
+    EXPECT_EQ(counts_d.Host(), plan.counts) << "capacity " << capacity;
+    EXPECT_EQ(offsets_d.Host(), plan.offsets);
+    EXPECT_EQ(a2s_d.Host(), plan.assignment_to_slot);
+    std::vector<int32_t> s2a = s2a_d.Host();
+    s2a.resize(plan.kept());
+    EXPECT_EQ(s2a, plan.slot_to_assignment);
+
+    const RouterStatsSlots slot{E};
+    Dev<double> stats_d(slot.size(), 0.0);
+    cuda::RouterCountStats(stats_d.get(), routed_d.get(), counts_d.get(), E, mask, nullptr);
+    const std::vector<double> st = stats_d.Host();
+    for (int x = 0; x < E; ++x) EXPECT_EQ(st[slot.routed() + x], static_cast<double>(plan.routed[x]));
+    EXPECT_EQ(st[slot.dropped()], static_cast<double>(plan.dropped));
+    EXPECT_EQ(st[slot.expert_dropped()], static_cast<double>(plan.expert_dropped));
+  }
+}
+
+#endif  // MOE_WITH_CUDA
+
+}  // namespace
+}  // namespace moe
