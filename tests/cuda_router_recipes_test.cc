@@ -1,8 +1,11 @@
 // The router's expert options on the GPU against the CPU (kernels/router.h, routing_plan.h):
 // sigmoid scores, temperature and the balancing bias in the choice (forward, statistics,
 // backward with the aux and z terms), and expert dropout in the routing plan and the count
-// statistics. Skips without a GPU (the device script runs it).
+// statistics; and a whole fp32 model with those options on the GPU against the CPU model
+// (loss, counts, gradients, the biases). Skips without a GPU (the device script runs it).
+#include <cmath>
 #include <cstdint>
+#include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -15,6 +18,10 @@
 #include "kernels/router.h"
 #include "kernels/routing_plan.h"
 #include "tests/support/cuda_ops.h"
+#include "tests/support/test_jobs.h"
+#include "worker/model/cpu/model.h"
+#include "worker/model/cuda/cuda_model.h"
+#include "worker/parallel/comm_single.h"
 #endif
 
 namespace moe {
@@ -125,6 +132,79 @@ TEST(CudaExpertDropoutTest, PlanAndCountStatsMatchCpu) {
     EXPECT_EQ(st[slot.dropped()], static_cast<double>(plan.dropped));
     EXPECT_EQ(st[slot.expert_dropped()], static_cast<double>(plan.expert_dropped));
   }
+}
+
+TEST(CudaRouterRecipesModelTest, SigmoidBiasAndExpertDropoutMatchTheCpuModel) {
+  SKIP_WITHOUT_GPU();
+  ModelConfig cfg = testing::CaseConfig({"moe", 8, 2, 4, 2, 0.0, true, 0.0f}, /*vocab=*/37, /*d=*/64,
+                                        /*seq_len=*/33, /*ffn=*/48);
+  cfg.router_sigmoid = true;
+  cfg.router_temperature = 1.5f;
+  cfg.bias_update_rate = 0.01f;
+  cfg.expert_dropout = 0.25f;
+  auto comm = CreateSingleProcessCommunicator();
+  Model cpu(cfg, comm.get());
+  cpu.InitParams(42);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> noise(0.f, 0.1f);
+  for (float& w : cpu.params()) w += noise(rng);
+  // Biases that decide choices outright (expert 0 in, expert 7 out), without near-ties.
+  std::vector<float> bias(static_cast<size_t>(cfg.layers) * cfg.experts, 0.f);
+  for (int l = 0; l < cfg.layers; ++l) {
+    bias[static_cast<size_t>(l) * cfg.experts] = 2.f;
+    bias[static_cast<size_t>(l + 1) * cfg.experts - 1] = -2.f;
+  }
+  cpu.SetRouterBiases(bias);
+  auto made = MakeCudaModel(cfg, comm.get(), /*bf16=*/false);
+  ASSERT_TRUE(made.ok()) << made.status();
+  TrainModel& gpu = **made;
+  gpu.InitParams(42);
+  gpu.CopyFromHost(ParamSet::kParams, cpu.params());
+  gpu.SetRouterBiases(bias);
+  EXPECT_EQ(gpu.RouterBiases(), bias);
+
+  const int b = 3, n = b * cfg.seq_len;
+  std::vector<int32_t> idx(n), tgt(n);
+  std::uniform_int_distribution<int> tok(0, cfg.vocab - 1);
+  for (int i = 0; i < n; ++i) {
+    idx[i] = tok(rng);
+    tgt[i] = tok(rng);
+  }
+  BatchContext ctx;
+  ctx.train = true;
+  ctx.dropout_seed = 99;
+  ctx.global_tokens = n;
+  ctx.loss_scale = 1.0f / n;
+  const ForwardResult rc = cpu.Forward(idx.data(), tgt.data(), b, ctx);
+  const ForwardResult rg = gpu.Forward(idx.data(), tgt.data(), b, ctx);
+  const double loss_c = rc.ce_sum / n + rc.aux_loss + rc.z_loss;
+  const double loss_g = rg.ce_sum / n + rg.aux_loss + rg.z_loss;
+  EXPECT_LT(std::abs(loss_g - loss_c) / loss_c, 1e-4) << "loss cpu " << loss_c << " gpu " << loss_g;
+  EXPECT_LT(std::abs(rg.aux_loss - rc.aux_loss), 1e-4 * rc.aux_loss);
+  ASSERT_EQ(rg.layers.size(), rc.layers.size());
+  int64_t expert_dropped = 0;
+  for (size_t l = 0; l < rc.layers.size(); ++l) {
+    EXPECT_EQ(rg.layers[l].routed, rc.layers[l].routed) << "layer " << l;
+    EXPECT_EQ(rg.layers[l].dropped, rc.layers[l].dropped) << "layer " << l;
+    EXPECT_EQ(rg.layers[l].expert_dropped, rc.layers[l].expert_dropped) << "layer " << l;
+    expert_dropped += rc.layers[l].expert_dropped;
+  }
+  EXPECT_GT(expert_dropped, 0) << "expert dropout switched nothing off: pick another seed";
+
+  cpu.ZeroGrads();
+  gpu.ZeroGrads();
+  cpu.Backward();
+  gpu.Backward();
+  std::vector<float> gg;
+  gpu.CopyToHost(ParamSet::kGrads, &gg);
+  for (const ParamInfo& info : cpu.layout().params()) {
+    const std::vector<float> a(gg.begin() + info.offset, gg.begin() + info.offset + info.size);
+    const std::vector<float> c(cpu.grads().begin() + info.offset, cpu.grads().begin() + info.offset + info.size);
+    EXPECT_LT(RelErr(a, c), 1e-3) << info.name;
+  }
+  // Evaluation switches expert dropout off on both.
+  ctx.train = false;
+  EXPECT_EQ(gpu.Forward(idx.data(), tgt.data(), b, ctx).layers[0].expert_dropped, 0);
 }
 
 #endif  // MOE_WITH_CUDA
