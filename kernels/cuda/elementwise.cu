@@ -142,6 +142,74 @@ void SwigluBackward(float* dg, float* du, const float* dh, const float* g, const
   MOE_CUDA_LAUNCH_CHECK();
 }
 
+namespace {
+
+constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2 / pi), as kernels/experts.cc
+constexpr float kGeluA = 0.044715f;
+
+__device__ __forceinline__ float ActF(bool relu2, float x) {
+  if (relu2) {
+    const float r = x > 0.0f ? x : 0.0f;
+    return r * r;
+  }
+  return 0.5f * x * (1.0f + tanhf(kGeluC * (x + kGeluA * x * x * x)));
+}
+
+__device__ __forceinline__ float ActGrad(bool relu2, float x) {
+  if (relu2) return x > 0.0f ? 2.0f * x : 0.0f;
+  const float t = tanhf(kGeluC * (x + kGeluA * x * x * x));
+  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * kGeluC * (1.0f + 3.0f * kGeluA * x * x);
+}
+
+__global__ void ActivationForwardKernel(float* h, const float* g, int64_t n, bool relu2) {
+  MOE_GRID_STRIDE(i, n) { h[i] = ActF(relu2, g[i]); }
+}
+__global__ void ActivationBackwardKernel(float* dg, const float* dh, const float* g, int64_t n, bool relu2,
+                                         bool accumulate) {
+  MOE_GRID_STRIDE(i, n) {
+    const float v = dh[i] * ActGrad(relu2, g[i]);
+    dg[i] = accumulate ? dg[i] + v : v;
+  }
+}
+__global__ void ActivationForwardBf16Kernel(bf16* h, const bf16* g, int64_t n, bool relu2) {
+  MOE_GRID_STRIDE(i, n) { h[i] = __float2bfloat16(ActF(relu2, __bfloat162float(g[i]))); }
+}
+__global__ void ActivationBackwardBf16Kernel(bf16* dg, const bf16* dh, const bf16* g, int64_t n, bool relu2) {
+  MOE_GRID_STRIDE(i, n) {
+    dg[i] = __float2bfloat16(__bfloat162float(dh[i]) * ActGrad(relu2, __bfloat162float(g[i])));
+  }
+}
+
+}  // namespace
+
+void ActivationForward(kernels::ExpertActivation act, float* h, const float* g, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  ActivationForwardKernel<<<GridFor(n), kThreads, 0, stream>>>(h, g, n, act == kernels::ExpertActivation::kRelu2);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void ActivationBackward(kernels::ExpertActivation act, float* dg, const float* dh, const float* g, int64_t n,
+                        bool accumulate, cudaStream_t stream) {
+  if (n <= 0) return;
+  ActivationBackwardKernel<<<GridFor(n), kThreads, 0, stream>>>(dg, dh, g, n,
+                                                                act == kernels::ExpertActivation::kRelu2, accumulate);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void ActivationForwardBf16(kernels::ExpertActivation act, bf16* h, const bf16* g, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  ActivationForwardBf16Kernel<<<GridFor(n), kThreads, 0, stream>>>(h, g, n, act == kernels::ExpertActivation::kRelu2);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void ActivationBackwardBf16(kernels::ExpertActivation act, bf16* dg, const bf16* dh, const bf16* g, int64_t n,
+                            cudaStream_t stream) {
+  if (n <= 0) return;
+  ActivationBackwardBf16Kernel<<<GridFor(n), kThreads, 0, stream>>>(dg, dh, g, n,
+                                                                    act == kernels::ExpertActivation::kRelu2);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
 void AddOut(float* out, const float* x, const float* y, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
   if (Aligned(16, {out, x, y})) {

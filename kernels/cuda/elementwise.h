@@ -1,10 +1,11 @@
 // Elementwise ops on the GPU, twins of kernels/embedding.h, kernels/dropout.h (CounterUniform
-// bit for bit) and kernels/experts.h's SwiGLU, with the residual add. Device pointers, stream last.
+// bit for bit) and kernels/experts.h's activations, with the residual add. Device pointers, stream last.
 #pragma once
 
 #include <cstdint>
 
 #include "kernels/cuda/common.h"
+#include "kernels/experts.h"
 
 namespace moe::cuda {
 
@@ -23,6 +24,15 @@ void DropoutBackward(float* din, const float* dout, int64_t n, float p, uint64_t
 void SwigluForward(float* h, const float* g, const float* u, int64_t n, cudaStream_t stream);
 void SwigluBackward(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n,
                     bool accumulate, cudaStream_t stream);
+
+// The activations without W3 (kernels/experts.h; kind relu2 or gelu): h = act(g) ; dg += or =
+// dh * act'(g) (dh may alias dg when overwriting). fp32, and bf16 for the fast path (overwrite).
+void ActivationForward(kernels::ExpertActivation act, float* h, const float* g, int64_t n, cudaStream_t stream);
+void ActivationBackward(kernels::ExpertActivation act, float* dg, const float* dh, const float* g, int64_t n,
+                        bool accumulate, cudaStream_t stream);
+void ActivationForwardBf16(kernels::ExpertActivation act, bf16* h, const bf16* g, int64_t n, cudaStream_t stream);
+void ActivationBackwardBf16(kernels::ExpertActivation act, bf16* dg, const bf16* dh, const bf16* g, int64_t n,
+                            cudaStream_t stream);
 
 // out = x + y (n elements; out may not alias x or y).
 void AddOut(float* out, const float* x, const float* y, int64_t n, cudaStream_t stream);

@@ -12,29 +12,41 @@ namespace moe::cuda {
 
 void ExpertsForward(float* ys, float* g, float* u, float* h, const float* xs, const float* w1,
                     const float* w3, const float* w2, const int32_t* offsets, int max_rows, int e_local,
-                    int d, int f, bool tc, cudaStream_t stream) {
+                    int d, int f, bool tc, cudaStream_t stream, kernels::ExpertActivation act) {
   if (max_rows <= 0) return;
+  const bool gated = act == kernels::ExpertActivation::kSwiglu;
   GroupedGemm(GroupedOp::kNN, e_local, offsets, max_rows, 0, f, d, 1.0f, xs, w1, 0.0f, g, tc, stream);
-  GroupedGemm(GroupedOp::kNN, e_local, offsets, max_rows, 0, f, d, 1.0f, xs, w3, 0.0f, u, tc, stream);
-  SwigluForward(h, g, u, int64_t{max_rows} * f, stream);
+  if (gated) {
+    GroupedGemm(GroupedOp::kNN, e_local, offsets, max_rows, 0, f, d, 1.0f, xs, w3, 0.0f, u, tc, stream);
+    SwigluForward(h, g, u, int64_t{max_rows} * f, stream);
+  } else {
+    ActivationForward(act, h, g, int64_t{max_rows} * f, stream);
+  }
   GroupedGemm(GroupedOp::kNN, e_local, offsets, max_rows, 0, d, f, 1.0f, h, w2, 0.0f, ys, tc, stream);
 }
 
 void ExpertsBackward(float* dxs, float* dw1, float* dw3, float* dw2, const float* dys, const float* xs,
                      const float* g, const float* u, const float* h, const float* w1, const float* w3,
                      const float* w2, const int32_t* offsets, int max_rows, int e_local, int d, int f,
-                     float* scratch, bool tc, cudaStream_t stream) {
+                     float* scratch, bool tc, cudaStream_t stream, kernels::ExpertActivation act) {
   if (max_rows <= 0) return;
+  const bool gated = act == kernels::ExpertActivation::kSwiglu;
   float* dg = scratch;                          // (rows, f)
   float* du = scratch + int64_t{max_rows} * f;  // (rows, f): first dh = dy W2^T, then du
   GroupedGemm(GroupedOp::kNT, e_local, offsets, max_rows, 0, f, d, 1.0f, dys, w2, 0.0f, du, tc, stream);
   if (dw2 != nullptr) GroupedGemm(GroupedOp::kTN, e_local, offsets, max_rows, f, d, 0, 1.0f, h, dys, 1.0f, dw2, tc, stream);
-  SwigluBackward(dg, du, du, g, u, int64_t{max_rows} * f, /*accumulate=*/false, stream);
+  if (gated) {
+    SwigluBackward(dg, du, du, g, u, int64_t{max_rows} * f, /*accumulate=*/false, stream);
+  } else {
+    ActivationBackward(act, dg, du, g, int64_t{max_rows} * f, /*accumulate=*/false, stream);
+  }
   if (dw1 != nullptr) GroupedGemm(GroupedOp::kTN, e_local, offsets, max_rows, d, f, 0, 1.0f, xs, dg, 1.0f, dw1, tc, stream);
-  if (dw3 != nullptr) GroupedGemm(GroupedOp::kTN, e_local, offsets, max_rows, d, f, 0, 1.0f, xs, du, 1.0f, dw3, tc, stream);
+  if (gated && dw3 != nullptr) {
+    GroupedGemm(GroupedOp::kTN, e_local, offsets, max_rows, d, f, 0, 1.0f, xs, du, 1.0f, dw3, tc, stream);
+  }
   if (dxs != nullptr) {
     GroupedGemm(GroupedOp::kNT, e_local, offsets, max_rows, 0, d, f, 1.0f, dg, w1, 1.0f, dxs, tc, stream);
-    GroupedGemm(GroupedOp::kNT, e_local, offsets, max_rows, 0, d, f, 1.0f, du, w3, 1.0f, dxs, tc, stream);
+    if (gated) GroupedGemm(GroupedOp::kNT, e_local, offsets, max_rows, 0, d, f, 1.0f, du, w3, 1.0f, dxs, tc, stream);
   }
 }
 
@@ -197,25 +209,37 @@ void AccumulateBf16(float* out, const bf16* a, const bf16* b, int64_t n, cudaStr
 
 void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* ys16, bf16* g16,
                         bf16* u16, bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
-                        int e_local, int d, int f, bf16* scratch16, cudaStream_t stream) {
+                        int e_local, int d, int f, bf16* scratch16, cudaStream_t stream,
+                        kernels::ExpertActivation act) {
   const int64_t rows = CountSum(host_counts, e_local);
   if (rows <= 0) return;
   const ExpertLayout l = PlanExpertLayout(host_counts, e_local);
   const int64_t lrows = l.rows;
   bf16* y16 = scratch16;  // (lrows, d): the output in the experts' layout
-  if (l.chunk > 0) {
-    blas.Products(GroupedOp::kNN, l, e_local, f, d, 0.0f, xs16, w1, g16, stream);
-    blas.Products(GroupedOp::kNN, l, e_local, f, d, 0.0f, xs16, w3, u16, stream);
+  if (act != kernels::ExpertActivation::kSwiglu) {
+    // No W3: h = act(x W1).
+    if (l.chunk > 0) {
+      blas.Products(GroupedOp::kNN, l, e_local, f, d, 0.0f, xs16, w1, g16, stream);
+    } else {
+      blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{xs16, w1, g16}}, stream);
+    }
+    ActivationForwardBf16(act, h16, g16, lrows * f, stream);
   } else {
-    blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{xs16, w1, g16}, {xs16, w3, u16}}, stream);
+    if (l.chunk > 0) {
+      blas.Products(GroupedOp::kNN, l, e_local, f, d, 0.0f, xs16, w1, g16, stream);
+      blas.Products(GroupedOp::kNN, l, e_local, f, d, 0.0f, xs16, w3, u16, stream);
+    } else {
+      blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{xs16, w1, g16}, {xs16, w3, u16}},
+                stream);
+    }
+    if (Aligned(16, {h16, g16, u16})) {
+      SwigluForwardBf16Vec8Kernel<<<ElementwiseBlocks(std::max<int64_t>(1, lrows * f / 8)), kThreads, 0, stream>>>(
+          h16, g16, u16, lrows * f);
+    } else {
+      SwigluForwardBf16Kernel<<<ElementwiseBlocks(lrows * f / 2), kThreads, 0, stream>>>(h16, g16, u16, lrows * f);
+    }
+    MOE_CUDA_LAUNCH_CHECK();
   }
-  if (Aligned(16, {h16, g16, u16})) {
-    SwigluForwardBf16Vec8Kernel<<<ElementwiseBlocks(std::max<int64_t>(1, lrows * f / 8)), kThreads, 0, stream>>>(
-        h16, g16, u16, lrows * f);
-  } else {
-    SwigluForwardBf16Kernel<<<ElementwiseBlocks(lrows * f / 2), kThreads, 0, stream>>>(h16, g16, u16, lrows * f);
-  }
-  MOE_CUDA_LAUNCH_CHECK();
   if (l.chunk > 0) {
     blas.Products(GroupedOp::kNN, l, e_local, d, f, 0.0f, h16, w2, y16, stream);
   } else {
@@ -236,9 +260,10 @@ int64_t ExpertsBf16Scratch(int64_t layout_rows, int e_local, int d, int f) {
 void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, float* dw1, float* dw3,
                          float* dw2, const bf16* dys16, const bf16* xs16, const bf16* g16, const bf16* u16,
                          const bf16* h16, const bf16* w1, const bf16* w3, const bf16* w2, int e_local, int d,
-                         int f, bf16* scratch16, cudaStream_t stream) {
+                         int f, bf16* scratch16, cudaStream_t stream, kernels::ExpertActivation act) {
   const int64_t rows = CountSum(host_counts, e_local);
   if (rows <= 0) return;
+  const bool gated = act == kernels::ExpertActivation::kSwiglu;
   const ExpertLayout l = PlanExpertLayout(host_counts, e_local);
   const int64_t lrows = l.rows;
   const int64_t wsize = int64_t{e_local} * d * f;
@@ -262,6 +287,25 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
   }
   // The zero rows of the strided or chunked layout stay zero: dh = 0 there, and so dg = du = 0.
   const int64_t elems = lrows * f;
+  if (!gated) {
+    // No W3: dg = dh act'(g), then dw1 and dx through dg alone.
+    ActivationBackwardBf16(act, dg16, dh16, g16, elems, stream);
+    if (l.chunk > 0) {
+      if (dw1 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, dg16, dw1, stream);
+    } else if (dw1 != nullptr) {
+      blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 0.0f, {{xs16, dg16, dw1_16}}, stream);
+      AccumulateBf16(dw1, dw1_16, nullptr, wsize, stream);
+    }
+    if (dxs == nullptr) return;
+    if (l.chunk > 0) {
+      blas.Products(GroupedOp::kNT, l, e_local, d, f, 0.0f, dg16, w1, dxa16, stream);
+      RowBlocksToFloat(dxs, dxa16, ExpertLayoutToCompact(host_counts, e_local), d, /*accumulate=*/true, stream);
+    } else {
+      blas.Gemm(GroupedOp::kNT, e_local, host_counts, 0, d, f, 1.0f, 0.0f, {{dg16, w1, dxa16}}, stream);
+      AccumulateBf16(dxs, dxa16, nullptr, rows * d, stream);
+    }
+    return;
+  }
   if (Aligned(16, {dg16, du16, dh16, g16, u16})) {
     SwigluBackwardBf16Vec8Kernel<<<ElementwiseBlocks(std::max<int64_t>(1, elems / 8)), kThreads, 0, stream>>>(
         dg16, du16, dh16, g16, u16, elems);

@@ -1,5 +1,5 @@
-// The experts (SwiGLU MLPs) of one layer on the GPU, twin of kernels/experts.h, forward and
-// backward: the simple path on grouped_gemm.h (fp32, and the oracle) and the bf16 fast path on
+// The experts (SwiGLU MLPs, or relu2 / gelu without W3) of one layer on the GPU, twin of
+// kernels/experts.h, forward and backward: the simple path on grouped_gemm.h (fp32, and the oracle) and the bf16 fast path on
 // grouped_blas.h and expert_layout.h.
 #pragma once
 
@@ -9,19 +9,23 @@
 #include "kernels/cuda/expert_layout.h"
 #include "kernels/cuda/grouped_blas.h"
 #include "kernels/cuda/grouped_gemm.h"
+#include "kernels/experts.h"
 
 namespace moe::cuda {
 
 // kernels::ExpertsForward / ExpertsBackward over grouped rows (offsets as in GroupedGemm):
 // ys (rows, d); g, u, h (rows, f) saved; weights w1, w3 (e, d, f), w2 (e, f, d). Backward
 // accumulates into dxs, dw1, dw3, dw2 (each may be null); scratch: 2 * max_rows * f floats.
+// act relu2 / gelu: no W3 (w3, u, dw3 unused, may be null).
 void ExpertsForward(float* ys, float* g, float* u, float* h, const float* xs, const float* w1,
                     const float* w3, const float* w2, const int32_t* offsets, int max_rows, int e_local,
-                    int d, int f, bool tensor_cores, cudaStream_t stream);
+                    int d, int f, bool tensor_cores, cudaStream_t stream,
+                    kernels::ExpertActivation act = kernels::ExpertActivation::kSwiglu);
 void ExpertsBackward(float* dxs, float* dw1, float* dw3, float* dw2, const float* dys, const float* xs,
                      const float* g, const float* u, const float* h, const float* w1, const float* w3,
                      const float* w2, const int32_t* offsets, int max_rows, int e_local, int d, int f,
-                     float* scratch, bool tensor_cores, cudaStream_t stream);
+                     float* scratch, bool tensor_cores, cudaStream_t stream,
+                     kernels::ExpertActivation act = kernels::ExpertActivation::kSwiglu);
 
 // ExpertsForward / ExpertsBackward on the fast path: bf16 operands and products, fp32 where
 // the oracle keeps fp32 (the accumulated gradients), rows as in ExpertsForward. xs16, dys16,
@@ -31,11 +35,13 @@ void ExpertsBackward(float* dxs, float* dw1, float* dw3, float* dw2, const float
 // dxs (each may be null) accumulate in fp32. Scratch (both): ExpertsBf16Scratch bf16.
 void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* ys16, bf16* g16,
                         bf16* u16, bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
-                        int e_local, int d, int f, bf16* scratch16, cudaStream_t stream);
+                        int e_local, int d, int f, bf16* scratch16, cudaStream_t stream,
+                        kernels::ExpertActivation act = kernels::ExpertActivation::kSwiglu);
 int64_t ExpertsBf16Scratch(int64_t layout_rows, int e_local, int d, int f);
 void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, float* dw1, float* dw3,
                          float* dw2, const bf16* dys16, const bf16* xs16, const bf16* g16, const bf16* u16,
                          const bf16* h16, const bf16* w1, const bf16* w3, const bf16* w2, int e_local, int d,
-                         int f, bf16* scratch16, cudaStream_t stream);
+                         int f, bf16* scratch16, cudaStream_t stream,
+                         kernels::ExpertActivation act = kernels::ExpertActivation::kSwiglu);
 
 }  // namespace moe::cuda

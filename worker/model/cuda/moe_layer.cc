@@ -54,6 +54,7 @@ CudaMoeLayer::CudaMoeLayer(const ModelConfig& cfg, const MoeShape& shape, const 
     : cfg_(cfg),
       shape_(shape),
       layer_(layer),
+      act_(ExpertActivationOf(cfg)),
       ctx_(ctx),
       scratch_(scratch),
       exchange_(shape.dense ? nullptr : exchange),
@@ -168,7 +169,8 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
     }
     const int32_t offsets[2] = {0, n};
     MOE_CUDA_CHECK(cudaMemcpyAsync(scratch_->dense_offsets, offsets, sizeof(offsets), cudaMemcpyHostToDevice, stream));
-    cuda::ExpertsForward(out, g_, u_, h_, m, w.w1, w.w3, w.w2, scratch_->dense_offsets, n, 1, D, F, false, stream);
+    cuda::ExpertsForward(out, g_, u_, h_, m, w.w1, w.w3, w.w2, scratch_->dense_offsets, n, 1, D, F, false, stream,
+                         act_);
     return;
   }
   Route(m, w, n, ctx);
@@ -179,7 +181,7 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
     dispatcher_.Preprocess(counts_host_);
     ExpertsForward16(xs_, w, ys_);
   } else {
-    cuda::ExpertsForward(ys_, g_, u_, h_, xs_, w.w1, w.w3, w.w2, offsets_, n * k, E, D, F, false, stream);
+    cuda::ExpertsForward(ys_, g_, u_, h_, xs_, w.w1, w.w3, w.w2, offsets_, n * k, E, D, F, false, stream, act_);
   }
   cuda::UnpermuteForward(out, ys_, weights_, a2s_, n, k, D, stream);
 }
@@ -191,15 +193,16 @@ void CudaMoeLayer::ExpertsForward16(const float* in, const BlockTensors& w, floa
   MoeScratch& s = *scratch_;
   dispatcher_.Dispatch(in, saved_.x, s.dispatch(), stream);
   const int32_t* counts = dispatcher_.local_counts();
-  const cuda::bf16 *w1 = ctx_->Bf16Of(w.w1), *w3 = ctx_->Bf16Of(w.w3), *w2 = ctx_->Bf16Of(w.w2);
+  const cuda::bf16 *w1 = ctx_->Bf16Of(w.w1), *w3 = w.w3 != nullptr ? ctx_->Bf16Of(w.w3) : nullptr,
+                   *w2 = ctx_->Bf16Of(w.w2);
   if (!dispatcher_.exchanges()) {
     // Plan order is expert order: the experts write the fp32 output directly.
     cuda::ExpertsForwardBf16(*s.grouped, counts, out, nullptr, saved_.g, saved_.u, saved_.h, saved_.x, w1, w3, w2,
-                             L, D, F, s.backward, stream);
+                             L, D, F, s.backward, stream, act_);
     return;
   }
   cuda::ExpertsForwardBf16(*s.grouped, counts, nullptr, s.ys, saved_.g, saved_.u, saved_.h, saved_.x, w1, w3, w2,
-                           L, D, F, s.backward, stream);
+                           L, D, F, s.backward, stream, act_);
   dispatcher_.Combine(s.ys, out, s.dispatch(), stream);
 }
 
@@ -214,7 +217,7 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
       return;
     }
     cuda::ExpertsBackward(dm, g.w1, g.w3, g.w2, dout, m, g_, u_, h_, w.w1, w.w3, w.w2, s.dense_offsets, n, 1, D, F,
-                          s.fp32_scratch, false, stream);
+                          s.fp32_scratch, false, stream, act_);
     return;
   }
   const int rows = n * k;
@@ -227,7 +230,7 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
     ExpertsBackward16(s.dys, w, g, s.d_expert_in);
   } else {
     cuda::ExpertsBackward(s.d_expert_in, g.w1, g.w3, g.w2, s.dys, xs_, g_, u_, h_, w.w1, w.w3, w.w2, offsets_, rows, E,
-                          D, F, s.fp32_scratch, false, stream);
+                          D, F, s.fp32_scratch, false, stream, act_);
   }
   cuda::PermuteBackward(dm, s.d_expert_in, a2s_, n, k, D, stream);
   MOE_CUDA_CHECK(cudaMemsetAsync(s.drouter, 0, sizeof(float) * n * E, stream));
@@ -242,18 +245,19 @@ void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, c
   cudaStream_t stream = ctx_->stream;
   MoeScratch& s = *scratch_;
   const int32_t* counts = dispatcher_.local_counts();
-  const cuda::bf16 *w1 = ctx_->Bf16Of(w.w1), *w3 = ctx_->Bf16Of(w.w3), *w2 = ctx_->Bf16Of(w.w2);
+  const cuda::bf16 *w1 = ctx_->Bf16Of(w.w1), *w3 = w.w3 != nullptr ? ctx_->Bf16Of(w.w3) : nullptr,
+                   *w2 = ctx_->Bf16Of(w.w2);
   // The gradient of the experts' output goes where their rows went (bf16, like the activations).
   dispatcher_.Dispatch(dout, s.dys16, s.dispatch(), stream);
   if (!dispatcher_.exchanges()) {
     cuda::ExpertsBackwardBf16(*s.grouped, counts, din, g.w1, g.w3, g.w2, s.dys16, saved_.x, saved_.g, saved_.u,
-                              saved_.h, w1, w3, w2, L, D, F, s.backward, stream);
+                              saved_.h, w1, w3, w2, L, D, F, s.backward, stream, act_);
     return;
   }
   const int64_t rows = dispatcher_.rows_in();
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dxs, 0, sizeof(float) * rows * D, stream));
   cuda::ExpertsBackwardBf16(*s.grouped, counts, s.dxs, g.w1, g.w3, g.w2, s.dys16, saved_.x, saved_.g, saved_.u,
-                            saved_.h, w1, w3, w2, L, D, F, s.backward, stream);
+                            saved_.h, w1, w3, w2, L, D, F, s.backward, stream, act_);
   cuda::CastToBf16(s.dx16, s.dxs, rows * D, stream);
   dispatcher_.Combine(s.dx16, din, s.dispatch(), stream);
 }

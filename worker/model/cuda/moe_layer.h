@@ -93,6 +93,7 @@ class CudaMoeLayer {
   ModelConfig cfg_;
   MoeShape shape_;
   int layer_ = 0;
+  kernels::ExpertActivation act_;
   std::vector<float> bias_host_;  // (E) when balancing by bias
   float* bias_ = nullptr;         // (E) device copy
   const CudaContext* ctx_;
