@@ -1,8 +1,8 @@
 // The expert options on the GPU against the CPU (kernels/router.h, routing_plan.h, experts.h):
 // sigmoid scores, temperature and the balancing bias in the choice (forward, statistics,
 // backward with the aux and z terms), and expert dropout in the routing plan and the count
-// statistics; and whole models (fp32 and bf16) with the router options or relu2 / gelu experts
-// on the GPU against the CPU model (loss, counts, gradients, the biases). Skips without a GPU (the device script runs it).
+// statistics; and whole models (fp32 and bf16) with the router options, relu2 / gelu experts or
+// shared experts on the GPU against the CPU model (loss, counts, gradients, the biases). Skips without a GPU (the device script runs it).
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -188,7 +188,7 @@ TEST_P(CudaRecipeModelTest, MatchesTheCpuModel) {
   const double loss_g = rg.ce_sum / n + rg.aux_loss + rg.z_loss;
   EXPECT_LT(std::abs(loss_g - loss_c) / loss_c, tol) << "loss cpu " << loss_c << " gpu " << loss_g;
   ASSERT_EQ(rg.layers.size(), rc.layers.size());
-  if (!c.bf16) {
+  if (!c.bf16 && cfg.is_moe()) {
     EXPECT_LT(std::abs(rg.aux_loss - rc.aux_loss), 1e-4 * rc.aux_loss);
     for (size_t l = 0; l < rc.layers.size(); ++l) {
       EXPECT_EQ(rg.layers[l].routed, rc.layers[l].routed) << "layer " << l;
@@ -216,8 +216,10 @@ TEST_P(CudaRecipeModelTest, MatchesTheCpuModel) {
     EXPECT_LT(RelErr(a, w), c.bf16 ? (router ? 0.3 : 5e-2) : 1e-3) << info.name;
   }
   // Evaluation switches expert dropout off.
-  ctx.train = false;
-  EXPECT_EQ(gpu.Forward(idx.data(), tgt.data(), b, ctx).layers[0].expert_dropped, 0);
+  if (cfg.expert_dropout > 0) {
+    ctx.train = false;
+    EXPECT_EQ(gpu.Forward(idx.data(), tgt.data(), b, ctx).layers[0].expert_dropped, 0);
+  }
 }
 
 void RouterOptions(ModelConfig* c) {
@@ -232,13 +234,37 @@ void GeluSoftmaxTau(ModelConfig* c) {
   c->router_temperature = 0.7f;
 }
 
+void SharedSwiglu(ModelConfig* c) {
+  c->shared_experts = 2;
+  c->shared_ffn = 40;
+}
+void SharedRelu2Bias(ModelConfig* c) {
+  c->activation = ModelConfig::Activation::kRelu2;
+  c->shared_experts = 1;
+  c->shared_ffn = 56;
+  c->bias_update_rate = 0.01f;
+}
+void DenseGeluShared(ModelConfig* c) {
+  c->experts = 1;
+  c->top_k = 1;
+  c->activation = ModelConfig::Activation::kGelu;
+  c->shared_experts = 1;
+  c->shared_ffn = 24;
+}
+
 INSTANTIATE_TEST_SUITE_P(Recipes, CudaRecipeModelTest,
                          ::testing::Values(ModelRecipe{"router_options_fp32", false, RouterOptions},
                                            ModelRecipe{"router_options_bf16", true, RouterOptions},
                                            ModelRecipe{"relu2_fp32", false, Relu2},
                                            ModelRecipe{"relu2_bf16", true, Relu2},
                                            ModelRecipe{"gelu_tau_fp32", false, GeluSoftmaxTau},
-                                           ModelRecipe{"gelu_tau_bf16", true, GeluSoftmaxTau}),
+                                           ModelRecipe{"gelu_tau_bf16", true, GeluSoftmaxTau},
+                                           ModelRecipe{"shared_swiglu_fp32", false, SharedSwiglu},
+                                           ModelRecipe{"shared_swiglu_bf16", true, SharedSwiglu},
+                                           ModelRecipe{"shared_relu2_bias_fp32", false, SharedRelu2Bias},
+                                           ModelRecipe{"shared_relu2_bias_bf16", true, SharedRelu2Bias},
+                                           ModelRecipe{"dense_gelu_shared_fp32", false, DenseGeluShared},
+                                           ModelRecipe{"dense_gelu_shared_bf16", true, DenseGeluShared}),
                          [](const ::testing::TestParamInfo<ModelRecipe>& info) { return std::string(info.param.name); });
 
 #endif  // MOE_WITH_CUDA

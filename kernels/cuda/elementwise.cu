@@ -180,7 +180,17 @@ __global__ void ActivationBackwardBf16Kernel(bf16* dg, const bf16* dh, const bf1
   }
 }
 
+__global__ void AddInPlaceKernel(float* out, const float* x, int64_t n) {
+  MOE_GRID_STRIDE(i, n) { out[i] += x[i]; }
+}
+
 }  // namespace
+
+void AddInPlace(float* out, const float* x, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  AddInPlaceKernel<<<GridFor(n), kThreads, 0, stream>>>(out, x, n);
+  MOE_CUDA_LAUNCH_CHECK();
+}
 
 void ActivationForward(kernels::ExpertActivation act, float* h, const float* g, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;

@@ -34,6 +34,9 @@ void ActivationForwardBf16(kernels::ExpertActivation act, bf16* h, const bf16* g
 void ActivationBackwardBf16(kernels::ExpertActivation act, bf16* dg, const bf16* dh, const bf16* g, int64_t n,
                             cudaStream_t stream);
 
+// out += x (n elements; the shared experts' outputs into the layer's).
+void AddInPlace(float* out, const float* x, int64_t n, cudaStream_t stream);
+
 // out = x + y (n elements; out may not alias x or y).
 void AddOut(float* out, const float* x, const float* y, int64_t n, cudaStream_t stream);
 

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/expert_layout.h"
 #include "kernels/cuda/matmul.h"
 
 namespace moe {
@@ -107,6 +109,88 @@ void CudaMoeLayer::AddTo(BufferTable* table, int64_t n) {
     table->Add(&u_, r * F);
     table->Add(&h_, r * F);
   }
+  const int64_t S = cfg_.shared_experts, Fs = cfg_.shared_ffn;
+  if (S > 0) {
+    const bool gated = act_ == kernels::ExpertActivation::kSwiglu;
+    table->Add(&shared_y_, n * D);
+    if (ctx_->bf16) {
+      const int32_t count = static_cast<int32_t>(n);
+      shared_rows_ = cuda::ExpertLayoutRows(&count, 1);
+      const int64_t lrows = shared_rows_;
+      table->Add(&shared_x16_, lrows * D);
+      table->Add(&shared_dy16_, lrows * D);
+      table->Add(&shared_g16_, S * lrows * Fs);
+      if (gated) table->Add(&shared_u16_, S * lrows * Fs);
+      table->Add(&shared_h16_, S * lrows * Fs);
+      table->Add(&shared_scratch16_, cuda::ExpertsBf16Scratch(lrows, 1, D, Fs));
+    } else {
+      table->Add(&shared_g_, S * n * Fs);
+      if (gated) table->Add(&shared_u_, S * n * Fs);
+      table->Add(&shared_h_, S * n * Fs);
+      table->Add(&shared_scratch_, 2 * n * Fs);
+      table->Add(&shared_offsets_, 2);
+    }
+  }
+}
+
+void CudaMoeLayer::SharedForward(const float* m, const BlockTensors& w, int n, float* out) {
+  const int S = cfg_.shared_experts, D = shape_.d, Fs = cfg_.shared_ffn;
+  if (S == 0 || n <= 0) return;
+  cudaStream_t stream = ctx_->stream;
+  const bool gated = act_ == kernels::ExpertActivation::kSwiglu;
+  const int64_t wsize = int64_t{D} * Fs;  // one shared expert's W1, W3 or W2
+  shared_count_ = n;
+  if (ctx_->bf16) {
+    const int64_t lf = shared_rows_ * Fs;
+    cuda::ToExpertLayout(shared_x16_, m, &shared_count_, 1, D, stream);
+    for (int s = 0; s < S; ++s) {
+      cuda::ExpertsForwardBf16(*scratch_->grouped, &shared_count_, shared_y_, nullptr, shared_g16_ + s * lf,
+                               gated ? shared_u16_ + s * lf : nullptr, shared_h16_ + s * lf, shared_x16_,
+                               ctx_->Bf16Of(w.shared_w1 + s * wsize),
+                               gated ? ctx_->Bf16Of(w.shared_w3 + s * wsize) : nullptr,
+                               ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, shared_scratch16_, stream, act_);
+      cuda::AddInPlace(out, shared_y_, int64_t{n} * D, stream);
+    }
+    return;
+  }
+  const int32_t offsets[2] = {0, n};
+  MOE_CUDA_CHECK(cudaMemcpyAsync(shared_offsets_, offsets, sizeof(offsets), cudaMemcpyHostToDevice, stream));
+  const int64_t nf = int64_t{n} * Fs;
+  for (int s = 0; s < S; ++s) {
+    cuda::ExpertsForward(shared_y_, shared_g_ + s * nf, gated ? shared_u_ + s * nf : nullptr, shared_h_ + s * nf, m,
+                         w.shared_w1 + s * wsize, gated ? w.shared_w3 + s * wsize : nullptr, w.shared_w2 + s * wsize,
+                         shared_offsets_, n, 1, D, Fs, false, stream, act_);
+    cuda::AddInPlace(out, shared_y_, int64_t{n} * D, stream);
+  }
+}
+
+void CudaMoeLayer::SharedBackward(const float* dout, const float* m, const BlockTensors& w, const BlockTensors& g,
+                                  int n, float* dm) {
+  const int S = cfg_.shared_experts, D = shape_.d, Fs = cfg_.shared_ffn;
+  if (S == 0 || n <= 0) return;
+  cudaStream_t stream = ctx_->stream;
+  const bool gated = act_ == kernels::ExpertActivation::kSwiglu;
+  const int64_t wsize = int64_t{D} * Fs;
+  if (ctx_->bf16) {
+    const int64_t lf = shared_rows_ * Fs;
+    cuda::ToExpertLayout(shared_dy16_, dout, &shared_count_, 1, D, stream);
+    for (int s = 0; s < S; ++s) {
+      cuda::ExpertsBackwardBf16(*scratch_->grouped, &shared_count_, dm, g.shared_w1 + s * wsize,
+                                gated ? g.shared_w3 + s * wsize : nullptr, g.shared_w2 + s * wsize, shared_dy16_,
+                                shared_x16_, shared_g16_ + s * lf, gated ? shared_u16_ + s * lf : nullptr,
+                                shared_h16_ + s * lf, ctx_->Bf16Of(w.shared_w1 + s * wsize),
+                                gated ? ctx_->Bf16Of(w.shared_w3 + s * wsize) : nullptr,
+                                ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, shared_scratch16_, stream, act_);
+    }
+    return;
+  }
+  const int64_t nf = int64_t{n} * Fs;
+  for (int s = 0; s < S; ++s) {
+    cuda::ExpertsBackward(dm, g.shared_w1 + s * wsize, gated ? g.shared_w3 + s * wsize : nullptr,
+                          g.shared_w2 + s * wsize, dout, m, shared_g_ + s * nf, gated ? shared_u_ + s * nf : nullptr,
+                          shared_h_ + s * nf, w.shared_w1 + s * wsize, gated ? w.shared_w3 + s * wsize : nullptr,
+                          w.shared_w2 + s * wsize, shared_offsets_, n, 1, D, Fs, shared_scratch_, false, stream, act_);
+  }
 }
 
 void CudaMoeLayer::ReserveSaved() {
@@ -165,12 +249,14 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
       const int32_t counts[1] = {n};
       dispatcher_.Preprocess(counts);
       ExpertsForward16(m, w, out);
-      return;
+    } else {
+      const int32_t offsets[2] = {0, n};
+      MOE_CUDA_CHECK(
+          cudaMemcpyAsync(scratch_->dense_offsets, offsets, sizeof(offsets), cudaMemcpyHostToDevice, stream));
+      cuda::ExpertsForward(out, g_, u_, h_, m, w.w1, w.w3, w.w2, scratch_->dense_offsets, n, 1, D, F, false, stream,
+                           act_);
     }
-    const int32_t offsets[2] = {0, n};
-    MOE_CUDA_CHECK(cudaMemcpyAsync(scratch_->dense_offsets, offsets, sizeof(offsets), cudaMemcpyHostToDevice, stream));
-    cuda::ExpertsForward(out, g_, u_, h_, m, w.w1, w.w3, w.w2, scratch_->dense_offsets, n, 1, D, F, false, stream,
-                         act_);
+    SharedForward(m, w, n, out);
     return;
   }
   Route(m, w, n, ctx);
@@ -184,6 +270,7 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
     cuda::ExpertsForward(ys_, g_, u_, h_, xs_, w.w1, w.w3, w.w2, offsets_, n * k, E, D, F, false, stream, act_);
   }
   cuda::UnpermuteForward(out, ys_, weights_, a2s_, n, k, D, stream);
+  SharedForward(m, w, n, out);
 }
 
 void CudaMoeLayer::ExpertsForward16(const float* in, const BlockTensors& w, float* out) {
@@ -214,10 +301,11 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
   if (shape_.dense) {
     if (ctx_->bf16) {
       ExpertsBackward16(dout, w, g, dm);
-      return;
+    } else {
+      cuda::ExpertsBackward(dm, g.w1, g.w3, g.w2, dout, m, g_, u_, h_, w.w1, w.w3, w.w2, s.dense_offsets, n, 1, D,
+                            F, s.fp32_scratch, false, stream, act_);
     }
-    cuda::ExpertsBackward(dm, g.w1, g.w3, g.w2, dout, m, g_, u_, h_, w.w1, w.w3, w.w2, s.dense_offsets, n, 1, D, F,
-                          s.fp32_scratch, false, stream, act_);
+    SharedBackward(dout, m, w, g, n, dm);
     return;
   }
   const int rows = n * k;
@@ -238,6 +326,7 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
                        static_cast<float>(cfg_.z_coef * loss_scale), n, E, k, RouterScoringOf(cfg_, bias_),
                        router_logits_, stream);
   ctx_->LinearBackward(dm, g.router, s.drouter, nullptr, m, w.router, n, D, E, /*fp32=*/true, /*add_to_dinp=*/true);
+  SharedBackward(dout, m, w, g, n, dm);
 }
 
 void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din) {

@@ -89,6 +89,11 @@ class CudaMoeLayer {
   void ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din);
   // Makes the saved expert rows hold the dispatcher's layout.
   void ReserveSaved();
+  // The shared experts (model.moe.shared_experts): out (n, D) += sum_s Shared_s(m), and back
+  // (dm += ; their weights' gradients +=). Every token, like a dense model's expert.
+  void SharedForward(const float* m, const BlockTensors& w, int n, float* out);
+  void SharedBackward(const float* dout, const float* m, const BlockTensors& w, const BlockTensors& g, int n,
+                      float* dm);
 
   ModelConfig cfg_;
   MoeShape shape_;
@@ -110,6 +115,17 @@ class CudaMoeLayer {
   double* stats_ = nullptr;    // (RouterStatsSlots)
   float *xs_ = nullptr, *ys_ = nullptr;  // (r, D) plan order
   float *g_ = nullptr, *u_ = nullptr, *h_ = nullptr;  // (r, F) fp32 mode
+  // Shared experts (S of hidden F_s), per batch. fp32: g, u, h (S, n, F_s), the scratch of their
+  // backward (2 n F_s) and offsets {0, n}; bf16: the input and the output gradient in the
+  // experts' layout (lrows, D), g, u, h (S, lrows, F_s) and the fast path's scratch. Both: one
+  // expert's output (n, D). u only for swiglu.
+  int32_t shared_count_ = 0;  // n, for the bf16 path's host counts
+  float *shared_y_ = nullptr, *shared_g_ = nullptr, *shared_u_ = nullptr, *shared_h_ = nullptr;
+  float* shared_scratch_ = nullptr;
+  int32_t* shared_offsets_ = nullptr;
+  cuda::bf16 *shared_x16_ = nullptr, *shared_dy16_ = nullptr, *shared_g16_ = nullptr, *shared_u16_ = nullptr,
+             *shared_h16_ = nullptr, *shared_scratch16_ = nullptr;
+  int64_t shared_rows_ = 0;  // lrows: the layout rows of n
 
   // bf16: the experts' input and what their backward needs, in the experts' layout, for the
   // rows this rank's experts take (on several GPUs that depends on the routing: grown on demand).
