@@ -109,5 +109,52 @@ TEST(CudaEquivalenceTest, GpusMatchOneGpuAndResumeAcrossGpuCounts) {
               parallel.front(), kSteps, parallel.back(), ref.front(), ref.back(), worst);
 }
 
+// The expert options across GPUs: loss-free balancing (biases from the global counts, through
+// the checkpoint), expert dropout (every GPU draws the same experts), shared experts and relu2.
+TEST(CudaEquivalenceTest, ExpertOptionsOnGpusMatchOneGpu) {
+  auto comm = CreateMpiCommunicator(testing::TestCommOptions());
+  const int W = comm->world_size();
+  if (!EveryRankHasAGpu(comm.get())) GTEST_SKIP() << "needs one CUDA GPU per rank (" << W << ")";
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec(W);
+  auto* e = spec.mutable_model()->mutable_moe();
+  e->set_num_experts(8);
+  e->set_activation(moe::v1::ACTIVATION_RELU2);
+  e->set_shared_experts(1);
+  e->set_shared_expert_hidden(64);
+  e->set_bias_update_rate(0.01);
+  e->set_expert_dropout(0.2);
+  spec.mutable_resources()->set_device(moe::v1::DEVICE_CUDA);
+  spec.mutable_train()->set_precision(moe::v1::PRECISION_BF16);
+  spec.mutable_train()->set_steps(kSteps);
+  spec.mutable_train()->set_log_every(1);
+  spec.mutable_train()->set_eval_every(0);
+  spec.mutable_train()->set_grad_accum(2);
+  spec.mutable_checkpoint()->set_every(kSteps / 2);
+  spec.mutable_checkpoint()->set_keep(5);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  const std::string dir = testing::SharedTempDir(comm.get(), "moe-gpu-equiv-opts-");
+  const std::vector<double> parallel = testing::TrainInTwoHalves(spec, comm.get(), &*data, dir);
+  comm->Barrier();
+  if (comm->rank() != 0) return;
+  ASSERT_EQ(parallel.size(), static_cast<size_t>(kSteps));
+  auto single = CreateSingleProcessCommunicator();
+  moe::v1::JobSpec one = spec;
+  one.mutable_resources()->set_ranks(1);
+  std::unique_ptr<Trainer> oracle = testing::NewTrainer(one, single.get(), &*data);
+  ASSERT_NE(oracle, nullptr);
+  TrainOutcome outcome;
+  ASSERT_TRUE(oracle->Run(&outcome).ok());
+  const std::vector<double> ref = testing::Losses(*oracle);
+  ASSERT_EQ(ref.size(), static_cast<size_t>(kSteps));
+  for (int i = 0; i < kSteps; ++i) {
+    EXPECT_LT(std::abs(parallel[i] - ref[i]) / ref[i], 1e-2)
+        << "step " << i + 1 << ": " << W << " GPUs " << parallel[i] << ", one GPU " << ref[i];
+  }
+  const moe::v1::MetricPoint& last = oracle->history().back();
+  ASSERT_GT(last.layers_size(), 0);
+  EXPECT_GT(last.layers(0).router_bias_spread(), 0);
+}
+
 }  // namespace
 }  // namespace moe
