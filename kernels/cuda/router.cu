@@ -9,7 +9,9 @@ namespace moe::cuda {
 namespace {
 
 using internal::CheckExperts;
+using internal::CheckTopK;
 using internal::kMaxExperts;
+using internal::kMaxTopK;
 using internal::kThreads;
 
 __global__ void RouterForwardKernel(float* probs, float* lse, int32_t* expert_idx, float* weights,
@@ -28,18 +30,20 @@ __global__ void RouterForwardKernel(float* probs, float* lse, int32_t* expert_id
   const float inv = 1.0f / sum;
   for (int x = 0; x < e; ++x) p[x] *= inv;
   lse[t] = mx + logf(sum);
-  // Top-k by repeated selection: strictly greater wins, so ties go to the lower index.
+  // Top-k by repeated selection: strictly greater wins, so ties go to the lower index. The picks
+  // come in the strict order (p descending, index ascending), so pick j is the best expert after
+  // pick j - 1 in that order: no set of picked experts to keep, for any e.
   int32_t* idx = expert_idx + int64_t{t} * k;
   float* w = weights + int64_t{t} * k;
-  uint64_t picked = 0;
   float picked_sum = 0.0f;
+  int prev = -1;
   for (int j = 0; j < k; ++j) {
     int best = -1;
     for (int x = 0; x < e; ++x) {
-      if ((picked >> x) & 1ull) continue;
+      if (prev >= 0 && !(p[x] < p[prev] || (p[x] == p[prev] && x > prev))) continue;
       if (best < 0 || p[x] > p[best]) best = x;
     }
-    picked |= 1ull << best;
+    prev = best;
     idx[j] = best;
     w[j] = p[best];
     picked_sum += p[best];
@@ -76,23 +80,37 @@ __global__ void RouterBackwardKernel(float* dlogits, const float* dweights, cons
                                      float z_scale, int n, int e, int k) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= n) return;
-  float dp[kMaxExperts];
+  // dp[x] = aux_grad[x] + the top-k term of each pick j with idx[j] == x (added in j order),
+  // formed where it is used rather than stored: e may be 512.
   const float* p = probs + int64_t{t} * e;
   const int32_t* idx = expert_idx + int64_t{t} * k;
-  for (int x = 0; x < e; ++x) dp[x] = aux_grad != nullptr ? aux_grad[x] : 0.0f;
+  int32_t pick[kMaxTopK];
+  float dpick[kMaxTopK];
+  int picks = 0;
   if (dweights != nullptr) {
     const float* dw = dweights + int64_t{t} * k;
     float s = 0.0f;
     for (int j = 0; j < k; ++j) s += p[idx[j]];
     float dw_dot_w = 0.0f;
     for (int j = 0; j < k; ++j) dw_dot_w += dw[j] * (p[idx[j]] / s);
-    for (int j = 0; j < k; ++j) dp[idx[j]] += (dw[j] - dw_dot_w) / s;
+    for (int j = 0; j < k; ++j) {
+      pick[j] = idx[j];
+      dpick[j] = (dw[j] - dw_dot_w) / s;
+    }
+    picks = k;
   }
+  auto dp = [&](int x) {
+    float v = aux_grad != nullptr ? aux_grad[x] : 0.0f;
+    for (int j = 0; j < picks; ++j) {
+      if (pick[j] == x) v += dpick[j];
+    }
+    return v;
+  };
   float p_dot_dp = 0.0f;
-  for (int x = 0; x < e; ++x) p_dot_dp += p[x] * dp[x];
+  for (int x = 0; x < e; ++x) p_dot_dp += p[x] * dp(x);
   const float zc = 2.0f * z_scale * lse[t];
   float* dz = dlogits + int64_t{t} * e;
-  for (int x = 0; x < e; ++x) dz[x] += p[x] * (dp[x] - p_dot_dp + zc);
+  for (int x = 0; x < e; ++x) dz[x] += p[x] * (dp(x) - p_dot_dp + zc);
 }
 
 __global__ void RouterCountStatsKernel(double* stats, const int32_t* routed, const int32_t* counts, int e) {
@@ -116,6 +134,7 @@ __global__ void RouterAuxGradKernel(float* aux_grad, const double* stats, int e,
 void RouterForward(float* probs, float* lse, int32_t* expert_idx, float* weights, const float* logits,
                    int n, int e, int k, cudaStream_t stream) {
   CheckExperts(e);
+  CheckTopK(k);
   if (n <= 0) return;
   RouterForwardKernel<<<BlocksFor(n, 128), 128, 0, stream>>>(probs, lse, expert_idx, weights, logits, n, e, k);
   MOE_CUDA_LAUNCH_CHECK();
@@ -134,6 +153,7 @@ void RouterBackward(float* dlogits, const float* dweights, const float* probs, c
                     const int32_t* expert_idx, const float* aux_grad, float z_scale, int n, int e, int k,
                     cudaStream_t stream) {
   CheckExperts(e);
+  CheckTopK(k);
   if (n <= 0) return;
   RouterBackwardKernel<<<BlocksFor(n, 128), 128, 0, stream>>>(dlogits, dweights, probs, lse, expert_idx,
                                                               aux_grad, z_scale, n, e, k);

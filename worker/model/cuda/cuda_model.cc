@@ -469,11 +469,11 @@ absl::StatusOr<std::unique_ptr<TrainModel>> MakeCudaModel(const ModelConfig& cfg
   // The job-spec checks refuse these at validate and submit; a spec that skipped them stops here.
   if (!CudaRunsHeadSize(cfg.head_dim)) {
     return absl::UnimplementedError(absl::StrCat("device cuda: head size d_model / n_heads = ", cfg.head_dim,
-                                                 " is not one of ", CudaHeadSizesText()));
+                                                 "; it runs head sizes ", CudaHeadSizesText()));
   }
-  if (cfg.experts > kCudaMaxExperts) {
-    return absl::UnimplementedError(
-        absl::StrCat("device cuda: at most ", kCudaMaxExperts, " experts, got ", cfg.experts));
+  if (cfg.experts > kCudaMaxExperts || cfg.top_k > kCudaMaxTopK) {
+    return absl::UnimplementedError(absl::StrCat("device cuda: at most ", kCudaMaxExperts, " experts and top_k ",
+                                                 kCudaMaxTopK, ", got ", cfg.experts, " and ", cfg.top_k));
   }
   if (W > 1 && !use_bf16) {
     return absl::UnimplementedError(absl::StrCat(
