@@ -97,18 +97,18 @@ TEST_F(JobSpecTest, ShapesTheGpuBackendCannotRunAreRefusedAtValidate) {
     EXPECT_THAT(e.message, HasSubstr("runs head sizes multiples of 8 up to 256"));
     EXPECT_THAT(Parse(with_heads(d_model, "cpu")).errors, IsEmpty());
   }
-  std::string many = WithExtra("  seq_len: 32", "  moe: {num_experts: 600, top_k: 2}\n") + "resources: {device: cuda}\n";
+  const std::string cuda = "resources: {device: cuda}\n";
+  std::string many = WithExtra("  seq_len: 32", "  moe: {num_experts: 600, top_k: 2}\n") + cuda;
   SpecError e = OnlyError(many);
   EXPECT_EQ(e.field, "model.moe.num_experts");
   EXPECT_THAT(e.message, HasSubstr("at most 512 experts per layer, got 600"));
-  std::string most = WithExtra("  seq_len: 32", "  moe: {num_experts: 512, top_k: 8}\n") + "resources: {device: cuda}\n";
+  std::string most = WithExtra("  seq_len: 32", "  moe: {num_experts: 512, top_k: 8}\n") + cuda;
   EXPECT_THAT(Parse(most).errors, IsEmpty());
-  std::string k9 = WithExtra("  seq_len: 32", "  moe: {num_experts: 16, top_k: 9}\n") + "resources: {device: cuda}\n";
+  std::string k9 = WithExtra("  seq_len: 32", "  moe: {num_experts: 16, top_k: 9}\n") + cuda;
   e = OnlyError(k9);
   EXPECT_EQ(e.field, "model.moe.top_k");
   EXPECT_THAT(e.message, HasSubstr("at most 8 experts, got 9"));
-  std::string odd_f = WithExtra("  seq_len: 32", "  moe: {num_experts: 4, expert_hidden: 100}\n") +
-                      "resources: {device: cuda}\n";
+  std::string odd_f = WithExtra("  seq_len: 32", "  moe: {num_experts: 4, expert_hidden: 100}\n") + cuda;
   e = OnlyError(odd_f);
   EXPECT_EQ(e.field, "model.moe.expert_hidden");
   EXPECT_THAT(e.message, HasSubstr("multiples of 8, got 100 (use 104"));
