@@ -43,7 +43,7 @@ __device__ __forceinline__ float RowSum(float v) {
 
 // Forward: a row of R lanes per query; it keeps q and its output row in registers and walks the
 // key tiles up to its own position with an online softmax (one rescale per tile).
-template <int HC, int R>
+template <int HC, int R, bool kDrop>
 __global__ void __launch_bounds__(RowsPerBlock<R>() * R)
     ForwardKernel(float* out, float* lse, const float* qkv, int t, int h, int hkv, int hd, float scale, AttnDrop drop) {
   constexpr int HD = HC * R, kRows = RowsPerBlock<R>(), kThreads = kRows * R, kK = KeyTile<HD>();
@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(RowsPerBlock<R>() * R)
     for (int j = 0; j < kK; ++j) {
       float p = expf(s[j] - m_new);  // 0 for masked keys
       l += p;                        // the softmax's sum is the undropped one
-      if (drop.p > 0.0f && p != 0.0f) p *= drop.Factor(bi, i, hi, h, t, k0 + j);
+      if (kDrop && p != 0.0f) p *= drop.Factor(bi, i, hi, h, t, k0 + j);
 #pragma unroll
       for (int c = 0; c < HC; ++c) o[c] += p * vs[j][c0 + c];
     }
@@ -110,7 +110,7 @@ __global__ void __launch_bounds__(RowsPerBlock<R>() * R)
 
 // dq: a row of R lanes per query, walking key tiles as the forward does. With dropout mask M and
 // scale s = 1 / (1 - p): dS = P o (M s dP - dsum) * scale.
-template <int HC, int R>
+template <int HC, int R, bool kDrop>
 __global__ void __launch_bounds__(RowsPerBlock<R>() * R)
     DqKernel(float* dqkv, const float* dout, const float* lse, const float* dsum, const float* qkv, int t, int h,
              int hkv, int hd, float scale, AttnDrop drop) {
@@ -157,7 +157,7 @@ __global__ void __launch_bounds__(RowsPerBlock<R>() * R)
       s = RowSum<R>(s);
       dp = RowSum<R>(dp);
       const float p = expf(s * scale - l);
-      if (drop.p > 0.0f) dp *= drop.Factor(bi, i, hi, h, t, k0 + j);
+      if (kDrop) dp *= drop.Factor(bi, i, hi, h, t, k0 + j);
       const float ds = p * (dp - dsi) * scale;
 #pragma unroll
       for (int c = 0; c < HC; ++c) dq[c] += ds * ks[j][c0 + c];
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(RowsPerBlock<R>() * R)
 // every query tile at or after its position, so each dk/dv element is written by one thread.
 // dv = (P o M s)^T dout, dk = dS^T q. v sits in shared memory for a thread per row (registers
 // are full with k, dk, dv), in registers otherwise.
-template <int HC, int R>
+template <int HC, int R, bool kDrop>
 __global__ void __launch_bounds__(RowsPerBlock<R>() * R)
     DkvKernel(float* dqkv, const float* dout, const float* lse, const float* dsum, const float* qkv, int t, int h,
               int hkv, int hd, float scale, AttnDrop drop) {
@@ -244,9 +244,13 @@ __global__ void __launch_bounds__(RowsPerBlock<R>() * R)
         s = RowSum<R>(s);
         dp = RowSum<R>(dp);
         const float p = expf(s * scale - ls[r]);
-        const float f = drop.p > 0.0f ? drop.Factor(bi, i0 + r, hi, h, t, j) : 1.0f;
-        const float pd = drop.p > 0.0f ? p * f : p;
-        const float ds = p * ((drop.p > 0.0f ? dp * f : dp) - dss[r]) * scale;
+        float pd = p;
+        if constexpr (kDrop) {
+          const float f = drop.Factor(bi, i0 + r, hi, h, t, j);
+          pd = p * f;
+          dp *= f;
+        }
+        const float ds = p * (dp - dss[r]) * scale;
 #pragma unroll
         for (int c = 0; c < HC; ++c) {
           dv[c] += pd * dos[r][c0 + c];
@@ -266,28 +270,43 @@ __global__ void __launch_bounds__(RowsPerBlock<R>() * R)
   }
 }
 
+template <int HC, int R, bool kDrop>
+void Launch(float* out, float* lse, const float* qkv, int b, int t, int h, int hkv, int hd, const AttnDrop& drop,
+            cudaStream_t stream) {
+  constexpr int kRows = RowsPerBlock<R>();
+  const dim3 grid((t + kRows - 1) / kRows, b * h);
+  ForwardKernel<HC, R, kDrop><<<grid, kRows * R, 0, stream>>>(out, lse, qkv, t, h, hkv, hd,
+                                                              1.0f / sqrtf(static_cast<float>(hd)), drop);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+template <int HC, int R, bool kDrop>
+void LaunchBackward(float* dqkv, const float* dout, const float* lse, const float* dsum, const float* qkv, int b,
+                    int t, int h, int hkv, int hd, const AttnDrop& drop, cudaStream_t stream) {
+  constexpr int kRows = RowsPerBlock<R>();
+  const float scale = 1.0f / sqrtf(static_cast<float>(hd));
+  const int tiles = (t + kRows - 1) / kRows;
+  DqKernel<HC, R, kDrop><<<dim3(tiles, b * h), kRows * R, 0, stream>>>(dqkv, dout, lse, dsum, qkv, t, h, hkv, hd,
+                                                                       scale, drop);
+  MOE_CUDA_LAUNCH_CHECK();
+  DkvKernel<HC, R, kDrop><<<dim3(tiles, b * hkv), kRows * R, 0, stream>>>(dqkv, dout, lse, dsum, qkv, t, h, hkv, hd,
+                                                                          scale, drop);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+// The kernels without dropout carry none of its code (the registers of the plain path).
 template <int HC, int R>
 void Forward(float* out, float* lse, const float* qkv, int b, int t, int h, int hkv, int hd, const AttnDrop& drop,
              cudaStream_t stream) {
-  constexpr int kRows = RowsPerBlock<R>();
-  const dim3 grid((t + kRows - 1) / kRows, b * h);
-  ForwardKernel<HC, R><<<grid, kRows * R, 0, stream>>>(out, lse, qkv, t, h, hkv, hd,
-                                                       1.0f / sqrtf(static_cast<float>(hd)), drop);
-  MOE_CUDA_LAUNCH_CHECK();
+  if (drop.p > 0.0f) return Launch<HC, R, true>(out, lse, qkv, b, t, h, hkv, hd, drop, stream);
+  Launch<HC, R, false>(out, lse, qkv, b, t, h, hkv, hd, drop, stream);
 }
 
 template <int HC, int R>
 void Backward(float* dqkv, const float* dout, const float* lse, const float* dsum, const float* qkv, int b, int t,
               int h, int hkv, int hd, const AttnDrop& drop, cudaStream_t stream) {
-  constexpr int kRows = RowsPerBlock<R>();
-  const float scale = 1.0f / sqrtf(static_cast<float>(hd));
-  const int tiles = (t + kRows - 1) / kRows;
-  DqKernel<HC, R><<<dim3(tiles, b * h), kRows * R, 0, stream>>>(dqkv, dout, lse, dsum, qkv, t, h, hkv, hd, scale,
-                                                                drop);
-  MOE_CUDA_LAUNCH_CHECK();
-  DkvKernel<HC, R><<<dim3(tiles, b * hkv), kRows * R, 0, stream>>>(dqkv, dout, lse, dsum, qkv, t, h, hkv, hd, scale,
-                                                                   drop);
-  MOE_CUDA_LAUNCH_CHECK();
+  if (drop.p > 0.0f) return LaunchBackward<HC, R, true>(dqkv, dout, lse, dsum, qkv, b, t, h, hkv, hd, drop, stream);
+  LaunchBackward<HC, R, false>(dqkv, dout, lse, dsum, qkv, b, t, h, hkv, hd, drop, stream);
 }
 
 [[noreturn]] void BadHeadSize(int hd) {

@@ -195,11 +195,12 @@ struct TcPlan {
 
 // Forward. grid (query tiles, b * h); the heaviest (last) query tiles are launched first.
 // Shared tiles: 0 q, 1-2 k stages, 3-4 v stages.
-template <int HD>
+template <int HD, bool kDrop, bool kExact>
 __global__ void __launch_bounds__(kTcThreads) ForwardTcKernel(float* out, float* lse, const bf16* qkv, int t, int h,
                                                               int hkv, int hd, float scale, AttnDrop drop) {
   using Plan = TcPlan<HD>;
   constexpr int P = Plan::P;
+  if constexpr (kExact) hd = HD;  // the head size the kernel is built for: addresses fold
   extern __shared__ __align__(16) unsigned char smem[];
   const Tile<P> qs = TileAt<P>(smem, 0);
   auto ks = [&](int st) { return TileAt<P>(smem, 1 + st); };
@@ -264,7 +265,7 @@ __global__ void __launch_bounds__(kTcThreads) ForwardTcKernel(float* out, float*
         s[nt][e] = exp2f(s[nt][e] - m[e / 2]);
         l[e / 2] += s[nt][e];
       }
-    if (drop.p > 0.0f) {  // the sum above is the undropped softmax's; P V takes the dropped P
+    if constexpr (kDrop) {  // the sum above is the undropped softmax's; P V takes the dropped P
 #pragma unroll
       for (int nt = 0; nt < kTc / 8; ++nt)
 #pragma unroll
@@ -295,12 +296,13 @@ __global__ void __launch_bounds__(kTcThreads) ForwardTcKernel(float* out, float*
 // dq. grid (query tiles, b * h). dS = P o (M s dP - dsum) * scale (M s: the dropout factors);
 // dq = dS K. Shared tiles: 0-1 k stages, 2-3 v stages; HD > 64: 4 q, 5 dout (else q and dout
 // pass through stage 1 into registers first).
-template <int HD>
+template <int HD, bool kDrop, bool kExact>
 __global__ void __launch_bounds__(kTcThreads) DqTcKernel(float* dqkv, const bf16* dout, const float* lse,
                                                          const float* dsum, const bf16* qkv, int t, int h, int hkv,
                                                          int hd, float scale, AttnDrop drop) {
   using Plan = TcPlan<HD>;
   constexpr int P = Plan::P;
+  if constexpr (kExact) hd = HD;  // the head size the kernel is built for: addresses fold
   extern __shared__ __align__(16) unsigned char smem[];
   auto ks = [&](int st) { return TileAt<P>(smem, st); };
   auto vs = [&](int st) { return TileAt<P>(smem, 2 + st); };
@@ -360,7 +362,7 @@ __global__ void __launch_bounds__(kTcThreads) DqTcKernel(float* dqkv, const bf16
         const int jj = k0 + nt * 8 + 2 * q + (e & 1), i = row[e / 2];
         const bool live = !(jj > i || jj >= t || i >= t);
         const float p = live ? exp2f(s[nt][e] * sl2 - lr[e / 2]) : 0.f;
-        const float dpe = (drop.p > 0.0f && live) ? dp[nt][e] * drop.Factor(bi, i, hi, h, t, jj) : dp[nt][e];
+        const float dpe = (kDrop && live) ? dp[nt][e] * drop.Factor(bi, i, hi, h, t, jj) : dp[nt][e];
         s[nt][e] = p * (dpe - dr[e / 2]) * scale;
       }
     MulPZ<HD>(dq, s, ks(st), lane);
@@ -385,12 +387,13 @@ __global__ void __launch_bounds__(kTcThreads) DqTcKernel(float* dqkv, const bf16
 // dv = (P o M s)^T dout, dk = dS^T q, each on the block's HD / slices columns. Shared tiles:
 // 0-1 q stages, 2-3 dout stages; HD > 64: 4 k, 5 v (else k and v pass through stage 1 into
 // registers first); then the lse and dsum stages.
-template <int HD>
+template <int HD, bool kDrop, bool kExact>
 __global__ void __launch_bounds__(kTcThreads) DkvTcKernel(float* dqkv, const bf16* dout, const float* lse,
                                                           const float* dsum, const bf16* qkv, int t, int h, int hkv,
                                                           int hd, float scale, AttnDrop drop) {
   using Plan = TcPlan<HD>;
   constexpr int P = Plan::P, HS = HD / Plan::kSlices;
+  if constexpr (kExact) hd = HD;  // the head size the kernel is built for: addresses fold
   extern __shared__ __align__(16) unsigned char smem[];
   auto qs = [&](int st) { return TileAt<P>(smem, st); };
   auto ds = [&](int st) { return TileAt<P>(smem, 2 + st); };
@@ -456,7 +459,7 @@ __global__ void __launch_bounds__(kTcThreads) DkvTcKernel(float* dqkv, const bf1
           const int j = key[r];
           const bool live = !(j > i || i >= t || j >= t);
           const float p = live ? exp2f(sc[nt][2 * r + e] * sl2 - ls[st][c]) : 0.f;
-          const float f = (drop.p > 0.0f && live) ? drop.Factor(bi, i, hi, h, t, j) : 1.0f;
+          const float f = (kDrop && live) ? drop.Factor(bi, i, hi, h, t, j) : 1.0f;
           sc[nt][2 * r + e] = p * f;
           dp[nt][2 * r + e] = p * (dp[nt][2 * r + e] * f - dss[st][c]) * scale;
         }
@@ -490,55 +493,80 @@ void AllowSharedBytes(Kernel kernel, size_t bytes) {
   }
 }
 
-template <int HD>
+template <int HD, bool kDrop, bool kExact>
 void Forward(float* out, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd, const AttnDrop& drop,
              cudaStream_t stream) {
   constexpr size_t bytes = TcPlan<HD>::kForwardBytes;
-  AllowSharedBytes(ForwardTcKernel<HD>, bytes);
+  auto* kernel = ForwardTcKernel<HD, kDrop, kExact>;
+  AllowSharedBytes(kernel, bytes);
   const dim3 grid((t + kTc - 1) / kTc, b * h);
-  ForwardTcKernel<HD><<<grid, kTcThreads, bytes, stream>>>(out, lse, qkv16, t, h, hkv, hd,
-                                                           1.0f / sqrtf(static_cast<float>(hd)), drop);
+  kernel<<<grid, kTcThreads, bytes, stream>>>(out, lse, qkv16, t, h, hkv, hd, 1.0f / sqrtf(static_cast<float>(hd)),
+                                              drop);
   MOE_CUDA_LAUNCH_CHECK();
 }
 
-template <int HD>
+template <int HD, bool kDrop, bool kExact>
 void Backward(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b, int t,
               int h, int hkv, int hd, const AttnDrop& drop, cudaStream_t stream) {
   using Plan = TcPlan<HD>;
   const float scale = 1.0f / sqrtf(static_cast<float>(hd));
   const int tiles = (t + kTc - 1) / kTc;
-  AllowSharedBytes(DqTcKernel<HD>, Plan::kDqBytes);
-  DqTcKernel<HD><<<dim3(tiles, b * h), kTcThreads, Plan::kDqBytes, stream>>>(dqkv, dout16, lse, dsum, qkv16, t, h,
-                                                                             hkv, hd, scale, drop);
+  auto* dq = DqTcKernel<HD, kDrop, kExact>;
+  AllowSharedBytes(dq, Plan::kDqBytes);
+  dq<<<dim3(tiles, b * h), kTcThreads, Plan::kDqBytes, stream>>>(dqkv, dout16, lse, dsum, qkv16, t, h, hkv, hd, scale,
+                                                                  drop);
   MOE_CUDA_LAUNCH_CHECK();
-  AllowSharedBytes(DkvTcKernel<HD>, Plan::kDkvBytes);
-  DkvTcKernel<HD><<<dim3(tiles, b * hkv, Plan::kSlices), kTcThreads, Plan::kDkvBytes, stream>>>(
-      dqkv, dout16, lse, dsum, qkv16, t, h, hkv, hd, scale, drop);
+  auto* dkv = DkvTcKernel<HD, kDrop, kExact>;
+  AllowSharedBytes(dkv, Plan::kDkvBytes);
+  dkv<<<dim3(tiles, b * hkv, Plan::kSlices), kTcThreads, Plan::kDkvBytes, stream>>>(dqkv, dout16, lse, dsum, qkv16, t,
+                                                                                     h, hkv, hd, scale, drop);
   MOE_CUDA_LAUNCH_CHECK();
+}
+
+// The kernels without dropout carry none of its code, and those for hd == HD fold the head size
+// into their addresses (the registers of the plain path: padding costs a few, and spills at 64).
+template <int HD>
+void ForwardEither(float* out, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd,
+                   const AttnDrop& drop, cudaStream_t stream) {
+  const bool exact = hd == HD, on = drop.p > 0.0f;
+  if (on && exact) return Forward<HD, true, true>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (on) return Forward<HD, true, false>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (exact) return Forward<HD, false, true>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  Forward<HD, false, false>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+}
+
+template <int HD>
+void BackwardEither(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b,
+                    int t, int h, int hkv, int hd, const AttnDrop& drop, cudaStream_t stream) {
+  const bool exact = hd == HD, on = drop.p > 0.0f;
+  if (on && exact) return Backward<HD, true, true>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (on) return Backward<HD, true, false>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (exact) return Backward<HD, false, true>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  Backward<HD, false, false>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
 }
 
 }  // namespace
 
 void TcForward(float* out, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd, const AttnDrop& drop,
                cudaStream_t stream) {
-  if (hd <= 16) return Forward<16>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (hd <= 32) return Forward<32>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (hd <= 64) return Forward<64>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (hd <= 96) return Forward<96>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (hd <= 128) return Forward<128>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (hd <= 192) return Forward<192>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
-  return Forward<256>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 16) return ForwardEither<16>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 32) return ForwardEither<32>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 64) return ForwardEither<64>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 96) return ForwardEither<96>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 128) return ForwardEither<128>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 192) return ForwardEither<192>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  return ForwardEither<256>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
 }
 
 void TcBackward(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b, int t,
                 int h, int hkv, int hd, const AttnDrop& drop, cudaStream_t stream) {
-  if (hd <= 16) return Backward<16>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (hd <= 32) return Backward<32>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (hd <= 64) return Backward<64>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (hd <= 96) return Backward<96>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (hd <= 128) return Backward<128>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (hd <= 192) return Backward<192>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
-  return Backward<256>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 16) return BackwardEither<16>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 32) return BackwardEither<32>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 64) return BackwardEither<64>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 96) return BackwardEither<96>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 128) return BackwardEither<128>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 192) return BackwardEither<192>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  return BackwardEither<256>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
 }
 
 }  // namespace moe::cuda::internal

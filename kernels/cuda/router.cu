@@ -51,6 +51,79 @@ __global__ void RouterForwardKernel(float* probs, float* lse, int32_t* expert_id
   for (int j = 0; j < k; ++j) w[j] /= picked_sum;
 }
 
+// The same for many experts (e > 64): a warp per token, lane l holding experts l, l + 32, ... in
+// registers; max and sum by shuffles; pick j is the warp's best after pick j - 1 in the order
+// (p descending, index ascending), the picks' weights added in pick order as above. (e <= 64
+// keeps the thread per token, whose sums are the CPU's order.)
+constexpr int kPerLane = kMaxExperts / 32;
+
+__global__ void RouterForwardWarpKernel(float* probs, float* lse, int32_t* expert_idx, float* weights,
+                                        const float* logits, int n, int e, int k) {
+  const int t = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+  if (t >= n) return;  // whole warps leave together
+  const float* z = logits + int64_t{t} * e;
+  float* p = probs + int64_t{t} * e;
+  float v[kPerLane];
+  float mx = -INFINITY;
+#pragma unroll
+  for (int r = 0; r < kPerLane; ++r) {
+    const int x = lane + 32 * r;
+    v[r] = x < e ? z[x] : -INFINITY;
+    mx = fmaxf(mx, v[r]);
+  }
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  float sum = 0.0f;
+#pragma unroll
+  for (int r = 0; r < kPerLane; ++r) {
+    v[r] = lane + 32 * r < e ? expf(v[r] - mx) : 0.0f;
+    sum += v[r];
+  }
+  sum = internal::WarpSum(sum);
+  const float inv = 1.0f / sum;
+#pragma unroll
+  for (int r = 0; r < kPerLane; ++r) {
+    const int x = lane + 32 * r;
+    v[r] *= inv;
+    if (x < e) p[x] = v[r];
+  }
+  if (lane == 0) lse[t] = mx + logf(sum);
+  float prev_p = 0.0f, picked_sum = 0.0f, my_w = 0.0f;
+  int prev = -1, my_idx = 0;  // lane j keeps pick j
+  for (int j = 0; j < k; ++j) {
+    float best_p = -1.0f;
+    int best = -1;
+#pragma unroll
+    for (int r = 0; r < kPerLane; ++r) {
+      const int x = lane + 32 * r;
+      if (x >= e) continue;
+      if (prev >= 0 && !(v[r] < prev_p || (v[r] == prev_p && x > prev))) continue;
+      if (best < 0 || v[r] > best_p) {  // x rises with r: ties keep the lower index
+        best_p = v[r];
+        best = x;
+      }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      const float op = __shfl_xor_sync(0xffffffffu, best_p, o);
+      const int ob = __shfl_xor_sync(0xffffffffu, best, o);
+      if (ob >= 0 && (best < 0 || op > best_p || (op == best_p && ob < best))) {
+        best_p = op;
+        best = ob;
+      }
+    }
+    prev = best;
+    prev_p = best_p;
+    picked_sum += best_p;
+    if (lane == j) {
+      my_idx = best;
+      my_w = best_p;
+    }
+  }
+  if (lane < k) {
+    expert_idx[int64_t{t} * k + lane] = my_idx;
+    weights[int64_t{t} * k + lane] = my_w / picked_sum;
+  }
+}
+
 // Statistics over a chunk of kStatsRows tokens per block: thread x sums expert x's column (reads
 // coalesced across the experts, no shared atomics, so that 512 experts cost what 64 did), the
 // entropy terms of the elements it read, and the z terms of one token each; one global atomic per
@@ -152,7 +225,12 @@ void RouterForward(float* probs, float* lse, int32_t* expert_idx, float* weights
   CheckExperts(e);
   CheckTopK(k);
   if (n <= 0) return;
-  RouterForwardKernel<<<BlocksFor(n, 128), 128, 0, stream>>>(probs, lse, expert_idx, weights, logits, n, e, k);
+  if (e > 64) {
+    RouterForwardWarpKernel<<<BlocksFor(int64_t{n} * 32, 256), 256, 0, stream>>>(probs, lse, expert_idx, weights,
+                                                                                 logits, n, e, k);
+  } else {
+    RouterForwardKernel<<<BlocksFor(n, 128), 128, 0, stream>>>(probs, lse, expert_idx, weights, logits, n, e, k);
+  }
   MOE_CUDA_LAUNCH_CHECK();
 }
 
