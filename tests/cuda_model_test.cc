@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "common/backend_limits.h"
 #include "gtest/gtest.h"
 #include "tests/support/paths.h"
 #include "tests/support/test_jobs.h"
@@ -148,6 +149,24 @@ TEST_P(CudaModelHeadSizeTest, LossAndGradientsMatchCpu) {
   ASSERT_EQ(cfg.head_dim, hd);
   ExpectParity(cfg, bf16, "hd" + std::to_string(hd) + "_kv" + std::to_string(kv_heads));
 }
+
+// Attention dropout (model.attention.dropout) through the whole model: the GPU draws the CPU's
+// masks (keyed by global token, head and layer), so loss and gradients agree as without it.
+// Runs once the CPU attention applies dropout (BackendRuns for the CPU says so).
+class CudaModelAttentionDropoutTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CudaModelAttentionDropoutTest, LossAndGradientsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  if (!BackendRuns(/*cuda=*/false, RecipeOption::kAttentionDropout)) {
+    GTEST_SKIP() << "the CPU attention does not run model.attention.dropout yet: no oracle";
+  }
+  const Case c{"attn_dropout", 4, 2, 4, 2, 0.0, true, 0.0f};
+  ModelConfig cfg = testing::CaseConfig(c, /*vocab=*/37, /*d=*/64, /*seq_len=*/33, /*ffn=*/48);
+  cfg.attn_dropout = 0.2f;
+  ExpectParity(cfg, GetParam(), "attn_dropout");
+}
+
+INSTANTIATE_TEST_SUITE_P(Precisions, CudaModelAttentionDropoutTest, ::testing::Bool());
 
 INSTANTIATE_TEST_SUITE_P(HeadSizes, CudaModelHeadSizeTest,
                          ::testing::Combine(::testing::Values(128), ::testing::Values(2, 1), ::testing::Bool()));
