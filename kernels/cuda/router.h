@@ -1,5 +1,5 @@
 // The router on the GPU, twin of kernels/router.h: softmax and top-k, the statistics the aux and
-// z losses need, the aux-loss gradient from the global counts, and the backward. e <= 64.
+// z losses need, the aux-loss gradient from the global counts, and the backward. e <= 512, k <= 8.
 #pragma once
 
 #include <cstdint>
@@ -8,7 +8,7 @@
 
 namespace moe::cuda {
 
-// logits (n, e) -> probs (n, e), lse (n), expert_idx (n, k), weights (n, k). e <= 64.
+// logits (n, e) -> probs (n, e), lse (n), expert_idx (n, k), weights (n, k). e <= 512, k <= 8.
 void RouterForward(float* probs, float* lse, int32_t* expert_idx, float* weights, const float* logits,
                    int n, int e, int k, cudaStream_t stream);
 // prob_sum (e) += , z_sum (1) += sum lse^2, entropy_sum (1) += ; device doubles.

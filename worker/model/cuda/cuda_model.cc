@@ -83,6 +83,17 @@ class CudaModel final : public TrainModel {
     return nullptr;
   }
   void RefreshBf16();
+  // Block l's attention dropout for this micro-batch (model.attention.dropout): off outside
+  // training; the masks are keyed by global token, head and layer as on the CPU.
+  cuda::AttentionDropout AttnDropout(const BatchContext& ctx, int l) const {
+    cuda::AttentionDropout d;
+    if (ctx.train && cfg_.attn_dropout > 0.f) {
+      d.p = cfg_.attn_dropout;
+      d.seed = AttentionDropoutSeed(ctx.dropout_seed, l);
+      d.first_token = ctx.first_token;
+    }
+    return d;
+  }
   // Every activation buffer for b sequences, from one table of shapes.
   void EnsureActivations(int b);
   // The clocks of every collective this rank runs (host and device).
@@ -289,9 +300,9 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
     if (bf16_) {
       // Tensor cores, reading q, k, v in bf16 (kept for the backward).
       cuda::CastToBf16(a.qkv16, a.qkv, int64_t{n} * C3, stream_);
-      cuda::AttentionForwardBf16(a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd, stream_);
+      cuda::AttentionForwardBf16(a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_);
     } else {
-      cuda::AttentionForward(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, stream_);
+      cuda::AttentionForward(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_);
     }
     ctx_.Linear(tmp_, a.attn_y, bw.wo, n, D, D, false);
     cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
@@ -387,9 +398,10 @@ void CudaModel::Backward() {
     if (bf16_) {
       cuda::CastToBf16(ctx_.s16b, dattn_y, nd, stream_);  // s16b is free until the next product
       cuda::AttentionBackwardBf16(dqkv_, dattn_y, ctx_.s16b, a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd,
-                                  att_scratch_, stream_);
+                                  att_scratch_, AttnDropout(ctx, l), stream_);
     } else {
-      cuda::AttentionBackward(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, att_scratch_, stream_);
+      cuda::AttentionBackward(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, att_scratch_,
+                              AttnDropout(ctx, l), stream_);
     }
     cuda::RopeBackward(dqkv_, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
     ctx_.LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, a.attn_in, bw.wqkv, n, D, C3, false, /*add_to_dinp=*/false);
@@ -469,11 +481,11 @@ absl::StatusOr<std::unique_ptr<TrainModel>> MakeCudaModel(const ModelConfig& cfg
   // The job-spec checks refuse these at validate and submit; a spec that skipped them stops here.
   if (!CudaRunsHeadSize(cfg.head_dim)) {
     return absl::UnimplementedError(absl::StrCat("device cuda: head size d_model / n_heads = ", cfg.head_dim,
-                                                 " is not one of ", CudaHeadSizesText()));
+                                                 "; it runs head sizes ", CudaHeadSizesText()));
   }
-  if (cfg.experts > kCudaMaxExperts) {
-    return absl::UnimplementedError(
-        absl::StrCat("device cuda: at most ", kCudaMaxExperts, " experts, got ", cfg.experts));
+  if (cfg.experts > kCudaMaxExperts || cfg.top_k > kCudaMaxTopK) {
+    return absl::UnimplementedError(absl::StrCat("device cuda: at most ", kCudaMaxExperts, " experts and top_k ",
+                                                 kCudaMaxTopK, ", got ", cfg.experts, " and ", cfg.top_k));
   }
   if (W > 1 && !use_bf16) {
     return absl::UnimplementedError(absl::StrCat(
