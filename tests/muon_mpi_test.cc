@@ -3,6 +3,7 @@
 // by global expert index, so a run checkpointed by W ranks resumes on one rank with the same
 // curve (and a lost or misplaced momentum would bend it). Runs under mpirun at W = 1, 2 and 4.
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -60,12 +61,16 @@ TEST(MuonParallelTest, RanksMatchOneRankAndResumeOnOneRank) {
   ASSERT_TRUE(oracle->Run(&outcome).ok());
   const std::vector<double> expected = testing::Losses(*oracle);
   ASSERT_EQ(expected.size(), parallel.size());
-  // The dense gradients are summed in another order on W ranks; Newton-Schulz carries that
-  // rounding on, a little amplified. A wrong shard or momentum moves the loss by percents.
+  // As the AdamW equivalence test: only the order of the dense gradients' sum differs (seen:
+  // under 1e-8). A momentum lost at the resume moves the loss by 1e-2.
+  double worst = 0;
   for (size_t i = 0; i < expected.size(); ++i) {
-    EXPECT_LT(RelErr(parallel[i], expected[i]), 1e-4)
+    worst = std::max(worst, RelErr(parallel[i], expected[i]));
+    EXPECT_LT(RelErr(parallel[i], expected[i]), 1e-5)
         << "W=" << W << " step " << i + 1 << ": " << parallel[i] << " vs " << expected[i];
   }
+
+  std::printf("W=%d: largest relative loss difference to one rank %.2e\n", W, worst);
 
   // The W-rank checkpoint of the first half, resumed on one rank.
   const std::string half = "/step_" + std::string(8 - std::to_string(kSteps / 2).size(), '0') + std::to_string(kSteps / 2);
@@ -80,7 +85,7 @@ TEST(MuonParallelTest, RanksMatchOneRankAndResumeOnOneRank) {
   const std::vector<double> tail = testing::Losses(*resumed);
   ASSERT_EQ(tail.size(), static_cast<size_t>(kSteps - kSteps / 2));
   for (size_t i = 0; i < tail.size(); ++i) {
-    EXPECT_LT(RelErr(tail[i], expected[kSteps / 2 + i]), 1e-4) << "resumed on 1 rank, step " << kSteps / 2 + i + 1;
+    EXPECT_LT(RelErr(tail[i], expected[kSteps / 2 + i]), 1e-5) << "resumed on 1 rank, step " << kSteps / 2 + i + 1;
   }
 }
 
