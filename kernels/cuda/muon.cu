@@ -14,20 +14,20 @@ using internal::WarpSumD;
 
 constexpr int kNormThreads = 1024;
 
-// Element i of `batch` (rows, cols) matrices, as stored -> its place in the wide orientation
-// (the matrix transposed to (cols, rows) when rows > cols).
-__device__ __forceinline__ int64_t WideIndex(int64_t i, int rows, int cols, bool tall) {
-  if (!tall) return i;
+// Element i of `batch` (rows, cols) matrices, as stored -> its place in the workspace: matrix m
+// at m * stride, in the wide orientation (transposed to (cols, rows) when rows > cols).
+__device__ __forceinline__ int64_t WideIndex(int64_t i, int rows, int cols, bool tall, int64_t stride) {
   const int64_t size = int64_t{rows} * cols;
   const int64_t m = i / size, rem = i % size;
+  if (!tall) return m * stride + rem;
   const int64_t row = rem / cols, col = rem % cols;
-  return m * size + col * rows + row;
+  return m * stride + col * rows + row;
 }
 
 // x (wide) = the matrices of src, or with grad given Muon's Nesterov input from the momentum:
 // M = mu M + s G ; U = s G + mu M.
 __global__ void LoadKernel(float* x, const float* src, const float* grad, float* momentum, int64_t n, int rows,
-                           int cols, bool tall, float mu, float grad_scale) {
+                           int cols, bool tall, int64_t stride, float mu, float grad_scale) {
   MOE_GRID_STRIDE(i, n) {
     float u;
     if (grad != nullptr) {
@@ -38,13 +38,13 @@ __global__ void LoadKernel(float* x, const float* src, const float* grad, float*
     } else {
       u = src[i];
     }
-    x[WideIndex(i, rows, cols, tall)] = u;
+    x[WideIndex(i, rows, cols, tall, stride)] = u;
   }
 }
 
 // norms[m] = sum of x^2 over matrix m (one block per matrix, a fixed order: deterministic).
-__global__ void SquaredNormsKernel(double* norms, const float* x, int64_t size) {
-  const float* mat = x + blockIdx.x * size;
+__global__ void SquaredNormsKernel(double* norms, const float* x, int64_t size, int64_t stride) {
+  const float* mat = x + blockIdx.x * stride;
   double acc = 0.0;
   for (int64_t i = threadIdx.x; i < size; i += blockDim.x) acc += double{mat[i]} * mat[i];
   acc = WarpSumD(acc);
@@ -59,13 +59,15 @@ __global__ void SquaredNormsKernel(double* norms, const float* x, int64_t size) 
 }
 
 // x = x / (||x||_F + eps) per matrix, as kernels::NewtonSchulz rounds it; and its operand copy.
+// n: the batch's elements without the padding.
 template <typename T>
-__global__ void NormaliseKernel(float* x, T* x_op, const double* norms, int64_t size, int64_t n) {
+__global__ void NormaliseKernel(float* x, T* x_op, const double* norms, int64_t size, int64_t stride, int64_t n) {
   MOE_GRID_STRIDE(i, n) {
-    const float denom = static_cast<float>(sqrt(norms[i / size])) + kernels::kMuonNormEps;
-    const float v = x[i] / denom;
-    x[i] = v;
-    x_op[i] = static_cast<T>(v);
+    const int64_t m = i / size, at = m * stride + i % size;
+    const float denom = static_cast<float>(sqrt(norms[m])) + kernels::kMuonNormEps;
+    const float v = x[at] / denom;
+    x[at] = v;
+    x_op[at] = static_cast<T>(v);
   }
 }
 
@@ -75,15 +77,15 @@ __global__ void CopyKernel(T* out, const float* in, int64_t n) {
 }
 
 // dst (as stored) = x (wide).
-__global__ void StoreKernel(float* dst, const float* x, int64_t n, int rows, int cols, bool tall) {
-  MOE_GRID_STRIDE(i, n) { dst[i] = x[WideIndex(i, rows, cols, tall)]; }
+__global__ void StoreKernel(float* dst, const float* x, int64_t n, int rows, int cols, bool tall, int64_t stride) {
+  MOE_GRID_STRIDE(i, n) { dst[i] = x[WideIndex(i, rows, cols, tall, stride)]; }
 }
 
 // W = W decay - step X, and the bf16 copy of W.
 __global__ void UpdateKernel(float* param, bf16* param_bf16, const float* x, int64_t n, int rows, int cols, bool tall,
-                             float decay, float step) {
+                             int64_t stride, float decay, float step) {
   MOE_GRID_STRIDE(i, n) {
-    const float w = param[i] * decay - step * x[WideIndex(i, rows, cols, tall)];
+    const float w = param[i] * decay - step * x[WideIndex(i, rows, cols, tall, stride)];
     param[i] = w;
     if (param_bf16 != nullptr) param_bf16[i] = __float2bfloat16(w);
   }
@@ -99,33 +101,34 @@ void ToOperand(void* out, const float* in, int64_t n, DType type, cudaStream_t s
   MOE_CUDA_LAUNCH_CHECK();
 }
 
-// ws.x holds `batch` wide (r, c) matrices, r <= c: normalise, then five
-// X = a X + (b A + c A A) X with A = X X^T, each product one strided-batch call.
+// ws.x holds `batch` wide (r, c) matrices, r <= c, MuonWorkspace::Stride apart: normalise,
+// then five X = a X + (b A + c A A) X with A = X X^T, each product one strided-batch call.
 void OrthogonaliseWide(Blas* blas, const MuonWorkspace& ws, DType type, int64_t batch, int r, int c,
                        cudaStream_t stream) {
   const int64_t rc = int64_t{r} * c, rr = int64_t{r} * r, n = batch * rc;
-  SquaredNormsKernel<<<static_cast<unsigned>(batch), kNormThreads, 0, stream>>>(ws.norms, ws.x, rc);
+  const int64_t sx = MuonWorkspace::Stride(rc), sg = MuonWorkspace::Stride(rr);
+  SquaredNormsKernel<<<static_cast<unsigned>(batch), kNormThreads, 0, stream>>>(ws.norms, ws.x, rc, sx);
   MOE_CUDA_LAUNCH_CHECK();
   if (type == DType::kBF16) {
-    NormaliseKernel<<<GridFor(n), kThreads, 0, stream>>>(ws.x, static_cast<bf16*>(ws.x_op), ws.norms, rc, n);
+    NormaliseKernel<<<GridFor(n), kThreads, 0, stream>>>(ws.x, static_cast<bf16*>(ws.x_op), ws.norms, rc, sx, n);
   } else {
-    NormaliseKernel<<<GridFor(n), kThreads, 0, stream>>>(ws.x, static_cast<float*>(ws.x_op), ws.norms, rc, n);
+    NormaliseKernel<<<GridFor(n), kThreads, 0, stream>>>(ws.x, static_cast<float*>(ws.x_op), ws.norms, rc, sx, n);
   }
   MOE_CUDA_LAUNCH_CHECK();
   const int b = static_cast<int>(batch);
   for (int it = 0; it < kernels::kNewtonSchulzSteps; ++it) {
     // A = X X^T
-    blas->GemmBatched(false, true, r, r, c, 1.0f, ws.x_op, c, rc, ws.x_op, c, rc, 0.0f, ws.gram, r, rr, b, type,
+    blas->GemmBatched(false, true, r, r, c, 1.0f, ws.x_op, c, sx, ws.x_op, c, sx, 0.0f, ws.gram, r, sg, b, type,
                       DType::kF32, stream);
-    ToOperand(ws.gram_op, ws.gram, batch * rr, type, stream);
+    ToOperand(ws.gram_op, ws.gram, batch * sg, type, stream);
     // A <- c A A + b A
-    blas->GemmBatched(false, false, r, r, r, kernels::kNewtonSchulzC, ws.gram_op, r, rr, ws.gram_op, r, rr,
-                      kernels::kNewtonSchulzB, ws.gram, r, rr, b, type, DType::kF32, stream);
-    ToOperand(ws.gram_op, ws.gram, batch * rr, type, stream);
+    blas->GemmBatched(false, false, r, r, r, kernels::kNewtonSchulzC, ws.gram_op, r, sg, ws.gram_op, r, sg,
+                      kernels::kNewtonSchulzB, ws.gram, r, sg, b, type, DType::kF32, stream);
+    ToOperand(ws.gram_op, ws.gram, batch * sg, type, stream);
     // X <- (b A + c A A) X + a X
-    blas->GemmBatched(false, false, r, c, r, 1.0f, ws.gram_op, r, rr, ws.x_op, c, rc, kernels::kNewtonSchulzA, ws.x,
-                      c, rc, b, type, DType::kF32, stream);
-    ToOperand(ws.x_op, ws.x, n, type, stream);
+    blas->GemmBatched(false, false, r, c, r, 1.0f, ws.gram_op, r, sg, ws.x_op, c, sx, kernels::kNewtonSchulzA, ws.x,
+                      c, sx, b, type, DType::kF32, stream);
+    ToOperand(ws.x_op, ws.x, batch * sx, type, stream);
   }
 }
 
@@ -136,10 +139,11 @@ void NewtonSchulz(Blas* blas, const MuonWorkspace& ws, DType type, float* x, int
   const int64_t n = batch * rows * cols;
   if (n == 0) return;
   const bool tall = rows > cols;
-  LoadKernel<<<GridFor(n), kThreads, 0, stream>>>(ws.x, x, nullptr, nullptr, n, rows, cols, tall, 0.f, 0.f);
+  const int64_t stride = MuonWorkspace::Stride(int64_t{rows} * cols);
+  LoadKernel<<<GridFor(n), kThreads, 0, stream>>>(ws.x, x, nullptr, nullptr, n, rows, cols, tall, stride, 0.f, 0.f);
   MOE_CUDA_LAUNCH_CHECK();
   OrthogonaliseWide(blas, ws, type, batch, tall ? cols : rows, tall ? rows : cols, stream);
-  StoreKernel<<<GridFor(n), kThreads, 0, stream>>>(x, ws.x, n, rows, cols, tall);
+  StoreKernel<<<GridFor(n), kThreads, 0, stream>>>(x, ws.x, n, rows, cols, tall, stride);
   MOE_CUDA_LAUNCH_CHECK();
 }
 
@@ -149,14 +153,16 @@ void MuonUpdate(Blas* blas, const MuonWorkspace& ws, DType type, float* param, b
   const int64_t n = batch * rows * cols;
   if (n == 0) return;
   const bool tall = rows > cols;
-  LoadKernel<<<GridFor(n), kThreads, 0, stream>>>(ws.x, nullptr, grad, momentum, n, rows, cols, tall,
+  const int64_t stride = MuonWorkspace::Stride(int64_t{rows} * cols);
+  LoadKernel<<<GridFor(n), kThreads, 0, stream>>>(ws.x, nullptr, grad, momentum, n, rows, cols, tall, stride,
                                                   kernels::kMuonMomentum, grad_scale);
   MOE_CUDA_LAUNCH_CHECK();
   OrthogonaliseWide(blas, ws, type, batch, tall ? cols : rows, tall ? rows : cols, stream);
   // The CPU's rounding: decay = 1 - lr wd and step = lr * scale, each one float.
   const float decay = 1.0f - lr * weight_decay;
   const float step = lr * kernels::MuonScale(rows, cols);
-  UpdateKernel<<<GridFor(n), kThreads, 0, stream>>>(param, param_bf16, ws.x, n, rows, cols, tall, decay, step);
+  UpdateKernel<<<GridFor(n), kThreads, 0, stream>>>(param, param_bf16, ws.x, n, rows, cols, tall, stride, decay,
+                                                    step);
   MOE_CUDA_LAUNCH_CHECK();
 }
 

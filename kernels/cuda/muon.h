@@ -12,7 +12,9 @@
 
 namespace moe::cuda {
 
-// Device scratch of one Muon call, sized by MuonWorkspace::Need over the tensors it serves.
+// Device scratch of one Muon call, sized by MuonWorkspace::Size over the tensors it serves.
+// Matrix m of a batch starts at m * Stride(its size) elements, so that every matrix of the
+// strided products is as aligned as the buffer (cuBLASLt picks kernels by alignment).
 struct MuonWorkspace {
   float* x = nullptr;       // (elements) fp32: U, then X, in the wide orientation (r <= c)
   void* x_op = nullptr;     // (elements) x's operand copy, of the product type
@@ -20,13 +22,16 @@ struct MuonWorkspace {
   void* gram_op = nullptr;  // (gram) gram's operand copy
   double* norms = nullptr;  // (batch) squared Frobenius norms
 
+  // Elements from one matrix of `size` elements to the next: 64 (256 bytes of fp32) apart.
+  static int64_t Stride(int64_t size) { return (size + 63) / 64 * 64; }
+
   struct Size {
     int64_t elements = 0, gram = 0, batch = 0;
     // Grows to hold `batch` (rows, cols) matrices.
     void Fit(int64_t batch_count, int64_t rows, int64_t cols) {
       const int64_t r = std::min(rows, cols);
-      elements = std::max(elements, batch_count * rows * cols);
-      gram = std::max(gram, batch_count * r * r);
+      elements = std::max(elements, batch_count * Stride(rows * cols));
+      gram = std::max(gram, batch_count * Stride(r * r));
       batch = std::max(batch, batch_count);
     }
   };

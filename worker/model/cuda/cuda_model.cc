@@ -159,6 +159,9 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr
     muon_.x_op = bf16_ ? static_cast<void*>(weights_.Alloc<bf16>(need.elements)) : weights_.Alloc<float>(need.elements);
     muon_.gram_op = bf16_ ? static_cast<void*>(weights_.Alloc<bf16>(need.gram)) : weights_.Alloc<float>(need.gram);
     muon_.norms = weights_.Alloc<double>(need.batch);
+    // The padding between matrices is copied to the operands but never multiplied: zero it once.
+    MOE_CUDA_CHECK(cudaMemsetAsync(muon_.x, 0, sizeof(float) * need.elements, stream_));
+    MOE_CUDA_CHECK(cudaMemsetAsync(muon_.gram, 0, sizeof(float) * need.gram, stream_));
   }
   MOE_CUDA_CHECK(cudaMemsetAsync(params_, 0, sizeof(float) * total, stream_));
   ctx_.stream = stream_;
