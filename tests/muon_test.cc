@@ -209,9 +209,9 @@ TEST(MuonSchedule, FollowsTheLrScheduleScaledToMuonLr) {
 
 // One optimizer step of a Model on random gradients against the kernels applied tensor by
 // tensor: AdamW everywhere for adamw (muon_lr ignored), Muon on exactly the muon tensors else.
-void CheckModelStep(bool muon) {
+void CheckModelStep(bool muon, int experts) {
   kernels::SetNumThreads(1);
-  const testing::ModelCase c{"moe", 4, 2, 4, 2, 0.0, false, 0.0f};
+  const testing::ModelCase c{"case", experts, experts > 1 ? 2 : 1, 4, 2, 0.0, false, 0.0f};
   ModelConfig cfg = testing::CaseConfig(c, 40, 32, 8, 24);
   cfg.muon = muon;
   auto comm = CreateSingleProcessCommunicator();
@@ -253,12 +253,19 @@ void CheckModelStep(bool muon) {
       ASSERT_EQ(v[info.offset + i], ev[i]) << info.name << " v element " << i;
     }
   }
-  // Per block: wqkv, wo, w1, w3, w2; none of wte, lm_head, norms, routers.
+  // Per block: wqkv, wo, w1, w3, w2 (a dense model's single expert too); none of wte, lm_head,
+  // norms, routers.
   EXPECT_EQ(muon_tensors, muon ? 2 * 5 : 0);
 }
 
-TEST(MuonModel, AdamWJobsStepEveryTensorByAdamW) { CheckModelStep(/*muon=*/false); }
-TEST(MuonModel, MuonStepsTheBlockMatricesAndAdamWTheRest) { CheckModelStep(/*muon=*/true); }
+TEST(MuonModel, AdamWJobsStepEveryTensorByAdamW) {
+  CheckModelStep(/*muon=*/false, /*experts=*/4);
+  CheckModelStep(/*muon=*/false, /*experts=*/1);
+}
+TEST(MuonModel, MuonStepsTheBlockMatricesAndAdamWTheRest) {
+  CheckModelStep(/*muon=*/true, /*experts=*/4);
+  CheckModelStep(/*muon=*/true, /*experts=*/1);
+}
 
 moe::v1::JobSpec MuonSpec(int steps) {
   moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
@@ -301,7 +308,15 @@ TEST(MuonTraining, SmallShakespeareLearnsWithMuon) {
   const std::vector<double> base = Train(adamw, &data);
   ASSERT_EQ(base.size(), muon.size());
   EXPECT_NE(base[5], muon[5]) << "the optimizer option changed nothing";
-  std::printf("mean of the last 5 losses: adamw %.4f muon %.4f\n", MeanOfLast(base, 5), MeanOfLast(muon, 5));
+  // The momentum stored as int8 (train.optimizer_state): rounded differently, the same training
+  // (memory_options_test's bar for AdamW's moments).
+  moe::v1::JobSpec int8 = spec;
+  int8.mutable_train()->set_optimizer_state(moe::v1::STATE_INT8);
+  const std::vector<double> compact = Train(int8, &data);
+  ASSERT_EQ(compact.size(), muon.size());
+  EXPECT_NEAR(MeanOfLast(compact, 5), MeanOfLast(muon, 5), 0.04 * MeanOfLast(muon, 5));
+  std::printf("mean of the last 5 losses: adamw %.4f muon %.4f muon int8 %.4f\n", MeanOfLast(base, 5),
+              MeanOfLast(muon, 5), MeanOfLast(compact, 5));
 }
 
 TEST(MuonTraining, Int8MomentumResumesToTheSameCurve) {
