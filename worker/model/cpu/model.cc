@@ -140,7 +140,10 @@ void Model::OptimizerStep(int64_t step, double lr, double muon_lr, double weight
 
 void Model::MuonTensorStep(const ParamInfo& info, int64_t step, double lr, double weight_decay, float clip_scale) {
   // Newton-Schulz needs a whole matrix, so the momentum of the whole tensor is decoded at once
-  // (compact formats) and encoded again after; AdamW's v stays unused (zero) here.
+  // (compact formats) and encoded again after; AdamW's v stays unused (zero) here. Expert
+  // matrices are stored (in, out), not MODEL.md's [out, in]: Newton-Schulz of a transpose is the
+  // transpose of Newton-Schulz (the tall one is worked on transposed anyway) and the scale takes
+  // max(r, c), so the stored orientation gives the same update.
   const int rank = static_cast<int>(info.shape.size());
   const int rows = static_cast<int>(info.shape[rank - 2]), cols = static_cast<int>(info.shape[rank - 1]);
   const int64_t batch = info.size / (int64_t{rows} * cols);
