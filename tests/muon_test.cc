@@ -166,6 +166,21 @@ TEST(NewtonSchulz, MapsSingularValuesNearOneAndKeepsSingularVectors) {
   }
 }
 
+TEST(NewtonSchulz, OfATransposeIsTheTransposeExactly) {
+  // Expert matrices are stored (in, out): the model relies on this to give MODEL.md's update of
+  // the [out, in] matrix. A tall matrix is worked on as its wide transpose, so bit for bit.
+  const int rows = 12, cols = 7;
+  std::vector<float> tall = Random(rows * cols, 21), wide(tall.size());
+  for (int i = 0; i < rows; ++i) {
+    for (int j = 0; j < cols; ++j) wide[j * rows + i] = tall[i * cols + j];
+  }
+  kernels::NewtonSchulz(tall.data(), 1, rows, cols);
+  kernels::NewtonSchulz(wide.data(), 1, cols, rows);
+  for (int i = 0; i < rows; ++i) {
+    for (int j = 0; j < cols; ++j) ASSERT_EQ(wide[j * rows + i], tall[i * cols + j]) << i << ", " << j;
+  }
+}
+
 TEST(MuonUpdate, MomentumNesterovDecayAndScale) {
   const int batch = 2, rows = 6, cols = 4;
   const int64_t size = int64_t{rows} * cols, n = batch * size;
