@@ -382,7 +382,7 @@ int main(int argc, char** argv) {
     model.GradSquaredNorms(&dense_sq, &expert_sq);
     comm->AllReduceSum(&expert_sq, 1);
     const double norm = std::sqrt(dense_sq + expert_sq);
-    model.AdamWStep(s + 1, 3e-4, 0.1, norm > 1.0 ? static_cast<float>(1.0 / (norm + 1e-6)) : 1.0f);
+    model.OptimizerStep(s + 1, 3e-4, 3e-4, 0.1, norm > 1.0 ? static_cast<float>(1.0 / (norm + 1e-6)) : 1.0f);
     const auto t3 = Clock::now();
 #ifdef MOE_WITH_CUDA
     if (profile && s == warmup) cudaProfilerStop();

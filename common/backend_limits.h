@@ -56,7 +56,7 @@ inline bool BackendRuns(bool cuda, RecipeOption option) {
     case RecipeOption::kRouterTemperature: return false;
     case RecipeOption::kBiasBalancing: return false;
     case RecipeOption::kExpertDropout: return false;
-    case RecipeOption::kMuon: return false;
+    case RecipeOption::kMuon: return !cuda;
     case RecipeOption::kRecompute: return false;
     case RecipeOption::kCompactState: return !cuda;
     case RecipeOption::kBf16MasterWeights: return !cuda;

@@ -122,8 +122,8 @@ void ExpectParity(const ModelConfig& cfg, bool bf16, const std::string& name) {
   cpu.GradSquaredNorms(&dc, &ec);
   gpu.GradSquaredNorms(&dg, &eg);
   EXPECT_LT(std::abs(std::sqrt(dg + eg) - std::sqrt(dc + ec)) / std::sqrt(dc + ec), gtol);
-  cpu.AdamWStep(1, 1e-3, 0.1, 0.5f);
-  gpu.AdamWStep(1, 1e-3, 0.1, 0.5f);
+  cpu.OptimizerStep(1, 1e-3, 1e-3, 0.1, 0.5f);
+  gpu.OptimizerStep(1, 1e-3, 1e-3, 0.1, 0.5f);
   // The first AdamW step moves each weight by about lr * sign(grad): a gradient near zero that
   // flips sign under bf16 rounding moves its weight by 2 lr, hence the looser bf16 bound.
   EXPECT_LT(RelErr(gpu.params().data(), cpu.params().data(), cpu.layout().total()), bf16 ? 1e-2 : 1e-3);

@@ -15,6 +15,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/matmul.h"
+#include "kernels/cuda/muon.h"
 #include "kernels/cuda/nn.h"
 #include "worker/model/cuda/cuda_context.h"
 #include "worker/model/cuda/device_arena.h"
@@ -56,7 +57,7 @@ class CudaModel final : public TrainModel {
   void Backward() override;
   CommSeconds ReduceGrads() override;
   void GradSquaredNorms(double* dense_sq, double* expert_sq) override;
-  void AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) override;
+  void OptimizerStep(int64_t step, double lr, double muon_lr, double weight_decay, float clip_scale) override;
   void CopyToHost(ParamSet set, std::vector<float>* out) override;
   void CopyFromHost(ParamSet set, const std::vector<float>& in) override;
   const std::vector<float>& params() override;
@@ -111,6 +112,7 @@ class CudaModel final : public TrainModel {
   DeviceArena weights_{&memory_}, acts_{&memory_};
   float *params_ = nullptr, *grads_ = nullptr, *adam_m_ = nullptr, *adam_v_ = nullptr;  // (total)
   bf16* params16_ = nullptr;                         // (total) bf16 mode only
+  cuda::MuonWorkspace muon_;                         // train.optimizer muon: Newton-Schulz scratch
   float *rope_cos_ = nullptr, *rope_sin_ = nullptr;  // (T, hd/2)
   double* norms_ = nullptr;                          // (2) device
   double* host_stats_ = nullptr;                     // pinned: ce_sum, then each layer's RouterStatsSlots
@@ -154,6 +156,24 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr
   adam_m_ = weights_.Alloc<float>(total);
   adam_v_ = weights_.Alloc<float>(total);
   if (bf16_) params16_ = weights_.Alloc<bf16>(total);
+  if (cfg.muon) {
+    // Scratch for the largest Muon tensor (an expert tensor's E_local matrices at once); the
+    // products' operand copies are bf16 in bf16 mode.
+    cuda::MuonWorkspace::Size need;
+    for (const ParamInfo& info : layout_.params()) {
+      if (!info.muon) continue;
+      const int64_t rows = info.shape[info.shape.size() - 2], cols = info.shape.back();
+      need.Fit(info.size / (rows * cols), rows, cols);
+    }
+    muon_.x = weights_.Alloc<float>(need.elements);
+    muon_.gram = weights_.Alloc<float>(need.gram);
+    muon_.x_op = bf16_ ? static_cast<void*>(weights_.Alloc<bf16>(need.elements)) : weights_.Alloc<float>(need.elements);
+    muon_.gram_op = bf16_ ? static_cast<void*>(weights_.Alloc<bf16>(need.gram)) : weights_.Alloc<float>(need.gram);
+    muon_.norms = weights_.Alloc<double>(need.batch);
+    // The padding between matrices is copied to the operands but never multiplied: zero it once.
+    MOE_CUDA_CHECK(cudaMemsetAsync(muon_.x, 0, sizeof(float) * need.elements, stream_));
+    MOE_CUDA_CHECK(cudaMemsetAsync(muon_.gram, 0, sizeof(float) * need.gram, stream_));
+  }
   MOE_CUDA_CHECK(cudaMemsetAsync(params_, 0, sizeof(float) * total, stream_));
   ctx_.stream = stream_;
   ctx_.blas = blas_.get();
@@ -434,13 +454,21 @@ void CudaModel::GradSquaredNorms(double* dense_sq, double* expert_sq) {
   *expert_sq = host_stats_[1];
 }
 
-void CudaModel::AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) {
+void CudaModel::OptimizerStep(int64_t step, double lr, double muon_lr, double weight_decay, float clip_scale) {
   // The CPU optimizer's constants (kernels/adamw.h), bias corrections computed in double.
   const kernels::AdamWConfig c;
   const float bc1 = static_cast<float>(1.0 - std::pow(double{c.beta1}, static_cast<double>(step)));
   const float bc2 = static_cast<float>(1.0 - std::pow(double{c.beta2}, static_cast<double>(step)));
   for (const ParamInfo& info : layout_.params()) {
     const float wd = info.decay ? static_cast<float>(weight_decay) : 0.f;
+    if (cfg_.muon && info.muon) {  // momentum in m; the tensor's matrices in one batch
+      const int rows = static_cast<int>(info.shape[info.shape.size() - 2]), cols = static_cast<int>(info.shape.back());
+      cuda::MuonUpdate(blas_.get(), muon_, bf16_ ? cuda::DType::kBF16 : cuda::DType::kF32, params_ + info.offset,
+                       bf16_ ? params16_ + info.offset : nullptr, grads_ + info.offset, adam_m_ + info.offset,
+                       info.size / (int64_t{rows} * cols), rows, cols, static_cast<float>(muon_lr), wd, clip_scale,
+                       stream_);
+      continue;
+    }
     cuda::AdamWUpdate(params_ + info.offset, bf16_ ? params16_ + info.offset : nullptr, grads_ + info.offset,
                       adam_m_ + info.offset, adam_v_ + info.offset, info.size, static_cast<float>(lr), c.beta1,
                       c.beta2, c.eps, wd, bc1, bc2, clip_scale, stream_);
