@@ -11,6 +11,11 @@
 //   0 prints tokens/s over all ranks and per GPU, and the GPU time of the collectives.
 //   moe_bench --config small --grouped-gemm: times the experts' products alone (cuBLAS grouped,
 //             cuBLAS padded batches and the simple oracle kernel), one JSON line per product.
+//   moe_bench --job FILE [--steps N] [--warmup N] [--profile]: any job file (the checks of
+//             `moectl validate`), trained by moe-worker's own Trainer (the job's device,
+//             precision, options, batch_size and grad_accum) on random tokens below
+//             model.vocab_size; one JSON line: tokens/s, TFLOP/s and MFU per GPU, the step split
+//             and the peak memory. Under mpirun -np W the job runs on W ranks (resources.ranks).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -20,13 +25,16 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "common/job_spec.h"
 #include "common/model_stats.h"
 #include "moe/v1/job.pb.h"
 #include "worker/parallel/comm_mpi.h"
 #include "worker/model/cuda/cuda_model.h"
 #include "worker/model/model_config.h"
+#include "worker/data/dataset.h"
 #include "worker/train/make_model.h"
 #include "worker/train/step_metrics.h"
+#include "worker/train/trainer.h"
 
 #ifdef MOE_WITH_CUDA
 #include <cuda_profiler_api.h>
@@ -153,10 +161,101 @@ int GroupedGemmBench(const BenchConfig& c, int iters) {
 }
 #endif
 
+// --job FILE: the job's own step (Trainer::Step: sample, forward, backward, reduce, clip,
+// update) on random tokens; the warm-up steps are not measured. Returns the exit code.
+int JobBench(const std::string& path, int steps, int warmup, bool profile) {
+  absl::StatusOr<moe::v1::JobSpec> loaded = moe::LoadJobSpec(path);
+  if (!loaded.ok()) {
+    std::fprintf(stderr, "moe_bench: %s\n", std::string(loaded.status().message()).c_str());
+    return 2;
+  }
+  moe::v1::JobSpec spec = *loaded;
+  auto comm = moe::CreateMpiCommunicator(moe::CommOptions{});
+  const int W = comm->world_size(), rank = comm->rank();
+  const auto& m = spec.model();
+  const auto& t = spec.train();
+  const int vocab = m.vocab_size(), T = m.seq_len();
+  auto fail = [&](const std::string& why) {
+    if (rank == 0) std::fprintf(stderr, "moe_bench: %s: %s\n", path.c_str(), why.c_str());
+    return 2;
+  };
+  if (vocab <= 0 || vocab > 65536) {
+    return fail("set model.vocab_size (1 to 65536): moe_bench draws random tokens below it and reads no data");
+  }
+  if (t.batch_size() % (W * t.grad_accum()) != 0) {
+    return fail("train.batch_size " + std::to_string(t.batch_size()) + " does not split over " + std::to_string(W) +
+                " ranks x grad_accum " + std::to_string(t.grad_accum()) + "; run another -np or change the job");
+  }
+  if (m.moe().num_experts() > 1 && m.moe().num_experts() % W != 0) {
+    return fail(std::to_string(m.moe().num_experts()) + " experts do not split over " + std::to_string(W) + " ranks");
+  }
+  spec.mutable_resources()->set_ranks(W);
+  // Random tokens, the same on every rank (each samples its own slice of the global batch).
+  moe::Dataset data;
+  data.vocab_size = vocab;
+  data.source = "random tokens";
+  std::mt19937 rng(1);
+  std::uniform_int_distribution<int> tok(0, vocab - 1);
+  data.train.resize(std::max<size_t>(size_t{1} << 20, static_cast<size_t>(T + 1) * 64));
+  for (uint16_t& v : data.train) v = static_cast<uint16_t>(tok(rng));
+  data.val.assign(data.train.begin(), data.train.begin() + (T + 1) * 4);
+  moe::TrainerOptions opts;
+  opts.max_steps = warmup + steps;
+  auto made = moe::Trainer::Create(spec, comm.get(), &data, opts);
+  if (!made.ok()) {
+    if (rank == 0) std::fprintf(stderr, "moe_bench: %s\n", std::string(made.status().message()).c_str());
+    return 1;
+  }
+  moe::Trainer& trainer = **made;
+  std::vector<double> tok_s, mfu, step_ms, fwd_ms, bwd_ms, opt_ms, a2a_ms, ar_ms;
+  double peak_mb = 0, ce = 0;
+  for (int s = 0; s < warmup + steps; ++s) {
+#ifdef MOE_WITH_CUDA
+    if (profile && s == warmup) cudaProfilerStart();
+#endif
+    const moe::StepResult r = trainer.Step(s);
+#ifdef MOE_WITH_CUDA
+    if (profile && s == warmup) cudaProfilerStop();
+#endif
+    if (s < warmup) continue;
+    const moe::v1::MetricPoint& p = r.metrics;
+    tok_s.push_back(p.tokens_per_s());
+    mfu.push_back(p.mfu());
+    step_ms.push_back(p.step_ms());
+    fwd_ms.push_back(p.times().forward_ms());
+    bwd_ms.push_back(p.times().backward_ms());
+    opt_ms.push_back(p.times().optimizer_ms());
+    a2a_ms.push_back(p.times().all_to_all_ms());
+    ar_ms.push_back(p.times().all_reduce_ms());
+    peak_mb = std::max(peak_mb, p.peak_memory_mb());
+    ce = p.loss();
+  }
+  if (rank != 0) return 0;
+  moe::v1::JobSpec sized = spec;
+  sized.mutable_model()->set_vocab_size(vocab);
+  const moe::ModelStats stats = moe::ComputeModelStats(sized);
+  const double tokens_per_s = Median(tok_s);
+  const char* device = spec.resources().device() == moe::v1::DEVICE_CUDA ? "cuda" : "cpu";
+  const char* precision = t.precision() == moe::v1::PRECISION_BF16 ? "bf16" : "fp32";
+  std::printf(
+      "{\"bench\": \"moe_bench\", \"job\": \"%s\", \"name\": \"%s\", \"device\": \"%s\", "
+      "\"precision\": \"%s\", \"ranks\": %d, \"steps\": %d, \"tokens_per_step\": %lld, "
+      "\"active_params\": %lld, \"total_params\": %lld, \"flops_per_token\": %.4g, \"step_ms\": %.2f, "
+      "\"tokens_per_s\": %.0f, \"tokens_per_s_per_gpu\": %.0f, \"model_tflops\": %.1f, \"mfu\": %.4f, "
+      "\"forward_ms\": %.2f, \"backward_ms\": %.2f, \"optimizer_ms\": %.2f, \"all_to_all_ms\": %.2f, "
+      "\"all_reduce_ms\": %.2f, \"peak_memory_mb\": %.1f, \"ce\": %.4f}\n",
+      path.c_str(), spec.name().c_str(), device, precision, W, steps,
+      static_cast<long long>(t.batch_size()) * T, static_cast<long long>(stats.active_params),
+      static_cast<long long>(stats.total_params), stats.flops_per_token, Median(step_ms), tokens_per_s,
+      tokens_per_s / W, stats.flops_per_token * tokens_per_s / W / 1e12, Median(mfu), Median(fwd_ms),
+      Median(bwd_ms), Median(opt_ms), Median(a2a_ms), Median(ar_ms), peak_mb, ce);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string config = "tiny", precision = "bf16", device = "cuda";
+  std::string config = "tiny", precision = "bf16", device = "cuda", job;
   int steps = 20, warmup = 5;
   bool grouped_gemm = false;
   [[maybe_unused]] bool profile = false;  // read in CUDA builds only
@@ -165,6 +264,8 @@ int main(int argc, char** argv) {
     const bool has_value = i + 1 < argc;
     if (a == "--config" && has_value) {
       config = argv[++i];
+    } else if (a == "--job" && has_value) {
+      job = argv[++i];
     } else if (a == "--precision" && has_value) {
       precision = argv[++i];
     } else if (a == "--device" && has_value) {
@@ -180,9 +281,17 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: moe_bench --config tiny|tiny-dense|small|medium [--steps N] [--warmup N] "
-                   "[--precision bf16|fp32] [--device cuda|cpu] [--grouped-gemm] [--profile]\n");
+                   "[--precision bf16|fp32] [--device cuda|cpu] [--grouped-gemm] [--profile]\n"
+                   "       moe_bench --job FILE [--steps N] [--warmup N] [--profile]\n");
       return 2;
     }
+  }
+  if (!job.empty()) {
+    if (steps <= 0 || warmup < 0) {
+      std::fprintf(stderr, "moe_bench: --steps must be at least 1 and --warmup at least 0\n");
+      return 2;
+    }
+    return JobBench(job, steps, warmup, profile);
   }
   const BenchConfig* c = nullptr;
   for (const BenchConfig& x : kConfigs) {
@@ -273,7 +382,7 @@ int main(int argc, char** argv) {
     model.GradSquaredNorms(&dense_sq, &expert_sq);
     comm->AllReduceSum(&expert_sq, 1);
     const double norm = std::sqrt(dense_sq + expert_sq);
-    model.AdamWStep(s + 1, 3e-4, 0.1, norm > 1.0 ? static_cast<float>(1.0 / (norm + 1e-6)) : 1.0f);
+    model.OptimizerStep(s + 1, 3e-4, 3e-4, 0.1, norm > 1.0 ? static_cast<float>(1.0 / (norm + 1e-6)) : 1.0f);
     const auto t3 = Clock::now();
 #ifdef MOE_WITH_CUDA
     if (profile && s == warmup) cudaProfilerStop();

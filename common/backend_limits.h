@@ -2,27 +2,29 @@
 // validate and submit (with these lists), and the backends assert the same limits.
 #pragma once
 
-#include <array>
 #include <string>
 
 namespace moe {
 
-// The CUDA attention kernels are instantiated for these head sizes (d_model / n_heads).
-inline constexpr std::array<int, 4> kCudaHeadSizes = {8, 16, 32, 64};
-// The CUDA router and the experts' row tables hold at most this many experts per layer.
-inline constexpr int kCudaMaxExperts = 64;
+// The CUDA attention kernels run any head size (d_model / n_heads) that is a multiple of 8 up to
+// 256: the tensor-core tiles and the 16-byte row loads take 8 values at a time, and a 64-row
+// tile of 256 values is what fits a block's shared memory (H100/H200: 227 KB) double-buffered.
+inline constexpr int kCudaHeadSizeStep = 8;
+inline constexpr int kCudaMaxHeadSize = 256;
+// The CUDA router and the experts' row tables hold at most this many experts per layer, and the
+// router this many picks per token.
+inline constexpr int kCudaMaxExperts = 512;
+inline constexpr int kCudaMaxTopK = 8;
+// The experts' bf16 products read rows of F values 16 bytes at a time.
+inline constexpr int kCudaExpertHiddenStep = 8;
 
 inline bool CudaRunsHeadSize(int hd) {
-  for (int s : kCudaHeadSizes) {
-    if (s == hd) return true;
-  }
-  return false;
+  return hd > 0 && hd % kCudaHeadSizeStep == 0 && hd <= kCudaMaxHeadSize;
 }
 
 inline std::string CudaHeadSizesText() {
-  std::string out;
-  for (int s : kCudaHeadSizes) out += (out.empty() ? "" : ", ") + std::to_string(s);
-  return out;
+  return "multiples of " + std::to_string(kCudaHeadSizeStep) + " up to " + std::to_string(kCudaMaxHeadSize) +
+         " (such as 64, 80, 96, 128, 192, 256)";
 }
 
 // The recipe options of MODEL.md ("Options: the seeds' recipes") by what a job sets; a backend
@@ -54,7 +56,7 @@ inline bool BackendRuns(bool cuda, RecipeOption option) {
     case RecipeOption::kRouterTemperature: return !cuda;
     case RecipeOption::kBiasBalancing: return !cuda;
     case RecipeOption::kExpertDropout: return !cuda;
-    case RecipeOption::kMuon: return false;
+    case RecipeOption::kMuon: return !cuda;
     case RecipeOption::kRecompute: return false;
     case RecipeOption::kCompactState: return !cuda;
     case RecipeOption::kBf16MasterWeights: return !cuda;

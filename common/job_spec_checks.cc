@@ -344,13 +344,24 @@ class Checker {
           !CudaRunsHeadSize(m.d_model() / m.n_heads())) {
         Fail("model.n_heads",
              absl::StrCat("gives head size d_model / n_heads = ", m.d_model() / m.n_heads(),
-                          ", which device cuda does not run yet; it runs head sizes ", CudaHeadSizesText(),
+                          ", which device cuda does not run; it runs head sizes ", CudaHeadSizesText(),
                           " (choose n_heads = d_model / one of them, or use device: cpu)"));
       }
       if (Ok("model.moe.num_experts") && m.moe().num_experts() > kCudaMaxExperts) {
         Fail("model.moe.num_experts",
              absl::StrCat("device cuda runs at most ", kCudaMaxExperts, " experts per layer, got ",
                           m.moe().num_experts(), " (use at most ", kCudaMaxExperts, ", or device: cpu)"));
+      }
+      if (Ok("model.moe.top_k") && m.moe().num_experts() > 1 && m.moe().top_k() > kCudaMaxTopK) {
+        Fail("model.moe.top_k",
+             absl::StrCat("device cuda routes each token to at most ", kCudaMaxTopK, " experts, got ",
+                          m.moe().top_k(), " (use top_k at most ", kCudaMaxTopK, ", or device: cpu)"));
+      }
+      if (Ok("model.moe.expert_hidden") && m.moe().expert_hidden() % kCudaExpertHiddenStep != 0) {
+        const int up = (m.moe().expert_hidden() / kCudaExpertHiddenStep + 1) * kCudaExpertHiddenStep;
+        Fail("model.moe.expert_hidden",
+             absl::StrCat("device cuda runs expert_hidden multiples of ", kCudaExpertHiddenStep, ", got ",
+                          m.moe().expert_hidden(), " (use ", up, ", or device: cpu)"));
       }
     }
     if (r.launcher() == v1::LAUNCHER_SLURM && Ok("resources.launcher") && Ok("resources.ranks")) {

@@ -31,4 +31,9 @@ double LearningRateAt(const moe::v1::TrainSpec& t, int step) {
                         t.decay_fraction() > 0 ? t.decay_fraction() : 0.2);
 }
 
+double MuonLearningRateAt(const moe::v1::TrainSpec& t, int step) {
+  if (t.muon_lr() <= 0 || t.lr() <= 0) return LearningRateAt(t, step);
+  return LearningRateAt(t, step) * (t.muon_lr() / t.lr());
+}
+
 }  // namespace moe

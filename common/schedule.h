@@ -14,4 +14,8 @@ double LearningRateAt(int step, int total_steps, double lr, double min_lr, int w
 // The schedule of a train spec (step is 0-based).
 double LearningRateAt(const moe::v1::TrainSpec& train, int step);
 
+// Muon's learning rate (train.optimizer muon): the same schedule scaled by muon_lr / lr, so it
+// peaks at muon_lr (lr when muon_lr is 0, unset).
+double MuonLearningRateAt(const moe::v1::TrainSpec& train, int step);
+
 }  // namespace moe

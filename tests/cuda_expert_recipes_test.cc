@@ -3,6 +3,7 @@
 // backward with the aux and z terms), and expert dropout in the routing plan and the count
 // statistics; and whole models (fp32 and bf16) with the router options, relu2 / gelu experts or
 // shared experts on the GPU against the CPU model (loss, counts, gradients, the biases). Skips without a GPU (the device script runs it).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <random>
@@ -97,7 +98,9 @@ INSTANTIATE_TEST_SUITE_P(Scorings, CudaRouterScoringTest,
                          ::testing::Values(ScoringCase{"softmax_bias", false, 1.0f, true, 8, 2},
                                            ScoringCase{"softmax_tau05", false, 0.5f, false, 7, 3},
                                            ScoringCase{"sigmoid", true, 1.0f, false, 16, 4},
-                                           ScoringCase{"sigmoid_tau2_bias_e64", true, 2.0f, true, 64, 6}),
+                                           ScoringCase{"sigmoid_tau2_bias_e64", true, 2.0f, true, 64, 6},
+                                           ScoringCase{"softmax_bias_e200", false, 1.0f, true, 200, 8},
+                                           ScoringCase{"sigmoid_tau05_e512", true, 0.5f, false, 512, 4}),
                          [](const ::testing::TestParamInfo<ScoringCase>& info) { return std::string(info.param.name); });
 
 TEST(CudaExpertDropoutTest, PlanAndCountStatsMatchCpu) {
@@ -109,14 +112,13 @@ TEST(CudaExpertDropoutTest, PlanAndCountStatsMatchCpu) {
     std::vector<int32_t> idx(n * k);
     kernels::RouterForward(probs.data(), lse.data(), idx.data(), w.data(), logits.data(), n, E, k);
     const std::vector<uint8_t> off = ExpertsSwitchedOff(7, 0.3f, E);
-    uint64_t mask = 0;
-    for (int x = 0; x < E; ++x) mask |= static_cast<uint64_t>(off[x]) << x;
-    ASSERT_NE(mask, 0u) << "no expert off: pick another seed";
+    ASSERT_NE(std::count(off.begin(), off.end(), 1), 0) << "no expert off: pick another seed";
+    Dev<uint8_t> off_d(off);
     const int64_t cap = ExpertCapacity(capacity, n, k, E);
     const kernels::RoutingPlan plan = kernels::BuildRoutingPlan(idx.data(), n, k, E, cap, off.data());
     Dev<int32_t> idx_d(idx), counts_d(E), routed_d(E), offsets_d(E + 1), a2s_d(n * k), s2a_d(n * k, -7);
     cuda::BuildRoutingPlan(counts_d.get(), routed_d.get(), offsets_d.get(), a2s_d.get(), s2a_d.get(), idx_d.get(), n,
-                           k, E, cap, mask, nullptr);
+                           k, E, cap, off_d.get(), nullptr);
     EXPECT_EQ(counts_d.Host(), plan.counts) << "capacity " << capacity;
     EXPECT_EQ(offsets_d.Host(), plan.offsets);
     EXPECT_EQ(a2s_d.Host(), plan.assignment_to_slot);
@@ -126,7 +128,7 @@ TEST(CudaExpertDropoutTest, PlanAndCountStatsMatchCpu) {
 
     const RouterStatsSlots slot{E};
     Dev<double> stats_d(slot.size(), 0.0);
-    cuda::RouterCountStats(stats_d.get(), routed_d.get(), counts_d.get(), E, mask, nullptr);
+    cuda::RouterCountStats(stats_d.get(), routed_d.get(), counts_d.get(), E, off_d.get(), nullptr);
     const std::vector<double> st = stats_d.Host();
     for (int x = 0; x < E; ++x) EXPECT_EQ(st[slot.routed() + x], static_cast<double>(plan.routed[x]));
     EXPECT_EQ(st[slot.dropped()], static_cast<double>(plan.dropped));

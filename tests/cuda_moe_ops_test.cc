@@ -509,7 +509,11 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaMoeOpsTest,
                                            MoeCase{101, 8, 2, 1.0, false}, MoeCase{77, 6, 4, 0.5, true},
                                            MoeCase{1, 4, 2, 0.0, false}, MoeCase{3001, 32, 4, 1.25, false},
                                            MoeCase{300, 64, 4, 0.0, true}, MoeCase{3001, 8, 2, 0.0, false, true},
-                                           MoeCase{400, 6, 2, 0.0, true, true}));
+                                           MoeCase{400, 6, 2, 0.0, true, true},
+                                           // The CUDA limits (common/backend_limits.h): many experts,
+                                           // top-8, and the most experts with a capacity.
+                                           MoeCase{2000, 256, 8, 0.0, false}, MoeCase{3000, 512, 4, 0.0, true},
+                                           MoeCase{700, 512, 8, 1.0, false}, MoeCase{50, 512, 8, 0.0, true}));
 
 #endif  // MOE_WITH_CUDA
 

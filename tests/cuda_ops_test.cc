@@ -225,7 +225,14 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionTest,
                          ::testing::Values(AttnCase{1, 1, 4, 4, 16}, AttnCase{2, 13, 4, 4, 16},
                                            AttnCase{2, 13, 4, 2, 16}, AttnCase{1, 77, 4, 1, 32},
                                            AttnCase{2, 130, 6, 6, 64}, AttnCase{1, 257, 4, 2, 64},
-                                           AttnCase{3, 33, 2, 1, 8}));
+                                           AttnCase{3, 33, 2, 1, 8},
+                                           // Every padded size of the SIMT kernels and between
+                                           // them (24, 40, 80, 136), GQA and MQA.
+                                           AttnCase{2, 37, 4, 2, 24}, AttnCase{1, 70, 2, 1, 40},
+                                           AttnCase{2, 45, 4, 2, 80}, AttnCase{1, 100, 3, 1, 96},
+                                           AttnCase{2, 77, 4, 2, 128}, AttnCase{1, 130, 2, 1, 128},
+                                           AttnCase{1, 66, 2, 2, 136}, AttnCase{2, 41, 4, 1, 192},
+                                           AttnCase{1, 90, 2, 1, 256}, AttnCase{2, 33, 4, 2, 256}));
 
 // The tensor-core path (bf16 jobs) against the same CPU twin. 2e-2: bf16 operands (q, k, v,
 // dout, and the probabilities and dS fed to the second products) with fp32 accumulation and
@@ -295,18 +302,144 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionBf16Test,
                                            AttnCase{2, 130, 6, 6, 64}, AttnCase{1, 257, 4, 2, 64},
                                            AttnCase{3, 64, 2, 1, 64}, AttnCase{2, 191, 8, 2, 64},
                                            AttnCase{1, 100, 3, 3, 16}, AttnCase{4, 128, 6, 6, 64},
-                                           AttnCase{3, 33, 2, 1, 8}));
+                                           AttnCase{3, 33, 2, 1, 8},
+                                           // Every padded size of the tensor-core kernels and between
+                                           // them (24, 40, 72, 80, 136), GQA and MQA; past 128 the
+                                           // dk/dv column halves.
+                                           AttnCase{2, 37, 4, 2, 24}, AttnCase{1, 70, 2, 1, 40},
+                                           AttnCase{1, 65, 2, 2, 72}, AttnCase{2, 130, 4, 2, 80},
+                                           AttnCase{1, 77, 4, 1, 80}, AttnCase{2, 100, 3, 1, 96},
+                                           AttnCase{2, 191, 4, 2, 128}, AttnCase{1, 64, 4, 1, 128},
+                                           AttnCase{1, 66, 2, 2, 136}, AttnCase{2, 129, 4, 1, 192},
+                                           AttnCase{1, 200, 2, 1, 256}, AttnCase{2, 70, 4, 2, 256}));
+
+// Attention dropout (model.attention.dropout) in both paths against a float64 host reference
+// that draws the same masks (kernels::CounterUniform of kernels::AttentionDropoutCounter, keyed
+// by the global token index from first_token), forward and backward. Dropout off must give the
+// plain kernels' results bit for bit, and the masks must change the result.
+struct AttnDropRef {
+  std::vector<double> out, dqkv;
+};
+
+AttnDropRef AttentionDropoutReference(const std::vector<float>& qkv, const std::vector<float>& dout, int b, int t,
+                                      int h, int hkv, int hd, const cuda::AttentionDropout& drop) {
+  const int row = (h + 2 * hkv) * hd, group = h / hkv;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  const double keep_scale = 1.0 / (1.0 - drop.p);
+  AttnDropRef r;
+  r.out.assign(int64_t{b} * t * h * hd, 0.0);
+  r.dqkv.assign(int64_t{b} * t * row, 0.0);
+  auto at = [&](int bi, int i, int col) { return double{qkv[(int64_t{bi} * t + i) * row + col]}; };
+  for (int bi = 0; bi < b; ++bi)
+    for (int hi = 0; hi < h; ++hi) {
+      const int qc = hi * hd, kc = (h + hi / group) * hd, vc = (h + hkv + hi / group) * hd;
+      for (int i = 0; i < t; ++i) {
+        std::vector<double> p(i + 1), m(i + 1), dp(i + 1);
+        double mx = -1e300, sum = 0;
+        for (int j = 0; j <= i; ++j) {
+          double s = 0;
+          for (int c = 0; c < hd; ++c) s += at(bi, i, qc + c) * at(bi, j, kc + c);
+          p[j] = s * scale;
+          mx = std::max(mx, p[j]);
+        }
+        for (int j = 0; j <= i; ++j) sum += (p[j] = std::exp(p[j] - mx));
+        const uint64_t query = static_cast<uint64_t>(drop.first_token) + static_cast<uint64_t>(bi) * t + i;
+        for (int j = 0; j <= i; ++j) {
+          p[j] /= sum;
+          const float u = kernels::CounterUniform(drop.seed, kernels::AttentionDropoutCounter(query, hi, h, t, j));
+          m[j] = drop.p > 0 && u < drop.p ? 0.0 : (drop.p > 0 ? keep_scale : 1.0);
+        }
+        const int64_t orow = (int64_t{bi} * t + i) * h * hd + qc;
+        for (int j = 0; j <= i; ++j)
+          for (int c = 0; c < hd; ++c) r.out[orow + c] += p[j] * m[j] * at(bi, j, vc + c);
+        double dsum = 0;
+        for (int c = 0; c < hd; ++c) dsum += double{dout[orow + c]} * r.out[orow + c];
+        for (int j = 0; j <= i; ++j) {
+          double d = 0;
+          for (int c = 0; c < hd; ++c) d += double{dout[orow + c]} * at(bi, j, vc + c);
+          const double ds = p[j] * (m[j] * d - dsum) * scale;
+          for (int c = 0; c < hd; ++c) {
+            r.dqkv[(int64_t{bi} * t + i) * row + qc + c] += ds * at(bi, j, kc + c);
+            r.dqkv[(int64_t{bi} * t + j) * row + kc + c] += ds * at(bi, i, qc + c);
+            r.dqkv[(int64_t{bi} * t + j) * row + vc + c] += p[j] * m[j] * dout[orow + c];
+          }
+        }
+      }
+    }
+  return r;
+}
+
+std::vector<float> ToFloats(const std::vector<double>& v) { return std::vector<float>(v.begin(), v.end()); }
+
+class CudaAttentionDropoutTest : public ::testing::TestWithParam<AttnCase> {};
+
+TEST_P(CudaAttentionDropoutTest, MasksMatchTheCounterRngInBothPaths) {
+  SKIP_WITHOUT_GPU();
+  const AttnCase c = GetParam();
+  const int row = (c.h + 2 * c.hkv) * c.hd;
+  const int64_t n = int64_t{c.b} * c.t, outs = n * c.h * c.hd, stats = int64_t{c.b} * c.h * c.t;
+  auto qkv = Randn(n * row, 37), dout = Randn(outs, 38);
+  cuda::AttentionDropout drop;
+  drop.p = 0.3f;
+  drop.seed = 0x5eed1234abcdull;
+  drop.first_token = 1000;  // as on rank 1 of a batch split over ranks
+  const AttnDropRef ref = AttentionDropoutReference(qkv, dout, c.b, c.t, c.h, c.hkv, c.hd, drop);
+  const AttnDropRef plain = AttentionDropoutReference(qkv, dout, c.b, c.t, c.h, c.hkv, c.hd, cuda::AttentionDropout{});
+  ASSERT_GT(RelErr(ToFloats(ref.out), ToFloats(plain.out)), 0.05) << "the masks must matter";
+  Dev<float> qkv_d(qkv), dout_d(dout), scratch(stats);
+  Dev<cuda::bf16> qkv16(qkv.size()), dout16(dout.size());
+  cuda::CastToBf16(qkv16.get(), qkv_d.get(), qkv.size(), nullptr);
+  cuda::CastToBf16(dout16.get(), dout_d.get(), dout.size(), nullptr);
+  for (bool tc : {false, true}) {
+    const double tol = tc ? kAttnBf16Tol : 1e-4;
+    Dev<float> out_d(outs, NAN), lse_d(stats, NAN), dqkv_d(n * row, 0.0f);
+    if (tc) {
+      cuda::AttentionForwardBf16(out_d.get(), lse_d.get(), qkv_d.get(), qkv16.get(), c.b, c.t, c.h, c.hkv, c.hd, drop,
+                                 nullptr);
+      cuda::AttentionBackwardBf16(dqkv_d.get(), dout_d.get(), dout16.get(), out_d.get(), lse_d.get(), qkv_d.get(),
+                                  qkv16.get(), c.b, c.t, c.h, c.hkv, c.hd, scratch.get(), drop, nullptr);
+    } else {
+      cuda::AttentionForward(out_d.get(), lse_d.get(), qkv_d.get(), c.b, c.t, c.h, c.hkv, c.hd, drop, nullptr);
+      cuda::AttentionBackward(dqkv_d.get(), dout_d.get(), out_d.get(), lse_d.get(), qkv_d.get(), c.b, c.t, c.h, c.hkv,
+                              c.hd, scratch.get(), drop, nullptr);
+    }
+    EXPECT_LT(RelErr(out_d.Host(), ToFloats(ref.out)), tol) << "tc " << tc << " hd " << c.hd;
+    EXPECT_LT(RelErr(dqkv_d.Host(), ToFloats(ref.dqkv)), tol) << "tc " << tc << " hd " << c.hd;
+    // p = 0 through the dropout entry points is the plain kernels, bit for bit.
+    cuda::AttentionDropout off = drop;
+    off.p = 0.0f;
+    Dev<float> a_out(outs), a_lse(stats), b_out(outs), b_lse(stats);
+    if (tc) {
+      cuda::AttentionForwardBf16(a_out.get(), a_lse.get(), qkv_d.get(), qkv16.get(), c.b, c.t, c.h, c.hkv, c.hd, off,
+                                 nullptr);
+      cuda::AttentionForwardBf16(b_out.get(), b_lse.get(), qkv_d.get(), qkv16.get(), c.b, c.t, c.h, c.hkv, c.hd,
+                                 nullptr);
+    } else {
+      cuda::AttentionForward(a_out.get(), a_lse.get(), qkv_d.get(), c.b, c.t, c.h, c.hkv, c.hd, off, nullptr);
+      cuda::AttentionForward(b_out.get(), b_lse.get(), qkv_d.get(), c.b, c.t, c.h, c.hkv, c.hd, nullptr);
+    }
+    EXPECT_EQ(a_out.Host(), b_out.Host());
+    EXPECT_LT(RelErr(b_out.Host(), ToFloats(plain.out)), tol);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionDropoutTest,
+                         ::testing::Values(AttnCase{2, 77, 4, 2, 64}, AttnCase{1, 130, 4, 1, 32},
+                                           AttnCase{2, 70, 2, 1, 128}, AttnCase{1, 66, 4, 2, 256},
+                                           AttnCase{1, 40, 2, 2, 80}, AttnCase{2, 33, 2, 1, 8}));
 
 // Not a check: times both attention paths at the reference configurations' shapes (tiny:
-// b 64, t 256, h 6; small: b 16, t 1024, h 12; hd 64). Run with --gtest_also_run_disabled_tests.
+// b 64, t 256, h 6; small: b 16, t 1024, h 12; hd 64) and the sweep's large heads (hd 128 and
+// 256 at d 1024). Run with --gtest_also_run_disabled_tests.
 TEST(CudaOpsTest, DISABLED_AttentionTiming) {
   SKIP_WITHOUT_GPU();
   struct Shape {
     const char* name;
-    int b, t, h;
+    int b, t, h, hd;
   };
-  for (const Shape& c : {Shape{"tiny", 64, 256, 6}, Shape{"small", 16, 1024, 12}}) {
-    const int hd = 64, row = 3 * c.h * hd;
+  for (const Shape& c : {Shape{"tiny", 64, 256, 6, 64}, Shape{"small", 16, 1024, 12, 64},
+                         Shape{"hd128", 16, 1024, 8, 128}, Shape{"hd256", 16, 1024, 4, 256}}) {
+    const int hd = c.hd, row = 3 * c.h * hd;
     const int64_t n = int64_t{c.b} * c.t;
     Dev<float> qkv(Randn(n * row, 5)), dout(Randn(n * c.h * hd, 6)), out(n * c.h * hd), lse(int64_t{c.b} * c.h * c.t),
         dqkv(n * row), scratch(int64_t{c.b} * c.h * c.t);

@@ -81,20 +81,37 @@ TEST_F(JobSpecTest, ScheduleAndRopeThetaAreReadAndChecked) {
 }
 
 TEST_F(JobSpecTest, ShapesTheGpuBackendCannotRunAreRefusedAtValidate) {
-  // d_model 64 / n_heads 4 = 16 runs; head size 128 (Mixtral's) does not yet.
-  std::string big_heads = WithExtra("  batch_size: 8", "");
-  big_heads.replace(big_heads.find("d_model: 64"), 11, "d_model: 512");
-  big_heads += "resources: {device: cuda}\n";
-  SpecError e = OnlyError(big_heads);
-  EXPECT_EQ(e.field, "model.n_heads");
-  EXPECT_THAT(e.message, HasSubstr("head size d_model / n_heads = 128"));
-  EXPECT_THAT(e.message, HasSubstr("runs head sizes 8, 16, 32, 64"));
-  big_heads.replace(big_heads.find("device: cuda"), 12, "device: cpu ");
-  EXPECT_THAT(Parse(big_heads).errors, IsEmpty());
-  std::string many = WithExtra("  seq_len: 32", "  moe: {num_experts: 128, top_k: 2}\n") + "resources: {device: cuda}\n";
-  e = OnlyError(many);
+  // Head sizes: multiples of 8 up to 256 run (128, Mixtral's; 256); 12 and 260 do not.
+  auto with_heads = [&](const std::string& d_model, const std::string& device) {
+    std::string y = WithExtra("  batch_size: 8", "");
+    y.replace(y.find("d_model: 64"), 11, "d_model: " + d_model);
+    return y + "resources: {device: " + device + "}\n";
+  };
+  EXPECT_THAT(Parse(with_heads("512", "cuda")).errors, IsEmpty());   // 128
+  EXPECT_THAT(Parse(with_heads("1024", "cuda")).errors, IsEmpty());  // 256
+  EXPECT_THAT(Parse(with_heads("320", "cuda")).errors, IsEmpty());   // 80
+  for (const auto& [d_model, hd] : {std::pair{"1040", "260"}, std::pair{"48", "12"}}) {
+    SpecError e = OnlyError(with_heads(d_model, "cuda"));
+    EXPECT_EQ(e.field, "model.n_heads");
+    EXPECT_THAT(e.message, HasSubstr(std::string("head size d_model / n_heads = ") + hd));
+    EXPECT_THAT(e.message, HasSubstr("runs head sizes multiples of 8 up to 256"));
+    EXPECT_THAT(Parse(with_heads(d_model, "cpu")).errors, IsEmpty());
+  }
+  const std::string cuda = "resources: {device: cuda}\n";
+  std::string many = WithExtra("  seq_len: 32", "  moe: {num_experts: 600, top_k: 2}\n") + cuda;
+  SpecError e = OnlyError(many);
   EXPECT_EQ(e.field, "model.moe.num_experts");
-  EXPECT_THAT(e.message, HasSubstr("at most 64 experts per layer, got 128"));
+  EXPECT_THAT(e.message, HasSubstr("at most 512 experts per layer, got 600"));
+  std::string most = WithExtra("  seq_len: 32", "  moe: {num_experts: 512, top_k: 8}\n") + cuda;
+  EXPECT_THAT(Parse(most).errors, IsEmpty());
+  std::string k9 = WithExtra("  seq_len: 32", "  moe: {num_experts: 16, top_k: 9}\n") + cuda;
+  e = OnlyError(k9);
+  EXPECT_EQ(e.field, "model.moe.top_k");
+  EXPECT_THAT(e.message, HasSubstr("at most 8 experts, got 9"));
+  std::string odd_f = WithExtra("  seq_len: 32", "  moe: {num_experts: 4, expert_hidden: 100}\n") + cuda;
+  e = OnlyError(odd_f);
+  EXPECT_EQ(e.field, "model.moe.expert_hidden");
+  EXPECT_THAT(e.message, HasSubstr("multiples of 8, got 100 (use 104"));
 }
 
 TEST_F(JobSpecTest, DerivedDefaultsFollowTheGivenValues) {

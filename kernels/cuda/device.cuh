@@ -24,6 +24,20 @@ __device__ __forceinline__ double WarpSumD(double v) {
   return v;
 }
 
+// kernels::SplitMix64 and kernels::CounterUniform, bit for bit: a kernel takes the seed mixed once
+// on the host (SplitMix64(seed)) and draws CounterUniformMixed(mixed, counter), the top 24 bits of
+// one more mix of (mixed ^ counter) as a float in [0, 1). Dropout and attention dropout share it.
+__host__ __device__ __forceinline__ uint64_t SplitMix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+__device__ __forceinline__ float CounterUniformMixed(uint64_t mixed_seed, uint64_t counter) {
+  const uint64_t bits = SplitMix64(mixed_seed ^ counter);
+  return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);
+}
+
 }  // namespace moe::cuda::internal
 
 #define MOE_GRID_STRIDE(i, n)                                                              \

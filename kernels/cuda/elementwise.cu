@@ -11,22 +11,10 @@ namespace {
 using internal::GridFor;
 using internal::kThreads;
 
-// kernels::CounterUniform, bit for bit: splitmix64 mixes and the top 24 bits as a float.
-__device__ __forceinline__ uint64_t SplitMix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
+using internal::SplitMix64;
+// kernels::CounterUniform, bit for bit (device.cuh).
 __device__ __forceinline__ float CounterUniform(uint64_t mixed_seed, uint64_t counter) {
-  const uint64_t bits = SplitMix64(mixed_seed ^ counter);
-  return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);
-}
-uint64_t SplitMix64Host(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
+  return internal::CounterUniformMixed(mixed_seed, counter);
 }
 
 __global__ void EmbeddingForwardKernel(float* out, const int32_t* idx, const float* wte, int n, int d) {
@@ -117,7 +105,7 @@ void DropoutForward(float* out, const float* in, int64_t n, float p, uint64_t se
     return;
   }
   DropoutForwardKernel<<<GridFor(n), kThreads, 0, stream>>>(out, in, n, p, 1.0f / (1.0f - p),
-                                                            SplitMix64Host(seed), offset);
+                                                            SplitMix64(seed), offset);
   MOE_CUDA_LAUNCH_CHECK();
 }
 
@@ -125,7 +113,7 @@ void DropoutBackward(float* din, const float* dout, int64_t n, float p, uint64_t
                      cudaStream_t stream) {
   if (n <= 0) return;
   DropoutBackwardKernel<<<GridFor(n), kThreads, 0, stream>>>(din, dout, n, p, 1.0f / (1.0f - p),
-                                                             SplitMix64Host(seed), offset);
+                                                             SplitMix64(seed), offset);
   MOE_CUDA_LAUNCH_CHECK();
 }
 

@@ -12,7 +12,7 @@ namespace moe::cuda {
 // expert order): block i is rows[i] rows starting at row src_row[i] of src and dst_row[i] of
 // dst; a row is row_bytes bytes (even). One launch for every block.
 struct RowBlocks {
-  static constexpr int kMax = 64;  // W * E_local <= E <= 64
+  static constexpr int kMax = 512;  // W * E_local <= E <= 512 (a kernel parameter of 12 KB)
   int count = 0;
   int64_t src_row[kMax], dst_row[kMax], rows[kMax];
 };
@@ -35,7 +35,7 @@ void CopyRowBlocks(void* dst, const void* src, const RowBlocks& blocks, int64_t 
 //     product (each expert its own count); only when the chunks would not fit the tables.
 // The counts are host values (the one device-to-host count exchange per layer).
 struct ExpertLayout {
-  static constexpr int kMaxChunks = 256;
+  static constexpr int kMaxChunks = 1024;
   int chunk = 0;         // rows per chunk (a multiple of 128); 0: compact
   int chunks = 0;        // chunks in all (strided: one per expert)
   bool strided = false;  // chunk x is expert x's

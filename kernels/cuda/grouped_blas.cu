@@ -94,7 +94,10 @@ void GroupedBlas::Gemm(GroupedOp op, int groups, const int32_t* host_counts, int
   // The pointer arrays go up by a copy on `stream` (from pageable memory it is staged at once,
   // so `table` may go); the calls are ordered on `stream`, so one device table serves them all.
   void** ptrs = device_ptrs_;
-  MOE_CUDA_CHECK(cudaMemcpyAsync(ptrs, table.data(), sizeof(void*) * table.size(), cudaMemcpyHostToDevice, stream));
+  for (int i = 0; i < 3; ++i) {  // the used entries of each of the three arrays
+    MOE_CUDA_CHECK(cudaMemcpyAsync(ptrs + i * kMaxProblems, table.data() + i * kMaxProblems, sizeof(void*) * count,
+                                   cudaMemcpyHostToDevice, stream));
+  }
   cublasHandle_t h = static_cast<cublasHandle_t>(handle_);
   MOE_BLAS_CHECK(cublasSetStream(h, stream));
   MOE_BLAS_CHECK(cublasGemmGroupedBatchedEx(

@@ -32,8 +32,9 @@ class GroupedBlas {
     const bf16* b;
     bf16* c;
   };
-  static constexpr int kMaxProblems = 128;  // groups * sets per call (64 experts, 2 sets)
+  static constexpr int kMaxProblems = 1024;  // groups * sets per call (512 experts, 2 sets)
   static constexpr int kTable = ExpertLayout::kMaxChunks;  // entries of each pointer array
+  static_assert(kMaxProblems <= kTable, "Gemm's pointer arrays live in the device table");
 
   GroupedBlas();
   ~GroupedBlas();

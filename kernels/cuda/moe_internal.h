@@ -11,12 +11,21 @@
 
 namespace moe::cuda::internal {
 
-// The router and the routing plan keep one value per expert in registers and shared memory.
-constexpr int kMaxExperts = 64;
+// The router and the routing plan keep one value per expert in shared memory, and the router
+// its picks of a token in registers (common/backend_limits.h states the same limits to users).
+constexpr int kMaxExperts = 512;
+constexpr int kMaxTopK = 8;
 
 inline void CheckExperts(int e) {
   if (e > kMaxExperts) {
     std::fprintf(stderr, "cuda router: %d experts, at most %d supported\n", e, kMaxExperts);
+    std::abort();
+  }
+}
+
+inline void CheckTopK(int k) {
+  if (k < 1 || k > kMaxTopK) {
+    std::fprintf(stderr, "cuda router: top-k %d, between 1 and %d supported\n", k, kMaxTopK);
     std::abort();
   }
 }

@@ -9,7 +9,9 @@ namespace moe::cuda {
 namespace {
 
 using internal::CheckExperts;
+using internal::CheckTopK;
 using internal::kMaxExperts;
+using internal::kMaxTopK;
 using internal::kThreads;
 
 // The scoring of kernels::RouterScoring, by value for the kernels (bias: device, may be null).
@@ -58,25 +60,22 @@ __global__ void RouterForwardKernel(float* probs, float* lse, int32_t* expert_id
       for (int x = 0; x < e; ++x) p[x] *= inv;
     }
   }
-  // Top-k of p (+ bias) by repeated selection: strictly greater wins, so ties go to the lower
-  // index.
+  // The choice ranks key(x) = p[x] (+ bias[x]); the weights are p of the picks.
+  auto key = [&](int x) { return sc.bias != nullptr ? p[x] + sc.bias[x] : p[x]; };
+  // Top-k by repeated selection: strictly greater wins, so ties go to the lower index. The picks
+  // come in the strict order (p descending, index ascending), so pick j is the best expert after
+  // pick j - 1 in that order: no set of picked experts to keep, for any e.
   int32_t* idx = expert_idx + int64_t{t} * k;
   float* w = weights + int64_t{t} * k;
-  uint64_t picked = 0;
   float picked_sum = 0.0f;
+  int prev = -1;
   for (int j = 0; j < k; ++j) {
     int best = -1;
     for (int x = 0; x < e; ++x) {
-      if ((picked >> x) & 1ull) continue;
-      if (best < 0) {
-        best = x;
-        continue;
-      }
-      const float kx = sc.bias != nullptr ? p[x] + sc.bias[x] : p[x];
-      const float kb = sc.bias != nullptr ? p[best] + sc.bias[best] : p[best];
-      if (kx > kb) best = x;
+      if (prev >= 0 && !(key(x) < key(prev) || (key(x) == key(prev) && x > prev))) continue;
+      if (best < 0 || key(x) > key(best)) best = x;
     }
-    picked |= 1ull << best;
+    prev = best;
     idx[j] = best;
     w[j] = p[best];
     picked_sum += p[best];
@@ -84,37 +83,131 @@ __global__ void RouterForwardKernel(float* probs, float* lse, int32_t* expert_id
   for (int j = 0; j < k; ++j) w[j] /= picked_sum;
 }
 
-__global__ void RouterStatsKernel(double* prob_sum, double* z_sum, double* entropy_sum,
-                                  const float* probs, const float* lse, int n, int e, bool normalize) {
-  __shared__ double acc[kMaxExperts + 2];
-  for (int x = threadIdx.x; x < e + 2; x += blockDim.x) acc[x] = 0.0;
-  __syncthreads();
-  const int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t < n) {
-    const float* p = probs + int64_t{t} * e;
-    double ent = 0.0;
-    if (normalize) {
-      double s = 0.0;
-      for (int x = 0; x < e; ++x) s += p[x];
-      for (int x = 0; x < e; ++x) {
-        const double q = p[x] / s;
-        atomicAdd(acc + x, q);
-        if (q > 0.0) ent -= q * log(q);
-      }
-    } else {
-      for (int x = 0; x < e; ++x) {
-        atomicAdd(acc + x, double{p[x]});
-        if (p[x] > 0.0f) ent -= double{p[x]} * log(double{p[x]});
+// The same for many experts (e > 64): a warp per token, lane l holding experts l, l + 32, ... in
+// registers; max and sum by shuffles; pick j is the warp's best after pick j - 1 in the order
+// (p descending, index ascending), the picks' weights added in pick order as above. (e <= 64
+// keeps the thread per token, whose sums are the CPU's order.)
+constexpr int kPerLane = kMaxExperts / 32;
+
+__global__ void RouterForwardWarpKernel(float* probs, float* lse, int32_t* expert_idx, float* weights,
+                                        const float* logits, int n, int e, int k) {
+  const int t = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+  if (t >= n) return;  // whole warps leave together
+  const float* z = logits + int64_t{t} * e;
+  float* p = probs + int64_t{t} * e;
+  float v[kPerLane];
+  float mx = -INFINITY;
+#pragma unroll
+  for (int r = 0; r < kPerLane; ++r) {
+    const int x = lane + 32 * r;
+    v[r] = x < e ? z[x] : -INFINITY;
+    mx = fmaxf(mx, v[r]);
+  }
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  float sum = 0.0f;
+#pragma unroll
+  for (int r = 0; r < kPerLane; ++r) {
+    v[r] = lane + 32 * r < e ? expf(v[r] - mx) : 0.0f;
+    sum += v[r];
+  }
+  sum = internal::WarpSum(sum);
+  const float inv = 1.0f / sum;
+#pragma unroll
+  for (int r = 0; r < kPerLane; ++r) {
+    const int x = lane + 32 * r;
+    v[r] *= inv;
+    if (x < e) p[x] = v[r];
+  }
+  if (lane == 0) lse[t] = mx + logf(sum);
+  float prev_p = 0.0f, picked_sum = 0.0f, my_w = 0.0f;
+  int prev = -1, my_idx = 0;  // lane j keeps pick j
+  for (int j = 0; j < k; ++j) {
+    float best_p = -1.0f;
+    int best = -1;
+#pragma unroll
+    for (int r = 0; r < kPerLane; ++r) {
+      const int x = lane + 32 * r;
+      if (x >= e) continue;
+      if (prev >= 0 && !(v[r] < prev_p || (v[r] == prev_p && x > prev))) continue;
+      if (best < 0 || v[r] > best_p) {  // x rises with r: ties keep the lower index
+        best_p = v[r];
+        best = x;
       }
     }
-    atomicAdd(acc + e, double{lse[t]} * lse[t]);
-    atomicAdd(acc + e + 1, ent);
+    for (int o = 16; o > 0; o >>= 1) {
+      const float op = __shfl_xor_sync(0xffffffffu, best_p, o);
+      const int ob = __shfl_xor_sync(0xffffffffu, best, o);
+      if (ob >= 0 && (best < 0 || op > best_p || (op == best_p && ob < best))) {
+        best_p = op;
+        best = ob;
+      }
+    }
+    prev = best;
+    prev_p = best_p;
+    picked_sum += best_p;
+    if (lane == j) {
+      my_idx = best;
+      my_w = best_p;
+    }
+  }
+  if (lane < k) {
+    expert_idx[int64_t{t} * k + lane] = my_idx;
+    weights[int64_t{t} * k + lane] = my_w / picked_sum;
+  }
+}
+
+// Statistics over a chunk of kStatsRows tokens per block: thread x sums expert x's column (reads
+// coalesced across the experts, no shared atomics, so that 512 experts cost what 64 did), the
+// entropy terms of the elements it read, and the z terms of one token each; one global atomic per
+// expert and block.
+constexpr int kStatsRows = 64;
+
+__global__ void RouterStatsKernel(double* prob_sum, double* z_sum, double* entropy_sum,
+                                  const float* probs, const float* lse, int n, int e, bool normalize) {
+  __shared__ double part[2][kThreads / 32];
+  __shared__ double row_sum[kStatsRows];  // normalize: each token's sum of scores
+  const int t0 = blockIdx.x * kStatsRows, t1 = min(n, t0 + kStatsRows);
+  if (normalize) {
+    for (int t = t0 + threadIdx.x; t < t1; t += blockDim.x) {
+      double s = 0.0;
+      for (int x = 0; x < e; ++x) s += probs[int64_t{t} * e + x];
+      row_sum[t - t0] = s;
+    }
+    __syncthreads();
+  }
+  double ent = 0.0, z = 0.0;
+  for (int x = threadIdx.x; x < e; x += blockDim.x) {
+    double col = 0.0;
+    for (int t = t0; t < t1; ++t) {
+      const float p = probs[int64_t{t} * e + x];
+      if (normalize) {
+        const double q = p / row_sum[t - t0];
+        col += q;
+        if (q > 0.0) ent -= q * log(q);
+      } else {
+        col += p;
+        if (p > 0.0f) ent -= double{p} * log(double{p});
+      }
+    }
+    atomicAdd(prob_sum + x, col);
+  }
+  for (int t = t0 + threadIdx.x; t < t1; t += blockDim.x) z += double{lse[t]} * lse[t];
+  ent = internal::WarpSumD(ent);
+  z = internal::WarpSumD(z);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    part[0][warp] = ent;
+    part[1][warp] = z;
   }
   __syncthreads();
-  for (int x = threadIdx.x; x < e; x += blockDim.x) atomicAdd(prob_sum + x, acc[x]);
   if (threadIdx.x == 0) {
-    atomicAdd(z_sum, acc[e]);
-    atomicAdd(entropy_sum, acc[e + 1]);
+    double e_sum = 0.0, z_total = 0.0;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) {
+      e_sum += part[0][w];
+      z_total += part[1][w];
+    }
+    atomicAdd(z_sum, z_total);
+    atomicAdd(entropy_sum, e_sum);
   }
 }
 
@@ -123,40 +216,56 @@ __global__ void RouterBackwardKernel(float* dlogits, const float* dweights, cons
                                      float z_scale, int n, int e, int k, Scoring sc, const float* logits) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= n) return;
-  float dp[kMaxExperts];
+  // dp[x] = aux_grad[x] + the top-k term of each pick j with idx[j] == x (added in j order),
+  // formed where it is used rather than stored: e may be 512.
   const float* p = probs + int64_t{t} * e;
   const int32_t* idx = expert_idx + int64_t{t} * k;
-  if (sc.sigmoid && aux_grad != nullptr) {
-    // The aux loss reads the normalised scores q = p / sum p.
-    float s = 0.0f, a_dot_q = 0.0f;
-    for (int x = 0; x < e; ++x) s += p[x];
-    for (int x = 0; x < e; ++x) a_dot_q += aux_grad[x] * (p[x] / s);
-    for (int x = 0; x < e; ++x) dp[x] = (aux_grad[x] - a_dot_q) / s;
-  } else {
-    for (int x = 0; x < e; ++x) dp[x] = aux_grad != nullptr ? aux_grad[x] : 0.0f;
-  }
+  int32_t pick[kMaxTopK];
+  float dpick[kMaxTopK];
+  int picks = 0;
   if (dweights != nullptr) {
     const float* dw = dweights + int64_t{t} * k;
     float s = 0.0f;
     for (int j = 0; j < k; ++j) s += p[idx[j]];
     float dw_dot_w = 0.0f;
     for (int j = 0; j < k; ++j) dw_dot_w += dw[j] * (p[idx[j]] / s);
-    for (int j = 0; j < k; ++j) dp[idx[j]] += (dw[j] - dw_dot_w) / s;
+    for (int j = 0; j < k; ++j) {
+      pick[j] = idx[j];
+      dpick[j] = (dw[j] - dw_dot_w) / s;
+    }
+    picks = k;
   }
+  // Sigmoid: the aux loss reads the normalised scores q = p / s, s = sum p:
+  // d(sum_e a_e q_e)/dp_x = (a_x - sum_e a_e q_e) / s.
+  float s_sum = 1.0f, a_dot_q = 0.0f;
+  const bool normalised_aux = sc.sigmoid && aux_grad != nullptr;
+  if (normalised_aux) {
+    s_sum = 0.0f;
+    for (int x = 0; x < e; ++x) s_sum += p[x];
+    for (int x = 0; x < e; ++x) a_dot_q += aux_grad[x] * (p[x] / s_sum);
+  }
+  auto dp = [&](int x) {
+    float v = aux_grad == nullptr ? 0.0f : normalised_aux ? (aux_grad[x] - a_dot_q) / s_sum : aux_grad[x];
+    for (int j = 0; j < picks; ++j) {
+      if (pick[j] == x) v += dpick[j];
+    }
+    return v;
+  };
   const float zc = 2.0f * z_scale * lse[t];
   float* dz = dlogits + int64_t{t} * e;
   if (sc.plain) {
     float p_dot_dp = 0.0f;
-    for (int x = 0; x < e; ++x) p_dot_dp += p[x] * dp[x];
-    for (int x = 0; x < e; ++x) dz[x] += p[x] * (dp[x] - p_dot_dp + zc);
+    for (int x = 0; x < e; ++x) p_dot_dp += p[x] * dp(x);
+    for (int x = 0; x < e; ++x) dz[x] += p[x] * (dp(x) - p_dot_dp + zc);
     return;
   }
+  // Scores of logits / tau; the z term through softmax of the raw logits.
   if (sc.sigmoid) {
-    for (int x = 0; x < e; ++x) dz[x] += dp[x] * p[x] * (1.0f - p[x]) * sc.inv_tau;
+    for (int x = 0; x < e; ++x) dz[x] += dp(x) * p[x] * (1.0f - p[x]) * sc.inv_tau;
   } else {
     float p_dot_dp = 0.0f;
-    for (int x = 0; x < e; ++x) p_dot_dp += p[x] * dp[x];
-    for (int x = 0; x < e; ++x) dz[x] += p[x] * (dp[x] - p_dot_dp) * sc.inv_tau;
+    for (int x = 0; x < e; ++x) p_dot_dp += p[x] * dp(x);
+    for (int x = 0; x < e; ++x) dz[x] += p[x] * (dp(x) - p_dot_dp) * sc.inv_tau;
   }
   if (z_scale != 0.0f) {
     const float* z = logits + int64_t{t} * e;
@@ -165,12 +274,12 @@ __global__ void RouterBackwardKernel(float* dlogits, const float* dweights, cons
 }
 
 __global__ void RouterCountStatsKernel(double* stats, const int32_t* routed, const int32_t* counts, int e,
-                                       uint64_t expert_off) {
+                                       const uint8_t* expert_off) {
   if (threadIdx.x != 0 || blockIdx.x != 0) return;
   double dropped = 0.0, expert_dropped = 0.0;
   for (int x = 0; x < e; ++x) {
     stats[x] = routed[x];
-    if ((expert_off >> x) & 1ull) {
+    if (expert_off != nullptr && expert_off[x] != 0) {
       expert_dropped += routed[x];
     } else {
       dropped += routed[x] - counts[x];
@@ -196,9 +305,17 @@ void RouterForward(float* probs, float* lse, int32_t* expert_idx, float* weights
 void RouterForward(float* probs, float* lse, int32_t* expert_idx, float* weights, const float* logits,
                    int n, int e, int k, const kernels::RouterScoring& scoring, cudaStream_t stream) {
   CheckExperts(e);
+  CheckTopK(k);
   if (n <= 0) return;
-  RouterForwardKernel<<<BlocksFor(n, 128), 128, 0, stream>>>(probs, lse, expert_idx, weights, logits, n, e, k,
-                                                             ScoringOf(scoring));
+  // The warp per token runs the base scoring; the expert options take the thread per token at
+  // any e (the picks' order trick holds for any e).
+  if (e > 64 && scoring.plain() && scoring.bias == nullptr) {
+    RouterForwardWarpKernel<<<BlocksFor(int64_t{n} * 32, 256), 256, 0, stream>>>(probs, lse, expert_idx, weights,
+                                                                                 logits, n, e, k);
+  } else {
+    RouterForwardKernel<<<BlocksFor(n, 128), 128, 0, stream>>>(probs, lse, expert_idx, weights, logits, n, e, k,
+                                                               ScoringOf(scoring));
+  }
   MOE_CUDA_LAUNCH_CHECK();
 }
 
@@ -211,8 +328,8 @@ void RouterStats(double* prob_sum, double* z_sum, double* entropy_sum, const flo
                  const float* lse, int n, int e, bool normalize, cudaStream_t stream) {
   CheckExperts(e);
   if (n <= 0) return;
-  RouterStatsKernel<<<BlocksFor(n, kThreads), kThreads, 0, stream>>>(prob_sum, z_sum, entropy_sum, probs,
-                                                                    lse, n, e, normalize);
+  RouterStatsKernel<<<BlocksFor(n, kStatsRows), kThreads, 0, stream>>>(prob_sum, z_sum, entropy_sum, probs,
+                                                                      lse, n, e, normalize);
   MOE_CUDA_LAUNCH_CHECK();
 }
 
@@ -227,6 +344,7 @@ void RouterBackward(float* dlogits, const float* dweights, const float* probs, c
                     const int32_t* expert_idx, const float* aux_grad, float z_scale, int n, int e, int k,
                     const kernels::RouterScoring& scoring, const float* logits, cudaStream_t stream) {
   CheckExperts(e);
+  CheckTopK(k);
   if (n <= 0) return;
   RouterBackwardKernel<<<BlocksFor(n, 128), 128, 0, stream>>>(dlogits, dweights, probs, lse, expert_idx,
                                                               aux_grad, z_scale, n, e, k, ScoringOf(scoring),
@@ -235,10 +353,10 @@ void RouterBackward(float* dlogits, const float* dweights, const float* probs, c
 }
 
 void RouterCountStats(double* stats, const int32_t* routed, const int32_t* counts, int e, cudaStream_t stream) {
-  RouterCountStats(stats, routed, counts, e, /*expert_off=*/0, stream);
+  RouterCountStats(stats, routed, counts, e, /*expert_off=*/nullptr, stream);
 }
 
-void RouterCountStats(double* stats, const int32_t* routed, const int32_t* counts, int e, uint64_t expert_off,
+void RouterCountStats(double* stats, const int32_t* routed, const int32_t* counts, int e, const uint8_t* expert_off,
                       cudaStream_t stream) {
   CheckExperts(e);
   RouterCountStatsKernel<<<1, 32, 0, stream>>>(stats, routed, counts, e, expert_off);

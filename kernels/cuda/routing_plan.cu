@@ -17,10 +17,10 @@ using internal::kThreads;
 // assignments to it, in assignment order (t, then j), by a block-wide prefix sum per chunk.
 __global__ void __launch_bounds__(1024) PlanRankKernel(int32_t* assignment_to_slot, int32_t* counts,
                                                        int32_t* routed, const int32_t* expert_idx,
-                                                       int nk, int64_t capacity, uint64_t expert_off) {
+                                                       int nk, int64_t capacity, const uint8_t* expert_off) {
   __shared__ int warp_total[32];
   const int x = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const bool off = (expert_off >> x) & 1ull;
+  const bool off = expert_off != nullptr && expert_off[x] != 0;
   int base = 0;
   for (int a0 = 0; a0 < nk; a0 += 1024) {
     const int a = a0 + threadIdx.x;
@@ -81,12 +81,12 @@ void BuildRoutingPlan(int32_t* counts, int32_t* routed, int32_t* offsets, int32_
                       int32_t* slot_to_assignment, const int32_t* expert_idx, int n, int k, int e,
                       int64_t capacity, cudaStream_t stream) {
   BuildRoutingPlan(counts, routed, offsets, assignment_to_slot, slot_to_assignment, expert_idx, n, k, e, capacity,
-                   /*expert_off=*/0, stream);
+                   /*expert_off=*/nullptr, stream);
 }
 
 void BuildRoutingPlan(int32_t* counts, int32_t* routed, int32_t* offsets, int32_t* assignment_to_slot,
                       int32_t* slot_to_assignment, const int32_t* expert_idx, int n, int k, int e,
-                      int64_t capacity, uint64_t expert_off, cudaStream_t stream) {
+                      int64_t capacity, const uint8_t* expert_off, cudaStream_t stream) {
   CheckExperts(e);
   const int nk = n * k;
   PlanRankKernel<<<e, 1024, 0, stream>>>(assignment_to_slot, counts, routed, expert_idx, nk, capacity, expert_off);

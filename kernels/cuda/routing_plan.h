@@ -14,10 +14,11 @@ namespace moe::cuda {
 void BuildRoutingPlan(int32_t* counts, int32_t* routed, int32_t* offsets, int32_t* assignment_to_slot,
                       int32_t* slot_to_assignment, const int32_t* expert_idx, int n, int k, int e,
                       int64_t capacity, cudaStream_t stream);
-// With expert dropout: bit x of expert_off switches expert x off (its assignments dropped before
-// the capacity rule, counts[x] = 0, routed[x] still counts them), as kernels::BuildRoutingPlan.
+// With expert dropout: expert_off (e) device bytes, nonzero for an expert switched off (its
+// assignments dropped before the capacity rule, counts[x] = 0, routed[x] still counts them), as
+// kernels::BuildRoutingPlan; null = none.
 void BuildRoutingPlan(int32_t* counts, int32_t* routed, int32_t* offsets, int32_t* assignment_to_slot,
                       int32_t* slot_to_assignment, const int32_t* expert_idx, int n, int k, int e,
-                      int64_t capacity, uint64_t expert_off, cudaStream_t stream);
+                      int64_t capacity, const uint8_t* expert_off, cudaStream_t stream);
 
 }  // namespace moe::cuda

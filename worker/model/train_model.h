@@ -1,5 +1,5 @@
 // The seam between the trainer and a backend: what one optimizer step needs from a model
-// (forward, backward, the gradient reduction, the gradient norms, AdamW, host copies for
+// (forward, backward, the gradient reduction, the gradient norms, the optimizer, host copies for
 // checkpoints). The CPU Model (model/cpu/) and the CUDA CudaModel (model/cuda/) implement it;
 // MakeTrainModel (train/make_model.h) picks one from the job's resources.device.
 #pragma once
@@ -108,9 +108,11 @@ class TrainModel {
   virtual CommSeconds ReduceGrads() = 0;
   // Squared L2 norms of the dense range and of this rank's expert range (double).
   virtual void GradSquaredNorms(double* dense_sq, double* expert_sq) = 0;
-  // AdamW on every parameter (ParamInfo::decay picks weight_decay or 0); grads are multiplied
-  // by clip_scale first. step is 1-based.
-  virtual void AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) = 0;
+  // The optimizer step: AdamW at lr on every parameter (ParamInfo::decay picks weight_decay or
+  // 0), except with train.optimizer muon the ParamInfo::muon matrices, which take Muon at muon_lr
+  // (kernels/muon.h; its momentum in AdamW's m). grads are multiplied by clip_scale first. step
+  // is 1-based.
+  virtual void OptimizerStep(int64_t step, double lr, double muon_lr, double weight_decay, float clip_scale) = 0;
 
   // Loss-free balancing's router biases (model.moe.bias_update_rate, MODEL.md "Options:
   // Experts"): L x E fp32 (layer-major), the same on every rank, no gradient, saved in

@@ -161,7 +161,7 @@ StepResult Trainer::Step(int64_t step) {
   m.grad_norm = std::sqrt(dense_sq + agreed.expert_sq);
   const double clip = t.grad_clip();
   const float clip_scale = (clip > 0 && m.grad_norm > clip) ? static_cast<float>(clip / (m.grad_norm + 1e-6)) : 1.0f;
-  model_->AdamWStep(step + 1, m.lr, t.weight_decay(), clip_scale);
+  model_->OptimizerStep(step + 1, m.lr, MuonLearningRateAt(t, static_cast<int>(step)), t.weight_decay(), clip_scale);
   if (cfg_.balances_by_bias()) UpdateBiases(&m);
   const auto t1 = Clock::now();
 

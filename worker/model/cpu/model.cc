@@ -15,6 +15,7 @@
 #include "kernels/dropout.h"
 #include "kernels/embedding.h"
 #include "kernels/matmul.h"
+#include "kernels/muon.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/state_codec.h"
@@ -101,12 +102,16 @@ void Model::GradSquaredNorms(double* dense_sq, double* expert_sq) {
   *expert_sq = kernels::SquaredNorm(grads_.data() + dense, layout_.total() - dense);
 }
 
-void Model::AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) {
+void Model::OptimizerStep(int64_t step, double lr, double muon_lr, double weight_decay, float clip_scale) {
   // Compact moments (train.optimizer_state bf16 / int8) are decoded a chunk of whole state
   // blocks at a time, updated in fp32 and encoded again; fp32 moments are updated in place.
   constexpr int64_t kChunk = 64 * kernels::kStateBlock;
   std::vector<float> m, v;
   for (const ParamInfo& info : layout_.params()) {
+    if (cfg_.muon && info.muon) {
+      MuonTensorStep(info, step, muon_lr, weight_decay, clip_scale);
+      continue;
+    }
     kernels::AdamWConfig c;
     c.lr = static_cast<float>(lr);
     c.weight_decay = info.decay ? static_cast<float>(weight_decay) : 0.f;
@@ -131,6 +136,30 @@ void Model::AdamWStep(int64_t step, double lr, double weight_decay, float clip_s
       if (cfg_.bf16_master) RoundToBf16(params_.data() + at, n, info.name, layout_.GlobalFirst(info) + begin, step);
     }
   }
+}
+
+void Model::MuonTensorStep(const ParamInfo& info, int64_t step, double lr, double weight_decay, float clip_scale) {
+  // Newton-Schulz needs a whole matrix, so the momentum of the whole tensor is decoded at once
+  // (compact formats) and encoded again after; AdamW's v stays unused (zero) here. Expert
+  // matrices are stored (in, out), not MODEL.md's [out, in]: Newton-Schulz of a transpose is the
+  // transpose of Newton-Schulz (the tall one is worked on transposed anyway) and the scale takes
+  // max(r, c), so the stored orientation gives the same update.
+  const int rank = static_cast<int>(info.shape.size());
+  const int rows = static_cast<int>(info.shape[rank - 2]), cols = static_cast<int>(info.shape[rank - 1]);
+  const int64_t batch = info.size / (int64_t{rows} * cols);
+  std::vector<float> decoded;
+  float* mp = adam_m_.fp32() ? adam_m_.fp32() + info.offset : nullptr;
+  if (mp == nullptr) {
+    decoded.resize(info.size);
+    adam_m_.Read(info, 0, info.size, decoded.data());
+    mp = decoded.data();
+  }
+  kernels::MuonConfig c;
+  c.lr = static_cast<float>(lr);
+  c.weight_decay = info.decay ? static_cast<float>(weight_decay) : 0.f;
+  kernels::MuonUpdate(params_.data() + info.offset, grads_.data() + info.offset, mp, batch, rows, cols, c, clip_scale);
+  if (adam_m_.fp32() == nullptr) adam_m_.Write(info, 0, info.size, mp);
+  if (cfg_.bf16_master) RoundToBf16(params_.data() + info.offset, info.size, info.name, layout_.GlobalFirst(info), step);
 }
 
 std::vector<float> Model::RouterBiases() {

@@ -36,7 +36,7 @@ class Model final : public TrainModel {
   CommSeconds ReduceGrads() override;
   int64_t PeakMemoryBytes() const override;
   void GradSquaredNorms(double* dense_sq, double* expert_sq) override;
-  void AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) override;
+  void OptimizerStep(int64_t step, double lr, double muon_lr, double weight_decay, float clip_scale) override;
   std::vector<float> RouterBiases() override;
   void SetRouterBiases(const std::vector<float>& biases) override;
   void CopyToHost(ParamSet set, std::vector<float>* out) override;
@@ -47,6 +47,9 @@ class Model final : public TrainModel {
   const std::vector<float>& logits() const { return logits_; }
 
  private:
+  // Muon on one ParamInfo::muon tensor: its matrices (the trailing two dimensions) as one batch.
+  void MuonTensorStep(const ParamInfo& info, int64_t step, double lr, double weight_decay, float clip_scale);
+
   struct BlockActs {
     std::vector<float> x_in, attn_in, attn_rstd, qkv, attn_y, attn_lse;
     std::vector<float> x_mid, moe_in, moe_rstd;

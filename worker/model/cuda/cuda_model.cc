@@ -16,6 +16,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/matmul.h"
+#include "kernels/cuda/muon.h"
 #include "kernels/cuda/nn.h"
 #include "worker/model/cuda/cuda_context.h"
 #include "worker/model/cuda/device_arena.h"
@@ -57,7 +58,7 @@ class CudaModel final : public TrainModel {
   void Backward() override;
   CommSeconds ReduceGrads() override;
   void GradSquaredNorms(double* dense_sq, double* expert_sq) override;
-  void AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) override;
+  void OptimizerStep(int64_t step, double lr, double muon_lr, double weight_decay, float clip_scale) override;
   void CopyToHost(ParamSet set, std::vector<float>* out) override;
   void CopyFromHost(ParamSet set, const std::vector<float>& in) override;
   const std::vector<float>& params() override;
@@ -86,6 +87,17 @@ class CudaModel final : public TrainModel {
     return nullptr;
   }
   void RefreshBf16();
+  // Block l's attention dropout for this micro-batch (model.attention.dropout): off outside
+  // training; the masks are keyed by global token, head and layer as on the CPU.
+  cuda::AttentionDropout AttnDropout(const BatchContext& ctx, int l) const {
+    cuda::AttentionDropout d;
+    if (ctx.train && cfg_.attn_dropout > 0.f) {
+      d.p = cfg_.attn_dropout;
+      d.seed = AttentionDropoutSeed(ctx.dropout_seed, l);
+      d.first_token = ctx.first_token;
+    }
+    return d;
+  }
   // Every activation buffer for b sequences, from one table of shapes.
   void EnsureActivations(int b);
   // The clocks of every collective this rank runs (host and device).
@@ -103,6 +115,7 @@ class CudaModel final : public TrainModel {
   DeviceArena weights_{&memory_}, acts_{&memory_};
   float *params_ = nullptr, *grads_ = nullptr, *adam_m_ = nullptr, *adam_v_ = nullptr;  // (total)
   bf16* params16_ = nullptr;                         // (total) bf16 mode only
+  cuda::MuonWorkspace muon_;                         // train.optimizer muon: Newton-Schulz scratch
   float *rope_cos_ = nullptr, *rope_sin_ = nullptr;  // (T, hd/2)
   double* norms_ = nullptr;                          // (2) device
   double* host_stats_ = nullptr;                     // pinned: ce_sum, then each layer's RouterStatsSlots
@@ -146,6 +159,24 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr
   adam_m_ = weights_.Alloc<float>(total);
   adam_v_ = weights_.Alloc<float>(total);
   if (bf16_) params16_ = weights_.Alloc<bf16>(total);
+  if (cfg.muon) {
+    // Scratch for the largest Muon tensor (an expert tensor's E_local matrices at once); the
+    // products' operand copies are bf16 in bf16 mode.
+    cuda::MuonWorkspace::Size need;
+    for (const ParamInfo& info : layout_.params()) {
+      if (!info.muon) continue;
+      const int64_t rows = info.shape[info.shape.size() - 2], cols = info.shape.back();
+      need.Fit(info.size / (rows * cols), rows, cols);
+    }
+    muon_.x = weights_.Alloc<float>(need.elements);
+    muon_.gram = weights_.Alloc<float>(need.gram);
+    muon_.x_op = bf16_ ? static_cast<void*>(weights_.Alloc<bf16>(need.elements)) : weights_.Alloc<float>(need.elements);
+    muon_.gram_op = bf16_ ? static_cast<void*>(weights_.Alloc<bf16>(need.gram)) : weights_.Alloc<float>(need.gram);
+    muon_.norms = weights_.Alloc<double>(need.batch);
+    // The padding between matrices is copied to the operands but never multiplied: zero it once.
+    MOE_CUDA_CHECK(cudaMemsetAsync(muon_.x, 0, sizeof(float) * need.elements, stream_));
+    MOE_CUDA_CHECK(cudaMemsetAsync(muon_.gram, 0, sizeof(float) * need.gram, stream_));
+  }
   MOE_CUDA_CHECK(cudaMemsetAsync(params_, 0, sizeof(float) * total, stream_));
   ctx_.stream = stream_;
   ctx_.blas = blas_.get();
@@ -293,9 +324,9 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
     if (bf16_) {
       // Tensor cores, reading q, k, v in bf16 (kept for the backward).
       cuda::CastToBf16(a.qkv16, a.qkv, int64_t{n} * C3, stream_);
-      cuda::AttentionForwardBf16(a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd, stream_);
+      cuda::AttentionForwardBf16(a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_);
     } else {
-      cuda::AttentionForward(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, stream_);
+      cuda::AttentionForward(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_);
     }
     ctx_.Linear(tmp_, a.attn_y, bw.wo, n, D, D, false);
     cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
@@ -391,9 +422,10 @@ void CudaModel::Backward() {
     if (bf16_) {
       cuda::CastToBf16(ctx_.s16b, dattn_y, nd, stream_);  // s16b is free until the next product
       cuda::AttentionBackwardBf16(dqkv_, dattn_y, ctx_.s16b, a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd,
-                                  att_scratch_, stream_);
+                                  att_scratch_, AttnDropout(ctx, l), stream_);
     } else {
-      cuda::AttentionBackward(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, att_scratch_, stream_);
+      cuda::AttentionBackward(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, att_scratch_,
+                              AttnDropout(ctx, l), stream_);
     }
     cuda::RopeBackward(dqkv_, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
     ctx_.LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, a.attn_in, bw.wqkv, n, D, C3, false, /*add_to_dinp=*/false);
@@ -426,13 +458,21 @@ void CudaModel::GradSquaredNorms(double* dense_sq, double* expert_sq) {
   *expert_sq = host_stats_[1];
 }
 
-void CudaModel::AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) {
+void CudaModel::OptimizerStep(int64_t step, double lr, double muon_lr, double weight_decay, float clip_scale) {
   // The CPU optimizer's constants (kernels/adamw.h), bias corrections computed in double.
   const kernels::AdamWConfig c;
   const float bc1 = static_cast<float>(1.0 - std::pow(double{c.beta1}, static_cast<double>(step)));
   const float bc2 = static_cast<float>(1.0 - std::pow(double{c.beta2}, static_cast<double>(step)));
   for (const ParamInfo& info : layout_.params()) {
     const float wd = info.decay ? static_cast<float>(weight_decay) : 0.f;
+    if (cfg_.muon && info.muon) {  // momentum in m; the tensor's matrices in one batch
+      const int rows = static_cast<int>(info.shape[info.shape.size() - 2]), cols = static_cast<int>(info.shape.back());
+      cuda::MuonUpdate(blas_.get(), muon_, bf16_ ? cuda::DType::kBF16 : cuda::DType::kF32, params_ + info.offset,
+                       bf16_ ? params16_ + info.offset : nullptr, grads_ + info.offset, adam_m_ + info.offset,
+                       info.size / (int64_t{rows} * cols), rows, cols, static_cast<float>(muon_lr), wd, clip_scale,
+                       stream_);
+      continue;
+    }
     cuda::AdamWUpdate(params_ + info.offset, bf16_ ? params16_ + info.offset : nullptr, grads_ + info.offset,
                       adam_m_ + info.offset, adam_v_ + info.offset, info.size, static_cast<float>(lr), c.beta1,
                       c.beta2, c.eps, wd, bc1, bc2, clip_scale, stream_);
@@ -490,11 +530,11 @@ absl::StatusOr<std::unique_ptr<TrainModel>> MakeCudaModel(const ModelConfig& cfg
   // The job-spec checks refuse these at validate and submit; a spec that skipped them stops here.
   if (!CudaRunsHeadSize(cfg.head_dim)) {
     return absl::UnimplementedError(absl::StrCat("device cuda: head size d_model / n_heads = ", cfg.head_dim,
-                                                 " is not one of ", CudaHeadSizesText()));
+                                                 "; it runs head sizes ", CudaHeadSizesText()));
   }
-  if (cfg.experts > kCudaMaxExperts) {
-    return absl::UnimplementedError(
-        absl::StrCat("device cuda: at most ", kCudaMaxExperts, " experts, got ", cfg.experts));
+  if (cfg.experts > kCudaMaxExperts || cfg.top_k > kCudaMaxTopK) {
+    return absl::UnimplementedError(absl::StrCat("device cuda: at most ", kCudaMaxExperts, " experts and top_k ",
+                                                 kCudaMaxTopK, ", got ", cfg.experts, " and ", cfg.top_k));
   }
   if (W > 1 && !use_bf16) {
     return absl::UnimplementedError(absl::StrCat(

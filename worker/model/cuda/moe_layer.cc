@@ -101,6 +101,7 @@ void CudaMoeLayer::AddTo(BufferTable* table, int64_t n) {
     table->Add(&offsets_, E + 1);
     table->Add(&aux_grad_, E);
     table->Add(&stats_, RouterStatsSlots{shape_.experts}.size());
+    if (cfg_.expert_dropout > 0) table->Add(&expert_off_, E);
     table->Add(&xs_, r * D);
     table->Add(&ys_, r * D);
   }
@@ -214,15 +215,15 @@ void CudaMoeLayer::Route(const float* m, const BlockTensors& w, int n, const Bat
   ctx_->Linear(router_logits_, m, w.router, n, D, E, /*fp32=*/true);
   cuda::RouterForward(probs_, router_lse_, expert_idx_, weights_, router_logits_, n, E, k,
                       RouterScoringOf(cfg_, bias_), stream);
-  // Expert dropout: the same draws as the CPU's (moe_bookkeeping.h), as a bit mask (E <= 64).
-  uint64_t off_mask = 0;
-  if (ctx.train) {
-    const std::vector<uint8_t> off =
-        ExpertsSwitchedOff(ExpertDropoutSeed(ctx.dropout_seed, layer_), cfg_.expert_dropout, E);
-    for (size_t x = 0; x < off.size(); ++x) off_mask |= static_cast<uint64_t>(off[x] != 0) << x;
+  // Expert dropout: the same draws as the CPU's (moe_bookkeeping.h), in training only.
+  const uint8_t* off = nullptr;
+  if (ctx.train && expert_off_ != nullptr) {
+    off_host_ = ExpertsSwitchedOff(ExpertDropoutSeed(ctx.dropout_seed, layer_), cfg_.expert_dropout, E);
+    MOE_CUDA_CHECK(cudaMemcpyAsync(expert_off_, off_host_.data(), E, cudaMemcpyHostToDevice, stream));
+    off = expert_off_;
   }
   cuda::BuildRoutingPlan(counts_, routed_, offsets_, a2s_, s2a_, expert_idx_, n, k, E,
-                         ExpertCapacity(cfg_.capacity_factor, n, k, E), off_mask, stream);
+                         ExpertCapacity(cfg_.capacity_factor, n, k, E), off, stream);
   if (ctx_->bf16) {
     // The counts' copy to the host: the experts' products (and the route between GPUs) need
     // each expert's rows there. Waited on only once the statistics and the permute are queued.
@@ -234,7 +235,7 @@ void CudaMoeLayer::Route(const float* m, const BlockTensors& w, int n, const Bat
   MOE_CUDA_CHECK(cudaMemsetAsync(stats_, 0, sizeof(double) * slot.size(), stream));
   cuda::RouterStats(stats_ + slot.prob_sum(), stats_ + slot.z_sum(), stats_ + slot.entropy_sum(), probs_,
                     router_lse_, n, E, /*normalize=*/cfg_.router_sigmoid, stream);
-  cuda::RouterCountStats(stats_, routed_, counts_, E, off_mask, stream);
+  cuda::RouterCountStats(stats_, routed_, counts_, E, off, stream);
   if (exchange_ != nullptr) exchange_->SumStats(stats_, slot.size(), stream);
   cuda::RouterAuxGrad(aux_grad_, stats_ + slot.routed(), E, static_cast<double>(ctx.global_tokens), k,
                       cfg_.aux_coef * E, ctx.loss_scale, stream);

@@ -113,6 +113,8 @@ class CudaMoeLayer {
   int32_t *counts_ = nullptr, *routed_ = nullptr, *offsets_ = nullptr;  // (E) (E) (E+1)
   float* aux_grad_ = nullptr;  // (E)
   double* stats_ = nullptr;    // (RouterStatsSlots)
+  uint8_t* expert_off_ = nullptr;  // (E) expert dropout's switched-off experts, when the job has it
+  std::vector<uint8_t> off_host_;  // (E) their host copy
   float *xs_ = nullptr, *ys_ = nullptr;  // (r, D) plan order
   float *g_ = nullptr, *u_ = nullptr, *h_ = nullptr;  // (r, F) fp32 mode
   // Shared experts (S of hidden F_s), per batch. fp32: g, u, h (S, n, F_s), the scratch of their

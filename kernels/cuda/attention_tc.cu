@@ -1,0 +1,572 @@
+// The tensor-core attention kernels (bf16 jobs): the flash algorithm on mma.sync m16n8k16 (bf16
+// operands, fp32 accumulation). q, k, v and dout come in bf16 (the model keeps a bf16 copy);
+// each 64-row tile goes to shared memory by cp.async, two stages: the next tile loads while this
+// one is multiplied. out, lse, dq/dk/dv stay fp32. Softmax statistics (max, sum, lse, dsum) are
+// fp32; P and dS are rounded to bf16 for their products, as FlashAttention-2 does. A block is 4
+// warps, each owning 16 rows of a 64-row tile. Forward and dq walk key tiles; dk/dv walks query
+// tiles of every head of its kv group, so every output element has one writer (no atomics).
+//
+// Head sizes: the kernels are built for HD in {16, 32, 64, 96, 128, 192, 256} and run any hd that
+// is a multiple of 8 up to HD, the columns from hd to HD loaded as zeros (they add nothing to any
+// product) and never stored. What grows with HD is held where it fits: up to 64 every A operand
+// (q, dout; k, v) stays in registers; above, A fragments are read from shared memory at each
+// product; above 128, dk/dv is split into two column halves (grid.z), each block recomputing the
+// scores, so that the accumulators fit the registers. Tiles live in dynamic shared memory: at
+// HD 256 six 64-row tiles take 203 KB (the H100/H200 limit per block is 227 KB).
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16 .bf16): with g = lane / 4, q = lane % 4,
+//   A (16x16, row): regs {a(g, 2q..), a(g+8, 2q..), a(g, 2q+8..), a(g+8, 2q+8..)}
+//   B (16x8, col):  regs {b(2q.., g), b(2q+8.., g)}
+//   C (16x8, f32):  {c(g, 2q), c(g, 2q+1), c(g+8, 2q), c(g+8, 2q+1)}
+// Tiles stay row-major in shared memory: B operands whose k index runs along a row are read
+// as 32-bit words, the others (the second products' V, K, Q, dout) through ldmatrix .trans.
+#include <cmath>
+
+#include "kernels/cuda/attention_internal.cuh"
+
+namespace moe::cuda::internal {
+namespace {
+
+constexpr int kTc = 64;  // rows per tile (queries or keys)
+// 4 warps. Blocks of 8 warps (128 rows, each streamed tile shared by twice the rows) measured
+// slower on an H100 (small: forward 0.385 against 0.316 ms, backward 1.34 against 1.01 ms).
+constexpr int kTcThreads = 128;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// A 64-row tile of pitch P (HD + 8: fragment reads and ldmatrix are conflict-free).
+template <int P>
+using Tile = bf16 (*)[P];
+
+template <int P>
+constexpr size_t TileBytes() {
+  return size_t{kTc} * P * sizeof(bf16);
+}
+
+// Tile n of the block's dynamic shared memory.
+template <int P>
+__device__ __forceinline__ Tile<P> TileAt(unsigned char* smem, int n) {
+  return reinterpret_cast<Tile<P>>(smem + n * TileBytes<P>());
+}
+
+// Columns [c0, ...) of a tile, as a tile of the same pitch.
+template <int P>
+__device__ __forceinline__ Tile<P> Cols(Tile<P> s, int c0) {
+  return reinterpret_cast<Tile<P>>(&s[0][c0]);
+}
+
+__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t Pack(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+template <int PITCH>
+__device__ __forceinline__ uint32_t Word(const bf16 (*s)[PITCH], int r, int c) {
+  return *reinterpret_cast<const uint32_t*>(&s[r][c]);
+}
+
+// cp.async of 16 bytes global -> shared; src_bytes 0 writes zeros (rows past t, columns past hd).
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Starts dst[r][c] = src row (r0 + r), columns [col, col + HD) (bf16); zeros past t and past hd
+// (hd a multiple of 8: a 16-byte chunk is all in or all out).
+template <int HD, int PITCH>
+__device__ __forceinline__ void LoadTileAsync(bf16 (*dst)[PITCH], const bf16* src, int64_t row_len, int64_t col,
+                                              int r0, int t, int hd) {
+  constexpr int kChunks = HD / 8;  // 16-byte chunks per row
+  for (int idx = threadIdx.x; idx < kTc * kChunks; idx += kTcThreads) {
+    const int r = idx / kChunks, c = (idx % kChunks) * 8, i = r0 + r;
+    const bool ok = i < t && c < hd;
+    CpAsync16(&dst[r][c], src + int64_t{min(i, t - 1)} * row_len + col + (ok ? c : 0), ok);
+  }
+}
+
+// Four 8x8 bf16 matrices, transposed on the way (ldmatrix .trans): lane l names row l % 8 of
+// matrix l / 8 and receives, from each matrix, elements (2 (l % 4), l / 4) and (2 (l % 4) + 1, l / 4),
+// which is the B fragment layout when the tile is stored k-major.
+__device__ __forceinline__ void LdMatrixX4T(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, const bf16* p) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+
+// The A fragment of rows [r0, r0 + 16), k chunk kc, of a row-major tile.
+template <int PITCH>
+__device__ __forceinline__ void LoadAChunk(uint32_t (&a)[4], const bf16 (*s)[PITCH], int r0, int kc, int g, int q) {
+  a[0] = Word(s, r0 + g, kc * 16 + 2 * q);
+  a[1] = Word(s, r0 + g + 8, kc * 16 + 2 * q);
+  a[2] = Word(s, r0 + g, kc * 16 + 8 + 2 * q);
+  a[3] = Word(s, r0 + g + 8, kc * 16 + 8 + 2 * q);
+}
+
+// A fragments of rows [r0, r0 + 16) of a row-major tile, for every 16-wide k chunk.
+template <int HD, int PITCH>
+__device__ __forceinline__ void LoadA(uint32_t (&a)[HD / 16][4], const bf16 (*s)[PITCH], int r0, int g, int q) {
+#pragma unroll
+  for (int kc = 0; kc < HD / 16; ++kc) LoadAChunk(a[kc], s, r0, kc, g, q);
+}
+
+// acc (16 x 64) = A (16 x HD, fragments) * Y^T, Y a row-major (64 x HD) tile.
+template <int HD, int PITCH>
+__device__ __forceinline__ void MulABt(float (&acc)[kTc / 8][4], const uint32_t (&a)[HD / 16][4],
+                                       const bf16 (*y)[PITCH], int g, int q) {
+#pragma unroll
+  for (int nt = 0; nt < kTc / 8; ++nt) {
+    acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+#pragma unroll
+    for (int kc = 0; kc < HD / 16; ++kc)
+      Mma(acc[nt], a[kc], Word(y, nt * 8 + g, kc * 16 + 2 * q), Word(y, nt * 8 + g, kc * 16 + 8 + 2 * q));
+  }
+}
+
+// The same with A read from rows [r0, r0 + 16) of a shared tile, one k chunk at a time (large
+// HD: the fragments of a whole row would not fit the registers). Same sums in the same order.
+template <int HD, int PITCH>
+__device__ __forceinline__ void MulABtShared(float (&acc)[kTc / 8][4], const bf16 (*x)[PITCH], int r0,
+                                             const bf16 (*y)[PITCH], int g, int q) {
+#pragma unroll
+  for (int nt = 0; nt < kTc / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+#pragma unroll
+  for (int kc = 0; kc < HD / 16; ++kc) {
+    uint32_t a[4];
+    LoadAChunk(a, x, r0, kc, g, q);
+#pragma unroll
+    for (int nt = 0; nt < kTc / 8; ++nt)
+      Mma(acc[nt], a, Word(y, nt * 8 + g, kc * 16 + 2 * q), Word(y, nt * 8 + g, kc * 16 + 8 + 2 * q));
+  }
+}
+
+// acc (16 x HD) += P (16 x 64, C fragments rounded to bf16) * Z, Z a row-major (64 x HD) tile.
+template <int HD, int PITCH>
+__device__ __forceinline__ void MulPZ(float (&acc)[HD / 8][4], const float (&p)[kTc / 8][4],
+                                      const bf16 (*z)[PITCH], int lane) {
+  const int mtx = lane / 8, zr = lane % 8 + (mtx & 1) * 8, zc = (mtx >> 1) * 8;
+#pragma unroll
+  for (int kc = 0; kc < kTc / 16; ++kc) {
+    const uint32_t a[4] = {Pack(p[2 * kc][0], p[2 * kc][1]), Pack(p[2 * kc][2], p[2 * kc][3]),
+                           Pack(p[2 * kc + 1][0], p[2 * kc + 1][1]), Pack(p[2 * kc + 1][2], p[2 * kc + 1][3])};
+#pragma unroll
+    for (int np = 0; np < HD / 16; ++np) {
+      uint32_t b0, b1, b2, b3;  // n tiles 2 np (b0, b1) and 2 np + 1 (b2, b3)
+      LdMatrixX4T(b0, b1, b2, b3, &z[kc * 16 + zr][np * 16 + zc]);
+      Mma(acc[2 * np], a, b0, b1);
+      Mma(acc[2 * np + 1], a, b2, b3);
+    }
+  }
+}
+
+__device__ __forceinline__ float QuadMax(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float QuadSum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Where each kernel keeps its operands, by HD.
+template <int HD>
+struct TcPlan {
+  static constexpr int P = HD + 8;
+  static constexpr bool kQInRegs = HD <= 128;   // forward: q fragments in registers
+  static constexpr bool kAInRegs = HD <= 64;    // backward: q, dout (dq) and k, v (dk/dv) in registers
+  static constexpr int kSlices = HD > 128 ? 2 : 1;  // dk/dv column halves
+  static constexpr size_t kForwardBytes = 5 * TileBytes<P>();                  // q, 2 k, 2 v
+  static constexpr size_t kDqBytes = (kAInRegs ? 4 : 6) * TileBytes<P>();      // 2 k, 2 v (+ q, dout)
+  static constexpr size_t kDkvBytes = (kAInRegs ? 4 : 6) * TileBytes<P>() + 4 * kTc * sizeof(float);
+};
+
+// Forward. grid (query tiles, b * h); the heaviest (last) query tiles are launched first.
+// Shared tiles: 0 q, 1-2 k stages, 3-4 v stages.
+template <int HD, bool kDrop, bool kExact>
+__global__ void __launch_bounds__(kTcThreads) ForwardTcKernel(float* out, float* lse, const bf16* qkv, int t, int h,
+                                                              int hkv, int hd, float scale, AttnDrop drop) {
+  using Plan = TcPlan<HD>;
+  constexpr int P = Plan::P;
+  if constexpr (kExact) hd = HD;  // the head size the kernel is built for: addresses fold
+  extern __shared__ __align__(16) unsigned char smem[];
+  const Tile<P> qs = TileAt<P>(smem, 0);
+  auto ks = [&](int st) { return TileAt<P>(smem, 1 + st); };
+  auto vs = [&](int st) { return TileAt<P>(smem, 3 + st); };
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kTc;
+  const int bh = blockIdx.y, bi = bh / h, hi = bh % h, kvh = hi / (h / hkv);
+  const int64_t row_len = int64_t{h + 2 * hkv} * hd;
+  const int64_t k_col = int64_t{h + kvh} * hd, v_col = int64_t{h + hkv + kvh} * hd;
+  const bf16* base = qkv + int64_t{bi} * t * row_len;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const float sl2 = scale * kLog2e;  // scores in log2 units
+  LoadTileAsync<HD>(qs, base, row_len, int64_t{hi} * hd, q0, t, hd);
+  LoadTileAsync<HD>(ks(0), base, row_len, k_col, 0, t, hd);
+  LoadTileAsync<HD>(vs(0), base, row_len, v_col, 0, t, hd);
+  CpAsyncCommit();
+  uint32_t qa[Plan::kQInRegs ? HD / 16 : 1][4];
+  float o[HD / 8][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+  const int tiles = q0 / kTc + 1;
+  for (int j = 0; j < tiles; ++j) {
+    const int k0 = j * kTc, st = j & 1;
+    if (j + 1 < tiles) {
+      LoadTileAsync<HD>(ks(st ^ 1), base, row_len, k_col, k0 + kTc, t, hd);
+      LoadTileAsync<HD>(vs(st ^ 1), base, row_len, v_col, k0 + kTc, t, hd);
+    }
+    CpAsyncCommit();
+    CpAsyncWait<1>();  // all but the prefetch just issued: tile j (and q) have landed
+    __syncthreads();
+    float s[kTc / 8][4];
+    if constexpr (Plan::kQInRegs) {
+      if (j == 0) LoadA<HD>(qa, qs, warp * 16, g, q);
+      MulABt<HD>(s, qa, ks(st), g, q);
+    } else {
+      MulABtShared<HD>(s, qs, warp * 16, ks(st), g, q);
+    }
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kTc / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int jj = k0 + nt * 8 + 2 * q + (e & 1);
+        s[nt][e] = (jj > row[e / 2] || jj >= t) ? -INFINITY : s[nt][e] * sl2;
+        mx[e / 2] = fmaxf(mx[e / 2], s[nt][e]);
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float m_new = fmaxf(m[r], QuadMax(mx[r]));
+      const float corr = exp2f(m[r] - m_new);  // 0 on the first tile
+      m[r] = m_new;
+      l[r] *= corr;
+#pragma unroll
+      for (int nt = 0; nt < HD / 8; ++nt) {
+        o[nt][2 * r] *= corr;
+        o[nt][2 * r + 1] *= corr;
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kTc / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[nt][e] = exp2f(s[nt][e] - m[e / 2]);
+        l[e / 2] += s[nt][e];
+      }
+    if constexpr (kDrop) {  // the sum above is the undropped softmax's; P V takes the dropped P
+#pragma unroll
+      for (int nt = 0; nt < kTc / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int jj = k0 + nt * 8 + 2 * q + (e & 1), i = row[e / 2];
+          if (i < t && jj <= i) s[nt][e] *= drop.Factor(bi, i, hi, h, t, jj);
+        }
+    }
+    MulPZ<HD>(o, s, vs(st), lane);
+    __syncthreads();  // stage st is refilled by the next iteration's prefetch
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = row[r];
+    const float lsum = QuadSum(l[r]);
+    if (i >= t) continue;
+    const float inv = 1.0f / lsum;
+    float* dst = out + (int64_t{bi} * t + i) * (int64_t{h} * hd) + int64_t{hi} * hd;
+#pragma unroll
+    for (int nt = 0; nt < HD / 8; ++nt) {
+      if (nt * 8 >= hd) break;
+      *reinterpret_cast<float2*>(dst + nt * 8 + 2 * q) = make_float2(o[nt][2 * r] * inv, o[nt][2 * r + 1] * inv);
+    }
+    if (q == 0) lse[(int64_t{bi} * h + hi) * t + i] = (m[r] + log2f(lsum)) / kLog2e;
+  }
+}
+
+// dq. grid (query tiles, b * h). dS = P o (M s dP - dsum) * scale (M s: the dropout factors);
+// dq = dS K. Shared tiles: 0-1 k stages, 2-3 v stages; HD > 64: 4 q, 5 dout (else q and dout
+// pass through stage 1 into registers first).
+template <int HD, bool kDrop, bool kExact>
+__global__ void __launch_bounds__(kTcThreads) DqTcKernel(float* dqkv, const bf16* dout, const float* lse,
+                                                         const float* dsum, const bf16* qkv, int t, int h, int hkv,
+                                                         int hd, float scale, AttnDrop drop) {
+  using Plan = TcPlan<HD>;
+  constexpr int P = Plan::P;
+  if constexpr (kExact) hd = HD;  // the head size the kernel is built for: addresses fold
+  extern __shared__ __align__(16) unsigned char smem[];
+  auto ks = [&](int st) { return TileAt<P>(smem, st); };
+  auto vs = [&](int st) { return TileAt<P>(smem, 2 + st); };
+  const Tile<P> qs = Plan::kAInRegs ? ks(1) : TileAt<P>(smem, 4);
+  const Tile<P> dos = Plan::kAInRegs ? vs(1) : TileAt<P>(smem, 5);
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kTc;
+  const int bh = blockIdx.y, bi = bh / h, hi = bh % h, kvh = hi / (h / hkv);
+  const int64_t row_len = int64_t{h + 2 * hkv} * hd;
+  const int64_t k_col = int64_t{h + kvh} * hd, v_col = int64_t{h + hkv + kvh} * hd;
+  const bf16* base = qkv + int64_t{bi} * t * row_len;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const float sl2 = scale * kLog2e;
+  LoadTileAsync<HD>(qs, base, row_len, int64_t{hi} * hd, q0, t, hd);
+  LoadTileAsync<HD>(dos, dout + int64_t{bi} * t * h * hd, int64_t{h} * hd, int64_t{hi} * hd, q0, t, hd);
+  LoadTileAsync<HD>(ks(0), base, row_len, k_col, 0, t, hd);
+  LoadTileAsync<HD>(vs(0), base, row_len, v_col, 0, t, hd);
+  CpAsyncCommit();
+  CpAsyncWait<0>();
+  __syncthreads();
+  uint32_t qa[Plan::kAInRegs ? HD / 16 : 1][4], da[Plan::kAInRegs ? HD / 16 : 1][4];
+  if constexpr (Plan::kAInRegs) {
+    LoadA<HD>(qa, qs, warp * 16, g, q);
+    LoadA<HD>(da, dos, warp * 16, g, q);
+    __syncthreads();  // stage 1 now takes key tile 1
+  }
+  const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+  float lr[2], dr[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const bool ok = row[r] < t;
+    lr[r] = ok ? lse[(int64_t{bi} * h + hi) * t + row[r]] * kLog2e : 0.f;
+    dr[r] = ok ? dsum[(int64_t{bi} * h + hi) * t + row[r]] : 0.f;
+  }
+  float dq[HD / 8][4] = {};
+  const int tiles = q0 / kTc + 1;
+  for (int j = 0; j < tiles; ++j) {
+    const int k0 = j * kTc, st = j & 1;
+    if (j + 1 < tiles) {
+      LoadTileAsync<HD>(ks(st ^ 1), base, row_len, k_col, k0 + kTc, t, hd);
+      LoadTileAsync<HD>(vs(st ^ 1), base, row_len, v_col, k0 + kTc, t, hd);
+    }
+    CpAsyncCommit();
+    CpAsyncWait<1>();
+    __syncthreads();
+    float s[kTc / 8][4], dp[kTc / 8][4];
+    if constexpr (Plan::kAInRegs) {
+      MulABt<HD>(s, qa, ks(st), g, q);
+      MulABt<HD>(dp, da, vs(st), g, q);
+    } else {
+      MulABtShared<HD>(s, qs, warp * 16, ks(st), g, q);
+      MulABtShared<HD>(dp, dos, warp * 16, vs(st), g, q);
+    }
+#pragma unroll
+    for (int nt = 0; nt < kTc / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int jj = k0 + nt * 8 + 2 * q + (e & 1), i = row[e / 2];
+        const bool live = !(jj > i || jj >= t || i >= t);
+        const float p = live ? exp2f(s[nt][e] * sl2 - lr[e / 2]) : 0.f;
+        const float dpe = (kDrop && live) ? dp[nt][e] * drop.Factor(bi, i, hi, h, t, jj) : dp[nt][e];
+        s[nt][e] = p * (dpe - dr[e / 2]) * scale;
+      }
+    MulPZ<HD>(dq, s, ks(st), lane);
+    __syncthreads();
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (row[r] >= t) continue;
+    float* dst = dqkv + (int64_t{bi} * t + row[r]) * row_len + int64_t{hi} * hd;
+#pragma unroll
+    for (int nt = 0; nt < HD / 8; ++nt) {
+      if (nt * 8 >= hd) break;
+      float2* d2 = reinterpret_cast<float2*>(dst + nt * 8 + 2 * q);
+      const float2 v = *d2;
+      *d2 = make_float2(v.x + dq[nt][2 * r], v.y + dq[nt][2 * r + 1]);
+    }
+  }
+}
+
+// dk, dv. grid (key tiles, b * hkv, column slices); walks every query head of the group and
+// every query tile at or after the key tile (steps s: head s / per_head, tile s % per_head).
+// dv = (P o M s)^T dout, dk = dS^T q, each on the block's HD / slices columns. Shared tiles:
+// 0-1 q stages, 2-3 dout stages; HD > 64: 4 k, 5 v (else k and v pass through stage 1 into
+// registers first); then the lse and dsum stages.
+template <int HD, bool kDrop, bool kExact>
+__global__ void __launch_bounds__(kTcThreads) DkvTcKernel(float* dqkv, const bf16* dout, const float* lse,
+                                                          const float* dsum, const bf16* qkv, int t, int h, int hkv,
+                                                          int hd, float scale, AttnDrop drop) {
+  using Plan = TcPlan<HD>;
+  constexpr int P = Plan::P, HS = HD / Plan::kSlices;
+  if constexpr (kExact) hd = HD;  // the head size the kernel is built for: addresses fold
+  extern __shared__ __align__(16) unsigned char smem[];
+  auto qs = [&](int st) { return TileAt<P>(smem, st); };
+  auto ds = [&](int st) { return TileAt<P>(smem, 2 + st); };
+  const Tile<P> kt = Plan::kAInRegs ? qs(1) : TileAt<P>(smem, 4);
+  const Tile<P> vt = Plan::kAInRegs ? ds(1) : TileAt<P>(smem, 5);
+  float (*ls)[kTc] = reinterpret_cast<float (*)[kTc]>(smem + (Plan::kAInRegs ? 4 : 6) * TileBytes<P>());
+  float (*dss)[kTc] = ls + 2;
+  const int j0 = blockIdx.x * kTc, c0 = blockIdx.z * HS;
+  const int bg = blockIdx.y, bi = bg / hkv, kvh = bg % hkv, group = h / hkv;
+  const int64_t row_len = int64_t{h + 2 * hkv} * hd, out_len = int64_t{h} * hd;
+  const bf16* base = qkv + int64_t{bi} * t * row_len;
+  const bf16* dbase = dout + int64_t{bi} * t * out_len;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
+  const float sl2 = scale * kLog2e;
+  LoadTileAsync<HD>(kt, base, row_len, int64_t{h + kvh} * hd, j0, t, hd);
+  LoadTileAsync<HD>(vt, base, row_len, int64_t{h + hkv + kvh} * hd, j0, t, hd);
+  CpAsyncCommit();
+  CpAsyncWait<0>();
+  __syncthreads();
+  uint32_t ka[Plan::kAInRegs ? HD / 16 : 1][4], va[Plan::kAInRegs ? HD / 16 : 1][4];
+  if constexpr (Plan::kAInRegs) {
+    LoadA<HD>(ka, kt, warp * 16, g, q);
+    LoadA<HD>(va, vt, warp * 16, g, q);
+    __syncthreads();
+  }
+  const int key[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
+  const int first = j0 / kTc, per_head = (t + kTc - 1) / kTc - first, steps = group * per_head;
+  // Starts step s's query and dout tiles (and their lse, dsum) into stage st.
+  auto issue = [&](int s, int st) {
+    const int hi = kvh * group + s / per_head, i0 = (first + s % per_head) * kTc;
+    LoadTileAsync<HD>(qs(st), base, row_len, int64_t{hi} * hd, i0, t, hd);
+    LoadTileAsync<HD>(ds(st), dbase, out_len, int64_t{hi} * hd, i0, t, hd);
+    for (int r = threadIdx.x; r < kTc; r += kTcThreads) {
+      const int i = i0 + r;
+      ls[st][r] = i < t ? lse[(int64_t{bi} * h + hi) * t + i] * kLog2e : 0.f;
+      dss[st][r] = i < t ? dsum[(int64_t{bi} * h + hi) * t + i] : 0.f;
+    }
+  };
+  float dk[HS / 8][4] = {}, dv[HS / 8][4] = {};
+  issue(0, 0);
+  CpAsyncCommit();
+  for (int s = 0; s < steps; ++s) {
+    const int st = s & 1, hi = kvh * group + s / per_head, i0 = (first + s % per_head) * kTc;
+    if (s + 1 < steps) issue(s + 1, st ^ 1);
+    CpAsyncCommit();
+    CpAsyncWait<1>();
+    __syncthreads();
+    float sc[kTc / 8][4], dp[kTc / 8][4];
+    if constexpr (Plan::kAInRegs) {
+      MulABt<HD>(sc, ka, qs(st), g, q);  // s^T: rows keys, columns queries
+      MulABt<HD>(dp, va, ds(st), g, q);
+    } else {
+      MulABtShared<HD>(sc, kt, warp * 16, qs(st), g, q);
+      MulABtShared<HD>(dp, vt, warp * 16, ds(st), g, q);
+    }
+#pragma unroll
+    for (int nt = 0; nt < kTc / 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int c = nt * 8 + 2 * q + e, i = i0 + c;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int j = key[r];
+          const bool live = !(j > i || i >= t || j >= t);
+          const float p = live ? exp2f(sc[nt][2 * r + e] * sl2 - ls[st][c]) : 0.f;
+          const float f = (kDrop && live) ? drop.Factor(bi, i, hi, h, t, j) : 1.0f;
+          sc[nt][2 * r + e] = p * f;
+          dp[nt][2 * r + e] = p * (dp[nt][2 * r + e] * f - dss[st][c]) * scale;
+        }
+      }
+    MulPZ<HS>(dv, sc, Cols<P>(ds(st), c0), lane);
+    MulPZ<HS>(dk, dp, Cols<P>(qs(st), c0), lane);
+    __syncthreads();
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (key[r] >= t) continue;
+    float* drow = dqkv + (int64_t{bi} * t + key[r]) * row_len;
+#pragma unroll
+    for (int nt = 0; nt < HS / 8; ++nt) {
+      const int c = c0 + nt * 8;
+      if (c >= hd) break;
+      float2* k2 = reinterpret_cast<float2*>(drow + int64_t{h + kvh} * hd + c + 2 * q);
+      float2* v2 = reinterpret_cast<float2*>(drow + int64_t{h + hkv + kvh} * hd + c + 2 * q);
+      const float2 kx = *k2, vx = *v2;
+      *k2 = make_float2(kx.x + dk[nt][2 * r], kx.y + dk[nt][2 * r + 1]);
+      *v2 = make_float2(vx.x + dv[nt][2 * r], vx.y + dv[nt][2 * r + 1]);
+    }
+  }
+}
+
+// Dynamic shared memory past the default 48 KB needs the kernel's consent (per device).
+template <typename Kernel>
+void AllowSharedBytes(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024) {
+    MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  }
+}
+
+template <int HD, bool kDrop, bool kExact>
+void Forward(float* out, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd, const AttnDrop& drop,
+             cudaStream_t stream) {
+  constexpr size_t bytes = TcPlan<HD>::kForwardBytes;
+  auto* kernel = ForwardTcKernel<HD, kDrop, kExact>;
+  AllowSharedBytes(kernel, bytes);
+  const dim3 grid((t + kTc - 1) / kTc, b * h);
+  kernel<<<grid, kTcThreads, bytes, stream>>>(out, lse, qkv16, t, h, hkv, hd, 1.0f / sqrtf(static_cast<float>(hd)),
+                                              drop);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+template <int HD, bool kDrop, bool kExact>
+void Backward(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b, int t,
+              int h, int hkv, int hd, const AttnDrop& drop, cudaStream_t stream) {
+  using Plan = TcPlan<HD>;
+  const float scale = 1.0f / sqrtf(static_cast<float>(hd));
+  const int tiles = (t + kTc - 1) / kTc;
+  auto* dq = DqTcKernel<HD, kDrop, kExact>;
+  AllowSharedBytes(dq, Plan::kDqBytes);
+  dq<<<dim3(tiles, b * h), kTcThreads, Plan::kDqBytes, stream>>>(dqkv, dout16, lse, dsum, qkv16, t, h, hkv, hd, scale,
+                                                                  drop);
+  MOE_CUDA_LAUNCH_CHECK();
+  auto* dkv = DkvTcKernel<HD, kDrop, kExact>;
+  AllowSharedBytes(dkv, Plan::kDkvBytes);
+  dkv<<<dim3(tiles, b * hkv, Plan::kSlices), kTcThreads, Plan::kDkvBytes, stream>>>(dqkv, dout16, lse, dsum, qkv16, t,
+                                                                                     h, hkv, hd, scale, drop);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+// The kernels without dropout carry none of its code, and those for hd == HD fold the head size
+// into their addresses (the registers of the plain path: padding costs a few, and spills at 64).
+template <int HD>
+void ForwardEither(float* out, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd,
+                   const AttnDrop& drop, cudaStream_t stream) {
+  const bool exact = hd == HD, on = drop.p > 0.0f;
+  if (on && exact) return Forward<HD, true, true>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (on) return Forward<HD, true, false>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (exact) return Forward<HD, false, true>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  Forward<HD, false, false>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+}
+
+template <int HD>
+void BackwardEither(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b,
+                    int t, int h, int hkv, int hd, const AttnDrop& drop, cudaStream_t stream) {
+  const bool exact = hd == HD, on = drop.p > 0.0f;
+  if (on && exact) return Backward<HD, true, true>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (on) return Backward<HD, true, false>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (exact) return Backward<HD, false, true>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  Backward<HD, false, false>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+}
+
+}  // namespace
+
+void TcForward(float* out, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd, const AttnDrop& drop,
+               cudaStream_t stream) {
+  if (hd <= 16) return ForwardEither<16>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 32) return ForwardEither<32>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 64) return ForwardEither<64>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 96) return ForwardEither<96>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 128) return ForwardEither<128>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 192) return ForwardEither<192>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  return ForwardEither<256>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+}
+
+void TcBackward(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b, int t,
+                int h, int hkv, int hd, const AttnDrop& drop, cudaStream_t stream) {
+  if (hd <= 16) return BackwardEither<16>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 32) return BackwardEither<32>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 64) return BackwardEither<64>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 96) return BackwardEither<96>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 128) return BackwardEither<128>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 192) return BackwardEither<192>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+  return BackwardEither<256>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, stream);
+}
+
+}  // namespace moe::cuda::internal
