@@ -1,6 +1,7 @@
 // Checkpoints and the expert options: loss-free balancing's router biases are saved with the
-// weights (blocks.{i}.moe.router_bias) and sampled with; a checkpoint is refused, with the
-// options that differ named, by a job of another recipe, whether or not the tensors would fit.
+// weights (blocks.{i}.moe.router_bias), sampled with, and left behind by model.init_from; a
+// checkpoint is refused, with the options that differ named, by a job of another recipe,
+// whether or not the tensors would fit.
 #include <memory>
 #include <string>
 #include <vector>
@@ -133,6 +134,25 @@ TEST_F(CheckpointRecipeTest, AnotherRecipeIsRefusedNamingTheOptions) {
   EXPECT_NE(std::string(st.message()).find("model.moe.bias_update_rate: 0.01 in the checkpoint, 0 in this job"),
             std::string::npos)
       << st;
+}
+
+TEST_F(CheckpointRecipeTest, InitFromTakesTheWeightsAndBalancesAfresh) {
+  // model.init_from: the weights, a fresh optimizer, and biases from 0 (the checkpoint's are
+  // left behind, with a note).
+  moe::v1::JobSpec fresh = spec_;
+  fresh.mutable_model()->set_init_from(dir_);
+  fresh.mutable_train()->set_steps(1);
+  TrainerOptions opts;
+  opts.checkpoint_dir = testing::MakeTempDir("moe-recipe-init-");
+  std::vector<std::string> logs;
+  opts.on_log = [&](const std::string& line) { logs.push_back(line); };
+  std::unique_ptr<Trainer> t = testing::NewTrainer(fresh, comm_.get(), data_.get(), opts);
+  ASSERT_NE(t, nullptr);
+  ASSERT_TRUE(t->InitFrom(dir_).ok());
+  for (float b : t->model().RouterBiases()) EXPECT_EQ(b, 0.f);
+  bool noted = false;
+  for (const std::string& l : logs) noted = noted || l.find("router biases") != std::string::npos;
+  EXPECT_TRUE(noted) << "no note that the router biases were left behind";
 }
 
 }  // namespace
