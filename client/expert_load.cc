@@ -102,4 +102,21 @@ std::string FormatRankShares(const moe::v1::Job& job, const moe::v1::MetricPoint
   return absl::StrJoin(parts, "/");
 }
 
+std::string FormatExpertOptions(const moe::v1::MetricPoint& point) {
+  bool spread = false, off = false;
+  for (const auto& l : point.layers()) {
+    spread = spread || l.router_bias_spread() != 0;
+    off = off || l.expert_dropout_rate() != 0;
+  }
+  if (!spread && !off) return "";
+  std::string out = absl::StrFormat("options   step %d:", point.step());
+  for (int i = 0; i < point.layers_size(); ++i) {
+    const auto& l = point.layers(i);
+    absl::StrAppendFormat(&out, "%s layer %d", i == 0 ? "" : ";", l.layer());
+    if (spread) absl::StrAppendFormat(&out, " bias spread %.3g", l.router_bias_spread());
+    if (off) absl::StrAppendFormat(&out, " expert dropout %.1f%%", 100.0 * l.expert_dropout_rate());
+  }
+  return out + "\n";
+}
+
 }  // namespace moe::client

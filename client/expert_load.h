@@ -29,6 +29,12 @@ std::vector<RankLoad> RankLoads(const moe::v1::Job& job, const moe::v1::MetricPo
 // or one line for a dense model or a point without expert counts.
 std::string FormatExpertLoad(const moe::v1::Job& job, const moe::v1::MetricPoint& point);
 
+// The expert options' metrics of one point, per MoE layer, when the job has them (loss-free
+// balancing's router-bias spread, the share of assignments expert dropout removed), e.g.
+//   options   step 10: layer 0 bias spread 0.012 expert dropout 14.2%; layer 1 bias spread 0.008 ...
+// "" when the point carries neither.
+std::string FormatExpertOptions(const moe::v1::MetricPoint& point);
+
 // Each rank's share of the routed tokens in whole percent, "60/40", for the metrics table; ""
 // for a dense or one-rank job or a point without expert counts.
 std::string FormatRankShares(const moe::v1::Job& job, const moe::v1::MetricPoint& point);

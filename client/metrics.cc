@@ -144,6 +144,7 @@ int RunMetrics(const MetricsOptions& o) {
   }
   std::printf("\n%s", RenderLossPlot(xs, train, vxs, val, 64, 16).c_str());
   std::printf("\n%s", FormatExpertLoad(job, by_step.rbegin()->second).c_str());
+  std::printf("%s", FormatExpertOptions(by_step.rbegin()->second).c_str());
   return 0;
 }
 

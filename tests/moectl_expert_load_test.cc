@@ -77,5 +77,16 @@ TEST(MoectlExpertLoad, DenseModelAndMissingCountsSaySo) {
   EXPECT_EQ(FormatRankShares(MakeJob(4, 1, false), MakePoint()), "");
 }
 
+TEST(MoectlExpertLoad, ExpertOptionsLineOnlyWhereTheJobHasThem) {
+  moe::v1::MetricPoint p = MakePoint();
+  EXPECT_EQ(FormatExpertOptions(p), "");
+  p.mutable_layers(0)->set_router_bias_spread(0.012);
+  p.mutable_layers(1)->set_router_bias_spread(0.004);
+  p.mutable_layers(1)->set_expert_dropout_rate(0.142);
+  EXPECT_EQ(FormatExpertOptions(p),
+            "options   step 7: layer 0 bias spread 0.012 expert dropout 0.0%; layer 1 bias spread 0.004 expert "
+            "dropout 14.2%\n");
+}
+
 }  // namespace
 }  // namespace moe::client
