@@ -164,7 +164,7 @@ std::string DescribeComponents(const ModelStats& s) {
 
 std::string DescribeFit(const MemoryFit& fit) {
   if (fit.fits) {
-    return absl::StrCat("fits: needs about ", Size(fit.need), " per GPU of its ", Size(fit.have), " (",
+    return absl::StrCat("fits: needs about ", Size(fit.need), " of the GPU's ", Size(fit.have), " (",
                         Size(fit.have - fit.need), " to spare)");
   }
   std::string out = absl::StrCat("does not fit: needs about ", Size(fit.need), " per GPU (",
