@@ -110,7 +110,9 @@ void CheckRecipeOptions(const JobSpec& spec, const std::function<bool(const std:
   for (const auto& [path, on_option] : set) {
     if (on_option.first && ok(path) && !BackendRuns(cuda, on_option.second)) {
       fail(path, absl::StrCat("is not run by device ", device, " yet; remove it",
-                              cuda ? " or use device: cpu" : ""));
+                              cuda && BackendRuns(false, on_option.second)
+                                  ? " or use device: cpu"
+                                  : ""));
     }
   }
 }

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (binaries from scripts/make_carry.sh in .carry/): the checks of
 # the recipe options, the interchange and the sampler (issues 16 and 18). Prints a table last.
-# Steps (SKIP_TESTS=1, SKIP_PARITY=1, SKIP_HF=1, SKIP_RECIPES=1, SKIP_MUON=1 leave one out):
+# Steps (SKIP_TESTS=1, SKIP_PARITY=1, SKIP_HF=1, SKIP_QWEN3=1, SKIP_RECIPES=1, SKIP_MUON=1 leave
+# one out; TESTS="cuda_model_test ..." runs only those GPU tests):
 #   1. every carried GPU test (.carry/bin/cuda_*_test): each CUDA op and the whole model against
 #      the CPU backend, the recipe options and the head sizes included
 #   2. fp32 parity of the CPU worker with bench/reference_recipes.py (float64 PyTorch) with every
 #      option on: two small jobs trained 3 steps, the same held-out batch scored by both
-#   3. a QK-norm job trained on the GPU, exported, loaded by transformers as Qwen3-MoE
-#      (bench/check_hf_export.py: logits and 50 greedy tokens), and sampled with the KV cache
+#   3. a QK-norm job trained (on QWEN3_DEVICE, default cuda), exported, loaded by transformers as
+#      Qwen3-MoE, and the same shape without QK-norm trained on the GPU as Mixtral, fp32 and bf16
+#      (bench/check_hf_export.py: logits and 50 greedy tokens); sampled with the KV cache
 #   4. the seed recipes (examples/tutel-style.yaml, modded-nanogpt-style.yaml) and their base
 #      twins (the same sizes, no options) RECIPE_STEPS steps (300) on the KJV text with GPT-2's
 #      BPE: loss first and last, tokens/s, TFLOP/s, peak memory
-#   5. config small 30 steps with AdamW and with Muon: the optimizer's share of the step; then
-#      200 tokens sampled from that checkpoint on the GPU with the KV cache (and 50 on the CPU)
+#   5. config small 30 steps with AdamW and with Muon (SKIP_MUON_RUN=1: AdamW only): the
+#      optimizer's share of the step; that checkpoint through transformers (fp32); then 200
+#      tokens sampled from it on the GPU with the KV cache (and 50 on the CPU)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device_env.sh
@@ -38,6 +41,7 @@ train() {
 if [[ -z ${SKIP_TESTS:-} ]]; then
   for t in .carry/bin/cuda_*_test; do
     n=$(basename "$t")
+    [[ -n ${TESTS:-} && " $TESTS " != *" $n "* ]] && continue
     [[ $n == *_mpi_test ]] && continue
     timeout 300 "$t" --gtest_brief=1 > "$OUT/$n.log" 2>&1
     rc=$?
@@ -91,11 +95,21 @@ train: {steps: 60, batch_size: 16, eval_every: 60, eval_batches: 2, precision: f
 resources: {device: cuda}
 checkpoint: {every: 60}
 JOB
-  train qwen3 "$H/q.yaml" 60
-  python3 bench/check_hf_export.py --worker "$W" --checkpoint /tmp/ck-qwen3 --work "$H/work" --dtype fp32 \
-      2> "$OUT/hf_qwen3.err" | tee "$OUT/hf_qwen3.json"
-  R[hf_qwen3]="$(tail -1 "$OUT/hf_qwen3.json" 2>/dev/null || tail -2 "$OUT/hf_qwen3.err")"
-  "$W" --sample /tmp/ck-qwen3 --prompt "ROMEO:" --tokens 200 > "$OUT/sample.txt" 2> "$OUT/sample.err"
+  sed -i "s/device: cuda/device: ${QWEN3_DEVICE:-cuda}/" "$H/q.yaml"
+  # The same shape without QK-norm: a Mixtral export.
+  sed -e "s/name: qwen3/name: mixtral/" -e "s/qk_norm: true, //" -e "s/device: .*}/device: cuda}/" \
+      "$H/q.yaml" > "$H/m.yaml"
+  [[ -z ${SKIP_QWEN3:-} ]] && train qwen3 "$H/q.yaml" 60
+  train mixtral "$H/m.yaml" 60
+  hf_check() {  # NAME CHECKPOINT DTYPE
+    timeout 240 python3 bench/check_hf_export.py --worker "$W" --checkpoint "$2" --work "$H/work-$1-$3" \
+        --dtype "$3" 2> "$OUT/hf_$1_$3.err" | tee "$OUT/hf_$1_$3.json"
+    R[hf_$1_$3]="$(tail -1 "$OUT/hf_$1_$3.json" 2>/dev/null) $(grep -E 'Error|error' "$OUT/hf_$1_$3.err" | tail -1)"
+  }
+  [[ -z ${SKIP_QWEN3:-} ]] && hf_check qwen3 /tmp/ck-qwen3 fp32
+  hf_check mixtral /tmp/ck-mixtral fp32
+  hf_check mixtral /tmp/ck-mixtral bf16
+  "$W" --sample /tmp/ck-mixtral --prompt "ROMEO:" --tokens 200 --device cuda > "$OUT/sample.txt" 2> "$OUT/sample.err"
   R[sample]="$(tail -1 "$OUT/sample.err")"
 fi
 
@@ -123,7 +137,9 @@ if [[ -z ${SKIP_MUON:-} && -s $KJV ]]; then
       -e "s/^name: .*/name: small-adamw/" examples/small.yaml > "$M/adamw.yaml"
   sed -e "s/^name: .*/name: small-muon/" -e "s/^train:$/train:\n  optimizer: muon/" "$M/adamw.yaml" > "$M/muon.yaml"
   train small-adamw "$M/adamw.yaml" 30
-  train small-muon "$M/muon.yaml" 30
+  [[ -z ${SKIP_MUON_RUN:-} ]] && train small-muon "$M/muon.yaml" 30
+  # Config small through transformers (fp32), the same checkpoint.
+  [[ -z ${SKIP_HF:-} ]] && hf_check small /tmp/ck-small-adamw fp32
   # The GPU sampler on config small (its 30-step checkpoint): tokens/s after the first token.
   "$W" --sample /tmp/ck-small-adamw --prompt "In the beginning" --tokens 200 --device cuda \
       > "$OUT/sample_small.txt" 2> "$OUT/sample_small.err"
@@ -153,7 +169,7 @@ def get(r, *keys):
 print("\n| run | steps | loss first -> last | tokens/s (median of the last half) | MFU | optimizer ms / step ms | peak MB |")
 print("| --- | --- | --- | --- | --- | --- | --- |")
 for name in ("tutel-style", "tutel-style-base", "modded-nanogpt-style", "modded-nanogpt-style-base",
-             "small-adamw", "small-muon", "qwen3"):
+             "small-adamw", "small-muon", "qwen3", "mixtral"):
     rs = steps(name)
     if not rs: continue
     half = rs[len(rs) // 2:]

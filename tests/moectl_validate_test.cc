@@ -19,6 +19,7 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "common/backend_limits.h"
 #include "tests/support/paths.h"
 
 extern char** environ;
@@ -242,21 +243,37 @@ TEST_F(ExampleTest, SmallMediumAndCpuDemoValidate) {
 }
 
 // The seed recipes (issue 16): each validates, counts its options' parameters (MODEL.md
-// "Counting") and names them in the recipe line.
+// "Counting") and names them in the recipe line -- once the GPU backend runs every option the
+// recipe sets; until then validate refuses it, naming the first option the GPU does not run.
 TEST_F(ExampleTest, SeedRecipesValidate) {
   struct Case {
     std::string file;
     std::string params;
     std::vector<std::string> recipe;
+    std::vector<std::pair<std::string, moe::RecipeOption>> options;  // what the file sets
   };
+  using O = moe::RecipeOption;
   for (const Case& c : std::vector<Case>{
            {"tutel-style.yaml", "235M total, 39.7M active",
-            {"qk_norm (+1.02K params)", "gated attention (+2.1M params)"}},
+            {"qk_norm (+1.02K params)", "gated attention (+2.1M params)"},
+            {{"model.attention.qk_norm", O::kQkNorm}, {"model.attention.gate", O::kAttentionGate}}},
            {"modded-nanogpt-style.yaml", "332M total, 162M active",
             {"qk_norm (+1.54K params)", "relu2 experts (no w3)",
-             "Muon for block matrices (lr 0.02), AdamW for the rest"}}}) {
+             "Muon for block matrices (lr 0.02), AdamW for the rest"},
+            {{"model.attention.qk_norm", O::kQkNorm},
+             {"model.moe.activation", O::kActivation},
+             {"train.optimizer", O::kMuon}}}}) {
     RunResult r = ValidateCopy(c.file);
     ASSERT_TRUE(r.exited) << c.file;
+    std::string refused;
+    for (const auto& [key, option] : c.options) {
+      if (refused.empty() && !moe::BackendRuns(/*cuda=*/true, option)) refused = key;
+    }
+    if (!refused.empty()) {
+      EXPECT_EQ(r.exit_code, 2) << c.file << "\n" << r.out;
+      EXPECT_THAT(r.err, HasSubstr(refused + ": is not run by device cuda yet")) << c.file;
+      continue;
+    }
     EXPECT_EQ(r.exit_code, 0) << c.file << "\n" << r.err;
     EXPECT_EQ(r.err, "");
     EXPECT_THAT(r.out, HasSubstr(c.params)) << r.out;
