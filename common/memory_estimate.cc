@@ -108,9 +108,11 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   const bool bf16 = spec.train().precision() == v1::PRECISION_BF16;
   const double n = s.n, D = s.D, F = s.F;
   const double rows = s.dense ? n : n * s.k;  // MoeShape::ExpertRows: the plan-order tables
-  // The experts' layout (kernels/cuda/expert_layout): this rank's rows, each expert padded to
-  // 128 rows at most.
-  const double layout = s.kept + 128 * s.e_local;
+  // The experts' layout (kernels/cuda/expert_layout): this rank's rows (as many as it routes,
+  // when the routing is balanced), each expert padded to a multiple of 128 (64 rows on average).
+  // Its buffers grow on demand by a quarter at a time (ReserveSaved, ReserveExpertRows), and the
+  // padding changes with the routing from step to step: count them grown once.
+  const double layout = 1.25 * (s.kept + 64 * s.e_local);
   double block = 4 * AttentionElements(s, spec.model().attention()) + (bf16 ? 2 * n * s.C3() : 0);
   if (!s.dense) {
     // Router logits, probabilities (n, E), lse (n), weights (n, k), expert ids and the two
