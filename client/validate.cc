@@ -252,9 +252,19 @@ int RunValidate(const std::string& file, const std::string& gpu_memory) {
   v1::JobSpec spec = parsed.spec;
   FixVocab(&spec);
   const MemoryFit fit = CheckGpuFit(spec, gpu_bytes);
-  const std::string text = DescribeFit(fit);
-  std::printf("  gpu memory   %s\n", text.c_str());
-  if (fit.fits) return 0;
+  if (fit.fits) {
+    std::printf("  gpu memory   %s\n", DescribeFit(fit).c_str());
+    return 0;
+  }
+  std::printf("  gpu memory   does not fit: needs about %s per GPU, the GPU has %s: %s over\n",
+              FormatBytes(static_cast<double>(fit.need)).c_str(), FormatBytes(static_cast<double>(fit.have)).c_str(),
+              FormatBytes(static_cast<double>(fit.need - fit.have)).c_str());
+  if (!fit.levers.empty()) std::printf("               what would make it fit (estimated savings per GPU):\n");
+  for (const MemoryLever& l : fit.levers) {
+    std::printf("                 %s saves about %s%s%s%s%s\n", l.change.c_str(),
+                FormatBytes(static_cast<double>(l.saving)).c_str(), l.enough ? " (enough alone)" : "",
+                l.note.empty() ? "" : " [", l.note.c_str(), l.note.empty() ? "" : "]");
+  }
   if (spec.resources().allow_oversubscribe_memory()) {
     std::printf("               resources.allow_oversubscribe_memory is true: moed will run it anyway\n");
     return 0;
