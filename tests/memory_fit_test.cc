@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/strings/match.h"
+#include "daemon/gpu_memory.h"
 #include "gtest/gtest.h"
 #include "moe/v1/job.pb.h"
 
@@ -167,6 +168,14 @@ TEST(MemoryFit, FitsOrSaysByHowMuchAndWhatWouldHelp) {
   const MemoryFit tiny = CheckGpuFit(small, int64_t{1} << 30);
   ASSERT_FALSE(tiny.fits);
   for (const MemoryLever& l : tiny.levers) EXPECT_FALSE(l.enough) << l.change;
+}
+
+// moed's reading of nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits (MiB).
+TEST(GpuMemory, SmallestOfNvidiaSmisGpus) {
+  EXPECT_EQ(daemon::SmallestGpuMemory("143771\n143771\n"), int64_t{143771} << 20);
+  EXPECT_EQ(daemon::SmallestGpuMemory("81559\n 40960 \n81559\n"), int64_t{40960} << 20);
+  EXPECT_EQ(daemon::SmallestGpuMemory(""), 0);
+  EXPECT_EQ(daemon::SmallestGpuMemory("[N/A]\n"), 0);
 }
 
 }  // namespace
