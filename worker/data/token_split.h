@@ -1,7 +1,9 @@
 // TokenSplit: the uint16 tokens of one split (train or val), as pieces that are either
 // memory-mapped from token files (shards, the token cache: the kernel pages them in on demand,
 // and they are never copied whole into the process's memory) or owned in memory (text just
-// tokenized, tests). Pieces of several files read as one sequence of tokens, in order.
+// tokenized, tests). Pieces of several files read as one sequence of tokens, in order. A mapped
+// file must not be rewritten in place while a job reads it (the token cache is replaced by
+// rename, which keeps the old mapping valid).
 #pragma once
 
 #include <cstddef>
