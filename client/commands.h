@@ -12,7 +12,9 @@ namespace moe::client {
 enum class OutputFormat { kTable, kJson, kCsv };
 
 // validate JOB.yaml: exit 0 and a description of the job, or exit 2 and every error.
-int RunValidate(const std::string& file);
+// gpu_memory ("80GiB", "" for none): also whether a cuda job fits GPUs of that size (exit 2 if
+// it does not and the job does not allow oversubscribing).
+int RunValidate(const std::string& file, const std::string& gpu_memory = "");
 
 struct SubmitOptions {
   std::string file;

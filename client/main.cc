@@ -138,10 +138,14 @@ int main(int argc, char** argv) {
   std::function<int()> run;
 
   std::string file;
-  CLI::App* validate = AddCommand(app, "validate", "validate JOB.yaml",
+  CLI::App* validate = AddCommand(app, "validate", "validate JOB.yaml [--gpu-memory SIZE]",
                                   "check a job file and describe the job (exit 2 with every error)");
   validate->add_option("JOB.yaml", file, "the job file")->required();
-  validate->callback([&] { run = [&] { return moe::client::RunValidate(file); }; });
+  std::string gpu_memory;
+  validate->add_option("--gpu-memory", gpu_memory,
+                       "a cuda job: whether it fits GPUs of this size (80GiB, 141GB, 24GiB), and what would "
+                       "make it fit");
+  validate->callback([&] { run = [&] { return moe::client::RunValidate(file, gpu_memory); }; });
 
   moe::client::SubmitOptions submit_o;
   CLI::App* submit = AddCommand(app, "submit", "submit JOB.yaml [-f|--follow] [--from JOB]",

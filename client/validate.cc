@@ -12,15 +12,17 @@
 #include "absl/strings/str_join.h"
 #include "client/commands.h"
 #include "common/job_spec.h"
+#include "common/memory_fit.h"
 #include "common/model_stats.h"
 
 namespace moe::client {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: moectl validate JOB.yaml\n"
+    "usage: moectl validate JOB.yaml [--gpu-memory SIZE]\n"
     "  Checks a job file and describes the job. Exit 0 when it is valid; exit 2 with every\n"
-    "  error (file:line:column: field: problem) on stderr otherwise.\n";
+    "  error (file:line:column: field: problem) on stderr otherwise. --gpu-memory (80GiB, 141GB):\n"
+    "  whether a cuda job fits GPUs of that size, and what would make it fit (exit 2 if not).\n";
 
 // Three significant figures with a unit per factor of 1000, e.g. 31898880 -> "31.9M".
 std::string FormatScaled(double v, const char* const units[6]) {
@@ -124,6 +126,11 @@ std::string RecipeText(const v1::JobSpec& spec) {
   return absl::StrJoin(on, ", ");
 }
 
+// The vocabulary the estimate needs: the char tokenizer's is the text's byte values.
+void FixVocab(v1::JobSpec* spec) {
+  if (spec->model().vocab_size() == 0) spec->mutable_model()->set_vocab_size(CountByteValues(spec->data().path()));
+}
+
 void Describe(const std::string& file, v1::JobSpec spec) {
   const v1::ModelSpec& m = spec.model();
   const v1::MoeSpec& e = m.moe();
@@ -171,13 +178,9 @@ void Describe(const std::string& file, v1::JobSpec spec) {
       FormatFlops(s.flops_per_token).c_str(),
       FormatCount(static_cast<double>(tokens_per_step)).c_str(), t.batch_size(), m.seq_len(),
       FormatFlops(s.flops_per_token * static_cast<double>(tokens_per_step)).c_str());
-  std::printf(
-      "  memory/rank  weights %s, grads %s, optimizer %s, activations %s, total %s (estimate)\n",
-      FormatBytes(static_cast<double>(s.weight_bytes)).c_str(),
-      FormatBytes(static_cast<double>(s.grad_bytes)).c_str(),
-      FormatBytes(static_cast<double>(s.optimizer_bytes)).c_str(),
-      FormatBytes(static_cast<double>(s.activation_bytes)).c_str(),
-      FormatBytes(static_cast<double>(s.total_bytes)).c_str());
+  std::printf("  memory/rank  %s, total %s (estimate, %s)\n", DescribeComponents(s).c_str(),
+              FormatBytes(static_cast<double>(s.total_bytes)).c_str(),
+              r.device() == v1::DEVICE_CUDA ? "GPU memory" : "host memory");
   std::printf("  data         %s\n               tokenizer %s", d.path().c_str(),
               TokenizerName(d.tokenizer()));
   if (d.tokenizer() == v1::TOKENIZER_GPT2) std::printf(" (%s)", d.tokenizer_dir().c_str());
@@ -221,7 +224,16 @@ void Describe(const std::string& file, v1::JobSpec spec) {
 
 }  // namespace
 
-int RunValidate(const std::string& file) {
+int RunValidate(const std::string& file, const std::string& gpu_memory) {
+  int64_t gpu_bytes = 0;
+  if (!gpu_memory.empty()) {
+    absl::StatusOr<int64_t> parsed = ParseMemorySize(gpu_memory);
+    if (!parsed.ok()) {
+      std::fprintf(stderr, "moectl validate: --gpu-memory: %s\n", std::string(parsed.status().message()).c_str());
+      return 2;
+    }
+    gpu_bytes = *parsed;
+  }
   if (file.empty()) {
     std::fprintf(stderr, "moectl validate: the job file name is empty\n%s", kUsage);
     return 2;
@@ -232,7 +244,39 @@ int RunValidate(const std::string& file) {
     return 2;
   }
   Describe(file, parsed.spec);
-  return 0;
+  if (gpu_bytes == 0) return 0;
+  if (parsed.spec.resources().device() != v1::DEVICE_CUDA) {
+    std::printf("  gpu memory   not checked: --gpu-memory is for device cuda jobs, this one runs on the CPU\n");
+    return 0;
+  }
+  v1::JobSpec spec = parsed.spec;
+  FixVocab(&spec);
+  const MemoryFit fit = CheckGpuFit(spec, gpu_bytes);
+  if (fit.fits) {
+    std::printf("  gpu memory   %s\n", DescribeFit(fit).c_str());
+    return 0;
+  }
+  std::printf("  gpu memory   does not fit: needs about %s per GPU, the GPU has %s: %s over\n",
+              FormatBytes(static_cast<double>(fit.need)).c_str(), FormatBytes(static_cast<double>(fit.have)).c_str(),
+              FormatBytes(static_cast<double>(fit.need - fit.have)).c_str());
+  if (!fit.levers.empty()) std::printf("               what would make it fit (estimated savings per GPU):\n");
+  for (const MemoryLever& l : fit.levers) {
+    std::printf("                 %s saves about %s%s%s%s%s\n", l.change.c_str(),
+                FormatBytes(static_cast<double>(l.saving)).c_str(), l.enough ? " (enough alone)" : "",
+                l.note.empty() ? "" : " [", l.note.c_str(), l.note.empty() ? "" : "]");
+  }
+  if (spec.resources().allow_oversubscribe_memory()) {
+    std::printf("               resources.allow_oversubscribe_memory is true: moed will run it anyway\n");
+    return 0;
+  }
+  std::fprintf(stderr,
+               "%s: resources: the job needs about %s per GPU, %s more than the %s of --gpu-memory; moed "
+               "refuses it at submit unless resources.allow_oversubscribe_memory: true (what would make it fit "
+               "is listed above)\n",
+               file.c_str(), FormatBytes(static_cast<double>(fit.need)).c_str(),
+               FormatBytes(static_cast<double>(fit.need - fit.have)).c_str(),
+               FormatBytes(static_cast<double>(gpu_bytes)).c_str());
+  return 2;
 }
 
 }  // namespace moe::client

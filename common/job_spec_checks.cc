@@ -19,6 +19,7 @@
 #include "absl/strings/str_join.h"
 #include "common/backend_limits.h"
 #include "common/job_spec_internal.h"
+#include "common/memory_fit.h"
 #include "common/model_stats.h"
 #include "common/sbatch_options.h"
 
@@ -229,6 +230,11 @@ class Checker {
     Chosen("resources.device", r.device(), v1::Device_descriptor());
     Chosen("resources.launcher", r.launcher(), v1::Launcher_descriptor());
     AtLeast("resources.threads_per_rank", r.threads_per_rank(), 0);
+    if (r.allow_oversubscribe_memory() && r.device() != v1::DEVICE_CUDA && Ok("resources.device")) {
+      Fail("resources.allow_oversubscribe_memory",
+           "only applies to device cuda (moed checks a cuda job's memory estimate against its GPUs); "
+           "remove it, or set resources.device: cuda");
+    }
     if (!Ok("resources.launcher")) return;
     const v1::SlurmSpec& sl = r.slurm();
     if (r.launcher() != v1::LAUNCHER_SLURM) {
@@ -500,11 +506,8 @@ class Checker {
          absl::StrCat(
              culprit->value, " makes the job need about ",
              FormatBytes(static_cast<double>(stats.total_bytes)),
-             " per rank (moectl validate's estimate: parameters ",
-             FormatBytes(static_cast<double>(stats.weight_bytes)), ", gradients ",
-             FormatBytes(static_cast<double>(stats.grad_bytes)), ", AdamW ",
-             FormatBytes(static_cast<double>(stats.optimizer_bytes)), ", activations ",
-             FormatBytes(static_cast<double>(stats.activation_bytes)), "), more than the ", FormatBytes(static_cast<double>(limit)),
+             " per rank (moectl validate's estimate: ", DescribeComponents(stats), "), more than the ",
+             FormatBytes(static_cast<double>(limit)),
              s_.resources().device() == v1::DEVICE_CUDA ? " any one GPU can hold"
                                                         : " one machine's memory can hold",
              "; ", fix));

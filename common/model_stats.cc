@@ -19,23 +19,29 @@ int64_t ToInt64(double v) {
   return static_cast<int64_t>(std::llround(v));
 }
 
-}  // namespace
 
-ModelStats ComputeModelStats(const moe::v1::JobSpec& spec) {
+
+// MODEL.md's parameter counts of one spec, per layer and outside the blocks.
+struct Counts {
+  double norms = 0, attention = 0, attention_matrices = 0, router = 0, expert = 0, shared = 0, outside = 0;
+  double L = 0, E = 1, k = 1, W = 1;
+  double Replicated() const { return L * (norms + attention + router + shared) + outside; }
+  double ExpertsPerRank() const { return E > 1 ? E / W : 1; }
+};
+
+Counts CountOf(const moe::v1::JobSpec& spec) {
   const v1::ModelSpec& m = spec.model();
   const double V = m.vocab_size();
   const double D = m.d_model();
-  const double L = m.n_layers();
   const double H = m.n_heads();
   const double Hkv = m.n_kv_heads() > 0 ? m.n_kv_heads() : m.n_heads();
   const double hd = m.n_heads() > 0 ? D / H : 0;
-  const double T = m.seq_len();
-  const double E = std::max(1, m.moe().num_experts());
-  const double k = std::max(1, m.moe().top_k());
   const double F = m.moe().expert_hidden();
-  const double W = std::max(1, spec.resources().ranks());
-  const double accum = std::max(1, spec.train().grad_accum());
-
+  Counts c;
+  c.L = m.n_layers();
+  c.E = std::max(1, m.moe().num_experts());
+  c.k = std::max(1, m.moe().top_k());
+  c.W = std::max(1, spec.resources().ranks());
   // Per block (MODEL.md's table): two RMSNorm weights (D each), wqkv ((H + 2 Hkv) hd x D),
   // wo (D x D), the router (E x D; absent when E = 1, the dense case) and E SwiGLU experts
   // (w1, w3: D x F, w2: F x D).
@@ -44,52 +50,56 @@ ModelStats ComputeModelStats(const moe::v1::JobSpec& spec) {
   // shared experts of hidden F_s are replicated and always active.
   const v1::MoeSpec& e = m.moe();
   const double matrices = e.activation() == v1::ACTIVATION_RELU2 || e.activation() == v1::ACTIVATION_GELU ? 2 : 3;
-  const double norms = 2 * D + (m.attention().qk_norm() ? 2 * hd : 0);
-  const double attention = D * (H + 2 * Hkv) * hd + D * D + (m.attention().gate() ? H * hd * D : 0);
-  const double router = E > 1 ? D * E : 0;
-  const double expert = matrices * D * F;
-  const double shared = std::max(0, e.shared_experts()) * matrices * D *
-                        (e.shared_expert_hidden() > 0 ? e.shared_expert_hidden() : F);
+  c.norms = 2 * D + (m.attention().qk_norm() ? 2 * hd : 0);
+  c.attention = D * (H + 2 * Hkv) * hd + D * D + (m.attention().gate() ? H * hd * D : 0);
+  c.router = c.E > 1 ? D * c.E : 0;
+  c.expert = matrices * D * F;
+  c.shared = std::max(0, e.shared_experts()) * matrices * D *
+             (e.shared_expert_hidden() > 0 ? e.shared_expert_hidden() : F);
   // Outside the blocks: wte (V x D), final_norm (D), lm_head (V x D) when untied.
-  const double outside = V * D + D + (m.tie_embeddings() ? 0 : V * D);
+  c.outside = V * D + D + (m.tie_embeddings() ? 0 : V * D);
+  return c;
+}
 
-  const double replicated = L * (norms + attention + router + shared) + outside;
-  const double total = replicated + L * E * expert;
-  const double active = replicated + L * k * expert;
+}  // namespace
+
+RankParams CountRankParams(const moe::v1::JobSpec& spec) {
+  const Counts c = CountOf(spec);
+  const v1::ModelSpec& m = spec.model();
+  RankParams p;
+  p.total = c.Replicated() + c.L * c.ExpertsPerRank() * c.expert;
+  p.matrices = c.L * (c.attention + c.shared + c.ExpertsPerRank() * c.expert);
+  // Per block: 2 norms (+ 2 QK-norms), wqkv, wo (+ wg), router, w1 w3 w2 (+ shared w1 w3 w2);
+  // wte, final_norm (+ lm_head).
+  p.tensors = c.L * (2 + (m.attention().qk_norm() ? 2 : 0) + 2 + (m.attention().gate() ? 1 : 0) + 1 + 3 +
+                     (m.moe().shared_experts() > 0 ? 3 : 0)) +
+              2 + (m.tie_embeddings() ? 0 : 1);
+  return p;
+}
+
+ModelStats ComputeModelStats(const moe::v1::JobSpec& spec) {
+  const Counts c = CountOf(spec);
+  const v1::ModelSpec& m = spec.model();
+  const double total = c.Replicated() + c.L * c.E * c.expert;
+  const double active = c.Replicated() + c.L * c.k * c.expert;
 
   ModelStats s;
   s.total_params = ToInt64(total);
   s.active_params = ToInt64(active);
-  s.flops_per_token = 6 * active + 6 * L * D * T;
+  s.flops_per_token = 6 * active + 6 * c.L * m.d_model() * static_cast<double>(m.seq_len());
 
   // Expert parallelism splits each layer's experts over the ranks (E / W per rank); a dense
   // model (E = 1) keeps its one expert replicated like everything else.
-  const double experts_per_rank = E > 1 ? E / W : 1;
-  const double per_rank = replicated + L * experts_per_rank * expert;
-  s.params_per_rank = ToInt64(per_rank);
-  // fp32 master weights and gradients (4 bytes each) and AdamW's m and v (8 bytes).
-  s.weight_bytes = ToInt64(4 * per_rank);
-  s.grad_bytes = ToInt64(4 * per_rank);
-  s.optimizer_bytes = ToInt64(8 * per_rank);
-
-  // Activations kept for backward, for one micro-batch of n = (batch_size / W / grad_accum) * T
-  // tokens, in elements per token:
-  //   per block: 6 D (block input, attention norm output, attention output y before wo,
-  //              residual after attention, MoE norm output, MoE output)
-  //            + (H + 2 Hkv) hd (q, k, v) + H T (attention probabilities, one row per head)
-  //            + 2 E (router logits and probabilities)
-  //            + k (2 D + 3 F) (per assignment: the permuted input, the expert output, and the
-  //              gate, up and silu(gate) * up activations)
-  //   after the blocks: 2 D (final norm input and output) + 2 V (logits and their softmax).
-  // Bytes = n * L * per_block + n * final, times 4 (fp32) or 2 (bf16).
-  const double sequences = static_cast<double>(spec.train().batch_size()) / W / accum;
-  const double tokens = sequences * T;
-  const double per_block = 6 * D + (H + 2 * Hkv) * hd + H * T + 2 * E + k * (2 * D + 3 * F);
-  const double final_elems = 2 * D + 2 * V;
-  const double bytes_per_element = spec.train().precision() == v1::PRECISION_BF16 ? 2 : 4;
-  const double activations = tokens * (L * per_block + final_elems) * bytes_per_element;
-  s.activation_bytes = ToInt64(activations);
-  s.total_bytes = ToInt64(16 * per_rank + activations);
+  const RankParams p = CountRankParams(spec);
+  s.params_per_rank = ToInt64(p.total);
+  const MemoryEstimate mem = EstimateMemory(spec, p);
+  s.weight_bytes = mem.weights;
+  s.grad_bytes = mem.grads;
+  s.optimizer_bytes = mem.optimizer;
+  s.activation_bytes = mem.activations;
+  s.workspace_bytes = mem.workspace;
+  s.runtime_bytes = mem.runtime;
+  s.total_bytes = mem.total;
   return s;
 }
 

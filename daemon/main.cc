@@ -11,6 +11,7 @@
 #include <string>
 
 #include "absl/strings/numbers.h"
+#include "common/memory_fit.h"
 #include "daemon/moed.h"
 #include "moe_version.h"
 
@@ -23,6 +24,8 @@ constexpr char kUsage[] = R"(usage: moed --state-dir DIR [flags]
   --max-ranks N               ranks of device: cpu jobs moed may run at once (default: cores)
   --gpus N                    GPUs for device: cuda jobs, one rank per GPU (default: the
                               CUDA_VISIBLE_DEVICES entries, else the /dev/nvidia* count)
+  --gpu-memory SIZE           memory of each GPU, e.g. 80GiB, 141GB (default: nvidia-smi's
+                              smallest GPU); a cuda job whose estimate is more is refused at submit
   --metrics-listen HOST:PORT  HTTP port: /metrics (Prometheus), /healthz and the dashboard at /
                               (default 127.0.0.1:9464; "" = off)
   --metrics-retention SECS    how long a finished job stays in /metrics (default 3600)
@@ -117,6 +120,13 @@ bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
         std::fprintf(stderr, "moed: --gpus: '%s' is not a whole number\n", value.c_str());
         return false;
       }
+    } else if (arg == "--gpu-memory") {
+      absl::StatusOr<int64_t> bytes = moe::ParseMemorySize(value);
+      if (!bytes.ok()) {
+        std::fprintf(stderr, "moed: --gpu-memory: %s\n", std::string(bytes.status().message()).c_str());
+        return false;
+      }
+      c->gpu_memory_bytes = *bytes;
     } else if (arg == "--metrics-listen") {
       c->metrics_listen = value;
     } else if (arg == "--token-file") {
@@ -177,8 +187,11 @@ int main(int argc, char** argv) {
   }
   const auto& c = (*moed)->config();
   std::fprintf(stderr,
-               "moed: serving on %s, state in %s, max %d CPU ranks, %d GPUs, metrics on %s%s\n",
+               "moed: serving on %s, state in %s, max %d CPU ranks, %d GPUs%s, metrics on %s%s\n",
                c.listen.c_str(), c.state_dir.c_str(), c.max_ranks, c.gpus,
+               c.gpu_memory_bytes > 0
+                   ? (" of " + moe::FormatBytes(static_cast<double>(c.gpu_memory_bytes))).c_str()
+                   : "",
                c.metrics_listen.empty() ? "(off)" : c.metrics_listen.c_str(),
                c.token_file.empty() ? "" : ", token required");
   int sig = 0;

@@ -19,6 +19,7 @@
 #include "common/path_policy.h"
 #include "daemon/auth.h"
 #include "daemon/follow_hub.h"
+#include "daemon/gpu_memory.h"
 #include "daemon/job_service.h"
 #include "daemon/job_store.h"
 #include "daemon/local_launcher.h"
@@ -129,6 +130,10 @@ absl::Status MoedConfig::Validate() {
     return absl::InvalidArgumentError(absl::StrCat("--gpus: must be 0 or more, got ", gpus));
   }
   if (gpus == -1) gpus = CountGpus();
+  if (gpu_memory_bytes < -1) {
+    return absl::InvalidArgumentError("--gpu-memory: must be a size such as 80GiB or 141GB");
+  }
+  if (gpu_memory_bytes == -1) gpu_memory_bytes = gpus > 0 ? QueryGpuMemory() : 0;
   if (worker_bin.empty()) worker_bin = SelfDir() + "/moe-worker";
   if (slurm_mpi != "pmix" && slurm_mpi != "mpirun") {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -187,6 +192,7 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
   so.state_dir = c.state_dir;
   so.max_ranks = c.max_ranks;
   so.gpus = c.gpus;
+  so.gpu_memory_bytes = c.gpu_memory_bytes;
   so.report_address = ReportAddress(c.listen);
   so.token = token;
   so.heartbeat_timeout = c.heartbeat_timeout;

@@ -37,6 +37,9 @@ struct MoedConfig {
   // GPUs for device: cuda jobs (one rank each); -1 = the CUDA_VISIBLE_DEVICES entries, else
   // the /dev/nvidiaN count.
   int gpus = -1;
+  // Bytes of memory of each of those GPUs: a cuda job whose estimate is more is refused at
+  // submit (unless it allows oversubscribing). -1 = ask nvidia-smi; 0 = unknown (no check).
+  int64_t gpu_memory_bytes = -1;
   std::string metrics_listen = "127.0.0.1:9464";  // "" = no HTTP port (/metrics, dashboard)
   // How long a finished job's final values stay in /metrics.
   std::chrono::milliseconds metrics_retention{3600 * 1000};

@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "common/files.h"
 #include "common/job_spec.h"
+#include "common/memory_fit.h"
 #include "daemon/scheduler_internal.h"
 #include "google/protobuf/util/json_util.h"
 #include "worker/checkpoint/checkpoint.h"
@@ -303,6 +304,15 @@ absl::StatusOr<moe::v1::Job> Scheduler::Submit(const moe::v1::JobSpec& spec,
         options_.gpus == 0 ? "use device: cpu"
                            : absl::StrCat("lower resources.ranks to ", options_.gpus),
         ", or submit it to a moed on a machine with ", ranks, " GPUs"));
+  }
+  if (cuda && options_.gpu_memory_bytes > 0 && !spec.resources().allow_oversubscribe_memory()) {
+    const MemoryFit fit = CheckGpuFit(spec, options_.gpu_memory_bytes);
+    if (!fit.fits) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "resources: the job does not fit the memory of moed's GPUs (", FormatBytes(static_cast<double>(fit.have)),
+          " each, moed --gpu-memory or nvidia-smi): it ", DescribeFit(fit),
+          ". Change the job, or set resources.allow_oversubscribe_memory: true to run it anyway"));
+    }
   }
   if (local && !cuda && ranks > options_.max_ranks) {
     return absl::InvalidArgumentError(absl::StrCat(

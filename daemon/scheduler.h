@@ -29,6 +29,9 @@ struct SchedulerOptions {
   std::string state_dir;
   int max_ranks = 1;  // ranks of local device: cpu jobs at once
   int gpus = 0;       // GPUs for local device: cuda jobs (one rank per GPU), indices 0..gpus-1
+  // Bytes of one GPU; a cuda job whose memory estimate is more is refused at submit
+  // (FAILED_PRECONDITION) unless resources.allow_oversubscribe_memory. 0 = unknown, no check.
+  int64_t gpu_memory_bytes = 0;
   std::string report_address;  // the address workers are told to report to
   std::string token;           // passed to workers (MOE_TOKEN) when auth is on
   std::chrono::milliseconds heartbeat_timeout{60000};

@@ -54,12 +54,12 @@ TEST(DaemonAllocation, ShapesBeyondAnyMachineAreRefusedAtSubmit) {
          s->mutable_model()->set_n_kv_heads(8);
          s->mutable_model()->mutable_moe()->set_expert_hidden(4 * 65536);
        },
-       "model.d_model: 65536 makes the job need about 76.7 TiB per rank"},
+       "model.d_model: 65536 makes the job need about 77.1 TiB per rank"},
       {"n-layers", [](v1::JobSpec* s) { s->mutable_model()->set_n_layers(4096); },
-       "model.n_layers: 4096 makes the job need about 13.5 TiB per rank"},
+       "model.n_layers: 4096 makes the job need about 11.4 TiB per rank"},
       {"num-experts",
        [](v1::JobSpec* s) { s->mutable_model()->mutable_moe()->set_num_experts(4096); },
-       "model.moe.num_experts: 4096 makes the job need about 5.1 TiB per rank"},
+       "model.moe.num_experts: 4096 makes the job need about 5.09 TiB per rank"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -127,8 +127,8 @@ TEST(DaemonAllocation, AWorkerOutOfMemoryFailsWithTheReasonInWords) {
   EXPECT_EQ(j.state(), moe::v1::JOB_STATE_FAILED) << j.reason();
   EXPECT_TRUE(absl::StrContains(j.reason(), "rank 0 exited with code 1")) << j.reason();
   EXPECT_TRUE(absl::StrContains(
-      j.reason(), "moe-worker rank 0: could not allocate 12 GiB for the model's parameters, "
-                  "gradients and AdamW moments: out of memory (the job needs about"))
+      j.reason(), "moe-worker rank 0: out of host memory: could not allocate 12 GiB for the model's parameters, "
+                  "gradients and AdamW moments, while building the model (the job needs about"))
       << j.reason();
   EXPECT_TRUE(absl::StrContains(j.reason(), "ulimit -v 2.86 GiB")) << j.reason();
   EXPECT_TRUE(absl::StrContains(j.reason(), "or use more ranks")) << j.reason();

@@ -11,6 +11,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_replace.h"
+#include "common/job_spec.h"
 #include "gtest/gtest.h"
 #include "tests/support/daemon_harness.h"
 #include "tests/support/paths.h"
@@ -80,6 +81,62 @@ TEST(DaemonGpu, CudaJobNeedingMoreGpusThanMoedSeesIsRefusedAtSubmit) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(absl::StrContains(r.err, "moed sees no GPU")) << r.err;
   EXPECT_TRUE(absl::StrContains(r.err, "use device: cpu")) << r.err;
+}
+
+// moed --gpu-memory: a cuda job whose memory estimate (common/memory_fit.h) is more than one GPU
+// holds is refused at submit with FAILED_PRECONDITION, the numbers and the levers, unless the
+// job allows oversubscribing; one that fits is taken.
+TEST(DaemonGpu, CudaJobOverTheGpuMemoryIsRefusedAtSubmit) {
+  HarnessOptions o = GpuOptions("3,5");
+  o.extra_args = {"--gpu-memory", "700MiB"};
+  DaemonHarness h(o);
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const std::string path = CudaJob(h, "over-memory", 1);
+  CommandResult r = h.Moectl({"submit", path});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(r.err, "does not fit the memory of moed's GPUs (700 MiB each")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "over")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "train.optimizer_state: int8 saves about")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "resources.allow_oversubscribe_memory: true")) << r.err;
+  EXPECT_FALSE(absl::StrContains(h.Moectl({"list"}).out, "over-memory"));
+
+  // The gRPC code itself.
+  ParsedSpec parsed = LoadJobSpecFile(path);
+  ASSERT_TRUE(parsed.ok());
+  moe::v1::SubmitJobRequest req;
+  *req.mutable_spec() = parsed.spec;
+  grpc::ClientContext ctx;
+  Job job;
+  EXPECT_EQ(h.Stub()->SubmitJob(&ctx, req, &job).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+
+  // Allowed to oversubscribe: taken.
+  std::string text;
+  {
+    std::ifstream in(path);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const std::string allowed = h.work_dir() + "/allowed.yaml";
+  std::ofstream(allowed) << absl::StrReplaceAll(
+      text, {{"name: over-memory", "name: allowed"},
+             {"device: cuda", "device: cuda\n  allow_oversubscribe_memory: true"}});
+  SubmitOk(h, allowed);
+}
+
+TEST(DaemonGpu, CudaJobThatFitsTheGpuMemoryIsTaken) {
+  HarnessOptions o = GpuOptions("3");
+  o.extra_args = {"--gpu-memory", "80GiB"};
+  DaemonHarness h(o);
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  SubmitOk(h, CudaJob(h, "fits", 1));
+}
+
+TEST(DaemonGpu, BadGpuMemoryFlagStopsMoed) {
+  HarnessOptions o = GpuOptions("3");
+  o.extra_args = {"--gpu-memory", "80XB"};
+  DaemonHarness h(o);
+  EXPECT_FALSE(h.Start());
+  EXPECT_EQ(h.start_exit_code(), 2);
+  EXPECT_TRUE(absl::StrContains(h.MoedLog(), "--gpu-memory: '80XB': unknown unit 'XB'")) << h.MoedLog();
 }
 
 TEST(DaemonGpu, CudaJobsGetTheirOwnGpusAndWaitForBusyOnes) {

@@ -8,6 +8,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -90,7 +91,8 @@ TEST_F(DatasetTest, CharShakespeareMatchesNanoGpt) {
   // nanoGPT's prepare.py: n = 1115394 characters, train = data[:int(n*0.9)].
   EXPECT_EQ(data->train.size(), 1003854u);
   EXPECT_EQ(data->val.size(), 111540u);
-  std::vector<uint16_t> head(data->train.begin(), data->train.begin() + 13);
+  const std::vector<uint16_t> train = data->train.ToVector();
+  std::vector<uint16_t> head(train.begin(), train.begin() + 13);
   EXPECT_THAT(head, ElementsAre(18, 47, 56, 57, 58, 1, 15, 47, 58, 47, 64, 43, 52));  // First Citizen
   EXPECT_THAT(data->source, HasSubstr("tokenized into"));
   // The cache is under MOE_CACHE_DIR, never beside the text (whose folder may be read-only).
@@ -165,9 +167,12 @@ TEST_F(DatasetTest, ConcurrentLoadersAgreeAndLeaveAValidCache) {
     ASSERT_GE(pid, 0);
     if (pid == 0) {
       auto data = LoadDataset(Spec(path, moe::v1::TOKENIZER_CHAR));
-      bool ok = data.ok() && data->train.size() + data->val.size() == expect.size() &&
-                std::equal(data->train.begin(), data->train.end(), expect.begin()) &&
-                std::equal(data->val.begin(), data->val.end(), expect.begin() + data->train.size());
+      bool ok = data.ok() && data->train.size() + data->val.size() == expect.size();
+      if (ok) {
+        const std::vector<uint16_t> train = data->train.ToVector(), val = data->val.ToVector();
+        ok = std::equal(train.begin(), train.end(), expect.begin()) &&
+             std::equal(val.begin(), val.end(), expect.begin() + static_cast<std::ptrdiff_t>(train.size()));
+      }
       ::_exit(ok ? 0 : 1);
     }
     kids.push_back(pid);
@@ -202,10 +207,10 @@ TEST_F(DatasetTest, Gpt2TextIsTokenizedAndCached) {
     ASSERT_TRUE(data.ok()) << data.status();
     EXPECT_THAT(data->source, HasSubstr(expect));
     EXPECT_EQ(data->vocab_size, 50257);
-    EXPECT_THAT(std::vector<uint16_t>(data->train.begin(), data->train.begin() + 2),
-                ElementsAre(15496, 995));
-    std::vector<int32_t> all(data->train.begin(), data->train.end());
-    all.insert(all.end(), data->val.begin(), data->val.end());
+    const std::vector<uint16_t> train = data->train.ToVector(), val = data->val.ToVector();
+    EXPECT_THAT(std::vector<uint16_t>(train.begin(), train.begin() + 2), ElementsAre(15496, 995));
+    std::vector<int32_t> all(train.begin(), train.end());
+    all.insert(all.end(), val.begin(), val.end());
     EXPECT_EQ(data->tokenizer->Decode(all), text);
   }
 }
@@ -273,7 +278,7 @@ TEST_F(DatasetTest, FineWebShardsWithValFiles) {
   for (std::string path : {shards, shards + "/fineweb_*.bin"}) {
     auto data = LoadDataset(Spec(path, moe::v1::TOKENIZER_PRETOKENIZED));
     ASSERT_TRUE(data.ok()) << path << ": " << data.status();
-    EXPECT_EQ(data->val, val);
+    EXPECT_EQ(data->val.ToVector(), val);
     ASSERT_EQ(data->train.size(), 900u);
     EXPECT_EQ(data->train.front(), 1);
     EXPECT_EQ(data->train.back(), 50256);
@@ -336,14 +341,90 @@ TEST_F(DatasetTest, ShortSplitIsAnErrorNamingSizes) {
   EXPECT_THAT(st.message(), HasSubstr("at least 11"));
 }
 
-std::vector<uint16_t> Ramp(size_t n) {
+// Bytes of this process's anonymous memory (heap, not file pages), from /proc/self/status.
+int64_t AnonymousBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("RssAnon:", 0) == 0) return std::stoll(line.substr(8)) * 1024;  // kB
+  }
+  return -1;
+}
+
+// Shards are mapped, not read: the train and val splits point into the files, and the batches
+// are bit for bit those of the same tokens in memory, also for sequences that cross from one
+// shard into the next.
+TEST_F(DatasetTest, ShardsAreMappedAndSampleTheSameBatchesAsInMemory) {
+  const std::string shards = dir_ + "/shards";
+  fs::create_directory(shards);
+  std::vector<uint16_t> all;
+  uint32_t v = 1;
+  for (int f = 0; f < 3; ++f) {
+    std::vector<uint16_t> tokens(static_cast<size_t>(37 + 29 * f));
+    for (uint16_t& t : tokens) t = static_cast<uint16_t>((v = v * 1103515245u + 12345u) >> 16);
+    WriteTokens(shards + "/part_" + std::to_string(f) + ".bin", tokens, /*fineweb=*/f == 1);
+    all.insert(all.end(), tokens.begin(), tokens.end());
+  }
+  auto data = LoadDataset(Spec(shards, moe::v1::TOKENIZER_PRETOKENIZED, 0.1));
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_TRUE(data->train.mapped());
+  EXPECT_TRUE(data->val.mapped());
+  EXPECT_EQ(data->train.pieces().size(), 3u);
+  const size_t n_train = static_cast<size_t>(static_cast<double>(all.size()) * 0.9);
+  const TokenSplit train(std::vector<uint16_t>(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(n_train)));
+  const TokenSplit val(std::vector<uint16_t>(all.begin() + static_cast<std::ptrdiff_t>(n_train), all.end()));
+  EXPECT_EQ(data->train, train);
+  EXPECT_EQ(data->val, val);
+  const int b = 32, t = 16;
+  std::vector<int32_t> x(b * t), y(b * t), mx(b * t), my(b * t);
+  for (int64_t step = 0; step < 5; ++step) {
+    SampleBatch(train, 7, 0, step, 0, b, t, x.data(), y.data());
+    SampleBatch(data->train, 7, 0, step, 0, b, t, mx.data(), my.data());
+    EXPECT_EQ(mx, x) << "step " << step;
+    EXPECT_EQ(my, y) << "step " << step;
+  }
+}
+
+TEST_F(DatasetTest, LoadingShardsDoesNotCopyThemIntoMemory) {
+  // 48 MiB of tokens: read into memory (as they once were, twice over) they would show.
+  std::vector<uint16_t> tokens(size_t{24} << 20);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<uint16_t>(i % 50000);
+  WriteTokens(dir_ + "/big.bin", tokens, /*fineweb=*/true);
+  tokens.clear();
+  tokens.shrink_to_fit();
+  const int64_t before = AnonymousBytes();
+  ASSERT_GT(before, 0);
+  auto data = LoadDataset(Spec(dir_ + "/big.bin", moe::v1::TOKENIZER_PRETOKENIZED, 0.1));
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_EQ(data->train.size() + data->val.size(), size_t{24} << 20);
+  EXPECT_EQ(data->vocab_size, 50000);
+  EXPECT_LT(AnonymousBytes() - before, int64_t{8} << 20);
+}
+
+TEST_F(DatasetTest, CachedTextTokensAreMapped) {
+  std::string path = dir_ + "/small.txt";
+  ASSERT_TRUE(WriteFileAtomic(path, "to be or not to be, that is the question\n").ok());
+  moe::v1::DataSpec spec = Spec(path, moe::v1::TOKENIZER_CHAR);
+  auto first = LoadDataset(spec);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(first->train.mapped());  // just tokenized: in memory
+  auto second = LoadDataset(spec);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_THAT(second->source, HasSubstr("cached in"));
+  EXPECT_TRUE(second->train.mapped());
+  EXPECT_TRUE(second->val.mapped());
+  EXPECT_EQ(second->train, first->train);
+  EXPECT_EQ(second->val, first->val);
+}
+
+TokenSplit Ramp(size_t n) {
   std::vector<uint16_t> t(n);
   for (size_t i = 0; i < n; ++i) t[i] = static_cast<uint16_t>(i);
-  return t;
+  return TokenSplit(std::move(t));
 }
 
 TEST(SampleBatch, DeterministicSliceableAndShifted) {
-  const std::vector<uint16_t> tokens = Ramp(5000);
+  const TokenSplit tokens = Ramp(5000);
   const int b = 8, t = 16;
   std::vector<int32_t> x(b * t), y(b * t), x2(b * t), y2(b * t);
   SampleBatch(tokens, 1234, 0, 7, 0, b, t, x.data(), y.data());
@@ -375,7 +456,7 @@ TEST(SampleBatch, DeterministicSliceableAndShifted) {
 
 TEST(SampleBatch, CoversAllOffsetsIncludingTheLast) {
   // len = seq_len + 3 leaves offsets 0, 1, 2; all must appear, none beyond.
-  const std::vector<uint16_t> tokens = Ramp(19);
+  const TokenSplit tokens = Ramp(19);
   const int t = 16;
   std::vector<int> seen(3, 0);
   std::vector<int32_t> x(64 * t), y(64 * t);
@@ -390,7 +471,7 @@ TEST(SampleBatch, CoversAllOffsetsIncludingTheLast) {
 }
 
 TEST(SampleBatchDeathTest, TooFewTokensStopsWithTheSizes) {
-  const std::vector<uint16_t> tokens = Ramp(16);
+  const TokenSplit tokens = Ramp(16);
   std::vector<int32_t> x(16), y(16);
   EXPECT_DEATH(SampleBatch(tokens, 1, 0, 0, 0, 1, 16, x.data(), y.data()),
                "16 tokens cannot hold a sequence of 16 \\+ 1");

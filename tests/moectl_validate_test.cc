@@ -242,6 +242,41 @@ TEST_F(ExampleTest, SmallMediumAndCpuDemoValidate) {
   EXPECT_THAT(demo.out, HasSubstr("E 4, top-2, hidden 256, dropless, 2 per rank"));
 }
 
+// --gpu-memory: whether a cuda job fits GPUs of that size. MODEL.md's "small" on one GPU needs
+// about 28 GiB: it fits 141GB (exit 0), not 24GiB (exit 2, by how much and the levers); a bad
+// size is exit 2 with the accepted forms; a cpu job is not checked.
+TEST_F(ExampleTest, GpuMemorySaysWhetherACudaJobFits) {
+  RunResult fits = ValidateCopy("small.yaml");
+  ASSERT_EQ(fits.exit_code, 0) << fits.err;
+  const std::string small = root_ + "/examples/small.yaml";
+  RunResult big = RunMoectl({"validate", small, "--gpu-memory", "141GB"});
+  EXPECT_EQ(big.exit_code, 0) << big.err;
+  EXPECT_THAT(big.out, HasSubstr("gpu memory   fits: needs about "));
+  EXPECT_THAT(big.out, HasSubstr(" of the GPU's 131 GiB"));
+
+  RunResult tight = RunMoectl({"validate", small, "--gpu-memory", "24GiB"});
+  EXPECT_EQ(tight.exit_code, 2);
+  EXPECT_THAT(tight.out, HasSubstr("gpu memory   does not fit: needs about "));
+  EXPECT_THAT(tight.out, HasSubstr("the GPU has 24 GiB"));
+  EXPECT_THAT(tight.out, HasSubstr("resources.ranks: 2 (GPUs) saves about "));
+  EXPECT_THAT(tight.out, HasSubstr("train.optimizer_state: int8 saves about "));
+  EXPECT_THAT(tight.out, HasSubstr("train.recompute: full saves about "));
+  EXPECT_THAT(tight.err, HasSubstr("small.yaml: resources: the job needs about "));
+  EXPECT_THAT(tight.err, HasSubstr("more than the 24 GiB of --gpu-memory"));
+  EXPECT_THAT(tight.err, HasSubstr("resources.allow_oversubscribe_memory: true"));
+
+  RunResult bad = RunMoectl({"validate", small, "--gpu-memory", "24 gigs"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_THAT(bad.err, HasSubstr("moectl validate: --gpu-memory: '24 gigs': unknown unit 'gigs'"));
+  EXPECT_THAT(bad.err, HasSubstr("e.g. 80GiB, 141GB"));
+
+  RunResult cpu = ValidateCopy("cpu-demo.yaml");
+  ASSERT_EQ(cpu.exit_code, 0) << cpu.err;
+  RunResult cpu_gpu = RunMoectl({"validate", root_ + "/examples/cpu-demo.yaml", "--gpu-memory", "1GiB"});
+  EXPECT_EQ(cpu_gpu.exit_code, 0) << cpu_gpu.err;
+  EXPECT_THAT(cpu_gpu.out, HasSubstr("not checked: --gpu-memory is for device cuda jobs"));
+}
+
 // The seed recipes (issue 16): each validates, counts its options' parameters (MODEL.md
 // "Counting") and names them in the recipe line -- once the GPU backend runs every option the
 // recipe sets; until then validate refuses it, naming the first option the GPU does not run.

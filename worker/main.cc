@@ -14,12 +14,15 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/path_policy.h"
 #include "common/files.h"
 #include "common/job_spec.h"
+#include "common/memory_fit.h"
 #include "common/model_stats.h"
 #include "google/protobuf/util/json_util.h"
 #include "kernels/threads.h"
@@ -186,11 +189,27 @@ int LocalRanks() {
 }
 
 // Why a rank ran out of memory, in one line for moed's FAILED reason (it keeps the first 500
-// characters of a rank's last stderr line): what could not be allocated, the job's estimate
-// (what moectl validate prints) against this machine, and what to change.
-std::string OutOfMemoryReason(const std::string& what, moe::v1::JobSpec spec, int vocab_size) {
+// characters of a rank's last stderr line): which memory (GPU or host), what could not be
+// allocated and in which step, the job's estimate (what moectl validate prints) against this
+// machine or GPU, and what to change.
+std::string OutOfMemoryReason(const moe::AllocationError& e, moe::v1::JobSpec spec, int vocab_size) {
   spec.mutable_model()->set_vocab_size(vocab_size);
   const moe::ModelStats stats = moe::ComputeModelStats(spec);
+  if (e.memory() == moe::AllocationError::Memory::kGpu) {
+    std::string out = absl::StrCat(e.what(), " (the job needs about ",
+                                   moe::FormatBytes(static_cast<double>(stats.total_bytes)),
+                                   " per GPU by moectl validate's estimate)");
+    std::vector<std::string> levers;
+    if (e.capacity_bytes() > 0) {
+      for (const moe::MemoryLever& l : moe::CheckGpuFit(spec, e.capacity_bytes()).levers) {
+        levers.push_back(absl::StrCat(l.change, " (-", moe::FormatBytes(static_cast<double>(l.saving)),
+                                      l.note.empty() ? "" : ", not yet on cuda", ")"));
+      }
+    }
+    absl::StrAppend(&out, levers.empty() ? "; make the model or train.batch_size smaller, or use more GPUs"
+                                         : absl::StrCat("; try ", absl::StrJoin(levers, ", ")));
+    return out;
+  }
   const double ram = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
                      static_cast<double>(sysconf(_SC_PAGESIZE));
   std::string machine = absl::StrCat("this machine has ", moe::FormatBytes(ram));
@@ -198,7 +217,7 @@ std::string OutOfMemoryReason(const std::string& what, moe::v1::JobSpec spec, in
   if (getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY) {
     absl::StrAppend(&machine, ", ulimit -v ", moe::FormatBytes(static_cast<double>(as.rlim_cur)));
   }
-  return absl::StrCat(what, " (the job needs about ",
+  return absl::StrCat(e.what(), " (the job needs about ",
                       moe::FormatBytes(static_cast<double>(stats.total_bytes)),
                       " per rank; ", machine,
                       "); make the model smaller (model.d_model, n_layers, moe.expert_hidden), "
@@ -356,15 +375,15 @@ int main(int argc, char** argv) {
         moe::Trainer::Create(*spec, comm.get(), &*data, topts);
     st = trainer.ok() ? (*trainer)->Run(&outcome) : trainer.status();
   } catch (const moe::AllocationError& e) {
-    st = absl::ResourceExhaustedError(OutOfMemoryReason(e.what(), *spec, data->vocab_size));
+    st = absl::ResourceExhaustedError(OutOfMemoryReason(e, *spec, data->vocab_size));
   } catch (const std::bad_alloc&) {
     st = absl::ResourceExhaustedError(
-        OutOfMemoryReason("could not allocate memory for the model's buffers: out of memory",
-                          *spec, data->vocab_size));
+        OutOfMemoryReason(moe::AllocationError("could not allocate memory for the model's buffers"), *spec,
+                          data->vocab_size));
   } catch (const std::length_error& e) {
     st = absl::ResourceExhaustedError(OutOfMemoryReason(
-        absl::StrCat("could not allocate a buffer larger than memory can address (", e.what(),
-                     ")"),
+        moe::AllocationError(
+            absl::StrCat("could not allocate a buffer larger than memory can address (", e.what(), ")")),
         *spec, data->vocab_size));
   }
   reporter->Close();

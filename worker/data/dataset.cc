@@ -29,12 +29,21 @@ constexpr int32_t kShardMagic = 20240520;
 constexpr int32_t kShardVersion = 1;
 constexpr size_t kShardHeaderBytes = 256 * sizeof(int32_t);
 
-std::string TokenBytes(const std::vector<uint16_t>& tokens) {
-  return std::string(reinterpret_cast<const char*>(tokens.data()), tokens.size() * sizeof(uint16_t));
+std::string TokenBytes(const TokenSplit& tokens) {
+  std::string out;
+  out.reserve(tokens.size() * sizeof(uint16_t));
+  for (const TokenSplit::Piece& p : tokens.pieces()) {
+    out.append(reinterpret_cast<const char*>(p.data), p.count * sizeof(uint16_t));
+  }
+  return out;
 }
 
-uint64_t HashTokens(const std::vector<uint16_t>& tokens) {
-  return Xxh64(tokens.data(), tokens.size() * sizeof(uint16_t));
+uint64_t HashTokens(const TokenSplit& tokens) {
+  if (tokens.pieces().size() == 1) {
+    return Xxh64(tokens.pieces()[0].data, tokens.pieces()[0].count * sizeof(uint16_t));
+  }
+  const std::vector<uint16_t> all = tokens.ToVector();
+  return Xxh64(all.data(), all.size() * sizeof(uint16_t));
 }
 
 std::string TokenizerName(moe::v1::Tokenizer t) {
@@ -84,25 +93,26 @@ std::string DefaultCacheDir(const std::string& text_path, absl::string_view kind
                       absl::StrFormat("%016x", Xxh64(abs.data(), abs.size())), "/", kind);
 }
 
-// Reads cache_dir/name as raw uint16 tokens when it has `count` tokens hashing to `hash`.
+// Maps path as raw uint16 tokens when it has `count` tokens hashing to `hash`.
 bool ReadCachedTokens(const std::string& path, const std::string& count, const std::string& hash,
-                      std::vector<uint16_t>* out) {
-  absl::StatusOr<std::string> bytes = ReadFile(path);
+                      TokenSplit* out) {
+  absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(path);
   uint64_t n;
-  if (!bytes.ok() || !absl::SimpleAtoi(count, &n) || bytes->size() != n * sizeof(uint16_t)) {
+  if (!file.ok() || !absl::SimpleAtoi(count, &n) || (*file)->size() != n * sizeof(uint16_t)) {
     return false;
   }
-  out->resize(n);
-  if (n > 0) std::memcpy(out->data(), bytes->data(), bytes->size());
-  return absl::StrFormat("%016x", HashTokens(*out)) == hash;
+  TokenSplit tokens;
+  tokens.Append(*file, 0, n);
+  if (absl::StrFormat("%016x", HashTokens(tokens)) != hash) return false;
+  *out = std::move(tokens);
+  return true;
 }
 
-void Split(std::vector<uint16_t> tokens, double val_fraction, Dataset* data) {
+void Split(TokenSplit tokens, double val_fraction, Dataset* data) {
   size_t n_train = static_cast<size_t>(static_cast<double>(tokens.size()) * (1.0 - val_fraction));
   n_train = std::min(n_train, tokens.size());
-  data->val.assign(tokens.begin() + n_train, tokens.end());
-  tokens.resize(n_train);
-  data->train = std::move(tokens);
+  data->val = tokens.Slice(n_train, tokens.size());
+  data->train = tokens.Slice(0, n_train);
 }
 
 absl::StatusOr<Dataset> LoadText(const moe::v1::DataSpec& spec) {
@@ -186,7 +196,7 @@ absl::StatusOr<Dataset> LoadText(const moe::v1::DataSpec& spec) {
   std::vector<uint16_t> tokens(ids->begin(), ids->end());
   ids->clear();
   ids->shrink_to_fit();
-  Split(std::move(tokens), spec.val_fraction(), &data);
+  Split(TokenSplit(std::move(tokens)), spec.val_fraction(), &data);
   data.vocab_size = data.tokenizer->vocab_size();
 
   // Write the cache; meta last, so a reader never trusts shards that are not all in place. Ranks
@@ -209,18 +219,18 @@ absl::StatusOr<Dataset> LoadText(const moe::v1::DataSpec& spec) {
   return data;
 }
 
-// One shard: FineWeb (header + uint16) or raw uint16.
-absl::StatusOr<std::vector<uint16_t>> ReadShard(const std::string& path) {
-  absl::StatusOr<std::string> bytes = ReadFile(path);
-  if (!bytes.ok()) return bytes.status();
-  const std::string& b = *bytes;
+// One shard, mapped: FineWeb (header + uint16) or raw uint16. Its tokens as a split.
+absl::StatusOr<TokenSplit> MapShard(const std::string& path) {
+  absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(path);
+  if (!file.ok()) return file.status();
+  const size_t size = (*file)->size();
   int32_t header[3] = {0, 0, 0};
-  std::memcpy(header, b.data(), std::min<size_t>(b.size(), sizeof(header)));
-  absl::string_view payload = b;
-  if (b.size() >= 4 && header[0] == kShardMagic) {
-    if (b.size() < kShardHeaderBytes) {
+  std::memcpy(header, (*file)->data(), std::min<size_t>(size, sizeof(header)));
+  size_t offset = 0;
+  if (size >= 4 && header[0] == kShardMagic) {
+    if (size < kShardHeaderBytes) {
       return absl::DataLossError(absl::StrCat(
-          path, ": FineWeb shard header is cut short (", b.size(), " of ", kShardHeaderBytes,
+          path, ": FineWeb shard header is cut short (", size, " of ", kShardHeaderBytes,
           " bytes); the file is truncated, download it again"));
     }
     if (header[1] != kShardVersion) {
@@ -232,22 +242,22 @@ absl::StatusOr<std::vector<uint16_t>> ReadShard(const std::string& path) {
       return absl::DataLossError(absl::StrCat(path, ": negative token count ", header[2]));
     }
     uint64_t want = kShardHeaderBytes + 2ull * static_cast<uint64_t>(header[2]);
-    if (b.size() != want) {
+    if (size != want) {
       return absl::DataLossError(absl::StrCat(
           path, ": header says ", header[2], " tokens (", want, " bytes with the header) but the file has ",
-          b.size(), " bytes", b.size() < want ? "; it is truncated, download it again" : "; trailing bytes"));
+          size, " bytes", size < want ? "; it is truncated, download it again" : "; trailing bytes"));
     }
-    payload.remove_prefix(kShardHeaderBytes);
-  } else if (b.size() % 2 != 0) {
+    offset = kShardHeaderBytes;
+  } else if (size % 2 != 0) {
     return absl::DataLossError(absl::StrCat(
-        path, ": ", b.size(), " bytes is odd: not raw uint16 tokens (truncated?) and no FineWeb "
+        path, ": ", size, " bytes is odd: not raw uint16 tokens (truncated?) and no FineWeb "
         "header (magic 20240520)"));
   }
-  if (payload.empty()) {
+  if (size == offset) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": holds no tokens"));
   }
-  std::vector<uint16_t> tokens(payload.size() / 2);
-  std::memcpy(tokens.data(), payload.data(), payload.size());
+  TokenSplit tokens;
+  tokens.Append(*std::move(file), offset, (size - offset) / 2);
   return tokens;
 }
 
@@ -288,15 +298,15 @@ absl::StatusOr<Dataset> LoadPretokenized(const moe::v1::DataSpec& spec) {
   absl::StatusOr<std::vector<std::string>> files = ShardFiles(spec.path());
   if (!files.ok()) return files.status();
   Dataset data;
-  std::vector<uint16_t> all;
+  TokenSplit all;
   int n_val_files = 0;
   for (const std::string& f : *files) {
-    absl::StatusOr<std::vector<uint16_t>> tokens = ReadShard(f);
+    absl::StatusOr<TokenSplit> tokens = MapShard(f);
     if (!tokens.ok()) return tokens.status();
     bool is_val = files->size() > 1 && absl::StrContains(fs::path(f).filename().string(), "val");
-    std::vector<uint16_t>& dst = is_val ? data.val : all;
+    TokenSplit& dst = is_val ? data.val : all;
     n_val_files += is_val;
-    dst.insert(dst.end(), tokens->begin(), tokens->end());
+    dst.Append(*tokens);
   }
   if (n_val_files > 0) {
     if (all.empty()) {
@@ -309,8 +319,10 @@ absl::StatusOr<Dataset> LoadPretokenized(const moe::v1::DataSpec& spec) {
     Split(std::move(all), spec.val_fraction(), &data);
   }
   int max_id = 0;
-  for (const auto* split : {&data.train, &data.val}) {
-    for (uint16_t t : *split) max_id = std::max<int>(max_id, t);
+  for (const TokenSplit* split : {&data.train, &data.val}) {
+    for (const TokenSplit::Piece& p : split->pieces()) {
+      for (size_t i = 0; i < p.count; ++i) max_id = std::max<int>(max_id, p.data[i]);
+    }
   }
   data.vocab_size = max_id + 1;
   data.source = absl::StrCat(spec.path(), " (", files->size(), " shard file(s), ", data.train.size(),
@@ -349,7 +361,7 @@ absl::StatusOr<Dataset> LoadDataset(const moe::v1::DataSpec& spec) {
 }
 
 absl::Status CheckSplits(const Dataset& data, int seq_len) {
-  for (const auto& [name, split] : {std::pair<const char*, const std::vector<uint16_t>*>{"train", &data.train},
+  for (const auto& [name, split] : {std::pair<const char*, const TokenSplit*>{"train", &data.train},
                                     {"val", &data.val}}) {
     if (split->size() < static_cast<size_t>(seq_len) + 1) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -362,7 +374,7 @@ absl::Status CheckSplits(const Dataset& data, int seq_len) {
   return absl::OkStatus();
 }
 
-void SampleBatch(const std::vector<uint16_t>& tokens, uint64_t seed, uint64_t stream, int64_t step,
+void SampleBatch(const TokenSplit& tokens, uint64_t seed, uint64_t stream, int64_t step,
                  int first_seq, int count, int seq_len, int32_t* x, int32_t* y) {
   if (seq_len <= 0 || tokens.size() < static_cast<size_t>(seq_len) + 1) {
     // A caller bug (CheckSplits catches short data at load time): stop with the sizes.
@@ -373,10 +385,11 @@ void SampleBatch(const std::vector<uint16_t>& tokens, uint64_t seed, uint64_t st
   const uint64_t starts = tokens.size() - static_cast<uint64_t>(seq_len);  // valid offsets
   using kernels::SplitMix64;
   const uint64_t base = SplitMix64(SplitMix64(SplitMix64(seed) ^ stream) ^ static_cast<uint64_t>(step));
+  std::vector<uint16_t> scratch;  // a sequence that crosses from one shard into the next
   for (int r = 0; r < count; ++r) {
     uint64_t i = static_cast<uint64_t>(first_seq + r);
     size_t off = static_cast<size_t>(SplitMix64(base ^ i) % starts);
-    const uint16_t* src = tokens.data() + off;
+    const uint16_t* src = tokens.Read(off, static_cast<size_t>(seq_len) + 1, &scratch);
     int32_t* xr = x + static_cast<size_t>(r) * seq_len;
     int32_t* yr = y + static_cast<size_t>(r) * seq_len;
     for (int t = 0; t < seq_len; ++t) {

@@ -1,6 +1,7 @@
 // Training data: text tokenized once into cached token shards (nanoGPT's raw uint16 train.bin /
 // val.bin), or pretokenized shards (raw uint16 or modded-nanogpt FineWeb), split into train/val,
-// and the stateless seeded batch sampler every rank shares.
+// and the stateless seeded batch sampler every rank shares. Token files are memory-mapped
+// (token_split.h), never read whole into memory.
 #pragma once
 
 #include <cstdint>
@@ -11,13 +12,14 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "moe/v1/job.pb.h"
+#include "worker/data/token_split.h"
 #include "worker/data/tokenizer.h"
 
 namespace moe {
 
 struct Dataset {
-  std::vector<uint16_t> train;   // nanoGPT: first (1 - val_fraction) of the tokens
-  std::vector<uint16_t> val;     // last val_fraction
+  TokenSplit train;              // nanoGPT: first (1 - val_fraction) of the tokens
+  TokenSplit val;                // last val_fraction
   std::unique_ptr<Tokenizer> tokenizer;   // null for pretokenized shards
   int vocab_size = 0;            // from the tokenizer, or max id + 1 of the shards
   std::string source;            // description for logs
@@ -30,7 +32,8 @@ struct Dataset {
 //    XXH64, tokenizer hash, val_fraction, token counts and hashes). A cache that matches the
 //    text, tokenizer and val_fraction is reused; otherwise it is rebuilt, each file through a temp
 //    name and a rename, so ranks loading the same data concurrently never see a torn file.
-//  pretokenized: a .bin file, a directory of .bin files, or a glob. Each file is a FineWeb shard
+//  The cached shards are mapped, not read (a text just tokenized keeps its tokens in memory).
+//  pretokenized: a .bin file, a directory of .bin files, or a glob, mapped. Each file is a FineWeb shard
 //    (256 x int32 header: magic 20240520, version 1, token count; then uint16 tokens) or raw
 //    uint16 tokens. Files whose name contains "val" are the validation split if there are any,
 //    otherwise the concatenated tokens are split by val_fraction.
@@ -47,7 +50,7 @@ absl::Status CheckSplits(const Dataset& data, int seq_len);
 // sequence i starts at offset splitmix64-chain(seed, stream, step, i) % (len - seq_len), x holds
 // tokens[off, off + seq_len) and y the same shifted by one. Requires len >= seq_len + 1 (check
 // with CheckSplits at load time; a violation aborts the rank with the sizes).
-void SampleBatch(const std::vector<uint16_t>& tokens, uint64_t seed, uint64_t stream, int64_t step,
+void SampleBatch(const TokenSplit& tokens, uint64_t seed, uint64_t stream, int64_t step,
                  int first_seq, int count, int seq_len, int32_t* x, int32_t* y);
 
 }  // namespace moe

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <memory>
+#include <new>
 #include <utility>
 #include <vector>
 
@@ -13,6 +14,7 @@
 #include "common/model_stats.h"
 #include "common/schedule.h"
 #include "worker/checkpoint/checkpoint.h"
+#include "worker/model/allocation_error.h"
 #include "worker/model/moe_bookkeeping.h"
 #include "worker/train/make_model.h"
 #include "worker/train/signals.h"
@@ -64,6 +66,22 @@ StepAgreement AgreeOnStep(Communicator* comm, double ce_sum, double expert_sq, i
   out.checkpoint_requested = v[3] > 0;
   out.peak_memory_bytes = static_cast<int64_t>(*std::max_element(v.begin() + 4, v.end()));
   return out;
+}
+
+// Runs one step's work (1-based `step`); memory it cannot get ends the run with the step named
+// (AllocationError::InStep): a backend's own AllocationError, or any other std::bad_alloc (a
+// host buffer of the step: activations, batches) as host memory.
+template <typename F>
+auto InStep(int64_t step, F&& work) -> decltype(work()) {
+  try {
+    return work();
+  } catch (const AllocationError& e) {
+    throw e.InStep(step);
+  } catch (const std::bad_alloc&) {
+    throw AllocationError("could not allocate the step's host buffers (activations, batches)",
+                          AllocationError::Memory::kHost)
+        .InStep(step);
+  }
 }
 
 }  // namespace
@@ -284,7 +302,7 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
   const int log_every = std::max(1, t.log_every());
   *outcome = TrainOutcome::kFinished;
   while (step < last) {
-    StepResult r = Step(step);
+    StepResult r = InStep(step + 1, [&] { return Step(step); });
     ++step;
     moe::v1::MetricPoint& p = r.metrics;
     const bool stop = r.stop_requested;
@@ -294,7 +312,7 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
     const bool eval = (t.eval_every() > 0 && step % t.eval_every() == 0) || step == t.steps();
     if (eval) {
       p.set_has_val_loss(true);
-      p.set_val_loss(Evaluate());
+      p.set_val_loss(InStep(step, [&] { return Evaluate(); }));
     }
     if (eval || step % log_every == 0 || step == last || step == 1) Emit(p);
     if (opts_.on_step) opts_.on_step(step);

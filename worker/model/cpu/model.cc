@@ -61,7 +61,7 @@ Model::Model(const ModelConfig& cfg, Communicator* comm)
     const double bytes = 8.0 * static_cast<double>(layout_.total()) + static_cast<double>(adam_m_.BytesNeeded()) +
                          static_cast<double>(adam_v_.BytesNeeded());
     throw AllocationError(absl::StrCat("could not allocate ", FormatBytes(bytes),
-                                       " for the model's parameters, gradients and AdamW moments: out of memory"));
+                                       " for the model's parameters, gradients and AdamW moments"));
   } catch (const std::length_error&) {
     throw AllocationError(absl::StrCat("could not allocate ", layout_.total(),
                                        " parameters: more than one buffer can hold"));

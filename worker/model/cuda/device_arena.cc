@@ -38,7 +38,8 @@ void* DeviceArena::AllocBytes(int64_t bytes) {
         "could not allocate ", FormatBytes(static_cast<double>(bytes)), " on GPU ", device, " (",
         FormatBytes(static_cast<double>(free_bytes)), " of ",
         FormatBytes(static_cast<double>(total_bytes)), " free) after ",
-        FormatBytes(static_cast<double>(memory_->now)), " for the model: out of memory"));
+        FormatBytes(static_cast<double>(memory_->now)), " for the model"),
+        AllocationError::Memory::kGpu, static_cast<int64_t>(total_bytes));
   }
   MOE_CUDA_CHECK(err);
   ptrs_.push_back(p);

@@ -1,0 +1,185 @@
+#include "common/memory_estimate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace moe {
+namespace {
+
+int64_t Bytes(double v) {
+  if (!(v > 0)) return 0;
+  if (v >= static_cast<double>(std::numeric_limits<int64_t>::max())) return std::numeric_limits<int64_t>::max();
+  return static_cast<int64_t>(std::llround(v));
+}
+
+// One optimizer-state buffer of `count` values (worker/model/optimizer_state.h): fp32, bf16, or
+// int8 blocks of at most 2048 values that never cross a tensor, one fp32 scale each.
+double StateBytes(v1::StateStorage storage, double count, double tensors) {
+  switch (storage) {
+    case v1::STATE_BF16: return 2 * count;
+    case v1::STATE_INT8: return count + 4 * (std::ceil(count / 2048) + tensors);
+    default: return 4 * count;
+  }
+}
+
+// The shape of one rank's micro-batch, in the names of MODEL.md.
+struct Shape {
+  double V, D, L, H, Hkv, hd, T, E, k, F, W;
+  double n;        // tokens of one micro-batch on this rank: batch / W / grad_accum * T
+  double kept;     // assignments this rank routes and keeps (capacity drops the rest)
+  double e_local;  // experts on this rank
+  double glu;      // hidden activations an expert saves per row: 3 for swiglu (gate, up, product), else 2
+  double S, Fs;    // shared experts and their hidden size
+  bool dense;
+  double C3() const { return (H + 2 * Hkv) * hd; }
+};
+
+Shape ShapeOf(const v1::JobSpec& spec) {
+  const v1::ModelSpec& m = spec.model();
+  const v1::MoeSpec& e = m.moe();
+  Shape s{};
+  s.V = m.vocab_size();
+  s.D = m.d_model();
+  s.L = m.n_layers();
+  s.H = m.n_heads();
+  s.Hkv = m.n_kv_heads() > 0 ? m.n_kv_heads() : m.n_heads();
+  s.hd = m.n_heads() > 0 ? s.D / s.H : 0;
+  s.T = m.seq_len();
+  s.E = std::max(1, e.num_experts());
+  s.k = std::max(1, e.top_k());
+  s.F = e.expert_hidden();
+  s.W = std::max(1, spec.resources().ranks());
+  s.dense = s.E <= 1;
+  const double accum = std::max(1, spec.train().grad_accum());
+  s.n = static_cast<double>(spec.train().batch_size()) / s.W / accum * s.T;
+  s.kept = s.dense ? s.n : s.n * s.k;
+  if (!s.dense && e.capacity_factor() > 0) {
+    s.kept = std::min(s.kept, s.E * std::ceil(e.capacity_factor() * s.n * s.k / s.E));
+  }
+  s.e_local = s.dense ? 1 : s.E / s.W;
+  s.glu = e.activation() == v1::ACTIVATION_RELU2 || e.activation() == v1::ACTIVATION_GELU ? 2 : 3;
+  s.S = std::max(0, e.shared_experts());
+  s.Fs = e.shared_expert_hidden() > 0 ? e.shared_expert_hidden() : s.F;
+  return s;
+}
+
+// Elements of one block's attention half that the forward keeps (both backends): x_in, attn_in,
+// attn_y, x_mid, moe_in (n, D) each, two RMSNorm rstd (n), q k v (n, C3) and the attention's
+// log-sum-exp (n, H): neither backend stores the H x T probabilities (flash-style). QK-norm
+// keeps q and k before their norm and their rstd; the gate keeps its logits and the ungated y.
+double AttentionElements(const Shape& s, const v1::AttentionSpec& a) {
+  double e = 5 * s.n * s.D + 2 * s.n + s.n * s.C3() + s.n * s.H;
+  if (a.qk_norm()) e += s.n * (s.H + s.Hkv) * (s.hd + 1);
+  if (a.gate()) e += s.n * s.H * s.hd + s.n * s.D;
+  return e;
+}
+
+// The CPU reference (worker/model/cpu): everything fp32 (ints are 4 bytes too).
+void CpuActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* out) {
+  const double n = s.n, D = s.D, r = s.kept;
+  // moe_layer.h: router logits and probabilities (n, E), lse (n), weights and expert ids (n, k),
+  // the routing plan's two index tables (kept, n k), permuted rows xs and ys (kept, D), the
+  // expert rows in, out and the dispatcher's wire copy (r, D), and the experts' hidden
+  // activations (r, F) each. Dense: the one expert's hidden activations over every token.
+  const double moe = s.dense ? s.glu * n * s.F
+                             : 2 * n * s.E + n + 2 * n * s.k + s.kept + n * s.k + 2 * s.kept * D + 3 * r * D +
+                                   s.glu * r * s.F;
+  const double shared = s.S * s.glu * n * s.Fs;
+  const double block = AttentionElements(s, spec.model().attention()) + moe + shared;
+  // After the blocks: x_final, final_out (n, D), rstd, CE lse and losses (n), logits (n, V), the
+  // token ids and targets (model and trainer, n each).
+  const double head = 2 * n * D + 3 * n + n * s.V + 4 * n;
+  const bool recompute = spec.train().recompute() == v1::RECOMPUTE_FULL;
+  // Recompute full keeps each block's input, and one block's activations while it runs again.
+  const double kept_blocks = recompute ? s.L * n * D + block : s.L * block;
+  out->activations = Bytes(4 * (kept_blocks + head));
+  // The backward's buffers (Model::Backward): dnorm, dx, dtmp (n, D), dqkv (n, C3); inside an
+  // MoE layer's backward dys and dxs (kept, D), the expert rows' gradients (r, D) x 2, the
+  // experts' scratch (r, 2F), the weights' and the router's gradients (n, k), (n, E).
+  const double moe_bwd = s.dense ? 2 * n * s.F
+                                 : 2 * s.kept * D + 2 * r * D + 2 * r * s.F + n * s.k + n * s.E;
+  out->workspace = Bytes(4 * (3 * n * D + n * s.C3() + moe_bwd + (s.S > 0 ? 2 * n * s.Fs : 0)));
+}
+
+// The CUDA backend (worker/model/cuda): cuda_model.cc's activation table, CudaMoeLayer's and
+// MoeScratch's buffers; fp32 buffers plus bf16 copies for the tensor-core products in bf16.
+void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* out) {
+  const bool bf16 = spec.train().precision() == v1::PRECISION_BF16;
+  const double n = s.n, D = s.D, F = s.F;
+  const double rows = s.dense ? n : n * s.k;  // MoeShape::ExpertRows: the plan-order tables
+  // The experts' layout (kernels/cuda/expert_layout): this rank's rows (as many as it routes,
+  // when the routing is balanced), each expert padded to a multiple of 128 (64 rows on average).
+  // Its buffers grow on demand by a quarter at a time (ReserveSaved, ReserveExpertRows), and the
+  // padding changes with the routing from step to step: count them grown once.
+  const double layout = 1.25 * (s.kept + 64 * s.e_local);
+  double block = 4 * AttentionElements(s, spec.model().attention()) + (bf16 ? 2 * n * s.C3() : 0);
+  if (!s.dense) {
+    // Router logits, probabilities (n, E), lse (n), weights (n, k), expert ids and the two
+    // slot maps (n k), permuted rows xs and ys (rows, D).
+    block += 4 * (2 * n * s.E + n + n * s.k + 3 * n * s.k + 2 * rows * D + 4 * s.E);
+  }
+  // The experts' saved rows: bf16 input and hidden activations in the layout (grown on demand),
+  // or fp32 g, u, h (rows, F) on the simple fp32 path.
+  block += bf16 ? 2 * (layout * D + s.glu * layout * F) : 4 * s.glu * rows * F;
+  block += s.S * s.glu * n * s.Fs * (bf16 ? 2 : 4);
+  // tmp, x_final, final_out (n, D), rstd, lse, losses (n), logits (n, V), ids and targets (n).
+  const double head = 4 * (3 * n * D + 3 * n + n * s.V + 2 * n);
+  const bool recompute = spec.train().recompute() == v1::RECOMPUTE_FULL;
+  const double kept_blocks = recompute ? s.L * 4 * n * D + block : s.L * block;
+  out->activations = Bytes(kept_blocks + head);
+
+  // dx, dtmp, dnorm (n, D), dqkv (n, C3), the attention backward's scratch (n, H), and in bf16
+  // two cast buffers of the widest product input (n, max(D, C3, V)).
+  double ws = 4 * (3 * n * D + n * s.C3() + n * s.H) + (bf16 ? 2 * 2 * n * std::max({D, s.C3(), s.V}) : 0);
+  // MoeScratch per batch: dys, d_expert_in (rows, D), dweights (n, k), drouter (n, E); fp32
+  // experts' backward scratch (rows, 2F), or the bf16 plan-order rows (rows, D).
+  if (!s.dense) ws += 4 * (2 * rows * D + n * s.k + n * s.E);
+  ws += bf16 ? 2 * rows * D : 4 * 2 * rows * F;
+  if (bf16) {
+    // MoeScratch's expert rows (ReserveExpertRows): wire, ys, dys16, dx16 (bf16), dxs (fp32),
+    // and the experts' backward (kernels::ExpertsBf16Scratch): 3 (rows, F), 2 (rows, D) and
+    // three weight-sized products.
+    ws += 2 * 4 * layout * D + 4 * layout * D +
+          2 * (3 * layout * F + 2 * layout * D + 3 * s.e_local * D * F);
+  }
+  out->workspace = Bytes(ws);
+  out->runtime = kCudaRuntimeBytes + (s.W > 1 ? kNcclBytes : 0);
+}
+
+}  // namespace
+
+MemoryEstimate EstimateMemory(const v1::JobSpec& spec, const RankParams& p) {
+  const v1::TrainSpec& t = spec.train();
+  MemoryEstimate m;
+  m.cuda = spec.resources().device() == v1::DEVICE_CUDA;
+  const bool bf16_master = t.master_weights() == v1::PRECISION_BF16;
+  if (m.cuda) {
+    // fp32 master weights and, for bf16 products, their bf16 copy; bf16 master weights are
+    // that copy alone.
+    const bool bf16_copy = t.precision() == v1::PRECISION_BF16;
+    m.weights = Bytes(bf16_master ? 2 * p.total : 4 * p.total + (bf16_copy ? 2 * p.total : 0));
+  } else {
+    // The CPU keeps its weights in fp32 even when they are rounded to bf16 values.
+    m.weights = Bytes(4 * p.total);
+  }
+  m.grads = Bytes(4 * p.total);
+  // AdamW: m and v for every parameter. Muon: one momentum for the block matrices, AdamW's two
+  // for the rest.
+  const double second = t.optimizer() == v1::OPTIMIZER_MUON ? p.total - p.matrices : p.total;
+  m.optimizer = Bytes(StateBytes(t.optimizer_state(), p.total, p.tensors) +
+                      StateBytes(t.optimizer_state(), second, p.tensors));
+  const Shape s = ShapeOf(spec);
+  if (m.cuda) {
+    CudaActivations(s, spec, &m);
+  } else {
+    CpuActivations(s, spec, &m);
+  }
+  const double total = static_cast<double>(m.weights) + static_cast<double>(m.grads) +
+                       static_cast<double>(m.optimizer) + static_cast<double>(m.activations) +
+                       static_cast<double>(m.workspace) + static_cast<double>(m.runtime);
+  m.total = Bytes(total);
+  return m;
+}
+
+}  // namespace moe
