@@ -45,9 +45,9 @@ enum class RecipeOption {
 
 inline bool BackendRuns(bool cuda, RecipeOption option) {
   switch (option) {
-    case RecipeOption::kQkNorm: return false;
-    case RecipeOption::kAttentionGate: return false;
-    case RecipeOption::kAttentionDropout: return false;
+    case RecipeOption::kQkNorm: return !cuda;
+    case RecipeOption::kAttentionGate: return !cuda;
+    case RecipeOption::kAttentionDropout: return !cuda;
     case RecipeOption::kActivation: return false;
     case RecipeOption::kSharedExperts: return false;
     case RecipeOption::kSigmoidRouter: return false;

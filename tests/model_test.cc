@@ -1,5 +1,6 @@
 // Whole-model gradient checks (finite differences against Backward) for dense and MoE models,
-// with and without capacity drops, GQA on and off, tied and untied heads.
+// with and without capacity drops, GQA on and off, tied and untied heads, and with recipe
+// options on.
 #include <algorithm>
 #include <cmath>
 #include <random>
@@ -17,9 +18,21 @@ using Case = testing::ModelCase;
 
 class ModelGradTest : public ::testing::TestWithParam<Case> {};
 
+// The worst relative error over the model's tensors of the gradient of Backward against
+// central differences of Forward, with a description of the worst tensor.
+double WorstGradError(const ModelConfig& cfg, std::string* worst_name);
+
 TEST_P(ModelGradTest, MatchesFiniteDifferences) {
   const Case& c = GetParam();
   ModelConfig cfg = testing::CaseConfig(c, /*vocab=*/11, /*d=*/16, /*seq_len=*/7, /*ffn=*/12);
+  std::string worst_name;
+  const double worst = WorstGradError(cfg, &worst_name);
+  // fp32 forward, central differences along unit directions: 1e-2 relative (floor 1e-3). A
+  // missing or mis-scaled gradient term shows up as an error of order 1.
+  EXPECT_LT(worst, 1e-2) << c.name << " worst " << worst_name;
+}
+
+double WorstGradError(const ModelConfig& cfg, std::string* worst_name) {
   auto comm = CreateSingleProcessCommunicator();
   Model model(cfg, comm.get());
   model.InitParams(42);
@@ -54,7 +67,6 @@ TEST_P(ModelGradTest, MatchesFiniteDifferences) {
   const std::vector<float> grads = model.grads();
   const double eps = 1e-2;
   double worst = 0;
-  std::string worst_name;
   for (const ParamInfo& p : model.layout().params()) {
     std::vector<float> dir(p.size);
     double norm = 0;
@@ -78,12 +90,10 @@ TEST_P(ModelGradTest, MatchesFiniteDifferences) {
     const double err = std::abs(analytic - numeric) / std::max({std::abs(analytic), std::abs(numeric), 1e-3});
     if (err > worst) {
       worst = err;
-      worst_name = p.name + ": analytic " + std::to_string(analytic) + " numeric " + std::to_string(numeric);
+      *worst_name = p.name + ": analytic " + std::to_string(analytic) + " numeric " + std::to_string(numeric);
     }
   }
-  // fp32 forward, central differences along unit directions: 1e-2 relative (floor 1e-3). A
-  // missing or mis-scaled gradient term shows up as an error of order 1.
-  EXPECT_LT(worst, 1e-2) << c.name << " worst " << worst_name;
+  return worst;
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -95,6 +105,42 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"moe_top3_capacity", 5, 3, 2, 2, 1.0, false, 0.f},
                       Case{"moe_top2_capacity_dropout", 4, 2, 4, 2, 0.5, true, 0.3f}),
     [](const ::testing::TestParamInfo<Case>& info) { return std::string(info.param.name); });
+
+// Recipe options on a model shape (MODEL.md "Options: the seeds' recipes").
+struct OptionsCase {
+  const char* name;
+  Case shape;
+  void (*options)(ModelConfig*);
+};
+
+class ModelOptionsGradTest : public ::testing::TestWithParam<OptionsCase> {};
+
+TEST_P(ModelOptionsGradTest, MatchesFiniteDifferences) {
+  const OptionsCase& c = GetParam();
+  ModelConfig cfg = testing::CaseConfig(c.shape, /*vocab=*/11, /*d=*/16, /*seq_len=*/7, /*ffn=*/12);
+  c.options(&cfg);
+  std::string worst_name;
+  const double worst = WorstGradError(cfg, &worst_name);
+  EXPECT_LT(worst, 1e-2) << c.name << " worst " << worst_name;  // as above
+}
+
+void QkNormAndGate(ModelConfig* cfg) {
+  cfg->qk_norm = true;
+  cfg->attn_gate = true;
+}
+void QkNormGateAndAttentionDropout(ModelConfig* cfg) {
+  QkNormAndGate(cfg);
+  cfg->attn_dropout = 0.2f;  // masks are fixed by the context's seed, so the loss is smooth
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Attention, ModelOptionsGradTest,
+    ::testing::Values(OptionsCase{"qk_norm_gate_moe_gqa", {"", 4, 2, 4, 2, 0, true, 0.f}, QkNormAndGate},
+                      OptionsCase{"qk_norm_gate_dense_untied", {"", 1, 1, 2, 2, 0, false, 0.f}, QkNormAndGate},
+                      OptionsCase{"attention_dropout_moe_mqa",
+                                  {"", 4, 2, 4, 1, 0, true, 0.1f},
+                                  QkNormGateAndAttentionDropout}),
+    [](const ::testing::TestParamInfo<OptionsCase>& info) { return std::string(info.param.name); });
 
 }  // namespace
 }  // namespace moe
