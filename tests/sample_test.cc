@@ -29,6 +29,11 @@ struct DecoderCase {
 };
 
 void NoOptions(ModelConfig*) {}
+void QkNormAndGate(ModelConfig* cfg) {
+  cfg->qk_norm = true;
+  cfg->attn_gate = true;
+  cfg->attn_dropout = 0.2f;  // training only: sampling must not drop
+}
 
 class DecoderMatchesForward : public ::testing::TestWithParam<DecoderCase> {};
 
@@ -70,7 +75,9 @@ INSTANTIATE_TEST_SUITE_P(
     Shapes, DecoderMatchesForward,
     ::testing::Values(DecoderCase{"moe_gqa", {"moe_gqa", 4, 2, 4, 2, 0, true, 0}, NoOptions},
                       DecoderCase{"moe_mqa_untied", {"moe_mqa", 4, 1, 4, 1, 0, false, 0}, NoOptions},
-                      DecoderCase{"dense", {"dense", 1, 1, 2, 2, 0, true, 0}, NoOptions}),
+                      DecoderCase{"dense", {"dense", 1, 1, 2, 2, 0, true, 0}, NoOptions},
+                      DecoderCase{"qk_norm_gate_gqa", {"qk", 4, 2, 4, 2, 0, true, 0}, QkNormAndGate},
+                      DecoderCase{"qk_norm_gate_dense_mqa", {"qk", 1, 1, 4, 1, 0, false, 0}, QkNormAndGate}),
     [](const ::testing::TestParamInfo<DecoderCase>& info) { return std::string(info.param.name); });
 
 TEST(ContextStart, RestartsFromTheLastHalfWindowOnlyWhenFull) {
