@@ -45,8 +45,8 @@ enum class RecipeOption {
 
 inline bool BackendRuns(bool cuda, RecipeOption option) {
   switch (option) {
-    case RecipeOption::kQkNorm: return !cuda;
-    case RecipeOption::kAttentionGate: return !cuda;
+    case RecipeOption::kQkNorm: return true;
+    case RecipeOption::kAttentionGate: return true;
     case RecipeOption::kAttentionDropout: return !cuda;
     case RecipeOption::kActivation: return false;
     case RecipeOption::kSharedExperts: return false;

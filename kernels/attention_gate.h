@@ -13,8 +13,8 @@ namespace moe::kernels {
 // only when no backward follows.
 void AttentionGateForward(float* out, float* gate, const float* y, int64_t count);
 
-// dy (n, h hd) += dout * gate ; dlogits (n, h hd) = dout * y * gate (1 - gate) (overwritten):
-// the gradient of the gate logits, for LinearBackward with wg.
+// dy (n, h hd) += dout * gate ; dlogits (n, h hd) = dout * y * gate (1 - gate) (overwritten; may
+// alias dout): the gradient of the gate logits, for LinearBackward with wg.
 void AttentionGateBackward(float* dy, float* dlogits, const float* dout, const float* y, const float* gate,
                            int64_t count);
 

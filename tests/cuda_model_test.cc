@@ -53,10 +53,38 @@ double RelErr(const float* a, const float* b, int64_t n) {
 
 class CudaModelParityTest : public ::testing::TestWithParam<std::tuple<Case, bool>> {};
 
+// The CPU model and the GPU model of cfg on the same weights and batch: loss, gradients and one
+// AdamW step agree.
+void ExpectParity(const ModelConfig& cfg, bool bf16, const char* name);
+
 TEST_P(CudaModelParityTest, LossAndGradientsMatchCpu) {
   SKIP_WITHOUT_GPU();
   const auto [c, bf16] = GetParam();
-  const ModelConfig cfg = testing::CaseConfig(c, /*vocab=*/37, /*d=*/64, /*seq_len=*/33, /*ffn=*/48);
+  ExpectParity(testing::CaseConfig(c, /*vocab=*/37, /*d=*/64, /*seq_len=*/33, /*ffn=*/48), bf16, c.name);
+}
+
+// The attention options (MODEL.md "Options: Attention"): QK-norm and the gate.
+class CudaAttentionOptionsParityTest : public ::testing::TestWithParam<std::tuple<Case, bool>> {};
+
+TEST_P(CudaAttentionOptionsParityTest, LossAndGradientsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const auto [c, bf16] = GetParam();
+  ModelConfig cfg = testing::CaseConfig(c, /*vocab=*/37, /*d=*/64, /*seq_len=*/33, /*ffn=*/48);
+  cfg.qk_norm = true;
+  cfg.attn_gate = true;
+  ExpectParity(cfg, bf16, c.name);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    QkNormGate, CudaAttentionOptionsParityTest,
+    ::testing::Combine(::testing::Values(Case{"qk_gate_dense", 1, 1, 4, 4, 0.0, true, 0.0f},
+                                         Case{"qk_gate_moe_k2_gqa_untied", 4, 2, 4, 2, 0.0, false, 0.1f}),
+                       ::testing::Bool()),
+    [](const ::testing::TestParamInfo<std::tuple<Case, bool>>& info) {
+      return std::string(std::get<0>(info.param).name) + (std::get<1>(info.param) ? "_bf16" : "_fp32");
+    });
+
+void ExpectParity(const ModelConfig& cfg, bool bf16, const char* name) {
   auto comm = CreateSingleProcessCommunicator();
   Model cpu(cfg, comm.get());
   cpu.InitParams(42);
@@ -102,7 +130,7 @@ TEST_P(CudaModelParityTest, LossAndGradientsMatchCpu) {
       }
     }
   }
-  std::printf("[ %s bf16=%d ] loss cpu %.8f gpu %.8f rel %.2e\n", c.name, bf16 ? 1 : 0, loss_c, loss_g,
+  std::printf("[ %s bf16=%d ] loss cpu %.8f gpu %.8f rel %.2e\n", name, bf16 ? 1 : 0, loss_c, loss_g,
               std::abs(loss_g - loss_c) / loss_c);
 
   cpu.ZeroGrads();

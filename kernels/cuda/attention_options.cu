@@ -68,6 +68,12 @@ __global__ void GateForwardKernel(float* out, float* gate, const float* y, int64
   }
 }
 
+__global__ void GateApplyKernel(float* out, const float* y, const float* gate, int64_t count) {
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x) {
+    out[i] = y[i] * gate[i];
+  }
+}
+
 __global__ void GateBackwardKernel(float* dy, float* dlogits, const float* dout, const float* y, const float* gate,
                                    int64_t count) {
   for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x) {
@@ -101,6 +107,12 @@ void QkNormBackward(float* dqkv, float* dq_weight, float* dk_weight, const float
 void AttentionGateForward(float* out, float* gate, const float* y, int64_t count, cudaStream_t stream) {
   if (count == 0) return;
   GateForwardKernel<<<GridFor(count), kThreads, 0, stream>>>(out, gate, y, count);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void AttentionGateApply(float* out, const float* y, const float* gate, int64_t count, cudaStream_t stream) {
+  if (count == 0) return;
+  GateApplyKernel<<<GridFor(count), kThreads, 0, stream>>>(out, y, gate, count);
   MOE_CUDA_LAUNCH_CHECK();
 }
 

@@ -19,7 +19,9 @@ void QkNormBackward(float* dqkv, float* dq_weight, float* dk_weight, const float
 
 // gate (count): logits in, sigmoid out; out = y * gate (out may alias y when no backward follows).
 void AttentionGateForward(float* out, float* gate, const float* y, int64_t count, cudaStream_t stream);
-// dy += dout * gate ; dlogits = dout * y * gate (1 - gate).
+// out = y * gate, gate already the sigmoid (the backward's recomputation of the gated output).
+void AttentionGateApply(float* out, const float* y, const float* gate, int64_t count, cudaStream_t stream);
+// dy += dout * gate ; dlogits = dout * y * gate (1 - gate); dlogits may alias dout.
 void AttentionGateBackward(float* dy, float* dlogits, const float* dout, const float* y, const float* gate,
                            int64_t count, cudaStream_t stream);
 
