@@ -39,6 +39,10 @@ struct DecoderCase {
 };
 
 void NoOptions(ModelConfig*) {}
+void QkNormAndGate(ModelConfig* cfg) {
+  cfg->qk_norm = true;
+  cfg->attn_gate = true;
+}
 
 class CudaDecoderMatchesForward : public ::testing::TestWithParam<DecoderCase> {};
 
@@ -79,7 +83,8 @@ INSTANTIATE_TEST_SUITE_P(
     Shapes, CudaDecoderMatchesForward,
     ::testing::Values(DecoderCase{"moe_gqa", {"moe_gqa", 4, 2, 4, 2, 0, true, 0}, NoOptions},
                       DecoderCase{"moe_mqa_untied", {"moe_mqa", 8, 3, 4, 1, 0, false, 0}, NoOptions},
-                      DecoderCase{"dense", {"dense", 1, 1, 2, 2, 0, true, 0}, NoOptions}),
+                      DecoderCase{"dense", {"dense", 1, 1, 2, 2, 0, true, 0}, NoOptions},
+                      DecoderCase{"qk_norm_gate_gqa", {"qk", 4, 2, 4, 2, 0, true, 0}, QkNormAndGate}),
     [](const ::testing::TestParamInfo<DecoderCase>& info) { return std::string(info.param.name); });
 
 TEST(CudaSampling, GreedyTokensMatchTheCpuWithoutTheCache) {
