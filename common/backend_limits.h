@@ -47,16 +47,16 @@ enum class RecipeOption {
 
 inline bool BackendRuns(bool cuda, RecipeOption option) {
   switch (option) {
-    case RecipeOption::kQkNorm: return false;
-    case RecipeOption::kAttentionGate: return false;
-    case RecipeOption::kAttentionDropout: return false;
-    case RecipeOption::kActivation: return !cuda;
-    case RecipeOption::kSharedExperts: return !cuda;
-    case RecipeOption::kSigmoidRouter: return !cuda;
-    case RecipeOption::kRouterTemperature: return !cuda;
-    case RecipeOption::kBiasBalancing: return !cuda;
-    case RecipeOption::kExpertDropout: return !cuda;
-    case RecipeOption::kMuon: return !cuda;
+    case RecipeOption::kQkNorm: return true;
+    case RecipeOption::kAttentionGate: return true;
+    case RecipeOption::kAttentionDropout: return true;
+    case RecipeOption::kActivation: return true;
+    case RecipeOption::kSharedExperts: return true;
+    case RecipeOption::kSigmoidRouter: return true;
+    case RecipeOption::kRouterTemperature: return true;
+    case RecipeOption::kBiasBalancing: return true;
+    case RecipeOption::kExpertDropout: return true;
+    case RecipeOption::kMuon: return true;
     case RecipeOption::kRecompute: return false;
     case RecipeOption::kCompactState: return !cuda;
     case RecipeOption::kBf16MasterWeights: return !cuda;

@@ -51,6 +51,10 @@ void GeluSigmoidBias(ModelConfig* c) {
   c->router_temperature = 0.7f;
   c->bias_update_rate = 0.001f;
 }
+void QkNormAndGate(ModelConfig* cfg) {
+  cfg->qk_norm = true;
+  cfg->attn_gate = true;
+}
 
 class CudaDecoderMatchesForward : public ::testing::TestWithParam<DecoderCase> {};
 
@@ -98,7 +102,8 @@ INSTANTIATE_TEST_SUITE_P(
                       DecoderCase{"moe_mqa_untied", {"moe_mqa", 8, 3, 4, 1, 0, false, 0}, NoOptions},
                       DecoderCase{"dense", {"dense", 1, 1, 2, 2, 0, true, 0}, NoOptions},
                       DecoderCase{"moe_relu2_shared", {"moe", 4, 2, 4, 2, 0, true, 0}, Relu2Shared},
-                      DecoderCase{"moe_gelu_sigmoid_bias", {"moe", 4, 2, 4, 4, 0, false, 0}, GeluSigmoidBias}),
+                      DecoderCase{"moe_gelu_sigmoid_bias", {"moe", 4, 2, 4, 4, 0, false, 0}, GeluSigmoidBias},
+                      DecoderCase{"qk_norm_gate_gqa", {"qk", 4, 2, 4, 2, 0, true, 0}, QkNormAndGate}),
     [](const ::testing::TestParamInfo<DecoderCase>& info) { return std::string(info.param.name); });
 
 TEST(CudaSampling, GreedyTokensMatchTheCpuWithoutTheCache) {

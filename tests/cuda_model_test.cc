@@ -273,5 +273,27 @@ TEST(CudaModelTest, CpuJobsStayOnTheCpuModel) {
   EXPECT_EQ(CudaModelDeviceBytes(**m), 0);
 }
 
+
+// The attention options (MODEL.md "Options: Attention"): QK-norm and the gate.
+class CudaAttentionOptionsParityTest : public ::testing::TestWithParam<std::tuple<Case, bool>> {};
+
+TEST_P(CudaAttentionOptionsParityTest, LossAndGradientsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const auto [c, bf16] = GetParam();
+  ModelConfig cfg = testing::CaseConfig(c, /*vocab=*/37, /*d=*/64, /*seq_len=*/33, /*ffn=*/48);
+  cfg.qk_norm = true;
+  cfg.attn_gate = true;
+  ExpectParity(cfg, bf16, c.name);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    QkNormGate, CudaAttentionOptionsParityTest,
+    ::testing::Combine(::testing::Values(Case{"qk_gate_dense", 1, 1, 4, 4, 0.0, true, 0.0f},
+                                         Case{"qk_gate_moe_k2_gqa_untied", 4, 2, 4, 2, 0.0, false, 0.1f}),
+                       ::testing::Bool()),
+    [](const ::testing::TestParamInfo<std::tuple<Case, bool>>& info) {
+      return std::string(std::get<0>(info.param).name) + (std::get<1>(info.param) ? "_bf16" : "_fp32");
+    });
+
 }  // namespace
 }  // namespace moe

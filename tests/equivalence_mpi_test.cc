@@ -188,5 +188,60 @@ TEST(EquivalenceTest, ExpertOptionsMatchOneRankAndResume) {
   EXPECT_EQ(biases, 2);
 }
 
+// The attention options (MODEL.md "Options: Attention") keep the invariant: QK-norm and the gate
+// are per token, and attention-dropout masks are keyed by the global token, so W ranks draw the
+// masks one rank draws.
+TEST(EquivalenceTest, AttentionOptionsRanksMatchOneRank) {
+  kernels::SetNumThreads(1);
+  auto comm = CreateMpiCommunicator(testing::TestCommOptions());
+  const int W = comm->world_size();
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec(W);
+  spec.mutable_train()->set_steps(10);
+  spec.mutable_train()->set_log_every(1);
+  spec.mutable_train()->set_eval_every(0);
+  spec.mutable_train()->set_grad_accum(2);
+  auto* attn = spec.mutable_model()->mutable_attention();
+  attn->set_qk_norm(true);
+  attn->set_gate(true);
+  attn->set_dropout(0.1);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  TrainOutcome outcome;
+  std::unique_ptr<Trainer> parallel = testing::NewTrainer(spec, comm.get(), &*data);
+  ASSERT_NE(parallel, nullptr);
+  ASSERT_TRUE(parallel->Run(&outcome).ok());
+  const std::vector<double> curve = testing::Losses(*parallel);
+  comm->Barrier();
+  if (comm->rank() != 0) return;
+
+  moe::v1::JobSpec one = spec;
+  one.mutable_resources()->set_ranks(1);
+  auto single = CreateSingleProcessCommunicator();
+  std::unique_ptr<Trainer> oracle = testing::NewTrainer(one, single.get(), &*data);
+  ASSERT_NE(oracle, nullptr);
+  ASSERT_TRUE(oracle->Run(&outcome).ok());
+  const std::vector<double> expected = testing::Losses(*oracle);
+  ASSERT_EQ(curve.size(), expected.size());
+  ASSERT_EQ(curve.size(), 10u);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_LT(RelErr(curve[i], expected[i]), 1e-5)
+        << "W=" << W << " step " << i + 1 << ": " << curve[i] << " vs " << expected[i];
+  }
+  // The dense weights too: q_norm, k_norm and wg are replicated and must agree.
+  for (const char* name : {"blocks.0.attn.q_norm.weight", "blocks.1.attn.k_norm.weight", "blocks.1.attn.wg.weight"}) {
+    const ParamInfo* a = parallel->model().layout().Find(name);
+    const ParamInfo* b = oracle->model().layout().Find(name);
+    ASSERT_NE(a, nullptr) << name;
+    ASSERT_NE(b, nullptr) << name;
+    double diff = 0, norm = 0;
+    for (int64_t i = 0; i < a->size; ++i) {
+      const double d = parallel->model().params()[a->offset + i] - oracle->model().params()[b->offset + i];
+      diff += d * d;
+      norm += static_cast<double>(oracle->model().params()[b->offset + i]) * oracle->model().params()[b->offset + i];
+    }
+    EXPECT_LT(std::sqrt(diff / norm), 1e-5) << "W=" << W << " " << name;
+  }
+}
+
 }  // namespace
 }  // namespace moe

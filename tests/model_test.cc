@@ -1,7 +1,7 @@
 // Whole-model gradient checks (finite differences against Backward) for dense and MoE models,
 // with and without capacity drops, GQA on and off, tied and untied heads, and the expert options
 // (relu2 / gelu experts, shared experts, sigmoid router, temperature, balancing bias, expert
-// dropout).
+// dropout) and the attention options (QK-norm, gate, attention dropout).
 #include <algorithm>
 #include <cmath>
 #include <random>
@@ -191,6 +191,27 @@ INSTANTIATE_TEST_SUITE_P(
                      c->bias_update_rate = 0.001f;
                      c->expert_dropout = 0.4f;
                    }}),
+    [](const ::testing::TestParamInfo<RecipeCase>& info) { return std::string(info.param.name); });
+
+
+void QkNormAndGate(ModelConfig* cfg) {
+  cfg->qk_norm = true;
+  cfg->attn_gate = true;
+}
+void QkNormGateAndAttentionDropout(ModelConfig* cfg) {
+  QkNormAndGate(cfg);
+  cfg->attn_dropout = 0.2f;  // masks are fixed by the context's seed, so the loss is smooth
+}
+
+// The attention options. The MoE cases route every token to all its experts (k = E): their
+// checks stay clear of top-k flips, which a perturbed q_norm would otherwise cause.
+INSTANTIATE_TEST_SUITE_P(
+    Attention, RecipeGradTest,
+    ::testing::Values(RecipeCase{"qk_norm_gate_moe_all_experts", {"", 3, 3, 4, 2, 0, true, 0.f}, QkNormAndGate},
+                      RecipeCase{"qk_norm_gate_dense_gqa", {"", 1, 1, 4, 2, 0, true, 0.f}, QkNormAndGate},
+                      RecipeCase{"qk_norm_gate_dense_untied", {"", 1, 1, 2, 2, 0, false, 0.f}, QkNormAndGate},
+                      RecipeCase{"attention_dropout_moe_all_experts", {"", 2, 2, 2, 2, 0, false, 0.f},
+                                 QkNormGateAndAttentionDropout}),
     [](const ::testing::TestParamInfo<RecipeCase>& info) { return std::string(info.param.name); });
 
 }  // namespace

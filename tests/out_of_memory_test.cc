@@ -44,8 +44,8 @@ class FailingModel final : public TrainModel {
   void Backward() override { inner_->Backward(); }
   CommSeconds ReduceGrads() override { return inner_->ReduceGrads(); }
   void GradSquaredNorms(double* dense_sq, double* expert_sq) override { inner_->GradSquaredNorms(dense_sq, expert_sq); }
-  void AdamWStep(int64_t step, double lr, double weight_decay, float clip_scale) override {
-    inner_->AdamWStep(step, lr, weight_decay, clip_scale);
+  void OptimizerStep(int64_t step, double lr, double muon_lr, double weight_decay, float clip_scale) override {
+    inner_->OptimizerStep(step, lr, muon_lr, weight_decay, clip_scale);
   }
   int64_t PeakMemoryBytes() const override { return inner_->PeakMemoryBytes(); }
   void CopyToHost(ParamSet set, std::vector<float>* out) override { inner_->CopyToHost(set, out); }

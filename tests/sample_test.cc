@@ -47,6 +47,11 @@ void GeluShared(ModelConfig* c) {
   c->shared_experts = 1;
   c->shared_ffn = 20;
 }
+void QkNormAndGate(ModelConfig* cfg) {
+  cfg->qk_norm = true;
+  cfg->attn_gate = true;
+  cfg->attn_dropout = 0.2f;  // training only: sampling must not drop
+}
 
 class DecoderMatchesForward : public ::testing::TestWithParam<DecoderCase> {};
 
@@ -96,7 +101,9 @@ INSTANTIATE_TEST_SUITE_P(
                       DecoderCase{"dense", {"dense", 1, 1, 2, 2, 0, true, 0}, NoOptions},
                       DecoderCase{"moe_relu2_shared", {"moe", 4, 2, 4, 2, 0, true, 0}, RelU2Shared},
                       DecoderCase{"moe_gelu_sigmoid_bias", {"moe", 4, 2, 4, 4, 0, false, 0}, GeluSigmoidBias},
-                      DecoderCase{"dense_gelu_shared", {"dense", 1, 1, 2, 2, 0, true, 0}, GeluShared}),
+                      DecoderCase{"dense_gelu_shared", {"dense", 1, 1, 2, 2, 0, true, 0}, GeluShared},
+                      DecoderCase{"qk_norm_gate_gqa", {"qk", 4, 2, 4, 2, 0, true, 0}, QkNormAndGate},
+                      DecoderCase{"qk_norm_gate_dense_mqa", {"qk", 1, 1, 4, 1, 0, false, 0}, QkNormAndGate}),
     [](const ::testing::TestParamInfo<DecoderCase>& info) { return std::string(info.param.name); });
 
 TEST(ContextStart, RestartsFromTheLastHalfWindowOnlyWhenFull) {

@@ -45,6 +45,32 @@ TEST(TrainTest, SmallModelLearnsShakespeare) {
   EXPECT_TRUE(trainer->history().back().has_val_loss());
 }
 
+// The attention options of MODEL.md (QK-norm, gated attention, attention dropout) train too: the
+// same bar as the base model.
+TEST(TrainTest, QkNormAndGatedAttentionLearnShakespeare) {
+  kernels::SetNumThreads(1);
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.mutable_train()->set_steps(300);
+  auto* attn = spec.mutable_model()->mutable_attention();
+  attn->set_qk_norm(true);
+  attn->set_gate(true);
+  attn->set_dropout(0.05);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  auto comm = CreateSingleProcessCommunicator();
+  TrainerOptions opts;
+  opts.checkpoint_dir = "";
+  std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data, opts);
+  ASSERT_NE(trainer, nullptr);
+  ASSERT_NE(trainer->model().layout().Find("blocks.1.attn.wg.weight"), nullptr);
+  const double val0 = trainer->Evaluate();
+  TrainOutcome outcome;
+  ASSERT_TRUE(trainer->Run(&outcome).ok());
+  const double val = trainer->Evaluate();
+  EXPECT_GT(val0, 4.0);
+  EXPECT_LT(val, 2.5) << "val loss after 300 steps with qk_norm, gate and attention dropout";
+}
+
 TEST(TrainTest, ResumeEqualsUninterrupted) {
   kernels::SetNumThreads(1);
   moe::v1::JobSpec spec = testing::SmallShakespeareSpec();

@@ -4,8 +4,10 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "kernels/attention_gate.h"
 #include "kernels/embedding.h"
 #include "kernels/matmul.h"
+#include "kernels/qk_norm.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 
@@ -38,7 +40,7 @@ CpuDecoder::CpuDecoder(Model* model) : model_(model), cfg_(model->config()) {
   y_.resize(static_cast<size_t>(cfg_.heads) * hd);
   gate_.resize(y_.size());
   tmp_.resize(cfg_.d);
-  rstd_.resize(std::max(cfg_.heads, cfg_.kv_heads));
+  rstd_.resize(cfg_.heads + cfg_.kv_heads);  // QK-norm's per head vector; 1 for an RMSNorm row
   scores_.resize(T);
   logits_.resize(cfg_.vocab);
 }
@@ -64,10 +66,7 @@ const std::vector<float>& CpuDecoder::Step(int32_t token) {
     float* q = qkv_.data();
     float* k = q + static_cast<size_t>(H) * hd;
     float* v = k + static_cast<size_t>(Hkv) * hd;
-    if (cfg_.qk_norm) {  // each head vector is one RMSNorm row of hd
-      kernels::RmsNormForward(q, rstd_.data(), q, bw.q_norm, H, hd);
-      kernels::RmsNormForward(k, rstd_.data(), k, bw.k_norm, Hkv, hd);
-    }
+    if (cfg_.qk_norm) kernels::QkNormForward(qkv_.data(), rstd_.data(), nullptr, bw.q_norm, bw.k_norm, 1, H, Hkv, hd);
     for (int h = 0; h < H; ++h) RotateHead(q + static_cast<size_t>(h) * hd, cos, sin, hd);
     for (int h = 0; h < Hkv; ++h) RotateHead(k + static_cast<size_t>(h) * hd, cos, sin, hd);
     const size_t row = static_cast<size_t>(Hkv) * hd;
@@ -99,7 +98,7 @@ const std::vector<float>& CpuDecoder::Step(int32_t token) {
     }
     if (cfg_.attn_gate) {
       kernels::LinearForward(gate_.data(), a_.data(), bw.wg, 1, D, H * hd);
-      for (size_t i = 0; i < y_.size(); ++i) y_[i] *= 1.0f / (1.0f + std::exp(-gate_[i]));
+      kernels::AttentionGateForward(y_.data(), gate_.data(), y_.data(), static_cast<int64_t>(y_.size()));
     }
     kernels::LinearForward(tmp_.data(), y_.data(), bw.wo, 1, H * hd, D);
     for (int i = 0; i < D; ++i) x_[i] += tmp_[i];

@@ -11,11 +11,13 @@
 
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
+#include "kernels/attention_gate.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/dropout.h"
 #include "kernels/embedding.h"
 #include "kernels/matmul.h"
 #include "kernels/muon.h"
+#include "kernels/qk_norm.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/state_codec.h"
@@ -42,6 +44,16 @@ void RoundToBf16(float* w, int64_t n, const std::string& name, int64_t first, in
     const uint32_t r = static_cast<uint32_t>(kernels::CounterUniform(key, static_cast<uint64_t>(first + i)) * 16777216.0f);
     w[i] = kernels::FromBf16Bits(kernels::Bf16BitsStochastic(w[i], r));
   }
+}
+
+// Block l's attention-probability dropout (model.attention.dropout) for this micro-batch: p 0
+// outside training.
+kernels::AttentionDropout AttnDropout(const ModelConfig& cfg, const BatchContext& ctx, int l) {
+  kernels::AttentionDropout d;
+  d.p = ctx.train ? cfg.attn_dropout : 0.f;
+  d.seed = AttentionDropoutSeed(ctx.dropout_seed, l);
+  d.first_token = ctx.first_token;
+  return d;
 }
 
 }  // namespace
@@ -217,7 +229,7 @@ ForwardResult Model::Forward(const int32_t* idx, const int32_t* targets, int b,
   targets_.assign(targets, targets + n);
 
   ForwardResult result;
-  std::vector<float> x(nd), tmp(nd);
+  std::vector<float> x(nd), tmp(nd), gated(cfg_.attn_gate ? nd : 0);
   kernels::EmbeddingForward(x.data(), idx, w.wte, n, D);
   kernels::DropoutForward(x.data(), x.data(), nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 0), offset);
 
@@ -231,11 +243,24 @@ ForwardResult Model::Forward(const int32_t* idx, const int32_t* targets, int b,
     kernels::RmsNormForward(a.attn_in.data(), a.attn_rstd.data(), x.data(), bw.attn_norm, n, D);
     a.qkv.resize(static_cast<size_t>(n) * C3);
     kernels::LinearForward(a.qkv.data(), a.attn_in.data(), bw.wqkv, n, D, C3);
+    if (cfg_.qk_norm) {
+      a.qk_raw.resize(static_cast<size_t>(n) * (H + Hkv) * hd);
+      a.qk_rstd.resize(static_cast<size_t>(n) * (H + Hkv));
+      kernels::QkNormForward(a.qkv.data(), a.qk_rstd.data(), a.qk_raw.data(), bw.q_norm, bw.k_norm, n, H, Hkv, hd);
+    }
     kernels::RopeForward(a.qkv.data(), b, T, H, Hkv, hd, cfg_.rope_theta);
     a.attn_y.resize(nd);
     a.attn_lse.resize(static_cast<size_t>(b) * H * T);
-    kernels::AttentionForward(a.attn_y.data(), a.attn_lse.data(), a.qkv.data(), b, T, H, Hkv, hd);
-    kernels::LinearForward(tmp.data(), a.attn_y.data(), bw.wo, n, D, D);
+    kernels::AttentionForward(a.attn_y.data(), a.attn_lse.data(), a.qkv.data(), b, T, H, Hkv, hd,
+                              AttnDropout(cfg_, ctx_, l));
+    const float* wo_in = a.attn_y.data();
+    if (cfg_.attn_gate) {  // the gated output goes to wo; the backward recomputes it
+      a.gate.resize(nd);
+      kernels::LinearForward(a.gate.data(), a.attn_in.data(), bw.wg, n, D, D);
+      kernels::AttentionGateForward(gated.data(), a.gate.data(), a.attn_y.data(), nd);
+      wo_in = gated.data();
+    }
+    kernels::LinearForward(tmp.data(), wo_in, bw.wo, n, D, D);
     kernels::DropoutForward(tmp.data(), tmp.data(), nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset);
     Add(x.data(), tmp.data(), nd);
 
@@ -286,7 +311,7 @@ void Model::Backward() {
   kernels::RmsNormBackward(dx.data(), g.final_norm, dnorm.data(), x_final_.data(), w.final_norm,
                            final_rstd_.data(), n, D);
 
-  std::vector<float> dqkv;
+  std::vector<float> dqkv, gated, dgated, dgate;  // the last three for the attention gate
   for (int l = cfg_.layers - 1; l >= 0; --l) {
     BlockActs& a = acts_[l];
     const BlockTensors& bw = w.blocks[l];
@@ -304,13 +329,28 @@ void Model::Backward() {
     kernels::DropoutBackward(dtmp.data(), dx.data(), nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 1 + 2 * l), offset);
     std::vector<float>& dattn_y = dnorm;  // reuse: (n, D)
     std::fill(dattn_y.begin(), dattn_y.end(), 0.f);
-    kernels::LinearBackward(dattn_y.data(), bg.wo, dtmp.data(), a.attn_y.data(), bw.wo, n, D, D);
+    if (cfg_.attn_gate) {
+      // wo saw y * gate: its gradient splits into y's and the gate logits' (dgate).
+      gated.resize(nd);
+      for (size_t i = 0; i < nd; ++i) gated[i] = a.attn_y[i] * a.gate[i];
+      dgated.assign(nd, 0.f);
+      dgate.resize(nd);
+      kernels::LinearBackward(dgated.data(), bg.wo, dtmp.data(), gated.data(), bw.wo, n, D, D);
+      kernels::AttentionGateBackward(dattn_y.data(), dgate.data(), dgated.data(), a.attn_y.data(), a.gate.data(), nd);
+    } else {
+      kernels::LinearBackward(dattn_y.data(), bg.wo, dtmp.data(), a.attn_y.data(), bw.wo, n, D, D);
+    }
     dqkv.assign(static_cast<size_t>(n) * C3, 0.f);
     kernels::AttentionBackward(dqkv.data(), dattn_y.data(), a.attn_y.data(), a.attn_lse.data(),
-                               a.qkv.data(), b, T, H, Hkv, hd);
+                               a.qkv.data(), b, T, H, Hkv, hd, AttnDropout(cfg_, ctx_, l));
     kernels::RopeBackward(dqkv.data(), b, T, H, Hkv, hd, cfg_.rope_theta);
+    if (cfg_.qk_norm) {
+      kernels::QkNormBackward(dqkv.data(), bg.q_norm, bg.k_norm, a.qk_raw.data(), a.qk_rstd.data(), bw.q_norm,
+                              bw.k_norm, n, H, Hkv, hd);
+    }
     std::fill(dtmp.begin(), dtmp.end(), 0.f);
     kernels::LinearBackward(dtmp.data(), bg.wqkv, dqkv.data(), a.attn_in.data(), bw.wqkv, n, D, C3);
+    if (cfg_.attn_gate) kernels::LinearBackward(dtmp.data(), bg.wg, dgate.data(), a.attn_in.data(), bw.wg, n, D, D);
     kernels::RmsNormBackward(dx.data(), bg.attn_norm, dtmp.data(), a.x_in.data(), bw.attn_norm,
                              a.attn_rstd.data(), n, D);
   }

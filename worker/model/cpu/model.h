@@ -53,6 +53,9 @@ class Model final : public TrainModel {
   struct BlockActs {
     std::vector<float> x_in, attn_in, attn_rstd, qkv, attn_y, attn_lse;
     std::vector<float> x_mid, moe_in, moe_rstd;
+    // Attention options (empty when off): q and k before QK-norm (n, (H + H_kv) hd) and their
+    // rstd (n, H + H_kv); the gate sigmoid(attn_in @ wg^T) (n, H hd). attn_y is ungated.
+    std::vector<float> qk_raw, qk_rstd, gate;
   };
 
   ModelConfig cfg_;

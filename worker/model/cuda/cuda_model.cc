@@ -14,6 +14,7 @@
 #include "kernels/adamw.h"
 #include "kernels/rope.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/attention_options.h"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/muon.h"
@@ -75,6 +76,9 @@ class CudaModel final : public TrainModel {
     float *x_in, *attn_in, *attn_rstd, *qkv, *attn_y, *attn_lse;  // (n,D) (n,D) (n) (n,C3) (n,D) (b,H,T)
     bf16* qkv16;                                                   // (n,C3) bf16 mode: qkv in bf16
     float *x_mid, *moe_in, *moe_rstd;                              // (n,D) (n,D) (n)
+    // Attention options (null when off): q, k before QK-norm (n,(H+Hkv)hd) and their rstd
+    // (n,H+Hkv); the gate sigmoid(attn_in @ wg^T) (n,D). attn_y stays ungated.
+    float *qk_raw, *qk_rstd, *gate;
   };
 
   float* Buffer(ParamSet set) {
@@ -135,6 +139,7 @@ class CudaModel final : public TrainModel {
   int32_t *idx_, *targets_;                                                           // (n)
   double* ce_sum_;                                                                    // (1)
   float *dx_, *dtmp_, *dnorm_, *dqkv_, *att_scratch_;  // backward: (n,D) x3, (n,C3), (n,H)
+  float *gated_, *dgate_;  // attention gate only: the gated output (n,D), the gate logits' gradient (n,D)
 
   CommSeconds comm_at_step_start_;  // CommClocks at ZeroGrads
   double peak_flops_ = 0;
@@ -271,6 +276,10 @@ void CudaModel::EnsureActivations(int b) {
     t.Add(&a.x_mid, n * D);
     t.Add(&a.moe_in, n * D);
     t.Add(&a.moe_rstd, n);
+    const int64_t qk_heads = cfg_.qk_norm ? cfg_.heads + cfg_.kv_heads : 0;
+    t.Add(&a.qk_raw, n * qk_heads * cfg_.head_dim);
+    t.Add(&a.qk_rstd, n * qk_heads);
+    t.Add(&a.gate, cfg_.attn_gate ? n * D : 0);
     moe_[l]->AddTo(&t, n);
   }
   t.Add(&tmp_, n * D);
@@ -288,6 +297,8 @@ void CudaModel::EnsureActivations(int b) {
   t.Add(&dnorm_, n * D);
   t.Add(&dqkv_, n * C3);
   t.Add(&att_scratch_, n * H);
+  t.Add(&gated_, cfg_.attn_gate ? n * D : 0);
+  t.Add(&dgate_, cfg_.attn_gate ? n * D : 0);
   const int64_t widest = std::max({D, C3, V});
   t.Add(&ctx_.s16a, bf16_ ? n * widest : 0);
   t.Add(&ctx_.s16b, bf16_ ? n * widest : 0);
@@ -320,6 +331,7 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
     // Attention: x_mid = x_in + dropout(attn(RMSNorm(x_in)) @ wo^T)
     cuda::RmsNormForward(a.attn_in, a.attn_rstd, a.x_in, bw.attn_norm, n, D, stream_);
     ctx_.Linear(a.qkv, a.attn_in, bw.wqkv, n, D, C3, false);
+    if (cfg_.qk_norm) cuda::QkNormForward(a.qkv, a.qk_rstd, a.qk_raw, bw.q_norm, bw.k_norm, n, H, Hkv, hd, stream_);
     cuda::RopeForward(a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
     if (bf16_) {
       // Tensor cores, reading q, k, v in bf16 (kept for the backward).
@@ -328,7 +340,13 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
     } else {
       cuda::AttentionForward(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_);
     }
-    ctx_.Linear(tmp_, a.attn_y, bw.wo, n, D, D, false);
+    const float* wo_in = a.attn_y;
+    if (cfg_.attn_gate) {  // wo reads y * sigmoid(attn_in @ wg^T); the backward recomputes it
+      ctx_.Linear(a.gate, a.attn_in, bw.wg, n, D, D, false);
+      cuda::AttentionGateForward(gated_, a.gate, a.attn_y, nd, stream_);
+      wo_in = gated_;
+    }
+    ctx_.Linear(tmp_, wo_in, bw.wo, n, D, D, false);
     cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
     cuda::AddOut(a.x_mid, a.x_in, tmp_, nd, stream_);
     // MoE: the next block's x_in (or x_final_) = x_mid + dropout(MoE(RMSNorm(x_mid)))
@@ -417,7 +435,16 @@ void CudaModel::Backward() {
 
     const float* dattn_out = through_dropout(1 + 2 * l);
     float* dattn_y = dnorm_;
-    ctx_.LinearBackward(dattn_y, bg.wo, dattn_out, nullptr, a.attn_y, bw.wo, n, D, D, false, /*add_to_dinp=*/false);
+    if (cfg_.attn_gate) {  // wo's input gradient splits into y's and the gate logits'
+      cuda::AttentionGateApply(gated_, a.attn_y, a.gate, nd, stream_);
+      // (dattn_out may be dtmp_: the gated output's gradient goes to dgate_, turned in place
+      // into the gate logits' gradient.)
+      ctx_.LinearBackward(dgate_, bg.wo, dattn_out, nullptr, gated_, bw.wo, n, D, D, false, /*add_to_dinp=*/false);
+      zero(dattn_y, nd);
+      cuda::AttentionGateBackward(dattn_y, dgate_, dgate_, a.attn_y, a.gate, nd, stream_);
+    } else {
+      ctx_.LinearBackward(dattn_y, bg.wo, dattn_out, nullptr, a.attn_y, bw.wo, n, D, D, false, /*add_to_dinp=*/false);
+    }
     zero(dqkv_, int64_t{n} * C3);
     if (bf16_) {
       cuda::CastToBf16(ctx_.s16b, dattn_y, nd, stream_);  // s16b is free until the next product
@@ -428,7 +455,14 @@ void CudaModel::Backward() {
                               AttnDropout(ctx, l), stream_);
     }
     cuda::RopeBackward(dqkv_, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
+    if (cfg_.qk_norm) {
+      cuda::QkNormBackward(dqkv_, bg.q_norm, bg.k_norm, a.qk_raw, a.qk_rstd, bw.q_norm, bw.k_norm, n, H, Hkv, hd,
+                           stream_);
+    }
     ctx_.LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, a.attn_in, bw.wqkv, n, D, C3, false, /*add_to_dinp=*/false);
+    if (cfg_.attn_gate) {
+      ctx_.LinearBackward(dtmp_, bg.wg, dgate_, nullptr, a.attn_in, bw.wg, n, D, D, false, /*add_to_dinp=*/true);
+    }
     cuda::RmsNormBackward(dx_, bg.attn_norm, dtmp_, a.x_in, bw.attn_norm, a.attn_rstd, n, D, stream_);
     // Block l's replicated gradients are final (on the last micro-step): sum them over GPUs
     // while the blocks below run their backward.

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One short device call for a whole round (binaries from scripts/make_carry.sh in .carry/): every
+# carried GPU test at once (they share the GPU; correctness only), beside them the CPU parity and
+# the Hugging Face checks of scripts/device_recipes.sh; then, with the GPU to itself, our tokens/s
+# on a few shapes of the sweep (scripts/device_sweep.sh, SKIP_PEER unless PEER=1). Prints tables.
+#   bash scripts/device_round.sh          (ROUND_SWEEP="small medium large4-hd128 hd256")
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/device_env.sh
+OUT=${OUT:-/tmp/moe-device}
+mkdir -p "$OUT"
+device_env_check_libs || exit 1
+pids=()
+for t in .carry/bin/cuda_*_test; do
+  n=$(basename "$t")
+  [[ $n == *_mpi_test ]] && continue
+  ( timeout "${TEST_TIMEOUT:-200}" "$t" --gtest_brief=1 > "$OUT/$n.log" 2>&1; echo "rc=$?" >> "$OUT/$n.log" ) &
+  pids+=($!)
+done
+SKIP_TESTS=1 SKIP_RECIPES=1 SKIP_MUON=1 OUT=$OUT bash scripts/device_recipes.sh > "$OUT/recipes.txt" 2>&1 &
+pids+=($!)
+wait "${pids[@]}"
+echo "| GPU test | result | failures |"
+echo "| --- | --- | --- |"
+for f in "$OUT"/cuda_*_test.log; do
+  n=$(basename "$f" .log)
+  fails=$(grep -E '^\[  FAILED  \] [A-Za-z]' "$f" | sed 's/\[  FAILED  \] //' | cut -c1-90 | sort -u | head -6 | tr '\n' ';')
+  echo "| $n | $(tail -1 "$f") $(grep -E '^\[  PASSED  \]' "$f" | head -1) $(grep -E '^\[  FAILED  \] [0-9]+' "$f" | head -1) | $fails |"
+done
+for f in "$OUT"/cuda_*_test.log; do
+  grep -B3 -A12 -m2 "Failure" "$f" | head -40
+done
+echo
+sed -n '/^| check/,$p' "$OUT/recipes.txt"
+grep -E "rc=|Error" "$OUT/recipes.txt" | head -10
+skip_peer=1
+[[ -n ${PEER:-} ]] && skip_peer=""
+SWEEP=${ROUND_SWEEP:-small medium large4-hd128 hd256} STEPS=${STEPS:-10} SKIP_PEER=$skip_peer \
+  OUT=$OUT bash scripts/device_sweep.sh 2>&1 | grep -v "^GPU "

@@ -1,0 +1,85 @@
+// The attention options' CUDA kernels (kernels/cuda/attention_options.h: QK-norm, the attention
+// gate) against their CPU twins on a sweep of shapes, forward and backward, fp32. The error is
+// ||cuda - cpu|| / ||cpu|| per output. Skips without a GPU.
+#include <cstdint>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+#ifdef MOE_WITH_CUDA
+#include "kernels/attention_gate.h"
+#include "kernels/cuda/attention_options.h"
+#include "kernels/qk_norm.h"
+#include "tests/support/cuda_ops.h"
+#endif
+
+namespace moe {
+namespace {
+
+#ifndef MOE_WITH_CUDA
+TEST(CudaAttentionOptionsTest, NeedsCuda) { GTEST_SKIP() << "built without CUDA: no GPU ops to test"; }
+#else
+
+using testing::Dev;
+using testing::kFp32Tol;
+using testing::Randn;
+using testing::RelErr;
+
+struct QkShape {
+  int n, h, hkv, hd;
+};
+
+class CudaQkNormTest : public ::testing::TestWithParam<QkShape> {};
+
+TEST_P(CudaQkNormTest, MatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const QkShape s = GetParam();
+  const int64_t row = int64_t{s.h + 2 * s.hkv} * s.hd, heads = s.h + s.hkv;
+  std::vector<float> x = Randn(s.n * row, 1, 1.5f), dy = Randn(s.n * row, 2);
+  std::vector<float> qw = Randn(s.hd, 3, 0.3f), kw = Randn(s.hd, 4, 0.3f);
+  for (float& w : qw) w += 1.0f;
+  for (float& w : kw) w += 1.0f;
+  // CPU.
+  std::vector<float> y = x, rstd(s.n * heads), raw(s.n * heads * s.hd), dx = dy, dqw(s.hd, 0.5f), dkw(s.hd, 0.5f);
+  kernels::QkNormForward(y.data(), rstd.data(), raw.data(), qw.data(), kw.data(), s.n, s.h, s.hkv, s.hd);
+  kernels::QkNormBackward(dx.data(), dqw.data(), dkw.data(), raw.data(), rstd.data(), qw.data(), kw.data(), s.n,
+                          s.h, s.hkv, s.hd);
+  // GPU.
+  Dev<float> gy(x), grstd(rstd.size()), graw(raw.size()), gqw(qw), gkw(kw), gdx(dy), gdqw(s.hd, 0.5f),
+      gdkw(s.hd, 0.5f);
+  cuda::QkNormForward(gy.get(), grstd.get(), graw.get(), gqw.get(), gkw.get(), s.n, s.h, s.hkv, s.hd, nullptr);
+  cuda::QkNormBackward(gdx.get(), gdqw.get(), gdkw.get(), graw.get(), grstd.get(), gqw.get(), gkw.get(), s.n, s.h,
+                       s.hkv, s.hd, nullptr);
+  EXPECT_LT(RelErr(gy.Host(), y), kFp32Tol) << "forward";
+  EXPECT_LT(RelErr(grstd.Host(), rstd), kFp32Tol) << "rstd";
+  EXPECT_EQ(graw.Host(), raw) << "raw";
+  EXPECT_LT(RelErr(gdx.Host(), dx), kFp32Tol) << "dqkv";
+  EXPECT_LT(RelErr(gdqw.Host(), dqw), kFp32Tol) << "dq_weight";
+  EXPECT_LT(RelErr(gdkw.Host(), dkw), kFp32Tol) << "dk_weight";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaQkNormTest,
+                         ::testing::Values(QkShape{37, 4, 2, 8}, QkShape{64, 6, 6, 64}, QkShape{5, 8, 1, 128},
+                                           QkShape{300, 2, 1, 16}, QkShape{1, 1, 1, 32}));
+
+TEST(CudaAttentionGateTest, MatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  for (int64_t count : {int64_t{1}, int64_t{37 * 24}, int64_t{1} << 20}) {
+    std::vector<float> y = Randn(count, 11), logits = Randn(count, 12, 2.0f), dout = Randn(count, 13);
+    std::vector<float> gate = logits, out(count), dy(count, 0.25f), dlogits(count);
+    kernels::AttentionGateForward(out.data(), gate.data(), y.data(), count);
+    kernels::AttentionGateBackward(dy.data(), dlogits.data(), dout.data(), y.data(), gate.data(), count);
+    Dev<float> gy(y), ggate(logits), gout(count), gdout(dout), gdy(count, 0.25f), gdl(count);
+    cuda::AttentionGateForward(gout.get(), ggate.get(), gy.get(), count, nullptr);
+    cuda::AttentionGateBackward(gdy.get(), gdl.get(), gdout.get(), gy.get(), ggate.get(), count, nullptr);
+    EXPECT_LT(RelErr(gout.Host(), out), kFp32Tol) << count;
+    EXPECT_LT(RelErr(ggate.Host(), gate), kFp32Tol) << count;
+    EXPECT_LT(RelErr(gdy.Host(), dy), kFp32Tol) << count;
+    EXPECT_LT(RelErr(gdl.Host(), dlogits), kFp32Tol) << count;
+  }
+}
+
+#endif  // MOE_WITH_CUDA
+
+}  // namespace
+}  // namespace moe
