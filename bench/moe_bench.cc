@@ -196,9 +196,10 @@ int JobBench(const std::string& path, int steps, int warmup, bool profile) {
   data.source = "random tokens";
   std::mt19937 rng(1);
   std::uniform_int_distribution<int> tok(0, vocab - 1);
-  data.train.resize(std::max<size_t>(size_t{1} << 20, static_cast<size_t>(T + 1) * 64));
-  for (uint16_t& v : data.train) v = static_cast<uint16_t>(tok(rng));
-  data.val.assign(data.train.begin(), data.train.begin() + (T + 1) * 4);
+  std::vector<uint16_t> tokens(std::max<size_t>(size_t{1} << 20, static_cast<size_t>(T + 1) * 64));
+  for (uint16_t& v : tokens) v = static_cast<uint16_t>(tok(rng));
+  data.val = moe::TokenSplit(std::vector<uint16_t>(tokens.begin(), tokens.begin() + (T + 1) * 4));
+  data.train = moe::TokenSplit(std::move(tokens));
   moe::TrainerOptions opts;
   opts.max_steps = warmup + steps;
   auto made = moe::Trainer::Create(spec, comm.get(), &data, opts);
