@@ -4,6 +4,7 @@
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 [[ -f .carry/lib.tar.xz && ! -d .carry/lib ]] && tar -C .carry -xJf .carry/lib.tar.xz
+[[ -f .carry/bin.tar.xz && ! -d .carry/bin ]] && tar -C .carry -xJf .carry/bin.tar.xz
 # CUDA libraries: the image's toolkit, else the ones PyTorch's wheels bring.
 CUDA_LIBS=/usr/local/cuda/lib64
 for d in $(python3 -c "import nvidia, os; print(' '.join(os.path.join(p, x, 'lib') for p in nvidia.__path__ for x in os.listdir(p)) + ' ' + ' '.join(os.path.join(p, 'cu13', 'lib') for p in nvidia.__path__))" 2>/dev/null); do

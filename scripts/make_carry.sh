@@ -35,8 +35,10 @@ for b in "${bins[@]}"; do ldd "$b"; done | awk '/=>/{print $3}' | sort -u |
   while read -r lib; do cp -L "$lib" "$CARRY/lib/"; done
 echo "make_carry: $(ls "$CARRY/bin" | tr '\n' ' ')"
 echo "make_carry: $(ls "$CARRY/lib" | wc -l) libraries: $(ls "$CARRY/lib" | sed 's/\.so.*//' | sort -u | tr '\n' ' ')"
-# The working tree that travels is capped (64 MiB in all): the libraries go compressed.
+# The working tree that travels is capped (64 MiB in all): the libraries and the binaries (each
+# GPU test links every kernel, ~17 MB stripped) go compressed; scripts/device_env.sh unpacks them.
 tar -C "$CARRY" -cJf "$CARRY/lib.tar.xz" lib && rm -rf "$CARRY/lib"
+tar -C "$CARRY" -cf - bin | xz -T0 -6 > "$CARRY/bin.tar.xz" && rm -rf "$CARRY/bin"
 size=$(du -sm "$CARRY" | cut -f1)
 du -sh "$CARRY"/*
 echo "make_carry: $size MiB in $CARRY"
