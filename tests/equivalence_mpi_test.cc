@@ -31,7 +31,7 @@ namespace {
 
 constexpr int kSteps = 20;
 
-double RelErr(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-12); }
+using testing::RelErr;
 
 TEST(EquivalenceTest, RanksMatchOneRankAndResumeAcrossRankCounts) {
   kernels::SetNumThreads(1);
@@ -135,19 +135,10 @@ TEST(EquivalenceTest, ExpertOptionsMatchOneRankAndResume) {
   if (comm->rank() != 0) return;
   ASSERT_EQ(parallel.size(), static_cast<size_t>(kOptionSteps));
 
-  moe::v1::JobSpec one = spec;
-  one.mutable_resources()->set_ranks(1);
-  auto single = CreateSingleProcessCommunicator();
-  std::unique_ptr<Trainer> oracle = testing::NewTrainer(one, single.get(), &*data);
-  ASSERT_NE(oracle, nullptr);
-  TrainOutcome outcome;
-  ASSERT_TRUE(oracle->Run(&outcome).ok());
-  const std::vector<double> expected = testing::Losses(*oracle);
-  ASSERT_EQ(expected.size(), parallel.size());
-  for (size_t i = 0; i < expected.size(); ++i) {
-    EXPECT_LT(RelErr(parallel[i], expected[i]), 1e-5)
-        << "W=" << W << " step " << i + 1 << ": " << parallel[i] << " vs " << expected[i];
-  }
+  testing::OneRankRun one = testing::TrainOnOneRank(spec, &*data);
+  ASSERT_NE(one.trainer, nullptr);
+  Trainer* oracle = one.trainer.get();
+  testing::ExpectSameCurve(parallel, testing::Losses(*oracle), 1e-5, W);
   // The options acted: biases moved, experts were switched off.
   const moe::v1::MetricPoint& last = oracle->history().back();
   ASSERT_EQ(last.layers_size(), 2);
@@ -214,19 +205,11 @@ TEST(EquivalenceTest, AttentionOptionsRanksMatchOneRank) {
   comm->Barrier();
   if (comm->rank() != 0) return;
 
-  moe::v1::JobSpec one = spec;
-  one.mutable_resources()->set_ranks(1);
-  auto single = CreateSingleProcessCommunicator();
-  std::unique_ptr<Trainer> oracle = testing::NewTrainer(one, single.get(), &*data);
-  ASSERT_NE(oracle, nullptr);
-  ASSERT_TRUE(oracle->Run(&outcome).ok());
-  const std::vector<double> expected = testing::Losses(*oracle);
-  ASSERT_EQ(curve.size(), expected.size());
+  testing::OneRankRun one = testing::TrainOnOneRank(spec, &*data);
+  ASSERT_NE(one.trainer, nullptr);
+  Trainer* oracle = one.trainer.get();
   ASSERT_EQ(curve.size(), 10u);
-  for (size_t i = 0; i < expected.size(); ++i) {
-    EXPECT_LT(RelErr(curve[i], expected[i]), 1e-5)
-        << "W=" << W << " step " << i + 1 << ": " << curve[i] << " vs " << expected[i];
-  }
+  testing::ExpectSameCurve(curve, testing::Losses(*oracle), 1e-5, W);
   // The dense weights too: q_norm, k_norm and wg are replicated and must agree.
   for (const char* name : {"blocks.0.attn.q_norm.weight", "blocks.1.attn.k_norm.weight", "blocks.1.attn.wg.weight"}) {
     const ParamInfo* a = parallel->model().layout().Find(name);

@@ -1,10 +1,13 @@
 #include "tests/support/training_runs.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <utility>
 
 #include "gtest/gtest.h"
 #include "tests/support/paths.h"
+#include "worker/parallel/comm_single.h"
 
 namespace moe::testing {
 
@@ -22,6 +25,30 @@ std::vector<double> Losses(const Trainer& t) {
   std::vector<double> out;
   for (const auto& p : t.history()) out.push_back(p.loss());
   return out;
+}
+
+OneRankRun TrainOnOneRank(const moe::v1::JobSpec& spec, Dataset* data) {
+  moe::v1::JobSpec one = spec;
+  one.mutable_resources()->set_ranks(1);
+  OneRankRun run;
+  run.comm = CreateSingleProcessCommunicator();
+  run.trainer = NewTrainer(one, run.comm.get(), data);
+  if (run.trainer == nullptr) return run;
+  TrainOutcome outcome;
+  if (absl::Status st = run.trainer->Run(&outcome); !st.ok()) {
+    ADD_FAILURE() << "the one-rank run failed: " << st;
+    run.trainer.reset();
+  }
+  return run;
+}
+
+double RelErr(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-12); }
+
+void ExpectSameCurve(const std::vector<double>& got, const std::vector<double>& want, double tol, int W) {
+  ASSERT_EQ(got.size(), want.size()) << "W=" << W;
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_LT(RelErr(got[i], want[i]), tol) << "W=" << W << " step " << i + 1 << ": " << got[i] << " vs " << want[i];
+  }
 }
 
 std::string SharedTempDir(Communicator* comm, const std::string& prefix) {

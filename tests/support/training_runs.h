@@ -30,4 +30,19 @@ std::string SharedTempDir(Communicator* comm, const std::string& prefix);
 std::vector<double> TrainInTwoHalves(const moe::v1::JobSpec& spec, Communicator* comm, Dataset* data,
                                      const std::string& dir);
 
+// The one-process oracle of the equivalence tests: spec on one rank, straight through. The trainer
+// is null after a test failure that says why; comm outlives it.
+struct OneRankRun {
+  std::unique_ptr<Communicator> comm;
+  std::unique_ptr<Trainer> trainer;
+};
+OneRankRun TrainOnOneRank(const moe::v1::JobSpec& spec, Dataset* data);
+
+// |a - b| / |b| (b floored at 1e-12).
+double RelErr(double a, double b);
+
+// Every step of got within tol (relative) of want, and the same number of steps; W names the
+// rank count in the failure message.
+void ExpectSameCurve(const std::vector<double>& got, const std::vector<double>& want, double tol, int W);
+
 }  // namespace moe::testing
