@@ -51,6 +51,13 @@ VARIANTS = {
     "attn0.2-muon-s2500": {"model.attention.dropout": 0.2, "train.optimizer": "muon", "train.muon_lr": 0.02,
                            "train.steps": 2500},
     "attn0.2-wd0.3-s3000": {"model.attention.dropout": 0.2, "train.weight_decay": 0.3, "train.steps": 3000},
+    "attn0.2-drop0.25-wd0.2-s3000": {"model.attention.dropout": 0.2, "model.dropout": 0.25,
+                                     "train.weight_decay": 0.2, "train.steps": 3000},
+    "attn0.2-e16k4-expdrop0.1-s3000": {"model.attention.dropout": 0.2, "model.moe.num_experts": 16,
+                                       "model.moe.top_k": 4, "model.moe.expert_hidden": 256,
+                                       "model.moe.expert_dropout": 0.1, "train.steps": 3000},
+    "attn0.2-lr6e-4-s4000": {"model.attention.dropout": 0.2, "train.lr": 6e-4, "train.min_lr": 6e-5,
+                             "train.steps": 4000},
 }
 
 
@@ -66,6 +73,9 @@ def with_overrides(base, overrides):
 
 
 def run(args, name, overrides, seed):
+    left = args.deadline - time.time()
+    if left < 30:  # the device call's time is nearly spent: a row, not a half-run
+        return dict(variant=name, seed=seed, error="not run: deadline")
     job = with_overrides(with_overrides(BASE, overrides), args.overrides)
     job["name"] = re.sub(r"[^a-z0-9-]", "-", f"q-{name}-{seed}".lower())[:63]
     job["data"]["path"] = os.path.abspath(args.data)
@@ -81,10 +91,15 @@ def run(args, name, overrides, seed):
         m = re.search(r"parameters\s+(\S+) total, (\S+) active", v.stdout)
         active = m.group(2) if m else "?"
     start = time.time()
-    p = subprocess.run([args.worker, "--job", path, "--checkpoint-dir", os.path.join(args.out, f"ck-{name}-{seed}")],
-                       capture_output=True, text=True, timeout=args.timeout)
+    cmd = [args.worker, "--job", path, "--checkpoint-dir", os.path.join(args.out, f"ck-{name}-{seed}")]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=min(args.timeout, left))
+        out, err, rc = p.stdout, p.stderr, p.returncode
+    except subprocess.TimeoutExpired as e:  # keep the evaluations it reached
+        text = lambda b: b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+        out, err, rc = text(e.stdout), text(e.stderr), "timeout"
     vals = []
-    for line in p.stdout.splitlines() + p.stderr.splitlines():
+    for line in out.splitlines() + err.splitlines():
         if '"val_loss"' not in line:
             continue
         try:
@@ -93,13 +108,13 @@ def run(args, name, overrides, seed):
             continue
         if d.get("val_loss") is not None:
             vals.append((d["val_loss"], d.get("step")))
-    r = dict(variant=name, seed=seed, active=active, seconds=round(time.time() - start, 1), rc=p.returncode,
+    r = dict(variant=name, seed=seed, active=active, seconds=round(time.time() - start, 1), rc=rc,
              evals=len(vals))
     if vals:
         best = min(vals)
         r.update(best_val=round(best[0], 4), best_step=best[1], last_val=round(vals[-1][0], 4))
     else:
-        r["error"] = (p.stderr or p.stdout)[-400:]
+        r["error"] = (err or out)[-400:]
     return r
 
 
@@ -113,12 +128,15 @@ def main():
     ap.add_argument("--seeds", default="1337,1338")
     ap.add_argument("--parallel", type=int, default=3, help="runs sharing the GPU at once")
     ap.add_argument("--timeout", type=int, default=540)
+    ap.add_argument("--deadline", type=float, default=0,
+                    help="seconds from now after which no run starts and running ones are stopped (0: none)")
     ap.add_argument("--top", type=int, default=0,
                     help="> 0: every variant on the first seed, then only the best TOP (and the dense twins) on the rest")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override every variant's job (e.g. train.steps=20 resources.device=cpu); JSON values")
     a = ap.parse_args()
     a.overrides = {}
+    a.deadline = time.time() + a.deadline if a.deadline > 0 else float("inf")
     for kv in a.set:
         key, _, value = kv.partition("=")
         try:

@@ -3,7 +3,8 @@
 # (bench/quality_search.py: variants of MODEL.md's tiny at <= 10.7M active parameters through
 # moe-worker on one GPU, nanoGPT's split and val measurement; every variant on seed 1337, the
 # best TOP (default 3) and the dense twins on seed 1338 too). Prints the table last.
-#   QUALITY_ONLY=a,b  limits the variants;  PARALLEL=N runs N at once on the GPU (default 4).
+#   QUALITY_ONLY=a,b  limits the variants;  PARALLEL=N runs N at once on the GPU (default 4);
+#   DEADLINE=S starts no run after S seconds and stops the running ones then (their evaluations count).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device_env.sh
@@ -13,4 +14,4 @@ nvidia-smi -L || true
 device_env_check_libs || exit 1
 python3 bench/quality_search.py --worker .carry/bin/moe-worker --moectl .carry/bin/moectl \
     --data .carry/data/input.txt --out /tmp/moe-quality --seeds 1337,1338 --top "${TOP:-3}" \
-    --parallel "${PARALLEL:-4}" ${QUALITY_ONLY:+--only "$QUALITY_ONLY"} | tee "$OUT/quality.txt"
+    --parallel "${PARALLEL:-4}" --deadline "${DEADLINE:-0}" ${QUALITY_ONLY:+--only "$QUALITY_ONLY"} | tee "$OUT/quality.txt"

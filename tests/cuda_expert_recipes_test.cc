@@ -5,6 +5,7 @@
 // shared experts on the GPU against the CPU model (loss, counts, gradients, the biases). Skips without a GPU (the device script runs it).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -210,12 +211,29 @@ TEST_P(CudaRecipeModelTest, MatchesTheCpuModel) {
   gpu.Backward();
   std::vector<float> gg;
   gpu.CopyToHost(ParamSet::kGrads, &gg);
-  // bf16: as cuda_model_test (the router's gradient magnifies the experts' bf16 rounding).
+  // bf16: as cuda_model_test (the router's gradient magnifies the experts' bf16 rounding). A
+  // near-tie of two router scores may also flip under bf16 rounding: the token then trains
+  // another expert, and that layer's routed-expert gradients can only be compared loosely. The
+  // flips are counted (per-expert assignment counts, CPU vs GPU) and must stay rare.
+  std::vector<int64_t> flips(rc.layers.size(), 0);
+  for (size_t l = 0; l < rc.layers.size(); ++l) {
+    for (size_t e = 0; e < rc.layers[l].routed.size() && e < rg.layers[l].routed.size(); ++e)
+      flips[l] += std::abs(rg.layers[l].routed[e] - rc.layers[l].routed[e]);
+    if (c.bf16) {
+      EXPECT_LE(flips[l], std::max<int64_t>(2, rc.layers[l].assignments / 50)) << "layer " << l;
+    }
+    if (flips[l] > 0) std::printf("[ %s ] layer %zu: %lld assignments moved under bf16\n", c.name, l,
+                                  static_cast<long long>(flips[l]));
+  }
   for (const ParamInfo& info : cpu.layout().params()) {
     const std::vector<float> a(gg.begin() + info.offset, gg.begin() + info.offset + info.size);
     const std::vector<float> w(cpu.grads().begin() + info.offset, cpu.grads().begin() + info.offset + info.size);
     const bool router = info.name.find("router") != std::string::npos;
-    EXPECT_LT(RelErr(a, w), c.bf16 ? (router ? 0.3 : 5e-2) : 1e-3) << info.name;
+    int layer = -1;
+    std::sscanf(info.name.c_str(), "blocks.%d.", &layer);
+    const bool flipped = c.bf16 && layer >= 0 && layer < static_cast<int>(flips.size()) && flips[layer] > 0 &&
+                         info.name.find(".moe.w") != std::string::npos;
+    EXPECT_LT(RelErr(a, w), c.bf16 ? (router || flipped ? 0.3 : 5e-2) : 1e-3) << info.name;
   }
   // Evaluation switches expert dropout off.
   if (cfg.expert_dropout > 0) {
