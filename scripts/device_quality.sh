@@ -8,6 +8,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device_env.sh
+# Many small runs share the GPU: one host thread each (OpenMP would spin 16 per run).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=1
 OUT=${OUT:-/tmp/moe-device}
 mkdir -p "$OUT"
 nvidia-smi -L || true
