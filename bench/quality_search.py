@@ -75,6 +75,18 @@ VARIANTS = {
                             "model.attention.dropout": 0.2, "train.steps": 1250},
     "dense-twin-a2-s1500": {"model.moe.num_experts": 1, "model.moe.top_k": 1, "model.moe.expert_hidden": 1024,
                             "model.attention.dropout": 0.2, "train.steps": 1500},
+    # Round 3: around a2-ed0.2-s1500 (1.4611 / 1.4555), the best of round 2.
+    "a3-ed0.2-s1750": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2, "train.steps": 1750},
+    "a3-ed0.25-s1500": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.25, "train.steps": 1500},
+    "a3-ed0.2-minlr3e-5-s1500": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2,
+                                 "train.min_lr": 3e-5, "train.steps": 1500},
+    "a3-attn0.25-ed0.2-s1500": {"model.attention.dropout": 0.25, "model.moe.expert_dropout": 0.2,
+                                "train.steps": 1500},
+    "a3-ed0.2-e16k4-s1750": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2,
+                             "model.moe.num_experts": 16, "model.moe.top_k": 4, "model.moe.expert_hidden": 256,
+                             "train.steps": 1750},
+    "a3-ed0.2-lr1.5e-3-s1500": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2,
+                                "train.lr": 1.5e-3, "train.min_lr": 1e-4, "train.steps": 1500},
     "attn0.2-lr6e-4-s4000": {"model.attention.dropout": 0.2, "train.lr": 6e-4, "train.min_lr": 6e-5,
                              "train.steps": 4000},
 }
