@@ -27,6 +27,9 @@ BASE = {
     "checkpoint": {"every": 100000, "keep": 1},
 }
 
+EXAMPLE = {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2, "train.lr": 1.5e-3,
+           "train.steps": 1500, "train.log_every": 50}
+
 # name -> overrides. Active parameters stay at or under the base's 10.67M (10.7M as counted):
 # k * F * 3 (or 2 for relu2 / gelu) + shared experts is held at 3072 per layer and token.
 VARIANTS = {
@@ -87,6 +90,12 @@ VARIANTS = {
                              "train.steps": 1750},
     "a3-ed0.2-lr1.5e-3-s1500": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2,
                                 "train.lr": 1.5e-3, "train.min_lr": 1e-4, "train.steps": 1500},
+    # examples/shakespeare-moe.yaml (the same job: tests/moectl_validate_test.cc compares them)
+    # and its dense twin, the same recipe with one expert of the same active size.
+    "example": EXAMPLE,
+    # (expert dropout needs a router: the twin goes without it).
+    "example-dense-twin": dict(EXAMPLE, **{"model.moe.num_experts": 1, "model.moe.top_k": 1,
+                                           "model.moe.expert_hidden": 1024, "model.moe.expert_dropout": 0.0}),
     "attn0.2-lr6e-4-s4000": {"model.attention.dropout": 0.2, "train.lr": 6e-4, "train.min_lr": 6e-5,
                              "train.steps": 4000},
 }
@@ -103,14 +112,19 @@ def with_overrides(base, overrides):
     return job
 
 
-def run(args, name, overrides, seed):
-    left = args.deadline - time.time()
-    if left < 30:  # the device call's time is nearly spent: a row, not a half-run
-        return dict(variant=name, seed=seed, error="not run: deadline")
+def job_of(args, name, overrides, seed):
     job = with_overrides(with_overrides(BASE, overrides), args.overrides)
     job["name"] = re.sub(r"[^a-z0-9-]", "-", f"q-{name}-{seed}".lower())[:63]
     job["data"]["path"] = os.path.abspath(args.data)
     job["train"]["seed"] = seed
+    return job
+
+
+def run(args, name, overrides, seed):
+    left = args.deadline - time.time()
+    if left < 30:  # the device call's time is nearly spent: a row, not a half-run
+        return dict(variant=name, seed=seed, error="not run: deadline")
+    job = job_of(args, name, overrides, seed)
     path = os.path.join(args.out, f"{name}-{seed}.yaml")
     with open(path, "w") as f:
         json.dump(job, f, indent=1)
@@ -151,10 +165,11 @@ def run(args, name, overrides, seed):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--worker", required=True)
+    ap.add_argument("--dump", metavar="NAME", help="print variant NAME's job (first seed) as JSON and exit")
+    ap.add_argument("--worker", default="")
     ap.add_argument("--moectl", default="")
     ap.add_argument("--data", required=True)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", default="")
     ap.add_argument("--only", default="", help="comma-separated variant names (default: all)")
     ap.add_argument("--seeds", default="1337,1338")
     ap.add_argument("--parallel", type=int, default=3, help="runs sharing the GPU at once")
@@ -174,6 +189,13 @@ def main():
             a.overrides[key] = json.loads(value)
         except ValueError:
             a.overrides[key] = value
+    if a.dump:
+        if a.dump not in VARIANTS:
+            sys.exit(f"unknown variant {a.dump}; known: {', '.join(VARIANTS)}")
+        print(json.dumps(job_of(a, a.dump, VARIANTS[a.dump], int(a.seeds.split(",")[0])), indent=1))
+        return
+    if not a.worker or not a.out:
+        sys.exit("--worker and --out are needed to run variants")
     os.makedirs(a.out, exist_ok=True)
     names = [n for n in a.only.split(",") if n] or list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
@@ -197,8 +219,8 @@ def main():
         # Every variant on the first seed; the best `top` of them, and the dense twins, on the others.
         sweep([(n, seeds[0]) for n in names])
         ranked = sorted((r for r in results if "best_val" in r), key=lambda r: r["best_val"])
-        again = [r["variant"] for r in ranked if not r["variant"].startswith("dense-twin")][:a.top]
-        again += [n for n in names if n.startswith("dense-twin")]
+        again = [r["variant"] for r in ranked if "dense-twin" not in r["variant"]][:a.top]
+        again += [n for n in names if "dense-twin" in n]
         sweep([(n, s) for n in again for s in seeds[1:]])
     else:
         sweep([(n, s) for n in names for s in seeds])

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
@@ -331,6 +333,39 @@ TEST(MoectlValidateExamples, TinyShakespeareValidatesAgainstTheSharedData) {
   EXPECT_THAT(r.out, HasSubstr("E 8, top-2, hidden 512, dropless, 8 per rank"));
   EXPECT_THAT(r.out, HasSubstr(data));
   EXPECT_THAT(r.out, HasSubstr("16.4K tokens/step"));
+}
+
+// Issue 21: examples/shakespeare-moe.yaml is the job the quality search trains as its "example"
+// variant (bench/quality_search.py --dump example), so the recipe in the file is the one measured:
+// both describe the same job, line for line, but for the name and the data path; and it stays
+// within the 10.7M active parameters of the goal.
+TEST(MoectlValidateExamples, ShakespeareMoeIsTheQualitySearchExample) {
+  const std::string src = moe::testing::SourceDir();
+  const std::string data = (fs::path(src) / "../shared/data/tinyshakespeare/input.txt").lexically_normal();
+  if (!fs::is_regular_file(data)) GTEST_SKIP() << data << " is absent in this checkout";
+  if (std::system("python3 -c 'import json' > /dev/null 2>&1") != 0) GTEST_SKIP() << "no python3";
+  const std::string dir = moe::testing::MakeTempDir("shakespeare_moe_");
+  const std::string dumped = dir + "/example.yaml";
+  ASSERT_EQ(std::system(("python3 " + src + "/bench/quality_search.py --dump example --data " + data + " > " +
+                         dumped)
+                            .c_str()),
+            0);
+  RunResult file = RunMoectl({"validate", src + "/examples/shakespeare-moe.yaml"});
+  RunResult search = RunMoectl({"validate", dumped});
+  ASSERT_EQ(file.exit_code, 0) << file.err;
+  ASSERT_EQ(search.exit_code, 0) << search.err;
+  EXPECT_THAT(file.out, HasSubstr("31.9M total, 10.7M active"));
+  EXPECT_THAT(file.out, HasSubstr("attention dropout 0.2, expert dropout 0.2"));
+  auto description = [](const std::string& out) {
+    std::vector<std::string> keep;
+    for (absl::string_view line : absl::StrSplit(out, '\n')) {
+      if (line.find("valid job") != absl::string_view::npos) continue;  // the name and the file
+      if (absl::StartsWith(line, "  data ")) continue;                   // the path
+      keep.emplace_back(line);
+    }
+    return keep;
+  };
+  EXPECT_EQ(description(file.out), description(search.out)) << file.out << "\n---\n" << search.out;
 }
 
 }  // namespace

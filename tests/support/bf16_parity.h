@@ -34,13 +34,26 @@ inline int64_t AllowedMoves(const MoeLayerForwardStats& layer) { return std::max
 
 // The relative-error bound of a parameter's gradient, bf16 GPU against fp32 CPU: 5e-2; 0.3 for
 // the router (a difference of near-equal terms through the renormalised top-k weights, which
-// magnifies the experts' bf16 rounding) and for the MoE weights of a layer where routing moved.
+// magnifies the experts' bf16 rounding) and for the MoE weights of a layer where routing moved;
+// 0.1 below such a layer (the moved token's gradient flows back through every layer under it,
+// and into the embeddings; the weights above it do not see the move).
 inline double Bf16GradBound(const std::string& name, const std::vector<int64_t>& moves) {
   if (name.find("router") != std::string::npos) return 0.3;
+  int highest_moved = -1;
+  for (size_t l = 0; l < moves.size(); ++l) {
+    if (moves[l] > 0) highest_moved = static_cast<int>(l);
+  }
   int layer = -1, end = 0;  // end: set only when ".moe" follows the layer number
   if (std::sscanf(name.c_str(), "blocks.%d.moe%n", &layer, &end) == 1 && end > 0 && layer >= 0 &&
       layer < static_cast<int>(moves.size()) && moves[layer] > 0) {
     return 0.3;
+  }
+  if (highest_moved >= 0) {
+    if (std::sscanf(name.c_str(), "blocks.%d.", &layer) == 1) {
+      if (layer <= highest_moved) return 0.1;
+    } else if (name.rfind("wte", 0) == 0) {
+      return 0.1;
+    }
   }
   return 5e-2;
 }
