@@ -91,8 +91,9 @@ void CpuActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* out
   // token ids and targets (model and trainer, n each).
   const double head = 2 * n * D + 3 * n + n * s.V + 4 * n;
   const bool recompute = spec.train().recompute() == v1::RECOMPUTE_FULL;
-  // Recompute full keeps each block's input, and one block's activations while it runs again.
-  const double kept_blocks = recompute ? s.L * n * D + block : s.L * block;
+  // Recompute full (Model::BlockForward's rerun) keeps each block's input, and one block's
+  // activations while it runs again, with that run's residual and branch output (n, D) each.
+  const double kept_blocks = recompute ? s.L * n * D + block + 2 * n * D : s.L * block;
   out->activations = Bytes(4 * (kept_blocks + head));
   // The backward's buffers (Model::Backward): dnorm, dx, dtmp (n, D), dqkv (n, C3); inside an
   // MoE layer's backward dys and dxs (kept, D), the expert rows' gradients (r, D) x 2, the
@@ -126,7 +127,9 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   // tmp, x_final, final_out (n, D), rstd, lse, losses (n), logits (n, V), ids and targets (n).
   const double head = 4 * (3 * n * D + 3 * n + n * s.V + 2 * n);
   const bool recompute = spec.train().recompute() == v1::RECOMPUTE_FULL;
-  const double kept_blocks = recompute ? s.L * 4 * n * D + block : s.L * block;
+  // Recompute full: each block's input x_in (n, D), and one set of the rest of a block's
+  // activations that the blocks fill in turn (CudaModel::EnsureActivations, MoeSaved).
+  const double kept_blocks = recompute ? s.L * 4 * n * D + (block - 4 * n * D) : s.L * block;
   out->activations = Bytes(kept_blocks + head);
 
   // dx, dtmp, dnorm (n, D), dqkv (n, C3), the attention backward's scratch (n, H), and in bf16

@@ -31,6 +31,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 struct RunResult {
   bool exited = false;  // false: killed by a signal (a crash)
@@ -282,6 +283,29 @@ TEST_F(ExampleTest, GpuMemorySaysWhetherACudaJobFits) {
 // The seed recipes (issue 16): each validates, counts its options' parameters (MODEL.md
 // "Counting") and names them in the recipe line -- once the GPU backend runs every option the
 // recipe sets; until then validate refuses it, naming the first option the GPU does not run.
+// train.recompute: full (issue 17) validates for the cuda example, says so on the memory line, and
+// the estimate is smaller; with it on, the fit advice no longer offers it.
+TEST_F(ExampleTest, RecomputeFullValidatesAndShrinksTheEstimate) {
+  RunResult plain = ValidateCopy("small.yaml");
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  std::ifstream in(moe::testing::SourceDir() + "/examples/small.yaml");
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string yaml = text.str();
+  const size_t train = yaml.find("\ntrain:\n");
+  ASSERT_NE(train, std::string::npos);
+  yaml.insert(train + 8, "  recompute: full\n");
+  const std::string path = root_ + "/examples/small-recompute.yaml";
+  std::ofstream(path) << yaml;
+  RunResult full = RunMoectl({"validate", path});
+  EXPECT_EQ(full.exit_code, 0) << full.err;
+  EXPECT_EQ(full.err, "");
+  EXPECT_THAT(full.out, HasSubstr("recompute full: each block's input and one block's activations"));
+  EXPECT_THAT(plain.out, Not(HasSubstr("recompute full")));
+  RunResult tight = RunMoectl({"validate", path, "--gpu-memory", "24GiB"});
+  EXPECT_THAT(tight.out, Not(HasSubstr("train.recompute: full saves")));
+}
+
 TEST_F(ExampleTest, SeedRecipesValidate) {
   struct Case {
     std::string file;
