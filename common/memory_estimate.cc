@@ -167,11 +167,10 @@ MemoryEstimate EstimateMemory(const v1::JobSpec& spec, const RankParams& p) {
     m.weights = Bytes(4 * p.total);
   }
   m.grads = Bytes(4 * p.total);
-  // AdamW: m and v for every parameter. Muon: one momentum for the block matrices, AdamW's two
-  // for the rest.
-  const double second = t.optimizer() == v1::OPTIMIZER_MUON ? p.total - p.matrices : p.total;
-  m.optimizer = Bytes(StateBytes(t.optimizer_state(), p.total, p.tensors) +
-                      StateBytes(t.optimizer_state(), second, p.tensors));
+  // AdamW: m and v for every parameter. Muon needs only a momentum (m's slot) for the block
+  // matrices, but both backends still allocate v over every parameter (the matrices' part unused),
+  // so that is what is counted.
+  m.optimizer = Bytes(2 * StateBytes(t.optimizer_state(), p.total, p.tensors));
   const Shape s = ShapeOf(spec);
   if (m.cuda) {
     CudaActivations(s, spec, &m);
