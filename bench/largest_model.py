@@ -182,6 +182,13 @@ def train(a, row):
     return row
 
 
+def count(v):
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.3g}{unit}"
+    return f"{v:.0f}"
+
+
 def fmt(v, f):
     return f % v if v is not None else "-"
 
@@ -197,7 +204,7 @@ def table(rows, trained):
             cells = [r["combination"], r["status"], "-", "-", "-", r.get("reason", "-")]
             print("| " + " | ".join(cells) + " |" + (" - | - | - | - | - | - |" if trained else ""))
             continue
-        line = (f"| {r['combination']} | {r['total_params'] / 1e9:.2f}B | {r['active_params'] / 1e9:.2f}B | "
+        line = (f"| {r['combination']} | {count(r['total_params'])} | {count(r['active_params'])} | "
                 f"{r['n_layers']} x {r['num_experts']} | {fmt(r['estimate_gib'], '%.1f')} | {r['job']} |")
         if trained:
             loss = (f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}" if "loss_first" in r else "-")
