@@ -12,6 +12,7 @@ row. Each found job is written to --dir so the device call can train it.
 
   bench/largest_model.py [--gpu-memory 139GiB] [--dir DIR] [--moectl PATH]
   bench/largest_model.py --train [--worker PATH] [--steps N] ...   (on the GPU machine)
+  bench/largest_model.py --train-job FILE [--steps N]   (one job file, trained: one JSON line)
 
 --train also runs `moe-worker --job FILE --max-steps N` on every found job and reports the
 measured peak memory, tokens/s, MFU and whether it trained (every step logged and the loss
@@ -26,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 
 OPTIONS = [  # (short name, train key, value)
     ("recompute", "recompute", "full"),
@@ -87,6 +89,10 @@ def validate(a, path):
     gib = float(e.group(1)) * BYTES[e.group(2)] / 2**30 if e else None
     if p.returncode == 0 and "gpu memory   fits" in p.stdout:
         return "fits", total, active, gib, ""
+    if p.returncode == 0 and "does not fit" in p.stdout:
+        return "oversubscribed", total, active, gib, ""
+    if p.returncode == 0 and "gpu memory   not checked" in p.stdout:
+        return "cpu", total, active, gib, ""
     if p.returncode == 2 and "does not fit" in p.stdout:
         return "over", total, active, gib, ""
     return "error", total, active, gib, (p.stderr.strip() or p.stdout.strip())[-300:]
@@ -141,18 +147,45 @@ def search(a, combo):
             "total_params": r[1], "active_params": r[2], "estimate_gib": r[3], "job": path}
 
 
+def step_of(line):
+    try:
+        r = json.loads(line)
+    except ValueError:
+        return None
+    return r.get("step") if "loss" in r else None
+
+
+def run_worker(a, job, steps, timeout):
+    """(exit code, output) of `moe-worker --job JOB --max-steps STEPS`, killed as soon as it has
+    logged its last step: its final checkpoint (a 10B model's fp32 state is larger than the
+    machine's disk) is never finished; the partial one is removed."""
+    ck = job[:-len(".yaml")] + ".ck"
+    shutil.rmtree(ck, ignore_errors=True)
+    p = subprocess.Popen([a.worker, "--job", job, "--max-steps", str(steps), "--checkpoint-dir", ck],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    out, rc = [], None
+    for line in p.stdout:
+        out.append(line)
+        if line.startswith("{") and step_of(line) == steps:
+            rc = "done"
+            p.kill()
+            break
+    p.wait()
+    timer.cancel()
+    shutil.rmtree(ck, ignore_errors=True)
+    if rc is None:
+        rc = p.returncode if p.returncode is not None else "killed"
+        if p.returncode == -9:
+            rc = "timeout"
+    return rc, "".join(out)
+
+
 def train(a, row):
     """Trains the row's job with moe-worker; adds the measurements (never guessed) to the row."""
     log = row["job"][:-len(".yaml")] + ".log"
-    # No checkpoint: a 10B model's fp32 state is larger than the machine's disk. The worker always
-    # saves after its last step; under /dev/null that save fails at once, after the steps logged.
-    ck = "/dev/null/no-checkpoint"
-    try:
-        p = subprocess.run([a.worker, "--job", row["job"], "--max-steps", str(a.steps), "--checkpoint-dir", ck],
-                           capture_output=True, text=True, timeout=a.train_timeout)
-        rc, out = p.returncode, p.stdout + p.stderr
-    except subprocess.TimeoutExpired as e:
-        rc, out = "timeout", (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+    rc, out = run_worker(a, row["job"], a.steps, a.train_timeout)
     with open(log, "w") as f:
         f.write(out)
     steps = []
@@ -175,12 +208,15 @@ def train(a, row):
         row["peak_gib"] = peak / 1024
         if row.get("estimate_gib") and peak:
             row["estimate_over_peak"] = row["estimate_gib"] / row["peak_gib"]
-    # Trained: every step logged (the exit code is the failed final save) and the loss falling.
-    row["trained"] = (bool(steps) and steps[-1].get("step") == a.steps and len(steps) >= 2
+    # Trained: every step logged ("done": stopped before its final checkpoint) and the loss falling.
+    row["trained"] = (rc == "done" and len(steps) >= 2 and steps[-1].get("step") == a.steps
                       and steps[-1]["loss"] < steps[0]["loss"])
-    failed = [l for l in out.splitlines() if "out of GPU memory" in l or "FAILED" in l]
+    failed = [l[l.index("out of "):] for l in out.splitlines() if "out of GPU memory" in l or "out of host" in l]
+    failed = failed or [l for l in out.splitlines() if "FAILED" in l or "rror" in l]
+    if rc != "done":
+        failed = failed or [l for l in out.splitlines() if l.strip()][-1:]
     if failed:
-        row["failure"] = failed[-1][-300:]
+        row["failure"] = failed[-1][:300]
     return row
 
 
@@ -242,12 +278,19 @@ def main():
     ap.add_argument("--max-experts", type=int, default=1024)
     ap.add_argument("--only", default="", help="combinations to run, comma-separated (default all)")
     ap.add_argument("--train", action="store_true", help="train each found job (the GPU machine)")
+    ap.add_argument("--train-job", default="", help="train this one job file instead of a search: one JSON line")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--train-timeout", type=int, default=240)
     a = ap.parse_args()
     a.layers = [int(x) for x in a.layers.split(",") if x]
     if not os.path.exists(a.moectl) and shutil.which("moectl"):
         a.moectl = shutil.which("moectl")
+    if a.train_job:
+        status, total, active, gib, reason = validate(a, a.train_job)
+        row = {"combination": os.path.basename(a.train_job), "status": status, "total_params": total,
+               "active_params": active, "estimate_gib": gib, "job": a.train_job}
+        print(json.dumps(train(a, row)), flush=True)
+        return 0
     only = set(x for x in a.only.split(",") if x)
     rows = []
     for combo in combinations():

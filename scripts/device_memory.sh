@@ -10,8 +10,9 @@
 #     each trained STEPS_LARGEST steps: measured peak memory and tokens/s next to the estimate.
 #  3. An oversized job (allowed to oversubscribe) must end with the out-of-memory reason naming
 #     GPU memory and the step (tests/out_of_memory_test.cc), not crash.
-# Prints one table last. No checkpoints are written (the worker's final save goes to /dev/null
-# and fails; the steps are logged before it).
+# Prints one table last. No checkpoint is kept: bench/largest_model.py stops each worker once it
+# has logged its last step, before its final save finishes (10B parameters' fp32 state is larger
+# than the disk).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device_env.sh
@@ -21,7 +22,6 @@ mkdir -p "$OUT"
 nvidia-smi -L || true
 device_env_check_libs || exit 1
 M=.carry/bin/moectl W=.carry/bin/moe-worker B=.carry/bin/moe_bench
-NOCK=/dev/null/no-checkpoint
 J=/tmp/moe-memory && rm -rf "$J" && mkdir -p "$J/examples"
 ln -s "$PWD/.carry/data" "$J/data"
 declare -A R
@@ -47,14 +47,15 @@ PY
   "$M" validate "$ex" --gpu-memory "$GPU" > "$OUT/moe80_validate.txt" 2>&1
 fi
 echo "moe-80gb: $pick"; grep -E "parameters|memory/rank|gpu memory" "$OUT/moe80_validate.txt"
+T=(python3 bench/largest_model.py --moectl "$M" --worker "$W")
 if [[ -f $J/data/bible-kjv.txt && -d $J/data/gpt2 ]]; then
-  timeout "${TRAIN_TIMEOUT:-240}" "$W" --job "$ex" --max-steps 30 --checkpoint-dir "$NOCK" > "$OUT/moe80.log" 2>&1
-  echo "moe-80gb worker rc=$? (the final save under /dev/null fails by design)"
+  "${T[@]}" --train-job "$ex" --steps 30 --train-timeout "${TRAIN_TIMEOUT:-240}" --gpu-memory "$GPU" \
+      > "$OUT/moe80.json" 2> "$OUT/moe80.err"
+  echo "moe-80gb worker: $(tail -c 600 "$OUT/moe80.json")"
 else
-  timeout "${TRAIN_TIMEOUT:-240}" "$B" --job "$ex" --steps 30 --warmup 5 > "$OUT/moe80.log" 2> "$OUT/moe80.err"
-  echo "moe-80gb moe_bench rc=$? (random tokens; no data carried)"
+  timeout "${TRAIN_TIMEOUT:-240}" "$B" --job "$ex" --steps 30 --warmup 5 > "$OUT/moe80_bench.json" 2> "$OUT/moe80.err"
+  echo "moe-80gb moe_bench rc=$? (random tokens; no data carried): $(tail -c 400 "$OUT/moe80_bench.json")"
 fi
-tail -3 "$OUT/moe80.log"
 
 # 2. The largest MoE per option combination, trained.
 timeout "${LARGEST_TIMEOUT:-270}" python3 bench/largest_model.py --train --gpu-memory "$GPU" --dir "$J/largest" \
@@ -73,44 +74,38 @@ open(sys.argv[2], "w").write(s.replace("launcher: local}", "launcher: local, all
 PY
 "$M" validate "$big" --gpu-memory "$GPU" > "$OUT/oversized_validate.txt" 2>&1
 echo "oversized validate rc=$?: $(grep -E 'parameters|does not fit' "$OUT/oversized_validate.txt" | tr -s ' ' | tr '\n' ' ')"
-timeout 60 "$W" --job "$big" --max-steps 3 --checkpoint-dir "$NOCK" > "$OUT/oversized.log" 2>&1
-orc=$?
-oom=$(grep -o "out of GPU memory[^\"]*" "$OUT/oversized.log" | tail -1)
-echo "oversized worker rc=$orc: ${oom:-no out-of-memory reason}"
+"${T[@]}" --train-job "$big" --steps 3 --train-timeout 90 --gpu-memory "$GPU" > "$OUT/oversized.json" 2>&1
+echo "oversized: $(tail -c 600 "$OUT/oversized.json")"
 
-python3 - "$OUT" "$pick" "$orc" "$oom" <<'PY'
-import json, sys
-out, pick, orc, oom = sys.argv[1:5]
-rows = []
-for line in open(f"{out}/moe80.log", errors="replace"):
-    if line.startswith("{"):
-        try: rows.append(json.loads(line))
-        except ValueError: pass
-steps = [r for r in rows if "loss" in r and "step" in r]
-bench = [r for r in rows if "tokens_per_s" in r and "step" not in r]
-est = "-"
-for line in open(f"{out}/moe80_validate.txt", errors="replace"):
-    if "memory/rank" in line and "total " in line: est = line.split("total ")[1].split(" (")[0]
-print("\n| run | options | steps | loss first -> last | tokens/s | MFU | peak GiB | estimate | result |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-if steps:
-    half = steps[len(steps) // 2:]
-    med = lambda k: sorted(r.get(k) or 0 for r in half)[len(half) // 2]
-    peak = max(r.get("peak_memory_mb") or 0 for r in steps) / 1024
-    ok = steps[-1].get("step") == 30 and steps[-1]["loss"] < steps[0]["loss"]
-    print(f"| moe-80gb | {pick} | {steps[-1].get('step')} | {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f} | "
-          f"{med('tokens_per_s'):.0f} | {100 * med('mfu'):.1f}% | {peak:.1f} | {est} | {'trained' if ok else 'NOT trained'} |")
-elif bench:
-    b = bench[-1]
-    print(f"| moe-80gb (moe_bench) | {pick} | 30 | - -> {b.get('ce', float('nan')):.3f} | {b.get('tokens_per_s', 0):.0f} | "
-          f"{100 * (b.get('mfu') or 0):.1f}% | {(b.get('peak_memory_mb') or 0) / 1024:.1f} | {est} | ran |")
-else:
-    fail = [l.strip() for l in open(f"{out}/moe80.log", errors="replace") if "out of" in l or "rror" in l]
-    print(f"| moe-80gb | {pick} | 0 | - | - | - | - | {est} | {(fail[-1][:160] if fail else 'no step logged')} |")
-good = orc != "0" and oom.startswith("out of GPU memory") and "in step" in oom
-print(f"| oversized (allow_oversubscribe_memory) | defaults | - | - | - | - | - | - | "
-      f"{'failed as it should: ' if good else 'UNEXPECTED (rc ' + orc + '): '}{oom[:160]} |")
+python3 - "$OUT" "$pick" <<'PY'
+import json, os, sys
+out, pick = sys.argv[1:3]
+def load(name):
+    try:
+        return json.loads(open(os.path.join(out, name)).read().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+f = lambda v, fmt: (fmt % v) if v is not None else "-"
+print("\n| run | options | steps | loss first -> last | tokens/s | MFU | peak GiB | estimate GiB | estimate / peak | result |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+r = load("moe80.json")
+if r is not None:
+    loss = f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}" if "loss_first" in r else "-"
+    res = "trained" if r.get("trained") else f"NOT trained (rc {r.get('train_rc')}): {r.get('failure', '')[:160]}"
+    print(f"| moe-80gb | {pick} | {r.get('steps_logged', 0)} logged | {loss} | {f(r.get('tokens_per_s'), '%.0f')} | "
+          f"{f(100 * r['mfu'] if r.get('mfu') else None, '%.1f%%')} | {f(r.get('peak_gib'), '%.1f')} | "
+          f"{f(r.get('estimate_gib'), '%.1f')} | {f(r.get('estimate_over_peak'), '%.2f')} | {res} |")
+b = load("moe80_bench.json")
+if b is not None:
+    print(f"| moe-80gb (moe_bench, random tokens) | {pick} | 30 | - -> {f(b.get('ce'), '%.3f')} | "
+          f"{f(b.get('tokens_per_s'), '%.0f')} | {f(100 * b['mfu'] if b.get('mfu') else None, '%.1f%%')} | "
+          f"{f(b['peak_memory_mb'] / 1024 if b.get('peak_memory_mb') else None, '%.1f')} | - | - | ran |")
+o = load("oversized.json") or {}
+oom = o.get("failure", "")
+good = not o.get("trained") and "out of GPU memory" in oom and "in step" in oom
+print(f"| oversized (allow_oversubscribe_memory) | defaults, 4 x the micro-batch | {o.get('steps_logged', 0)} logged | - | - | - | - | "
+      f"{f(o.get('estimate_gib'), '%.1f')} | - | {'failed as it should: ' if good else 'UNEXPECTED: '}{oom[:200]} |")
 print("\nlargest per option combination (bench/largest_model.py --train):")
-for line in open(f"{out}/largest.txt", errors="replace"):
+for line in open(os.path.join(out, "largest.txt"), errors="replace"):
     if line.startswith("|") or line.startswith("largest:"): print(line.rstrip())
 PY
