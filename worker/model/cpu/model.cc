@@ -225,7 +225,10 @@ void Model::BlockForward(int l, BlockActs* ap, std::vector<float>* xp, bool reru
   ModelTensors w = layout_.Bind(params_.data());
   BlockActs& a = *ap;
   std::vector<float>& x = *xp;
-  std::vector<float> tmp(nd), gated(cfg_.attn_gate ? nd : 0);
+  std::vector<float>& tmp = block_tmp_;
+  std::vector<float>& gated = block_gated_;
+  tmp.resize(nd);
+  gated.resize(cfg_.attn_gate ? nd : 0);
   const BlockTensors& bw = w.blocks[l];
   // Attention: x += dropout(attn(RMSNorm(x)) @ wo^T)
   a.x_in = x;

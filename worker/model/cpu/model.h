@@ -81,6 +81,7 @@ class Model final : public TrainModel {
   // other activations at a time live in rerun_acts_ (and its MoE layer).
   std::vector<BlockActs> acts_;
   BlockActs rerun_acts_;
+  std::vector<float> block_tmp_, block_gated_;  // (n, D) BlockForward's scratch, reused by every block
   std::vector<float> x_final_, final_out_, final_rstd_, logits_, ce_lse_, ce_losses_;
 };
 
