@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/memory_fit.h"
 #include "common/model_stats.h"
 #include "gtest/gtest.h"
 #include "tests/support/paths.h"
@@ -100,14 +101,8 @@ void ExpectWithinTwentyPercent(const v1::JobSpec& spec, const char* name) {
   const ModelStats stats = ComputeModelStats(spec);
   const int64_t estimate = stats.total_bytes - stats.runtime_bytes;
   const double ratio = static_cast<double>(estimate) / static_cast<double>(measured);
-  std::printf("%s: estimate %s without the runtime (weights %s, grads %s, optimizer %s, activations %s, "
-              "workspace %s), measured %s, ratio %.3f\n",
-              name, FormatBytes(static_cast<double>(estimate)).c_str(),
-              FormatBytes(static_cast<double>(stats.weight_bytes)).c_str(),
-              FormatBytes(static_cast<double>(stats.grad_bytes)).c_str(),
-              FormatBytes(static_cast<double>(stats.optimizer_bytes)).c_str(),
-              FormatBytes(static_cast<double>(stats.activation_bytes)).c_str(),
-              FormatBytes(static_cast<double>(stats.workspace_bytes)).c_str(),
+  std::printf("%s: estimate %s without the runtime (%s), measured %s, ratio %.3f\n", name,
+              FormatBytes(static_cast<double>(estimate)).c_str(), DescribeComponents(stats).c_str(),
               FormatBytes(static_cast<double>(measured)).c_str(), ratio);
   EXPECT_GT(ratio, 0.8);
   EXPECT_LT(ratio, 1.2);

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "common/memory_fit.h"
 #include "common/model_stats.h"
 #include "gtest/gtest.h"
 #include "kernels/threads.h"
@@ -141,14 +142,8 @@ TEST(MemoryEstimateCpu, WithinTwentyPercentOfThePeakResidentSet) {
     const int64_t measured = MeasuredGrowth(spec);
     ASSERT_GT(measured, 0) << "training in the child process failed";
     const double ratio = static_cast<double>(stats.total_bytes) / static_cast<double>(measured);
-    std::printf("%s: estimate %s (weights %s, grads %s, optimizer %s, activations %s, workspace %s), "
-                "measured %s, ratio %.3f\n",
-                s.name, FormatBytes(static_cast<double>(stats.total_bytes)).c_str(),
-                FormatBytes(static_cast<double>(stats.weight_bytes)).c_str(),
-                FormatBytes(static_cast<double>(stats.grad_bytes)).c_str(),
-                FormatBytes(static_cast<double>(stats.optimizer_bytes)).c_str(),
-                FormatBytes(static_cast<double>(stats.activation_bytes)).c_str(),
-                FormatBytes(static_cast<double>(stats.workspace_bytes)).c_str(),
+    std::printf("%s: estimate %s (%s), measured %s, ratio %.3f\n", s.name,
+                FormatBytes(static_cast<double>(stats.total_bytes)).c_str(), DescribeComponents(stats).c_str(),
                 FormatBytes(static_cast<double>(measured)).c_str(), ratio);
     EXPECT_GT(ratio, 0.8);
     EXPECT_LT(ratio, 1.2);
