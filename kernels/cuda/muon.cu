@@ -31,11 +31,11 @@ __global__ void LoadKernel(float* x, const float* src, const float* grad, float*
                            int cols, bool tall, int64_t stride, float mu, float grad_scale) {
   MOE_GRID_STRIDE(i, n) {
     float u;
-    if (grad != nullptr) {
-      const float g = grad[i] * grad_scale;
-      const float m = mu * momentum[i] + g;
+    if (grad != nullptr) {  // the CPU's order of operations, no fused multiply-adds
+      const float g = __fmul_rn(grad[i], grad_scale);
+      const float m = __fadd_rn(__fmul_rn(mu, momentum[i]), g);
       momentum[i] = m;
-      u = g + mu * m;
+      u = __fadd_rn(g, __fmul_rn(mu, m));
     } else {
       u = src[i];
     }
