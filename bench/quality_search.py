@@ -27,6 +27,9 @@ BASE = {
     "checkpoint": {"every": 100000, "keep": 1},
 }
 
+EXAMPLE = {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2, "train.lr": 1.5e-3,
+           "train.steps": 1500, "train.log_every": 50}
+
 # name -> overrides. Active parameters stay at or under the base's 10.67M (10.7M as counted):
 # k * F * 3 (or 2 for relu2 / gelu) + shared experts is held at 3072 per layer and token.
 VARIANTS = {
@@ -51,6 +54,50 @@ VARIANTS = {
     "attn0.2-muon-s2500": {"model.attention.dropout": 0.2, "train.optimizer": "muon", "train.muon_lr": 0.02,
                            "train.steps": 2500},
     "attn0.2-wd0.3-s3000": {"model.attention.dropout": 0.2, "train.weight_decay": 0.3, "train.steps": 3000},
+    "attn0.2-drop0.25-wd0.2-s3000": {"model.attention.dropout": 0.2, "model.dropout": 0.25,
+                                     "train.weight_decay": 0.2, "train.steps": 3000},
+    "attn0.2-e16k4-expdrop0.1-s3000": {"model.attention.dropout": 0.2, "model.moe.num_experts": 16,
+                                       "model.moe.top_k": 4, "model.moe.expert_hidden": 256,
+                                       "model.moe.expert_dropout": 0.1, "train.steps": 3000},
+    # Round 2: every run above peaked at steps 750-1250 with the learning rate still high, then
+    # overfit; so shorter runs whose cosine ends where overfitting starts, with expert dropout.
+    "a2-s1250": {"model.attention.dropout": 0.2, "train.steps": 1250},
+    "a2-ed0.2-s1250": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2, "train.steps": 1250},
+    "a2-ed0.2-s1500": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2, "train.steps": 1500},
+    "a2-ed0.3-s1500": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.3, "train.steps": 1500},
+    "a2-ed0.2-wd0.3-s1500": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2,
+                             "train.weight_decay": 0.3, "train.steps": 1500},
+    "a2-ed0.2-drop0.25-s1500": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2,
+                                "model.dropout": 0.25, "train.steps": 1500},
+    "a2-ed0.2-e16k4-s1500": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2,
+                             "model.moe.num_experts": 16, "model.moe.top_k": 4, "model.moe.expert_hidden": 256,
+                             "train.steps": 1500},
+    "a2-ed0.2-muon-s1250": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2,
+                            "train.optimizer": "muon", "train.muon_lr": 0.02, "train.steps": 1250},
+    "dense-twin-a2-s1250": {"model.moe.num_experts": 1, "model.moe.top_k": 1, "model.moe.expert_hidden": 1024,
+                            "model.attention.dropout": 0.2, "train.steps": 1250},
+    "dense-twin-a2-s1500": {"model.moe.num_experts": 1, "model.moe.top_k": 1, "model.moe.expert_hidden": 1024,
+                            "model.attention.dropout": 0.2, "train.steps": 1500},
+    # Round 3: around a2-ed0.2-s1500 (1.4611 / 1.4555), the best of round 2.
+    "a3-ed0.2-s1750": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2, "train.steps": 1750},
+    "a3-ed0.25-s1500": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.25, "train.steps": 1500},
+    "a3-ed0.2-minlr3e-5-s1500": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2,
+                                 "train.min_lr": 3e-5, "train.steps": 1500},
+    "a3-attn0.25-ed0.2-s1500": {"model.attention.dropout": 0.25, "model.moe.expert_dropout": 0.2,
+                                "train.steps": 1500},
+    "a3-ed0.2-e16k4-s1750": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2,
+                             "model.moe.num_experts": 16, "model.moe.top_k": 4, "model.moe.expert_hidden": 256,
+                             "train.steps": 1750},
+    "a3-ed0.2-lr1.5e-3-s1500": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2,
+                                "train.lr": 1.5e-3, "train.min_lr": 1e-4, "train.steps": 1500},
+    # examples/shakespeare-moe.yaml (the same job: tests/moectl_validate_test.cc compares them)
+    # and its dense twin, the same recipe with one expert of the same active size.
+    "example": EXAMPLE,
+    # (expert dropout needs a router: the twin goes without it).
+    "example-dense-twin": dict(EXAMPLE, **{"model.moe.num_experts": 1, "model.moe.top_k": 1,
+                                           "model.moe.expert_hidden": 1024, "model.moe.expert_dropout": 0.0}),
+    "attn0.2-lr6e-4-s4000": {"model.attention.dropout": 0.2, "train.lr": 6e-4, "train.min_lr": 6e-5,
+                             "train.steps": 4000},
 }
 
 
@@ -65,11 +112,19 @@ def with_overrides(base, overrides):
     return job
 
 
-def run(args, name, overrides, seed):
+def job_of(args, name, overrides, seed):
     job = with_overrides(with_overrides(BASE, overrides), args.overrides)
     job["name"] = re.sub(r"[^a-z0-9-]", "-", f"q-{name}-{seed}".lower())[:63]
     job["data"]["path"] = os.path.abspath(args.data)
     job["train"]["seed"] = seed
+    return job
+
+
+def run(args, name, overrides, seed):
+    left = args.deadline - time.time()
+    if left < 30:  # the device call's time is nearly spent: a row, not a half-run
+        return dict(variant=name, seed=seed, error="not run: deadline")
+    job = job_of(args, name, overrides, seed)
     path = os.path.join(args.out, f"{name}-{seed}.yaml")
     with open(path, "w") as f:
         json.dump(job, f, indent=1)
@@ -81,10 +136,15 @@ def run(args, name, overrides, seed):
         m = re.search(r"parameters\s+(\S+) total, (\S+) active", v.stdout)
         active = m.group(2) if m else "?"
     start = time.time()
-    p = subprocess.run([args.worker, "--job", path, "--checkpoint-dir", os.path.join(args.out, f"ck-{name}-{seed}")],
-                       capture_output=True, text=True, timeout=args.timeout)
+    cmd = [args.worker, "--job", path, "--checkpoint-dir", os.path.join(args.out, f"ck-{name}-{seed}")]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=min(args.timeout, left))
+        out, err, rc = p.stdout, p.stderr, p.returncode
+    except subprocess.TimeoutExpired as e:  # keep the evaluations it reached
+        text = lambda b: b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+        out, err, rc = text(e.stdout), text(e.stderr), "timeout"
     vals = []
-    for line in p.stdout.splitlines() + p.stderr.splitlines():
+    for line in out.splitlines() + err.splitlines():
         if '"val_loss"' not in line:
             continue
         try:
@@ -93,38 +153,49 @@ def run(args, name, overrides, seed):
             continue
         if d.get("val_loss") is not None:
             vals.append((d["val_loss"], d.get("step")))
-    r = dict(variant=name, seed=seed, active=active, seconds=round(time.time() - start, 1), rc=p.returncode,
+    r = dict(variant=name, seed=seed, active=active, seconds=round(time.time() - start, 1), rc=rc,
              evals=len(vals))
     if vals:
         best = min(vals)
         r.update(best_val=round(best[0], 4), best_step=best[1], last_val=round(vals[-1][0], 4))
     else:
-        r["error"] = (p.stderr or p.stdout)[-400:]
+        r["error"] = (err or out)[-400:]
     return r
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--worker", required=True)
+    ap.add_argument("--dump", metavar="NAME", help="print variant NAME's job (first seed) as JSON and exit")
+    ap.add_argument("--worker", default="")
     ap.add_argument("--moectl", default="")
     ap.add_argument("--data", required=True)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", default="")
     ap.add_argument("--only", default="", help="comma-separated variant names (default: all)")
     ap.add_argument("--seeds", default="1337,1338")
     ap.add_argument("--parallel", type=int, default=3, help="runs sharing the GPU at once")
     ap.add_argument("--timeout", type=int, default=540)
+    ap.add_argument("--deadline", type=float, default=0,
+                    help="seconds from now after which no run starts and running ones are stopped (0: none)")
     ap.add_argument("--top", type=int, default=0,
                     help="> 0: every variant on the first seed, then only the best TOP (and the dense twins) on the rest")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override every variant's job (e.g. train.steps=20 resources.device=cpu); JSON values")
     a = ap.parse_args()
     a.overrides = {}
+    a.deadline = time.time() + a.deadline if a.deadline > 0 else float("inf")
     for kv in a.set:
         key, _, value = kv.partition("=")
         try:
             a.overrides[key] = json.loads(value)
         except ValueError:
             a.overrides[key] = value
+    if a.dump:
+        if a.dump not in VARIANTS:
+            sys.exit(f"unknown variant {a.dump}; known: {', '.join(VARIANTS)}")
+        print(json.dumps(job_of(a, a.dump, VARIANTS[a.dump], int(a.seeds.split(",")[0])), indent=1))
+        return
+    if not a.worker or not a.out:
+        sys.exit("--worker and --out are needed to run variants")
     os.makedirs(a.out, exist_ok=True)
     names = [n for n in a.only.split(",") if n] or list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
@@ -148,8 +219,8 @@ def main():
         # Every variant on the first seed; the best `top` of them, and the dense twins, on the others.
         sweep([(n, seeds[0]) for n in names])
         ranked = sorted((r for r in results if "best_val" in r), key=lambda r: r["best_val"])
-        again = [r["variant"] for r in ranked if not r["variant"].startswith("dense-twin")][:a.top]
-        again += [n for n in names if n.startswith("dense-twin")]
+        again = [r["variant"] for r in ranked if "dense-twin" not in r["variant"]][:a.top]
+        again += [n for n in names if "dense-twin" in n]
         sweep([(n, s) for n in again for s in seeds[1:]])
     else:
         sweep([(n, s) for n in names for s in seeds])

@@ -178,9 +178,11 @@ void Describe(const std::string& file, v1::JobSpec spec) {
       FormatFlops(s.flops_per_token).c_str(),
       FormatCount(static_cast<double>(tokens_per_step)).c_str(), t.batch_size(), m.seq_len(),
       FormatFlops(s.flops_per_token * static_cast<double>(tokens_per_step)).c_str());
-  std::printf("  memory/rank  %s, total %s (estimate, %s)\n", DescribeComponents(s).c_str(),
+  std::printf("  memory/rank  %s, total %s (estimate, %s%s)\n", DescribeComponents(s).c_str(),
               FormatBytes(static_cast<double>(s.total_bytes)).c_str(),
-              r.device() == v1::DEVICE_CUDA ? "GPU memory" : "host memory");
+              r.device() == v1::DEVICE_CUDA ? "GPU memory" : "host memory",
+              t.recompute() == v1::RECOMPUTE_FULL ? "; recompute full: each block's input and one block's activations"
+                                                  : "");
   std::printf("  data         %s\n               tokenizer %s", d.path().c_str(),
               TokenizerName(d.tokenizer()));
   if (d.tokenizer() == v1::TOKENIZER_GPT2) std::printf(" (%s)", d.tokenizer_dir().c_str());

@@ -57,7 +57,7 @@ inline bool BackendRuns(bool cuda, RecipeOption option) {
     case RecipeOption::kBiasBalancing: return true;
     case RecipeOption::kExpertDropout: return true;
     case RecipeOption::kMuon: return true;
-    case RecipeOption::kRecompute: return false;
+    case RecipeOption::kRecompute: return true;
     case RecipeOption::kCompactState: return true;
     case RecipeOption::kBf16MasterWeights: return true;
   }

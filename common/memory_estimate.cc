@@ -91,8 +91,9 @@ void CpuActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* out
   // token ids and targets (model and trainer, n each).
   const double head = 2 * n * D + 3 * n + n * s.V + 4 * n;
   const bool recompute = spec.train().recompute() == v1::RECOMPUTE_FULL;
-  // Recompute full keeps each block's input, and one block's activations while it runs again.
-  const double kept_blocks = recompute ? s.L * n * D + block : s.L * block;
+  // Recompute full (Model::BlockForward's rerun) keeps each block's input, and one block's
+  // activations while it runs again, with that run's residual and branch output (n, D) each.
+  const double kept_blocks = recompute ? s.L * n * D + block + 2 * n * D : s.L * block;
   out->activations = Bytes(4 * (kept_blocks + head));
   // The backward's buffers (Model::Backward): dnorm, dx, dtmp (n, D), dqkv (n, C3); inside an
   // MoE layer's backward dys and dxs (kept, D), the expert rows' gradients (r, D) x 2, the
@@ -126,7 +127,9 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   // tmp, x_final, final_out (n, D), rstd, lse, losses (n), logits (n, V), ids and targets (n).
   const double head = 4 * (3 * n * D + 3 * n + n * s.V + 2 * n);
   const bool recompute = spec.train().recompute() == v1::RECOMPUTE_FULL;
-  const double kept_blocks = recompute ? s.L * 4 * n * D + block : s.L * block;
+  // Recompute full: each block's input x_in (n, D), and one set of the rest of a block's
+  // activations that the blocks fill in turn (CudaModel::EnsureActivations, MoeSaved).
+  const double kept_blocks = recompute ? s.L * 4 * n * D + (block - 4 * n * D) : s.L * block;
   out->activations = Bytes(kept_blocks + head);
 
   // dx, dtmp, dnorm (n, D), dqkv (n, C3), the attention backward's scratch (n, H), and in bf16
@@ -165,11 +168,10 @@ MemoryEstimate EstimateMemory(const v1::JobSpec& spec, const RankParams& p) {
     m.weights = Bytes(4 * p.total);
   }
   m.grads = Bytes(4 * p.total);
-  // AdamW: m and v for every parameter. Muon: one momentum for the block matrices, AdamW's two
-  // for the rest.
-  const double second = t.optimizer() == v1::OPTIMIZER_MUON ? p.total - p.matrices : p.total;
-  m.optimizer = Bytes(StateBytes(t.optimizer_state(), p.total, p.tensors) +
-                      StateBytes(t.optimizer_state(), second, p.tensors));
+  // AdamW: m and v for every parameter. Muon needs only a momentum (m's slot) for the block
+  // matrices, but both backends still allocate v over every parameter (the matrices' part unused),
+  // so that is what is counted.
+  m.optimizer = Bytes(2 * StateBytes(t.optimizer_state(), p.total, p.tensors));
   const Shape s = ShapeOf(spec);
   if (m.cuda) {
     CudaActivations(s, spec, &m);

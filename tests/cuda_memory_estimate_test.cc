@@ -2,7 +2,7 @@
 // on a few shapes (MoE and dense, bf16 and fp32), the model's peak device allocation over two
 // training steps (TrainModel::PeakMemoryBytes, the DeviceArena high-water mark) is within 20% of
 // the estimate less its fixed CUDA runtime allowance (the context, cuBLAS and NCCL are not
-// allocated through the arena). Skips without a GPU.
+// allocated through the arena), with train.recompute none and full. Skips without a GPU.
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -85,6 +85,34 @@ v1::JobSpec SpecOf(const Shape& s) {
   return spec;
 }
 
+// Two training steps of spec: the estimate (less the runtime allowance) within 20% of the peak.
+void ExpectWithinTwentyPercent(const v1::JobSpec& spec, const char* name) {
+  absl::StatusOr<Dataset> data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  std::unique_ptr<Communicator> comm = CreateSingleProcessCommunicator();
+  TrainerOptions opts;
+  opts.checkpoint_dir = "";
+  absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(spec, comm.get(), &*data, opts);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  TrainOutcome outcome;
+  ASSERT_TRUE((*trainer)->Run(&outcome).ok());
+  const int64_t measured = (*trainer)->model().PeakMemoryBytes();
+  const ModelStats stats = ComputeModelStats(spec);
+  const int64_t estimate = stats.total_bytes - stats.runtime_bytes;
+  const double ratio = static_cast<double>(estimate) / static_cast<double>(measured);
+  std::printf("%s: estimate %s without the runtime (weights %s, grads %s, optimizer %s, activations %s, "
+              "workspace %s), measured %s, ratio %.3f\n",
+              name, FormatBytes(static_cast<double>(estimate)).c_str(),
+              FormatBytes(static_cast<double>(stats.weight_bytes)).c_str(),
+              FormatBytes(static_cast<double>(stats.grad_bytes)).c_str(),
+              FormatBytes(static_cast<double>(stats.optimizer_bytes)).c_str(),
+              FormatBytes(static_cast<double>(stats.activation_bytes)).c_str(),
+              FormatBytes(static_cast<double>(stats.workspace_bytes)).c_str(),
+              FormatBytes(static_cast<double>(measured)).c_str(), ratio);
+  EXPECT_GT(ratio, 0.8);
+  EXPECT_LT(ratio, 1.2);
+}
+
 TEST(CudaMemoryEstimate, WithinTwentyPercentOfThePeakAllocation) {
   if (!cuda::HaveGpu()) GTEST_SKIP() << "no CUDA GPU on this machine";
   const Shape shapes[] = {
@@ -95,31 +123,22 @@ TEST(CudaMemoryEstimate, WithinTwentyPercentOfThePeakAllocation) {
   };
   for (const Shape& s : shapes) {
     SCOPED_TRACE(s.name);
-    const v1::JobSpec spec = SpecOf(s);
-    absl::StatusOr<Dataset> data = LoadDataset(spec.data());
-    ASSERT_TRUE(data.ok()) << data.status();
-    std::unique_ptr<Communicator> comm = CreateSingleProcessCommunicator();
-    TrainerOptions opts;
-    opts.checkpoint_dir = "";
-    absl::StatusOr<std::unique_ptr<Trainer>> trainer = Trainer::Create(spec, comm.get(), &*data, opts);
-    ASSERT_TRUE(trainer.ok()) << trainer.status();
-    TrainOutcome outcome;
-    ASSERT_TRUE((*trainer)->Run(&outcome).ok());
-    const int64_t measured = (*trainer)->model().PeakMemoryBytes();
-    const ModelStats stats = ComputeModelStats(spec);
-    const int64_t estimate = stats.total_bytes - stats.runtime_bytes;
-    const double ratio = static_cast<double>(estimate) / static_cast<double>(measured);
-    std::printf("%s: estimate %s without the runtime (weights %s, grads %s, optimizer %s, activations %s, "
-                "workspace %s), measured %s, ratio %.3f\n",
-                s.name, FormatBytes(static_cast<double>(estimate)).c_str(),
-                FormatBytes(static_cast<double>(stats.weight_bytes)).c_str(),
-                FormatBytes(static_cast<double>(stats.grad_bytes)).c_str(),
-                FormatBytes(static_cast<double>(stats.optimizer_bytes)).c_str(),
-                FormatBytes(static_cast<double>(stats.activation_bytes)).c_str(),
-                FormatBytes(static_cast<double>(stats.workspace_bytes)).c_str(),
-                FormatBytes(static_cast<double>(measured)).c_str(), ratio);
-    EXPECT_GT(ratio, 0.8);
-    EXPECT_LT(ratio, 1.2);
+    ExpectWithinTwentyPercent(SpecOf(s), s.name);
+  }
+}
+
+// train.recompute: full: each block's input and one shared set of the rest.
+TEST(CudaMemoryEstimate, RecomputeWithinTwentyPercentOfThePeakAllocation) {
+  if (!cuda::HaveGpu()) GTEST_SKIP() << "no CUDA GPU on this machine";
+  const Shape shapes[] = {
+      {"recompute-moe-bf16", 512, 6, 8, 512, 8, 2, 1024, 8192, 32, true},
+      {"recompute-moe-fp32", 256, 4, 4, 256, 8, 2, 512, 4096, 32, false},
+  };
+  for (const Shape& s : shapes) {
+    SCOPED_TRACE(s.name);
+    v1::JobSpec spec = SpecOf(s);
+    spec.mutable_train()->set_recompute(v1::RECOMPUTE_FULL);
+    ExpectWithinTwentyPercent(spec, s.name);
   }
 }
 

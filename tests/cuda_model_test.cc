@@ -3,6 +3,7 @@
 // models, GQA on and off, k = 1..4, capacity drops, tied and untied heads, dropout; then the
 // trainer with device cuda: the same loss curve as the CPU trainer (fp32), resume from a GPU
 // checkpoint, and learning in bf16; head sizes 80 and 128. Skips without a GPU.
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <random>
@@ -11,6 +12,7 @@
 
 #include "common/backend_limits.h"
 #include "gtest/gtest.h"
+#include "tests/support/bf16_parity.h"
 #include "tests/support/paths.h"
 #include "tests/support/test_jobs.h"
 #include "tests/support/training_runs.h"
@@ -57,9 +59,11 @@ void ExpectParity(const ModelConfig& cfg, bool bf16, const std::string& name) {
   auto comm = CreateSingleProcessCommunicator();
   Model cpu(cfg, comm.get());
   cpu.InitParams(42);
-  // Larger weights than the 0.02 init, so that every layer matters to the loss.
+  // Larger weights than the 0.02 init, so that every layer matters to the loss: 0.1 at width 64,
+  // scaled by 1/sqrt(width / 64) so that wider models keep the same activation scale (at d 512
+  // a flat 0.1 saturates the softmaxes, and bf16's rounding then moves gradients by ~10%).
   std::mt19937 rng(7);
-  std::normal_distribution<float> noise(0.f, 0.1f);
+  std::normal_distribution<float> noise(0.f, 0.1f * std::sqrt(64.f / static_cast<float>(std::max(cfg.d, 64))));
   for (float& w : cpu.params()) w += noise(rng);
   auto made = MakeCudaModel(cfg, comm.get(), bf16);
   ASSERT_TRUE(made.ok()) << made.status();
@@ -92,7 +96,12 @@ void ExpectParity(const ModelConfig& cfg, bool bf16, const std::string& name) {
     EXPECT_LT(std::abs(rg.aux_loss - rc.aux_loss), tol * rc.aux_loss);
     EXPECT_LT(std::abs(rg.z_loss - rc.z_loss), tol * rc.z_loss + 1e-12);
     ASSERT_EQ(rg.layers.size(), rc.layers.size());
-    if (!bf16) {
+    if (bf16) {
+      const std::vector<int64_t> moves = testing::RoutingMoves(rc, rg);
+      for (size_t l = 0; l < rc.layers.size(); ++l) {
+        EXPECT_LE(moves[l], testing::AllowedMoves(rc.layers[l])) << "layer " << l;
+      }
+    } else {
       for (size_t l = 0; l < rc.layers.size(); ++l) {
         EXPECT_EQ(rg.layers[l].routed, rc.layers[l].routed) << "layer " << l;
         EXPECT_EQ(rg.layers[l].dropped, rc.layers[l].dropped) << "layer " << l;
@@ -108,13 +117,13 @@ void ExpectParity(const ModelConfig& cfg, bool bf16, const std::string& name) {
   gpu.Backward();
   std::vector<float> gg;
   gpu.CopyToHost(ParamSet::kGrads, &gg);
-  // bf16: 5e-2, except the router's gradient, a difference of near-equal terms (through the
-  // renormalised top-k weights) that magnifies the bf16 rounding of the expert outputs.
+  // bf16: testing::Bf16GradBound (tests/support/bf16_parity.h): 5e-2, looser for the router and
+  // for the MoE weights of a layer where a near-tie flipped under bf16.
   const double gtol = bf16 ? 5e-2 : 1e-3;
+  const std::vector<int64_t> moves = bf16 ? testing::RoutingMoves(rc, rg) : std::vector<int64_t>{};
   for (const ParamInfo& info : cpu.layout().params()) {
     const double err = RelErr(gg.data() + info.offset, cpu.grads().data() + info.offset, info.size);
-    const bool router = info.name.find("router") != std::string::npos;
-    EXPECT_LT(err, bf16 && router ? 0.3 : gtol) << info.name;
+    EXPECT_LT(err, bf16 ? testing::Bf16GradBound(info.name, moves) : gtol) << info.name;
   }
 
   // One optimizer step on both: the updated weights agree.

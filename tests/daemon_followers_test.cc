@@ -148,8 +148,14 @@ TEST(DaemonFollowers, FiveHundredFollowersFewThreadsFastShutdownAndRestart) {
   EXPECT_EQ(unavailable, kFollowers) << "a follower must end UNAVAILABLE so moectl reconnects";
   const grpc::Status report_status = report->Finish();
   EXPECT_FALSE(report_status.ok());
-  EXPECT_EQ(report_status.error_code(), grpc::StatusCode::UNAVAILABLE)
-      << report_status.error_message() << " (the reporter reconnects only on a transient error)";
+  // The server cancels the still-open report stream after its shutdown grace: the client sees
+  // UNAVAILABLE or CANCELLED, whichever of the connection's close and the stream's reset it reads
+  // first (CANCELLED seen under load in CI). The reporter reconnects on both (worker/report/
+  // reporter.cc gives up only on NOT_FOUND, FAILED_PRECONDITION and the auth/argument codes).
+  EXPECT_TRUE(report_status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+              report_status.error_code() == grpc::StatusCode::CANCELLED)
+      << report_status.error_code() << " " << report_status.error_message()
+      << " (the reporter reconnects only on a transient error)";
 
   // The same port at once: the next moed serves, and a follower there resumes the job.
   const auto t1 = Clock::now();

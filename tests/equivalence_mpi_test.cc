@@ -4,8 +4,10 @@
 // checkpointed by W ranks resumes on W ranks and on one rank with the same curve. And the same
 // with the expert options that talk across ranks: loss-free balancing (biases from global
 // counts, restored from the checkpoint), expert dropout (every rank draws the same experts) and
-// shared experts (replicated like the dense weights).
+// shared experts (replicated like the dense weights). And train.recompute: full on W ranks, whose
+// rerun exchanges the rows again, trains bit for bit like recompute: none.
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -224,6 +226,57 @@ TEST(EquivalenceTest, AttentionOptionsRanksMatchOneRank) {
     }
     EXPECT_LT(std::sqrt(diff / norm), 1e-5) << "W=" << W << " " << name;
   }
+}
+
+// Recompute full reruns each block inside the backward, the exchange of its rows included (every
+// rank reruns the same block at the same point): on W ranks the same curve, router statistics and
+// weights as recompute none, bit for bit, with capacity drops, expert dropout and dropout on.
+TEST(EquivalenceTest, RecomputeMatchesNoneOnRanks) {
+  kernels::SetNumThreads(1);
+  auto comm = CreateMpiCommunicator(testing::TestCommOptions());
+  const int W = comm->world_size();
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec(W);
+  spec.mutable_train()->set_steps(6);
+  spec.mutable_train()->set_log_every(1);
+  spec.mutable_train()->set_eval_every(0);
+  spec.mutable_train()->set_grad_accum(2);
+  spec.mutable_model()->set_dropout(0.1);
+  spec.mutable_model()->mutable_attention()->set_dropout(0.1);
+  auto* e = spec.mutable_model()->mutable_moe();
+  e->set_capacity_factor(1.0);
+  e->set_expert_dropout(0.25);
+  e->set_shared_experts(1);
+  e->set_shared_expert_hidden(48);
+  e->set_bias_update_rate(0.02);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  TrainOutcome outcome;
+  std::unique_ptr<Trainer> none = testing::NewTrainer(spec, comm.get(), &*data);
+  ASSERT_NE(none, nullptr);
+  ASSERT_TRUE(none->Run(&outcome).ok());
+  spec.mutable_train()->set_recompute(moe::v1::RECOMPUTE_FULL);
+  std::unique_ptr<Trainer> full = testing::NewTrainer(spec, comm.get(), &*data);
+  ASSERT_NE(full, nullptr);
+  ASSERT_TRUE(full->Run(&outcome).ok());
+
+  ASSERT_EQ(full->history().size(), none->history().size());
+  for (size_t i = 0; i < none->history().size(); ++i) {
+    const moe::v1::MetricPoint &a = none->history()[i], &b = full->history()[i];
+    EXPECT_EQ(b.loss(), a.loss()) << "W=" << W << " step " << i + 1;
+    EXPECT_EQ(b.aux_loss(), a.aux_loss()) << "W=" << W << " step " << i + 1;
+    ASSERT_EQ(b.layers_size(), a.layers_size());
+    for (int l = 0; l < a.layers_size(); ++l) {
+      EXPECT_EQ(b.layers(l).SerializeAsString(), a.layers(l).SerializeAsString())
+          << "W=" << W << " step " << i + 1 << " layer " << l << ": " << b.layers(l).ShortDebugString() << " vs "
+          << a.layers(l).ShortDebugString();
+    }
+  }
+  std::vector<float> wa, wb;
+  none->model().CopyToHost(ParamSet::kParams, &wa);
+  full->model().CopyToHost(ParamSet::kParams, &wb);
+  ASSERT_EQ(wa.size(), wb.size());
+  EXPECT_EQ(std::memcmp(wa.data(), wb.data(), wa.size() * sizeof(float)), 0)
+      << "W=" << W << " rank " << comm->rank() << ": the trained weights differ";
 }
 
 }  // namespace

@@ -273,6 +273,37 @@ TEST_F(HfInterchange, ExportRefusesANonEmptyDirectory) {
   EXPECT_TRUE(ExportHf(*ckpt_dir_, empty, {}).ok());
 }
 
+// Trains spec (its steps) into a fresh checkpoint directory; *params: the weights it ends with.
+std::string TrainCheckpoint(const moe::v1::JobSpec& spec, Dataset* data, std::vector<float>* params) {
+  const std::string ckpt = testing::MakeTempDir(spec.name() + "-");
+  auto comm = CreateSingleProcessCommunicator();
+  TrainerOptions opts;
+  opts.checkpoint_dir = ckpt;
+  std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), data, opts);
+  EXPECT_NE(t, nullptr);
+  if (t == nullptr) return ckpt;
+  TrainOutcome outcome;
+  EXPECT_TRUE(t->Run(&outcome).ok());
+  t->model().CopyToHost(ParamSet::kParams, params);
+  return ckpt;
+}
+
+// A job of spec's shape initialised from the Hugging Face directory hf (no step taken): its weights.
+std::vector<float> ImportedParams(moe::v1::JobSpec spec, Dataset* data, const std::string& hf) {
+  spec.mutable_model()->set_init_from(hf);
+  auto comm = CreateSingleProcessCommunicator();
+  TrainerOptions opts;
+  opts.max_steps = 0;
+  std::vector<float> got;
+  std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), data, opts);
+  EXPECT_NE(t, nullptr);
+  if (t == nullptr) return got;
+  TrainOutcome outcome;
+  EXPECT_TRUE(t->Run(&outcome).ok());
+  t->model().CopyToHost(ParamSet::kParams, &got);
+  return got;
+}
+
 TEST(HfInterchangeDense, DenseModelGoesOutAsMistralAndComesBack) {
   kernels::SetNumThreads(1);
   moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
@@ -283,16 +314,8 @@ TEST(HfInterchangeDense, DenseModelGoesOutAsMistralAndComesBack) {
   spec.mutable_train()->set_eval_every(1);
   spec.mutable_train()->set_eval_batches(1);
   Dataset data = *LoadDataset(spec.data());
-  const std::string ckpt = testing::MakeTempDir("hf-dense-");
-  auto comm = CreateSingleProcessCommunicator();
-  TrainerOptions opts;
-  opts.checkpoint_dir = ckpt;
-  std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &data, opts);
-  ASSERT_NE(t, nullptr);
-  TrainOutcome outcome;
-  ASSERT_TRUE(t->Run(&outcome).ok());
   std::vector<float> want;
-  t->model().CopyToHost(ParamSet::kParams, &want);
+  const std::string ckpt = TrainCheckpoint(spec, &data, &want);
 
   const std::string out = testing::MakeTempDir("hf-dense-out-") + "/m";
   absl::StatusOr<HfExportResult> r = ExportHf(ckpt, out, {});
@@ -307,14 +330,7 @@ TEST(HfInterchangeDense, DenseModelGoesOutAsMistralAndComesBack) {
   for (const NamedTensor& nt : st->tensors) has_gate_proj |= nt.name == "model.layers.0.mlp.gate_proj.weight";
   EXPECT_TRUE(has_gate_proj);
 
-  spec.mutable_model()->set_init_from(out);
-  opts = {};
-  opts.max_steps = 0;
-  std::unique_ptr<Trainer> t2 = testing::NewTrainer(spec, comm.get(), &data, opts);
-  ASSERT_NE(t2, nullptr);
-  ASSERT_TRUE(t2->Run(&outcome).ok());
-  std::vector<float> got;
-  t2->model().CopyToHost(ParamSet::kParams, &got);
+  const std::vector<float> got = ImportedParams(spec, &data, out);
   ASSERT_EQ(got.size(), want.size());
   EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0);
 }
@@ -333,16 +349,8 @@ TEST(HfInterchangeQwen3, QkNormJobGoesOutAsQwen3MoeAndComesBack) {
   spec.mutable_train()->set_eval_every(2);
   spec.mutable_train()->set_eval_batches(1);
   Dataset data = *LoadDataset(spec.data());
-  const std::string ckpt = testing::MakeTempDir("hf-qwen3-");
-  auto comm = CreateSingleProcessCommunicator();
-  TrainerOptions opts;
-  opts.checkpoint_dir = ckpt;
-  std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &data, opts);
-  ASSERT_NE(t, nullptr);
-  TrainOutcome outcome;
-  ASSERT_TRUE(t->Run(&outcome).ok());
   std::vector<float> want;
-  t->model().CopyToHost(ParamSet::kParams, &want);
+  const std::string ckpt = TrainCheckpoint(spec, &data, &want);
 
   const std::string out = testing::MakeTempDir("hf-qwen3-out-") + "/m";
   absl::StatusOr<HfExportResult> r = ExportHf(ckpt, out, {});
@@ -363,20 +371,18 @@ TEST(HfInterchangeQwen3, QkNormJobGoesOutAsQwen3MoeAndComesBack) {
   EXPECT_EQ(names["model.layers.0.mlp.experts.3.down_proj.weight"], (std::vector<int64_t>{64, 96}));
   EXPECT_EQ(names.count("model.layers.0.block_sparse_moe.gate.weight"), 0u);
 
-  spec.mutable_model()->set_init_from(out);
-  opts = {};
-  opts.max_steps = 0;
-  std::unique_ptr<Trainer> back = testing::NewTrainer(spec, comm.get(), &data, opts);
-  ASSERT_NE(back, nullptr);
-  ASSERT_TRUE(back->Run(&outcome).ok());
-  std::vector<float> got;
-  back->model().CopyToHost(ParamSet::kParams, &got);
+  const std::vector<float> got = ImportedParams(spec, &data, out);
   ASSERT_EQ(got.size(), want.size());
   EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0);
 
   // The same directory, a job without QK-norm: refused with the fix.
   moe::v1::JobSpec plain = spec;
+  plain.mutable_model()->set_init_from(out);
   plain.mutable_model()->mutable_attention()->set_qk_norm(false);
+  auto comm = CreateSingleProcessCommunicator();
+  TrainerOptions opts;
+  opts.max_steps = 0;
+  TrainOutcome outcome;
   auto refused = Trainer::Create(plain, comm.get(), &data, opts);
   if (refused.ok()) {
     absl::Status run = (*refused)->Run(&outcome);

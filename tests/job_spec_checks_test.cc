@@ -114,6 +114,16 @@ TEST_F(JobSpecTest, ShapesTheGpuBackendCannotRunAreRefusedAtValidate) {
   EXPECT_THAT(e.message, HasSubstr("multiples of 8, got 100 (use 104"));
 }
 
+// train.recompute: full runs on both backends (issue 17): accepted at validate for cpu and cuda.
+TEST_F(JobSpecTest, RecomputeFullIsAcceptedOnBothBackends) {
+  for (const std::string device : {"cpu", "cuda"}) {
+    const std::string y =
+        WithExtra("  batch_size: 8", "  recompute: full\n") + "resources: {device: " + device + "}\n";
+    EXPECT_THAT(Parse(y).errors, IsEmpty()) << device;
+    EXPECT_EQ(ValidSpec(y).train().recompute(), v1::RECOMPUTE_FULL) << device;
+  }
+}
+
 TEST_F(JobSpecTest, DerivedDefaultsFollowTheGivenValues) {
   std::string yaml = WithExtra("  batch_size: 8", "  lr: 3.0e-4\n");
   yaml.replace(yaml.find("steps: 5000"), 11, "steps: 40");

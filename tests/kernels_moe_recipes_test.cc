@@ -17,6 +17,7 @@
 #include "kernels/router.h"
 #include "kernels/routing_plan.h"
 #include "tests/support/gradcheck.h"
+#include "tests/support/naive_experts.h"
 #include "worker/model/moe_bookkeeping.h"
 
 namespace moe::kernels {
@@ -25,13 +26,9 @@ namespace {
 using moe::testing::ExpectGradOk;
 using moe::testing::GradCheck;
 using moe::testing::GradCheckOptions;
+using moe::testing::NaiveAct;
 using moe::testing::Randn;
 using moe::testing::WeightedSum;
-
-double NaiveAct(ExpertActivation act, double g) {
-  if (act == ExpertActivation::kRelu2) return g > 0 ? g * g : 0.0;
-  return 0.5 * g * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (g + 0.044715 * g * g * g)));
-}
 
 class UngatedExpertsTest : public ::testing::TestWithParam<ExpertActivation> {};
 
@@ -64,23 +61,8 @@ TEST_P(UngatedExpertsTest, ExpertsWithoutW3MatchNaiveAndFiniteDifferences) {
   std::vector<float> ys(m * d), g(m * f), h(m * f);
   ExpertsForward(ys.data(), g.data(), nullptr, h.data(), xs.data(), w1.data(), nullptr, w2.data(), counts.data(),
                  e_local, d, f, act);
-  int row = 0;
-  for (int x = 0; x < e_local; ++x) {
-    for (int i = row; i < row + counts[x]; ++i) {
-      std::vector<double> hh(f);
-      for (int j = 0; j < f; ++j) {
-        double gg = 0.0;
-        for (int c = 0; c < d; ++c) gg += double{xs[i * d + c]} * w1[(x * d + c) * f + j];
-        hh[j] = NaiveAct(act, gg);
-      }
-      for (int c = 0; c < d; ++c) {
-        double y = 0.0;
-        for (int j = 0; j < f; ++j) y += hh[j] * w2[(x * f + j) * d + c];
-        EXPECT_NEAR(ys[i * d + c], y, 1e-5) << "expert " << x << " row " << i;
-      }
-    }
-    row += counts[x];
-  }
+  const std::vector<double> want = testing::NaiveExperts(xs, w1.data(), nullptr, w2.data(), counts, d, f, act);
+  for (int i = 0; i < m * d; ++i) EXPECT_NEAR(ys[i], want[i], 1e-5) << "row " << i / d;
   std::vector<float> dxs(m * d, 0.0f), dw1(e_local * d * f, 0.0f), dw2(e_local * f * d, 0.0f);
   std::vector<float> scratch(2 * m * f, std::numeric_limits<float>::quiet_NaN());
   ExpertsBackward(dxs.data(), dw1.data(), nullptr, dw2.data(), r.data(), xs.data(), g.data(), nullptr, h.data(),

@@ -14,6 +14,7 @@
 #include "kernels/router.h"
 #include "kernels/routing_plan.h"
 #include "tests/support/gradcheck.h"
+#include "tests/support/naive_experts.h"
 #include "worker/model/moe_bookkeeping.h"
 
 namespace moe::kernels {
@@ -287,26 +288,9 @@ TEST(Experts, ForwardMatchesNaiveAndBackwardMatchesFiniteDifferences) {
   std::vector<float> ys(m * d), g(m * f), u(m * f), h(m * f);
   ExpertsForward(ys.data(), g.data(), u.data(), h.data(), xs.data(), w1.data(), w3.data(),
                  w2.data(), counts.data(), e_local, d, f);
-  int row = 0;
-  for (int x = 0; x < e_local; ++x) {
-    for (int i = row; i < row + counts[x]; ++i) {
-      std::vector<double> hh(f);
-      for (int j = 0; j < f; ++j) {
-        double gg = 0.0, uu = 0.0;
-        for (int c = 0; c < d; ++c) {
-          gg += double{xs[i * d + c]} * w1[(x * d + c) * f + j];
-          uu += double{xs[i * d + c]} * w3[(x * d + c) * f + j];
-        }
-        hh[j] = gg / (1.0 + std::exp(-gg)) * uu;
-      }
-      for (int c = 0; c < d; ++c) {
-        double y = 0.0;
-        for (int j = 0; j < f; ++j) y += hh[j] * w2[(x * f + j) * d + c];
-        EXPECT_NEAR(ys[i * d + c], y, 1e-5) << "expert " << x << " row " << i;
-      }
-    }
-    row += counts[x];
-  }
+  const std::vector<double> want =
+      testing::NaiveExperts(xs, w1.data(), w3.data(), w2.data(), counts, d, f, ExpertActivation::kSwiglu);
+  for (int i = 0; i < m * d; ++i) EXPECT_NEAR(ys[i], want[i], 1e-5) << "row " << i / d;
 
   std::vector<float> dxs(m * d, 0.0f), dw1(e_local * d * f, 0.0f), dw3(e_local * d * f, 0.0f);
   std::vector<float> dw2(e_local * f * d, 0.0f);

@@ -3,6 +3,7 @@
 // (TrainModel::PeakMemoryBytes, which peak_memory_mb reports) over two training steps, from the
 // moment before the model is built, is within 20% of the estimate's total. Each shape runs in a
 // child process of its own, so that one shape's high-water mark does not hide the next one's.
+// And train.recompute: full lowers that peak by about what the estimate says it saves.
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -151,6 +152,35 @@ TEST(MemoryEstimateCpu, WithinTwentyPercentOfThePeakResidentSet) {
                 FormatBytes(static_cast<double>(measured)).c_str(), ratio);
     EXPECT_GT(ratio, 0.8);
     EXPECT_LT(ratio, 1.2);
+  }
+}
+
+// Six blocks whose activations dwarf the weights: recompute full keeps each block's input and
+// one block's activations, and the process's peak shows it.
+TEST(MemoryEstimateCpu, RecomputeLowersThePeakResidentSet) {
+  const Shape s{"recompute", 64, 6, 4, 4, 128, 8, 2, 128, 512, 16, 1, 0};
+  v1::JobSpec spec = SpecOf(s, WriteShard(s.vocab));
+  const ModelStats none = ComputeModelStats(spec);
+  const int64_t measured_none = MeasuredGrowth(spec);
+  spec.mutable_train()->set_recompute(v1::RECOMPUTE_FULL);
+  const ModelStats full = ComputeModelStats(spec);
+  const int64_t measured_full = MeasuredGrowth(spec);
+  ASSERT_GT(measured_none, 0) << "training in the child process failed";
+  ASSERT_GT(measured_full, 0) << "training in the child process failed";
+  const int64_t saving = none.activation_bytes - full.activation_bytes;
+  std::printf("activations: none %s, full %s (estimate); peak growth: none %s, full %s (measured)\n",
+              FormatBytes(static_cast<double>(none.activation_bytes)).c_str(),
+              FormatBytes(static_cast<double>(full.activation_bytes)).c_str(),
+              FormatBytes(static_cast<double>(measured_none)).c_str(),
+              FormatBytes(static_cast<double>(measured_full)).c_str());
+  EXPECT_GT(saving * 2, none.activation_bytes) << "the estimate saves less than half the activations";
+  // The peak falls by at least half of the estimated saving, and each run is within 20%.
+  EXPECT_LT(measured_full, measured_none - saving / 2);
+  for (const auto& [estimate, measured] :
+       {std::pair{none.total_bytes, measured_none}, std::pair{full.total_bytes, measured_full}}) {
+    const double ratio = static_cast<double>(estimate) / static_cast<double>(measured);
+    EXPECT_GT(ratio, 0.8) << FormatBytes(static_cast<double>(estimate)) << " estimated";
+    EXPECT_LT(ratio, 1.2) << FormatBytes(static_cast<double>(estimate)) << " estimated";
   }
 }
 

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
@@ -29,6 +31,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 struct RunResult {
   bool exited = false;  // false: killed by a signal (a crash)
@@ -280,6 +283,78 @@ TEST_F(ExampleTest, GpuMemorySaysWhetherACudaJobFits) {
 // The seed recipes (issue 16): each validates, counts its options' parameters (MODEL.md
 // "Counting") and names them in the recipe line -- once the GPU backend runs every option the
 // recipe sets; until then validate refuses it, naming the first option the GPU does not run.
+// train.recompute: full (issue 17) validates for the cuda example, says so on the memory line, and
+// the estimate is smaller; with it on, the fit advice no longer offers it.
+TEST_F(ExampleTest, RecomputeFullValidatesAndShrinksTheEstimate) {
+  RunResult plain = ValidateCopy("small.yaml");
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  std::ifstream in(moe::testing::SourceDir() + "/examples/small.yaml");
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string yaml = text.str();
+  const size_t train = yaml.find("\ntrain:\n");
+  ASSERT_NE(train, std::string::npos);
+  yaml.insert(train + 8, "  recompute: full\n");
+  const std::string path = root_ + "/examples/small-recompute.yaml";
+  std::ofstream(path) << yaml;
+  RunResult full = RunMoectl({"validate", path});
+  EXPECT_EQ(full.exit_code, 0) << full.err;
+  EXPECT_EQ(full.err, "");
+  EXPECT_THAT(full.out, HasSubstr("recompute full: each block's input and one block's activations"));
+  EXPECT_THAT(plain.out, Not(HasSubstr("recompute full")));
+  RunResult tight = RunMoectl({"validate", path, "--gpu-memory", "24GiB"});
+  EXPECT_THAT(tight.out, Not(HasSubstr("train.recompute: full saves")));
+}
+
+// Issue 17's "80 GB configuration" (examples/moe-80gb.yaml): 9.3B parameters with recompute full.
+// By our estimate it fits neither one 80 GB GPU nor one H200 with the options the cuda backend
+// runs today; validate says so and names int8 optimizer state as enough alone for the H200. Once
+// the cuda backend runs train.optimizer_state int8, the file with it fits 139 GiB.
+TEST_F(ExampleTest, Moe80gbNamesWhatMakesItFit) {
+  RunResult r = ValidateCopy("moe-80gb.yaml");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_THAT(r.out, HasSubstr("9.3B total, 2.8B active (9.3B on each rank)"));
+  EXPECT_THAT(r.out, HasSubstr("E 8, top-2, hidden 5504"));
+  EXPECT_THAT(r.out, HasSubstr("recompute full: each block's input and one block's activations"));
+  EXPECT_THAT(r.out, HasSubstr("batch 8 (8 per rank, 2 micro-batches)"));
+  const std::string path = root_ + "/examples/moe-80gb.yaml";
+  RunResult gb80 = RunMoectl({"validate", path, "--gpu-memory", "80GB"});
+  EXPECT_EQ(gb80.exit_code, 2) << gb80.out;
+  EXPECT_THAT(gb80.out, HasSubstr("the GPU has 74.5 GiB"));
+  EXPECT_THAT(gb80.out, Not(HasSubstr("train.recompute: full saves")));  // already on
+  RunResult h200 = RunMoectl({"validate", path, "--gpu-memory", "139GiB"});
+  const size_t lever = h200.out.find("train.optimizer_state: int8 saves about ");
+  ASSERT_NE(lever, std::string::npos) << h200.out;
+  EXPECT_THAT(h200.out.substr(lever, h200.out.find('\n', lever) - lever), HasSubstr("(enough alone)"));
+
+  // Without recompute full the estimate is larger: validate offers it as a lever.
+  std::ifstream in(moe::testing::SourceDir() + "/examples/moe-80gb.yaml");
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string yaml = text.str();
+  const size_t recompute = yaml.find("  recompute: full\n");
+  ASSERT_NE(recompute, std::string::npos);
+  std::string plain = yaml;
+  plain.erase(recompute, std::string("  recompute: full\n").size());
+  std::ofstream(root_ + "/examples/moe-80gb-plain.yaml") << plain;
+  RunResult no_options = RunMoectl({"validate", root_ + "/examples/moe-80gb-plain.yaml", "--gpu-memory", "139GiB"});
+  EXPECT_EQ(no_options.exit_code, 2);
+  EXPECT_THAT(no_options.out, HasSubstr("train.recompute: full saves about "));
+
+  std::string int8 = yaml;
+  int8.insert(recompute, "  optimizer_state: int8\n");
+  std::ofstream(root_ + "/examples/moe-80gb-int8.yaml") << int8;
+  RunResult with_int8 = RunMoectl({"validate", root_ + "/examples/moe-80gb-int8.yaml", "--gpu-memory", "139GiB"});
+  if (!moe::BackendRuns(/*cuda=*/true, moe::RecipeOption::kCompactState)) {
+    EXPECT_EQ(with_int8.exit_code, 2);
+    EXPECT_THAT(with_int8.err, HasSubstr("train.optimizer_state: is not run by device cuda yet"));
+  } else {
+    EXPECT_EQ(with_int8.exit_code, 0) << with_int8.out << with_int8.err;
+    EXPECT_THAT(with_int8.out, HasSubstr("gpu memory   fits: needs about "));
+  }
+}
+
 TEST_F(ExampleTest, SeedRecipesValidate) {
   struct Case {
     std::string file;
@@ -331,6 +406,94 @@ TEST(MoectlValidateExamples, TinyShakespeareValidatesAgainstTheSharedData) {
   EXPECT_THAT(r.out, HasSubstr("E 8, top-2, hidden 512, dropless, 8 per rank"));
   EXPECT_THAT(r.out, HasSubstr(data));
   EXPECT_THAT(r.out, HasSubstr("16.4K tokens/step"));
+}
+
+// Issue 21: examples/shakespeare-moe.yaml is the job the quality search trains as its "example"
+// variant (bench/quality_search.py --dump example), so the recipe in the file is the one measured:
+// both describe the same job, line for line, but for the name and the data path; and it stays
+// within the 10.7M active parameters of the goal.
+TEST(MoectlValidateExamples, ShakespeareMoeIsTheQualitySearchExample) {
+  const std::string src = moe::testing::SourceDir();
+  const std::string data = (fs::path(src) / "../shared/data/tinyshakespeare/input.txt").lexically_normal();
+  if (!fs::is_regular_file(data)) GTEST_SKIP() << data << " is absent in this checkout";
+  if (std::system("python3 -c 'import json' > /dev/null 2>&1") != 0) GTEST_SKIP() << "no python3";
+  const std::string dir = moe::testing::MakeTempDir("shakespeare_moe_");
+  const std::string dumped = dir + "/example.yaml";
+  ASSERT_EQ(std::system(("python3 " + src + "/bench/quality_search.py --dump example --data " + data + " > " +
+                         dumped)
+                            .c_str()),
+            0);
+  RunResult file = RunMoectl({"validate", src + "/examples/shakespeare-moe.yaml"});
+  RunResult search = RunMoectl({"validate", dumped});
+  ASSERT_EQ(file.exit_code, 0) << file.err;
+  ASSERT_EQ(search.exit_code, 0) << search.err;
+  EXPECT_THAT(file.out, HasSubstr("31.9M total, 10.7M active"));
+  EXPECT_THAT(file.out, HasSubstr("attention dropout 0.2, expert dropout 0.2"));
+  auto description = [](const std::string& out) {
+    std::vector<std::string> keep;
+    for (absl::string_view line : absl::StrSplit(out, '\n')) {
+      if (line.find("valid job") != absl::string_view::npos) continue;  // the name and the file
+      if (absl::StartsWith(line, "  data ")) continue;                   // the path
+      keep.emplace_back(line);
+    }
+    return keep;
+  };
+  EXPECT_EQ(description(file.out), description(search.out)) << file.out << "\n---\n" << search.out;
+}
+
+// bench/largest_model.py (issue 17 (b)) in its estimate-only mode on a tiny search: one JSON line
+// per option combination (8), defaults first; every combination that fits holds at least the
+// defaults' total parameters (an option never grows the estimate), a refused one names the option
+// the cuda backend does not run yet, and the job file of each row validates and fits.
+TEST(LargestModel, TinySearchKeepsTheTableInvariants) {
+  if (std::system("python3 -c 'import json' > /dev/null 2>&1") != 0) GTEST_SKIP() << "no python3";
+  const std::string src = moe::testing::SourceDir();
+  const std::string dir = moe::testing::MakeTempDir("largest_model_");
+  const std::string cmd = "python3 " + src + "/bench/largest_model.py --moectl " + moe::testing::BinDir() +
+                          "/moectl --dir " + dir + " --gpu-memory 2GiB --d-model 256 --head-size 64" +
+                          " --expert-hidden 512 --seq-len 256 --micro-batch 4 --vocab 512 --layers 2,4" +
+                          " --max-experts 64 --data " + src + "/README.md > " + dir + "/out.txt";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << ReadAll(dir + "/out.txt");
+  const std::string out = ReadAll(dir + "/out.txt");
+  std::vector<std::string> rows;
+  for (absl::string_view line : absl::StrSplit(out, '\n')) {
+    if (absl::StartsWith(line, "{")) rows.emplace_back(line);
+  }
+  ASSERT_EQ(rows.size(), 8u) << out;
+  ASSERT_THAT(rows[0], HasSubstr("\"combination\": \"defaults\", \"status\": \"fits\"")) << out;
+  auto number = [](const std::string& row, const std::string& key) {
+    const size_t at = row.find("\"" + key + "\": ");
+    return at == std::string::npos ? -1.0 : std::atof(row.c_str() + at + key.size() + 4);
+  };
+  auto text = [](const std::string& row, const std::string& key) {
+    const size_t at = row.find("\"" + key + "\": \"");
+    if (at == std::string::npos) return std::string();
+    const size_t from = at + key.size() + 5;
+    return row.substr(from, row.find('"', from) - from);
+  };
+  const double defaults = number(rows[0], "total_params");
+  ASSERT_GT(defaults, 0) << rows[0];
+  int fitting = 0;
+  for (const std::string& row : rows) {
+    const std::string status = text(row, "status");
+    if (status == "refused") {
+      EXPECT_THAT(text(row, "reason"), HasSubstr("is not run by device cuda yet")) << row;
+      continue;
+    }
+    ASSERT_EQ(status, "fits") << row;
+    ++fitting;
+    EXPECT_GE(number(row, "total_params"), defaults) << row;
+    EXPECT_GE(number(row, "total_params"), number(row, "active_params")) << row;
+    EXPECT_LE(number(row, "estimate_gib"), 2.0) << row;
+    const std::string job = text(row, "job");
+    ASSERT_TRUE(fs::is_regular_file(job)) << row;
+    RunResult v = RunMoectl({"validate", job, "--gpu-memory", "2GiB"});
+    EXPECT_EQ(v.exit_code, 0) << job << "\n" << v.out << v.err;
+    EXPECT_THAT(v.out, HasSubstr("gpu memory   fits: needs about "));
+  }
+  EXPECT_GE(fitting, 2) << out;  // defaults and recompute full run on cuda today
+  EXPECT_THAT(out, HasSubstr("| combination | total params | active params |"));
+  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -208,10 +208,62 @@ void Model::CopyFromHost(ParamSet set, const std::vector<float>& in) {
   std::copy(in.begin(), in.begin() + std::min(in.size(), dst.size()), dst.begin());
 }
 
+void Model::BlockForward(int l, BlockActs* ap, std::vector<float>* xp, bool rerun, MoeLayerForwardStats* stats) {
+  const int T = cfg_.seq_len, D = cfg_.d, H = cfg_.heads, Hkv = cfg_.kv_heads;
+  const int hd = cfg_.head_dim, C3 = cfg_.qkv_dim();
+  const int b = b_, n = b * T;
+  const size_t nd = static_cast<size_t>(n) * D;
+  const BatchContext& ctx = ctx_;
+  const float p_drop = ctx.train ? cfg_.dropout : 0.f;
+  const uint64_t offset = static_cast<uint64_t>(ctx.first_token) * D;
+  ModelTensors w = layout_.Bind(params_.data());
+  BlockActs& a = *ap;
+  std::vector<float>& x = *xp;
+  std::vector<float> tmp(nd), gated(cfg_.attn_gate ? nd : 0);
+  const BlockTensors& bw = w.blocks[l];
+  // Attention: x += dropout(attn(RMSNorm(x)) @ wo^T)
+  a.x_in = x;
+  a.attn_in.resize(nd);
+  a.attn_rstd.resize(n);
+  kernels::RmsNormForward(a.attn_in.data(), a.attn_rstd.data(), x.data(), bw.attn_norm, n, D);
+  a.qkv.resize(static_cast<size_t>(n) * C3);
+  kernels::LinearForward(a.qkv.data(), a.attn_in.data(), bw.wqkv, n, D, C3);
+  if (cfg_.qk_norm) {
+    a.qk_raw.resize(static_cast<size_t>(n) * (H + Hkv) * hd);
+    a.qk_rstd.resize(static_cast<size_t>(n) * (H + Hkv));
+    kernels::QkNormForward(a.qkv.data(), a.qk_rstd.data(), a.qk_raw.data(), bw.q_norm, bw.k_norm, n, H, Hkv, hd);
+  }
+  kernels::RopeForward(a.qkv.data(), b, T, H, Hkv, hd, cfg_.rope_theta);
+  a.attn_y.resize(nd);
+  a.attn_lse.resize(static_cast<size_t>(b) * H * T);
+  kernels::AttentionForward(a.attn_y.data(), a.attn_lse.data(), a.qkv.data(), b, T, H, Hkv, hd,
+                            AttnDropout(cfg_, ctx, l));
+  const float* wo_in = a.attn_y.data();
+  if (cfg_.attn_gate) {  // the gated output goes to wo; the backward recomputes it
+    a.gate.resize(nd);
+    kernels::LinearForward(a.gate.data(), a.attn_in.data(), bw.wg, n, D, D);
+    kernels::AttentionGateForward(gated.data(), a.gate.data(), a.attn_y.data(), nd);
+    wo_in = gated.data();
+  }
+  kernels::LinearForward(tmp.data(), wo_in, bw.wo, n, D, D);
+  kernels::DropoutForward(tmp.data(), tmp.data(), nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset);
+  Add(x.data(), tmp.data(), nd);
+
+  // MoE: x += dropout(MoE(RMSNorm(x)))
+  a.x_mid = x;
+  a.moe_in.resize(nd);
+  a.moe_rstd.resize(n);
+  kernels::RmsNormForward(a.moe_in.data(), a.moe_rstd.data(), x.data(), bw.moe_norm, n, D);
+  moe_layers_[l]->Forward(a.moe_in.data(), bw, n, ctx.global_tokens, ctx.loss_scale, tmp.data(), stats,
+                          MoeLayerStep{ctx.train, ExpertDropoutSeed(ctx.dropout_seed, l), rerun});
+  if (rerun) return;  // the backward reads the saved activations, not the block's output
+  kernels::DropoutForward(tmp.data(), tmp.data(), nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 2 + 2 * l), offset);
+  Add(x.data(), tmp.data(), nd);
+}
+
 ForwardResult Model::Forward(const int32_t* idx, const int32_t* targets, int b,
                              const BatchContext& ctx) {
-  const int T = cfg_.seq_len, D = cfg_.d, V = cfg_.vocab, H = cfg_.heads, Hkv = cfg_.kv_heads;
-  const int hd = cfg_.head_dim, C3 = cfg_.qkv_dim();
+  const int T = cfg_.seq_len, D = cfg_.d, V = cfg_.vocab;
   const int n = b * T;
   const size_t nd = static_cast<size_t>(n) * D;
   const float p_drop = ctx.train ? cfg_.dropout : 0.f;
@@ -223,51 +275,19 @@ ForwardResult Model::Forward(const int32_t* idx, const int32_t* targets, int b,
   targets_.assign(targets, targets + n);
 
   ForwardResult result;
-  std::vector<float> x(nd), tmp(nd), gated(cfg_.attn_gate ? nd : 0);
+  std::vector<float> x(nd);
   kernels::EmbeddingForward(x.data(), idx, w.wte, n, D);
   kernels::DropoutForward(x.data(), x.data(), nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 0), offset);
 
   for (int l = 0; l < cfg_.layers; ++l) {
-    BlockActs& a = acts_[l];
-    const BlockTensors& bw = w.blocks[l];
-    // Attention: x += dropout(attn(RMSNorm(x)) @ wo^T)
-    a.x_in = x;
-    a.attn_in.resize(nd);
-    a.attn_rstd.resize(n);
-    kernels::RmsNormForward(a.attn_in.data(), a.attn_rstd.data(), x.data(), bw.attn_norm, n, D);
-    a.qkv.resize(static_cast<size_t>(n) * C3);
-    kernels::LinearForward(a.qkv.data(), a.attn_in.data(), bw.wqkv, n, D, C3);
-    if (cfg_.qk_norm) {
-      a.qk_raw.resize(static_cast<size_t>(n) * (H + Hkv) * hd);
-      a.qk_rstd.resize(static_cast<size_t>(n) * (H + Hkv));
-      kernels::QkNormForward(a.qkv.data(), a.qk_rstd.data(), a.qk_raw.data(), bw.q_norm, bw.k_norm, n, H, Hkv, hd);
-    }
-    kernels::RopeForward(a.qkv.data(), b, T, H, Hkv, hd, cfg_.rope_theta);
-    a.attn_y.resize(nd);
-    a.attn_lse.resize(static_cast<size_t>(b) * H * T);
-    kernels::AttentionForward(a.attn_y.data(), a.attn_lse.data(), a.qkv.data(), b, T, H, Hkv, hd,
-                              AttnDropout(cfg_, ctx_, l));
-    const float* wo_in = a.attn_y.data();
-    if (cfg_.attn_gate) {  // the gated output goes to wo; the backward recomputes it
-      a.gate.resize(nd);
-      kernels::LinearForward(a.gate.data(), a.attn_in.data(), bw.wg, n, D, D);
-      kernels::AttentionGateForward(gated.data(), a.gate.data(), a.attn_y.data(), nd);
-      wo_in = gated.data();
-    }
-    kernels::LinearForward(tmp.data(), wo_in, bw.wo, n, D, D);
-    kernels::DropoutForward(tmp.data(), tmp.data(), nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset);
-    Add(x.data(), tmp.data(), nd);
-
-    // MoE: x += dropout(MoE(RMSNorm(x)))
-    a.x_mid = x;
-    a.moe_in.resize(nd);
-    a.moe_rstd.resize(n);
-    kernels::RmsNormForward(a.moe_in.data(), a.moe_rstd.data(), x.data(), bw.moe_norm, n, D);
     MoeLayerForwardStats stats;
-    moe_layers_[l]->Forward(a.moe_in.data(), bw, n, ctx.global_tokens, ctx.loss_scale, tmp.data(), &stats,
-                            MoeLayerStep{ctx.train, ExpertDropoutSeed(ctx.dropout_seed, l)});
-    kernels::DropoutForward(tmp.data(), tmp.data(), nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 2 + 2 * l), offset);
-    Add(x.data(), tmp.data(), nd);
+    // Recompute full: the block's activations go to the one shared set, and all but its input
+    // are dropped once the next block starts (the backward runs the block again).
+    BlockForward(l, cfg_.recompute ? &rerun_acts_ : &acts_[l], &x, /*rerun=*/false, &stats);
+    if (cfg_.recompute) {
+      acts_[l].x_in.swap(rerun_acts_.x_in);
+      moe_layers_[l]->ReleaseSaved();
+    }
     result.aux_loss += stats.aux_loss;
     result.z_loss += stats.z_loss;
     result.layers.push_back(std::move(stats));
@@ -307,7 +327,11 @@ void Model::Backward() {
 
   std::vector<float> dqkv, gated, dgated, dgate;  // the last three for the attention gate
   for (int l = cfg_.layers - 1; l >= 0; --l) {
-    BlockActs& a = acts_[l];
+    if (cfg_.recompute) {  // the block runs again from its input, into rerun_acts_
+      std::vector<float> x = acts_[l].x_in;
+      BlockForward(l, &rerun_acts_, &x, /*rerun=*/true, nullptr);
+    }
+    BlockActs& a = cfg_.recompute ? rerun_acts_ : acts_[l];
     const BlockTensors& bw = w.blocks[l];
     const BlockTensors& bg = g.blocks[l];
     // MoE branch: dx flows to the residual unchanged and through dropout -> MoE -> RMSNorm.
@@ -347,6 +371,7 @@ void Model::Backward() {
     if (cfg_.attn_gate) kernels::LinearBackward(dtmp.data(), bg.wg, dgate.data(), a.attn_in.data(), bw.wg, n, D, D);
     kernels::RmsNormBackward(dx.data(), bg.attn_norm, dtmp.data(), a.x_in.data(), bw.attn_norm,
                              a.attn_rstd.data(), n, D);
+    if (cfg_.recompute) moe_layers_[l]->ReleaseSaved();
   }
   std::fill(dtmp.begin(), dtmp.end(), 0.f);
   kernels::DropoutBackward(dtmp.data(), dx.data(), nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 0), offset);

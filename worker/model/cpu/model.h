@@ -58,6 +58,11 @@ class Model final : public TrainModel {
     std::vector<float> qk_raw, qk_rstd, gate;
   };
 
+  // Block l on the residual stream x (n, D), in place, saving what its backward reads into a
+  // (and its MoE layer). rerun: train.recompute full's second run inside the backward, with the
+  // saved batch context: the same masks, routing and drops; stats untouched (may be null).
+  void BlockForward(int l, BlockActs* a, std::vector<float>* x, bool rerun, MoeLayerForwardStats* stats);
+
   ModelConfig cfg_;
   Communicator* comm_;
   ParamLayout layout_;
@@ -72,7 +77,10 @@ class Model final : public TrainModel {
   BatchContext ctx_;
   int b_ = 0;
   std::vector<int32_t> idx_, targets_;
+  // Per block; with train.recompute full only x_in (the block's input), while one block's
+  // other activations at a time live in rerun_acts_ (and its MoE layer).
   std::vector<BlockActs> acts_;
+  BlockActs rerun_acts_;
   std::vector<float> x_final_, final_out_, final_rstd_, logits_, ce_lse_, ce_losses_;
 };
 

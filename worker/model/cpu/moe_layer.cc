@@ -8,6 +8,14 @@
 #include "worker/model/moe_bookkeeping.h"
 
 namespace moe {
+namespace {
+
+template <typename T>
+void Free(std::vector<T>* v) {
+  std::vector<T>().swap(*v);
+}
+
+}  // namespace
 
 MoeLayer::MoeLayer(const ModelConfig& cfg, Communicator* comm)
     : cfg_(cfg),
@@ -31,7 +39,7 @@ void MoeLayer::Forward(const float* m, const BlockTensors& w, int n, int64_t glo
     h_.resize(g_.size());
     kernels::ExpertsForward(out, g_.data(), u_.data(), h_.data(), m, w.w1, w.w3, w.w2,
                             local_counts_.data(), 1, D, F, act_);
-    *stats = MoeLayerForwardStats{};
+    if (!step.rerun) *stats = MoeLayerForwardStats{};
     SharedForward(m, w, n, out);
     return;
   }
@@ -52,17 +60,20 @@ void MoeLayer::Forward(const float* m, const BlockTensors& w, int n, int64_t glo
                                     ExpertCapacity(cfg_.capacity_factor, n, k, E),
                                     off.empty() ? nullptr : off.data());
 
-  // Router losses use global f_e and P_e: one small all-reduce of the layer's statistics.
-  const RouterStatsSlots slot{E};
-  std::vector<double> red(slot.size(), 0.0);
-  for (int e = 0; e < E; ++e) red[slot.routed() + e] = static_cast<double>(plan_.routed[e]);
-  kernels::RouterStats(red.data() + slot.prob_sum(), &red[slot.z_sum()], &red[slot.entropy_sum()], probs_.data(),
-                       lse_.data(), n, E, /*normalize=*/cfg_.router_sigmoid);
-  red[slot.dropped()] = static_cast<double>(plan_.dropped);
-  red[slot.expert_dropped()] = static_cast<double>(plan_.expert_dropped);
-  dispatcher_.comm()->AllReduceSum(red.data(), static_cast<int64_t>(red.size()));
-  *stats = ReduceRouterStats(red.data(), shape_, global_tokens, cfg_.aux_coef, cfg_.z_coef);
-  aux_grad_ = AuxLossGradient(red.data(), shape_, global_tokens, cfg_.aux_coef, loss_scale);
+  // Router losses use global f_e and P_e: one small all-reduce of the layer's statistics (a
+  // rerun keeps the first run's).
+  if (!step.rerun) {
+    const RouterStatsSlots slot{E};
+    std::vector<double> red(slot.size(), 0.0);
+    for (int e = 0; e < E; ++e) red[slot.routed() + e] = static_cast<double>(plan_.routed[e]);
+    kernels::RouterStats(red.data() + slot.prob_sum(), &red[slot.z_sum()], &red[slot.entropy_sum()], probs_.data(),
+                         lse_.data(), n, E, /*normalize=*/cfg_.router_sigmoid);
+    red[slot.dropped()] = static_cast<double>(plan_.dropped);
+    red[slot.expert_dropped()] = static_cast<double>(plan_.expert_dropped);
+    dispatcher_.comm()->AllReduceSum(red.data(), static_cast<int64_t>(red.size()));
+    *stats = ReduceRouterStats(red.data(), shape_, global_tokens, cfg_.aux_coef, cfg_.z_coef);
+    aux_grad_ = AuxLossGradient(red.data(), shape_, global_tokens, cfg_.aux_coef, loss_scale);
+  }
 
   // Permute -> exchange -> experts -> exchange back -> unpermute.
   xs_.resize(static_cast<size_t>(plan_.kept()) * D);
@@ -79,6 +90,25 @@ void MoeLayer::Forward(const float* m, const BlockTensors& w, int n, int64_t glo
   dispatcher_.Combine(expert_out_.data(), ys_.data());
   kernels::UnpermuteForward(out, ys_.data(), weights_.data(), plan_, D);
   SharedForward(m, w, n, out);
+}
+
+void MoeLayer::ReleaseSaved() {
+  Free(&logits_);
+  Free(&probs_);
+  Free(&lse_);
+  Free(&expert_idx_);
+  Free(&weights_);
+  plan_ = kernels::RoutingPlan{};
+  Free(&xs_);
+  Free(&ys_);
+  Free(&expert_in_);
+  Free(&expert_out_);
+  Free(&g_);
+  Free(&u_);
+  Free(&h_);
+  Free(&shared_g_);
+  Free(&shared_u_);
+  Free(&shared_h_);
 }
 
 void MoeLayer::SharedForward(const float* m, const BlockTensors& w, int n, float* out) {

@@ -22,6 +22,10 @@ namespace moe {
 struct MoeLayerStep {
   bool train = false;
   uint64_t expert_dropout_seed = 0;  // ExpertDropoutSeed(micro-step seed, layer)
+  // train.recompute full: the backward's second run of the same micro-batch. It routes the same
+  // tokens the same way (same input, bias, draws), so it keeps the first run's statistics and
+  // aux gradient: no statistics all-reduce, and nothing is counted twice.
+  bool rerun = false;
 };
 
 class MoeLayer {
@@ -30,12 +34,17 @@ class MoeLayer {
 
   // m (n, D) -> out (n, D). global_tokens: tokens of this micro-batch over all ranks (for the
   // global f_e and P_e). loss_scale: d(total loss)/d(per-token loss), 1 / tokens in the step.
+  // stats is left alone on a rerun (and may be null then).
   void Forward(const float* m, const BlockTensors& w, int n, int64_t global_tokens,
                float loss_scale, float* out, MoeLayerForwardStats* stats,
                const MoeLayerStep& step = {});
   // dout (n, D) -> dm (n, D) +=, and parameter gradients += into g.
   void Backward(const float* dout, const float* m, const BlockTensors& w, const BlockTensors& g,
                 float* dm);
+
+  // Frees what Forward saved for Backward (train.recompute full: between the forward and the
+  // rerun, and after the backward); the aux gradient (E) stays for the rerun.
+  void ReleaseSaved();
 
   // Loss-free balancing's bias (E), 0 at the start; used only when the job balances by bias.
   std::vector<float>& router_bias() { return bias_; }

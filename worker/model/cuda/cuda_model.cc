@@ -73,6 +73,8 @@ class CudaModel final : public TrainModel {
 
  private:
   // Saved by Forward for Backward, per block (the MoE layer keeps its own). n = b T tokens.
+  // train.recompute full: each block's own x_in, and one set of the rest that every block
+  // points at and fills in turn (the backward runs each block again right before its own).
   struct BlockActs {
     float *x_in, *attn_in, *attn_rstd, *qkv, *attn_y, *attn_lse;  // (n,D) (n,D) (n) (n,C3) (n,D) (b,H,T)
     bf16* qkv16;                                                   // (n,C3) bf16 mode: qkv in bf16
@@ -95,6 +97,11 @@ class CudaModel final : public TrainModel {
   }
   // Every activation buffer for b sequences, from one table of shapes.
   void EnsureActivations(int b);
+  // Block l of the last Forward (b_, ctx_batch_) from its input blocks_[l].x_in, saving what its
+  // backward reads into blocks_[l] and its MoE layer; out (n, D): the block's output. rerun:
+  // train.recompute full's second run inside the backward, for the saved activations alone (out
+  // unused; the same masks, routing and drops; no statistics).
+  void BlockForward(int l, float* out, bool rerun);
   // The clocks of every collective this rank runs (host and device).
   CommSeconds CommClocks() const;
 
@@ -182,6 +189,7 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr
     moe_.push_back(
         std::make_unique<CudaMoeLayer>(cfg, shape_, &ctx_, moe_scratch_.get(), exchange_.get(), &memory_,
                                        static_cast<int>(moe_.size())));
+    if (cfg.recompute && l > 0) moe_[l]->ShareSaved(moe_[0].get());
   }
   ZeroGrads();
 }
@@ -232,9 +240,9 @@ void CudaModel::EnsureActivations(int b) {
   const int64_t n = int64_t{b} * cfg_.seq_len, D = cfg_.d, C3 = cfg_.qkv_dim(), V = cfg_.vocab, H = cfg_.heads;
   BufferTable t;
   blocks_.assign(cfg_.layers, BlockActs{});
+  for (int l = 0; l < cfg_.layers; ++l) t.Add(&blocks_[l].x_in, n * D);
   for (int l = 0; l < cfg_.layers; ++l) {
     BlockActs& a = blocks_[l];
-    t.Add(&a.x_in, n * D);
     t.Add(&a.attn_in, n * D);
     t.Add(&a.attn_rstd, n);
     t.Add(&a.qkv, n * C3);
@@ -248,8 +256,10 @@ void CudaModel::EnsureActivations(int b) {
     t.Add(&a.qk_raw, n * qk_heads * cfg_.head_dim);
     t.Add(&a.qk_rstd, n * qk_heads);
     t.Add(&a.gate, cfg_.attn_gate ? n * D : 0);
-    moe_[l]->AddTo(&t, n);
+    moe_[l]->AddTo(&t, n);  // recompute full: the first layer's set only
+    if (cfg_.recompute) break;
   }
+  for (int l = 1; l < cfg_.layers && cfg_.recompute; ++l) moe_[l]->AddTo(&t, n);
   t.Add(&tmp_, n * D);
   t.Add(&x_final_, n * D);
   t.Add(&final_out_, n * D);
@@ -272,12 +282,56 @@ void CudaModel::EnsureActivations(int b) {
   t.Add(&ctx_.s16b, bf16_ ? n * widest : 0);
   moe_scratch_->AddTo(&t, n);
   acts_.Allocate(t);
+  for (int l = 1; l < cfg_.layers && cfg_.recompute; ++l) {  // every block points at block 0's set
+    float* x_in = blocks_[l].x_in;
+    blocks_[l] = blocks_[0];
+    blocks_[l].x_in = x_in;
+  }
+}
+
+void CudaModel::BlockForward(int l, float* out, bool rerun) {
+  const int b = b_, T = cfg_.seq_len, D = cfg_.d, H = cfg_.heads, Hkv = cfg_.kv_heads;
+  const int hd = cfg_.head_dim, C3 = cfg_.qkv_dim();
+  const int n = b * T;
+  const int64_t nd = int64_t{n} * D;
+  const BatchContext& ctx = ctx_batch_;
+  const float p_drop = ctx.train ? cfg_.dropout : 0.f;
+  const uint64_t offset = static_cast<uint64_t>(ctx.first_token) * D;
+  ModelTensors w = params_->Bind();
+  BlockActs& a = blocks_[l];
+  const BlockTensors& bw = w.blocks[l];
+  // Attention: x_mid = x_in + dropout(attn(RMSNorm(x_in)) @ wo^T)
+  cuda::RmsNormForward(a.attn_in, a.attn_rstd, a.x_in, bw.attn_norm, n, D, stream_);
+  ctx_.Linear(a.qkv, a.attn_in, bw.wqkv, n, D, C3, false);
+  if (cfg_.qk_norm) cuda::QkNormForward(a.qkv, a.qk_rstd, a.qk_raw, bw.q_norm, bw.k_norm, n, H, Hkv, hd, stream_);
+  cuda::RopeForward(a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
+  if (bf16_) {
+    // Tensor cores, reading q, k, v in bf16 (kept for the backward).
+    cuda::CastToBf16(a.qkv16, a.qkv, int64_t{n} * C3, stream_);
+    cuda::AttentionForwardBf16(a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_);
+  } else {
+    cuda::AttentionForward(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_);
+  }
+  const float* wo_in = a.attn_y;
+  if (cfg_.attn_gate) {  // wo reads y * sigmoid(attn_in @ wg^T); the backward recomputes it
+    ctx_.Linear(a.gate, a.attn_in, bw.wg, n, D, D, false);
+    cuda::AttentionGateForward(gated_, a.gate, a.attn_y, nd, stream_);
+    wo_in = gated_;
+  }
+  ctx_.Linear(tmp_, wo_in, bw.wo, n, D, D, false);
+  cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
+  cuda::AddOut(a.x_mid, a.x_in, tmp_, nd, stream_);
+  // MoE: the next block's x_in (or x_final_) = x_mid + dropout(MoE(RMSNorm(x_mid)))
+  cuda::RmsNormForward(a.moe_in, a.moe_rstd, a.x_mid, bw.moe_norm, n, D, stream_);
+  moe_[l]->Forward(a.moe_in, bw, n, ctx, tmp_, rerun);
+  if (rerun) return;  // the backward reads the saved activations, not the block's output
+  cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 2 + 2 * l), offset, stream_);
+  cuda::AddOut(out, a.x_mid, tmp_, nd, stream_);
 }
 
 ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int b, const BatchContext& ctx) {
   EnsureActivations(b);
-  const int T = cfg_.seq_len, D = cfg_.d, V = cfg_.vocab, H = cfg_.heads, Hkv = cfg_.kv_heads;
-  const int hd = cfg_.head_dim, C3 = cfg_.qkv_dim();
+  const int T = cfg_.seq_len, D = cfg_.d, V = cfg_.vocab;
   const int n = b * T;
   const int64_t nd = int64_t{n} * D;
   const float p_drop = ctx.train ? cfg_.dropout : 0.f;
@@ -298,34 +352,7 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
   }
   cuda::DropoutForward(x, x, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 0), offset, stream_);
   for (int l = 0; l < cfg_.layers; ++l) {
-    BlockActs& a = blocks_[l];
-    const BlockTensors& bw = w.blocks[l];
-    // Attention: x_mid = x_in + dropout(attn(RMSNorm(x_in)) @ wo^T)
-    cuda::RmsNormForward(a.attn_in, a.attn_rstd, a.x_in, bw.attn_norm, n, D, stream_);
-    ctx_.Linear(a.qkv, a.attn_in, bw.wqkv, n, D, C3, false);
-    if (cfg_.qk_norm) cuda::QkNormForward(a.qkv, a.qk_rstd, a.qk_raw, bw.q_norm, bw.k_norm, n, H, Hkv, hd, stream_);
-    cuda::RopeForward(a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
-    if (bf16_) {
-      // Tensor cores, reading q, k, v in bf16 (kept for the backward).
-      cuda::CastToBf16(a.qkv16, a.qkv, int64_t{n} * C3, stream_);
-      cuda::AttentionForwardBf16(a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_);
-    } else {
-      cuda::AttentionForward(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_);
-    }
-    const float* wo_in = a.attn_y;
-    if (cfg_.attn_gate) {  // wo reads y * sigmoid(attn_in @ wg^T); the backward recomputes it
-      ctx_.Linear(a.gate, a.attn_in, bw.wg, n, D, D, false);
-      cuda::AttentionGateForward(gated_, a.gate, a.attn_y, nd, stream_);
-      wo_in = gated_;
-    }
-    ctx_.Linear(tmp_, wo_in, bw.wo, n, D, D, false);
-    cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
-    cuda::AddOut(a.x_mid, a.x_in, tmp_, nd, stream_);
-    // MoE: the next block's x_in (or x_final_) = x_mid + dropout(MoE(RMSNorm(x_mid)))
-    cuda::RmsNormForward(a.moe_in, a.moe_rstd, a.x_mid, bw.moe_norm, n, D, stream_);
-    moe_[l]->Forward(a.moe_in, bw, n, ctx, tmp_);
-    cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 2 + 2 * l), offset, stream_);
-    cuda::AddOut(l + 1 < cfg_.layers ? blocks_[l + 1].x_in : x_final_, a.x_mid, tmp_, nd, stream_);
+    BlockForward(l, l + 1 < cfg_.layers ? blocks_[l + 1].x_in : x_final_, /*rerun=*/false);
   }
   cuda::RmsNormForward(final_out_, final_rstd_, x_final_, w.final_norm, n, D, stream_);
   ctx_.Linear(logits_, final_out_, w.lm_head, n, D, V, false);
@@ -397,6 +424,7 @@ void CudaModel::Backward() {
   cuda::RmsNormBackward(dx_, g.final_norm, dnorm_, x_final_, w.final_norm, final_rstd_, n, D, stream_);
 
   for (int l = cfg_.layers - 1; l >= 0; --l) {
+    if (cfg_.recompute) BlockForward(l, nullptr, /*rerun=*/true);  // refills the shared set
     BlockActs& a = blocks_[l];
     const BlockTensors& bw = w.blocks[l];
     const BlockTensors& bg = g.blocks[l];

@@ -88,48 +88,51 @@ void CudaMoeLayer::SetRouterBias(const float* bias) {
 
 void CudaMoeLayer::AddTo(BufferTable* table, int64_t n) {
   const int64_t D = shape_.d, F = shape_.ffn, E = shape_.experts, k = shape_.top_k, r = shape_.ExpertRows(n);
+  const int64_t S = cfg_.shared_experts, Fs = cfg_.shared_ffn;
+  const int32_t count = static_cast<int32_t>(n);
+  shared_rows_ = S > 0 && ctx_->bf16 ? cuda::ExpertLayoutRows(&count, 1) : 0;
   if (!shape_.dense) {
-    table->Add(&router_logits_, n * E);
-    table->Add(&probs_, n * E);
-    table->Add(&router_lse_, n);
-    table->Add(&weights_, n * k);
-    table->Add(&expert_idx_, n * k);
-    table->Add(&a2s_, n * k);
-    table->Add(&s2a_, n * k);
-    table->Add(&counts_, E);
-    table->Add(&routed_, E);
-    table->Add(&offsets_, E + 1);
     table->Add(&aux_grad_, E);
     table->Add(&stats_, RouterStatsSlots{shape_.experts}.size());
-    if (cfg_.expert_dropout > 0) table->Add(&expert_off_, E);
-    table->Add(&xs_, r * D);
-    table->Add(&ys_, r * D);
+  }
+  if (a_ != &own_) return;  // the first layer's set, filled in turn
+  if (!shape_.dense) {
+    table->Add(&a_->router_logits, n * E);
+    table->Add(&a_->probs, n * E);
+    table->Add(&a_->router_lse, n);
+    table->Add(&a_->weights, n * k);
+    table->Add(&a_->expert_idx, n * k);
+    table->Add(&a_->a2s, n * k);
+    table->Add(&a_->s2a, n * k);
+    table->Add(&a_->counts, E);
+    table->Add(&a_->routed, E);
+    table->Add(&a_->offsets, E + 1);
+    if (cfg_.expert_dropout > 0) table->Add(&a_->expert_off, E);
+    table->Add(&a_->xs, r * D);
+    table->Add(&a_->ys, r * D);
   }
   if (!ctx_->bf16) {
-    table->Add(&g_, r * F);
-    table->Add(&u_, r * F);
-    table->Add(&h_, r * F);
+    table->Add(&a_->g, r * F);
+    table->Add(&a_->u, r * F);
+    table->Add(&a_->h, r * F);
   }
-  const int64_t S = cfg_.shared_experts, Fs = cfg_.shared_ffn;
   if (S > 0) {
     const bool gated = act_ == kernels::ExpertActivation::kSwiglu;
-    table->Add(&shared_y_, n * D);
+    table->Add(&a_->shared_y, n * D);
     if (ctx_->bf16) {
-      const int32_t count = static_cast<int32_t>(n);
-      shared_rows_ = cuda::ExpertLayoutRows(&count, 1);
       const int64_t lrows = shared_rows_;
-      table->Add(&shared_x16_, lrows * D);
-      table->Add(&shared_dy16_, lrows * D);
-      table->Add(&shared_g16_, S * lrows * Fs);
-      if (gated) table->Add(&shared_u16_, S * lrows * Fs);
-      table->Add(&shared_h16_, S * lrows * Fs);
-      table->Add(&shared_scratch16_, cuda::ExpertsBf16Scratch(lrows, 1, D, Fs));
+      table->Add(&a_->shared_x16, lrows * D);
+      table->Add(&a_->shared_dy16, lrows * D);
+      table->Add(&a_->shared_g16, S * lrows * Fs);
+      if (gated) table->Add(&a_->shared_u16, S * lrows * Fs);
+      table->Add(&a_->shared_h16, S * lrows * Fs);
+      table->Add(&a_->shared_scratch16, cuda::ExpertsBf16Scratch(lrows, 1, D, Fs));
     } else {
-      table->Add(&shared_g_, S * n * Fs);
-      if (gated) table->Add(&shared_u_, S * n * Fs);
-      table->Add(&shared_h_, S * n * Fs);
-      table->Add(&shared_scratch_, 2 * n * Fs);
-      table->Add(&shared_offsets_, 2);
+      table->Add(&a_->shared_g, S * n * Fs);
+      if (gated) table->Add(&a_->shared_u, S * n * Fs);
+      table->Add(&a_->shared_h, S * n * Fs);
+      table->Add(&a_->shared_scratch, 2 * n * Fs);
+      table->Add(&a_->shared_offsets, 2);
     }
   }
 }
@@ -143,25 +146,25 @@ void CudaMoeLayer::SharedForward(const float* m, const BlockTensors& w, int n, f
   shared_count_ = n;
   if (ctx_->bf16) {
     const int64_t lf = shared_rows_ * Fs;
-    cuda::ToExpertLayout(shared_x16_, m, &shared_count_, 1, D, stream);
+    cuda::ToExpertLayout(a_->shared_x16, m, &shared_count_, 1, D, stream);
     for (int s = 0; s < S; ++s) {
-      cuda::ExpertsForwardBf16(*scratch_->grouped, &shared_count_, shared_y_, nullptr, shared_g16_ + s * lf,
-                               gated ? shared_u16_ + s * lf : nullptr, shared_h16_ + s * lf, shared_x16_,
+      cuda::ExpertsForwardBf16(*scratch_->grouped, &shared_count_, a_->shared_y, nullptr, a_->shared_g16 + s * lf,
+                               gated ? a_->shared_u16 + s * lf : nullptr, a_->shared_h16 + s * lf, a_->shared_x16,
                                ctx_->Bf16Of(w.shared_w1 + s * wsize),
                                gated ? ctx_->Bf16Of(w.shared_w3 + s * wsize) : nullptr,
-                               ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, shared_scratch16_, stream, act_);
-      cuda::AddInPlace(out, shared_y_, int64_t{n} * D, stream);
+                               ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, a_->shared_scratch16, stream, act_);
+      cuda::AddInPlace(out, a_->shared_y, int64_t{n} * D, stream);
     }
     return;
   }
   const int32_t offsets[2] = {0, n};
-  MOE_CUDA_CHECK(cudaMemcpyAsync(shared_offsets_, offsets, sizeof(offsets), cudaMemcpyHostToDevice, stream));
+  MOE_CUDA_CHECK(cudaMemcpyAsync(a_->shared_offsets, offsets, sizeof(offsets), cudaMemcpyHostToDevice, stream));
   const int64_t nf = int64_t{n} * Fs;
   for (int s = 0; s < S; ++s) {
-    cuda::ExpertsForward(shared_y_, shared_g_ + s * nf, gated ? shared_u_ + s * nf : nullptr, shared_h_ + s * nf, m,
-                         w.shared_w1 + s * wsize, gated ? w.shared_w3 + s * wsize : nullptr, w.shared_w2 + s * wsize,
-                         shared_offsets_, n, 1, D, Fs, false, stream, act_);
-    cuda::AddInPlace(out, shared_y_, int64_t{n} * D, stream);
+    cuda::ExpertsForward(a_->shared_y, a_->shared_g + s * nf, gated ? a_->shared_u + s * nf : nullptr,
+                         a_->shared_h + s * nf, m, w.shared_w1 + s * wsize, gated ? w.shared_w3 + s * wsize : nullptr,
+                         w.shared_w2 + s * wsize, a_->shared_offsets, n, 1, D, Fs, false, stream, act_);
+    cuda::AddInPlace(out, a_->shared_y, int64_t{n} * D, stream);
   }
 }
 
@@ -174,74 +177,78 @@ void CudaMoeLayer::SharedBackward(const float* dout, const float* m, const Block
   const int64_t wsize = int64_t{D} * Fs;
   if (ctx_->bf16) {
     const int64_t lf = shared_rows_ * Fs;
-    cuda::ToExpertLayout(shared_dy16_, dout, &shared_count_, 1, D, stream);
+    cuda::ToExpertLayout(a_->shared_dy16, dout, &shared_count_, 1, D, stream);
     for (int s = 0; s < S; ++s) {
       cuda::ExpertsBackwardBf16(*scratch_->grouped, &shared_count_, dm, g.shared_w1 + s * wsize,
-                                gated ? g.shared_w3 + s * wsize : nullptr, g.shared_w2 + s * wsize, shared_dy16_,
-                                shared_x16_, shared_g16_ + s * lf, gated ? shared_u16_ + s * lf : nullptr,
-                                shared_h16_ + s * lf, ctx_->Bf16Of(w.shared_w1 + s * wsize),
+                                gated ? g.shared_w3 + s * wsize : nullptr, g.shared_w2 + s * wsize, a_->shared_dy16,
+                                a_->shared_x16, a_->shared_g16 + s * lf, gated ? a_->shared_u16 + s * lf : nullptr,
+                                a_->shared_h16 + s * lf, ctx_->Bf16Of(w.shared_w1 + s * wsize),
                                 gated ? ctx_->Bf16Of(w.shared_w3 + s * wsize) : nullptr,
-                                ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, shared_scratch16_, stream, act_);
+                                ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, a_->shared_scratch16, stream, act_);
     }
     return;
   }
   const int64_t nf = int64_t{n} * Fs;
   for (int s = 0; s < S; ++s) {
     cuda::ExpertsBackward(dm, g.shared_w1 + s * wsize, gated ? g.shared_w3 + s * wsize : nullptr,
-                          g.shared_w2 + s * wsize, dout, m, shared_g_ + s * nf, gated ? shared_u_ + s * nf : nullptr,
-                          shared_h_ + s * nf, w.shared_w1 + s * wsize, gated ? w.shared_w3 + s * wsize : nullptr,
-                          w.shared_w2 + s * wsize, shared_offsets_, n, 1, D, Fs, shared_scratch_, false, stream, act_);
+                          g.shared_w2 + s * wsize, dout, m, a_->shared_g + s * nf,
+                          gated ? a_->shared_u + s * nf : nullptr, a_->shared_h + s * nf, w.shared_w1 + s * wsize,
+                          gated ? w.shared_w3 + s * wsize : nullptr, w.shared_w2 + s * wsize, a_->shared_offsets, n, 1,
+                          D, Fs, a_->shared_scratch, false, stream, act_);
   }
 }
 
 void CudaMoeLayer::ReserveSaved() {
   const int64_t rows = std::max<int64_t>(dispatcher_.layout().rows, 1);
   scratch_->ReserveExpertRows(rows, ctx_->stream);
-  if (rows <= saved_.capacity) return;
+  if (rows <= a_->rows.capacity) return;
   MOE_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
   const int64_t D = shape_.d, F = shape_.ffn;
-  saved_.capacity = std::max(rows, saved_.capacity + saved_.capacity / 4);
-  saved_.mem = std::make_unique<DeviceArena>(memory_);
-  saved_.x = saved_.mem->Alloc<cuda::bf16>(saved_.capacity * D);
-  saved_.g = saved_.mem->Alloc<cuda::bf16>(saved_.capacity * F);
-  saved_.u = saved_.mem->Alloc<cuda::bf16>(saved_.capacity * F);
-  saved_.h = saved_.mem->Alloc<cuda::bf16>(saved_.capacity * F);
+  a_->rows.capacity = std::max(rows, a_->rows.capacity + a_->rows.capacity / 4);
+  a_->rows.mem = std::make_unique<DeviceArena>(memory_);
+  a_->rows.x = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * D);
+  a_->rows.g = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F);
+  a_->rows.u = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F);
+  a_->rows.h = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F);
 }
 
-void CudaMoeLayer::Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx) {
+void CudaMoeLayer::Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, bool rerun) {
   const int D = shape_.d, E = shape_.experts, k = shape_.top_k;
   cudaStream_t stream = ctx_->stream;
   // fp32 router product, softmax, top-k, renormalised weights; the plan (capacity).
-  ctx_->Linear(router_logits_, m, w.router, n, D, E, /*fp32=*/true);
-  cuda::RouterForward(probs_, router_lse_, expert_idx_, weights_, router_logits_, n, E, k,
+  ctx_->Linear(a_->router_logits, m, w.router, n, D, E, /*fp32=*/true);
+  cuda::RouterForward(a_->probs, a_->router_lse, a_->expert_idx, a_->weights, a_->router_logits, n, E, k,
                       RouterScoringOf(cfg_, bias_), stream);
   // Expert dropout: the same draws as the CPU's (moe_bookkeeping.h), in training only.
   const uint8_t* off = nullptr;
-  if (ctx.train && expert_off_ != nullptr) {
+  if (ctx.train && a_->expert_off != nullptr) {
     off_host_ = ExpertsSwitchedOff(ExpertDropoutSeed(ctx.dropout_seed, layer_), cfg_.expert_dropout, E);
-    MOE_CUDA_CHECK(cudaMemcpyAsync(expert_off_, off_host_.data(), E, cudaMemcpyHostToDevice, stream));
-    off = expert_off_;
+    MOE_CUDA_CHECK(cudaMemcpyAsync(a_->expert_off, off_host_.data(), E, cudaMemcpyHostToDevice, stream));
+    off = a_->expert_off;
   }
-  cuda::BuildRoutingPlan(counts_, routed_, offsets_, a2s_, s2a_, expert_idx_, n, k, E,
+  cuda::BuildRoutingPlan(a_->counts, a_->routed, a_->offsets, a_->a2s, a_->s2a, a_->expert_idx, n, k, E,
                          ExpertCapacity(cfg_.capacity_factor, n, k, E), off, stream);
   if (ctx_->bf16) {
     // The counts' copy to the host: the experts' products (and the route between GPUs) need
     // each expert's rows there. Waited on only once the statistics and the permute are queued.
-    MOE_CUDA_CHECK(cudaMemcpyAsync(counts_host_, counts_, sizeof(int32_t) * E, cudaMemcpyDeviceToHost, stream));
+    MOE_CUDA_CHECK(cudaMemcpyAsync(counts_host_, a_->counts, sizeof(int32_t) * E, cudaMemcpyDeviceToHost, stream));
     MOE_CUDA_CHECK(cudaEventRecord(scratch_->counts_ready, stream));
   }
-  // The layer's statistics, summed over GPUs before the aux gradient reads the global counts.
+  // The layer's statistics, summed over GPUs before the aux gradient reads the global counts (a
+  // rerun keeps the first run's: the same routing, and no collective of its own).
+  if (rerun) return;
   const RouterStatsSlots slot{E};
   MOE_CUDA_CHECK(cudaMemsetAsync(stats_, 0, sizeof(double) * slot.size(), stream));
-  cuda::RouterStats(stats_ + slot.prob_sum(), stats_ + slot.z_sum(), stats_ + slot.entropy_sum(), probs_,
-                    router_lse_, n, E, /*normalize=*/cfg_.router_sigmoid, stream);
-  cuda::RouterCountStats(stats_, routed_, counts_, E, off, stream);
+  cuda::RouterStats(stats_ + slot.prob_sum(), stats_ + slot.z_sum(), stats_ + slot.entropy_sum(), a_->probs,
+                    a_->router_lse, n, E, /*normalize=*/cfg_.router_sigmoid, stream);
+  cuda::RouterCountStats(stats_, a_->routed, a_->counts, E, off, stream);
   if (exchange_ != nullptr) exchange_->SumStats(stats_, slot.size(), stream);
   cuda::RouterAuxGrad(aux_grad_, stats_ + slot.routed(), E, static_cast<double>(ctx.global_tokens), k,
                       cfg_.aux_coef * E, ctx.loss_scale, stream);
 }
 
-void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, float* out) {
+void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, float* out,
+                           bool rerun) {
   const int D = shape_.d, F = shape_.ffn, E = shape_.experts, k = shape_.top_k;
   cudaStream_t stream = ctx_->stream;
   if (shape_.dense) {
@@ -254,23 +261,24 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
       const int32_t offsets[2] = {0, n};
       MOE_CUDA_CHECK(
           cudaMemcpyAsync(scratch_->dense_offsets, offsets, sizeof(offsets), cudaMemcpyHostToDevice, stream));
-      cuda::ExpertsForward(out, g_, u_, h_, m, w.w1, w.w3, w.w2, scratch_->dense_offsets, n, 1, D, F, false, stream,
-                           act_);
+      cuda::ExpertsForward(out, a_->g, a_->u, a_->h, m, w.w1, w.w3, w.w2, scratch_->dense_offsets, n, 1, D, F, false,
+                           stream, act_);
     }
     SharedForward(m, w, n, out);
     return;
   }
-  Route(m, w, n, ctx);
+  Route(m, w, n, ctx, rerun);
   // Permute -> experts (bf16: through the dispatcher) -> unpermute.
-  cuda::PermuteForward(xs_, m, a2s_, n, k, D, stream);
+  cuda::PermuteForward(a_->xs, m, a_->a2s, n, k, D, stream);
   if (ctx_->bf16) {
     MOE_CUDA_CHECK(cudaEventSynchronize(scratch_->counts_ready));
     dispatcher_.Preprocess(counts_host_);
-    ExpertsForward16(xs_, w, ys_);
+    ExpertsForward16(a_->xs, w, a_->ys);
   } else {
-    cuda::ExpertsForward(ys_, g_, u_, h_, xs_, w.w1, w.w3, w.w2, offsets_, n * k, E, D, F, false, stream, act_);
+    cuda::ExpertsForward(a_->ys, a_->g, a_->u, a_->h, a_->xs, w.w1, w.w3, w.w2, a_->offsets, n * k, E, D, F, false,
+                         stream, act_);
   }
-  cuda::UnpermuteForward(out, ys_, weights_, a2s_, n, k, D, stream);
+  cuda::UnpermuteForward(out, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
   SharedForward(m, w, n, out);
 }
 
@@ -279,18 +287,18 @@ void CudaMoeLayer::ExpertsForward16(const float* in, const BlockTensors& w, floa
   cudaStream_t stream = ctx_->stream;
   ReserveSaved();
   MoeScratch& s = *scratch_;
-  dispatcher_.Dispatch(in, saved_.x, s.dispatch(), stream);
+  dispatcher_.Dispatch(in, a_->rows.x, s.dispatch(), stream);
   const int32_t* counts = dispatcher_.local_counts();
   const cuda::bf16 *w1 = ctx_->Bf16Of(w.w1), *w3 = w.w3 != nullptr ? ctx_->Bf16Of(w.w3) : nullptr,
                    *w2 = ctx_->Bf16Of(w.w2);
   if (!dispatcher_.exchanges()) {
     // Plan order is expert order: the experts write the fp32 output directly.
-    cuda::ExpertsForwardBf16(*s.grouped, counts, out, nullptr, saved_.g, saved_.u, saved_.h, saved_.x, w1, w3, w2,
-                             L, D, F, s.backward, stream, act_);
+    cuda::ExpertsForwardBf16(*s.grouped, counts, out, nullptr, a_->rows.g, a_->rows.u, a_->rows.h, a_->rows.x, w1, w3,
+                             w2, L, D, F, s.backward, stream, act_);
     return;
   }
-  cuda::ExpertsForwardBf16(*s.grouped, counts, nullptr, s.ys, saved_.g, saved_.u, saved_.h, saved_.x, w1, w3, w2,
-                           L, D, F, s.backward, stream, act_);
+  cuda::ExpertsForwardBf16(*s.grouped, counts, nullptr, s.ys, a_->rows.g, a_->rows.u, a_->rows.h, a_->rows.x, w1, w3,
+                           w2, L, D, F, s.backward, stream, act_);
   dispatcher_.Combine(s.ys, out, s.dispatch(), stream);
 }
 
@@ -303,8 +311,8 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
     if (ctx_->bf16) {
       ExpertsBackward16(dout, w, g, dm);
     } else {
-      cuda::ExpertsBackward(dm, g.w1, g.w3, g.w2, dout, m, g_, u_, h_, w.w1, w.w3, w.w2, s.dense_offsets, n, 1, D,
-                            F, s.fp32_scratch, false, stream, act_);
+      cuda::ExpertsBackward(dm, g.w1, g.w3, g.w2, dout, m, a_->g, a_->u, a_->h, w.w1, w.w3, w.w2, s.dense_offsets, n, 1,
+                            D, F, s.fp32_scratch, false, stream, act_);
     }
     SharedBackward(dout, m, w, g, n, dm);
     return;
@@ -312,20 +320,20 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
   const int rows = n * k;
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dys, 0, sizeof(float) * rows * D, stream));
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dweights, 0, sizeof(float) * rows, stream));
-  cuda::UnpermuteBackward(s.dys, s.dweights, dout, ys_, weights_, a2s_, n, k, D, stream);
+  cuda::UnpermuteBackward(s.dys, s.dweights, dout, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
   MOE_CUDA_CHECK(cudaMemsetAsync(s.d_expert_in, 0, sizeof(float) * rows * D, stream));
   if (ctx_->bf16) {
     // The route is the forward's: no count exchange here.
     ExpertsBackward16(s.dys, w, g, s.d_expert_in);
   } else {
-    cuda::ExpertsBackward(s.d_expert_in, g.w1, g.w3, g.w2, s.dys, xs_, g_, u_, h_, w.w1, w.w3, w.w2, offsets_, rows, E,
-                          D, F, s.fp32_scratch, false, stream, act_);
+    cuda::ExpertsBackward(s.d_expert_in, g.w1, g.w3, g.w2, s.dys, a_->xs, a_->g, a_->u, a_->h, w.w1, w.w3, w.w2,
+                          a_->offsets, rows, E, D, F, s.fp32_scratch, false, stream, act_);
   }
-  cuda::PermuteBackward(dm, s.d_expert_in, a2s_, n, k, D, stream);
+  cuda::PermuteBackward(dm, s.d_expert_in, a_->a2s, n, k, D, stream);
   MOE_CUDA_CHECK(cudaMemsetAsync(s.drouter, 0, sizeof(float) * n * E, stream));
-  cuda::RouterBackward(s.drouter, s.dweights, probs_, router_lse_, expert_idx_, aux_grad_,
+  cuda::RouterBackward(s.drouter, s.dweights, a_->probs, a_->router_lse, a_->expert_idx, aux_grad_,
                        static_cast<float>(cfg_.z_coef * loss_scale), n, E, k, RouterScoringOf(cfg_, bias_),
-                       router_logits_, stream);
+                       a_->router_logits, stream);
   ctx_->LinearBackward(dm, g.router, s.drouter, nullptr, m, w.router, n, D, E, /*fp32=*/true, /*add_to_dinp=*/true);
   SharedBackward(dout, m, w, g, n, dm);
 }
@@ -340,14 +348,14 @@ void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, c
   // The gradient of the experts' output goes where their rows went (bf16, like the activations).
   dispatcher_.Dispatch(dout, s.dys16, s.dispatch(), stream);
   if (!dispatcher_.exchanges()) {
-    cuda::ExpertsBackwardBf16(*s.grouped, counts, din, g.w1, g.w3, g.w2, s.dys16, saved_.x, saved_.g, saved_.u,
-                              saved_.h, w1, w3, w2, L, D, F, s.backward, stream, act_);
+    cuda::ExpertsBackwardBf16(*s.grouped, counts, din, g.w1, g.w3, g.w2, s.dys16, a_->rows.x, a_->rows.g, a_->rows.u,
+                              a_->rows.h, w1, w3, w2, L, D, F, s.backward, stream, act_);
     return;
   }
   const int64_t rows = dispatcher_.rows_in();
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dxs, 0, sizeof(float) * rows * D, stream));
-  cuda::ExpertsBackwardBf16(*s.grouped, counts, s.dxs, g.w1, g.w3, g.w2, s.dys16, saved_.x, saved_.g, saved_.u,
-                            saved_.h, w1, w3, w2, L, D, F, s.backward, stream, act_);
+  cuda::ExpertsBackwardBf16(*s.grouped, counts, s.dxs, g.w1, g.w3, g.w2, s.dys16, a_->rows.x, a_->rows.g, a_->rows.u,
+                            a_->rows.h, w1, w3, w2, L, D, F, s.backward, stream, act_);
   cuda::CastToBf16(s.dx16, s.dxs, rows * D, stream);
   dispatcher_.Combine(s.dx16, din, s.dispatch(), stream);
 }

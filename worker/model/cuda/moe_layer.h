@@ -58,6 +58,34 @@ class MoeScratch {
   DeviceArena rows_mem_;
 };
 
+// What one layer's Forward saves for its Backward (n tokens, r = n k rows), and its per-batch
+// scratch: one set per layer, or with train.recompute full one set that every layer fills in
+// turn (CudaMoeLayer::ShareSaved), since each block then runs again right before its backward.
+struct MoeSaved {
+  float *router_logits = nullptr, *probs = nullptr, *router_lse = nullptr, *weights = nullptr;  // (n,E) (n,E) (n) (n,k)
+  int32_t *expert_idx = nullptr, *a2s = nullptr, *s2a = nullptr;     // (n,k) (n k) (n k)
+  int32_t *counts = nullptr, *routed = nullptr, *offsets = nullptr;  // (E) (E) (E+1)
+  uint8_t* expert_off = nullptr;  // (E) expert dropout's switched-off experts, when the job has it
+  float *xs = nullptr, *ys = nullptr;             // (r, D) plan order
+  float *g = nullptr, *u = nullptr, *h = nullptr;  // (r, F) fp32 mode
+  // Shared experts (S of hidden F_s). fp32: g, u, h (S, n, F_s), the scratch of their backward
+  // (2 n F_s) and offsets {0, n}; bf16: the input and the output gradient in the experts' layout
+  // (lrows, D), g, u, h (S, lrows, F_s) and the fast path's scratch. Both: one expert's output
+  // (n, D). u only for swiglu.
+  float *shared_y = nullptr, *shared_g = nullptr, *shared_u = nullptr, *shared_h = nullptr;
+  float* shared_scratch = nullptr;
+  int32_t* shared_offsets = nullptr;
+  cuda::bf16 *shared_x16 = nullptr, *shared_dy16 = nullptr, *shared_g16 = nullptr, *shared_u16 = nullptr,
+             *shared_h16 = nullptr, *shared_scratch16 = nullptr;
+  // bf16: the experts' input and what their backward needs, in the experts' layout, for the
+  // rows this rank's experts take (on several GPUs that depends on the routing: grown on demand).
+  struct Rows {
+    int64_t capacity = 0;  // rows
+    cuda::bf16 *x = nullptr, *g = nullptr, *u = nullptr, *h = nullptr;
+    std::unique_ptr<DeviceArena> mem;
+  } rows;
+};
+
 class CudaMoeLayer {
  public:
   // exchange: null on one GPU. layer: the block's index (expert dropout's draws).
@@ -65,11 +93,18 @@ class CudaMoeLayer {
                ExpertExchange* exchange, DeviceMemory* memory, int layer = 0);
   ~CudaMoeLayer();
 
-  // This layer's per-batch buffers for n tokens, into the model's activation table.
+  // train.recompute full: this layer saves into first's set (call before AddTo).
+  void ShareSaved(CudaMoeLayer* first) { a_ = first->a_; }
+  // This layer's per-batch buffers for n tokens, into the model's activation table (its saved
+  // set only when it owns it).
   void AddTo(BufferTable* table, int64_t n);
   // m (n, D) -> out (n, D) (overwritten). The layer's statistics (RouterStatsSlots, summed
   // over GPUs) are then in stats() on the device; its aux gradient is already computed there.
-  void Forward(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, float* out);
+  // rerun: train.recompute full's second run of the micro-batch inside the backward; it routes
+  // the same way and keeps the first run's statistics and aux gradient (no sum over GPUs, nothing
+  // counted twice).
+  void Forward(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, float* out,
+               bool rerun = false);
   // dout (n, D) -> dm (n, D) +=, parameter gradients += into g. m: the forward's input.
   void Backward(const float* dout, const float* m, const BlockTensors& w, const BlockTensors& g, int n,
                 float loss_scale, float* dm);
@@ -83,8 +118,8 @@ class CudaMoeLayer {
 
  private:
   // The router: logits, probabilities, top-k, the plan, the statistics and the aux gradient.
-  void Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx);
-  // The experts on bf16 rows: dispatch, products, combine (kept rows of xs_ -> ys_; dense: m -> out).
+  void Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, bool rerun);
+  // The experts on bf16 rows: dispatch, products, combine (kept rows of xs -> ys; dense: m -> out).
   void ExpertsForward16(const float* in, const BlockTensors& w, float* out);
   void ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din);
   // Makes the saved expert rows hold the dispatcher's layout.
@@ -106,36 +141,15 @@ class CudaMoeLayer {
   ExpertExchange* exchange_;  // null on one GPU and when dense
   CudaTokenDispatcher dispatcher_;
   int32_t* counts_host_ = nullptr;  // (E) pinned: the plan's counts, the one count copy per layer
+  std::vector<uint8_t> off_host_;   // (E) expert dropout's switched-off experts, host copy
 
-  // Per batch (n tokens, r = n k rows), saved by Forward for Backward.
-  float *router_logits_ = nullptr, *probs_ = nullptr, *router_lse_ = nullptr, *weights_ = nullptr;  // (n,E) (n,E) (n) (n,k)
-  int32_t *expert_idx_ = nullptr, *a2s_ = nullptr, *s2a_ = nullptr;  // (n,k) (n k) (n k)
-  int32_t *counts_ = nullptr, *routed_ = nullptr, *offsets_ = nullptr;  // (E) (E) (E+1)
+  // The statistics and the aux gradient stay per layer: a rerun reuses them.
   float* aux_grad_ = nullptr;  // (E)
   double* stats_ = nullptr;    // (RouterStatsSlots)
-  uint8_t* expert_off_ = nullptr;  // (E) expert dropout's switched-off experts, when the job has it
-  std::vector<uint8_t> off_host_;  // (E) their host copy
-  float *xs_ = nullptr, *ys_ = nullptr;  // (r, D) plan order
-  float *g_ = nullptr, *u_ = nullptr, *h_ = nullptr;  // (r, F) fp32 mode
-  // Shared experts (S of hidden F_s), per batch. fp32: g, u, h (S, n, F_s), the scratch of their
-  // backward (2 n F_s) and offsets {0, n}; bf16: the input and the output gradient in the
-  // experts' layout (lrows, D), g, u, h (S, lrows, F_s) and the fast path's scratch. Both: one
-  // expert's output (n, D). u only for swiglu.
-  int32_t shared_count_ = 0;  // n, for the bf16 path's host counts
-  float *shared_y_ = nullptr, *shared_g_ = nullptr, *shared_u_ = nullptr, *shared_h_ = nullptr;
-  float* shared_scratch_ = nullptr;
-  int32_t* shared_offsets_ = nullptr;
-  cuda::bf16 *shared_x16_ = nullptr, *shared_dy16_ = nullptr, *shared_g16_ = nullptr, *shared_u16_ = nullptr,
-             *shared_h16_ = nullptr, *shared_scratch16_ = nullptr;
-  int64_t shared_rows_ = 0;  // lrows: the layout rows of n
-
-  // bf16: the experts' input and what their backward needs, in the experts' layout, for the
-  // rows this rank's experts take (on several GPUs that depends on the routing: grown on demand).
-  struct SavedRows {
-    int64_t capacity = 0;  // rows
-    cuda::bf16 *x = nullptr, *g = nullptr, *u = nullptr, *h = nullptr;
-    std::unique_ptr<DeviceArena> mem;
-  } saved_;
+  int64_t shared_rows_ = 0;    // lrows: the experts' layout rows of n tokens (shared experts, bf16)
+  int32_t shared_count_ = 0;   // n, for the bf16 path's host counts
+  MoeSaved own_;
+  MoeSaved* a_ = &own_;  // own_, or the first layer's set with train.recompute full
   DeviceMemory* memory_;
 };
 
