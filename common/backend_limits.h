@@ -58,8 +58,8 @@ inline bool BackendRuns(bool cuda, RecipeOption option) {
     case RecipeOption::kExpertDropout: return true;
     case RecipeOption::kMuon: return true;
     case RecipeOption::kRecompute: return true;
-    case RecipeOption::kCompactState: return !cuda;
-    case RecipeOption::kBf16MasterWeights: return !cuda;
+    case RecipeOption::kCompactState: return true;
+    case RecipeOption::kBf16MasterWeights: return true;
   }
   return !cuda && false;
 }

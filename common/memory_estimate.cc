@@ -159,9 +159,10 @@ MemoryEstimate EstimateMemory(const v1::JobSpec& spec, const RankParams& p) {
   const bool bf16_master = t.master_weights() == v1::PRECISION_BF16;
   if (m.cuda) {
     // fp32 master weights and, for bf16 products, their bf16 copy; bf16 master weights are
-    // that copy alone.
+    // that copy alone (worker/model/cuda/device_weights.h; its fp32 copies of the norm gains and
+    // routers are left out, a few per mille), or with fp32 products fp32 storage of bf16 values.
     const bool bf16_copy = t.precision() == v1::PRECISION_BF16;
-    m.weights = Bytes(bf16_master ? 2 * p.total : 4 * p.total + (bf16_copy ? 2 * p.total : 0));
+    m.weights = Bytes(bf16_master && bf16_copy ? 2 * p.total : 4 * p.total + (bf16_copy ? 2 * p.total : 0));
   } else {
     // The CPU keeps its weights in fp32 even when they are rounded to bf16 values.
     m.weights = Bytes(4 * p.total);

@@ -25,14 +25,6 @@ std::vector<float> MakeCode(bool is_signed) {
   return code;
 }
 
-int Nearest(const std::vector<float>& code, float v) {
-  auto it = std::lower_bound(code.begin(), code.end(), v);
-  if (it == code.begin()) return 0;
-  if (it == code.end()) return static_cast<int>(code.size()) - 1;
-  const int hi = static_cast<int>(it - code.begin());
-  return (v - code[hi - 1] <= code[hi] - v) ? hi - 1 : hi;
-}
-
 }  // namespace
 
 const std::vector<float>& Int8Code(bool is_signed) {
@@ -45,10 +37,10 @@ void EncodeInt8Block(const float* x, int n, bool is_signed, uint8_t* q, float* s
   float mx = 0.f;
   for (int i = 0; i < n; ++i) mx = std::max(mx, std::fabs(x[i]));
   *scale = mx;
-  const std::vector<float>& code = Int8Code(is_signed);
-  const int zero = Nearest(code, 0.f);
+  const float* code = Int8Code(is_signed).data();
+  const int zero = NearestCode(code, 0.f);
   for (int i = 0; i < n; ++i) {
-    q[i] = static_cast<uint8_t>(mx > 0 ? Nearest(code, x[i] / mx) : zero);
+    q[i] = static_cast<uint8_t>(mx > 0 ? NearestCode(code, x[i] / mx) : zero);
   }
 }
 

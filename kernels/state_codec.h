@@ -12,13 +12,36 @@
 
 namespace moe::kernels {
 
+// How train.optimizer_state stores one buffer (worker/model/optimizer_state.h on the CPU,
+// kernels/cuda/state_codec.h on the GPU: byte for byte the same layout).
+enum class StateFormat { kFp32, kBf16, kInt8 };
+
 // int8 state: blocks of at most this many values, one fp32 scale (the block's largest |x|) each.
 constexpr int kStateBlock = 2048;
+constexpr int kInt8CodeSize = 256;
 
 // The 256 values an int8 state byte stands for, in [-1, 1] (signed: m, Muon's momentum) or
 // [0, 1] (unsigned: v), ascending. Non-linear, as in 8-bit Adam: most codes sit near zero,
 // spaced geometrically over seven decades, so small moments keep their relative precision.
 const std::vector<float>& Int8Code(bool is_signed);
+
+// The index of the code nearest v in a table of kInt8CodeSize ascending values (the lower one on
+// a tie; below the table 0, above it the last). Both backends encode through this.
+MOE_HOST_DEVICE inline int NearestCode(const float* code, float v) {
+  int lo = 0, count = kInt8CodeSize;  // lo ends at the first code >= v (std::lower_bound)
+  while (count > 0) {
+    const int half = count / 2;
+    if (code[lo + half] < v) {
+      lo += half + 1;
+      count -= half + 1;
+    } else {
+      count = half;
+    }
+  }
+  if (lo == 0) return 0;
+  if (lo == kInt8CodeSize) return kInt8CodeSize - 1;
+  return (v - code[lo - 1] <= code[lo] - v) ? lo - 1 : lo;
+}
 
 // q[i] = the code nearest x[i] / scale, scale = max |x| over the block (0 -> all zero codes).
 void EncodeInt8Block(const float* x, int n, bool is_signed, uint8_t* q, float* scale);

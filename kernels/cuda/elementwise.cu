@@ -17,10 +17,11 @@ __device__ __forceinline__ float CounterUniform(uint64_t mixed_seed, uint64_t co
   return internal::CounterUniformMixed(mixed_seed, counter);
 }
 
-__global__ void EmbeddingForwardKernel(float* out, const int32_t* idx, const float* wte, int n, int d) {
+template <typename W>
+__global__ void EmbeddingForwardKernel(float* out, const int32_t* idx, const W* wte, int n, int d) {
   MOE_GRID_STRIDE(i, int64_t{n} * d) {
     const int64_t row = i / d;
-    out[i] = wte[int64_t{idx[row]} * d + (i - row * d)];
+    out[i] = static_cast<float>(wte[int64_t{idx[row]} * d + (i - row * d)]);
   }
 }
 __global__ void EmbeddingBackwardKernel(float* dwte, const float* dout, const int32_t* idx, int n, int d) {
@@ -86,6 +87,12 @@ __global__ void AddOutKernel(float* out, const float* x, const float* y, int64_t
 }  // namespace
 
 void EmbeddingForward(float* out, const int32_t* idx, const float* wte, int n, int d, cudaStream_t stream) {
+  if (n <= 0) return;
+  EmbeddingForwardKernel<<<GridFor(int64_t{n} * d), kThreads, 0, stream>>>(out, idx, wte, n, d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void EmbeddingForwardBf16(float* out, const int32_t* idx, const bf16* wte, int n, int d, cudaStream_t stream) {
   if (n <= 0) return;
   EmbeddingForwardKernel<<<GridFor(int64_t{n} * d), kThreads, 0, stream>>>(out, idx, wte, n, d);
   MOE_CUDA_LAUNCH_CHECK();

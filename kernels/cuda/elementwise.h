@@ -11,6 +11,8 @@ namespace moe::cuda {
 
 // out (n, d) = wte[idx] ; dwte[idx[i]] += dout[i] (fp32 atomics: order not fixed).
 void EmbeddingForward(float* out, const int32_t* idx, const float* wte, int n, int d, cudaStream_t stream);
+// The same from bf16 weights (master_weights bf16: the model keeps no fp32 table).
+void EmbeddingForwardBf16(float* out, const int32_t* idx, const bf16* wte, int n, int d, cudaStream_t stream);
 void EmbeddingBackward(float* dwte, const float* dout, const int32_t* idx, int n, int d, cudaStream_t stream);
 
 // out = in * keep / (1 - p) (out may alias in) ; din += dout * keep / (1 - p).

@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/device.cuh"
+#include "kernels/cuda/state_codec.cuh"
 #include "kernels/muon.h"
 
 namespace moe::cuda {
@@ -30,15 +31,56 @@ __global__ void LoadKernel(float* x, const float* src, const float* grad, float*
                            int cols, bool tall, int64_t stride, float mu, float grad_scale) {
   MOE_GRID_STRIDE(i, n) {
     float u;
-    if (grad != nullptr) {
-      const float g = grad[i] * grad_scale;
-      const float m = mu * momentum[i] + g;
+    if (grad != nullptr) {  // the CPU's order of operations, no fused multiply-adds
+      const float g = __fmul_rn(grad[i], grad_scale);
+      const float m = __fadd_rn(__fmul_rn(mu, momentum[i]), g);
       momentum[i] = m;
-      u = g + mu * m;
+      u = __fadd_rn(g, __fmul_rn(mu, m));
     } else {
       u = src[i];
     }
     x[WideIndex(i, rows, cols, tall, stride)] = u;
+  }
+}
+
+// LoadKernel's momentum path with the momentum stored compact (bf16 or int8): one thread block
+// per state block, as the AdamW kernels; the CPU's order of operations.
+template <kernels::StateFormat F>
+__global__ void __launch_bounds__(internal::kStateThreads)
+    LoadStoredKernel(float* x, const float* grad, StateRef momentum, int64_t n, int rows, int cols, bool tall,
+                     int64_t stride, float mu, float grad_scale) {
+  constexpr bool kInt8 = F == kernels::StateFormat::kInt8;
+  __shared__ float code[kernels::kInt8CodeSize], max_scratch[internal::kStateThreads / 32];
+  if constexpr (kInt8) internal::LoadCode(code, momentum.code);
+  uint8_t* q = static_cast<uint8_t*>(momentum.values);
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kernels::kStateBlock;
+  const float scale = kInt8 ? momentum.scales[blockIdx.x] : 0.f;
+  float mk[internal::kStatePerThread];
+  float absmax = 0.f;
+#pragma unroll
+  for (int k = 0; k < internal::kStatePerThread; ++k) {
+    const int64_t i = begin + k * internal::kStateThreads + threadIdx.x;
+    mk[k] = 0.f;
+    if (i >= n) continue;
+    float m = kInt8 ? internal::DecodeInt8(code, q[i], scale) : internal::LoadState<kernels::StateFormat::kBf16>(momentum, i);
+    const float g = __fmul_rn(grad[i], grad_scale);
+    m = __fadd_rn(__fmul_rn(mu, m), g);
+    x[WideIndex(i, rows, cols, tall, stride)] = __fadd_rn(g, __fmul_rn(mu, m));
+    if constexpr (kInt8) {
+      mk[k] = m;
+      absmax = fmaxf(absmax, fabsf(m));
+    } else {
+      internal::StoreState<kernels::StateFormat::kBf16>(momentum, i, m);
+    }
+  }
+  if constexpr (kInt8) {
+    absmax = internal::BlockMax(absmax, max_scratch);
+#pragma unroll
+    for (int k = 0; k < internal::kStatePerThread; ++k) {
+      const int64_t i = begin + k * internal::kStateThreads + threadIdx.x;
+      if (i < n) q[i] = internal::EncodeInt8(code, mk[k], absmax);
+    }
+    if (threadIdx.x == 0) momentum.scales[blockIdx.x] = absmax;
   }
 }
 
@@ -81,13 +123,13 @@ __global__ void StoreKernel(float* dst, const float* x, int64_t n, int rows, int
   MOE_GRID_STRIDE(i, n) { dst[i] = x[WideIndex(i, rows, cols, tall, stride)]; }
 }
 
-// W = W decay - step X, and the bf16 copy of W.
-__global__ void UpdateKernel(float* param, bf16* param_bf16, const float* x, int64_t n, int rows, int cols, bool tall,
-                             int64_t stride, float decay, float step) {
+// W = W decay - step X (the CPU's order of operations), stored as w says.
+__global__ void UpdateKernel(WeightsRef w, const float* x, int64_t n, int rows, int cols, bool tall, int64_t stride,
+                             float decay, float step) {
   MOE_GRID_STRIDE(i, n) {
-    const float w = param[i] * decay - step * x[WideIndex(i, rows, cols, tall, stride)];
-    param[i] = w;
-    if (param_bf16 != nullptr) param_bf16[i] = __float2bfloat16(w);
+    const float p = internal::LoadWeight(w, i);
+    const float u = x[WideIndex(i, rows, cols, tall, stride)];
+    internal::StoreWeight(w, i, __fsub_rn(__fmul_rn(p, decay), __fmul_rn(step, u)));
   }
 }
 
@@ -150,19 +192,43 @@ void NewtonSchulz(Blas* blas, const MuonWorkspace& ws, DType type, float* x, int
 void MuonUpdate(Blas* blas, const MuonWorkspace& ws, DType type, float* param, bf16* param_bf16, const float* grad,
                 float* momentum, int64_t batch, int rows, int cols, float lr, float weight_decay, float grad_scale,
                 cudaStream_t stream) {
+  WeightsRef w;
+  w.f32 = param;
+  w.b16 = param_bf16;
+  StateRef m;
+  m.values = momentum;
+  MuonUpdate(blas, ws, type, w, grad, m, batch, rows, cols, lr, weight_decay, grad_scale, stream);
+}
+
+void MuonUpdate(Blas* blas, const MuonWorkspace& ws, DType type, const WeightsRef& w, const float* grad,
+                const StateRef& momentum, int64_t batch, int rows, int cols, float lr, float weight_decay,
+                float grad_scale, cudaStream_t stream) {
   const int64_t n = batch * rows * cols;
   if (n == 0) return;
   const bool tall = rows > cols;
   const int64_t stride = MuonWorkspace::Stride(int64_t{rows} * cols);
-  LoadKernel<<<GridFor(n), kThreads, 0, stream>>>(ws.x, nullptr, grad, momentum, n, rows, cols, tall, stride,
-                                                  kernels::kMuonMomentum, grad_scale);
+  const float mu = kernels::kMuonMomentum;
+  const unsigned state_blocks = static_cast<unsigned>((n + kernels::kStateBlock - 1) / kernels::kStateBlock);
+  switch (momentum.format) {
+    case kernels::StateFormat::kFp32:
+      LoadKernel<<<GridFor(n), kThreads, 0, stream>>>(ws.x, nullptr, grad, static_cast<float*>(momentum.values), n,
+                                                      rows, cols, tall, stride, mu, grad_scale);
+      break;
+    case kernels::StateFormat::kBf16:
+      LoadStoredKernel<kernels::StateFormat::kBf16><<<state_blocks, internal::kStateThreads, 0, stream>>>(
+          ws.x, grad, momentum, n, rows, cols, tall, stride, mu, grad_scale);
+      break;
+    case kernels::StateFormat::kInt8:
+      LoadStoredKernel<kernels::StateFormat::kInt8><<<state_blocks, internal::kStateThreads, 0, stream>>>(
+          ws.x, grad, momentum, n, rows, cols, tall, stride, mu, grad_scale);
+      break;
+  }
   MOE_CUDA_LAUNCH_CHECK();
   OrthogonaliseWide(blas, ws, type, batch, tall ? cols : rows, tall ? rows : cols, stream);
   // The CPU's rounding: decay = 1 - lr wd and step = lr * scale, each one float.
   const float decay = 1.0f - lr * weight_decay;
   const float step = lr * kernels::MuonScale(rows, cols);
-  UpdateKernel<<<GridFor(n), kThreads, 0, stream>>>(param, param_bf16, ws.x, n, rows, cols, tall, stride, decay,
-                                                    step);
+  UpdateKernel<<<GridFor(n), kThreads, 0, stream>>>(w, ws.x, n, rows, cols, tall, stride, decay, step);
   MOE_CUDA_LAUNCH_CHECK();
 }
 

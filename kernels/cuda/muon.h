@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/matmul.h"
+#include "kernels/cuda/state_codec.h"
 
 namespace moe::cuda {
 
@@ -47,5 +48,11 @@ void NewtonSchulz(Blas* blas, const MuonWorkspace& ws, DType type, float* x, int
 void MuonUpdate(Blas* blas, const MuonWorkspace& ws, DType type, float* param, bf16* param_bf16, const float* grad,
                 float* momentum, int64_t batch, int rows, int cols, float lr, float weight_decay, float grad_scale,
                 cudaStream_t stream);
+// The same with the momentum stored as train.optimizer_state says (bf16 or int8 blocks: decoded,
+// updated in the CPU's order of operations and encoded again in the pass that loads U) and the
+// weights stored as `w` says (master_weights bf16: rounded stochastically as on the CPU).
+void MuonUpdate(Blas* blas, const MuonWorkspace& ws, DType type, const WeightsRef& w, const float* grad,
+                const StateRef& momentum, int64_t batch, int rows, int cols, float lr, float weight_decay,
+                float grad_scale, cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -9,6 +9,16 @@ namespace moe {
 
 using kernels::kStateBlock;
 
+StateFormat StateFormatOf(ModelConfig::State s) {
+  return s == ModelConfig::State::kInt8 ? StateFormat::kInt8
+         : s == ModelConfig::State::kBf16 ? StateFormat::kBf16
+                                          : StateFormat::kFp32;
+}
+
+uint64_t StochasticRoundKey(const std::string& name, int64_t step) {
+  return ParamNameHash(name) ^ kernels::SplitMix64(static_cast<uint64_t>(step));
+}
+
 OptimizerStateBuffer::OptimizerStateBuffer(const ParamLayout& layout, StateFormat format, bool is_signed)
     : layout_(layout), format_(format), is_signed_(is_signed) {
   if (format == StateFormat::kInt8) {
@@ -101,6 +111,19 @@ void OptimizerStateBuffer::ReadAll(std::vector<float>* out) const {
 void OptimizerStateBuffer::WriteAll(const std::vector<float>& in) {
   if (static_cast<int64_t>(in.size()) < layout_.total()) throw std::logic_error("OptimizerStateBuffer: short input");
   for (const ParamInfo& p : layout_.params()) Write(p, 0, p.size, in.data() + p.offset);
+}
+
+void* OptimizerStateBuffer::raw_values() {
+  switch (format_) {
+    case StateFormat::kFp32: return f32_.data();
+    case StateFormat::kBf16: return bf16_.data();
+    case StateFormat::kInt8: return int8_.data();
+  }
+  return nullptr;
+}
+
+int64_t OptimizerStateBuffer::raw_value_bytes() const {
+  return static_cast<int64_t>(f32_.size() * 4 + bf16_.size() * 2 + int8_.size());
 }
 
 void OptimizerStateBuffer::Zero() {

@@ -6,13 +6,23 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
+#include "kernels/state_codec.h"
 #include "worker/model/param_layout.h"
 
 namespace moe {
 
-enum class StateFormat { kFp32, kBf16, kInt8 };
+using kernels::StateFormat;
+
+// The format train.optimizer_state names.
+StateFormat StateFormatOf(ModelConfig::State s);
+
+// master_weights bf16: the key of tensor `name`'s stochastic rounding at `step`. The draw of its
+// element with global index c (ParamLayout::GlobalFirst + i) is kernels::CounterUniform(key, c):
+// the same on every rank and on both backends.
+uint64_t StochasticRoundKey(const std::string& name, int64_t step);
 
 class OptimizerStateBuffer {
  public:
@@ -40,6 +50,16 @@ class OptimizerStateBuffer {
   void ReadAll(std::vector<float>* out) const;
   void WriteAll(const std::vector<float>& in);
   void Zero();
+
+  // The storage as it is, for a device twin of the same layout (the CUDA model copies its state
+  // through these to and from checkpoints): the values (4, 2 or 1 bytes each, the layout's flat
+  // order) and, for int8, the scales.
+  void* raw_values();
+  int64_t raw_value_bytes() const;
+  float* scales() { return scales_.data(); }
+  int64_t blocks() const { return blocks_; }
+  // int8: the index of the first block of the tensor at `tensor` in the layout's order.
+  int64_t first_block(size_t tensor) const { return first_block_[tensor]; }
 
  private:
   int64_t BlockIndex(const ParamInfo& p, int64_t begin) const;

@@ -30,16 +30,10 @@ void Add(float* x, const float* y, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
-StateFormat FormatOf(ModelConfig::State s) {
-  return s == ModelConfig::State::kInt8 ? StateFormat::kInt8
-         : s == ModelConfig::State::kBf16 ? StateFormat::kBf16
-                                          : StateFormat::kFp32;
-}
-
 // Rounds n weights to bf16 values, stochastically (train.master_weights bf16): the draw of
 // element i of tensor `name` at `step` is the same on every rank.
 void RoundToBf16(float* w, int64_t n, const std::string& name, int64_t first, int64_t step) {
-  const uint64_t key = ParamNameHash(name) ^ kernels::SplitMix64(static_cast<uint64_t>(step));
+  const uint64_t key = StochasticRoundKey(name, step);
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t r = static_cast<uint32_t>(kernels::CounterUniform(key, static_cast<uint64_t>(first + i)) * 16777216.0f);
     w[i] = kernels::FromBf16Bits(kernels::Bf16BitsStochastic(w[i], r));
@@ -60,8 +54,8 @@ kernels::AttentionDropout AttnDropout(const ModelConfig& cfg, const BatchContext
 
 Model::Model(const ModelConfig& cfg, Communicator* comm)
     : cfg_(cfg), comm_(comm), layout_(cfg, comm->rank(), comm->world_size()),
-      adam_m_(layout_, FormatOf(cfg.optimizer_state), /*is_signed=*/true),
-      adam_v_(layout_, FormatOf(cfg.optimizer_state), /*is_signed=*/false) {
+      adam_m_(layout_, StateFormatOf(cfg.optimizer_state), /*is_signed=*/true),
+      adam_v_(layout_, StateFormatOf(cfg.optimizer_state), /*is_signed=*/false) {
   // Weights and gradients: two fp32 copies of this rank's parameters; AdamW's m and v as
   // train.optimizer_state says.
   try {

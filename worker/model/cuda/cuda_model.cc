@@ -11,16 +11,17 @@
 #include "common/backend_limits.h"
 
 #ifdef MOE_WITH_CUDA
-#include "kernels/adamw.h"
 #include "kernels/rope.h"
+#include "kernels/state_codec.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_options.h"
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/matmul.h"
-#include "kernels/cuda/muon.h"
 #include "kernels/cuda/nn.h"
 #include "worker/model/cuda/cuda_context.h"
 #include "worker/model/cuda/device_arena.h"
+#include "worker/model/cuda/device_optimizer.h"
+#include "worker/model/cuda/device_weights.h"
 #include "worker/model/cuda/grad_reducer.h"
 #include "worker/model/cuda/moe_layer.h"
 #include "worker/model/moe_bookkeeping.h"
@@ -83,16 +84,6 @@ class CudaModel final : public TrainModel {
     float *qk_raw, *qk_rstd, *gate;
   };
 
-  float* Buffer(ParamSet set) {
-    switch (set) {
-      case ParamSet::kParams: return params_;
-      case ParamSet::kAdamM: return adam_m_;
-      case ParamSet::kAdamV: return adam_v_;
-      case ParamSet::kGrads: return grads_;
-    }
-    return nullptr;
-  }
-  void RefreshBf16();
   // Block l's attention dropout for this micro-batch (model.attention.dropout): off outside
   // training; the masks are keyed by global token, head and layer as on the CPU.
   cuda::AttentionDropout AttnDropout(const BatchContext& ctx, int l) const {
@@ -124,9 +115,9 @@ class CudaModel final : public TrainModel {
   std::unique_ptr<cuda::Blas> blas_;
   CudaContext ctx_;  // stream, cuBLAS, precision, weights and bf16 scratch for the products
   DeviceArena weights_{&memory_}, acts_{&memory_};
-  float *params_ = nullptr, *grads_ = nullptr, *adam_m_ = nullptr, *adam_v_ = nullptr;  // (total)
-  bf16* params16_ = nullptr;                         // (total) bf16 mode only
-  cuda::MuonWorkspace muon_;                         // train.optimizer muon: Newton-Schulz scratch
+  std::unique_ptr<DeviceWeights> params_;            // fp32 and / or bf16 (train.master_weights)
+  float* grads_ = nullptr;                           // (total)
+  std::unique_ptr<DeviceOptimizer> optimizer_;       // AdamW's m and v as train.optimizer_state says
   float *rope_cos_ = nullptr, *rope_sin_ = nullptr;  // (T, hd/2)
   double* norms_ = nullptr;                          // (2) device
   double* host_stats_ = nullptr;                     // pinned: ce_sum, then each layer's RouterStatsSlots
@@ -165,36 +156,14 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr
   MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   blas_ = std::make_unique<cuda::Blas>();
   peak_flops_ = cuda::PeakDenseFlops(use_bf16);
-  const int64_t total = layout_.total();
-  params_ = weights_.Alloc<float>(total);
-  grads_ = weights_.Alloc<float>(total);
-  adam_m_ = weights_.Alloc<float>(total);
-  adam_v_ = weights_.Alloc<float>(total);
-  if (bf16_) params16_ = weights_.Alloc<bf16>(total);
-  if (cfg.muon) {
-    // Scratch for the largest Muon tensor (an expert tensor's E_local matrices at once); the
-    // products' operand copies are bf16 in bf16 mode.
-    cuda::MuonWorkspace::Size need;
-    for (const ParamInfo& info : layout_.params()) {
-      if (!info.muon) continue;
-      const int64_t rows = info.shape[info.shape.size() - 2], cols = info.shape.back();
-      need.Fit(info.size / (rows * cols), rows, cols);
-    }
-    muon_.x = weights_.Alloc<float>(need.elements);
-    muon_.gram = weights_.Alloc<float>(need.gram);
-    muon_.x_op = bf16_ ? static_cast<void*>(weights_.Alloc<bf16>(need.elements)) : weights_.Alloc<float>(need.elements);
-    muon_.gram_op = bf16_ ? static_cast<void*>(weights_.Alloc<bf16>(need.gram)) : weights_.Alloc<float>(need.gram);
-    muon_.norms = weights_.Alloc<double>(need.batch);
-    // The padding between matrices is copied to the operands but never multiplied: zero it once.
-    MOE_CUDA_CHECK(cudaMemsetAsync(muon_.x, 0, sizeof(float) * need.elements, stream_));
-    MOE_CUDA_CHECK(cudaMemsetAsync(muon_.gram, 0, sizeof(float) * need.gram, stream_));
-  }
-  MOE_CUDA_CHECK(cudaMemsetAsync(params_, 0, sizeof(float) * total, stream_));
+  params_ = std::make_unique<DeviceWeights>(layout_, bf16_, cfg.bf16_master, &weights_);
+  grads_ = weights_.Alloc<float>(layout_.total());
+  optimizer_ = std::make_unique<DeviceOptimizer>(cfg, layout_, bf16_, &weights_, stream_);
   ctx_.stream = stream_;
   ctx_.blas = blas_.get();
   ctx_.bf16 = bf16_;
-  ctx_.params = params_;
-  ctx_.params16 = params16_;
+  ctx_.params = params_->handles();
+  ctx_.params16 = params_->bf16();
 
   const int half = cfg.head_dim / 2;
   std::vector<float> cos_t(static_cast<size_t>(cfg.seq_len) * half), sin_t(cos_t.size());
@@ -231,23 +200,22 @@ CudaModel::~CudaModel() {
   cudaFreeHost(host_stats_);
   moe_.clear();
   moe_scratch_.reset();
+  optimizer_.reset();
+  params_.reset();
   blas_.reset();
   cudaStreamDestroy(stream_);
 }
 
-void CudaModel::RefreshBf16() {
-  if (bf16_) cuda::CastToBf16(params16_, params_, layout_.total(), stream_);
-}
-
 void CudaModel::InitParams(uint64_t seed) {
-  // The host init of ParamLayout, then one copy: the same weights as the CPU model.
+  // The host init of ParamLayout, then one copy: the same weights as the CPU model (which
+  // rounds them to the nearest bf16 values for bf16 master weights).
   std::vector<float> host(layout_.total(), 0.f);
   layout_.Initialize(host.data(), seed);
-  MOE_CUDA_CHECK(cudaMemcpyAsync(params_, host.data(), sizeof(float) * host.size(), cudaMemcpyHostToDevice, stream_));
-  MOE_CUDA_CHECK(cudaMemsetAsync(adam_m_, 0, sizeof(float) * host.size(), stream_));
-  MOE_CUDA_CHECK(cudaMemsetAsync(adam_v_, 0, sizeof(float) * host.size(), stream_));
-  RefreshBf16();
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (cfg_.bf16_master) {
+    for (float& w : host) w = kernels::FromBf16Bits(kernels::Bf16Bits(w));
+  }
+  params_->Upload(host, stream_);
+  optimizer_->Zero();
 }
 
 void CudaModel::ZeroGrads() {
@@ -329,7 +297,7 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
   const BatchContext& ctx = ctx_batch_;
   const float p_drop = ctx.train ? cfg_.dropout : 0.f;
   const uint64_t offset = static_cast<uint64_t>(ctx.first_token) * D;
-  ModelTensors w = layout_.Bind(params_);
+  ModelTensors w = params_->Bind();
   BlockActs& a = blocks_[l];
   const BlockTensors& bw = w.blocks[l];
   // Attention: x_mid = x_in + dropout(attn(RMSNorm(x_in)) @ wo^T)
@@ -368,7 +336,7 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
   const int64_t nd = int64_t{n} * D;
   const float p_drop = ctx.train ? cfg_.dropout : 0.f;
   const uint64_t offset = static_cast<uint64_t>(ctx.first_token) * D;
-  ModelTensors w = layout_.Bind(params_);
+  ModelTensors w = params_->Bind();
   ctx_batch_ = ctx;
   b_ = b;
   MOE_CUDA_CHECK(cudaMemcpyAsync(idx_, idx, sizeof(int32_t) * n, cudaMemcpyHostToDevice, stream_));
@@ -377,7 +345,11 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
   // The residual stream lives in the buffers the backward reads: block l's input x_in, its
   // middle x_mid (after attention), and x_final_ after the last block.
   float* x = cfg_.layers > 0 ? blocks_[0].x_in : x_final_;
-  cuda::EmbeddingForward(x, idx_, w.wte, n, D, stream_);
+  if (params_->bf16_only()) {
+    cuda::EmbeddingForwardBf16(x, idx_, ctx_.Bf16Of(w.wte), n, D, stream_);
+  } else {
+    cuda::EmbeddingForward(x, idx_, w.wte, n, D, stream_);
+  }
   cuda::DropoutForward(x, x, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 0), offset, stream_);
   for (int l = 0; l < cfg_.layers; ++l) {
     BlockForward(l, l + 1 < cfg_.layers ? blocks_[l + 1].x_in : x_final_, /*rerun=*/false);
@@ -421,7 +393,7 @@ void CudaModel::Backward() {
   const BatchContext& ctx = ctx_batch_;
   const float p_drop = ctx.train ? cfg_.dropout : 0.f;
   const uint64_t offset = static_cast<uint64_t>(ctx.first_token) * D;
-  ModelTensors w = layout_.Bind(params_);
+  ModelTensors w = params_->Bind();
   ModelTensors g = layout_.Bind(grads_);
   auto zero = [&](float* p, int64_t count) { MOE_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(float) * count, stream_)); };
   // The gradient through dropout site `site` of dx_: dx_ itself when dropout is off.
@@ -521,25 +493,7 @@ void CudaModel::GradSquaredNorms(double* dense_sq, double* expert_sq) {
 }
 
 void CudaModel::OptimizerStep(int64_t step, double lr, double muon_lr, double weight_decay, float clip_scale) {
-  // The CPU optimizer's constants (kernels/adamw.h), bias corrections computed in double.
-  const kernels::AdamWConfig c;
-  const float bc1 = static_cast<float>(1.0 - std::pow(double{c.beta1}, static_cast<double>(step)));
-  const float bc2 = static_cast<float>(1.0 - std::pow(double{c.beta2}, static_cast<double>(step)));
-  for (const ParamInfo& info : layout_.params()) {
-    const float wd = info.decay ? static_cast<float>(weight_decay) : 0.f;
-    if (cfg_.muon && info.muon) {  // momentum in m; the tensor's matrices in one batch
-      const int rows = static_cast<int>(info.shape[info.shape.size() - 2]), cols = static_cast<int>(info.shape.back());
-      cuda::MuonUpdate(blas_.get(), muon_, bf16_ ? cuda::DType::kBF16 : cuda::DType::kF32, params_ + info.offset,
-                       bf16_ ? params16_ + info.offset : nullptr, grads_ + info.offset, adam_m_ + info.offset,
-                       info.size / (int64_t{rows} * cols), rows, cols, static_cast<float>(muon_lr), wd, clip_scale,
-                       stream_);
-      continue;
-    }
-    cuda::AdamWUpdate(params_ + info.offset, bf16_ ? params16_ + info.offset : nullptr, grads_ + info.offset,
-                      adam_m_ + info.offset, adam_v_ + info.offset, info.size, static_cast<float>(lr), c.beta1,
-                      c.beta2, c.eps, wd, bc1, bc2, clip_scale, stream_);
-  }
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  optimizer_->Step(*params_, grads_, blas_.get(), step, lr, muon_lr, weight_decay, clip_scale);
 }
 
 std::vector<float> CudaModel::RouterBiases() {
@@ -560,21 +514,39 @@ void CudaModel::SetRouterBiases(const std::vector<float>& biases) {
 }
 
 void CudaModel::CopyToHost(ParamSet set, std::vector<float>* out) {
-  out->resize(layout_.total());
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  MOE_CUDA_CHECK(
-      cudaMemcpyAsync(out->data(), Buffer(set), sizeof(float) * out->size(), cudaMemcpyDeviceToHost, stream_));
+  switch (set) {
+    case ParamSet::kParams: params_->Download(out, stream_); return;
+    case ParamSet::kAdamM: optimizer_->CopyToHost(/*is_m=*/true, out); return;
+    case ParamSet::kAdamV: optimizer_->CopyToHost(/*is_m=*/false, out); return;
+    case ParamSet::kGrads: break;
+  }
+  out->resize(layout_.total());
+  MOE_CUDA_CHECK(cudaMemcpyAsync(out->data(), grads_, sizeof(float) * out->size(), cudaMemcpyDeviceToHost, stream_));
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 void CudaModel::CopyFromHost(ParamSet set, const std::vector<float>& in) {
-  const size_t count = std::min<size_t>(in.size(), layout_.total());
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  // On stream_, so that the bf16 cast below reads the new values: a plain cudaMemcpy from
-  // pageable memory may return before its data lands, and stream_ does not wait for it (this
-  // once fed stale expert weights, the tail of the buffer, to the bf16 products).
-  MOE_CUDA_CHECK(cudaMemcpyAsync(Buffer(set), in.data(), sizeof(float) * count, cudaMemcpyHostToDevice, stream_));
-  if (set == ParamSet::kParams) RefreshBf16();
+  switch (set) {
+    case ParamSet::kParams: {
+      // On stream_, so that the bf16 copy made from them reads the new values (a plain cudaMemcpy
+      // from pageable memory may return before its data lands, and stream_ does not wait for it).
+      std::vector<float> full(in.begin(), in.begin() + std::min<size_t>(in.size(), layout_.total()));
+      if (static_cast<int64_t>(full.size()) < layout_.total()) {  // the tail keeps its values
+        std::vector<float> now;
+        params_->Download(&now, stream_);
+        full.insert(full.end(), now.begin() + full.size(), now.end());
+      }
+      params_->Upload(full, stream_);
+      return;
+    }
+    case ParamSet::kAdamM: optimizer_->CopyFromHost(/*is_m=*/true, in); return;
+    case ParamSet::kAdamV: optimizer_->CopyFromHost(/*is_m=*/false, in); return;
+    case ParamSet::kGrads: break;
+  }
+  const size_t count = std::min<size_t>(in.size(), layout_.total());
+  MOE_CUDA_CHECK(cudaMemcpyAsync(grads_, in.data(), sizeof(float) * count, cudaMemcpyHostToDevice, stream_));
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 

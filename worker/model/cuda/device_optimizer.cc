@@ -1,0 +1,159 @@
+#include "worker/model/cuda/device_optimizer.h"
+
+#ifdef MOE_WITH_CUDA
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/adamw.h"
+#include "kernels/cuda/adamw.h"
+#include "kernels/cuda/state_codec.h"
+#include "kernels/state_codec.h"
+
+namespace moe {
+
+DeviceOptimizer::DeviceOptimizer(const ModelConfig& cfg, const ParamLayout& layout, bool bf16_products,
+                                 DeviceArena* arena, cudaStream_t stream)
+    : layout_(layout),
+      muon_on_(cfg.muon),
+      bf16_(bf16_products),
+      format_(StateFormatOf(cfg.optimizer_state)),
+      stream_(stream),
+      m_(layout, format_, /*signed_code=*/true),
+      v_(layout, format_, /*signed_code=*/false) {
+  Allocate(&m_, arena);
+  Allocate(&v_, arena);
+  if (format_ == StateFormat::kInt8) {
+    codes_ = arena->Alloc<float>(2 * kernels::kInt8CodeSize);
+    cuda::UploadInt8Codes(codes_, stream_);
+  }
+  if (cfg.muon) {
+    // Scratch for the largest Muon tensor (an expert tensor's E_local matrices at once); the
+    // products' operand copies are bf16 with bf16 products.
+    cuda::MuonWorkspace::Size need;
+    for (const ParamInfo& info : layout.params()) {
+      if (!info.muon) continue;
+      const int64_t rows = info.shape[info.shape.size() - 2], cols = info.shape.back();
+      need.Fit(info.size / (rows * cols), rows, cols);
+    }
+    muon_.x = arena->Alloc<float>(need.elements);
+    muon_.gram = arena->Alloc<float>(need.gram);
+    muon_.x_op = bf16_ ? static_cast<void*>(arena->Alloc<cuda::bf16>(need.elements)) : arena->Alloc<float>(need.elements);
+    muon_.gram_op = bf16_ ? static_cast<void*>(arena->Alloc<cuda::bf16>(need.gram)) : arena->Alloc<float>(need.gram);
+    muon_.norms = arena->Alloc<double>(need.batch);
+    // The padding between matrices is copied to the operands but never multiplied: zero it once.
+    MOE_CUDA_CHECK(cudaMemsetAsync(muon_.x, 0, sizeof(float) * need.elements, stream_));
+    MOE_CUDA_CHECK(cudaMemsetAsync(muon_.gram, 0, sizeof(float) * need.gram, stream_));
+  }
+  Zero();
+}
+
+int64_t DeviceOptimizer::ValueBytes() const {
+  const int64_t per = format_ == StateFormat::kFp32 ? 4 : format_ == StateFormat::kBf16 ? 2 : 1;
+  return per * layout_.total();
+}
+
+void DeviceOptimizer::Allocate(Stored* s, DeviceArena* arena) {
+  s->values = arena->Alloc<uint8_t>(ValueBytes());
+  if (format_ == StateFormat::kInt8) s->scales = arena->Alloc<float>(s->shape.blocks());
+}
+
+void DeviceOptimizer::Zero() {
+  for (Stored* s : {&m_, &v_}) {
+    int zero_code = 0;  // fp32 and bf16: all-zero bytes are 0.0
+    if (format_ == StateFormat::kInt8) {
+      zero_code = kernels::NearestCode(kernels::Int8Code(s->is_signed).data(), 0.f);
+      MOE_CUDA_CHECK(cudaMemsetAsync(s->scales, 0, sizeof(float) * s->shape.blocks(), stream_));
+    }
+    MOE_CUDA_CHECK(cudaMemsetAsync(s->values, zero_code, ValueBytes(), stream_));
+  }
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+cuda::StateRef DeviceOptimizer::Ref(const Stored& s, size_t tensor) const {
+  const int64_t at = layout_.params()[tensor].offset;
+  cuda::StateRef r;
+  r.format = format_;
+  switch (format_) {
+    case StateFormat::kFp32: r.values = static_cast<float*>(s.values) + at; break;
+    case StateFormat::kBf16: r.values = static_cast<uint16_t*>(s.values) + at; break;
+    case StateFormat::kInt8:
+      r.values = static_cast<uint8_t*>(s.values) + at;
+      r.scales = s.scales + s.shape.first_block(tensor);
+      r.code = codes_ + (s.is_signed ? 0 : kernels::kInt8CodeSize);
+      break;
+  }
+  return r;
+}
+
+void DeviceOptimizer::Step(const DeviceWeights& weights, const float* grads, cuda::Blas* blas, int64_t step,
+                           double lr, double muon_lr, double weight_decay, float clip_scale) {
+  // The CPU optimizer's constants (kernels/adamw.h), bias corrections computed in double.
+  const kernels::AdamWConfig c;
+  cuda::AdamWArgs args;
+  args.lr = static_cast<float>(lr);
+  args.beta1 = c.beta1;
+  args.beta2 = c.beta2;
+  args.eps = c.eps;
+  args.bc1 = static_cast<float>(1.0 - std::pow(double{c.beta1}, static_cast<double>(step)));
+  args.bc2 = static_cast<float>(1.0 - std::pow(double{c.beta2}, static_cast<double>(step)));
+  args.grad_scale = clip_scale;
+  const std::vector<ParamInfo>& params = layout_.params();
+  for (size_t t = 0; t < params.size(); ++t) {
+    const ParamInfo& info = params[t];
+    const float wd = info.decay ? static_cast<float>(weight_decay) : 0.f;
+    const cuda::WeightsRef w = weights.Ref(info, step);
+    const float* g = grads + info.offset;
+    if (muon_on_ && info.muon) {  // momentum in m; the tensor's matrices in one batch
+      const int rows = static_cast<int>(info.shape[info.shape.size() - 2]), cols = static_cast<int>(info.shape.back());
+      cuda::MuonUpdate(blas, muon_, bf16_ ? cuda::DType::kBF16 : cuda::DType::kF32, w, g, Ref(m_, t),
+                       info.size / (int64_t{rows} * cols), rows, cols, static_cast<float>(muon_lr), wd, clip_scale,
+                       stream_);
+      continue;
+    }
+    if (format_ == StateFormat::kFp32 && !w.stochastic) {
+      // The default (fp32 moments and master weights): the vectorised kernel.
+      cuda::AdamWUpdate(w.f32, w.b16, g, static_cast<float*>(m_.values) + info.offset,
+                        static_cast<float*>(v_.values) + info.offset, info.size, args.lr, c.beta1, c.beta2, c.eps, wd,
+                        args.bc1, args.bc2, clip_scale, stream_);
+      continue;
+    }
+    args.weight_decay = wd;
+    cuda::AdamWUpdate(w, g, Ref(m_, t), Ref(v_, t), info.size, args, stream_);
+  }
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void DeviceOptimizer::CopyToHost(bool is_m, std::vector<float>* out) {
+  Stored& s = is_m ? m_ : v_;
+  OptimizerStateBuffer host(layout_, format_, s.is_signed);
+  host.Allocate();
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  MOE_CUDA_CHECK(cudaMemcpyAsync(host.raw_values(), s.values, host.raw_value_bytes(), cudaMemcpyDeviceToHost, stream_));
+  if (format_ == StateFormat::kInt8) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(host.scales(), s.scales, sizeof(float) * host.blocks(), cudaMemcpyDeviceToHost,
+                                   stream_));
+  }
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  host.ReadAll(out);
+}
+
+void DeviceOptimizer::CopyFromHost(bool is_m, const std::vector<float>& in) {
+  Stored& s = is_m ? m_ : v_;
+  OptimizerStateBuffer host(layout_, format_, s.is_signed);
+  host.Allocate();
+  std::vector<float> full(in.begin(), in.begin() + std::min<size_t>(in.size(), layout_.total()));
+  full.resize(layout_.total(), 0.f);
+  host.WriteAll(full);
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  MOE_CUDA_CHECK(cudaMemcpyAsync(s.values, host.raw_values(), host.raw_value_bytes(), cudaMemcpyHostToDevice, stream_));
+  if (format_ == StateFormat::kInt8) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(s.scales, host.scales(), sizeof(float) * host.blocks(), cudaMemcpyHostToDevice,
+                                   stream_));
+  }
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));  // `host` goes out of scope
+}
+
+}  // namespace moe
+
+#endif  // MOE_WITH_CUDA

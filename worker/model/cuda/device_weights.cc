@@ -1,0 +1,151 @@
+#include "worker/model/cuda/device_weights.h"
+
+#ifdef MOE_WITH_CUDA
+
+#include <cuda.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/matmul.h"
+#include "kernels/dropout.h"
+#include "kernels/state_codec.h"
+#include "worker/model/optimizer_state.h"
+
+namespace moe {
+namespace {
+
+// cuMemAddressReserve / cuMemAddressFree through the runtime's driver entry points: the worker
+// links the CUDA runtime only, so that it still loads where no driver library is installed.
+using ReserveFn = CUresult (*)(CUdeviceptr*, size_t, size_t, CUdeviceptr, unsigned long long);
+using FreeFn = CUresult (*)(CUdeviceptr, size_t);
+
+template <typename Fn>
+Fn DriverEntry(const char* name) {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  MOE_CUDA_CHECK(cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, &found));
+  if (found != cudaDriverEntryPointSuccess || fn == nullptr) {
+    throw std::runtime_error(std::string("the CUDA driver has no ") + name);
+  }
+  return reinterpret_cast<Fn>(fn);
+}
+
+constexpr size_t kReserveGranularity = size_t{2} << 20;
+
+// The tensors the model reads in fp32 even with bf16 products: all but the products' matrices
+// (the blocks' matrices, the embedding and the head).
+bool ReadInFp32(const ParamInfo& info) {
+  return !info.muon && info.name != "wte.weight" && info.name != "lm_head.weight";
+}
+
+}  // namespace
+
+DeviceWeights::DeviceWeights(const ParamLayout& layout, bool bf16_products, bool bf16_master, DeviceArena* arena)
+    : layout_(layout), bf16_master_(bf16_master) {
+  const int64_t total = layout.total();
+  if (bf16_products) b16_ = arena->Alloc<cuda::bf16>(total);
+  if (!bf16_products || !bf16_master) {
+    f32_ = arena->Alloc<float>(total);
+    return;
+  }
+  const size_t bytes = static_cast<size_t>(total) * sizeof(float);
+  reserved_bytes_ = (std::max<size_t>(bytes, 1) + kReserveGranularity - 1) / kReserveGranularity * kReserveGranularity;
+  CUdeviceptr base = 0;
+  const CUresult r = DriverEntry<ReserveFn>("cuMemAddressReserve")(&base, reserved_bytes_, 0, 0, 0);
+  if (r != CUDA_SUCCESS) {
+    throw std::runtime_error("cuMemAddressReserve of " + std::to_string(reserved_bytes_) + " bytes failed (" +
+                             std::to_string(static_cast<int>(r)) + ")");
+  }
+  reserved_ = reinterpret_cast<float*>(base);
+  // The fp32 copies in one allocation, each 256 bytes aligned.
+  int64_t copies = 0;
+  for (const ParamInfo& info : layout.params()) {
+    if (ReadInFp32(info)) copies += (info.size + 63) / 64 * 64;
+  }
+  float* at = arena->Alloc<float>(copies);
+  for (const ParamInfo& info : layout.params()) {
+    if (!ReadInFp32(info)) continue;
+    copies_[info.offset] = at;
+    at += (info.size + 63) / 64 * 64;
+  }
+}
+
+DeviceWeights::~DeviceWeights() {
+  if (reserved_ != nullptr) {
+    DriverEntry<FreeFn>("cuMemAddressFree")(reinterpret_cast<CUdeviceptr>(reserved_), reserved_bytes_);
+  }
+}
+
+ModelTensors DeviceWeights::Bind() const {
+  ModelTensors w = layout_.Bind(handles());
+  if (!bf16_only()) return w;
+  auto copy = [&](float*& p) {
+    if (p == nullptr) return;
+    auto it = copies_.find(p - reserved_);
+    if (it != copies_.end()) p = it->second;
+  };
+  copy(w.final_norm);
+  for (BlockTensors& b : w.blocks) {
+    copy(b.attn_norm);
+    copy(b.moe_norm);
+    copy(b.router);
+    copy(b.q_norm);
+    copy(b.k_norm);
+  }
+  return w;
+}
+
+cuda::WeightsRef DeviceWeights::Ref(const ParamInfo& info, int64_t step) const {
+  cuda::WeightsRef r;
+  if (f32_ != nullptr) {
+    r.f32 = f32_ + info.offset;
+  } else {
+    auto it = copies_.find(info.offset);
+    if (it != copies_.end()) r.f32 = it->second;
+  }
+  if (b16_ != nullptr) r.b16 = b16_ + info.offset;
+  if (bf16_master_) {
+    r.stochastic = true;
+    r.round_seed = kernels::SplitMix64(StochasticRoundKey(info.name, step));
+    r.round_first = layout_.GlobalFirst(info);
+  }
+  return r;
+}
+
+void DeviceWeights::Upload(const std::vector<float>& host, cudaStream_t stream) {
+  const int64_t total = layout_.total();
+  if (static_cast<int64_t>(host.size()) < total) throw std::logic_error("DeviceWeights::Upload: short input");
+  if (f32_ != nullptr) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(f32_, host.data(), sizeof(float) * total, cudaMemcpyHostToDevice, stream));
+    if (b16_ != nullptr) cuda::CastToBf16(b16_, f32_, total, stream);
+  } else {
+    std::vector<uint16_t> bits(total);
+    for (int64_t i = 0; i < total; ++i) bits[i] = kernels::Bf16Bits(host[i]);
+    MOE_CUDA_CHECK(cudaMemcpyAsync(b16_, bits.data(), sizeof(uint16_t) * total, cudaMemcpyHostToDevice, stream));
+    for (const ParamInfo& info : layout_.params()) {
+      auto it = copies_.find(info.offset);
+      if (it != copies_.end()) cuda::Bf16ToFloat(it->second, b16_ + info.offset, info.size, stream);
+    }
+  }
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host buffers go out of scope
+}
+
+void DeviceWeights::Download(std::vector<float>* host, cudaStream_t stream) const {
+  const int64_t total = layout_.total();
+  host->resize(total);
+  if (f32_ != nullptr) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(host->data(), f32_, sizeof(float) * total, cudaMemcpyDeviceToHost, stream));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return;
+  }
+  std::vector<uint16_t> bits(total);
+  MOE_CUDA_CHECK(cudaMemcpyAsync(bits.data(), b16_, sizeof(uint16_t) * total, cudaMemcpyDeviceToHost, stream));
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  for (int64_t i = 0; i < total; ++i) (*host)[i] = kernels::FromBf16Bits(bits[i]);
+}
+
+}  // namespace moe
+
+#endif  // MOE_WITH_CUDA
