@@ -90,6 +90,13 @@ VARIANTS = {
                              "train.steps": 1750},
     "a3-ed0.2-lr1.5e-3-s1500": {"model.attention.dropout": 0.2, "model.moe.expert_dropout": 0.2,
                                 "train.lr": 1.5e-3, "train.min_lr": 1e-4, "train.steps": 1500},
+    # Round 4: the two changes of round 3 that each helped (lr 1.5e-3; min_lr 3e-5) together, a
+    # higher peak, a shorter cosine, and wsd (the rate held, then a linear decay over the last half).
+    "a4-lr1.5e-3-minlr3e-5-s1500": dict(EXAMPLE, **{"train.min_lr": 3e-5}),
+    "a4-lr2e-3-minlr3e-5-s1500": dict(EXAMPLE, **{"train.lr": 2e-3, "train.min_lr": 3e-5}),
+    "a4-lr1.5e-3-minlr3e-5-s1250": dict(EXAMPLE, **{"train.min_lr": 3e-5, "train.steps": 1250}),
+    "a4-lr1.5e-3-wsd0.5-s1500": dict(EXAMPLE, **{"train.min_lr": 3e-5, "train.schedule": "wsd",
+                                                 "train.decay_fraction": 0.5}),
     # examples/shakespeare-moe.yaml (the same job: tests/moectl_validate_test.cc compares them)
     # and its dense twin, the same recipe with one expert of the same active size.
     "example": EXAMPLE,

@@ -4,6 +4,9 @@
 # the Hugging Face checks of scripts/device_recipes.sh; then, with the GPU to itself, our tokens/s
 # on a few shapes of the sweep (scripts/device_sweep.sh, SKIP_PEER unless PEER=1). Prints tables.
 #   bash scripts/device_round.sh          (ROUND_SWEEP="small medium large4-hd128 hd256")
+#   TESTS="cuda_model_test ..."  only these tests;  SKIP_PARITY=1  no CPU parity / HF checks;
+#   SKIP_SWEEP=1  no sweep;  QUALITY=1  scripts/device_quality.sh beside the tests (its QUALITY_ONLY,
+#   PARALLEL, DEADLINE), its table printed last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device_env.sh
@@ -14,7 +17,10 @@ device_env_check_libs || exit 1
 # other past any timeout on 16 cores (2026-12-03); one at a time, cuda_model_test takes ~30 s.
 tests=()
 for t in .carry/bin/cuda_*_test; do
-  [[ $(basename "$t") == *_mpi_test ]] || tests+=("$t")
+  n=$(basename "$t")
+  [[ $n == *_mpi_test ]] && continue
+  [[ -n ${TESTS:-} && " $TESTS " != *" $n "* ]] && continue
+  tests+=("$t")
 done
 run_queue() {
   local t n
@@ -29,8 +35,14 @@ run_queue "${tests[@]:0:$(( (${#tests[@]} + 1) / 2 ))}" &
 pids+=($!)
 run_queue "${tests[@]:$(( (${#tests[@]} + 1) / 2 ))}" &
 pids+=($!)
-SKIP_TESTS=1 SKIP_RECIPES=1 SKIP_MUON=1 OUT=$OUT bash scripts/device_recipes.sh > "$OUT/recipes.txt" 2>&1 &
-pids+=($!)
+if [[ -z ${SKIP_PARITY:-} ]]; then
+  SKIP_TESTS=1 SKIP_RECIPES=1 SKIP_MUON=1 OUT=$OUT bash scripts/device_recipes.sh > "$OUT/recipes.txt" 2>&1 &
+  pids+=($!)
+fi
+if [[ -n ${QUALITY:-} ]]; then
+  OUT=$OUT bash scripts/device_quality.sh > "$OUT/quality-round.txt" 2>&1 &
+  pids+=($!)
+fi
 wait "${pids[@]}"
 echo "| GPU test | result | failures |"
 echo "| --- | --- | --- |"
@@ -42,9 +54,17 @@ done
 for f in "$OUT"/cuda_*_test.log; do
   grep -B3 -A12 -m2 "Failure" "$f" | head -40
 done
-echo
-sed -n '/^| check/,$p' "$OUT/recipes.txt"
-grep -E "rc=|Error" "$OUT/recipes.txt" | head -10
+if [[ -z ${SKIP_PARITY:-} ]]; then
+  echo
+  sed -n '/^| check/,$p' "$OUT/recipes.txt"
+  grep -E "rc=|Error" "$OUT/recipes.txt" | head -10
+fi
+if [[ -n ${QUALITY:-} ]]; then
+  echo
+  grep -E '^\{' "$OUT/quality-round.txt" | cut -c1-400
+  sed -n '/^| variant/,$p' "$OUT/quality-round.txt"
+fi
+[[ -n ${SKIP_SWEEP:-} ]] && exit 0
 skip_peer=1
 [[ -n ${PEER:-} ]] && skip_peer=""
 SWEEP=${ROUND_SWEEP:-small medium large4-hd128 hd256} STEPS=${STEPS:-10} SKIP_PEER=$skip_peer \
