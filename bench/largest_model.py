@@ -266,7 +266,8 @@ def main():
     ap.add_argument("--dir", default="/tmp/moe-largest", help="where the found job files go")
     ap.add_argument("--moectl", default=os.path.join(root, ".carry/bin/moectl"))
     ap.add_argument("--worker", default=os.path.join(root, ".carry/bin/moe-worker"))
-    ap.add_argument("--data", default=os.path.join(root, "README.md"), help="the text (char tokenizer)")
+    ap.add_argument("--data", default=os.path.join(root, "..", "shared", "data", "tinyshakespeare", "input.txt"),
+                    help="the text (char tokenizer; its 10%% val split must hold a sequence)")
     ap.add_argument("--d-model", type=int, default=2048)
     ap.add_argument("--head-size", type=int, default=128)
     ap.add_argument("--expert-hidden", type=int, default=5504)

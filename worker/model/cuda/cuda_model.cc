@@ -212,7 +212,9 @@ void CudaModel::InitParams(uint64_t seed) {
   std::vector<float> host(layout_.total(), 0.f);
   layout_.Initialize(host.data(), seed);
   if (cfg_.bf16_master) {
-    for (float& w : host) w = kernels::FromBf16Bits(kernels::Bf16Bits(w));
+    const int64_t n = static_cast<int64_t>(host.size());
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) host[i] = kernels::FromBf16Bits(kernels::Bf16Bits(host[i]));
   }
   params_->Upload(host, stream_);
   optimizer_->Zero();
