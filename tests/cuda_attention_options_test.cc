@@ -60,7 +60,10 @@ TEST_P(CudaQkNormTest, MatchesCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaQkNormTest,
                          ::testing::Values(QkShape{37, 4, 2, 8}, QkShape{64, 6, 6, 64}, QkShape{5, 8, 1, 128},
-                                           QkShape{300, 2, 1, 16}, QkShape{1, 1, 1, 32}));
+                                           QkShape{300, 2, 1, 16}, QkShape{1, 1, 1, 32},
+                                           // many blocks of the weight-gradient sums; hd 80, 256
+                                           QkShape{4096, 8, 2, 64}, QkShape{777, 4, 4, 80},
+                                           QkShape{513, 2, 1, 256}));
 
 TEST(CudaAttentionGateTest, MatchesCpu) {
   SKIP_WITHOUT_GPU();
