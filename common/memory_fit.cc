@@ -145,8 +145,9 @@ MemoryFit CheckGpuFit(v1::JobSpec spec, int64_t gpu_bytes) {
     }
     if (best_a > 0) {
       fit.levers.push_back(Lever(best, fit.need, fit.have, absl::StrCat("train.grad_accum: ", best_a),
-                                 absl::StrCat("micro-batches of ", per_rank / best_a, " sequences per GPU, the same ",
-                                              "global batch")));
+                                 absl::StrCat("micro-batches of ", per_rank / best_a,
+                                              per_rank / best_a == 1 ? " sequence" : " sequences",
+                                              " per GPU, the same global batch")));
     }
   }
   std::stable_sort(fit.levers.begin(), fit.levers.end(),

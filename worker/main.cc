@@ -203,7 +203,7 @@ std::string OutOfMemoryReason(const moe::AllocationError& e, moe::v1::JobSpec sp
     if (e.capacity_bytes() > 0) {
       for (const moe::MemoryLever& l : moe::CheckGpuFit(spec, e.capacity_bytes()).levers) {
         levers.push_back(absl::StrCat(l.change, " (-", moe::FormatBytes(static_cast<double>(l.saving)),
-                                      l.note.empty() ? "" : ", not yet on cuda", ")"));
+                                      l.note.empty() ? "" : "; ", l.note, ")"));
       }
     }
     absl::StrAppend(&out, levers.empty() ? "; make the model or train.batch_size smaller, or use more GPUs"
