@@ -59,7 +59,7 @@ fi
 
 # 2. The largest MoE per option combination, trained.
 timeout "${LARGEST_TIMEOUT:-270}" python3 bench/largest_model.py --train --gpu-memory "$GPU" --dir "$J/largest" \
-    --moectl "$M" --worker "$W" --data "$PWD/.carry/data/input.txt" --steps "${STEPS_LARGEST:-10}" --train-timeout "${LARGEST_TRAIN_TIMEOUT:-120}" \
+    --moectl "$M" --worker "$W" --data "$PWD/.carry/data/input.txt" --steps "${STEPS_LARGEST:-10}" --train-timeout "${LARGEST_TRAIN_TIMEOUT:-180}" \
     ${LARGEST_ARGS:-} | tee "$OUT/largest.txt"
 
 # 3. Oversized: the largest default shape (its weights and optimizer fit) with 4 x the sequences
