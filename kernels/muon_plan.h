@@ -39,11 +39,11 @@ struct MuonWorkspaceSize {
     batch = std::max(batch, batch_count);
     partials = std::max(partials, batch_count * ((size + kMuonNormChunk - 1) / kMuonNormChunk));
   }
-  // Device bytes: x and gram in fp32 and their operand copies (bf16 with bf16 products), the
-  // norms and their partials in double.
+  // Device bytes: x in fp32 and its operand copy, the Gram matrices and polynomials in the
+  // product type (bf16 or fp32), the norms and their partials in double.
   int64_t Bytes(bool bf16_products) const {
     const int64_t op = bf16_products ? 2 : 4;
-    return (4 + op) * (elements + gram) + 8 * (batch + partials);
+    return (4 + op) * elements + 2 * op * gram + 8 * (batch + partials);
   }
 };
 

@@ -58,7 +58,7 @@ TEST(MuonPlan, ChunksAtTheCapWithoutSplittingATensor) {
   EXPECT_EQ(size.elements, per_chunk * per_tensor);
   EXPECT_EQ(size.batch, 8 * per_chunk);
   EXPECT_EQ(size.partials, 8 * per_chunk * (768 * 1536 / kernels::kMuonNormChunk));
-  EXPECT_EQ(size.Bytes(true), 6 * (size.elements + size.gram) + 8 * (size.batch + size.partials));
+  EXPECT_EQ(size.Bytes(true), 6 * size.elements + 4 * size.gram + 8 * (size.batch + size.partials));
 }
 
 TEST(MuonPlan, ATensorOverTheCapRaisesItAndRunsAlone) {

@@ -176,16 +176,14 @@ void OrthogonaliseWide(Blas* blas, const MuonWorkspace& ws, DType type, int64_t 
   MOE_CUDA_LAUNCH_CHECK();
   const int b = static_cast<int>(batch);
   for (int it = 0; it < kernels::kNewtonSchulzSteps; ++it) {
-    // A = X X^T
+    // A = X X^T, rounded once to the product type (as a cast of the fp32 result would be)
     blas->GemmBatched(false, true, r, r, c, 1.0f, ws.x_op, c, sx, ws.x_op, c, sx, 0.0f, ws.gram, r, sg, b, type,
-                      DType::kF32, stream);
-    ToOperand(ws.gram_op, ws.gram, batch * sg, type, stream);
-    // A <- c A A + b A
-    blas->GemmBatched(false, false, r, r, r, kernels::kNewtonSchulzC, ws.gram_op, r, sg, ws.gram_op, r, sg,
-                      kernels::kNewtonSchulzB, ws.gram, r, sg, b, type, DType::kF32, stream);
-    ToOperand(ws.gram_op, ws.gram, batch * sg, type, stream);
-    // X <- (b A + c A A) X + a X
-    blas->GemmBatched(false, false, r, c, r, 1.0f, ws.gram_op, r, sg, ws.x_op, c, sx, kernels::kNewtonSchulzA, ws.x,
+                      type, stream);
+    // P = c A A + b A, the beta term from that same A
+    blas->GemmBatched(false, false, r, r, r, kernels::kNewtonSchulzC, ws.gram, r, sg, ws.gram, r, sg,
+                      kernels::kNewtonSchulzB, ws.poly, r, sg, b, type, type, stream, ws.gram);
+    // X <- P X + a X
+    blas->GemmBatched(false, false, r, c, r, 1.0f, ws.poly, r, sg, ws.x_op, c, sx, kernels::kNewtonSchulzA, ws.x,
                       c, sx, b, type, DType::kF32, stream);
     // The last iteration's X is read in fp32 only.
     if (it + 1 < kernels::kNewtonSchulzSteps) ToOperand(ws.x_op, ws.x, batch * sx, type, stream);

@@ -1,7 +1,9 @@
 // Muon on the GPU, twin of kernels/muon.h: momentum, Newton-Schulz and the update for a batch
 // of matrices of one wide shape (every local expert of several tensors at once, planned by
 // kernels/muon_plan.h), every product one strided-batch cuBLASLt call. The products read bf16
-// or fp32 operand copies (MODEL.md lets them run in bf16) and accumulate into fp32.
+// or fp32 operands (MODEL.md lets them run in bf16) and accumulate into fp32; X stays fp32, the
+// Gram matrix A and the polynomial are written in the product type (so with bf16 products the
+// term b A reads A rounded to bf16, where the CPU keeps it fp32).
 #pragma once
 
 #include <cstddef>
@@ -19,8 +21,8 @@ namespace moe::cuda {
 struct MuonWorkspace {
   float* x = nullptr;          // (elements) fp32: U, then X, in the wide orientation (r <= c)
   void* x_op = nullptr;        // (elements) x's operand copy, of the product type
-  float* gram = nullptr;       // (gram) fp32: A = X X^T, then b A + c A A
-  void* gram_op = nullptr;     // (gram) gram's operand copy
+  void* gram = nullptr;        // (gram) A = X X^T, of the product type (its product writes it)
+  void* poly = nullptr;        // (gram) b A + c A A, of the product type
   double* norms = nullptr;     // (batch) squared Frobenius norms
   double* partials = nullptr;  // (partials) their partial sums, kernels::kMuonNormChunk elements each
 

@@ -85,13 +85,13 @@ struct MuonScratch {
     ws.x = x.get();
     ws.x_op = x_op.get();
     ws.gram = gram.get();
-    ws.gram_op = gram_op.get();
+    ws.poly = poly.get();
     ws.norms = norms.get();
     ws.partials = partials.get();
   }
   cuda::MuonWorkspace::Size size;  // first: the buffers below are sized from it
   Dev<float> x{static_cast<size_t>(size.elements)}, x_op{static_cast<size_t>(size.elements)};
-  Dev<float> gram{static_cast<size_t>(size.gram)}, gram_op{static_cast<size_t>(size.gram)};
+  Dev<float> gram{static_cast<size_t>(size.gram)}, poly{static_cast<size_t>(size.gram)};
   Dev<double> norms{static_cast<size_t>(size.batch)}, partials{static_cast<size_t>(size.partials)};
   cuda::MuonWorkspace ws;
 };

@@ -41,15 +41,17 @@ DeviceOptimizer::DeviceOptimizer(const ModelConfig& cfg, const ParamLayout& layo
     }
     cuda::MuonWorkspace::Size need;
     muon_chunks_ = kernels::PlanMuonChunks(shapes, &need);
+    auto operands = [&](int64_t n) {
+      return bf16_ ? static_cast<void*>(arena->Alloc<cuda::bf16>(n)) : static_cast<void*>(arena->Alloc<float>(n));
+    };
     muon_.x = arena->Alloc<float>(need.elements);
-    muon_.gram = arena->Alloc<float>(need.gram);
-    muon_.x_op = bf16_ ? static_cast<void*>(arena->Alloc<cuda::bf16>(need.elements)) : arena->Alloc<float>(need.elements);
-    muon_.gram_op = bf16_ ? static_cast<void*>(arena->Alloc<cuda::bf16>(need.gram)) : arena->Alloc<float>(need.gram);
+    muon_.x_op = operands(need.elements);
+    muon_.gram = operands(need.gram);
+    muon_.poly = operands(need.gram);
     muon_.norms = arena->Alloc<double>(need.batch);
     muon_.partials = arena->Alloc<double>(need.partials);
-    // The padding between matrices is copied to the operands but never multiplied: zero it once.
+    // The padding between matrices is copied to x's operand but never multiplied: zero it once.
     MOE_CUDA_CHECK(cudaMemsetAsync(muon_.x, 0, sizeof(float) * need.elements, stream_));
-    MOE_CUDA_CHECK(cudaMemsetAsync(muon_.gram, 0, sizeof(float) * need.gram, stream_));
   }
   Zero();
 }
