@@ -29,8 +29,8 @@ DeviceOptimizer::DeviceOptimizer(const ModelConfig& cfg, const ParamLayout& layo
   }
   if (cfg.muon) {
     // One Newton-Schulz run per chunk of same-wide-shape tensors (every layer's expert tensors
-    // at once), the workspace sized for the largest; the products' operand copies are bf16 with
-    // bf16 products.
+    // at once), the workspace sized for the largest; X's operand copy, the Gram matrices and
+    // the polynomials are bf16 with bf16 products.
     std::vector<kernels::MuonTensorShape> shapes;
     for (size_t t = 0; t < layout.params().size(); ++t) {
       const ParamInfo& info = layout.params()[t];
@@ -109,10 +109,10 @@ void DeviceOptimizer::Step(const DeviceWeights& weights, const float* grads, cud
   const std::vector<ParamInfo>& params = layout_.params();
   for (size_t t = 0; t < params.size(); ++t) {
     const ParamInfo& info = params[t];
+    if (muon_on_ && info.muon) continue;  // below, grouped
     const float wd = info.decay ? static_cast<float>(weight_decay) : 0.f;
     const cuda::WeightsRef w = weights.Ref(info, step);
     const float* g = grads + info.offset;
-    if (muon_on_ && info.muon) continue;  // below, grouped
     if (format_ == StateFormat::kFp32 && !w.stochastic) {
       // The default (fp32 moments and master weights): the vectorised kernel.
       cuda::AdamWUpdate(w.f32, w.b16, g, static_cast<float*>(m_.values) + info.offset,
