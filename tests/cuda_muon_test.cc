@@ -44,7 +44,8 @@ const Shape kShapes[] = {{1, 3, 5}, {4, 24, 16}, {3, 32, 32}, {8, 64, 96}, {1, 1
 // fp32: the CPU's math in another summation order, through five iterations that amplify the
 // smallest singular directions' rounding (up to 3.4445^5); bf16: operands rounded to 8 bits of
 // mantissa at every product of the five iterations (3.4e-2 measured on an H200 for the worst
-// shape; Newton-Schulz only needs the singular values near 1, not these digits).
+// shape while b A still read A in fp32, which a CPU emulation puts above the present path;
+// Newton-Schulz only needs the singular values near 1, not these digits).
 double Tolerance(cuda::DType type) { return type == cuda::DType::kBF16 ? 5e-2 : 2e-4; }
 
 class CudaMuonTest : public ::testing::TestWithParam<cuda::DType> {};
