@@ -1,7 +1,8 @@
 // Muon on the GPU (kernels/cuda/muon.h) against the CPU oracle (kernels/muon.h): Newton-Schulz
 // over batches of wide, tall and square matrices, two full updates (momentum and weights) of one
-// tensor and of a group of tensors, in fp32 and with bf16 products; then the CUDA model's optimizer step against the CPU model's on
-// the same weights and gradients, and a Muon job's loss curve on the GPU against the CPU's.
+// tensor and of a group of tensors, in fp32 and with bf16 products; then the CUDA model's
+// optimizer step against the CPU model's on the same weights and gradients, and a Muon job's
+// loss curve on the GPU against the CPU's.
 // Skips without a GPU.
 #include <cmath>
 #include <cstdint>
