@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
+
+#include "kernels/muon_plan.h"
 
 namespace moe {
 namespace {
@@ -103,6 +106,38 @@ void CpuActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* out
   out->workspace = Bytes(4 * (3 * n * D + n * s.C3() + moe_bwd + (s.S > 0 ? 2 * n * s.Fs : 0)));
 }
 
+// train.optimizer muon: the Newton-Schulz workspace of worker/model/cuda/device_optimizer.cc, over
+// the Muon tensors in ParamLayout's order (per block wqkv, wg, wo, a dense expert's w1 w3 w2, the
+// shared experts'; then each block's expert tensors), planned by the same kernels/muon_plan.h.
+double CudaMuonWorkspace(const Shape& s, const v1::JobSpec& spec) {
+  if (spec.train().optimizer() != v1::OPTIMIZER_MUON) return 0;
+  const double widest = std::max({s.D, s.F, s.Fs, s.C3(), s.H * s.hd});
+  // Absurd specs saturate rather than overflow the plan's int64 arithmetic.
+  if (!(widest * widest * std::max({s.e_local, s.S, 1.0}) * s.L < 1e15)) return std::numeric_limits<double>::infinity();
+  const auto i64 = [](double v) { return static_cast<int64_t>(std::llround(v)); };
+  const int64_t D = i64(s.D), F = i64(s.F), Fs = i64(s.Fs), S = i64(s.S), e_local = i64(s.e_local);
+  const bool gated = s.glu == 3;
+  std::vector<kernels::MuonTensorShape> tensors;
+  auto experts = [&](int64_t batch, int64_t hidden) {
+    tensors.push_back({batch, D, hidden});
+    if (gated) tensors.push_back({batch, D, hidden});
+    tensors.push_back({batch, hidden, D});
+  };
+  for (int64_t l = 0; l < i64(s.L); ++l) {
+    tensors.push_back({1, i64(s.C3()), D});
+    if (spec.model().attention().gate()) tensors.push_back({1, i64(s.H * s.hd), D});
+    tensors.push_back({1, D, D});
+    if (s.dense) experts(1, F);
+    if (S > 0) experts(S, Fs);
+  }
+  if (!s.dense) {
+    for (int64_t l = 0; l < i64(s.L); ++l) experts(e_local, F);
+  }
+  kernels::MuonWorkspaceSize size;
+  kernels::PlanMuonChunks(tensors, &size);
+  return static_cast<double>(size.Bytes(spec.train().precision() == v1::PRECISION_BF16));
+}
+
 // The CUDA backend (worker/model/cuda): cuda_model.cc's activation table, CudaMoeLayer's and
 // MoeScratch's buffers; fp32 buffers plus bf16 copies for the tensor-core products in bf16.
 void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* out) {
@@ -146,6 +181,7 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
     ws += 2 * 4 * layout * D + 4 * layout * D +
           2 * (3 * layout * F + 2 * layout * D + 3 * s.e_local * D * F);
   }
+  ws += CudaMuonWorkspace(s, spec);
   out->workspace = Bytes(ws);
   out->runtime = kCudaRuntimeBytes + (s.W > 1 ? kNcclBytes : 0);
 }

@@ -1,9 +1,11 @@
 // Muon on the GPU (kernels/cuda/muon.h) against the CPU oracle (kernels/muon.h): Newton-Schulz
-// over batches of wide, tall and square matrices, two full updates (momentum and weights), in
-// fp32 and with bf16 products; then the CUDA model's optimizer step against the CPU model's on
-// the same weights and gradients, and a Muon job's loss curve on the GPU against the CPU's.
+// over batches of wide, tall and square matrices, two full updates (momentum and weights) of one
+// tensor and of a group of tensors, in fp32 and with bf16 products; then the CUDA model's
+// optimizer step against the CPU model's on the same weights and gradients, and a Muon job's
+// loss curve on the GPU against the CPU's.
 // Skips without a GPU.
 #include <cmath>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,32 +42,11 @@ struct Shape {
 };
 const Shape kShapes[] = {{1, 3, 5}, {4, 24, 16}, {3, 32, 32}, {8, 64, 96}, {1, 192, 64}, {2, 1, 40}};
 
-// Scratch for one shape, on the device for the test's lifetime.
-struct Workspace {
-  static cuda::MuonWorkspace::Size SizeOf(const Shape& s) {
-    cuda::MuonWorkspace::Size size;
-    size.Fit(s.batch, s.rows, s.cols);
-    return size;
-  }
-  explicit Workspace(const Shape& s) : size(SizeOf(s)) {
-    ws.x = x.get();
-    ws.x_op = x_op.get();
-    ws.gram = gram.get();
-    ws.gram_op = gram_op.get();
-    ws.norms = norms.get();
-  }
-  cuda::MuonWorkspace::Size size;  // first: the buffers below are sized from it
-  // fp32 operand copies are large enough for bf16 ones too.
-  Dev<float> x{static_cast<size_t>(size.elements)}, x_op{static_cast<size_t>(size.elements)};
-  Dev<float> gram{static_cast<size_t>(size.gram)}, gram_op{static_cast<size_t>(size.gram)};
-  Dev<double> norms{static_cast<size_t>(size.batch)};
-  cuda::MuonWorkspace ws;
-};
-
 // fp32: the CPU's math in another summation order, through five iterations that amplify the
 // smallest singular directions' rounding (up to 3.4445^5); bf16: operands rounded to 8 bits of
 // mantissa at every product of the five iterations (3.4e-2 measured on an H200 for the worst
-// shape; Newton-Schulz only needs the singular values near 1, not these digits).
+// shape while b A still read A in fp32, which a CPU emulation puts above the present path;
+// Newton-Schulz only needs the singular values near 1, not these digits).
 double Tolerance(cuda::DType type) { return type == cuda::DType::kBF16 ? 5e-2 : 2e-4; }
 
 class CudaMuonTest : public ::testing::TestWithParam<cuda::DType> {};
@@ -78,7 +59,7 @@ TEST_P(CudaMuonTest, NewtonSchulzMatchesCpu) {
     const std::vector<float> u = testing::Randn(static_cast<size_t>(s.batch) * s.rows * s.cols, 3 + s.rows, 0.05f);
     std::vector<float> want = u;
     kernels::NewtonSchulz(want.data(), s.batch, s.rows, s.cols);
-    Workspace w(s);
+    testing::MuonScratch w(testing::MuonScratch::For(s.batch, s.rows, s.cols));
     Dev<float> x(u);
     cuda::NewtonSchulz(&blas, w.ws, type, x.get(), s.batch, s.rows, s.cols, nullptr);
     EXPECT_LT(RelErr(x.Host(), want), Tolerance(type)) << s.batch << "x" << s.rows << "x" << s.cols;
@@ -92,7 +73,7 @@ TEST_P(CudaMuonTest, TwoUpdatesMatchCpu) {
   for (const Shape& s : kShapes) {
     const size_t n = static_cast<size_t>(s.batch) * s.rows * s.cols;
     std::vector<float> w = testing::Randn(n, 10 + s.cols, 0.02f), m(n, 0.f);
-    Workspace ws(s);
+    testing::MuonScratch ws(testing::MuonScratch::For(s.batch, s.rows, s.cols));
     Dev<float> dw(w), dm(m);
     Dev<cuda::bf16> dw16(n);
     kernels::MuonConfig cfg;
@@ -113,6 +94,62 @@ TEST_P(CudaMuonTest, TwoUpdatesMatchCpu) {
     EXPECT_LT(RelErr(got, w), Tolerance(type)) << what << ": weights";
     const std::vector<float> got16 = testing::ToFloat(dw16.Host());
     for (size_t i = 0; i < n; ++i) ASSERT_EQ(got16[i], __bfloat162float(__float2bfloat16(got[i]))) << what;
+  }
+}
+
+// The optimizer's grouping: tensors of one wide shape (24 x 40, two wide and one tall), each with
+// its own weight decay, in one Newton-Schulz run of 6 matrices; each against the CPU oracle.
+TEST_P(CudaMuonTest, GroupOfTensorsMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const cuda::DType type = GetParam();
+  cuda::Blas blas;
+  const Shape shapes[] = {{2, 24, 40}, {3, 40, 24}, {1, 24, 40}};
+  const float decays[] = {0.1f, 0.f, 0.1f};
+  const float lr = 0.02f;
+  testing::MuonScratch ws(testing::MuonScratch::For(6, 24, 40));
+  std::vector<std::vector<float>> w, m;
+  std::vector<std::unique_ptr<Dev<float>>> dw, dm;
+  std::vector<std::unique_ptr<Dev<cuda::bf16>>> dw16;
+  for (uint32_t j = 0; j < 3; ++j) {
+    const size_t n = static_cast<size_t>(shapes[j].batch) * shapes[j].rows * shapes[j].cols;
+    w.push_back(testing::Randn(n, 20 + j, 0.02f));
+    m.emplace_back(n, 0.f);
+    dw.push_back(std::make_unique<Dev<float>>(w[j]));
+    dm.push_back(std::make_unique<Dev<float>>(m[j]));
+    dw16.push_back(std::make_unique<Dev<cuda::bf16>>(n));
+  }
+  for (uint32_t step = 0; step < 2; ++step) {
+    std::vector<std::unique_ptr<Dev<float>>> dg;
+    std::vector<cuda::MuonTensor> group;
+    for (uint32_t j = 0; j < 3; ++j) {
+      const Shape& s = shapes[j];
+      const std::vector<float> g = testing::Randn(w[j].size(), 100 + 10 * step + j);
+      kernels::MuonConfig cfg;
+      cfg.lr = lr;
+      cfg.weight_decay = decays[j];
+      kernels::MuonUpdate(w[j].data(), g.data(), m[j].data(), s.batch, s.rows, s.cols, cfg, 0.5f);
+      dg.push_back(std::make_unique<Dev<float>>(g));
+      cuda::MuonTensor t;
+      t.w.f32 = dw[j]->get();
+      t.w.b16 = dw16[j]->get();
+      t.grad = dg[j]->get();
+      t.momentum.values = dm[j]->get();
+      t.batch = s.batch;
+      t.rows = s.rows;
+      t.cols = s.cols;
+      t.weight_decay = decays[j];
+      group.push_back(t);
+    }
+    cuda::MuonUpdateGroup(&blas, ws.ws, type, group.data(), group.size(), lr, 0.5f, nullptr);
+    MOE_CUDA_CHECK(cudaDeviceSynchronize());  // before dg is freed
+  }
+  for (size_t j = 0; j < 3; ++j) {
+    const std::string what = "tensor " + std::to_string(j);
+    EXPECT_LT(RelErr(dm[j]->Host(), m[j]), 1e-6) << what << ": momentum";
+    const std::vector<float> got = dw[j]->Host();
+    EXPECT_LT(RelErr(got, w[j]), Tolerance(type)) << what << ": weights";
+    const std::vector<float> got16 = testing::ToFloat(dw16[j]->Host());
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got16[i], __bfloat162float(__float2bfloat16(got[i]))) << what;
   }
 }
 

@@ -220,27 +220,6 @@ TEST(CudaOptimizerStateTest, AdamWThroughTheCodecMatchesCpuBitForBit) {
   }
 }
 
-// Scratch of one Muon call for `batch` (rows, cols) matrices.
-struct MuonScratch {
-  static cuda::MuonWorkspace::Size SizeOf(int64_t batch, int rows, int cols) {
-    cuda::MuonWorkspace::Size size;
-    size.Fit(batch, rows, cols);
-    return size;
-  }
-  MuonScratch(int64_t batch, int rows, int cols) : size(SizeOf(batch, rows, cols)) {
-    ws.x = x.get();
-    ws.x_op = x_op.get();
-    ws.gram = gram.get();
-    ws.gram_op = gram_op.get();
-    ws.norms = norms.get();
-  }
-  cuda::MuonWorkspace::Size size;
-  Dev<float> x{static_cast<size_t>(size.elements)}, x_op{static_cast<size_t>(size.elements)};
-  Dev<float> gram{static_cast<size_t>(size.gram)}, gram_op{static_cast<size_t>(size.gram)};
-  Dev<double> norms{static_cast<size_t>(size.batch)};
-  cuda::MuonWorkspace ws;
-};
-
 TEST(CudaOptimizerStateTest, MuonMomentumThroughTheCodecMatchesCpu) {
   SKIP_WITHOUT_GPU();
   DeviceCodes codes;
@@ -262,7 +241,7 @@ TEST(CudaOptimizerStateTest, MuonMomentumThroughTheCodecMatchesCpu) {
         HostState m(format, true, n);
         DeviceState dm(m, codes.codes.get());
         DeviceTensor dw(w, master);
-        MuonScratch scratch(s.batch, s.rows, s.cols);
+        testing::MuonScratch scratch(testing::MuonScratch::For(s.batch, s.rows, s.cols));
         kernels::MuonConfig cfg;
         cfg.lr = 0.02f;
         cfg.weight_decay = 0.1f;

@@ -194,7 +194,8 @@ void Blas::Gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, co
 
 void Blas::GemmBatched(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* a, int lda,
                        int64_t stride_a, const void* b, int ldb, int64_t stride_b, float beta, void* c, int ldc,
-                       int64_t stride_c, int batch, DType type, DType c_type, cudaStream_t stream) {
+                       int64_t stride_c, int batch, DType type, DType c_type, cudaStream_t stream,
+                       const void* c_in) {
   if (m <= 0 || n <= 0 || batch <= 0) return;
   if (k <= 0) {
     // An empty sum leaves beta * c, which cuBLASLt does not compute (Gemm clears c for it).
@@ -202,12 +203,13 @@ void Blas::GemmBatched(bool trans_a, bool trans_b, int m, int n, int k, float al
     std::abort();
   }
   if (batch == 1) stride_a = stride_b = stride_c = 0;
-  const void* operands[] = {a, b, c};
+  if (c_in == nullptr) c_in = c;
+  const void* operands[] = {a, b, c, c_in};
   Plan* p = GetPlan(Key{trans_a, trans_b, m, n, k, lda, ldb, ldc, type == DType::kBF16 ? 1 : 0,
-                        CommonAlignment(operands, 3), batch, stride_a, stride_b, stride_c, c_type == DType::kBF16 ? 1 : 0,
+                        CommonAlignment(operands, 4), batch, stride_a, stride_b, stride_c, c_type == DType::kBF16 ? 1 : 0,
                         0});
   MOE_LT_CHECK(cublasLtMatmul(reinterpret_cast<cublasLtHandle_t>(handle_), p->desc, &alpha, b,
-                              p->a, a, p->b, &beta, c, p->c, c, p->c, &p->algo, workspace_,
+                              p->a, a, p->b, &beta, c_in, p->c, c, p->c, &p->algo, workspace_,
                               workspace_bytes_, stream));
 }
 

@@ -26,10 +26,12 @@ class Blas {
   void Gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* a, int lda,
             const void* b, int ldb, float beta, float* c, int ldc, DType type, cudaStream_t stream);
   // The same for `batch` products, operand x at a + x * stride_a (b, c likewise, in elements),
-  // c of c_type (fp32 or bf16): one cuBLASLt call (strided batch). k > 0.
+  // c of c_type (fp32 or bf16): one cuBLASLt call (strided batch). k > 0. With c_in given, the
+  // beta term reads c_in (c's layout and type) instead of c.
   void GemmBatched(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* a, int lda,
                    int64_t stride_a, const void* b, int ldb, int64_t stride_b, float beta, void* c, int ldc,
-                   int64_t stride_c, int batch, DType type, DType c_type, cudaStream_t stream);
+                   int64_t stride_c, int batch, DType type, DType c_type, cudaStream_t stream,
+                   const void* c_in = nullptr);
   // The same over pointer arrays: product x reads a_ptrs[x], b_ptrs[x] and writes c_ptrs[x]
   // (device arrays of `batch` device pointers, each `align` bytes aligned). k > 0.
   void GemmPointerArray(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* const* a_ptrs,

@@ -1,6 +1,9 @@
 #include "kernels/cuda/muon.h"
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 
 #include "kernels/cuda/device.cuh"
 #include "kernels/cuda/state_codec.cuh"
@@ -13,7 +16,7 @@ using internal::GridFor;
 using internal::kThreads;
 using internal::WarpSumD;
 
-constexpr int kNormThreads = 1024;
+constexpr int kNormThreads = 256;
 
 // Element i of `batch` (rows, cols) matrices, as stored -> its place in the workspace: matrix m
 // at m * stride, in the wide orientation (transposed to (cols, rows) when rows > cols).
@@ -84,19 +87,35 @@ __global__ void __launch_bounds__(internal::kStateThreads)
   }
 }
 
-// norms[m] = sum of x^2 over matrix m (one block per matrix, a fixed order: deterministic).
-__global__ void SquaredNormsKernel(double* norms, const float* x, int64_t size, int64_t stride) {
-  const float* mat = x + blockIdx.x * stride;
+// partials[m * chunks + k] = the sum of x^2 over elements [k, k + 1) * kMuonNormChunk of matrix m:
+// block b sums chunk b % chunks of matrix b / chunks. A fixed order (no atomics): deterministic.
+__global__ void __launch_bounds__(kNormThreads)
+    PartialSquaresKernel(double* partials, const float* x, int64_t size, int64_t stride, int64_t chunks) {
+  const int64_t m = blockIdx.x / chunks, k = blockIdx.x % chunks;
+  const float* mat = x + m * stride;
+  const int64_t begin = k * kernels::kMuonNormChunk;
+  const int64_t end = size - begin < kernels::kMuonNormChunk ? size : begin + kernels::kMuonNormChunk;
   double acc = 0.0;
-  for (int64_t i = threadIdx.x; i < size; i += blockDim.x) acc += double{mat[i]} * mat[i];
+  for (int64_t i = begin + threadIdx.x; i < end; i += kNormThreads) {
+    acc += double{mat[i]} * mat[i];
+  }
   acc = WarpSumD(acc);
   __shared__ double warp_sums[kNormThreads / 32];
   if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = acc;
   __syncthreads();
   if (threadIdx.x == 0) {
     double total = 0.0;
-    for (int w = 0; w < blockDim.x / 32; ++w) total += warp_sums[w];
-    norms[blockIdx.x] = total;
+    for (int w = 0; w < kNormThreads / 32; ++w) total += warp_sums[w];
+    partials[blockIdx.x] = total;
+  }
+}
+
+// norms[m] = the sum of matrix m's partials, in order.
+__global__ void SumPartialsKernel(double* norms, const double* partials, int64_t batch, int64_t chunks) {
+  MOE_GRID_STRIDE(m, batch) {
+    double total = 0.0;
+    for (int64_t k = 0; k < chunks; ++k) total += partials[m * chunks + k];
+    norms[m] = total;
   }
 }
 
@@ -111,11 +130,6 @@ __global__ void NormaliseKernel(float* x, T* x_op, const double* norms, int64_t 
     x[at] = v;
     x_op[at] = static_cast<T>(v);
   }
-}
-
-template <typename T>
-__global__ void CopyKernel(T* out, const float* in, int64_t n) {
-  MOE_GRID_STRIDE(i, n) { out[i] = static_cast<T>(in[i]); }
 }
 
 // dst (as stored) = x (wide).
@@ -133,14 +147,13 @@ __global__ void UpdateKernel(WeightsRef w, const float* x, int64_t n, int rows, 
   }
 }
 
-// out (n) = in as the product type.
+// out (n) = in as the product type (bf16: rounded to nearest, as static_cast).
 void ToOperand(void* out, const float* in, int64_t n, DType type, cudaStream_t stream) {
   if (type == DType::kBF16) {
-    CopyKernel<<<GridFor(n), kThreads, 0, stream>>>(static_cast<bf16*>(out), in, n);
+    CastToBf16(static_cast<bf16*>(out), in, n, stream);
   } else {
-    CopyKernel<<<GridFor(n), kThreads, 0, stream>>>(static_cast<float*>(out), in, n);
+    MOE_CUDA_CHECK(cudaMemcpyAsync(out, in, sizeof(float) * n, cudaMemcpyDeviceToDevice, stream));
   }
-  MOE_CUDA_LAUNCH_CHECK();
 }
 
 // ws.x holds `batch` wide (r, c) matrices, r <= c, MuonWorkspace::Stride apart: normalise,
@@ -149,7 +162,11 @@ void OrthogonaliseWide(Blas* blas, const MuonWorkspace& ws, DType type, int64_t 
                        cudaStream_t stream) {
   const int64_t rc = int64_t{r} * c, rr = int64_t{r} * r, n = batch * rc;
   const int64_t sx = MuonWorkspace::Stride(rc), sg = MuonWorkspace::Stride(rr);
-  SquaredNormsKernel<<<static_cast<unsigned>(batch), kNormThreads, 0, stream>>>(ws.norms, ws.x, rc, sx);
+  const int64_t chunks = (rc + kernels::kMuonNormChunk - 1) / kernels::kMuonNormChunk;
+  PartialSquaresKernel<<<static_cast<unsigned>(batch * chunks), kNormThreads, 0, stream>>>(ws.partials, ws.x, rc,
+                                                                                            sx, chunks);
+  MOE_CUDA_LAUNCH_CHECK();
+  SumPartialsKernel<<<GridFor(batch), kThreads, 0, stream>>>(ws.norms, ws.partials, batch, chunks);
   MOE_CUDA_LAUNCH_CHECK();
   if (type == DType::kBF16) {
     NormaliseKernel<<<GridFor(n), kThreads, 0, stream>>>(ws.x, static_cast<bf16*>(ws.x_op), ws.norms, rc, sx, n);
@@ -159,19 +176,42 @@ void OrthogonaliseWide(Blas* blas, const MuonWorkspace& ws, DType type, int64_t 
   MOE_CUDA_LAUNCH_CHECK();
   const int b = static_cast<int>(batch);
   for (int it = 0; it < kernels::kNewtonSchulzSteps; ++it) {
-    // A = X X^T
+    // A = X X^T, rounded once to the product type (as a cast of the fp32 result would be)
     blas->GemmBatched(false, true, r, r, c, 1.0f, ws.x_op, c, sx, ws.x_op, c, sx, 0.0f, ws.gram, r, sg, b, type,
-                      DType::kF32, stream);
-    ToOperand(ws.gram_op, ws.gram, batch * sg, type, stream);
-    // A <- c A A + b A
-    blas->GemmBatched(false, false, r, r, r, kernels::kNewtonSchulzC, ws.gram_op, r, sg, ws.gram_op, r, sg,
-                      kernels::kNewtonSchulzB, ws.gram, r, sg, b, type, DType::kF32, stream);
-    ToOperand(ws.gram_op, ws.gram, batch * sg, type, stream);
-    // X <- (b A + c A A) X + a X
-    blas->GemmBatched(false, false, r, c, r, 1.0f, ws.gram_op, r, sg, ws.x_op, c, sx, kernels::kNewtonSchulzA, ws.x,
+                      type, stream);
+    // P = c A A + b A, the beta term from that same A
+    blas->GemmBatched(false, false, r, r, r, kernels::kNewtonSchulzC, ws.gram, r, sg, ws.gram, r, sg,
+                      kernels::kNewtonSchulzB, ws.poly, r, sg, b, type, type, stream, ws.gram);
+    // X <- P X + a X
+    blas->GemmBatched(false, false, r, c, r, 1.0f, ws.poly, r, sg, ws.x_op, c, sx, kernels::kNewtonSchulzA, ws.x,
                       c, sx, b, type, DType::kF32, stream);
-    ToOperand(ws.x_op, ws.x, batch * sx, type, stream);
+    // The last iteration's X is read in fp32 only.
+    if (it + 1 < kernels::kNewtonSchulzSteps) ToOperand(ws.x_op, ws.x, batch * sx, type, stream);
   }
+}
+
+// x (the tensor's first slot) = U of tensor t: its momentum updated as stored, in one pass.
+void LoadMomentum(float* x, const MuonTensor& t, int64_t stride, float grad_scale, cudaStream_t stream) {
+  const int64_t n = t.batch * t.rows * t.cols;
+  if (n == 0) return;
+  const bool tall = t.rows > t.cols;
+  const float mu = kernels::kMuonMomentum;
+  const unsigned state_blocks = static_cast<unsigned>((n + kernels::kStateBlock - 1) / kernels::kStateBlock);
+  switch (t.momentum.format) {
+    case kernels::StateFormat::kFp32:
+      LoadKernel<<<GridFor(n), kThreads, 0, stream>>>(x, nullptr, t.grad, static_cast<float*>(t.momentum.values), n,
+                                                      t.rows, t.cols, tall, stride, mu, grad_scale);
+      break;
+    case kernels::StateFormat::kBf16:
+      LoadStoredKernel<kernels::StateFormat::kBf16><<<state_blocks, internal::kStateThreads, 0, stream>>>(
+          x, t.grad, t.momentum, n, t.rows, t.cols, tall, stride, mu, grad_scale);
+      break;
+    case kernels::StateFormat::kInt8:
+      LoadStoredKernel<kernels::StateFormat::kInt8><<<state_blocks, internal::kStateThreads, 0, stream>>>(
+          x, t.grad, t.momentum, n, t.rows, t.cols, tall, stride, mu, grad_scale);
+      break;
+  }
+  MOE_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -203,33 +243,49 @@ void MuonUpdate(Blas* blas, const MuonWorkspace& ws, DType type, float* param, b
 void MuonUpdate(Blas* blas, const MuonWorkspace& ws, DType type, const WeightsRef& w, const float* grad,
                 const StateRef& momentum, int64_t batch, int rows, int cols, float lr, float weight_decay,
                 float grad_scale, cudaStream_t stream) {
-  const int64_t n = batch * rows * cols;
-  if (n == 0) return;
-  const bool tall = rows > cols;
-  const int64_t stride = MuonWorkspace::Stride(int64_t{rows} * cols);
-  const float mu = kernels::kMuonMomentum;
-  const unsigned state_blocks = static_cast<unsigned>((n + kernels::kStateBlock - 1) / kernels::kStateBlock);
-  switch (momentum.format) {
-    case kernels::StateFormat::kFp32:
-      LoadKernel<<<GridFor(n), kThreads, 0, stream>>>(ws.x, nullptr, grad, static_cast<float*>(momentum.values), n,
-                                                      rows, cols, tall, stride, mu, grad_scale);
-      break;
-    case kernels::StateFormat::kBf16:
-      LoadStoredKernel<kernels::StateFormat::kBf16><<<state_blocks, internal::kStateThreads, 0, stream>>>(
-          ws.x, grad, momentum, n, rows, cols, tall, stride, mu, grad_scale);
-      break;
-    case kernels::StateFormat::kInt8:
-      LoadStoredKernel<kernels::StateFormat::kInt8><<<state_blocks, internal::kStateThreads, 0, stream>>>(
-          ws.x, grad, momentum, n, rows, cols, tall, stride, mu, grad_scale);
-      break;
+  MuonTensor t;
+  t.w = w;
+  t.grad = grad;
+  t.momentum = momentum;
+  t.batch = batch;
+  t.rows = rows;
+  t.cols = cols;
+  t.weight_decay = weight_decay;
+  MuonUpdateGroup(blas, ws, type, &t, 1, lr, grad_scale, stream);
+}
+
+void MuonUpdateGroup(Blas* blas, const MuonWorkspace& ws, DType type, const MuonTensor* tensors, size_t count,
+                     float lr, float grad_scale, cudaStream_t stream) {
+  if (count == 0) return;
+  const int r = std::min(tensors[0].rows, tensors[0].cols), c = std::max(tensors[0].rows, tensors[0].cols);
+  const int64_t stride = MuonWorkspace::Stride(int64_t{r} * c);
+  int64_t batch = 0;  // matrices loaded so far: the next tensor's first slot
+  for (size_t j = 0; j < count; ++j) {
+    const MuonTensor& t = tensors[j];
+    if (std::min(t.rows, t.cols) != r || std::max(t.rows, t.cols) != c) {
+      std::fprintf(stderr, "MuonUpdateGroup: tensor %zu is %dx%d, the group's wide shape %dx%d\n", j, t.rows, t.cols,
+                   r, c);
+      std::abort();
+    }
+    LoadMomentum(ws.x + batch * stride, t, stride, grad_scale, stream);
+    batch += t.batch;
   }
-  MOE_CUDA_LAUNCH_CHECK();
-  OrthogonaliseWide(blas, ws, type, batch, tall ? cols : rows, tall ? rows : cols, stream);
-  // The CPU's rounding: decay = 1 - lr wd and step = lr * scale, each one float.
-  const float decay = 1.0f - lr * weight_decay;
-  const float step = lr * kernels::MuonScale(rows, cols);
-  UpdateKernel<<<GridFor(n), kThreads, 0, stream>>>(w, ws.x, n, rows, cols, tall, stride, decay, step);
-  MOE_CUDA_LAUNCH_CHECK();
+  if (batch * r * c == 0) return;
+  OrthogonaliseWide(blas, ws, type, batch, r, c, stream);
+  batch = 0;
+  for (size_t j = 0; j < count; ++j) {
+    const MuonTensor& t = tensors[j];
+    const int64_t n = t.batch * t.rows * t.cols;
+    // The CPU's rounding: decay = 1 - lr wd and step = lr * scale, each one float.
+    const float decay = 1.0f - lr * t.weight_decay;
+    const float step = lr * kernels::MuonScale(t.rows, t.cols);
+    if (n > 0) {
+      UpdateKernel<<<GridFor(n), kThreads, 0, stream>>>(t.w, ws.x + batch * stride, n, t.rows, t.cols,
+                                                        t.rows > t.cols, stride, decay, step);
+      MOE_CUDA_LAUNCH_CHECK();
+    }
+    batch += t.batch;
+  }
 }
 
 }  // namespace moe::cuda

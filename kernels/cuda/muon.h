@@ -1,41 +1,44 @@
 // Muon on the GPU, twin of kernels/muon.h: momentum, Newton-Schulz and the update for a batch
-// of same-shape matrices (all local experts of one expert tensor at once), every product one
-// strided-batch cuBLASLt call. The products read bf16 or fp32 operand copies (MODEL.md lets
-// them run in bf16) and accumulate into fp32.
+// of matrices of one wide shape (every local expert of several tensors at once, planned by
+// kernels/muon_plan.h), every product one strided-batch cuBLASLt call. The products read bf16
+// or fp32 operands (MODEL.md lets them run in bf16) and accumulate into fp32; X stays fp32, the
+// Gram matrix A and the polynomial are written in the product type (so with bf16 products the
+// term b A reads A rounded to bf16, where the CPU keeps it fp32).
 #pragma once
 
-#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/state_codec.h"
+#include "kernels/muon_plan.h"
 
 namespace moe::cuda {
 
-// Device scratch of one Muon call, sized by MuonWorkspace::Size over the tensors it serves.
-// Matrix m of a batch starts at m * Stride(its size) elements, so that every matrix of the
-// strided products is as aligned as the buffer (cuBLASLt picks kernels by alignment).
+// Device scratch of one Newton-Schulz run, sized by MuonWorkspace::Size over the runs it serves
+// (kernels/muon_plan.h). Matrix m of a run starts at m * Stride(its size) elements.
 struct MuonWorkspace {
-  float* x = nullptr;       // (elements) fp32: U, then X, in the wide orientation (r <= c)
-  void* x_op = nullptr;     // (elements) x's operand copy, of the product type
-  float* gram = nullptr;    // (gram) fp32: A = X X^T, then b A + c A A
-  void* gram_op = nullptr;  // (gram) gram's operand copy
-  double* norms = nullptr;  // (batch) squared Frobenius norms
+  float* x = nullptr;          // (elements) fp32: U, then X, in the wide orientation (r <= c)
+  void* x_op = nullptr;        // (elements) x's operand copy, of the product type
+  void* gram = nullptr;        // (gram) A = X X^T, of the product type (its product writes it)
+  void* poly = nullptr;        // (gram) b A + c A A, of the product type
+  double* norms = nullptr;     // (batch) squared Frobenius norms
+  double* partials = nullptr;  // (partials) their partial sums, kernels::kMuonNormChunk elements each
 
-  // Elements from one matrix of `size` elements to the next: 64 (256 bytes of fp32) apart.
-  static int64_t Stride(int64_t size) { return (size + 63) / 64 * 64; }
+  static int64_t Stride(int64_t size) { return kernels::MuonStride(size); }
+  using Size = kernels::MuonWorkspaceSize;
+};
 
-  struct Size {
-    int64_t elements = 0, gram = 0, batch = 0;
-    // Grows to hold `batch` (rows, cols) matrices.
-    void Fit(int64_t batch_count, int64_t rows, int64_t cols) {
-      const int64_t r = std::min(rows, cols);
-      elements = std::max(elements, batch_count * Stride(rows * cols));
-      gram = std::max(gram, batch_count * Stride(r * r));
-      batch = std::max(batch, batch_count);
-    }
-  };
+// One Muon tensor of a group: `batch` (rows, cols) matrices as stored, with its weights,
+// gradient and momentum (formats as in MuonUpdate below).
+struct MuonTensor {
+  WeightsRef w;
+  const float* grad = nullptr;
+  StateRef momentum;
+  int64_t batch = 0;
+  int rows = 0, cols = 0;
+  float weight_decay = 0.f;
 };
 
 // x (batch, rows, cols) in place: kernels::NewtonSchulz (normalise, transpose when rows > cols,
@@ -54,5 +57,11 @@ void MuonUpdate(Blas* blas, const MuonWorkspace& ws, DType type, float* param, b
 void MuonUpdate(Blas* blas, const MuonWorkspace& ws, DType type, const WeightsRef& w, const float* grad,
                 const StateRef& momentum, int64_t batch, int rows, int cols, float lr, float weight_decay,
                 float grad_scale, cudaStream_t stream);
+
+// MuonUpdate on `count` tensors whose matrices share one wide shape (min(rows, cols), max(rows,
+// cols)) and fit ws together: each tensor's U loaded into its slots of ws.x (tensor after tensor),
+// one Newton-Schulz over all of them, then each tensor's weights updated from its slots.
+void MuonUpdateGroup(Blas* blas, const MuonWorkspace& ws, DType type, const MuonTensor* tensors, size_t count,
+                     float lr, float grad_scale, cudaStream_t stream);
 
 }  // namespace moe::cuda

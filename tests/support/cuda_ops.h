@@ -1,5 +1,6 @@
 // What the CUDA op tests share: device copies of host vectors, seeded normal data, the error
-// ||cuda - cpu|| / ||cpu||, the tolerances common to several ops, and the skip without a GPU.
+// ||cuda - cpu|| / ||cpu||, the tolerances common to several ops, Muon's device scratch, and the
+// skip without a GPU.
 // CUDA builds only (include it under #ifdef MOE_WITH_CUDA).
 #pragma once
 
@@ -11,6 +12,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cuda/common.h"
+#include "kernels/cuda/muon.h"
 
 #define SKIP_WITHOUT_GPU()                                      \
   do {                                                          \
@@ -70,5 +72,28 @@ inline std::vector<float> ToFloat(const std::vector<cuda::bf16>& v) {
 
 constexpr double kFp32Tol = 1e-5;      // same math, another summation order
 constexpr double kBf16Tol = 1e-2;      // bf16 operands, fp32 accumulation
+
+// Device scratch of Muon runs that `size` fits (kernels/cuda/muon.h), for the test's lifetime;
+// fp32 operand copies are large enough for bf16 ones too.
+struct MuonScratch {
+  static cuda::MuonWorkspace::Size For(int64_t batch, int rows, int cols) {
+    cuda::MuonWorkspace::Size size;
+    size.Fit(batch, rows, cols);
+    return size;
+  }
+  explicit MuonScratch(const cuda::MuonWorkspace::Size& fits) : size(fits) {
+    ws.x = x.get();
+    ws.x_op = x_op.get();
+    ws.gram = gram.get();
+    ws.poly = poly.get();
+    ws.norms = norms.get();
+    ws.partials = partials.get();
+  }
+  cuda::MuonWorkspace::Size size;  // first: the buffers below are sized from it
+  Dev<float> x{static_cast<size_t>(size.elements)}, x_op{static_cast<size_t>(size.elements)};
+  Dev<float> gram{static_cast<size_t>(size.gram)}, poly{static_cast<size_t>(size.gram)};
+  Dev<double> norms{static_cast<size_t>(size.batch)}, partials{static_cast<size_t>(size.partials)};
+  cuda::MuonWorkspace ws;
+};
 
 }  // namespace moe::testing

@@ -28,22 +28,30 @@ DeviceOptimizer::DeviceOptimizer(const ModelConfig& cfg, const ParamLayout& layo
     cuda::UploadInt8Codes(codes_, stream_);
   }
   if (cfg.muon) {
-    // Scratch for the largest Muon tensor (an expert tensor's E_local matrices at once); the
-    // products' operand copies are bf16 with bf16 products.
-    cuda::MuonWorkspace::Size need;
-    for (const ParamInfo& info : layout.params()) {
+    // One Newton-Schulz run per chunk of same-wide-shape tensors (every layer's expert tensors
+    // at once), the workspace sized for the largest; X's operand copy, the Gram matrices and
+    // the polynomials are bf16 with bf16 products.
+    std::vector<kernels::MuonTensorShape> shapes;
+    for (size_t t = 0; t < layout.params().size(); ++t) {
+      const ParamInfo& info = layout.params()[t];
       if (!info.muon) continue;
       const int64_t rows = info.shape[info.shape.size() - 2], cols = info.shape.back();
-      need.Fit(info.size / (rows * cols), rows, cols);
+      muon_tensors_.push_back(t);
+      shapes.push_back({info.size / (rows * cols), rows, cols});
     }
+    cuda::MuonWorkspace::Size need;
+    muon_chunks_ = kernels::PlanMuonChunks(shapes, &need);
+    auto operands = [&](int64_t n) {
+      return bf16_ ? static_cast<void*>(arena->Alloc<cuda::bf16>(n)) : static_cast<void*>(arena->Alloc<float>(n));
+    };
     muon_.x = arena->Alloc<float>(need.elements);
-    muon_.gram = arena->Alloc<float>(need.gram);
-    muon_.x_op = bf16_ ? static_cast<void*>(arena->Alloc<cuda::bf16>(need.elements)) : arena->Alloc<float>(need.elements);
-    muon_.gram_op = bf16_ ? static_cast<void*>(arena->Alloc<cuda::bf16>(need.gram)) : arena->Alloc<float>(need.gram);
+    muon_.x_op = operands(need.elements);
+    muon_.gram = operands(need.gram);
+    muon_.poly = operands(need.gram);
     muon_.norms = arena->Alloc<double>(need.batch);
-    // The padding between matrices is copied to the operands but never multiplied: zero it once.
+    muon_.partials = arena->Alloc<double>(need.partials);
+    // The padding between matrices is copied to x's operand but never multiplied: zero it once.
     MOE_CUDA_CHECK(cudaMemsetAsync(muon_.x, 0, sizeof(float) * need.elements, stream_));
-    MOE_CUDA_CHECK(cudaMemsetAsync(muon_.gram, 0, sizeof(float) * need.gram, stream_));
   }
   Zero();
 }
@@ -101,16 +109,10 @@ void DeviceOptimizer::Step(const DeviceWeights& weights, const float* grads, cud
   const std::vector<ParamInfo>& params = layout_.params();
   for (size_t t = 0; t < params.size(); ++t) {
     const ParamInfo& info = params[t];
+    if (muon_on_ && info.muon) continue;  // below, grouped
     const float wd = info.decay ? static_cast<float>(weight_decay) : 0.f;
     const cuda::WeightsRef w = weights.Ref(info, step);
     const float* g = grads + info.offset;
-    if (muon_on_ && info.muon) {  // momentum in m; the tensor's matrices in one batch
-      const int rows = static_cast<int>(info.shape[info.shape.size() - 2]), cols = static_cast<int>(info.shape.back());
-      cuda::MuonUpdate(blas, muon_, bf16_ ? cuda::DType::kBF16 : cuda::DType::kF32, w, g, Ref(m_, t),
-                       info.size / (int64_t{rows} * cols), rows, cols, static_cast<float>(muon_lr), wd, clip_scale,
-                       stream_);
-      continue;
-    }
     if (format_ == StateFormat::kFp32 && !w.stochastic) {
       // The default (fp32 moments and master weights): the vectorised kernel.
       cuda::AdamWUpdate(w.f32, w.b16, g, static_cast<float*>(m_.values) + info.offset,
@@ -120,6 +122,25 @@ void DeviceOptimizer::Step(const DeviceWeights& weights, const float* grads, cud
     }
     args.weight_decay = wd;
     cuda::AdamWUpdate(w, g, Ref(m_, t), Ref(v_, t), info.size, args, stream_);
+  }
+  // Muon: momentum in m; one Newton-Schulz run per planned chunk of tensors.
+  for (const kernels::MuonChunk& chunk : muon_chunks_) {
+    muon_group_.clear();
+    for (size_t j : chunk.tensors) {
+      const size_t t = muon_tensors_[j];
+      const ParamInfo& info = params[t];
+      cuda::MuonTensor m;
+      m.w = weights.Ref(info, step);
+      m.grad = grads + info.offset;
+      m.momentum = Ref(m_, t);
+      m.rows = static_cast<int>(info.shape[info.shape.size() - 2]);
+      m.cols = static_cast<int>(info.shape.back());
+      m.batch = info.size / (int64_t{m.rows} * m.cols);
+      m.weight_decay = info.decay ? static_cast<float>(weight_decay) : 0.f;
+      muon_group_.push_back(m);
+    }
+    cuda::MuonUpdateGroup(blas, muon_, bf16_ ? cuda::DType::kBF16 : cuda::DType::kF32, muon_group_.data(),
+                          muon_group_.size(), static_cast<float>(muon_lr), clip_scale, stream_);
   }
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }

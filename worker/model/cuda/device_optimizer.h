@@ -13,6 +13,7 @@
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/muon.h"
+#include "kernels/muon_plan.h"
 #include "worker/model/cuda/device_arena.h"
 #include "worker/model/cuda/device_weights.h"
 #include "worker/model/model_config.h"
@@ -61,6 +62,11 @@ class DeviceOptimizer {
   Stored m_, v_;
   float* codes_ = nullptr;   // int8: (2 * 256) the signed code, then the unsigned one
   cuda::MuonWorkspace muon_;  // train.optimizer muon: Newton-Schulz scratch
+  // The Muon tensors (layout indices) and their Newton-Schulz runs (kernels/muon_plan.h: chunks of
+  // one wide shape, indices into muon_tensors_).
+  std::vector<size_t> muon_tensors_;
+  std::vector<kernels::MuonChunk> muon_chunks_;
+  std::vector<cuda::MuonTensor> muon_group_;  // one chunk's tensors, refilled every step
 };
 
 }  // namespace moe
