@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -21,17 +22,73 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "worker/checkpoint/safetensors.h"
+#include "worker/checkpoint/xxh64.h"
 
 namespace moe {
 
-struct Checkpoint {
+// A checkpoint's small files.
+struct CheckpointInfo {
   int64_t step = 0;                 // optimizer steps done
   std::string spec_json;            // the JobSpec (protobuf JSON) it was trained with
   std::string tokenizer;            // Tokenizer::Serialize(), "" for pretokenized
+  std::map<std::string, std::string> meta;  // anything else (e.g. rng, world size, best val loss)
+};
+
+// A whole checkpoint in memory.
+struct Checkpoint : CheckpointInfo {
   // Model weights by MODEL.md names, plus "adam_m.<name>", "adam_v.<name>". ReadCheckpoint
   // returns the weights first (in written order), then the adam_* tensors (in written order).
   std::vector<NamedTensor> tensors;
-  std::map<std::string, std::string> meta;  // anything else (e.g. rng, world size, best val loss)
+};
+
+// Writes dir/step_<8-digit step>/ as WriteCheckpoint does, one tensor at a time: each goes
+// into its safetensors file (hashed on the way) as it arrives.
+class CheckpointWriter {
+ public:
+  // Creates the temp dir. tensors: every tensor's name and shape; Write takes the weights in
+  // their order here, then the "adam_*" tensors in theirs. keep as for WriteCheckpoint.
+  static absl::StatusOr<std::unique_ptr<CheckpointWriter>> Start(
+      const std::string& dir, CheckpointInfo info, const std::vector<TensorSpec>& tensors, int keep);
+  ~CheckpointWriter();  // an unfinished checkpoint's temp dir is removed
+  CheckpointWriter(const CheckpointWriter&) = delete;
+  CheckpointWriter& operator=(const CheckpointWriter&) = delete;
+
+  // The next tensor, whole (count = prod(shape)).
+  absl::Status Write(std::string_view name, const float* data, size_t count);
+  // After the last tensor: the small files, the manifest, the rename into place, pruning.
+  absl::Status Finish();
+
+ private:
+  struct State;
+  explicit CheckpointWriter(std::unique_ptr<State> state);
+  absl::Status Advance();  // finishes a file whose tensors are all written, opens the next
+  absl::Status Fail(const absl::Status& st);
+  std::unique_ptr<State> s_;
+};
+
+// An open checkpoint: Open verifies it all (manifest, each file's size and checksum read once
+// through a fixed buffer, small files, safetensors headers, moment shapes) and keeps only the
+// headers; Read then fetches one tensor, or a slice of one, at a time.
+class CheckpointReader {
+ public:
+  // Errors as ReadCheckpoint's.
+  static absl::StatusOr<CheckpointReader> Open(const std::string& path);
+
+  const CheckpointInfo& info() const { return info_; }
+  const std::string& path() const { return path_; }
+  // The weights in file order, then the adam_* tensors in file order.
+  const std::vector<TensorEntry>& tensors() const { return tensors_; }
+  const TensorEntry* Find(std::string_view name) const;  // nullptr if absent
+  // Elements [first, first + count) of t (one of tensors()) into out.
+  absl::Status Read(const TensorEntry& t, size_t first, size_t count, float* out) const;
+
+ private:
+  CheckpointReader() = default;
+  std::string path_;
+  CheckpointInfo info_;
+  std::vector<SafetensorsReader> files_;  // model, optimizer
+  std::vector<TensorEntry> tensors_;
+  size_t weights_ = 0;                    // tensors_[0, weights_) live in the model file
 };
 
 // Writes dir/step_<8-digit step>/ atomically: files into a temp dir, fsync, manifest last, then
@@ -56,15 +113,15 @@ absl::StatusOr<std::string> NewestGoodCheckpoint(
 
 // Reads and verifies (manifest, sizes, checksums, safetensors headers, shapes); a corrupt,
 // truncated or foreign file is InvalidArgument/DataLoss naming the file and what is wrong.
+// Holds the whole checkpoint: for small models and tools; training reads a CheckpointReader.
 absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path);
 
 // OK when every expected (name, shape) is in the checkpoint with that shape and the checkpoint
 // holds no other weight (adam_* tensors aside); otherwise names the first mismatch and both shapes.
 absl::Status CheckCompatible(const Checkpoint& ckpt,
                              const std::vector<std::pair<std::string, std::vector<int64_t>>>& expected);
-
-// XXH64 (seed 0) of a buffer: the manifest checksum, also used by the dataset token cache.
-uint64_t Xxh64(const void* data, size_t len, uint64_t seed = 0);
+absl::Status CheckCompatible(const CheckpointReader& ckpt,
+                             const std::vector<std::pair<std::string, std::vector<int64_t>>>& expected);
 
 // Test hook: called with the name of each stage WriteCheckpoint reaches ("temp_dir",
 // "file:<name>" after each file, "manifest", "renamed"), so a test can kill the writer there.

@@ -1,6 +1,7 @@
 #include "worker/checkpoint/safetensors.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -40,20 +41,6 @@ bool AsUint(const google::protobuf::Value& v, uint64_t* out) {
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
-absl::Status WriteAll(int fd, const void* data, size_t n, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return absl::InternalError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return absl::OkStatus();
 }
 
 // Bytes per element of a dtype this reader takes; 0 for one it does not.
@@ -162,126 +149,40 @@ absl::StatusOr<std::map<std::string, std::string>> ParseJsonStringMap(std::strin
   return out;
 }
 
-absl::Status WriteSafetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
-                              const std::map<std::string, std::string>& metadata) {
-  std::vector<const NamedTensor*> ptrs;
-  for (const NamedTensor& t : tensors) ptrs.push_back(&t);
-  return WriteSafetensors(path, ptrs, metadata);
+namespace {
+
+// The 8-byte header length, checked against the file's size.
+absl::StatusOr<uint64_t> HeaderLength(std::string_view first8, uint64_t file_size,
+                                      const std::string& what) {
+  if (file_size < 8 || first8.size() < 8) {
+    return absl::DataLossError(absl::StrCat(
+        what, ": file is ", file_size, " bytes, shorter than the 8-byte header length (truncated?)"));
+  }
+  uint64_t header_len;
+  std::memcpy(&header_len, first8.data(), 8);
+  if (header_len > kMaxHeaderBytes || header_len > file_size - 8) {
+    return absl::DataLossError(absl::StrCat(what, ": header length ", header_len,
+                                            " exceeds the file (", file_size,
+                                            " bytes); truncated or not a safetensors file"));
+  }
+  return header_len;
 }
 
-absl::Status WriteSafetensors(const std::string& path, const std::vector<const NamedTensor*>& tensors,
-                              const std::map<std::string, std::string>& metadata, TensorDtype dtype) {
-  const bool bf16 = dtype == TensorDtype::kBF16;
-  const size_t elem_bytes = bf16 ? 2 : sizeof(float);
-  std::string header = "{";
-  if (!metadata.empty()) {
-    header += "\"__metadata__\":{";
-    bool first = true;
-    for (const auto& [k, v] : metadata) {
-      absl::StrAppend(&header, first ? "" : ",", JsonQuote(k), ":", JsonQuote(v));
-      first = false;
-    }
-    header += "}";
-  }
-  uint64_t offset = 0;
-  std::set<std::string> names;
-  for (const NamedTensor* tp : tensors) {
-    const NamedTensor& t = *tp;
-    int64_t elems = 1;
-    for (int64_t d : t.shape) elems = d < 0 ? -1 : elems * d;
-    if (t.name.empty() || t.name == "__metadata__" || !names.insert(t.name).second) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": tensor name \"", t.name, "\" is empty, reserved or repeated"));
-    }
-    if (elems < 0 || static_cast<uint64_t>(elems) != t.data.size()) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor ", t.name, " has shape ",
-                                                     ShapeString(t.shape), " but ", t.data.size(),
-                                                     " values"));
-    }
-    uint64_t bytes = t.data.size() * elem_bytes;
-    absl::StrAppend(&header, header.size() > 1 ? "," : "", JsonQuote(t.name),
-                    ":{\"dtype\":\"", bf16 ? "BF16" : "F32", "\",\"shape\":", ShapeString(t.shape),
-                    ",\"data_offsets\":[", offset, ",", offset + bytes, "]}");
-    offset += bytes;
-  }
-  header += "}";
-  // Pad so the data starts 8-byte aligned, as the reference writer does.
-  while ((8 + header.size()) % 8 != 0) header.push_back(' ');
-
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) {
-    return absl::InternalError(absl::StrCat("cannot create ", tmp, ": ", std::strerror(errno)));
-  }
-  uint64_t header_len = header.size();
-  absl::Status st = WriteAll(fd, &header_len, 8, tmp);
-  if (st.ok()) st = WriteAll(fd, header.data(), header.size(), tmp);
-  std::vector<uint16_t> half;
-  for (const NamedTensor* t : tensors) {
-    if (!st.ok()) break;
-    if (!bf16) {
-      st = WriteAll(fd, t->data.data(), t->data.size() * sizeof(float), tmp);
-      continue;
-    }
-    // In pieces, so a large tensor needs no second full-size buffer.
-    constexpr size_t kPiece = 1 << 20;
-    for (size_t i = 0; i < t->data.size() && st.ok(); i += kPiece) {
-      const size_t n = std::min(kPiece, t->data.size() - i);
-      half.resize(n);
-      for (size_t j = 0; j < n; ++j) half[j] = FloatToBf16(t->data[i + j]);
-      st = WriteAll(fd, half.data(), n * 2, tmp);
-    }
-  }
-  if (st.ok() && ::fsync(fd) != 0) {
-    st = absl::InternalError(absl::StrCat("cannot fsync ", tmp, ": ", std::strerror(errno)));
-  }
-  if (::close(fd) != 0 && st.ok()) {
-    st = absl::InternalError(absl::StrCat("cannot close ", tmp, ": ", std::strerror(errno)));
-  }
-  if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    st = absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path, ": ",
-                                          std::strerror(errno)));
-  }
-  if (!st.ok()) {
-    ::unlink(tmp.c_str());
-    return st;
-  }
-  return SyncDir(dir);
-}
-
-absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes_in, const std::string& what,
-                                                 const SafetensorsReadOptions& options) {
-  absl::string_view bytes(bytes_in.data(), bytes_in.size());
+// Parses the JSON header and checks its tensors tile data_size bytes of data exactly.
+absl::StatusOr<SafetensorsHeader> ParseHeader(absl::string_view header, uint64_t data_size,
+                                              const std::string& what,
+                                              const SafetensorsReadOptions& options) {
   auto bad = [&](const std::string& msg) {
     return absl::DataLossError(absl::StrCat(what, ": ", msg));
   };
-  if (bytes.size() < 8) {
-    return bad(absl::StrCat("file is ", bytes.size(),
-                            " bytes, shorter than the 8-byte header length (truncated?)"));
-  }
-  uint64_t header_len;
-  std::memcpy(&header_len, bytes.data(), 8);
-  if (header_len > kMaxHeaderBytes || header_len > bytes.size() - 8) {
-    return bad(absl::StrCat("header length ", header_len, " exceeds the file (", bytes.size(),
-                            " bytes); truncated or not a safetensors file"));
-  }
-  absl::string_view header = bytes.substr(8, header_len);
-  absl::string_view data = bytes.substr(8 + header_len);
   google::protobuf::Struct doc;
   if (absl::Status st = ParseJsonObject(std::string_view(header.data(), header.size()), &doc);
       !st.ok()) {
     return bad(absl::StrCat("bad header: ", st.message()));
   }
-
-  SafetensorsFile out;
-  struct Span {
-    uint64_t begin, end;
-    size_t index;
-    std::string dtype;
-  };
-  std::vector<Span> spans;
-  // Repeated keys are refused by the JSON reader; fields() is a map, so order comes from spans.
+  SafetensorsHeader out;
+  out.data_start = 8 + header.size();
+  // Repeated keys are refused by the JSON reader; fields() is a map, so order comes from offsets.
   for (const auto& [name, value] : doc.fields()) {
     if (name == "__metadata__") {
       if (!value.has_struct_value()) return bad("__metadata__ is not an object");
@@ -301,11 +202,11 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes_in, cons
     const google::protobuf::Value* dtype = field("dtype");
     const google::protobuf::Value* shape = field("shape");
     const google::protobuf::Value* offsets = field("data_offsets");
-    uint64_t begin = 0, end = 0;
+    TensorEntry t;
     if (!dtype || !dtype->has_string_value() || !shape || !shape->has_list_value() ||
         !offsets || !offsets->has_list_value() || offsets->list_value().values_size() != 2 ||
-        !AsUint(offsets->list_value().values(0), &begin) ||
-        !AsUint(offsets->list_value().values(1), &end)) {
+        !AsUint(offsets->list_value().values(0), &t.begin) ||
+        !AsUint(offsets->list_value().values(1), &t.end)) {
       return bad(absl::StrCat("tensor \"", name,
                               "\": header entry needs dtype, shape and data_offsets [begin, end]"));
     }
@@ -315,8 +216,8 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes_in, cons
                               options.widen_to_f32 ? "F32, BF16 and F16 are" : "F32 is",
                               " supported (convert with tensor.float())"));
     }
-    NamedTensor t;
     t.name = name;
+    t.dtype = dtype->string_value();
     uint64_t elems = 1;
     for (const google::protobuf::Value& d : shape->list_value().values()) {
       uint64_t dim;
@@ -326,66 +227,178 @@ absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes_in, cons
       t.shape.push_back(static_cast<int64_t>(dim));
       elems *= dim;
     }
-    if (end < begin || end - begin != elems * elem_bytes) {
+    if (t.end < t.begin || t.end - t.begin != elems * elem_bytes) {
       return bad(absl::StrCat("tensor \"", name, "\": shape ", ShapeString(t.shape), " needs ",
-                              elems * elem_bytes, " bytes but data_offsets [", begin, ", ",
-                              end, "] span ", end >= begin ? end - begin : 0));
+                              elems * elem_bytes, " bytes but data_offsets [", t.begin, ", ",
+                              t.end, "] span ", t.end >= t.begin ? t.end - t.begin : 0));
     }
-    spans.push_back({begin, end, out.tensors.size(), dtype->string_value()});
     out.tensors.push_back(std::move(t));
   }
   // The tensors must tile the data exactly: no gap, no overlap, nothing missing at the end.
   // Sorting by offset gives the written order. Zero-byte tensors can share an offset, so for
   // those use where the name's entry appears in the header (written "name":{ by this writer and
   // the reference one; __metadata__'s values are strings), then the name.
-  auto key_pos = [&](const NamedTensor& t) { return header.find(JsonQuote(t.name) + ":{"); };
-  std::sort(spans.begin(), spans.end(), [&](const Span& a, const Span& b) {
+  auto key_pos = [&](const TensorEntry& t) { return header.find(JsonQuote(t.name) + ":{"); };
+  std::sort(out.tensors.begin(), out.tensors.end(), [&](const TensorEntry& a, const TensorEntry& b) {
     if (a.begin != b.begin || a.end != b.end) {
       return a.begin < b.begin || (a.begin == b.begin && a.end < b.end);
     }
-    const NamedTensor &ta = out.tensors[a.index], &tb = out.tensors[b.index];
-    return std::make_pair(key_pos(ta), ta.name) < std::make_pair(key_pos(tb), tb.name);
+    return std::make_pair(key_pos(a), a.name) < std::make_pair(key_pos(b), b.name);
   });
   uint64_t pos = 0;
-  for (const Span& s : spans) {
-    if (s.begin != pos) {
-      return bad(absl::StrCat("tensor \"", out.tensors[s.index].name, "\" starts at data byte ",
-                              s.begin, " but the previous tensor ends at ", pos,
-                              " (overlap or gap)"));
+  for (const TensorEntry& t : out.tensors) {
+    if (t.begin != pos) {
+      return bad(absl::StrCat("tensor \"", t.name, "\" starts at data byte ", t.begin,
+                              " but the previous tensor ends at ", pos, " (overlap or gap)"));
     }
-    pos = s.end;
+    pos = t.end;
   }
-  if (pos != data.size()) {
-    return bad(absl::StrCat("tensors cover ", pos, " data bytes but the file holds ", data.size(),
-                            pos > data.size() ? " (truncated file)" : " (trailing bytes)"));
+  if (pos != data_size) {
+    return bad(absl::StrCat("tensors cover ", pos, " data bytes but the file holds ", data_size,
+                            pos > data_size ? " (truncated file)" : " (trailing bytes)"));
   }
-  std::vector<NamedTensor> ordered;
-  ordered.reserve(spans.size());
-  for (const Span& s : spans) {
-    NamedTensor& t = out.tensors[s.index];
-    if (s.dtype == "F32") {
-      t.data.resize((s.end - s.begin) / sizeof(float));
-      if (!t.data.empty()) std::memcpy(t.data.data(), data.data() + s.begin, s.end - s.begin);
-    } else {
-      t.data.resize((s.end - s.begin) / 2);
-      const bool bf16 = s.dtype == "BF16";
-      for (size_t i = 0; i < t.data.size(); ++i) {
-        uint16_t h;
-        std::memcpy(&h, data.data() + s.begin + 2 * i, 2);
-        t.data[i] = bf16 ? Bf16ToFloat(h) : F16ToFloat(h);
-      }
-    }
-    ordered.push_back(std::move(t));
-  }
-  out.tensors = std::move(ordered);
   return out;
+}
+
+size_t StoredBytes(const TensorEntry& t) { return t.dtype == "F32" ? 4 : 2; }
+
+// count elements stored as dtype at bytes, as floats.
+void Decode(const std::string& dtype, const char* bytes, size_t count, float* out) {
+  if (dtype == "F32") {
+    if (count > 0) std::memcpy(out, bytes, count * sizeof(float));
+    return;
+  }
+  const bool bf16 = dtype == "BF16";
+  for (size_t i = 0; i < count; ++i) {
+    uint16_t h;
+    std::memcpy(&h, bytes + 2 * i, 2);
+    out[i] = bf16 ? Bf16ToFloat(h) : F16ToFloat(h);
+  }
+}
+
+// Reads exactly n bytes at offset; a short read is the file having shrunk under us.
+absl::Status PreadAll(int fd, void* buf, size_t n, uint64_t offset, const std::string& path) {
+  char* p = static_cast<char*>(buf);
+  while (n > 0) {
+    ssize_t r = ::pread(fd, p, n, static_cast<off_t>(offset));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return absl::InternalError(absl::StrCat("cannot read ", path, ": ", std::strerror(errno)));
+    if (r == 0) {
+      return absl::DataLossError(absl::StrCat(path, ": ends at byte ", offset, " (truncated file)"));
+    }
+    p += r;
+    n -= static_cast<size_t>(r);
+    offset += static_cast<uint64_t>(r);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+size_t TensorEntry::elements() const {
+  size_t n = 1;
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  return n;
+}
+
+absl::StatusOr<SafetensorsFile> ParseSafetensors(std::string_view bytes_in, const std::string& what,
+                                                 const SafetensorsReadOptions& options) {
+  absl::string_view bytes(bytes_in.data(), bytes_in.size());
+  absl::StatusOr<uint64_t> header_len = HeaderLength(bytes_in, bytes.size(), what);
+  if (!header_len.ok()) return header_len.status();
+  absl::StatusOr<SafetensorsHeader> header =
+      ParseHeader(bytes.substr(8, *header_len), bytes.size() - 8 - *header_len, what, options);
+  if (!header.ok()) return header.status();
+  SafetensorsFile out;
+  out.metadata = std::move(header->metadata);
+  for (TensorEntry& t : header->tensors) {
+    NamedTensor nt{std::move(t.name), std::move(t.shape), {}};
+    nt.data.resize((t.end - t.begin) / StoredBytes(t));
+    Decode(t.dtype, bytes.data() + header->data_start + t.begin, nt.data.size(), nt.data.data());
+    out.tensors.push_back(std::move(nt));
+  }
+  return out;
+}
+
+absl::StatusOr<SafetensorsReader> SafetensorsReader::Open(const std::string& path,
+                                                          const SafetensorsReadOptions& options) {
+  SafetensorsReader r;
+  r.path_ = path;
+  r.fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (r.fd_ < 0) {
+    return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
+  }
+  struct stat sb;
+  if (::fstat(r.fd_, &sb) != 0) {
+    return absl::InternalError(absl::StrCat("cannot stat ", path, ": ", std::strerror(errno)));
+  }
+  const uint64_t size = static_cast<uint64_t>(sb.st_size);
+  char first8[8] = {};
+  if (size >= 8) {
+    if (absl::Status st = PreadAll(r.fd_, first8, 8, 0, path); !st.ok()) return st;
+  }
+  absl::StatusOr<uint64_t> header_len =
+      HeaderLength(std::string_view(first8, size >= 8 ? 8 : 0), size, path);
+  if (!header_len.ok()) return header_len.status();
+  std::string header(*header_len, '\0');
+  if (absl::Status st = PreadAll(r.fd_, header.data(), header.size(), 8, path); !st.ok()) return st;
+  absl::StatusOr<SafetensorsHeader> parsed = ParseHeader(header, size - 8 - *header_len, path, options);
+  if (!parsed.ok()) return parsed.status();
+  r.header_ = *std::move(parsed);
+  return r;
+}
+
+SafetensorsReader::SafetensorsReader(SafetensorsReader&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)),
+      path_(std::move(other.path_)),
+      header_(std::move(other.header_)) {}
+
+SafetensorsReader& SafetensorsReader::operator=(SafetensorsReader&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = std::exchange(other.fd_, -1);
+    path_ = std::move(other.path_);
+    header_ = std::move(other.header_);
+  }
+  return *this;
+}
+
+SafetensorsReader::~SafetensorsReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+absl::Status SafetensorsReader::Read(const TensorEntry& t, size_t first, size_t count,
+                                     float* out) const {
+  if (first > t.elements() || count > t.elements() - first) {
+    return absl::OutOfRangeError(absl::StrCat(path_, ": tensor ", t.name, " has ", t.elements(),
+                                              " elements; asked for [", first, ", ", first + count, ")"));
+  }
+  const size_t eb = StoredBytes(t);
+  const uint64_t offset = header_.data_start + t.begin + first * eb;
+  if (eb == sizeof(float)) return PreadAll(fd_, out, count * eb, offset, path_);
+  // 16-bit values through a fixed buffer.
+  constexpr size_t kPiece = 1 << 20;
+  std::vector<char> buf(std::min(count, kPiece) * eb);
+  for (size_t i = 0; i < count; i += kPiece) {
+    const size_t n = std::min(kPiece, count - i);
+    if (absl::Status st = PreadAll(fd_, buf.data(), n * eb, offset + i * eb, path_); !st.ok()) return st;
+    Decode(t.dtype, buf.data(), n, out + i);
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<SafetensorsFile> ReadSafetensors(const std::string& path,
                                                 const SafetensorsReadOptions& options) {
-  absl::StatusOr<std::string> bytes = ReadFile(path);
-  if (!bytes.ok()) return bytes.status();
-  return ParseSafetensors(*bytes, path, options);
+  absl::StatusOr<SafetensorsReader> reader = SafetensorsReader::Open(path, options);
+  if (!reader.ok()) return reader.status();
+  SafetensorsFile out;
+  out.metadata = reader->header().metadata;
+  for (const TensorEntry& t : reader->header().tensors) {
+    NamedTensor nt{t.name, t.shape, std::vector<float>(t.elements())};
+    if (absl::Status st = reader->Read(t, 0, nt.data.size(), nt.data.data()); !st.ok()) return st;
+    out.tensors.push_back(std::move(nt));
+  }
+  return out;
 }
 
 }  // namespace moe

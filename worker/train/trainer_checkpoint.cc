@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <memory>
 #include <set>
 #include <string>
 #include <utility>
@@ -21,50 +22,59 @@ namespace moe {
 
 absl::Status Trainer::SaveCheckpoint(int64_t steps_done) {
   // Rank 0 gathers each expert tensor (E_local experts from every rank, in rank order = global
-  // expert order) and writes one checkpoint with every tensor by its global shape.
+  // expert order) and writes one checkpoint with every tensor by its global shape. Host memory:
+  // one parameter set (the vector CopyToHost fills) and one gathered tensor; each tensor goes
+  // to the file as it is produced.
   const int W = comm_->world_size();
   const bool root = comm_->rank() == 0;
-  Checkpoint ckpt;
-  ckpt.step = steps_done;
-  google::protobuf::util::MessageToJsonString(spec_, &ckpt.spec_json);
-  if (data_->tokenizer) ckpt.tokenizer = data_->tokenizer->Serialize();
-  ckpt.meta["world_size"] = std::to_string(W);
-  ckpt.meta["vocab_size"] = std::to_string(cfg_.vocab);
   const std::pair<const char*, ParamSet> sets[] = {
       {"", ParamSet::kParams}, {"adam_m.", ParamSet::kAdamM}, {"adam_v.", ParamSet::kAdamV}};
-  std::vector<float> host;
+  // Loss-free balancing's biases are weights of the model's function (they pick the experts):
+  // with the weights, one (E) tensor per layer, the same on every rank.
+  const std::vector<float> biases = root ? model_->RouterBiases() : std::vector<float>{};
+  const int bias_layers = biases.empty() ? 0 : cfg_.layers;
+  const int E = cfg_.experts;
+  std::unique_ptr<CheckpointWriter> writer;
+  absl::Status st = absl::OkStatus();
+  if (root) {
+    CheckpointInfo info;
+    info.step = steps_done;
+    google::protobuf::util::MessageToJsonString(spec_, &info.spec_json);
+    if (data_->tokenizer) info.tokenizer = data_->tokenizer->Serialize();
+    info.meta["world_size"] = std::to_string(W);
+    info.meta["vocab_size"] = std::to_string(cfg_.vocab);
+    std::vector<TensorSpec> specs;
+    for (const auto& [prefix, set] : sets) {
+      for (const ParamInfo& p : model_->layout().params()) specs.push_back({prefix + p.name, p.global_shape});
+      if (set != ParamSet::kParams) continue;
+      for (int l = 0; l < bias_layers; ++l) specs.push_back({RouterBiasName(l), {E}});
+    }
+    absl::StatusOr<std::unique_ptr<CheckpointWriter>> w =
+        CheckpointWriter::Start(opts_.checkpoint_dir, std::move(info), specs, std::max(1, spec_.checkpoint().keep()));
+    if (w.ok()) writer = *std::move(w);
+    st = w.status();
+  }
+  // After a failed write rank 0 still takes part in every gather, so no rank waits forever.
+  std::vector<float> host, gathered;
   for (const auto& [prefix, set] : sets) {
     model_->CopyToHost(set, &host);
-    const std::vector<float>* buf = &host;
-    for (const ParamInfo& info : model_->layout().params()) {
-      NamedTensor nt;
-      nt.name = std::string(prefix) + info.name;
-      nt.shape = info.global_shape;
-      const float* src = buf->data() + info.offset;
-      if (info.expert && W > 1) {
-        if (root) nt.data.resize(static_cast<size_t>(info.size) * W);
-        comm_->Gather(src, info.size, root ? nt.data.data() : nullptr, 0);
-      } else if (root) {
-        nt.data.assign(src, src + info.size);
+    for (const ParamInfo& p : model_->layout().params()) {
+      const float* data = host.data() + p.offset;
+      size_t count = static_cast<size_t>(p.size);
+      if (p.expert && W > 1) {
+        if (root) gathered.resize(count * W);
+        comm_->Gather(data, p.size, root ? gathered.data() : nullptr, 0);
+        data = gathered.data();
+        count *= W;
       }
-      if (root) ckpt.tensors.push_back(std::move(nt));
+      if (root && st.ok()) st = writer->Write(prefix + p.name, data, count);
     }
-    // Loss-free balancing's biases are weights of the model's function (they pick the experts):
-    // with the weights, one (E) tensor per layer, the same on every rank.
-    if (set == ParamSet::kParams && root) {
-      const std::vector<float> biases = model_->RouterBiases();
-      const int E = cfg_.experts;
-      for (size_t l = 0; !biases.empty() && l < static_cast<size_t>(cfg_.layers); ++l) {
-        NamedTensor nt;
-        nt.name = RouterBiasName(static_cast<int>(l));
-        nt.shape = {E};
-        nt.data.assign(biases.begin() + l * E, biases.begin() + (l + 1) * E);
-        ckpt.tensors.push_back(std::move(nt));
-      }
+    for (int l = 0; l < bias_layers && set == ParamSet::kParams && st.ok(); ++l) {
+      st = writer->Write(RouterBiasName(l), biases.data() + static_cast<size_t>(l) * E, E);
     }
   }
-  absl::Status st = absl::OkStatus();
-  if (root) st = WriteCheckpoint(opts_.checkpoint_dir, ckpt, std::max(1, spec_.checkpoint().keep()));
+  if (root && st.ok()) st = writer->Finish();
+  writer.reset();
   // Every rank learns whether the write worked, so none goes on alone.
   double ok = st.ok() ? 1.0 : 0.0;
   comm_->Broadcast(&ok, sizeof(ok), 0);
@@ -74,11 +84,12 @@ absl::Status Trainer::SaveCheckpoint(int64_t steps_done) {
 }
 
 absl::Status Trainer::LoadCheckpoint(const std::string& path, int64_t* steps_done) {
-  absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(path);
+  // Verified as a whole first (no tensor loaded), then read tensor by tensor into one host set.
+  absl::StatusOr<CheckpointReader> ckpt = CheckpointReader::Open(path);
   if (!ckpt.ok()) return ckpt.status();
   // The recipe first: options that leave the tensors' shapes alone would pass the check below.
   moe::v1::JobSpec saved;
-  if (!google::protobuf::util::JsonStringToMessage(ckpt->spec_json, &saved).ok()) {
+  if (!google::protobuf::util::JsonStringToMessage(ckpt->info().spec_json, &saved).ok()) {
     return absl::InvalidArgumentError(absl::StrCat("checkpoint ", path, " holds no readable job spec (spec.json)"));
   }
   if (const std::string diff = RecipeDifference(saved, spec_); !diff.empty()) {
@@ -93,45 +104,36 @@ absl::Status Trainer::LoadCheckpoint(const std::string& path, int64_t* steps_don
   if (biased) {
     for (int l = 0; l < cfg_.layers; ++l) expected.emplace_back(RouterBiasName(l), std::vector<int64_t>{cfg_.experts});
   }
-  // Host copies of the three buffers: the checkpoint fills them, then they go back.
-  std::vector<float> params, adam_m, adam_v;
-  model_->CopyToHost(ParamSet::kParams, &params);
-  model_->CopyToHost(ParamSet::kAdamM, &adam_m);
-  model_->CopyToHost(ParamSet::kAdamV, &adam_v);
-  const std::pair<const char*, std::vector<float>*> sets[] = {
-      {"", &params}, {"adam_m.", &adam_m}, {"adam_v.", &adam_v}};
+  const std::pair<const char*, ParamSet> sets[] = {
+      {"", ParamSet::kParams}, {"adam_m.", ParamSet::kAdamM}, {"adam_v.", ParamSet::kAdamV}};
   for (const auto& set : sets) {
     for (const ParamInfo& info : model_->layout().params()) expected.emplace_back(set.first + info.name, info.global_shape);
   }
-  absl::Status st = CheckCompatible(*ckpt, expected);
-  if (!st.ok()) {
+  if (absl::Status st = CheckCompatible(*ckpt, expected); !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("checkpoint ", path, " does not fit this job's model: ", st.message()));
   }
-  // Each rank takes its own slice of every expert tensor (experts by global index).
-  for (const NamedTensor& nt : ckpt->tensors) {
-    for (const auto& [prefix, buf] : sets) {
-      const std::string p(prefix);
-      if (nt.name.compare(0, p.size(), p) != 0) continue;
-      const ParamInfo* info = model_->layout().Find(nt.name.substr(p.size()));
-      if (info == nullptr) continue;
-      const size_t first = info->expert ? static_cast<size_t>(model_->layout().expert_begin()) * (info->size / info->shape[0]) : 0;
-      std::copy(nt.data.begin() + first, nt.data.begin() + first + info->size, buf->begin() + info->offset);
-      break;
+  // One set at a time through one host buffer; each rank takes its own slice of every expert
+  // tensor (experts by global index).
+  std::vector<float> host;
+  for (const auto& [prefix, set] : sets) {
+    model_->CopyToHost(set, &host);
+    for (const ParamInfo& info : model_->layout().params()) {
+      const TensorEntry* t = ckpt->Find(prefix + info.name);  // present: CheckCompatible
+      const size_t first = info.expert ? static_cast<size_t>(model_->layout().expert_begin()) * (info.size / info.shape[0]) : 0;
+      if (absl::Status st = ckpt->Read(*t, first, info.size, host.data() + info.offset); !st.ok()) return st;
     }
+    model_->CopyFromHost(set, host);
   }
-  model_->CopyFromHost(ParamSet::kParams, params);
-  model_->CopyFromHost(ParamSet::kAdamM, adam_m);
-  model_->CopyFromHost(ParamSet::kAdamV, adam_v);
   if (biased) {
     std::vector<float> biases(static_cast<size_t>(cfg_.layers) * cfg_.experts, 0.f);
-    for (const NamedTensor& nt : ckpt->tensors) {
-      for (int l = 0; l < cfg_.layers; ++l) {
-        if (nt.name == RouterBiasName(l)) std::copy(nt.data.begin(), nt.data.end(), biases.begin() + l * cfg_.experts);
-      }
+    for (int l = 0; l < cfg_.layers; ++l) {
+      const TensorEntry* t = ckpt->Find(RouterBiasName(l));
+      absl::Status st = ckpt->Read(*t, 0, cfg_.experts, biases.data() + static_cast<size_t>(l) * cfg_.experts);
+      if (!st.ok()) return st;
     }
     model_->SetRouterBiases(biases);
   }
-  *steps_done = ckpt->step;
+  *steps_done = ckpt->info().step;
   return absl::OkStatus();
 }
 

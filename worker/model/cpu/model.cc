@@ -199,9 +199,16 @@ void Model::CopyToHost(ParamSet set, std::vector<float>* out) {
 
 void Model::CopyFromHost(ParamSet set, const std::vector<float>& in) {
   if (set == ParamSet::kAdamM || set == ParamSet::kAdamV) {
-    std::vector<float> full(in.begin(), in.begin() + std::min<size_t>(in.size(), layout_.total()));
+    OptimizerStateBuffer& state = set == ParamSet::kAdamM ? adam_m_ : adam_v_;
+    // A padded copy only for a short input: a resume's full set goes straight in (no second
+    // host copy of a whole set).
+    if (static_cast<int64_t>(in.size()) >= layout_.total()) {
+      state.WriteAll(in);
+      return;
+    }
+    std::vector<float> full(in);
     full.resize(layout_.total(), 0.f);
-    (set == ParamSet::kAdamM ? adam_m_ : adam_v_).WriteAll(full);
+    state.WriteAll(full);
     return;
   }
   std::vector<float>& dst = set == ParamSet::kParams ? params_ : grads_;

@@ -534,6 +534,11 @@ void CudaModel::CopyFromHost(ParamSet set, const std::vector<float>& in) {
     case ParamSet::kParams: {
       // On stream_, so that the bf16 copy made from them reads the new values (a plain cudaMemcpy
       // from pageable memory may return before its data lands, and stream_ does not wait for it).
+      // A full set (a resume) goes up as it is, with no second host copy.
+      if (static_cast<int64_t>(in.size()) >= layout_.total()) {
+        params_->Upload(in, stream_);
+        return;
+      }
       std::vector<float> full(in.begin(), in.begin() + std::min<size_t>(in.size(), layout_.total()));
       if (static_cast<int64_t>(full.size()) < layout_.total()) {  // the tail keeps its values
         std::vector<float> now;

@@ -1,0 +1,285 @@
+// CheckpointWriter and CheckpointReader: one checkpoint's files written and read a tensor at a
+// time, so host memory holds one tensor (plus a 1 MiB buffer), never the whole checkpoint.
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
+#include "common/files.h"
+#include "worker/checkpoint/checkpoint.h"
+#include "worker/checkpoint/checkpoint_dir.h"
+
+namespace moe {
+namespace fs = std::filesystem;
+using namespace checkpoint_dir;  // NOLINT: this file is the checkpoint directory's writer
+
+namespace {
+
+bool IsOptimizer(std::string_view name) {
+  return absl::StartsWith(absl::string_view(name.data(), name.size()), kOptimizerPrefix);
+}
+
+}  // namespace
+
+struct CheckpointWriter::State {
+  std::string dir, final_dir, tmp;
+  CheckpointInfo info;
+  int keep = 0;
+  std::vector<TensorSpec> files[2];  // model.safetensors, optimizer.safetensors
+  size_t file = 0;                   // the file being written; 2 when both are done
+  size_t written = 0;                // tensors of that file written
+  std::unique_ptr<SafetensorsWriter> out;
+  FileDigest digests[2];
+  absl::Status failed;
+  bool renamed = false;
+};
+
+CheckpointWriter::CheckpointWriter(std::unique_ptr<State> state) : s_(std::move(state)) {}
+
+CheckpointWriter::~CheckpointWriter() {
+  s_->out.reset();
+  std::error_code ec;
+  if (!s_->renamed) fs::remove_all(s_->tmp, ec);
+}
+
+absl::Status CheckpointWriter::Fail(const absl::Status& st) {
+  if (s_->failed.ok()) {
+    s_->failed = absl::Status(st.code(), absl::StrCat("writing checkpoint ", s_->final_dir, ": ",
+                                                      st.message()));
+  }
+  s_->out.reset();
+  std::error_code ec;
+  fs::remove_all(s_->tmp, ec);
+  return s_->failed;
+}
+
+absl::StatusOr<std::unique_ptr<CheckpointWriter>> CheckpointWriter::Start(
+    const std::string& dir, CheckpointInfo info, const std::vector<TensorSpec>& tensors, int keep) {
+  if (info.step < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint step must be >= 0, got ", info.step));
+  }
+  if (absl::Status st = MakeDirs(dir); !st.ok()) return st;
+  auto s = std::make_unique<State>();
+  s->dir = dir;
+  s->final_dir = absl::StrCat(dir, "/", StepDirName(info.step));
+  s->tmp = absl::StrCat(dir, "/.tmp-", StepDirName(info.step), ".", HostName(), ".", ::getpid());
+  s->keep = keep;
+  for (const TensorSpec& t : tensors) s->files[IsOptimizer(t.name) ? 1 : 0].push_back(t);
+  s->info = std::move(info);
+  std::error_code ec;
+  fs::remove_all(s->tmp, ec);
+  if (!fs::create_directory(s->tmp, ec)) {
+    return absl::InternalError(absl::StrCat("cannot create ", s->tmp, ": ", ec.message()));
+  }
+  std::unique_ptr<CheckpointWriter> w(new CheckpointWriter(std::move(s)));
+  Stage("temp_dir");
+  if (absl::Status st = w->Advance(); !st.ok()) return st;
+  return w;
+}
+
+absl::Status CheckpointWriter::Advance() {
+  State& s = *s_;
+  while (s.file < 2) {
+    const char* name = s.file == 0 ? kModelFile : kOptimizerFile;
+    if (s.out == nullptr) {
+      // "format": "pt" is what transformers/safetensors write for PyTorch tensors.
+      std::map<std::string, std::string> metadata = {{"format", "pt"}};
+      if (s.file == 0) metadata["step"] = absl::StrCat(s.info.step);
+      absl::StatusOr<std::unique_ptr<SafetensorsWriter>> out = SafetensorsWriter::Create(
+          absl::StrCat(s.tmp, "/", name), s.files[s.file], metadata);
+      if (!out.ok()) return Fail(out.status());
+      s.out = *std::move(out);
+      s.written = 0;
+    }
+    if (s.written < s.files[s.file].size()) return absl::OkStatus();
+    if (absl::Status st = s.out->Finish(); !st.ok()) return Fail(st);
+    s.digests[s.file] = {s.out->size(), s.out->xxh64()};
+    s.out.reset();
+    Stage(absl::StrCat("file:", name));
+    ++s.file;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckpointWriter::Write(std::string_view name, const float* data, size_t count) {
+  State& s = *s_;
+  if (!s.failed.ok()) return s.failed;
+  if (s.out == nullptr) {
+    return Fail(absl::FailedPreconditionError(absl::StrCat("tensor ", absl::string_view(name.data(), name.size()), " after the last one")));
+  }
+  if (absl::Status st = s.out->Write(name, data, count); !st.ok()) return Fail(st);
+  ++s.written;
+  return Advance();
+}
+
+absl::Status CheckpointWriter::Finish() {
+  State& s = *s_;
+  if (!s.failed.ok()) return s.failed;
+  if (s.file < 2) {
+    return Fail(absl::FailedPreconditionError(absl::StrCat(
+        "finished with tensors missing (", s.written, " of ", s.files[s.file].size(), " in ",
+        s.file == 0 ? kModelFile : kOptimizerFile, ")")));
+  }
+  std::string meta = "{";
+  for (const auto& [k, v] : s.info.meta) {
+    absl::StrAppend(&meta, meta.size() > 1 ? ",\n" : "\n", JsonQuote(k), ": ", JsonQuote(v));
+  }
+  meta += "\n}\n";
+  // The manifest goes last: its presence means every file it lists is complete.
+  std::string manifest = absl::StrCat(kManifestHeader, "\nstep ", s.info.step, "\n");
+  for (int i = 0; i < 2; ++i) {
+    absl::StrAppendFormat(&manifest, "file %s %d %016x\n", i == 0 ? kModelFile : kOptimizerFile,
+                          s.digests[i].size, s.digests[i].hash);
+  }
+  for (auto [name, contents] : {std::pair<const char*, std::string_view>{kSpecFile, s.info.spec_json},
+                                {kTokenizerFile, s.info.tokenizer},
+                                {kMetaFile, meta}}) {
+    if (absl::Status st = WriteFileAtomic(absl::StrCat(s.tmp, "/", name), contents); !st.ok()) {
+      return Fail(st);
+    }
+    Stage(absl::StrCat("file:", name));
+    absl::StrAppendFormat(&manifest, "file %s %d %016x\n", name, contents.size(),
+                          Xxh64(contents.data(), contents.size()));
+  }
+  manifest += "end\n";
+  if (absl::Status st = WriteFileAtomic(absl::StrCat(s.tmp, "/", kManifest), manifest); !st.ok()) {
+    return Fail(st);
+  }
+  Stage("manifest");
+  if (absl::Status st = SyncDir(s.tmp); !st.ok()) return Fail(st);
+
+  // Into place. A checkpoint of the same step (a rerun after a restart) is swapped out
+  // atomically, so some complete copy of it exists at every moment.
+  std::error_code ec;
+  if (::rename(s.tmp.c_str(), s.final_dir.c_str()) != 0) {
+    if (errno != ENOTEMPTY && errno != EEXIST) return Fail(Errno("cannot rename into", s.final_dir));
+    if (::renameat2(AT_FDCWD, s.tmp.c_str(), AT_FDCWD, s.final_dir.c_str(), RENAME_EXCHANGE) != 0) {
+      return Fail(Errno("cannot replace", s.final_dir));
+    }
+    fs::remove_all(s.tmp, ec);  // now the old copy
+  }
+  s.renamed = true;
+  if (absl::Status st = SyncDir(s.dir); !st.ok()) return st;
+  Stage("renamed");
+
+  if (s.keep > 0) {
+    std::vector<std::pair<int64_t, std::string>> complete = CompleteCheckpoints(s.dir);
+    for (size_t i = static_cast<size_t>(s.keep); i < complete.size(); ++i) {
+      fs::remove_all(complete[i].second, ec);
+      if (ec) {
+        return absl::InternalError(
+            absl::StrCat("cannot delete old checkpoint ", complete[i].second, ": ", ec.message()));
+      }
+    }
+  }
+  RemoveDeadTempDirs(s.dir);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<CheckpointReader> CheckpointReader::Open(const std::string& path) {
+  absl::StatusOr<Manifest> manifest = ReadManifest(path);
+  if (!manifest.ok()) return manifest.status();
+  CheckpointReader r;
+  r.path_ = path;
+  r.info_.step = manifest->step;
+  std::string meta_json;
+  for (const ManifestEntry& e : manifest->files) {
+    const std::string file = absl::StrCat(path, "/", e.name);
+    std::error_code ec;
+    const uintmax_t size = fs::file_size(file, ec);
+    if (!ec && size != e.size) {
+      return absl::DataLossError(absl::StrCat(file, " is ", size, " bytes, the manifest says ",
+                                              e.size, size < e.size ? " (truncated)" : "",
+                                              "; the checkpoint is damaged, use an older one"));
+    }
+    // The small files are read whole and hashed; the rest stream through DigestFile.
+    std::string* small = e.name == kSpecFile        ? &r.info_.spec_json
+                         : e.name == kTokenizerFile ? &r.info_.tokenizer
+                         : e.name == kMetaFile      ? &meta_json
+                                                    : nullptr;
+    absl::StatusOr<FileDigest> d;
+    if (small != nullptr) {
+      absl::StatusOr<std::string> bytes = ReadFile(file);
+      if (bytes.ok()) {
+        *small = *std::move(bytes);
+        d = FileDigest{small->size(), Xxh64(small->data(), small->size())};
+      } else {
+        d = bytes.status();
+      }
+    } else {
+      d = DigestFile(file);
+    }
+    if (!d.ok()) {
+      return absl::DataLossError(absl::StrCat(file, " is listed in the manifest but cannot be read: ",
+                                              d.status().message()));
+    }
+    if (d->size != e.size) {
+      return absl::DataLossError(absl::StrCat(file, " is ", d->size, " bytes, the manifest says ",
+                                              e.size, d->size < e.size ? " (truncated)" : "",
+                                              "; the checkpoint is damaged, use an older one"));
+    }
+    if (d->hash != e.hash) {
+      return absl::DataLossError(absl::StrFormat(
+          "%s: checksum %016x differs from the manifest's %016x (corrupted bytes); the checkpoint "
+          "is damaged, use an older one", file, d->hash, e.hash));
+    }
+  }
+  absl::StatusOr<std::map<std::string, std::string>> meta = ParseJsonStringMap(meta_json);
+  if (!meta.ok()) {
+    return absl::DataLossError(absl::StrCat(path, "/", kMetaFile, ": ", meta.status().message()));
+  }
+  r.info_.meta = *std::move(meta);
+
+  for (const char* name : {kModelFile, kOptimizerFile}) {
+    absl::StatusOr<SafetensorsReader> st = SafetensorsReader::Open(absl::StrCat(path, "/", name));
+    if (!st.ok()) return st.status();
+    for (const TensorEntry& t : st->header().tensors) {
+      if (IsOptimizer(t.name) != (std::string(name) == kOptimizerFile)) {
+        return absl::DataLossError(absl::StrCat(path, "/", name, ": tensor ", t.name,
+                                                " does not belong in this file"));
+      }
+      r.tensors_.push_back(t);
+    }
+    if (r.files_.empty()) r.weights_ = r.tensors_.size();
+    r.files_.push_back(*std::move(st));
+  }
+  // Optimizer moments must have their weight's shape.
+  for (const TensorEntry& t : r.tensors_) {
+    for (absl::string_view prefix : {"adam_m.", "adam_v."}) {
+      absl::string_view weight = t.name;
+      if (!absl::ConsumePrefix(&weight, prefix)) continue;
+      const TensorEntry* w = r.Find(std::string_view(weight.data(), weight.size()));
+      if (w != nullptr && w->shape != t.shape) {
+        return absl::DataLossError(absl::StrCat(
+            path, "/", kOptimizerFile, ": ", t.name, " has shape ", ShapeString(t.shape),
+            " but weight ", weight, " has ", ShapeString(w->shape)));
+      }
+    }
+  }
+  return r;
+}
+
+const TensorEntry* CheckpointReader::Find(std::string_view name) const {
+  const bool opt = IsOptimizer(name);
+  const size_t begin = opt ? weights_ : 0, end = opt ? tensors_.size() : weights_;
+  for (size_t i = begin; i < end; ++i) {
+    if (tensors_[i].name == name) return &tensors_[i];
+  }
+  return nullptr;
+}
+
+absl::Status CheckpointReader::Read(const TensorEntry& t, size_t first, size_t count,
+                                    float* out) const {
+  return files_[IsOptimizer(t.name) ? 1 : 0].Read(t, first, count, out);
+}
+
+}  // namespace moe
