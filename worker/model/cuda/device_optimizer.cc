@@ -147,9 +147,16 @@ void DeviceOptimizer::Step(const DeviceWeights& weights, const float* grads, cud
 
 void DeviceOptimizer::CopyToHost(bool is_m, std::vector<float>* out) {
   Stored& s = is_m ? m_ : v_;
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (format_ == StateFormat::kFp32) {  // straight into `out`: one host copy of the state (checkpoints of 9B models)
+    out->resize(static_cast<size_t>(layout_.total()));
+    MOE_CUDA_CHECK(cudaMemcpyAsync(out->data(), s.values, sizeof(float) * out->size(), cudaMemcpyDeviceToHost,
+                                   stream_));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return;
+  }
   OptimizerStateBuffer host(layout_, format_, s.is_signed);
   host.Allocate();
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   MOE_CUDA_CHECK(cudaMemcpyAsync(host.raw_values(), s.values, host.raw_value_bytes(), cudaMemcpyDeviceToHost, stream_));
   if (format_ == StateFormat::kInt8) {
     MOE_CUDA_CHECK(cudaMemcpyAsync(host.scales(), s.scales, sizeof(float) * host.blocks(), cudaMemcpyDeviceToHost,
@@ -161,12 +168,23 @@ void DeviceOptimizer::CopyToHost(bool is_m, std::vector<float>* out) {
 
 void DeviceOptimizer::CopyFromHost(bool is_m, const std::vector<float>& in) {
   Stored& s = is_m ? m_ : v_;
+  const size_t total = static_cast<size_t>(layout_.total());
+  // A short `in` is padded with zeros; a full one is used as it is (no second host copy).
+  std::vector<float> padded;
+  if (in.size() < total) {
+    padded.assign(in.begin(), in.end());
+    padded.resize(total, 0.f);
+  }
+  const std::vector<float>& full = in.size() < total ? padded : in;
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (format_ == StateFormat::kFp32) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(s.values, full.data(), sizeof(float) * total, cudaMemcpyHostToDevice, stream_));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return;
+  }
   OptimizerStateBuffer host(layout_, format_, s.is_signed);
   host.Allocate();
-  std::vector<float> full(in.begin(), in.begin() + std::min<size_t>(in.size(), layout_.total()));
-  full.resize(layout_.total(), 0.f);
   host.WriteAll(full);
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   MOE_CUDA_CHECK(cudaMemcpyAsync(s.values, host.raw_values(), host.raw_value_bytes(), cudaMemcpyHostToDevice, stream_));
   if (format_ == StateFormat::kInt8) {
     MOE_CUDA_CHECK(cudaMemcpyAsync(s.scales, host.scales(), sizeof(float) * host.blocks(), cudaMemcpyHostToDevice,
