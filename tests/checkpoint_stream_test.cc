@@ -135,6 +135,14 @@ TEST_F(CheckpointStreamTest, StreamedCheckpointReadsBackWholeAndInSlices) {
   ASSERT_TRUE(whole.ok()) << whole.status();
   ASSERT_EQ(whole->tensors.size(), c.tensors.size());
   for (size_t i = 0; i < c.tensors.size(); ++i) EXPECT_EQ(whole->tensors[i].data, c.tensors[i].data);
+  // The tools' reader: the weights alone, in order.
+  auto weights = ReadCheckpointWeights(path);
+  ASSERT_TRUE(weights.ok()) << weights.status();
+  ASSERT_EQ(weights->tensors.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(weights->tensors[i].name, c.tensors[i].name);
+    EXPECT_EQ(weights->tensors[i].data, c.tensors[i].data);
+  }
 }
 
 TEST_F(CheckpointStreamTest, CorruptAndTruncatedFilesAreCaughtAtOpen) {
@@ -151,6 +159,8 @@ TEST_F(CheckpointStreamTest, CorruptAndTruncatedFilesAreCaughtAtOpen) {
     EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
     EXPECT_THAT(r.status().message(), HasSubstr(path));
     EXPECT_THAT(r.status().message(), HasSubstr("checksum"));
+    // The weights-only reader still checks the optimizer's file.
+    EXPECT_EQ(ReadCheckpointWeights(ckpt).status().code(), absl::StatusCode::kDataLoss) << file;
 
     ASSERT_TRUE(WriteFileAtomic(path, good.substr(0, good.size() - 4)).ok());
     r = CheckpointReader::Open(ckpt);

@@ -126,18 +126,27 @@ absl::StatusOr<std::string> NewestGoodCheckpoint(
            "set checkpoint.start_over_if_damaged: true to start over"));
 }
 
-absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path) {
+namespace {
+
+absl::StatusOr<Checkpoint> ReadTensors(const std::string& path, bool with_optimizer) {
   absl::StatusOr<CheckpointReader> reader = CheckpointReader::Open(path);
   if (!reader.ok()) return reader.status();
   Checkpoint ckpt;
   static_cast<CheckpointInfo&>(ckpt) = reader->info();
   for (const TensorEntry& t : reader->tensors()) {
+    if (!with_optimizer && absl::StartsWith(t.name, "adam_")) continue;
     NamedTensor nt{t.name, t.shape, std::vector<float>(t.elements())};
     if (absl::Status st = reader->Read(t, 0, nt.data.size(), nt.data.data()); !st.ok()) return st;
     ckpt.tensors.push_back(std::move(nt));
   }
   return ckpt;
 }
+
+}  // namespace
+
+absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path) { return ReadTensors(path, true); }
+
+absl::StatusOr<Checkpoint> ReadCheckpointWeights(const std::string& path) { return ReadTensors(path, false); }
 
 absl::Status CheckCompatible(const Checkpoint& ckpt, const Shapes& expected) {
   std::vector<std::pair<absl::string_view, const std::vector<int64_t>*>> have;

@@ -115,6 +115,9 @@ absl::StatusOr<std::string> NewestGoodCheckpoint(
 // truncated or foreign file is InvalidArgument/DataLoss naming the file and what is wrong.
 // Holds the whole checkpoint: for small models and tools; training reads a CheckpointReader.
 absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path);
+// The same checks, holding only the weights (no adam_* tensors): a third of the memory, for the
+// tools that only read the model (export, import, sampling, scoring).
+absl::StatusOr<Checkpoint> ReadCheckpointWeights(const std::string& path);
 
 // OK when every expected (name, shape) is in the checkpoint with that shape and the checkpoint
 // holds no other weight (adam_* tensors aside); otherwise names the first mismatch and both shapes.

@@ -82,7 +82,7 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
   if (absl::Status st = CheckOutDir(out_dir); !st.ok()) return st;
   absl::StatusOr<std::string> path = ResolveCheckpoint(checkpoint);
   if (!path.ok()) return path.status();
-  absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(*path);
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(*path);
   if (!ckpt.ok()) return ckpt.status();
   moe::v1::JobSpec spec;
   if (!google::protobuf::util::JsonStringToMessage(ckpt->spec_json, &spec).ok()) {

@@ -127,7 +127,7 @@ absl::StatusOr<PretrainedWeights> LoadOurs(const std::string& dir, const HfShape
     if (!newest.ok()) return newest.status();
     path = *newest;
   }
-  absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(path);
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(path);
   if (!ckpt.ok()) return ckpt.status();
   std::map<std::string, NamedTensor> found;
   for (NamedTensor& t : ckpt->tensors) {

@@ -37,7 +37,7 @@ struct LoadedModel {
 absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int seq_len = 0) {
   std::string path = checkpoint;
   if (absl::StatusOr<std::string> latest = LatestCheckpoint(path); latest.ok()) path = *latest;
-  absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(path);
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(path);
   if (!ckpt.ok()) return ckpt.status();
   LoadedModel m;
   if (!google::protobuf::util::JsonStringToMessage(ckpt->spec_json, &m.spec).ok()) {
