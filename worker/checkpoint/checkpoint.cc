@@ -85,7 +85,7 @@ absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir) {
   return complete.front().second;
 }
 
-absl::StatusOr<std::string> NewestGoodCheckpoint(
+absl::StatusOr<CheckpointReader> NewestGoodCheckpointReader(
     const std::string& dir, bool start_over,
     const std::function<void(const std::string&)>& report) {
   // Every step_ directory counts, complete-looking or not: a wrong size is damage too.
@@ -106,7 +106,7 @@ absl::StatusOr<std::string> NewestGoodCheckpoint(
     absl::Status st = ckpt.ok() && ckpt->info().step != step
                           ? absl::DataLossError(absl::StrCat("its manifest says step ", ckpt->info().step))
                           : ckpt.status();
-    if (st.ok()) return path;
+    if (st.ok()) return std::move(*ckpt);
     damaged.push_back(absl::StrCat(path, ": ", st.message()));
     if (report) {
       report(absl::StrCat("skipping damaged checkpoint ", path, ": ", st.message(),
@@ -124,6 +124,14 @@ absl::StatusOr<std::string> NewestGoodCheckpoint(
   return absl::DataLossError(absl::StrCat(
       why, "; the job stops rather than silently train from step 0: restore a checkpoint, or "
            "set checkpoint.start_over_if_damaged: true to start over"));
+}
+
+absl::StatusOr<std::string> NewestGoodCheckpoint(
+    const std::string& dir, bool start_over,
+    const std::function<void(const std::string&)>& report) {
+  absl::StatusOr<CheckpointReader> r = NewestGoodCheckpointReader(dir, start_over, report);
+  if (!r.ok()) return r.status();
+  return r->path();
 }
 
 namespace {

@@ -110,6 +110,10 @@ absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir);
 absl::StatusOr<std::string> NewestGoodCheckpoint(
     const std::string& dir, bool start_over,
     const std::function<void(const std::string&)>& report);
+// The same, the checkpoint left open (verified once: a resume reads its tensors from it).
+absl::StatusOr<CheckpointReader> NewestGoodCheckpointReader(
+    const std::string& dir, bool start_over,
+    const std::function<void(const std::string&)>& report);
 
 // Reads and verifies (manifest, sizes, checksums, safetensors headers, shapes); a corrupt,
 // truncated or foreign file is InvalidArgument/DataLoss naming the file and what is wrong.

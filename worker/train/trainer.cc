@@ -283,12 +283,12 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
   if (absl::Status st = ClaimCheckpointDir(); !st.ok()) return st;
   bool resumed = false;
   if (opts_.resume && !opts_.checkpoint_dir.empty()) {
-    absl::StatusOr<std::string> latest = NewestGoodCheckpoint(
+    absl::StatusOr<CheckpointReader> latest = NewestGoodCheckpointReader(
         opts_.checkpoint_dir, spec_.checkpoint().start_over_if_damaged(), [this](const std::string& m) { Log(m); });
     if (latest.ok()) {
       absl::Status st = LoadCheckpoint(*latest, &step);
       if (!st.ok()) return st;
-      Log(absl::StrCat("resumed from ", *latest, " at step ", step));
+      Log(absl::StrCat("resumed from ", latest->path(), " at step ", step));
       resumed = true;
     } else if (!absl::IsNotFound(latest.status())) {
       return latest.status();

@@ -21,6 +21,8 @@
 
 namespace moe {
 
+class CheckpointReader;
+
 struct TrainerOptions {
   std::string checkpoint_dir;  // "" = no checkpoints
   bool resume = false;         // continue from the newest checkpoint in checkpoint_dir
@@ -64,6 +66,7 @@ class Trainer {
   // Checkpoints (trainer_checkpoint.cc): collective over the ranks, rank 0 reads and writes.
   absl::Status SaveCheckpoint(int64_t steps_done);
   absl::Status LoadCheckpoint(const std::string& path, int64_t* steps_done);
+  absl::Status LoadCheckpoint(const CheckpointReader& reader, int64_t* steps_done);  // already verified
   // model.init_from: the weights of a Hugging Face directory or one of our checkpoints; the
   // optimizer state stays fresh. Collective; every rank reads the files.
   absl::Status InitFrom(const std::string& dir);

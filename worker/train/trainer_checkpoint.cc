@@ -87,6 +87,12 @@ absl::Status Trainer::LoadCheckpoint(const std::string& path, int64_t* steps_don
   // Verified as a whole first (no tensor loaded), then read tensor by tensor into one host set.
   absl::StatusOr<CheckpointReader> ckpt = CheckpointReader::Open(path);
   if (!ckpt.ok()) return ckpt.status();
+  return LoadCheckpoint(*ckpt, steps_done);
+}
+
+absl::Status Trainer::LoadCheckpoint(const CheckpointReader& reader, int64_t* steps_done) {
+  const std::string& path = reader.path();
+  const CheckpointReader* ckpt = &reader;
   // The recipe first: options that leave the tensors' shapes alone would pass the check below.
   moe::v1::JobSpec saved;
   if (!google::protobuf::util::JsonStringToMessage(ckpt->info().spec_json, &saved).ok()) {
