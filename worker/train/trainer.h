@@ -65,8 +65,7 @@ class Trainer {
   double Evaluate();  // val CE, averaged over eval_batches micro-batches
   // Checkpoints (trainer_checkpoint.cc): collective over the ranks, rank 0 reads and writes.
   absl::Status SaveCheckpoint(int64_t steps_done);
-  absl::Status LoadCheckpoint(const std::string& path, int64_t* steps_done);
-  absl::Status LoadCheckpoint(const CheckpointReader& reader, int64_t* steps_done);  // already verified
+  absl::Status LoadCheckpoint(const CheckpointReader& ckpt, int64_t* steps_done);  // opened: verified
   // model.init_from: the weights of a Hugging Face directory or one of our checkpoints; the
   // optimizer state stays fresh. Collective; every rank reads the files.
   absl::Status InitFrom(const std::string& dir);

@@ -19,6 +19,13 @@
 #include "worker/train/checkpoint_recipe.h"
 
 namespace moe {
+namespace {
+
+// The checkpoint's tensor sets: each parameter set under its name prefix.
+constexpr std::pair<const char*, ParamSet> kCheckpointSets[] = {
+    {"", ParamSet::kParams}, {"adam_m.", ParamSet::kAdamM}, {"adam_v.", ParamSet::kAdamV}};
+
+}  // namespace
 
 absl::Status Trainer::SaveCheckpoint(int64_t steps_done) {
   // Rank 0 gathers each expert tensor (E_local experts from every rank, in rank order = global
@@ -27,8 +34,6 @@ absl::Status Trainer::SaveCheckpoint(int64_t steps_done) {
   // to the file as it is produced.
   const int W = comm_->world_size();
   const bool root = comm_->rank() == 0;
-  const std::pair<const char*, ParamSet> sets[] = {
-      {"", ParamSet::kParams}, {"adam_m.", ParamSet::kAdamM}, {"adam_v.", ParamSet::kAdamV}};
   // Loss-free balancing's biases are weights of the model's function (they pick the experts):
   // with the weights, one (E) tensor per layer, the same on every rank.
   const std::vector<float> biases = root ? model_->RouterBiases() : std::vector<float>{};
@@ -44,7 +49,7 @@ absl::Status Trainer::SaveCheckpoint(int64_t steps_done) {
     info.meta["world_size"] = std::to_string(W);
     info.meta["vocab_size"] = std::to_string(cfg_.vocab);
     std::vector<TensorSpec> specs;
-    for (const auto& [prefix, set] : sets) {
+    for (const auto& [prefix, set] : kCheckpointSets) {
       for (const ParamInfo& p : model_->layout().params()) specs.push_back({prefix + p.name, p.global_shape});
       if (set != ParamSet::kParams) continue;
       for (int l = 0; l < bias_layers; ++l) specs.push_back({RouterBiasName(l), {E}});
@@ -56,7 +61,7 @@ absl::Status Trainer::SaveCheckpoint(int64_t steps_done) {
   }
   // After a failed write rank 0 still takes part in every gather, so no rank waits forever.
   std::vector<float> host, gathered;
-  for (const auto& [prefix, set] : sets) {
+  for (const auto& [prefix, set] : kCheckpointSets) {
     model_->CopyToHost(set, &host);
     for (const ParamInfo& p : model_->layout().params()) {
       const float* data = host.data() + p.offset;
@@ -83,19 +88,12 @@ absl::Status Trainer::SaveCheckpoint(int64_t steps_done) {
   return st;
 }
 
-absl::Status Trainer::LoadCheckpoint(const std::string& path, int64_t* steps_done) {
-  // Verified as a whole first (no tensor loaded), then read tensor by tensor into one host set.
-  absl::StatusOr<CheckpointReader> ckpt = CheckpointReader::Open(path);
-  if (!ckpt.ok()) return ckpt.status();
-  return LoadCheckpoint(*ckpt, steps_done);
-}
-
-absl::Status Trainer::LoadCheckpoint(const CheckpointReader& reader, int64_t* steps_done) {
-  const std::string& path = reader.path();
-  const CheckpointReader* ckpt = &reader;
+absl::Status Trainer::LoadCheckpoint(const CheckpointReader& ckpt, int64_t* steps_done) {
+  // Verified as a whole when opened (no tensor loaded); read here tensor by tensor into one host set.
+  const std::string& path = ckpt.path();
   // The recipe first: options that leave the tensors' shapes alone would pass the check below.
   moe::v1::JobSpec saved;
-  if (!google::protobuf::util::JsonStringToMessage(ckpt->info().spec_json, &saved).ok()) {
+  if (!google::protobuf::util::JsonStringToMessage(ckpt.info().spec_json, &saved).ok()) {
     return absl::InvalidArgumentError(absl::StrCat("checkpoint ", path, " holds no readable job spec (spec.json)"));
   }
   if (const std::string diff = RecipeDifference(saved, spec_); !diff.empty()) {
@@ -110,36 +108,34 @@ absl::Status Trainer::LoadCheckpoint(const CheckpointReader& reader, int64_t* st
   if (biased) {
     for (int l = 0; l < cfg_.layers; ++l) expected.emplace_back(RouterBiasName(l), std::vector<int64_t>{cfg_.experts});
   }
-  const std::pair<const char*, ParamSet> sets[] = {
-      {"", ParamSet::kParams}, {"adam_m.", ParamSet::kAdamM}, {"adam_v.", ParamSet::kAdamV}};
-  for (const auto& set : sets) {
+  for (const auto& set : kCheckpointSets) {
     for (const ParamInfo& info : model_->layout().params()) expected.emplace_back(set.first + info.name, info.global_shape);
   }
-  if (absl::Status st = CheckCompatible(*ckpt, expected); !st.ok()) {
+  if (absl::Status st = CheckCompatible(ckpt, expected); !st.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("checkpoint ", path, " does not fit this job's model: ", st.message()));
   }
-  // One set at a time through one host buffer; each rank takes its own slice of every expert
+  // One set at a time through one host buffer, every element of it read from the checkpoint
+  // (CheckCompatible: each parameter is there); each rank takes its own slice of every expert
   // tensor (experts by global index).
-  std::vector<float> host;
-  for (const auto& [prefix, set] : sets) {
-    model_->CopyToHost(set, &host);
+  std::vector<float> host(static_cast<size_t>(model_->layout().total()));
+  for (const auto& [prefix, set] : kCheckpointSets) {
     for (const ParamInfo& info : model_->layout().params()) {
-      const TensorEntry* t = ckpt->Find(prefix + info.name);  // present: CheckCompatible
+      const TensorEntry* t = ckpt.Find(prefix + info.name);  // present: CheckCompatible
       const size_t first = info.expert ? static_cast<size_t>(model_->layout().expert_begin()) * (info.size / info.shape[0]) : 0;
-      if (absl::Status st = ckpt->Read(*t, first, info.size, host.data() + info.offset); !st.ok()) return st;
+      if (absl::Status st = ckpt.Read(*t, first, info.size, host.data() + info.offset); !st.ok()) return st;
     }
     model_->CopyFromHost(set, host);
   }
   if (biased) {
     std::vector<float> biases(static_cast<size_t>(cfg_.layers) * cfg_.experts, 0.f);
     for (int l = 0; l < cfg_.layers; ++l) {
-      const TensorEntry* t = ckpt->Find(RouterBiasName(l));
-      absl::Status st = ckpt->Read(*t, 0, cfg_.experts, biases.data() + static_cast<size_t>(l) * cfg_.experts);
+      const TensorEntry* t = ckpt.Find(RouterBiasName(l));
+      absl::Status st = ckpt.Read(*t, 0, cfg_.experts, biases.data() + static_cast<size_t>(l) * cfg_.experts);
       if (!st.ok()) return st;
     }
     model_->SetRouterBiases(biases);
   }
-  *steps_done = ckpt->info().step;
+  *steps_done = ckpt.info().step;
   return absl::OkStatus();
 }
 
