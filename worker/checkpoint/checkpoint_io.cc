@@ -196,11 +196,13 @@ absl::StatusOr<CheckpointReader> CheckpointReader::Open(const std::string& path)
     const std::string file = absl::StrCat(path, "/", e.name);
     std::error_code ec;
     const uintmax_t size = fs::file_size(file, ec);
-    if (!ec && size != e.size) {
-      return absl::DataLossError(absl::StrCat(file, " is ", size, " bytes, the manifest says ",
-                                              e.size, size < e.size ? " (truncated)" : "",
+    // A wrong size is damage, told before a byte is read (and again if it changed meanwhile).
+    auto wrong_size = [&](uint64_t got) {
+      return absl::DataLossError(absl::StrCat(file, " is ", got, " bytes, the manifest says ", e.size,
+                                              got < e.size ? " (truncated)" : "",
                                               "; the checkpoint is damaged, use an older one"));
-    }
+    };
+    if (!ec && size != e.size) return wrong_size(size);
     // The small files are read whole and hashed; the rest stream through DigestFile.
     std::string* small = e.name == kSpecFile        ? &r.info_.spec_json
                          : e.name == kTokenizerFile ? &r.info_.tokenizer
@@ -222,11 +224,7 @@ absl::StatusOr<CheckpointReader> CheckpointReader::Open(const std::string& path)
       return absl::DataLossError(absl::StrCat(file, " is listed in the manifest but cannot be read: ",
                                               d.status().message()));
     }
-    if (d->size != e.size) {
-      return absl::DataLossError(absl::StrCat(file, " is ", d->size, " bytes, the manifest says ",
-                                              e.size, d->size < e.size ? " (truncated)" : "",
-                                              "; the checkpoint is damaged, use an older one"));
-    }
+    if (d->size != e.size) return wrong_size(d->size);
     if (d->hash != e.hash) {
       return absl::DataLossError(absl::StrFormat(
           "%s: checksum %016x differs from the manifest's %016x (corrupted bytes); the checkpoint "
