@@ -288,10 +288,7 @@ TEST_F(ExampleTest, GpuMemorySaysWhetherACudaJobFits) {
 TEST_F(ExampleTest, RecomputeFullValidatesAndShrinksTheEstimate) {
   RunResult plain = ValidateCopy("small.yaml");
   ASSERT_EQ(plain.exit_code, 0) << plain.err;
-  std::ifstream in(moe::testing::SourceDir() + "/examples/small.yaml");
-  std::stringstream text;
-  text << in.rdbuf();
-  std::string yaml = text.str();
+  std::string yaml = ReadAll(moe::testing::SourceDir() + "/examples/small.yaml");
   const size_t train = yaml.find("\ntrain:\n");
   ASSERT_NE(train, std::string::npos);
   yaml.insert(train + 8, "  recompute: full\n");
@@ -329,10 +326,7 @@ TEST_F(ExampleTest, Moe80gbNamesWhatMakesItFit) {
   EXPECT_THAT(h200.out.substr(lever, h200.out.find('\n', lever) - lever), HasSubstr("(enough alone)"));
 
   // Without recompute full the estimate is larger: validate offers it as a lever.
-  std::ifstream in(moe::testing::SourceDir() + "/examples/moe-80gb.yaml");
-  std::stringstream text;
-  text << in.rdbuf();
-  std::string yaml = text.str();
+  std::string yaml = ReadAll(moe::testing::SourceDir() + "/examples/moe-80gb.yaml");
   const size_t recompute = yaml.find("  recompute: full\n");
   ASSERT_NE(recompute, std::string::npos);
   std::string plain = yaml;
