@@ -249,7 +249,9 @@ def table(rows, trained):
         if trained:
             loss = (f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}" if "loss_first" in r else "-")
             mfu = r.get("mfu")
-            line += (f" {'yes' if r.get('trained') else 'no (rc ' + str(r.get('train_rc')) + ')'} | {loss} | "
+            done = ("yes" if r.get("trained") else "not run" if "train_rc" not in r
+                    else "no (rc " + str(r.get("train_rc")) + ")")
+            line += (f" {done} | {loss} | "
                      f"{fmt(r.get('peak_gib'), '%.1f')} | {fmt(r.get('estimate_over_peak'), '%.2f')} | "
                      f"{fmt(r.get('tokens_per_s'), '%.0f')} | {fmt(100 * mfu if mfu else None, '%.1f%%')} |")
         print(line)
@@ -297,10 +299,11 @@ def main():
     only = set(x for x in a.only.split(",") if x)
     rows = []
     for combo in combinations():
-        if only and combo_name(combo) not in only:
+        chosen = not only or combo_name(combo) in only
+        if not chosen and combo_name(combo) != "defaults":
             continue
-        row = search(a, combo)
-        if a.train and row["status"] == "fits":
+        row = search(a, combo)  # (the defaults always: the ratio's base, trained only when chosen)
+        if a.train and chosen and row["status"] == "fits":
             row = train(a, row)
         print(json.dumps(row), flush=True)
         rows.append(row)

@@ -97,7 +97,7 @@ VARIANTS = {
     "a4-lr1.5e-3-minlr3e-5-s1250": dict(EXAMPLE, **{"train.min_lr": 3e-5, "train.steps": 1250}),
     "a4-lr1.5e-3-wsd0.5-s1500": dict(EXAMPLE, **{"train.min_lr": 3e-5, "train.schedule": "wsd",
                                                  "train.decay_fraction": 0.5}),
-    # Round 5 (not run yet): the router and expert layout around the example, at the same active size.
+    # Round 5: the router and expert layout around the example, at the same active size.
     "a5-bias-balance": dict(EXAMPLE, **{"model.moe.aux_loss_coef": 0.0, "model.moe.bias_update_rate": 0.001}),
     "a5-sigmoid-bias": dict(EXAMPLE, **{"model.moe.aux_loss_coef": 0.0, "model.moe.router_score": "sigmoid",
                                         "model.moe.bias_update_rate": 0.001}),
@@ -105,6 +105,13 @@ VARIANTS = {
                                       "model.moe.shared_expert_hidden": 512}),
     "a5-e16k2": dict(EXAMPLE, **{"model.moe.num_experts": 16}),
     "a5-warmup200": dict(EXAMPLE, **{"train.warmup_steps": 200}),
+    # Round 6: the two round-5 changes that helped seed 1337 (warm-up 200, a shared expert with
+    # top-1) together, finer experts at the example's rate, and a longer cosine with the warm-up.
+    "a6-shared1-k1-warmup200": dict(EXAMPLE, **{"model.moe.top_k": 1, "model.moe.shared_experts": 1,
+                                                "model.moe.shared_expert_hidden": 512, "train.warmup_steps": 200}),
+    "a6-e16k4": dict(EXAMPLE, **{"model.moe.num_experts": 16, "model.moe.top_k": 4, "model.moe.expert_hidden": 256}),
+    "a6-warmup200-s1750": dict(EXAMPLE, **{"train.warmup_steps": 200, "train.steps": 1750}),
+    "a6-lr1.25e-3-s1750": dict(EXAMPLE, **{"train.lr": 1.25e-3, "train.steps": 1750}),
     # examples/shakespeare-moe.yaml (the same job: tests/moectl_validate_test.cc compares them)
     # and its dense twin, the same recipe with one expert of the same active size.
     "example": EXAMPLE,
