@@ -203,7 +203,11 @@ MemoryEstimate EstimateMemory(const v1::JobSpec& spec, const RankParams& p) {
     // The CPU keeps its weights in fp32 even when they are rounded to bf16 values.
     m.weights = Bytes(4 * p.total);
   }
-  m.grads = Bytes(4 * p.total);
+  // Gradients: fp32; with bf16 master weights and products on one GPU the blocks' matrices' in
+  // bf16 (worker/model/cuda/device_grads.h: a bf16 buffer over the whole layout, the rest fp32).
+  const bool bf16_grads = m.cuda && bf16_master && t.precision() == v1::PRECISION_BF16 &&
+                          std::max(1, spec.resources().ranks()) == 1;
+  m.grads = Bytes(bf16_grads ? 2 * p.total + 4 * (p.total - p.matrices) : 4 * p.total);
   // AdamW: m and v for every parameter. Muon needs only a momentum (m's slot) for the block
   // matrices, but both backends still allocate v over every parameter (the matrices' part unused),
   // so that is what is counted.

@@ -21,7 +21,7 @@ struct RankParams {
 struct MemoryEstimate {
   bool cuda = false;        // a GPU's memory (else the host's)
   int64_t weights = 0;      // fp32 master weights, plus the bf16 copy the bf16 products read
-  int64_t grads = 0;        // fp32 gradients
+  int64_t grads = 0;        // gradients (fp32, or mostly bf16 with bf16 master weights on one GPU)
   int64_t optimizer = 0;    // AdamW's m and v (Muon: one momentum), as train.optimizer_state says
   int64_t activations = 0;  // what the forward keeps for the backward, one micro-batch
   int64_t workspace = 0;    // alive only inside a pass: the backward's gradients, scratch

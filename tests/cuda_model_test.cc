@@ -12,6 +12,7 @@
 
 #include "common/backend_limits.h"
 #include "gtest/gtest.h"
+#include "kernels/state_codec.h"
 #include "tests/support/bf16_parity.h"
 #include "tests/support/paths.h"
 #include "tests/support/test_jobs.h"
@@ -124,6 +125,11 @@ void ExpectParity(const ModelConfig& cfg, bool bf16, const std::string& name) {
   for (const ParamInfo& info : cpu.layout().params()) {
     const double err = RelErr(gg.data() + info.offset, cpu.grads().data() + info.offset, info.size);
     EXPECT_LT(err, bf16 ? testing::Bf16GradBound(info.name, moves) : gtol) << info.name;
+    if (cfg.bf16_master && Bf16Gradient(info)) {  // stored bf16 (bf16 products) or as bf16 values
+      for (int64_t i = info.offset; i < info.offset + info.size; ++i) {
+        ASSERT_EQ(kernels::FromBf16Bits(kernels::Bf16Bits(gg[i])), gg[i]) << info.name << " is not bf16 at " << i;
+      }
+    }
   }
 
   // One optimizer step on both: the updated weights agree.
@@ -139,6 +145,21 @@ void ExpectParity(const ModelConfig& cfg, bool bf16, const std::string& name) {
 }
 
 class CudaModelParityTest : public ::testing::TestWithParam<std::tuple<Case, bool>> {};
+
+// train.master_weights bf16: the blocks' matrices' gradients in bf16 (worker/model/cuda/
+// device_grads.h), the CPU's rounded to the same bf16 values; the step then rounds the weights.
+class CudaModelBf16MasterTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CudaModelBf16MasterTest, LossAndGradientsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  const bool bf16 = GetParam();
+  for (const Case& c : {Case{"moe", 4, 2, 4, 2, 0.0, false, 0.0f}, Case{"dense", 1, 1, 4, 4, 0.0, true, 0.0f}}) {
+    ModelConfig cfg = testing::CaseConfig(c, /*vocab=*/37, /*d=*/64, /*seq_len=*/33, /*ffn=*/48);
+    cfg.bf16_master = true;
+    ExpectParity(cfg, bf16, std::string(c.name) + "_bf16_master");
+  }
+}
+INSTANTIATE_TEST_SUITE_P(Precisions, CudaModelBf16MasterTest, ::testing::Bool());
 
 TEST_P(CudaModelParityTest, LossAndGradientsMatchCpu) {
   SKIP_WITHOUT_GPU();

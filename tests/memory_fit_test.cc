@@ -120,6 +120,15 @@ TEST(MemoryEstimate, OptimizerStateAndMasterWeightsOptions) {
   v1::JobSpec gpu_master = Small();
   gpu_master.mutable_train()->set_master_weights(v1::PRECISION_BF16);
   EXPECT_EQ(ComputeModelStats(gpu_master).weight_bytes, 2 * P);
+  // ... and on one GPU the blocks' matrices' gradients in bf16 (over the whole layout), the rest
+  // fp32; the CPU and several GPUs keep fp32 gradients.
+  const RankParams gp = CountRankParams(gpu_master);
+  EXPECT_EQ(ComputeModelStats(gpu_master).grad_bytes, static_cast<int64_t>(2 * gp.total + 4 * (gp.total - gp.matrices)));
+  EXPECT_EQ(ComputeModelStats(master).grad_bytes, 4 * P);
+  v1::JobSpec two_gpus = gpu_master;
+  two_gpus.mutable_resources()->set_ranks(2);
+  const RankParams tp = CountRankParams(two_gpus);
+  EXPECT_EQ(ComputeModelStats(two_gpus).grad_bytes, static_cast<int64_t>(4 * tp.total));
 }
 
 TEST(MemoryEstimate, RecomputeKeepsOnlyBlockInputs) {

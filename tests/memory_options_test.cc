@@ -15,6 +15,8 @@
 #include "tests/support/test_jobs.h"
 #include "tests/support/training_runs.h"
 #include "worker/data/dataset.h"
+#include "worker/model/model_config.h"
+#include "worker/model/param_layout.h"
 #include "worker/parallel/comm_single.h"
 #include "worker/train/trainer.h"
 
@@ -32,13 +34,15 @@ moe::v1::JobSpec Spec(moe::v1::StateStorage state, moe::v1::Precision master) {
   return spec;
 }
 
-std::vector<double> Train(const moe::v1::JobSpec& spec, Dataset* data, std::vector<float>* weights = nullptr) {
+std::vector<double> Train(const moe::v1::JobSpec& spec, Dataset* data, std::vector<float>* weights = nullptr,
+                          std::vector<float>* grads = nullptr) {
   auto comm = CreateSingleProcessCommunicator();
   std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), data);
   if (t == nullptr) return {};
   TrainOutcome outcome;
   EXPECT_TRUE(t->Run(&outcome).ok());
   if (weights) t->model().CopyToHost(ParamSet::kParams, weights);
+  if (grads) t->model().CopyToHost(ParamSet::kGrads, grads);
   return testing::Losses(*t);
 }
 
@@ -63,13 +67,33 @@ TEST(MemoryOptions, CompactStateAndBf16WeightsTrainLikeFp32) {
   const double tolerance = 0.04;  // of the mean of the last 5 losses, relative
   for (const Case& c : {Case{moe::v1::STATE_BF16, moe::v1::PRECISION_FP32}, Case{moe::v1::STATE_INT8, moe::v1::PRECISION_FP32},
                         Case{moe::v1::STATE_FP32, moe::v1::PRECISION_BF16}, Case{moe::v1::STATE_INT8, moe::v1::PRECISION_BF16}}) {
-    std::vector<float> w;
-    const std::vector<double> run = Train(Spec(c.state, c.master), &data, &w);
+    std::vector<float> w, g;
+    const std::vector<double> run = Train(Spec(c.state, c.master), &data, &w, &g);
     ASSERT_EQ(run.size(), base.size());
     EXPECT_NEAR(MeanOfLast(run, 5), MeanOfLast(base, 5), tolerance * MeanOfLast(base, 5))
         << "state " << c.state << ", master " << c.master;
     if (c.master == moe::v1::PRECISION_BF16) {
       for (float x : w) ASSERT_EQ(kernels::FromBf16Bits(kernels::Bf16Bits(x)), x) << "a weight is not a bf16 value";
+      // The last step's gradients: the blocks' matrices' are bf16 values (and not all zero); the
+      // norm gains, routers and embedding keep fp32 ones.
+      const ParamLayout layout(ModelConfig::FromSpec(Spec(c.state, c.master), data.vocab_size), 0, 1);
+      ASSERT_EQ(static_cast<int64_t>(g.size()), layout.total());
+      int64_t matrices = 0, bf16_values = 0, nonzero = 0, fp32_only = 0;
+      for (const ParamInfo& info : layout.params()) {
+        for (int64_t i = info.offset; i < info.offset + info.size; ++i) {
+          const bool is_bf16 = kernels::FromBf16Bits(kernels::Bf16Bits(g[i])) == g[i];
+          if (Bf16Gradient(info)) {
+            ++matrices;
+            bf16_values += is_bf16;
+            nonzero += g[i] != 0.f;
+          } else {
+            fp32_only += !is_bf16;
+          }
+        }
+      }
+      EXPECT_EQ(bf16_values, matrices) << "a block matrix's gradient is not a bf16 value";
+      EXPECT_GT(nonzero, 0);
+      EXPECT_GT(fp32_only, 0) << "the other gradients are not rounded";
     }
   }
 }

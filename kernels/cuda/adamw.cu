@@ -73,10 +73,13 @@ __global__ void AdamWVec4Kernel(float* param, bf16* param_bf16, const float* gra
   }
 }
 
-template <bool kSquare>
-__global__ void SumKernel(double* out, const float* x, int64_t n) {
+template <bool kSquare, typename T>
+__global__ void SumKernel(double* out, const T* x, int64_t n) {
   double acc = 0.0;
-  MOE_GRID_STRIDE(i, n) { acc += kSquare ? double{x[i]} * x[i] : double{x[i]}; }
+  MOE_GRID_STRIDE(i, n) {
+    const double xi = static_cast<float>(x[i]);
+    acc += kSquare ? xi * xi : xi;
+  }
   acc = WarpSumD(acc);
   __shared__ double partial[kThreads / 32];
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = acc;
@@ -105,6 +108,12 @@ void AdamWUpdate(float* param, bf16* param_bf16, const float* grad, float* m, fl
 }
 
 void SquaredNorm(double* out, const float* x, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  SumKernel<true><<<std::min<unsigned>(GridFor(n), 1024), kThreads, 0, stream>>>(out, x, n);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void SquaredNorm(double* out, const bf16* x, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
   SumKernel<true><<<std::min<unsigned>(GridFor(n), 1024), kThreads, 0, stream>>>(out, x, n);
   MOE_CUDA_LAUNCH_CHECK();

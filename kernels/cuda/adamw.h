@@ -17,6 +17,7 @@ void AdamWUpdate(float* param, bf16* param_bf16, const float* grad, float* m, fl
 
 // *out += sum of x^2 (double; out is one device double).
 void SquaredNorm(double* out, const float* x, int64_t n, cudaStream_t stream);
+void SquaredNorm(double* out, const bf16* x, int64_t n, cudaStream_t stream);
 // *out += sum of x (double).
 void Sum(double* out, const float* x, int64_t n, cudaStream_t stream);
 

@@ -14,6 +14,20 @@ namespace moe::cuda {
 
 using bf16 = __nv_bfloat16;
 
+// A gradient as stored: fp32, or bf16 (train.master_weights bf16 keeps the blocks' matrices'
+// gradients in bf16). Device code reads element i as fp32 with g[i].
+struct GradRef {
+  const float* f32 = nullptr;
+  const bf16* b16 = nullptr;
+  GradRef() = default;
+  GradRef(const float* p) : f32(p) {}  // NOLINT(google-explicit-constructor): fp32, the usual case
+  explicit GradRef(const bf16* p) : b16(p) {}
+  __host__ __device__ bool null() const { return f32 == nullptr && b16 == nullptr; }
+#ifdef __CUDACC__
+  __device__ float operator[](int64_t i) const { return f32 != nullptr ? f32[i] : __bfloat162float(b16[i]); }
+#endif
+};
+
 // Aborts with the host name, the failed expression, file:line and CUDA's error string.
 void CheckCuda(cudaError_t err, const char* what, const char* file, int line);
 

@@ -261,6 +261,22 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
                          float* dw2, const bf16* dys16, const bf16* xs16, const bf16* g16, const bf16* u16,
                          const bf16* h16, const bf16* w1, const bf16* w3, const bf16* w2, int e_local, int d,
                          int f, bf16* scratch16, cudaStream_t stream, kernels::ExpertActivation act) {
+  ExpertGrads dw;
+  dw.w1 = dw1;
+  dw.w3 = dw3;
+  dw.w2 = dw2;
+  ExpertsBackwardBf16(blas, host_counts, dxs, dw, dys16, xs16, g16, u16, h16, w1, w3, w2, e_local, d, f, scratch16,
+                      stream, act);
+}
+
+void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, const ExpertGrads& dw,
+                         const bf16* dys16, const bf16* xs16, const bf16* g16, const bf16* u16, const bf16* h16,
+                         const bf16* w1, const bf16* w3, const bf16* w2, int e_local, int d, int f,
+                         bf16* scratch16, cudaStream_t stream, kernels::ExpertActivation act) {
+  // fp32 gradients, or none where a bf16 one is given (written by the products themselves).
+  float* dw1 = dw.w1_bf16 != nullptr ? nullptr : dw.w1;
+  float* dw3 = dw.w3_bf16 != nullptr ? nullptr : dw.w3;
+  float* dw2 = dw.w2_bf16 != nullptr ? nullptr : dw.w2;
   const int64_t rows = CountSum(host_counts, e_local);
   if (rows <= 0) return;
   const bool gated = act == kernels::ExpertActivation::kSwiglu;
@@ -278,11 +294,15 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
   if (l.chunk > 0) {
     blas.Products(GroupedOp::kNT, l, e_local, f, d, 0.0f, dys16, w2, dh16, stream);
     if (dw2 != nullptr) blas.WeightGrad(l, e_local, f, d, h16, dys16, dw2, stream);
+    if (dw.w2_bf16 != nullptr) blas.WeightGrad(l, e_local, f, d, h16, dys16, dw.w2_bf16, DType::kBF16, stream);
   } else {
     blas.Gemm(GroupedOp::kNT, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{dys16, w2, dh16}}, stream);
     if (dw2 != nullptr) {
       blas.Gemm(GroupedOp::kTN, e_local, host_counts, f, d, 0, 1.0f, 0.0f, {{h16, dys16, dw2_16}}, stream);
       AccumulateBf16(dw2, dw2_16, nullptr, wsize, stream);
+    }
+    if (dw.w2_bf16 != nullptr) {  // beta 1: added to the stored gradient (experts with no rows skipped)
+      blas.Gemm(GroupedOp::kTN, e_local, host_counts, f, d, 0, 1.0f, 1.0f, {{h16, dys16, dw.w2_bf16}}, stream);
     }
   }
   // The zero rows of the strided or chunked layout stay zero: dh = 0 there, and so dg = du = 0.
@@ -292,9 +312,12 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
     ActivationBackwardBf16(act, dg16, dh16, g16, elems, stream);
     if (l.chunk > 0) {
       if (dw1 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, dg16, dw1, stream);
+      if (dw.w1_bf16 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, dg16, dw.w1_bf16, DType::kBF16, stream);
     } else if (dw1 != nullptr) {
       blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 0.0f, {{xs16, dg16, dw1_16}}, stream);
       AccumulateBf16(dw1, dw1_16, nullptr, wsize, stream);
+    } else if (dw.w1_bf16 != nullptr) {
+      blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 1.0f, {{xs16, dg16, dw.w1_bf16}}, stream);
     }
     if (dxs == nullptr) return;
     if (l.chunk > 0) {
@@ -320,11 +343,24 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
   if (l.chunk > 0) {
     if (dw1 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, dg16, dw1, stream);
     if (dw3 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, du16, dw3, stream);
-  } else if (dw1 != nullptr || dw3 != nullptr) {
-    blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 0.0f, {{xs16, dg16, dw1_16}, {xs16, du16, dw3_16}},
-              stream);
-    AccumulateBf16(dw1, dw1_16, nullptr, wsize, stream);
-    AccumulateBf16(dw3, dw3_16, nullptr, wsize, stream);
+    if (dw.w1_bf16 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, dg16, dw.w1_bf16, DType::kBF16, stream);
+    if (dw.w3_bf16 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, du16, dw.w3_bf16, DType::kBF16, stream);
+  } else {
+    if (dw1 != nullptr || dw3 != nullptr) {
+      blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 0.0f,
+                {{xs16, dg16, dw1_16}, {xs16, du16, dw3_16}}, stream);
+      AccumulateBf16(dw1, dw1_16, nullptr, wsize, stream);
+      AccumulateBf16(dw3, dw3_16, nullptr, wsize, stream);
+    }
+    // bf16 gradients: the products add to them (beta 1), both in one call when both are bf16.
+    if (dw.w1_bf16 != nullptr && dw.w3_bf16 != nullptr) {
+      blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 1.0f,
+                {{xs16, dg16, dw.w1_bf16}, {xs16, du16, dw.w3_bf16}}, stream);
+    } else if (dw.w1_bf16 != nullptr) {
+      blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 1.0f, {{xs16, dg16, dw.w1_bf16}}, stream);
+    } else if (dw.w3_bf16 != nullptr) {
+      blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 1.0f, {{xs16, du16, dw.w3_bf16}}, stream);
+    }
   }
   if (dxs == nullptr) return;
   if (l.chunk > 0) {

@@ -120,12 +120,12 @@ void GroupedBlas::Padded(GroupedOp op, int experts, int cap, int n, int k, float
                   int64_t{cap} * n, experts, DType::kBF16, DType::kBF16, stream);
 }
 
-void GroupedBlas::PaddedWeightGrad(int experts, int cap, int m, int n, const bf16* a, const bf16* b, float* c,
-                                   cudaStream_t stream) {
+void GroupedBlas::PaddedWeightGrad(int experts, int cap, int m, int n, const bf16* a, const bf16* b, void* c,
+                                   DType c_type, cudaStream_t stream) {
   if (experts <= 0 || cap <= 0 || m <= 0 || n <= 0) return;
   // c_x (m, n) += a_x^T (m, cap) @ b_x (cap, n).
   lt_.GemmBatched(true, false, m, n, cap, 1.0f, a, m, int64_t{cap} * m, b, n, int64_t{cap} * n, 1.0f, c, n,
-                  int64_t{m} * n, experts, DType::kBF16, DType::kF32, stream);
+                  int64_t{m} * n, experts, DType::kBF16, c_type, stream);
 }
 
 void** GroupedBlas::Upload(const std::vector<const void*>& table, int count, int* align, cudaStream_t stream) {
@@ -166,9 +166,9 @@ void GroupedBlas::Products(GroupedOp op, const ExpertLayout& l, int e_local, int
                        DType::kBF16, DType::kBF16, stream);
 }
 
-void GroupedBlas::WeightGrad(const ExpertLayout& l, int e_local, int m, int n, const bf16* a, const bf16* b, float* c,
-                             cudaStream_t stream) {
-  if (l.strided) return PaddedWeightGrad(e_local, l.chunk, m, n, a, b, c, stream);
+void GroupedBlas::WeightGrad(const ExpertLayout& l, int e_local, int m, int n, const bf16* a, const bf16* b, void* c,
+                             DType c_type, cudaStream_t stream) {
+  if (l.strided) return PaddedWeightGrad(e_local, l.chunk, m, n, a, b, c, c_type, stream);
   if (l.chunk <= 0) {
     std::fprintf(stderr, "GroupedBlas::WeightGrad: needs a strided or chunked layout\n");
     std::abort();
@@ -189,13 +189,13 @@ void GroupedBlas::WeightGrad(const ExpertLayout& l, int e_local, int m, int n, c
       const int64_t j = l.first_chunk[experts[e]] + i;
       table[e] = a + j * l.chunk * m;
       table[count + e] = b + j * l.chunk * n;
-      table[2 * count + e] = c + int64_t{experts[e]} * m * n;
+      table[2 * count + e] = static_cast<char*>(c) + int64_t{experts[e]} * m * n * (c_type == DType::kBF16 ? 2 : 4);
     }
     int align = 0;
     void** p = Upload(table, count, &align, stream);
     lt_.GemmPointerArray(true, false, m, n, l.chunk, 1.0f, const_cast<const void* const*>(p), m,
                          const_cast<const void* const*>(p + kTable), n, 1.0f, p + 2 * kTable, n, count, align,
-                         DType::kBF16, DType::kF32, stream);
+                         DType::kBF16, c_type, stream);
   }
 }
 

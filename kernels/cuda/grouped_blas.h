@@ -22,7 +22,7 @@ namespace moe::cuda {
 //     every operand's experts `cap` rows apart:
 //     kNN: c_x (cap, n) = a_x (cap, k) @ b_x (k, n) + beta c_x, bf16 c
 //     kNT: c_x (cap, n) = a_x (cap, k) @ b_x^T + beta c_x, b_x (n, k), bf16 c
-//   PaddedWeightGrad: c_x (m, n) += a_x^T (m, cap) @ b_x (cap, n), fp32 c (the gradients).
+//   PaddedWeightGrad: c_x (m, n) += a_x^T (m, cap) @ b_x (cap, n), fp32 or bf16 c (the gradients).
 //   Products / WeightGrad: the same over a strided or chunked layout (chunk j of expert x
 //     multiplies b_x; the weight gradient sums expert x's chunks).
 class GroupedBlas {
@@ -45,12 +45,21 @@ class GroupedBlas {
             float beta, std::initializer_list<Operands> sets, cudaStream_t stream);
   void Padded(GroupedOp op, int experts, int cap, int n, int k, float beta, const bf16* a, const bf16* b, bf16* c,
               cudaStream_t stream);
-  void PaddedWeightGrad(int experts, int cap, int m, int n, const bf16* a, const bf16* b, float* c,
+  // c: fp32 gradients (c_type kF32) or bf16 ones (kBF16: master_weights bf16).
+  void PaddedWeightGrad(int experts, int cap, int m, int n, const bf16* a, const bf16* b, void* c, DType c_type,
                         cudaStream_t stream);
+  void PaddedWeightGrad(int experts, int cap, int m, int n, const bf16* a, const bf16* b, float* c,
+                        cudaStream_t stream) {
+    PaddedWeightGrad(experts, cap, m, n, a, b, c, DType::kF32, stream);
+  }
   void Products(GroupedOp op, const ExpertLayout& layout, int e_local, int n, int k, float beta, const bf16* a,
                 const bf16* b, bf16* c, cudaStream_t stream);
+  void WeightGrad(const ExpertLayout& layout, int e_local, int m, int n, const bf16* a, const bf16* b, void* c,
+                  DType c_type, cudaStream_t stream);
   void WeightGrad(const ExpertLayout& layout, int e_local, int m, int n, const bf16* a, const bf16* b, float* c,
-                  cudaStream_t stream);
+                  cudaStream_t stream) {
+    WeightGrad(layout, e_local, m, n, a, b, c, DType::kF32, stream);
+  }
 
  private:
   void* handle_ = nullptr;        // cublasHandle_t

@@ -27,6 +27,13 @@ __global__ void CastToBf16Kernel(bf16* out, const float* in, int64_t n) {
   }
 }
 
+__global__ void RoundToBf16ValuesKernel(float* x, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    x[i] = __bfloat162float(__float2bfloat16(x[i]));
+  }
+}
+
 __global__ void CastToFloatKernel(float* out, const bf16* in, int64_t n) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -236,6 +243,12 @@ void CastToBf16(bf16* out, const float* in, int64_t n, cudaStream_t stream) {
   } else {
     CastToBf16Kernel<<<CastBlocks(n), 256, 0, stream>>>(out, in, n);
   }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void RoundToBf16Values(float* x, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  RoundToBf16ValuesKernel<<<CastBlocks(n), 256, 0, stream>>>(x, n);
   MOE_CUDA_LAUNCH_CHECK();
 }
 

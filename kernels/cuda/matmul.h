@@ -54,6 +54,8 @@ class Blas {
 
 // out (n, c) -> bf16 copy, for operands of bf16 products. n elements.
 void CastToBf16(bf16* out, const float* in, int64_t n, cudaStream_t stream);
+// x (n) in place rounded to the nearest bf16 values (kept as fp32).
+void RoundToBf16Values(float* x, int64_t n, cudaStream_t stream);
 // And back: out (n) = in (n) as fp32.
 void CastToFloat(float* out, const bf16* in, int64_t n, cudaStream_t stream);
 

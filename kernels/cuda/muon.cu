@@ -30,11 +30,11 @@ __device__ __forceinline__ int64_t WideIndex(int64_t i, int rows, int cols, bool
 
 // x (wide) = the matrices of src, or with grad given Muon's Nesterov input from the momentum:
 // M = mu M + s G ; U = s G + mu M.
-__global__ void LoadKernel(float* x, const float* src, const float* grad, float* momentum, int64_t n, int rows,
+__global__ void LoadKernel(float* x, const float* src, GradRef grad, float* momentum, int64_t n, int rows,
                            int cols, bool tall, int64_t stride, float mu, float grad_scale) {
   MOE_GRID_STRIDE(i, n) {
     float u;
-    if (grad != nullptr) {  // the CPU's order of operations, no fused multiply-adds
+    if (!grad.null()) {  // the CPU's order of operations, no fused multiply-adds
       const float g = __fmul_rn(grad[i], grad_scale);
       const float m = __fadd_rn(__fmul_rn(mu, momentum[i]), g);
       momentum[i] = m;
@@ -50,7 +50,7 @@ __global__ void LoadKernel(float* x, const float* src, const float* grad, float*
 // per state block, as the AdamW kernels; the CPU's order of operations.
 template <kernels::StateFormat F>
 __global__ void __launch_bounds__(internal::kStateThreads)
-    LoadStoredKernel(float* x, const float* grad, StateRef momentum, int64_t n, int rows, int cols, bool tall,
+    LoadStoredKernel(float* x, GradRef grad, StateRef momentum, int64_t n, int rows, int cols, bool tall,
                      int64_t stride, float mu, float grad_scale) {
   constexpr bool kInt8 = F == kernels::StateFormat::kInt8;
   __shared__ float code[kernels::kInt8CodeSize], max_scratch[internal::kStateThreads / 32];
@@ -222,7 +222,7 @@ void NewtonSchulz(Blas* blas, const MuonWorkspace& ws, DType type, float* x, int
   if (n == 0) return;
   const bool tall = rows > cols;
   const int64_t stride = MuonWorkspace::Stride(int64_t{rows} * cols);
-  LoadKernel<<<GridFor(n), kThreads, 0, stream>>>(ws.x, x, nullptr, nullptr, n, rows, cols, tall, stride, 0.f, 0.f);
+  LoadKernel<<<GridFor(n), kThreads, 0, stream>>>(ws.x, x, GradRef(), nullptr, n, rows, cols, tall, stride, 0.f, 0.f);
   MOE_CUDA_LAUNCH_CHECK();
   OrthogonaliseWide(blas, ws, type, batch, tall ? cols : rows, tall ? rows : cols, stream);
   StoreKernel<<<GridFor(n), kThreads, 0, stream>>>(x, ws.x, n, rows, cols, tall, stride);
@@ -240,7 +240,7 @@ void MuonUpdate(Blas* blas, const MuonWorkspace& ws, DType type, float* param, b
   MuonUpdate(blas, ws, type, w, grad, m, batch, rows, cols, lr, weight_decay, grad_scale, stream);
 }
 
-void MuonUpdate(Blas* blas, const MuonWorkspace& ws, DType type, const WeightsRef& w, const float* grad,
+void MuonUpdate(Blas* blas, const MuonWorkspace& ws, DType type, const WeightsRef& w, GradRef grad,
                 const StateRef& momentum, int64_t batch, int rows, int cols, float lr, float weight_decay,
                 float grad_scale, cudaStream_t stream) {
   MuonTensor t;

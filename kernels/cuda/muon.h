@@ -34,7 +34,7 @@ struct MuonWorkspace {
 // gradient and momentum (formats as in MuonUpdate below).
 struct MuonTensor {
   WeightsRef w;
-  const float* grad = nullptr;
+  GradRef grad;
   StateRef momentum;
   int64_t batch = 0;
   int rows = 0, cols = 0;
@@ -54,7 +54,7 @@ void MuonUpdate(Blas* blas, const MuonWorkspace& ws, DType type, float* param, b
 // The same with the momentum stored as train.optimizer_state says (bf16 or int8 blocks: decoded,
 // updated in the CPU's order of operations and encoded again in the pass that loads U) and the
 // weights stored as `w` says (master_weights bf16: rounded stochastically as on the CPU).
-void MuonUpdate(Blas* blas, const MuonWorkspace& ws, DType type, const WeightsRef& w, const float* grad,
+void MuonUpdate(Blas* blas, const MuonWorkspace& ws, DType type, const WeightsRef& w, GradRef grad,
                 const StateRef& momentum, int64_t batch, int rows, int cols, float lr, float weight_decay,
                 float grad_scale, cudaStream_t stream);
 

@@ -26,7 +26,7 @@ __device__ __forceinline__ void AdamWExact(float& p, float g, float& m, float& v
 
 // fp32 or bf16 moments: element by element.
 template <StateFormat F>
-__global__ void AdamWElementKernel(WeightsRef w, const float* grad, StateRef m, StateRef v, int64_t n, AdamWArgs a) {
+__global__ void AdamWElementKernel(WeightsRef w, GradRef grad, StateRef m, StateRef v, int64_t n, AdamWArgs a) {
   MOE_GRID_STRIDE(i, n) {
     float p = internal::LoadWeight(w, i);
     float mi = internal::LoadState<F>(m, i), vi = internal::LoadState<F>(v, i);
@@ -40,7 +40,7 @@ __global__ void AdamWElementKernel(WeightsRef w, const float* grad, StateRef m, 
 // int8 moments: one thread block per state block (the tensor's values [b * kStateBlock, ...)):
 // decode with the old scales, update, then encode against the block's new largest |m| and |v|.
 __global__ void __launch_bounds__(kStateThreads)
-    AdamWInt8Kernel(WeightsRef w, const float* grad, StateRef m, StateRef v, int64_t n, AdamWArgs a) {
+    AdamWInt8Kernel(WeightsRef w, GradRef grad, StateRef m, StateRef v, int64_t n, AdamWArgs a) {
   __shared__ float code_m[kernels::kInt8CodeSize], code_v[kernels::kInt8CodeSize];
   __shared__ float max_m[kStateThreads / 32], max_v[kStateThreads / 32];
   internal::LoadCode(code_m, m.code);
@@ -96,7 +96,7 @@ void UploadInt8Codes(float* dst, cudaStream_t stream) {
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream));  // `both` goes out of scope
 }
 
-void AdamWUpdate(const WeightsRef& w, const float* grad, const StateRef& m, const StateRef& v, int64_t n,
+void AdamWUpdate(const WeightsRef& w, GradRef grad, const StateRef& m, const StateRef& v, int64_t n,
                  const AdamWArgs& args, cudaStream_t stream) {
   if (n <= 0) return;
   switch (m.format) {

@@ -48,7 +48,7 @@ void UploadInt8Codes(float* dst, cudaStream_t stream);
 // order of operations (no fused multiply-adds, so the same inputs give the same bits), encoded
 // again (int8: one thread block per state block, whose new scale is its largest |value|), and
 // the weights stored as `w` says. m and v share one format.
-void AdamWUpdate(const WeightsRef& w, const float* grad, const StateRef& m, const StateRef& v, int64_t n,
+void AdamWUpdate(const WeightsRef& w, GradRef grad, const StateRef& m, const StateRef& v, int64_t n,
                  const AdamWArgs& args, cudaStream_t stream);
 
 // Bf16 weights -> fp32 (n values).

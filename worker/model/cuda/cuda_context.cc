@@ -36,8 +36,14 @@ void CudaContext::LinearBackward(float* dinp, float* dw, const float* dout, cons
     blas->Gemm(false, false, n, c, oc, 1.0f, dout16, oc, Bf16Of(w), c, dinp_beta, dinp, c, cuda::DType::kBF16,
                stream);
   }
-  if (dw != nullptr) {
-    cuda::CastToBf16(s16b, inp, int64_t{n} * c, stream);
+  if (dw == nullptr) return;
+  cuda::CastToBf16(s16b, inp, int64_t{n} * c, stream);
+  if (cuda::bf16* dw16 = Bf16GradOf(dw)) {  // accumulated in fp32, added and rounded as it is stored
+    if (n > 0) {
+      blas->GemmBatched(true, false, oc, c, n, 1.0f, dout16, oc, 0, s16b, c, 0, 1.0f, dw16, c, 0, 1,
+                        cuda::DType::kBF16, cuda::DType::kBF16, stream);
+    }
+  } else {
     blas->Gemm(true, false, oc, c, n, 1.0f, dout16, oc, s16b, c, 1.0f, dw, c, cuda::DType::kBF16, stream);
   }
 }

@@ -23,13 +23,25 @@ struct CudaContext {
   // head swaps them once (CudaModel::Backward), so they are read through here, never cached.
   cuda::bf16 *s16a = nullptr, *s16b = nullptr;
 
+  // train.master_weights bf16 on one GPU (DeviceGrads): the gradients' handles (grads_total
+  // floats, an unmapped range) and the bf16 gradients behind them; else null.
+  const float* grads = nullptr;
+  int64_t grads_total = 0;
+  cuda::bf16* grads16 = nullptr;
+
   // The bf16 copy of a weight tensor that lives at `w` in params.
   const cuda::bf16* Bf16Of(const float* w) const { return params16 + (w - params); }
+  // The bf16 gradient behind handle `dw`, or null when that gradient is fp32.
+  cuda::bf16* Bf16GradOf(const float* dw) const {
+    const auto at = reinterpret_cast<uintptr_t>(dw), begin = reinterpret_cast<uintptr_t>(grads);
+    if (grads16 == nullptr || at < begin || at >= begin + sizeof(float) * grads_total) return nullptr;
+    return grads16 + (dw - grads);
+  }
 
   // out (n, oc) = inp (n, c) @ w^T. fp32: the fp32 product even in bf16 mode (the router).
   void Linear(float* out, const float* inp, const float* w, int n, int c, int oc, bool fp32) const;
   // dinp = dout @ w (+= when add_to_dinp; skipped when null); dw += dout^T @ inp (skipped when
-  // null). dout16: dout already in bf16, or null.
+  // null; into its bf16 gradient where Bf16GradOf has one). dout16: dout already in bf16, or null.
   void LinearBackward(float* dinp, float* dw, const float* dout, const cuda::bf16* dout16, const float* inp,
                       const float* w, int n, int c, int oc, bool fp32, bool add_to_dinp) const;
 };

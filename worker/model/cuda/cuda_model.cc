@@ -22,6 +22,7 @@
 #include "worker/model/cuda/device_arena.h"
 #include "worker/model/cuda/device_optimizer.h"
 #include "worker/model/cuda/device_weights.h"
+#include "worker/model/cuda/device_grads.h"
 #include "worker/model/cuda/grad_reducer.h"
 #include "worker/model/cuda/moe_layer.h"
 #include "worker/model/moe_bookkeeping.h"
@@ -116,7 +117,7 @@ class CudaModel final : public TrainModel {
   CudaContext ctx_;  // stream, cuBLAS, precision, weights and bf16 scratch for the products
   DeviceArena weights_{&memory_}, acts_{&memory_};
   std::unique_ptr<DeviceWeights> params_;            // fp32 and / or bf16 (train.master_weights)
-  float* grads_ = nullptr;                           // (total)
+  std::unique_ptr<DeviceGrads> grads_;               // fp32, or bf16 (train.master_weights)
   std::unique_ptr<DeviceOptimizer> optimizer_;       // AdamW's m and v as train.optimizer_state says
   float *rope_cos_ = nullptr, *rope_sin_ = nullptr;  // (T, hd/2)
   double* norms_ = nullptr;                          // (2) device
@@ -157,13 +158,21 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr
   blas_ = std::make_unique<cuda::Blas>();
   peak_flops_ = cuda::PeakDenseFlops(use_bf16);
   params_ = std::make_unique<DeviceWeights>(layout_, bf16_, cfg.bf16_master, &weights_);
-  grads_ = weights_.Alloc<float>(layout_.total());
+  // bf16 gradients with bf16 master weights and products on one GPU (several GPUs sum the
+  // replicated ones in fp32: bf16 values in fp32 storage there).
+  const bool bf16_grads = cfg.bf16_master && bf16_ && comm->world_size() == 1;
+  grads_ = std::make_unique<DeviceGrads>(layout_, bf16_grads, cfg.bf16_master, &weights_);
   optimizer_ = std::make_unique<DeviceOptimizer>(cfg, layout_, bf16_, &weights_, stream_);
   ctx_.stream = stream_;
   ctx_.blas = blas_.get();
   ctx_.bf16 = bf16_;
   ctx_.params = params_->handles();
   ctx_.params16 = params_->bf16();
+  if (bf16_grads) {
+    ctx_.grads = grads_->handles();
+    ctx_.grads_total = layout_.total();
+    ctx_.grads16 = grads_->bf16();
+  }
 
   const int half = cfg.head_dim / 2;
   std::vector<float> cos_t(static_cast<size_t>(cfg.seq_len) * half), sin_t(cos_t.size());
@@ -182,7 +191,7 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr
 
   if (dcomm_ != nullptr) {
     exchange_ = std::make_unique<ExpertExchange>(comm_, dcomm_.get(), shape_);
-    reducer_ = std::make_unique<DenseGradReducer>(dcomm_.get(), layout_, cfg.layers, grads_, stream_);
+    reducer_ = std::make_unique<DenseGradReducer>(dcomm_.get(), layout_, cfg.layers, grads_->fp32(), stream_);
   }
   moe_scratch_ = std::make_unique<MoeScratch>(shape_, bf16_, &memory_);
   for (int l = 0; l < cfg.layers; ++l) {
@@ -221,7 +230,7 @@ void CudaModel::InitParams(uint64_t seed) {
 }
 
 void CudaModel::ZeroGrads() {
-  MOE_CUDA_CHECK(cudaMemsetAsync(grads_, 0, sizeof(float) * layout_.total(), stream_));
+  grads_->Zero(stream_);
   comm_at_step_start_ = CommClocks();
 }
 
@@ -396,7 +405,7 @@ void CudaModel::Backward() {
   const float p_drop = ctx.train ? cfg_.dropout : 0.f;
   const uint64_t offset = static_cast<uint64_t>(ctx.first_token) * D;
   ModelTensors w = params_->Bind();
-  ModelTensors g = layout_.Bind(grads_);
+  ModelTensors g = grads_->Bind();
   auto zero = [&](float* p, int64_t count) { MOE_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(float) * count, stream_)); };
   // The gradient through dropout site `site` of dx_: dx_ itself when dropout is off.
   auto through_dropout = [&](int site) -> const float* {
@@ -471,23 +480,29 @@ void CudaModel::Backward() {
     if (reduce_now) reducer_->BlockDone(l);
   }
   cuda::EmbeddingBackward(g.wte, through_dropout(0), idx_, n, D, stream_);
-  if (reduce_now) reducer_->BackwardDone();
+  if (reduce_now) {
+    reducer_->BackwardDone();
+  } else {
+    grads_->RoundToBf16Values(stream_);  // (bf16 values in fp32; after the sum on the last micro-step)
+  }
   // Synchronous at the end so that the trainer's forward / backward / optimizer times are real.
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 CommSeconds CudaModel::ReduceGrads() {
   // One GPU: the sum over ranks is the identity.
-  if (reducer_ != nullptr) reducer_->Finish();
+  if (reducer_ != nullptr) {
+    reducer_->Finish();
+    grads_->RoundToBf16Values(stream_);
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
   const CommSeconds now = CommClocks();
   return {now.all_to_all - comm_at_step_start_.all_to_all, now.all_reduce - comm_at_step_start_.all_reduce};
 }
 
 void CudaModel::GradSquaredNorms(double* dense_sq, double* expert_sq) {
-  const int64_t dense = layout_.dense_size();
   MOE_CUDA_CHECK(cudaMemsetAsync(norms_, 0, 2 * sizeof(double), stream_));
-  cuda::SquaredNorm(norms_, grads_, dense, stream_);
-  cuda::SquaredNorm(norms_ + 1, grads_ + dense, layout_.total() - dense, stream_);
+  grads_->SquaredNorms(norms_, stream_);
   MOE_CUDA_CHECK(cudaMemcpyAsync(host_stats_, norms_, 2 * sizeof(double), cudaMemcpyDeviceToHost, stream_));
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   *dense_sq = host_stats_[0];
@@ -495,7 +510,7 @@ void CudaModel::GradSquaredNorms(double* dense_sq, double* expert_sq) {
 }
 
 void CudaModel::OptimizerStep(int64_t step, double lr, double muon_lr, double weight_decay, float clip_scale) {
-  optimizer_->Step(*params_, grads_, blas_.get(), step, lr, muon_lr, weight_decay, clip_scale);
+  optimizer_->Step(*params_, *grads_, blas_.get(), step, lr, muon_lr, weight_decay, clip_scale);
 }
 
 std::vector<float> CudaModel::RouterBiases() {
@@ -523,9 +538,7 @@ void CudaModel::CopyToHost(ParamSet set, std::vector<float>* out) {
     case ParamSet::kAdamV: optimizer_->CopyToHost(/*is_m=*/false, out); return;
     case ParamSet::kGrads: break;
   }
-  out->resize(layout_.total());
-  MOE_CUDA_CHECK(cudaMemcpyAsync(out->data(), grads_, sizeof(float) * out->size(), cudaMemcpyDeviceToHost, stream_));
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  grads_->Download(out, stream_);
 }
 
 void CudaModel::CopyFromHost(ParamSet set, const std::vector<float>& in) {
@@ -552,9 +565,7 @@ void CudaModel::CopyFromHost(ParamSet set, const std::vector<float>& in) {
     case ParamSet::kAdamV: optimizer_->CopyFromHost(/*is_m=*/false, in); return;
     case ParamSet::kGrads: break;
   }
-  const size_t count = std::min<size_t>(in.size(), layout_.total());
-  MOE_CUDA_CHECK(cudaMemcpyAsync(grads_, in.data(), sizeof(float) * count, cudaMemcpyHostToDevice, stream_));
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  grads_->Upload(in, stream_);
 }
 
 const std::vector<float>& CudaModel::params() {

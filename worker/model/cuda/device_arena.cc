@@ -2,7 +2,11 @@
 
 #ifdef MOE_WITH_CUDA
 
+#include <cuda.h>
+
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "common/model_stats.h"
@@ -15,6 +19,24 @@ namespace {
 constexpr int64_t kAlign = 256;
 
 int64_t RoundUp(int64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+// cuMemAddressReserve / cuMemAddressFree through the runtime's driver entry points: the worker
+// links the CUDA runtime only, so that it still loads where no driver library is installed.
+using ReserveFn = CUresult (*)(CUdeviceptr*, size_t, size_t, CUdeviceptr, unsigned long long);
+using FreeFn = CUresult (*)(CUdeviceptr, size_t);
+
+template <typename Fn>
+Fn DriverEntry(const char* name) {
+  void* fn = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  MOE_CUDA_CHECK(cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, &found));
+  if (found != cudaDriverEntryPointSuccess || fn == nullptr) {
+    throw std::runtime_error(std::string("the CUDA driver has no ") + name);
+  }
+  return reinterpret_cast<Fn>(fn);
+}
+
+constexpr size_t kReserveGranularity = size_t{2} << 20;
 
 }  // namespace
 
@@ -64,6 +86,22 @@ void DeviceArena::FreeAll() {
   ptrs_.clear();
   memory_->now -= bytes_;
   bytes_ = 0;
+}
+
+ReservedRange::ReservedRange(int64_t floats) {
+  const size_t bytes = static_cast<size_t>(std::max<int64_t>(floats, 1)) * sizeof(float);
+  bytes_ = (bytes + kReserveGranularity - 1) / kReserveGranularity * kReserveGranularity;
+  CUdeviceptr base = 0;
+  const CUresult r = DriverEntry<ReserveFn>("cuMemAddressReserve")(&base, bytes_, 0, 0, 0);
+  if (r != CUDA_SUCCESS) {
+    throw std::runtime_error("cuMemAddressReserve of " + std::to_string(bytes_) + " bytes failed (" +
+                             std::to_string(static_cast<int>(r)) + ")");
+  }
+  base_ = reinterpret_cast<float*>(base);
+}
+
+ReservedRange::~ReservedRange() {
+  DriverEntry<FreeFn>("cuMemAddressFree")(reinterpret_cast<CUdeviceptr>(base_), bytes_);
 }
 
 }  // namespace moe

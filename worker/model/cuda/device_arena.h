@@ -7,6 +7,7 @@
 
 #ifdef MOE_WITH_CUDA
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -59,6 +60,22 @@ class DeviceArena {
   DeviceMemory* memory_;
   std::vector<void*> ptrs_;
   int64_t bytes_ = 0;
+};
+
+// An address range reserved and never mapped (cuMemAddressReserve): handles that name a
+// tensor by its place in a flat fp32 buffer that does not exist, so that a stray fp32 read or
+// write of it faults instead of touching other memory (DeviceWeights, DeviceGrads).
+class ReservedRange {
+ public:
+  explicit ReservedRange(int64_t floats);
+  ~ReservedRange();
+  ReservedRange(const ReservedRange&) = delete;
+  ReservedRange& operator=(const ReservedRange&) = delete;
+  float* base() const { return base_; }
+
+ private:
+  float* base_ = nullptr;
+  size_t bytes_ = 0;
 };
 
 }  // namespace moe

@@ -94,7 +94,7 @@ cuda::StateRef DeviceOptimizer::Ref(const Stored& s, size_t tensor) const {
   return r;
 }
 
-void DeviceOptimizer::Step(const DeviceWeights& weights, const float* grads, cuda::Blas* blas, int64_t step,
+void DeviceOptimizer::Step(const DeviceWeights& weights, const DeviceGrads& grads, cuda::Blas* blas, int64_t step,
                            double lr, double muon_lr, double weight_decay, float clip_scale) {
   // The CPU optimizer's constants (kernels/adamw.h), bias corrections computed in double.
   const kernels::AdamWConfig c;
@@ -112,10 +112,10 @@ void DeviceOptimizer::Step(const DeviceWeights& weights, const float* grads, cud
     if (muon_on_ && info.muon) continue;  // below, grouped
     const float wd = info.decay ? static_cast<float>(weight_decay) : 0.f;
     const cuda::WeightsRef w = weights.Ref(info, step);
-    const float* g = grads + info.offset;
-    if (format_ == StateFormat::kFp32 && !w.stochastic) {
+    const cuda::GradRef g = grads.Ref(info);
+    if (format_ == StateFormat::kFp32 && !w.stochastic && g.f32 != nullptr) {
       // The default (fp32 moments and master weights): the vectorised kernel.
-      cuda::AdamWUpdate(w.f32, w.b16, g, static_cast<float*>(m_.values) + info.offset,
+      cuda::AdamWUpdate(w.f32, w.b16, g.f32, static_cast<float*>(m_.values) + info.offset,
                         static_cast<float*>(v_.values) + info.offset, info.size, args.lr, c.beta1, c.beta2, c.eps, wd,
                         args.bc1, args.bc2, clip_scale, stream_);
       continue;
@@ -131,7 +131,7 @@ void DeviceOptimizer::Step(const DeviceWeights& weights, const float* grads, cud
       const ParamInfo& info = params[t];
       cuda::MuonTensor m;
       m.w = weights.Ref(info, step);
-      m.grad = grads + info.offset;
+      m.grad = grads.Ref(info);
       m.momentum = Ref(m_, t);
       m.rows = static_cast<int>(info.shape[info.shape.size() - 2]);
       m.cols = static_cast<int>(info.shape.back());

@@ -15,6 +15,7 @@
 #include "kernels/cuda/muon.h"
 #include "kernels/muon_plan.h"
 #include "worker/model/cuda/device_arena.h"
+#include "worker/model/cuda/device_grads.h"
 #include "worker/model/cuda/device_weights.h"
 #include "worker/model/model_config.h"
 #include "worker/model/optimizer_state.h"
@@ -31,7 +32,7 @@ class DeviceOptimizer {
   // m and v all zero (as a fresh CPU OptimizerStateBuffer).
   void Zero();
   // One AdamW / Muon step over every tensor (the CPU model's OptimizerStep), synchronous.
-  void Step(const DeviceWeights& weights, const float* grads, cuda::Blas* blas, int64_t step, double lr,
+  void Step(const DeviceWeights& weights, const DeviceGrads& grads, cuda::Blas* blas, int64_t step, double lr,
             double muon_lr, double weight_decay, float clip_scale);
   // m (is_m) or v as fp32 in the layout's order, decoded on the host by the CPU's codec; and
   // back, encoded by it (checkpoints hold fp32; a short input is padded with zeros).

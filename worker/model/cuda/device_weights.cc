@@ -2,8 +2,6 @@
 
 #ifdef MOE_WITH_CUDA
 
-#include <cuda.h>
-
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -15,24 +13,6 @@
 
 namespace moe {
 namespace {
-
-// cuMemAddressReserve / cuMemAddressFree through the runtime's driver entry points: the worker
-// links the CUDA runtime only, so that it still loads where no driver library is installed.
-using ReserveFn = CUresult (*)(CUdeviceptr*, size_t, size_t, CUdeviceptr, unsigned long long);
-using FreeFn = CUresult (*)(CUdeviceptr, size_t);
-
-template <typename Fn>
-Fn DriverEntry(const char* name) {
-  void* fn = nullptr;
-  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
-  MOE_CUDA_CHECK(cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, &found));
-  if (found != cudaDriverEntryPointSuccess || fn == nullptr) {
-    throw std::runtime_error(std::string("the CUDA driver has no ") + name);
-  }
-  return reinterpret_cast<Fn>(fn);
-}
-
-constexpr size_t kReserveGranularity = size_t{2} << 20;
 
 // The tensors the model reads in fp32 even with bf16 products: all but the products' matrices
 // (the blocks' matrices, the embedding and the head).
@@ -50,15 +30,7 @@ DeviceWeights::DeviceWeights(const ParamLayout& layout, bool bf16_products, bool
     f32_ = arena->Alloc<float>(total);
     return;
   }
-  const size_t bytes = static_cast<size_t>(total) * sizeof(float);
-  reserved_bytes_ = (std::max<size_t>(bytes, 1) + kReserveGranularity - 1) / kReserveGranularity * kReserveGranularity;
-  CUdeviceptr base = 0;
-  const CUresult r = DriverEntry<ReserveFn>("cuMemAddressReserve")(&base, reserved_bytes_, 0, 0, 0);
-  if (r != CUDA_SUCCESS) {
-    throw std::runtime_error("cuMemAddressReserve of " + std::to_string(reserved_bytes_) + " bytes failed (" +
-                             std::to_string(static_cast<int>(r)) + ")");
-  }
-  reserved_ = reinterpret_cast<float*>(base);
+  reserved_ = std::make_unique<ReservedRange>(total);
   // The fp32 copies in one allocation, each 256 bytes aligned.
   int64_t copies = 0;
   for (const ParamInfo& info : layout.params()) {
@@ -72,18 +44,14 @@ DeviceWeights::DeviceWeights(const ParamLayout& layout, bool bf16_products, bool
   }
 }
 
-DeviceWeights::~DeviceWeights() {
-  if (reserved_ != nullptr) {
-    DriverEntry<FreeFn>("cuMemAddressFree")(reinterpret_cast<CUdeviceptr>(reserved_), reserved_bytes_);
-  }
-}
+DeviceWeights::~DeviceWeights() = default;
 
 ModelTensors DeviceWeights::Bind() const {
   ModelTensors w = layout_.Bind(handles());
   if (!bf16_only()) return w;
   auto copy = [&](float*& p) {
     if (p == nullptr) return;
-    auto it = copies_.find(p - reserved_);
+    auto it = copies_.find(p - reserved_->base());
     if (it != copies_.end()) p = it->second;
   };
   copy(w.final_norm);

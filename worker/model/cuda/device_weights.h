@@ -13,6 +13,7 @@
 #ifdef MOE_WITH_CUDA
 
 #include <cstdint>
+#include <memory>
 #include <unordered_map>
 #include <vector>
 
@@ -32,7 +33,7 @@ class DeviceWeights {
 
   // The fp32 buffer the layout binds to (CudaContext::params): real fp32 weights, or the
   // reserved range when the bf16 weights are alone.
-  float* handles() const { return f32_ != nullptr ? f32_ : reserved_; }
+  float* handles() const { return f32_ != nullptr ? f32_ : reserved_->base(); }
   // (total) the bf16 weights, or null with fp32 products.
   cuda::bf16* bf16() const { return b16_; }
   // True when the bf16 weights are the only full copy (no fp32 weights but the small copies).
@@ -53,8 +54,7 @@ class DeviceWeights {
   bool bf16_master_;
   float* f32_ = nullptr;       // (total) fp32 weights, or null
   cuda::bf16* b16_ = nullptr;  // (total) bf16 weights, or null
-  float* reserved_ = nullptr;  // bf16 alone: the reserved, unmapped range of total floats
-  size_t reserved_bytes_ = 0;
+  std::unique_ptr<ReservedRange> reserved_;  // bf16 alone: the handles, total floats never mapped
   // bf16 alone: the fp32 copies of the tensors read in fp32, by layout offset.
   std::unordered_map<int64_t, float*> copies_;
 };

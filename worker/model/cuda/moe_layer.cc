@@ -9,6 +9,22 @@
 #include "kernels/cuda/matmul.h"
 
 namespace moe {
+namespace {
+
+// The experts' weight gradients at handles w1, w3, w2 (each may be null): bf16 where the
+// context keeps them so (train.master_weights bf16), else fp32.
+cuda::ExpertGrads GradsAt(const CudaContext& ctx, float* w1, float* w3, float* w2) {
+  cuda::ExpertGrads g;
+  g.w1 = w1;
+  g.w3 = w3;
+  g.w2 = w2;
+  g.w1_bf16 = ctx.Bf16GradOf(w1);
+  g.w3_bf16 = ctx.Bf16GradOf(w3);
+  g.w2_bf16 = ctx.Bf16GradOf(w2);
+  return g;
+}
+
+}  // namespace
 
 MoeScratch::MoeScratch(const MoeShape& shape, bool bf16, DeviceMemory* memory)
     : shape_(shape), bf16_(bf16), rows_mem_(memory) {
@@ -179,8 +195,9 @@ void CudaMoeLayer::SharedBackward(const float* dout, const float* m, const Block
     const int64_t lf = shared_rows_ * Fs;
     cuda::ToExpertLayout(a_->shared_dy16, dout, &shared_count_, 1, D, stream);
     for (int s = 0; s < S; ++s) {
-      cuda::ExpertsBackwardBf16(*scratch_->grouped, &shared_count_, dm, g.shared_w1 + s * wsize,
-                                gated ? g.shared_w3 + s * wsize : nullptr, g.shared_w2 + s * wsize, a_->shared_dy16,
+      const cuda::ExpertGrads dw = GradsAt(*ctx_, g.shared_w1 + s * wsize, gated ? g.shared_w3 + s * wsize : nullptr,
+                                           g.shared_w2 + s * wsize);
+      cuda::ExpertsBackwardBf16(*scratch_->grouped, &shared_count_, dm, dw, a_->shared_dy16,
                                 a_->shared_x16, a_->shared_g16 + s * lf, gated ? a_->shared_u16 + s * lf : nullptr,
                                 a_->shared_h16 + s * lf, ctx_->Bf16Of(w.shared_w1 + s * wsize),
                                 gated ? ctx_->Bf16Of(w.shared_w3 + s * wsize) : nullptr,
@@ -345,17 +362,18 @@ void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, c
   const int32_t* counts = dispatcher_.local_counts();
   const cuda::bf16 *w1 = ctx_->Bf16Of(w.w1), *w3 = w.w3 != nullptr ? ctx_->Bf16Of(w.w3) : nullptr,
                    *w2 = ctx_->Bf16Of(w.w2);
+  const cuda::ExpertGrads dw = GradsAt(*ctx_, g.w1, g.w3, g.w2);
   // The gradient of the experts' output goes where their rows went (bf16, like the activations).
   dispatcher_.Dispatch(dout, s.dys16, s.dispatch(), stream);
   if (!dispatcher_.exchanges()) {
-    cuda::ExpertsBackwardBf16(*s.grouped, counts, din, g.w1, g.w3, g.w2, s.dys16, a_->rows.x, a_->rows.g, a_->rows.u,
-                              a_->rows.h, w1, w3, w2, L, D, F, s.backward, stream, act_);
+    cuda::ExpertsBackwardBf16(*s.grouped, counts, din, dw, s.dys16, a_->rows.x, a_->rows.g, a_->rows.u, a_->rows.h,
+                              w1, w3, w2, L, D, F, s.backward, stream, act_);
     return;
   }
   const int64_t rows = dispatcher_.rows_in();
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dxs, 0, sizeof(float) * rows * D, stream));
-  cuda::ExpertsBackwardBf16(*s.grouped, counts, s.dxs, g.w1, g.w3, g.w2, s.dys16, a_->rows.x, a_->rows.g, a_->rows.u,
-                            a_->rows.h, w1, w3, w2, L, D, F, s.backward, stream, act_);
+  cuda::ExpertsBackwardBf16(*s.grouped, counts, s.dxs, dw, s.dys16, a_->rows.x, a_->rows.g, a_->rows.u, a_->rows.h,
+                            w1, w3, w2, L, D, F, s.backward, stream, act_);
   cuda::CastToBf16(s.dx16, s.dxs, rows * D, stream);
   dispatcher_.Combine(s.dx16, din, s.dispatch(), stream);
 }

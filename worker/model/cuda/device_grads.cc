@@ -1,0 +1,142 @@
+#include "worker/model/cuda/device_grads.h"
+
+#ifdef MOE_WITH_CUDA
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "kernels/cuda/adamw.h"
+#include "kernels/cuda/matmul.h"
+#include "kernels/state_codec.h"
+
+namespace moe {
+
+DeviceGrads::DeviceGrads(const ParamLayout& layout, bool bf16_storage, bool bf16_values, DeviceArena* arena)
+    : layout_(layout), bf16_values_(bf16_values && !bf16_storage) {
+  const int64_t total = layout.total();
+  if (!bf16_storage) {
+    f32_ = arena->Alloc<float>(total);
+    return;
+  }
+  b16_ = arena->Alloc<cuda::bf16>(total);
+  reserved_ = std::make_unique<ReservedRange>(total);
+  // The fp32 gradients in one allocation, each 256 bytes aligned (the padding stays zero).
+  for (const ParamInfo& info : layout.params()) {
+    if (!Bf16Gradient(info)) copies_size_ += (info.size + 63) / 64 * 64;
+  }
+  copies_base_ = arena->Alloc<float>(copies_size_);
+  float* at = copies_base_;
+  for (const ParamInfo& info : layout.params()) {
+    if (Bf16Gradient(info)) continue;
+    if (info.expert) throw std::logic_error("DeviceGrads: an fp32 expert gradient (" + info.name + ")");
+    copies_[info.offset] = at;
+    at += (info.size + 63) / 64 * 64;
+  }
+}
+
+ModelTensors DeviceGrads::Bind() const {
+  ModelTensors g = layout_.Bind(handles());
+  if (f32_ != nullptr) return g;
+  auto copy = [&](float*& p) {
+    if (p == nullptr) return;
+    auto it = copies_.find(p - reserved_->base());
+    if (it != copies_.end()) p = it->second;
+  };
+  copy(g.wte);
+  copy(g.lm_head);
+  copy(g.final_norm);
+  for (BlockTensors& b : g.blocks) {
+    for (float** p : {&b.attn_norm, &b.wqkv, &b.wo, &b.moe_norm, &b.router, &b.w1, &b.w3, &b.w2, &b.q_norm, &b.k_norm,
+                      &b.wg, &b.shared_w1, &b.shared_w3, &b.shared_w2}) {
+      copy(*p);
+    }
+  }
+  return g;
+}
+
+cuda::GradRef DeviceGrads::Ref(const ParamInfo& info) const {
+  if (f32_ != nullptr) return cuda::GradRef(f32_ + info.offset);
+  auto it = copies_.find(info.offset);
+  if (it != copies_.end()) return cuda::GradRef(static_cast<const float*>(it->second));
+  return cuda::GradRef(static_cast<const cuda::bf16*>(b16_ + info.offset));
+}
+
+void DeviceGrads::Zero(cudaStream_t stream) {
+  const int64_t total = layout_.total();
+  if (f32_ != nullptr) {
+    MOE_CUDA_CHECK(cudaMemsetAsync(f32_, 0, sizeof(float) * total, stream));
+    return;
+  }
+  MOE_CUDA_CHECK(cudaMemsetAsync(b16_, 0, sizeof(cuda::bf16) * total, stream));
+  if (copies_size_ > 0) MOE_CUDA_CHECK(cudaMemsetAsync(copies_base_, 0, sizeof(float) * copies_size_, stream));
+}
+
+void DeviceGrads::RoundToBf16Values(cudaStream_t stream) {
+  if (!bf16_values_) return;
+  for (const ParamInfo& info : layout_.params()) {
+    if (Bf16Gradient(info)) cuda::RoundToBf16Values(f32_ + info.offset, info.size, stream);
+  }
+}
+
+void DeviceGrads::SquaredNorms(double* norms, cudaStream_t stream) const {
+  const int64_t dense = layout_.dense_size(), total = layout_.total();
+  if (f32_ != nullptr) {
+    cuda::SquaredNorm(norms, f32_, dense, stream);
+    cuda::SquaredNorm(norms + 1, f32_ + dense, total - dense, stream);
+    return;
+  }
+  // The bf16 buffer holds zeros where a gradient is fp32; the fp32 ones are all replicated.
+  cuda::SquaredNorm(norms, b16_, dense, stream);
+  cuda::SquaredNorm(norms + 1, b16_ + dense, total - dense, stream);
+  cuda::SquaredNorm(norms, copies_base_, copies_size_, stream);
+}
+
+void DeviceGrads::Download(std::vector<float>* host, cudaStream_t stream) const {
+  const int64_t total = layout_.total();
+  host->resize(total);
+  if (f32_ != nullptr) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(host->data(), f32_, sizeof(float) * total, cudaMemcpyDeviceToHost, stream));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return;
+  }
+  std::vector<uint16_t> bits(total);
+  MOE_CUDA_CHECK(cudaMemcpyAsync(bits.data(), b16_, sizeof(uint16_t) * total, cudaMemcpyDeviceToHost, stream));
+  for (const ParamInfo& info : layout_.params()) {
+    if (Bf16Gradient(info)) continue;
+    MOE_CUDA_CHECK(cudaMemcpyAsync(host->data() + info.offset, copies_.at(info.offset), sizeof(float) * info.size,
+                                   cudaMemcpyDeviceToHost, stream));
+  }
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  for (const ParamInfo& info : layout_.params()) {
+    if (!Bf16Gradient(info)) continue;
+    for (int64_t i = info.offset; i < info.offset + info.size; ++i) (*host)[i] = kernels::FromBf16Bits(bits[i]);
+  }
+}
+
+void DeviceGrads::Upload(const std::vector<float>& host, cudaStream_t stream) {
+  const int64_t total = layout_.total();
+  const int64_t count = std::min<int64_t>(static_cast<int64_t>(host.size()), total);
+  if (f32_ != nullptr) {
+    MOE_CUDA_CHECK(cudaMemcpyAsync(f32_, host.data(), sizeof(float) * count, cudaMemcpyHostToDevice, stream));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+    return;
+  }
+  std::vector<float> full;
+  Download(&full, stream);  // a short input keeps the rest
+  std::copy(host.begin(), host.begin() + count, full.begin());
+  std::vector<uint16_t> bits(total, 0);
+  for (const ParamInfo& info : layout_.params()) {
+    if (Bf16Gradient(info)) {
+      for (int64_t i = info.offset; i < info.offset + info.size; ++i) bits[i] = kernels::Bf16Bits(full[i]);
+    } else {
+      MOE_CUDA_CHECK(cudaMemcpyAsync(copies_.at(info.offset), full.data() + info.offset, sizeof(float) * info.size,
+                                     cudaMemcpyHostToDevice, stream));
+    }
+  }
+  MOE_CUDA_CHECK(cudaMemcpyAsync(b16_, bits.data(), sizeof(uint16_t) * total, cudaMemcpyHostToDevice, stream));
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host buffers go out of scope
+}
+
+}  // namespace moe
+
+#endif  // MOE_WITH_CUDA
