@@ -112,6 +112,12 @@ VARIANTS = {
     "a6-e16k4": dict(EXAMPLE, **{"model.moe.num_experts": 16, "model.moe.top_k": 4, "model.moe.expert_hidden": 256}),
     "a6-warmup200-s1750": dict(EXAMPLE, **{"train.warmup_steps": 200, "train.steps": 1750}),
     "a6-lr1.25e-3-s1750": dict(EXAMPLE, **{"train.lr": 1.25e-3, "train.steps": 1750}),
+    # Round 7 (not run yet): what was never tried around the example: a capacity limit (overflowing
+    # assignments dropped, as Switch does: one more regulariser), a softer or sharper router.
+    "a7-cap1.0": dict(EXAMPLE, **{"model.moe.capacity_factor": 1.0}),
+    "a7-cap1.25": dict(EXAMPLE, **{"model.moe.capacity_factor": 1.25}),
+    "a7-temp2": dict(EXAMPLE, **{"model.moe.router_temperature": 2.0}),
+    "a7-temp0.5": dict(EXAMPLE, **{"model.moe.router_temperature": 0.5}),
     # examples/shakespeare-moe.yaml (the same job: tests/moectl_validate_test.cc compares them)
     # and its dense twin, the same recipe with one expert of the same active size.
     "example": EXAMPLE,
