@@ -25,9 +25,10 @@ struct ParamInfo {
   float init_std = 0;                 // N(0, std); 0 means ones (norm weights)
 };
 
-// train.master_weights bf16 keeps these tensors' gradients in bf16 (each product accumulates
-// in fp32, its sum is rounded to the nearest bf16 as it is stored): the blocks' matrices, which
-// hold nearly all the parameters. Norm gains, routers, the embedding and the head keep fp32
+// train.master_weights bf16 keeps these tensors' gradients in bf16: the blocks' matrices, which
+// hold nearly all the parameters. Stored bf16 on one GPU (each product accumulates in fp32 and
+// its sum with the stored gradient is rounded as it is stored); elsewhere the step's summed
+// gradient is rounded to the nearest bf16 values once (ReduceGrads). Norm gains, routers, the embedding and the head keep fp32
 // gradients (the GPU sums the embedding's with fp32 atomics).
 inline bool Bf16Gradient(const ParamInfo& p) { return p.muon; }
 

@@ -92,6 +92,15 @@ void Model::ZeroGrads() {
 
 CommSeconds Model::ReduceGrads() {
   comm_->AllReduceSum(grads_.data(), layout_.dense_size());
+  if (cfg_.bf16_master) {
+    // The step's gradients, summed over micro-batches and ranks: the blocks' matrices' become bf16
+    // values (nearest), once, so that W ranks give the same values as one.
+    for (const ParamInfo& info : layout_.params()) {
+      if (!Bf16Gradient(info)) continue;
+      float* gp = grads_.data() + info.offset;
+      for (int64_t i = 0; i < info.size; ++i) gp[i] = kernels::FromBf16Bits(kernels::Bf16Bits(gp[i]));
+    }
+  }
   return {comm_->all_to_all_seconds() - comm_at_step_start_.all_to_all,
           comm_->all_reduce_seconds() - comm_at_step_start_.all_reduce};
 }
@@ -386,13 +395,6 @@ void Model::Backward() {
   std::fill(dtmp.begin(), dtmp.end(), 0.f);
   kernels::DropoutBackward(dtmp.data(), dx.data(), nd, p_drop, DropoutSiteSeed(ctx_.dropout_seed, 0), offset);
   kernels::EmbeddingBackward(g.wte, dtmp.data(), idx_.data(), n, D);
-  if (cfg_.bf16_master) {  // the blocks' matrices' gradients are stored as bf16 values (nearest)
-    for (const ParamInfo& info : layout_.params()) {
-      if (!Bf16Gradient(info)) continue;
-      float* gp = grads_.data() + info.offset;
-      for (int64_t i = 0; i < info.size; ++i) gp[i] = kernels::FromBf16Bits(kernels::Bf16Bits(gp[i]));
-    }
-  }
 }
 
 }  // namespace moe

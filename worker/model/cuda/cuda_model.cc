@@ -480,22 +480,18 @@ void CudaModel::Backward() {
     if (reduce_now) reducer_->BlockDone(l);
   }
   cuda::EmbeddingBackward(g.wte, through_dropout(0), idx_, n, D, stream_);
-  if (reduce_now) {
-    reducer_->BackwardDone();
-  } else {
-    grads_->RoundToBf16Values(stream_);  // (bf16 values in fp32; after the sum on the last micro-step)
-  }
+  if (reduce_now) reducer_->BackwardDone();
   // Synchronous at the end so that the trainer's forward / backward / optimizer times are real.
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 CommSeconds CudaModel::ReduceGrads() {
   // One GPU: the sum over ranks is the identity.
-  if (reducer_ != nullptr) {
-    reducer_->Finish();
-    grads_->RoundToBf16Values(stream_);
-    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  }
+  if (reducer_ != nullptr) reducer_->Finish();
+  // bf16 values in fp32 storage (train.master_weights bf16 with fp32 products or several GPUs):
+  // the step's summed gradients rounded once, as the CPU model does.
+  grads_->RoundToBf16Values(stream_);
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   const CommSeconds now = CommClocks();
   return {now.all_to_all - comm_at_step_start_.all_to_all, now.all_reduce - comm_at_step_start_.all_reduce};
 }

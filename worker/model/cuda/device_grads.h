@@ -6,8 +6,8 @@
 //     stored gradient rounded as it is stored). The layout binds to a reserved, unmapped range
 //     (as DeviceWeights' does) and the other gradients are fp32 tensors of their own;
 //   master_weights bf16 otherwise (fp32 products, or several GPUs, whose replicated gradients
-//     are summed in fp32): fp32 storage, the same gradients rounded to bf16 values after each
-//     backward (RoundToBf16Values), as the CPU model keeps them.
+//     are summed in fp32): fp32 storage, the same gradients rounded to bf16 values once the
+//     step's are summed (RoundToBf16Values in ReduceGrads), as the CPU model does.
 #pragma once
 
 #ifdef MOE_WITH_CUDA
@@ -42,7 +42,7 @@ class DeviceGrads {
   cuda::GradRef Ref(const ParamInfo& info) const;
 
   void Zero(cudaStream_t stream);
-  // fp32 storage with bf16 values: rounds the Bf16Gradient tensors (after each backward).
+  // fp32 storage with bf16 values: rounds the Bf16Gradient tensors (once a step, summed).
   void RoundToBf16Values(cudaStream_t stream);
   // norms[0] += the replicated gradients' squared norm, norms[1] += the experts' (device doubles).
   void SquaredNorms(double* norms, cudaStream_t stream) const;
