@@ -36,16 +36,23 @@ constexpr int kSteps = 20;
 
 using testing::RelErr;
 
+// MODEL.md's small Shakespeare job for W ranks, `steps` steps, every step logged, no evaluation,
+// two micro-batches a step (accumulation splits the same global batch).
+moe::v1::JobSpec EquivalenceSpec(int W, int steps) {
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec(W);
+  spec.mutable_train()->set_steps(steps);
+  spec.mutable_train()->set_log_every(1);
+  spec.mutable_train()->set_eval_every(0);
+  spec.mutable_train()->set_grad_accum(2);
+  return spec;
+}
+
 TEST(EquivalenceTest, RanksMatchOneRankAndResumeAcrossRankCounts) {
   kernels::SetNumThreads(1);
   auto comm = CreateMpiCommunicator(testing::TestCommOptions());
   const int W = comm->world_size();
-  moe::v1::JobSpec spec = testing::SmallShakespeareSpec(W);
-  spec.mutable_train()->set_steps(kSteps);
-  spec.mutable_train()->set_log_every(1);
-  spec.mutable_train()->set_eval_every(0);
-  spec.mutable_train()->set_grad_accum(2);  // accumulation splits the same global batch
-  spec.mutable_model()->set_dropout(0.1);   // masks keyed by global token: same on any W
+  moe::v1::JobSpec spec = EquivalenceSpec(W, kSteps);
+  spec.mutable_model()->set_dropout(0.1);  // masks keyed by global token: same on any W
   spec.mutable_checkpoint()->set_every(kSteps / 2);
   spec.mutable_checkpoint()->set_keep(5);
   auto data = LoadDataset(spec.data());
@@ -117,11 +124,7 @@ TEST(EquivalenceTest, ExpertOptionsMatchOneRankAndResume) {
   auto comm = CreateMpiCommunicator(testing::TestCommOptions());
   const int W = comm->world_size();
   constexpr int kOptionSteps = 12;
-  moe::v1::JobSpec spec = testing::SmallShakespeareSpec(W);
-  spec.mutable_train()->set_steps(kOptionSteps);
-  spec.mutable_train()->set_log_every(1);
-  spec.mutable_train()->set_eval_every(0);
-  spec.mutable_train()->set_grad_accum(2);
+  moe::v1::JobSpec spec = EquivalenceSpec(W, kOptionSteps);
   auto* e = spec.mutable_model()->mutable_moe();
   e->set_shared_experts(1);
   e->set_shared_expert_hidden(48);
@@ -223,11 +226,7 @@ void ExpectRanksMatchOneRank(const moe::v1::JobSpec& spec, Communicator* comm, c
 TEST(EquivalenceTest, AttentionOptionsRanksMatchOneRank) {
   kernels::SetNumThreads(1);
   auto comm = CreateMpiCommunicator(testing::TestCommOptions());
-  moe::v1::JobSpec spec = testing::SmallShakespeareSpec(comm->world_size());
-  spec.mutable_train()->set_steps(10);
-  spec.mutable_train()->set_log_every(1);
-  spec.mutable_train()->set_eval_every(0);
-  spec.mutable_train()->set_grad_accum(2);
+  moe::v1::JobSpec spec = EquivalenceSpec(comm->world_size(), 10);
   auto* attn = spec.mutable_model()->mutable_attention();
   attn->set_qk_norm(true);
   attn->set_gate(true);
@@ -247,11 +246,7 @@ TEST(EquivalenceTest, AttentionOptionsRanksMatchOneRank) {
 TEST(EquivalenceTest, Bf16MasterWeightsRanksMatchOneRank) {
   kernels::SetNumThreads(1);
   auto comm = CreateMpiCommunicator(testing::TestCommOptions());
-  moe::v1::JobSpec spec = testing::SmallShakespeareSpec(comm->world_size());
-  spec.mutable_train()->set_steps(10);
-  spec.mutable_train()->set_log_every(1);
-  spec.mutable_train()->set_eval_every(0);
-  spec.mutable_train()->set_grad_accum(2);
+  moe::v1::JobSpec spec = EquivalenceSpec(comm->world_size(), 10);
   spec.mutable_train()->set_master_weights(moe::v1::PRECISION_BF16);
   ExpectRanksMatchOneRank(spec, comm.get(), {"blocks.0.attn.wqkv.weight", "blocks.1.attn.wo.weight", "wte.weight"},
                           1e-4, 5e-4);
@@ -264,11 +259,7 @@ TEST(EquivalenceTest, RecomputeMatchesNoneOnRanks) {
   kernels::SetNumThreads(1);
   auto comm = CreateMpiCommunicator(testing::TestCommOptions());
   const int W = comm->world_size();
-  moe::v1::JobSpec spec = testing::SmallShakespeareSpec(W);
-  spec.mutable_train()->set_steps(6);
-  spec.mutable_train()->set_log_every(1);
-  spec.mutable_train()->set_eval_every(0);
-  spec.mutable_train()->set_grad_accum(2);
+  moe::v1::JobSpec spec = EquivalenceSpec(W, 6);
   spec.mutable_model()->set_dropout(0.1);
   spec.mutable_model()->mutable_attention()->set_dropout(0.1);
   auto* e = spec.mutable_model()->mutable_moe();
