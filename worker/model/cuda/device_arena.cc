@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/model_stats.h"
 #include "kernels/cuda/common.h"
+#include "kernels/state_codec.h"
 #include "worker/model/allocation_error.h"
 
 namespace moe {
@@ -102,6 +103,20 @@ ReservedRange::ReservedRange(int64_t floats) {
 
 ReservedRange::~ReservedRange() {
   DriverEntry<FreeFn>("cuMemAddressFree")(reinterpret_cast<CUdeviceptr>(base_), bytes_);
+}
+
+void DownloadBf16(float* host, const cuda::bf16* device, int64_t n, cudaStream_t stream) {
+  std::vector<uint16_t> bits(n);
+  MOE_CUDA_CHECK(cudaMemcpyAsync(bits.data(), device, sizeof(uint16_t) * n, cudaMemcpyDeviceToHost, stream));
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  for (int64_t i = 0; i < n; ++i) host[i] = kernels::FromBf16Bits(bits[i]);
+}
+
+void UploadAsBf16(cuda::bf16* device, const float* host, int64_t n, cudaStream_t stream) {
+  std::vector<uint16_t> bits(n);
+  for (int64_t i = 0; i < n; ++i) bits[i] = kernels::Bf16Bits(host[i]);
+  MOE_CUDA_CHECK(cudaMemcpyAsync(device, bits.data(), sizeof(uint16_t) * n, cudaMemcpyHostToDevice, stream));
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream));  // `bits` goes out of scope
 }
 
 }  // namespace moe

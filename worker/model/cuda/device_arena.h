@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cuda/common.h"
+
 namespace moe {
 
 // Bytes a model holds on its device now, and the most it has held.
@@ -77,6 +79,11 @@ class ReservedRange {
   float* base_ = nullptr;
   size_t bytes_ = 0;
 };
+
+// n values between the host (fp32) and a device's bf16 buffer, synchronous on `stream`: down
+// exactly, up rounded to the nearest bf16 (DeviceWeights, DeviceGrads).
+void DownloadBf16(float* host, const cuda::bf16* device, int64_t n, cudaStream_t stream);
+void UploadAsBf16(cuda::bf16* device, const float* host, int64_t n, cudaStream_t stream);
 
 }  // namespace moe
 

@@ -7,7 +7,6 @@
 
 #include "kernels/cuda/adamw.h"
 #include "kernels/cuda/matmul.h"
-#include "kernels/state_codec.h"
 
 namespace moe {
 
@@ -99,18 +98,13 @@ void DeviceGrads::Download(std::vector<float>* host, cudaStream_t stream) const 
     MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
     return;
   }
-  std::vector<uint16_t> bits(total);
-  MOE_CUDA_CHECK(cudaMemcpyAsync(bits.data(), b16_, sizeof(uint16_t) * total, cudaMemcpyDeviceToHost, stream));
+  DownloadBf16(host->data(), b16_, total, stream);  // zeros where a gradient is fp32: overwritten next
   for (const ParamInfo& info : layout_.params()) {
     if (Bf16Gradient(info)) continue;
     MOE_CUDA_CHECK(cudaMemcpyAsync(host->data() + info.offset, copies_.at(info.offset), sizeof(float) * info.size,
                                    cudaMemcpyDeviceToHost, stream));
   }
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
-  for (const ParamInfo& info : layout_.params()) {
-    if (!Bf16Gradient(info)) continue;
-    for (int64_t i = info.offset; i < info.offset + info.size; ++i) (*host)[i] = kernels::FromBf16Bits(bits[i]);
-  }
 }
 
 void DeviceGrads::Upload(const std::vector<float>& host, cudaStream_t stream) {
@@ -124,17 +118,17 @@ void DeviceGrads::Upload(const std::vector<float>& host, cudaStream_t stream) {
   std::vector<float> full;
   Download(&full, stream);  // a short input keeps the rest
   std::copy(host.begin(), host.begin() + count, full.begin());
-  std::vector<uint16_t> bits(total, 0);
   for (const ParamInfo& info : layout_.params()) {
-    if (Bf16Gradient(info)) {
-      for (int64_t i = info.offset; i < info.offset + info.size; ++i) bits[i] = kernels::Bf16Bits(full[i]);
-    } else {
-      MOE_CUDA_CHECK(cudaMemcpyAsync(copies_.at(info.offset), full.data() + info.offset, sizeof(float) * info.size,
-                                     cudaMemcpyHostToDevice, stream));
-    }
+    if (Bf16Gradient(info)) continue;
+    MOE_CUDA_CHECK(cudaMemcpyAsync(copies_.at(info.offset), full.data() + info.offset, sizeof(float) * info.size,
+                                   cudaMemcpyHostToDevice, stream));
   }
-  MOE_CUDA_CHECK(cudaMemcpyAsync(b16_, bits.data(), sizeof(uint16_t) * total, cudaMemcpyHostToDevice, stream));
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host buffers go out of scope
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  // The bf16 buffer keeps zeros where a gradient is fp32 (SquaredNorms reads all of it).
+  for (const ParamInfo& info : layout_.params()) {
+    if (!Bf16Gradient(info)) std::fill(full.begin() + info.offset, full.begin() + info.offset + info.size, 0.f);
+  }
+  UploadAsBf16(b16_, full.data(), total, stream);
 }
 
 }  // namespace moe

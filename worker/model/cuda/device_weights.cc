@@ -2,13 +2,10 @@
 
 #ifdef MOE_WITH_CUDA
 
-#include <algorithm>
 #include <stdexcept>
-#include <string>
 
 #include "kernels/cuda/matmul.h"
 #include "kernels/dropout.h"
-#include "kernels/state_codec.h"
 #include "worker/model/optimizer_state.h"
 
 namespace moe {
@@ -89,9 +86,7 @@ void DeviceWeights::Upload(const std::vector<float>& host, cudaStream_t stream) 
     MOE_CUDA_CHECK(cudaMemcpyAsync(f32_, host.data(), sizeof(float) * total, cudaMemcpyHostToDevice, stream));
     if (b16_ != nullptr) cuda::CastToBf16(b16_, f32_, total, stream);
   } else {
-    std::vector<uint16_t> bits(total);
-    for (int64_t i = 0; i < total; ++i) bits[i] = kernels::Bf16Bits(host[i]);
-    MOE_CUDA_CHECK(cudaMemcpyAsync(b16_, bits.data(), sizeof(uint16_t) * total, cudaMemcpyHostToDevice, stream));
+    UploadAsBf16(b16_, host.data(), total, stream);
     for (const ParamInfo& info : layout_.params()) {
       auto it = copies_.find(info.offset);
       if (it != copies_.end()) cuda::Bf16ToFloat(it->second, b16_ + info.offset, info.size, stream);
@@ -108,10 +103,7 @@ void DeviceWeights::Download(std::vector<float>* host, cudaStream_t stream) cons
     MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
     return;
   }
-  std::vector<uint16_t> bits(total);
-  MOE_CUDA_CHECK(cudaMemcpyAsync(bits.data(), b16_, sizeof(uint16_t) * total, cudaMemcpyDeviceToHost, stream));
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
-  for (int64_t i = 0; i < total; ++i) (*host)[i] = kernels::FromBf16Bits(bits[i]);
+  DownloadBf16(host->data(), b16_, total, stream);
 }
 
 }  // namespace moe
