@@ -489,9 +489,9 @@ CommSeconds CudaModel::ReduceGrads() {
   // One GPU: the sum over ranks is the identity.
   if (reducer_ != nullptr) reducer_->Finish();
   // bf16 values in fp32 storage (train.master_weights bf16 with fp32 products or several GPUs):
-  // the step's summed gradients rounded once, as the CPU model does.
+  // the step's summed gradients rounded once, as the CPU model does (queued on stream_, before
+  // whatever reads them next).
   grads_->RoundToBf16Values(stream_);
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   const CommSeconds now = CommClocks();
   return {now.all_to_all - comm_at_step_start_.all_to_all, now.all_reduce - comm_at_step_start_.all_reduce};
 }
@@ -548,12 +548,9 @@ void CudaModel::CopyFromHost(ParamSet set, const std::vector<float>& in) {
         params_->Upload(in, stream_);
         return;
       }
-      std::vector<float> full(in.begin(), in.begin() + std::min<size_t>(in.size(), layout_.total()));
-      if (static_cast<int64_t>(full.size()) < layout_.total()) {  // the tail keeps its values
-        std::vector<float> now;
-        params_->Download(&now, stream_);
-        full.insert(full.end(), now.begin() + full.size(), now.end());
-      }
+      std::vector<float> full(in.begin(), in.end()), now;  // a prefix: the tail keeps its values
+      params_->Download(&now, stream_);
+      full.insert(full.end(), now.begin() + full.size(), now.end());
       params_->Upload(full, stream_);
       return;
     }
