@@ -49,4 +49,9 @@ void DecodeInt8Block(const uint8_t* q, int n, bool is_signed, float scale, float
   for (int i = 0; i < n; ++i) x[i] = code[q[i]] * scale;
 }
 
+void RoundToBf16Values(float* x, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) x[i] = FromBf16Bits(Bf16Bits(x[i]));
+}
+
 }  // namespace moe::kernels

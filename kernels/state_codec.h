@@ -62,6 +62,8 @@ MOE_HOST_DEVICE inline float FromBf16Bits(uint16_t b) {
   memcpy(&x, &u, 4);
   return x;
 }
+// x[0, n) in place to the nearest bf16 values (kept as fp32), on every OpenMP thread.
+void RoundToBf16Values(float* x, int64_t n);
 // bf16 by stochastic rounding: up with probability equal to the dropped fraction, from the
 // counter-based RNG (the same draw for the same (seed, counter) on every rank and backend), so
 // that updates smaller than a bf16 step still move the weight on average.

@@ -79,7 +79,7 @@ Model::Model(const ModelConfig& cfg, Communicator* comm)
 void Model::InitParams(uint64_t seed) {
   layout_.Initialize(params_.data(), seed);
   if (cfg_.bf16_master) {  // the weights start as bf16 values (nearest)
-    for (float& w : params_) w = kernels::FromBf16Bits(kernels::Bf16Bits(w));
+    kernels::RoundToBf16Values(params_.data(), static_cast<int64_t>(params_.size()));
   }
   adam_m_.Zero();
   adam_v_.Zero();
@@ -96,9 +96,7 @@ CommSeconds Model::ReduceGrads() {
     // The step's gradients, summed over micro-batches and ranks: the blocks' matrices' become bf16
     // values (nearest), once, so that W ranks give the same values as one.
     for (const ParamInfo& info : layout_.params()) {
-      if (!Bf16Gradient(info)) continue;
-      float* gp = grads_.data() + info.offset;
-      for (int64_t i = 0; i < info.size; ++i) gp[i] = kernels::FromBf16Bits(kernels::Bf16Bits(gp[i]));
+      if (Bf16Gradient(info)) kernels::RoundToBf16Values(grads_.data() + info.offset, info.size);
     }
   }
   return {comm_->all_to_all_seconds() - comm_at_step_start_.all_to_all,

@@ -220,11 +220,7 @@ void CudaModel::InitParams(uint64_t seed) {
   // rounds them to the nearest bf16 values for bf16 master weights).
   std::vector<float> host(layout_.total(), 0.f);
   layout_.Initialize(host.data(), seed);
-  if (cfg_.bf16_master) {
-    const int64_t n = static_cast<int64_t>(host.size());
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) host[i] = kernels::FromBf16Bits(kernels::Bf16Bits(host[i]));
-  }
+  if (cfg_.bf16_master) kernels::RoundToBf16Values(host.data(), static_cast<int64_t>(host.size()));
   params_->Upload(host, stream_);
   optimizer_->Zero();
 }
