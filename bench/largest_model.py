@@ -297,6 +297,9 @@ def main():
         print(json.dumps(train(a, row)), flush=True)
         return 0
     only = set(x for x in a.only.split(",") if x)
+    known = [combo_name(c) for c in combinations()]
+    if only - set(known):
+        ap.error(f"--only: no combination {', '.join(sorted(only - set(known)))}; the combinations are {', '.join(known)}")
     rows = []
     for combo in combinations():
         chosen = not only or combo_name(combo) in only
