@@ -11,6 +11,7 @@
 #include <set>
 #include <string>
 #include <system_error>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -210,6 +211,13 @@ class Checker {
     NonNegative("train.min_lr", t.min_lr());
     AtLeast("train.warmup_steps", t.warmup_steps(), 0);
     NonNegative("train.weight_decay", t.weight_decay());
+    for (const auto& [key, beta, usual] : {std::tuple{"train.beta1", t.beta1(), "0.9"},
+                                           std::tuple{"train.beta2", t.beta2(), "0.95"}}) {
+      if (!(beta >= 0 && beta < 1)) {
+        Fail(key, absl::StrCat("must be at least 0 and less than 1 (AdamW's moment decay; ", usual,
+                               " by default), got ", FormatDouble(beta)));
+      }
+    }
     NonNegative("train.grad_clip", t.grad_clip());
     Chosen("train.precision", t.precision(), v1::Precision_descriptor());
     AtLeast("train.eval_every", t.eval_every(), 1);

@@ -61,6 +61,8 @@ void ApplyDefaults(JobSpec* s, const std::set<std::string>& present, std::set<st
   derive("train.warmup_steps", usable("train.steps") && train->steps() >= 1,
          [&] { train->set_warmup_steps(std::min(100, train->steps())); });
   if (absent("train.weight_decay")) train->set_weight_decay(0.1);
+  if (absent("train.beta1")) train->set_beta1(0.9);
+  if (absent("train.beta2")) train->set_beta2(0.95);
   if (absent("train.grad_clip")) train->set_grad_clip(1.0);
   if (absent("train.seed")) train->set_seed(1337);
   if (absent("train.eval_every")) train->set_eval_every(250);

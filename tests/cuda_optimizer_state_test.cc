@@ -290,6 +290,11 @@ ModelConfig SmallConfig(const MemoryCase& m, bool muon) {
   cfg.optimizer_state = m.state;
   cfg.bf16_master = m.bf16_master;
   cfg.muon = muon;
+  // Muon jobs with other AdamW betas than the defaults (train.beta1 / beta2), on the tensors AdamW steps.
+  if (muon) {
+    cfg.adam_beta1 = 0.8f;
+    cfg.adam_beta2 = 0.99f;
+  }
   return cfg;
 }
 

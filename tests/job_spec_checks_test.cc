@@ -44,6 +44,8 @@ TEST_F(JobSpecTest, MinimalSpecGetsEveryDefault) {
   EXPECT_DOUBLE_EQ(s.train().min_lr(), 1e-4);
   EXPECT_EQ(s.train().warmup_steps(), 100);
   EXPECT_DOUBLE_EQ(s.train().weight_decay(), 0.1);
+  EXPECT_DOUBLE_EQ(s.train().beta1(), 0.9);
+  EXPECT_DOUBLE_EQ(s.train().beta2(), 0.95);
   EXPECT_DOUBLE_EQ(s.train().grad_clip(), 1.0);
   EXPECT_EQ(s.train().seed(), 1337u);
   EXPECT_EQ(s.train().precision(), v1::PRECISION_FP32);
@@ -185,6 +187,9 @@ TEST_F(JobSpecTest, RangesAreChecked) {
        "must be at least 0, got -1"},
       {"  batch_size: 8", "  weight_decay: -0.1\n", "train.weight_decay", "must be at least 0"},
       {"  batch_size: 8", "  grad_clip: -1\n", "train.grad_clip", "must be at least 0"},
+      {"  batch_size: 8", "  beta1: -0.1\n", "train.beta1", "must be at least 0 and less than 1"},
+      {"  batch_size: 8", "  beta2: 1\n", "train.beta2", "must be at least 0 and less than 1 (AdamW's moment decay; 0.95"},
+      {"  batch_size: 8", "  beta2: .nan\n", "train.beta2", "must be a finite number"},
       {"  batch_size: 8", "  eval_every: 0\n", "train.eval_every", "must be at least 1"},
       {"  batch_size: 8", "  eval_batches: 0\n", "train.eval_batches", "must be at least 1"},
       {"  batch_size: 8", "  log_every: 0\n", "train.log_every", "must be at least 1"},

@@ -223,12 +223,15 @@ TEST(MuonSchedule, FollowsTheLrScheduleScaledToMuonLr) {
 }
 
 // One optimizer step of a Model on random gradients against the kernels applied tensor by
-// tensor: AdamW everywhere for adamw (muon_lr ignored), Muon on exactly the muon tensors else.
-void CheckModelStep(bool muon, int experts) {
+// tensor: AdamW everywhere for adamw (muon_lr ignored), Muon on exactly the muon tensors else;
+// AdamW with the job's betas (train.beta1 / beta2).
+void CheckModelStep(bool muon, int experts, float beta1 = 0.9f, float beta2 = 0.95f) {
   kernels::SetNumThreads(1);
   const testing::ModelCase c{"case", experts, experts > 1 ? 2 : 1, 4, 2, 0.0, false, 0.0f};
   ModelConfig cfg = testing::CaseConfig(c, 40, 32, 8, 24);
   cfg.muon = muon;
+  cfg.adam_beta1 = beta1;
+  cfg.adam_beta2 = beta2;
   auto comm = CreateSingleProcessCommunicator();
   Model model(cfg, comm.get());
   model.InitParams(5);
@@ -257,6 +260,8 @@ void CheckModelStep(bool muon, int experts) {
       } else {
         kernels::AdamWConfig ac;
         ac.lr = 1e-3f;
+        ac.beta1 = beta1;
+        ac.beta2 = beta2;
         ac.weight_decay = info.decay ? 0.1f : 0.f;
         kernels::AdamWUpdate(w.data(), gi, em.data(), ev.data(), info.size, ac, step, 0.7f);
       }
@@ -280,6 +285,18 @@ TEST(MuonModel, AdamWJobsStepEveryTensorByAdamW) {
 TEST(MuonModel, MuonStepsTheBlockMatricesAndAdamWTheRest) {
   CheckModelStep(/*muon=*/true, /*experts=*/4);
   CheckModelStep(/*muon=*/true, /*experts=*/1);
+}
+TEST(MuonModel, TheJobsBetasReachAdamW) {
+  CheckModelStep(/*muon=*/false, /*experts=*/4, /*beta1=*/0.8f, /*beta2=*/0.99f);
+  CheckModelStep(/*muon=*/true, /*experts=*/4, /*beta1=*/0.5f, /*beta2=*/0.999f);
+  // Absent from a spec (one written before the keys existed): kernels::AdamWConfig's 0.9 / 0.95.
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.mutable_train()->clear_beta1();
+  spec.mutable_train()->clear_beta2();
+  EXPECT_EQ(ModelConfig::FromSpec(spec, 65).adam_beta1, kernels::AdamWConfig{}.beta1);
+  EXPECT_EQ(ModelConfig::FromSpec(spec, 65).adam_beta2, kernels::AdamWConfig{}.beta2);
+  spec.mutable_train()->set_beta2(0.99);
+  EXPECT_EQ(ModelConfig::FromSpec(spec, 65).adam_beta2, 0.99f);
 }
 
 moe::v1::JobSpec MuonSpec(int steps) {

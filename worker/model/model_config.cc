@@ -37,6 +37,8 @@ ModelConfig ModelConfig::FromSpec(const moe::v1::JobSpec& spec, int vocab_size) 
   c.bias_update_rate = c.experts > 1 ? static_cast<float>(m.moe().bias_update_rate()) : 0.f;
   c.expert_dropout = c.experts > 1 ? static_cast<float>(m.moe().expert_dropout()) : 0.f;
   c.muon = spec.train().optimizer() == moe::v1::OPTIMIZER_MUON;
+  if (spec.train().has_beta1()) c.adam_beta1 = static_cast<float>(spec.train().beta1());
+  if (spec.train().has_beta2()) c.adam_beta2 = static_cast<float>(spec.train().beta2());
   c.recompute = spec.train().recompute() == moe::v1::RECOMPUTE_FULL;
   c.optimizer_state = spec.train().optimizer_state() == moe::v1::STATE_INT8   ? State::kInt8
                       : spec.train().optimizer_state() == moe::v1::STATE_BF16 ? State::kBf16

@@ -37,6 +37,8 @@ struct ModelConfig {
   float bias_update_rate = 0.f;   // u; 0 = no loss-free balancing
   float expert_dropout = 0.f;
   bool muon = false;              // train.optimizer: muon
+  float adam_beta1 = 0.9f;        // train.beta1 / beta2 (kernels::AdamWConfig's defaults)
+  float adam_beta2 = 0.95f;
   // Memory (MODEL.md "Memory"; train.recompute, optimizer_state, master_weights).
   bool recompute = false;         // full: keep block inputs only, recompute in the backward
   enum class State { kFp32, kBf16, kInt8 };

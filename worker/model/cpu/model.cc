@@ -127,6 +127,8 @@ void Model::OptimizerStep(int64_t step, double lr, double muon_lr, double weight
     }
     kernels::AdamWConfig c;
     c.lr = static_cast<float>(lr);
+    c.beta1 = cfg_.adam_beta1;
+    c.beta2 = cfg_.adam_beta2;
     c.weight_decay = info.decay ? static_cast<float>(weight_decay) : 0.f;
     for (int64_t begin = 0; begin < info.size; begin += kChunk) {
       const int64_t n = std::min(kChunk, info.size - begin);

@@ -21,6 +21,8 @@ DeviceOptimizer::DeviceOptimizer(const ModelConfig& cfg, const ParamLayout& layo
       stream_(stream),
       m_(layout, format_, /*signed_code=*/true),
       v_(layout, format_, /*signed_code=*/false) {
+  adam_.beta1 = cfg.adam_beta1;
+  adam_.beta2 = cfg.adam_beta2;
   Allocate(&m_, arena);
   Allocate(&v_, arena);
   if (format_ == StateFormat::kInt8) {
@@ -96,8 +98,8 @@ cuda::StateRef DeviceOptimizer::Ref(const Stored& s, size_t tensor) const {
 
 void DeviceOptimizer::Step(const DeviceWeights& weights, const DeviceGrads& grads, cuda::Blas* blas, int64_t step,
                            double lr, double muon_lr, double weight_decay, float clip_scale) {
-  // The CPU optimizer's constants (kernels/adamw.h), bias corrections computed in double.
-  const kernels::AdamWConfig c;
+  // The CPU optimizer's constants (kernels/adamw.h, the job's betas), bias corrections in double.
+  const kernels::AdamWConfig& c = adam_;
   cuda::AdamWArgs args;
   args.lr = static_cast<float>(lr);
   args.beta1 = c.beta1;

@@ -12,6 +12,7 @@
 
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/matmul.h"
+#include "kernels/adamw.h"
 #include "kernels/cuda/muon.h"
 #include "kernels/muon_plan.h"
 #include "worker/model/cuda/device_arena.h"
@@ -58,6 +59,7 @@ class DeviceOptimizer {
   const ParamLayout& layout_;
   bool muon_on_;
   bool bf16_;
+  kernels::AdamWConfig adam_;  // the job's betas (train.beta1 / beta2); eps as the CPU's
   StateFormat format_;
   cudaStream_t stream_;
   Stored m_, v_;
