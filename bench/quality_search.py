@@ -124,6 +124,11 @@ VARIANTS = {
     "a8-beta2-0.99-lr1e-3": dict(EXAMPLE, **{"train.beta2": 0.99, "train.lr": 1e-3}),
     "a8-beta2-0.99-s1750": dict(EXAMPLE, **{"train.beta2": 0.99, "train.steps": 1750}),
     "a8-beta2-0.99-cap1.25": dict(EXAMPLE, **{"train.beta2": 0.99, "model.moe.capacity_factor": 1.25}),
+    # Round 9: the two changes that each lowered seed 1337 most (round 3's lr 1e-3 with min_lr 3e-5;
+    # round 5's warm-up 200), together; and the example with a warm-up between its 100 and 200.
+    "a9-lr1e-3-minlr3e-5-warmup200": dict(EXAMPLE, **{"train.lr": 1e-3, "train.min_lr": 3e-5,
+                                                      "train.warmup_steps": 200}),
+    "a9-warmup150": dict(EXAMPLE, **{"train.warmup_steps": 150}),
     # examples/shakespeare-moe.yaml (the same job: tests/moectl_validate_test.cc compares them)
     # and its dense twin, the same recipe with one expert of the same active size.
     "example": EXAMPLE,
