@@ -10,8 +10,9 @@
 #     a stopped run is compared at the last step all of them logged.
 #   SKIP_RECOMPUTE=1 / SKIP_STATE=1 leave a part out; STATE_RUNS="fp32 bf16" runs only those of the
 #   four (fp32 bf16 int8 master: 2000 steps of all four at once need about 600 s of an H200, so two
-#   calls of two each fit the 10-minute limit; the table reads every log left in OUT). Prints a
-#   table last.
+#   calls of two each fit the 10-minute limit; the table reads the logs in OUT and in the
+#   directories of STATE_LOGS="DIR ..." (an earlier call's fetched files: SKIP_STATE=1
+#   SKIP_RECOMPUTE=1 STATE_LOGS=... prints the table of two calls). Prints a table last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device_env.sh
@@ -64,17 +65,18 @@ if [[ -z ${SKIP_STATE:-} ]]; then
 fi
 rm -rf "$S"/ck-*  # a few GB each
 
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" ${STATE_LOGS:-} <<'PY'
 import json, os, sys
-out = sys.argv[1]
-def rows(name):
+def rows(name):  # the first directory given that holds NAME.log
     rs = []
-    try:
-        for line in open(os.path.join(out, name + ".log"), errors="replace"):
-            if line.startswith("{") and '"step"' in line:
-                try: rs.append(json.loads(line))
-                except ValueError: pass
-    except OSError: pass
+    for out in sys.argv[1:]:
+        try:
+            for line in open(os.path.join(out, name + ".log"), errors="replace"):
+                if line.startswith("{") and '"step"' in line:
+                    try: rs.append(json.loads(line))
+                    except ValueError: pass
+            return rs
+        except OSError: pass
     return rs
 def t(r, k):
     return r.get(k, r.get("times", {}).get(k))
@@ -91,7 +93,8 @@ for mode in ("none", "full"):
           f"{max(t(r, 'peak_memory_mb') or 0 for r in rs):.0f} |")
 if len(ms) == 2 and ms["none"]:
     print(f"\nrecompute full / none step time: {ms['full'] / ms['none']:.3f}")
-names = ["small-state-fp32", "small-state-bf16", "small-state-int8", "small-master-bf16"]
+# The runs that left a log, the default first (two calls' logs: STATE_LOGS="dir ..." adds directories).
+names = [n for n in ["small-state-fp32", "small-state-bf16", "small-state-int8", "small-master-bf16"] if rows(n)]
 train = {n: {r["step"]: r["loss"] for r in rows(n) if "loss" in r} for n in names}
 val = {n: {r["step"]: r["val_loss"] for r in rows(n) if r.get("val_loss") is not None} for n in names}
 if not any(train.values()): sys.exit(0)
@@ -99,17 +102,21 @@ common = set.intersection(*(set(train[n]) for n in names)) if all(train.values()
 vcommon = set.intersection(*(set(val[n]) for n in names)) if all(val.values()) else set()
 last = sorted(common)[-100:]
 vs = max(vcommon) if vcommon else None
-print(f"\n| run | steps logged | train loss, mean of steps {last[0] if last else '-'}-{last[-1] if last else '-'} | vs fp32 | "
-      f"val loss at step {vs} | vs fp32 | peak MB |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
+span = lambda ss: f"{ss[0]}-{ss[-1]}" if ss else "-"
+print(f"\n| run | steps logged | train loss, mean of steps {span(last)} | vs {names[0]} | mean of steps {span(last[-10:])} | "
+      f"vs {names[0]} | val loss at step {vs} | vs {names[0]} | peak MB |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 base_t = sum(train[names[0]][s] for s in last) / len(last) if last else None
+base_10 = sum(train[names[0]][s] for s in last[-10:]) / len(last[-10:]) if last else None
 base_v = val[names[0]].get(vs) if vs else None
 for n in names:
     rs = rows(n)
     mt = sum(train[n][s] for s in last) / len(last) if last else None
+    m10 = sum(train[n][s] for s in last[-10:]) / len(last[-10:]) if last else None
     v = val[n].get(vs) if vs else None
     rel = lambda a, b: f"{100 * (a - b) / b:+.2f}%" if a is not None and b else "-"
     print(f"| {n} | {max(train[n]) if train[n] else 0} | {mt if mt is None else round(mt, 4)} | {rel(mt, base_t)} | "
+          f"{m10 if m10 is None else round(m10, 4)} | {rel(m10, base_10)} | "
           f"{v if v is None else round(v, 4)} | {rel(v, base_v)} | "
           f"{max((t(r, 'peak_memory_mb') or 0) for r in rs) if rs else 0:.0f} |")
 PY
