@@ -190,10 +190,10 @@ void Describe(const std::string& file, v1::JobSpec spec) {
               d.cache_dir().c_str());
   std::printf(
       "  train        %d steps, batch %d (%d per rank, %d micro-batch%s), lr %g -> %g, warmup %d, %s,\n"
-      "               weight_decay %g, grad_clip %g, %s, seed %llu\n",
+      "               AdamW betas (%g, %g), weight_decay %g, grad_clip %g, %s, seed %llu\n",
       t.steps(), t.batch_size(), t.batch_size() / r.ranks(), t.grad_accum(),
       t.grad_accum() == 1 ? "" : "es", t.lr(), t.min_lr(), t.warmup_steps(), ScheduleText(t).c_str(),
-      t.weight_decay(),
+      t.beta1(), t.beta2(), t.weight_decay(),
       t.grad_clip(), t.precision() == v1::PRECISION_BF16 ? "bf16" : "fp32",
       static_cast<unsigned long long>(t.seed()));
   std::printf("  eval         every %d steps, %d batches; log every %d steps\n", t.eval_every(),
