@@ -159,8 +159,13 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   // or fp32 g, u, h (rows, F) on the simple fp32 path.
   block += bf16 ? 2 * (layout * D + s.glu * layout * F) : 4 * s.glu * rows * F;
   block += s.S * s.glu * n * s.Fs * (bf16 ? 2 : 4);
-  // tmp, x_final, final_out (n, D), rstd, lse, losses (n), logits (n, V), ids and targets (n).
-  const double head = 4 * (3 * n * D + 3 * n + n * s.V + 2 * n);
+  // tmp, x_final, final_out (n, D), rstd, lse, losses (n), ids and targets (n), and the logits:
+  // fp32 (n, V), or with bf16 products one chunk of fp32 logits and the bf16 dlogits (n, V).
+  const double logits = bf16 ? 4 * static_cast<double>(CudaHeadChunkRows(static_cast<int64_t>(n),
+                                                                         static_cast<int64_t>(s.V))) * s.V +
+                                   2 * n * s.V
+                             : 4 * n * s.V;
+  const double head = 4 * (3 * n * D + 3 * n + 2 * n) + logits;
   const bool recompute = spec.train().recompute() == v1::RECOMPUTE_FULL;
   // Recompute full: each block's input x_in (n, D), and one set of the rest of a block's
   // activations that the blocks fill in turn (CudaModel::EnsureActivations, MoeSaved).
@@ -168,8 +173,8 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   out->activations = Bytes(kept_blocks + head);
 
   // dx, dtmp, dnorm (n, D), dqkv (n, C3), the attention backward's scratch (n, H), and in bf16
-  // two cast buffers of the widest product input (n, max(D, C3, V)).
-  double ws = 4 * (3 * n * D + n * s.C3() + n * s.H) + (bf16 ? 2 * 2 * n * std::max({D, s.C3(), s.V}) : 0);
+  // two cast buffers of the widest product input (n, max(D, C3)).
+  double ws = 4 * (3 * n * D + n * s.C3() + n * s.H) + (bf16 ? 2 * 2 * n * std::max(D, s.C3()) : 0);
   // MoeScratch per batch: dys, d_expert_in (rows, D), dweights (n, k), drouter (n, E); fp32
   // experts' backward scratch (rows, 2F), or the bf16 plan-order rows (rows, D).
   if (!s.dense) ws += 4 * (2 * rows * D + n * s.k + n * s.E);

@@ -34,6 +34,16 @@ struct MemoryEstimate {
 inline constexpr int64_t kCudaRuntimeBytes = int64_t{768} << 20;
 inline constexpr int64_t kNcclBytes = int64_t{512} << 20;
 
+// The CUDA backend's head with bf16 products (worker/model/cuda/cuda_model.cc) runs in chunks of
+// rows: each chunk's fp32 logits (rows, V) live only until its loss and its bf16 gradient are
+// written, so the forward keeps the bf16 dlogits (n, V) and one chunk of fp32 logits, not all n.
+// The rows of a chunk: as many as kCudaHeadChunkBytes of fp32 logits hold, at least 1, at most n.
+inline constexpr int64_t kCudaHeadChunkBytes = int64_t{128} << 20;
+inline int64_t CudaHeadChunkRows(int64_t n, int64_t vocab) {
+  const int64_t rows = kCudaHeadChunkBytes / (4 * (vocab > 0 ? vocab : 1));
+  return rows < 1 ? 1 : rows > n ? n : rows;
+}
+
 // Needs vocab_size > 0. Every count is computed in double and saturates at INT64_MAX.
 MemoryEstimate EstimateMemory(const moe::v1::JobSpec& spec, const RankParams& params);
 

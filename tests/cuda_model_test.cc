@@ -165,6 +165,18 @@ TEST_P(CudaModelBf16MasterTest, LossAndGradientsMatchCpu) {
 }
 INSTANTIATE_TEST_SUITE_P(Precisions, CudaModelBf16MasterTest, ::testing::Bool());
 
+// The bf16 head in chunks of rows (CudaHeadChunkRows: one chunk at these sizes): 99 tokens in
+// chunks of 40, 40 and 19 give the one-chunk loss and gradients.
+TEST(CudaModelHeadChunksTest, ChunkedHeadMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  ModelConfig cfg = testing::CaseConfig(Case{"moe", 4, 2, 4, 2, 0.0, false, 0.0f}, /*vocab=*/37, /*d=*/64,
+                                        /*seq_len=*/33, /*ffn=*/48);
+  cfg.head_chunk_rows = 40;
+  ExpectParity(cfg, /*bf16=*/true, "moe_head_chunks_40");
+  cfg.head_chunk_rows = 1;
+  ExpectParity(cfg, /*bf16=*/true, "moe_head_chunks_1");
+}
+
 TEST_P(CudaModelParityTest, LossAndGradientsMatchCpu) {
   SKIP_WITHOUT_GPU();
   const auto [c, bf16] = GetParam();

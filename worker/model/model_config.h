@@ -44,6 +44,9 @@ struct ModelConfig {
   enum class State { kFp32, kBf16, kInt8 };
   State optimizer_state = State::kFp32;
   bool bf16_master = false;       // weights stored bf16, updates stochastically rounded
+  // The CUDA head with bf16 products: rows per chunk; 0 = CudaHeadChunkRows (common/
+  // memory_estimate.h). Tests set it small to cover several chunks.
+  int head_chunk_rows = 0;
 
   int qkv_dim() const { return (heads + 2 * kv_heads) * head_dim; }
   bool is_moe() const { return experts > 1; }

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/backend_limits.h"
+#include "common/memory_estimate.h"
 
 #ifdef MOE_WITH_CUDA
 #include "kernels/rope.h"
@@ -134,7 +135,13 @@ class CudaModel final : public TrainModel {
   // Activations, sized for b_cap_ sequences (EnsureActivations).
   int b_cap_ = 0;
   std::vector<BlockActs> blocks_;
-  float *tmp_, *x_final_, *final_out_, *final_rstd_, *logits_, *ce_lse_, *ce_losses_;  // (n,D) x4, (n,V), (n) x2
+  float *tmp_, *x_final_, *final_out_, *final_rstd_, *ce_lse_, *ce_losses_;  // (n,D) x4, (n) x2
+  // The head (HeadForward): fp32 logits (head_rows_, V), head_rows_ = n on the fp32 path (the
+  // backward turns them into dlogits in place); with bf16 products a chunk (CudaHeadChunkRows),
+  // and the bf16 dlogits (n, V) its forward writes for the backward.
+  int64_t head_rows_ = 0;
+  float* logits_;
+  cuda::bf16* dlogits16_;
   int32_t *idx_, *targets_;                                                           // (n)
   double* ce_sum_;                                                                    // (1)
   float *dx_, *dtmp_, *dnorm_, *dqkv_, *att_scratch_;  // backward: (n,D) x3, (n,C3), (n,H)
@@ -271,7 +278,10 @@ void CudaModel::EnsureActivations(int b) {
   t.Add(&x_final_, n * D);
   t.Add(&final_out_, n * D);
   t.Add(&final_rstd_, n);
-  t.Add(&logits_, n * V);
+  head_rows_ = n;
+  if (bf16_) head_rows_ = cfg_.head_chunk_rows > 0 ? std::min<int64_t>(n, cfg_.head_chunk_rows) : CudaHeadChunkRows(n, V);
+  t.Add(&logits_, head_rows_ * V);
+  t.Add(&dlogits16_, bf16_ ? n * V : 0);
   t.Add(&ce_lse_, n);
   t.Add(&ce_losses_, n);
   t.Add(&idx_, n);
@@ -284,7 +294,7 @@ void CudaModel::EnsureActivations(int b) {
   t.Add(&att_scratch_, n * H);
   t.Add(&gated_, cfg_.attn_gate ? n * D : 0);
   t.Add(&dgate_, cfg_.attn_gate ? n * D : 0);
-  const int64_t widest = std::max({D, C3, V});
+  const int64_t widest = std::max(D, C3);  // the head's dlogits have their own buffer
   t.Add(&ctx_.s16a, bf16_ ? n * widest : 0);
   t.Add(&ctx_.s16b, bf16_ ? n * widest : 0);
   moe_scratch_->AddTo(&t, n);
@@ -362,8 +372,18 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
     BlockForward(l, l + 1 < cfg_.layers ? blocks_[l + 1].x_in : x_final_, /*rerun=*/false);
   }
   cuda::RmsNormForward(final_out_, final_rstd_, x_final_, w.final_norm, n, D, stream_);
-  ctx_.Linear(logits_, final_out_, w.lm_head, n, D, V, false);
-  cuda::CrossEntropyForward(ce_losses_, ce_lse_, logits_, targets_, n, V, stream_);
+  // The head, head_rows_ rows at a time: logits, their cross-entropy and (bf16 products) the
+  // bf16 dlogits = loss_scale * (softmax - onehot) of the backward, so that only one chunk of
+  // fp32 logits is ever alive. (An evaluation's dlogits go unread.)
+  for (int64_t r0 = 0; r0 < n; r0 += head_rows_) {
+    const int rows = static_cast<int>(std::min<int64_t>(head_rows_, n - r0));
+    ctx_.Linear(logits_, final_out_ + r0 * D, w.lm_head, rows, D, V, false);
+    cuda::CrossEntropyForward(ce_losses_ + r0, ce_lse_ + r0, logits_, targets_ + r0, rows, V, stream_);
+    if (bf16_) {
+      cuda::CrossEntropyBackwardBf16(dlogits16_ + r0 * V, logits_, ce_lse_ + r0, targets_ + r0, ctx.loss_scale,
+                                     rows, V, stream_);
+    }
+  }
   MOE_CUDA_CHECK(cudaMemsetAsync(ce_sum_, 0, sizeof(double), stream_));
   cuda::Sum(ce_sum_, ce_losses_, n, stream_);
 
@@ -414,14 +434,10 @@ void CudaModel::Backward() {
   // step's last micro-batch (earlier ones only accumulate); ReduceGrads then waits.
   const bool reduce_now = reducer_ != nullptr && ctx.last_micro_step && cfg_.layers > 0;
 
-  // Head: dlogits (in place in fp32, or straight to bf16 for the bf16 products).
+  // Head: dlogits in place in fp32, or the bf16 ones the forward wrote (bf16 products).
   const bf16* dlogits16 = nullptr;
   if (bf16_) {
-    cuda::CrossEntropyBackwardBf16(ctx_.s16b, logits_, ce_lse_, targets_, ctx.loss_scale, n, V, stream_);
-    // s16b holds dlogits; LinearBackward's weight product casts its input into s16b, so move
-    // dlogits to s16a's role by swapping the two scratch buffers for this call.
-    std::swap(ctx_.s16a, ctx_.s16b);
-    dlogits16 = ctx_.s16a;
+    dlogits16 = dlogits16_;
   } else {
     cuda::CrossEntropyBackward(logits_, logits_, ce_lse_, targets_, ctx.loss_scale, n, V, stream_);
   }
