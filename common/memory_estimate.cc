@@ -152,8 +152,9 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   double block = 4 * AttentionElements(s, spec.model().attention()) + (bf16 ? 2 * n * s.C3() : 0);
   if (!s.dense) {
     // Router logits, probabilities (n, E), lse (n), weights (n, k), expert ids and the two
-    // slot maps (n k), permuted rows xs and ys (rows, D).
-    block += 4 * (2 * n * s.E + n + n * s.k + 3 * n * s.k + 2 * rows * D + 4 * s.E);
+    // slot maps (n k), the experts' output rows ys (rows, D), and on the fp32 path their input
+    // rows xs (bf16 products: those pass through the backward's scratch into the bf16 rows).
+    block += 4 * (2 * n * s.E + n + n * s.k + 3 * n * s.k + (bf16 ? 1 : 2) * rows * D + 4 * s.E);
   }
   // The experts' saved rows: bf16 input and hidden activations in the layout (grown on demand),
   // or fp32 g, u, h (rows, F) on the simple fp32 path.

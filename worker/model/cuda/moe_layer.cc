@@ -124,7 +124,9 @@ void CudaMoeLayer::AddTo(BufferTable* table, int64_t n) {
     table->Add(&a_->routed, E);
     table->Add(&a_->offsets, E + 1);
     if (cfg_.expert_dropout > 0) table->Add(&a_->expert_off, E);
-    table->Add(&a_->xs, r * D);
+    // xs: only the fp32 experts' backward reads it; with bf16 products the forward's permuted
+    // rows pass through MoeScratch::d_expert_in (free until the backward) into the bf16 rows.
+    if (!ctx_->bf16) table->Add(&a_->xs, r * D);
     table->Add(&a_->ys, r * D);
   }
   if (!ctx_->bf16) {
@@ -285,12 +287,14 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
     return;
   }
   Route(m, w, n, ctx, rerun);
-  // Permute -> experts (bf16: through the dispatcher) -> unpermute.
-  cuda::PermuteForward(a_->xs, m, a_->a2s, n, k, D, stream);
+  // Permute -> experts (bf16: through the dispatcher, which keeps its own bf16 copy of the rows)
+  // -> unpermute.
+  float* xs = ctx_->bf16 ? scratch_->d_expert_in : a_->xs;
+  cuda::PermuteForward(xs, m, a_->a2s, n, k, D, stream);
   if (ctx_->bf16) {
     MOE_CUDA_CHECK(cudaEventSynchronize(scratch_->counts_ready));
     dispatcher_.Preprocess(counts_host_);
-    ExpertsForward16(a_->xs, w, a_->ys);
+    ExpertsForward16(xs, w, a_->ys);
   } else {
     cuda::ExpertsForward(a_->ys, a_->g, a_->u, a_->h, a_->xs, w.w1, w.w3, w.w2, a_->offsets, n * k, E, D, F, false,
                          stream, act_);

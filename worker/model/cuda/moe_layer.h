@@ -66,7 +66,7 @@ struct MoeSaved {
   int32_t *expert_idx = nullptr, *a2s = nullptr, *s2a = nullptr;     // (n,k) (n k) (n k)
   int32_t *counts = nullptr, *routed = nullptr, *offsets = nullptr;  // (E) (E) (E+1)
   uint8_t* expert_off = nullptr;  // (E) expert dropout's switched-off experts, when the job has it
-  float *xs = nullptr, *ys = nullptr;             // (r, D) plan order
+  float *xs = nullptr, *ys = nullptr;             // (r, D) plan order; xs fp32 mode only
   float *g = nullptr, *u = nullptr, *h = nullptr;  // (r, F) fp32 mode
   // Shared experts (S of hidden F_s). fp32: g, u, h (S, n, F_s), the scratch of their backward
   // (2 n F_s) and offsets {0, n}; bf16: the input and the output gradient in the experts' layout
