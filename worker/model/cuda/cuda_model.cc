@@ -136,9 +136,9 @@ class CudaModel final : public TrainModel {
   int b_cap_ = 0;
   std::vector<BlockActs> blocks_;
   float *tmp_, *x_final_, *final_out_, *final_rstd_, *ce_lse_, *ce_losses_;  // (n,D) x4, (n) x2
-  // The head (Forward, its last loop): fp32 logits (head_rows_, V), head_rows_ = n on the fp32 path (the
-  // backward turns them into dlogits in place); with bf16 products a chunk (CudaHeadChunkRows),
-  // and the bf16 dlogits (n, V) its forward writes for the backward.
+  // The head (Forward's last loop): fp32 logits (head_rows_, V), head_rows_ = n on the fp32
+  // path (the backward turns them into dlogits in place); with bf16 products a chunk
+  // (CudaHeadChunkRows), and the bf16 dlogits (n, V) the forward writes for the backward.
   int64_t head_rows_ = 0;
   float* logits_;
   cuda::bf16* dlogits16_;
