@@ -279,7 +279,9 @@ void CudaModel::EnsureActivations(int b) {
   t.Add(&final_out_, n * D);
   t.Add(&final_rstd_, n);
   head_rows_ = n;
-  if (bf16_) head_rows_ = cfg_.head_chunk_rows > 0 ? std::min<int64_t>(n, cfg_.head_chunk_rows) : CudaHeadChunkRows(n, V);
+  if (bf16_) {
+    head_rows_ = cfg_.head_chunk_rows > 0 ? std::min<int64_t>(n, cfg_.head_chunk_rows) : CudaHeadChunkRows(n, V);
+  }
   t.Add(&logits_, head_rows_ * V);
   t.Add(&dlogits16_, bf16_ ? n * V : 0);
   t.Add(&ce_lse_, n);
