@@ -22,6 +22,12 @@ inline bool CudaRunsHeadSize(int hd) {
   return hd > 0 && hd % kCudaHeadSizeStep == 0 && hd <= kCudaMaxHeadSize;
 }
 
+// The bf16 attention runs on tensor cores (kernels/cuda/attention_tc.cu) from head size 16 up;
+// its backward then reads q, k, v in bf16 only, so the CUDA model keeps no fp32 copy of them
+// for the backward (cuda_model.cc, and common/memory_estimate.cc). Head size 8 takes the fp32
+// SIMT kernels.
+inline bool CudaAttentionOnTensorCores(int hd) { return CudaRunsHeadSize(hd) && hd >= 16; }
+
 inline std::string CudaHeadSizesText() {
   return "multiples of " + std::to_string(kCudaHeadSizeStep) + " up to " + std::to_string(kCudaMaxHeadSize) +
          " (such as 64, 80, 96, 128, 192, 256)";

@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/backend_limits.h"
 #include "kernels/muon_plan.h"
 
 namespace moe {
@@ -150,6 +151,9 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   // padding changes with the routing from step to step: count them grown once.
   const double layout = 1.25 * (s.kept + 64 * s.e_local);
   double block = 4 * AttentionElements(s, spec.model().attention()) + (bf16 ? 2 * n * s.C3() : 0);
+  // q, k, v in bf16 for the tensor-core attention, whose backward reads no fp32 copy: the fp32 one
+  // is then the backward's dqkv scratch (counted in the workspace).
+  if (bf16 && CudaAttentionOnTensorCores(static_cast<int>(s.hd))) block -= 4 * n * s.C3();
   if (!s.dense) {
     // Router logits, probabilities (n, E), lse (n), weights (n, k), expert ids and the two
     // slot maps (n k), the experts' output rows ys (rows, D), and on the fp32 path their input

@@ -246,7 +246,7 @@ TEST_F(ExampleTest, SmallMediumAndCpuDemoValidate) {
 }
 
 // --gpu-memory: whether a cuda job fits GPUs of that size. MODEL.md's "small" on one GPU needs
-// about 24 GiB: it fits 141GB (exit 0), not 20GiB (exit 2, by how much and the levers); a bad
+// about 21 GiB: it fits 141GB (exit 0), not 16GiB (exit 2, by how much and the levers); a bad
 // size is exit 2 with the accepted forms; a cpu job is not checked.
 TEST_F(ExampleTest, GpuMemorySaysWhetherACudaJobFits) {
   RunResult fits = ValidateCopy("small.yaml");
@@ -257,15 +257,15 @@ TEST_F(ExampleTest, GpuMemorySaysWhetherACudaJobFits) {
   EXPECT_THAT(big.out, HasSubstr("gpu memory   fits: needs about "));
   EXPECT_THAT(big.out, HasSubstr(" of the GPU's 131 GiB"));
 
-  RunResult tight = RunMoectl({"validate", small, "--gpu-memory", "20GiB"});
+  RunResult tight = RunMoectl({"validate", small, "--gpu-memory", "16GiB"});
   EXPECT_EQ(tight.exit_code, 2);
   EXPECT_THAT(tight.out, HasSubstr("gpu memory   does not fit: needs about "));
-  EXPECT_THAT(tight.out, HasSubstr("the GPU has 20 GiB"));
+  EXPECT_THAT(tight.out, HasSubstr("the GPU has 16 GiB"));
   EXPECT_THAT(tight.out, HasSubstr("resources.ranks: 2 (GPUs) saves about "));
   EXPECT_THAT(tight.out, HasSubstr("train.optimizer_state: int8 saves about "));
   EXPECT_THAT(tight.out, HasSubstr("train.recompute: full saves about "));
   EXPECT_THAT(tight.err, HasSubstr("small.yaml: resources: the job needs about "));
-  EXPECT_THAT(tight.err, HasSubstr("more than the 20 GiB of --gpu-memory"));
+  EXPECT_THAT(tight.err, HasSubstr("more than the 16 GiB of --gpu-memory"));
   EXPECT_THAT(tight.err, HasSubstr("resources.allow_oversubscribe_memory: true"));
 
   RunResult bad = RunMoectl({"validate", small, "--gpu-memory", "24 gigs"});
@@ -299,7 +299,7 @@ TEST_F(ExampleTest, RecomputeFullValidatesAndShrinksTheEstimate) {
   EXPECT_EQ(full.err, "");
   EXPECT_THAT(full.out, HasSubstr("recompute full: each block's input and one block's activations"));
   EXPECT_THAT(plain.out, Not(HasSubstr("recompute full")));
-  RunResult tight = RunMoectl({"validate", path, "--gpu-memory", "20GiB"});
+  RunResult tight = RunMoectl({"validate", path, "--gpu-memory", "16GiB"});
   EXPECT_THAT(tight.out, Not(HasSubstr("train.recompute: full saves")));
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "common/backend_limits.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/device.cuh"
 #include "kernels/dropout.h"
@@ -48,7 +49,7 @@ void SimtBackward(float* dqkv, const float* dout, const float* lse, const float*
 
 // Tensor cores (attention_tc.cu): hd a multiple of 8 from 16 to 256; every row start 16-byte
 // aligned (the caller checks the buffers).
-inline bool TcRunsHeadSize(int hd) { return hd >= 16 && hd <= 256 && hd % 8 == 0; }
+inline bool TcRunsHeadSize(int hd) { return CudaAttentionOnTensorCores(hd); }
 void TcForward(float* out, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd, const AttnDrop& drop,
                cudaStream_t stream);
 void TcBackward(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b, int t,

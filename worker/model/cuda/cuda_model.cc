@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <memory>
 #include <stdexcept>
 #include <utility>
@@ -79,7 +80,9 @@ class CudaModel final : public TrainModel {
   // points at and fills in turn (the backward runs each block again right before its own).
   struct BlockActs {
     float *x_in, *attn_in, *attn_rstd, *qkv, *attn_y, *attn_lse;  // (n,D) (n,D) (n) (n,C3) (n,D) (b,H,T)
-    bf16* qkv16;                                                   // (n,C3) bf16 mode: qkv in bf16
+    // (n,C3) bf16 mode: qkv in bf16. On tensor-core attention (CudaAttentionOnTensorCores) the
+    // backward reads only these, and every block's qkv is dqkv_ (free until the backward).
+    bf16* qkv16;
     float *x_mid, *moe_in, *moe_rstd;                              // (n,D) (n,D) (n)
     // Attention options (null when off): q, k before QK-norm (n,(H+Hkv)hd) and their rstd
     // (n,H+Hkv); the gate sigmoid(attn_in @ wg^T) (n,D). attn_y stays ungated.
@@ -254,12 +257,13 @@ void CudaModel::EnsureActivations(int b) {
   const int64_t n = int64_t{b} * cfg_.seq_len, D = cfg_.d, C3 = cfg_.qkv_dim(), V = cfg_.vocab, H = cfg_.heads;
   BufferTable t;
   blocks_.assign(cfg_.layers, BlockActs{});
+  const bool qkv_in_scratch = bf16_ && CudaAttentionOnTensorCores(cfg_.head_dim);
   for (int l = 0; l < cfg_.layers; ++l) t.Add(&blocks_[l].x_in, n * D);
   for (int l = 0; l < cfg_.layers; ++l) {
     BlockActs& a = blocks_[l];
     t.Add(&a.attn_in, n * D);
     t.Add(&a.attn_rstd, n);
-    t.Add(&a.qkv, n * C3);
+    t.Add(&a.qkv, qkv_in_scratch ? 0 : n * C3);
     t.Add(&a.qkv16, bf16_ ? n * C3 : 0);
     t.Add(&a.attn_y, n * D);
     t.Add(&a.attn_lse, n * H);
@@ -305,6 +309,13 @@ void CudaModel::EnsureActivations(int b) {
     float* x_in = blocks_[l].x_in;
     blocks_[l] = blocks_[0];
     blocks_[l].x_in = x_in;
+  }
+  if (qkv_in_scratch) {
+    // The tensor-core path needs 16-byte aligned rows (the table aligns every buffer to 256).
+    if (reinterpret_cast<uintptr_t>(dqkv_) % 16 != 0 || reinterpret_cast<uintptr_t>(ctx_.s16b) % 16 != 0) {
+      throw std::logic_error("CudaModel: attention buffers not 16-byte aligned");
+    }
+    for (BlockActs& a : blocks_) a.qkv = dqkv_;
   }
 }
 
