@@ -6,20 +6,69 @@
   python3 bench/ncu_summary.py step.csv [--top 40]
 
 Prints the total kernel time of the step, then the kernels by total time: ms, launches, name.
+--by-kind adds issue 15's profile table: the kernel time by kind (products, attention, router,
+permute, norms, activations, optimizer, loss and embedding, casts and other elementwise), and with
+--step-ms (the step time measured without the profiler, moe_bench's step_ms) the idle rest.
 """
 import argparse
 import collections
 import csv
+import re
 import sys
 
 SCALE_TO_MS = {"nsecond": 1e-6, "ns": 1e-6, "usecond": 1e-3, "us": 1e-3, "msecond": 1.0, "ms": 1.0,
                "second": 1e3, "s": 1e3}
 
 
+# Kernel kinds by name, the first pattern that matches (our kernels in kernels/cuda, cuBLAS's and
+# CUTLASS's GEMMs). Anything else is "other elementwise".
+KINDS = [
+    ("products", r"gemm|gemv|cutlass|nvjet|xmma|cublas|GroupedGemm|wgmma|splitKreduce"),
+    ("attention", r"^(ForwardTc|ForwardKernel|DqTc|DkvTc|Dq|Dkv|AttentionDsum|DecodeAttention|Rope)"),
+    ("router", r"^(Router|Plan(Slot|Rank)|SigmoidGate)"),
+    ("permute", r"^(Permute|Unpermute|ToLayout|CopyRowBlocks|RowBlocksToFloat|AccumulateBf16)"),
+    ("norms", r"^(RmsNorm|QkNorm)"),
+    ("activations", r"^(Swiglu|Activation)"),
+    ("optimizer", r"^(AdamW|Update|LoadStored|Load|Store|PartialSquares|Normalise|RoundToBf16)"),
+    ("loss and embedding", r"^(CrossEntropy|Embedding)"),
+]
+
+
+def kind_of(name):
+    base = name.split("<")[0].split("::")[-1].strip()
+    if base.startswith("void "):
+        base = base[5:]
+    for kind, pattern in KINDS:
+        if re.search(pattern, base if kind != "products" else name, re.IGNORECASE if kind == "products" else 0):
+            return kind
+    return "casts and other elementwise"
+
+
+def by_kind(per_kernel, step_ms):
+    """Markdown rows: kind, ms, share of the step (or of the kernel time without step_ms)."""
+    total = sum(ms for _, ms in per_kernel.values())
+    kinds = collections.defaultdict(lambda: [0, 0.0])
+    for name, (n, ms) in per_kernel.items():
+        k = kinds[kind_of(name)]
+        k[0] += n
+        k[1] += ms
+    whole = step_ms if step_ms else total
+    rows = ["| kind | ms | launches | share |", "| --- | --- | --- | --- |"]
+    for kind, (n, ms) in sorted(kinds.items(), key=lambda kv: -kv[1][1]):
+        rows.append(f"| {kind} | {ms:.2f} | {n} | {100 * ms / whole:.1f}% |")
+    if step_ms:
+        idle = step_ms - total
+        rows.append(f"| idle (step {step_ms:.2f} ms - kernels {total:.2f} ms) | {idle:.2f} | - | {100 * idle / step_ms:.1f}% |")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("csv")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--by-kind", action="store_true", help="also the table of kernel time by kind")
+    parser.add_argument("--step-ms", type=float, default=0.0,
+                        help="the step time without the profiler: the idle row (with --by-kind)")
     args = parser.parse_args()
     with open(args.csv, newline="") as f:
         # ncu prints its own "==PROF==" lines and the program's stdout around the table.
@@ -42,6 +91,11 @@ def main():
     print(f"kernel time {total:.2f} ms over {launches} launches")
     for name, (n, ms) in sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:args.top]:
         print(f"{ms:9.3f} ms {n:5d}  {name}")
+    if args.by_kind:
+        if args.step_ms < 0:
+            sys.exit(f"--step-ms: must be at least 0 (0 = no idle row), got {args.step_ms}")
+        print()
+        print("\n".join(by_kind(per_kernel, args.step_ms)))
 
 
 if __name__ == "__main__":

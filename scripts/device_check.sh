@@ -14,7 +14,8 @@
 #      and the table adds ours / baseline (the best round of each)
 #   4. tiny shakespeare on one GPU (device cuda, bf16), val loss reached
 #   5. PROFILE=CONFIG: the kernels of one training step of CONFIG under Nsight Compute, summed
-#      per kernel (bench/ncu_summary.py)
+#      per kernel and by kind, with the idle rest of the step measured without the profiler
+#      (bench/ncu_summary.py --by-kind --step-ms)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device_env.sh
@@ -99,7 +100,11 @@ if [[ -n ${PROFILE:-} ]]; then
   timeout 300 "$NCU" --clock-control none --cache-control none --profile-from-start off --metrics gpu__time_duration.sum --csv \
       .carry/bin/moe_bench --config "$PROFILE" --steps 1 --warmup 2 --profile > "$OUT/ncu_$PROFILE.csv" 2> "$OUT/ncu.err"
   echo "ncu rc=$?"; tail -3 "$OUT/ncu.err"
-  python3 bench/ncu_summary.py "$OUT/ncu_$PROFILE.csv" --top 45 | tee "$OUT/ncu_$PROFILE.txt"
+  # The same step without the profiler: its median step time gives the table's idle row.
+  step_ms=$(.carry/bin/moe_bench --config "$PROFILE" --steps 10 --warmup 3 2>/dev/null |
+            grep -oE '"step_ms": [0-9.]+' | tail -1 | grep -oE '[0-9.]+$')
+  python3 bench/ncu_summary.py "$OUT/ncu_$PROFILE.csv" --top 45 --by-kind --step-ms "${step_ms:-0}" |
+      tee "$OUT/ncu_$PROFILE.txt"
   gzip -f "$OUT/ncu_$PROFILE.csv"
 fi
 
