@@ -105,6 +105,43 @@ ReservedRange::~ReservedRange() {
   DriverEntry<FreeFn>("cuMemAddressFree")(reinterpret_cast<CUdeviceptr>(base_), bytes_);
 }
 
+Fp32Tensors::Fp32Tensors(const ParamLayout& layout, const std::function<bool(const ParamInfo&)>& in_fp32,
+                         DeviceArena* arena) {
+  auto padded = [](int64_t n) { return (n + 63) / 64 * 64; };  // 256 bytes
+  for (const ParamInfo& info : layout.params()) {
+    if (in_fp32(info)) size_ += padded(info.size);
+  }
+  base_ = arena->Alloc<float>(size_);
+  float* next = base_;
+  for (const ParamInfo& info : layout.params()) {
+    if (!in_fp32(info)) continue;
+    by_offset_[info.offset] = next;
+    next += padded(info.size);
+  }
+}
+
+float* Fp32Tensors::at(const ParamInfo& info) const {
+  auto it = by_offset_.find(info.offset);
+  return it != by_offset_.end() ? it->second : nullptr;
+}
+
+void Fp32Tensors::Redirect(ModelTensors* t, const float* handles) const {
+  auto redirect = [&](float*& p) {
+    if (p == nullptr) return;
+    auto it = by_offset_.find(p - handles);
+    if (it != by_offset_.end()) p = it->second;
+  };
+  redirect(t->wte);
+  redirect(t->lm_head);
+  redirect(t->final_norm);
+  for (BlockTensors& b : t->blocks) {
+    for (float** p : {&b.attn_norm, &b.wqkv, &b.wo, &b.moe_norm, &b.router, &b.w1, &b.w3, &b.w2, &b.q_norm, &b.k_norm,
+                      &b.wg, &b.shared_w1, &b.shared_w3, &b.shared_w2}) {
+      redirect(*p);
+    }
+  }
+}
+
 void DownloadBf16(float* host, const cuda::bf16* device, int64_t n, cudaStream_t stream) {
   std::vector<uint16_t> bits(n);
   MOE_CUDA_CHECK(cudaMemcpyAsync(bits.data(), device, sizeof(uint16_t) * n, cudaMemcpyDeviceToHost, stream));

@@ -9,9 +9,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/cuda/common.h"
+#include "worker/model/param_layout.h"
 
 namespace moe {
 
@@ -78,6 +81,27 @@ class ReservedRange {
  private:
   float* base_ = nullptr;
   size_t bytes_ = 0;
+};
+
+// The fp32 tensors of a layout whose other tensors are bf16 behind a ReservedRange: one
+// allocation, each tensor 256-byte aligned, found by layout offset (DeviceWeights' norm gains and routers, DeviceGrads' fp32 gradients).
+class Fp32Tensors {
+ public:
+  Fp32Tensors() = default;
+  // The tensors of `layout` that `in_fp32` picks, allocated from `arena`.
+  Fp32Tensors(const ParamLayout& layout, const std::function<bool(const ParamInfo&)>& in_fp32, DeviceArena* arena);
+  // Tensor `info`'s fp32 storage, or null when it is not one of them.
+  float* at(const ParamInfo& info) const;
+  float* base() const { return base_; }
+  int64_t size() const { return size_; }  // floats, padding included
+  // Every pointer of `t` into the range at `handles` that names one of these tensors, pointed at
+  // its storage instead.
+  void Redirect(ModelTensors* t, const float* handles) const;
+
+ private:
+  std::unordered_map<int64_t, float*> by_offset_;
+  float* base_ = nullptr;
+  int64_t size_ = 0;
 };
 
 // n values between the host (fp32) and a device's bf16 buffer, synchronous on `stream`: down

@@ -19,44 +19,24 @@ DeviceGrads::DeviceGrads(const ParamLayout& layout, bool bf16_storage, bool bf16
   }
   b16_ = arena->Alloc<cuda::bf16>(total);
   reserved_ = std::make_unique<ReservedRange>(total);
-  // The fp32 gradients in one allocation, each 256 bytes aligned (the padding stays zero).
   for (const ParamInfo& info : layout.params()) {
-    if (!Bf16Gradient(info)) copies_size_ += (info.size + 63) / 64 * 64;
+    if (!Bf16Gradient(info) && info.expert) {
+      throw std::logic_error("DeviceGrads: an fp32 expert gradient (" + info.name + ")");
+    }
   }
-  copies_base_ = arena->Alloc<float>(copies_size_);
-  float* at = copies_base_;
-  for (const ParamInfo& info : layout.params()) {
-    if (Bf16Gradient(info)) continue;
-    if (info.expert) throw std::logic_error("DeviceGrads: an fp32 expert gradient (" + info.name + ")");
-    copies_[info.offset] = at;
-    at += (info.size + 63) / 64 * 64;
-  }
+  // The fp32 gradients (their padding is zeroed with them: SquaredNorms reads it all).
+  copies_ = Fp32Tensors(layout, [](const ParamInfo& info) { return !Bf16Gradient(info); }, arena);
 }
 
 ModelTensors DeviceGrads::Bind() const {
   ModelTensors g = layout_.Bind(handles());
-  if (f32_ != nullptr) return g;
-  auto copy = [&](float*& p) {
-    if (p == nullptr) return;
-    auto it = copies_.find(p - reserved_->base());
-    if (it != copies_.end()) p = it->second;
-  };
-  copy(g.wte);
-  copy(g.lm_head);
-  copy(g.final_norm);
-  for (BlockTensors& b : g.blocks) {
-    for (float** p : {&b.attn_norm, &b.wqkv, &b.wo, &b.moe_norm, &b.router, &b.w1, &b.w3, &b.w2, &b.q_norm, &b.k_norm,
-                      &b.wg, &b.shared_w1, &b.shared_w3, &b.shared_w2}) {
-      copy(*p);
-    }
-  }
+  if (f32_ == nullptr) copies_.Redirect(&g, reserved_->base());
   return g;
 }
 
 cuda::GradRef DeviceGrads::Ref(const ParamInfo& info) const {
   if (f32_ != nullptr) return cuda::GradRef(f32_ + info.offset);
-  auto it = copies_.find(info.offset);
-  if (it != copies_.end()) return cuda::GradRef(static_cast<const float*>(it->second));
+  if (const float* copy = copies_.at(info)) return cuda::GradRef(copy);
   return cuda::GradRef(static_cast<const cuda::bf16*>(b16_ + info.offset));
 }
 
@@ -67,7 +47,7 @@ void DeviceGrads::Zero(cudaStream_t stream) {
     return;
   }
   MOE_CUDA_CHECK(cudaMemsetAsync(b16_, 0, sizeof(cuda::bf16) * total, stream));
-  if (copies_size_ > 0) MOE_CUDA_CHECK(cudaMemsetAsync(copies_base_, 0, sizeof(float) * copies_size_, stream));
+  if (copies_.size() > 0) MOE_CUDA_CHECK(cudaMemsetAsync(copies_.base(), 0, sizeof(float) * copies_.size(), stream));
 }
 
 void DeviceGrads::RoundToBf16Values(cudaStream_t stream) {
@@ -87,7 +67,7 @@ void DeviceGrads::SquaredNorms(double* norms, cudaStream_t stream) const {
   // The bf16 buffer holds zeros where a gradient is fp32; the fp32 ones are all replicated.
   cuda::SquaredNorm(norms, b16_, dense, stream);
   cuda::SquaredNorm(norms + 1, b16_ + dense, total - dense, stream);
-  cuda::SquaredNorm(norms, copies_base_, copies_size_, stream);
+  cuda::SquaredNorm(norms, copies_.base(), copies_.size(), stream);
 }
 
 void DeviceGrads::Download(std::vector<float>* host, cudaStream_t stream) const {
@@ -101,7 +81,7 @@ void DeviceGrads::Download(std::vector<float>* host, cudaStream_t stream) const 
   DownloadBf16(host->data(), b16_, total, stream);  // zeros where a gradient is fp32: overwritten next
   for (const ParamInfo& info : layout_.params()) {
     if (Bf16Gradient(info)) continue;
-    MOE_CUDA_CHECK(cudaMemcpyAsync(host->data() + info.offset, copies_.at(info.offset), sizeof(float) * info.size,
+    MOE_CUDA_CHECK(cudaMemcpyAsync(host->data() + info.offset, copies_.at(info), sizeof(float) * info.size,
                                    cudaMemcpyDeviceToHost, stream));
   }
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -120,7 +100,7 @@ void DeviceGrads::Upload(const std::vector<float>& host, cudaStream_t stream) {
   std::copy(host.begin(), host.begin() + count, full.begin());
   for (const ParamInfo& info : layout_.params()) {
     if (Bf16Gradient(info)) continue;
-    MOE_CUDA_CHECK(cudaMemcpyAsync(copies_.at(info.offset), full.data() + info.offset, sizeof(float) * info.size,
+    MOE_CUDA_CHECK(cudaMemcpyAsync(copies_.at(info), full.data() + info.offset, sizeof(float) * info.size,
                                    cudaMemcpyHostToDevice, stream));
   }
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream));

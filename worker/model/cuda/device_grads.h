@@ -14,7 +14,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <unordered_map>
 #include <vector>
 
 #include "kernels/cuda/common.h"
@@ -56,10 +55,8 @@ class DeviceGrads {
   float* f32_ = nullptr;       // (total) fp32 gradients, or null
   cuda::bf16* b16_ = nullptr;  // (total) bf16 storage: the Bf16Gradient tensors (zeros elsewhere)
   std::unique_ptr<ReservedRange> reserved_;
-  // bf16 storage: the fp32 tensors, by layout offset, in one allocation of copies_size_ floats.
-  std::unordered_map<int64_t, float*> copies_;
-  float* copies_base_ = nullptr;
-  int64_t copies_size_ = 0;
+  // bf16 storage: the fp32 gradients (those not Bf16Gradient).
+  Fp32Tensors copies_;
 };
 
 }  // namespace moe

@@ -28,37 +28,14 @@ DeviceWeights::DeviceWeights(const ParamLayout& layout, bool bf16_products, bool
     return;
   }
   reserved_ = std::make_unique<ReservedRange>(total);
-  // The fp32 copies in one allocation, each 256 bytes aligned.
-  int64_t copies = 0;
-  for (const ParamInfo& info : layout.params()) {
-    if (ReadInFp32(info)) copies += (info.size + 63) / 64 * 64;
-  }
-  float* at = arena->Alloc<float>(copies);
-  for (const ParamInfo& info : layout.params()) {
-    if (!ReadInFp32(info)) continue;
-    copies_[info.offset] = at;
-    at += (info.size + 63) / 64 * 64;
-  }
+  copies_ = Fp32Tensors(layout, ReadInFp32, arena);
 }
 
 DeviceWeights::~DeviceWeights() = default;
 
 ModelTensors DeviceWeights::Bind() const {
   ModelTensors w = layout_.Bind(handles());
-  if (!bf16_only()) return w;
-  auto copy = [&](float*& p) {
-    if (p == nullptr) return;
-    auto it = copies_.find(p - reserved_->base());
-    if (it != copies_.end()) p = it->second;
-  };
-  copy(w.final_norm);
-  for (BlockTensors& b : w.blocks) {
-    copy(b.attn_norm);
-    copy(b.moe_norm);
-    copy(b.router);
-    copy(b.q_norm);
-    copy(b.k_norm);
-  }
+  if (bf16_only()) copies_.Redirect(&w, reserved_->base());
   return w;
 }
 
@@ -67,8 +44,7 @@ cuda::WeightsRef DeviceWeights::Ref(const ParamInfo& info, int64_t step) const {
   if (f32_ != nullptr) {
     r.f32 = f32_ + info.offset;
   } else {
-    auto it = copies_.find(info.offset);
-    if (it != copies_.end()) r.f32 = it->second;
+    r.f32 = copies_.at(info);
   }
   if (b16_ != nullptr) r.b16 = b16_ + info.offset;
   if (bf16_master_) {
@@ -88,8 +64,7 @@ void DeviceWeights::Upload(const std::vector<float>& host, cudaStream_t stream) 
   } else {
     UploadAsBf16(b16_, host.data(), total, stream);
     for (const ParamInfo& info : layout_.params()) {
-      auto it = copies_.find(info.offset);
-      if (it != copies_.end()) cuda::Bf16ToFloat(it->second, b16_ + info.offset, info.size, stream);
+      if (float* copy = copies_.at(info)) cuda::Bf16ToFloat(copy, b16_ + info.offset, info.size, stream);
     }
   }
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream));  // the host buffers go out of scope

@@ -14,7 +14,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <unordered_map>
 #include <vector>
 
 #include "kernels/cuda/common.h"
@@ -55,8 +54,8 @@ class DeviceWeights {
   float* f32_ = nullptr;       // (total) fp32 weights, or null
   cuda::bf16* b16_ = nullptr;  // (total) bf16 weights, or null
   std::unique_ptr<ReservedRange> reserved_;  // bf16 alone: the handles, total floats never mapped
-  // bf16 alone: the fp32 copies of the tensors read in fp32, by layout offset.
-  std::unordered_map<int64_t, float*> copies_;
+  // bf16 alone: the fp32 copies of the tensors read in fp32.
+  Fp32Tensors copies_;
 };
 
 }  // namespace moe
