@@ -160,6 +160,17 @@ TEST(CudaOpsTest, CrossEntropy) {
     std::vector<float> dl16;
     for (cuda::bf16 x : dl16_d.Host()) dl16.push_back(__bfloat162float(x));
     EXPECT_LT(RelErr(dl16, dl), kBf16Tol);
+    // The fused pass of the head's chunks: the same losses, lse and bf16 dlogits.
+    Dev<float> losses2_d(n), lse2_d(n);
+    Dev<cuda::bf16> dl16f_d(logits.size());
+    cuda::CrossEntropyForwardBackwardBf16(losses2_d.get(), lse2_d.get(), dl16f_d.get(), l_d.get(), t_d.get(),
+                                          1.0f / n, n, v, nullptr);
+    EXPECT_LT(RelErr(losses2_d.Host(), losses), kFp32Tol) << "v " << v;
+    EXPECT_LT(RelErr(lse2_d.Host(), lse), kFp32Tol);
+    std::vector<float> dl16f;
+    for (cuda::bf16 x : dl16f_d.Host()) dl16f.push_back(__bfloat162float(x));
+    EXPECT_LT(RelErr(dl16f, dl), kBf16Tol);
+    for (int c = 0; c < v; ++c) EXPECT_EQ(dl16f[5 * int64_t{v} + c], 0.0f);  // the ignored row
   }
 }
 

@@ -16,5 +16,9 @@ void CrossEntropyBackward(float* dlogits, const float* logits, const float* lse,
                           float scale, int n, int v, cudaStream_t stream);
 void CrossEntropyBackwardBf16(bf16* dlogits, const float* logits, const float* lse,
                               const int32_t* targets, float scale, int n, int v, cudaStream_t stream);
+// Both at once: losses, lse and the bf16 dlogits of CrossEntropyBackwardBf16 in one pass over the
+// rows (the head's chunks with bf16 products: the fp32 logits are read while hot in L2).
+void CrossEntropyForwardBackwardBf16(float* losses, float* lse, bf16* dlogits, const float* logits,
+                                     const int32_t* targets, float scale, int n, int v, cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -391,10 +391,11 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
   for (int64_t r0 = 0; r0 < n; r0 += head_rows_) {
     const int rows = static_cast<int>(std::min<int64_t>(head_rows_, n - r0));
     ctx_.Linear(logits_, final_out_ + r0 * D, w.lm_head, rows, D, V, false);
-    cuda::CrossEntropyForward(ce_losses_ + r0, ce_lse_ + r0, logits_, targets_ + r0, rows, V, stream_);
     if (bf16_) {
-      cuda::CrossEntropyBackwardBf16(dlogits16_ + r0 * V, logits_, ce_lse_ + r0, targets_ + r0, ctx.loss_scale,
-                                     rows, V, stream_);
+      cuda::CrossEntropyForwardBackwardBf16(ce_losses_ + r0, ce_lse_ + r0, dlogits16_ + r0 * V, logits_,
+                                            targets_ + r0, ctx.loss_scale, rows, V, stream_);
+    } else {
+      cuda::CrossEntropyForward(ce_losses_ + r0, ce_lse_ + r0, logits_, targets_ + r0, rows, V, stream_);
     }
   }
   MOE_CUDA_CHECK(cudaMemsetAsync(ce_sum_, 0, sizeof(double), stream_));
