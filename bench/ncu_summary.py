@@ -35,9 +35,12 @@ KINDS = [
 
 
 def kind_of(name):
-    base = name.split("<")[0].split("::")[-1].strip()
+    # "void moe::<unnamed>::RmsNormBackwardVecKernel<6>(...)" -> "RmsNormBackwardVecKernel"
+    base = name.strip()
     if base.startswith("void "):
         base = base[5:]
+    base = base.replace("<unnamed>", "").replace("(anonymous namespace)", "")
+    base = re.split(r"[<(]", base)[0].split("::")[-1].strip()
     for kind, pattern in KINDS:
         if re.search(pattern, base if kind != "products" else name, re.IGNORECASE if kind == "products" else 0):
             return kind
