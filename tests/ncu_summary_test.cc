@@ -55,7 +55,7 @@ TEST_F(NcuSummaryTest, KernelTimeByKindWithTheIdleRest) {
       Row(3, "void internal::<unnamed>::DkvTcKernel<64, 0, 1>", "usecond", "400") + Row(4, "RouterForwardWarpKernel", "usecond", "100") +
       Row(5, "moe::<unnamed>::PermuteForwardKernel", "usecond", "60") + Row(6, "void moe::<unnamed>::RmsNormForwardVecKernel<6>", "usecond", "40") +
       Row(7, "QkNormBackwardKernel", "usecond", "40") + Row(8, "SwigluForwardBf16Vec8Kernel", "usecond", "200") +
-      Row(9, "moe::<unnamed>::AdamWVec4Kernel", "usecond", "300") + Row(10, "moe::(anonymous namespace)::CrossEntropyRowKernel<true, true>", "usecond", "100") +
+      Row(9, "moe::<unnamed>::AdamWVec4Kernel", "usecond", "300") + Row(10, "moe::<unnamed>::CrossEntropyRowKernel<true, true>", "usecond", "100") +
       Row(11, "CastToBf16Vec4Kernel", "usecond", "60") + Row(12, "RmsNormForwardVecKernel", "usecond", "20");
   ASSERT_EQ(Run(csv, "--by-kind --step-ms 6"), 0) << out_;
   EXPECT_THAT(out_, HasSubstr("kernel time 5.32 ms over 13 launches")) << out_;
