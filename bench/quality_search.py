@@ -129,6 +129,16 @@ VARIANTS = {
     "a9-lr1e-3-minlr3e-5-warmup200": dict(EXAMPLE, **{"train.lr": 1e-3, "train.min_lr": 3e-5,
                                                       "train.warmup_steps": 200}),
     "a9-warmup150": dict(EXAMPLE, **{"train.warmup_steps": 150}),
+    # Round 10: round 9's pair at its full 1500 steps (it was cut at 1250), with a capacity limit,
+    # QK-norm alone on the example (only ever tried with the gate at s3000), and capacity 1.25
+    # with the longer warm-up.
+    "a10-lr1e-3-minlr3e-5-warmup200": dict(EXAMPLE, **{"train.lr": 1e-3, "train.min_lr": 3e-5,
+                                                       "train.warmup_steps": 200}),
+    "a10-lr1e-3-minlr3e-5-warmup200-cap1.25": dict(EXAMPLE, **{"train.lr": 1e-3, "train.min_lr": 3e-5,
+                                                               "train.warmup_steps": 200,
+                                                               "model.moe.capacity_factor": 1.25}),
+    "a10-qknorm": dict(EXAMPLE, **{"model.attention.qk_norm": True}),
+    "a10-cap1.25-warmup200": dict(EXAMPLE, **{"model.moe.capacity_factor": 1.25, "train.warmup_steps": 200}),
     # examples/shakespeare-moe.yaml (the same job: tests/moectl_validate_test.cc compares them)
     # and its dense twin, the same recipe with one expert of the same active size.
     "example": EXAMPLE,

@@ -13,7 +13,7 @@
 #      must not slow anything), it runs beside ours, alternating, BASELINE_ROUNDS times (default 2),
 #      and the table adds ours / baseline (the best round of each)
 #   4. tiny shakespeare on one GPU (device cuda, bf16), val loss reached
-#   5. PROFILE=CONFIG: the kernels of one training step of CONFIG under Nsight Compute, summed
+#   5. PROFILE="CONFIG|FILE.yaml ...": the kernels of one training step of each under Nsight Compute, summed
 #      per kernel and by kind, with the idle rest of the step measured without the profiler
 #      (bench/ncu_summary.py --by-kind --step-ms)
 set -uo pipefail
@@ -95,18 +95,21 @@ if [[ ${TRAIN_STEPS:-0} -gt 0 ]]; then
 fi
 
 # 5. Where one step's GPU time goes.
-if [[ -n ${PROFILE:-} ]]; then
+# PROFILE is a config name (tiny, small, medium) or job files (FILE.yaml ..., moe_bench --job).
+for prof in ${PROFILE:-}; do
   NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  what=(--config "$prof") tag=$prof
+  [[ $prof == *.yaml ]] && what=(--job "$prof") tag=$(basename "$prof" .yaml)
   timeout 300 "$NCU" --clock-control none --cache-control none --profile-from-start off --metrics gpu__time_duration.sum --csv \
-      .carry/bin/moe_bench --config "$PROFILE" --steps 1 --warmup 2 --profile > "$OUT/ncu_$PROFILE.csv" 2> "$OUT/ncu.err"
-  echo "ncu rc=$?"; tail -3 "$OUT/ncu.err"
+      .carry/bin/moe_bench "${what[@]}" --steps 1 --warmup 2 --profile > "$OUT/ncu_$tag.csv" 2> "$OUT/ncu_$tag.err"
+  echo "ncu $tag rc=$?"; tail -3 "$OUT/ncu_$tag.err"
   # The same step without the profiler: its median step time gives the table's idle row.
-  step_ms=$(.carry/bin/moe_bench --config "$PROFILE" --steps 10 --warmup 3 2>/dev/null |
+  step_ms=$(.carry/bin/moe_bench "${what[@]}" --steps 10 --warmup 3 2>/dev/null |
             grep -oE '"step_ms": [0-9.]+' | tail -1 | grep -oE '[0-9.]+$')
-  python3 bench/ncu_summary.py "$OUT/ncu_$PROFILE.csv" --top 45 --by-kind --step-ms "${step_ms:-0}" |
-      tee "$OUT/ncu_$PROFILE.txt"
-  gzip -f "$OUT/ncu_$PROFILE.csv"
-fi
+  python3 bench/ncu_summary.py "$OUT/ncu_$tag.csv" --top "${PROFILE_TOP:-45}" --by-kind --step-ms "${step_ms:-0}" |
+      tee "$OUT/ncu_$tag.txt"
+  gzip -f "$OUT/ncu_$tag.csv"
+done
 
 python3 - "$OUT" <<'PY'
 import json, os, sys
