@@ -79,6 +79,19 @@ TEST(CudaAttentionGateTest, MatchesCpu) {
     EXPECT_LT(RelErr(ggate.Host(), gate), kFp32Tol) << count;
     EXPECT_LT(RelErr(gdy.Host(), dy), kFp32Tol) << count;
     EXPECT_LT(RelErr(gdl.Host(), dlogits), kFp32Tol) << count;
+    // The bf16 gated output of the wo product (forward from the logits, backward's recomputation
+    // from the sigmoid): the fp32 one rounded to nearest, bit for bit.
+    Dev<float> ggate2(logits);
+    Dev<cuda::bf16> g16(count), a16(count);
+    cuda::AttentionGateForwardBf16(g16.get(), ggate2.get(), gy.get(), count, nullptr);
+    cuda::AttentionGateApplyBf16(a16.get(), gy.get(), ggate2.get(), count, nullptr);
+    EXPECT_EQ(ggate2.Host(), ggate.Host()) << count;
+    const std::vector<float> gout_host = gout.Host();
+    const std::vector<cuda::bf16> f16 = g16.Host(), r16 = a16.Host();
+    for (int64_t i = 0; i < count; ++i) {
+      ASSERT_EQ(__bfloat162float(f16[i]), __bfloat162float(__float2bfloat16(gout_host[i]))) << i;
+      ASSERT_EQ(__bfloat162float(r16[i]), __bfloat162float(f16[i])) << i;
+    }
   }
 }
 

@@ -1,6 +1,8 @@
 #include "kernels/cuda/attention_options.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 
 #include "kernels/cuda/device.cuh"
 #include "kernels/rmsnorm.h"
@@ -36,58 +38,56 @@ __global__ void QkNormForwardKernel(float* qkv, float* rstd, float* raw, const f
   }
 }
 
-// One warp per head vector: d = r w dy - (dot(dy, w x) r^3 / hd) x in place (the weight
-// gradients are QkNormWeightGradKernel's, which reads dy first).
-__global__ void QkNormBackwardKernel(float* dqkv, const float* raw, const float* rstd, const float* q_weight,
-                                     const float* k_weight, int64_t n, int h, int hkv, int hd) {
-  const int64_t vec = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
+// The backward in one pass: one warp per head vector (grid-stride), d = r w dy - (dot(dy, w x)
+// r^3 / hd) x in place, and the weight gradients dy x r summed per column in each lane's
+// registers (columns lane + 32 j), then over the block's warps in shared memory, then one atomic
+// per column and block (dq_weight for the q vectors, dk_weight for the k ones; either may be null).
+constexpr int kQkMaxColumnsPerLane = 8;  // head sizes up to 256
+__global__ void __launch_bounds__(kThreads) QkNormBackwardKernel(float* dqkv, float* dq_weight, float* dk_weight,
+                                                                 const float* raw, const float* rstd,
+                                                                 const float* q_weight, const float* k_weight,
+                                                                 int64_t n, int h, int hkv, int hd) {
+  __shared__ float partial[2][kThreads / 32][32 * kQkMaxColumnsPerLane];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int heads = h + hkv;
-  if (vec >= n * heads) return;
-  const int64_t i = vec / heads;
-  const int hi = static_cast<int>(vec % heads);
-  float* d = dqkv + i * (int64_t{h + 2 * hkv} * hd) + int64_t{hi} * hd;
-  const float* x = raw + vec * hd;
-  const float* w = hi < h ? q_weight : k_weight;
-  const float r = rstd[vec];
-  float dot = 0.0f;
-  for (int c = lane; c < hd; c += 32) dot += d[c] * w[c] * x[c];
-  dot = WarpSum(dot);
-  const float k = dot * r * r * r / hd;
-  for (int c = lane; c < hd; c += 32) d[c] = r * w[c] * d[c] - k * x[c];
-}
-
-// dq_weight[c] += sum of dy[c] x[c] r over the q head vectors, dk_weight over the k ones. Each
-// block sums a contiguous run of vectors (thread: column t % hd, row lane t / hd) and adds one
-// value per column: one atomic per column and block, where one per element (every token's
-// every head onto the same hd addresses) serialised in L2.
-__global__ void QkNormWeightGradKernel(float* dq_weight, float* dk_weight, const float* dqkv, const float* raw,
-                                       const float* rstd, int64_t n, int h, int hkv, int hd, int64_t per_block) {
-  extern __shared__ float partial[];  // (2, blockDim.x): q then k
-  const int heads = h + hkv, lanes = blockDim.x / hd;
-  const int t = threadIdx.x, c = t % hd, lane = t / hd;
-  const int64_t vectors = n * heads, begin = int64_t{blockIdx.x} * per_block;
-  const int64_t end = begin + per_block < vectors ? begin + per_block : vectors;
-  float acc_q = 0.0f, acc_k = 0.0f;
-  if (lane < lanes) {
-    for (int64_t vec = begin + lane; vec < end; vec += lanes) {
-      const int64_t i = vec / heads;
-      const int hi = static_cast<int>(vec % heads);
-      const float g = dqkv[i * (int64_t{h + 2 * hkv} * hd) + int64_t{hi} * hd + c] * raw[vec * hd + c] * rstd[vec];
-      if (hi < h) acc_q += g; else acc_k += g;
+  float acc_q[kQkMaxColumnsPerLane] = {}, acc_k[kQkMaxColumnsPerLane] = {};
+  for (int64_t vec = int64_t{blockIdx.x} * warps + warp; vec < n * heads; vec += int64_t{gridDim.x} * warps) {
+    const int64_t i = vec / heads;
+    const int hi = static_cast<int>(vec % heads);
+    float* d = dqkv + i * (int64_t{h + 2 * hkv} * hd) + int64_t{hi} * hd;
+    const float* x = raw + vec * hd;
+    const float* w = hi < h ? q_weight : k_weight;
+    const float r = rstd[vec];
+    float dv[kQkMaxColumnsPerLane], xv[kQkMaxColumnsPerLane], dot = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kQkMaxColumnsPerLane; ++j) {
+      const int c = lane + 32 * j;
+      dv[j] = c < hd ? d[c] : 0.0f;
+      xv[j] = c < hd ? x[c] : 0.0f;
+      dot += c < hd ? dv[j] * w[c] * xv[j] : 0.0f;
+      if (hi < h) acc_q[j] += dv[j] * xv[j] * r; else acc_k[j] += dv[j] * xv[j] * r;
+    }
+    dot = WarpSum(dot);
+    const float k = dot * r * r * r / hd;
+#pragma unroll
+    for (int j = 0; j < kQkMaxColumnsPerLane; ++j) {
+      const int c = lane + 32 * j;
+      if (c < hd) d[c] = r * w[c] * dv[j] - k * xv[j];
     }
   }
-  partial[t] = acc_q;
-  partial[blockDim.x + t] = acc_k;
-  __syncthreads();
-  if (lane != 0) return;
-  float sq = 0.0f, sk = 0.0f;
-  for (int l = 0; l < lanes; ++l) {
-    sq += partial[l * hd + c];
-    sk += partial[blockDim.x + l * hd + c];
+  if (dq_weight == nullptr && dk_weight == nullptr) return;
+#pragma unroll
+  for (int j = 0; j < kQkMaxColumnsPerLane; ++j) {
+    partial[0][warp][lane + 32 * j] = acc_q[j];
+    partial[1][warp][lane + 32 * j] = acc_k[j];
   }
-  if (dq_weight != nullptr) atomicAdd(dq_weight + c, sq);
-  if (dk_weight != nullptr) atomicAdd(dk_weight + c, sk);
+  __syncthreads();
+  for (int c = threadIdx.x; c < hd; c += blockDim.x) {
+    float sq = 0.0f, sk = 0.0f;
+    for (int wi = 0; wi < warps; ++wi) sq += partial[0][wi][c], sk += partial[1][wi][c];
+    if (dq_weight != nullptr) atomicAdd(dq_weight + c, sq);
+    if (dk_weight != nullptr) atomicAdd(dk_weight + c, sk);
+  }
 }
 
 __global__ void GateForwardKernel(float* out, float* gate, const float* y, int64_t count) {
@@ -95,6 +95,21 @@ __global__ void GateForwardKernel(float* out, float* gate, const float* y, int64
     const float s = 1.0f / (1.0f + expf(-gate[i]));
     gate[i] = s;
     out[i] = y[i] * s;
+  }
+}
+
+// The gated output in bf16 for the wo product alone (rounded as CastToBf16 rounds): with the logits
+// in, gate becomes their sigmoid (the forward); with kLogits false it already is (the backward's
+// recomputation).
+template <bool kLogits>
+__global__ void GateToBf16Kernel(bf16* out, float* gate, const float* y, int64_t count) {
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x) {
+    float s = gate[i];
+    if constexpr (kLogits) {
+      s = 1.0f / (1.0f + expf(-s));
+      gate[i] = s;
+    }
+    out[i] = __float2bfloat16(y[i] * s);
   }
 }
 
@@ -113,9 +128,9 @@ __global__ void GateBackwardKernel(float* dy, float* dlogits, const float* dout,
   }
 }
 
-// Blocks of QkNormWeightGradKernel: two per SM of an H100/H200, enough runs of vectors to fill
-// any GPU, few atomics per column.
-constexpr int64_t kQkGradBlocks = 264;
+// Blocks of QkNormBackwardKernel: eight per SM of an H100/H200 (enough warps in flight for the
+// bandwidth), few atomics per column.
+constexpr int64_t kQkBackwardBlocks = 132 * 8;
 
 unsigned WarpBlocks(int64_t warps) { return BlocksFor(warps * 32, kThreads); }
 
@@ -133,24 +148,32 @@ void QkNormBackward(float* dqkv, float* dq_weight, float* dk_weight, const float
                     const float* q_weight, const float* k_weight, int64_t n, int h, int hkv, int hd,
                     cudaStream_t stream) {
   if (n == 0) return;
-  if (dq_weight != nullptr || dk_weight != nullptr) {
-    // Threads: a multiple of hd of at least 256 (head sizes go to 256; larger ones get one lane).
-    const int threads = hd >= 256 ? (hd + 31) / 32 * 32 : 256 / hd * hd;
-    const int64_t vectors = n * (h + hkv);
-    const int64_t blocks = std::min<int64_t>((vectors + 63) / 64, kQkGradBlocks);
-    const int64_t per_block = (vectors + blocks - 1) / blocks;
-    QkNormWeightGradKernel<<<static_cast<unsigned>(blocks), threads, 2 * threads * sizeof(float), stream>>>(
-        dq_weight, dk_weight, dqkv, raw, rstd, n, h, hkv, hd, per_block);
-    MOE_CUDA_LAUNCH_CHECK();
+  if (hd > 32 * kQkMaxColumnsPerLane) {
+    std::fprintf(stderr, "QkNormBackward: head size %d over the kernel's %d\n", hd, 32 * kQkMaxColumnsPerLane);
+    std::abort();
   }
-  QkNormBackwardKernel<<<WarpBlocks(n * (h + hkv)), kThreads, 0, stream>>>(dqkv, raw, rstd, q_weight, k_weight, n, h,
-                                                                          hkv, hd);
+  const int64_t warps = n * (h + hkv);
+  const int64_t blocks = std::min<int64_t>((warps + kThreads / 32 - 1) / (kThreads / 32), kQkBackwardBlocks);
+  QkNormBackwardKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(dqkv, dq_weight, dk_weight, raw, rstd,
+                                                                              q_weight, k_weight, n, h, hkv, hd);
   MOE_CUDA_LAUNCH_CHECK();
 }
 
 void AttentionGateForward(float* out, float* gate, const float* y, int64_t count, cudaStream_t stream) {
   if (count == 0) return;
   GateForwardKernel<<<GridFor(count), kThreads, 0, stream>>>(out, gate, y, count);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void AttentionGateForwardBf16(bf16* out, float* gate, const float* y, int64_t count, cudaStream_t stream) {
+  if (count == 0) return;
+  GateToBf16Kernel<true><<<GridFor(count), kThreads, 0, stream>>>(out, gate, y, count);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void AttentionGateApplyBf16(bf16* out, const float* y, const float* gate, int64_t count, cudaStream_t stream) {
+  if (count == 0) return;
+  GateToBf16Kernel<false><<<GridFor(count), kThreads, 0, stream>>>(out, const_cast<float*>(gate), y, count);
   MOE_CUDA_LAUNCH_CHECK();
 }
 

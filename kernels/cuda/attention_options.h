@@ -12,7 +12,7 @@ namespace moe::cuda {
 // the values before the norm (may be null).
 void QkNormForward(float* qkv, float* rstd, float* raw, const float* q_weight, const float* k_weight, int64_t n,
                    int h, int hkv, int hd, cudaStream_t stream);
-// In place on dqkv's q and k parts; dq_weight, dk_weight (hd) += (may be null).
+// In place on dqkv's q and k parts; dq_weight, dk_weight (hd) += (may be null). hd <= 256.
 void QkNormBackward(float* dqkv, float* dq_weight, float* dk_weight, const float* raw, const float* rstd,
                     const float* q_weight, const float* k_weight, int64_t n, int h, int hkv, int hd,
                     cudaStream_t stream);
@@ -21,6 +21,9 @@ void QkNormBackward(float* dqkv, float* dq_weight, float* dk_weight, const float
 void AttentionGateForward(float* out, float* gate, const float* y, int64_t count, cudaStream_t stream);
 // out = y * gate, gate already the sigmoid (the backward's recomputation of the gated output).
 void AttentionGateApply(float* out, const float* y, const float* gate, int64_t count, cudaStream_t stream);
+// The same two in bf16 (the wo product's operand alone, rounded as CastToBf16 rounds).
+void AttentionGateForwardBf16(bf16* out, float* gate, const float* y, int64_t count, cudaStream_t stream);
+void AttentionGateApplyBf16(bf16* out, const float* y, const float* gate, int64_t count, cudaStream_t stream);
 // dy += dout * gate ; dlogits = dout * y * gate (1 - gate); dlogits may alias dout.
 void AttentionGateBackward(float* dy, float* dlogits, const float* dout, const float* y, const float* gate,
                            int64_t count, cudaStream_t stream);

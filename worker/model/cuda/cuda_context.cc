@@ -15,9 +15,13 @@ void CudaContext::Linear(float* out, const float* inp, const float* w, int n, in
   blas->Gemm(false, true, n, oc, c, 1.0f, s16a, c, Bf16Of(w), c, 0.0f, out, oc, cuda::DType::kBF16, stream);
 }
 
+void CudaContext::Linear16(float* out, const cuda::bf16* inp16, const float* w, int n, int c, int oc) const {
+  blas->Gemm(false, true, n, oc, c, 1.0f, inp16, c, Bf16Of(w), c, 0.0f, out, oc, cuda::DType::kBF16, stream);
+}
+
 void CudaContext::LinearBackward(float* dinp, float* dw, const float* dout, const cuda::bf16* dout16,
                                  const float* inp, const float* w, int n, int c, int oc, bool fp32,
-                                 bool add_to_dinp) const {
+                                 bool add_to_dinp, const cuda::bf16* inp16) const {
   const float dinp_beta = add_to_dinp ? 1.0f : 0.0f;
   if (!bf16 || fp32) {
     if (dinp != nullptr) {
@@ -37,14 +41,17 @@ void CudaContext::LinearBackward(float* dinp, float* dw, const float* dout, cons
                stream);
   }
   if (dw == nullptr) return;
-  cuda::CastToBf16(s16b, inp, int64_t{n} * c, stream);
+  if (inp16 == nullptr) {
+    cuda::CastToBf16(s16b, inp, int64_t{n} * c, stream);
+    inp16 = s16b;
+  }
   if (cuda::bf16* dw16 = Bf16GradOf(dw)) {  // accumulated in fp32, added and rounded as it is stored
     if (n > 0) {
-      blas->GemmBatched(true, false, oc, c, n, 1.0f, dout16, oc, 0, s16b, c, 0, 1.0f, dw16, c, 0, 1,
+      blas->GemmBatched(true, false, oc, c, n, 1.0f, dout16, oc, 0, inp16, c, 0, 1.0f, dw16, c, 0, 1,
                         cuda::DType::kBF16, cuda::DType::kBF16, stream);
     }
   } else {
-    blas->Gemm(true, false, oc, c, n, 1.0f, dout16, oc, s16b, c, 1.0f, dw, c, cuda::DType::kBF16, stream);
+    blas->Gemm(true, false, oc, c, n, 1.0f, dout16, oc, inp16, c, 1.0f, dw, c, cuda::DType::kBF16, stream);
   }
 }
 

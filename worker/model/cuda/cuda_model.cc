@@ -332,7 +332,14 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
   const BlockTensors& bw = w.blocks[l];
   // Attention: x_mid = x_in + dropout(attn(RMSNorm(x_in)) @ wo^T)
   cuda::RmsNormForward(a.attn_in, a.attn_rstd, a.x_in, bw.attn_norm, n, D, stream_);
-  ctx_.Linear(a.qkv, a.attn_in, bw.wqkv, n, D, C3, false);
+  if (bf16_) {  // one bf16 cast of attn_in for qkv's product and the gate's
+    cuda::CastToBf16(ctx_.s16a, a.attn_in, nd, stream_);
+    ctx_.Linear16(a.qkv, ctx_.s16a, bw.wqkv, n, D, C3);
+    if (cfg_.attn_gate) ctx_.Linear16(a.gate, ctx_.s16a, bw.wg, n, D, D);
+  } else {
+    ctx_.Linear(a.qkv, a.attn_in, bw.wqkv, n, D, C3, false);
+    if (cfg_.attn_gate) ctx_.Linear(a.gate, a.attn_in, bw.wg, n, D, D, false);
+  }
   if (cfg_.qk_norm) cuda::QkNormForward(a.qkv, a.qk_rstd, a.qk_raw, bw.q_norm, bw.k_norm, n, H, Hkv, hd, stream_);
   cuda::RopeForward(a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
   if (bf16_) {
@@ -342,13 +349,15 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
   } else {
     cuda::AttentionForward(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_);
   }
-  const float* wo_in = a.attn_y;
-  if (cfg_.attn_gate) {  // wo reads y * sigmoid(attn_in @ wg^T); the backward recomputes it
-    ctx_.Linear(a.gate, a.attn_in, bw.wg, n, D, D, false);
+  if (!cfg_.attn_gate) {
+    ctx_.Linear(tmp_, a.attn_y, bw.wo, n, D, D, false);
+  } else if (bf16_) {  // wo reads y * sigmoid(gate logits), written in bf16; the backward recomputes it
+    cuda::AttentionGateForwardBf16(ctx_.s16a, a.gate, a.attn_y, nd, stream_);
+    ctx_.Linear16(tmp_, ctx_.s16a, bw.wo, n, D, D);
+  } else {
     cuda::AttentionGateForward(gated_, a.gate, a.attn_y, nd, stream_);
-    wo_in = gated_;
+    ctx_.Linear(tmp_, gated_, bw.wo, n, D, D, false);
   }
-  ctx_.Linear(tmp_, wo_in, bw.wo, n, D, D, false);
   cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
   cuda::AddOut(a.x_mid, a.x_in, tmp_, nd, stream_);
   // MoE: the next block's x_in (or x_final_) = x_mid + dropout(MoE(RMSNorm(x_mid)))
@@ -473,10 +482,16 @@ void CudaModel::Backward() {
     const float* dattn_out = through_dropout(1 + 2 * l);
     float* dattn_y = dnorm_;
     if (cfg_.attn_gate) {  // wo's input gradient splits into y's and the gate logits'
-      cuda::AttentionGateApply(gated_, a.attn_y, a.gate, nd, stream_);
       // (dattn_out may be dtmp_: the gated output's gradient goes to dgate_, turned in place
-      // into the gate logits' gradient.)
-      ctx_.LinearBackward(dgate_, bg.wo, dattn_out, nullptr, gated_, bw.wo, n, D, D, false, /*add_to_dinp=*/false);
+      // into the gate logits' gradient.) bf16: the gated output recomputed in bf16 in s16b.
+      if (bf16_) {
+        cuda::AttentionGateApplyBf16(ctx_.s16b, a.attn_y, a.gate, nd, stream_);
+        ctx_.LinearBackward(dgate_, bg.wo, dattn_out, nullptr, nullptr, bw.wo, n, D, D, false, /*add_to_dinp=*/false,
+                            ctx_.s16b);
+      } else {
+        cuda::AttentionGateApply(gated_, a.attn_y, a.gate, nd, stream_);
+        ctx_.LinearBackward(dgate_, bg.wo, dattn_out, nullptr, gated_, bw.wo, n, D, D, false, /*add_to_dinp=*/false);
+      }
       zero(dattn_y, nd);
       cuda::AttentionGateBackward(dattn_y, dgate_, dgate_, a.attn_y, a.gate, nd, stream_);
     } else {
@@ -496,9 +511,18 @@ void CudaModel::Backward() {
       cuda::QkNormBackward(dqkv_, bg.q_norm, bg.k_norm, a.qk_raw, a.qk_rstd, bw.q_norm, bw.k_norm, n, H, Hkv, hd,
                            stream_);
     }
-    ctx_.LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, a.attn_in, bw.wqkv, n, D, C3, false, /*add_to_dinp=*/false);
+    // bf16: one cast of attn_in (into s16b: the products cast their dout into s16a) for both
+    // weight gradients.
+    const cuda::bf16* attn_in16 = nullptr;
+    if (bf16_) {
+      cuda::CastToBf16(ctx_.s16b, a.attn_in, nd, stream_);
+      attn_in16 = ctx_.s16b;
+    }
+    ctx_.LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, a.attn_in, bw.wqkv, n, D, C3, false, /*add_to_dinp=*/false,
+                        attn_in16);
     if (cfg_.attn_gate) {
-      ctx_.LinearBackward(dtmp_, bg.wg, dgate_, nullptr, a.attn_in, bw.wg, n, D, D, false, /*add_to_dinp=*/true);
+      ctx_.LinearBackward(dtmp_, bg.wg, dgate_, nullptr, a.attn_in, bw.wg, n, D, D, false, /*add_to_dinp=*/true,
+                          attn_in16);
     }
     cuda::RmsNormBackward(dx_, bg.attn_norm, dtmp_, a.x_in, bw.attn_norm, a.attn_rstd, n, D, stream_);
     // Block l's replicated gradients are final (on the last micro-step): sum them over GPUs
