@@ -79,6 +79,14 @@ TEST(CudaAttentionGateTest, MatchesCpu) {
     EXPECT_LT(RelErr(ggate.Host(), gate), kFp32Tol) << count;
     EXPECT_LT(RelErr(gdy.Host(), dy), kFp32Tol) << count;
     EXPECT_LT(RelErr(gdl.Host(), dlogits), kFp32Tol) << count;
+    // dy written rather than added to (the model's use: no clearing pass first).
+    Dev<float> gdy_set(count, 123.0f), gdl_set(count);
+    cuda::AttentionGateBackward(gdy_set.get(), gdl_set.get(), gdout.get(), gy.get(), ggate.get(), count, nullptr,
+                                /*accumulate=*/false);
+    std::vector<float> dy_set = dy;
+    for (float& v : dy_set) v -= 0.25f;
+    EXPECT_LT(RelErr(gdy_set.Host(), dy_set), 1e-5) << count;
+    EXPECT_EQ(gdl_set.Host(), gdl.Host()) << count;
     // The bf16 gated output of the wo product (forward from the logits, backward's recomputation
     // from the sigmoid): the fp32 one rounded to nearest, bit for bit.
     Dev<float> ggate2(logits);

@@ -119,11 +119,16 @@ __global__ void GateApplyKernel(float* out, const float* y, const float* gate, i
   }
 }
 
+template <bool kAccumulate>
 __global__ void GateBackwardKernel(float* dy, float* dlogits, const float* dout, const float* y, const float* gate,
                                    int64_t count) {
   for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x) {
     const float s = gate[i];
-    dy[i] += dout[i] * s;
+    if constexpr (kAccumulate) {
+      dy[i] += dout[i] * s;
+    } else {
+      dy[i] = dout[i] * s;
+    }
     dlogits[i] = dout[i] * y[i] * s * (1.0f - s);
   }
 }
@@ -184,9 +189,13 @@ void AttentionGateApply(float* out, const float* y, const float* gate, int64_t c
 }
 
 void AttentionGateBackward(float* dy, float* dlogits, const float* dout, const float* y, const float* gate,
-                           int64_t count, cudaStream_t stream) {
+                           int64_t count, cudaStream_t stream, bool accumulate) {
   if (count == 0) return;
-  GateBackwardKernel<<<GridFor(count), kThreads, 0, stream>>>(dy, dlogits, dout, y, gate, count);
+  if (accumulate) {
+    GateBackwardKernel<true><<<GridFor(count), kThreads, 0, stream>>>(dy, dlogits, dout, y, gate, count);
+  } else {
+    GateBackwardKernel<false><<<GridFor(count), kThreads, 0, stream>>>(dy, dlogits, dout, y, gate, count);
+  }
   MOE_CUDA_LAUNCH_CHECK();
 }
 

@@ -24,8 +24,9 @@ void AttentionGateApply(float* out, const float* y, const float* gate, int64_t c
 // The same two in bf16 (the wo product's operand alone, rounded as CastToBf16 rounds).
 void AttentionGateForwardBf16(bf16* out, float* gate, const float* y, int64_t count, cudaStream_t stream);
 void AttentionGateApplyBf16(bf16* out, const float* y, const float* gate, int64_t count, cudaStream_t stream);
-// dy += dout * gate ; dlogits = dout * y * gate (1 - gate); dlogits may alias dout.
+// dy += dout * gate (dy = when accumulate is false: no clearing pass before it);
+// dlogits = dout * y * gate (1 - gate); dlogits may alias dout.
 void AttentionGateBackward(float* dy, float* dlogits, const float* dout, const float* y, const float* gate,
-                           int64_t count, cudaStream_t stream);
+                           int64_t count, cudaStream_t stream, bool accumulate = true);
 
 }  // namespace moe::cuda

@@ -492,8 +492,7 @@ void CudaModel::Backward() {
         cuda::AttentionGateApply(gated_, a.attn_y, a.gate, nd, stream_);
         ctx_.LinearBackward(dgate_, bg.wo, dattn_out, nullptr, gated_, bw.wo, n, D, D, false, /*add_to_dinp=*/false);
       }
-      zero(dattn_y, nd);
-      cuda::AttentionGateBackward(dattn_y, dgate_, dgate_, a.attn_y, a.gate, nd, stream_);
+      cuda::AttentionGateBackward(dattn_y, dgate_, dgate_, a.attn_y, a.gate, nd, stream_, /*accumulate=*/false);
     } else {
       ctx_.LinearBackward(dattn_y, bg.wo, dattn_out, nullptr, a.attn_y, bw.wo, n, D, D, false, /*add_to_dinp=*/false);
     }
