@@ -148,18 +148,13 @@ TEST(CudaOpsTest, CrossEntropy) {
     Dev<float> l_d(logits), losses_d(n), lse_d(n), dl_d(logits.size());
     Dev<int32_t> t_d(tgt);
     Dev<double> sum_d(1, 0.0);
-    Dev<cuda::bf16> dl16_d(logits.size());
     cuda::CrossEntropyForward(losses_d.get(), lse_d.get(), l_d.get(), t_d.get(), n, v, nullptr);
     cuda::Sum(sum_d.get(), losses_d.get(), n, nullptr);
     cuda::CrossEntropyBackward(dl_d.get(), l_d.get(), lse_d.get(), t_d.get(), 1.0f / n, n, v, nullptr);
-    cuda::CrossEntropyBackwardBf16(dl16_d.get(), l_d.get(), lse_d.get(), t_d.get(), 1.0f / n, n, v, nullptr);
     EXPECT_LT(RelErr(losses_d.Host(), losses), kFp32Tol) << "v " << v;
     EXPECT_LT(RelErr(lse_d.Host(), lse), kFp32Tol);
     EXPECT_NEAR(sum_d.Host()[0], sum, 1e-5 * std::abs(sum));
     EXPECT_LT(RelErr(dl_d.Host(), dl), kFp32Tol);
-    std::vector<float> dl16;
-    for (cuda::bf16 x : dl16_d.Host()) dl16.push_back(__bfloat162float(x));
-    EXPECT_LT(RelErr(dl16, dl), kBf16Tol);
     // The fused pass of the head's chunks: the same losses, lse and bf16 dlogits.
     Dev<float> losses2_d(n), lse2_d(n);
     Dev<cuda::bf16> dl16f_d(logits.size());

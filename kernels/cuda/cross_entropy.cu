@@ -85,18 +85,17 @@ __global__ void __launch_bounds__(kThreads) CrossEntropyRowKernel(float* losses,
   }
 }
 
-// grid.y walks the rows, grid.x and the threads a row's columns, four at a time when kVec4
-// (v % 4 == 0: every row starts 16-byte aligned): no per-element division, the row's target
-// and lse loaded once per thread.
-template <typename T, bool kVec4>
-__global__ void CrossEntropyBackwardKernel(T* dlogits, const float* logits, const float* lse,
+// The fp32 path's backward, in place: grid.y walks the rows, grid.x and the threads a row's
+// columns, four at a time when kVec4 (v % 4 == 0: every row starts 16-byte aligned).
+template <bool kVec4>
+__global__ void CrossEntropyBackwardKernel(float* dlogits, const float* logits, const float* lse,
                                            const int32_t* targets, float scale, int n, int v) {
   const int step = kVec4 ? 4 : 1;
   for (int row = blockIdx.y; row < n; row += gridDim.y) {
     const int32_t tgt = targets[row];
     const float l = lse[row];
     const float* z = logits + int64_t{row} * v;
-    T* dz = dlogits + int64_t{row} * v;
+    float* dz = dlogits + int64_t{row} * v;
     for (int c = (blockIdx.x * blockDim.x + threadIdx.x) * step; c < v; c += gridDim.x * blockDim.x * step) {
       float g[4];
       if constexpr (kVec4) {
@@ -114,16 +113,8 @@ __global__ void CrossEntropyBackwardKernel(T* dlogits, const float* logits, cons
         }
         g[e] = ge;
       }
-      if constexpr (kVec4 && sizeof(T) == 2) {
-        __nv_bfloat162 lo = __floats2bfloat162_rn(g[0], g[1]), hi = __floats2bfloat162_rn(g[2], g[3]);
-        uint2 bits;
-        memcpy(&bits.x, &lo, 4);
-        memcpy(&bits.y, &hi, 4);
-        *reinterpret_cast<uint2*>(dz + c) = bits;
-      } else if constexpr (kVec4) {
+      if constexpr (kVec4) {
         *reinterpret_cast<float4*>(dz + c) = make_float4(g[0], g[1], g[2], g[3]);
-      } else if constexpr (sizeof(T) == 2) {
-        dz[c] = __float2bfloat16(g[0]);
       } else {
         dz[c] = g[0];
       }
@@ -162,31 +153,20 @@ void CrossEntropyForwardBackwardBf16(float* losses, float* lse, bf16* dlogits, c
   LaunchCrossEntropyRows(losses, lse, dlogits, logits, targets, scale, n, v, stream);
 }
 
-template <typename T>
-void LaunchCrossEntropyBackward(T* dlogits, const float* logits, const float* lse, const int32_t* targets,
-                                float scale, int n, int v, cudaStream_t stream) {
+void CrossEntropyBackward(float* dlogits, const float* logits, const float* lse, const int32_t* targets,
+                          float scale, int n, int v, cudaStream_t stream) {
   if (n <= 0 || v <= 0) return;
   const bool vec4 = v % 4 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0 &&
-                    reinterpret_cast<uintptr_t>(dlogits) % (4 * sizeof(T)) == 0;
+                    reinterpret_cast<uintptr_t>(dlogits) % 16 == 0;
   const int per_thread = vec4 ? 4 : 1;
   const dim3 grid(std::max(1u, std::min<unsigned>(BlocksFor((v + per_thread - 1) / per_thread, kThreads), 64)),
                   std::min(n, 65535));
   if (vec4) {
-    CrossEntropyBackwardKernel<T, true><<<grid, kThreads, 0, stream>>>(dlogits, logits, lse, targets, scale, n, v);
+    CrossEntropyBackwardKernel<true><<<grid, kThreads, 0, stream>>>(dlogits, logits, lse, targets, scale, n, v);
   } else {
-    CrossEntropyBackwardKernel<T, false><<<grid, kThreads, 0, stream>>>(dlogits, logits, lse, targets, scale, n, v);
+    CrossEntropyBackwardKernel<false><<<grid, kThreads, 0, stream>>>(dlogits, logits, lse, targets, scale, n, v);
   }
   MOE_CUDA_LAUNCH_CHECK();
-}
-
-void CrossEntropyBackward(float* dlogits, const float* logits, const float* lse, const int32_t* targets,
-                          float scale, int n, int v, cudaStream_t stream) {
-  LaunchCrossEntropyBackward(dlogits, logits, lse, targets, scale, n, v, stream);
-}
-
-void CrossEntropyBackwardBf16(bf16* dlogits, const float* logits, const float* lse,
-                              const int32_t* targets, float scale, int n, int v, cudaStream_t stream) {
-  LaunchCrossEntropyBackward(dlogits, logits, lse, targets, scale, n, v, stream);
 }
 
 }  // namespace moe::cuda
