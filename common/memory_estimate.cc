@@ -33,7 +33,7 @@ struct Shape {
   double n;        // tokens of one micro-batch on this rank: batch / W / grad_accum * T
   double kept;     // assignments this rank routes and keeps (capacity drops the rest)
   double e_local;  // experts on this rank
-  double glu;      // hidden activations an expert saves per row: 3 for swiglu (gate, up, product), else 2
+  double glu;      // hidden activations per row: 3 for swiglu (gate, up, product), else 2 (bf16 CUDA: saves all but h)
   double S, Fs;    // shared experts and their hidden size
   bool dense;
   double C3() const { return (H + 2 * Hkv) * hd; }
@@ -156,14 +156,16 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   if (bf16 && CudaAttentionOnTensorCores(static_cast<int>(s.hd))) block -= 4 * n * s.C3();
   if (!s.dense) {
     // Router logits, probabilities (n, E), lse (n), weights (n, k), expert ids and the two
-    // slot maps (n k), the experts' output rows ys (rows, D), and on the fp32 path their input
-    // rows xs (bf16 products: those pass through the backward's scratch into the bf16 rows).
-    block += 4 * (2 * n * s.E + n + n * s.k + 3 * n * s.k + (bf16 ? 1 : 2) * rows * D + 4 * s.E);
+    // slot maps (n k), the experts' output rows ys (rows, D: bf16 values, kept in bf16 with bf16
+    // products), and on the fp32 path their input rows xs (bf16 products: those pass through
+    // the backward's scratch into the bf16 rows).
+    block += 4 * (2 * n * s.E + n + n * s.k + 3 * n * s.k + 4 * s.E) + (bf16 ? 2 : 2 * 4) * rows * D;
   }
-  // The experts' saved rows: bf16 input and hidden activations in the layout (grown on demand),
-  // or fp32 g, u, h (rows, F) on the simple fp32 path.
-  block += bf16 ? 2 * (layout * D + s.glu * layout * F) : 4 * s.glu * rows * F;
-  block += s.S * s.glu * n * s.Fs * (bf16 ? 2 : 4);
+  // The experts' saved rows: bf16 input and hidden activations in the layout (grown on demand)
+  // less h, which their backward computes again from g and u (kernels/cuda/experts.h), or fp32
+  // g, u, h (rows, F) on the simple fp32 path. The same for the shared experts.
+  block += bf16 ? 2 * (layout * D + (s.glu - 1) * layout * F) : 4 * s.glu * rows * F;
+  block += s.S * n * s.Fs * (bf16 ? 2 * (s.glu - 1) : 4 * s.glu);
   // tmp, x_final, final_out (n, D), rstd, lse, losses (n), ids and targets (n), and the logits:
   // fp32 (n, V), or with bf16 products one chunk of fp32 logits and the bf16 dlogits (n, V).
   const double logits = bf16 ? 4 * static_cast<double>(CudaHeadChunkRows(static_cast<int64_t>(n),

@@ -126,8 +126,10 @@ void CudaMoeLayer::AddTo(BufferTable* table, int64_t n) {
     if (cfg_.expert_dropout > 0) table->Add(&a_->expert_off, E);
     // xs: only the fp32 experts' backward reads it; with bf16 products the forward's permuted
     // rows pass through MoeScratch::d_expert_in (free until the backward) into the bf16 rows.
+    // ys: the experts' output, for the weights' gradient; bf16 values with bf16 products.
     if (!ctx_->bf16) table->Add(&a_->xs, r * D);
-    table->Add(&a_->ys, r * D);
+    if (!ctx_->bf16) table->Add(&a_->ys, r * D);
+    if (ctx_->bf16) table->Add(&a_->ys16, r * D);
   }
   if (!ctx_->bf16) {
     table->Add(&a_->g, r * F);
@@ -143,7 +145,6 @@ void CudaMoeLayer::AddTo(BufferTable* table, int64_t n) {
       table->Add(&a_->shared_dy16, lrows * D);
       table->Add(&a_->shared_g16, S * lrows * Fs);
       if (gated) table->Add(&a_->shared_u16, S * lrows * Fs);
-      table->Add(&a_->shared_h16, S * lrows * Fs);
       table->Add(&a_->shared_scratch16, cuda::ExpertsBf16Scratch(lrows, 1, D, Fs));
     } else {
       table->Add(&a_->shared_g, S * n * Fs);
@@ -167,7 +168,7 @@ void CudaMoeLayer::SharedForward(const float* m, const BlockTensors& w, int n, f
     cuda::ToExpertLayout(a_->shared_x16, m, &shared_count_, 1, D, stream);
     for (int s = 0; s < S; ++s) {
       cuda::ExpertsForwardBf16(*scratch_->grouped, &shared_count_, a_->shared_y, nullptr, a_->shared_g16 + s * lf,
-                               gated ? a_->shared_u16 + s * lf : nullptr, a_->shared_h16 + s * lf, a_->shared_x16,
+                               gated ? a_->shared_u16 + s * lf : nullptr, nullptr, a_->shared_x16,
                                ctx_->Bf16Of(w.shared_w1 + s * wsize),
                                gated ? ctx_->Bf16Of(w.shared_w3 + s * wsize) : nullptr,
                                ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, a_->shared_scratch16, stream, act_);
@@ -201,7 +202,7 @@ void CudaMoeLayer::SharedBackward(const float* dout, const float* m, const Block
                                            g.shared_w2 + s * wsize);
       cuda::ExpertsBackwardBf16(*scratch_->grouped, &shared_count_, dm, dw, a_->shared_dy16,
                                 a_->shared_x16, a_->shared_g16 + s * lf, gated ? a_->shared_u16 + s * lf : nullptr,
-                                a_->shared_h16 + s * lf, ctx_->Bf16Of(w.shared_w1 + s * wsize),
+                                nullptr, ctx_->Bf16Of(w.shared_w1 + s * wsize),
                                 gated ? ctx_->Bf16Of(w.shared_w3 + s * wsize) : nullptr,
                                 ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, a_->shared_scratch16, stream, act_);
     }
@@ -227,8 +228,8 @@ void CudaMoeLayer::ReserveSaved() {
   a_->rows.mem = std::make_unique<DeviceArena>(memory_);
   a_->rows.x = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * D);
   a_->rows.g = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F);
-  a_->rows.u = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F);
-  a_->rows.h = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F);
+  const bool gated = act_ == kernels::ExpertActivation::kSwiglu;
+  a_->rows.u = gated ? a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F) : nullptr;
 }
 
 void CudaMoeLayer::Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, bool rerun) {
@@ -275,7 +276,7 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
     if (ctx_->bf16) {
       const int32_t counts[1] = {n};
       dispatcher_.Preprocess(counts);
-      ExpertsForward16(m, w, out);
+      ExpertsForward16(m, w, out, nullptr);
     } else {
       const int32_t offsets[2] = {0, n};
       MOE_CUDA_CHECK(
@@ -294,16 +295,17 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
   if (ctx_->bf16) {
     MOE_CUDA_CHECK(cudaEventSynchronize(scratch_->counts_ready));
     dispatcher_.Preprocess(counts_host_);
-    ExpertsForward16(xs, w, a_->ys);
+    ExpertsForward16(xs, w, nullptr, a_->ys16);
+    cuda::UnpermuteForward(out, a_->ys16, a_->weights, a_->a2s, n, k, D, stream);
   } else {
     cuda::ExpertsForward(a_->ys, a_->g, a_->u, a_->h, a_->xs, w.w1, w.w3, w.w2, a_->offsets, n * k, E, D, F, false,
                          stream, act_);
+    cuda::UnpermuteForward(out, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
   }
-  cuda::UnpermuteForward(out, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
   SharedForward(m, w, n, out);
 }
 
-void CudaMoeLayer::ExpertsForward16(const float* in, const BlockTensors& w, float* out) {
+void CudaMoeLayer::ExpertsForward16(const float* in, const BlockTensors& w, float* out, cuda::bf16* out16) {
   const int D = shape_.d, F = shape_.ffn, L = shape_.experts_local;
   cudaStream_t stream = ctx_->stream;
   ReserveSaved();
@@ -313,14 +315,15 @@ void CudaMoeLayer::ExpertsForward16(const float* in, const BlockTensors& w, floa
   const cuda::bf16 *w1 = ctx_->Bf16Of(w.w1), *w3 = w.w3 != nullptr ? ctx_->Bf16Of(w.w3) : nullptr,
                    *w2 = ctx_->Bf16Of(w.w2);
   if (!dispatcher_.exchanges()) {
-    // Plan order is expert order: the experts write the fp32 output directly.
-    cuda::ExpertsForwardBf16(*s.grouped, counts, out, nullptr, a_->rows.g, a_->rows.u, a_->rows.h, a_->rows.x, w1, w3,
+    // Plan order is expert order: the experts write the output directly.
+    cuda::ExpertsForwardBf16(*s.grouped, counts, out, out16, a_->rows.g, a_->rows.u, nullptr, a_->rows.x, w1, w3,
                              w2, L, D, F, s.backward, stream, act_);
     return;
   }
-  cuda::ExpertsForwardBf16(*s.grouped, counts, nullptr, s.ys, a_->rows.g, a_->rows.u, a_->rows.h, a_->rows.x, w1, w3,
+  cuda::ExpertsForwardBf16(*s.grouped, counts, nullptr, s.ys, a_->rows.g, a_->rows.u, nullptr, a_->rows.x, w1, w3,
                            w2, L, D, F, s.backward, stream, act_);
-  dispatcher_.Combine(s.ys, out, s.dispatch(), stream);
+  if (out != nullptr) dispatcher_.Combine(s.ys, out, s.dispatch(), stream);
+  if (out16 != nullptr) dispatcher_.Combine(s.ys, out16, s.dispatch(), stream);
 }
 
 void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensors& w, const BlockTensors& g, int n,
@@ -341,7 +344,11 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
   const int rows = n * k;
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dys, 0, sizeof(float) * rows * D, stream));
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dweights, 0, sizeof(float) * rows, stream));
-  cuda::UnpermuteBackward(s.dys, s.dweights, dout, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
+  if (ctx_->bf16) {
+    cuda::UnpermuteBackward(s.dys, s.dweights, dout, a_->ys16, a_->weights, a_->a2s, n, k, D, stream);
+  } else {
+    cuda::UnpermuteBackward(s.dys, s.dweights, dout, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
+  }
   MOE_CUDA_CHECK(cudaMemsetAsync(s.d_expert_in, 0, sizeof(float) * rows * D, stream));
   if (ctx_->bf16) {
     // The route is the forward's: no count exchange here.
@@ -370,13 +377,13 @@ void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, c
   // The gradient of the experts' output goes where their rows went (bf16, like the activations).
   dispatcher_.Dispatch(dout, s.dys16, s.dispatch(), stream);
   if (!dispatcher_.exchanges()) {
-    cuda::ExpertsBackwardBf16(*s.grouped, counts, din, dw, s.dys16, a_->rows.x, a_->rows.g, a_->rows.u, a_->rows.h,
+    cuda::ExpertsBackwardBf16(*s.grouped, counts, din, dw, s.dys16, a_->rows.x, a_->rows.g, a_->rows.u, nullptr,
                               w1, w3, w2, L, D, F, s.backward, stream, act_);
     return;
   }
   const int64_t rows = dispatcher_.rows_in();
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dxs, 0, sizeof(float) * rows * D, stream));
-  cuda::ExpertsBackwardBf16(*s.grouped, counts, s.dxs, dw, s.dys16, a_->rows.x, a_->rows.g, a_->rows.u, a_->rows.h,
+  cuda::ExpertsBackwardBf16(*s.grouped, counts, s.dxs, dw, s.dys16, a_->rows.x, a_->rows.g, a_->rows.u, nullptr,
                             w1, w3, w2, L, D, F, s.backward, stream, act_);
   cuda::CastToBf16(s.dx16, s.dxs, rows * D, stream);
   dispatcher_.Combine(s.dx16, din, s.dispatch(), stream);

@@ -66,22 +66,24 @@ struct MoeSaved {
   int32_t *expert_idx = nullptr, *a2s = nullptr, *s2a = nullptr;     // (n,k) (n k) (n k)
   int32_t *counts = nullptr, *routed = nullptr, *offsets = nullptr;  // (E) (E) (E+1)
   uint8_t* expert_off = nullptr;  // (E) expert dropout's switched-off experts, when the job has it
-  float *xs = nullptr, *ys = nullptr;             // (r, D) plan order; xs fp32 mode only
+  float *xs = nullptr, *ys = nullptr;             // (r, D) plan order, fp32 mode
+  cuda::bf16* ys16 = nullptr;                      // (r, D) plan order, bf16 mode: the experts' bf16 output
   float *g = nullptr, *u = nullptr, *h = nullptr;  // (r, F) fp32 mode
   // Shared experts (S of hidden F_s). fp32: g, u, h (S, n, F_s), the scratch of their backward
   // (2 n F_s) and offsets {0, n}; bf16: the input and the output gradient in the experts' layout
-  // (lrows, D), g, u, h (S, lrows, F_s) and the fast path's scratch. Both: one expert's output
-  // (n, D). u only for swiglu.
+  // (lrows, D), g, u (S, lrows, F_s) and the fast path's scratch (h = act(g, u) is computed again
+  // in the backward, kernels/cuda/experts.h). Both: one expert's output (n, D). u only for swiglu.
   float *shared_y = nullptr, *shared_g = nullptr, *shared_u = nullptr, *shared_h = nullptr;
   float* shared_scratch = nullptr;
   int32_t* shared_offsets = nullptr;
   cuda::bf16 *shared_x16 = nullptr, *shared_dy16 = nullptr, *shared_g16 = nullptr, *shared_u16 = nullptr,
-             *shared_h16 = nullptr, *shared_scratch16 = nullptr;
+             *shared_scratch16 = nullptr;
   // bf16: the experts' input and what their backward needs, in the experts' layout, for the
   // rows this rank's experts take (on several GPUs that depends on the routing: grown on demand).
+  // No h: the backward computes act(g, u) again (kernels/cuda/experts.h). u only for swiglu.
   struct Rows {
     int64_t capacity = 0;  // rows
-    cuda::bf16 *x = nullptr, *g = nullptr, *u = nullptr, *h = nullptr;
+    cuda::bf16 *x = nullptr, *g = nullptr, *u = nullptr;
     std::unique_ptr<DeviceArena> mem;
   } rows;
 };
@@ -119,8 +121,9 @@ class CudaMoeLayer {
  private:
   // The router: logits, probabilities, top-k, the plan, the statistics and the aux gradient.
   void Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, bool rerun);
-  // The experts on bf16 rows: dispatch, products, combine (kept rows of xs -> ys; dense: m -> out).
-  void ExpertsForward16(const float* in, const BlockTensors& w, float* out);
+  // The experts on bf16 rows: dispatch, products, combine: kept rows of xs -> out16 (bf16, the
+  // saved ys), or dense m -> out (fp32, n rows); the other output null.
+  void ExpertsForward16(const float* in, const BlockTensors& w, float* out, cuda::bf16* out16);
   void ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din);
   // Makes the saved expert rows hold the dispatcher's layout.
   void ReserveSaved();
