@@ -183,14 +183,16 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   // two cast buffers of the widest product input (n, max(D, C3)).
   double ws = 4 * (3 * n * D + n * s.C3() + n * s.H) + (bf16 ? 2 * 2 * n * std::max(D, s.C3()) : 0);
   // MoeScratch per batch: dys, d_expert_in (rows, D), dweights (n, k), drouter (n, E); fp32
-  // experts' backward scratch (rows, 2F), or the bf16 plan-order rows (rows, D).
+  // experts' backward scratch (rows, 2F), or, when rows travel between GPUs, the bf16 plan-order
+  // rows (rows, D).
+  const bool exchanges = !s.dense && s.W > 1;
   if (!s.dense) ws += 4 * (2 * rows * D + n * s.k + n * s.E);
-  ws += bf16 ? 2 * rows * D : 4 * 2 * rows * F;
+  ws += bf16 ? (exchanges ? 2 * rows * D : 0) : 4 * 2 * rows * F;
   if (bf16) {
-    // MoeScratch's expert rows (ReserveExpertRows): wire, ys, dys16, dx16 (bf16), dxs (fp32),
-    // and the experts' backward (kernels::ExpertsBf16Scratch): 3 (rows, F), 2 (rows, D) and
-    // three weight-sized products.
-    ws += 2 * 4 * layout * D + 4 * layout * D +
+    // MoeScratch's expert rows (ReserveExpertRows): dys16 (bf16), with rows between GPUs also
+    // wire, ys, dx16 (bf16) and dxs (fp32), and the experts' scratch
+    // (kernels::ExpertsBf16Scratch): 3 (rows, F), 2 (rows, D) and three weight-sized products.
+    ws += 2 * layout * D + (exchanges ? 2 * 3 * layout * D + 4 * layout * D : 0) +
           2 * (3 * layout * F + 2 * layout * D + 3 * s.e_local * D * F);
   }
   ws += CudaMuonWorkspace(s, spec);

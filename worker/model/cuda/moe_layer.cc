@@ -26,8 +26,8 @@ cuda::ExpertGrads GradsAt(const CudaContext& ctx, float* w1, float* w3, float* w
 
 }  // namespace
 
-MoeScratch::MoeScratch(const MoeShape& shape, bool bf16, DeviceMemory* memory)
-    : shape_(shape), bf16_(bf16), rows_mem_(memory) {
+MoeScratch::MoeScratch(const MoeShape& shape, bool bf16, bool exchanges, DeviceMemory* memory)
+    : shape_(shape), bf16_(bf16), exchanges_(exchanges && !shape.dense), rows_mem_(memory) {
   if (bf16_) {
     grouped = std::make_unique<cuda::GroupedBlas>();
     MOE_CUDA_CHECK(cudaEventCreateWithFlags(&counts_ready, cudaEventDisableTiming));
@@ -47,7 +47,7 @@ void MoeScratch::AddTo(BufferTable* table, int64_t n) {
     table->Add(&drouter, n * shape_.experts);
   }
   if (!bf16_) table->Add(&fp32_scratch, 2 * r * shape_.ffn);
-  if (bf16_) table->Add(&plan16, r * D);
+  if (bf16_ && exchanges_) table->Add(&plan16, r * D);
   table->Add(&dense_offsets, 2);
 }
 
@@ -59,11 +59,13 @@ void MoeScratch::ReserveExpertRows(int64_t rows, cudaStream_t stream) {
   // A quarter more than asked, so that routing that wobbles does not reallocate often.
   capacity = std::max(rows, capacity + capacity / 4);
   const int64_t D = shape_.d;
-  wire = rows_mem_.Alloc<cuda::bf16>(capacity * D);
-  ys = rows_mem_.Alloc<cuda::bf16>(capacity * D);
   dys16 = rows_mem_.Alloc<cuda::bf16>(capacity * D);
-  dx16 = rows_mem_.Alloc<cuda::bf16>(capacity * D);
-  dxs = rows_mem_.Alloc<float>(capacity * D);
+  if (exchanges_) {
+    wire = rows_mem_.Alloc<cuda::bf16>(capacity * D);
+    ys = rows_mem_.Alloc<cuda::bf16>(capacity * D);
+    dx16 = rows_mem_.Alloc<cuda::bf16>(capacity * D);
+    dxs = rows_mem_.Alloc<float>(capacity * D);
+  }
   backward = rows_mem_.Alloc<cuda::bf16>(cuda::ExpertsBf16Scratch(capacity, shape_.experts_local, D, shape_.ffn));
 }
 

@@ -30,7 +30,9 @@ namespace moe {
 // the routing, so those buffers grow on demand; the others are per batch (n tokens).
 class MoeScratch {
  public:
-  MoeScratch(const MoeShape& shape, bool bf16, DeviceMemory* memory);
+  // exchanges: the MoE layers' rows travel between GPUs (an ExpertExchange, and not dense); only
+  // then are the plan-order and wire copies of the rows and the compact gradient needed.
+  MoeScratch(const MoeShape& shape, bool bf16, bool exchanges, DeviceMemory* memory);
   ~MoeScratch();
 
   // The per-batch buffers, for n tokens, into the model's activation table.
@@ -45,8 +47,9 @@ class MoeScratch {
   float *dweights = nullptr, *drouter = nullptr;  // (n, k), (n, E)
   float* fp32_scratch = nullptr;                 // (2 r F) fp32 experts' backward
   int32_t* dense_offsets = nullptr;              // (2) {0, n}: a dense model's one expert, fp32
-  cuda::bf16* plan16 = nullptr;                  // (r, D) bf16 rows in plan order
-  // Expert rows (capacity of them), bf16 mode.
+  cuda::bf16* plan16 = nullptr;                  // (r, D) bf16 rows in plan order (exchanges only)
+  // Expert rows (capacity of them), bf16 mode: dys16 (layout) and the experts' scratch; when the
+  // rows travel between GPUs also wire (wire order), ys, dx16 (compact bf16) and dxs.
   int64_t capacity = 0;
   cuda::bf16 *wire = nullptr, *ys = nullptr, *dys16 = nullptr, *dx16 = nullptr, *backward = nullptr;
   float* dxs = nullptr;  // (capacity, D) fp32 gradient of the experts' input
@@ -54,7 +57,7 @@ class MoeScratch {
 
  private:
   MoeShape shape_;
-  bool bf16_;
+  bool bf16_, exchanges_;
   DeviceArena rows_mem_;
 };
 
