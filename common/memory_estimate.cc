@@ -150,6 +150,8 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   // Its buffers grow on demand by a quarter at a time (ReserveSaved, ReserveExpertRows), and the
   // padding changes with the routing from step to step: count them grown once.
   const double layout = 1.25 * (s.kept + 64 * s.e_local);
+  // Whether the MoE layers' rows travel between GPUs (several GPUs, not dense).
+  const bool exchanges = !s.dense && s.W > 1;
   double block = 4 * AttentionElements(s, spec.model().attention()) + (bf16 ? 2 * n * s.C3() : 0);
   // q, k, v in bf16 for the tensor-core attention, whose backward reads no fp32 copy: the fp32 one
   // is then the backward's dqkv scratch (counted in the workspace).
@@ -161,10 +163,12 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
     // the backward's scratch into the bf16 rows).
     block += 4 * (2 * n * s.E + n + n * s.k + 3 * n * s.k + 4 * s.E) + (bf16 ? 2 : 2 * 4) * rows * D;
   }
-  // The experts' saved rows: bf16 input and hidden activations in the layout (grown on demand)
-  // less h, which their backward computes again from g and u (kernels/cuda/experts.h), or fp32
-  // g, u, h (rows, F) on the simple fp32 path. The same for the shared experts.
-  block += bf16 ? 2 * (layout * D + (s.glu - 1) * layout * F) : 4 * s.glu * rows * F;
+  // The experts' saved rows: bf16 hidden activations in the layout (grown on demand) less h,
+  // which their backward computes again from g and u (kernels/cuda/experts.h), and their input
+  // when it came from other GPUs (on one GPU the backward makes it again from the layer's
+  // input, in MoeScratch); or fp32 g, u, h (rows, F) on the simple fp32 path. The same h for
+  // the shared experts.
+  block += bf16 ? 2 * ((exchanges ? layout * D : 0) + (s.glu - 1) * layout * F) : 4 * s.glu * rows * F;
   block += s.S * n * s.Fs * (bf16 ? 2 * (s.glu - 1) : 4 * s.glu);
   // tmp, x_final, final_out (n, D), rstd, lse, losses (n), ids and targets (n), and the logits:
   // fp32 (n, V), or with bf16 products one chunk of fp32 logits and the bf16 dlogits (n, V).
@@ -185,14 +189,13 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   // MoeScratch per batch: dys, d_expert_in (rows, D), dweights (n, k), drouter (n, E); fp32
   // experts' backward scratch (rows, 2F), or, when rows travel between GPUs, the bf16 plan-order
   // rows (rows, D).
-  const bool exchanges = !s.dense && s.W > 1;
   if (!s.dense) ws += 4 * (2 * rows * D + n * s.k + n * s.E);
   ws += bf16 ? (exchanges ? 2 * rows * D : 0) : 4 * 2 * rows * F;
   if (bf16) {
-    // MoeScratch's expert rows (ReserveExpertRows): dys16 (bf16), with rows between GPUs also
-    // wire, ys, dx16 (bf16) and dxs (fp32), and the experts' scratch
+    // MoeScratch's expert rows (ReserveExpertRows): dys16 (bf16); on one GPU x16 (bf16), with
+    // rows between GPUs wire, ys, dx16 (bf16) and dxs (fp32); and the experts' scratch
     // (kernels::ExpertsBf16Scratch): 3 (rows, F), 2 (rows, D) and three weight-sized products.
-    ws += 2 * layout * D + (exchanges ? 2 * 3 * layout * D + 4 * layout * D : 0) +
+    ws += 2 * layout * D + (exchanges ? 2 * 3 * layout * D + 4 * layout * D : 2 * layout * D) +
           2 * (3 * layout * F + 2 * layout * D + 3 * s.e_local * D * F);
   }
   ws += CudaMuonWorkspace(s, spec);

@@ -60,6 +60,7 @@ void MoeScratch::ReserveExpertRows(int64_t rows, cudaStream_t stream) {
   capacity = std::max(rows, capacity + capacity / 4);
   const int64_t D = shape_.d;
   dys16 = rows_mem_.Alloc<cuda::bf16>(capacity * D);
+  if (!exchanges_) x16 = rows_mem_.Alloc<cuda::bf16>(capacity * D);
   if (exchanges_) {
     wire = rows_mem_.Alloc<cuda::bf16>(capacity * D);
     ys = rows_mem_.Alloc<cuda::bf16>(capacity * D);
@@ -228,7 +229,7 @@ void CudaMoeLayer::ReserveSaved() {
   const int64_t D = shape_.d, F = shape_.ffn;
   a_->rows.capacity = std::max(rows, a_->rows.capacity + a_->rows.capacity / 4);
   a_->rows.mem = std::make_unique<DeviceArena>(memory_);
-  a_->rows.x = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * D);
+  a_->rows.x = dispatcher_.exchanges() ? a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * D) : nullptr;
   a_->rows.g = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F);
   const bool gated = act_ == kernels::ExpertActivation::kSwiglu;
   a_->rows.u = gated ? a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F) : nullptr;
@@ -312,18 +313,19 @@ void CudaMoeLayer::ExpertsForward16(const float* in, const BlockTensors& w, floa
   cudaStream_t stream = ctx_->stream;
   ReserveSaved();
   MoeScratch& s = *scratch_;
-  dispatcher_.Dispatch(in, a_->rows.x, s.dispatch(), stream);
+  cuda::bf16* x = InputRows();
+  dispatcher_.Dispatch(in, x, s.dispatch(), stream);
   const int32_t* counts = dispatcher_.local_counts();
   const cuda::bf16 *w1 = ctx_->Bf16Of(w.w1), *w3 = w.w3 != nullptr ? ctx_->Bf16Of(w.w3) : nullptr,
                    *w2 = ctx_->Bf16Of(w.w2);
   if (!dispatcher_.exchanges()) {
     // Plan order is expert order: the experts write the output directly.
-    cuda::ExpertsForwardBf16(*s.grouped, counts, out, out16, a_->rows.g, a_->rows.u, nullptr, a_->rows.x, w1, w3,
-                             w2, L, D, F, s.backward, stream, act_);
+    cuda::ExpertsForwardBf16(*s.grouped, counts, out, out16, a_->rows.g, a_->rows.u, nullptr, x, w1, w3, w2, L, D,
+                             F, s.backward, stream, act_);
     return;
   }
-  cuda::ExpertsForwardBf16(*s.grouped, counts, nullptr, s.ys, a_->rows.g, a_->rows.u, nullptr, a_->rows.x, w1, w3,
-                           w2, L, D, F, s.backward, stream, act_);
+  cuda::ExpertsForwardBf16(*s.grouped, counts, nullptr, s.ys, a_->rows.g, a_->rows.u, nullptr, x, w1, w3, w2, L, D,
+                           F, s.backward, stream, act_);
   if (out != nullptr) dispatcher_.Combine(s.ys, out, s.dispatch(), stream);
   if (out16 != nullptr) dispatcher_.Combine(s.ys, out16, s.dispatch(), stream);
 }
@@ -335,6 +337,7 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
   MoeScratch& s = *scratch_;
   if (shape_.dense) {
     if (ctx_->bf16) {
+      RedoInputRows(m);
       ExpertsBackward16(dout, w, g, dm);
     } else {
       cuda::ExpertsBackward(dm, g.w1, g.w3, g.w2, dout, m, a_->g, a_->u, a_->h, w.w1, w.w3, w.w2, s.dense_offsets, n, 1,
@@ -350,6 +353,11 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
     cuda::UnpermuteBackward(s.dys, s.dweights, dout, a_->ys16, a_->weights, a_->a2s, n, k, D, stream);
   } else {
     cuda::UnpermuteBackward(s.dys, s.dweights, dout, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
+  }
+  if (ctx_->bf16 && !dispatcher_.exchanges()) {
+    // d_expert_in is free until the experts' backward: the forward's permuted rows again.
+    cuda::PermuteForward(s.d_expert_in, m, a_->a2s, n, k, D, stream);
+    RedoInputRows(s.d_expert_in);
   }
   MOE_CUDA_CHECK(cudaMemsetAsync(s.d_expert_in, 0, sizeof(float) * rows * D, stream));
   if (ctx_->bf16) {
@@ -368,6 +376,11 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
   SharedBackward(dout, m, w, g, n, dm);
 }
 
+void CudaMoeLayer::RedoInputRows(const float* in) {
+  if (dispatcher_.exchanges()) return;
+  dispatcher_.Dispatch(in, scratch_->x16, scratch_->dispatch(), ctx_->stream);
+}
+
 void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din) {
   const int D = shape_.d, F = shape_.ffn, L = shape_.experts_local;
   cudaStream_t stream = ctx_->stream;
@@ -379,13 +392,13 @@ void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, c
   // The gradient of the experts' output goes where their rows went (bf16, like the activations).
   dispatcher_.Dispatch(dout, s.dys16, s.dispatch(), stream);
   if (!dispatcher_.exchanges()) {
-    cuda::ExpertsBackwardBf16(*s.grouped, counts, din, dw, s.dys16, a_->rows.x, a_->rows.g, a_->rows.u, nullptr,
+    cuda::ExpertsBackwardBf16(*s.grouped, counts, din, dw, s.dys16, InputRows(), a_->rows.g, a_->rows.u, nullptr,
                               w1, w3, w2, L, D, F, s.backward, stream, act_);
     return;
   }
   const int64_t rows = dispatcher_.rows_in();
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dxs, 0, sizeof(float) * rows * D, stream));
-  cuda::ExpertsBackwardBf16(*s.grouped, counts, s.dxs, dw, s.dys16, a_->rows.x, a_->rows.g, a_->rows.u, nullptr,
+  cuda::ExpertsBackwardBf16(*s.grouped, counts, s.dxs, dw, s.dys16, InputRows(), a_->rows.g, a_->rows.u, nullptr,
                             w1, w3, w2, L, D, F, s.backward, stream, act_);
   cuda::CastToBf16(s.dx16, s.dxs, rows * D, stream);
   dispatcher_.Combine(s.dx16, din, s.dispatch(), stream);

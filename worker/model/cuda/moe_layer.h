@@ -48,10 +48,12 @@ class MoeScratch {
   float* fp32_scratch = nullptr;                 // (2 r F) fp32 experts' backward
   int32_t* dense_offsets = nullptr;              // (2) {0, n}: a dense model's one expert, fp32
   cuda::bf16* plan16 = nullptr;                  // (r, D) bf16 rows in plan order (exchanges only)
-  // Expert rows (capacity of them), bf16 mode: dys16 (layout) and the experts' scratch; when the
-  // rows travel between GPUs also wire (wire order), ys, dx16 (compact bf16) and dxs.
+  // Expert rows (capacity of them), bf16 mode: dys16 (layout) and the experts' scratch; on one
+  // GPU x16, the experts' input in the layout (each layer's forward, and its backward again);
+  // when the rows travel between GPUs wire (wire order), ys, dx16 (compact bf16) and dxs.
   int64_t capacity = 0;
   cuda::bf16 *wire = nullptr, *ys = nullptr, *dys16 = nullptr, *dx16 = nullptr, *backward = nullptr;
+  cuda::bf16* x16 = nullptr;
   float* dxs = nullptr;  // (capacity, D) fp32 gradient of the experts' input
   DispatchScratch dispatch() const { return {wire, plan16}; }
 
@@ -83,7 +85,9 @@ struct MoeSaved {
              *shared_scratch16 = nullptr;
   // bf16: the experts' input and what their backward needs, in the experts' layout, for the
   // rows this rank's experts take (on several GPUs that depends on the routing: grown on demand).
-  // No h: the backward computes act(g, u) again (kernels/cuda/experts.h). u only for swiglu.
+  // No h: the backward computes act(g, u) again (kernels/cuda/experts.h). u only for swiglu. x
+  // only when the rows travel between GPUs: on one GPU the backward makes the layout's input
+  // again from the layer's input m (the forward's permute and cast, in MoeScratch::x16).
   struct Rows {
     int64_t capacity = 0;  // rows
     cuda::bf16 *x = nullptr, *g = nullptr, *u = nullptr;
@@ -130,6 +134,12 @@ class CudaMoeLayer {
   void ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din);
   // Makes the saved expert rows hold the dispatcher's layout.
   void ReserveSaved();
+  // The experts' bf16 input rows in the layout: saved (rows travel between GPUs), or
+  // MoeScratch::x16, which the forward fills and the backward fills again (RedoInputRows).
+  cuda::bf16* InputRows() const { return dispatcher_.exchanges() ? a_->rows.x : scratch_->x16; }
+  // One GPU: InputRows again from the forward's input rows (fp32, plan order), as the forward
+  // made them. Nothing when the rows travel between GPUs (saved).
+  void RedoInputRows(const float* in);
   // The shared experts (model.moe.shared_experts): out (n, D) += sum_s Shared_s(m), and back
   // (dm += ; their weights' gradients +=). Every token, like a dense model's expert.
   void SharedForward(const float* m, const BlockTensors& w, int n, float* out);
