@@ -166,8 +166,8 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   // The experts' saved rows: bf16 hidden activations in the layout (grown on demand) less h,
   // which their backward computes again from g and u (kernels/cuda/experts.h), and their input
   // when it came from other GPUs (on one GPU the backward makes it again from the layer's
-  // input, in MoeScratch); or fp32 g, u, h (rows, F) on the simple fp32 path. The same h for
-  // the shared experts.
+  // input, in MoeScratch); or fp32 g, u, h (rows, F) on the simple fp32 path. The same for the
+  // shared experts' hidden activations (their other buffers are MoeScratch's: the workspace).
   block += bf16 ? 2 * ((exchanges ? layout * D : 0) + (s.glu - 1) * layout * F) : 4 * s.glu * rows * F;
   block += s.S * n * s.Fs * (bf16 ? 2 * (s.glu - 1) : 4 * s.glu);
   // tmp, x_final, final_out (n, D), rstd, lse, losses (n), ids and targets (n), and the logits:
@@ -197,6 +197,12 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
     // (kernels::ExpertsBf16Scratch): 3 (rows, F), 2 (rows, D) and three weight-sized products.
     ws += 2 * layout * D + (exchanges ? 2 * 3 * layout * D + 4 * layout * D : 2 * layout * D) +
           2 * (3 * layout * F + 2 * layout * D + 3 * s.e_local * D * F);
+  }
+  if (s.S > 0) {
+    // MoeScratch's for the shared experts, one layer at a time: one expert's output (n, D); bf16:
+    // the input and output gradient in the layout (n, D) and the experts' scratch (as above, for
+    // one expert of hidden F_s over n rows), fp32: the backward's scratch (n, 2 F_s).
+    ws += 4 * n * D + (bf16 ? 2 * (2 * n * D + 3 * n * s.Fs + 2 * n * D + 3 * D * s.Fs) : 4 * 2 * n * s.Fs);
   }
   ws += CudaMuonWorkspace(s, spec);
   out->workspace = Bytes(ws);

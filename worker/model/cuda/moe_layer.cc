@@ -26,8 +26,14 @@ cuda::ExpertGrads GradsAt(const CudaContext& ctx, float* w1, float* w3, float* w
 
 }  // namespace
 
-MoeScratch::MoeScratch(const MoeShape& shape, bool bf16, bool exchanges, DeviceMemory* memory)
-    : shape_(shape), bf16_(bf16), exchanges_(exchanges && !shape.dense), rows_mem_(memory) {
+MoeScratch::MoeScratch(const MoeShape& shape, bool bf16, bool exchanges, int shared_experts, int shared_ffn,
+                       DeviceMemory* memory)
+    : shape_(shape),
+      bf16_(bf16),
+      exchanges_(exchanges && !shape.dense),
+      shared_experts_(shared_experts),
+      shared_ffn_(shared_ffn),
+      rows_mem_(memory) {
   if (bf16_) {
     grouped = std::make_unique<cuda::GroupedBlas>();
     MOE_CUDA_CHECK(cudaEventCreateWithFlags(&counts_ready, cudaEventDisableTiming));
@@ -49,6 +55,20 @@ void MoeScratch::AddTo(BufferTable* table, int64_t n) {
   if (!bf16_) table->Add(&fp32_scratch, 2 * r * shape_.ffn);
   if (bf16_ && exchanges_) table->Add(&plan16, r * D);
   table->Add(&dense_offsets, 2);
+  if (shared_experts_ > 0) {
+    const int64_t Fs = shared_ffn_;
+    table->Add(&shared_y, n * D);
+    if (bf16_) {
+      const int32_t count = static_cast<int32_t>(n);
+      const int64_t lrows = cuda::ExpertLayoutRows(&count, 1);
+      table->Add(&shared_x16, lrows * D);
+      table->Add(&shared_dy16, lrows * D);
+      table->Add(&shared_scratch16, cuda::ExpertsBf16Scratch(lrows, 1, D, Fs));
+    } else {
+      table->Add(&shared_scratch, 2 * n * Fs);
+      table->Add(&shared_offsets, 2);
+    }
+  }
 }
 
 void MoeScratch::ReserveExpertRows(int64_t rows, cudaStream_t stream) {
@@ -141,20 +161,14 @@ void CudaMoeLayer::AddTo(BufferTable* table, int64_t n) {
   }
   if (S > 0) {
     const bool gated = act_ == kernels::ExpertActivation::kSwiglu;
-    table->Add(&a_->shared_y, n * D);
     if (ctx_->bf16) {
       const int64_t lrows = shared_rows_;
-      table->Add(&a_->shared_x16, lrows * D);
-      table->Add(&a_->shared_dy16, lrows * D);
       table->Add(&a_->shared_g16, S * lrows * Fs);
       if (gated) table->Add(&a_->shared_u16, S * lrows * Fs);
-      table->Add(&a_->shared_scratch16, cuda::ExpertsBf16Scratch(lrows, 1, D, Fs));
     } else {
       table->Add(&a_->shared_g, S * n * Fs);
       if (gated) table->Add(&a_->shared_u, S * n * Fs);
       table->Add(&a_->shared_h, S * n * Fs);
-      table->Add(&a_->shared_scratch, 2 * n * Fs);
-      table->Add(&a_->shared_offsets, 2);
     }
   }
 }
@@ -165,28 +179,29 @@ void CudaMoeLayer::SharedForward(const float* m, const BlockTensors& w, int n, f
   cudaStream_t stream = ctx_->stream;
   const bool gated = act_ == kernels::ExpertActivation::kSwiglu;
   const int64_t wsize = int64_t{D} * Fs;  // one shared expert's W1, W3 or W2
+  MoeScratch& sc = *scratch_;
   shared_count_ = n;
   if (ctx_->bf16) {
     const int64_t lf = shared_rows_ * Fs;
-    cuda::ToExpertLayout(a_->shared_x16, m, &shared_count_, 1, D, stream);
+    cuda::ToExpertLayout(sc.shared_x16, m, &shared_count_, 1, D, stream);
     for (int s = 0; s < S; ++s) {
-      cuda::ExpertsForwardBf16(*scratch_->grouped, &shared_count_, a_->shared_y, nullptr, a_->shared_g16 + s * lf,
-                               gated ? a_->shared_u16 + s * lf : nullptr, nullptr, a_->shared_x16,
+      cuda::ExpertsForwardBf16(*sc.grouped, &shared_count_, sc.shared_y, nullptr, a_->shared_g16 + s * lf,
+                               gated ? a_->shared_u16 + s * lf : nullptr, nullptr, sc.shared_x16,
                                ctx_->Bf16Of(w.shared_w1 + s * wsize),
                                gated ? ctx_->Bf16Of(w.shared_w3 + s * wsize) : nullptr,
-                               ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, a_->shared_scratch16, stream, act_);
-      cuda::AddInPlace(out, a_->shared_y, int64_t{n} * D, stream);
+                               ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, sc.shared_scratch16, stream, act_);
+      cuda::AddInPlace(out, sc.shared_y, int64_t{n} * D, stream);
     }
     return;
   }
   const int32_t offsets[2] = {0, n};
-  MOE_CUDA_CHECK(cudaMemcpyAsync(a_->shared_offsets, offsets, sizeof(offsets), cudaMemcpyHostToDevice, stream));
+  MOE_CUDA_CHECK(cudaMemcpyAsync(sc.shared_offsets, offsets, sizeof(offsets), cudaMemcpyHostToDevice, stream));
   const int64_t nf = int64_t{n} * Fs;
   for (int s = 0; s < S; ++s) {
-    cuda::ExpertsForward(a_->shared_y, a_->shared_g + s * nf, gated ? a_->shared_u + s * nf : nullptr,
+    cuda::ExpertsForward(sc.shared_y, a_->shared_g + s * nf, gated ? a_->shared_u + s * nf : nullptr,
                          a_->shared_h + s * nf, m, w.shared_w1 + s * wsize, gated ? w.shared_w3 + s * wsize : nullptr,
-                         w.shared_w2 + s * wsize, a_->shared_offsets, n, 1, D, Fs, false, stream, act_);
-    cuda::AddInPlace(out, a_->shared_y, int64_t{n} * D, stream);
+                         w.shared_w2 + s * wsize, sc.shared_offsets, n, 1, D, Fs, false, stream, act_);
+    cuda::AddInPlace(out, sc.shared_y, int64_t{n} * D, stream);
   }
 }
 
@@ -197,17 +212,20 @@ void CudaMoeLayer::SharedBackward(const float* dout, const float* m, const Block
   cudaStream_t stream = ctx_->stream;
   const bool gated = act_ == kernels::ExpertActivation::kSwiglu;
   const int64_t wsize = int64_t{D} * Fs;
+  MoeScratch& sc = *scratch_;
   if (ctx_->bf16) {
     const int64_t lf = shared_rows_ * Fs;
-    cuda::ToExpertLayout(a_->shared_dy16, dout, &shared_count_, 1, D, stream);
+    // The input in the layout again (other layers used the scratch since), as the forward made it.
+    cuda::ToExpertLayout(sc.shared_x16, m, &shared_count_, 1, D, stream);
+    cuda::ToExpertLayout(sc.shared_dy16, dout, &shared_count_, 1, D, stream);
     for (int s = 0; s < S; ++s) {
       const cuda::ExpertGrads dw = GradsAt(*ctx_, g.shared_w1 + s * wsize, gated ? g.shared_w3 + s * wsize : nullptr,
                                            g.shared_w2 + s * wsize);
-      cuda::ExpertsBackwardBf16(*scratch_->grouped, &shared_count_, dm, dw, a_->shared_dy16,
-                                a_->shared_x16, a_->shared_g16 + s * lf, gated ? a_->shared_u16 + s * lf : nullptr,
-                                nullptr, ctx_->Bf16Of(w.shared_w1 + s * wsize),
+      cuda::ExpertsBackwardBf16(*sc.grouped, &shared_count_, dm, dw, sc.shared_dy16, sc.shared_x16,
+                                a_->shared_g16 + s * lf, gated ? a_->shared_u16 + s * lf : nullptr, nullptr,
+                                ctx_->Bf16Of(w.shared_w1 + s * wsize),
                                 gated ? ctx_->Bf16Of(w.shared_w3 + s * wsize) : nullptr,
-                                ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, a_->shared_scratch16, stream, act_);
+                                ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, sc.shared_scratch16, stream, act_);
     }
     return;
   }
@@ -216,8 +234,8 @@ void CudaMoeLayer::SharedBackward(const float* dout, const float* m, const Block
     cuda::ExpertsBackward(dm, g.shared_w1 + s * wsize, gated ? g.shared_w3 + s * wsize : nullptr,
                           g.shared_w2 + s * wsize, dout, m, a_->shared_g + s * nf,
                           gated ? a_->shared_u + s * nf : nullptr, a_->shared_h + s * nf, w.shared_w1 + s * wsize,
-                          gated ? w.shared_w3 + s * wsize : nullptr, w.shared_w2 + s * wsize, a_->shared_offsets, n, 1,
-                          D, Fs, a_->shared_scratch, false, stream, act_);
+                          gated ? w.shared_w3 + s * wsize : nullptr, w.shared_w2 + s * wsize, sc.shared_offsets, n, 1,
+                          D, Fs, sc.shared_scratch, false, stream, act_);
   }
 }
 

@@ -32,7 +32,9 @@ class MoeScratch {
  public:
   // exchanges: the MoE layers' rows travel between GPUs (an ExpertExchange, and not dense); only
   // then are the plan-order and wire copies of the rows and the compact gradient needed.
-  MoeScratch(const MoeShape& shape, bool bf16, bool exchanges, DeviceMemory* memory);
+  // shared_experts, shared_ffn: model.moe's shared experts (S, F_s; S 0: none).
+  MoeScratch(const MoeShape& shape, bool bf16, bool exchanges, int shared_experts, int shared_ffn,
+             DeviceMemory* memory);
   ~MoeScratch();
 
   // The per-batch buffers, for n tokens, into the model's activation table.
@@ -48,6 +50,12 @@ class MoeScratch {
   float* fp32_scratch = nullptr;                 // (2 r F) fp32 experts' backward
   int32_t* dense_offsets = nullptr;              // (2) {0, n}: a dense model's one expert, fp32
   cuda::bf16* plan16 = nullptr;                  // (r, D) bf16 rows in plan order (exchanges only)
+  // The shared experts', per batch: one expert's output (n, D); bf16: the layer's input and
+  // output gradient in the experts' layout (lrows, D: the backward makes the input again) and
+  // the fast path's scratch; fp32: the backward's scratch (2 n F_s) and offsets {0, n}.
+  float *shared_y = nullptr, *shared_scratch = nullptr;
+  int32_t* shared_offsets = nullptr;
+  cuda::bf16 *shared_x16 = nullptr, *shared_dy16 = nullptr, *shared_scratch16 = nullptr;
   // Expert rows (capacity of them), bf16 mode: dys16 (layout) and the experts' scratch; on one
   // GPU x16, the experts' input in the layout (each layer's forward, and its backward again);
   // when the rows travel between GPUs wire (wire order), ys, dx16 (compact bf16) and dxs.
@@ -60,6 +68,7 @@ class MoeScratch {
  private:
   MoeShape shape_;
   bool bf16_, exchanges_;
+  int shared_experts_, shared_ffn_;
   DeviceArena rows_mem_;
 };
 
@@ -74,15 +83,11 @@ struct MoeSaved {
   float *xs = nullptr, *ys = nullptr;             // (r, D) plan order, fp32 mode
   cuda::bf16* ys16 = nullptr;                      // (r, D) plan order, bf16 mode: the experts' bf16 output
   float *g = nullptr, *u = nullptr, *h = nullptr;  // (r, F) fp32 mode
-  // Shared experts (S of hidden F_s). fp32: g, u, h (S, n, F_s), the scratch of their backward
-  // (2 n F_s) and offsets {0, n}; bf16: the input and the output gradient in the experts' layout
-  // (lrows, D), g, u (S, lrows, F_s) and the fast path's scratch (h = act(g, u) is computed again
-  // in the backward, kernels/cuda/experts.h). Both: one expert's output (n, D). u only for swiglu.
-  float *shared_y = nullptr, *shared_g = nullptr, *shared_u = nullptr, *shared_h = nullptr;
-  float* shared_scratch = nullptr;
-  int32_t* shared_offsets = nullptr;
-  cuda::bf16 *shared_x16 = nullptr, *shared_dy16 = nullptr, *shared_g16 = nullptr, *shared_u16 = nullptr,
-             *shared_scratch16 = nullptr;
+  // Shared experts (S of hidden F_s; their scratch is MoeScratch's). fp32: g, u, h (S, n, F_s);
+  // bf16: g, u (S, lrows, F_s) in the experts' layout (h = act(g, u) is computed again in the
+  // backward, kernels/cuda/experts.h). u only for swiglu.
+  float *shared_g = nullptr, *shared_u = nullptr, *shared_h = nullptr;
+  cuda::bf16 *shared_g16 = nullptr, *shared_u16 = nullptr;
   // bf16: the experts' input and what their backward needs, in the experts' layout, for the
   // rows this rank's experts take (on several GPUs that depends on the routing: grown on demand).
   // No h: the backward computes act(g, u) again (kernels/cuda/experts.h). u only for swiglu. x
