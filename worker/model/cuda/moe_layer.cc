@@ -47,7 +47,7 @@ MoeScratch::~MoeScratch() {
 void MoeScratch::AddTo(BufferTable* table, int64_t n) {
   const int64_t D = shape_.d, r = shape_.ExpertRows(n);
   if (!shape_.dense) {
-    table->Add(&dys, r * D);
+    table->Add(&dys, bf16_ ? 0 : r * D);  // bf16: in d_expert_in (CudaMoeLayer::Backward)
     table->Add(&dweights, n * shape_.top_k);
     table->Add(&d_expert_in, r * D);
     table->Add(&drouter, n * shape_.experts);
@@ -365,22 +365,26 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
     return;
   }
   const int rows = n * k;
-  MOE_CUDA_CHECK(cudaMemsetAsync(s.dys, 0, sizeof(float) * rows * D, stream));
+  // The experts' output rows' gradient (rows, D). bf16: in d_expert_in, which holds it only until
+  // its bf16 copy in the layout (MoeScratch::dys16) is made, before it takes anything else.
+  float* dys = ctx_->bf16 ? s.d_expert_in : s.dys;
+  MOE_CUDA_CHECK(cudaMemsetAsync(dys, 0, sizeof(float) * rows * D, stream));
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dweights, 0, sizeof(float) * rows, stream));
   if (ctx_->bf16) {
-    cuda::UnpermuteBackward(s.dys, s.dweights, dout, a_->ys16, a_->weights, a_->a2s, n, k, D, stream);
+    cuda::UnpermuteBackward(dys, s.dweights, dout, a_->ys16, a_->weights, a_->a2s, n, k, D, stream);
+    // The route is the forward's: no count exchange here.
+    dispatcher_.Dispatch(dys, s.dys16, s.dispatch(), stream);
+    if (!dispatcher_.exchanges()) {
+      // The forward's permuted rows again, through d_expert_in as in the forward.
+      cuda::PermuteForward(s.d_expert_in, m, a_->a2s, n, k, D, stream);
+      RedoInputRows(s.d_expert_in);
+    }
   } else {
-    cuda::UnpermuteBackward(s.dys, s.dweights, dout, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
-  }
-  if (ctx_->bf16 && !dispatcher_.exchanges()) {
-    // d_expert_in is free until the experts' backward: the forward's permuted rows again.
-    cuda::PermuteForward(s.d_expert_in, m, a_->a2s, n, k, D, stream);
-    RedoInputRows(s.d_expert_in);
+    cuda::UnpermuteBackward(dys, s.dweights, dout, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
   }
   MOE_CUDA_CHECK(cudaMemsetAsync(s.d_expert_in, 0, sizeof(float) * rows * D, stream));
   if (ctx_->bf16) {
-    // The route is the forward's: no count exchange here.
-    ExpertsBackward16(s.dys, w, g, s.d_expert_in);
+    ExpertsBackward16(nullptr, w, g, s.d_expert_in);
   } else {
     cuda::ExpertsBackward(s.d_expert_in, g.w1, g.w3, g.w2, s.dys, a_->xs, a_->g, a_->u, a_->h, w.w1, w.w3, w.w2,
                           a_->offsets, rows, E, D, F, s.fp32_scratch, false, stream, act_);
@@ -408,7 +412,7 @@ void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, c
                    *w2 = ctx_->Bf16Of(w.w2);
   const cuda::ExpertGrads dw = GradsAt(*ctx_, g.w1, g.w3, g.w2);
   // The gradient of the experts' output goes where their rows went (bf16, like the activations).
-  dispatcher_.Dispatch(dout, s.dys16, s.dispatch(), stream);
+  if (dout != nullptr) dispatcher_.Dispatch(dout, s.dys16, s.dispatch(), stream);
   if (!dispatcher_.exchanges()) {
     cuda::ExpertsBackwardBf16(*s.grouped, counts, din, dw, s.dys16, InputRows(), a_->rows.g, a_->rows.u, nullptr,
                               w1, w3, w2, L, D, F, s.backward, stream, act_);

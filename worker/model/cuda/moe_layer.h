@@ -45,7 +45,7 @@ class MoeScratch {
   std::unique_ptr<cuda::GroupedBlas> grouped;  // bf16
   cudaEvent_t counts_ready = nullptr;          // bf16
   // Per batch (r = n k expert rows, n when dense).
-  float *dys = nullptr, *d_expert_in = nullptr;  // (r, D) plan order
+  float *dys = nullptr, *d_expert_in = nullptr;  // (r, D) plan order; dys fp32 mode only
   float *dweights = nullptr, *drouter = nullptr;  // (n, k), (n, E)
   float* fp32_scratch = nullptr;                 // (2 r F) fp32 experts' backward
   int32_t* dense_offsets = nullptr;              // (2) {0, n}: a dense model's one expert, fp32
@@ -136,6 +136,8 @@ class CudaMoeLayer {
   // The experts on bf16 rows: dispatch, products, combine: kept rows of xs -> out16 (bf16, the
   // saved ys), or dense m -> out (fp32, n rows); the other output null.
   void ExpertsForward16(const float* in, const BlockTensors& w, float* out, cuda::bf16* out16);
+  // dout: the output rows' gradient (fp32, plan order), or null when it is already in
+  // MoeScratch::dys16.
   void ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din);
   // Makes the saved expert rows hold the dispatcher's layout.
   void ReserveSaved();
