@@ -33,7 +33,7 @@ struct Shape {
   double n;        // tokens of one micro-batch on this rank: batch / W / grad_accum * T
   double kept;     // assignments this rank routes and keeps (capacity drops the rest)
   double e_local;  // experts on this rank
-  double glu;      // hidden activations an expert saves per row: 3 for swiglu (gate, up, product), else 2
+  double glu;      // hidden activations per row: 3 for swiglu (gate, up, product), else 2 (bf16 CUDA: saves all but h)
   double S, Fs;    // shared experts and their hidden size
   bool dense;
   double C3() const { return (H + 2 * Hkv) * hd; }
@@ -150,20 +150,26 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   // Its buffers grow on demand by a quarter at a time (ReserveSaved, ReserveExpertRows), and the
   // padding changes with the routing from step to step: count them grown once.
   const double layout = 1.25 * (s.kept + 64 * s.e_local);
+  // Whether the MoE layers' rows travel between GPUs (several GPUs, not dense).
+  const bool exchanges = !s.dense && s.W > 1;
   double block = 4 * AttentionElements(s, spec.model().attention()) + (bf16 ? 2 * n * s.C3() : 0);
   // q, k, v in bf16 for the tensor-core attention, whose backward reads no fp32 copy: the fp32 one
   // is then the backward's dqkv scratch (counted in the workspace).
   if (bf16 && CudaAttentionOnTensorCores(static_cast<int>(s.hd))) block -= 4 * n * s.C3();
   if (!s.dense) {
     // Router logits, probabilities (n, E), lse (n), weights (n, k), expert ids and the two
-    // slot maps (n k), the experts' output rows ys (rows, D), and on the fp32 path their input
-    // rows xs (bf16 products: those pass through the backward's scratch into the bf16 rows).
-    block += 4 * (2 * n * s.E + n + n * s.k + 3 * n * s.k + (bf16 ? 1 : 2) * rows * D + 4 * s.E);
+    // slot maps (n k), the experts' output rows ys (rows, D: bf16 values, kept in bf16 with bf16
+    // products), and on the fp32 path their input rows xs (bf16 products: those pass through
+    // the backward's scratch into the bf16 rows).
+    block += 4 * (2 * n * s.E + n + n * s.k + 3 * n * s.k + 4 * s.E) + (bf16 ? 2 : 2 * 4) * rows * D;
   }
-  // The experts' saved rows: bf16 input and hidden activations in the layout (grown on demand),
-  // or fp32 g, u, h (rows, F) on the simple fp32 path.
-  block += bf16 ? 2 * (layout * D + s.glu * layout * F) : 4 * s.glu * rows * F;
-  block += s.S * s.glu * n * s.Fs * (bf16 ? 2 : 4);
+  // The experts' saved rows: bf16 hidden activations in the layout (grown on demand) less h,
+  // which their backward computes again from g and u (kernels/cuda/experts.h), and their input
+  // when it came from other GPUs (on one GPU the backward makes it again from the layer's
+  // input, in MoeScratch); or fp32 g, u, h (rows, F) on the simple fp32 path. The same for the
+  // shared experts' hidden activations (their other buffers are MoeScratch's: the workspace).
+  block += bf16 ? 2 * ((exchanges ? layout * D : 0) + (s.glu - 1) * layout * F) : 4 * s.glu * rows * F;
+  block += s.S * n * s.Fs * (bf16 ? 2 * (s.glu - 1) : 4 * s.glu);
   // tmp, x_final, final_out (n, D), rstd, lse, losses (n), ids and targets (n), and the logits:
   // fp32 (n, V), or with bf16 products one chunk of fp32 logits and the bf16 dlogits (n, V).
   const double logits = bf16 ? 4 * static_cast<double>(CudaHeadChunkRows(static_cast<int64_t>(n),
@@ -180,16 +186,23 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   // dx, dtmp, dnorm (n, D), dqkv (n, C3), the attention backward's scratch (n, H), and in bf16
   // two cast buffers of the widest product input (n, max(D, C3)).
   double ws = 4 * (3 * n * D + n * s.C3() + n * s.H) + (bf16 ? 2 * 2 * n * std::max(D, s.C3()) : 0);
-  // MoeScratch per batch: dys, d_expert_in (rows, D), dweights (n, k), drouter (n, E); fp32
-  // experts' backward scratch (rows, 2F), or the bf16 plan-order rows (rows, D).
-  if (!s.dense) ws += 4 * (2 * rows * D + n * s.k + n * s.E);
-  ws += bf16 ? 2 * rows * D : 4 * 2 * rows * F;
+  // MoeScratch per batch: d_expert_in and on the fp32 path dys (rows, D; with bf16 products dys
+  // passes through d_expert_in), dweights (n, k), drouter (n, E); fp32 experts' backward scratch
+  // (rows, 2F), or, when rows travel between GPUs, the bf16 plan-order rows (rows, D).
+  if (!s.dense) ws += 4 * ((bf16 ? 1 : 2) * rows * D + n * s.k + n * s.E);
+  ws += bf16 ? (exchanges ? 2 * rows * D : 0) : 4 * 2 * rows * F;
   if (bf16) {
-    // MoeScratch's expert rows (ReserveExpertRows): wire, ys, dys16, dx16 (bf16), dxs (fp32),
-    // and the experts' backward (kernels::ExpertsBf16Scratch): 3 (rows, F), 2 (rows, D) and
-    // three weight-sized products.
-    ws += 2 * 4 * layout * D + 4 * layout * D +
+    // MoeScratch's expert rows (ReserveExpertRows): dys16 (bf16); on one GPU x16 (bf16), with
+    // rows between GPUs wire, ys, dx16 (bf16) and dxs (fp32); and the experts' scratch
+    // (kernels::ExpertsBf16Scratch): 3 (rows, F), 2 (rows, D) and three weight-sized products.
+    ws += 2 * layout * D + (exchanges ? 2 * 3 * layout * D + 4 * layout * D : 2 * layout * D) +
           2 * (3 * layout * F + 2 * layout * D + 3 * s.e_local * D * F);
+  }
+  if (s.S > 0) {
+    // MoeScratch's for the shared experts, one layer at a time: one expert's output (n, D); bf16:
+    // the input and output gradient in the layout (n, D) and the experts' scratch (as above, for
+    // one expert of hidden F_s over n rows), fp32: the backward's scratch (n, 2 F_s).
+    ws += 4 * n * D + (bf16 ? 2 * (2 * n * D + 3 * n * s.Fs + 2 * n * D + 3 * D * s.Fs) : 4 * 2 * n * s.Fs);
   }
   ws += CudaMuonWorkspace(s, spec);
   out->workspace = Bytes(ws);

@@ -196,6 +196,30 @@ TEST_P(CudaMoeOpsTest, RouterPlanPermuteAndExpertsMatchCpu) {
     EXPECT_LT(RelErr(dw1_d.Host(), dw1), kBf16Tol);
     EXPECT_LT(RelErr(dw3_d.Host(), dw3), kBf16Tol);
     EXPECT_LT(RelErr(dw2_d.Host(), dw2), kBf16Tol);
+
+    // As the model runs it: no saved h (the forward keeps it in its scratch, the backward computes
+    // it again from g, u), and the unpermute over the bf16 output rows. The same bits as above.
+    Dev<float> out_b(int64_t{n} * D, NAN), dys_b(int64_t{rows} * D), dwts_b(n * k), dxs_b(int64_t{rows} * D),
+        dw1_b(w1.size()), dw3_b(w3.size()), dw2_b(w2.size());
+    Dev<cuda::bf16> ys16_b(int64_t{rows} * D), g16_b(brows * F, nan16), u16_b(brows * F, nan16),
+        scr16_b(cuda::ExpertsBf16Scratch(brows, E, D, F), nan16);
+    cuda::ExpertsForwardBf16(gblas, counts_host.data(), nullptr, ys16_b.get(), g16_b.get(), u16_b.get(), nullptr,
+                             xs16.get(), w1_16.get(), w3_16.get(), w2_16.get(), E, D, F, scr16_b.get(), nullptr);
+    cuda::UnpermuteForward(out_b.get(), ys16_b.get(), w_d.get(), a2s_d.get(), n, k, D, nullptr);
+    cuda::UnpermuteBackward(dys_b.get(), dwts_b.get(), dout_d.get(), ys16_b.get(), w_d.get(), a2s_d.get(), n, k, D,
+                            nullptr);
+    cuda::ExpertsBackwardBf16(gblas, counts_host.data(), dxs_b.get(), dw1_b.get(), dw3_b.get(), dw2_b.get(),
+                              dys16.get(), xs16.get(), g16_b.get(), u16_b.get(), nullptr, w1_16.get(), w3_16.get(),
+                              w2_16.get(), E, D, F, scr16_b.get(), nullptr);
+    const int64_t kept_d = int64_t{kept} * D;
+    EXPECT_EQ(first(ToFloat(ys16_b.Host()), kept_d), first(ToFloat(fwd16.Host()), kept_d));
+    EXPECT_EQ(out_b.Host(), out_d.Host());
+    EXPECT_EQ(first(dys_b.Host(), kept_d), first(dys_d.Host(), kept_d));
+    EXPECT_EQ(dwts_b.Host(), dw_d.Host());
+    EXPECT_EQ(first(dxs_b.Host(), kept_d), first(dxs_d.Host(), kept_d));
+    EXPECT_EQ(dw1_b.Host(), dw1_d.Host());
+    EXPECT_EQ(dw3_b.Host(), dw3_d.Host());
+    EXPECT_EQ(dw2_b.Host(), dw2_d.Host());
   }
 
   // Router backward (through weights, aux and z).

@@ -195,6 +195,22 @@ __global__ void AccumulateBf16Kernel(float* out, const bf16* a, const bf16* b, i
 
 unsigned ElementwiseBlocks(int64_t n) { return std::min<unsigned>(std::max(1u, BlocksFor(n, kThreads)), 8192); }
 
+// h = act(g, u) (u only for swiglu) over n layout elements: the forward's, and the backward's
+// when the forward kept no h (the same kernels, so the same bits: both kernels of swiglu round
+// the same float product once).
+void HiddenForwardBf16(kernels::ExpertActivation act, bf16* h, const bf16* g, const bf16* u, int64_t n,
+                       cudaStream_t stream) {
+  if (n <= 0) return;
+  if (act != kernels::ExpertActivation::kSwiglu) return ActivationForwardBf16(act, h, g, n, stream);
+  if (Aligned(16, {h, g, u})) {
+    SwigluForwardBf16Vec8Kernel<<<ElementwiseBlocks(std::max<int64_t>(1, n / 8)), kThreads, 0, stream>>>(h, g, u,
+                                                                                                          n);
+  } else {
+    SwigluForwardBf16Kernel<<<ElementwiseBlocks(n / 2), kThreads, 0, stream>>>(h, g, u, n);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
 void AccumulateBf16(float* out, const bf16* a, const bf16* b, int64_t n, cudaStream_t stream) {
   if (out == nullptr || n <= 0) return;
   if (Aligned(8, {out}) && Aligned(4, {a, b})) {
@@ -207,6 +223,9 @@ void AccumulateBf16(float* out, const bf16* a, const bf16* b, int64_t n, cudaStr
 
 }  // namespace
 
+// Scratch parts start on 16-byte boundaries (8 bf16): paired loads and cuBLAS's fast kernels.
+int64_t Pad8(int64_t n) { return (n + 7) / 8 * 8; }
+
 void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* ys16, bf16* g16,
                         bf16* u16, bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
                         int e_local, int d, int f, bf16* scratch16, cudaStream_t stream,
@@ -216,6 +235,8 @@ void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys
   const ExpertLayout l = PlanExpertLayout(host_counts, e_local);
   const int64_t lrows = l.rows;
   bf16* y16 = scratch16;  // (lrows, d): the output in the experts' layout
+  // h (lrows, f): kept for the backward, or (h16 null) in the scratch after y16.
+  bf16* h = h16 != nullptr ? h16 : scratch16 + Pad8(lrows * d);
   if (act != kernels::ExpertActivation::kSwiglu) {
     // No W3: h = act(x W1).
     if (l.chunk > 0) {
@@ -223,7 +244,6 @@ void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys
     } else {
       blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{xs16, w1, g16}}, stream);
     }
-    ActivationForwardBf16(act, h16, g16, lrows * f, stream);
   } else {
     if (l.chunk > 0) {
       blas.Products(GroupedOp::kNN, l, e_local, f, d, 0.0f, xs16, w1, g16, stream);
@@ -232,26 +252,17 @@ void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys
       blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{xs16, w1, g16}, {xs16, w3, u16}},
                 stream);
     }
-    if (Aligned(16, {h16, g16, u16})) {
-      SwigluForwardBf16Vec8Kernel<<<ElementwiseBlocks(std::max<int64_t>(1, lrows * f / 8)), kThreads, 0, stream>>>(
-          h16, g16, u16, lrows * f);
-    } else {
-      SwigluForwardBf16Kernel<<<ElementwiseBlocks(lrows * f / 2), kThreads, 0, stream>>>(h16, g16, u16, lrows * f);
-    }
-    MOE_CUDA_LAUNCH_CHECK();
   }
+  HiddenForwardBf16(act, h, g16, u16, lrows * f, stream);
   if (l.chunk > 0) {
-    blas.Products(GroupedOp::kNN, l, e_local, d, f, 0.0f, h16, w2, y16, stream);
+    blas.Products(GroupedOp::kNN, l, e_local, d, f, 0.0f, h, w2, y16, stream);
   } else {
-    blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, d, f, 1.0f, 0.0f, {{h16, w2, y16}}, stream);
+    blas.Gemm(GroupedOp::kNN, e_local, host_counts, 0, d, f, 1.0f, 0.0f, {{h, w2, y16}}, stream);
   }
   const RowBlocks blocks = ExpertLayoutToCompact(host_counts, e_local);
   if (ys16 != nullptr) CopyRowBlocks(ys16, y16, blocks, sizeof(bf16) * d, stream);
   if (ys != nullptr) RowBlocksToFloat(ys, y16, blocks, d, /*accumulate=*/false, stream);
 }
-
-// Scratch parts start on 16-byte boundaries (8 bf16): paired loads and cuBLAS's fast kernels.
-int64_t Pad8(int64_t n) { return (n + 7) / 8 * 8; }
 
 int64_t ExpertsBf16Scratch(int64_t layout_rows, int e_local, int d, int f) {
   return 3 * Pad8(layout_rows * f) + 2 * Pad8(layout_rows * d) + 3 * Pad8(int64_t{e_local} * d * f);
@@ -291,6 +302,12 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
   bf16* dw1_16 = dxb16 + Pad8(lrows * d);  // (e, d, f), compact only: this step's products, added to
   bf16* dw3_16 = dw1_16 + Pad8(wsize);     // the fp32 gradients
   bf16* dw2_16 = dw3_16 + Pad8(wsize);     // (e, f, d)
+  // h for dw2 alone: the forward's, or (h16 null) computed again from g, u into du16's place,
+  // which the activation's backward writes only after dw2.
+  if (h16 == nullptr) {
+    HiddenForwardBf16(act, du16, g16, u16, lrows * f, stream);
+    h16 = du16;
+  }
   if (l.chunk > 0) {
     blas.Products(GroupedOp::kNT, l, e_local, f, d, 0.0f, dys16, w2, dh16, stream);
     if (dw2 != nullptr) blas.WeightGrad(l, e_local, f, d, h16, dys16, dw2, stream);

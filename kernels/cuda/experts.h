@@ -31,8 +31,11 @@ void ExpertsBackward(float* dxs, float* dw1, float* dw3, float* dw2, const float
 // the oracle keeps fp32 (the accumulated gradients), rows as in ExpertsForward. xs16, dys16,
 // g16, u16, h16: the experts' layout (expert_layout.h; ExpertLayoutRows rows of d or f). The
 // forward writes ys (rows, d) in fp32 and/or ys16 in bf16 (either may be null), compact, and saves
-// g16, u16, h16 for the backward, which takes the same counts. dw1, dw3, dw2 and the compact
-// dxs (each may be null) accumulate in fp32. Scratch (both): ExpertsBf16Scratch bf16.
+// g16, u16, h16 for the backward, which takes the same counts. h16 may be null in both: the
+// forward then keeps h in its scratch and the backward computes it again from g16, u16 (the
+// forward's kernel, the same bits), a quarter (swiglu) or half of the saved rows less for one
+// elementwise pass. dw1, dw3, dw2 and the compact dxs (each may be null) accumulate in fp32.
+// Scratch (both): ExpertsBf16Scratch bf16.
 void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* ys16, bf16* g16,
                         bf16* u16, bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
                         int e_local, int d, int f, bf16* scratch16, cudaStream_t stream,

@@ -34,8 +34,13 @@ __global__ void PermuteBackwardKernel(float* dx, const float* dxs, const int32_t
   }
 }
 
-__global__ void UnpermuteForwardKernel(float* out, const float* ys, const float* weights, const int32_t* a2s,
-                                       int n, int k, int d) {
+// ys: fp32, or bf16 (the values the bf16 experts produce, read as the same floats).
+__device__ __forceinline__ float Load(const float* p) { return *p; }
+__device__ __forceinline__ float Load(const bf16* p) { return __bfloat162float(*p); }
+
+template <typename Y>
+__global__ void UnpermuteForwardKernel(float* out, const Y* ys, const float* weights, const int32_t* a2s, int n,
+                                       int k, int d) {
   const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (t >= n) return;
   float* dst = out + int64_t{t} * d;
@@ -45,12 +50,13 @@ __global__ void UnpermuteForwardKernel(float* out, const float* ys, const float*
     const int s = a2s[a];
     if (s < 0) continue;
     const float w = weights[a];
-    const float* src = ys + int64_t{s} * d;
-    for (int c = lane; c < d; c += 32) dst[c] += w * src[c];
+    const Y* src = ys + int64_t{s} * d;
+    for (int c = lane; c < d; c += 32) dst[c] += w * Load(src + c);
   }
 }
 
-__global__ void UnpermuteBackwardKernel(float* dys, float* dweights, const float* dout, const float* ys,
+template <typename Y>
+__global__ void UnpermuteBackwardKernel(float* dys, float* dweights, const float* dout, const Y* ys,
                                         const float* weights, const int32_t* a2s, int n, int k, int d) {
   const int a = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (a >= n * k) return;
@@ -63,12 +69,29 @@ __global__ void UnpermuteBackwardKernel(float* dys, float* dweights, const float
     for (int c = lane; c < d; c += 32) dst[c] += w * g[c];
   }
   if (dweights != nullptr) {
-    const float* y = ys + int64_t{s} * d;
+    const Y* y = ys + int64_t{s} * d;
     float dot = 0.0f;
-    for (int c = lane; c < d; c += 32) dot += g[c] * y[c];
+    for (int c = lane; c < d; c += 32) dot += g[c] * Load(y + c);
     dot = WarpSum(dot);
     if (lane == 0) dweights[a] += dot;
   }
+}
+
+template <typename Y>
+void LaunchUnpermuteForward(float* out, const Y* ys, const float* weights, const int32_t* a2s, int n, int k, int d,
+                            cudaStream_t stream) {
+  if (n <= 0) return;
+  UnpermuteForwardKernel<<<BlocksFor(n, kThreads / 32), kThreads, 0, stream>>>(out, ys, weights, a2s, n, k, d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+template <typename Y>
+void LaunchUnpermuteBackward(float* dys, float* dweights, const float* dout, const Y* ys, const float* weights,
+                             const int32_t* a2s, int n, int k, int d, cudaStream_t stream) {
+  if (n * k <= 0) return;
+  UnpermuteBackwardKernel<<<BlocksFor(int64_t{n} * k, kThreads / 32), kThreads, 0, stream>>>(
+      dys, dweights, dout, ys, weights, a2s, n, k, d);
+  MOE_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace
@@ -87,17 +110,22 @@ void PermuteBackward(float* dx, const float* dxs, const int32_t* a2s, int n, int
 
 void UnpermuteForward(float* out, const float* ys, const float* weights, const int32_t* a2s, int n, int k,
                       int d, cudaStream_t stream) {
-  if (n <= 0) return;
-  UnpermuteForwardKernel<<<BlocksFor(n, kThreads / 32), kThreads, 0, stream>>>(out, ys, weights, a2s, n, k, d);
-  MOE_CUDA_LAUNCH_CHECK();
+  LaunchUnpermuteForward(out, ys, weights, a2s, n, k, d, stream);
+}
+
+void UnpermuteForward(float* out, const bf16* ys, const float* weights, const int32_t* a2s, int n, int k, int d,
+                      cudaStream_t stream) {
+  LaunchUnpermuteForward(out, ys, weights, a2s, n, k, d, stream);
 }
 
 void UnpermuteBackward(float* dys, float* dweights, const float* dout, const float* ys, const float* weights,
                        const int32_t* a2s, int n, int k, int d, cudaStream_t stream) {
-  if (n * k <= 0) return;
-  UnpermuteBackwardKernel<<<BlocksFor(int64_t{n} * k, kThreads / 32), kThreads, 0, stream>>>(
-      dys, dweights, dout, ys, weights, a2s, n, k, d);
-  MOE_CUDA_LAUNCH_CHECK();
+  LaunchUnpermuteBackward(dys, dweights, dout, ys, weights, a2s, n, k, d, stream);
+}
+
+void UnpermuteBackward(float* dys, float* dweights, const float* dout, const bf16* ys, const float* weights,
+                       const int32_t* a2s, int n, int k, int d, cudaStream_t stream) {
+  LaunchUnpermuteBackward(dys, dweights, dout, ys, weights, a2s, n, k, d, stream);
 }
 
 }  // namespace moe::cuda

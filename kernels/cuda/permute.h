@@ -18,5 +18,11 @@ void UnpermuteForward(float* out, const float* ys, const float* weights, const i
                       int n, int k, int d, cudaStream_t stream);
 void UnpermuteBackward(float* dys, float* dweights, const float* dout, const float* ys, const float* weights,
                        const int32_t* assignment_to_slot, int n, int k, int d, cudaStream_t stream);
+// The same over bf16 ys (the bf16 experts' output rows, kept so for the backward: each value is
+// read as the float it is, so the results are those of the fp32 ys holding the same values).
+void UnpermuteForward(float* out, const bf16* ys, const float* weights, const int32_t* assignment_to_slot, int n,
+                      int k, int d, cudaStream_t stream);
+void UnpermuteBackward(float* dys, float* dweights, const float* dout, const bf16* ys, const float* weights,
+                       const int32_t* assignment_to_slot, int n, int k, int d, cudaStream_t stream);
 
 }  // namespace moe::cuda

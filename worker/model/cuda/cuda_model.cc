@@ -203,7 +203,8 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr
     exchange_ = std::make_unique<ExpertExchange>(comm_, dcomm_.get(), shape_);
     reducer_ = std::make_unique<DenseGradReducer>(dcomm_.get(), layout_, cfg.layers, grads_->fp32(), stream_);
   }
-  moe_scratch_ = std::make_unique<MoeScratch>(shape_, bf16_, &memory_);
+  moe_scratch_ = std::make_unique<MoeScratch>(shape_, bf16_, exchange_ != nullptr, cfg.shared_experts, cfg.shared_ffn,
+                                              &memory_);
   for (int l = 0; l < cfg.layers; ++l) {
     moe_.push_back(
         std::make_unique<CudaMoeLayer>(cfg, shape_, &ctx_, moe_scratch_.get(), exchange_.get(), &memory_,

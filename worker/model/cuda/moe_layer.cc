@@ -26,8 +26,14 @@ cuda::ExpertGrads GradsAt(const CudaContext& ctx, float* w1, float* w3, float* w
 
 }  // namespace
 
-MoeScratch::MoeScratch(const MoeShape& shape, bool bf16, DeviceMemory* memory)
-    : shape_(shape), bf16_(bf16), rows_mem_(memory) {
+MoeScratch::MoeScratch(const MoeShape& shape, bool bf16, bool exchanges, int shared_experts, int shared_ffn,
+                       DeviceMemory* memory)
+    : shape_(shape),
+      bf16_(bf16),
+      exchanges_(exchanges && !shape.dense),
+      shared_experts_(shared_experts),
+      shared_ffn_(shared_ffn),
+      rows_mem_(memory) {
   if (bf16_) {
     grouped = std::make_unique<cuda::GroupedBlas>();
     MOE_CUDA_CHECK(cudaEventCreateWithFlags(&counts_ready, cudaEventDisableTiming));
@@ -41,14 +47,28 @@ MoeScratch::~MoeScratch() {
 void MoeScratch::AddTo(BufferTable* table, int64_t n) {
   const int64_t D = shape_.d, r = shape_.ExpertRows(n);
   if (!shape_.dense) {
-    table->Add(&dys, r * D);
+    table->Add(&dys, bf16_ ? 0 : r * D);  // bf16: in d_expert_in (CudaMoeLayer::Backward)
     table->Add(&dweights, n * shape_.top_k);
     table->Add(&d_expert_in, r * D);
     table->Add(&drouter, n * shape_.experts);
   }
   if (!bf16_) table->Add(&fp32_scratch, 2 * r * shape_.ffn);
-  if (bf16_) table->Add(&plan16, r * D);
+  if (bf16_ && exchanges_) table->Add(&plan16, r * D);
   table->Add(&dense_offsets, 2);
+  if (shared_experts_ > 0) {
+    const int64_t Fs = shared_ffn_;
+    table->Add(&shared_y, n * D);
+    if (bf16_) {
+      const int32_t count = static_cast<int32_t>(n);
+      const int64_t lrows = cuda::ExpertLayoutRows(&count, 1);
+      table->Add(&shared_x16, lrows * D);
+      table->Add(&shared_dy16, lrows * D);
+      table->Add(&shared_scratch16, cuda::ExpertsBf16Scratch(lrows, 1, D, Fs));
+    } else {
+      table->Add(&shared_scratch, 2 * n * Fs);
+      table->Add(&shared_offsets, 2);
+    }
+  }
 }
 
 void MoeScratch::ReserveExpertRows(int64_t rows, cudaStream_t stream) {
@@ -59,11 +79,14 @@ void MoeScratch::ReserveExpertRows(int64_t rows, cudaStream_t stream) {
   // A quarter more than asked, so that routing that wobbles does not reallocate often.
   capacity = std::max(rows, capacity + capacity / 4);
   const int64_t D = shape_.d;
-  wire = rows_mem_.Alloc<cuda::bf16>(capacity * D);
-  ys = rows_mem_.Alloc<cuda::bf16>(capacity * D);
   dys16 = rows_mem_.Alloc<cuda::bf16>(capacity * D);
-  dx16 = rows_mem_.Alloc<cuda::bf16>(capacity * D);
-  dxs = rows_mem_.Alloc<float>(capacity * D);
+  if (!exchanges_) x16 = rows_mem_.Alloc<cuda::bf16>(capacity * D);
+  if (exchanges_) {
+    wire = rows_mem_.Alloc<cuda::bf16>(capacity * D);
+    ys = rows_mem_.Alloc<cuda::bf16>(capacity * D);
+    dx16 = rows_mem_.Alloc<cuda::bf16>(capacity * D);
+    dxs = rows_mem_.Alloc<float>(capacity * D);
+  }
   backward = rows_mem_.Alloc<cuda::bf16>(cuda::ExpertsBf16Scratch(capacity, shape_.experts_local, D, shape_.ffn));
 }
 
@@ -126,8 +149,10 @@ void CudaMoeLayer::AddTo(BufferTable* table, int64_t n) {
     if (cfg_.expert_dropout > 0) table->Add(&a_->expert_off, E);
     // xs: only the fp32 experts' backward reads it; with bf16 products the forward's permuted
     // rows pass through MoeScratch::d_expert_in (free until the backward) into the bf16 rows.
+    // ys: the experts' output, for the weights' gradient; bf16 values with bf16 products.
     if (!ctx_->bf16) table->Add(&a_->xs, r * D);
-    table->Add(&a_->ys, r * D);
+    if (!ctx_->bf16) table->Add(&a_->ys, r * D);
+    if (ctx_->bf16) table->Add(&a_->ys16, r * D);
   }
   if (!ctx_->bf16) {
     table->Add(&a_->g, r * F);
@@ -136,21 +161,14 @@ void CudaMoeLayer::AddTo(BufferTable* table, int64_t n) {
   }
   if (S > 0) {
     const bool gated = act_ == kernels::ExpertActivation::kSwiglu;
-    table->Add(&a_->shared_y, n * D);
     if (ctx_->bf16) {
       const int64_t lrows = shared_rows_;
-      table->Add(&a_->shared_x16, lrows * D);
-      table->Add(&a_->shared_dy16, lrows * D);
       table->Add(&a_->shared_g16, S * lrows * Fs);
       if (gated) table->Add(&a_->shared_u16, S * lrows * Fs);
-      table->Add(&a_->shared_h16, S * lrows * Fs);
-      table->Add(&a_->shared_scratch16, cuda::ExpertsBf16Scratch(lrows, 1, D, Fs));
     } else {
       table->Add(&a_->shared_g, S * n * Fs);
       if (gated) table->Add(&a_->shared_u, S * n * Fs);
       table->Add(&a_->shared_h, S * n * Fs);
-      table->Add(&a_->shared_scratch, 2 * n * Fs);
-      table->Add(&a_->shared_offsets, 2);
     }
   }
 }
@@ -161,28 +179,29 @@ void CudaMoeLayer::SharedForward(const float* m, const BlockTensors& w, int n, f
   cudaStream_t stream = ctx_->stream;
   const bool gated = act_ == kernels::ExpertActivation::kSwiglu;
   const int64_t wsize = int64_t{D} * Fs;  // one shared expert's W1, W3 or W2
+  MoeScratch& sc = *scratch_;
   shared_count_ = n;
   if (ctx_->bf16) {
     const int64_t lf = shared_rows_ * Fs;
-    cuda::ToExpertLayout(a_->shared_x16, m, &shared_count_, 1, D, stream);
+    cuda::ToExpertLayout(sc.shared_x16, m, &shared_count_, 1, D, stream);
     for (int s = 0; s < S; ++s) {
-      cuda::ExpertsForwardBf16(*scratch_->grouped, &shared_count_, a_->shared_y, nullptr, a_->shared_g16 + s * lf,
-                               gated ? a_->shared_u16 + s * lf : nullptr, a_->shared_h16 + s * lf, a_->shared_x16,
+      cuda::ExpertsForwardBf16(*sc.grouped, &shared_count_, sc.shared_y, nullptr, a_->shared_g16 + s * lf,
+                               gated ? a_->shared_u16 + s * lf : nullptr, nullptr, sc.shared_x16,
                                ctx_->Bf16Of(w.shared_w1 + s * wsize),
                                gated ? ctx_->Bf16Of(w.shared_w3 + s * wsize) : nullptr,
-                               ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, a_->shared_scratch16, stream, act_);
-      cuda::AddInPlace(out, a_->shared_y, int64_t{n} * D, stream);
+                               ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, sc.shared_scratch16, stream, act_);
+      cuda::AddInPlace(out, sc.shared_y, int64_t{n} * D, stream);
     }
     return;
   }
   const int32_t offsets[2] = {0, n};
-  MOE_CUDA_CHECK(cudaMemcpyAsync(a_->shared_offsets, offsets, sizeof(offsets), cudaMemcpyHostToDevice, stream));
+  MOE_CUDA_CHECK(cudaMemcpyAsync(sc.shared_offsets, offsets, sizeof(offsets), cudaMemcpyHostToDevice, stream));
   const int64_t nf = int64_t{n} * Fs;
   for (int s = 0; s < S; ++s) {
-    cuda::ExpertsForward(a_->shared_y, a_->shared_g + s * nf, gated ? a_->shared_u + s * nf : nullptr,
+    cuda::ExpertsForward(sc.shared_y, a_->shared_g + s * nf, gated ? a_->shared_u + s * nf : nullptr,
                          a_->shared_h + s * nf, m, w.shared_w1 + s * wsize, gated ? w.shared_w3 + s * wsize : nullptr,
-                         w.shared_w2 + s * wsize, a_->shared_offsets, n, 1, D, Fs, false, stream, act_);
-    cuda::AddInPlace(out, a_->shared_y, int64_t{n} * D, stream);
+                         w.shared_w2 + s * wsize, sc.shared_offsets, n, 1, D, Fs, false, stream, act_);
+    cuda::AddInPlace(out, sc.shared_y, int64_t{n} * D, stream);
   }
 }
 
@@ -193,17 +212,20 @@ void CudaMoeLayer::SharedBackward(const float* dout, const float* m, const Block
   cudaStream_t stream = ctx_->stream;
   const bool gated = act_ == kernels::ExpertActivation::kSwiglu;
   const int64_t wsize = int64_t{D} * Fs;
+  MoeScratch& sc = *scratch_;
   if (ctx_->bf16) {
     const int64_t lf = shared_rows_ * Fs;
-    cuda::ToExpertLayout(a_->shared_dy16, dout, &shared_count_, 1, D, stream);
+    // The input in the layout again (other layers used the scratch since), as the forward made it.
+    cuda::ToExpertLayout(sc.shared_x16, m, &shared_count_, 1, D, stream);
+    cuda::ToExpertLayout(sc.shared_dy16, dout, &shared_count_, 1, D, stream);
     for (int s = 0; s < S; ++s) {
       const cuda::ExpertGrads dw = GradsAt(*ctx_, g.shared_w1 + s * wsize, gated ? g.shared_w3 + s * wsize : nullptr,
                                            g.shared_w2 + s * wsize);
-      cuda::ExpertsBackwardBf16(*scratch_->grouped, &shared_count_, dm, dw, a_->shared_dy16,
-                                a_->shared_x16, a_->shared_g16 + s * lf, gated ? a_->shared_u16 + s * lf : nullptr,
-                                a_->shared_h16 + s * lf, ctx_->Bf16Of(w.shared_w1 + s * wsize),
+      cuda::ExpertsBackwardBf16(*sc.grouped, &shared_count_, dm, dw, sc.shared_dy16, sc.shared_x16,
+                                a_->shared_g16 + s * lf, gated ? a_->shared_u16 + s * lf : nullptr, nullptr,
+                                ctx_->Bf16Of(w.shared_w1 + s * wsize),
                                 gated ? ctx_->Bf16Of(w.shared_w3 + s * wsize) : nullptr,
-                                ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, a_->shared_scratch16, stream, act_);
+                                ctx_->Bf16Of(w.shared_w2 + s * wsize), 1, D, Fs, sc.shared_scratch16, stream, act_);
     }
     return;
   }
@@ -212,8 +234,8 @@ void CudaMoeLayer::SharedBackward(const float* dout, const float* m, const Block
     cuda::ExpertsBackward(dm, g.shared_w1 + s * wsize, gated ? g.shared_w3 + s * wsize : nullptr,
                           g.shared_w2 + s * wsize, dout, m, a_->shared_g + s * nf,
                           gated ? a_->shared_u + s * nf : nullptr, a_->shared_h + s * nf, w.shared_w1 + s * wsize,
-                          gated ? w.shared_w3 + s * wsize : nullptr, w.shared_w2 + s * wsize, a_->shared_offsets, n, 1,
-                          D, Fs, a_->shared_scratch, false, stream, act_);
+                          gated ? w.shared_w3 + s * wsize : nullptr, w.shared_w2 + s * wsize, sc.shared_offsets, n, 1,
+                          D, Fs, sc.shared_scratch, false, stream, act_);
   }
 }
 
@@ -225,10 +247,10 @@ void CudaMoeLayer::ReserveSaved() {
   const int64_t D = shape_.d, F = shape_.ffn;
   a_->rows.capacity = std::max(rows, a_->rows.capacity + a_->rows.capacity / 4);
   a_->rows.mem = std::make_unique<DeviceArena>(memory_);
-  a_->rows.x = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * D);
+  a_->rows.x = dispatcher_.exchanges() ? a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * D) : nullptr;
   a_->rows.g = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F);
-  a_->rows.u = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F);
-  a_->rows.h = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F);
+  const bool gated = act_ == kernels::ExpertActivation::kSwiglu;
+  a_->rows.u = gated ? a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F) : nullptr;
 }
 
 void CudaMoeLayer::Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, bool rerun) {
@@ -275,7 +297,7 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
     if (ctx_->bf16) {
       const int32_t counts[1] = {n};
       dispatcher_.Preprocess(counts);
-      ExpertsForward16(m, w, out);
+      ExpertsForward16(m, w, out, nullptr);
     } else {
       const int32_t offsets[2] = {0, n};
       MOE_CUDA_CHECK(
@@ -294,33 +316,36 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
   if (ctx_->bf16) {
     MOE_CUDA_CHECK(cudaEventSynchronize(scratch_->counts_ready));
     dispatcher_.Preprocess(counts_host_);
-    ExpertsForward16(xs, w, a_->ys);
+    ExpertsForward16(xs, w, nullptr, a_->ys16);
+    cuda::UnpermuteForward(out, a_->ys16, a_->weights, a_->a2s, n, k, D, stream);
   } else {
     cuda::ExpertsForward(a_->ys, a_->g, a_->u, a_->h, a_->xs, w.w1, w.w3, w.w2, a_->offsets, n * k, E, D, F, false,
                          stream, act_);
+    cuda::UnpermuteForward(out, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
   }
-  cuda::UnpermuteForward(out, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
   SharedForward(m, w, n, out);
 }
 
-void CudaMoeLayer::ExpertsForward16(const float* in, const BlockTensors& w, float* out) {
+void CudaMoeLayer::ExpertsForward16(const float* in, const BlockTensors& w, float* out, cuda::bf16* out16) {
   const int D = shape_.d, F = shape_.ffn, L = shape_.experts_local;
   cudaStream_t stream = ctx_->stream;
   ReserveSaved();
   MoeScratch& s = *scratch_;
-  dispatcher_.Dispatch(in, a_->rows.x, s.dispatch(), stream);
+  cuda::bf16* x = InputRows();
+  dispatcher_.Dispatch(in, x, s.dispatch(), stream);
   const int32_t* counts = dispatcher_.local_counts();
   const cuda::bf16 *w1 = ctx_->Bf16Of(w.w1), *w3 = w.w3 != nullptr ? ctx_->Bf16Of(w.w3) : nullptr,
                    *w2 = ctx_->Bf16Of(w.w2);
   if (!dispatcher_.exchanges()) {
-    // Plan order is expert order: the experts write the fp32 output directly.
-    cuda::ExpertsForwardBf16(*s.grouped, counts, out, nullptr, a_->rows.g, a_->rows.u, a_->rows.h, a_->rows.x, w1, w3,
-                             w2, L, D, F, s.backward, stream, act_);
+    // Plan order is expert order: the experts write the output directly.
+    cuda::ExpertsForwardBf16(*s.grouped, counts, out, out16, a_->rows.g, a_->rows.u, nullptr, x, w1, w3, w2, L, D,
+                             F, s.backward, stream, act_);
     return;
   }
-  cuda::ExpertsForwardBf16(*s.grouped, counts, nullptr, s.ys, a_->rows.g, a_->rows.u, a_->rows.h, a_->rows.x, w1, w3,
-                           w2, L, D, F, s.backward, stream, act_);
-  dispatcher_.Combine(s.ys, out, s.dispatch(), stream);
+  cuda::ExpertsForwardBf16(*s.grouped, counts, nullptr, s.ys, a_->rows.g, a_->rows.u, nullptr, x, w1, w3, w2, L, D,
+                           F, s.backward, stream, act_);
+  if (out != nullptr) dispatcher_.Combine(s.ys, out, s.dispatch(), stream);
+  if (out16 != nullptr) dispatcher_.Combine(s.ys, out16, s.dispatch(), stream);
 }
 
 void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensors& w, const BlockTensors& g, int n,
@@ -330,6 +355,7 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
   MoeScratch& s = *scratch_;
   if (shape_.dense) {
     if (ctx_->bf16) {
+      RedoInputRows(m);
       ExpertsBackward16(dout, w, g, dm);
     } else {
       cuda::ExpertsBackward(dm, g.w1, g.w3, g.w2, dout, m, a_->g, a_->u, a_->h, w.w1, w.w3, w.w2, s.dense_offsets, n, 1,
@@ -339,13 +365,26 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
     return;
   }
   const int rows = n * k;
-  MOE_CUDA_CHECK(cudaMemsetAsync(s.dys, 0, sizeof(float) * rows * D, stream));
+  // The experts' output rows' gradient (rows, D). bf16: in d_expert_in, which holds it only until
+  // its bf16 copy in the layout (MoeScratch::dys16) is made, before it takes anything else.
+  float* dys = ctx_->bf16 ? s.d_expert_in : s.dys;
+  MOE_CUDA_CHECK(cudaMemsetAsync(dys, 0, sizeof(float) * rows * D, stream));
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dweights, 0, sizeof(float) * rows, stream));
-  cuda::UnpermuteBackward(s.dys, s.dweights, dout, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
+  if (ctx_->bf16) {
+    cuda::UnpermuteBackward(dys, s.dweights, dout, a_->ys16, a_->weights, a_->a2s, n, k, D, stream);
+    // The route is the forward's: no count exchange here.
+    dispatcher_.Dispatch(dys, s.dys16, s.dispatch(), stream);
+    if (!dispatcher_.exchanges()) {
+      // The forward's permuted rows again, through d_expert_in as in the forward.
+      cuda::PermuteForward(s.d_expert_in, m, a_->a2s, n, k, D, stream);
+      RedoInputRows(s.d_expert_in);
+    }
+  } else {
+    cuda::UnpermuteBackward(dys, s.dweights, dout, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
+  }
   MOE_CUDA_CHECK(cudaMemsetAsync(s.d_expert_in, 0, sizeof(float) * rows * D, stream));
   if (ctx_->bf16) {
-    // The route is the forward's: no count exchange here.
-    ExpertsBackward16(s.dys, w, g, s.d_expert_in);
+    ExpertsBackward16(nullptr, w, g, s.d_expert_in);
   } else {
     cuda::ExpertsBackward(s.d_expert_in, g.w1, g.w3, g.w2, s.dys, a_->xs, a_->g, a_->u, a_->h, w.w1, w.w3, w.w2,
                           a_->offsets, rows, E, D, F, s.fp32_scratch, false, stream, act_);
@@ -359,6 +398,11 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
   SharedBackward(dout, m, w, g, n, dm);
 }
 
+void CudaMoeLayer::RedoInputRows(const float* in) {
+  if (dispatcher_.exchanges()) return;
+  dispatcher_.Dispatch(in, scratch_->x16, scratch_->dispatch(), ctx_->stream);
+}
+
 void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din) {
   const int D = shape_.d, F = shape_.ffn, L = shape_.experts_local;
   cudaStream_t stream = ctx_->stream;
@@ -368,15 +412,15 @@ void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, c
                    *w2 = ctx_->Bf16Of(w.w2);
   const cuda::ExpertGrads dw = GradsAt(*ctx_, g.w1, g.w3, g.w2);
   // The gradient of the experts' output goes where their rows went (bf16, like the activations).
-  dispatcher_.Dispatch(dout, s.dys16, s.dispatch(), stream);
+  if (dout != nullptr) dispatcher_.Dispatch(dout, s.dys16, s.dispatch(), stream);
   if (!dispatcher_.exchanges()) {
-    cuda::ExpertsBackwardBf16(*s.grouped, counts, din, dw, s.dys16, a_->rows.x, a_->rows.g, a_->rows.u, a_->rows.h,
+    cuda::ExpertsBackwardBf16(*s.grouped, counts, din, dw, s.dys16, InputRows(), a_->rows.g, a_->rows.u, nullptr,
                               w1, w3, w2, L, D, F, s.backward, stream, act_);
     return;
   }
   const int64_t rows = dispatcher_.rows_in();
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dxs, 0, sizeof(float) * rows * D, stream));
-  cuda::ExpertsBackwardBf16(*s.grouped, counts, s.dxs, dw, s.dys16, a_->rows.x, a_->rows.g, a_->rows.u, a_->rows.h,
+  cuda::ExpertsBackwardBf16(*s.grouped, counts, s.dxs, dw, s.dys16, InputRows(), a_->rows.g, a_->rows.u, nullptr,
                             w1, w3, w2, L, D, F, s.backward, stream, act_);
   cuda::CastToBf16(s.dx16, s.dxs, rows * D, stream);
   dispatcher_.Combine(s.dx16, din, s.dispatch(), stream);

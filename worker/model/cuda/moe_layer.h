@@ -30,7 +30,11 @@ namespace moe {
 // the routing, so those buffers grow on demand; the others are per batch (n tokens).
 class MoeScratch {
  public:
-  MoeScratch(const MoeShape& shape, bool bf16, DeviceMemory* memory);
+  // exchanges: the MoE layers' rows travel between GPUs (an ExpertExchange, and not dense); only
+  // then are the plan-order and wire copies of the rows and the compact gradient needed.
+  // shared_experts, shared_ffn: model.moe's shared experts (S, F_s; S 0: none).
+  MoeScratch(const MoeShape& shape, bool bf16, bool exchanges, int shared_experts, int shared_ffn,
+             DeviceMemory* memory);
   ~MoeScratch();
 
   // The per-batch buffers, for n tokens, into the model's activation table.
@@ -41,20 +45,30 @@ class MoeScratch {
   std::unique_ptr<cuda::GroupedBlas> grouped;  // bf16
   cudaEvent_t counts_ready = nullptr;          // bf16
   // Per batch (r = n k expert rows, n when dense).
-  float *dys = nullptr, *d_expert_in = nullptr;  // (r, D) plan order
+  float *dys = nullptr, *d_expert_in = nullptr;  // (r, D) plan order; dys fp32 mode only
   float *dweights = nullptr, *drouter = nullptr;  // (n, k), (n, E)
   float* fp32_scratch = nullptr;                 // (2 r F) fp32 experts' backward
   int32_t* dense_offsets = nullptr;              // (2) {0, n}: a dense model's one expert, fp32
-  cuda::bf16* plan16 = nullptr;                  // (r, D) bf16 rows in plan order
-  // Expert rows (capacity of them), bf16 mode.
+  cuda::bf16* plan16 = nullptr;                  // (r, D) bf16 rows in plan order (exchanges only)
+  // The shared experts', per batch: one expert's output (n, D); bf16: the layer's input and
+  // output gradient in the experts' layout (lrows, D: the backward makes the input again) and
+  // the fast path's scratch; fp32: the backward's scratch (2 n F_s) and offsets {0, n}.
+  float *shared_y = nullptr, *shared_scratch = nullptr;
+  int32_t* shared_offsets = nullptr;
+  cuda::bf16 *shared_x16 = nullptr, *shared_dy16 = nullptr, *shared_scratch16 = nullptr;
+  // Expert rows (capacity of them), bf16 mode: dys16 (layout) and the experts' scratch; on one
+  // GPU x16, the experts' input in the layout (each layer's forward, and its backward again);
+  // when the rows travel between GPUs wire (wire order), ys, dx16 (compact bf16) and dxs.
   int64_t capacity = 0;
   cuda::bf16 *wire = nullptr, *ys = nullptr, *dys16 = nullptr, *dx16 = nullptr, *backward = nullptr;
+  cuda::bf16* x16 = nullptr;
   float* dxs = nullptr;  // (capacity, D) fp32 gradient of the experts' input
   DispatchScratch dispatch() const { return {wire, plan16}; }
 
  private:
   MoeShape shape_;
-  bool bf16_;
+  bool bf16_, exchanges_;
+  int shared_experts_, shared_ffn_;
   DeviceArena rows_mem_;
 };
 
@@ -66,22 +80,22 @@ struct MoeSaved {
   int32_t *expert_idx = nullptr, *a2s = nullptr, *s2a = nullptr;     // (n,k) (n k) (n k)
   int32_t *counts = nullptr, *routed = nullptr, *offsets = nullptr;  // (E) (E) (E+1)
   uint8_t* expert_off = nullptr;  // (E) expert dropout's switched-off experts, when the job has it
-  float *xs = nullptr, *ys = nullptr;             // (r, D) plan order; xs fp32 mode only
+  float *xs = nullptr, *ys = nullptr;             // (r, D) plan order, fp32 mode
+  cuda::bf16* ys16 = nullptr;                      // (r, D) plan order, bf16 mode: the experts' bf16 output
   float *g = nullptr, *u = nullptr, *h = nullptr;  // (r, F) fp32 mode
-  // Shared experts (S of hidden F_s). fp32: g, u, h (S, n, F_s), the scratch of their backward
-  // (2 n F_s) and offsets {0, n}; bf16: the input and the output gradient in the experts' layout
-  // (lrows, D), g, u, h (S, lrows, F_s) and the fast path's scratch. Both: one expert's output
-  // (n, D). u only for swiglu.
-  float *shared_y = nullptr, *shared_g = nullptr, *shared_u = nullptr, *shared_h = nullptr;
-  float* shared_scratch = nullptr;
-  int32_t* shared_offsets = nullptr;
-  cuda::bf16 *shared_x16 = nullptr, *shared_dy16 = nullptr, *shared_g16 = nullptr, *shared_u16 = nullptr,
-             *shared_h16 = nullptr, *shared_scratch16 = nullptr;
+  // Shared experts (S of hidden F_s; their scratch is MoeScratch's). fp32: g, u, h (S, n, F_s);
+  // bf16: g, u (S, lrows, F_s) in the experts' layout (h = act(g, u) is computed again in the
+  // backward, kernels/cuda/experts.h). u only for swiglu.
+  float *shared_g = nullptr, *shared_u = nullptr, *shared_h = nullptr;
+  cuda::bf16 *shared_g16 = nullptr, *shared_u16 = nullptr;
   // bf16: the experts' input and what their backward needs, in the experts' layout, for the
   // rows this rank's experts take (on several GPUs that depends on the routing: grown on demand).
+  // No h: the backward computes act(g, u) again (kernels/cuda/experts.h). u only for swiglu. x
+  // only when the rows travel between GPUs: on one GPU the backward makes the layout's input
+  // again from the layer's input m (the forward's permute and cast, in MoeScratch::x16).
   struct Rows {
     int64_t capacity = 0;  // rows
-    cuda::bf16 *x = nullptr, *g = nullptr, *u = nullptr, *h = nullptr;
+    cuda::bf16 *x = nullptr, *g = nullptr, *u = nullptr;
     std::unique_ptr<DeviceArena> mem;
   } rows;
 };
@@ -119,11 +133,20 @@ class CudaMoeLayer {
  private:
   // The router: logits, probabilities, top-k, the plan, the statistics and the aux gradient.
   void Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, bool rerun);
-  // The experts on bf16 rows: dispatch, products, combine (kept rows of xs -> ys; dense: m -> out).
-  void ExpertsForward16(const float* in, const BlockTensors& w, float* out);
+  // The experts on bf16 rows: dispatch, products, combine: kept rows of xs -> out16 (bf16, the
+  // saved ys), or dense m -> out (fp32, n rows); the other output null.
+  void ExpertsForward16(const float* in, const BlockTensors& w, float* out, cuda::bf16* out16);
+  // dout: the output rows' gradient (fp32, plan order), or null when it is already in
+  // MoeScratch::dys16.
   void ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din);
   // Makes the saved expert rows hold the dispatcher's layout.
   void ReserveSaved();
+  // The experts' bf16 input rows in the layout: saved (rows travel between GPUs), or
+  // MoeScratch::x16, which the forward fills and the backward fills again (RedoInputRows).
+  cuda::bf16* InputRows() const { return dispatcher_.exchanges() ? a_->rows.x : scratch_->x16; }
+  // One GPU: InputRows again from the forward's input rows (fp32, plan order), as the forward
+  // made them. Nothing when the rows travel between GPUs (saved).
+  void RedoInputRows(const float* in);
   // The shared experts (model.moe.shared_experts): out (n, D) += sum_s Shared_s(m), and back
   // (dm += ; their weights' gradients +=). Every token, like a dense model's expert.
   void SharedForward(const float* m, const BlockTensors& w, int n, float* out);

@@ -84,14 +84,19 @@ void CudaTokenDispatcher::Dispatch(const float* plan_rows, cuda::bf16* layout_ro
 
 void CudaTokenDispatcher::Combine(const cuda::bf16* expert_rows, float* plan_rows, const DispatchScratch& scratch,
                                   cudaStream_t stream) {
+  Combine(expert_rows, scratch.plan, scratch, stream);
+  cuda::CastToFloat(plan_rows, scratch.plan, plan_.rows_out * shape_.d, stream);
+}
+
+void CudaTokenDispatcher::Combine(const cuda::bf16* expert_rows, cuda::bf16* plan_rows,
+                                  const DispatchScratch& scratch, cudaStream_t stream) {
   const int64_t D = shape_.d;
   const cuda::bf16* wire = expert_rows;
   if (to_wire_.count > 0) {
     cuda::CopyRowBlocks(scratch.wire, expert_rows, to_wire_, D * sizeof(cuda::bf16), stream);
     wire = scratch.wire;
   }
-  exchange_->Return(plan_, wire, scratch.plan, stream);
-  cuda::CastToFloat(plan_rows, scratch.plan, plan_.rows_out * D, stream);
+  exchange_->Return(plan_, wire, plan_rows, stream);
 }
 
 }  // namespace moe

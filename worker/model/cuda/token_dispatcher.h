@@ -64,8 +64,11 @@ class CudaTokenDispatcher {
   // fp32 plan-order rows (rows_out() of them) -> the experts' bf16 layout (layout().rows rows).
   void Dispatch(const float* plan_rows, cuda::bf16* layout_rows, const DispatchScratch& scratch,
                 cudaStream_t stream);
-  // Several GPUs: bf16 rows in compact expert order (rows_in()) -> fp32 plan-order rows.
+  // Several GPUs: bf16 rows in compact expert order (rows_in()) -> plan-order rows (rows_out()),
+  // fp32 or bf16 (the same values: what comes back is bf16).
   void Combine(const cuda::bf16* expert_rows, float* plan_rows, const DispatchScratch& scratch,
+               cudaStream_t stream);
+  void Combine(const cuda::bf16* expert_rows, cuda::bf16* plan_rows, const DispatchScratch& scratch,
                cudaStream_t stream);
 
   // Whether rows travel between GPUs (else the experts read and write plan order directly).
