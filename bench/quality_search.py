@@ -139,6 +139,14 @@ VARIANTS = {
                                                                "model.moe.capacity_factor": 1.25}),
     "a10-qknorm": dict(EXAMPLE, **{"model.attention.qk_norm": True}),
     "a10-cap1.25-warmup200": dict(EXAMPLE, **{"model.moe.capacity_factor": 1.25, "train.warmup_steps": 200}),
+    # Round 11: fewer experts at the same active size (more experts never helped: 16 at top-2 and
+    # finer 16 at top-4 were worse; fewer leave less to overfit), and weight decay between the
+    # example's 0.1 and round 2's worse 0.3.
+    "a11-e4k2": dict(EXAMPLE, **{"model.moe.num_experts": 4}),
+    "a11-e4k1-f1024": dict(EXAMPLE, **{"model.moe.num_experts": 4, "model.moe.top_k": 1,
+                                       "model.moe.expert_hidden": 1024}),
+    "a11-e4k2-warmup200": dict(EXAMPLE, **{"model.moe.num_experts": 4, "train.warmup_steps": 200}),
+    "a11-wd0.2": dict(EXAMPLE, **{"train.weight_decay": 0.2}),
     # examples/shakespeare-moe.yaml (the same job: tests/moectl_validate_test.cc compares them)
     # and its dense twin, the same recipe with one expert of the same active size.
     "example": EXAMPLE,
