@@ -12,7 +12,8 @@
 #      (bench/check_hf_export.py: logits and 50 greedy tokens); sampled with the KV cache
 #   4. the seed recipes (examples/tutel-style.yaml, modded-nanogpt-style.yaml) and their base
 #      twins (the same sizes, no options) RECIPE_STEPS steps (300) on the KJV text with GPT-2's
-#      BPE: loss first and last, tokens/s, TFLOP/s, peak memory
+#      BPE: loss first and last, tokens/s, TFLOP/s, peak memory; RECIPE_BENCH=N also times each
+#      against its twin with moe_bench --job, N rounds alternating
 #   5. config small 30 steps with AdamW and with Muon (SKIP_MUON_RUN=1: AdamW only): the
 #      optimizer's share of the step; that checkpoint through transformers (fp32); then 200
 #      tokens sampled from it on the GPU with the KV cache (and 50 on the CPU)
@@ -125,9 +126,23 @@ if [[ -z ${SKIP_RECIPES:-} && -s $KJV ]]; then
         -e "/muon_lr:/d" -e "s/schedule: wsd/schedule: cosine/" -e "s/^name: .*/name: $r-base/" \
         "$K/$r.yaml" > "$K/$r-base.yaml"
     grep -q "attention:$" "$K/$r-base.yaml" && sed -i "/^  attention:$/d" "$K/$r-base.yaml"
-    train "$r" "$K/$r.yaml" "$S"
-    train "$r-base" "$K/$r-base.yaml" "$S"
+    if [[ $S -gt 0 ]]; then
+      train "$r" "$K/$r.yaml" "$S"
+      train "$r-base" "$K/$r-base.yaml" "$S"
+    fi
   done
+fi
+# 4b. RECIPE_BENCH=N: each recipe against its twin through moe_bench --job (random tokens, 30
+# steps after 5), N rounds alternating; one line per run. (Needs step 4's files: SKIP_RECIPES
+# unset, RECIPE_STEPS=0 trains nothing.)
+if [[ -n ${RECIPE_BENCH:-} && -d /tmp/moe-recipes ]]; then
+  for ((i = 1; i <= RECIPE_BENCH; i++)); do
+    for f in /tmp/moe-recipes/*.yaml; do
+      echo "bench $(basename "$f" .yaml) round $i: $(timeout 120 .carry/bin/moe_bench --job "$f" --steps 30 --warmup 5 \
+          2>> "$OUT/recipe_bench.err" | grep -oE '"(step_ms|tokens_per_s|forward_ms|backward_ms|peak_memory_mb)": [0-9.]+' |
+          tr '\n' ' ')"
+    done
+  done | tee "$OUT/recipe_bench.txt"
 fi
 
 # 5. Muon's share of a step of config small.
