@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the build needs (Debian/Ubuntu packages, non-interactive, only when missing),
 # then configures and builds into build/. Safe to run again.
-# Usage: bash scripts/setup.sh            (BUILD_DIR, BUILD_TYPE and JOBS may be set)
+# Usage: bash scripts/setup.sh            (BUILD_DIR, BUILD_TYPE, JOBS and CMAKE_ARGS may be set)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +30,8 @@ fi
 BUILD_DIR=${BUILD_DIR:-build}
 BUILD_TYPE=${BUILD_TYPE:-RelWithDebInfo}
 JOBS=${JOBS:-$(nproc)}
-cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" >/dev/null
+# CMAKE_ARGS: more cmake -D options (scripts/test.sh passes -DMOE_DEBUG_INFO=OFF in CI).
+cmake -S . -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE="$BUILD_TYPE" ${CMAKE_ARGS:-} >/dev/null
 bash scripts/fetch_data.sh
 cmake --build "$BUILD_DIR" -j "$JOBS"
 echo "setup: built $BUILD_DIR/bin/{moed,moectl,moe-worker}"
