@@ -7,6 +7,7 @@
 #   3. config small on 1 GPU and on every GPU (8 experts), tokens/s per GPU; the dispatcher's
 #      all-to-all (a2a_bench, and inside moe_bench) against NCCL's own (nccl_ceiling.py), in
 #      this same call
+#   3b. with 8 GPUs or more, the 18B-class seed model 20 steps (examples/seed-18b.yaml)
 #   4. the service: moed + moectl on this machine, a job on every GPU, cancel (device_service.sh)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,19 @@ if [[ -z ${SKIP_BENCH:-} ]]; then
   timeout 300 torchrun --standalone --nproc_per_node="$G" .carry/nccl_ceiling.py > "$OUT/ceiling.json" \
       2> "$OUT/ceiling.err"
   echo "nccl_ceiling rc=$?: $(tail -1 "$OUT/ceiling.json")"; tail -3 "$OUT/ceiling.err"
+fi
+
+# 3b. On 8 GPUs or more: the 18B-class seed model (examples/seed-18b.yaml: d_model 4096, 32 layers,
+# 8 experts top-2, head size 128, bf16), one expert per GPU, 20 steps on the KJV text, no
+# checkpoint (it would be ~200 GB); SKIP_18B=1 leaves it out.
+if [[ -z ${SKIP_18B:-} && $G -ge 8 ]]; then
+  sed -e "s|path: ../data/bible-kjv.txt|path: $PWD/.carry/data/bible-kjv.txt|" \
+      -e "s|tokenizer_dir: ../data/gpt2|tokenizer_dir: $PWD/.carry/data/gpt2|" examples/seed-18b.yaml > /tmp/seed-18b.yaml
+  timeout "${SEED18B_TIMEOUT:-580}" "${MPIRUN[@]}" -np 8 .carry/bin/moe-worker --job /tmp/seed-18b.yaml --max-steps 20 \
+      --no-checkpoint > "$OUT/seed18b.log" 2>&1
+  R[seed18b]="rc=$? $(grep -E '^\{.*"step": (1|10|20),' "$OUT/seed18b.log" |
+                      grep -oE '"(step|loss|tokens_per_s|mfu|peak_memory_mb)": [0-9.]+' | tr '\n' ' ')"
+  tail -3 "$OUT/seed18b.log"
 fi
 
 if [[ -z ${SKIP_SERVICE:-} && -f scripts/device_service.sh ]]; then

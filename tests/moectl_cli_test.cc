@@ -3,6 +3,7 @@
 // error; delete and prune remove finished jobs end to end and refuse a running one.
 #include <sys/stat.h>
 
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,40 @@ TEST(MoectlCli, HelpAndVersionExitZero) {
   EXPECT_TRUE(absl::StrContains(completion.out, "--older-than")) << completion.out;
   CommandResult syntax = RunCommand({"/bin/bash", "-n", "-c", completion.out}, {}, 10);
   EXPECT_EQ(syntax.exit_code, 0) << syntax.err;
+}
+
+// moe-worker --no-checkpoint (benchmarks and trials by hand): trains and writes no checkpoint, not
+// even at the end, where the same run without it writes one; refused beside --resume or
+// --checkpoint-dir, and for moed's --spec runs.
+TEST(MoeWorkerCli, NoCheckpointWritesNoneAndRefusesWhatNeedsOne) {
+  const std::string dir = moe::testing::MakeTempDir("moe-worker-nockpt-");
+  std::ofstream(dir + "/text.txt") << std::string(4000, 'a') + "the quick brown fox jumps over the lazy dog\n";
+  const std::string ck = dir + "/ck";
+  std::ofstream(dir + "/job.yaml")
+      << "name: nockpt\n"
+         "model: {d_model: 16, n_layers: 1, n_heads: 2, seq_len: 8, dropout: 0.0,\n"
+         "        moe: {num_experts: 2, top_k: 1, expert_hidden: 16}}\n"
+         "data: {path: " << dir << "/text.txt, tokenizer: char}\n"
+         "train: {steps: 4, batch_size: 2, eval_every: 100, eval_batches: 1}\n"
+         "resources: {device: cpu}\n"
+         "checkpoint: {dir: " << ck << "}\n";
+  const std::string worker = BinDir() + "/moe-worker", job = dir + "/job.yaml";
+  CommandResult none = RunCommand({worker, "--job", job, "--max-steps", "2", "--no-checkpoint", "--threads", "1"}, {}, 120);
+  ASSERT_EQ(none.exit_code, 0) << none.out << none.err;
+  EXPECT_TRUE(absl::StrContains(none.out, "checkpoints none (--no-checkpoint)")) << none.out;
+  struct stat st;
+  EXPECT_NE(stat(ck.c_str(), &st), 0) << "--no-checkpoint wrote " << ck;
+  CommandResult with = RunCommand({worker, "--job", job, "--max-steps", "2", "--threads", "1"}, {}, 120);
+  ASSERT_EQ(with.exit_code, 0) << with.out << with.err;
+  EXPECT_EQ(stat(ck.c_str(), &st), 0) << "the same run without the flag wrote no checkpoint";
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{worker, "--job", job, "--no-checkpoint", "--resume"},
+        std::vector<std::string>{worker, "--job", job, "--no-checkpoint", "--checkpoint-dir", ck},
+        std::vector<std::string>{worker, "--spec", dir + "/spec.json", "--no-checkpoint"}}) {
+    CommandResult r = RunCommand(bad, {}, 30);
+    EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, "--no-checkpoint")) << r.err;
+  }
 }
 
 TEST(MoectlCli, ListJsonCarriesEveryFieldAndFilters) {

@@ -349,6 +349,28 @@ TEST_F(ExampleTest, Moe80gbNamesWhatMakesItFit) {
   }
 }
 
+// The scale-out issue's 18B-class model (examples/seed-18b.yaml) on 8 GPUs, one expert each:
+// counted as that issue sizes it, fits an H200 per GPU without memory options, and on 80 GB GPUs
+// validate names recompute as enough alone.
+TEST_F(ExampleTest, Seed18bSplitsOverEightGpus) {
+  RunResult r = ValidateCopy("seed-18b.yaml");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_THAT(r.out, HasSubstr("32 heads (8 kv heads, head size 128)"));
+  EXPECT_THAT(r.out, HasSubstr("17.9B total, 5.78B active (3.77B on each rank)"));
+  EXPECT_THAT(r.out, HasSubstr("E 8, top-2, hidden 5120, dropless, 1 per rank"));
+  EXPECT_THAT(r.out, HasSubstr("batch 32 (4 per rank, 1 micro-batch)"));
+  const std::string path = root_ + "/examples/seed-18b.yaml";
+  RunResult h200 = RunMoectl({"validate", path, "--gpu-memory", "139GiB"});
+  EXPECT_EQ(h200.exit_code, 0) << h200.out << h200.err;
+  EXPECT_THAT(h200.out, HasSubstr("gpu memory   fits: needs about "));
+  RunResult gb80 = RunMoectl({"validate", path, "--gpu-memory", "80GB"});
+  EXPECT_EQ(gb80.exit_code, 2) << gb80.out;
+  const size_t lever = gb80.out.find("train.recompute: full saves about ");
+  ASSERT_NE(lever, std::string::npos) << gb80.out;
+  EXPECT_THAT(gb80.out.substr(lever, gb80.out.find('\n', lever) - lever), HasSubstr("(enough alone)"));
+}
+
 TEST_F(ExampleTest, SeedRecipesValidate) {
   struct Case {
     std::string file;

@@ -40,7 +40,8 @@ namespace {
 
 constexpr char kUsage[] =
     "usage:\n"
-    "  moe-worker --job JOB.yaml [--checkpoint-dir DIR] [--resume] [--max-steps N]\n"
+    "  moe-worker --job JOB.yaml [--checkpoint-dir DIR | --no-checkpoint] [--resume] [--max-steps N]\n"
+    "             (--no-checkpoint: writes none, not even at the end; for benchmarks and trials)\n"
     "  moe-worker --spec SPEC.json --moed HOST:PORT --job-id ID [--attempt N] [--checkpoint-dir DIR] [--resume]\n"
     "  moe-worker --sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
     "             [--device cpu|cuda|auto] [--no-kv-cache] (tokens printed as they come, with a KV cache on\n"
@@ -56,6 +57,7 @@ struct WorkerFlags {
   std::string job_yaml, spec_json, moed, job_id, checkpoint_dir;
   int attempt = 0;
   bool resume = false;
+  bool no_checkpoint = false;
   int max_steps = -1;
   int threads = 0;
   double comm_timeout_s = 300;
@@ -100,6 +102,8 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       err = int_flag(&f->threads);
     } else if (a == "--resume") {
       f->resume = true;
+    } else if (a == "--no-checkpoint") {
+      f->no_checkpoint = true;
     } else if (a == "--comm-timeout") {
       if (!value(&v) || !absl::SimpleAtod(v, &f->comm_timeout_s) || f->comm_timeout_s <= 0) {
         return "--comm-timeout needs a positive number of seconds";
@@ -164,6 +168,12 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
     return "";
   }
   if (!f->sampling && f->job_yaml.empty() == f->spec_json.empty()) return "give exactly one of --job or --spec";
+  if (f->no_checkpoint) {
+    if (f->job_yaml.empty()) return "--no-checkpoint is for --job runs by hand (moed's jobs always checkpoint)";
+    if (f->resume || !f->checkpoint_dir.empty()) {
+      return "--no-checkpoint cannot go with --resume or --checkpoint-dir: leave one out";
+    }
+  }
   return "";
 }
 
@@ -322,7 +332,7 @@ int main(int argc, char** argv) {
   if (absl::Status st = moe::CheckSpecPaths(policy, *spec); !st.ok()) {
     return fail(std::string(st.message()));
   }
-  if (flags.checkpoint_dir.empty() && spec->checkpoint().dir().empty()) {
+  if (!flags.no_checkpoint && flags.checkpoint_dir.empty() && spec->checkpoint().dir().empty()) {
     if (absl::Status st = moe::CheckCheckpointPath(policy, "checkpoint directory",
                                                    "checkpoints/" + spec->name());
         !st.ok()) {
@@ -343,6 +353,7 @@ int main(int argc, char** argv) {
   topts.checkpoint_dir = flags.checkpoint_dir;
   if (topts.checkpoint_dir.empty()) topts.checkpoint_dir = spec->checkpoint().dir();
   if (topts.checkpoint_dir.empty()) topts.checkpoint_dir = "checkpoints/" + spec->name();
+  if (flags.no_checkpoint) topts.checkpoint_dir.clear();  // the trainer writes none
   topts.resume = flags.resume;
   // The checkpoint directory's owner: moed's job (its id and folder, which is unique to one moed)
   // or, run by hand, the job's name.
@@ -361,7 +372,8 @@ int main(int argc, char** argv) {
   if (rank == 0) {
     std::string line = absl::StrCat("moe-worker: job ", spec->name(), ", ", world, " rank(s), ", threads,
                                     " thread(s) per rank, data ", data->source, ", vocab ", data->vocab_size,
-                                    ", checkpoints in ", topts.checkpoint_dir);
+                                    ", checkpoints ",
+                                    flags.no_checkpoint ? "none (--no-checkpoint)" : "in " + topts.checkpoint_dir);
     std::printf("%s\n", line.c_str());
     std::fflush(stdout);
     reporter->Log(line);

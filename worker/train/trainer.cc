@@ -323,7 +323,8 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
       if (!st.ok()) return st;
     }
     if (stop) {
-      Log(absl::StrCat("stop requested: checkpointed at step ", step, ", exiting"));
+      Log(opts_.checkpoint_dir.empty() ? absl::StrCat("stop requested at step ", step, ", exiting (no checkpoint)")
+                                       : absl::StrCat("stop requested: checkpointed at step ", step, ", exiting"));
       *outcome = TrainOutcome::kStopped;
       return absl::OkStatus();
     }
