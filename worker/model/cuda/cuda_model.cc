@@ -148,7 +148,9 @@ class CudaModel final : public TrainModel {
   int32_t *idx_, *targets_;                                                           // (n)
   double* ce_sum_;                                                                    // (1)
   float *dx_, *dtmp_, *dnorm_, *dqkv_, *att_scratch_;  // backward: (n,D) x3, (n,C3), (n,H)
-  float *gated_, *dgate_;  // attention gate only: the gated output (n,D), the gate logits' gradient (n,D)
+  // Attention gate only: the gated output (n,D) on the fp32 path (bf16 products write it in bf16
+  // into the cast scratch), the gate logits' gradient (n,D).
+  float *gated_, *dgate_;
 
   CommSeconds comm_at_step_start_;  // CommClocks at ZeroGrads
   double peak_flops_ = 0;
@@ -299,7 +301,7 @@ void CudaModel::EnsureActivations(int b) {
   t.Add(&dnorm_, n * D);
   t.Add(&dqkv_, n * C3);
   t.Add(&att_scratch_, n * H);
-  t.Add(&gated_, cfg_.attn_gate ? n * D : 0);
+  t.Add(&gated_, cfg_.attn_gate && !bf16_ ? n * D : 0);
   t.Add(&dgate_, cfg_.attn_gate ? n * D : 0);
   const int64_t widest = std::max(D, C3);  // the head's dlogits have their own buffer
   t.Add(&ctx_.s16a, bf16_ ? n * widest : 0);
