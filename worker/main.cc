@@ -350,10 +350,11 @@ int main(int argc, char** argv) {
   }
 
   moe::TrainerOptions topts;
-  topts.checkpoint_dir = flags.checkpoint_dir;
-  if (topts.checkpoint_dir.empty()) topts.checkpoint_dir = spec->checkpoint().dir();
-  if (topts.checkpoint_dir.empty()) topts.checkpoint_dir = "checkpoints/" + spec->name();
-  if (flags.no_checkpoint) topts.checkpoint_dir.clear();  // the trainer writes none
+  if (!flags.no_checkpoint) {  // --no-checkpoint: an empty directory, the trainer writes none
+    topts.checkpoint_dir = flags.checkpoint_dir;
+    if (topts.checkpoint_dir.empty()) topts.checkpoint_dir = spec->checkpoint().dir();
+    if (topts.checkpoint_dir.empty()) topts.checkpoint_dir = "checkpoints/" + spec->name();
+  }
   topts.resume = flags.resume;
   // The checkpoint directory's owner: moed's job (its id and folder, which is unique to one moed)
   // or, run by hand, the job's name.
