@@ -147,9 +147,9 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   const double rows = s.dense ? n : n * s.k;  // MoeShape::ExpertRows: the plan-order tables
   // The experts' layout (kernels/cuda/expert_layout): this rank's rows (as many as it routes,
   // when the routing is balanced), each expert padded to a multiple of 128 (64 rows on average).
-  // Its buffers grow on demand by a quarter at a time (ReserveSaved, ReserveExpertRows), and the
-  // padding changes with the routing from step to step: count them grown once.
-  const double layout = 1.25 * (s.kept + 64 * s.e_local);
+  // Its buffers grow on demand to the rows a step needs plus a sixteenth (CudaGrownRows), and
+  // the padding changes with the routing from step to step: count them grown once.
+  const double layout = (1.0 + 1.0 / kCudaRowsSlack) * (s.kept + 64 * s.e_local);
   // Whether the MoE layers' rows travel between GPUs (several GPUs, not dense).
   const bool exchanges = !s.dense && s.W > 1;
   double block = 4 * AttentionElements(s, spec.model().attention()) + (bf16 ? 2 * n * s.C3() : 0);

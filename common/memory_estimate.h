@@ -44,6 +44,15 @@ inline int64_t CudaHeadChunkRows(int64_t n, int64_t vocab) {
   return rows < 1 ? 1 : rows > n ? n : rows;
 }
 
+// The CUDA MoE layer's buffers of expert rows (worker/model/cuda/moe_layer.cc: ReserveSaved,
+// ReserveExpertRows) are sized by the experts' layout, whose rows change with the routing: when a
+// step needs more rows than they hold, they grow to that many plus a sixteenth, so that routing
+// that wobbles does not reallocate every step (each growth waits for the stream).
+inline constexpr int64_t kCudaRowsSlack = 16;
+inline int64_t CudaGrownRows(int64_t rows, int64_t capacity) {
+  return rows <= capacity ? capacity : rows + rows / kCudaRowsSlack;
+}
+
 // Needs vocab_size > 0. Every count is computed in double and saturates at INT64_MAX.
 MemoryEstimate EstimateMemory(const moe::v1::JobSpec& spec, const RankParams& params);
 

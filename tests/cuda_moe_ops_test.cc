@@ -334,6 +334,40 @@ TEST(CudaOpsTest, GroupedBlasPaddedMatchesGroupedGemmOracle) {
   EXPECT_LT(RelErr(c_fast.Host(), c_oracle.Host()), 4e-3) << "kTN into fp32";
 }
 
+// PlanExpertLayout (host code: runs without a GPU): even counts stay strided; an expert that
+// takes half as much again as the others goes in chunks, padding far fewer rows than the strided
+// layout would; the layout never has more rows than the strided one, and always holds every count.
+TEST(CudaOpsTest, ExpertLayoutPlanPadsTheFewestRows) {
+  std::mt19937 rng(7);
+  for (int e : {4, 8, 32, 64}) {
+    for (int trial = 0; trial < 50; ++trial) {
+      std::vector<int32_t> counts(e);
+      std::uniform_int_distribution<int> spread(0, 4 + trial * 40);
+      for (int32_t& c : counts) c = 1000 + spread(rng);
+      if (trial % 3 == 0) counts[trial % e] = 1000 + 500 + 40 * trial;  // one hot expert
+      if (trial % 5 == 0) counts[(trial + 1) % e] = 0;                  // one idle expert
+      int64_t rows = 0, cap = 0;
+      for (int32_t c : counts) {
+        rows += c;
+        cap = std::max<int64_t>(cap, (c + 127) / 128 * 128);
+      }
+      const cuda::ExpertLayout l = cuda::PlanExpertLayout(counts.data(), e);
+      ASSERT_GT(l.chunk, 0);
+      EXPECT_EQ(l.chunk % 128, 0);
+      EXPECT_LE(l.rows, e * cap) << "e " << e << " trial " << trial;
+      EXPECT_EQ(l.rows, int64_t{l.chunks} * l.chunk);
+      for (int x = 0; x < e; ++x) EXPECT_GE(l.start[x + 1] - l.start[x], counts[x]) << "expert " << x;
+    }
+  }
+  const std::vector<int32_t> even(32, 2048);
+  EXPECT_TRUE(cuda::PlanExpertLayout(even.data(), 32).strided);
+  std::vector<int32_t> hot(32, 2000);
+  hot[5] = 3100;  // half as much again: strided pads every expert to 3200 rows (1.6 x the rows)
+  const cuda::ExpertLayout l = cuda::PlanExpertLayout(hot.data(), 32);
+  EXPECT_FALSE(l.strided);
+  EXPECT_LT(l.rows, 32 * 3200 * 3 / 4) << "chunk " << l.chunk << " x " << l.chunks;
+}
+
 // ToExpertLayout: compact fp32 rows to the layout (strided or chunked: zero rows past each
 // count), and ExpertLayoutToCompact's blocks back.
 TEST(CudaOpsTest, ExpertLayoutPadsAndCompacts) {

@@ -139,7 +139,7 @@ TEST(MemoryEstimate, RecomputeKeepsOnlyBlockInputs) {
     const int64_t none = ComputeModelStats(spec).activation_bytes;
     spec.mutable_train()->set_recompute(v1::RECOMPUTE_FULL);
     const int64_t full = ComputeModelStats(spec).activation_bytes;
-    EXPECT_LT(full * 3, none) << device;
+    EXPECT_LT(full * 5 / 2, none) << device;
     // Each block's input (n, D) fp32 stays, 12 of them.
     EXPECT_GT(full, int64_t{12} * 16 * 1024 * 768 * 4) << device;
   }

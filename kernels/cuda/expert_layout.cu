@@ -123,31 +123,33 @@ ExpertLayout PlanExpertLayout(const int32_t* host_counts, int e_local) {
   if (rows <= 0 || e_local > RowBlocks::kMax || e_local > ExpertLayout::kMaxChunks) return compact();
   int64_t cap = 0;
   for (int x = 0; x < e_local; ++x) cap = std::max(cap, round_up(host_counts[x]));
-  if (e_local * cap <= 2 * rows || e_local * cap <= rows + kStep * e_local) {
+  // Strided (every expert padded to the largest count) unless chunks of the largest count over
+  // j pad fewer rows: the layout's rows are what the products compute and what every buffer of
+  // rows holds (g and u for each layer's backward), so padding is paid in time and memory. An
+  // extra chunk index (one more weight-gradient call over the experts that have it) is counted
+  // as a quarter of a full one.
+  int64_t best_cost = e_local * cap;
+  for (int j = 2; j <= 8; ++j) {
+    const int64_t chunk = round_up((cap + j - 1) / j);
+    if (chunk >= cap) continue;  // the strided layout, less its empty experts' chunks
+    int64_t chunks = 0, most = 0;
+    for (int x = 0; x < e_local; ++x) {
+      const int64_t c = (host_counts[x] + chunk - 1) / chunk;
+      chunks += c;
+      most = std::max(most, c);
+    }
+    const int64_t cost = chunks * chunk + (most - 1) * chunk * e_local / 4;
+    if (chunks <= ExpertLayout::kMaxChunks && cost < best_cost) {
+      best_cost = cost;
+      l.chunk = static_cast<int>(chunk);
+    }
+  }
+  if (l.chunk == 0) {
     l.chunk = static_cast<int>(cap);
     l.chunks = e_local;
     l.strided = true;
     for (int x = 0; x <= e_local; ++x) l.first_chunk[x] = x;
   } else {
-    // Chunks of the largest count over j: the fewest padded rows, an extra chunk index (one
-    // more weight-gradient call over the experts that have it) counted as a quarter of a full one.
-    int64_t best_cost = -1;
-    for (int j = 2; j <= 8; ++j) {
-      const int64_t chunk = round_up((cap + j - 1) / j);
-      int64_t chunks = 0, most = 0;
-      for (int x = 0; x < e_local; ++x) {
-        const int64_t c = (host_counts[x] + chunk - 1) / chunk;
-        chunks += c;
-        most = std::max(most, c);
-      }
-      const int64_t cost = chunks * chunk + (most - 1) * chunk * e_local / 4;
-      if (chunks <= ExpertLayout::kMaxChunks && (best_cost < 0 || cost < best_cost)) {
-        best_cost = cost;
-        l.chunk = static_cast<int>(chunk);
-      }
-    }
-    if (best_cost < 0) return compact();
-    l.chunks = 0;
     for (int x = 0; x < e_local; ++x) {
       l.first_chunk[x] = l.chunks;
       l.chunks += static_cast<int>((host_counts[x] + l.chunk - 1) / l.chunk);

@@ -25,9 +25,10 @@ void CopyRowBlocks(void* dst, const void* src, const RowBlocks& blocks, int64_t 
 //     strided batched GEMM of equal shapes, which cuBLAS runs on its Hopper kernels (about twice
 //     as fast as its grouped GEMM, see moe_bench --grouped-gemm), the zero rows adding nothing
 //     to the weight gradients;
-//   chunked: when one expert takes far more rows than the others (padding every expert to it
-//     would more than double the rows), expert x's rows fill ceil(count / chunk) chunks of
-//     `chunk` rows, one after the other, zero past its count; each product is then one batched
+//   chunked: when one expert takes more rows than the others (so that chunks of a fraction of
+//     its count pad fewer rows than padding every expert to it, PlanExpertLayout's cost), expert
+//     x's rows fill ceil(count / chunk) chunks of `chunk` rows, one after the other, zero past
+//     its count; each product is then one batched
 //     GEMM over the chunks through pointer arrays (the same Hopper kernels, each chunk reading
 //     its expert's weights), and a weight gradient one such call per chunk index (the experts
 //     that have that many chunks);

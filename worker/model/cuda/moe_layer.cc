@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "common/memory_estimate.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/expert_layout.h"
 #include "kernels/cuda/matmul.h"
@@ -76,8 +77,7 @@ void MoeScratch::ReserveExpertRows(int64_t rows, cudaStream_t stream) {
   if (rows <= capacity) return;
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
   rows_mem_.FreeAll();
-  // A quarter more than asked, so that routing that wobbles does not reallocate often.
-  capacity = std::max(rows, capacity + capacity / 4);
+  capacity = CudaGrownRows(rows, capacity);
   const int64_t D = shape_.d;
   dys16 = rows_mem_.Alloc<cuda::bf16>(capacity * D);
   if (!exchanges_) x16 = rows_mem_.Alloc<cuda::bf16>(capacity * D);
@@ -245,7 +245,7 @@ void CudaMoeLayer::ReserveSaved() {
   if (rows <= a_->rows.capacity) return;
   MOE_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
   const int64_t D = shape_.d, F = shape_.ffn;
-  a_->rows.capacity = std::max(rows, a_->rows.capacity + a_->rows.capacity / 4);
+  a_->rows.capacity = CudaGrownRows(rows, a_->rows.capacity);
   a_->rows.mem = std::make_unique<DeviceArena>(memory_);
   a_->rows.x = dispatcher_.exchanges() ? a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * D) : nullptr;
   a_->rows.g = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F);
