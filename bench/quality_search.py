@@ -147,6 +147,13 @@ VARIANTS = {
                                        "model.moe.expert_hidden": 1024}),
     "a11-e4k2-warmup200": dict(EXAMPLE, **{"model.moe.num_experts": 4, "train.warmup_steps": 200}),
     "a11-wd0.2": dict(EXAMPLE, **{"train.weight_decay": 0.2}),
+    # round 12: a weaker balancing loss (experts free to specialise), deeper and narrower at the
+    # same active size, less residual dropout, a lower floor of the cosine with weight decay 0.2.
+    "a12-aux1e-3": dict(EXAMPLE, **{"model.moe.aux_loss_coef": 0.001}),
+    "a12-deep8-d320": dict(EXAMPLE, **{"model.n_layers": 8, "model.d_model": 320, "model.n_heads": 5,
+                                       "model.n_kv_heads": 5, "model.moe.expert_hidden": 472}),
+    "a12-drop0.15": dict(EXAMPLE, **{"model.dropout": 0.15}),
+    "a12-wd0.2-minlr3e-5": dict(EXAMPLE, **{"train.weight_decay": 0.2, "train.min_lr": 3e-5}),
     # examples/shakespeare-moe.yaml (the same job: tests/moectl_validate_test.cc compares them)
     # and its dense twin, the same recipe with one expert of the same active size.
     "example": EXAMPLE,

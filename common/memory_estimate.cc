@@ -156,6 +156,8 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   // q, k, v in bf16 for the tensor-core attention, whose backward reads no fp32 copy: the fp32 one
   // is then the backward's dqkv scratch (counted in the workspace).
   if (bf16 && CudaAttentionOnTensorCores(static_cast<int>(s.hd))) block -= 4 * n * s.C3();
+  // attn_in, the qkv product's input, in bf16 alone (the RMSNorm writes it so).
+  if (bf16) block -= 2 * n * D;
   if (!s.dense) {
     // Router logits, probabilities (n, E), lse (n), weights (n, k), expert ids and the two
     // slot maps (n k), the experts' output rows ys (rows, D: bf16 values, kept in bf16 with bf16

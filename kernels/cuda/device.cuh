@@ -24,6 +24,16 @@ __device__ __forceinline__ double WarpSumD(double v) {
   return v;
 }
 
+// Four floats to four bf16 at dst (8-byte aligned), each rounded to nearest even as
+// __float2bfloat16 rounds: one 8-byte store.
+__device__ __forceinline__ void StoreBf16x4(bf16* dst, float4 v) {
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+  uint2 bits;
+  memcpy(&bits.x, &lo, sizeof(bits.x));
+  memcpy(&bits.y, &hi, sizeof(bits.y));
+  *reinterpret_cast<uint2*>(dst) = bits;
+}
+
 // kernels::SplitMix64 and kernels::CounterUniform, bit for bit: a kernel takes the seed mixed once
 // on the host (SplitMix64(seed)) and draws CounterUniformMixed(mixed, counter), the top 24 bits of
 // one more mix of (mixed ^ counter) as a float in [0, 1). Dropout and attention dropout share it.

@@ -14,8 +14,15 @@ namespace {
 using internal::kThreads;
 using internal::WarpSum;
 
+// The normalised output in fp32, or in bf16 alone (the operand of a bf16 product).
+__device__ __forceinline__ void StoreOut(float* y, int c, float v) { y[c] = v; }
+__device__ __forceinline__ void StoreOut(bf16* y, int c, float v) { y[c] = __float2bfloat16(v); }
+__device__ __forceinline__ void StoreOut4(float* y, int v, float4 o) { reinterpret_cast<float4*>(y)[v] = o; }
+__device__ __forceinline__ void StoreOut4(bf16* y, int v, float4 o) { internal::StoreBf16x4(y + 4 * v, o); }
+
 // One warp per row. The general kernel: any d, any alignment.
-__global__ void RmsNormForwardKernel(float* out, float* rstd, const float* inp, const float* weight,
+template <typename Out>
+__global__ void RmsNormForwardKernel(Out* out, float* rstd, const float* inp, const float* weight,
                                      int n, int d) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -26,8 +33,8 @@ __global__ void RmsNormForwardKernel(float* out, float* rstd, const float* inp, 
   ss = WarpSum(ss);
   const float r = 1.0f / sqrtf(ss / d + kernels::kRmsNormEps);
   if (lane == 0) rstd[row] = r;
-  float* y = out + int64_t{row} * d;
-  for (int c = lane; c < d; c += 32) y[c] = x[c] * r * weight[c];
+  Out* y = out + int64_t{row} * d;
+  for (int c = lane; c < d; c += 32) StoreOut(y, c, x[c] * r * weight[c]);
 }
 
 // The register-resident RMSNorm kernels, for d % 4 == 0, 16-byte aligned pointers and
@@ -39,8 +46,8 @@ constexpr int kRmsMaxVecs = 8;
 __device__ __forceinline__ float4 Zero4() { return make_float4(0.0f, 0.0f, 0.0f, 0.0f); }
 
 // One warp per row, as RmsNormForwardKernel, the row held in registers.
-template <int kVecs>
-__global__ void __launch_bounds__(kThreads) RmsNormForwardVecKernel(float* out, float* rstd,
+template <typename Out, int kVecs>
+__global__ void __launch_bounds__(kThreads) RmsNormForwardVecKernel(Out* out, float* rstd,
                                                                     const float* inp,
                                                                     const float* weight, int n,
                                                                     int d) {
@@ -63,13 +70,13 @@ __global__ void __launch_bounds__(kThreads) RmsNormForwardVecKernel(float* out, 
   const float r = 1.0f / sqrtf(ss / d + kernels::kRmsNormEps);
   if (lane == 0) rstd[row] = r;
   const float4* w4 = reinterpret_cast<const float4*>(weight);
-  float4* y4 = reinterpret_cast<float4*>(out + int64_t{row} * d);
+  Out* y = out + int64_t{row} * d;
 #pragma unroll
   for (int k = 0; k < kVecs; ++k) {
     const int v = k * 32 + lane;
     if (v < d4) {
       const float4 w = w4[v];
-      y4[v] = make_float4(x[k].x * r * w.x, x[k].y * r * w.y, x[k].z * r * w.z, x[k].w * r * w.w);
+      StoreOut4(y, v, make_float4(x[k].x * r * w.x, x[k].y * r * w.y, x[k].z * r * w.z, x[k].w * r * w.w));
     }
   }
 }
@@ -222,21 +229,32 @@ bool RmsNormVectorizable(int d, std::initializer_list<const void*> ptrs) {
   return d % 4 == 0 && d <= 128 * kRmsMaxVecs && Aligned(16, ptrs);
 }
 
-}  // namespace
-
-void RmsNormForward(float* out, float* rstd, const float* inp, const float* weight, int n, int d,
-                    cudaStream_t stream) {
+template <typename Out>
+void RmsNormForwardAs(Out* out, float* rstd, const float* inp, const float* weight, int n, int d,
+                      cudaStream_t stream) {
   if (n <= 0) return;
   const unsigned blocks = BlocksFor(n, kThreads / 32);
   if (RmsNormVectorizable(d, {out, inp, weight})) {
     WithRmsVecs((d / 4 + 31) / 32, [&](auto vecs) {
-      RmsNormForwardVecKernel<decltype(vecs)::value><<<blocks, kThreads, 0, stream>>>(
+      RmsNormForwardVecKernel<Out, decltype(vecs)::value><<<blocks, kThreads, 0, stream>>>(
           out, rstd, inp, weight, n, d);
     });
   } else {
-    RmsNormForwardKernel<<<blocks, kThreads, 0, stream>>>(out, rstd, inp, weight, n, d);
+    RmsNormForwardKernel<Out><<<blocks, kThreads, 0, stream>>>(out, rstd, inp, weight, n, d);
   }
   MOE_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void RmsNormForward(float* out, float* rstd, const float* inp, const float* weight, int n, int d,
+                    cudaStream_t stream) {
+  RmsNormForwardAs(out, rstd, inp, weight, n, d, stream);
+}
+
+void RmsNormForwardBf16(bf16* out, float* rstd, const float* inp, const float* weight, int n, int d,
+                        cudaStream_t stream) {
+  RmsNormForwardAs(out, rstd, inp, weight, n, d, stream);
 }
 
 void RmsNormBackward(float* dinp, float* dweight, const float* dout, const float* inp,

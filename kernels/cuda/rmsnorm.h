@@ -10,6 +10,10 @@ namespace moe::cuda {
 // out (n, d), rstd (n) ; dinp (n, d) += , dweight (d) += (either may be null).
 void RmsNormForward(float* out, float* rstd, const float* inp, const float* weight, int n, int d,
                     cudaStream_t stream);
+// The same with the output in bf16 alone (each value rounded as CastToBf16 rounds the fp32 one):
+// the operand of a bf16 product, with no fp32 copy and no cast pass.
+void RmsNormForwardBf16(bf16* out, float* rstd, const float* inp, const float* weight, int n, int d,
+                        cudaStream_t stream);
 void RmsNormBackward(float* dinp, float* dweight, const float* dout, const float* inp,
                      const float* weight, const float* rstd, int n, int d, cudaStream_t stream);
 

@@ -83,6 +83,9 @@ class CudaModel final : public TrainModel {
     // (n,C3) bf16 mode: qkv in bf16. On tensor-core attention (CudaAttentionOnTensorCores) the
     // backward reads only these, and every block's qkv is dqkv_ (free until the backward).
     bf16* qkv16;
+    // (n,D) bf16 mode: attn_in in bf16 alone (attn_in null), the operand of the qkv and gate
+    // products and of their weight gradients, written so by the RMSNorm.
+    bf16* attn_in16;
     float *x_mid, *moe_in, *moe_rstd;                              // (n,D) (n,D) (n)
     // Attention options (null when off): q, k before QK-norm (n,(H+Hkv)hd) and their rstd
     // (n,H+Hkv); the gate sigmoid(attn_in @ wg^T) (n,D). attn_y stays ungated.
@@ -264,7 +267,8 @@ void CudaModel::EnsureActivations(int b) {
   for (int l = 0; l < cfg_.layers; ++l) t.Add(&blocks_[l].x_in, n * D);
   for (int l = 0; l < cfg_.layers; ++l) {
     BlockActs& a = blocks_[l];
-    t.Add(&a.attn_in, n * D);
+    t.Add(&a.attn_in, bf16_ ? 0 : n * D);
+    t.Add(&a.attn_in16, bf16_ ? n * D : 0);
     t.Add(&a.attn_rstd, n);
     t.Add(&a.qkv, qkv_in_scratch ? 0 : n * C3);
     t.Add(&a.qkv16, bf16_ ? n * C3 : 0);
@@ -334,12 +338,12 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
   BlockActs& a = blocks_[l];
   const BlockTensors& bw = w.blocks[l];
   // Attention: x_mid = x_in + dropout(attn(RMSNorm(x_in)) @ wo^T)
-  cuda::RmsNormForward(a.attn_in, a.attn_rstd, a.x_in, bw.attn_norm, n, D, stream_);
-  if (bf16_) {  // one bf16 cast of attn_in for qkv's product and the gate's
-    cuda::CastToBf16(ctx_.s16a, a.attn_in, nd, stream_);
-    ctx_.Linear16(a.qkv, ctx_.s16a, bw.wqkv, n, D, C3);
-    if (cfg_.attn_gate) ctx_.Linear16(a.gate, ctx_.s16a, bw.wg, n, D, D);
+  if (bf16_) {  // attn_in in bf16 alone, for qkv's product and the gate's
+    cuda::RmsNormForwardBf16(a.attn_in16, a.attn_rstd, a.x_in, bw.attn_norm, n, D, stream_);
+    ctx_.Linear16(a.qkv, a.attn_in16, bw.wqkv, n, D, C3);
+    if (cfg_.attn_gate) ctx_.Linear16(a.gate, a.attn_in16, bw.wg, n, D, D);
   } else {
+    cuda::RmsNormForward(a.attn_in, a.attn_rstd, a.x_in, bw.attn_norm, n, D, stream_);
     ctx_.Linear(a.qkv, a.attn_in, bw.wqkv, n, D, C3, false);
     if (cfg_.attn_gate) ctx_.Linear(a.gate, a.attn_in, bw.wg, n, D, D, false);
   }
@@ -513,18 +517,12 @@ void CudaModel::Backward() {
       cuda::QkNormBackward(dqkv_, bg.q_norm, bg.k_norm, a.qk_raw, a.qk_rstd, bw.q_norm, bw.k_norm, n, H, Hkv, hd,
                            stream_);
     }
-    // bf16: one cast of attn_in (into s16b: the products cast their dout into s16a) for both
-    // weight gradients.
-    const cuda::bf16* attn_in16 = nullptr;
-    if (bf16_) {
-      cuda::CastToBf16(ctx_.s16b, a.attn_in, nd, stream_);
-      attn_in16 = ctx_.s16b;
-    }
+    // bf16: both weight gradients read the forward's bf16 attn_in.
     ctx_.LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, a.attn_in, bw.wqkv, n, D, C3, false, /*add_to_dinp=*/false,
-                        attn_in16);
+                        a.attn_in16);
     if (cfg_.attn_gate) {
       ctx_.LinearBackward(dtmp_, bg.wg, dgate_, nullptr, a.attn_in, bw.wg, n, D, D, false, /*add_to_dinp=*/true,
-                          attn_in16);
+                          a.attn_in16);
     }
     cuda::RmsNormBackward(dx_, bg.attn_norm, dtmp_, a.x_in, bw.attn_norm, a.attn_rstd, n, D, stream_);
     // Block l's replicated gradients are final (on the last micro-step): sum them over GPUs
