@@ -156,10 +156,14 @@ VARIANTS = {
     "a12-wd0.2-minlr3e-5": dict(EXAMPLE, **{"train.weight_decay": 0.2, "train.min_lr": 3e-5}),
     # examples/shakespeare-moe.yaml (the same job: tests/moectl_validate_test.cc compares them)
     # and its dense twin, the same recipe with one expert of the same active size.
-    "example": EXAMPLE,
+    # Since round 12 the example is round 3's (EXAMPLE) with residual dropout 0.15 (a12-drop0.15).
+    "example": dict(EXAMPLE, **{"model.dropout": 0.15}),
     # (expert dropout needs a router: the twin goes without it).
-    "example-dense-twin": dict(EXAMPLE, **{"model.moe.num_experts": 1, "model.moe.top_k": 1,
+    "example-dense-twin": dict(EXAMPLE, **{"model.dropout": 0.15, "model.moe.num_experts": 1, "model.moe.top_k": 1,
                                            "model.moe.expert_hidden": 1024, "model.moe.expert_dropout": 0.0}),
+    # The round-3 example's dense twin (rounds 1 to 11 compare against it).
+    "example-r3-dense-twin": dict(EXAMPLE, **{"model.moe.num_experts": 1, "model.moe.top_k": 1,
+                                              "model.moe.expert_hidden": 1024, "model.moe.expert_dropout": 0.0}),
     "attn0.2-lr6e-4-s4000": {"model.attention.dropout": 0.2, "train.lr": 6e-4, "train.min_lr": 6e-5,
                              "train.steps": 4000},
 }

@@ -9,6 +9,7 @@
 #ifdef MOE_WITH_CUDA
 #include "kernels/attention_gate.h"
 #include "kernels/cuda/attention_options.h"
+#include "kernels/cuda/reduce.h"
 #include "kernels/qk_norm.h"
 #include "tests/support/cuda_ops.h"
 #endif
@@ -48,8 +49,14 @@ TEST_P(CudaQkNormTest, MatchesCpu) {
   Dev<float> gy(x), grstd(rstd.size()), graw(raw.size()), gqw(qw), gkw(kw), gdx(dy), gdqw(s.hd, 0.5f),
       gdkw(s.hd, 0.5f);
   cuda::QkNormForward(gy.get(), grstd.get(), graw.get(), gqw.get(), gkw.get(), s.n, s.h, s.hkv, s.hd, nullptr);
+  Dev<float> partials(cuda::PartialsFloats(2 * s.hd));
+  Dev<float> gdx2(dy), gdqw2(s.hd, 0.5f), gdkw2(s.hd, 0.5f);
   cuda::QkNormBackward(gdx.get(), gdqw.get(), gdkw.get(), graw.get(), grstd.get(), gqw.get(), gkw.get(), s.n, s.h,
-                       s.hkv, s.hd, nullptr);
+                       s.hkv, s.hd, partials.get(), nullptr);
+  cuda::QkNormBackward(gdx2.get(), gdqw2.get(), gdkw2.get(), graw.get(), grstd.get(), gqw.get(), gkw.get(), s.n, s.h,
+                       s.hkv, s.hd, partials.get(), nullptr);
+  EXPECT_EQ(gdqw2.Host(), gdqw.Host()) << "the weight gradients are summed in a fixed order";
+  EXPECT_EQ(gdkw2.Host(), gdkw.Host());
   EXPECT_LT(RelErr(gy.Host(), y), kFp32Tol) << "forward";
   EXPECT_LT(RelErr(grstd.Host(), rstd), kFp32Tol) << "rstd";
   EXPECT_EQ(graw.Host(), raw) << "raw";

@@ -22,6 +22,7 @@
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/nn.h"
+#include "kernels/cuda/reduce.h"
 #include "kernels/dropout.h"
 #include "kernels/embedding.h"
 #include "kernels/experts.h"
@@ -60,9 +61,34 @@ TEST(CudaOpsTest, Embedding) {
   Dev<int32_t> didx(idx);
   Dev<float> dw(wte), dout_d(dout), out_d(n * d), dwte_d(v * d);
   cuda::EmbeddingForward(out_d.get(), didx.get(), dw.get(), n, d, nullptr);
-  cuda::EmbeddingBackward(dwte_d.get(), dout_d.get(), didx.get(), n, d, nullptr);
+  const cuda::TokenRuns runs = cuda::GroupTokensById(idx.data(), n, v);
+  Dev<int32_t> order(runs.order), starts(runs.starts), ids(runs.ids);
+  cuda::EmbeddingBackward(dwte_d.get(), dout_d.get(), order.get(), starts.get(), ids.get(), runs.runs(), d, nullptr);
   EXPECT_EQ(out_d.Host(), out);
   EXPECT_LT(RelErr(dwte_d.Host(), dwte), kFp32Tol);
+  // Each id's rows summed in row order, then added once: exactly this, bit for bit.
+  std::vector<float> exact(v * d, 0.f);
+  for (int c = 0; c < d; ++c) {
+    for (int id = 0; id < v; ++id) {
+      float acc = 0.f;
+      bool any = false;
+      for (int i = 0; i < n; ++i) {
+        if (idx[i] == id) acc += dout[int64_t{i} * d + c], any = true;
+      }
+      if (any) exact[int64_t{id} * d + c] += acc;
+    }
+  }
+  EXPECT_EQ(dwte_d.Host(), exact);
+}
+
+// GroupTokensById (host code): every row once, grouped by id, each id's rows in order.
+TEST(CudaOpsTest, GroupTokensByIdKeepsRowOrderWithinAnId) {
+  const std::vector<int32_t> idx = {3, 0, 3, 7, 0, 3};
+  const cuda::TokenRuns r = cuda::GroupTokensById(idx.data(), 6, 8);
+  EXPECT_EQ(r.ids, (std::vector<int32_t>{0, 3, 7}));
+  EXPECT_EQ(r.starts, (std::vector<int32_t>{0, 2, 5, 6}));
+  EXPECT_EQ(r.order, (std::vector<int32_t>{1, 4, 0, 2, 5, 3}));
+  EXPECT_EQ(cuda::GroupTokensById(idx.data(), 0, 8).runs(), 0);
 }
 
 TEST(CudaOpsTest, DropoutReproducesCounterUniformExactly) {
@@ -91,8 +117,10 @@ TEST(CudaOpsTest, RmsNorm) {
     kernels::RmsNormForward(y.data(), rstd.data(), x.data(), w.data(), n, d);
     kernels::RmsNormBackward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), n, d);
     Dev<float> x_d(x), w_d(w), dy_d(dy), y_d(n * d), rstd_d(n), dx_d(n * d, 0.1f), dw_d(d, 0.2f);
+    Dev<float> partials(cuda::PartialsFloats(d));
     cuda::RmsNormForward(y_d.get(), rstd_d.get(), x_d.get(), w_d.get(), n, d, nullptr);
-    cuda::RmsNormBackward(dx_d.get(), dw_d.get(), dy_d.get(), x_d.get(), w_d.get(), rstd_d.get(), n, d, nullptr);
+    cuda::RmsNormBackward(dx_d.get(), dw_d.get(), dy_d.get(), x_d.get(), w_d.get(), rstd_d.get(), n, d,
+                          partials.get(), nullptr);
     EXPECT_LT(RelErr(y_d.Host(), y), kFp32Tol) << "d " << d;
     EXPECT_LT(RelErr(rstd_d.Host(), rstd), kFp32Tol);
     EXPECT_LT(RelErr(dx_d.Host(), dx), kFp32Tol);
@@ -149,7 +177,8 @@ TEST(CudaOpsTest, CrossEntropy) {
     Dev<int32_t> t_d(tgt);
     Dev<double> sum_d(1, 0.0);
     cuda::CrossEntropyForward(losses_d.get(), lse_d.get(), l_d.get(), t_d.get(), n, v, nullptr);
-    cuda::Sum(sum_d.get(), losses_d.get(), n, nullptr);
+    Dev<double> partials(cuda::kPartialBlocks);
+    cuda::Sum(sum_d.get(), losses_d.get(), n, partials.get(), nullptr);
     cuda::CrossEntropyBackward(dl_d.get(), l_d.get(), lse_d.get(), t_d.get(), 1.0f / n, n, v, nullptr);
     EXPECT_LT(RelErr(losses_d.Host(), losses), kFp32Tol) << "v " << v;
     EXPECT_LT(RelErr(lse_d.Host(), lse), kFp32Tol);
@@ -193,10 +222,12 @@ TEST(CudaOpsTest, AdamWAndSquaredNorm) {
   std::vector<float> p16f;
   for (cuda::bf16 x : p16.Host()) p16f.push_back(__bfloat162float(x));
   EXPECT_LT(RelErr(p16f, pc), 4e-3);  // the bf16 copy: half an ulp of bf16 at most
-  Dev<double> sq(1, 0.0);
-  cuda::SquaredNorm(sq.get(), g_d.get(), n, nullptr);
+  Dev<double> sq(1, 0.0), sq2(1, 0.0), partials(cuda::kPartialBlocks);
+  cuda::SquaredNorm(sq.get(), g_d.get(), n, partials.get(), nullptr);
   const double want = kernels::SquaredNorm(g.data(), n);
   EXPECT_NEAR(sq.Host()[0], want, 1e-12 * want);
+  cuda::SquaredNorm(sq2.get(), g_d.get(), n, partials.get(), nullptr);
+  EXPECT_EQ(sq2.Host()[0], sq.Host()[0]) << "summed in a fixed order";
 }
 
 struct AttnCase {

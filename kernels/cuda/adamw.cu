@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "kernels/cuda/device.cuh"
+#include "kernels/cuda/reduce.h"
 
 namespace moe::cuda {
 namespace {
@@ -73,8 +74,9 @@ __global__ void AdamWVec4Kernel(float* param, bf16* param_bf16, const float* gra
   }
 }
 
+// Each block's sum into partials[blockIdx.x] (reduce.h: added in block order afterwards).
 template <bool kSquare, typename T>
-__global__ void SumKernel(double* out, const T* x, int64_t n) {
+__global__ void SumKernel(double* partials, const T* x, int64_t n) {
   double acc = 0.0;
   MOE_GRID_STRIDE(i, n) {
     const double xi = static_cast<float>(x[i]);
@@ -87,8 +89,17 @@ __global__ void SumKernel(double* out, const T* x, int64_t n) {
   if (threadIdx.x < 32) {
     double v = threadIdx.x < blockDim.x / 32 ? partial[threadIdx.x] : 0.0;
     v = WarpSumD(v);
-    if (threadIdx.x == 0) atomicAdd(out, v);
+    if (threadIdx.x == 0) partials[blockIdx.x] = v;
   }
+}
+
+template <bool kSquare, typename T>
+void SumInto(double* out, const T* x, int64_t n, double* partials, cudaStream_t stream) {
+  if (n <= 0) return;
+  const unsigned blocks = std::min<unsigned>(GridFor(n), kPartialBlocks);
+  SumKernel<kSquare><<<blocks, kThreads, 0, stream>>>(partials, x, n);
+  MOE_CUDA_LAUNCH_CHECK();
+  AddPartials(out, partials, static_cast<int>(blocks), stream);
 }
 
 }  // namespace
@@ -107,22 +118,16 @@ void AdamWUpdate(float* param, bf16* param_bf16, const float* grad, float* m, fl
   MOE_CUDA_LAUNCH_CHECK();
 }
 
-void SquaredNorm(double* out, const float* x, int64_t n, cudaStream_t stream) {
-  if (n <= 0) return;
-  SumKernel<true><<<std::min<unsigned>(GridFor(n), 1024), kThreads, 0, stream>>>(out, x, n);
-  MOE_CUDA_LAUNCH_CHECK();
+void SquaredNorm(double* out, const float* x, int64_t n, double* partials, cudaStream_t stream) {
+  SumInto<true>(out, x, n, partials, stream);
 }
 
-void SquaredNorm(double* out, const bf16* x, int64_t n, cudaStream_t stream) {
-  if (n <= 0) return;
-  SumKernel<true><<<std::min<unsigned>(GridFor(n), 1024), kThreads, 0, stream>>>(out, x, n);
-  MOE_CUDA_LAUNCH_CHECK();
+void SquaredNorm(double* out, const bf16* x, int64_t n, double* partials, cudaStream_t stream) {
+  SumInto<true>(out, x, n, partials, stream);
 }
 
-void Sum(double* out, const float* x, int64_t n, cudaStream_t stream) {
-  if (n <= 0) return;
-  SumKernel<false><<<std::min<unsigned>(GridFor(n), 1024), kThreads, 0, stream>>>(out, x, n);
-  MOE_CUDA_LAUNCH_CHECK();
+void Sum(double* out, const float* x, int64_t n, double* partials, cudaStream_t stream) {
+  SumInto<false>(out, x, n, partials, stream);
 }
 
 }  // namespace moe::cuda

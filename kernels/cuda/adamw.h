@@ -15,10 +15,11 @@ void AdamWUpdate(float* param, bf16* param_bf16, const float* grad, float* m, fl
                  float lr, float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2,
                  float grad_scale, cudaStream_t stream);
 
-// *out += sum of x^2 (double; out is one device double).
-void SquaredNorm(double* out, const float* x, int64_t n, cudaStream_t stream);
-void SquaredNorm(double* out, const bf16* x, int64_t n, cudaStream_t stream);
-// *out += sum of x (double).
-void Sum(double* out, const float* x, int64_t n, cudaStream_t stream);
+// *out += sum of x^2 (double; out is one device double), the same bits every run: partials is
+// scratch for kPartialBlocks doubles (reduce.h), free when the call is queued.
+void SquaredNorm(double* out, const float* x, int64_t n, double* partials, cudaStream_t stream);
+void SquaredNorm(double* out, const bf16* x, int64_t n, double* partials, cudaStream_t stream);
+// *out += sum of x (double), as SquaredNorm.
+void Sum(double* out, const float* x, int64_t n, double* partials, cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "kernels/cuda/device.cuh"
+#include "kernels/cuda/reduce.h"
 #include "kernels/rmsnorm.h"
 
 namespace moe::cuda {
@@ -40,10 +41,11 @@ __global__ void QkNormForwardKernel(float* qkv, float* rstd, float* raw, const f
 
 // The backward in one pass: one warp per head vector (grid-stride), d = r w dy - (dot(dy, w x)
 // r^3 / hd) x in place, and the weight gradients dy x r summed per column in each lane's
-// registers (columns lane + 32 j), then over the block's warps in shared memory, then one atomic
-// per column and block (dq_weight for the q vectors, dk_weight for the k ones; either may be null).
+// registers (columns lane + 32 j), then over the block's warps in shared memory into the block's
+// partials (reduce.h; q's at partials[b hd + c], k's gridDim.x hd further), added to dq_weight and
+// dk_weight in block order afterwards (partials null: no weight gradient).
 constexpr int kQkMaxColumnsPerLane = 8;  // head sizes up to 256
-__global__ void __launch_bounds__(kThreads) QkNormBackwardKernel(float* dqkv, float* dq_weight, float* dk_weight,
+__global__ void __launch_bounds__(kThreads) QkNormBackwardKernel(float* dqkv, float* partials,
                                                                  const float* raw, const float* rstd,
                                                                  const float* q_weight, const float* k_weight,
                                                                  int64_t n, int h, int hkv, int hd) {
@@ -75,7 +77,7 @@ __global__ void __launch_bounds__(kThreads) QkNormBackwardKernel(float* dqkv, fl
       if (c < hd) d[c] = r * w[c] * dv[j] - k * xv[j];
     }
   }
-  if (dq_weight == nullptr && dk_weight == nullptr) return;
+  if (partials == nullptr) return;
 #pragma unroll
   for (int j = 0; j < kQkMaxColumnsPerLane; ++j) {
     partial[0][warp][lane + 32 * j] = acc_q[j];
@@ -85,8 +87,8 @@ __global__ void __launch_bounds__(kThreads) QkNormBackwardKernel(float* dqkv, fl
   for (int c = threadIdx.x; c < hd; c += blockDim.x) {
     float sq = 0.0f, sk = 0.0f;
     for (int wi = 0; wi < warps; ++wi) sq += partial[0][wi][c], sk += partial[1][wi][c];
-    if (dq_weight != nullptr) atomicAdd(dq_weight + c, sq);
-    if (dk_weight != nullptr) atomicAdd(dk_weight + c, sk);
+    partials[int64_t{blockIdx.x} * hd + c] = sq;
+    partials[int64_t{gridDim.x + blockIdx.x} * hd + c] = sk;
   }
 }
 
@@ -133,9 +135,9 @@ __global__ void GateBackwardKernel(float* dy, float* dlogits, const float* dout,
   }
 }
 
-// Blocks of QkNormBackwardKernel: eight per SM of an H100/H200 (enough warps in flight for the
-// bandwidth), few atomics per column.
-constexpr int64_t kQkBackwardBlocks = 132 * 8;
+// Blocks of QkNormBackwardKernel: about eight per SM of an H100/H200 (enough warps in flight for
+// the bandwidth), few partials per column.
+constexpr int64_t kQkBackwardBlocks = kPartialBlocks;
 
 unsigned WarpBlocks(int64_t warps) { return BlocksFor(warps * 32, kThreads); }
 
@@ -151,7 +153,7 @@ void QkNormForward(float* qkv, float* rstd, float* raw, const float* q_weight, c
 
 void QkNormBackward(float* dqkv, float* dq_weight, float* dk_weight, const float* raw, const float* rstd,
                     const float* q_weight, const float* k_weight, int64_t n, int h, int hkv, int hd,
-                    cudaStream_t stream) {
+                    float* partials, cudaStream_t stream) {
   if (n == 0) return;
   if (hd > 32 * kQkMaxColumnsPerLane) {
     std::fprintf(stderr, "QkNormBackward: head size %d over the kernel's %d\n", hd, 32 * kQkMaxColumnsPerLane);
@@ -159,9 +161,13 @@ void QkNormBackward(float* dqkv, float* dq_weight, float* dk_weight, const float
   }
   const int64_t warps = n * (h + hkv);
   const int64_t blocks = std::min<int64_t>((warps + kThreads / 32 - 1) / (kThreads / 32), kQkBackwardBlocks);
-  QkNormBackwardKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(dqkv, dq_weight, dk_weight, raw, rstd,
-                                                                              q_weight, k_weight, n, h, hkv, hd);
+  const bool weights = dq_weight != nullptr || dk_weight != nullptr;
+  QkNormBackwardKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      dqkv, weights ? partials : nullptr, raw, rstd, q_weight, k_weight, n, h, hkv, hd);
   MOE_CUDA_LAUNCH_CHECK();
+  const int b = static_cast<int>(blocks);
+  if (dq_weight != nullptr) AddColumnPartials(dq_weight, partials, b, hd, stream);
+  if (dk_weight != nullptr) AddColumnPartials(dk_weight, partials + int64_t{b} * hd, b, hd, stream);
 }
 
 void AttentionGateForward(float* out, float* gate, const float* y, int64_t count, cudaStream_t stream) {

@@ -12,10 +12,11 @@ namespace moe::cuda {
 // the values before the norm (may be null).
 void QkNormForward(float* qkv, float* rstd, float* raw, const float* q_weight, const float* k_weight, int64_t n,
                    int h, int hkv, int hd, cudaStream_t stream);
-// In place on dqkv's q and k parts; dq_weight, dk_weight (hd) += (may be null). hd <= 256.
+// In place on dqkv's q and k parts; dq_weight, dk_weight (hd) += (may be null), summed in a fixed
+// order (reduce.h: partials is scratch for PartialsFloats(2 hd) floats). hd <= 256.
 void QkNormBackward(float* dqkv, float* dq_weight, float* dk_weight, const float* raw, const float* rstd,
                     const float* q_weight, const float* k_weight, int64_t n, int h, int hkv, int hd,
-                    cudaStream_t stream);
+                    float* partials, cudaStream_t stream);
 
 // gate (count): logits in, sigmoid out; out = y * gate (out may alias y when no backward follows).
 void AttentionGateForward(float* out, float* gate, const float* y, int64_t count, cudaStream_t stream);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cuda/device.cuh"
 
@@ -24,11 +25,16 @@ __global__ void EmbeddingForwardKernel(float* out, const int32_t* idx, const W* 
     out[i] = static_cast<float>(wte[int64_t{idx[row]} * d + (i - row * d)]);
   }
 }
-__global__ void EmbeddingBackwardKernel(float* dwte, const float* dout, const int32_t* idx, int n, int d) {
-  MOE_GRID_STRIDE(i, int64_t{n} * d) {
-    const int64_t row = i / d;
-    atomicAdd(dwte + int64_t{idx[row]} * d + (i - row * d), dout[i]);
-  }
+// grid.x = run (one token id), threads and grid.y its columns: the run's rows summed in order,
+// then added to the id's row once (no atomics: the same bits every run).
+__global__ void EmbeddingBackwardKernel(float* dwte, const float* dout, const int32_t* order, const int32_t* starts,
+                                        const int32_t* ids, int d) {
+  const int run = blockIdx.x;
+  const int c = blockIdx.y * blockDim.x + threadIdx.x;
+  if (c >= d) return;
+  float acc = 0.0f;
+  for (int p = starts[run]; p < starts[run + 1]; ++p) acc += dout[int64_t{order[p]} * d + c];
+  dwte[int64_t{ids[run]} * d + c] += acc;
 }
 
 __global__ void DropoutForwardKernel(float* out, const float* in, int64_t n, float p, float scale,
@@ -98,9 +104,27 @@ void EmbeddingForwardBf16(float* out, const int32_t* idx, const bf16* wte, int n
   MOE_CUDA_LAUNCH_CHECK();
 }
 
-void EmbeddingBackward(float* dwte, const float* dout, const int32_t* idx, int n, int d, cudaStream_t stream) {
-  if (n <= 0) return;
-  EmbeddingBackwardKernel<<<GridFor(int64_t{n} * d), kThreads, 0, stream>>>(dwte, dout, idx, n, d);
+TokenRuns GroupTokensById(const int32_t* idx, int n, int vocab) {
+  TokenRuns r;
+  std::vector<int32_t> first(static_cast<size_t>(vocab) + 1, 0);
+  for (int i = 0; i < n; ++i) ++first[idx[i] + 1];
+  for (int v = 0; v < vocab; ++v) {
+    if (first[v + 1] > 0) r.ids.push_back(v);
+    first[v + 1] += first[v];
+  }
+  r.order.resize(n);
+  for (int i = 0; i < n; ++i) r.order[first[idx[i]]++] = i;  // stable: each id's rows in order
+  r.starts.reserve(r.ids.size() + 1);
+  r.starts.push_back(0);
+  for (int32_t v : r.ids) r.starts.push_back(first[v]);
+  return r;
+}
+
+void EmbeddingBackward(float* dwte, const float* dout, const int32_t* order, const int32_t* starts, const int32_t* ids,
+                       int runs, int d, cudaStream_t stream) {
+  if (runs <= 0 || d <= 0) return;
+  const dim3 grid(static_cast<unsigned>(runs), BlocksFor(d, kThreads));
+  EmbeddingBackwardKernel<<<grid, kThreads, 0, stream>>>(dwte, dout, order, starts, ids, d);
   MOE_CUDA_LAUNCH_CHECK();
 }
 

@@ -3,17 +3,29 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "kernels/cuda/common.h"
 #include "kernels/experts.h"
 
 namespace moe::cuda {
 
-// out (n, d) = wte[idx] ; dwte[idx[i]] += dout[i] (fp32 atomics: order not fixed).
+// out (n, d) = wte[idx].
 void EmbeddingForward(float* out, const int32_t* idx, const float* wte, int n, int d, cudaStream_t stream);
 // The same from bf16 weights (master_weights bf16: the model keeps no fp32 table).
 void EmbeddingForwardBf16(float* out, const int32_t* idx, const bf16* wte, int n, int d, cudaStream_t stream);
-void EmbeddingBackward(float* dwte, const float* dout, const int32_t* idx, int n, int d, cudaStream_t stream);
+// A batch's rows grouped by token id (host code, from the host's ids): order (n) the rows sorted by
+// id, each id's rows in increasing order; ids (runs) the ids present, increasing; starts (runs + 1)
+// where each id's rows begin in order.
+struct TokenRuns {
+  std::vector<int32_t> order, starts, ids;
+  int runs() const { return static_cast<int>(ids.size()); }
+};
+TokenRuns GroupTokensById(const int32_t* idx, int n, int vocab);
+// dwte[ids[r]] += the sum, in order, of dout's rows order[starts[r] .. starts[r + 1]) (device copies
+// of a TokenRuns): a fixed order of additions, the same bits every run.
+void EmbeddingBackward(float* dwte, const float* dout, const int32_t* order, const int32_t* starts, const int32_t* ids,
+                       int runs, int d, cudaStream_t stream);
 
 // out = in * keep / (1 - p) (out may alias in) ; din += dout * keep / (1 - p).
 void DropoutForward(float* out, const float* in, int64_t n, float p, uint64_t seed, uint64_t offset,

@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/device.cuh"
+#include "kernels/cuda/reduce.h"
 #include "kernels/rmsnorm.h"
 
 namespace moe::cuda {
@@ -82,22 +83,22 @@ __global__ void __launch_bounds__(kThreads) RmsNormForwardVecKernel(Out* out, fl
 }
 
 // The general backward kernel (any d, any alignment). A block of 8 warps takes kRowsPerBlock
-// rows, one warp per row at a time; dweight is summed per block in shared memory (d floats) and
-// then added to the output once per block.
+// rows at a time (grid-stride), one warp per row; dweight is summed per block in shared memory
+// and left as the block's partial (reduce.h), which AddColumnPartials adds in block order.
 constexpr int kRmsRowsPerBlock = 64;
 // dweight: each warp sums its rows into its own shared slice (no atomics inside the block),
-// then the block adds the slices to dweight.
-__global__ void RmsNormBackwardKernel(float* dinp, float* dweight, const float* dout,
+// then the block sums the slices into its row of partials (blocks, d).
+__global__ void RmsNormBackwardKernel(float* dinp, float* partials, const float* dout,
                                       const float* inp, const float* weight, const float* rstd,
                                       int n, int d) {
   extern __shared__ float dw_shared[];  // (warps, d)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   float* dw_warp = dw_shared + int64_t{warp} * d;
-  if (dweight != nullptr) {
+  if (partials != nullptr) {
     for (int c = threadIdx.x; c < warps * d; c += blockDim.x) dw_shared[c] = 0.0f;
     __syncthreads();
   }
-  const int row0 = blockIdx.x * kRmsRowsPerBlock;
+  for (int row0 = blockIdx.x * kRmsRowsPerBlock; row0 < n; row0 += gridDim.x * kRmsRowsPerBlock)
   for (int row = row0 + warp; row < min(n, row0 + kRmsRowsPerBlock); row += warps) {
     const float* x = inp + int64_t{row} * d;
     const float* dy = dout + int64_t{row} * d;
@@ -110,16 +111,16 @@ __global__ void RmsNormBackwardKernel(float* dinp, float* dweight, const float* 
       float* dx = dinp + int64_t{row} * d;
       for (int c = lane; c < d; c += 32) dx[c] += r * weight[c] * dy[c] - k * x[c];
     }
-    if (dweight != nullptr) {
+    if (partials != nullptr) {
       for (int c = lane; c < d; c += 32) dw_warp[c] += dy[c] * x[c] * r;
     }
   }
-  if (dweight != nullptr) {
+  if (partials != nullptr) {
     __syncthreads();
     for (int c = threadIdx.x; c < d; c += blockDim.x) {
       float sum = 0.0f;
       for (int w = 0; w < warps; ++w) sum += dw_shared[int64_t{w} * d + c];
-      atomicAdd(dweight + c, sum);
+      partials[int64_t{blockIdx.x} * d + c] = sum;
     }
   }
 }
@@ -127,10 +128,10 @@ __global__ void RmsNormBackwardKernel(float* dinp, float* dweight, const float* 
 // Register-resident backward: warps walk rows grid-stride (row = global warp, + all warps), one
 // row per warp at a time, the row's x and dy in registers. Each lane keeps its columns' dweight
 // partial sums in registers across all its rows; at the end the warps' partials meet in shared
-// memory (warps, d) and the block adds their sum to dweight with one atomicAdd per column.
+// memory (warps, d) and the block writes their sum as its row of partials (blocks, d).
 template <int kVecs>
 __global__ void __launch_bounds__(kThreads) RmsNormBackwardVecKernel(
-    float* dinp, float* dweight, const float* dout, const float* inp, const float* weight,
+    float* dinp, float* partials, const float* dout, const float* inp, const float* weight,
     const float* rstd, int n, int d) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   const int d4 = d / 4;
@@ -178,7 +179,7 @@ __global__ void __launch_bounds__(kThreads) RmsNormBackwardVecKernel(
         }
       }
     }
-    if (dweight != nullptr) {
+    if (partials != nullptr) {
 #pragma unroll
       for (int k = 0; k < kVecs; ++k) {
         dw[k].x += dy[k].x * x[k].x * r;
@@ -188,7 +189,7 @@ __global__ void __launch_bounds__(kThreads) RmsNormBackwardVecKernel(
       }
     }
   }
-  if (dweight == nullptr) return;  // the same for the whole block
+  if (partials == nullptr) return;  // the same for the whole block
   extern __shared__ float4 dw_shared4[];  // (warps, d / 4)
 #pragma unroll
   for (int k = 0; k < kVecs; ++k) {
@@ -200,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) RmsNormBackwardVecKernel(
   for (int c = threadIdx.x; c < d; c += blockDim.x) {
     float sum = 0.0f;
     for (int w = 0; w < warps; ++w) sum += dw_shared[w * d + c];
-    atomicAdd(dweight + c, sum);
+    partials[int64_t{blockIdx.x} * d + c] = sum;
   }
 }
 
@@ -258,12 +259,15 @@ void RmsNormForwardBf16(bf16* out, float* rstd, const float* inp, const float* w
 }
 
 void RmsNormBackward(float* dinp, float* dweight, const float* dout, const float* inp,
-                     const float* weight, const float* rstd, int n, int d, cudaStream_t stream) {
+                     const float* weight, const float* rstd, int n, int d, float* partials,
+                     cudaStream_t stream) {
   if (n <= 0 || (dinp == nullptr && dweight == nullptr)) return;
+  float* parts = dweight != nullptr ? partials : nullptr;
+  const size_t smem = dweight != nullptr ? sizeof(float) * d * (kThreads / 32) : 0;
+  unsigned blocks = 0;
   if (RmsNormVectorizable(d, {dinp, dout, inp, weight})) {
     // As many blocks as fit on the GPU at once (no more than there are rows for their warps):
-    // every block pays d atomics at its end, so fewer, longer-lived blocks.
-    const size_t smem = dweight != nullptr ? sizeof(float) * d * (kThreads / 32) : 0;
+    // every block leaves d partials, so fewer, longer-lived blocks.
     WithRmsVecs((d / 4 + 31) / 32, [&](auto vecs) {
       const auto kernel = RmsNormBackwardVecKernel<decltype(vecs)::value>;
       int device = 0, sms = 0, per_sm = 0;
@@ -271,21 +275,20 @@ void RmsNormBackward(float* dinp, float* dweight, const float* dout, const float
       MOE_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
       MOE_CUDA_CHECK(
           cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
-      const unsigned blocks =
-          std::max(1u, std::min<unsigned>(BlocksFor(n, kThreads / 32), unsigned(sms * per_sm)));
-      kernel<<<blocks, kThreads, smem, stream>>>(dinp, dweight, dout, inp, weight, rstd, n, d);
+      blocks = std::max(1u, std::min<unsigned>({BlocksFor(n, kThreads / 32), unsigned(sms * per_sm),
+                                                unsigned(kPartialBlocks)}));
+      kernel<<<blocks, kThreads, smem, stream>>>(dinp, parts, dout, inp, weight, rstd, n, d);
     });
-    MOE_CUDA_LAUNCH_CHECK();
-    return;
+  } else {
+    if (smem > 48 * 1024) {
+      MOE_CUDA_CHECK(cudaFuncSetAttribute(RmsNormBackwardKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(smem)));
+    }
+    blocks = std::min<unsigned>(BlocksFor(n, kRmsRowsPerBlock), kPartialBlocks);
+    RmsNormBackwardKernel<<<blocks, kThreads, smem, stream>>>(dinp, parts, dout, inp, weight, rstd, n, d);
   }
-  const size_t smem = dweight != nullptr ? sizeof(float) * d * (kThreads / 32) : 0;
-  if (smem > 48 * 1024) {
-    MOE_CUDA_CHECK(cudaFuncSetAttribute(RmsNormBackwardKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
-  }
-  RmsNormBackwardKernel<<<BlocksFor(n, kRmsRowsPerBlock), kThreads, smem, stream>>>(
-      dinp, dweight, dout, inp, weight, rstd, n, d);
   MOE_CUDA_LAUNCH_CHECK();
+  if (dweight != nullptr) AddColumnPartials(dweight, partials, static_cast<int>(blocks), d, stream);
 }
 
 }  // namespace moe::cuda

@@ -7,7 +7,9 @@
 
 namespace moe::cuda {
 
-// out (n, d), rstd (n) ; dinp (n, d) += , dweight (d) += (either may be null).
+// out (n, d), rstd (n) ; dinp (n, d) += , dweight (d) += (either may be null). dweight is summed
+// over the rows in a fixed order (reduce.h): partials is scratch for PartialsFloats(d) floats,
+// free when the call is queued (unread when dweight is null).
 void RmsNormForward(float* out, float* rstd, const float* inp, const float* weight, int n, int d,
                     cudaStream_t stream);
 // The same with the output in bf16 alone (each value rounded as CastToBf16 rounds the fp32 one):
@@ -15,6 +17,7 @@ void RmsNormForward(float* out, float* rstd, const float* inp, const float* weig
 void RmsNormForwardBf16(bf16* out, float* rstd, const float* inp, const float* weight, int n, int d,
                         cudaStream_t stream);
 void RmsNormBackward(float* dinp, float* dweight, const float* dout, const float* inp,
-                     const float* weight, const float* rstd, int n, int d, cudaStream_t stream);
+                     const float* weight, const float* rstd, int n, int d, float* partials,
+                     cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -20,6 +20,7 @@
 #include "kernels/cuda/common.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/nn.h"
+#include "kernels/cuda/reduce.h"
 #include "worker/model/cuda/cuda_context.h"
 #include "worker/model/cuda/device_arena.h"
 #include "worker/model/cuda/device_optimizer.h"
@@ -128,6 +129,7 @@ class CudaModel final : public TrainModel {
   std::unique_ptr<DeviceOptimizer> optimizer_;       // AdamW's m and v as train.optimizer_state says
   float *rope_cos_ = nullptr, *rope_sin_ = nullptr;  // (T, hd/2)
   double* norms_ = nullptr;                          // (2) device
+  float* partials_ = nullptr;                        // cuda::PartialsFloats(max(D, 2 hd))
   double* host_stats_ = nullptr;                     // pinned: ce_sum, then each layer's RouterStatsSlots
   std::vector<float> host_params_;
 
@@ -149,6 +151,10 @@ class CudaModel final : public TrainModel {
   float* logits_;
   cuda::bf16* dlogits16_;
   int32_t *idx_, *targets_;                                                           // (n)
+  // The batch's rows grouped by token id for the embedding's backward (training forwards):
+  // host (token_runs_) and device copies, (n), (n + 1), (n).
+  cuda::TokenRuns token_runs_;
+  int32_t *run_order_, *run_starts_, *run_ids_;
   double* ce_sum_;                                                                    // (1)
   float *dx_, *dtmp_, *dnorm_, *dqkv_, *att_scratch_;  // backward: (n,D) x3, (n,C3), (n,H)
   // Attention gate only: the gated output (n,D) on the fp32 path (bf16 products write it in bf16
@@ -201,6 +207,9 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr
   MOE_CUDA_CHECK(
       cudaMemcpyAsync(rope_sin_, sin_t.data(), sizeof(float) * sin_t.size(), cudaMemcpyHostToDevice, stream_));
   norms_ = weights_.Alloc<double>(2);
+  // The deterministic sums' scratch (kernels/cuda/reduce.h): the norms' weight gradients over D
+  // columns (QK-norm's over 2 hd), the squared norms' and the loss's kPartialBlocks doubles.
+  partials_ = weights_.Alloc<float>(cuda::PartialsFloats(std::max(cfg.d, 2 * cfg.head_dim)));
   const int per_layer = RouterStatsSlots{cfg.experts}.size();
   MOE_CUDA_CHECK(cudaMallocHost(&host_stats_, sizeof(double) * (1 + cfg.layers * per_layer)));
 
@@ -299,6 +308,9 @@ void CudaModel::EnsureActivations(int b) {
   t.Add(&ce_losses_, n);
   t.Add(&idx_, n);
   t.Add(&targets_, n);
+  t.Add(&run_order_, n);
+  t.Add(&run_starts_, n + 1);
+  t.Add(&run_ids_, n);
   t.Add(&ce_sum_, 1);
   t.Add(&dx_, n * D);
   t.Add(&dtmp_, n * D);
@@ -387,6 +399,15 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
   b_ = b;
   MOE_CUDA_CHECK(cudaMemcpyAsync(idx_, idx, sizeof(int32_t) * n, cudaMemcpyHostToDevice, stream_));
   MOE_CUDA_CHECK(cudaMemcpyAsync(targets_, targets, sizeof(int32_t) * n, cudaMemcpyHostToDevice, stream_));
+  if (ctx.train) {
+    token_runs_ = cuda::GroupTokensById(idx, n, V);
+    const cuda::TokenRuns& r = token_runs_;
+    MOE_CUDA_CHECK(cudaMemcpyAsync(run_order_, r.order.data(), sizeof(int32_t) * n, cudaMemcpyHostToDevice, stream_));
+    MOE_CUDA_CHECK(cudaMemcpyAsync(run_starts_, r.starts.data(), sizeof(int32_t) * r.starts.size(),
+                                   cudaMemcpyHostToDevice, stream_));
+    MOE_CUDA_CHECK(
+        cudaMemcpyAsync(run_ids_, r.ids.data(), sizeof(int32_t) * r.ids.size(), cudaMemcpyHostToDevice, stream_));
+  }
 
   // The residual stream lives in the buffers the backward reads: block l's input x_in, its
   // middle x_mid (after attention), and x_final_ after the last block.
@@ -415,7 +436,7 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
     }
   }
   MOE_CUDA_CHECK(cudaMemsetAsync(ce_sum_, 0, sizeof(double), stream_));
-  cuda::Sum(ce_sum_, ce_losses_, n, stream_);
+  cuda::Sum(ce_sum_, ce_losses_, n, reinterpret_cast<double*>(partials_), stream_);
 
   // The one device-to-host copy of the forward pass: CE sum and every layer's router stats.
   const int per_layer = RouterStatsSlots{cfg_.experts}.size();
@@ -474,7 +495,7 @@ void CudaModel::Backward() {
   zero(dx_, nd);
   ctx_.LinearBackward(dnorm_, g.lm_head, logits_, dlogits16, final_out_, w.lm_head, n, D, V, false,
                       /*add_to_dinp=*/false);
-  cuda::RmsNormBackward(dx_, g.final_norm, dnorm_, x_final_, w.final_norm, final_rstd_, n, D, stream_);
+  cuda::RmsNormBackward(dx_, g.final_norm, dnorm_, x_final_, w.final_norm, final_rstd_, n, D, partials_, stream_);
 
   for (int l = cfg_.layers - 1; l >= 0; --l) {
     if (cfg_.recompute) BlockForward(l, nullptr, /*rerun=*/true);  // refills the shared set
@@ -484,7 +505,7 @@ void CudaModel::Backward() {
     const float* dmoe = through_dropout(2 + 2 * l);
     zero(dnorm_, nd);
     moe_[l]->Backward(dmoe, a.moe_in, bw, bg, n, ctx.loss_scale, dnorm_);
-    cuda::RmsNormBackward(dx_, bg.moe_norm, dnorm_, a.x_mid, bw.moe_norm, a.moe_rstd, n, D, stream_);
+    cuda::RmsNormBackward(dx_, bg.moe_norm, dnorm_, a.x_mid, bw.moe_norm, a.moe_rstd, n, D, partials_, stream_);
 
     const float* dattn_out = through_dropout(1 + 2 * l);
     float* dattn_y = dnorm_;
@@ -515,7 +536,7 @@ void CudaModel::Backward() {
     cuda::RopeBackward(dqkv_, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
     if (cfg_.qk_norm) {
       cuda::QkNormBackward(dqkv_, bg.q_norm, bg.k_norm, a.qk_raw, a.qk_rstd, bw.q_norm, bw.k_norm, n, H, Hkv, hd,
-                           stream_);
+                           partials_, stream_);
     }
     // bf16: both weight gradients read the forward's bf16 attn_in.
     ctx_.LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, a.attn_in, bw.wqkv, n, D, C3, false, /*add_to_dinp=*/false,
@@ -524,12 +545,13 @@ void CudaModel::Backward() {
       ctx_.LinearBackward(dtmp_, bg.wg, dgate_, nullptr, a.attn_in, bw.wg, n, D, D, false, /*add_to_dinp=*/true,
                           a.attn_in16);
     }
-    cuda::RmsNormBackward(dx_, bg.attn_norm, dtmp_, a.x_in, bw.attn_norm, a.attn_rstd, n, D, stream_);
+    cuda::RmsNormBackward(dx_, bg.attn_norm, dtmp_, a.x_in, bw.attn_norm, a.attn_rstd, n, D, partials_, stream_);
     // Block l's replicated gradients are final (on the last micro-step): sum them over GPUs
     // while the blocks below run their backward.
     if (reduce_now) reducer_->BlockDone(l);
   }
-  cuda::EmbeddingBackward(g.wte, through_dropout(0), idx_, n, D, stream_);
+  cuda::EmbeddingBackward(g.wte, through_dropout(0), run_order_, run_starts_, run_ids_, token_runs_.runs(), D,
+                          stream_);
   if (reduce_now) reducer_->BackwardDone();
   // Synchronous at the end so that the trainer's forward / backward / optimizer times are real.
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -548,7 +570,7 @@ CommSeconds CudaModel::ReduceGrads() {
 
 void CudaModel::GradSquaredNorms(double* dense_sq, double* expert_sq) {
   MOE_CUDA_CHECK(cudaMemsetAsync(norms_, 0, 2 * sizeof(double), stream_));
-  grads_->SquaredNorms(norms_, stream_);
+  grads_->SquaredNorms(norms_, reinterpret_cast<double*>(partials_), stream_);
   MOE_CUDA_CHECK(cudaMemcpyAsync(host_stats_, norms_, 2 * sizeof(double), cudaMemcpyDeviceToHost, stream_));
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   *dense_sq = host_stats_[0];

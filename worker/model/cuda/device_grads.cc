@@ -57,17 +57,17 @@ void DeviceGrads::RoundToBf16Values(cudaStream_t stream) {
   }
 }
 
-void DeviceGrads::SquaredNorms(double* norms, cudaStream_t stream) const {
+void DeviceGrads::SquaredNorms(double* norms, double* partials, cudaStream_t stream) const {
   const int64_t dense = layout_.dense_size(), total = layout_.total();
   if (f32_ != nullptr) {
-    cuda::SquaredNorm(norms, f32_, dense, stream);
-    cuda::SquaredNorm(norms + 1, f32_ + dense, total - dense, stream);
+    cuda::SquaredNorm(norms, f32_, dense, partials, stream);
+    cuda::SquaredNorm(norms + 1, f32_ + dense, total - dense, partials, stream);
     return;
   }
   // The bf16 buffer holds zeros where a gradient is fp32; the fp32 ones are all replicated.
-  cuda::SquaredNorm(norms, b16_, dense, stream);
-  cuda::SquaredNorm(norms + 1, b16_ + dense, total - dense, stream);
-  cuda::SquaredNorm(norms, copies_.base(), copies_.size(), stream);
+  cuda::SquaredNorm(norms, b16_, dense, partials, stream);
+  cuda::SquaredNorm(norms + 1, b16_ + dense, total - dense, partials, stream);
+  cuda::SquaredNorm(norms, copies_.base(), copies_.size(), partials, stream);
 }
 
 void DeviceGrads::Download(std::vector<float>* host, cudaStream_t stream) const {

@@ -43,8 +43,9 @@ class DeviceGrads {
   void Zero(cudaStream_t stream);
   // fp32 storage with bf16 values: rounds the Bf16Gradient tensors (once a step, summed).
   void RoundToBf16Values(cudaStream_t stream);
-  // norms[0] += the replicated gradients' squared norm, norms[1] += the experts' (device doubles).
-  void SquaredNorms(double* norms, cudaStream_t stream) const;
+  // norms[0] += the replicated gradients' squared norm, norms[1] += the experts' (device doubles),
+  // the same bits every run (partials: cuda::SquaredNorm's scratch).
+  void SquaredNorms(double* norms, double* partials, cudaStream_t stream) const;
   // All gradients to / from the host in the layout's order (fp32); a short input sets a prefix.
   void Download(std::vector<float>* host, cudaStream_t stream) const;
   void Upload(const std::vector<float>& host, cudaStream_t stream);
