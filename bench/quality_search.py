@@ -154,6 +154,10 @@ VARIANTS = {
                                        "model.n_kv_heads": 5, "model.moe.expert_hidden": 472}),
     "a12-drop0.15": dict(EXAMPLE, **{"model.dropout": 0.15}),
     "a12-wd0.2-minlr3e-5": dict(EXAMPLE, **{"train.weight_decay": 0.2, "train.min_lr": 3e-5}),
+    # round 13 (deterministic GPU training from here on: a job gives the same bits every run):
+    # around the residual dropout 0.15 of round 12.
+    "a13-drop0.15-wd0.2": dict(EXAMPLE, **{"model.dropout": 0.15, "train.weight_decay": 0.2}),
+    "a13-drop0.1": dict(EXAMPLE, **{"model.dropout": 0.1}),
     # examples/shakespeare-moe.yaml (the same job: tests/moectl_validate_test.cc compares them)
     # and its dense twin, the same recipe with one expert of the same active size.
     # Since round 12 the example is round 3's (EXAMPLE) with residual dropout 0.15 (a12-drop0.15).
