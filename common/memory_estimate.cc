@@ -147,7 +147,7 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   const double rows = s.dense ? n : n * s.k;  // MoeShape::ExpertRows: the plan-order tables
   // The experts' layout (kernels/cuda/expert_layout): this rank's rows (as many as it routes,
   // when the routing is balanced), each expert padded to a multiple of 128 (64 rows on average).
-  // Its buffers grow on demand to the rows a step needs plus a sixteenth (CudaGrownRows), and
+  // Its buffers grow on demand to the rows a step needs plus a 32nd (CudaGrownRows), and
   // the padding changes with the routing from step to step: count them grown once.
   const double layout = (1.0 + 1.0 / kCudaRowsSlack) * (s.kept + 64 * s.e_local);
   // Whether the MoE layers' rows travel between GPUs (several GPUs, not dense).
@@ -196,15 +196,16 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   if (bf16) {
     // MoeScratch's expert rows (ReserveExpertRows): dys16 (bf16); on one GPU x16 (bf16), with
     // rows between GPUs wire, ys, dx16 (bf16) and dxs (fp32); and the experts' scratch
-    // (kernels::ExpertsBf16Scratch): 3 (rows, F), 2 (rows, D) and three weight-sized products.
+    // (kernels::ExpertsBf16Scratch): 3 (rows, F), 2 (rows, D), and where the layout can be compact
+    // (more than 512 local experts, which validation refuses) three weight-sized products.
     ws += 2 * layout * D + (exchanges ? 2 * 3 * layout * D + 4 * layout * D : 2 * layout * D) +
-          2 * (3 * layout * F + 2 * layout * D + 3 * s.e_local * D * F);
+          2 * (3 * layout * F + 2 * layout * D + (s.e_local > 512 ? 3 * s.e_local * D * F : 0));
   }
   if (s.S > 0) {
     // MoeScratch's for the shared experts, one layer at a time: one expert's output (n, D); bf16:
     // the input and output gradient in the layout (n, D) and the experts' scratch (as above, for
     // one expert of hidden F_s over n rows), fp32: the backward's scratch (n, 2 F_s).
-    ws += 4 * n * D + (bf16 ? 2 * (2 * n * D + 3 * n * s.Fs + 2 * n * D + 3 * D * s.Fs) : 4 * 2 * n * s.Fs);
+    ws += 4 * n * D + (bf16 ? 2 * (2 * n * D + 3 * n * s.Fs + 2 * n * D) : 4 * 2 * n * s.Fs);
   }
   ws += CudaMuonWorkspace(s, spec);
   out->workspace = Bytes(ws);

@@ -46,9 +46,9 @@ inline int64_t CudaHeadChunkRows(int64_t n, int64_t vocab) {
 
 // The CUDA MoE layer's buffers of expert rows (worker/model/cuda/moe_layer.cc: ReserveSaved,
 // ReserveExpertRows) are sized by the experts' layout, whose rows change with the routing: when a
-// step needs more rows than they hold, they grow to that many plus a sixteenth, so that routing
+// step needs more rows than they hold, they grow to that many plus a 32nd, so that routing
 // that wobbles does not reallocate every step (each growth waits for the stream).
-inline constexpr int64_t kCudaRowsSlack = 16;
+inline constexpr int64_t kCudaRowsSlack = 32;
 inline int64_t CudaGrownRows(int64_t rows, int64_t capacity) {
   return rows <= capacity ? capacity : rows + rows / kCudaRowsSlack;
 }

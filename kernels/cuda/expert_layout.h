@@ -33,7 +33,8 @@ void CopyRowBlocks(void* dst, const void* src, const RowBlocks& blocks, int64_t 
 //     its expert's weights), and a weight gradient one such call per chunk index (the experts
 //     that have that many chunks);
 //   compact (chunk 0): expert x's rows right after expert x - 1's, one cuBLAS grouped GEMM per
-//     product (each expert its own count); only when the chunks would not fit the tables.
+//     product (each expert its own count); only with more local experts than RowBlocks::kMax
+//     (the strided layout fits the tables otherwise).
 // The counts are host values (the one device-to-host count exchange per layer).
 struct ExpertLayout {
   static constexpr int kMaxChunks = 1024;

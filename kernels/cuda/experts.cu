@@ -265,7 +265,11 @@ void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys
 }
 
 int64_t ExpertsBf16Scratch(int64_t layout_rows, int e_local, int d, int f) {
-  return 3 * Pad8(layout_rows * f) + 2 * Pad8(layout_rows * d) + 3 * Pad8(int64_t{e_local} * d * f);
+  // The three weight-sized bf16 products only where the layout can be compact (PlanExpertLayout:
+  // more local experts than its tables hold); the strided and chunked layouts' products add to
+  // the fp32 gradients themselves.
+  const int64_t staged = e_local > RowBlocks::kMax ? 3 * Pad8(int64_t{e_local} * d * f) : 0;
+  return 3 * Pad8(layout_rows * f) + 2 * Pad8(layout_rows * d) + staged;
 }
 
 void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, float* dw1, float* dw3,
@@ -299,7 +303,8 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
   bf16* du16 = dg16 + Pad8(lrows * f);     // (lrows, f)
   bf16* dxa16 = du16 + Pad8(lrows * f);    // (lrows, d): dg W1^T (padded: + du W3^T)
   bf16* dxb16 = dxa16 + Pad8(lrows * d);   // (lrows, d): du W3^T (compact)
-  bf16* dw1_16 = dxb16 + Pad8(lrows * d);  // (e, d, f), compact only: this step's products, added to
+  bf16* dw1_16 = dxb16 + Pad8(lrows * d);  // (e, d, f), compact only (ExpertsBf16Scratch holds them
+                                           // then alone): this step's products, added to
   bf16* dw3_16 = dw1_16 + Pad8(wsize);     // the fp32 gradients
   bf16* dw2_16 = dw3_16 + Pad8(wsize);     // (e, f, d)
   // h for dw2 alone: the forward's, or (h16 null) computed again from g, u into du16's place,
