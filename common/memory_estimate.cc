@@ -178,7 +178,9 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
                                                                          static_cast<int64_t>(s.V))) * s.V +
                                    2 * n * s.V
                              : 4 * n * s.V;
-  const double head = 4 * (3 * n * D + 3 * n + 2 * n) + logits;
+  // (with bf16 products final_out, the head's input, in bf16 alone), and the embedding backward's
+  // rows grouped by token id (3 n ints).
+  const double head = 4 * (3 * n * D + 3 * n + 2 * n + 3 * n) - (bf16 ? 2 * n * D : 0) + logits;
   const bool recompute = spec.train().recompute() == v1::RECOMPUTE_FULL;
   // Recompute full: each block's input x_in (n, D), and one set of the rest of a block's
   // activations that the blocks fill in turn (CudaModel::EnsureActivations, MoeSaved).
@@ -207,6 +209,8 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
     // one expert of hidden F_s over n rows), fp32: the backward's scratch (n, 2 F_s).
     ws += 4 * n * D + (bf16 ? 2 * (2 * n * D + 3 * n * s.Fs + 2 * n * D) : 4 * 2 * n * s.Fs);
   }
+  // The deterministic sums' per-block partials (kernels/cuda/reduce.h: 1024 x max(D, 2 hd) floats).
+  ws += 4.0 * 1024 * std::max(D, 2 * s.hd);
   ws += CudaMuonWorkspace(s, spec);
   out->workspace = Bytes(ws);
   out->runtime = kCudaRuntimeBytes + (s.W > 1 ? kNcclBytes : 0);

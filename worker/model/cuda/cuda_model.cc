@@ -144,6 +144,7 @@ class CudaModel final : public TrainModel {
   int b_cap_ = 0;
   std::vector<BlockActs> blocks_;
   float *tmp_, *x_final_, *final_out_, *final_rstd_, *ce_lse_, *ce_losses_;  // (n,D) x4, (n) x2
+  cuda::bf16* final_out16_;  // bf16 products: the head's input in bf16 alone (n,D; final_out_ null)
   // The head (Forward's last loop): fp32 logits (head_rows_, V), head_rows_ = n on the fp32
   // path (the backward turns them into dlogits in place); with bf16 products a chunk
   // (CudaHeadChunkRows), and the bf16 dlogits (n, V) the forward writes for the backward.
@@ -296,7 +297,8 @@ void CudaModel::EnsureActivations(int b) {
   for (int l = 1; l < cfg_.layers && cfg_.recompute; ++l) moe_[l]->AddTo(&t, n);
   t.Add(&tmp_, n * D);
   t.Add(&x_final_, n * D);
-  t.Add(&final_out_, n * D);
+  t.Add(&final_out_, bf16_ ? 0 : n * D);
+  t.Add(&final_out16_, bf16_ ? n * D : 0);
   t.Add(&final_rstd_, n);
   head_rows_ = n;
   if (bf16_) {
@@ -421,13 +423,21 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
   for (int l = 0; l < cfg_.layers; ++l) {
     BlockForward(l, l + 1 < cfg_.layers ? blocks_[l + 1].x_in : x_final_, /*rerun=*/false);
   }
-  cuda::RmsNormForward(final_out_, final_rstd_, x_final_, w.final_norm, n, D, stream_);
+  if (bf16_) {
+    cuda::RmsNormForwardBf16(final_out16_, final_rstd_, x_final_, w.final_norm, n, D, stream_);
+  } else {
+    cuda::RmsNormForward(final_out_, final_rstd_, x_final_, w.final_norm, n, D, stream_);
+  }
   // The head, head_rows_ rows at a time: logits, their cross-entropy and (bf16 products) the
   // bf16 dlogits = loss_scale * (softmax - onehot) of the backward, so that only one chunk of
   // fp32 logits is ever alive. (An evaluation's dlogits go unread.)
   for (int64_t r0 = 0; r0 < n; r0 += head_rows_) {
     const int rows = static_cast<int>(std::min<int64_t>(head_rows_, n - r0));
-    ctx_.Linear(logits_, final_out_ + r0 * D, w.lm_head, rows, D, V, false);
+    if (bf16_) {
+      ctx_.Linear16(logits_, final_out16_ + r0 * D, w.lm_head, rows, D, V);
+    } else {
+      ctx_.Linear(logits_, final_out_ + r0 * D, w.lm_head, rows, D, V, false);
+    }
     if (bf16_) {
       cuda::CrossEntropyForwardBackwardBf16(ce_losses_ + r0, ce_lse_ + r0, dlogits16_ + r0 * V, logits_,
                                             targets_ + r0, ctx.loss_scale, rows, V, stream_);
@@ -494,7 +504,7 @@ void CudaModel::Backward() {
   }
   zero(dx_, nd);
   ctx_.LinearBackward(dnorm_, g.lm_head, logits_, dlogits16, final_out_, w.lm_head, n, D, V, false,
-                      /*add_to_dinp=*/false);
+                      /*add_to_dinp=*/false, final_out16_);
   cuda::RmsNormBackward(dx_, g.final_norm, dnorm_, x_final_, w.final_norm, final_rstd_, n, D, partials_, stream_);
 
   for (int l = cfg_.layers - 1; l >= 0; --l) {
