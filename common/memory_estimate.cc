@@ -188,8 +188,8 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   out->activations = Bytes(kept_blocks + head);
 
   // dx, dtmp, dnorm (n, D), dqkv (n, C3), the attention backward's scratch (n, H), and in bf16
-  // two cast buffers of the widest product input (n, max(D, C3)).
-  double ws = 4 * (3 * n * D + n * s.C3() + n * s.H) + (bf16 ? 2 * 2 * n * std::max(D, s.C3()) : 0);
+  // two cast buffers: (n, max(D, C3)) and (n, D).
+  double ws = 4 * (3 * n * D + n * s.C3() + n * s.H) + (bf16 ? 2 * n * (std::max(D, s.C3()) + D) : 0);
   // MoeScratch per batch: d_expert_in and on the fp32 path dys (rows, D; with bf16 products dys
   // passes through d_expert_in), dweights (n, k), drouter (n, E); fp32 experts' backward scratch
   // (rows, 2F), or, when rows travel between GPUs, the bf16 plan-order rows (rows, D).

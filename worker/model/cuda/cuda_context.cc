@@ -1,5 +1,8 @@
 #include "worker/model/cuda/cuda_context.h"
 
+#include <stdexcept>
+#include <string>
+
 #ifdef MOE_WITH_CUDA
 
 #include "kernels/cuda/matmul.h"
@@ -42,6 +45,10 @@ void CudaContext::LinearBackward(float* dinp, float* dw, const float* dout, cons
   }
   if (dw == nullptr) return;
   if (inp16 == nullptr) {
+    if (int64_t{n} * c > s16b_size) {
+      throw std::logic_error("CudaContext::LinearBackward: an input of " + std::to_string(int64_t{n} * c) +
+                             " values is wider than the cast scratch (" + std::to_string(s16b_size) + ")");
+    }
     cuda::CastToBf16(s16b, inp, int64_t{n} * c, stream);
     inp16 = s16b;
   }

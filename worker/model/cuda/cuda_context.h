@@ -19,9 +19,11 @@ struct CudaContext {
   bool bf16 = false;           // bf16 operands for the products (else fp32 throughout)
   const float* params = nullptr;      // (total) fp32 master weights
   const cuda::bf16* params16 = nullptr;  // (total) their bf16 copy (bf16 mode)
-  // bf16 casts of product operands, each n * max(D, C3, V) (bf16 mode). The backward of the
-  // head swaps them once (CudaModel::Backward), so they are read through here, never cached.
+  // bf16 casts of product operands (bf16 mode): s16a the forward's inputs and the backward's
+  // output gradients, n * max(D, C3); s16b the backward's inputs (every product's input is D
+  // wide), n * D, s16b_size elements (LinearBackward refuses a wider cast).
   cuda::bf16 *s16a = nullptr, *s16b = nullptr;
+  int64_t s16b_size = 0;
 
   // train.master_weights bf16 on one GPU (DeviceGrads): the gradients' handles (grads_total
   // floats, an unmapped range) and the bf16 gradients behind them; else null.

@@ -323,7 +323,8 @@ void CudaModel::EnsureActivations(int b) {
   t.Add(&dgate_, cfg_.attn_gate ? n * D : 0);
   const int64_t widest = std::max(D, C3);  // the head's dlogits have their own buffer
   t.Add(&ctx_.s16a, bf16_ ? n * widest : 0);
-  t.Add(&ctx_.s16b, bf16_ ? n * widest : 0);
+  t.Add(&ctx_.s16b, bf16_ ? n * D : 0);
+  ctx_.s16b_size = bf16_ ? n * D : 0;
   moe_scratch_->AddTo(&t, n);
   acts_.Allocate(t);
   for (int l = 1; l < cfg_.layers && cfg_.recompute; ++l) {  // every block points at block 0's set
