@@ -61,13 +61,7 @@ __global__ void AdamWVec4Kernel(float* param, bf16* param_bf16, const float* gra
     reinterpret_cast<float4*>(m)[i] = mi;
     reinterpret_cast<float4*>(v)[i] = vi;
     reinterpret_cast<float4*>(param)[i] = p;
-    if (param_bf16 != nullptr) {
-      __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y), hi = __floats2bfloat162_rn(p.z, p.w);
-      uint2 bits;
-      memcpy(&bits.x, &lo, 4);
-      memcpy(&bits.y, &hi, 4);
-      reinterpret_cast<uint2*>(param_bf16)[i] = bits;
-    }
+    if (param_bf16 != nullptr) internal::StoreBf16x4(param_bf16 + 4 * i, p);
   }
   if (blockIdx.x == 0 && threadIdx.x < n - n4 * 4) {
     AdamWAt(n4 * 4 + threadIdx.x, param, param_bf16, grad, m, v, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);

@@ -72,12 +72,8 @@ __global__ void __launch_bounds__(kThreads) CrossEntropyRowKernel(float* losses,
     if constexpr (kVec4) {
       for (int c = threadIdx.x * 4; c < v; c += blockDim.x * 4) {
         const float4 x = *reinterpret_cast<const float4*>(z + c);
-        __nv_bfloat162 lo = __floats2bfloat162_rn(grad(x.x, c), grad(x.y, c + 1));
-        __nv_bfloat162 hi = __floats2bfloat162_rn(grad(x.z, c + 2), grad(x.w, c + 3));
-        uint2 bits;
-        memcpy(&bits.x, &lo, 4);
-        memcpy(&bits.y, &hi, 4);
-        *reinterpret_cast<uint2*>(dz + c) = bits;
+        internal::StoreBf16x4(dz + c,
+                              make_float4(grad(x.x, c), grad(x.y, c + 1), grad(x.z, c + 2), grad(x.w, c + 3)));
       }
     } else {
       for (int c = threadIdx.x; c < v; c += blockDim.x) dz[c] = __float2bfloat16(grad(z[c], c));

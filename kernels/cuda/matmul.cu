@@ -8,6 +8,8 @@
 #include <cstring>
 #include <utility>
 
+#include "kernels/cuda/device.cuh"
+
 namespace moe::cuda {
 namespace {
 
@@ -41,12 +43,7 @@ __global__ void CastToFloatKernel(float* out, const bf16* in, int64_t n) {
   }
 }
 
-// A bf16 pair as the 32 bits it occupies in memory (.x in the low half) and back.
-__device__ __forceinline__ uint32_t Bf16x2Bits(__nv_bfloat162 v) {
-  uint32_t bits;
-  memcpy(&bits, &v, sizeof(bits));
-  return bits;
-}
+// A bf16 pair from the 32 bits it occupies in memory (.x in the low half).
 __device__ __forceinline__ __nv_bfloat162 Bf16x2FromBits(uint32_t bits) {
   __nv_bfloat162 v;
   memcpy(&v, &bits, sizeof(v));
@@ -59,12 +56,9 @@ __device__ __forceinline__ __nv_bfloat162 Bf16x2FromBits(uint32_t bits) {
 __global__ void CastToBf16Vec4Kernel(bf16* out, const float* in, int64_t n) {
   const int64_t n4 = n / 4;
   const float4* in4 = reinterpret_cast<const float4*>(in);
-  uint2* out4 = reinterpret_cast<uint2*>(out);
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n4;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float4 v = in4[i];
-    out4[i] = make_uint2(Bf16x2Bits(__floats2bfloat162_rn(v.x, v.y)),
-                         Bf16x2Bits(__floats2bfloat162_rn(v.z, v.w)));
+    internal::StoreBf16x4(out + 4 * i, in4[i]);
   }
   if (blockIdx.x == 0 && threadIdx.x < n - n4 * 4) {
     const int64_t i = n4 * 4 + threadIdx.x;
