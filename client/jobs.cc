@@ -251,12 +251,20 @@ int RunCancel(const CancelOptions& o) {
   if (!config.ok()) return Fail(std::string(config.status().message()));
   auto stub = NewJobStub(*config);
   const std::string& id = o.id;
-  grpc::ClientContext ctx;
-  PrepareContext(ctx, *config, 10);
   moe::v1::CancelJobRequest req;
   req.set_id(id);
   moe::v1::Job job;
-  grpc::Status s = stub->CancelJob(&ctx, req, &job);
+  // A cancel is idempotent (a second one answers with the job as it is), so a connection that
+  // fails once is tried again for about a second before moed counts as unreachable, as the wait
+  // below rides out an unreachable moed between its polls.
+  grpc::Status s;
+  for (int attempt = 0; attempt < 6; ++attempt) {
+    if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    grpc::ClientContext ctx;
+    PrepareContext(ctx, *config, 10);
+    s = stub->CancelJob(&ctx, req, &job);
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+  }
   if (!s.ok()) return Fail(DescribeError(s, *config));
   if (o.no_wait) {
     std::printf("%s %s (%s)\n", id.c_str(), StateName(job.state()).c_str(), job.reason().c_str());

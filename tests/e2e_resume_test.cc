@@ -104,7 +104,7 @@ TEST(E2eResume, ResumeSubmitFromExportAndAForeignCheckpointDirectory) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(absl::StrContains(r.err, "only a finished")) << r.err;
   r = h.Moectl({"cancel", long_id}, 120);
-  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err << h.MoedLog();
   job = h.WaitFor(long_id, Ended, 10);
   ASSERT_EQ(job.state(), moe::v1::JOB_STATE_CANCELLED);
   const int64_t stopped_at = job.latest().step();
