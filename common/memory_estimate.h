@@ -34,7 +34,7 @@ struct MemoryEstimate {
 inline constexpr int64_t kCudaRuntimeBytes = int64_t{768} << 20;
 inline constexpr int64_t kNcclBytes = int64_t{512} << 20;
 
-// The CUDA backend's head with bf16 products (worker/model/cuda/cuda_model.cc) runs in chunks of
+// The CUDA backend's head with bf16 products (worker/model/cuda/cuda_model_step.cc) runs in chunks of
 // rows: each chunk's fp32 logits (rows, V) live only until its loss and its bf16 gradient are
 // written, so the forward keeps the bf16 dlogits (n, V) and one chunk of fp32 logits, not all n.
 // The rows of a chunk: as many as kCudaHeadChunkBytes of fp32 logits hold, at least 1, at most n.
