@@ -199,9 +199,9 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
     // MoeScratch's expert rows (ReserveExpertRows): dys16 (bf16); on one GPU x16 (bf16), with
     // rows between GPUs wire, ys, dx16 (bf16) and dxs (fp32); and the experts' scratch
     // (kernels::ExpertsBf16Scratch): 3 (rows, F), 2 (rows, D), and where the layout can be compact
-    // (more than 512 local experts, which validation refuses) three weight-sized products.
+    // (more local experts than the backend runs, which validation refuses) three weight-sized products.
     ws += 2 * layout * D + (exchanges ? 2 * 3 * layout * D + 4 * layout * D : 2 * layout * D) +
-          2 * (3 * layout * F + 2 * layout * D + (s.e_local > 512 ? 3 * s.e_local * D * F : 0));
+          2 * (3 * layout * F + 2 * layout * D + (s.e_local > kCudaMaxExperts ? 3 * s.e_local * D * F : 0));
   }
   if (s.S > 0) {
     // MoeScratch's for the shared experts, one layer at a time: one expert's output (n, D); bf16:

@@ -9,6 +9,7 @@
 #include <limits>
 #include <memory>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -89,6 +90,10 @@ TEST(CudaOpsTest, GroupTokensByIdKeepsRowOrderWithinAnId) {
   EXPECT_EQ(r.starts, (std::vector<int32_t>{0, 2, 5, 6}));
   EXPECT_EQ(r.order, (std::vector<int32_t>{1, 4, 0, 2, 5, 3}));
   EXPECT_EQ(cuda::GroupTokensById(idx.data(), 0, 8).runs(), 0);
+  const std::vector<int32_t> bad = {3, 8};  // 8 is past a vocabulary of 8
+  EXPECT_THROW(cuda::GroupTokensById(bad.data(), 2, 8), std::out_of_range);
+  const std::vector<int32_t> negative = {-1};
+  EXPECT_THROW(cuda::GroupTokensById(negative.data(), 1, 8), std::out_of_range);
 }
 
 TEST(CudaOpsTest, DropoutReproducesCounterUniformExactly) {

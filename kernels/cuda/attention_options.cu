@@ -159,8 +159,7 @@ void QkNormBackward(float* dqkv, float* dq_weight, float* dk_weight, const float
     std::fprintf(stderr, "QkNormBackward: head size %d over the kernel's %d\n", hd, 32 * kQkMaxColumnsPerLane);
     std::abort();
   }
-  const int64_t warps = n * (h + hkv);
-  const int64_t blocks = std::min<int64_t>((warps + kThreads / 32 - 1) / (kThreads / 32), kQkBackwardBlocks);
+  const int64_t blocks = std::min<int64_t>(WarpBlocks(n * (h + hkv)), kQkBackwardBlocks);
   const bool weights = dq_weight != nullptr || dk_weight != nullptr;
   QkNormBackwardKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
       dqkv, weights ? partials : nullptr, raw, rstd, q_weight, k_weight, n, h, hkv, hd);

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda/device.cuh"
@@ -107,7 +109,13 @@ void EmbeddingForwardBf16(float* out, const int32_t* idx, const bf16* wte, int n
 TokenRuns GroupTokensById(const int32_t* idx, int n, int vocab) {
   TokenRuns r;
   std::vector<int32_t> first(static_cast<size_t>(vocab) + 1, 0);
-  for (int i = 0; i < n; ++i) ++first[idx[i] + 1];
+  for (int i = 0; i < n; ++i) {
+    if (idx[i] < 0 || idx[i] >= vocab) {
+      throw std::out_of_range("GroupTokensById: token " + std::to_string(i) + " has id " + std::to_string(idx[i]) +
+                              ", outside the vocabulary of " + std::to_string(vocab));
+    }
+    ++first[idx[i] + 1];
+  }
   for (int v = 0; v < vocab; ++v) {
     if (first[v + 1] > 0) r.ids.push_back(v);
     first[v + 1] += first[v];

@@ -16,7 +16,7 @@ void EmbeddingForward(float* out, const int32_t* idx, const float* wte, int n, i
 void EmbeddingForwardBf16(float* out, const int32_t* idx, const bf16* wte, int n, int d, cudaStream_t stream);
 // A batch's rows grouped by token id (host code, from the host's ids): order (n) the rows sorted by
 // id, each id's rows in increasing order; ids (runs) the ids present, increasing; starts (runs + 1)
-// where each id's rows begin in order.
+// where each id's rows begin in order. An id outside [0, vocab) throws std::out_of_range.
 struct TokenRuns {
   std::vector<int32_t> order, starts, ids;
   int runs() const { return static_cast<int>(ids.size()); }

@@ -98,21 +98,22 @@ __global__ void RmsNormBackwardKernel(float* dinp, float* partials, const float*
     for (int c = threadIdx.x; c < warps * d; c += blockDim.x) dw_shared[c] = 0.0f;
     __syncthreads();
   }
-  for (int row0 = blockIdx.x * kRmsRowsPerBlock; row0 < n; row0 += gridDim.x * kRmsRowsPerBlock)
-  for (int row = row0 + warp; row < min(n, row0 + kRmsRowsPerBlock); row += warps) {
-    const float* x = inp + int64_t{row} * d;
-    const float* dy = dout + int64_t{row} * d;
-    const float r = rstd[row];
-    if (dinp != nullptr) {
-      float dot = 0.0f;
-      for (int c = lane; c < d; c += 32) dot += dy[c] * weight[c] * x[c];
-      dot = WarpSum(dot);
-      const float k = dot * r * r * r / d;
-      float* dx = dinp + int64_t{row} * d;
-      for (int c = lane; c < d; c += 32) dx[c] += r * weight[c] * dy[c] - k * x[c];
-    }
-    if (partials != nullptr) {
-      for (int c = lane; c < d; c += 32) dw_warp[c] += dy[c] * x[c] * r;
+  for (int row0 = blockIdx.x * kRmsRowsPerBlock; row0 < n; row0 += gridDim.x * kRmsRowsPerBlock) {
+    for (int row = row0 + warp; row < min(n, row0 + kRmsRowsPerBlock); row += warps) {
+      const float* x = inp + int64_t{row} * d;
+      const float* dy = dout + int64_t{row} * d;
+      const float r = rstd[row];
+      if (dinp != nullptr) {
+        float dot = 0.0f;
+        for (int c = lane; c < d; c += 32) dot += dy[c] * weight[c] * x[c];
+        dot = WarpSum(dot);
+        const float k = dot * r * r * r / d;
+        float* dx = dinp + int64_t{row} * d;
+        for (int c = lane; c < d; c += 32) dx[c] += r * weight[c] * dy[c] - k * x[c];
+      }
+      if (partials != nullptr) {
+        for (int c = lane; c < d; c += 32) dw_warp[c] += dy[c] * x[c] * r;
+      }
     }
   }
   if (partials != nullptr) {

@@ -105,13 +105,10 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
     const int rows = static_cast<int>(std::min<int64_t>(head_rows_, n - r0));
     if (bf16_) {
       ctx_.Linear16(logits_, final_out16_ + r0 * D, w.lm_head, rows, D, V);
-    } else {
-      ctx_.Linear(logits_, final_out_ + r0 * D, w.lm_head, rows, D, V, false);
-    }
-    if (bf16_) {
       cuda::CrossEntropyForwardBackwardBf16(ce_losses_ + r0, ce_lse_ + r0, dlogits16_ + r0 * V, logits_,
                                             targets_ + r0, ctx.loss_scale, rows, V, stream_);
     } else {
+      ctx_.Linear(logits_, final_out_ + r0 * D, w.lm_head, rows, D, V, false);
       cuda::CrossEntropyForward(ce_losses_ + r0, ce_lse_ + r0, logits_, targets_ + r0, rows, V, stream_);
     }
   }
