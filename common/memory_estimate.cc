@@ -152,12 +152,12 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   const double layout = (1.0 + 1.0 / kCudaRowsSlack) * (s.kept + 64 * s.e_local);
   // Whether the MoE layers' rows travel between GPUs (several GPUs, not dense).
   const bool exchanges = !s.dense && s.W > 1;
-  double block = 4 * AttentionElements(s, spec.model().attention()) + (bf16 ? 2 * n * s.C3() : 0);
+  // attn_in and moe_in, the two RMSNorms' outputs, are one buffer each for every block (the
+  // backward writes them again): counted with the head below.
+  double block = 4 * AttentionElements(s, spec.model().attention()) - 4 * 2 * n * D + (bf16 ? 2 * n * s.C3() : 0);
   // q, k, v in bf16 for the tensor-core attention, whose backward reads no fp32 copy: the fp32 one
   // is then the backward's dqkv scratch (counted in the workspace).
   if (bf16 && CudaAttentionOnTensorCores(static_cast<int>(s.hd))) block -= 4 * n * s.C3();
-  // attn_in, the qkv product's input, in bf16 alone (the RMSNorm writes it so).
-  if (bf16) block -= 2 * n * D;
   if (!s.dense) {
     // Router logits, probabilities (n, E), lse (n), weights (n, k), expert ids and the two
     // slot maps (n k), the experts' output rows ys (rows, D: bf16 values, kept in bf16 with bf16
@@ -179,8 +179,10 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
                                    2 * n * s.V
                              : 4 * n * s.V;
   // (with bf16 products final_out, the head's input, in bf16 alone), and the embedding backward's
-  // rows grouped by token id (3 n ints).
-  const double head = 4 * (3 * n * D + 3 * n + 2 * n + 3 * n) - (bf16 ? 2 * n * D : 0) + logits;
+  // rows grouped by token id (3 n ints). And the blocks' shared moe_in (n, D) and attn_in (n, D;
+  // with bf16 products in bf16 alone, the qkv product's input written so by the RMSNorm).
+  const double head = 4 * (3 * n * D + 3 * n + 2 * n + 3 * n) - (bf16 ? 2 * n * D : 0) + logits +
+                      4 * n * D + (bf16 ? 2 : 4) * n * D;
   const bool recompute = spec.train().recompute() == v1::RECOMPUTE_FULL;
   // Recompute full: each block's input x_in (n, D), and one set of the rest of a block's
   // activations that the blocks fill in turn (CudaModel::EnsureActivations, MoeSaved).
@@ -198,16 +200,16 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   if (bf16) {
     // MoeScratch's expert rows (ReserveExpertRows): dys16 (bf16); on one GPU x16 (bf16), with
     // rows between GPUs wire, ys, dx16 (bf16) and dxs (fp32); and the experts' scratch
-    // (kernels::ExpertsBf16Scratch): 3 (rows, F), 2 (rows, D), and where the layout can be compact
+    // (kernels::ExpertsBf16Scratch): (rows, F), 2 (rows, D), and where the layout can be compact
     // (more local experts than the backend runs, which validation refuses) three weight-sized products.
     ws += 2 * layout * D + (exchanges ? 2 * 3 * layout * D + 4 * layout * D : 2 * layout * D) +
-          2 * (3 * layout * F + 2 * layout * D + (s.e_local > kCudaMaxExperts ? 3 * s.e_local * D * F : 0));
+          2 * (layout * F + 2 * layout * D + (s.e_local > kCudaMaxExperts ? 3 * s.e_local * D * F : 0));
   }
   if (s.S > 0) {
     // MoeScratch's for the shared experts, one layer at a time: one expert's output (n, D); bf16:
     // the input and output gradient in the layout (n, D) and the experts' scratch (as above, for
     // one expert of hidden F_s over n rows), fp32: the backward's scratch (n, 2 F_s).
-    ws += 4 * n * D + (bf16 ? 2 * (2 * n * D + 3 * n * s.Fs + 2 * n * D) : 4 * 2 * n * s.Fs);
+    ws += 4 * n * D + (bf16 ? 2 * (2 * n * D + n * s.Fs + 2 * n * D) : 4 * 2 * n * s.Fs);
   }
   // The deterministic sums' per-block partials (kernels/cuda/reduce.h: 1024 x max(D, 2 hd) floats).
   ws += 4.0 * 1024 * std::max(D, 2 * s.hd);

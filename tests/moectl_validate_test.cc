@@ -253,7 +253,7 @@ TEST_F(ExampleTest, SmallMediumAndCpuDemoValidate) {
 }
 
 // --gpu-memory: whether a cuda job fits GPUs of that size. MODEL.md's "small" on one GPU needs
-// about 21 GiB: it fits 141GB (exit 0), not 16GiB (exit 2, by how much and the levers); a bad
+// about 16 GiB: it fits 141GB (exit 0), not 14GiB (exit 2, by how much and the levers); a bad
 // size is exit 2 with the accepted forms; a cpu job is not checked.
 TEST_F(ExampleTest, GpuMemorySaysWhetherACudaJobFits) {
   RunResult fits = ValidateCopy("small.yaml");
@@ -264,15 +264,15 @@ TEST_F(ExampleTest, GpuMemorySaysWhetherACudaJobFits) {
   EXPECT_THAT(big.out, HasSubstr("gpu memory   fits: needs about "));
   EXPECT_THAT(big.out, HasSubstr(" of the GPU's 131 GiB"));
 
-  RunResult tight = RunMoectl({"validate", small, "--gpu-memory", "16GiB"});
+  RunResult tight = RunMoectl({"validate", small, "--gpu-memory", "14GiB"});
   EXPECT_EQ(tight.exit_code, 2);
   EXPECT_THAT(tight.out, HasSubstr("gpu memory   does not fit: needs about "));
-  EXPECT_THAT(tight.out, HasSubstr("the GPU has 16 GiB"));
+  EXPECT_THAT(tight.out, HasSubstr("the GPU has 14 GiB"));
   EXPECT_THAT(tight.out, HasSubstr("resources.ranks: 2 (GPUs) saves about "));
   EXPECT_THAT(tight.out, HasSubstr("train.optimizer_state: int8 saves about "));
   EXPECT_THAT(tight.out, HasSubstr("train.recompute: full saves about "));
   EXPECT_THAT(tight.err, HasSubstr("small.yaml: resources: the job needs about "));
-  EXPECT_THAT(tight.err, HasSubstr("more than the 16 GiB of --gpu-memory"));
+  EXPECT_THAT(tight.err, HasSubstr("more than the 14 GiB of --gpu-memory"));
   EXPECT_THAT(tight.err, HasSubstr("resources.allow_oversubscribe_memory: true"));
 
   RunResult bad = RunMoectl({"validate", small, "--gpu-memory", "24 gigs"});

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 
 #include "kernels/cuda/device.cuh"
 #include "kernels/cuda/matmul.h"
@@ -12,6 +14,7 @@ namespace {
 
 using internal::CountSum;
 using internal::kThreads;
+using internal::StoreBf16x4;
 
 // grid.y walks the blocks, grid.x and the threads a block's words.
 template <typename Word>
@@ -62,6 +65,54 @@ __global__ void ToLayoutKernel(bf16* dst, const float* src, const LayoutBlocks b
        j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     o[j] = __float2bfloat16(j < real ? s[j] : 0.0f);
   }
+}
+
+// The layout's rows gathered from token rows (one GPU: plan order is expert order). grid.y =
+// expert x; a warp per row of its span: row i < rows[x] is slot s = src_row[x] + i, assignment
+// a = s2a[s], token a / k, and takes bf16(x[token] * scale[a]) (scale null: x[token]); the rows
+// past rows[x] zeros. kVec4: four columns per lane (d % 4 == 0, x 16-byte aligned, dst 8).
+template <bool kVec4>
+__global__ void GatherToLayoutKernel(bf16* dst, const float* x, const float* scale, const int32_t* s2a, int k,
+                                     const LayoutBlocks blocks, int d) {
+  const int e = blockIdx.y, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * warps + threadIdx.x / 32; i < blocks.span[e];
+       i += static_cast<int64_t>(gridDim.x) * warps) {
+    bf16* o = dst + (blocks.dst_row[e] + i) * d;
+    const float* src = nullptr;
+    float f = 1.0f;
+    if (i < blocks.rows[e]) {
+      const int a = s2a[blocks.src_row[e] + i];
+      src = x + int64_t{a / k} * d;
+      if (scale != nullptr) f = scale[a];
+    }
+    if constexpr (kVec4) {
+      for (int c = 4 * lane; c < d; c += 128) {
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (src != nullptr) {
+          v = *reinterpret_cast<const float4*>(src + c);
+          v = make_float4(v.x * f, v.y * f, v.z * f, v.w * f);
+        }
+        StoreBf16x4(o + c, v);
+      }
+    } else {
+      for (int c = lane; c < d; c += 32) o[c] = __float2bfloat16(src != nullptr ? src[c] * f : 0.0f);
+    }
+  }
+}
+
+// Expert x's blocks of layout l (x < e_local <= RowBlocks::kMax); most: the longest span.
+LayoutBlocks BlocksOf(const ExpertLayout& l, const int32_t* host_counts, int e_local, int64_t* most) {
+  LayoutBlocks blocks;
+  int64_t o = 0;
+  for (int x = 0; x < e_local; ++x) {
+    blocks.src_row[x] = o;
+    blocks.dst_row[x] = l.start[x];
+    blocks.rows[x] = host_counts[x];
+    blocks.span[x] = l.start[x + 1] - l.start[x];
+    *most = std::max(*most, blocks.span[x]);
+    o += host_counts[x];
+  }
+  return blocks;
 }
 
 }  // namespace
@@ -185,19 +236,30 @@ void ToExpertLayout(bf16* dst, const float* src, const int32_t* host_counts, int
                     cudaStream_t stream) {
   const ExpertLayout l = PlanExpertLayout(host_counts, e_local);
   if (l.chunk == 0) return CastToBf16(dst, src, CountSum(host_counts, e_local) * d, stream);
-  LayoutBlocks blocks;  // one per expert, empty ones included: grid.y is the expert
-  int64_t o = 0, most = 0;
-  for (int x = 0; x < e_local; ++x) {
-    blocks.src_row[x] = o;
-    blocks.dst_row[x] = l.start[x];
-    blocks.rows[x] = host_counts[x];
-    blocks.span[x] = l.start[x + 1] - l.start[x];
-    most = std::max(most, blocks.span[x]);
-    o += host_counts[x];
-  }
+  int64_t most = 0;
+  const LayoutBlocks blocks = BlocksOf(l, host_counts, e_local, &most);  // grid.y: the expert, empty ones too
   if (most == 0) return;
   const dim3 grid(std::min<unsigned>(BlocksFor(most * d, kThreads), 1024), e_local);
   ToLayoutKernel<<<grid, kThreads, 0, stream>>>(dst, src, blocks, d);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void GatherToExpertLayout(bf16* dst, const float* x, const float* scale, const int32_t* slot_to_assignment, int k,
+                          const int32_t* host_counts, int e_local, int d, cudaStream_t stream) {
+  if (e_local > RowBlocks::kMax) {
+    std::fprintf(stderr, "GatherToExpertLayout: %d local experts, at most %d\n", e_local, RowBlocks::kMax);
+    std::abort();
+  }
+  int64_t most = 0;
+  const LayoutBlocks blocks = BlocksOf(PlanExpertLayout(host_counts, e_local), host_counts, e_local, &most);
+  if (most == 0 || d <= 0) return;
+  constexpr int kWarps = kThreads / 32;
+  const dim3 grid(std::min<unsigned>(BlocksFor(most, kWarps), 4096), e_local);
+  if (d % 4 == 0 && Aligned(16, {x}) && Aligned(8, {dst})) {
+    GatherToLayoutKernel<true><<<grid, kThreads, 0, stream>>>(dst, x, scale, slot_to_assignment, k, blocks, d);
+  } else {
+    GatherToLayoutKernel<false><<<grid, kThreads, 0, stream>>>(dst, x, scale, slot_to_assignment, k, blocks, d);
+  }
   MOE_CUDA_LAUNCH_CHECK();
 }
 

@@ -51,6 +51,13 @@ int64_t ExpertLayoutRows(const int32_t* host_counts, int e_local);
 // Compact fp32 rows (sum of counts, d) to the layout in bf16 (dst: ExpertLayoutRows rows).
 void ToExpertLayout(bf16* dst, const float* src, const int32_t* host_counts, int e_local, int d,
                     cudaStream_t stream);
+// The same rows gathered from the tokens' rows instead (one GPU, where plan order is expert
+// order: the permute and the layout in one pass): slot s of the plan takes row a / k of x (n, d)
+// for its assignment a = slot_to_assignment[s] (the routing plan's), times scale[a] when scale
+// is not null (the routing weights). The same values as ToExpertLayout of the permuted rows
+// (scaled in fp32 first); bf16(0) past each expert's count.
+void GatherToExpertLayout(bf16* dst, const float* x, const float* scale, const int32_t* slot_to_assignment, int k,
+                          const int32_t* host_counts, int e_local, int d, cudaStream_t stream);
 // The blocks that move every expert's rows from the layout to compact order (CopyRowBlocks).
 RowBlocks ExpertLayoutToCompact(const int32_t* host_counts, int e_local);
 

@@ -269,11 +269,11 @@ int64_t ExpertsBf16Scratch(int64_t layout_rows, int e_local, int d, int f) {
   // more local experts than its tables hold); the strided and chunked layouts' products add to
   // the fp32 gradients themselves.
   const int64_t staged = e_local > RowBlocks::kMax ? 3 * Pad8(int64_t{e_local} * d * f) : 0;
-  return 3 * Pad8(layout_rows * f) + 2 * Pad8(layout_rows * d) + staged;
+  return Pad8(layout_rows * f) + 2 * Pad8(layout_rows * d) + staged;
 }
 
 void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, float* dw1, float* dw3,
-                         float* dw2, const bf16* dys16, const bf16* xs16, const bf16* g16, const bf16* u16,
+                         float* dw2, const bf16* dys16, const bf16* xs16, bf16* g16, bf16* u16,
                          const bf16* h16, const bf16* w1, const bf16* w3, const bf16* w2, int e_local, int d,
                          int f, bf16* scratch16, cudaStream_t stream, kernels::ExpertActivation act) {
   ExpertGrads dw;
@@ -285,7 +285,7 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
 }
 
 void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, const ExpertGrads& dw,
-                         const bf16* dys16, const bf16* xs16, const bf16* g16, const bf16* u16, const bf16* h16,
+                         const bf16* dys16, const bf16* xs16, bf16* g16, bf16* u16, const bf16* h16,
                          const bf16* w1, const bf16* w3, const bf16* w2, int e_local, int d, int f,
                          bf16* scratch16, cudaStream_t stream, kernels::ExpertActivation act) {
   // fp32 gradients, or none where a bf16 one is given (written by the products themselves).
@@ -299,26 +299,25 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
   const int64_t lrows = l.rows;
   const int64_t wsize = int64_t{e_local} * d * f;
   bf16* dh16 = scratch16;                  // (lrows, f)
-  bf16* dg16 = dh16 + Pad8(lrows * f);     // (lrows, f)
-  bf16* du16 = dg16 + Pad8(lrows * f);     // (lrows, f)
-  bf16* dxa16 = du16 + Pad8(lrows * f);    // (lrows, d): dg W1^T (padded: + du W3^T)
+  bf16* dg16 = g16;                        // (lrows, f): in place of g and u, which only the
+  bf16* du16 = u16;                        // activation's backward reads (each element once)
+  bf16* dxa16 = dh16 + Pad8(lrows * f);    // (lrows, d): dg W1^T (padded: + du W3^T)
   bf16* dxb16 = dxa16 + Pad8(lrows * d);   // (lrows, d): du W3^T (compact)
   bf16* dw1_16 = dxb16 + Pad8(lrows * d);  // (e, d, f), compact only (ExpertsBf16Scratch holds them
                                            // then alone): this step's products, added to
   bf16* dw3_16 = dw1_16 + Pad8(wsize);     // the fp32 gradients
   bf16* dw2_16 = dw3_16 + Pad8(wsize);     // (e, f, d)
-  // h for dw2 alone: the forward's, or (h16 null) computed again from g, u into du16's place,
-  // which the activation's backward writes only after dw2.
+  // h for dw2 alone: the forward's, or (h16 null) computed again from g, u into dh16's place,
+  // which the product dh = dys W2^T takes only after dw2.
   if (h16 == nullptr) {
-    HiddenForwardBf16(act, du16, g16, u16, lrows * f, stream);
-    h16 = du16;
+    HiddenForwardBf16(act, dh16, g16, u16, lrows * f, stream);
+    h16 = dh16;
   }
   if (l.chunk > 0) {
-    blas.Products(GroupedOp::kNT, l, e_local, f, d, 0.0f, dys16, w2, dh16, stream);
     if (dw2 != nullptr) blas.WeightGrad(l, e_local, f, d, h16, dys16, dw2, stream);
     if (dw.w2_bf16 != nullptr) blas.WeightGrad(l, e_local, f, d, h16, dys16, dw.w2_bf16, DType::kBF16, stream);
+    blas.Products(GroupedOp::kNT, l, e_local, f, d, 0.0f, dys16, w2, dh16, stream);
   } else {
-    blas.Gemm(GroupedOp::kNT, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{dys16, w2, dh16}}, stream);
     if (dw2 != nullptr) {
       blas.Gemm(GroupedOp::kTN, e_local, host_counts, f, d, 0, 1.0f, 0.0f, {{h16, dys16, dw2_16}}, stream);
       AccumulateBf16(dw2, dw2_16, nullptr, wsize, stream);
@@ -326,6 +325,7 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
     if (dw.w2_bf16 != nullptr) {  // beta 1: added to the stored gradient (experts with no rows skipped)
       blas.Gemm(GroupedOp::kTN, e_local, host_counts, f, d, 0, 1.0f, 1.0f, {{h16, dys16, dw.w2_bf16}}, stream);
     }
+    blas.Gemm(GroupedOp::kNT, e_local, host_counts, 0, f, d, 1.0f, 0.0f, {{dys16, w2, dh16}}, stream);
   }
   // The zero rows of the strided or chunked layout stay zero: dh = 0 there, and so dg = du = 0.
   const int64_t elems = lrows * f;

@@ -35,7 +35,8 @@ void ExpertsBackward(float* dxs, float* dw1, float* dw3, float* dw2, const float
 // forward then keeps h in its scratch and the backward computes it again from g16, u16 (the
 // forward's kernel, the same bits), a quarter (swiglu) or half of the saved rows less for one
 // elementwise pass. dw1, dw3, dw2 and the compact dxs (each may be null) accumulate in fp32.
-// Scratch (both): ExpertsBf16Scratch bf16.
+// The backward overwrites g16 and u16 with their gradients (the saved rows are dead after it:
+// two (rows, f) buffers fewer). Scratch (both): ExpertsBf16Scratch bf16: (rows, f) + 2 (rows, d).
 void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* ys16, bf16* g16,
                         bf16* u16, bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
                         int e_local, int d, int f, bf16* scratch16, cudaStream_t stream,
@@ -49,12 +50,12 @@ struct ExpertGrads {
   bf16 *w1_bf16 = nullptr, *w3_bf16 = nullptr, *w2_bf16 = nullptr;
 };
 void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, const ExpertGrads& dw,
-                         const bf16* dys16, const bf16* xs16, const bf16* g16, const bf16* u16, const bf16* h16,
+                         const bf16* dys16, const bf16* xs16, bf16* g16, bf16* u16, const bf16* h16,
                          const bf16* w1, const bf16* w3, const bf16* w2, int e_local, int d, int f,
                          bf16* scratch16, cudaStream_t stream,
                          kernels::ExpertActivation act = kernels::ExpertActivation::kSwiglu);
 void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, float* dw1, float* dw3,
-                         float* dw2, const bf16* dys16, const bf16* xs16, const bf16* g16, const bf16* u16,
+                         float* dw2, const bf16* dys16, const bf16* xs16, bf16* g16, bf16* u16,
                          const bf16* h16, const bf16* w1, const bf16* w3, const bf16* w2, int e_local, int d,
                          int f, bf16* scratch16, cudaStream_t stream,
                          kernels::ExpertActivation act = kernels::ExpertActivation::kSwiglu);

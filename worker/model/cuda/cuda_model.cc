@@ -143,15 +143,12 @@ void CudaModel::EnsureActivations(int b) {
   for (int l = 0; l < cfg_.layers; ++l) t.Add(&blocks_[l].x_in, n * D);
   for (int l = 0; l < cfg_.layers; ++l) {
     BlockActs& a = blocks_[l];
-    t.Add(&a.attn_in, bf16_ ? 0 : n * D);
-    t.Add(&a.attn_in16, bf16_ ? n * D : 0);
     t.Add(&a.attn_rstd, n);
     t.Add(&a.qkv, qkv_in_scratch ? 0 : n * C3);
     t.Add(&a.qkv16, bf16_ ? n * C3 : 0);
     t.Add(&a.attn_y, n * D);
     t.Add(&a.attn_lse, n * H);
     t.Add(&a.x_mid, n * D);
-    t.Add(&a.moe_in, n * D);
     t.Add(&a.moe_rstd, n);
     const int64_t qk_heads = cfg_.qk_norm ? cfg_.heads + cfg_.kv_heads : 0;
     t.Add(&a.qk_raw, n * qk_heads * cfg_.head_dim);
@@ -162,6 +159,9 @@ void CudaModel::EnsureActivations(int b) {
   }
   for (int l = 1; l < cfg_.layers && cfg_.recompute; ++l) moe_[l]->AddTo(&t, n);
   t.Add(&tmp_, n * D);
+  t.Add(&attn_in_, bf16_ ? 0 : n * D);
+  t.Add(&attn_in16_, bf16_ ? n * D : 0);
+  t.Add(&moe_in_, n * D);
   t.Add(&x_final_, n * D);
   t.Add(&final_out_, bf16_ ? 0 : n * D);
   t.Add(&final_out16_, bf16_ ? n * D : 0);

@@ -60,14 +60,11 @@ class CudaModel final : public TrainModel {
   // train.recompute full: each block's own x_in, and one set of the rest that every block
   // points at and fills in turn (the backward runs each block again right before its own).
   struct BlockActs {
-    float *x_in, *attn_in, *attn_rstd, *qkv, *attn_y, *attn_lse;  // (n,D) (n,D) (n) (n,C3) (n,D) (b,H,T)
+    float *x_in, *attn_rstd, *qkv, *attn_y, *attn_lse;  // (n,D) (n) (n,C3) (n,D) (b,H,T)
     // (n,C3) bf16 mode: qkv in bf16. On tensor-core attention (CudaAttentionOnTensorCores) the
     // backward reads only these, and every block's qkv is dqkv_ (free until the backward).
     cuda::bf16* qkv16;
-    // (n,D) bf16 mode: attn_in in bf16 alone (attn_in null), the operand of the qkv and gate
-    // products and of their weight gradients, written so by the RMSNorm.
-    cuda::bf16* attn_in16;
-    float *x_mid, *moe_in, *moe_rstd;                              // (n,D) (n,D) (n)
+    float *x_mid, *moe_rstd;  // (n,D) (n)
     // Attention options (null when off): q, k before QK-norm (n,(H+Hkv)hd) and their rstd
     // (n,H+Hkv); the gate sigmoid(attn_in @ wg^T) (n,D). attn_y stays ungated.
     float *qk_raw, *qk_rstd, *gate;
@@ -91,6 +88,10 @@ class CudaModel final : public TrainModel {
   // train.recompute full's second run inside the backward, for the saved activations alone (out
   // unused; the same masks, routing and drops; no statistics).
   void BlockForward(int l, float* out, bool rerun);
+  // Block l's two RMSNorms (gain: its attn_norm / moe_norm) into attn_in_ (or attn_in16_) and
+  // moe_in_, and their rstd into blocks_[l]: in the forward, and again in the backward.
+  void AttnNorm(int l, const float* gain);
+  void MoeNorm(int l, const float* gain);
   // The clocks of every collective this rank runs (host and device).
   CommSeconds CommClocks() const;
 
@@ -124,6 +125,13 @@ class CudaModel final : public TrainModel {
   int b_cap_ = 0;
   std::vector<BlockActs> blocks_;
   float *tmp_, *x_final_, *final_out_, *final_rstd_, *ce_lse_, *ce_losses_;  // (n,D) x4, (n) x2
+  // The two RMSNorms' outputs of the block that runs (n,D), one buffer for every block: the
+  // backward writes them again from x_in / x_mid and the saved rstd (an elementwise pass, the
+  // same values bit for bit) instead of keeping one per block. attn_in in bf16 alone with bf16
+  // products (attn_in_ null), the operand of the qkv and gate products and their weight
+  // gradients; moe_in fp32 (the router's product is fp32).
+  float *attn_in_, *moe_in_;
+  cuda::bf16* attn_in16_;
   cuda::bf16* final_out16_;  // bf16 products: the head's input in bf16 alone (n,D; final_out_ null)
   // The head (Forward's last loop): fp32 logits (head_rows_, V), head_rows_ = n on the fp32
   // path (the backward turns them into dlogits in place); with bf16 products a chunk

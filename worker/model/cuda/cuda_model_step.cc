@@ -10,6 +10,22 @@ namespace moe {
 
 using cuda::bf16;
 
+void CudaModel::AttnNorm(int l, const float* gain) {
+  const int n = b_ * cfg_.seq_len;
+  const BlockActs& a = blocks_[l];
+  if (bf16_) {
+    cuda::RmsNormForwardBf16(attn_in16_, a.attn_rstd, a.x_in, gain, n, cfg_.d, stream_);
+  } else {
+    cuda::RmsNormForward(attn_in_, a.attn_rstd, a.x_in, gain, n, cfg_.d, stream_);
+  }
+}
+
+void CudaModel::MoeNorm(int l, const float* gain) {
+  const int n = b_ * cfg_.seq_len;
+  const BlockActs& a = blocks_[l];
+  cuda::RmsNormForward(moe_in_, a.moe_rstd, a.x_mid, gain, n, cfg_.d, stream_);
+}
+
 void CudaModel::BlockForward(int l, float* out, bool rerun) {
   const int b = b_, T = cfg_.seq_len, D = cfg_.d, H = cfg_.heads, Hkv = cfg_.kv_heads;
   const int hd = cfg_.head_dim, C3 = cfg_.qkv_dim();
@@ -22,14 +38,13 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
   BlockActs& a = blocks_[l];
   const BlockTensors& bw = w.blocks[l];
   // Attention: x_mid = x_in + dropout(attn(RMSNorm(x_in)) @ wo^T)
+  AttnNorm(l, bw.attn_norm);
   if (bf16_) {  // attn_in in bf16 alone, for qkv's product and the gate's
-    cuda::RmsNormForwardBf16(a.attn_in16, a.attn_rstd, a.x_in, bw.attn_norm, n, D, stream_);
-    ctx_.Linear16(a.qkv, a.attn_in16, bw.wqkv, n, D, C3);
-    if (cfg_.attn_gate) ctx_.Linear16(a.gate, a.attn_in16, bw.wg, n, D, D);
+    ctx_.Linear16(a.qkv, attn_in16_, bw.wqkv, n, D, C3);
+    if (cfg_.attn_gate) ctx_.Linear16(a.gate, attn_in16_, bw.wg, n, D, D);
   } else {
-    cuda::RmsNormForward(a.attn_in, a.attn_rstd, a.x_in, bw.attn_norm, n, D, stream_);
-    ctx_.Linear(a.qkv, a.attn_in, bw.wqkv, n, D, C3, false);
-    if (cfg_.attn_gate) ctx_.Linear(a.gate, a.attn_in, bw.wg, n, D, D, false);
+    ctx_.Linear(a.qkv, attn_in_, bw.wqkv, n, D, C3, false);
+    if (cfg_.attn_gate) ctx_.Linear(a.gate, attn_in_, bw.wg, n, D, D, false);
   }
   if (cfg_.qk_norm) cuda::QkNormForward(a.qkv, a.qk_rstd, a.qk_raw, bw.q_norm, bw.k_norm, n, H, Hkv, hd, stream_);
   cuda::RopeForward(a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
@@ -52,8 +67,8 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
   cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
   cuda::AddOut(a.x_mid, a.x_in, tmp_, nd, stream_);
   // MoE: the next block's x_in (or x_final_) = x_mid + dropout(MoE(RMSNorm(x_mid)))
-  cuda::RmsNormForward(a.moe_in, a.moe_rstd, a.x_mid, bw.moe_norm, n, D, stream_);
-  moe_[l]->Forward(a.moe_in, bw, n, ctx, tmp_, rerun);
+  MoeNorm(l, bw.moe_norm);
+  moe_[l]->Forward(moe_in_, bw, n, ctx, tmp_, rerun);
   if (rerun) return;  // the backward reads the saved activations, not the block's output
   cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 2 + 2 * l), offset, stream_);
   cuda::AddOut(out, a.x_mid, tmp_, nd, stream_);
@@ -181,7 +196,8 @@ void CudaModel::Backward() {
     const BlockTensors& bg = g.blocks[l];
     const float* dmoe = through_dropout(2 + 2 * l);
     zero(dnorm_, nd);
-    moe_[l]->Backward(dmoe, a.moe_in, bw, bg, n, ctx.loss_scale, dnorm_);
+    if (!cfg_.recompute) MoeNorm(l, bw.moe_norm);  // (the rerun just wrote it)
+    moe_[l]->Backward(dmoe, moe_in_, bw, bg, n, ctx.loss_scale, dnorm_);
     cuda::RmsNormBackward(dx_, bg.moe_norm, dnorm_, a.x_mid, bw.moe_norm, a.moe_rstd, n, D, partials_, stream_);
 
     const float* dattn_out = through_dropout(1 + 2 * l);
@@ -215,12 +231,13 @@ void CudaModel::Backward() {
       cuda::QkNormBackward(dqkv_, bg.q_norm, bg.k_norm, a.qk_raw, a.qk_rstd, bw.q_norm, bw.k_norm, n, H, Hkv, hd,
                            partials_, stream_);
     }
-    // bf16: both weight gradients read the forward's bf16 attn_in.
-    ctx_.LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, a.attn_in, bw.wqkv, n, D, C3, false, /*add_to_dinp=*/false,
-                        a.attn_in16);
+    // Both weight gradients read attn_in (bf16: in bf16 alone), written again here.
+    if (!cfg_.recompute) AttnNorm(l, bw.attn_norm);
+    ctx_.LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, attn_in_, bw.wqkv, n, D, C3, false, /*add_to_dinp=*/false,
+                        attn_in16_);
     if (cfg_.attn_gate) {
-      ctx_.LinearBackward(dtmp_, bg.wg, dgate_, nullptr, a.attn_in, bw.wg, n, D, D, false, /*add_to_dinp=*/true,
-                          a.attn_in16);
+      ctx_.LinearBackward(dtmp_, bg.wg, dgate_, nullptr, attn_in_, bw.wg, n, D, D, false, /*add_to_dinp=*/true,
+                          attn_in16_);
     }
     cuda::RmsNormBackward(dx_, bg.attn_norm, dtmp_, a.x_in, bw.attn_norm, a.attn_rstd, n, D, partials_, stream_);
     // Block l's replicated gradients are final (on the last micro-step): sum them over GPUs

@@ -48,7 +48,7 @@ MoeScratch::~MoeScratch() {
 void MoeScratch::AddTo(BufferTable* table, int64_t n) {
   const int64_t D = shape_.d, r = shape_.ExpertRows(n);
   if (!shape_.dense) {
-    table->Add(&dys, bf16_ ? 0 : r * D);  // bf16: in d_expert_in (CudaMoeLayer::Backward)
+    table->Add(&dys, bf16_ ? 0 : r * D);  // bf16: straight into the layout (CudaMoeLayer::Backward)
     table->Add(&dweights, n * shape_.top_k);
     table->Add(&d_expert_in, r * D);
     table->Add(&drouter, n * shape_.experts);
@@ -147,8 +147,8 @@ void CudaMoeLayer::AddTo(BufferTable* table, int64_t n) {
     table->Add(&a_->routed, E);
     table->Add(&a_->offsets, E + 1);
     if (cfg_.expert_dropout > 0) table->Add(&a_->expert_off, E);
-    // xs: only the fp32 experts' backward reads it; with bf16 products the forward's permuted
-    // rows pass through MoeScratch::d_expert_in (free until the backward) into the bf16 rows.
+    // xs: only the fp32 experts' backward reads it; with bf16 products the forward's rows go
+    // into the bf16 layout (FillInputRows).
     // ys: the experts' output, for the weights' gradient; bf16 values with bf16 products.
     if (!ctx_->bf16) table->Add(&a_->xs, r * D);
     if (!ctx_->bf16) table->Add(&a_->ys, r * D);
@@ -297,7 +297,8 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
     if (ctx_->bf16) {
       const int32_t counts[1] = {n};
       dispatcher_.Preprocess(counts);
-      ExpertsForward16(m, w, out, nullptr);
+      FillInputRows(m, n);
+      ExpertsForward16(w, out, nullptr);
     } else {
       const int32_t offsets[2] = {0, n};
       MOE_CUDA_CHECK(
@@ -309,16 +310,16 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
     return;
   }
   Route(m, w, n, ctx, rerun);
-  // Permute -> experts (bf16: through the dispatcher, which keeps its own bf16 copy of the rows)
-  // -> unpermute.
-  float* xs = ctx_->bf16 ? scratch_->d_expert_in : a_->xs;
-  cuda::PermuteForward(xs, m, a_->a2s, n, k, D, stream);
+  // Permute -> experts -> unpermute (bf16: the permute goes into the experts' layout, through
+  // the dispatcher).
   if (ctx_->bf16) {
     MOE_CUDA_CHECK(cudaEventSynchronize(scratch_->counts_ready));
     dispatcher_.Preprocess(counts_host_);
-    ExpertsForward16(xs, w, nullptr, a_->ys16);
+    FillInputRows(m, n);
+    ExpertsForward16(w, nullptr, a_->ys16);
     cuda::UnpermuteForward(out, a_->ys16, a_->weights, a_->a2s, n, k, D, stream);
   } else {
+    cuda::PermuteForward(a_->xs, m, a_->a2s, n, k, D, stream);
     cuda::ExpertsForward(a_->ys, a_->g, a_->u, a_->h, a_->xs, w.w1, w.w3, w.w2, a_->offsets, n * k, E, D, F, false,
                          stream, act_);
     cuda::UnpermuteForward(out, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
@@ -326,13 +327,27 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
   SharedForward(m, w, n, out);
 }
 
-void CudaMoeLayer::ExpertsForward16(const float* in, const BlockTensors& w, float* out, cuda::bf16* out16) {
-  const int D = shape_.d, F = shape_.ffn, L = shape_.experts_local;
+void CudaMoeLayer::FillInputRows(const float* m, int n) {
+  const int D = shape_.d, k = shape_.top_k;
   cudaStream_t stream = ctx_->stream;
   ReserveSaved();
   MoeScratch& s = *scratch_;
+  if (shape_.dense) {  // plan order is token order
+    dispatcher_.Dispatch(m, InputRows(), s.dispatch(), stream);
+  } else if (dispatcher_.exchanges()) {  // plan order, then the exchange
+    cuda::PermuteForward(s.d_expert_in, m, a_->a2s, n, k, D, stream);
+    dispatcher_.Dispatch(s.d_expert_in, InputRows(), s.dispatch(), stream);
+  } else {  // one GPU: plan order is the layout's order, one gather
+    cuda::GatherToExpertLayout(InputRows(), m, nullptr, a_->s2a, k, dispatcher_.local_counts(), shape_.experts_local,
+                               D, stream);
+  }
+}
+
+void CudaMoeLayer::ExpertsForward16(const BlockTensors& w, float* out, cuda::bf16* out16) {
+  const int D = shape_.d, F = shape_.ffn, L = shape_.experts_local;
+  cudaStream_t stream = ctx_->stream;
+  MoeScratch& s = *scratch_;
   cuda::bf16* x = InputRows();
-  dispatcher_.Dispatch(in, x, s.dispatch(), stream);
   const int32_t* counts = dispatcher_.local_counts();
   const cuda::bf16 *w1 = ctx_->Bf16Of(w.w1), *w3 = w.w3 != nullptr ? ctx_->Bf16Of(w.w3) : nullptr,
                    *w2 = ctx_->Bf16Of(w.w2);
@@ -355,7 +370,7 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
   MoeScratch& s = *scratch_;
   if (shape_.dense) {
     if (ctx_->bf16) {
-      RedoInputRows(m);
+      RedoInputRows(m, n);
       ExpertsBackward16(dout, w, g, dm);
     } else {
       cuda::ExpertsBackward(dm, g.w1, g.w3, g.w2, dout, m, a_->g, a_->u, a_->h, w.w1, w.w3, w.w2, s.dense_offsets, n, 1,
@@ -365,22 +380,22 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
     return;
   }
   const int rows = n * k;
-  // The experts' output rows' gradient (rows, D). bf16: in d_expert_in, which holds it only until
-  // its bf16 copy in the layout (MoeScratch::dys16) is made, before it takes anything else.
-  float* dys = ctx_->bf16 ? s.d_expert_in : s.dys;
-  MOE_CUDA_CHECK(cudaMemsetAsync(dys, 0, sizeof(float) * rows * D, stream));
+  // The experts' output rows' gradient (rows, D): weights[a] * dout[token] at slot a2s[a]. bf16:
+  // into the layout (MoeScratch::dys16); on one GPU gathered there, with the forward's input rows
+  // again; on several through d_expert_in (plan order) and the exchange (the forward's route).
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dweights, 0, sizeof(float) * rows, stream));
-  if (ctx_->bf16) {
-    cuda::UnpermuteBackward(dys, s.dweights, dout, a_->ys16, a_->weights, a_->a2s, n, k, D, stream);
-    // The route is the forward's: no count exchange here.
-    dispatcher_.Dispatch(dys, s.dys16, s.dispatch(), stream);
-    if (!dispatcher_.exchanges()) {
-      // The forward's permuted rows again, through d_expert_in as in the forward.
-      cuda::PermuteForward(s.d_expert_in, m, a_->a2s, n, k, D, stream);
-      RedoInputRows(s.d_expert_in);
-    }
+  if (ctx_->bf16 && !dispatcher_.exchanges()) {
+    cuda::UnpermuteBackward(nullptr, s.dweights, dout, a_->ys16, a_->weights, a_->a2s, n, k, D, stream);
+    cuda::GatherToExpertLayout(s.dys16, dout, a_->weights, a_->s2a, k, dispatcher_.local_counts(),
+                               shape_.experts_local, D, stream);
+    RedoInputRows(m, n);
+  } else if (ctx_->bf16) {
+    MOE_CUDA_CHECK(cudaMemsetAsync(s.d_expert_in, 0, sizeof(float) * rows * D, stream));
+    cuda::UnpermuteBackward(s.d_expert_in, s.dweights, dout, a_->ys16, a_->weights, a_->a2s, n, k, D, stream);
+    dispatcher_.Dispatch(s.d_expert_in, s.dys16, s.dispatch(), stream);
   } else {
-    cuda::UnpermuteBackward(dys, s.dweights, dout, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
+    MOE_CUDA_CHECK(cudaMemsetAsync(s.dys, 0, sizeof(float) * rows * D, stream));
+    cuda::UnpermuteBackward(s.dys, s.dweights, dout, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
   }
   MOE_CUDA_CHECK(cudaMemsetAsync(s.d_expert_in, 0, sizeof(float) * rows * D, stream));
   if (ctx_->bf16) {
@@ -398,9 +413,8 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
   SharedBackward(dout, m, w, g, n, dm);
 }
 
-void CudaMoeLayer::RedoInputRows(const float* in) {
-  if (dispatcher_.exchanges()) return;
-  dispatcher_.Dispatch(in, scratch_->x16, scratch_->dispatch(), ctx_->stream);
+void CudaMoeLayer::RedoInputRows(const float* m, int n) {
+  if (!dispatcher_.exchanges()) FillInputRows(m, n);
 }
 
 void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din) {

@@ -133,9 +133,14 @@ class CudaMoeLayer {
  private:
   // The router: logits, probabilities, top-k, the plan, the statistics and the aux gradient.
   void Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, bool rerun);
-  // The experts on bf16 rows: dispatch, products, combine: kept rows of xs -> out16 (bf16, the
-  // saved ys), or dense m -> out (fp32, n rows); the other output null.
-  void ExpertsForward16(const float* in, const BlockTensors& w, float* out, cuda::bf16* out16);
+  // The experts' bf16 input rows (InputRows) from the layer's input m (n, D), after the
+  // dispatcher's Preprocess: dense, m's rows; one GPU, m's rows gathered into the layout
+  // (GatherToExpertLayout, the permute and the cast in one pass); several GPUs, permuted
+  // (d_expert_in, plan order) and sent.
+  void FillInputRows(const float* m, int n);
+  // The experts on the bf16 rows of FillInputRows: products, combine -> out16 (bf16, the saved
+  // ys, plan order), or dense -> out (fp32, n rows); the other output null.
+  void ExpertsForward16(const BlockTensors& w, float* out, cuda::bf16* out16);
   // dout: the output rows' gradient (fp32, plan order), or null when it is already in
   // MoeScratch::dys16.
   void ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din);
@@ -144,9 +149,9 @@ class CudaMoeLayer {
   // The experts' bf16 input rows in the layout: saved (rows travel between GPUs), or
   // MoeScratch::x16, which the forward fills and the backward fills again (RedoInputRows).
   cuda::bf16* InputRows() const { return dispatcher_.exchanges() ? a_->rows.x : scratch_->x16; }
-  // One GPU: InputRows again from the forward's input rows (fp32, plan order), as the forward
-  // made them. Nothing when the rows travel between GPUs (saved).
-  void RedoInputRows(const float* in);
+  // One GPU: InputRows again from the layer's input m, as the forward made them. Nothing when
+  // the rows travel between GPUs (saved).
+  void RedoInputRows(const float* m, int n);
   // The shared experts (model.moe.shared_experts): out (n, D) += sum_s Shared_s(m), and back
   // (dm += ; their weights' gradients +=). Every token, like a dense model's expert.
   void SharedForward(const float* m, const BlockTensors& w, int n, float* out);
