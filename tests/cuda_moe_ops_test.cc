@@ -418,9 +418,9 @@ TEST(CudaOpsTest, ExpertLayoutPadsAndCompacts) {
 
 // GatherToExpertLayout (one GPU's permute and layout in one pass) writes the same bits as the
 // two-step path: the permuted fp32 rows (scaled by the routing weights, or not) through
-// ToExpertLayout. Strided and chunked layouts, an empty expert, capacity drops, d on the
+// ToExpertLayout; AddFromExpertLayout sums each token's rows back as the host does. Strided and chunked layouts, an empty expert, capacity drops, d on the
 // four-column path and off it. Layout buffers start as NaN: every row must be written.
-TEST(CudaOpsTest, GatherToExpertLayoutMatchesPermuteThenLayout) {
+TEST(CudaOpsTest, GatherToAndAddFromExpertLayoutMatchTheTwoStepPath) {
   SKIP_WITHOUT_GPU();
   struct Case {
     int n, k, e, d;
@@ -469,6 +469,26 @@ TEST(CudaOpsTest, GatherToExpertLayoutMatchesPermuteThenLayout) {
       }
       EXPECT_EQ(differ, 0) << "n " << c.n << " k " << c.k << " e " << c.e << " d " << c.d << " scaled " << scaled
                            << " (" << lrows << " layout rows, " << rows << " kept)";
+      // And back: each token's layout rows added to dx in assignment order, as the host adds them.
+      const std::vector<float> dx0 = Randn(int64_t{c.n} * c.d, 9);
+      std::vector<float> want_dx = dx0;
+      const cuda::ExpertLayout l = cuda::PlanExpertLayout(plan.counts.data(), c.e);
+      const std::vector<float> layout = ToFloat(b);
+      for (int t = 0; t < c.n; ++t) {
+        for (int j = 0; j < c.k; ++j) {
+          const int64_t a = int64_t{t} * c.k + j;
+          const int slot = plan.assignment_to_slot[a];
+          if (slot < 0) continue;
+          const int x = idx[a];
+          const int64_t row = l.start[x] + slot - plan.offsets[x];
+          for (int col = 0; col < c.d; ++col) want_dx[int64_t{t} * c.d + col] += layout[row * c.d + col];
+        }
+      }
+      Dev<float> dx_d(dx0);
+      Dev<int32_t> a2s_d(plan.assignment_to_slot), idx_d(idx);
+      cuda::AddFromExpertLayout(dx_d.get(), got.get(), a2s_d.get(), idx_d.get(), c.n, c.k, plan.counts.data(), c.e,
+                                c.d, nullptr);
+      EXPECT_EQ(dx_d.Host(), want_dx) << "AddFromExpertLayout, n " << c.n << " d " << c.d;
     }
   }
 }

@@ -100,6 +100,41 @@ __global__ void GatherToLayoutKernel(bf16* dst, const float* x, const float* sca
   }
 }
 
+// The reverse of the gather, summed per token (one GPU): a warp per token t adds, for j = 0..k-1
+// in order, the layout row of its slot s = a2s[t k + j] (skipped when dropped) to dx[t]: row
+// dst_row[x] + s - src_row[x] of expert x = expert_idx[t k + j]. kVec4 as above.
+template <bool kVec4>
+__global__ void AddFromLayoutKernel(float* dx, const bf16* src, const int32_t* a2s, const int32_t* expert_idx, int n,
+                                    int k, const LayoutBlocks blocks, int d) {
+  const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (t >= n) return;
+  float* o = dx + int64_t{t} * d;
+  for (int j = 0; j < k; ++j) {
+    const int64_t a = int64_t{t} * k + j;
+    const int s = a2s[a];
+    if (s < 0) continue;
+    const int x = expert_idx[a];
+    const bf16* row = src + (blocks.dst_row[x] + s - blocks.src_row[x]) * d;
+    if constexpr (kVec4) {
+      for (int c = 4 * lane; c < d; c += 128) {
+        const uint2 bits = *reinterpret_cast<const uint2*>(row + c);
+        __nv_bfloat162 lo, hi;
+        memcpy(&lo, &bits.x, 4);
+        memcpy(&hi, &bits.y, 4);
+        const float2 a01 = __bfloat1622float2(lo), a23 = __bfloat1622float2(hi);
+        float4 v = *reinterpret_cast<float4*>(o + c);
+        v.x += a01.x;
+        v.y += a01.y;
+        v.z += a23.x;
+        v.w += a23.y;
+        *reinterpret_cast<float4*>(o + c) = v;
+      }
+    } else {
+      for (int c = lane; c < d; c += 32) o[c] += __bfloat162float(row[c]);
+    }
+  }
+}
+
 // Expert x's blocks of layout l (x < e_local <= RowBlocks::kMax); most: the longest span.
 LayoutBlocks BlocksOf(const ExpertLayout& l, const int32_t* host_counts, int e_local, int64_t* most) {
   LayoutBlocks blocks;
@@ -259,6 +294,27 @@ void GatherToExpertLayout(bf16* dst, const float* x, const float* scale, const i
     GatherToLayoutKernel<true><<<grid, kThreads, 0, stream>>>(dst, x, scale, slot_to_assignment, k, blocks, d);
   } else {
     GatherToLayoutKernel<false><<<grid, kThreads, 0, stream>>>(dst, x, scale, slot_to_assignment, k, blocks, d);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void AddFromExpertLayout(float* dx, const bf16* layout_rows, const int32_t* assignment_to_slot,
+                         const int32_t* expert_idx, int n, int k, const int32_t* host_counts, int e_local, int d,
+                         cudaStream_t stream) {
+  if (e_local > RowBlocks::kMax) {
+    std::fprintf(stderr, "AddFromExpertLayout: %d local experts, at most %d\n", e_local, RowBlocks::kMax);
+    std::abort();
+  }
+  if (n <= 0 || d <= 0) return;
+  int64_t most = 0;
+  const LayoutBlocks blocks = BlocksOf(PlanExpertLayout(host_counts, e_local), host_counts, e_local, &most);
+  const unsigned grid = BlocksFor(n, kThreads / 32);
+  if (d % 4 == 0 && Aligned(16, {dx}) && Aligned(8, {layout_rows})) {
+    AddFromLayoutKernel<true><<<grid, kThreads, 0, stream>>>(dx, layout_rows, assignment_to_slot, expert_idx, n, k,
+                                                             blocks, d);
+  } else {
+    AddFromLayoutKernel<false><<<grid, kThreads, 0, stream>>>(dx, layout_rows, assignment_to_slot, expert_idx, n, k,
+                                                              blocks, d);
   }
   MOE_CUDA_LAUNCH_CHECK();
 }

@@ -58,6 +58,12 @@ void ToExpertLayout(bf16* dst, const float* src, const int32_t* host_counts, int
 // (scaled in fp32 first); bf16(0) past each expert's count.
 void GatherToExpertLayout(bf16* dst, const float* x, const float* scale, const int32_t* slot_to_assignment, int k,
                           const int32_t* host_counts, int e_local, int d, cudaStream_t stream);
+// And back, summed per token (one GPU): dx (n, d) += for each token t, over j = 0..k-1 in order,
+// the layout row of its slot a2s[t k + j] (skipped when -1), expert expert_idx[t k + j] (the
+// routing plan's). The same sums as RowBlocksToFloat to zeroed compact rows, then PermuteBackward.
+void AddFromExpertLayout(float* dx, const bf16* layout_rows, const int32_t* assignment_to_slot,
+                         const int32_t* expert_idx, int n, int k, const int32_t* host_counts, int e_local, int d,
+                         cudaStream_t stream);
 // The blocks that move every expert's rows from the layout to compact order (CopyRowBlocks).
 RowBlocks ExpertLayoutToCompact(const int32_t* host_counts, int e_local);
 

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "kernels/cuda/device.cuh"
@@ -287,7 +289,8 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
 void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, const ExpertGrads& dw,
                          const bf16* dys16, const bf16* xs16, bf16* g16, bf16* u16, const bf16* h16,
                          const bf16* w1, const bf16* w3, const bf16* w2, int e_local, int d, int f,
-                         bf16* scratch16, cudaStream_t stream, kernels::ExpertActivation act) {
+                         bf16* scratch16, cudaStream_t stream, kernels::ExpertActivation act,
+                         const bf16** dx_layout) {
   // fp32 gradients, or none where a bf16 one is given (written by the products themselves).
   float* dw1 = dw.w1_bf16 != nullptr ? nullptr : dw.w1;
   float* dw3 = dw.w3_bf16 != nullptr ? nullptr : dw.w3;
@@ -296,6 +299,10 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
   if (rows <= 0) return;
   const bool gated = act == kernels::ExpertActivation::kSwiglu;
   const ExpertLayout l = PlanExpertLayout(host_counts, e_local);
+  if (dx_layout != nullptr && l.chunk == 0) {
+    std::fprintf(stderr, "ExpertsBackwardBf16: dx in the layout needs a strided or chunked layout\n");
+    std::abort();
+  }
   const int64_t lrows = l.rows;
   const int64_t wsize = int64_t{e_local} * d * f;
   bf16* dh16 = scratch16;                  // (lrows, f)
@@ -341,6 +348,11 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
     } else if (dw.w1_bf16 != nullptr) {
       blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 1.0f, {{xs16, dg16, dw.w1_bf16}}, stream);
     }
+    if (dx_layout != nullptr) {
+      blas.Products(GroupedOp::kNT, l, e_local, d, f, 0.0f, dg16, w1, dxa16, stream);
+      *dx_layout = dxa16;
+      return;
+    }
     if (dxs == nullptr) return;
     if (l.chunk > 0) {
       blas.Products(GroupedOp::kNT, l, e_local, d, f, 0.0f, dg16, w1, dxa16, stream);
@@ -384,12 +396,16 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
       blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 1.0f, {{xs16, du16, dw.w3_bf16}}, stream);
     }
   }
-  if (dxs == nullptr) return;
+  if (dxs == nullptr && dx_layout == nullptr) return;
   if (l.chunk > 0) {
     // dx = dg W1^T + du W3^T in one layout buffer (the second product adds to the first), then
-    // added to the compact fp32 rows.
+    // added to the compact fp32 rows (or left there: dx_layout).
     blas.Products(GroupedOp::kNT, l, e_local, d, f, 0.0f, dg16, w1, dxa16, stream);
     blas.Products(GroupedOp::kNT, l, e_local, d, f, 1.0f, du16, w3, dxa16, stream);
+    if (dx_layout != nullptr) {
+      *dx_layout = dxa16;
+      return;
+    }
     RowBlocksToFloat(dxs, dxa16, ExpertLayoutToCompact(host_counts, e_local), d, /*accumulate=*/true, stream);
   } else {
     blas.Gemm(GroupedOp::kNT, e_local, host_counts, 0, d, f, 1.0f, 0.0f, {{dg16, w1, dxa16}, {du16, w3, dxb16}},

@@ -37,6 +37,8 @@ void ExpertsBackward(float* dxs, float* dw1, float* dw3, float* dw2, const float
 // elementwise pass. dw1, dw3, dw2 and the compact dxs (each may be null) accumulate in fp32.
 // The backward overwrites g16 and u16 with their gradients (the saved rows are dead after it:
 // two (rows, f) buffers fewer). Scratch (both): ExpertsBf16Scratch bf16: (rows, f) + 2 (rows, d).
+// dx_layout (strided or chunked layouts only): dx is left in the layout, bf16, in the scratch,
+// and *dx_layout points at it (dxs untouched; AddFromExpertLayout sums it per token).
 void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* ys16, bf16* g16,
                         bf16* u16, bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
                         int e_local, int d, int f, bf16* scratch16, cudaStream_t stream,
@@ -53,7 +55,8 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
                          const bf16* dys16, const bf16* xs16, bf16* g16, bf16* u16, const bf16* h16,
                          const bf16* w1, const bf16* w3, const bf16* w2, int e_local, int d, int f,
                          bf16* scratch16, cudaStream_t stream,
-                         kernels::ExpertActivation act = kernels::ExpertActivation::kSwiglu);
+                         kernels::ExpertActivation act = kernels::ExpertActivation::kSwiglu,
+                         const bf16** dx_layout = nullptr);
 void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, float* dw1, float* dw3,
                          float* dw2, const bf16* dys16, const bf16* xs16, bf16* g16, bf16* u16,
                          const bf16* h16, const bf16* w1, const bf16* w3, const bf16* w2, int e_local, int d,

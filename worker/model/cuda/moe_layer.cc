@@ -397,14 +397,22 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
     MOE_CUDA_CHECK(cudaMemsetAsync(s.dys, 0, sizeof(float) * rows * D, stream));
     cuda::UnpermuteBackward(s.dys, s.dweights, dout, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
   }
-  MOE_CUDA_CHECK(cudaMemsetAsync(s.d_expert_in, 0, sizeof(float) * rows * D, stream));
-  if (ctx_->bf16) {
-    ExpertsBackward16(nullptr, w, g, s.d_expert_in);
+  if (ctx_->bf16 && !dispatcher_.exchanges() && dispatcher_.layout().chunk > 0) {
+    // One GPU: the input rows' gradient stays in the layout (bf16), summed per token into dm.
+    const cuda::bf16* dx = nullptr;
+    ExpertsBackward16(nullptr, w, g, nullptr, &dx);
+    cuda::AddFromExpertLayout(dm, dx, a_->a2s, a_->expert_idx, n, k, dispatcher_.local_counts(),
+                              shape_.experts_local, D, stream);
   } else {
-    cuda::ExpertsBackward(s.d_expert_in, g.w1, g.w3, g.w2, s.dys, a_->xs, a_->g, a_->u, a_->h, w.w1, w.w3, w.w2,
-                          a_->offsets, rows, E, D, F, s.fp32_scratch, false, stream, act_);
+    MOE_CUDA_CHECK(cudaMemsetAsync(s.d_expert_in, 0, sizeof(float) * rows * D, stream));
+    if (ctx_->bf16) {
+      ExpertsBackward16(nullptr, w, g, s.d_expert_in);
+    } else {
+      cuda::ExpertsBackward(s.d_expert_in, g.w1, g.w3, g.w2, s.dys, a_->xs, a_->g, a_->u, a_->h, w.w1, w.w3, w.w2,
+                            a_->offsets, rows, E, D, F, s.fp32_scratch, false, stream, act_);
+    }
+    cuda::PermuteBackward(dm, s.d_expert_in, a_->a2s, n, k, D, stream);
   }
-  cuda::PermuteBackward(dm, s.d_expert_in, a_->a2s, n, k, D, stream);
   MOE_CUDA_CHECK(cudaMemsetAsync(s.drouter, 0, sizeof(float) * n * E, stream));
   cuda::RouterBackward(s.drouter, s.dweights, a_->probs, a_->router_lse, a_->expert_idx, aux_grad_,
                        static_cast<float>(cfg_.z_coef * loss_scale), n, E, k, RouterScoringOf(cfg_, bias_),
@@ -417,7 +425,8 @@ void CudaMoeLayer::RedoInputRows(const float* m, int n) {
   if (!dispatcher_.exchanges()) FillInputRows(m, n);
 }
 
-void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din) {
+void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din,
+                                     const cuda::bf16** din_layout) {
   const int D = shape_.d, F = shape_.ffn, L = shape_.experts_local;
   cudaStream_t stream = ctx_->stream;
   MoeScratch& s = *scratch_;
@@ -429,7 +438,7 @@ void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, c
   if (dout != nullptr) dispatcher_.Dispatch(dout, s.dys16, s.dispatch(), stream);
   if (!dispatcher_.exchanges()) {
     cuda::ExpertsBackwardBf16(*s.grouped, counts, din, dw, s.dys16, InputRows(), a_->rows.g, a_->rows.u, nullptr,
-                              w1, w3, w2, L, D, F, s.backward, stream, act_);
+                              w1, w3, w2, L, D, F, s.backward, stream, act_, din_layout);
     return;
   }
   const int64_t rows = dispatcher_.rows_in();

@@ -142,8 +142,10 @@ class CudaMoeLayer {
   // ys, plan order), or dense -> out (fp32, n rows); the other output null.
   void ExpertsForward16(const BlockTensors& w, float* out, cuda::bf16* out16);
   // dout: the output rows' gradient (fp32, plan order), or null when it is already in
-  // MoeScratch::dys16.
-  void ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din);
+  // MoeScratch::dys16. din: the input rows' gradient (fp32, plan order) +=; or, one GPU with a
+  // strided or chunked layout, din_layout: where the experts leave it in the layout (bf16).
+  void ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din,
+                         const cuda::bf16** din_layout = nullptr);
   // Makes the saved expert rows hold the dispatcher's layout.
   void ReserveSaved();
   // The experts' bf16 input rows in the layout: saved (rows travel between GPUs), or
