@@ -26,7 +26,7 @@ KINDS = [
     ("products", r"gemm|gemv|cutlass|nvjet|xmma|cublas|GroupedGemm|wgmma|splitKreduce"),
     ("attention", r"^(ForwardTc|ForwardKernel|DqTc|DkvTc|Dq|Dkv|AttentionDsum|DecodeAttention|Rope)"),
     ("router", r"^(Router|Plan(Slot|Rank)|SigmoidGate)"),
-    ("permute", r"^(Permute|Unpermute|ToLayout|CopyRowBlocks|RowBlocksToFloat|AccumulateBf16)"),
+    ("permute", r"^(Permute|Unpermute|ToLayout|GatherToLayout|AddFromLayout|CopyRowBlocks|RowBlocksToFloat|AccumulateBf16)"),
     ("norms", r"^(RmsNorm|QkNorm)"),
     ("activations", r"^(Swiglu|Activation)"),
     ("optimizer", r"^(AdamW|Update|LoadStored|Load|Store|PartialSquares|Normalise|RoundToBf16)"),
