@@ -45,7 +45,10 @@ class MoeScratch {
   std::unique_ptr<cuda::GroupedBlas> grouped;  // bf16
   cudaEvent_t counts_ready = nullptr;          // bf16
   // Per batch (r = n k expert rows, n when dense).
-  float *dys = nullptr, *d_expert_in = nullptr;  // (r, D) plan order; dys fp32 mode only
+  // (r, D) plan order. dys: fp32 mode only. d_expert_in: the input rows' gradient, and on several
+  // GPUs the forward's permuted rows; one GPU's bf16 layers use neither (the layout's gather and
+  // add-back) unless the layout is compact.
+  float *dys = nullptr, *d_expert_in = nullptr;
   float *dweights = nullptr, *drouter = nullptr;  // (n, k), (n, E)
   float* fp32_scratch = nullptr;                 // (2 r F) fp32 experts' backward
   int32_t* dense_offsets = nullptr;              // (2) {0, n}: a dense model's one expert, fp32
@@ -92,7 +95,7 @@ struct MoeSaved {
   // rows this rank's experts take (on several GPUs that depends on the routing: grown on demand).
   // No h: the backward computes act(g, u) again (kernels/cuda/experts.h). u only for swiglu. x
   // only when the rows travel between GPUs: on one GPU the backward makes the layout's input
-  // again from the layer's input m (the forward's permute and cast, in MoeScratch::x16).
+  // again from the layer's input m (the forward's gather into the layout, in MoeScratch::x16).
   struct Rows {
     int64_t capacity = 0;  // rows
     cuda::bf16 *x = nullptr, *g = nullptr, *u = nullptr;
