@@ -192,10 +192,11 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   // dx, dtmp, dnorm (n, D), dqkv (n, C3), the attention backward's scratch (n, H), and in bf16
   // two cast buffers: (n, max(D, C3)) and (n, D).
   double ws = 4 * (3 * n * D + n * s.C3() + n * s.H) + (bf16 ? 2 * n * (std::max(D, s.C3()) + D) : 0);
-  // MoeScratch per batch: d_expert_in and on the fp32 path dys (rows, D; with bf16 products dys
-  // passes through d_expert_in), dweights (n, k), drouter (n, E); fp32 experts' backward scratch
-  // (rows, 2F), or, when rows travel between GPUs, the bf16 plan-order rows (rows, D).
-  if (!s.dense) ws += 4 * ((bf16 ? 1 : 2) * rows * D + n * s.k + n * s.E);
+  // MoeScratch per batch: d_expert_in (rows, D; not with bf16 products on one GPU, whose rows
+  // are gathered into and summed out of the experts' layout) and on the fp32 path dys (rows, D),
+  // dweights (n, k), drouter (n, E); fp32 experts' backward scratch (rows, 2F), or, when rows
+  // travel between GPUs, the bf16 plan-order rows (rows, D).
+  if (!s.dense) ws += 4 * ((bf16 ? (exchanges ? 1 : 0) : 2) * rows * D + n * s.k + n * s.E);
   ws += bf16 ? (exchanges ? 2 * rows * D : 0) : 4 * 2 * rows * F;
   if (bf16) {
     // MoeScratch's expert rows (ReserveExpertRows): dys16 (bf16); on one GPU x16 (bf16), with

@@ -152,6 +152,31 @@ TEST(CudaOpsTest, Rope) {
   }
 }
 
+// RopeForwardToBf16 (the tensor-core attention's input) = CastToBf16(RopeForward(qkv)) bit for bit,
+// fp32 qkv untouched; hd 16 on the four-pair path, 12 and 6 off it (half % 4 != 0).
+TEST(CudaOpsTest, RopeToBf16MatchesRopeThenCast) {
+  SKIP_WITHOUT_GPU();
+  for (int hd : {16, 12, 6}) {
+    for (int hkv : {4, 1}) {
+      const int b = 2, t = 13, h = 4, row = (h + 2 * hkv) * hd;
+      const int64_t count = int64_t{b} * t * row;
+      auto qkv = Randn(count, 12);
+      std::vector<float> cos_t(t * hd / 2), sin_t(t * hd / 2);
+      kernels::RopeTables(cos_t.data(), sin_t.data(), t, hd, kernels::kRopeTheta);
+      Dev<float> c_d(cos_t), s_d(sin_t), q_d(qkv), roped(qkv);
+      Dev<cuda::bf16> want(count), got(count, __float2bfloat16(NAN));
+      cuda::RopeForward(roped.get(), c_d.get(), s_d.get(), b, t, h, hkv, hd, nullptr);
+      cuda::CastToBf16(want.get(), roped.get(), count, nullptr);
+      cuda::RopeForwardToBf16(got.get(), q_d.get(), c_d.get(), s_d.get(), b, t, h, hkv, hd, nullptr);
+      const std::vector<cuda::bf16> a = want.Host(), c = got.Host();
+      int64_t differ = 0;
+      for (int64_t i = 0; i < count; ++i) differ += std::memcmp(&a[i], &c[i], sizeof(cuda::bf16)) != 0;
+      EXPECT_EQ(differ, 0) << "hd " << hd << " hkv " << hkv;
+      EXPECT_EQ(q_d.Host(), qkv) << "the fp32 qkv is left as it is";
+    }
+  }
+}
+
 TEST(CudaOpsTest, Swiglu) {
   SKIP_WITHOUT_GPU();
   const int64_t n = 1001;

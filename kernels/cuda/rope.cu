@@ -33,6 +33,27 @@ __device__ __forceinline__ void StoreW(float* p, const float (&src)[W]) {
   }
 }
 
+// The pairs (a, c) rotated by the angle whose cosine and sine are cs, s (both kernels below).
+template <int W>
+__device__ __forceinline__ void Rotate(const float (&a)[W], const float (&c)[W], const float (&cs)[W],
+                                       const float (&s)[W], float (&na)[W], float (&nc)[W]) {
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    na[j] = a[j] * cs[j] - c[j] * s[j];
+    nc[j] = a[j] * s[j] + c[j] * cs[j];
+  }
+}
+
+template <int W>
+__device__ __forceinline__ void StoreBf16W(bf16* p, const float (&src)[W]) {
+  if constexpr (W == 4) {
+    internal::StoreBf16x4(p, make_float4(src[0], src[1], src[2], src[3]));
+  } else {
+#pragma unroll
+    for (int j = 0; j < W; ++j) p[j] = __float2bfloat16(src[j]);
+  }
+}
+
 // Rotated heads one thread loads before it stores any of them (memory-level parallelism).
 constexpr int kRopeHeadsPerStep = 4;
 
@@ -68,14 +89,43 @@ __global__ void RopeKernel(float* qkv, const float* cos_t, const float* sin_t, i
       for (int u = 0; u < kRopeHeadsPerStep; ++u) {
         if (head0 + u < heads) {
           float na[W], nc[W];
-#pragma unroll
-          for (int j = 0; j < W; ++j) {
-            na[j] = a[u][j] * cs[j] - c[u][j] * s[j];
-            nc[j] = a[u][j] * s[j] + c[u][j] * cs[j];
-          }
+          Rotate<W>(a[u], c[u], cs, s, na, nc);
           StoreW<W>(base + (head0 + u) * hd + i, na);
           StoreW<W>(base + (head0 + u) * hd + half + i, nc);
         }
+      }
+    }
+  }
+}
+
+// The forward into a bf16 copy (the tensor-core attention's input): each row's q and k heads
+// rotated as RopeKernel rotates them, then rounded, and its v heads rounded, from fp32 qkv left
+// as it is. The same threads and pairs as RopeKernel (W, blockDim); all_heads = h + 2 hkv.
+template <int W>
+__global__ void RopeToBf16Kernel(bf16* __restrict__ out, const float* __restrict__ qkv, const float* cos_t,
+                                 const float* sin_t, int rows, int t, int heads, int all_heads, int row_len, int hd) {
+  const int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  const int half = hd / 2, pos = row % t;
+  const float* base = qkv + int64_t{row} * row_len;
+  bf16* dst = out + int64_t{row} * row_len;
+  for (int i = threadIdx.x * W; i < half; i += blockDim.x * W) {
+    float cs[W], s[W];
+    LoadW<W>(cs, cos_t + pos * half + i);
+    LoadW<W>(s, sin_t + pos * half + i);
+#pragma unroll 4
+    for (int head = 0; head < all_heads; ++head) {
+      float a[W], c[W];
+      LoadW<W>(a, base + head * hd + i);
+      LoadW<W>(c, base + head * hd + half + i);
+      if (head < heads) {
+        float na[W], nc[W];
+        Rotate<W>(a, c, cs, s, na, nc);
+        StoreBf16W<W>(dst + head * hd + i, na);
+        StoreBf16W<W>(dst + head * hd + half + i, nc);
+      } else {
+        StoreBf16W<W>(dst + head * hd + i, a);
+        StoreBf16W<W>(dst + head * hd + half + i, c);
       }
     }
   }
@@ -107,6 +157,25 @@ void Rope(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int 
 void RopeForward(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
                  int hd, cudaStream_t stream) {
   Rope(qkv, cos_t, sin_t, b, t, h, hkv, hd, 1.0f, stream);
+}
+
+void RopeForwardToBf16(bf16* qkv16, const float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h,
+                       int hkv, int hd, cudaStream_t stream) {
+  const int rows = b * t, heads = h + hkv, half = hd / 2;
+  if (rows <= 0 || heads <= 0 || half <= 0) return;
+  const int row_len = (h + 2 * hkv) * hd;
+  const bool vec = half % 4 == 0 && Aligned(16, {qkv, cos_t, sin_t}) && Aligned(8, {qkv16});
+  const int groups = vec ? half / 4 : half;
+  const dim3 block(std::min(groups, kThreads), std::max(1, kThreads / groups));
+  const unsigned blocks = BlocksFor(rows, static_cast<int>(block.y));
+  if (vec) {
+    RopeToBf16Kernel<4><<<blocks, block, 0, stream>>>(qkv16, qkv, cos_t, sin_t, rows, t, heads, h + 2 * hkv, row_len,
+                                                      hd);
+  } else {
+    RopeToBf16Kernel<1><<<blocks, block, 0, stream>>>(qkv16, qkv, cos_t, sin_t, rows, t, heads, h + 2 * hkv, row_len,
+                                                      hd);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
 }
 
 void RopeBackward(float* dqkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,

@@ -11,6 +11,10 @@ namespace moe::cuda {
 // In place on qkv (b, t, (h + 2 hkv) hd); cos_t, sin_t (t, hd/2) device tables.
 void RopeForward(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
                  int hd, cudaStream_t stream);
+// The forward into bf16: qkv16 = bf16(RopeForward(qkv)), q, k rotated and v copied, the same
+// values as RopeForward then CastToBf16; qkv (fp32) is left as it is.
+void RopeForwardToBf16(bf16* qkv16, const float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h,
+                       int hkv, int hd, cudaStream_t stream);
 void RopeBackward(float* dqkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
                   int hd, cudaStream_t stream);
 

@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "common/backend_limits.h"
 #include "kernels/rope.h"
 #include "kernels/state_codec.h"
 #include "kernels/cuda/attention.h"
@@ -17,6 +18,7 @@
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/nn.h"
 #include "kernels/cuda/reduce.h"
+#include "kernels/cuda/rope.h"
 #include "worker/model/cuda/cuda_context.h"
 #include "worker/model/cuda/device_arena.h"
 #include "worker/model/cuda/device_optimizer.h"

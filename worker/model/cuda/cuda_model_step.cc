@@ -47,10 +47,14 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
     if (cfg_.attn_gate) ctx_.Linear(a.gate, attn_in_, bw.wg, n, D, D, false);
   }
   if (cfg_.qk_norm) cuda::QkNormForward(a.qkv, a.qk_rstd, a.qk_raw, bw.q_norm, bw.k_norm, n, H, Hkv, hd, stream_);
-  cuda::RopeForward(a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
+  if (bf16_ && CudaAttentionOnTensorCores(hd)) {
+    // Tensor cores, reading q, k, v in bf16 alone (kept for the backward): RoPE writes them so.
+    cuda::RopeForwardToBf16(a.qkv16, a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
+  } else {
+    cuda::RopeForward(a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
+    if (bf16_) cuda::CastToBf16(a.qkv16, a.qkv, int64_t{n} * C3, stream_);
+  }
   if (bf16_) {
-    // Tensor cores, reading q, k, v in bf16 (kept for the backward).
-    cuda::CastToBf16(a.qkv16, a.qkv, int64_t{n} * C3, stream_);
     cuda::AttentionForwardBf16(a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_);
   } else {
     cuda::AttentionForward(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_);

@@ -50,7 +50,7 @@ void MoeScratch::AddTo(BufferTable* table, int64_t n) {
   if (!shape_.dense) {
     table->Add(&dys, bf16_ ? 0 : r * D);  // bf16: straight into the layout (CudaMoeLayer::Backward)
     table->Add(&dweights, n * shape_.top_k);
-    table->Add(&d_expert_in, r * D);
+    table->Add(&d_expert_in, bf16_ && !exchanges_ ? 0 : r * D);  // (none: one GPU's bf16 layers)
     table->Add(&drouter, n * shape_.experts);
   }
   if (!bf16_) table->Add(&fp32_scratch, 2 * r * shape_.ffn);
@@ -397,12 +397,15 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
     MOE_CUDA_CHECK(cudaMemsetAsync(s.dys, 0, sizeof(float) * rows * D, stream));
     cuda::UnpermuteBackward(s.dys, s.dweights, dout, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
   }
-  if (ctx_->bf16 && !dispatcher_.exchanges() && dispatcher_.layout().chunk > 0) {
-    // One GPU: the input rows' gradient stays in the layout (bf16), summed per token into dm.
-    const cuda::bf16* dx = nullptr;
-    ExpertsBackward16(nullptr, w, g, nullptr, &dx);
-    cuda::AddFromExpertLayout(dm, dx, a_->a2s, a_->expert_idx, n, k, dispatcher_.local_counts(),
-                              shape_.experts_local, D, stream);
+  if (ctx_->bf16 && !dispatcher_.exchanges()) {
+    // One GPU: the input rows' gradient stays in the layout (bf16), summed per token into dm (a
+    // layer whose experts kept no rows has nothing to add).
+    if (dispatcher_.rows_in() > 0) {
+      const cuda::bf16* dx = nullptr;
+      ExpertsBackward16(nullptr, w, g, nullptr, &dx);
+      cuda::AddFromExpertLayout(dm, dx, a_->a2s, a_->expert_idx, n, k, dispatcher_.local_counts(),
+                                shape_.experts_local, D, stream);
+    }
   } else {
     MOE_CUDA_CHECK(cudaMemsetAsync(s.d_expert_in, 0, sizeof(float) * rows * D, stream));
     if (ctx_->bf16) {

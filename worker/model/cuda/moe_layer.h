@@ -46,8 +46,8 @@ class MoeScratch {
   cudaEvent_t counts_ready = nullptr;          // bf16
   // Per batch (r = n k expert rows, n when dense).
   // (r, D) plan order. dys: fp32 mode only. d_expert_in: the input rows' gradient, and on several
-  // GPUs the forward's permuted rows; one GPU's bf16 layers use neither (the layout's gather and
-  // add-back) unless the layout is compact.
+  // GPUs the forward's permuted rows; null for one GPU's bf16 layers (the layout's gather and
+  // add-back instead).
   float *dys = nullptr, *d_expert_in = nullptr;
   float *dweights = nullptr, *drouter = nullptr;  // (n, k), (n, E)
   float* fp32_scratch = nullptr;                 // (2 r F) fp32 experts' backward
