@@ -153,8 +153,9 @@ TEST(CudaOpsTest, Rope) {
 }
 
 // RopeForwardToBf16 (the tensor-core attention's input) = CastToBf16(RopeForward(qkv)) bit for bit,
-// fp32 qkv untouched; hd 16 on the four-pair path, 12 and 6 off it (half % 4 != 0).
-TEST(CudaOpsTest, RopeToBf16MatchesRopeThenCast) {
+// fp32 qkv untouched, and RopeBackwardToBf16 likewise; hd 16 on the four-pair path, 12 and 6 off
+// it (half % 4 != 0).
+TEST(CudaOpsTest, RopeToBf16MatchesRopeThenCastBothWays) {
   SKIP_WITHOUT_GPU();
   for (int hd : {16, 12, 6}) {
     for (int hkv : {4, 1}) {
@@ -173,6 +174,15 @@ TEST(CudaOpsTest, RopeToBf16MatchesRopeThenCast) {
       for (int64_t i = 0; i < count; ++i) differ += std::memcmp(&a[i], &c[i], sizeof(cuda::bf16)) != 0;
       EXPECT_EQ(differ, 0) << "hd " << hd << " hkv " << hkv;
       EXPECT_EQ(q_d.Host(), qkv) << "the fp32 qkv is left as it is";
+      // The backward's twin: bf16(RopeBackward(dqkv)).
+      Dev<float> back(qkv);
+      cuda::RopeBackward(back.get(), c_d.get(), s_d.get(), b, t, h, hkv, hd, nullptr);
+      cuda::CastToBf16(want.get(), back.get(), count, nullptr);
+      cuda::RopeBackwardToBf16(got.get(), q_d.get(), c_d.get(), s_d.get(), b, t, h, hkv, hd, nullptr);
+      const std::vector<cuda::bf16> a2 = want.Host(), c2 = got.Host();
+      differ = 0;
+      for (int64_t i = 0; i < count; ++i) differ += std::memcmp(&a2[i], &c2[i], sizeof(cuda::bf16)) != 0;
+      EXPECT_EQ(differ, 0) << "backward, hd " << hd << " hkv " << hkv;
     }
   }
 }

@@ -98,12 +98,14 @@ __global__ void RopeKernel(float* qkv, const float* cos_t, const float* sin_t, i
   }
 }
 
-// The forward into a bf16 copy (the tensor-core attention's input): each row's q and k heads
-// rotated as RopeKernel rotates them, then rounded, and its v heads rounded, from fp32 qkv left
-// as it is. The same threads and pairs as RopeKernel (W, blockDim); all_heads = h + 2 hkv.
+// Into a bf16 copy (the forward: the tensor-core attention's input; the backward: the qkv
+// product's output gradient): each row's q and k heads rotated as RopeKernel rotates them (sign
+// as there), then rounded, and its v heads rounded, from fp32 qkv left as it is. The same threads
+// and pairs as RopeKernel (W, blockDim); all_heads = h + 2 hkv.
 template <int W>
 __global__ void RopeToBf16Kernel(bf16* __restrict__ out, const float* __restrict__ qkv, const float* cos_t,
-                                 const float* sin_t, int rows, int t, int heads, int all_heads, int row_len, int hd) {
+                                 const float* sin_t, int rows, int t, int heads, int all_heads, int row_len, int hd,
+                                 float sign) {
   const int row = blockIdx.x * blockDim.y + threadIdx.y;
   if (row >= rows) return;
   const int half = hd / 2, pos = row % t;
@@ -113,6 +115,8 @@ __global__ void RopeToBf16Kernel(bf16* __restrict__ out, const float* __restrict
     float cs[W], s[W];
     LoadW<W>(cs, cos_t + pos * half + i);
     LoadW<W>(s, sin_t + pos * half + i);
+#pragma unroll
+    for (int j = 0; j < W; ++j) s[j] *= sign;
 #pragma unroll 4
     for (int head = 0; head < all_heads; ++head) {
       float a[W], c[W];
@@ -152,15 +156,8 @@ void Rope(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int 
   MOE_CUDA_LAUNCH_CHECK();
 }
 
-}  // namespace
-
-void RopeForward(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
-                 int hd, cudaStream_t stream) {
-  Rope(qkv, cos_t, sin_t, b, t, h, hkv, hd, 1.0f, stream);
-}
-
-void RopeForwardToBf16(bf16* qkv16, const float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h,
-                       int hkv, int hd, cudaStream_t stream) {
+void RopeToBf16(bf16* qkv16, const float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
+                int hd, float sign, cudaStream_t stream) {
   const int rows = b * t, heads = h + hkv, half = hd / 2;
   if (rows <= 0 || heads <= 0 || half <= 0) return;
   const int row_len = (h + 2 * hkv) * hd;
@@ -170,12 +167,29 @@ void RopeForwardToBf16(bf16* qkv16, const float* qkv, const float* cos_t, const 
   const unsigned blocks = BlocksFor(rows, static_cast<int>(block.y));
   if (vec) {
     RopeToBf16Kernel<4><<<blocks, block, 0, stream>>>(qkv16, qkv, cos_t, sin_t, rows, t, heads, h + 2 * hkv, row_len,
-                                                      hd);
+                                                      hd, sign);
   } else {
     RopeToBf16Kernel<1><<<blocks, block, 0, stream>>>(qkv16, qkv, cos_t, sin_t, rows, t, heads, h + 2 * hkv, row_len,
-                                                      hd);
+                                                      hd, sign);
   }
   MOE_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void RopeForward(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
+                 int hd, cudaStream_t stream) {
+  Rope(qkv, cos_t, sin_t, b, t, h, hkv, hd, 1.0f, stream);
+}
+
+void RopeForwardToBf16(bf16* qkv16, const float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h,
+                       int hkv, int hd, cudaStream_t stream) {
+  RopeToBf16(qkv16, qkv, cos_t, sin_t, b, t, h, hkv, hd, 1.0f, stream);
+}
+
+void RopeBackwardToBf16(bf16* dqkv16, const float* dqkv, const float* cos_t, const float* sin_t, int b, int t, int h,
+                        int hkv, int hd, cudaStream_t stream) {
+  RopeToBf16(dqkv16, dqkv, cos_t, sin_t, b, t, h, hkv, hd, -1.0f, stream);
 }
 
 void RopeBackward(float* dqkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,

@@ -15,6 +15,9 @@ void RopeForward(float* qkv, const float* cos_t, const float* sin_t, int b, int 
 // values as RopeForward then CastToBf16; qkv (fp32) is left as it is.
 void RopeForwardToBf16(bf16* qkv16, const float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h,
                        int hkv, int hd, cudaStream_t stream);
+// And the backward so: dqkv16 = bf16(RopeBackward(dqkv)), dqkv left as it is.
+void RopeBackwardToBf16(bf16* dqkv16, const float* dqkv, const float* cos_t, const float* sin_t, int b, int t, int h,
+                        int hkv, int hd, cudaStream_t stream);
 void RopeBackward(float* dqkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
                   int hd, cudaStream_t stream);
 

@@ -230,14 +230,22 @@ void CudaModel::Backward() {
       cuda::AttentionBackward(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, att_scratch_,
                               AttnDropout(ctx, l), stream_);
     }
-    cuda::RopeBackward(dqkv_, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
+    // bf16 without QK-norm: RoPE's backward writes the qkv product's bf16 output gradient itself
+    // (s16a, the cast the product would make).
+    const bf16* dqkv16 = nullptr;
+    if (bf16_ && !cfg_.qk_norm) {
+      cuda::RopeBackwardToBf16(ctx_.s16a, dqkv_, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
+      dqkv16 = ctx_.s16a;
+    } else {
+      cuda::RopeBackward(dqkv_, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
+    }
     if (cfg_.qk_norm) {
       cuda::QkNormBackward(dqkv_, bg.q_norm, bg.k_norm, a.qk_raw, a.qk_rstd, bw.q_norm, bw.k_norm, n, H, Hkv, hd,
                            partials_, stream_);
     }
     // Both weight gradients read attn_in (bf16: in bf16 alone), written again here.
     if (!cfg_.recompute) AttnNorm(l, bw.attn_norm);
-    ctx_.LinearBackward(dtmp_, bg.wqkv, dqkv_, nullptr, attn_in_, bw.wqkv, n, D, C3, false, /*add_to_dinp=*/false,
+    ctx_.LinearBackward(dtmp_, bg.wqkv, dqkv_, dqkv16, attn_in_, bw.wqkv, n, D, C3, false, /*add_to_dinp=*/false,
                         attn_in16_);
     if (cfg_.attn_gate) {
       ctx_.LinearBackward(dtmp_, bg.wg, dgate_, nullptr, attn_in_, bw.wg, n, D, D, false, /*add_to_dinp=*/true,
