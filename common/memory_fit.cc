@@ -165,8 +165,15 @@ std::string DescribeComponents(const ModelStats& s) {
 
 std::string DescribeFit(const MemoryFit& fit) {
   if (fit.fits) {
-    return absl::StrCat("fits: needs about ", Size(fit.need), " of the GPU's ", Size(fit.have), " (",
-                        Size(fit.have - fit.need), " to spare)");
+    std::string out = absl::StrCat("fits: needs about ", Size(fit.need), " of the GPU's ", Size(fit.have), " (",
+                                   Size(fit.have - fit.need), " to spare)");
+    if (static_cast<double>(fit.have - fit.need) < kCudaEstimateShortfall * static_cast<double>(fit.need)) {
+      absl::StrAppend(&out, ", narrowly: a bf16 MoE job's peak has run up to ",
+                      static_cast<int>(kCudaEstimateShortfall * 100 + 0.5),
+                      "% over this estimate (the experts' rows grow with the first steps' uneven routing): "
+                      "leave that much free, or check against a GPU that much smaller for what would lower it");
+    }
+    return out;
   }
   std::string out = absl::StrCat("does not fit: needs about ", Size(fit.need), " per GPU (",
                                  DescribeComponents(fit.stats), "), the GPU has ", Size(fit.have), ": ",

@@ -152,6 +152,14 @@ TEST(MemoryFit, FitsOrSaysByHowMuchAndWhatWouldHelp) {
   EXPECT_TRUE(big.levers.empty());
   EXPECT_TRUE(absl::StartsWith(DescribeFit(big), "fits: needs about ")) << DescribeFit(big);
 
+  // Fits, but with less spare than the estimate's measured shortfall: said so.
+  const int64_t need = ComputeModelStats(small).total_bytes;
+  const MemoryFit narrow = CheckGpuFit(small, need + need / 50);
+  EXPECT_TRUE(narrow.fits);
+  EXPECT_TRUE(absl::StrContains(DescribeFit(narrow), ", narrowly: a bf16 MoE job's peak has run up to 8% over"))
+      << DescribeFit(narrow);
+  EXPECT_FALSE(absl::StrContains(DescribeFit(big), "narrowly")) << DescribeFit(big);
+
   const MemoryFit tight = CheckGpuFit(small, int64_t{14} << 30);
   ASSERT_FALSE(tight.fits);
   EXPECT_EQ(tight.need, ComputeModelStats(small).total_bytes);
