@@ -34,6 +34,16 @@ __device__ __forceinline__ void StoreBf16x4(bf16* dst, float4 v) {
   *reinterpret_cast<uint2*>(dst) = bits;
 }
 
+// Four bf16 at src (8-byte aligned) as four floats (exact): one 8-byte load.
+__device__ __forceinline__ float4 LoadBf16x4(const bf16* src) {
+  const uint2 bits = *reinterpret_cast<const uint2*>(src);
+  __nv_bfloat162 lo, hi;
+  memcpy(&lo, &bits.x, sizeof(lo));
+  memcpy(&hi, &bits.y, sizeof(hi));
+  const float2 a = __bfloat1622float2(lo), b = __bfloat1622float2(hi);
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+
 // kernels::SplitMix64 and kernels::CounterUniform, bit for bit: a kernel takes the seed mixed once
 // on the host (SplitMix64(seed)) and draws CounterUniformMixed(mixed, counter), the top 24 bits of
 // one more mix of (mixed ^ counter) as a float in [0, 1). Dropout and attention dropout share it.

@@ -14,6 +14,7 @@ namespace {
 
 using internal::CountSum;
 using internal::kThreads;
+using internal::LoadBf16x4;
 using internal::StoreBf16x4;
 
 // grid.y walks the blocks, grid.x and the threads a block's words.
@@ -117,16 +118,12 @@ __global__ void AddFromLayoutKernel(float* dx, const bf16* src, const int32_t* a
     const bf16* row = src + (blocks.dst_row[x] + s - blocks.src_row[x]) * d;
     if constexpr (kVec4) {
       for (int c = 4 * lane; c < d; c += 128) {
-        const uint2 bits = *reinterpret_cast<const uint2*>(row + c);
-        __nv_bfloat162 lo, hi;
-        memcpy(&lo, &bits.x, 4);
-        memcpy(&hi, &bits.y, 4);
-        const float2 a01 = __bfloat1622float2(lo), a23 = __bfloat1622float2(hi);
+        const float4 r = LoadBf16x4(row + c);
         float4 v = *reinterpret_cast<float4*>(o + c);
-        v.x += a01.x;
-        v.y += a01.y;
-        v.z += a23.x;
-        v.w += a23.y;
+        v.x += r.x;
+        v.y += r.y;
+        v.z += r.z;
+        v.w += r.w;
         *reinterpret_cast<float4*>(o + c) = v;
       }
     } else {
@@ -135,8 +132,13 @@ __global__ void AddFromLayoutKernel(float* dx, const bf16* src, const int32_t* a
   }
 }
 
-// Expert x's blocks of layout l (x < e_local <= RowBlocks::kMax); most: the longest span.
+// Expert x's blocks of layout l (e_local <= RowBlocks::kMax, the tables' size; validation
+// refuses more local experts); most: the longest span.
 LayoutBlocks BlocksOf(const ExpertLayout& l, const int32_t* host_counts, int e_local, int64_t* most) {
+  if (e_local > RowBlocks::kMax) {
+    std::fprintf(stderr, "expert layout: %d local experts, at most %d\n", e_local, RowBlocks::kMax);
+    std::abort();
+  }
   LayoutBlocks blocks;
   int64_t o = 0;
   for (int x = 0; x < e_local; ++x) {
@@ -281,10 +283,6 @@ void ToExpertLayout(bf16* dst, const float* src, const int32_t* host_counts, int
 
 void GatherToExpertLayout(bf16* dst, const float* x, const float* scale, const int32_t* slot_to_assignment, int k,
                           const int32_t* host_counts, int e_local, int d, cudaStream_t stream) {
-  if (e_local > RowBlocks::kMax) {
-    std::fprintf(stderr, "GatherToExpertLayout: %d local experts, at most %d\n", e_local, RowBlocks::kMax);
-    std::abort();
-  }
   int64_t most = 0;
   const LayoutBlocks blocks = BlocksOf(PlanExpertLayout(host_counts, e_local), host_counts, e_local, &most);
   if (most == 0 || d <= 0) return;
@@ -301,10 +299,6 @@ void GatherToExpertLayout(bf16* dst, const float* x, const float* scale, const i
 void AddFromExpertLayout(float* dx, const bf16* layout_rows, const int32_t* assignment_to_slot,
                          const int32_t* expert_idx, int n, int k, const int32_t* host_counts, int e_local, int d,
                          cudaStream_t stream) {
-  if (e_local > RowBlocks::kMax) {
-    std::fprintf(stderr, "AddFromExpertLayout: %d local experts, at most %d\n", e_local, RowBlocks::kMax);
-    std::abort();
-  }
   if (n <= 0 || d <= 0) return;
   int64_t most = 0;
   const LayoutBlocks blocks = BlocksOf(PlanExpertLayout(host_counts, e_local), host_counts, e_local, &most);

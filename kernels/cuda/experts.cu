@@ -348,14 +348,13 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
     } else if (dw.w1_bf16 != nullptr) {
       blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 1.0f, {{xs16, dg16, dw.w1_bf16}}, stream);
     }
-    if (dx_layout != nullptr) {
-      blas.Products(GroupedOp::kNT, l, e_local, d, f, 0.0f, dg16, w1, dxa16, stream);
-      *dx_layout = dxa16;
-      return;
-    }
-    if (dxs == nullptr) return;
+    if (dxs == nullptr && dx_layout == nullptr) return;
     if (l.chunk > 0) {
       blas.Products(GroupedOp::kNT, l, e_local, d, f, 0.0f, dg16, w1, dxa16, stream);
+      if (dx_layout != nullptr) {
+        *dx_layout = dxa16;
+        return;
+      }
       RowBlocksToFloat(dxs, dxa16, ExpertLayoutToCompact(host_counts, e_local), d, /*accumulate=*/true, stream);
     } else {
       blas.Gemm(GroupedOp::kNT, e_local, host_counts, 0, d, f, 1.0f, 0.0f, {{dg16, w1, dxa16}}, stream);

@@ -43,12 +43,6 @@ __global__ void CastToFloatKernel(float* out, const bf16* in, int64_t n) {
   }
 }
 
-// A bf16 pair from the 32 bits it occupies in memory (.x in the low half).
-__device__ __forceinline__ __nv_bfloat162 Bf16x2FromBits(uint32_t bits) {
-  __nv_bfloat162 v;
-  memcpy(&v, &bits, sizeof(v));
-  return v;
-}
 
 // The vectorized casts (float pointer 16-byte, bf16 pointer 8-byte aligned): four elements per
 // thread per step, a float4 on the fp32 side and a uint2 (four bf16) on the bf16 side; the n % 4 tail
@@ -68,14 +62,10 @@ __global__ void CastToBf16Vec4Kernel(bf16* out, const float* in, int64_t n) {
 
 __global__ void CastToFloatVec4Kernel(float* out, const bf16* in, int64_t n) {
   const int64_t n4 = n / 4;
-  const uint2* in4 = reinterpret_cast<const uint2*>(in);
   float4* out4 = reinterpret_cast<float4*>(out);
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n4;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const uint2 v = in4[i];
-    const float2 lo = __bfloat1622float2(Bf16x2FromBits(v.x));
-    const float2 hi = __bfloat1622float2(Bf16x2FromBits(v.y));
-    out4[i] = make_float4(lo.x, lo.y, hi.x, hi.y);
+    out4[i] = internal::LoadBf16x4(in + 4 * i);
   }
   if (blockIdx.x == 0 && threadIdx.x < n - n4 * 4) {
     const int64_t i = n4 * 4 + threadIdx.x;

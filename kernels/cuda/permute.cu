@@ -69,15 +69,11 @@ __global__ void UnpermuteForwardBf16Vec4Kernel(float* out, const bf16* ys, const
       const int s = a2s[a];
       if (s < 0) continue;
       const float w = weights[a];
-      const uint2 bits = *reinterpret_cast<const uint2*>(ys + int64_t{s} * d + c);
-      __nv_bfloat162 lo, hi;
-      memcpy(&lo, &bits.x, 4);
-      memcpy(&hi, &bits.y, 4);
-      const float2 y01 = __bfloat1622float2(lo), y23 = __bfloat1622float2(hi);
-      acc.x += w * y01.x;
-      acc.y += w * y01.y;
-      acc.z += w * y23.x;
-      acc.w += w * y23.y;
+      const float4 y = internal::LoadBf16x4(ys + int64_t{s} * d + c);
+      acc.x += w * y.x;
+      acc.y += w * y.y;
+      acc.z += w * y.z;
+      acc.w += w * y.w;
     }
     *reinterpret_cast<float4*>(dst + c) = acc;
   }

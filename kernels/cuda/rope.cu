@@ -33,6 +33,16 @@ __device__ __forceinline__ void StoreW(float* p, const float (&src)[W]) {
   }
 }
 
+// Position pos's cosines and sines of pairs [i, i + W) (half pairs a head), the sines times sign.
+template <int W>
+__device__ __forceinline__ void LoadAngle(float (&cs)[W], float (&s)[W], const float* cos_t, const float* sin_t,
+                                          int pos, int half, int i, float sign) {
+  LoadW<W>(cs, cos_t + pos * half + i);
+  LoadW<W>(s, sin_t + pos * half + i);
+#pragma unroll
+  for (int j = 0; j < W; ++j) s[j] *= sign;
+}
+
 // The pairs (a, c) rotated by the angle whose cosine and sine are cs, s (both kernels below).
 template <int W>
 __device__ __forceinline__ void Rotate(const float (&a)[W], const float (&c)[W], const float (&cs)[W],
@@ -72,10 +82,7 @@ __global__ void RopeKernel(float* qkv, const float* cos_t, const float* sin_t, i
   float* base = qkv + int64_t{row} * row_len;
   for (int i = threadIdx.x * W; i < half; i += blockDim.x * W) {
     float cs[W], s[W];
-    LoadW<W>(cs, cos_t + pos * half + i);
-    LoadW<W>(s, sin_t + pos * half + i);
-#pragma unroll
-    for (int j = 0; j < W; ++j) s[j] *= sign;
+    LoadAngle<W>(cs, s, cos_t, sin_t, pos, half, i, sign);
     for (int head0 = 0; head0 < heads; head0 += kRopeHeadsPerStep) {
       float a[kRopeHeadsPerStep][W], c[kRopeHeadsPerStep][W];
 #pragma unroll
@@ -113,10 +120,7 @@ __global__ void RopeToBf16Kernel(bf16* __restrict__ out, const float* __restrict
   bf16* dst = out + int64_t{row} * row_len;
   for (int i = threadIdx.x * W; i < half; i += blockDim.x * W) {
     float cs[W], s[W];
-    LoadW<W>(cs, cos_t + pos * half + i);
-    LoadW<W>(s, sin_t + pos * half + i);
-#pragma unroll
-    for (int j = 0; j < W; ++j) s[j] *= sign;
+    LoadAngle<W>(cs, s, cos_t, sin_t, pos, half, i, sign);
 #pragma unroll 4
     for (int head = 0; head < all_heads; ++head) {
       float a[W], c[W];
@@ -135,6 +139,20 @@ __global__ void RopeToBf16Kernel(bf16* __restrict__ out, const float* __restrict
   }
 }
 
+// The launch both kernels take for `rows` rows of `half` pairs a head: threadIdx.x over the pair
+// groups of one head (at most kThreads), threadIdx.y over rows; vec: four pairs a thread (W = 4).
+struct RopeLaunch {
+  dim3 block;
+  unsigned blocks;
+};
+RopeLaunch RopeLaunchFor(int rows, int half, bool vec) {
+  const int groups = vec ? half / 4 : half;
+  RopeLaunch l;
+  l.block = dim3(std::min(groups, kThreads), std::max(1, kThreads / groups));
+  l.blocks = BlocksFor(rows, static_cast<int>(l.block.y));
+  return l;
+}
+
 // Both directions: sign = +1 rotates by the angle, -1 by minus the angle (the transpose).
 void Rope(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv, int hd,
           float sign, cudaStream_t stream) {
@@ -142,16 +160,11 @@ void Rope(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int 
   if (rows <= 0 || heads <= 0 || half <= 0) return;
   const int row_len = (h + 2 * hkv) * hd;
   const bool vec = half % 4 == 0 && Aligned(16, {qkv, cos_t, sin_t});
-  // threadIdx.x over the pair groups of one head (at most kThreads), threadIdx.y over rows.
-  const int groups = vec ? half / 4 : half;
-  const dim3 block(std::min(groups, kThreads), std::max(1, kThreads / groups));
-  const unsigned blocks = BlocksFor(rows, static_cast<int>(block.y));
+  const RopeLaunch l = RopeLaunchFor(rows, half, vec);
   if (vec) {
-    RopeKernel<4><<<blocks, block, 0, stream>>>(qkv, cos_t, sin_t, rows, t, heads, row_len, hd,
-                                                  sign);
+    RopeKernel<4><<<l.blocks, l.block, 0, stream>>>(qkv, cos_t, sin_t, rows, t, heads, row_len, hd, sign);
   } else {
-    RopeKernel<1><<<blocks, block, 0, stream>>>(qkv, cos_t, sin_t, rows, t, heads, row_len, hd,
-                                                  sign);
+    RopeKernel<1><<<l.blocks, l.block, 0, stream>>>(qkv, cos_t, sin_t, rows, t, heads, row_len, hd, sign);
   }
   MOE_CUDA_LAUNCH_CHECK();
 }
@@ -160,17 +173,15 @@ void RopeToBf16(bf16* qkv16, const float* qkv, const float* cos_t, const float* 
                 int hd, float sign, cudaStream_t stream) {
   const int rows = b * t, heads = h + hkv, half = hd / 2;
   if (rows <= 0 || heads <= 0 || half <= 0) return;
-  const int row_len = (h + 2 * hkv) * hd;
+  const int all_heads = h + 2 * hkv, row_len = all_heads * hd;
   const bool vec = half % 4 == 0 && Aligned(16, {qkv, cos_t, sin_t}) && Aligned(8, {qkv16});
-  const int groups = vec ? half / 4 : half;
-  const dim3 block(std::min(groups, kThreads), std::max(1, kThreads / groups));
-  const unsigned blocks = BlocksFor(rows, static_cast<int>(block.y));
+  const RopeLaunch l = RopeLaunchFor(rows, half, vec);
   if (vec) {
-    RopeToBf16Kernel<4><<<blocks, block, 0, stream>>>(qkv16, qkv, cos_t, sin_t, rows, t, heads, h + 2 * hkv, row_len,
-                                                      hd, sign);
+    RopeToBf16Kernel<4><<<l.blocks, l.block, 0, stream>>>(qkv16, qkv, cos_t, sin_t, rows, t, heads, all_heads,
+                                                          row_len, hd, sign);
   } else {
-    RopeToBf16Kernel<1><<<blocks, block, 0, stream>>>(qkv16, qkv, cos_t, sin_t, rows, t, heads, h + 2 * hkv, row_len,
-                                                      hd, sign);
+    RopeToBf16Kernel<1><<<l.blocks, l.block, 0, stream>>>(qkv16, qkv, cos_t, sin_t, rows, t, heads, all_heads,
+                                                          row_len, hd, sign);
   }
   MOE_CUDA_LAUNCH_CHECK();
 }

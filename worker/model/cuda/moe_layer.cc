@@ -383,8 +383,10 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
   // The experts' output rows' gradient (rows, D): weights[a] * dout[token] at slot a2s[a]. bf16:
   // into the layout (MoeScratch::dys16); on one GPU gathered there, with the forward's input rows
   // again; on several through d_expert_in (plan order) and the exchange (the forward's route).
+  // One GPU, bf16: plan order is the layout's order, so rows go into and out of it directly.
+  const bool in_layout = ctx_->bf16 && !dispatcher_.exchanges();
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dweights, 0, sizeof(float) * rows, stream));
-  if (ctx_->bf16 && !dispatcher_.exchanges()) {
+  if (in_layout) {
     cuda::UnpermuteBackward(nullptr, s.dweights, dout, a_->ys16, a_->weights, a_->a2s, n, k, D, stream);
     cuda::GatherToExpertLayout(s.dys16, dout, a_->weights, a_->s2a, k, dispatcher_.local_counts(),
                                shape_.experts_local, D, stream);
@@ -397,7 +399,7 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
     MOE_CUDA_CHECK(cudaMemsetAsync(s.dys, 0, sizeof(float) * rows * D, stream));
     cuda::UnpermuteBackward(s.dys, s.dweights, dout, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
   }
-  if (ctx_->bf16 && !dispatcher_.exchanges()) {
+  if (in_layout) {
     // One GPU: the input rows' gradient stays in the layout (bf16), summed per token into dm (a
     // layer whose experts kept no rows has nothing to add).
     if (dispatcher_.rows_in() > 0) {
