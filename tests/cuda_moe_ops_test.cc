@@ -16,6 +16,7 @@
 
 #ifdef MOE_WITH_CUDA
 #include "kernels/cuda/common.h"
+#include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/experts.h"
@@ -129,6 +130,11 @@ TEST_P(CudaMoeOpsTest, RouterPlanPermuteAndExpertsMatchCpu) {
     cuda::ExpertsForward(ys_d.get(), g_d.get(), u_d.get(), h_d.get(), xs_d.get(), w1_d.get(), w3_d.get(),
                          w2_d.get(), offsets_d.get(), rows, E, D, F, tc, nullptr);
     cuda::UnpermuteForward(out_d.get(), ys_d.get(), w_d.get(), a2s_d.get(), n, k, D, nullptr);
+    // With a residual (the block's x_mid): residual + the combine, the bits of adding it after.
+    Dev<float> with_res(int64_t{n} * D, NAN), added(int64_t{n} * D, NAN);
+    cuda::UnpermuteForward(with_res.get(), ys_d.get(), w_d.get(), a2s_d.get(), n, k, D, nullptr, dout_d.get());
+    cuda::AddOut(added.get(), dout_d.get(), out_d.get(), int64_t{n} * D, nullptr);
+    EXPECT_EQ(with_res.Host(), added.Host());
     cuda::UnpermuteBackward(dys_d.get(), dw_d.get(), dout_d.get(), ys_d.get(), w_d.get(), a2s_d.get(), n, k, D,
                             nullptr);
     cuda::ExpertsBackward(dxs_d.get(), dw1_d.get(), dw3_d.get(), dw2_d.get(), dys_d.get(), xs_d.get(), g_d.get(),
@@ -207,6 +213,10 @@ TEST_P(CudaMoeOpsTest, RouterPlanPermuteAndExpertsMatchCpu) {
     cuda::ExpertsForwardBf16(gblas, counts_host.data(), nullptr, ys16_b.get(), g16_b.get(), u16_b.get(), nullptr,
                              xs16.get(), w1_16.get(), w3_16.get(), w2_16.get(), E, D, F, scr16_b.get(), nullptr);
     cuda::UnpermuteForward(out_b.get(), ys16_b.get(), w_d.get(), a2s_d.get(), n, k, D, nullptr);
+    Dev<float> with_res16(int64_t{n} * D, NAN), added16(int64_t{n} * D, NAN);
+    cuda::UnpermuteForward(with_res16.get(), ys16_b.get(), w_d.get(), a2s_d.get(), n, k, D, nullptr, dout_d.get());
+    cuda::AddOut(added16.get(), dout_d.get(), out_b.get(), int64_t{n} * D, nullptr);
+    EXPECT_EQ(with_res16.Host(), added16.Host());
     cuda::UnpermuteBackward(dys_b.get(), dwts_b.get(), dout_d.get(), ys16_b.get(), w_d.get(), a2s_d.get(), n, k, D,
                             nullptr);
     cuda::ExpertsBackwardBf16(gblas, counts_host.data(), dxs_b.get(), dw1_b.get(), dw3_b.get(), dw2_b.get(),

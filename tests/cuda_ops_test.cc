@@ -482,6 +482,13 @@ TEST_P(CudaAttentionDropoutTest, MasksMatchTheCounterRngInBothPaths) {
     }
     EXPECT_LT(RelErr(out_d.Host(), ToFloats(ref.out)), tol) << "tc " << tc << " hd " << c.hd;
     EXPECT_LT(RelErr(dqkv_d.Host(), ToFloats(ref.dqkv)), tol) << "tc " << tc << " hd " << c.hd;
+    if (tc) {  // overwrite: every element written, the bits of adding to zeros (NaN would show)
+      Dev<float> written(n * row, NAN);
+      cuda::AttentionBackwardBf16(written.get(), dout_d.get(), dout16.get(), out_d.get(), lse_d.get(), qkv_d.get(),
+                                  qkv16.get(), c.b, c.t, c.h, c.hkv, c.hd, scratch.get(), drop, nullptr,
+                                  /*overwrite=*/true);
+      EXPECT_EQ(written.Host(), dqkv_d.Host()) << "hd " << c.hd;
+    }
     // p = 0 through the dropout entry points is the plain kernels, bit for bit.
     cuda::AttentionDropout off = drop;
     off.p = 0.0f;

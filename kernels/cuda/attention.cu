@@ -100,12 +100,17 @@ void AttentionForwardBf16(float* out, float* lse, const float* qkv, const bf16* 
 
 void AttentionBackwardBf16(float* dqkv, const float* dout, const bf16* dout16, const float* out, const float* lse,
                            const float* qkv, const bf16* qkv16, int b, int t, int h, int hkv, int hd, float* scratch,
-                           const AttentionDropout& drop, cudaStream_t stream) {
+                           const AttentionDropout& drop, cudaStream_t stream, bool overwrite) {
   if (b * t == 0) return;
-  if (!TcAligned(hd, {dqkv, dout16, qkv16}))
+  if (!TcAligned(hd, {dqkv, dout16, qkv16})) {
+    if (overwrite) {
+      MOE_CUDA_CHECK(cudaMemsetAsync(dqkv, 0, sizeof(float) * b * t * int64_t{h + 2 * hkv} * hd, stream));
+    }
     return AttentionBackward(dqkv, dout, out, lse, qkv, b, t, h, hkv, hd, scratch, drop, stream);
+  }
   AttentionDsum(scratch, dout, out, b, t, h, hd, stream);
-  internal::TcBackward(dqkv, dout16, lse, scratch, qkv16, b, t, h, hkv, hd, internal::MakeAttnDrop(drop), stream);
+  internal::TcBackward(dqkv, dout16, lse, scratch, qkv16, b, t, h, hkv, hd, internal::MakeAttnDrop(drop), overwrite,
+                       stream);
 }
 
 }  // namespace moe::cuda

@@ -40,9 +40,11 @@ void AttentionBackward(float* dqkv, const float* dout, const float* out, const f
 // aligned) takes the fp32 path on qkv and dout.
 void AttentionForwardBf16(float* out, float* lse, const float* qkv, const bf16* qkv16, int b, int t, int h,
                           int hkv, int hd, const AttentionDropout& drop, cudaStream_t stream);
+// AttentionBackwardBf16 adds to dqkv as AttentionBackward does, or with `overwrite` writes it
+// (the caller need not clear it).
 void AttentionBackwardBf16(float* dqkv, const float* dout, const bf16* dout16, const float* out, const float* lse,
                            const float* qkv, const bf16* qkv16, int b, int t, int h, int hkv, int hd, float* scratch,
-                           const AttentionDropout& drop, cudaStream_t stream);
+                           const AttentionDropout& drop, cudaStream_t stream, bool overwrite = false);
 
 // Without dropout (evaluation, and jobs without model.attention.dropout).
 inline void AttentionForward(float* out, float* lse, const float* qkv, int b, int t, int h, int hkv, int hd,

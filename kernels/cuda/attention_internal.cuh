@@ -52,7 +52,9 @@ void SimtBackward(float* dqkv, const float* dout, const float* lse, const float*
 inline bool TcRunsHeadSize(int hd) { return CudaAttentionOnTensorCores(hd); }
 void TcForward(float* out, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd, const AttnDrop& drop,
                cudaStream_t stream);
+// TcBackward adds to dqkv, or with `overwrite` writes it (every element has one writer: no
+// clearing beforehand).
 void TcBackward(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b, int t,
-                int h, int hkv, int hd, const AttnDrop& drop, cudaStream_t stream);
+                int h, int hkv, int hd, const AttnDrop& drop, bool overwrite, cudaStream_t stream);
 
 }  // namespace moe::cuda::internal

@@ -19,6 +19,31 @@ void CheckBlas(cublasStatus_t st, const char* what, const char* file, int line) 
 }
 #define MOE_BLAS_CHECK(expr) CheckBlas((expr), #expr, __FILE__, __LINE__)
 
+// A pointer table carried by the launch itself (a kernel parameter, up to 24 KB): the host's
+// table may go at once, and the stream runs one small kernel where it ran three host-to-device
+// copies from pageable memory (each a copy-engine round trip on the stream's critical path).
+template <int N>
+struct PointerList {
+  const void* p[N];
+};
+
+// dst[(e / count) * pitch + e % count] = src[e] for e < 3 count: the (3, count) table into the
+// (3, pitch) device arrays.
+template <int N>
+__global__ void WritePointersKernel(void** dst, PointerList<N> src, int count, int pitch) {
+  for (int e = threadIdx.x; e < 3 * count; e += blockDim.x) {
+    dst[(e / count) * pitch + e % count] = const_cast<void*>(src.p[e]);
+  }
+}
+
+template <int N>
+void WritePointers(void** dst, const void* const* table, int count, int pitch, cudaStream_t stream) {
+  PointerList<N> list;
+  std::copy(table, table + 3 * count, list.p);
+  WritePointersKernel<N><<<1, 256, 0, stream>>>(dst, list, count, pitch);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 GroupedBlas::GroupedBlas() {
@@ -40,7 +65,7 @@ void GroupedBlas::Gemm(GroupedOp op, int groups, const int32_t* host_counts, int
   std::vector<cublasOperation_t> ta, tb;
   std::vector<int> mm, nn, kk, lda, ldb, ldc, group_size;
   std::vector<float> alphas, betas;
-  // cuBLAS's A, B and C pointer arrays, uploaded below.
+  // cuBLAS's A, B and C pointer arrays, (3, kMaxProblems), uploaded below.
   std::vector<const void*> table(3 * kMaxProblems, nullptr);
   int count = 0;
   for (const Operands& s : sets) {
@@ -91,20 +116,18 @@ void GroupedBlas::Gemm(GroupedOp op, int groups, const int32_t* host_counts, int
     }
   }
   if (count == 0) return;
-  // The pointer arrays go up by a copy on `stream` (from pageable memory it is staged at once,
-  // so `table` may go); the calls are ordered on `stream`, so one device table serves them all.
-  void** ptrs = device_ptrs_;
-  for (int i = 0; i < 3; ++i) {  // the used entries of each of the three arrays
-    MOE_CUDA_CHECK(cudaMemcpyAsync(ptrs + i * kMaxProblems, table.data() + i * kMaxProblems, sizeof(void*) * count,
-                                   cudaMemcpyHostToDevice, stream));
+  for (int i = 1; i < 3; ++i) {  // (3, count)
+    std::copy(table.begin() + i * kMaxProblems, table.begin() + i * kMaxProblems + count, table.begin() + i * count);
   }
+  int align = 0;
+  void** ptrs = Upload(table.data(), count, &align, stream);
   cublasHandle_t h = static_cast<cublasHandle_t>(handle_);
   MOE_BLAS_CHECK(cublasSetStream(h, stream));
   MOE_BLAS_CHECK(cublasGemmGroupedBatchedEx(
       h, ta.data(), tb.data(), mm.data(), nn.data(), kk.data(), alphas.data(),
       const_cast<const void* const*>(ptrs), CUDA_R_16BF, lda.data(),
-      const_cast<const void* const*>(ptrs + kMaxProblems), CUDA_R_16BF, ldb.data(), betas.data(),
-      ptrs + 2 * kMaxProblems, CUDA_R_16BF, ldc.data(), count, group_size.data(), CUBLAS_COMPUTE_32F));
+      const_cast<const void* const*>(ptrs + kTable), CUDA_R_16BF, ldb.data(), betas.data(),
+      ptrs + 2 * kTable, CUDA_R_16BF, ldc.data(), count, group_size.data(), CUBLAS_COMPUTE_32F));
 }
 
 void GroupedBlas::Padded(GroupedOp op, int experts, int cap, int n, int k, float beta, const bf16* a,
@@ -128,16 +151,16 @@ void GroupedBlas::PaddedWeightGrad(int experts, int cap, int m, int n, const bf1
                   int64_t{m} * n, experts, DType::kBF16, c_type, stream);
 }
 
-void** GroupedBlas::Upload(const std::vector<const void*>& table, int count, int* align, cudaStream_t stream) {
-  *align = CommonAlignment(table.data(), table.size());
-  // From pageable memory the copy is staged at once, so `table` may go; the calls are ordered
-  // on `stream`, so one device table serves them all.
-  void** ptrs = device_ptrs_;
-  for (int i = 0; i < 3; ++i) {
-    MOE_CUDA_CHECK(cudaMemcpyAsync(ptrs + i * kTable, table.data() + int64_t{i} * count, sizeof(void*) * count,
-                                   cudaMemcpyHostToDevice, stream));
+void** GroupedBlas::Upload(const void* const* table, int count, int* align, cudaStream_t stream) {
+  *align = CommonAlignment(table, 3 * static_cast<size_t>(count));
+  // The calls are ordered on `stream`, so one device table serves them all.
+  constexpr int kFew = 64;
+  if (count <= kFew) {
+    WritePointers<3 * kFew>(device_ptrs_, table, count, kTable, stream);
+  } else {
+    WritePointers<3 * kTable>(device_ptrs_, table, count, kTable, stream);
   }
-  return ptrs;
+  return device_ptrs_;
 }
 
 void GroupedBlas::Products(GroupedOp op, const ExpertLayout& l, int e_local, int n, int k, float beta, const bf16* a,
@@ -159,7 +182,7 @@ void GroupedBlas::Products(GroupedOp op, const ExpertLayout& l, int e_local, int
     }
   }
   int align = 0;
-  void** p = Upload(table, chunks, &align, stream);
+  void** p = Upload(table.data(), chunks, &align, stream);
   const bool nt = op == GroupedOp::kNT;
   lt_.GemmPointerArray(false, nt, l.chunk, n, k, 1.0f, const_cast<const void* const*>(p), k,
                        const_cast<const void* const*>(p + kTable), nt ? k : n, beta, p + 2 * kTable, n, chunks, align,
@@ -175,27 +198,43 @@ void GroupedBlas::WeightGrad(const ExpertLayout& l, int e_local, int m, int n, c
   }
   if (l.chunks <= 0 || m <= 0 || n <= 0) return;
   // c_x (m, n) += sum over expert x's chunks j of a_j^T (m, chunk) @ b_j (chunk, n): one call per
-  // chunk index i over the experts that have an i-th chunk (distinct outputs within a call).
+  // chunk index i over the experts that have an i-th chunk (distinct outputs within a call). The
+  // calls' pointer arrays go up together, call i's at columns [first[i], first[i] + count[i]).
   int most = 0;
   for (int x = 0; x < e_local; ++x) most = std::max(most, l.first_chunk[x + 1] - l.first_chunk[x]);
+  // Every chunk is in one call; each call's arrays start 16 bytes aligned (an even column).
+  const int total = l.chunks + most;
+  if (total > kTable) {
+    std::fprintf(stderr, "GroupedBlas::WeightGrad: %d chunks in %d calls exceed the pointer table (%d)\n", l.chunks,
+                 most, kTable);
+    std::abort();
+  }
+  std::vector<const void*> table(3 * static_cast<size_t>(total), nullptr);
+  std::vector<int> first(most, 0), count(most, 0), align(most, 256);
+  const size_t elem = c_type == DType::kBF16 ? 2 : 4;
+  int e = 0;
   for (int i = 0; i < most; ++i) {
-    std::vector<int> experts;
+    e = first[i] = (e + 1) / 2 * 2;
     for (int x = 0; x < e_local; ++x) {
-      if (l.first_chunk[x] + i < l.first_chunk[x + 1]) experts.push_back(x);
-    }
-    const int count = static_cast<int>(experts.size());
-    std::vector<const void*> table(3 * static_cast<size_t>(count));
-    for (int e = 0; e < count; ++e) {
-      const int64_t j = l.first_chunk[experts[e]] + i;
+      if (l.first_chunk[x] + i >= l.first_chunk[x + 1]) continue;
+      const int64_t j = l.first_chunk[x] + i;
       table[e] = a + j * l.chunk * m;
-      table[count + e] = b + j * l.chunk * n;
-      table[2 * count + e] = static_cast<char*>(c) + int64_t{experts[e]} * m * n * (c_type == DType::kBF16 ? 2 : 4);
+      table[total + e] = b + j * l.chunk * n;
+      table[2 * total + e] = static_cast<char*>(c) + int64_t{x} * m * n * elem;
+      ++e;
     }
-    int align = 0;
-    void** p = Upload(table, count, &align, stream);
-    lt_.GemmPointerArray(true, false, m, n, l.chunk, 1.0f, const_cast<const void* const*>(p), m,
-                         const_cast<const void* const*>(p + kTable), n, 1.0f, p + 2 * kTable, n, count, align,
-                         DType::kBF16, c_type, stream);
+    count[i] = e - first[i];
+    for (int r = 0; r < 3; ++r) {  // the bytes all three of call i's arrays are aligned to
+      align[i] = std::min(align[i], CommonAlignment(table.data() + r * total + first[i], count[i]));
+    }
+  }
+  int ignored = 0;
+  void** p = Upload(table.data(), total, &ignored, stream);
+  for (int i = 0; i < most; ++i) {
+    const int o = first[i];
+    lt_.GemmPointerArray(true, false, m, n, l.chunk, 1.0f, const_cast<const void* const*>(p + o), m,
+                         const_cast<const void* const*>(p + kTable + o), n, 1.0f, p + 2 * kTable + o, n, count[i],
+                         align[i], DType::kBF16, c_type, stream);
   }
 }
 

@@ -17,7 +17,7 @@ namespace moe::cuda {
 //   Gemm (compact layout): cublasGemmGroupedBatchedEx over every (expert, operand set) pair,
 //     bf16 output, the shapes of GroupedGemm; `sets` lists products of identical shapes (x@W1
 //     and x@W3) that share the call. Experts with no rows are skipped (a kTN output then keeps
-//     beta * c only for beta 0 or 1). The pointer arrays go up by one copy on the stream.
+//     beta * c only for beta 0 or 1). The pointer arrays go up in one small kernel's parameters.
 //   Padded (strided layout, one strided-batch cuBLASLt product, its algorithm cached per shape),
 //     every operand's experts `cap` rows apart:
 //     kNN: c_x (cap, n) = a_x (cap, k) @ b_x (k, n) + beta c_x, bf16 c
@@ -33,7 +33,8 @@ class GroupedBlas {
     bf16* c;
   };
   static constexpr int kMaxProblems = 1024;  // groups * sets per call (512 experts, 2 sets)
-  static constexpr int kTable = ExpertLayout::kMaxChunks;  // entries of each pointer array
+  // Entries of each pointer array: every chunk, and room for WeightGrad's calls to start aligned.
+  static constexpr int kTable = ExpertLayout::kMaxChunks + 64;
   static_assert(kMaxProblems <= kTable, "Gemm's pointer arrays live in the device table");
 
   GroupedBlas();
@@ -65,7 +66,7 @@ class GroupedBlas {
   void* handle_ = nullptr;        // cublasHandle_t
   // Uploads the (3, count) A, B, C pointers of `table` (count entries each) on `stream`; returns
   // the device arrays and the bytes every pointer is aligned to.
-  void** Upload(const std::vector<const void*>& table, int count, int* align, cudaStream_t stream);
+  void** Upload(const void* const* table, int count, int* align, cudaStream_t stream);
   void** device_ptrs_ = nullptr;  // (3, kTable) device: A, B, C pointer arrays
   Blas lt_;                       // the padded products
 };

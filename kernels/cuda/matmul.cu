@@ -171,16 +171,21 @@ Blas::Plan* Blas::GetPlan(const Key& key) {
 
 void Blas::Gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* a,
                 int lda, const void* b, int ldb, float beta, float* c, int ldc, DType type,
-                cudaStream_t stream) {
+                cudaStream_t stream, const float* c_in) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
+    if (c_in != nullptr) {
+      std::fprintf(stderr, "Blas::Gemm: k = %d with c_in, needs k > 0\n", k);
+      std::abort();
+    }
     // c = beta * c: only beta 0 (clear) and 1 (keep) occur here.
     if (beta == 0.0f) {
       for (int i = 0; i < m; ++i) MOE_CUDA_CHECK(cudaMemsetAsync(c + int64_t{i} * ldc, 0, sizeof(float) * n, stream));
     }
     return;
   }
-  GemmBatched(trans_a, trans_b, m, n, k, alpha, a, lda, 0, b, ldb, 0, beta, c, ldc, 0, 1, type, DType::kF32, stream);
+  GemmBatched(trans_a, trans_b, m, n, k, alpha, a, lda, 0, b, ldb, 0, beta, c, ldc, 0, 1, type, DType::kF32, stream,
+              c_in);
 }
 
 void Blas::GemmBatched(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* a, int lda,

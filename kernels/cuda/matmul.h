@@ -22,9 +22,11 @@ class Blas {
   Blas& operator=(const Blas&) = delete;
 
   // c (m, n) fp32 = alpha * op(a) @ op(b) + beta * c, row-major; op(x) = x^T when trans_x.
-  // a and b are both of `type` (device pointers).
+  // a and b are both of `type` (device pointers). With c_in given (k > 0), the beta term reads
+  // c_in (c's layout) instead of c.
   void Gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* a, int lda,
-            const void* b, int ldb, float beta, float* c, int ldc, DType type, cudaStream_t stream);
+            const void* b, int ldb, float beta, float* c, int ldc, DType type, cudaStream_t stream,
+            const float* c_in = nullptr);
   // The same for `batch` products, operand x at a + x * stride_a (b, c likewise, in elements),
   // c of c_type (fp32 or bf16): one cuBLASLt call (strided batch). k > 0. With c_in given, the
   // beta term reads c_in (c's layout and type) instead of c.

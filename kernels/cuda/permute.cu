@@ -40,7 +40,7 @@ __device__ __forceinline__ float Load(const bf16* p) { return __bfloat162float(*
 
 template <typename Y>
 __global__ void UnpermuteForwardKernel(float* out, const Y* ys, const float* weights, const int32_t* a2s, int n,
-                                       int k, int d) {
+                                       int k, int d, const float* residual) {
   const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (t >= n) return;
   float* dst = out + int64_t{t} * d;
@@ -53,12 +53,15 @@ __global__ void UnpermuteForwardKernel(float* out, const Y* ys, const float* wei
     const Y* src = ys + int64_t{s} * d;
     for (int c = lane; c < d; c += 32) dst[c] += w * Load(src + c);
   }
+  if (residual == nullptr) return;
+  const float* r = residual + int64_t{t} * d;
+  for (int c = lane; c < d; c += 32) dst[c] = r[c] + dst[c];
 }
 
 // The same over bf16 ys, four columns per lane (d % 4 == 0, out 16-byte and ys 8-byte aligned):
 // each element's sum in the same order, so the same bits.
 __global__ void UnpermuteForwardBf16Vec4Kernel(float* out, const bf16* ys, const float* weights, const int32_t* a2s,
-                                              int n, int k, int d) {
+                                              int n, int k, int d, const float* residual) {
   const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (t >= n) return;
   float* dst = out + int64_t{t} * d;
@@ -74,6 +77,10 @@ __global__ void UnpermuteForwardBf16Vec4Kernel(float* out, const bf16* ys, const
       acc.y += w * y.y;
       acc.z += w * y.z;
       acc.w += w * y.w;
+    }
+    if (residual != nullptr) {  // 16-byte aligned as out is
+      const float4 r = *reinterpret_cast<const float4*>(residual + int64_t{t} * d + c);
+      acc = make_float4(r.x + acc.x, r.y + acc.y, r.z + acc.z, r.w + acc.w);
     }
     *reinterpret_cast<float4*>(dst + c) = acc;
   }
@@ -103,9 +110,10 @@ __global__ void UnpermuteBackwardKernel(float* dys, float* dweights, const float
 
 template <typename Y>
 void LaunchUnpermuteForward(float* out, const Y* ys, const float* weights, const int32_t* a2s, int n, int k, int d,
-                            cudaStream_t stream) {
+                            const float* residual, cudaStream_t stream) {
   if (n <= 0) return;
-  UnpermuteForwardKernel<<<BlocksFor(n, kThreads / 32), kThreads, 0, stream>>>(out, ys, weights, a2s, n, k, d);
+  UnpermuteForwardKernel<<<BlocksFor(n, kThreads / 32), kThreads, 0, stream>>>(out, ys, weights, a2s, n, k, d,
+                                                                               residual);
   MOE_CUDA_LAUNCH_CHECK();
 }
 
@@ -133,19 +141,19 @@ void PermuteBackward(float* dx, const float* dxs, const int32_t* a2s, int n, int
 }
 
 void UnpermuteForward(float* out, const float* ys, const float* weights, const int32_t* a2s, int n, int k,
-                      int d, cudaStream_t stream) {
-  LaunchUnpermuteForward(out, ys, weights, a2s, n, k, d, stream);
+                      int d, cudaStream_t stream, const float* residual) {
+  LaunchUnpermuteForward(out, ys, weights, a2s, n, k, d, residual, stream);
 }
 
 void UnpermuteForward(float* out, const bf16* ys, const float* weights, const int32_t* a2s, int n, int k, int d,
-                      cudaStream_t stream) {
-  if (n > 0 && d % 4 == 0 && Aligned(16, {out}) && Aligned(8, {ys})) {
+                      cudaStream_t stream, const float* residual) {
+  if (n > 0 && d % 4 == 0 && Aligned(16, {out, residual}) && Aligned(8, {ys})) {
     UnpermuteForwardBf16Vec4Kernel<<<BlocksFor(n, kThreads / 32), kThreads, 0, stream>>>(out, ys, weights, a2s, n, k,
-                                                                                        d);
+                                                                                        d, residual);
     MOE_CUDA_LAUNCH_CHECK();
     return;
   }
-  LaunchUnpermuteForward(out, ys, weights, a2s, n, k, d, stream);
+  LaunchUnpermuteForward(out, ys, weights, a2s, n, k, d, residual, stream);
 }
 
 void UnpermuteBackward(float* dys, float* dweights, const float* dout, const float* ys, const float* weights,

@@ -9,17 +9,21 @@
 
 namespace moe {
 
-void CudaContext::Linear(float* out, const float* inp, const float* w, int n, int c, int oc, bool fp32) const {
+void CudaContext::Linear(float* out, const float* inp, const float* w, int n, int c, int oc, bool fp32,
+                         const float* add) const {
+  const float beta = add != nullptr ? 1.0f : 0.0f;
   if (!bf16 || fp32) {
-    blas->Gemm(false, true, n, oc, c, 1.0f, inp, c, w, c, 0.0f, out, oc, cuda::DType::kF32, stream);
+    blas->Gemm(false, true, n, oc, c, 1.0f, inp, c, w, c, beta, out, oc, cuda::DType::kF32, stream, add);
     return;
   }
   cuda::CastToBf16(s16a, inp, int64_t{n} * c, stream);
-  blas->Gemm(false, true, n, oc, c, 1.0f, s16a, c, Bf16Of(w), c, 0.0f, out, oc, cuda::DType::kBF16, stream);
+  blas->Gemm(false, true, n, oc, c, 1.0f, s16a, c, Bf16Of(w), c, beta, out, oc, cuda::DType::kBF16, stream, add);
 }
 
-void CudaContext::Linear16(float* out, const cuda::bf16* inp16, const float* w, int n, int c, int oc) const {
-  blas->Gemm(false, true, n, oc, c, 1.0f, inp16, c, Bf16Of(w), c, 0.0f, out, oc, cuda::DType::kBF16, stream);
+void CudaContext::Linear16(float* out, const cuda::bf16* inp16, const float* w, int n, int c, int oc,
+                           const float* add) const {
+  blas->Gemm(false, true, n, oc, c, 1.0f, inp16, c, Bf16Of(w), c, add != nullptr ? 1.0f : 0.0f, out, oc,
+             cuda::DType::kBF16, stream, add);
 }
 
 void CudaContext::LinearBackward(float* dinp, float* dw, const float* dout, const cuda::bf16* dout16,

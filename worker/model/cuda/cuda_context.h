@@ -40,10 +40,13 @@ struct CudaContext {
     return grads16 + (dw - grads);
   }
 
-  // out (n, oc) = inp (n, c) @ w^T. fp32: the fp32 product even in bf16 mode (the router).
-  void Linear(float* out, const float* inp, const float* w, int n, int c, int oc, bool fp32) const;
+  // out (n, oc) = inp (n, c) @ w^T (+ add, read in the product's epilogue: a residual added as
+  // the output is written). fp32: the fp32 product even in bf16 mode (the router).
+  void Linear(float* out, const float* inp, const float* w, int n, int c, int oc, bool fp32,
+              const float* add = nullptr) const;
   // The same in bf16 mode with the input already in bf16 (one cast shared by two products).
-  void Linear16(float* out, const cuda::bf16* inp16, const float* w, int n, int c, int oc) const;
+  void Linear16(float* out, const cuda::bf16* inp16, const float* w, int n, int c, int oc,
+                const float* add = nullptr) const;
   // dinp = dout @ w (+= when add_to_dinp; skipped when null); dw += dout^T @ inp (skipped when
   // null; into its bf16 gradient where Bf16GradOf has one). dout16: dout already in bf16, or null;
   // inp16: inp already in bf16 (bf16 mode; not s16a when dout16 is null, which casts dout there), or

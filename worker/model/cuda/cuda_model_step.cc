@@ -59,21 +59,33 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
   } else {
     cuda::AttentionForward(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_);
   }
+  // Without dropout the residual is added as each output is written (wo's product epilogue, the
+  // MoE's combine): the same sums, no separate pass.
+  const bool fuse = p_drop == 0.f;
+  float* wo_out = fuse ? a.x_mid : tmp_;
+  const float* wo_add = fuse ? a.x_in : nullptr;
   if (!cfg_.attn_gate) {
-    ctx_.Linear(tmp_, a.attn_y, bw.wo, n, D, D, false);
+    ctx_.Linear(wo_out, a.attn_y, bw.wo, n, D, D, false, wo_add);
   } else if (bf16_) {  // wo reads y * sigmoid(gate logits), written in bf16; the backward recomputes it
     cuda::AttentionGateForwardBf16(ctx_.s16a, a.gate, a.attn_y, nd, stream_);
-    ctx_.Linear16(tmp_, ctx_.s16a, bw.wo, n, D, D);
+    ctx_.Linear16(wo_out, ctx_.s16a, bw.wo, n, D, D, wo_add);
   } else {
     cuda::AttentionGateForward(gated_, a.gate, a.attn_y, nd, stream_);
-    ctx_.Linear(tmp_, gated_, bw.wo, n, D, D, false);
+    ctx_.Linear(wo_out, gated_, bw.wo, n, D, D, false, wo_add);
   }
-  cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
-  cuda::AddOut(a.x_mid, a.x_in, tmp_, nd, stream_);
-  // MoE: the next block's x_in (or x_final_) = x_mid + dropout(MoE(RMSNorm(x_mid)))
+  if (!fuse) {
+    cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
+    cuda::AddOut(a.x_mid, a.x_in, tmp_, nd, stream_);
+  }
+  // MoE: the next block's x_in (or x_final_) = x_mid + dropout(MoE(RMSNorm(x_mid))). A rerun
+  // (recomputation) needs only the saved activations, not the block's output.
   MoeNorm(l, bw.moe_norm);
+  if (fuse && !rerun) {
+    moe_[l]->Forward(moe_in_, bw, n, ctx, out, rerun, /*residual=*/a.x_mid);
+    return;
+  }
   moe_[l]->Forward(moe_in_, bw, n, ctx, tmp_, rerun);
-  if (rerun) return;  // the backward reads the saved activations, not the block's output
+  if (rerun) return;
   cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 2 + 2 * l), offset, stream_);
   cuda::AddOut(out, a.x_mid, tmp_, nd, stream_);
 }
@@ -221,12 +233,12 @@ void CudaModel::Backward() {
     } else {
       ctx_.LinearBackward(dattn_y, bg.wo, dattn_out, nullptr, a.attn_y, bw.wo, n, D, D, false, /*add_to_dinp=*/false);
     }
-    zero(dqkv_, int64_t{n} * C3);
-    if (bf16_) {
+    if (bf16_) {  // writes dqkv_ (no clearing first)
       cuda::CastToBf16(ctx_.s16b, dattn_y, nd, stream_);  // s16b is free until the next product
       cuda::AttentionBackwardBf16(dqkv_, dattn_y, ctx_.s16b, a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd,
-                                  att_scratch_, AttnDropout(ctx, l), stream_);
+                                  att_scratch_, AttnDropout(ctx, l), stream_, /*overwrite=*/true);
     } else {
+      zero(dqkv_, int64_t{n} * C3);
       cuda::AttentionBackward(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, att_scratch_,
                               AttnDropout(ctx, l), stream_);
     }

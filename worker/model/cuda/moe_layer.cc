@@ -289,7 +289,7 @@ void CudaMoeLayer::Route(const float* m, const BlockTensors& w, int n, const Bat
 }
 
 void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, float* out,
-                           bool rerun) {
+                           bool rerun, const float* residual) {
   const int D = shape_.d, F = shape_.ffn, E = shape_.experts, k = shape_.top_k;
   cudaStream_t stream = ctx_->stream;
   if (shape_.dense) {
@@ -307,9 +307,12 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
                            stream, act_);
     }
     SharedForward(m, w, n, out);
+    if (residual != nullptr) cuda::AddInPlace(out, residual, int64_t{n} * D, stream);
     return;
   }
   Route(m, w, n, ctx, rerun);
+  // The residual goes into the combine unless shared experts add to its output afterwards.
+  const float* combine_residual = cfg_.shared_experts == 0 ? residual : nullptr;
   // Permute -> experts -> unpermute (bf16: the permute goes into the experts' layout, through
   // the dispatcher).
   if (ctx_->bf16) {
@@ -317,14 +320,15 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
     dispatcher_.Preprocess(counts_host_);
     FillInputRows(m, n);
     ExpertsForward16(w, nullptr, a_->ys16);
-    cuda::UnpermuteForward(out, a_->ys16, a_->weights, a_->a2s, n, k, D, stream);
+    cuda::UnpermuteForward(out, a_->ys16, a_->weights, a_->a2s, n, k, D, stream, combine_residual);
   } else {
     cuda::PermuteForward(a_->xs, m, a_->a2s, n, k, D, stream);
     cuda::ExpertsForward(a_->ys, a_->g, a_->u, a_->h, a_->xs, w.w1, w.w3, w.w2, a_->offsets, n * k, E, D, F, false,
                          stream, act_);
-    cuda::UnpermuteForward(out, a_->ys, a_->weights, a_->a2s, n, k, D, stream);
+    cuda::UnpermuteForward(out, a_->ys, a_->weights, a_->a2s, n, k, D, stream, combine_residual);
   }
   SharedForward(m, w, n, out);
+  if (residual != nullptr && combine_residual == nullptr) cuda::AddInPlace(out, residual, int64_t{n} * D, stream);
 }
 
 void CudaMoeLayer::FillInputRows(const float* m, int n) {

@@ -120,8 +120,10 @@ class CudaMoeLayer {
   // rerun: train.recompute full's second run of the micro-batch inside the backward; it routes
   // the same way and keeps the first run's statistics and aux gradient (no sum over GPUs, nothing
   // counted twice).
+  // residual (n, D), when given: out = residual + the layer's output (added as the routed
+  // combine writes it when there are no shared experts).
   void Forward(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, float* out,
-               bool rerun = false);
+               bool rerun = false, const float* residual = nullptr);
   // dout (n, D) -> dm (n, D) +=, parameter gradients += into g. m: the forward's input.
   void Backward(const float* dout, const float* m, const BlockTensors& w, const BlockTensors& g, int n,
                 float loss_scale, float* dm);
