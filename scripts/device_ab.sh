@@ -19,8 +19,8 @@ run() {  # side config round
   [[ $1 == B ]] && bin=.carry/base/moe_bench
   [[ $1 == A && -n ${AB_ENV:-} ]] && env=(env $AB_ENV)
   [[ $2 == *.yaml ]] && what=(--job "$2")
-  timeout 240 "${env[@]}" "$bin" "${what[@]}" --steps "${STEPS:-10}" --warmup 3 > "$OUT/ab_$1_$(basename "$2" .yaml)_$3.json" \
-      2> "$OUT/ab_$1_$(basename "$2" .yaml)_$3.err"
+  local out=$OUT/ab_$1_$(basename "$2" .yaml)_$3
+  timeout 240 "${env[@]}" "$bin" "${what[@]}" --steps "${STEPS:-10}" --warmup 3 > "$out.json" 2> "$out.err"
 }
 for c in ${AB_CONFIGS:-small medium}; do
   for r in $(seq 1 "${ROUNDS:-2}"); do run A "$c" "$r"; run B "$c" "$r"; done

@@ -146,6 +146,27 @@ void ExpectParity(const ModelConfig& cfg, bool bf16, const std::string& name) {
   // The first AdamW step moves each weight by about lr * sign(grad): a gradient near zero that
   // flips sign under bf16 rounding moves its weight by 2 lr, hence the looser bf16 bound.
   EXPECT_LT(RelErr(gpu.params().data(), cpu.params().data(), cpu.layout().total()), bf16 ? 1e-2 : 1e-3);
+
+  // Later steps (ZeroGrads leaves the bf16 experts' gradients to the first Backward to write):
+  // a step's gradients do not depend on the last step's, micro-batches add up, and a step with no
+  // Backward reads zeros.
+  auto step_grads = [&](int backwards) {
+    std::vector<float> out;
+    gpu.ZeroGrads();
+    for (int i = 0; i < backwards; ++i) {
+      gpu.Forward(idx.data(), tgt.data(), b, ctx);
+      gpu.Backward();
+    }
+    gpu.ReduceGrads();
+    gpu.CopyToHost(ParamSet::kGrads, &out);
+    return out;
+  };
+  const std::vector<float> once = step_grads(1), again = step_grads(1), twice = step_grads(2), none = step_grads(0);
+  EXPECT_EQ(once, again);
+  std::vector<float> doubled(once.size());
+  for (size_t i = 0; i < once.size(); ++i) doubled[i] = 2 * once[i];
+  EXPECT_LT(RelErr(twice.data(), doubled.data(), once.size()), cfg.bf16_master ? 1e-2 : 1e-5);
+  EXPECT_EQ(none, std::vector<float>(once.size(), 0.f));
 }
 
 class CudaModelParityTest : public ::testing::TestWithParam<std::tuple<Case, bool>> {};

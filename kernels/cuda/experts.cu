@@ -296,15 +296,31 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
   float* dw3 = dw.w3_bf16 != nullptr ? nullptr : dw.w3;
   float* dw2 = dw.w2_bf16 != nullptr ? nullptr : dw.w2;
   const int64_t rows = CountSum(host_counts, e_local);
-  if (rows <= 0) return;
+  const int64_t wsize = int64_t{e_local} * d * f;
+  // Unwritten gradients: the strided and chunked layouts' products write them (beta 0); otherwise
+  // (no rows, or the compact layout) they are cleared here and added to as usual.
+  bool overwrite = dw.unwritten;
+  auto clear = [&] {
+    for (float* p : {dw1, dw3, dw2}) {
+      if (p != nullptr) MOE_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(float) * wsize, stream));
+    }
+    for (bf16* p : {dw.w1_bf16, dw.w3_bf16, dw.w2_bf16}) {
+      if (p != nullptr) MOE_CUDA_CHECK(cudaMemsetAsync(p, 0, sizeof(bf16) * wsize, stream));
+    }
+    overwrite = false;
+  };
+  if (rows <= 0) {
+    if (overwrite) clear();
+    return;
+  }
   const bool gated = act == kernels::ExpertActivation::kSwiglu;
   const ExpertLayout l = PlanExpertLayout(host_counts, e_local);
   if (dx_layout != nullptr && l.chunk == 0) {
     std::fprintf(stderr, "ExpertsBackwardBf16: dx in the layout needs a strided or chunked layout\n");
     std::abort();
   }
+  if (overwrite && l.chunk == 0) clear();
   const int64_t lrows = l.rows;
-  const int64_t wsize = int64_t{e_local} * d * f;
   bf16* dh16 = scratch16;                  // (lrows, f)
   bf16* dg16 = g16;                        // (lrows, f): in place of g and u, which only the
   bf16* du16 = u16;                        // activation's backward reads (each element once)
@@ -321,8 +337,10 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
     h16 = dh16;
   }
   if (l.chunk > 0) {
-    if (dw2 != nullptr) blas.WeightGrad(l, e_local, f, d, h16, dys16, dw2, stream);
-    if (dw.w2_bf16 != nullptr) blas.WeightGrad(l, e_local, f, d, h16, dys16, dw.w2_bf16, DType::kBF16, stream);
+    if (dw2 != nullptr) blas.WeightGrad(l, e_local, f, d, h16, dys16, dw2, stream, overwrite);
+    if (dw.w2_bf16 != nullptr) {
+      blas.WeightGrad(l, e_local, f, d, h16, dys16, dw.w2_bf16, DType::kBF16, stream, overwrite);
+    }
     blas.Products(GroupedOp::kNT, l, e_local, f, d, 0.0f, dys16, w2, dh16, stream);
   } else {
     if (dw2 != nullptr) {
@@ -340,8 +358,10 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
     // No W3: dg = dh act'(g), then dw1 and dx through dg alone.
     ActivationBackwardBf16(act, dg16, dh16, g16, elems, stream);
     if (l.chunk > 0) {
-      if (dw1 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, dg16, dw1, stream);
-      if (dw.w1_bf16 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, dg16, dw.w1_bf16, DType::kBF16, stream);
+      if (dw1 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, dg16, dw1, stream, overwrite);
+      if (dw.w1_bf16 != nullptr) {
+        blas.WeightGrad(l, e_local, d, f, xs16, dg16, dw.w1_bf16, DType::kBF16, stream, overwrite);
+      }
     } else if (dw1 != nullptr) {
       blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 0.0f, {{xs16, dg16, dw1_16}}, stream);
       AccumulateBf16(dw1, dw1_16, nullptr, wsize, stream);
@@ -374,10 +394,14 @@ void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* d
   }
   MOE_CUDA_LAUNCH_CHECK();
   if (l.chunk > 0) {
-    if (dw1 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, dg16, dw1, stream);
-    if (dw3 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, du16, dw3, stream);
-    if (dw.w1_bf16 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, dg16, dw.w1_bf16, DType::kBF16, stream);
-    if (dw.w3_bf16 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, du16, dw.w3_bf16, DType::kBF16, stream);
+    if (dw1 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, dg16, dw1, stream, overwrite);
+    if (dw3 != nullptr) blas.WeightGrad(l, e_local, d, f, xs16, du16, dw3, stream, overwrite);
+    if (dw.w1_bf16 != nullptr) {
+      blas.WeightGrad(l, e_local, d, f, xs16, dg16, dw.w1_bf16, DType::kBF16, stream, overwrite);
+    }
+    if (dw.w3_bf16 != nullptr) {
+      blas.WeightGrad(l, e_local, d, f, xs16, du16, dw.w3_bf16, DType::kBF16, stream, overwrite);
+    }
   } else {
     if (dw1 != nullptr || dw3 != nullptr) {
       blas.Gemm(GroupedOp::kTN, e_local, host_counts, d, f, 0, 1.0f, 0.0f,

@@ -47,9 +47,12 @@ int64_t ExpertsBf16Scratch(int64_t layout_rows, int e_local, int d, int f);
 // The weight gradients ExpertsBackwardBf16 adds to: fp32 ones, or with train.master_weights bf16
 // bf16 ones (*_bf16: each product accumulates in fp32, its sum with the stored gradient is rounded
 // to bf16 as it is stored). Any may be null (skipped); a bf16 one takes the place of its fp32 one.
+// unwritten: they hold nothing yet (the step's first backward, the caller cleared nothing):
+// written, not added to; experts with no rows get zeros.
 struct ExpertGrads {
   float *w1 = nullptr, *w3 = nullptr, *w2 = nullptr;
   bf16 *w1_bf16 = nullptr, *w3_bf16 = nullptr, *w2_bf16 = nullptr;
+  bool unwritten = false;
 };
 void ExpertsBackwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* dxs, const ExpertGrads& dw,
                          const bf16* dys16, const bf16* xs16, bf16* g16, bf16* u16, const bf16* h16,

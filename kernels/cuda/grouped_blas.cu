@@ -44,6 +44,8 @@ void WritePointers(void** dst, const void* const* table, int count, int pitch, c
   MOE_CUDA_LAUNCH_CHECK();
 }
 
+size_t ElementBytes(DType t) { return t == DType::kBF16 ? sizeof(bf16) : sizeof(float); }
+
 }  // namespace
 
 GroupedBlas::GroupedBlas() {
@@ -144,11 +146,15 @@ void GroupedBlas::Padded(GroupedOp op, int experts, int cap, int n, int k, float
 }
 
 void GroupedBlas::PaddedWeightGrad(int experts, int cap, int m, int n, const bf16* a, const bf16* b, void* c,
-                                   DType c_type, cudaStream_t stream) {
-  if (experts <= 0 || cap <= 0 || m <= 0 || n <= 0) return;
-  // c_x (m, n) += a_x^T (m, cap) @ b_x (cap, n).
-  lt_.GemmBatched(true, false, m, n, cap, 1.0f, a, m, int64_t{cap} * m, b, n, int64_t{cap} * n, 1.0f, c, n,
-                  int64_t{m} * n, experts, DType::kBF16, c_type, stream);
+                                   DType c_type, cudaStream_t stream, bool overwrite) {
+  if (experts <= 0 || m <= 0 || n <= 0) return;
+  if (cap <= 0) {
+    if (overwrite) MOE_CUDA_CHECK(cudaMemsetAsync(c, 0, int64_t{experts} * m * n * ElementBytes(c_type), stream));
+    return;
+  }
+  // c_x (m, n) += a_x^T (m, cap) @ b_x (cap, n) (= with overwrite; an expert's zero rows give zeros).
+  lt_.GemmBatched(true, false, m, n, cap, 1.0f, a, m, int64_t{cap} * m, b, n, int64_t{cap} * n, overwrite ? 0.0f : 1.0f,
+                  c, n, int64_t{m} * n, experts, DType::kBF16, c_type, stream);
 }
 
 void** GroupedBlas::Upload(const void* const* table, int count, int* align, cudaStream_t stream) {
@@ -190,13 +196,22 @@ void GroupedBlas::Products(GroupedOp op, const ExpertLayout& l, int e_local, int
 }
 
 void GroupedBlas::WeightGrad(const ExpertLayout& l, int e_local, int m, int n, const bf16* a, const bf16* b, void* c,
-                             DType c_type, cudaStream_t stream) {
-  if (l.strided) return PaddedWeightGrad(e_local, l.chunk, m, n, a, b, c, c_type, stream);
+                             DType c_type, cudaStream_t stream, bool overwrite) {
+  if (l.strided) return PaddedWeightGrad(e_local, l.chunk, m, n, a, b, c, c_type, stream, overwrite);
   if (l.chunk <= 0) {
     std::fprintf(stderr, "GroupedBlas::WeightGrad: needs a strided or chunked layout\n");
     std::abort();
   }
-  if (l.chunks <= 0 || m <= 0 || n <= 0) return;
+  if (m <= 0 || n <= 0) return;
+  const size_t elem = ElementBytes(c_type);
+  if (overwrite) {  // an expert with no chunk is in no call
+    for (int x = 0; x < e_local; ++x) {
+      if (l.first_chunk[x] == l.first_chunk[x + 1]) {
+        MOE_CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(c) + int64_t{x} * m * n * elem, 0, m * n * elem, stream));
+      }
+    }
+  }
+  if (l.chunks <= 0) return;
   // c_x (m, n) += sum over expert x's chunks j of a_j^T (m, chunk) @ b_j (chunk, n): one call per
   // chunk index i over the experts that have an i-th chunk (distinct outputs within a call). The
   // calls' pointer arrays go up together, call i's at columns [first[i], first[i] + count[i]).
@@ -211,7 +226,6 @@ void GroupedBlas::WeightGrad(const ExpertLayout& l, int e_local, int m, int n, c
   }
   std::vector<const void*> table(3 * static_cast<size_t>(total), nullptr);
   std::vector<int> first(most, 0), count(most, 0), align(most, 256);
-  const size_t elem = c_type == DType::kBF16 ? 2 : 4;
   int e = 0;
   for (int i = 0; i < most; ++i) {
     e = first[i] = (e + 1) / 2 * 2;
@@ -233,8 +247,8 @@ void GroupedBlas::WeightGrad(const ExpertLayout& l, int e_local, int m, int n, c
   for (int i = 0; i < most; ++i) {
     const int o = first[i];
     lt_.GemmPointerArray(true, false, m, n, l.chunk, 1.0f, const_cast<const void* const*>(p + o), m,
-                         const_cast<const void* const*>(p + kTable + o), n, 1.0f, p + 2 * kTable + o, n, count[i],
-                         align[i], DType::kBF16, c_type, stream);
+                         const_cast<const void* const*>(p + kTable + o), n, i == 0 && overwrite ? 0.0f : 1.0f,
+                         p + 2 * kTable + o, n, count[i], align[i], DType::kBF16, c_type, stream);
   }
 }
 

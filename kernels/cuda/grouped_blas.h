@@ -22,9 +22,11 @@ namespace moe::cuda {
 //     every operand's experts `cap` rows apart:
 //     kNN: c_x (cap, n) = a_x (cap, k) @ b_x (k, n) + beta c_x, bf16 c
 //     kNT: c_x (cap, n) = a_x (cap, k) @ b_x^T + beta c_x, b_x (n, k), bf16 c
-//   PaddedWeightGrad: c_x (m, n) += a_x^T (m, cap) @ b_x (cap, n), fp32 or bf16 c (the gradients).
+//   PaddedWeightGrad: c_x (m, n) += a_x^T (m, cap) @ b_x (cap, n), fp32 or bf16 c (the gradients);
+//     with `overwrite`, c_x = (beta 0: c is not read).
 //   Products / WeightGrad: the same over a strided or chunked layout (chunk j of expert x
-//     multiplies b_x; the weight gradient sums expert x's chunks).
+//     multiplies b_x; the weight gradient sums expert x's chunks; with `overwrite` the first
+//     chunk's product writes c_x, and an expert with no rows gets zeros).
 class GroupedBlas {
  public:
   struct Operands {
@@ -48,18 +50,18 @@ class GroupedBlas {
               cudaStream_t stream);
   // c: fp32 gradients (c_type kF32) or bf16 ones (kBF16: master_weights bf16).
   void PaddedWeightGrad(int experts, int cap, int m, int n, const bf16* a, const bf16* b, void* c, DType c_type,
-                        cudaStream_t stream);
+                        cudaStream_t stream, bool overwrite = false);
   void PaddedWeightGrad(int experts, int cap, int m, int n, const bf16* a, const bf16* b, float* c,
-                        cudaStream_t stream) {
-    PaddedWeightGrad(experts, cap, m, n, a, b, c, DType::kF32, stream);
+                        cudaStream_t stream, bool overwrite = false) {
+    PaddedWeightGrad(experts, cap, m, n, a, b, c, DType::kF32, stream, overwrite);
   }
   void Products(GroupedOp op, const ExpertLayout& layout, int e_local, int n, int k, float beta, const bf16* a,
                 const bf16* b, bf16* c, cudaStream_t stream);
   void WeightGrad(const ExpertLayout& layout, int e_local, int m, int n, const bf16* a, const bf16* b, void* c,
-                  DType c_type, cudaStream_t stream);
+                  DType c_type, cudaStream_t stream, bool overwrite = false);
   void WeightGrad(const ExpertLayout& layout, int e_local, int m, int n, const bf16* a, const bf16* b, float* c,
-                  cudaStream_t stream) {
-    WeightGrad(layout, e_local, m, n, a, b, c, DType::kF32, stream);
+                  cudaStream_t stream, bool overwrite = false) {
+    WeightGrad(layout, e_local, m, n, a, b, c, DType::kF32, stream, overwrite);
   }
 
  private:

@@ -118,8 +118,17 @@ void CudaModel::InitParams(uint64_t seed) {
 }
 
 void CudaModel::ZeroGrads() {
-  grads_->Zero(stream_);
+  // The bf16 experts' weight-gradient products write their gradients on the step's first
+  // Backward (beta 0): the expert shard, most of an MoE model's gradients, is not cleared first.
+  expert_grads_unwritten_ = bf16_ && cfg_.is_moe() && layout_.total() > layout_.dense_size();
+  grads_->Zero(stream_, /*experts=*/!expert_grads_unwritten_);
   comm_at_step_start_ = CommClocks();
+}
+
+void CudaModel::WriteUnwrittenGrads() {
+  if (!expert_grads_unwritten_) return;
+  grads_->ZeroExperts(stream_);
+  expert_grads_unwritten_ = false;
 }
 
 CommSeconds CudaModel::CommClocks() const {
@@ -208,6 +217,7 @@ void CudaModel::EnsureActivations(int b) {
 }
 
 CommSeconds CudaModel::ReduceGrads() {
+  WriteUnwrittenGrads();  // (no Backward since ZeroGrads)
   // One GPU: the sum over ranks is the identity.
   if (reducer_ != nullptr) reducer_->Finish();
   // bf16 values in fp32 storage (train.master_weights bf16 with fp32 products or several GPUs):
@@ -219,6 +229,7 @@ CommSeconds CudaModel::ReduceGrads() {
 }
 
 void CudaModel::GradSquaredNorms(double* dense_sq, double* expert_sq) {
+  WriteUnwrittenGrads();
   MOE_CUDA_CHECK(cudaMemsetAsync(norms_, 0, 2 * sizeof(double), stream_));
   grads_->SquaredNorms(norms_, reinterpret_cast<double*>(partials_), stream_);
   MOE_CUDA_CHECK(cudaMemcpyAsync(host_stats_, norms_, 2 * sizeof(double), cudaMemcpyDeviceToHost, stream_));
@@ -228,6 +239,7 @@ void CudaModel::GradSquaredNorms(double* dense_sq, double* expert_sq) {
 }
 
 void CudaModel::OptimizerStep(int64_t step, double lr, double muon_lr, double weight_decay, float clip_scale) {
+  WriteUnwrittenGrads();
   optimizer_->Step(*params_, *grads_, blas_.get(), step, lr, muon_lr, weight_decay, clip_scale);
 }
 
@@ -256,6 +268,7 @@ void CudaModel::CopyToHost(ParamSet set, std::vector<float>* out) {
     case ParamSet::kAdamV: optimizer_->CopyToHost(/*is_m=*/false, out); return;
     case ParamSet::kGrads: break;
   }
+  WriteUnwrittenGrads();
   grads_->Download(out, stream_);
 }
 
@@ -280,6 +293,7 @@ void CudaModel::CopyFromHost(ParamSet set, const std::vector<float>& in) {
     case ParamSet::kAdamV: optimizer_->CopyFromHost(/*is_m=*/false, in); return;
     case ParamSet::kGrads: break;
   }
+  WriteUnwrittenGrads();  // a short input keeps the rest
   grads_->Upload(in, stream_);
 }
 

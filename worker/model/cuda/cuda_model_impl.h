@@ -153,6 +153,10 @@ class CudaModel final : public TrainModel {
   float *gated_, *dgate_;
 
   CommSeconds comm_at_step_start_;  // CommClocks at ZeroGrads
+  // The routed experts' gradients were not cleared by ZeroGrads (bf16 experts): the step's first
+  // Backward writes them; whatever reads gradients before it clears them (WriteUnwrittenGrads).
+  bool expert_grads_unwritten_ = false;
+  void WriteUnwrittenGrads();
   double peak_flops_ = 0;
   BatchContext ctx_batch_;  // the last forward's
   int b_ = 0;

@@ -213,7 +213,7 @@ void CudaModel::Backward() {
     const float* dmoe = through_dropout(2 + 2 * l);
     zero(dnorm_, nd);
     if (!cfg_.recompute) MoeNorm(l, bw.moe_norm);  // (the rerun just wrote it)
-    moe_[l]->Backward(dmoe, moe_in_, bw, bg, n, ctx.loss_scale, dnorm_);
+    moe_[l]->Backward(dmoe, moe_in_, bw, bg, n, ctx.loss_scale, dnorm_, expert_grads_unwritten_);
     cuda::RmsNormBackward(dx_, bg.moe_norm, dnorm_, a.x_mid, bw.moe_norm, a.moe_rstd, n, D, partials_, stream_);
 
     const float* dattn_out = through_dropout(1 + 2 * l);
@@ -270,6 +270,7 @@ void CudaModel::Backward() {
   }
   cuda::EmbeddingBackward(g.wte, through_dropout(0), run_order_, run_starts_, run_ids_, token_runs_.runs(), D,
                           stream_);
+  expert_grads_unwritten_ = false;  // every layer wrote its experts' gradients
   if (reduce_now) reducer_->BackwardDone();
   // Synchronous at the end so that the trainer's forward / backward / optimizer times are real.
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));

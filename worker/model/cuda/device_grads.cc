@@ -40,14 +40,23 @@ cuda::GradRef DeviceGrads::Ref(const ParamInfo& info) const {
   return cuda::GradRef(static_cast<const cuda::bf16*>(b16_ + info.offset));
 }
 
-void DeviceGrads::Zero(cudaStream_t stream) {
-  const int64_t total = layout_.total();
+void DeviceGrads::Zero(cudaStream_t stream, bool experts) {
+  const int64_t upto = experts ? layout_.total() : layout_.dense_size();
   if (f32_ != nullptr) {
-    MOE_CUDA_CHECK(cudaMemsetAsync(f32_, 0, sizeof(float) * total, stream));
+    MOE_CUDA_CHECK(cudaMemsetAsync(f32_, 0, sizeof(float) * upto, stream));
     return;
   }
-  MOE_CUDA_CHECK(cudaMemsetAsync(b16_, 0, sizeof(cuda::bf16) * total, stream));
+  MOE_CUDA_CHECK(cudaMemsetAsync(b16_, 0, sizeof(cuda::bf16) * upto, stream));
   if (copies_.size() > 0) MOE_CUDA_CHECK(cudaMemsetAsync(copies_.base(), 0, sizeof(float) * copies_.size(), stream));
+}
+
+void DeviceGrads::ZeroExperts(cudaStream_t stream) {
+  const int64_t dense = layout_.dense_size(), experts = layout_.total() - dense;
+  if (f32_ != nullptr) {
+    MOE_CUDA_CHECK(cudaMemsetAsync(f32_ + dense, 0, sizeof(float) * experts, stream));
+  } else {
+    MOE_CUDA_CHECK(cudaMemsetAsync(b16_ + dense, 0, sizeof(cuda::bf16) * experts, stream));
+  }
 }
 
 void DeviceGrads::RoundToBf16Values(cudaStream_t stream) {

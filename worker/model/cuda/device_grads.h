@@ -40,7 +40,10 @@ class DeviceGrads {
   // Where the optimizer reads tensor `info`'s gradient.
   cuda::GradRef Ref(const ParamInfo& info) const;
 
-  void Zero(cudaStream_t stream);
+  // Clears every gradient, or with experts false all but the expert shard [dense_size, total),
+  // which ZeroExperts clears (the bf16 experts' first backward of a step writes it instead).
+  void Zero(cudaStream_t stream, bool experts = true);
+  void ZeroExperts(cudaStream_t stream);
   // fp32 storage with bf16 values: rounds the Bf16Gradient tensors (once a step, summed).
   void RoundToBf16Values(cudaStream_t stream);
   // norms[0] += the replicated gradients' squared norm, norms[1] += the experts' (device doubles),

@@ -3,6 +3,7 @@
 #ifdef MOE_WITH_CUDA
 
 #include <algorithm>
+#include <stdexcept>
 
 #include "common/memory_estimate.h"
 #include "kernels/cuda/elementwise.h"
@@ -368,7 +369,10 @@ void CudaMoeLayer::ExpertsForward16(const BlockTensors& w, float* out, cuda::bf1
 }
 
 void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensors& w, const BlockTensors& g, int n,
-                            float loss_scale, float* dm) {
+                            float loss_scale, float* dm, bool expert_grads_unwritten) {
+  if (expert_grads_unwritten && (!ctx_->bf16 || shape_.dense)) {
+    throw std::logic_error("CudaMoeLayer::Backward: unwritten expert gradients need routed bf16 experts");
+  }
   const int D = shape_.d, F = shape_.ffn, E = shape_.experts, k = shape_.top_k;
   cudaStream_t stream = ctx_->stream;
   MoeScratch& s = *scratch_;
@@ -405,17 +409,17 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
   }
   if (in_layout) {
     // One GPU: the input rows' gradient stays in the layout (bf16), summed per token into dm (a
-    // layer whose experts kept no rows has nothing to add).
+    // layer whose experts kept no rows has nothing to add, and unwritten gradients get zeros).
+    const cuda::bf16* dx = nullptr;
+    ExpertsBackward16(nullptr, w, g, nullptr, &dx, expert_grads_unwritten);
     if (dispatcher_.rows_in() > 0) {
-      const cuda::bf16* dx = nullptr;
-      ExpertsBackward16(nullptr, w, g, nullptr, &dx);
       cuda::AddFromExpertLayout(dm, dx, a_->a2s, a_->expert_idx, n, k, dispatcher_.local_counts(),
                                 shape_.experts_local, D, stream);
     }
   } else {
     MOE_CUDA_CHECK(cudaMemsetAsync(s.d_expert_in, 0, sizeof(float) * rows * D, stream));
     if (ctx_->bf16) {
-      ExpertsBackward16(nullptr, w, g, s.d_expert_in);
+      ExpertsBackward16(nullptr, w, g, s.d_expert_in, nullptr, expert_grads_unwritten);
     } else {
       cuda::ExpertsBackward(s.d_expert_in, g.w1, g.w3, g.w2, s.dys, a_->xs, a_->g, a_->u, a_->h, w.w1, w.w3, w.w2,
                             a_->offsets, rows, E, D, F, s.fp32_scratch, false, stream, act_);
@@ -435,14 +439,15 @@ void CudaMoeLayer::RedoInputRows(const float* m, int n) {
 }
 
 void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din,
-                                     const cuda::bf16** din_layout) {
+                                     const cuda::bf16** din_layout, bool unwritten) {
   const int D = shape_.d, F = shape_.ffn, L = shape_.experts_local;
   cudaStream_t stream = ctx_->stream;
   MoeScratch& s = *scratch_;
   const int32_t* counts = dispatcher_.local_counts();
   const cuda::bf16 *w1 = ctx_->Bf16Of(w.w1), *w3 = w.w3 != nullptr ? ctx_->Bf16Of(w.w3) : nullptr,
                    *w2 = ctx_->Bf16Of(w.w2);
-  const cuda::ExpertGrads dw = GradsAt(*ctx_, g.w1, g.w3, g.w2);
+  cuda::ExpertGrads dw = GradsAt(*ctx_, g.w1, g.w3, g.w2);
+  dw.unwritten = unwritten;
   // The gradient of the experts' output goes where their rows went (bf16, like the activations).
   if (dout != nullptr) dispatcher_.Dispatch(dout, s.dys16, s.dispatch(), stream);
   if (!dispatcher_.exchanges()) {

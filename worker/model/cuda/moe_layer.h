@@ -125,8 +125,10 @@ class CudaMoeLayer {
   void Forward(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, float* out,
                bool rerun = false, const float* residual = nullptr);
   // dout (n, D) -> dm (n, D) +=, parameter gradients += into g. m: the forward's input.
+  // expert_grads_unwritten: the routed experts' weight gradients hold nothing yet (the model did
+  // not clear them): they are written, not added to.
   void Backward(const float* dout, const float* m, const BlockTensors& w, const BlockTensors& g, int n,
-                float loss_scale, float* dm);
+                float loss_scale, float* dm, bool expert_grads_unwritten = false);
 
   const double* stats() const { return stats_; }  // device, RouterStatsSlots{E}.size()
 
@@ -149,8 +151,9 @@ class CudaMoeLayer {
   // dout: the output rows' gradient (fp32, plan order), or null when it is already in
   // MoeScratch::dys16. din: the input rows' gradient (fp32, plan order) +=; or, one GPU with a
   // strided or chunked layout, din_layout: where the experts leave it in the layout (bf16).
+  // unwritten: g's routed expert gradients hold nothing yet (ExpertGrads::unwritten).
   void ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din,
-                         const cuda::bf16** din_layout = nullptr);
+                         const cuda::bf16** din_layout = nullptr, bool unwritten = false);
   // Makes the saved expert rows hold the dispatcher's layout.
   void ReserveSaved();
   // The experts' bf16 input rows in the layout: saved (rows travel between GPUs), or
