@@ -207,7 +207,8 @@ void GroupedBlas::WeightGrad(const ExpertLayout& l, int e_local, int m, int n, c
   if (overwrite) {  // an expert with no chunk is in no call
     for (int x = 0; x < e_local; ++x) {
       if (l.first_chunk[x] == l.first_chunk[x + 1]) {
-        MOE_CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(c) + int64_t{x} * m * n * elem, 0, m * n * elem, stream));
+        MOE_CUDA_CHECK(
+            cudaMemsetAsync(static_cast<char*>(c) + int64_t{x} * m * n * elem, 0, int64_t{m} * n * elem, stream));
       }
     }
   }
