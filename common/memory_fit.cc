@@ -70,6 +70,12 @@ absl::StatusOr<int64_t> ParseMemorySize(absl::string_view text) {
                                                    "' (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB); ", forms));
   }
   const double bytes = value * scale;
+  // A bare number is bytes, and no GPU has less than a MiB: "80" meant 80GiB or 80GB.
+  if (u.empty() && bytes < (1 << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat("'", text, "' has no unit, so it is ", number,
+                                                   " bytes: no GPU is that small (did you mean ", number, "GiB or ",
+                                                   number, "GB?); ", forms));
+  }
   if (!(bytes >= 1)) {
     return absl::InvalidArgumentError(absl::StrCat("'", text, "' is no memory at all; ", forms));
   }

@@ -42,7 +42,14 @@ TEST(ParseMemorySize, BinaryAndDecimalUnits) {
   EXPECT_EQ(*ParseMemorySize("24 GiB"), int64_t{24} << 30);
   EXPECT_EQ(*ParseMemorySize("1.5TiB"), int64_t{3} << 39);
   EXPECT_EQ(*ParseMemorySize("512mib"), int64_t{512} << 20);
-  EXPECT_EQ(*ParseMemorySize("4096"), 4096);
+  EXPECT_EQ(*ParseMemorySize("4096B"), 4096);
+  EXPECT_EQ(*ParseMemorySize("85899345920"), int64_t{80} << 30);  // a bare number is bytes
+}
+
+TEST(ParseMemorySize, ABareSmallNumberAsksForAUnit) {
+  absl::StatusOr<int64_t> r = ParseMemorySize("141");
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "did you mean 141GiB or 141GB?")) << r.status().message();
 }
 
 TEST(ParseMemorySize, BadValuesSayWhatIsWrong) {
