@@ -412,7 +412,7 @@ template <int HD, bool kDrop, bool kExact>
 __global__ void __launch_bounds__(kTcThreads) DkvTcKernel(float* dqkv, const bf16* dout, const float* lse,
                                                           const float* dsum, const bf16* qkv, int t, int h, int hkv,
                                                           int hd, float scale, AttnDrop drop, bool overwrite,
-                                                         BlockOrder order) {
+                                                          BlockOrder order) {
   using Plan = TcPlan<HD>;
   constexpr int P = Plan::P, HS = HD / Plan::kSlices;
   if constexpr (kExact) hd = HD;  // the head size the kernel is built for: addresses fold
@@ -571,9 +571,13 @@ template <int HD>
 void BackwardEither(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b,
                     int t, int h, int hkv, int hd, const AttnDrop& drop, bool overwrite, cudaStream_t stream) {
   const bool exact = hd == HD, on = drop.p > 0.0f;
-  if (on && exact) return Backward<HD, true, true>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
+  if (on && exact) {
+    return Backward<HD, true, true>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
+  }
   if (on) return Backward<HD, true, false>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
-  if (exact) return Backward<HD, false, true>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
+  if (exact) {
+    return Backward<HD, false, true>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
+  }
   Backward<HD, false, false>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
 }
 

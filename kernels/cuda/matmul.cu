@@ -43,7 +43,6 @@ __global__ void CastToFloatKernel(float* out, const bf16* in, int64_t n) {
   }
 }
 
-
 // The vectorized casts (float pointer 16-byte, bf16 pointer 8-byte aligned): four elements per
 // thread per step, a float4 on the fp32 side and a uint2 (four bf16) on the bf16 side; the n % 4 tail
 // elements are done by the first threads of block 0. The same round-to-nearest-even conversions.
