@@ -30,6 +30,7 @@
 #include "moe/v1/job.pb.h"
 #include "worker/parallel/comm_mpi.h"
 #include "worker/model/cuda/cuda_model.h"
+#include "worker/model/cuda/host_waits.h"
 #include "worker/model/model_config.h"
 #include "worker/data/dataset.h"
 #include "worker/train/make_model.h"
@@ -355,7 +356,9 @@ int main(int argc, char** argv) {
   std::mt19937 rng(rank);
   std::uniform_int_distribution<int> tok(0, c->vocab - 1);
   std::vector<int32_t> x(n), y(n);
-  std::vector<double> step_s, fwd_s, bwd_s, opt_s;
+  std::vector<double> step_s, fwd_s, bwd_s, opt_s, wait_s;  // wait_s: the host at the counts (host_waits.h)
+  double plan_s = 0;  // the measured steps' cuBLASLt plans (heuristic queries): their host seconds
+  int64_t plans = 0;
   double ce = 0;
   moe::CommSeconds comm_s;  // over the measured steps
   for (int s = 0; s < warmup + steps; ++s) {
@@ -371,6 +374,10 @@ int main(int argc, char** argv) {
     ctx.loss_scale = 1.0f / (static_cast<float>(n) * W);
 #ifdef MOE_WITH_CUDA
     if (profile && s == warmup) cudaProfilerStart();
+#endif
+    const double wait0 = moe::CountsWaitSeconds();
+#ifdef MOE_WITH_CUDA
+    const moe::cuda::BlasPlanStats plan0 = moe::cuda::PlanStats();
 #endif
     const auto t0 = Clock::now();
     model.ZeroGrads();
@@ -396,6 +403,11 @@ int main(int argc, char** argv) {
       fwd_s.push_back(Seconds(t0, t1));
       bwd_s.push_back(Seconds(t1, t2));
       opt_s.push_back(Seconds(t2, t3));
+      wait_s.push_back(moe::CountsWaitSeconds() - wait0);
+#ifdef MOE_WITH_CUDA
+      plan_s += moe::cuda::PlanStats().seconds - plan0.seconds;
+      plans += moe::cuda::PlanStats().made - plan0.made;
+#endif
     }
   }
   double total = 0;
@@ -432,12 +444,14 @@ int main(int argc, char** argv) {
       "\"total_params\": %lld, \"flops_per_token\": %.4g, \"step_ms\": %.2f, \"step_ms_median\": %.2f, "
       "\"tokens_per_s\": %.0f, \"tokens_per_s_per_gpu\": %.0f, \"model_tflops\": %.1f, \"mfu\": %.4f, "
       "\"forward_ms\": %.2f, \"backward_ms\": %.2f, \"optimizer_ms\": %.2f, \"all_to_all_ms\": %.2f, "
-      "\"all_reduce_ms\": %.2f, \"a2a_mb_per_call\": %.1f, \"a2a_busbw_gbps\": %.1f, \"model_mem_gb\": %.2f, \"device_used_gb\": %.2f, \"ce\": %.4f}\n",
+      "\"all_reduce_ms\": %.2f, \"a2a_mb_per_call\": %.1f, \"a2a_busbw_gbps\": %.1f, \"model_mem_gb\": %.2f, \"device_used_gb\": %.2f, "
+      "\"counts_wait_ms\": %.2f, \"plans_per_step\": %.1f, \"plan_ms\": %.2f, \"ce\": %.4f}\n",
       c->name, device.c_str(), precision.c_str(), W, steps, static_cast<long long>(n) * W,
       static_cast<long long>(stats.active_params), static_cast<long long>(stats.total_params), stats.flops_per_token,
       mean_step * 1e3, Median(step_s) * 1e3, tok_s, tok_s / W, tflops / W,
       moe::ModelFlopsUtilization(stats.flops_per_token, tok_s, W, peak_flops), Median(fwd_s) * 1e3,
       Median(bwd_s) * 1e3, Median(opt_s) * 1e3, a2a_ms, comm_ms[1] / W, a2a_bytes / 1048576.0, a2a_busbw,
-      moe::CudaModelDeviceBytes(model) / 1073741824.0, used_gb, ce);
+      moe::CudaModelDeviceBytes(model) / 1073741824.0, used_gb, Median(wait_s) * 1e3,
+      static_cast<double>(plans) / std::max(steps, 1), plan_s * 1e3 / std::max(steps, 1), ce);
   return 0;
 }

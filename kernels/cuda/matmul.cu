@@ -3,6 +3,7 @@
 #include <cublasLt.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -109,9 +110,15 @@ Blas::~Blas() {
   cublasLtDestroy(reinterpret_cast<cublasLtHandle_t>(handle_));
 }
 
+BlasPlanStats& PlanStats() {
+  static BlasPlanStats stats;
+  return stats;
+}
+
 Blas::Plan* Blas::GetPlan(const Key& key) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return it->second;
+  const auto start = std::chrono::steady_clock::now();
   const auto [ta, tb, m, n, k, lda, ldb, ldc, type_int, align, batch, stride_a, stride_b, stride_c, c_bf16,
               pointers] = key;
   const cudaDataType_t in_type = type_int == 1 ? CUDA_R_16BF : CUDA_R_32F;
@@ -165,6 +172,8 @@ Blas::Plan* Blas::GetPlan(const Key& key) {
   }
   p->algo = result.algo;
   plans_[key] = p;
+  ++PlanStats().made;
+  PlanStats().seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return p;
 }
 

@@ -54,6 +54,14 @@ class Blas {
   std::map<Key, Plan*> plans_;
 };
 
+// The plans every Blas of this process has made (a cuBLASLt heuristic query each, on the host)
+// and the host seconds they took: moe_bench reports them per step.
+struct BlasPlanStats {
+  int64_t made = 0;
+  double seconds = 0;
+};
+BlasPlanStats& PlanStats();
+
 // out (n, c) -> bf16 copy, for operands of bf16 products. n elements.
 void CastToBf16(bf16* out, const float* in, int64_t n, cudaStream_t stream);
 // x (n) in place rounded to the nearest bf16 values (kept as fp32).

@@ -3,12 +3,14 @@
 #ifdef MOE_WITH_CUDA
 
 #include <algorithm>
+#include <chrono>
 #include <stdexcept>
 
 #include "common/memory_estimate.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/expert_layout.h"
 #include "kernels/cuda/matmul.h"
+#include "worker/model/cuda/host_waits.h"
 
 namespace moe {
 namespace {
@@ -317,7 +319,9 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
   // Permute -> experts -> unpermute (bf16: the permute goes into the experts' layout, through
   // the dispatcher).
   if (ctx_->bf16) {
+    const auto wait = std::chrono::steady_clock::now();
     MOE_CUDA_CHECK(cudaEventSynchronize(scratch_->counts_ready));
+    CountsWaitSeconds() += std::chrono::duration<double>(std::chrono::steady_clock::now() - wait).count();
     dispatcher_.Preprocess(counts_host_);
     FillInputRows(m, n);
     ExpertsForward16(w, nullptr, a_->ys16);
