@@ -71,6 +71,39 @@ double Median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
+// The host's side of the measured steps (on the GPU; zeros on the CPU): its wait for the MoE
+// layers' expert counts (host_waits.h) and the cuBLASLt plans it made (heuristic queries).
+struct HostSide {
+  std::vector<double> wait_s;  // per step
+  double plan_s = 0;
+  int64_t plans = 0;
+  double wait0 = 0;
+#ifdef MOE_WITH_CUDA
+  moe::cuda::BlasPlanStats plan0;
+#endif
+  void Start() {
+    wait0 = moe::CountsWaitSeconds();
+#ifdef MOE_WITH_CUDA
+    plan0 = moe::cuda::PlanStats();
+#endif
+  }
+  void Stop() {
+    wait_s.push_back(moe::CountsWaitSeconds() - wait0);
+#ifdef MOE_WITH_CUDA
+    plan_s += moe::cuda::PlanStats().seconds - plan0.seconds;
+    plans += moe::cuda::PlanStats().made - plan0.made;
+#endif
+  }
+  // The JSON fields: counts_wait_ms (median per step), plans_per_step, plan_ms (per step).
+  std::string Json() const {
+    const double steps = std::max<double>(1, wait_s.size());
+    char buf[160];
+    std::snprintf(buf, sizeof(buf), "\"counts_wait_ms\": %.2f, \"plans_per_step\": %.1f, \"plan_ms\": %.2f",
+                  Median(wait_s) * 1e3, plans / steps, plan_s * 1e3 / steps);
+    return buf;
+  }
+};
+
 #ifdef MOE_WITH_CUDA
 // The experts' products of one MoE layer (rows = tokens * k, split over the experts with a
 // +-25% and a +-3% skew): forward x@W1 (kNN), dgrad dh@W1^T (kNT), wgrad x^T@dg (kTN), each
@@ -211,15 +244,18 @@ int JobBench(const std::string& path, int steps, int warmup, bool profile) {
   moe::Trainer& trainer = **made;
   std::vector<double> tok_s, mfu, step_ms, fwd_ms, bwd_ms, opt_ms, a2a_ms, ar_ms;
   double peak_mb = 0, ce = 0;
+  HostSide host;
   for (int s = 0; s < warmup + steps; ++s) {
 #ifdef MOE_WITH_CUDA
     if (profile && s == warmup) cudaProfilerStart();
 #endif
+    host.Start();
     const moe::StepResult r = trainer.Step(s);
 #ifdef MOE_WITH_CUDA
     if (profile && s == warmup) cudaProfilerStop();
 #endif
     if (s < warmup) continue;
+    host.Stop();
     const moe::v1::MetricPoint& p = r.metrics;
     tok_s.push_back(p.tokens_per_s());
     mfu.push_back(p.mfu());
@@ -245,12 +281,12 @@ int JobBench(const std::string& path, int steps, int warmup, bool profile) {
       "\"active_params\": %lld, \"total_params\": %lld, \"flops_per_token\": %.4g, \"step_ms\": %.2f, "
       "\"tokens_per_s\": %.0f, \"tokens_per_s_per_gpu\": %.0f, \"model_tflops\": %.1f, \"mfu\": %.4f, "
       "\"forward_ms\": %.2f, \"backward_ms\": %.2f, \"optimizer_ms\": %.2f, \"all_to_all_ms\": %.2f, "
-      "\"all_reduce_ms\": %.2f, \"peak_memory_mb\": %.1f, \"ce\": %.4f}\n",
+      "\"all_reduce_ms\": %.2f, \"peak_memory_mb\": %.1f, %s, \"ce\": %.4f}\n",
       path.c_str(), spec.name().c_str(), device, precision, W, steps,
       static_cast<long long>(t.batch_size()) * T, static_cast<long long>(stats.active_params),
       static_cast<long long>(stats.total_params), stats.flops_per_token, Median(step_ms), tokens_per_s,
       tokens_per_s / W, stats.flops_per_token * tokens_per_s / W / 1e12, Median(mfu), Median(fwd_ms),
-      Median(bwd_ms), Median(opt_ms), Median(a2a_ms), Median(ar_ms), peak_mb, ce);
+      Median(bwd_ms), Median(opt_ms), Median(a2a_ms), Median(ar_ms), peak_mb, host.Json().c_str(), ce);
   return 0;
 }
 
@@ -356,9 +392,8 @@ int main(int argc, char** argv) {
   std::mt19937 rng(rank);
   std::uniform_int_distribution<int> tok(0, c->vocab - 1);
   std::vector<int32_t> x(n), y(n);
-  std::vector<double> step_s, fwd_s, bwd_s, opt_s, wait_s;  // wait_s: the host at the counts (host_waits.h)
-  double plan_s = 0;  // the measured steps' cuBLASLt plans (heuristic queries): their host seconds
-  int64_t plans = 0;
+  std::vector<double> step_s, fwd_s, bwd_s, opt_s;
+  HostSide host;
   double ce = 0;
   moe::CommSeconds comm_s;  // over the measured steps
   for (int s = 0; s < warmup + steps; ++s) {
@@ -375,10 +410,7 @@ int main(int argc, char** argv) {
 #ifdef MOE_WITH_CUDA
     if (profile && s == warmup) cudaProfilerStart();
 #endif
-    const double wait0 = moe::CountsWaitSeconds();
-#ifdef MOE_WITH_CUDA
-    const moe::cuda::BlasPlanStats plan0 = moe::cuda::PlanStats();
-#endif
+    host.Start();
     const auto t0 = Clock::now();
     model.ZeroGrads();
     const moe::ForwardResult r = model.Forward(x.data(), y.data(), c->batch, ctx);
@@ -403,11 +435,7 @@ int main(int argc, char** argv) {
       fwd_s.push_back(Seconds(t0, t1));
       bwd_s.push_back(Seconds(t1, t2));
       opt_s.push_back(Seconds(t2, t3));
-      wait_s.push_back(moe::CountsWaitSeconds() - wait0);
-#ifdef MOE_WITH_CUDA
-      plan_s += moe::cuda::PlanStats().seconds - plan0.seconds;
-      plans += moe::cuda::PlanStats().made - plan0.made;
-#endif
+      host.Stop();
     }
   }
   double total = 0;
@@ -445,13 +473,12 @@ int main(int argc, char** argv) {
       "\"tokens_per_s\": %.0f, \"tokens_per_s_per_gpu\": %.0f, \"model_tflops\": %.1f, \"mfu\": %.4f, "
       "\"forward_ms\": %.2f, \"backward_ms\": %.2f, \"optimizer_ms\": %.2f, \"all_to_all_ms\": %.2f, "
       "\"all_reduce_ms\": %.2f, \"a2a_mb_per_call\": %.1f, \"a2a_busbw_gbps\": %.1f, \"model_mem_gb\": %.2f, \"device_used_gb\": %.2f, "
-      "\"counts_wait_ms\": %.2f, \"plans_per_step\": %.1f, \"plan_ms\": %.2f, \"ce\": %.4f}\n",
+      "%s, \"ce\": %.4f}\n",
       c->name, device.c_str(), precision.c_str(), W, steps, static_cast<long long>(n) * W,
       static_cast<long long>(stats.active_params), static_cast<long long>(stats.total_params), stats.flops_per_token,
       mean_step * 1e3, Median(step_s) * 1e3, tok_s, tok_s / W, tflops / W,
       moe::ModelFlopsUtilization(stats.flops_per_token, tok_s, W, peak_flops), Median(fwd_s) * 1e3,
       Median(bwd_s) * 1e3, Median(opt_s) * 1e3, a2a_ms, comm_ms[1] / W, a2a_bytes / 1048576.0, a2a_busbw,
-      moe::CudaModelDeviceBytes(model) / 1073741824.0, used_gb, Median(wait_s) * 1e3,
-      static_cast<double>(plans) / std::max(steps, 1), plan_s * 1e3 / std::max(steps, 1), ce);
+      moe::CudaModelDeviceBytes(model) / 1073741824.0, used_gb, host.Json().c_str(), ce);
   return 0;
 }
