@@ -4,6 +4,9 @@
 # shared libraries that machine's image lacks or may have at another version, the corpus and the
 # PyTorch peer.
 #   BUILD_DIR=build-cuda bash scripts/make_carry.sh      (CARRY_DIR=DIR: fill DIR instead)
+#   BASE=../base/build/bin/moe_bench VARIANTS="x=../x/build/bin/moe_bench ..." bash scripts/make_carry.sh
+#     also carries other trees' moe_bench for scripts/device_ab.sh: BASE as .carry/base/moe_bench,
+#     each VARIANTS entry NAME=PATH as .carry/variants/NAME/moe_bench (packed in variants.tar.xz)
 # Libraries: everything the binaries load except what the image has for sure: libc and the
 # compiler runtime, Open MPI (mpirun must match the libmpi the ranks load), OpenSSL, zlib and
 # friends, and CUDA and NCCL (the toolkit or PyTorch's nvidia wheels; NCCL alone is bigger than
@@ -39,6 +42,20 @@ echo "make_carry: $(ls "$CARRY/lib" | wc -l) libraries: $(ls "$CARRY/lib" | sed 
 # GPU test links every kernel, ~17 MB stripped) go compressed; scripts/device_env.sh unpacks them.
 tar -C "$CARRY" -cJf "$CARRY/lib.tar.xz" lib && rm -rf "$CARRY/lib"
 tar -C "$CARRY" -cf - bin | xz -T0 -6 > "$CARRY/bin.tar.xz" && rm -rf "$CARRY/bin"
+if [[ -n ${BASE:-} ]]; then
+  mkdir -p "$CARRY/base" && cp "$BASE" "$CARRY/base/moe_bench" && strip "$CARRY/base/moe_bench"
+fi
+if [[ -n ${VARIANTS:-} ]]; then
+  for v in $VARIANTS; do
+    name=${v%%=*} path=${v#*=}
+    if [[ $name == "$v" || -z $name || ! -x $path ]]; then
+      echo "make_carry: VARIANTS entry '$v': want NAME=PATH of a moe_bench binary" >&2
+      exit 1
+    fi
+    mkdir -p "$CARRY/variants/$name" && cp "$path" "$CARRY/variants/$name/moe_bench" && strip "$CARRY/variants/$name/moe_bench"
+  done
+  tar -C "$CARRY" -cf - variants | xz -T0 -6 > "$CARRY/variants.tar.xz" && rm -rf "$CARRY/variants"
+fi
 size=$(du -sm "$CARRY" | cut -f1)
 du -sh "$CARRY"/*
 echo "make_carry: $size MiB in $CARRY"
