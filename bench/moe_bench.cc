@@ -6,6 +6,9 @@
 //             [--precision bf16|fp32] [--device cuda|cpu] [--profile]
 //   --profile: the CUDA profiler records the first measured step only (for
 //   `ncu --profile-from-start off`, see bench/ncu_summary.py).
+//   --trace N: N more steps after the measured ones, recorded through CUPTI (bench/trace): what
+//   the GPU did and where it idled (the host late with a launch, just out of a wait, or the GPU
+//   itself), printed after the JSON line as "# trace" lines and a "gpu_trace" JSON line.
 //   Under mpirun -np W (device cuda: one GPU per rank), every rank trains the config's batch
 //   (weak scaling: W times the tokens per step) with the experts split over the ranks, and rank
 //   0 prints tokens/s over all ranks and per GPU, and the GPU time of the collectives.
@@ -43,6 +46,9 @@
 
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/moe.h"
+#endif
+#ifdef MOE_WITH_CUPTI
+#include "bench/trace/cupti_trace.h"
 #endif
 
 namespace {
@@ -102,6 +108,33 @@ struct HostSide {
                   Median(wait_s) * 1e3, plans / steps, plan_s * 1e3 / steps);
     return buf;
   }
+};
+
+// --trace N: the N steps after the measured ones, recorded; the summary is printed last.
+struct StepTrace {
+  int steps = 0;
+  bool recording = false;
+  std::string text;
+  void Begin() {
+#ifdef MOE_WITH_CUPTI
+    const std::string why = moe::trace::StartRecording();
+    recording = why.empty();
+    if (!recording) std::fprintf(stderr, "moe_bench: --trace: CUPTI could not record: %s\n", why.c_str());
+#endif
+  }
+  void End() {
+#ifdef MOE_WITH_CUPTI
+    if (!recording) return;
+    MOE_CUDA_CHECK(cudaDeviceSynchronize());
+    moe::trace::Recording rec;
+    const std::string why = moe::trace::StopRecording(&rec);
+    if (!why.empty()) std::fprintf(stderr, "moe_bench: --trace: %s\n", why.c_str());
+    const moe::trace::TimelineSummary sum =
+        moe::trace::Summarize(std::move(rec.activities), rec.calls, rec.start, rec.end, steps);
+    text = moe::trace::FormatSummary(sum) + moe::trace::SummaryJson(sum) + "\n";
+#endif
+  }
+  void Print() const { std::fputs(text.c_str(), stdout); }
 };
 
 #ifdef MOE_WITH_CUDA
@@ -197,7 +230,7 @@ int GroupedGemmBench(const BenchConfig& c, int iters) {
 
 // --job FILE: the job's own step (Trainer::Step: sample, forward, backward, reduce, clip,
 // update) on random tokens; the warm-up steps are not measured. Returns the exit code.
-int JobBench(const std::string& path, int steps, int warmup, bool profile) {
+int JobBench(const std::string& path, int steps, int warmup, bool profile, StepTrace& trace) {
   absl::StatusOr<moe::v1::JobSpec> loaded = moe::LoadJobSpec(path);
   if (!loaded.ok()) {
     std::fprintf(stderr, "moe_bench: %s\n", std::string(loaded.status().message()).c_str());
@@ -235,7 +268,7 @@ int JobBench(const std::string& path, int steps, int warmup, bool profile) {
   data.val = moe::TokenSplit(std::vector<uint16_t>(tokens.begin(), tokens.begin() + (T + 1) * 4));
   data.train = moe::TokenSplit(std::move(tokens));
   moe::TrainerOptions opts;
-  opts.max_steps = warmup + steps;
+  opts.max_steps = warmup + steps + trace.steps;
   auto made = moe::Trainer::Create(spec, comm.get(), &data, opts);
   if (!made.ok()) {
     if (rank == 0) std::fprintf(stderr, "moe_bench: %s\n", std::string(made.status().message()).c_str());
@@ -245,16 +278,17 @@ int JobBench(const std::string& path, int steps, int warmup, bool profile) {
   std::vector<double> tok_s, mfu, step_ms, fwd_ms, bwd_ms, opt_ms, a2a_ms, ar_ms;
   double peak_mb = 0, ce = 0;
   HostSide host;
-  for (int s = 0; s < warmup + steps; ++s) {
+  for (int s = 0; s < warmup + steps + trace.steps; ++s) {
 #ifdef MOE_WITH_CUDA
     if (profile && s == warmup) cudaProfilerStart();
 #endif
+    if (s == warmup + steps) trace.Begin();
     host.Start();
     const moe::StepResult r = trainer.Step(s);
 #ifdef MOE_WITH_CUDA
     if (profile && s == warmup) cudaProfilerStop();
 #endif
-    if (s < warmup) continue;
+    if (s < warmup || s >= warmup + steps) continue;
     host.Stop();
     const moe::v1::MetricPoint& p = r.metrics;
     tok_s.push_back(p.tokens_per_s());
@@ -268,6 +302,7 @@ int JobBench(const std::string& path, int steps, int warmup, bool profile) {
     peak_mb = std::max(peak_mb, p.peak_memory_mb());
     ce = p.loss();
   }
+  if (trace.steps > 0) trace.End();
   if (rank != 0) return 0;
   moe::v1::JobSpec sized = spec;
   sized.mutable_model()->set_vocab_size(vocab);
@@ -287,6 +322,7 @@ int JobBench(const std::string& path, int steps, int warmup, bool profile) {
       static_cast<long long>(stats.total_params), stats.flops_per_token, Median(step_ms), tokens_per_s,
       tokens_per_s / W, stats.flops_per_token * tokens_per_s / W / 1e12, Median(mfu), Median(fwd_ms),
       Median(bwd_ms), Median(opt_ms), Median(a2a_ms), Median(ar_ms), peak_mb, host.Json().c_str(), ce);
+  trace.Print();
   return 0;
 }
 
@@ -296,6 +332,7 @@ int main(int argc, char** argv) {
   std::string config = "tiny", precision = "bf16", device = "cuda", job;
   int steps = 20, warmup = 5;
   bool grouped_gemm = false;
+  StepTrace trace;
   [[maybe_unused]] bool profile = false;  // read in CUDA builds only
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -312,6 +349,8 @@ int main(int argc, char** argv) {
       ++i;
     } else if (a == "--warmup" && has_value && absl::SimpleAtoi(argv[i + 1], &warmup)) {
       ++i;
+    } else if (a == "--trace" && has_value && absl::SimpleAtoi(argv[i + 1], &trace.steps)) {
+      ++i;
     } else if (a == "--grouped-gemm") {
       grouped_gemm = true;
     } else if (a == "--profile") {
@@ -319,17 +358,27 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr,
                    "usage: moe_bench --config tiny|tiny-dense|small|medium [--steps N] [--warmup N] "
-                   "[--precision bf16|fp32] [--device cuda|cpu] [--grouped-gemm] [--profile]\n"
-                   "       moe_bench --job FILE [--steps N] [--warmup N] [--profile]\n");
+                   "[--precision bf16|fp32] [--device cuda|cpu] [--grouped-gemm] [--profile] [--trace N]\n"
+                   "       moe_bench --job FILE [--steps N] [--warmup N] [--profile] [--trace N]\n");
       return 2;
     }
   }
+  if (trace.steps < 0) {
+    std::fprintf(stderr, "moe_bench: --trace takes the number of steps to record (0: none)\n");
+    return 2;
+  }
+#ifndef MOE_WITH_CUPTI
+  if (trace.steps > 0) {
+    std::fprintf(stderr, "moe_bench: --trace records the GPU through CUPTI: this build has no CUDA or no CUPTI\n");
+    return 2;
+  }
+#endif
   if (!job.empty()) {
     if (steps <= 0 || warmup < 0) {
       std::fprintf(stderr, "moe_bench: --steps must be at least 1 and --warmup at least 0\n");
       return 2;
     }
-    return JobBench(job, steps, warmup, profile);
+    return JobBench(job, steps, warmup, profile, trace);
   }
   const BenchConfig* c = nullptr;
   for (const BenchConfig& x : kConfigs) {
@@ -339,6 +388,10 @@ int main(int argc, char** argv) {
       (device != "cuda" && device != "cpu")) {
     std::fprintf(stderr, "moe_bench: bad arguments (config %s, precision %s, device %s)\n", config.c_str(),
                  precision.c_str(), device.c_str());
+    return 2;
+  }
+  if (trace.steps > 0 && device != "cuda") {
+    std::fprintf(stderr, "moe_bench: --trace records the GPU: it needs --device cuda\n");
     return 2;
   }
   if (grouped_gemm) {
@@ -396,7 +449,7 @@ int main(int argc, char** argv) {
   HostSide host;
   double ce = 0;
   moe::CommSeconds comm_s;  // over the measured steps
-  for (int s = 0; s < warmup + steps; ++s) {
+  for (int s = 0; s < warmup + steps + trace.steps; ++s) {
     for (int i = 0; i < n; ++i) {
       x[i] = tok(rng);
       y[i] = tok(rng);
@@ -410,6 +463,7 @@ int main(int argc, char** argv) {
 #ifdef MOE_WITH_CUDA
     if (profile && s == warmup) cudaProfilerStart();
 #endif
+    if (s == warmup + steps) trace.Begin();
     host.Start();
     const auto t0 = Clock::now();
     model.ZeroGrads();
@@ -427,6 +481,7 @@ int main(int argc, char** argv) {
 #ifdef MOE_WITH_CUDA
     if (profile && s == warmup) cudaProfilerStop();
 #endif
+    if (s >= warmup + steps) continue;  // recorded by --trace, not measured
     ce = r.ce_sum / n;
     if (s >= warmup) {
       comm_s.all_to_all += step_comm.all_to_all;
@@ -438,6 +493,7 @@ int main(int argc, char** argv) {
       host.Stop();
     }
   }
+  if (trace.steps > 0) trace.End();
   double total = 0;
   for (double v : step_s) total += v;
   // The slowest rank sets the pace: its mean step, over all ranks' tokens.
@@ -480,5 +536,6 @@ int main(int argc, char** argv) {
       moe::ModelFlopsUtilization(stats.flops_per_token, tok_s, W, peak_flops), Median(fwd_s) * 1e3,
       Median(bwd_s) * 1e3, Median(opt_s) * 1e3, a2a_ms, comm_ms[1] / W, a2a_bytes / 1048576.0, a2a_busbw,
       moe::CudaModelDeviceBytes(model) / 1073741824.0, used_gb, host.Json().c_str(), ce);
+  trace.Print();
   return 0;
 }
