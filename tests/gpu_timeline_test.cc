@@ -62,6 +62,30 @@ TEST(GpuTimelineTest, HostLateAfterAWaitIsAttributedToTheWait) {
   EXPECT_NEAR(s.top[0].after_wait_ms, 0.053, 1e-12);
   EXPECT_EQ(s.top[1].before, "GatherKernel");
   EXPECT_NEAR(s.top[1].after_wait_ms, 0, 1e-12);
+  // The host in those gaps, up to each late launch: 102-150 (in the query until 103) and 200-220.
+  ASSERT_EQ(s.host_late_calls_ms.size(), 2u);
+  EXPECT_EQ(s.host_late_calls_ms[0].first, "(outside CUDA calls)");
+  EXPECT_NEAR(s.host_late_calls_ms[0].second, 0.047 + 0.020, 1e-12);
+  EXPECT_EQ(s.host_late_calls_ms[1].first, "cudaEventQuery");
+  EXPECT_NEAR(s.host_late_calls_ms[1].second, 0.001, 1e-12);
+  EXPECT_NE(SummaryJson(s).find("\"host_late_calls_ms\": {\"(outside CUDA calls)\": 0.067, \"cudaEventQuery\": 0.001}"),
+            std::string::npos)
+      << SummaryJson(s);
+}
+
+TEST(GpuTimelineTest, NestedHostCallsCountOnce) {
+  // A runtime call (10-30) with a driver call inside it (15-20), both in a host-late gap 5-40.
+  std::vector<GpuActivity> acts = {Kernel("a", 0, 5, 1), Kernel("b", 40, 50, 2)};
+  std::vector<HostCall> calls = {Call("cudaLaunchKernel", 0, 1, 1), Call("cudaMemcpyAsync", 10, 30),
+                                 Call("cuMemcpyHtoDAsync", 15, 20), Call("cudaLaunchKernel", 35, 36, 2)};
+  const TimelineSummary s = Summarize(acts, calls, 0, 50 * kUs, 1);
+  double total = 0, copy = 0;
+  for (const auto& [name, ms] : s.host_late_calls_ms) {
+    total += ms;
+    if (name == "cudaMemcpyAsync") copy = ms;
+  }
+  EXPECT_NEAR(total, 0.030, 1e-12);  // 5-35: every microsecond once
+  EXPECT_NEAR(copy, 0.020, 1e-12);
 }
 
 TEST(GpuTimelineTest, ShortGapsAndUnknownLaunches) {

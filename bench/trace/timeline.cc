@@ -140,6 +140,28 @@ TimelineSummary Summarize(std::vector<GpuActivity> activities, const std::vector
     }
   }
   std::sort(waits.begin(), waits.end(), [](const HostCall* a, const HostCall* b) { return a->end < b->end; });
+  std::vector<const HostCall*> by_start;
+  for (const HostCall& c : calls) by_start.push_back(&c);
+  std::sort(by_start.begin(), by_start.end(), [](const HostCall* a, const HostCall* b) { return a->start < b->start; });
+  uint64_t longest_call = 0;
+  for (const HostCall& c : calls) longest_call = std::max(longest_call, c.end > c.start ? c.end - c.start : 0);
+  std::map<std::string, double> late_calls;
+  // The host's time in [a, b) by call (nested calls, a runtime call and the driver calls inside
+  // it, would count twice: only the outermost call of an overlapping run counts).
+  auto host_time = [&](uint64_t a, uint64_t b) {
+    if (b <= a) return;
+    uint64_t covered_until = a, inside = 0;
+    auto it = std::lower_bound(by_start.begin(), by_start.end(), a > longest_call ? a - longest_call : 0,
+                               [](const HostCall* c, uint64_t t) { return c->start < t; });
+    for (; it != by_start.end() && (*it)->start < b; ++it) {
+      const uint64_t c0 = std::max({(*it)->start, a, covered_until}), c1 = std::min((*it)->end, b);
+      if (c1 <= c0) continue;
+      late_calls[(*it)->name] += Ms(c1 - c0);
+      inside += c1 - c0;
+      covered_until = c1;
+    }
+    late_calls["(outside CUDA calls)"] += Ms(b - a - inside);
+  };
 
   std::map<std::pair<std::string, std::string>, GapGroup> groups;
   auto add_gap = [&](uint64_t g0, uint64_t g1, const std::string& before, const GpuActivity* next) {
@@ -167,6 +189,7 @@ TimelineSummary Summarize(std::vector<GpuActivity> activities, const std::vector
     } else if (asked >= g0) {
       s.idle_host_late_ms += Ms(len);
       g.host_late_ms += Ms(len);
+      host_time(g0, std::min(asked, g1));
       // Did the host come out of a wait on the GPU during the gap, before asking?
       auto it = std::upper_bound(waits.begin(), waits.end(), asked,
                                  [](uint64_t t, const HostCall* w) { return t < w->end; });
@@ -194,6 +217,10 @@ TimelineSummary Summarize(std::vector<GpuActivity> activities, const std::vector
   s.busy_ms = Ms(busy);
   s.idle_ms = s.window_ms - s.busy_ms;
 
+  for (const auto& [name, ms] : late_calls) s.host_late_calls_ms.emplace_back(name, ms);
+  std::sort(s.host_late_calls_ms.begin(), s.host_late_calls_ms.end(),
+            [](const auto& a, const auto& b) { return a.second > b.second; });
+  if (s.host_late_calls_ms.size() > top_n) s.host_late_calls_ms.resize(top_n);
   for (auto& [key, g] : groups) s.top.push_back(g);
   std::sort(s.top.begin(), s.top.end(), [](const GapGroup& a, const GapGroup& b) { return a.idle_ms > b.idle_ms; });
   if (s.top.size() > top_n) s.top.resize(top_n);
@@ -218,6 +245,12 @@ std::string FormatSummary(const TimelineSummary& s) {
                 s.idle_unknown_ms * k,
                 static_cast<double>(s.gaps) * k, s.host_wait_ms * k);
   out += buf;
+  out += "# trace: the host in the host-late gaps, a step:";
+  for (const auto& [name, ms] : s.host_late_calls_ms) {
+    std::snprintf(buf, sizeof(buf), " %s %.3f ms;", name.c_str(), ms * k);
+    out += buf;
+  }
+  out += "\n";
   out += "# trace: largest idle by neighbours, a step: ms, gaps, host late ms, after a wait ms: before -> after\n";
   for (const GapGroup& g : s.top) {
     std::snprintf(buf, sizeof(buf), "#   %7.3f %5.1f %7.3f %7.3f  %s -> %s\n", g.idle_ms * k, g.count * k,
@@ -234,11 +267,18 @@ std::string SummaryJson(const TimelineSummary& s) {
                 "{\"bench\": \"gpu_trace\", \"steps\": %d, \"step_ms\": %.3f, \"busy_ms\": %.3f, \"kernel_ms\": %.3f, "
                 "\"kernels\": %.1f, \"memcpy_ms\": %.3f, \"memcpys\": %.1f, \"memset_ms\": %.3f, \"memsets\": %.1f, "
                 "\"idle_ms\": %.3f, \"idle_host_late_ms\": %.3f, \"idle_after_wait_ms\": %.3f, \"idle_gpu_ms\": %.3f, "
-                "\"idle_short_ms\": %.3f, \"idle_unknown_ms\": %.3f, \"gaps\": %.1f, \"host_wait_ms\": %.3f, \"top\": [",
+                "\"idle_short_ms\": %.3f, \"idle_unknown_ms\": %.3f, \"gaps\": %.1f, \"host_wait_ms\": %.3f, ",
                 s.steps, s.window_ms * k, s.busy_ms * k, s.kernel_ms * k, s.kernels * k, s.memcpy_ms * k,
                 s.memcpys * k, s.memset_ms * k, s.memsets * k, s.idle_ms * k, s.idle_host_late_ms * k,
                 s.idle_after_wait_ms * k, s.idle_gpu_ms * k, s.idle_short_ms * k, s.idle_unknown_ms * k, s.gaps * k, s.host_wait_ms * k);
   std::string out = buf;
+  out += "\"host_late_calls_ms\": {";
+  for (size_t i = 0; i < s.host_late_calls_ms.size(); ++i) {
+    std::snprintf(buf, sizeof(buf), "%s%s: %.3f", i ? ", " : "", JsonString(s.host_late_calls_ms[i].first).c_str(),
+                  s.host_late_calls_ms[i].second * k);
+    out += buf;
+  }
+  out += "}, \"top\": [";
   for (size_t i = 0; i < s.top.size(); ++i) {
     const GapGroup& g = s.top[i];
     std::snprintf(buf, sizeof(buf), "%s{\"before\": %s, \"after\": %s, \"gaps\": %.2f, \"idle_ms\": %.3f, "

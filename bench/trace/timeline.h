@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace moe::trace {
@@ -64,6 +65,10 @@ struct TimelineSummary {
   double idle_unknown_ms = 0;  // the next activity's launching call is not in the trace
   int gaps = 0;
   double host_wait_ms = 0;     // the host's time inside waits
+  // What the host did in the host-late gaps (from each gap's start to the late launch): time in
+  // each kind of CUDA call, largest first, and the rest (the host's own code, cuBLASLt's
+  // heuristics, ...) as "(outside CUDA calls)".
+  std::vector<std::pair<std::string, double>> host_late_calls_ms;
   std::vector<GapGroup> top;   // the largest groups by idle time
 };
 
