@@ -1,8 +1,9 @@
-// What the checkpoint tools (moe-worker --sample, --score, --export) do with input a user got
-// wrong: a checkpoint whose spec.json was damaged or edited (its manifest made to match, so only
-// the contents are wrong), a path that is no checkpoint, data that changed since the job trained.
-// Each is refused with the checkpoint and what is wrong (exit 1), never a crash (SIGFPE, abort)
-// nor a silent export of a model that its tensors do not make.
+// What the checkpoint tools (moe-worker --sample, --score, --export) and the worker's flags do with
+// input a user got wrong: a checkpoint whose spec.json was damaged or edited (its manifest made
+// to match, so only the contents are wrong), a path that is no checkpoint, data that changed
+// since the job trained, flag values out of range. Each is refused with the checkpoint or flag and
+// what is wrong (exit 1 or 2), never a crash (SIGFPE, abort) nor a silent export of a model that
+// its tensors do not make.
 #include <sys/wait.h>
 
 #include <filesystem>
@@ -169,6 +170,29 @@ TEST_F(CheckpointInputs, ScoringDataThatShrankSinceTrainingIsAnError) {
   CommandResult r = Score(ckpt);
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_THAT(r.err, HasSubstr("seq_len"));
+}
+
+TEST(WorkerFlags, OutOfRangeValuesAreRefusedAtTheCommandLine) {
+  const std::string ckpt = testing::MakeTempDir("flags-");
+  struct Case {
+    std::vector<std::string> args;
+    const char* expect;
+  };
+  for (const Case& c :
+       {Case{{"--sample", ckpt, "--temperature", "nan"}, "--temperature needs a number greater than 0"},
+        Case{{"--sample", ckpt, "--temperature", "inf"}, "--temperature needs a number greater than 0"},
+        Case{{"--sample", ckpt, "--top-k", "-3"}, "--top-k must be 0 or more, got -3"},
+        Case{{"--sample", ckpt, "--seed", "-1"}, "--seed needs a whole number, 0 or more"},
+        Case{{"--score", ckpt, "--batch-out", "b", "--greedy", "-1"}, "--greedy must be 0 or more"},
+        Case{{"--job", "job.yaml", "--max-steps", "-5"}, "--max-steps must be 0 or more, got -5"},
+        Case{{"--job", "job.yaml", "--threads", "-2"}, "--threads must be 0 or more"},
+        Case{{"--job", "job.yaml", "--comm-timeout", "nan"}, "--comm-timeout needs a positive number"}}) {
+    std::vector<std::string> argv = {Worker()};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    CommandResult r = RunCommand(argv, {}, 60);
+    EXPECT_EQ(r.exit_code, 2) << c.expect << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr(c.expect));
+  }
 }
 
 }  // namespace
