@@ -80,6 +80,17 @@ TEST(DaemonService, BadRequestsGetSpecificCodes) {
     EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
     EXPECT_TRUE(absl::StrContains(s.error_message(), id));
   }
+  // An id no job can have: 20000 bytes came back as "received initial metadata size exceeds
+  // limit" (RESOURCE_EXHAUSTED), the id echoed into a status larger than gRPC's metadata.
+  for (const std::string& id : {std::string(20000, 'a'), std::string("j-00\n0001")}) {
+    grpc::ClientContext ctx;
+    moe::v1::GetJobRequest req;
+    req.set_id(id);
+    Job job;
+    grpc::Status s = stub->GetJob(&ctx, req, &job);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message().substr(0, 200);
+    EXPECT_TRUE(absl::StrContains(s.error_message(), "not a job id")) << s.error_message().substr(0, 200);
+  }
   {
     grpc::ClientContext ctx;
     moe::v1::CancelJobRequest req;
