@@ -128,6 +128,18 @@ TEST(DaemonService, BadRequestsGetSpecificCodes) {
   EXPECT_EQ(unknown.err, "moectl: no job 'j-999999' (moectl list shows the jobs moed knows)\n");
 }
 
+// A duration flag that is not a count of seconds: before, NaN, 1e300 and 1e17 went through an
+// undefined cast and came out as "must be positive" or "must not be negative".
+TEST(DaemonService, DurationFlagsThatAreNoSecondsSaySo) {
+  for (const std::string flag : {"--heartbeat-timeout=nan", "--heartbeat-timeout=1e300", "--cancel-grace=1e17",
+                                 "--metrics-retention=-inf"}) {
+    CommandResult r = RunCommand({BinDir() + "/moed", "--allow-root", "--state-dir", MakeTempDir("moed-flags-"), flag},
+                                 {}, 30);
+    EXPECT_EQ(r.exit_code, 2) << flag;
+    EXPECT_TRUE(absl::StrContains(r.err, "is not a number of seconds")) << flag << ": " << r.err;
+  }
+}
+
 TEST(DaemonService, BadFileIsRefusedLocally) {
   // No moed at all: the file never leaves the terminal.
   const std::string dir = MakeTempDir("moe-badfile-");
