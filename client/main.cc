@@ -1,7 +1,9 @@
 // moectl: the command-line client. main parses the command line with CLI11 into each command's
 // options (client/commands.h) and runs the one command given; `moectl COMMAND --help` says more.
+#include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -41,10 +43,22 @@ int64_t ParseAge(const std::string& text) {
       case 'w': unit = 7 * 24 * 3600 * 1000LL; break;
       default: return -1;
     }
+    if (n > (std::numeric_limits<int64_t>::max() - total) / unit) return -1;  // beyond any age
     total += n * unit;
     i = j + 1;
   }
   return total;
+}
+
+// A number of seconds from 0 to 1e9 (NaN and infinities have no millisecond count).
+CLI::Validator Seconds() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double s = 0;
+        if (absl::SimpleAtod(text, &s) && s >= 0 && s <= 1e9) return "";
+        return absl::StrCat("'", text, "' is not a number of seconds from 0 to 1e9");
+      },
+      "SECONDS");
 }
 
 // One command: its name, its usage line (shown on errors and atop --help) and its description.
@@ -168,7 +182,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember(kStates, CLI::ignore_case));
   list->add_option("--name", list_o.name_pattern, "only jobs whose name matches this glob");
   list->add_option("--limit", list_o.limit, "only the newest N (after the filters)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   list->callback([&] {
     list_o.output = Format(list_fmt);
     for (std::string& st : list_o.states) absl::AsciiStrToUpper(&st);
@@ -195,7 +209,7 @@ int main(int argc, char** argv) {
   logs->add_option("--rank", logs_o.rank, "only this rank (0..ranks-1)")
       ->check(CLI::Range(0, 1 << 20));
   logs->add_option("--tail", logs_o.tail, "only the last N lines per rank")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
   logs->callback([&] { run = [&] { return moe::client::RunLogs(logs_o); }; });
 
   moe::client::ResumeOptions resume_o;
@@ -204,7 +218,7 @@ int main(int argc, char** argv) {
                                 "checkpoint (same job id, a new attempt)");
   resume->add_option("JOB", resume_o.id, "job id")->required();
   resume->add_option("--steps", resume_o.steps, "train up to step N (the job's train.steps becomes N)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, std::numeric_limits<int>::max()));
   resume->add_flag("-f,--follow", resume_o.follow, "follow the job's logs until it ends");
   resume->callback([&] { run = [&] { return moe::client::RunResume(resume_o); }; });
 
@@ -214,7 +228,7 @@ int main(int argc, char** argv) {
   cancel->add_option("JOB", cancel_o.id, "job id")->required();
   cancel->add_flag("--no-wait", cancel_o.no_wait, "return at once");
   cancel->add_option("--wait", cancel_o.wait_s, "wait at most this long (default 300)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(Seconds());
   cancel->callback([&] { run = [&] { return moe::client::RunCancel(cancel_o); }; });
 
   moe::client::MetricsOptions metrics_o;

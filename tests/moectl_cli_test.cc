@@ -57,6 +57,28 @@ TEST(MoectlCli, HelpAndVersionExitZero) {
   EXPECT_EQ(syntax.exit_code, 0) << syntax.err;
 }
 
+// A number out of range names the range, not CLI11's 'not in range 0.000000 to 1797693134862...'
+// (a 300-digit double); NaN seconds and an age past int64 milliseconds are refused, not cast.
+TEST(MoectlCli, OutOfRangeNumbersNameTheRange) {
+  struct Case {
+    std::vector<std::string> args;
+    const char* expect;
+  };
+  for (const Case& c : {Case{{"list", "--limit", "-1"}, "not in range 0 to 2147483647"},
+                        Case{{"logs", "j-000001", "--tail", "-1"}, "not in range 0 to 9223372036854775807"},
+                        Case{{"resume", "j-000001", "--steps", "0"}, "not in range 1 to 2147483647"},
+                        Case{{"cancel", "j-000001", "--wait", "nan"}, "'nan' is not a number of seconds"},
+                        Case{{"cancel", "j-000001", "--wait", "inf"}, "'inf' is not a number of seconds"},
+                        Case{{"prune", "--older-than", "15250284453w"}, "is not an age"}}) {
+    std::vector<std::string> argv = {BinDir() + "/moectl"};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    CommandResult r = RunCommand(argv, {{"MOE_SERVER", "127.0.0.1:1"}}, 10);
+    EXPECT_EQ(r.exit_code, 2) << c.args[0] << ": " << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, c.expect)) << c.args[0] << ": " << r.err;
+    EXPECT_FALSE(absl::StrContains(r.err, "179769")) << r.err;
+  }
+}
+
 // moe-worker --no-checkpoint (benchmarks and trials by hand): trains and writes no checkpoint, not
 // even at the end, where the same run without it writes one; refused beside --resume or
 // --checkpoint-dir, and for moed's --spec runs.
