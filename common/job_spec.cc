@@ -20,6 +20,10 @@ namespace job_spec_internal {
 
 namespace pb = google::protobuf;
 
+bool MatchesPattern(const std::string& value, const std::regex& pattern) {
+  return value.size() <= kMaxPatternInput && std::regex_match(value, pattern);
+}
+
 std::string JoinPath(const std::string& prefix, const std::string& key) {
   return prefix.empty() ? key : absl::StrCat(prefix, ".", key);
 }
