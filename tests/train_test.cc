@@ -132,6 +132,8 @@ TEST(TrainTest, ADivergedRunStopsWithTheReasonAndKeepsItsGoodCheckpoints) {
   auto comm = CreateSingleProcessCommunicator();
   TrainerOptions opts;
   opts.checkpoint_dir = testing::MakeTempDir("diverged-");
+  std::vector<std::string> lines;
+  opts.on_log = [&lines](const std::string& line) { lines.push_back(line); };
   std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data, opts);
   ASSERT_NE(trainer, nullptr);
   TrainOutcome outcome;
@@ -140,6 +142,16 @@ TEST(TrainTest, ADivergedRunStopsWithTheReasonAndKeepsItsGoodCheckpoints) {
   EXPECT_TRUE(absl::StrContains(st.message(), "not a finite number") || absl::StrContains(st.message(), "diverged"))
       << st;
   EXPECT_LT(trainer->history().size(), 6u);
+  // Without checkpoints it gets as far as the NaN loss of step 2, and stops there; its metric
+  // line stays JSON (null, not printf's "-nan").
+  opts.checkpoint_dir = "";
+  trainer = testing::NewTrainer(spec, comm.get(), &*data, opts);
+  ASSERT_NE(trainer, nullptr);
+  st = trainer->Run(&outcome);
+  EXPECT_TRUE(absl::StrContains(st.message(), "the training diverged: the loss is nan at step 2")) << st;
+  ASSERT_FALSE(lines.empty());
+  EXPECT_TRUE(absl::StrContains(lines.back(), "\"step\": 2, \"loss\": null")) << lines.back();
+  EXPECT_FALSE(absl::StrContains(lines.back(), "nan")) << lines.back();
   // Whatever checkpoint is left holds numbers.
   absl::StatusOr<std::string> latest = LatestCheckpoint(opts.checkpoint_dir);
   if (latest.ok()) {

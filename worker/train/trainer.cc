@@ -273,6 +273,12 @@ void Trainer::Emit(const moe::v1::MetricPoint& point) {
     }
   }
   line += "}";
+  // printf writes nan and inf, for which JSON has no word: a diverged step's line stays JSON.
+  for (const std::string word : {": -nan", ": nan", ": -inf", ": inf"}) {
+    for (size_t at = line.find(word); at != std::string::npos; at = line.find(word, at)) {
+      line.replace(at, word.size(), ": null");
+    }
+  }
   Log(line);
   if (opts_.on_metrics) opts_.on_metrics(point);
 }
