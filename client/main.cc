@@ -61,6 +61,16 @@ CLI::Validator Seconds() {
       "SECONDS");
 }
 
+// An option that names something: given empty ("--from ''", a variable that was not set), it
+// would otherwise be taken as not given at all.
+CLI::Validator NotEmpty(const std::string& what) {
+  return CLI::Validator(
+      [what](std::string& text) -> std::string {
+        return text.empty() ? absl::StrCat("is empty; give ", what) : "";
+      },
+      "");
+}
+
 // One command: its name, its usage line (shown on errors and atop --help) and its description.
 CLI::App* AddCommand(CLI::App& app, const char* name, const std::string& usage,
                      const std::string& what) {
@@ -146,7 +156,7 @@ int main(int argc, char** argv) {
       "moectl");
   app.set_version_flag("--version", absl::StrCat("moectl ", moe::kMoeVersion));
   std::string server;
-  app.add_option("--server", server, "moed's gRPC address HOST:PORT");
+  app.add_option("--server", server, "moed's gRPC address HOST:PORT")->check(NotEmpty("HOST:PORT"));
   app.require_subcommand(1, 1);
   app.fallthrough();
   std::function<int()> run;
@@ -158,7 +168,8 @@ int main(int argc, char** argv) {
   std::string gpu_memory;
   validate->add_option("--gpu-memory", gpu_memory,
                        "a cuda job: whether it fits GPUs of this size (80GiB, 141GB, 24GiB), and what would "
-                       "make it fit");
+                       "make it fit")
+      ->check(NotEmpty("a size such as 80GiB"));
   validate->callback([&] { run = [&] { return moe::client::RunValidate(file, gpu_memory); }; });
 
   moe::client::SubmitOptions submit_o;
@@ -167,7 +178,8 @@ int main(int argc, char** argv) {
   submit->add_option("JOB.yaml", submit_o.file, "the job file")->required();
   submit->add_option("--from", submit_o.from_job,
                      "start from this job's newest checkpoint (sets model.init_from to its checkpoint "
-                     "directory; the optimizer starts fresh), e.g. to fine-tune");
+                     "directory; the optimizer starts fresh), e.g. to fine-tune")
+      ->check(NotEmpty("a job id"));
   submit->add_flag("-f,--follow", submit_o.follow,
                    "follow the job's logs until it ends; exit 0 only if it SUCCEEDED");
   submit->callback([&] { run = [&] { return moe::client::RunSubmit(submit_o); }; });
@@ -238,7 +250,8 @@ int main(int argc, char** argv) {
                                  "every MoE layer); --svg writes the dashboard's charts");
   metrics->add_option("JOB", metrics_o.id, "job id")->required();
   AddOutput(metrics, &metrics_fmt, "-o,--output,--format");
-  metrics->add_option("--svg", metrics_o.svg_file, "also write the charts to FILE (SVG)");
+  metrics->add_option("--svg", metrics_o.svg_file, "also write the charts to FILE (SVG)")
+      ->check(NotEmpty("a file name"));
   metrics->callback([&] {
     metrics_o.output = Format(metrics_fmt);
     run = [&] { return moe::client::RunMetrics(metrics_o); };

@@ -69,7 +69,12 @@ TEST(MoectlCli, OutOfRangeNumbersNameTheRange) {
                         Case{{"resume", "j-000001", "--steps", "0"}, "not in range 1 to 2147483647"},
                         Case{{"cancel", "j-000001", "--wait", "nan"}, "'nan' is not a number of seconds"},
                         Case{{"cancel", "j-000001", "--wait", "inf"}, "'inf' is not a number of seconds"},
-                        Case{{"prune", "--older-than", "15250284453w"}, "is not an age"}}) {
+                        Case{{"prune", "--older-than", "15250284453w"}, "is not an age"},
+                        // Empty values that were taken as not given (submit --from '' ran a fresh job).
+                        Case{{"submit", "job.yaml", "--from", ""}, "--from: is empty; give a job id"},
+                        Case{{"metrics", "j-000001", "--svg", ""}, "--svg: is empty; give a file name"},
+                        Case{{"validate", "job.yaml", "--gpu-memory", ""}, "is empty; give a size"},
+                        Case{{"--server", "", "list"}, "--server: is empty; give HOST:PORT"}}) {
     std::vector<std::string> argv = {BinDir() + "/moectl"};
     argv.insert(argv.end(), c.args.begin(), c.args.end());
     CommandResult r = RunCommand(argv, {{"MOE_SERVER", "127.0.0.1:1"}}, 10);
