@@ -1,10 +1,15 @@
 // Path policy: realpath of the longest existing prefix, then a prefix test per root.
 #include "common/path_policy.h"
 
+#include <glob.h>
 #include <limits.h>
 #include <stdlib.h>
 
 #include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <system_error>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -110,12 +115,43 @@ absl::Status CheckCheckpointPath(const PathPolicy& policy, const std::string& fi
   return Check(policy.checkpoint_roots, "--checkpoint-root", field, path, /*checkpoint=*/true);
 }
 
+namespace {
+
+// The token shards a pretokenized data.path names beside itself, as the worker finds them (a
+// glob's matches, a directory's *.bin entries): the pattern or the directory passing the check
+// says nothing of where "dir/*/../../elsewhere/*.bin" or a symlink inside the directory leads.
+std::vector<std::string> ShardsBeyondThePath(const std::string& path) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  if (path.find_first_of("*?[") != std::string::npos) {
+    glob_t g{};
+    if (::glob(path.c_str(), 0, nullptr, &g) == 0) {
+      for (size_t i = 0; i < g.gl_pathc; ++i) files.emplace_back(g.gl_pathv[i]);
+    }
+    globfree(&g);
+  } else if (std::filesystem::is_directory(path, ec)) {
+    for (const auto& e : std::filesystem::directory_iterator(path, ec)) {
+      if (e.path().extension() == ".bin") files.push_back(e.path().string());
+    }
+  }
+  return files;
+}
+
+}  // namespace
+
 absl::Status CheckSpecPaths(const PathPolicy& policy, const moe::v1::JobSpec& spec) {
   const moe::v1::DataSpec& d = spec.data();
   for (const auto& [field, path] : {std::pair<const char*, const std::string*>{"data.path", &d.path()},
                                     {"data.tokenizer_dir", &d.tokenizer_dir()},
                                     {"data.cache_dir", &d.cache_dir()}}) {
     if (absl::Status s = CheckDataPath(policy, field, *path); !s.ok()) return s;
+  }
+  if (d.tokenizer() == moe::v1::TOKENIZER_PRETOKENIZED) {
+    for (const std::string& shard : ShardsBeyondThePath(d.path())) {
+      if (absl::Status s = CheckDataPath(policy, absl::StrCat("data.path ", d.path(), " takes"), shard); !s.ok()) {
+        return s;
+      }
+    }
   }
   // Weights to start from are read: under a data root or a checkpoint root.
   if (const std::string& init = spec.model().init_from(); !init.empty()) {

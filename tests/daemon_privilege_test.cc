@@ -20,6 +20,8 @@
 namespace moe::testing {
 namespace {
 
+namespace fs = std::filesystem;
+
 TEST(DaemonPrivilege, RootWithoutAllowRootIsRefused) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root";
   HarnessOptions o;
@@ -114,6 +116,35 @@ TEST(DaemonPrivilege, PolicyWithoutRootsAndInTheWorker) {
                                {{"MOE_DATA_ROOTS", dir}}, 120);
   EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
   EXPECT_TRUE(absl::StrContains(r.err, "outside the directories moed allows")) << r.err;
+}
+
+// Token shards named by a glob or a directory: each shard the worker would open is checked, not
+// the pattern. Before, "allowed/*/../../secret/*.bin" and a symlink inside an allowed directory
+// passed (the pattern and the directory are under the root) and the worker read secret/s.bin.
+TEST(DaemonPrivilege, ShardsAGlobOrADirectoryTakesAreCheckedOneByOne) {
+  const std::string root = MakeTempDir("moe-shard-policy-");
+  fs::create_directories(root + "/allowed/sub");
+  fs::create_directories(root + "/secret");
+  std::ofstream(root + "/secret/s.bin") << std::string(400, 'x');
+  std::ofstream(root + "/allowed/ok.bin") << std::string(400, '\0');
+  PathPolicy policy;
+  policy.data_roots = {root + "/allowed"};
+  moe::v1::JobSpec spec;
+  spec.mutable_data()->set_tokenizer(moe::v1::TOKENIZER_PRETOKENIZED);
+  spec.mutable_data()->set_path(root + "/allowed/*.bin");
+  EXPECT_TRUE(CheckSpecPaths(policy, spec).ok()) << CheckSpecPaths(policy, spec);
+  spec.mutable_data()->set_path(root + "/allowed");
+  EXPECT_TRUE(CheckSpecPaths(policy, spec).ok()) << CheckSpecPaths(policy, spec);
+
+  spec.mutable_data()->set_path(root + "/allowed/*/../../secret/*.bin");
+  absl::Status s = CheckSpecPaths(policy, spec);
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "resolves to " + root + "/secret/s.bin")) << s;
+  fs::create_symlink(root + "/secret/s.bin", root + "/allowed/link.bin");
+  spec.mutable_data()->set_path(root + "/allowed");
+  s = CheckSpecPaths(policy, spec);
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "link.bin (which resolves to " + root + "/secret/s.bin)")) << s;
 }
 
 TEST(DaemonPrivilege, NothingMoedOrAWorkerCreatesIsReadableByOthers) {
