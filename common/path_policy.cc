@@ -137,6 +137,18 @@ std::vector<std::string> ShardsBeyondThePath(const std::string& path) {
   return files;
 }
 
+// What the worker opens inside a directory-valued field (a tokenizer's files; an init_from
+// model's files, or its checkpoints' files one level down): each entry, so that one that is a
+// symlink out of the allowed directories (tok/vocab.bpe -> /etc/passwd) is caught.
+void EntriesOf(const std::string& dir, int depth, std::vector<std::string>* out) {
+  std::error_code ec;
+  if (depth == 0 || !std::filesystem::is_directory(dir, ec)) return;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    out->push_back(e.path().string());
+    if (!e.is_symlink(ec)) EntriesOf(e.path().string(), depth - 1, out);
+  }
+}
+
 }  // namespace
 
 absl::Status CheckSpecPaths(const PathPolicy& policy, const moe::v1::JobSpec& spec) {
@@ -153,10 +165,20 @@ absl::Status CheckSpecPaths(const PathPolicy& policy, const moe::v1::JobSpec& sp
       }
     }
   }
+  std::vector<std::string> tokenizer_files;
+  EntriesOf(d.tokenizer_dir(), 1, &tokenizer_files);
+  for (const std::string& f : tokenizer_files) {
+    if (absl::Status s = CheckDataPath(policy, "data.tokenizer_dir holds", f); !s.ok()) return s;
+  }
   // Weights to start from are read: under a data root or a checkpoint root.
   if (const std::string& init = spec.model().init_from(); !init.empty()) {
-    absl::Status as_data = CheckDataPath(policy, "model.init_from", init);
-    if (!as_data.ok() && !CheckCheckpointPath(policy, "model.init_from", init).ok()) return as_data;
+    std::vector<std::string> paths = {init};
+    EntriesOf(init, 2, &paths);
+    for (const std::string& path : paths) {
+      const std::string field = path == init ? "model.init_from" : "model.init_from holds";
+      absl::Status as_data = CheckDataPath(policy, field, path);
+      if (!as_data.ok() && !CheckCheckpointPath(policy, field, path).ok()) return as_data;
+    }
   }
   return CheckCheckpointPath(policy, "checkpoint.dir", spec.checkpoint().dir());
 }

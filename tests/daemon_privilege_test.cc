@@ -145,6 +145,22 @@ TEST(DaemonPrivilege, ShardsAGlobOrADirectoryTakesAreCheckedOneByOne) {
   s = CheckSpecPaths(policy, spec);
   EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
   EXPECT_TRUE(absl::StrContains(s.message(), "link.bin (which resolves to " + root + "/secret/s.bin)")) << s;
+
+  // A tokenizer's files and an init_from model's: before, tok/vocab.bpe -> secret was read, and a
+  // parse error quoted its first line into the job's log.
+  spec.mutable_data()->set_path(root + "/allowed/ok.bin");
+  fs::create_directories(root + "/allowed/tok");
+  fs::create_symlink(root + "/secret/s.bin", root + "/allowed/tok/vocab.bpe");
+  spec.mutable_data()->set_tokenizer_dir(root + "/allowed/tok");
+  s = CheckSpecPaths(policy, spec);
+  EXPECT_TRUE(absl::StrContains(s.message(), "data.tokenizer_dir holds: " + root + "/allowed/tok/vocab.bpe")) << s;
+  spec.mutable_data()->clear_tokenizer_dir();
+  fs::create_directories(root + "/allowed/model/step_00000001");
+  fs::create_symlink(root + "/secret/s.bin", root + "/allowed/model/step_00000001/model.safetensors");
+  policy.checkpoint_roots = {root + "/checkpoints"};  // else any path but the system's is fine
+  spec.mutable_model()->set_init_from(root + "/allowed/model");
+  s = CheckSpecPaths(policy, spec);
+  EXPECT_TRUE(absl::StrContains(s.message(), "model.init_from holds: " + root + "/allowed/model/step_00000001")) << s;
 }
 
 TEST(DaemonPrivilege, NothingMoedOrAWorkerCreatesIsReadableByOthers) {
