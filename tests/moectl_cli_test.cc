@@ -84,6 +84,30 @@ TEST(MoectlCli, OutOfRangeNumbersNameTheRange) {
   }
 }
 
+// A token gRPC cannot carry in a header, and a config path that is a directory: before, moectl
+// aborted (gRPC's 'Illegal header value' assertion; an uncaught std::ios_failure).
+TEST(MoectlCli, AnUnsendableTokenOrADirectoryAsConfigIsAnError) {
+  const std::string dir = MakeTempDir("moectl-config-");
+  for (const std::string& token : {std::string("abc\x01" "def"), std::string("caf\xc3\xa9"), std::string(5000, 't')}) {
+    CommandResult r = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_SERVER", "127.0.0.1:1"}, {"MOE_TOKEN", token}}, 10);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, "moectl: MOE_TOKEN ")) << r.err;
+  }
+  std::ofstream(dir + "/token") << "t\x7fk\n";
+  std::ofstream(dir + "/config.yaml") << "token_file: " << dir << "/token\n";
+  CommandResult r = RunCommand({BinDir() + "/moectl", "list"},
+                               {{"MOE_SERVER", "127.0.0.1:1"}, {"MOE_CONFIG", dir + "/config.yaml"}}, 10);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "the token in " + dir + "/token holds the byte 0x7F at offset 1")) << r.err;
+  r = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_SERVER", "127.0.0.1:1"}, {"MOE_CONFIG", dir}}, 10);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "config " + dir + " is a directory")) << r.err;
+  std::ofstream(dir + "/list.yaml") << "- server\n- token_file\n";
+  r = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_CONFIG", dir + "/list.yaml"}}, 10);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "not a mapping of keys")) << r.err;
+}
+
 // moe-worker --no-checkpoint (benchmarks and trials by hand): trains and writes no checkpoint, not
 // even at the end, where the same run without it writes one; refused beside --resume or
 // --checkpoint-dir, and for moed's --spec runs.
