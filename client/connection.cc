@@ -3,11 +3,13 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/bearer_token.h"
 #include "common/files.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
@@ -47,9 +49,16 @@ absl::StatusOr<ClientConfig> LoadClientConfig() {
   std::string token_file;
   if (!config_path.empty()) {
     std::ifstream probe(config_path);
+    std::error_code ec;
+    if (std::filesystem::is_directory(config_path, ec)) {  // /dev/null is fine: an empty config
+      return absl::InvalidArgumentError(
+          absl::StrCat("config ", config_path, " is a directory (expected a YAML file with `server: HOST:PORT` "
+                       "and `token_file: PATH`)"));
+    }
     if (probe.good()) {
       try {
         YAML::Node root = YAML::LoadFile(config_path);
+        if (!root.IsMap() && !root.IsNull()) throw YAML::Exception(root.Mark(), "not a mapping of keys");
         if (root["server"]) c.server = root["server"].as<std::string>();
         if (root["token_file"]) token_file = ExpandHome(root["token_file"].as<std::string>());
       } catch (const YAML::Exception& e) {
@@ -74,6 +83,12 @@ absl::StatusOr<ClientConfig> LoadClientConfig() {
     }
     std::string first = text->substr(0, text->find('\n'));
     c.token = std::string(absl::StripAsciiWhitespace(first));
+  }
+  if (std::string why = BearerTokenProblem(c.token); !why.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        std::getenv("MOE_TOKEN") != nullptr && *std::getenv("MOE_TOKEN") != '\0' ? "MOE_TOKEN"
+                                                                                : "the token in " + token_file,
+        " ", why));
   }
   return c;
 }

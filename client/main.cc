@@ -1,7 +1,9 @@
 // moectl: the command-line client. main parses the command line with CLI11 into each command's
 // options (client/commands.h) and runs the one command given; `moectl COMMAND --help` says more.
+#include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -41,10 +43,32 @@ int64_t ParseAge(const std::string& text) {
       case 'w': unit = 7 * 24 * 3600 * 1000LL; break;
       default: return -1;
     }
+    if (n > (std::numeric_limits<int64_t>::max() - total) / unit) return -1;  // beyond any age
     total += n * unit;
     i = j + 1;
   }
   return total;
+}
+
+// A number of seconds from 0 to 1e9 (NaN and infinities have no millisecond count).
+CLI::Validator Seconds() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double s = 0;
+        if (absl::SimpleAtod(text, &s) && s >= 0 && s <= 1e9) return "";
+        return absl::StrCat("'", text, "' is not a number of seconds from 0 to 1e9");
+      },
+      "SECONDS");
+}
+
+// An option that names something: given empty ("--from ''", a variable that was not set), it
+// would otherwise be taken as not given at all.
+CLI::Validator NotEmpty(const std::string& what) {
+  return CLI::Validator(
+      [what](std::string& text) -> std::string {
+        return text.empty() ? absl::StrCat("is empty; give ", what) : "";
+      },
+      "");
 }
 
 // One command: its name, its usage line (shown on errors and atop --help) and its description.
@@ -132,7 +156,7 @@ int main(int argc, char** argv) {
       "moectl");
   app.set_version_flag("--version", absl::StrCat("moectl ", moe::kMoeVersion));
   std::string server;
-  app.add_option("--server", server, "moed's gRPC address HOST:PORT");
+  app.add_option("--server", server, "moed's gRPC address HOST:PORT")->check(NotEmpty("HOST:PORT"));
   app.require_subcommand(1, 1);
   app.fallthrough();
   std::function<int()> run;
@@ -144,7 +168,8 @@ int main(int argc, char** argv) {
   std::string gpu_memory;
   validate->add_option("--gpu-memory", gpu_memory,
                        "a cuda job: whether it fits GPUs of this size (80GiB, 141GB, 24GiB), and what would "
-                       "make it fit");
+                       "make it fit")
+      ->check(NotEmpty("a size such as 80GiB"));
   validate->callback([&] { run = [&] { return moe::client::RunValidate(file, gpu_memory); }; });
 
   moe::client::SubmitOptions submit_o;
@@ -153,7 +178,8 @@ int main(int argc, char** argv) {
   submit->add_option("JOB.yaml", submit_o.file, "the job file")->required();
   submit->add_option("--from", submit_o.from_job,
                      "start from this job's newest checkpoint (sets model.init_from to its checkpoint "
-                     "directory; the optimizer starts fresh), e.g. to fine-tune");
+                     "directory; the optimizer starts fresh), e.g. to fine-tune")
+      ->check(NotEmpty("a job id"));
   submit->add_flag("-f,--follow", submit_o.follow,
                    "follow the job's logs until it ends; exit 0 only if it SUCCEEDED");
   submit->callback([&] { run = [&] { return moe::client::RunSubmit(submit_o); }; });
@@ -168,7 +194,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember(kStates, CLI::ignore_case));
   list->add_option("--name", list_o.name_pattern, "only jobs whose name matches this glob");
   list->add_option("--limit", list_o.limit, "only the newest N (after the filters)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, std::numeric_limits<int>::max()));
   list->callback([&] {
     list_o.output = Format(list_fmt);
     for (std::string& st : list_o.states) absl::AsciiStrToUpper(&st);
@@ -195,7 +221,7 @@ int main(int argc, char** argv) {
   logs->add_option("--rank", logs_o.rank, "only this rank (0..ranks-1)")
       ->check(CLI::Range(0, 1 << 20));
   logs->add_option("--tail", logs_o.tail, "only the last N lines per rank")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
   logs->callback([&] { run = [&] { return moe::client::RunLogs(logs_o); }; });
 
   moe::client::ResumeOptions resume_o;
@@ -204,7 +230,7 @@ int main(int argc, char** argv) {
                                 "checkpoint (same job id, a new attempt)");
   resume->add_option("JOB", resume_o.id, "job id")->required();
   resume->add_option("--steps", resume_o.steps, "train up to step N (the job's train.steps becomes N)")
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, std::numeric_limits<int>::max()));
   resume->add_flag("-f,--follow", resume_o.follow, "follow the job's logs until it ends");
   resume->callback([&] { run = [&] { return moe::client::RunResume(resume_o); }; });
 
@@ -214,7 +240,7 @@ int main(int argc, char** argv) {
   cancel->add_option("JOB", cancel_o.id, "job id")->required();
   cancel->add_flag("--no-wait", cancel_o.no_wait, "return at once");
   cancel->add_option("--wait", cancel_o.wait_s, "wait at most this long (default 300)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(Seconds());
   cancel->callback([&] { run = [&] { return moe::client::RunCancel(cancel_o); }; });
 
   moe::client::MetricsOptions metrics_o;
@@ -224,7 +250,8 @@ int main(int argc, char** argv) {
                                  "every MoE layer); --svg writes the dashboard's charts");
   metrics->add_option("JOB", metrics_o.id, "job id")->required();
   AddOutput(metrics, &metrics_fmt, "-o,--output,--format");
-  metrics->add_option("--svg", metrics_o.svg_file, "also write the charts to FILE (SVG)");
+  metrics->add_option("--svg", metrics_o.svg_file, "also write the charts to FILE (SVG)")
+      ->check(NotEmpty("a file name"));
   metrics->callback([&] {
     metrics_o.output = Format(metrics_fmt);
     run = [&] { return moe::client::RunMetrics(metrics_o); };

@@ -3,6 +3,9 @@
 // job_spec_defaults.cc, the rules in job_spec_checks.cc.
 #include "common/job_spec.h"
 
+#include <algorithm>
+#include <cstdint>
+#include <set>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -16,6 +19,10 @@ namespace moe {
 namespace job_spec_internal {
 
 namespace pb = google::protobuf;
+
+bool MatchesPattern(const std::string& value, const std::regex& pattern) {
+  return value.size() <= kMaxPatternInput && std::regex_match(value, pattern);
+}
 
 std::string JoinPath(const std::string& prefix, const std::string& key) {
   return prefix.empty() ? key : absl::StrCat(prefix, ".", key);
@@ -84,6 +91,25 @@ std::string FormatSpecErrors(const std::vector<SpecError>& errors) {
   lines.reserve(errors.size());
   for (const SpecError& e : errors) lines.push_back(e.ToString());
   return absl::StrJoin(lines, "\n");
+}
+
+std::vector<SpecError> ValidateModelSpec(moe::v1::JobSpec spec, int vocab_size) {
+  moe::v1::ModelSpec* m = spec.mutable_model();
+  if (m->n_kv_heads() == 0) m->set_n_kv_heads(m->n_heads());
+  if (m->moe().num_experts() == 0) m->mutable_moe()->set_num_experts(1);
+  if (m->moe().expert_hidden() == 0) {
+    m->mutable_moe()->set_expert_hidden(static_cast<int>(std::min<int64_t>(4 * int64_t{m->d_model()}, 1 << 30)));
+  }
+  m->set_vocab_size(vocab_size);
+  static const std::set<std::string> kNotModel = {"name",       "data",         "train",
+                                                  "resources",  "checkpoint",   "max_restarts",
+                                                  "model.init_from"};
+  std::vector<SpecError> errors = job_spec_internal::CheckJobSpec(spec, kNotModel);
+  if (vocab_size < 1) {
+    errors.push_back(SpecError{"", 0, 0, "model.vocab_size",
+                               "is 0 and no tokenizer or meta.json gives the vocabulary"});
+  }
+  return errors;
 }
 
 absl::StatusOr<moe::v1::JobSpec> LoadJobSpec(const std::string& path) {

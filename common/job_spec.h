@@ -39,6 +39,14 @@ ParsedSpec LoadJobSpecFile(const std::string& path);
 // a spec that came straight over gRPC. Errors carry field paths but no positions.
 std::vector<SpecError> ValidateJobSpec(const moe::v1::JobSpec& spec);
 
+// The rules of model.* alone, for a spec read back from a checkpoint's spec.json before a model
+// is built from it (sampling, scoring, export): a damaged or hand-edited one must be refused, not
+// divide by zero heads. vocab_size: the vocabulary the reader resolved (the spec's, else the
+// tokenizer's or meta.json's). What the job trained on (data, resources, model.init_from) may be
+// gone and is not checked; n_kv_heads, num_experts and expert_hidden may be 0, as in checkpoints
+// older than those keys (the model reads them as n_heads, 1 and 4 * d_model).
+std::vector<SpecError> ValidateModelSpec(moe::v1::JobSpec spec, int vocab_size);
+
 // All errors, one per line, for a status message or a terminal.
 std::string FormatSpecErrors(const std::vector<SpecError>& errors);
 

@@ -140,7 +140,7 @@ class Checker {
 
   void CheckName() {
     static const std::regex kName("[a-z0-9-]{1,63}");
-    if (!std::regex_match(s_.name(), kName)) {
+    if (!MatchesPattern(s_.name(), kName)) {
       Fail("name", absl::StrCat("must be 1 to 63 characters from a-z, 0-9 and '-', got '",
                                 Truncate(s_.name()), "'"));
     }
@@ -278,7 +278,7 @@ class Checker {
     AtLeast("resources.slurm.gpus_per_node", sl.gpus_per_node(), 0);
     static const std::regex kTime(
         "[0-9]+(:[0-9]{1,2}){0,2}|[0-9]+-[0-9]{1,2}(:[0-9]{1,2}){0,2}|UNLIMITED|INFINITE");
-    if (!sl.time_limit().empty() && !std::regex_match(sl.time_limit(), kTime)) {
+    if (!sl.time_limit().empty() && !MatchesPattern(sl.time_limit(), kTime)) {
       Fail("resources.slurm.time_limit",
            absl::StrCat("must be a Slurm time (MM, HH:MM:SS, D-HH, D-HH:MM:SS), got '",
                         Truncate(sl.time_limit()), "'"));

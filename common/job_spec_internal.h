@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <regex>
 #include <set>
 #include <string>
 #include <utility>
@@ -29,6 +30,12 @@ inline constexpr int64_t kGpt2Vocab = 50257;
 inline constexpr int64_t kGpt2PaddedVocab = 50304;
 // Token shards hold uint16 ids.
 inline constexpr int64_t kMaxVocab = 1 << 16;
+
+// std::regex matches recursively, a stack frame or more per character: a value of 100000 digits
+// overflowed the stack (SIGSEGV in moectl validate, and in moed checking a spec sent over gRPC).
+// No value these patterns accept is anywhere near this long, so a longer one fails unmatched.
+inline constexpr size_t kMaxPatternInput = 256;
+bool MatchesPattern(const std::string& value, const std::regex& pattern);
 
 // ---- Field paths ("model.moe.top_k", "resources.slurm.extra_sbatch_args[2]").
 

@@ -35,6 +35,7 @@ using job_spec_internal::EnumChoices;
 using job_spec_internal::EnumNames;
 using job_spec_internal::IsUnderAny;
 using job_spec_internal::JoinPath;
+using job_spec_internal::MatchesPattern;
 using job_spec_internal::ParentPath;
 using job_spec_internal::Truncate;
 using moe::v1::JobSpec;
@@ -111,8 +112,11 @@ std::string Describe(const YAML::Node& node) {
       }
       if (!IsPlain(node)) return absl::StrCat("the string \"", Truncate(node.Scalar()), "\"");
       // Numbers and booleans as written; other words quoted so that the message reads well.
+      if (node.Scalar().size() > job_spec_internal::kMaxPatternInput) {
+        return absl::StrCat("a value ", node.Scalar().size(), " characters long ('", Truncate(node.Scalar()), "')");
+      }
       static const std::regex kNumberLike("[-+]?\\.?[0-9][-+.0-9eE]*|true|false");
-      if (std::regex_match(node.Scalar(), kNumberLike)) {
+      if (MatchesPattern(node.Scalar(), kNumberLike)) {
         return Truncate(node.Scalar());
       }
       return absl::StrCat("'", Truncate(node.Scalar()), "'");
@@ -300,7 +304,7 @@ class YamlReader {
       }
       case pb::FieldDescriptor::CPPTYPE_UINT64: {
         static const std::regex kUnsigned("\\+?[0-9]+");
-        if (!IsPlain(v) || !std::regex_match(v.Scalar(), kUnsigned)) {
+        if (!IsPlain(v) || !MatchesPattern(v.Scalar(), kUnsigned)) {
           return TypeError(path, "a non-negative integer", v);
         }
         std::optional<uint64_t> n = ParseDecimal<uint64_t>(v.Scalar());
@@ -353,7 +357,7 @@ class YamlReader {
   std::optional<int64_t> ReadInteger(const std::string& path, const YAML::Node& v, int64_t lo,
                                      int64_t hi) {
     static const std::regex kInteger("[-+]?[0-9]+");
-    if (!IsPlain(v) || !std::regex_match(v.Scalar(), kInteger)) {
+    if (!IsPlain(v) || !MatchesPattern(v.Scalar(), kInteger)) {
       TypeError(path, "an integer", v);
       return std::nullopt;
     }
@@ -369,11 +373,11 @@ class YamlReader {
   std::optional<double> ReadNumber(const std::string& path, const YAML::Node& v) {
     static const std::regex kNumber("[-+]?(\\.[0-9]+|[0-9]+(\\.[0-9]*)?)([eE][-+]?[0-9]+)?");
     static const std::regex kNonFinite("[-+]?\\.(inf|Inf|INF|nan|NaN|NAN)");
-    if (IsPlain(v) && std::regex_match(v.Scalar(), kNonFinite)) {
+    if (IsPlain(v) && MatchesPattern(v.Scalar(), kNonFinite)) {
       BadValue(path, absl::StrCat("must be a finite number, got ", v.Scalar()));
       return std::nullopt;
     }
-    if (!IsPlain(v) || !std::regex_match(v.Scalar(), kNumber)) {
+    if (!IsPlain(v) || !MatchesPattern(v.Scalar(), kNumber)) {
       TypeError(path, "a number", v);
       return std::nullopt;
     }

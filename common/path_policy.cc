@@ -1,10 +1,15 @@
 // Path policy: realpath of the longest existing prefix, then a prefix test per root.
 #include "common/path_policy.h"
 
+#include <glob.h>
 #include <limits.h>
 #include <stdlib.h>
 
 #include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <system_error>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -110,6 +115,42 @@ absl::Status CheckCheckpointPath(const PathPolicy& policy, const std::string& fi
   return Check(policy.checkpoint_roots, "--checkpoint-root", field, path, /*checkpoint=*/true);
 }
 
+namespace {
+
+// The token shards a pretokenized data.path names beside itself, as the worker finds them (a
+// glob's matches, a directory's *.bin entries): the pattern or the directory passing the check
+// says nothing of where "dir/*/../../elsewhere/*.bin" or a symlink inside the directory leads.
+std::vector<std::string> ShardsBeyondThePath(const std::string& path) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  if (path.find_first_of("*?[") != std::string::npos) {
+    glob_t g{};
+    if (::glob(path.c_str(), 0, nullptr, &g) == 0) {
+      for (size_t i = 0; i < g.gl_pathc; ++i) files.emplace_back(g.gl_pathv[i]);
+    }
+    globfree(&g);
+  } else if (std::filesystem::is_directory(path, ec)) {
+    for (const auto& e : std::filesystem::directory_iterator(path, ec)) {
+      if (e.path().extension() == ".bin") files.push_back(e.path().string());
+    }
+  }
+  return files;
+}
+
+// What the worker opens inside a directory-valued field (a tokenizer's files; an init_from
+// model's files, or its checkpoints' files one level down): each entry, so that one that is a
+// symlink out of the allowed directories (tok/vocab.bpe -> /etc/passwd) is caught.
+void EntriesOf(const std::string& dir, int depth, std::vector<std::string>* out) {
+  std::error_code ec;
+  if (depth == 0 || !std::filesystem::is_directory(dir, ec)) return;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    out->push_back(e.path().string());
+    if (!e.is_symlink(ec)) EntriesOf(e.path().string(), depth - 1, out);
+  }
+}
+
+}  // namespace
+
 absl::Status CheckSpecPaths(const PathPolicy& policy, const moe::v1::JobSpec& spec) {
   const moe::v1::DataSpec& d = spec.data();
   for (const auto& [field, path] : {std::pair<const char*, const std::string*>{"data.path", &d.path()},
@@ -117,10 +158,27 @@ absl::Status CheckSpecPaths(const PathPolicy& policy, const moe::v1::JobSpec& sp
                                     {"data.cache_dir", &d.cache_dir()}}) {
     if (absl::Status s = CheckDataPath(policy, field, *path); !s.ok()) return s;
   }
+  if (d.tokenizer() == moe::v1::TOKENIZER_PRETOKENIZED) {
+    for (const std::string& shard : ShardsBeyondThePath(d.path())) {
+      if (absl::Status s = CheckDataPath(policy, absl::StrCat("data.path ", d.path(), " takes"), shard); !s.ok()) {
+        return s;
+      }
+    }
+  }
+  std::vector<std::string> tokenizer_files;
+  EntriesOf(d.tokenizer_dir(), 1, &tokenizer_files);
+  for (const std::string& f : tokenizer_files) {
+    if (absl::Status s = CheckDataPath(policy, "data.tokenizer_dir holds", f); !s.ok()) return s;
+  }
   // Weights to start from are read: under a data root or a checkpoint root.
   if (const std::string& init = spec.model().init_from(); !init.empty()) {
-    absl::Status as_data = CheckDataPath(policy, "model.init_from", init);
-    if (!as_data.ok() && !CheckCheckpointPath(policy, "model.init_from", init).ok()) return as_data;
+    std::vector<std::string> paths = {init};
+    EntriesOf(init, 2, &paths);
+    for (const std::string& path : paths) {
+      const std::string field = path == init ? "model.init_from" : "model.init_from holds";
+      absl::Status as_data = CheckDataPath(policy, field, path);
+      if (!as_data.ok() && !CheckCheckpointPath(policy, field, path).ok()) return as_data;
+    }
   }
   return CheckCheckpointPath(policy, "checkpoint.dir", spec.checkpoint().dir());
 }

@@ -14,6 +14,9 @@ namespace {
 
 constexpr int kLeft = 70, kRight = 12, kTop = 26, kBottom = 30;
 constexpr const char* kFont = "font-family=\"sans-serif\" font-size=\"11\"";
+// Titles set their own size: an attribute twice in one tag is not XML, and a browser shows
+// nothing of a standalone SVG that is not.
+constexpr const char* kFontFamily = "font-family=\"sans-serif\"";
 
 // Exact enough to compare with the stored double: 9 significant digits.
 std::string Value(double v) { return absl::StrFormat("%.9g", v); }
@@ -72,7 +75,7 @@ std::string Open(const std::string& id, const std::string& kind, const std::stri
       "<rect width=\"%d\" height=\"%d\" fill=\"#fff\"/>"
       "<text x=\"%d\" y=\"16\" %s font-size=\"13\" font-weight=\"bold\">%s</text>",
       XmlEscape(id), kind, width, height, width, height, XmlEscape(title), width, height, kLeft,
-      kFont, XmlEscape(title));
+      kFontFamily, XmlEscape(title));
 }
 
 // Grid lines and tick labels on y; step labels on x (integers only).
@@ -379,7 +382,7 @@ std::string ChartsDocument(const std::string& title, const std::vector<Chart>& c
       "width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\"><rect width=\"%d\" height=\"%d\" "
       "fill=\"#f6f6f6\"/><text x=\"10\" y=\"22\" %s font-size=\"16\" font-weight=\"bold\">%s"
       "</text>\n",
-      width, height, width, height, width, height, kFont, XmlEscape(title));
+      width, height, width, height, width, height, kFontFamily, XmlEscape(title));
   for (size_t i = 0; i < charts.size(); ++i) {
     const int col = static_cast<int>(i) % columns, row = static_cast<int>(i) / columns;
     absl::StrAppend(&out, "<g transform=\"translate(", 5 + col * (cell_w + 10), ",",

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
+#include "common/bearer_token.h"
 #include "common/files.h"
 
 namespace moe::daemon {
@@ -40,6 +41,9 @@ absl::StatusOr<std::string> LoadTokenFile(const std::string& path) {
   if (token.empty()) {
     return absl::FailedPreconditionError(
         absl::StrCat("token file ", path, " is empty (write the token on its first line)"));
+  }
+  if (std::string why = BearerTokenProblem(token); !why.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("the token in ", path, " ", why));
   }
   return token;
 }

@@ -20,9 +20,22 @@ namespace {
 
 constexpr int kBatch = 1000;
 
+// Job ids are j-NNNNNN. One far longer, or with control characters, is refused here: echoed into
+// a NOT_FOUND message it could pass gRPC's metadata limit, and the client would read "received
+// initial metadata size exceeds limit" instead.
+constexpr size_t kMaxIdBytes = 64;
+
 absl::Status CheckId(const std::string& id) {
   if (id.empty()) {
     return absl::InvalidArgumentError("id: the job id is empty (moectl list shows the jobs)");
+  }
+  const bool control = std::any_of(id.begin(), id.end(), [](char c) {
+    return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
+  });
+  if (id.size() > kMaxIdBytes || control) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "id: not a job id (", id.size(), " bytes", control ? ", with control characters" : "",
+        "); job ids look like j-000001 (moectl list shows the jobs)"));
   }
   return absl::OkStatus();
 }

@@ -96,10 +96,12 @@ bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
       std::fprintf(stderr, "moed: flag %s needs a value\n%s", arg.c_str(), kUsage);
       return false;
     }
+    // Seconds as milliseconds; NaN, infinities and values past a billion seconds have no
+    // millisecond count (the cast would be undefined), so they are refused as what they are.
     auto seconds = [&](std::chrono::milliseconds* out) {
       double s = 0;
-      if (!absl::SimpleAtod(value, &s)) {
-        std::fprintf(stderr, "moed: %s: '%s' is not a number of seconds\n", arg.c_str(),
+      if (!absl::SimpleAtod(value, &s) || !(s >= -1e9 && s <= 1e9)) {
+        std::fprintf(stderr, "moed: %s: '%s' is not a number of seconds (0 to 1e9)\n", arg.c_str(),
                      value.c_str());
         return false;
       }

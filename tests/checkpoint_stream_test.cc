@@ -1,6 +1,7 @@
 // The streaming pieces under checkpoints: SafetensorsWriter/Reader and CheckpointWriter/Reader
 // (round trips, slices, misuse, corrupt and truncated files caught before any tensor is read).
 #include <filesystem>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -198,6 +199,22 @@ TEST_F(CheckpointStreamTest, AnAbandonedOrMisfedWriterLeavesOnlyThePreviousCheck
     ASSERT_TRUE(w.ok());
     // Dropped before Finish, e.g. a failed gather.
   }
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir_)) names.push_back(e.path().filename().string());
+  EXPECT_THAT(names, ::testing::ElementsAre("step_00000001"));
+}
+
+// A diverged run's weights (NaN, inf): with keep 2, writing them at steps 2 and 3 would have
+// rotated step 1, the last good checkpoint, out. Each write is refused and step 1 stays.
+TEST_F(CheckpointStreamTest, ATensorThatIsNoNumberIsNotWrittenAndTheOlderCheckpointStays) {
+  ASSERT_TRUE(Stream(Make(1)).ok());
+  Checkpoint nan = Make(2), inf = Make(3);
+  nan.tensors[1].data[3] = std::numeric_limits<float>::quiet_NaN();
+  inf.tensors[4].data[0] = std::numeric_limits<float>::infinity();  // adam_v.a
+  absl::Status st = Stream(nan);
+  EXPECT_THAT(st.message(), HasSubstr("tensor b holds nan at element 3, not a finite number"));
+  EXPECT_THAT(Stream(inf).message(), HasSubstr("tensor adam_v.a holds inf at element 0"));
+  EXPECT_THAT(WriteCheckpoint(dir_, inf, 2).message(), HasSubstr("not a finite number"));
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(dir_)) names.push_back(e.path().filename().string());
   EXPECT_THAT(names, ::testing::ElementsAre("step_00000001"));

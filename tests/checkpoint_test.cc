@@ -181,6 +181,9 @@ TEST_F(CheckpointTest, SafetensorsRejectsBadFiles) {
       {with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8), "gap"},
       {with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 8), "trailing"},
       {with_header(R"({"a":{"dtype":"F32","shape":[1]}})", 4), "data_offsets"},
+      // 2^62 floats are 2^64 bytes, which wraps to the 0 bytes of offsets [0, 0].
+      {with_header(R"({"a":{"dtype":"F32","shape":[2147483648,2147483648],"data_offsets":[0,0]}})", 0),
+       "bad shape entry"},
   };
   for (const Case& c : cases) {
     ASSERT_TRUE(WriteFileAtomic(path, c.bytes).ok());

@@ -354,7 +354,6 @@ TEST(CudaTrainerTest, LearnsShakespeareInBf16) {
   EXPECT_LT(val, 2.5) << "val loss after 300 steps";
 }
 
-#endif  // MOE_WITH_CUDA
 
 TEST(CudaModelTest, CpuJobsStayOnTheCpuModel) {
   // Runs everywhere: device cpu gives the CPU model, whatever the build.
@@ -388,6 +387,8 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<std::tuple<Case, bool>>& info) {
       return std::string(std::get<0>(info.param).name) + (std::get<1>(info.param) ? "_bf16" : "_fp32");
     });
+
+#endif  // MOE_WITH_CUDA
 
 }  // namespace
 }  // namespace moe

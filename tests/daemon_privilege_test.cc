@@ -20,6 +20,8 @@
 namespace moe::testing {
 namespace {
 
+namespace fs = std::filesystem;
+
 TEST(DaemonPrivilege, RootWithoutAllowRootIsRefused) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root";
   HarnessOptions o;
@@ -41,6 +43,20 @@ TEST(DaemonPrivilege, TokenFileReadableByOthersIsRefusedWithTheFix) {
   EXPECT_FALSE(h.Start());
   EXPECT_TRUE(absl::StrContains(h.MoedLog(), "readable by others")) << h.MoedLog();
   EXPECT_TRUE(absl::StrContains(h.MoedLog(), "chmod 600 " + o.token_file)) << h.MoedLog();
+}
+
+// A token gRPC cannot send (a byte outside printable ASCII): before, moed started with it, and
+// every client and worker sending it aborted on gRPC's 'Illegal header value' assertion.
+TEST(DaemonPrivilege, ATokenNoHeaderCanCarryIsRefusedAtStart) {
+  const std::string dir = MakeTempDir("moe-token-");
+  std::ofstream(dir + "/token") << "t\xc3\xb6ken\n";
+  chmod((dir + "/token").c_str(), 0600);
+  CommandResult r = RunCommand({BinDir() + "/moed", "--allow-root", "--state-dir", dir + "/state", "--listen",
+                                absl::StrCat("127.0.0.1:", FreePort()), "--metrics-listen", "",
+                                "--token-file", dir + "/token"},
+                               {}, 30);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "the token in " + dir + "/token holds the byte 0xC3 at offset 1")) << r.err;
 }
 
 TEST(DaemonPrivilege, RefusedPathsSayWhy) {
@@ -114,6 +130,51 @@ TEST(DaemonPrivilege, PolicyWithoutRootsAndInTheWorker) {
                                {{"MOE_DATA_ROOTS", dir}}, 120);
   EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
   EXPECT_TRUE(absl::StrContains(r.err, "outside the directories moed allows")) << r.err;
+}
+
+// Token shards named by a glob or a directory: each shard the worker would open is checked, not
+// the pattern. Before, "allowed/*/../../secret/*.bin" and a symlink inside an allowed directory
+// passed (the pattern and the directory are under the root) and the worker read secret/s.bin.
+TEST(DaemonPrivilege, ShardsAGlobOrADirectoryTakesAreCheckedOneByOne) {
+  const std::string root = MakeTempDir("moe-shard-policy-");
+  fs::create_directories(root + "/allowed/sub");
+  fs::create_directories(root + "/secret");
+  std::ofstream(root + "/secret/s.bin") << std::string(400, 'x');
+  std::ofstream(root + "/allowed/ok.bin") << std::string(400, '\0');
+  PathPolicy policy;
+  policy.data_roots = {root + "/allowed"};
+  moe::v1::JobSpec spec;
+  spec.mutable_data()->set_tokenizer(moe::v1::TOKENIZER_PRETOKENIZED);
+  spec.mutable_data()->set_path(root + "/allowed/*.bin");
+  EXPECT_TRUE(CheckSpecPaths(policy, spec).ok()) << CheckSpecPaths(policy, spec);
+  spec.mutable_data()->set_path(root + "/allowed");
+  EXPECT_TRUE(CheckSpecPaths(policy, spec).ok()) << CheckSpecPaths(policy, spec);
+
+  spec.mutable_data()->set_path(root + "/allowed/*/../../secret/*.bin");
+  absl::Status s = CheckSpecPaths(policy, spec);
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "resolves to " + root + "/secret/s.bin")) << s;
+  fs::create_symlink(root + "/secret/s.bin", root + "/allowed/link.bin");
+  spec.mutable_data()->set_path(root + "/allowed");
+  s = CheckSpecPaths(policy, spec);
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "link.bin (which resolves to " + root + "/secret/s.bin)")) << s;
+
+  // A tokenizer's files and an init_from model's: before, tok/vocab.bpe -> secret was read, and a
+  // parse error quoted its first line into the job's log.
+  spec.mutable_data()->set_path(root + "/allowed/ok.bin");
+  fs::create_directories(root + "/allowed/tok");
+  fs::create_symlink(root + "/secret/s.bin", root + "/allowed/tok/vocab.bpe");
+  spec.mutable_data()->set_tokenizer_dir(root + "/allowed/tok");
+  s = CheckSpecPaths(policy, spec);
+  EXPECT_TRUE(absl::StrContains(s.message(), "data.tokenizer_dir holds: " + root + "/allowed/tok/vocab.bpe")) << s;
+  spec.mutable_data()->clear_tokenizer_dir();
+  fs::create_directories(root + "/allowed/model/step_00000001");
+  fs::create_symlink(root + "/secret/s.bin", root + "/allowed/model/step_00000001/model.safetensors");
+  policy.checkpoint_roots = {root + "/checkpoints"};  // else any path but the system's is fine
+  spec.mutable_model()->set_init_from(root + "/allowed/model");
+  s = CheckSpecPaths(policy, spec);
+  EXPECT_TRUE(absl::StrContains(s.message(), "model.init_from holds: " + root + "/allowed/model/step_00000001")) << s;
 }
 
 TEST(DaemonPrivilege, NothingMoedOrAWorkerCreatesIsReadableByOthers) {

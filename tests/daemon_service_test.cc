@@ -80,6 +80,17 @@ TEST(DaemonService, BadRequestsGetSpecificCodes) {
     EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
     EXPECT_TRUE(absl::StrContains(s.error_message(), id));
   }
+  // An id no job can have: 20000 bytes came back as "received initial metadata size exceeds
+  // limit" (RESOURCE_EXHAUSTED), the id echoed into a status larger than gRPC's metadata.
+  for (const std::string& id : {std::string(20000, 'a'), std::string("j-00\n0001")}) {
+    grpc::ClientContext ctx;
+    moe::v1::GetJobRequest req;
+    req.set_id(id);
+    Job job;
+    grpc::Status s = stub->GetJob(&ctx, req, &job);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message().substr(0, 200);
+    EXPECT_TRUE(absl::StrContains(s.error_message(), "not a job id")) << s.error_message().substr(0, 200);
+  }
   {
     grpc::ClientContext ctx;
     moe::v1::CancelJobRequest req;
@@ -115,6 +126,18 @@ TEST(DaemonService, BadRequestsGetSpecificCodes) {
   CommandResult unknown = h.Moectl({"status", "j-999999"});
   EXPECT_EQ(unknown.exit_code, 1);
   EXPECT_EQ(unknown.err, "moectl: no job 'j-999999' (moectl list shows the jobs moed knows)\n");
+}
+
+// A duration flag that is not a count of seconds: before, NaN, 1e300 and 1e17 went through an
+// undefined cast and came out as "must be positive" or "must not be negative".
+TEST(DaemonService, DurationFlagsThatAreNoSecondsSaySo) {
+  for (const std::string flag : {"--heartbeat-timeout=nan", "--heartbeat-timeout=1e300", "--cancel-grace=1e17",
+                                 "--metrics-retention=-inf"}) {
+    CommandResult r = RunCommand({BinDir() + "/moed", "--allow-root", "--state-dir", MakeTempDir("moed-flags-"), flag},
+                                 {}, 30);
+    EXPECT_EQ(r.exit_code, 2) << flag;
+    EXPECT_TRUE(absl::StrContains(r.err, "is not a number of seconds")) << flag << ": " << r.err;
+  }
 }
 
 TEST(DaemonService, BadFileIsRefusedLocally) {

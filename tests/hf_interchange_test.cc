@@ -261,6 +261,26 @@ TEST_F(HfInterchange, ConfigKeysOurMathCannotFollowAreRefusedByName) {
   EXPECT_THAT(std::string(w.status().message()), HasSubstr("hidden_act is \"gelu\""));
 }
 
+// Keys with the wrong kind of value: before, "hidden_size": "64" read as missing, a string
+// rms_norm_eps as the default (accepted), and "tie_word_embeddings": "yes" as false.
+TEST_F(HfInterchange, ConfigValuesOfTheWrongKindAreNamedAsSuch) {
+  const std::string out = testing::MakeTempDir("hf-kind-") + "/model";
+  ASSERT_TRUE(ExportHf(*ckpt_dir_, out, {}).ok());
+  const std::string config = *ReadFile(out + "/config.json");
+  const std::string edited = absl::StrReplaceAll(config, {{"\"hidden_size\": 64", "\"hidden_size\": \"64\""},
+                                                          {"\"rms_norm_eps\": 1e-05", "\"rms_norm_eps\": \"x\""},
+                                                          {"\"tie_word_embeddings\": false", "\"tie_word_embeddings\": \"yes\""}});
+  ASSERT_NE(edited, config);
+  ASSERT_TRUE(WriteFileAtomic(out + "/config.json", edited).ok());
+  absl::StatusOr<PretrainedWeights> w = LoadPretrained(out, HfShape::FromSpec(*spec_, 65));
+  ASSERT_FALSE(w.ok());
+  const std::string message(w.status().message());
+  EXPECT_THAT(message, HasSubstr("hidden_size is \"64\" in config.json, not a number"));
+  EXPECT_THAT(message, HasSubstr("rms_norm_eps is \"x\" in config.json, not a number"));
+  EXPECT_THAT(message, HasSubstr("tie_word_embeddings is \"yes\" in config.json, not true or false"));
+  EXPECT_THAT(message, ::testing::Not(HasSubstr("hidden_size is missing")));
+}
+
 TEST_F(HfInterchange, ExportRefusesANonEmptyDirectory) {
   const std::string out = testing::MakeTempDir("hf-full-");
   ASSERT_TRUE(WriteFileAtomic(out + "/keep.txt", "x").ok());

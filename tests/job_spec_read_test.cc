@@ -198,6 +198,28 @@ TEST_F(JobSpecTest, BrokenFilesGiveOneClearError) {
   ValidSpec(std::string(kMinimal) + "# UTF-8 is fine: caf\xc3\xa9\n");
 }
 
+// A value of 100000 characters went into std::regex, which recursed once per character and
+// overflowed the stack: moectl validate (and moed, for a spec over gRPC) died of SIGSEGV.
+TEST_F(JobSpecTest, AValueLongerThanAnyNumberIsAnErrorNotAStackOverflow) {
+  const std::string digits(100000, '7');
+  ExpectOnlyErrors({
+      {"  d_model: 64", "  dropout: " + digits + "\n", "model.dropout", "a value 100000 characters long"},
+      {"  batch_size: 8", "  seed: " + digits + "\n", "train.seed", "a value 100000 characters long"},
+      {"  batch_size: 8", "  lr: 1" + digits + "\n", "train.lr", "must be a number"},
+  });
+  SpecError e = OnlyError(std::string(kMinimal) + "max_restarts: " + digits + "\n");
+  EXPECT_EQ(e.field, "max_restarts");
+  EXPECT_THAT(e.message, HasSubstr("must be an integer, got a value 100000 characters long ('777"));
+  moe::v1::JobSpec spec = ValidSpec(kMinimal);
+  spec.mutable_resources()->set_launcher(moe::v1::LAUNCHER_SLURM);
+  spec.mutable_resources()->mutable_slurm()->set_partition("p");
+  spec.mutable_resources()->mutable_slurm()->set_time_limit(digits);
+  spec.set_name(std::string(100000, 'a'));
+  const std::string errors = FormatSpecErrors(ValidateJobSpec(spec));
+  EXPECT_THAT(errors, HasSubstr("resources.slurm.time_limit: must be a Slurm time"));
+  EXPECT_THAT(errors, HasSubstr("name: must be 1 to 63 characters"));
+}
+
 TEST_F(JobSpecTest, LoadJobSpecFileReadsFilesAndRefusesOthers) {
   WriteText(dir_ + "/job.yaml", kMinimal);
   ParsedSpec p = LoadJobSpecFile(dir_ + "/job.yaml");

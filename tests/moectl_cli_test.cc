@@ -57,6 +57,57 @@ TEST(MoectlCli, HelpAndVersionExitZero) {
   EXPECT_EQ(syntax.exit_code, 0) << syntax.err;
 }
 
+// A number out of range names the range, not CLI11's 'not in range 0.000000 to 1797693134862...'
+// (a 300-digit double); NaN seconds and an age past int64 milliseconds are refused, not cast.
+TEST(MoectlCli, OutOfRangeNumbersNameTheRange) {
+  struct Case {
+    std::vector<std::string> args;
+    const char* expect;
+  };
+  for (const Case& c : {Case{{"list", "--limit", "-1"}, "not in range 0 to 2147483647"},
+                        Case{{"logs", "j-000001", "--tail", "-1"}, "not in range 0 to 9223372036854775807"},
+                        Case{{"resume", "j-000001", "--steps", "0"}, "not in range 1 to 2147483647"},
+                        Case{{"cancel", "j-000001", "--wait", "nan"}, "'nan' is not a number of seconds"},
+                        Case{{"cancel", "j-000001", "--wait", "inf"}, "'inf' is not a number of seconds"},
+                        Case{{"prune", "--older-than", "15250284453w"}, "is not an age"},
+                        // Empty values that were taken as not given (submit --from '' ran a fresh job).
+                        Case{{"submit", "job.yaml", "--from", ""}, "--from: is empty; give a job id"},
+                        Case{{"metrics", "j-000001", "--svg", ""}, "--svg: is empty; give a file name"},
+                        Case{{"validate", "job.yaml", "--gpu-memory", ""}, "is empty; give a size"},
+                        Case{{"--server", "", "list"}, "--server: is empty; give HOST:PORT"}}) {
+    std::vector<std::string> argv = {BinDir() + "/moectl"};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    CommandResult r = RunCommand(argv, {{"MOE_SERVER", "127.0.0.1:1"}}, 10);
+    EXPECT_EQ(r.exit_code, 2) << c.args[0] << ": " << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, c.expect)) << c.args[0] << ": " << r.err;
+    EXPECT_FALSE(absl::StrContains(r.err, "179769")) << r.err;
+  }
+}
+
+// A token gRPC cannot carry in a header, and a config path that is a directory: before, moectl
+// aborted (gRPC's 'Illegal header value' assertion; an uncaught std::ios_failure).
+TEST(MoectlCli, AnUnsendableTokenOrADirectoryAsConfigIsAnError) {
+  const std::string dir = MakeTempDir("moectl-config-");
+  for (const std::string& token : {std::string("abc\x01" "def"), std::string("caf\xc3\xa9"), std::string(5000, 't')}) {
+    CommandResult r = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_SERVER", "127.0.0.1:1"}, {"MOE_TOKEN", token}}, 10);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, "moectl: MOE_TOKEN ")) << r.err;
+  }
+  std::ofstream(dir + "/token") << "t\x7fk\n";
+  std::ofstream(dir + "/config.yaml") << "token_file: " << dir << "/token\n";
+  CommandResult r = RunCommand({BinDir() + "/moectl", "list"},
+                               {{"MOE_SERVER", "127.0.0.1:1"}, {"MOE_CONFIG", dir + "/config.yaml"}}, 10);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "the token in " + dir + "/token holds the byte 0x7F at offset 1")) << r.err;
+  r = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_SERVER", "127.0.0.1:1"}, {"MOE_CONFIG", dir}}, 10);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "config " + dir + " is a directory")) << r.err;
+  std::ofstream(dir + "/list.yaml") << "- server\n- token_file\n";
+  r = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_CONFIG", dir + "/list.yaml"}}, 10);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "not a mapping of keys")) << r.err;
+}
+
 // moe-worker --no-checkpoint (benchmarks and trials by hand): trains and writes no checkpoint, not
 // even at the end, where the same run without it writes one; refused beside --resume or
 // --checkpoint-dir, and for moed's --spec runs.

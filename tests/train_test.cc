@@ -1,11 +1,13 @@
 // The CPU trainer end to end on one rank: it learns shakespeare, and a run stopped and resumed
 // from its checkpoint gives bitwise the same losses as an unstopped run.
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "kernels/threads.h"
 #include "tests/support/paths.h"
@@ -111,6 +113,54 @@ TEST(TrainTest, ResumeEqualsUninterrupted) {
   ASSERT_EQ(b.size(), 30u);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;  // bitwise
   EXPECT_EQ(full->model().params(), second->model().params());
+}
+
+// A job whose updates blow the weights up (weight_decay 1e300: inf after the first step, a NaN
+// loss after) stops with the reason instead of training on to "success"; before, it ran every
+// step, and its checkpoints of inf weights (every step, keep 2) replaced the good ones.
+TEST(TrainTest, ADivergedRunStopsWithTheReasonAndKeepsItsGoodCheckpoints) {
+  kernels::SetNumThreads(1);
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.mutable_train()->set_steps(6);
+  spec.mutable_train()->set_warmup_steps(0);
+  spec.mutable_train()->set_eval_every(100);
+  spec.mutable_train()->set_weight_decay(1e300);
+  spec.mutable_checkpoint()->set_every(1);
+  spec.mutable_checkpoint()->set_keep(2);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  auto comm = CreateSingleProcessCommunicator();
+  TrainerOptions opts;
+  opts.checkpoint_dir = testing::MakeTempDir("diverged-");
+  std::vector<std::string> lines;
+  opts.on_log = [&lines](const std::string& line) { lines.push_back(line); };
+  std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data, opts);
+  ASSERT_NE(trainer, nullptr);
+  TrainOutcome outcome;
+  absl::Status st = trainer->Run(&outcome);
+  ASSERT_FALSE(st.ok());
+  EXPECT_TRUE(absl::StrContains(st.message(), "not a finite number") || absl::StrContains(st.message(), "diverged"))
+      << st;
+  EXPECT_LT(trainer->history().size(), 6u);
+  // Without checkpoints it gets as far as the NaN loss of step 2, and stops there; its metric
+  // line stays JSON (null, not printf's "-nan").
+  opts.checkpoint_dir = "";
+  trainer = testing::NewTrainer(spec, comm.get(), &*data, opts);
+  ASSERT_NE(trainer, nullptr);
+  st = trainer->Run(&outcome);
+  EXPECT_TRUE(absl::StrContains(st.message(), "the training diverged: the loss is nan at step 2")) << st;
+  ASSERT_FALSE(lines.empty());
+  EXPECT_TRUE(absl::StrContains(lines.back(), "\"step\": 2, \"loss\": null")) << lines.back();
+  EXPECT_FALSE(absl::StrContains(lines.back(), "nan")) << lines.back();
+  // Whatever checkpoint is left holds numbers.
+  absl::StatusOr<std::string> latest = LatestCheckpoint(opts.checkpoint_dir);
+  if (latest.ok()) {
+    absl::StatusOr<Checkpoint> c = ReadCheckpoint(*latest);
+    ASSERT_TRUE(c.ok()) << c.status();
+    for (const NamedTensor& t : c->tensors) {
+      for (float v : t.data) ASSERT_TRUE(std::isfinite(v)) << *latest << " " << t.name;
+    }
+  }
 }
 
 TEST(TrainTest, RefusesACheckpointOfAnotherModel) {

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -78,9 +79,11 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       return true;
     };
     std::string v;
+    // An integer flag; every one of them counts something, so none is negative.
     auto int_flag = [&](int* out) -> std::string {
       if (!value(&v)) return a + " needs a value";
       if (!absl::SimpleAtoi(v, out)) return absl::StrCat(a, " must be an integer, got '", v, "'");
+      if (*out < 0) return absl::StrCat(a, " must be 0 or more, got ", v);
       return "";
     };
     std::string err;
@@ -105,7 +108,8 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
     } else if (a == "--no-checkpoint") {
       f->no_checkpoint = true;
     } else if (a == "--comm-timeout") {
-      if (!value(&v) || !absl::SimpleAtod(v, &f->comm_timeout_s) || f->comm_timeout_s <= 0) {
+      if (!value(&v) || !absl::SimpleAtod(v, &f->comm_timeout_s) || !(f->comm_timeout_s > 0) ||
+          !std::isfinite(f->comm_timeout_s)) {
         return "--comm-timeout needs a positive number of seconds";
       }
     } else if (a == "--no-kv-cache") {
@@ -143,9 +147,12 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
     } else if (a == "--top-k") {
       err = int_flag(&f->sample.top_k);
     } else if (a == "--temperature") {
-      if (!value(&v) || !absl::SimpleAtod(v, &f->sample.temperature)) return "--temperature needs a number";
+      if (!value(&v) || !absl::SimpleAtod(v, &f->sample.temperature) || !(f->sample.temperature > 0) ||
+          !std::isfinite(f->sample.temperature)) {
+        return "--temperature needs a number greater than 0 (0.8 by default; lower is more greedy)";
+      }
     } else if (a == "--seed") {
-      if (!value(&v) || !absl::SimpleAtoi(v, &f->sample.seed)) return "--seed needs an integer";
+      if (!value(&v) || !absl::SimpleAtoi(v, &f->sample.seed)) return "--seed needs a whole number, 0 or more";
     } else if (a == "--version") {
       std::printf("moe-worker %s\n", moe::kMoeVersion);
       std::exit(0);

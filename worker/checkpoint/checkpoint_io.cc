@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -115,6 +116,16 @@ absl::Status CheckpointWriter::Write(std::string_view name, const float* data, s
   if (!s.failed.ok()) return s.failed;
   if (s.out == nullptr) {
     return Fail(absl::FailedPreconditionError(absl::StrCat("tensor ", absl::string_view(name.data(), name.size()), " after the last one")));
+  }
+  // Values that are no numbers (a run that diverged) make a checkpoint nothing can train or
+  // sample from, and keeping it would rotate a good one out: it is not written.
+  for (size_t i = 0; i < count; ++i) {
+    if (!std::isfinite(data[i])) {
+      return Fail(absl::FailedPreconditionError(absl::StrCat(
+          "tensor ", absl::string_view(name.data(), name.size()), " holds ", data[i], " at element ", i,
+          ", not a finite number (the training diverged); this checkpoint is not written and the "
+          "older ones are kept")));
+    }
   }
   if (absl::Status st = s.out->Write(name, data, count); !st.ok()) return Fail(st);
   ++s.written;

@@ -218,11 +218,14 @@ absl::StatusOr<SafetensorsHeader> ParseHeader(absl::string_view header, uint64_t
     }
     t.name = name;
     t.dtype = dtype->string_value();
+    // At most 2^60 elements, so that their byte count (elements * 8 at most) cannot wrap: a
+    // wrapped count of 0 would pass the offsets check below and ask for 2^62 floats.
     uint64_t elems = 1;
     for (const google::protobuf::Value& d : shape->list_value().values()) {
       uint64_t dim;
-      if (!AsUint(d, &dim) || dim > (1ull << 40) || (elems > 0 && dim > (1ull << 62) / elems)) {
-        return bad(absl::StrCat("tensor \"", name, "\": bad shape entry"));
+      if (!AsUint(d, &dim) || dim > (1ull << 40) || (elems > 0 && dim > (1ull << 60) / elems)) {
+        return bad(absl::StrCat("tensor \"", name, "\": bad shape entry (each dimension a whole number, "
+                                "at most 2^60 elements in all)"));
       }
       t.shape.push_back(static_cast<int64_t>(dim));
       elems *= dim;

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <set>
 #include <utility>
 
 #include "absl/strings/match.h"
@@ -10,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/files.h"
+#include "common/job_spec.h"
 #include "google/protobuf/util/json_util.h"
 #include "moe/v1/job.pb.h"
 #include "worker/checkpoint/checkpoint.h"
@@ -101,6 +103,11 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
   int vocab = spec.model().vocab_size();
   if (vocab == 0 && tokenizer) vocab = tokenizer->vocab_size();
   if (vocab == 0 && ckpt->meta.count("vocab_size")) vocab = std::atoi(ckpt->meta.at("vocab_size").c_str());
+  if (std::vector<SpecError> errors = ValidateModelSpec(spec, vocab); !errors.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", *path,
+                                                   " holds a job spec (spec.json) no model can be built from:\n",
+                                                   FormatSpecErrors(errors)));
+  }
   const HfShape shape = HfShape::FromSpec(spec, vocab);
   if (std::vector<std::string> no = HfUnrepresentable(spec); !no.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -109,16 +116,26 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
         "transformers could not load it without custom code"));
   }
 
-  // Only the weights: AdamW's moments stay behind.
+  // Only the weights: AdamW's moments stay behind. A weight the spec's model lacks (a spec.json
+  // with fewer layers than the tensors) is a mismatch, not something to leave out silently.
+  std::set<std::string> expected;
+  for (const auto& named_shape : OurTensorShapes(shape)) expected.insert(named_shape.first);
   std::vector<NamedTensor> weights;
+  std::vector<std::string> extra;
   for (NamedTensor& t : ckpt->tensors) {
-    if (!absl::StartsWith(t.name, "adam_")) weights.push_back(std::move(t));
+    if (absl::StartsWith(t.name, "adam_")) continue;
+    if (!expected.count(t.name)) {
+      extra.push_back(absl::StrCat(t.name, ": in the checkpoint, not a weight of its spec's model"));
+    } else {
+      weights.push_back(std::move(t));
+    }
   }
   ckpt->tensors.clear();
   absl::StatusOr<std::vector<NamedTensor>> hf = ToHfTensors(shape, std::move(weights));
-  if (!hf.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", *path, " does not match its own spec:\n",
-                                                   hf.status().message()));
+  if (!hf.ok() || !extra.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint ", *path, " does not match its own spec:\n",
+        absl::StrJoin(extra, "\n"), !extra.empty() && !hf.ok() ? "\n" : "", hf.ok() ? "" : hf.status().message()));
   }
   result.architecture = shape.qk_norm ? (shape.is_moe() ? "Qwen3MoeForCausalLM" : "Qwen3ForCausalLM")
                                       : (shape.is_moe() ? "MixtralForCausalLM" : "MistralForCausalLM");

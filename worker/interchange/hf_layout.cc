@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "google/protobuf/struct.pb.h"
+#include "google/protobuf/util/json_util.h"
 
 namespace moe {
 namespace {
@@ -394,6 +395,27 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
     return it == f.end() || it->second.kind_case() == google::protobuf::Value::kNullValue;
   };
   std::vector<std::string> problems;
+  // A key given with the wrong kind of value ("hidden_size": "32", "rms_norm_eps": "x",
+  // "tie_word_embeddings": "yes") is named as such, not taken as absent or as its default.
+  auto wrong_kind = [&](const char* key, google::protobuf::Value::KindCase want, const char* what) {
+    auto it = f.find(key);
+    if (it == f.end() || it->second.kind_case() == google::protobuf::Value::kNullValue ||
+        it->second.kind_case() == want) {
+      return;
+    }
+    std::string shown;
+    (void)google::protobuf::util::MessageToJsonString(it->second, &shown);
+    problems.push_back(absl::StrCat(key, " is ", shown, " in config.json, not ", what));
+  };
+  for (const char* key : {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                          "num_key_value_heads", "head_dim", "intermediate_size", "moe_intermediate_size",
+                          "num_local_experts", "num_experts", "num_experts_per_tok", "rope_theta", "rms_norm_eps",
+                          "sliding_window", "decoder_sparse_step"}) {
+    wrong_kind(key, google::protobuf::Value::kNumberValue, "a number");
+  }
+  for (const char* key : {"tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window", "norm_topk_prob"}) {
+    wrong_kind(key, google::protobuf::Value::kBoolValue, "true or false");
+  }
   const std::string type = str("model_type");
   const bool qwen = type == "qwen3" || type == "qwen3_moe";
   const bool dense_type = type == "mistral" || type == "llama" || type == "qwen3";
@@ -431,7 +453,7 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
   for (const Dim& d : dims) {
     double v = 0;
     if (!num(d.key, &v)) {
-      if (d.required) problems.push_back(absl::StrCat(d.key, " is missing from config.json"));
+      if (d.required && is_null(d.key)) problems.push_back(absl::StrCat(d.key, " is missing from config.json"));
       continue;
     }
     if (v != d.ours) {
@@ -486,7 +508,7 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
   // HF's default for these configs is false.
   const bool hf_tied = tie != f.end() && tie->second.kind_case() == google::protobuf::Value::kBoolValue &&
                        tie->second.bool_value();
-  if (hf_tied != s.tied) {
+  if (hf_tied != s.tied && (tie == f.end() || tie->second.kind_case() == google::protobuf::Value::kBoolValue)) {
     problems.push_back(absl::StrCat("tie_word_embeddings is ", hf_tied ? "true" : "false",
                                     " in config.json, the job's model.tie_embeddings is ", s.tied ? "true" : "false"));
   }

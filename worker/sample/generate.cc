@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cmath>
+#include <filesystem>
 #include <numeric>
 #include <random>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/job_spec.h"
 #include "google/protobuf/util/json_util.h"
 #include "moe/v1/job.pb.h"
 #include "worker/checkpoint/checkpoint.h"
@@ -36,7 +38,20 @@ struct LoadedModel {
 // positions start at 0 and attention is causal).
 absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int seq_len = 0) {
   std::string path = checkpoint;
-  if (absl::StatusOr<std::string> latest = LatestCheckpoint(path); latest.ok()) path = *latest;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path, ec)) {
+    return absl::NotFoundError(absl::StrCat(path, std::filesystem::exists(path, ec) ? " is not a directory" : " does not exist",
+                                            "; give a checkpoint (step_XXXXXXXX) or a directory of them, e.g. a "
+                                            "job's checkpoints"));
+  }
+  if (!std::filesystem::exists(std::filesystem::path(path) / "MANIFEST", ec)) {
+    absl::StatusOr<std::string> latest = LatestCheckpoint(path);
+    if (absl::IsNotFound(latest.status())) {
+      return absl::NotFoundError(absl::StrCat(path, " holds no complete checkpoint (step_XXXXXXXX with a MANIFEST)"));
+    }
+    if (!latest.ok()) return latest.status();
+    path = *latest;
+  }
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(path);
   if (!ckpt.ok()) return ckpt.status();
   LoadedModel m;
@@ -51,19 +66,26 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int seq_len
     if (vocab == 0) vocab = m.tokenizer->vocab_size();
   }
   if (vocab == 0 && ckpt->meta.count("vocab_size")) vocab = std::atoi(ckpt->meta.at("vocab_size").c_str());
+  if (std::vector<SpecError> errors = ValidateModelSpec(m.spec, vocab); !errors.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", path,
+                                                   " holds a job spec (spec.json) no model can be built from:\n",
+                                                   FormatSpecErrors(errors)));
+  }
   m.comm = CreateSingleProcessCommunicator();
   ModelConfig cfg = ModelConfig::FromSpec(m.spec, vocab);
   cfg.dropout = 0;
   if (seq_len > 0) cfg.seq_len = seq_len;
-  m.model = std::make_unique<Model>(cfg, m.comm.get());
+  // The shapes from the layout alone, before a model of the spec's size is allocated.
+  const ParamLayout layout(cfg, 0, 1);
   std::vector<std::pair<std::string, std::vector<int64_t>>> expected;
-  for (const ParamInfo& info : m.model->layout().params()) expected.emplace_back(info.name, info.global_shape);
+  for (const ParamInfo& info : layout.params()) expected.emplace_back(info.name, info.global_shape);
   // Loss-free balancing's router biases choose the experts: the sampler routes with them.
-  std::vector<float> biases = m.model->RouterBiases();
-  for (int l = 0; !biases.empty() && l < cfg.layers; ++l) {
+  for (int l = 0; cfg.balances_by_bias() && l < cfg.layers; ++l) {
     expected.emplace_back(RouterBiasName(l), std::vector<int64_t>{cfg.experts});
   }
   if (absl::Status st = CheckCompatible(*ckpt, expected); !st.ok()) return st;
+  m.model = std::make_unique<Model>(cfg, m.comm.get());
+  std::vector<float> biases = m.model->RouterBiases();
   for (const NamedTensor& nt : ckpt->tensors) {
     if (const ParamInfo* info = m.model->layout().Find(nt.name)) {
       std::copy(nt.data.begin(), nt.data.end(), m.model->params().begin() + info->offset);
@@ -89,6 +111,14 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
   absl::StatusOr<Dataset> data = LoadDataset(m->spec.data());
   if (!data.ok()) return data.status();
   const ModelConfig& cfg = m->model->config();
+  // The job's data may have changed since it trained: too short for a sequence, or with ids
+  // the model has no row for.
+  if (absl::Status st = CheckSplits(*data, cfg.seq_len); !st.ok()) return st;
+  if (data->vocab_size > cfg.vocab) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the job's data (", data->source, ") now has ", data->vocab_size, " token ids, more than the ", cfg.vocab,
+        " of checkpoint ", checkpoint, "'s model; it changed since the job trained: score with the data it trained on"));
+  }
   const int b = m->spec.train().batch_size(), T = cfg.seq_len;
   std::vector<int32_t> x(static_cast<size_t>(b) * T), y(x.size());
   SampleBatch(data->val, m->spec.train().seed(), /*stream=*/1, /*step=*/0, 0, b, T, x.data(), y.data());
@@ -171,7 +201,10 @@ std::vector<float> ContextLogits(Model& model, const std::vector<int32_t>& ids, 
 
 absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
   if (opts.tokens < 0) return absl::InvalidArgumentError("--tokens must be >= 0");
-  if (opts.temperature <= 0) return absl::InvalidArgumentError("--temperature must be > 0");
+  if (!(opts.temperature > 0) || !std::isfinite(opts.temperature)) {
+    return absl::InvalidArgumentError("--temperature must be a number greater than 0");
+  }
+  if (opts.top_k < 0) return absl::InvalidArgumentError("--top-k must be >= 0 (0 = every token)");
   absl::StatusOr<LoadedModel> loaded = LoadModel(opts.checkpoint);
   if (!loaded.ok()) return loaded.status();
   if (!loaded->tokenizer) {

@@ -273,6 +273,12 @@ void Trainer::Emit(const moe::v1::MetricPoint& point) {
     }
   }
   line += "}";
+  // printf writes nan and inf, for which JSON has no word: a diverged step's line stays JSON.
+  for (const std::string word : {": -nan", ": nan", ": -inf", ": inf"}) {
+    for (size_t at = line.find(word); at != std::string::npos; at = line.find(word, at)) {
+      line.replace(at, word.size(), ": null");
+    }
+  }
   Log(line);
   if (opts_.on_metrics) opts_.on_metrics(point);
 }
@@ -305,6 +311,14 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
     StepResult r = InStep(step + 1, [&] { return Step(step); });
     ++step;
     moe::v1::MetricPoint& p = r.metrics;
+    // Every rank has the same loss (summed over ranks), so all stop here together.
+    if (!std::isfinite(p.loss())) {
+      Emit(p);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the training diverged: the loss is ", p.loss(), " at step ", step,
+          "; lower train.lr (", t.lr(), ") or the options that scale updates (weight_decay, muon_lr), or raise "
+          "warmup_steps; no checkpoint is written from this step, the older ones are kept"));
+    }
     const bool stop = r.stop_requested;
     const bool ckpt_now = r.checkpoint_requested;
     p.set_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(

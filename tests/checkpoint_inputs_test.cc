@@ -1,0 +1,199 @@
+// What the checkpoint tools (moe-worker --sample, --score, --export) and the worker's flags do with
+// input a user got wrong: a checkpoint whose spec.json was damaged or edited (its manifest made
+// to match, so only the contents are wrong), a path that is no checkpoint, data that changed
+// since the job trained, flag values out of range. Each is refused with the checkpoint or flag and
+// what is wrong (exit 1 or 2), never a crash (SIGFPE, abort) nor a silent export of a model that
+// its tensors do not make.
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "common/files.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/daemon_harness.h"
+#include "tests/support/paths.h"
+#include "tests/support/test_jobs.h"
+#include "tests/support/training_runs.h"
+#include "worker/checkpoint/checkpoint.h"
+#include "worker/data/dataset.h"
+#include "worker/parallel/comm_single.h"
+
+namespace moe {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using testing::CommandResult;
+using testing::RunCommand;
+
+std::string Worker() { return testing::BinDir() + "/moe-worker"; }
+
+// A checkpoint of SmallShakespeareSpec (d 64, 2 layers, 4 heads, 2 kv heads, seq 32, 4 experts
+// top-2, hidden 96) after one step, made once.
+class CheckpointInputs : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+    spec.set_name("ckpt-inputs");
+    spec.mutable_train()->set_steps(1);
+    spec.mutable_train()->set_warmup_steps(0);
+    spec.mutable_train()->set_eval_every(1);
+    spec.mutable_train()->set_eval_batches(1);
+    Dataset data = *LoadDataset(spec.data());
+    const std::string dir = testing::MakeTempDir("ckpt-inputs-");
+    auto comm = CreateSingleProcessCommunicator();
+    TrainerOptions opts;
+    opts.checkpoint_dir = dir;
+    std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &data, opts);
+    ASSERT_NE(t, nullptr);
+    TrainOutcome outcome;
+    ASSERT_TRUE(t->Run(&outcome).ok());
+    absl::StatusOr<std::string> latest = LatestCheckpoint(dir);
+    ASSERT_TRUE(latest.ok()) << latest.status();
+    *good_ = *latest;
+  }
+
+  // A copy of the good checkpoint with from -> to in its spec.json, the manifest rewritten to
+  // match (sizes and checksums), so that only the spec is wrong.
+  static std::string WithSpecEdit(const std::string& from, const std::string& to) {
+    const std::string dir = testing::MakeTempDir("ckpt-edited-") + "/step_00000001";
+    fs::copy(*good_, dir, fs::copy_options::recursive);
+    std::string spec = *ReadFile(dir + "/spec.json");
+    const size_t at = spec.find(from);
+    EXPECT_NE(at, std::string::npos) << from << " is not in " << spec;
+    if (at != std::string::npos) spec.replace(at, from.size(), to);
+    EXPECT_TRUE(WriteFileAtomic(dir + "/spec.json", spec).ok());
+    std::string manifest;
+    for (absl::string_view line : absl::StrSplit(*ReadFile(dir + "/MANIFEST"), '\n', absl::SkipEmpty())) {
+      std::vector<std::string> f = absl::StrSplit(line, ' ');
+      if (f.size() == 4 && f[0] == "file") {
+        const std::string bytes = *ReadFile(dir + "/" + f[1]);
+        absl::StrAppendFormat(&manifest, "file %s %d %016x\n", f[1], bytes.size(), Xxh64(bytes.data(), bytes.size()));
+      } else {
+        absl::StrAppend(&manifest, line, "\n");
+      }
+    }
+    EXPECT_TRUE(WriteFileAtomic(dir + "/MANIFEST", manifest).ok());
+    return dir;
+  }
+
+  static CommandResult Sample(const std::string& ckpt) {
+    return RunCommand({Worker(), "--sample", ckpt, "--prompt", "ROMEO", "--tokens", "3", "--device", "cpu"}, {}, 120);
+  }
+  static CommandResult Score(const std::string& ckpt) {
+    return RunCommand({Worker(), "--score", ckpt, "--batch-out", testing::MakeTempDir("score-") + "/batch.bin"}, {},
+                      120);
+  }
+  static CommandResult Export(const std::string& ckpt) {
+    return RunCommand({Worker(), "--export", ckpt, "--format", "hf", "--out", testing::MakeTempDir("export-") + "/hf"},
+                      {}, 120);
+  }
+
+  static inline std::unique_ptr<std::string> good_ = std::make_unique<std::string>();
+};
+
+TEST_F(CheckpointInputs, TheGoodCheckpointSamplesScoresAndExports) {
+  for (const CommandResult& r : {Sample(*good_), Score(*good_), Export(*good_)}) {
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+  }
+}
+
+// Each edit makes a spec no model can be built from; before, --sample and --score died of it
+// (SIGFPE on 0 heads, an abort on seq_len 0 or top_k above the experts) and --export wrote it.
+TEST_F(CheckpointInputs, ASpecNoModelCanBeBuiltFromIsRefusedByEveryTool) {
+  struct Case {
+    const char* from;
+    const char* to;
+    const char* field;
+  };
+  for (const Case& c : {Case{"\"nHeads\":4", "\"nHeads\":0", "model.n_heads"},
+                        Case{"\"seqLen\":32", "\"seqLen\":0", "model.seq_len"},
+                        Case{"\"topK\":2", "\"topK\":5", "model.moe.top_k"},
+                        Case{"\"nKvHeads\":2", "\"nKvHeads\":3", "model.n_kv_heads"}}) {
+    const std::string ckpt = WithSpecEdit(c.from, c.to);
+    for (const CommandResult& r : {Sample(ckpt), Score(ckpt), Export(ckpt)}) {
+      EXPECT_EQ(r.exit_code, 1) << c.to << ": " << r.err;
+      EXPECT_THAT(r.err, HasSubstr(ckpt)) << c.to;
+      EXPECT_THAT(r.err, HasSubstr("spec.json")) << c.to;
+      EXPECT_THAT(r.err, HasSubstr(c.field)) << c.to;
+    }
+  }
+}
+
+// A spec of one layer over a checkpoint of two: before, the export wrote a one-layer model and
+// said nothing of the second layer's tensors.
+TEST_F(CheckpointInputs, TensorsTheSpecLacksAreNotLeftOutOfAnExportSilently) {
+  const std::string ckpt = WithSpecEdit("\"nLayers\":2", "\"nLayers\":1");
+  CommandResult r = Export(ckpt);
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_THAT(r.err, HasSubstr("blocks.1.attn.wqkv.weight: in the checkpoint, not a weight of its spec's model"));
+  EXPECT_EQ(Sample(ckpt).exit_code, 1);
+}
+
+// A valid spec far larger than the tensors: the shapes are compared before a model of that size
+// is allocated (before, --sample aborted on the allocation).
+TEST_F(CheckpointInputs, AHugeSpecOverSmallTensorsIsAMismatchNotAnAllocation) {
+  // d_model 65536 passes the spec's rules, and a model of it needs about half a terabyte.
+  const std::string ckpt = WithSpecEdit("\"dModel\":64", "\"dModel\":65536");
+  for (const CommandResult& r : {Sample(ckpt), Score(ckpt)}) {
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_THAT(r.err, HasSubstr("different model"));
+  }
+}
+
+TEST_F(CheckpointInputs, APathThatIsNoCheckpointIsNamedAsSuch) {
+  const std::string missing = testing::MakeTempDir("no-ckpt-") + "/absent";
+  CommandResult r = Sample(missing);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr(missing + " does not exist"));
+  const std::string empty = testing::MakeTempDir("empty-ckpt-");
+  for (const CommandResult& e : {Sample(empty), Score(empty)}) {
+    EXPECT_EQ(e.exit_code, 1);
+    EXPECT_THAT(e.err, HasSubstr(empty + " holds no complete checkpoint"));
+    EXPECT_THAT(e.err, Not(HasSubstr("writer crashed")));
+  }
+}
+
+// The job's text file is now shorter than one sequence: before, --score aborted in SampleBatch.
+TEST_F(CheckpointInputs, ScoringDataThatShrankSinceTrainingIsAnError) {
+  const std::string text = testing::WriteTempText("First Citizen:\nBefore we proceed");
+  const std::string ckpt = WithSpecEdit(testing::ShakespearePath(), text);
+  CommandResult r = Score(ckpt);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("seq_len"));
+}
+
+TEST(WorkerFlags, OutOfRangeValuesAreRefusedAtTheCommandLine) {
+  const std::string ckpt = testing::MakeTempDir("flags-");
+  struct Case {
+    std::vector<std::string> args;
+    const char* expect;
+  };
+  for (const Case& c :
+       {Case{{"--sample", ckpt, "--temperature", "nan"}, "--temperature needs a number greater than 0"},
+        Case{{"--sample", ckpt, "--temperature", "inf"}, "--temperature needs a number greater than 0"},
+        Case{{"--sample", ckpt, "--top-k", "-3"}, "--top-k must be 0 or more, got -3"},
+        Case{{"--sample", ckpt, "--seed", "-1"}, "--seed needs a whole number, 0 or more"},
+        Case{{"--score", ckpt, "--batch-out", "b", "--greedy", "-1"}, "--greedy must be 0 or more"},
+        Case{{"--job", "job.yaml", "--max-steps", "-5"}, "--max-steps must be 0 or more, got -5"},
+        Case{{"--job", "job.yaml", "--threads", "-2"}, "--threads must be 0 or more"},
+        Case{{"--job", "job.yaml", "--comm-timeout", "nan"}, "--comm-timeout needs a positive number"}}) {
+    std::vector<std::string> argv = {Worker()};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    CommandResult r = RunCommand(argv, {}, 60);
+    EXPECT_EQ(r.exit_code, 2) << c.expect << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr(c.expect));
+  }
+}
+
+}  // namespace
+}  // namespace moe
