@@ -82,4 +82,17 @@ absl::Status MakeDirs(const std::string& path) {
   return absl::OkStatus();
 }
 
+int WildcardDirectories(std::string_view pattern) {
+  const size_t last = pattern.rfind('/');
+  if (last == std::string_view::npos) return 0;
+  int n = 0;
+  size_t start = 0;
+  while (start < last) {
+    const size_t end = pattern.find('/', start);
+    if (pattern.substr(start, end - start).find_first_of("*?[") != std::string_view::npos) ++n;
+    start = end + 1;
+  }
+  return n;
+}
+
 }  // namespace moe

@@ -18,4 +18,10 @@ absl::Status SyncDir(const std::string& dir);
 // mkdir -p.
 absl::Status MakeDirs(const std::string& path);
 
+// How many directory components of a glob pattern hold a wildcard (* ? [), the file name not
+// counted: "shards/train_*.bin" 0, "runs/*/train_*.bin" 1, "/*/*/*.bin" 2. Each one multiplies
+// the directories a match reads; the job-spec checks allow at most kMaxWildcardDirectories.
+int WildcardDirectories(std::string_view pattern);
+inline constexpr int kMaxWildcardDirectories = 1;
+
 }  // namespace moe

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/backend_limits.h"
+#include "common/files.h"
 #include "common/job_spec_internal.h"
 #include "common/memory_fit.h"
 #include "common/model_stats.h"
@@ -526,6 +527,14 @@ class Checker {
     std::error_code ec;
     if (s_.data().tokenizer() == v1::TOKENIZER_PRETOKENIZED) {
       if (p.find_first_of("*?[") != std::string::npos) {
+        // Wildcards in many directories would walk the filesystem here (and in moed's submit).
+        if (const int dirs = WildcardDirectories(p); dirs > kMaxWildcardDirectories) {
+          Fail("data.path", absl::StrCat("the pattern ", p, " has wildcards in ", dirs,
+                                         " directories; at most ", kMaxWildcardDirectories,
+                                         " directory of a pattern may hold them (the file name may too), "
+                                         "e.g. shards/*/train_*.bin"));
+          return;
+        }
         glob_t g{};
         int rc = ::glob(p.c_str(), 0, nullptr, &g);
         size_t bins = 0;

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/files.h"
 
 namespace moe {
 namespace {
@@ -124,6 +125,7 @@ std::vector<std::string> ShardsBeyondThePath(const std::string& path) {
   std::vector<std::string> files;
   std::error_code ec;
   if (path.find_first_of("*?[") != std::string::npos) {
+    if (WildcardDirectories(path) > kMaxWildcardDirectories) return files;  // the spec checks refuse it
     glob_t g{};
     if (::glob(path.c_str(), 0, nullptr, &g) == 0) {
       for (size_t i = 0; i < g.gl_pathc; ++i) files.emplace_back(g.gl_pathv[i]);

@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "common/files.h"
 #include "common/job_spec.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -307,6 +308,20 @@ TEST_F(JobSpecTest, DataPathMustExistAndFitTheTokenizer) {
   EXPECT_THAT(OnlyError(with_path("input.txt", pre)).message,
               HasSubstr("is not a .bin token shard"));
   EXPECT_THAT(OnlyError(with_path("none.bin", pre)).message, HasSubstr("does not exist"));
+  // A wildcard in one directory is read; in more, the check would walk the filesystem.
+  ValidSpec(with_path("\"sh*/train_*.bin\"", pre));
+  e = OnlyError(with_path("\"/*/*/*/*/*/*/*.bin\"", pre));
+  EXPECT_EQ(e.field, "data.path");
+  EXPECT_THAT(e.message, HasSubstr("has wildcards in 6 directories; at most 1 directory"));
+}
+
+TEST(WildcardDirectoriesTest, CountsTheDirectoriesOnly) {
+  EXPECT_EQ(WildcardDirectories("train_*.bin"), 0);
+  EXPECT_EQ(WildcardDirectories("shards/train_*.bin"), 0);
+  EXPECT_EQ(WildcardDirectories("/data/run?/x.bin"), 1);
+  EXPECT_EQ(WildcardDirectories("/*/*/*.bin"), 2);
+  EXPECT_EQ(WildcardDirectories("a/[0-9]/b/*/c.bin"), 2);
+  EXPECT_EQ(WildcardDirectories("//x/*.bin"), 0);
 }
 
 TEST_F(JobSpecTest, SlurmLauncher) {
