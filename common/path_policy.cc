@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -167,10 +168,16 @@ absl::Status CheckSpecPaths(const PathPolicy& policy, const moe::v1::JobSpec& sp
       }
     }
   }
-  std::vector<std::string> tokenizer_files;
-  EntriesOf(d.tokenizer_dir(), 1, &tokenizer_files);
-  for (const std::string& f : tokenizer_files) {
-    if (absl::Status s = CheckDataPath(policy, "data.tokenizer_dir holds", f); !s.ok()) return s;
+  // A tokenizer's files are read; a token cache's are read and written (meta.txt, tokenizer.txt,
+  // train.bin, val.bin): a symlink among them must not lead out of the allowed directories.
+  for (const auto& [field, dir] : {std::pair<const char*, const std::string*>{"data.tokenizer_dir holds",
+                                                                              &d.tokenizer_dir()},
+                                   {"data.cache_dir holds", &d.cache_dir()}}) {
+    std::vector<std::string> files;
+    EntriesOf(*dir, 1, &files);
+    for (const std::string& f : files) {
+      if (absl::Status s = CheckDataPath(policy, field, f); !s.ok()) return s;
+    }
   }
   // Weights to start from are read: under a data root or a checkpoint root.
   if (const std::string& init = spec.model().init_from(); !init.empty()) {

@@ -169,6 +169,14 @@ TEST(DaemonPrivilege, ShardsAGlobOrADirectoryTakesAreCheckedOneByOne) {
   s = CheckSpecPaths(policy, spec);
   EXPECT_TRUE(absl::StrContains(s.message(), "data.tokenizer_dir holds: " + root + "/allowed/tok/vocab.bpe")) << s;
   spec.mutable_data()->clear_tokenizer_dir();
+  // A token cache's files are read and written: one linked out is refused too.
+  fs::create_directories(root + "/allowed/cache");
+  fs::create_symlink(root + "/secret/s.bin", root + "/allowed/cache/train.bin");
+  spec.mutable_data()->set_cache_dir(root + "/allowed/cache");
+  s = CheckSpecPaths(policy, spec);
+  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), "data.cache_dir holds: " + root + "/allowed/cache/train.bin")) << s;
+  spec.mutable_data()->clear_cache_dir();
   fs::create_directories(root + "/allowed/model/step_00000001");
   fs::create_symlink(root + "/secret/s.bin", root + "/allowed/model/step_00000001/model.safetensors");
   policy.checkpoint_roots = {root + "/checkpoints"};  // else any path but the system's is fine
