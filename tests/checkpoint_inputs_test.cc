@@ -195,5 +195,28 @@ TEST(WorkerFlags, OutOfRangeValuesAreRefusedAtTheCommandLine) {
   }
 }
 
+// Token shards with more ids than model.vocab_size: the worker names the size it needs (before,
+// it said to leave model.vocab_size out, which pretokenized data does not allow).
+TEST(WorkerData, ShardIdsPastTheVocabularyNameTheSizeNeeded) {
+  const std::string dir = testing::MakeTempDir("vocab-");
+  std::vector<uint16_t> ids(20000);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<uint16_t>(i % 1000);
+  std::ofstream(dir + "/shard.bin", std::ios::binary)
+      .write(reinterpret_cast<const char*>(ids.data()), static_cast<std::streamsize>(ids.size() * 2));
+  const std::string job = dir + "/job.yaml";
+  ASSERT_TRUE(WriteFileAtomic(job,
+                              "name: vocab\n"
+                              "model: {d_model: 32, n_layers: 1, n_heads: 2, seq_len: 16, vocab_size: 512,\n"
+                              "        moe: {num_experts: 2, top_k: 1, expert_hidden: 32}}\n"
+                              "data: {path: shard.bin, tokenizer: pretokenized}\n"
+                              "train: {steps: 1, batch_size: 2}\n"
+                              "resources: {ranks: 1, device: cpu}\n")
+                  .ok());
+  CommandResult r = RunCommand({Worker(), "--job", job, "--no-checkpoint"}, {}, 120);
+  EXPECT_NE(r.exit_code, 0) << r.out << r.err;
+  EXPECT_THAT(r.err, HasSubstr("model.vocab_size is 512 but the data has 1000 token ids; raise model.vocab_size to "
+                               "at least 1000 (pretokenized data needs it set)"));
+}
+
 }  // namespace
 }  // namespace moe

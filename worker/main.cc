@@ -353,7 +353,10 @@ int main(int argc, char** argv) {
   }
   if (spec->model().vocab_size() > 0 && data->vocab_size > spec->model().vocab_size()) {
     return fail(absl::StrCat("model.vocab_size is ", spec->model().vocab_size(), " but the data has ",
-                             data->vocab_size, " token ids; raise model.vocab_size or leave it out"));
+                             data->vocab_size, " token ids; raise model.vocab_size to at least ", data->vocab_size,
+                             spec->data().tokenizer() == moe::v1::TOKENIZER_PRETOKENIZED
+                                 ? " (pretokenized data needs it set)"
+                                 : " or leave it out (then the tokenizer's vocabulary is used)"));
   }
 
   moe::TrainerOptions topts;
