@@ -155,6 +155,11 @@ TEST_F(CheckpointInputs, APathThatIsNoCheckpointIsNamedAsSuch) {
   CommandResult r = Sample(missing);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr(missing + " does not exist"));
+  // Export says the same (it said "holds no complete checkpoint" of a path that is not there).
+  CommandResult x = RunCommand({Worker(), "--export", missing, "--format", "hf", "--out", missing + "-hf"}, {}, 60);
+  EXPECT_EQ(x.exit_code, 1) << x.err;
+  EXPECT_THAT(x.err, HasSubstr(missing + " does not exist"));
+  EXPECT_FALSE(fs::exists(missing + "-hf"));
   const std::string empty = testing::MakeTempDir("empty-ckpt-");
   for (const CommandResult& e : {Sample(empty), Score(empty)}) {
     EXPECT_EQ(e.exit_code, 1);

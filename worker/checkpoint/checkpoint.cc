@@ -72,6 +72,14 @@ absl::Status WriteCheckpoint(const std::string& dir, const Checkpoint& ckpt, int
   return (*w)->Finish();
 }
 
+absl::Status CheckCheckpointArgument(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) return absl::OkStatus();
+  return absl::NotFoundError(absl::StrCat(path, std::filesystem::exists(path, ec) ? " is not a directory" : " does not exist",
+                                          "; give a checkpoint (step_XXXXXXXX) or a directory of them, e.g. a "
+                                          "job's checkpoints"));
+}
+
 absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {

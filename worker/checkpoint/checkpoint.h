@@ -97,6 +97,11 @@ class CheckpointReader {
 // removes temp dirs that crashed writers of this host left behind.
 absl::Status WriteCheckpoint(const std::string& dir, const Checkpoint& ckpt, int keep);
 
+// For tools that read a checkpoint a user names (sampling, scoring, export): NotFound saying
+// that `path` does not exist or is not a directory, with what to give instead; OK when it is a
+// directory (a step_XXXXXXXX one or a directory of them).
+absl::Status CheckCheckpointArgument(const std::string& path);
+
 // Newest complete checkpoint under dir (NotFound if none): a step_XXXXXXXX directory whose
 // manifest parses and whose files exist with the listed sizes. Temp dirs are ignored.
 absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir);

@@ -25,6 +25,7 @@ namespace fs = std::filesystem;
 
 // A step directory as given, or the newest good one under a directory of them.
 absl::StatusOr<std::string> ResolveCheckpoint(const std::string& path) {
+  if (absl::Status st = CheckCheckpointArgument(path); !st.ok()) return st;
   std::error_code ec;
   if (fs::exists(fs::path(path) / "MANIFEST", ec)) return path;
   absl::StatusOr<std::string> newest = NewestGoodCheckpoint(path, /*start_over=*/false, [](const std::string&) {});

@@ -38,12 +38,8 @@ struct LoadedModel {
 // positions start at 0 and attention is causal).
 absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int seq_len = 0) {
   std::string path = checkpoint;
+  if (absl::Status st = CheckCheckpointArgument(path); !st.ok()) return st;
   std::error_code ec;
-  if (!std::filesystem::is_directory(path, ec)) {
-    return absl::NotFoundError(absl::StrCat(path, std::filesystem::exists(path, ec) ? " is not a directory" : " does not exist",
-                                            "; give a checkpoint (step_XXXXXXXX) or a directory of them, e.g. a "
-                                            "job's checkpoints"));
-  }
   if (!std::filesystem::exists(std::filesystem::path(path) / "MANIFEST", ec)) {
     absl::StatusOr<std::string> latest = LatestCheckpoint(path);
     if (absl::IsNotFound(latest.status())) {
