@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <limits>
 #include <string>
 
 #include "absl/strings/numbers.h"
@@ -105,7 +106,27 @@ bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
                      value.c_str());
         return false;
       }
+      if (s > 0 && s < 0.001) {  // would round to 0 ms, then be refused as "not positive"
+        std::fprintf(stderr, "moed: %s: '%s' is under a millisecond; give 0.001 or more seconds\n", arg.c_str(),
+                     value.c_str());
+        return false;
+      }
       *out = std::chrono::milliseconds(static_cast<int64_t>(s * 1000));
+      return true;
+    };
+    // A count: a whole number that fits (a larger one is named as too large, not as no number).
+    auto count = [&](int* out) {
+      int64_t v = 0;
+      if (!absl::SimpleAtoi(value, &v)) {
+        std::fprintf(stderr, "moed: %s: '%s' is not a whole number\n", arg.c_str(), value.c_str());
+        return false;
+      }
+      if (v > std::numeric_limits<int>::max() || v < std::numeric_limits<int>::min()) {
+        std::fprintf(stderr, "moed: %s: %s is too large (at most %d)\n", arg.c_str(), value.c_str(),
+                     std::numeric_limits<int>::max());
+        return false;
+      }
+      *out = static_cast<int>(v);
       return true;
     };
     if (arg == "--listen") {
@@ -113,15 +134,9 @@ bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
     } else if (arg == "--state-dir") {
       c->state_dir = value;
     } else if (arg == "--max-ranks") {
-      if (!absl::SimpleAtoi(value, &c->max_ranks)) {
-        std::fprintf(stderr, "moed: --max-ranks: '%s' is not a whole number\n", value.c_str());
-        return false;
-      }
+      if (!count(&c->max_ranks)) return false;
     } else if (arg == "--gpus") {
-      if (!absl::SimpleAtoi(value, &c->gpus)) {
-        std::fprintf(stderr, "moed: --gpus: '%s' is not a whole number\n", value.c_str());
-        return false;
-      }
+      if (!count(&c->gpus)) return false;
     } else if (arg == "--gpu-memory") {
       absl::StatusOr<int64_t> bytes = moe::ParseMemorySize(value);
       if (!bytes.ok()) {

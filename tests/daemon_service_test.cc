@@ -140,6 +140,23 @@ TEST(DaemonService, DurationFlagsThatAreNoSecondsSaySo) {
   }
 }
 
+// Values that are numbers but do not fit: named for what is wrong with them (before: a tenth of a
+// millisecond was refused as "must be positive", a count past 2^31 as "not a whole number").
+TEST(DaemonService, FlagsTooSmallOrTooLargeSaySo) {
+  struct Case {
+    const char* flag;
+    const char* expect;
+  };
+  for (const Case& c : {Case{"--heartbeat-timeout=0.0001", "is under a millisecond; give 0.001 or more seconds"},
+                        Case{"--max-ranks=99999999999", "99999999999 is too large (at most 2147483647)"},
+                        Case{"--gpus=x", "'x' is not a whole number"}}) {
+    CommandResult r = RunCommand({BinDir() + "/moed", "--allow-root", "--state-dir", MakeTempDir("moed-flags-"), c.flag},
+                                 {}, 30);
+    EXPECT_EQ(r.exit_code, 2) << c.flag;
+    EXPECT_TRUE(absl::StrContains(r.err, c.expect)) << c.flag << ": " << r.err;
+  }
+}
+
 TEST(DaemonService, BadFileIsRefusedLocally) {
   // No moed at all: the file never leaves the terminal.
   const std::string dir = MakeTempDir("moe-badfile-");
