@@ -24,7 +24,6 @@
 #include "tests/support/training_runs.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/data/dataset.h"
-#include "worker/parallel/comm_single.h"
 
 namespace moe {
 namespace {
@@ -50,13 +49,9 @@ class CheckpointInputs : public ::testing::Test {
     spec.mutable_train()->set_eval_batches(1);
     Dataset data = *LoadDataset(spec.data());
     const std::string dir = testing::MakeTempDir("ckpt-inputs-");
-    auto comm = CreateSingleProcessCommunicator();
     TrainerOptions opts;
     opts.checkpoint_dir = dir;
-    std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &data, opts);
-    ASSERT_NE(t, nullptr);
-    TrainOutcome outcome;
-    ASSERT_TRUE(t->Run(&outcome).ok());
+    ASSERT_NE(testing::TrainOnOneRank(spec, &data, opts).trainer, nullptr);
     absl::StatusOr<std::string> latest = LatestCheckpoint(dir);
     ASSERT_TRUE(latest.ok()) << latest.status();
     *good_ = *latest;

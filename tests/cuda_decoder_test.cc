@@ -116,15 +116,9 @@ TEST(CudaSampling, GreedyTokensMatchTheCpuWithoutTheCache) {
   spec.mutable_train()->set_eval_batches(1);
   Dataset data = *LoadDataset(spec.data());
   const std::string dir = testing::MakeTempDir("cuda-sample-");
-  {
-    auto comm = CreateSingleProcessCommunicator();
-    TrainerOptions opts;
-    opts.checkpoint_dir = dir;
-    std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &data, opts);
-    ASSERT_NE(t, nullptr);
-    TrainOutcome outcome;
-    ASSERT_TRUE(t->Run(&outcome).ok());
-  }
+  TrainerOptions train;
+  train.checkpoint_dir = dir;
+  ASSERT_NE(testing::TrainOnOneRank(spec, &data, train).trainer, nullptr);
   SampleOptions opts;
   opts.checkpoint = dir;
   opts.prompt = "KING: ";

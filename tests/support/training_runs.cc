@@ -27,12 +27,12 @@ std::vector<double> Losses(const Trainer& t) {
   return out;
 }
 
-OneRankRun TrainOnOneRank(const moe::v1::JobSpec& spec, Dataset* data) {
+OneRankRun TrainOnOneRank(const moe::v1::JobSpec& spec, Dataset* data, TrainerOptions opts) {
   moe::v1::JobSpec one = spec;
   one.mutable_resources()->set_ranks(1);
   OneRankRun run;
   run.comm = CreateSingleProcessCommunicator();
-  run.trainer = NewTrainer(one, run.comm.get(), data);
+  run.trainer = NewTrainer(one, run.comm.get(), data, std::move(opts));
   if (run.trainer == nullptr) return run;
   TrainOutcome outcome;
   if (absl::Status st = run.trainer->Run(&outcome); !st.ok()) {

@@ -30,13 +30,14 @@ std::string SharedTempDir(Communicator* comm, const std::string& prefix);
 std::vector<double> TrainInTwoHalves(const moe::v1::JobSpec& spec, Communicator* comm, Dataset* data,
                                      const std::string& dir);
 
-// The one-process oracle of the equivalence tests: spec on one rank, straight through. The trainer
-// is null after a test failure that says why; comm outlives it.
+// The one-process oracle of the equivalence tests, and the trained checkpoint of the sampling and
+// checkpoint-tool tests (opts.checkpoint_dir): spec on one rank, straight through. The trainer is
+// null after a test failure that says why; comm outlives it.
 struct OneRankRun {
   std::unique_ptr<Communicator> comm;
   std::unique_ptr<Trainer> trainer;
 };
-OneRankRun TrainOnOneRank(const moe::v1::JobSpec& spec, Dataset* data);
+OneRankRun TrainOnOneRank(const moe::v1::JobSpec& spec, Dataset* data, TrainerOptions opts = {});
 
 // |a - b| / |b| (b floored at 1e-12).
 double RelErr(double a, double b);

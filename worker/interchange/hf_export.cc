@@ -11,10 +11,9 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/files.h"
-#include "common/job_spec.h"
-#include "google/protobuf/util/json_util.h"
 #include "moe/v1/job.pb.h"
 #include "worker/checkpoint/checkpoint.h"
+#include "worker/data/checkpoint_spec.h"
 #include "worker/data/tokenizer.h"
 #include "worker/interchange/hf_layout.h"
 
@@ -87,28 +86,15 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
   if (!path.ok()) return path.status();
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(*path);
   if (!ckpt.ok()) return ckpt.status();
-  moe::v1::JobSpec spec;
-  if (!google::protobuf::util::JsonStringToMessage(ckpt->spec_json, &spec).ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", *path, " holds no readable job spec"));
-  }
+  absl::StatusOr<CheckpointModelSpec> read = ReadCheckpointModelSpec(*ckpt, *path);
+  if (!read.ok()) return read.status();
+  const moe::v1::JobSpec& spec = read->spec;
+  const std::unique_ptr<Tokenizer>& tokenizer = read->tokenizer;
+  const int vocab = read->vocab;
   HfExportResult result;
   result.checkpoint = *path;
   result.step = ckpt->step;
 
-  std::unique_ptr<Tokenizer> tokenizer;
-  if (!ckpt->tokenizer.empty()) {
-    absl::StatusOr<std::unique_ptr<Tokenizer>> tok = DeserializeTokenizer(ckpt->tokenizer);
-    if (!tok.ok()) return tok.status();
-    tokenizer = *std::move(tok);
-  }
-  int vocab = spec.model().vocab_size();
-  if (vocab == 0 && tokenizer) vocab = tokenizer->vocab_size();
-  if (vocab == 0 && ckpt->meta.count("vocab_size")) vocab = std::atoi(ckpt->meta.at("vocab_size").c_str());
-  if (std::vector<SpecError> errors = ValidateModelSpec(spec, vocab); !errors.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", *path,
-                                                   " holds a job spec (spec.json) no model can be built from:\n",
-                                                   FormatSpecErrors(errors)));
-  }
   const HfShape shape = HfShape::FromSpec(spec, vocab);
   if (std::vector<std::string> no = HfUnrepresentable(spec); !no.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(

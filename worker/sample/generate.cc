@@ -9,12 +9,11 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "common/job_spec.h"
-#include "google/protobuf/util/json_util.h"
 #include "moe/v1/job.pb.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "common/files.h"
 #include "worker/parallel/comm_single.h"
+#include "worker/data/checkpoint_spec.h"
 #include "worker/data/dataset.h"
 #include "worker/model/cpu/model.h"
 #include "worker/model/moe_bookkeeping.h"
@@ -50,23 +49,12 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int seq_len
   }
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(path);
   if (!ckpt.ok()) return ckpt.status();
+  absl::StatusOr<CheckpointModelSpec> read = ReadCheckpointModelSpec(*ckpt, path);
+  if (!read.ok()) return read.status();
   LoadedModel m;
-  if (!google::protobuf::util::JsonStringToMessage(ckpt->spec_json, &m.spec).ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", path, " holds no readable job spec"));
-  }
-  int vocab = m.spec.model().vocab_size();
-  if (!ckpt->tokenizer.empty()) {
-    absl::StatusOr<std::unique_ptr<Tokenizer>> tok = DeserializeTokenizer(ckpt->tokenizer);
-    if (!tok.ok()) return tok.status();
-    m.tokenizer = std::move(*tok);
-    if (vocab == 0) vocab = m.tokenizer->vocab_size();
-  }
-  if (vocab == 0 && ckpt->meta.count("vocab_size")) vocab = std::atoi(ckpt->meta.at("vocab_size").c_str());
-  if (std::vector<SpecError> errors = ValidateModelSpec(m.spec, vocab); !errors.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", path,
-                                                   " holds a job spec (spec.json) no model can be built from:\n",
-                                                   FormatSpecErrors(errors)));
-  }
+  m.spec = std::move(read->spec);
+  m.tokenizer = std::move(read->tokenizer);
+  const int vocab = read->vocab;
   m.comm = CreateSingleProcessCommunicator();
   ModelConfig cfg = ModelConfig::FromSpec(m.spec, vocab);
   cfg.dropout = 0;

@@ -1,0 +1,27 @@
+// What a checkpoint says its model is, for the tools that build a model from one (sampling,
+// scoring, Hugging Face export): the job spec of its spec.json, the tokenizer it carries (null
+// for pretokenized data that names none) and the vocabulary (the spec's, else the tokenizer's,
+// else the checkpoint's meta), checked by the job-spec rules of model.* (ValidateModelSpec) so
+// that a damaged or hand-edited spec is refused before any model is built.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "moe/v1/job.pb.h"
+#include "worker/checkpoint/checkpoint.h"
+#include "worker/data/tokenizer.h"
+
+namespace moe {
+
+struct CheckpointModelSpec {
+  moe::v1::JobSpec spec;
+  std::unique_ptr<Tokenizer> tokenizer;
+  int vocab = 0;
+};
+
+// `path`: the checkpoint's directory, for the messages.
+absl::StatusOr<CheckpointModelSpec> ReadCheckpointModelSpec(const Checkpoint& ckpt, const std::string& path);
+
+}  // namespace moe
