@@ -163,6 +163,30 @@ TEST_F(CheckpointInputs, APathThatIsNoCheckpointIsNamedAsSuch) {
   }
 }
 
+// A directory of checkpoints whose newest is damaged: every tool takes the newest good one and
+// says which it skipped (before, sampling and scoring took the newest complete-looking one and
+// failed on it). When every one is damaged the tools say so without a training-only remedy.
+TEST_F(CheckpointInputs, ToolsSkipADamagedNewestCheckpoint) {
+  const std::string dir = testing::MakeTempDir("ckpt-damaged-");
+  fs::copy(*good_, dir + "/step_00000001", fs::copy_options::recursive);
+  const std::string bad = dir + "/step_00000002";
+  fs::copy(*good_, bad, fs::copy_options::recursive);
+  std::string weights = *ReadFile(bad + "/model.safetensors");
+  weights[weights.size() - 3] ^= 0x40;  // a tensor byte: the checksum no longer matches
+  ASSERT_TRUE(WriteFileAtomic(bad + "/model.safetensors", weights).ok());
+  for (const CommandResult& r : {Sample(dir), Score(dir), Export(dir)}) {
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_THAT(r.out + r.err, HasSubstr("skipping damaged checkpoint " + bad));
+  }
+  fs::remove_all(dir + "/step_00000001");
+  for (const CommandResult& r : {Sample(dir), Score(dir), Export(dir)}) {
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_THAT(r.err, HasSubstr("every checkpoint under " + dir + " is damaged"));
+    EXPECT_THAT(r.err, HasSubstr("restore one from a copy"));
+    EXPECT_THAT(r.err, Not(HasSubstr("start_over_if_damaged")));
+  }
+}
+
 // The job's text file is now shorter than one sequence: before, --score aborted in SampleBatch.
 TEST_F(CheckpointInputs, ScoringDataThatShrankSinceTrainingIsAnError) {
   const std::string text = testing::WriteTempText("First Citizen:\nBefore we proceed");

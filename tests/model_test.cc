@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <stdexcept>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -213,6 +214,38 @@ INSTANTIATE_TEST_SUITE_P(
                       RecipeCase{"attention_dropout_moe_all_experts", {"", 2, 2, 2, 2, 0, false, 0.f},
                                  QkNormGateAndAttentionDropout}),
     [](const ::testing::TestParamInfo<RecipeCase>& info) { return std::string(info.param.name); });
+
+// Sampling and scoring build the model with inference_only: the weights alone. Its forward is
+// the training model's to the bit; what only training needs is not there, and asking for it is
+// a logic error, not a write through an empty buffer.
+TEST(InferenceOnlyModel, SameForwardWithoutTrainingState) {
+  ModelConfig cfg = testing::CaseConfig({"moe", 4, 2, 4, 2, 0, false, 0.f}, /*vocab=*/11, /*d=*/16,
+                                        /*seq_len=*/7, /*ffn=*/12);
+  auto comm = CreateSingleProcessCommunicator();
+  Model train(cfg, comm.get());
+  train.InitParams(5);
+  cfg.inference_only = true;
+  Model infer(cfg, comm.get());
+  infer.params() = train.params();
+  EXPECT_TRUE(infer.grads().empty());
+  EXPECT_FALSE(train.grads().empty());
+  const int b = 2, n = b * cfg.seq_len;
+  std::vector<int32_t> idx(n), tgt(n);
+  for (int i = 0; i < n; ++i) {
+    idx[i] = (3 * i + 1) % cfg.vocab;
+    tgt[i] = (5 * i + 2) % cfg.vocab;
+  }
+  BatchContext ctx;
+  ctx.train = false;
+  ctx.global_tokens = n;
+  ctx.loss_scale = 1.0f / n;
+  const double want = train.Forward(idx.data(), tgt.data(), b, ctx).ce_sum;
+  EXPECT_EQ(infer.Forward(idx.data(), tgt.data(), b, ctx).ce_sum, want);
+  EXPECT_EQ(infer.logits(), train.logits());
+  EXPECT_THROW(infer.ZeroGrads(), std::logic_error);
+  EXPECT_THROW(infer.Backward(), std::logic_error);
+  EXPECT_THROW(infer.OptimizerStep(1, 1e-3, 0, 0, 1.f), std::logic_error);
+}
 
 }  // namespace
 }  // namespace moe

@@ -205,6 +205,38 @@ int LocalRanks() {
   return 1;
 }
 
+// "this machine has 23.4 GiB, ulimit -v 1.5 GiB": the host memory a process can have.
+std::string HostMemory() {
+  const double ram = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
+                     static_cast<double>(sysconf(_SC_PAGESIZE));
+  std::string machine = absl::StrCat("this machine has ", moe::FormatBytes(ram));
+  rlimit as{};
+  if (getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY) {
+    absl::StrAppend(&machine, ", ulimit -v ", moe::FormatBytes(static_cast<double>(as.rlim_cur)));
+  }
+  return machine;
+}
+
+// --sample, --score and --export build a checkpoint's model: one larger than this machine (or its
+// ulimit -v, or the GPU) holds ends with the reason and exit 1, not an abort by signal 6.
+template <typename Fn>
+auto CatchOutOfMemory(const std::string& checkpoint, Fn&& fn) -> decltype(fn()) {
+  auto why = [&](const std::string& what) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        what, " (checkpoint ", checkpoint, "; ", HostMemory(),
+        "); free memory, raise ulimit -v, or run it where the model fits"));
+  };
+  try {
+    return fn();
+  } catch (const moe::AllocationError& e) {
+    return why(e.what());
+  } catch (const std::bad_alloc&) {
+    return why("out of host memory");
+  } catch (const std::length_error& e) {
+    return why(absl::StrCat("a buffer larger than memory can address (", e.what(), ")"));
+  }
+}
+
 // Why a rank ran out of memory, in one line for moed's FAILED reason (it keeps the first 500
 // characters of a rank's last stderr line): which memory (GPU or host), what could not be
 // allocated and in which step, the job's estimate (what moectl validate prints) against this
@@ -227,16 +259,9 @@ std::string OutOfMemoryReason(const moe::AllocationError& e, moe::v1::JobSpec sp
                                          : absl::StrCat("; try ", absl::StrJoin(levers, ", ")));
     return out;
   }
-  const double ram = static_cast<double>(sysconf(_SC_PHYS_PAGES)) *
-                     static_cast<double>(sysconf(_SC_PAGESIZE));
-  std::string machine = absl::StrCat("this machine has ", moe::FormatBytes(ram));
-  rlimit as{};
-  if (getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY) {
-    absl::StrAppend(&machine, ", ulimit -v ", moe::FormatBytes(static_cast<double>(as.rlim_cur)));
-  }
   return absl::StrCat(e.what(), " (the job needs about ",
                       moe::FormatBytes(static_cast<double>(stats.total_bytes)),
-                      " per rank; ", machine,
+                      " per rank; ", HostMemory(),
                       "); make the model smaller (model.d_model, n_layers, moe.expert_hidden), "
                       "lower train.batch_size or use more ranks");
 }
@@ -252,7 +277,9 @@ int main(int argc, char** argv) {
   // Checkpoints and token caches hold the job's data: for the job's owner alone.
   umask(077);
   if (!flags.score_checkpoint.empty()) {
-    absl::StatusOr<double> ce = moe::ScoreCheckpoint(flags.score_checkpoint, flags.batch_out, flags.score_extras);
+    absl::StatusOr<double> ce = CatchOutOfMemory(flags.score_checkpoint, [&] {
+      return moe::ScoreCheckpoint(flags.score_checkpoint, flags.batch_out, flags.score_extras);
+    });
     if (!ce.ok()) {
       std::fprintf(stderr, "moe-worker: %s\n", std::string(ce.status().message()).c_str());
       return 1;
@@ -263,7 +290,9 @@ int main(int argc, char** argv) {
   if (!flags.export_checkpoint.empty()) {
     moe::HfExportOptions opts;
     opts.dtype = *moe::ParseExportDtype(flags.export_dtype);
-    absl::StatusOr<moe::HfExportResult> r = moe::ExportHf(flags.export_checkpoint, flags.export_out, opts);
+    absl::StatusOr<moe::HfExportResult> r = CatchOutOfMemory(flags.export_checkpoint, [&] {
+      return moe::ExportHf(flags.export_checkpoint, flags.export_out, opts);
+    });
     if (!r.ok()) {
       std::fprintf(stderr, "moe-worker: %s\n", std::string(r.status().message()).c_str());
       return 1;
@@ -286,7 +315,8 @@ int main(int argc, char** argv) {
     std::string device;
     flags.sample.device_used = &device;
     const auto start = std::chrono::steady_clock::now();
-    absl::StatusOr<std::string> text = moe::GenerateText(flags.sample);
+    absl::StatusOr<std::string> text =
+        CatchOutOfMemory(flags.sample.checkpoint, [&] { return moe::GenerateText(flags.sample); });
     if (!text.ok()) {
       std::fprintf(stderr, "moe-worker: %s\n", std::string(text.status().message()).c_str());
       return 1;

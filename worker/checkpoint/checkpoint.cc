@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -93,9 +94,13 @@ absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir) {
   return complete.front().second;
 }
 
-absl::StatusOr<CheckpointReader> NewestGoodCheckpointReader(
-    const std::string& dir, bool start_over,
-    const std::function<void(const std::string&)>& report) {
+namespace {
+
+// The newest step_ directory under dir that passes every check, each damaged newer one reported
+// and listed in *damaged; nullopt when none is good (or there is none: *damaged stays empty).
+std::optional<CheckpointReader> FindNewestGood(const std::string& dir,
+                                               const std::function<void(const std::string&)>& report,
+                                               std::vector<std::string>* damaged) {
   // Every step_ directory counts, complete-looking or not: a wrong size is damage too.
   std::vector<std::pair<int64_t, std::string>> all;
   std::error_code ec;
@@ -103,11 +108,7 @@ absl::StatusOr<CheckpointReader> NewestGoodCheckpointReader(
     int64_t step = ParseStepDirName(entry.path().filename().string());
     if (step >= 0 && entry.is_directory(ec)) all.emplace_back(step, entry.path().string());
   }
-  if (all.empty()) {
-    return absl::NotFoundError(absl::StrCat("no checkpoint under ", dir));
-  }
   std::sort(all.begin(), all.end(), std::greater<>());
-  std::vector<std::string> damaged;
   for (const auto& [step, path] : all) {
     // A streaming verify: every byte is checked, no tensor is loaded.
     absl::StatusOr<CheckpointReader> ckpt = CheckpointReader::Open(path);
@@ -115,12 +116,22 @@ absl::StatusOr<CheckpointReader> NewestGoodCheckpointReader(
                           ? absl::DataLossError(absl::StrCat("its manifest says step ", ckpt->info().step))
                           : ckpt.status();
     if (st.ok()) return std::move(*ckpt);
-    damaged.push_back(absl::StrCat(path, ": ", st.message()));
+    damaged->push_back(absl::StrCat(path, ": ", st.message()));
     if (report) {
-      report(absl::StrCat("skipping damaged checkpoint ", path, ": ", st.message(),
-                          "; trying an older one"));
+      report(absl::StrCat("skipping damaged checkpoint ", path, ": ", st.message(), "; trying an older one"));
     }
   }
+  return std::nullopt;
+}
+
+}  // namespace
+
+absl::StatusOr<CheckpointReader> NewestGoodCheckpointReader(
+    const std::string& dir, bool start_over,
+    const std::function<void(const std::string&)>& report) {
+  std::vector<std::string> damaged;
+  if (std::optional<CheckpointReader> good = FindNewestGood(dir, report, &damaged)) return std::move(*good);
+  if (damaged.empty()) return absl::NotFoundError(absl::StrCat("no checkpoint under ", dir));
   std::string why = absl::StrCat("every checkpoint under ", dir, " is damaged (",
                                  absl::StrJoin(damaged, "; "), ")");
   if (start_over) {
@@ -132,6 +143,22 @@ absl::StatusOr<CheckpointReader> NewestGoodCheckpointReader(
   return absl::DataLossError(absl::StrCat(
       why, "; the job stops rather than silently train from step 0: restore a checkpoint, or "
            "set checkpoint.start_over_if_damaged: true to start over"));
+}
+
+absl::StatusOr<std::string> ResolveCheckpointArgument(const std::string& path,
+                                                      const std::function<void(const std::string&)>& report) {
+  if (absl::Status st = CheckCheckpointArgument(path); !st.ok()) return st;
+  std::error_code ec;
+  if (fs::exists(fs::path(path) / kManifest, ec)) return path;
+  std::vector<std::string> damaged;
+  if (std::optional<CheckpointReader> good = FindNewestGood(path, report, &damaged)) return good->path();
+  if (damaged.empty()) {
+    return absl::NotFoundError(absl::StrCat(path, " holds no complete checkpoint (step_XXXXXXXX with a ", kManifest,
+                                            ")"));
+  }
+  return absl::DataLossError(absl::StrCat("every checkpoint under ", path, " is damaged (",
+                                          absl::StrJoin(damaged, "; "),
+                                          "); restore one from a copy, or give another checkpoint"));
 }
 
 absl::StatusOr<std::string> NewestGoodCheckpoint(

@@ -102,6 +102,13 @@ absl::Status WriteCheckpoint(const std::string& dir, const Checkpoint& ckpt, int
 // directory (a step_XXXXXXXX one or a directory of them).
 absl::Status CheckCheckpointArgument(const std::string& path);
 
+// The checkpoint a tool was given (sampling, scoring, export, model.init_from): `path` itself
+// when it is one (step_XXXXXXXX with a MANIFEST), else the newest good one under it, damaged
+// newer ones skipped and reported as NewestGoodCheckpoint does. NotFound (CheckCheckpointArgument's,
+// or "holds no complete checkpoint") or DataLoss listing each damaged one.
+absl::StatusOr<std::string> ResolveCheckpointArgument(const std::string& path,
+                                                      const std::function<void(const std::string&)>& report);
+
 // Newest complete checkpoint under dir (NotFound if none): a step_XXXXXXXX directory whose
 // manifest parses and whose files exist with the listed sizes. Temp dirs are ignored.
 absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir);

@@ -22,18 +22,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// A step directory as given, or the newest good one under a directory of them.
-absl::StatusOr<std::string> ResolveCheckpoint(const std::string& path) {
-  if (absl::Status st = CheckCheckpointArgument(path); !st.ok()) return st;
-  std::error_code ec;
-  if (fs::exists(fs::path(path) / "MANIFEST", ec)) return path;
-  absl::StatusOr<std::string> newest = NewestGoodCheckpoint(path, /*start_over=*/false, [](const std::string&) {});
-  if (absl::IsNotFound(newest.status())) {
-    return absl::NotFoundError(absl::StrCat(path, " holds no complete checkpoint (step_XXXXXXXX with a MANIFEST)"));
-  }
-  return newest;
-}
-
 // Shards in tensor order, each below max_bytes unless one tensor alone is larger.
 std::vector<std::vector<const NamedTensor*>> Shard(const std::vector<NamedTensor>& tensors, int64_t max_bytes,
                                                    size_t elem_bytes) {
@@ -82,7 +70,9 @@ absl::StatusOr<TensorDtype> ParseExportDtype(const std::string& name) {
 absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std::string& out_dir,
                                         const HfExportOptions& options) {
   if (absl::Status st = CheckOutDir(out_dir); !st.ok()) return st;
-  absl::StatusOr<std::string> path = ResolveCheckpoint(checkpoint);
+  std::vector<std::string> skipped;  // damaged newer checkpoints, for the notes
+  absl::StatusOr<std::string> path =
+      ResolveCheckpointArgument(checkpoint, [&](const std::string& line) { skipped.push_back(line); });
   if (!path.ok()) return path.status();
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(*path);
   if (!ckpt.ok()) return ckpt.status();
@@ -93,6 +83,7 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
   const int vocab = read->vocab;
   HfExportResult result;
   result.checkpoint = *path;
+  result.notes = std::move(skipped);
   result.step = ckpt->step;
 
   const HfShape shape = HfShape::FromSpec(spec, vocab);

@@ -118,7 +118,7 @@ absl::StatusOr<PretrainedWeights> LoadOurs(const std::string& dir, const HfShape
   std::error_code ec;
   std::string path = dir;
   if (!fs::exists(fs::path(dir) / "MANIFEST", ec)) {
-    absl::StatusOr<std::string> newest = NewestGoodCheckpoint(dir, /*start_over=*/false, [](const std::string&) {});
+    absl::StatusOr<std::string> newest = ResolveCheckpointArgument(dir, nullptr);
     if (absl::IsNotFound(newest.status())) {
       return absl::NotFoundError(absl::StrCat(
           dir, " is neither a Hugging Face model directory (config.json) nor a checkpoint (step_XXXXXXXX with a "

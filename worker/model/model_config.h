@@ -44,6 +44,9 @@ struct ModelConfig {
   enum class State { kFp32, kBf16, kInt8 };
   State optimizer_state = State::kFp32;
   bool bf16_master = false;       // weights stored bf16, updates stochastically rounded
+  // Sampling and scoring: the weights alone, no gradients or AdamW moments (a third of the
+  // memory with fp32 moments); such a model runs Forward only.
+  bool inference_only = false;
   // The CUDA head with bf16 products: rows per chunk; 0 = CudaHeadChunkRows (common/
   // memory_estimate.h). Tests set it small to cover several chunks.
   int head_chunk_rows = 0;

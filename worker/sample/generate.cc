@@ -36,17 +36,10 @@ struct LoadedModel {
 // seq_len > 0 builds the model for that context instead of the job's (shorter is the same math:
 // positions start at 0 and attention is causal).
 absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int seq_len = 0) {
-  std::string path = checkpoint;
-  if (absl::Status st = CheckCheckpointArgument(path); !st.ok()) return st;
-  std::error_code ec;
-  if (!std::filesystem::exists(std::filesystem::path(path) / "MANIFEST", ec)) {
-    absl::StatusOr<std::string> latest = LatestCheckpoint(path);
-    if (absl::IsNotFound(latest.status())) {
-      return absl::NotFoundError(absl::StrCat(path, " holds no complete checkpoint (step_XXXXXXXX with a MANIFEST)"));
-    }
-    if (!latest.ok()) return latest.status();
-    path = *latest;
-  }
+  absl::StatusOr<std::string> resolved = ResolveCheckpointArgument(
+      checkpoint, [](const std::string& line) { std::fprintf(stderr, "moe-worker: %s\n", line.c_str()); });
+  if (!resolved.ok()) return resolved.status();
+  const std::string& path = *resolved;
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(path);
   if (!ckpt.ok()) return ckpt.status();
   absl::StatusOr<CheckpointModelSpec> read = ReadCheckpointModelSpec(*ckpt, path);
@@ -58,6 +51,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int seq_len
   m.comm = CreateSingleProcessCommunicator();
   ModelConfig cfg = ModelConfig::FromSpec(m.spec, vocab);
   cfg.dropout = 0;
+  cfg.inference_only = true;  // Forward only: no gradients or AdamW moments
   if (seq_len > 0) cfg.seq_len = seq_len;
   // The shapes from the layout alone, before a model of the spec's size is allocated.
   const ParamLayout layout(cfg, 0, 1);

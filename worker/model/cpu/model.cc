@@ -60,20 +60,31 @@ Model::Model(const ModelConfig& cfg, Communicator* comm)
   // train.optimizer_state says.
   try {
     params_.assign(layout_.total(), 0.f);
-    grads_.assign(layout_.total(), 0.f);
-    adam_m_.Allocate();
-    adam_v_.Allocate();
+    if (!cfg.inference_only) {
+      grads_.assign(layout_.total(), 0.f);
+      adam_m_.Allocate();
+      adam_v_.Allocate();
+    }
   } catch (const std::bad_alloc&) {
-    const double bytes = 8.0 * static_cast<double>(layout_.total()) + static_cast<double>(adam_m_.BytesNeeded()) +
-                         static_cast<double>(adam_v_.BytesNeeded());
+    const double bytes = cfg.inference_only ? 4.0 * static_cast<double>(layout_.total())
+                                            : 8.0 * static_cast<double>(layout_.total()) +
+                                                  static_cast<double>(adam_m_.BytesNeeded()) +
+                                                  static_cast<double>(adam_v_.BytesNeeded());
     throw AllocationError(absl::StrCat("could not allocate ", FormatBytes(bytes),
-                                       " for the model's parameters, gradients and AdamW moments"));
+                                       cfg.inference_only ? " for the model's parameters"
+                                                          : " for the model's parameters, gradients and AdamW moments"));
   } catch (const std::length_error&) {
     throw AllocationError(absl::StrCat("could not allocate ", layout_.total(),
                                        " parameters: more than one buffer can hold"));
   }
   for (int l = 0; l < cfg.layers; ++l) moe_layers_.push_back(std::make_unique<MoeLayer>(cfg, comm));
   acts_.resize(cfg.layers);
+}
+
+void Model::RequireTraining(const char* what) const {
+  if (cfg_.inference_only) {
+    throw std::logic_error(absl::StrCat(what, " on an inference-only model (ModelConfig::inference_only)"));
+  }
 }
 
 void Model::InitParams(uint64_t seed) {
@@ -86,6 +97,7 @@ void Model::InitParams(uint64_t seed) {
 }
 
 void Model::ZeroGrads() {
+  RequireTraining("ZeroGrads");
   std::fill(grads_.begin(), grads_.end(), 0.f);
   comm_at_step_start_ = {comm_->all_to_all_seconds(), comm_->all_reduce_seconds()};
 }
@@ -116,6 +128,7 @@ void Model::GradSquaredNorms(double* dense_sq, double* expert_sq) {
 }
 
 void Model::OptimizerStep(int64_t step, double lr, double muon_lr, double weight_decay, float clip_scale) {
+  RequireTraining("OptimizerStep");
   // Compact moments (train.optimizer_state bf16 / int8) are decoded a chunk of whole state
   // blocks at a time, updated in fp32 and encoded again; fp32 moments are updated in place.
   constexpr int64_t kChunk = 64 * kernels::kStateBlock;
@@ -327,6 +340,7 @@ ForwardResult Model::Forward(const int32_t* idx, const int32_t* targets, int b,
 }
 
 void Model::Backward() {
+  RequireTraining("Backward");
   const int b = b_, T = cfg_.seq_len, D = cfg_.d, V = cfg_.vocab, H = cfg_.heads;
   const int Hkv = cfg_.kv_heads, hd = cfg_.head_dim, C3 = cfg_.qkv_dim();
   const int n = b * T;

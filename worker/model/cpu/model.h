@@ -47,6 +47,7 @@ class Model final : public TrainModel {
   const std::vector<float>& logits() const { return logits_; }
 
  private:
+  void RequireTraining(const char* what) const;  // throws std::logic_error on an inference-only model
   // Muon on one ParamInfo::muon tensor: its matrices (the trailing two dimensions) as one batch.
   void MuonTensorStep(const ParamInfo& info, int64_t step, double lr, double weight_decay, float clip_scale);
 
