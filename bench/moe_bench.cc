@@ -27,7 +27,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/job_spec.h"
 #include "common/model_stats.h"
 #include "moe/v1/job.pb.h"
@@ -356,6 +359,10 @@ int main(int argc, char** argv) {
     } else if (a == "--profile") {
       profile = true;
     } else {
+      const std::string why = !absl::StartsWith(a, "--") ? absl::StrCat("unexpected argument '", a, "'")
+                              : has_value ? absl::StrCat(a, " ", argv[i + 1], ": not an option, or not a whole number")
+                                          : absl::StrCat(a, ": not an option, or it needs a value");
+      std::fprintf(stderr, "moe_bench: %s\n", why.c_str());
       std::fprintf(stderr,
                    "usage: moe_bench --config tiny|tiny-dense|small|medium [--steps N] [--warmup N] "
                    "[--precision bf16|fp32] [--device cuda|cpu] [--grouped-gemm] [--profile] [--trace N]\n"
@@ -384,10 +391,21 @@ int main(int argc, char** argv) {
   for (const BenchConfig& x : kConfigs) {
     if (config == x.name) c = &x;
   }
-  if (c == nullptr || steps <= 0 || (precision != "bf16" && precision != "fp32") ||
-      (device != "cuda" && device != "cpu")) {
-    std::fprintf(stderr, "moe_bench: bad arguments (config %s, precision %s, device %s)\n", config.c_str(),
-                 precision.c_str(), device.c_str());
+  std::string bad;
+  if (c == nullptr) {
+    std::vector<std::string> names;
+    for (const BenchConfig& x : kConfigs) names.push_back(x.name);
+    bad = absl::StrCat("--config ", config, ": not a configuration; use one of ", absl::StrJoin(names, ", "),
+                       ", or --job FILE for any shape");
+  } else if (steps <= 0 || warmup < 0) {
+    bad = "--steps must be at least 1 and --warmup at least 0";
+  } else if (precision != "bf16" && precision != "fp32") {
+    bad = absl::StrCat("--precision ", precision, ": use bf16 or fp32");
+  } else if (device != "cuda" && device != "cpu") {
+    bad = absl::StrCat("--device ", device, ": use cuda or cpu");
+  }
+  if (!bad.empty()) {
+    std::fprintf(stderr, "moe_bench: %s\n", bad.c_str());
     return 2;
   }
   if (trace.steps > 0 && device != "cuda") {
