@@ -112,6 +112,7 @@ int RunSubmit(const SubmitOptions& o) {
                  parsed.errors.size(), parsed.errors.size() == 1 ? "" : "s");
     return 2;
   }
+  for (const SpecError& w : parsed.warnings) std::fprintf(stderr, "warning: %s\n", w.ToString().c_str());
   absl::StatusOr<ClientConfig> config = LoadClientConfig();
   if (!config.ok()) return Fail(std::string(config.status().message()));
   moe::v1::SubmitJobRequest req;

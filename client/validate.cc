@@ -246,6 +246,7 @@ int RunValidate(const std::string& file, const std::string& gpu_memory) {
     return 2;
   }
   Describe(file, parsed.spec);
+  for (const SpecError& w : parsed.warnings) std::fprintf(stderr, "warning: %s\n", w.ToString().c_str());
   if (gpu_bytes == 0) return 0;
   if (parsed.spec.resources().device() != v1::DEVICE_CUDA) {
     std::printf("  gpu memory   not checked: --gpu-memory is for device cuda jobs, this one runs on the CPU\n");

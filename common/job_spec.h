@@ -24,6 +24,9 @@ struct SpecError {
 struct ParsedSpec {
   moe::v1::JobSpec spec;
   std::vector<SpecError> errors;
+  // A valid spec's values that are almost surely a mistake (an AdamW lr of 5, evaluation that
+  // takes longer than training): printed as warnings, the job still valid.
+  std::vector<SpecError> warnings;
   bool ok() const { return errors.empty(); }
 };
 

@@ -75,6 +75,10 @@ void ApplyDefaults(moe::v1::JobSpec* s, const std::set<std::string>& present,
 std::vector<SpecError> CheckJobSpec(const moe::v1::JobSpec& spec,
                                     const std::set<std::string>& skip);
 
+// Advice on a spec that passed CheckJobSpec (job_spec_advice.cc): values in range that are almost
+// surely a mistake (an AdamW lr of 5, evaluation longer than training). Field paths, no positions.
+std::vector<SpecError> AdviseJobSpec(const moe::v1::JobSpec& spec);
+
 // The recipe options (MODEL.md "Options"; job_spec_recipe.cc): ranges, the combinations that
 // make no sense, and what the job's backend runs. ok(path) says a field is still checkable;
 // fail(path, message) reports one.

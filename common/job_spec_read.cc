@@ -482,24 +482,27 @@ ParsedSpec ParseChecked(const std::string& yaml_text, const std::string& file_na
 
   // The same rules as a gRPC spec; each error goes back to where its key (or the nearest
   // enclosing key the file has) is written.
-  std::vector<SpecError> errors = std::move(reader.errors);
-  for (SpecError& e : job_spec_internal::CheckJobSpec(out.spec, reader.bad)) {
-    Pos pos = root_pos;
-    for (std::string p = e.field; !p.empty(); p = ParentPath(p)) {
-      if (auto it = reader.value_positions.find(p); it != reader.value_positions.end()) {
-        pos = p == e.field ? it->second : reader.key_positions[p];
-        break;
+  auto place = [&](std::vector<SpecError> found, std::vector<SpecError>* into) {
+    for (SpecError& e : found) {
+      Pos pos = root_pos;
+      for (std::string p = e.field; !p.empty(); p = ParentPath(p)) {
+        if (auto it = reader.value_positions.find(p); it != reader.value_positions.end()) {
+          pos = p == e.field ? it->second : reader.key_positions[p];
+          break;
+        }
       }
+      e.file = file_name;
+      e.line = pos.line;
+      e.column = pos.column;
+      into->push_back(std::move(e));
     }
-    e.file = file_name;
-    e.line = pos.line;
-    e.column = pos.column;
-    errors.push_back(std::move(e));
-  }
-  std::stable_sort(errors.begin(), errors.end(), [](const SpecError& a, const SpecError& b) {
-    return std::make_pair(a.line, a.column) < std::make_pair(b.line, b.column);
-  });
-  out.errors = std::move(errors);
+    std::stable_sort(into->begin(), into->end(), [](const SpecError& a, const SpecError& b) {
+      return std::make_pair(a.line, a.column) < std::make_pair(b.line, b.column);
+    });
+  };
+  out.errors = std::move(reader.errors);
+  place(job_spec_internal::CheckJobSpec(out.spec, reader.bad), &out.errors);
+  if (out.errors.empty()) place(job_spec_internal::AdviseJobSpec(out.spec), &out.warnings);
   return out;
 }
 

@@ -220,6 +220,31 @@ TEST_F(JobSpecTest, AValueLongerThanAnyNumberIsAnErrorNotAStackOverflow) {
   EXPECT_THAT(errors, HasSubstr("name: must be 1 to 63 characters"));
 }
 
+// A valid file with values that are almost surely a mistake: each is a warning at its value's
+// position, and the spec stays valid; a file with errors gets the errors alone.
+TEST_F(JobSpecTest, LikelyMistakesAreWarningsAtTheirPositions) {
+  EXPECT_TRUE(Parse(kMinimal).warnings.empty());
+  const std::string yaml = WithExtra("train:", "  lr: 5\n  eval_every: 1\n  eval_batches: 500\n");
+  ParsedSpec p = Parse(yaml);
+  ASSERT_TRUE(p.ok()) << FormatSpecErrors(p.errors);
+  ASSERT_EQ(p.warnings.size(), 2u);
+  EXPECT_EQ(p.warnings[0].field, "train.lr");
+  EXPECT_THAT(p.warnings[0].message, HasSubstr("5 is far above what AdamW trains with"));
+  EXPECT_THAT(p.warnings[0].message, HasSubstr("did you mean 0.005?"));
+  EXPECT_EQ(p.warnings[1].field, "train.eval_batches");
+  EXPECT_THAT(p.warnings[1].message, HasSubstr("500 batches every step: evaluation would take about"));
+  EXPECT_THAT(p.warnings[1].message, HasSubstr("times as long as the training itself"));
+  for (const SpecError& w : p.warnings) {
+    EXPECT_GT(w.line, 9) << w.ToString();
+    EXPECT_GT(w.column, 1) << w.ToString();
+  }
+  // Evaluation shorter than training is fine: 1 batch at every one of the 5000 steps.
+  EXPECT_TRUE(Parse(WithExtra("train:", "  eval_every: 1\n  eval_batches: 1\n")).warnings.empty());
+  ParsedSpec bad = Parse(WithExtra("train:", "  lr: 5\n  grad_clip: -1\n"));
+  EXPECT_FALSE(bad.ok());
+  EXPECT_TRUE(bad.warnings.empty());
+}
+
 TEST_F(JobSpecTest, LoadJobSpecFileReadsFilesAndRefusesOthers) {
   WriteText(dir_ + "/job.yaml", kMinimal);
   ParsedSpec p = LoadJobSpecFile(dir_ + "/job.yaml");

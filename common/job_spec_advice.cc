@@ -1,0 +1,55 @@
+// Advice on a valid job: values inside their ranges that are almost surely a mistake. moectl
+// validate and submit print each as a warning and go on (the job is still valid).
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/job_spec_internal.h"
+
+namespace moe::job_spec_internal {
+
+namespace {
+
+// Above this AdamW learning rate a run of any model we train diverges within a few steps.
+constexpr double kHighLearningRate = 0.1;
+
+}  // namespace
+
+std::vector<SpecError> AdviseJobSpec(const moe::v1::JobSpec& spec) {
+  std::vector<SpecError> out;
+  auto warn = [&](const std::string& field, std::string message) {
+    SpecError e;
+    e.field = field;
+    e.message = std::move(message);
+    out.push_back(std::move(e));
+  };
+  const auto& t = spec.train();
+  if (t.lr() > kHighLearningRate) {
+    warn("train.lr", absl::StrCat(FormatDouble(t.lr()),
+                                  " is far above what AdamW trains with (1e-4 to 1e-2 for most models): such a run "
+                                  "usually diverges in its first steps and ends FAILED; did you mean ",
+                                  FormatDouble(t.lr() / 1000), "?"));
+  }
+  // Evaluation: eval_batches forward passes of one micro-batch at every eval_every-th step and at
+  // the last; training: grad_accum micro-batches a step, each a forward and a backward (about
+  // three forwards).
+  if (t.steps() > 0 && t.eval_every() > 0 && t.eval_batches() > 0 && t.grad_accum() > 0) {
+    const double evals = static_cast<double>(t.steps() / t.eval_every() + 1);
+    const double eval_forwards = evals * t.eval_batches();
+    const double train_forwards = 3.0 * static_cast<double>(t.steps()) * t.grad_accum();
+    if (eval_forwards > train_forwards) {
+      const double ratio = eval_forwards / train_forwards;
+      warn("train.eval_batches",
+           absl::StrCat(t.eval_batches(), " batches ",
+                        t.eval_every() == 1 ? std::string("every step") : absl::StrCat("every ", t.eval_every(), " steps"),
+                        ": evaluation would take about ",
+                        ratio < 10 ? absl::StrFormat("%.1f", ratio) : absl::StrCat(std::llround(ratio)),
+                        " times as long as the training itself; lower train.eval_batches or raise train.eval_every"));
+    }
+  }
+  return out;
+}
+
+}  // namespace moe::job_spec_internal
