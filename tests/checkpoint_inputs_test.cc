@@ -150,6 +150,7 @@ TEST_F(CheckpointInputs, APathThatIsNoCheckpointIsNamedAsSuch) {
   CommandResult r = Sample(missing);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr(missing + " does not exist"));
+  EXPECT_EQ(r.out, "") << "the prompt is echoed only once the checkpoint and the prompt are accepted";
   // Export says the same (it said "holds no complete checkpoint" of a path that is not there).
   CommandResult x = RunCommand({Worker(), "--export", missing, "--format", "hf", "--out", missing + "-hf"}, {}, 60);
   EXPECT_EQ(x.exit_code, 1) << x.err;
@@ -185,6 +186,20 @@ TEST_F(CheckpointInputs, ToolsSkipADamagedNewestCheckpoint) {
     EXPECT_THAT(r.err, HasSubstr("restore one from a copy"));
     EXPECT_THAT(r.err, Not(HasSubstr("start_over_if_damaged")));
   }
+}
+
+// A prompt with a character the char vocabulary lacks: the error names it, and stdout stays empty
+// (the prompt was echoed before the refusal).
+TEST_F(CheckpointInputs, APromptOutsideTheVocabularyPrintsNothing) {
+  CommandResult r =
+      RunCommand({Worker(), "--sample", *good_, "--prompt", "ROMEO \xE2\x82\xAC", "--tokens", "3", "--device", "cpu"},
+                 {}, 120);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("is not in the char vocabulary"));
+  EXPECT_EQ(r.out, "");
+  CommandResult ok = Sample(*good_);
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_THAT(ok.out, ::testing::StartsWith("ROMEO"));
 }
 
 // The job's text file is now shorter than one sequence: before, --score aborted in SampleBatch.

@@ -301,9 +301,12 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (flags.sampling) {
-    // The prompt, then each token as it comes; the speed on stderr.
-    std::printf("%s", flags.sample.prompt.c_str());
-    std::fflush(stdout);
+    // The prompt (once the checkpoint and the prompt are accepted), then each token as it comes;
+    // the speed on stderr.
+    flags.sample.on_ready = [&] {
+      std::printf("%s", flags.sample.prompt.c_str());
+      std::fflush(stdout);
+    };
     int produced = 0;
     std::chrono::steady_clock::time_point first, last;  // the first and the last token's arrival
     flags.sample.on_token = [&](const std::string& piece) {

@@ -203,6 +203,7 @@ absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
       return absl::InvalidArgumentError(absl::StrCat("the prompt holds token ", id, ", outside the model's vocabulary of ", cfg.vocab));
     }
   }
+  if (opts.on_ready) opts.on_ready();
   std::mt19937_64 rng(opts.seed);
   const int T = cfg.seq_len, V = cfg.vocab;
   int64_t start = ContextStart(0, static_cast<int64_t>(ids.size()), T);
