@@ -1,5 +1,6 @@
 #include "kernels/cuda/router.h"
 
+#include <cfloat>
 #include <cstdint>
 
 #include "kernels/cuda/device.cuh"
@@ -60,6 +61,9 @@ __global__ void RouterForwardKernel(float* probs, float* lse, int32_t* expert_id
       for (int x = 0; x < e; ++x) p[x] *= inv;
     }
   }
+  // A score that underflowed counts as the smallest normal float (kernels/router.cc's
+  // FloorScores): the weights below stay finite when the bias picks only such experts.
+  for (int x = 0; x < e; ++x) p[x] = fmaxf(p[x], FLT_MIN);
   // The choice ranks key(x) = p[x] (+ bias[x]); the weights are p of the picks.
   auto key = [&](int x) { return sc.bias != nullptr ? p[x] + sc.bias[x] : p[x]; };
   // Top-k by repeated selection: strictly greater wins, so ties go to the lower index. The picks
@@ -115,7 +119,7 @@ __global__ void RouterForwardWarpKernel(float* probs, float* lse, int32_t* exper
 #pragma unroll
   for (int r = 0; r < kPerLane; ++r) {
     const int x = lane + 32 * r;
-    v[r] *= inv;
+    v[r] = fmaxf(v[r] * inv, FLT_MIN);  // as the kernel above
     if (x < e) p[x] = v[r];
   }
   if (lane == 0) lse[t] = mx + logf(sum);
