@@ -1,12 +1,19 @@
 // Unit tests of reading a job file (common/job_spec_read.cc): YAML -> JobSpec, required keys,
-// types, enums, unknown keys, FILE:LINE:COL positions, broken files, paths, LoadJobSpecFile.
+// types, enums, unknown keys, FILE:LINE:COL positions, broken files, paths, LoadJobSpecFile, and
+// that docs/job-spec.md lists exactly the keys a file may hold.
+#include <fstream>
+#include <regex>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "common/job_spec.h"
+#include "moe/v1/job.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/job_spec_fixture.h"
+#include "tests/support/paths.h"
 
 namespace moe {
 namespace {
@@ -291,6 +298,44 @@ TEST_F(JobSpecTest, RelativePathsResolveAgainstTheBaseDir) {
   EXPECT_THAT(e.message, HasSubstr("is not a directory"));
   EXPECT_THAT(OnlyError(WithExtra("  path: input.txt", "  tokenizer_dir: gpt2\n")).message,
               HasSubstr("only used with tokenizer gpt2"));
+}
+
+// docs/job-spec.md documents every key a job file may hold, and no key it may not: each "###"
+// section names its mapping (`model.moe`, or "Top level"), each table row's first column its
+// keys. The keys come from the JobSpec message, as the reader takes them.
+void SpecPaths(const google::protobuf::Descriptor* d, const std::string& prefix, std::set<std::string>* out) {
+  for (int i = 0; i < d->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* f = d->field(i);
+    const std::string path = prefix.empty() ? f->name() : prefix + "." + f->name();
+    out->insert(path);
+    if (f->cpp_type() == google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) SpecPaths(f->message_type(), path, out);
+  }
+}
+
+TEST(JobSpecDocs, EveryKeyIsDocumentedAndEveryDocumentedKeyExists) {
+  std::set<std::string> keys;
+  SpecPaths(moe::v1::JobSpec::descriptor(), "", &keys);
+  std::ifstream in(testing::SourceDir() + "/docs/job-spec.md");
+  ASSERT_TRUE(in) << "docs/job-spec.md";
+  std::set<std::string> documented;
+  std::string section, line;
+  bool in_keys = false;
+  const std::regex heading("^### (?:`([a-z_.]+)`|Top level)");
+  const std::regex key("`([a-z_0-9]+)`");
+  while (std::getline(in, line)) {
+    if (absl::StartsWith(line, "## ")) in_keys = line == "## Keys";
+    std::smatch m;
+    if (in_keys && std::regex_search(line, m, heading)) section = m[1].str();
+    if (!in_keys || !absl::StartsWith(line, "| ") || absl::StartsWith(line, "| key") || absl::StartsWith(line, "| ---")) {
+      continue;
+    }
+    const std::string first = line.substr(2, line.find(" |", 2) - 2);
+    for (auto it = std::sregex_iterator(first.begin(), first.end(), key); it != std::sregex_iterator(); ++it) {
+      documented.insert(section.empty() ? (*it)[1].str() : section + "." + (*it)[1].str());
+    }
+  }
+  for (const std::string& k : keys) EXPECT_TRUE(documented.count(k)) << k << " is not in docs/job-spec.md";
+  for (const std::string& d : documented) EXPECT_TRUE(keys.count(d)) << d << " is documented but no job file key";
 }
 
 }  // namespace
