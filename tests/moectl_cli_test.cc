@@ -4,6 +4,8 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -55,6 +57,31 @@ TEST(MoectlCli, HelpAndVersionExitZero) {
   EXPECT_TRUE(absl::StrContains(completion.out, "--older-than")) << completion.out;
   CommandResult syntax = RunCommand({"/bin/bash", "-n", "-c", completion.out}, {}, 10);
   EXPECT_EQ(syntax.exit_code, 0) << syntax.err;
+}
+
+// The README's moectl table has a row for every subcommand `moectl --help` lists, and no other.
+TEST(MoectlCli, TheReadmeTableListsEverySubcommand) {
+  CommandResult help = RunCommand({BinDir() + "/moectl", "--help"}, {}, 10);
+  ASSERT_EQ(help.exit_code, 0);
+  std::set<std::string> commands;
+  bool listing = false;
+  std::istringstream lines(help.out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line == "Subcommands:") listing = true;
+    // "  validate    usage: ..." (the description lines are indented further)
+    if (listing && line.size() > 2 && line[0] == ' ' && line[1] == ' ' && line[2] != ' ') {
+      commands.insert(line.substr(2, line.find(' ', 2) - 2));
+    }
+  }
+  ASSERT_GE(commands.size(), 10u) << help.out;
+  std::ifstream in(moe::testing::SourceDir() + "/README.md");
+  std::set<std::string> rows;
+  bool table = false;
+  for (std::string line; std::getline(in, line);) {
+    if (absl::StartsWith(line, "### ")) table = line == "### moectl";
+    if (table && absl::StartsWith(line, "| `")) rows.insert(line.substr(3, line.find_first_of(" `", 3) - 3));
+  }
+  EXPECT_EQ(rows, commands);
 }
 
 // A number out of range names the range, not CLI11's 'not in range 0.000000 to 1797693134862...'
