@@ -2,6 +2,7 @@
 // types, enums, unknown keys, FILE:LINE:COL positions, broken files, paths, LoadJobSpecFile, and
 // that docs/job-spec.md lists exactly the keys a file may hold.
 #include <fstream>
+#include <iterator>
 #include <regex>
 #include <set>
 #include <string>
@@ -336,6 +337,21 @@ TEST(JobSpecDocs, EveryKeyIsDocumentedAndEveryDocumentedKeyExists) {
   }
   for (const std::string& k : keys) EXPECT_TRUE(documented.count(k)) << k << " is not in docs/job-spec.md";
   for (const std::string& d : documented) EXPECT_TRUE(keys.count(d)) << d << " is documented but no job file key";
+}
+
+// The README's job.yaml reference is a valid job file (its data path is the shared text beside
+// the repository, as the README says).
+TEST(JobSpecDocs, TheReadmeExampleIsAValidJob) {
+  std::ifstream in(testing::SourceDir() + "/README.md");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string start = "## job.yaml\n\n```yaml\n";
+  const size_t at = text.find(start);
+  ASSERT_NE(at, std::string::npos) << "the README has no job.yaml block";
+  const size_t begin = at + start.size();
+  const std::string yaml = text.substr(begin, text.find("```", begin) - begin);
+  ParsedSpec p = ParseJobSpec(yaml, "README.md", testing::SourceDir());
+  EXPECT_TRUE(p.ok()) << FormatSpecErrors(p.errors);
+  EXPECT_TRUE(p.warnings.empty());
 }
 
 }  // namespace
