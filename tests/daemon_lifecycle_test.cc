@@ -1,5 +1,5 @@
 // moed and moectl under unlucky timing, through the real binaries: a second moed on a state
-// directory that one already uses.
+// directory that one already uses, and a moed slow to accept a connection.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -47,6 +47,83 @@ TEST(DaemonLifecycle, ASecondMoedOnTheSameStateDirIsRefused) {
   EXPECT_EQ(h.Moectl({"list"}).exit_code, 0);
   h.Kill9();
   ASSERT_TRUE(h.Start()) << h.MoedLog();
+}
+
+// A TCP relay to moed that holds each new connection for delay before it passes bytes on: a moed
+// that is busy, or far away, as a client sees it.
+class SlowRelay {
+ public:
+  SlowRelay(int target_port, std::chrono::milliseconds delay) : target_(target_port), delay_(delay) {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr = {};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    listen(listen_fd_, 16);
+    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    acceptor_ = std::thread([this] { Accept(); });
+  }
+  ~SlowRelay() {
+    stop_ = true;
+    shutdown(listen_fd_, SHUT_RDWR);
+    acceptor_.join();
+    for (std::thread& t : pipes_) t.join();
+    close(listen_fd_);
+  }
+  int port() const { return port_; }
+
+ private:
+  void Accept() {
+    while (!stop_) {
+      int client = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (client < 0) return;
+      pipes_.emplace_back([this, client] { Relay(client); });
+    }
+  }
+  void Relay(int client) {
+    std::this_thread::sleep_for(delay_);
+    int server = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr = {};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(target_));
+    if (connect(server, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+      pollfd fds[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
+      char buf[16384];
+      while (!stop_ && poll(fds, 2, 100) >= 0) {
+        bool open = true;
+        for (int i = 0; i < 2 && open; ++i) {
+          if (fds[i].revents == 0) continue;
+          ssize_t n = read(fds[i].fd, buf, sizeof(buf));
+          open = n > 0 && write(fds[1 - i].fd, buf, static_cast<size_t>(n)) == n;
+        }
+        if (!open) break;
+      }
+    }
+    close(server);
+    close(client);
+  }
+
+  const int target_;
+  const std::chrono::milliseconds delay_;
+  int listen_fd_ = -1, port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread acceptor_;
+  std::vector<std::thread> pipes_;  // touched by the acceptor only, joined after it
+};
+
+TEST(DaemonLifecycle, MoectlWaitsForAMoedSlowToAcceptItsConnection) {
+  DaemonHarness h(Fake({}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const int port = std::stoi(h.address().substr(h.address().rfind(':') + 1));
+  // Half a second to connect: was "cannot reach moed" (gRPC gave a connection 100 ms).
+  SlowRelay relay(port, std::chrono::milliseconds(500));
+  CommandResult r =
+      h.Moectl({"list"}, 30, {{"MOE_SERVER", absl::StrCat("127.0.0.1:", relay.port())}});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("ID"));
 }
 
 }  // namespace
