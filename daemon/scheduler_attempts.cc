@@ -194,6 +194,16 @@ bool Scheduler::Watch(Active& a) {
     if (!a.launched || !launcher->AnyAlive(handle)) {
       if (a.launched && !Ingest(a, /*final=*/true)) return false;
       a.rec.cancel_requested = false;
+      // The ranks may have run their last step before the cancel reached them: an attempt that
+      // ended with success trained the whole job, and its state says so.
+      if (a.launched) {
+        const ProcessState ps = launcher->Poll(handle);
+        if (ps.kind == ProcessState::kExited && ps.exit_code == 0) {
+          Store(a, moe::v1::JOB_STATE_SUCCEEDED,
+                "finished all its steps before the cancel reached it");
+          return true;
+        }
+      }
       Store(a, moe::v1::JOB_STATE_CANCELLED, "cancelled by request");
       return true;
     }

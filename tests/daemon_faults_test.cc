@@ -253,7 +253,7 @@ TEST_F(DaemonFaults, CancelThatCannotBeStoredSaysSoAndSignalsNothing) {
   c = scheduler_->Cancel(id);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(launcher_.terminates(), 1);
-  launcher_.Exit(0);
+  launcher_.Exit(143);  // what the ranks do on SIGTERM (checkpoint, exit 143)
   ExpectHeld(id, moe::v1::JOB_STATE_STARTING);
   Refuse({});
   EXPECT_EQ(WaitStored(id, moe::v1::JOB_STATE_CANCELLED), moe::v1::JOB_STATE_CANCELLED);

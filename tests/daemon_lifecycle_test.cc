@@ -1,5 +1,6 @@
 // moed and moectl under unlucky timing, through the real binaries: a second moed on a state
-// directory that one already uses, and a moed slow to accept a connection.
+// directory that one already uses, a cancel that reaches a job as it finishes, and a moed slow to
+// accept a connection.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -47,6 +48,24 @@ TEST(DaemonLifecycle, ASecondMoedOnTheSameStateDirIsRefused) {
   EXPECT_EQ(h.Moectl({"list"}).exit_code, 0);
   h.Kill9();
   ASSERT_TRUE(h.Start()) << h.MoedLog();
+}
+
+TEST(DaemonLifecycle, ACancelThatArrivesAsTheJobFinishesLeavesItSucceeded) {
+  // The ranks ignore SIGTERM, as ranks past their last step do: they finish every step.
+  DaemonHarness h(Fake({{"FAKE_STEPS", "4"}, {"FAKE_STEP_SECONDS", "0.3"},
+                        {"FAKE_IGNORE_TERM", "1"}}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult sub = h.Moectl({"submit", h.WriteJob("ends", 1, 4)});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  const std::string id = sub.out.substr(0, sub.out.find('\n'));
+  h.WaitForState(id, moe::v1::JOB_STATE_RUNNING, 30);
+  CommandResult cancel = h.Moectl({"cancel", id});
+  EXPECT_THAT(cancel.out, HasSubstr(absl::StrCat(id, " SUCCEEDED")));
+  const moe::v1::Job job = h.WaitFor(id, [](const moe::v1::Job& j) {
+    return j.state() == moe::v1::JOB_STATE_SUCCEEDED || j.state() == moe::v1::JOB_STATE_CANCELLED;
+  }, 30);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason();
+  EXPECT_THAT(job.reason(), HasSubstr("before the cancel reached it"));
 }
 
 // A TCP relay to moed that holds each new connection for delay before it passes bytes on: a moed
