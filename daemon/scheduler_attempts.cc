@@ -153,8 +153,16 @@ bool Scheduler::Ingest(Active& a, bool final) {
           store_->AppendCapturedLines(a.rec.job.id(), f.rank, lines, NowUnixMs(), f.path,
                                       new_offset);
       if (!s.ok()) {
-        LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": cannot store log lines: ", s.message()));
+        if (a.ingest_error != s.message()) {
+          LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": cannot store log lines: ", s.message(),
+                                 "; retrying until the store takes them"));
+          a.ingest_error = std::string(s.message());
+        }
         return false;
+      }
+      if (!a.ingest_error.empty()) {
+        LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": log lines stored again"));
+        a.ingest_error.clear();
       }
       offset = new_offset;
       a.offsets[f.path] = offset;
