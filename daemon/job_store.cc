@@ -100,6 +100,27 @@ class Stmt {
 
 std::string FormatId(int64_t num) { return absl::StrFormat("j-%06d", num); }
 
+// What a user can do about an SQLite error on the database at path, for the messages.
+std::string StoreFix(int code, const std::string& path) {
+  switch (code & 0xff) {
+    case SQLITE_FULL:
+      return " (the state directory's file system is full)";
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+      return absl::StrCat(" (", path,
+                          " is damaged or is not moed's database: with moed stopped, move it "
+                          "aside to start with no jobs, or rebuild it with `sqlite3 ", path,
+                          " .recover | sqlite3 ", path,
+                          ".recovered` and move that into its place)");
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+    case SQLITE_PERM:
+      return " (check that --state-dir is writable)";
+    default:
+      return "";
+  }
+}
+
 constexpr char kJobColumns[] =
     "id, spec, state, reason, created_ms, started_ms, ended_ms, restarts, attempt, latest, "
     "best_val_loss, job_dir, checkpoint_dir, launch_handle, cancel_requested, report_secret";
@@ -159,9 +180,10 @@ absl::Status CheckJobId(const std::string& id) {
     return static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f;
   });
   if (id.size() > kMaxIdBytes || odd) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "id: not a job id (", id.size(), " bytes", odd ? ", with control characters or non-ASCII bytes" : "",
-        "); job ids look like j-000001 (moectl list shows the jobs)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("id: not a job id (", id.size(), " bytes",
+                     odd ? ", with control characters or non-ASCII bytes" : "",
+                     "); job ids look like j-000001 (moectl list shows the jobs)"));
   }
   return absl::OkStatus();
 }
@@ -180,12 +202,13 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
   if (rc != SQLITE_OK) {
     std::string msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
     sqlite3_close(db);
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot open job store ", path, ": ", msg,
-                     " (check that --state-dir is writable)"));
+    const std::string fix = StoreFix(rc, path);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot open job store ", path, ": ", msg,
+        fix.empty() ? " (check that --state-dir is writable)" : fix));
   }
   sqlite3_busy_timeout(db, 5000);
-  std::unique_ptr<JobStore> store(new JobStore(db));
+  std::unique_ptr<JobStore> store(new JobStore(db, path));
   std::lock_guard<std::mutex> lock(store->mu_);
   // journal_size_limit: after a checkpoint the WAL file is cut back to 4 MiB at most (SQLite
   // otherwise keeps it at its largest size, and it grows with every burst of log lines).
@@ -194,8 +217,9 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
                           kSchema}) {
     absl::Status s = store->Exec(sql);
     if (!s.ok()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("cannot initialise job store ", path, ": ", s.message()));
+      return absl::FailedPreconditionError(absl::StrCat("cannot initialise job store ", path, ": ",
+                                                        s.message(),
+                                                        StoreFix(sqlite3_errcode(db), path)));
     }
   }
   // Stores from before the report secret get its column.
@@ -232,11 +256,10 @@ absl::Status JobStore::Exec(const char* sql) {
 
 absl::Status JobStore::Error(const char* what) {
   const int code = sqlite3_errcode(db_);
-  std::string msg = absl::StrCat("job store: ", what, ": ", sqlite3_errmsg(db_));
-  if (code == SQLITE_FULL) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(msg, " (the state directory's file system is full)"));
-  }
+  const std::string msg =
+      absl::StrCat("job store: ", what, ": ", sqlite3_errmsg(db_), StoreFix(code, path_));
+  if (code == SQLITE_FULL) return absl::ResourceExhaustedError(msg);
+  if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB) return absl::DataLossError(msg);
   return absl::InternalError(msg);
 }
 
