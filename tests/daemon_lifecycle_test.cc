@@ -72,7 +72,8 @@ TEST(DaemonLifecycle, ACancelThatArrivesAsTheJobFinishesLeavesItSucceeded) {
 // that is busy, or far away, as a client sees it.
 class SlowRelay {
  public:
-  SlowRelay(int target_port, std::chrono::milliseconds delay) : target_(target_port), delay_(delay) {
+  SlowRelay(int target_port, std::chrono::milliseconds delay)
+      : target_(target_port), delay_(delay) {
     listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in addr = {};
     addr.sin_family = AF_INET;

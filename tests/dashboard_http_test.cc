@@ -60,8 +60,9 @@ TEST(DashboardHttp, APathThatCanNameNoJobIsABadRequest) {
   const int port = h.metrics_port();
   EXPECT_EQ(HttpGet(port, "/jobs/j-000001").status, 200);
   // Bytes that are not text were echoed back in a UTF-8 body, and an id of any length in full.
-  for (const std::string& path : {std::string("/jobs/%ff%fe"),
-                                  std::string("/jobs/j-0%0a1/charts.svg"), "/jobs/" + std::string(100, 'a')}) {
+  for (const std::string& path :
+       {std::string("/jobs/%ff%fe"), std::string("/jobs/j-0%0a1/charts.svg"),
+        "/jobs/" + std::string(100, 'a')}) {
     HttpResponse r = HttpGet(port, path);
     EXPECT_EQ(r.status, 400) << path << r.body;
     EXPECT_TRUE(absl::StrContains(r.body, "not a job id")) << path << r.body;
