@@ -60,7 +60,9 @@ TEST(DaemonLifecycle, ACancelThatArrivesAsTheJobFinishesLeavesItSucceeded) {
   const std::string id = sub.out.substr(0, sub.out.find('\n'));
   h.WaitForState(id, moe::v1::JOB_STATE_RUNNING, 30);
   CommandResult cancel = h.Moectl({"cancel", id});
-  EXPECT_THAT(cancel.out, HasSubstr(absl::StrCat(id, " SUCCEEDED")));
+  EXPECT_EQ(cancel.exit_code, 1);  // not cancelled
+  EXPECT_EQ(cancel.out,
+            absl::StrCat(id, " SUCCEEDED (finished all its steps before the cancel reached it)\n"));
   const moe::v1::Job job = h.WaitFor(id, [](const moe::v1::Job& j) {
     return j.state() == moe::v1::JOB_STATE_SUCCEEDED || j.state() == moe::v1::JOB_STATE_CANCELLED;
   }, 30);
