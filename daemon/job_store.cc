@@ -682,9 +682,14 @@ absl::StatusOr<JobRecord> JobStore::DeleteJob(const std::string& id) {
     }
     if (!IsFinal(rec->job.state())) {
       Exec("ROLLBACK;").IgnoreError();
-      return absl::FailedPreconditionError(
-          absl::StrCat("job ", id, " is ", StateName(rec->job.state()),
-                       "; only a finished job can be deleted (moectl cancel ", id, " first)"));
+      // A cancel under way needs no second one: the job is deletable once it is CANCELLED.
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job ", id, " is ", StateName(rec->job.state()), "; only a finished job can be deleted (",
+          rec->cancel_requested
+              ? absl::StrCat("it is being cancelled: its ranks are stopping; delete it once it is "
+                             "CANCELLED, which moectl cancel ", id, " waits for")
+              : absl::StrCat("moectl cancel ", id, " first"),
+          ")"));
     }
     r = *std::move(rec);
     Stmt num(db_, "SELECT num FROM jobs WHERE id = ?");

@@ -70,6 +70,22 @@ TEST(DaemonLifecycle, ACancelThatArrivesAsTheJobFinishesLeavesItSucceeded) {
   EXPECT_THAT(job.reason(), HasSubstr("before the cancel reached it"));
 }
 
+TEST(DaemonLifecycle, DeletingAJobBeingCancelledSaysToWaitNotToCancel) {
+  DaemonHarness h(Fake({{"FAKE_STEPS", "100000"}, {"FAKE_IGNORE_TERM", "1"}}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult sub = h.Moectl({"submit", h.WriteJob("stopping", 1, 100000)});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  const std::string id = sub.out.substr(0, sub.out.find('\n'));
+  h.WaitForState(id, moe::v1::JOB_STATE_RUNNING, 30);
+  ASSERT_EQ(h.Moectl({"cancel", id, "--no-wait"}).exit_code, 0);
+  // Was "moectl cancel j-000001 first", for a job whose cancel was under way.
+  CommandResult del = h.Moectl({"delete", id});
+  EXPECT_EQ(del.exit_code, 1);
+  EXPECT_THAT(del.err, HasSubstr(absl::StrCat(
+                           "it is being cancelled: its ranks are stopping; delete it once it is "
+                           "CANCELLED, which moectl cancel ", id, " waits for")));
+}
+
 // A TCP relay to moed that holds each new connection for delay before it passes bytes on: a moed
 // that is busy, or far away, as a client sees it.
 class SlowRelay {
