@@ -62,10 +62,6 @@ struct ReportCursor {
 int64_t NowUnixMs();
 bool IsFinal(moe::v1::JobState state);
 std::string StateName(moe::v1::JobState state);  // "RUNNING"
-// INVALID_ARGUMENT unless id could be a job id (j-000001): not empty, at most 64 bytes, printable
-// ASCII. What gRPC and the dashboard check before a lookup, so no answer echoes an id that would
-// overflow gRPC's metadata or is not text.
-absl::Status CheckJobId(const std::string& id);
 
 class JobStore {
  public:
