@@ -11,9 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "common/bearer_token.h"
 #include "common/files.h"
-#include "grpcpp/create_channel.h"
-#include "grpcpp/security/credentials.h"
-#include "grpcpp/support/channel_arguments.h"
+#include "common/moed_channel.h"
 #include "yaml-cpp/yaml.h"
 
 namespace moe::client {
@@ -94,13 +92,8 @@ absl::StatusOr<ClientConfig> LoadClientConfig() {
 }
 
 std::unique_ptr<moe::v1::JobService::Stub> NewJobStub(const ClientConfig& config) {
-  // `logs -f` reconnects after a moed restart: keep gRPC's reconnect backoff short.
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  return moe::v1::JobService::NewStub(
-      grpc::CreateCustomChannel(config.server, grpc::InsecureChannelCredentials(), args));
+  // `logs -f` reconnects after a moed restart: the channel's reconnect backoff is short.
+  return moe::v1::JobService::NewStub(NewMoedChannel(config.server));
 }
 
 void PrepareContext(grpc::ClientContext& ctx, const ClientConfig& config, double deadline_s) {

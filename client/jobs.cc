@@ -288,8 +288,13 @@ int RunCancel(const CancelOptions& o) {
       return Fail(DescribeError(s, *config));
     }
   }
-  std::printf("%s %s\n", id.c_str(), StateName(job.state()).c_str());
-  return job.state() == moe::v1::JOB_STATE_CANCELLED ? 0 : 1;
+  if (job.state() == moe::v1::JOB_STATE_CANCELLED) {
+    std::printf("%s %s\n", id.c_str(), StateName(job.state()).c_str());
+    return 0;
+  }
+  // It ended otherwise before the cancel took (its last step, a failure): why, in its words.
+  std::printf("%s %s (%s)\n", id.c_str(), StateName(job.state()).c_str(), job.reason().c_str());
+  return 1;
 }
 
 }  // namespace moe::client

@@ -89,14 +89,16 @@ int FollowLogs(const std::string& job_id, int rank, int64_t tail, bool follow) {
 }
 
 int RunLogs(const LogsOptions& o) {
+  // The job first: a moed that cannot be reached, or a job it does not have, is said at once
+  // (-f alone would read it as a lost moed and try again for two minutes).
+  absl::StatusOr<ClientConfig> config = LoadClientConfig();
+  if (!config.ok()) return Fail(std::string(config.status().message()));
+  auto stub = NewJobStub(*config);
+  grpc::Status s;
+  absl::StatusOr<moe::v1::Job> job = GetJob(*stub, *config, o.id, &s);
+  if (!job.ok()) return Fail(DescribeError(s, *config));
   if (o.rank >= 0) {
     // A rank the job does not have is a usage error, not an empty log.
-    absl::StatusOr<ClientConfig> config = LoadClientConfig();
-    if (!config.ok()) return Fail(std::string(config.status().message()));
-    auto stub = NewJobStub(*config);
-    grpc::Status s;
-    absl::StatusOr<moe::v1::Job> job = GetJob(*stub, *config, o.id, &s);
-    if (!job.ok()) return Fail(DescribeError(s, *config));
     const int ranks = job->spec().resources().ranks();
     if (o.rank >= ranks) {
       std::fprintf(stderr, "moectl logs: job %s has %d rank%s (0..%d); there is no rank %d\n",

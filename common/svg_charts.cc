@@ -183,7 +183,7 @@ std::string RenderLineChart(const LineChart& c) {
   for (const Series& s : c.series) {
     legend.emplace_back(s.name, s.color);
     std::string poly, dots;
-    for (size_t i = 0; i < s.x.size() && i < s.y.size(); ++i) {
+    for (size_t i : Thin(std::min(s.x.size(), s.y.size()), kMaxLinePoints)) {
       if (!std::isfinite(s.y[i])) continue;
       absl::StrAppend(&poly, poly.empty() ? "" : " ", Px(f.X(s.x[i])), ",", Px(f.Y(s.y[i])));
       absl::StrAppend(&dots, "<circle class=\"pt\" cx=\"", Px(f.X(s.x[i])), "\" cy=\"",

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "daemon/dashboard.h"
+#include "daemon/job_id.h"
 #include "daemon/prometheus.h"
 
 namespace moe::daemon {
@@ -190,6 +191,10 @@ int HttpServer::Handle(mg_connection* conn) {
   if (absl::ConsumePrefix(&rest, "/jobs/")) {
     const bool svg = absl::ConsumeSuffix(&rest, "/charts.svg");
     const std::string id(rest);
+    if (absl::Status bad = CheckJobId(id); !bad.ok()) {
+      Reply(conn, 400, "Bad Request", kText, absl::StrCat(bad.message(), "\n"));
+      return 400;
+    }
     absl::StatusOr<std::string> page = svg ? dashboard_->JobChartsSvg(id) : dashboard_->JobPage(id);
     if (page.ok()) {
       Reply(conn, 200, "OK", svg ? "image/svg+xml" : "text/html; charset=utf-8", *page);

@@ -13,32 +13,13 @@
 #include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
 #include "daemon/job_cleanup.h"
+#include "daemon/job_id.h"
 #include "daemon/status_util.h"
 
 namespace moe::daemon {
 namespace {
 
 constexpr int kBatch = 1000;
-
-// Job ids are j-NNNNNN. One far longer, or with control characters, is refused here: echoed into
-// a NOT_FOUND message it could pass gRPC's metadata limit, and the client would read "received
-// initial metadata size exceeds limit" instead.
-constexpr size_t kMaxIdBytes = 64;
-
-absl::Status CheckId(const std::string& id) {
-  if (id.empty()) {
-    return absl::InvalidArgumentError("id: the job id is empty (moectl list shows the jobs)");
-  }
-  const bool control = std::any_of(id.begin(), id.end(), [](char c) {
-    return static_cast<unsigned char>(c) < 0x20 || c == 0x7f;
-  });
-  if (id.size() > kMaxIdBytes || control) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "id: not a job id (", id.size(), " bytes", control ? ", with control characters" : "",
-        "); job ids look like j-000001 (moectl list shows the jobs)"));
-  }
-  return absl::OkStatus();
-}
 
 grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* context, const grpc::Status& status) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
@@ -66,7 +47,7 @@ grpc::Status JobServiceImpl::Submit(const grpc::ServerContextBase& context,
 grpc::Status JobServiceImpl::Get(const grpc::ServerContextBase& context,
                                  const moe::v1::GetJobRequest& request, moe::v1::Job* response) {
   if (absl::Status s = auth_->Check(context); !s.ok()) return ToGrpcStatus(s);
-  if (absl::Status s = CheckId(request.id()); !s.ok()) return ToGrpcStatus(s);
+  if (absl::Status s = CheckJobId(request.id()); !s.ok()) return ToGrpcStatus(s);
   absl::StatusOr<JobRecord> rec = store_->GetJob(request.id());
   if (!rec.ok()) return ToGrpcStatus(rec.status());
   *response = rec->job;
@@ -91,7 +72,7 @@ grpc::Status JobServiceImpl::Cancel(const grpc::ServerContextBase& context,
                                     const moe::v1::CancelJobRequest& request,
                                     moe::v1::Job* response) {
   if (absl::Status s = auth_->Check(context); !s.ok()) return ToGrpcStatus(s);
-  if (absl::Status s = CheckId(request.id()); !s.ok()) return ToGrpcStatus(s);
+  if (absl::Status s = CheckJobId(request.id()); !s.ok()) return ToGrpcStatus(s);
   absl::StatusOr<moe::v1::Job> job = scheduler_->Cancel(request.id());
   if (!job.ok()) return ToGrpcStatus(job.status());
   *response = *std::move(job);
@@ -101,7 +82,7 @@ grpc::Status JobServiceImpl::Cancel(const grpc::ServerContextBase& context,
 grpc::Status JobServiceImpl::Resume(const grpc::ServerContextBase& context,
                                     const moe::v1::ResumeJobRequest& request, moe::v1::Job* response) {
   if (absl::Status s = auth_->Check(context); !s.ok()) return ToGrpcStatus(s);
-  if (absl::Status s = CheckId(request.id()); !s.ok()) return ToGrpcStatus(s);
+  if (absl::Status s = CheckJobId(request.id()); !s.ok()) return ToGrpcStatus(s);
   if (request.steps() < 0) {
     return ToGrpcStatus(absl::InvalidArgumentError("steps: must be 0 (keep the job's) or a step count"));
   }
@@ -115,7 +96,7 @@ grpc::Status JobServiceImpl::Delete(const grpc::ServerContextBase& context,
                                     const moe::v1::DeleteJobRequest& request,
                                     moe::v1::DeleteJobResponse* response) {
   if (absl::Status s = auth_->Check(context); !s.ok()) return ToGrpcStatus(s);
-  if (absl::Status s = CheckId(request.id()); !s.ok()) return ToGrpcStatus(s);
+  if (absl::Status s = CheckJobId(request.id()); !s.ok()) return ToGrpcStatus(s);
   absl::StatusOr<moe::v1::DeleteJobResponse> out =
       DeleteFinishedJob(*store_, jobs_root_, request.id(), request.checkpoints());
   if (!out.ok()) return ToGrpcStatus(out.status());
@@ -332,7 +313,7 @@ grpc::ServerWriteReactor<moe::v1::LogLine>* JobServiceImpl::StreamLogs(
   };
   if (absl::Status s = auth_->Check(*context); !s.ok()) return refuse(s);
   const std::string& id = request->id();
-  if (absl::Status s = CheckId(id); !s.ok()) return refuse(s);
+  if (absl::Status s = CheckJobId(id); !s.ok()) return refuse(s);
   if (request->rank() < -1) {
     return refuse(absl::InvalidArgumentError(
         absl::StrCat("rank: ", request->rank(), " is not a rank (use -1 for every rank)")));
@@ -366,7 +347,7 @@ grpc::ServerWriteReactor<moe::v1::MetricPoint>* JobServiceImpl::StreamMetrics(
     return new RefusedStream<moe::v1::MetricPoint>(ToGrpcStatus(s));
   };
   if (absl::Status s = auth_->Check(*context); !s.ok()) return refuse(s);
-  if (absl::Status s = CheckId(request->id()); !s.ok()) return refuse(s);
+  if (absl::Status s = CheckJobId(request->id()); !s.ok()) return refuse(s);
   if (absl::StatusOr<JobRecord> rec = store_->GetJob(request->id()); !rec.ok()) {
     return refuse(rec.status());
   }

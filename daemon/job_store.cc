@@ -99,6 +99,27 @@ class Stmt {
 
 std::string FormatId(int64_t num) { return absl::StrFormat("j-%06d", num); }
 
+// What a user can do about an SQLite error on the database at path, for the messages.
+std::string StoreFix(int code, const std::string& path) {
+  switch (code & 0xff) {
+    case SQLITE_FULL:
+      return " (the state directory's file system is full)";
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+      return absl::StrCat(" (", path,
+                          " is damaged or is not moed's database: with moed stopped, move it "
+                          "aside to start with no jobs, or rebuild it with `sqlite3 ", path,
+                          " .recover | sqlite3 ", path,
+                          ".recovered` and move that into its place)");
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+    case SQLITE_PERM:
+      return " (check that --state-dir is writable)";
+    default:
+      return "";
+  }
+}
+
 constexpr char kJobColumns[] =
     "id, spec, state, reason, created_ms, started_ms, ended_ms, restarts, attempt, latest, "
     "best_val_loss, job_dir, checkpoint_dir, launch_handle, cancel_requested, report_secret";
@@ -160,12 +181,13 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
   if (rc != SQLITE_OK) {
     std::string msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
     sqlite3_close(db);
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot open job store ", path, ": ", msg,
-                     " (check that --state-dir is writable)"));
+    const std::string fix = StoreFix(rc, path);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot open job store ", path, ": ", msg,
+        fix.empty() ? " (check that --state-dir is writable)" : fix));
   }
   sqlite3_busy_timeout(db, 5000);
-  std::unique_ptr<JobStore> store(new JobStore(db));
+  std::unique_ptr<JobStore> store(new JobStore(db, path));
   std::lock_guard<std::mutex> lock(store->mu_);
   // journal_size_limit: after a checkpoint the WAL file is cut back to 4 MiB at most (SQLite
   // otherwise keeps it at its largest size, and it grows with every burst of log lines).
@@ -174,8 +196,9 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
                           kSchema}) {
     absl::Status s = store->Exec(sql);
     if (!s.ok()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("cannot initialise job store ", path, ": ", s.message()));
+      return absl::FailedPreconditionError(absl::StrCat("cannot initialise job store ", path, ": ",
+                                                        s.message(),
+                                                        StoreFix(sqlite3_errcode(db), path)));
     }
   }
   // Stores from before the report secret get its column.
@@ -212,11 +235,10 @@ absl::Status JobStore::Exec(const char* sql) {
 
 absl::Status JobStore::Error(const char* what) {
   const int code = sqlite3_errcode(db_);
-  std::string msg = absl::StrCat("job store: ", what, ": ", sqlite3_errmsg(db_));
-  if (code == SQLITE_FULL) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(msg, " (the state directory's file system is full)"));
-  }
+  const std::string msg =
+      absl::StrCat("job store: ", what, ": ", sqlite3_errmsg(db_), StoreFix(code, path_));
+  if (code == SQLITE_FULL) return absl::ResourceExhaustedError(msg);
+  if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB) return absl::DataLossError(msg);
   return absl::InternalError(msg);
 }
 
@@ -639,9 +661,14 @@ absl::StatusOr<JobRecord> JobStore::DeleteJob(const std::string& id) {
     }
     if (!IsFinal(rec->job.state())) {
       Exec("ROLLBACK;").IgnoreError();
-      return absl::FailedPreconditionError(
-          absl::StrCat("job ", id, " is ", StateName(rec->job.state()),
-                       "; only a finished job can be deleted (moectl cancel ", id, " first)"));
+      // A cancel under way needs no second one: the job is deletable once it is CANCELLED.
+      return absl::FailedPreconditionError(absl::StrCat(
+          "job ", id, " is ", StateName(rec->job.state()), "; only a finished job can be deleted (",
+          rec->cancel_requested
+              ? absl::StrCat("it is being cancelled: its ranks are stopping; delete it once it is "
+                             "CANCELLED, which moectl cancel ", id, " waits for")
+              : absl::StrCat("moectl cancel ", id, " first"),
+          ")"));
     }
     r = *std::move(rec);
     Stmt num(db_, "SELECT num FROM jobs WHERE id = ?");

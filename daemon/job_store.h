@@ -130,7 +130,7 @@ class JobStore {
   void SetChangeListener(std::function<void()> listener);
 
  private:
-  explicit JobStore(sqlite3* db) : db_(db) {}
+  JobStore(sqlite3* db, std::string path) : path_(std::move(path)), db_(db) {}
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Error(const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // COMMIT; when it fails (a full disk), ROLLBACK, so the connection never stays inside a
@@ -144,6 +144,7 @@ class JobStore {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Bump();
 
+  const std::string path_;  // the database file, for messages
   std::mutex mu_;
   sqlite3* db_ ABSL_GUARDED_BY(mu_);
   WriteFault fault_ ABSL_GUARDED_BY(mu_);

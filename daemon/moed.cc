@@ -29,6 +29,7 @@
 #include "daemon/report_service.h"
 #include "daemon/scheduler.h"
 #include "daemon/slurm_launcher.h"
+#include "daemon/state_dir_lock.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -169,6 +170,9 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
     return absl::FailedPreconditionError(
         absl::StrCat("--state-dir: cannot create ", c.state_dir, "/jobs: ", s.message()));
   }
+  absl::StatusOr<std::unique_ptr<StateDirLock>> lock = StateDirLock::Acquire(c.state_dir, c.listen);
+  if (!lock.ok()) return lock.status();
+  m->state_lock_ = *std::move(lock);
   absl::StatusOr<std::unique_ptr<JobStore>> store = JobStore::Open(c.state_dir + "/moed.db");
   if (!store.ok()) return store.status();
   m->store_ = *std::move(store);

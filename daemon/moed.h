@@ -29,6 +29,7 @@ class ReportServiceImpl;
 class HttpServer;
 class PrometheusExporter;
 class Dashboard;
+class StateDirLock;
 
 struct MoedConfig {
   std::string listen = "127.0.0.1:50051";
@@ -80,6 +81,9 @@ class Moed {
   explicit Moed(MoedConfig config);
 
   MoedConfig config_;
+  // First member, so destroyed last: the next moed gets the state directory only once this one
+  // has let go of everything in it.
+  std::unique_ptr<StateDirLock> state_lock_;
   std::unique_ptr<JobStore> store_;
   std::unique_ptr<TokenAuth> auth_;
   std::unique_ptr<Launcher> local_launcher_;

@@ -97,6 +97,8 @@ class Scheduler {
     std::map<int, Clock::time_point> last_heard;
     Clock::time_point attempt_started;
     std::string pending_failure;  // set when moed kills the attempt (lost heartbeat)
+    // Why the store last refused its log lines: said once in moed's log, not every tick.
+    std::string ingest_error;
     Clock::time_point cancel_deadline;
     Clock::time_point last_term;
     bool killed = false;

@@ -153,8 +153,16 @@ bool Scheduler::Ingest(Active& a, bool final) {
           store_->AppendCapturedLines(a.rec.job.id(), f.rank, lines, NowUnixMs(), f.path,
                                       new_offset);
       if (!s.ok()) {
-        LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": cannot store log lines: ", s.message()));
+        if (a.ingest_error != s.message()) {
+          LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": cannot store log lines: ", s.message(),
+                                 "; retrying until the store takes them"));
+          a.ingest_error = std::string(s.message());
+        }
         return false;
+      }
+      if (!a.ingest_error.empty()) {
+        LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": log lines stored again"));
+        a.ingest_error.clear();
       }
       offset = new_offset;
       a.offsets[f.path] = offset;
@@ -194,6 +202,16 @@ bool Scheduler::Watch(Active& a) {
     if (!a.launched || !launcher->AnyAlive(handle)) {
       if (a.launched && !Ingest(a, /*final=*/true)) return false;
       a.rec.cancel_requested = false;
+      // The ranks may have run their last step before the cancel reached them: an attempt that
+      // ended with success trained the whole job, and its state says so.
+      if (a.launched) {
+        const ProcessState ps = launcher->Poll(handle);
+        if (ps.kind == ProcessState::kExited && ps.exit_code == 0) {
+          Store(a, moe::v1::JOB_STATE_SUCCEEDED,
+                "finished all its steps before the cancel reached it");
+          return true;
+        }
+      }
       Store(a, moe::v1::JOB_STATE_CANCELLED, "cancelled by request");
       return true;
     }

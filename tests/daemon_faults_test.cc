@@ -2,8 +2,9 @@
 // store (the job is never shown in a state it did not reach, and nothing runs before its launch
 // is recorded), an empty or garbage exit-status file (a failure, never success), moed killed
 // between a launch and its record (never two copies of an attempt), a cancel that cannot be
-// recorded (the answer says so and nothing is signalled), a full state directory (tmpfs when
-// the test may mount one), the free-space floor, and the bounded write-ahead log.
+// recorded (the answer says so and nothing is signalled), log lines the store refuses (retried,
+// said once in moed's log), a full state directory (tmpfs when the test may mount one), the
+// free-space floor, and the bounded write-ahead log.
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -34,7 +35,8 @@ namespace {
 using moe::v1::JobState;
 using std::chrono::milliseconds;
 
-// Runs nothing; the test ends each attempt with an exit code.
+// Runs nothing; the test ends each attempt with an exit code. CaptureFrom gives rank 0 an output
+// file that moed reads as its log.
 class FakeLauncher : public Launcher {
  public:
   std::string name() const override { return "fake"; }
@@ -66,14 +68,18 @@ class FakeLauncher : public Launcher {
     std::lock_guard<std::mutex> lock(mu_);
     return exit_code_ < 0;
   }
-  bool CapturesOutput() const override { return false; }
-  std::vector<OutputFile> OutputFiles(const std::string&) override { return {}; }
+  bool CapturesOutput() const override { return !output_.empty(); }
+  std::vector<OutputFile> OutputFiles(const std::string&) override {
+    if (output_.empty()) return {};
+    return {{0, output_}};
+  }
   bool RunsOnThisMachine() const override { return true; }
   std::vector<int> Gpus(const std::string&) const override { return {}; }
   void Describe(const std::string&, moe::v1::Job*) const override {}
   BatchJob BatchJobOf(const std::string&) const override { return {}; }
   BatchState BatchStateOf(const std::string&) override { return {}; }
 
+  void CaptureFrom(const std::string& path) { output_ = path; }  // before the scheduler starts
   void Exit(int code) {
     std::lock_guard<std::mutex> lock(mu_);
     exit_code_ = code;
@@ -92,6 +98,7 @@ class FakeLauncher : public Launcher {
   int exit_code_ = -1;
   int launches_ = 0;
   int terminates_ = 0;
+  std::string output_;
 };
 
 moe::v1::JobSpec Spec(int max_restarts = 0) {
@@ -119,6 +126,9 @@ class DaemonFaults : public ::testing::Test {
         ++refused_;
         return absl::ResourceExhaustedError("injected: database or disk is full");
       }
+      if (op == "append_lines" && refuse_lines_) {
+        return absl::ResourceExhaustedError("injected: database or disk is full");
+      }
       return absl::OkStatus();
     });
   }
@@ -139,6 +149,10 @@ class DaemonFaults : public ::testing::Test {
     refuse_ = std::move(states);
     refuse_cancel_ = cancel;
     refused_ = 0;
+  }
+  void RefuseLines(bool refuse) {
+    std::lock_guard<std::mutex> lock(fault_mu_);
+    refuse_lines_ = refuse;
   }
   int refused() {
     std::lock_guard<std::mutex> lock(fault_mu_);
@@ -178,6 +192,7 @@ class DaemonFaults : public ::testing::Test {
   std::mutex fault_mu_;
   std::set<JobState> refuse_;
   bool refuse_cancel_ = false;
+  bool refuse_lines_ = false;
   int refused_ = 0;
 };
 
@@ -253,10 +268,36 @@ TEST_F(DaemonFaults, CancelThatCannotBeStoredSaysSoAndSignalsNothing) {
   c = scheduler_->Cancel(id);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(launcher_.terminates(), 1);
-  launcher_.Exit(0);
+  launcher_.Exit(143);  // what the ranks do on SIGTERM (checkpoint, exit 143)
   ExpectHeld(id, moe::v1::JOB_STATE_STARTING);
   Refuse({});
   EXPECT_EQ(WaitStored(id, moe::v1::JOB_STATE_CANCELLED), moe::v1::JOB_STATE_CANCELLED);
+}
+
+TEST_F(DaemonFaults, RefusedLogLinesAreRetriedAndSaidOnceInMoedsLog) {
+  const std::string output = dir_ + "/rank0.out";
+  std::ofstream(output) << "line 1\nline 2\n";
+  launcher_.CaptureFrom(output);
+  RefuseLines(true);
+  ::testing::internal::CaptureStderr();
+  StartScheduler();
+  const std::string id = Submit();
+  ASSERT_EQ(WaitStored(id, moe::v1::JOB_STATE_STARTING), moe::v1::JOB_STATE_STARTING);
+  std::this_thread::sleep_for(milliseconds(500));  // some 50 ticks, each one refused
+  RefuseLines(false);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (store_->ReadLogs(id, 0, 10)->size() < 2 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(store_->ReadLogs(id, 0, 10)->size(), 2u);
+  size_t refusals = 0;
+  for (size_t at = said.find("cannot store log lines"); at != std::string::npos;
+       at = said.find("cannot store log lines", at + 1)) {
+    ++refusals;
+  }
+  EXPECT_EQ(refusals, 1u) << said;  // was one line per tick: a flood while the disk is full
+  EXPECT_TRUE(absl::StrContains(said, "log lines stored again")) << said;
 }
 
 TEST_F(DaemonFaults, SubmitBelowTheFreeSpaceFloorIsResourceExhausted) {

@@ -166,7 +166,11 @@ TEST(DaemonGpu, CudaJobsGetTheirOwnGpusAndWaitForBusyOnes) {
   EXPECT_EQ(jc.reason(), "waiting for 2 GPUs: 1 of 2 in use");
   EXPECT_EQ(h.Moectl({"cancel", b}).exit_code, 0);
   ASSERT_EQ(h.WaitForState(c, moe::v1::JOB_STATE_RUNNING, 30).state(), moe::v1::JOB_STATE_RUNNING);
-  h.WaitFor(c, [&](const Job&) { return LogSays(h, c, "rank 1 CUDA_VISIBLE_DEVICES"); }, 30);
+  // Each rank's line, whichever rank starts last (under load rank 0 can be the later one).
+  h.WaitFor(c, [&](const Job&) {
+    return LogSays(h, c, "rank 0 CUDA_VISIBLE_DEVICES") &&
+           LogSays(h, c, "rank 1 CUDA_VISIBLE_DEVICES");
+  }, 30);
   EXPECT_TRUE(LogSays(h, c, "rank 0 CUDA_VISIBLE_DEVICES=3,5 NCCL_NVLS_ENABLE=0"));
   EXPECT_TRUE(LogSays(h, c, "rank 1 CUDA_VISIBLE_DEVICES=3,5 NCCL_NVLS_ENABLE=0"));
   CommandResult cancel = h.Moectl({"cancel", c});

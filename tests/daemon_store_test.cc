@@ -1,6 +1,9 @@
 // JobStore: ids, state events, log seqs contiguous per rank with capture offsets moved in the
-// same transaction, reporter resends skipped, metric resends ignored, all surviving a reopen.
+// same transaction, reporter resends skipped, metric resends ignored, all surviving a reopen; a
+// file it cannot use says why and what to do.
 #include "daemon/job_store.h"
+
+#include <fstream>
 
 #include "daemon/scheduler.h"
 #include "absl/strings/match.h"
@@ -111,6 +114,19 @@ TEST(JobStore, OpenFailsClearlyOnAnUnwritablePath) {
   auto store = JobStore::Open("/proc/no-such-dir/moed.db");
   ASSERT_FALSE(store.ok());
   EXPECT_TRUE(absl::StrContains(store.status().message(), "--state-dir")) << store.status();
+}
+
+TEST(JobStore, ADamagedOrForeignFileSaysHowToGoOn) {
+  const std::string dir = moe::testing::MakeTempDir("moe-store-damaged-");
+  const std::string path = dir + "/moed.db";
+  std::ofstream(path) << std::string(8192, 'x');  // not SQLite at all
+  auto store = JobStore::Open(path);
+  ASSERT_FALSE(store.ok());
+  const std::string message(store.status().message());
+  EXPECT_TRUE(absl::StrContains(message, path + " is damaged or is not moed's database"))
+      << message;
+  EXPECT_TRUE(absl::StrContains(message, "move it aside")) << message;
+  EXPECT_TRUE(absl::StrContains(message, "sqlite3 " + path + " .recover")) << message;
 }
 
 TEST(SanitizeUtf8, KeepsValidTextAndReplacesBadBytes) {

@@ -1,5 +1,6 @@
 // moed's HTTP port: the token guards every path but /healthz (401 without it, Bearer or Basic
-// with it), and slow clients holding connections cannot delay a scrape.
+// with it), a path that can name no job is a 400, and slow clients holding connections cannot
+// delay a scrape.
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -49,6 +50,26 @@ TEST(DashboardHttp, TokenIsRequiredExceptOnHealthz) {
   EXPECT_EQ(basic.status, 200);
   EXPECT_TRUE(absl::StrContains(basic.body, "<table id=\"jobs\">")) << basic.body;
   EXPECT_EQ(HttpGet(port, "/jobs/j-999999", {"Authorization: Bearer http-s3cret"}).status, 404);
+}
+
+TEST(DashboardHttp, APathThatCanNameNoJobIsABadRequest) {
+  DaemonHarness h(Fake());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult sub = h.Moectl({"submit", h.WriteJob("http", 1, 2)});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  const int port = h.metrics_port();
+  EXPECT_EQ(HttpGet(port, "/jobs/j-000001").status, 200);
+  // Bytes that are not text were echoed back in a UTF-8 body, and an id of any length in full.
+  for (const std::string& path :
+       {std::string("/jobs/%ff%fe"), std::string("/jobs/j-0%0a1/charts.svg"),
+        "/jobs/" + std::string(100, 'a')}) {
+    HttpResponse r = HttpGet(port, path);
+    EXPECT_EQ(r.status, 400) << path << r.body;
+    EXPECT_TRUE(absl::StrContains(r.body, "not a job id")) << path << r.body;
+  }
+  HttpResponse missing = HttpGet(port, "/jobs/j-999999");
+  EXPECT_EQ(missing.status, 404);
+  EXPECT_EQ(missing.body, "no job j-999999 (see /)\n");
 }
 
 TEST(DashboardHttp, TwentySlowClientsDoNotDelayAScrape) {

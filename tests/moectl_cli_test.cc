@@ -1,6 +1,7 @@
 // moectl as a script sees it: --help on every command and --version on every program exit 0;
 // list/status -o json parse and carry every field; the filters; a rank the job lacks is a usage
-// error; delete and prune remove finished jobs end to end and refuse a running one.
+// error; delete and prune remove finished jobs end to end and refuse a running one; `logs -f`
+// with no moed to reach says so at once.
 #include <sys/stat.h>
 
 #include <fstream>
@@ -82,6 +83,18 @@ TEST(MoectlCli, TheReadmeTableListsEverySubcommand) {
     if (table && absl::StartsWith(line, "| `")) rows.insert(line.substr(3, line.find_first_of(" `", 3) - 3));
   }
   EXPECT_EQ(rows, commands);
+}
+
+TEST(MoectlCli, FollowingLogsWithNoMoedToReachSaysSoAtOnce) {
+  const std::string server = "127.0.0.1:" + std::to_string(FreePort());  // nothing listens there
+  const std::string dir = MakeTempDir("moe-logs-nomoed-");
+  std::ofstream(dir + "/config.yaml") << "{}\n";
+  // Was "lost moed at ..., reconnecting..." and two minutes of retries for a moed never reached.
+  CommandResult r = RunCommand({BinDir() + "/moectl", "logs", "j-000001", "-f"},
+                               {{"MOE_SERVER", server}, {"MOE_CONFIG", dir + "/config.yaml"}}, 10);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(r.err, "moectl: cannot reach moed at " + server +
+                       " (is it running? set --server or MOE_SERVER)\n");
 }
 
 // A number out of range names the range, not CLI11's 'not in range 0.000000 to 1797693134862...'

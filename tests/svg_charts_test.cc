@@ -1,6 +1,6 @@
 // The charts' SVG (common/svg_charts.h) as an XML reader sees it: `moectl metrics --svg` and the
 // dashboard's /jobs/ID/charts.svg are standalone image/svg+xml documents, which a browser parses
-// as XML and refuses whole on one error.
+// as XML and refuses whole on one error; and a long job's chart stays small.
 #include "common/svg_charts.h"
 
 #include <cstddef>
@@ -53,6 +53,24 @@ TEST(SvgCharts, TheChartsDocumentRepeatsNoAttribute) {
   // Before: every chart's title and the document's title carried font-size twice.
   const std::string doc = ChartsDocument("j-000001 (tiny)", JobCharts(points));
   EXPECT_EQ(RepeatedAttributes(doc), std::vector<std::string>{});
+}
+
+TEST(SvgCharts, ALongSeriesIsDrawnThroughAFewHundredOfItsPoints) {
+  Series loss{"train", "#1f77b4", {}, {}};
+  for (int step = 1; step <= 100000; ++step) {
+    loss.x.push_back(step);
+    loss.y.push_back(4.0 - step * 1e-5);
+  }
+  const std::string svg = RenderLineChart({"chart-loss", "loss", {loss}});
+  size_t dots = 0;
+  for (size_t at = svg.find("<circle"); at != std::string::npos; at = svg.find("<circle", at + 1)) {
+    ++dots;
+  }
+  // Was one dot (about 200 bytes with its title) per point: 20 MB for this one chart.
+  EXPECT_EQ(dots, kMaxLinePoints);
+  EXPECT_LT(svg.size(), size_t{200000});
+  EXPECT_NE(svg.find("data-step=\"1\""), std::string::npos);  // the first and last points stay
+  EXPECT_NE(svg.find("data-step=\"100000\""), std::string::npos);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #   FAKE_STEP_SECONDS (0.2)     time per step
 #   FAKE_FAIL_RANK / FAKE_FAIL_STEP / FAKE_FAIL_CODE: that rank exits with that code at that step
 #   FAKE_FAIL_ATTEMPT (default 0): the failure happens only in this attempt
+#   FAKE_IGNORE_TERM=1: SIGTERM is ignored (a rank past its last step, which ends on its own)
 # On SIGTERM it writes a checkpoint file and exits 143; with --resume it continues from the
 # step in <checkpoint-dir>/rank-N.ckpt.
 rank=${OMPI_COMM_WORLD_RANK:-0}
@@ -31,6 +32,7 @@ if [ "$resume" = 1 ] && [ -f "$ckpt/rank-$rank.ckpt" ]; then
 fi
 echo "rank $rank of job $job attempt $attempt starting"
 trap 'echo "$step" > "$ckpt/rank-$rank.ckpt"; echo "rank $rank got SIGTERM, checkpoint at step $step"; exit 143' TERM
+if [ "${FAKE_IGNORE_TERM:-0}" = 1 ]; then trap '' TERM; fi
 while [ "$step" -lt "$steps" ]; do
   step=$((step + 1))
   if [ "$rank" = "${FAKE_FAIL_RANK:--1}" ] && [ "$step" = "${FAKE_FAIL_STEP:-0}" ] &&

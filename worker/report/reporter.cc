@@ -14,10 +14,8 @@
 #include <mutex>
 #include <thread>
 
+#include "common/moed_channel.h"
 #include "grpcpp/client_context.h"
-#include "grpcpp/create_channel.h"
-#include "grpcpp/security/credentials.h"
-#include "grpcpp/support/channel_arguments.h"
 #include "moe/v1/worker.grpc.pb.h"
 
 namespace moe {
@@ -128,14 +126,8 @@ struct Reporter::Impl {
   }
 
   void Run() {
-    // Reconnect quickly when moed comes back (gRPC's default backoff grows from 1 s to 120 s).
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    auto channel = grpc::CreateCustomChannel(opts.moed_address,
-                                             grpc::InsecureChannelCredentials(), args);
-    auto stub = moe::v1::WorkerReportService::NewStub(channel);
+    // Reconnects quickly when moed comes back.
+    auto stub = moe::v1::WorkerReportService::NewStub(NewMoedChannel(opts.moed_address));
     auto backoff = std::chrono::milliseconds(100);
     Clock::time_point close_by = Clock::time_point::max();
     bool outage = false;

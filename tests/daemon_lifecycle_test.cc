@@ -1,0 +1,168 @@
+// moed and moectl under unlucky timing, through the real binaries: a second moed on a state
+// directory that one already uses, a cancel that reaches a job as it finishes, and a moed slow to
+// accept a connection.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/daemon_harness.h"
+#include "tests/support/paths.h"
+
+namespace moe::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+HarnessOptions Fake(std::map<std::string, std::string> env) {
+  HarnessOptions o;
+  o.worker_bin = FakeWorkerPath();
+  o.cancel_grace_s = 10;
+  o.env = std::move(env);
+  return o;
+}
+
+TEST(DaemonLifecycle, ASecondMoedOnTheSameStateDirIsRefused) {
+  DaemonHarness h(Fake({{"FAKE_STEPS", "100000"}}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  std::vector<std::string> second = {BinDir() + "/moed", "--state-dir", h.state_dir(),
+                                     "--listen", absl::StrCat("127.0.0.1:", FreePort()),
+                                     "--metrics-listen", ""};
+  if (geteuid() == 0) second.push_back("--allow-root");
+  CommandResult r = RunCommand(second, {}, 10);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr(absl::StrCat(h.state_dir(), " is in use by another moed (pid ",
+                                            h.pid(), ", --listen ", h.address(), ")")));
+  EXPECT_THAT(r.err, HasSubstr("give this one its own --state-dir"));
+  // The first one goes on; once it is gone (even by SIGKILL) the directory is free again.
+  EXPECT_EQ(h.Moectl({"list"}).exit_code, 0);
+  h.Kill9();
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+}
+
+TEST(DaemonLifecycle, ACancelThatArrivesAsTheJobFinishesLeavesItSucceeded) {
+  // The ranks ignore SIGTERM, as ranks past their last step do: they finish every step.
+  DaemonHarness h(Fake({{"FAKE_STEPS", "4"}, {"FAKE_STEP_SECONDS", "0.3"},
+                        {"FAKE_IGNORE_TERM", "1"}}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult sub = h.Moectl({"submit", h.WriteJob("ends", 1, 4)});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  const std::string id = sub.out.substr(0, sub.out.find('\n'));
+  h.WaitForState(id, moe::v1::JOB_STATE_RUNNING, 30);
+  CommandResult cancel = h.Moectl({"cancel", id});
+  EXPECT_EQ(cancel.exit_code, 1);  // not cancelled
+  EXPECT_EQ(cancel.out,
+            absl::StrCat(id, " SUCCEEDED (finished all its steps before the cancel reached it)\n"));
+  const moe::v1::Job job = h.WaitFor(id, [](const moe::v1::Job& j) {
+    return j.state() == moe::v1::JOB_STATE_SUCCEEDED || j.state() == moe::v1::JOB_STATE_CANCELLED;
+  }, 30);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason();
+  EXPECT_THAT(job.reason(), HasSubstr("before the cancel reached it"));
+}
+
+TEST(DaemonLifecycle, DeletingAJobBeingCancelledSaysToWaitNotToCancel) {
+  DaemonHarness h(Fake({{"FAKE_STEPS", "100000"}, {"FAKE_IGNORE_TERM", "1"}}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult sub = h.Moectl({"submit", h.WriteJob("stopping", 1, 100000)});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  const std::string id = sub.out.substr(0, sub.out.find('\n'));
+  h.WaitForState(id, moe::v1::JOB_STATE_RUNNING, 30);
+  ASSERT_EQ(h.Moectl({"cancel", id, "--no-wait"}).exit_code, 0);
+  // Was "moectl cancel j-000001 first", for a job whose cancel was under way.
+  CommandResult del = h.Moectl({"delete", id});
+  EXPECT_EQ(del.exit_code, 1);
+  EXPECT_THAT(del.err, HasSubstr(absl::StrCat(
+                           "it is being cancelled: its ranks are stopping; delete it once it is "
+                           "CANCELLED, which moectl cancel ", id, " waits for")));
+}
+
+// A TCP relay to moed that holds each new connection for delay before it passes bytes on: a moed
+// that is busy, or far away, as a client sees it.
+class SlowRelay {
+ public:
+  SlowRelay(int target_port, std::chrono::milliseconds delay)
+      : target_(target_port), delay_(delay) {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr = {};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    listen(listen_fd_, 16);
+    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+    port_ = ntohs(addr.sin_port);
+    acceptor_ = std::thread([this] { Accept(); });
+  }
+  ~SlowRelay() {
+    stop_ = true;
+    shutdown(listen_fd_, SHUT_RDWR);
+    acceptor_.join();
+    for (std::thread& t : pipes_) t.join();
+    close(listen_fd_);
+  }
+  int port() const { return port_; }
+
+ private:
+  void Accept() {
+    while (!stop_) {
+      int client = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (client < 0) return;
+      pipes_.emplace_back([this, client] { Relay(client); });
+    }
+  }
+  void Relay(int client) {
+    std::this_thread::sleep_for(delay_);
+    int server = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr = {};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(static_cast<uint16_t>(target_));
+    if (connect(server, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+      pollfd fds[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
+      char buf[16384];
+      while (!stop_ && poll(fds, 2, 100) >= 0) {
+        bool open = true;
+        for (int i = 0; i < 2 && open; ++i) {
+          if (fds[i].revents == 0) continue;
+          ssize_t n = read(fds[i].fd, buf, sizeof(buf));
+          open = n > 0 && write(fds[1 - i].fd, buf, static_cast<size_t>(n)) == n;
+        }
+        if (!open) break;
+      }
+    }
+    close(server);
+    close(client);
+  }
+
+  const int target_;
+  const std::chrono::milliseconds delay_;
+  int listen_fd_ = -1, port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread acceptor_;
+  std::vector<std::thread> pipes_;  // touched by the acceptor only, joined after it
+};
+
+TEST(DaemonLifecycle, MoectlWaitsForAMoedSlowToAcceptItsConnection) {
+  DaemonHarness h(Fake({}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const int port = std::stoi(h.address().substr(h.address().rfind(':') + 1));
+  // Half a second to connect: was "cannot reach moed" (gRPC gave a connection 100 ms).
+  SlowRelay relay(port, std::chrono::milliseconds(500));
+  CommandResult r =
+      h.Moectl({"list"}, 30, {{"MOE_SERVER", absl::StrCat("127.0.0.1:", relay.port())}});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("ID"));
+}
+
+}  // namespace
+}  // namespace moe::testing
