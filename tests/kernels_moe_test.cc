@@ -131,14 +131,16 @@ INSTANTIATE_TEST_SUITE_P(K, RouterTest, ::testing::Values(1, 2, 3, 4));
 
 TEST(RouterStats, MatchesNaiveAndTreatsZeroProbabilityAsZeroEntropy) {
   const int n = 3, e = 5;
-  // Token 2 has experts whose probability underflows to exactly 0 in fp32.
+  // Token 2 has experts whose probability underflows in fp32: they count as the smallest normal
+  // float (kernels/router.cc), and a probability of exactly 0 adds no entropy.
   std::vector<float> logits = {0.1f, -0.3f,   0.7f,    0.0f, 1.2f,  //
                                2.0f, 2.0f,    -1.0f,   0.5f, 0.0f,  //
                                0.0f, -200.0f, -300.0f, 1.0f, -250.0f};
   std::vector<float> probs(n * e), lse(n), weights(n * 2);
   std::vector<int32_t> idx(n * 2);
   RouterForward(probs.data(), lse.data(), idx.data(), weights.data(), logits.data(), n, e, 2);
-  ASSERT_EQ(probs[2 * e + 1], 0.0f);
+  ASSERT_EQ(probs[2 * e + 1], std::numeric_limits<float>::min());
+  probs[2 * e + 2] = 0.0f;
   std::vector<double> prob_sum(e, 1.0);  // accumulates onto existing values
   double z_sum = 2.0, entropy_sum = 3.0;
   RouterStats(prob_sum.data(), &z_sum, &entropy_sum, probs.data(), lse.data(), n, e);
