@@ -158,6 +158,8 @@ class Checker {
     if (!(m.dropout() >= 0 && m.dropout() < 1)) {
       Fail("model.dropout",
            absl::StrCat("must be at least 0 and less than 1, got ", FormatDouble(m.dropout())));
+    } else if (std::string why = RoundsToOneInFp32(m.dropout()); !why.empty()) {
+      Fail("model.dropout", why);
     }
     const v1::MoeSpec& e = m.moe();
     Between("model.moe.num_experts", e.num_experts(), 1, kMaxExperts);
@@ -217,6 +219,8 @@ class Checker {
       if (!(beta >= 0 && beta < 1)) {
         Fail(key, absl::StrCat("must be at least 0 and less than 1 (AdamW's moment decay; ", usual,
                                " by default), got ", FormatDouble(beta)));
+      } else if (std::string why = RoundsToOneInFp32(beta); !why.empty()) {
+        Fail(key, why);
       }
     }
     NonNegative("train.grad_clip", t.grad_clip());
