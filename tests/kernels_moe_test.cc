@@ -205,6 +205,13 @@ TEST(RoutingPlan, DroplessKeepsEverythingAndCapacityRoundsUp) {
   EXPECT_EQ(roomy.capacity, 6);
   EXPECT_EQ(roomy.dropped, 0);
   EXPECT_EQ(roomy.slot_to_assignment, plan.slot_to_assignment);
+  // A factor whose capacity is past int64 (validate takes any finite c >= 0) is every assignment,
+  // not an out-of-range conversion (INT64_MIN on x86, which only happened to read as dropless).
+  EXPECT_EQ(moe::ExpertCapacity(20.0, 6, 2, 5), 12);
+  EXPECT_EQ(moe::ExpertCapacity(1e300, 6, 2, 5), 12);
+  const RoutingPlan huge = BuildRoutingPlan(kHandIdx.data(), 6, 2, 5, moe::ExpertCapacity(1e300, 6, 2, 5));
+  EXPECT_EQ(huge.dropped, 0);
+  EXPECT_EQ(huge.slot_to_assignment, plan.slot_to_assignment);
 }
 
 TEST(Permute, ForwardAndBackwardMatchNaiveWithDrops) {
