@@ -382,6 +382,17 @@ class Checker {
              absl::StrCat("device cuda runs expert_hidden multiples of ", kCudaExpertHiddenStep, ", got ",
                           m.moe().expert_hidden(), " (use ", up, ", or device: cpu)"));
       }
+      // Shared experts run through the same bf16 products; a size equal to expert_hidden (its
+      // default) was checked just above.
+      const int fs = m.moe().shared_expert_hidden();
+      if (Ok("model.moe.shared_expert_hidden") && m.moe().shared_experts() > 0 && fs != m.moe().expert_hidden() &&
+          fs % kCudaExpertHiddenStep != 0) {
+        const int up = (fs / kCudaExpertHiddenStep + 1) * kCudaExpertHiddenStep;
+        Fail("model.moe.shared_expert_hidden",
+             absl::StrCat("device cuda runs shared_expert_hidden multiples of ", kCudaExpertHiddenStep,
+                          " (the shared experts go through the routed experts' bf16 products), got ", fs, " (use ", up,
+                          ", or device: cpu)"));
+      }
     }
     if (r.launcher() == v1::LAUNCHER_SLURM && Ok("resources.launcher") && Ok("resources.ranks")) {
       const v1::SlurmSpec& sl = r.slurm();

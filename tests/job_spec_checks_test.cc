@@ -115,6 +115,18 @@ TEST_F(JobSpecTest, ShapesTheGpuBackendCannotRunAreRefusedAtValidate) {
   e = OnlyError(odd_f);
   EXPECT_EQ(e.field, "model.moe.expert_hidden");
   EXPECT_THAT(e.message, HasSubstr("multiples of 8, got 100 (use 104"));
+  // The shared experts go through the same bf16 products: their hidden size too (it was accepted).
+  std::string odd_fs = WithExtra("  seq_len: 32", "  moe: {num_experts: 4, shared_experts: 1, shared_expert_hidden: 12}\n");
+  e = OnlyError(odd_fs + cuda);
+  EXPECT_EQ(e.field, "model.moe.shared_expert_hidden");
+  EXPECT_THAT(e.message, HasSubstr("multiples of 8 (the shared experts go through the routed experts' bf16 products), "
+                                   "got 12 (use 16, or device: cpu)"));
+  EXPECT_THAT(Parse(odd_fs).errors, IsEmpty());  // cpu
+  std::string fs16 = WithExtra("  seq_len: 32", "  moe: {num_experts: 4, shared_experts: 1, shared_expert_hidden: 16}\n");
+  EXPECT_THAT(Parse(fs16 + cuda).errors, IsEmpty());
+  // One mistake, one error: a shared size that defaults to a bad expert_hidden is named once.
+  e = OnlyError(WithExtra("  seq_len: 32", "  moe: {num_experts: 4, expert_hidden: 100, shared_experts: 2}\n") + cuda);
+  EXPECT_EQ(e.field, "model.moe.expert_hidden");
 }
 
 // train.recompute: full runs on both backends (issue 17): accepted at validate for cpu and cuda.
