@@ -15,7 +15,8 @@ inline constexpr int kCudaMaxHeadSize = 256;
 // router this many picks per token.
 inline constexpr int kCudaMaxExperts = 512;
 inline constexpr int kCudaMaxTopK = 8;
-// The experts' bf16 products read rows of F values 16 bytes at a time.
+// The experts' bf16 products read rows of F values 16 bytes at a time (the routed experts'
+// expert_hidden and the shared experts' shared_expert_hidden alike).
 inline constexpr int kCudaExpertHiddenStep = 8;
 
 inline bool CudaRunsHeadSize(int hd) {

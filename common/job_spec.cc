@@ -50,6 +50,12 @@ std::string Truncate(std::string s) {
 
 std::string FormatDouble(double v) { return absl::StrFormat("%g", v); }
 
+std::string RoundsToOneInFp32(double v) {
+  if (!(v < 1) || static_cast<float>(v) < 1.0f) return "";
+  return absl::StrFormat("is 1 in fp32, where the worker computes with it (%.10g rounds up); use 0.9999999 or less",
+                         v);
+}
+
 std::vector<std::pair<std::string, int>> EnumChoices(const pb::EnumDescriptor* e) {
   std::vector<std::pair<std::string, int>> out;
   for (int i = 0; i < e->value_count(); ++i) {

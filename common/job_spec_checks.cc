@@ -158,6 +158,8 @@ class Checker {
     if (!(m.dropout() >= 0 && m.dropout() < 1)) {
       Fail("model.dropout",
            absl::StrCat("must be at least 0 and less than 1, got ", FormatDouble(m.dropout())));
+    } else if (std::string why = RoundsToOneInFp32(m.dropout()); !why.empty()) {
+      Fail("model.dropout", why);
     }
     const v1::MoeSpec& e = m.moe();
     Between("model.moe.num_experts", e.num_experts(), 1, kMaxExperts);
@@ -217,6 +219,8 @@ class Checker {
       if (!(beta >= 0 && beta < 1)) {
         Fail(key, absl::StrCat("must be at least 0 and less than 1 (AdamW's moment decay; ", usual,
                                " by default), got ", FormatDouble(beta)));
+      } else if (std::string why = RoundsToOneInFp32(beta); !why.empty()) {
+        Fail(key, why);
       }
     }
     NonNegative("train.grad_clip", t.grad_clip());
@@ -377,6 +381,17 @@ class Checker {
         Fail("model.moe.expert_hidden",
              absl::StrCat("device cuda runs expert_hidden multiples of ", kCudaExpertHiddenStep, ", got ",
                           m.moe().expert_hidden(), " (use ", up, ", or device: cpu)"));
+      }
+      // Shared experts run through the same bf16 products; a size equal to expert_hidden (its
+      // default) was checked just above.
+      const int fs = m.moe().shared_expert_hidden();
+      if (Ok("model.moe.shared_expert_hidden") && m.moe().shared_experts() > 0 && fs != m.moe().expert_hidden() &&
+          fs % kCudaExpertHiddenStep != 0) {
+        const int up = (fs / kCudaExpertHiddenStep + 1) * kCudaExpertHiddenStep;
+        Fail("model.moe.shared_expert_hidden",
+             absl::StrCat("device cuda runs shared_expert_hidden multiples of ", kCudaExpertHiddenStep,
+                          " (the shared experts go through the routed experts' bf16 products), got ", fs, " (use ", up,
+                          ", or device: cpu)"));
       }
     }
     if (r.launcher() == v1::LAUNCHER_SLURM && Ok("resources.launcher") && Ok("resources.ranks")) {

@@ -60,6 +60,18 @@ std::vector<std::string> EnumNames(const google::protobuf::EnumDescriptor* e);
 // "char" for TOKENIZER_CHAR; "unspecified (0)" for a number that is not a choice.
 std::string EnumName(const google::protobuf::EnumDescriptor* e, int number);
 
+// ---- Values the worker keeps in fp32.
+
+// A factor below 1 (train.beta1 and beta2, the dropout probabilities) that is 1 in fp32, where
+// the worker computes with it: 0.99999999 is, and AdamW's bias correction 1 - beta^t is then 0
+// (nan at the second step), a dropout keeps nothing. Returns the error for such a value, else "".
+std::string RoundsToOneInFp32(double v);
+
+// The least model.moe.router_temperature: the router scores logits / tau in fp32, and a tau that
+// is 0 in fp32 (1e-300) or near it makes them inf - inf (nan at the first step). At 1e-6 the
+// routing is already a hard argmax.
+inline constexpr double kMinRouterTemperature = 1e-6;
+
 // ---- The steps after reading (job_spec_defaults.cc, job_spec_checks.cc).
 
 // Relative paths resolve against base_dir and are stored absolute.

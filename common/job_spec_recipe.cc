@@ -24,6 +24,8 @@ void CheckRecipeOptions(const JobSpec& spec, const std::function<bool(const std:
   auto probability = [&](const std::string& path, double p, const char* what) {
     if (!(p >= 0 && p < 1)) {
       fail(path, absl::StrCat("must be at least 0 and less than 1 (", what, "), got ", FormatDouble(p)));
+    } else if (std::string why = RoundsToOneInFp32(p); !why.empty()) {
+      fail(path, why);
     }
   };
   auto enum_value = [&](const std::string& path, int value, const google::protobuf::EnumDescriptor* d) {
@@ -53,9 +55,11 @@ void CheckRecipeOptions(const JobSpec& spec, const std::function<bool(const std:
   }
   // 0 stands for the default 1 (a spec that never set it).
   const double tau = e.router_temperature();
-  if (!(tau == 0 || (tau > 0 && std::isfinite(tau)))) {
+  if (!(tau == 0 || (tau >= kMinRouterTemperature && std::isfinite(tau)))) {
     fail("model.moe.router_temperature",
-         absl::StrCat("must be greater than 0 (1 by default; below 1 sharpens the router), got ", FormatDouble(tau)));
+         absl::StrCat("must be at least ", FormatDouble(kMinRouterTemperature),
+                      " (1 by default; below 1 sharpens the router, and the router divides the logits by it in fp32), got ",
+                      FormatDouble(tau)));
   }
   const double u = e.bias_update_rate();
   if (!(u >= 0 && u <= 1)) {

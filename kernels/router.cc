@@ -2,10 +2,20 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace moe::kernels {
 namespace {
+
+// A score below the smallest normal float counts as that value: a score that underflows to 0
+// (a sigmoid of a logit far below 0, a softmax far below its maximum, more so at a small
+// temperature) would make the renormalised weights p_pick / sum(p_pick) 0 / 0 when the bias picks
+// only such experts, and P_e's normalisation of sigmoid scores 0 / 0 when all of a token's do.
+// Scores that do not underflow are unchanged, bit for bit.
+void FloorScores(float* p, int e) {
+  for (int x = 0; x < e; ++x) p[x] = std::max(p[x], std::numeric_limits<float>::min());
+}
 
 // Scores p (e) and lse of the raw logits z (e) of one token.
 void ScoreToken(float* p, float* lse, const float* z, int e, const RouterScoring& s) {
@@ -19,6 +29,7 @@ void ScoreToken(float* p, float* lse, const float* z, int e, const RouterScoring
     }
     const float inv = 1.0f / sum;
     for (int x = 0; x < e; ++x) p[x] *= inv;
+    FloorScores(p, e);
     *lse = mx + std::log(sum);
     return;
   }
@@ -28,6 +39,7 @@ void ScoreToken(float* p, float* lse, const float* z, int e, const RouterScoring
   const float inv_tau = 1.0f / s.temperature;
   if (s.sigmoid) {
     for (int x = 0; x < e; ++x) p[x] = 1.0f / (1.0f + std::exp(-z[x] * inv_tau));
+    FloorScores(p, e);
     return;
   }
   // softmax(z / tau): the maximum of z / tau is mx / tau (tau > 0).
@@ -39,6 +51,7 @@ void ScoreToken(float* p, float* lse, const float* z, int e, const RouterScoring
   }
   const float inv = 1.0f / sum;
   for (int x = 0; x < e; ++x) p[x] *= inv;
+  FloorScores(p, e);
 }
 
 }  // namespace

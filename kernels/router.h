@@ -18,7 +18,8 @@ struct RouterScoring {
   bool plain() const { return !sigmoid && temperature == 1.0f; }
 };
 
-// The same, with scoring: probs (n, e) are the scores p; weights = p of the picks / their sum;
+// The same, with scoring: probs (n, e) are the scores p (at least the smallest normal float, so
+// that no weight below is 0 / 0 when the bias picks underflowed scores); weights = p of the picks / their sum;
 // lse (n) is logsumexp of the raw logits (the z loss's), whatever the scoring.
 void RouterForward(float* probs, float* lse, int32_t* expert_idx, float* weights,
                    const float* logits, int n, int e, int k, const RouterScoring& scoring);

@@ -115,6 +115,18 @@ TEST_F(JobSpecTest, ShapesTheGpuBackendCannotRunAreRefusedAtValidate) {
   e = OnlyError(odd_f);
   EXPECT_EQ(e.field, "model.moe.expert_hidden");
   EXPECT_THAT(e.message, HasSubstr("multiples of 8, got 100 (use 104"));
+  // The shared experts go through the same bf16 products: their hidden size too (it was accepted).
+  std::string odd_fs = WithExtra("  seq_len: 32", "  moe: {num_experts: 4, shared_experts: 1, shared_expert_hidden: 12}\n");
+  e = OnlyError(odd_fs + cuda);
+  EXPECT_EQ(e.field, "model.moe.shared_expert_hidden");
+  EXPECT_THAT(e.message, HasSubstr("multiples of 8 (the shared experts go through the routed experts' bf16 products), "
+                                   "got 12 (use 16, or device: cpu)"));
+  EXPECT_THAT(Parse(odd_fs).errors, IsEmpty());  // cpu
+  std::string fs16 = WithExtra("  seq_len: 32", "  moe: {num_experts: 4, shared_experts: 1, shared_expert_hidden: 16}\n");
+  EXPECT_THAT(Parse(fs16 + cuda).errors, IsEmpty());
+  // One mistake, one error: a shared size that defaults to a bad expert_hidden is named once.
+  e = OnlyError(WithExtra("  seq_len: 32", "  moe: {num_experts: 4, expert_hidden: 100, shared_experts: 2}\n") + cuda);
+  EXPECT_EQ(e.field, "model.moe.expert_hidden");
 }
 
 // train.recompute: full runs on both backends (issue 17): accepted at validate for cpu and cuda.
@@ -191,6 +203,18 @@ TEST_F(JobSpecTest, RangesAreChecked) {
       {"  batch_size: 8", "  beta1: -0.1\n", "train.beta1", "must be at least 0 and less than 1"},
       {"  batch_size: 8", "  beta2: 1\n", "train.beta2", "must be at least 0 and less than 1 (AdamW's moment decay; 0.95"},
       {"  batch_size: 8", "  beta2: .nan\n", "train.beta2", "must be a finite number"},
+      // Below 1, but 1 in the worker's fp32: AdamW's 1 - beta^t was 0 and the loss nan at step 2,
+      // a dropout of 1 kept nothing; a temperature 0 in fp32 made the router's scores nan.
+      {"  batch_size: 8", "  beta2: 0.99999999\n", "train.beta2",
+       "is 1 in fp32, where the worker computes with it (0.99999999 rounds up); use 0.9999999 or less"},
+      {"  batch_size: 8", "  beta1: 0.99999998\n", "train.beta1", "is 1 in fp32"},
+      {"  seq_len: 32", "  dropout: 0.99999999\n", "model.dropout", "is 1 in fp32"},
+      {"  seq_len: 32", "  attention: {dropout: 0.99999999}\n", "model.attention.dropout", "is 1 in fp32"},
+      {"  seq_len: 32", "  moe: {num_experts: 4, top_k: 2, expert_dropout: 0.99999999}\n", "model.moe.expert_dropout",
+       "is 1 in fp32"},
+      {"  seq_len: 32", "  moe: {num_experts: 4, router_temperature: 1.0e-300}\n", "model.moe.router_temperature",
+       "must be at least 1e-06 (1 by default; below 1 sharpens the router, and the router divides the logits by it "
+       "in fp32), got 1e-300"},
       {"  batch_size: 8", "  eval_every: 0\n", "train.eval_every", "must be at least 1"},
       {"  batch_size: 8", "  eval_batches: 0\n", "train.eval_batches", "must be at least 1"},
       {"  batch_size: 8", "  log_every: 0\n", "train.log_every", "must be at least 1"},

@@ -229,6 +229,48 @@ TEST(RouterScoring, DefaultScoringIsTheBaseRouterBitForBit) {
   EXPECT_EQ(d1, d2);
 }
 
+// Scores that underflow in fp32: a sigmoid of logits far below 0 at a small temperature, and a
+// softmax pick the balancing bias makes of an expert far below the maximum. Both were 0, so the
+// weights p_pick / sum(p_pick) were 0 / 0 and the loss nan at the first step (sigmoid, tau 1e-6;
+// softmax, tau 1e-3 with bias_update_rate 1 at step 2).
+TEST(RouterScoring, UnderflowingScoresGiveFiniteWeightsAndGradients) {
+  const int n = 3, e = 4;
+  const std::vector<float> logits = {-0.9f, -0.5f, -0.7f, -0.6f,  //
+                                     -0.2f, -0.3f, -0.8f, -0.1f,  //
+                                     0.4f,  -0.6f, -0.5f, -0.9f};
+  std::vector<float> bias = {-1.0f, -1.0f, 1.0f, 1.0f};  // favours experts 2 and 3
+  for (const bool sigmoid : {true, false}) {
+    for (const int k : {1, 2}) {
+      SCOPED_TRACE(std::string(sigmoid ? "sigmoid" : "softmax") + " k=" + std::to_string(k));
+      RouterScoring s;
+      s.sigmoid = sigmoid;
+      s.temperature = 1e-3f;
+      s.bias = bias.data();
+      std::vector<float> probs(n * e), lse(n), weights(n * k), dlogits(n * e, 0.f);
+      std::vector<int32_t> idx(n * k);
+      RouterForward(probs.data(), lse.data(), idx.data(), weights.data(), logits.data(), n, e, k, s);
+      for (int t = 0; t < n; ++t) {
+        float sum = 0.f;
+        for (int j = 0; j < k; ++j) {
+          EXPECT_TRUE(std::isfinite(weights[t * k + j])) << "token " << t;
+          EXPECT_GE(idx[t * k + j], 2) << "the bias picks experts 2 and 3";
+          sum += weights[t * k + j];
+        }
+        EXPECT_NEAR(sum, 1.0f, 1e-6f) << "token " << t;
+      }
+      const std::vector<float> dw = Randn(n * k, 70), aux = Randn(e, 71);
+      RouterBackward(dlogits.data(), dw.data(), probs.data(), lse.data(), idx.data(), aux.data(), 0.1f, n, e, k, s,
+                     logits.data());
+      for (float d : dlogits) EXPECT_TRUE(std::isfinite(d));
+      std::vector<double> prob_sum(e, 0.0);
+      double z_sum = 0, ent = 0;
+      RouterStats(prob_sum.data(), &z_sum, &ent, probs.data(), lse.data(), n, e, /*normalize=*/sigmoid);
+      for (double v : prob_sum) EXPECT_TRUE(std::isfinite(v));
+      EXPECT_TRUE(std::isfinite(ent));
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Expert dropout and loss-free balancing
 

@@ -131,14 +131,16 @@ INSTANTIATE_TEST_SUITE_P(K, RouterTest, ::testing::Values(1, 2, 3, 4));
 
 TEST(RouterStats, MatchesNaiveAndTreatsZeroProbabilityAsZeroEntropy) {
   const int n = 3, e = 5;
-  // Token 2 has experts whose probability underflows to exactly 0 in fp32.
+  // Token 2 has experts whose probability underflows in fp32: they count as the smallest normal
+  // float (kernels/router.cc), and a probability of exactly 0 adds no entropy.
   std::vector<float> logits = {0.1f, -0.3f,   0.7f,    0.0f, 1.2f,  //
                                2.0f, 2.0f,    -1.0f,   0.5f, 0.0f,  //
                                0.0f, -200.0f, -300.0f, 1.0f, -250.0f};
   std::vector<float> probs(n * e), lse(n), weights(n * 2);
   std::vector<int32_t> idx(n * 2);
   RouterForward(probs.data(), lse.data(), idx.data(), weights.data(), logits.data(), n, e, 2);
-  ASSERT_EQ(probs[2 * e + 1], 0.0f);
+  ASSERT_EQ(probs[2 * e + 1], std::numeric_limits<float>::min());
+  probs[2 * e + 2] = 0.0f;
   std::vector<double> prob_sum(e, 1.0);  // accumulates onto existing values
   double z_sum = 2.0, entropy_sum = 3.0;
   RouterStats(prob_sum.data(), &z_sum, &entropy_sum, probs.data(), lse.data(), n, e);
@@ -203,6 +205,13 @@ TEST(RoutingPlan, DroplessKeepsEverythingAndCapacityRoundsUp) {
   EXPECT_EQ(roomy.capacity, 6);
   EXPECT_EQ(roomy.dropped, 0);
   EXPECT_EQ(roomy.slot_to_assignment, plan.slot_to_assignment);
+  // A factor whose capacity is past int64 (validate takes any finite c >= 0) is every assignment,
+  // not an out-of-range conversion (INT64_MIN on x86, which only happened to read as dropless).
+  EXPECT_EQ(moe::ExpertCapacity(20.0, 6, 2, 5), 12);
+  EXPECT_EQ(moe::ExpertCapacity(1e300, 6, 2, 5), 12);
+  const RoutingPlan huge = BuildRoutingPlan(kHandIdx.data(), 6, 2, 5, moe::ExpertCapacity(1e300, 6, 2, 5));
+  EXPECT_EQ(huge.dropped, 0);
+  EXPECT_EQ(huge.slot_to_assignment, plan.slot_to_assignment);
 }
 
 TEST(Permute, ForwardAndBackwardMatchNaiveWithDrops) {

@@ -116,16 +116,15 @@ TEST(ContextStart, RestartsFromTheLastHalfWindowOnlyWhenFull) {
   EXPECT_EQ(ContextStart(0, 100, 8), 96);  // a long prompt starts at its last half window
 }
 
-// A trained checkpoint: 200 sampled tokens with T = 32 restart the window several times.
-TEST(Sampling, CachedAndUncachedSamplersGiveTheSameTokens) {
+// A trained checkpoint of the spec: 200 sampled tokens with T = 32 restart the window several
+// times, and the cached and uncached samplers give the same ones for the same seed.
+void ExpectCachedAndUncachedSamplersAgree(moe::v1::JobSpec spec) {
   kernels::SetNumThreads(1);
-  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
-  spec.set_name("sample-kv");
   spec.mutable_train()->set_steps(3);
   spec.mutable_train()->set_eval_every(3);
   spec.mutable_train()->set_eval_batches(1);
   Dataset data = *LoadDataset(spec.data());
-  const std::string dir = testing::MakeTempDir("sample-kv-");
+  const std::string dir = testing::MakeTempDir(spec.name() + "-");
   TrainerOptions train;
   train.checkpoint_dir = dir;
   ASSERT_NE(testing::TrainOnOneRank(spec, &data, train).trainer, nullptr);
@@ -148,6 +147,23 @@ TEST(Sampling, CachedAndUncachedSamplersGiveTheSameTokens) {
   ASSERT_TRUE(uncached.ok()) << uncached.status();
   EXPECT_EQ(*cached, *uncached);
   EXPECT_EQ(cached->size(), opts.prompt.size() + 200);  // char tokens: one byte each
+}
+
+TEST(Sampling, CachedAndUncachedSamplersGiveTheSameTokens) {
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.set_name("sample-kv");
+  ExpectCachedAndUncachedSamplersAgree(spec);
+}
+
+// A job trained with a capacity factor samples dropless, as the cached decoder (one token at a
+// time never fills a capacity) and Hugging Face's Mixtral do: the whole-context sampler applied
+// the capacity to the context's tokens and dropped the newest ones' experts, so it sampled other
+// tokens than the cached one for the same seed.
+TEST(Sampling, ACapacityJobSamplesDroplessWithAndWithoutTheCache) {
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.set_name("sample-capacity");
+  spec.mutable_model()->mutable_moe()->set_capacity_factor(0.25);
+  ExpectCachedAndUncachedSamplersAgree(spec);
 }
 
 }  // namespace

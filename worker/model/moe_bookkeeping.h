@@ -34,7 +34,7 @@ struct MoeShape {
 };
 
 // MODEL.md's capacity rule: ceil(c * n * k / e) kept assignments per expert, first come by
-// token order; c <= 0 means dropless (0 = unlimited).
+// token order; c <= 0 means dropless (0 = unlimited). At most n * k, the assignments there are.
 int64_t ExpertCapacity(double capacity_factor, int64_t n, int k, int e);
 
 // One layer's router statistics, as one buffer of doubles that every rank fills with its own

@@ -51,6 +51,10 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int seq_len
   m.comm = CreateSingleProcessCommunicator();
   ModelConfig cfg = ModelConfig::FromSpec(m.spec, vocab);
   cfg.dropout = 0;
+  // Inference is dropless, as the KV-cache decoders (one token at a time never fills a capacity)
+  // and Hugging Face's Mixtral are: a capacity over the whole context dropped the newest tokens'
+  // experts, so the uncached sampler drew other tokens than the cached one.
+  cfg.capacity_factor = 0;
   cfg.inference_only = true;  // Forward only: no gradients or AdamW moments
   if (seq_len > 0) cfg.seq_len = seq_len;
   // The shapes from the layout alone, before a model of the spec's size is allocated.
