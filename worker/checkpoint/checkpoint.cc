@@ -145,13 +145,13 @@ absl::StatusOr<CheckpointReader> NewestGoodCheckpointReader(
            "set checkpoint.start_over_if_damaged: true to start over"));
 }
 
-absl::StatusOr<std::string> ResolveCheckpointArgument(const std::string& path,
-                                                      const std::function<void(const std::string&)>& report) {
+absl::StatusOr<CheckpointReader> ResolveCheckpointArgument(const std::string& path,
+                                                           const std::function<void(const std::string&)>& report) {
   if (absl::Status st = CheckCheckpointArgument(path); !st.ok()) return st;
   std::error_code ec;
-  if (fs::exists(fs::path(path) / kManifest, ec)) return path;
+  if (fs::exists(fs::path(path) / kManifest, ec)) return CheckpointReader::Open(path);
   std::vector<std::string> damaged;
-  if (std::optional<CheckpointReader> good = FindNewestGood(path, report, &damaged)) return good->path();
+  if (std::optional<CheckpointReader> good = FindNewestGood(path, report, &damaged)) return std::move(*good);
   if (damaged.empty()) {
     return absl::NotFoundError(absl::StrCat(path, " holds no complete checkpoint (step_XXXXXXXX with a ", kManifest,
                                             ")"));
@@ -171,18 +171,22 @@ absl::StatusOr<std::string> NewestGoodCheckpoint(
 
 namespace {
 
-absl::StatusOr<Checkpoint> ReadTensors(const std::string& path, bool with_optimizer) {
-  absl::StatusOr<CheckpointReader> reader = CheckpointReader::Open(path);
-  if (!reader.ok()) return reader.status();
+absl::StatusOr<Checkpoint> ReadTensors(const CheckpointReader& reader, bool with_optimizer) {
   Checkpoint ckpt;
-  static_cast<CheckpointInfo&>(ckpt) = reader->info();
-  for (const TensorEntry& t : reader->tensors()) {
+  static_cast<CheckpointInfo&>(ckpt) = reader.info();
+  for (const TensorEntry& t : reader.tensors()) {
     if (!with_optimizer && absl::StartsWith(t.name, "adam_")) continue;
     NamedTensor nt{t.name, t.shape, std::vector<float>(t.elements())};
-    if (absl::Status st = reader->Read(t, 0, nt.data.size(), nt.data.data()); !st.ok()) return st;
+    if (absl::Status st = reader.Read(t, 0, nt.data.size(), nt.data.data()); !st.ok()) return st;
     ckpt.tensors.push_back(std::move(nt));
   }
   return ckpt;
+}
+
+absl::StatusOr<Checkpoint> ReadTensors(const std::string& path, bool with_optimizer) {
+  absl::StatusOr<CheckpointReader> reader = CheckpointReader::Open(path);
+  if (!reader.ok()) return reader.status();
+  return ReadTensors(*reader, with_optimizer);
 }
 
 }  // namespace
@@ -190,6 +194,8 @@ absl::StatusOr<Checkpoint> ReadTensors(const std::string& path, bool with_optimi
 absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path) { return ReadTensors(path, true); }
 
 absl::StatusOr<Checkpoint> ReadCheckpointWeights(const std::string& path) { return ReadTensors(path, false); }
+
+absl::StatusOr<Checkpoint> ReadCheckpointWeights(const CheckpointReader& reader) { return ReadTensors(reader, false); }
 
 absl::Status CheckCompatible(const Checkpoint& ckpt, const Shapes& expected) {
   std::vector<std::pair<absl::string_view, const std::vector<int64_t>*>> have;

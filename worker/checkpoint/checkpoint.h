@@ -102,12 +102,13 @@ absl::Status WriteCheckpoint(const std::string& dir, const Checkpoint& ckpt, int
 // directory (a step_XXXXXXXX one or a directory of them).
 absl::Status CheckCheckpointArgument(const std::string& path);
 
-// The checkpoint a tool was given (sampling, scoring, export, model.init_from): `path` itself
-// when it is one (step_XXXXXXXX with a MANIFEST), else the newest good one under it, damaged
-// newer ones skipped and reported as NewestGoodCheckpoint does. NotFound (CheckCheckpointArgument's,
-// or "holds no complete checkpoint") or DataLoss listing each damaged one.
-absl::StatusOr<std::string> ResolveCheckpointArgument(const std::string& path,
-                                                      const std::function<void(const std::string&)>& report);
+// The checkpoint a tool was given (sampling, scoring, export, model.init_from), open and verified
+// once (ReadCheckpointWeights(reader) then reads its weights without a second pass): `path` itself
+// when it is one (step_XXXXXXXX with a MANIFEST), else the newest good one under it, damaged newer
+// ones skipped and reported as NewestGoodCheckpoint does. NotFound (CheckCheckpointArgument's, or
+// "holds no complete checkpoint"), DataLoss listing each damaged one, or Open's error for `path`.
+absl::StatusOr<CheckpointReader> ResolveCheckpointArgument(const std::string& path,
+                                                           const std::function<void(const std::string&)>& report);
 
 // Newest complete checkpoint under dir (NotFound if none): a step_XXXXXXXX directory whose
 // manifest parses and whose files exist with the listed sizes. Temp dirs are ignored.
@@ -134,6 +135,8 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(const std::string& path);
 // The same checks, holding only the weights (no adam_* tensors): a third of the memory, for the
 // tools that only read the model (export, import, sampling, scoring).
 absl::StatusOr<Checkpoint> ReadCheckpointWeights(const std::string& path);
+// The weights of a checkpoint already open (and so verified).
+absl::StatusOr<Checkpoint> ReadCheckpointWeights(const CheckpointReader& reader);
 
 // OK when every expected (name, shape) is in the checkpoint with that shape and the checkpoint
 // holds no other weight (adam_* tensors aside); otherwise names the first mismatch and both shapes.

@@ -71,25 +71,26 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
                                         const HfExportOptions& options) {
   if (absl::Status st = CheckOutDir(out_dir); !st.ok()) return st;
   std::vector<std::string> skipped;  // damaged newer checkpoints, for the notes
-  absl::StatusOr<std::string> path =
+  absl::StatusOr<CheckpointReader> reader =
       ResolveCheckpointArgument(checkpoint, [&](const std::string& line) { skipped.push_back(line); });
-  if (!path.ok()) return path.status();
-  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(*path);
+  if (!reader.ok()) return reader.status();
+  const std::string& path = reader->path();
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(*reader);
   if (!ckpt.ok()) return ckpt.status();
-  absl::StatusOr<CheckpointModelSpec> read = ReadCheckpointModelSpec(*ckpt, *path);
+  absl::StatusOr<CheckpointModelSpec> read = ReadCheckpointModelSpec(*ckpt, path);
   if (!read.ok()) return read.status();
   const moe::v1::JobSpec& spec = read->spec;
   const std::unique_ptr<Tokenizer>& tokenizer = read->tokenizer;
   const int vocab = read->vocab;
   HfExportResult result;
-  result.checkpoint = *path;
+  result.checkpoint = path;
   result.notes = std::move(skipped);
   result.step = ckpt->step;
 
   const HfShape shape = HfShape::FromSpec(spec, vocab);
   if (std::vector<std::string> no = HfUnrepresentable(spec); !no.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "checkpoint ", *path, " was trained with ", absl::StrJoin(no, ", "),
+        "checkpoint ", path, " was trained with ", absl::StrJoin(no, ", "),
         ", which no stock Hugging Face architecture represents (Mixtral, or Qwen3-MoE with QK-norm); "
         "transformers could not load it without custom code"));
   }
@@ -112,7 +113,7 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
   absl::StatusOr<std::vector<NamedTensor>> hf = ToHfTensors(shape, std::move(weights));
   if (!hf.ok() || !extra.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "checkpoint ", *path, " does not match its own spec:\n",
+        "checkpoint ", path, " does not match its own spec:\n",
         absl::StrJoin(extra, "\n"), !extra.empty() && !hf.ok() ? "\n" : "", hf.ok() ? "" : hf.status().message()));
   }
   result.architecture = shape.qk_norm ? (shape.is_moe() ? "Qwen3MoeForCausalLM" : "Qwen3ForCausalLM")

@@ -115,19 +115,16 @@ absl::StatusOr<PretrainedWeights> LoadHf(const std::string& dir, const HfShape& 
 }
 
 absl::StatusOr<PretrainedWeights> LoadOurs(const std::string& dir, const HfShape& shape) {
-  std::error_code ec;
-  std::string path = dir;
-  if (!fs::exists(fs::path(dir) / "MANIFEST", ec)) {
-    absl::StatusOr<std::string> newest = ResolveCheckpointArgument(dir, nullptr);
-    if (absl::IsNotFound(newest.status())) {
-      return absl::NotFoundError(absl::StrCat(
-          dir, " is neither a Hugging Face model directory (config.json) nor a checkpoint (step_XXXXXXXX with a "
-               "MANIFEST) nor a directory of checkpoints"));
-    }
-    if (!newest.ok()) return newest.status();
-    path = *newest;
+  absl::StatusOr<CheckpointReader> reader = ResolveCheckpointArgument(dir, nullptr);
+  std::error_code ec;  // a step directory's own NotFound (a file it lists is gone) is its error
+  if (absl::IsNotFound(reader.status()) && !fs::exists(fs::path(dir) / "MANIFEST", ec)) {
+    return absl::NotFoundError(absl::StrCat(
+        dir, " is neither a Hugging Face model directory (config.json) nor a checkpoint (step_XXXXXXXX with a "
+             "MANIFEST) nor a directory of checkpoints"));
   }
-  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(path);
+  if (!reader.ok()) return reader.status();
+  const std::string& path = reader->path();
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(*reader);
   if (!ckpt.ok()) return ckpt.status();
   std::map<std::string, NamedTensor> found;
   for (NamedTensor& t : ckpt->tensors) {

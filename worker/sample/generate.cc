@@ -36,11 +36,11 @@ struct LoadedModel {
 // seq_len > 0 builds the model for that context instead of the job's (shorter is the same math:
 // positions start at 0 and attention is causal).
 absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int seq_len = 0) {
-  absl::StatusOr<std::string> resolved = ResolveCheckpointArgument(
+  absl::StatusOr<CheckpointReader> resolved = ResolveCheckpointArgument(
       checkpoint, [](const std::string& line) { std::fprintf(stderr, "moe-worker: %s\n", line.c_str()); });
   if (!resolved.ok()) return resolved.status();
-  const std::string& path = *resolved;
-  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(path);
+  const std::string& path = resolved->path();
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(*resolved);
   if (!ckpt.ok()) return ckpt.status();
   absl::StatusOr<CheckpointModelSpec> read = ReadCheckpointModelSpec(*ckpt, path);
   if (!read.ok()) return read.status();
