@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "daemon/sqlite_util.h"
 
 namespace moe::daemon {
 namespace {
@@ -55,70 +56,7 @@ CREATE TABLE IF NOT EXISTS deleted_jobs(
   num INTEGER PRIMARY KEY, id TEXT NOT NULL, deleted_ms INTEGER NOT NULL);
 )sql";
 
-// A prepared statement that finalizes itself.
-class Stmt {
- public:
-  Stmt(sqlite3* db, const char* sql) { rc_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr); }
-  ~Stmt() { sqlite3_finalize(stmt_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-  bool ok() const { return rc_ == SQLITE_OK; }
-  Stmt& Bind(int i, int64_t v) {
-    sqlite3_bind_int64(stmt_, i, v);
-    return *this;
-  }
-  Stmt& Bind(int i, double v) {
-    sqlite3_bind_double(stmt_, i, v);
-    return *this;
-  }
-  Stmt& Bind(int i, const std::string& v) {
-    sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Stmt& BindBlob(int i, const std::string& v) {
-    sqlite3_bind_blob(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  int Step() { return sqlite3_step(stmt_); }
-  void Reset() {
-    sqlite3_reset(stmt_);
-    sqlite3_clear_bindings(stmt_);
-  }
-  int64_t Int(int col) { return sqlite3_column_int64(stmt_, col); }
-  double Double(int col) { return sqlite3_column_double(stmt_, col); }
-  std::string Text(int col) {
-    const void* p = sqlite3_column_blob(stmt_, col);
-    int n = sqlite3_column_bytes(stmt_, col);
-    return p ? std::string(static_cast<const char*>(p), n) : std::string();
-  }
-
- private:
-  sqlite3_stmt* stmt_ = nullptr;
-  int rc_;
-};
-
 std::string FormatId(int64_t num) { return absl::StrFormat("j-%06d", num); }
-
-// What a user can do about an SQLite error on the database at path, for the messages.
-std::string StoreFix(int code, const std::string& path) {
-  switch (code & 0xff) {
-    case SQLITE_FULL:
-      return " (the state directory's file system is full)";
-    case SQLITE_CORRUPT:
-    case SQLITE_NOTADB:
-      return absl::StrCat(" (", path,
-                          " is damaged or is not moed's database: with moed stopped, move it "
-                          "aside to start with no jobs, or rebuild it with `sqlite3 ", path,
-                          " .recover | sqlite3 ", path,
-                          ".recovered` and move that into its place)");
-    case SQLITE_READONLY:
-    case SQLITE_CANTOPEN:
-    case SQLITE_PERM:
-      return " (check that --state-dir is writable)";
-    default:
-      return "";
-  }
-}
 
 constexpr char kJobColumns[] =
     "id, spec, state, reason, created_ms, started_ms, ended_ms, restarts, attempt, latest, "
