@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -173,6 +174,13 @@ class Checker {
     if (!(theta == 0 || (theta > 1 && std::isfinite(theta)))) {
       Fail("model.attention.rope_theta",
            absl::StrCat("must be greater than 1 (10000 by default, 1e6 for Mixtral and Qwen), got ",
+                        FormatDouble(theta)));
+    } else if (theta > FLT_MAX) {
+      // The workers keep the base in fp32: above its largest value it is infinite and every
+      // frequency but the first is 0, which turns RoPE off without a word.
+      Fail("model.attention.rope_theta",
+           absl::StrCat("must be at most 3.4e38 (fp32's largest value; 10000 by default, 1e6 for "
+                        "Mixtral and Qwen), got ",
                         FormatDouble(theta)));
     }
   }

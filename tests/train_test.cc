@@ -163,6 +163,25 @@ TEST(TrainTest, ADivergedRunStopsWithTheReasonAndKeepsItsGoodCheckpoints) {
   }
 }
 
+// When a router loss's coefficient is what blew the loss up, the reason names it beside lr.
+TEST(TrainTest, ADivergenceNamesALargeRouterLossCoefficient) {
+  kernels::SetNumThreads(1);
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.mutable_train()->set_steps(3);
+  spec.mutable_train()->set_eval_every(100);
+  spec.mutable_model()->mutable_moe()->set_aux_loss_coef(1e300);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  auto comm = CreateSingleProcessCommunicator();
+  std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data, TrainerOptions{});
+  ASSERT_NE(trainer, nullptr);
+  TrainOutcome outcome;
+  absl::Status st = trainer->Run(&outcome);
+  EXPECT_TRUE(absl::StrContains(st.message(), "the training diverged")) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "model.moe.aux_loss_coef (1e+300)")) << st;
+  EXPECT_FALSE(absl::StrContains(st.message(), "z_loss_coef")) << st;
+}
+
 TEST(TrainTest, RefusesACheckpointOfAnotherModel) {
   kernels::SetNumThreads(1);
   moe::v1::JobSpec spec = testing::SmallShakespeareSpec();

@@ -84,6 +84,18 @@ auto InStep(int64_t step, F&& work) -> decltype(work()) {
   }
 }
 
+// What to change when the loss stops being a number: the learning rate first, then the
+// coefficients that weigh the router's losses when they are large enough to be the cause.
+std::string DivergenceAdvice(const moe::v1::JobSpec& spec) {
+  const auto& t = spec.train();
+  const auto& e = spec.model().moe();
+  std::string advice = absl::StrCat("lower train.lr (", t.lr(), ")");
+  if (e.aux_loss_coef() > 1) absl::StrAppend(&advice, " or model.moe.aux_loss_coef (", e.aux_loss_coef(), ")");
+  if (e.z_loss_coef() > 1) absl::StrAppend(&advice, " or model.moe.z_loss_coef (", e.z_loss_coef(), ")");
+  absl::StrAppend(&advice, ", or the options that scale updates (weight_decay, muon_lr), or raise warmup_steps");
+  return advice;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const moe::v1::JobSpec& spec, Communicator* comm,
@@ -315,9 +327,8 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
     if (!std::isfinite(p.loss())) {
       Emit(p);
       return absl::FailedPreconditionError(absl::StrCat(
-          "the training diverged: the loss is ", p.loss(), " at step ", step,
-          "; lower train.lr (", t.lr(), ") or the options that scale updates (weight_decay, muon_lr), or raise "
-          "warmup_steps; no checkpoint is written from this step, the older ones are kept"));
+          "the training diverged: the loss is ", p.loss(), " at step ", step, "; ",
+          DivergenceAdvice(spec_), "; no checkpoint is written from this step, the older ones are kept"));
     }
     const bool stop = r.stop_requested;
     const bool ckpt_now = r.checkpoint_requested;
