@@ -217,24 +217,33 @@ std::string HostMemory() {
   return machine;
 }
 
-// --sample, --score and --export build a checkpoint's model: one larger than this machine (or its
-// ulimit -v, or the GPU) holds ends with the reason and exit 1, not an abort by signal 6.
-template <typename Fn>
-auto CatchOutOfMemory(const std::string& checkpoint, Fn&& fn) -> decltype(fn()) {
-  auto why = [&](const std::string& what) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        what, " (checkpoint ", checkpoint, "; ", HostMemory(),
-        "); free memory, raise ulimit -v, or run it where the model fits"));
-  };
+// Runs fn; a failed allocation inside it (an AllocationError, any other std::bad_alloc, or a size
+// past what memory can address) becomes the status why(error) makes of it: the reason in words
+// and exit 1, not an abort by signal 6. what_failed names the allocation a bare bad_alloc was.
+template <typename Fn, typename Why>
+auto OnAllocationFailure(const char* what_failed, Fn&& fn, Why&& why) -> decltype(fn()) {
   try {
     return fn();
   } catch (const moe::AllocationError& e) {
-    return why(e.what());
+    return why(e);
   } catch (const std::bad_alloc&) {
-    return why("out of host memory");
+    return why(moe::AllocationError(what_failed));
   } catch (const std::length_error& e) {
-    return why(absl::StrCat("a buffer larger than memory can address (", e.what(), ")"));
+    return why(moe::AllocationError(
+        absl::StrCat("could not allocate a buffer larger than memory can address (", e.what(), ")")));
   }
+}
+
+// --sample, --score and --export build a checkpoint's model: one larger than this machine (or its
+// ulimit -v, or the GPU) holds ends with the reason.
+template <typename Fn>
+auto CatchOutOfMemory(const std::string& checkpoint, Fn&& fn) -> decltype(fn()) {
+  return OnAllocationFailure("could not allocate memory for the checkpoint's model", fn,
+                             [&](const moe::AllocationError& e) {
+                               return absl::ResourceExhaustedError(absl::StrCat(
+                                   e.what(), " (checkpoint ", checkpoint, "; ", HostMemory(),
+                                   "); free memory, raise ulimit -v, or run it where the model fits"));
+                             });
 }
 
 // Why a rank ran out of memory, in one line for moed's FAILED reason (it keeps the first 500
@@ -425,23 +434,16 @@ int main(int argc, char** argv) {
   // A shape that passed validation can still be more than this machine holds: the allocation
   // failure ends the rank with the reason in words (exit 1), not an abort by signal 6.
   moe::TrainOutcome outcome = moe::TrainOutcome::kFinished;
-  absl::Status st;
-  try {
-    absl::StatusOr<std::unique_ptr<moe::Trainer>> trainer =
-        moe::Trainer::Create(*spec, comm.get(), &*data, topts);
-    st = trainer.ok() ? (*trainer)->Run(&outcome) : trainer.status();
-  } catch (const moe::AllocationError& e) {
-    st = absl::ResourceExhaustedError(OutOfMemoryReason(e, *spec, data->vocab_size));
-  } catch (const std::bad_alloc&) {
-    st = absl::ResourceExhaustedError(
-        OutOfMemoryReason(moe::AllocationError("could not allocate memory for the model's buffers"), *spec,
-                          data->vocab_size));
-  } catch (const std::length_error& e) {
-    st = absl::ResourceExhaustedError(OutOfMemoryReason(
-        moe::AllocationError(
-            absl::StrCat("could not allocate a buffer larger than memory can address (", e.what(), ")")),
-        *spec, data->vocab_size));
-  }
+  const absl::Status st = OnAllocationFailure(
+      "could not allocate memory for the model's buffers",
+      [&] {
+        absl::StatusOr<std::unique_ptr<moe::Trainer>> trainer =
+            moe::Trainer::Create(*spec, comm.get(), &*data, topts);
+        return trainer.ok() ? (*trainer)->Run(&outcome) : trainer.status();
+      },
+      [&](const moe::AllocationError& e) {
+        return absl::ResourceExhaustedError(OutOfMemoryReason(e, *spec, data->vocab_size));
+      });
   reporter->Close();
   if (!st.ok()) return fail(std::string(st.message()));
   return outcome == moe::TrainOutcome::kStopped ? 143 : 0;
