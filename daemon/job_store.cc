@@ -10,6 +10,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "daemon/sqlite_util.h"
 
 namespace moe::daemon {
@@ -291,6 +293,15 @@ absl::StatusOr<JobRecord> JobStore::GetJobLocked(const std::string& id) {
   int rc = q.Step();
   if (rc == SQLITE_ROW) return RowToRecord(q);
   if (rc == SQLITE_DONE) {
+    // A deleted job leaves its id behind, so "no job" can say what happened to it.
+    Stmt gone(db_, "SELECT deleted_ms FROM deleted_jobs WHERE id = ?");
+    gone.Bind(1, id);
+    if (gone.Step() == SQLITE_ROW) {
+      return absl::NotFoundError(absl::StrCat(
+          "job ", id, " was deleted at ",
+          absl::FormatTime("%Y-%m-%d %H:%M:%S %Z", absl::FromUnixMillis(gone.Int(0)), absl::LocalTimeZone()),
+          " (moectl delete or prune); its logs and metrics went with it"));
+    }
     return absl::NotFoundError(
         absl::StrCat("no job '", id, "' (moectl list shows the jobs moed knows)"));
   }

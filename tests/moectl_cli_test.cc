@@ -267,6 +267,8 @@ TEST(MoectlCli, DeleteAndPruneRemoveFinishedJobsOnly) {
   EXPECT_FALSE(Exists(dir + "/spec.json"));
   CommandResult gone = h.Moectl({"status", id});
   EXPECT_EQ(gone.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(gone.err, "job " + id + " was deleted at ")) << gone.err;
+  EXPECT_TRUE(absl::StrContains(h.Moectl({"logs", id}).err, "was deleted")) << id;
   EXPECT_EQ(h.Moectl({"delete", id}).exit_code, 1);
 
   // Two more jobs, cancelled; prune by state and age, dry run first; ids are never reused.
