@@ -602,6 +602,30 @@ class Checker {
       Fail("data.path", absl::StrCat(p, " is not readable; check its permissions"));
     } else if (fs::file_size(p, ec) == 0) {
       Fail("data.path", absl::StrCat(p, " is empty; give a text file to train on"));
+    } else if (!ec) {
+      CheckTextIsLongEnough(p, fs::file_size(p, ec));
+    }
+  }
+
+  // A text of B bytes makes at most B tokens (char: one a byte; gpt2: a byte or more each), split
+  // as the worker splits it. A split shorter than one sequence even so is refused here, where the
+  // worker would find it only once the job runs; shorter splits after BPE are still its to find.
+  void CheckTextIsLongEnough(const std::string& p, uintmax_t bytes) {
+    const int64_t seq_len = s_.model().seq_len();
+    const double vf = s_.data().val_fraction();
+    if (!Ok("model.seq_len") || !Ok("data.val_fraction") || seq_len < 1) return;
+    const auto n = static_cast<int64_t>(std::min<uintmax_t>(bytes, INT64_MAX / 2));
+    const int64_t train = std::min<int64_t>(n, static_cast<int64_t>(static_cast<double>(n) * (1.0 - vf)));
+    const int64_t val = n - train;
+    for (const auto& [name, tokens] : {std::pair<const char*, int64_t>{"train", train}, {"val", val}}) {
+      if (tokens >= seq_len + 1) continue;
+      Fail("data.path",
+           absl::StrCat(p, " has ", n, " bytes, so its ", name, " split (data.val_fraction ",
+                        FormatDouble(vf), ") holds at most ", tokens,
+                        " tokens, but sampling sequences of model.seq_len = ", seq_len, " needs ",
+                        seq_len + 1, "; use more data, a shorter seq_len",
+                        std::string(name) == "val" ? " or a larger data.val_fraction" : ""));
+      return;
     }
   }
 

@@ -322,6 +322,17 @@ TEST_F(JobSpecTest, DataPathMustExistAndFitTheTokenizer) {
   WriteText(dir_ + "/empty.txt", "");
   EXPECT_THAT(OnlyError(with_path("empty.txt")).message, HasSubstr("is empty"));
   EXPECT_THAT(OnlyError(with_path("~/input.txt")).message, HasSubstr("'~' is not expanded"));
+  // 300 bytes are at most 300 tokens: 30 in the val split, short of seq_len 32 + 1.
+  WriteText(dir_ + "/short.txt", std::string(300, 'a'));
+  e = OnlyError(with_path("short.txt"));
+  EXPECT_EQ(e.field, "data.path");
+  EXPECT_THAT(e.message, HasSubstr("short.txt has 300 bytes, so its val split (data.val_fraction 0.1) holds "
+                                   "at most 30 tokens, but sampling sequences of model.seq_len = 32 needs 33; "
+                                   "use more data, a shorter seq_len or a larger data.val_fraction"));
+  EXPECT_THAT(OnlyError(with_path("short.txt", "\n  val_fraction: 0.95")).message,
+              HasSubstr("its train split (data.val_fraction 0.95) holds at most 15 tokens"));
+  WriteText(dir_ + "/enough.txt", std::string(330, 'a'));
+  ValidSpec(with_path("enough.txt"));
 
   ValidSpec(with_path("shards", pre));
   ValidSpec(with_path("shards/train_000.bin", pre));

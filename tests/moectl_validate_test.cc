@@ -206,8 +206,10 @@ class ExampleTest : public ::testing::Test {
     root_ = moe::testing::MakeTempDir("moectl_examples_");
     fs::create_directories(root_ + "/examples");
     fs::create_directories(root_ + "/data/gpt2");
-    std::ofstream(root_ + "/data/bible-kjv.txt")
-        << "In the beginning God created the heaven and the earth.\n";
+    // As long as the real text (4.4 MB): validate refuses a text shorter than two sequences.
+    std::ofstream bible(root_ + "/data/bible-kjv.txt");
+    for (int i = 0; i < 80000; ++i) bible << "In the beginning God created the heaven and the earth.\n";
+    bible.close();
     std::ofstream(root_ + "/data/gpt2/encoder.json") << "{\"!\": 0}";
     std::ofstream(root_ + "/data/gpt2/vocab.bpe") << "#version: 0.2\n";
   }

@@ -25,7 +25,10 @@ std::string WithExtra(const std::string& section_line, const std::string& extra)
 
 void JobSpecTest::SetUp() {
   dir_ = MakeTempDir("job_spec_test_");
-  WriteText(dir_ + "/input.txt", "First Citizen:\nBefore we proceed any further, hear me speak.\n");
+  // Long enough for the specs' seq_len in both splits (validate refuses a text too short for it).
+  std::string text;
+  for (int i = 0; i < 80; ++i) text += "First Citizen:\nBefore we proceed any further, hear me speak.\n";
+  WriteText(dir_ + "/input.txt", text);
   WriteText(dir_ + "/gpt2/encoder.json", "{}");
   WriteText(dir_ + "/gpt2/vocab.bpe", "#version: 0.2\n");
   WriteText(dir_ + "/shards/train_000.bin", "\x01\x02");
