@@ -166,5 +166,36 @@ TEST(Sampling, ACapacityJobSamplesDroplessWithAndWithoutTheCache) {
   ExpectCachedAndUncachedSamplersAgree(spec);
 }
 
+// A model whose vocabulary is padded past its tokenizer's (65 characters, 128 rows, as GPT-2's
+// 50257 is padded to 50304) draws only ids the tokenizer can write: the padded rows printed
+// U+FFFD. After 3 steps the distribution is still nearly flat, so half the draws were padding.
+TEST(Sampling, APaddedVocabularyDrawsOnlyTokensTheTokenizerCanWrite) {
+  kernels::SetNumThreads(1);
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.set_name("sample-padded");
+  spec.mutable_model()->set_vocab_size(128);
+  spec.mutable_train()->set_steps(3);
+  spec.mutable_train()->set_eval_every(3);
+  spec.mutable_train()->set_eval_batches(1);
+  Dataset data = *LoadDataset(spec.data());
+  const std::string dir = testing::MakeTempDir(spec.name() + "-");
+  TrainerOptions train;
+  train.checkpoint_dir = dir;
+  ASSERT_NE(testing::TrainOnOneRank(spec, &data, train).trainer, nullptr);
+  SampleOptions opts;
+  opts.checkpoint = dir;
+  opts.prompt = "ROMEO: ";
+  opts.tokens = 300;
+  opts.temperature = 4.0;
+  opts.device = "cpu";
+  for (bool cached : {true, false}) {
+    opts.kv_cache = cached;
+    absl::StatusOr<std::string> text = GenerateText(opts);
+    ASSERT_TRUE(text.ok()) << text.status();
+    EXPECT_EQ(text->size(), opts.prompt.size() + 300) << *text;  // one byte a token, none replaced
+    EXPECT_EQ(text->find("\xEF\xBF\xBD"), std::string::npos) << *text;
+  }
+}
+
 }  // namespace
 }  // namespace moe

@@ -231,9 +231,12 @@ absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
   } else if (opts.device_used) {
     *opts.device_used = "cpu";
   }
+  // Draws come from the ids the tokenizer can write: a vocabulary padded past it (GPT-2's 50257
+  // to 50304) has rows no text stands for.
+  const int drawable = std::min(V, tok->vocab_size());
   for (int i = 0; i < opts.tokens; ++i) {
     if (!opts.kv_cache) logits = ContextLogits(model, ids, start);
-    const int32_t next = SampleToken(logits.data(), V, opts, &rng);
+    const int32_t next = SampleToken(logits.data(), drawable, opts, &rng);
     ids.push_back(next);
     if (opts.on_token) opts.on_token(tok->Decode({next}));
     const int64_t moved = ContextStart(start, static_cast<int64_t>(ids.size()), T);
