@@ -1,6 +1,7 @@
 // The metrics spill file (common/metrics_spill.h): points read back as written; a file cut at
 // any byte gives every whole record before the cut and says where it is damaged; garbage and an
-// empty or missing file never crash the reader.
+// empty or missing file never crash the reader. The reporter writes it on Close() when moed
+// cannot be reached, and writes nothing when it is disabled or has no spill path.
 #include "common/metrics_spill.h"
 
 #include <fstream>
@@ -11,7 +12,9 @@
 #include "absl/strings/str_cat.h"
 #include "common/files.h"
 #include "gtest/gtest.h"
+#include "tests/support/daemon_harness.h"
 #include "tests/support/paths.h"
+#include "worker/report/reporter.h"
 
 namespace moe {
 namespace {
@@ -117,6 +120,35 @@ TEST(MetricsSpill, FilesListsEveryRanksSpillAndNothingElse) {
   EXPECT_EQ(MetricsSpillFiles(dir),
             (std::vector<std::string>{MetricsSpillPath(dir, 0), MetricsSpillPath(dir, 1)}));
   EXPECT_TRUE(MetricsSpillFiles(dir + "/no-such-folder").empty());
+}
+
+TEST(ReporterSpill, CloseWithoutMoedLeavesEveryUnconfirmedPoint) {
+  const std::string dir = testing::MakeTempDir("moe-spill-reporter-");
+  ReporterOptions o;
+  o.moed_address = absl::StrCat("127.0.0.1:", testing::FreePort());  // nobody listens
+  o.job_id = "j-000001";
+  o.world_size = 1;
+  o.spill_path = MetricsSpillPath(dir, 0);
+  auto reporter = Reporter::Create(o);
+  for (int64_t step = 1; step <= 5; ++step) reporter->Metrics(Point(step));
+  reporter->Close();  // gives up after its ~3 s deadline
+  absl::StatusOr<MetricsSpill> spill = ReadMetricsSpill(o.spill_path);
+  ASSERT_TRUE(spill.ok()) << spill.status();
+  EXPECT_EQ(spill->damage, "");
+  EXPECT_EQ(Steps(*spill), (std::vector<int64_t>{1, 2, 3, 4, 5}));
+  EXPECT_DOUBLE_EQ(spill->points[2].loss(), Point(3).loss());
+  reporter->Close();  // idempotent: writes nothing again
+  EXPECT_EQ(MetricsSpillFiles(dir).size(), 1u);
+}
+
+TEST(ReporterSpill, ADisabledReporterWritesNothing) {
+  const std::string dir = testing::MakeTempDir("moe-spill-off-");
+  ReporterOptions o;  // no moed address: a standalone run
+  o.spill_path = MetricsSpillPath(dir, 0);
+  auto reporter = Reporter::Create(o);
+  reporter->Metrics(Point(1));
+  reporter->Close();
+  EXPECT_TRUE(MetricsSpillFiles(dir).empty());
 }
 
 }  // namespace
