@@ -550,6 +550,12 @@ absl::StatusOr<std::map<int, int64_t>> JobStore::LastSeqs(const std::string& job
 
 absl::Status JobStore::AddMetric(const std::string& job_id, int attempt,
                                  const moe::v1::MetricPoint& p) {
+  return AddMetrics(job_id, attempt, {p}).status();
+}
+
+absl::StatusOr<int> JobStore::AddMetrics(const std::string& job_id, int attempt,
+                                         const std::vector<moe::v1::MetricPoint>& points) {
+  int added = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (absl::Status s = Fault("add_metric", nullptr); !s.ok()) return s;
@@ -559,24 +565,33 @@ absl::Status JobStore::AddMetric(const std::string& job_id, int attempt,
       Exec("ROLLBACK;").IgnoreError();
       return err;
     };
-    Stmt ins(db_, "INSERT OR IGNORE INTO metrics(job_id, attempt, step, point) VALUES(?,?,?,?)");
-    ins.Bind(1, job_id).Bind(2, static_cast<int64_t>(attempt)).Bind(3, p.step());
-    ins.BindBlob(4, p.SerializeAsString());
-    if (ins.Step() != SQLITE_DONE) return fail("insert metric");
-    Stmt up(db_, "UPDATE jobs SET latest = ? WHERE id = ?");
-    up.BindBlob(1, p.SerializeAsString()).Bind(2, job_id);
-    if (up.Step() != SQLITE_DONE) return fail("update latest metric");
-    if (p.has_val_loss()) {
-      Stmt best(db_,
-                "UPDATE jobs SET best_val_loss = ? WHERE id = ? AND "
-                "(best_val_loss = 0 OR best_val_loss > ?)");
-      best.Bind(1, p.val_loss()).Bind(2, job_id).Bind(3, p.val_loss());
-      if (best.Step() != SQLITE_DONE) return fail("update best val loss");
+    for (const moe::v1::MetricPoint& p : points) {
+      const std::string blob = p.SerializeAsString();
+      Stmt ins(db_,
+               "INSERT OR IGNORE INTO metrics(job_id, attempt, step, point) VALUES(?,?,?,?)");
+      ins.Bind(1, job_id).Bind(2, static_cast<int64_t>(attempt)).Bind(3, p.step());
+      ins.BindBlob(4, blob);
+      if (ins.Step() != SQLITE_DONE) return fail("insert metric");
+      if (sqlite3_changes(db_) == 0) continue;  // stored before: a resend
+      ++added;
+      Stmt up(db_,
+              "UPDATE jobs SET latest = ? WHERE id = ? AND NOT EXISTS (SELECT 1 FROM metrics "
+              "WHERE job_id = ? AND (attempt > ? OR (attempt = ? AND step > ?)))");
+      up.BindBlob(1, blob).Bind(2, job_id).Bind(3, job_id).Bind(4, static_cast<int64_t>(attempt));
+      up.Bind(5, static_cast<int64_t>(attempt)).Bind(6, p.step());
+      if (up.Step() != SQLITE_DONE) return fail("update latest metric");
+      if (p.has_val_loss()) {
+        Stmt best(db_,
+                  "UPDATE jobs SET best_val_loss = ? WHERE id = ? AND "
+                  "(best_val_loss = 0 OR best_val_loss > ?)");
+        best.Bind(1, p.val_loss()).Bind(2, job_id).Bind(3, p.val_loss());
+        if (best.Step() != SQLITE_DONE) return fail("update best val loss");
+      }
     }
     if (absl::Status s = Commit(); !s.ok()) return s;
   }
-  Bump();
-  return absl::OkStatus();
+  if (added > 0) Bump();
+  return added;
 }
 
 absl::StatusOr<std::vector<StoredMetric>> JobStore::ReadMetrics(const std::string& job_id,

@@ -105,6 +105,11 @@ class JobStore {
   // Stores a point (a resend of a stored (attempt, step) is ignored) and updates the job's
   // latest point and best val loss.
   absl::Status AddMetric(const std::string& job_id, int attempt, const moe::v1::MetricPoint& p);
+  // The same for points of one attempt in one transaction (a spill file's); returns how many
+  // were new. The latest point moves only to one newer than every stored point (a later attempt,
+  // or a later step of the same one), so points stored late never move it back.
+  absl::StatusOr<int> AddMetrics(const std::string& job_id, int attempt,
+                                 const std::vector<moe::v1::MetricPoint>& points);
   absl::StatusOr<std::vector<StoredMetric>> ReadMetrics(const std::string& job_id,
                                                         int64_t after_rowid, int limit);
 

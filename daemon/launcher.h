@@ -31,6 +31,12 @@ struct LaunchRequest {
   std::vector<int> gpus;
 };
 
+// <job_dir>/attempt-N: an attempt's folder under either launcher (its ranks' output, its exit
+// status, the metric points its reporters could not deliver: common/metrics_spill.h).
+inline std::string AttemptDir(const std::string& job_dir, int attempt) {
+  return job_dir + "/attempt-" + std::to_string(attempt);
+}
+
 // What the launcher reports about a launched attempt.
 struct ProcessState {
   enum Kind { kRunning, kExited, kLost };

@@ -1,6 +1,7 @@
 // LocalLauncher: fork a monitor (new session) that forks mpirun and writes its wait status to
 // <attempt-dir>/exit_status; Open MPI writes each rank's stdout/stderr to
-// <attempt-dir>/ranks/1/rank.N/{stdout,stderr} (--output-filename DIR:nocopy).
+// <attempt-dir>/ranks/1/rank.N/{stdout,stderr} (--output-filename DIR:nocopy). The workers get
+// the attempt's folder (--attempt-dir) for the metric points they could not report.
 #include "daemon/local_launcher.h"
 
 #include <dirent.h>
@@ -215,7 +216,7 @@ absl::StatusOr<std::string> LocalLauncher::Launch(const LaunchRequest& req,
         absl::StrCat("launch error: worker executable ", options_.worker_bin,
                      " is missing or not executable (build moe-worker or pass moed --worker-bin)"));
   }
-  const std::string dir = absl::StrCat(req.job_dir, "/attempt-", req.attempt);
+  const std::string dir = AttemptDir(req.job_dir, req.attempt);
   if (absl::Status s = MakeDirs(dir); !s.ok()) return s;
   if (absl::Status s = MakeDirs(req.checkpoint_dir); !s.ok()) return s;
 
@@ -251,7 +252,8 @@ absl::StatusOr<std::string> LocalLauncher::Launch(const LaunchRequest& req,
   }
   args.insert(args.end(), {options_.worker_bin, "--spec", req.spec_path, "--moed",
                            req.moed_address, "--job-id", req.job_id, "--attempt",
-                           absl::StrCat(req.attempt), "--checkpoint-dir", req.checkpoint_dir});
+                           absl::StrCat(req.attempt), "--attempt-dir", dir,
+                           "--checkpoint-dir", req.checkpoint_dir});
   if (req.resume) args.push_back("--resume");
 
   std::vector<char*> argv, envp;

@@ -99,6 +99,8 @@ class Scheduler {
     std::string pending_failure;  // set when moed kills the attempt (lost heartbeat)
     // Why the store last refused its log lines: said once in moed's log, not every tick.
     std::string ingest_error;
+    // The same for the metric points of its spill files.
+    std::string spill_error;
     Clock::time_point cancel_deadline;
     Clock::time_point last_term;
     bool killed = false;
@@ -118,8 +120,13 @@ class Scheduler {
   // Returns true when the job left the active set.
   bool Watch(Active& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // False when the store refused lines: then the attempt must not end yet (its lines are all
-  // stored before its final state).
+  // stored before its final state). final: the attempt is over; its metric spills are stored too.
   bool Ingest(Active& a, bool final) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Stores the metric points the ranks of attempts first..last left in their folders when they
+  // could not report them (common/metrics_spill.h), and removes each file once stored; a damaged
+  // file gives what parses and one line in moed's log. False when the store refused them: the
+  // files stay for the next try.
+  bool IngestMetricsSpills(Active& a, int first, int last) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The attempt ended with a failure: restart it if max_restarts allows, else FAILED.
   void Failed(Active& a, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Sets the state in rec and stores it; false (logged) when the store refused the write.

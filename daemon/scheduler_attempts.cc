@@ -5,12 +5,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/files.h"
+#include "common/metrics_spill.h"
 #include "daemon/scheduler.h"
 #include "daemon/scheduler_internal.h"
 #include "google/protobuf/util/json_util.h"
@@ -125,8 +128,12 @@ void Scheduler::LaunchAttempt(Active& a) {
 }
 
 bool Scheduler::Ingest(Active& a, bool final) {
+  if (!a.launched) return true;
+  // Over: the metric points its ranks could not report (moed was away when they ended), and any
+  // an earlier attempt left, stored before its end is.
+  if (final && !IngestMetricsSpills(a, 0, a.rec.attempt)) return false;
   Launcher* launcher = LauncherFor(a.rec);
-  if (!a.launched || !launcher->CapturesOutput()) return true;
+  if (!launcher->CapturesOutput()) return true;
   for (const OutputFile& f : launcher->OutputFiles(a.rec.launch_handle)) {
     int64_t offset = a.offsets.count(f.path) ? a.offsets[f.path] : 0;
     while (true) {
@@ -170,6 +177,64 @@ bool Scheduler::Ingest(Active& a, bool final) {
         Store(a, moe::v1::JOB_STATE_RUNNING, "");
       }
       if (static_cast<int64_t>(data.size()) < kReadChunk) break;
+    }
+  }
+  return true;
+}
+
+bool Scheduler::IngestMetricsSpills(Active& a, int first, int last) {
+  const std::string& id = a.rec.job.id();
+  const int64_t max_step = a.rec.job.spec().train().steps();
+  for (int attempt = first; attempt <= last; ++attempt) {
+    for (const std::string& path : MetricsSpillFiles(AttemptDir(a.rec.job.state_dir(), attempt))) {
+      absl::StatusOr<MetricsSpill> spill = ReadMetricsSpill(path);
+      if (!spill.ok()) {
+        if (!absl::IsNotFound(spill.status())) {
+          LogDaemon(absl::StrCat("job ", id, ": cannot read the metric spill file ", path, " (",
+                                 spill.status().message(), "); its points are not stored"));
+        }
+        continue;
+      }
+      // The report service's check: a point at a step the job cannot reach is not stored.
+      std::vector<moe::v1::MetricPoint> points;
+      size_t unreachable = 0;
+      for (moe::v1::MetricPoint& p : spill->points) {
+        if (p.step() < 0 || p.step() > max_step) {
+          ++unreachable;
+        } else {
+          points.push_back(std::move(p));
+        }
+      }
+      absl::StatusOr<int> added = store_->AddMetrics(id, attempt, points);
+      if (!added.ok()) {
+        if (a.spill_error != added.status().message()) {
+          LogDaemon(absl::StrCat("job ", id, ": cannot store the metric points of ", path, ": ",
+                                 added.status().message(),
+                                 "; retrying until the store takes them"));
+          a.spill_error = std::string(added.status().message());
+        }
+        return false;
+      }
+      a.spill_error.clear();
+      // One line per file, naming it.
+      const size_t old = points.size() - static_cast<size_t>(*added);
+      std::string line =
+          spill->damage.empty()
+              ? absl::StrCat("job ", id, ": attempt ", attempt, " ended with ",
+                             spill->points.size(), " metric points moed had not confirmed (",
+                             path, "): stored ", *added)
+              : absl::StrCat("job ", id, ": the metric spill file ", path, " of attempt ",
+                             attempt, " is damaged (", spill->damage, "): stored ", *added,
+                             " of the ", spill->points.size(),
+                             " points before the damage, the rest is lost");
+      if (old > 0) absl::StrAppend(&line, "; ", old, " were stored already");
+      if (unreachable > 0) {
+        absl::StrAppend(&line, "; skipped ", unreachable, " at steps outside 0..", max_step);
+      }
+      LogDaemon(line);
+      if (unlink(path.c_str()) != 0 && errno != ENOENT) {
+        LogDaemon(absl::StrCat("job ", id, ": cannot remove ", path, ": ", std::strerror(errno)));
+      }
     }
   }
   return true;
@@ -295,6 +360,8 @@ bool Scheduler::Watch(Active& a) {
 }
 
 void Scheduler::AdoptAttempt(Active& a, int attempt) {
+  // The requeued attempts' spills before the new attempt's points (the final ingest retries).
+  IngestMetricsSpills(a, a.rec.attempt, attempt - 1);
   a.rec.attempt = attempt;
   a.last_heard.clear();
   a.attempt_started = Clock::now();

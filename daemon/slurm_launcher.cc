@@ -430,9 +430,9 @@ SlurmLauncher::Cached SlurmLauncher::Refresh(const std::string& handle, bool for
     } else {
       // The exit status the batch script wrote into its newest attempt folder.
       int attempt = std::max(c.info.attempt, h.base);
-      while (access(absl::StrCat(h.dir, "/attempt-", attempt + 1).c_str(), F_OK) == 0) ++attempt;
+      while (access(AttemptDir(h.dir, attempt + 1).c_str(), F_OK) == 0) ++attempt;
       absl::StatusOr<std::string> st =
-          ReadFile(absl::StrCat(h.dir, "/attempt-", attempt, "/exit_status"));
+          ReadFile(AttemptDir(h.dir, attempt) + "/exit_status");
       const std::string text(st.ok() ? absl::StripAsciiWhitespace(*st) : "");
       int rc = 0;
       c.info.attempt = attempt;
@@ -503,7 +503,7 @@ ProcessState SlurmLauncher::Poll(const std::string& handle) {
     absl::StrAppend(&ps.reason, ", exit code ", c.exit_code);
   }
   // The last line a rank (or else the batch script) wrote on stderr says why.
-  const std::string ranks = absl::StrCat(h.dir, "/attempt-", info.attempt, "/ranks/rank.");
+  const std::string ranks = AttemptDir(h.dir, info.attempt) + "/ranks/rank.";
   for (int rank = 0; rank < 1024; ++rank) {
     std::string path = absl::StrCat(ranks, rank, ".err");
     if (access(path.c_str(), F_OK) != 0) break;

@@ -1,7 +1,7 @@
 // moed's queue, launcher and state machine through the real moed and moectl binaries, with
 // tests/tools/fake_worker.sh standing in for moe-worker (same launch contract, no training):
 // success, cancel, a rank killed (fail / restart), moed killed and restarted, the queue,
-// a lost heartbeat.
+// a lost heartbeat, a damaged metrics spill file.
 #include <signal.h>
 
 #include <algorithm>
@@ -13,8 +13,12 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/files.h"
+#include "common/metrics_spill.h"
 #include "gtest/gtest.h"
 #include "tests/support/daemon_harness.h"
+#include "tests/support/paths.h"
 
 namespace moe::testing {
 namespace {
@@ -204,6 +208,50 @@ TEST(DaemonLauncher, SilentWorkersFailOnLostHeartbeat) {
   EXPECT_EQ(job.state(), moe::v1::JOB_STATE_FAILED);
   EXPECT_TRUE(absl::StrContains(job.reason(), "lost heartbeat")) << job.reason();
   EXPECT_TRUE(ProcessesMentioning(h.state_dir() + "/jobs/" + id + "/").empty());
+}
+
+// A rank's reporter that could not deliver its metric points leaves them in the attempt's folder;
+// moed stores them when the attempt ends. A file cut short (here inside its last record, beside a
+// point at a step the job cannot reach) gives what parses, one line in moed's log naming the file,
+// and the job still succeeds; the file is gone afterwards.
+TEST(DaemonLauncher, ADamagedMetricsSpillStoresWhatParsesAndTheJobSucceeds) {
+  const std::string dir = MakeTempDir("moe-launcher-spill-");
+  const std::string prepared = dir + "/spill.pb";
+  std::vector<moe::v1::MetricPoint> points;
+  for (int64_t step : {1, 2, 9, 3, 4}) {
+    points.emplace_back().set_step(step);
+    points.back().set_loss(5.0 - static_cast<double>(step) / 4);
+  }
+  ASSERT_TRUE(WriteMetricsSpill(prepared, points).ok());
+  absl::StatusOr<std::string> bytes = ReadFile(prepared);
+  ASSERT_TRUE(bytes.ok());
+  std::ofstream(prepared, std::ios::binary | std::ios::trunc)
+      << bytes->substr(0, bytes->size() - 3);  // into the last record
+  DaemonHarness h(FakeOptions(
+      {{"FAKE_STEPS", "4"}, {"FAKE_STEP_SECONDS", "0.05"}, {"FAKE_SPILL_FILE", prepared}}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const std::string id = SubmitOk(h, h.WriteJob("spill", 2, 4));
+  Job job =
+      h.WaitFor(id, [](const Job& j) { return j.state() >= moe::v1::JOB_STATE_SUCCEEDED; }, 60);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason() << h.MoedLog();
+  std::vector<int64_t> steps;
+  for (const moe::v1::MetricPoint& p : h.AllMetrics(id)) steps.push_back(p.step());
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_EQ(job.latest().step(), 3);
+  const std::string attempt_dir = h.state_dir() + "/jobs/" + id + "/attempt-0";
+  const std::string spill = MetricsSpillPath(attempt_dir, 0);
+  const std::string log = h.MoedLog();
+  int said = 0;
+  for (absl::string_view line : absl::StrSplit(log, '\n')) {
+    if (absl::StrContains(line, spill)) {
+      ++said;
+      EXPECT_TRUE(absl::StrContains(line, "is damaged")) << line;
+      EXPECT_TRUE(absl::StrContains(line, "stored 3 of the 4 points before the damage")) << line;
+      EXPECT_TRUE(absl::StrContains(line, "skipped 1 at steps outside 0..4")) << line;
+    }
+  }
+  EXPECT_EQ(said, 1) << log;
+  EXPECT_TRUE(MetricsSpillFiles(attempt_dir).empty());
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // JobStore: ids, state events, log seqs contiguous per rank with capture offsets moved in the
-// same transaction, reporter resends skipped, metric resends ignored, all surviving a reopen; a
-// file it cannot use says why and what to do.
+// same transaction, reporter resends skipped, metric resends ignored (a late batch of points never
+// moves the latest back), all surviving a reopen; a file it cannot use says why and what to do.
 #include "daemon/job_store.h"
 
 #include <fstream>
@@ -108,6 +108,47 @@ TEST(JobStore, JobsLogsMetricsSurviveReopen) {
   ASSERT_TRUE(last.ok());
   EXPECT_EQ((*last)[0], 3);
   EXPECT_EQ((*last)[1], 1);
+}
+
+// A spill file's points come late, maybe after a later attempt's: each (attempt, step) is stored
+// once, and the latest point moves only forward in (attempt, step).
+TEST(JobStore, AddMetricsSkipsStoredPointsAndNeverMovesTheLatestBack) {
+  const std::string dir = moe::testing::MakeTempDir("moe-store-metrics-");
+  auto store = JobStore::Open(dir + "/moed.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto job = (*store)->CreateJob(Spec("m"), "", dir + "/jobs", "queued");
+  ASSERT_TRUE(job.ok());
+  const std::string id = job->job.id();
+  auto points = [](std::vector<int64_t> steps) {
+    std::vector<moe::v1::MetricPoint> out;
+    for (int64_t s : steps) {
+      out.emplace_back().set_step(s);
+      out.back().set_loss(10.0 - static_cast<double>(s));
+    }
+    return out;
+  };
+  ASSERT_TRUE((*store)->AddMetric(id, 1, points({3})[0]).ok());
+  auto latest = [&] { return (*store)->GetJob(id)->job.latest(); };
+  EXPECT_EQ(latest().step(), 3);
+
+  absl::StatusOr<int> added = (*store)->AddMetrics(id, 0, points({4, 5, 6}));  // an older attempt
+  ASSERT_TRUE(added.ok()) << added.status();
+  EXPECT_EQ(*added, 3);
+  EXPECT_EQ(latest().step(), 3);
+  EXPECT_DOUBLE_EQ(latest().loss(), 7.0);
+
+  added = (*store)->AddMetrics(id, 1, points({2, 3, 4}));  // 3 was stored live
+  ASSERT_TRUE(added.ok());
+  EXPECT_EQ(*added, 2);
+  EXPECT_EQ(latest().step(), 4);
+  added = (*store)->AddMetrics(id, 1, points({2, 3, 4}));  // the same file again
+  ASSERT_TRUE(added.ok());
+  EXPECT_EQ(*added, 0);
+  EXPECT_EQ(latest().step(), 4);
+
+  auto stored = (*store)->ReadMetrics(id, 0, 100);
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->size(), 6u);  // attempt 0: 4 5 6; attempt 1: 3 2 4
 }
 
 TEST(JobStore, OpenFailsClearlyOnAnUnwritablePath) {

@@ -4,8 +4,10 @@
 // metrics, and a `moectl logs -f` that was following it reconnects and prints every line once; a
 // rank killed with max_restarts 1
 // resumes from its checkpoint and finishes; a CPU job's points carry its peak memory, in
-// `moectl metrics --format csv` and in the table.
+// `moectl metrics --format csv` and in the table; with moed down when a job ends, the next moed
+// still stores every metric point the job logged (from its reporter's spill file).
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
@@ -20,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "common/metrics_spill.h"
 #include "gtest/gtest.h"
 #include "tests/support/daemon_harness.h"
 
@@ -125,6 +128,72 @@ TEST(E2eControl, MoedKilledMidJobRestartsAndTheJobFinishesComplete) {
   EXPECT_EQ(follow.exit_code, 0) << follow.err;
   EXPECT_TRUE(absl::StrContains(follow.err, "reconnecting")) << follow.err;
   EXPECT_EQ(SortedLines(follow.out), SortedLines(logs.out));
+}
+
+// The live ranks (moe-worker processes) of a job.
+std::vector<int> WorkersOf(DaemonHarness& h, const std::string& id) {
+  std::vector<int> out;
+  for (int pid : ProcessesMentioning(h.state_dir() + "/jobs/" + id + "/")) {
+    std::ifstream comm(absl::StrCat("/proc/", pid, "/comm"));
+    std::string name;
+    if (std::getline(comm, name) && name == "moe-worker") out.push_back(pid);
+  }
+  return out;
+}
+
+// moed away when a job ends: rank 0's reporter cannot deliver its last points, so it leaves them
+// in the attempt's folder, and the next moed stores them as it finishes the attempt. Every logged
+// step is then stored once, as the worker's log says. (The ranks are paused while moed stops, so
+// the job cannot end first.)
+TEST(E2eControl, MoedDownWhenTheJobEndsLosesNoMetricPoint) {
+  constexpr int kSteps = 60;
+  DaemonHarness h(RealWorker());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult sub = h.Moectl({"submit", h.WriteJob("e2e-spill", 2, kSteps)});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  const std::string id = sub.out.substr(0, sub.out.find('\n'));
+  std::vector<int> workers;
+  h.WaitFor(id, [&](const Job& j) { return (workers = WorkersOf(h, id)).size() == 2 || Ended(j); },
+            300);
+  ASSERT_EQ(workers.size(), 2u) << h.MoedLog();
+  // Paused once moed has a point or two: those come again in the spill file, stored once.
+  Job job = h.WaitFor(id, [](const Job& j) { return j.latest().step() >= 1 || Ended(j); }, 300);
+  for (int pid : workers) kill(pid, SIGSTOP);
+  ASSERT_FALSE(Ended(job)) << job.reason();
+  job = h.WaitFor(id, [](const Job&) { return true; }, 5);
+  ASSERT_LT(job.latest().step(), kSteps) << "the job reported its last step before it was paused";
+  h.Stop();
+  for (int pid : workers) kill(pid, SIGCONT);
+  // The ranks train on and end while moed is away; the monitor then writes the exit status.
+  const std::string attempt_dir = h.state_dir() + "/jobs/" + id + "/attempt-0";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(300);
+  while (access((attempt_dir + "/exit_status").c_str(), F_OK) != 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(access((attempt_dir + "/exit_status").c_str(), F_OK), 0) << "the job did not end";
+  EXPECT_EQ(MetricsSpillFiles(attempt_dir),
+            std::vector<std::string>{MetricsSpillPath(attempt_dir, 0)});
+
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  job = h.WaitFor(id, Ended, 120);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason() << h.MoedLog();
+  std::vector<moe::v1::MetricPoint> points = h.AllMetrics(id);
+  std::vector<int64_t> steps, expected;
+  for (const auto& p : points) steps.push_back(p.step());
+  for (int s = 1; s <= kSteps; ++s) expected.push_back(s);
+  EXPECT_EQ(steps, expected) << h.MoedLog();
+  EXPECT_EQ(job.latest().step(), kSteps);
+  std::vector<moe::v1::LogLine> lines = h.AllLogs(id);
+  ExpectMetricsMatchLog(points, lines);
+  int rank0_steps = 0;
+  for (const auto& l : lines) {
+    if (l.rank() == 0 && absl::StartsWith(l.text(), "{\"step\": ")) ++rank0_steps;
+  }
+  EXPECT_EQ(rank0_steps, kSteps);  // the worker's own record: one line per logged step
+  EXPECT_TRUE(MetricsSpillFiles(attempt_dir).empty());
+  CommandResult st = h.Moectl({"status", id});
+  EXPECT_TRUE(absl::StrContains(st.out, absl::StrCat("step      ", kSteps, "/", kSteps))) << st.out;
 }
 
 TEST(E2eControl, KilledRankRestartsFromCheckpointAndFinishes) {

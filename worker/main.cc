@@ -24,6 +24,7 @@
 #include "common/files.h"
 #include "common/job_spec.h"
 #include "common/memory_fit.h"
+#include "common/metrics_spill.h"
 #include "common/model_stats.h"
 #include "google/protobuf/util/json_util.h"
 #include "kernels/threads.h"
@@ -43,7 +44,10 @@ constexpr char kUsage[] =
     "usage:\n"
     "  moe-worker --job JOB.yaml [--checkpoint-dir DIR | --no-checkpoint] [--resume] [--max-steps N]\n"
     "             (--no-checkpoint: writes none, not even at the end; for benchmarks and trials)\n"
-    "  moe-worker --spec SPEC.json --moed HOST:PORT --job-id ID [--attempt N] [--checkpoint-dir DIR] [--resume]\n"
+    "  moe-worker --spec SPEC.json --moed HOST:PORT --job-id ID [--attempt N] [--attempt-dir DIR]\n"
+    "             [--checkpoint-dir DIR] [--resume]\n"
+    "             (--attempt-dir: moed's folder for the attempt; metric points moed has not confirmed\n"
+    "             when the rank ends are left there, and moed stores them once the attempt is over)\n"
     "  moe-worker --sample CHECKPOINT [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
     "             [--device cpu|cuda|auto] [--no-kv-cache] (tokens printed as they come, with a KV cache on\n"
     "             the GPU when there is one; --no-kv-cache: the whole context per token on the CPU)\n"
@@ -55,7 +59,7 @@ constexpr char kUsage[] =
     "--allow-run-as-root, or OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)\n";
 
 struct WorkerFlags {
-  std::string job_yaml, spec_json, moed, job_id, checkpoint_dir;
+  std::string job_yaml, spec_json, moed, job_id, checkpoint_dir, attempt_dir;
   int attempt = 0;
   bool resume = false;
   bool no_checkpoint = false;
@@ -99,6 +103,8 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       if (!value(&f->checkpoint_dir)) return "--checkpoint-dir needs a directory";
     } else if (a == "--attempt") {
       err = int_flag(&f->attempt);
+    } else if (a == "--attempt-dir") {
+      if (!value(&f->attempt_dir)) return "--attempt-dir needs a directory";
     } else if (a == "--max-steps") {
       err = int_flag(&f->max_steps);
     } else if (a == "--threads") {
@@ -373,6 +379,7 @@ int main(int argc, char** argv) {
   ropts.rank = rank;
   ropts.world_size = world;
   ropts.attempt = flags.attempt;
+  if (!flags.attempt_dir.empty()) ropts.spill_path = moe::MetricsSpillPath(flags.attempt_dir, rank);
   std::unique_ptr<moe::Reporter> reporter = moe::Reporter::Create(ropts);
 
   // The same path policy moed applied at submit (its roots come in MOE_DATA_ROOTS and

@@ -1,22 +1,26 @@
 #!/bin/sh
 # A stand-in for moe-worker that follows its launch contract, for the control-plane tests:
-#   fake_worker.sh --spec FILE --moed ADDR --job-id ID --attempt N --checkpoint-dir DIR [--resume]
+#   fake_worker.sh --spec FILE --moed ADDR --job-id ID --attempt N [--attempt-dir DIR]
+#                  --checkpoint-dir DIR [--resume]
 # Behaviour comes from the environment (mpirun passes it on to every rank):
 #   FAKE_STEPS (default 5)      steps to "train", one line per step on stdout
 #   FAKE_STEP_SECONDS (0.2)     time per step
 #   FAKE_FAIL_RANK / FAKE_FAIL_STEP / FAKE_FAIL_CODE: that rank exits with that code at that step
 #   FAKE_FAIL_ATTEMPT (default 0): the failure happens only in this attempt
 #   FAKE_IGNORE_TERM=1: SIGTERM is ignored (a rank past its last step, which ends on its own)
+#   FAKE_SPILL_FILE: rank 0 copies this file to its metrics spill file in --attempt-dir before
+#   it ends, as a reporter does that could not deliver its points
 # On SIGTERM it writes a checkpoint file and exits 143; with --resume it continues from the
 # step in <checkpoint-dir>/rank-N.ckpt.
 rank=${OMPI_COMM_WORLD_RANK:-0}
-spec="" job="" attempt=0 ckpt="" resume=0
+spec="" job="" attempt=0 attempt_dir="" ckpt="" resume=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --spec) spec=$2; shift 2 ;;
     --moed) shift 2 ;;
     --job-id) job=$2; shift 2 ;;
     --attempt) attempt=$2; shift 2 ;;
+    --attempt-dir) attempt_dir=$2; shift 2 ;;
     --checkpoint-dir) ckpt=$2; shift 2 ;;
     --resume) resume=1; shift ;;
     *) echo "fake_worker: unknown argument $1" >&2; exit 2 ;;
@@ -46,3 +50,6 @@ while [ "$step" -lt "$steps" ]; do
   wait $!
 done
 echo "rank $rank done after $step steps"
+if [ "$rank" = 0 ] && [ -n "${FAKE_SPILL_FILE:-}" ] && [ -n "$attempt_dir" ]; then
+  cp "$FAKE_SPILL_FILE" "$attempt_dir/unsent-metrics.rank0.pb"
+fi

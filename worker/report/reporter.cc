@@ -1,6 +1,8 @@
 // Reporter: one background thread owns the gRPC stream. Queued items stay in memory until moed
 // acknowledges them (LastLogSeq on every (re)connect and every few seconds), so a moed restart
-// loses nothing the queue could hold and duplicates nothing (moed skips seqs it has).
+// loses nothing the queue could hold and duplicates nothing (moed skips seqs it has). Metric points
+// moed has not confirmed when Close() gives up are written to the spill file, which moed stores
+// when it reaps the attempt (a moed away when the job ends loses none of them either).
 #include "worker/report/reporter.h"
 
 #include <unistd.h>
@@ -13,7 +15,10 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "common/metrics_spill.h"
 #include "common/moed_channel.h"
 #include "grpcpp/client_context.h"
 #include "moe/v1/worker.grpc.pb.h"
@@ -108,6 +113,32 @@ struct Reporter::Impl {
     gave_up = true;
     logs.clear();
     metrics.clear();
+  }
+
+  // Once the thread has stopped: the metric points moed has not confirmed go to the spill file.
+  void Spill() {
+    std::vector<moe::v1::MetricPoint> left;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      left.assign(metrics.begin(), metrics.end());
+      metrics.clear();
+      metrics_sent = 0;
+    }
+    if (left.empty()) return;
+    const std::string what = absl::StrCat(
+        "moed did not confirm ", left.size(), " metric point", left.size() == 1 ? "" : "s",
+        " (steps ", left.front().step(), " to ", left.back().step(), ") before the end");
+    if (opts.spill_path.empty()) {
+      std::fprintf(stderr, "moe-worker rank %d: %s; they are lost\n", opts.rank, what.c_str());
+      return;
+    }
+    if (absl::Status s = WriteMetricsSpill(opts.spill_path, left); !s.ok()) {
+      std::fprintf(stderr, "moe-worker rank %d: %s and cannot be left for it (%s); they are lost\n",
+                   opts.rank, what.c_str(), std::string(s.message()).c_str());
+      return;
+    }
+    std::fprintf(stderr, "moe-worker rank %d: %s; left them in %s for moed to store\n", opts.rank,
+                 what.c_str(), opts.spill_path.c_str());
   }
 
   // Asks moed what it has stored; false when moed cannot be reached.
@@ -322,6 +353,7 @@ void Reporter::Close() {
     }
   }
   impl_->thread.join();
+  impl_->Spill();
 }
 
 int64_t Reporter::dropped_lines() const {

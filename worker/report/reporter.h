@@ -1,6 +1,7 @@
 // Reporter: a rank's link to moed's WorkerReportService: log lines, metric points and heartbeats
 // sent from a background thread, so training never waits on the network. It reconnects with
-// backoff when moed restarts and resends what moed has not stored (moed tells it on reconnect).
+// backoff when moed restarts and resends what moed has not stored (moed tells it on reconnect);
+// metric points still unconfirmed when it closes go to a spill file moed reads after the attempt.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +22,9 @@ struct ReporterOptions {
   std::string token;
   // The launch's report secret moed checks on every report; "" = MOE_REPORT_SECRET (if set).
   std::string report_secret;
+  // Where Close() leaves the metric points moed has not confirmed (common/metrics_spill.h), for
+  // moed to store when it reaps the attempt; "" = they are lost (runs not launched by moed).
+  std::string spill_path;
 };
 
 class Reporter {
@@ -38,7 +42,8 @@ class Reporter {
   void Metrics(const moe::v1::MetricPoint& point);
   // Heartbeats (every ~2 s) carry the latest step.
   void SetStep(int64_t step);
-  // Sends what is queued with a short deadline (~3 s) and stops the thread. Idempotent.
+  // Sends what is queued with a short deadline (~3 s) and stops the thread; metric points moed
+  // has not confirmed by then are written to spill_path. Idempotent.
   void Close();
 
   int64_t dropped_lines() const;

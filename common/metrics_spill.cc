@@ -1,0 +1,87 @@
+#include "common/metrics_spill.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <filesystem>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "common/files.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+
+namespace moe {
+namespace {
+
+constexpr char kPrefix[] = "unsent-metrics.rank";
+constexpr char kSuffix[] = ".pb";
+
+// unsent-metrics.rank<digits>.pb (not the writer's temp files, path.tmp.<pid>).
+bool IsSpillName(absl::string_view name) {
+  if (!absl::ConsumePrefix(&name, kPrefix) || !absl::ConsumeSuffix(&name, kSuffix)) return false;
+  return !name.empty() && std::all_of(name.begin(), name.end(), absl::ascii_isdigit);
+}
+
+}  // namespace
+
+std::string MetricsSpillPath(const std::string& attempt_dir, int rank) {
+  return absl::StrCat(attempt_dir, "/", kPrefix, rank, kSuffix);
+}
+
+std::vector<std::string> MetricsSpillFiles(const std::string& attempt_dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(attempt_dir, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    if (IsSpillName(it->path().filename().string())) out.push_back(it->path().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+absl::Status WriteMetricsSpill(const std::string& path,
+                               const std::vector<moe::v1::MetricPoint>& points) {
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream stream(&bytes);
+    google::protobuf::io::CodedOutputStream out(&stream);
+    for (const moe::v1::MetricPoint& p : points) {
+      out.WriteVarint32(static_cast<uint32_t>(p.ByteSizeLong()));
+      p.SerializeWithCachedSizes(&out);
+    }
+  }  // the coded stream flushes into bytes here
+  return WriteFileAtomic(path, bytes);
+}
+
+absl::StatusOr<MetricsSpill> ReadMetricsSpill(const std::string& path) {
+  absl::StatusOr<std::string> bytes = ReadFile(path);
+  if (!bytes.ok()) return bytes.status();
+  MetricsSpill spill;
+  const int size = static_cast<int>(std::min<size_t>(bytes->size(), INT32_MAX));
+  google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(bytes->data()), size);
+  std::string record;
+  while (true) {
+    const int at = in.CurrentPosition();
+    if (at >= size) break;
+    uint32_t length = 0;
+    if (!in.ReadVarint32(&length)) {
+      spill.damage = absl::StrCat("the record at byte ", at, " has no readable length");
+      break;
+    }
+    if (static_cast<int64_t>(length) > size - in.CurrentPosition()) {
+      spill.damage = absl::StrCat("the record at byte ", at, " is cut short (", length,
+                                  " bytes announced, ", size - in.CurrentPosition(), " left)");
+      break;
+    }
+    moe::v1::MetricPoint p;
+    if (!in.ReadString(&record, static_cast<int>(length)) || !p.ParseFromString(record)) {
+      spill.damage = absl::StrCat("the record at byte ", at, " is not a metric point");
+      break;
+    }
+    spill.points.push_back(std::move(p));
+  }
+  return spill;
+}
+
+}  // namespace moe

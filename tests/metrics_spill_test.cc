@@ -1,0 +1,155 @@
+// The metrics spill file (common/metrics_spill.h): points read back as written; a file cut at
+// any byte gives every whole record before the cut and says where it is damaged; garbage and an
+// empty or missing file never crash the reader. The reporter writes it on Close() when moed
+// cannot be reached, and writes nothing when it is disabled or has no spill path.
+#include "common/metrics_spill.h"
+
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/files.h"
+#include "gtest/gtest.h"
+#include "tests/support/daemon_harness.h"
+#include "tests/support/paths.h"
+#include "worker/report/reporter.h"
+
+namespace moe {
+namespace {
+
+moe::v1::MetricPoint Point(int64_t step) {
+  moe::v1::MetricPoint p;
+  p.set_step(step);
+  p.set_loss(5.0 - 0.25 * static_cast<double>(step));
+  p.set_tokens_per_s(1000.0 * static_cast<double>(step));
+  p.set_unix_ms(1700000000000 + step);
+  moe::v1::MoeLayerStats* l = p.add_layers();
+  l->set_layer(0);
+  for (int e = 0; e < 4; ++e) l->add_tokens_per_expert(10 * step + e);
+  return p;
+}
+
+std::vector<int64_t> Steps(const MetricsSpill& spill) {
+  std::vector<int64_t> out;
+  for (const auto& p : spill.points) out.push_back(p.step());
+  return out;
+}
+
+TEST(MetricsSpill, PointsReadBackAsWritten) {
+  const std::string dir = testing::MakeTempDir("moe-spill-");
+  const std::string path = MetricsSpillPath(dir, 0);
+  EXPECT_EQ(path, dir + "/unsent-metrics.rank0.pb");
+  std::vector<moe::v1::MetricPoint> points = {Point(3), Point(4), Point(5)};
+  points[1].set_has_val_loss(true);
+  points[1].set_val_loss(2.5);
+  ASSERT_TRUE(WriteMetricsSpill(path, points).ok());
+  absl::StatusOr<MetricsSpill> spill = ReadMetricsSpill(path);
+  ASSERT_TRUE(spill.ok()) << spill.status();
+  EXPECT_EQ(spill->damage, "");
+  ASSERT_EQ(spill->points.size(), points.size());
+  for (size_t i = 0; i < points.size(); ++i) {
+    EXPECT_EQ(spill->points[i].SerializeAsString(), points[i].SerializeAsString()) << i;
+  }
+}
+
+TEST(MetricsSpill, ATruncatedFileGivesTheWholeRecordsBeforeTheCut) {
+  const std::string dir = testing::MakeTempDir("moe-spill-cut-");
+  const std::string whole_path = dir + "/whole.pb";
+  ASSERT_TRUE(WriteMetricsSpill(whole_path, {Point(1), Point(2), Point(3)}).ok());
+  absl::StatusOr<std::string> whole = ReadFile(whole_path);
+  ASSERT_TRUE(whole.ok());
+  // Where each record ends: every record here is the same size.
+  const size_t record = whole->size() / 3;
+  ASSERT_EQ(record * 3, whole->size());
+  const std::string cut_path = MetricsSpillPath(dir, 0);
+  for (size_t cut = 0; cut < whole->size(); ++cut) {
+    std::ofstream(cut_path, std::ios::binary | std::ios::trunc) << whole->substr(0, cut);
+    absl::StatusOr<MetricsSpill> spill = ReadMetricsSpill(cut_path);
+    ASSERT_TRUE(spill.ok()) << "cut at " << cut << ": " << spill.status();
+    std::vector<int64_t> expected;
+    for (int64_t s = 1; s <= static_cast<int64_t>(cut / record); ++s) expected.push_back(s);
+    EXPECT_EQ(Steps(*spill), expected) << "cut at " << cut;
+    if (cut % record == 0) {
+      EXPECT_EQ(spill->damage, "") << "cut at " << cut;
+    } else {
+      EXPECT_TRUE(absl::StrContains(spill->damage,
+                                    absl::StrCat("the record at byte ", cut / record * record)))
+          << "cut at " << cut << ": " << spill->damage;
+    }
+  }
+}
+
+TEST(MetricsSpill, GarbageEmptyAndMissingFilesNeverCrash) {
+  const std::string dir = testing::MakeTempDir("moe-spill-bad-");
+  const std::string path = MetricsSpillPath(dir, 0);
+  EXPECT_TRUE(absl::IsNotFound(ReadMetricsSpill(path).status()));
+
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << "";
+  absl::StatusOr<MetricsSpill> empty = ReadMetricsSpill(path);
+  ASSERT_TRUE(empty.ok());
+  EXPECT_TRUE(empty->points.empty());
+  EXPECT_EQ(empty->damage, "");
+
+  // A length that never ends (every byte has its continuation bit).
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << std::string(16, '\xff');
+  absl::StatusOr<MetricsSpill> endless = ReadMetricsSpill(path);
+  ASSERT_TRUE(endless.ok());
+  EXPECT_TRUE(endless->points.empty());
+  EXPECT_TRUE(absl::StrContains(endless->damage, "no readable length")) << endless->damage;
+
+  // One good record, then a record whose bytes are no MetricPoint (field 1 with wire type 7).
+  ASSERT_TRUE(WriteMetricsSpill(path, {Point(7)}).ok());
+  absl::StatusOr<std::string> good = ReadFile(path);
+  ASSERT_TRUE(good.ok());
+  std::ofstream(path, std::ios::binary | std::ios::trunc)
+      << *good << std::string("\x02\x0f\x00", 3);
+  absl::StatusOr<MetricsSpill> mixed = ReadMetricsSpill(path);
+  ASSERT_TRUE(mixed.ok());
+  EXPECT_EQ(Steps(*mixed), std::vector<int64_t>{7});
+  EXPECT_TRUE(absl::StrContains(mixed->damage, "is not a metric point")) << mixed->damage;
+}
+
+TEST(MetricsSpill, FilesListsEveryRanksSpillAndNothingElse) {
+  const std::string dir = testing::MakeTempDir("moe-spill-list-");
+  ASSERT_TRUE(WriteMetricsSpill(MetricsSpillPath(dir, 1), {Point(1)}).ok());
+  ASSERT_TRUE(WriteMetricsSpill(MetricsSpillPath(dir, 0), {Point(1)}).ok());
+  std::ofstream(MetricsSpillPath(dir, 2) + ".tmp.123") << "a writer that died";
+  std::ofstream(dir + "/exit_status") << "0\n";
+  EXPECT_EQ(MetricsSpillFiles(dir),
+            (std::vector<std::string>{MetricsSpillPath(dir, 0), MetricsSpillPath(dir, 1)}));
+  EXPECT_TRUE(MetricsSpillFiles(dir + "/no-such-folder").empty());
+}
+
+TEST(ReporterSpill, CloseWithoutMoedLeavesEveryUnconfirmedPoint) {
+  const std::string dir = testing::MakeTempDir("moe-spill-reporter-");
+  ReporterOptions o;
+  o.moed_address = absl::StrCat("127.0.0.1:", testing::FreePort());  // nobody listens
+  o.job_id = "j-000001";
+  o.world_size = 1;
+  o.spill_path = MetricsSpillPath(dir, 0);
+  auto reporter = Reporter::Create(o);
+  for (int64_t step = 1; step <= 5; ++step) reporter->Metrics(Point(step));
+  reporter->Close();  // gives up after its ~3 s deadline
+  absl::StatusOr<MetricsSpill> spill = ReadMetricsSpill(o.spill_path);
+  ASSERT_TRUE(spill.ok()) << spill.status();
+  EXPECT_EQ(spill->damage, "");
+  EXPECT_EQ(Steps(*spill), (std::vector<int64_t>{1, 2, 3, 4, 5}));
+  EXPECT_DOUBLE_EQ(spill->points[2].loss(), Point(3).loss());
+  reporter->Close();  // idempotent: writes nothing again
+  EXPECT_EQ(MetricsSpillFiles(dir).size(), 1u);
+}
+
+TEST(ReporterSpill, ADisabledReporterWritesNothing) {
+  const std::string dir = testing::MakeTempDir("moe-spill-off-");
+  ReporterOptions o;  // no moed address: a standalone run
+  o.spill_path = MetricsSpillPath(dir, 0);
+  auto reporter = Reporter::Create(o);
+  reporter->Metrics(Point(1));
+  reporter->Close();
+  EXPECT_TRUE(MetricsSpillFiles(dir).empty());
+}
+
+}  // namespace
+}  // namespace moe
