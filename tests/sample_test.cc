@@ -116,9 +116,8 @@ TEST(ContextStart, RestartsFromTheLastHalfWindowOnlyWhenFull) {
   EXPECT_EQ(ContextStart(0, 100, 8), 96);  // a long prompt starts at its last half window
 }
 
-// A trained checkpoint of the spec: 200 sampled tokens with T = 32 restart the window several
-// times, and the cached and uncached samplers give the same ones for the same seed.
-void ExpectCachedAndUncachedSamplersAgree(moe::v1::JobSpec spec) {
+// The checkpoint directory of the spec trained for 3 steps on one rank ("" when it did not train).
+std::string TrainThreeSteps(moe::v1::JobSpec spec) {
   kernels::SetNumThreads(1);
   spec.mutable_train()->set_steps(3);
   spec.mutable_train()->set_eval_every(3);
@@ -127,7 +126,14 @@ void ExpectCachedAndUncachedSamplersAgree(moe::v1::JobSpec spec) {
   const std::string dir = testing::MakeTempDir(spec.name() + "-");
   TrainerOptions train;
   train.checkpoint_dir = dir;
-  ASSERT_NE(testing::TrainOnOneRank(spec, &data, train).trainer, nullptr);
+  return testing::TrainOnOneRank(spec, &data, train).trainer != nullptr ? dir : "";
+}
+
+// A trained checkpoint of the spec: 200 sampled tokens with T = 32 restart the window several
+// times, and the cached and uncached samplers give the same ones for the same seed.
+void ExpectCachedAndUncachedSamplersAgree(const moe::v1::JobSpec& spec) {
+  const std::string dir = TrainThreeSteps(spec);
+  ASSERT_FALSE(dir.empty());
   SampleOptions opts;
   opts.checkpoint = dir;
   opts.prompt = "ROMEO: ";
@@ -170,18 +176,11 @@ TEST(Sampling, ACapacityJobSamplesDroplessWithAndWithoutTheCache) {
 // 50257 is padded to 50304) draws only ids the tokenizer can write: the padded rows printed
 // U+FFFD. After 3 steps the distribution is still nearly flat, so half the draws were padding.
 TEST(Sampling, APaddedVocabularyDrawsOnlyTokensTheTokenizerCanWrite) {
-  kernels::SetNumThreads(1);
   moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
   spec.set_name("sample-padded");
   spec.mutable_model()->set_vocab_size(128);
-  spec.mutable_train()->set_steps(3);
-  spec.mutable_train()->set_eval_every(3);
-  spec.mutable_train()->set_eval_batches(1);
-  Dataset data = *LoadDataset(spec.data());
-  const std::string dir = testing::MakeTempDir(spec.name() + "-");
-  TrainerOptions train;
-  train.checkpoint_dir = dir;
-  ASSERT_NE(testing::TrainOnOneRank(spec, &data, train).trainer, nullptr);
+  const std::string dir = TrainThreeSteps(spec);
+  ASSERT_FALSE(dir.empty());
   SampleOptions opts;
   opts.checkpoint = dir;
   opts.prompt = "ROMEO: ";
