@@ -565,25 +565,28 @@ absl::StatusOr<int> JobStore::AddMetrics(const std::string& job_id, int attempt,
       Exec("ROLLBACK;").IgnoreError();
       return err;
     };
+    // Prepared once for the batch, reset for each point.
+    Stmt ins(db_, "INSERT OR IGNORE INTO metrics(job_id, attempt, step, point) VALUES(?,?,?,?)");
+    Stmt up(db_,
+            "UPDATE jobs SET latest = ? WHERE id = ? AND NOT EXISTS (SELECT 1 FROM metrics "
+            "WHERE job_id = ? AND (attempt > ? OR (attempt = ? AND step > ?)))");
+    Stmt best(db_,
+              "UPDATE jobs SET best_val_loss = ? WHERE id = ? AND "
+              "(best_val_loss = 0 OR best_val_loss > ?)");
     for (const moe::v1::MetricPoint& p : points) {
       const std::string blob = p.SerializeAsString();
-      Stmt ins(db_,
-               "INSERT OR IGNORE INTO metrics(job_id, attempt, step, point) VALUES(?,?,?,?)");
+      ins.Reset();
       ins.Bind(1, job_id).Bind(2, static_cast<int64_t>(attempt)).Bind(3, p.step());
       ins.BindBlob(4, blob);
       if (ins.Step() != SQLITE_DONE) return fail("insert metric");
       if (sqlite3_changes(db_) == 0) continue;  // stored before: a resend
       ++added;
-      Stmt up(db_,
-              "UPDATE jobs SET latest = ? WHERE id = ? AND NOT EXISTS (SELECT 1 FROM metrics "
-              "WHERE job_id = ? AND (attempt > ? OR (attempt = ? AND step > ?)))");
+      up.Reset();
       up.BindBlob(1, blob).Bind(2, job_id).Bind(3, job_id).Bind(4, static_cast<int64_t>(attempt));
       up.Bind(5, static_cast<int64_t>(attempt)).Bind(6, p.step());
       if (up.Step() != SQLITE_DONE) return fail("update latest metric");
       if (p.has_val_loss()) {
-        Stmt best(db_,
-                  "UPDATE jobs SET best_val_loss = ? WHERE id = ? AND "
-                  "(best_val_loss = 0 OR best_val_loss > ?)");
+        best.Reset();
         best.Bind(1, p.val_loss()).Bind(2, job_id).Bind(3, p.val_loss());
         if (best.Step() != SQLITE_DONE) return fail("update best val loss");
       }
