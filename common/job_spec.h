@@ -3,6 +3,7 @@
 // path, what is wrong and what would be right. All errors of a file are reported at once.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -55,5 +56,12 @@ std::string FormatSpecErrors(const std::vector<SpecError>& errors);
 
 // The same as LoadJobSpecFile, as a status: InvalidArgument with every error when it fails.
 absl::StatusOr<moe::v1::JobSpec> LoadJobSpec(const std::string& path);
+
+// How many of a text's or shard set's n tokens form the training split (the first ones; the rest
+// are validation) at data.val_fraction: the worker's split, and validate's bound on it.
+inline size_t TrainSplitTokens(size_t n, double val_fraction) {
+  const auto train = static_cast<size_t>(static_cast<double>(n) * (1.0 - val_fraction));
+  return train < n ? train : n;
+}
 
 }  // namespace moe

@@ -615,7 +615,7 @@ class Checker {
     const double vf = s_.data().val_fraction();
     if (!Ok("model.seq_len") || !Ok("data.val_fraction") || seq_len < 1) return;
     const auto n = static_cast<int64_t>(std::min<uintmax_t>(bytes, INT64_MAX / 2));
-    const int64_t train = std::min<int64_t>(n, static_cast<int64_t>(static_cast<double>(n) * (1.0 - vf)));
+    const auto train = static_cast<int64_t>(TrainSplitTokens(static_cast<size_t>(n), vf));
     const int64_t val = n - train;
     for (const auto& [name, tokens] : {std::pair<const char*, int64_t>{"train", train}, {"val", val}}) {
       if (tokens >= seq_len + 1) continue;

@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/files.h"
+#include "common/job_spec.h"
 #include "kernels/dropout.h"
 #include "worker/checkpoint/checkpoint.h"
 
@@ -109,8 +110,7 @@ bool ReadCachedTokens(const std::string& path, const std::string& count, const s
 }
 
 void Split(TokenSplit tokens, double val_fraction, Dataset* data) {
-  size_t n_train = static_cast<size_t>(static_cast<double>(tokens.size()) * (1.0 - val_fraction));
-  n_train = std::min(n_train, tokens.size());
+  const size_t n_train = TrainSplitTokens(tokens.size(), val_fraction);
   data->val = tokens.Slice(n_train, tokens.size());
   data->train = tokens.Slice(0, n_train);
 }
