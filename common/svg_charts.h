@@ -63,8 +63,9 @@ struct Chart {
 // val), learning rate, grad norm, tokens/s, MFU, the step split, and per MoE layer the expert
 // load heatmap, router entropy and drop rate. Steps are thinned evenly to at most max_columns
 // (each kept column is a real logged step, never an average).
+inline constexpr size_t kMaxStepColumns = 120;
 std::vector<Chart> JobCharts(const std::vector<moe::v1::MetricPoint>& points,
-                             size_t max_columns = 120);
+                             size_t max_columns = kMaxStepColumns);
 
 // The charts in a grid as one standalone SVG document (what `moectl metrics --svg` writes).
 std::string ChartsDocument(const std::string& title, const std::vector<Chart>& charts,
