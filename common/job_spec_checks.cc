@@ -1,6 +1,5 @@
 // The range and relation rules of a job spec: the one place each rule lives, for YAML files
 // (after defaults) and gRPC specs alike, and ValidateJobSpec of common/job_spec.h.
-#include <glob.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -310,7 +309,6 @@ class Checker {
     const v1::MoeSpec& e = m.moe();
     const v1::TrainSpec& t = s_.train();
     const v1::ResourceSpec& r = s_.resources();
-    const v1::DataSpec& d = s_.data();
 
     if (Ok("model.d_model") && Ok("model.n_heads")) {
       if (m.d_model() % m.n_heads() != 0) {
@@ -423,8 +421,9 @@ class Checker {
         [this](const std::string& path, std::string message) { Fail(path, std::move(message)); });
     if (Ok("data.tokenizer") && Ok("model.vocab_size")) CheckVocab();
     CheckMemory();
-    if (Ok("data.tokenizer") && Ok("data.path") && !d.path().empty()) CheckDataPath();
-    if (Ok("data.tokenizer") && Ok("data.tokenizer_dir")) CheckTokenizerDir();
+    CheckDataFiles(
+        s_, [this](const std::string& path) { return Ok(path); },
+        [this](const std::string& path, std::string message) { Fail(path, std::move(message)); });
   }
 
   void CheckVocab() {
@@ -543,128 +542,6 @@ class Checker {
              s_.resources().device() == v1::DEVICE_CUDA ? " any one GPU can hold"
                                                         : " one machine's memory can hold",
              "; ", fix));
-  }
-
-  void CheckDataPath() {
-    const std::string& p = s_.data().path();
-    std::error_code ec;
-    if (s_.data().tokenizer() == v1::TOKENIZER_PRETOKENIZED) {
-      if (p.find_first_of("*?[") != std::string::npos) {
-        // Wildcards in many directories would walk the filesystem here (and in moed's submit).
-        if (const int dirs = WildcardDirectories(p); dirs > kMaxWildcardDirectories) {
-          Fail("data.path", absl::StrCat("the pattern ", p, " has wildcards in ", dirs,
-                                         " directories; at most ", kMaxWildcardDirectories,
-                                         " directory of a pattern may hold them (the file name may too), "
-                                         "e.g. shards/*/train_*.bin"));
-          return;
-        }
-        glob_t g{};
-        int rc = ::glob(p.c_str(), 0, nullptr, &g);
-        size_t bins = 0;
-        for (size_t i = 0; rc == 0 && i < g.gl_pathc; ++i) {
-          if (absl::EndsWith(g.gl_pathv[i], ".bin") && fs::is_regular_file(g.gl_pathv[i], ec)) {
-            ++bins;
-          }
-        }
-        globfree(&g);
-        if (bins == 0) Fail("data.path", absl::StrCat("the pattern ", p, " matches no .bin shard"));
-        return;
-      }
-      if (fs::is_directory(p, ec)) {
-        size_t bins = 0;
-        for (const auto& entry : fs::directory_iterator(p, ec)) {
-          if (entry.path().extension() == ".bin" && entry.is_regular_file(ec)) ++bins;
-        }
-        if (bins == 0) Fail("data.path", absl::StrCat("the directory ", p, " holds no .bin shard"));
-        return;
-      }
-      if (!fs::exists(p, ec)) {
-        Fail("data.path", absl::StrCat(p,
-                                       " does not exist; give a .bin shard, a directory of them "
-                                       "or a glob such as shards/*.bin"));
-      } else if (!fs::is_regular_file(p, ec) || fs::path(p).extension() != ".bin") {
-        Fail("data.path", absl::StrCat(p,
-                                       " is not a .bin token shard (tokenizer pretokenized); "
-                                       "for a text file use tokenizer char or gpt2"));
-      } else if (::access(p.c_str(), R_OK) != 0) {
-        Fail("data.path", absl::StrCat(p, " is not readable; check its permissions"));
-      }
-      return;
-    }
-    std::string tokenizer = EnumName(v1::Tokenizer_descriptor(), s_.data().tokenizer());
-    if (!fs::exists(p, ec)) {
-      Fail("data.path", absl::StrCat(p, " does not exist; give the training text file"));
-    } else if (!fs::is_regular_file(p, ec)) {
-      Fail("data.path",
-           absl::StrCat(p, " is not a regular file; tokenizer ", tokenizer,
-                        " reads one text file (use pretokenized for shard directories)"));
-    } else if (::access(p.c_str(), R_OK) != 0) {
-      Fail("data.path", absl::StrCat(p, " is not readable; check its permissions"));
-    } else if (fs::file_size(p, ec) == 0) {
-      Fail("data.path", absl::StrCat(p, " is empty; give a text file to train on"));
-    } else if (!ec) {
-      CheckTextIsLongEnough(p, fs::file_size(p, ec));
-    }
-  }
-
-  // A text of B bytes makes at most B tokens (char: one a byte; gpt2: a byte or more each), split
-  // as the worker splits it. A split shorter than one sequence even so is refused here, where the
-  // worker would find it only once the job runs; shorter splits after BPE are still its to find.
-  void CheckTextIsLongEnough(const std::string& p, uintmax_t bytes) {
-    const int64_t seq_len = s_.model().seq_len();
-    const double vf = s_.data().val_fraction();
-    if (!Ok("model.seq_len") || !Ok("data.val_fraction") || seq_len < 1) return;
-    const auto n = static_cast<int64_t>(std::min<uintmax_t>(bytes, INT64_MAX / 2));
-    const auto train = static_cast<int64_t>(TrainSplitTokens(static_cast<size_t>(n), vf));
-    const int64_t val = n - train;
-    for (const auto& [name, tokens] : {std::pair<const char*, int64_t>{"train", train}, {"val", val}}) {
-      if (tokens >= seq_len + 1) continue;
-      Fail("data.path",
-           absl::StrCat(p, " has ", n, " bytes, so its ", name, " split (data.val_fraction ",
-                        FormatDouble(vf), ") holds at most ", tokens,
-                        " tokens, but sampling sequences of model.seq_len = ", seq_len, " needs ",
-                        seq_len + 1, "; use more data, a shorter seq_len",
-                        std::string(name) == "val" ? " or a larger data.val_fraction" : ""));
-      return;
-    }
-  }
-
-  void CheckTokenizerDir() {
-    const std::string& dir = s_.data().tokenizer_dir();
-    // pretokenized: optional, the BPE the shards were made with (for samples and exports).
-    const bool pretokenized = s_.data().tokenizer() == v1::TOKENIZER_PRETOKENIZED;
-    if (s_.data().tokenizer() != v1::TOKENIZER_GPT2 && !(pretokenized && !dir.empty())) {
-      if (!dir.empty()) {
-        Fail("data.tokenizer_dir",
-             "is only used with tokenizer gpt2 or pretokenized (the BPE the shards were made "
-             "with); remove it, or set data.tokenizer: gpt2 or pretokenized");
-      }
-      return;
-    }
-    if (dir.empty()) {
-      Fail("data.tokenizer_dir",
-           "is required with tokenizer gpt2: the directory holding "
-           "encoder.json and vocab.bpe");
-      return;
-    }
-    std::error_code ec;
-    if (!fs::is_directory(dir, ec)) {
-      Fail("data.tokenizer_dir", absl::StrCat(dir,
-                                              " is not a directory; give the directory holding "
-                                              "encoder.json and vocab.bpe (GPT-2's BPE files)"));
-      return;
-    }
-    std::vector<std::string> missing;
-    for (const char* name : {"encoder.json", "vocab.bpe"}) {
-      fs::path f = fs::path(dir) / name;
-      if (!fs::is_regular_file(f, ec) || ::access(f.c_str(), R_OK) != 0) missing.push_back(name);
-    }
-    if (!missing.empty()) {
-      Fail("data.tokenizer_dir",
-           absl::StrCat(dir, " lacks ", absl::StrJoin(missing, " and "),
-                        "; tokenizer gpt2 needs encoder.json and vocab.bpe there (set "
-                        "data.tokenizer_dir to where they are)"));
-    }
   }
 
   const JobSpec& s_;

@@ -98,4 +98,9 @@ void CheckRecipeOptions(const moe::v1::JobSpec& spec,
                         const std::function<bool(const std::string&)>& ok,
                         const std::function<void(const std::string&, std::string)>& fail);
 
+// data.path and data.tokenizer_dir (job_spec_data.cc): the files exist and are what the tokenizer
+// reads, each split holds a sequence, shard headers are whole. ok / fail as CheckRecipeOptions.
+void CheckDataFiles(const moe::v1::JobSpec& spec, const std::function<bool(const std::string&)>& ok,
+                    const std::function<void(const std::string&, std::string)>& fail);
+
 }  // namespace moe::job_spec_internal

@@ -1,5 +1,8 @@
 // Unit tests of the defaults and rules of a job spec (common/job_spec_defaults.cc and
-// job_spec_checks.cc): every default, ranges, relations, data paths, Slurm, gRPC specs.
+// job_spec_checks.cc, job_spec_data.cc): every default, ranges, relations, data paths and shards, Slurm,
+// gRPC specs.
+#include <cstdint>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -12,6 +15,7 @@
 namespace moe {
 namespace {
 
+namespace fs = std::filesystem;
 using ::moe::testing::JobSpecTest;
 using ::moe::testing::kMinimal;
 using ::moe::testing::WithExtra;
@@ -349,6 +353,50 @@ TEST_F(JobSpecTest, DataPathMustExistAndFitTheTokenizer) {
   e = OnlyError(with_path("\"/*/*/*/*/*/*/*.bin\"", pre));
   EXPECT_EQ(e.field, "data.path");
   EXPECT_THAT(e.message, HasSubstr("has wildcards in 6 directories; at most 1 directory"));
+}
+
+// Validate reads every shard's header as the worker will (common/token_shards.h): a damaged shard
+// and a split shorter than one sequence are refused before the job runs.
+TEST_F(JobSpecTest, ShardHeadersAndSplitsAreCheckedAtValidate) {
+  auto with_path = [](const std::string& path, const std::string& extra = "") {
+    std::string y = kMinimal;
+    y.replace(y.find("path: input.txt"), 15, "path: " + path + "\n  tokenizer: pretokenized" + extra);
+    return y.insert(y.find("data:"), "  vocab_size: 512\n");
+  };
+  auto fineweb = [](int32_t claimed, size_t tokens) {
+    std::string s(1024 + 2 * tokens, '\x01');
+    const int32_t header[3] = {20240520, 1, claimed};
+    s.replace(0, sizeof(header), reinterpret_cast<const char*>(header), sizeof(header));
+    return s;
+  };
+  WriteText(dir_ + "/fw/train_000.bin", fineweb(400, 400));
+  ValidSpec(with_path("fw"));
+  // Cut short: the header says more tokens than the file holds.
+  WriteText(dir_ + "/fw/train_001.bin", fineweb(500, 400));
+  SpecError e = OnlyError(with_path("fw"));
+  EXPECT_EQ(e.field, "data.path");
+  EXPECT_THAT(e.message, HasSubstr("train_001.bin: header says 500 tokens (2024 bytes with the header) but the "
+                                   "file has 1824 bytes; it is truncated, download it again"));
+  fs::remove(dir_ + "/fw/train_001.bin");
+  WriteText(dir_ + "/fw/train_002.bin", std::string(7, '\x01'));
+  EXPECT_THAT(OnlyError(with_path("\"fw/train_*.bin\"")).message, HasSubstr("train_002.bin: 7 bytes is odd"));
+  fs::remove(dir_ + "/fw/train_002.bin");
+
+  // One shard of 40 tokens: 36 train and 4 val, short of seq_len 32 + 1.
+  WriteText(dir_ + "/small.bin", std::string(80, '\x01'));
+  EXPECT_THAT(OnlyError(with_path("small.bin")).message,
+              HasSubstr("small.bin: the val split (data.val_fraction 0.1 of 40 tokens) holds 4 tokens, but sampling "
+                        "sequences of model.seq_len = 32 needs 33; use more shards, a shorter seq_len or a larger "
+                        "data.val_fraction"));
+  // Shards named val are the val split, whatever val_fraction says.
+  WriteText(dir_ + "/split/train_000.bin", std::string(800, '\x01'));
+  WriteText(dir_ + "/split/val_000.bin", std::string(20, '\x01'));
+  EXPECT_THAT(OnlyError(with_path("split")).message,
+              HasSubstr("the val split (1 shard(s) with \"val\" in the name) holds 10 tokens"));
+  WriteText(dir_ + "/split/val_001.bin", std::string(60, '\x01'));
+  ValidSpec(with_path("split"));
+  EXPECT_THAT(OnlyError(with_path("\"split/val_*.bin\"")).message,
+              HasSubstr("every shard has \"val\" in its name, so there is no training split"));
 }
 
 TEST(WildcardDirectoriesTest, CountsTheDirectoriesOnly) {

@@ -31,8 +31,9 @@ void JobSpecTest::SetUp() {
   WriteText(dir_ + "/input.txt", text);
   WriteText(dir_ + "/gpt2/encoder.json", "{}");
   WriteText(dir_ + "/gpt2/vocab.bpe", "#version: 0.2\n");
-  WriteText(dir_ + "/shards/train_000.bin", "\x01\x02");
-  WriteText(dir_ + "/shards/train_001.bin", "\x03\x04");
+  // Raw uint16 token shards of 400 tokens each: either alone fills both splits of seq_len 32.
+  WriteText(dir_ + "/shards/train_000.bin", std::string(800, '\x01'));
+  WriteText(dir_ + "/shards/train_001.bin", std::string(800, '\x03'));
 }
 
 void JobSpecTest::TearDown() { fs::remove_all(dir_); }

@@ -1,7 +1,5 @@
 #include "worker/data/dataset.h"
 
-#include <glob.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "common/files.h"
 #include "common/job_spec.h"
+#include "common/token_shards.h"
 #include "kernels/dropout.h"
 #include "worker/checkpoint/checkpoint.h"
 
@@ -25,10 +24,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr absl::string_view kCacheHeader = "moe-token-cache v1";
-// modded-nanogpt / llm.c FineWeb shard: 256 int32 header, then uint16 tokens.
-constexpr int32_t kShardMagic = 20240520;
-constexpr int32_t kShardVersion = 1;
-constexpr size_t kShardHeaderBytes = 256 * sizeof(int32_t);
 
 std::string TokenBytes(const TokenSplit& tokens) {
   std::string out;
@@ -219,79 +214,17 @@ absl::StatusOr<Dataset> LoadText(const moe::v1::DataSpec& spec) {
   return data;
 }
 
-// One shard, mapped: FineWeb (header + uint16) or raw uint16. Its tokens as a split.
+// One shard, mapped: FineWeb (header + uint16) or raw uint16 (common/token_shards.h). Its tokens
+// as a split.
 absl::StatusOr<TokenSplit> MapShard(const std::string& path) {
   absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(path);
   if (!file.ok()) return file.status();
   const size_t size = (*file)->size();
-  int32_t header[3] = {0, 0, 0};
-  std::memcpy(header, (*file)->data(), std::min<size_t>(size, sizeof(header)));
-  size_t offset = 0;
-  if (size >= 4 && header[0] == kShardMagic) {
-    if (size < kShardHeaderBytes) {
-      return absl::DataLossError(absl::StrCat(
-          path, ": FineWeb shard header is cut short (", size, " of ", kShardHeaderBytes,
-          " bytes); the file is truncated, download it again"));
-    }
-    if (header[1] != kShardVersion) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ": FineWeb shard version ", header[1], " is not supported (only version ",
-          kShardVersion, ": uint16 GPT-2 tokens)"));
-    }
-    if (header[2] < 0) {
-      return absl::DataLossError(absl::StrCat(path, ": negative token count ", header[2]));
-    }
-    uint64_t want = kShardHeaderBytes + 2ull * static_cast<uint64_t>(header[2]);
-    if (size != want) {
-      return absl::DataLossError(absl::StrCat(
-          path, ": header says ", header[2], " tokens (", want, " bytes with the header) but the file has ",
-          size, " bytes", size < want ? "; it is truncated, download it again" : "; trailing bytes"));
-    }
-    offset = kShardHeaderBytes;
-  } else if (size % 2 != 0) {
-    return absl::DataLossError(absl::StrCat(
-        path, ": ", size, " bytes is odd: not raw uint16 tokens (truncated?) and no FineWeb "
-        "header (magic 20240520)"));
-  }
-  if (size == offset) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": holds no tokens"));
-  }
+  absl::StatusOr<ShardExtent> extent = ShardExtentOf(path, reinterpret_cast<const char*>((*file)->data()), size, size);
+  if (!extent.ok()) return extent.status();
   TokenSplit tokens;
-  tokens.Append(*std::move(file), offset, (size - offset) / 2);
+  tokens.Append(*std::move(file), extent->offset, extent->tokens);
   return tokens;
-}
-
-absl::StatusOr<std::vector<std::string>> ShardFiles(const std::string& path) {
-  std::vector<std::string> files;
-  std::error_code ec;
-  if (fs::is_directory(path, ec)) {
-    for (const fs::directory_entry& e : fs::directory_iterator(path, ec)) {
-      if (e.is_regular_file(ec) && e.path().extension() == ".bin") files.push_back(e.path().string());
-    }
-    if (files.empty()) {
-      return absl::NotFoundError(absl::StrCat("data.path: directory ", path, " holds no .bin shards"));
-    }
-  } else if (path.find_first_of("*?[") != std::string::npos) {
-    glob_t g;
-    int rc = ::glob(path.c_str(), 0, nullptr, &g);
-    if (rc == 0) {
-      for (size_t i = 0; i < g.gl_pathc; ++i) {
-        if (fs::is_regular_file(g.gl_pathv[i], ec)) files.push_back(g.gl_pathv[i]);
-      }
-    }
-    globfree(&g);
-    if (files.empty()) {
-      return absl::NotFoundError(absl::StrCat("data.path: glob ", path, " matches no files"));
-    }
-  } else {
-    if (!fs::is_regular_file(path, ec)) {
-      return absl::NotFoundError(absl::StrCat("data.path: ", path, " is not a file, directory or glob "
-                                              "of .bin token shards"));
-    }
-    files.push_back(path);
-  }
-  std::sort(files.begin(), files.end());
-  return files;
 }
 
 absl::StatusOr<Dataset> LoadPretokenized(const moe::v1::DataSpec& spec) {
@@ -303,7 +236,7 @@ absl::StatusOr<Dataset> LoadPretokenized(const moe::v1::DataSpec& spec) {
   for (const std::string& f : *files) {
     absl::StatusOr<TokenSplit> tokens = MapShard(f);
     if (!tokens.ok()) return tokens.status();
-    bool is_val = files->size() > 1 && absl::StrContains(fs::path(f).filename().string(), "val");
+    const bool is_val = IsValShard(f, files->size());
     TokenSplit& dst = is_val ? data.val : all;
     n_val_files += is_val;
     dst.Append(*tokens);
