@@ -17,16 +17,29 @@ namespace {
 constexpr char kPrefix[] = "unsent-metrics.rank";
 constexpr char kSuffix[] = ".pb";
 
-// unsent-metrics.rank<digits>.pb (not the writer's temp files, path.tmp.<pid>).
+bool AllDigits(absl::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), absl::ascii_isdigit);
+}
+
+// unsent-metrics.rank<digits>.pb and its parts, unsent-metrics.rank<digits>.part<digits>.pb (not
+// the writer's temp files, path.tmp.<pid>).
 bool IsSpillName(absl::string_view name) {
   if (!absl::ConsumePrefix(&name, kPrefix) || !absl::ConsumeSuffix(&name, kSuffix)) return false;
-  return !name.empty() && std::all_of(name.begin(), name.end(), absl::ascii_isdigit);
+  const size_t dot = name.find(".part");
+  if (dot == absl::string_view::npos) return AllDigits(name);
+  return AllDigits(name.substr(0, dot)) && AllDigits(name.substr(dot + 5));
 }
 
 }  // namespace
 
 std::string MetricsSpillPath(const std::string& attempt_dir, int rank) {
   return absl::StrCat(attempt_dir, "/", kPrefix, rank, kSuffix);
+}
+
+std::string MetricsSpillPartPath(const std::string& spill_path, int part) {
+  absl::string_view base = spill_path;
+  absl::ConsumeSuffix(&base, kSuffix);
+  return absl::StrCat(base, ".part", part, kSuffix);
 }
 
 std::vector<std::string> MetricsSpillFiles(const std::string& attempt_dir) {

@@ -17,7 +17,10 @@ namespace moe {
 
 // <attempt_dir>/unsent-metrics.rank<R>.pb
 std::string MetricsSpillPath(const std::string& attempt_dir, int rank);
-// The spill files of any rank in attempt_dir, sorted; none when the folder is absent.
+// Part `part` (1, 2, ...) of a rank's spill, written while the rank still runs when moed has been
+// away for longer than the reporter's queue holds: <spill path without .pb>.part<N>.pb.
+std::string MetricsSpillPartPath(const std::string& spill_path, int part);
+// The spill files (parts included) of any rank in attempt_dir, sorted; none when the folder is absent.
 std::vector<std::string> MetricsSpillFiles(const std::string& attempt_dir);
 
 absl::Status WriteMetricsSpill(const std::string& path,

@@ -4,6 +4,7 @@
 // cannot be reached, and writes nothing when it is disabled or has no spill path.
 #include "common/metrics_spill.h"
 
+#include <algorithm>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -117,8 +118,12 @@ TEST(MetricsSpill, FilesListsEveryRanksSpillAndNothingElse) {
   ASSERT_TRUE(WriteMetricsSpill(MetricsSpillPath(dir, 0), {Point(1)}).ok());
   std::ofstream(MetricsSpillPath(dir, 2) + ".tmp.123") << "a writer that died";
   std::ofstream(dir + "/exit_status") << "0\n";
+  std::ofstream(dir + "/unsent-metrics.rank0.partx.pb") << "not a part";
+  ASSERT_TRUE(WriteMetricsSpill(MetricsSpillPartPath(MetricsSpillPath(dir, 0), 2), {Point(1)}).ok());
+  EXPECT_EQ(MetricsSpillPartPath(MetricsSpillPath(dir, 0), 2), dir + "/unsent-metrics.rank0.part2.pb");
   EXPECT_EQ(MetricsSpillFiles(dir),
-            (std::vector<std::string>{MetricsSpillPath(dir, 0), MetricsSpillPath(dir, 1)}));
+            (std::vector<std::string>{dir + "/unsent-metrics.rank0.part2.pb", MetricsSpillPath(dir, 0),
+                                      MetricsSpillPath(dir, 1)}));
   EXPECT_TRUE(MetricsSpillFiles(dir + "/no-such-folder").empty());
 }
 
@@ -139,6 +144,33 @@ TEST(ReporterSpill, CloseWithoutMoedLeavesEveryUnconfirmedPoint) {
   EXPECT_DOUBLE_EQ(spill->points[2].loss(), Point(3).loss());
   reporter->Close();  // idempotent: writes nothing again
   EXPECT_EQ(MetricsSpillFiles(dir).size(), 1u);
+}
+
+// moed away for more points than the reporter's queue holds (2000): the older half of the full
+// queue goes to a spill part while the run goes on, the rest to the spill at Close. Nothing lost.
+TEST(ReporterSpill, AQueueThatFillsSpillsItsOlderHalfWhileTheRunGoesOn) {
+  const std::string dir = testing::MakeTempDir("moe-spill-parts-");
+  ReporterOptions o;
+  o.moed_address = absl::StrCat("127.0.0.1:", testing::FreePort());  // nobody listens
+  o.job_id = "j-000001";
+  o.spill_path = MetricsSpillPath(dir, 0);
+  auto reporter = Reporter::Create(o);
+  constexpr int64_t kPoints = 4500;
+  for (int64_t step = 1; step <= kPoints; ++step) reporter->Metrics(Point(step));
+  // Full at points 2001, 3001 and 4001: three parts of 1000 before Close, 1500 left for it.
+  EXPECT_EQ(MetricsSpillFiles(dir).size(), 3u);
+  reporter->Close();
+  std::vector<int64_t> steps;
+  for (const std::string& path : MetricsSpillFiles(dir)) {
+    absl::StatusOr<MetricsSpill> spill = ReadMetricsSpill(path);
+    ASSERT_TRUE(spill.ok()) << path << ": " << spill.status();
+    EXPECT_EQ(spill->damage, "") << path;
+    const std::vector<int64_t> got = Steps(*spill);
+    steps.insert(steps.end(), got.begin(), got.end());
+  }
+  std::sort(steps.begin(), steps.end());
+  ASSERT_EQ(steps.size(), static_cast<size_t>(kPoints));
+  for (int64_t i = 0; i < kPoints; ++i) ASSERT_EQ(steps[static_cast<size_t>(i)], i + 1);
 }
 
 TEST(ReporterSpill, ADisabledReporterWritesNothing) {

@@ -7,10 +7,12 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstddef>
 #include <cstdlib>
 #include <deque>
 #include <mutex>
@@ -58,6 +60,7 @@ struct Reporter::Impl {
   size_t logs_sent = 0;                     // how many at the front went out on this stream
   std::deque<moe::v1::MetricPoint> metrics;  // unconfirmed
   size_t metrics_sent = 0;
+  int spill_parts = 0;                      // parts written (SpillPart)
   int64_t next_seq = 1;
   int64_t step = 0;
   int64_t dropped = 0;
@@ -113,6 +116,22 @@ struct Reporter::Impl {
     gave_up = true;
     logs.clear();
     metrics.clear();
+  }
+
+  // The oldest points of a full queue (moed away for kMaxMetrics points), written while training
+  // goes on to the next part of the spill (common/metrics_spill.h): moed stores them with the rest
+  // when it reaps the attempt, and skips any it had already.
+  void SpillPart(const std::vector<moe::v1::MetricPoint>& oldest, int part) {
+    const std::string path = MetricsSpillPartPath(opts.spill_path, part);
+    const std::string what = absl::StrCat("moed has not confirmed ", oldest.size(), " metric points (steps ",
+                                          oldest.front().step(), " to ", oldest.back().step(), "), more than its queue keeps");
+    if (absl::Status s = WriteMetricsSpill(path, oldest); !s.ok()) {
+      std::fprintf(stderr, "moe-worker rank %d: %s and they cannot be left for it (%s); they are lost\n", opts.rank,
+                   what.c_str(), std::string(s.message()).c_str());
+      return;
+    }
+    std::fprintf(stderr, "moe-worker rank %d: %s; left them in %s for moed to store\n", opts.rank, what.c_str(),
+                 path.c_str());
   }
 
   // Once the thread has stopped: the metric points moed has not confirmed go to the spill file.
@@ -321,17 +340,27 @@ void Reporter::Log(const std::string& line) {
 
 void Reporter::Metrics(const moe::v1::MetricPoint& point) {
   if (!impl_->enabled) return;
+  std::vector<moe::v1::MetricPoint> oldest;
+  int part = 0;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     if (impl_->gave_up || impl_->closing) return;
     if (impl_->metrics.size() >= kMaxMetrics) {
-      if (impl_->metrics_sent > 0) --impl_->metrics_sent;
-      impl_->metrics.pop_front();
+      // A full queue: its older half goes to a spill part (without a spill path the oldest point
+      // is dropped). Those at the front went out on this stream, unconfirmed: fewer are now.
+      const size_t k = impl_->opts.spill_path.empty() ? 1 : kMaxMetrics / 2;
+      if (k > 1) {
+        oldest.assign(impl_->metrics.begin(), impl_->metrics.begin() + static_cast<std::ptrdiff_t>(k));
+        part = ++impl_->spill_parts;
+      }
+      impl_->metrics.erase(impl_->metrics.begin(), impl_->metrics.begin() + static_cast<std::ptrdiff_t>(k));
+      impl_->metrics_sent -= std::min(impl_->metrics_sent, k);
     }
     impl_->metrics.push_back(point);
     if (impl_->metrics.back().unix_ms() == 0) impl_->metrics.back().set_unix_ms(NowMs());
     impl_->step = std::max(impl_->step, point.step());
   }
+  if (!oldest.empty()) impl_->SpillPart(oldest, part);
   impl_->cv.notify_all();
 }
 
