@@ -5,6 +5,7 @@
 // checkpoint, and learning in bf16; head sizes 80 and 128. Skips without a GPU.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <memory>
 #include <random>
 #include <string>
@@ -334,6 +335,44 @@ TEST(CudaTrainerTest, SameJobTwiceSameBits) {
   }
   ASSERT_EQ(runs[0].size(), 15u);
   EXPECT_EQ(runs[0], runs[1]);
+}
+
+// AdamW overlapping the next forward (DeviceOptimizer::Step, MOE_OPT_OVERLAP=1) against the update
+// on the model's stream (the default): the same loss, grad norm and val loss at every step, bit for bit, with
+// an evaluation and a checkpoint right after updates still in flight, and a resume from it.
+TEST(CudaTrainerTest, OverlappedUpdateSameBitsAsSynchronous) {
+  SKIP_WITHOUT_GPU();
+  moe::v1::JobSpec spec = CudaSpec(/*bf16=*/true);
+  spec.mutable_train()->set_steps(12);
+  spec.mutable_train()->set_log_every(1);
+  spec.mutable_train()->set_eval_every(4);
+  spec.mutable_train()->set_eval_batches(2);
+  spec.mutable_model()->set_dropout(0.1);
+  spec.mutable_model()->set_tie_embeddings(false);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  auto comm = CreateSingleProcessCommunicator();
+  std::vector<moe::v1::MetricPoint> runs[2];
+  for (int overlap = 0; overlap < 2; ++overlap) {
+    setenv("MOE_OPT_OVERLAP", overlap == 1 ? "1" : "0", 1);
+    // To step 6 (a checkpoint there), then a resume for the rest.
+    runs[overlap] = testing::TrainInTwoHalvesPoints(spec, comm.get(), &*data,
+                                                    testing::MakeTempDir("moe-cuda-overlap-"));
+  }
+  unsetenv("MOE_OPT_OVERLAP");
+  ASSERT_EQ(runs[0].size(), 12u);
+  ASSERT_EQ(runs[1].size(), runs[0].size());
+  int evals = 0;
+  for (size_t i = 0; i < runs[0].size(); ++i) {
+    EXPECT_EQ(runs[1][i].loss(), runs[0][i].loss()) << "step " << i + 1;
+    EXPECT_EQ(runs[1][i].grad_norm(), runs[0][i].grad_norm()) << "step " << i + 1;
+    EXPECT_EQ(runs[1][i].has_val_loss(), runs[0][i].has_val_loss()) << "step " << i + 1;
+    if (runs[0][i].has_val_loss()) {
+      ++evals;
+      EXPECT_EQ(runs[1][i].val_loss(), runs[0][i].val_loss()) << "step " << i + 1;
+    }
+  }
+  EXPECT_GE(evals, 2);
 }
 
 TEST(CudaTrainerTest, LearnsShakespeareInBf16) {

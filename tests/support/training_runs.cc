@@ -58,8 +58,8 @@ std::string SharedTempDir(Communicator* comm, const std::string& prefix) {
   return buf;
 }
 
-std::vector<double> TrainInTwoHalves(const moe::v1::JobSpec& spec, Communicator* comm, Dataset* data,
-                                     const std::string& dir) {
+std::vector<moe::v1::MetricPoint> TrainInTwoHalvesPoints(const moe::v1::JobSpec& spec, Communicator* comm,
+                                                         Dataset* data, const std::string& dir) {
   TrainOutcome outcome;
   TrainerOptions first_opts;
   first_opts.checkpoint_dir = dir;
@@ -75,8 +75,15 @@ std::vector<double> TrainInTwoHalves(const moe::v1::JobSpec& spec, Communicator*
   if (second == nullptr) return {};
   const absl::Status b = second->Run(&outcome);
   EXPECT_TRUE(b.ok()) << b;
-  std::vector<double> losses = Losses(*first), rest = Losses(*second);
-  losses.insert(losses.end(), rest.begin(), rest.end());
+  std::vector<moe::v1::MetricPoint> points = first->history();
+  points.insert(points.end(), second->history().begin(), second->history().end());
+  return points;
+}
+
+std::vector<double> TrainInTwoHalves(const moe::v1::JobSpec& spec, Communicator* comm, Dataset* data,
+                                     const std::string& dir) {
+  std::vector<double> losses;
+  for (const moe::v1::MetricPoint& p : TrainInTwoHalvesPoints(spec, comm, data, dir)) losses.push_back(p.loss());
   return losses;
 }
 

@@ -29,6 +29,9 @@ std::string SharedTempDir(Communicator* comm, const std::string& prefix);
 // fails is a test failure (and the curve comes back short).
 std::vector<double> TrainInTwoHalves(const moe::v1::JobSpec& spec, Communicator* comm, Dataset* data,
                                      const std::string& dir);
+// The same run's metric points, one per step (loss, grad norm, the val loss where it evaluated).
+std::vector<moe::v1::MetricPoint> TrainInTwoHalvesPoints(const moe::v1::JobSpec& spec, Communicator* comm,
+                                                         Dataset* data, const std::string& dir);
 
 // The one-process oracle of the equivalence tests, and the trained checkpoint of the sampling and
 // checkpoint-tool tests (opts.checkpoint_dir): spec on one rank, straight through. The trainer is

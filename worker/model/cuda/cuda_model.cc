@@ -113,6 +113,7 @@ void CudaModel::InitParams(uint64_t seed) {
   std::vector<float> host(layout_.total(), 0.f);
   layout_.Initialize(host.data(), seed);
   if (cfg_.bf16_master) kernels::RoundToBf16Values(host.data(), static_cast<int64_t>(host.size()));
+  optimizer_->Join(stream_);
   params_->Upload(host, stream_);
   optimizer_->Zero();
 }
@@ -121,7 +122,8 @@ void CudaModel::ZeroGrads() {
   // The bf16 experts' weight-gradient products write their gradients on the step's first
   // Backward (beta 0): the expert shard, most of an MoE model's gradients, is not cleared first.
   expert_grads_unwritten_ = bf16_ && cfg_.is_moe() && layout_.total() > layout_.dense_size();
-  grads_->Zero(stream_, /*experts=*/!expert_grads_unwritten_);
+  // After an update still in flight (which reads them), on its stream.
+  optimizer_->AfterUpdate(stream_, [&](cudaStream_t s) { grads_->Zero(s, /*experts=*/!expert_grads_unwritten_); });
   comm_at_step_start_ = CommClocks();
 }
 
@@ -217,6 +219,7 @@ void CudaModel::EnsureActivations(int b) {
 }
 
 CommSeconds CudaModel::ReduceGrads() {
+  optimizer_->Join(stream_);  // (no Forward since the last step: the gradients' zeroing)
   WriteUnwrittenGrads();  // (no Backward since ZeroGrads)
   // One GPU: the sum over ranks is the identity.
   if (reducer_ != nullptr) reducer_->Finish();
@@ -261,6 +264,7 @@ void CudaModel::SetRouterBiases(const std::vector<float>& biases) {
 }
 
 void CudaModel::CopyToHost(ParamSet set, std::vector<float>* out) {
+  optimizer_->Join(stream_);
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   switch (set) {
     case ParamSet::kParams: params_->Download(out, stream_); return;
@@ -273,6 +277,7 @@ void CudaModel::CopyToHost(ParamSet set, std::vector<float>* out) {
 }
 
 void CudaModel::CopyFromHost(ParamSet set, const std::vector<float>& in) {
+  optimizer_->Join(stream_);
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   switch (set) {
     case ParamSet::kParams: {

@@ -37,6 +37,7 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
   ModelTensors w = params_->Bind();
   BlockActs& a = blocks_[l];
   const BlockTensors& bw = w.blocks[l];
+  optimizer_->WaitForBlock(stream_, l);  // the last step's update of this block, when still in flight
   // Attention: x_mid = x_in + dropout(attn(RMSNorm(x_in)) @ wo^T)
   AttnNorm(l, bw.attn_norm);
   if (bf16_) {  // attn_in in bf16 alone, for qkv's product and the gate's
@@ -115,6 +116,7 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
   // The residual stream lives in the buffers the backward reads: block l's input x_in, its
   // middle x_mid (after attention), and x_final_ after the last block.
   float* x = cfg_.layers > 0 ? blocks_[0].x_in : x_final_;
+  optimizer_->WaitForEmbedding(stream_);
   if (params_->bf16_only()) {
     cuda::EmbeddingForwardBf16(x, idx_, ctx_.Bf16Of(w.wte), n, D, stream_);
   } else {
@@ -124,6 +126,7 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
   for (int l = 0; l < cfg_.layers; ++l) {
     BlockForward(l, l + 1 < cfg_.layers ? blocks_[l + 1].x_in : x_final_, /*rerun=*/false);
   }
+  optimizer_->WaitForHead(stream_);
   if (bf16_) {
     cuda::RmsNormForwardBf16(final_out16_, final_rstd_, x_final_, w.final_norm, n, D, stream_);
   } else {
@@ -145,6 +148,7 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
   }
   MOE_CUDA_CHECK(cudaMemsetAsync(ce_sum_, 0, sizeof(double), stream_));
   cuda::Sum(ce_sum_, ce_losses_, n, reinterpret_cast<double*>(partials_), stream_);
+  optimizer_->Join(stream_);  // the update and the gradients' zeroing: the backward writes them
 
   // The one device-to-host copy of the forward pass: CE sum and every layer's router stats.
   const int per_layer = RouterStatsSlots{cfg_.experts}.size();

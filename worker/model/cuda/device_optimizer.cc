@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 
 #include "kernels/adamw.h"
 #include "kernels/cuda/adamw.h"
@@ -11,6 +14,30 @@
 #include "kernels/state_codec.h"
 
 namespace moe {
+namespace {
+
+// Which of the forward's groups reads the tensor: 0 the embedding, l + 1 block l, layers + 1 the
+// final norm and the head. A tensor of no block other than those two goes in group 0, the earliest
+// wait, so that a new tensor is never read before its update.
+int ForwardGroup(const std::string& name, int layers) {
+  if (name.rfind("blocks.", 0) == 0) {
+    const int l = std::atoi(name.c_str() + 7);
+    if (l >= 0 && l < layers) return l + 1;
+    return 0;
+  }
+  if (name.rfind("final_norm.", 0) == 0 || name.rfind("lm_head.", 0) == 0) return layers + 1;
+  return 0;
+}
+
+// MOE_OPT_OVERLAP=1 overlaps the update with the next forward. Off by default until it has run on
+// a GPU (its bits against the synchronous update: CudaTrainerTest.OverlappedUpdateSameBitsAsSynchronous;
+// its speed: scripts/device_ab.sh with AB_ENVS="overlap=MOE_OPT_OVERLAP=1").
+bool OverlapWanted() {
+  const char* v = std::getenv("MOE_OPT_OVERLAP");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+}  // namespace
 
 DeviceOptimizer::DeviceOptimizer(const ModelConfig& cfg, const ParamLayout& layout, bool bf16_products,
                                  DeviceArena* arena, cudaStream_t stream)
@@ -20,7 +47,20 @@ DeviceOptimizer::DeviceOptimizer(const ModelConfig& cfg, const ParamLayout& layo
       format_(StateFormatOf(cfg.optimizer_state)),
       stream_(stream),
       m_(layout, format_, /*signed_code=*/true),
-      v_(layout, format_, /*signed_code=*/false) {
+      v_(layout, format_, /*signed_code=*/false),
+      layers_(cfg.layers),
+      overlap_(!cfg.muon && OverlapWanted()) {
+  groups_.resize(static_cast<size_t>(layers_) + 2);
+  for (size_t t = 0; t < layout.params().size(); ++t) {
+    groups_[static_cast<size_t>(ForwardGroup(layout.params()[t].name, layers_))].push_back(t);
+  }
+  if (overlap_) {
+    MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&update_stream_, cudaStreamNonBlocking));
+    group_done_.resize(groups_.size());
+    for (cudaEvent_t& e : group_done_) MOE_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    MOE_CUDA_CHECK(cudaEventCreateWithFlags(&grads_ready_, cudaEventDisableTiming));
+    MOE_CUDA_CHECK(cudaEventCreateWithFlags(&all_done_, cudaEventDisableTiming));
+  }
   adam_.beta1 = cfg.adam_beta1;
   adam_.beta2 = cfg.adam_beta2;
   Allocate(&m_, arena);
@@ -58,6 +98,34 @@ DeviceOptimizer::DeviceOptimizer(const ModelConfig& cfg, const ParamLayout& layo
   Zero();
 }
 
+DeviceOptimizer::~DeviceOptimizer() {
+  if (update_stream_ == nullptr) return;
+  cudaStreamSynchronize(update_stream_);  // the arena's memory outlives no queued update
+  for (cudaEvent_t e : group_done_) cudaEventDestroy(e);
+  cudaEventDestroy(grads_ready_);
+  cudaEventDestroy(all_done_);
+  cudaStreamDestroy(update_stream_);
+}
+
+void DeviceOptimizer::WaitForGroup(cudaStream_t s, int group) const {
+  if (in_flight_) MOE_CUDA_CHECK(cudaStreamWaitEvent(s, group_done_[static_cast<size_t>(group)], 0));
+}
+
+void DeviceOptimizer::Join(cudaStream_t s) {
+  if (!in_flight_) return;
+  MOE_CUDA_CHECK(cudaStreamWaitEvent(s, all_done_, 0));
+  in_flight_ = false;
+}
+
+void DeviceOptimizer::AfterUpdate(cudaStream_t s, const std::function<void(cudaStream_t)>& work) {
+  if (!in_flight_) {
+    work(s);
+    return;
+  }
+  work(update_stream_);
+  MOE_CUDA_CHECK(cudaEventRecord(all_done_, update_stream_));
+}
+
 int64_t DeviceOptimizer::ValueBytes() const {
   const int64_t per = format_ == StateFormat::kFp32 ? 4 : format_ == StateFormat::kBf16 ? 2 : 1;
   return per * layout_.total();
@@ -69,6 +137,7 @@ void DeviceOptimizer::Allocate(Stored* s, DeviceArena* arena) {
 }
 
 void DeviceOptimizer::Zero() {
+  Join(stream_);
   for (Stored* s : {&m_, &v_}) {
     int zero_code = 0;  // fp32 and bf16: all-zero bytes are 0.0
     if (format_ == StateFormat::kInt8) {
@@ -109,21 +178,36 @@ void DeviceOptimizer::Step(const DeviceWeights& weights, const DeviceGrads& grad
   args.bc2 = static_cast<float>(1.0 - std::pow(double{c.beta2}, static_cast<double>(step)));
   args.grad_scale = clip_scale;
   const std::vector<ParamInfo>& params = layout_.params();
-  for (size_t t = 0; t < params.size(); ++t) {
-    const ParamInfo& info = params[t];
-    if (muon_on_ && info.muon) continue;  // below, grouped
-    const float wd = info.decay ? static_cast<float>(weight_decay) : 0.f;
-    const cuda::WeightsRef w = weights.Ref(info, step);
-    const cuda::GradRef g = grads.Ref(info);
-    if (format_ == StateFormat::kFp32 && !w.stochastic && g.f32 != nullptr) {
-      // The default (fp32 moments and master weights): the vectorised kernel.
-      cuda::AdamWUpdate(w.f32, w.b16, g.f32, static_cast<float*>(m_.values) + info.offset,
-                        static_cast<float*>(v_.values) + info.offset, info.size, args.lr, c.beta1, c.beta2, c.eps, wd,
-                        args.bc1, args.bc2, clip_scale, stream_);
-      continue;
+  Join(stream_);  // a step with no forward since the last one
+  cudaStream_t s = stream_;
+  if (overlap_) {
+    MOE_CUDA_CHECK(cudaEventRecord(grads_ready_, stream_));
+    MOE_CUDA_CHECK(cudaStreamWaitEvent(update_stream_, grads_ready_, 0));
+    s = update_stream_;
+  }
+  for (size_t group = 0; group < groups_.size(); ++group) {
+    for (size_t t : groups_[group]) {
+      const ParamInfo& info = params[t];
+      if (muon_on_ && info.muon) continue;  // below, grouped
+      const float wd = info.decay ? static_cast<float>(weight_decay) : 0.f;
+      const cuda::WeightsRef w = weights.Ref(info, step);
+      const cuda::GradRef g = grads.Ref(info);
+      if (format_ == StateFormat::kFp32 && !w.stochastic && g.f32 != nullptr) {
+        // The default (fp32 moments and master weights): the vectorised kernel.
+        cuda::AdamWUpdate(w.f32, w.b16, g.f32, static_cast<float*>(m_.values) + info.offset,
+                          static_cast<float*>(v_.values) + info.offset, info.size, args.lr, c.beta1, c.beta2, c.eps,
+                          wd, args.bc1, args.bc2, clip_scale, s);
+        continue;
+      }
+      args.weight_decay = wd;
+      cuda::AdamWUpdate(w, g, Ref(m_, t), Ref(v_, t), info.size, args, s);
     }
-    args.weight_decay = wd;
-    cuda::AdamWUpdate(w, g, Ref(m_, t), Ref(v_, t), info.size, args, stream_);
+    if (overlap_) MOE_CUDA_CHECK(cudaEventRecord(group_done_[group], update_stream_));
+  }
+  if (overlap_) {
+    MOE_CUDA_CHECK(cudaEventRecord(all_done_, update_stream_));
+    in_flight_ = true;
+    return;
   }
   // Muon: momentum in m; one Newton-Schulz run per planned chunk of tensors.
   for (const kernels::MuonChunk& chunk : muon_chunks_) {
@@ -149,6 +233,7 @@ void DeviceOptimizer::Step(const DeviceWeights& weights, const DeviceGrads& grad
 
 void DeviceOptimizer::CopyToHost(bool is_m, std::vector<float>* out) {
   Stored& s = is_m ? m_ : v_;
+  Join(stream_);
   MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
   if (format_ == StateFormat::kFp32) {  // straight into `out`: one host copy of the state (checkpoints of 9B models)
     out->resize(static_cast<size_t>(layout_.total()));
@@ -170,6 +255,7 @@ void DeviceOptimizer::CopyToHost(bool is_m, std::vector<float>* out) {
 
 void DeviceOptimizer::CopyFromHost(bool is_m, const std::vector<float>& in) {
   Stored& s = is_m ? m_ : v_;
+  Join(stream_);
   const size_t total = static_cast<size_t>(layout_.total());
   // A short `in` is padded with zeros; a full one is used as it is (no second host copy).
   std::vector<float> padded;
