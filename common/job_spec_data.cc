@@ -1,7 +1,6 @@
 // The data checks of the job-spec validator (job_spec_checks.cc calls CheckDataFiles): data.path
 // exists and is what the tokenizer reads, a text or the shards hold enough tokens for one sequence
 // in each split, the shards' headers are whole, and data.tokenizer_dir holds GPT-2's BPE.
-#include <glob.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -52,31 +51,25 @@ class DataChecker {
                                          "e.g. shards/*/train_*.bin"));
           return;
         }
-        glob_t g{};
-        int rc = ::glob(p.c_str(), 0, nullptr, &g);
-        size_t bins = 0;
-        for (size_t i = 0; rc == 0 && i < g.gl_pathc; ++i) {
-          if (absl::EndsWith(g.gl_pathv[i], ".bin") && fs::is_regular_file(g.gl_pathv[i], ec)) {
-            ++bins;
-          }
-        }
-        globfree(&g);
-        if (bins == 0) {
+        // The worker's own list (common/token_shards.h), read once: any regular file the pattern
+        // matches is a shard, and one of them at least must be a .bin.
+        absl::StatusOr<std::vector<std::string>> files = ShardFiles(p);
+        const bool any_bin = files.ok() && std::any_of(files->begin(), files->end(), [](const std::string& f) {
+                               return absl::EndsWith(f, ".bin");
+                             });
+        if (!any_bin) {
           fail_("data.path", absl::StrCat("the pattern ", p, " matches no .bin shard"));
         } else {
-          CheckShards(p);
+          CheckShards(p, *files);
         }
         return;
       }
       if (fs::is_directory(p, ec)) {
-        size_t bins = 0;
-        for (const auto& entry : fs::directory_iterator(p, ec)) {
-          if (entry.path().extension() == ".bin" && entry.is_regular_file(ec)) ++bins;
-        }
-        if (bins == 0) {
+        absl::StatusOr<std::vector<std::string>> files = ShardFiles(p);  // its regular *.bin files
+        if (!files.ok()) {
           fail_("data.path", absl::StrCat("the directory ", p, " holds no .bin shard"));
         } else {
-          CheckShards(p);
+          CheckShards(p, *files);
         }
         return;
       }
@@ -91,7 +84,7 @@ class DataChecker {
       } else if (::access(p.c_str(), R_OK) != 0) {
         fail_("data.path", absl::StrCat(p, " is not readable; check its permissions"));
       } else {
-        CheckShards(p);
+        CheckShards(p, {p});
       }
       return;
     }
@@ -114,22 +107,18 @@ class DataChecker {
   // Every shard's header (12 bytes and the file's size, not its tokens), as the worker reads them
   // (common/token_shards.h): a damaged shard, and a split shorter than one sequence, are refused
   // here rather than once the job runs.
-  void CheckShards(const std::string& p) {
-    absl::StatusOr<std::vector<std::string>> files = ShardFiles(p);
-    if (!files.ok()) {
-      fail_("data.path", std::string(files.status().message()));
-      return;
-    }
+  // `files`: data.path's shards (ShardFiles).
+  void CheckShards(const std::string& p, const std::vector<std::string>& files) {
     std::vector<std::string> damaged;
     int64_t train = 0, val = 0;
     size_t val_files = 0;
-    for (const std::string& f : *files) {
+    for (const std::string& f : files) {
       absl::StatusOr<ShardExtent> extent = ReadShardExtent(f);
       if (!extent.ok()) {
         damaged.emplace_back(extent.status().message());
         continue;
       }
-      const bool is_val = IsValShard(f, files->size());
+      const bool is_val = IsValShard(f, files.size());
       (is_val ? val : train) += static_cast<int64_t>(extent->tokens);
       val_files += is_val ? 1 : 0;
     }
