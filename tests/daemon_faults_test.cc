@@ -43,8 +43,10 @@ class FakeLauncher : public Launcher {
   absl::StatusOr<std::string> Launch(const LaunchRequest& req,
                                      const RecordLaunch& record) override {
     const std::string handle = absl::StrCat("fake attempt=", req.attempt);
-    if (absl::Status s = record(handle); !s.ok()) return s;
+    // Locked from the record on: a test that sees the stored launch and then asks launches()
+    // waits for the count (it read 0 between the two under load).
     std::lock_guard<std::mutex> lock(mu_);
+    if (absl::Status s = record(handle); !s.ok()) return s;
     ++launches_;
     exit_code_ = -1;
     return handle;
