@@ -337,9 +337,9 @@ TEST(CudaTrainerTest, SameJobTwiceSameBits) {
   EXPECT_EQ(runs[0], runs[1]);
 }
 
-// AdamW overlapping the next forward (DeviceOptimizer::Step, MOE_OPT_OVERLAP=1) against the update
-// on the model's stream (the default): the same loss, grad norm and val loss at every step, bit for bit, with
-// an evaluation and a checkpoint right after updates still in flight, and a resume from it.
+// AdamW overlapping the next forward (DeviceOptimizer::Step, the default) against the update on
+// the model's stream (MOE_OPT_OVERLAP=0): the same loss, grad norm and val loss at every step, bit
+// for bit, with an evaluation and a checkpoint right after updates still in flight, and a resume.
 TEST(CudaTrainerTest, OverlappedUpdateSameBitsAsSynchronous) {
   SKIP_WITHOUT_GPU();
   moe::v1::JobSpec spec = CudaSpec(/*bf16=*/true);

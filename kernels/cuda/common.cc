@@ -2,8 +2,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 namespace moe::cuda {
 
@@ -24,6 +26,24 @@ bool HaveGpu() {
     return false;
   }
   return n > 0;
+}
+
+cudaStream_t NewStream(StreamPriority priority) {
+  // Lower numbers are higher priorities: greatest <= least (both 0 where a GPU has one level).
+  int least = 0, greatest = 0;
+  MOE_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  const char* env = std::getenv("MOE_STREAM_PRIORITY");
+  int level = least;
+  if (env == nullptr || std::strcmp(env, "0") != 0) {
+    switch (priority) {
+      case StreamPriority::kComm: level = greatest; break;
+      case StreamPriority::kCompute: level = std::min(greatest + 1, least); break;
+      case StreamPriority::kBackground: level = least; break;
+    }
+  }
+  cudaStream_t s = nullptr;
+  MOE_CUDA_CHECK(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, level));
+  return s;
 }
 
 double PeakDenseFlops(bool tensor_bf16) {

@@ -40,6 +40,14 @@ bool HaveGpu();
 // an architecture this table does not know.
 double PeakDenseFlops(bool tensor_bf16);
 
+// A non-blocking stream at one of three priorities, so that when streams share the SMs the
+// block scheduler serves the gradient exchange first, then the model's forward and backward,
+// and the optimizer's update overlapping the next forward (DeviceOptimizer) last:
+//   kComm: the GPU's greatest priority; kCompute: one below it; kBackground: its least.
+// MOE_STREAM_PRIORITY=0 gives every stream the default priority instead (an A/B switch).
+enum class StreamPriority { kComm, kCompute, kBackground };
+cudaStream_t NewStream(StreamPriority priority);
+
 // True when every pointer is a multiple of `bytes`.
 inline bool Aligned(int bytes, std::initializer_list<const void*> ptrs) {
   for (const void* p : ptrs) {

@@ -42,7 +42,7 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr
       shape_(MoeShape::Of(cfg, comm->world_size())),
       bf16_(use_bf16),
       dcomm_(std::move(dcomm)) {
-  MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  stream_ = cuda::NewStream(cuda::StreamPriority::kCompute);
   blas_ = std::make_unique<cuda::Blas>();
   peak_flops_ = cuda::PeakDenseFlops(use_bf16);
   params_ = std::make_unique<DeviceWeights>(layout_, bf16_, cfg.bf16_master, &weights_);

@@ -29,12 +29,13 @@ int ForwardGroup(const std::string& name, int layers) {
   return 0;
 }
 
-// MOE_OPT_OVERLAP=1 overlaps the update with the next forward. Off by default until it has run on
-// a GPU (its bits against the synchronous update: CudaTrainerTest.OverlappedUpdateSameBitsAsSynchronous;
-// its speed: scripts/device_ab.sh with AB_ENVS="overlap=MOE_OPT_OVERLAP=1").
+// The update overlaps the next forward unless MOE_OPT_OVERLAP=0 (an A/B switch: on one H100,
+// small +2.3% and medium +1.8% tokens/s over the synchronous update, scripts/device_ab.sh with
+// AB_ENVS="sync=MOE_OPT_OVERLAP=0"; the same bits as the synchronous update:
+// CudaTrainerTest.OverlappedUpdateSameBitsAsSynchronous).
 bool OverlapWanted() {
   const char* v = std::getenv("MOE_OPT_OVERLAP");
-  return v != nullptr && std::strcmp(v, "1") == 0;
+  return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
 }  // namespace
@@ -55,7 +56,7 @@ DeviceOptimizer::DeviceOptimizer(const ModelConfig& cfg, const ParamLayout& layo
     groups_[static_cast<size_t>(ForwardGroup(layout.params()[t].name, layers_))].push_back(t);
   }
   if (overlap_) {
-    MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&update_stream_, cudaStreamNonBlocking));
+    update_stream_ = cuda::NewStream(cuda::StreamPriority::kBackground);
     group_done_.resize(groups_.size());
     for (cudaEvent_t& e : group_done_) MOE_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     MOE_CUDA_CHECK(cudaEventCreateWithFlags(&grads_ready_, cudaEventDisableTiming));

@@ -37,12 +37,12 @@ class DeviceOptimizer {
   // m and v all zero (as a fresh CPU OptimizerStateBuffer).
   void Zero();
   // One AdamW / Muon step over every tensor (the CPU model's OptimizerStep). Synchronous on the
-  // model's stream, unless MOE_OPT_OVERLAP=1 (and no Muon): then it returns once queued: AdamW
-  // runs on a stream of its own after the model's stream's work so far, group by group in the order
-  // the next forward reads them (the embedding, block 0, ..., block L-1, the final norm and head),
-  // so that the forward's first blocks run while the later blocks' tensors are updated. The model
-  // calls the Wait* below before it reads a group and Join before anything else reads a weight,
-  // a gradient or the state (each a no-op when no update is in flight).
+  // model's stream with Muon or MOE_OPT_OVERLAP=0; otherwise it returns once queued: AdamW runs
+  // on a stream of its own (the lowest priority) after the model's stream's work so far, group by
+  // group in the order the next forward reads them (the embedding, block 0, ..., block L-1, the
+  // final norm and head), so that the forward's first blocks run while the later blocks' tensors
+  // are updated. The model calls the Wait* below before it reads a group and Join before anything
+  // else reads a weight, a gradient or the state (each a no-op when no update is in flight).
   void Step(const DeviceWeights& weights, const DeviceGrads& grads, cuda::Blas* blas, int64_t step, double lr,
             double muon_lr, double weight_decay, float clip_scale);
   void WaitForEmbedding(cudaStream_t s) const { WaitForGroup(s, 0); }

@@ -11,7 +11,7 @@ namespace moe {
 DenseGradReducer::DenseGradReducer(DeviceCommunicator* comm, const ParamLayout& layout, int layers, float* grads,
                                    cudaStream_t compute)
     : comm_(comm), grads_(grads), dense_size_(layout.dense_size()), compute_(compute) {
-  MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&reduce_, cudaStreamNonBlocking));
+  reduce_ = cuda::NewStream(cuda::StreamPriority::kComm);
   MOE_CUDA_CHECK(cudaEventCreateWithFlags(&bucket_ready_, cudaEventDisableTiming));
   MOE_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
   // Block l's replicated parameters ("blocks.l.*") are contiguous in the layout: one bucket.
