@@ -198,6 +198,25 @@ TEST(MoectlValidate, WrongArgumentsPrintUsage) {
   EXPECT_THAT(help.out, HasSubstr("usage: moectl validate JOB.yaml"));
 }
 
+// The benchmark's and the device scripts' job files (bench/sweep for scripts/device_sweep.sh,
+// bench/shapes for scripts/device_shapes.sh) stay valid: each validates in place (their data is
+// this repository's README), with nothing on stderr.
+TEST(MoectlValidate, BenchJobFilesValidate) {
+  int files = 0;
+  for (const char* dir : {"bench/sweep", "bench/shapes"}) {
+    for (const auto& entry : fs::directory_iterator(moe::testing::SourceDir() + "/" + dir)) {
+      const std::string path = entry.path().string();
+      if (entry.path().extension() != ".yaml" || entry.path().filename().string()[0] == '.') continue;
+      RunResult r = RunMoectl({"validate", path});
+      ASSERT_TRUE(r.exited) << path;
+      EXPECT_EQ(r.exit_code, 0) << path << "\n" << r.err;
+      EXPECT_EQ(r.err, "") << path;
+      ++files;
+    }
+  }
+  EXPECT_GE(files, 15);
+}
+
 // Each example, copied beside stand-ins for the data that scripts/setup.sh fetches, so the test
 // does not depend on the download; the file itself is validated unchanged.
 class ExampleTest : public ::testing::Test {
