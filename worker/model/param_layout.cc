@@ -21,47 +21,47 @@ ParamLayout::ParamLayout(const ModelConfig& cfg, int rank, int world)
   expert_begin_ = cfg.is_moe() ? rank * experts_local_ : 0;
 
   // Dense (replicated) parameters first, in state_dict order.
-  Add("wte.weight", {V, D}, false, std);
+  Add("wte.weight", {V, D}, false, std, -1);
   for (int i = 0; i < cfg.layers; ++i) {
     std::string p = "blocks." + std::to_string(i) + ".";
-    Add(p + "attn_norm.weight", {D}, false, 0);
-    Add(p + "attn.wqkv.weight", {cfg.qkv_dim(), D}, false, std);
+    Add(p + "attn_norm.weight", {D}, false, 0, i);
+    Add(p + "attn.wqkv.weight", {cfg.qkv_dim(), D}, false, std, i);
     if (cfg.qk_norm) {
-      Add(p + "attn.q_norm.weight", {cfg.head_dim}, false, 0);
-      Add(p + "attn.k_norm.weight", {cfg.head_dim}, false, 0);
+      Add(p + "attn.q_norm.weight", {cfg.head_dim}, false, 0, i);
+      Add(p + "attn.k_norm.weight", {cfg.head_dim}, false, 0, i);
     }
-    if (cfg.attn_gate) Add(p + "attn.wg.weight", {static_cast<int64_t>(cfg.heads) * cfg.head_dim, D}, false, std);
-    Add(p + "attn.wo.weight", {D, D}, false, proj_std);
-    Add(p + "moe_norm.weight", {D}, false, 0);
-    if (cfg.is_moe()) Add(p + "moe.router.weight", {E, D}, false, std);
+    if (cfg.attn_gate) Add(p + "attn.wg.weight", {static_cast<int64_t>(cfg.heads) * cfg.head_dim, D}, false, std, i);
+    Add(p + "attn.wo.weight", {D, D}, false, proj_std, i);
+    Add(p + "moe_norm.weight", {D}, false, 0, i);
+    if (cfg.is_moe()) Add(p + "moe.router.weight", {E, D}, false, std, i);
     // A dense model (E = 1) keeps its single expert replicated.
     if (!cfg.is_moe()) {
-      Add(p + "moe.w1", {1, D, F}, false, std);
-      if (cfg.gated_experts()) Add(p + "moe.w3", {1, D, F}, false, std);
-      Add(p + "moe.w2", {1, F, D}, false, proj_std);
+      Add(p + "moe.w1", {1, D, F}, false, std, i);
+      if (cfg.gated_experts()) Add(p + "moe.w3", {1, D, F}, false, std, i);
+      Add(p + "moe.w2", {1, F, D}, false, proj_std, i);
     }
     if (cfg.shared_experts > 0) {
       const int64_t S = cfg.shared_experts, Fs = cfg.shared_ffn;
-      Add(p + "moe.shared_w1", {S, D, Fs}, false, std);
-      if (cfg.gated_experts()) Add(p + "moe.shared_w3", {S, D, Fs}, false, std);
-      Add(p + "moe.shared_w2", {S, Fs, D}, false, proj_std);
+      Add(p + "moe.shared_w1", {S, D, Fs}, false, std, i);
+      if (cfg.gated_experts()) Add(p + "moe.shared_w3", {S, D, Fs}, false, std, i);
+      Add(p + "moe.shared_w2", {S, Fs, D}, false, proj_std, i);
     }
   }
-  Add("final_norm.weight", {D}, false, 0);
-  if (!cfg.tied) Add("lm_head.weight", {V, D}, false, std);
+  Add("final_norm.weight", {D}, false, 0, -1);
+  if (!cfg.tied) Add("lm_head.weight", {V, D}, false, std, -1);
   dense_size_ = total_;
   if (cfg.is_moe()) {
     for (int i = 0; i < cfg.layers; ++i) {
       std::string p = "blocks." + std::to_string(i) + ".";
-      Add(p + "moe.w1", {E, D, F}, true, std);
-      if (cfg.gated_experts()) Add(p + "moe.w3", {E, D, F}, true, std);
-      Add(p + "moe.w2", {E, F, D}, true, proj_std);
+      Add(p + "moe.w1", {E, D, F}, true, std, i);
+      if (cfg.gated_experts()) Add(p + "moe.w3", {E, D, F}, true, std, i);
+      Add(p + "moe.w2", {E, F, D}, true, proj_std, i);
     }
   }
 }
 
 void ParamLayout::Add(const std::string& name, std::vector<int64_t> global_shape, bool expert,
-                      float init_std) {
+                      float init_std, int block) {
   ParamInfo info;
   info.name = name;
   info.global_shape = global_shape;
@@ -73,9 +73,9 @@ void ParamLayout::Add(const std::string& name, std::vector<int64_t> global_shape
   info.decay = global_shape.size() >= 2;
   info.expert = expert;
   info.init_std = init_std;
-  const bool in_block = name.rfind("blocks.", 0) == 0;
+  info.block = block;
   const bool router = name.find(".router.") != std::string::npos;
-  info.muon = in_block && !router && global_shape.size() >= 2;
+  info.muon = block >= 0 && !router && global_shape.size() >= 2;
   total_ += info.size;
   params_.push_back(std::move(info));
 }

@@ -19,6 +19,7 @@ struct ParamInfo {
   int64_t size = 0;                   // floats on this rank
   bool decay = false;                 // weight decay: 2-D and 3-D weights only
   bool expert = false;                // sharded over ranks by the leading expert index
+  int block = -1;                     // l for block l's tensors ("blocks.l."), else -1
   // A 2-D weight matrix inside a block (wqkv, wo, wg; each expert's and shared expert's W1,
   // W2, W3 one matrix at a time): what train.optimizer muon updates. Everything else is AdamW.
   bool muon = false;
@@ -84,7 +85,8 @@ class ParamLayout {
   void Initialize(float* base, uint64_t seed) const;
 
  private:
-  void Add(const std::string& name, std::vector<int64_t> global_shape, bool expert, float init_std);
+  // block: the block l of a "blocks.l." tensor, -1 for the others.
+  void Add(const std::string& name, std::vector<int64_t> global_shape, bool expert, float init_std, int block);
 
   ModelConfig cfg_;
   int rank_, world_;

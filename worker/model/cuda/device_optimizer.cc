@@ -19,13 +19,9 @@ namespace {
 // Which of the forward's groups reads the tensor: 0 the embedding, l + 1 block l, layers + 1 the
 // final norm and the head. A tensor of no block other than those two goes in group 0, the earliest
 // wait, so that a new tensor is never read before its update.
-int ForwardGroup(const std::string& name, int layers) {
-  if (name.rfind("blocks.", 0) == 0) {
-    const int l = std::atoi(name.c_str() + 7);
-    if (l >= 0 && l < layers) return l + 1;
-    return 0;
-  }
-  if (name.rfind("final_norm.", 0) == 0 || name.rfind("lm_head.", 0) == 0) return layers + 1;
+int ForwardGroup(const ParamInfo& info, int layers) {
+  if (info.block >= 0 && info.block < layers) return info.block + 1;
+  if (info.name.rfind("final_norm.", 0) == 0 || info.name.rfind("lm_head.", 0) == 0) return layers + 1;
   return 0;
 }
 
@@ -53,7 +49,7 @@ DeviceOptimizer::DeviceOptimizer(const ModelConfig& cfg, const ParamLayout& layo
       overlap_(!cfg.muon && OverlapWanted()) {
   groups_.resize(static_cast<size_t>(layers_) + 2);
   for (size_t t = 0; t < layout.params().size(); ++t) {
-    groups_[static_cast<size_t>(ForwardGroup(layout.params()[t].name, layers_))].push_back(t);
+    groups_[static_cast<size_t>(ForwardGroup(layout.params()[t], layers_))].push_back(t);
   }
   if (overlap_) {
     update_stream_ = cuda::NewStream(cuda::StreamPriority::kBackground);

@@ -2,8 +2,6 @@
 
 #ifdef MOE_WITH_CUDA
 
-#include <cstdio>
-
 #include "kernels/cuda/common.h"
 
 namespace moe {
@@ -17,9 +15,8 @@ DenseGradReducer::DenseGradReducer(DeviceCommunicator* comm, const ParamLayout& 
   // Block l's replicated parameters ("blocks.l.*") are contiguous in the layout: one bucket.
   buckets_.assign(layers, {0, 0});
   for (const ParamInfo& info : layout.params()) {
-    int l = -1;
-    if (info.expert || std::sscanf(info.name.c_str(), "blocks.%d.", &l) != 1) continue;
-    auto& [begin, end] = buckets_[l];
+    if (info.expert || info.block < 0) continue;
+    auto& [begin, end] = buckets_[info.block];
     if (end == 0) begin = info.offset;
     end = info.offset + info.size;
   }
