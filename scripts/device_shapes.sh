@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 source scripts/device_env.sh
 OUT=${OUT:-/tmp/moe-device}
 mkdir -p "$OUT/shapes"
+rm -f "$OUT/shapes/rc.txt"
 device_env_check_libs || exit 1
 SHAPES=${SHAPES:-$(ls bench/shapes/*.yaml | xargs -n1 basename | sed 's/\.yaml$//' | tr '\n' ' ')}
 for s in $SHAPES; do
