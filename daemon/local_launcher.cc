@@ -71,9 +71,12 @@ struct ProcStat {
   long long start = 0;
 };
 
+// False when the process is gone (its /proc entry vanishes, or reads fail with ESRCH, at any
+// point: processes exit while moed looks at them).
 bool ReadProcStat(int pid, ProcStat* out) {
-  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  absl::StatusOr<std::string> read = ReadFile(absl::StrCat("/proc/", pid, "/stat"));
+  if (!read.ok()) return false;
+  const std::string& text = *read;
   size_t close = text.rfind(')');
   if (close == std::string::npos) return false;
   std::istringstream rest(text.substr(close + 2));

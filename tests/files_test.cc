@@ -1,0 +1,73 @@
+// common/files.h's ReadFile, and what reads /proc through it: a read error is a status, never an
+// exception (moed read /proc/PID/stat through a stream and aborted when the process exited between
+// the open and the read: libstdc++'s stream buffer throws ESRCH as std::ios_base::failure).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/files.h"
+#include "daemon/local_launcher.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/paths.h"
+
+namespace moe {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(ReadFile, ReadsWhatWasWrittenLargeOrEmpty) {
+  const std::string dir = testing::MakeTempDir("moe-files-");
+  std::string big(200000, 'x');
+  for (size_t i = 0; i < big.size(); i += 997) big[i] = static_cast<char>('a' + i % 26);
+  ASSERT_TRUE(WriteFileAtomic(dir + "/big", big).ok());
+  ASSERT_TRUE(WriteFileAtomic(dir + "/empty", "").ok());
+  absl::StatusOr<std::string> got = ReadFile(dir + "/big");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, big);
+  got = ReadFile(dir + "/empty");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, "");
+  EXPECT_TRUE(absl::IsNotFound(ReadFile(dir + "/missing").status()));
+  EXPECT_THAT(std::string(ReadFile(dir).status().message()), HasSubstr("is a directory"));
+}
+
+// A file that opens and then fails to read: /proc/self/mem at offset 0 (unmapped) gives EIO.
+TEST(ReadFile, AReadErrorIsAStatusNotAnException) {
+  absl::StatusOr<std::string> got = ReadFile("/proc/self/mem");
+  ASSERT_FALSE(got.ok());
+  EXPECT_THAT(std::string(got.status().message()), HasSubstr("cannot read /proc/self/mem"));
+}
+
+// moed lists a job's processes by reading every /proc/PID/stat while processes come and go.
+TEST(LocalLauncher, ListingSessionsWhileProcessesExitNeverThrows) {
+  std::atomic<bool> stop{false};
+  std::thread churn([&] {
+    while (!stop.load()) {
+      const pid_t pid = fork();
+      if (pid == 0) _exit(0);
+      if (pid > 0) waitpid(pid, nullptr, 0);
+    }
+  });
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(700);
+  int listings = 0;
+  while (std::chrono::steady_clock::now() < end) {
+    EXPECT_NO_THROW(daemon::LocalLauncher::SessionMembers(getsid(0)));
+    ++listings;
+  }
+  stop = true;
+  churn.join();
+  EXPECT_GT(listings, 0);
+  // This process is in its own session's list.
+  const std::vector<int> members = daemon::LocalLauncher::SessionMembers(getsid(0));
+  EXPECT_NE(std::find(members.begin(), members.end(), getpid()), members.end());
+}
+
+}  // namespace
+}  // namespace moe
