@@ -427,17 +427,22 @@ ProcessState LocalLauncher::Poll(const std::string& handle) {
   // Name the rank from mpirun's own report when it gives one.
   absl::StatusOr<std::string> log = ReadFile(h.dir + "/mpirun.log");
   std::string text = log.ok() ? *log : "";
+  // mpirun reports last, and the ranks' own output passes through this log too: search only its
+  // tail (the regex engine recurses over what it matches, so a long run of the ranks' text could
+  // exhaust moed's stack).
+  constexpr size_t kTail = 64 << 10;
+  if (text.size() > kTail) text.erase(0, text.size() - kTail);
   std::smatch m;
   int rank = -1;
   static const std::regex kSignal(
       R"(process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+) \(([^)]*)\))");
   static const std::regex kExit(R"(Process name: \[\[\d+,\d+\],(\d+)\]\s+Exit code:\s+(\d+))");
   if (std::regex_search(text, m, kSignal)) {
-    rank = std::stoi(m[1]);
+    if (!absl::SimpleAtoi(m[1].str(), &rank)) rank = -1;
     ps.reason = absl::StrCat("rank ", rank, " was killed by signal ", m[2].str(), " (",
                              m[3].str(), ")");
   } else if (std::regex_search(text, m, kExit)) {
-    rank = std::stoi(m[1]);
+    if (!absl::SimpleAtoi(m[1].str(), &rank)) rank = -1;
     ps.reason = absl::StrCat("rank ", rank, " exited with code ", m[2].str());
   } else if (ps.exit_code == 127 && text.find("exec of mpirun failed") != std::string::npos) {
     ps.reason = "launch error: mpirun could not be executed";

@@ -230,7 +230,9 @@ TEST_F(SlurmE2e, CancelledJobLeavesSqueueAndNoProcess) {
 TEST_F(SlurmE2e, TimeLimitSignalCheckpointsRequeuesAndResumes) {
   DaemonHarness h(Options());
   ASSERT_TRUE(h.Start()) << h.MoedLog();
-  const int kSteps = 150;
+  // Enough steps that the run is still training when the signal lands: with 150 the tiny job
+  // once finished first on a loaded machine (SUCCEEDED, no requeue to see).
+  const int kSteps = 800;
   const std::string id = Submit(h, WriteSlurmJob(h, "slurm-requeue", kSteps,
                                                  "checkpoint:\n  every: 0\n"));
   ASSERT_FALSE(id.empty());
