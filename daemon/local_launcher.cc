@@ -427,9 +427,9 @@ ProcessState LocalLauncher::Poll(const std::string& handle) {
   // Name the rank from mpirun's own report when it gives one.
   absl::StatusOr<std::string> log = ReadFile(h.dir + "/mpirun.log");
   std::string text = log.ok() ? *log : "";
-  // mpirun reports last, and the ranks' own output passes through this log too: search only its
-  // tail (the regex engine recurses over what it matches, so a long run of the ranks' text could
-  // exhaust moed's stack).
+  // mpirun reports last: search only the log's tail (it holds mpirun's own output, which grows
+  // with its warnings, and the regex engine recurses over what it matches, so a long run of text
+  // could exhaust moed's stack).
   constexpr size_t kTail = 64 << 10;
   if (text.size() > kTail) text.erase(0, text.size() - kTail);
   std::smatch m;
