@@ -1,6 +1,7 @@
 // common/files.h's ReadFile, and what reads /proc through it: a read error is a status, never an
 // exception (moed read /proc/PID/stat through a stream and aborted when the process exited between
 // the open and the read: libstdc++'s stream buffer throws ESRCH as std::ios_base::failure).
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -45,8 +46,26 @@ TEST(ReadFile, AReadErrorIsAStatusNotAnException) {
   EXPECT_THAT(std::string(got.status().message()), HasSubstr("cannot read /proc/self/mem"));
 }
 
-// moed lists a job's processes by reading every /proc/PID/stat while processes come and go.
+// moed lists a job's processes by reading every /proc/PID/stat while processes come and go. The
+// session listed is a child's own (setsid), as moed's ranks are: this process's session leader may
+// live outside a container's PID namespace, where getsid() gives 0.
 TEST(LocalLauncher, ListingSessionsWhileProcessesExitNeverThrows) {
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  const pid_t leader = fork();
+  ASSERT_GE(leader, 0);
+  if (leader == 0) {
+    close(ready[0]);
+    const char ok = setsid() > 0 ? 'y' : 'n';
+    if (write(ready[1], &ok, 1) != 1) _exit(1);
+    for (;;) pause();
+  }
+  close(ready[1]);
+  char ok = 0;
+  ASSERT_EQ(read(ready[0], &ok, 1), 1);
+  close(ready[0]);
+  ASSERT_EQ(ok, 'y');
+
   std::atomic<bool> stop{false};
   std::thread churn([&] {
     while (!stop.load()) {
@@ -57,16 +76,21 @@ TEST(LocalLauncher, ListingSessionsWhileProcessesExitNeverThrows) {
   });
   const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(700);
   int listings = 0;
+  bool always_found = true;
   while (std::chrono::steady_clock::now() < end) {
-    EXPECT_NO_THROW(daemon::LocalLauncher::SessionMembers(getsid(0)));
+    std::vector<int> members;
+    EXPECT_NO_THROW(members = daemon::LocalLauncher::SessionMembers(leader));
+    always_found = always_found && members == std::vector<int>{leader};
     ++listings;
   }
   stop = true;
   churn.join();
   EXPECT_GT(listings, 0);
-  // This process is in its own session's list.
-  const std::vector<int> members = daemon::LocalLauncher::SessionMembers(getsid(0));
-  EXPECT_NE(std::find(members.begin(), members.end(), getpid()), members.end());
+  // The session holds its leader alone, in every listing; once reaped, nothing.
+  EXPECT_TRUE(always_found);
+  kill(leader, SIGKILL);
+  waitpid(leader, nullptr, 0);
+  EXPECT_TRUE(daemon::LocalLauncher::SessionMembers(leader).empty());
 }
 
 }  // namespace
