@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
@@ -25,6 +26,11 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
 
 absl::StatusOr<std::string> LoadTokenFile(const std::string& path) {
   struct stat st;
+  if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "token file ", path, " is ", S_ISDIR(st.st_mode) ? "a directory" : "not a regular file",
+        "; give the file that holds the token on its first line"));
+  }
   if (stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "token file %s is readable by others (mode %04o): anyone on this machine could act as "
@@ -58,8 +64,9 @@ absl::Status TokenAuth::Check(const grpc::ServerContextBase& context) const {
         "token_file in the moectl config)");
   }
   absl::string_view value(it->second.data(), it->second.size());
+  // The scheme's name is case-insensitive (RFC 7235): "bearer x" is "Bearer x".
   constexpr absl::string_view kBearer = "Bearer ";
-  if (value.substr(0, kBearer.size()) != kBearer ||
+  if (!absl::EqualsIgnoreCase(value.substr(0, kBearer.size()), kBearer) ||
       !ConstantTimeEquals(value.substr(kBearer.size()), token_)) {
     return absl::UnauthenticatedError("invalid token: the bearer token does not match moed's");
   }

@@ -142,10 +142,14 @@ bool HttpServer::Authorized(mg_connection* conn) const {
   const char* header = mg_get_header(conn, "Authorization");
   if (header == nullptr) return false;
   absl::string_view value = absl::StripAsciiWhitespace(header);
-  if (absl::ConsumePrefix(&value, "Bearer ")) return ConstantTimeEquals(value, options_.token);
+  // "SCHEME credentials"; the scheme's name is case-insensitive (RFC 7235).
+  const size_t space = value.find(' ');
+  const absl::string_view scheme = value.substr(0, space);
+  value = space == absl::string_view::npos ? absl::string_view() : value.substr(space + 1);
+  if (absl::EqualsIgnoreCase(scheme, "Bearer")) return ConstantTimeEquals(value, options_.token);
   // Basic USER:TOKEN (any user): what a browser sends after asking.
   std::string decoded;
-  if (absl::ConsumePrefix(&value, "Basic ") && absl::Base64Unescape(value, &decoded)) {
+  if (absl::EqualsIgnoreCase(scheme, "Basic") && absl::Base64Unescape(value, &decoded)) {
     const size_t colon = decoded.find(':');
     return colon != std::string::npos &&
            ConstantTimeEquals(absl::string_view(decoded).substr(colon + 1), options_.token);
@@ -190,6 +194,12 @@ int HttpServer::Handle(mg_connection* conn) {
   absl::string_view rest = path;
   if (absl::ConsumePrefix(&rest, "/jobs/")) {
     const bool svg = absl::ConsumeSuffix(&rest, "/charts.svg");
+    if (!svg) absl::ConsumeSuffix(&rest, "/");  // /jobs/ID/ is /jobs/ID
+    if (rest.find('/') != absl::string_view::npos) {
+      Reply(conn, 404, "Not Found", kText,
+            "not found: a job's pages are /jobs/ID and /jobs/ID/charts.svg\n");
+      return 404;
+    }
     const std::string id(rest);
     if (absl::Status bad = CheckJobId(id); !bad.ok()) {
       Reply(conn, 400, "Bad Request", kText, absl::StrCat(bad.message(), "\n"));

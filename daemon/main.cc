@@ -1,5 +1,6 @@
 // moed: the controller daemon. main parses flags into a MoedConfig, starts the daemon and
 // serves until SIGTERM or SIGINT (running jobs keep running; the next moed finds them again).
+#include <algorithm>
 #include <signal.h>
 #include <sys/stat.h>
 
@@ -70,6 +71,13 @@ bool ParseSize(const std::string& text, int64_t* out) {
   return true;
 }
 
+// The flags that take a value (each handled in ParseFlags).
+constexpr const char* kValueFlags[] = {
+    "--listen", "--state-dir", "--max-ranks", "--gpus", "--gpu-memory", "--metrics-listen",
+    "--token-file", "--worker-bin", "--mpirun", "--slurm-template", "--slurm-mpi",
+    "--heartbeat-timeout", "--metrics-retention", "--cancel-grace", "--data-root",
+    "--checkpoint-root", "--min-free-space"};
+
 // Parses --name VALUE / --name=VALUE into config; false (with a message) on a bad flag.
 bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
   for (int i = 1; i < argc; ++i) {
@@ -86,16 +94,28 @@ bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
       std::printf("moed %s\n", moe::kMoeVersion);
       std::exit(0);
     }
+    if (arg.rfind("--", 0) != 0) {
+      std::fprintf(stderr, "moed: unexpected argument '%s': moed takes only flags (see --help)\n",
+                   arg.c_str());
+      return false;
+    }
     std::string value;
     size_t eq = arg.find('=');
-    if (eq != std::string::npos) {
+    const bool inline_value = eq != std::string::npos;
+    if (inline_value) {
       value = arg.substr(eq + 1);
       arg = arg.substr(0, eq);
-    } else if (arg.rfind("--", 0) == 0 && i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      std::fprintf(stderr, "moed: flag %s needs a value\n%s", arg.c_str(), kUsage);
+    }
+    if (std::find(std::begin(kValueFlags), std::end(kValueFlags), arg) == std::end(kValueFlags)) {
+      std::fprintf(stderr, "moed: unknown flag %s\n%s", arg.c_str(), kUsage);
       return false;
+    }
+    if (!inline_value) {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "moed: flag %s needs a value\n%s", arg.c_str(), kUsage);
+        return false;
+      }
+      value = argv[++i];
     }
     // Seconds as milliseconds; NaN, infinities and values past a billion seconds have no
     // millisecond count (the cast would be undefined), so they are refused as what they are.
@@ -135,6 +155,11 @@ bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
       c->state_dir = value;
     } else if (arg == "--max-ranks") {
       if (!count(&c->max_ranks)) return false;
+      if (c->max_ranks < 1) {
+        std::fprintf(stderr, "moed: --max-ranks: must be at least 1, got %d (leave it out to use every core)\n",
+                     c->max_ranks);
+        return false;
+      }
     } else if (arg == "--gpus") {
       if (!count(&c->gpus)) return false;
     } else if (arg == "--gpu-memory") {

@@ -222,6 +222,9 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int selected = 0;
+  // gRPC binds with SO_REUSEPORT by default: a second moed on the same port would start and take
+  // half of the connections (each its own store). Off, the bind fails and this moed says so.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.AddListeningPort(c.listen, grpc::InsecureServerCredentials(), &selected);
   builder.RegisterService(m->job_service_.get());
   builder.RegisterService(m->report_service_.get());

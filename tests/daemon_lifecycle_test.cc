@@ -50,6 +50,19 @@ TEST(DaemonLifecycle, ASecondMoedOnTheSameStateDirIsRefused) {
   ASSERT_TRUE(h.Start()) << h.MoedLog();
 }
 
+TEST(DaemonLifecycle, ASecondMoedOnTheSamePortIsRefused) {
+  DaemonHarness h(Fake({}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  std::vector<std::string> second = {BinDir() + "/moed", "--state-dir", MakeTempDir("moed-port-"),
+                                     "--listen", h.address(), "--metrics-listen", ""};
+  if (geteuid() == 0) second.push_back("--allow-root");
+  CommandResult r = RunCommand(second, {}, 10);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr(absl::StrCat("--listen: cannot listen on ", h.address())));
+  // Every request still reaches the first one.
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(h.Moectl({"list"}).exit_code, 0);
+}
+
 TEST(DaemonLifecycle, ACancelThatArrivesAsTheJobFinishesLeavesItSucceeded) {
   // The ranks ignore SIGTERM, as ranks past their last step do: they finish every step.
   DaemonHarness h(Fake({{"FAKE_STEPS", "4"}, {"FAKE_STEP_SECONDS", "0.3"},

@@ -45,6 +45,17 @@ TEST(DaemonPrivilege, TokenFileReadableByOthersIsRefusedWithTheFix) {
   EXPECT_TRUE(absl::StrContains(h.MoedLog(), "chmod 600 " + o.token_file)) << h.MoedLog();
 }
 
+TEST(DaemonPrivilege, ATokenFileThatIsADirectoryIsNamedAsSuch) {
+  const std::string dir = MakeTempDir("moe-token-");
+  CommandResult r = RunCommand({BinDir() + "/moed", "--allow-root", "--state-dir", dir + "/state", "--listen",
+                                absl::StrCat("127.0.0.1:", FreePort()), "--metrics-listen", "",
+                                "--token-file", dir},
+                               {}, 30);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "token file " + dir + " is a directory")) << r.err;
+  EXPECT_FALSE(absl::StrContains(r.err, "chmod")) << r.err;
+}
+
 // A token gRPC cannot send (a byte outside printable ASCII): before, moed started with it, and
 // every client and worker sending it aborted on gRPC's 'Illegal header value' assertion.
 TEST(DaemonPrivilege, ATokenNoHeaderCanCarryIsRefusedAtStart) {

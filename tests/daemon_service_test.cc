@@ -140,8 +140,9 @@ TEST(DaemonService, DurationFlagsThatAreNoSecondsSaySo) {
   }
 }
 
-// Values that are numbers but do not fit: named for what is wrong with them (before: a tenth of a
-// millisecond was refused as "must be positive", a count past 2^31 as "not a whole number").
+// Values that are numbers but do not fit, and words that are no flag: named for what is wrong with
+// them (before: a tenth of a millisecond was refused as "must be positive", a count past 2^31 as
+// "not a whole number", --max-ranks 0 taken as "every core").
 TEST(DaemonService, FlagsTooSmallOrTooLargeSaySo) {
   struct Case {
     const char* flag;
@@ -149,7 +150,11 @@ TEST(DaemonService, FlagsTooSmallOrTooLargeSaySo) {
   };
   for (const Case& c : {Case{"--heartbeat-timeout=0.0001", "is under a millisecond; give 0.001 or more seconds"},
                         Case{"--max-ranks=99999999999", "99999999999 is too large (at most 2147483647)"},
-                        Case{"--gpus=x", "'x' is not a whole number"}}) {
+                        Case{"--gpus=x", "'x' is not a whole number"},
+                        Case{"--max-ranks=0", "must be at least 1, got 0 (leave it out to use every core)"},
+                        // Before: "flag --bogus needs a value", "flag extra needs a value".
+                        Case{"--bogus", "unknown flag --bogus"},
+                        Case{"extra", "unexpected argument 'extra': moed takes only flags"}}) {
     CommandResult r = RunCommand({BinDir() + "/moed", "--allow-root", "--state-dir", MakeTempDir("moed-flags-"), c.flag},
                                  {}, 30);
     EXPECT_EQ(r.exit_code, 2) << c.flag;
@@ -196,11 +201,11 @@ TEST(DaemonService, TokenIsRequiredWhenConfigured) {
               grpc::StatusCode::UNAUTHENTICATED)
         << header;
   }
-  {
+  for (const char* header : {"Bearer s3cret-token", "bearer s3cret-token"}) {  // RFC 7235: any case
     grpc::ClientContext ctx;
-    ctx.AddMetadata("authorization", "Bearer s3cret-token");
+    ctx.AddMetadata("authorization", header);
     moe::v1::ListJobsResponse resp;
-    EXPECT_TRUE(stub->ListJobs(&ctx, moe::v1::ListJobsRequest(), &resp).ok());
+    EXPECT_TRUE(stub->ListJobs(&ctx, moe::v1::ListJobsRequest(), &resp).ok()) << header;
   }
   CommandResult ok = h.Moectl({"list"});  // the harness passes MOE_TOKEN
   EXPECT_EQ(ok.exit_code, 0) << ok.err;

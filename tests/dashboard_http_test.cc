@@ -50,6 +50,10 @@ TEST(DashboardHttp, TokenIsRequiredExceptOnHealthz) {
   EXPECT_EQ(basic.status, 200);
   EXPECT_TRUE(absl::StrContains(basic.body, "<table id=\"jobs\">")) << basic.body;
   EXPECT_EQ(HttpGet(port, "/jobs/j-999999", {"Authorization: Bearer http-s3cret"}).status, 404);
+  // The scheme's name is case-insensitive (RFC 7235).
+  EXPECT_EQ(HttpGet(port, "/metrics", {"Authorization: bearer http-s3cret"}).status, 200);
+  EXPECT_EQ(HttpGet(port, "/", {"Authorization: BASIC " + absl::Base64Escape("me:http-s3cret")}).status, 200);
+  EXPECT_EQ(HttpGet(port, "/metrics", {"Authorization: Bearerhttp-s3cret"}).status, 401);
 }
 
 TEST(DashboardHttp, APathThatCanNameNoJobIsABadRequest) {
@@ -67,6 +71,11 @@ TEST(DashboardHttp, APathThatCanNameNoJobIsABadRequest) {
     EXPECT_EQ(r.status, 400) << path << r.body;
     EXPECT_TRUE(absl::StrContains(r.body, "not a job id")) << path << r.body;
   }
+  // A trailing slash names the same page; a deeper path is no page of a job.
+  EXPECT_EQ(HttpGet(port, "/jobs/j-000001/").status, 200);
+  HttpResponse deeper = HttpGet(port, "/jobs/j-000001/other");
+  EXPECT_EQ(deeper.status, 404);
+  EXPECT_EQ(deeper.body, "not found: a job's pages are /jobs/ID and /jobs/ID/charts.svg\n");
   HttpResponse missing = HttpGet(port, "/jobs/j-999999");
   EXPECT_EQ(missing.status, 404);
   EXPECT_EQ(missing.body, "no job j-999999 (see /)\n");
