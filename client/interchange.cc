@@ -16,6 +16,11 @@ int RunExport(const ExportOptions& o) {
     std::fprintf(stderr, "moectl export: %s\n", std::string(dtype.status().message()).c_str());
     return 2;
   }
+  if (absl::Status st = CheckExportOutDirName(o.out_dir); !st.ok()) {
+    std::fprintf(stderr, "moectl export: %s\nusage: moectl export JOB_OR_CHECKPOINT_DIR --format hf OUT_DIR [--dtype fp32|bf16]\n",
+                 std::string(st.message()).c_str());
+    return 2;
+  }
   std::string dir = o.source;
   std::error_code ec;
   if (!std::filesystem::is_directory(dir, ec)) {

@@ -288,7 +288,20 @@ const TensorEntry* CheckpointReader::Find(std::string_view name) const {
 
 absl::Status CheckpointReader::Read(const TensorEntry& t, size_t first, size_t count,
                                     float* out) const {
-  return files_[IsOptimizer(t.name) ? 1 : 0].Read(t, first, count, out);
+  const size_t file = IsOptimizer(t.name) ? 1 : 0;
+  if (absl::Status st = files_[file].Read(t, first, count, out); !st.ok()) return st;
+  // The writer refuses values that are not numbers, so one here was put in after the checksums
+  // were (a hand edit that re-hashed the files); training, sampling or exporting it spreads it.
+  // One pass over what was just read, beside the read itself.
+  for (size_t i = 0; i < count; ++i) {
+    if (!std::isfinite(out[i])) {
+      return absl::DataLossError(absl::StrCat(
+          path_, "/", file == 0 ? kModelFile : kOptimizerFile, ": tensor ", t.name, " holds ", out[i],
+          " at element ", first + i, " (flat index), not a finite number; a checkpoint never holds one "
+          "(the writer refuses them), so this file was altered after it was written: use an older checkpoint"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace moe

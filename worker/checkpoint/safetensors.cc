@@ -11,6 +11,8 @@
 #include <filesystem>
 #include <memory>
 #include <set>
+#include <string_view>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/escaping.h"
@@ -37,6 +39,13 @@ bool AsUint(const google::protobuf::Value& v, uint64_t* out) {
   if (!(d >= 0 && d < 9007199254740992.0) || std::trunc(d) != d) return false;
   *out = static_cast<uint64_t>(d);
   return true;
+}
+
+// A header value as it reads in JSON, for the messages.
+std::string JsonText(const google::protobuf::Value& v) {
+  std::string out;
+  if (!google::protobuf::util::MessageToJsonString(v, &out).ok()) return "(unprintable)";
+  return out.size() > 80 ? absl::StrCat(out.substr(0, 77), "...") : out;
 }
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
@@ -203,12 +212,32 @@ absl::StatusOr<SafetensorsHeader> ParseHeader(absl::string_view header, uint64_t
     const google::protobuf::Value* shape = field("shape");
     const google::protobuf::Value* offsets = field("data_offsets");
     TensorEntry t;
-    if (!dtype || !dtype->has_string_value() || !shape || !shape->has_list_value() ||
-        !offsets || !offsets->has_list_value() || offsets->list_value().values_size() != 2 ||
-        !AsUint(offsets->list_value().values(0), &t.begin) ||
-        !AsUint(offsets->list_value().values(1), &t.end)) {
-      return bad(absl::StrCat("tensor \"", name,
-                              "\": header entry needs dtype, shape and data_offsets [begin, end]"));
+    const std::string tensor = absl::StrCat("tensor \"", absl::CHexEscape(name), "\"");
+    if (!value.has_struct_value()) {
+      return bad(absl::StrCat(tensor, ": header entry is ", JsonText(value),
+                              ", not an object with dtype, shape and data_offsets [begin, end]"));
+    }
+    for (const auto& [key, v, ok] : {std::make_tuple("dtype", dtype, dtype && dtype->has_string_value()),
+                                     std::make_tuple("shape", shape, shape && shape->has_list_value()),
+                                     std::make_tuple("data_offsets", offsets, offsets && offsets->has_list_value() &&
+                                                                                   offsets->list_value().values_size() == 2)}) {
+      if (ok) continue;
+      const char* want = std::string_view(key) == "dtype" ? "a string such as \"F32\""
+                         : std::string_view(key) == "shape" ? "a list of dimensions"
+                                                            : "[begin, end], the tensor's byte range in the data";
+      return bad(v == nullptr ? absl::StrCat(tensor, ": header entry has no ", key, " (", want, ")")
+                              : absl::StrCat(tensor, ": ", key, " is ", JsonText(*v), "; expected ", want));
+    }
+    for (int i = 0; i < 2; ++i) {
+      const google::protobuf::Value& v = offsets->list_value().values(i);
+      if (AsUint(v, i == 0 ? &t.begin : &t.end)) continue;
+      const double d = v.number_value();
+      const char* why = v.kind_case() != google::protobuf::Value::kNumberValue ? "not a number"
+                        : d < 0                                               ? "negative"
+                        : std::trunc(d) != d                                  ? "not a whole number"
+                                                                              : "past 2^53, beyond any file";
+      return bad(absl::StrCat(tensor, ": data_offsets ", JsonText(*offsets), ": ", i == 0 ? "begin " : "end ",
+                              JsonText(v), " is ", why, "; each offset is a byte position in the data"));
     }
     const size_t elem_bytes = ElementBytes(dtype->string_value(), options);
     if (elem_bytes == 0) {
@@ -231,9 +260,13 @@ absl::StatusOr<SafetensorsHeader> ParseHeader(absl::string_view header, uint64_t
       elems *= dim;
     }
     if (t.end < t.begin || t.end - t.begin != elems * elem_bytes) {
-      return bad(absl::StrCat("tensor \"", name, "\": shape ", ShapeString(t.shape), " needs ",
-                              elems * elem_bytes, " bytes but data_offsets [", t.begin, ", ",
-                              t.end, "] span ", t.end >= t.begin ? t.end - t.begin : 0));
+      return bad(absl::StrCat(tensor, ": shape ", ShapeString(t.shape), " needs ", elems * elem_bytes,
+                              " bytes but data_offsets [", t.begin, ", ", t.end, "] span ",
+                              t.end >= t.begin ? t.end - t.begin : 0));
+    }
+    if (t.end > data_size) {
+      return bad(absl::StrCat(tensor, ": data_offsets [", t.begin, ", ", t.end, "] end past the ", data_size,
+                              " data bytes the file holds (truncated file, or a wrong offset)"));
     }
     out.tensors.push_back(std::move(t));
   }
@@ -249,12 +282,21 @@ absl::StatusOr<SafetensorsHeader> ParseHeader(absl::string_view header, uint64_t
     return std::make_pair(key_pos(a), a.name) < std::make_pair(key_pos(b), b.name);
   });
   uint64_t pos = 0;
+  const TensorEntry* prev = nullptr;
   for (const TensorEntry& t : out.tensors) {
-    if (t.begin != pos) {
-      return bad(absl::StrCat("tensor \"", t.name, "\" starts at data byte ", t.begin,
-                              " but the previous tensor ends at ", pos, " (overlap or gap)"));
+    const std::string tensor = absl::StrCat("tensor \"", absl::CHexEscape(t.name), "\"");
+    if (t.begin > pos) {
+      return bad(absl::StrCat("data bytes [", pos, ", ", t.begin, ") belong to no tensor (a gap before ", tensor,
+                              " at [", t.begin, ", ", t.end, "]): a tensor is missing from the header, or ",
+                              "a tensor's data_offsets are wrong"));
+    }
+    if (t.begin < pos) {
+      return bad(absl::StrCat(tensor, " at data_offsets [", t.begin, ", ", t.end, "] overlaps tensor \"",
+                              absl::CHexEscape(prev->name), "\" at [", prev->begin, ", ", prev->end,
+                              "]: one of their data_offsets is wrong"));
     }
     pos = t.end;
+    prev = &t;
   }
   if (pos != data_size) {
     return bad(absl::StrCat("tensors cover ", pos, " data bytes but the file holds ", data_size,

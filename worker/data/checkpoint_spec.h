@@ -21,7 +21,13 @@ struct CheckpointModelSpec {
   int vocab = 0;
 };
 
-// `path`: the checkpoint's directory, for the messages.
+// The JobSpec of a checkpoint's spec.json (`path`: the checkpoint's directory). InvalidArgument
+// naming path/spec.json with the JSON parser's error and its byte offset, or the field protobuf
+// refused.
+absl::Status ParseCheckpointJobSpec(const std::string& spec_json, const std::string& path, moe::v1::JobSpec* spec);
+
+// `path`: the checkpoint's directory, for the messages. A damaged spec.json or tokenizer.txt is
+// named with what is wrong in it.
 absl::StatusOr<CheckpointModelSpec> ReadCheckpointModelSpec(const Checkpoint& ckpt, const std::string& path);
 
 }  // namespace moe

@@ -9,6 +9,8 @@
 #include <unordered_map>
 #include <utility>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -520,16 +522,25 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGpt2Tokenizer(const std::string& 
 absl::StatusOr<std::unique_ptr<Tokenizer>> DeserializeTokenizer(std::string_view blob_in) {
   absl::string_view blob(blob_in.data(), blob_in.size());
   if (blob.substr(0, kCharHeader.size()) == kCharHeader) {
-    absl::string_view hex = blob.substr(kCharHeader.size());
+    // A line end after the list (an editor's, or `echo`'s) changes nothing: it is not a symbol.
+    absl::string_view hex = absl::StripTrailingAsciiWhitespace(blob.substr(kCharHeader.size()));
     std::string symbols;
     for (size_t i = 0; i < hex.size(); i += 2) {
-      int v;
-      if (i + 2 > hex.size() ||
-          !absl::SimpleHexAtoi(hex.substr(i, 2), &v) || v < 0 || v > 255 ||
-          (!symbols.empty() && static_cast<unsigned char>(symbols.back()) >= v)) {
+      auto bad = [&](absl::string_view why) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "serialized char tokenizer: bad symbol list at hex offset ", i,
+            "serialized char tokenizer: bad symbol list at hex offset ", i, ": ", why,
             "; expected sorted distinct bytes as two hex digits each"));
+      };
+      const absl::string_view pair = hex.substr(i, 2);
+      int v;
+      if (pair.size() < 2) return bad(absl::StrCat("a lone digit \"", absl::CHexEscape(pair), "\" at the end"));
+      // SimpleHexAtoi takes a sign and a "0x"; a symbol is exactly two hex digits.
+      if (!absl::ascii_isxdigit(pair[0]) || !absl::ascii_isxdigit(pair[1]) || !absl::SimpleHexAtoi(pair, &v)) {
+        return bad(absl::StrCat("\"", absl::CHexEscape(pair), "\" is not two hex digits"));
+      }
+      if (!symbols.empty() && static_cast<unsigned char>(symbols.back()) >= v) {
+        return bad(absl::StrFormat("%02x does not follow %02x in increasing order", v,
+                                   static_cast<unsigned char>(symbols.back())));
       }
       symbols.push_back(static_cast<char>(v));
     }

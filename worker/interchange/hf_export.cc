@@ -6,6 +6,7 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -54,6 +55,22 @@ absl::Status CheckOutDir(const std::string& out_dir) {
 
 }  // namespace
 
+absl::Status CheckExportOutDirName(const std::string& out_dir) {
+  if (out_dir.empty()) {
+    return absl::InvalidArgumentError("OUT_DIR is empty; name the directory to create, e.g. out/my-model");
+  }
+  for (size_t i = 0; i < out_dir.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(out_dir[i]);
+    if (c < 0x20 || c == 0x7f) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "OUT_DIR \"%s\" holds the control byte 0x%02x at byte %d; a path with control characters is "
+          "refused (they would reach terminals and logs as they are): choose a plain name",
+          absl::CHexEscape(out_dir), c, i));
+    }
+  }
+  return absl::OkStatus();
+}
+
 std::string DescribeExport(const HfExportResult& r, const std::string& out_dir) {
   std::string out = absl::StrCat("exported ", r.checkpoint, " (step ", r.step, ") as ", r.architecture, " to ",
                                  out_dir, ": ", absl::StrJoin(r.files, ", "), "\n");
@@ -69,6 +86,7 @@ absl::StatusOr<TensorDtype> ParseExportDtype(const std::string& name) {
 
 absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std::string& out_dir,
                                         const HfExportOptions& options) {
+  if (absl::Status st = CheckExportOutDirName(out_dir); !st.ok()) return st;
   if (absl::Status st = CheckOutDir(out_dir); !st.ok()) return st;
   std::vector<std::string> skipped;  // damaged newer checkpoints, for the notes
   absl::StatusOr<CheckpointReader> reader =

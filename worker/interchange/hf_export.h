@@ -36,6 +36,10 @@ struct HfExportResult {
 absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std::string& out_dir,
                                         const HfExportOptions& options);
 
+// OUT_DIR as a name, before any file is looked at: InvalidArgument for an empty one or one with
+// control bytes (shown escaped). ExportHf checks it first; moectl export makes it a usage error.
+absl::Status CheckExportOutDirName(const std::string& out_dir);
+
 // What moe-worker --export and moectl export print: the source, the files, the notes.
 std::string DescribeExport(const HfExportResult& result, const std::string& out_dir);
 

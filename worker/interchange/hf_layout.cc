@@ -439,8 +439,7 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
     const char* job_key;
     bool required;
   };
-  const int hf_experts = moe_type ? s.experts : 1;
-  const Dim dims[] = {
+  std::vector<Dim> dims = {
       {"vocab_size", s.vocab, "model.vocab_size", true},
       {"hidden_size", s.d, "model.d_model", true},
       {"num_hidden_layers", s.layers, "model.n_layers", true},
@@ -448,8 +447,13 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
       {"num_key_value_heads", s.kv_heads, "model.n_kv_heads", false},
       {"head_dim", s.head_dim, "model.d_model / model.n_heads", false},
       {type == "qwen3_moe" ? "moe_intermediate_size" : "intermediate_size", s.ffn, "model.moe.expert_hidden", true},
-      {type == "qwen3_moe" ? "num_experts" : "num_local_experts", hf_experts, "model.moe.num_experts", moe_type},
   };
+  // A dense model_type has no experts key that transformers reads: one its config.json carries anyway
+  // is not compared (a dense type on an MoE job is told above). The job's count is the value to state.
+  if (!dense_type) {
+    dims.push_back({type == "qwen3_moe" ? "num_experts" : "num_local_experts", s.experts, "model.moe.num_experts",
+                    moe_type});
+  }
   for (const Dim& d : dims) {
     double v = 0;
     if (!num(d.key, &v)) {

@@ -14,6 +14,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "common/files.h"
 #include "worker/checkpoint/checkpoint.h"
+#include "worker/data/checkpoint_spec.h"
 #include "worker/interchange/hf_import.h"
 #include "worker/model/moe_bookkeeping.h"
 #include "worker/train/checkpoint_recipe.h"
@@ -93,9 +94,7 @@ absl::Status Trainer::LoadCheckpoint(const CheckpointReader& ckpt, int64_t* step
   const std::string& path = ckpt.path();
   // The recipe first: options that leave the tensors' shapes alone would pass the check below.
   moe::v1::JobSpec saved;
-  if (!google::protobuf::util::JsonStringToMessage(ckpt.info().spec_json, &saved).ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", path, " holds no readable job spec (spec.json)"));
-  }
+  if (absl::Status st = ParseCheckpointJobSpec(ckpt.info().spec_json, path, &saved); !st.ok()) return st;
   if (const std::string diff = RecipeDifference(saved, spec_); !diff.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "checkpoint ", path, " was made with another recipe than this job's:\n", diff,
