@@ -44,8 +44,67 @@ std::string Truncate(std::string s) {
   for (char& c : s) {
     if (c == '\n' || c == '\r' || c == '\t') c = ' ';
   }
-  if (s.size() > 40) s = s.substr(0, 37) + "...";
+  if (s.size() > 40) {
+    size_t cut = 37;  // back to the first byte of the character the cut would split
+    while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
+    s = s.substr(0, cut) + "...";
+  }
   return s;
+}
+
+size_t Utf8SequenceLength(std::string_view text, size_t i) {
+  auto at = [&](size_t k) { return static_cast<unsigned char>(text[i + k]); };
+  const unsigned char c = at(0);
+  if (c < 0x80) return 1;
+  // The second byte's range depends on the first (RFC 3629, section 4); later ones are 80..BF.
+  size_t len = 0;
+  unsigned char lo = 0x80, hi = 0xBF;
+  if (c >= 0xC2 && c <= 0xDF) {
+    len = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    len = 3;
+    if (c == 0xE0) lo = 0xA0;  // below: an overlong form
+    if (c == 0xED) hi = 0x9F;  // above: a UTF-16 surrogate, U+D800..U+DFFF
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    len = 4;
+    if (c == 0xF0) lo = 0x90;  // below: an overlong form
+    if (c == 0xF4) hi = 0x8F;  // above: past U+10FFFF
+  } else {
+    return 0;  // a continuation byte, an overlong C0/C1 lead, or F5..FF
+  }
+  if (i + len > text.size() || at(1) < lo || at(1) > hi) return 0;
+  for (size_t k = 2; k < len; ++k) {
+    if ((at(k) & 0xC0) != 0x80) return 0;
+  }
+  return len;
+}
+
+bool IsControlCharacter(std::string_view text, size_t i, size_t len) {
+  const auto c = static_cast<unsigned char>(text[i]);
+  if (len == 1) return c < 0x20 || c == 0x7F;
+  return len == 2 && c == 0xC2 && static_cast<unsigned char>(text[i + 1]) < 0xA0;
+}
+
+std::string Printable(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size();) {
+    const size_t len = Utf8SequenceLength(text, i);
+    if (len == 0) {
+      absl::StrAppend(&out, "\\x", absl::Hex(static_cast<unsigned char>(text[i]), absl::kZeroPad2));
+      ++i;
+      continue;
+    }
+    if (IsControlCharacter(text, i, len)) {
+      // A C1 control, C2 80..C2 9F, is U+0080..U+009F: its second byte is its code point.
+      absl::StrAppend(&out, len == 1 ? "\\x" : "\\u00",
+                      absl::Hex(static_cast<unsigned char>(text[i + len - 1]), absl::kZeroPad2));
+    } else {
+      out.append(text.substr(i, len));
+    }
+    i += len;
+  }
+  return out;
 }
 
 std::string FormatDouble(double v) { return absl::StrFormat("%g", v); }
@@ -82,6 +141,8 @@ std::string EnumName(const pb::EnumDescriptor* e, int number) {
 
 }  // namespace job_spec_internal
 
+// Every part is made printable: a key, a value or a file name from the user reaches the terminal
+// (or moed's reply) with its control characters and broken UTF-8 escaped.
 std::string SpecError::ToString() const {
   std::string out;
   if (!file.empty()) {
@@ -89,7 +150,7 @@ std::string SpecError::ToString() const {
   }
   if (!field.empty()) absl::StrAppend(&out, field, ": ");
   absl::StrAppend(&out, message);
-  return out;
+  return job_spec_internal::Printable(out);
 }
 
 std::string FormatSpecErrors(const std::vector<SpecError>& errors) {

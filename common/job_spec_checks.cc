@@ -17,6 +17,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/backend_limits.h"
 #include "common/files.h"
@@ -81,17 +82,19 @@ class Checker {
     }
     return Ok(path);
   }
+  // C1 controls (U+0080..U+009F) too: a terminal may obey U+009B as it would ESC [.
   void NoControlCharacters(const std::string& path, const std::string& value) {
-    for (char c : value) {
-      const auto u = static_cast<unsigned char>(c);
-      if (u < 0x20 || u == 0x7f) {
+    for (size_t i = 0; i < value.size();) {
+      const size_t len = std::max<size_t>(1, Utf8SequenceLength(value, i));
+      if (IsControlCharacter(value, i, len)) {
+        const auto u = static_cast<unsigned char>(value[i + len - 1]);
         Fail(path, u == 0 ? std::string("holds a NUL byte; names and paths may not (it would "
                                         "cut the path short)")
-                          : absl::StrCat("holds the control character 0x",
-                                         absl::Hex(u, absl::kZeroPad2),
-                                         "; names and paths may not"));
+                          : absl::StrFormat("holds the control character %s%02X; names and paths may not",
+                                            len == 1 ? "0x" : "U+00", u));
         return;
       }
+      i += len;
     }
   }
   bool AtLeast(const std::string& path, int64_t v, int64_t lo) {
@@ -141,7 +144,7 @@ class Checker {
 
   void CheckName() {
     static const std::regex kName("[a-z0-9-]{1,63}");
-    if (!MatchesPattern(s_.name(), kName)) {
+    if (Ok("name") && !MatchesPattern(s_.name(), kName)) {
       Fail("name", absl::StrCat("must be 1 to 63 characters from a-z, 0-9 and '-', got '",
                                 Truncate(s_.name()), "'"));
     }

@@ -1,12 +1,16 @@
 // The data checks of the job-spec validator (job_spec_checks.cc calls CheckDataFiles): data.path
 // exists and is what the tokenizer reads, a text or the shards hold enough tokens for one sequence
-// in each split, the shards' headers are whole, and data.tokenizer_dir holds GPT-2's BPE.
+// in each split, the shards' headers are whole, data.tokenizer_dir holds GPT-2's BPE, and
+// model.vocab_size holds the char tokenizer's or the BPE's token ids; model.init_from holds the
+// files the worker reads (a Hugging Face model's config.json and safetensors, or a checkpoint).
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <set>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -18,6 +22,8 @@
 #include "common/files.h"
 #include "common/job_spec_internal.h"
 #include "common/token_shards.h"
+#include "google/protobuf/struct.pb.h"
+#include "google/protobuf/util/json_util.h"
 
 namespace moe::job_spec_internal {
 namespace {
@@ -35,6 +41,7 @@ class DataChecker {
   void Run() {
     if (ok_("data.tokenizer") && ok_("data.path") && !s_.data().path().empty()) CheckDataPath();
     if (ok_("data.tokenizer") && ok_("data.tokenizer_dir")) CheckTokenizerDir();
+    if (ok_("model.init_from") && !s_.model().init_from().empty()) CheckInitFromFiles();
   }
 
  private:
@@ -101,7 +108,53 @@ class DataChecker {
       fail_("data.path", absl::StrCat(p, " is empty; give a text file to train on"));
     } else if (!ec) {
       CheckTextIsLongEnough(p, fs::file_size(p, ec));
+      if (s_.data().tokenizer() == v1::TOKENIZER_CHAR) CheckCharVocab(p);
     }
+  }
+
+  // The char tokenizer's ids are the text's distinct byte values; a model.vocab_size below their
+  // number is refused by the worker once the job starts ("the data has N token ids"), so here.
+  // The text is read only when the vocabulary is given and below 256, which it could be short of.
+  void CheckCharVocab(const std::string& p) {
+    const int v = s_.model().vocab_size();
+    if (!ok_("model.vocab_size") || v < 1 || v >= 256) return;
+    std::FILE* f = std::fopen(p.c_str(), "rb");
+    if (f == nullptr) return;  // readable a moment ago; the worker will say why not
+    bool seen[256] = {};
+    int distinct = 0;
+    std::vector<unsigned char> buf(1 << 20);
+    for (size_t n; distinct < 256 && (n = std::fread(buf.data(), 1, buf.size(), f)) > 0;) {
+      for (size_t i = 0; i < n; ++i) {
+        if (!seen[buf[i]]) seen[buf[i]] = true, ++distinct;
+      }
+    }
+    std::fclose(f);
+    if (distinct <= v) return;
+    fail_("model.vocab_size",
+          absl::StrCat("is ", v, ", but the char tokenizer makes ", distinct, " token ids of ", p,
+                       " (one per distinct byte value); raise model.vocab_size to at least ", distinct,
+                       ", or remove it to use the text's ", distinct));
+  }
+
+  // GPT-2's BPE (or another in its format) has one token id per encoder.json entry; the worker
+  // refuses a model.vocab_size below their number. An encoder.json that does not parse is left to
+  // the worker, which says what is wrong with it.
+  void CheckBpeVocab(const std::string& dir) {
+    const int v = s_.model().vocab_size();
+    if (!ok_("model.vocab_size") || v < 1) return;
+    const std::string path = (fs::path(dir) / "encoder.json").string();
+    std::error_code ec;
+    const uintmax_t bytes = fs::file_size(path, ec);
+    if (ec || bytes > (uintmax_t{64} << 20)) return;
+    absl::StatusOr<std::string> text = ReadFile(path);
+    google::protobuf::Struct entries;
+    if (!text.ok() || !google::protobuf::util::JsonStringToMessage(*text, &entries).ok()) return;
+    const auto tokens = static_cast<int64_t>(entries.fields().size());
+    if (tokens <= v) return;
+    fail_("model.vocab_size",
+          absl::StrCat("is ", v, ", but the BPE in ", dir, " has ", tokens,
+                       " tokens (encoder.json); raise model.vocab_size to at least ", tokens,
+                       " (a multiple of 64 is the usual padding), or remove it"));
   }
 
   // Every shard's header (12 bytes and the file's size, not its tokens), as the worker reads them
@@ -216,9 +269,115 @@ class DataChecker {
            absl::StrCat(dir, " lacks ", absl::StrJoin(missing, " and "),
                         "; tokenizer gpt2 needs encoder.json and vocab.bpe there (set "
                         "data.tokenizer_dir to where they are)"));
+    } else if (!pretokenized) {
+      CheckBpeVocab(dir);
     }
   }
 
+
+  // model.init_from, a directory (CheckJobSpec saw to that), as the worker tells its two kinds
+  // apart (worker/interchange/hf_import.cc): with config.json a Hugging Face model, whose
+  // config.json must be a JSON object and whose weights are model.safetensors or the shards that
+  // model.safetensors.index.json names; without, one of our checkpoints (a MANIFEST, or
+  // step_XXXXXXXX directories). Only presence and parsing: the shapes are the worker's to check.
+  void CheckInitFromFiles() {
+    const fs::path dir(s_.model().init_from());
+    std::error_code ec;
+    std::vector<std::string> safetensors;
+    bool step_dirs = false;
+    for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if (absl::EndsWith(name, ".safetensors")) safetensors.push_back(name);
+      if (absl::StartsWith(name, "step_") && e.is_directory(ec)) step_dirs = true;
+    }
+    std::sort(safetensors.begin(), safetensors.end());
+    if (!fs::exists(dir / "config.json", ec)) {
+      if (fs::exists(dir / "MANIFEST", ec) || step_dirs) return;
+      fail_("model.init_from",
+            safetensors.empty() && !fs::exists(dir / "model.safetensors.index.json", ec)
+                ? absl::StrCat(dir.string(), " is neither a Hugging Face model directory (no config.json) nor ",
+                               "one of our checkpoints (no MANIFEST, no step_XXXXXXXX directory); give the ",
+                               "directory save_pretrained or moectl export wrote, or a job's checkpoint directory")
+                : absl::StrCat(dir.string(), " has safetensors weights but no config.json, which a Hugging Face ",
+                               "model directory needs beside them; copy the model's config.json there (",
+                               "save_pretrained writes both)"));
+      return;
+    }
+    const std::string config = (dir / "config.json").string();
+    if (std::string why = JsonObjectProblem(config); !why.empty()) {
+      fail_("model.init_from", absl::StrCat(config, " ", why, "; give the model's config.json as ",
+                                            "save_pretrained wrote it"));
+      return;
+    }
+    const std::string index = (dir / "model.safetensors.index.json").string();
+    if (fs::exists(index, ec)) {
+      google::protobuf::Struct doc;
+      // The worker reads the index when there is one, model.safetensors or not.
+      const std::string fix = absl::StrCat(
+          "; give the index save_pretrained wrote",
+          fs::is_regular_file(dir / "model.safetensors", ec) ? ", or remove it to read model.safetensors alone" : "");
+      if (std::string why = JsonObjectProblem(index, &doc); !why.empty()) {
+        fail_("model.init_from", absl::StrCat(index, " ", why, fix));
+        return;
+      }
+      auto map = doc.fields().find("weight_map");
+      if (map == doc.fields().end() || !map->second.has_struct_value() ||
+          map->second.struct_value().fields().empty()) {
+        fail_("model.init_from", absl::StrCat(index, " has no \"weight_map\" naming the shards ",
+                                              "(tensor name -> file name)", fix));
+        return;
+      }
+      std::set<std::string> missing;
+      for (const auto& [tensor, file] : map->second.struct_value().fields()) {
+        const std::string& f = file.string_value();
+        if (!file.has_string_value() || f.empty() || absl::StrContains(f, "/")) {
+          fail_("model.init_from", absl::StrCat(index, ": weight_map[\"", tensor,
+                                                "\"] is not a file name in this directory (the shards sit ",
+                                                "beside the index)", fix));
+          return;
+        }
+        if (!fs::is_regular_file(dir / f, ec)) missing.insert(f);
+      }
+      if (!missing.empty()) {
+        fail_("model.init_from", absl::StrCat(index, " names ", absl::StrJoin(missing, ", "),
+                                              ", which ", missing.size() == 1 ? "is" : "are", " not in ",
+                                              dir.string(), "; copy every shard of the model there"));
+      }
+      return;
+    }
+    if (fs::is_regular_file(dir / "model.safetensors", ec)) return;
+    fail_("model.init_from",
+          absl::StrCat(dir.string(), " has config.json but neither model.safetensors nor ",
+                       "model.safetensors.index.json",
+                       safetensors.empty() ? std::string(" (PyTorch .bin files are not read: save with "
+                                                         "safe_serialization=True)")
+                                           : absl::StrCat(" (it has ", safetensors.front(),
+                                                          safetensors.size() > 1 ? " and more" : "",
+                                                          ": shards need the index that names them)")));
+  }
+
+  // "" when the file holds a JSON object (into *doc when given), else what is wrong, e.g. "is not a
+  // JSON object (it does not start with '{')".
+  static std::string JsonObjectProblem(const std::string& path, google::protobuf::Struct* doc = nullptr) {
+    std::error_code ec;
+    const uintmax_t bytes = fs::file_size(path, ec);
+    if (ec) return "is not a readable file";
+    if (bytes > (uintmax_t{64} << 20)) return absl::StrCat("is ", bytes, " bytes, too large for a JSON file of metadata");
+    absl::StatusOr<std::string> text = ReadFile(path);
+    if (!text.ok()) return absl::StrCat("cannot be read (", text.status().message(), ")");
+    const size_t first = text->find_first_not_of(" \t\r\n");
+    if (first == std::string::npos) return "is empty, not a JSON object";
+    if ((*text)[first] != '{') return "is not a JSON object (it does not start with '{')";
+    google::protobuf::Struct local;
+    const auto st = google::protobuf::util::JsonStringToMessage(*text, doc != nullptr ? doc : &local);
+    if (!st.ok()) {
+      // protobuf's message is "<what>\n<the bytes around it>\n<caret>": the first line says it.
+      std::string what(st.message().data(), st.message().size());
+      what = what.substr(0, std::min<size_t>(what.find('\n'), 120));
+      return absl::StrCat("is not valid JSON (", what, ")");
+    }
+    return "";
+  }
 
   const JobSpec& s_;
   const std::function<bool(const std::string&)>& ok_;

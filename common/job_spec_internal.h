@@ -7,6 +7,7 @@
 #include <regex>
 #include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -48,8 +49,22 @@ bool IsUnderAny(const std::string& path, const std::set<std::string>& roots);
 
 // ---- Values as messages show them.
 
-// One line of at most 40 characters.
+// One line of at most 40 characters (cut between characters, never inside one).
 std::string Truncate(std::string s);
+
+// The length of the well-formed UTF-8 sequence at text[i] (RFC 3629: no overlong forms, no
+// UTF-16 surrogates, nothing past U+10FFFF), or 0 when the bytes there are not one.
+size_t Utf8SequenceLength(std::string_view text, size_t i);
+
+// Whether the sequence of `len` bytes at text[i] is a control character: C0 (below 0x20), DEL, or
+// C1 (U+0080..U+009F, which a terminal may obey as ESC would: U+009B is CSI).
+bool IsControlCharacter(std::string_view text, size_t i, size_t len);
+
+// text as a terminal may show it: every control character and every byte that is not part of
+// well-formed UTF-8 written as \xNN (\u0085 for C1 controls), so that an error never echoes
+// an escape sequence or broken UTF-8 from a job file.
+std::string Printable(std::string_view text);
+
 // %g: 0.001, 1e-05.
 std::string FormatDouble(double v);
 
@@ -99,7 +114,8 @@ void CheckRecipeOptions(const moe::v1::JobSpec& spec,
                         const std::function<void(const std::string&, std::string)>& fail);
 
 // data.path and data.tokenizer_dir (job_spec_data.cc): the files exist and are what the tokenizer
-// reads, each split holds a sequence, shard headers are whole. ok / fail as CheckRecipeOptions.
+// reads, each split holds a sequence, shard headers are whole, model.vocab_size holds the text's
+// token ids; model.init_from has what the worker reads. ok / fail as CheckRecipeOptions.
 void CheckDataFiles(const moe::v1::JobSpec& spec, const std::function<bool(const std::string&)>& ok,
                     const std::function<void(const std::string&, std::string)>& fail);
 

@@ -151,24 +151,29 @@ void CollectPaths(const pb::Descriptor* d, const std::string& prefix,
 }
 
 // First problem that makes `text` not a UTF-8 text file, as (byte offset, what), or nullopt.
+// Well-formed UTF-8 only (RFC 3629): an encoded UTF-16 surrogate (CESU-8, or UTF-16 converted
+// byte by byte), an overlong form or a code point past U+10FFFF is not text a reader agrees on.
 std::optional<std::pair<size_t, std::string>> FindBinary(std::string_view text) {
   size_t i = 0;
   while (i < text.size()) {
-    unsigned char c = static_cast<unsigned char>(text[i]);
+    const auto c = static_cast<unsigned char>(text[i]);
     if (c == 0) return std::make_pair(i, std::string("a NUL byte here"));
-    size_t len = c < 0x80           ? 1
-                 : (c >> 5) == 0x6  ? 2
-                 : (c >> 4) == 0xE  ? 3
-                 : (c >> 3) == 0x1E ? 4
-                                    : 0;
-    auto invalid = [&] {
-      return std::make_pair(i, absl::StrFormat("byte 0x%02X here, which is not valid UTF-8", c));
-    };
-    if (len == 0 || i + len > text.size() || (len == 2 && c < 0xC2)) return invalid();
-    for (size_t k = 1; k < len; ++k) {
-      if ((static_cast<unsigned char>(text[i + k]) & 0xC0) != 0x80) return invalid();
+    const size_t len = job_spec_internal::Utf8SequenceLength(text, i);
+    if (len > 0) {
+      i += len;
+      continue;
     }
-    i += len;
+    const auto next = i + 1 < text.size() ? static_cast<unsigned char>(text[i + 1]) : 0;
+    std::string why;
+    if (c == 0xED && next >= 0xA0 && next <= 0xBF) {
+      why = " (it starts an encoded UTF-16 surrogate, U+D800..U+DFFF; save the file as UTF-8)";
+    } else if (c == 0xC0 || c == 0xC1 || (c == 0xE0 && next >= 0x80 && next < 0xA0) ||
+               (c == 0xF0 && next >= 0x80 && next < 0x90)) {
+      why = " (it starts an overlong encoding)";
+    } else if (c >= 0xF5 || (c == 0xF4 && next >= 0x90)) {
+      why = " (past U+10FFFF, the last code point)";
+    }
+    return std::make_pair(i, absl::StrFormat("byte 0x%02X here, which is not valid UTF-8%s", c, why));
   }
   return std::nullopt;
 }
@@ -393,6 +398,42 @@ class YamlReader {
   std::multimap<std::string, std::string> all_paths_;
 };
 
+// Keys whose 0 in the proto means "not set": a spec sent over gRPC that leaves them out gets the
+// default, so the checks accept 0. A file that writes 0 did set them, to a value out of range;
+// only the reader knows the key was written, so it refuses that here, where the value is.
+void RefuseWrittenZeros(const JobSpec& spec, YamlReader* reader) {
+  auto written_zero = [&](const std::string& path, double value) {
+    return value == 0 && reader->present.count(path) && !IsUnderAny(path, reader->bad);
+  };
+  auto refuse = [&](const std::string& path, std::string message) {
+    reader->Error(reader->value_positions[path], path, std::move(message));
+    reader->bad.insert(path);
+  };
+  const struct {
+    const char* path;
+    double value;
+    const char* message;
+  } kZeroMeansUnset[] = {
+      {"train.decay_fraction", spec.train().decay_fraction(),
+       "must be greater than 0 and at most 1 (the share of the steps that decays), got 0; remove the "
+       "key for the default 0.2"},
+      {"model.attention.rope_theta", spec.model().attention().rope_theta(),
+       "must be greater than 1 (1e6 for Mixtral and Qwen), got 0; remove the key for the default 10000"},
+      {"model.moe.router_temperature", spec.model().moe().router_temperature(),
+       "must be at least 1e-06 (below 1 sharpens the router), got 0; remove the key for the default 1"},
+  };
+  for (const auto& k : kZeroMeansUnset) {
+    if (written_zero(k.path, k.value)) refuse(k.path, k.message);
+  }
+  // 0 is "count the text's byte values" for char; pretokenized shards need the number given.
+  if (written_zero("model.vocab_size", spec.model().vocab_size()) && !IsUnderAny("data.tokenizer", reader->bad) &&
+      spec.data().tokenizer() == v1::TOKENIZER_PRETOKENIZED) {
+    refuse("model.vocab_size",
+           "must be at least 1 with tokenizer pretokenized (the number of token ids the shards use: their "
+           "largest id + 1), got 0");
+  }
+}
+
 ParsedSpec SingleError(const std::string& file, Pos pos, std::string message) {
   ParsedSpec out;
   out.errors.push_back(SpecError{file, pos.line, pos.column, "", std::move(message)});
@@ -477,6 +518,7 @@ ParsedSpec ParseChecked(const std::string& yaml_text, const std::string& file_na
     }
   }
 
+  RefuseWrittenZeros(out.spec, &reader);
   job_spec_internal::ResolvePaths(&out.spec, base_dir);
   job_spec_internal::ApplyDefaults(&out.spec, reader.present, &reader.bad);
 

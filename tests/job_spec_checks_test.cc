@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/files.h"
 #include "common/job_spec.h"
 #include "gmock/gmock.h"
@@ -86,6 +87,43 @@ TEST_F(JobSpecTest, ScheduleAndRopeThetaAreReadAndChecked) {
       {"  seq_len: 32", "  attention: {rope_theta: 1.0e39}\n", "model.attention.rope_theta", "at most 3.4e38"},
       {"  seq_len: 32", "  attention: {theta: 5}\n", "model.attention.theta", "unknown key"},
   });
+}
+
+// Keys whose 0 stands for "not set" in a gRPC spec: a file that writes 0 is refused at the value
+// (wsd's decay_fraction: 0 became 0.2 without a word), while a spec over gRPC keeps the default.
+TEST_F(JobSpecTest, AWrittenZeroIsNotTheDefault) {
+  ExpectOnlyErrors({
+      {"  batch_size: 8", "  schedule: wsd\n  decay_fraction: 0\n", "train.decay_fraction",
+       "must be greater than 0 and at most 1 (the share of the steps that decays), got 0; remove the key for the "
+       "default 0.2"},
+      {"  batch_size: 8", "  decay_fraction: 0.0\n", "train.decay_fraction", "must be greater than 0"},
+      {"  seq_len: 32", "  attention: {rope_theta: 0}\n", "model.attention.rope_theta",
+       "must be greater than 1 (1e6 for Mixtral and Qwen), got 0; remove the key for the default 10000"},
+      {"  seq_len: 32", "  moe: {router_temperature: 0}\n", "model.moe.router_temperature",
+       "must be at least 1e-06"},
+  });
+  SpecError e = OnlyError(WithExtra("  batch_size: 8", "  schedule: wsd\n  decay_fraction: 0\n"));
+  EXPECT_EQ(e.line, 13);
+  EXPECT_EQ(e.column, 19);
+  // pretokenized: an explicit 0 is out of range, an absent key is missing; char's 0 is "count".
+  auto pretokenized = [](std::string y) {
+    return y.replace(y.find("path: input.txt"), 15, "path: shards\n  tokenizer: pretokenized");
+  };
+  e = OnlyError(pretokenized(WithExtra("  seq_len: 32", "  vocab_size: 0\n")));
+  EXPECT_EQ(e.field, "model.vocab_size");
+  EXPECT_EQ(e.message,
+            "must be at least 1 with tokenizer pretokenized (the number of token ids the shards use: their "
+            "largest id + 1), got 0");
+  EXPECT_EQ(e.line, 7);
+  EXPECT_THAT(OnlyError(pretokenized(kMinimal)).message, HasSubstr("is required with tokenizer pretokenized"));
+  ValidSpec(WithExtra("  seq_len: 32", "  vocab_size: 0\n"));
+  // Over gRPC, 0 is the default.
+  v1::JobSpec grpc = ValidSpec(kMinimal);
+  grpc.mutable_train()->set_schedule(v1::SCHEDULE_WSD);
+  grpc.mutable_train()->set_decay_fraction(0);
+  grpc.mutable_model()->mutable_attention()->set_rope_theta(0);
+  grpc.mutable_model()->mutable_moe()->set_router_temperature(0);
+  EXPECT_THAT(ValidateJobSpec(grpc), IsEmpty());
 }
 
 TEST_F(JobSpecTest, ShapesTheGpuBackendCannotRunAreRefusedAtValidate) {
@@ -308,6 +346,85 @@ TEST_F(JobSpecTest, VocabularyDependsOnTheTokenizer) {
   EXPECT_EQ(e.field, "model.vocab_size");
   EXPECT_THAT(e.message, HasSubstr("is required with tokenizer pretokenized"));
   ValidSpec(shards.insert(shards.find("data:"), "  vocab_size: 50304\n"));
+}
+
+// The worker refused a vocabulary short of the data's token ids only once the job started ("the
+// data has 93 token ids"): char's are the text's distinct bytes, a BPE's its encoder.json entries.
+TEST_F(JobSpecTest, AVocabularyShortOfTheTokenizersIdsIsRefused) {
+  const absl::StatusOr<std::string> text = ReadFile(dir_ + "/input.txt");
+  ASSERT_TRUE(text.ok());
+  int distinct = 0;
+  bool seen[256] = {};
+  for (unsigned char c : *text) distinct += seen[c] ? 0 : 1, seen[c] = true;
+  ASSERT_GT(distinct, 10);
+  SpecError e = OnlyError(WithExtra("  seq_len: 32", "  vocab_size: 10\n"));
+  EXPECT_EQ(e.field, "model.vocab_size");
+  EXPECT_EQ(e.line, 7);
+  EXPECT_EQ(e.message, absl::StrCat("is 10, but the char tokenizer makes ", distinct, " token ids of ", dir_,
+                                    "/input.txt (one per distinct byte value); raise model.vocab_size to at least ",
+                                    distinct, ", or remove it to use the text's ", distinct));
+  ValidSpec(WithExtra("  seq_len: 32", absl::StrCat("  vocab_size: ", distinct, "\n")));
+
+  // A BPE of 50300 tokens: 50257 is too few, 50304 enough.
+  std::string encoder = "{";
+  for (int i = 0; i < 50300; ++i) absl::StrAppend(&encoder, i ? "," : "", "\"t", i, "\": ", i);
+  WriteText(dir_ + "/bpe/encoder.json", encoder + "}");
+  WriteText(dir_ + "/bpe/vocab.bpe", "#version: 0.2\n");
+  auto bpe = [](std::string y) {
+    return y.insert(y.find("  path: input.txt\n") + 18, "  tokenizer: gpt2\n  tokenizer_dir: bpe\n");
+  };
+  e = OnlyError(bpe(WithExtra("  seq_len: 32", "  vocab_size: 50257\n")));
+  EXPECT_EQ(e.field, "model.vocab_size");
+  EXPECT_EQ(e.message, absl::StrCat("is 50257, but the BPE in ", dir_,
+                                    "/bpe has 50300 tokens (encoder.json); raise model.vocab_size to at least "
+                                    "50300 (a multiple of 64 is the usual padding), or remove it"));
+  EXPECT_EQ(ValidSpec(bpe(kMinimal)).model().vocab_size(), 50304);
+}
+
+// model.init_from was checked only for being a directory: one without config.json, or without
+// the safetensors the worker reads, passed and the job failed when it started.
+TEST_F(JobSpecTest, InitFromMustHoldWhatTheWorkerReads) {
+  const std::string hf = dir_ + "/hf";
+  const std::string yaml = WithExtra("  seq_len: 32", "  init_from: hf\n");
+  auto error = [&]() {
+    SpecError e = OnlyError(yaml);
+    EXPECT_EQ(e.field, "model.init_from");
+    EXPECT_EQ(e.line, 7);
+    return e.message;
+  };
+  fs::create_directories(hf);
+  EXPECT_THAT(error(), HasSubstr(hf + " is neither a Hugging Face model directory (no config.json) nor one of our "
+                                      "checkpoints (no MANIFEST, no step_XXXXXXXX directory)"));
+  WriteText(hf + "/model.safetensors", "weights");
+  EXPECT_THAT(error(), HasSubstr(hf + " has safetensors weights but no config.json"));
+  fs::remove(hf + "/model.safetensors");
+  WriteText(hf + "/config.json", "[]");
+  EXPECT_THAT(error(), HasSubstr(hf + "/config.json is not a JSON object"));
+  WriteText(hf + "/config.json", "{\"hidden_size\": ");
+  EXPECT_THAT(error(), HasSubstr(hf + "/config.json is not valid JSON ("));
+  WriteText(hf + "/config.json", "{\"hidden_size\": 64}");
+  EXPECT_THAT(error(), HasSubstr(hf + " has config.json but neither model.safetensors nor "
+                                      "model.safetensors.index.json (PyTorch .bin files are not read"));
+  WriteText(hf + "/model-00001-of-00002.safetensors", "weights");
+  EXPECT_THAT(error(), HasSubstr("(it has model-00001-of-00002.safetensors: shards need the index that names them)"));
+  WriteText(hf + "/model.safetensors.index.json",
+            "{\"weight_map\": {\"a\": \"model-00001-of-00002.safetensors\", "
+            "\"b\": \"model-00002-of-00002.safetensors\"}}");
+  EXPECT_THAT(error(), HasSubstr("model.safetensors.index.json names model-00002-of-00002.safetensors, which is "
+                                 "not in " + hf));
+  WriteText(hf + "/model-00002-of-00002.safetensors", "weights");
+  ValidSpec(yaml);  // the tensors themselves are the worker's to check
+  WriteText(hf + "/model.safetensors.index.json", "{\"weight_map\": {\"a\": \"../x.safetensors\"}}");
+  EXPECT_THAT(error(), HasSubstr("weight_map[\"a\"] is not a file name in this directory"));
+  fs::remove(hf + "/model.safetensors.index.json");
+  WriteText(hf + "/model.safetensors", "weights");
+  ValidSpec(yaml);
+
+  // Our checkpoints: a step directory (MANIFEST) or a directory of them.
+  fs::remove_all(hf);
+  WriteText(hf + "/step_00000002/MANIFEST", "");
+  ValidSpec(yaml);
+  ValidSpec(WithExtra("  seq_len: 32", "  init_from: hf/step_00000002\n"));
 }
 
 TEST_F(JobSpecTest, DataPathMustExistAndFitTheTokenizer) {

@@ -206,6 +206,59 @@ TEST_F(JobSpecTest, BrokenFilesGiveOneClearError) {
   ValidSpec(std::string(kMinimal) + "# UTF-8 is fine: caf\xc3\xa9\n");
 }
 
+// Only well-formed UTF-8 is text (RFC 3629): an encoded UTF-16 surrogate (ED A0 80, what a UTF-16
+// file converted byte by byte holds) passed as a name and reached the terminal; overlong forms
+// and code points past U+10FFFF are refused the same way, each where it is.
+TEST_F(JobSpecTest, IllFormedUtf8IsNotText) {
+  struct Case {
+    std::string bytes;
+    std::string what;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"\xed\xa0\x80", "byte 0xED here, which is not valid UTF-8 (it starts an encoded UTF-16 surrogate"},
+           {"\xed\xbf\xbf", "byte 0xED here, which is not valid UTF-8 (it starts an encoded UTF-16 surrogate"},
+           {"\xc0\xaf", "byte 0xC0 here, which is not valid UTF-8 (it starts an overlong encoding)"},
+           {"\xe0\x80\xaf", "byte 0xE0 here, which is not valid UTF-8 (it starts an overlong encoding)"},
+           {"\xf0\x80\x80\xaf", "byte 0xF0 here, which is not valid UTF-8 (it starts an overlong encoding)"},
+           {"\xf4\x90\x80\x80", "byte 0xF4 here, which is not valid UTF-8 (past U+10FFFF"},
+           {"\xf5\x80\x80\x80", "byte 0xF5 here, which is not valid UTF-8 (past U+10FFFF"},
+       }) {
+    SpecError e = OnlyError("name: pro" + c.bytes + "be\n");
+    EXPECT_THAT(e.message, HasSubstr("is not a UTF-8 text file: found " + c.what)) << e.ToString();
+    EXPECT_EQ(e.line, 1);
+    EXPECT_EQ(e.column, 10);
+  }
+  // The characters next to them are well-formed: U+D7FF, U+E000, U+10FFFF, U+0800.
+  ValidSpec(std::string(kMinimal) + "# \xed\x9f\xbf \xee\x80\x80 \xf4\x8f\xbf\xbf \xe0\xa0\x80\n");
+}
+
+// A value or key with an escape sequence (YAML's "\x1b" or "\x9b", C1's CSI) was echoed raw by a
+// second error on the same value, turning the terminal red; now the control character is one
+// error, and no error's text holds a control character or ill-formed UTF-8 (they are \xNN).
+TEST_F(JobSpecTest, ErrorsNeverEchoControlCharacters) {
+  std::string yaml = kMinimal;
+  yaml.replace(0, 10, "name: \"pro\\x1b[31mbe\"\n");
+  ParsedSpec p = Parse(yaml);
+  ASSERT_EQ(p.errors.size(), 1u) << FormatSpecErrors(p.errors);
+  EXPECT_EQ(p.errors[0].ToString(), "job.yaml:1:7: name: holds the control character 0x1B; names and paths may not");
+
+  p = Parse(WithExtra("  path: input.txt", "  cache_dir: \"c\\x9b31m\"\n") + "\"k\\x1b[31m\\x9b\": 1\n");
+  const std::string all = FormatSpecErrors(p.errors);
+  EXPECT_THAT(all, HasSubstr("data.cache_dir: holds the control character U+009B")) << all;
+  EXPECT_THAT(all, HasSubstr("k\\x1b[31m\\u009b: unknown key")) << all;
+  for (char c : all) EXPECT_TRUE(c == '\n' || (static_cast<unsigned char>(c) >= 0x20 && c != 0x7f)) << all;
+  EXPECT_EQ(all.find("\xc2\x9b"), std::string::npos) << all;
+
+  // ToString makes whatever it is given printable, ill-formed UTF-8 included; a cut never splits
+  // a character.
+  SpecError e{"j\x1b.yaml", 1, 2, "name", "got 'a\xed\xa0\x80\xff\x7f \xc3\xa9'"};
+  EXPECT_EQ(e.ToString(), "j\\x1b.yaml:1:2: name: got 'a\\xed\\xa0\\x80\\xff\\x7f \xc3\xa9'");
+  moe::v1::JobSpec spec = ValidSpec(kMinimal);
+  spec.set_name(std::string(36, 'a') + "\xc3\xa9\xc3\xa9\xc3\xa9");
+  const std::string name_error = FormatSpecErrors(ValidateJobSpec(spec));
+  EXPECT_THAT(name_error, HasSubstr("got '" + std::string(36, 'a') + "...'")) << name_error;
+}
+
 // A value of 100000 characters went into std::regex, which recursed once per character and
 // overflowed the stack: moectl validate (and moed, for a spec over gRPC) died of SIGSEGV.
 TEST_F(JobSpecTest, AValueLongerThanAnyNumberIsAnErrorNotAStackOverflow) {
