@@ -95,8 +95,10 @@ def validate(a, path):
         return "oversubscribed", total, active, gib, ""
     if p.returncode == 0 and "gpu memory   not checked" in p.stdout:
         return "cpu", total, active, gib, ""
-    if p.returncode == 2 and "does not fit" in p.stdout:
-        return "over", total, active, gib, ""
+    # Not fitting is a failed validation: nothing on stdout, the need on stderr.
+    over = re.search(r"resources: the job needs about ([0-9.]+) (B|KiB|MiB|GiB|TiB) per GPU", p.stderr)
+    if p.returncode == 2 and over:
+        return "over", total, active, float(over.group(1)) * BYTES[over.group(2)] / 2**30, ""
     return "error", total, active, gib, (p.stderr.strip() or p.stdout.strip())[-300:]
 
 

@@ -245,41 +245,53 @@ int RunValidate(const std::string& file, const std::string& gpu_memory) {
     for (const SpecError& e : parsed.errors) std::fprintf(stderr, "%s\n", e.ToString().c_str());
     return 2;
   }
+  // --gpu-memory decides whether the job is valid, so it is settled before anything reaches
+  // stdout: a job that does not fit prints nothing there, its failure and the levers on stderr.
+  const bool check_gpu = gpu_bytes > 0 && parsed.spec.resources().device() == v1::DEVICE_CUDA;
+  MemoryFit fit;
+  if (check_gpu) {
+    v1::JobSpec sized = parsed.spec;
+    FixVocab(&sized);
+    fit = CheckGpuFit(sized, gpu_bytes);
+  }
+  // The levers, one a line under a heading, indented by `indent`; "" when there are none.
+  auto levers = [&fit](const std::string& indent) {
+    if (fit.levers.empty()) return std::string();
+    std::string out = absl::StrCat(indent, "what would make it fit (estimated savings per GPU):\n");
+    for (const MemoryLever& l : fit.levers) {
+      absl::StrAppend(&out, indent, "  ", l.change, " saves about ", FormatBytes(static_cast<double>(l.saving)),
+                      l.enough ? " (enough alone)" : "", l.note.empty() ? "" : absl::StrCat(" [", l.note, "]"), "\n");
+    }
+    return out;
+  };
+  if (check_gpu && !fit.fits && !parsed.spec.resources().allow_oversubscribe_memory()) {
+    for (const SpecError& w : parsed.warnings) std::fprintf(stderr, "warning: %s\n", w.ToString().c_str());
+    std::fprintf(stderr,
+                 "%s: resources: the job needs about %s per GPU (%s), %s more than the %s of --gpu-memory; moed "
+                 "refuses it at submit unless resources.allow_oversubscribe_memory: true%s\n%s",
+                 file.c_str(), FormatBytes(static_cast<double>(fit.need)).c_str(),
+                 DescribeComponents(fit.stats).c_str(), FormatBytes(static_cast<double>(fit.need - fit.have)).c_str(),
+                 FormatBytes(static_cast<double>(gpu_bytes)).c_str(),
+                 fit.levers.empty() ? "; make the model smaller (model.d_model, n_layers, moe.expert_hidden)" : "",
+                 levers("  ").c_str());
+    return 2;
+  }
   Describe(file, parsed.spec);
   for (const SpecError& w : parsed.warnings) std::fprintf(stderr, "warning: %s\n", w.ToString().c_str());
   if (gpu_bytes == 0) return 0;
-  if (parsed.spec.resources().device() != v1::DEVICE_CUDA) {
+  if (!check_gpu) {
     std::printf("  gpu memory   not checked: --gpu-memory is for device cuda jobs, this one runs on the CPU\n");
     return 0;
   }
-  v1::JobSpec spec = parsed.spec;
-  FixVocab(&spec);
-  const MemoryFit fit = CheckGpuFit(spec, gpu_bytes);
   if (fit.fits) {
     std::printf("  gpu memory   %s\n", DescribeFit(fit).c_str());
     return 0;
   }
-  std::printf("  gpu memory   does not fit: needs about %s per GPU, the GPU has %s: %s over\n",
+  std::printf("  gpu memory   does not fit: needs about %s per GPU, the GPU has %s: %s over\n%s",
               FormatBytes(static_cast<double>(fit.need)).c_str(), FormatBytes(static_cast<double>(fit.have)).c_str(),
-              FormatBytes(static_cast<double>(fit.need - fit.have)).c_str());
-  if (!fit.levers.empty()) std::printf("               what would make it fit (estimated savings per GPU):\n");
-  for (const MemoryLever& l : fit.levers) {
-    std::printf("                 %s saves about %s%s%s%s%s\n", l.change.c_str(),
-                FormatBytes(static_cast<double>(l.saving)).c_str(), l.enough ? " (enough alone)" : "",
-                l.note.empty() ? "" : " [", l.note.c_str(), l.note.empty() ? "" : "]");
-  }
-  if (spec.resources().allow_oversubscribe_memory()) {
-    std::printf("               resources.allow_oversubscribe_memory is true: moed will run it anyway\n");
-    return 0;
-  }
-  std::fprintf(stderr,
-               "%s: resources: the job needs about %s per GPU, %s more than the %s of --gpu-memory; moed "
-               "refuses it at submit unless resources.allow_oversubscribe_memory: true (what would make it fit "
-               "is listed above)\n",
-               file.c_str(), FormatBytes(static_cast<double>(fit.need)).c_str(),
-               FormatBytes(static_cast<double>(fit.need - fit.have)).c_str(),
-               FormatBytes(static_cast<double>(gpu_bytes)).c_str());
-  return 2;
+              FormatBytes(static_cast<double>(fit.need - fit.have)).c_str(), levers("               ").c_str());
+  std::printf("               resources.allow_oversubscribe_memory is true: moed will run it anyway\n");
+  return 0;
 }
 
 }  // namespace moe::client

@@ -156,6 +156,11 @@ MemoryFit CheckGpuFit(v1::JobSpec spec, int64_t gpu_bytes) {
                                               " per GPU, the same global batch")));
     }
   }
+  // A change the estimate says saves nothing (more ranks that only add exchange buffers) is no
+  // way to make the job fit: not offered.
+  fit.levers.erase(std::remove_if(fit.levers.begin(), fit.levers.end(),
+                                  [](const MemoryLever& l) { return l.saving <= 0; }),
+                   fit.levers.end());
   std::stable_sort(fit.levers.begin(), fit.levers.end(),
                    [](const MemoryLever& a, const MemoryLever& b) { return a.saving > b.saving; });
   return fit;

@@ -195,6 +195,31 @@ TEST(MemoryFit, FitsOrSaysByHowMuchAndWhatWouldHelp) {
   for (const MemoryLever& l : tiny.levers) EXPECT_FALSE(l.enough) << l.change;
 }
 
+// A tiny job on a GPU far too small (moectl validate --gpu-memory 1MiB): spreading its 4 experts
+// over 4 GPUs only adds exchange buffers, so it saves nothing and is not offered ("resources.ranks:
+// 4 (GPUs) saves about 0 B" was); every lever offered saves something.
+TEST(MemoryFit, ALeverThatSavesNothingIsNotOffered) {
+  v1::JobSpec tiny = Small();
+  v1::ModelSpec* m = tiny.mutable_model();
+  m->set_vocab_size(93);
+  m->set_d_model(64);
+  m->set_n_layers(2);
+  m->set_n_heads(4);
+  m->set_n_kv_heads(4);
+  m->set_seq_len(64);
+  m->mutable_moe()->set_num_experts(4);
+  m->mutable_moe()->set_expert_hidden(128);
+  tiny.mutable_train()->set_batch_size(4);
+  const MemoryFit fit = CheckGpuFit(tiny, int64_t{1} << 20);
+  ASSERT_FALSE(fit.fits);
+  ASSERT_FALSE(fit.levers.empty());
+  for (const MemoryLever& l : fit.levers) {
+    EXPECT_GT(l.saving, 0) << l.change;
+    EXPECT_FALSE(absl::StartsWith(l.change, "resources.ranks")) << l.change << " saves " << l.saving;
+  }
+  EXPECT_FALSE(absl::StrContains(DescribeFit(fit), "saves about 0 B")) << DescribeFit(fit);
+}
+
 // moed's reading of nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits (MiB).
 TEST(GpuMemory, SmallestOfNvidiaSmisGpus) {
   EXPECT_EQ(daemon::SmallestGpuMemory("143771\n143771\n"), int64_t{143771} << 20);

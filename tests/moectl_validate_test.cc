@@ -200,7 +200,7 @@ TEST(MoectlValidate, WrongArgumentsPrintUsage) {
 
 // The benchmark's and the device scripts' job files (bench/sweep for scripts/device_sweep.sh,
 // bench/shapes for scripts/device_shapes.sh) stay valid: each validates in place (their data is
-// this repository's README), with nothing on stderr.
+// this repository's README, tiny's the 4 KiB text beside it), with nothing on stderr.
 TEST(MoectlValidate, BenchJobFilesValidate) {
   int files = 0;
   for (const char* dir : {"bench/sweep", "bench/shapes"}) {
@@ -285,16 +285,30 @@ TEST_F(ExampleTest, GpuMemorySaysWhetherACudaJobFits) {
   EXPECT_THAT(big.out, HasSubstr("gpu memory   fits: needs about "));
   EXPECT_THAT(big.out, HasSubstr(" of the GPU's 131 GiB"));
 
+  // Not fitting is a failed validation: nothing on stdout (it printed "valid job" and exited 2),
+  // the failure and what would make it fit on stderr.
   RunResult tight = RunMoectl({"validate", small, "--gpu-memory", "14GiB"});
   EXPECT_EQ(tight.exit_code, 2);
-  EXPECT_THAT(tight.out, HasSubstr("gpu memory   does not fit: needs about "));
-  EXPECT_THAT(tight.out, HasSubstr("the GPU has 14 GiB"));
-  EXPECT_THAT(tight.out, HasSubstr("resources.ranks: 2 (GPUs) saves about "));
-  EXPECT_THAT(tight.out, HasSubstr("train.optimizer_state: int8 saves about "));
-  EXPECT_THAT(tight.out, HasSubstr("train.recompute: full saves about "));
+  EXPECT_EQ(tight.out, "");
   EXPECT_THAT(tight.err, HasSubstr("small.yaml: resources: the job needs about "));
   EXPECT_THAT(tight.err, HasSubstr("more than the 14 GiB of --gpu-memory"));
   EXPECT_THAT(tight.err, HasSubstr("resources.allow_oversubscribe_memory: true"));
+  EXPECT_THAT(tight.err, HasSubstr("\n  what would make it fit (estimated savings per GPU):\n"));
+  EXPECT_THAT(tight.err, HasSubstr("\n    resources.ranks: 2 (GPUs) saves about "));
+  EXPECT_THAT(tight.err, HasSubstr("train.optimizer_state: int8 saves about "));
+  EXPECT_THAT(tight.err, HasSubstr("train.recompute: full saves about "));
+  EXPECT_THAT(tight.err, Not(HasSubstr("valid job")));
+  // allow_oversubscribe_memory: valid (moed runs it), so the description and the advice on stdout.
+  std::string yaml = ReadAll(small);
+  yaml.replace(yaml.find("resources:"), 10, "resources:\n  allow_oversubscribe_memory: true");
+  std::ofstream(root_ + "/examples/small-over.yaml") << yaml;
+  RunResult over = RunMoectl({"validate", root_ + "/examples/small-over.yaml", "--gpu-memory", "14GiB"});
+  EXPECT_EQ(over.exit_code, 0) << over.err;
+  EXPECT_THAT(over.out, HasSubstr("valid job"));
+  EXPECT_THAT(over.out, HasSubstr("gpu memory   does not fit: needs about "));
+  EXPECT_THAT(over.out, HasSubstr("the GPU has 14 GiB"));
+  EXPECT_THAT(over.out, HasSubstr("\n                 train.recompute: full saves about "));
+  EXPECT_THAT(over.out, HasSubstr("resources.allow_oversubscribe_memory is true: moed will run it anyway"));
 
   RunResult bad = RunMoectl({"validate", small, "--gpu-memory", "24 gigs"});
   EXPECT_EQ(bad.exit_code, 2);
@@ -328,7 +342,7 @@ TEST_F(ExampleTest, RecomputeFullValidatesAndShrinksTheEstimate) {
   EXPECT_THAT(full.out, HasSubstr("recompute full: each block's input and one block's activations"));
   EXPECT_THAT(plain.out, Not(HasSubstr("recompute full")));
   RunResult tight = RunMoectl({"validate", path, "--gpu-memory", "16GiB"});
-  EXPECT_THAT(tight.out, Not(HasSubstr("train.recompute: full saves")));
+  EXPECT_THAT(tight.out + tight.err, Not(HasSubstr("train.recompute: full saves")));
 }
 
 // Issue 17's "80 GB configuration" (examples/moe-80gb.yaml): 9.3B parameters with recompute full.
@@ -346,11 +360,12 @@ TEST_F(ExampleTest, Moe80gbNamesWhatMakesItFit) {
   const std::string path = root_ + "/examples/moe-80gb.yaml";
   RunResult gb80 = RunMoectl({"validate", path, "--gpu-memory", "80GB"});
   EXPECT_EQ(gb80.exit_code, 2) << gb80.out;
-  EXPECT_THAT(gb80.out, HasSubstr("the GPU has 74.5 GiB"));
-  EXPECT_THAT(gb80.out, Not(HasSubstr("train.recompute: full saves")));  // already on
+  EXPECT_EQ(gb80.out, "");
+  EXPECT_THAT(gb80.err, HasSubstr("more than the 74.5 GiB of --gpu-memory"));
+  EXPECT_THAT(gb80.err, Not(HasSubstr("train.recompute: full saves")));  // already on
   RunResult h200 = RunMoectl({"validate", path, "--gpu-memory", "139GiB"});
-  EXPECT_THAT(LeverLine(h200.out, "train.optimizer_state: int8 saves about "), HasSubstr("(enough alone)"))
-      << h200.out;
+  EXPECT_THAT(LeverLine(h200.err, "train.optimizer_state: int8 saves about "), HasSubstr("(enough alone)"))
+      << h200.err;
 
   // Without recompute full the estimate is larger: validate offers it as a lever.
   std::string yaml = ReadAll(moe::testing::SourceDir() + "/examples/moe-80gb.yaml");
@@ -361,7 +376,7 @@ TEST_F(ExampleTest, Moe80gbNamesWhatMakesItFit) {
   std::ofstream(root_ + "/examples/moe-80gb-plain.yaml") << plain;
   RunResult no_options = RunMoectl({"validate", root_ + "/examples/moe-80gb-plain.yaml", "--gpu-memory", "139GiB"});
   EXPECT_EQ(no_options.exit_code, 2);
-  EXPECT_THAT(no_options.out, HasSubstr("train.recompute: full saves about "));
+  EXPECT_THAT(no_options.err, HasSubstr("train.recompute: full saves about "));
 
   std::string int8 = yaml;
   int8.insert(recompute, "  optimizer_state: int8\n");
@@ -393,7 +408,7 @@ TEST_F(ExampleTest, Seed18bSplitsOverEightGpus) {
   EXPECT_THAT(h200.out, HasSubstr("gpu memory   fits: needs about "));
   RunResult gb80 = RunMoectl({"validate", path, "--gpu-memory", "80GB"});
   EXPECT_EQ(gb80.exit_code, 2) << gb80.out;
-  EXPECT_THAT(LeverLine(gb80.out, "train.recompute: full saves about "), HasSubstr("(enough alone)")) << gb80.out;
+  EXPECT_THAT(LeverLine(gb80.err, "train.recompute: full saves about "), HasSubstr("(enough alone)")) << gb80.err;
 }
 
 TEST_F(ExampleTest, SeedRecipesValidate) {
