@@ -22,7 +22,9 @@ for s in $SWEEP; do
   if [[ -n ${WORKER:-} ]]; then
     # The job file beside the original (its data path is relative to it), a point every step.
     job=bench/sweep/.$s.worker.yaml
-    sed 's/^train: {/train: {log_every: 1, /' "bench/sweep/$s.yaml" > "$job"
+    # ../shared is not beside the device's copy: its tinyshakespeare is the carry's.
+    sed -e 's/^train: {/train: {log_every: 1, /' -e 's|path: ../../../shared/|path: ../../.carry/shared/|' \
+        "bench/sweep/$s.yaml" > "$job"
     timeout 300 .carry/bin/moe-worker --job "$job" --no-checkpoint --max-steps $(( ${STEPS:-20} + 5 )) \
         > "$OUT/sweep_worker_$s.log" 2>&1
     echo "worker $s rc=$?"
