@@ -7,6 +7,9 @@
 #include <fstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/bearer_token.h"
@@ -33,6 +36,30 @@ std::string ExpandHome(const std::string& path) {
 }  // namespace
 
 void SetServerOverride(const std::string& server) { ServerOverride() = server; }
+
+std::string ServerAddressProblem(const std::string& server) {
+  const absl::string_view s = server;
+  if (absl::StartsWithIgnoreCase(s, "http://") || absl::StartsWithIgnoreCase(s, "https://")) {
+    return absl::StrCat("'", absl::CHexEscape(server),
+                        "' is a URL; moed's gRPC address is HOST:PORT, without http:// (the dashboard's "
+                        "HTTP port is another one)");
+  }
+  // gRPC's own target names (unix:/path, dns:///host:port, ipv4:..., ipv6:...) pass as they are.
+  for (absl::string_view scheme : {"unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:"}) {
+    if (absl::StartsWith(s, scheme)) return "";
+  }
+  const size_t colon = s.rfind(':');
+  if (colon == absl::string_view::npos || colon == 0) {
+    return absl::StrCat("'", absl::CHexEscape(server), "' has ", colon == 0 ? "no host" : "no port",
+                        "; give HOST:PORT, e.g. 127.0.0.1:50051");
+  }
+  int port = 0;
+  if (!absl::SimpleAtoi(s.substr(colon + 1), &port) || port < 1 || port > 65535) {
+    return absl::StrCat("'", absl::CHexEscape(server), "': the port '", absl::CHexEscape(s.substr(colon + 1)),
+                        "' is not a number from 1 to 65535; give HOST:PORT, e.g. 127.0.0.1:50051");
+  }
+  return "";
+}
 
 absl::StatusOr<ClientConfig> LoadClientConfig() {
   ClientConfig c;
@@ -71,6 +98,12 @@ absl::StatusOr<ClientConfig> LoadClientConfig() {
   }
   if (const char* env = std::getenv("MOE_SERVER"); env != nullptr && *env != '\0') c.server = env;
   if (!ServerOverride().empty()) c.server = ServerOverride();
+  if (std::string why = ServerAddressProblem(c.server); !why.empty()) {
+    const char* from = !ServerOverride().empty()                                  ? "--server"
+                       : std::getenv("MOE_SERVER") != nullptr && *std::getenv("MOE_SERVER") != '\0' ? "MOE_SERVER"
+                                                                                    : "`server:` in the config";
+    return absl::InvalidArgumentError(absl::StrCat(from, ": ", why));
+  }
   if (const char* env = std::getenv("MOE_TOKEN"); env != nullptr && *env != '\0') {
     c.token = env;
   } else if (!token_file.empty()) {
@@ -109,6 +142,9 @@ std::string DescribeError(const grpc::Status& s, const ClientConfig& config) {
     case grpc::StatusCode::UNAVAILABLE:
       return absl::StrCat("cannot reach moed at ", config.server,
                           " (is it running? set --server or MOE_SERVER)");
+    case grpc::StatusCode::CANCELLED:
+      return absl::StrCat("moed at ", config.server,
+                          " ended the call (was it stopping or restarting?); run the command again");
     case grpc::StatusCode::DEADLINE_EXCEEDED:
       return absl::StrCat("moed at ", config.server, " did not answer in time");
     case grpc::StatusCode::UNAUTHENTICATED:

@@ -20,6 +20,10 @@ struct ClientConfig {
 
 // --server given before the command (main.cc); wins over MOE_SERVER and the config file.
 void SetServerOverride(const std::string& server);
+// What is wrong with a server address (--server, MOE_SERVER, `server:`), or "": HOST:PORT with a
+// port from 1 to 65535, or a gRPC target such as unix:/path or dns:///host:port; a URL
+// (http://...) or a host without a port is named as such.
+std::string ServerAddressProblem(const std::string& server);
 
 // Order: --server, MOE_SERVER, config `server:`; MOE_TOKEN, config `token_file:`. The config
 // file is MOE_CONFIG or ~/.config/moe/config.yaml (absent is fine; unreadable or bad is an error).

@@ -51,7 +51,10 @@ int FollowLogs(const std::string& job_id, int rank, int64_t tail, bool follow) {
     grpc::Status s = reader->Finish();
     first = false;
     if (s.ok()) break;
-    if (follow && s.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    // A moed that stops ends the streams it serves: UNAVAILABLE, or CANCELLED when the stream was
+    // open as the server shut down (moectl never cancels its own call). Both mean: reconnect.
+    const bool lost = s.error_code() == grpc::StatusCode::UNAVAILABLE || s.error_code() == grpc::StatusCode::CANCELLED;
+    if (follow && lost) {
       const auto now = std::chrono::steady_clock::now();
       if (down_since == std::chrono::steady_clock::time_point::max()) down_since = now;
       if (now - down_since > kReconnectFor) return Fail(DescribeError(s, *config));

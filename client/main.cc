@@ -1,5 +1,6 @@
 // moectl: the command-line client. main parses the command line with CLI11 into each command's
 // options (client/commands.h) and runs the one command given; `moectl COMMAND --help` says more.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
@@ -11,9 +12,12 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "client/commands.h"
 #include "client/connection.h"
+#include "common/job_id.h"
 #include "moe_version.h"
 
 namespace {
@@ -69,6 +73,61 @@ CLI::Validator NotEmpty(const std::string& what) {
         return text.empty() ? absl::StrCat("is empty; give ", what) : "";
       },
       "");
+}
+
+// A job id (common/job_id.h): one that cannot be is a usage error here, before any RPC (an id
+// that is not UTF-8 could not even be sent).
+CLI::Validator JobId() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        const absl::Status bad = moe::CheckJobId(text);
+        return bad.ok() ? "" : std::string(absl::StripPrefix(bad.message(), "id: "));
+      },
+      "");
+}
+
+// moed's gRPC address (client/connection.h's ServerAddressProblem).
+CLI::Validator ServerAddress() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string { return moe::client::ServerAddressProblem(text); }, "");
+}
+
+// The command nearest to a word that is none (at most two edits away), or "".
+std::string NearestCommand(CLI::App& app, const std::string& word) {
+  std::string best;
+  size_t best_d = 3;
+  for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
+    const std::string& n = sub->get_name();
+    std::vector<size_t> row(n.size() + 1);
+    for (size_t j = 0; j <= n.size(); ++j) row[j] = j;
+    for (size_t i = 1; i <= word.size(); ++i) {
+      size_t diag = row[0];
+      row[0] = i;
+      for (size_t j = 1; j <= n.size(); ++j) {
+        const size_t up = row[j];
+        row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (word[i - 1] == n[j - 1] ? 0 : 1)});
+        diag = up;
+      }
+    }
+    if (row[n.size()] < best_d) {
+      best_d = row[n.size()];
+      best = n;
+    }
+  }
+  return best;
+}
+
+// The first word of argv that is no option (nor --server's value): the command as typed.
+std::string CommandWord(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--server") {
+      ++i;
+    } else if (a.empty() || a[0] != '-') {
+      return a;
+    }
+  }
+  return "";
 }
 
 // One command: its name, its usage line (shown on errors and atop --help) and its description.
@@ -156,7 +215,9 @@ int main(int argc, char** argv) {
       "moectl");
   app.set_version_flag("--version", absl::StrCat("moectl ", moe::kMoeVersion));
   std::string server;
-  app.add_option("--server", server, "moed's gRPC address HOST:PORT")->check(NotEmpty("HOST:PORT"));
+  app.add_option("--server", server, "moed's gRPC address HOST:PORT")
+      ->check(NotEmpty("HOST:PORT"))
+      ->check(ServerAddress());
   app.require_subcommand(1, 1);
   app.fallthrough();
   std::function<int()> run;
@@ -179,7 +240,8 @@ int main(int argc, char** argv) {
   submit->add_option("--from", submit_o.from_job,
                      "start from this job's newest checkpoint (sets model.init_from to its checkpoint "
                      "directory; the optimizer starts fresh), e.g. to fine-tune")
-      ->check(NotEmpty("a job id"));
+      ->check(NotEmpty("a job id"))
+      ->check(JobId());
   submit->add_flag("-f,--follow", submit_o.follow,
                    "follow the job's logs until it ends; exit 0 only if it SUCCEEDED");
   submit->callback([&] { run = [&] { return moe::client::RunSubmit(submit_o); }; });
@@ -206,7 +268,7 @@ int main(int argc, char** argv) {
   CLI::App* status = AddCommand(app, "status", "status [JOB...] [-o table|json|csv]",
                                 "state, step/total, loss, tokens/s, ETA, restarts, reason; with "
                                 "JOBs each in detail (GPUs, expert load per rank)");
-  status->add_option("JOB", status_o.ids, "job ids (none: a line per job)");
+  status->add_option("JOB", status_o.ids, "job ids (none: a line per job)")->check(JobId());
   AddOutput(status, &status_fmt, "-o,--output");
   status->callback([&] {
     status_o.output = Format(status_fmt);
@@ -216,7 +278,7 @@ int main(int argc, char** argv) {
   moe::client::LogsOptions logs_o;
   CLI::App* logs = AddCommand(app, "logs", "logs JOB [-f] [--rank N] [--tail N]",
                               "a job's log lines; -f follows until the job ends");
-  logs->add_option("JOB", logs_o.id, "job id")->required();
+  logs->add_option("JOB", logs_o.id, "job id")->required()->check(JobId());
   logs->add_flag("-f,--follow", logs_o.follow, "follow until the job ends (exit 0 if it SUCCEEDED)");
   logs->add_option("--rank", logs_o.rank, "only this rank (0..ranks-1)")
       ->check(CLI::Range(0, 1 << 20));
@@ -228,7 +290,7 @@ int main(int argc, char** argv) {
   CLI::App* resume = AddCommand(app, "resume", "resume JOB [--steps N] [-f|--follow]",
                                 "continue a finished, failed or cancelled job from its newest complete "
                                 "checkpoint (same job id, a new attempt)");
-  resume->add_option("JOB", resume_o.id, "job id")->required();
+  resume->add_option("JOB", resume_o.id, "job id")->required()->check(JobId());
   resume->add_option("--steps", resume_o.steps, "train up to step N (the job's train.steps becomes N)")
       ->check(CLI::Range(1, std::numeric_limits<int>::max()));
   resume->add_flag("-f,--follow", resume_o.follow, "follow the job's logs until it ends");
@@ -237,7 +299,7 @@ int main(int argc, char** argv) {
   moe::client::CancelOptions cancel_o;
   CLI::App* cancel = AddCommand(app, "cancel", "cancel JOB [--no-wait] [--wait SECONDS]",
                                 "stop a job (SIGTERM, grace, SIGKILL); waits until CANCELLED");
-  cancel->add_option("JOB", cancel_o.id, "job id")->required();
+  cancel->add_option("JOB", cancel_o.id, "job id")->required()->check(JobId());
   cancel->add_flag("--no-wait", cancel_o.no_wait, "return at once");
   cancel->add_option("--wait", cancel_o.wait_s, "wait at most this long (default 300)")
       ->check(Seconds());
@@ -248,7 +310,7 @@ int main(int argc, char** argv) {
   CLI::App* metrics = AddCommand(app, "metrics", "metrics JOB [-o table|json|csv] [--svg FILE]",
                                  "metric points: a table with a loss plot, JSON or CSV (with "
                                  "every MoE layer); --svg writes the dashboard's charts");
-  metrics->add_option("JOB", metrics_o.id, "job id")->required();
+  metrics->add_option("JOB", metrics_o.id, "job id")->required()->check(JobId());
   AddOutput(metrics, &metrics_fmt, "-o,--output,--format");
   metrics->add_option("--svg", metrics_o.svg_file, "also write the charts to FILE (SVG)")
       ->check(NotEmpty("a file name"));
@@ -261,7 +323,7 @@ int main(int argc, char** argv) {
   CLI::App* del = AddCommand(app, "delete", "delete JOB... [--checkpoints]",
                              "remove finished jobs: their records, metrics, logs and (with "
                              "--checkpoints) checkpoints; a job not finished is refused");
-  del->add_option("JOB", delete_o.ids, "job ids")->required();
+  del->add_option("JOB", delete_o.ids, "job ids")->required()->check(JobId());
   del->add_flag("--checkpoints", delete_o.checkpoints, "also remove the checkpoint directory");
   del->callback([&] { run = [&] { return moe::client::RunDelete(delete_o); }; });
 
@@ -319,6 +381,14 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   } catch (const CLI::ParseError& e) {
     std::vector<CLI::App*> chosen = app.get_subcommands();
+    const std::string word = CommandWord(argc, argv);
+    if (chosen.empty() && !word.empty()) {  // "A subcommand is required" would not name it
+      const std::string near = NearestCommand(app, word);
+      std::fprintf(stderr, "moectl: unknown command '%s'%s\nusage: moectl [--server HOST:PORT] COMMAND [ARGS]  "
+                   "(moectl --help lists the commands)\n",
+                   absl::CHexEscape(word).c_str(), near.empty() ? "" : absl::StrCat("; did you mean '", near, "'?").c_str());
+      return 2;
+    }
     const std::string usage =
         chosen.empty() ? "usage: moectl [--server HOST:PORT] COMMAND [ARGS]  (moectl --help)"
                        : chosen.front()->get_footer();

@@ -1,11 +1,11 @@
 // CheckJobId: the length and byte checks, with a message that says what ids look like.
-#include "daemon/job_id.h"
+#include "common/job_id.h"
 
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
 
-namespace moe::daemon {
+namespace moe {
 
 // Job ids are j-NNNNNN. One far longer echoed into a NOT_FOUND message could pass gRPC's metadata
 // limit (the client would read "received initial metadata size exceeds limit" instead), and
@@ -27,4 +27,4 @@ absl::Status CheckJobId(const std::string& id) {
   return absl::OkStatus();
 }
 
-}  // namespace moe::daemon
+}  // namespace moe

@@ -1,4 +1,4 @@
-// What a job id may be, checked where one comes in (gRPC, the dashboard's /jobs/ID) before any
+// What a job id may be, checked where one comes in (moectl, gRPC, the dashboard's /jobs/ID) before any
 // lookup, so no answer echoes an id that would overflow gRPC's metadata or is not text.
 #pragma once
 
@@ -6,10 +6,10 @@
 
 #include "absl/status/status.h"
 
-namespace moe::daemon {
+namespace moe {
 
 // INVALID_ARGUMENT unless id could be a job id (j-000001): not empty, at most 64 bytes,
 // printable ASCII.
 absl::Status CheckJobId(const std::string& id);
 
-}  // namespace moe::daemon
+}  // namespace moe

@@ -19,7 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "daemon/dashboard.h"
-#include "daemon/job_id.h"
+#include "common/job_id.h"
 #include "daemon/prometheus.h"
 
 namespace moe::daemon {

@@ -13,7 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
 #include "daemon/job_cleanup.h"
-#include "daemon/job_id.h"
+#include "common/job_id.h"
 #include "daemon/status_util.h"
 
 namespace moe::daemon {

@@ -19,6 +19,7 @@
 #include <regex>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -437,7 +438,12 @@ ProcessState LocalLauncher::Poll(const std::string& handle) {
   static const std::regex kSignal(
       R"(process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+) \(([^)]*)\))");
   static const std::regex kExit(R"(Process name: \[\[\d+,\d+\],(\d+)\]\s+Exit code:\s+(\d+))");
-  if (std::regex_search(text, m, kSignal)) {
+  // A rank that failed alone, or found a peer silent past the deadline, ends every rank itself.
+  static const std::regex kAbort(R"(MPI_ABORT was invoked on rank (\d+) in communicator \S+\s+with errorcode (\d+))");
+  if (std::regex_search(text, m, kAbort)) {
+    if (!absl::SimpleAtoi(m[1].str(), &rank)) rank = -1;
+    ps.reason = absl::StrCat("rank ", rank, " ended the job (MPI_ABORT, code ", m[2].str(), ")");
+  } else if (std::regex_search(text, m, kSignal)) {
     if (!absl::SimpleAtoi(m[1].str(), &rank)) rank = -1;
     ps.reason = absl::StrCat("rank ", rank, " was killed by signal ", m[2].str(), " (",
                              m[3].str(), ")");
@@ -450,15 +456,26 @@ ProcessState LocalLauncher::Poll(const std::string& handle) {
   } else {
     ps.reason = absl::StrCat("mpirun exited with code ", ps.exit_code);
   }
-  // The last line the failing rank (or, unknown, any rank) wrote on stderr says why.
+  // The last line the failing rank wrote on stderr says why. Rank unknown (mpirun's report lost:
+  // its MPI_ABORT notice can fail to print), the rank whose last line is a worker's own failure
+  // ("moe-worker rank N: ...") says it, else the first rank that wrote anything.
+  int said_rank = -1;
+  std::string said;
   for (const OutputFile& f : OutputFiles(handle)) {
     if (rank >= 0 && f.rank != rank) continue;
     if (f.path.size() < 7 || f.path.compare(f.path.size() - 7, 7, "/stderr") != 0) continue;
     std::string last = LastLine(f.path);
     if (last.empty()) continue;
-    if (last.size() > 500) last = last.substr(0, 500) + "...";
-    absl::StrAppend(&ps.reason, "; rank ", f.rank, " stderr: ", last);
-    break;
+    const bool own = absl::StartsWith(last, "moe-worker rank ");
+    if (said.empty() || own) {
+      said = std::move(last);
+      said_rank = f.rank;
+    }
+    if (own) break;
+  }
+  if (!said.empty()) {
+    if (said.size() > 500) said = said.substr(0, 500) + "...";
+    absl::StrAppend(&ps.reason, "; rank ", said_rank, " stderr: ", said);
   }
   return ps;
 }

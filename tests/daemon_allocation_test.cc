@@ -3,6 +3,7 @@
 // than an abort by signal 6.
 #include <sys/stat.h>
 
+#include <chrono>
 #include <fstream>
 #include <string>
 
@@ -135,6 +136,41 @@ TEST(DaemonAllocation, AWorkerOutOfMemoryFailsWithTheReasonInWords) {
   EXPECT_TRUE(absl::StrContains(j.reason(), "ulimit -v 2.86 GiB")) << j.reason();
   EXPECT_TRUE(absl::StrContains(j.reason(), "or use more ranks")) << j.reason();
   EXPECT_FALSE(absl::StrContains(j.reason(), "signal")) << j.reason();
+}
+
+// One rank out of memory while its peer has built its part and waits for it in the first
+// collective: before, the failed rank returned and waited in MPI_Finalize while its peer waited
+// for it until the communication deadline (300 s; on GPUs, forever). Now the failed rank ends the
+// whole job at once and moed names it and its line.
+TEST(DaemonAllocation, ARankOutOfMemoryAloneEndsTheWholeJobAtOnce) {
+  const std::string dir = MakeTempDir("moe-oom-rank-");
+  const std::string wrapper = dir + "/moe-worker-ulimit.sh";
+  std::ofstream(wrapper) << "#!/bin/sh\nif [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then ulimit -v 3000000; fi\nexec "
+                         << BinDir() << "/moe-worker \"$@\"\n";
+  chmod(wrapper.c_str(), 0700);
+  HarnessOptions o;
+  o.worker_bin = wrapper;
+  DaemonHarness h(o);
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  // 1024 experts over two ranks: each holds 512 (about 3 GiB with gradients and moments), more
+  // than rank 1's limit; rank 0 builds its part and enters the first step.
+  const std::string job = dir + "/oom2.yaml";
+  std::ofstream(job) << "name: oom-rank\nmodel: {d_model: 128, n_layers: 4, n_heads: 4, seq_len: 64,\n"
+                     << "  moe: {num_experts: 1024, top_k: 2, expert_hidden: 256}}\n"
+                     << "data: {path: \"" << ShakespearePath() << "\", tokenizer: char}\n"
+                     << "train: {steps: 5, batch_size: 4}\n"
+                     << "resources: {ranks: 2, device: cpu, launcher: local}\n";
+  CommandResult r = h.Moectl({"submit", job});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  const std::string id = r.out.substr(0, r.out.find('\n'));
+  const auto start = std::chrono::steady_clock::now();
+  moe::v1::Job j = h.WaitFor(
+      id, [](const moe::v1::Job& x) { return x.state() >= moe::v1::JOB_STATE_SUCCEEDED; }, 200);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(j.state(), moe::v1::JOB_STATE_FAILED) << j.reason();
+  // Before: 68 s on this machine, and the reason was rank 0's line about a silent peer.
+  EXPECT_LT(seconds, 40) << "the job waited for the communication deadline: " << j.reason();
+  EXPECT_TRUE(absl::StrContains(j.reason(), "rank 1 stderr: moe-worker rank 1: out of host memory")) << j.reason();
 }
 
 }  // namespace

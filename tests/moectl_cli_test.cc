@@ -124,6 +124,43 @@ TEST(MoectlCli, OutOfRangeNumbersNameTheRange) {
   }
 }
 
+// Words that cannot be what they stand for are usage errors before any RPC (exit 2): a job id
+// that is no id (one not UTF-8 could not be sent: it read "the server ... is not a moed"), a
+// server address that is a URL or lacks a port (they read "cannot reach moed"), a mistyped
+// command (it read "A subcommand is required").
+TEST(MoectlCli, WordsThatCannotBeWhatTheyNameAreUsageErrors) {
+  struct Case {
+    std::vector<std::string> args;
+    const char* expect;
+  };
+  for (const Case& c :
+       {Case{{"status", "j-000001", "\xff\xfe"}, "not a job id (2 bytes, with control characters or non-ASCII"},
+        Case{{"logs", ""}, "the job id is empty"},
+        Case{{"cancel", std::string(65, 'j')}, "not a job id (65 bytes)"},
+        Case{{"delete", "j-000001", "j-\x1b[31m"}, "not a job id"},
+        Case{{"submit", "job.yaml", "--from", "j\n1"}, "not a job id"},
+        Case{{"--server", "http://127.0.0.1:50051", "list"}, "is a URL; moed's gRPC address is HOST:PORT"},
+        Case{{"--server", "bogus", "list"}, "'bogus' has no port; give HOST:PORT"},
+        Case{{"--server", "127.0.0.1:99999", "list"}, "the port '99999' is not a number from 1 to 65535"},
+        Case{{"valdiate", "job.yaml"}, "unknown command 'valdiate'; did you mean 'validate'?"},
+        Case{{"--server", "127.0.0.1:1", "frobnicate"}, "unknown command 'frobnicate'\n"}}) {
+    std::vector<std::string> argv = {BinDir() + "/moectl"};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    CommandResult r = RunCommand(argv, {{"MOE_SERVER", "127.0.0.1:1"}}, 10);
+    EXPECT_EQ(r.exit_code, 2) << c.args[0] << ": " << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, c.expect)) << c.args[0] << ": " << r.err;
+    EXPECT_FALSE(absl::StrContains(r.err, "\x1b")) << r.err;
+  }
+  // MOE_SERVER is checked as --server is (exit 1: the environment, not the command line).
+  CommandResult env = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_SERVER", "https://moed:50051"}}, 10);
+  EXPECT_EQ(env.exit_code, 1) << env.err;
+  EXPECT_TRUE(absl::StrContains(env.err, "MOE_SERVER: 'https://moed:50051' is a URL")) << env.err;
+  // gRPC's own target names pass.
+  CommandResult unix_target = RunCommand({BinDir() + "/moectl", "--server", "unix:/nonexistent/moed.sock", "list"}, {}, 10);
+  EXPECT_EQ(unix_target.exit_code, 1) << unix_target.err;
+  EXPECT_TRUE(absl::StrContains(unix_target.err, "cannot reach moed at unix:/nonexistent/moed.sock")) << unix_target.err;
+}
+
 // A token gRPC cannot carry in a header, and a config path that is a directory: before, moectl
 // aborted (gRPC's 'Illegal header value' assertion; an uncaught std::ios_failure).
 TEST(MoectlCli, AnUnsendableTokenOrADirectoryAsConfigIsAnError) {

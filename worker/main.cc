@@ -452,6 +452,12 @@ int main(int argc, char** argv) {
         return absl::ResourceExhaustedError(OutOfMemoryReason(e, *spec, data->vocab_size));
       });
   reporter->Close();
-  if (!st.ok()) return fail(std::string(st.message()));
+  if (!st.ok()) {
+    fail(std::string(st.message()));
+    // The failure may be this rank's alone (its memory, its GPU): its peers would wait for it in
+    // their next collective. The whole job ends now, with this rank's line as the reason.
+    if (world > 1) comm->Abort(1);
+    return 1;
+  }
   return outcome == moe::TrainOutcome::kStopped ? 143 : 0;
 }

@@ -65,6 +65,14 @@ class Communicator {
   virtual void Gather(const float* send, int64_t n, float* recv, int root) = 0;
   virtual void Barrier() = 0;
 
+  // How long one call may wait for its peers (CommOptions::timeout_seconds): the device
+  // collectives (comm_nccl.h) take the job's bound from here.
+  virtual double timeout_seconds() const = 0;
+  // Ends every rank of the job at once with exit code `code` (MPI_Abort), for a rank that failed
+  // alone (its memory, its GPU): returning instead would leave its peers waiting for it in their
+  // next collective, on GPUs behind a stream sync with no deadline. One rank: exits.
+  [[noreturn]] virtual void Abort(int code) = 0;
+
   // Wall seconds spent inside AllToAll* and AllReduce* since construction, for the
   // step-time split (compute / all-to-all / all-reduce).
   virtual double all_to_all_seconds() const = 0;

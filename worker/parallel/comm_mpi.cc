@@ -103,6 +103,12 @@ class MpiCommunicator final : public Communicator {
 
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
+  double timeout_seconds() const override { return timeout_seconds_; }
+  [[noreturn]] void Abort(int code) override {
+    std::fflush(nullptr);
+    MPI_Abort(MPI_COMM_WORLD, code);
+    std::abort();  // MPI_Abort does not return
+  }
 
   void AllToAllCounts(const int64_t* send, int64_t* recv, int count) override {
     ScopedSeconds timer(&all_to_all_seconds_);

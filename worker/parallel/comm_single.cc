@@ -1,5 +1,7 @@
 #include "worker/parallel/comm_single.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace moe {
@@ -23,6 +25,11 @@ class SingleProcessCommunicator final : public Communicator {
     if (send != recv) std::memcpy(recv, send, sizeof(float) * n);
   }
   void Barrier() override {}
+  double timeout_seconds() const override { return CommOptions{}.timeout_seconds; }
+  [[noreturn]] void Abort(int code) override {
+    std::fflush(nullptr);
+    std::exit(code);
+  }
   double all_to_all_seconds() const override { return 0; }
   double all_reduce_seconds() const override { return 0; }
 };

@@ -329,7 +329,9 @@ absl::StatusOr<std::unique_ptr<TrainModel>> MakeCudaModel(const ModelConfig& cfg
   std::unique_ptr<DeviceCommunicator> dcomm;
   if (W > 1) {
     // Picks this rank's GPU and connects the GPUs (collective; errors agree on every rank).
-    absl::StatusOr<std::unique_ptr<DeviceCommunicator>> made = DeviceCommunicator::Create(comm, CommOptions{});
+    CommOptions device_opts;
+    device_opts.timeout_seconds = comm->timeout_seconds();  // the job's --comm-timeout, as MPI's
+    absl::StatusOr<std::unique_ptr<DeviceCommunicator>> made = DeviceCommunicator::Create(comm, device_opts);
     if (!made.ok()) return made.status();
     dcomm = std::move(*made);
   } else if (!cuda::HaveGpu()) {
