@@ -109,11 +109,14 @@ int64_t MaxRankBytes(const moe::v1::JobSpec& spec) {
 
 std::string FormatBytes(double bytes) {
   static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  // Three significant digits: a value that would print as 1000 or more (1e+03 in %.3g) moves
+  // to the next unit (1000 MiB is 0.977 GiB); past the last unit, whole numbers.
   int unit = 0;
-  while (unit < 6 && bytes >= 1023.5) {
+  while (unit < 6 && bytes >= 999.5) {
     bytes /= 1024;
     ++unit;
   }
+  if (bytes >= 999.5) return absl::StrFormat("%.0f %s", bytes, kUnits[unit]);
   return absl::StrFormat("%.3g %s", bytes, kUnits[unit]);
 }
 

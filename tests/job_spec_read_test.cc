@@ -91,6 +91,12 @@ TEST_F(JobSpecTest, TypeErrorsSayWhatWasExpectedAndGot) {
               HasSubstr("must be a non-negative integer"));
   EXPECT_THAT(OnlyError(WithExtra("  batch_size: 8", "  steps_extra:\n")).message,
               HasSubstr("unknown key"));
+  // Past fp32 (the precision training uses): was taken, and the worker diverged on infinity.
+  for (const char* extra : {"  grad_clip: 1e300\n", "  weight_decay: -4e38\n"}) {
+    SpecError big = OnlyError(WithExtra("  batch_size: 8", extra));
+    EXPECT_THAT(big.message, HasSubstr("is beyond fp32's range (at most about 3.4e38)")) << extra;
+  }
+  EXPECT_EQ(ValidSpec(WithExtra("  batch_size: 8", "  grad_clip: 3e38\n")).train().grad_clip(), 3e38);
   SpecError null_value = OnlyError(WithExtra("  batch_size: 8", "  grad_clip:\n"));
   EXPECT_EQ(null_value.field, "train.grad_clip");
   EXPECT_THAT(null_value.message, HasSubstr("has no value"));

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/strings/match.h"
+#include "common/model_stats.h"
 #include "daemon/gpu_memory.h"
 #include "gtest/gtest.h"
 #include "moe/v1/job.pb.h"
@@ -34,6 +35,23 @@ v1::JobSpec Small() {
   s.mutable_resources()->set_ranks(1);
   s.mutable_resources()->set_device(v1::DEVICE_CUDA);
   return s;
+}
+
+// Three significant digits in the largest unit that keeps the number under 1000: 1000 to 1023 of
+// a unit printed as "1e+03 MiB" before.
+TEST(FormatBytes, NeverAnExponent) {
+  constexpr double kMiB = 1024.0 * 1024.0;
+  EXPECT_EQ(FormatBytes(0), "0 B");
+  EXPECT_EQ(FormatBytes(999), "999 B");
+  EXPECT_EQ(FormatBytes(1000), "0.977 KiB");
+  EXPECT_EQ(FormatBytes(999 * kMiB), "999 MiB");
+  EXPECT_EQ(FormatBytes(1000 * kMiB), "0.977 GiB");
+  EXPECT_EQ(FormatBytes(1023.9 * kMiB), "1 GiB");
+  EXPECT_EQ(FormatBytes(1.5 * 1024 * kMiB), "1.5 GiB");
+  EXPECT_EQ(FormatBytes(5000.0 * 1024 * 1024 * 1024 * 1024 * kMiB), "5000 EiB");
+  for (double b = 1; b < 1e21; b *= 1.37) {
+    EXPECT_EQ(FormatBytes(b).find('e'), std::string::npos) << b << ": " << FormatBytes(b);
+  }
 }
 
 TEST(ParseMemorySize, BinaryAndDecimalUnits) {
