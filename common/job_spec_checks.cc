@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <regex>
 #include <set>
 #include <string>
@@ -63,6 +64,7 @@ class Checker {
     CheckCheckpoint();
     AtLeast("max_restarts", s_.max_restarts(), 0);
     CheckRelations();
+    CheckFp32Range(s_, "");
     return std::move(errors_);
   }
 
@@ -132,6 +134,28 @@ class Checker {
     std::error_code ec;
     if (fs::exists(value, ec) && !fs::is_directory(value, ec)) {
       Fail(path, absl::StrCat(value, " exists and is not a directory; give a directory"));
+    }
+  }
+
+  // Every number of a job is used in fp32 (rates, coefficients, fractions): a gRPC spec's value
+  // past its range (the YAML reader refuses one where it is written) would be infinity in
+  // training. Fields another check refused already are left to that error.
+  void CheckFp32Range(const pb::Message& m, const std::string& prefix) {
+    const pb::Reflection* r = m.GetReflection();
+    std::vector<const pb::FieldDescriptor*> fields;
+    r->ListFields(m, &fields);
+    for (const pb::FieldDescriptor* f : fields) {
+      const std::string path = prefix.empty() ? f->name() : absl::StrCat(prefix, ".", f->name());
+      if (f->is_repeated()) continue;
+      if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE) {
+        CheckFp32Range(r->GetMessage(m, f), path);
+      } else if (f->cpp_type() == pb::FieldDescriptor::CPPTYPE_DOUBLE && Ok(path)) {
+        const double v = r->GetDouble(m, f);
+        if (!std::isnan(v) && !(std::fabs(v) <= std::numeric_limits<float>::max())) {
+          Fail(path, absl::StrCat("is beyond fp32's range (at most about 3.4e38), the precision "
+                                  "training uses; got ", FormatDouble(v)));
+        }
+      }
     }
   }
 

@@ -3,6 +3,7 @@
 // gRPC specs.
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -84,7 +85,7 @@ TEST_F(JobSpecTest, ScheduleAndRopeThetaAreReadAndChecked) {
       {"  batch_size: 8", "  decay_fraction: 1.5\n", "train.decay_fraction", "at most 1"},
       {"  seq_len: 32", "  attention: {rope_theta: 0.5}\n", "model.attention.rope_theta", "greater than 1"},
       {"  seq_len: 32", "  attention: {rope_theta: -1}\n", "model.attention.rope_theta", "greater than 1"},
-      {"  seq_len: 32", "  attention: {rope_theta: 1.0e39}\n", "model.attention.rope_theta", "at most 3.4e38"},
+      {"  seq_len: 32", "  attention: {rope_theta: 1.0e39}\n", "model.attention.rope_theta", "3.4e38"},
       {"  seq_len: 32", "  attention: {theta: 5}\n", "model.attention.theta", "unknown key"},
   });
 }
@@ -624,6 +625,17 @@ TEST_F(JobSpecTest, ValidateJobSpecChecksAProtoWithFieldPathsOnly) {
       "train.precision: must be one of fp32, bf16, got unspecified (0)\n"
       "resources.ranks: must divide model.moe.num_experts (8) so that every rank holds the same "
       "number of experts, got 3");
+
+  // A number past fp32 (the precision training uses) that no other check bounds, once.
+  s = CompleteSpec(dir_ + "/input.txt");
+  s.mutable_model()->mutable_moe()->set_aux_loss_coef(1e300);
+  s.mutable_train()->set_weight_decay(-std::numeric_limits<double>::infinity());
+  errors = ValidateJobSpec(s);
+  ASSERT_EQ(errors.size(), 2u) << FormatSpecErrors(errors);
+  EXPECT_EQ(errors[0].ToString(), "train.weight_decay: must be at least 0, got -inf");  // its own check's
+  EXPECT_EQ(errors[1].ToString(),
+            "model.moe.aux_loss_coef: is beyond fp32's range (at most about 3.4e38), the precision training uses; "
+            "got 1e+300");
 
   // A spec without defaults applied (all zeros) is refused field by field, never crashes.
   v1::JobSpec empty;
