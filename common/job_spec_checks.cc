@@ -315,11 +315,14 @@ class Checker {
     AtLeast("resources.slurm.nodes", sl.nodes(), 1);
     AtLeast("resources.slurm.ranks_per_node", sl.ranks_per_node(), 1);
     AtLeast("resources.slurm.gpus_per_node", sl.gpus_per_node(), 0);
+    // Slurm keeps a limit in minutes as a 32-bit count: at most 7 digits of minutes, 6 of days
+    // (a longer number passed here and failed at sbatch, once the job was queued).
     static const std::regex kTime(
-        "[0-9]+(:[0-9]{1,2}){0,2}|[0-9]+-[0-9]{1,2}(:[0-9]{1,2}){0,2}|UNLIMITED|INFINITE");
+        "[0-9]{1,7}(:[0-9]{1,2}){0,2}|[0-9]{1,6}-[0-9]{1,2}(:[0-9]{1,2}){0,2}|UNLIMITED|INFINITE");
     if (!sl.time_limit().empty() && !MatchesPattern(sl.time_limit(), kTime)) {
       Fail("resources.slurm.time_limit",
-           absl::StrCat("must be a Slurm time (MM, HH:MM:SS, D-HH, D-HH:MM:SS), got '",
+           absl::StrCat("must be a Slurm time (MM, HH:MM:SS, D-HH, D-HH:MM:SS; at most 7 digits of "
+                        "minutes or 6 of days) or UNLIMITED, got '",
                         Truncate(sl.time_limit()), "'"));
     }
     NoSpaces("resources.slurm.account", sl.account());

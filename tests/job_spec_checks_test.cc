@@ -555,6 +555,15 @@ TEST_F(JobSpecTest, SlurmLauncher) {
       OnlyError(base + "resources:\n  launcher: slurm\n  slurm: {partition: p, time_limit: 2h}\n")
           .message,
       HasSubstr("must be a Slurm time"));
+  EXPECT_THAT(OnlyError(base + "resources:\n  launcher: slurm\n  slurm: {partition: p, time_limit: "
+                               "\"99999999999999999999\"}\n")
+                  .message,
+              HasSubstr("at most 7 digits of minutes or 6 of days"));
+  EXPECT_EQ(ValidSpec(base + "resources:\n  launcher: slurm\n  slurm: {partition: p, time_limit: \"365-00:00:00\"}\n")
+                .resources()
+                .slurm()
+                .time_limit(),
+            "365-00:00:00");
   e = OnlyError(
       base + "resources:\n  launcher: slurm\n  slurm: {partition: p, extra_sbatch_args: [qos]}\n");
   EXPECT_EQ(e.field, "resources.slurm.extra_sbatch_args[0]");
