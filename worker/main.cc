@@ -55,6 +55,8 @@ constexpr char kUsage[] =
     "             (CE on the first held-out batch, as JSON; the first sequence's logits; N greedy tokens)\n"
     "  moe-worker --export CHECKPOINT --format hf --out DIR [--dtype fp32|bf16]\n"
     "  moe-worker --version | --help\n"
+    "Every training form also takes --threads N and --comm-timeout SECS (how long a collective may wait\n"
+    "for a peer before the job is aborted, MPI and NCCL alike; default 300).\n"
     "Run several ranks with: mpirun -np W moe-worker --job JOB.yaml (as root also\n"
     "--allow-run-as-root, or OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)\n";
 
