@@ -1,6 +1,5 @@
 // moectl: the command-line client. main parses the command line with CLI11 into each command's
 // options (client/commands.h) and runs the one command given; `moectl COMMAND --help` says more.
-#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
@@ -18,6 +17,7 @@
 #include "client/commands.h"
 #include "client/connection.h"
 #include "common/job_id.h"
+#include "common/nearest_name.h"
 #include "moe_version.h"
 
 namespace {
@@ -92,29 +92,13 @@ CLI::Validator ServerAddress() {
       [](std::string& text) -> std::string { return moe::client::ServerAddressProblem(text); }, "");
 }
 
-// The command nearest to a word that is none (at most two edits away), or "".
+// The command nearest to a word that is none (common/nearest_name.h), or "".
 std::string NearestCommand(CLI::App& app, const std::string& word) {
-  std::string best;
-  size_t best_d = 3;
+  std::vector<std::string> names;
   for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; })) {
-    const std::string& n = sub->get_name();
-    std::vector<size_t> row(n.size() + 1);
-    for (size_t j = 0; j <= n.size(); ++j) row[j] = j;
-    for (size_t i = 1; i <= word.size(); ++i) {
-      size_t diag = row[0];
-      row[0] = i;
-      for (size_t j = 1; j <= n.size(); ++j) {
-        const size_t up = row[j];
-        row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (word[i - 1] == n[j - 1] ? 0 : 1)});
-        diag = up;
-      }
-    }
-    if (row[n.size()] < best_d) {
-      best_d = row[n.size()];
-      best = n;
-    }
+    names.push_back(sub->get_name());
   }
-  return best;
+  return moe::NearestName(word, names).value_or("");
 }
 
 // The first word of argv that is no option (nor --server's value): the command as typed.

@@ -22,6 +22,7 @@
 #include "common/files.h"
 #include "common/job_spec.h"
 #include "common/job_spec_internal.h"
+#include "common/nearest_name.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
 #include "yaml-cpp/depthguard.h"
@@ -57,36 +58,6 @@ struct Pos {
 Pos PosOf(const YAML::Mark& mark) {
   if (mark.is_null() || mark.line < 0) return {};
   return {mark.line + 1, mark.column + 1};
-}
-
-size_t EditDistance(std::string_view a, std::string_view b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diag = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
-
-// The candidate nearest to `word`, when it is near enough to be a likely typo.
-std::optional<std::string> NearestName(const std::string& word,
-                                       const std::vector<std::string>& candidates) {
-  std::optional<std::string> best;
-  size_t best_distance = std::numeric_limits<size_t>::max();
-  const std::string lower = absl::AsciiStrToLower(word);
-  for (const std::string& c : candidates) {
-    size_t d = EditDistance(lower, c);
-    if (d < best_distance) best_distance = d, best = c;
-  }
-  size_t allowed = std::max<size_t>(1, std::min<size_t>(3, word.size() / 3));
-  if (best && best_distance <= allowed) return best;
-  return std::nullopt;
 }
 
 // An unquoted scalar, or one with an explicit non-string core tag (`!!int 10`): a value that
