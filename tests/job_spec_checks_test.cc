@@ -363,7 +363,7 @@ TEST_F(JobSpecTest, AVocabularyShortOfTheTokenizersIdsIsRefused) {
   EXPECT_EQ(e.line, 7);
   EXPECT_EQ(e.message, absl::StrCat("is 10, but the char tokenizer makes ", distinct, " token ids of ", dir_,
                                     "/input.txt (one per distinct byte value); raise model.vocab_size to at least ",
-                                    distinct, ", or remove it to use the text's ", distinct));
+                                    distinct, ", or remove it to use the text's own"));
   ValidSpec(WithExtra("  seq_len: 32", absl::StrCat("  vocab_size: ", distinct, "\n")));
 
   // A BPE of 50300 tokens: 50257 is too few, 50304 enough.
