@@ -163,6 +163,52 @@ class DataChecker {
                        " (a multiple of 64 is the usual padding), or remove it"));
   }
 
+  // The shards' token ids against model.vocab_size (the worker refuses an id past it once the job
+  // starts). The shards in order, at most their first 256 MiB of tokens (moed runs this at
+  // submit; the worker checks every token when it maps them). Headers are whole (CheckShards).
+  void CheckShardIds(const std::vector<std::string>& files) {
+    const int v = s_.model().vocab_size();
+    if (!ok_("model.vocab_size") || v < 1 || v >= 65536) return;
+    constexpr size_t kMaxTokens = size_t{128} << 20;  // 256 MiB of uint16
+    std::vector<uint16_t> buf(size_t{1} << 19);
+    size_t scanned = 0;
+    int max_id = -1;
+    std::string first_file;
+    size_t first_index = 0;
+    int first_id = -1;
+    for (const std::string& f : files) {
+      if (scanned >= kMaxTokens) break;
+      absl::StatusOr<ShardExtent> extent = ReadShardExtent(f);
+      if (!extent.ok()) continue;
+      std::FILE* in = std::fopen(f.c_str(), "rb");
+      if (in == nullptr) continue;  // the worker says why
+      if (std::fseek(in, static_cast<long>(extent->offset), SEEK_SET) != 0) {
+        std::fclose(in);
+        continue;
+      }
+      size_t left = std::min(extent->tokens, kMaxTokens - scanned), index = 0;
+      while (left > 0) {
+        const size_t n = std::fread(buf.data(), sizeof(uint16_t), std::min(left, buf.size()), in);
+        if (n == 0) break;
+        for (size_t i = 0; i < n; ++i) {
+          const int id = buf[i];
+          max_id = std::max(max_id, id);
+          if (id >= v && first_id < 0) first_file = f, first_index = index + i, first_id = id;
+        }
+        index += n;
+        left -= n;
+        scanned += n;
+      }
+      std::fclose(in);
+    }
+    if (first_id < 0) return;
+    fail_("model.vocab_size",
+          absl::StrCat("is ", v, ", but ", first_file, " holds token id ", first_id, " (its token ", first_index,
+                       "); the largest id in the shards' first ", scanned, " tokens is ", max_id,
+                       ": raise model.vocab_size to at least ", max_id + 1,
+                       " (the vocabulary the shards were made with, e.g. 50304 for GPT-2's)"));
+  }
+
   // Every shard's header (12 bytes and the file's size, not its tokens), as the worker reads them
   // (common/token_shards.h): a damaged shard, and a split shorter than one sequence, are refused
   // here rather than once the job runs.
@@ -196,6 +242,7 @@ class DataChecker {
                                       "add train shards"));
       return;
     }
+    CheckShardIds(files);
     const int64_t seq_len = s_.model().seq_len();
     const double vf = s_.data().val_fraction();
     if (!ok_("model.seq_len") || seq_len < 1) return;

@@ -234,8 +234,8 @@ TEST(WorkerFlags, OutOfRangeValuesAreRefusedAtTheCommandLine) {
   }
 }
 
-// Token shards with more ids than model.vocab_size: the worker names the size it needs (before,
-// it said to leave model.vocab_size out, which pretokenized data does not allow).
+// Token shards with more ids than model.vocab_size: the size needed is named (before, it said to
+// leave model.vocab_size out, which pretokenized data does not allow).
 TEST(WorkerData, ShardIdsPastTheVocabularyNameTheSizeNeeded) {
   const std::string dir = testing::MakeTempDir("vocab-");
   std::vector<uint16_t> ids(20000);
@@ -253,8 +253,11 @@ TEST(WorkerData, ShardIdsPastTheVocabularyNameTheSizeNeeded) {
                   .ok());
   CommandResult r = RunCommand({Worker(), "--job", job, "--no-checkpoint"}, {}, 120);
   EXPECT_NE(r.exit_code, 0) << r.out << r.err;
-  EXPECT_THAT(r.err, HasSubstr("model.vocab_size is 512 but the data has 1000 token ids; raise model.vocab_size to "
-                               "at least 1000 (pretokenized data needs it set)"));
+  // The job file's check reads the shards' ids now (the worker's own check stays for what lies past
+  // the first 256 MiB it reads): the size needed, before the job starts.
+  EXPECT_THAT(r.err, HasSubstr("model.vocab_size: is 512, but " + dir + "/shard.bin holds token id 512 (its token "
+                               "512); the largest id in the shards' first 20000 tokens is 999: raise "
+                               "model.vocab_size to at least 1000"));
 }
 
 }  // namespace

@@ -432,7 +432,7 @@ TEST_F(JobSpecTest, DataPathMustExistAndFitTheTokenizer) {
   auto with_path = [](const std::string& path, const std::string& extra = "") {
     std::string y = kMinimal;
     y.replace(y.find("path: input.txt"), 15, "path: " + path + extra);
-    return y.insert(y.find("data:"), "  vocab_size: 512\n");
+    return y.insert(y.find("data:"), "  vocab_size: 1024\n");  // the shards' ids are 257 and 771
   };
   const std::string pre = "\n  tokenizer: pretokenized";
   SpecError e = OnlyError(with_path("nope.txt"));
@@ -458,6 +458,17 @@ TEST_F(JobSpecTest, DataPathMustExistAndFitTheTokenizer) {
 
   ValidSpec(with_path("shards", pre));
   ValidSpec(with_path("shards/train_000.bin", pre));
+  // An id past model.vocab_size: the worker refused it once the job started.
+  std::string small_vocab = with_path("shards", pre);
+  small_vocab.replace(small_vocab.find("vocab_size: 1024"), 16, "vocab_size: 512");
+  e = OnlyError(small_vocab);
+  EXPECT_EQ(e.field, "model.vocab_size");
+  EXPECT_EQ(e.message, absl::StrCat("is 512, but ", dir_, "/shards/train_001.bin holds token id 771 (its token 0); "
+                                    "the largest id in the shards' first 800 tokens is 771: raise model.vocab_size "
+                                    "to at least 772 (the vocabulary the shards were made with, e.g. 50304 for "
+                                    "GPT-2's)"));
+  small_vocab.replace(small_vocab.find("vocab_size: 512"), 15, "vocab_size: 772");
+  ValidSpec(small_vocab);
   v1::JobSpec glob = ValidSpec(with_path("\"shards/train_*.bin\"", pre));
   EXPECT_EQ(glob.data().path(), dir_ + "/shards/train_*.bin");
   EXPECT_THAT(OnlyError(with_path("\"shards/val_*.bin\"", pre)).message,
