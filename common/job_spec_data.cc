@@ -148,13 +148,8 @@ class DataChecker {
   void CheckBpeVocab(const std::string& dir) {
     const int v = s_.model().vocab_size();
     if (!ok_("model.vocab_size") || v < 1) return;
-    const std::string path = (fs::path(dir) / "encoder.json").string();
-    std::error_code ec;
-    const uintmax_t bytes = fs::file_size(path, ec);
-    if (ec || bytes > (uintmax_t{64} << 20)) return;
-    absl::StatusOr<std::string> text = ReadFile(path);
     google::protobuf::Struct entries;
-    if (!text.ok() || !google::protobuf::util::JsonStringToMessage(*text, &entries).ok()) return;
+    if (!JsonObjectProblem((fs::path(dir) / "encoder.json").string(), &entries).empty()) return;
     const auto tokens = static_cast<int64_t>(entries.fields().size());
     if (tokens <= v) return;
     fail_("model.vocab_size",
@@ -165,8 +160,9 @@ class DataChecker {
 
   // The shards' token ids against model.vocab_size (the worker refuses an id past it once the job
   // starts). The shards in order, at most their first 256 MiB of tokens (moed runs this at
-  // submit; the worker checks every token when it maps them). Headers are whole (CheckShards).
-  void CheckShardIds(const std::vector<std::string>& files) {
+  // submit; the worker checks every token when it maps them). `extents`: the files' headers,
+  // read by CheckShards, none damaged.
+  void CheckShardIds(const std::vector<std::string>& files, const std::vector<ShardExtent>& extents) {
     const int v = s_.model().vocab_size();
     if (!ok_("model.vocab_size") || v < 1 || v >= 65536) return;
     constexpr size_t kMaxTokens = size_t{128} << 20;  // 256 MiB of uint16
@@ -176,17 +172,15 @@ class DataChecker {
     std::string first_file;
     size_t first_index = 0;
     int first_id = -1;
-    for (const std::string& f : files) {
-      if (scanned >= kMaxTokens) break;
-      absl::StatusOr<ShardExtent> extent = ReadShardExtent(f);
-      if (!extent.ok()) continue;
+    for (size_t s = 0; s < files.size() && scanned < kMaxTokens; ++s) {
+      const std::string& f = files[s];
       std::FILE* in = std::fopen(f.c_str(), "rb");
       if (in == nullptr) continue;  // the worker says why
-      if (std::fseek(in, static_cast<long>(extent->offset), SEEK_SET) != 0) {
+      if (std::fseek(in, static_cast<long>(extents[s].offset), SEEK_SET) != 0) {
         std::fclose(in);
         continue;
       }
-      size_t left = std::min(extent->tokens, kMaxTokens - scanned), index = 0;
+      size_t left = std::min(extents[s].tokens, kMaxTokens - scanned), index = 0;
       while (left > 0) {
         const size_t n = std::fread(buf.data(), sizeof(uint16_t), std::min(left, buf.size()), in);
         if (n == 0) break;
@@ -215,6 +209,7 @@ class DataChecker {
   // `files`: data.path's shards (ShardFiles).
   void CheckShards(const std::string& p, const std::vector<std::string>& files) {
     std::vector<std::string> damaged;
+    std::vector<ShardExtent> extents;  // each file's, in order, when none is damaged
     int64_t train = 0, val = 0;
     size_t val_files = 0;
     for (const std::string& f : files) {
@@ -223,6 +218,7 @@ class DataChecker {
         damaged.emplace_back(extent.status().message());
         continue;
       }
+      extents.push_back(*extent);
       const bool is_val = IsValShard(f, files.size());
       (is_val ? val : train) += static_cast<int64_t>(extent->tokens);
       val_files += is_val ? 1 : 0;
@@ -242,7 +238,7 @@ class DataChecker {
                                       "add train shards"));
       return;
     }
-    CheckShardIds(files);
+    CheckShardIds(files, extents);
     const int64_t seq_len = s_.model().seq_len();
     const double vf = s_.data().val_fraction();
     if (!ok_("model.seq_len") || seq_len < 1) return;
