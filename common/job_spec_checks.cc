@@ -137,9 +137,9 @@ class Checker {
     }
   }
 
-  // Every number of a job is used in fp32 (rates, coefficients, fractions): a gRPC spec's value
-  // past its range (the YAML reader refuses one where it is written) would be infinity in
-  // training. Fields another check refused already are left to that error.
+  // Every number of a job is used in fp32 (rates, coefficients, fractions): a value past its
+  // range would be infinity in training. Fields another check refused already are left to that
+  // error (a job file's error is placed at the value, as every check's).
   void CheckFp32Range(const pb::Message& m, const std::string& prefix) {
     const pb::Reflection* r = m.GetReflection();
     std::vector<const pb::FieldDescriptor*> fields;

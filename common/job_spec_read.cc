@@ -295,12 +295,6 @@ class YamlReader {
       }
       case pb::FieldDescriptor::CPPTYPE_DOUBLE: {
         std::optional<double> d = ReadNumber(path, v);
-        // Every number of a job (rates, coefficients, fractions) is used in fp32: one past its
-        // range would become infinity in training.
-        if (d && std::fabs(*d) > std::numeric_limits<float>::max()) {
-          return BadValue(path, absl::StrCat("is beyond fp32's range (at most about 3.4e38), the "
-                                             "precision training uses; got ", Describe(v)));
-        }
         if (d) r->SetDouble(msg, f, *d);
         return;
       }

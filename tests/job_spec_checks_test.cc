@@ -85,7 +85,7 @@ TEST_F(JobSpecTest, ScheduleAndRopeThetaAreReadAndChecked) {
       {"  batch_size: 8", "  decay_fraction: 1.5\n", "train.decay_fraction", "at most 1"},
       {"  seq_len: 32", "  attention: {rope_theta: 0.5}\n", "model.attention.rope_theta", "greater than 1"},
       {"  seq_len: 32", "  attention: {rope_theta: -1}\n", "model.attention.rope_theta", "greater than 1"},
-      {"  seq_len: 32", "  attention: {rope_theta: 1.0e39}\n", "model.attention.rope_theta", "3.4e38"},
+      {"  seq_len: 32", "  attention: {rope_theta: 1.0e39}\n", "model.attention.rope_theta", "at most 3.4e38"},
       {"  seq_len: 32", "  attention: {theta: 5}\n", "model.attention.theta", "unknown key"},
   });
 }

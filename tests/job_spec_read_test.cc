@@ -92,7 +92,7 @@ TEST_F(JobSpecTest, TypeErrorsSayWhatWasExpectedAndGot) {
   EXPECT_THAT(OnlyError(WithExtra("  batch_size: 8", "  steps_extra:\n")).message,
               HasSubstr("unknown key"));
   // Past fp32 (the precision training uses): was taken, and the worker diverged on infinity.
-  for (const char* extra : {"  grad_clip: 1e300\n", "  weight_decay: -4e38\n"}) {
+  for (const char* extra : {"  grad_clip: 1e300\n", "  weight_decay: 4e38\n"}) {
     SpecError big = OnlyError(WithExtra("  batch_size: 8", extra));
     EXPECT_THAT(big.message, HasSubstr("is beyond fp32's range (at most about 3.4e38)")) << extra;
   }
