@@ -258,10 +258,7 @@ int RunValidate(const std::string& file, const std::string& gpu_memory) {
   auto levers = [&fit](const std::string& indent) {
     if (fit.levers.empty()) return std::string();
     std::string out = absl::StrCat(indent, "what would make it fit (estimated savings per GPU):\n");
-    for (const MemoryLever& l : fit.levers) {
-      absl::StrAppend(&out, indent, "  ", l.change, " saves about ", FormatBytes(static_cast<double>(l.saving)),
-                      l.enough ? " (enough alone)" : "", l.note.empty() ? "" : absl::StrCat(" [", l.note, "]"), "\n");
-    }
+    for (const MemoryLever& l : fit.levers) absl::StrAppend(&out, indent, "  ", DescribeLever(l), "\n");
     return out;
   };
   if (check_gpu && !fit.fits && !parsed.spec.resources().allow_oversubscribe_memory()) {

@@ -194,13 +194,15 @@ std::string DescribeFit(const MemoryFit& fit) {
     return out;
   }
   std::vector<std::string> levers;
-  for (const MemoryLever& l : fit.levers) {
-    std::string s = absl::StrCat(l.change, " saves about ", Size(l.saving), l.enough ? " (enough alone)" : "");
-    if (!l.note.empty()) absl::StrAppend(&s, " [", l.note, "]");
-    levers.push_back(std::move(s));
-  }
+  for (const MemoryLever& l : fit.levers) levers.push_back(DescribeLever(l));
   absl::StrAppend(&out, "; what would make it fit: ", absl::StrJoin(levers, "; "));
   return out;
+}
+
+std::string DescribeLever(const MemoryLever& l) {
+  std::string s = absl::StrCat(l.change, " saves about ", Size(l.saving), l.enough ? " (enough alone)" : "");
+  if (!l.note.empty()) absl::StrAppend(&s, " [", l.note, "]");
+  return s;
 }
 
 }  // namespace moe

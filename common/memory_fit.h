@@ -50,6 +50,9 @@ MemoryFit CheckGpuFit(moe::v1::JobSpec spec, int64_t gpu_bytes);
 // (one paragraph, for validate and for moed's FAILED_PRECONDITION).
 std::string DescribeFit(const MemoryFit& fit);
 
+// One lever: "train.batch_size: 8 saves about 3 GiB (enough alone) [note]".
+std::string DescribeLever(const MemoryLever& lever);
+
 // The estimate per component: "weights 1 GiB, grads 1 GiB, optimizer 2 GiB, activations ...".
 std::string DescribeComponents(const ModelStats& stats);
 
