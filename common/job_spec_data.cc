@@ -21,9 +21,9 @@
 #include "absl/strings/str_join.h"
 #include "common/files.h"
 #include "common/job_spec_internal.h"
+#include "common/json_object.h"
 #include "common/token_shards.h"
 #include "google/protobuf/struct.pb.h"
-#include "google/protobuf/util/json_util.h"
 
 namespace moe::job_spec_internal {
 namespace {
@@ -406,7 +406,7 @@ class DataChecker {
   }
 
   // "" when the file holds a JSON object (into *doc when given), else what is wrong, e.g. "is not a
-  // JSON object (it does not start with '{')".
+  // JSON object (it does not start with '{')" or "is not valid JSON (JSON error at byte 12: ...)".
   static std::string JsonObjectProblem(const std::string& path, google::protobuf::Struct* doc = nullptr) {
     std::error_code ec;
     const uintmax_t bytes = fs::file_size(path, ec);
@@ -418,12 +418,8 @@ class DataChecker {
     if (first == std::string::npos) return "is empty, not a JSON object";
     if ((*text)[first] != '{') return "is not a JSON object (it does not start with '{')";
     google::protobuf::Struct local;
-    const auto st = google::protobuf::util::JsonStringToMessage(*text, doc != nullptr ? doc : &local);
-    if (!st.ok()) {
-      // protobuf's message is "<what>\n<the bytes around it>\n<caret>": the first line says it.
-      std::string what(st.message().data(), st.message().size());
-      what = what.substr(0, std::min<size_t>(what.find('\n'), 120));
-      return absl::StrCat("is not valid JSON (", what, ")");
+    if (absl::Status st = ParseJsonObject(*text, doc != nullptr ? doc : &local); !st.ok()) {
+      return absl::StrCat("is not valid JSON (", st.message(), ")");
     }
     return "";
   }

@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/json_object.h"
 
 namespace google::protobuf {
 class Struct;
@@ -135,10 +136,7 @@ float F16ToFloat(uint16_t h);
 
 // The JSON helpers the header, the checkpoint metadata and GPT-2's encoder.json use.
 std::string JsonQuote(std::string_view s);  // "..." with the escapes JSON requires
-// Parses a JSON document whose top level is an object into *out (numbers become doubles).
-// A syntax error is InvalidArgument "JSON error at byte N: <protobuf's reason>" (or with the
-// context around the failure when protobuf's report does not pin the byte).
-absl::Status ParseJsonObject(std::string_view json, google::protobuf::Struct* out);
+// ParseJsonObject: common/json_object.h.
 // A JSON object whose values are all strings.
 absl::StatusOr<std::map<std::string, std::string>> ParseJsonStringMap(std::string_view json);
 

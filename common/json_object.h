@@ -1,0 +1,18 @@
+// A JSON object read with the byte of its first error: for safetensors headers, Hugging Face
+// config.json and index files, checkpoints' spec.json (worker/) and moectl validate's checks of
+// model.init_from (common/job_spec_data.cc).
+#pragma once
+
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "google/protobuf/struct.pb.h"
+
+namespace moe {
+
+// Parses a JSON document whose top level is an object into *out (numbers become doubles).
+// A syntax error is InvalidArgument "JSON error at byte N: <protobuf's reason>" (or with the
+// context around the failure when protobuf's report does not pin the byte).
+absl::Status ParseJsonObject(std::string_view json, google::protobuf::Struct* out);
+
+}  // namespace moe
