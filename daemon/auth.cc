@@ -26,12 +26,13 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
 
 absl::StatusOr<std::string> LoadTokenFile(const std::string& path) {
   struct stat st;
-  if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+  const bool exists = stat(path.c_str(), &st) == 0;  // absent: ReadFile below says so
+  if (exists && !S_ISREG(st.st_mode)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "token file ", path, " is ", S_ISDIR(st.st_mode) ? "a directory" : "not a regular file",
         "; give the file that holds the token on its first line"));
   }
-  if (stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+  if (exists && (st.st_mode & 077) != 0) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "token file %s is readable by others (mode %04o): anyone on this machine could act as "
         "any user of moed; run chmod 600 %s", path, st.st_mode & 07777, path));
