@@ -373,6 +373,12 @@ void DeviceCommunicator::Wait(cudaStream_t stream, const char* what) {
   Drain(/*wait=*/false);
 }
 
+void DeviceCommunicator::WaitEvent(cudaEvent_t event, const char* what) {
+  const std::string reason = PollUntilDone([event] { return cudaEventQuery(event); }, AsNccl(nccl_),
+                                           options_.timeout_seconds);
+  if (!reason.empty()) Fail(what, reason);
+}
+
 double DeviceCommunicator::all_to_all_seconds() {
   Drain(/*wait=*/true);
   return a2a_s_;

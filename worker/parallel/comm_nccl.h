@@ -55,6 +55,8 @@ class DeviceCommunicator {
   void AllReduceSum(void* data, int64_t n, DeviceDType dtype, cudaStream_t stream);
   // Blocks until `stream` is done, with the deadline above. `what` names the wait in messages.
   void Wait(cudaStream_t stream, const char* what);
+  // Blocks until `event` has completed, with the same deadline.
+  void WaitEvent(cudaEvent_t event, const char* what);
 
   // GPU seconds spent in AllToAllV / AllReduceSum (timed with events around each call) since
   // construction, over the calls that have completed.

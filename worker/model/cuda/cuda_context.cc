@@ -6,8 +6,25 @@
 #ifdef MOE_WITH_CUDA
 
 #include "kernels/cuda/matmul.h"
+#include "worker/parallel/comm_nccl.h"
 
 namespace moe {
+
+void CudaContext::SyncStream(cudaStream_t s, const char* what) const {
+  if (dcomm != nullptr) {
+    dcomm->Wait(s, what);
+  } else {
+    MOE_CUDA_CHECK(cudaStreamSynchronize(s));
+  }
+}
+
+void CudaContext::WaitEvent(cudaEvent_t event, const char* what) const {
+  if (dcomm != nullptr) {
+    dcomm->WaitEvent(event, what);
+  } else {
+    MOE_CUDA_CHECK(cudaEventSynchronize(event));
+  }
+}
 
 void CudaContext::Linear(float* out, const float* inp, const float* w, int n, int c, int oc, bool fp32,
                          const float* add) const {

@@ -13,6 +13,8 @@
 
 namespace moe {
 
+class DeviceCommunicator;
+
 struct CudaContext {
   cudaStream_t stream = nullptr;
   cuda::Blas* blas = nullptr;
@@ -30,6 +32,17 @@ struct CudaContext {
   const float* grads = nullptr;
   int64_t grads_total = 0;
   cuda::bf16* grads16 = nullptr;
+
+  // The NCCL communicator when the job has several GPUs, else null. Waits on the host for work
+  // that may sit behind a collective go through it: a peer that stopped ends the job after the
+  // job's --comm-timeout (comm_nccl.h) instead of blocking this rank forever.
+  DeviceCommunicator* dcomm = nullptr;
+
+  // Blocks until `stream` (the context's own by default) is done; `what` names the wait.
+  void Sync(const char* what) const { SyncStream(stream, what); }
+  void SyncStream(cudaStream_t s, const char* what) const;
+  // Blocks until `event` has completed.
+  void WaitEvent(cudaEvent_t event, const char* what) const;
 
   // The bf16 copy of a weight tensor that lives at `w` in params.
   const cuda::bf16* Bf16Of(const float* w) const { return params16 + (w - params); }

@@ -52,6 +52,7 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr
   grads_ = std::make_unique<DeviceGrads>(layout_, bf16_grads, cfg.bf16_master, &weights_);
   optimizer_ = std::make_unique<DeviceOptimizer>(cfg, layout_, bf16_, &weights_, stream_);
   ctx_.stream = stream_;
+  ctx_.dcomm = dcomm_.get();
   ctx_.blas = blas_.get();
   ctx_.bf16 = bf16_;
   ctx_.params = params_->handles();
@@ -144,7 +145,7 @@ CommSeconds CudaModel::CommClocks() const {
 
 void CudaModel::EnsureActivations(int b) {
   if (b <= b_cap_) return;
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  ctx_.Sync("growing the activations");
   acts_.FreeAll();
   b_cap_ = b;
   const int64_t n = int64_t{b} * cfg_.seq_len, D = cfg_.d, C3 = cfg_.qkv_dim(), V = cfg_.vocab, H = cfg_.heads;
@@ -236,7 +237,7 @@ void CudaModel::GradSquaredNorms(double* dense_sq, double* expert_sq) {
   MOE_CUDA_CHECK(cudaMemsetAsync(norms_, 0, 2 * sizeof(double), stream_));
   grads_->SquaredNorms(norms_, reinterpret_cast<double*>(partials_), stream_);
   MOE_CUDA_CHECK(cudaMemcpyAsync(host_stats_, norms_, 2 * sizeof(double), cudaMemcpyDeviceToHost, stream_));
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  ctx_.Sync("the gradient norms");
   *dense_sq = host_stats_[0];
   *expert_sq = host_stats_[1];
 }
@@ -265,7 +266,7 @@ void CudaModel::SetRouterBiases(const std::vector<float>& biases) {
 
 void CudaModel::CopyToHost(ParamSet set, std::vector<float>* out) {
   optimizer_->Join(stream_);
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  ctx_.Sync("copying parameters between host and GPU");
   switch (set) {
     case ParamSet::kParams: params_->Download(out, stream_); return;
     case ParamSet::kAdamM: optimizer_->CopyToHost(/*is_m=*/true, out); return;
@@ -278,7 +279,7 @@ void CudaModel::CopyToHost(ParamSet set, std::vector<float>* out) {
 
 void CudaModel::CopyFromHost(ParamSet set, const std::vector<float>& in) {
   optimizer_->Join(stream_);
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  ctx_.Sync("copying parameters between host and GPU");
   switch (set) {
     case ParamSet::kParams: {
       // On stream_, so that the bf16 copy made from them reads the new values (a plain cudaMemcpy

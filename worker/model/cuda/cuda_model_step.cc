@@ -159,7 +159,7 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
                                      cudaMemcpyDeviceToHost, stream_));
     }
   }
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  ctx_.Sync("the forward's loss and router statistics");
 
   ForwardResult result;
   result.ce_sum = host_stats_[0];
@@ -277,7 +277,7 @@ void CudaModel::Backward() {
   expert_grads_unwritten_ = false;  // every layer wrote its experts' gradients
   if (reduce_now) reducer_->BackwardDone();
   // Synchronous at the end so that the trainer's forward / backward / optimizer times are real.
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  ctx_.Sync("the backward");
 }
 
 }  // namespace moe

@@ -75,10 +75,10 @@ void MoeScratch::AddTo(BufferTable* table, int64_t n) {
   }
 }
 
-void MoeScratch::ReserveExpertRows(int64_t rows, cudaStream_t stream) {
+void MoeScratch::ReserveExpertRows(int64_t rows, const CudaContext& ctx) {
   rows = std::max<int64_t>(rows, 1);
   if (rows <= capacity) return;
-  MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  ctx.Sync("growing the expert rows' scratch");
   rows_mem_.FreeAll();
   capacity = CudaGrownRows(rows, capacity);
   const int64_t D = shape_.d;
@@ -125,7 +125,7 @@ void CudaMoeLayer::SetRouterBias(const float* bias) {
   // Between steps: the stream's earlier work may still read the old bias.
   MOE_CUDA_CHECK(cudaMemcpyAsync(bias_, bias_host_.data(), sizeof(float) * shape_.experts, cudaMemcpyHostToDevice,
                                  ctx_->stream));
-  MOE_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
+  ctx_->Sync("the router bias update");
 }
 
 void CudaMoeLayer::AddTo(BufferTable* table, int64_t n) {
@@ -244,9 +244,9 @@ void CudaMoeLayer::SharedBackward(const float* dout, const float* m, const Block
 
 void CudaMoeLayer::ReserveSaved() {
   const int64_t rows = std::max<int64_t>(dispatcher_.layout().rows, 1);
-  scratch_->ReserveExpertRows(rows, ctx_->stream);
+  scratch_->ReserveExpertRows(rows, *ctx_);
   if (rows <= a_->rows.capacity) return;
-  MOE_CUDA_CHECK(cudaStreamSynchronize(ctx_->stream));
+  ctx_->Sync("growing the layer's saved expert rows");
   const int64_t D = shape_.d, F = shape_.ffn;
   a_->rows.capacity = CudaGrownRows(rows, a_->rows.capacity);
   a_->rows.mem = std::make_unique<DeviceArena>(memory_);
@@ -320,7 +320,7 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
   // the dispatcher).
   if (ctx_->bf16) {
     const auto wait = std::chrono::steady_clock::now();
-    MOE_CUDA_CHECK(cudaEventSynchronize(scratch_->counts_ready));
+    ctx_->WaitEvent(scratch_->counts_ready, "the expert counts");
     CountsWaitSeconds() += std::chrono::duration<double>(std::chrono::steady_clock::now() - wait).count();
     dispatcher_.Preprocess(counts_host_);
     FillInputRows(m, n);

@@ -39,8 +39,8 @@ class MoeScratch {
 
   // The per-batch buffers, for n tokens, into the model's activation table.
   void AddTo(BufferTable* table, int64_t n);
-  // Makes the expert-row scratch hold `rows` rows (waits for the stream before it reallocates).
-  void ReserveExpertRows(int64_t rows, cudaStream_t stream);
+  // Makes the expert-row scratch hold `rows` rows (waits for ctx's stream before it reallocates).
+  void ReserveExpertRows(int64_t rows, const CudaContext& ctx);
 
   std::unique_ptr<cuda::GroupedBlas> grouped;  // bf16
   cudaEvent_t counts_ready = nullptr;          // bf16
