@@ -256,14 +256,24 @@ __global__ void __launch_bounds__(kTcThreads) ForwardTcKernel(float* out, float*
       MulABtShared<HD>(s, qs, warp * 16, ks(st), g, q);
     }
     float mx[2] = {-INFINITY, -INFINITY};
+    if (j + 1 < tiles) {  // wholly below the diagonal (k0 + 64 <= q0 < t): nothing to mask
 #pragma unroll
-    for (int nt = 0; nt < kTc / 8; ++nt)
+      for (int nt = 0; nt < kTc / 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int jj = k0 + nt * 8 + 2 * q + (e & 1);
-        s[nt][e] = (jj > row[e / 2] || jj >= t) ? -INFINITY : s[nt][e] * sl2;
-        mx[e / 2] = fmaxf(mx[e / 2], s[nt][e]);
-      }
+        for (int e = 0; e < 4; ++e) {
+          s[nt][e] *= sl2;
+          mx[e / 2] = fmaxf(mx[e / 2], s[nt][e]);
+        }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < kTc / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int jj = k0 + nt * 8 + 2 * q + (e & 1);
+          s[nt][e] = (jj > row[e / 2] || jj >= t) ? -INFINITY : s[nt][e] * sl2;
+          mx[e / 2] = fmaxf(mx[e / 2], s[nt][e]);
+        }
+    }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const float m_new = fmaxf(m[r], QuadMax(mx[r]));
@@ -376,16 +386,28 @@ __global__ void __launch_bounds__(kTcThreads) DqTcKernel(float* dqkv, const bf16
       MulABtShared<HD>(s, qs, warp * 16, ks(st), g, q);
       MulABtShared<HD>(dp, dos, warp * 16, vs(st), g, q);
     }
+    if (j + 1 < tiles && q0 + kTc <= t) {  // wholly below the diagonal, every row real: all live
 #pragma unroll
-    for (int nt = 0; nt < kTc / 8; ++nt)
+      for (int nt = 0; nt < kTc / 8; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int jj = k0 + nt * 8 + 2 * q + (e & 1), i = row[e / 2];
-        const bool live = !(jj > i || jj >= t || i >= t);
-        const float p = live ? exp2f(s[nt][e] * sl2 - lr[e / 2]) : 0.f;
-        const float dpe = (kDrop && live) ? dp[nt][e] * drop.Factor(bi, i, hi, h, t, jj) : dp[nt][e];
-        s[nt][e] = p * (dpe - dr[e / 2]) * scale;
-      }
+        for (int e = 0; e < 4; ++e) {
+          const float p = exp2f(s[nt][e] * sl2 - lr[e / 2]);
+          const float dpe =
+              kDrop ? dp[nt][e] * drop.Factor(bi, row[e / 2], hi, h, t, k0 + nt * 8 + 2 * q + (e & 1)) : dp[nt][e];
+          s[nt][e] = p * (dpe - dr[e / 2]) * scale;
+        }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < kTc / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int jj = k0 + nt * 8 + 2 * q + (e & 1), i = row[e / 2];
+          const bool live = !(jj > i || jj >= t || i >= t);
+          const float p = live ? exp2f(s[nt][e] * sl2 - lr[e / 2]) : 0.f;
+          const float dpe = (kDrop && live) ? dp[nt][e] * drop.Factor(bi, i, hi, h, t, jj) : dp[nt][e];
+          s[nt][e] = p * (dpe - dr[e / 2]) * scale;
+        }
+    }
     MulPZ<HD>(dq, s, ks(st), lane);
     __syncthreads();
   }
@@ -401,6 +423,30 @@ __global__ void __launch_bounds__(kTcThreads) DqTcKernel(float* dqkv, const bf16
       *d2 = make_float2(v.x + dq[nt][2 * r], v.y + dq[nt][2 * r + 1]);
     }
   }
+}
+
+// dk/dv's step: the probabilities P o M (into sc, transposed: rows keys) and dS (into dp) of the
+// key rows `key` against query tile i0 (lse and dsum of its rows in log2 units, dsum as is).
+// kAllLive: a tile wholly below the diagonal, every query real, so no score is masked.
+template <bool kAllLive, bool kDrop>
+__device__ __forceinline__ void DkvScores(float (&sc)[kTc / 8][4], float (&dp)[kTc / 8][4], const int (&key)[2],
+                                          int i0, int t, const float* ls, const float* dss, float sl2, float scale,
+                                          const AttnDrop& drop, int bi, int hi, int h, int q) {
+#pragma unroll
+  for (int nt = 0; nt < kTc / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int c = nt * 8 + 2 * q + e, i = i0 + c;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int j = key[r];
+        const bool live = kAllLive || !(j > i || i >= t || j >= t);
+        const float p = live ? exp2f(sc[nt][2 * r + e] * sl2 - ls[c]) : 0.f;
+        const float f = (kDrop && live) ? drop.Factor(bi, i, hi, h, t, j) : 1.0f;
+        sc[nt][2 * r + e] = p * f;
+        dp[nt][2 * r + e] = p * (dp[nt][2 * r + e] * f - dss[c]) * scale;
+      }
+    }
 }
 
 // dk, dv. grid (key tiles, b * hkv, column slices); walks every query head of the group and
@@ -473,21 +519,13 @@ __global__ void __launch_bounds__(kTcThreads) DkvTcKernel(float* dqkv, const bf1
       MulABtShared<HD>(sc, kt, warp * 16, qs(st), g, q);
       MulABtShared<HD>(dp, vt, warp * 16, ds(st), g, q);
     }
-#pragma unroll
-    for (int nt = 0; nt < kTc / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int c = nt * 8 + 2 * q + e, i = i0 + c;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int j = key[r];
-          const bool live = !(j > i || i >= t || j >= t);
-          const float p = live ? exp2f(sc[nt][2 * r + e] * sl2 - ls[st][c]) : 0.f;
-          const float f = (kDrop && live) ? drop.Factor(bi, i, hi, h, t, j) : 1.0f;
-          sc[nt][2 * r + e] = p * f;
-          dp[nt][2 * r + e] = p * (dp[nt][2 * r + e] * f - dss[st][c]) * scale;
-        }
-      }
+    // Wholly below the diagonal with every query real (i0 > j0 puts the key tile before the last,
+    // so every key is real): every score is live.
+    if (i0 > j0 && i0 + kTc <= t) {
+      DkvScores<true, kDrop>(sc, dp, key, i0, t, ls[st], dss[st], sl2, scale, drop, bi, hi, h, q);
+    } else {
+      DkvScores<false, kDrop>(sc, dp, key, i0, t, ls[st], dss[st], sl2, scale, drop, bi, hi, h, q);
+    }
     MulPZ<HS>(dv, sc, Cols<P>(ds(st), c0), lane);
     MulPZ<HS>(dk, dp, Cols<P>(qs(st), c0), lane);
     __syncthreads();
