@@ -1,7 +1,7 @@
 // Checkpoints and the expert options: loss-free balancing's router biases are saved with the
 // weights (blocks.{i}.moe.router_bias), sampled with, and left behind by model.init_from; a
-// checkpoint is refused, with the options that differ named, by a job of another recipe,
-// whether or not the tensors would fit.
+// checkpoint is refused, with the options that differ named, by a job of another recipe or
+// model shape, whether or not the tensors would fit.
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,6 +33,16 @@ TEST(RecipeDifference, NamesEachOptionThatDiffersAndReadsDefaults) {
   EXPECT_EQ(RecipeDifference(a, b),
             "model.moe.activation: swiglu in the checkpoint, gelu in this job\n"
             "model.moe.router_score: softmax in the checkpoint, sigmoid in this job");
+}
+
+TEST(ModelShapeDifference, NamesEachShapeKeyAndReadsDefaults) {
+  moe::v1::JobSpec a = testing::SmallShakespeareSpec();  // d 64, 4 heads of 16, 2 kv heads
+  moe::v1::JobSpec b = a;
+  EXPECT_EQ(ModelShapeDifference(a, 65, b, 65), "");
+  a.mutable_model()->set_n_kv_heads(4);
+  b.mutable_model()->set_n_kv_heads(0);  // its default: n_heads
+  EXPECT_EQ(ModelShapeDifference(a, 65, b, 65), "");
+  EXPECT_EQ(ModelShapeDifference(a, 65, b, 80), "model.vocab_size: 65 in the checkpoint, 80 in this job");
 }
 
 class CheckpointRecipeTest : public ::testing::Test {
@@ -133,6 +143,34 @@ TEST_F(CheckpointRecipeTest, AnotherRecipeIsRefusedNamingTheOptions) {
       << st;
   EXPECT_NE(std::string(st.message()).find("model.moe.bias_update_rate: 0.01 in the checkpoint, 0 in this job"),
             std::string::npos)
+      << st;
+}
+
+TEST_F(CheckpointRecipeTest, AnotherShapeWithTheSameTensorsIsRefusedNamingTheKeys) {
+  // 8 heads of 8 with 4 kv heads give wqkv the shape of 4 heads of 16 with 2, and top_k no
+  // tensor at all: only the spec can tell, and the keys are named before any tensor.
+  moe::v1::JobSpec heads = spec_;
+  heads.mutable_train()->set_steps(4);
+  heads.mutable_model()->set_n_heads(8);
+  heads.mutable_model()->set_n_kv_heads(4);
+  heads.mutable_model()->mutable_moe()->set_top_k(1);
+  absl::Status st = Resume(heads);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  const std::string msg(st.message());
+  EXPECT_NE(msg.find("does not fit this job's model:\n"
+                     "model.n_heads: 4 in the checkpoint, 8 in this job\n"
+                     "model.n_kv_heads: 2 in the checkpoint, 4 in this job\n"
+                     "model.moe.top_k: 2 in the checkpoint, 1 in this job\n"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("checkpoint.dir"), std::string::npos) << msg;
+
+  moe::v1::JobSpec wider = spec_;
+  wider.mutable_train()->set_steps(4);
+  wider.mutable_model()->set_d_model(32);
+  st = Resume(wider);
+  EXPECT_NE(std::string(st.message()).find("model.d_model: 64 in the checkpoint, 32 in this job"), std::string::npos)
       << st;
 }
 

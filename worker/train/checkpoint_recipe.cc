@@ -23,13 +23,26 @@ std::string ActivationText(ModelConfig::Activation a) {
   return "swiglu";
 }
 
+using Text = std::function<std::string(const ModelConfig&)>;
+
+// One line per option whose text differs between a and b, "<key>: <a> in the checkpoint, <b> in this job".
+std::string Differences(const ModelConfig& a, const ModelConfig& b,
+                        const std::vector<std::pair<const char*, Text>>& options) {
+  std::string out;
+  for (const auto& [key, text] : options) {
+    const std::string was = text(a), now = text(b);
+    if (was == now) continue;
+    absl::StrAppend(&out, out.empty() ? "" : "\n", key, ": ", was, " in the checkpoint, ", now, " in this job");
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string RecipeDifference(const moe::v1::JobSpec& saved, const moe::v1::JobSpec& job) {
   // The options with their defaults applied (ModelConfig's reading), so a spec that leaves a key
   // out agrees with one that names its default.
   const ModelConfig a = ModelConfig::FromSpec(saved, 0), b = ModelConfig::FromSpec(job, 0);
-  using Text = std::function<std::string(const ModelConfig&)>;
   const std::vector<std::pair<const char*, Text>> options = {
       {"model.attention.rope_theta", [](const ModelConfig& c) { return Num(c.rope_theta); }},
       {"model.attention.qk_norm", [](const ModelConfig& c) { return Bool(c.qk_norm); }},
@@ -45,13 +58,25 @@ std::string RecipeDifference(const moe::v1::JobSpec& saved, const moe::v1::JobSp
       {"model.moe.expert_dropout", [](const ModelConfig& c) { return Num(c.expert_dropout); }},
       {"train.optimizer", [](const ModelConfig& c) { return std::string(c.muon ? "muon" : "adamw"); }},
   };
-  std::string out;
-  for (const auto& [key, text] : options) {
-    const std::string was = text(a), now = text(b);
-    if (was == now) continue;
-    absl::StrAppend(&out, out.empty() ? "" : "\n", key, ": ", was, " in the checkpoint, ", now, " in this job");
-  }
-  return out;
+  return Differences(a, b, options);
+}
+
+std::string ModelShapeDifference(const moe::v1::JobSpec& saved, int saved_vocab, const moe::v1::JobSpec& job,
+                                 int job_vocab) {
+  const ModelConfig a = ModelConfig::FromSpec(saved, saved_vocab), b = ModelConfig::FromSpec(job, job_vocab);
+  auto num = [](int ModelConfig::*field) { return Text([field](const ModelConfig& c) { return std::to_string(c.*field); }); };
+  const std::vector<std::pair<const char*, Text>> options = {
+      {"model.vocab_size", num(&ModelConfig::vocab)},
+      {"model.d_model", num(&ModelConfig::d)},
+      {"model.n_layers", num(&ModelConfig::layers)},
+      {"model.n_heads", num(&ModelConfig::heads)},
+      {"model.n_kv_heads", num(&ModelConfig::kv_heads)},
+      {"model.tie_embeddings", [](const ModelConfig& c) { return Bool(c.tied); }},
+      {"model.moe.num_experts", num(&ModelConfig::experts)},
+      {"model.moe.top_k", num(&ModelConfig::top_k)},
+      {"model.moe.expert_hidden", num(&ModelConfig::ffn)},
+  };
+  return Differences(a, b, options);
 }
 
 }  // namespace moe

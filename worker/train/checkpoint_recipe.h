@@ -14,4 +14,11 @@ namespace moe {
 // "<key>: <saved> in the checkpoint, <job> in this job", for the caller's message.
 std::string RecipeDifference(const moe::v1::JobSpec& saved, const moe::v1::JobSpec& job);
 
+// The same for the model's shape (d_model, layers, heads, kv heads, vocabulary, tied embeddings,
+// experts, top_k, expert_hidden): named by key before the tensors are compared, since some
+// changes leave every tensor's shape alone (4 heads of 8 as 2 of 16, top_k). Each vocab is the
+// one in force (the checkpoint's meta, the job's tokenizer), for specs that leave vocab_size 0.
+std::string ModelShapeDifference(const moe::v1::JobSpec& saved, int saved_vocab, const moe::v1::JobSpec& job,
+                                 int job_vocab);
+
 }  // namespace moe

@@ -3,6 +3,7 @@
 #include "worker/train/trainer.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <set>
@@ -92,9 +93,19 @@ absl::Status Trainer::SaveCheckpoint(int64_t steps_done) {
 absl::Status Trainer::LoadCheckpoint(const CheckpointReader& ckpt, int64_t* steps_done) {
   // Verified as a whole when opened (no tensor loaded); read here tensor by tensor into one host set.
   const std::string& path = ckpt.path();
-  // The recipe first: options that leave the tensors' shapes alone would pass the check below.
+  // The shape and recipe keys first: some leave the tensors' shapes alone and would pass the check below.
   moe::v1::JobSpec saved;
   if (absl::Status st = ParseCheckpointJobSpec(ckpt.info().spec_json, path, &saved); !st.ok()) return st;
+  int saved_vocab = cfg_.vocab;  // a checkpoint without it: wte's shape speaks below
+  if (auto it = ckpt.info().meta.find("vocab_size"); it != ckpt.info().meta.end()) {
+    saved_vocab = std::atoi(it->second.c_str());
+  }
+  if (const std::string diff = ModelShapeDifference(saved, saved_vocab, spec_, cfg_.vocab); !diff.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint ", path, " does not fit this job's model:\n", diff,
+        "\na checkpoint resumes only as the model that made it: set these back as the checkpoint has them, or "
+        "give this job its own checkpoint.dir"));
+  }
   if (const std::string diff = RecipeDifference(saved, spec_); !diff.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "checkpoint ", path, " was made with another recipe than this job's:\n", diff,
