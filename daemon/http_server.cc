@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -61,6 +62,39 @@ absl::StatusOr<std::string> ListeningPorts(const std::string& listen) {
 
 int QuietLog(const mg_connection*, const char*) { return 1; }
 
+// The path with its %XX escapes decoded, or a 400's message. civetweb's own decoding (turned off)
+// ended the path at a %00 (/jobs/%00 served the job list) and passed a '%' that starts no escape
+// on as it was (/jobs/%zz was "no job %zz").
+absl::StatusOr<std::string> DecodePath(absl::string_view raw) {
+  const auto hex = [](char c) {
+    return absl::ascii_isdigit(c) ? c - '0'
+           : absl::ascii_isxdigit(c) ? absl::ascii_tolower(c) - 'a' + 10
+                                     : -1;
+  };
+  std::string path;
+  for (size_t i = 0; i < raw.size(); ++i) {
+    if (raw[i] != '%') {
+      path.push_back(raw[i]);
+      continue;
+    }
+    const int hi = i + 2 < raw.size() ? hex(raw[i + 1]) : -1;
+    const int lo = i + 2 < raw.size() ? hex(raw[i + 2]) : -1;
+    if (hi < 0 || lo < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "bad path: the '%' at byte ", i, " starts no %XX escape (two hex digits; '%' itself is "
+          "%25)"));
+    }
+    if (hi == 0 && lo == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "bad path: %00 (a NUL byte) at byte ", i,
+          "; the pages are /, /jobs/ID, /jobs/ID/charts.svg, /metrics and /healthz"));
+    }
+    path.push_back(static_cast<char>(hi * 16 + lo));
+    i += 2;
+  }
+  return path;
+}
+
 // Opens and at once closes a connection to the listener at HOST:PORT (a wildcard host through
 // loopback): civetweb's accept loop sleeps in poll() for up to 2 s between looks at its stop
 // flag, and a connection ends that sleep.
@@ -99,6 +133,8 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   const char* opts[] = {"listening_ports", ports->c_str(),
                         "num_threads", threads.c_str(),
                         "request_timeout_ms", deadline.c_str(),
+                        // The handler decodes the path (DecodePath).
+                        "decode_url", "no",
                         "keep_alive_timeout_ms", keep_alive.c_str(),
                         "enable_keep_alive", "yes",
                         "linger_timeout_ms", "0",
@@ -160,13 +196,18 @@ bool HttpServer::Authorized(mg_connection* conn) const {
 int HttpServer::Handle(mg_connection* conn) {
   const mg_request_info* ri = mg_get_request_info(conn);
   const std::string method = ri->request_method;
-  const std::string path = ri->local_uri != nullptr ? ri->local_uri : "/";
   constexpr const char* kText = "text/plain; charset=utf-8";
   if (method != "GET" && method != "HEAD") {
     Reply(conn, 405, "Method Not Allowed", kText, "only GET and HEAD are served\n",
           "Allow: GET, HEAD\r\n");
     return 405;
   }
+  absl::StatusOr<std::string> decoded = DecodePath(ri->local_uri != nullptr ? ri->local_uri : "/");
+  if (!decoded.ok()) {
+    Reply(conn, 400, "Bad Request", kText, absl::StrCat(decoded.status().message(), "\n"));
+    return 400;
+  }
+  const std::string& path = *decoded;
   if (path == "/healthz") {
     const absl::Status health = options_.health ? options_.health() : absl::OkStatus();
     if (!health.ok()) {

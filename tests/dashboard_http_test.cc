@@ -1,6 +1,6 @@
 // moed's HTTP port: the token guards every path but /healthz (401 without it, Bearer or Basic
-// with it), a path that can name no job is a 400, and slow clients holding connections cannot
-// delay a scrape.
+// with it), a path that can name no job or does not decode is a 400, and slow clients holding
+// connections cannot delay a scrape.
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -79,6 +79,34 @@ TEST(DashboardHttp, APathThatCanNameNoJobIsABadRequest) {
   HttpResponse missing = HttpGet(port, "/jobs/j-999999");
   EXPECT_EQ(missing.status, 404);
   EXPECT_EQ(missing.body, "no job j-999999 (see /)\n");
+}
+
+TEST(DashboardHttp, ANulOrABrokenEscapeInThePathIsABadRequest) {
+  DaemonHarness h(Fake());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult sub = h.Moectl({"submit", h.WriteJob("http", 1, 2)});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  const int port = h.metrics_port();
+  // civetweb's decoding ended the path at %00: /jobs/%00 was the job list, /metrics%00 /metrics.
+  for (const char* path :
+       {"/jobs/%00", "/jobs/j-000001%00", "/metrics%00", "/jobs/j-000001/charts.svg%00"}) {
+    HttpResponse r = HttpGet(port, path);
+    EXPECT_EQ(r.status, 400) << path << r.body;
+    EXPECT_TRUE(absl::StartsWith(r.body, "bad path: %00 (a NUL byte) at byte ")) << path << r.body;
+    EXPECT_TRUE(absl::StrContains(r.body, "/jobs/ID/charts.svg, /metrics and /healthz")) << r.body;
+  }
+  // A '%' that starts no escape was passed on as it was: "no job %zz".
+  for (const char* path : {"/jobs/%zz", "/jobs/%", "/jobs/%4", "/metrics%g0"}) {
+    HttpResponse r = HttpGet(port, path);
+    EXPECT_EQ(r.status, 400) << path << r.body;
+    EXPECT_TRUE(absl::StrContains(r.body, "starts no %XX escape")) << path << r.body;
+  }
+  EXPECT_EQ(
+      HttpGet(port, "/jobs/%zz").body,
+      "bad path: the '%' at byte 6 starts no %XX escape (two hex digits; '%' itself is %25)\n");
+  // Escapes that decode to text still name the page.
+  EXPECT_EQ(HttpGet(port, "/jobs/j-00000%31").status, 200);
+  EXPECT_EQ(HttpGet(port, "/%6Detrics").status, 200);
 }
 
 TEST(DashboardHttp, TwentySlowClientsDoNotDelayAScrape) {
