@@ -40,7 +40,8 @@ void Reply(mg_connection* conn, int code, const char* reason, const char* type,
   const bool head = ri != nullptr && std::strcmp(ri->request_method, "HEAD") == 0;
   std::string head_text = absl::StrCat("HTTP/1.1 ", code, " ", reason, "\r\nContent-Type: ", type,
                                        "\r\nContent-Length: ", body.size(),
-                                       "\r\nCache-Control: no-store\r\n", extra_headers, "\r\n");
+                                       "\r\nCache-Control: no-store\r\nConnection: close\r\n",
+                                       extra_headers, "\r\n");
   mg_write(conn, head_text.data(), head_text.size());
   if (!head) mg_write(conn, body.data(), body.size());
 }
@@ -129,15 +130,19 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   std::unique_ptr<HttpServer> s(new HttpServer(options, exporter, dashboard));
   const std::string threads = std::to_string(options.threads);
   const std::string deadline = std::to_string(options.request_deadline.count());
-  const std::string keep_alive = std::to_string(options.keep_alive.count());
   const char* opts[] = {"listening_ports", ports->c_str(),
                         "num_threads", threads.c_str(),
                         "request_timeout_ms", deadline.c_str(),
                         // The handler decodes the path (DecodePath).
                         "decode_url", "no",
-                        "keep_alive_timeout_ms", keep_alive.c_str(),
-                        "enable_keep_alive", "yes",
-                        "linger_timeout_ms", "0",
+                        // One request a connection: a client that sent requests ahead and read
+                        // no answer held its thread for the deadline once per request. And no
+                        // linger_timeout_ms: 0 reset the connection as it closed, cutting an
+                        // answer the client had not yet taken in.
+                        "enable_keep_alive", "no",
+                        // An absolute-form target (GET http://HOST:PORT/metrics) on this port
+                        // names this server whatever HOST says; the check closed it unanswered.
+                        "enable_auth_domain_check", "no",
                         nullptr};
   mg_callbacks callbacks = {};
   callbacks.log_message = QuietLog;

@@ -1,7 +1,7 @@
-// HttpServer: moed's HTTP port on civetweb (a pool of worker threads, a deadline on every
-// request): /metrics (Prometheus), /healthz, and the dashboard (/ and /jobs/ID). With a token
-// every path but /healthz needs `Authorization: Bearer <token>` (or Basic auth with the token as
-// the password, which a browser asks for), else 401.
+// HttpServer: moed's HTTP port on civetweb (a pool of worker threads, one request a connection,
+// a deadline on every request): /metrics (Prometheus), /healthz, and the dashboard (/ and
+// /jobs/ID). With a token every path but /healthz needs `Authorization: Bearer <token>` (or Basic
+// auth with the token as the password, which a browser asks for), else 401.
 #pragma once
 
 #include <chrono>
@@ -27,9 +27,8 @@ struct HttpServerOptions {
   // waits (for at most the request deadline).
   int threads = 32;
   // A request (its headers read, its answer written) gets this long, however slowly the client
-  // sends; an idle keep-alive connection is closed after keep_alive.
+  // sends; then the connection closes (no keep-alive).
   std::chrono::milliseconds request_deadline{5000};
-  std::chrono::milliseconds keep_alive{2000};
   // What /healthz reports: OK, or why moed cannot take new jobs (503 with the reason).
   std::function<absl::Status()> health;
 };

@@ -11,8 +11,12 @@
 namespace moe::testing {
 namespace {
 
-int Connect(int port) {
+// receive_buffer > 0 sets SO_RCVBUF (before connect, so the window is small from the start).
+int Connect(int port, int receive_buffer = 0) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (receive_buffer > 0) {
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof(receive_buffer));
+  }
   sockaddr_in addr = {};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -24,12 +28,10 @@ int Connect(int port) {
   return fd;
 }
 
-}  // namespace
-
-HttpResponse HttpGet(int port, const std::string& path, const std::vector<std::string>& headers,
-                     double timeout_s) {
+HttpResponse Get(int port, const std::string& path, const std::vector<std::string>& headers,
+                 double timeout_s, int receive_buffer, double delay_s) {
   HttpResponse r;
-  int fd = Connect(port);
+  int fd = Connect(port, receive_buffer);
   if (fd < 0) return r;
   timeval tv = {static_cast<time_t>(timeout_s), 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -37,6 +39,7 @@ HttpResponse HttpGet(int port, const std::string& path, const std::vector<std::s
   for (const std::string& h : headers) req += h + "\r\n";
   req += "\r\n";
   (void)!write(fd, req.data(), req.size());
+  if (delay_s > 0) usleep(static_cast<useconds_t>(delay_s * 1e6));
   std::string resp;
   char buf[8192];
   ssize_t n;
@@ -48,6 +51,17 @@ HttpResponse HttpGet(int port, const std::string& path, const std::vector<std::s
   r.headers = resp.substr(0, end);
   r.body = resp.substr(end + 4);
   return r;
+}
+
+}  // namespace
+
+HttpResponse HttpGet(int port, const std::string& path, const std::vector<std::string>& headers,
+                     double timeout_s) {
+  return Get(port, path, headers, timeout_s, 0, 0);
+}
+
+HttpResponse HttpGetReadingLate(int port, const std::string& path, double delay_s) {
+  return Get(port, path, {}, 10, 1, delay_s);  // the kernel's smallest buffer
 }
 
 SlowClients::SlowClients(int port, int count) {

@@ -16,6 +16,11 @@ struct HttpResponse {
 HttpResponse HttpGet(int port, const std::string& path,
                      const std::vector<std::string>& headers = {}, double timeout_s = 10);
 
+// GET path as HttpGet does (Connection: close), from a client with a small receive buffer that
+// reads nothing for delay_s first, as over a slow network: most of the answer still waits in
+// moed's socket when moed closes it.
+HttpResponse HttpGetReadingLate(int port, const std::string& path, double delay_s);
+
 // Connections that sent part of a request and then nothing: each holds one of the server's
 // workers until its deadline.
 class SlowClients {
