@@ -2,8 +2,9 @@
 // and used as model.init_from gives its weights back bit for bit; bf16 exports round each weight
 // once; a sharded directory (written here: tensors split over two files with an index) reads
 // back the same; mismatched shapes are reported one line per tensor; config keys our math cannot
-// follow are refused by name; a dense model goes out as Mistral; a checkpoint directory owned by
-// another job is refused with the path and the fix.
+// follow are refused by name, and so is another head split in one of our checkpoints; a dense
+// model goes out as Mistral; a checkpoint directory owned by another job is refused with the path
+// and the fix.
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -245,6 +246,21 @@ TEST_F(HfInterchange, ShapeMismatchesAreReportedPerTensor) {
                                "checkpoint, the job needs [64, 80]"));
   std::vector<std::string> per_tensor = absl::StrSplit(lines, "in the checkpoint, the job needs");
   EXPECT_EQ(per_tensor.size() - 1, 2u * 4 * 3);  // 2 layers x 4 experts x w1, w2, w3
+}
+
+TEST_F(HfInterchange, OurCheckpointWithAnotherHeadSplitIsRefused) {
+  // 8 heads of 8 with 4 kv heads: every tensor has the shape of 4 heads of 16 with 2, so only the
+  // checkpoint's spec tells (a Hugging Face config.json's num_attention_heads does the same).
+  moe::v1::JobSpec other = *spec_;
+  other.mutable_model()->set_n_heads(8);
+  other.mutable_model()->set_n_kv_heads(4);
+  absl::StatusOr<std::vector<float>> got = StartingWeights(*ckpt_dir_, other);
+  ASSERT_FALSE(got.ok());
+  const std::string msg(got.status().message());
+  EXPECT_THAT(msg, HasSubstr("model.init_from: the tensors of checkpoint "));
+  EXPECT_THAT(msg, HasSubstr("model.n_heads is 4 in the checkpoint, 8 in this job\n"
+                             "model.n_kv_heads is 2 in the checkpoint, 4 in this job"));
+  EXPECT_THAT(msg, Not(HasSubstr("shape ")));
 }
 
 TEST_F(HfInterchange, ConfigKeysOurMathCannotFollowAreRefusedByName) {

@@ -12,6 +12,7 @@
 #include "common/files.h"
 #include "google/protobuf/struct.pb.h"
 #include "worker/checkpoint/checkpoint.h"
+#include "worker/data/checkpoint_spec.h"
 
 namespace moe {
 namespace {
@@ -131,6 +132,17 @@ absl::StatusOr<PretrainedWeights> LoadOurs(const std::string& dir, const HfShape
     if (!absl::StartsWith(t.name, "adam_")) found[t.name] = std::move(t);
   }
   std::vector<std::string> problems;
+  // The head split: another one can leave every tensor's shape alone (4 heads of 8 as 2 of 16).
+  moe::v1::JobSpec saved;
+  if (absl::Status st = ParseCheckpointJobSpec(ckpt->spec_json, path, &saved); !st.ok()) return st;
+  const HfShape was = HfShape::FromSpec(saved, shape.vocab);
+  if (was.heads != shape.heads) {
+    problems.push_back(absl::StrCat("model.n_heads is ", was.heads, " in the checkpoint, ", shape.heads, " in this job"));
+  }
+  if (was.kv_heads != shape.kv_heads) {
+    problems.push_back(
+        absl::StrCat("model.n_kv_heads is ", was.kv_heads, " in the checkpoint, ", shape.kv_heads, " in this job"));
+  }
   PretrainedWeights out;
   for (const auto& [name, want] : shape.ours) {
     auto it = found.find(name);
