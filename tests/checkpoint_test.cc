@@ -209,6 +209,20 @@ TEST_F(CheckpointTest, KeepsNewestN) {
   EXPECT_THAT(Entries(dir_), ::testing::ElementsAre("step_00000004", "step_00000005"));
 }
 
+TEST_F(CheckpointTest, KeepCountsFromTheStepWrittenDown) {
+  // A resume that skipped a damaged step 8 (its sizes right, a byte wrong) and went on from step 4:
+  // with keep 1 the step 5 it writes must stay, not be pruned in favour of step 8.
+  for (int step : {4, 8}) ASSERT_TRUE(WriteCheckpoint(dir_, MakeCheckpoint(step), 0).ok());
+  std::string bytes = *ReadFile(dir_ + "/step_00000008/model.safetensors");
+  bytes[bytes.size() / 2] ^= 0x10;
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/step_00000008/model.safetensors", bytes).ok());
+  ASSERT_TRUE(WriteCheckpoint(dir_, MakeCheckpoint(5), 1).ok());
+  EXPECT_THAT(Entries(dir_), ::testing::ElementsAre("step_00000005", "step_00000008"));
+  auto good = NewestGoodCheckpoint(dir_, false, nullptr);
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_EQ(*good, dir_ + "/step_00000005");
+}
+
 TEST_F(CheckpointTest, LatestSkipsTempAndIncompleteDirs) {
   EXPECT_EQ(LatestCheckpoint(dir_).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(LatestCheckpoint(dir_ + "/absent").status().code(), absl::StatusCode::kNotFound);

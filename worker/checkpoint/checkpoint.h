@@ -93,7 +93,8 @@ class CheckpointReader {
 
 // Writes dir/step_<8-digit step>/ atomically: files into a temp dir, fsync, manifest last, then
 // rename the directory into place (replacing an older checkpoint of the same step atomically).
-// Keeps the newest `keep` complete checkpoints and deletes older ones (keep <= 0 keeps all), and
+// Keeps the newest `keep` complete checkpoints up to this step and deletes older ones (keep <= 0
+// keeps all; later steps, e.g. a damaged one a resume skipped, are left alone), and
 // removes temp dirs that crashed writers of this host left behind.
 absl::Status WriteCheckpoint(const std::string& dir, const Checkpoint& ckpt, int keep);
 

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <filesystem>
@@ -183,7 +184,12 @@ absl::Status CheckpointWriter::Finish() {
   Stage("renamed");
 
   if (s.keep > 0) {
+    // Counted from this one down: one of a later step is what a resume skipped as damaged (or a
+    // run before this one left), and keeping it instead would delete the checkpoint just written.
     std::vector<std::pair<int64_t, std::string>> complete = CompleteCheckpoints(s.dir);
+    complete.erase(std::remove_if(complete.begin(), complete.end(),
+                                  [&](const auto& c) { return c.first > s.info.step; }),
+                   complete.end());
     for (size_t i = static_cast<size_t>(s.keep); i < complete.size(); ++i) {
       fs::remove_all(complete[i].second, ec);
       if (ec) {
