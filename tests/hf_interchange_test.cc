@@ -476,6 +476,16 @@ TEST(CheckpointOwner, ADirectoryAnotherJobOwnsIsRefusedWithThePathAndTheFix) {
   EXPECT_EQ(*ReadFile(dir + "/.moe-owner"), "job j-000001 of /state/jobs/j-000001\n");
   // The owner again (a restart, or moectl resume): fine.
   EXPECT_TRUE(run("job j-000001 of /state/jobs/j-000001", true).ok());
+  // The owner starting afresh over its earlier run's checkpoints: refused (it would overwrite some
+  // and leave the newer ones for a later resume to take), naming the newest and the fixes.
+  {
+    absl::Status st = run("job j-000001 of /state/jobs/j-000001", false);
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(std::string(st.message()),
+                HasSubstr(absl::StrCat("holds this job's checkpoints of an earlier run (newest ", dir, "/step_")));
+    EXPECT_THAT(std::string(st.message()), HasSubstr("--resume"));
+  }
   // Another job, fresh or resuming: refused, naming the directory, the owner and the fixes.
   for (bool resume : {false, true}) {
     absl::Status st = run("job j-000002 of /state/jobs/j-000002", resume);

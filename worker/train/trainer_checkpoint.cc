@@ -192,11 +192,19 @@ std::string Claim(const std::string& dir, const std::string& owner, bool resume)
     if (!text.ok()) return absl::StrCat("cannot read ", marker, ": ", text.status().message());
     std::string found(*text);
     while (!found.empty() && (found.back() == '\n' || found.back() == ' ')) found.pop_back();
-    if (found == owner) return "";
-    return absl::StrCat(
-        "checkpoint directory ", dir, " belongs to ", found, " (", marker, "), not to this ", owner,
-        "; give this job its own checkpoint.dir, start from that job's weights with model.init_from: ", dir,
-        " (moectl submit --from), or remove ", marker, " to hand the directory over");
+    if (found != owner) {
+      return absl::StrCat(
+          "checkpoint directory ", dir, " belongs to ", found, " (", marker, "), not to this ", owner,
+          "; give this job its own checkpoint.dir, start from that job's weights with model.init_from: ", dir,
+          " (moectl submit --from), or remove ", marker, " to hand the directory over");
+    }
+    // Its own checkpoints of an earlier run: a fresh start would replace some and leave the
+    // newer ones, which a later resume (or --sample) would take for this run's.
+    absl::StatusOr<std::string> earlier = resume ? absl::NotFoundError("") : LatestCheckpoint(dir);
+    if (!earlier.ok()) return "";
+    return absl::StrCat("checkpoint directory ", dir, " holds this job's checkpoints of an earlier run (newest ",
+                        *earlier, "); a fresh start would overwrite some and leave the newer ones. Resume them "
+                        "(moe-worker --resume), give this run its own checkpoint.dir, or delete them to start over");
   }
   bool empty = true;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
