@@ -1,11 +1,13 @@
 // Checkpoints and the expert options: loss-free balancing's router biases are saved with the
 // weights (blocks.{i}.moe.router_bias), sampled with, and left behind by model.init_from; a
 // checkpoint is refused, with the options that differ named, by a job of another recipe or
-// model shape, whether or not the tensors would fit.
+// model shape, whether or not the tensors would fit, or by data whose tokenizer maps ids otherwise.
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "common/files.h"
 #include "gtest/gtest.h"
 #include "kernels/threads.h"
 #include "tests/support/paths.h"
@@ -171,6 +173,33 @@ TEST_F(CheckpointRecipeTest, AnotherShapeWithTheSameTensorsIsRefusedNamingTheKey
   wider.mutable_model()->set_d_model(32);
   st = Resume(wider);
   EXPECT_NE(std::string(st.message()).find("model.d_model: 64 in the checkpoint, 32 in this job"), std::string::npos)
+      << st;
+}
+
+TEST_F(CheckpointRecipeTest, DataOfAnotherCharVocabularyIsRefusedNamingAToken) {
+  // The same 65 byte values but 'a' spelled '~': every id from 'a' on means another character.
+  std::string text = *ReadFile(testing::ShakespearePath());
+  std::replace(text.begin(), text.end(), 'a', '~');
+  const std::string path = testing::MakeTempDir("moe-recipe-text-") + "/input.txt";
+  ASSERT_TRUE(WriteFileAtomic(path, text).ok());
+  moe::v1::JobSpec other = spec_;
+  other.mutable_train()->set_steps(4);
+  other.mutable_data()->set_path(path);
+  auto data = LoadDataset(other.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  ASSERT_EQ(data->vocab_size, data_->vocab_size);
+  TrainerOptions opts;
+  opts.checkpoint_dir = dir_;
+  opts.resume = true;
+  std::unique_ptr<Trainer> t = testing::NewTrainer(other, comm_.get(), &*data, opts);
+  ASSERT_NE(t, nullptr);
+  TrainOutcome outcome;
+  absl::Status st = t->Run(&outcome);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(st.message()).find("another tokenizer than this job's data gives (token id 39 is \"a\" in "
+                                           "the checkpoint, \"b\" in this job's data)"),
+            std::string::npos)
       << st;
 }
 

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/json_util.h"
 #include "common/files.h"
@@ -26,6 +27,22 @@ namespace {
 // The checkpoint's tensor sets: each parameter set under its name prefix.
 constexpr std::pair<const char*, ParamSet> kCheckpointSets[] = {
     {"", ParamSet::kParams}, {"adam_m.", ParamSet::kAdamM}, {"adam_v.", ParamSet::kAdamV}};
+
+// "" when the checkpoint's tokenizer (Serialize()) is the job's; else what differs: the first
+// token id the two decode differently, or both descriptions.
+std::string TokenizerDifference(const std::string& saved, const Tokenizer& job) {
+  if (saved.empty() || saved == job.Serialize()) return "";
+  absl::StatusOr<std::unique_ptr<Tokenizer>> was = DeserializeTokenizer(saved);
+  if (!was.ok()) return std::string(was.status().message());
+  for (int id = 0; id < std::min((*was)->vocab_size(), job.vocab_size()); ++id) {
+    const std::string a = (*was)->Decode({id}), b = job.Decode({id});
+    if (a != b) {
+      return absl::StrCat("token id ", id, " is \"", absl::CEscape(a), "\" in the checkpoint, \"", absl::CEscape(b),
+                          "\" in this job's data");
+    }
+  }
+  return absl::StrCat((*was)->Describe(), " in the checkpoint, ", job.Describe(), " in this job's data");
+}
 
 }  // namespace
 
@@ -105,6 +122,13 @@ absl::Status Trainer::LoadCheckpoint(const CheckpointReader& ckpt, int64_t* step
         "checkpoint ", path, " does not fit this job's model:\n", diff,
         "\na checkpoint resumes only as the model that made it: set these back as the checkpoint has them, or "
         "give this job its own checkpoint.dir"));
+  }
+  if (const std::string diff = data_->tokenizer ? TokenizerDifference(ckpt.info().tokenizer, *data_->tokenizer) : "";
+      !diff.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint ", path, " was trained with another tokenizer than this job's data gives (", diff,
+        "): its token ids would mean other text. Train on data of the checkpoint's vocabulary (a char "
+        "tokenizer's is the text's byte values), or give this job its own checkpoint.dir"));
   }
   if (const std::string diff = RecipeDifference(saved, spec_); !diff.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
