@@ -115,6 +115,40 @@ TEST(TrainTest, ResumeEqualsUninterrupted) {
   EXPECT_EQ(full->model().params(), second->model().params());
 }
 
+// A resume at or past train.steps trains nothing and says so (it printed only where it resumed).
+TEST(TrainTest, AResumeWithNoStepsLeftSaysSo) {
+  kernels::SetNumThreads(1);
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.mutable_train()->set_steps(2);
+  spec.mutable_train()->set_eval_every(0);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  auto comm = CreateSingleProcessCommunicator();
+  const std::string dir = testing::MakeTempDir("moe-done-");
+  TrainerOptions opts;
+  opts.checkpoint_dir = dir;
+  TrainOutcome outcome;
+  {
+    std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &*data, opts);
+    ASSERT_TRUE(t->Run(&outcome).ok());
+  }
+  for (const int steps : {2, 1}) {
+    spec.mutable_train()->set_steps(steps);
+    std::vector<std::string> log;
+    opts.resume = true;
+    opts.on_log = [&log](const std::string& line) { log.push_back(line); };
+    std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &*data, opts);
+    ASSERT_TRUE(t->Run(&outcome).ok());
+    EXPECT_EQ(Losses(*t).size(), 0u) << "steps " << steps;
+    std::string all;
+    for (const std::string& l : log) all += l + "\n";
+    EXPECT_NE(all.find("nothing left to train: the checkpoint is at step 2 and train.steps is " +
+                       std::to_string(steps)),
+              std::string::npos)
+        << all;
+  }
+}
+
 // A job whose updates blow the weights up (weight_decay 1e300: inf after the first step, a NaN
 // loss after) stops with the reason instead of training on to "success"; before, it ran every
 // step, and its checkpoints of inf weights (every step, keep 2) replaced the good ones.

@@ -317,6 +317,10 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
     if (absl::Status st = InitFrom(spec_.model().init_from()); !st.ok()) return st;
   }
   const int64_t last = opts_.max_steps >= 0 ? std::min<int64_t>(t.steps(), step + opts_.max_steps) : t.steps();
+  if (resumed && step >= t.steps()) {
+    Log(absl::StrCat("nothing left to train: the checkpoint is at step ", step, " and train.steps is ", t.steps(),
+                     "; raise train.steps to train on from it"));
+  }
   const int log_every = std::max(1, t.log_every());
   *outcome = TrainOutcome::kFinished;
   while (step < last) {
