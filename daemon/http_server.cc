@@ -37,7 +37,7 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
 void Reply(mg_connection* conn, int code, const char* reason, const char* type,
            const std::string& body, const std::string& extra_headers = "") {
   const mg_request_info* ri = mg_get_request_info(conn);
-  const bool head = ri != nullptr && std::strcmp(ri->request_method, "HEAD") == 0;
+  const bool head = ri != nullptr && ri->request_method != nullptr && std::strcmp(ri->request_method, "HEAD") == 0;
   std::string head_text = absl::StrCat("HTTP/1.1 ", code, " ", reason, "\r\nContent-Type: ", type,
                                        "\r\nContent-Length: ", body.size(),
                                        "\r\nCache-Control: no-store\r\nConnection: close\r\n",
@@ -62,6 +62,19 @@ absl::StatusOr<std::string> ListeningPorts(const std::string& listen) {
 }
 
 int QuietLog(const mg_connection*, const char*) { return 1; }
+
+// civetweb's own answers, to requests it could not take to the handler (a method it does not
+// know, a request line or headers past its 16 KiB buffer, another protocol version): its bare
+// "Bad request" or "Malformed message", with what this port does serve.
+int CivetwebError(mg_connection* conn, int status, const char* errmsg) {
+  const char* reason = mg_get_response_code_text(conn, status);
+  Reply(conn, status, reason != nullptr ? reason : "Error", "text/plain; charset=utf-8",
+        absl::StrCat(status, " ", reason != nullptr ? reason : "", ": ", errmsg != nullptr ? errmsg : "",
+                     "\nmoed's HTTP port serves GET and HEAD of /, /jobs/ID, /jobs/ID/charts.svg, /metrics and "
+                     "/healthz over HTTP/1.0 or 1.1, one request a connection, its request line and headers "
+                     "under 16 KiB\n"));
+  return 0;
+}
 
 // The path with its %XX escapes decoded, or a 400's message. civetweb's own decoding (turned off)
 // ended the path at a %00 (/jobs/%00 served the job list) and passed a '%' that starts no escape
@@ -146,6 +159,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
                         nullptr};
   mg_callbacks callbacks = {};
   callbacks.log_message = QuietLog;
+  callbacks.http_error = CivetwebError;
   s->ctx_ = mg_start(&callbacks, nullptr, opts);
   if (s->ctx_ == nullptr) {
     return absl::UnavailableError(absl::StrCat(

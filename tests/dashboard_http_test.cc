@@ -136,6 +136,24 @@ TEST(DashboardHttp, OneRequestAConnectionAndTheAnswerArrivesWhole) {
   EXPECT_EQ(absolute.body, "ok\n");
 }
 
+// What civetweb refuses before moed's handler sees it (an unknown method, a request line past its
+// buffer, HTTP/2.0) is answered with what the port serves, not a bare "Bad request".
+TEST(DashboardHttp, RequestsCivetwebRefusesSayWhatThePortServes) {
+  DaemonHarness h(Fake());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const int port = h.metrics_port();
+  const std::string long_path = "/jobs/" + std::string(20000, 'a');
+  for (const std::string& request :
+       {std::string("FOO /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+        "GET " + long_path + " HTTP/1.1\r\nHost: x\r\n\r\n", std::string("GET /metrics HTTP/2.0\r\n\r\n")}) {
+    HttpResponse r = HttpRaw(port, request);
+    EXPECT_GE(r.status, 400) << request.substr(0, 40);
+    EXPECT_TRUE(absl::StrContains(r.body, "serves GET and HEAD of /, /jobs/ID")) << request.substr(0, 40) << "\n"
+                                                                               << r.body;
+  }
+  EXPECT_EQ(HttpGet(port, "/healthz").status, 200);  // and the port still serves
+}
+
 TEST(DashboardHttp, TwentySlowClientsDoNotDelayAScrape) {
   DaemonHarness h(Fake());
   ASSERT_TRUE(h.Start()) << h.MoedLog();

@@ -28,16 +28,12 @@ int Connect(int port, int receive_buffer = 0) {
   return fd;
 }
 
-HttpResponse Get(int port, const std::string& path, const std::vector<std::string>& headers,
-                 double timeout_s, int receive_buffer, double delay_s) {
+HttpResponse Send(int port, const std::string& req, double timeout_s, int receive_buffer, double delay_s) {
   HttpResponse r;
   int fd = Connect(port, receive_buffer);
   if (fd < 0) return r;
   timeval tv = {static_cast<time_t>(timeout_s), 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  std::string req = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n";
-  for (const std::string& h : headers) req += h + "\r\n";
-  req += "\r\n";
   (void)!write(fd, req.data(), req.size());
   if (delay_s > 0) usleep(static_cast<useconds_t>(delay_s * 1e6));
   std::string resp;
@@ -53,7 +49,19 @@ HttpResponse Get(int port, const std::string& path, const std::vector<std::strin
   return r;
 }
 
+HttpResponse Get(int port, const std::string& path, const std::vector<std::string>& headers,
+                 double timeout_s, int receive_buffer, double delay_s) {
+  std::string req = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n";
+  for (const std::string& h : headers) req += h + "\r\n";
+  req += "\r\n";
+  return Send(port, req, timeout_s, receive_buffer, delay_s);
+}
+
 }  // namespace
+
+HttpResponse HttpRaw(int port, const std::string& request, double timeout_s) {
+  return Send(port, request, timeout_s, 0, 0);
+}
 
 HttpResponse HttpGet(int port, const std::string& path, const std::vector<std::string>& headers,
                      double timeout_s) {

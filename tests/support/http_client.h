@@ -16,6 +16,9 @@ struct HttpResponse {
 HttpResponse HttpGet(int port, const std::string& path,
                      const std::vector<std::string>& headers = {}, double timeout_s = 10);
 
+// `request` sent as it is (request line, headers and the blank line), the answer read to the end.
+HttpResponse HttpRaw(int port, const std::string& request, double timeout_s = 10);
+
 // GET path as HttpGet does (Connection: close), from a client with a small receive buffer that
 // reads nothing for delay_s first, as over a slow network: most of the answer still waits in
 // moed's socket when moed closes it.
