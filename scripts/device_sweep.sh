@@ -16,20 +16,21 @@ nvidia-smi -L || true
 device_env_check_libs || exit 1
 SWEEP=${SWEEP:-$(ls bench/sweep/*.yaml | xargs -n1 basename | sed 's/\.yaml$//' | tr '\n' ' ')}
 for s in $SWEEP; do
-  timeout 240 .carry/bin/moe_bench --job "bench/sweep/$s.yaml" --steps "${STEPS:-20}" --warmup 5 \
+  # The job file beside the original (its data path is relative to it): ../shared is not beside
+  # the device's copy, its tinyshakespeare is the carry's (moe_bench --job checks the path too);
+  # a metric point every step for moe-worker.
+  job=bench/sweep/.$s.device.yaml
+  sed -e 's/^train: {/train: {log_every: 1, /' -e 's|path: ../../../shared/|path: ../../.carry/shared/|' \
+      "bench/sweep/$s.yaml" > "$job"
+  timeout 240 .carry/bin/moe_bench --job "$job" --steps "${STEPS:-20}" --warmup 5 \
       > "$OUT/sweep_ours_$s.json" 2> "$OUT/sweep_ours_$s.err"
   echo "ours $s rc=$?: $(tail -c 300 "$OUT/sweep_ours_$s.json")"
   if [[ -n ${WORKER:-} ]]; then
-    # The job file beside the original (its data path is relative to it), a point every step.
-    job=bench/sweep/.$s.worker.yaml
-    # ../shared is not beside the device's copy: its tinyshakespeare is the carry's.
-    sed -e 's/^train: {/train: {log_every: 1, /' -e 's|path: ../../../shared/|path: ../../.carry/shared/|' \
-        "bench/sweep/$s.yaml" > "$job"
     timeout 300 .carry/bin/moe-worker --job "$job" --no-checkpoint --max-steps $(( ${STEPS:-20} + 5 )) \
         > "$OUT/sweep_worker_$s.log" 2>&1
     echo "worker $s rc=$?"
-    rm -f "$job"
   fi
+  rm -f "$job"
   [[ -n ${SKIP_PEER:-} ]] && continue
   timeout 300 python3 bench/reference_sweep.py --reference .carry/reference_moe.py bench "$s" --compile \
       > "$OUT/sweep_peer_$s.json" 2> "$OUT/sweep_peer_$s.err"
