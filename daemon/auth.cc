@@ -65,10 +65,11 @@ absl::Status TokenAuth::Check(const grpc::ServerContextBase& context) const {
         "token_file in the moectl config)");
   }
   absl::string_view value(it->second.data(), it->second.size());
-  // The scheme's name is case-insensitive (RFC 7235): "bearer x" is "Bearer x".
+  // The scheme's name is case-insensitive and one or more spaces follow it (RFC 7235): "bearer  x"
+  // is "Bearer x".
   constexpr absl::string_view kBearer = "Bearer ";
   if (!absl::EqualsIgnoreCase(value.substr(0, kBearer.size()), kBearer) ||
-      !ConstantTimeEquals(value.substr(kBearer.size()), token_)) {
+      !ConstantTimeEquals(absl::StripLeadingAsciiWhitespace(value.substr(kBearer.size())), token_)) {
     return absl::UnauthenticatedError("invalid token: the bearer token does not match moed's");
   }
   return absl::OkStatus();

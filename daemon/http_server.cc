@@ -197,10 +197,11 @@ bool HttpServer::Authorized(mg_connection* conn) const {
   const char* header = mg_get_header(conn, "Authorization");
   if (header == nullptr) return false;
   absl::string_view value = absl::StripAsciiWhitespace(header);
-  // "SCHEME credentials"; the scheme's name is case-insensitive (RFC 7235).
+  // "SCHEME 1*SP credentials"; the scheme's name is case-insensitive (RFC 7235).
   const size_t space = value.find(' ');
   const absl::string_view scheme = value.substr(0, space);
-  value = space == absl::string_view::npos ? absl::string_view() : value.substr(space + 1);
+  value = space == absl::string_view::npos ? absl::string_view()
+                                           : absl::StripLeadingAsciiWhitespace(value.substr(space + 1));
   if (absl::EqualsIgnoreCase(scheme, "Bearer")) return ConstantTimeEquals(value, options_.token);
   // Basic USER:TOKEN (any user): what a browser sends after asking.
   std::string decoded;

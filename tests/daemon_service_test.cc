@@ -201,7 +201,8 @@ TEST(DaemonService, TokenIsRequiredWhenConfigured) {
               grpc::StatusCode::UNAUTHENTICATED)
         << header;
   }
-  for (const char* header : {"Bearer s3cret-token", "bearer s3cret-token"}) {  // RFC 7235: any case
+  // RFC 7235: the scheme in any case, one or more spaces after it.
+  for (const char* header : {"Bearer s3cret-token", "bearer s3cret-token", "Bearer   s3cret-token"}) {
     grpc::ClientContext ctx;
     ctx.AddMetadata("authorization", header);
     moe::v1::ListJobsResponse resp;

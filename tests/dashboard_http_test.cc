@@ -55,6 +55,7 @@ TEST(DashboardHttp, TokenIsRequiredExceptOnHealthz) {
   EXPECT_EQ(HttpGet(port, "/metrics", {"Authorization: bearer http-s3cret"}).status, 200);
   EXPECT_EQ(HttpGet(port, "/", {"Authorization: BASIC " + absl::Base64Escape("me:http-s3cret")}).status, 200);
   EXPECT_EQ(HttpGet(port, "/metrics", {"Authorization: Bearerhttp-s3cret"}).status, 401);
+  EXPECT_EQ(HttpGet(port, "/metrics", {"Authorization: Bearer   http-s3cret"}).status, 200);  // 1*SP
 }
 
 TEST(DashboardHttp, APathThatCanNameNoJobIsABadRequest) {
