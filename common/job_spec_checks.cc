@@ -159,11 +159,19 @@ class Checker {
     }
   }
 
-  // Slurm names (partition, account) go to sbatch as one word.
-  void NoSpaces(const std::string& path, const std::string& value) {
-    if (value.find_first_of(" \t\n") != std::string::npos) {
-      Fail(path, absl::StrCat("must not contain spaces, got '", value, "'"));
+  // Slurm names (partition, account): what slurmctld takes, so that sbatch does not refuse the
+  // job once it is queued (a partition 'gpu$(id)' or 'gpü' passed here and failed there).
+  void SlurmName(const std::string& path, const std::string& value, const char* what,
+                 const char* how) {
+    if (!Ok(path)) return;
+    static const std::regex kSlurmName("[A-Za-z0-9_.-]+");
+    static const std::regex kPartitions("[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*");
+    if (value.empty() || MatchesPattern(value, path == "resources.slurm.partition" ? kPartitions
+                                                                                  : kSlurmName)) {
+      return;
     }
+    Fail(path, absl::StrCat("must be a Slurm ", what, " (letters, digits, '_', '-' and '.'), got '",
+                            Truncate(value), "'; ", how));
   }
 
   void CheckName() {
@@ -310,7 +318,8 @@ class Checker {
            "is required with launcher slurm (or pass --partition=... in "
            "resources.slurm.extra_sbatch_args); see sinfo for the partitions");
     } else {
-      NoSpaces("resources.slurm.partition", sl.partition());
+      SlurmName("resources.slurm.partition", sl.partition(),
+                "partition name or a list of them separated by ','", "sinfo lists the partitions");
     }
     AtLeast("resources.slurm.nodes", sl.nodes(), 1);
     AtLeast("resources.slurm.ranks_per_node", sl.ranks_per_node(), 1);
@@ -318,14 +327,33 @@ class Checker {
     // Slurm keeps a limit in minutes as a 32-bit count: at most 7 digits of minutes, 6 of days
     // (a longer number passed here and failed at sbatch, once the job was queued).
     static const std::regex kTime(
-        "[0-9]{1,7}(:[0-9]{1,2}){0,2}|[0-9]{1,6}-[0-9]{1,2}(:[0-9]{1,2}){0,2}|UNLIMITED|INFINITE");
+        "[0-9]{1,7}(:[0-9]{1,2}){0,2}|[0-9]{1,6}-[0-9]{1,2}(:[0-9]{1,2}){0,2}|UNLIMITED|INFINITE",
+        std::regex::icase);  // sbatch takes unlimited, Unlimited, infinite too
     if (!sl.time_limit().empty() && !MatchesPattern(sl.time_limit(), kTime)) {
       Fail("resources.slurm.time_limit",
            absl::StrCat("must be a Slurm time (MM, HH:MM:SS, D-HH, D-HH:MM:SS; at most 7 digits of "
                         "minutes or 6 of days) or UNLIMITED, got '",
                         Truncate(sl.time_limit()), "'"));
+    } else if (const int64_t limit = SlurmTimeLimitSeconds(sl.time_limit()); limit > 0) {
+      // Slurm signals the batch script the lead before the limit (up to 60 s earlier); it then
+      // checkpoints and requeues. A limit within that signals every run at its start: the job
+      // requeues over and over (a 5-minute limit did).
+      int lead = kSignalLeadSeconds;
+      for (const std::string& arg : sl.extra_sbatch_args()) {
+        if (SignalLeadSeconds(arg) >= 0) lead = SignalLeadSeconds(arg);
+      }
+      if (limit <= lead + 60) {
+        Fail("resources.slurm.time_limit",
+             absl::StrCat("'", sl.time_limit(), "' leaves no time to train: Slurm signals the job ",
+                          lead, " s before its limit (up to 60 s earlier) to checkpoint and "
+                          "requeue it, so every run would requeue at once; give more than ",
+                          (lead + 60) / 60, " minutes (e.g. \"", (lead + 60) / 60 + 10,
+                          "\"), or a shorter lead in extra_sbatch_args, e.g. "
+                          "\"--signal=B:USR1@60\""));
+      }
     }
-    NoSpaces("resources.slurm.account", sl.account());
+    SlurmName("resources.slurm.account", sl.account(), "account name",
+              "sacctmgr show associations user=$USER lists yours");
   }
 
   void CheckCheckpoint() {

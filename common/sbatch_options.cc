@@ -5,7 +5,10 @@
 #include <map>
 #include <set>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 
 namespace moe {
@@ -126,6 +129,44 @@ std::string RefusedSbatchOption(std::string_view text) {
                     "environment, output or script"
                   : why,
       " (docs/slurm.md lists the options a job may add)");
+}
+
+int64_t SlurmTimeLimitSeconds(std::string_view text) {
+  absl::string_view t(text.data(), text.size());
+  int64_t days = 0;
+  const bool has_days = absl::StrContains(t, '-');
+  if (has_days) {
+    if (!absl::SimpleAtoi(t.substr(0, t.find('-')), &days)) return 0;
+    t.remove_prefix(t.find('-') + 1);
+  }
+  std::vector<int64_t> v;
+  for (absl::string_view part : absl::StrSplit(t, ':')) {
+    int64_t n = 0;
+    if (!absl::SimpleAtoi(part, &n) || n < 0) return 0;
+    v.push_back(n);
+  }
+  int64_t seconds = 0;
+  if (has_days) {  // D-H, D-H:M, D-H:M:S
+    if (v.size() > 3) return 0;
+    v.resize(3, 0);
+    seconds = ((days * 24 + v[0]) * 60 + v[1]) * 60 + v[2];
+  } else if (v.size() == 1) {  // M
+    seconds = v[0] * 60;
+  } else if (v.size() == 2) {  // M:S
+    seconds = v[0] * 60 + v[1];
+  } else if (v.size() == 3) {  // H:M:S
+    seconds = (v[0] * 60 + v[1]) * 60 + v[2];
+  }
+  return (seconds + 59) / 60 * 60;
+}
+
+int SignalLeadSeconds(std::string_view text) {
+  absl::string_view arg(text.data(), text.size());
+  if (!absl::ConsumePrefix(&arg, "--signal=")) return -1;
+  const size_t at = arg.find('@');
+  int lead = 60;
+  if (at != absl::string_view::npos && !absl::SimpleAtoi(arg.substr(at + 1), &lead)) return -1;
+  return lead;
 }
 
 }  // namespace moe

@@ -3,6 +3,7 @@
 // output goes or what script runs. moectl/moed validation and SlurmLauncher use the same check.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -11,5 +12,17 @@ namespace moe {
 // "" when arg (one argv entry: "--qos=high", "--exclusive", "-pgpu") is allowed; otherwise
 // why not, naming the option, e.g. "--uid=0 is refused: it changes who the job runs as".
 std::string RefusedSbatchOption(std::string_view arg);
+
+// deploy/slurm/moe-job.sbatch.tmpl's `#SBATCH --signal=B:USR1@300`: Slurm signals the batch
+// script this long before the time limit (and up to 60 s earlier); it checkpoints and requeues.
+inline constexpr int kSignalLeadSeconds = 300;
+
+// The limit a Slurm time (M, M:S, H:M:S, D-H, D-H:M, D-H:M:S) sets, in seconds, rounded up to
+// whole minutes as Slurm keeps it; 0 for no limit (0, UNLIMITED, INFINITE) or text that is no time.
+int64_t SlurmTimeLimitSeconds(std::string_view text);
+
+// The lead, in seconds, an sbatch option --signal=[B:]SIG[@SECONDS] asks for (60 without @);
+// -1 when arg is not --signal.
+int SignalLeadSeconds(std::string_view arg);
 
 }  // namespace moe

@@ -8,8 +8,10 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "common/files.h"
 #include "common/job_spec.h"
+#include "common/sbatch_options.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/job_spec_fixture.h"
@@ -580,6 +582,64 @@ TEST_F(JobSpecTest, SlurmLauncher) {
   EXPECT_EQ(e.field, "resources.slurm.extra_sbatch_args[0]");
   EXPECT_EQ(e.line, 14);
   EXPECT_EQ(OnlyError(base + "resources:\n  slurm: {partition: gpu}\n").field, "resources.slurm");
+}
+
+// Partition and account names that sbatch would refuse once the job is queued are refused here,
+// naming the value and where to find good ones; a shell word in them is only ever a bad name.
+TEST_F(JobSpecTest, SlurmNamesAreWhatSbatchTakes) {
+  const std::string base = std::string(kMinimal) + "resources:\n  launcher: slurm\n  slurm: ";
+  for (const std::string bad : {"gpu$(id)", "gpu`id`", "it's", "g\"pu", "gp\u00fc", "gpu;id",
+                                "gpu rm", "gpu,", ",gpu", "--uid=0"}) {
+    const std::string quoted = "\"" + absl::StrReplaceAll(bad, {{"\\", "\\\\"}, {"\"", "\\\""}}) + "\"";
+    SpecError e = OnlyError(base + "{partition: " + quoted + "}\n");
+    EXPECT_EQ(e.field, "resources.slurm.partition") << bad;
+    EXPECT_THAT(e.message, HasSubstr("must be a Slurm partition name")) << bad;
+    EXPECT_THAT(e.message, HasSubstr("got '" + bad + "'; sinfo lists the partitions")) << bad;
+    e = OnlyError(base + "{partition: p, account: " + quoted + "}\n");
+    EXPECT_EQ(e.field, "resources.slurm.account") << bad;
+    EXPECT_THAT(e.message, HasSubstr("must be a Slurm account name")) << bad;
+    EXPECT_THAT(e.message, HasSubstr("sacctmgr")) << bad;
+  }
+  v1::JobSpec s = ValidSpec(base + "{partition: \"gpu-a100,cpu_big.2\", account: proj-1.x_y}\n");
+  EXPECT_EQ(s.resources().slurm().partition(), "gpu-a100,cpu_big.2");
+  // sbatch takes the word for no limit in any case.
+  for (const std::string t : {"unlimited", "Infinite", "UNLIMITED"}) {
+    EXPECT_EQ(ValidSpec(base + "{partition: p, time_limit: " + t + "}\n").resources().slurm().time_limit(), t);
+  }
+}
+
+// Slurm signals the batch script kSignalLeadSeconds before the limit (up to 60 s earlier) and it
+// checkpoints and requeues: a limit within that signalled every run at its start, and the job
+// requeued over and over. Such a limit is refused, unless a shorter --signal lead leaves time.
+TEST_F(JobSpecTest, SlurmTimeLimitWithinTheCheckpointSignalIsRefused) {
+  EXPECT_EQ(SlurmTimeLimitSeconds("5"), 300);
+  EXPECT_EQ(SlurmTimeLimitSeconds("5:30"), 360);  // Slurm rounds up to minutes
+  EXPECT_EQ(SlurmTimeLimitSeconds("1:00:00"), 3600);
+  EXPECT_EQ(SlurmTimeLimitSeconds("1-2"), 93600);
+  EXPECT_EQ(SlurmTimeLimitSeconds("1-0:10"), 87000);
+  EXPECT_EQ(SlurmTimeLimitSeconds("0-0:0:30"), 60);
+  EXPECT_EQ(SlurmTimeLimitSeconds("UNLIMITED"), 0);
+  EXPECT_EQ(SlurmTimeLimitSeconds("0"), 0);
+  EXPECT_EQ(SignalLeadSeconds("--signal=B:USR1@600"), 600);
+  EXPECT_EQ(SignalLeadSeconds("--signal=USR1"), 60);
+  EXPECT_EQ(SignalLeadSeconds("--qos=x"), -1);
+
+  const std::string base = std::string(kMinimal) + "resources:\n  launcher: slurm\n  slurm: ";
+  for (const std::string t : {"5", "6", "0:30", "0-0:06", "00:06:00"}) {
+    SpecError e = OnlyError(base + "{partition: p, time_limit: \"" + t + "\"}\n");
+    EXPECT_EQ(e.field, "resources.slurm.time_limit") << t;
+    EXPECT_THAT(e.message, HasSubstr("'" + t + "' leaves no time to train")) << t;
+    EXPECT_THAT(e.message, HasSubstr("give more than 6 minutes")) << t;
+    EXPECT_THAT(e.message, HasSubstr("--signal=B:USR1@60")) << t;
+  }
+  for (const std::string t : {"7", "0", "unlimited", "1:00:00", "1-0"}) {
+    EXPECT_EQ(ValidSpec(base + "{partition: p, time_limit: \"" + t + "\"}\n").resources().slurm().time_limit(), t);
+  }
+  // A job's own lead counts: 60 s leaves a 5-minute job time; 600 s does not leave 10 minutes.
+  ValidSpec(base + "{partition: p, time_limit: \"5\", extra_sbatch_args: [\"--signal=B:USR1@60\"]}\n");
+  SpecError e = OnlyError(base + "{partition: p, time_limit: \"10\", extra_sbatch_args: "
+                                 "[\"--signal=B:USR1@600\"]}\n");
+  EXPECT_THAT(e.message, HasSubstr("600 s before its limit"));
 }
 
 // A complete spec as it would arrive over gRPC.
