@@ -66,6 +66,7 @@ struct BatchState {
   std::string node_list;  // where it runs
   int attempt = 0;        // moed's attempt that runs now: a requeue by the batch system moves it on
   bool pending = false;   // waiting in the queue (before its first run, or after a requeue)
+  bool paused = false;    // suspended or stopped after it ran: its processes are frozen
 };
 
 // Stores an attempt's handle durably (the scheduler's job record); OK only once it is stored.

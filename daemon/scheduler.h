@@ -104,6 +104,7 @@ class Scheduler {
     Clock::time_point cancel_deadline;
     Clock::time_point last_term;
     bool killed = false;
+    bool batch_paused = false;  // the batch system suspended it: no heartbeat is due
     std::vector<int> gpus;  // local cuda jobs: the GPUs it holds, kept across its attempts
     // rec differs from the store (a write failed): retried every tick. A job whose final state
     // is not stored yet stays here (finished), so the store never shows it ended before it did

@@ -391,6 +391,17 @@ void Scheduler::WatchBatch(Active& a, Clock::time_point now) {
     }
     a.last_heard.clear();
     a.attempt_started = now;
+  } else if (info.paused) {
+    // Suspended or stopped (preemption, gang scheduling, scontrol suspend): its ranks are frozen,
+    // so no heartbeat is due until it runs again (moed killed such a job after the timeout).
+    for (auto& [rank, t] : a.last_heard) t = now;
+    a.attempt_started = now;
+    const std::string reason = absl::StrCat(batch.system, " job ", batch.id, " ", info.state);
+    if (a.rec.job.reason() != reason) Store(a, st, reason);
+    a.batch_paused = true;
+  } else if (a.batch_paused) {
+    a.batch_paused = false;
+    Store(a, st, st == moe::v1::JOB_STATE_RUNNING ? "" : a.rec.job.reason());
   } else if (st == moe::v1::JOB_STATE_QUEUED) {
     Store(a, moe::v1::JOB_STATE_STARTING,
           absl::StrCat(batch.system, " job ", batch.id, " ", info.state, " on ",

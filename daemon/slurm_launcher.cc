@@ -205,9 +205,14 @@ bool IsFinalSlurmState(const std::string& state) {
 }
 
 bool SlurmJobInfo::pending() const {
+  // CONFIGURING: its nodes boot (power saving, a reboot for features); nothing of it runs yet.
+  // RESV_DEL_HOLD: held because its reservation was deleted.
   return state == "PENDING" || state == "REQUEUED" || state == "REQUEUE_HOLD" ||
-         state == "REQUEUE_FED" || state == "SUSPENDED";
+         state == "REQUEUE_FED" || state == "SUSPENDED" || state == "CONFIGURING" ||
+         state == "RESV_DEL_HOLD";
 }
+
+bool SlurmJobInfo::paused() const { return state == "SUSPENDED" || state == "STOPPED"; }
 
 bool SlurmLauncher::IsSlurmHandle(const std::string& handle) {
   return absl::StartsWith(handle, "slurm=");
@@ -469,6 +474,7 @@ BatchState SlurmLauncher::BatchStateOf(const std::string& handle) {
   b.node_list = info.node_list;
   b.attempt = info.attempt;
   b.pending = info.pending();
+  b.paused = info.paused();
   return b;
 }
 
@@ -496,7 +502,18 @@ ProcessState SlurmLauncher::Poll(const std::string& handle) {
   if (info.state == "COMPLETED" && c.exit_code == 0) return ps;
   if (ps.exit_code == 0) ps.exit_code = c.term_signal > 0 ? 128 + c.term_signal : 1;
   ps.reason = absl::StrCat("Slurm job ", h.id, " ended ", info.state);
-  if (info.state == "TIMEOUT") absl::StrAppend(&ps.reason, " (it hit its time limit)");
+  static const std::map<std::string, std::string> kWhy = {
+      {"TIMEOUT", "it hit its time limit"},
+      {"OUT_OF_MEMORY", "a rank went past its memory limit; ask for more with --mem=... in "
+                        "resources.slurm.extra_sbatch_args"},
+      {"NODE_FAIL", "one of its nodes failed"},
+      {"PREEMPTED", "a job of higher priority took its nodes"},
+      {"BOOT_FAIL", "its nodes failed to boot"},
+      {"DEADLINE", "it could not end before its --deadline"},
+  };
+  if (auto why = kWhy.find(info.state); why != kWhy.end()) {
+    absl::StrAppend(&ps.reason, " (", why->second, ")");
+  }
   if (c.term_signal > 0) {
     absl::StrAppend(&ps.reason, ", signal ", c.term_signal, " (", strsignal(c.term_signal), ")");
   } else {

@@ -37,6 +37,7 @@ struct SlurmJobInfo {
   std::string node_list;
   int attempt = 0;         // moed's attempt the job runs now: base + Slurm's restart count
   bool pending() const;    // waiting in Slurm's queue (before the first run or after a requeue)
+  bool paused() const;     // suspended or stopped (SIGSTOP): its processes are frozen
 };
 
 class SlurmLauncher final : public Launcher {

@@ -35,7 +35,10 @@ class FakeLauncher : public Launcher {
     return ps;
   }
   void Terminate(const std::string&) override {}
-  void Kill(const std::string&) override {}
+  void Kill(const std::string&) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++kills_;
+  }
   bool AnyAlive(const std::string&) override {
     std::lock_guard<std::mutex> lock(mu_);
     return !exited_;
@@ -66,6 +69,10 @@ class FakeLauncher : public Launcher {
     std::lock_guard<std::mutex> lock(mu_);
     return launches_;
   }
+  int kills() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return kills_;
+  }
 
  private:
   const bool batch_;
@@ -73,6 +80,7 @@ class FakeLauncher : public Launcher {
   BatchState state_;
   bool exited_ = false;
   int launches_ = 0;
+  int kills_ = 0;
 };
 
 moe::v1::JobSpec Spec(moe::v1::Launcher launcher, int ranks) {
@@ -86,7 +94,9 @@ moe::v1::JobSpec Spec(moe::v1::Launcher launcher, int ranks) {
 
 class DaemonScheduler : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { Start(milliseconds(60000)); }
+  void Start(milliseconds heartbeat_timeout) {
+    scheduler_.reset();
     const std::string dir = moe::testing::MakeTempDir("moe-scheduler-");
     auto store = JobStore::Open(dir + "/moed.db");
     ASSERT_TRUE(store.ok()) << store.status();
@@ -95,6 +105,7 @@ class DaemonScheduler : public ::testing::Test {
     o.state_dir = dir;
     o.max_ranks = 2;
     o.poll_interval = milliseconds(10);
+    o.heartbeat_timeout = heartbeat_timeout;
     scheduler_ = std::make_unique<Scheduler>(o, store_.get(), Launchers{&local_, &batch_});
     ASSERT_TRUE(scheduler_->Recover().ok());
     scheduler_->Start();
@@ -174,6 +185,42 @@ TEST_F(DaemonScheduler, BatchJobFollowsItsBatchSystem) {
   batch_.Exit();
   now = WaitFor(id, moe::v1::JOB_STATE_SUCCEEDED, "");
   EXPECT_EQ(now.state(), moe::v1::JOB_STATE_SUCCEEDED);
+}
+
+// Slurm suspends a running job (preemption, gang scheduling, scontrol suspend): its ranks are
+// frozen and send nothing, which is no lost heartbeat. moed killed such a job after the timeout.
+TEST_F(DaemonScheduler, SuspendedBatchJobIsNotKilledForItsSilence) {
+  Start(milliseconds(300));
+  absl::StatusOr<moe::v1::Job> job = scheduler_->Submit(Spec(moe::v1::LAUNCHER_SLURM, 4), "");
+  ASSERT_TRUE(job.ok()) << job.status();
+  const std::string id = job->id();
+  BatchState b;
+  b.known = true;
+  b.state = "RUNNING";
+  b.node_list = "n1";
+  batch_.SetState(b);
+  WaitFor(id, moe::v1::JOB_STATE_STARTING, "Fakebatch job 7 RUNNING on n1");
+  ASSERT_TRUE(scheduler_->OnWorkerHello(id, 0, 0, 4, store_->GetJob(id)->report_secret).ok());
+  ASSERT_EQ(WaitFor(id, moe::v1::JOB_STATE_RUNNING, "").state(), moe::v1::JOB_STATE_RUNNING);
+
+  b.state = "SUSPENDED";
+  b.pending = true;  // SlurmLauncher counts it as waiting too
+  b.paused = true;
+  batch_.SetState(b);
+  moe::v1::Job now = WaitFor(id, moe::v1::JOB_STATE_RUNNING, "Fakebatch job 7 SUSPENDED");
+  EXPECT_EQ(now.reason(), "Fakebatch job 7 SUSPENDED");
+  std::this_thread::sleep_for(milliseconds(1200));  // four heartbeat timeouts
+  EXPECT_EQ(batch_.kills(), 0);
+  EXPECT_EQ(store_->GetJob(id)->job.reason(), "Fakebatch job 7 SUSPENDED");
+
+  // Resumed: the reason goes, and heartbeats are due again.
+  b.state = "RUNNING";
+  b.pending = false;
+  b.paused = false;
+  batch_.SetState(b);
+  now = WaitFor(id, moe::v1::JOB_STATE_RUNNING, "");
+  EXPECT_EQ(now.reason(), "");
+  EXPECT_EQ(batch_.kills(), 0);
 }
 
 TEST(DaemonLaunchers, ChooseBySpec) {
