@@ -361,17 +361,21 @@ absl::StatusOr<std::string> SlurmLauncher::Launch(const LaunchRequest& req,
         absl::StrCat("launch error: sbatch ", r.exit_code == 127 ? "not found on PATH" : "failed",
                      ": ", OneLine(r.out)));
   }
-  // --parsable prints "<id>" or "<id>;<cluster>" (warnings may come first).
+  // --parsable prints "<id>" or "<id>;<cluster>" (warnings may come first); a site's sbatch
+  // wrapper may print "Submitted batch job <id>" all the same (moed once left that job held).
   std::string id;
   for (absl::string_view line : absl::StrSplit(r.out, '\n')) {
     line = absl::StripAsciiWhitespace(line);
+    (void)absl::ConsumePrefix(&line, "Submitted batch job ");
     std::string first(line.substr(0, line.find(';')));
     uint64_t n;
     if (absl::SimpleAtoi(first, &n)) id = first;
   }
   if (id.empty()) {
-    return absl::InternalError(
-        absl::StrCat("launch error: sbatch printed no job id: ", OneLine(r.out)));
+    return absl::InternalError(absl::StrCat(
+        "launch error: sbatch printed no job id: ", OneLine(r.out),
+        " (if it queued the job anyway, it waits held: squeue --name=moe-", req.job_id, "-",
+        req.spec.name(), ", then scancel it)"));
   }
   Handle h{id, req.attempt, req.job_dir};
   const std::string handle = FormatHandle(h);

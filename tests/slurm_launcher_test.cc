@@ -91,5 +91,43 @@ TEST_F(SlurmLauncherFake, EachSlurmStateIsWaitingRunningPausedOrEnded) {
   }
 }
 
+// sbatch (or a site's wrapper around it) that prints "Submitted batch job N" despite --parsable:
+// the job is queued held, and moed must know its id to release or cancel it (it left it held).
+TEST_F(SlurmLauncherFake, SbatchsSubmittedLineGivesTheJobId) {
+  Script("sbatch", "echo 'sbatch: warning: a site note'; echo 'Submitted batch job 4711'\n");
+  Script("scontrol", "echo \"$@\" >> \"" + dir_ + "/scontrol.calls\"\n");
+  SlurmLauncherOptions o;
+  o.worker_bin = "/bin/true";
+  o.template_path = moe::testing::SourceDir() + "/deploy/slurm/moe-job.sbatch.tmpl";
+  SlurmLauncher launcher(o);
+  LaunchRequest req;
+  req.job_id = "j-000001";
+  req.job_dir = dir_ + "/job";
+  req.checkpoint_dir = dir_ + "/job/checkpoints";
+  req.spec.set_name("x");
+  req.spec.mutable_resources()->set_ranks(1);
+  req.spec.mutable_resources()->mutable_slurm()->set_partition("p");
+  ASSERT_TRUE(MakeDirs(req.job_dir).ok());
+  std::string recorded;
+  absl::StatusOr<std::string> handle = launcher.Launch(req, [&](const std::string& h) {
+    recorded = h;
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(handle.ok()) << handle.status();
+  EXPECT_TRUE(absl::StartsWith(*handle, "slurm=4711 ")) << *handle;
+  EXPECT_EQ(recorded, *handle);
+  EXPECT_EQ(ReadFile(dir_ + "/scontrol.calls").value_or(""), "release 4711\n");
+
+  // Nothing that reads as an id: the error says where a held job would be.
+  Script("sbatch", "echo 'Your job is in the queue'\n");
+  handle = launcher.Launch(req, [](const std::string&) { return absl::OkStatus(); });
+  ASSERT_FALSE(handle.ok());
+  EXPECT_TRUE(absl::StrContains(handle.status().message(),
+                                "sbatch printed no job id: Your job is in the queue"))
+      << handle.status();
+  EXPECT_TRUE(absl::StrContains(handle.status().message(), "squeue --name=moe-j-000001-x"))
+      << handle.status();
+}
+
 }  // namespace
 }  // namespace moe::daemon
