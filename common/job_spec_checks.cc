@@ -323,7 +323,9 @@ class Checker {
     }
     AtLeast("resources.slurm.nodes", sl.nodes(), 1);
     AtLeast("resources.slurm.ranks_per_node", sl.ranks_per_node(), 1);
-    AtLeast("resources.slurm.gpus_per_node", sl.gpus_per_node(), 0);
+    // No node holds more (100000 passed here and failed at sbatch as a bad gres, once queued).
+    constexpr int kMaxGpusPerNode = 64;
+    Between("resources.slurm.gpus_per_node", sl.gpus_per_node(), 0, kMaxGpusPerNode);
     // Slurm keeps a limit in minutes as a 32-bit count: at most 7 digits of minutes, 6 of days
     // (a longer number passed here and failed at sbatch, once the job was queued).
     static const std::regex kTime(

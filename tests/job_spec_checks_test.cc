@@ -602,6 +602,10 @@ TEST_F(JobSpecTest, SlurmNamesAreWhatSbatchTakes) {
   }
   v1::JobSpec s = ValidSpec(base + "{partition: \"gpu-a100,cpu_big.2\", account: proj-1.x_y}\n");
   EXPECT_EQ(s.resources().slurm().partition(), "gpu-a100,cpu_big.2");
+  // More GPUs than any node holds failed only at sbatch (an invalid gres), once queued.
+  SpecError g = OnlyError(base + "{partition: p, gpus_per_node: 100000}\n");
+  EXPECT_EQ(g.field, "resources.slurm.gpus_per_node");
+  EXPECT_THAT(g.message, HasSubstr("must be between 0 and 64, got 100000"));
   // sbatch takes the word for no limit in any case.
   for (const std::string t : {"unlimited", "Infinite", "UNLIMITED"}) {
     EXPECT_EQ(ValidSpec(base + "{partition: p, time_limit: " + t + "}\n").resources().slurm().time_limit(), t);
