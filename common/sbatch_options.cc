@@ -3,6 +3,7 @@
 #include "common/sbatch_options.h"
 
 #include <map>
+#include <regex>
 #include <set>
 
 #include "absl/strings/match.h"
@@ -119,6 +120,18 @@ std::string RefusedSbatchOption(std::string_view text) {
   } else {
     return absl::StrCat("'", Shown(arg), "' is not an option (one sbatch option per entry, "
                         "e.g. --qos=high)");
+  }
+  if (name == "signal") {
+    // The template traps USR1 in the batch script to checkpoint and requeue before the time limit:
+    // a job may move that signal earlier or later, but another signal or target ends the job
+    // without the checkpoint (--signal=B:TERM@60 replaced the template's USR1).
+    static const std::regex kUsr1ToBatch("B:(SIG)?(USR1|10)(@[0-9]+)?", std::regex::icase);
+    const size_t eq = arg.find('=');
+    if (eq == absl::string_view::npos || !std::regex_match(std::string(arg.substr(eq + 1)), kUsr1ToBatch)) {
+      return absl::StrCat("'", Shown(arg), "' is refused: moed's batch script checkpoints when Slurm sends it "
+                          "USR1 before the time limit, and another signal or target would end the job without "
+                          "that checkpoint; only when may change: --signal=B:USR1@SECONDS");
+    }
   }
   if (!name.empty() && Allowed().count(name) > 0) return "";
   const std::string option = letter != 0 ? std::string{'-', letter} : absl::StrCat("--", name);

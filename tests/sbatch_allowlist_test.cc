@@ -39,6 +39,14 @@ TEST(SbatchAllowlist, RefusesOptionsThatChangeIdentityEnvironmentOutputOrScript)
                                "--partition=cpu", "--time=10", "--mem=4G", "--constraint=a100"}) {
     EXPECT_EQ(RefusedSbatchOption(ok), "") << ok;
   }
+  // The template's checkpoint signal may move, not change (the batch script traps USR1).
+  for (const std::string sig : {"--signal=B:TERM@60", "--signal=USR1@600", "--signal=R:USR1", "--signal"}) {
+    EXPECT_TRUE(absl::StrContains(RefusedSbatchOption(sig), "only when may change: --signal=B:USR1@SECONDS"))
+        << sig << ": " << RefusedSbatchOption(sig);
+  }
+  for (const std::string sig : {"--signal=B:USR1", "--signal=B:SIGUSR1@120", "--signal=B:10@90"}) {
+    EXPECT_EQ(RefusedSbatchOption(sig), "") << sig;
+  }
   EXPECT_TRUE(absl::StrContains(RefusedSbatchOption(std::string("--qos=a\0b", 9)),
                                 "control character"));
 }
