@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "common/job_spec_internal.h"
 
 namespace moe {
 namespace {
@@ -127,7 +128,8 @@ std::string RefusedSbatchOption(std::string_view text) {
     // without the checkpoint (--signal=B:TERM@60 replaced the template's USR1).
     static const std::regex kUsr1ToBatch("B:(SIG)?(USR1|10)(@[0-9]+)?", std::regex::icase);
     const size_t eq = arg.find('=');
-    if (eq == absl::string_view::npos || !std::regex_match(std::string(arg.substr(eq + 1)), kUsr1ToBatch)) {
+    if (eq == absl::string_view::npos ||
+        !job_spec_internal::MatchesPattern(std::string(arg.substr(eq + 1)), kUsr1ToBatch)) {
       return absl::StrCat("'", Shown(arg), "' is refused: moed's batch script checkpoints when Slurm sends it "
                           "USR1 before the time limit, and another signal or target would end the job without "
                           "that checkpoint; only when may change: --signal=B:USR1@SECONDS");
