@@ -63,6 +63,9 @@ absl::StatusOr<std::string> ListeningPorts(const std::string& listen) {
 
 int QuietLog(const mg_connection*, const char*) { return 1; }
 
+// The pages this port serves, for the messages that name them.
+constexpr const char* kPages = "/, /jobs/ID, /jobs/ID/charts.svg, /metrics and /healthz";
+
 // civetweb's own answers, to requests it could not take to the handler (a method it does not
 // know, a request line or headers past its 16 KiB buffer, another protocol version): its bare
 // "Bad request" or "Malformed message", with what this port does serve.
@@ -70,9 +73,8 @@ int CivetwebError(mg_connection* conn, int status, const char* errmsg) {
   const char* reason = mg_get_response_code_text(conn, status);
   Reply(conn, status, reason != nullptr ? reason : "Error", "text/plain; charset=utf-8",
         absl::StrCat(status, " ", reason != nullptr ? reason : "", ": ", errmsg != nullptr ? errmsg : "",
-                     "\nmoed's HTTP port serves GET and HEAD of /, /jobs/ID, /jobs/ID/charts.svg, /metrics and "
-                     "/healthz over HTTP/1.0 or 1.1, one request a connection, its request line and headers "
-                     "under 16 KiB\n"));
+                     "\nmoed's HTTP port serves GET and HEAD of ", kPages,
+                     " over HTTP/1.0 or 1.1, one request a connection, its request line and headers under 16 KiB\n"));
   return 0;
 }
 
@@ -100,8 +102,7 @@ absl::StatusOr<std::string> DecodePath(absl::string_view raw) {
     }
     if (hi == 0 && lo == 0) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "bad path: %00 (a NUL byte) at byte ", i,
-          "; the pages are /, /jobs/ID, /jobs/ID/charts.svg, /metrics and /healthz"));
+          "bad path: %00 (a NUL byte) at byte ", i, "; the pages are ", kPages));
     }
     path.push_back(static_cast<char>(hi * 16 + lo));
     i += 2;

@@ -224,7 +224,8 @@ std::string Claim(const std::string& dir, const std::string& owner, bool resume)
     }
     // Its own checkpoints of an earlier run: a fresh start would replace some and leave the
     // newer ones, which a later resume (or --sample) would take for this run's.
-    absl::StatusOr<std::string> earlier = resume ? absl::NotFoundError("") : LatestCheckpoint(dir);
+    if (resume) return "";
+    absl::StatusOr<std::string> earlier = LatestCheckpoint(dir);
     if (!earlier.ok()) return "";
     return absl::StrCat("checkpoint directory ", dir, " holds this job's checkpoints of an earlier run (newest ",
                         *earlier, "); a fresh start would overwrite some and leave the newer ones. Resume them "
