@@ -34,8 +34,13 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
   return diff == 0;
 }
 
+// Set as a connection's user data once it has an answer, so that AnswerUnrouted knows which
+// requests civetweb left unanswered (it resets the data as the connection closes).
+char answered_mark;
+
 void Reply(mg_connection* conn, int code, const char* reason, const char* type,
            const std::string& body, const std::string& extra_headers = "") {
+  mg_set_user_connection_data(conn, &answered_mark);
   const mg_request_info* ri = mg_get_request_info(conn);
   const bool head = ri != nullptr && ri->request_method != nullptr && std::strcmp(ri->request_method, "HEAD") == 0;
   std::string head_text = absl::StrCat("HTTP/1.1 ", code, " ", reason, "\r\nContent-Type: ", type,
@@ -65,6 +70,44 @@ int QuietLog(const mg_connection*, const char*) { return 1; }
 
 // The pages this port serves, for the messages that name them.
 constexpr const char* kPages = "/, /jobs/ID, /jobs/ID/charts.svg, /metrics and /healthz";
+constexpr const char* kText = "text/plain; charset=utf-8";
+
+// Whether the request had header lines past the 64 (MG_MAX_HEADERS) civetweb keeps: it stops
+// there and drops the rest unread, and num_headers is 64 either way. The line after the 64th is
+// still in civetweb's request buffer, past the 64th value, whose line end civetweb overwrote with
+// NULs: "\r\n" with two, "\n" with one, and the "\n" that ends the header block was a NUL already.
+// So after the value: a byte that is not NUL is the next line (the 64th ended "\n"); two NULs are
+// "\r\n" and then the next line, or "\n" and the end of the block. The line before tells which:
+// its end is the gap from its value to the 64th's name (1 byte for "\n", 2 for "\r\n"); a client
+// that ends those two lines differently may be misjudged.
+// (As civetweb 1.15 parses headers, and its master of April 2026.)
+bool DroppedHeaders(const mg_request_info* ri) {
+  if (ri->num_headers < MG_MAX_HEADERS) return false;
+  const mg_header& before = ri->http_headers[MG_MAX_HEADERS - 2];
+  const mg_header& last = ri->http_headers[MG_MAX_HEADERS - 1];
+  const char* end = last.value + std::strlen(last.value);
+  const char* next = end + 1;
+  if (*next == '\0') {
+    const bool crlf = last.name - (before.value + std::strlen(before.value)) == 2;
+    if (!crlf) return false;
+    next = end + 2;
+  }
+  // A blank line ends the block ("\r\n", or a NUL where civetweb ended it).
+  return *next != '\0' && *next != '\r' && *next != '\n';
+}
+
+void ReplyTooManyHeaders(mg_connection* conn) {
+  Reply(conn, 431, "Request Header Fields Too Large", kText,
+        absl::StrCat("this request has more than ", MG_MAX_HEADERS, " header lines, and moed's "
+                     "HTTP port reads at most ", MG_MAX_HEADERS, " headers (civetweb drops the "
+                     "rest unread, and an Authorization among them would look missing); send at "
+                     "most ", MG_MAX_HEADERS, " (leave out ones the request does not need)\n"));
+}
+
+void ReplyMethodNotAllowed(mg_connection* conn) {
+  Reply(conn, 405, "Method Not Allowed", kText, "only GET and HEAD are served\n",
+        "Allow: GET, HEAD\r\n");
+}
 
 // civetweb's own answers, to requests it could not take to the handler (a method it does not
 // know, a request line or headers past its 16 KiB buffer, another protocol version): its bare
@@ -76,6 +119,52 @@ int CivetwebError(mg_connection* conn, int status, const char* errmsg) {
                      "\nmoed's HTTP port serves GET and HEAD of ", kPages,
                      " over HTTP/1.0 or 1.1, one request a connection, its request line and headers under 16 KiB\n"));
   return 0;
+}
+
+// civetweb's connection_close callback, the last look at a connection while its socket is open.
+// civetweb takes a request whose target is no path on this server to no handler and closes it
+// unanswered, leaving the client to wait for an answer that never comes: the asterisk form
+// (GET *, OPTIONS *) and an absolute form naming another port (http://HOST/ is port 80). This
+// answers them. civetweb's header marks the connection const here (it would rather no one
+// writes), but in 1.15 (and its master of April 2026) close_connection calls this before it
+// closes the socket.
+void AnswerUnrouted(const mg_connection* closing) {
+  auto* conn = const_cast<mg_connection*>(closing);
+  const mg_request_info* ri = mg_get_request_info(conn);
+  if (ri == nullptr || mg_get_user_connection_data(conn) != nullptr ||
+      ri->request_method == nullptr || ri->request_uri == nullptr || ri->local_uri != nullptr) {
+    return;  // answered, or no request came, or civetweb routed it
+  }
+  if (DroppedHeaders(ri)) {
+    ReplyTooManyHeaders(conn);
+    return;
+  }
+  const std::string method = ri->request_method;
+  if (method != "GET" && method != "HEAD") {
+    ReplyMethodNotAllowed(conn);
+    return;
+  }
+  // The target as sent, with bytes that are not printable ASCII as %XX (the body is UTF-8).
+  std::string target;
+  for (const char* c = ri->request_uri; *c != '\0'; ++c) {
+    const unsigned char byte = static_cast<unsigned char>(*c);
+    if (byte > 0x20 && byte < 0x7f) {
+      target.push_back(*c);
+    } else {
+      absl::StrAppend(&target, "%", absl::Hex(byte, absl::kZeroPad2));
+    }
+  }
+  if (target == "*") {
+    Reply(conn, 400, "Bad Request", kText,
+          absl::StrCat("bad request target '*': the asterisk form names the server, not a page; "
+                       "ask for one of the pages: ", kPages, "\n"));
+    return;
+  }
+  Reply(conn, 400, "Bad Request", kText,
+        absl::StrCat("bad request target '", target, "': it names another server than this port ",
+                     ri->server_port, " (with no port, http:// is 80 and https:// 443), and moed "
+                     "is no proxy; send the path alone (GET /metrics) or name port ",
+                     ri->server_port, "; the pages are ", kPages, "\n"));
 }
 
 // The path with its %XX escapes decoded, or a 400's message. civetweb's own decoding (turned off)
@@ -161,6 +250,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   mg_callbacks callbacks = {};
   callbacks.log_message = QuietLog;
   callbacks.http_error = CivetwebError;
+  callbacks.connection_close = AnswerUnrouted;
   s->ctx_ = mg_start(&callbacks, nullptr, opts);
   if (s->ctx_ == nullptr) {
     return absl::UnavailableError(absl::StrCat(
@@ -216,11 +306,14 @@ bool HttpServer::Authorized(mg_connection* conn) const {
 
 int HttpServer::Handle(mg_connection* conn) {
   const mg_request_info* ri = mg_get_request_info(conn);
+  // Before anything reads a header: one past the 64th may be the one that matters.
+  if (DroppedHeaders(ri)) {
+    ReplyTooManyHeaders(conn);
+    return 431;
+  }
   const std::string method = ri->request_method;
-  constexpr const char* kText = "text/plain; charset=utf-8";
   if (method != "GET" && method != "HEAD") {
-    Reply(conn, 405, "Method Not Allowed", kText, "only GET and HEAD are served\n",
-          "Allow: GET, HEAD\r\n");
+    ReplyMethodNotAllowed(conn);
     return 405;
   }
   absl::StatusOr<std::string> decoded = DecodePath(ri->local_uri != nullptr ? ri->local_uri : "/");

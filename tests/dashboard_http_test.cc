@@ -1,7 +1,9 @@
 // moed's HTTP port: the token guards every path but /healthz (401 without it, Bearer or Basic
-// with it), a path that can name no job or does not decode is a 400, and slow clients holding
+// with it), a path that can name no job or does not decode is a 400, a request with more headers
+// than civetweb keeps is a 431, every request target gets an answer, and slow clients holding
 // connections cannot delay a scrape.
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -153,6 +155,109 @@ TEST(DashboardHttp, RequestsCivetwebRefusesSayWhatThePortServes) {
                                                                                << r.body;
   }
   EXPECT_EQ(HttpGet(port, "/healthz").status, 200);  // and the port still serves
+}
+
+// A request line and `count` header lines (Host first, then fillers, then `last` if any), each
+// ended by `eol`, and the blank line.
+std::string RequestWithHeaders(const std::string& target, int count, const std::string& last,
+                               const std::string& eol = "\r\n", const std::string& method = "GET") {
+  std::string req = absl::StrCat(method, " ", target, " HTTP/1.1", eol, "Host: x", eol);
+  const int fillers = count - 1 - (last.empty() ? 0 : 1);
+  for (int i = 0; i < fillers; ++i) absl::StrAppend(&req, "X-Filler-", i, ": ", i, eol);
+  if (!last.empty()) absl::StrAppend(&req, last, eol);
+  return req + eol;
+}
+
+// civetweb keeps the first 64 header lines (MG_MAX_HEADERS) and dropped the rest without a word:
+// an Authorization after the 64th was a 401 that blamed the token. Now 65 or more are a 431 that
+// says so, whatever the path, and 64 are served.
+TEST(DashboardHttp, MoreThan64HeadersAreRefusedNotServedWithSomeDropped) {
+  HarnessOptions o = Fake();
+  const std::string dir = MakeTempDir("moe-http-headers-");
+  o.token_file = dir + "/token";
+  std::ofstream(o.token_file) << "http-s3cret\n";
+  std::filesystem::permissions(o.token_file, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write,
+                               std::filesystem::perm_options::replace);
+  DaemonHarness h(o);
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const int port = h.metrics_port();
+  const std::string auth = "Authorization: Bearer http-s3cret";
+  for (const char* eol : {"\r\n", "\n"}) {
+    const std::string eol_name = eol[0] == '\r' ? "CRLF" : "LF";
+    HttpResponse at_limit = HttpRaw(port, RequestWithHeaders("/metrics", 64, auth, eol));
+    EXPECT_EQ(at_limit.status, 200) << eol_name << "\n" << at_limit.headers << at_limit.body;
+    for (int count : {65, 66, 200}) {
+      for (const char* path : {"/metrics", "/healthz", "/jobs/j-000001", "*"}) {
+        HttpResponse r = HttpRaw(port, RequestWithHeaders(path, count, auth, eol), 3);
+        EXPECT_EQ(r.status, 431) << count << " headers, " << eol_name << ", " << path << "\n" << r.headers << r.body;
+        EXPECT_TRUE(absl::StrContains(r.body, "more than 64 header lines")) << r.body;
+        EXPECT_TRUE(absl::StrContains(r.body, "reads at most 64 headers")) << r.body;
+      }
+    }
+    // With the token among the first 64 the request is still refused, not served without the
+    // lines past the 64th.
+    std::string auth_first = RequestWithHeaders("/metrics", 64, "", eol);
+    auth_first.insert(auth_first.find(eol) + std::strlen(eol), auth + eol);
+    HttpResponse r = HttpRaw(port, auth_first, 3);
+    EXPECT_EQ(r.status, 431) << eol_name << "\n" << r.headers << r.body;
+  }
+  // A HEAD gets the status line and no body.
+  HttpResponse head = HttpRaw(port, RequestWithHeaders("/metrics", 65, auth, "\r\n", "HEAD"), 3);
+  EXPECT_EQ(head.status, 431) << head.headers;
+  EXPECT_EQ(head.body, "");
+  EXPECT_EQ(HttpGet(port, "/metrics", {auth}).status, 200);  // and the port still serves
+}
+
+// civetweb takes no request with an asterisk-form target (GET *), or an absolute-form one naming
+// another port, to moed's handler, and such a connection was closed unanswered. Now each is
+// answered at once, with the pages the port serves.
+TEST(DashboardHttp, AsteriskAndOddTargetsAreAnsweredAtOnce) {
+  DaemonHarness h(Fake());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const int port = h.metrics_port();
+  const auto raw = [&](const std::string& request_line) {
+    const auto start = std::chrono::steady_clock::now();
+    HttpResponse r = HttpRaw(port, request_line + "\r\nHost: x\r\n\r\n", 3);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_LT(s, 1.0) << request_line << " took " << s << " s";
+    return r;
+  };
+  for (const char* line : {"GET * HTTP/1.1", "GET * HTTP/1.0"}) {
+    HttpResponse r = raw(line);
+    EXPECT_EQ(r.status, 400) << line << "\n" << r.headers << r.body;
+    EXPECT_TRUE(absl::StrContains(r.body, "'*'")) << line << "\n" << r.body;
+    EXPECT_TRUE(absl::StrContains(r.body, "/jobs/ID/charts.svg, /metrics and /healthz")) << line << "\n" << r.body;
+  }
+  HttpResponse head = raw("HEAD * HTTP/1.1");
+  EXPECT_EQ(head.status, 400) << head.headers;
+  EXPECT_EQ(head.body, "");
+  // OPTIONS * asks what the server does: GET and HEAD, as for any other method on any path.
+  for (const char* line : {"OPTIONS * HTTP/1.1", "OPTIONS /metrics HTTP/1.1"}) {
+    HttpResponse r = raw(line);
+    EXPECT_EQ(r.status, 405) << line << "\n" << r.headers << r.body;
+    EXPECT_TRUE(absl::StrContains(r.headers, "Allow: GET, HEAD")) << line << "\n" << r.headers;
+  }
+  // An absolute-form target naming another port (80 when it names none) is not this server's.
+  for (const std::string& target : {std::string("http://host/"), std::string("http://host/metrics"),
+                                    absl::StrCat("http://127.0.0.1:", port == 1 ? 2 : 1, "/healthz"),
+                                    std::string("https://host/healthz")}) {
+    HttpResponse r = raw("GET " + target + " HTTP/1.1");
+    EXPECT_EQ(r.status, 400) << target << "\n" << r.headers << r.body;
+    EXPECT_TRUE(absl::StrContains(r.body, target)) << target << "\n" << r.body;
+    EXPECT_TRUE(absl::StrContains(r.body, absl::StrCat("port ", port))) << target << "\n" << r.body;
+    EXPECT_TRUE(absl::StrContains(r.body, "/jobs/ID/charts.svg, /metrics and /healthz")) << r.body;
+  }
+  // Targets civetweb refuses itself, or that name no page, are answered too.
+  for (const std::string& line :
+       {std::string("GET  HTTP/1.1"), std::string("GET HTTP/1.1"), std::string("GET ?x=1 HTTP/1.1"),
+        absl::StrCat("GET http://127.0.0.1:", port, " HTTP/1.1"), std::string("GET http:// HTTP/1.1"),
+        std::string("GET /* HTTP/1.1"), std::string("GET *x HTTP/1.1")}) {
+    HttpResponse r = raw(line);
+    EXPECT_GE(r.status, 400) << "'" << line << "'\n" << r.headers << r.body;
+    EXPECT_LT(r.status, 500) << "'" << line << "'\n" << r.headers << r.body;
+  }
+  EXPECT_EQ(HttpGet(port, "/healthz").status, 200);  // and nothing crashed
+  EXPECT_EQ(HttpGet(port, absl::StrCat("http://127.0.0.1:", port, "/healthz")).status, 200);
 }
 
 TEST(DashboardHttp, TwentySlowClientsDoNotDelayAScrape) {
