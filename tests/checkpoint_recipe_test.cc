@@ -1,7 +1,9 @@
 // Checkpoints and the expert options: loss-free balancing's router biases are saved with the
 // weights (blocks.{i}.moe.router_bias), sampled with, and left behind by model.init_from; a
-// checkpoint is refused, with the options that differ named, by a job of another recipe or
-// model shape, whether or not the tensors would fit, or by data whose tokenizer maps ids otherwise.
+// checkpoint is refused, with the options that differ named, by a job of another recipe, model
+// shape or sequence length, whether or not the tensors would fit, or by data whose tokenizer maps
+// ids otherwise (not by GPT-2 files formatted otherwise); the training knobs may change, each
+// change logged once at the resume.
 #include <algorithm>
 #include <memory>
 #include <string>
@@ -12,6 +14,7 @@
 #include "kernels/threads.h"
 #include "tests/support/paths.h"
 #include "tests/support/test_jobs.h"
+#include "tests/support/tiny_gpt2.h"
 #include "tests/support/training_runs.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/data/dataset.h"
@@ -47,6 +50,34 @@ TEST(ModelShapeDifference, NamesEachShapeKeyAndReadsDefaults) {
   EXPECT_EQ(ModelShapeDifference(a, 65, b, 80), "model.vocab_size: 65 in the checkpoint, 80 in this job");
 }
 
+TEST(DataStreamDifference, NamesTheSequenceLength) {
+  moe::v1::JobSpec a = testing::SmallShakespeareSpec();
+  moe::v1::JobSpec b = a;
+  b.mutable_model()->set_dropout(0.3);
+  EXPECT_EQ(DataStreamDifference(a, b), "");
+  b.mutable_model()->set_seq_len(64);
+  EXPECT_EQ(DataStreamDifference(a, b), "model.seq_len: 32 in the checkpoint, 64 in this job");
+}
+
+TEST(ResumeChanges, NamesEachTrainingKnobOldToNewAndReadsDefaults) {
+  moe::v1::JobSpec a = testing::SmallShakespeareSpec();
+  moe::v1::JobSpec b = a;
+  EXPECT_EQ(ResumeChanges(a, b), "");
+  b.mutable_train()->set_beta2(0.95);                          // the default, spelled out
+  b.mutable_train()->set_schedule(moe::v1::SCHEDULE_COSINE);   // likewise
+  b.mutable_train()->set_decay_fraction(0.2);
+  EXPECT_EQ(ResumeChanges(a, b), "");
+  b.mutable_model()->set_dropout(0.1);
+  b.mutable_model()->mutable_moe()->set_capacity_factor(1.25);
+  b.mutable_train()->set_lr(1e-3);
+  b.mutable_train()->set_beta2(0.99);
+  b.mutable_train()->set_schedule(moe::v1::SCHEDULE_WSD);
+  b.mutable_model()->set_seq_len(64);  // not a knob: refused apart (DataStreamDifference)
+  EXPECT_EQ(ResumeChanges(a, b),
+            "model.dropout 0 -> 0.1, model.moe.capacity_factor 0 -> 1.25, train.lr 0.003 -> 0.001, "
+            "train.schedule cosine -> wsd, train.beta2 0.95 -> 0.99");
+}
+
 class CheckpointRecipeTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -71,11 +102,12 @@ class CheckpointRecipeTest : public ::testing::Test {
     biases_ = t->model().RouterBiases();
   }
 
-  // A resume of dir_ by a job with spec: the status of its run.
-  absl::Status Resume(const moe::v1::JobSpec& spec) {
+  // A resume of dir_ by a job with spec: the status of its run (its log lines into logs).
+  absl::Status Resume(const moe::v1::JobSpec& spec, std::vector<std::string>* logs = nullptr) {
     TrainerOptions opts;
     opts.checkpoint_dir = dir_;
     opts.resume = true;
+    if (logs != nullptr) opts.on_log = [logs](const std::string& line) { logs->push_back(line); };
     std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm_.get(), data_.get(), opts);
     if (t == nullptr) return absl::InternalError("no trainer");
     TrainOutcome outcome;
@@ -117,7 +149,60 @@ TEST_F(CheckpointRecipeTest, RouterBiasesAreSavedWithTheWeightsAndSampledWith) {
 TEST_F(CheckpointRecipeTest, ResumeUnderTheSameRecipeGoesOn) {
   moe::v1::JobSpec more = spec_;
   more.mutable_train()->set_steps(4);
-  EXPECT_TRUE(Resume(more).ok());
+  std::vector<std::string> logs;
+  EXPECT_TRUE(Resume(more, &logs).ok());
+  int changed = 0;
+  for (const std::string& l : logs) changed += l.rfind("resume: settings changed", 0) == 0;
+  EXPECT_EQ(changed, 1);
+}
+
+TEST_F(CheckpointRecipeTest, TrainingKnobsMayChangeAndAreLoggedOnceAtTheResume) {
+  // Dropout, capacity and the optimizer's hyperparameters: a user's to turn between runs.
+  moe::v1::JobSpec knobs = spec_;
+  knobs.mutable_train()->set_steps(4);
+  knobs.mutable_model()->set_dropout(0.1);
+  knobs.mutable_model()->mutable_moe()->set_capacity_factor(1.5);
+  auto* t = knobs.mutable_train();
+  t->set_lr(1e-3);
+  t->set_min_lr(1e-4);
+  t->set_warmup_steps(0);
+  t->set_schedule(moe::v1::SCHEDULE_CONSTANT);
+  t->set_weight_decay(0.05);
+  t->set_beta1(0.8);
+  t->set_beta2(0.99);
+  t->set_grad_clip(0.5);
+  std::vector<std::string> logs;
+  absl::Status st = Resume(knobs, &logs);
+  ASSERT_TRUE(st.ok()) << st;
+  std::vector<std::string> changed;
+  for (const std::string& l : logs) {
+    if (l.rfind("resume: settings changed", 0) == 0) changed.push_back(l);
+  }
+  ASSERT_EQ(changed.size(), 1u) << ::testing::PrintToString(logs);
+  EXPECT_NE(changed[0].find(dir_ + "/step_00000003: model.dropout 0 -> 0.1, model.moe.capacity_factor 0 -> 1.5, "
+                                   "train.steps 3 -> 4, train.lr 0.003 -> 0.001, train.min_lr 0.0003 -> 0.0001, "
+                                   "train.warmup_steps 20 -> 0, train.schedule cosine -> constant, "
+                                   "train.weight_decay 0.1 -> 0.05, train.beta1 0.9 -> 0.8, train.beta2 0.95 -> "
+                                   "0.99, train.grad_clip 1 -> 0.5"),
+            std::string::npos)
+      << changed[0];
+}
+
+TEST_F(CheckpointRecipeTest, AnotherSequenceLengthIsRefusedNamingBothAndTheFixes) {
+  // Every tensor fits (RoPE has no table), but the batches each step samples would not be the
+  // ones of the run that made the checkpoint.
+  moe::v1::JobSpec longer = spec_;
+  longer.mutable_train()->set_steps(4);
+  longer.mutable_model()->set_seq_len(64);
+  absl::Status st = Resume(longer);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  const std::string msg(st.message());
+  EXPECT_NE(msg.find("another sequence length than this job's:\nmodel.seq_len: 32 in the checkpoint, 64 in this job\n"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("set model.seq_len back as the checkpoint has it"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("model.init_from: " + dir_ + "/step_00000003"), std::string::npos) << msg;
 }
 
 TEST_F(CheckpointRecipeTest, AnotherRecipeIsRefusedNamingTheOptions) {
@@ -220,6 +305,56 @@ TEST_F(CheckpointRecipeTest, InitFromTakesTheWeightsAndBalancesAfresh) {
   bool noted = false;
   for (const std::string& l : logs) noted = noted || l.find("router biases") != std::string::npos;
   EXPECT_TRUE(noted) << "no note that the router biases were left behind";
+}
+
+TEST(CheckpointTokenizer, Gpt2FilesFormattedOtherwiseResumeAndOtherMergesAreRefusedNamingTheFile) {
+  kernels::SetNumThreads(1);
+  const testing::TinyGpt2 tiny;
+  const std::string tokenizer_dir = testing::MakeTempDir("moe-recipe-gpt2-");
+  tiny.Write(tokenizer_dir);
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.mutable_train()->set_steps(3);
+  spec.mutable_train()->set_eval_every(0);
+  spec.mutable_data()->set_path(testing::WriteTempText(ReadFile(testing::ShakespearePath())->substr(0, 20000)));
+  spec.mutable_data()->set_tokenizer(moe::v1::TOKENIZER_GPT2);
+  spec.mutable_data()->set_tokenizer_dir(tokenizer_dir);
+  std::unique_ptr<Communicator> comm = CreateSingleProcessCommunicator();
+  TrainerOptions opts;
+  opts.checkpoint_dir = testing::MakeTempDir("moe-recipe-gpt2-ckpt-");
+  // A run of spec (its tokenizer files as they are now) over opts' directory.
+  auto run = [&](const moe::v1::JobSpec& job) {
+    absl::StatusOr<Dataset> data = LoadDataset(job.data());
+    if (!data.ok()) return data.status();
+    std::unique_ptr<Trainer> t = testing::NewTrainer(job, comm.get(), &*data, opts);
+    if (t == nullptr) return absl::InternalError("no trainer");
+    TrainOutcome outcome;
+    return t->Run(&outcome);
+  };
+  ASSERT_TRUE(run(spec).ok());
+
+  // The same tokens and merges, other bytes (key order, indentation, CRLF, a blank last line).
+  tiny.Write(tokenizer_dir, /*reformatted=*/true);
+  opts.resume = true;
+  spec.mutable_train()->set_steps(4);
+  absl::Status st = run(spec);
+  EXPECT_TRUE(st.ok()) << st;
+
+  // Two merges in the other order: the same vocabulary, other ids for some text.
+  testing::TinyGpt2 swapped = tiny;
+  std::swap(swapped.merges[2], swapped.merges[3]);
+  swapped.Write(tokenizer_dir);
+  spec.mutable_train()->set_steps(5);
+  st = run(spec);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  const std::string msg(st.message());
+  EXPECT_NE(msg.find("another tokenizer than this job's data gives (" + tokenizer_dir +
+                     "/vocab.bpe: merge 3 is \"e r\" in the checkpoint, \"i n\" in this job's (line 4))"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("Put back in data.tokenizer_dir (" + tokenizer_dir + ") the encoder.json and vocab.bpe"),
+            std::string::npos)
+      << msg;
 }
 
 }  // namespace

@@ -1,15 +1,19 @@
 // Tokenizers: nanoGPT char ids, GPT-2 BPE ids (checked against the gpt-3-encoder reference),
-// round trips, serialization, and the errors bad input gets.
+// round trips, serialization, the errors bad input gets, and what a resume's check finds
+// different between two tokenizers (the files' content, not their formatting).
 #include "worker/data/tokenizer.h"
 
 #include <filesystem>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/files.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/paths.h"
+#include "tests/support/tiny_gpt2.h"
 
 namespace moe {
 namespace {
@@ -183,6 +187,74 @@ TEST(Gpt2Tokenizer, BadFilesAreExplained) {
   ASSERT_FALSE(too_few.ok());
   EXPECT_THAT(too_few.status().message(), HasSubstr("no token for byte"));
   std::filesystem::remove_all(dir);
+}
+
+std::unique_ptr<Tokenizer> LoadTiny(const testing::TinyGpt2& tiny, const std::string& dir, bool reformatted = false) {
+  tiny.Write(dir, reformatted);
+  auto tok = LoadGpt2Tokenizer(dir);
+  EXPECT_TRUE(tok.ok()) << tok.status();
+  return tok.ok() ? *std::move(tok) : nullptr;
+}
+
+TEST(TokenizerDifference, Gpt2FilesFormattedOtherwiseAreTheSameTokenizer) {
+  // Another key order, indentation and spacing in encoder.json; CRLF and a blank last line in
+  // vocab.bpe: other bytes, the same tokens and merges.
+  const testing::TinyGpt2 tiny;
+  const std::string plain = testing::MakeTempDir("gpt2_plain_"), other = testing::MakeTempDir("gpt2_other_");
+  std::unique_ptr<Tokenizer> a = LoadTiny(tiny, plain), b = LoadTiny(tiny, other, /*reformatted=*/true);
+  ASSERT_TRUE(a && b);
+  ASSERT_NE(a->Serialize(), b->Serialize());
+  EXPECT_EQ(b->vocab_size(), 260);
+  EXPECT_EQ(TokenizerDifference(*a, *b, other), "");
+  // As a checkpoint holds it: rebuilt from its Serialize() blob.
+  auto saved = DeserializeTokenizer(a->Serialize());
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  EXPECT_EQ(TokenizerDifference(**saved, *b, other), "");
+}
+
+TEST(TokenizerDifference, Gpt2NamesTheFileAndItsFirstTokenOrMergeThatDiffers) {
+  const testing::TinyGpt2 tiny;
+  std::unique_ptr<Tokenizer> saved = LoadTiny(tiny, testing::MakeTempDir("gpt2_saved_"));
+  ASSERT_TRUE(saved);
+
+  testing::TinyGpt2 merges = tiny;  // the same tokens, two merges in the other order
+  std::swap(merges.merges[2], merges.merges[3]);
+  const std::string dir = testing::MakeTempDir("gpt2_job_");
+  std::unique_ptr<Tokenizer> job = LoadTiny(merges, dir, /*reformatted=*/true);
+  ASSERT_TRUE(job);
+  EXPECT_EQ(TokenizerDifference(*saved, *job, dir),
+            dir + "/vocab.bpe: merge 3 is \"e r\" in the checkpoint, \"i n\" in this job's (line 4)");
+
+  testing::TinyGpt2 ids = tiny;  // the same merges, two tokens' ids swapped
+  std::swap(ids.tokens[2], ids.tokens[3]);
+  job = LoadTiny(ids, dir);
+  EXPECT_EQ(TokenizerDifference(*saved, *job, dir),
+            dir + "/encoder.json: token id 258 is \"er\" in the checkpoint, \"in\" in this job's");
+
+  testing::TinyGpt2 more = tiny;  // one token and its merge more: both files named
+  more.tokens.push_back("on");
+  more.merges.push_back({"o", "n"});
+  job = LoadTiny(more, dir);
+  EXPECT_EQ(TokenizerDifference(*saved, *job, dir),
+            dir + "/encoder.json: 260 tokens in the checkpoint, 261 in this job's (id 260 \"on\" is not in the "
+                  "checkpoint's); " +
+                dir + "/vocab.bpe: 4 merges in the checkpoint, 5 in this job's (its merge 5 \"o n\", line 6, is "
+                      "not in the checkpoint's)");
+  EXPECT_EQ(TokenizerDifference(*job, *saved, ""),
+            "encoder.json: 261 tokens in the checkpoint, 260 in this job's (id 260 \"on\" is not in this job's); "
+            "vocab.bpe: 5 merges in the checkpoint, 4 in this job's (the checkpoint's merge 5 \"o n\" is not in "
+            "this job's)");
+}
+
+TEST(TokenizerDifference, CharNamesTheFirstIdAndOtherKindsAreDescribed) {
+  auto abc = BuildCharTokenizer("abc"), abd = BuildCharTokenizer("abd"), again = BuildCharTokenizer("cab");
+  ASSERT_TRUE(abc.ok() && abd.ok() && again.ok());
+  EXPECT_EQ(TokenizerDifference(**abc, **again, ""), "");
+  EXPECT_EQ(TokenizerDifference(**abc, **abd, ""), "token id 2 is \"c\" in the checkpoint, \"d\" in this job's data");
+  std::unique_ptr<Tokenizer> gpt2 = LoadTiny(testing::TinyGpt2(), testing::MakeTempDir("gpt2_kind_"));
+  ASSERT_TRUE(gpt2);
+  EXPECT_EQ(TokenizerDifference(**abc, *gpt2, ""),
+            "char (3 symbols) in the checkpoint, gpt2 BPE (260 tokens, 4 merges) in this job's data");
 }
 
 }  // namespace

@@ -129,8 +129,7 @@ absl::StatusOr<Dataset> LoadText(const moe::v1::DataSpec& spec) {
   want["source_xxh64"] = absl::StrFormat("%016x", Xxh64(text->data(), text->size()));
   want["val_fraction"] = absl::StrFormat("%.17g", spec.val_fraction());
   if (spec.tokenizer() == moe::v1::TOKENIZER_GPT2) {
-    std::string dir = spec.tokenizer_dir().empty() ? "data/gpt2" : spec.tokenizer_dir();
-    absl::StatusOr<std::unique_ptr<Tokenizer>> t = LoadGpt2Tokenizer(dir);
+    absl::StatusOr<std::unique_ptr<Tokenizer>> t = LoadGpt2Tokenizer(Gpt2TokenizerDir(spec));
     if (!t.ok()) return t.status();
     gpt2 = *std::move(t);
     std::string blob = gpt2->Serialize();
@@ -266,6 +265,10 @@ absl::StatusOr<Dataset> LoadPretokenized(const moe::v1::DataSpec& spec) {
 }
 
 }  // namespace
+
+std::string Gpt2TokenizerDir(const moe::v1::DataSpec& spec) {
+  return spec.tokenizer_dir().empty() ? "data/gpt2" : spec.tokenizer_dir();
+}
 
 absl::StatusOr<Dataset> LoadDataset(const moe::v1::DataSpec& spec) {
   if (spec.path().empty()) return absl::InvalidArgumentError("data.path is empty");

@@ -39,6 +39,9 @@ struct Dataset {
 //    otherwise the concatenated tokens are split by val_fraction.
 absl::StatusOr<Dataset> LoadDataset(const moe::v1::DataSpec& spec);
 
+// Where a gpt2 job reads encoder.json and vocab.bpe: data.tokenizer_dir, else data/gpt2.
+std::string Gpt2TokenizerDir(const moe::v1::DataSpec& spec);
+
 // A split can be sampled with seq_len when it holds at least seq_len + 1 tokens. The error names
 // the split, its size and what is needed.
 absl::Status CheckSplits(const Dataset& data, int seq_len);

@@ -107,6 +107,7 @@ class CharTokenizer final : public Tokenizer {
   std::string Describe() const override {
     return absl::StrCat("char (", symbols_.size(), " symbols)");
   }
+  const std::string& symbols() const { return symbols_; }
   // Header line, then the symbols as hex so the blob is printable text.
   std::string Serialize() const override {
     std::string out(kCharHeader);
@@ -296,6 +297,17 @@ class Gpt2Tokenizer final : public Tokenizer {
                         "vocab.bpe ", vocab_bpe_.size(), "\n", vocab_bpe_);
   }
 
+  // What the files mean, apart from their formatting (TokenizerDifference compares these).
+  const std::vector<std::string>& id_bytes() const { return id_bytes_; }
+  const std::vector<std::string>& merges() const { return merges_; }  // "left right", rank order
+  int merge_line(size_t rank) const { return merge_lines_[rank]; }     // 1-based, in vocab.bpe
+  // Token id's text as encoder.json spells it (each byte as its stand-in character).
+  std::string TokenText(int id) const {
+    std::string out;
+    for (char c : id_bytes_[id]) out += byte_symbol_[static_cast<unsigned char>(c)];
+    return out;
+  }
+
  private:
   Gpt2Tokenizer() = default;
   void EncodePiece(absl::string_view piece, std::vector<int32_t>* ids) const;
@@ -305,6 +317,8 @@ class Gpt2Tokenizer final : public Tokenizer {
   std::array<std::string, 256> byte_symbol_;             // byte -> UTF-8 of its stand-in
   std::unordered_map<std::string, int32_t> encoder_;     // stand-in string -> id
   std::unordered_map<std::string, int> ranks_;           // "left right" -> merge rank
+  std::vector<std::string> merges_;                      // rank -> "left right"
+  std::vector<int> merge_lines_;                         // rank -> its line in vocab.bpe
   std::vector<std::string> id_bytes_;                    // id -> raw bytes
   // Pre-token -> ids. Text repeats words, so this makes tokenizing a corpus cheap.
   mutable std::mutex cache_mu_;
@@ -375,7 +389,9 @@ absl::StatusOr<std::unique_ptr<Gpt2Tokenizer>> Gpt2Tokenizer::Create(std::string
                                                      ": expected \"left right\", got \"", line,
                                                      "\"; re-fetch it with scripts/fetch_data.sh"));
     }
-    t->ranks_.emplace(absl::StrCat(parts[0], " ", parts[1]), rank++);
+    t->merges_.push_back(absl::StrCat(parts[0], " ", parts[1]));
+    t->merge_lines_.push_back(static_cast<int>(ln + 1));
+    t->ranks_.emplace(t->merges_.back(), rank++);
   }
   if (rank == 0) {
     return absl::InvalidArgumentError(absl::StrCat(where, "/vocab.bpe: no merges found"));
@@ -469,7 +485,72 @@ absl::StatusOr<std::string> TakeSection(absl::string_view* blob, absl::string_vi
   return out;
 }
 
+// How a message quotes a token or merge: C escapes for control bytes, UTF-8 kept readable.
+std::string Quote(absl::string_view s) { return absl::StrCat("\"", absl::Utf8SafeCEscape(s), "\""); }
+
+// The first token id whose bytes differ, or a token one file has and the other lacks; "" when
+// the token -> id mappings are the same.
+std::string EncoderDifference(const Gpt2Tokenizer& saved, const Gpt2Tokenizer& job, const std::string& file) {
+  const int common = std::min(saved.vocab_size(), job.vocab_size());
+  for (int id = 0; id < common; ++id) {
+    if (saved.id_bytes()[id] == job.id_bytes()[id]) continue;
+    return absl::StrCat(file, ": token id ", id, " is ", Quote(saved.TokenText(id)), " in the checkpoint, ",
+                        Quote(job.TokenText(id)), " in this job's");
+  }
+  if (saved.vocab_size() == job.vocab_size()) return "";
+  const bool more = job.vocab_size() > common;
+  return absl::StrCat(file, ": ", saved.vocab_size(), " tokens in the checkpoint, ", job.vocab_size(),
+                      " in this job's (id ", common, " ", Quote((more ? job : saved).TokenText(common)),
+                      more ? " is not in the checkpoint's)" : " is not in this job's)");
+}
+
+// The first merge (by rank, 1-based as the lines count them) that differs, or one that one
+// file has and the other lacks; "" when the merge lists are the same.
+std::string MergesDifference(const Gpt2Tokenizer& saved, const Gpt2Tokenizer& job, const std::string& file) {
+  const size_t common = std::min(saved.merges().size(), job.merges().size());
+  for (size_t r = 0; r < common; ++r) {
+    if (saved.merges()[r] == job.merges()[r]) continue;
+    return absl::StrCat(file, ": merge ", r + 1, " is ", Quote(saved.merges()[r]), " in the checkpoint, ",
+                        Quote(job.merges()[r]), " in this job's (line ", job.merge_line(r), ")");
+  }
+  if (saved.merges().size() == job.merges().size()) return "";
+  if (job.merges().size() > common) {
+    return absl::StrCat(file, ": ", saved.merges().size(), " merges in the checkpoint, ", job.merges().size(),
+                        " in this job's (its merge ", common + 1, " ", Quote(job.merges()[common]), ", line ",
+                        job.merge_line(common), ", is not in the checkpoint's)");
+  }
+  return absl::StrCat(file, ": ", saved.merges().size(), " merges in the checkpoint, ", job.merges().size(),
+                      " in this job's (the checkpoint's merge ", common + 1, " ", Quote(saved.merges()[common]),
+                      " is not in this job's)");
+}
+
 }  // namespace
+
+std::string TokenizerDifference(const Tokenizer& saved, const Tokenizer& job, const std::string& job_dir) {
+  const auto* saved_gpt2 = dynamic_cast<const Gpt2Tokenizer*>(&saved);
+  const auto* job_gpt2 = dynamic_cast<const Gpt2Tokenizer*>(&job);
+  if (saved_gpt2 != nullptr && job_gpt2 != nullptr) {
+    const std::string in = job_dir.empty() ? "" : job_dir + "/";
+    std::string out = EncoderDifference(*saved_gpt2, *job_gpt2, in + "encoder.json");
+    if (std::string merges = MergesDifference(*saved_gpt2, *job_gpt2, in + "vocab.bpe"); !merges.empty()) {
+      absl::StrAppend(&out, out.empty() ? "" : "; ", merges);
+    }
+    return out;
+  }
+  const auto* saved_char = dynamic_cast<const CharTokenizer*>(&saved);
+  const auto* job_char = dynamic_cast<const CharTokenizer*>(&job);
+  if (saved_char != nullptr && job_char != nullptr) {
+    if (saved_char->symbols() == job_char->symbols()) return "";
+    for (int id = 0; id < std::min(saved.vocab_size(), job.vocab_size()); ++id) {
+      const std::string a = saved.Decode({id}), b = job.Decode({id});
+      if (a != b) {
+        return absl::StrCat("token id ", id, " is \"", absl::CEscape(a), "\" in the checkpoint, \"", absl::CEscape(b),
+                            "\" in this job's data");
+      }
+    }
+  }
+  return absl::StrCat(saved.Describe(), " in the checkpoint, ", job.Describe(), " in this job's data");
+}
 
 absl::StatusOr<std::map<std::string, int64_t>> ParseJsonStringIntMap(std::string_view json) {
   google::protobuf::Struct doc;

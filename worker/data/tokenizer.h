@@ -41,6 +41,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGpt2Tokenizer(const std::string& 
 // Rebuilds a tokenizer from Tokenizer::Serialize().
 absl::StatusOr<std::unique_ptr<Tokenizer>> DeserializeTokenizer(std::string_view blob);
 
+// What a checkpoint's tokenizer (saved) and a job's (job) disagree on: "" when they turn text
+// into the same ids: the same symbols (char), or for GPT-2 the same token -> id mapping and the
+// same merges in the same order, however the files are formatted (JSON whitespace and key
+// order, line ends, a trailing newline). Otherwise one part per file that differs, joined by
+// "; ", each naming the file (under job_dir, where the job's GPT-2 files are) and the first
+// token or merge that differs with both values; for char the first id that decodes otherwise.
+std::string TokenizerDifference(const Tokenizer& saved, const Tokenizer& job, const std::string& job_dir);
+
 // GPT-2's two files as a Serialize() blob holds them (for exporting the tokenizer); NotFound
 // when the blob is not a GPT-2 tokenizer.
 struct Gpt2Files {

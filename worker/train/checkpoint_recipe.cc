@@ -23,60 +23,127 @@ std::string ActivationText(ModelConfig::Activation a) {
   return "swiglu";
 }
 
-using Text = std::function<std::string(const ModelConfig&)>;
+std::string ScheduleText(moe::v1::Schedule s) {
+  switch (s) {
+    case moe::v1::SCHEDULE_WSD: return "wsd";
+    case moe::v1::SCHEDULE_CONSTANT: return "constant";
+    default: break;
+  }
+  return "cosine";
+}
 
-// One line per option whose text differs between a and b, "<key>: <a> in the checkpoint, <b> in this job".
-std::string Differences(const ModelConfig& a, const ModelConfig& b,
-                        const std::vector<std::pair<const char*, Text>>& options) {
-  std::string out;
+// A spec as the checks read it: the model's settings with their defaults applied (ModelConfig's
+// reading, so a spec that leaves a key out agrees with one that names its default), and train.*.
+struct Settings {
+  ModelConfig model;
+  moe::v1::TrainSpec train;
+};
+
+Settings Read(const moe::v1::JobSpec& spec, int vocab) {
+  return {ModelConfig::FromSpec(spec, vocab), spec.train()};
+}
+
+using Text = std::function<std::string(const Settings&)>;
+using Options = std::vector<std::pair<const char*, Text>>;
+
+struct Differing {
+  std::string key, was, now;  // was: the checkpoint's, now: this job's
+};
+
+std::vector<Differing> Compare(const Settings& a, const Settings& b, const Options& options) {
+  std::vector<Differing> out;
   for (const auto& [key, text] : options) {
-    const std::string was = text(a), now = text(b);
-    if (was == now) continue;
-    absl::StrAppend(&out, out.empty() ? "" : "\n", key, ": ", was, " in the checkpoint, ", now, " in this job");
+    std::string was = text(a), now = text(b);
+    if (was != now) out.push_back({key, std::move(was), std::move(now)});
   }
   return out;
+}
+
+// One line per option that differs, "<key>: <a> in the checkpoint, <b> in this job".
+std::string Lines(const std::vector<Differing>& diffs) {
+  std::string out;
+  for (const Differing& d : diffs) {
+    absl::StrAppend(&out, out.empty() ? "" : "\n", d.key, ": ", d.was, " in the checkpoint, ", d.now, " in this job");
+  }
+  return out;
+}
+
+Text ModelNum(int ModelConfig::*field) {
+  return [field](const Settings& s) { return std::to_string(s.model.*field); };
 }
 
 }  // namespace
 
 std::string RecipeDifference(const moe::v1::JobSpec& saved, const moe::v1::JobSpec& job) {
-  // The options with their defaults applied (ModelConfig's reading), so a spec that leaves a key
-  // out agrees with one that names its default.
-  const ModelConfig a = ModelConfig::FromSpec(saved, 0), b = ModelConfig::FromSpec(job, 0);
-  const std::vector<std::pair<const char*, Text>> options = {
-      {"model.attention.rope_theta", [](const ModelConfig& c) { return Num(c.rope_theta); }},
-      {"model.attention.qk_norm", [](const ModelConfig& c) { return Bool(c.qk_norm); }},
-      {"model.attention.gate", [](const ModelConfig& c) { return Bool(c.attn_gate); }},
-      {"model.attention.dropout", [](const ModelConfig& c) { return Num(c.attn_dropout); }},
-      {"model.moe.activation", [](const ModelConfig& c) { return ActivationText(c.activation); }},
-      {"model.moe.shared_experts", [](const ModelConfig& c) { return std::to_string(c.shared_experts); }},
+  const Options options = {
+      {"model.attention.rope_theta", [](const Settings& s) { return Num(s.model.rope_theta); }},
+      {"model.attention.qk_norm", [](const Settings& s) { return Bool(s.model.qk_norm); }},
+      {"model.attention.gate", [](const Settings& s) { return Bool(s.model.attn_gate); }},
+      {"model.attention.dropout", [](const Settings& s) { return Num(s.model.attn_dropout); }},
+      {"model.moe.activation", [](const Settings& s) { return ActivationText(s.model.activation); }},
+      {"model.moe.shared_experts", ModelNum(&ModelConfig::shared_experts)},
       {"model.moe.shared_expert_hidden",
-       [](const ModelConfig& c) { return c.shared_experts > 0 ? std::to_string(c.shared_ffn) : std::string("-"); }},
-      {"model.moe.router_score", [](const ModelConfig& c) { return std::string(c.router_sigmoid ? "sigmoid" : "softmax"); }},
-      {"model.moe.router_temperature", [](const ModelConfig& c) { return Num(c.router_temperature); }},
-      {"model.moe.bias_update_rate", [](const ModelConfig& c) { return Num(c.bias_update_rate); }},
-      {"model.moe.expert_dropout", [](const ModelConfig& c) { return Num(c.expert_dropout); }},
-      {"train.optimizer", [](const ModelConfig& c) { return std::string(c.muon ? "muon" : "adamw"); }},
+       [](const Settings& s) { return s.model.shared_experts > 0 ? std::to_string(s.model.shared_ffn) : std::string("-"); }},
+      {"model.moe.router_score", [](const Settings& s) { return std::string(s.model.router_sigmoid ? "sigmoid" : "softmax"); }},
+      {"model.moe.router_temperature", [](const Settings& s) { return Num(s.model.router_temperature); }},
+      {"model.moe.bias_update_rate", [](const Settings& s) { return Num(s.model.bias_update_rate); }},
+      {"model.moe.expert_dropout", [](const Settings& s) { return Num(s.model.expert_dropout); }},
+      {"train.optimizer", [](const Settings& s) { return std::string(s.model.muon ? "muon" : "adamw"); }},
   };
-  return Differences(a, b, options);
+  return Lines(Compare(Read(saved, 0), Read(job, 0), options));
 }
 
 std::string ModelShapeDifference(const moe::v1::JobSpec& saved, int saved_vocab, const moe::v1::JobSpec& job,
                                  int job_vocab) {
-  const ModelConfig a = ModelConfig::FromSpec(saved, saved_vocab), b = ModelConfig::FromSpec(job, job_vocab);
-  auto num = [](int ModelConfig::*field) { return Text([field](const ModelConfig& c) { return std::to_string(c.*field); }); };
-  const std::vector<std::pair<const char*, Text>> options = {
-      {"model.vocab_size", num(&ModelConfig::vocab)},
-      {"model.d_model", num(&ModelConfig::d)},
-      {"model.n_layers", num(&ModelConfig::layers)},
-      {"model.n_heads", num(&ModelConfig::heads)},
-      {"model.n_kv_heads", num(&ModelConfig::kv_heads)},
-      {"model.tie_embeddings", [](const ModelConfig& c) { return Bool(c.tied); }},
-      {"model.moe.num_experts", num(&ModelConfig::experts)},
-      {"model.moe.top_k", num(&ModelConfig::top_k)},
-      {"model.moe.expert_hidden", num(&ModelConfig::ffn)},
+  const Options options = {
+      {"model.vocab_size", ModelNum(&ModelConfig::vocab)},
+      {"model.d_model", ModelNum(&ModelConfig::d)},
+      {"model.n_layers", ModelNum(&ModelConfig::layers)},
+      {"model.n_heads", ModelNum(&ModelConfig::heads)},
+      {"model.n_kv_heads", ModelNum(&ModelConfig::kv_heads)},
+      {"model.tie_embeddings", [](const Settings& s) { return Bool(s.model.tied); }},
+      {"model.moe.num_experts", ModelNum(&ModelConfig::experts)},
+      {"model.moe.top_k", ModelNum(&ModelConfig::top_k)},
+      {"model.moe.expert_hidden", ModelNum(&ModelConfig::ffn)},
   };
-  return Differences(a, b, options);
+  return Lines(Compare(Read(saved, saved_vocab), Read(job, job_vocab), options));
+}
+
+std::string DataStreamDifference(const moe::v1::JobSpec& saved, const moe::v1::JobSpec& job) {
+  const Options options = {{"model.seq_len", ModelNum(&ModelConfig::seq_len)}};
+  return Lines(Compare(Read(saved, 0), Read(job, 0), options));
+}
+
+std::string ResumeChanges(const moe::v1::JobSpec& saved, const moe::v1::JobSpec& job) {
+  auto train_num = [](double (moe::v1::TrainSpec::*field)() const) {
+    return Text([field](const Settings& s) { return Num((s.train.*field)()); });
+  };
+  const Options options = {
+      {"model.dropout", [](const Settings& s) { return Num(s.model.dropout); }},
+      {"model.moe.capacity_factor", [](const Settings& s) { return Num(s.model.capacity_factor); }},
+      {"model.moe.aux_loss_coef", [](const Settings& s) { return Num(s.model.aux_coef); }},
+      {"model.moe.z_loss_coef", [](const Settings& s) { return Num(s.model.z_coef); }},
+      {"train.steps", [](const Settings& s) { return std::to_string(s.train.steps()); }},
+      {"train.lr", train_num(&moe::v1::TrainSpec::lr)},
+      {"train.min_lr", train_num(&moe::v1::TrainSpec::min_lr)},
+      {"train.warmup_steps", [](const Settings& s) { return std::to_string(s.train.warmup_steps()); }},
+      {"train.schedule", [](const Settings& s) { return ScheduleText(s.train.schedule()); }},
+      {"train.decay_fraction",
+       [](const Settings& s) { return Num(s.train.decay_fraction() > 0 ? s.train.decay_fraction() : 0.2); }},
+      {"train.weight_decay", train_num(&moe::v1::TrainSpec::weight_decay)},
+      {"train.beta1", [](const Settings& s) { return Num(s.model.adam_beta1); }},
+      {"train.beta2", [](const Settings& s) { return Num(s.model.adam_beta2); }},
+      {"train.grad_clip", train_num(&moe::v1::TrainSpec::grad_clip)},
+      {"train.muon_lr",
+       [](const Settings& s) {
+         return s.model.muon ? Num(s.train.muon_lr() > 0 ? s.train.muon_lr() : s.train.lr()) : std::string("-");
+       }},
+  };
+  std::string out;
+  for (const Differing& d : Compare(Read(saved, 0), Read(job, 0), options)) {
+    absl::StrAppend(&out, out.empty() ? "" : ", ", d.key, " ", d.was, " -> ", d.now);
+  }
+  return out;
 }
 
 }  // namespace moe

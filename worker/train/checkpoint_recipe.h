@@ -1,7 +1,9 @@
-// Which recipe (MODEL.md "Options: the seeds' recipes") made a checkpoint, against the job that
-// resumes it: a checkpoint continues only under the options that made it, since they change the
-// model's function (activation, router scoring, balancing bias) or its training (dropouts,
-// optimizer) in ways the weights alone do not show.
+// A checkpoint's settings against the job that resumes it. Refused when they differ: the
+// recipe (MODEL.md "Options: the seeds' recipes"), which changes the model's function
+// (activation, router scoring, balancing bias) or its training (attention and expert dropout,
+// optimizer) in ways the weights alone do not show; the model's shape; the sequence length.
+// Allowed and reported: the training knobs a user turns between runs (dropout, capacity, loss
+// coefficients, the optimizer's hyperparameters and schedule).
 #pragma once
 
 #include <string>
@@ -20,5 +22,16 @@ std::string RecipeDifference(const moe::v1::JobSpec& saved, const moe::v1::JobSp
 // one in force (the checkpoint's meta, the job's tokenizer), for specs that leave vocab_size 0.
 std::string ModelShapeDifference(const moe::v1::JobSpec& saved, int saved_vocab, const moe::v1::JobSpec& job,
                                  int job_vocab);
+
+// The same for model.seq_len: it fixes the batches every step samples (each sequence starts at
+// a draw modulo tokens - seq_len) and the context the model is trained for, so a resume with
+// another one would not continue the run that made the checkpoint, though every tensor fits.
+std::string DataStreamDifference(const moe::v1::JobSpec& saved, const moe::v1::JobSpec& job);
+
+// The settings a resume may change, for its log line: "" when none differs; otherwise
+// "<key> <saved> -> <job>" per setting, joined by ", " (model.dropout, model.moe.capacity_factor,
+// aux_loss_coef, z_loss_coef, train.steps, lr, min_lr, warmup_steps, schedule, decay_fraction,
+// weight_decay, beta1, beta2, grad_clip, muon_lr), each read with its default applied.
+std::string ResumeChanges(const moe::v1::JobSpec& saved, const moe::v1::JobSpec& job);
 
 }  // namespace moe

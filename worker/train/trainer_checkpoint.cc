@@ -11,12 +11,12 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/util/json_util.h"
 #include "common/files.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/data/checkpoint_spec.h"
+#include "worker/data/dataset.h"
 #include "worker/interchange/hf_import.h"
 #include "worker/model/moe_bookkeeping.h"
 #include "worker/train/checkpoint_recipe.h"
@@ -28,20 +28,23 @@ namespace {
 constexpr std::pair<const char*, ParamSet> kCheckpointSets[] = {
     {"", ParamSet::kParams}, {"adam_m.", ParamSet::kAdamM}, {"adam_v.", ParamSet::kAdamV}};
 
-// "" when the checkpoint's tokenizer (Serialize()) is the job's; else what differs: the first
-// token id the two decode differently, or both descriptions.
-std::string TokenizerDifference(const std::string& saved, const Tokenizer& job) {
+// "" when the checkpoint's tokenizer (its Serialize() blob; none for pretokenized data) turns
+// text into the ids the job's does; else what differs (TokenizerDifference).
+std::string CheckpointTokenizerDifference(const std::string& saved, const Tokenizer& job, const std::string& job_dir) {
   if (saved.empty() || saved == job.Serialize()) return "";
   absl::StatusOr<std::unique_ptr<Tokenizer>> was = DeserializeTokenizer(saved);
-  if (!was.ok()) return std::string(was.status().message());
-  for (int id = 0; id < std::min((*was)->vocab_size(), job.vocab_size()); ++id) {
-    const std::string a = (*was)->Decode({id}), b = job.Decode({id});
-    if (a != b) {
-      return absl::StrCat("token id ", id, " is \"", absl::CEscape(a), "\" in the checkpoint, \"", absl::CEscape(b),
-                          "\" in this job's data");
-    }
+  if (!was.ok()) return absl::StrCat("tokenizer.txt: ", was.status().message());
+  return TokenizerDifference(**was, job, job_dir);
+}
+
+// How to give a job the checkpoint's tokenizer back.
+std::string TokenizerFix(const moe::v1::DataSpec& data) {
+  if (data.tokenizer() == moe::v1::TOKENIZER_CHAR) {
+    return "Train on data of the checkpoint's vocabulary (a char tokenizer's is the text's byte values)";
   }
-  return absl::StrCat((*was)->Describe(), " in the checkpoint, ", job.Describe(), " in this job's data");
+  return absl::StrCat("Put back in data.tokenizer_dir (", Gpt2TokenizerDir(data),
+                      ") the encoder.json and vocab.bpe the checkpoint was trained with (its tokenizer.txt "
+                      "holds both; moectl export writes them as vocab.json and merges.txt)");
 }
 
 }  // namespace
@@ -123,12 +126,23 @@ absl::Status Trainer::LoadCheckpoint(const CheckpointReader& ckpt, int64_t* step
         "\na checkpoint resumes only as the model that made it: set these back as the checkpoint has them, or "
         "give this job its own checkpoint.dir"));
   }
-  if (const std::string diff = data_->tokenizer ? TokenizerDifference(ckpt.info().tokenizer, *data_->tokenizer) : "";
-      !diff.empty()) {
+  if (const std::string diff = DataStreamDifference(saved, spec_); !diff.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "checkpoint ", path, " was trained with another tokenizer than this job's data gives (", diff,
-        "): its token ids would mean other text. Train on data of the checkpoint's vocabulary (a char "
-        "tokenizer's is the text's byte values), or give this job its own checkpoint.dir"));
+        "checkpoint ", path, " was trained with another sequence length than this job's:\n", diff,
+        "\nthe sequence length fixes the batches each step samples and the context the model learns, so "
+        "the resumed run would not continue the one that made the checkpoint: set model.seq_len back as the "
+        "checkpoint has it, or start a new run from its weights (a fresh optimizer and step count) with "
+        "model.init_from: ", path, " (moectl submit --from) and its own checkpoint.dir"));
+  }
+  const std::string tokenizer_diff =
+      data_->tokenizer ? CheckpointTokenizerDifference(ckpt.info().tokenizer, *data_->tokenizer,
+                                                       Gpt2TokenizerDir(spec_.data()))
+                       : "";
+  if (!tokenizer_diff.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "checkpoint ", path, " was trained with another tokenizer than this job's data gives (", tokenizer_diff,
+        "): its token ids would mean other text. ", TokenizerFix(spec_.data()),
+        ", or give this job its own checkpoint.dir"));
   }
   if (const std::string diff = RecipeDifference(saved, spec_); !diff.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -170,6 +184,9 @@ absl::Status Trainer::LoadCheckpoint(const CheckpointReader& ckpt, int64_t* step
     model_->SetRouterBiases(biases);
   }
   *steps_done = ckpt.info().step;
+  if (const std::string changes = ResumeChanges(saved, spec_); !changes.empty()) {
+    Log(absl::StrCat("resume: settings changed since checkpoint ", path, ": ", changes));
+  }
   return absl::OkStatus();
 }
 
