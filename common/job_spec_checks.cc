@@ -342,7 +342,8 @@ class Checker {
       // requeues over and over (a 5-minute limit did).
       int lead = kSignalLeadSeconds;
       for (const std::string& arg : sl.extra_sbatch_args()) {
-        if (const int arg_lead = SignalLeadSeconds(arg); arg_lead >= 0) lead = arg_lead;
+        const int arg_lead = ParseSbatchSignal(arg).lead_seconds;
+        if (arg_lead >= 0) lead = arg_lead;
       }
       if (limit <= lead + 60) {
         Fail("resources.slurm.time_limit",

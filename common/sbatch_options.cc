@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "absl/strings/strip.h"
 #include "common/job_spec_internal.h"
 
 namespace moe {
@@ -122,18 +123,10 @@ std::string RefusedSbatchOption(std::string_view text) {
     return absl::StrCat("'", Shown(arg), "' is not an option (one sbatch option per entry, "
                         "e.g. --qos=high)");
   }
-  if (name == "signal") {
-    // The template traps USR1 in the batch script to checkpoint and requeue before the time limit:
-    // a job may move that signal earlier or later, but another signal or target ends the job
-    // without the checkpoint (--signal=B:TERM@60 replaced the template's USR1).
-    static const std::regex kUsr1ToBatch("B:(SIG)?(USR1|10)(@[0-9]+)?", std::regex::icase);
-    const size_t eq = arg.find('=');
-    if (eq == absl::string_view::npos ||
-        !job_spec_internal::MatchesPattern(std::string(arg.substr(eq + 1)), kUsr1ToBatch)) {
-      return absl::StrCat("'", Shown(arg), "' is refused: moed's batch script checkpoints when Slurm sends it "
-                          "USR1 before the time limit, and another signal or target would end the job without "
-                          "that checkpoint; only when may change: --signal=B:USR1@SECONDS");
-    }
+  if (const SbatchSignal signal = ParseSbatchSignal(text); signal.present && !signal.checkpoint) {
+    return absl::StrCat("'", Shown(arg), "' is refused: moed's batch script checkpoints when Slurm sends it "
+                        "USR1 before the time limit, and another signal or target would end the job without "
+                        "that checkpoint; only when may change: --signal=B:USR1@SECONDS");
   }
   if (!name.empty() && Allowed().count(name) > 0) return "";
   const std::string option = letter != 0 ? std::string{'-', letter} : absl::StrCat("--", name);
@@ -175,13 +168,28 @@ int64_t SlurmTimeLimitSeconds(std::string_view text) {
   return (seconds + 59) / 60 * 60;
 }
 
-int SignalLeadSeconds(std::string_view text) {
+SbatchSignal ParseSbatchSignal(std::string_view text) {
   absl::string_view arg(text.data(), text.size());
-  if (!absl::ConsumePrefix(&arg, "--signal=")) return -1;
+  SbatchSignal signal;
+  if (!absl::ConsumePrefix(&arg, "--signal")) return signal;
+  if (arg.empty()) {
+    signal.present = true;  // no value: sbatch would ask for one
+    return signal;
+  }
+  if (!absl::ConsumePrefix(&arg, "=")) return signal;  // another option (--signals...)
+  signal.present = true;
+  // The template traps USR1 in the batch script to checkpoint and requeue before the time limit:
+  // a job may move that signal earlier or later, but another signal or target ends the job without
+  // the checkpoint (--signal=B:TERM@60 replaced the template's USR1). MatchesPattern bounds the
+  // input (a 300000-digit lead overflowed std::regex's recursion).
+  static const std::regex kUsr1ToBatch("B:(SIG)?(USR1|10)(@[0-9]+)?", std::regex::icase);
+  signal.checkpoint = job_spec_internal::MatchesPattern(std::string(arg), kUsr1ToBatch);
   const size_t at = arg.find('@');
-  int lead = 60;
-  if (at != absl::string_view::npos && !absl::SimpleAtoi(arg.substr(at + 1), &lead)) return -1;
-  return lead;
+  int lead = 60;  // sbatch's default lead
+  if (at == absl::string_view::npos || absl::SimpleAtoi(arg.substr(at + 1), &lead)) {
+    signal.lead_seconds = lead;
+  }
+  return signal;
 }
 
 }  // namespace moe

@@ -21,8 +21,15 @@ inline constexpr int kSignalLeadSeconds = 300;
 // whole minutes as Slurm keeps it; 0 for no limit (0, UNLIMITED, INFINITE) or text that is no time.
 int64_t SlurmTimeLimitSeconds(std::string_view text);
 
-// The lead, in seconds, an sbatch option --signal=[B:]SIG[@SECONDS] asks for (60 without @);
-// -1 when arg is not --signal.
-int SignalLeadSeconds(std::string_view arg);
+// An sbatch option --signal[=[B:]SIG[@SECONDS]] read once, for the allowlist and for the
+// time-limit check alike.
+struct SbatchSignal {
+  bool present = false;     // arg is --signal, with or without a value
+  bool checkpoint = false;  // the value is the template's signal moved: B:USR1[@SECONDS] (USR1,
+                            // SIGUSR1 or 10, any case); nothing else may replace it
+  int lead_seconds = -1;    // the value's SECONDS (60 without @); -1 without a value or when
+                            // SECONDS is no number
+};
+SbatchSignal ParseSbatchSignal(std::string_view arg);
 
 }  // namespace moe

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -624,9 +625,19 @@ TEST_F(JobSpecTest, SlurmTimeLimitWithinTheCheckpointSignalIsRefused) {
   EXPECT_EQ(SlurmTimeLimitSeconds("0-0:0:30"), 60);
   EXPECT_EQ(SlurmTimeLimitSeconds("UNLIMITED"), 0);
   EXPECT_EQ(SlurmTimeLimitSeconds("0"), 0);
-  EXPECT_EQ(SignalLeadSeconds("--signal=B:USR1@600"), 600);
-  EXPECT_EQ(SignalLeadSeconds("--signal=USR1"), 60);
-  EXPECT_EQ(SignalLeadSeconds("--qos=x"), -1);
+  // One parser reads --signal for the allowlist and this check: {present, checkpoint, lead}.
+  using Read = std::tuple<std::string, bool, bool, int>;
+  const std::string huge = "--signal=B:USR1@" + std::string(300000, '9');  // bounded, no crash
+  for (const auto& [arg, present, checkpoint, lead] : std::vector<Read>{
+           {"--signal=B:USR1@600", true, true, 600}, {"--signal=b:sigusr1", true, true, 60},
+           {"--signal=USR1", true, false, 60}, {"--signal", true, false, -1},
+           {huge, true, false, -1}, {"--qos=x", false, false, -1},
+           {"--signals=B:USR1", false, false, -1}}) {
+    const SbatchSignal sig = ParseSbatchSignal(arg);
+    EXPECT_EQ(std::tie(sig.present, sig.checkpoint, sig.lead_seconds),
+              std::tie(present, checkpoint, lead))
+        << arg.substr(0, 40);
+  }
 
   const std::string base = std::string(kMinimal) + "resources:\n  launcher: slurm\n  slurm: ";
   for (const std::string t : {"5", "6", "0:30", "0-0:06", "00:06:00"}) {
