@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,7 +13,6 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <regex>
 #include <set>
 
 #include "absl/strings/ascii.h"
@@ -107,9 +107,15 @@ CommandOutput RunCommand(const std::vector<std::string>& args,
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
     execvpe(argv[0], argv.data(), envp.data());
-    const char msg[] = "exec failed: command not found\n";
+    // 127: not found, 126: found but cannot run (a shell's codes).
+    if (errno == ENOENT) {
+      const char msg[] = "exec failed: not found on PATH\n";
+      (void)!write(2, msg, sizeof(msg) - 1);
+      _exit(127);
+    }
+    const char msg[] = "exec failed: cannot be run\n";
     (void)!write(2, msg, sizeof(msg) - 1);
-    _exit(127);
+    _exit(126);
   }
   close(fds[1]);
   const auto deadline = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
@@ -167,12 +173,53 @@ absl::Status CheckOptionValue(const std::string& field, const std::string& value
   return absl::OkStatus();
 }
 
-// `Key=value` from one line of `scontrol show job -o`; "" when absent.
+// `Key=value` from one line of `scontrol show job -o`; "" when absent. Split by hand: the line
+// holds what the job's options say (a --comment of any length), no input for std::regex.
 std::string Field(const std::string& line, const std::string& key) {
-  std::smatch m;
-  std::regex re("(^|\\s)" + key + "=(\\S*)");
-  if (std::regex_search(line, m, re)) return m[2].str();
+  for (absl::string_view word :
+       absl::StrSplit(line, absl::ByAnyChar(" \t\r\n"), absl::SkipEmpty())) {
+    if (absl::ConsumePrefix(&word, key) && absl::ConsumePrefix(&word, "=")) return std::string(word);
+  }
   return "";
+}
+
+// Whether PATH (as execvpe searches it) holds an executable file `tool`.
+bool OnPath(const std::string& tool) {
+  const char* path = std::getenv("PATH");
+  for (absl::string_view dir : absl::StrSplit(path != nullptr ? path : "/bin:/usr/bin", ':')) {
+    const std::string file = absl::StrCat(dir.empty() ? "." : dir, "/", tool);
+    struct stat st;
+    if (stat(file.c_str(), &st) == 0 && S_ISREG(st.st_mode) && access(file.c_str(), X_OK) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// What is missing, what each tool is for, and how to get them.
+std::string MissingToolsAdvice(const std::vector<std::string>& missing) {
+  const char* path = std::getenv("PATH");
+  return absl::StrCat(
+      "Slurm's ", absl::StrJoin(missing, " and "), missing.size() == 1 ? " is" : " are",
+      " not on moed's PATH (", OneLine(path != nullptr ? path : ""),
+      "): launcher slurm needs sbatch to submit a job, scontrol to release, follow and (in the "
+      "batch script, at the time limit) requeue it, and scancel to cancel it; install Slurm's "
+      "client tools (Debian: slurm-client) or start moed with their folder on PATH "
+      "(deploy/slurm/moed-slurm.conf sets it under systemd)");
+}
+
+// A file name pattern for sbatch (--output) that names `path` itself: sbatch expands %j, %x, ...
+// in it and writes %% as one %. A backslash cannot be written: Slurm drops every '\' from the
+// name and then expands nothing (not even the %j after it), so such a path is refused.
+absl::StatusOr<std::string> SbatchFileNamePattern(const std::string& field,
+                                                  const std::string& path) {
+  if (absl::StrContains(path, '\\')) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "launch error: ", field, " '", OneLine(path), "' holds a backslash, which Slurm drops from "
+        "output file names (and then expands no %j), so the batch output would land elsewhere; "
+        "start moed with a --state-dir whose path has no '\\'"));
+  }
+  return absl::StrReplaceAll(path, {{"%", "%%"}});
 }
 
 // "rc:sig" -> rc, sig.
@@ -198,21 +245,42 @@ std::string LastNonEmptyLine(const std::string& path) {
 }  // namespace
 
 bool IsFinalSlurmState(const std::string& state) {
+  // Not SPECIAL_EXIT: Slurm requeued that job and holds it (RequeueExitHold, or an epilog set it)
+  // until someone releases it; it is still in the queue.
   static const std::set<std::string> kFinal = {
-      "BOOT_FAIL", "CANCELLED", "COMPLETED",     "DEADLINE",  "FAILED",      "NODE_FAIL",
-      "OUT_OF_MEMORY", "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "TIMEOUT"};
+      "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED",
+      "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "REVOKED", "TIMEOUT"};
   return kFinal.count(state) > 0;
 }
 
 bool SlurmJobInfo::pending() const {
   // CONFIGURING: its nodes boot (power saving, a reboot for features); nothing of it runs yet.
-  // RESV_DEL_HOLD: held because its reservation was deleted.
+  // RESV_DEL_HOLD: held because its reservation was deleted. SPECIAL_EXIT: requeued and held after
+  // it exited with a special code (moed counted it as ended while Slurm still had it).
   return state == "PENDING" || state == "REQUEUED" || state == "REQUEUE_HOLD" ||
          state == "REQUEUE_FED" || state == "SUSPENDED" || state == "CONFIGURING" ||
-         state == "RESV_DEL_HOLD";
+         state == "RESV_DEL_HOLD" || state == "SPECIAL_EXIT";
 }
 
 bool SlurmJobInfo::paused() const { return state == "SUSPENDED" || state == "STOPPED"; }
+
+SlurmLauncher::SlurmLauncher(SlurmLauncherOptions options) : options_(std::move(options)) {
+  // sbatch without the others: jobs would be submitted, then never released, followed or requeued.
+  // Without sbatch this is no Slurm host; a slurm job's launch error says what is missing.
+  const std::vector<std::string> missing = MissingTools();
+  if (!missing.empty() && missing.front() != "sbatch") {
+    std::fprintf(stderr, "moed: warning: %s; until then jobs with launcher slurm are refused\n",
+                 MissingToolsAdvice(missing).c_str());
+  }
+}
+
+std::vector<std::string> SlurmLauncher::MissingTools() {
+  std::vector<std::string> missing;
+  for (const char* tool : {"sbatch", "scontrol", "scancel"}) {
+    if (!OnPath(tool)) missing.emplace_back(tool);
+  }
+  return missing;
+}
 
 bool SlurmLauncher::IsSlurmHandle(const std::string& handle) {
   return absl::StartsWith(handle, "slurm=");
@@ -245,9 +313,13 @@ absl::StatusOr<std::vector<std::string>> SlurmLauncher::SbatchArgs(const LaunchR
     }
     args.push_back(a);
   }
+  // --chdir is a plain path; --output is a file name pattern (a state dir with % in it wrote the
+  // batch output somewhere else).
+  absl::StatusOr<std::string> job_dir = SbatchFileNamePattern("job folder", req.job_dir);
+  if (!job_dir.ok()) return job_dir.status();
   args.insert(args.end(),
               {"--parsable", absl::StrCat("--job-name=moe-", req.job_id, "-", req.spec.name()),
-               absl::StrCat("--output=", req.job_dir, "/slurm-%j.out"),
+               absl::StrCat("--output=", *job_dir, "/slurm-%j.out"),
                absl::StrCat("--chdir=", req.job_dir), "--export=ALL"});
   if (!sl.partition().empty()) {
     if (absl::Status s = CheckOptionValue("resources.slurm.partition", sl.partition()); !s.ok()) {
@@ -330,6 +402,12 @@ absl::StatusOr<std::string> SlurmLauncher::Render(const LaunchRequest& req) cons
 
 absl::StatusOr<std::string> SlurmLauncher::Launch(const LaunchRequest& req,
                                                   const RecordLaunch& record) {
+  // Before sbatch: a job submitted without scontrol would wait held forever (nothing releases
+  // it), and would neither be followed nor requeue itself at its time limit.
+  if (const std::vector<std::string> missing = MissingTools(); !missing.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("launch error: ", MissingToolsAdvice(missing)));
+  }
   if (access(options_.worker_bin.c_str(), X_OK) != 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("launch error: worker executable ", options_.worker_bin,
@@ -455,6 +533,14 @@ SlurmLauncher::Cached SlurmLauncher::Refresh(const std::string& handle, bool for
       }
       c.info.known = true;
     }
+  } else if (r.exit_code == 127 && !OnPath("scontrol")) {
+    // Nothing can follow the job (moed restarted without Slurm on PATH): say so once; it counts
+    // as running until its ranks go silent.
+    if (!c.said_scontrol_missing) {
+      std::fprintf(stderr, "moed: error: Slurm job %s cannot be followed: %s\n", h.id.c_str(),
+                   MissingToolsAdvice({"scontrol"}).c_str());
+      c.said_scontrol_missing = true;
+    }
   } else {
     // slurmctld unreachable or slow: keep what we knew, try again after refresh.
     std::fprintf(stderr, "moed: slurm job %s: scontrol failed: %s\n", h.id.c_str(),
@@ -475,6 +561,12 @@ BatchState SlurmLauncher::BatchStateOf(const std::string& handle) {
   b.known = info.known;
   b.state = info.state;
   b.reason = info.reason == "None" ? "" : info.reason;
+  if (info.state == "SPECIAL_EXIT") {
+    // Held until someone acts: say who can.
+    absl::StrAppend(&b.reason, b.reason.empty() ? "" : "; ",
+                    "requeued and held after a special exit code; `scontrol release ",
+                    info.slurm_job_id, "` runs it again, moectl cancel ends it");
+  }
   b.node_list = info.node_list;
   b.attempt = info.attempt;
   b.pending = info.pending();

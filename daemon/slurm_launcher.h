@@ -36,13 +36,15 @@ struct SlurmJobInfo {
   std::string reason;      // Slurm's Reason, for PENDING: Resources, Priority, BeginTime, ...
   std::string node_list;
   int attempt = 0;         // moed's attempt the job runs now: base + Slurm's restart count
-  bool pending() const;    // waiting in Slurm's queue (before the first run or after a requeue)
+  // Waiting in Slurm's queue (before the first run or after a requeue), held ones included.
+  bool pending() const;
   bool paused() const;     // suspended or stopped (SIGSTOP): its processes are frozen
 };
 
 class SlurmLauncher final : public Launcher {
  public:
-  explicit SlurmLauncher(SlurmLauncherOptions options) : options_(std::move(options)) {}
+  // Says in moed's log when sbatch is on PATH but another client tool it needs is not.
+  explicit SlurmLauncher(SlurmLauncherOptions options);
   std::string name() const override { return "slurm"; }
   absl::StatusOr<std::string> Launch(const LaunchRequest& request,
                                      const RecordLaunch& record) override;
@@ -74,6 +76,8 @@ class SlurmLauncher final : public Launcher {
   absl::StatusOr<std::string> Render(const LaunchRequest& request) const;
   // sbatch's arguments (without the script path) for a request.
   static absl::StatusOr<std::vector<std::string>> SbatchArgs(const LaunchRequest& request);
+  // The Slurm client tools moed runs (sbatch, scontrol, scancel) that are not on PATH now.
+  static std::vector<std::string> MissingTools();
 
  private:
   struct Cached {
@@ -81,6 +85,7 @@ class SlurmLauncher final : public Launcher {
     int exit_code = 0;  // from ExitCode=rc:sig, once final
     int term_signal = 0;
     std::chrono::steady_clock::time_point refreshed;
+    bool said_scontrol_missing = false;  // moed's log said so once for this job
   };
   // Re-reads the job from Slurm when the cached answer is older than refresh (or force).
   Cached Refresh(const std::string& handle, bool force);
