@@ -246,6 +246,10 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
                         // An absolute-form target (GET http://HOST:PORT/metrics) on this port
                         // names this server whatever HOST says; the check closed it unanswered.
                         "enable_auth_domain_check", "no",
+                        // No CORS: civetweb's defaults ("*") answered a browser's preflight
+                        // OPTIONS itself, 200 with Access-Control-Allow-Origin: *, past the token.
+                        "access_control_allow_origin", "",
+                        "access_control_allow_methods", "",
                         nullptr};
   mg_callbacks callbacks = {};
   callbacks.log_message = QuietLog;

@@ -237,6 +237,16 @@ TEST(DashboardHttp, AsteriskAndOddTargetsAreAnsweredAtOnce) {
     EXPECT_EQ(r.status, 405) << line << "\n" << r.headers << r.body;
     EXPECT_TRUE(absl::StrContains(r.headers, "Allow: GET, HEAD")) << line << "\n" << r.headers;
   }
+  // A browser's CORS preflight gets the same 405: civetweb's default answered it 200 with
+  // "Access-Control-Allow-Origin: *", before moed (and its token check) saw it.
+  {
+    HttpResponse r = HttpRaw(port,
+                             "OPTIONS /metrics HTTP/1.1\r\nHost: x\r\nOrigin: http://elsewhere.example\r\n"
+                             "Access-Control-Request-Method: GET\r\n\r\n",
+                             3);
+    EXPECT_EQ(r.status, 405) << r.headers << r.body;
+    EXPECT_FALSE(absl::StrContains(r.headers, "Access-Control-Allow")) << r.headers;
+  }
   // An absolute-form target naming another port (80 when it names none) is not this server's.
   for (const std::string& target : {std::string("http://host/"), std::string("http://host/metrics"),
                                     absl::StrCat("http://127.0.0.1:", port == 1 ? 2 : 1, "/healthz"),
