@@ -26,14 +26,19 @@ HarnessOptions Fake() {
   return o;
 }
 
-TEST(DashboardHttp, TokenIsRequiredExceptOnHealthz) {
+// Fake() with the token "http-s3cret" in a file only its owner reads (moed refuses one that
+// others can read).
+HarnessOptions WithToken(const std::string& temp_prefix) {
   HarnessOptions o = Fake();
-  const std::string dir = MakeTempDir("moe-http-token-");
-  o.token_file = dir + "/token";
+  o.token_file = MakeTempDir(temp_prefix) + "/token";
   std::ofstream(o.token_file) << "http-s3cret\n";
-  // moed refuses a token file that others can read.
   std::filesystem::permissions(o.token_file, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write,
                                std::filesystem::perm_options::replace);
+  return o;
+}
+
+TEST(DashboardHttp, TokenIsRequiredExceptOnHealthz) {
+  HarnessOptions o = WithToken("moe-http-token-");
   DaemonHarness h(o);
   ASSERT_TRUE(h.Start()) << h.MoedLog();
   const int port = h.metrics_port();
@@ -172,12 +177,7 @@ std::string RequestWithHeaders(const std::string& target, int count, const std::
 // an Authorization after the 64th was a 401 that blamed the token. Now 65 or more are a 431 that
 // says so, whatever the path, and 64 are served.
 TEST(DashboardHttp, MoreThan64HeadersAreRefusedNotServedWithSomeDropped) {
-  HarnessOptions o = Fake();
-  const std::string dir = MakeTempDir("moe-http-headers-");
-  o.token_file = dir + "/token";
-  std::ofstream(o.token_file) << "http-s3cret\n";
-  std::filesystem::permissions(o.token_file, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write,
-                               std::filesystem::perm_options::replace);
+  HarnessOptions o = WithToken("moe-http-headers-");
   DaemonHarness h(o);
   ASSERT_TRUE(h.Start()) << h.MoedLog();
   const int port = h.metrics_port();
