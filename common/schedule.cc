@@ -26,14 +26,17 @@ double LearningRateAt(int step, int total_steps, double lr, double min_lr, int w
   return min_lr + 0.5 * (1.0 + std::cos(M_PI * ratio)) * (lr - min_lr);
 }
 
+double DecayFraction(const moe::v1::TrainSpec& t) { return t.decay_fraction() > 0 ? t.decay_fraction() : 0.2; }
+
+double MuonPeakLr(const moe::v1::TrainSpec& t) { return t.muon_lr() > 0 ? t.muon_lr() : t.lr(); }
+
 double LearningRateAt(const moe::v1::TrainSpec& t, int step) {
-  return LearningRateAt(step, t.steps(), t.lr(), t.min_lr(), t.warmup_steps(), t.schedule(),
-                        t.decay_fraction() > 0 ? t.decay_fraction() : 0.2);
+  return LearningRateAt(step, t.steps(), t.lr(), t.min_lr(), t.warmup_steps(), t.schedule(), DecayFraction(t));
 }
 
 double MuonLearningRateAt(const moe::v1::TrainSpec& t, int step) {
   if (t.muon_lr() <= 0 || t.lr() <= 0) return LearningRateAt(t, step);
-  return LearningRateAt(t, step) * (t.muon_lr() / t.lr());
+  return LearningRateAt(t, step) * (MuonPeakLr(t) / t.lr());
 }
 
 }  // namespace moe

@@ -11,6 +11,12 @@ namespace moe {
 double LearningRateAt(int step, int total_steps, double lr, double min_lr, int warmup_steps,
                       moe::v1::Schedule schedule = moe::v1::SCHEDULE_COSINE, double decay_fraction = 0.2);
 
+// A train spec's decay_fraction (wsd), its default (0.2) when unset.
+double DecayFraction(const moe::v1::TrainSpec& train);
+
+// Muon's peak learning rate: muon_lr, or lr when muon_lr is 0 (unset).
+double MuonPeakLr(const moe::v1::TrainSpec& train);
+
 // The schedule of a train spec (step is 0-based).
 double LearningRateAt(const moe::v1::TrainSpec& train, int step);
 

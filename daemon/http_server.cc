@@ -114,7 +114,7 @@ void ReplyMethodNotAllowed(mg_connection* conn) {
 // "Bad request" or "Malformed message", with what this port does serve.
 int CivetwebError(mg_connection* conn, int status, const char* errmsg) {
   const char* reason = mg_get_response_code_text(conn, status);
-  Reply(conn, status, reason != nullptr ? reason : "Error", "text/plain; charset=utf-8",
+  Reply(conn, status, reason != nullptr ? reason : "Error", kText,
         absl::StrCat(status, " ", reason != nullptr ? reason : "", ": ", errmsg != nullptr ? errmsg : "",
                      "\nmoed's HTTP port serves GET and HEAD of ", kPages,
                      " over HTTP/1.0 or 1.1, one request a connection, its request line and headers under 16 KiB\n"));

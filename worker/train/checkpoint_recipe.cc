@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/schedule.h"
 #include "worker/model/model_config.h"
 
 namespace moe {
@@ -128,16 +129,12 @@ std::string ResumeChanges(const moe::v1::JobSpec& saved, const moe::v1::JobSpec&
       {"train.min_lr", train_num(&moe::v1::TrainSpec::min_lr)},
       {"train.warmup_steps", [](const Settings& s) { return std::to_string(s.train.warmup_steps()); }},
       {"train.schedule", [](const Settings& s) { return ScheduleText(s.train.schedule()); }},
-      {"train.decay_fraction",
-       [](const Settings& s) { return Num(s.train.decay_fraction() > 0 ? s.train.decay_fraction() : 0.2); }},
+      {"train.decay_fraction", [](const Settings& s) { return Num(DecayFraction(s.train)); }},
       {"train.weight_decay", train_num(&moe::v1::TrainSpec::weight_decay)},
       {"train.beta1", [](const Settings& s) { return Num(s.model.adam_beta1); }},
       {"train.beta2", [](const Settings& s) { return Num(s.model.adam_beta2); }},
       {"train.grad_clip", train_num(&moe::v1::TrainSpec::grad_clip)},
-      {"train.muon_lr",
-       [](const Settings& s) {
-         return s.model.muon ? Num(s.train.muon_lr() > 0 ? s.train.muon_lr() : s.train.lr()) : std::string("-");
-       }},
+      {"train.muon_lr", [](const Settings& s) { return s.model.muon ? Num(MuonPeakLr(s.train)) : std::string("-"); }},
   };
   std::string out;
   for (const Differing& d : Compare(Read(saved, 0), Read(job, 0), options)) {
