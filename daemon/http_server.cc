@@ -72,36 +72,19 @@ int QuietLog(const mg_connection*, const char*) { return 1; }
 constexpr const char* kPages = "/, /jobs/ID, /jobs/ID/charts.svg, /metrics and /healthz";
 constexpr const char* kText = "text/plain; charset=utf-8";
 
-// Whether the request had header lines past the 64 (MG_MAX_HEADERS) civetweb keeps: it stops
-// there and drops the rest unread, and num_headers is 64 either way. The line after the 64th is
-// still in civetweb's request buffer, past the 64th value, whose line end civetweb overwrote with
-// NULs: "\r\n" with two, "\n" with one, and the "\n" that ends the header block was a NUL already.
-// So after the value: a byte that is not NUL is the next line (the 64th ended "\n"); two NULs are
-// "\r\n" and then the next line, or "\n" and the end of the block. The line before tells which:
-// its end is the gap from its value to the 64th's name (1 byte for "\n", 2 for "\r\n"); a client
-// that ends those two lines differently may be misjudged.
-// (As civetweb 1.15 parses headers, and its master of April 2026.)
-bool DroppedHeaders(const mg_request_info* ri) {
-  if (ri->num_headers < MG_MAX_HEADERS) return false;
-  const mg_header& before = ri->http_headers[MG_MAX_HEADERS - 2];
-  const mg_header& last = ri->http_headers[MG_MAX_HEADERS - 1];
-  const char* end = last.value + std::strlen(last.value);
-  const char* next = end + 1;
-  if (*next == '\0') {
-    const bool crlf = last.name - (before.value + std::strlen(before.value)) == 2;
-    if (!crlf) return false;
-    next = end + 2;
-  }
-  // A blank line ends the block ("\r\n", or a NUL where civetweb ended it).
-  return *next != '\0' && *next != '\r' && *next != '\n';
-}
+// Whether the request may have had header lines past the 64 (MG_MAX_HEADERS) civetweb keeps: it
+// stops there, drops the rest unread and reports 64 either way. So a request that filled all 64 is
+// refused (64 exactly included): no client needs that many, and telling 64 from 65 would mean
+// reading civetweb's buffer past what it parsed.
+bool DroppedHeaders(const mg_request_info* ri) { return ri->num_headers >= MG_MAX_HEADERS; }
 
 void ReplyTooManyHeaders(mg_connection* conn) {
   Reply(conn, 431, "Request Header Fields Too Large", kText,
-        absl::StrCat("this request has more than ", MG_MAX_HEADERS, " header lines, and moed's "
-                     "HTTP port reads at most ", MG_MAX_HEADERS, " headers (civetweb drops the "
-                     "rest unread, and an Authorization among them would look missing); send at "
-                     "most ", MG_MAX_HEADERS, " (leave out ones the request does not need)\n"));
+        absl::StrCat("this request has ", MG_MAX_HEADERS, " or more header lines, and moed's "
+                     "HTTP port takes at most ", MG_MAX_HEADERS - 1, " (civetweb keeps ", MG_MAX_HEADERS,
+                     " and drops the rest unread, so an Authorization among them would look "
+                     "missing); send at most ", MG_MAX_HEADERS - 1,
+                     " (leave out ones the request does not need)\n"));
 }
 
 void ReplyMethodNotAllowed(mg_connection* conn) {
@@ -310,7 +293,7 @@ bool HttpServer::Authorized(mg_connection* conn) const {
 
 int HttpServer::Handle(mg_connection* conn) {
   const mg_request_info* ri = mg_get_request_info(conn);
-  // Before anything reads a header: one past the 64th may be the one that matters.
+  // Before anything reads a header: one civetweb dropped may be the one that matters.
   if (DroppedHeaders(ri)) {
     ReplyTooManyHeaders(conn);
     return 431;
@@ -377,7 +360,7 @@ int HttpServer::Handle(mg_connection* conn) {
           absl::StrCat(page.status().message(), "\n"));
     return 500;
   }
-  Reply(conn, 404, "Not Found", kText, "not found: try /, /jobs/ID, /metrics or /healthz\n");
+  Reply(conn, 404, "Not Found", kText, absl::StrCat("not found: this port serves ", kPages, "\n"));
   return 404;
 }
 
