@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/files.h"
 #include "gtest/gtest.h"
 #include "kernels/threads.h"
@@ -76,6 +77,20 @@ TEST(ResumeChanges, NamesEachTrainingKnobOldToNewAndReadsDefaults) {
   EXPECT_EQ(ResumeChanges(a, b),
             "model.dropout 0 -> 0.1, model.moe.capacity_factor 0 -> 1.25, train.lr 0.003 -> 0.001, "
             "train.schedule cosine -> wsd, train.beta2 0.95 -> 0.99");
+  // Dropout anywhere, the sampler's seed and batch, and how the step stores things: logged too.
+  moe::v1::JobSpec c = a;
+  c.mutable_model()->mutable_attention()->set_dropout(0.1);
+  c.mutable_model()->mutable_moe()->set_expert_dropout(0.2);
+  c.mutable_train()->set_seed(a.train().seed() + 1);
+  c.mutable_train()->set_batch_size(a.train().batch_size() * 2);
+  c.mutable_train()->set_precision(moe::v1::PRECISION_BF16);
+  c.mutable_train()->set_optimizer_state(moe::v1::STATE_INT8);
+  EXPECT_EQ(RecipeDifference(a, c), "");
+  EXPECT_EQ(ResumeChanges(a, c),
+            absl::StrCat("model.attention.dropout 0 -> 0.1, model.moe.expert_dropout 0 -> 0.2, train.seed ",
+                         a.train().seed(), " -> ", a.train().seed() + 1, ", train.batch_size ", a.train().batch_size(),
+                         " -> ", a.train().batch_size() * 2,
+                         ", train.precision fp32 -> bf16, train.optimizer_state fp32 -> int8"));
 }
 
 class CheckpointRecipeTest : public ::testing::Test {

@@ -1,5 +1,6 @@
 #include "worker/train/checkpoint_recipe.h"
 
+#include <algorithm>
 #include <functional>
 #include <utility>
 #include <vector>
@@ -31,6 +32,17 @@ std::string ScheduleText(moe::v1::Schedule s) {
     default: break;
   }
   return "cosine";
+}
+
+std::string PrecisionText(moe::v1::Precision p) { return p == moe::v1::PRECISION_BF16 ? "bf16" : "fp32"; }
+
+std::string StateText(ModelConfig::State s) {
+  switch (s) {
+    case ModelConfig::State::kBf16: return "bf16";
+    case ModelConfig::State::kInt8: return "int8";
+    case ModelConfig::State::kFp32: break;
+  }
+  return "fp32";
 }
 
 // A spec as the checks read it: the model's settings with their defaults applied (ModelConfig's
@@ -80,7 +92,6 @@ std::string RecipeDifference(const moe::v1::JobSpec& saved, const moe::v1::JobSp
       {"model.attention.rope_theta", [](const Settings& s) { return Num(s.model.rope_theta); }},
       {"model.attention.qk_norm", [](const Settings& s) { return Bool(s.model.qk_norm); }},
       {"model.attention.gate", [](const Settings& s) { return Bool(s.model.attn_gate); }},
-      {"model.attention.dropout", [](const Settings& s) { return Num(s.model.attn_dropout); }},
       {"model.moe.activation", [](const Settings& s) { return ActivationText(s.model.activation); }},
       {"model.moe.shared_experts", ModelNum(&ModelConfig::shared_experts)},
       {"model.moe.shared_expert_hidden",
@@ -88,7 +99,6 @@ std::string RecipeDifference(const moe::v1::JobSpec& saved, const moe::v1::JobSp
       {"model.moe.router_score", [](const Settings& s) { return std::string(s.model.router_sigmoid ? "sigmoid" : "softmax"); }},
       {"model.moe.router_temperature", [](const Settings& s) { return Num(s.model.router_temperature); }},
       {"model.moe.bias_update_rate", [](const Settings& s) { return Num(s.model.bias_update_rate); }},
-      {"model.moe.expert_dropout", [](const Settings& s) { return Num(s.model.expert_dropout); }},
       {"train.optimizer", [](const Settings& s) { return std::string(s.model.muon ? "muon" : "adamw"); }},
   };
   return Lines(Compare(Read(saved, 0), Read(job, 0), options));
@@ -121,6 +131,8 @@ std::string ResumeChanges(const moe::v1::JobSpec& saved, const moe::v1::JobSpec&
   };
   const Options options = {
       {"model.dropout", [](const Settings& s) { return Num(s.model.dropout); }},
+      {"model.attention.dropout", [](const Settings& s) { return Num(s.model.attn_dropout); }},
+      {"model.moe.expert_dropout", [](const Settings& s) { return Num(s.model.expert_dropout); }},
       {"model.moe.capacity_factor", [](const Settings& s) { return Num(s.model.capacity_factor); }},
       {"model.moe.aux_loss_coef", [](const Settings& s) { return Num(s.model.aux_coef); }},
       {"model.moe.z_loss_coef", [](const Settings& s) { return Num(s.model.z_coef); }},
@@ -135,6 +147,16 @@ std::string ResumeChanges(const moe::v1::JobSpec& saved, const moe::v1::JobSpec&
       {"train.beta2", [](const Settings& s) { return Num(s.model.adam_beta2); }},
       {"train.grad_clip", train_num(&moe::v1::TrainSpec::grad_clip)},
       {"train.muon_lr", [](const Settings& s) { return s.model.muon ? Num(MuonPeakLr(s.train)) : std::string("-"); }},
+      // The sampler is stateless (a step's batch is a function of seed, step and batch shape), so
+      // these change the batches from here on but lose nothing.
+      {"train.seed", [](const Settings& s) { return std::to_string(s.train.seed()); }},
+      {"train.batch_size", [](const Settings& s) { return std::to_string(s.train.batch_size()); }},
+      {"train.grad_accum", [](const Settings& s) { return std::to_string(std::max(1, s.train.grad_accum())); }},
+      // How the step computes and stores: the checkpoint holds fp32 weights and moments either way.
+      {"train.precision", [](const Settings& s) { return PrecisionText(s.train.precision()); }},
+      {"train.master_weights", [](const Settings& s) { return std::string(s.model.bf16_master ? "bf16" : "fp32"); }},
+      {"train.optimizer_state", [](const Settings& s) { return StateText(s.model.optimizer_state); }},
+      {"train.recompute", [](const Settings& s) { return std::string(s.model.recompute ? "full" : "none"); }},
   };
   std::string out;
   for (const Differing& d : Compare(Read(saved, 0), Read(job, 0), options)) {
