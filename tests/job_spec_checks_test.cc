@@ -1,8 +1,7 @@
 // Unit tests of the defaults and rules of a job spec (common/job_spec_defaults.cc and
-// job_spec_checks.cc, job_spec_data.cc): every default, ranges, relations, data paths and shards, Slurm,
-// gRPC specs.
+// job_spec_checks.cc): every default, ranges, relations, Slurm, gRPC specs. The data rules (paths,
+// shards, tokenizers, init_from): job_spec_data_test.cc.
 #include <cstdint>
-#include <filesystem>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -20,7 +19,6 @@
 namespace moe {
 namespace {
 
-namespace fs = std::filesystem;
 using ::moe::testing::JobSpecTest;
 using ::moe::testing::kMinimal;
 using ::moe::testing::WithExtra;
@@ -350,194 +348,6 @@ TEST_F(JobSpecTest, VocabularyDependsOnTheTokenizer) {
   EXPECT_EQ(e.field, "model.vocab_size");
   EXPECT_THAT(e.message, HasSubstr("is required with tokenizer pretokenized"));
   ValidSpec(shards.insert(shards.find("data:"), "  vocab_size: 50304\n"));
-}
-
-// The worker refused a vocabulary short of the data's token ids only once the job started ("the
-// data has 93 token ids"): char's are the text's distinct bytes, a BPE's its encoder.json entries.
-TEST_F(JobSpecTest, AVocabularyShortOfTheTokenizersIdsIsRefused) {
-  const absl::StatusOr<std::string> text = ReadFile(dir_ + "/input.txt");
-  ASSERT_TRUE(text.ok());
-  int distinct = 0;
-  bool seen[256] = {};
-  for (unsigned char c : *text) distinct += seen[c] ? 0 : 1, seen[c] = true;
-  ASSERT_GT(distinct, 10);
-  SpecError e = OnlyError(WithExtra("  seq_len: 32", "  vocab_size: 10\n"));
-  EXPECT_EQ(e.field, "model.vocab_size");
-  EXPECT_EQ(e.line, 7);
-  EXPECT_EQ(e.message, absl::StrCat("is 10, but the char tokenizer makes ", distinct, " token ids of ", dir_,
-                                    "/input.txt (one per distinct byte value); raise model.vocab_size to at least ",
-                                    distinct, ", or remove it to use the text's own"));
-  ValidSpec(WithExtra("  seq_len: 32", absl::StrCat("  vocab_size: ", distinct, "\n")));
-
-  // A BPE of 50300 tokens: 50257 is too few, 50304 enough.
-  std::string encoder = "{";
-  for (int i = 0; i < 50300; ++i) absl::StrAppend(&encoder, i ? "," : "", "\"t", i, "\": ", i);
-  WriteText(dir_ + "/bpe/encoder.json", encoder + "}");
-  WriteText(dir_ + "/bpe/vocab.bpe", "#version: 0.2\n");
-  auto bpe = [](std::string y) {
-    return y.insert(y.find("  path: input.txt\n") + 18, "  tokenizer: gpt2\n  tokenizer_dir: bpe\n");
-  };
-  e = OnlyError(bpe(WithExtra("  seq_len: 32", "  vocab_size: 50257\n")));
-  EXPECT_EQ(e.field, "model.vocab_size");
-  EXPECT_EQ(e.message, absl::StrCat("is 50257, but the BPE in ", dir_,
-                                    "/bpe has 50300 tokens (encoder.json); raise model.vocab_size to at least "
-                                    "50300 (a multiple of 64 is the usual padding), or remove it"));
-  EXPECT_EQ(ValidSpec(bpe(kMinimal)).model().vocab_size(), 50304);
-}
-
-// model.init_from was checked only for being a directory: one without config.json, or without
-// the safetensors the worker reads, passed and the job failed when it started.
-TEST_F(JobSpecTest, InitFromMustHoldWhatTheWorkerReads) {
-  const std::string hf = dir_ + "/hf";
-  const std::string yaml = WithExtra("  seq_len: 32", "  init_from: hf\n");
-  auto error = [&]() {
-    SpecError e = OnlyError(yaml);
-    EXPECT_EQ(e.field, "model.init_from");
-    EXPECT_EQ(e.line, 7);
-    return e.message;
-  };
-  fs::create_directories(hf);
-  EXPECT_THAT(error(), HasSubstr(hf + " is neither a Hugging Face model directory (no config.json) nor one of our "
-                                      "checkpoints (no MANIFEST, no step_XXXXXXXX directory)"));
-  WriteText(hf + "/model.safetensors", "weights");
-  EXPECT_THAT(error(), HasSubstr(hf + " has safetensors weights but no config.json"));
-  fs::remove(hf + "/model.safetensors");
-  WriteText(hf + "/config.json", "[]");
-  EXPECT_THAT(error(), HasSubstr(hf + "/config.json is not a JSON object"));
-  WriteText(hf + "/config.json", "{\"hidden_size\": ");
-  EXPECT_THAT(error(), HasSubstr(hf + "/config.json is not valid JSON ("));
-  WriteText(hf + "/config.json", "{\"hidden_size\": 64}");
-  EXPECT_THAT(error(), HasSubstr(hf + " has config.json but neither model.safetensors nor "
-                                      "model.safetensors.index.json (PyTorch .bin files are not read"));
-  WriteText(hf + "/model-00001-of-00002.safetensors", "weights");
-  EXPECT_THAT(error(), HasSubstr("(it has model-00001-of-00002.safetensors: shards need the index that names them)"));
-  WriteText(hf + "/model.safetensors.index.json",
-            "{\"weight_map\": {\"a\": \"model-00001-of-00002.safetensors\", "
-            "\"b\": \"model-00002-of-00002.safetensors\"}}");
-  EXPECT_THAT(error(), HasSubstr("model.safetensors.index.json names model-00002-of-00002.safetensors, which is "
-                                 "not in " + hf));
-  WriteText(hf + "/model-00002-of-00002.safetensors", "weights");
-  ValidSpec(yaml);  // the tensors themselves are the worker's to check
-  WriteText(hf + "/model.safetensors.index.json", "{\"weight_map\": {\"a\": \"../x.safetensors\"}}");
-  EXPECT_THAT(error(), HasSubstr("weight_map[\"a\"] is not a file name in this directory"));
-  fs::remove(hf + "/model.safetensors.index.json");
-  WriteText(hf + "/model.safetensors", "weights");
-  ValidSpec(yaml);
-
-  // Our checkpoints: a step directory (MANIFEST) or a directory of them.
-  fs::remove_all(hf);
-  WriteText(hf + "/step_00000002/MANIFEST", "");
-  ValidSpec(yaml);
-  ValidSpec(WithExtra("  seq_len: 32", "  init_from: hf/step_00000002\n"));
-}
-
-TEST_F(JobSpecTest, DataPathMustExistAndFitTheTokenizer) {
-  auto with_path = [](const std::string& path, const std::string& extra = "") {
-    std::string y = kMinimal;
-    y.replace(y.find("path: input.txt"), 15, "path: " + path + extra);
-    return y.insert(y.find("data:"), "  vocab_size: 1024\n");  // the shards' ids are 257 and 771
-  };
-  const std::string pre = "\n  tokenizer: pretokenized";
-  SpecError e = OnlyError(with_path("nope.txt"));
-  EXPECT_EQ(e.field, "data.path");
-  EXPECT_EQ(e.message, dir_ + "/nope.txt does not exist; give the training text file");
-  EXPECT_EQ(e.line, 9);
-  EXPECT_EQ(e.column, 9);
-  EXPECT_THAT(OnlyError(with_path("shards")).message, HasSubstr("is not a regular file"));
-  WriteText(dir_ + "/empty.txt", "");
-  EXPECT_THAT(OnlyError(with_path("empty.txt")).message, HasSubstr("is empty"));
-  EXPECT_THAT(OnlyError(with_path("~/input.txt")).message, HasSubstr("'~' is not expanded"));
-  // 300 bytes are at most 300 tokens: 30 in the val split, short of seq_len 32 + 1.
-  WriteText(dir_ + "/short.txt", std::string(300, 'a'));
-  e = OnlyError(with_path("short.txt"));
-  EXPECT_EQ(e.field, "data.path");
-  EXPECT_THAT(e.message, HasSubstr("short.txt has 300 bytes, so its val split (data.val_fraction 0.1) holds "
-                                   "at most 30 tokens, but sampling sequences of model.seq_len = 32 needs 33; "
-                                   "use more data, a shorter seq_len or a larger data.val_fraction"));
-  EXPECT_THAT(OnlyError(with_path("short.txt", "\n  val_fraction: 0.95")).message,
-              HasSubstr("its train split (data.val_fraction 0.95) holds at most 15 tokens"));
-  WriteText(dir_ + "/enough.txt", std::string(330, 'a'));
-  ValidSpec(with_path("enough.txt"));
-
-  ValidSpec(with_path("shards", pre));
-  ValidSpec(with_path("shards/train_000.bin", pre));
-  // An id past model.vocab_size: the worker refused it once the job started.
-  std::string small_vocab = with_path("shards", pre);
-  small_vocab.replace(small_vocab.find("vocab_size: 1024"), 16, "vocab_size: 512");
-  e = OnlyError(small_vocab);
-  EXPECT_EQ(e.field, "model.vocab_size");
-  EXPECT_EQ(e.message, absl::StrCat("is 512, but ", dir_, "/shards/train_001.bin holds token id 771 (its token 0); "
-                                    "the largest id in the shards' first 800 tokens is 771: raise model.vocab_size "
-                                    "to at least 772 (the vocabulary the shards were made with, e.g. 50304 for "
-                                    "GPT-2's)"));
-  small_vocab.replace(small_vocab.find("vocab_size: 512"), 15, "vocab_size: 772");
-  ValidSpec(small_vocab);
-  v1::JobSpec glob = ValidSpec(with_path("\"shards/train_*.bin\"", pre));
-  EXPECT_EQ(glob.data().path(), dir_ + "/shards/train_*.bin");
-  EXPECT_THAT(OnlyError(with_path("\"shards/val_*.bin\"", pre)).message,
-              HasSubstr("matches no .bin shard"));
-  EXPECT_THAT(OnlyError(with_path("gpt2", pre)).message, HasSubstr("holds no .bin shard"));
-  EXPECT_THAT(OnlyError(with_path("input.txt", pre)).message,
-              HasSubstr("is not a .bin token shard"));
-  EXPECT_THAT(OnlyError(with_path("none.bin", pre)).message, HasSubstr("does not exist"));
-  // A wildcard in one directory is read; in more, the check would walk the filesystem.
-  ValidSpec(with_path("\"sh*/train_*.bin\"", pre));
-  e = OnlyError(with_path("\"/*/*/*/*/*/*/*.bin\"", pre));
-  EXPECT_EQ(e.field, "data.path");
-  EXPECT_THAT(e.message, HasSubstr("has wildcards in 6 directories; at most 1 directory"));
-}
-
-// Validate reads every shard's header as the worker will (common/token_shards.h): a damaged shard
-// and a split shorter than one sequence are refused before the job runs.
-TEST_F(JobSpecTest, ShardHeadersAndSplitsAreCheckedAtValidate) {
-  auto with_path = [](const std::string& path, const std::string& extra = "") {
-    std::string y = kMinimal;
-    y.replace(y.find("path: input.txt"), 15, "path: " + path + "\n  tokenizer: pretokenized" + extra);
-    return y.insert(y.find("data:"), "  vocab_size: 512\n");
-  };
-  auto fineweb = [](int32_t claimed, size_t tokens) {
-    std::string s(1024 + 2 * tokens, '\x01');
-    const int32_t header[3] = {20240520, 1, claimed};
-    s.replace(0, sizeof(header), reinterpret_cast<const char*>(header), sizeof(header));
-    return s;
-  };
-  WriteText(dir_ + "/fw/train_000.bin", fineweb(400, 400));
-  ValidSpec(with_path("fw"));
-  // Cut short: the header says more tokens than the file holds.
-  WriteText(dir_ + "/fw/train_001.bin", fineweb(500, 400));
-  SpecError e = OnlyError(with_path("fw"));
-  EXPECT_EQ(e.field, "data.path");
-  EXPECT_THAT(e.message, HasSubstr("train_001.bin: header says 500 tokens (2024 bytes with the header) but the "
-                                   "file has 1824 bytes; it is truncated, download it again"));
-  fs::remove(dir_ + "/fw/train_001.bin");
-  WriteText(dir_ + "/fw/train_002.bin", std::string(7, '\x01'));
-  EXPECT_THAT(OnlyError(with_path("\"fw/train_*.bin\"")).message, HasSubstr("train_002.bin: 7 bytes is odd"));
-  fs::remove(dir_ + "/fw/train_002.bin");
-
-  // One shard of 40 tokens: 36 train and 4 val, short of seq_len 32 + 1.
-  WriteText(dir_ + "/small.bin", std::string(80, '\x01'));
-  EXPECT_THAT(OnlyError(with_path("small.bin")).message,
-              HasSubstr("small.bin: the val split (data.val_fraction 0.1 of 40 tokens) holds 4 tokens, but sampling "
-                        "sequences of model.seq_len = 32 needs 33; use more shards, a shorter seq_len or a larger "
-                        "data.val_fraction"));
-  // Shards named val are the val split, whatever val_fraction says.
-  WriteText(dir_ + "/split/train_000.bin", std::string(800, '\x01'));
-  WriteText(dir_ + "/split/val_000.bin", std::string(20, '\x01'));
-  EXPECT_THAT(OnlyError(with_path("split")).message,
-              HasSubstr("the val split (1 shard(s) with \"val\" in the name) holds 10 tokens"));
-  WriteText(dir_ + "/split/val_001.bin", std::string(60, '\x01'));
-  ValidSpec(with_path("split"));
-  EXPECT_THAT(OnlyError(with_path("\"split/val_*.bin\"")).message,
-              HasSubstr("every shard has \"val\" in its name, so there is no training split"));
-}
-
-TEST(WildcardDirectoriesTest, CountsTheDirectoriesOnly) {
-  EXPECT_EQ(WildcardDirectories("train_*.bin"), 0);
-  EXPECT_EQ(WildcardDirectories("shards/train_*.bin"), 0);
-  EXPECT_EQ(WildcardDirectories("/data/run?/x.bin"), 1);
-  EXPECT_EQ(WildcardDirectories("/*/*/*.bin"), 2);
-  EXPECT_EQ(WildcardDirectories("a/[0-9]/b/*/c.bin"), 2);
-  EXPECT_EQ(WildcardDirectories("//x/*.bin"), 0);
 }
 
 TEST_F(JobSpecTest, SlurmLauncher) {
