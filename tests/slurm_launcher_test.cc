@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
-#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -38,11 +37,7 @@ class SlurmLauncherFake : public ::testing::Test {
     o.refresh = std::chrono::milliseconds(0);
     launcher_ = std::make_unique<SlurmLauncher>(o);
   }
-  void TearDown() override {
-    setenv("PATH", path_.c_str(), 1);
-    std::error_code ignored;  // the fake's scripts and job folders, left in /tmp by every test before
-    std::filesystem::remove_all(dir_, ignored);
-  }
+  void TearDown() override { setenv("PATH", path_.c_str(), 1); }
 
   void Script(const std::string& name, const std::string& body) {
     const std::string path = dir_ + "/bin/" + name;

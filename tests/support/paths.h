@@ -9,6 +9,8 @@ std::string SourceDir();                // the repository root
 std::string BinDir();                   // build/bin with moed, moectl, moe-worker
 std::string SharedDir();                // ../shared beside the repository
 std::string ShakespearePath();          // ../shared/data/tinyshakespeare/input.txt
-std::string MakeTempDir(const std::string& prefix);  // a fresh directory under $TMPDIR
+// A fresh directory under $TMPDIR, removed with what it holds when the test program exits
+// (MOE_KEEP_TEST_DIRS=1 keeps it, to look at after a failure).
+std::string MakeTempDir(const std::string& prefix);
 
 }  // namespace moe::testing
