@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <chrono>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -268,6 +269,41 @@ TEST_F(SlurmE2e, TimeLimitSignalCheckpointsRequeuesAndResumes) {
   EXPECT_EQ(ReadAll(job_dir + "/attempt-1/exit_status"), "0\n");
   CommandResult sc = Slurm({"scontrol", "show", "job", "-o", slurm_id});
   EXPECT_TRUE(absl::StrContains(sc.out, "Restarts=1")) << sc.out;
+}
+
+// An administrator's `scontrol requeuehold State=SpecialExit`: Slurm stops the running job and
+// holds it in SPECIAL_EXIT. moed shows it QUEUED with a reason that says how to go on (not
+// ended: nothing failed); `scontrol release` runs it again, from its checkpoint, to SUCCEEDED.
+TEST_F(SlurmE2e, SpecialExitHoldIsQueuedUntilReleasedThenResumes) {
+  DaemonHarness h(Options());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const int kSteps = 800;
+  const std::string id = Submit(h, WriteSlurmJob(h, "slurm-special-exit", kSteps, "checkpoint:\n  every: 0\n"));
+  ASSERT_FALSE(id.empty());
+  Job job = h.WaitFor(id, [](const Job& j) { return j.latest().step() >= 3 || Ended(j); }, 120);
+  ASSERT_EQ(job.state(), moe::v1::JOB_STATE_RUNNING) << job.reason() << h.MoedLog();
+  const std::string slurm_id = job.slurm_job_id();
+
+  CommandResult r = Slurm({"scontrol", "requeuehold", "State=SpecialExit", slurm_id});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  job = h.WaitFor(id, [](const Job& j) {
+    return (j.state() == moe::v1::JOB_STATE_QUEUED && absl::StrContains(j.reason(), "scontrol release")) || Ended(j);
+  }, 120);
+  ASSERT_EQ(job.state(), moe::v1::JOB_STATE_QUEUED) << job.reason() << h.MoedLog();
+  EXPECT_TRUE(absl::StrContains(job.reason(), "special exit")) << job.reason();
+  // Still held a while later: moed neither ends it nor loses it.
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  job = h.WaitFor(id, [](const Job&) { return true; }, 10);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_QUEUED) << job.reason();
+
+  CommandResult rel = Slurm({"scontrol", "release", slurm_id});
+  ASSERT_EQ(rel.exit_code, 0) << rel.out << rel.err;
+  // A requeued job waits out Slurm's requeue delay (BeginTime); skip it.
+  Slurm({"scontrol", "update", "JobId=" + slurm_id, "StartTime=now"});
+  job = h.WaitFor(id, Ended, 150);
+  ASSERT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason() << h.MoedLog();
+  EXPECT_EQ(job.latest().step(), kSteps);
+  EXPECT_TRUE(AnyLogContains(h.AllLogs(id), 0, "resumed from")) << "the released run did not resume";
 }
 
 }  // namespace
