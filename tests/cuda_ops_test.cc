@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 #ifdef MOE_WITH_CUDA
@@ -110,6 +111,41 @@ TEST(CudaOpsTest, DropoutReproducesCounterUniformExactly) {
     cuda::DropoutBackward(din_d.get(), dout_d.get(), n, p, seed, offset, nullptr);
     EXPECT_EQ(out_d.Host(), out) << "p " << p;  // bitwise: same mask, same scale
     EXPECT_EQ(din_d.Host(), din) << "p " << p;
+  }
+}
+
+// The residual's fused dropout sites against the two passes they replace, bit for bit, on
+// aligned rows (four a thread) and on rows one float off (one a thread), with tails.
+TEST(CudaOpsTest, FusedDropoutSitesEqualTheirTwoPasses) {
+  SKIP_WITHOUT_GPU();
+  for (float p : {0.0f, 0.2f, 0.5f}) {
+    for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{4099}, int64_t{65536}}) {
+      for (int shift : {0, 1}) {  // shift 1: every pointer 4 bytes past 16-byte alignment
+        const uint64_t seed = 77, offset = 12345;
+        auto x = Randn(n + shift, 11), y = Randn(n + shift, 12), dout = Randn(n + shift, 13);
+        y[shift] = -0.0f;  // a signed zero: both forms must give the same sign
+        dout[shift] = -0.0f;
+        Dev<float> x_d(x), y_d(y), dout_d(dout), tmp(n + shift), two(n + shift), one(n + shift), din2(n + shift, 0.0f), din1(n + shift, 9.0f);
+        // Two passes: tmp = dropout(y), two = x + tmp; din2 = 0 then += dropout'(dout).
+        cuda::DropoutForward(tmp.get() + shift, y_d.get() + shift, n, p, seed, offset, nullptr);
+        cuda::AddOut(two.get() + shift, x_d.get() + shift, tmp.get() + shift, n, nullptr);
+        cuda::DropoutBackward(din2.get() + shift, dout_d.get() + shift, n, p, seed, offset, nullptr);
+        cuda::DropoutAddOut(one.get() + shift, x_d.get() + shift, y_d.get() + shift, n, p, seed, offset, nullptr);
+        cuda::DropoutBackwardTo(din1.get() + shift, dout_d.get() + shift, n, p, seed, offset, nullptr);
+        std::vector<float> a = two.Host(), b = one.Host(), da = din2.Host(), db = din1.Host();
+        const std::string where = absl::StrCat("p ", p, " n ", n, " shift ", shift);
+        for (int64_t i = shift; i < n + shift; ++i) {
+          ASSERT_EQ(std::signbit(a[i]), std::signbit(b[i])) << where << " at " << i;
+          ASSERT_EQ(a[i], b[i]) << where << " at " << i;
+          ASSERT_EQ(std::signbit(da[i]), std::signbit(db[i])) << where << " at " << i;
+          ASSERT_EQ(da[i], db[i]) << where << " at " << i;
+        }
+        // out may alias x.
+        cuda::DropoutAddOut(x_d.get() + shift, x_d.get() + shift, y_d.get() + shift, n, p, seed, offset, nullptr);
+        std::vector<float> c = x_d.Host();
+        for (int64_t i = shift; i < n + shift; ++i) ASSERT_EQ(c[i], b[i]) << where << " aliased, at " << i;
+      }
+    }
   }
 }
 

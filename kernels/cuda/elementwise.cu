@@ -56,6 +56,50 @@ __global__ void DropoutBackwardKernel(float* din, const float* dout, int64_t n, 
   }
 }
 
+// Four elements a thread where every pointer is 16-byte aligned (the last n % 4 by block 0), each
+// element's mask drawn from its own counter as the scalar kernels draw it.
+__device__ __forceinline__ float Dropped(float y, float p, float scale, uint64_t mixed_seed, uint64_t counter) {
+  return CounterUniform(mixed_seed, counter) >= p ? __fmul_rn(y, scale) : 0.0f;
+}
+__global__ void DropoutAddOutKernel(float* out, const float* x, const float* y, int64_t n, float p, float scale,
+                                    uint64_t mixed_seed, uint64_t offset) {
+  MOE_GRID_STRIDE(i, n) { out[i] = __fadd_rn(x[i], Dropped(y[i], p, scale, mixed_seed, offset + i)); }
+}
+__global__ void DropoutAddOutVec4Kernel(float* out, const float* x, const float* y, int64_t n, float p, float scale,
+                                        uint64_t mixed_seed, uint64_t offset) {
+  const int64_t n4 = n / 4;
+  MOE_GRID_STRIDE(i, n4) {
+    const float4 a = reinterpret_cast<const float4*>(x)[i], b = reinterpret_cast<const float4*>(y)[i];
+    const uint64_t c = offset + 4 * i;
+    reinterpret_cast<float4*>(out)[i] =
+        make_float4(__fadd_rn(a.x, Dropped(b.x, p, scale, mixed_seed, c)),
+                    __fadd_rn(a.y, Dropped(b.y, p, scale, mixed_seed, c + 1)),
+                    __fadd_rn(a.z, Dropped(b.z, p, scale, mixed_seed, c + 2)),
+                    __fadd_rn(a.w, Dropped(b.w, p, scale, mixed_seed, c + 3)));
+  }
+  const int64_t t = n4 * 4 + threadIdx.x;
+  if (blockIdx.x == 0 && t < n) out[t] = __fadd_rn(x[t], Dropped(y[t], p, scale, mixed_seed, offset + t));
+}
+__global__ void DropoutBackwardToKernel(float* din, const float* dout, int64_t n, float p, float scale,
+                                        uint64_t mixed_seed, uint64_t offset) {
+  MOE_GRID_STRIDE(i, n) { din[i] = __fadd_rn(0.0f, Dropped(dout[i], p, scale, mixed_seed, offset + i)); }
+}
+__global__ void DropoutBackwardToVec4Kernel(float* din, const float* dout, int64_t n, float p, float scale,
+                                            uint64_t mixed_seed, uint64_t offset) {
+  const int64_t n4 = n / 4;
+  MOE_GRID_STRIDE(i, n4) {
+    const float4 b = reinterpret_cast<const float4*>(dout)[i];
+    const uint64_t c = offset + 4 * i;
+    reinterpret_cast<float4*>(din)[i] =
+        make_float4(__fadd_rn(0.0f, Dropped(b.x, p, scale, mixed_seed, c)),
+                    __fadd_rn(0.0f, Dropped(b.y, p, scale, mixed_seed, c + 1)),
+                    __fadd_rn(0.0f, Dropped(b.z, p, scale, mixed_seed, c + 2)),
+                    __fadd_rn(0.0f, Dropped(b.w, p, scale, mixed_seed, c + 3)));
+  }
+  const int64_t t = n4 * 4 + threadIdx.x;
+  if (blockIdx.x == 0 && t < n) din[t] = __fadd_rn(0.0f, Dropped(dout[t], p, scale, mixed_seed, offset + t));
+}
+
 __device__ __forceinline__ float Sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 __global__ void SwigluForwardKernel(float* h, const float* g, const float* u, int64_t n) {
@@ -153,6 +197,36 @@ void DropoutBackward(float* din, const float* dout, int64_t n, float p, uint64_t
   if (n <= 0) return;
   DropoutBackwardKernel<<<GridFor(n), kThreads, 0, stream>>>(din, dout, n, p, 1.0f / (1.0f - p),
                                                              SplitMix64(seed), offset);
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void DropoutAddOut(float* out, const float* x, const float* y, int64_t n, float p, uint64_t seed, uint64_t offset,
+                   cudaStream_t stream) {
+  if (n <= 0) return;
+  if (p == 0.0f) {
+    AddOut(out, x, y, n, stream);
+    return;
+  }
+  const float scale = 1.0f / (1.0f - p);
+  if (Aligned(16, {out, x, y})) {
+    DropoutAddOutVec4Kernel<<<GridFor(std::max<int64_t>(1, n / 4)), kThreads, 0, stream>>>(out, x, y, n, p, scale,
+                                                                                          SplitMix64(seed), offset);
+  } else {
+    DropoutAddOutKernel<<<GridFor(n), kThreads, 0, stream>>>(out, x, y, n, p, scale, SplitMix64(seed), offset);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void DropoutBackwardTo(float* din, const float* dout, int64_t n, float p, uint64_t seed, uint64_t offset,
+                       cudaStream_t stream) {
+  if (n <= 0) return;
+  const float scale = 1.0f / (1.0f - p);  // p 0: every element kept, times 1
+  if (Aligned(16, {din, dout})) {
+    DropoutBackwardToVec4Kernel<<<GridFor(std::max<int64_t>(1, n / 4)), kThreads, 0, stream>>>(
+        din, dout, n, p, scale, SplitMix64(seed), offset);
+  } else {
+    DropoutBackwardToKernel<<<GridFor(n), kThreads, 0, stream>>>(din, dout, n, p, scale, SplitMix64(seed), offset);
+  }
   MOE_CUDA_LAUNCH_CHECK();
 }
 

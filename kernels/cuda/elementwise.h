@@ -32,6 +32,13 @@ void DropoutForward(float* out, const float* in, int64_t n, float p, uint64_t se
                     cudaStream_t stream);
 void DropoutBackward(float* din, const float* dout, int64_t n, float p, uint64_t seed, uint64_t offset,
                      cudaStream_t stream);
+// The residual's dropout sites in one pass each: out = x + dropout(y) (the sum DropoutForward then
+// AddOut make, bit for bit; out may alias x, not y), and din = dropout's backward of dout (what
+// clearing din and DropoutBackward give; din may not alias dout).
+void DropoutAddOut(float* out, const float* x, const float* y, int64_t n, float p, uint64_t seed, uint64_t offset,
+                   cudaStream_t stream);
+void DropoutBackwardTo(float* din, const float* dout, int64_t n, float p, uint64_t seed, uint64_t offset,
+                       cudaStream_t stream);
 
 // h = silu(g) * u ; dg, du += (accumulate) or = (overwrite) the SwiGLU gradients. dh may alias du
 // when overwriting (each element is read before it is written).

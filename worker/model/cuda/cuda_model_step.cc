@@ -74,10 +74,7 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
     cuda::AttentionGateForward(gated_, a.gate, a.attn_y, nd, stream_);
     ctx_.Linear(wo_out, gated_, bw.wo, n, D, D, false, wo_add);
   }
-  if (!fuse) {
-    cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
-    cuda::AddOut(a.x_mid, a.x_in, tmp_, nd, stream_);
-  }
+  if (!fuse) cuda::DropoutAddOut(a.x_mid, a.x_in, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
   // MoE: the next block's x_in (or x_final_) = x_mid + dropout(MoE(RMSNorm(x_mid))). A rerun
   // (recomputation) needs only the saved activations, not the block's output.
   MoeNorm(l, bw.moe_norm);
@@ -87,8 +84,7 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
   }
   moe_[l]->Forward(moe_in_, bw, n, ctx, tmp_, rerun);
   if (rerun) return;
-  cuda::DropoutForward(tmp_, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 2 + 2 * l), offset, stream_);
-  cuda::AddOut(out, a.x_mid, tmp_, nd, stream_);
+  cuda::DropoutAddOut(out, a.x_mid, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 2 + 2 * l), offset, stream_);
 }
 
 ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int b, const BatchContext& ctx) {
@@ -189,8 +185,7 @@ void CudaModel::Backward() {
   // The gradient through dropout site `site` of dx_: dx_ itself when dropout is off.
   auto through_dropout = [&](int site) -> const float* {
     if (p_drop == 0.f) return dx_;
-    zero(dtmp_, nd);
-    cuda::DropoutBackward(dtmp_, dx_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, site), offset, stream_);
+    cuda::DropoutBackwardTo(dtmp_, dx_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, site), offset, stream_);
     return dtmp_;
   };
   // Several GPUs: the dense gradients are summed bucket by bucket during the backward of the
