@@ -2,8 +2,8 @@
 // a deadline on every request): /metrics (Prometheus), /healthz, and the dashboard (/ and
 // /jobs/ID). With a token every path but /healthz needs `Authorization: Bearer <token>` (or Basic
 // auth with the token as the password, which a browser asks for), else 401. A request with 64
-// or more headers (civetweb keeps 64 and drops the rest) is a 431; a target that is no path here (GET *,
-// http://OTHER/) is a 400 naming the pages.
+// or more headers (civetweb keeps 64 and drops the rest) is a 431; a target that is no path here
+// (GET *, http://OTHER/) is a 400 naming the pages.
 #pragma once
 
 #include <chrono>

@@ -125,7 +125,8 @@ TEST(CudaOpsTest, FusedDropoutSitesEqualTheirTwoPasses) {
         auto x = Randn(n + shift, 11), y = Randn(n + shift, 12), dout = Randn(n + shift, 13);
         y[shift] = -0.0f;  // a signed zero: both forms must give the same sign
         dout[shift] = -0.0f;
-        Dev<float> x_d(x), y_d(y), dout_d(dout), tmp(n + shift), two(n + shift), one(n + shift), din2(n + shift, 0.0f), din1(n + shift, 9.0f);
+        Dev<float> x_d(x), y_d(y), dout_d(dout), tmp(n + shift), two(n + shift), one(n + shift);
+        Dev<float> din2(n + shift, 0.0f), din1(n + shift, 9.0f);
         // Two passes: tmp = dropout(y), two = x + tmp; din2 = 0 then += dropout'(dout).
         cuda::DropoutForward(tmp.get() + shift, y_d.get() + shift, n, p, seed, offset, nullptr);
         cuda::AddOut(two.get() + shift, x_d.get() + shift, tmp.get() + shift, n, nullptr);

@@ -74,7 +74,10 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
     cuda::AttentionGateForward(gated_, a.gate, a.attn_y, nd, stream_);
     ctx_.Linear(wo_out, gated_, bw.wo, n, D, D, false, wo_add);
   }
-  if (!fuse) cuda::DropoutAddOut(a.x_mid, a.x_in, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset, stream_);
+  if (!fuse) {
+    cuda::DropoutAddOut(a.x_mid, a.x_in, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 1 + 2 * l), offset,
+                        stream_);
+  }
   // MoE: the next block's x_in (or x_final_) = x_mid + dropout(MoE(RMSNorm(x_mid))). A rerun
   // (recomputation) needs only the saved activations, not the block's output.
   MoeNorm(l, bw.moe_norm);
