@@ -172,6 +172,18 @@ Blas::Plan* Blas::GetPlan(const Key& key) {
   }
   p->algo = result.algo;
   plans_[key] = p;
+  // MOE_PLAN_LOG=1: one stderr line a plan made, to see which products keep asking cuBLASLt.
+  static const bool log_plans = [] {
+    const char* v = std::getenv("MOE_PLAN_LOG");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  if (log_plans) {
+    std::fprintf(stderr,
+                 "cublaslt plan: m=%d n=%d k=%d ta=%d tb=%d lda=%d ldb=%d ldc=%d batch=%d %s in=%s out=%s "
+                 "align=%d\n",
+                 m, n, k, ta ? 1 : 0, tb ? 1 : 0, lda, ldb, ldc, batch, pointers == 1 ? "pointer-arrays" : "strided",
+                 type_int == 1 ? "bf16" : "fp32", c_bf16 == 1 ? "bf16" : "fp32", align);
+  }
   ++PlanStats().made;
   PlanStats().seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return p;
