@@ -13,6 +13,7 @@
 #include <string>
 #include <chrono>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -57,6 +58,13 @@ std::vector<int> ProcessesOfSlurmJob(const std::string& slurm_id) {
     }
   }
   return out;
+}
+
+bool AnyLogContains(const std::vector<moe::v1::LogLine>& lines, int rank, const std::string& s) {
+  for (const auto& l : lines) {
+    if (l.rank() == rank && absl::StrContains(l.text(), s)) return true;
+  }
+  return false;
 }
 
 class SlurmE2e : public ::testing::Test {
@@ -158,6 +166,32 @@ resources:
     return RunCommand(args, SlurmEnv(), 60);
   }
 
+  // A long job (checkpoints only when stopped) submitted and seen training: its moed id and
+  // Slurm id, or empty ones (the failure recorded) when it did not get that far.
+  static std::pair<std::string, std::string> SubmitTraining(DaemonHarness& h, const std::string& name, int steps) {
+    const std::string id = Submit(h, WriteSlurmJob(h, name, steps, "checkpoint:\n  every: 0\n"));
+    if (id.empty()) return {};
+    Job job = h.WaitFor(id, [](const Job& j) { return j.latest().step() >= 3 || Ended(j); }, 120);
+    if (job.state() != moe::v1::JOB_STATE_RUNNING) {
+      ADD_FAILURE() << "job " << id << " is not training: " << job.reason() << h.MoedLog();
+      return {};
+    }
+    return {id, job.slurm_job_id()};
+  }
+
+  // A requeued job, back in Slurm's queue: its requeue delay (BeginTime, 2 minutes) skipped, it
+  // runs again, resumes from its checkpoint and SUCCEEDS with every step. The job at its end.
+  static Job RunsAgainToTheEnd(DaemonHarness& h, const std::string& id, const std::string& slurm_id, int steps) {
+    CommandResult u = Slurm({"scontrol", "update", "JobId=" + slurm_id, "StartTime=now"});
+    EXPECT_EQ(u.exit_code, 0) << u.out << u.err;
+    Job job = h.WaitFor(id, Ended, 150);
+    EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason() << h.MoedLog();
+    EXPECT_EQ(job.slurm_job_id(), slurm_id);  // the same Slurm job, run again
+    EXPECT_EQ(job.latest().step(), steps);
+    EXPECT_TRUE(AnyLogContains(h.AllLogs(id), 0, "resumed from")) << "the requeued run did not resume";
+    return job;
+  }
+
   static std::string skip_;
   static int lock_fd_;
 };
@@ -165,12 +199,6 @@ resources:
 std::string SlurmE2e::skip_;
 int SlurmE2e::lock_fd_ = -1;
 
-bool AnyLogContains(const std::vector<moe::v1::LogLine>& lines, int rank, const std::string& s) {
-  for (const auto& l : lines) {
-    if (l.rank() == rank && absl::StrContains(l.text(), s)) return true;
-  }
-  return false;
-}
 
 TEST_F(SlurmE2e, TwoRankCpuJobSucceedsWithLogsAndMetrics) {
   DaemonHarness h(Options());
@@ -234,19 +262,15 @@ TEST_F(SlurmE2e, TimeLimitSignalCheckpointsRequeuesAndResumes) {
   // Enough steps that the run is still training when the signal lands: with 150 the tiny job
   // once finished first on a loaded machine (SUCCEEDED, no requeue to see).
   const int kSteps = 800;
-  const std::string id = Submit(h, WriteSlurmJob(h, "slurm-requeue", kSteps,
-                                                 "checkpoint:\n  every: 0\n"));
-  ASSERT_FALSE(id.empty());
-  Job job = h.WaitFor(id, [](const Job& j) { return j.latest().step() >= 3 || Ended(j); }, 120);
-  ASSERT_EQ(job.state(), moe::v1::JOB_STATE_RUNNING) << job.reason() << h.MoedLog();
-  const std::string slurm_id = job.slurm_job_id();
+  const auto [id, slurm_id] = SubmitTraining(h, "slurm-requeue", kSteps);
+  ASSERT_FALSE(slurm_id.empty());
 
   // What Slurm does --signal=B:USR1@N seconds before the time limit: SIGUSR1 to the batch shell.
   CommandResult s = Slurm({"scancel", "--batch", "--signal=USR1", slurm_id});
   ASSERT_EQ(s.exit_code, 0) << s.out << s.err;
   // The script passes it to the ranks (checkpoint, keep going), then requeues the job; Slurm
   // holds a requeued job for a while (BeginTime), which moed shows as QUEUED with that reason.
-  job = h.WaitFor(id, [](const Job& j) {
+  Job job = h.WaitFor(id, [](const Job& j) {
     return (j.state() == moe::v1::JOB_STATE_QUEUED && absl::StrContains(j.reason(), "BeginTime")) ||
            Ended(j);
   }, 120);
@@ -255,15 +279,7 @@ TEST_F(SlurmE2e, TimeLimitSignalCheckpointsRequeuesAndResumes) {
   CommandResult ls = RunCommand({"/bin/bash", "-c", "ls -d " + ckpt_dir + "/step_*/MANIFEST"}, {}, 10);
   EXPECT_EQ(ls.exit_code, 0) << "no complete checkpoint in " << ckpt_dir << ": " << ls.err;
 
-  // Skip Slurm's requeue hold (2 minutes) instead of waiting it out.
-  CommandResult u = Slurm({"scontrol", "update", "JobId=" + slurm_id, "StartTime=now"});
-  ASSERT_EQ(u.exit_code, 0) << u.out << u.err;
-  job = h.WaitFor(id, Ended, 150);
-  ASSERT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason() << h.MoedLog();
-  EXPECT_EQ(job.slurm_job_id(), slurm_id);  // the same Slurm job, run again
-  EXPECT_EQ(job.latest().step(), kSteps);
-  std::vector<moe::v1::LogLine> lines = h.AllLogs(id);
-  EXPECT_TRUE(AnyLogContains(lines, 0, "resumed from")) << "the requeued run did not resume";
+  RunsAgainToTheEnd(h, id, slurm_id, kSteps);
   const std::string job_dir = absl::StrCat(h.state_dir(), "/jobs/", id);
   EXPECT_EQ(ReadAll(job_dir + "/attempt-0/exit_status"), "requeued\n");
   EXPECT_EQ(ReadAll(job_dir + "/attempt-1/exit_status"), "0\n");
@@ -278,15 +294,12 @@ TEST_F(SlurmE2e, SpecialExitHoldIsQueuedUntilReleasedThenResumes) {
   DaemonHarness h(Options());
   ASSERT_TRUE(h.Start()) << h.MoedLog();
   const int kSteps = 800;
-  const std::string id = Submit(h, WriteSlurmJob(h, "slurm-special-exit", kSteps, "checkpoint:\n  every: 0\n"));
-  ASSERT_FALSE(id.empty());
-  Job job = h.WaitFor(id, [](const Job& j) { return j.latest().step() >= 3 || Ended(j); }, 120);
-  ASSERT_EQ(job.state(), moe::v1::JOB_STATE_RUNNING) << job.reason() << h.MoedLog();
-  const std::string slurm_id = job.slurm_job_id();
+  const auto [id, slurm_id] = SubmitTraining(h, "slurm-special-exit", kSteps);
+  ASSERT_FALSE(slurm_id.empty());
 
   CommandResult r = Slurm({"scontrol", "requeuehold", "State=SpecialExit", slurm_id});
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
-  job = h.WaitFor(id, [](const Job& j) {
+  Job job = h.WaitFor(id, [](const Job& j) {
     return (j.state() == moe::v1::JOB_STATE_QUEUED && absl::StrContains(j.reason(), "scontrol release")) || Ended(j);
   }, 120);
   ASSERT_EQ(job.state(), moe::v1::JOB_STATE_QUEUED) << job.reason() << h.MoedLog();
@@ -298,12 +311,7 @@ TEST_F(SlurmE2e, SpecialExitHoldIsQueuedUntilReleasedThenResumes) {
 
   CommandResult rel = Slurm({"scontrol", "release", slurm_id});
   ASSERT_EQ(rel.exit_code, 0) << rel.out << rel.err;
-  // A requeued job waits out Slurm's requeue delay (BeginTime); skip it.
-  Slurm({"scontrol", "update", "JobId=" + slurm_id, "StartTime=now"});
-  job = h.WaitFor(id, Ended, 150);
-  ASSERT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason() << h.MoedLog();
-  EXPECT_EQ(job.latest().step(), kSteps);
-  EXPECT_TRUE(AnyLogContains(h.AllLogs(id), 0, "resumed from")) << "the released run did not resume";
+  RunsAgainToTheEnd(h, id, slurm_id, kSteps);
 }
 
 }  // namespace
