@@ -58,7 +58,7 @@ void ActivationBackwardBf16(kernels::ExpertActivation act, bf16* dg, const bf16*
 // out += x (n elements; the shared experts' outputs into the layer's).
 void AddInPlace(float* out, const float* x, int64_t n, cudaStream_t stream);
 
-// out = x + y (n elements; out may not alias x or y).
+// out = x + y (n elements, each read before its sum is written: out may alias x or y).
 void AddOut(float* out, const float* x, const float* y, int64_t n, cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -1,9 +1,9 @@
 // A checkpoint's settings against the job that resumes it. Refused when they differ: the
 // recipe (MODEL.md "Options: the seeds' recipes"), which changes the model's function
-// (activation, router scoring, balancing bias) or its training (attention and expert dropout,
-// optimizer) in ways the weights alone do not show; the model's shape; the sequence length.
-// Allowed and reported: the training knobs a user turns between runs (dropout, capacity, loss
-// coefficients, the optimizer's hyperparameters and schedule).
+// (activation, router scoring, balancing bias) or its optimizer in ways the weights alone do not
+// show; the model's shape; the sequence length. Allowed and reported: the training knobs a user
+// turns between runs (every dropout rate, capacity, loss coefficients, the optimizer's
+// hyperparameters and schedule, the sampler's seed and batch, precision and state storage).
 #pragma once
 
 #include <string>
@@ -29,9 +29,11 @@ std::string ModelShapeDifference(const moe::v1::JobSpec& saved, int saved_vocab,
 std::string DataStreamDifference(const moe::v1::JobSpec& saved, const moe::v1::JobSpec& job);
 
 // The settings a resume may change, for its log line: "" when none differs; otherwise
-// "<key> <saved> -> <job>" per setting, joined by ", " (model.dropout, model.moe.capacity_factor,
-// aux_loss_coef, z_loss_coef, train.steps, lr, min_lr, warmup_steps, schedule, decay_fraction,
-// weight_decay, beta1, beta2, grad_clip, muon_lr), each read with its default applied.
+// "<key> <saved> -> <job>" per setting, joined by ", " (model.dropout, attention.dropout,
+// moe.expert_dropout, capacity_factor, aux_loss_coef, z_loss_coef, train.steps, lr, min_lr,
+// warmup_steps, schedule, decay_fraction, weight_decay, beta1, beta2, grad_clip, muon_lr, seed,
+// batch_size, grad_accum, precision, master_weights, optimizer_state, recompute), each read with
+// its default applied.
 std::string ResumeChanges(const moe::v1::JobSpec& saved, const moe::v1::JobSpec& job);
 
 }  // namespace moe
