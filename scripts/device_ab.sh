@@ -20,7 +20,7 @@ OUT=${OUT:-/tmp/moe-device}
 mkdir -p "$OUT"
 device_env_check_libs || exit 1
 if [[ -f .carry/variants.tar.xz && ! -d .carry/variants ]]; then
-  mkdir -p .carry/variants && tar -C .carry/variants -xJf .carry/variants.tar.xz
+  tar -C .carry -xJf .carry/variants.tar.xz  # holds variants/NAME/moe_bench
 fi
 declare -A bin env
 sides=(A)

@@ -635,6 +635,83 @@ TEST(CudaOpsTest, LinearFp32AndBf16) {
   }
 }
 
+// Shapes of one bucket (matmul.cu's AlgoBucket: rows and batch counts that follow the routing)
+// share the algorithm cuBLASLt chose for the first of them; each product must still be its own
+// shape's: strided batches with rows 1152 then 1280 and 1100 (one bucket), the weight gradient's
+// form with the summed rows varying likewise, pointer arrays with batch 9 then 10 (one bucket).
+TEST(CudaOpsTest, BlasShapesOfOneBucketEachGetTheirOwnProduct) {
+  SKIP_WITHOUT_GPU();
+  cuda::Blas blas;
+  const int n = 72, k = 64;
+  auto bf16_values = [](std::vector<float> v) {  // values bf16 holds exactly: both sides read the same
+    Dev<float> d(v);
+    Dev<cuda::bf16> h(v.size());
+    cuda::CastToBf16(h.get(), d.get(), v.size(), nullptr);
+    return testing::ToFloat(h.Host());
+  };
+  auto to16 = [](const std::vector<float>& v) {
+    Dev<float> d(v);
+    auto out = std::make_unique<Dev<cuda::bf16>>(v.size());
+    cuda::CastToBf16(out->get(), d.get(), v.size(), nullptr);
+    return out;
+  };
+  // c_x (rows, cols) = op(a_x) @ b_x^T over `batch` products, in double on the host.
+  auto oracle = [](const std::vector<float>& a, const std::vector<float>& b, int batch, int rows, int cols, int inner,
+                   bool trans_a) {
+    std::vector<float> c(int64_t{batch} * rows * cols);
+    for (int x = 0; x < batch; ++x)
+      for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j) {
+          double sum = 0;
+          for (int l = 0; l < inner; ++l) {
+            const float av = trans_a ? a[(int64_t{x} * inner + l) * rows + i] : a[(int64_t{x} * rows + i) * inner + l];
+            sum += double{av} * b[(int64_t{x} * cols + j) * inner + l];
+          }
+          c[(int64_t{x} * rows + i) * cols + j] = static_cast<float>(sum);
+        }
+    return c;
+  };
+  const int batch = 3;
+  for (int rows : {1152, 1280, 1100}) {
+    auto a = bf16_values(Randn(int64_t{batch} * rows * k, rows)), b = bf16_values(Randn(int64_t{batch} * n * k, 7));
+    auto a16 = to16(a), b16 = to16(b);
+    Dev<float> c(int64_t{batch} * rows * n);
+    blas.GemmBatched(false, true, rows, n, k, 1.0f, a16->get(), k, int64_t{rows} * k, b16->get(), k, int64_t{n} * k,
+                     0.0f, c.get(), n, int64_t{rows} * n, batch, cuda::DType::kBF16, cuda::DType::kF32, nullptr);
+    EXPECT_LT(RelErr(c.Host(), oracle(a, b, batch, rows, n, k, false)), 1e-5) << "rows " << rows;
+    // The weight gradient's form: c_x (k, n) = a_x^T (k, rows) @ b'_x (rows, n), as a_x^T b'_x.
+    auto bt = bf16_values(Randn(int64_t{batch} * rows * n, rows + 1));
+    auto bt16 = to16(bt);
+    Dev<float> dw(int64_t{batch} * k * n);
+    blas.GemmBatched(true, false, k, n, rows, 1.0f, a16->get(), k, int64_t{rows} * k, bt16->get(), n,
+                     int64_t{rows} * n, 0.0f, dw.get(), n, int64_t{k} * n, batch, cuda::DType::kBF16,
+                     cuda::DType::kF32, nullptr);
+    std::vector<float> bt_t(bt.size());  // b'_x transposed to (n, rows) for the oracle's b_x^T
+    for (int x = 0; x < batch; ++x)
+      for (int r = 0; r < rows; ++r)
+        for (int j = 0; j < n; ++j) bt_t[(int64_t{x} * n + j) * rows + r] = bt[(int64_t{x} * rows + r) * n + j];
+    EXPECT_LT(RelErr(dw.Host(), oracle(a, bt_t, batch, k, n, rows, true)), 1e-5) << "summed rows " << rows;
+  }
+  for (int count : {9, 10}) {
+    const int rows = 128;
+    auto a = bf16_values(Randn(int64_t{count} * rows * k, count)), b = bf16_values(Randn(int64_t{count} * n * k, 8));
+    auto a16 = to16(a), b16 = to16(b);
+    Dev<float> c(int64_t{count} * rows * n);
+    std::vector<const void*> ap(count), bp(count);
+    std::vector<void*> cp(count);
+    for (int x = 0; x < count; ++x) {
+      ap[x] = a16->get() + int64_t{x} * rows * k;
+      bp[x] = b16->get() + int64_t{x} * n * k;
+      cp[x] = c.get() + int64_t{x} * rows * n;
+    }
+    Dev<const void*> ap_d(ap), bp_d(bp);
+    Dev<void*> cp_d(cp);
+    blas.GemmPointerArray(false, true, rows, n, k, 1.0f, ap_d.get(), k, bp_d.get(), k, 0.0f, cp_d.get(), n, count, 16,
+                          cuda::DType::kBF16, cuda::DType::kF32, nullptr);
+    EXPECT_LT(RelErr(c.Host(), oracle(a, b, count, rows, n, k, false)), 1e-5) << "batch " << count;
+  }
+}
+
 #endif  // MOE_WITH_CUDA
 
 }  // namespace

@@ -195,9 +195,24 @@ void RowBlocksToFloat(float* out, const bf16* src, const RowBlocks& blocks, int 
 
 }  // namespace internal
 
+// A layout's cost in rows of product work (PlanExpertLayout). The forward's and the input
+// gradient's products compute every row of the layout; the weight gradient computes them too, in
+// runs (GroupedBlas::WeightGrad: an expert's chunks split by the binary digits of their count),
+// and a run shorter than kRunRows costs as much as kRunRows rows: reading and writing its fp32
+// gradient then takes longer than its product (about 870 rows' worth on an H100 at 650 TFLOP/s
+// and 3 TB/s).
+constexpr int64_t kRunRows = 768;
+int64_t WeightGradCost(int64_t chunks, int64_t chunk) {
+  int64_t cost = 0;
+  for (int64_t run = 1; run <= chunks; run <<= 1) {
+    if (chunks & run) cost += std::max(run * chunk, kRunRows);
+  }
+  return cost;
+}
+
 ExpertLayout PlanExpertLayout(const int32_t* host_counts, int e_local) {
-  // Chunks are a multiple of 128 rows: few distinct shapes over a run, so that cuBLAS picks its
-  // kernel for each once (a new shape costs a heuristic query on the host, on the critical path).
+  // Chunks are 128 rows times 2^i or 3 x 2^i: few distinct shapes over a run, so that cuBLAS picks
+  // its kernel for each once (a new shape costs a heuristic query on the host).
   constexpr int64_t kStep = 128;
   auto round_up = [](int64_t v) { return (v + kStep - 1) / kStep * kStep; };
   ExpertLayout l;
@@ -211,25 +226,22 @@ ExpertLayout PlanExpertLayout(const int32_t* host_counts, int e_local) {
   if (rows <= 0 || e_local > RowBlocks::kMax || e_local > ExpertLayout::kMaxChunks) return compact();
   int64_t cap = 0;
   for (int x = 0; x < e_local; ++x) cap = std::max(cap, round_up(host_counts[x]));
-  // Strided (every expert padded to the largest count) unless chunks of the largest count over
-  // j pad fewer rows: the layout's rows are what the products compute and what every buffer of
-  // rows holds (g and u for each layer's backward), so padding is paid in time and memory. An
-  // extra chunk index (one more weight-gradient call over the experts that have it) is counted
-  // as a quarter of a full one.
-  int64_t best_cost = e_local * cap;
-  for (int j = 2; j <= 8; ++j) {
-    const int64_t chunk = round_up((cap + j - 1) / j);
-    if (chunk >= cap) continue;  // the strided layout, less its empty experts' chunks
-    int64_t chunks = 0, most = 0;
-    for (int x = 0; x < e_local; ++x) {
-      const int64_t c = (host_counts[x] + chunk - 1) / chunk;
-      chunks += c;
-      most = std::max(most, c);
-    }
-    const int64_t cost = chunks * chunk + (most - 1) * chunk * e_local / 4;
-    if (chunks <= ExpertLayout::kMaxChunks && cost < best_cost) {
-      best_cost = cost;
-      l.chunk = static_cast<int>(chunk);
+  // Strided (every expert padded to the largest count, empty ones too) unless chunks cost less:
+  // the layout's rows are what the products compute and what every buffer of rows holds (g and u
+  // for each layer's backward), so padding is paid in time and memory.
+  int64_t best_cost = e_local * (2 * cap + WeightGradCost(1, cap));
+  for (int64_t base : {kStep, 3 * kStep}) {
+    for (int64_t chunk = base; chunk < cap; chunk *= 2) {
+      int64_t chunks = 0, cost = 0;
+      for (int x = 0; x < e_local; ++x) {
+        const int64_t c = (host_counts[x] + chunk - 1) / chunk;
+        chunks += c;
+        cost += 2 * c * chunk + WeightGradCost(c, chunk);
+      }
+      if (chunks <= ExpertLayout::kMaxChunks && cost < best_cost) {
+        best_cost = cost;
+        l.chunk = static_cast<int>(chunk);
+      }
     }
   }
   if (l.chunk == 0) {

@@ -25,13 +25,13 @@ void CopyRowBlocks(void* dst, const void* src, const RowBlocks& blocks, int64_t 
 //     strided batched GEMM of equal shapes, which cuBLAS runs on its Hopper kernels (about twice
 //     as fast as its grouped GEMM, see moe_bench --grouped-gemm), the zero rows adding nothing
 //     to the weight gradients;
-//   chunked: when one expert takes more rows than the others (so that chunks of a fraction of
-//     its count pad fewer rows than padding every expert to it, PlanExpertLayout's cost), expert
-//     x's rows fill ceil(count / chunk) chunks of `chunk` rows, one after the other, zero past
-//     its count; each product is then one batched
-//     GEMM over the chunks through pointer arrays (the same Hopper kernels, each chunk reading
-//     its expert's weights), and a weight gradient one such call per chunk index (the experts
-//     that have that many chunks);
+//   chunked: when the counts differ (so that chunks of 128 x 2^i or 384 x 2^i rows pad fewer rows
+//     than padding every expert to the largest count, PlanExpertLayout's cost), expert x's rows
+//     fill ceil(count / chunk) chunks of `chunk` rows, one after the other, zero past its count;
+//     each product is then one batched GEMM over the chunks through pointer arrays (the same
+//     Hopper kernels, each chunk reading its expert's weights), and a weight gradient a few such
+//     calls over runs of an expert's chunks (the binary digits of its chunk count: 13 = 8 + 4 + 1,
+//     one call per run size);
 //   compact (chunk 0): expert x's rows right after expert x - 1's, one cuBLAS grouped GEMM per
 //     product (each expert its own count); only with more local experts than RowBlocks::kMax
 //     (the strided layout fits the tables otherwise).

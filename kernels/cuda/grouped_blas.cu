@@ -213,43 +213,70 @@ void GroupedBlas::WeightGrad(const ExpertLayout& l, int e_local, int m, int n, c
     }
   }
   if (l.chunks <= 0) return;
-  // c_x (m, n) += sum over expert x's chunks j of a_j^T (m, chunk) @ b_j (chunk, n): one call per
-  // chunk index i over the experts that have an i-th chunk (distinct outputs within a call). The
-  // calls' pointer arrays go up together, call i's at columns [first[i], first[i] + count[i]).
-  int most = 0;
-  for (int x = 0; x < e_local; ++x) most = std::max(most, l.first_chunk[x + 1] - l.first_chunk[x]);
-  // Every chunk is in one call; each call's arrays start 16 bytes aligned (an even column).
-  const int total = l.chunks + most;
+  // c_x (m, n) += sum over expert x's chunks of a_j^T (m, chunk) @ b_j (chunk, n). An expert's
+  // chunks lie one after the other, so a run of r of them is one product with k = r chunk rows:
+  // expert x's chunks go in runs of the binary digits of their count (13 = 8 + 4 + 1, largest
+  // first), and one call takes the runs of one size from every expert that has that digit (each
+  // output once in a call). A run that is its expert's first overwrites c_x (with `overwrite`):
+  // those runs go in calls of their own, before the others. So a few calls of long products,
+  // where one call per chunk index would read and write every gradient once per chunk.
+  int bits = 0;
+  for (int x = 0; x < e_local; ++x) {
+    while ((l.first_chunk[x + 1] - l.first_chunk[x]) >> bits) ++bits;
+  }
+  struct Call {
+    int size = 0;       // chunks a run
+    bool first = false;  // the runs are their experts' first
+    std::vector<std::pair<int, int>> runs;  // (expert, its run's first chunk)
+  };
+  std::vector<Call> calls;
+  for (bool first : {true, false}) {
+    for (int bit = bits - 1; bit >= 0; --bit) {
+      Call call;
+      call.size = 1 << bit;
+      call.first = first;
+      for (int x = 0; x < e_local; ++x) {
+        const int count = l.first_chunk[x + 1] - l.first_chunk[x];
+        int chunk = l.first_chunk[x];
+        for (int b = bits - 1; b > bit; --b) chunk += count & (1 << b);  // past the larger runs
+        const bool has = (count >> bit) & 1, is_first = (count >> (bit + 1)) == 0;
+        if (has && is_first == first) call.runs.emplace_back(x, chunk);
+      }
+      if (!call.runs.empty()) calls.push_back(std::move(call));
+    }
+  }
+  // The calls' pointer arrays go up together, call i's at columns [start, start + runs), each
+  // call's starting 16 bytes aligned (an even column).
+  int total = 0;
+  for (const Call& call : calls) total = (total + 1) / 2 * 2 + static_cast<int>(call.runs.size());
   if (total > kTable) {
-    std::fprintf(stderr, "GroupedBlas::WeightGrad: %d chunks in %d calls exceed the pointer table (%d)\n", l.chunks,
-                 most, kTable);
+    std::fprintf(stderr, "GroupedBlas::WeightGrad: %d chunks in %zu calls exceed the pointer table (%d)\n", l.chunks,
+                 calls.size(), kTable);
     std::abort();
   }
   std::vector<const void*> table(3 * static_cast<size_t>(total), nullptr);
-  std::vector<int> first(most, 0), count(most, 0), align(most, 256);
+  std::vector<int> first(calls.size(), 0), align(calls.size(), 256);
   int e = 0;
-  for (int i = 0; i < most; ++i) {
+  for (size_t i = 0; i < calls.size(); ++i) {
     e = first[i] = (e + 1) / 2 * 2;
-    for (int x = 0; x < e_local; ++x) {
-      if (l.first_chunk[x] + i >= l.first_chunk[x + 1]) continue;
-      const int64_t j = l.first_chunk[x] + i;
-      table[e] = a + j * l.chunk * m;
-      table[total + e] = b + j * l.chunk * n;
+    for (const auto& [x, j] : calls[i].runs) {
+      table[e] = a + int64_t{j} * l.chunk * m;
+      table[total + e] = b + int64_t{j} * l.chunk * n;
       table[2 * total + e] = static_cast<char*>(c) + int64_t{x} * m * n * elem;
       ++e;
     }
-    count[i] = e - first[i];
     for (int r = 0; r < 3; ++r) {  // the bytes all three of call i's arrays are aligned to
-      align[i] = std::min(align[i], CommonAlignment(table.data() + r * total + first[i], count[i]));
+      align[i] = std::min(align[i], CommonAlignment(table.data() + r * total + first[i], calls[i].runs.size()));
     }
   }
   int ignored = 0;
   void** p = Upload(table.data(), total, &ignored, stream);
-  for (int i = 0; i < most; ++i) {
+  for (size_t i = 0; i < calls.size(); ++i) {
     const int o = first[i];
-    lt_.GemmPointerArray(true, false, m, n, l.chunk, 1.0f, const_cast<const void* const*>(p + o), m,
-                         const_cast<const void* const*>(p + kTable + o), n, i == 0 && overwrite ? 0.0f : 1.0f,
-                         p + 2 * kTable + o, n, count[i], align[i], DType::kBF16, c_type, stream);
+    lt_.GemmPointerArray(true, false, m, n, calls[i].size * l.chunk, 1.0f, const_cast<const void* const*>(p + o), m,
+                         const_cast<const void* const*>(p + kTable + o), n, calls[i].first && overwrite ? 0.0f : 1.0f,
+                         p + 2 * kTable + o, n, static_cast<int>(calls[i].runs.size()), align[i], DType::kBF16,
+                         c_type, stream);
   }
 }
 

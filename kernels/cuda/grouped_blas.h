@@ -25,8 +25,9 @@ namespace moe::cuda {
 //   PaddedWeightGrad: c_x (m, n) += a_x^T (m, cap) @ b_x (cap, n), fp32 or bf16 c (the gradients);
 //     with `overwrite`, c_x = (beta 0: c is not read).
 //   Products / WeightGrad: the same over a strided or chunked layout (chunk j of expert x
-//     multiplies b_x; the weight gradient sums expert x's chunks; with `overwrite` the first
-//     chunk's product writes c_x, and an expert with no rows gets zeros).
+//     multiplies b_x; the weight gradient sums expert x's chunks, in runs of the binary digits of
+//     their count, one call per run size; with `overwrite` each expert's first run writes c_x, and
+//     an expert with no rows gets zeros).
 class GroupedBlas {
  public:
   struct Operands {

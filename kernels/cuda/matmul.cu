@@ -90,6 +90,9 @@ struct Blas::Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo;
+  // The algorithm came from another shape of the same bucket (AlgoBucket) without a heuristic
+  // query of this shape's own; Run asks for this shape's own when cuBLASLt refuses it.
+  bool borrowed = false;
 };
 
 Blas::Blas() {
@@ -113,6 +116,56 @@ Blas::~Blas() {
 BlasPlanStats& PlanStats() {
   static BlasPlanStats stats;
   return stats;
+}
+
+// Rounds v up to one of four values an octave above `exact` (exact 1024: 1280, 1536, 1792, 2048,
+// 2560, ...; exact 8: 10, 12, 14, 16, 20, ...): the expert products' rows (a multiple of 128 that
+// follows the routing) and the chunked layout's batch counts share a bucket with their neighbours.
+int BucketSize(int v, int exact) {
+  if (v <= exact) return v;
+  int octave = exact;
+  while (octave * 2 < v) octave *= 2;
+  const int step = std::max(1, octave / 4);
+  return (v + step - 1) / step * step;
+}
+
+// The bucket whose plans share one heuristic query: the sizes and the batch count rounded
+// (BucketSize), the strides dropped (they follow the rows); transposes, leading dimensions, types
+// and alignment exact.
+Blas::Key Blas::AlgoBucket(const Key& key) {
+  Key b = key;
+  std::get<2>(b) = BucketSize(std::get<2>(b), 1024);
+  std::get<3>(b) = BucketSize(std::get<3>(b), 1024);
+  std::get<4>(b) = BucketSize(std::get<4>(b), 1024);
+  std::get<10>(b) = BucketSize(std::get<10>(b), 8);
+  std::get<11>(b) = std::get<12>(b) = std::get<13>(b) = 0;
+  return b;
+}
+
+// cuBLASLt's first choice for the exact shape of `plan` (the heuristic query: about 0.1 ms of host).
+void Blas::ChooseAlgorithm(const Key& key, Plan* plan) {
+  cublasLtMatmulPreference_t pref;
+  MOE_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  MOE_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                   &workspace_bytes_, sizeof(workspace_bytes_)));
+  const uint32_t align_bytes = static_cast<uint32_t>(std::get<9>(key));
+  for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
+    MOE_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &align_bytes, sizeof(align_bytes)));
+  }
+  cublasLtMatmulHeuristicResult_t result;
+  int found = 0;
+  MOE_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(reinterpret_cast<cublasLtHandle_t>(handle_), plan->desc,
+                                              plan->a, plan->b, plan->c, plan->c, pref, 1, &result, &found));
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (found == 0) {
+    std::fprintf(stderr, "cuBLASLt: no algorithm for m=%d n=%d k=%d batch=%d (%s%s)\n", std::get<2>(key),
+                 std::get<3>(key), std::get<4>(key), std::get<10>(key), std::get<8>(key) == 1 ? "bf16" : "fp32",
+                 std::get<15>(key) == 1 ? ", pointer arrays" : "");
+    std::abort();
+  }
+  plan->algo = result.algo;
+  plan->borrowed = false;
 }
 
 Blas::Plan* Blas::GetPlan(const Key& key) {
@@ -151,26 +204,15 @@ Blas::Plan* Blas::GetPlan(const Key& key) {
                                                     sizeof(stride)));
     }
   }
-  cublasLtMatmulPreference_t pref;
-  MOE_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  MOE_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                   &workspace_bytes_, sizeof(workspace_bytes_)));
-  const uint32_t align_bytes = static_cast<uint32_t>(align);
-  for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
-    MOE_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &align_bytes, sizeof(align_bytes)));
+  const Key bucket = AlgoBucket(key);
+  auto source = bucket_source_.find(bucket);
+  if (source != bucket_source_.end()) {
+    p->algo = source->second->algo;
+    p->borrowed = true;
+  } else {
+    ChooseAlgorithm(key, p);
+    bucket_source_[bucket] = p;
   }
-  cublasLtMatmulHeuristicResult_t result;
-  int found = 0;
-  MOE_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(reinterpret_cast<cublasLtHandle_t>(handle_), p->desc,
-                                              p->a, p->b, p->c, p->c, pref, 1, &result, &found));
-  cublasLtMatmulPreferenceDestroy(pref);
-  if (found == 0) {
-    std::fprintf(stderr, "cuBLASLt: no algorithm for m=%d n=%d k=%d batch=%d (%s%s)\n", m, n, k, batch,
-                 type_int == 1 ? "bf16" : "fp32", pointers == 1 ? ", pointer arrays" : "");
-    std::abort();
-  }
-  p->algo = result.algo;
   plans_[key] = p;
   // MOE_PLAN_LOG=1: one stderr line a plan made, to see which products keep asking cuBLASLt.
   static const bool log_plans = [] {
@@ -180,13 +222,29 @@ Blas::Plan* Blas::GetPlan(const Key& key) {
   if (log_plans) {
     std::fprintf(stderr,
                  "cublaslt plan: m=%d n=%d k=%d ta=%d tb=%d lda=%d ldb=%d ldc=%d batch=%d %s in=%s out=%s "
-                 "align=%d\n",
+                 "align=%d algorithm=%s\n",
                  m, n, k, ta ? 1 : 0, tb ? 1 : 0, lda, ldb, ldc, batch, pointers == 1 ? "pointer-arrays" : "strided",
-                 type_int == 1 ? "bf16" : "fp32", c_bf16 == 1 ? "bf16" : "fp32", align);
+                 type_int == 1 ? "bf16" : "fp32", c_bf16 == 1 ? "bf16" : "fp32", align,
+                 p->borrowed ? "borrowed" : "queried");
   }
   ++PlanStats().made;
   PlanStats().seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return p;
+}
+
+template <typename Matmul>
+void Blas::Run(const Key& key, const Matmul& matmul) {
+  Plan* p = GetPlan(key);
+  cublasStatus_t status = matmul(*p);
+  if (status != CUBLAS_STATUS_SUCCESS && p->borrowed) {
+    if (std::getenv("MOE_PLAN_LOG") != nullptr) std::fprintf(stderr, "cublaslt plan: borrowed algorithm refused\n");
+    // cuBLASLt checks the algorithm against the shape before it launches anything: a borrowed one
+    // that does not fit this shape (its workspace, its split) is refused, and the shape's own
+    // choice takes its place for good.
+    ChooseAlgorithm(key, p);
+    status = matmul(*p);
+  }
+  CheckLt(status, "cublasLtMatmul", __FILE__, __LINE__);
 }
 
 void Blas::Gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* a,
@@ -221,12 +279,13 @@ void Blas::GemmBatched(bool trans_a, bool trans_b, int m, int n, int k, float al
   if (batch == 1) stride_a = stride_b = stride_c = 0;
   if (c_in == nullptr) c_in = c;
   const void* operands[] = {a, b, c, c_in};
-  Plan* p = GetPlan(Key{trans_a, trans_b, m, n, k, lda, ldb, ldc, type == DType::kBF16 ? 1 : 0,
-                        CommonAlignment(operands, 4), batch, stride_a, stride_b, stride_c, c_type == DType::kBF16 ? 1 : 0,
-                        0});
-  MOE_LT_CHECK(cublasLtMatmul(reinterpret_cast<cublasLtHandle_t>(handle_), p->desc, &alpha, b,
-                              p->a, a, p->b, &beta, c_in, p->c, c, p->c, &p->algo, workspace_,
-                              workspace_bytes_, stream));
+  const Key key{trans_a, trans_b, m, n, k, lda, ldb, ldc, type == DType::kBF16 ? 1 : 0,
+                CommonAlignment(operands, 4), batch, stride_a, stride_b, stride_c, c_type == DType::kBF16 ? 1 : 0,
+                0};
+  Run(key, [&](const Plan& p) {
+    return cublasLtMatmul(reinterpret_cast<cublasLtHandle_t>(handle_), p.desc, &alpha, b, p.a, a, p.b, &beta, c_in,
+                          p.c, c, p.c, &p.algo, workspace_, workspace_bytes_, stream);
+  });
 }
 
 void Blas::GemmPointerArray(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* const* a_ptrs,
@@ -237,12 +296,14 @@ void Blas::GemmPointerArray(bool trans_a, bool trans_b, int m, int n, int k, flo
     std::fprintf(stderr, "Blas::GemmPointerArray: k = %d, needs k > 0\n", k);
     std::abort();
   }
-  Plan* p = GetPlan(Key{trans_a, trans_b, m, n, k, lda, ldb, ldc, type == DType::kBF16 ? 1 : 0, align, batch, 0, 0, 0,
-                        c_type == DType::kBF16 ? 1 : 0, 1});
+  const Key key{trans_a, trans_b, m, n, k, lda, ldb, ldc, type == DType::kBF16 ? 1 : 0, align, batch, 0, 0, 0,
+                c_type == DType::kBF16 ? 1 : 0, 1};
   // As in GemmBatched, cuBLAS's A is our b; with pointer arrays the operands are the arrays.
   void* c_arg = const_cast<void**>(c_ptrs);
-  MOE_LT_CHECK(cublasLtMatmul(reinterpret_cast<cublasLtHandle_t>(handle_), p->desc, &alpha, b_ptrs, p->a, a_ptrs,
-                              p->b, &beta, c_arg, p->c, c_arg, p->c, &p->algo, workspace_, workspace_bytes_, stream));
+  Run(key, [&](const Plan& p) {
+    return cublasLtMatmul(reinterpret_cast<cublasLtHandle_t>(handle_), p.desc, &alpha, b_ptrs, p.a, a_ptrs, p.b,
+                          &beta, c_arg, p.c, c_arg, p.c, &p.algo, workspace_, workspace_bytes_, stream);
+  });
 }
 
 void CastToBf16(bf16* out, const float* in, int64_t n, cudaStream_t stream) {

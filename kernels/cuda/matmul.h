@@ -46,12 +46,23 @@ class Blas {
   // pointer arrays (1) or strides (0)
   using Key =
       std::tuple<bool, bool, int, int, int, int, int, int, int, int, int, int64_t, int64_t, int64_t, int, int>;
+  // The plan of an exact shape: its descriptors, and an algorithm, cuBLASLt's heuristic query
+  // for the first shape of its bucket (AlgoBucket), borrowed by the bucket's other shapes: the
+  // expert products' rows and batch counts follow the routing, so new shapes keep coming after
+  // the warm-up, and a query costs about 0.1 ms of host time where the host is on the critical path.
   Plan* GetPlan(const Key& key);
+  static Key AlgoBucket(const Key& key);
+  void ChooseAlgorithm(const Key& key, Plan* plan);  // the shape's own (a heuristic query)
+  // matmul(plan) -> cublasStatus_t: runs it on the key's plan; a borrowed algorithm that cuBLASLt
+  // refuses for this shape is replaced by the shape's own (ChooseAlgorithm) and the call made again.
+  template <typename Matmul>
+  void Run(const Key& key, const Matmul& matmul);
 
   cublasLtContext* handle_ = nullptr;
   void* workspace_ = nullptr;  // device
   size_t workspace_bytes_ = 0;
   std::map<Key, Plan*> plans_;
+  std::map<Key, const Plan*> bucket_source_;  // bucket -> its first shape's plan (its own algorithm)
 };
 
 // The plans every Blas of this process has made (a cuBLASLt heuristic query each, on the host)
