@@ -1,7 +1,8 @@
 // Every dense CUDA op against its CPU twin (kernels/*.h) on a sweep of shapes: embedding,
 // dropout, RMSNorm, RoPE, SwiGLU, cross-entropy, AdamW and norms, attention (GQA on and off, fp32
-// and tensor cores), linear layers. The error is ||cuda - cpu|| / ||cpu|| per output, with a
-// tolerance stated per op. The MoE layer's ops are in cuda_moe_ops_test.cc. Skips without a GPU.
+// and tensor cores). The error is ||cuda - cpu|| / ||cpu|| per output, with a
+// tolerance stated per op. The MoE layer's ops are in cuda_moe_ops_test.cc, the dense products
+// (cuda::Blas) in cuda_blas_test.cc. Skips without a GPU.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -603,112 +604,6 @@ TEST(CudaOpsTest, DISABLED_AttentionTiming) {
     }
     MOE_CUDA_CHECK(cudaEventDestroy(e0));
     MOE_CUDA_CHECK(cudaEventDestroy(e1));
-  }
-}
-
-TEST(CudaOpsTest, LinearFp32AndBf16) {
-  SKIP_WITHOUT_GPU();
-  cuda::Blas blas;
-  for (auto [n, c, oc] : {std::tuple{37, 48, 40}, std::tuple{128, 384, 1152}, std::tuple{1, 64, 65}}) {
-    auto x = Randn(int64_t{n} * c, 19), w = Randn(int64_t{oc} * c, 20), dy = Randn(int64_t{n} * oc, 21);
-    std::vector<float> y(n * oc), dx(n * c, 0.5f), dw(oc * c, 0.25f);
-    kernels::LinearForward(y.data(), x.data(), w.data(), n, c, oc);
-    kernels::LinearBackward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), n, c, oc);
-    for (bool bf : {false, true}) {
-      Dev<float> x_d(x), w_d(w), dy_d(dy), y_d(n * oc), dx_d(n * c, 0.5f), dw_d(oc * c, 0.25f);
-      Dev<cuda::bf16> x16(x.size()), w16(w.size()), dy16(dy.size());
-      cuda::CastToBf16(x16.get(), x_d.get(), x.size(), nullptr);
-      cuda::CastToBf16(w16.get(), w_d.get(), w.size(), nullptr);
-      cuda::CastToBf16(dy16.get(), dy_d.get(), dy.size(), nullptr);
-      const cuda::DType t = bf ? cuda::DType::kBF16 : cuda::DType::kF32;
-      const void* xa = bf ? static_cast<const void*>(x16.get()) : x_d.get();
-      const void* wa = bf ? static_cast<const void*>(w16.get()) : w_d.get();
-      const void* dya = bf ? static_cast<const void*>(dy16.get()) : dy_d.get();
-      blas.Gemm(false, true, n, oc, c, 1.0f, xa, c, wa, c, 0.0f, y_d.get(), oc, t, nullptr);
-      blas.Gemm(false, false, n, c, oc, 1.0f, dya, oc, wa, c, 1.0f, dx_d.get(), c, t, nullptr);
-      blas.Gemm(true, false, oc, c, n, 1.0f, dya, oc, xa, c, 1.0f, dw_d.get(), c, t, nullptr);
-      const double tol = bf ? kBf16Tol : kFp32Tol;
-      EXPECT_LT(RelErr(y_d.Host(), y), tol) << n << "x" << c << "x" << oc << " bf16 " << bf;
-      EXPECT_LT(RelErr(dx_d.Host(), dx), tol);
-      EXPECT_LT(RelErr(dw_d.Host(), dw), tol);
-    }
-  }
-}
-
-// Shapes of one bucket (matmul.cu's AlgoBucket: rows and batch counts that follow the routing)
-// share the algorithm cuBLASLt chose for the first of them; each product must still be its own
-// shape's: strided batches with rows 1152 then 1280 and 1100 (one bucket), the weight gradient's
-// form with the summed rows varying likewise, pointer arrays with batch 9 then 10 (one bucket).
-TEST(CudaOpsTest, BlasShapesOfOneBucketEachGetTheirOwnProduct) {
-  SKIP_WITHOUT_GPU();
-  cuda::Blas blas;
-  const int n = 72, k = 64;
-  auto bf16_values = [](std::vector<float> v) {  // values bf16 holds exactly: both sides read the same
-    Dev<float> d(v);
-    Dev<cuda::bf16> h(v.size());
-    cuda::CastToBf16(h.get(), d.get(), v.size(), nullptr);
-    return testing::ToFloat(h.Host());
-  };
-  auto to16 = [](const std::vector<float>& v) {
-    Dev<float> d(v);
-    auto out = std::make_unique<Dev<cuda::bf16>>(v.size());
-    cuda::CastToBf16(out->get(), d.get(), v.size(), nullptr);
-    return out;
-  };
-  // c_x (rows, cols) = op(a_x) @ b_x^T over `batch` products, in double on the host.
-  auto oracle = [](const std::vector<float>& a, const std::vector<float>& b, int batch, int rows, int cols, int inner,
-                   bool trans_a) {
-    std::vector<float> c(int64_t{batch} * rows * cols);
-    for (int x = 0; x < batch; ++x)
-      for (int i = 0; i < rows; ++i)
-        for (int j = 0; j < cols; ++j) {
-          double sum = 0;
-          for (int l = 0; l < inner; ++l) {
-            const float av = trans_a ? a[(int64_t{x} * inner + l) * rows + i] : a[(int64_t{x} * rows + i) * inner + l];
-            sum += double{av} * b[(int64_t{x} * cols + j) * inner + l];
-          }
-          c[(int64_t{x} * rows + i) * cols + j] = static_cast<float>(sum);
-        }
-    return c;
-  };
-  const int batch = 3;
-  for (int rows : {1152, 1280, 1100}) {
-    auto a = bf16_values(Randn(int64_t{batch} * rows * k, rows)), b = bf16_values(Randn(int64_t{batch} * n * k, 7));
-    auto a16 = to16(a), b16 = to16(b);
-    Dev<float> c(int64_t{batch} * rows * n);
-    blas.GemmBatched(false, true, rows, n, k, 1.0f, a16->get(), k, int64_t{rows} * k, b16->get(), k, int64_t{n} * k,
-                     0.0f, c.get(), n, int64_t{rows} * n, batch, cuda::DType::kBF16, cuda::DType::kF32, nullptr);
-    EXPECT_LT(RelErr(c.Host(), oracle(a, b, batch, rows, n, k, false)), 1e-5) << "rows " << rows;
-    // The weight gradient's form: c_x (k, n) = a_x^T (k, rows) @ b'_x (rows, n), as a_x^T b'_x.
-    auto bt = bf16_values(Randn(int64_t{batch} * rows * n, rows + 1));
-    auto bt16 = to16(bt);
-    Dev<float> dw(int64_t{batch} * k * n);
-    blas.GemmBatched(true, false, k, n, rows, 1.0f, a16->get(), k, int64_t{rows} * k, bt16->get(), n,
-                     int64_t{rows} * n, 0.0f, dw.get(), n, int64_t{k} * n, batch, cuda::DType::kBF16,
-                     cuda::DType::kF32, nullptr);
-    std::vector<float> bt_t(bt.size());  // b'_x transposed to (n, rows) for the oracle's b_x^T
-    for (int x = 0; x < batch; ++x)
-      for (int r = 0; r < rows; ++r)
-        for (int j = 0; j < n; ++j) bt_t[(int64_t{x} * n + j) * rows + r] = bt[(int64_t{x} * rows + r) * n + j];
-    EXPECT_LT(RelErr(dw.Host(), oracle(a, bt_t, batch, k, n, rows, true)), 1e-5) << "summed rows " << rows;
-  }
-  for (int count : {9, 10}) {
-    const int rows = 128;
-    auto a = bf16_values(Randn(int64_t{count} * rows * k, count)), b = bf16_values(Randn(int64_t{count} * n * k, 8));
-    auto a16 = to16(a), b16 = to16(b);
-    Dev<float> c(int64_t{count} * rows * n);
-    std::vector<const void*> ap(count), bp(count);
-    std::vector<void*> cp(count);
-    for (int x = 0; x < count; ++x) {
-      ap[x] = a16->get() + int64_t{x} * rows * k;
-      bp[x] = b16->get() + int64_t{x} * n * k;
-      cp[x] = c.get() + int64_t{x} * rows * n;
-    }
-    Dev<const void*> ap_d(ap), bp_d(bp);
-    Dev<void*> cp_d(cp);
-    blas.GemmPointerArray(false, true, rows, n, k, 1.0f, ap_d.get(), k, bp_d.get(), k, 0.0f, cp_d.get(), n, count, 16,
-                          cuda::DType::kBF16, cuda::DType::kF32, nullptr);
-    EXPECT_LT(RelErr(c.Host(), oracle(a, b, count, rows, n, k, false)), 1e-5) << "batch " << count;
   }
 }
 

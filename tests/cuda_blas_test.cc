@@ -1,0 +1,137 @@
+// cuda::Blas, the cuBLASLt products every GPU layer runs on, against the CPU: linear layers in
+// fp32 and bf16, and the shapes of one plan bucket (kernels/cuda/matmul.cu), each of which must
+// get its own product. Skips without a GPU.
+#include <cstdint>
+#include <memory>
+#include <tuple>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+#ifdef MOE_WITH_CUDA
+#include "kernels/cuda/common.h"
+#include "kernels/cuda/matmul.h"
+#include "kernels/matmul.h"
+#include "tests/support/cuda_ops.h"
+#endif
+
+namespace moe {
+namespace {
+
+#ifndef MOE_WITH_CUDA
+
+TEST(CudaBlasTest, NeedsCuda) { GTEST_SKIP() << "built without CUDA: no GPU products to test"; }
+
+#else
+
+using testing::Dev;
+using testing::kBf16Tol;
+using testing::kFp32Tol;
+using testing::Randn;
+using testing::RelErr;
+
+TEST(CudaBlasTest, LinearFp32AndBf16) {
+  SKIP_WITHOUT_GPU();
+  cuda::Blas blas;
+  for (auto [n, c, oc] : {std::tuple{37, 48, 40}, std::tuple{128, 384, 1152}, std::tuple{1, 64, 65}}) {
+    auto x = Randn(int64_t{n} * c, 19), w = Randn(int64_t{oc} * c, 20), dy = Randn(int64_t{n} * oc, 21);
+    std::vector<float> y(n * oc), dx(n * c, 0.5f), dw(oc * c, 0.25f);
+    kernels::LinearForward(y.data(), x.data(), w.data(), n, c, oc);
+    kernels::LinearBackward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), n, c, oc);
+    for (bool bf : {false, true}) {
+      Dev<float> x_d(x), w_d(w), dy_d(dy), y_d(n * oc), dx_d(n * c, 0.5f), dw_d(oc * c, 0.25f);
+      Dev<cuda::bf16> x16(x.size()), w16(w.size()), dy16(dy.size());
+      cuda::CastToBf16(x16.get(), x_d.get(), x.size(), nullptr);
+      cuda::CastToBf16(w16.get(), w_d.get(), w.size(), nullptr);
+      cuda::CastToBf16(dy16.get(), dy_d.get(), dy.size(), nullptr);
+      const cuda::DType t = bf ? cuda::DType::kBF16 : cuda::DType::kF32;
+      const void* xa = bf ? static_cast<const void*>(x16.get()) : x_d.get();
+      const void* wa = bf ? static_cast<const void*>(w16.get()) : w_d.get();
+      const void* dya = bf ? static_cast<const void*>(dy16.get()) : dy_d.get();
+      blas.Gemm(false, true, n, oc, c, 1.0f, xa, c, wa, c, 0.0f, y_d.get(), oc, t, nullptr);
+      blas.Gemm(false, false, n, c, oc, 1.0f, dya, oc, wa, c, 1.0f, dx_d.get(), c, t, nullptr);
+      blas.Gemm(true, false, oc, c, n, 1.0f, dya, oc, xa, c, 1.0f, dw_d.get(), c, t, nullptr);
+      const double tol = bf ? kBf16Tol : kFp32Tol;
+      EXPECT_LT(RelErr(y_d.Host(), y), tol) << n << "x" << c << "x" << oc << " bf16 " << bf;
+      EXPECT_LT(RelErr(dx_d.Host(), dx), tol);
+      EXPECT_LT(RelErr(dw_d.Host(), dw), tol);
+    }
+  }
+}
+
+// Shapes of one bucket (matmul.cu's AlgoBucket: rows and batch counts that follow the routing)
+// share the algorithm cuBLASLt chose for the first of them; each product must still be its own
+// shape's: strided batches with rows 1152 then 1280 and 1100 (one bucket), the weight gradient's
+// form with the summed rows varying likewise, pointer arrays with batch 9 then 10 (one bucket).
+TEST(CudaBlasTest, BlasShapesOfOneBucketEachGetTheirOwnProduct) {
+  SKIP_WITHOUT_GPU();
+  cuda::Blas blas;
+  const int n = 72, k = 64;
+  // Random values bf16 holds exactly (both sides read the same), on the host and on the device.
+  struct Operand {
+    std::vector<float> host;
+    std::unique_ptr<Dev<cuda::bf16>> dev;
+  };
+  auto operand = [](int64_t size, int seed) {
+    Dev<float> d(Randn(size, seed));
+    Operand o{{}, std::make_unique<Dev<cuda::bf16>>(size)};
+    cuda::CastToBf16(o.dev->get(), d.get(), size, nullptr);
+    o.host = testing::ToFloat(o.dev->Host());
+    return o;
+  };
+  // c_x (rows, cols) = sum over l of a_x[i, l] b_x[l, j], in double: a_x (rows, inner) or, with
+  // trans_a, (inner, rows); b_x (cols, inner) with trans_b, else (inner, cols).
+  auto oracle = [](const Operand& a, const Operand& b, int batch, int rows, int cols, int inner, bool trans_a,
+                   bool trans_b) {
+    std::vector<float> c(int64_t{batch} * rows * cols);
+    for (int x = 0; x < batch; ++x)
+      for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j) {
+          double sum = 0;
+          for (int l = 0; l < inner; ++l) {
+            sum += double{a.host[int64_t{x} * rows * inner + (trans_a ? int64_t{l} * rows + i : int64_t{i} * inner + l)]} *
+                   b.host[int64_t{x} * cols * inner + (trans_b ? int64_t{j} * inner + l : int64_t{l} * cols + j)];
+          }
+          c[(int64_t{x} * rows + i) * cols + j] = static_cast<float>(sum);
+        }
+    return c;
+  };
+  const int batch = 3;
+  for (int rows : {1152, 1280, 1100}) {
+    const Operand a = operand(int64_t{batch} * rows * k, rows), b = operand(int64_t{batch} * n * k, 7);
+    Dev<float> c(int64_t{batch} * rows * n);
+    blas.GemmBatched(false, true, rows, n, k, 1.0f, a.dev->get(), k, int64_t{rows} * k, b.dev->get(), k,
+                     int64_t{n} * k, 0.0f, c.get(), n, int64_t{rows} * n, batch, cuda::DType::kBF16,
+                     cuda::DType::kF32, nullptr);
+    EXPECT_LT(RelErr(c.Host(), oracle(a, b, batch, rows, n, k, false, true)), 1e-5) << "rows " << rows;
+    // The weight gradient's form: c_x (k, n) = a_x^T (k, rows) @ g_x (rows, n).
+    const Operand g = operand(int64_t{batch} * rows * n, rows + 1);
+    Dev<float> dw(int64_t{batch} * k * n);
+    blas.GemmBatched(true, false, k, n, rows, 1.0f, a.dev->get(), k, int64_t{rows} * k, g.dev->get(), n,
+                     int64_t{rows} * n, 0.0f, dw.get(), n, int64_t{k} * n, batch, cuda::DType::kBF16,
+                     cuda::DType::kF32, nullptr);
+    EXPECT_LT(RelErr(dw.Host(), oracle(a, g, batch, k, n, rows, true, false)), 1e-5) << "summed rows " << rows;
+  }
+  for (int count : {9, 10}) {
+    const int rows = 128;
+    const Operand a = operand(int64_t{count} * rows * k, count), b = operand(int64_t{count} * n * k, 8);
+    Dev<float> c(int64_t{count} * rows * n);
+    std::vector<const void*> ap(count), bp(count);
+    std::vector<void*> cp(count);
+    for (int x = 0; x < count; ++x) {
+      ap[x] = a.dev->get() + int64_t{x} * rows * k;
+      bp[x] = b.dev->get() + int64_t{x} * n * k;
+      cp[x] = c.get() + int64_t{x} * rows * n;
+    }
+    Dev<const void*> ap_d(ap), bp_d(bp);
+    Dev<void*> cp_d(cp);
+    blas.GemmPointerArray(false, true, rows, n, k, 1.0f, ap_d.get(), k, bp_d.get(), k, 0.0f, cp_d.get(), n, count, 16,
+                          cuda::DType::kBF16, cuda::DType::kF32, nullptr);
+    EXPECT_LT(RelErr(c.Host(), oracle(a, b, count, rows, n, k, false, true)), 1e-5) << "batch " << count;
+  }
+}
+
+#endif  // MOE_WITH_CUDA
+
+}  // namespace
+}  // namespace moe
