@@ -85,7 +85,7 @@ double Median(std::vector<double> v) {
 struct HostSide {
   std::vector<double> wait_s;  // per step
   double plan_s = 0;
-  int64_t plans = 0;
+  int64_t plans = 0, queries = 0;
   double wait0 = 0;
 #ifdef MOE_WITH_CUDA
   moe::cuda::BlasPlanStats plan0;
@@ -101,14 +101,18 @@ struct HostSide {
 #ifdef MOE_WITH_CUDA
     plan_s += moe::cuda::PlanStats().seconds - plan0.seconds;
     plans += moe::cuda::PlanStats().made - plan0.made;
+    queries += moe::cuda::PlanStats().queried - plan0.queried;
 #endif
   }
-  // The JSON fields: counts_wait_ms (median per step), plans_per_step, plan_ms (per step).
+  // The JSON fields: counts_wait_ms (median per step), plans_per_step, plan_queries_per_step (of
+  // cuBLASLt's heuristic), plan_ms (per step).
   std::string Json() const {
     const double steps = std::max<double>(1, wait_s.size());
-    char buf[160];
-    std::snprintf(buf, sizeof(buf), "\"counts_wait_ms\": %.2f, \"plans_per_step\": %.1f, \"plan_ms\": %.2f",
-                  Median(wait_s) * 1e3, plans / steps, plan_s * 1e3 / steps);
+    char buf[256];
+    std::snprintf(buf, sizeof(buf),
+                  "\"counts_wait_ms\": %.2f, \"plans_per_step\": %.1f, \"plan_queries_per_step\": %.1f, "
+                  "\"plan_ms\": %.2f",
+                  Median(wait_s) * 1e3, plans / steps, queries / steps, plan_s * 1e3 / steps);
     return buf;
   }
 };

@@ -10,7 +10,8 @@
 #          switch); AB_ENV="VAR=VALUE" alone applies to A itself, as before
 # Each config (a name of moe_bench --config, or a job .yaml) runs ROUNDS times, the sides in turn
 # (A B ... A B ...). The table gives each side's best and median tokens/s, its step split, the
-# host's wait and plans (moe_bench's counts_wait_ms, plans_per_step), and best / A's best.
+# host's wait and plans (moe_bench's counts_wait_ms, plans_per_step, plan_queries_per_step), and
+# best / A's best.
 #   AB_CONFIGS="small medium" ROUNDS=2 STEPS=10 bash scripts/device_ab.sh
 #   AB_ENVS="exact=MOE_EXACT_PLANS=1" AB_CONFIGS=small bash scripts/device_ab.sh
 set -uo pipefail
@@ -80,5 +81,6 @@ for c in configs:
         ratio = f"{best['tokens_per_s'] / max(a):.3f}" if a else "-"
         print(f"| {c} | {s} | {best['tokens_per_s']:,.0f} / {statistics.median(rates):,.0f} | "
               f"{best.get('forward_ms', 0):.2f} / {best.get('backward_ms', 0):.2f} / {best.get('optimizer_ms', 0):.2f} | "
-              f"{best.get('counts_wait_ms', float('nan')):.2f} | {best.get('plans_per_step', float('nan')):.1f} | {ratio} |")
+              f"{best.get('counts_wait_ms', float('nan')):.2f} | {best.get('plans_per_step', float('nan')):.1f}"
+              f" ({best.get('plan_queries_per_step', float('nan')):.1f} queried) | {ratio} |")
 PY

@@ -1,6 +1,6 @@
 // cuda::Blas, the cuBLASLt products every GPU layer runs on, against the CPU: linear layers in
-// fp32 and bf16, and the shapes of one plan bucket (kernels/cuda/matmul.cu), each of which must
-// get its own product. Skips without a GPU.
+// fp32 and bf16, and the shapes of one plan bucket (Blas::Canonical), each of which must get its
+// own product. Skips without a GPU.
 #include <cstdint>
 #include <memory>
 #include <tuple>
@@ -59,10 +59,11 @@ TEST(CudaBlasTest, LinearFp32AndBf16) {
   }
 }
 
-// Shapes of one bucket (matmul.cu's AlgoBucket: rows and batch counts that follow the routing)
-// share the algorithm cuBLASLt chose for the first of them; each product must still be its own
-// shape's: strided batches with rows 1152 then 1280 and 1100 (one bucket), the weight gradient's
-// form with the summed rows varying likewise, pointer arrays with batch 9 then 10 (one bucket).
+// Shapes of one bucket (Blas::Canonical: rows and batch counts that follow the routing, rounded
+// up) run on the algorithm cuBLASLt chose for the bucket's canonical shape; each product must
+// still be its own shape's: strided batches with rows 1152, 1280 (the canonical) and 1100, the
+// weight gradient's form with the summed rows varying likewise, pointer arrays with batch 9 and
+// 10 (the canonical).
 TEST(CudaBlasTest, BlasShapesOfOneBucketEachGetTheirOwnProduct) {
   SKIP_WITHOUT_GPU();
   cuda::Blas blas;

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
 
 #include "kernels/cuda/device.cuh"
 #include "kernels/cuda/matmul.h"
@@ -195,6 +196,8 @@ void RowBlocksToFloat(float* out, const bf16* src, const RowBlocks& blocks, int 
 
 }  // namespace internal
 
+namespace {
+
 // A layout's cost in rows of product work (PlanExpertLayout). The forward's and the input
 // gradient's products compute every row of the layout; the weight gradient computes them too, in
 // runs (GroupedBlas::WeightGrad: an expert's chunks split by the binary digits of their count),
@@ -210,7 +213,7 @@ int64_t WeightGradCost(int64_t chunks, int64_t chunk) {
   return cost;
 }
 
-ExpertLayout PlanExpertLayout(const int32_t* host_counts, int e_local) {
+ExpertLayout PlanLayout(const int32_t* host_counts, int e_local) {
   // Chunks are 128 rows times 2^i or 3 x 2^i: few distinct shapes over a run, so that cuBLAS picks
   // its kernel for each once (a new shape costs a heuristic query on the host).
   constexpr int64_t kStep = 128;
@@ -259,6 +262,24 @@ ExpertLayout PlanExpertLayout(const int32_t* host_counts, int e_local) {
   l.rows = int64_t{l.chunks} * l.chunk;
   for (int x = 0; x <= e_local; ++x) l.start[x] = int64_t{l.first_chunk[x]} * l.chunk;
   return l;
+}
+
+}  // namespace
+
+// A layer asks for the same counts' layout about eight times (the forward and the backward, the
+// gather and the add-back, the dispatcher): the last one is kept, per thread.
+ExpertLayout PlanExpertLayout(const int32_t* host_counts, int e_local) {
+  thread_local bool have_last = false;
+  thread_local std::vector<int32_t> last_counts;
+  thread_local ExpertLayout last;
+  if (have_last && e_local >= 0 && last_counts.size() == static_cast<size_t>(e_local) &&
+      std::equal(last_counts.begin(), last_counts.end(), host_counts)) {
+    return last;
+  }
+  last = PlanLayout(host_counts, e_local);
+  last_counts.assign(host_counts, host_counts + std::max(e_local, 0));
+  have_last = true;
+  return last;
 }
 
 int64_t ExpertLayoutRows(const int32_t* host_counts, int e_local) {

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <utility>
 
 #include "kernels/cuda/device.cuh"
@@ -90,8 +91,9 @@ struct Blas::Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo;
-  // The algorithm came from another shape of the same bucket (AlgoBucket) without a heuristic
-  // query of this shape's own; Run asks for this shape's own when cuBLASLt refuses it.
+  bool has_algo = false;  // algo is this shape's own (the heuristic query found one)
+  // algo is the canonical shape's (Blas::Canonical), not queried for this shape; Run asks for
+  // this shape's own when cuBLASLt refuses it.
   bool borrowed = false;
 };
 
@@ -118,32 +120,52 @@ BlasPlanStats& PlanStats() {
   return stats;
 }
 
+namespace {
+
 // Rounds v up to one of four values an octave above `exact` (exact 1024: 1280, 1536, 1792, 2048,
 // 2560, ...; exact 8: 10, 12, 14, 16, 20, ...): the expert products' rows (a multiple of 128 that
 // follows the routing) and the chunked layout's batch counts share a bucket with their neighbours.
 int BucketSize(int v, int exact) {
   if (v <= exact) return v;
-  int octave = exact;
+  int64_t octave = exact;
   while (octave * 2 < v) octave *= 2;
-  const int step = std::max(1, octave / 4);
-  return (v + step - 1) / step * step;
+  const int64_t step = std::max<int64_t>(1, octave / 4);
+  return static_cast<int>(std::min<int64_t>((v + step - 1) / step * step, std::numeric_limits<int>::max()));
 }
 
-// The bucket whose plans share one heuristic query: the sizes and the batch count rounded
-// (BucketSize), the strides dropped (they follow the rows); transposes, leading dimensions, types
-// and alignment exact.
-Blas::Key Blas::AlgoBucket(const Key& key) {
-  Key b = key;
-  std::get<2>(b) = BucketSize(std::get<2>(b), 1024);
-  std::get<3>(b) = BucketSize(std::get<3>(b), 1024);
-  std::get<4>(b) = BucketSize(std::get<4>(b), 1024);
-  std::get<10>(b) = BucketSize(std::get<10>(b), 8);
-  std::get<11>(b) = std::get<12>(b) = std::get<13>(b) = 0;
-  return b;
+bool LogPlans() {
+  static const bool log = [] {
+    const char* v = std::getenv("MOE_PLAN_LOG");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return log;
 }
 
-// cuBLASLt's first choice for the exact shape of `plan` (the heuristic query: about 0.1 ms of host).
-void Blas::ChooseAlgorithm(const Key& key, Plan* plan) {
+}  // namespace
+
+Blas::Key Blas::Canonical(const Key& key) {
+  auto [ta, tb, m, n, k, lda, ldb, ldc, type_int, align, batch, stride_a, stride_b, stride_c, c_bf16, pointers] = key;
+  // Rows are rounded up, never a row's length: m unless it is a's row length (ta), k unless it is
+  // a's (not ta) or b's (tb); n never. The leading dimensions then still hold every row.
+  const int m2 = ta ? m : BucketSize(m, 1024);
+  const int k2 = !ta || tb ? k : BucketSize(k, 1024);
+  const int batch2 = BucketSize(batch, 8);
+  if (pointers == 0 && batch > 1) {
+    // Strided batches: each stride that is its operand's rows times its leading dimension follows
+    // the rounded rows; a stride of another kind keeps the shape exact.
+    const int rows_a = ta ? k : m, rows_b = tb ? n : k;
+    const int rows_a2 = ta ? k2 : m2, rows_b2 = tb ? n : k2;
+    if (stride_a != int64_t{rows_a} * lda || stride_b != int64_t{rows_b} * ldb || stride_c != int64_t{m} * ldc) {
+      return key;
+    }
+    stride_a = int64_t{rows_a2} * lda;
+    stride_b = int64_t{rows_b2} * ldb;
+    stride_c = int64_t{m2} * ldc;
+  }
+  return Key{ta, tb, m2, n, k2, lda, ldb, ldc, type_int, align, batch2, stride_a, stride_b, stride_c, c_bf16, pointers};
+}
+
+bool Blas::ChooseAlgorithm(const Key& key, Plan* plan) {
   cublasLtMatmulPreference_t pref;
   MOE_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   MOE_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -155,23 +177,26 @@ void Blas::ChooseAlgorithm(const Key& key, Plan* plan) {
   }
   cublasLtMatmulHeuristicResult_t result;
   int found = 0;
-  MOE_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(reinterpret_cast<cublasLtHandle_t>(handle_), plan->desc,
-                                              plan->a, plan->b, plan->c, plan->c, pref, 1, &result, &found));
+  const cublasStatus_t status =
+      cublasLtMatmulAlgoGetHeuristic(reinterpret_cast<cublasLtHandle_t>(handle_), plan->desc, plan->a, plan->b,
+                                     plan->c, plan->c, pref, 1, &result, &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  if (found == 0) {
-    std::fprintf(stderr, "cuBLASLt: no algorithm for m=%d n=%d k=%d batch=%d (%s%s)\n", std::get<2>(key),
-                 std::get<3>(key), std::get<4>(key), std::get<10>(key), std::get<8>(key) == 1 ? "bf16" : "fp32",
-                 std::get<15>(key) == 1 ? ", pointer arrays" : "");
-    std::abort();
-  }
-  plan->algo = result.algo;
+  ++PlanStats().queried;
+  plan->has_algo = status == CUBLAS_STATUS_SUCCESS && found > 0;
   plan->borrowed = false;
+  if (plan->has_algo) plan->algo = result.algo;
+  return plan->has_algo;
 }
 
-Blas::Plan* Blas::GetPlan(const Key& key) {
-  auto it = plans_.find(key);
-  if (it != plans_.end()) return it->second;
-  const auto start = std::chrono::steady_clock::now();
+void Blas::ChooseOwnAlgorithm(const Key& key, Plan* plan) {
+  if (ChooseAlgorithm(key, plan)) return;
+  std::fprintf(stderr, "cuBLASLt: no algorithm for m=%d n=%d k=%d batch=%d (%s%s)\n", std::get<2>(key),
+               std::get<3>(key), std::get<4>(key), std::get<10>(key), std::get<8>(key) == 1 ? "bf16" : "fp32",
+               std::get<15>(key) == 1 ? ", pointer arrays" : "");
+  std::abort();
+}
+
+Blas::Plan* Blas::MakePlan(const Key& key) {
   const auto [ta, tb, m, n, k, lda, ldb, ldc, type_int, align, batch, stride_a, stride_b, stride_c, c_bf16,
               pointers] = key;
   const cudaDataType_t in_type = type_int == 1 ? CUDA_R_16BF : CUDA_R_32F;
@@ -204,28 +229,40 @@ Blas::Plan* Blas::GetPlan(const Key& key) {
                                                     sizeof(stride)));
     }
   }
-  const Key bucket = AlgoBucket(key);
-  auto source = bucket_source_.find(bucket);
-  if (source != bucket_source_.end()) {
-    p->algo = source->second->algo;
-    p->borrowed = true;
-  } else {
-    ChooseAlgorithm(key, p);
-    bucket_source_[bucket] = p;
-  }
   plans_[key] = p;
-  // MOE_PLAN_LOG=1: one stderr line a plan made, to see which products keep asking cuBLASLt.
-  static const bool log_plans = [] {
-    const char* v = std::getenv("MOE_PLAN_LOG");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }();
-  if (log_plans) {
+  return p;
+}
+
+Blas::Plan* Blas::GetPlan(const Key& key) {
+  auto it = plans_.find(key);
+  if (it != plans_.end() && (it->second->has_algo || it->second->borrowed)) return it->second;
+  const auto start = std::chrono::steady_clock::now();
+  // A shape off the buckets' grid takes the algorithm of its canonical shape (made and queried
+  // once, kept as a plan of its own), so that a shape's algorithm never depends on which shapes
+  // came before it: a resumed run computes its steps with the same kernels, bit for bit.
+  Plan* p = it != plans_.end() ? it->second : MakePlan(key);
+  const Key canonical = Canonical(key);
+  if (canonical == key) {
+    ChooseOwnAlgorithm(key, p);
+  } else {
+    auto c = plans_.find(canonical);
+    Plan* source = c != plans_.end() ? c->second : MakePlan(canonical);
+    if (!source->has_algo && !source->borrowed) ChooseAlgorithm(canonical, source);  // may find none
+    if (source->has_algo) {
+      p->algo = source->algo;
+      p->borrowed = true;
+    } else {
+      ChooseOwnAlgorithm(key, p);
+    }
+  }
+  if (LogPlans()) {
+    const auto [ta, tb, m, n, k, lda, ldb, ldc, type_int, align, batch, sa, sb, sc, c_bf16, pointers] = key;
     std::fprintf(stderr,
                  "cublaslt plan: m=%d n=%d k=%d ta=%d tb=%d lda=%d ldb=%d ldc=%d batch=%d %s in=%s out=%s "
                  "align=%d algorithm=%s\n",
                  m, n, k, ta ? 1 : 0, tb ? 1 : 0, lda, ldb, ldc, batch, pointers == 1 ? "pointer-arrays" : "strided",
                  type_int == 1 ? "bf16" : "fp32", c_bf16 == 1 ? "bf16" : "fp32", align,
-                 p->borrowed ? "borrowed" : "queried");
+                 p->borrowed ? "its bucket's" : "its own");
   }
   ++PlanStats().made;
   PlanStats().seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -236,12 +273,12 @@ template <typename Matmul>
 void Blas::Run(const Key& key, const Matmul& matmul) {
   Plan* p = GetPlan(key);
   cublasStatus_t status = matmul(*p);
-  if (status != CUBLAS_STATUS_SUCCESS && p->borrowed) {
-    if (std::getenv("MOE_PLAN_LOG") != nullptr) std::fprintf(stderr, "cublaslt plan: borrowed algorithm refused\n");
-    // cuBLASLt checks the algorithm against the shape before it launches anything: a borrowed one
-    // that does not fit this shape (its workspace, its split) is refused, and the shape's own
-    // choice takes its place for good.
-    ChooseAlgorithm(key, p);
+  if (p->borrowed && (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE)) {
+    // cuBLASLt checks an algorithm against the shape before it launches anything: a bucket's
+    // algorithm that does not fit this shape (its workspace, its split) is refused, and the
+    // shape's own takes its place for good (the same every run: the refusal depends on the shape).
+    if (LogPlans()) std::fprintf(stderr, "cublaslt plan: the bucket's algorithm refused, asking for the shape's own\n");
+    ChooseOwnAlgorithm(key, p);
     status = matmul(*p);
   }
   CheckLt(status, "cublasLtMatmul", __FILE__, __LINE__);

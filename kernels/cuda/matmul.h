@@ -46,15 +46,19 @@ class Blas {
   // pointer arrays (1) or strides (0)
   using Key =
       std::tuple<bool, bool, int, int, int, int, int, int, int, int, int, int64_t, int64_t, int64_t, int, int>;
-  // The plan of an exact shape: its descriptors, and an algorithm, cuBLASLt's heuristic query
-  // for the first shape of its bucket (AlgoBucket), borrowed by the bucket's other shapes: the
-  // expert products' rows and batch counts follow the routing, so new shapes keep coming after
-  // the warm-up, and a query costs about 0.1 ms of host time where the host is on the critical path.
+  // The plan of an exact shape: its descriptors and an algorithm. The expert products' rows and
+  // batch counts follow the routing, so new shapes keep coming after the warm-up, and a
+  // heuristic query costs about 0.1 ms of host time where the host is on the critical path: a
+  // shape takes the algorithm of its canonical shape (Canonical: rows and batch count rounded up
+  // to four values an octave), queried once for the whole bucket.
   Plan* GetPlan(const Key& key);
-  static Key AlgoBucket(const Key& key);
-  void ChooseAlgorithm(const Key& key, Plan* plan);  // the shape's own (a heuristic query)
-  // matmul(plan) -> cublasStatus_t: runs it on the key's plan; a borrowed algorithm that cuBLASLt
-  // refuses for this shape is replaced by the shape's own (ChooseAlgorithm) and the call made again.
+  Plan* MakePlan(const Key& key);  // the descriptors, kept in plans_; no algorithm yet
+  static Key Canonical(const Key& key);
+  // The heuristic's first choice for the plan's own shape; false when it has none.
+  bool ChooseAlgorithm(const Key& key, Plan* plan);
+  void ChooseOwnAlgorithm(const Key& key, Plan* plan);  // the same; aborts when there is none
+  // matmul(plan) -> cublasStatus_t: runs it on the key's plan; a bucket's algorithm that
+  // cuBLASLt refuses for this shape is replaced by the shape's own and the call made again.
   template <typename Matmul>
   void Run(const Key& key, const Matmul& matmul);
 
@@ -62,13 +66,13 @@ class Blas {
   void* workspace_ = nullptr;  // device
   size_t workspace_bytes_ = 0;
   std::map<Key, Plan*> plans_;
-  std::map<Key, const Plan*> bucket_source_;  // bucket -> its first shape's plan (its own algorithm)
 };
 
 // The plans every Blas of this process has made (a cuBLASLt heuristic query each, on the host)
 // and the host seconds they took: moe_bench reports them per step.
 struct BlasPlanStats {
-  int64_t made = 0;
+  int64_t made = 0;     // plans (shapes) made
+  int64_t queried = 0;  // heuristic queries (a bucket's first shape, or a refused borrow)
   double seconds = 0;
 };
 BlasPlanStats& PlanStats();
