@@ -13,7 +13,7 @@
 # host's wait and plans (moe_bench's counts_wait_ms, plans_per_step, plan_queries_per_step), and
 # best / A's best.
 #   AB_CONFIGS="small medium" ROUNDS=2 STEPS=10 bash scripts/device_ab.sh
-#   AB_ENVS="exact=MOE_EXACT_PLANS=1" AB_CONFIGS=small bash scripts/device_ab.sh
+#   AB_ENVS="sync=MOE_OPT_OVERLAP=0" AB_CONFIGS=small bash scripts/device_ab.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device_env.sh

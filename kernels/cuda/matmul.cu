@@ -91,6 +91,8 @@ struct Blas::Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo;
+  bool queried = false;   // the heuristic was asked for this shape (query_status: its answer)
+  int query_status = 0;
   bool has_algo = false;  // algo is this shape's own (the heuristic query found one)
   // algo is the canonical shape's (Blas::Canonical), not queried for this shape; Run asks for
   // this shape's own when cuBLASLt refuses it.
@@ -182,6 +184,8 @@ bool Blas::ChooseAlgorithm(const Key& key, Plan* plan) {
                                      plan->c, plan->c, pref, 1, &result, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   ++PlanStats().queried;
+  plan->queried = true;
+  plan->query_status = static_cast<int>(status);
   plan->has_algo = status == CUBLAS_STATUS_SUCCESS && found > 0;
   plan->borrowed = false;
   if (plan->has_algo) plan->algo = result.algo;
@@ -190,9 +194,10 @@ bool Blas::ChooseAlgorithm(const Key& key, Plan* plan) {
 
 void Blas::ChooseOwnAlgorithm(const Key& key, Plan* plan) {
   if (ChooseAlgorithm(key, plan)) return;
-  std::fprintf(stderr, "cuBLASLt: no algorithm for m=%d n=%d k=%d batch=%d (%s%s)\n", std::get<2>(key),
-               std::get<3>(key), std::get<4>(key), std::get<10>(key), std::get<8>(key) == 1 ? "bf16" : "fp32",
-               std::get<15>(key) == 1 ? ", pointer arrays" : "");
+  std::fprintf(stderr, "cuBLASLt: no algorithm for m=%d n=%d k=%d batch=%d (%s%s; heuristic status %d)\n",
+               std::get<2>(key), std::get<3>(key), std::get<4>(key), std::get<10>(key),
+               std::get<8>(key) == 1 ? "bf16" : "fp32", std::get<15>(key) == 1 ? ", pointer arrays" : "",
+               plan->query_status);
   std::abort();
 }
 
@@ -247,7 +252,7 @@ Blas::Plan* Blas::GetPlan(const Key& key) {
   } else {
     auto c = plans_.find(canonical);
     Plan* source = c != plans_.end() ? c->second : MakePlan(canonical);
-    if (!source->has_algo && !source->borrowed) ChooseAlgorithm(canonical, source);  // may find none
+    if (!source->queried) ChooseAlgorithm(canonical, source);  // may find none (then asked once only)
     if (source->has_algo) {
       p->algo = source->algo;
       p->borrowed = true;

@@ -68,8 +68,9 @@ class Blas {
   std::map<Key, Plan*> plans_;
 };
 
-// The plans every Blas of this process has made (a cuBLASLt heuristic query each, on the host)
-// and the host seconds they took: moe_bench reports them per step.
+// The plans every Blas of this process has made (one per exact shape), the cuBLASLt heuristic
+// queries among them (a bucket's canonical shape, or a shape whose borrowed algorithm was
+// refused), and the host seconds the plans took: moe_bench reports them per step.
 struct BlasPlanStats {
   int64_t made = 0;     // plans (shapes) made
   int64_t queried = 0;  // heuristic queries (a bucket's first shape, or a refused borrow)
