@@ -238,7 +238,7 @@ void GroupedBlas::WeightGrad(const ExpertLayout& l, int e_local, int m, int n, c
       for (int x = 0; x < e_local; ++x) {
         const int count = l.first_chunk[x + 1] - l.first_chunk[x];
         int chunk = l.first_chunk[x];
-        for (int b = bits - 1; b > bit; --b) chunk += count & (1 << b);  // past the larger runs
+        for (int hi = bits - 1; hi > bit; --hi) chunk += count & (1 << hi);  // past the larger runs
         const bool has = (count >> bit) & 1, is_first = (count >> (bit + 1)) == 0;
         if (has && is_first == first) call.runs.emplace_back(x, chunk);
       }
