@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <random>
 #include <tuple>
 #include <vector>
 
@@ -30,6 +31,51 @@ using testing::kBf16Tol;
 using testing::kFp32Tol;
 using testing::Randn;
 using testing::RelErr;
+
+// Blas::Canonical (host code: runs without a GPU) on the shapes the layers make: the canonical
+// shape is its own canonical, never smaller, with n, the leading dimensions, transposes, types
+// and alignment kept; every matrix's rows still fit its leading dimension (a row's length is never
+// rounded), and strided batches' strides follow the rounded rows.
+TEST(CudaBlasTest, CanonicalShapesKeepEveryMatrixWithinItsLeadingDimension) {
+  using Key = cuda::Blas::Key;
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> size(1, 20000), count(1, 600), coin(0, 1);
+  int rounded = 0;
+  for (int trial = 0; trial < 20000; ++trial) {
+    const bool ta = coin(rng), tb = coin(rng), pointers = coin(rng) == 1 && trial % 3 != 0;
+    const int m = size(rng), n = size(rng), k = size(rng), batch = trial % 4 == 0 ? 1 : count(rng);
+    const int lda = ta ? m : k, ldb = tb ? k : n, ldc = n;  // packed rows, as every caller has them
+    const int64_t sa = pointers || batch == 1 ? 0 : int64_t{ta ? k : m} * lda;
+    const int64_t sb = pointers || batch == 1 ? 0 : int64_t{tb ? n : k} * ldb;
+    const int64_t sc = pointers || batch == 1 ? 0 : int64_t{m} * ldc;
+    const Key key{ta, tb, m, n, k, lda, ldb, ldc, 1, 16, batch, sa, sb, sc, 1, pointers ? 1 : 0};
+    const Key c = cuda::Blas::Canonical(key);
+    ASSERT_EQ(cuda::Blas::Canonical(c), c) << "trial " << trial;
+    const auto [cta, ctb, cm, cn, ck, clda, cldb, cldc, ct, calign, cbatch, csa, csb, csc, cct, cp] = c;
+    EXPECT_TRUE(cta == ta && ctb == tb && cn == n && clda == lda && cldb == ldb && cldc == ldc && calign == 16 &&
+                ct == 1 && cct == 1 && cp == (pointers ? 1 : 0));
+    EXPECT_TRUE(cm >= m && ck >= k && cbatch >= batch) << "trial " << trial;
+    rounded += c != key;
+    // Row-major: a (m, k) or, with ta, (k, m); b (k, n) or, with tb, (n, k); c (m, n).
+    EXPECT_LE(ta ? cm : ck, clda) << "a's rows of " << clda;
+    EXPECT_LE(tb ? ck : cn, cldb) << "b's rows of " << cldb;
+    EXPECT_LE(cn, cldc);
+    if (!pointers && batch > 1) {
+      EXPECT_EQ(csa, int64_t{ta ? ck : cm} * clda);
+      EXPECT_EQ(csb, int64_t{tb ? cn : ck} * cldb);
+      EXPECT_EQ(csc, int64_t{cm} * cldc);
+    }
+  }
+  EXPECT_GT(rounded, 10000) << "most of these shapes are off the grid";
+  // The experts' products: rows 1100, 1152, 1280 share the canonical 1280; batch 9 and 10 share 10.
+  const Key padded{false, true, 1152, 768, 512, 512, 512, 768, 1, 256, 8, 1152 * 512, 768 * 512, 1152 * 768, 1, 0};
+  EXPECT_EQ(std::get<2>(cuda::Blas::Canonical(padded)), 1280);
+  const Key chunks{false, false, 128, 768, 512, 512, 768, 768, 1, 256, 9, 0, 0, 0, 1, 1};
+  EXPECT_EQ(std::get<10>(cuda::Blas::Canonical(chunks)), 10);
+  // A stride of another kind (one weight for every product: stride 0) keeps the shape exact.
+  const Key shared{false, true, 1152, 768, 512, 512, 512, 768, 1, 256, 8, 1152 * 512, 0, 1152 * 768, 1, 0};
+  EXPECT_EQ(cuda::Blas::Canonical(shared), shared);
+}
 
 TEST(CudaBlasTest, LinearFp32AndBf16) {
   SKIP_WITHOUT_GPU();

@@ -40,12 +40,16 @@ class Blas {
                         int lda, const void* const* b_ptrs, int ldb, float beta, void* const* c_ptrs, int ldc,
                         int batch, int align, DType type, DType c_type, cudaStream_t stream);
 
- private:
-  struct Plan;  // descriptors and the algorithm cuBLASLt chose, cached per shape
-  // trans_a, trans_b, m, n, k, lda, ldb, ldc, bf16 in, alignment, batch, strides a b c, bf16 out,
-  // pointer arrays (1) or strides (0)
+  // A product's shape: trans_a, trans_b, m, n, k, lda, ldb, ldc, bf16 in, alignment, batch,
+  // strides a b c, bf16 out, pointer arrays (1) or strides (0).
   using Key =
       std::tuple<bool, bool, int, int, int, int, int, int, int, int, int, int64_t, int64_t, int64_t, int, int>;
+  // The shape whose algorithm `key` runs on: rows and batch count rounded up (host code; tested
+  // without a GPU).
+  static Key Canonical(const Key& key);
+
+ private:
+  struct Plan;  // descriptors and the algorithm cuBLASLt chose, cached per shape
   // The plan of an exact shape: its descriptors and an algorithm. The expert products' rows and
   // batch counts follow the routing, so new shapes keep coming after the warm-up, and a
   // heuristic query costs about 0.1 ms of host time where the host is on the critical path: a
@@ -53,7 +57,6 @@ class Blas {
   // to four values an octave), queried once for the whole bucket.
   Plan* GetPlan(const Key& key);
   Plan* MakePlan(const Key& key);  // the descriptors, kept in plans_; no algorithm yet
-  static Key Canonical(const Key& key);
   // The heuristic's first choice for the plan's own shape; false when it has none.
   bool ChooseAlgorithm(const Key& key, Plan* plan);
   void ChooseOwnAlgorithm(const Key& key, Plan* plan);  // the same; aborts when there is none
