@@ -1,6 +1,7 @@
 // cuda::Blas, the cuBLASLt products every GPU layer runs on, against the CPU: linear layers in
 // fp32 and bf16, and the shapes of one plan bucket (Blas::Canonical), each of which must get its
-// own product. Skips without a GPU.
+// own product; and the host planning of the products (canonical shapes, the experts' weight
+// gradient in runs), which runs without a GPU. The rest skips without one.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -12,6 +13,8 @@
 
 #ifdef MOE_WITH_CUDA
 #include "kernels/cuda/common.h"
+#include "kernels/cuda/expert_layout.h"
+#include "kernels/cuda/grouped_blas.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/matmul.h"
 #include "tests/support/cuda_ops.h"
@@ -75,6 +78,43 @@ TEST(CudaBlasTest, CanonicalShapesKeepEveryMatrixWithinItsLeadingDimension) {
   // A stride of another kind (one weight for every product: stride 0) keeps the shape exact.
   const Key shared{false, true, 1152, 768, 512, 512, 512, 768, 1, 256, 8, 1152 * 512, 0, 1152 * 768, 1, 0};
   EXPECT_EQ(cuda::Blas::Canonical(shared), shared);
+}
+
+// WeightGradCalls (host code: runs without a GPU) on layouts of random counts: every chunk of
+// every expert in exactly one run; runs of one call the same size, at most one per expert; each
+// expert's first run (its first chunk, its largest run) in a call of first runs, and every call of
+// first runs before the others (they overwrite the gradient the others add to).
+TEST(CudaBlasTest, WeightGradRunsCoverEveryChunkOnceFirstRunsFirst) {
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 400; ++trial) {
+    const int e = 1 + static_cast<int>(rng() % 64);
+    std::vector<int32_t> counts(e);
+    for (int32_t& c : counts) c = rng() % 5 == 0 ? 0 : static_cast<int32_t>(rng() % (200 + trial * 40));
+    counts[rng() % e] += 3000;  // a hot expert: the layout goes in chunks
+    const cuda::ExpertLayout l = cuda::PlanExpertLayout(counts.data(), e);
+    if (l.strided || l.chunk == 0) continue;
+    std::vector<int> seen(l.chunks, 0), first_runs(e, 0);
+    bool others_began = false;
+    for (const cuda::WeightGradCall& call : cuda::WeightGradCalls(l, e)) {
+      ASSERT_GT(call.size, 0);
+      others_began = others_began || !call.first;
+      EXPECT_FALSE(call.first && others_began) << "a call of first runs after the others";
+      std::vector<int> in_call(e, 0);
+      for (const auto& [x, j] : call.runs) {
+        ASSERT_TRUE(x >= 0 && x < e);
+        EXPECT_EQ(++in_call[x], 1) << "expert " << x << " twice in one call";
+        EXPECT_GE(j, l.first_chunk[x]);
+        EXPECT_LE(j + call.size, l.first_chunk[x + 1]) << "a run past expert " << x << "'s chunks";
+        for (int i = j; i < j + call.size && i < l.chunks; ++i) ++seen[i];
+        if (call.first) {
+          ++first_runs[x];
+          EXPECT_EQ(j, l.first_chunk[x]) << "a first run starts at its expert's first chunk";
+        }
+      }
+    }
+    for (int i = 0; i < l.chunks; ++i) ASSERT_EQ(seen[i], 1) << "chunk " << i << ", trial " << trial;
+    for (int x = 0; x < e; ++x) EXPECT_EQ(first_runs[x], l.first_chunk[x + 1] > l.first_chunk[x] ? 1 : 0);
+  }
 }
 
 TEST(CudaBlasTest, LinearFp32AndBf16) {

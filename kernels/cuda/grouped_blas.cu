@@ -195,6 +195,30 @@ void GroupedBlas::Products(GroupedOp op, const ExpertLayout& l, int e_local, int
                        DType::kBF16, DType::kBF16, stream);
 }
 
+std::vector<WeightGradCall> WeightGradCalls(const ExpertLayout& l, int e_local) {
+  int bits = 0;
+  for (int x = 0; x < e_local; ++x) {
+    while ((l.first_chunk[x + 1] - l.first_chunk[x]) >> bits) ++bits;
+  }
+  std::vector<WeightGradCall> calls;
+  for (bool first : {true, false}) {
+    for (int bit = bits - 1; bit >= 0; --bit) {
+      WeightGradCall call;
+      call.size = 1 << bit;
+      call.first = first;
+      for (int x = 0; x < e_local; ++x) {
+        const int count = l.first_chunk[x + 1] - l.first_chunk[x];
+        int chunk = l.first_chunk[x];
+        for (int hi = bits - 1; hi > bit; --hi) chunk += count & (1 << hi);  // past the larger runs
+        const bool has = (count >> bit) & 1, is_first = (count >> (bit + 1)) == 0;
+        if (has && is_first == first) call.runs.emplace_back(x, chunk);
+      }
+      if (!call.runs.empty()) calls.push_back(std::move(call));
+    }
+  }
+  return calls;
+}
+
 void GroupedBlas::WeightGrad(const ExpertLayout& l, int e_local, int m, int n, const bf16* a, const bf16* b, void* c,
                              DType c_type, cudaStream_t stream, bool overwrite) {
   if (l.strided) return PaddedWeightGrad(e_local, l.chunk, m, n, a, b, c, c_type, stream, overwrite);
@@ -213,42 +237,14 @@ void GroupedBlas::WeightGrad(const ExpertLayout& l, int e_local, int m, int n, c
     }
   }
   if (l.chunks <= 0) return;
-  // c_x (m, n) += sum over expert x's chunks of a_j^T (m, chunk) @ b_j (chunk, n). An expert's
-  // chunks lie one after the other, so a run of r of them is one product with k = r chunk rows:
-  // expert x's chunks go in runs of the binary digits of their count (13 = 8 + 4 + 1, largest
-  // first), and one call takes the runs of one size from every expert that has that digit (each
-  // output once in a call). A run that is its expert's first overwrites c_x (with `overwrite`):
-  // those runs go in calls of their own, before the others. So a few calls of long products,
-  // where one call per chunk index would read and write every gradient once per chunk.
-  int bits = 0;
-  for (int x = 0; x < e_local; ++x) {
-    while ((l.first_chunk[x + 1] - l.first_chunk[x]) >> bits) ++bits;
-  }
-  struct Call {
-    int size = 0;       // chunks a run
-    bool first = false;  // the runs are their experts' first
-    std::vector<std::pair<int, int>> runs;  // (expert, its run's first chunk)
-  };
-  std::vector<Call> calls;
-  for (bool first : {true, false}) {
-    for (int bit = bits - 1; bit >= 0; --bit) {
-      Call call;
-      call.size = 1 << bit;
-      call.first = first;
-      for (int x = 0; x < e_local; ++x) {
-        const int count = l.first_chunk[x + 1] - l.first_chunk[x];
-        int chunk = l.first_chunk[x];
-        for (int hi = bits - 1; hi > bit; --hi) chunk += count & (1 << hi);  // past the larger runs
-        const bool has = (count >> bit) & 1, is_first = (count >> (bit + 1)) == 0;
-        if (has && is_first == first) call.runs.emplace_back(x, chunk);
-      }
-      if (!call.runs.empty()) calls.push_back(std::move(call));
-    }
-  }
+  // c_x (m, n) += sum over expert x's chunks of a_j^T (m, chunk) @ b_j (chunk, n), in runs
+  // (WeightGradCalls): a few calls of long products, where one call per chunk index would read and
+  // write every gradient once per chunk.
+  const std::vector<WeightGradCall> calls = WeightGradCalls(l, e_local);
   // The calls' pointer arrays go up together, call i's at columns [start, start + runs), each
   // call's starting 16 bytes aligned (an even column).
   int total = 0;
-  for (const Call& call : calls) total = (total + 1) / 2 * 2 + static_cast<int>(call.runs.size());
+  for (const WeightGradCall& call : calls) total = (total + 1) / 2 * 2 + static_cast<int>(call.runs.size());
   if (total > kTable) {
     std::fprintf(stderr, "GroupedBlas::WeightGrad: %d chunks in %zu calls exceed the pointer table (%d)\n", l.chunks,
                  calls.size(), kTable);

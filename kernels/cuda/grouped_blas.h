@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/common.h"
@@ -25,9 +26,20 @@ namespace moe::cuda {
 //   PaddedWeightGrad: c_x (m, n) += a_x^T (m, cap) @ b_x (cap, n), fp32 or bf16 c (the gradients);
 //     with `overwrite`, c_x = (beta 0: c is not read).
 //   Products / WeightGrad: the same over a strided or chunked layout (chunk j of expert x
-//     multiplies b_x; the weight gradient sums expert x's chunks, in runs of the binary digits of
-//     their count, one call per run size; with `overwrite` each expert's first run writes c_x, and
-//     an expert with no rows gets zeros).
+//     multiplies b_x; the weight gradient sums expert x's chunks in runs, WeightGradCalls; with
+//     `overwrite` each expert's first run writes c_x, and an expert with no rows gets zeros).
+// The calls of WeightGrad over a chunked layout: an expert's chunks lie one after the other, so a
+// run of r of them is one product with k = r chunk rows; expert x's chunks go in runs of the
+// binary digits of their count (13 = 8 + 4 + 1, largest first), and one call takes the runs of
+// one size from every expert that has that digit (each output once in a call). A run that is its
+// expert's first overwrites c_x (with `overwrite`): those runs go in calls of their own, first.
+struct WeightGradCall {
+  int size = 0;        // chunks a run
+  bool first = false;  // the runs are their experts' first
+  std::vector<std::pair<int, int>> runs;  // (expert, its run's first chunk)
+};
+std::vector<WeightGradCall> WeightGradCalls(const ExpertLayout& l, int e_local);
+
 class GroupedBlas {
  public:
   struct Operands {
