@@ -47,6 +47,7 @@
 #include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/expert_layout.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/moe.h"
 #endif
@@ -85,15 +86,17 @@ double Median(std::vector<double> v) {
 struct HostSide {
   std::vector<double> wait_s;  // per step
   double plan_s = 0;
-  int64_t plans = 0, queries = 0;
+  int64_t plans = 0, queries = 0, routed_rows = 0, layout_rows = 0;
   double wait0 = 0;
 #ifdef MOE_WITH_CUDA
   moe::cuda::BlasPlanStats plan0;
+  moe::cuda::ExpertLayoutStats layout0;
 #endif
   void Start() {
     wait0 = moe::CountsWaitSeconds();
 #ifdef MOE_WITH_CUDA
     plan0 = moe::cuda::PlanStats();
+    layout0 = moe::cuda::LayoutStats();
 #endif
   }
   void Stop() {
@@ -102,17 +105,21 @@ struct HostSide {
     plan_s += moe::cuda::PlanStats().seconds - plan0.seconds;
     plans += moe::cuda::PlanStats().made - plan0.made;
     queries += moe::cuda::PlanStats().queried - plan0.queried;
+    routed_rows += moe::cuda::LayoutStats().routed - layout0.routed;
+    layout_rows += moe::cuda::LayoutStats().layout - layout0.layout;
 #endif
   }
   // The JSON fields: counts_wait_ms (median per step), plans_per_step, plan_queries_per_step (of
-  // cuBLASLt's heuristic), plan_ms (per step).
+  // cuBLASLt's heuristic), plan_ms (per step), layout_padding (the experts' layouts' rows over the
+  // rows routed, less 1: what the padding adds to the experts' products; 0 on the CPU).
   std::string Json() const {
     const double steps = std::max<double>(1, wait_s.size());
     char buf[256];
     std::snprintf(buf, sizeof(buf),
                   "\"counts_wait_ms\": %.2f, \"plans_per_step\": %.1f, \"plan_queries_per_step\": %.1f, "
-                  "\"plan_ms\": %.2f",
-                  Median(wait_s) * 1e3, plans / steps, queries / steps, plan_s * 1e3 / steps);
+                  "\"plan_ms\": %.2f, \"layout_padding\": %.3f",
+                  Median(wait_s) * 1e3, plans / steps, queries / steps, plan_s * 1e3 / steps,
+                  routed_rows > 0 ? static_cast<double>(layout_rows) / routed_rows - 1 : 0.0);
     return buf;
   }
 };

@@ -10,8 +10,8 @@
 #          switch); AB_ENV="VAR=VALUE" alone applies to A itself, as before
 # Each config (a name of moe_bench --config, or a job .yaml) runs ROUNDS times, the sides in turn
 # (A B ... A B ...). The table gives each side's best and median tokens/s, its step split, the
-# host's wait and plans (moe_bench's counts_wait_ms, plans_per_step, plan_queries_per_step), and
-# best / A's best.
+# host's wait and plans (moe_bench's counts_wait_ms, plans_per_step, plan_queries_per_step), the
+# rows the experts' layout pads (layout_padding), and best / A's best.
 #   AB_CONFIGS="small medium" ROUNDS=2 STEPS=10 bash scripts/device_ab.sh
 #   AB_ENVS="sync=MOE_OPT_OVERLAP=0" AB_CONFIGS=small bash scripts/device_ab.sh
 set -uo pipefail
@@ -67,14 +67,14 @@ def runs(side, c):
         except Exception:
             pass
     return v
-print("| config | side | tokens/s best / median | fwd / bwd / opt ms | counts wait ms | plans a step | best / A's best |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
+print("| config | side | tokens/s best / median | fwd / bwd / opt ms | counts wait ms | plans a step | layout padding | best / A's best |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
 for c in configs:
     a = [d["tokens_per_s"] for d in runs("A", c)]
     for s in sides:
         v = runs(s, c)
         if not v:
-            print(f"| {c} | {s} | - | - | - | - | - |")
+            print(f"| {c} | {s} | - | - | - | - | - | - |")
             continue
         best = max(v, key=lambda d: d["tokens_per_s"])
         rates = [d["tokens_per_s"] for d in v]
@@ -82,5 +82,6 @@ for c in configs:
         print(f"| {c} | {s} | {best['tokens_per_s']:,.0f} / {statistics.median(rates):,.0f} | "
               f"{best.get('forward_ms', 0):.2f} / {best.get('backward_ms', 0):.2f} / {best.get('optimizer_ms', 0):.2f} | "
               f"{best.get('counts_wait_ms', float('nan')):.2f} | {best.get('plans_per_step', float('nan')):.1f}"
-              f" ({best.get('plan_queries_per_step', float('nan')):.1f} queried) | {ratio} |")
+              f" ({best.get('plan_queries_per_step', float('nan')):.1f} queried) | "
+              f"{best.get('layout_padding', float('nan')):.3f} | {ratio} |")
 PY

@@ -279,7 +279,14 @@ ExpertLayout PlanExpertLayout(const int32_t* host_counts, int e_local) {
   last = PlanLayout(host_counts, e_local);
   last_counts.assign(host_counts, host_counts + std::max(e_local, 0));
   have_last = true;
+  LayoutStats().routed += CountSum(host_counts, e_local);
+  LayoutStats().layout += last.rows;
   return last;
+}
+
+ExpertLayoutStats& LayoutStats() {
+  static ExpertLayoutStats stats;
+  return stats;
 }
 
 int64_t ExpertLayoutRows(const int32_t* host_counts, int e_local) {

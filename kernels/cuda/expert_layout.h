@@ -48,6 +48,13 @@ struct ExpertLayout {
 ExpertLayout PlanExpertLayout(const int32_t* host_counts, int e_local);
 // Rows of the layout (PlanExpertLayout(...).rows).
 int64_t ExpertLayoutRows(const int32_t* host_counts, int e_local);
+// The rows routed and the rows of the layouts PlanExpertLayout planned (each distinct counts once
+// a thread after another), over the process: moe_bench reports how many rows the padding adds.
+struct ExpertLayoutStats {
+  int64_t routed = 0;
+  int64_t layout = 0;
+};
+ExpertLayoutStats& LayoutStats();
 // Compact fp32 rows (sum of counts, d) to the layout in bf16 (dst: ExpertLayoutRows rows).
 void ToExpertLayout(bf16* dst, const float* src, const int32_t* host_counts, int e_local, int d,
                     cudaStream_t stream);
