@@ -103,6 +103,8 @@ TEST_F(JobSpecTest, AWrittenZeroIsNotTheDefault) {
        "must be greater than 1 (1e6 for Mixtral and Qwen), got 0; remove the key for the default 10000"},
       {"  seq_len: 32", "  moe: {router_temperature: 0}\n", "model.moe.router_temperature",
        "must be at least 1e-06"},
+      {"  seq_len: 32", "  moe: {shared_experts: 2, shared_expert_hidden: 0}\n", "model.moe.shared_expert_hidden",
+       "got 0; remove the key for the default, model.moe.expert_hidden"},
   });
   SpecError e = OnlyError(WithExtra("  batch_size: 8", "  schedule: wsd\n  decay_fraction: 0\n"));
   EXPECT_EQ(e.line, 13);
