@@ -48,8 +48,9 @@ struct ExpertLayout {
 ExpertLayout PlanExpertLayout(const int32_t* host_counts, int e_local);
 // Rows of the layout (PlanExpertLayout(...).rows).
 int64_t ExpertLayoutRows(const int32_t* host_counts, int e_local);
-// The rows routed and the rows of the layouts PlanExpertLayout planned (each distinct counts once
-// a thread after another), over the process: moe_bench reports how many rows the padding adds.
+// The rows routed and the rows of the layouts PlanExpertLayout planned, over the process (counted
+// when a thread's counts differ from its previous call's: once a layer a step): moe_bench reports
+// how many rows the padding adds.
 struct ExpertLayoutStats {
   int64_t routed = 0;
   int64_t layout = 0;
