@@ -373,9 +373,11 @@ TEST(CudaOpsTest, ExpertLayoutPlanPadsTheFewestRows) {
       EXPECT_LE(l.rows, e * cap) << "e " << e << " trial " << trial;
       EXPECT_EQ(l.rows, int64_t{l.chunks} * l.chunk);
       for (int x = 0; x < e; ++x) EXPECT_GE(l.start[x + 1] - l.start[x], counts[x]) << "expert " << x;
-      std::vector<int32_t> other(counts);
+      std::vector<int32_t> other(counts), third(counts);
       other[0] += 129;
-      cuda::PlanExpertLayout(other.data(), e);  // kept in place of l
+      third[0] += 257;
+      cuda::PlanExpertLayout(other.data(), e);  // two other layouts kept in place of l
+      cuda::PlanExpertLayout(third.data(), e);
       for (int pass = 0; pass < 2; ++pass) {    // computed afresh, then the kept one
         const cuda::ExpertLayout again = cuda::PlanExpertLayout(counts.data(), e);
         EXPECT_TRUE(again.chunk == l.chunk && again.chunks == l.chunks && again.rows == l.rows &&

@@ -267,21 +267,31 @@ ExpertLayout PlanLayout(const int32_t* host_counts, int e_local) {
 }  // namespace
 
 // A layer asks for the same counts' layout about eight times (the forward and the backward, the
-// gather and the add-back, the dispatcher): the last one is kept, per thread.
+// gather and the add-back, the dispatcher), its shared experts' in between: the last two are kept,
+// per thread.
 ExpertLayout PlanExpertLayout(const int32_t* host_counts, int e_local) {
-  thread_local bool have_last = false;
-  thread_local std::vector<int32_t> last_counts;
-  thread_local ExpertLayout last;
-  if (have_last && e_local >= 0 && last_counts.size() == static_cast<size_t>(e_local) &&
-      std::equal(last_counts.begin(), last_counts.end(), host_counts)) {
-    return last;
+  struct Kept {
+    bool valid = false;
+    std::vector<int32_t> counts;
+    ExpertLayout layout;
+  };
+  thread_local Kept kept[2];
+  thread_local int newest = 0;
+  const size_t e = static_cast<size_t>(std::max(e_local, 0));
+  for (int i : {newest, 1 - newest}) {
+    if (kept[i].valid && kept[i].counts.size() == e && std::equal(kept[i].counts.begin(), kept[i].counts.end(),
+                                                                 host_counts)) {
+      return kept[i].layout;
+    }
   }
-  last = PlanLayout(host_counts, e_local);
-  last_counts.assign(host_counts, host_counts + std::max(e_local, 0));
-  have_last = true;
+  newest = 1 - newest;  // in place of the older one
+  Kept& k = kept[newest];
+  k.layout = PlanLayout(host_counts, e_local);
+  k.counts.assign(host_counts, host_counts + e);
+  k.valid = true;
   LayoutStats().routed += CountSum(host_counts, e_local);
-  LayoutStats().layout += last.rows;
-  return last;
+  LayoutStats().layout += k.layout.rows;
+  return k.layout;
 }
 
 ExpertLayoutStats& LayoutStats() {
