@@ -393,6 +393,8 @@ void RefuseWrittenZeros(const JobSpec& spec, YamlReader* reader) {
        "must be greater than 1 (1e6 for Mixtral and Qwen), got 0; remove the key for the default 10000"},
       {"model.moe.router_temperature", spec.model().moe().router_temperature(),
        "must be at least 1e-06 (below 1 sharpens the router), got 0; remove the key for the default 1"},
+      {"train.muon_lr", spec.train().muon_lr(),
+       "must be greater than 0 (Muon's peak learning rate), got 0; remove the key for the default, train.lr"},
       {"model.moe.shared_expert_hidden", static_cast<double>(spec.model().moe().shared_expert_hidden()),
        "must be between 1 and 1048576 (the shared experts' hidden size), got 0; remove the key for the "
        "default, model.moe.expert_hidden"},

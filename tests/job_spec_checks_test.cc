@@ -105,6 +105,8 @@ TEST_F(JobSpecTest, AWrittenZeroIsNotTheDefault) {
        "must be at least 1e-06"},
       {"  seq_len: 32", "  moe: {shared_experts: 2, shared_expert_hidden: 0}\n", "model.moe.shared_expert_hidden",
        "got 0; remove the key for the default, model.moe.expert_hidden"},
+      {"  batch_size: 8", "  optimizer: muon\n  muon_lr: 0\n", "train.muon_lr",
+       "got 0; remove the key for the default, train.lr"},
   });
   SpecError e = OnlyError(WithExtra("  batch_size: 8", "  schedule: wsd\n  decay_fraction: 0\n"));
   EXPECT_EQ(e.line, 13);
