@@ -185,14 +185,18 @@ TEST(CudaBlasTest, BlasShapesOfOneBucketEachGetTheirOwnProduct) {
     return c;
   };
   const int batch = 3;
+  // The strided batch c_x (rows, n) = a_x (rows, k) @ b_x^T, through `on`.
+  auto strided = [&](cuda::Blas& on, int rows, const Operand& a, const Operand& b) {
+    Dev<float> c(int64_t{batch} * rows * n);
+    on.GemmBatched(false, true, rows, n, k, 1.0f, a.dev->get(), k, int64_t{rows} * k, b.dev->get(), k,
+                   int64_t{n} * k, 0.0f, c.get(), n, int64_t{rows} * n, batch, cuda::DType::kBF16, cuda::DType::kF32,
+                   nullptr);
+    return c.Host();
+  };
   std::map<int, std::vector<float>> first_order;
   for (int rows : {1152, 1280, 1100}) {
     const Operand a = operand(int64_t{batch} * rows * k, rows), b = operand(int64_t{batch} * n * k, 7);
-    Dev<float> c(int64_t{batch} * rows * n);
-    blas.GemmBatched(false, true, rows, n, k, 1.0f, a.dev->get(), k, int64_t{rows} * k, b.dev->get(), k,
-                     int64_t{n} * k, 0.0f, c.get(), n, int64_t{rows} * n, batch, cuda::DType::kBF16,
-                     cuda::DType::kF32, nullptr);
-    first_order[rows] = c.Host();
+    first_order[rows] = strided(blas, rows, a, b);
     EXPECT_LT(RelErr(first_order[rows], oracle(a, b, batch, rows, n, k, false, true)), 1e-5) << "rows " << rows;
     // The weight gradient's form: c_x (k, n) = a_x^T (k, rows) @ g_x (rows, n).
     const Operand g = operand(int64_t{batch} * rows * n, rows + 1);
@@ -207,11 +211,7 @@ TEST(CudaBlasTest, BlasShapesOfOneBucketEachGetTheirOwnProduct) {
   cuda::Blas fresh;
   for (int rows : {1100, 1280, 1152}) {
     const Operand a = operand(int64_t{batch} * rows * k, rows), b = operand(int64_t{batch} * n * k, 7);
-    Dev<float> c(int64_t{batch} * rows * n);
-    fresh.GemmBatched(false, true, rows, n, k, 1.0f, a.dev->get(), k, int64_t{rows} * k, b.dev->get(), k,
-                      int64_t{n} * k, 0.0f, c.get(), n, int64_t{rows} * n, batch, cuda::DType::kBF16,
-                      cuda::DType::kF32, nullptr);
-    EXPECT_EQ(c.Host(), first_order[rows]) << "rows " << rows << " after other shapes";
+    EXPECT_EQ(strided(fresh, rows, a, b), first_order[rows]) << "rows " << rows << " after other shapes";
   }
   for (int count : {9, 10}) {
     const int rows = 128;

@@ -337,9 +337,9 @@ TEST(CudaTrainerTest, SameJobTwiceSameBits) {
   EXPECT_EQ(runs[0], runs[1]);
 }
 
-// bf16 stopped and resumed: the same bits as the run that went through. The resumed run meets the
-// products' shapes (the experts' rows follow the routing) in another order from a fresh plan
-// cache, so each shape's cuBLASLt algorithm must depend on the shape alone (Blas::Canonical).
+// bf16 stopped half-way and resumed: the same bits as the run that went through. The resumed run
+// meets the products' shapes (the experts' rows follow the routing) in another order from a fresh
+// plan cache, so each shape's cuBLASLt algorithm must depend on the shape alone (Blas::Canonical).
 TEST(CudaTrainerTest, Bf16ResumeSameBitsAsTheRunThrough) {
   SKIP_WITHOUT_GPU();
   moe::v1::JobSpec spec = CudaSpec(/*bf16=*/true);
@@ -350,27 +350,13 @@ TEST(CudaTrainerTest, Bf16ResumeSameBitsAsTheRunThrough) {
   auto data = LoadDataset(spec.data());
   ASSERT_TRUE(data.ok()) << data.status();
   auto comm = CreateSingleProcessCommunicator();
-  TrainOutcome outcome;
   std::unique_ptr<Trainer> through = testing::NewTrainer(spec, comm.get(), &*data);
   ASSERT_NE(through, nullptr);
+  TrainOutcome outcome;
   ASSERT_TRUE(through->Run(&outcome).ok());
-  const std::string dir = testing::MakeTempDir("moe-cuda-bf16-resume-");
-  spec.mutable_checkpoint()->set_every(7);
-  TrainerOptions first_opts;
-  first_opts.checkpoint_dir = dir;
-  first_opts.max_steps = 7;
-  std::unique_ptr<Trainer> first = testing::NewTrainer(spec, comm.get(), &*data, first_opts);
-  ASSERT_NE(first, nullptr);
-  ASSERT_TRUE(first->Run(&outcome).ok());
-  TrainerOptions second_opts;
-  second_opts.checkpoint_dir = dir;
-  second_opts.resume = true;
-  std::unique_ptr<Trainer> second = testing::NewTrainer(spec, comm.get(), &*data, second_opts);
-  ASSERT_NE(second, nullptr);
-  ASSERT_TRUE(second->Run(&outcome).ok());
-  std::vector<double> resumed = Losses(*first), rest = Losses(*second);
-  resumed.insert(resumed.end(), rest.begin(), rest.end());
-  EXPECT_EQ(resumed, Losses(*through));
+  // To step 8 (a checkpoint there), then a resume for the rest.
+  EXPECT_EQ(testing::TrainInTwoHalves(spec, comm.get(), &*data, testing::MakeTempDir("moe-cuda-bf16-resume-")),
+            Losses(*through));
 }
 
 // AdamW overlapping the next forward (DeviceOptimizer::Step, the default) against the update on
