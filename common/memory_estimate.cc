@@ -161,9 +161,11 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   if (!s.dense) {
     // Router logits, probabilities (n, E), lse (n), weights (n, k), expert ids and the two
     // slot maps (n k), the experts' output rows ys (rows, D: bf16 values, kept in bf16 with bf16
-    // products), and on the fp32 path their input rows xs (bf16 products: those pass through
-    // the backward's scratch into the bf16 rows).
-    block += 4 * (2 * n * s.E + n + n * s.k + 3 * n * s.k + 4 * s.E) + (bf16 ? 2 : 2 * 4) * rows * D;
+    // products; on one GPU in the layout, where the last product writes them), and on the fp32
+    // path their input rows xs (bf16 products: those pass through the backward's scratch into
+    // the bf16 rows).
+    const double ys_rows = bf16 && !exchanges ? layout : rows;
+    block += 4 * (2 * n * s.E + n + n * s.k + 3 * n * s.k + 4 * s.E) + (bf16 ? 2 : 2 * 4) * ys_rows * D;
   }
   // The experts' saved rows: bf16 hidden activations in the layout (grown on demand) less h,
   // which their backward computes again from g and u (kernels/cuda/experts.h), and their input

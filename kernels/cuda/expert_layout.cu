@@ -17,6 +17,7 @@ using internal::CountSum;
 using internal::kThreads;
 using internal::LoadBf16x4;
 using internal::StoreBf16x4;
+using internal::WarpSum;
 
 // grid.y walks the blocks, grid.x and the threads a block's words.
 template <typename Word>
@@ -72,63 +73,106 @@ __global__ void ToLayoutKernel(bf16* dst, const float* src, const LayoutBlocks b
 // The layout's rows gathered from token rows (one GPU: plan order is expert order). grid.y =
 // expert x; a warp per row of its span: row i < rows[x] is slot s = src_row[x] + i, assignment
 // a = s2a[s], token a / k, and takes bf16(x[token] * scale[a]) (scale null: x[token]); the rows
-// past rows[x] zeros. kVec4: four columns per lane (d % 4 == 0, x 16-byte aligned, dst 8).
+// past rows[x] zeros. dots (when not null): dots[a] = x[token] . dot_rows' row i (the same layout
+// row, unscaled x), the lanes' partial sums added by WarpSum. kVec4: four columns per lane
+// (d % 4 == 0, x 16-byte aligned, dst and dot_rows 8).
 template <bool kVec4>
 __global__ void GatherToLayoutKernel(bf16* dst, const float* x, const float* scale, const int32_t* s2a, int k,
-                                     const LayoutBlocks blocks, int d) {
+                                     const LayoutBlocks blocks, int d, const bf16* dot_rows, float* dots) {
   const int e = blockIdx.y, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * warps + threadIdx.x / 32; i < blocks.span[e];
        i += static_cast<int64_t>(gridDim.x) * warps) {
-    bf16* o = dst + (blocks.dst_row[e] + i) * d;
+    const int64_t row = (blocks.dst_row[e] + i) * d;
+    bf16* o = dst + row;
     const float* src = nullptr;
     float f = 1.0f;
+    int a = -1;
     if (i < blocks.rows[e]) {
-      const int a = s2a[blocks.src_row[e] + i];
+      a = s2a[blocks.src_row[e] + i];
       src = x + int64_t{a / k} * d;
       if (scale != nullptr) f = scale[a];
     }
+    const bf16* y = src != nullptr && dots != nullptr ? dot_rows + row : nullptr;  // warp-uniform
+    float dot = 0.0f;
     if constexpr (kVec4) {
       for (int c = 4 * lane; c < d; c += 128) {
         float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
         if (src != nullptr) {
           v = *reinterpret_cast<const float4*>(src + c);
+          if (y != nullptr) {
+            const float4 yv = LoadBf16x4(y + c);
+            dot += v.x * yv.x;
+            dot += v.y * yv.y;
+            dot += v.z * yv.z;
+            dot += v.w * yv.w;
+          }
           v = make_float4(v.x * f, v.y * f, v.z * f, v.w * f);
         }
         StoreBf16x4(o + c, v);
       }
     } else {
-      for (int c = lane; c < d; c += 32) o[c] = __float2bfloat16(src != nullptr ? src[c] * f : 0.0f);
+      for (int c = lane; c < d; c += 32) {
+        const float v = src != nullptr ? src[c] : 0.0f;
+        if (y != nullptr) dot += v * __bfloat162float(y[c]);
+        o[c] = __float2bfloat16(v * f);
+      }
+    }
+    if (y != nullptr) {
+      dot = WarpSum(dot);
+      if (lane == 0) dots[a] = dot;
     }
   }
 }
 
-// The reverse of the gather, summed per token (one GPU): a warp per token t adds, for j = 0..k-1
-// in order, the layout row of its slot s = a2s[t k + j] (skipped when dropped) to dx[t]: row
-// dst_row[x] + s - src_row[x] of expert x = expert_idx[t k + j]. kVec4 as above.
+// The reverse of the gather, summed per token (one GPU): a warp per token t computes, for j =
+// 0..k-1 in order, acc += w[t k + j] * (the layout row of its slot s = a2s[t k + j], skipped
+// when dropped: row dst_row[x] + s - src_row[x] of expert x = expert_idx[t k + j]), w null: 1
+// (the row itself, exactly); acc starts at out[t] (accumulate) or 0, and out[t] = residual[t] +
+// acc when a residual is given, else acc. The order of UnpermuteForward's sums, so its bits.
+// kVec4 as above (out and residual 16-byte aligned).
 template <bool kVec4>
-__global__ void AddFromLayoutKernel(float* dx, const bf16* src, const int32_t* a2s, const int32_t* expert_idx, int n,
-                                    int k, const LayoutBlocks blocks, int d) {
+__global__ void SumFromLayoutKernel(float* out, const bf16* src, const float* weights, const int32_t* a2s,
+                                    const int32_t* expert_idx, int n, int k, const LayoutBlocks blocks, int d,
+                                    bool accumulate, const float* residual) {
   const int t = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (t >= n) return;
-  float* o = dx + int64_t{t} * d;
-  for (int j = 0; j < k; ++j) {
-    const int64_t a = int64_t{t} * k + j;
-    const int s = a2s[a];
-    if (s < 0) continue;
-    const int x = expert_idx[a];
-    const bf16* row = src + (blocks.dst_row[x] + s - blocks.src_row[x]) * d;
-    if constexpr (kVec4) {
-      for (int c = 4 * lane; c < d; c += 128) {
-        const float4 r = LoadBf16x4(row + c);
-        float4 v = *reinterpret_cast<float4*>(o + c);
-        v.x += r.x;
-        v.y += r.y;
-        v.z += r.z;
-        v.w += r.w;
-        *reinterpret_cast<float4*>(o + c) = v;
+  float* o = out + int64_t{t} * d;
+  const float* r = residual != nullptr ? residual + int64_t{t} * d : nullptr;
+  constexpr int kCols = kVec4 ? 4 : 1;
+  for (int c = kCols * lane; c < d; c += 32 * kCols) {
+    float acc[kCols] = {};
+    if (accumulate) {
+      if constexpr (kVec4) {
+        const float4 v = *reinterpret_cast<const float4*>(o + c);
+        acc[0] = v.x, acc[1] = v.y, acc[2] = v.z, acc[3] = v.w;
+      } else {
+        acc[0] = o[c];
       }
+    }
+    for (int j = 0; j < k; ++j) {
+      const int64_t a = int64_t{t} * k + j;
+      const int s = a2s[a];
+      if (s < 0) continue;
+      const float w = weights != nullptr ? weights[a] : 1.0f;
+      const int x = expert_idx[a];
+      const bf16* row = src + (blocks.dst_row[x] + s - blocks.src_row[x]) * d + c;
+      if constexpr (kVec4) {
+        const float4 y = LoadBf16x4(row);
+        acc[0] += w * y.x;
+        acc[1] += w * y.y;
+        acc[2] += w * y.z;
+        acc[3] += w * y.w;
+      } else {
+        acc[0] += w * __bfloat162float(*row);
+      }
+    }
+    if (r != nullptr) {
+      for (int q = 0; q < kCols; ++q) acc[q] = r[c + q] + acc[q];
+    }
+    if constexpr (kVec4) {
+      *reinterpret_cast<float4*>(o + c) = make_float4(acc[0], acc[1], acc[2], acc[3]);
     } else {
-      for (int c = lane; c < d; c += 32) o[c] += __bfloat162float(row[c]);
+      o[c] = acc[0];
     }
   }
 }
@@ -332,35 +376,58 @@ void ToExpertLayout(bf16* dst, const float* src, const int32_t* host_counts, int
 }
 
 void GatherToExpertLayout(bf16* dst, const float* x, const float* scale, const int32_t* slot_to_assignment, int k,
-                          const int32_t* host_counts, int e_local, int d, cudaStream_t stream) {
+                          const int32_t* host_counts, int e_local, int d, cudaStream_t stream, const bf16* dot_rows,
+                          float* dots) {
   int64_t most = 0;
   const LayoutBlocks blocks = BlocksOf(PlanExpertLayout(host_counts, e_local), host_counts, e_local, &most);
   if (most == 0 || d <= 0) return;
+  if (dot_rows == nullptr) dots = nullptr;
   constexpr int kWarps = kThreads / 32;
   const dim3 grid(std::min<unsigned>(BlocksFor(most, kWarps), 4096), e_local);
-  if (d % 4 == 0 && Aligned(16, {x}) && Aligned(8, {dst})) {
-    GatherToLayoutKernel<true><<<grid, kThreads, 0, stream>>>(dst, x, scale, slot_to_assignment, k, blocks, d);
+  if (d % 4 == 0 && Aligned(16, {x}) && Aligned(8, {dst, dot_rows})) {
+    GatherToLayoutKernel<true><<<grid, kThreads, 0, stream>>>(dst, x, scale, slot_to_assignment, k, blocks, d,
+                                                              dot_rows, dots);
   } else {
-    GatherToLayoutKernel<false><<<grid, kThreads, 0, stream>>>(dst, x, scale, slot_to_assignment, k, blocks, d);
+    GatherToLayoutKernel<false><<<grid, kThreads, 0, stream>>>(dst, x, scale, slot_to_assignment, k, blocks, d,
+                                                               dot_rows, dots);
   }
   MOE_CUDA_LAUNCH_CHECK();
 }
 
-void AddFromExpertLayout(float* dx, const bf16* layout_rows, const int32_t* assignment_to_slot,
+namespace {
+
+void SumFromExpertLayout(float* out, const bf16* layout_rows, const float* weights, const int32_t* a2s,
                          const int32_t* expert_idx, int n, int k, const int32_t* host_counts, int e_local, int d,
-                         cudaStream_t stream) {
+                         bool accumulate, const float* residual, cudaStream_t stream) {
   if (n <= 0 || d <= 0) return;
   int64_t most = 0;
   const LayoutBlocks blocks = BlocksOf(PlanExpertLayout(host_counts, e_local), host_counts, e_local, &most);
   const unsigned grid = BlocksFor(n, kThreads / 32);
-  if (d % 4 == 0 && Aligned(16, {dx}) && Aligned(8, {layout_rows})) {
-    AddFromLayoutKernel<true><<<grid, kThreads, 0, stream>>>(dx, layout_rows, assignment_to_slot, expert_idx, n, k,
-                                                             blocks, d);
+  if (d % 4 == 0 && Aligned(16, {out, residual}) && Aligned(8, {layout_rows})) {
+    SumFromLayoutKernel<true><<<grid, kThreads, 0, stream>>>(out, layout_rows, weights, a2s, expert_idx, n, k, blocks,
+                                                             d, accumulate, residual);
   } else {
-    AddFromLayoutKernel<false><<<grid, kThreads, 0, stream>>>(dx, layout_rows, assignment_to_slot, expert_idx, n, k,
-                                                              blocks, d);
+    SumFromLayoutKernel<false><<<grid, kThreads, 0, stream>>>(out, layout_rows, weights, a2s, expert_idx, n, k,
+                                                              blocks, d, accumulate, residual);
   }
   MOE_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void AddFromExpertLayout(float* dx, const bf16* layout_rows, const int32_t* assignment_to_slot,
+                         const int32_t* expert_idx, int n, int k, const int32_t* host_counts, int e_local, int d,
+                         cudaStream_t stream) {
+  SumFromExpertLayout(dx, layout_rows, nullptr, assignment_to_slot, expert_idx, n, k, host_counts, e_local, d,
+                      /*accumulate=*/true, nullptr, stream);
+}
+
+void CombineFromExpertLayout(float* out, const bf16* layout_rows, const float* weights,
+                             const int32_t* assignment_to_slot, const int32_t* expert_idx, int n, int k,
+                             const int32_t* host_counts, int e_local, int d, cudaStream_t stream,
+                             const float* residual) {
+  SumFromExpertLayout(out, layout_rows, weights, assignment_to_slot, expert_idx, n, k, host_counts, e_local, d,
+                      /*accumulate=*/false, residual, stream);
 }
 
 }  // namespace moe::cuda

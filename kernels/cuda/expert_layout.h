@@ -63,15 +63,29 @@ void ToExpertLayout(bf16* dst, const float* src, const int32_t* host_counts, int
 // order: the permute and the layout in one pass): slot s of the plan takes row a / k of x (n, d)
 // for its assignment a = slot_to_assignment[s] (the routing plan's), times scale[a] when scale
 // is not null (the routing weights). The same values as ToExpertLayout of the permuted rows
-// (scaled in fp32 first); bf16(0) past each expert's count.
+// (scaled in fp32 first); bf16(0) past each expert's count. With dot_rows (rows in the same
+// layout) and dots: also dots[a] = x[a / k] . dot_rows' row of a's slot (x unscaled): the
+// routing weights' gradient, when x is the combine's output gradient and dot_rows the experts'
+// output (UnpermuteBackward's dweights, summed in another order); dots of dropped assignments
+// untouched.
 void GatherToExpertLayout(bf16* dst, const float* x, const float* scale, const int32_t* slot_to_assignment, int k,
-                          const int32_t* host_counts, int e_local, int d, cudaStream_t stream);
+                          const int32_t* host_counts, int e_local, int d, cudaStream_t stream,
+                          const bf16* dot_rows = nullptr, float* dots = nullptr);
 // And back, summed per token (one GPU): dx (n, d) += for each token t, over j = 0..k-1 in order,
 // the layout row of its slot a2s[t k + j] (skipped when -1), expert expert_idx[t k + j] (the
 // routing plan's). The same sums as RowBlocksToFloat to zeroed compact rows, then PermuteBackward.
 void AddFromExpertLayout(float* dx, const bf16* layout_rows, const int32_t* assignment_to_slot,
                          const int32_t* expert_idx, int n, int k, const int32_t* host_counts, int e_local, int d,
                          cudaStream_t stream);
+// The combine from the layout (one GPU, the experts' output left where the last product wrote
+// it): out (n, d) = for each token t, the sum over j = 0..k-1 in order of weights[t k + j] times
+// the layout row of its slot (as above), then residual + that sum when a residual (n, d) is
+// given. The same bits as UnpermuteForward over the compact rows (CopyRowBlocks of
+// ExpertLayoutToCompact).
+void CombineFromExpertLayout(float* out, const bf16* layout_rows, const float* weights,
+                             const int32_t* assignment_to_slot, const int32_t* expert_idx, int n, int k,
+                             const int32_t* host_counts, int e_local, int d, cudaStream_t stream,
+                             const float* residual = nullptr);
 // The blocks that move every expert's rows from the layout to compact order (CopyRowBlocks).
 RowBlocks ExpertLayoutToCompact(const int32_t* host_counts, int e_local);
 

@@ -231,12 +231,12 @@ int64_t Pad8(int64_t n) { return (n + 7) / 8 * 8; }
 void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* ys16, bf16* g16,
                         bf16* u16, bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
                         int e_local, int d, int f, bf16* scratch16, cudaStream_t stream,
-                        kernels::ExpertActivation act) {
+                        kernels::ExpertActivation act, bf16* y_layout) {
   const int64_t rows = CountSum(host_counts, e_local);
   if (rows <= 0) return;
   const ExpertLayout l = PlanExpertLayout(host_counts, e_local);
   const int64_t lrows = l.rows;
-  bf16* y16 = scratch16;  // (lrows, d): the output in the experts' layout
+  bf16* y16 = y_layout != nullptr ? y_layout : scratch16;  // (lrows, d): the output in the experts' layout
   // h (lrows, f): kept for the backward, or (h16 null) in the scratch after y16.
   bf16* h = h16 != nullptr ? h16 : scratch16 + Pad8(lrows * d);
   if (act != kernels::ExpertActivation::kSwiglu) {

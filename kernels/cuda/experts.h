@@ -39,10 +39,13 @@ void ExpertsBackward(float* dxs, float* dw1, float* dw3, float* dw2, const float
 // two (rows, f) buffers fewer). Scratch (both): ExpertsBf16Scratch bf16: (rows, f) + 2 (rows, d).
 // dx_layout (strided or chunked layouts only): dx is left in the layout, bf16, in the scratch,
 // and *dx_layout points at it (dxs untouched; AddFromExpertLayout sums it per token).
+// y_layout (ExpertLayoutRows rows of d): the forward's output also in the layout, where the last
+// product writes it (CombineFromExpertLayout reads it there; ys, ys16 may then be null).
 void ExpertsForwardBf16(GroupedBlas& blas, const int32_t* host_counts, float* ys, bf16* ys16, bf16* g16,
                         bf16* u16, bf16* h16, const bf16* xs16, const bf16* w1, const bf16* w3, const bf16* w2,
                         int e_local, int d, int f, bf16* scratch16, cudaStream_t stream,
-                        kernels::ExpertActivation act = kernels::ExpertActivation::kSwiglu);
+                        kernels::ExpertActivation act = kernels::ExpertActivation::kSwiglu,
+                        bf16* y_layout = nullptr);
 int64_t ExpertsBf16Scratch(int64_t layout_rows, int e_local, int d, int f);
 // The weight gradients ExpertsBackwardBf16 adds to: fp32 ones, or with train.master_weights bf16
 // bf16 ones (*_bf16: each product accumulates in fp32, its sum with the stored gradient is rounded

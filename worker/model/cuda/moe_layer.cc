@@ -155,7 +155,7 @@ void CudaMoeLayer::AddTo(BufferTable* table, int64_t n) {
     // ys: the experts' output, for the weights' gradient; bf16 values with bf16 products.
     if (!ctx_->bf16) table->Add(&a_->xs, r * D);
     if (!ctx_->bf16) table->Add(&a_->ys, r * D);
-    if (ctx_->bf16) table->Add(&a_->ys16, r * D);
+    if (ctx_->bf16 && dispatcher_.exchanges()) table->Add(&a_->ys16, r * D);  // one GPU: Rows::y
   }
   if (!ctx_->bf16) {
     table->Add(&a_->g, r * F);
@@ -254,6 +254,8 @@ void CudaMoeLayer::ReserveSaved() {
   a_->rows.g = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F);
   const bool gated = act_ == kernels::ExpertActivation::kSwiglu;
   a_->rows.u = gated ? a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F) : nullptr;
+  const bool in_layout = !dispatcher_.exchanges() && !shape_.dense;
+  a_->rows.y = in_layout ? a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * D) : nullptr;
 }
 
 void CudaMoeLayer::Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, bool rerun) {
@@ -324,8 +326,14 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
     CountsWaitSeconds() += std::chrono::duration<double>(std::chrono::steady_clock::now() - wait).count();
     dispatcher_.Preprocess(counts_host_);
     FillInputRows(m, n);
-    ExpertsForward16(w, nullptr, a_->ys16);
-    cuda::UnpermuteForward(out, a_->ys16, a_->weights, a_->a2s, n, k, D, stream, combine_residual);
+    if (dispatcher_.exchanges()) {
+      ExpertsForward16(w, nullptr, a_->ys16);
+      cuda::UnpermuteForward(out, a_->ys16, a_->weights, a_->a2s, n, k, D, stream, combine_residual);
+    } else {  // one GPU: combined straight out of the layout
+      ExpertsForward16(w, nullptr, nullptr);
+      cuda::CombineFromExpertLayout(out, a_->rows.y, a_->weights, a_->a2s, a_->expert_idx, n, k,
+                                    dispatcher_.local_counts(), shape_.experts_local, D, stream, combine_residual);
+    }
   } else {
     cuda::PermuteForward(a_->xs, m, a_->a2s, n, k, D, stream);
     cuda::ExpertsForward(a_->ys, a_->g, a_->u, a_->h, a_->xs, w.w1, w.w3, w.w2, a_->offsets, n * k, E, D, F, false,
@@ -363,7 +371,7 @@ void CudaMoeLayer::ExpertsForward16(const BlockTensors& w, float* out, cuda::bf1
   if (!dispatcher_.exchanges()) {
     // Plan order is expert order: the experts write the output directly.
     cuda::ExpertsForwardBf16(*s.grouped, counts, out, out16, a_->rows.g, a_->rows.u, nullptr, x, w1, w3, w2, L, D,
-                             F, s.backward, stream, act_);
+                             F, s.backward, stream, act_, a_->rows.y);
     return;
   }
   cuda::ExpertsForwardBf16(*s.grouped, counts, nullptr, s.ys, a_->rows.g, a_->rows.u, nullptr, x, w1, w3, w2, L, D,
@@ -399,9 +407,9 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
   const bool in_layout = ctx_->bf16 && !dispatcher_.exchanges();
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dweights, 0, sizeof(float) * rows, stream));
   if (in_layout) {
-    cuda::UnpermuteBackward(nullptr, s.dweights, dout, a_->ys16, a_->weights, a_->a2s, n, k, D, stream);
+    // The routing weights' gradient (dout . the experts' output row) in the same pass.
     cuda::GatherToExpertLayout(s.dys16, dout, a_->weights, a_->s2a, k, dispatcher_.local_counts(),
-                               shape_.experts_local, D, stream);
+                               shape_.experts_local, D, stream, a_->rows.y, s.dweights);
     RedoInputRows(m, n);
   } else if (ctx_->bf16) {
     MOE_CUDA_CHECK(cudaMemsetAsync(s.d_expert_in, 0, sizeof(float) * rows * D, stream));

@@ -84,7 +84,7 @@ struct MoeSaved {
   int32_t *counts = nullptr, *routed = nullptr, *offsets = nullptr;  // (E) (E) (E+1)
   uint8_t* expert_off = nullptr;  // (E) expert dropout's switched-off experts, when the job has it
   float *xs = nullptr, *ys = nullptr;             // (r, D) plan order, fp32 mode
-  cuda::bf16* ys16 = nullptr;                      // (r, D) plan order, bf16 mode: the experts' bf16 output
+  cuda::bf16* ys16 = nullptr;  // (r, D) plan order, bf16 mode on several GPUs: the experts' bf16 output
   float *g = nullptr, *u = nullptr, *h = nullptr;  // (r, F) fp32 mode
   // Shared experts (S of hidden F_s; their scratch is MoeScratch's). fp32: g, u, h (S, n, F_s);
   // bf16: g, u (S, lrows, F_s) in the experts' layout (h = act(g, u) is computed again in the
@@ -96,9 +96,11 @@ struct MoeSaved {
   // No h: the backward computes act(g, u) again (kernels/cuda/experts.h). u only for swiglu. x
   // only when the rows travel between GPUs: on one GPU the backward makes the layout's input
   // again from the layer's input m (the forward's gather into the layout, in MoeScratch::x16).
+  // y: on one GPU (routed experts), the experts' output where the last product wrote it, read
+  // by the combine (CombineFromExpertLayout) and the routing weights' gradient in place of ys16.
   struct Rows {
     int64_t capacity = 0;  // rows
-    cuda::bf16 *x = nullptr, *g = nullptr, *u = nullptr;
+    cuda::bf16 *x = nullptr, *g = nullptr, *u = nullptr, *y = nullptr;
     std::unique_ptr<DeviceArena> mem;
   } rows;
 };
@@ -146,7 +148,8 @@ class CudaMoeLayer {
   // (d_expert_in, plan order) and sent.
   void FillInputRows(const float* m, int n);
   // The experts on the bf16 rows of FillInputRows: products, combine -> out16 (bf16, the saved
-  // ys, plan order), or dense -> out (fp32, n rows); the other output null.
+  // ys, plan order), or dense -> out (fp32, n rows); the other output null. One GPU, routed:
+  // both null, the output stays in the layout (MoeSaved::Rows::y).
   void ExpertsForward16(const BlockTensors& w, float* out, cuda::bf16* out16);
   // dout: the output rows' gradient (fp32, plan order), or null when it is already in
   // MoeScratch::dys16. din: the input rows' gradient (fp32, plan order) +=; or, one GPU with a
