@@ -158,6 +158,11 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   // q, k, v in bf16 for the tensor-core attention, whose backward reads no fp32 copy: the fp32 one
   // is then the backward's dqkv scratch (counted in the workspace).
   if (bf16 && CudaAttentionOnTensorCores(static_cast<int>(s.hd))) block -= 4 * n * s.C3();
+  // The attention's output in bf16 (wo's product input) where no gate comes between: on the
+  // tensor cores in place of the fp32 one, else beside it.
+  if (bf16 && !spec.model().attention().gate()) {
+    block += 2 * n * D - (CudaAttentionOnTensorCores(static_cast<int>(s.hd)) ? 4 * n * D : 0);
+  }
   if (!s.dense) {
     // Router logits, probabilities (n, E), lse (n), weights (n, k), expert ids and the two
     // slot maps (n k), the experts' output rows ys (rows, D: bf16 values, kept in bf16 with bf16
@@ -167,12 +172,12 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
     const double ys_rows = bf16 && !exchanges ? layout : rows;
     block += 4 * (2 * n * s.E + n + n * s.k + 3 * n * s.k + 4 * s.E) + (bf16 ? 2 : 2 * 4) * ys_rows * D;
   }
-  // The experts' saved rows: bf16 hidden activations in the layout (grown on demand) less h,
-  // which their backward computes again from g and u (kernels/cuda/experts.h), and their input
-  // when it came from other GPUs (on one GPU the backward makes it again from the layer's
-  // input, in MoeScratch); or fp32 g, u, h (rows, F) on the simple fp32 path. The same for the
-  // shared experts' hidden activations (their other buffers are MoeScratch's: the workspace).
-  block += bf16 ? 2 * ((exchanges ? layout * D : 0) + (s.glu - 1) * layout * F) : 4 * s.glu * rows * F;
+  // The experts' saved rows: bf16 hidden activations g, u, h in the layout (grown on demand),
+  // and their input when it came from other GPUs (on one GPU the backward makes it again from
+  // the layer's input, in MoeScratch); or fp32 g, u, h (rows, F) on the simple fp32 path. The
+  // shared experts' hidden activations less h, which their backward computes again from g and u
+  // (kernels/cuda/experts.h; their other buffers are MoeScratch's: the workspace).
+  block += bf16 ? 2 * ((exchanges ? layout * D : 0) + s.glu * layout * F) : 4 * s.glu * rows * F;
   block += s.S * n * s.Fs * (bf16 ? 2 * (s.glu - 1) : 4 * s.glu);
   // tmp, x_final, final_out (n, D), rstd, lse, losses (n), ids and targets (n), and the logits:
   // fp32 (n, V), or with bf16 products one chunk of fp32 logits and the bf16 dlogits (n, V).

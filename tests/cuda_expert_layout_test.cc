@@ -13,7 +13,7 @@
 
 #ifdef MOE_WITH_CUDA
 #include "kernels/cuda/common.h"
-#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/matmul.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/routing_plan.h"
 #include "tests/support/cuda_ops.h"

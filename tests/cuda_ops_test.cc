@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "common/backend_limits.h"
 
 #ifdef MOE_WITH_CUDA
 #include "kernels/adamw.h"
@@ -371,17 +372,38 @@ TEST_P(CudaAttentionBf16Test, TensorCoreForwardAndBackwardMatchCpu) {
   Dev<cuda::bf16> qkv16(qkv.size()), dout16(dout.size());
   cuda::CastToBf16(qkv16.get(), qkv_d.get(), qkv.size(), nullptr);
   cuda::CastToBf16(dout16.get(), dout_d.get(), dout.size(), nullptr);
+  // out16: the output in bf16 as well (wo's product input), the bits of casting out.
+  Dev<cuda::bf16> out16(out.size()), cast16(out.size());
   cuda::AttentionForwardBf16(out_d.get(), lse_d.get(), qkv_d.get(), qkv16.get(), c.b, c.t, c.h, c.hkv, c.hd,
-                             nullptr);
+                             cuda::AttentionDropout{}, nullptr, out16.get());
   const auto out_h = out_d.Host(), lse_h = lse_d.Host();
   EXPECT_LT(RelErr(out_h, out), kAttnBf16Tol) << "b " << c.b << " t " << c.t << " h " << c.h << "/" << c.hkv;
   EXPECT_LT(RelErr(lse_h, lse), kAttnBf16Tol);
+  cuda::CastToBf16(cast16.get(), out_d.get(), out.size(), nullptr);
+  const auto got16 = out16.Host(), want16 = cast16.Host();
+  EXPECT_EQ(0, std::memcmp(got16.data(), want16.data(), sizeof(cuda::bf16) * got16.size())) << "hd " << c.hd;
   // Backward from the CPU's forward outputs, so that only backward is under test; the 0.25
   // already in dqkv checks that it accumulates.
   Dev<float> out_cpu(out), lse_cpu(lse);
   cuda::AttentionBackwardBf16(dqkv_d.get(), dout_d.get(), dout16.get(), out_cpu.get(), lse_cpu.get(), qkv_d.get(),
                               qkv16.get(), c.b, c.t, c.h, c.hkv, c.hd, scratch.get(), nullptr);
   const auto dqkv_h = dqkv_d.Host();
+  // Without the fp32 output (tensor cores: the model keeps the bf16 one alone): the forward
+  // writes the same bf16 bits, and the backward's dsum from those is within bf16 rounding of
+  // the fp32 one's result.
+  if (CudaAttentionOnTensorCores(c.hd)) {
+    Dev<cuda::bf16> only16(out.size()), cpu16(out.size());
+    cuda::AttentionForwardBf16(nullptr, lse_d.get(), qkv_d.get(), qkv16.get(), c.b, c.t, c.h, c.hkv, c.hd,
+                               cuda::AttentionDropout{}, nullptr, only16.get());
+    const auto alone16 = only16.Host();
+    EXPECT_EQ(0, std::memcmp(alone16.data(), want16.data(), sizeof(cuda::bf16) * alone16.size())) << "hd " << c.hd;
+    cuda::CastToBf16(cpu16.get(), out_cpu.get(), out.size(), nullptr);
+    Dev<float> dqkv_b(n * row, 0.25f);
+    cuda::AttentionBackwardBf16(dqkv_b.get(), dout_d.get(), dout16.get(), nullptr, lse_cpu.get(), qkv_d.get(),
+                                qkv16.get(), c.b, c.t, c.h, c.hkv, c.hd, scratch.get(), cuda::AttentionDropout{},
+                                nullptr, false, cpu16.get());
+    EXPECT_LT(RelErr(dqkv_b.Host(), dqkv_h), 1e-2) << "dsum from the bf16 output, hd " << c.hd;
+  }
   // Each of dq, dk, dv on its own (dk is the smallest and would hide in the sum). At t = 1 a
   // softmax over one key has no gradient: dq and dk are 0 up to the rounding of dp - dsum
   // (bf16 products against an fp32 sum), so there they are measured against dv's size.

@@ -4,16 +4,26 @@
 #include "kernels/cuda/attention.h"
 
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <initializer_list>
 
 #include "kernels/cuda/attention_internal.cuh"
+#include "kernels/cuda/matmul.h"
 
 namespace moe::cuda {
 namespace {
 
 // dsum (b, h, t) = rowsum(dout * out) per head.
-__global__ void AttentionDsumKernel(float* dsum, const float* dout, const float* out, int b, int t,
-                                    int h, int hd) {
+// O: fp32, or bf16 (the output as the tensor-core forward wrote it for the wo product, each
+// value read as the float it is).
+__device__ __forceinline__ float ToF(float v) { return v; }
+__device__ __forceinline__ float ToF(bf16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float4 Load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 Load4(const bf16* p) { return internal::LoadBf16x4(p); }
+
+template <typename O>
+__global__ void AttentionDsumKernel(float* dsum, const float* dout, const O* out, int b, int t, int h, int hd) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= int64_t{b} * h * t) return;
   const int i = static_cast<int>(idx % t);
@@ -21,26 +31,26 @@ __global__ void AttentionDsumKernel(float* dsum, const float* dout, const float*
   const int hi = static_cast<int>(bh % h), bi = static_cast<int>(bh / h);
   const int64_t off = (int64_t{bi} * t + i) * (int64_t{h} * hd) + int64_t{hi} * hd;
   float acc = 0.0f;
-  for (int c = 0; c < hd; ++c) acc += dout[off + c] * out[off + c];
+  for (int c = 0; c < hd; ++c) acc += dout[off + c] * ToF(out[off + c]);
   dsum[idx] = acc;
 }
 
-// The same, a warp per token row (all heads): lanes read float4s along the row, coalesced, and
-// each head's HD / 4 lanes add up their part. HD divides 128, so heads never straddle the
-// 128-column steps.
-template <int HD>
-__global__ void AttentionDsumRowsKernel(float* dsum, const float* dout, const float* out, int rows, int t, int h) {
+// The same, a warp per token row (all heads): lanes read four values at a time along the row,
+// coalesced, and each head's HD / 4 lanes add up their part. HD divides 128, so heads never
+// straddle the 128-column steps.
+template <int HD, typename O>
+__global__ void AttentionDsumRowsKernel(float* dsum, const float* dout, const O* out, int rows, int t, int h) {
   constexpr int kGroup = HD / 4;  // lanes per head
   const int row = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
   if (row >= rows) return;
   const int bi = row / t, i = row % t, width = h * HD;
-  const float4* o4 = reinterpret_cast<const float4*>(out + int64_t{row} * width);
+  const O* orow = out + int64_t{row} * width;
   const float4* d4 = reinterpret_cast<const float4*>(dout + int64_t{row} * width);
   for (int c0 = 0; c0 < width; c0 += 128) {
     const int c = c0 + lane * 4;
     float acc = 0.0f;
     if (c < width) {
-      const float4 o = o4[c / 4], d = d4[c / 4];
+      const float4 o = Load4(orow + c), d = d4[c / 4];
       acc = o.x * d.x + o.y * d.y + o.z * d.z + o.w * d.w;
     }
 #pragma unroll
@@ -50,10 +60,10 @@ __global__ void AttentionDsumRowsKernel(float* dsum, const float* dout, const fl
 }
 
 // dsum for every row and head: the warp-per-row kernel where the head size and alignment allow.
-void AttentionDsum(float* dsum, const float* dout, const float* out, int b, int t, int h, int hd,
-                   cudaStream_t stream) {
+template <typename O>
+void AttentionDsum(float* dsum, const float* dout, const O* out, int b, int t, int h, int hd, cudaStream_t stream) {
   const int rows = b * t;
-  const bool vec = reinterpret_cast<uintptr_t>(dout) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  const bool vec = Aligned(16, {dout}) && Aligned(4 * sizeof(O), {out});
   const unsigned blocks = static_cast<unsigned>((int64_t{rows} * 32 + 255) / 256);
   if (vec && hd == 64) {
     AttentionDsumRowsKernel<64><<<blocks, 256, 0, stream>>>(dsum, dout, out, rows, t, h);
@@ -92,23 +102,39 @@ void AttentionBackward(float* dqkv, const float* dout, const float* out, const f
 }
 
 void AttentionForwardBf16(float* out, float* lse, const float* qkv, const bf16* qkv16, int b, int t, int h,
-                          int hkv, int hd, const AttentionDropout& drop, cudaStream_t stream) {
+                          int hkv, int hd, const AttentionDropout& drop, cudaStream_t stream, bf16* out16) {
   if (b * t == 0) return;
-  if (!TcAligned(hd, {out, qkv16})) return AttentionForward(out, lse, qkv, b, t, h, hkv, hd, drop, stream);
-  internal::TcForward(out, lse, qkv16, b, t, h, hkv, hd, internal::MakeAttnDrop(drop), stream);
+  if (!TcAligned(hd, {out, qkv16, out16})) {
+    if (out == nullptr) {
+      std::fprintf(stderr, "AttentionForwardBf16: no fp32 output off the tensor cores (hd %d)\n", hd);
+      std::abort();
+    }
+    AttentionForward(out, lse, qkv, b, t, h, hkv, hd, drop, stream);
+    if (out16 != nullptr) CastToBf16(out16, out, int64_t{b} * t * h * hd, stream);
+    return;
+  }
+  internal::TcForward(out, out16, lse, qkv16, b, t, h, hkv, hd, internal::MakeAttnDrop(drop), stream);
 }
 
 void AttentionBackwardBf16(float* dqkv, const float* dout, const bf16* dout16, const float* out, const float* lse,
                            const float* qkv, const bf16* qkv16, int b, int t, int h, int hkv, int hd, float* scratch,
-                           const AttentionDropout& drop, cudaStream_t stream, bool overwrite) {
+                           const AttentionDropout& drop, cudaStream_t stream, bool overwrite, const bf16* out16) {
   if (b * t == 0) return;
   if (!TcAligned(hd, {dqkv, dout16, qkv16})) {
+    if (out == nullptr) {
+      std::fprintf(stderr, "AttentionBackwardBf16: no fp32 output off the tensor cores (hd %d)\n", hd);
+      std::abort();
+    }
     if (overwrite) {
       MOE_CUDA_CHECK(cudaMemsetAsync(dqkv, 0, sizeof(float) * b * t * int64_t{h + 2 * hkv} * hd, stream));
     }
     return AttentionBackward(dqkv, dout, out, lse, qkv, b, t, h, hkv, hd, scratch, drop, stream);
   }
-  AttentionDsum(scratch, dout, out, b, t, h, hd, stream);
+  if (out != nullptr) {
+    AttentionDsum(scratch, dout, out, b, t, h, hd, stream);
+  } else {
+    AttentionDsum(scratch, dout, out16, b, t, h, hd, stream);
+  }
   internal::TcBackward(dqkv, dout16, lse, scratch, qkv16, b, t, h, hkv, hd, internal::MakeAttnDrop(drop), overwrite,
                        stream);
 }

@@ -38,13 +38,18 @@ void AttentionBackward(float* dqkv, const float* dout, const float* out, const f
 // from dout16 (dout in bf16); out, lse, dqkv and the statistics stay fp32. Agrees with the fp32
 // path to bf16 rounding (about 1e-2 relative). hd 16 to 256; hd 8 (or a buffer not 16-byte
 // aligned) takes the fp32 path on qkv and dout.
+// out16 (may be null): out in bf16 as well, the bits CastToBf16 of out gives (wo's product input).
+// out may be null where the tensor cores run (CudaAttentionOnTensorCores(hd), 16-byte aligned
+// buffers): out16 alone is written, and the backward then takes it in place of out.
 void AttentionForwardBf16(float* out, float* lse, const float* qkv, const bf16* qkv16, int b, int t, int h,
-                          int hkv, int hd, const AttentionDropout& drop, cudaStream_t stream);
+                          int hkv, int hd, const AttentionDropout& drop, cudaStream_t stream, bf16* out16 = nullptr);
 // AttentionBackwardBf16 adds to dqkv as AttentionBackward does, or with `overwrite` writes it
-// (the caller need not clear it).
+// (the caller need not clear it). out null (tensor cores only): dsum = rowsum(dout * out16), the
+// bf16 output's values, as FlashAttention-2 computes it from its bf16 output.
 void AttentionBackwardBf16(float* dqkv, const float* dout, const bf16* dout16, const float* out, const float* lse,
                            const float* qkv, const bf16* qkv16, int b, int t, int h, int hkv, int hd, float* scratch,
-                           const AttentionDropout& drop, cudaStream_t stream, bool overwrite = false);
+                           const AttentionDropout& drop, cudaStream_t stream, bool overwrite = false,
+                           const bf16* out16 = nullptr);
 
 // Without dropout (evaluation, and jobs without model.attention.dropout).
 inline void AttentionForward(float* out, float* lse, const float* qkv, int b, int t, int h, int hkv, int hd,

@@ -50,8 +50,9 @@ void SimtBackward(float* dqkv, const float* dout, const float* lse, const float*
 // Tensor cores (attention_tc.cu): hd a multiple of 8 from 16 to 256; every row start 16-byte
 // aligned (the caller checks the buffers).
 inline bool TcRunsHeadSize(int hd) { return CudaAttentionOnTensorCores(hd); }
-void TcForward(float* out, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd, const AttnDrop& drop,
-               cudaStream_t stream);
+// out16 (may be null): out in bf16 as well, each value rounded from the fp32 one.
+void TcForward(float* out, bf16* out16, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd,
+               const AttnDrop& drop, cudaStream_t stream);
 // TcBackward adds to dqkv, or with `overwrite` writes it (every element has one writer: no
 // clearing beforehand).
 void TcBackward(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b, int t,

@@ -211,7 +211,7 @@ __device__ __forceinline__ void Locate(const BlockOrder& o, int& rank, int& head
 // Forward: the heaviest (last) query tiles first (BlockOrder).
 // Shared tiles: 0 q, 1-2 k stages, 3-4 v stages.
 template <int HD, bool kDrop, bool kExact>
-__global__ void __launch_bounds__(kTcThreads) ForwardTcKernel(float* out, float* lse, const bf16* qkv, int t, int h,
+__global__ void __launch_bounds__(kTcThreads) ForwardTcKernel(float* out, bf16* out16, float* lse, const bf16* qkv, int t, int h,
                                                               int hkv, int hd, float scale, AttnDrop drop,
                                                               BlockOrder order) {
   using Plan = TcPlan<HD>;
@@ -311,11 +311,15 @@ __global__ void __launch_bounds__(kTcThreads) ForwardTcKernel(float* out, float*
     const float lsum = QuadSum(l[r]);
     if (i >= t) continue;
     const float inv = 1.0f / lsum;
-    float* dst = out + (int64_t{bi} * t + i) * (int64_t{h} * hd) + int64_t{hi} * hd;
+    const int64_t at = (int64_t{bi} * t + i) * (int64_t{h} * hd) + int64_t{hi} * hd;  // out, out16 (either may be null)
 #pragma unroll
     for (int nt = 0; nt < HD / 8; ++nt) {
       if (nt * 8 >= hd) break;
-      *reinterpret_cast<float2*>(dst + nt * 8 + 2 * q) = make_float2(o[nt][2 * r] * inv, o[nt][2 * r + 1] * inv);
+      const float2 v = make_float2(o[nt][2 * r] * inv, o[nt][2 * r + 1] * inv);
+      if (out != nullptr) *reinterpret_cast<float2*>(out + at + nt * 8 + 2 * q) = v;
+      if (out16 != nullptr) {  // the same values rounded, as CastToBf16 would round them
+        *reinterpret_cast<__nv_bfloat162*>(out16 + at + nt * 8 + 2 * q) = __floats2bfloat162_rn(v.x, v.y);
+      }
     }
     if (q == 0) lse[(int64_t{bi} * h + hi) * t + i] = (m[r] + log2f(lsum)) / kLog2e;
   }
@@ -563,14 +567,14 @@ void AllowSharedBytes(Kernel kernel, size_t bytes) {
 }
 
 template <int HD, bool kDrop, bool kExact>
-void Forward(float* out, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd, const AttnDrop& drop,
-             cudaStream_t stream) {
+void Forward(float* out, bf16* out16, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd,
+             const AttnDrop& drop, cudaStream_t stream) {
   constexpr size_t bytes = TcPlan<HD>::kForwardBytes;
   auto* kernel = ForwardTcKernel<HD, kDrop, kExact>;
   AllowSharedBytes(kernel, bytes);
   const BlockOrder order = OrderOf((t + kTc - 1) / kTc, b * h);
   kernel<<<order.tiles * order.heads, kTcThreads, bytes, stream>>>(
-      out, lse, qkv16, t, h, hkv, hd, 1.0f / sqrtf(static_cast<float>(hd)), drop, order);
+      out, out16, lse, qkv16, t, h, hkv, hd, 1.0f / sqrtf(static_cast<float>(hd)), drop, order);
   MOE_CUDA_LAUNCH_CHECK();
 }
 
@@ -596,13 +600,13 @@ void Backward(float* dqkv, const bf16* dout16, const float* lse, const float* ds
 // The kernels without dropout carry none of its code, and those for hd == HD fold the head size
 // into their addresses (the registers of the plain path: padding costs a few, and spills at 64).
 template <int HD>
-void ForwardEither(float* out, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd,
+void ForwardEither(float* out, bf16* out16, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd,
                    const AttnDrop& drop, cudaStream_t stream) {
   const bool exact = hd == HD, on = drop.p > 0.0f;
-  if (on && exact) return Forward<HD, true, true>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (on) return Forward<HD, true, false>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (exact) return Forward<HD, false, true>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
-  Forward<HD, false, false>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (on && exact) return Forward<HD, true, true>(out, out16, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (on) return Forward<HD, true, false>(out, out16, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (exact) return Forward<HD, false, true>(out, out16, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  Forward<HD, false, false>(out, out16, lse, qkv16, b, t, h, hkv, hd, drop, stream);
 }
 
 template <int HD>
@@ -621,15 +625,15 @@ void BackwardEither(float* dqkv, const bf16* dout16, const float* lse, const flo
 
 }  // namespace
 
-void TcForward(float* out, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd, const AttnDrop& drop,
-               cudaStream_t stream) {
-  if (hd <= 16) return ForwardEither<16>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (hd <= 32) return ForwardEither<32>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (hd <= 64) return ForwardEither<64>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (hd <= 96) return ForwardEither<96>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (hd <= 128) return ForwardEither<128>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
-  if (hd <= 192) return ForwardEither<192>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
-  return ForwardEither<256>(out, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+void TcForward(float* out, bf16* out16, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd,
+               const AttnDrop& drop, cudaStream_t stream) {
+  if (hd <= 16) return ForwardEither<16>(out, out16, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 32) return ForwardEither<32>(out, out16, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 64) return ForwardEither<64>(out, out16, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 96) return ForwardEither<96>(out, out16, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 128) return ForwardEither<128>(out, out16, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  if (hd <= 192) return ForwardEither<192>(out, out16, lse, qkv16, b, t, h, hkv, hd, drop, stream);
+  return ForwardEither<256>(out, out16, lse, qkv16, b, t, h, hkv, hd, drop, stream);
 }
 
 void TcBackward(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b, int t,

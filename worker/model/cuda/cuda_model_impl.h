@@ -66,6 +66,10 @@ class CudaModel final : public TrainModel {
     // (n,C3) bf16 mode: qkv in bf16. On tensor-core attention (CudaAttentionOnTensorCores) the
     // backward reads only these, and every block's qkv is dqkv_ (free until the backward).
     cuda::bf16* qkv16;
+    // (n,D) bf16 mode without the attention gate: attn_y in bf16, as the attention wrote it (wo's
+    // product input, forward and backward); null otherwise. On tensor-core attention it is the
+    // only copy (attn_y null): the backward's dsum reads it, as FlashAttention-2 reads its output.
+    cuda::bf16* attn_y16;
     float *x_mid, *moe_rstd;  // (n,D) (n)
     // Attention options (null when off): q, k before QK-norm (n,(H+Hkv)hd) and their rstd
     // (n,H+Hkv); the gate sigmoid(attn_in @ wg^T) (n,D). attn_y stays ungated.

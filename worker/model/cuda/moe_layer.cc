@@ -256,6 +256,7 @@ void CudaMoeLayer::ReserveSaved() {
   a_->rows.u = gated ? a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F) : nullptr;
   const bool in_layout = !dispatcher_.exchanges() && !shape_.dense;
   a_->rows.y = in_layout ? a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * D) : nullptr;
+  a_->rows.h = a_->rows.mem->Alloc<cuda::bf16>(a_->rows.capacity * F);
 }
 
 void CudaMoeLayer::Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, bool rerun) {
@@ -370,11 +371,11 @@ void CudaMoeLayer::ExpertsForward16(const BlockTensors& w, float* out, cuda::bf1
                    *w2 = ctx_->Bf16Of(w.w2);
   if (!dispatcher_.exchanges()) {
     // Plan order is expert order: the experts write the output directly.
-    cuda::ExpertsForwardBf16(*s.grouped, counts, out, out16, a_->rows.g, a_->rows.u, nullptr, x, w1, w3, w2, L, D,
+    cuda::ExpertsForwardBf16(*s.grouped, counts, out, out16, a_->rows.g, a_->rows.u, a_->rows.h, x, w1, w3, w2, L, D,
                              F, s.backward, stream, act_, a_->rows.y);
     return;
   }
-  cuda::ExpertsForwardBf16(*s.grouped, counts, nullptr, s.ys, a_->rows.g, a_->rows.u, nullptr, x, w1, w3, w2, L, D,
+  cuda::ExpertsForwardBf16(*s.grouped, counts, nullptr, s.ys, a_->rows.g, a_->rows.u, a_->rows.h, x, w1, w3, w2, L, D,
                            F, s.backward, stream, act_);
   if (out != nullptr) dispatcher_.Combine(s.ys, out, s.dispatch(), stream);
   if (out16 != nullptr) dispatcher_.Combine(s.ys, out16, s.dispatch(), stream);
@@ -463,13 +464,13 @@ void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, c
   // The gradient of the experts' output goes where their rows went (bf16, like the activations).
   if (dout != nullptr) dispatcher_.Dispatch(dout, s.dys16, s.dispatch(), stream);
   if (!dispatcher_.exchanges()) {
-    cuda::ExpertsBackwardBf16(*s.grouped, counts, din, dw, s.dys16, InputRows(), a_->rows.g, a_->rows.u, nullptr,
+    cuda::ExpertsBackwardBf16(*s.grouped, counts, din, dw, s.dys16, InputRows(), a_->rows.g, a_->rows.u, a_->rows.h,
                               w1, w3, w2, L, D, F, s.backward, stream, act_, din_layout);
     return;
   }
   const int64_t rows = dispatcher_.rows_in();
   MOE_CUDA_CHECK(cudaMemsetAsync(s.dxs, 0, sizeof(float) * rows * D, stream));
-  cuda::ExpertsBackwardBf16(*s.grouped, counts, s.dxs, dw, s.dys16, InputRows(), a_->rows.g, a_->rows.u, nullptr,
+  cuda::ExpertsBackwardBf16(*s.grouped, counts, s.dxs, dw, s.dys16, InputRows(), a_->rows.g, a_->rows.u, a_->rows.h,
                             w1, w3, w2, L, D, F, s.backward, stream, act_);
   cuda::CastToBf16(s.dx16, s.dxs, rows * D, stream);
   dispatcher_.Combine(s.dx16, din, s.dispatch(), stream);
