@@ -44,6 +44,32 @@ int64_t DifferingBits(const std::vector<cuda::bf16>& a, const std::vector<cuda::
   return differ;
 }
 
+// A routing for the layout tests: k distinct experts per token, the last expert gets nothing,
+// most tokens on expert 0 when hot; capacity > 0 drops what overflows.
+struct RoutedCase {
+  int n, k, e, d;
+  int64_t capacity;
+  bool hot;
+};
+std::vector<int32_t> RouteDistinct(const RoutedCase& c, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> idx(int64_t{c.n} * c.k);
+  for (int t = 0; t < c.n; ++t) {
+    for (int j = 0; j < c.k; ++j) {
+      const int pick = c.hot && rng() % 4 != 0 ? 0 : static_cast<int>(rng() % (c.e - 1));
+      idx[int64_t{t} * c.k + j] = (pick + j) % (c.e - 1);
+    }
+  }
+  return idx;
+}
+// The plan's slot -> assignment table over every slot (n k, -1 past the kept rows).
+std::vector<int32_t> SlotToAssignment(const kernels::RoutingPlan& plan, const RoutedCase& c) {
+  std::vector<int32_t> s2a(int64_t{c.n} * c.k, -1);
+  const int rows = plan.offsets[c.e];
+  std::copy(plan.slot_to_assignment.begin(), plan.slot_to_assignment.begin() + rows, s2a.begin());
+  return s2a;
+}
+
 // PlanExpertLayout (host code: runs without a GPU): even counts stay strided; an expert that
 // takes half as much again as the others goes in chunks, padding far fewer rows than the strided
 // layout would; when the largest count is 768 rows or more the layout never has more rows than
@@ -144,26 +170,13 @@ TEST(CudaOpsTest, ExpertLayoutPadsAndCompacts) {
 // four-column path and off it. Layout buffers start as NaN: every row must be written.
 TEST(CudaOpsTest, GatherToAndAddFromExpertLayoutMatchTheTwoStepPath) {
   SKIP_WITHOUT_GPU();
-  struct Case {
-    int n, k, e, d;
-    int64_t capacity;
-    bool hot;
-  };
-  for (const Case& c : {Case{300, 2, 4, 64, 0, false}, Case{257, 3, 5, 6, 0, true}, Case{200, 2, 4, 36, 90, false},
-                        Case{1000, 1, 3, 128, 0, true}}) {
-    std::mt19937 rng(c.n + c.d);
-    std::vector<int32_t> idx(int64_t{c.n} * c.k);
-    for (int t = 0; t < c.n; ++t) {
-      for (int j = 0; j < c.k; ++j) {  // distinct experts per token; the last expert gets nothing
-        const int pick = c.hot && rng() % 4 != 0 ? 0 : static_cast<int>(rng() % (c.e - 1));
-        idx[int64_t{t} * c.k + j] = (pick + j) % (c.e - 1);
-      }
-    }
+  for (const RoutedCase& c : {RoutedCase{300, 2, 4, 64, 0, false}, RoutedCase{257, 3, 5, 6, 0, true},
+                              RoutedCase{200, 2, 4, 36, 90, false}, RoutedCase{1000, 1, 3, 128, 0, true}}) {
+    const std::vector<int32_t> idx = RouteDistinct(c, c.n + c.d);
     const kernels::RoutingPlan plan = kernels::BuildRoutingPlan(idx.data(), c.n, c.k, c.e, c.capacity);
     const int rows = plan.offsets[c.e];
     const std::vector<float> x = Randn(int64_t{c.n} * c.d, 7), w = Randn(int64_t{c.n} * c.k, 8);
-    std::vector<int32_t> s2a(int64_t{c.n} * c.k, -1);
-    std::copy(plan.slot_to_assignment.begin(), plan.slot_to_assignment.begin() + rows, s2a.begin());
+    const std::vector<int32_t> s2a = SlotToAssignment(plan, c);
     const int64_t lrows = cuda::ExpertLayoutRows(plan.counts.data(), c.e);
     Dev<float> x_d(x), w_d(w);
     Dev<int32_t> s2a_d(s2a);
@@ -217,26 +230,14 @@ TEST(CudaOpsTest, GatherToAndAddFromExpertLayoutMatchTheTwoStepPath) {
 // chunked layouts, an empty expert, capacity drops, d on the four-column path and off it.
 TEST(CudaOpsTest, CombineAndWeightGradientFromTheLayoutMatchThePlanOrderPath) {
   SKIP_WITHOUT_GPU();
-  struct Case {
-    int n, k, e, d;
-    int64_t capacity;
-    bool hot;
-  };
-  for (const Case& c : {Case{300, 2, 4, 64, 0, false}, Case{257, 3, 5, 6, 0, true}, Case{200, 2, 4, 36, 90, false},
-                        Case{1000, 1, 3, 128, 0, true}, Case{640, 4, 6, 20, 0, true}}) {
-    std::mt19937 rng(c.n * 3 + c.d);
-    std::vector<int32_t> idx(int64_t{c.n} * c.k);
-    for (int t = 0; t < c.n; ++t) {
-      for (int j = 0; j < c.k; ++j) {  // distinct experts per token; the last expert gets nothing
-        const int pick = c.hot && rng() % 4 != 0 ? 0 : static_cast<int>(rng() % (c.e - 1));
-        idx[int64_t{t} * c.k + j] = (pick + j) % (c.e - 1);
-      }
-    }
+  for (const RoutedCase& c : {RoutedCase{300, 2, 4, 64, 0, false}, RoutedCase{257, 3, 5, 6, 0, true},
+                              RoutedCase{200, 2, 4, 36, 90, false}, RoutedCase{1000, 1, 3, 128, 0, true},
+                              RoutedCase{640, 4, 6, 20, 0, true}}) {
+    const std::vector<int32_t> idx = RouteDistinct(c, c.n * 3 + c.d);
     const kernels::RoutingPlan plan = kernels::BuildRoutingPlan(idx.data(), c.n, c.k, c.e, c.capacity);
     const int rows = plan.offsets[c.e];
     const int64_t lrows = cuda::ExpertLayoutRows(plan.counts.data(), c.e);
-    std::vector<int32_t> s2a(int64_t{c.n} * c.k, -1);
-    std::copy(plan.slot_to_assignment.begin(), plan.slot_to_assignment.begin() + rows, s2a.begin());
+    const std::vector<int32_t> s2a = SlotToAssignment(plan, c);
     const std::vector<float> w = Randn(int64_t{c.n} * c.k, 11), dout = Randn(int64_t{c.n} * c.d, 12),
                              residual = Randn(int64_t{c.n} * c.d, 13);
     // The experts' output in the layout: random bf16 rows (the pad rows too: never read).
