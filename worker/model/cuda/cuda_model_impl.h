@@ -62,7 +62,7 @@ class CudaModel final : public TrainModel {
   // train.recompute full: each block's own x_in, and one set of the rest that every block
   // points at and fills in turn (the backward runs each block again right before its own).
   struct BlockActs {
-    float *x_in, *attn_rstd, *qkv, *attn_y, *attn_lse;  // (n,D) (n) (n,C3) (n,D) (b,H,T)
+    float *x_in, *attn_rstd, *qkv, *attn_y, *attn_lse;  // (n,D) (n) (n,C3) (n,D or null: below) (b,H,T)
     // (n,C3) bf16 mode: qkv in bf16. On tensor-core attention (CudaAttentionOnTensorCores) the
     // backward reads only these, and every block's qkv is dqkv_ (free until the backward).
     cuda::bf16* qkv16;
