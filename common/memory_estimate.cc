@@ -33,7 +33,8 @@ struct Shape {
   double n;        // tokens of one micro-batch on this rank: batch / W / grad_accum * T
   double kept;     // assignments this rank routes and keeps (capacity drops the rest)
   double e_local;  // experts on this rank
-  double glu;      // hidden activations per row: 3 for swiglu (gate, up, product), else 2 (bf16 CUDA: saves all but h)
+  double glu;      // hidden activations per row: 3 for swiglu (gate, up, product), else 2 (bf16 CUDA's shared
+                   // experts save all but h)
   double S, Fs;    // shared experts and their hidden size
   bool dense;
   double C3() const { return (H + 2 * Hkv) * hd; }

@@ -388,9 +388,10 @@ TEST_P(CudaAttentionBf16Test, TensorCoreForwardAndBackwardMatchCpu) {
   cuda::AttentionBackwardBf16(dqkv_d.get(), dout_d.get(), dout16.get(), out_cpu.get(), lse_cpu.get(), qkv_d.get(),
                               qkv16.get(), c.b, c.t, c.h, c.hkv, c.hd, scratch.get(), nullptr);
   const auto dqkv_h = dqkv_d.Host();
+  const auto dsum_fp32 = scratch.Host();  // rowsum(dout * out), per row and head, as the backward took it
   // Without the fp32 output (tensor cores: the model keeps the bf16 one alone): the forward
-  // writes the same bf16 bits, and the backward's dsum from those is within bf16 rounding of
-  // the fp32 one's result.
+  // writes the same bf16 bits, and the backward's row sums from those are within bf16 rounding
+  // of the fp32 output's (each row and head compared: a wrong offset shows), and so its result.
   if (CudaAttentionOnTensorCores(c.hd)) {
     Dev<cuda::bf16> only16(out.size()), cpu16(out.size());
     cuda::AttentionForwardBf16(nullptr, lse_d.get(), qkv_d.get(), qkv16.get(), c.b, c.t, c.h, c.hkv, c.hd,
@@ -402,6 +403,10 @@ TEST_P(CudaAttentionBf16Test, TensorCoreForwardAndBackwardMatchCpu) {
     cuda::AttentionBackwardBf16(dqkv_b.get(), dout_d.get(), dout16.get(), nullptr, lse_cpu.get(), qkv_d.get(),
                                 qkv16.get(), c.b, c.t, c.h, c.hkv, c.hd, scratch.get(), cuda::AttentionDropout{},
                                 nullptr, false, cpu16.get());
+    const auto dsum_bf16 = scratch.Host();
+    for (size_t i = 0; i < dsum_fp32.size(); ++i) {
+      ASSERT_NEAR(dsum_bf16[i], dsum_fp32[i], 1e-2 * (1 + std::abs(dsum_fp32[i]))) << "dsum " << i << ", hd " << c.hd;
+    }
     EXPECT_LT(RelErr(dqkv_b.Host(), dqkv_h), 1e-2) << "dsum from the bf16 output, hd " << c.hd;
   }
   // Each of dq, dk, dv on its own (dk is the smallest and would hide in the sum). At t = 1 a

@@ -132,8 +132,11 @@ void AttentionBackwardBf16(float* dqkv, const float* dout, const bf16* dout16, c
   }
   if (out != nullptr) {
     AttentionDsum(scratch, dout, out, b, t, h, hd, stream);
-  } else {
+  } else if (out16 != nullptr) {
     AttentionDsum(scratch, dout, out16, b, t, h, hd, stream);
+  } else {
+    std::fprintf(stderr, "AttentionBackwardBf16: neither the fp32 nor the bf16 forward output given\n");
+    std::abort();
   }
   internal::TcBackward(dqkv, dout16, lse, scratch, qkv16, b, t, h, hkv, hd, internal::MakeAttnDrop(drop), overwrite,
                        stream);
