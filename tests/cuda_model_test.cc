@@ -262,13 +262,20 @@ moe::v1::JobSpec CudaSpec(bool bf16) {
 
 using testing::Losses;
 
-TEST(CudaTrainerTest, SameLossCurveAsCpuAndResumes) {
-  SKIP_WITHOUT_GPU();
-  moe::v1::JobSpec spec = CudaSpec(/*bf16=*/false);
-  spec.mutable_train()->set_steps(30);
+// A CUDA job of `steps` steps that logs every step's loss (the curves these tests compare), with
+// residual dropout 0.1 and no evaluation.
+moe::v1::JobSpec LossCurveSpec(bool bf16, int steps) {
+  moe::v1::JobSpec spec = CudaSpec(bf16);
+  spec.mutable_train()->set_steps(steps);
   spec.mutable_train()->set_log_every(1);
   spec.mutable_train()->set_eval_every(0);
   spec.mutable_model()->set_dropout(0.1);
+  return spec;
+}
+
+TEST(CudaTrainerTest, SameLossCurveAsCpuAndResumes) {
+  SKIP_WITHOUT_GPU();
+  moe::v1::JobSpec spec = LossCurveSpec(/*bf16=*/false, 30);
   auto data = LoadDataset(spec.data());
   ASSERT_TRUE(data.ok()) << data.status();
   auto comm = CreateSingleProcessCommunicator();
@@ -314,11 +321,7 @@ TEST(CudaTrainerTest, SameLossCurveAsCpuAndResumes) {
 // options that add sums of their own on (QK-norm's weights) and every dropout.
 TEST(CudaTrainerTest, SameJobTwiceSameBits) {
   SKIP_WITHOUT_GPU();
-  moe::v1::JobSpec spec = CudaSpec(/*bf16=*/true);
-  spec.mutable_train()->set_steps(15);
-  spec.mutable_train()->set_log_every(1);
-  spec.mutable_train()->set_eval_every(0);
-  spec.mutable_model()->set_dropout(0.1);
+  moe::v1::JobSpec spec = LossCurveSpec(/*bf16=*/true, 15);
   spec.mutable_model()->mutable_attention()->set_qk_norm(true);
   spec.mutable_model()->mutable_attention()->set_dropout(0.1);
   spec.mutable_model()->mutable_moe()->set_expert_dropout(0.1);
@@ -342,11 +345,7 @@ TEST(CudaTrainerTest, SameJobTwiceSameBits) {
 // plan cache, so each shape's cuBLASLt algorithm must depend on the shape alone (Blas::Canonical).
 TEST(CudaTrainerTest, Bf16ResumeSameBitsAsTheRunThrough) {
   SKIP_WITHOUT_GPU();
-  moe::v1::JobSpec spec = CudaSpec(/*bf16=*/true);
-  spec.mutable_train()->set_steps(16);
-  spec.mutable_train()->set_log_every(1);
-  spec.mutable_train()->set_eval_every(0);
-  spec.mutable_model()->set_dropout(0.1);
+  moe::v1::JobSpec spec = LossCurveSpec(/*bf16=*/true, 16);
   auto data = LoadDataset(spec.data());
   ASSERT_TRUE(data.ok()) << data.status();
   auto comm = CreateSingleProcessCommunicator();
