@@ -159,11 +159,6 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
   // q, k, v in bf16 for the tensor-core attention, whose backward reads no fp32 copy: the fp32 one
   // is then the backward's dqkv scratch (counted in the workspace).
   if (bf16 && CudaAttentionOnTensorCores(static_cast<int>(s.hd))) block -= 4 * n * s.C3();
-  // The attention's output in bf16 (wo's product input) where no gate comes between: on the
-  // tensor cores in place of the fp32 one, else beside it.
-  if (bf16 && !spec.model().attention().gate()) {
-    block += 2 * n * D - (CudaAttentionOnTensorCores(static_cast<int>(s.hd)) ? 4 * n * D : 0);
-  }
   if (!s.dense) {
     // Router logits, probabilities (n, E), lse (n), weights (n, k), expert ids and the two
     // slot maps (n k), the experts' output rows ys (rows, D: bf16 values, kept in bf16 with bf16

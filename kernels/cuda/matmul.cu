@@ -8,7 +8,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "kernels/cuda/device.cuh"
 
@@ -85,6 +87,32 @@ unsigned CastBlocks(int64_t items) {
   return std::max(1u, std::min<unsigned>(BlocksFor(items, 256), 16384));
 }
 
+// The limits every algorithm query gives: the workspace, the operands' alignment.
+cublasLtMatmulPreference_t MakePreference(const Blas::Key& key, size_t workspace_bytes) {
+  cublasLtMatmulPreference_t pref;
+  MOE_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  MOE_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                   &workspace_bytes, sizeof(workspace_bytes)));
+  const uint32_t align_bytes = static_cast<uint32_t>(std::get<9>(key));
+  for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
+    MOE_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &align_bytes, sizeof(align_bytes)));
+  }
+  return pref;
+}
+
+// MOE_BLAS_TUNE_REPORT=1: a measurement for moe_bench, not for training (it allocates scratch and
+// synchronizes at each shape's first product). Each exact shape's first product times the
+// algorithm its plan runs and cuBLASLt's other candidates for the shape on the same inputs, the
+// output going to scratch; the Blas prints, when it is destroyed, each shape's runs and both times.
+bool TuneReportOn() {
+  static const bool on = [] {
+    const char* v = std::getenv("MOE_BLAS_TUNE_REPORT");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return on;
+}
+
 }  // namespace
 
 struct Blas::Plan {
@@ -97,7 +125,117 @@ struct Blas::Plan {
   // algo is the canonical shape's (Blas::Canonical), not queried for this shape; Run asks for
   // this shape's own when cuBLASLt refuses it.
   bool borrowed = false;
+  int64_t runs = 0;        // products run on this plan (the tuning report's weights)
+  bool reported = false;   // MOE_BLAS_TUNE_REPORT: its candidates were timed
+  float ms_plan = -1, ms_best = -1;  // per product: the plan's algorithm, the fastest candidate
+  int best = -1, candidates = 0;     // the fastest's place in the heuristic's list, its length
+  cublasLtMatmulAlgo_t best_algo;
+  std::vector<std::string> lines;  // single products: every candidate's time and configuration
 };
+
+// An algorithm's configuration, for the tuning report: id, tile, split-k and its reduction,
+// stages, swizzle, custom option, cluster shape.
+static std::string AlgoConfig(const cublasLtMatmulAlgo_t& algo) {
+  int32_t id = 0, splitk = 0;
+  uint32_t tile = 0, reduction = 0, swizzle = 0, custom = 0, stages = 0;
+  uint16_t cluster = 0;
+  size_t got = 0;
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof(id), &got);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof(tile), &got);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof(splitk), &got);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction, sizeof(reduction), &got);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle, sizeof(swizzle), &got);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &custom, sizeof(custom), &got);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof(stages), &got);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster, sizeof(cluster), &got);
+  char buf[160];
+  std::snprintf(buf, sizeof(buf), "id=%d tile=%u splitk=%d red=%u stages=%u swizzle=%u custom=%u cluster=%u", id, tile,
+                splitk, reduction, stages, swizzle, custom, static_cast<unsigned>(cluster));
+  return buf;
+}
+
+// The tuning report's timing (TuneReportOn). run(algo, d) runs the product with algo, output d.
+template <typename RunAlgo>
+void Blas::TimeCandidates(const Key& key, Plan& p, cudaStream_t stream, size_t d_bytes, const RunAlgo& run) {
+  const auto [ta, tb, m, n, k, lda, ldb, ldc, type_int, align, batch, sa, sb, sc, c_bf16, pointers] = key;
+  void* scratch = nullptr;
+  void** ptrs = nullptr;
+  void* out = nullptr;
+  if (pointers == 1) {
+    const size_t each = size_t(m) * ldc * (c_bf16 == 1 ? 2 : 4);
+    MOE_CUDA_CHECK(cudaMalloc(&scratch, each * batch));
+    std::vector<void*> host(batch);
+    for (int i = 0; i < batch; ++i) host[i] = static_cast<char*>(scratch) + i * each;
+    MOE_CUDA_CHECK(cudaMalloc(&ptrs, sizeof(void*) * batch));
+    MOE_CUDA_CHECK(cudaMemcpy(ptrs, host.data(), sizeof(void*) * batch, cudaMemcpyHostToDevice));
+    out = ptrs;
+  } else {
+    MOE_CUDA_CHECK(cudaMalloc(&scratch, d_bytes));
+    out = scratch;
+  }
+  cudaEvent_t e0, e1;
+  MOE_CUDA_CHECK(cudaEventCreate(&e0));
+  MOE_CUDA_CHECK(cudaEventCreate(&e1));
+  auto time_one = [&](const cublasLtMatmulAlgo_t& algo) -> float {
+    if (run(algo, out) != CUBLAS_STATUS_SUCCESS) return -1;
+    constexpr int kReps = 5;
+    MOE_CUDA_CHECK(cudaEventRecord(e0, stream));
+    for (int r = 0; r < kReps; ++r) run(algo, out);
+    MOE_CUDA_CHECK(cudaEventRecord(e1, stream));
+    MOE_CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    MOE_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    return ms / kReps;
+  };
+  p.ms_plan = time_one(p.algo);
+  cublasLtMatmulPreference_t pref = MakePreference(key, workspace_bytes_);
+  cublasLtMatmulHeuristicResult_t results[16];
+  int found = 0;
+  if (cublasLtMatmulAlgoGetHeuristic(reinterpret_cast<cublasLtHandle_t>(handle_), p.desc, p.a, p.b, p.c, p.c, pref,
+                                     16, results, &found) != CUBLAS_STATUS_SUCCESS) {
+    found = 0;
+  }
+  cublasLtMatmulPreferenceDestroy(pref);
+  p.candidates = found;
+  for (int i = 0; i < found; ++i) {
+    const float ms = time_one(results[i].algo);
+    if (batch == 1 && pointers == 0) {
+      p.lines.push_back("  candidate " + std::to_string(i) + ": " + std::to_string(ms) + " ms [" +
+                        AlgoConfig(results[i].algo) + "] waves " + std::to_string(results[i].wavesCount));
+    }
+    if (ms > 0 && (p.ms_best < 0 || ms < p.ms_best)) {
+      p.ms_best = ms;
+      p.best = i;
+      p.best_algo = results[i].algo;
+    }
+  }
+  MOE_CUDA_CHECK(cudaEventDestroy(e0));
+  MOE_CUDA_CHECK(cudaEventDestroy(e1));
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (ptrs != nullptr) MOE_CUDA_CHECK(cudaFree(ptrs));
+  MOE_CUDA_CHECK(cudaFree(scratch));
+}
+
+void Blas::PrintTuneReport() const {
+  double plan_ms = 0, best_ms = 0;
+  for (const auto& [key, p] : plans_) {
+    if (!p->reported) continue;
+    const auto [ta, tb, m, n, k, lda, ldb, ldc, type_int, align, batch, sa, sb, sc, c_bf16, pointers] = key;
+    std::fprintf(stderr,
+                 "blas tune: m=%d n=%d k=%d ta=%d tb=%d batch=%d %s out=%s runs=%lld plan=%.4f ms best=%.4f ms "
+                 "(candidate %d of %d) plan [%s] best [%s]\n",
+                 m, n, k, ta ? 1 : 0, tb ? 1 : 0, batch, pointers == 1 ? "pointers" : "strided",
+                 c_bf16 == 1 ? "bf16" : "fp32", static_cast<long long>(p->runs), p->ms_plan, p->ms_best, p->best,
+                 p->candidates, AlgoConfig(p->algo).c_str(), p->best >= 0 ? AlgoConfig(p->best_algo).c_str() : "-");
+    for (const std::string& line : p->lines) std::fprintf(stderr, "blas tune: %s\n", line.c_str());
+    if (p->ms_plan > 0 && p->ms_best > 0) {
+      plan_ms += p->runs * double(p->ms_plan);
+      best_ms += p->runs * double(std::min(p->ms_plan, p->ms_best));
+    }
+  }
+  std::fprintf(stderr, "blas tune total: plan %.2f ms, best %.2f ms (all runs; %.1f%% less)\n", plan_ms, best_ms,
+               plan_ms > 0 ? 100.0 * (plan_ms - best_ms) / plan_ms : 0.0);
+}
 
 Blas::Blas() {
   MOE_LT_CHECK(cublasLtCreate(reinterpret_cast<cublasLtHandle_t*>(&handle_)));
@@ -106,6 +244,7 @@ Blas::Blas() {
 }
 
 Blas::~Blas() {
+  if (TuneReportOn()) PrintTuneReport();
   for (auto& [key, plan] : plans_) {
     cublasLtMatmulDescDestroy(plan->desc);
     cublasLtMatrixLayoutDestroy(plan->a);
@@ -168,15 +307,7 @@ Blas::Key Blas::Canonical(const Key& key) {
 }
 
 bool Blas::ChooseAlgorithm(const Key& key, Plan* plan) {
-  cublasLtMatmulPreference_t pref;
-  MOE_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  MOE_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                   &workspace_bytes_, sizeof(workspace_bytes_)));
-  const uint32_t align_bytes = static_cast<uint32_t>(std::get<9>(key));
-  for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                    CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
-    MOE_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &align_bytes, sizeof(align_bytes)));
-  }
+  cublasLtMatmulPreference_t pref = MakePreference(key, workspace_bytes_);
   cublasLtMatmulHeuristicResult_t result;
   int found = 0;
   const cublasStatus_t status =
@@ -275,16 +406,23 @@ Blas::Plan* Blas::GetPlan(const Key& key) {
 }
 
 template <typename Matmul>
-void Blas::Run(const Key& key, const Matmul& matmul) {
+void Blas::Run(const Key& key, cudaStream_t stream, void* d, size_t d_bytes, const Matmul& matmul) {
   Plan* p = GetPlan(key);
-  cublasStatus_t status = matmul(*p);
+  ++p->runs;
+  if (TuneReportOn() && !p->reported) {
+    p->reported = true;
+    TimeCandidates(key, *p, stream, d_bytes, [&](const cublasLtMatmulAlgo_t& algo, void* out) {
+      return matmul(*p, algo, out);
+    });
+  }
+  cublasStatus_t status = matmul(*p, p->algo, d);
   if (p->borrowed && (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE)) {
     // cuBLASLt checks an algorithm against the shape before it launches anything: a bucket's
     // algorithm that does not fit this shape (its workspace, its split) is refused, and the
     // shape's own takes its place for good (the same every run: the refusal depends on the shape).
     if (LogPlans()) std::fprintf(stderr, "cublaslt plan: the bucket's algorithm refused, asking for the shape's own\n");
     ChooseOwnAlgorithm(key, p);
-    status = matmul(*p);
+    status = matmul(*p, p->algo, d);
   }
   CheckLt(status, "cublasLtMatmul", __FILE__, __LINE__);
 }
@@ -324,9 +462,11 @@ void Blas::GemmBatched(bool trans_a, bool trans_b, int m, int n, int k, float al
   const Key key{trans_a, trans_b, m, n, k, lda, ldb, ldc, type == DType::kBF16 ? 1 : 0,
                 CommonAlignment(operands, 4), batch, stride_a, stride_b, stride_c, c_type == DType::kBF16 ? 1 : 0,
                 0};
-  Run(key, [&](const Plan& p) {
+  const int elem_c = c_type == DType::kBF16 ? 2 : 4;
+  const size_t c_bytes = (size_t(batch - 1) * stride_c + size_t(m) * ldc) * elem_c;
+  Run(key, stream, c, c_bytes, [&](const Plan& p, const cublasLtMatmulAlgo_t& algo, void* d) {
     return cublasLtMatmul(reinterpret_cast<cublasLtHandle_t>(handle_), p.desc, &alpha, b, p.a, a, p.b, &beta, c_in,
-                          p.c, c, p.c, &p.algo, workspace_, workspace_bytes_, stream);
+                          p.c, d, p.c, &algo, workspace_, workspace_bytes_, stream);
   });
 }
 
@@ -342,9 +482,11 @@ void Blas::GemmPointerArray(bool trans_a, bool trans_b, int m, int n, int k, flo
                 c_type == DType::kBF16 ? 1 : 0, 1};
   // As in GemmBatched, cuBLAS's A is our b; with pointer arrays the operands are the arrays.
   void* c_arg = const_cast<void**>(c_ptrs);
-  Run(key, [&](const Plan& p) {
+  // The tuning report's scratch output for pointer arrays is an array of `batch` pointers (d_bytes
+  // 0 tells it so), each to m rows of ldc.
+  Run(key, stream, c_arg, 0, [&](const Plan& p, const cublasLtMatmulAlgo_t& algo, void* d) {
     return cublasLtMatmul(reinterpret_cast<cublasLtHandle_t>(handle_), p.desc, &alpha, b_ptrs, p.a, a_ptrs, p.b,
-                          &beta, c_arg, p.c, c_arg, p.c, &p.algo, workspace_, workspace_bytes_, stream);
+                          &beta, c_arg, p.c, d, p.c, &algo, workspace_, workspace_bytes_, stream);
   });
 }
 

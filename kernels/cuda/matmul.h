@@ -60,10 +60,18 @@ class Blas {
   // The heuristic's first choice for the plan's own shape; false when it has none.
   bool ChooseAlgorithm(const Key& key, Plan* plan);
   void ChooseOwnAlgorithm(const Key& key, Plan* plan);  // the same; aborts when there is none
-  // matmul(plan) -> cublasStatus_t: runs it on the key's plan; a bucket's algorithm that
-  // cuBLASLt refuses for this shape is replaced by the shape's own and the call made again.
+  // matmul(plan, algo, d) -> cublasStatus_t: runs the product on the key's plan with algo, its
+  // output at d (c, or an array of c pointers; d_bytes: its extent, 0 for pointer arrays); a
+  // bucket's algorithm that cuBLASLt refuses for this shape is replaced by the shape's own and
+  // the call made again.
   template <typename Matmul>
-  void Run(const Key& key, const Matmul& matmul);
+  void Run(const Key& key, cudaStream_t stream, void* d, size_t d_bytes, const Matmul& matmul);
+  // MOE_BLAS_TUNE_REPORT=1 (a measurement, matmul.cu): at each shape's first product, the times
+  // of its plan's algorithm and of every candidate the heuristic lists for it, on the same inputs
+  // (the output to scratch); the report of them when the Blas is destroyed.
+  template <typename RunAlgo>
+  void TimeCandidates(const Key& key, Plan& p, cudaStream_t stream, size_t d_bytes, const RunAlgo& run);
+  void PrintTuneReport() const;
 
   cublasLtContext* handle_ = nullptr;
   void* workspace_ = nullptr;  // device

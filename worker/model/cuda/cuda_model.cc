@@ -158,10 +158,7 @@ void CudaModel::EnsureActivations(int b) {
     t.Add(&a.attn_rstd, n);
     t.Add(&a.qkv, qkv_in_scratch ? 0 : n * C3);
     t.Add(&a.qkv16, bf16_ ? n * C3 : 0);
-    // bf16 without the gate: the output in bf16 (wo's input); on the tensor cores alone.
-    const bool y16 = bf16_ && !cfg_.attn_gate;
-    t.Add(&a.attn_y, y16 && qkv_in_scratch ? 0 : n * D);
-    t.Add(&a.attn_y16, y16 ? n * D : 0);
+    t.Add(&a.attn_y, n * D);
     t.Add(&a.attn_lse, n * H);
     t.Add(&a.x_mid, n * D);
     t.Add(&a.moe_rstd, n);

@@ -62,14 +62,14 @@ class CudaModel final : public TrainModel {
   // train.recompute full: each block's own x_in, and one set of the rest that every block
   // points at and fills in turn (the backward runs each block again right before its own).
   struct BlockActs {
-    float *x_in, *attn_rstd, *qkv, *attn_y, *attn_lse;  // (n,D) (n) (n,C3) (n,D or null: below) (b,H,T)
+    // attn_y: the attention's output in fp32, which the backward's row sums dsum = rowsum(dout *
+    // attn_y) read (from its bf16 rounding instead, as FlashAttention-2 does, shakespeare-moe's
+    // best val loss was 0.008 worse on both seeds: README). wo's forward reads the bf16 copy the
+    // tensor-core attention writes beside it into the context's scratch (s16a).
+    float *x_in, *attn_rstd, *qkv, *attn_y, *attn_lse;  // (n,D) (n) (n,C3) (n,D) (b,H,T)
     // (n,C3) bf16 mode: qkv in bf16. On tensor-core attention (CudaAttentionOnTensorCores) the
     // backward reads only these, and every block's qkv is dqkv_ (free until the backward).
     cuda::bf16* qkv16;
-    // (n,D) bf16 mode without the attention gate: attn_y in bf16, as the attention wrote it (wo's
-    // product input, forward and backward); null otherwise. On tensor-core attention it is the
-    // only copy (attn_y null): the backward's dsum reads it, as FlashAttention-2 reads its output.
-    cuda::bf16* attn_y16;
     float *x_mid, *moe_rstd;  // (n,D) (n)
     // Attention options (null when off): q, k before QK-norm (n,(H+Hkv)hd) and their rstd
     // (n,H+Hkv); the gate sigmoid(attn_in @ wg^T) (n,D). attn_y stays ungated.

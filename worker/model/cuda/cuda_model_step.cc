@@ -55,9 +55,12 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
     cuda::RopeForward(a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
     if (bf16_) cuda::CastToBf16(a.qkv16, a.qkv, int64_t{n} * C3, stream_);
   }
+  // bf16 without the gate: the output also in bf16, wo's product input (s16a: free since the qkv
+  // product read it).
+  cuda::bf16* y16 = bf16_ && !cfg_.attn_gate ? ctx_.s16a : nullptr;
   if (bf16_) {
     cuda::AttentionForwardBf16(a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_,
-                               a.attn_y16);
+                               y16);
   } else {
     cuda::AttentionForward(a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_);
   }
@@ -67,7 +70,7 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
   float* wo_out = fuse ? a.x_mid : tmp_;
   const float* wo_add = fuse ? a.x_in : nullptr;
   if (!cfg_.attn_gate && bf16_) {
-    ctx_.Linear16(wo_out, a.attn_y16, bw.wo, n, D, D, wo_add);
+    ctx_.Linear16(wo_out, y16, bw.wo, n, D, D, wo_add);
   } else if (!cfg_.attn_gate) {
     ctx_.Linear(wo_out, a.attn_y, bw.wo, n, D, D, false, wo_add);
   } else if (bf16_) {  // wo reads y * sigmoid(gate logits), written in bf16; the backward recomputes it
@@ -236,13 +239,12 @@ void CudaModel::Backward() {
       }
       cuda::AttentionGateBackward(dattn_y, dgate_, dgate_, a.attn_y, a.gate, nd, stream_, /*accumulate=*/false);
     } else {
-      ctx_.LinearBackward(dattn_y, bg.wo, dattn_out, nullptr, a.attn_y, bw.wo, n, D, D, false, /*add_to_dinp=*/false,
-                          a.attn_y16);
+      ctx_.LinearBackward(dattn_y, bg.wo, dattn_out, nullptr, a.attn_y, bw.wo, n, D, D, false, /*add_to_dinp=*/false);
     }
     if (bf16_) {  // writes dqkv_ (no clearing first)
       cuda::CastToBf16(ctx_.s16b, dattn_y, nd, stream_);  // s16b is free until the next product
       cuda::AttentionBackwardBf16(dqkv_, dattn_y, ctx_.s16b, a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd,
-                                  att_scratch_, AttnDropout(ctx, l), stream_, /*overwrite=*/true, a.attn_y16);
+                                  att_scratch_, AttnDropout(ctx, l), stream_, /*overwrite=*/true);
     } else {
       zero(dqkv_, int64_t{n} * C3);
       cuda::AttentionBackward(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, att_scratch_,
