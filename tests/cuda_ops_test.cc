@@ -390,7 +390,8 @@ TEST_P(CudaAttentionBf16Test, TensorCoreForwardAndBackwardMatchCpu) {
   const auto dqkv_h = dqkv_d.Host();
   const auto dsum_fp32 = scratch.Host();  // rowsum(dout * out), per row and head, as the backward took it
   // The row sums on the host, from `out` as given (fp32 here, its bf16 rounding below): within
-  // fp32 summation error of the kernel's, a bound of 1e-5 of the sum of the terms' sizes.
+  // fp32 summation error of the kernel's (hd terms: about hd * 6e-8 of the sum of their sizes at
+  // worst, so 4e-5 up to hd 256; a wrong row or head is off by about the sum itself).
   auto check_dsum = [&](const std::vector<float>& got, const std::vector<float>& o, const char* what) {
     for (int bi = 0; bi < c.b; ++bi)
       for (int hi = 0; hi < c.h; ++hi)
@@ -402,14 +403,15 @@ TEST_P(CudaAttentionBf16Test, TensorCoreForwardAndBackwardMatchCpu) {
             size += std::abs(double{dout[at + k]} * o[at + k]);
           }
           const int64_t idx = (int64_t{bi} * c.h + hi) * c.t + i;
-          ASSERT_NEAR(got[idx], sum, 1e-5 * (size + 1e-6)) << what << ": b " << bi << " h " << hi << " row " << i
+          ASSERT_NEAR(got[idx], sum, 4e-5 * (size + 1e-6)) << what << ": b " << bi << " h " << hi << " row " << i
                                                             << ", hd " << c.hd;
         }
   };
   check_dsum(dsum_fp32, out, "dsum from the fp32 output");
-  // Without the fp32 output (tensor cores: the model keeps the bf16 one alone): the forward
-  // writes the same bf16 bits, and the backward's row sums from those are within bf16 rounding
-  // of the fp32 output's (each row and head compared: a wrong offset shows), and so its result.
+  // Without the fp32 output (tensor cores; the kernels allow it, the model gives both): the
+  // forward writes the same bf16 bits, the backward's row sums are those of the bf16 values
+  // (each row and head compared: a wrong offset shows), and its result within 1e-2 of the fp32
+  // output's.
   if (CudaAttentionOnTensorCores(c.hd)) {
     Dev<cuda::bf16> only16(out.size()), cpu16(out.size());
     cuda::AttentionForwardBf16(nullptr, lse_d.get(), qkv_d.get(), qkv16.get(), c.b, c.t, c.h, c.hkv, c.hd,

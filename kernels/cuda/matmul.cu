@@ -143,7 +143,8 @@ static std::string AlgoConfig(const cublasLtMatmulAlgo_t& algo) {
   cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof(id), &got);
   cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof(tile), &got);
   cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof(splitk), &got);
-  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction, sizeof(reduction), &got);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction, sizeof(reduction),
+                                       &got);
   cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle, sizeof(swizzle), &got);
   cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &custom, sizeof(custom), &got);
   cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof(stages), &got);
@@ -162,7 +163,7 @@ void Blas::TimeCandidates(const Key& key, Plan& p, cudaStream_t stream, size_t d
   void** ptrs = nullptr;
   void* out = nullptr;
   if (pointers == 1) {
-    const size_t each = size_t(m) * ldc * (c_bf16 == 1 ? 2 : 4);
+    const size_t each = (size_t(m) * ldc * (c_bf16 == 1 ? 2 : 4) + 255) / 256 * 256;  // aligned as cudaMalloc's
     MOE_CUDA_CHECK(cudaMalloc(&scratch, each * batch));
     std::vector<void*> host(batch);
     for (int i = 0; i < batch; ++i) host[i] = static_cast<char*>(scratch) + i * each;

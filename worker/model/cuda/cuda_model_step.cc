@@ -55,8 +55,8 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
     cuda::RopeForward(a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
     if (bf16_) cuda::CastToBf16(a.qkv16, a.qkv, int64_t{n} * C3, stream_);
   }
-  // bf16 without the gate: the output also in bf16, wo's product input (s16a: free since the qkv
-  // product read it).
+  // bf16 without the gate: the output also in bf16, wo's product input (s16a: free at this point
+  // of the forward; the gate path below writes it itself).
   cuda::bf16* y16 = bf16_ && !cfg_.attn_gate ? ctx_.s16a : nullptr;
   if (bf16_) {
     cuda::AttentionForwardBf16(a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_,
