@@ -50,6 +50,7 @@ using testing::kBf16Tol;
 using testing::kFp32Tol;
 using testing::Randn;
 using testing::RelErr;
+using testing::ToFloat;
 
 constexpr double kAttnTol = 1e-5;      // fp32 flash (online softmax) vs two-pass CPU
 
@@ -423,11 +424,7 @@ TEST_P(CudaAttentionBf16Test, TensorCoreForwardAndBackwardMatchCpu) {
     cuda::AttentionBackwardBf16(dqkv_b.get(), dout_d.get(), dout16.get(), nullptr, lse_cpu.get(), qkv_d.get(),
                                 qkv16.get(), c.b, c.t, c.h, c.hkv, c.hd, scratch.get(), cuda::AttentionDropout{},
                                 nullptr, false, cpu16.get());
-    const auto dsum_bf16 = scratch.Host();
-    const auto cpu16_h = cpu16.Host();
-    std::vector<float> out_rounded(cpu16_h.size());
-    for (size_t i = 0; i < cpu16_h.size(); ++i) out_rounded[i] = __bfloat162float(cpu16_h[i]);
-    check_dsum(dsum_bf16, out_rounded, "dsum from the bf16 output");
+    check_dsum(scratch.Host(), ToFloat(cpu16.Host()), "dsum from the bf16 output");
     EXPECT_LT(RelErr(dqkv_b.Host(), dqkv_h), 1e-2) << "dsum from the bf16 output, hd " << c.hd;
   }
   // Each of dq, dk, dv on its own (dk is the smallest and would hide in the sum). At t = 1 a

@@ -483,8 +483,8 @@ void Blas::GemmPointerArray(bool trans_a, bool trans_b, int m, int n, int k, flo
                 c_type == DType::kBF16 ? 1 : 0, 1};
   // As in GemmBatched, cuBLAS's A is our b; with pointer arrays the operands are the arrays.
   void* c_arg = const_cast<void**>(c_ptrs);
-  // The tuning report's scratch output for pointer arrays is an array of `batch` pointers (d_bytes
-  // 0 tells it so), each to m rows of ldc.
+  // d_bytes 0: the tuning report's scratch output for pointer arrays is an array of `batch`
+  // pointers (the key says pointer arrays), each to m rows of ldc.
   Run(key, stream, c_arg, 0, [&](const Plan& p, const cublasLtMatmulAlgo_t& algo, void* d) {
     return cublasLtMatmul(reinterpret_cast<cublasLtHandle_t>(handle_), p.desc, &alpha, b_ptrs, p.a, a_ptrs, p.b,
                           &beta, c_arg, p.c, d, p.c, &algo, workspace_, workspace_bytes_, stream);
