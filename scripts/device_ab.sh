@@ -12,7 +12,7 @@
 # (A B ... A B ...). The table gives each side's best and median tokens/s, its step split, the
 # host's wait and plans (moe_bench's counts_wait_ms, plans_per_step, plan_queries_per_step), the
 # rows the experts' layout pads (layout_padding), and best / A's best.
-#   AB_CONFIGS="small medium" ROUNDS=2 STEPS=10 bash scripts/device_ab.sh
+#   AB_CONFIGS="small medium" ROUNDS=2 STEPS=10 [WARMUP=3] bash scripts/device_ab.sh
 #   AB_ENVS="sync=MOE_OPT_OVERLAP=0" AB_CONFIGS=small bash scripts/device_ab.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +49,7 @@ run() {  # side config round
   [[ $2 == *.yaml ]] && what=(--job "$2")
   [[ -n ${env[$1]} ]] && e=(env ${env[$1]})
   local out=$OUT/ab_$1_$(basename "$2" .yaml)_$3
-  timeout 240 "${e[@]}" "${bin[$1]}" "${what[@]}" --steps "${STEPS:-10}" --warmup 3 > "$out.json" 2> "$out.err"
+  timeout 240 "${e[@]}" "${bin[$1]}" "${what[@]}" --steps "${STEPS:-10}" --warmup "${WARMUP:-3}" > "$out.json" 2> "$out.err"
 }
 for c in ${AB_CONFIGS:-small medium}; do
   for r in $(seq 1 "${ROUNDS:-2}"); do
@@ -82,6 +82,7 @@ for c in configs:
         print(f"| {c} | {s} | {best['tokens_per_s']:,.0f} / {statistics.median(rates):,.0f} | "
               f"{best.get('forward_ms', 0):.2f} / {best.get('backward_ms', 0):.2f} / {best.get('optimizer_ms', 0):.2f} | "
               f"{best.get('counts_wait_ms', float('nan')):.2f} | {best.get('plans_per_step', float('nan')):.1f}"
-              f" ({best.get('plan_queries_per_step', float('nan')):.1f} queried) | "
+              f" ({best.get('plan_queries_per_step', float('nan')):.1f} queried,"
+              f" {best.get('plan_choices_measured', 0)} measured) | "
               f"{best.get('layout_padding', float('nan')):.3f} | {ratio} |")
 PY
