@@ -324,7 +324,7 @@ TEST(CudaBlasTest, MeasuredChoiceComputesTheHeuristicPicksBits) {
       EXPECT_TRUE(same_bytes(got[0], got[1])) << "pointer arrays, call " << call;
     }
   }
-  // The choice was measured (not skipped): once per shape above, at its first call.
+  // Each shape's choice was settled once, at its first call.
   EXPECT_EQ(cuda::PlanStats().measured - measured0, 4);
   std::printf("[ measured choice ] %lld of 4 shapes run another algorithm than the heuristic's first\n",
               static_cast<long long>(cuda::PlanStats().changed - changed0));

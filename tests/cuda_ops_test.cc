@@ -170,6 +170,15 @@ TEST(CudaOpsTest, RmsNorm) {
     EXPECT_LT(RelErr(rstd_d.Host(), rstd), kFp32Tol);
     EXPECT_LT(RelErr(dx_d.Host(), dx), kFp32Tol);
     EXPECT_LT(RelErr(dw_d.Host(), dw), kFp32Tol);
+    // With the bf16 copy written in the same pass: the fp32 output's bits again, and the copy has
+    // the bits of casting it (d 1000 and 96 with 4-aligned rows take the vector path, 16 too).
+    Dev<float> y2(n * d), rstd2(n);
+    Dev<cuda::bf16> y16(int64_t{n} * d), cast(int64_t{n} * d);
+    cuda::RmsNormForward(y2.get(), rstd2.get(), x_d.get(), w_d.get(), n, d, nullptr, y16.get());
+    cuda::CastToBf16(cast.get(), y2.get(), int64_t{n} * d, nullptr);
+    EXPECT_EQ(y2.Host(), y_d.Host()) << "d " << d;
+    const std::vector<cuda::bf16> got16 = y16.Host(), want16 = cast.Host();
+    EXPECT_EQ(std::memcmp(got16.data(), want16.data(), sizeof(cuda::bf16) * got16.size()), 0) << "d " << d;
   }
 }
 

@@ -107,7 +107,7 @@ class Blas {
 struct BlasPlanStats {
   int64_t made = 0;      // plans (shapes) made
   int64_t queried = 0;   // heuristic queries (a bucket's first shape, or a refused borrow)
-  int64_t measured = 0;  // measured choices (Blas::MeasureChoice), of which
+  int64_t measured = 0;  // buckets whose choice Blas::MeasureChoice settled, of which
   int64_t changed = 0;   // took another algorithm than the heuristic's first
   double seconds = 0;    // host time of the plans and the measured choices
 };

@@ -189,7 +189,8 @@ void Blas::FreeChoiceScratch() {
 
 void Blas::MeasureChoice(const Key& key, Plan& owner, cudaStream_t stream, size_t d_bytes, const RunAlgo& run) {
   owner.measured = true;
-  if (!owner.has_algo || !WholeSum(owner.pick)) return;
+  ++PlanStats().measured;
+  if (!owner.has_algo || !WholeSum(owner.pick)) return;  // a split sum: nothing else has its bits
   const auto start = std::chrono::steady_clock::now();
   const std::vector<cublasLtMatmulHeuristicResult_t> candidates =
       Candidates(reinterpret_cast<cublasLtHandle_t>(handle_), key, owner.desc, owner.a, owner.b, owner.c,
@@ -231,7 +232,6 @@ void Blas::MeasureChoice(const Key& key, Plan& owner, cudaStream_t stream, size_
   MOE_CUDA_CHECK(cudaEventDestroy(e0));
   MOE_CUDA_CHECK(cudaEventDestroy(e1));
   FreeChoiceScratch();
-  ++PlanStats().measured;
   if (!SameAlgo(best, owner.pick)) ++PlanStats().changed;
   owner.algo = best;
   PlanStats().seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
