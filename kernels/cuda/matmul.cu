@@ -282,31 +282,37 @@ void Blas::Run(const Key& key, cudaStream_t stream, void* d, size_t d_bytes, con
   const RunAlgo run = [&](const void* algo, void* out) {
     return static_cast<int>(matmul(*p, *static_cast<const cublasLtMatmulAlgo_t*>(algo), out));
   };
-  // The algorithm's owner: the bucket's canonical plan for a borrowed one. Its first product
-  // measures the choice (on this shape's inputs) before any other shape borrows it.
-  Plan* owner = p->borrowed ? p->source : p;
-  if (measured_choice_ && !owner->measured) {
-    MeasureChoice(key, *owner, stream, d_bytes, run);
-    if (owner != p) p->algo = owner->algo;
-  }
-  if (TuneReportOn() && !p->reported) {
-    p->reported = true;
-    TimeCandidates(key, *p, stream, d_bytes, run);
-  }
-  cublasStatus_t status = matmul(*p, p->algo, d);
-  auto refused = [&] { return status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE; };
-  if (p->borrowed && refused() && std::memcmp(&p->algo, &p->source->pick, sizeof(p->algo)) != 0) {
-    // The bucket's measured algorithm does not fit this shape: its heuristic pick (the same bits,
-    // MeasureChoice) runs instead, as it would have without the measurement.
-    p->algo = p->source->pick;
-    status = matmul(*p, p->algo, d);
-  }
-  if (p->borrowed && refused()) {
+  auto refused = [](cublasStatus_t st) { return st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE; };
+  if (p->borrowed && !p->pick_tried) {
+    // A shape's first product in a bucket runs on the bucket's heuristic pick: whether cuBLASLt
+    // takes the pick for this shape decides between the bucket's algorithm and the shape's own,
+    // as it did before the choice was measured (never the timing). The bucket's choice is
+    // measured first, on this product's inputs, when no shape of the bucket has measured it yet.
+    p->pick_tried = true;
+    if (measured_choice_ && !p->source->measured) MeasureChoice(key, *p->source, stream, d_bytes, run);
+    const cublasStatus_t status = matmul(*p, p->source->pick, d);
+    if (!refused(status)) {
+      internal::CheckLt(status, "cublasLtMatmul", __FILE__, __LINE__);
+      return;
+    }
     // cuBLASLt checks an algorithm against the shape before it launches anything: a bucket's
     // algorithm that does not fit this shape (its workspace, its split) is refused, and the
     // shape's own takes its place for good (the same every run: the refusal depends on the shape).
     if (LogPlans()) std::fprintf(stderr, "cublaslt plan: the bucket's algorithm refused, asking for the shape's own\n");
     ChooseOwnAlgorithm(key, p);
+  }
+  if (measured_choice_ && !p->borrowed && !p->measured) MeasureChoice(key, *p, stream, d_bytes, run);
+  // A borrowed plan runs its bucket's algorithm as measured (by whichever shape came first), or
+  // the pick where cuBLASLt refuses that for this shape (the same bits).
+  if (p->borrowed) p->algo = p->use_pick ? p->source->pick : p->source->algo;
+  if (TuneReportOn() && !p->reported) {
+    p->reported = true;
+    TimeCandidates(key, *p, stream, d_bytes, run);
+  }
+  cublasStatus_t status = matmul(*p, p->algo, d);
+  if (p->borrowed && refused(status) && !p->use_pick) {
+    p->use_pick = true;
+    p->algo = p->source->pick;
     status = matmul(*p, p->algo, d);
   }
   internal::CheckLt(status, "cublasLtMatmul", __FILE__, __LINE__);

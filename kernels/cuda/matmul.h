@@ -45,6 +45,9 @@ class Blas {
   // MOE_BLAS_CHOICE) or cuBLASLt's first candidate. Either computes the same bits; for tests and
   // A/B runs. Set before the first product.
   void set_measured_choice(bool on) { measured_choice_ = on; }
+  // Tests: the measured choice takes the first candidate with the pick's bits, whatever its time
+  // (so that another algorithm than the pick runs where one exists).
+  void set_choice_for_test(bool on) { choice_for_test_ = on; }
 
   // A product's shape: trans_a, trans_b, m, n, k, lda, ldb, ldc, bf16 in, alignment, batch,
   // strides a b c, bf16 out, pointer arrays (1) or strides (0).
@@ -88,8 +91,8 @@ class Blas {
   void TimeCandidates(const Key& key, Plan& p, cudaStream_t stream, size_t d_bytes, const RunAlgo& run);
   void PrintTuneReport() const;
   struct ChoiceScratch;
-  // Scratch for an output of d_bytes (pointer arrays: `batch` outputs of m rows of ldc, c_bytes an
-  // element), both outputs cleared; the outputs' arguments (d) in out[0], out[1]; false on no memory.
+  // Scratch for an output of d_bytes (pointer arrays: `batch` outputs of m rows of ldc), both
+  // outputs cleared; the outputs' arguments (d) in out[0], out[1]; false on no memory or past 1 GiB.
   bool PrepareChoiceScratch(const Key& key, size_t d_bytes, cudaStream_t stream, void* out[2], size_t* extent);
   void FreeChoiceScratch();
 
@@ -99,6 +102,7 @@ class Blas {
   std::map<Key, Plan*> plans_;
   ChoiceScratch* scratch_ = nullptr;
   bool measured_choice_ = true;
+  bool choice_for_test_ = false;
 };
 
 // The plans every Blas of this process has made (one per exact shape), the cuBLASLt heuristic

@@ -46,7 +46,10 @@ struct Blas::Plan {
   // shape; Run asks for this shape's own when cuBLASLt refuses it.
   bool borrowed = false;
   Plan* source = nullptr;
-  bool measured = false;   // MeasureChoice ran for this plan's own algorithm
+  bool pick_tried = false;  // borrowed: its first product ran on source's pick (Blas::Run)
+  bool use_pick = false;    // borrowed: cuBLASLt refused source's measured algorithm for it
+  bool measured = false;    // MeasureChoice settled this plan's own algorithm
+  int measure_tries = 0;    // MeasureChoice's calls that could not compare (see there)
   int64_t runs = 0;        // products run on this plan (the tuning report's weights)
   bool reported = false;   // MOE_BLAS_TUNE_REPORT: its candidates were timed
   float ms_plan = -1, ms_best = -1;  // per product: the plan's algorithm, the fastest candidate
