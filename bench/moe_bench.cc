@@ -86,7 +86,7 @@ double Median(std::vector<double> v) {
 struct HostSide {
   std::vector<double> wait_s;  // per step
   double plan_s = 0;
-  int64_t plans = 0, queries = 0, measured = 0, routed_rows = 0, layout_rows = 0;
+  int64_t plans = 0, queries = 0, routed_rows = 0, layout_rows = 0;
   double wait0 = 0;
 #ifdef MOE_WITH_CUDA
   moe::cuda::BlasPlanStats plan0;
@@ -105,24 +105,20 @@ struct HostSide {
     plan_s += moe::cuda::PlanStats().seconds - plan0.seconds;
     plans += moe::cuda::PlanStats().made - plan0.made;
     queries += moe::cuda::PlanStats().queried - plan0.queried;
-    measured += moe::cuda::PlanStats().measured - plan0.measured;
     routed_rows += moe::cuda::LayoutStats().routed - layout0.routed;
     layout_rows += moe::cuda::LayoutStats().layout - layout0.layout;
 #endif
   }
   // The JSON fields: counts_wait_ms (median per step), plans_per_step, plan_queries_per_step (of
-  // cuBLASLt's heuristic), plan_choices_measured (Blas::MeasureChoice in the measured steps, all of
-  // them: a warm-up too short for the routing's buckets leaves some in), plan_ms (per step, the
-  // measured choices' time in it), layout_padding (the experts' layouts' rows over the
+  // cuBLASLt's heuristic), plan_ms (per step), layout_padding (the experts' layouts' rows over the
   // rows routed, less 1: what the padding adds to the experts' products; 0 on the CPU).
   std::string Json() const {
     const double steps = std::max<double>(1, wait_s.size());
     char buf[256];
     std::snprintf(buf, sizeof(buf),
                   "\"counts_wait_ms\": %.2f, \"plans_per_step\": %.1f, \"plan_queries_per_step\": %.1f, "
-                  "\"plan_choices_measured\": %lld, \"plan_ms\": %.2f, \"layout_padding\": %.3f",
-                  Median(wait_s) * 1e3, plans / steps, queries / steps, static_cast<long long>(measured),
-                  plan_s * 1e3 / steps,
+                  "\"plan_ms\": %.2f, \"layout_padding\": %.3f",
+                  Median(wait_s) * 1e3, plans / steps, queries / steps, plan_s * 1e3 / steps,
                   routed_rows > 0 ? static_cast<double>(layout_rows) / routed_rows - 1 : 0.0);
     return buf;
   }

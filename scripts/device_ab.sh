@@ -82,7 +82,6 @@ for c in configs:
         print(f"| {c} | {s} | {best['tokens_per_s']:,.0f} / {statistics.median(rates):,.0f} | "
               f"{best.get('forward_ms', 0):.2f} / {best.get('backward_ms', 0):.2f} / {best.get('optimizer_ms', 0):.2f} | "
               f"{best.get('counts_wait_ms', float('nan')):.2f} | {best.get('plans_per_step', float('nan')):.1f}"
-              f" ({best.get('plan_queries_per_step', float('nan')):.1f} queried,"
-              f" {best.get('plan_choices_measured', 0)} measured) | "
+              f" ({best.get('plan_queries_per_step', float('nan')):.1f} queried) | "
               f"{best.get('layout_padding', float('nan')):.3f} | {ratio} |")
 PY

@@ -7,6 +7,7 @@
 # WORKER=1 also trains each shape through moe-worker itself (STEPS + 5 steps, a metric point a
 # step, no checkpoint) and adds its median tokens/s after the first 5 steps and that over
 # moe_bench's: the benchmark and the service's training must agree (issue 15: within 5%).
+# WARMUP (default 5): moe_bench's warm-up steps before the measured ones.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device_env.sh
@@ -22,7 +23,7 @@ for s in $SWEEP; do
   job=bench/sweep/.$s.device.yaml
   sed -e 's/^train: {/train: {log_every: 1, /' -e 's|path: ../../../shared/|path: ../../.carry/shared/|' \
       "bench/sweep/$s.yaml" > "$job"
-  timeout 240 .carry/bin/moe_bench --job "$job" --steps "${STEPS:-20}" --warmup 5 \
+  timeout 240 .carry/bin/moe_bench --job "$job" --steps "${STEPS:-20}" --warmup "${WARMUP:-5}" \
       > "$OUT/sweep_ours_$s.json" 2> "$OUT/sweep_ours_$s.err"
   echo "ours $s rc=$?: $(tail -c 300 "$OUT/sweep_ours_$s.json")"
   if [[ -n ${WORKER:-} ]]; then

@@ -1,11 +1,8 @@
 // cuda::Blas, the cuBLASLt products every GPU layer runs on, against the CPU: linear layers in
 // fp32 and bf16, and the shapes of one plan bucket (Blas::Canonical), each of which must get its
 // own product; and the host planning of the products (canonical shapes, the experts' weight
-// gradient in runs), which runs without a GPU; the measured choice of algorithms keeps the
-// heuristic pick's bits. The rest skips without one.
+// gradient in runs), which runs without a GPU. The rest skips without one.
 #include <cstdint>
-#include <cstdio>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <random>
@@ -233,109 +230,6 @@ TEST(CudaBlasTest, BlasShapesOfOneBucketEachGetTheirOwnProduct) {
                           cuda::DType::kBF16, cuda::DType::kF32, nullptr);
     EXPECT_LT(RelErr(c.Host(), oracle(a, b, count, rows, n, k, false, true)), 1e-5) << "batch " << count;
   }
-}
-
-// The measured choice (Blas::MeasureChoice, the default) may run another algorithm than
-// cuBLASLt's first candidate, but only one that computes the same bits: against a Blas on the
-// heuristic's pick, the same products give the same bytes at the first call of each shape (where
-// the choice is measured) and at the next (on the algorithm chosen), for fp32 and bf16 outputs, a
-// residual read from another buffer, a gradient summed into its output, pointer arrays, and a
-// shape that borrows its bucket's algorithm (4000 rows, the bucket of 4096). The measured side
-// takes the first candidate with the pick's bits whatever its time, so that the comparison and
-// another algorithm than the pick are exercised.
-TEST(CudaBlasTest, MeasuredChoiceComputesTheHeuristicPicksBits) {
-  SKIP_WITHOUT_GPU();
-  cuda::Blas measured, pick;
-  measured.set_measured_choice(true);
-  measured.set_choice_for_test(true);
-  pick.set_measured_choice(false);
-  const int64_t measured0 = cuda::PlanStats().measured, changed0 = cuda::PlanStats().changed;
-  auto bf16_of = [](const std::vector<float>& v) {
-    Dev<float> d(v);
-    auto out = std::make_unique<Dev<cuda::bf16>>(static_cast<int64_t>(v.size()));
-    cuda::CastToBf16(out->get(), d.get(), static_cast<int64_t>(v.size()), nullptr);
-    return out;
-  };
-  auto same_bytes = [](const auto& x, const auto& y) {
-    return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(x[0])) == 0;
-  };
-  for (int call = 0; call < 2; ++call) {
-    const int seed = 100 + 10 * call;
-    // wo's forward form with the residual: y (m, n) fp32 = x (m, k) @ w^T + r; 4000 rows borrow
-    // the algorithm of their bucket (4096, measured on the 4000 rows' inputs, then run as its own).
-    for (int m : {4000, 4096}) {
-      const int n = 1024, k = 1024;
-      auto x = bf16_of(Randn(int64_t{m} * k, seed + m)), w = bf16_of(Randn(int64_t{n} * k, seed + 1));
-      Dev<float> r(Randn(int64_t{m} * n, seed + 2));
-      std::vector<float> got[2];
-      for (int b = 0; b < 2; ++b) {
-        Dev<float> y(int64_t{m} * n);
-        (b == 0 ? measured : pick)
-            .Gemm(false, true, m, n, k, 1.0f, x->get(), k, w->get(), k, 1.0f, y.get(), n, cuda::DType::kBF16,
-                  nullptr, r.get());
-        got[b] = y.Host();
-      }
-      EXPECT_TRUE(same_bytes(got[0], got[1])) << "residual form, m " << m << ", call " << call;
-    }
-    // The weight gradient's form summed into its output: dw (k, n) += a^T (k, m) @ g (m, n).
-    {
-      const int m = 768, n = 1024, k = 1024;
-      auto a = bf16_of(Randn(int64_t{m} * k, seed + 3)), g = bf16_of(Randn(int64_t{m} * n, seed + 4));
-      const std::vector<float> dw0 = Randn(int64_t{k} * n, seed + 5);
-      std::vector<float> got[2];
-      for (int b = 0; b < 2; ++b) {
-        Dev<float> dw(dw0);
-        (b == 0 ? measured : pick)
-            .Gemm(true, false, k, n, m, 1.0f, a->get(), k, g->get(), n, 1.0f, dw.get(), n, cuda::DType::kBF16,
-                  nullptr);
-        got[b] = dw.Host();
-      }
-      EXPECT_TRUE(same_bytes(got[0], got[1])) << "summed weight gradient, call " << call;
-    }
-    // bf16 output, a strided batch (the experts' padded layout).
-    {
-      const int m = 1024, n = 1536, k = 768, batch = 4;
-      auto x = bf16_of(Randn(int64_t{batch} * m * k, seed + 6)), w = bf16_of(Randn(int64_t{batch} * n * k, seed + 7));
-      std::vector<cuda::bf16> got[2];
-      for (int b = 0; b < 2; ++b) {
-        Dev<cuda::bf16> y(int64_t{batch} * m * n);
-        (b == 0 ? measured : pick)
-            .GemmBatched(false, true, m, n, k, 1.0f, x->get(), k, int64_t{m} * k, w->get(), k, int64_t{n} * k, 0.0f,
-                         y.get(), n, int64_t{m} * n, batch, cuda::DType::kBF16, cuda::DType::kBF16, nullptr);
-        got[b] = y.Host();
-      }
-      EXPECT_TRUE(same_bytes(got[0], got[1])) << "bf16 strided batch, call " << call;
-    }
-    // Pointer arrays (the chunked layout): 16 chunks of 256 rows.
-    {
-      const int rows = 256, n = 1024, k = 1024, count = 16;
-      auto x = bf16_of(Randn(int64_t{count} * rows * k, seed + 8)), w = bf16_of(Randn(int64_t{n} * k, seed + 9));
-      std::vector<cuda::bf16> got[2];
-      for (int b = 0; b < 2; ++b) {
-        Dev<cuda::bf16> y(int64_t{count} * rows * n);
-        std::vector<const void*> ap(count), bp(count, w->get());
-        std::vector<void*> cp(count);
-        for (int i = 0; i < count; ++i) {
-          ap[i] = x->get() + int64_t{i} * rows * k;
-          cp[i] = y.get() + int64_t{i} * rows * n;
-        }
-        Dev<const void*> ap_d(ap), bp_d(bp);
-        Dev<void*> cp_d(cp);
-        (b == 0 ? measured : pick)
-            .GemmPointerArray(false, true, rows, n, k, 1.0f, ap_d.get(), k, bp_d.get(), k, 0.0f, cp_d.get(), n, count,
-                              16, cuda::DType::kBF16, cuda::DType::kBF16, nullptr);
-        got[b] = y.Host();
-      }
-      EXPECT_TRUE(same_bytes(got[0], got[1])) << "pointer arrays, call " << call;
-    }
-  }
-  // Each bucket's choice was settled once (the residual form's two shapes share one bucket), and
-  // somewhere another algorithm than the pick ran (else the comparison went untested here).
-  EXPECT_EQ(cuda::PlanStats().measured - measured0, 4);
-  const int64_t changed = cuda::PlanStats().changed - changed0;
-  EXPECT_GE(changed, 1) << "no bucket found a candidate with the pick's bits";
-  std::printf("[ measured choice ] %lld of 4 buckets run another algorithm than the heuristic's first\n",
-              static_cast<long long>(changed));
 }
 
 #endif  // MOE_WITH_CUDA

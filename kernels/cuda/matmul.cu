@@ -13,10 +13,17 @@
 #include <vector>
 
 #include "kernels/cuda/device.cuh"
-#include "kernels/cuda/matmul_internal.h"
 
 namespace moe::cuda {
 namespace {
+
+void CheckLt(cublasStatus_t st, const char* what, const char* file, int line) {
+  if (st == CUBLAS_STATUS_SUCCESS) return;
+  std::fprintf(stderr, "cuBLASLt error at %s:%d: %s: status %d\n", file, line, what,
+               static_cast<int>(st));
+  std::abort();
+}
+#define MOE_LT_CHECK(expr) CheckLt((expr), #expr, __FILE__, __LINE__)
 
 // Element-wise casts, grid-stride. The general kernels: one element per thread per step.
 __global__ void CastToBf16Kernel(bf16* out, const float* in, int64_t n) {
@@ -80,10 +87,6 @@ unsigned CastBlocks(int64_t items) {
   return std::max(1u, std::min<unsigned>(BlocksFor(items, 256), 16384));
 }
 
-}  // namespace
-
-namespace internal {
-
 // The limits every algorithm query gives: the workspace, the operands' alignment.
 cublasLtMatmulPreference_t MakePreference(const Blas::Key& key, size_t workspace_bytes) {
   cublasLtMatmulPreference_t pref;
@@ -98,16 +101,147 @@ cublasLtMatmulPreference_t MakePreference(const Blas::Key& key, size_t workspace
   return pref;
 }
 
-}  // namespace internal
+// MOE_BLAS_TUNE_REPORT=1: a measurement for moe_bench, not for training (it allocates scratch and
+// synchronizes at each shape's first product). Each exact shape's first product times the
+// algorithm its plan runs and cuBLASLt's other candidates for the shape on the same inputs, the
+// output going to scratch; the Blas prints, when it is destroyed, each shape's runs and both times.
+bool TuneReportOn() {
+  static const bool on = [] {
+    const char* v = std::getenv("MOE_BLAS_TUNE_REPORT");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return on;
+}
 
-using internal::MakePreference;
-using internal::TuneReportOn;
+}  // namespace
+
+struct Blas::Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo;
+  bool queried = false;   // the heuristic was asked for this shape (query_status: its answer)
+  int query_status = 0;
+  bool has_algo = false;  // algo is this shape's own (the heuristic query found one)
+  // algo is the canonical shape's (Blas::Canonical), not queried for this shape; Run asks for
+  // this shape's own when cuBLASLt refuses it.
+  bool borrowed = false;
+  int64_t runs = 0;        // products run on this plan (the tuning report's weights)
+  bool reported = false;   // MOE_BLAS_TUNE_REPORT: its candidates were timed
+  float ms_plan = -1, ms_best = -1;  // per product: the plan's algorithm, the fastest candidate
+  int best = -1, candidates = 0;     // the fastest's place in the heuristic's list, its length
+  cublasLtMatmulAlgo_t best_algo;
+  std::vector<std::string> lines;  // single products: every candidate's time and configuration
+};
+
+// An algorithm's configuration, for the tuning report: id, tile, split-k and its reduction,
+// stages, swizzle, custom option, cluster shape.
+static std::string AlgoConfig(const cublasLtMatmulAlgo_t& algo) {
+  int32_t id = 0, splitk = 0;
+  uint32_t tile = 0, reduction = 0, swizzle = 0, custom = 0, stages = 0;
+  uint16_t cluster = 0;
+  size_t got = 0;
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof(id), &got);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof(tile), &got);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof(splitk), &got);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction, sizeof(reduction),
+                                       &got);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle, sizeof(swizzle), &got);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &custom, sizeof(custom), &got);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof(stages), &got);
+  cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster, sizeof(cluster), &got);
+  char buf[160];
+  std::snprintf(buf, sizeof(buf), "id=%d tile=%u splitk=%d red=%u stages=%u swizzle=%u custom=%u cluster=%u", id, tile,
+                splitk, reduction, stages, swizzle, custom, static_cast<unsigned>(cluster));
+  return buf;
+}
+
+// The tuning report's timing (TuneReportOn). run(algo, d) runs the product with algo, output d.
+template <typename RunAlgo>
+void Blas::TimeCandidates(const Key& key, Plan& p, cudaStream_t stream, size_t d_bytes, const RunAlgo& run) {
+  const auto [ta, tb, m, n, k, lda, ldb, ldc, type_int, align, batch, sa, sb, sc, c_bf16, pointers] = key;
+  void* scratch = nullptr;
+  void** ptrs = nullptr;
+  void* out = nullptr;
+  if (pointers == 1) {
+    const size_t each = (size_t(m) * ldc * (c_bf16 == 1 ? 2 : 4) + 255) / 256 * 256;  // aligned as cudaMalloc's
+    MOE_CUDA_CHECK(cudaMalloc(&scratch, each * batch));
+    std::vector<void*> host(batch);
+    for (int i = 0; i < batch; ++i) host[i] = static_cast<char*>(scratch) + i * each;
+    MOE_CUDA_CHECK(cudaMalloc(&ptrs, sizeof(void*) * batch));
+    MOE_CUDA_CHECK(cudaMemcpy(ptrs, host.data(), sizeof(void*) * batch, cudaMemcpyHostToDevice));
+    out = ptrs;
+  } else {
+    MOE_CUDA_CHECK(cudaMalloc(&scratch, d_bytes));
+    out = scratch;
+  }
+  cudaEvent_t e0, e1;
+  MOE_CUDA_CHECK(cudaEventCreate(&e0));
+  MOE_CUDA_CHECK(cudaEventCreate(&e1));
+  auto time_one = [&](const cublasLtMatmulAlgo_t& algo) -> float {
+    if (run(algo, out) != CUBLAS_STATUS_SUCCESS) return -1;
+    constexpr int kReps = 5;
+    MOE_CUDA_CHECK(cudaEventRecord(e0, stream));
+    for (int r = 0; r < kReps; ++r) run(algo, out);
+    MOE_CUDA_CHECK(cudaEventRecord(e1, stream));
+    MOE_CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    MOE_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    return ms / kReps;
+  };
+  p.ms_plan = time_one(p.algo);
+  cublasLtMatmulPreference_t pref = MakePreference(key, workspace_bytes_);
+  cublasLtMatmulHeuristicResult_t results[16];
+  int found = 0;
+  if (cublasLtMatmulAlgoGetHeuristic(reinterpret_cast<cublasLtHandle_t>(handle_), p.desc, p.a, p.b, p.c, p.c, pref,
+                                     16, results, &found) != CUBLAS_STATUS_SUCCESS) {
+    found = 0;
+  }
+  cublasLtMatmulPreferenceDestroy(pref);
+  p.candidates = found;
+  for (int i = 0; i < found; ++i) {
+    const float ms = time_one(results[i].algo);
+    if (batch == 1 && pointers == 0) {
+      p.lines.push_back("  candidate " + std::to_string(i) + ": " + std::to_string(ms) + " ms [" +
+                        AlgoConfig(results[i].algo) + "] waves " + std::to_string(results[i].wavesCount));
+    }
+    if (ms > 0 && (p.ms_best < 0 || ms < p.ms_best)) {
+      p.ms_best = ms;
+      p.best = i;
+      p.best_algo = results[i].algo;
+    }
+  }
+  MOE_CUDA_CHECK(cudaEventDestroy(e0));
+  MOE_CUDA_CHECK(cudaEventDestroy(e1));
+  MOE_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (ptrs != nullptr) MOE_CUDA_CHECK(cudaFree(ptrs));
+  MOE_CUDA_CHECK(cudaFree(scratch));
+}
+
+void Blas::PrintTuneReport() const {
+  double plan_ms = 0, best_ms = 0;
+  for (const auto& [key, p] : plans_) {
+    if (!p->reported) continue;
+    const auto [ta, tb, m, n, k, lda, ldb, ldc, type_int, align, batch, sa, sb, sc, c_bf16, pointers] = key;
+    std::fprintf(stderr,
+                 "blas tune: m=%d n=%d k=%d ta=%d tb=%d batch=%d %s out=%s runs=%lld plan=%.4f ms best=%.4f ms "
+                 "(candidate %d of %d) plan [%s] best [%s]\n",
+                 m, n, k, ta ? 1 : 0, tb ? 1 : 0, batch, pointers == 1 ? "pointers" : "strided",
+                 c_bf16 == 1 ? "bf16" : "fp32", static_cast<long long>(p->runs), p->ms_plan, p->ms_best, p->best,
+                 p->candidates, AlgoConfig(p->algo).c_str(), p->best >= 0 ? AlgoConfig(p->best_algo).c_str() : "-");
+    for (const std::string& line : p->lines) std::fprintf(stderr, "blas tune: %s\n", line.c_str());
+    if (p->ms_plan > 0 && p->ms_best > 0) {
+      plan_ms += p->runs * double(p->ms_plan);
+      best_ms += p->runs * double(std::min(p->ms_plan, p->ms_best));
+    }
+  }
+  std::fprintf(stderr, "blas tune total: plan %.2f ms, best %.2f ms (all runs; %.1f%% less)\n", plan_ms, best_ms,
+               plan_ms > 0 ? 100.0 * (plan_ms - best_ms) / plan_ms : 0.0);
+}
 
 Blas::Blas() {
   MOE_LT_CHECK(cublasLtCreate(reinterpret_cast<cublasLtHandle_t*>(&handle_)));
   workspace_bytes_ = 64u << 20;
   MOE_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
-  measured_choice_ = internal::MeasuredChoiceOn();
 }
 
 Blas::~Blas() {
@@ -119,7 +253,6 @@ Blas::~Blas() {
     cublasLtMatrixLayoutDestroy(plan->c);
     delete plan;
   }
-  FreeChoiceScratch();
   cudaFree(workspace_);
   cublasLtDestroy(reinterpret_cast<cublasLtHandle_t>(handle_));
 }
@@ -187,8 +320,7 @@ bool Blas::ChooseAlgorithm(const Key& key, Plan* plan) {
   plan->query_status = static_cast<int>(status);
   plan->has_algo = status == CUBLAS_STATUS_SUCCESS && found > 0;
   plan->borrowed = false;
-  plan->source = nullptr;
-  if (plan->has_algo) plan->algo = plan->pick = result.algo;
+  if (plan->has_algo) plan->algo = result.algo;
   return plan->has_algo;
 }
 
@@ -256,7 +388,6 @@ Blas::Plan* Blas::GetPlan(const Key& key) {
     if (source->has_algo) {
       p->algo = source->algo;
       p->borrowed = true;
-      p->source = source;
     } else {
       ChooseOwnAlgorithm(key, p);
     }
@@ -279,43 +410,22 @@ template <typename Matmul>
 void Blas::Run(const Key& key, cudaStream_t stream, void* d, size_t d_bytes, const Matmul& matmul) {
   Plan* p = GetPlan(key);
   ++p->runs;
-  const RunAlgo run = [&](const void* algo, void* out) {
-    return static_cast<int>(matmul(*p, *static_cast<const cublasLtMatmulAlgo_t*>(algo), out));
-  };
-  auto refused = [](cublasStatus_t st) { return st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE; };
-  if (p->borrowed && !p->pick_tried) {
-    // A shape's first product in a bucket runs on the bucket's heuristic pick: whether cuBLASLt
-    // takes the pick for this shape decides between the bucket's algorithm and the shape's own,
-    // as it did before the choice was measured (never the timing). The bucket's choice is
-    // measured first, on this product's inputs, when no shape of the bucket has measured it yet.
-    p->pick_tried = true;
-    if (measured_choice_ && !p->source->measured) MeasureChoice(key, *p->source, stream, d_bytes, run);
-    const cublasStatus_t status = matmul(*p, p->source->pick, d);
-    if (!refused(status)) {
-      internal::CheckLt(status, "cublasLtMatmul", __FILE__, __LINE__);
-      return;
-    }
+  if (TuneReportOn() && !p->reported) {
+    p->reported = true;
+    TimeCandidates(key, *p, stream, d_bytes, [&](const cublasLtMatmulAlgo_t& algo, void* out) {
+      return matmul(*p, algo, out);
+    });
+  }
+  cublasStatus_t status = matmul(*p, p->algo, d);
+  if (p->borrowed && (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE)) {
     // cuBLASLt checks an algorithm against the shape before it launches anything: a bucket's
     // algorithm that does not fit this shape (its workspace, its split) is refused, and the
     // shape's own takes its place for good (the same every run: the refusal depends on the shape).
     if (LogPlans()) std::fprintf(stderr, "cublaslt plan: the bucket's algorithm refused, asking for the shape's own\n");
     ChooseOwnAlgorithm(key, p);
-  }
-  if (measured_choice_ && !p->borrowed && !p->measured) MeasureChoice(key, *p, stream, d_bytes, run);
-  // A borrowed plan runs its bucket's algorithm as measured (by whichever shape came first), or
-  // the pick where cuBLASLt refuses that for this shape (the same bits).
-  if (p->borrowed) p->algo = p->use_pick ? p->source->pick : p->source->algo;
-  if (TuneReportOn() && !p->reported) {
-    p->reported = true;
-    TimeCandidates(key, *p, stream, d_bytes, run);
-  }
-  cublasStatus_t status = matmul(*p, p->algo, d);
-  if (p->borrowed && refused(status) && !p->use_pick) {
-    p->use_pick = true;
-    p->algo = p->source->pick;
     status = matmul(*p, p->algo, d);
   }
-  internal::CheckLt(status, "cublasLtMatmul", __FILE__, __LINE__);
+  CheckLt(status, "cublasLtMatmul", __FILE__, __LINE__);
 }
 
 void Blas::Gemm(bool trans_a, bool trans_b, int m, int n, int k, float alpha, const void* a,

@@ -3,7 +3,6 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <tuple>
 
@@ -41,14 +40,6 @@ class Blas {
                         int lda, const void* const* b_ptrs, int ldb, float beta, void* const* c_ptrs, int ldc,
                         int batch, int align, DType type, DType c_type, cudaStream_t stream);
 
-  // Whether each bucket's algorithm is the measured choice (MeasureChoice below; the default, from
-  // MOE_BLAS_CHOICE) or cuBLASLt's first candidate. Either computes the same bits; for tests and
-  // A/B runs. Set before the first product.
-  void set_measured_choice(bool on) { measured_choice_ = on; }
-  // Tests: the measured choice takes the first candidate with the pick's bits, whatever its time
-  // (so that another algorithm than the pick runs where one exists).
-  void set_choice_for_test(bool on) { choice_for_test_ = on; }
-
   // A product's shape: trans_a, trans_b, m, n, k, lda, ldb, ldc, bf16 in, alignment, batch,
   // strides a b c, bf16 out, pointer arrays (1) or strides (0).
   using Key =
@@ -75,45 +66,26 @@ class Blas {
   // the call made again.
   template <typename Matmul>
   void Run(const Key& key, cudaStream_t stream, void* d, size_t d_bytes, const Matmul& matmul);
-  // run(algo, d): the product of this call on its inputs with algo (a cublasLtMatmulAlgo_t), the
-  // output at d (as Run's matmul); its cublasStatus_t.
-  using RunAlgo = std::function<int(const void* algo, void* d)>;
-  // The measured choice (matmul_choice.cu), at the first product of a plan whose algorithm is its
-  // own (a bucket's canonical shape, or a shape with its own): of the candidates the heuristic
-  // lists for the plan's shape, those that compute the heuristic pick's output bit for bit (no
-  // split of the sum; the same bytes as the pick's on this product's inputs, output to scratch)
-  // are timed on these inputs and the fastest becomes the plan's algorithm. So a product's bits
-  // never depend on the timing (a run and its resumption compute the same), only its speed.
-  void MeasureChoice(const Key& key, Plan& owner, cudaStream_t stream, size_t d_bytes, const RunAlgo& run);
-  // MOE_BLAS_TUNE_REPORT=1 (a measurement, matmul_choice.cu): at each shape's first product, the
-  // times of its plan's algorithm and of every candidate the heuristic lists for it, on the same
-  // inputs (the output to scratch); the report of them when the Blas is destroyed.
+  // MOE_BLAS_TUNE_REPORT=1 (a measurement, matmul.cu): at each shape's first product, the times
+  // of its plan's algorithm and of every candidate the heuristic lists for it, on the same inputs
+  // (the output to scratch); the report of them when the Blas is destroyed.
+  template <typename RunAlgo>
   void TimeCandidates(const Key& key, Plan& p, cudaStream_t stream, size_t d_bytes, const RunAlgo& run);
   void PrintTuneReport() const;
-  struct ChoiceScratch;
-  // Scratch for an output of d_bytes (pointer arrays: `batch` outputs of m rows of ldc), both
-  // outputs cleared; the outputs' arguments (d) in out[0], out[1]; false on no memory or past 1 GiB.
-  bool PrepareChoiceScratch(const Key& key, size_t d_bytes, cudaStream_t stream, void* out[2], size_t* extent);
-  void FreeChoiceScratch();
 
   cublasLtContext* handle_ = nullptr;
   void* workspace_ = nullptr;  // device
   size_t workspace_bytes_ = 0;
   std::map<Key, Plan*> plans_;
-  ChoiceScratch* scratch_ = nullptr;
-  bool measured_choice_ = true;
-  bool choice_for_test_ = false;
 };
 
 // The plans every Blas of this process has made (one per exact shape), the cuBLASLt heuristic
 // queries among them (a bucket's canonical shape, or a shape whose borrowed algorithm was
 // refused), and the host seconds the plans took: moe_bench reports them per step.
 struct BlasPlanStats {
-  int64_t made = 0;      // plans (shapes) made
-  int64_t queried = 0;   // heuristic queries (a bucket's first shape, or a refused borrow)
-  int64_t measured = 0;  // buckets whose choice Blas::MeasureChoice settled, of which
-  int64_t changed = 0;   // took another algorithm than the heuristic's first
-  double seconds = 0;    // host time of the plans and the measured choices
+  int64_t made = 0;     // plans (shapes) made
+  int64_t queried = 0;  // heuristic queries (a bucket's first shape, or a refused borrow)
+  double seconds = 0;
 };
 BlasPlanStats& PlanStats();
 
