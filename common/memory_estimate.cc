@@ -182,10 +182,11 @@ void CudaActivations(const Shape& s, const v1::JobSpec& spec, MemoryEstimate* ou
                                    2 * n * s.V
                              : 4 * n * s.V;
   // (with bf16 products final_out, the head's input, in bf16 alone), and the embedding backward's
-  // rows grouped by token id (3 n ints). And the blocks' shared moe_in (n, D) and attn_in (n, D;
-  // with bf16 products in bf16 alone, the qkv product's input written so by the RMSNorm).
+  // rows grouped by token id (3 n ints). And the blocks' shared moe_in (n, D; with bf16 products
+  // on one GPU also in bf16, the experts' input rows' source) and attn_in (n, D; with bf16
+  // products in bf16 alone, the qkv product's input written so by the RMSNorm).
   const double head = 4 * (3 * n * D + 3 * n + 2 * n + 3 * n) - (bf16 ? 2 * n * D : 0) + logits +
-                      4 * n * D + (bf16 ? 2 : 4) * n * D;
+                      4 * n * D + (bf16 && !s.dense && !exchanges ? 2 * n * D : 0) + (bf16 ? 2 : 4) * n * D;
   const bool recompute = spec.train().recompute() == v1::RECOMPUTE_FULL;
   // Recompute full: each block's input x_in (n, D), and one set of the rest of a block's
   // activations that the blocks fill in turn (CudaModel::EnsureActivations, MoeSaved).

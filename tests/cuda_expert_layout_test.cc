@@ -166,7 +166,7 @@ TEST(CudaOpsTest, ExpertLayoutPadsAndCompacts) {
 
 // GatherToExpertLayout (one GPU's permute and layout in one pass) writes the same bits as the
 // two-step path: the permuted fp32 rows (scaled by the routing weights, or not) through
-// ToExpertLayout; AddFromExpertLayout sums each token's rows back as the host does. Strided and chunked layouts, an empty expert, capacity drops, d on the
+// ToExpertLayout, and so does its copy from the rows' bf16 rounding (unscaled); AddFromExpertLayout sums each token's rows back as the host does. Strided and chunked layouts, an empty expert, capacity drops, d on the
 // four-column path and off it. Layout buffers start as NaN: every row must be written.
 TEST(CudaOpsTest, GatherToAndAddFromExpertLayoutMatchTheTwoStepPath) {
   SKIP_WITHOUT_GPU();
@@ -197,6 +197,12 @@ TEST(CudaOpsTest, GatherToAndAddFromExpertLayoutMatchTheTwoStepPath) {
       const std::vector<cuda::bf16> a = want.Host(), b = got.Host();
       EXPECT_EQ(DifferingBits(a, b), 0) << "n " << c.n << " k " << c.k << " e " << c.e << " d " << c.d << " scaled " << scaled
                            << " (" << lrows << " layout rows, " << rows << " kept)";
+      if (!scaled) {  // from the rows' bf16 copy (the RMSNorm's second output): the same bits
+        Dev<cuda::bf16> x16(int64_t{c.n} * c.d), from16(lrows * c.d, __float2bfloat16(NAN));
+        cuda::CastToBf16(x16.get(), x_d.get(), int64_t{c.n} * c.d, nullptr);
+        cuda::GatherToExpertLayout(from16.get(), x16.get(), s2a_d.get(), c.k, plan.counts.data(), c.e, c.d, nullptr);
+        EXPECT_EQ(DifferingBits(a, from16.Host()), 0) << "from bf16 rows, n " << c.n << " d " << c.d;
+      }
       // And back: each token's layout rows added to dx in assignment order, as the host adds them.
       const std::vector<float> dx0 = Randn(int64_t{c.n} * c.d, 9);
       std::vector<float> want_dx = dx0;

@@ -155,7 +155,7 @@ TEST(CudaOpsTest, FusedDropoutSitesEqualTheirTwoPasses) {
 
 TEST(CudaOpsTest, RmsNorm) {
   SKIP_WITHOUT_GPU();
-  for (int d : {16, 96, 384, 1000}) {
+  for (int d : {16, 96, 384, 1000, 1026, 2048}) {
     const int n = 37;
     auto x = Randn(int64_t{n} * d, 5), w = Randn(d, 6), dy = Randn(int64_t{n} * d, 7);
     std::vector<float> y(n * d), rstd(n), dx(n * d, 0.1f), dw(d, 0.2f);
@@ -170,6 +170,16 @@ TEST(CudaOpsTest, RmsNorm) {
     EXPECT_LT(RelErr(rstd_d.Host(), rstd), kFp32Tol);
     EXPECT_LT(RelErr(dx_d.Host(), dx), kFp32Tol);
     EXPECT_LT(RelErr(dw_d.Host(), dw), kFp32Tol);
+    // With the bf16 copy written in the same pass: the fp32 output's bits again, and the copy has
+    // the bits of casting it (d up to 1024 and a multiple of 4 on the register path, 1026 and 2048
+    // on the general kernel).
+    Dev<float> y2(n * d), rstd2(n);
+    Dev<cuda::bf16> y16(int64_t{n} * d), cast(int64_t{n} * d);
+    cuda::RmsNormForward(y2.get(), rstd2.get(), x_d.get(), w_d.get(), n, d, nullptr, y16.get());
+    cuda::CastToBf16(cast.get(), y2.get(), int64_t{n} * d, nullptr);
+    EXPECT_EQ(y2.Host(), y_d.Host()) << "d " << d;
+    const std::vector<cuda::bf16> got16 = y16.Host(), want16 = cast.Host();
+    EXPECT_EQ(std::memcmp(got16.data(), want16.data(), sizeof(cuda::bf16) * got16.size()), 0) << "d " << d;
   }
 }
 

@@ -124,6 +124,27 @@ __global__ void GatherToLayoutKernel(bf16* dst, const float* x, const float* sca
   }
 }
 
+// GatherToLayoutKernel's copy from bf16 rows: a warp per layout row, kVec8: eight columns
+// (16 bytes) per lane (d % 8 == 0, x and dst 16-byte aligned).
+template <bool kVec8>
+__global__ void GatherBf16ToLayoutKernel(bf16* dst, const bf16* x, const int32_t* s2a, int k, const LayoutBlocks blocks,
+                                         int d) {
+  const int e = blockIdx.y, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * warps + threadIdx.x / 32; i < blocks.span[e];
+       i += static_cast<int64_t>(gridDim.x) * warps) {
+    bf16* o = dst + (blocks.dst_row[e] + i) * d;
+    const bf16* src = i < blocks.rows[e] ? x + int64_t{s2a[blocks.src_row[e] + i] / k} * d : nullptr;
+    if constexpr (kVec8) {
+      for (int c = 8 * lane; c < d; c += 256) {
+        *reinterpret_cast<uint4*>(o + c) =
+            src != nullptr ? *reinterpret_cast<const uint4*>(src + c) : make_uint4(0u, 0u, 0u, 0u);
+      }
+    } else {
+      for (int c = lane; c < d; c += 32) o[c] = src != nullptr ? src[c] : __float2bfloat16(0.0f);
+    }
+  }
+}
+
 // The reverse of the gather, summed per token (one GPU): a warp per token t computes, for j =
 // 0..k-1 in order, acc += w[t k + j] * (the layout row of its slot s = a2s[t k + j], skipped
 // when dropped: row dst_row[x] + s - src_row[x] of expert x = expert_idx[t k + j]), w null: 1
@@ -390,6 +411,21 @@ void GatherToExpertLayout(bf16* dst, const float* x, const float* scale, const i
   } else {
     GatherToLayoutKernel<false><<<grid, kThreads, 0, stream>>>(dst, x, scale, slot_to_assignment, k, blocks, d,
                                                                dot_rows, dots);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
+void GatherToExpertLayout(bf16* dst, const bf16* x, const int32_t* slot_to_assignment, int k,
+                          const int32_t* host_counts, int e_local, int d, cudaStream_t stream) {
+  int64_t most = 0;
+  const LayoutBlocks blocks = BlocksOf(PlanExpertLayout(host_counts, e_local), host_counts, e_local, &most);
+  if (most == 0 || d <= 0) return;
+  constexpr int kWarps = kThreads / 32;
+  const dim3 grid(std::min<unsigned>(BlocksFor(most, kWarps), 4096), e_local);
+  if (d % 8 == 0 && Aligned(16, {x, dst})) {
+    GatherBf16ToLayoutKernel<true><<<grid, kThreads, 0, stream>>>(dst, x, slot_to_assignment, k, blocks, d);
+  } else {
+    GatherBf16ToLayoutKernel<false><<<grid, kThreads, 0, stream>>>(dst, x, slot_to_assignment, k, blocks, d);
   }
   MOE_CUDA_LAUNCH_CHECK();
 }

@@ -71,6 +71,11 @@ void ToExpertLayout(bf16* dst, const float* src, const int32_t* host_counts, int
 void GatherToExpertLayout(bf16* dst, const float* x, const float* scale, const int32_t* slot_to_assignment, int k,
                           const int32_t* host_counts, int e_local, int d, cudaStream_t stream,
                           const bf16* dot_rows = nullptr, float* dots = nullptr);
+// The same gather from rows already in bf16 (x: the fp32 rows' bf16 rounding, as the MoE's
+// RMSNorm writes it beside them): each slot's row copied, zeros past each expert's count. The
+// same bits as the fp32 gather of the rows x rounds (no scale).
+void GatherToExpertLayout(bf16* dst, const bf16* x, const int32_t* slot_to_assignment, int k,
+                          const int32_t* host_counts, int e_local, int d, cudaStream_t stream);
 // And back, summed per token (one GPU): dx (n, d) += for each token t, over j = 0..k-1 in order,
 // the layout row of its slot a2s[t k + j] (skipped when -1), expert expert_idx[t k + j] (the
 // routing plan's). The same sums as RowBlocksToFloat to zeroed compact rows, then PermuteBackward.

@@ -23,7 +23,7 @@ __device__ __forceinline__ void StoreOut4(bf16* y, int v, float4 o) { internal::
 
 // One warp per row. The general kernel: any d, any alignment.
 template <typename Out>
-__global__ void RmsNormForwardKernel(Out* out, float* rstd, const float* inp, const float* weight,
+__global__ void RmsNormForwardKernel(Out* out, bf16* out16, float* rstd, const float* inp, const float* weight,
                                      int n, int d) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -35,7 +35,12 @@ __global__ void RmsNormForwardKernel(Out* out, float* rstd, const float* inp, co
   const float r = 1.0f / sqrtf(ss / d + kernels::kRmsNormEps);
   if (lane == 0) rstd[row] = r;
   Out* y = out + int64_t{row} * d;
-  for (int c = lane; c < d; c += 32) StoreOut(y, c, x[c] * r * weight[c]);
+  bf16* y16 = out16 != nullptr ? out16 + int64_t{row} * d : nullptr;
+  for (int c = lane; c < d; c += 32) {
+    const float v = x[c] * r * weight[c];
+    StoreOut(y, c, v);
+    if (y16 != nullptr) StoreOut(y16, c, v);
+  }
 }
 
 // The register-resident RMSNorm kernels, for d % 4 == 0, 16-byte aligned pointers and
@@ -48,7 +53,7 @@ __device__ __forceinline__ float4 Zero4() { return make_float4(0.0f, 0.0f, 0.0f,
 
 // One warp per row, as RmsNormForwardKernel, the row held in registers.
 template <typename Out, int kVecs>
-__global__ void __launch_bounds__(kThreads) RmsNormForwardVecKernel(Out* out, float* rstd,
+__global__ void __launch_bounds__(kThreads) RmsNormForwardVecKernel(Out* out, bf16* out16, float* rstd,
                                                                     const float* inp,
                                                                     const float* weight, int n,
                                                                     int d) {
@@ -72,12 +77,15 @@ __global__ void __launch_bounds__(kThreads) RmsNormForwardVecKernel(Out* out, fl
   if (lane == 0) rstd[row] = r;
   const float4* w4 = reinterpret_cast<const float4*>(weight);
   Out* y = out + int64_t{row} * d;
+  bf16* y16 = out16 != nullptr ? out16 + int64_t{row} * d : nullptr;
 #pragma unroll
   for (int k = 0; k < kVecs; ++k) {
     const int v = k * 32 + lane;
     if (v < d4) {
       const float4 w = w4[v];
-      StoreOut4(y, v, make_float4(x[k].x * r * w.x, x[k].y * r * w.y, x[k].z * r * w.z, x[k].w * r * w.w));
+      const float4 o = make_float4(x[k].x * r * w.x, x[k].y * r * w.y, x[k].z * r * w.z, x[k].w * r * w.w);
+      StoreOut4(y, v, o);
+      if (y16 != nullptr) StoreOut4(y16, v, o);
     }
   }
 }
@@ -232,17 +240,18 @@ bool RmsNormVectorizable(int d, std::initializer_list<const void*> ptrs) {
 }
 
 template <typename Out>
-void RmsNormForwardAs(Out* out, float* rstd, const float* inp, const float* weight, int n, int d,
+void RmsNormForwardAs(Out* out, bf16* out16, float* rstd, const float* inp, const float* weight, int n, int d,
                       cudaStream_t stream) {
   if (n <= 0) return;
   const unsigned blocks = BlocksFor(n, kThreads / 32);
-  if (RmsNormVectorizable(d, {out, inp, weight})) {
+  // out16's rows take 8-byte stores (StoreBf16x4): 16-byte alignment of the pointer, as the rest.
+  if (RmsNormVectorizable(d, {out, inp, weight, out16})) {
     WithRmsVecs((d / 4 + 31) / 32, [&](auto vecs) {
       RmsNormForwardVecKernel<Out, decltype(vecs)::value><<<blocks, kThreads, 0, stream>>>(
-          out, rstd, inp, weight, n, d);
+          out, out16, rstd, inp, weight, n, d);
     });
   } else {
-    RmsNormForwardKernel<Out><<<blocks, kThreads, 0, stream>>>(out, rstd, inp, weight, n, d);
+    RmsNormForwardKernel<Out><<<blocks, kThreads, 0, stream>>>(out, out16, rstd, inp, weight, n, d);
   }
   MOE_CUDA_LAUNCH_CHECK();
 }
@@ -250,13 +259,13 @@ void RmsNormForwardAs(Out* out, float* rstd, const float* inp, const float* weig
 }  // namespace
 
 void RmsNormForward(float* out, float* rstd, const float* inp, const float* weight, int n, int d,
-                    cudaStream_t stream) {
-  RmsNormForwardAs(out, rstd, inp, weight, n, d, stream);
+                    cudaStream_t stream, bf16* out16) {
+  RmsNormForwardAs(out, out16, rstd, inp, weight, n, d, stream);
 }
 
 void RmsNormForwardBf16(bf16* out, float* rstd, const float* inp, const float* weight, int n, int d,
                         cudaStream_t stream) {
-  RmsNormForwardAs(out, rstd, inp, weight, n, d, stream);
+  RmsNormForwardAs(out, static_cast<bf16*>(nullptr), rstd, inp, weight, n, d, stream);
 }
 
 void RmsNormBackward(float* dinp, float* dweight, const float* dout, const float* inp,

@@ -174,6 +174,7 @@ void CudaModel::EnsureActivations(int b) {
   t.Add(&attn_in_, bf16_ ? 0 : n * D);
   t.Add(&attn_in16_, bf16_ ? n * D : 0);
   t.Add(&moe_in_, n * D);
+  t.Add(&moe_in16_, MoeInputInBf16() ? n * D : 0);
   t.Add(&x_final_, n * D);
   t.Add(&final_out_, bf16_ ? 0 : n * D);
   t.Add(&final_out16_, bf16_ ? n * D : 0);

@@ -138,6 +138,11 @@ class CudaModel final : public TrainModel {
   // gradients; moe_in fp32 (the router's product is fp32).
   float *attn_in_, *moe_in_;
   cuda::bf16* attn_in16_;
+  // moe_in rounded to bf16 as well, written by the same RMSNorm pass (MoeInputInBf16: bf16
+  // products, routed experts, one GPU): the experts' input rows are gathered from it (half the
+  // bytes of moe_in's, the same bits).
+  cuda::bf16* moe_in16_ = nullptr;
+  bool MoeInputInBf16() const { return bf16_ && !shape_.dense && shape_.world == 1; }
   cuda::bf16* final_out16_;  // bf16 products: the head's input in bf16 alone (n,D; final_out_ null)
   // The head (Forward's last loop): fp32 logits (head_rows_, V), head_rows_ = n on the fp32
   // path (the backward turns them into dlogits in place); with bf16 products a chunk

@@ -23,7 +23,7 @@ void CudaModel::AttnNorm(int l, const float* gain) {
 void CudaModel::MoeNorm(int l, const float* gain) {
   const int n = b_ * cfg_.seq_len;
   const BlockActs& a = blocks_[l];
-  cuda::RmsNormForward(moe_in_, a.moe_rstd, a.x_mid, gain, n, cfg_.d, stream_);
+  cuda::RmsNormForward(moe_in_, a.moe_rstd, a.x_mid, gain, n, cfg_.d, stream_, moe_in16_);
 }
 
 void CudaModel::BlockForward(int l, float* out, bool rerun) {
@@ -88,10 +88,10 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
   // (recomputation) needs only the saved activations, not the block's output.
   MoeNorm(l, bw.moe_norm);
   if (fuse && !rerun) {
-    moe_[l]->Forward(moe_in_, bw, n, ctx, out, rerun, /*residual=*/a.x_mid);
+    moe_[l]->Forward(moe_in_, bw, n, ctx, out, rerun, /*residual=*/a.x_mid, moe_in16_);
     return;
   }
-  moe_[l]->Forward(moe_in_, bw, n, ctx, tmp_, rerun);
+  moe_[l]->Forward(moe_in_, bw, n, ctx, tmp_, rerun, /*residual=*/nullptr, moe_in16_);
   if (rerun) return;
   cuda::DropoutAddOut(out, a.x_mid, tmp_, nd, p_drop, DropoutSiteSeed(ctx.dropout_seed, 2 + 2 * l), offset, stream_);
 }
@@ -221,7 +221,7 @@ void CudaModel::Backward() {
     const float* dmoe = through_dropout(2 + 2 * l);
     zero(dnorm_, nd);
     if (!cfg_.recompute) MoeNorm(l, bw.moe_norm);  // (the rerun just wrote it)
-    moe_[l]->Backward(dmoe, moe_in_, bw, bg, n, ctx.loss_scale, dnorm_, expert_grads_unwritten_);
+    moe_[l]->Backward(dmoe, moe_in_, bw, bg, n, ctx.loss_scale, dnorm_, expert_grads_unwritten_, moe_in16_);
     cuda::RmsNormBackward(dx_, bg.moe_norm, dnorm_, a.x_mid, bw.moe_norm, a.moe_rstd, n, D, partials_, stream_);
 
     const float* dattn_out = through_dropout(1 + 2 * l);

@@ -295,7 +295,7 @@ void CudaMoeLayer::Route(const float* m, const BlockTensors& w, int n, const Bat
 }
 
 void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, float* out,
-                           bool rerun, const float* residual) {
+                           bool rerun, const float* residual, const cuda::bf16* m16) {
   const int D = shape_.d, F = shape_.ffn, E = shape_.experts, k = shape_.top_k;
   cudaStream_t stream = ctx_->stream;
   if (shape_.dense) {
@@ -303,7 +303,7 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
     if (ctx_->bf16) {
       const int32_t counts[1] = {n};
       dispatcher_.Preprocess(counts);
-      FillInputRows(m, n);
+      FillInputRows(m, m16, n);
       ExpertsForward16(w, out, nullptr);
     } else {
       const int32_t offsets[2] = {0, n};
@@ -326,7 +326,7 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
     ctx_->WaitEvent(scratch_->counts_ready, "the expert counts");
     CountsWaitSeconds() += std::chrono::duration<double>(std::chrono::steady_clock::now() - wait).count();
     dispatcher_.Preprocess(counts_host_);
-    FillInputRows(m, n);
+    FillInputRows(m, m16, n);
     if (dispatcher_.exchanges()) {
       ExpertsForward16(w, nullptr, a_->ys16);
       cuda::UnpermuteForward(out, a_->ys16, a_->weights, a_->a2s, n, k, D, stream, combine_residual);
@@ -345,7 +345,7 @@ void CudaMoeLayer::Forward(const float* m, const BlockTensors& w, int n, const B
   if (residual != nullptr && combine_residual == nullptr) cuda::AddInPlace(out, residual, int64_t{n} * D, stream);
 }
 
-void CudaMoeLayer::FillInputRows(const float* m, int n) {
+void CudaMoeLayer::FillInputRows(const float* m, const cuda::bf16* m16, int n) {
   const int D = shape_.d, k = shape_.top_k;
   cudaStream_t stream = ctx_->stream;
   ReserveSaved();
@@ -355,7 +355,10 @@ void CudaMoeLayer::FillInputRows(const float* m, int n) {
   } else if (dispatcher_.exchanges()) {  // plan order, then the exchange
     cuda::PermuteForward(s.d_expert_in, m, a_->a2s, n, k, D, stream);
     dispatcher_.Dispatch(s.d_expert_in, InputRows(), s.dispatch(), stream);
-  } else {  // one GPU: plan order is the layout's order, one gather
+  } else if (m16 != nullptr) {  // one GPU: plan order is the layout's order, one gather
+    cuda::GatherToExpertLayout(InputRows(), m16, a_->s2a, k, dispatcher_.local_counts(), shape_.experts_local, D,
+                               stream);
+  } else {
     cuda::GatherToExpertLayout(InputRows(), m, nullptr, a_->s2a, k, dispatcher_.local_counts(), shape_.experts_local,
                                D, stream);
   }
@@ -382,7 +385,7 @@ void CudaMoeLayer::ExpertsForward16(const BlockTensors& w, float* out, cuda::bf1
 }
 
 void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensors& w, const BlockTensors& g, int n,
-                            float loss_scale, float* dm, bool expert_grads_unwritten) {
+                            float loss_scale, float* dm, bool expert_grads_unwritten, const cuda::bf16* m16) {
   if (expert_grads_unwritten && (!ctx_->bf16 || shape_.dense)) {
     throw std::logic_error("CudaMoeLayer::Backward: unwritten expert gradients need routed bf16 experts");
   }
@@ -391,7 +394,7 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
   MoeScratch& s = *scratch_;
   if (shape_.dense) {
     if (ctx_->bf16) {
-      RedoInputRows(m, n);
+      RedoInputRows(m, m16, n);
       ExpertsBackward16(dout, w, g, dm);
     } else {
       cuda::ExpertsBackward(dm, g.w1, g.w3, g.w2, dout, m, a_->g, a_->u, a_->h, w.w1, w.w3, w.w2, s.dense_offsets, n, 1,
@@ -411,7 +414,7 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
     // The routing weights' gradient (dout . the experts' output row) in the same pass.
     cuda::GatherToExpertLayout(s.dys16, dout, a_->weights, a_->s2a, k, dispatcher_.local_counts(),
                                shape_.experts_local, D, stream, a_->rows.y, s.dweights);
-    RedoInputRows(m, n);
+    RedoInputRows(m, m16, n);
   } else if (ctx_->bf16) {
     MOE_CUDA_CHECK(cudaMemsetAsync(s.d_expert_in, 0, sizeof(float) * rows * D, stream));
     cuda::UnpermuteBackward(s.d_expert_in, s.dweights, dout, a_->ys16, a_->weights, a_->a2s, n, k, D, stream);
@@ -447,8 +450,8 @@ void CudaMoeLayer::Backward(const float* dout, const float* m, const BlockTensor
   SharedBackward(dout, m, w, g, n, dm);
 }
 
-void CudaMoeLayer::RedoInputRows(const float* m, int n) {
-  if (!dispatcher_.exchanges()) FillInputRows(m, n);
+void CudaMoeLayer::RedoInputRows(const float* m, const cuda::bf16* m16, int n) {
+  if (!dispatcher_.exchanges()) FillInputRows(m, m16, n);
 }
 
 void CudaMoeLayer::ExpertsBackward16(const float* dout, const BlockTensors& w, const BlockTensors& g, float* din,

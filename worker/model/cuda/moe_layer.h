@@ -124,14 +124,16 @@ class CudaMoeLayer {
   // the same way and keeps the first run's statistics and aux gradient (no sum over GPUs, nothing
   // counted twice).
   // residual (n, D), when given: out = residual + the layer's output (added as the routed
-  // combine writes it when there are no shared experts).
+  // combine writes it when there are no shared experts). m16, when given: m rounded to bf16 (the
+  // RMSNorm's second output), which the experts' input rows are gathered from instead of m on
+  // one GPU (the same bits, half the bytes read).
   void Forward(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, float* out,
-               bool rerun = false, const float* residual = nullptr);
+               bool rerun = false, const float* residual = nullptr, const cuda::bf16* m16 = nullptr);
   // dout (n, D) -> dm (n, D) +=, parameter gradients += into g. m: the forward's input.
   // expert_grads_unwritten: the routed experts' weight gradients hold nothing yet (the model did
   // not clear them): they are written, not added to.
   void Backward(const float* dout, const float* m, const BlockTensors& w, const BlockTensors& g, int n,
-                float loss_scale, float* dm, bool expert_grads_unwritten = false);
+                float loss_scale, float* dm, bool expert_grads_unwritten = false, const cuda::bf16* m16 = nullptr);
 
   const double* stats() const { return stats_; }  // device, RouterStatsSlots{E}.size()
 
@@ -145,9 +147,10 @@ class CudaMoeLayer {
   void Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, bool rerun);
   // The experts' bf16 input rows (InputRows) from the layer's input m (n, D), after the
   // dispatcher's Preprocess: dense, m's rows; one GPU, m's rows gathered into the layout
-  // (GatherToExpertLayout, the permute and the cast in one pass); several GPUs, permuted
+  // (GatherToExpertLayout, the permute and the cast in one pass; from m16 when given, a copy of
+  // rows); several GPUs, permuted
   // (d_expert_in, plan order) and sent.
-  void FillInputRows(const float* m, int n);
+  void FillInputRows(const float* m, const cuda::bf16* m16, int n);
   // The experts on the bf16 rows of FillInputRows: products, combine -> out16 (bf16, the saved
   // ys, plan order), or dense -> out (fp32, n rows); the other output null. One GPU, routed:
   // both null, the output stays in the layout (MoeSaved::Rows::y).
@@ -165,7 +168,7 @@ class CudaMoeLayer {
   cuda::bf16* InputRows() const { return dispatcher_.exchanges() ? a_->rows.x : scratch_->x16; }
   // One GPU: InputRows again from the layer's input m, as the forward made them. Nothing when
   // the rows travel between GPUs (saved).
-  void RedoInputRows(const float* m, int n);
+  void RedoInputRows(const float* m, const cuda::bf16* m16, int n);
   // The shared experts (model.moe.shared_experts): out (n, D) += sum_s Shared_s(m), and back
   // (dm += ; their weights' gradients +=). Every token, like a dense model's expert.
   void SharedForward(const float* m, const BlockTensors& w, int n, float* out);
