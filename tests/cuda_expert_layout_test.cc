@@ -166,8 +166,10 @@ TEST(CudaOpsTest, ExpertLayoutPadsAndCompacts) {
 
 // GatherToExpertLayout (one GPU's permute and layout in one pass) writes the same bits as the
 // two-step path: the permuted fp32 rows (scaled by the routing weights, or not) through
-// ToExpertLayout, and so does its copy from the rows' bf16 rounding (unscaled); AddFromExpertLayout sums each token's rows back as the host does. Strided and chunked layouts, an empty expert, capacity drops, d on the
-// four-column path and off it. Layout buffers start as NaN: every row must be written.
+// ToExpertLayout, and so does its copy from the rows' bf16 rounding (unscaled);
+// AddFromExpertLayout sums each token's rows back as the host does. Strided and chunked layouts,
+// an empty expert, capacity drops, d on the four-column path and off it. Layout buffers start as
+// NaN: every row must be written.
 TEST(CudaOpsTest, GatherToAndAddFromExpertLayoutMatchTheTwoStepPath) {
   SKIP_WITHOUT_GPU();
   for (const RoutedCase& c : {RoutedCase{300, 2, 4, 64, 0, false}, RoutedCase{257, 3, 5, 6, 0, true},

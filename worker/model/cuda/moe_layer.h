@@ -148,8 +148,7 @@ class CudaMoeLayer {
   // The experts' bf16 input rows (InputRows) from the layer's input m (n, D), after the
   // dispatcher's Preprocess: dense, m's rows; one GPU, m's rows gathered into the layout
   // (GatherToExpertLayout, the permute and the cast in one pass; from m16 when given, a copy of
-  // rows); several GPUs, permuted
-  // (d_expert_in, plan order) and sent.
+  // rows); several GPUs, permuted (d_expert_in, plan order) and sent.
   void FillInputRows(const float* m, const cuda::bf16* m16, int n);
   // The experts on the bf16 rows of FillInputRows: products, combine -> out16 (bf16, the saved
   // ys, plan order), or dense -> out (fp32, n rows); the other output null. One GPU, routed:
