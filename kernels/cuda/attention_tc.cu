@@ -8,18 +8,20 @@
 //
 // Head sizes: the kernels are built for HD in {16, 32, 64, 96, 128, 192, 256} and run any hd that
 // is a multiple of 8 up to HD, the columns from hd to HD loaded as zeros (they add nothing to any
-// product) and never stored. What grows with HD is held where it fits: up to 64 every A operand
-// (q, dout; k, v) stays in registers; above, A fragments are read from shared memory at each
-// product; above 128, dk/dv is split into two column halves (grid.z), each block recomputing the
-// scores, so that the accumulators fit the registers. Tiles live in dynamic shared memory: at
+// product) and never stored. What grows with HD is held where it fits: the forward keeps q's
+// fragments in registers up to 128; the backward reads its A operands (q, dout; k, v) from
+// shared memory at each product (fewer registers, more blocks an SM); above 128, dk/dv is split
+// into two column halves (grid.z), each block recomputing the scores, so that the accumulators
+// fit the registers. Tiles live in dynamic shared memory: at
 // HD 256 six 64-row tiles take 203 KB (the H100/H200 limit per block is 227 KB).
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16 .bf16): with g = lane / 4, q = lane % 4,
 //   A (16x16, row): regs {a(g, 2q..), a(g+8, 2q..), a(g, 2q+8..), a(g+8, 2q+8..)}
 //   B (16x8, col):  regs {b(2q.., g), b(2q+8.., g)}
 //   C (16x8, f32):  {c(g, 2q), c(g, 2q+1), c(g+8, 2q), c(g+8, 2q+1)}
-// Tiles stay row-major in shared memory: B operands whose k index runs along a row are read
-// as 32-bit words, the others (the second products' V, K, Q, dout) through ldmatrix .trans.
+// Tiles stay row-major in shared memory and every fragment comes by ldmatrix: A operands and the
+// B operands whose k index runs along a row as they lie, the others (the second products' V, K,
+// Q, dout) through .trans.
 #include <algorithm>
 #include <cmath>
 
@@ -68,15 +70,15 @@ __device__ __forceinline__ uint32_t Pack(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
-template <int PITCH>
-__device__ __forceinline__ uint32_t Word(const bf16 (*s)[PITCH], int r, int c) {
-  return *reinterpret_cast<const uint32_t*>(&s[r][c]);
-}
-
 // cp.async of 16 bytes global -> shared; src_bytes 0 writes zeros (rows past t, columns past hd).
 __device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
+}
+// The same for 4 bytes (through L1: .cg takes 16 bytes only).
+__device__ __forceinline__ void CpAsync4(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 4 : 0));
 }
 __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 // Waits until at most N of this thread's committed groups are still in flight.
@@ -108,32 +110,54 @@ __device__ __forceinline__ void LdMatrixX4T(uint32_t& r0, uint32_t& r1, uint32_t
                : "r"(addr));
 }
 
-// The A fragment of rows [r0, r0 + 16), k chunk kc, of a row-major tile.
+// The same as they lie (no .trans): lane l receives elements (l / 4, 2 (l % 4)) and
+// (l / 4, 2 (l % 4) + 1) of each matrix, the A fragment layout and, for a tile whose k index runs
+// along a row, the B one. One instruction where the 32-bit reads took four.
+__device__ __forceinline__ void LdMatrixX4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, const bf16* p) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+
+// The A fragment of rows [r0, r0 + 16), k chunk kc, of a row-major tile: the matrices (rows r0,
+// k 0), (r0 + 8, 0), (r0, 8), (r0 + 8, 8) give a[0..3].
 template <int PITCH>
-__device__ __forceinline__ void LoadAChunk(uint32_t (&a)[4], const bf16 (*s)[PITCH], int r0, int kc, int g, int q) {
-  a[0] = Word(s, r0 + g, kc * 16 + 2 * q);
-  a[1] = Word(s, r0 + g + 8, kc * 16 + 2 * q);
-  a[2] = Word(s, r0 + g, kc * 16 + 8 + 2 * q);
-  a[3] = Word(s, r0 + g + 8, kc * 16 + 8 + 2 * q);
+__device__ __forceinline__ void LoadAChunk(uint32_t (&a)[4], const bf16 (*s)[PITCH], int r0, int kc, int lane) {
+  LdMatrixX4(a[0], a[1], a[2], a[3], &s[r0 + lane % 8 + ((lane / 8) & 1) * 8][kc * 16 + (lane / 16) * 8]);
 }
 
 // A fragments of rows [r0, r0 + 16) of a row-major tile, for every 16-wide k chunk.
 template <int HD, int PITCH>
-__device__ __forceinline__ void LoadA(uint32_t (&a)[HD / 16][4], const bf16 (*s)[PITCH], int r0, int g, int q) {
+__device__ __forceinline__ void LoadA(uint32_t (&a)[HD / 16][4], const bf16 (*s)[PITCH], int r0, int lane) {
 #pragma unroll
-  for (int kc = 0; kc < HD / 16; ++kc) LoadAChunk(a[kc], s, r0, kc, g, q);
+  for (int kc = 0; kc < HD / 16; ++kc) LoadAChunk(a[kc], s, r0, kc, lane);
 }
 
-// acc (16 x 64) = A (16 x HD, fragments) * Y^T, Y a row-major (64 x HD) tile.
+// The B fragments of n tiles 2 np and 2 np + 1 (rows [16 np, 16 np + 16) of a row-major tile Y,
+// read as Y^T), k chunk kc: b[0], b[1] for the first, b[2], b[3] for the second.
+template <int PITCH>
+__device__ __forceinline__ void LoadBtPair(uint32_t (&b)[4], const bf16 (*y)[PITCH], int np, int kc, int lane) {
+  LdMatrixX4(b[0], b[1], b[2], b[3], &y[np * 16 + lane % 8 + (lane / 16) * 8][kc * 16 + ((lane / 8) & 1) * 8]);
+}
+
+// acc (16 x 64) = A (16 x HD, fragments) * Y^T, Y a row-major (64 x HD) tile. Each acc[nt] sums
+// its k chunks in order.
 template <int HD, int PITCH>
 __device__ __forceinline__ void MulABt(float (&acc)[kTc / 8][4], const uint32_t (&a)[HD / 16][4],
-                                       const bf16 (*y)[PITCH], int g, int q) {
+                                       const bf16 (*y)[PITCH], int lane) {
 #pragma unroll
-  for (int nt = 0; nt < kTc / 8; ++nt) {
-    acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+  for (int np = 0; np < kTc / 16; ++np) {
+    float(&c0)[4] = acc[2 * np];
+    float(&c1)[4] = acc[2 * np + 1];
+    c0[0] = c0[1] = c0[2] = c0[3] = c1[0] = c1[1] = c1[2] = c1[3] = 0.f;
 #pragma unroll
-    for (int kc = 0; kc < HD / 16; ++kc)
-      Mma(acc[nt], a[kc], Word(y, nt * 8 + g, kc * 16 + 2 * q), Word(y, nt * 8 + g, kc * 16 + 8 + 2 * q));
+    for (int kc = 0; kc < HD / 16; ++kc) {
+      uint32_t b[4];
+      LoadBtPair(b, y, np, kc, lane);
+      Mma(c0, a[kc], b[0], b[1]);
+      Mma(c1, a[kc], b[2], b[3]);
+    }
   }
 }
 
@@ -141,16 +165,20 @@ __device__ __forceinline__ void MulABt(float (&acc)[kTc / 8][4], const uint32_t 
 // HD: the fragments of a whole row would not fit the registers). Same sums in the same order.
 template <int HD, int PITCH>
 __device__ __forceinline__ void MulABtShared(float (&acc)[kTc / 8][4], const bf16 (*x)[PITCH], int r0,
-                                             const bf16 (*y)[PITCH], int g, int q) {
+                                             const bf16 (*y)[PITCH], int lane) {
 #pragma unroll
   for (int nt = 0; nt < kTc / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
 #pragma unroll
   for (int kc = 0; kc < HD / 16; ++kc) {
     uint32_t a[4];
-    LoadAChunk(a, x, r0, kc, g, q);
+    LoadAChunk(a, x, r0, kc, lane);
 #pragma unroll
-    for (int nt = 0; nt < kTc / 8; ++nt)
-      Mma(acc[nt], a, Word(y, nt * 8 + g, kc * 16 + 2 * q), Word(y, nt * 8 + g, kc * 16 + 8 + 2 * q));
+    for (int np = 0; np < kTc / 16; ++np) {
+      uint32_t b[4];
+      LoadBtPair(b, y, np, kc, lane);
+      Mma(acc[2 * np], a, b[0], b[1]);
+      Mma(acc[2 * np + 1], a, b[2], b[3]);
+    }
   }
 }
 
@@ -187,11 +215,15 @@ template <int HD>
 struct TcPlan {
   static constexpr int P = HD + 8;
   static constexpr bool kQInRegs = HD <= 128;   // forward: q fragments in registers
-  static constexpr bool kAInRegs = HD <= 64;    // backward: q, dout (dq) and k, v (dk/dv) in registers
   static constexpr int kSlices = HD > 128 ? 2 : 1;  // dk/dv column halves
-  static constexpr size_t kForwardBytes = 5 * TileBytes<P>();                  // q, 2 k, 2 v
-  static constexpr size_t kDqBytes = (kAInRegs ? 4 : 6) * TileBytes<P>();      // 2 k, 2 v (+ q, dout)
-  static constexpr size_t kDkvBytes = (kAInRegs ? 4 : 6) * TileBytes<P>() + 4 * kTc * sizeof(float);
+  // The backward reads its A fragments (q, dout; k, v) from shared memory at each product, and up
+  // to HD 64 keeps to the registers that let 4 dq or 3 dk/dv blocks share an SM. On an H100
+  // (DISABLED_AttentionTiming, small) the backward took 0.551 ms so against 0.601 with the
+  // fragments in registers and 2 blocks an SM (the registers the compiler took).
+  static constexpr int kDqBlocks = HD <= 64 ? 4 : 1, kDkvBlocks = HD <= 64 ? 3 : 1;
+  static constexpr size_t kForwardBytes = 5 * TileBytes<P>();                      // q, 2 k, 2 v
+  static constexpr size_t kDqBytes = 6 * TileBytes<P>();                           // 2 k, 2 v, q, dout
+  static constexpr size_t kDkvBytes = 6 * TileBytes<P>() + 4 * kTc * sizeof(float);  // 2 q, 2 dout, k, v
 };
 
 // Which (tile, head) a block of the 1-D grid takes: heads (b h, or b hkv for dk/dv) in groups of
@@ -250,10 +282,10 @@ __global__ void __launch_bounds__(kTcThreads) ForwardTcKernel(float* out, bf16* 
     __syncthreads();
     float s[kTc / 8][4];
     if constexpr (Plan::kQInRegs) {
-      if (j == 0) LoadA<HD>(qa, qs, warp * 16, g, q);
-      MulABt<HD>(s, qa, ks(st), g, q);
+      if (j == 0) LoadA<HD>(qa, qs, warp * 16, lane);
+      MulABt<HD>(s, qa, ks(st), lane);
     } else {
-      MulABtShared<HD>(s, qs, warp * 16, ks(st), g, q);
+      MulABtShared<HD>(s, qs, warp * 16, ks(st), lane);
     }
     float mx[2] = {-INFINITY, -INFINITY};
     if (j + 1 < tiles) {  // wholly below the diagonal (k0 + 64 <= q0 < t): nothing to mask
@@ -326,10 +358,9 @@ __global__ void __launch_bounds__(kTcThreads) ForwardTcKernel(float* out, bf16* 
 }
 
 // dq. grid (query tiles, b * h). dS = P o (M s dP - dsum) * scale (M s: the dropout factors);
-// dq = dS K. Shared tiles: 0-1 k stages, 2-3 v stages; HD > 64: 4 q, 5 dout (else q and dout
-// pass through stage 1 into registers first).
+// dq = dS K. Shared tiles: 0-1 k stages, 2-3 v stages, 4 q, 5 dout.
 template <int HD, bool kDrop, bool kExact>
-__global__ void __launch_bounds__(kTcThreads) DqTcKernel(float* dqkv, const bf16* dout, const float* lse,
+__global__ void __launch_bounds__(kTcThreads, TcPlan<HD>::kDqBlocks) DqTcKernel(float* dqkv, const bf16* dout, const float* lse,
                                                          const float* dsum, const bf16* qkv, int t, int h, int hkv,
                                                          int hd, float scale, AttnDrop drop, bool overwrite,
                                                          BlockOrder order) {
@@ -339,8 +370,7 @@ __global__ void __launch_bounds__(kTcThreads) DqTcKernel(float* dqkv, const bf16
   extern __shared__ __align__(16) unsigned char smem[];
   auto ks = [&](int st) { return TileAt<P>(smem, st); };
   auto vs = [&](int st) { return TileAt<P>(smem, 2 + st); };
-  const Tile<P> qs = Plan::kAInRegs ? ks(1) : TileAt<P>(smem, 4);
-  const Tile<P> dos = Plan::kAInRegs ? vs(1) : TileAt<P>(smem, 5);
+  const Tile<P> qs = TileAt<P>(smem, 4), dos = TileAt<P>(smem, 5);
   int rank = 0, bh = 0;
   Locate(order, rank, bh);
   const int q0 = (order.tiles - 1 - rank) * kTc;
@@ -354,15 +384,7 @@ __global__ void __launch_bounds__(kTcThreads) DqTcKernel(float* dqkv, const bf16
   LoadTileAsync<HD>(dos, dout + int64_t{bi} * t * h * hd, int64_t{h} * hd, int64_t{hi} * hd, q0, t, hd);
   LoadTileAsync<HD>(ks(0), base, row_len, k_col, 0, t, hd);
   LoadTileAsync<HD>(vs(0), base, row_len, v_col, 0, t, hd);
-  CpAsyncCommit();
-  CpAsyncWait<0>();
-  __syncthreads();
-  uint32_t qa[Plan::kAInRegs ? HD / 16 : 1][4], da[Plan::kAInRegs ? HD / 16 : 1][4];
-  if constexpr (Plan::kAInRegs) {
-    LoadA<HD>(qa, qs, warp * 16, g, q);
-    LoadA<HD>(da, dos, warp * 16, g, q);
-    __syncthreads();  // stage 1 now takes key tile 1
-  }
+  CpAsyncCommit();  // the loop waits for this group with key tile 0's
   const int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
   float lr[2], dr[2];
 #pragma unroll
@@ -383,13 +405,8 @@ __global__ void __launch_bounds__(kTcThreads) DqTcKernel(float* dqkv, const bf16
     CpAsyncWait<1>();
     __syncthreads();
     float s[kTc / 8][4], dp[kTc / 8][4];
-    if constexpr (Plan::kAInRegs) {
-      MulABt<HD>(s, qa, ks(st), g, q);
-      MulABt<HD>(dp, da, vs(st), g, q);
-    } else {
-      MulABtShared<HD>(s, qs, warp * 16, ks(st), g, q);
-      MulABtShared<HD>(dp, dos, warp * 16, vs(st), g, q);
-    }
+    MulABtShared<HD>(s, qs, warp * 16, ks(st), lane);
+    MulABtShared<HD>(dp, dos, warp * 16, vs(st), lane);
     if (j + 1 < tiles && q0 + kTc <= t) {  // wholly below the diagonal, every row real: all live
 #pragma unroll
       for (int nt = 0; nt < kTc / 8; ++nt)
@@ -430,36 +447,40 @@ __global__ void __launch_bounds__(kTcThreads) DqTcKernel(float* dqkv, const bf16
 }
 
 // dk/dv's step: the probabilities P o M (into sc, transposed: rows keys) and dS (into dp) of the
-// key rows `key` against query tile i0 (lse and dsum of its rows in log2 units, dsum as is).
+// key rows `key` against query tile i0 (ls, dss: the lse and dsum of its rows as the forward and
+// the caller wrote them; lse goes to log2 units here, rounded as before the product).
 // kAllLive: a tile wholly below the diagonal, every query real, so no score is masked.
 template <bool kAllLive, bool kDrop>
 __device__ __forceinline__ void DkvScores(float (&sc)[kTc / 8][4], float (&dp)[kTc / 8][4], const int (&key)[2],
                                           int i0, int t, const float* ls, const float* dss, float sl2, float scale,
                                           const AttnDrop& drop, int bi, int hi, int h, int q) {
 #pragma unroll
-  for (int nt = 0; nt < kTc / 8; ++nt)
+  for (int nt = 0; nt < kTc / 8; ++nt) {
+    const float2 l2 = *reinterpret_cast<const float2*>(ls + nt * 8 + 2 * q);
+    const float2 d2 = *reinterpret_cast<const float2*>(dss + nt * 8 + 2 * q);
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
       const int c = nt * 8 + 2 * q + e, i = i0 + c;
+      const float lse2 = __fmul_rn(e ? l2.y : l2.x, kLog2e), ds = e ? d2.y : d2.x;  // lse in log2 units
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int j = key[r];
         const bool live = kAllLive || !(j > i || i >= t || j >= t);
-        const float p = live ? exp2f(sc[nt][2 * r + e] * sl2 - ls[c]) : 0.f;
+        const float p = live ? exp2f(sc[nt][2 * r + e] * sl2 - lse2) : 0.f;
         const float f = (kDrop && live) ? drop.Factor(bi, i, hi, h, t, j) : 1.0f;
         sc[nt][2 * r + e] = p * f;
-        dp[nt][2 * r + e] = p * (dp[nt][2 * r + e] * f - dss[c]) * scale;
+        dp[nt][2 * r + e] = p * (dp[nt][2 * r + e] * f - ds) * scale;
       }
     }
+  }
 }
 
 // dk, dv. grid (key tiles, b * hkv, column slices); walks every query head of the group and
 // every query tile at or after the key tile (steps s: head s / per_head, tile s % per_head).
 // dv = (P o M s)^T dout, dk = dS^T q, each on the block's HD / slices columns. Shared tiles:
-// 0-1 q stages, 2-3 dout stages; HD > 64: 4 k, 5 v (else k and v pass through stage 1 into
-// registers first); then the lse and dsum stages.
+// 0-1 q stages, 2-3 dout stages, 4 k, 5 v; then the lse and dsum stages.
 template <int HD, bool kDrop, bool kExact>
-__global__ void __launch_bounds__(kTcThreads) DkvTcKernel(float* dqkv, const bf16* dout, const float* lse,
+__global__ void __launch_bounds__(kTcThreads, TcPlan<HD>::kDkvBlocks) DkvTcKernel(float* dqkv, const bf16* dout, const float* lse,
                                                           const float* dsum, const bf16* qkv, int t, int h, int hkv,
                                                           int hd, float scale, AttnDrop drop, bool overwrite,
                                                           BlockOrder order) {
@@ -469,9 +490,8 @@ __global__ void __launch_bounds__(kTcThreads) DkvTcKernel(float* dqkv, const bf1
   extern __shared__ __align__(16) unsigned char smem[];
   auto qs = [&](int st) { return TileAt<P>(smem, st); };
   auto ds = [&](int st) { return TileAt<P>(smem, 2 + st); };
-  const Tile<P> kt = Plan::kAInRegs ? qs(1) : TileAt<P>(smem, 4);
-  const Tile<P> vt = Plan::kAInRegs ? ds(1) : TileAt<P>(smem, 5);
-  float (*ls)[kTc] = reinterpret_cast<float (*)[kTc]>(smem + (Plan::kAInRegs ? 4 : 6) * TileBytes<P>());
+  const Tile<P> kt = TileAt<P>(smem, 4), vt = TileAt<P>(smem, 5);
+  float (*ls)[kTc] = reinterpret_cast<float (*)[kTc]>(smem + 6 * TileBytes<P>());
   float (*dss)[kTc] = ls + 2;
   int rank = 0, bg = 0;
   Locate(order, rank, bg);
@@ -484,15 +504,7 @@ __global__ void __launch_bounds__(kTcThreads) DkvTcKernel(float* dqkv, const bf1
   const float sl2 = scale * kLog2e;
   LoadTileAsync<HD>(kt, base, row_len, int64_t{h + kvh} * hd, j0, t, hd);
   LoadTileAsync<HD>(vt, base, row_len, int64_t{h + hkv + kvh} * hd, j0, t, hd);
-  CpAsyncCommit();
-  CpAsyncWait<0>();
-  __syncthreads();
-  uint32_t ka[Plan::kAInRegs ? HD / 16 : 1][4], va[Plan::kAInRegs ? HD / 16 : 1][4];
-  if constexpr (Plan::kAInRegs) {
-    LoadA<HD>(ka, kt, warp * 16, g, q);
-    LoadA<HD>(va, vt, warp * 16, g, q);
-    __syncthreads();
-  }
+  CpAsyncCommit();  // the loop waits for this group with step 0's
   const int key[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
   const int first = j0 / kTc, per_head = (t + kTc - 1) / kTc - first, steps = group * per_head;
   // Starts step s's query and dout tiles (and their lse, dsum) into stage st.
@@ -500,10 +512,10 @@ __global__ void __launch_bounds__(kTcThreads) DkvTcKernel(float* dqkv, const bf1
     const int hi = kvh * group + s / per_head, i0 = (first + s % per_head) * kTc;
     LoadTileAsync<HD>(qs(st), base, row_len, int64_t{hi} * hd, i0, t, hd);
     LoadTileAsync<HD>(ds(st), dbase, out_len, int64_t{hi} * hd, i0, t, hd);
-    for (int r = threadIdx.x; r < kTc; r += kTcThreads) {
-      const int i = i0 + r;
-      ls[st][r] = i < t ? lse[(int64_t{bi} * h + hi) * t + i] * kLog2e : 0.f;
-      dss[st][r] = i < t ? dsum[(int64_t{bi} * h + hi) * t + i] : 0.f;
+    for (int x = threadIdx.x; x < 2 * kTc; x += kTcThreads) {  // rows past t: zeros
+      const int r = x % kTc, i = i0 + r;
+      const int64_t at = (int64_t{bi} * h + hi) * t + min(i, t - 1);
+      CpAsync4(x < kTc ? &ls[st][r] : &dss[st][r], x < kTc ? lse + at : dsum + at, i < t);
     }
   };
   float dk[HS / 8][4] = {}, dv[HS / 8][4] = {};
@@ -516,13 +528,8 @@ __global__ void __launch_bounds__(kTcThreads) DkvTcKernel(float* dqkv, const bf1
     CpAsyncWait<1>();
     __syncthreads();
     float sc[kTc / 8][4], dp[kTc / 8][4];
-    if constexpr (Plan::kAInRegs) {
-      MulABt<HD>(sc, ka, qs(st), g, q);  // s^T: rows keys, columns queries
-      MulABt<HD>(dp, va, ds(st), g, q);
-    } else {
-      MulABtShared<HD>(sc, kt, warp * 16, qs(st), g, q);
-      MulABtShared<HD>(dp, vt, warp * 16, ds(st), g, q);
-    }
+    MulABtShared<HD>(sc, kt, warp * 16, qs(st), lane);  // s^T: rows keys, columns queries
+    MulABtShared<HD>(dp, vt, warp * 16, ds(st), lane);
     // Wholly below the diagonal with every query real (i0 > j0 puts the key tile before the last,
     // so every key is real): every score is live.
     if (i0 > j0 && i0 + kTc <= t) {
