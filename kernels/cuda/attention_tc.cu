@@ -12,8 +12,8 @@
 // fragments in registers up to 128; the backward reads its A operands (q, dout; k, v) from
 // shared memory at each product (fewer registers, more blocks an SM); above 128, dk/dv is split
 // into two column halves (grid.z), each block recomputing the scores, so that the accumulators
-// fit the registers. Tiles live in dynamic shared memory: at
-// HD 256 six 64-row tiles take 203 KB (the H100/H200 limit per block is 227 KB).
+// fit the registers. Tiles live in dynamic shared memory: at HD 256 six 64-row tiles take 203 KB
+// (the H100/H200 limit per block is 227 KB).
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16 .bf16): with g = lane / 4, q = lane % 4,
 //   A (16x16, row): regs {a(g, 2q..), a(g+8, 2q..), a(g, 2q+8..), a(g+8, 2q+8..)}
@@ -161,8 +161,8 @@ __device__ __forceinline__ void MulABt(float (&acc)[kTc / 8][4], const uint32_t 
   }
 }
 
-// The same with A read from rows [r0, r0 + 16) of a shared tile, one k chunk at a time (large
-// HD: the fragments of a whole row would not fit the registers). Same sums in the same order.
+// The same with A read from rows [r0, r0 + 16) of a shared tile, one k chunk at a time (the
+// backward, and the forward above HD 128: fewer registers held). Same sums in the same order.
 template <int HD, int PITCH>
 __device__ __forceinline__ void MulABtShared(float (&acc)[kTc / 8][4], const bf16 (*x)[PITCH], int r0,
                                              const bf16 (*y)[PITCH], int lane) {
@@ -217,9 +217,10 @@ struct TcPlan {
   static constexpr bool kQInRegs = HD <= 128;   // forward: q fragments in registers
   static constexpr int kSlices = HD > 128 ? 2 : 1;  // dk/dv column halves
   // The backward reads its A fragments (q, dout; k, v) from shared memory at each product, and up
-  // to HD 64 keeps to the registers that let 4 dq or 3 dk/dv blocks share an SM. On an H100
-  // (DISABLED_AttentionTiming, small) the backward took 0.551 ms so against 0.601 with the
-  // fragments in registers and 2 blocks an SM (the registers the compiler took).
+  // to HD 64 keeps to the registers that let 4 dq or 3 dk/dv blocks share an SM (a few bytes of
+  // spills; above 64 the accumulators need the registers). On an H100 (DISABLED_AttentionTiming,
+  // small) the backward took 0.547 ms so against 0.601 with the fragments in registers and the
+  // registers the compiler chose (2 blocks an SM each).
   static constexpr int kDqBlocks = HD <= 64 ? 4 : 1, kDkvBlocks = HD <= 64 ? 3 : 1;
   static constexpr size_t kForwardBytes = 5 * TileBytes<P>();                      // q, 2 k, 2 v
   static constexpr size_t kDqBytes = 6 * TileBytes<P>();                           // 2 k, 2 v, q, dout
