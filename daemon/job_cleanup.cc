@@ -6,8 +6,11 @@
 #include <set>
 #include <system_error>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
+#include "worker/checkpoint/checkpoint_dir.h"
 
 namespace moe::daemon {
 namespace {
@@ -32,6 +35,49 @@ void RemoveAll(const fs::path& path, moe::v1::DeleteJobResponse* out) {
     out->add_kept_paths(absl::StrCat(path.string(), " (cannot remove: ", ec.message(), ")"));
   } else {
     out->add_removed_paths(path.string());
+  }
+}
+
+// A checkpoint.dir of the job's own choosing (outside its job folder): only what the job wrote
+// there goes (its step_* checkpoints, their unfinished .tmp-step_* copies and the .moe-owner
+// marker), and the directory itself once nothing else is left. A marker that names another owner
+// (a job or a run by hand that took the directory over) keeps everything. A symbolic link is
+// followed: the checkpoints are in the directory it names, and the link stays.
+void RemoveOwnCheckpoints(const fs::path& ckpt, const std::string& owner, moe::v1::DeleteJobResponse* out) {
+  std::error_code ec;
+  const fs::path dir = fs::canonical(ckpt, ec);
+  if (ec || !fs::is_directory(dir, ec)) {
+    if (fs::exists(ckpt, ec)) out->add_kept_paths(absl::StrCat(ckpt.string(), " (not a directory)"));
+    return;
+  }
+  const fs::path marker = dir / ".moe-owner";
+  if (fs::exists(marker, ec)) {
+    absl::StatusOr<std::string> text = ReadFile(marker.string());
+    const std::string found = text.ok() ? std::string(absl::StripAsciiWhitespace(*text)) : "";
+    if (found != owner) {
+      out->add_kept_paths(absl::StrCat(
+          dir.string(), " (", text.ok() ? absl::StrCat("its .moe-owner names ", found) : "its .moe-owner is unreadable",
+          ", not this ", owner, "; remove what you no longer need by hand)"));
+      return;
+    }
+  }
+  std::vector<fs::path> own;
+  bool other = false;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (checkpoint_dir::ParseStepDirName(name) >= 0 || absl::StartsWith(name, ".tmp-step_") || name == ".moe-owner") {
+      own.push_back(e.path());
+    } else {
+      other = true;
+    }
+  }
+  for (const fs::path& p : own) RemoveAll(p, out);
+  if (other) {
+    out->add_kept_paths(absl::StrCat(dir.string(), " (it holds files this job did not write)"));
+  } else if (dir != fs::absolute(ckpt).lexically_normal()) {
+    out->add_kept_paths(absl::StrCat(dir.string(), " (emptied; ", ckpt.string(), " links to it)"));
+  } else {
+    RemoveAll(dir, out);
   }
 }
 
@@ -65,7 +111,10 @@ absl::StatusOr<moe::v1::DeleteJobResponse> DeleteFinishedJob(JobStore& store,
     }
   }
   if (remove_ckpt) {
-    RemoveAll(ckpt, &out);
+    // (Inside the job folder it went with the folder.) The owner string moe-worker writes.
+    const std::string owner =
+        absl::StrCat("job ", rec->job.id(), " of ", fs::absolute(job_dir, ec).lexically_normal().string());
+    RemoveOwnCheckpoints(ckpt, owner, &out);
   } else if (!ckpt.empty() && fs::exists(ckpt, ec)) {
     out.add_kept_paths(shared ? absl::StrCat(ckpt.string(), " (shared with another job)")
                               : ckpt.string());

@@ -3,9 +3,12 @@
 // moves the latest back), all surviving a reopen; a file it cannot use says why and what to do.
 #include "daemon/job_store.h"
 
+#include <filesystem>
 #include <fstream>
 
+#include "daemon/job_cleanup.h"
 #include "daemon/scheduler.h"
+#include "daemon/scheduler_internal.h"
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "tests/support/paths.h"
@@ -168,6 +171,72 @@ TEST(JobStore, ADamagedOrForeignFileSaysHowToGoOn) {
       << message;
   EXPECT_TRUE(absl::StrContains(message, "move it aside")) << message;
   EXPECT_TRUE(absl::StrContains(message, "sqlite3 " + path + " .recover")) << message;
+}
+
+// delete --checkpoints with a checkpoint.dir of the job's choosing removes what the job wrote
+// there and nothing else: other files stay (and so the directory), a directory another owner
+// took over stays whole, and a link's target loses the checkpoints while the link stays.
+TEST(JobCleanup, DeleteRemovesOnlyTheJobsOwnCheckpoints) {
+  namespace fs = std::filesystem;
+  const std::string dir = moe::testing::MakeTempDir("moe-cleanup-");
+  auto store = JobStore::Open(dir + "/moed.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto finished = [&](const std::string& ckpt) {
+    moe::v1::JobSpec spec = Spec("c");
+    spec.mutable_checkpoint()->set_dir(ckpt);
+    JobRecord r = *(*store)->CreateJob(spec, "", dir + "/jobs", "queued");
+    ApplyState(r, moe::v1::JOB_STATE_SUCCEEDED, "done");
+    EXPECT_TRUE((*store)->UpdateJob(r).ok());
+    fs::create_directories(ckpt + "/step_00000004");
+    std::ofstream(ckpt + "/step_00000004/MANIFEST") << "x";
+    fs::create_directories(ckpt + "/.tmp-step_00000005.host.1");
+    std::ofstream(ckpt + "/.moe-owner") << "job " << r.job.id() << " of " << r.job.state_dir() << "\n";
+    return r.job.id();
+  };
+  auto joined = [](const google::protobuf::RepeatedPtrField<std::string>& paths) {
+    std::string all;
+    for (const std::string& p : paths) all += p + "\n";
+    return all;
+  };
+
+  // Another file there: the checkpoints go, the file and the directory stay.
+  const std::string mixed = dir + "/mixed";
+  const std::string id1 = finished(mixed);
+  std::ofstream(mixed + "/notes.txt") << "mine";
+  auto d1 = DeleteFinishedJob(**store, dir + "/jobs", id1, /*checkpoints=*/true);
+  ASSERT_TRUE(d1.ok()) << d1.status();
+  EXPECT_FALSE(fs::exists(mixed + "/step_00000004"));
+  EXPECT_FALSE(fs::exists(mixed + "/.tmp-step_00000005.host.1"));
+  EXPECT_FALSE(fs::exists(mixed + "/.moe-owner"));
+  EXPECT_TRUE(fs::exists(mixed + "/notes.txt"));
+  EXPECT_TRUE(absl::StrContains(joined(d1->removed_paths()), mixed + "/step_00000004")) << joined(d1->removed_paths());
+  EXPECT_TRUE(absl::StrContains(joined(d1->kept_paths()), "holds files this job did not write"))
+      << joined(d1->kept_paths());
+
+  // Taken over by a run by hand: everything stays.
+  const std::string taken = dir + "/taken";
+  const std::string id2 = finished(taken);
+  std::ofstream(taken + "/.moe-owner") << "standalone job other\n";
+  auto d2 = DeleteFinishedJob(**store, dir + "/jobs", id2, true);
+  ASSERT_TRUE(d2.ok()) << d2.status();
+  EXPECT_TRUE(fs::exists(taken + "/step_00000004/MANIFEST"));
+  EXPECT_TRUE(absl::StrContains(joined(d2->kept_paths()), "names standalone job other")) << joined(d2->kept_paths());
+
+  // Only the job's own files: the directory goes too.
+  const std::string own = dir + "/own";
+  auto d3 = DeleteFinishedJob(**store, dir + "/jobs", finished(own), true);
+  ASSERT_TRUE(d3.ok()) << d3.status();
+  EXPECT_FALSE(fs::exists(own));
+
+  // Through a link: the target is emptied, both stay.
+  const std::string target = dir + "/target", link = dir + "/link";
+  fs::create_directories(target);
+  fs::create_directory_symlink(target, link);
+  auto d4 = DeleteFinishedJob(**store, dir + "/jobs", finished(link), true);
+  ASSERT_TRUE(d4.ok()) << d4.status();
+  EXPECT_FALSE(fs::exists(target + "/step_00000004"));
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_TRUE(fs::is_directory(target));
 }
 
 TEST(SanitizeUtf8, KeepsValidTextAndReplacesBadBytes) {
