@@ -12,6 +12,10 @@
 
 namespace moe {
 
+// CPU threads a rank may ask for (resources.threads_per_rank, moe-worker --threads): well past
+// any machine's cores; OpenMP fails, or crashes, tens of thousands of threads in.
+inline constexpr int kMaxThreadsPerRank = 1024;
+
 struct SpecError {
   std::string file;   // as given by the caller; "" for a spec that came over gRPC
   int line = 0;       // 1-based; 0 when unknown

@@ -284,7 +284,7 @@ class Checker {
     Between("resources.ranks", r.ranks(), 1, kMaxRanks);
     Chosen("resources.device", r.device(), v1::Device_descriptor());
     Chosen("resources.launcher", r.launcher(), v1::Launcher_descriptor());
-    AtLeast("resources.threads_per_rank", r.threads_per_rank(), 0);
+    Between("resources.threads_per_rank", r.threads_per_rank(), 0, kMaxThreadsPerRank);
     if (r.allow_oversubscribe_memory() && r.device() != v1::DEVICE_CUDA && Ok("resources.device")) {
       Fail("resources.allow_oversubscribe_memory",
            "only applies to device cuda (moed checks a cuda job's memory estimate against its GPUs); "

@@ -225,6 +225,7 @@ TEST(WorkerFlags, OutOfRangeValuesAreRefusedAtTheCommandLine) {
         Case{{"--score", ckpt, "--batch-out", "b", "--greedy", "-1"}, "--greedy must be 0 or more"},
         Case{{"--job", "job.yaml", "--max-steps", "-5"}, "--max-steps must be 0 or more, got -5"},
         Case{{"--job", "job.yaml", "--threads", "-2"}, "--threads must be 0 or more"},
+        Case{{"--job", "job.yaml", "--threads", "100000"}, "--threads must be at most 1024"},
         Case{{"--job", "job.yaml", "--comm-timeout", "nan"}, "--comm-timeout needs a positive number"}}) {
     std::vector<std::string> argv = {Worker()};
     argv.insert(argv.end(), c.args.begin(), c.args.end());

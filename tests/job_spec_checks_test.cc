@@ -274,6 +274,8 @@ TEST_F(JobSpecTest, RangesAreChecked) {
   EXPECT_EQ(OnlyError(kMinimal + std::string("resources: {ranks: 0}\n")).field, "resources.ranks");
   EXPECT_EQ(OnlyError(kMinimal + std::string("resources: {threads_per_rank: -1}\n")).field,
             "resources.threads_per_rank");
+  EXPECT_EQ(OnlyError(kMinimal + std::string("resources: {threads_per_rank: 100000}\n")).message,
+            "must be between 0 and 1024, got 100000");
   EXPECT_EQ(OnlyError(kMinimal + std::string("checkpoint: {keep: 0}\n")).field, "checkpoint.keep");
   EXPECT_EQ(OnlyError(kMinimal + std::string("checkpoint: {every: -1}\n")).field,
             "checkpoint.every");

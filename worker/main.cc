@@ -111,6 +111,10 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       err = int_flag(&f->max_steps);
     } else if (a == "--threads") {
       err = int_flag(&f->threads);
+      if (err.empty() && f->threads > moe::kMaxThreadsPerRank) {
+        err = absl::StrCat("--threads must be at most ", moe::kMaxThreadsPerRank,
+                           " (0 takes the machine's cores), got ", v);
+      }
     } else if (a == "--resume") {
       f->resume = true;
     } else if (a == "--no-checkpoint") {
