@@ -226,6 +226,7 @@ TEST(WorkerFlags, OutOfRangeValuesAreRefusedAtTheCommandLine) {
         Case{{"--job", "job.yaml", "--max-steps", "-5"}, "--max-steps must be 0 or more, got -5"},
         Case{{"--job", "job.yaml", "--threads", "-2"}, "--threads must be 0 or more"},
         Case{{"--job", "job.yaml", "--threads", "100000"}, "--threads must be at most 1024"},
+        Case{{"--job", "job.yaml", "--checkpoint-dir", ""}, "--checkpoint-dir needs a directory"},
         Case{{"--job", "job.yaml", "--comm-timeout", "nan"}, "--comm-timeout needs a positive number"}}) {
     std::vector<std::string> argv = {Worker()};
     argv.insert(argv.end(), c.args.begin(), c.args.end());
@@ -233,6 +234,23 @@ TEST(WorkerFlags, OutOfRangeValuesAreRefusedAtTheCommandLine) {
     EXPECT_EQ(r.exit_code, 2) << c.expect << ": " << r.err;
     EXPECT_THAT(r.err, HasSubstr(c.expect));
   }
+}
+
+// A checkpoint directory given by hand meets the rule checkpoint.dir meets (no system directory).
+TEST(WorkerFlags, CheckpointDirInASystemDirectoryIsRefused) {
+  const std::string dir = testing::MakeTempDir("ckdir-");
+  const std::string job = dir + "/job.yaml";
+  ASSERT_TRUE(WriteFileAtomic(job, "name: ckdir\n"
+                                   "model: {d_model: 32, n_layers: 1, n_heads: 2, seq_len: 16,\n"
+                                   "        moe: {num_experts: 2, top_k: 1, expert_hidden: 32}}\n"
+                                   "data: {path: " + testing::ShakespearePath() + "}\n"
+                                   "train: {steps: 1, batch_size: 2}\n"
+                                   "resources: {ranks: 1, device: cpu}\n")
+                  .ok());
+  CommandResult r = RunCommand({Worker(), "--job", job, "--checkpoint-dir", "/etc/moe-test-ck"}, {}, 60);
+  EXPECT_NE(r.exit_code, 0) << r.out << r.err;
+  EXPECT_THAT(r.err, HasSubstr("--checkpoint-dir"));
+  EXPECT_FALSE(std::filesystem::exists("/etc/moe-test-ck"));
 }
 
 // Token shards with more ids than model.vocab_size: the size needed is named (before, it said to

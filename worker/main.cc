@@ -102,7 +102,7 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
     } else if (a == "--job-id") {
       if (!value(&f->job_id)) return "--job-id needs a value";
     } else if (a == "--checkpoint-dir") {
-      if (!value(&f->checkpoint_dir)) return "--checkpoint-dir needs a directory";
+      if (!value(&f->checkpoint_dir) || f->checkpoint_dir.empty()) return "--checkpoint-dir needs a directory";
     } else if (a == "--attempt") {
       err = int_flag(&f->attempt);
     } else if (a == "--attempt-dir") {
@@ -398,6 +398,12 @@ int main(int argc, char** argv) {
     if (absl::Status st = moe::CheckCheckpointPath(policy, "checkpoint directory",
                                                    "checkpoints/" + spec->name());
         !st.ok()) {
+      return fail(std::string(st.message()));
+    }
+  }
+  // --checkpoint-dir by hand (moed passes its own job folder's, which it chose, with --job-id).
+  if (!flags.no_checkpoint && !flags.checkpoint_dir.empty() && flags.job_id.empty()) {
+    if (absl::Status st = moe::CheckCheckpointPath(policy, "--checkpoint-dir", flags.checkpoint_dir); !st.ok()) {
       return fail(std::string(st.message()));
     }
   }
