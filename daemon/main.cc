@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include <limits>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "common/memory_fit.h"
 #include "daemon/moed.h"
@@ -222,6 +224,18 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  // The worker moed launches (local jobs; Slurm's nodes see it at the same path): missing, every
+  // job would fail at launch, so moed does not start.
+  if (!config.worker_bin.empty() && access(config.worker_bin.c_str(), X_OK) != 0) {
+    std::fprintf(stderr, "moed: --worker-bin: %s is missing or not executable (build moe-worker, or give its path)\n",
+                 config.worker_bin.c_str());
+    return 2;
+  }
+  if (absl::StrContains(config.mpirun, "/") && access(config.mpirun.c_str(), X_OK) != 0) {
+    std::fprintf(stderr, "moed: --mpirun: %s is missing or not executable (install Open MPI, or give mpirun's path)\n",
+                 config.mpirun.c_str());
+    return 2;
+  }
   auto moed = moe::daemon::Moed::Start(config);
   if (!moed.ok()) {
     std::fprintf(stderr, "moed: %s\n", std::string(moed.status().message()).c_str());

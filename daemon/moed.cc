@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
@@ -110,6 +111,12 @@ absl::Status MoedConfig::Validate() {
             "' is not an absolute directory"));
       }
       root = ResolvePath(root);
+      std::error_code ec;
+      if (!std::filesystem::is_directory(root, ec)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            roots == &data_roots ? "--data-root" : "--checkpoint-root", ": '", root,
+            "' is not an existing directory (create it first, or give another); every job would be refused"));
+      }
     }
   }
   if (min_free_bytes < 0) {

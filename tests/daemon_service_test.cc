@@ -154,7 +154,11 @@ TEST(DaemonService, FlagsTooSmallOrTooLargeSaySo) {
                         Case{"--max-ranks=0", "must be at least 1, got 0 (leave it out to use every core)"},
                         // Before: "flag --bogus needs a value", "flag extra needs a value".
                         Case{"--bogus", "unknown flag --bogus"},
-                        Case{"extra", "unexpected argument 'extra': moed takes only flags"}}) {
+                        Case{"extra", "unexpected argument 'extra': moed takes only flags"},
+                        // Before: moed started, and every job then failed at launch.
+                        Case{"--worker-bin=/nonexistent/moe-worker", "--worker-bin: /nonexistent/moe-worker is missing"},
+                        Case{"--mpirun=/nonexistent/mpirun", "--mpirun: /nonexistent/mpirun is missing"},
+                        Case{"--data-root=/nonexistent/data", "--data-root: '/nonexistent/data' is not an existing directory"}}) {
     CommandResult r = RunCommand({BinDir() + "/moed", "--allow-root", "--state-dir", MakeTempDir("moed-flags-"), c.flag},
                                  {}, 30);
     EXPECT_EQ(r.exit_code, 2) << c.flag;
