@@ -239,8 +239,8 @@ int main(int argc, char** argv) {
   list->add_option("--state", list_o.states, "only jobs in this state (repeatable)")
       ->check(CLI::IsMember(kStates, CLI::ignore_case));
   list->add_option("--name", list_o.name_pattern, "only jobs whose name matches this glob");
-  list->add_option("--limit", list_o.limit, "only the newest N (after the filters)")
-      ->check(CLI::Range(0, std::numeric_limits<int>::max()));
+  list->add_option("--limit", list_o.limit, "only the newest N (after the filters); leave it out for all")
+      ->check(CLI::Range(1, std::numeric_limits<int>::max()));
   list->callback([&] {
     list_o.output = Format(list_fmt);
     for (std::string& st : list_o.states) absl::AsciiStrToUpper(&st);
@@ -266,8 +266,8 @@ int main(int argc, char** argv) {
   logs->add_flag("-f,--follow", logs_o.follow, "follow until the job ends (exit 0 if it SUCCEEDED)");
   logs->add_option("--rank", logs_o.rank, "only this rank (0..ranks-1)")
       ->check(CLI::Range(0, 1 << 20));
-  logs->add_option("--tail", logs_o.tail, "only the last N lines per rank")
-      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
+  logs->add_option("--tail", logs_o.tail, "only the last N lines per rank; leave it out for all")
+      ->check(CLI::Range(int64_t{1}, std::numeric_limits<int64_t>::max()));
   logs->callback([&] { run = [&] { return moe::client::RunLogs(logs_o); }; });
 
   moe::client::ResumeOptions resume_o;

@@ -104,8 +104,8 @@ TEST(MoectlCli, OutOfRangeNumbersNameTheRange) {
     std::vector<std::string> args;
     const char* expect;
   };
-  for (const Case& c : {Case{{"list", "--limit", "-1"}, "not in range 0 to 2147483647"},
-                        Case{{"logs", "j-000001", "--tail", "-1"}, "not in range 0 to 9223372036854775807"},
+  for (const Case& c : {Case{{"list", "--limit", "-1"}, "not in range 1 to 2147483647"},
+                        Case{{"logs", "j-000001", "--tail", "-1"}, "not in range 1 to 9223372036854775807"},
                         Case{{"resume", "j-000001", "--steps", "0"}, "not in range 1 to 2147483647"},
                         Case{{"cancel", "j-000001", "--wait", "nan"}, "'nan' is not a number of seconds"},
                         Case{{"cancel", "j-000001", "--wait", "inf"}, "'inf' is not a number of seconds"},
@@ -143,7 +143,10 @@ TEST(MoectlCli, WordsThatCannotBeWhatTheyNameAreUsageErrors) {
         Case{{"--server", "bogus", "list"}, "'bogus' has no port; give HOST:PORT"},
         Case{{"--server", "127.0.0.1:99999", "list"}, "the port '99999' is not a number from 1 to 65535"},
         Case{{"valdiate", "job.yaml"}, "unknown command 'valdiate'; did you mean 'validate'?"},
-        Case{{"--server", "127.0.0.1:1", "frobnicate"}, "unknown command 'frobnicate'\n"}}) {
+        Case{{"--server", "127.0.0.1:1", "frobnicate"}, "unknown command 'frobnicate'\n"},
+        // Before: 0 printed every line / listed every job.
+        Case{{"logs", "j-000001", "--tail", "0"}, "--tail"},
+        Case{{"list", "--limit", "0"}, "--limit"}}) {
     std::vector<std::string> argv = {BinDir() + "/moectl"};
     argv.insert(argv.end(), c.args.begin(), c.args.end());
     CommandResult r = RunCommand(argv, {{"MOE_SERVER", "127.0.0.1:1"}}, 10);
