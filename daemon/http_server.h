@@ -25,10 +25,9 @@ class PrometheusExporter;
 struct HttpServerOptions {
   std::string listen;  // HOST:PORT; port 0 picks a free one
   std::string token;   // "" = no auth
-  // Worker threads: each holds one connection, so this many slow or idle clients fit before a
-  // new one waits (for at most the request deadline). 32 let a few dozen idle connections hold
-  // /healthz and /metrics off for seconds.
-  int threads = 128;
+  // Worker threads: each holds one connection, so this many slow clients fit before a new one
+  // waits (for at most the request deadline).
+  int threads = 32;
   // A request (its headers read, its answer written) gets this long, however slowly the client
   // sends; then the connection closes (no keep-alive).
   std::chrono::milliseconds request_deadline{5000};

@@ -304,9 +304,23 @@ TEST_F(HfInterchange, ExportRefusesANonEmptyDirectory) {
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("is not empty"));
   EXPECT_TRUE(fs::exists(out + "/keep.txt"));
-  // An empty directory is fine.
+  // An empty directory is fine, however it is named: written in place (before, "dir/." failed to
+  // rename and a link was replaced by a new directory, its target left empty).
   const std::string empty = testing::MakeTempDir("hf-empty-");
   EXPECT_TRUE(ExportHf(*ckpt_dir_, empty, {}).ok());
+  EXPECT_TRUE(fs::exists(empty + "/config.json"));
+  const std::string dot = testing::MakeTempDir("hf-dot-");
+  absl::StatusOr<HfExportResult> in_dot = ExportHf(*ckpt_dir_, dot + "/.", {});
+  ASSERT_TRUE(in_dot.ok()) << in_dot.status();
+  EXPECT_TRUE(fs::exists(dot + "/config.json"));
+  const std::string target = testing::MakeTempDir("hf-target-"), link = target + "-link";
+  fs::create_directory_symlink(target, link);
+  ASSERT_TRUE(ExportHf(*ckpt_dir_, link, {}).ok());
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_TRUE(fs::exists(target + "/config.json"));
+  for (const fs::directory_entry& e : fs::directory_iterator(target)) {
+    EXPECT_FALSE(absl::StartsWith(e.path().filename().string(), ".partial")) << e.path();
+  }
 }
 
 // Trains spec (its steps) into a fresh checkpoint directory; *params: the weights it ends with.

@@ -53,6 +53,36 @@ absl::Status CheckOutDir(const std::string& out_dir) {
   return absl::OkStatus();
 }
 
+// The export written in tmp, a folder inside the existing directory out: its files moved up into
+// out, which must still hold nothing else (else nothing moves); a failed move takes back those
+// already moved.
+absl::StatusOr<HfExportResult> MoveUp(const std::string& tmp, const fs::path& out, const HfExportResult& result) {
+  std::error_code ec;
+  auto fail = [&](absl::Status st) {
+    fs::remove_all(tmp, ec);
+    return st;
+  };
+  for (const fs::directory_entry& e : fs::directory_iterator(out, ec)) {
+    if (e.path() != fs::path(tmp)) {
+      return fail(absl::FailedPreconditionError(absl::StrCat(
+          out.string(), " is no longer empty (", e.path().filename().string(),
+          " appeared while the export was written); export into a new directory")));
+    }
+  }
+  for (size_t i = 0; i < result.files.size(); ++i) {
+    fs::rename(fs::path(tmp) / result.files[i], out / result.files[i], ec);
+    if (ec) {
+      const std::string why = ec.message();
+      for (size_t j = 0; j < i; ++j) fs::remove(out / result.files[j], ec);
+      return fail(absl::InternalError(absl::StrCat("cannot move ", result.files[i], " from ", tmp, " into ",
+                                                   out.string(), ": ", why)));
+    }
+  }
+  fs::remove(tmp, ec);
+  if (absl::Status st = SyncDir(out.string()); !st.ok()) return st;
+  return result;
+}
+
 }  // namespace
 
 absl::Status CheckExportOutDirName(const std::string& out_dir) {
@@ -182,11 +212,16 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
   absl::StrAppend(&gen, "  \"max_length\": ", shape.seq_len, "\n}\n");
   files.emplace_back("generation_config.json", gen);
 
-  // Everything goes into a temp sibling that is renamed into place at the end.
+  // Everything goes into a temp sibling that is renamed into place at the end; an existing (empty)
+  // directory, however named ("dir/.", ".", a link to one), keeps its place: the files go into a
+  // hidden folder inside it and move up at the end.
   std::error_code ec;
   fs::path out = fs::absolute(out_dir, ec).lexically_normal();
-  if (!out.has_filename()) out = out.parent_path();  // "dir/"
-  const std::string tmp = absl::StrCat(out.string(), ".partial-", ::getpid());
+  if (!out.has_filename()) out = out.parent_path();  // "dir/", "dir/.", "."
+  const bool in_place = fs::is_directory(out, ec);
+  if (in_place) out = fs::canonical(out, ec);
+  const std::string tmp = in_place ? (out / absl::StrCat(".partial-", ::getpid())).string()
+                                   : absl::StrCat(out.string(), ".partial-", ::getpid());
   fs::remove_all(tmp, ec);
   if (absl::Status st = MakeDirs(tmp); !st.ok()) return st;
   auto fail = [&](absl::Status st) {
@@ -224,10 +259,13 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
     if (absl::Status st = WriteFileAtomic(tmp + "/model.safetensors.index.json", index); !st.ok()) return fail(st);
     result.files.push_back("model.safetensors.index.json");
   }
-  if (fs::exists(out_dir, ec)) fs::remove(out_dir, ec);  // empty, checked above
-  if (absl::Status st = CheckOutDir(out_dir); !st.ok()) return fail(st);
-  fs::rename(tmp, out_dir, ec);
-  if (ec) return fail(absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", out_dir, ": ", ec.message())));
+  if (in_place) return MoveUp(tmp, out, result);
+  if (fs::exists(out, ec)) fs::remove(out, ec);  // empty, checked above
+  if (absl::Status st = CheckOutDir(out.string()); !st.ok()) return fail(st);
+  fs::rename(tmp, out, ec);
+  if (ec) {
+    return fail(absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", out.string(), ": ", ec.message())));
+  }
   if (absl::Status st = SyncDir(out.parent_path().string()); !st.ok()) return st;
   return result;
 }
