@@ -1,6 +1,7 @@
 // What a job file may leave out: the default of every optional key (some derived from other
 // keys), and relative paths made absolute against the job file's directory.
 #include <algorithm>
+#include <limits>
 #include <filesystem>
 #include <set>
 #include <string>
@@ -56,7 +57,9 @@ void ApplyDefaults(JobSpec* s, const std::set<std::string>& present, std::set<st
 
   if (absent("train.grad_accum")) train->set_grad_accum(1);
   if (absent("train.lr")) train->set_lr(1e-3);
-  derive("train.min_lr", usable("train.lr") && train->lr() > 0,
+  // (From an lr the checks accept: one past fp32's range is that error alone.)
+  derive("train.min_lr",
+         usable("train.lr") && train->lr() > 0 && train->lr() <= std::numeric_limits<float>::max(),
          [&] { train->set_min_lr(train->lr() / 10); });
   derive("train.warmup_steps", usable("train.steps") && train->steps() >= 1,
          [&] { train->set_warmup_steps(std::min(100, train->steps())); });

@@ -108,6 +108,8 @@ TEST_F(JobSpecTest, AWrittenZeroIsNotTheDefault) {
       {"  batch_size: 8", "  optimizer: muon\n  muon_lr: 0\n", "train.muon_lr",
        "got 0; remove the key for the default, train.lr"},
   });
+  // One mistake, one error: min_lr's default (lr / 10) is not derived from an lr past fp32.
+  EXPECT_EQ(OnlyError(WithExtra("  batch_size: 8", "  lr: 1e300\n")).field, "train.lr");
   SpecError e = OnlyError(WithExtra("  batch_size: 8", "  schedule: wsd\n  decay_fraction: 0\n"));
   EXPECT_EQ(e.line, 13);
   EXPECT_EQ(e.column, 19);
