@@ -84,6 +84,16 @@ absl::StatusOr<ClientConfig> LoadClientConfig() {
       try {
         YAML::Node root = YAML::LoadFile(config_path);
         if (!root.IsMap() && !root.IsNull()) throw YAML::Exception(root.Mark(), "not a mapping of keys");
+        // A key moectl does not know is a typo it would otherwise follow silently (to the default
+        // server): refused, with the keys it knows.
+        if (root.IsMap()) {
+          for (const auto& kv : root) {
+            const std::string key = kv.first.Scalar();
+            if (key != "server" && key != "token_file") {
+              throw YAML::Exception(kv.first.Mark(), "unknown key '" + key + "'");
+            }
+          }
+        }
         if (root["server"]) c.server = root["server"].as<std::string>();
         if (root["token_file"]) token_file = ExpandHome(root["token_file"].as<std::string>());
       } catch (const YAML::Exception& e) {

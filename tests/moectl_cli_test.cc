@@ -186,6 +186,11 @@ TEST(MoectlCli, AnUnsendableTokenOrADirectoryAsConfigIsAnError) {
   r = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_CONFIG", dir + "/list.yaml"}}, 10);
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_TRUE(absl::StrContains(r.err, "not a mapping of keys")) << r.err;
+  // A misspelt key: before, ignored (moectl went to the default server without a word).
+  std::ofstream(dir + "/typo.yaml") << "sever: moed:50051\n";
+  r = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_CONFIG", dir + "/typo.yaml"}}, 10);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "unknown key 'sever'")) << r.err;
 }
 
 // moe-worker --no-checkpoint (benchmarks and trials by hand): trains and writes no checkpoint, not
