@@ -2,8 +2,11 @@
 #include "daemon/moed.h"
 
 #include <dirent.h>
+#include <netdb.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -84,6 +87,41 @@ std::string SlurmReportAddress(const std::string& listen) {
     if (gethostname(name, sizeof(name) - 1) == 0) host = name;
   }
   return absl::StrCat(host, ":", port);
+}
+
+// Why HOST:PORT cannot be bound, in words ("" when a socket binds there): gRPC's own failure
+// says only that it failed, after a dump of its internals.
+std::string BindProblem(const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  std::string host = listen.substr(0, colon);
+  const std::string port = listen.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  if (const int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found); rc != 0) {
+    return absl::StrCat("'", host, "' is no address or host name this machine can resolve (", gai_strerror(rc), ")");
+  }
+  std::string problem = "no address to bind";
+  for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    const int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    const int rc = bind(fd, a->ai_addr, a->ai_addrlen), err = errno;
+    close(fd);
+    if (rc == 0) {
+      problem.clear();
+      break;
+    }
+    problem = err == EADDRINUSE      ? "the port is in use (is another moed running there?)"
+              : err == EADDRNOTAVAIL ? absl::StrCat(host, " is not an address of this machine")
+              : err == EACCES        ? "the port needs privileges (ports below 1024)"
+                                     : std::string(std::strerror(err));
+  }
+  freeaddrinfo(found);
+  return problem;
 }
 
 }  // namespace
@@ -225,6 +263,10 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
       std::make_unique<ReportServiceImpl>(m->store_.get(), m->scheduler_.get(), m->auth_.get());
   if (absl::Status s = m->scheduler_->Recover(); !s.ok()) return s;
 
+  if (std::string why = BindProblem(c.listen); !why.empty()) {
+    return absl::UnavailableError(
+        absl::StrCat("--listen: cannot listen on ", c.listen, ": ", why, "; pick another HOST:PORT with --listen"));
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
