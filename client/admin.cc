@@ -13,8 +13,8 @@ void PrintDeleted(const moe::v1::DeleteJobResponse& d, bool dry_run) {
   const moe::v1::Job& j = d.job();
   std::printf("%s %s (%s, %s)\n", dry_run ? "would delete" : "deleted", j.id().c_str(),
               j.spec().name().c_str(), StateName(j.state()).c_str());
-  for (const std::string& p : d.removed_paths()) std::printf("  removed %s\n", p.c_str());
-  for (const std::string& p : d.kept_paths()) std::printf("  kept %s\n", p.c_str());
+  for (const std::string& p : d.removed_paths()) std::printf("  %s %s\n", dry_run ? "would remove" : "removed", p.c_str());
+  for (const std::string& p : d.kept_paths()) std::printf("  %s %s\n", dry_run ? "would keep" : "kept", p.c_str());
 }
 
 moe::v1::JobState ParseState(const std::string& name) {

@@ -144,8 +144,24 @@ absl::StatusOr<moe::v1::PruneJobsResponse> PruneJobs(JobStore& store, const std:
     const moe::v1::Job& j = r.job;
     if (!IsFinal(j.state()) || j.ended_unix_ms() > cutoff) continue;
     if (!states.empty() && !states.count(j.state())) continue;
-    if (request.dry_run()) {
-      *out.add_deleted()->mutable_job() = j;
+    if (request.dry_run()) {  // what a real run would remove (DeleteFinishedJob's rules)
+      moe::v1::DeleteJobResponse* d = out.add_deleted();
+      *d->mutable_job() = j;
+      std::error_code ec;
+      const fs::path job_dir = j.state_dir(), ckpt = r.checkpoint_dir;
+      if (!job_dir.empty() && Within(job_dir, jobs_root) && fs::exists(job_dir, ec)) {
+        d->add_removed_paths(job_dir.string());
+      }
+      const bool own_folder = !ckpt.empty() && !job_dir.empty() && Within(ckpt, job_dir);
+      if (!ckpt.empty() && !own_folder && fs::exists(ckpt, ec)) {
+        bool shared = false;
+        for (const JobRecord& other : *jobs) shared = shared || (other.job.id() != j.id() && other.checkpoint_dir == r.checkpoint_dir);
+        if (request.checkpoints() && !shared) {
+          d->add_removed_paths(absl::StrCat(ckpt.string(), " (what the job wrote there)"));
+        } else {
+          d->add_kept_paths(shared ? absl::StrCat(ckpt.string(), " (shared with another job)") : ckpt.string());
+        }
+      }
       continue;
     }
     absl::StatusOr<moe::v1::DeleteJobResponse> d =

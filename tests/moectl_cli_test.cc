@@ -329,6 +329,8 @@ TEST(MoectlCli, DeleteAndPruneRemoveFinishedJobsOnly) {
   EXPECT_TRUE(absl::StrContains(h.Moectl({"prune", "--older-than", "1h"}).out, "pruned 0 jobs"));
   CommandResult dry = h.Moectl({"prune", "--older-than", "0s", "--state", "cancelled", "--dry-run"});
   EXPECT_TRUE(absl::StrContains(dry.out, "would prune 2 jobs")) << dry.out << dry.err;
+  // The dry run names what would go (each job's folder, its checkpoints inside).
+  EXPECT_TRUE(absl::StrContains(dry.out, "  would remove " + h.state_dir() + "/jobs/" + ids[0])) << dry.out;
   EXPECT_EQ(Json::parse(h.Moectl({"list", "-o", "json"}).out).size(), 2u);
   CommandResult pruned =
       h.Moectl({"prune", "--older-than", "0s", "--state", "CANCELLED", "--checkpoints"});
