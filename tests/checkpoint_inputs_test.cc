@@ -226,6 +226,7 @@ TEST(WorkerFlags, OutOfRangeValuesAreRefusedAtTheCommandLine) {
         Case{{"--job", "job.yaml", "--max-steps", "-5"}, "--max-steps must be 0 or more, got -5"},
         Case{{"--job", "job.yaml", "--threads", "-2"}, "--threads must be 0 or more"},
         Case{{"--job", "job.yaml", "--threads", "100000"}, "--threads must be at most 1024"},
+        Case{{"--sample", ckpt, "--tokens", "99999999999"}, "--tokens is out of range (at most 2147483647)"},
         Case{{"--job", "job.yaml", "--checkpoint-dir", ""}, "--checkpoint-dir needs a directory"},
         Case{{"--job", "job.yaml", "--comm-timeout", "nan"}, "--comm-timeout needs a positive number"}}) {
     std::vector<std::string> argv = {Worker()};

@@ -14,6 +14,7 @@
 #include <memory>
 #include <new>
 #include <stdexcept>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -88,7 +89,13 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
     // An integer flag; every one of them counts something, so none is negative.
     auto int_flag = [&](int* out) -> std::string {
       if (!value(&v)) return a + " needs a value";
-      if (!absl::SimpleAtoi(v, out)) return absl::StrCat(a, " must be an integer, got '", v, "'");
+      if (!absl::SimpleAtoi(v, out)) {
+        int64_t wide = 0;  // a whole number past int's range is named as such
+        if (absl::SimpleAtoi(v, &wide) || (!v.empty() && v.find_first_not_of("-0123456789") == std::string::npos)) {
+          return absl::StrCat(a, " is out of range (at most ", std::numeric_limits<int>::max(), "), got ", v);
+        }
+        return absl::StrCat(a, " must be an integer, got '", v, "'");
+      }
       if (*out < 0) return absl::StrCat(a, " must be 0 or more, got ", v);
       return "";
     };
