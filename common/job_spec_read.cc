@@ -551,6 +551,10 @@ ParsedSpec ParseJobSpec(const std::string& yaml_text, const std::string& file_na
 ParsedSpec LoadJobSpecFile(const std::string& path) {
   std::error_code ec;
   fs::file_status st = fs::status(path, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory) {  // a link loop, no permission to look, ...
+    return SingleError(path, {}, absl::StrCat("cannot be opened (", ec.message(),
+                                              "); give the path of a job file (e.g. job.yaml)"));
+  }
   if (ec || !fs::exists(st)) {
     return SingleError(path, {}, "does not exist; give the path of a job file (e.g. job.yaml)");
   }

@@ -179,6 +179,14 @@ TEST(MoectlValidate, MissingFileAndDirectoryAreClearErrors) {
   ASSERT_TRUE(directory.exited);
   EXPECT_EQ(directory.exit_code, 2);
   EXPECT_EQ(directory.err, dir + ": is a directory; give the path of a job file (e.g. job.yaml)\n");
+
+  // A link to itself exists but cannot be opened (before: "does not exist").
+  fs::create_symlink(dir + "/loop.yaml", dir + "/loop.yaml");
+  RunResult loop = RunMoectl({"validate", dir + "/loop.yaml"});
+  ASSERT_TRUE(loop.exited);
+  EXPECT_EQ(loop.exit_code, 2);
+  EXPECT_EQ(loop.err, dir + "/loop.yaml: cannot be opened (Too many levels of symbolic links); give the path of a "
+                            "job file (e.g. job.yaml)\n");
   fs::remove_all(dir);
 }
 
