@@ -284,9 +284,10 @@ int main(int argc, char** argv) {
   CLI::App* cancel = AddCommand(app, "cancel", "cancel JOB [--no-wait] [--wait SECONDS]",
                                 "stop a job (SIGTERM, grace, SIGKILL); waits until CANCELLED");
   cancel->add_option("JOB", cancel_o.id, "job id")->required()->check(JobId());
-  cancel->add_flag("--no-wait", cancel_o.no_wait, "return at once");
+  CLI::Option* no_wait = cancel->add_flag("--no-wait", cancel_o.no_wait, "return at once");
   cancel->add_option("--wait", cancel_o.wait_s, "wait at most this long (default 300)")
-      ->check(Seconds());
+      ->check(Seconds())
+      ->excludes(no_wait);
   cancel->callback([&] { run = [&] { return moe::client::RunCancel(cancel_o); }; });
 
   moe::client::MetricsOptions metrics_o;

@@ -146,7 +146,8 @@ TEST(MoectlCli, WordsThatCannotBeWhatTheyNameAreUsageErrors) {
         Case{{"--server", "127.0.0.1:1", "frobnicate"}, "unknown command 'frobnicate'\n"},
         // Before: 0 printed every line / listed every job.
         Case{{"logs", "j-000001", "--tail", "0"}, "--tail"},
-        Case{{"list", "--limit", "0"}, "--limit"}}) {
+        Case{{"list", "--limit", "0"}, "--limit"},
+        Case{{"cancel", "j-000001", "--no-wait", "--wait", "5"}, "excludes"}}) {
     std::vector<std::string> argv = {BinDir() + "/moectl"};
     argv.insert(argv.end(), c.args.begin(), c.args.end());
     CommandResult r = RunCommand(argv, {{"MOE_SERVER", "127.0.0.1:1"}}, 10);
