@@ -299,7 +299,12 @@ std::string OutOfMemoryReason(const moe::AllocationError& e, moe::v1::JobSpec sp
 int main(int argc, char** argv) {
   WorkerFlags flags;
   if (std::string err = ParseFlags(argc, argv, &flags); !err.empty()) {
-    std::fprintf(stderr, "moe-worker: %s\n%s", err.c_str(), kUsage);
+    // The whole usage only for a bare command; a wrong flag gets its error and where the list is.
+    if (argc <= 1) {
+      std::fprintf(stderr, "moe-worker: %s\n%s", err.c_str(), kUsage);
+    } else {
+      std::fprintf(stderr, "moe-worker: %s (moe-worker --help lists the flags)\n", err.c_str());
+    }
     return 2;
   }
   // Checkpoints and token caches hold the job's data: for the job's owner alone.
