@@ -5,6 +5,7 @@
 // follow are refused by name, and so is another head split in one of our checkpoints; a dense
 // model goes out as Mistral; a checkpoint directory owned by another job is refused with the path
 // and the fix.
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -275,6 +276,34 @@ TEST_F(HfInterchange, ConfigKeysOurMathCannotFollowAreRefusedByName) {
   ASSERT_FALSE(w.ok());
   EXPECT_THAT(std::string(w.status().message()), HasSubstr("rope_theta is 1e+06 in config.json"));
   EXPECT_THAT(std::string(w.status().message()), HasSubstr("hidden_act is \"gelu\""));
+}
+
+// A Mixtral config.json without rope_theta means transformers' default for Mixtral, 1e6 (before,
+// taken as 10000 and accepted for a job at 10000); weights holding a NaN are refused by name
+// (before, loaded, and the run diverged at step 1 with advice to lower the learning rate).
+TEST_F(HfInterchange, AbsentRopeThetaAndNonFiniteWeightsAreRefused) {
+  const std::string out = testing::MakeTempDir("hf-theta-") + "/model";
+  ASSERT_TRUE(ExportHf(*ckpt_dir_, out, {}).ok());
+  const std::string config = *ReadFile(out + "/config.json");
+  ASSERT_THAT(config, HasSubstr("\"model_type\": \"mixtral\""));
+  const std::string edited = absl::StrReplaceAll(config, {{"\"rope_theta\": 10000.0,", ""}});
+  ASSERT_NE(edited, config);
+  ASSERT_TRUE(WriteFileAtomic(out + "/config.json", edited).ok());
+  absl::StatusOr<PretrainedWeights> w = LoadPretrained(out, HfShape::FromSpec(*spec_, 65));
+  ASSERT_FALSE(w.ok());
+  EXPECT_THAT(std::string(w.status().message()), HasSubstr("rope_theta is 1e+06 in config.json"));
+
+  const std::string nan_dir = testing::MakeTempDir("hf-nan-") + "/model";
+  ASSERT_TRUE(ExportHf(*ckpt_dir_, nan_dir, {}).ok());
+  absl::StatusOr<SafetensorsFile> file = ReadSafetensors(nan_dir + "/model.safetensors", {});
+  ASSERT_TRUE(file.ok()) << file.status();
+  std::vector<NamedTensor> tensors = file->tensors;
+  tensors[0].data[1] = std::nanf("");
+  ASSERT_TRUE(WriteSafetensors(nan_dir + "/model.safetensors", tensors, {{"format", "pt"}}).ok());
+  w = LoadPretrained(nan_dir, HfShape::FromSpec(*spec_, 65));
+  ASSERT_FALSE(w.ok());
+  EXPECT_THAT(std::string(w.status().message()),
+              HasSubstr(tensors[0].name + " in model.safetensors: element 1 is NaN")) << w.status();
 }
 
 // Keys with the wrong kind of value: before, "hidden_size": "64" read as missing, a string

@@ -136,10 +136,15 @@ absl::StatusOr<uint64_t> HeaderLength(std::string_view first8, uint64_t file_siz
   }
   uint64_t header_len;
   std::memcpy(&header_len, first8.data(), 8);
-  if (header_len > kMaxHeaderBytes || header_len > file_size - 8) {
+  if (header_len > file_size - 8) {
     return absl::DataLossError(absl::StrCat(what, ": header length ", header_len,
                                             " exceeds the file (", file_size,
                                             " bytes); truncated or not a safetensors file"));
+  }
+  if (header_len > kMaxHeaderBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, ": its JSON header is ", header_len, " bytes, over the limit of ", kMaxHeaderBytes,
+        " (a header that size is metadata, not tensors: save the file without it)"));
   }
   return header_len;
 }

@@ -1,6 +1,7 @@
 #include "worker/interchange/hf_import.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -93,6 +94,14 @@ absl::StatusOr<PretrainedWeights> LoadHf(const std::string& dir, const HfShape& 
         problems.push_back(absl::StrCat(t.name, ": in more than one file"));
         continue;
       }
+      // A NaN or infinity would train as a divergence at step 1, blamed on the learning rate.
+      const auto bad = std::find_if(t.data.begin(), t.data.end(), [](float v) { return !std::isfinite(v); });
+      if (bad != t.data.end()) {
+        problems.push_back(absl::StrCat(t.name, " in ", file, ": element ", bad - t.data.begin(), " is ",
+                                        std::isnan(*bad) ? "NaN" : "infinite",
+                                        "; these weights cannot start training (take them from a healthy checkpoint)"));
+        continue;
+      }
       std::string name = t.name;
       hf[name] = std::move(t);
     }
@@ -101,7 +110,7 @@ absl::StatusOr<PretrainedWeights> LoadHf(const std::string& dir, const HfShape& 
     if (!hf.count(name)) problems.push_back(absl::StrCat(name, ": the index puts it in ", file, ", which lacks it"));
   }
   if (!problems.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(dir, ": the shards and their index disagree:\n",
+    return absl::InvalidArgumentError(absl::StrCat(dir, ": its weight files cannot be used:\n",
                                                    absl::StrJoin(problems, "\n")));
   }
   absl::StatusOr<std::vector<NamedTensor>> ours = FromHfTensors(shape, std::move(hf));

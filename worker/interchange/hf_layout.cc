@@ -421,8 +421,8 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
   const bool dense_type = type == "mistral" || type == "llama" || type == "qwen3";
   const bool moe_type = type == "mixtral" || type == "qwen3_moe";
   if (!moe_type && !dense_type) {
-    problems.push_back(absl::StrCat("model_type is \"", type,
-                                    "\"; only mixtral and qwen3_moe (and mistral, llama or qwen3 for a dense model) "
+    problems.push_back(absl::StrCat("model_type is ", JsonQuote(type),
+                                    "; only mixtral and qwen3_moe (and mistral, llama or qwen3 for a dense model) "
                                     "can be read"));
   } else if (qwen != s.qk_norm) {
     problems.push_back(qwen ? absl::StrCat("model_type ", type, " has QK-norm, but the job has model.attention.qk_norm "
@@ -481,11 +481,16 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
     }
     if (truthy("use_sliding_window")) problems.push_back("use_sliding_window is true; our attention is full causal");
   }
-  if (moe_type && num("num_experts_per_tok", &k) && k != s.top_k) {
+  if (moe_type && num("num_experts_per_tok", &k) && k > s.experts) {
+    problems.push_back(absl::StrCat("num_experts_per_tok is ", k, " in config.json, more than its ", s.experts,
+                                    " experts: the config is inconsistent"));
+  } else if (moe_type && num("num_experts_per_tok", &k) && k != s.top_k) {
     notes->push_back(absl::StrCat("the checkpoint routed to num_experts_per_tok = ", k,
                                   " experts per token; this job uses model.moe.top_k = ", s.top_k));
   }
-  double theta = 10000;  // HF's default for these configs when the key is absent
+  // An absent (or null) key means transformers' default for the type: 1e6 for Mixtral, 10000 for
+  // the others (before, 10000 for all: a Mixtral config without the key passed a job at 10000).
+  double theta = type == "mixtral" ? 1e6 : 10000;
   num("rope_theta", &theta);
   if (std::fabs(theta - rope_theta) > 1e-6 * rope_theta) {
     problems.push_back(absl::StrCat("rope_theta is ", theta, " in config.json; this job's RoPE uses ", rope_theta,
@@ -497,7 +502,7 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
   }
   const std::string act = str("hidden_act");
   if (!act.empty() && act != "silu") {
-    problems.push_back(absl::StrCat("hidden_act is \"", act, "\"; our experts are SwiGLU (silu)"));
+    problems.push_back(absl::StrCat("hidden_act is ", JsonQuote(act), "; our experts are SwiGLU (silu)"));
   }
   if (truthy("attention_bias") || truthy("mlp_bias")) {
     problems.push_back("attention_bias or mlp_bias is true; our model has no biases");
