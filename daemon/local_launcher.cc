@@ -145,13 +145,26 @@ size_t FormatInt(int v, char* buf) {
   return len;
 }
 
+// What a rank's stderr says last: its last line, or when a worker's own failure ("moe-worker rank
+// N: ...") is followed by at most a few more lines (a list of problems), that message whole, its
+// lines joined by " | " (before, only the list's last item reached the job's reason).
 std::string LastLine(const std::string& path) {
+  constexpr size_t kMessageLines = 12;
   std::ifstream in(path);
   std::string line, last;
+  std::vector<std::string> message;  // from the last "moe-worker rank " line on
   while (std::getline(in, line)) {
-    if (!absl::StripAsciiWhitespace(line).empty()) last = line;
+    const std::string text(absl::StripAsciiWhitespace(line));
+    if (text.empty()) continue;
+    last = text;
+    if (absl::StartsWith(text, "moe-worker rank ")) {
+      message = {text};
+    } else if (!message.empty()) {
+      message.push_back(text);
+    }
   }
-  return std::string(absl::StripAsciiWhitespace(last));
+  if (!message.empty() && message.size() <= kMessageLines) return absl::StrJoin(message, " | ");
+  return last;
 }
 
 }  // namespace

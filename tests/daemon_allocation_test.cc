@@ -173,5 +173,34 @@ TEST(DaemonAllocation, ARankOutOfMemoryAloneEndsTheWholeJobAtOnce) {
   EXPECT_TRUE(absl::StrContains(j.reason(), "rank 1 stderr: moe-worker rank 1: out of host memory")) << j.reason();
 }
 
+// A worker's failure of several lines (a list of problems) reaches the job's reason whole; before,
+// only its last line did, which no longer said what the list was about.
+TEST(DaemonAllocation, AFailureOfSeveralLinesIsTheReasonWhole) {
+  const std::string dir = MakeTempDir("moe-multiline-");
+  const std::string worker = dir + "/moe-worker-fails.sh";
+  std::ofstream(worker) << "#!/bin/sh\necho 'moe-worker: job x, 1 rank(s)' >&2\n"
+                        << "printf 'moe-worker rank 0: init_from: the weights cannot be used:\\nA is NaN\\nB is short\\n' >&2\n"
+                        << "exit 1\n";
+  chmod(worker.c_str(), 0700);
+  HarnessOptions o;
+  o.worker_bin = worker;
+  DaemonHarness h(o);
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const std::string job = dir + "/fails.yaml";
+  std::ofstream(job) << "name: fails\nmodel: {d_model: 32, n_layers: 1, n_heads: 2, seq_len: 16}\n"
+                     << "data: {path: \"" << ShakespearePath() << "\", tokenizer: char}\n"
+                     << "train: {steps: 1, batch_size: 2}\n"
+                     << "resources: {ranks: 1, device: cpu, launcher: local}\n";
+  CommandResult r = h.Moectl({"submit", job});
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  const std::string id = r.out.substr(0, r.out.find('\n'));
+  moe::v1::Job j = h.WaitFor(
+      id, [](const moe::v1::Job& x) { return x.state() >= moe::v1::JOB_STATE_SUCCEEDED; }, 60);
+  EXPECT_EQ(j.state(), moe::v1::JOB_STATE_FAILED) << j.reason();
+  EXPECT_TRUE(absl::StrContains(
+      j.reason(), "rank 0 stderr: moe-worker rank 0: init_from: the weights cannot be used: | A is NaN | B is short"))
+      << j.reason();
+}
+
 }  // namespace
 }  // namespace moe::testing
