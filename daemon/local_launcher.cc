@@ -145,27 +145,6 @@ size_t FormatInt(int v, char* buf) {
   return len;
 }
 
-// What a rank's stderr says last: its last line, or when a worker's own failure ("moe-worker rank
-// N: ...") is followed by at most a few more lines (a list of problems), that message whole, its
-// lines joined by " | " (before, only the list's last item reached the job's reason).
-std::string LastLine(const std::string& path) {
-  constexpr size_t kMessageLines = 12;
-  std::ifstream in(path);
-  std::string line, last;
-  std::vector<std::string> message;  // from the last "moe-worker rank " line on
-  while (std::getline(in, line)) {
-    const std::string text(absl::StripAsciiWhitespace(line));
-    if (text.empty()) continue;
-    last = text;
-    if (absl::StartsWith(text, "moe-worker rank ")) {
-      message = {text};
-    } else if (!message.empty()) {
-      message.push_back(text);
-    }
-  }
-  if (!message.empty() && message.size() <= kMessageLines) return absl::StrJoin(message, " | ");
-  return last;
-}
 
 }  // namespace
 
@@ -477,7 +456,7 @@ ProcessState LocalLauncher::Poll(const std::string& handle) {
   for (const OutputFile& f : OutputFiles(handle)) {
     if (rank >= 0 && f.rank != rank) continue;
     if (f.path.size() < 7 || f.path.compare(f.path.size() - 7, 7, "/stderr") != 0) continue;
-    std::string last = LastLine(f.path);
+    std::string last = LastStderrMessage(f.path);
     if (last.empty()) continue;
     const bool own = absl::StartsWith(last, "moe-worker rank ");
     if (said.empty() || own) {
@@ -487,7 +466,6 @@ ProcessState LocalLauncher::Poll(const std::string& handle) {
     if (own) break;
   }
   if (!said.empty()) {
-    if (said.size() > 500) said = said.substr(0, 500) + "...";
     absl::StrAppend(&ps.reason, "; rank ", said_rank, " stderr: ", said);
   }
   return ps;

@@ -231,17 +231,6 @@ void ParseExitCode(const std::string& text, int* rc, int* sig) {
   if (parts.size() > 1) (void)absl::SimpleAtoi(parts[1], sig);
 }
 
-std::string LastNonEmptyLine(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadFile(path);
-  if (!text.ok()) return "";
-  std::string last;
-  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
-    line = absl::StripAsciiWhitespace(line);
-    if (!line.empty()) last = std::string(line);
-  }
-  return last.size() > 500 ? last.substr(0, 500) + "..." : last;
-}
-
 }  // namespace
 
 bool IsFinalSlurmState(const std::string& state) {
@@ -620,13 +609,13 @@ ProcessState SlurmLauncher::Poll(const std::string& handle) {
   for (int rank = 0; rank < 1024; ++rank) {
     std::string path = absl::StrCat(ranks, rank, ".err");
     if (access(path.c_str(), F_OK) != 0) break;
-    std::string last = LastNonEmptyLine(path);
+    std::string last = LastStderrMessage(path);
     if (!last.empty()) {
       absl::StrAppend(&ps.reason, "; rank ", rank, " stderr: ", last);
       return ps;
     }
   }
-  std::string last = LastNonEmptyLine(absl::StrCat(h.dir, "/slurm-", h.id, ".out"));
+  std::string last = LastStderrMessage(absl::StrCat(h.dir, "/slurm-", h.id, ".out"));
   if (!last.empty()) absl::StrAppend(&ps.reason, "; batch output: ", last);
   return ps;
 }
