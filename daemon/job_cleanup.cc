@@ -39,10 +39,11 @@ void RemoveAll(const fs::path& path, moe::v1::DeleteJobResponse* out) {
 }
 
 // A checkpoint.dir of the job's own choosing (outside its job folder): only what the job wrote
-// there goes (its step_* checkpoints, their unfinished .tmp-step_* copies and the .moe-owner
-// marker), and the directory itself once nothing else is left. A marker that names another owner
-// (a job or a run by hand that took the directory over) keeps everything. A symbolic link is
-// followed: the checkpoints are in the directory it names, and the link stays.
+// there goes (its step_* checkpoints, their unfinished .tmp-step_* copies, then the .moe-owner
+// marker), and the directory itself once it is empty (never recursively). Without a marker that
+// names this job (another owner took it over, or no job ever claimed it) everything stays, as it
+// does when the directory cannot be listed. A symbolic link is followed: the checkpoints are in
+// the directory it names, and the link stays.
 void RemoveOwnCheckpoints(const fs::path& ckpt, const std::string& owner, moe::v1::DeleteJobResponse* out) {
   std::error_code ec;
   const fs::path dir = fs::canonical(ckpt, ec);
@@ -51,33 +52,45 @@ void RemoveOwnCheckpoints(const fs::path& ckpt, const std::string& owner, moe::v
     return;
   }
   const fs::path marker = dir / ".moe-owner";
-  if (fs::exists(marker, ec)) {
-    absl::StatusOr<std::string> text = ReadFile(marker.string());
-    const std::string found = text.ok() ? std::string(absl::StripAsciiWhitespace(*text)) : "";
-    if (found != owner) {
-      out->add_kept_paths(absl::StrCat(
-          dir.string(), " (", text.ok() ? absl::StrCat("its .moe-owner names ", found) : "its .moe-owner is unreadable",
-          ", not this ", owner, "; remove what you no longer need by hand)"));
-      return;
-    }
+  absl::StatusOr<std::string> text = ReadFile(marker.string());
+  const std::string found = text.ok() ? std::string(absl::StripAsciiWhitespace(*text)) : "";
+  if (found != owner) {
+    out->add_kept_paths(absl::StrCat(
+        dir.string(), " (",
+        text.ok() ? absl::StrCat("its .moe-owner names ", found, ", not this ", owner)
+                  : "no .moe-owner names this job as its owner",
+        "; remove what you no longer need by hand)"));
+    return;
   }
   std::vector<fs::path> own;
   bool other = false;
-  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
-    const std::string name = e.path().filename().string();
-    if (checkpoint_dir::ParseStepDirName(name) >= 0 || absl::StartsWith(name, ".tmp-step_") || name == ".moe-owner") {
-      own.push_back(e.path());
-    } else {
+  fs::directory_iterator it(dir, ec);
+  for (; !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (checkpoint_dir::ParseStepDirName(name) >= 0 || absl::StartsWith(name, ".tmp-step_")) {
+      own.push_back(it->path());
+    } else if (name != ".moe-owner") {
       other = true;
     }
   }
+  if (ec) {
+    out->add_kept_paths(absl::StrCat(dir.string(), " (cannot list it: ", ec.message(), ")"));
+    return;
+  }
+  const int kept_before = out->kept_paths_size();
   for (const fs::path& p : own) RemoveAll(p, out);
+  if (out->kept_paths_size() != kept_before) return;  // a checkpoint stayed: so does its marker
+  RemoveAll(marker, out);
+  fs::path named = fs::path(ckpt).lexically_normal();
+  if (!named.has_filename()) named = named.parent_path();  // "dir/"
   if (other) {
     out->add_kept_paths(absl::StrCat(dir.string(), " (it holds files this job did not write)"));
-  } else if (dir != fs::absolute(ckpt).lexically_normal()) {
+  } else if (fs::is_symlink(named, ec)) {
     out->add_kept_paths(absl::StrCat(dir.string(), " (emptied; ", ckpt.string(), " links to it)"));
+  } else if (fs::remove(dir, ec); ec) {  // empty now, or something appeared: then it stays
+    out->add_kept_paths(absl::StrCat(dir.string(), " (", ec.message(), ")"));
   } else {
-    RemoveAll(dir, out);
+    out->add_removed_paths(dir.string());
   }
 }
 
@@ -149,10 +162,15 @@ absl::StatusOr<moe::v1::PruneJobsResponse> PruneJobs(JobStore& store, const std:
       *d->mutable_job() = j;
       std::error_code ec;
       const fs::path job_dir = j.state_dir(), ckpt = r.checkpoint_dir;
-      if (!job_dir.empty() && Within(job_dir, jobs_root) && fs::exists(job_dir, ec)) {
-        d->add_removed_paths(job_dir.string());
-      }
       const bool own_folder = !ckpt.empty() && !job_dir.empty() && Within(ckpt, job_dir);
+      if (!job_dir.empty() && Within(job_dir, jobs_root) && fs::exists(job_dir, ec)) {
+        if (own_folder && !request.checkpoints() && fs::exists(ckpt, ec)) {
+          d->add_removed_paths(absl::StrCat(job_dir.string(), " (all but its checkpoints)"));
+          d->add_kept_paths(ckpt.string());
+        } else {
+          d->add_removed_paths(job_dir.string());
+        }
+      }
       if (!ckpt.empty() && !own_folder && fs::exists(ckpt, ec)) {
         bool shared = false;
         for (const JobRecord& other : *jobs) shared = shared || (other.job.id() != j.id() && other.checkpoint_dir == r.checkpoint_dir);

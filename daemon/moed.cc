@@ -103,10 +103,10 @@ std::string BindProblem(const std::string& listen) {
   if (const int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found); rc != 0) {
     return absl::StrCat("'", host, "' is no address or host name this machine can resolve (", gai_strerror(rc), ")");
   }
-  std::string problem = "no address to bind";
+  std::string problem;  // "" when no address could even be tried: gRPC decides
   for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
     const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd < 0) continue;
+    if (fd < 0) continue;  // (an address family this kernel lacks)
     const int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     const int rc = bind(fd, a->ai_addr, a->ai_addrlen), err = errno;
@@ -218,6 +218,11 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
   absl::StatusOr<std::unique_ptr<StateDirLock>> lock = StateDirLock::Acquire(c.state_dir, c.listen);
   if (!lock.ok()) return lock.status();
   m->state_lock_ = *std::move(lock);
+  // The port before anything else: a moed that cannot serve must not recover (relaunch) jobs first.
+  if (std::string why = BindProblem(c.listen); !why.empty()) {
+    return absl::UnavailableError(
+        absl::StrCat("--listen: cannot listen on ", c.listen, ": ", why, "; pick another HOST:PORT with --listen"));
+  }
   absl::StatusOr<std::unique_ptr<JobStore>> store = JobStore::Open(c.state_dir + "/moed.db");
   if (!store.ok()) return store.status();
   m->store_ = *std::move(store);
@@ -263,10 +268,6 @@ absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
       std::make_unique<ReportServiceImpl>(m->store_.get(), m->scheduler_.get(), m->auth_.get());
   if (absl::Status s = m->scheduler_->Recover(); !s.ok()) return s;
 
-  if (std::string why = BindProblem(c.listen); !why.empty()) {
-    return absl::UnavailableError(
-        absl::StrCat("--listen: cannot listen on ", c.listen, ": ", why, "; pick another HOST:PORT with --listen"));
-  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -222,6 +222,15 @@ TEST(JobCleanup, DeleteRemovesOnlyTheJobsOwnCheckpoints) {
   EXPECT_TRUE(fs::exists(taken + "/step_00000004/MANIFEST"));
   EXPECT_TRUE(absl::StrContains(joined(d2->kept_paths()), "names standalone job other")) << joined(d2->kept_paths());
 
+  // No marker names the job (it never claimed the directory): everything stays.
+  const std::string unmarked = dir + "/unmarked";
+  const std::string id5 = finished(unmarked);
+  fs::remove(unmarked + "/.moe-owner");
+  auto d5 = DeleteFinishedJob(**store, dir + "/jobs", id5, true);
+  ASSERT_TRUE(d5.ok()) << d5.status();
+  EXPECT_TRUE(fs::exists(unmarked + "/step_00000004/MANIFEST"));
+  EXPECT_TRUE(absl::StrContains(joined(d5->kept_paths()), "no .moe-owner names this job")) << joined(d5->kept_paths());
+
   // Only the job's own files: the directory goes too.
   const std::string own = dir + "/own";
   auto d3 = DeleteFinishedJob(**store, dir + "/jobs", finished(own), true);

@@ -185,8 +185,8 @@ TEST(MoectlValidate, MissingFileAndDirectoryAreClearErrors) {
   RunResult loop = RunMoectl({"validate", dir + "/loop.yaml"});
   ASSERT_TRUE(loop.exited);
   EXPECT_EQ(loop.exit_code, 2);
-  EXPECT_EQ(loop.err, dir + "/loop.yaml: cannot be opened (Too many levels of symbolic links); give the path of a "
-                            "job file (e.g. job.yaml)\n");
+  EXPECT_THAT(loop.err, HasSubstr(dir + "/loop.yaml: cannot be opened ("));  // the OS's words for a link loop
+  EXPECT_THAT(loop.err, HasSubstr("); give the path of a job file (e.g. job.yaml)\n"));
   fs::remove_all(dir);
 }
 

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -91,7 +92,9 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       if (!value(&v)) return a + " needs a value";
       if (!absl::SimpleAtoi(v, out)) {
         int64_t wide = 0;  // a whole number past int's range is named as such
-        if (absl::SimpleAtoi(v, &wide) || (!v.empty() && v.find_first_not_of("-0123456789") == std::string::npos)) {
+        const size_t digits = v.size() - (absl::StartsWith(v, "-") ? 1 : 0);
+        if (absl::SimpleAtoi(v, &wide) ||
+            (digits > 0 && v.find_first_not_of("0123456789", v.size() - digits) == std::string::npos)) {
           return absl::StrCat(a, " is out of range (at most ", std::numeric_limits<int>::max(), "), got ", v);
         }
         return absl::StrCat(a, " must be an integer, got '", v, "'");

@@ -219,7 +219,10 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
   fs::path out = fs::absolute(out_dir, ec).lexically_normal();
   if (!out.has_filename()) out = out.parent_path();  // "dir/", "dir/.", "."
   const bool in_place = fs::is_directory(out, ec);
-  if (in_place) out = fs::canonical(out, ec);
+  if (in_place) {
+    out = fs::canonical(out, ec);
+    if (ec) return absl::FailedPreconditionError(absl::StrCat("cannot resolve ", out_dir, ": ", ec.message()));
+  }
   const std::string tmp = in_place ? (out / absl::StrCat(".partial-", ::getpid())).string()
                                    : absl::StrCat(out.string(), ".partial-", ::getpid());
   fs::remove_all(tmp, ec);
