@@ -38,6 +38,18 @@ void RemoveAll(const fs::path& path, moe::v1::DeleteJobResponse* out) {
   }
 }
 
+// Whether another stored job names the same checkpoint directory: it then stays, whatever was
+// asked; and how a kept one is listed.
+bool SharedWithAnotherJob(const std::vector<JobRecord>& jobs, const std::string& id, const std::string& ckpt) {
+  for (const JobRecord& other : jobs) {
+    if (other.job.id() != id && !ckpt.empty() && other.checkpoint_dir == ckpt) return true;
+  }
+  return false;
+}
+std::string KeptCheckpoints(const fs::path& ckpt, bool shared) {
+  return shared ? absl::StrCat(ckpt.string(), " (shared with another job)") : ckpt.string();
+}
+
 // A checkpoint.dir of the job's own choosing (outside its job folder): only what the job wrote
 // there goes (its step_* checkpoints, their unfinished .tmp-step_* copies, then the .moe-owner
 // marker), and the directory itself once it is empty (never recursively). Without a marker that
@@ -105,11 +117,8 @@ absl::StatusOr<moe::v1::DeleteJobResponse> DeleteFinishedJob(JobStore& store,
   moe::v1::DeleteJobResponse out;
   *out.mutable_job() = rec->job;
   const fs::path job_dir = rec->job.state_dir(), ckpt = rec->checkpoint_dir;
-  // A checkpoint directory shared with a job still stored stays, whatever was asked.
-  bool shared = false;
-  if (absl::StatusOr<std::vector<JobRecord>> all = store.ListJobs(); all.ok()) {
-    for (const JobRecord& other : *all) shared = shared || (!ckpt.empty() && other.checkpoint_dir == ckpt.string());
-  }
+  absl::StatusOr<std::vector<JobRecord>> all = store.ListJobs();
+  const bool shared = all.ok() && SharedWithAnotherJob(*all, id, ckpt.string());
   const bool remove_ckpt = checkpoints && !shared && !ckpt.empty();
   std::error_code ec;
   if (!job_dir.empty() && Within(job_dir, jobs_root) && fs::is_directory(job_dir, ec)) {
@@ -129,8 +138,7 @@ absl::StatusOr<moe::v1::DeleteJobResponse> DeleteFinishedJob(JobStore& store,
         absl::StrCat("job ", rec->job.id(), " of ", fs::absolute(job_dir, ec).lexically_normal().string());
     RemoveOwnCheckpoints(ckpt, owner, &out);
   } else if (!ckpt.empty() && fs::exists(ckpt, ec)) {
-    out.add_kept_paths(shared ? absl::StrCat(ckpt.string(), " (shared with another job)")
-                              : ckpt.string());
+    out.add_kept_paths(KeptCheckpoints(ckpt, shared));
   }
   return out;
 }
@@ -172,12 +180,11 @@ absl::StatusOr<moe::v1::PruneJobsResponse> PruneJobs(JobStore& store, const std:
         }
       }
       if (!ckpt.empty() && !own_folder && fs::exists(ckpt, ec)) {
-        bool shared = false;
-        for (const JobRecord& other : *jobs) shared = shared || (other.job.id() != j.id() && other.checkpoint_dir == r.checkpoint_dir);
+        const bool shared = SharedWithAnotherJob(*jobs, j.id(), r.checkpoint_dir);
         if (request.checkpoints() && !shared) {
           d->add_removed_paths(absl::StrCat(ckpt.string(), " (what the job wrote there)"));
         } else {
-          d->add_kept_paths(shared ? absl::StrCat(ckpt.string(), " (shared with another job)") : ckpt.string());
+          d->add_kept_paths(KeptCheckpoints(ckpt, shared));
         }
       }
       continue;

@@ -15,7 +15,6 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <regex>
 #include <sstream>
 
@@ -144,7 +143,6 @@ size_t FormatInt(int v, char* buf) {
   buf[len++] = '\n';
   return len;
 }
-
 
 }  // namespace
 

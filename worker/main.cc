@@ -409,16 +409,17 @@ int main(int argc, char** argv) {
   if (absl::Status st = moe::CheckSpecPaths(policy, *spec); !st.ok()) {
     return fail(std::string(st.message()));
   }
-  if (!flags.no_checkpoint && flags.checkpoint_dir.empty() && spec->checkpoint().dir().empty()) {
-    if (absl::Status st = moe::CheckCheckpointPath(policy, "checkpoint directory",
-                                                   "checkpoints/" + spec->name());
-        !st.ok()) {
-      return fail(std::string(st.message()));
-    }
+  // The checkpoint directory checkpoint.dir (checked above) does not name: the default, or one
+  // given by hand (moed passes its own job folder's, which it chose, with --job-id).
+  std::string unchecked_dir, unchecked_field = "checkpoint directory";
+  if (flags.checkpoint_dir.empty()) {
+    if (spec->checkpoint().dir().empty()) unchecked_dir = "checkpoints/" + spec->name();
+  } else if (flags.job_id.empty()) {
+    unchecked_dir = flags.checkpoint_dir;
+    unchecked_field = "--checkpoint-dir";
   }
-  // --checkpoint-dir by hand (moed passes its own job folder's, which it chose, with --job-id).
-  if (!flags.no_checkpoint && !flags.checkpoint_dir.empty() && flags.job_id.empty()) {
-    if (absl::Status st = moe::CheckCheckpointPath(policy, "--checkpoint-dir", flags.checkpoint_dir); !st.ok()) {
+  if (!flags.no_checkpoint && !unchecked_dir.empty()) {
+    if (absl::Status st = moe::CheckCheckpointPath(policy, unchecked_field, unchecked_dir); !st.ok()) {
       return fail(std::string(st.message()));
     }
   }

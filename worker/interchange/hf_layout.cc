@@ -481,12 +481,14 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
     }
     if (truthy("use_sliding_window")) problems.push_back("use_sliding_window is true; our attention is full causal");
   }
-  if (moe_type && num("num_experts_per_tok", &k) && k > s.experts) {
-    problems.push_back(absl::StrCat("num_experts_per_tok is ", k, " in config.json, more than its ", s.experts,
-                                    " experts: the config is inconsistent"));
-  } else if (moe_type && num("num_experts_per_tok", &k) && k != s.top_k) {
-    notes->push_back(absl::StrCat("the checkpoint routed to num_experts_per_tok = ", k,
-                                  " experts per token; this job uses model.moe.top_k = ", s.top_k));
+  if (moe_type && num("num_experts_per_tok", &k)) {
+    if (k > s.experts) {
+      problems.push_back(absl::StrCat("num_experts_per_tok is ", k, " in config.json, more than its ", s.experts,
+                                      " experts: the config is inconsistent"));
+    } else if (k != s.top_k) {
+      notes->push_back(absl::StrCat("the checkpoint routed to num_experts_per_tok = ", k,
+                                    " experts per token; this job uses model.moe.top_k = ", s.top_k));
+    }
   }
   // An absent (or null) key means transformers' default for the type: 1e6 for Mixtral, 10000 for
   // the others (before, 10000 for all: a Mixtral config without the key passed a job at 10000).
