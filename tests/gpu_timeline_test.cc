@@ -39,6 +39,27 @@ TEST(GpuTimelineTest, BusyIsTheUnionAndIdleTheRest) {
   EXPECT_NEAR(s.idle_host_late_ms, 0.010 + 0.075, 1e-12);
 }
 
+TEST(GpuTimelineTest, KernelTimeIsSummedByShortNameLargestFirst) {
+  // Two launches of one kernel (their template arguments differ), one of another, one clipped by
+  // the window's end (80-110 counts 80-100), a copy (not a kernel), two steps.
+  std::vector<GpuActivity> acts = {Kernel("_ZN3moe4cuda12_GLOBAL__N_19AddKernelILi4EEEvPfi", 0, 10, 1),
+                                   Kernel("_ZN3moe4cuda12_GLOBAL__N_19AddKernelILi8EEEvPfi", 20, 26, 2),
+                                   Kernel("RouterKernel", 30, 50, 3), Kernel("RouterKernel", 80, 110, 4),
+                                   {ActivityKind::kMemcpy, "memcpy DtoH", 60 * kUs, 70 * kUs, 5}};
+  const TimelineSummary s = Summarize(acts, {}, 0, 100 * kUs, 2);
+  ASSERT_EQ(s.kernels_by_time.size(), 2u);
+  EXPECT_EQ(s.kernels_by_time[0].name, "RouterKernel");
+  EXPECT_EQ(s.kernels_by_time[0].count, 2);
+  EXPECT_NEAR(s.kernels_by_time[0].ms, 0.040, 1e-12);
+  EXPECT_EQ(s.kernels_by_time[1].name, "AddKernel");
+  EXPECT_EQ(s.kernels_by_time[1].count, 2);
+  EXPECT_NEAR(s.kernels_by_time[1].ms, 0.016, 1e-12);
+  // Per step in the text and the JSON.
+  EXPECT_NE(FormatSummary(s).find("#     0.020    1.0  RouterKernel\n"), std::string::npos) << FormatSummary(s);
+  EXPECT_NE(SummaryJson(s).find("{\"name\": \"AddKernel\", \"launches\": 1.00, \"ms\": 0.008}"), std::string::npos)
+      << SummaryJson(s);
+}
+
 TEST(GpuTimelineTest, HostLateAfterAWaitIsAttributedToTheWait) {
   // The router's kernel ends at 100; its counts copy 100-102; the host waits (event query loop)
   // until 103, plans until 150, launches the gather at 150, which runs 155-200.

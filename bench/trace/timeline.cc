@@ -109,13 +109,19 @@ TimelineSummary Summarize(std::vector<GpuActivity> activities, const std::vector
 
   // The GPU's side, clipped to the window, in order of start.
   std::vector<GpuActivity> acts;
+  std::unordered_map<std::string, KernelTotal> by_name;
   for (GpuActivity& a : activities) {
     if (a.end <= window_start || a.start >= window_end || a.end < a.start) continue;
     a.start = std::max(a.start, window_start);
     a.end = std::min(a.end, window_end);
     const double ms = Ms(a.end - a.start);
     switch (a.kind) {
-      case ActivityKind::kKernel: s.kernel_ms += ms, ++s.kernels; break;
+      case ActivityKind::kKernel: {
+        s.kernel_ms += ms, ++s.kernels;
+        KernelTotal& t = by_name[ShortKernelName(a.name)];
+        t.count += 1, t.ms += ms;
+        break;
+      }
       case ActivityKind::kMemcpy: s.memcpy_ms += ms, ++s.memcpys; break;
       case ActivityKind::kMemset: s.memset_ms += ms, ++s.memsets; break;
     }
@@ -224,6 +230,14 @@ TimelineSummary Summarize(std::vector<GpuActivity> activities, const std::vector
   for (auto& [key, g] : groups) s.top.push_back(g);
   std::sort(s.top.begin(), s.top.end(), [](const GapGroup& a, const GapGroup& b) { return a.idle_ms > b.idle_ms; });
   if (s.top.size() > top_n) s.top.resize(top_n);
+  for (auto& [name, t] : by_name) {
+    t.name = name;
+    s.kernels_by_time.push_back(t);
+  }
+  std::sort(s.kernels_by_time.begin(), s.kernels_by_time.end(), [](const KernelTotal& a, const KernelTotal& b) {
+    return a.ms != b.ms ? a.ms > b.ms : a.name < b.name;
+  });
+  if (s.kernels_by_time.size() > 2 * top_n + 6) s.kernels_by_time.resize(2 * top_n + 6);
   return s;
 }
 
@@ -257,6 +271,11 @@ std::string FormatSummary(const TimelineSummary& s) {
                   g.host_late_ms * k, g.after_wait_ms * k, g.before.c_str(), g.after.c_str());
     out += buf;
   }
+  out += "# trace: kernels by time, a step: ms, launches, name\n";
+  for (const KernelTotal& t : s.kernels_by_time) {
+    std::snprintf(buf, sizeof(buf), "#   %7.3f %6.1f  %s\n", t.ms * k, t.count * k, t.name.c_str());
+    out += buf;
+  }
   return out;
 }
 
@@ -285,6 +304,13 @@ std::string SummaryJson(const TimelineSummary& s) {
                   "\"host_late_ms\": %.3f, \"after_wait_ms\": %.3f}",
                   i ? ", " : "", JsonString(g.before).c_str(), JsonString(g.after).c_str(), g.count * k,
                   g.idle_ms * k, g.host_late_ms * k, g.after_wait_ms * k);
+    out += buf;
+  }
+  out += "], \"kernels_by_time\": [";
+  for (size_t i = 0; i < s.kernels_by_time.size(); ++i) {
+    const KernelTotal& t = s.kernels_by_time[i];
+    std::snprintf(buf, sizeof(buf), "%s{\"name\": %s, \"launches\": %.2f, \"ms\": %.3f}", i ? ", " : "",
+                  JsonString(t.name).c_str(), t.count * k, t.ms * k);
     out += buf;
   }
   return out + "]}";

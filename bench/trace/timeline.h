@@ -53,6 +53,12 @@ struct GapGroup {
   double idle_ms = 0, host_late_ms = 0, after_wait_ms = 0;
 };
 
+struct KernelTotal {
+  std::string name;  // ShortKernelName
+  int count = 0;
+  double ms = 0;
+};
+
 struct TimelineSummary {
   int steps = 1;
   double window_ms = 0;  // every figure below is summed over the window: FormatSummary divides by steps
@@ -70,11 +76,13 @@ struct TimelineSummary {
   // heuristics, ...) as "(outside CUDA calls)".
   std::vector<std::pair<std::string, double>> host_late_calls_ms;
   std::vector<GapGroup> top;   // the largest groups by idle time
+  std::vector<KernelTotal> kernels_by_time;  // kernel time by short name, largest first
 };
 
 // Summarizes what lies in [window_start, window_end] (activities are clipped to it), `steps`
 // steps long. Gaps shorter than `min_gap_ns` are idle time but not grouped or attributed (a
-// stream's back-to-back kernels are a microsecond or two apart).
+// stream's back-to-back kernels are a microsecond or two apart). `top_n` caps each list but
+// kernels_by_time, which keeps 2 * top_n + 6 names.
 TimelineSummary Summarize(std::vector<GpuActivity> activities, const std::vector<HostCall>& calls,
                           uint64_t window_start, uint64_t window_end, int steps, size_t top_n = 12,
                           uint64_t min_gap_ns = 4000);
