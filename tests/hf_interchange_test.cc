@@ -5,6 +5,9 @@
 // follow are refused by name, and so is another head split in one of our checkpoints; a dense
 // model goes out as Mistral; a checkpoint directory owned by another job is refused with the path
 // and the fix.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -350,6 +353,40 @@ TEST_F(HfInterchange, ExportRefusesANonEmptyDirectory) {
   for (const fs::directory_entry& e : fs::directory_iterator(target)) {
     EXPECT_FALSE(absl::StartsWith(e.path().filename().string(), ".partial")) << e.path();
   }
+}
+
+// The pid of a process that has exited (and been waited for).
+int DeadPid() {
+  const pid_t child = ::fork();
+  if (child == 0) ::_exit(0);
+  ::waitpid(child, nullptr, 0);
+  return child;
+}
+
+TEST_F(HfInterchange, ExportRemovesTheLeftoversOfAnExportThatDiedNotALiveOnes) {
+  // A killed export into an existing directory left its hidden .partial-PID inside: the retry
+  // said "not empty" for ever. A dead PID's folder goes (and one beside a new directory too).
+  const std::string out = testing::MakeTempDir("hf-retry-");
+  const std::string dead = absl::StrCat(out, "/.partial-", DeadPid());
+  ASSERT_TRUE(MakeDirs(dead).ok());
+  ASSERT_TRUE(WriteFileAtomic(dead + "/config.json", "{").ok());
+  absl::StatusOr<HfExportResult> r = ExportHf(*ckpt_dir_, out, {});
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(fs::exists(dead));
+  EXPECT_TRUE(fs::exists(out + "/config.json"));
+  const std::string fresh = testing::MakeTempDir("hf-parent-") + "/model";
+  const std::string beside = absl::StrCat(fresh, ".partial-", DeadPid());
+  ASSERT_TRUE(MakeDirs(beside).ok());
+  ASSERT_TRUE(ExportHf(*ckpt_dir_, fresh, {}).ok());
+  EXPECT_FALSE(fs::exists(beside));
+  // A live process's folder (pid 1 is alive) is another export under way: it stays, and the
+  // directory is not empty.
+  const std::string busy = testing::MakeTempDir("hf-busy-");
+  ASSERT_TRUE(MakeDirs(busy + "/.partial-1").ok());
+  absl::StatusOr<HfExportResult> refused = ExportHf(*ckpt_dir_, busy, {});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_THAT(std::string(refused.status().message()), HasSubstr("is not empty"));
+  EXPECT_TRUE(fs::exists(busy + "/.partial-1"));
 }
 
 // Trains spec (its steps) into a fresh checkpoint directory; *params: the weights it ends with.

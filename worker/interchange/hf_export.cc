@@ -1,6 +1,9 @@
 #include "worker/interchange/hf_export.h"
 
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <filesystem>
 #include <set>
@@ -8,6 +11,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -40,8 +44,37 @@ std::vector<std::vector<const NamedTensor*>> Shard(const std::vector<NamedTensor
   return shards;
 }
 
+// A ".partial-PID" folder an export left when its process died (killed, out of memory, a power
+// cut): inside out_dir (an export into an existing directory) or beside it. Removed when no
+// process PID is alive here; a live PID's folder is another export's, and stays.
+void RemoveDeadExportsLeftovers(fs::path out) {
+  std::error_code ec;
+  if (!out.has_filename()) out = out.parent_path();  // "dir/", "dir/."
+  auto stale = [](const std::string& name, const std::string& prefix) {
+    if (!absl::StartsWith(name, prefix)) return false;
+    int pid = 0;
+    if (!absl::SimpleAtoi(name.substr(prefix.size()), &pid) || pid <= 0 || pid == ::getpid()) return false;
+    return ::kill(pid, 0) != 0 && errno == ESRCH;
+  };
+  const std::string sibling_prefix = out.filename().string() + ".partial-";
+  if (!sibling_prefix.empty() && sibling_prefix[0] != '.' && fs::is_directory(out.parent_path(), ec)) {
+    for (const fs::directory_entry& e : fs::directory_iterator(out.parent_path(), ec)) {
+      if (stale(e.path().filename().string(), sibling_prefix)) fs::remove_all(e.path(), ec);
+    }
+  }
+  if (fs::is_directory(out, ec) && !fs::is_symlink(fs::symlink_status(out, ec))) {
+    for (const fs::directory_entry& e : fs::directory_iterator(out, ec)) {
+      if (stale(e.path().filename().string(), ".partial-")) fs::remove_all(e.path(), ec);
+    }
+  } else if (fs::is_directory(out, ec)) {  // a link to a directory: its target's leftovers
+    const fs::path target = fs::canonical(out, ec);
+    if (!ec) RemoveDeadExportsLeftovers(target);
+  }
+}
+
 absl::Status CheckOutDir(const std::string& out_dir) {
   std::error_code ec;
+  RemoveDeadExportsLeftovers(fs::absolute(out_dir, ec).lexically_normal());
   if (!fs::exists(out_dir, ec)) return absl::OkStatus();
   if (!fs::is_directory(out_dir, ec)) {
     return absl::FailedPreconditionError(absl::StrCat(out_dir, " exists and is not a directory"));
