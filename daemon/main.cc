@@ -226,9 +226,19 @@ int main(int argc, char** argv) {
 
   // The worker moed launches (local jobs; Slurm's nodes see it at the same path): missing, every
   // job would fail at launch, so moed does not start.
-  if (!config.worker_bin.empty() && access(config.worker_bin.c_str(), X_OK) != 0) {
-    std::fprintf(stderr, "moed: --worker-bin: %s is missing or not executable (build moe-worker, or give its path)\n",
-                 config.worker_bin.c_str());
+  const bool default_worker = config.worker_bin.empty();
+  if (absl::Status st = config.Validate(); !st.ok()) {  // fills the default: moe-worker beside moed
+    std::fprintf(stderr, "moed: %s\n", std::string(st.message()).c_str());
+    return 2;
+  }
+  if (access(config.worker_bin.c_str(), X_OK) != 0) {
+    if (default_worker) {
+      std::fprintf(stderr, "moed: no moe-worker beside moed (%s is missing or not executable): build or install "
+                   "moe-worker there, or give its path with --worker-bin PATH\n", config.worker_bin.c_str());
+    } else {
+      std::fprintf(stderr, "moed: --worker-bin: %s is missing or not executable (build moe-worker, or give its path)\n",
+                   config.worker_bin.c_str());
+    }
     return 2;
   }
   if (absl::StrContains(config.mpirun, "/") && access(config.mpirun.c_str(), X_OK) != 0) {

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -164,6 +165,18 @@ TEST(DaemonService, FlagsTooSmallOrTooLargeSaySo) {
     EXPECT_EQ(r.exit_code, 2) << c.flag;
     EXPECT_TRUE(absl::StrContains(r.err, c.expect)) << c.flag << ": " << r.err;
   }
+}
+
+// moed with no --worker-bin runs the moe-worker beside it: missing there, every job failed at its
+// launch; now moed does not start, and says where it looked.
+TEST(DaemonService, NoWorkerBesideMoedIsRefusedAtStart) {
+  const std::string dir = MakeTempDir("moed-alone-");
+  std::filesystem::copy_file(BinDir() + "/moed", dir + "/moed");
+  std::filesystem::permissions(dir + "/moed", std::filesystem::perms::owner_all);
+  CommandResult r = RunCommand({dir + "/moed", "--allow-root", "--state-dir", MakeTempDir("moed-flags-")}, {}, 30);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "no moe-worker beside moed (" + dir + "/moe-worker is missing")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "--worker-bin PATH")) << r.err;
 }
 
 TEST(DaemonService, BadFileIsRefusedLocally) {
