@@ -7,7 +7,8 @@
 
 Prints the total kernel time of the step, then the kernels by total time: ms, launches, name.
 --by-kind adds issue 15's profile table: the kernel time by kind (products, attention, router,
-permute, norms, activations, optimizer, loss and embedding, casts and other elementwise), and with
+permute, norms, activations, optimizer, loss and embedding, residual and dropout, casts, other
+elementwise), and with
 --step-ms (the step time measured without the profiler, moe_bench's step_ms) the idle rest.
 """
 import argparse
@@ -24,13 +25,15 @@ SCALE_TO_MS = {"nsecond": 1e-6, "ns": 1e-6, "usecond": 1e-3, "us": 1e-3, "msecon
 # CUTLASS's GEMMs). Anything else is "other elementwise".
 KINDS = [
     ("products", r"gemm|gemv|cutlass|nvjet|xmma|cublas|GroupedGemm|wgmma|splitKreduce"),
-    ("attention", r"^(ForwardTc|ForwardKernel|DqTc|DkvTc|Dq|Dkv|AttentionDsum|DecodeAttention|Rope)"),
+    ("attention", r"^(ForwardTc|ForwardKernel|DqTc|DkvTc|Dq|Dkv|AttentionDsum|DecodeAttention|Rope|Gate(Apply|Forward|Backward|ToBf16))"),
     ("router", r"^(Router|Plan(Slot|Rank)|SigmoidGate)"),
-    ("permute", r"^(Permute|Unpermute|ToLayout|GatherToLayout|AddFromLayout|CopyRowBlocks|RowBlocksToFloat|AccumulateBf16)"),
+    ("permute", r"^(Permute|Unpermute|ToLayout|Gather(Bf16)?ToLayout|(Add|Sum)FromLayout|CopyRowBlocks|RowBlocksToFloat|AccumulateBf16)"),
     ("norms", r"^(RmsNorm|QkNorm)"),
     ("activations", r"^(Swiglu|Activation)"),
     ("optimizer", r"^(AdamW|Update|LoadStored|Load|Store|PartialSquares|Normalise|RoundToBf16)"),
     ("loss and embedding", r"^(CrossEntropy|Embedding)"),
+    ("residual and dropout", r"^(Dropout|AddOut|AddInPlace)"),
+    ("casts", r"^(CastTo|Bf16ToFloat)"),
 ]
 
 
@@ -44,7 +47,7 @@ def kind_of(name):
     for kind, pattern in KINDS:
         if re.search(pattern, base if kind != "products" else name, re.IGNORECASE if kind == "products" else 0):
             return kind
-    return "casts and other elementwise"
+    return "other elementwise"
 
 
 def by_kind(per_kernel, step_ms):

@@ -67,7 +67,7 @@ TEST_F(NcuSummaryTest, KernelTimeByKindWithTheIdleRest) {
   EXPECT_THAT(out_, HasSubstr("| activations | 0.20 | 1 | 3.3% |")) << out_;
   EXPECT_THAT(out_, HasSubstr("| optimizer | 0.30 | 1 | 5.0% |")) << out_;
   EXPECT_THAT(out_, HasSubstr("| loss and embedding | 0.10 | 1 | 1.7% |")) << out_;
-  EXPECT_THAT(out_, HasSubstr("| casts and other elementwise | 0.06 | 1 | 1.0% |")) << out_;
+  EXPECT_THAT(out_, HasSubstr("| casts | 0.06 | 1 | 1.0% |")) << out_;
   EXPECT_THAT(out_, HasSubstr("| idle (step 6.00 ms - kernels 5.32 ms) | 0.68 | - | 11.3% |")) << out_;
 
   // Without --step-ms the shares are of the kernel time, and no idle row.
