@@ -8,7 +8,8 @@
 //   `ncu --profile-from-start off`, see bench/ncu_summary.py).
 //   --trace N: N more steps after the measured ones, recorded through CUPTI (bench/trace): what
 //   the GPU did and where it idled (the host late with a launch, just out of a wait, or the GPU
-//   itself), printed after the JSON line as "# trace" lines and a "gpu_trace" JSON line.
+//   itself), and the kernels by total time, printed after the JSON line as "# trace" lines and a
+//   "gpu_trace" JSON line.
 //   Under mpirun -np W (device cuda: one GPU per rank), every rank trains the config's batch
 //   (weak scaling: W times the tokens per step) with the experts split over the ranks, and rank
 //   0 prints tokens/s over all ranks and per GPU, and the GPU time of the collectives.
