@@ -1,7 +1,9 @@
 // moectl logs: prints a job's lines and follows them, resuming after the last seq per rank when
 // the stream breaks (a moed restart), so nothing is printed twice or skipped.
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <thread>
 
@@ -44,6 +46,9 @@ int FollowLogs(const std::string& job_id, int rank, int64_t tail, bool follow) {
         std::printf("%s\n", line.text().c_str());
       }
       after[line.rank()] = line.seq();
+      // Following, each line goes out as it comes (a pipe or a file would otherwise hold it in
+      // the buffer, and lose it if moectl is stopped); a reader gone (EPIPE) or a full disk ends it.
+      if (follow && std::fflush(stdout) != 0) return Fail(absl::StrCat("cannot write the logs: ", std::strerror(errno)));
       down_since = std::chrono::steady_clock::time_point::max();
       backoff = std::chrono::milliseconds(100);
     }

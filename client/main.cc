@@ -1,7 +1,9 @@
 // moectl: the command-line client. main parses the command line with CLI11 into each command's
 // options (client/commands.h) and runs the one command given; `moectl COMMAND --help` says more.
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
@@ -382,5 +384,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!server.empty()) moe::client::SetServerOverride(server);
-  return run ? run() : 2;
+  const int rc = run ? run() : 2;
+  // Output a full disk or a closed pipe cut short must not read as success (exit 0 with a
+  // truncated table or JSON).
+  errno = 0;
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+    std::fprintf(stderr, "moectl: the output could not be written%s%s; what was written is incomplete\n",
+                 errno != 0 ? ": " : "", errno != 0 ? std::strerror(errno) : "");
+    return 1;
+  }
+  return rc;
 }

@@ -4,7 +4,9 @@
 // with no moed to reach says so at once.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <set>
 #include <sstream>
 #include <string>
@@ -283,6 +285,35 @@ TEST(MoectlCli, ListJsonCarriesEveryFieldAndFilters) {
   CommandResult rank = h.Moectl({"logs", ids[0], "--rank", "7"});
   EXPECT_EQ(rank.exit_code, 2);
   EXPECT_TRUE(absl::StrContains(rank.err, "there is no rank 7")) << rank.err;
+}
+
+// `logs -f` into a pipe or a file sends each line as it comes: before, stdio held them in its
+// 4 KiB buffer (a sparse log showed nothing for minutes) and a stopped moectl lost them. Output
+// that cannot be written (a full disk) is an error, not exit 0 with a truncated table.
+TEST(MoectlCli, FollowedLinesGoOutAtOnceAndUnwritableOutputFails) {
+  DaemonHarness h(Fake("100000", "0.1"));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult sub = h.Moectl({"submit", h.WriteJob("chatty", 1, 100000)});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  const std::string id = sub.out.substr(0, sub.out.find('\n'));
+  ASSERT_EQ(h.WaitForState(id, moe::v1::JOB_STATE_RUNNING, 30).state(), moe::v1::JOB_STATE_RUNNING);
+  const std::string file = MakeTempDir("moectl-follow-") + "/lines.txt";
+  const std::string moectl = BinDir() + "/moectl";
+  // A file as stdout, moectl stopped by SIGTERM after 3 s: the lines it had are in the file.
+  // (The stand-in worker prints a line every 0.1 s.)
+  RunCommand({"/bin/sh", "-c", "timeout -s TERM 3 " + moectl + " logs " + id + " -f > " + file},
+             {{"MOE_SERVER", h.address()}, {"MOE_CONFIG", "/dev/null"}}, 30);
+  std::ifstream in(file);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_GE(std::count(text.begin(), text.end(), '\n'), 5) << "logs -f wrote only: " << text;
+  struct stat st;
+  if (stat("/dev/full", &st) == 0 && S_ISCHR(st.st_mode)) {
+    CommandResult full = RunCommand({"/bin/sh", "-c", moectl + " list > /dev/full"},
+                                    {{"MOE_SERVER", h.address()}, {"MOE_CONFIG", "/dev/null"}}, 30);
+    EXPECT_EQ(full.exit_code, 1) << full.err;
+    EXPECT_TRUE(absl::StrContains(full.err, "the output could not be written: No space left on device")) << full.err;
+  }
+  h.Moectl({"cancel", id});
 }
 
 TEST(MoectlCli, DeleteAndPruneRemoveFinishedJobsOnly) {
