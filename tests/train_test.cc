@@ -197,6 +197,39 @@ TEST(TrainTest, ADivergedRunStopsWithTheReasonAndKeepsItsGoodCheckpoints) {
   }
 }
 
+// A gradient that is no number while the loss still is (lr 1e6: step 3 here) is not applied:
+// the run stops at that step with the weights of the step before, all of them numbers. Before,
+// the update went in and the next step's NaN loss blamed the learning rate a step late.
+TEST(TrainTest, ANonFiniteGradientIsNotAppliedAndStopsTheRun) {
+  kernels::SetNumThreads(1);
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.mutable_train()->set_steps(6);
+  spec.mutable_train()->set_warmup_steps(0);
+  spec.mutable_train()->set_lr(1e6);
+  spec.mutable_train()->set_min_lr(0);
+  spec.mutable_train()->set_eval_every(100);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  auto comm = CreateSingleProcessCommunicator();
+  TrainerOptions opts;
+  std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data, opts);
+  ASSERT_NE(trainer, nullptr);
+  TrainOutcome outcome;
+  absl::Status st = trainer->Run(&outcome);
+  ASSERT_FALSE(st.ok());
+  EXPECT_TRUE(absl::StrContains(st.message(), "the training diverged: the gradient's norm is nan at step"))
+      << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "the step's update was not applied")) << st;
+  ASSERT_FALSE(trainer->history().empty());
+  const moe::v1::MetricPoint& last = trainer->history().back();
+  EXPECT_TRUE(std::isfinite(last.loss()));
+  EXPECT_FALSE(std::isfinite(last.grad_norm()));
+  std::vector<float> weights;
+  trainer->model().CopyToHost(ParamSet::kParams, &weights);
+  ASSERT_FALSE(weights.empty());
+  for (float v : weights) ASSERT_TRUE(std::isfinite(v));
+}
+
 // When a router loss's coefficient is what blew the loss up, the reason names it beside lr.
 TEST(TrainTest, ADivergenceNamesALargeRouterLossCoefficient) {
   kernels::SetNumThreads(1);

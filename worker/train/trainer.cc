@@ -92,6 +92,11 @@ std::string DivergenceAdvice(const moe::v1::JobSpec& spec) {
   std::string advice = absl::StrCat("lower train.lr (", t.lr(), ")");
   if (e.aux_loss_coef() > 1) absl::StrAppend(&advice, " or model.moe.aux_loss_coef (", e.aux_loss_coef(), ")");
   if (e.z_loss_coef() > 1) absl::StrAppend(&advice, " or model.moe.z_loss_coef (", e.z_loss_coef(), ")");
+  // Scores of logits / tau: the router's gradient grows as 1 / tau.
+  if (e.router_temperature() > 0 && e.router_temperature() < 0.1) {
+    absl::StrAppend(&advice, " or raise model.moe.router_temperature (", e.router_temperature(),
+                    ": the router's gradient grows as 1 / temperature)");
+  }
   absl::StrAppend(&advice, ", or the options that scale updates (weight_decay, muon_lr), or raise warmup_steps");
   return advice;
 }
@@ -191,8 +196,13 @@ StepResult Trainer::Step(int64_t step) {
   m.grad_norm = std::sqrt(dense_sq + agreed.expert_sq);
   const double clip = t.grad_clip();
   const float clip_scale = (clip > 0 && m.grad_norm > clip) ? static_cast<float>(clip / (m.grad_norm + 1e-6)) : 1.0f;
-  model_->OptimizerStep(step + 1, m.lr, MuonLearningRateAt(t, static_cast<int>(step)), t.weight_decay(), clip_scale);
-  if (cfg_.balances_by_bias()) UpdateBiases(&m);
+  // A gradient that is no number (its norm agreed on every rank) is not applied: Run stops on it
+  // with the weights of the step before.
+  if (std::isfinite(m.grad_norm)) {
+    model_->OptimizerStep(step + 1, m.lr, MuonLearningRateAt(t, static_cast<int>(step)), t.weight_decay(),
+                          clip_scale);
+    if (cfg_.balances_by_bias()) UpdateBiases(&m);
+  }
   const auto t1 = Clock::now();
 
   m.tokens = static_cast<double>(t.batch_size()) * cfg_.seq_len;
@@ -333,6 +343,13 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
       return absl::FailedPreconditionError(absl::StrCat(
           "the training diverged: the loss is ", p.loss(), " at step ", step, "; ",
           DivergenceAdvice(spec_), "; no checkpoint is written from this step, the older ones are kept"));
+    }
+    if (!std::isfinite(p.grad_norm())) {
+      Emit(p);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the training diverged: the gradient's norm is ", p.grad_norm(), " at step ", step, " (the loss was ",
+          p.loss(), "), and the step's update was not applied; ", DivergenceAdvice(spec_),
+          "; no checkpoint is written from this step, the older ones are kept"));
     }
     const bool stop = r.stop_requested;
     const bool ckpt_now = r.checkpoint_requested;
