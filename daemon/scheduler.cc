@@ -71,6 +71,29 @@ absl::Status CheckCheckpointDirFree(const std::string& dir) {
       "model.init_from: ", dir, " (moectl submit --from JOB), or continue that job with moectl resume JOB"));
 }
 
+// ... and no unfinished job (queued, starting, running: it has not written there yet, or is
+// writing there now) names the same directory as its checkpoint.dir.
+absl::Status CheckCheckpointDirUnclaimed(JobStore* store, const std::string& dir) {
+  namespace fs = std::filesystem;
+  if (dir.empty()) return absl::OkStatus();
+  std::error_code ec;
+  const fs::path want = fs::weakly_canonical(dir, ec);
+  if (ec) return absl::OkStatus();
+  absl::StatusOr<std::vector<JobRecord>> jobs = store->ListJobs();
+  if (!jobs.ok()) return jobs.status();
+  for (const JobRecord& rec : *jobs) {
+    const std::string& other = rec.job.spec().checkpoint().dir();
+    if (IsFinal(rec.job.state()) || other.empty()) continue;
+    if (fs::weakly_canonical(other, ec) != want || ec) continue;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint.dir: ", dir, " is the checkpoint directory of job ", rec.job.id(), " (",
+        StateName(rec.job.state()), "), which will write its checkpoints there; give this job its own "
+        "checkpoint.dir (or leave it out), or submit it with model.init_from: ", dir,
+        " once that job has written a checkpoint"));
+  }
+  return absl::OkStatus();
+}
+
 // model.init_from names a Hugging Face directory or holds a complete checkpoint now.
 absl::Status CheckInitFrom(const std::string& dir) {
   namespace fs = std::filesystem;
@@ -288,7 +311,9 @@ absl::StatusOr<moe::v1::Job> Scheduler::Submit(const moe::v1::JobSpec& spec,
                                                const std::string& spec_yaml) {
   if (absl::Status s = CheckFreeSpace(); !s.ok()) return s;
   if (absl::Status s = CheckSpecPaths(options_.paths, spec); !s.ok()) return s;
+  std::lock_guard<std::mutex> one_at_a_time(submit_mu_);
   if (absl::Status s = CheckCheckpointDirFree(spec.checkpoint().dir()); !s.ok()) return s;
+  if (absl::Status s = CheckCheckpointDirUnclaimed(store_, spec.checkpoint().dir()); !s.ok()) return s;
   if (absl::Status s = CheckInitFrom(spec.model().init_from()); !s.ok()) return s;
   const int ranks = spec.resources().ranks();
   const bool local = launchers_.For(spec)->RunsOnThisMachine();

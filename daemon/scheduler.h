@@ -161,6 +161,9 @@ class Scheduler {
   const Launchers launchers_;
 
   std::mutex mu_;
+  // Submit's checks of a checkpoint.dir against unfinished jobs and its store of the new job, one
+  // submission at a time (two at once would each find the directory free).
+  std::mutex submit_mu_;
   std::condition_variable wake_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);   // QUEUED job ids, oldest first

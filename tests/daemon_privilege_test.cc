@@ -70,6 +70,50 @@ TEST(DaemonPrivilege, ATokenNoHeaderCanCarryIsRefusedAtStart) {
   EXPECT_TRUE(absl::StrContains(r.err, "the token in " + dir + "/token holds the byte 0xC3 at offset 1")) << r.err;
 }
 
+// Two jobs given the same (empty) checkpoint.dir: the second was accepted and failed at its start
+// ("belongs to job ..."), or both wrote there. Now refused at submit while the first is unfinished
+// (here queued behind a job holding moed's one rank), however the path is spelled; free again once
+// it ended without writing there.
+TEST(DaemonPrivilege, ACheckpointDirAnUnfinishedJobNamesIsRefused) {
+  HarnessOptions o;
+  o.worker_bin = FakeWorkerPath();
+  o.cancel_grace_s = 5;
+  o.env = {{"FAKE_STEPS", "100000"}, {"FAKE_STEP_SECONDS", "0.2"}};
+  o.extra_args = {"--max-ranks", "1"};
+  DaemonHarness h(o);
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const std::string ckpt = MakeTempDir("moe-shared-ckpt-");
+  auto submit = [&](const std::string& name, const std::string& dir) {
+    std::string path = h.work_dir() + "/" + name + ".yaml";
+    std::ofstream(path) << "name: " << name << "\nmodel: {d_model: 64, n_layers: 2, n_heads: 4, "
+                        << "seq_len: 32, moe: {num_experts: 4, top_k: 2, expert_hidden: 64}}\n"
+                        << "data: {path: \"" << ShakespearePath() << "\", tokenizer: char}\n"
+                        << "train: {steps: 2, batch_size: 4}\n"
+                        << "resources: {ranks: 1, device: cpu, launcher: local}\n"
+                        << (dir.empty() ? "" : "checkpoint: {dir: \"" + dir + "\"}\n");
+    CommandResult r = h.Moectl({"submit", path});
+    r.out = r.out.substr(0, r.out.find('\n'));  // the job id
+    return r;
+  };
+  CommandResult blocker = submit("blocker", "");
+  ASSERT_EQ(blocker.exit_code, 0) << blocker.err;
+  CommandResult first = submit("first", ckpt);
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_EQ(h.WaitForState(first.out, moe::v1::JOB_STATE_QUEUED, 10).state(), moe::v1::JOB_STATE_QUEUED);
+  for (const std::string& spelling : {ckpt, ckpt + "/", ckpt + "/../" + std::filesystem::path(ckpt).filename().string()}) {
+    CommandResult second = submit("second", spelling);
+    EXPECT_EQ(second.exit_code, 1) << spelling;
+    EXPECT_TRUE(absl::StrContains(second.err, "is the checkpoint directory of job " + first.out + " (QUEUED)"))
+        << second.err;
+  }
+  h.Moectl({"cancel", first.out});
+  ASSERT_TRUE(std::filesystem::is_empty(ckpt));
+  CommandResult after = submit("after", ckpt);
+  EXPECT_EQ(after.exit_code, 0) << after.err;
+  h.Moectl({"cancel", after.out});
+  h.Moectl({"cancel", blocker.out});
+}
+
 TEST(DaemonPrivilege, RefusedPathsSayWhy) {
   const std::string root = MakeTempDir("moe-data-root-");
   std::filesystem::copy_file(ShakespearePath(), root + "/input.txt");
