@@ -32,12 +32,12 @@ std::vector<SpecError> AdviseJobSpec(const moe::v1::JobSpec& spec) {
                                   "usually diverges in its first steps and ends FAILED; did you mean ",
                                   FormatDouble(t.lr() / 1000), "?"));
   }
-  // Evaluation: eval_batches forward passes of one micro-batch at every eval_every-th step and at
-  // the last; training: grad_accum micro-batches a step, each a forward and a backward (about
-  // three forwards).
+  // Evaluation: eval_batches batches of batch_size sequences (grad_accum micro-batches each, a
+  // forward each) at every eval_every-th step and at the last; training: grad_accum micro-batches
+  // a step, each a forward and a backward (about three forwards).
   if (t.steps() > 0 && t.eval_every() > 0 && t.eval_batches() > 0 && t.grad_accum() > 0) {
     const double evals = static_cast<double>(t.steps() / t.eval_every() + 1);
-    const double eval_forwards = evals * t.eval_batches();
+    const double eval_forwards = evals * t.eval_batches() * t.grad_accum();
     const double train_forwards = 3.0 * static_cast<double>(t.steps()) * t.grad_accum();
     if (eval_forwards > train_forwards) {
       const double ratio = eval_forwards / train_forwards;

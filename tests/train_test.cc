@@ -197,6 +197,35 @@ TEST(TrainTest, ADivergedRunStopsWithTheReasonAndKeepsItsGoodCheckpoints) {
   }
 }
 
+// The validation loss reads eval_batches batches of batch_size sequences whatever grad_accum is:
+// before, each batch was one micro-batch, so grad_accum 2 evaluated half the tokens (another loss).
+TEST(TrainTest, ValidationLossDoesNotDependOnGradAccum) {
+  kernels::SetNumThreads(1);
+  std::vector<double> val;
+  for (int accum : {1, 2, 4}) {
+    moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+    spec.mutable_train()->set_steps(1);
+    spec.mutable_train()->set_warmup_steps(0);
+    spec.mutable_train()->set_batch_size(4);
+    spec.mutable_train()->set_grad_accum(accum);
+    spec.mutable_train()->set_lr(1e-9);
+    spec.mutable_train()->set_min_lr(0);
+    spec.mutable_train()->set_eval_every(1);
+    spec.mutable_train()->set_eval_batches(2);
+    auto data = LoadDataset(spec.data());
+    ASSERT_TRUE(data.ok()) << data.status();
+    auto comm = CreateSingleProcessCommunicator();
+    std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data, TrainerOptions{});
+    ASSERT_NE(trainer, nullptr);
+    TrainOutcome outcome;
+    ASSERT_TRUE(trainer->Run(&outcome).ok());
+    ASSERT_TRUE(trainer->history().back().has_val_loss());
+    val.push_back(trainer->history().back().val_loss());
+  }
+  EXPECT_NEAR(val[1], val[0], 1e-5 * val[0]);
+  EXPECT_NEAR(val[2], val[0], 1e-5 * val[0]);
+}
+
 // A gradient that is no number while the loss still is (lr 1e6: step 3 here) is not applied:
 // the run stops at that step with the weights of the step before, all of them numbers. Before,
 // the update went in and the next step's NaN loss blamed the learning rate a step late.

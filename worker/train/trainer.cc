@@ -240,18 +240,24 @@ double Trainer::Evaluate() {
   const int global_micro = t.batch_size() / A;
   std::vector<int32_t> x(static_cast<size_t>(micro_batch_) * T), y(x.size());
   double ce_sum = 0;
+  // The same held-out batches at every evaluation, so val curves are comparable: eval_batches
+  // batches of batch_size sequences, taken as training takes a step's (micro-batch a holds
+  // sequences [a * global_micro, (a + 1) * global_micro), this rank its slice), so the loss is
+  // the same for any grad_accum and number of ranks.
   for (int i = 0; i < t.eval_batches(); ++i) {
-    // The same held-out batches at every evaluation, so val curves are comparable.
-    SampleBatch(data_->val, t.seed(), kValStream, i, r * (global_micro / W), micro_batch_, T, x.data(), y.data());
-    BatchContext ctx;
-    ctx.train = false;
-    ctx.first_token = static_cast<int64_t>(r) * (global_micro / W) * T;
-    ctx.global_tokens = static_cast<int64_t>(global_micro) * T;
-    ctx.loss_scale = 1.0f / ctx.global_tokens;
-    ce_sum += model_->Forward(x.data(), y.data(), micro_batch_, ctx).ce_sum;
+    for (int a = 0; a < A; ++a) {
+      const int first_seq = a * global_micro + r * (global_micro / W);
+      SampleBatch(data_->val, t.seed(), kValStream, i, first_seq, micro_batch_, T, x.data(), y.data());
+      BatchContext ctx;
+      ctx.train = false;
+      ctx.first_token = static_cast<int64_t>(first_seq) * T;
+      ctx.global_tokens = static_cast<int64_t>(global_micro) * T;
+      ctx.loss_scale = 1.0f / ctx.global_tokens;
+      ce_sum += model_->Forward(x.data(), y.data(), micro_batch_, ctx).ce_sum;
+    }
   }
   comm_->AllReduceSum(&ce_sum, 1);
-  return ce_sum / (static_cast<double>(t.eval_batches()) * global_micro * T);
+  return ce_sum / (static_cast<double>(t.eval_batches()) * t.batch_size() * T);
 }
 
 void Trainer::Log(const std::string& line) {
