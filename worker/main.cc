@@ -36,6 +36,7 @@
 #include "worker/interchange/hf_export.h"
 #include "worker/sample/generate.h"
 #include "worker/model/allocation_error.h"
+#include "worker/model/model_config.h"
 #include "worker/report/reporter.h"
 #include "worker/train/signals.h"
 #include "worker/train/trainer.h"
@@ -457,9 +458,11 @@ int main(int argc, char** argv) {
   topts.on_metrics = [&](const moe::v1::MetricPoint& p) { reporter->Metrics(p); };
   topts.on_log = [&](const std::string& line) { reporter->Log(line); };
   topts.on_step = [&](int64_t step) { reporter->SetStep(step); };
+  // The model's vocabulary (model.vocab_size when given: it may exceed the data's ids).
+  const int model_vocab = moe::ModelConfig::FromSpec(*spec, data->vocab_size).vocab;
   if (rank == 0) {
     std::string line = absl::StrCat("moe-worker: job ", spec->name(), ", ", world, " rank(s), ", threads,
-                                    " thread(s) per rank, data ", data->source, ", vocab ", data->vocab_size,
+                                    " thread(s) per rank, data ", data->source, ", vocab ", model_vocab,
                                     ", checkpoints ",
                                     flags.no_checkpoint ? "none (--no-checkpoint)" : "in " + topts.checkpoint_dir);
     std::printf("%s\n", line.c_str());
@@ -477,7 +480,7 @@ int main(int argc, char** argv) {
         return trainer.ok() ? (*trainer)->Run(&outcome) : trainer.status();
       },
       [&](const moe::AllocationError& e) {
-        return absl::ResourceExhaustedError(OutOfMemoryReason(e, *spec, data->vocab_size));
+        return absl::ResourceExhaustedError(OutOfMemoryReason(e, *spec, model_vocab));
       });
   reporter->Close();
   if (!st.ok()) {
