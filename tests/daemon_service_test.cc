@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -14,6 +15,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
+#include "common/metrics_spill.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
@@ -314,6 +316,39 @@ TEST(DaemonService, ReportedMetricsReachStatusMetricsAndPrometheus) {
       << resp;
   EXPECT_TRUE(absl::StartsWith(HttpGet(h.metrics_port(), "/nope"), "HTTP/1.1 404"));
   ASSERT_EQ(h.Moectl({"cancel", id}).exit_code, 0);
+}
+
+// A run that logs faster than the reporter's queue of 2000 points fills between its 5 s acks
+// (here about 1000 points a second): before, it spilled parts to disk with moed right there, and
+// moed said it "had not confirmed" them. A half-full queue now asks for acks every 200 ms.
+TEST(DaemonService, AFastLoggingRunSpillsNothingWhileMoedIsThere) {
+  DaemonHarness h(SlowFake());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult sub = h.Moectl({"submit", h.WriteJob("fast", 1, 100000)});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  const std::string id = sub.out.substr(0, sub.out.find('\n'));
+  ASSERT_EQ(h.WaitForState(id, moe::v1::JOB_STATE_RUNNING, 30).state(), moe::v1::JOB_STATE_RUNNING);
+  const std::string spill_dir = MakeTempDir("moe-fast-spill-");
+  ReporterOptions ro;
+  ro.moed_address = h.address();
+  ro.job_id = id;
+  ro.world_size = 1;
+  ro.report_secret = h.ReportSecret(id);
+  ro.spill_path = moe::MetricsSpillPath(spill_dir, 0);
+  auto reporter = Reporter::Create(ro);
+  constexpr int kPoints = 3000;
+  for (int step = 1; step <= kPoints; ++step) {
+    moe::v1::MetricPoint p;
+    p.set_step(step);
+    p.set_loss(1.0);
+    reporter->Metrics(p);
+    std::this_thread::sleep_for(std::chrono::microseconds(1000));
+  }
+  EXPECT_TRUE(moe::MetricsSpillFiles(spill_dir).empty()) << moe::MetricsSpillFiles(spill_dir).front();
+  reporter->Close();
+  EXPECT_TRUE(moe::MetricsSpillFiles(spill_dir).empty());
+  EXPECT_EQ(h.WaitFor(id, [](const Job& j) { return j.latest().step() == kPoints; }, 20).latest().step(), kPoints);
+  h.Moectl({"cancel", id});
 }
 
 TEST(DaemonService, ReporterResendsAcrossAMoedRestart) {

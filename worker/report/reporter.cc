@@ -33,6 +33,9 @@ constexpr size_t kMaxLogLines = 20000;
 constexpr size_t kMaxMetrics = 2000;
 constexpr auto kHeartbeatEvery = std::chrono::seconds(2);
 constexpr auto kAckEvery = std::chrono::seconds(5);
+// With a queue half full (a run logging hundreds of steps a second), acks come this often: the
+// queue then only fills, and spills, while moed is away.
+constexpr auto kAckEveryWhenFilling = std::chrono::milliseconds(200);
 constexpr auto kMaxBackoff = std::chrono::milliseconds(2000);
 constexpr auto kCloseDeadline = std::chrono::seconds(3);
 
@@ -248,10 +251,11 @@ struct Reporter::Impl {
     *hello.mutable_hello() = Hello();
     if (!writer->Write(hello)) return finish();
     Clock::time_point next_beat = Clock::now();
-    Clock::time_point next_ack = Clock::now() + kAckEvery;
+    Clock::time_point last_ack = Clock::now(), next_ack = last_ack + kAckEvery;
     while (true) {
       std::vector<moe::v1::WorkerReport> batch;
       bool flush_and_stop = false;
+      bool filling = false;
       {
         std::unique_lock<std::mutex> lock(mu);
         cv.wait_until(lock, std::min(next_beat, next_ack), [&] {
@@ -271,6 +275,7 @@ struct Reporter::Impl {
           next_beat = Clock::now() + kHeartbeatEvery;
         }
         flush_and_stop = closing;
+        filling = metrics.size() >= kMaxMetrics / 2 || logs.size() >= kMaxLogLines / 2;
       }
       for (const moe::v1::WorkerReport& r : batch) {
         if (!writer->Write(r)) return finish();
@@ -285,10 +290,12 @@ struct Reporter::Impl {
         if (Clock::now() >= close_by) return grpc::Status::OK;  // out of time: give up quietly
         return s.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "more to send") : s;
       }
-      if (Clock::now() >= next_ack) {
+      const Clock::time_point now = Clock::now();
+      if (now >= next_ack || (filling && now >= last_ack + kAckEveryWhenFilling)) {
         grpc::Status s;
         Ack(stub, &s);  // trims the queue; a failure shows up on the stream soon enough
-        next_ack = Clock::now() + kAckEvery;
+        last_ack = Clock::now();
+        next_ack = last_ack + kAckEvery;
       }
     }
   }
