@@ -623,15 +623,10 @@ TEST(CudaOpsTest, DISABLED_AttentionTiming) {
     Dev<cuda::bf16> qkv16(n * row), dout16(n * c.h * hd);
     cuda::CastToBf16(qkv16.get(), qkv.get(), n * row, nullptr);
     cuda::CastToBf16(dout16.get(), dout.get(), n * c.h * hd, nullptr);
-    cudaEvent_t e0, e1;
-    MOE_CUDA_CHECK(cudaEventCreate(&e0));
-    MOE_CUDA_CHECK(cudaEventCreate(&e1));
     for (int tc = 0; tc < 2; ++tc) {
       double med[2];
       for (int pass = 0; pass < 2; ++pass) {
-        std::vector<float> ms;
-        for (int rep = 0; rep < 12; ++rep) {
-          MOE_CUDA_CHECK(cudaEventRecord(e0));
+        med[pass] = testing::MedianMs([&] {
           if (pass == 0 && tc) {
             cuda::AttentionForwardBf16(out.get(), lse.get(), qkv.get(), qkv16.get(), c.b, c.t, c.h, c.h, hd, nullptr);
           } else if (pass == 0) {
@@ -643,22 +638,13 @@ TEST(CudaOpsTest, DISABLED_AttentionTiming) {
             cuda::AttentionBackward(dqkv.get(), dout.get(), out.get(), lse.get(), qkv.get(), c.b, c.t, c.h, c.h, hd,
                                     scratch.get(), nullptr);
           }
-          MOE_CUDA_CHECK(cudaEventRecord(e1));
-          MOE_CUDA_CHECK(cudaEventSynchronize(e1));
-          float t_ms = 0;
-          MOE_CUDA_CHECK(cudaEventElapsedTime(&t_ms, e0, e1));
-          if (rep >= 2) ms.push_back(t_ms);
-        }
-        std::sort(ms.begin(), ms.end());
-        med[pass] = ms[ms.size() / 2];
+        });
       }
       // Causal matmul FLOPs: forward 2 products, backward 5, each 2 b h t^2 hd / 2.
       const double f = static_cast<double>(c.b) * c.h * c.t * c.t * hd;
       std::printf("[ attention %s %s ] forward %.3f ms (%.1f TFLOP/s)  backward %.3f ms (%.1f TFLOP/s)\n", c.name,
                   tc ? "bf16-tc" : "fp32-simt", med[0], 2 * f / med[0] / 1e9, med[1], 5 * f / med[1] / 1e9);
     }
-    MOE_CUDA_CHECK(cudaEventDestroy(e0));
-    MOE_CUDA_CHECK(cudaEventDestroy(e1));
   }
 }
 

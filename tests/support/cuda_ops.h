@@ -70,6 +70,29 @@ inline std::vector<float> ToFloat(const std::vector<cuda::bf16>& v) {
   return out;
 }
 
+// The median milliseconds of `reps` runs of fn() (work queued on the default stream), after
+// `warmup` runs not counted: the DISABLED_*Timing tests' clock.
+template <typename F>
+double MedianMs(F&& fn, int reps = 10, int warmup = 2) {
+  cudaEvent_t e0, e1;
+  MOE_CUDA_CHECK(cudaEventCreate(&e0));
+  MOE_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int rep = 0; rep < warmup + reps; ++rep) {
+    MOE_CUDA_CHECK(cudaEventRecord(e0));
+    fn();
+    MOE_CUDA_CHECK(cudaEventRecord(e1));
+    MOE_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t_ms = 0;
+    MOE_CUDA_CHECK(cudaEventElapsedTime(&t_ms, e0, e1));
+    if (rep >= warmup) ms.push_back(t_ms);
+  }
+  MOE_CUDA_CHECK(cudaEventDestroy(e0));
+  MOE_CUDA_CHECK(cudaEventDestroy(e1));
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
 constexpr double kFp32Tol = 1e-5;      // same math, another summation order
 constexpr double kBf16Tol = 1e-2;      // bf16 operands, fp32 accumulation
 
