@@ -33,7 +33,7 @@ std::string Progress(const moe::v1::Job& j) {
 }
 
 std::string Loss(const moe::v1::Job& j) {
-  return j.has_latest() ? absl::StrFormat("%.4f", j.latest().loss()) : "-";
+  return j.has_latest() ? Fixed(j.latest().loss(), 4) : "-";
 }
 
 std::string Throughput(const moe::v1::Job& j) {
@@ -72,9 +72,9 @@ void PrintDetail(const moe::v1::Job& j) {
   if (total > 0 && j.has_latest()) std::printf(" (%.1f%%)", 100.0 * j.latest().step() / total);
   std::printf("\n");
   if (j.has_latest()) {
-    std::printf("loss      %.4f", j.latest().loss());
-    if (j.latest().has_val_loss()) std::printf("  val %.4f", j.latest().val_loss());
-    if (j.best_val_loss() > 0) std::printf("  best val %.4f", j.best_val_loss());
+    std::printf("loss      %s", Fixed(j.latest().loss(), 4).c_str());
+    if (j.latest().has_val_loss()) std::printf("  val %s", Fixed(j.latest().val_loss(), 4).c_str());
+    if (j.best_val_loss() > 0) std::printf("  best val %s", Fixed(j.best_val_loss(), 4).c_str());
     std::printf("\n");
   }
   std::printf("tokens/s  %s\n", Throughput(j).c_str());

@@ -83,7 +83,7 @@ int RunMetrics(const MetricsOptions& o) {
       }
     }
     std::printf("%s", CsvLine(header).c_str());
-    auto num = [](double v) { return absl::StrFormat("%.6g", v); };
+    auto num = [](double v) { return std::isnan(v) ? std::string("nan") : absl::StrFormat("%.6g", v); };
     for (const auto& [step, m] : by_step) {
       std::vector<std::string> row = {
           std::to_string(step), num(m.loss()), m.has_val_loss() ? num(m.val_loss()) : "",
@@ -129,9 +129,9 @@ int RunMetrics(const MetricsOptions& o) {
   std::vector<double> xs, train, vxs, val;
   for (const auto& [step, m] : by_step) {
     // Peak memory: the largest rank's high-water mark; "-" for points of older workers.
-    std::printf("%8lld %9.4f %9s %10.3g %9.3f %10.0f %9.1f %9s%s%s\n", static_cast<long long>(step),
-                m.loss(), m.has_val_loss() ? absl::StrFormat("%.4f", m.val_loss()).c_str() : "-",
-                m.lr(), m.grad_norm(), m.tokens_per_s(), m.step_ms(),
+    std::printf("%8lld %9s %9s %10.3g %9s %10.0f %9.1f %9s%s%s\n", static_cast<long long>(step),
+                Fixed(m.loss(), 4).c_str(), m.has_val_loss() ? Fixed(m.val_loss(), 4).c_str() : "-",
+                m.lr(), Fixed(m.grad_norm(), 3).c_str(), m.tokens_per_s(), m.step_ms(),
                 m.peak_memory_mb() > 0 ? absl::StrFormat("%.0f", m.peak_memory_mb()).c_str() : "-",
                 shares ? "  " : "",
                 shares ? FormatRankShares(job, m).c_str() : "");

@@ -1,6 +1,8 @@
 // JSON and CSV of jobs and metric points, written from the protos field by field.
 #include "client/output.h"
 
+#include <cmath>
+
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/connection.h"
@@ -8,9 +10,14 @@
 namespace moe::client {
 namespace {
 
-std::string Num(double v) { return absl::StrFormat("%.9g", v); }
+std::string Num(double v) { return std::isnan(v) ? "nan" : absl::StrFormat("%.9g", v); }
 
 }  // namespace
+
+std::string Fixed(double v, int decimals) {
+  if (std::isnan(v)) return "nan";
+  return absl::StrFormat("%.*f", decimals, v);
+}
 
 Json JobToJson(const moe::v1::Job& j) {
   Json o;

@@ -29,5 +29,8 @@ std::string CsvLine(const std::vector<std::string>& fields);
 
 // At most width characters, "..." at the end when cut (long reasons in tables).
 std::string Clip(const std::string& text, size_t width);
+// v with `decimals` digits after the point; a value that is no number reads "nan", "inf" or
+// "-inf" in every table and CSV (printf wrote "-nan" for some NaNs).
+std::string Fixed(double v, int decimals);
 
 }  // namespace moe::client

@@ -2,7 +2,10 @@
 // so the same work per GPU gives the same MFU on 1, 2 or 4 of them, and none is reported
 // without a known peak; peak memory in MiB; the time split; per-layer routing stats, with a
 // step's micro-steps merged by MoeLayerForwardStats::Add.
+#include <algorithm>
 #include <cstdint>
+#include <limits>
+#include <string>
 #include <vector>
 
 #include "client/output.h"
@@ -149,6 +152,27 @@ TEST(StepMetricsTest, ExpertOptionsMetricsAreApartFromCapacityDrops) {
   moe::v1::MetricPoint plain = p;
   plain.mutable_layers(0)->set_expert_dropout_rate(0);
   EXPECT_FALSE(client::PointToJson(plain)["layers"][0].contains("expert_dropout_rate"));
+}
+
+// A diverged job's loss reads "nan" in moectl's tables and CSV (printf printed "-nan" for the
+// NaN a sum of infinities gives), and a number as before.
+TEST(StepMetricsTest, TablesAndCsvSayNanForALossThatIsNoNumber) {
+  const double nan = -std::numeric_limits<double>::quiet_NaN();
+  EXPECT_EQ(client::Fixed(nan, 4), "nan");
+  EXPECT_EQ(client::Fixed(2.5, 4), "2.5000");
+  EXPECT_EQ(client::Fixed(std::numeric_limits<double>::infinity(), 2), "inf");
+  moe::v1::Job job;
+  job.set_id("j-000001");
+  job.mutable_latest()->set_step(3);
+  job.mutable_latest()->set_loss(nan);
+  const std::vector<std::string> row = client::JobCsvRow(job);
+  const std::vector<std::string> header = client::JobCsvHeader();
+  ASSERT_NE(std::find(header.begin(), header.end(), "loss"), header.end());
+  for (size_t i = 0; i < header.size() && i < row.size(); ++i) {
+    if (header[i] == "loss") {
+      EXPECT_EQ(row[i], "nan");
+    }
+  }
 }
 
 }  // namespace
