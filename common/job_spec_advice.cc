@@ -1,6 +1,7 @@
 // Advice on a valid job: values inside their ranges that are almost surely a mistake. moectl
 // validate and submit print each as a warning and go on (the job is still valid).
 #include <cmath>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,27 @@ std::vector<SpecError> AdviseJobSpec(const moe::v1::JobSpec& spec) {
                         ": evaluation would take about ",
                         ratio < 10 ? absl::StrFormat("%.1f", ratio) : absl::StrCat(std::llround(ratio)),
                         " times as long as the training itself; lower train.eval_batches or raise train.eval_every"));
+    }
+  }
+  return out;
+}
+
+std::vector<SpecError> UnreadKeyWarnings(const moe::v1::JobSpec& spec, const std::set<std::string>& present) {
+  std::vector<SpecError> out;
+  auto warn = [&](const std::string& field, std::string message) {
+    if (present.count(field) == 0) return;
+    SpecError e;
+    e.field = field;
+    e.message = std::move(message);
+    out.push_back(std::move(e));
+  };
+  if (spec.train().schedule() != moe::v1::SCHEDULE_WSD) {
+    warn("train.decay_fraction", "has no effect: only schedule wsd reads it; remove it or set train.schedule: wsd");
+  }
+  if (spec.model().moe().num_experts() == 1) {
+    for (const char* key : {"model.moe.aux_loss_coef", "model.moe.z_loss_coef", "model.moe.capacity_factor"}) {
+      warn(key, "has no effect on a dense model (model.moe.num_experts 1 has no router); remove it or set "
+                "num_experts above 1");
     }
   }
   return out;

@@ -105,6 +105,9 @@ std::vector<SpecError> CheckJobSpec(const moe::v1::JobSpec& spec,
 // Advice on a spec that passed CheckJobSpec (job_spec_advice.cc): values in range that are almost
 // surely a mistake (an AdamW lr of 5, evaluation longer than training). Field paths, no positions.
 std::vector<SpecError> AdviseJobSpec(const moe::v1::JobSpec& spec);
+// Keys a job file gives (`present`) that the job does not read: decay_fraction without the wsd
+// schedule, the router's losses and capacity on a dense model. Warnings: the job is still valid.
+std::vector<SpecError> UnreadKeyWarnings(const moe::v1::JobSpec& spec, const std::set<std::string>& present);
 
 // The recipe options (MODEL.md "Options"; job_spec_recipe.cc): ranges, the combinations that
 // make no sense, and what the job's backend runs. ok(path) says a field is still checkable;

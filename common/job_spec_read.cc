@@ -521,7 +521,11 @@ ParsedSpec ParseChecked(const std::string& yaml_text, const std::string& file_na
   };
   out.errors = std::move(reader.errors);
   place(job_spec_internal::CheckJobSpec(out.spec, reader.bad), &out.errors);
-  if (out.errors.empty()) place(job_spec_internal::AdviseJobSpec(out.spec), &out.warnings);
+  if (out.errors.empty()) {
+    std::vector<SpecError> warnings = job_spec_internal::AdviseJobSpec(out.spec);
+    for (SpecError& w : job_spec_internal::UnreadKeyWarnings(out.spec, reader.present)) warnings.push_back(std::move(w));
+    place(std::move(warnings), &out.warnings);
+  }
   return out;
 }
 

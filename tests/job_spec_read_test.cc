@@ -312,6 +312,26 @@ TEST_F(JobSpecTest, LikelyMistakesAreWarningsAtTheirPositions) {
   EXPECT_TRUE(bad.warnings.empty());
 }
 
+// Keys the job would not read are warnings at their place (the job stays valid): decay_fraction
+// without wsd, the router's losses and capacity on a dense model. Before, they were taken silently
+// while muon_lr without muon and the router options on a dense model are errors.
+TEST_F(JobSpecTest, KeysTheJobDoesNotReadAreWarnings) {
+  ParsedSpec cosine = Parse(WithExtra("train:", "  decay_fraction: 0.3\n"));
+  ASSERT_TRUE(cosine.ok()) << FormatSpecErrors(cosine.errors);
+  ASSERT_EQ(cosine.warnings.size(), 1u);
+  EXPECT_EQ(cosine.warnings[0].field, "train.decay_fraction");
+  EXPECT_THAT(cosine.warnings[0].message, HasSubstr("only schedule wsd reads it"));
+  EXPECT_TRUE(Parse(WithExtra("train:", "  schedule: wsd\n  decay_fraction: 0.3\n")).warnings.empty());
+  ParsedSpec dense = Parse(WithExtra("  seq_len: 32", "  moe: {aux_loss_coef: 0.02, capacity_factor: 1.5}\n"));
+  ASSERT_TRUE(dense.ok()) << FormatSpecErrors(dense.errors);
+  ASSERT_EQ(dense.warnings.size(), 2u);
+  EXPECT_EQ(dense.warnings[0].field, "model.moe.aux_loss_coef");
+  EXPECT_THAT(dense.warnings[1].message, HasSubstr("has no effect on a dense model"));
+  EXPECT_GT(dense.warnings[0].line, 5);
+  EXPECT_TRUE(Parse(WithExtra("  seq_len: 32", "  moe: {num_experts: 4, top_k: 2, aux_loss_coef: 0.02}\n"))
+                  .warnings.empty());
+}
+
 TEST_F(JobSpecTest, LoadJobSpecFileReadsFilesAndRefusesOthers) {
   WriteText(dir_ + "/job.yaml", kMinimal);
   ParsedSpec p = LoadJobSpecFile(dir_ + "/job.yaml");
