@@ -197,7 +197,8 @@ int main(int argc, char** argv) {
       "moectl: submit and watch Mixture-of-Experts training jobs on moed.\n"
       "server: --server, else MOE_SERVER, else `server:` in MOE_CONFIG or\n"
       "~/.config/moe/config.yaml (default 127.0.0.1:50051); token: MOE_TOKEN or `token_file:`.\n"
-      "exit codes: 0 ok, 1 an error from moed or a job that did not succeed, 2 bad usage",
+      "exit codes: 0 ok, 1 an error from moed, a job that did not succeed or output that could not be\n"
+      "written, 2 bad usage",
       "moectl");
   app.set_version_flag("--version", absl::StrCat("moectl ", moe::kMoeVersion));
   std::string server;
