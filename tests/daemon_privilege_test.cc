@@ -106,6 +106,16 @@ TEST(DaemonPrivilege, ACheckpointDirAnUnfinishedJobNamesIsRefused) {
     EXPECT_TRUE(absl::StrContains(second.err, "is the checkpoint directory of job " + first.out + " (QUEUED)"))
         << second.err;
   }
+  // A directory the worker has not made yet (the usual case), spelled with and without "/".
+  const std::string fresh = ckpt + "/not-yet";
+  CommandResult third = submit("third", fresh);
+  ASSERT_EQ(third.exit_code, 0) << third.err;
+  for (const std::string& spelling : {fresh + "/", fresh + "/.", fresh}) {
+    CommandResult again = submit("again", spelling);
+    EXPECT_EQ(again.exit_code, 1) << spelling;
+    EXPECT_TRUE(absl::StrContains(again.err, "is the checkpoint directory of job " + third.out)) << again.err;
+  }
+  h.Moectl({"cancel", third.out});
   h.Moectl({"cancel", first.out});
   ASSERT_TRUE(std::filesystem::is_empty(ckpt));
   CommandResult after = submit("after", ckpt);
