@@ -1,7 +1,9 @@
 // moectl's configuration, connection and error wording.
 #include "client/connection.h"
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -174,6 +176,28 @@ std::string DescribeError(const grpc::Status& s, const ClientConfig& config) {
 int Fail(const std::string& message) {
   std::fprintf(stderr, "moectl: %s\n", message.c_str());
   return 1;
+}
+
+namespace {
+int stdout_errno = 0;  // the first failed flush's errno
+}  // namespace
+
+bool FlushStdout() {
+  errno = 0;
+  if (std::fflush(stdout) == 0) return true;
+  if (stdout_errno == 0) stdout_errno = errno != 0 ? errno : EIO;
+  return false;
+}
+
+std::string StdoutError() {
+  FlushStdout();
+  if (stdout_errno != 0) return std::strerror(stdout_errno);
+  return std::ferror(stdout) ? "a write failed" : "";
+}
+
+void ClearStdoutError() {
+  stdout_errno = 0;
+  std::clearerr(stdout);
 }
 
 std::string StateName(moe::v1::JobState state) {

@@ -39,6 +39,15 @@ std::string DescribeError(const grpc::Status& status, const ClientConfig& config
 // Prints "moectl: <message>" on stderr; returns 1 (or 2 for usage errors from callers).
 int Fail(const std::string& message);
 
+// fflush(stdout), remembering why the first failed write failed (stdio forgets it: a failed
+// flush discards the buffer and only the error flag stays). False on a failure.
+bool FlushStdout();
+// "" while everything written to stdout went out; else why not ("No space left on device", or
+// "a write failed" when stdio's own flush failed unseen).
+std::string StdoutError();
+// Forgets a failure already reported (StdoutError is "" again).
+void ClearStdoutError();
+
 // One GetJob call (10 s deadline): the job, or an error whose status is in *status.
 absl::StatusOr<moe::v1::Job> GetJob(moe::v1::JobService::Stub& stub, const ClientConfig& config,
                                     const std::string& id, grpc::Status* status);

@@ -137,7 +137,7 @@ int RunSubmit(const SubmitOptions& o) {
   grpc::Status s = stub->SubmitJob(&ctx, req, &job);
   if (!s.ok()) return Fail(DescribeError(s, *config));
   std::printf("%s\n", job.id().c_str());
-  std::fflush(stdout);
+  FlushStdout();
   if (o.follow) return FollowLogs(job.id(), -1, 0, true);
   return 0;
 }
@@ -241,7 +241,7 @@ int RunResume(const ResumeOptions& o) {
   grpc::Status s = stub->ResumeJob(&ctx, req, &job);
   if (!s.ok()) return Fail(DescribeError(s, *config));
   std::printf("%s %s (%s)\n", job.id().c_str(), StateName(job.state()).c_str(), job.reason().c_str());
-  std::fflush(stdout);
+  FlushStdout();
   if (o.follow) return FollowLogs(job.id(), -1, 0, true);
   return 0;
 }

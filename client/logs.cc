@@ -48,11 +48,15 @@ int FollowLogs(const std::string& job_id, int rank, int64_t tail, bool follow) {
       after[line.rank()] = line.seq();
       // Following, each line goes out as it comes (a pipe or a file would otherwise hold it in
       // the buffer, and lose it if moectl is stopped); a reader gone (EPIPE) or a full disk ends it.
-      if (follow && std::fflush(stdout) != 0) return Fail(absl::StrCat("cannot write the logs: ", std::strerror(errno)));
+      if (follow && !FlushStdout()) {
+        Fail(absl::StrCat("cannot write the logs: ", StdoutError()));
+        ClearStdoutError();  // said once, here
+        return 1;
+      }
       down_since = std::chrono::steady_clock::time_point::max();
       backoff = std::chrono::milliseconds(100);
     }
-    std::fflush(stdout);
+    FlushStdout();
     grpc::Status s = reader->Finish();
     first = false;
     if (s.ok()) break;

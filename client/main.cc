@@ -1,9 +1,9 @@
 // moectl: the command-line client. main parses the command line with CLI11 into each command's
 // options (client/commands.h) and runs the one command given; `moectl COMMAND --help` says more.
-#include <cerrno>
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
@@ -192,7 +192,25 @@ complete -o filenames -F _moectl moectl
 
 }  // namespace
 
+// Output that a full disk cut short must not read as success (exit 0 with a truncated table or
+// JSON): exit 1, saying whether the command itself did what it was asked (a submitted job stays
+// submitted).
+int WithOutputChecked(int rc) {
+  const std::string why = moe::client::StdoutError();
+  if (why.empty()) return rc;
+  if (rc == 0) {
+    std::fprintf(stderr, "moectl: the command succeeded, but its output could not be written (%s): what it "
+                 "printed is incomplete\n", why.c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "moectl: its output could not be written either (%s)\n", why.c_str());
+  return rc;
+}
+
 int main(int argc, char** argv) {
+  // Into a file or pipe, output goes out in large blocks (the first failed write is then one the
+  // commands' own flushes see, with its reason); a terminal keeps line buffering.
+  if (!isatty(STDOUT_FILENO)) std::setvbuf(stdout, nullptr, _IOFBF, 1 << 20);
   CLI::App app(
       "moectl: submit and watch Mixture-of-Experts training jobs on moed.\n"
       "server: --server, else MOE_SERVER, else `server:` in MOE_CONFIG or\n"
@@ -366,7 +384,7 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {  // --help, --version
-    return app.exit(e) == 0 ? 0 : 2;
+    return WithOutputChecked(app.exit(e) == 0 ? 0 : 2);
   } catch (const CLI::ParseError& e) {
     std::vector<CLI::App*> chosen = app.get_subcommands();
     const std::string word = CommandWord(argc, argv);
@@ -385,14 +403,5 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (!server.empty()) moe::client::SetServerOverride(server);
-  const int rc = run ? run() : 2;
-  // Output a full disk or a closed pipe cut short must not read as success (exit 0 with a
-  // truncated table or JSON).
-  errno = 0;
-  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
-    std::fprintf(stderr, "moectl: the output could not be written%s%s; what was written is incomplete\n",
-                 errno != 0 ? ": " : "", errno != 0 ? std::strerror(errno) : "");
-    return 1;
-  }
-  return rc;
+  return WithOutputChecked(run ? run() : 2);
 }

@@ -311,7 +311,9 @@ TEST(MoectlCli, FollowedLinesGoOutAtOnceAndUnwritableOutputFails) {
     CommandResult full = RunCommand({"/bin/sh", "-c", moectl + " list > /dev/full"},
                                     {{"MOE_SERVER", h.address()}, {"MOE_CONFIG", "/dev/null"}}, 30);
     EXPECT_EQ(full.exit_code, 1) << full.err;
-    EXPECT_TRUE(absl::StrContains(full.err, "the output could not be written: No space left on device")) << full.err;
+    EXPECT_TRUE(absl::StrContains(
+        full.err, "the command succeeded, but its output could not be written (No space left on device)"))
+        << full.err;
   }
   h.Moectl({"cancel", id});
 }
