@@ -374,6 +374,11 @@ TEST_F(HfInterchange, ExportRemovesTheLeftoversOfAnExportThatDiedNotALiveOnes) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_FALSE(fs::exists(dead));
   EXPECT_TRUE(fs::exists(out + "/config.json"));
+  // One left by an earlier export with this process's PID (containers reuse PIDs) goes too.
+  const std::string same_pid = testing::MakeTempDir("hf-same-pid-");
+  ASSERT_TRUE(MakeDirs(absl::StrCat(same_pid, "/.partial-", ::getpid())).ok());
+  ASSERT_TRUE(ExportHf(*ckpt_dir_, same_pid, {}).ok());
+  EXPECT_FALSE(fs::exists(absl::StrCat(same_pid, "/.partial-", ::getpid())));
   const std::string fresh = testing::MakeTempDir("hf-parent-") + "/model";
   const std::string beside = absl::StrCat(fresh, ".partial-", DeadPid());
   ASSERT_TRUE(MakeDirs(beside).ok());

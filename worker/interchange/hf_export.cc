@@ -46,14 +46,17 @@ std::vector<std::vector<const NamedTensor*>> Shard(const std::vector<NamedTensor
 
 // A ".partial-PID" folder an export left when its process died (killed, out of memory, a power
 // cut): inside out_dir (an export into an existing directory) or beside it. Removed when no
-// process PID is alive here; a live PID's folder is another export's, and stays.
-void RemoveDeadExportsLeftovers(fs::path out) {
+// process PID is alive here; a live PID's folder is another export's, and stays. This process's
+// PID (a container's exports may all run as the same PID) is a dead one's until this export
+// made its own folder (`ours_made`).
+void RemoveDeadExportsLeftovers(fs::path out, bool ours_made) {
   std::error_code ec;
   if (!out.has_filename()) out = out.parent_path();  // "dir/", "dir/."
-  auto stale = [](const std::string& name, const std::string& prefix) {
+  auto stale = [ours_made](const std::string& name, const std::string& prefix) {
     if (!absl::StartsWith(name, prefix)) return false;
     int pid = 0;
-    if (!absl::SimpleAtoi(name.substr(prefix.size()), &pid) || pid <= 0 || pid == ::getpid()) return false;
+    if (!absl::SimpleAtoi(name.substr(prefix.size()), &pid) || pid <= 0) return false;
+    if (pid == ::getpid()) return !ours_made;
     return ::kill(pid, 0) != 0 && errno == ESRCH;
   };
   const std::string sibling_prefix = out.filename().string() + ".partial-";
@@ -68,13 +71,13 @@ void RemoveDeadExportsLeftovers(fs::path out) {
     }
   } else if (fs::is_directory(out, ec)) {  // a link to a directory: its target's leftovers
     const fs::path target = fs::canonical(out, ec);
-    if (!ec) RemoveDeadExportsLeftovers(target);
+    if (!ec) RemoveDeadExportsLeftovers(target, ours_made);
   }
 }
 
-absl::Status CheckOutDir(const std::string& out_dir) {
+absl::Status CheckOutDir(const std::string& out_dir, bool ours_made = false) {
   std::error_code ec;
-  RemoveDeadExportsLeftovers(fs::absolute(out_dir, ec).lexically_normal());
+  RemoveDeadExportsLeftovers(fs::absolute(out_dir, ec).lexically_normal(), ours_made);
   if (!fs::exists(out_dir, ec)) return absl::OkStatus();
   if (!fs::is_directory(out_dir, ec)) {
     return absl::FailedPreconditionError(absl::StrCat(out_dir, " exists and is not a directory"));
@@ -297,7 +300,7 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
   }
   if (in_place) return MoveUp(tmp, out, result);
   if (fs::exists(out, ec)) fs::remove(out, ec);  // empty, checked above
-  if (absl::Status st = CheckOutDir(out.string()); !st.ok()) return fail(st);
+  if (absl::Status st = CheckOutDir(out.string(), /*ours_made=*/true); !st.ok()) return fail(st);
   fs::rename(tmp, out, ec);
   if (ec) {
     return fail(absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", out.string(), ": ", ec.message())));
