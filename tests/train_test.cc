@@ -149,15 +149,21 @@ TEST(TrainTest, AResumeWithNoStepsLeftSaysSo) {
   }
 }
 
+// SmallShakespeareSpec for `steps` steps, no warm-up, evaluated at the last step only.
+moe::v1::JobSpec ShortRunSpec(int steps) {
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.mutable_train()->set_steps(steps);
+  spec.mutable_train()->set_warmup_steps(0);
+  spec.mutable_train()->set_eval_every(100);
+  return spec;
+}
+
 // A job whose updates blow the weights up (weight_decay 1e300: inf after the first step, a NaN
 // loss after) stops with the reason instead of training on to "success"; before, it ran every
 // step, and its checkpoints of inf weights (every step, keep 2) replaced the good ones.
 TEST(TrainTest, ADivergedRunStopsWithTheReasonAndKeepsItsGoodCheckpoints) {
   kernels::SetNumThreads(1);
-  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
-  spec.mutable_train()->set_steps(6);
-  spec.mutable_train()->set_warmup_steps(0);
-  spec.mutable_train()->set_eval_every(100);
+  moe::v1::JobSpec spec = ShortRunSpec(6);
   spec.mutable_train()->set_weight_decay(1e300);
   spec.mutable_checkpoint()->set_every(1);
   spec.mutable_checkpoint()->set_keep(2);
@@ -203,9 +209,7 @@ TEST(TrainTest, ValidationLossDoesNotDependOnGradAccum) {
   kernels::SetNumThreads(1);
   std::vector<double> val;
   for (int accum : {1, 2, 4}) {
-    moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
-    spec.mutable_train()->set_steps(1);
-    spec.mutable_train()->set_warmup_steps(0);
+    moe::v1::JobSpec spec = ShortRunSpec(1);
     spec.mutable_train()->set_batch_size(4);
     spec.mutable_train()->set_grad_accum(accum);
     spec.mutable_train()->set_lr(1e-9);
@@ -231,12 +235,9 @@ TEST(TrainTest, ValidationLossDoesNotDependOnGradAccum) {
 // the update went in and the next step's NaN loss blamed the learning rate a step late.
 TEST(TrainTest, ANonFiniteGradientIsNotAppliedAndStopsTheRun) {
   kernels::SetNumThreads(1);
-  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
-  spec.mutable_train()->set_steps(6);
-  spec.mutable_train()->set_warmup_steps(0);
+  moe::v1::JobSpec spec = ShortRunSpec(6);
   spec.mutable_train()->set_lr(1e6);
   spec.mutable_train()->set_min_lr(0);
-  spec.mutable_train()->set_eval_every(100);
   auto data = LoadDataset(spec.data());
   ASSERT_TRUE(data.ok()) << data.status();
   auto comm = CreateSingleProcessCommunicator();
