@@ -1,9 +1,7 @@
 // moectl logs: prints a job's lines and follows them, resuming after the last seq per rank when
 // the stream breaks (a moed restart), so nothing is printed twice or skipped.
-#include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <map>
 #include <thread>
 

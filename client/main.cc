@@ -190,8 +190,6 @@ complete -o filenames -F _moectl moectl
 )SH");
 }
 
-}  // namespace
-
 // Output that a full disk cut short must not read as success (exit 0 with a truncated table or
 // JSON): exit 1, saying whether the command itself did what it was asked (a submitted job stays
 // submitted).
@@ -206,6 +204,8 @@ int WithOutputChecked(int rc) {
   std::fprintf(stderr, "moectl: its output could not be written either (%s)\n", why.c_str());
   return rc;
 }
+
+}  // namespace
 
 int main(int argc, char** argv) {
   // Into a file or pipe, output goes out in large blocks (the first failed write is then one the
