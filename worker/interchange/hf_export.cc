@@ -44,14 +44,20 @@ std::vector<std::vector<const NamedTensor*>> Shard(const std::vector<NamedTensor
   return shards;
 }
 
-// A ".partial-PID" folder an export left when its process died (killed, out of memory, a power
-// cut): inside out_dir (an export into an existing directory) or beside it. Removed when no
-// process PID is alive here; a live PID's folder is another export's, and stays. This process's
-// PID (a container's exports may all run as the same PID) is a dead one's until this export
-// made its own folder (`ours_made`).
-void RemoveDeadExportsLeftovers(fs::path out, bool ours_made) {
+// The export's target as an absolute path without a trailing "/" or "/." ("dir/", "dir/.", ".").
+fs::path ExportTarget(const std::string& out_dir) {
   std::error_code ec;
-  if (!out.has_filename()) out = out.parent_path();  // "dir/", "dir/."
+  fs::path out = fs::absolute(out_dir, ec).lexically_normal();
+  return out.has_filename() ? out : out.parent_path();
+}
+
+// A ".partial-PID" folder an export left when its process died (killed, out of memory, a power
+// cut): inside out (an export into an existing directory, or the one a link to it names) or beside
+// it. Removed when no process PID is alive here; a live PID's folder is another export's, and
+// stays. This process's PID (a container's exports may all run as the same PID) is a dead one's
+// until this export made its own folder (`ours_made`).
+void RemoveDeadExportsLeftovers(const fs::path& out, bool ours_made) {
+  std::error_code ec;
   auto stale = [ours_made](const std::string& name, const std::string& prefix) {
     if (!absl::StartsWith(name, prefix)) return false;
     int pid = 0;
@@ -60,24 +66,21 @@ void RemoveDeadExportsLeftovers(fs::path out, bool ours_made) {
     return ::kill(pid, 0) != 0 && errno == ESRCH;
   };
   const std::string sibling_prefix = out.filename().string() + ".partial-";
-  if (!sibling_prefix.empty() && sibling_prefix[0] != '.' && fs::is_directory(out.parent_path(), ec)) {
+  if (sibling_prefix[0] != '.' && fs::is_directory(out.parent_path(), ec)) {
     for (const fs::directory_entry& e : fs::directory_iterator(out.parent_path(), ec)) {
       if (stale(e.path().filename().string(), sibling_prefix)) fs::remove_all(e.path(), ec);
     }
   }
-  if (fs::is_directory(out, ec) && !fs::is_symlink(fs::symlink_status(out, ec))) {
-    for (const fs::directory_entry& e : fs::directory_iterator(out, ec)) {
-      if (stale(e.path().filename().string(), ".partial-")) fs::remove_all(e.path(), ec);
-    }
-  } else if (fs::is_directory(out, ec)) {  // a link to a directory: its target's leftovers
-    const fs::path target = fs::canonical(out, ec);
-    if (!ec) RemoveDeadExportsLeftovers(target, ours_made);
+  const fs::path dir = fs::canonical(out, ec);
+  if (ec || !fs::is_directory(dir, ec)) return;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+    if (stale(e.path().filename().string(), ".partial-")) fs::remove_all(e.path(), ec);
   }
 }
 
 absl::Status CheckOutDir(const std::string& out_dir, bool ours_made = false) {
   std::error_code ec;
-  RemoveDeadExportsLeftovers(fs::absolute(out_dir, ec).lexically_normal(), ours_made);
+  RemoveDeadExportsLeftovers(ExportTarget(out_dir), ours_made);
   if (!fs::exists(out_dir, ec)) return absl::OkStatus();
   if (!fs::is_directory(out_dir, ec)) {
     return absl::FailedPreconditionError(absl::StrCat(out_dir, " exists and is not a directory"));
@@ -252,8 +255,7 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
   // directory, however named ("dir/.", ".", a link to one), keeps its place: the files go into a
   // hidden folder inside it and move up at the end.
   std::error_code ec;
-  fs::path out = fs::absolute(out_dir, ec).lexically_normal();
-  if (!out.has_filename()) out = out.parent_path();  // "dir/", "dir/.", "."
+  fs::path out = ExportTarget(out_dir);
   const bool in_place = fs::is_directory(out, ec);
   if (in_place) {
     out = fs::canonical(out, ec);
