@@ -95,6 +95,19 @@ absl::Status MakeDirs(const std::string& path) {
   return absl::OkStatus();
 }
 
+bool SameDirectory(const std::string& a, const std::string& b) {
+  namespace fs = std::filesystem;
+  if (a.empty() || b.empty()) return false;
+  std::error_code ec_a, ec_b;
+  // weakly_canonical keeps the trailing "/" of a path whose end does not exist yet.
+  auto resolve = [](const std::string& path, std::error_code& ec) {
+    fs::path p = fs::weakly_canonical(path, ec);
+    return p.has_filename() ? p : p.parent_path();
+  };
+  const fs::path ra = resolve(a, ec_a), rb = resolve(b, ec_b);
+  return !ec_a && !ec_b && ra == rb;
+}
+
 int WildcardDirectories(std::string_view pattern) {
   const size_t last = pattern.rfind('/');
   if (last == std::string_view::npos) return 0;

@@ -18,6 +18,11 @@ absl::Status SyncDir(const std::string& dir);
 // mkdir -p.
 absl::Status MakeDirs(const std::string& path);
 
+// Whether two paths name the same directory, once symbolic links, "." and ".." are resolved and a
+// trailing "/" dropped ("d", "d/", "./d/." and a link to d agree). Neither has to exist yet; two
+// empty paths or a path that cannot be resolved never match.
+bool SameDirectory(const std::string& a, const std::string& b);
+
 // How many directory components of a glob pattern hold a wildcard (* ? [), the file name not
 // counted: "shards/train_*.bin" 0, "runs/*/train_*.bin" 1, "/*/*/*.bin" 2. Each one multiplies
 // the directories a match reads; the job-spec checks allow at most kMaxWildcardDirectories.

@@ -42,7 +42,7 @@ void RemoveAll(const fs::path& path, moe::v1::DeleteJobResponse* out) {
 // asked; and how a kept one is listed.
 bool SharedWithAnotherJob(const std::vector<JobRecord>& jobs, const std::string& id, const std::string& ckpt) {
   for (const JobRecord& other : jobs) {
-    if (other.job.id() != id && !ckpt.empty() && other.checkpoint_dir == ckpt) return true;
+    if (other.job.id() != id && SameDirectory(other.checkpoint_dir, ckpt)) return true;
   }
   return false;
 }

@@ -74,23 +74,11 @@ absl::Status CheckCheckpointDirFree(const std::string& dir) {
 // ... and no unfinished job (queued, starting, running: it has not written there yet, or is
 // writing there now) names the same directory as its checkpoint.dir.
 absl::Status CheckCheckpointDirUnclaimed(JobStore* store, const std::string& dir) {
-  namespace fs = std::filesystem;
   if (dir.empty()) return absl::OkStatus();
-  std::error_code ec;
-  // weakly_canonical keeps a trailing "/" of a path that does not exist yet (a new directory,
-  // the usual case): "d", "d/" and "d/." must compare equal.
-  auto canonical = [&ec](const std::string& path) {
-    fs::path p = fs::weakly_canonical(path, ec);
-    return p.has_filename() ? p : p.parent_path();
-  };
-  const fs::path want = canonical(dir);
-  if (ec) return absl::OkStatus();
   absl::StatusOr<std::vector<JobRecord>> jobs = store->ListJobs();
   if (!jobs.ok()) return jobs.status();
   for (const JobRecord& rec : *jobs) {
-    const std::string& other = rec.job.spec().checkpoint().dir();
-    if (IsFinal(rec.job.state()) || other.empty()) continue;
-    if (canonical(other) != want || ec) continue;
+    if (IsFinal(rec.job.state()) || !SameDirectory(rec.job.spec().checkpoint().dir(), dir)) continue;
     return absl::FailedPreconditionError(absl::StrCat(
         "checkpoint.dir: ", dir, " is the checkpoint directory of job ", rec.job.id(), " (",
         StateName(rec.job.state()), "), which will write its checkpoints there; give this job its own "

@@ -237,6 +237,17 @@ TEST(JobCleanup, DeleteRemovesOnlyTheJobsOwnCheckpoints) {
   ASSERT_TRUE(d3.ok()) << d3.status();
   EXPECT_FALSE(fs::exists(own));
 
+  // Another stored job names the same directory, spelled with a trailing "/": everything stays.
+  const std::string both = dir + "/both";
+  const std::string id6 = finished(both);
+  moe::v1::JobSpec later = Spec("c");
+  later.mutable_checkpoint()->set_dir(both + "/");
+  ASSERT_TRUE((*store)->CreateJob(later, "", dir + "/jobs", "queued").ok());
+  auto d6 = DeleteFinishedJob(**store, dir + "/jobs", id6, true);
+  ASSERT_TRUE(d6.ok()) << d6.status();
+  EXPECT_TRUE(fs::exists(both + "/step_00000004/MANIFEST"));
+  EXPECT_TRUE(absl::StrContains(joined(d6->kept_paths()), "shared with another job")) << joined(d6->kept_paths());
+
   // Through a link: the target is emptied, both stay.
   const std::string target = dir + "/target", link = dir + "/link";
   fs::create_directories(target);

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
@@ -49,6 +50,21 @@ TEST(ReadFile, AReadErrorIsAStatusNotAnException) {
 // moed lists a job's processes by reading every /proc/PID/stat while processes come and go. The
 // session listed is a child's own (setsid), as moed's ranks are: this process's session leader may
 // live outside a container's PID namespace, where getsid() gives 0.
+TEST(SameDirectory, ComparesResolvedPathsNotStrings) {
+  const std::string dir = testing::MakeTempDir("moe-same-dir-");
+  ASSERT_TRUE(MakeDirs(dir + "/real").ok());
+  std::filesystem::create_directory_symlink(dir + "/real", dir + "/link");
+  EXPECT_TRUE(SameDirectory(dir + "/real", dir + "/real/"));
+  EXPECT_TRUE(SameDirectory(dir + "/real", dir + "/./real/."));
+  EXPECT_TRUE(SameDirectory(dir + "/link", dir + "/real"));
+  EXPECT_TRUE(SameDirectory(dir + "/real/../new", dir + "/new/"));  // neither has to exist
+  EXPECT_FALSE(SameDirectory(dir + "/real", dir + "/other"));
+  EXPECT_FALSE(SameDirectory(dir + "/real/sub", dir + "/real"));
+  EXPECT_FALSE(SameDirectory("", ""));
+  EXPECT_FALSE(SameDirectory(dir + "/real", ""));
+  std::filesystem::remove_all(dir);
+}
+
 TEST(LocalLauncher, ListingSessionsWhileProcessesExitNeverThrows) {
   int ready[2];
   ASSERT_EQ(pipe(ready), 0);
