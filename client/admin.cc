@@ -1,5 +1,7 @@
 // moectl delete and prune: remove finished jobs (store rows, logs, and on request checkpoints).
 #include <cstdio>
+#include <set>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -31,7 +33,9 @@ int RunDelete(const DeleteOptions& o) {
   if (!config.ok()) return Fail(std::string(config.status().message()));
   auto stub = NewJobStub(*config);
   int rc = 0;
+  std::set<std::string> asked;  // an id named twice is deleted once, not refused the second time
   for (const std::string& id : o.ids) {
+    if (!asked.insert(id).second) continue;
     grpc::ClientContext ctx;
     PrepareContext(ctx, *config, 60);
     moe::v1::DeleteJobRequest req;

@@ -338,7 +338,7 @@ TEST(MoectlCli, DeleteAndPruneRemoveFinishedJobsOnly) {
   const Job job = h.WaitForState(id, moe::v1::JOB_STATE_CANCELLED, 30);
   const std::string dir = job.state_dir();
   ASSERT_TRUE(Exists(dir + "/checkpoints")) << dir;
-  CommandResult del = h.Moectl({"delete", id});
+  CommandResult del = h.Moectl({"delete", id, id});  // named twice: deleted once, exit 0
   EXPECT_EQ(del.exit_code, 0) << del.err;
   EXPECT_TRUE(absl::StrContains(del.out, "deleted " + id)) << del.out;
   EXPECT_TRUE(absl::StrContains(del.out, "kept " + dir + "/checkpoints")) << del.out;
