@@ -3,6 +3,7 @@
 #include "daemon/prometheus.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <functional>
 #include <vector>
@@ -38,7 +39,12 @@ std::string Escape(const std::string& v) {
 std::string Num(double v) {
   if (std::isnan(v)) return "NaN";
   if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
-  return absl::StrFormat("%.10g", v);
+  // Whole numbers in full (counters, steps); others as the shortest text that reads back as v
+  // (every digit of a unix time with its milliseconds).
+  if (v == std::trunc(v) && std::fabs(v) < 9007199254740992.0) return absl::StrCat(static_cast<int64_t>(v));
+  char buf[32];
+  const std::to_chars_result r = std::to_chars(buf, buf + sizeof(buf), v);
+  return std::string(buf, r.ptr);
 }
 
 std::string LowerState(moe::v1::JobState s) {
@@ -65,7 +71,9 @@ class Family {
 };
 
 std::string JobLabels(const Job& j) {
-  return absl::StrCat("job=\"", Escape(j.id()), "\",name=\"", Escape(j.spec().name()), "\"");
+  // job_id, not job: Prometheus gives every scraped series a `job` label of its own (the scrape
+  // job), which would rename ours to exported_job.
+  return absl::StrCat("job_id=\"", Escape(j.id()), "\",name=\"", Escape(j.spec().name()), "\"");
 }
 
 // Expert e sits on rank e / (E / W): E / W consecutive experts per rank.
@@ -210,7 +218,7 @@ std::string PrometheusExporter::Render() {
       {"moe_job_mfu_ratio", "Model FLOPs utilization at the latest logged step (0..1).",
        [](const Job& j, const Totals&, double* v) {
          *v = j.latest().mfu();
-         return j.has_latest();
+         return j.has_latest() && j.latest().mfu() > 0;  // CPU ranks report none (no peak to divide by)
        }},
       {"moe_job_step_duration_seconds", "Wall time of the latest logged step.",
        [](const Job& j, const Totals&, double* v) {
@@ -273,14 +281,17 @@ std::string PrometheusExporter::Render() {
 
   // Counters.
   {
-    Family f(&out, "moe_job_steps_total", "counter", "Optimizer steps done (the latest logged step).");
-    for (const Job* j : shown) f.Add(JobLabels(*j), static_cast<double>(j->latest().step()));
+    // The furthest step logged, not the latest: a restart from an earlier checkpoint repeats
+    // steps, and a counter must never go down (Prometheus would read a reset).
+    Family f(&out, "moe_job_steps_total", "counter",
+             "Optimizer steps done: the furthest logged step (steps a restart repeats count once).");
+    for (const Job* j : shown) f.Add(JobLabels(*j), static_cast<double>(totals_[j->id()].max_step));
   }
   {
     Family f(&out, "moe_job_tokens_total", "counter",
-             "Training tokens processed: steps done times batch_size times seq_len.");
+             "Training tokens processed: moe_job_steps_total times batch_size times seq_len.");
     for (const Job* j : shown) {
-      f.Add(JobLabels(*j), static_cast<double>(j->latest().step()) * j->spec().train().batch_size() *
+      f.Add(JobLabels(*j), static_cast<double>(totals_[j->id()].max_step) * j->spec().train().batch_size() *
                                j->spec().model().seq_len());
     }
   }

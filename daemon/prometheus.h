@@ -1,6 +1,6 @@
 // PrometheusExporter: moed's /metrics in the text exposition format, named after the Prometheus
 // naming guide: counters end in _total, gauges carry their unit (_seconds, _bytes, _ratio), and
-// every job series has the labels job and name (per layer also layer; per expert also expert and
+// every job series has the labels job_id and name (per layer also layer; per expert also expert and
 // the rank that holds it). A job's series stay exported for a retention time after it ends.
 #pragma once
 

@@ -305,14 +305,14 @@ TEST(DaemonService, ReportedMetricsReachStatusMetricsAndPrometheus) {
   std::string resp = HttpGet(h.metrics_port(), "/metrics");
   EXPECT_TRUE(absl::StartsWith(resp, "HTTP/1.1 200 OK")) << resp;
   EXPECT_TRUE(absl::StrContains(resp, "moe_jobs{state=\"running\"} 1")) << resp;
-  EXPECT_TRUE(absl::StrContains(resp, absl::StrCat("moe_job_loss{job=\"", id, "\",name=\"rep\"} 2.5")))
+  EXPECT_TRUE(absl::StrContains(resp, absl::StrCat("moe_job_loss{job_id=\"", id, "\",name=\"rep\"} 2.5")))
       << resp;
   // A counter over the logged steps (1, 2, 3: 13 each), labelled with the rank holding expert 3.
   EXPECT_TRUE(absl::StrContains(
-      resp, absl::StrCat("moe_job_expert_tokens_total{job=\"", id,
+      resp, absl::StrCat("moe_job_expert_tokens_total{job_id=\"", id,
                          "\",name=\"rep\",layer=\"0\",expert=\"3\",rank=\"1\"} 39")))
       << resp;
-  EXPECT_TRUE(absl::StrContains(resp, absl::StrCat("moe_job_val_loss{job=\"", id, "\",name=\"rep\"} 2.75")))
+  EXPECT_TRUE(absl::StrContains(resp, absl::StrCat("moe_job_val_loss{job_id=\"", id, "\",name=\"rep\"} 2.75")))
       << resp;
   EXPECT_TRUE(absl::StartsWith(HttpGet(h.metrics_port(), "/nope"), "HTTP/1.1 404"));
   ASSERT_EQ(h.Moectl({"cancel", id}).exit_code, 0);

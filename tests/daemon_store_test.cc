@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "daemon/job_cleanup.h"
+#include "daemon/prometheus.h"
 #include "daemon/scheduler.h"
 #include "daemon/scheduler_internal.h"
 #include "absl/strings/match.h"
@@ -257,6 +258,40 @@ TEST(JobCleanup, DeleteRemovesOnlyTheJobsOwnCheckpoints) {
   EXPECT_FALSE(fs::exists(target + "/step_00000004"));
   EXPECT_TRUE(fs::is_symlink(link));
   EXPECT_TRUE(fs::is_directory(target));
+}
+
+// A restart from an earlier checkpoint logs steps again: the step and token counters stay at
+// the furthest step (a counter that went down would read as a reset), and ids are job_id labels.
+TEST(Prometheus, CountersNeverGoDownWhenARestartRepeatsSteps) {
+  const std::string dir = moe::testing::MakeTempDir("moe-prom-");
+  auto store = JobStore::Open(dir + "/moed.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  moe::v1::JobSpec spec = Spec("prom");
+  spec.mutable_train()->set_batch_size(4);
+  spec.mutable_model()->set_seq_len(16);
+  JobRecord r = *(*store)->CreateJob(spec, "", dir + "/jobs", "queued");
+  PrometheusExporter exporter(store->get(), std::chrono::hours(1));
+  auto point = [](int step) {
+    moe::v1::MetricPoint p;
+    p.set_step(step);
+    p.set_loss(3.0);
+    return p;
+  };
+  const std::string labels = absl::StrCat("{job_id=\"", r.job.id(), "\",name=\"prom\"}");
+  for (int step = 1; step <= 8; ++step) ASSERT_TRUE((*store)->AddMetric(r.job.id(), 0, point(step)).ok());
+  std::string first = exporter.Render();
+  EXPECT_TRUE(absl::StrContains(first, "moe_job_steps_total" + labels + " 8\n")) << first;
+  EXPECT_TRUE(absl::StrContains(first, "moe_job_tokens_total" + labels + " 512\n")) << first;
+  EXPECT_FALSE(absl::StrContains(first, "moe_job_mfu_ratio" + labels)) << first;  // none reported
+  // Attempt 1 resumes from step 5's checkpoint.
+  for (int step = 6; step <= 7; ++step) ASSERT_TRUE((*store)->AddMetric(r.job.id(), 1, point(step)).ok());
+  std::string second = exporter.Render();
+  EXPECT_TRUE(absl::StrContains(second, "moe_job_steps_total" + labels + " 8\n")) << second;
+  EXPECT_TRUE(absl::StrContains(second, "moe_job_tokens_total" + labels + " 512\n")) << second;
+  for (int step = 8; step <= 10; ++step) ASSERT_TRUE((*store)->AddMetric(r.job.id(), 1, point(step)).ok());
+  std::string third = exporter.Render();
+  EXPECT_TRUE(absl::StrContains(third, "moe_job_steps_total" + labels + " 10\n")) << third;
+  EXPECT_TRUE(absl::StrContains(third, "moe_job_tokens_total" + labels + " 640\n")) << third;
 }
 
 TEST(SanitizeUtf8, KeepsValidTextAndReplacesBadBytes) {

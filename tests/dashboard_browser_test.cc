@@ -186,7 +186,7 @@ TEST(DashboardBrowser, ChromiumRendersARunningJobsMetrics) {
   job = h.WaitForState(id, moe::v1::JOB_STATE_CANCELLED, 60);
   HttpResponse m = HttpGet(h.metrics_port(), "/metrics");
   ASSERT_EQ(m.status, 200);
-  const std::string labels = absl::StrCat("job=\"", id, "\",name=\"dash\"");
+  const std::string labels = absl::StrCat("job_id=\"", id, "\",name=\"dash\"");
   EXPECT_TRUE(absl::StrContains(m.body, absl::StrCat("moe_job_state{", labels, ",state=\"cancelled\"} 1")))
       << m.body;
   EXPECT_TRUE(absl::StrContains(
