@@ -2,7 +2,9 @@
 #include "daemon/http_server.h"
 
 #include <civetweb.h>
+#include <arpa/inet.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -63,7 +65,29 @@ absl::StatusOr<std::string> ListeningPorts(const std::string& listen) {
   const std::string host = listen.substr(0, colon);
   if (host.empty() || host == "0.0.0.0") return std::to_string(port);
   if (host == "localhost") return absl::StrCat("127.0.0.1:", port);
-  return absl::StrCat(host, ":", port);
+  if (host.front() == '[') {
+    // Debian's civetweb is built without IPv6 (feature 8): mg_start would only fail.
+    if (mg_check_feature(8) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--metrics-listen: '", listen, "' is an IPv6 address, and this build's HTTP library (civetweb) has no "
+          "IPv6; give an IPv4 one (127.0.0.1:", port, ", or 0.0.0.0:", port, " for every interface)"));
+    }
+    return absl::StrCat(host, ":", port);
+  }
+  // civetweb takes a numeric address: a host name is resolved here to its first IPv4 address.
+  addrinfo hints = {};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (const int rc = getaddrinfo(host.c_str(), nullptr, &hints, &found); rc != 0 || found == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--metrics-listen: host '", host, "' has no IPv4 address (", gai_strerror(rc),
+        "); give an address of this machine, e.g. 127.0.0.1:", port, " or 0.0.0.0:", port));
+  }
+  char text[INET_ADDRSTRLEN] = {};
+  inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(found->ai_addr)->sin_addr, text, sizeof(text));
+  freeaddrinfo(found);
+  return absl::StrCat(text, ":", port);
 }
 
 int QuietLog(const mg_connection*, const char*) { return 1; }
@@ -242,7 +266,8 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   if (s->ctx_ == nullptr) {
     return absl::UnavailableError(absl::StrCat(
         "--metrics-listen: cannot listen on ", options.listen,
-        " (is another moed running there? pick another port, or \"\" to turn it off)"));
+        " (the port is taken, e.g. by another moed, or the address is not one of this machine's; "
+        "pick another port or address, or \"\" to turn it off)"));
   }
   mg_server_port bound[4] = {};
   if (mg_get_server_ports(s->ctx_, 4, bound) > 0) s->port_ = bound[0].port;

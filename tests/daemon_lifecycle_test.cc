@@ -71,6 +71,23 @@ TEST(DaemonLifecycle, ASecondMoedOnTheSamePortIsRefused) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ(h.Moectl({"list"}).exit_code, 0);
 }
 
+// --metrics-listen: a host that does not resolve, or an IPv6 address the HTTP library cannot
+// serve, stops moed at start with what to give instead (not "is another moed running there?").
+TEST(DaemonLifecycle, AMetricsAddressItCannotServeIsNamed) {
+  for (const auto& [listen, want] :
+       {std::pair<std::string, std::string>{"nohost.invalid:9464", "host 'nohost.invalid' has no IPv4 address"},
+        {"[::1]:9464", "IPv6"}}) {
+    std::vector<std::string> args = {BinDir() + "/moed", "--state-dir", MakeTempDir("moed-http-"), "--listen",
+                                     absl::StrCat("127.0.0.1:", FreePort()), "--metrics-listen", listen};
+    if (geteuid() == 0) args.push_back("--allow-root");
+    CommandResult r = RunCommand(args, {}, 20);
+    if (want == "IPv6" && r.exit_code == 0) continue;  // a civetweb built with IPv6 serves it
+    EXPECT_EQ(r.exit_code, 2) << listen << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr(want)) << r.err;
+    EXPECT_THAT(r.err, HasSubstr("127.0.0.1:9464")) << r.err;
+  }
+}
+
 TEST(DaemonLifecycle, ACancelThatArrivesAsTheJobFinishesLeavesItSucceeded) {
   // The ranks ignore SIGTERM, as ranks past their last step do: they finish every step.
   DaemonHarness h(Fake({{"FAKE_STEPS", "4"}, {"FAKE_STEP_SECONDS", "0.3"},
