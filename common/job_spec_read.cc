@@ -20,6 +20,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/files.h"
+#include "common/path_policy.h"
 #include "common/job_spec.h"
 #include "common/job_spec_internal.h"
 #include "common/nearest_name.h"
@@ -423,6 +424,22 @@ ParsedSpec TooLarge(const std::string& file, uintmax_t bytes) {
                                   kMaxJobFileBytes, ")"));
 }
 
+// The paths a job reads and writes, by the rule moed and the worker apply (common/path_policy.h:
+// no system directories, or only the directories MOE_DATA_ROOTS / MOE_CHECKPOINT_ROOTS name when
+// set), so that what validate passes is not refused at submit or when the worker starts.
+std::vector<SpecError> PathErrors(const moe::v1::JobSpec& spec) {
+  const absl::Status st = CheckSpecPaths(PathPolicy::FromEnvironment(), spec);
+  if (st.ok()) return {};
+  // The message starts with the field ("data.path: ...", "model.init_from holds: ...").
+  std::string message(st.message());
+  const size_t end = message.find_first_of(" :");
+  SpecError e;
+  e.field = message.substr(0, end);
+  if (const size_t colon = message.find(": "); colon != std::string::npos) message = message.substr(colon + 2);
+  e.message = std::move(message);
+  return {std::move(e)};
+}
+
 // Text that passed the size and UTF-8 checks -> a spec read, defaulted and checked, with every
 // error placed where its key (or the nearest enclosing key the file has) is written.
 ParsedSpec ParseChecked(const std::string& yaml_text, const std::string& file_name,
@@ -521,6 +538,7 @@ ParsedSpec ParseChecked(const std::string& yaml_text, const std::string& file_na
   };
   out.errors = std::move(reader.errors);
   place(job_spec_internal::CheckJobSpec(out.spec, reader.bad), &out.errors);
+  if (out.errors.empty()) place(PathErrors(out.spec), &out.errors);
   if (out.errors.empty()) {
     std::vector<SpecError> warnings = job_spec_internal::AdviseJobSpec(out.spec);
     for (SpecError& w : job_spec_internal::UnreadKeyWarnings(out.spec, reader.present)) warnings.push_back(std::move(w));
