@@ -63,11 +63,19 @@ Pos PosOf(const YAML::Mark& mark) {
 
 // An unquoted scalar, or one with an explicit non-string core tag (`!!int 10`): a value that
 // may be read as a number or a boolean. Quoted scalars (tag "!") and `!!str` are strings.
+constexpr absl::string_view kCoreTag = "tag:yaml.org,2002:";
 bool IsPlain(const YAML::Node& node) {
   if (!node.IsScalar()) return false;
   const std::string& tag = node.Tag();
-  return tag == "?" ||
-         (absl::StartsWith(tag, "tag:yaml.org,2002:") && tag != "tag:yaml.org,2002:str");
+  return tag == "?" || (absl::StartsWith(tag, kCoreTag) && tag != "tag:yaml.org,2002:str");
+}
+// The same, for a field of one type: an explicit tag must be that type's (`!!int 10` for an
+// integer, `!!float` or `!!int` for a number, `!!bool` for a flag), so that `!!float 32`, `!!null 32`
+// or `!!bool 1` is not read as the integer it spells.
+bool IsPlainAs(const YAML::Node& node, std::initializer_list<absl::string_view> types) {
+  if (!IsPlain(node) || node.Tag() == "?") return IsPlain(node);
+  const absl::string_view type = absl::string_view(node.Tag()).substr(kCoreTag.size());
+  return std::find(types.begin(), types.end(), type) != types.end();
 }
 
 // How a value that has the wrong type is shown in a message ("got ...").
@@ -84,6 +92,9 @@ std::string Describe(const YAML::Node& node) {
         return absl::StrCat("the quoted string \"", Truncate(node.Scalar()), "\"");
       }
       if (!IsPlain(node)) return absl::StrCat("the string \"", Truncate(node.Scalar()), "\"");
+      if (node.Tag() != "?") {  // an explicit core tag, shown as written
+        return absl::StrCat("!!", node.Tag().substr(kCoreTag.size()), " ", Truncate(node.Scalar()));
+      }
       // Numbers and booleans as written; other words quoted so that the message reads well.
       if (node.Scalar().size() > job_spec_internal::kMaxPatternInput) {
         return absl::StrCat("a value ", node.Scalar().size(), " characters long ('", Truncate(node.Scalar()), "')");
@@ -194,6 +205,11 @@ class YamlReader {
         continue;
       }
       seen_line[name] = key_pos.line;
+      if (name == "<<" && key.Tag() == "?") {
+        Error(key_pos, path, "YAML merge keys (<<) are not read in a job file; write the keys out here "
+                             "(an alias of a whole value, key: *anchor, works)");
+        continue;
+      }
       const pb::FieldDescriptor* field = desc->FindFieldByName(name);
       if (field == nullptr) {
         UnknownKey(key_pos, prefix, path, name, desc);
@@ -282,7 +298,7 @@ class YamlReader {
       }
       case pb::FieldDescriptor::CPPTYPE_UINT64: {
         static const std::regex kUnsigned("\\+?[0-9]+");
-        if (!IsPlain(v) || !MatchesPattern(v.Scalar(), kUnsigned)) {
+        if (!IsPlainAs(v, {"int"}) || !MatchesPattern(v.Scalar(), kUnsigned)) {
           return TypeError(path, "a non-negative integer", v);
         }
         std::optional<uint64_t> n = ParseDecimal<uint64_t>(v.Scalar());
@@ -301,7 +317,7 @@ class YamlReader {
       }
       case pb::FieldDescriptor::CPPTYPE_BOOL: {
         std::string s = absl::AsciiStrToLower(v.IsScalar() ? v.Scalar() : "");
-        if (!IsPlain(v) || (s != "true" && s != "false")) {
+        if (!IsPlainAs(v, {"bool"}) || (s != "true" && s != "false")) {
           return TypeError(path, "true or false", v);
         }
         r->SetBool(msg, f, s == "true");
@@ -335,14 +351,16 @@ class YamlReader {
   std::optional<int64_t> ReadInteger(const std::string& path, const YAML::Node& v, int64_t lo,
                                      int64_t hi) {
     static const std::regex kInteger("[-+]?[0-9]+");
-    if (!IsPlain(v) || !MatchesPattern(v.Scalar(), kInteger)) {
+    if (!IsPlainAs(v, {"int"}) || !MatchesPattern(v.Scalar(), kInteger)) {
       TypeError(path, "an integer", v);
       return std::nullopt;
     }
     std::optional<int64_t> n = ParseDecimal<int64_t>(v.Scalar());
     if (!n || *n < lo || *n > hi) {
-      BadValue(path,
-               absl::StrCat("must be an integer between ", lo, " and ", hi, ", got ", Describe(v)));
+      // Past what the field holds at all (its own range is checked later, with the value read).
+      const bool negative = absl::StartsWith(v.Scalar(), "-");
+      BadValue(path, negative ? absl::StrCat("is too small: an integer here is at least ", lo, ", got ", Describe(v))
+                              : absl::StrCat("is too large: an integer here is at most ", hi, ", got ", Describe(v)));
       return std::nullopt;
     }
     return n;
@@ -355,7 +373,7 @@ class YamlReader {
       BadValue(path, absl::StrCat("must be a finite number, got ", v.Scalar()));
       return std::nullopt;
     }
-    if (!IsPlain(v) || !MatchesPattern(v.Scalar(), kNumber)) {
+    if (!IsPlainAs(v, {"float", "int"}) || !MatchesPattern(v.Scalar(), kNumber)) {
       TypeError(path, "a number", v);
       return std::nullopt;
     }

@@ -72,7 +72,11 @@ TEST_F(JobSpecTest, TypeErrorsSayWhatWasExpectedAndGot) {
                          {"[1, 2]", "must be an integer, got a list"},
                          {"{a: 1}", "must be an integer, got a mapping"},
                          {"\"64\"", "must be an integer, got the quoted string \"64\""},
-                         {"99999999999", "must be an integer between"}}) {
+                         {"99999999999", "is too large: an integer here is at most 2147483647"},
+                         // A core tag of another type is not read as the integer it spells.
+                         {"!!float 32", "must be an integer, got !!float 32"},
+                         {"!!null 32", "must be an integer, got !!null 32"},
+                         {"!!bool 32", "must be an integer, got !!bool 32"}}) {
     std::string yaml = kMinimal;
     yaml.replace(yaml.find("d_model: 64"), 11, "d_model: " + c.value);
     SpecError e = OnlyError(yaml);
@@ -91,6 +95,23 @@ TEST_F(JobSpecTest, TypeErrorsSayWhatWasExpectedAndGot) {
               HasSubstr("must be a non-negative integer"));
   EXPECT_THAT(OnlyError(WithExtra("  batch_size: 8", "  steps_extra:\n")).message,
               HasSubstr("unknown key"));
+  // Every message of a parse, one a line.
+  auto all_errors = [](const std::string& yaml) {
+    std::string out;
+    for (const SpecError& e : ParseJobSpec(yaml, "job.yaml", ".").errors) out += e.ToString() + "\n";
+    return out;
+  };
+  EXPECT_THAT(all_errors(WithExtra("  seq_len: 32", "  dropout: !!int 0\n")), Not(HasSubstr("model.dropout")));
+  EXPECT_THAT(OnlyError(WithExtra("  seq_len: 32", "  tie_embeddings: !!int 1\n")).message,
+              HasSubstr("must be true or false, got !!int 1"));
+  {
+    std::string yaml = kMinimal;
+    yaml.replace(yaml.find("d_model: 64"), 11, "<<: {d_model: 64}");
+    EXPECT_THAT(all_errors(yaml), HasSubstr("job.yaml:3:3: model.<<: YAML merge keys (<<) are not read"));
+  }
+  // Below fp32's normal range: "greater than 0" held, and training ran with a rate of 0.
+  EXPECT_THAT(all_errors(WithExtra("  batch_size: 8", "  lr: 1e-320\n")),
+              HasSubstr("job.yaml:12:7: train.lr: is below fp32's smallest normal number"));
   // Past fp32 (the precision training uses): was taken, and the worker diverged on infinity.
   for (const char* extra : {"  grad_clip: 1e300\n", "  weight_decay: 4e38\n"}) {
     SpecError big = OnlyError(WithExtra("  batch_size: 8", extra));
