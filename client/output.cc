@@ -14,11 +14,6 @@ std::string Num(double v) { return std::isnan(v) ? "nan" : absl::StrFormat("%.9g
 
 }  // namespace
 
-std::string Fixed(double v, int decimals) {
-  if (std::isnan(v)) return "nan";
-  return absl::StrFormat("%.*f", decimals, v);
-}
-
 Json JobToJson(const moe::v1::Job& j) {
   Json o;
   o["id"] = j.id();

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "common/number_text.h"
 #include "moe/v1/control.pb.h"
 #include "nlohmann/json.hpp"
 
@@ -29,8 +30,7 @@ std::string CsvLine(const std::vector<std::string>& fields);
 
 // At most width characters, "..." at the end when cut (long reasons in tables).
 std::string Clip(const std::string& text, size_t width);
-// v with `decimals` digits after the point; a value that is no number reads "nan", "inf" or
-// "-inf" in every table and CSV (printf wrote "-nan" for some NaNs).
-std::string Fixed(double v, int decimals);
+// Fixed(v, decimals): common/number_text.h.
+using moe::Fixed;
 
 }  // namespace moe::client

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
+#include "common/number_text.h"
 #include "common/svg_charts.h"
 #include "moe_version.h"
 
@@ -123,8 +124,8 @@ std::string Dashboard::JobsPage() {
         &body, "<tr data-job=\"", XmlEscape(j.id()), "\" data-state=\"", state, "\"><td><a href=\"/jobs/",
         XmlEscape(j.id()), "\">", XmlEscape(j.id()), "</a></td><td>", XmlEscape(j.spec().name()),
         "</td><td class=\"state-", state, "\">", state, "</td><td>", Progress(j), "</td><td>",
-        j.has_latest() ? absl::StrFormat("%.4f", j.latest().loss()) : "-", "</td><td>",
-        j.best_val_loss() > 0 ? absl::StrFormat("%.4f", j.best_val_loss()) : "-", "</td><td>",
+        j.has_latest() ? Fixed(j.latest().loss(), 4) : "-", "</td><td>",
+        j.best_val_loss() > 0 ? Fixed(j.best_val_loss(), 4) : "-", "</td><td>",
         j.has_latest() ? absl::StrFormat("%.0f", j.latest().tokens_per_s()) : "-", "</td><td>",
         j.state() == moe::v1::JOB_STATE_RUNNING ? FormatDuration(SecondsLeft(j)) : "-",
         "</td><td>", j.restarts(), "</td><td>", FormatTime(j.created_unix_ms()),
@@ -154,8 +155,8 @@ absl::StatusOr<std::string> Dashboard::JobPage(const std::string& id) {
                   "\">", state, "</td></tr><tr><th>progress</th><td>", Progress(j), "</td></tr>");
   if (j.has_latest()) {
     const moe::v1::MetricPoint& p = j.latest();
-    absl::StrAppend(&body, "<tr><th>loss</th><td>", absl::StrFormat("%.4f", p.loss()),
-                    j.best_val_loss() > 0 ? absl::StrFormat(" (best val %.4f)", j.best_val_loss()) : "",
+    absl::StrAppend(&body, "<tr><th>loss</th><td>", Fixed(p.loss(), 4),
+                    j.best_val_loss() > 0 ? absl::StrCat(" (best val ", Fixed(j.best_val_loss(), 4), ")") : "",
                     "</td></tr><tr><th>tokens/s</th><td>", absl::StrFormat("%.0f", p.tokens_per_s()),
                     "</td></tr>");
   }

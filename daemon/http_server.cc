@@ -47,7 +47,7 @@ void Reply(mg_connection* conn, int code, const char* reason, const char* type,
   const bool head = ri != nullptr && ri->request_method != nullptr && std::strcmp(ri->request_method, "HEAD") == 0;
   std::string head_text = absl::StrCat("HTTP/1.1 ", code, " ", reason, "\r\nContent-Type: ", type,
                                        "\r\nContent-Length: ", body.size(),
-                                       "\r\nCache-Control: no-store\r\nConnection: close\r\n",
+                                       "\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n",
                                        extra_headers, "\r\n");
   mg_write(conn, head_text.data(), head_text.size());
   if (!head) mg_write(conn, body.data(), body.size());

@@ -304,6 +304,7 @@ TEST(DaemonService, ReportedMetricsReachStatusMetricsAndPrometheus) {
 
   std::string resp = HttpGet(h.metrics_port(), "/metrics");
   EXPECT_TRUE(absl::StartsWith(resp, "HTTP/1.1 200 OK")) << resp;
+  EXPECT_TRUE(absl::StrContains(resp, "\r\nX-Content-Type-Options: nosniff\r\n")) << resp;
   EXPECT_TRUE(absl::StrContains(resp, "moe_jobs{state=\"running\"} 1")) << resp;
   EXPECT_TRUE(absl::StrContains(resp, absl::StrCat("moe_job_loss{job_id=\"", id, "\",name=\"rep\"} 2.5")))
       << resp;

@@ -1,0 +1,14 @@
+#include "common/number_text.h"
+
+#include <cmath>
+
+#include "absl/strings/str_format.h"
+
+namespace moe {
+
+std::string Fixed(double v, int decimals) {
+  if (std::isnan(v)) return "nan";
+  return absl::StrFormat("%.*f", decimals, v);
+}
+
+}  // namespace moe
