@@ -2,6 +2,8 @@
 #include "daemon/dashboard.h"
 
 #include <algorithm>
+#include <iterator>
+#include <set>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -110,6 +112,13 @@ std::string Dashboard::JobsPage() {
     absl::StrAppend(&body, "<p>cannot read the job store: ", XmlEscape(std::string(jobs.status().message())),
                     "</p>");
     return Page("moed: jobs", body + "</body>", true);
+  }
+  {
+    // A deleted job's points leave the cache here (its pages answer 404 from the store).
+    std::set<std::string> ids;
+    for (const JobRecord& r : *jobs) ids.insert(r.job.id());
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = cache_.begin(); it != cache_.end();) it = ids.count(it->first) ? std::next(it) : cache_.erase(it);
   }
   absl::StrAppend(&body,
                   "<table id=\"jobs\"><tr><th>job</th><th>name</th><th>state</th><th>progress</th>"
