@@ -320,6 +320,21 @@ TEST_F(CheckpointRecipeTest, InitFromTakesTheWeightsAndBalancesAfresh) {
   bool noted = false;
   for (const std::string& l : logs) noted = noted || l.find("router biases") != std::string::npos;
   EXPECT_TRUE(noted) << "no note that the router biases were left behind";
+  for (const std::string& l : logs) EXPECT_EQ(l.find("other recipe options"), std::string::npos) << l;
+
+  // A sigmoid router from softmax weights: every shape fits, so the weights are taken, with a note.
+  fresh.mutable_model()->mutable_moe()->set_router_score(moe::v1::SCORE_SIGMOID);
+  logs.clear();
+  std::unique_ptr<Trainer> sig = testing::NewTrainer(fresh, comm_.get(), data_.get(), opts);
+  ASSERT_NE(sig, nullptr);
+  ASSERT_TRUE(sig->InitFrom(dir_).ok());
+  bool recipe_noted = false;
+  for (const std::string& l : logs) {
+    recipe_noted = recipe_noted || (l.find("other recipe options") != std::string::npos &&
+                                    l.find("this job: model.moe.shared_experts (no gate on the shared expert), "
+                                           "model.moe.router_score: sigmoid") != std::string::npos);
+  }
+  EXPECT_TRUE(recipe_noted) << "no note that the checkpoint's router scored otherwise";
 }
 
 TEST(CheckpointTokenizer, Gpt2FilesFormattedOtherwiseResumeAndOtherMergesAreRefusedNamingTheFile) {

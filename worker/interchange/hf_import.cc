@@ -153,6 +153,26 @@ absl::StatusOr<PretrainedWeights> LoadOurs(const std::string& dir, const HfShape
         absl::StrCat("model.n_kv_heads is ", was.kv_heads, " in the checkpoint, ", shape.kv_heads, " in this job"));
   }
   PretrainedWeights out;
+  // Options that leave every shape alone but change what the weights mean (the router's scoring,
+  // the experts' activation, RoPE's base): the weights are taken, and the log says so.
+  // (Router biases have their own note below.)
+  auto meaning = [](std::vector<std::string> options) {
+    options.erase(std::remove_if(options.begin(), options.end(),
+                                 [](const std::string& o) { return absl::StrContains(o, "bias_update_rate"); }),
+                  options.end());
+    return options;
+  };
+  if (const std::vector<std::string> before = meaning(HfUnrepresentable(saved)), now = meaning(shape.unrepresentable);
+      before != now) {
+    auto listed = [](const std::vector<std::string>& v) { return v.empty() ? std::string("none") : absl::StrJoin(v, ", "); };
+    out.notes.push_back(absl::StrCat("the checkpoint was trained with other recipe options (", listed(before),
+                                     "; this job: ", listed(now),
+                                     "); its weights are taken as they are"));
+  }
+  if (was.rope_theta != shape.rope_theta) {
+    out.notes.push_back(absl::StrCat("the checkpoint was trained with model.attention.rope_theta ", was.rope_theta,
+                                     ", this job uses ", shape.rope_theta));
+  }
   for (const auto& [name, want] : shape.ours) {
     auto it = found.find(name);
     if (it == found.end()) {
