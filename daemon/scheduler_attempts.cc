@@ -310,7 +310,11 @@ bool Scheduler::Watch(Active& a) {
       return false;
     }
     if (!Ingest(a, /*final=*/true)) return false;
-    Failed(a, a.pending_failure);
+    // Cleared before Failed: a restart's next tick must launch it, not read the failure as the
+    // launch's own (which ended the job FAILED 200 ms after "restart 1 of N").
+    const std::string reason = std::move(a.pending_failure);
+    a.pending_failure.clear();
+    Failed(a, reason);
     return IsFinal(a.rec.job.state());
   }
 

@@ -5,11 +5,12 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <map>
-#include <thread>
 #include <string>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -208,6 +209,16 @@ TEST(DaemonLauncher, SilentWorkersFailOnLostHeartbeat) {
   EXPECT_EQ(job.state(), moe::v1::JOB_STATE_FAILED);
   EXPECT_TRUE(absl::StrContains(job.reason(), "lost heartbeat")) << job.reason();
   EXPECT_TRUE(ProcessesMentioning(h.state_dir() + "/jobs/" + id + "/").empty());
+
+  // With max_restarts the attempt moed killed is relaunched (it went FAILED 200 ms after
+  // "restart 1 of 1": the kill's reason was read as the relaunch's own failure).
+  const std::string again = SubmitOk(h, h.WriteJob("silent-again", 2, 100, /*max_restarts=*/1));
+  job = h.WaitFor(again, [](const Job& j) { return j.state() >= moe::v1::JOB_STATE_SUCCEEDED; }, 40);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_FAILED);
+  EXPECT_EQ(job.restarts(), 1);
+  EXPECT_TRUE(absl::StrContains(job.reason(), "lost heartbeat")) << job.reason();
+  EXPECT_TRUE(absl::StrContains(job.reason(), "(after 1 restarts)")) << job.reason();
+  EXPECT_TRUE(std::filesystem::is_directory(h.state_dir() + "/jobs/" + again + "/attempt-1")) << again;
 }
 
 // A rank's reporter that could not deliver its metric points leaves them in the attempt's folder;
