@@ -71,6 +71,9 @@ int FollowLogs(const std::string& job_id, int rank, int64_t tail, bool follow) {
       }
       std::this_thread::sleep_for(backoff);
       backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
+      // A fresh channel each try: the old one's connection attempts back off (seconds apart in
+      // practice), so a moed back after a restart was seen 5-13 s late.
+      stub = NewJobStub(*config);
       continue;
     }
     return Fail(DescribeError(s, *config));
