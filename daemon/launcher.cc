@@ -23,8 +23,14 @@ std::string LastStderrMessage(const std::string& path) {
       message.push_back(text);
     }
   }
-  if (!message.empty() && message.size() <= kMessageLines) last = absl::StrJoin(message, " | ");
-  return last.size() > kMaxChars ? last.substr(0, kMaxChars) + "..." : last;
+  // The error's head names what failed; lines past kMessageLines are more of its details (one per
+  // tensor that does not fit, ...): counted, with the file that has them all.
+  const size_t more = message.size() > kMessageLines ? message.size() - kMessageLines : 0;
+  if (more > 0) message.resize(kMessageLines);
+  if (!message.empty()) last = absl::StrJoin(message, " | ");
+  if (last.size() > kMaxChars) last = last.substr(0, kMaxChars) + "...";
+  if (more > 0) absl::StrAppend(&last, " (", more, " more line", more == 1 ? "" : "s", " in ", path, ")");
+  return last;
 }
 
 }  // namespace moe::daemon

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "daemon/job_cleanup.h"
+#include "daemon/launcher.h"
 #include "daemon/prometheus.h"
 #include "daemon/scheduler.h"
 #include "daemon/scheduler_internal.h"
@@ -292,6 +293,27 @@ TEST(Prometheus, CountersNeverGoDownWhenARestartRepeatsSteps) {
   std::string third = exporter.Render();
   EXPECT_TRUE(absl::StrContains(third, "moe_job_steps_total" + labels + " 10\n")) << third;
   EXPECT_TRUE(absl::StrContains(third, "moe_job_tokens_total" + labels + " 640\n")) << third;
+}
+
+// A failed job's reason: a worker's long list of problems keeps its head (what failed), not its
+// last detail line.
+TEST(LastStderrMessage, ALongErrorKeepsItsHeadAndCountsTheRest) {
+  const std::string dir = moe::testing::MakeTempDir("moe-stderr-");
+  const std::string path = dir + "/rank0.err";
+  {
+    std::ofstream out(path);
+    out << "moe-worker: job x, 1 rank(s)\nmoe-worker rank 0: model.init_from: the tensors do not fit:\n";
+    for (int i = 0; i < 20; ++i) out << "blocks." << i << ".w: shape [4] in the checkpoint\n";
+  }
+  const std::string got = LastStderrMessage(path);
+  EXPECT_TRUE(absl::StartsWith(got, "moe-worker rank 0: model.init_from: the tensors do not fit: | blocks.0.w")) << got;
+  EXPECT_TRUE(absl::EndsWith(got, "(9 more lines in " + path + ")")) << got;
+  EXPECT_FALSE(absl::StrContains(got, "blocks.19.w")) << got;
+  {
+    std::ofstream out(path);
+    out << "a line\nthe last line\n";
+  }
+  EXPECT_EQ(LastStderrMessage(path), "the last line");
 }
 
 TEST(SanitizeUtf8, KeepsValidTextAndReplacesBadBytes) {
