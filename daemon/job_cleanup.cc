@@ -46,6 +46,16 @@ bool SharedWithAnotherJob(const std::vector<JobRecord>& jobs, const std::string&
   }
   return false;
 }
+// Whether a checkpoint directory has nothing to keep: missing, empty, or only the job's
+// .moe-owner marker (a job that ended before its first checkpoint).
+bool HoldsNoCheckpoints(const fs::path& ckpt) {
+  std::error_code ec;
+  if (!fs::exists(ckpt, ec)) return true;
+  for (const fs::directory_entry& e : fs::directory_iterator(ckpt, ec)) {
+    if (e.path().filename() != ".moe-owner") return false;
+  }
+  return !ec;
+}
 std::string KeptCheckpoints(const fs::path& ckpt, bool shared) {
   return shared ? absl::StrCat(ckpt.string(), " (shared with another job)") : ckpt.string();
 }
@@ -123,7 +133,7 @@ absl::StatusOr<moe::v1::DeleteJobResponse> DeleteFinishedJob(JobStore& store,
   std::error_code ec;
   if (!job_dir.empty() && Within(job_dir, jobs_root) && fs::is_directory(job_dir, ec)) {
     const bool ckpt_inside = !ckpt.empty() && Within(ckpt, job_dir);
-    if (remove_ckpt || !ckpt_inside) {
+    if (remove_ckpt || !ckpt_inside || HoldsNoCheckpoints(ckpt)) {
       RemoveAll(job_dir, &out);
     } else {
       // Keep the checkpoints: remove every entry of the job folder that does not hold them.
@@ -137,7 +147,7 @@ absl::StatusOr<moe::v1::DeleteJobResponse> DeleteFinishedJob(JobStore& store,
     const std::string owner =
         absl::StrCat("job ", rec->job.id(), " of ", fs::absolute(job_dir, ec).lexically_normal().string());
     RemoveOwnCheckpoints(ckpt, owner, &out);
-  } else if (!ckpt.empty() && fs::exists(ckpt, ec)) {
+  } else if (!ckpt.empty() && fs::exists(ckpt, ec)) {  // (an empty one inside went with the folder)
     out.add_kept_paths(KeptCheckpoints(ckpt, shared));
   }
   return out;
@@ -172,7 +182,7 @@ absl::StatusOr<moe::v1::PruneJobsResponse> PruneJobs(JobStore& store, const std:
       const fs::path job_dir = j.state_dir(), ckpt = r.checkpoint_dir;
       const bool own_folder = !ckpt.empty() && !job_dir.empty() && Within(ckpt, job_dir);
       if (!job_dir.empty() && Within(job_dir, jobs_root) && fs::exists(job_dir, ec)) {
-        if (own_folder && !request.checkpoints() && fs::exists(ckpt, ec)) {
+        if (own_folder && !request.checkpoints() && !HoldsNoCheckpoints(ckpt)) {
           d->add_removed_paths(absl::StrCat(job_dir.string(), " (all but its checkpoints)"));
           d->add_kept_paths(ckpt.string());
         } else {

@@ -250,6 +250,21 @@ TEST(JobCleanup, DeleteRemovesOnlyTheJobsOwnCheckpoints) {
   EXPECT_TRUE(fs::exists(both + "/step_00000004/MANIFEST"));
   EXPECT_TRUE(absl::StrContains(joined(d6->kept_paths()), "shared with another job")) << joined(d6->kept_paths());
 
+  // Ended before its first checkpoint (its own checkpoints folder empty but for the marker):
+  // without --checkpoints nothing is kept, so the job folder goes whole.
+  {
+    moe::v1::JobSpec spec = Spec("c");
+    JobRecord r = *(*store)->CreateJob(spec, "", dir + "/jobs", "queued");
+    ApplyState(r, moe::v1::JOB_STATE_CANCELLED, "cancelled");
+    ASSERT_TRUE((*store)->UpdateJob(r).ok());
+    fs::create_directories(r.checkpoint_dir);
+    std::ofstream(r.checkpoint_dir + "/.moe-owner") << "job " << r.job.id() << "\n";
+    auto d = DeleteFinishedJob(**store, dir + "/jobs", r.job.id(), /*checkpoints=*/false);
+    ASSERT_TRUE(d.ok()) << d.status();
+    EXPECT_FALSE(fs::exists(r.job.state_dir())) << r.job.state_dir();
+    EXPECT_EQ(d->kept_paths_size(), 0) << joined(d->kept_paths());
+  }
+
   // Through a link: the target is emptied, both stay.
   const std::string target = dir + "/target", link = dir + "/link";
   fs::create_directories(target);
