@@ -7,9 +7,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <random>
+#include <stdexcept>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -20,6 +23,7 @@
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/moe.h"
+#include "kernels/cuda/router_product.h"
 #include "kernels/experts.h"
 #include "kernels/router.h"
 #include "kernels/routing_plan.h"
@@ -246,6 +250,68 @@ TEST_P(CudaMoeOpsTest, RouterPlanPermuteAndExpertsMatchCpu) {
   cuda::RouterBackward(dlog_d.get(), dwts_d.get(), probs_d.get(), lse_d.get(), idx_d.get(), aux_d.get(), 0.003f,
                        n, E, k, nullptr);
   EXPECT_LT(RelErr(dlog_d.Host(), dlog), 1e-4);
+}
+
+// The router's product on the CUDA cores against the host in double: each logit within fp32's
+// rounding of its terms' magnitudes, the same bits on a second run, and within kFp32Tol of the
+// cuBLAS product it replaces. Odd d (the scalar loads), a misaligned m, e of 1 to 64, every tile.
+TEST(CudaOpsTest, RouterProductMatchesHostAndCublas) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    int n, d, e, offset;  // offset: m starts this many floats into its buffer
+  };
+  cuda::Blas blas;
+  for (const Shape& c : {Shape{1, 1, 1, 0}, Shape{5, 7, 3, 0}, Shape{130, 48, 8, 0}, Shape{257, 96, 16, 1},
+                         Shape{300, 128, 17, 0}, Shape{64, 36, 33, 0}, Shape{1000, 768, 32, 0}, Shape{200, 1024, 64, 0},
+                         Shape{77, 1029, 64, 0}, Shape{65, 40, 63, 2}}) {
+    SCOPED_TRACE(::testing::Message() << "n " << c.n << " d " << c.d << " e " << c.e << " offset " << c.offset);
+    const std::vector<float> m = Randn(int64_t{c.n} * c.d + c.offset, 31, 1.5f), w = Randn(int64_t{c.e} * c.d, 32, 0.02f);
+    Dev<float> m_d(m), w_d(w), got_d(int64_t{c.n} * c.e, -1.f), again_d(int64_t{c.n} * c.e), blas_d(int64_t{c.n} * c.e);
+    const float* mp = m_d.get() + c.offset;
+    cuda::RouterProduct(got_d.get(), mp, w_d.get(), c.n, c.d, c.e, nullptr);
+    cuda::RouterProduct(again_d.get(), mp, w_d.get(), c.n, c.d, c.e, nullptr);
+    blas.Gemm(false, true, c.n, c.e, c.d, 1.0f, mp, c.d, w_d.get(), c.d, 0.0f, blas_d.get(), c.e, cuda::DType::kF32,
+              nullptr);
+    const std::vector<float> got = got_d.Host(), again = again_d.Host(), via_blas = blas_d.Host();
+    double worst = 0;
+    for (int t = 0; t < c.n; ++t) {
+      for (int x = 0; x < c.e; ++x) {
+        double ref = 0, mag = 0;
+        for (int j = 0; j < c.d; ++j) {
+          const double term = double{m[c.offset + int64_t{t} * c.d + j]} * w[int64_t{x} * c.d + j];
+          ref += term;
+          mag += std::fabs(term);
+        }
+        const double err = std::fabs(got[int64_t{t} * c.e + x] - ref) / (mag + 1e-30);
+        worst = std::max(worst, err);
+      }
+    }
+    // fp32 sums of d terms: rounding grows as sqrt(d) (a margin of about 6 over its typical size).
+    EXPECT_LT(worst, 5e-7 * std::sqrt(static_cast<double>(c.d)) + 1e-7) << "largest error over the terms' magnitudes";
+    EXPECT_EQ(std::memcmp(got.data(), again.data(), sizeof(float) * got.size()), 0) << "a second run differs";
+    EXPECT_LT(RelErr(got, via_blas), kFp32Tol);
+  }
+  EXPECT_THROW(cuda::RouterProduct(nullptr, nullptr, nullptr, 1, 8, cuda::kRouterProductMaxExperts + 1, nullptr),
+               std::invalid_argument);
+}
+
+// The router's product at the sweep's shapes, this kernel against cuBLAS's fp32 product (median ms
+// of 10 runs): run by hand with --gtest_also_run_disabled_tests.
+TEST(CudaOpsTest, DISABLED_RouterProductTiming) {
+  SKIP_WITHOUT_GPU();
+  cuda::Blas blas;
+  for (const auto& [n, d, e] : {std::tuple{16384, 768, 8}, std::tuple{16384, 1024, 32}, std::tuple{16384, 1024, 64},
+                                std::tuple{32768, 768, 4}}) {
+    Dev<float> m(Randn(int64_t{n} * d, 1)), w(Randn(int64_t{e} * d, 2, 0.02f)), out(int64_t{n} * e);
+    const double med[2] = {
+        testing::MedianMs([&] { cuda::RouterProduct(out.get(), m.get(), w.get(), n, d, e, nullptr); }),
+        testing::MedianMs([&] {
+          blas.Gemm(false, true, n, e, d, 1.0f, m.get(), d, w.get(), d, 0.0f, out.get(), e, cuda::DType::kF32, nullptr);
+        })};
+    const double flop = 2.0 * n * d * e;
+    std::printf("[ router product n %d d %d e %d ] ours %.1f us (%.1f TFLOP/s), cuBLAS fp32 %.1f us (%.1f TFLOP/s)\n", n,
+                d, e, med[0] * 1e3, flop / med[0] / 1e9, med[1] * 1e3, flop / med[1] / 1e9);
+  }
 }
 
 // The fast grouped products against the simple kernel (its oracle) on the same bf16 operands:

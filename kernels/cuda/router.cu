@@ -26,65 +26,107 @@ Scoring ScoringOf(const kernels::RouterScoring& s) {
   return Scoring{s.plain(), s.sigmoid, 1.0f / s.temperature, s.bias};
 }
 
+// A block's tokens (one thread each) have their logits staged in shared memory, rows of `pitch`
+// floats (odd, so that the threads' rows fall in different banks): read and written back in
+// coalesced passes, where each thread's own row in global memory took a cache line a warp's lane
+// at every access. The scores replace the logits in place. The arithmetic is the thread's alone,
+// in the CPU's order (kernels/router.cc), so the bits are what they were.
+struct RouterTile {
+  int rows, pitch;
+  size_t Bytes() const { return sizeof(float) * rows * pitch; }
+};
+// `tiles` such tiles a block: 128 tokens a block up to 64 experts; fewer past that (down to 32,
+// 64 KB a tile at 512 experts).
+RouterTile RouterTileFor(int e, int tiles) {
+  const int pitch = e % 2 == 0 ? e + 1 : e;
+  int rows = 128;
+  while (rows > 32 && sizeof(float) * tiles * rows * pitch > 48 * 1024) rows /= 2;
+  return RouterTile{rows, pitch};
+}
+
+// Dynamic shared memory past the default 48 KB needs the kernel's consent (per device).
+template <typename Kernel>
+void AllowSharedBytes(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024) {
+    MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  }
+}
+
+// rows x e floats from global memory (first row at src) into a tile, coalesced; and back.
+__device__ __forceinline__ void LoadTile(float* tile, const float* src, int rows, int e, int pitch) {
+  for (int i = threadIdx.x; i < rows * e; i += blockDim.x) tile[(i / e) * pitch + i % e] = src[i];
+}
+__device__ __forceinline__ void StoreTile(float* dst, const float* tile, int rows, int e, int pitch) {
+  for (int i = threadIdx.x; i < rows * e; i += blockDim.x) dst[i] = tile[(i / e) * pitch + i % e];
+}
+
 __global__ void RouterForwardKernel(float* probs, float* lse, int32_t* expert_idx, float* weights,
-                                    const float* logits, int n, int e, int k, Scoring sc) {
-  const int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= n) return;
-  const float* z = logits + int64_t{t} * e;
-  float* p = probs + int64_t{t} * e;
-  float mx = z[0];
-  for (int x = 1; x < e; ++x) mx = fmaxf(mx, z[x]);
-  if (sc.plain) {
-    float sum = 0.0f;
-    for (int x = 0; x < e; ++x) {
-      p[x] = expf(z[x] - mx);
-      sum += p[x];
-    }
-    const float inv = 1.0f / sum;
-    for (int x = 0; x < e; ++x) p[x] *= inv;
-    lse[t] = mx + logf(sum);
-  } else {
-    // lse of the raw logits (the z loss's); scores of logits / tau.
-    float raw = 0.0f;
-    for (int x = 0; x < e; ++x) raw += expf(z[x] - mx);
-    lse[t] = mx + logf(raw);
-    if (sc.sigmoid) {
-      for (int x = 0; x < e; ++x) p[x] = 1.0f / (1.0f + expf(-z[x] * sc.inv_tau));
-    } else {
-      const float smx = mx * sc.inv_tau;
+                                    const float* logits, int n, int e, int k, Scoring sc, int pitch) {
+  extern __shared__ float tile[];
+  const int row0 = blockIdx.x * blockDim.x, rows = min(static_cast<int>(blockDim.x), n - row0);
+  const int64_t first = int64_t{row0} * e;
+  LoadTile(tile, logits + first, rows, e, pitch);
+  __syncthreads();
+  const int t = row0 + threadIdx.x;
+  if (t < n) {
+    float* z = tile + threadIdx.x * pitch;  // the logits, then the scores p in their place
+    float* p = z;
+    float mx = z[0];
+    for (int x = 1; x < e; ++x) mx = fmaxf(mx, z[x]);
+    if (sc.plain) {
       float sum = 0.0f;
       for (int x = 0; x < e; ++x) {
-        p[x] = expf(z[x] * sc.inv_tau - smx);
+        p[x] = expf(z[x] - mx);
         sum += p[x];
       }
       const float inv = 1.0f / sum;
       for (int x = 0; x < e; ++x) p[x] *= inv;
+      lse[t] = mx + logf(sum);
+    } else {
+      // lse of the raw logits (the z loss's); scores of logits / tau.
+      float raw = 0.0f;
+      for (int x = 0; x < e; ++x) raw += expf(z[x] - mx);
+      lse[t] = mx + logf(raw);
+      if (sc.sigmoid) {
+        for (int x = 0; x < e; ++x) p[x] = 1.0f / (1.0f + expf(-z[x] * sc.inv_tau));
+      } else {
+        const float smx = mx * sc.inv_tau;
+        float sum = 0.0f;
+        for (int x = 0; x < e; ++x) {
+          p[x] = expf(z[x] * sc.inv_tau - smx);
+          sum += p[x];
+        }
+        const float inv = 1.0f / sum;
+        for (int x = 0; x < e; ++x) p[x] *= inv;
+      }
     }
-  }
-  // A score that underflowed counts as the smallest normal float (kernels/router.cc's
-  // FloorScores): the weights below stay finite when the bias picks only such experts.
-  for (int x = 0; x < e; ++x) p[x] = fmaxf(p[x], FLT_MIN);
-  // The choice ranks key(x) = p[x] (+ bias[x]); the weights are p of the picks.
-  auto key = [&](int x) { return sc.bias != nullptr ? p[x] + sc.bias[x] : p[x]; };
-  // Top-k by repeated selection: strictly greater wins, so ties go to the lower index. The picks
-  // come in the strict order (p descending, index ascending), so pick j is the best expert after
-  // pick j - 1 in that order: no set of picked experts to keep, for any e.
-  int32_t* idx = expert_idx + int64_t{t} * k;
-  float* w = weights + int64_t{t} * k;
-  float picked_sum = 0.0f;
-  int prev = -1;
-  for (int j = 0; j < k; ++j) {
-    int best = -1;
-    for (int x = 0; x < e; ++x) {
-      if (prev >= 0 && !(key(x) < key(prev) || (key(x) == key(prev) && x > prev))) continue;
-      if (best < 0 || key(x) > key(best)) best = x;
+    // A score that underflowed counts as the smallest normal float (kernels/router.cc's
+    // FloorScores): the weights below stay finite when the bias picks only such experts.
+    for (int x = 0; x < e; ++x) p[x] = fmaxf(p[x], FLT_MIN);
+    // The choice ranks key(x) = p[x] (+ bias[x]); the weights are p of the picks.
+    auto key = [&](int x) { return sc.bias != nullptr ? p[x] + sc.bias[x] : p[x]; };
+    // Top-k by repeated selection: strictly greater wins, so ties go to the lower index. The picks
+    // come in the strict order (p descending, index ascending), so pick j is the best expert after
+    // pick j - 1 in that order: no set of picked experts to keep, for any e.
+    int32_t* idx = expert_idx + int64_t{t} * k;
+    float* w = weights + int64_t{t} * k;
+    float picked_sum = 0.0f;
+    int prev = -1;
+    for (int j = 0; j < k; ++j) {
+      int best = -1;
+      for (int x = 0; x < e; ++x) {
+        if (prev >= 0 && !(key(x) < key(prev) || (key(x) == key(prev) && x > prev))) continue;
+        if (best < 0 || key(x) > key(best)) best = x;
+      }
+      prev = best;
+      idx[j] = best;
+      w[j] = p[best];
+      picked_sum += p[best];
     }
-    prev = best;
-    idx[j] = best;
-    w[j] = p[best];
-    picked_sum += p[best];
+    for (int j = 0; j < k; ++j) w[j] /= picked_sum;
   }
-  for (int j = 0; j < k; ++j) w[j] /= picked_sum;
+  __syncthreads();
+  StoreTile(probs + first, tile, rows, e, pitch);
 }
 
 // The same for many experts (e > 64): a warp per token, lane l holding experts l, l + 32, ... in
@@ -215,66 +257,80 @@ __global__ void RouterStatsKernel(double* prob_sum, double* z_sum, double* entro
   }
 }
 
+// Tokens as the forward's (a thread each), their scores p and logits' gradient rows staged in
+// two shared tiles (RouterTile), the arithmetic the thread's alone as before.
 __global__ void RouterBackwardKernel(float* dlogits, const float* dweights, const float* probs,
                                      const float* lse, const int32_t* expert_idx, const float* aux_grad,
-                                     float z_scale, int n, int e, int k, Scoring sc, const float* logits) {
-  const int t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= n) return;
-  // dp[x] = aux_grad[x] + the top-k term of each pick j with idx[j] == x (added in j order),
-  // formed where it is used rather than stored: e may be 512.
-  const float* p = probs + int64_t{t} * e;
-  const int32_t* idx = expert_idx + int64_t{t} * k;
-  int32_t pick[kMaxTopK];
-  float dpick[kMaxTopK];
-  int picks = 0;
-  if (dweights != nullptr) {
-    const float* dw = dweights + int64_t{t} * k;
-    float s = 0.0f;
-    for (int j = 0; j < k; ++j) s += p[idx[j]];
-    float dw_dot_w = 0.0f;
-    for (int j = 0; j < k; ++j) dw_dot_w += dw[j] * (p[idx[j]] / s);
-    for (int j = 0; j < k; ++j) {
-      pick[j] = idx[j];
-      dpick[j] = (dw[j] - dw_dot_w) / s;
+                                     float z_scale, int n, int e, int k, Scoring sc, const float* logits,
+                                     int pitch) {
+  extern __shared__ float tiles[];
+  const int row0 = blockIdx.x * blockDim.x, rows = min(static_cast<int>(blockDim.x), n - row0);
+  const int64_t first = int64_t{row0} * e;
+  float* p_tile = tiles;
+  float* dz_tile = tiles + blockDim.x * pitch;
+  LoadTile(p_tile, probs + first, rows, e, pitch);
+  LoadTile(dz_tile, dlogits + first, rows, e, pitch);
+  __syncthreads();
+  const int t = row0 + threadIdx.x;
+  if (t < n) {
+    // dp[x] = aux_grad[x] + the top-k term of each pick j with idx[j] == x (added in j order),
+    // formed where it is used rather than stored: e may be 512.
+    const float* p = p_tile + threadIdx.x * pitch;
+    const int32_t* idx = expert_idx + int64_t{t} * k;
+    int32_t pick[kMaxTopK];
+    float dpick[kMaxTopK];
+    int picks = 0;
+    if (dweights != nullptr) {
+      const float* dw = dweights + int64_t{t} * k;
+      float s = 0.0f;
+      for (int j = 0; j < k; ++j) s += p[idx[j]];
+      float dw_dot_w = 0.0f;
+      for (int j = 0; j < k; ++j) dw_dot_w += dw[j] * (p[idx[j]] / s);
+      for (int j = 0; j < k; ++j) {
+        pick[j] = idx[j];
+        dpick[j] = (dw[j] - dw_dot_w) / s;
+      }
+      picks = k;
     }
-    picks = k;
-  }
-  // Sigmoid: the aux loss reads the normalised scores q = p / s, s = sum p:
-  // d(sum_e a_e q_e)/dp_x = (a_x - sum_e a_e q_e) / s.
-  float s_sum = 1.0f, a_dot_q = 0.0f;
-  const bool normalised_aux = sc.sigmoid && aux_grad != nullptr;
-  if (normalised_aux) {
-    s_sum = 0.0f;
-    for (int x = 0; x < e; ++x) s_sum += p[x];
-    for (int x = 0; x < e; ++x) a_dot_q += aux_grad[x] * (p[x] / s_sum);
-  }
-  auto dp = [&](int x) {
-    float v = aux_grad == nullptr ? 0.0f : normalised_aux ? (aux_grad[x] - a_dot_q) / s_sum : aux_grad[x];
-    for (int j = 0; j < picks; ++j) {
-      if (pick[j] == x) v += dpick[j];
+    // Sigmoid: the aux loss reads the normalised scores q = p / s, s = sum p:
+    // d(sum_e a_e q_e)/dp_x = (a_x - sum_e a_e q_e) / s.
+    float s_sum = 1.0f, a_dot_q = 0.0f;
+    const bool normalised_aux = sc.sigmoid && aux_grad != nullptr;
+    if (normalised_aux) {
+      s_sum = 0.0f;
+      for (int x = 0; x < e; ++x) s_sum += p[x];
+      for (int x = 0; x < e; ++x) a_dot_q += aux_grad[x] * (p[x] / s_sum);
     }
-    return v;
-  };
-  const float zc = 2.0f * z_scale * lse[t];
-  float* dz = dlogits + int64_t{t} * e;
-  if (sc.plain) {
-    float p_dot_dp = 0.0f;
-    for (int x = 0; x < e; ++x) p_dot_dp += p[x] * dp(x);
-    for (int x = 0; x < e; ++x) dz[x] += p[x] * (dp(x) - p_dot_dp + zc);
-    return;
+    auto dp = [&](int x) {
+      float v = aux_grad == nullptr ? 0.0f : normalised_aux ? (aux_grad[x] - a_dot_q) / s_sum : aux_grad[x];
+      for (int j = 0; j < picks; ++j) {
+        if (pick[j] == x) v += dpick[j];
+      }
+      return v;
+    };
+    const float zc = 2.0f * z_scale * lse[t];
+    float* dz = dz_tile + threadIdx.x * pitch;
+    if (sc.plain) {
+      float p_dot_dp = 0.0f;
+      for (int x = 0; x < e; ++x) p_dot_dp += p[x] * dp(x);
+      for (int x = 0; x < e; ++x) dz[x] += p[x] * (dp(x) - p_dot_dp + zc);
+    } else {
+      // Scores of logits / tau; the z term through softmax of the raw logits.
+      if (sc.sigmoid) {
+        for (int x = 0; x < e; ++x) dz[x] += dp(x) * p[x] * (1.0f - p[x]) * sc.inv_tau;
+      } else {
+        float p_dot_dp = 0.0f;
+        for (int x = 0; x < e; ++x) p_dot_dp += p[x] * dp(x);
+        for (int x = 0; x < e; ++x) dz[x] += p[x] * (dp(x) - p_dot_dp) * sc.inv_tau;
+      }
+      if (z_scale != 0.0f) {
+        const float* z = logits + int64_t{t} * e;
+        for (int x = 0; x < e; ++x) dz[x] += zc * expf(z[x] - lse[t]);
+      }
+    }
   }
-  // Scores of logits / tau; the z term through softmax of the raw logits.
-  if (sc.sigmoid) {
-    for (int x = 0; x < e; ++x) dz[x] += dp(x) * p[x] * (1.0f - p[x]) * sc.inv_tau;
-  } else {
-    float p_dot_dp = 0.0f;
-    for (int x = 0; x < e; ++x) p_dot_dp += p[x] * dp(x);
-    for (int x = 0; x < e; ++x) dz[x] += p[x] * (dp(x) - p_dot_dp) * sc.inv_tau;
-  }
-  if (z_scale != 0.0f) {
-    const float* z = logits + int64_t{t} * e;
-    for (int x = 0; x < e; ++x) dz[x] += zc * expf(z[x] - lse[t]);
-  }
+  __syncthreads();
+  StoreTile(dlogits + first, dz_tile, rows, e, pitch);
 }
 
 __global__ void RouterCountStatsKernel(double* stats, const int32_t* routed, const int32_t* counts, int e,
@@ -317,8 +373,10 @@ void RouterForward(float* probs, float* lse, int32_t* expert_idx, float* weights
     RouterForwardWarpKernel<<<BlocksFor(int64_t{n} * 32, 256), 256, 0, stream>>>(probs, lse, expert_idx, weights,
                                                                                  logits, n, e, k);
   } else {
-    RouterForwardKernel<<<BlocksFor(n, 128), 128, 0, stream>>>(probs, lse, expert_idx, weights, logits, n, e, k,
-                                                               ScoringOf(scoring));
+    const RouterTile tile = RouterTileFor(e, 1);
+    AllowSharedBytes(RouterForwardKernel, tile.Bytes());
+    RouterForwardKernel<<<BlocksFor(n, tile.rows), tile.rows, tile.Bytes(), stream>>>(
+        probs, lse, expert_idx, weights, logits, n, e, k, ScoringOf(scoring), tile.pitch);
   }
   MOE_CUDA_LAUNCH_CHECK();
 }
@@ -350,9 +408,10 @@ void RouterBackward(float* dlogits, const float* dweights, const float* probs, c
   CheckExperts(e);
   CheckTopK(k);
   if (n <= 0) return;
-  RouterBackwardKernel<<<BlocksFor(n, 128), 128, 0, stream>>>(dlogits, dweights, probs, lse, expert_idx,
-                                                              aux_grad, z_scale, n, e, k, ScoringOf(scoring),
-                                                              logits);
+  const RouterTile tile = RouterTileFor(e, 2);
+  AllowSharedBytes(RouterBackwardKernel, 2 * tile.Bytes());
+  RouterBackwardKernel<<<BlocksFor(n, tile.rows), tile.rows, 2 * tile.Bytes(), stream>>>(
+      dlogits, dweights, probs, lse, expert_idx, aux_grad, z_scale, n, e, k, ScoringOf(scoring), logits, tile.pitch);
   MOE_CUDA_LAUNCH_CHECK();
 }
 

@@ -10,6 +10,7 @@
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/expert_layout.h"
 #include "kernels/cuda/matmul.h"
+#include "kernels/cuda/router_product.h"
 #include "worker/model/cuda/host_waits.h"
 
 namespace moe {
@@ -262,8 +263,14 @@ void CudaMoeLayer::ReserveSaved() {
 void CudaMoeLayer::Route(const float* m, const BlockTensors& w, int n, const BatchContext& ctx, bool rerun) {
   const int D = shape_.d, E = shape_.experts, k = shape_.top_k;
   cudaStream_t stream = ctx_->stream;
-  // fp32 router product, softmax, top-k, renormalised weights; the plan (capacity).
-  ctx_->Linear(a_->router_logits, m, w.router, n, D, E, /*fp32=*/true);
+  // fp32 router product, softmax, top-k, renormalised weights; the plan (capacity). The product
+  // of a narrow router by RouterProduct (kernels/cuda/router_product.h says what was measured),
+  // wider ones through cuBLAS.
+  if (E <= cuda::kRouterProductMaxExperts) {
+    cuda::RouterProduct(a_->router_logits, m, w.router, n, D, E, stream);
+  } else {
+    ctx_->Linear(a_->router_logits, m, w.router, n, D, E, /*fp32=*/true);
+  }
   cuda::RouterForward(a_->probs, a_->router_lse, a_->expert_idx, a_->weights, a_->router_logits, n, E, k,
                       RouterScoringOf(cfg_, bias_), stream);
   // Expert dropout: the same draws as the CPU's (moe_bookkeeping.h), in training only.
