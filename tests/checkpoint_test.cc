@@ -197,6 +197,10 @@ TEST_F(CheckpointTest, SafetensorsRejectsBadFiles) {
 }
 
 TEST_F(CheckpointTest, KeepsNewestN) {
+  // What a writer killed while deleting an old checkpoint leaves: a step folder without its
+  // manifest, older than every kept one. The rotation sweeps it too.
+  fs::create_directories(dir_ + "/step_00000000");
+  ASSERT_TRUE(WriteFileAtomic(dir_ + "/step_00000000/model.safetensors", "half deleted").ok());
   for (int step = 1; step <= 5; ++step) ASSERT_TRUE(WriteCheckpoint(dir_, MakeCheckpoint(step), 2).ok());
   EXPECT_THAT(Entries(dir_), ::testing::ElementsAre("step_00000004", "step_00000005"));
   // Rewriting an existing step (a rerun after a restart) replaces it.

@@ -197,6 +197,15 @@ absl::Status CheckpointWriter::Finish() {
             absl::StrCat("cannot delete old checkpoint ", complete[i].second, ": ", ec.message()));
       }
     }
+    // A step folder older than every kept one that is not complete: a deletion a killed run left
+    // half done (or one damaged since). Nothing resumes from it, and no rotation would see it.
+    if (!complete.empty()) {
+      const int64_t oldest_kept = complete[std::min(complete.size(), static_cast<size_t>(s.keep)) - 1].first;
+      for (const fs::directory_entry& e : fs::directory_iterator(s.dir, ec)) {
+        const int64_t step = ParseStepDirName(e.path().filename().string());
+        if (step >= 0 && step < oldest_kept && e.is_directory(ec)) fs::remove_all(e.path(), ec);
+      }
+    }
   }
   RemoveDeadTempDirs(s.dir);
   return absl::OkStatus();
