@@ -442,19 +442,20 @@ ParsedSpec TooLarge(const std::string& file, uintmax_t bytes) {
                                   kMaxJobFileBytes, ")"));
 }
 
-// The paths a job reads and writes, by the rule moed and the worker apply (common/path_policy.h:
-// no system directories, or only the directories MOE_DATA_ROOTS / MOE_CHECKPOINT_ROOTS name when
-// set), so that what validate passes is not refused at submit or when the worker starts.
-std::vector<SpecError> PathErrors(const moe::v1::JobSpec& spec) {
+// The paths a job reads and writes, by the rule the worker applies (common/path_policy.h: no
+// system directories, or only the directories MOE_DATA_ROOTS / MOE_CHECKPOINT_ROOTS name when
+// set): a warning, since moed (its own --data-root / --checkpoint-root, perhaps on another
+// machine) is what decides at submit; here it says early what a moed without roots refuses.
+std::vector<SpecError> PathWarnings(const moe::v1::JobSpec& spec) {
   const absl::Status st = CheckSpecPaths(PathPolicy::FromEnvironment(), spec);
   if (st.ok()) return {};
   // The message starts with the field ("data.path: ...", "model.init_from holds: ...").
-  std::string message(st.message());
-  const size_t end = message.find_first_of(" :");
+  const std::string message(st.message());
   SpecError e;
-  e.field = message.substr(0, end);
-  if (const size_t colon = message.find(": "); colon != std::string::npos) message = message.substr(colon + 2);
-  e.message = std::move(message);
+  e.field = message.substr(0, message.find_first_of(" :"));
+  const std::string prefix = e.field + ": ";
+  e.message = absl::StartsWith(message, prefix) ? message.substr(prefix.size()) : message;
+  absl::StrAppend(&e.message, "; moed refuses it at submit unless its --data-root / --checkpoint-root allow it");
   return {std::move(e)};
 }
 
@@ -556,9 +557,9 @@ ParsedSpec ParseChecked(const std::string& yaml_text, const std::string& file_na
   };
   out.errors = std::move(reader.errors);
   place(job_spec_internal::CheckJobSpec(out.spec, reader.bad), &out.errors);
-  if (out.errors.empty()) place(PathErrors(out.spec), &out.errors);
   if (out.errors.empty()) {
     std::vector<SpecError> warnings = job_spec_internal::AdviseJobSpec(out.spec);
+    for (SpecError& w : PathWarnings(out.spec)) warnings.push_back(std::move(w));
     for (SpecError& w : job_spec_internal::UnreadKeyWarnings(out.spec, reader.present)) warnings.push_back(std::move(w));
     place(std::move(warnings), &out.warnings);
   }
