@@ -48,11 +48,15 @@ bool SharedWithAnotherJob(const std::vector<JobRecord>& jobs, const std::string&
 }
 // Whether a checkpoint directory has nothing to keep: missing, empty, or only the job's
 // .moe-owner marker (a job that ended before its first checkpoint).
+// A directory that cannot be looked at holds something, as far as this knows.
 bool HoldsNoCheckpoints(const fs::path& ckpt) {
   std::error_code ec;
-  if (!fs::exists(ckpt, ec)) return true;
-  for (const fs::directory_entry& e : fs::directory_iterator(ckpt, ec)) {
-    if (e.path().filename() != ".moe-owner") return false;
+  const fs::file_status st = fs::symlink_status(ckpt, ec);
+  if (ec) return ec == std::errc::no_such_file_or_directory;
+  if (!fs::is_directory(st)) return false;
+  fs::directory_iterator it(ckpt, ec), end;
+  for (; !ec && it != end; it.increment(ec)) {
+    if (it->path().filename() != ".moe-owner") return false;
   }
   return !ec;
 }
@@ -133,7 +137,7 @@ absl::StatusOr<moe::v1::DeleteJobResponse> DeleteFinishedJob(JobStore& store,
   std::error_code ec;
   if (!job_dir.empty() && Within(job_dir, jobs_root) && fs::is_directory(job_dir, ec)) {
     const bool ckpt_inside = !ckpt.empty() && Within(ckpt, job_dir);
-    if (remove_ckpt || !ckpt_inside || HoldsNoCheckpoints(ckpt)) {
+    if (remove_ckpt || !ckpt_inside || (!shared && HoldsNoCheckpoints(ckpt))) {
       RemoveAll(job_dir, &out);
     } else {
       // Keep the checkpoints: remove every entry of the job folder that does not hold them.
@@ -182,9 +186,11 @@ absl::StatusOr<moe::v1::PruneJobsResponse> PruneJobs(JobStore& store, const std:
       const fs::path job_dir = j.state_dir(), ckpt = r.checkpoint_dir;
       const bool own_folder = !ckpt.empty() && !job_dir.empty() && Within(ckpt, job_dir);
       if (!job_dir.empty() && Within(job_dir, jobs_root) && fs::exists(job_dir, ec)) {
-        if (own_folder && !request.checkpoints() && !HoldsNoCheckpoints(ckpt)) {
+        const bool shared = SharedWithAnotherJob(*jobs, j.id(), r.checkpoint_dir);
+        // DeleteFinishedJob's rule: a shared one stays; else its own stay without --checkpoints.
+        if (own_folder && (shared || (!request.checkpoints() && !HoldsNoCheckpoints(ckpt)))) {
           d->add_removed_paths(absl::StrCat(job_dir.string(), " (all but its checkpoints)"));
-          d->add_kept_paths(ckpt.string());
+          d->add_kept_paths(KeptCheckpoints(ckpt, shared));
         } else {
           d->add_removed_paths(job_dir.string());
         }
