@@ -23,14 +23,23 @@ std::string LastStderrMessage(const std::string& path) {
       message.push_back(text);
     }
   }
-  // The error's head names what failed; lines past kMessageLines are more of its details (one per
-  // tensor that does not fit, ...): counted, with the file that has them all.
-  const size_t more = message.size() > kMessageLines ? message.size() - kMessageLines : 0;
-  if (more > 0) message.resize(kMessageLines);
-  if (!message.empty()) last = absl::StrJoin(message, " | ");
-  if (last.size() > kMaxChars) last = last.substr(0, kMaxChars) + "...";
-  if (more > 0) absl::StrAppend(&last, " (", more, " more line", more == 1 ? "" : "s", " in ", path, ")");
-  return last;
+  // A long one keeps its head (what failed, the first details) and its last line (what ended
+  // it, should the head be a line the worker went on after), the lines between counted.
+  std::string skipped;
+  if (message.size() > kMessageLines) {
+    const size_t more = message.size() - kMessageLines;
+    skipped = absl::StrCat("(", more, " more line", more == 1 ? "" : "s", " in ", path, ")");
+    message.erase(message.begin() + (kMessageLines - 1), message.end() - 1);
+  }
+  if (!message.empty()) {
+    const std::string tail = message.size() > 1 && !skipped.empty() ? message.back() : "";
+    if (!tail.empty()) message.pop_back();
+    last = absl::StrJoin(message, " | ");
+    if (last.size() > kMaxChars) last = last.substr(0, kMaxChars) + "...";
+    if (!tail.empty()) absl::StrAppend(&last, " | ", skipped, " | ", tail.substr(0, kMaxChars));
+    return last;
+  }
+  return last.size() > kMaxChars ? last.substr(0, kMaxChars) + "..." : last;
 }
 
 }  // namespace moe::daemon

@@ -38,9 +38,9 @@ inline std::string AttemptDir(const std::string& job_dir, int attempt) {
 }
 
 // What a rank's stderr file says last, for a failed job's reason (either launcher): its last
-// line, or a worker's own failure ("moe-worker rank N: ...") with up to 11 lines after it (a list
-// of problems; past those, how many more and the file) joined by " | "; at most 500 characters of
-// lines; "" for an empty or unreadable file.
+// line, or a worker's own failure ("moe-worker rank N: ...") with the lines after it (a list of
+// problems) joined by " | ": past 12 lines, the first 11, how many more and the file, and the
+// last; at most about 500 characters of lines; "" for an empty or unreadable file.
 std::string LastStderrMessage(const std::string& path);
 
 // What the launcher reports about a launched attempt.
