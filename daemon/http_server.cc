@@ -81,7 +81,7 @@ absl::StatusOr<std::string> ListeningPorts(const std::string& listen) {
   addrinfo* found = nullptr;
   if (const int rc = getaddrinfo(host.c_str(), nullptr, &hints, &found); rc != 0 || found == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "--metrics-listen: host '", host, "' has no IPv4 address (", gai_strerror(rc),
+        "--metrics-listen: host '", host, "' has no IPv4 address (", rc != 0 ? gai_strerror(rc) : "none found",
         "); give an address of this machine, e.g. 127.0.0.1:", port, " or 0.0.0.0:", port));
   }
   char text[INET_ADDRSTRLEN] = {};

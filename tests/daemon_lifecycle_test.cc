@@ -2,6 +2,7 @@
 // directory that one already uses, a cancel that reaches a job as it finishes, and a moed slow to
 // accept a connection.
 #include <arpa/inet.h>
+#include <civetweb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -80,8 +81,8 @@ TEST(DaemonLifecycle, AMetricsAddressItCannotServeIsNamed) {
     std::vector<std::string> args = {BinDir() + "/moed", "--state-dir", MakeTempDir("moed-http-"), "--listen",
                                      absl::StrCat("127.0.0.1:", FreePort()), "--metrics-listen", listen};
     if (geteuid() == 0) args.push_back("--allow-root");
+    if (want == "IPv6" && mg_check_feature(8) != 0) continue;  // a civetweb built with IPv6 serves it
     CommandResult r = RunCommand(args, {}, 20);
-    if (want == "IPv6" && r.exit_code == 0) continue;  // a civetweb built with IPv6 serves it
     EXPECT_EQ(r.exit_code, 2) << listen << ": " << r.err;
     EXPECT_THAT(r.err, HasSubstr(want)) << r.err;
     EXPECT_THAT(r.err, HasSubstr("127.0.0.1:9464")) << r.err;
