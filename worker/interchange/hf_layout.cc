@@ -80,11 +80,14 @@ std::vector<std::string> HfUnrepresentable(const moe::v1::JobSpec& spec) {
   std::vector<std::string> out;
   if (m.attention().gate()) out.push_back("model.attention.gate (gated attention)");
   if (e.activation() == moe::v1::ACTIVATION_RELU2 || e.activation() == moe::v1::ACTIVATION_GELU) {
-    out.push_back("model.moe.activation (relu2 / gelu experts; the architectures are SwiGLU)");
+    out.push_back(absl::StrCat("model.moe.activation: ", e.activation() == moe::v1::ACTIVATION_RELU2 ? "relu2" : "gelu",
+                               " (the architectures are SwiGLU)"));
   }
   if (e.shared_experts() > 0) out.push_back("model.moe.shared_experts (no gate on the shared expert)");
   if (e.router_score() == moe::v1::SCORE_SIGMOID) out.push_back("model.moe.router_score: sigmoid");
-  if (e.router_temperature() > 0 && e.router_temperature() != 1) out.push_back("model.moe.router_temperature");
+  if (e.router_temperature() > 0 && e.router_temperature() != 1) {
+    out.push_back(absl::StrCat("model.moe.router_temperature: ", e.router_temperature()));
+  }
   if (e.bias_update_rate() > 0) out.push_back("model.moe.bias_update_rate (router biases)");
   return out;
 }
