@@ -105,7 +105,8 @@ bool SameDirectory(const std::string& a, const std::string& b) {
     return p.has_filename() ? p : p.parent_path();
   };
   const fs::path ra = resolve(a, ec_a), rb = resolve(b, ec_b);
-  return !ec_a && !ec_b && ra == rb;
+  if (ec_a || ec_b) return a == b;  // unresolvable: only the same spelling
+  return ra == rb;
 }
 
 int WildcardDirectories(std::string_view pattern) {

@@ -20,7 +20,7 @@ absl::Status MakeDirs(const std::string& path);
 
 // Whether two paths name the same directory, once symbolic links, "." and ".." are resolved and a
 // trailing "/" dropped ("d", "d/", "./d/." and a link to d agree). Neither has to exist yet; two
-// empty paths or a path that cannot be resolved never match.
+// empty paths never match, and paths that cannot be resolved only when spelled the same.
 bool SameDirectory(const std::string& a, const std::string& b);
 
 // How many directory components of a glob pattern hold a wildcard (* ? [), the file name not

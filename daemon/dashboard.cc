@@ -135,7 +135,7 @@ std::string Dashboard::JobsPage() {
         "</td><td class=\"state-", state, "\">", state, "</td><td>", Progress(j), "</td><td>",
         j.has_latest() ? Fixed(j.latest().loss(), 4) : "-", "</td><td>",
         j.best_val_loss() > 0 ? Fixed(j.best_val_loss(), 4) : "-", "</td><td>",
-        j.has_latest() ? absl::StrFormat("%.0f", j.latest().tokens_per_s()) : "-", "</td><td>",
+        j.has_latest() ? Fixed(j.latest().tokens_per_s(), 0) : "-", "</td><td>",
         j.state() == moe::v1::JOB_STATE_RUNNING ? FormatDuration(SecondsLeft(j)) : "-",
         "</td><td>", j.restarts(), "</td><td>", FormatTime(j.created_unix_ms()),
         "</td><td class=\"reason\" title=\"", XmlEscape(j.reason()), "\">", XmlEscape(j.reason()),
@@ -166,7 +166,7 @@ absl::StatusOr<std::string> Dashboard::JobPage(const std::string& id) {
     const moe::v1::MetricPoint& p = j.latest();
     absl::StrAppend(&body, "<tr><th>loss</th><td>", Fixed(p.loss(), 4),
                     j.best_val_loss() > 0 ? absl::StrCat(" (best val ", Fixed(j.best_val_loss(), 4), ")") : "",
-                    "</td></tr><tr><th>tokens/s</th><td>", absl::StrFormat("%.0f", p.tokens_per_s()),
+                    "</td></tr><tr><th>tokens/s</th><td>", Fixed(p.tokens_per_s(), 0),
                     "</td></tr>");
   }
   if (live) {

@@ -218,7 +218,8 @@ std::string PrometheusExporter::Render() {
       {"moe_job_mfu_ratio", "Model FLOPs utilization at the latest logged step (0..1).",
        [](const Job& j, const Totals&, double* v) {
          *v = j.latest().mfu();
-         return j.has_latest() && j.latest().mfu() > 0;  // CPU ranks report none (no peak to divide by)
+         // CPU ranks report none (no peak to divide by).
+         return j.has_latest() && j.spec().resources().device() == moe::v1::DEVICE_CUDA;
        }},
       {"moe_job_step_duration_seconds", "Wall time of the latest logged step.",
        [](const Job& j, const Totals&, double* v) {

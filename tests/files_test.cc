@@ -47,9 +47,6 @@ TEST(ReadFile, AReadErrorIsAStatusNotAnException) {
   EXPECT_THAT(std::string(got.status().message()), HasSubstr("cannot read /proc/self/mem"));
 }
 
-// moed lists a job's processes by reading every /proc/PID/stat while processes come and go. The
-// session listed is a child's own (setsid), as moed's ranks are: this process's session leader may
-// live outside a container's PID namespace, where getsid() gives 0.
 TEST(SameDirectory, ComparesResolvedPathsNotStrings) {
   const std::string dir = testing::MakeTempDir("moe-same-dir-");
   ASSERT_TRUE(MakeDirs(dir + "/real").ok());
@@ -65,6 +62,9 @@ TEST(SameDirectory, ComparesResolvedPathsNotStrings) {
   std::filesystem::remove_all(dir);
 }
 
+// moed lists a job's processes by reading every /proc/PID/stat while processes come and go. The
+// session listed is a child's own (setsid), as moed's ranks are: this process's session leader may
+// live outside a container's PID namespace, where getsid() gives 0.
 TEST(LocalLauncher, ListingSessionsWhileProcessesExitNeverThrows) {
   int ready[2];
   ASSERT_EQ(pipe(ready), 0);
