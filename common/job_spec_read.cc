@@ -20,10 +20,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/files.h"
-#include "common/path_policy.h"
 #include "common/job_spec.h"
 #include "common/job_spec_internal.h"
 #include "common/nearest_name.h"
+#include "common/path_policy.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
 #include "yaml-cpp/depthguard.h"
@@ -61,9 +61,10 @@ Pos PosOf(const YAML::Mark& mark) {
   return {mark.line + 1, mark.column + 1};
 }
 
+constexpr absl::string_view kCoreTag = "tag:yaml.org,2002:";
+
 // An unquoted scalar, or one with an explicit non-string core tag (`!!int 10`): a value that
 // may be read as a number or a boolean. Quoted scalars (tag "!") and `!!str` are strings.
-constexpr absl::string_view kCoreTag = "tag:yaml.org,2002:";
 bool IsPlain(const YAML::Node& node) {
   if (!node.IsScalar()) return false;
   const std::string& tag = node.Tag();
