@@ -83,7 +83,7 @@ int RunMetrics(const MetricsOptions& o) {
       }
     }
     std::printf("%s", CsvLine(header).c_str());
-    auto num = [](double v) { return std::isnan(v) ? std::string("nan") : absl::StrFormat("%.6g", v); };
+    auto num = [](double v) { return Significant(v, 6); };
     for (const auto& [step, m] : by_step) {
       std::vector<std::string> row = {
           std::to_string(step), num(m.loss()), m.has_val_loss() ? num(m.val_loss()) : "",

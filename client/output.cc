@@ -1,8 +1,6 @@
 // JSON and CSV of jobs and metric points, written from the protos field by field.
 #include "client/output.h"
 
-#include <cmath>
-
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "client/connection.h"
@@ -10,7 +8,7 @@
 namespace moe::client {
 namespace {
 
-std::string Num(double v) { return std::isnan(v) ? "nan" : absl::StrFormat("%.9g", v); }
+std::string Num(double v) { return Significant(v, 9); }
 
 }  // namespace
 

@@ -30,7 +30,5 @@ std::string CsvLine(const std::vector<std::string>& fields);
 
 // At most width characters, "..." at the end when cut (long reasons in tables).
 std::string Clip(const std::string& text, size_t width);
-// Fixed(v, decimals): common/number_text.h.
-using moe::Fixed;
 
 }  // namespace moe::client

@@ -11,4 +11,9 @@ std::string Fixed(double v, int decimals) {
   return absl::StrFormat("%.*f", decimals, v);
 }
 
+std::string Significant(double v, int digits) {
+  if (std::isnan(v)) return "nan";
+  return absl::StrFormat("%.*g", digits, v);
+}
+
 }  // namespace moe

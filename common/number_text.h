@@ -8,5 +8,7 @@ namespace moe {
 
 // v with `decimals` digits after the point.
 std::string Fixed(double v, int decimals);
+// v with at most `digits` significant digits (printf's %g: 0.001, 1.5e+06).
+std::string Significant(double v, int digits);
 
 }  // namespace moe

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "client/output.h"
+#include "common/number_text.h"
 #include "gtest/gtest.h"
 #include "worker/model/train_model.h"
 #include "worker/train/step_metrics.h"
@@ -158,9 +159,11 @@ TEST(StepMetricsTest, ExpertOptionsMetricsAreApartFromCapacityDrops) {
 // NaN a sum of infinities gives), and a number as before.
 TEST(StepMetricsTest, TablesAndCsvSayNanForALossThatIsNoNumber) {
   const double nan = -std::numeric_limits<double>::quiet_NaN();
-  EXPECT_EQ(client::Fixed(nan, 4), "nan");
-  EXPECT_EQ(client::Fixed(2.5, 4), "2.5000");
-  EXPECT_EQ(client::Fixed(std::numeric_limits<double>::infinity(), 2), "inf");
+  EXPECT_EQ(Fixed(nan, 4), "nan");
+  EXPECT_EQ(Fixed(2.5, 4), "2.5000");
+  EXPECT_EQ(Fixed(std::numeric_limits<double>::infinity(), 2), "inf");
+  EXPECT_EQ(Significant(nan, 6), "nan");
+  EXPECT_EQ(Significant(0.00125, 6), "0.00125");
   moe::v1::Job job;
   job.set_id("j-000001");
   job.mutable_latest()->set_step(3);
