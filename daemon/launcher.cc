@@ -25,21 +25,16 @@ std::string LastStderrMessage(const std::string& path) {
   }
   // A long one keeps its head (what failed, the first details) and its last line (what ended
   // it, should the head be a line the worker went on after), the lines between counted.
-  std::string skipped;
+  std::string tail;
   if (message.size() > kMessageLines) {
     const size_t more = message.size() - kMessageLines;
-    skipped = absl::StrCat("(", more, " more line", more == 1 ? "" : "s", " in ", path, ")");
-    message.erase(message.begin() + (kMessageLines - 1), message.end() - 1);
+    tail = absl::StrCat(" | (", more, " more line", more == 1 ? "" : "s", " in ", path, ") | ",
+                        message.back().substr(0, kMaxChars));
+    message.resize(kMessageLines - 1);
   }
-  if (!message.empty()) {
-    const std::string tail = message.size() > 1 && !skipped.empty() ? message.back() : "";
-    if (!tail.empty()) message.pop_back();
-    last = absl::StrJoin(message, " | ");
-    if (last.size() > kMaxChars) last = last.substr(0, kMaxChars) + "...";
-    if (!tail.empty()) absl::StrAppend(&last, " | ", skipped, " | ", tail.substr(0, kMaxChars));
-    return last;
-  }
-  return last.size() > kMaxChars ? last.substr(0, kMaxChars) + "..." : last;
+  if (!message.empty()) last = absl::StrJoin(message, " | ");
+  if (last.size() > kMaxChars) last = last.substr(0, kMaxChars) + "...";
+  return last + tail;
 }
 
 }  // namespace moe::daemon
