@@ -60,6 +60,11 @@ bool HoldsNoCheckpoints(const fs::path& ckpt) {
   }
   return !ec;
 }
+// Whether deleting a job keeps the checkpoints folder inside its job folder (the rest goes): one
+// another job names always; its own without --checkpoints, when there is a checkpoint to keep.
+bool KeepsCheckpointsInFolder(const fs::path& ckpt, bool shared, bool checkpoints) {
+  return shared || (!checkpoints && !HoldsNoCheckpoints(ckpt));
+}
 std::string KeptCheckpoints(const fs::path& ckpt, bool shared) {
   return shared ? absl::StrCat(ckpt.string(), " (shared with another job)") : ckpt.string();
 }
@@ -137,7 +142,7 @@ absl::StatusOr<moe::v1::DeleteJobResponse> DeleteFinishedJob(JobStore& store,
   std::error_code ec;
   if (!job_dir.empty() && Within(job_dir, jobs_root) && fs::is_directory(job_dir, ec)) {
     const bool ckpt_inside = !ckpt.empty() && Within(ckpt, job_dir);
-    if (remove_ckpt || !ckpt_inside || (!shared && HoldsNoCheckpoints(ckpt))) {
+    if (!ckpt_inside || !KeepsCheckpointsInFolder(ckpt, shared, checkpoints)) {
       RemoveAll(job_dir, &out);
     } else {
       // Keep the checkpoints: remove every entry of the job folder that does not hold them.
@@ -187,8 +192,7 @@ absl::StatusOr<moe::v1::PruneJobsResponse> PruneJobs(JobStore& store, const std:
       const bool own_folder = !ckpt.empty() && !job_dir.empty() && Within(ckpt, job_dir);
       if (!job_dir.empty() && Within(job_dir, jobs_root) && fs::exists(job_dir, ec)) {
         const bool shared = SharedWithAnotherJob(*jobs, j.id(), r.checkpoint_dir);
-        // DeleteFinishedJob's rule: a shared one stays; else its own stay without --checkpoints.
-        if (own_folder && (shared || (!request.checkpoints() && !HoldsNoCheckpoints(ckpt)))) {
+        if (own_folder && KeepsCheckpointsInFolder(ckpt, shared, request.checkpoints())) {
           d->add_removed_paths(absl::StrCat(job_dir.string(), " (all but its checkpoints)"));
           d->add_kept_paths(KeptCheckpoints(ckpt, shared));
         } else {
