@@ -51,6 +51,7 @@ grpc::Status JobServiceImpl::Get(const grpc::ServerContextBase& context,
   absl::StatusOr<JobRecord> rec = store_->GetJob(request.id());
   if (!rec.ok()) return ToGrpcStatus(rec.status());
   *response = rec->job;
+  scheduler_->ShowUnstored(response);
   launchers_.For(response->spec())->Describe(rec->launch_handle, response);
   return grpc::Status::OK;
 }
@@ -63,6 +64,7 @@ grpc::Status JobServiceImpl::List(const grpc::ServerContextBase& context,
   for (JobRecord& r : *jobs) {
     moe::v1::Job* job = response->add_jobs();
     *job = std::move(r.job);
+    scheduler_->ShowUnstored(job);
     launchers_.For(job->spec())->Describe(r.launch_handle, job);
   }
   return grpc::Status::OK;

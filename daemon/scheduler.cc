@@ -221,7 +221,39 @@ bool Scheduler::SetState(JobRecord& rec, JobState state, const std::string& reas
 }
 
 void Scheduler::Store(Active& a, JobState state, const std::string& reason) {
-  a.unstored = !SetState(a.rec, state, reason);
+  ApplyState(a.rec, state, reason);
+  absl::Status s = store_->UpdateJob(a.rec);
+  a.unstored = !s.ok();
+  a.store_error = std::string(s.message());
+  if (!s.ok()) {
+    LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": cannot store state ", StateName(state), ": ",
+                           s.message(), "; retrying"));
+  }
+}
+
+void Scheduler::ShowUnstored(moe::v1::Job* job) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = active_.find(job->id());
+  if (it == active_.end()) return;
+  const Active& a = it->second;
+  std::string note;
+  if (a.unstored) {
+    // The stored state stays what is shown (a moed killed now recovers from it); the one moed
+    // holds is said beside it.
+    const std::string held = a.rec.job.reason().empty()
+                                 ? std::string(StateName(a.rec.job.state()))
+                                 : absl::StrCat(StateName(a.rec.job.state()), ": ", a.rec.job.reason());
+    note = absl::StrCat("moed holds this job as ", held, " but could not store that yet (", a.store_error,
+                        "); it retries every tick");
+  } else if (!a.ingest_error.empty() || !a.spill_error.empty()) {
+    note = absl::StrCat("moed cannot store the job's ",
+                        a.ingest_error.empty() ? "metric points" : "log lines", " (",
+                        a.ingest_error.empty() ? a.spill_error : a.ingest_error,
+                        "); they wait in the ranks' output, the job's end is recorded after them, and moed "
+                        "retries every tick (free space in the state directory)");
+  }
+  if (note.empty()) return;
+  job->set_reason(job->reason().empty() ? note : absl::StrCat(job->reason(), "; ", note));
 }
 
 int Scheduler::UsedRanks() const {
@@ -542,6 +574,7 @@ void Scheduler::Tick() {
     if (a.unstored) {
       absl::Status s = store_->UpdateJob(a.rec);
       a.unstored = !s.ok();
+      a.store_error = std::string(s.message());
       if (s.ok()) {
         LogDaemon(absl::StrCat("job ", a.rec.job.id(), ": stored ", StateName(a.rec.job.state()),
                                " after an earlier failure"));

@@ -82,6 +82,10 @@ class Scheduler {
   void OnWorkerReport(const std::string& job_id, int attempt, int rank);
   // Whether moed reads this job's log lines from the ranks' output files itself.
   bool CapturesOutput(const std::string& job_id);
+  // An answer about a job (Get, List), as the store has it, told what moed holds when a write
+  // failed (a full disk): its reason adds the state moed could not store yet, or why the job's
+  // end waits (its log lines or metric points not stored). The state stays the stored one.
+  void ShowUnstored(moe::v1::Job* job);
 
   int max_ranks() const { return options_.max_ranks; }
   // OK, or RESOURCE_EXHAUSTED saying how much the state directory has free against the floor
@@ -110,6 +114,7 @@ class Scheduler {
     // is not stored yet stays here (finished), so the store never shows it ended before it did
     // and never shows a state it did not reach.
     bool unstored = false;
+    std::string store_error;  // why, while unstored
     bool finished = false;
     Clock::time_point launch_not_before;  // after a launch that could not be recorded
   };

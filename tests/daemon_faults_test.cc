@@ -217,6 +217,13 @@ TEST_F(DaemonFaults, RefusedEndsAreRetriedAndNeverShownAsSuccess) {
   Refuse({moe::v1::JOB_STATE_SUCCEEDED});
   launcher_.Exit(0);
   ExpectHeld(id, moe::v1::JOB_STATE_STARTING);
+  // What moectl status is answered meanwhile: the stored state, and why it is behind.
+  moe::v1::Job shown = store_->GetJob(id)->job;
+  scheduler_->ShowUnstored(&shown);
+  EXPECT_EQ(shown.state(), moe::v1::JOB_STATE_STARTING);
+  EXPECT_TRUE(absl::StrContains(shown.reason(), "moed holds this job as SUCCEEDED but could not store that yet "
+                                                "(injected: database or disk is full)"))
+      << shown.reason();
   Refuse({});
   EXPECT_EQ(WaitStored(id, moe::v1::JOB_STATE_SUCCEEDED), moe::v1::JOB_STATE_SUCCEEDED);
 
@@ -226,9 +233,16 @@ TEST_F(DaemonFaults, RefusedEndsAreRetriedAndNeverShownAsSuccess) {
   Refuse({moe::v1::JOB_STATE_FAILED});
   launcher_.Exit(3);
   ExpectHeld(id, moe::v1::JOB_STATE_STARTING);
+  shown = store_->GetJob(id)->job;
+  scheduler_->ShowUnstored(&shown);
+  EXPECT_TRUE(absl::StrContains(shown.reason(), "moed holds this job as FAILED: exited with code 3 but could not"))
+      << shown.reason();
   Refuse({});
   EXPECT_EQ(WaitStored(id, moe::v1::JOB_STATE_FAILED), moe::v1::JOB_STATE_FAILED);
   EXPECT_EQ(store_->GetJob(id)->job.reason(), "exited with code 3");
+  shown = store_->GetJob(id)->job;
+  scheduler_->ShowUnstored(&shown);  // stored and gone from the active set: nothing to add
+  EXPECT_EQ(shown.reason(), "exited with code 3");
 }
 
 TEST_F(DaemonFaults, RefusedRunningAndRestartingAreRetried) {
@@ -286,6 +300,11 @@ TEST_F(DaemonFaults, RefusedLogLinesAreRetriedAndSaidOnceInMoedsLog) {
   const std::string id = Submit();
   ASSERT_EQ(WaitStored(id, moe::v1::JOB_STATE_STARTING), moe::v1::JOB_STATE_STARTING);
   std::this_thread::sleep_for(milliseconds(500));  // some 50 ticks, each one refused
+  moe::v1::Job shown = store_->GetJob(id)->job;
+  scheduler_->ShowUnstored(&shown);
+  EXPECT_TRUE(absl::StrContains(shown.reason(), "moed cannot store the job's log lines (injected: database or "
+                                                "disk is full); they wait in the ranks' output"))
+      << shown.reason();
   RefuseLines(false);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (store_->ReadLogs(id, 0, 10)->size() < 2 && std::chrono::steady_clock::now() < deadline) {
