@@ -1,6 +1,10 @@
 // moectl's configuration, connection and error wording.
 #include "client/connection.h"
 
+#include <poll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -193,6 +197,17 @@ std::string StdoutError() {
   FlushStdout();
   if (stdout_errno != 0) return std::strerror(stdout_errno);
   return std::ferror(stdout) ? "a write failed" : "";
+}
+
+bool StdoutReaderGone() {
+  if (StdoutError().empty()) return false;
+  if (stdout_errno == EPIPE) return true;
+  // A failure in one of stdio's own flushes left no errno: a pipe or socket whose reader closed
+  // polls as an error on the writing end.
+  struct stat st;
+  if (fstat(STDOUT_FILENO, &st) != 0 || !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) return false;
+  struct pollfd p{STDOUT_FILENO, POLLOUT, 0};
+  return poll(&p, 1, 0) == 1 && (p.revents & POLLERR) != 0;
 }
 
 void ClearStdoutError() {

@@ -45,6 +45,9 @@ bool FlushStdout();
 // "" while everything written to stdout went out; else why not ("No space left on device", or
 // "a write failed" when stdio's own flush failed unseen).
 std::string StdoutError();
+// Whether stdout failed because its reader went away (`moectl logs -f | head -1`: a closed pipe;
+// moectl ignores SIGPIPE): not a failure of the command, so moectl stops quietly.
+bool StdoutReaderGone();
 // Forgets a failure already reported (StdoutError is "" again).
 void ClearStdoutError();
 

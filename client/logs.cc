@@ -47,6 +47,7 @@ int FollowLogs(const std::string& job_id, int rank, int64_t tail, bool follow) {
       // Following, each line goes out as it comes (a pipe or a file would otherwise hold it in
       // the buffer, and lose it if moectl is stopped); a reader gone (EPIPE) or a full disk ends it.
       if (follow && !FlushStdout()) {
+        if (StdoutReaderGone()) return 0;  // the reader has what it wanted (`| head`, `| grep -m1`)
         Fail(absl::StrCat("cannot write the logs: ", StdoutError()));
         ClearStdoutError();  // said once, here
         return 1;

@@ -2,6 +2,7 @@
 // options (client/commands.h) and runs the one command given; `moectl COMMAND --help` says more.
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
@@ -195,7 +196,7 @@ complete -o filenames -F _moectl moectl
 // submitted).
 int WithOutputChecked(int rc) {
   const std::string why = moe::client::StdoutError();
-  if (why.empty()) return rc;
+  if (why.empty() || moe::client::StdoutReaderGone()) return rc;
   if (rc == 0) {
     std::fprintf(stderr, "moectl: the command succeeded, but its output could not be written (%s): what it "
                  "printed is incomplete\n", why.c_str());
@@ -211,6 +212,9 @@ int main(int argc, char** argv) {
   // Into a file or pipe, output goes out in large blocks (the first failed write is then one the
   // commands' own flushes see, with its reason); a terminal keeps line buffering.
   if (!isatty(STDOUT_FILENO)) std::setvbuf(stdout, nullptr, _IOFBF, 1 << 20);
+  // A reader that closes the pipe (`| head -1`) makes writes fail with EPIPE, which the commands
+  // see, instead of killing moectl with a signal (exit 141, not one of moectl's codes).
+  std::signal(SIGPIPE, SIG_IGN);
   CLI::App app(
       "moectl: submit and watch Mixture-of-Experts training jobs on moed.\n"
       "server: --server, else MOE_SERVER, else `server:` in MOE_CONFIG or\n"

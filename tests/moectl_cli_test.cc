@@ -306,6 +306,13 @@ TEST(MoectlCli, FollowedLinesGoOutAtOnceAndUnwritableOutputFails) {
   std::ifstream in(file);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_GE(std::count(text.begin(), text.end(), '\n'), 5) << "logs -f wrote only: " << text;
+  // A reader that stops reading (`| head -n 1`): moectl stops quietly, exit 0 (SIGPIPE killed it:
+  // exit 141, which pipefail passes on).
+  CommandResult head = RunCommand({"/bin/bash", "-c", "set -o pipefail; " + moectl + " logs " + id + " -f | head -n 1"},
+                                  {{"MOE_SERVER", h.address()}, {"MOE_CONFIG", "/dev/null"}}, 30);
+  EXPECT_EQ(head.exit_code, 0) << head.err;
+  EXPECT_EQ(std::count(head.out.begin(), head.out.end(), '\n'), 1) << head.out;
+  EXPECT_EQ(head.err, "");
   struct stat st;
   if (stat("/dev/full", &st) == 0 && S_ISCHR(st.st_mode)) {
     CommandResult full = RunCommand({"/bin/sh", "-c", moectl + " list > /dev/full"},
