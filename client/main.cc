@@ -323,7 +323,14 @@ int main(int argc, char** argv) {
   metrics->add_option("JOB", metrics_o.id, "job id")->required()->check(JobId());
   AddOutput(metrics, &metrics_fmt, "-o,--output,--format");
   metrics->add_option("--svg", metrics_o.svg_file, "also write the charts to FILE (SVG)")
-      ->check(NotEmpty("a file name"));
+      ->check(NotEmpty("a file name"))
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            return text == "-" ? "is '-': the charts go to a file (stdout carries the table, JSON or CSV); "
+                                 "give a file name such as charts.svg"
+                               : "";
+          },
+          ""));
   metrics->callback([&] {
     metrics_o.output = Format(metrics_fmt);
     run = [&] { return moe::client::RunMetrics(metrics_o); };

@@ -42,7 +42,7 @@ int RunMetrics(const MetricsOptions& o) {
     for (const auto& [step, point] : by_step) points.push_back(point);
     const std::string svg =
         moe::charts::ChartsDocument(absl::StrCat(o.id, " metrics"), moe::charts::JobCharts(points));
-    if (absl::Status w = WriteFileAtomic(o.svg_file, svg); !w.ok()) {
+    if (absl::Status w = WriteUserFile(o.svg_file, svg); !w.ok()) {
       return Fail(absl::StrCat("cannot write ", o.svg_file, ": ", w.message()));
     }
     std::fprintf(stderr, "moectl: wrote %s (%zu points)\n", o.svg_file.c_str(), points.size());

@@ -4,11 +4,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <climits>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 
 namespace moe {
 namespace {
@@ -86,6 +88,39 @@ absl::Status WriteFileAtomic(const std::string& path, std::string_view contents)
     return st;
   }
   return SyncDir(std::filesystem::path(path).parent_path().string());
+}
+
+absl::Status WriteUserFile(const std::string& path, std::string_view contents) {
+  std::string target = path;
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+    // Through the link: the file it names gets the contents, the link stays.
+    char buf[PATH_MAX];
+    if (::realpath(path.c_str(), buf) == nullptr) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          path, " is a symbolic link to a file that does not exist or cannot be reached (",
+          std::strerror(errno), "); give a file path"));
+    }
+    target = buf;
+  }
+  if (::stat(target.c_str(), &st) == 0) {
+    if (!S_ISREG(st.st_mode)) {
+      const char* kind = S_ISDIR(st.st_mode)    ? "a directory"
+                         : S_ISCHR(st.st_mode)  ? "a character device"
+                         : S_ISBLK(st.st_mode)  ? "a block device"
+                         : S_ISFIFO(st.st_mode) ? "a named pipe"
+                         : S_ISSOCK(st.st_mode) ? "a socket"
+                                                : "not a regular file";
+      return absl::FailedPreconditionError(absl::StrCat(
+          path, " is ", kind, ", which moe does not replace; give a new file name or a regular file's"));
+    }
+    if ((st.st_mode & S_IWUSR) == 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          path, " is read-only (mode ", absl::StrFormat("%04o", st.st_mode & 07777),
+          "), which moe does not replace; give another name, or chmod u+w it first"));
+    }
+  }
+  return WriteFileAtomic(target, contents);
 }
 
 absl::Status MakeDirs(const std::string& path) {

@@ -13,6 +13,11 @@ namespace moe {
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 // Writes path.tmp.<pid>, fsyncs it, renames it over path and fsyncs the directory.
 absl::Status WriteFileAtomic(const std::string& path, std::string_view contents);
+// WriteFileAtomic for a path a user named (an output flag): a regular file is replaced, a
+// symbolic link has the file it names replaced (the link stays), a new name is created; anything
+// else (a directory, a device such as /dev/full, a pipe, a socket, a dangling link) and a
+// read-only file are refused with FailedPrecondition saying what the path is.
+absl::Status WriteUserFile(const std::string& path, std::string_view contents);
 // fsync a directory, so a rename inside it survives a crash.
 absl::Status SyncDir(const std::string& dir);
 // mkdir -p.

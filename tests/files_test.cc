@@ -2,6 +2,7 @@
 // exception (moed read /proc/PID/stat through a stream and aborted when the process exited between
 // the open and the read: libstdc++'s stream buffer throws ESRCH as std::ios_base::failure).
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -45,6 +46,37 @@ TEST(ReadFile, AReadErrorIsAStatusNotAnException) {
   absl::StatusOr<std::string> got = ReadFile("/proc/self/mem");
   ASSERT_FALSE(got.ok());
   EXPECT_THAT(std::string(got.status().message()), HasSubstr("cannot read /proc/self/mem"));
+}
+
+// A path a user names for output (moectl metrics --svg): a device, a pipe or a read-only file is
+// refused and left as it was; a symbolic link has its target written (before, each was replaced by
+// a rename: /dev/full became a regular file).
+TEST(WriteUserFile, ReplacesRegularFilesOnlyAndWritesThroughLinks) {
+  namespace fs = std::filesystem;
+  const std::string dir = testing::MakeTempDir("moe-userfile-");
+  ASSERT_TRUE(WriteUserFile(dir + "/new.svg", "a").ok());
+  ASSERT_TRUE(WriteUserFile(dir + "/new.svg", "b").ok());
+  EXPECT_EQ(*ReadFile(dir + "/new.svg"), "b");
+  fs::create_symlink("new.svg", dir + "/link.svg");
+  ASSERT_TRUE(WriteUserFile(dir + "/link.svg", "c").ok());
+  EXPECT_TRUE(fs::is_symlink(dir + "/link.svg"));
+  EXPECT_EQ(*ReadFile(dir + "/new.svg"), "c");
+  fs::create_symlink("missing/x.svg", dir + "/dangling.svg");
+  EXPECT_THAT(std::string(WriteUserFile(dir + "/dangling.svg", "d").message()), HasSubstr("symbolic link"));
+  ASSERT_EQ(::mkfifo((dir + "/fifo").c_str(), 0600), 0);
+  EXPECT_THAT(std::string(WriteUserFile(dir + "/fifo", "e").message()), HasSubstr("is a named pipe"));
+  EXPECT_TRUE(fs::is_fifo(dir + "/fifo"));
+  EXPECT_THAT(std::string(WriteUserFile(dir, "f").message()), HasSubstr("is a directory"));
+  if (fs::is_character_file("/dev/null")) {
+    EXPECT_THAT(std::string(WriteUserFile("/dev/null", "g").message()), HasSubstr("is a character device"));
+    EXPECT_TRUE(fs::is_character_file("/dev/null"));
+  }
+  fs::permissions(dir + "/new.svg", fs::perms::owner_read | fs::perms::group_read);
+  EXPECT_THAT(std::string(WriteUserFile(dir + "/new.svg", "h").message()), HasSubstr("is read-only (mode 0440)"));
+  EXPECT_EQ(*ReadFile(dir + "/new.svg"), "c");
+  for (const auto& e : fs::directory_iterator(dir)) {
+    EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos) << e.path();  // nothing half-written
+  }
 }
 
 TEST(SameDirectory, ComparesResolvedPathsNotStrings) {

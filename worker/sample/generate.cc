@@ -112,12 +112,12 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
   // The batch as int32 rows: b rows of T inputs, then b rows of T targets.
   std::string bytes(reinterpret_cast<const char*>(x.data()), x.size() * sizeof(int32_t));
   bytes.append(reinterpret_cast<const char*>(y.data()), y.size() * sizeof(int32_t));
-  if (absl::Status st = WriteFileAtomic(batch_out, bytes); !st.ok()) return st;
+  if (absl::Status st = WriteUserFile(batch_out, bytes); !st.ok()) return st;
   const int V = cfg.vocab;
   if (!extras.logits_out.empty()) {
     const std::vector<float>& logits = m->model->logits();
     std::string out(reinterpret_cast<const char*>(logits.data()), static_cast<size_t>(T) * V * sizeof(float));
-    if (absl::Status st = WriteFileAtomic(extras.logits_out, out); !st.ok()) return st;
+    if (absl::Status st = WriteUserFile(extras.logits_out, out); !st.ok()) return st;
   }
   if (extras.greedy_tokens > 0) {
     const int n = extras.greedy_tokens, P = std::min(32, T - n);
@@ -138,7 +138,7 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
       ids.push_back(static_cast<int32_t>(std::max_element(row, row + V) - row));
     }
     std::string out(reinterpret_cast<const char*>(ids.data()), ids.size() * sizeof(int32_t));
-    if (absl::Status st = WriteFileAtomic(extras.greedy_out, out); !st.ok()) return st;
+    if (absl::Status st = WriteUserFile(extras.greedy_out, out); !st.ok()) return st;
   }
   return ce;
 }
