@@ -3,6 +3,7 @@
 #include "worker/checkpoint/checkpoint.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -277,6 +278,33 @@ TEST_F(CheckpointTest, CorruptByteIsCaught) {
   auto foreign = ReadCheckpoint(ckpt);
   ASSERT_FALSE(foreign.ok());
   EXPECT_THAT(foreign.status().message(), HasSubstr("MANIFEST"));
+}
+
+// A checkpoint file that is a device or a pipe (a link to /dev/zero, a FIFO) is damage, said at
+// once; reading it never ended (/dev/zero) or blocked (a FIFO without writer), in export, sample
+// and resume alike. The newest checkpoint without it is the latest.
+TEST_F(CheckpointTest, AFileThatIsNoRegularFileIsDamageNotAHang) {
+  ASSERT_TRUE(WriteCheckpoint(dir_, MakeCheckpoint(1), 5).ok());
+  ASSERT_TRUE(WriteCheckpoint(dir_, MakeCheckpoint(2), 5).ok());
+  const std::string ckpt = dir_ + "/step_00000002";
+  fs::remove(ckpt + "/model.safetensors");
+  fs::create_symlink("/dev/zero", ckpt + "/model.safetensors");
+  auto r = ReadCheckpoint(ckpt);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(r.status().message(), HasSubstr("model.safetensors is a character device"));
+  EXPECT_EQ(*LatestCheckpoint(dir_), dir_ + "/step_00000001");
+  fs::remove(ckpt + "/model.safetensors");
+  ASSERT_EQ(::mkfifo((ckpt + "/model.safetensors").c_str(), 0600), 0);
+  r = ReadCheckpoint(ckpt);
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("model.safetensors is a named pipe"));
+  ASSERT_EQ(::mkfifo((dir_ + "/step_00000001/MANIFEST.fifo").c_str(), 0600), 0);
+  fs::rename(dir_ + "/step_00000001/MANIFEST", dir_ + "/step_00000001/MANIFEST.real");
+  fs::rename(dir_ + "/step_00000001/MANIFEST.fifo", dir_ + "/step_00000001/MANIFEST");
+  r = ReadCheckpoint(dir_ + "/step_00000001");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.status().message(), HasSubstr("MANIFEST is a named pipe"));
 }
 
 TEST_F(CheckpointTest, CheckCompatibleNamesTheMismatch) {

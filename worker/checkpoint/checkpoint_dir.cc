@@ -33,7 +33,22 @@ void Stage(absl::string_view stage) {
   if (g_test_hook) g_test_hook(std::string_view(stage.data(), stage.size()));
 }
 
+absl::Status CheckRegularFile(const std::string& path) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(path, ec);  // through symbolic links
+  if (ec || !fs::exists(st) || fs::is_regular_file(st)) return absl::OkStatus();  // the read says why
+  const char* kind = fs::is_directory(st)           ? "a directory"
+                     : fs::is_character_file(st)    ? "a character device"
+                     : fs::is_block_file(st)        ? "a block device"
+                     : fs::is_fifo(st)              ? "a named pipe"
+                     : fs::is_socket(st)            ? "a socket"
+                                                    : "not a regular file";
+  return absl::DataLossError(absl::StrCat(path, " is ", kind,
+                                          ", not a checkpoint file; the checkpoint is damaged, use an older one"));
+}
+
 absl::StatusOr<FileDigest> DigestFile(const std::string& path) {
+  if (absl::Status s = CheckRegularFile(path); !s.ok()) return s;
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
   Xxh64Hasher hasher;
@@ -64,6 +79,7 @@ int64_t ParseStepDirName(absl::string_view name) {
 
 absl::StatusOr<Manifest> ReadManifest(const std::string& ckpt_dir) {
   std::string path = absl::StrCat(ckpt_dir, "/", kManifest);
+  if (absl::Status s = CheckRegularFile(path); !s.ok()) return s;
   absl::StatusOr<std::string> text = ReadFile(path);
   if (!text.ok()) {
     return absl::DataLossError(absl::StrCat(

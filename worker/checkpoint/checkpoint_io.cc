@@ -220,6 +220,7 @@ absl::StatusOr<CheckpointReader> CheckpointReader::Open(const std::string& path)
   std::string meta_json;
   for (const ManifestEntry& e : manifest->files) {
     const std::string file = absl::StrCat(path, "/", e.name);
+    if (absl::Status s = checkpoint_dir::CheckRegularFile(file); !s.ok()) return s;
     std::error_code ec;
     const uintmax_t size = fs::file_size(file, ec);
     // A wrong size is damage, told before a byte is read (and again if it changed meanwhile).
