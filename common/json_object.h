@@ -13,6 +13,9 @@ namespace moe {
 // Parses a JSON document whose top level is an object into *out (numbers become doubles).
 // A syntax error is InvalidArgument "JSON error at byte N: <protobuf's reason>" (or with the
 // context around the failure when protobuf's report does not pin the byte).
+// Objects and arrays nested deeper than kMaxJsonDepth are InvalidArgument at the byte where the
+// nesting passes it (protobuf's parser slows with depth and stops near 40 levels).
+inline constexpr int kMaxJsonDepth = 32;
 absl::Status ParseJsonObject(std::string_view json, google::protobuf::Struct* out);
 
 }  // namespace moe
