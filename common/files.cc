@@ -1,6 +1,7 @@
 #include "common/files.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -121,6 +122,33 @@ absl::Status WriteUserFile(const std::string& path, std::string_view contents) {
     }
   }
   return WriteFileAtomic(target, contents);
+}
+
+absl::StatusOr<DirectoryLock> DirectoryLock::Take(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus("cannot open directory", dir);
+  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return DirectoryLock(fd);
+  const int err = errno;
+  ::close(fd);
+  if (err == EWOULDBLOCK) {
+    return absl::FailedPreconditionError(absl::StrCat(dir, " is locked by another process"));
+  }
+  if (err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS || err == EINVAL) return DirectoryLock(-1);
+  errno = err;
+  return ErrnoStatus("cannot lock directory", dir);
+}
+
+DirectoryLock& DirectoryLock::operator=(DirectoryLock&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = other.fd_;
+    other.fd_ = -1;
+  }
+  return *this;
+}
+
+DirectoryLock::~DirectoryLock() {
+  if (fd_ >= 0) ::close(fd_);  // the lock goes with the descriptor
 }
 
 absl::Status MakeDirs(const std::string& path) {

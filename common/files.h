@@ -18,6 +18,26 @@ absl::Status WriteFileAtomic(const std::string& path, std::string_view contents)
 // else (a directory, a device such as /dev/full, a pipe, a socket, a dangling link) and a
 // read-only file are refused with FailedPrecondition saying what the path is.
 absl::Status WriteUserFile(const std::string& path, std::string_view contents);
+// An exclusive flock on a directory, held while the object lives and dropped by the kernel when
+// the process dies (kill -9 included): one writer at a time, e.g. one run training into a
+// checkpoint directory. No file is created in it.
+class DirectoryLock {
+ public:
+  // FailedPrecondition when another process holds it; NotFound when dir does not exist. On a
+  // filesystem without flock (some NFS mounts) the result holds no lock and says so (held()).
+  static absl::StatusOr<DirectoryLock> Take(const std::string& dir);
+  DirectoryLock(DirectoryLock&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+  DirectoryLock& operator=(DirectoryLock&& other) noexcept;
+  DirectoryLock(const DirectoryLock&) = delete;
+  DirectoryLock& operator=(const DirectoryLock&) = delete;
+  ~DirectoryLock();
+  bool held() const { return fd_ >= 0; }
+
+ private:
+  explicit DirectoryLock(int fd) : fd_(fd) {}
+  int fd_ = -1;
+};
+
 // fsync a directory, so a rename inside it survives a crash.
 absl::Status SyncDir(const std::string& dir);
 // mkdir -p.

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "common/files.h"
 #include "gtest/gtest.h"
 #include "moe_version.h"
 #include "nlohmann/json.hpp"
@@ -220,6 +221,18 @@ TEST(MoeWorkerCli, NoCheckpointWritesNoneAndRefusesWhatNeedsOne) {
   CommandResult with = RunCommand({worker, "--job", job, "--max-steps", "2", "--threads", "1"}, {}, 120);
   ASSERT_EQ(with.exit_code, 0) << with.out << with.err;
   EXPECT_EQ(stat(ck.c_str(), &st), 0) << "the same run without the flag wrote no checkpoint";
+  {
+    // Another run training into the directory (here: this test holding its lock): refused at
+    // start, where both ran and one's checkpoints replaced the other's.
+    absl::StatusOr<moe::DirectoryLock> held = moe::DirectoryLock::Take(ck);
+    ASSERT_TRUE(held.ok()) << held.status();
+    CommandResult busy = RunCommand({worker, "--job", job, "--max-steps", "3", "--resume", "--threads", "1"}, {}, 120);
+    EXPECT_NE(busy.exit_code, 0) << busy.out << busy.err;
+    EXPECT_TRUE(absl::StrContains(busy.out + busy.err, "is in use: another run is training into it now"))
+        << busy.out << busy.err;
+  }
+  CommandResult resumed = RunCommand({worker, "--job", job, "--max-steps", "3", "--resume", "--threads", "1"}, {}, 120);
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.out << resumed.err;
   for (const std::vector<std::string>& bad :
        {std::vector<std::string>{worker, "--job", job, "--no-checkpoint", "--resume"},
         std::vector<std::string>{worker, "--job", job, "--no-checkpoint", "--checkpoint-dir", ck},

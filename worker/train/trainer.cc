@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/model_stats.h"
@@ -315,6 +316,7 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
   const auto& t = spec_.train();
   int64_t step = 0;
   if (absl::Status st = ClaimCheckpointDir(); !st.ok()) return st;
+  absl::Cleanup unlock = [this] { checkpoint_lock_.reset(); };  // the directory is free once Run ends
   bool resumed = false;
   if (opts_.resume && !opts_.checkpoint_dir.empty()) {
     absl::StatusOr<CheckpointReader> latest = NewestGoodCheckpointReader(

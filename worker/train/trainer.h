@@ -7,11 +7,13 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/files.h"
 #include "moe/v1/job.pb.h"
 #include "moe/v1/metrics.pb.h"
 #include "worker/parallel/comm.h"
@@ -70,7 +72,8 @@ class Trainer {
   // optimizer state stays fresh. Collective; every rank reads the files.
   absl::Status InitFrom(const std::string& dir);
   // Claims opts.checkpoint_dir for opts.checkpoint_owner (rank 0, agreed by all): refuses a
-  // directory another job owns, or one that is not empty and has no owner unless resuming.
+  // directory another run is training into (its lock, held until Run returns), one another
+  // job owns, or one that is not empty and has no owner unless resuming.
   absl::Status ClaimCheckpointDir();
 
   TrainModel& model() { return *model_; }  // the backend being trained
@@ -88,6 +91,8 @@ class Trainer {
   void UpdateBiases(StepMeasurements* m);
   void Log(const std::string& line);
   void Emit(const moe::v1::MetricPoint& point);
+  // Rank 0: creates opts_.checkpoint_dir and takes its lock; "" or what is wrong.
+  std::string LockCheckpointDir();
 
   moe::v1::JobSpec spec_;
   Communicator* comm_;
@@ -98,6 +103,7 @@ class Trainer {
   int micro_batch_ = 0;         // sequences per rank per micro-step
   double flops_per_token_ = 0;  // model FLOPs per token, for MFU
   std::vector<moe::v1::MetricPoint> history_;
+  std::optional<DirectoryLock> checkpoint_lock_;  // rank 0: opts_.checkpoint_dir's, while Run runs
 };
 
 }  // namespace moe

@@ -269,10 +269,30 @@ std::string Claim(const std::string& dir, const std::string& owner, bool resume)
 
 }  // namespace
 
+std::string Trainer::LockCheckpointDir() {
+  const std::string& dir = opts_.checkpoint_dir;
+  if (absl::Status st = MakeDirs(dir); !st.ok()) return std::string(st.message());
+  absl::StatusOr<DirectoryLock> lock = DirectoryLock::Take(dir);
+  if (absl::IsFailedPrecondition(lock.status())) {
+    return absl::StrCat("checkpoint directory ", dir,
+                        " is in use: another run is training into it now (it holds the directory's lock), and "
+                        "two runs in one directory replace each other's checkpoints. Wait for that run to end, "
+                        "or give this run its own checkpoint.dir");
+  }
+  if (!lock.ok()) return std::string(lock.status().message());
+  checkpoint_lock_ = *std::move(lock);
+  return "";
+}
+
 absl::Status Trainer::ClaimCheckpointDir() {
-  if (opts_.checkpoint_dir.empty() || opts_.checkpoint_owner.empty()) return absl::OkStatus();
+  if (opts_.checkpoint_dir.empty()) return absl::OkStatus();
   std::string problem;
-  if (comm_->rank() == 0) problem = Claim(opts_.checkpoint_dir, opts_.checkpoint_owner, opts_.resume);
+  if (comm_->rank() == 0) {
+    problem = LockCheckpointDir();
+    if (problem.empty() && !opts_.checkpoint_owner.empty()) {
+      problem = Claim(opts_.checkpoint_dir, opts_.checkpoint_owner, opts_.resume);
+    }
+  }
   double ok = problem.empty() ? 1.0 : 0.0;
   comm_->Broadcast(&ok, sizeof(ok), 0);
   if (comm_->rank() == 0 && !problem.empty()) return absl::FailedPreconditionError(problem);
