@@ -229,7 +229,8 @@ class Checker {
     if (dir.empty() || !AbsolutePath("model.init_from", dir)) return;
     std::error_code ec;
     if (!fs::is_directory(dir, ec)) {
-      Fail("model.init_from", absl::StrCat(dir, " is not a directory; give a Hugging Face model directory "
+      Fail("model.init_from", absl::StrCat(dir, fs::exists(dir, ec) ? " is not a directory" : " does not exist",
+                                           "; give a Hugging Face model directory "
                                            "(config.json + safetensors) or a checkpoint directory"));
     }
   }

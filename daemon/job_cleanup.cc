@@ -38,13 +38,20 @@ void RemoveAll(const fs::path& path, moe::v1::DeleteJobResponse* out) {
   }
 }
 
-// Whether another stored job names the same checkpoint directory: it then stays, whatever was
-// asked; and how a kept one is listed.
-bool SharedWithAnotherJob(const std::vector<JobRecord>& jobs, const std::string& id, const std::string& ckpt) {
+// Another stored job that uses the same checkpoint directory, so that it stays whatever was asked:
+// "" when none, else which one and how (one that writes there; one not ended yet that starts from
+// it, model.init_from: moectl submit --from, still queued); and how a kept one is listed.
+std::string OtherJobUsing(const std::vector<JobRecord>& jobs, const std::string& id, const std::string& ckpt) {
   for (const JobRecord& other : jobs) {
-    if (other.job.id() != id && SameDirectory(other.checkpoint_dir, ckpt)) return true;
+    if (other.job.id() == id) continue;
+    if (SameDirectory(other.checkpoint_dir, ckpt)) return absl::StrCat("shared with another job, ", other.job.id());
+    const std::string& from = other.job.spec().model().init_from();
+    if (!IsFinal(other.job.state()) && !from.empty() && !ckpt.empty() &&
+        (SameDirectory(from, ckpt) || Within(from, ckpt))) {
+      return absl::StrCat("job ", other.job.id(), " starts from it (model.init_from) and has not ended");
+    }
   }
-  return false;
+  return "";
 }
 // Whether a checkpoint directory has nothing to keep: missing, empty, or only the job's
 // .moe-owner marker (a job that ended before its first checkpoint).
@@ -65,8 +72,8 @@ bool HoldsNoCheckpoints(const fs::path& ckpt) {
 bool KeepsCheckpointsInFolder(const fs::path& ckpt, bool shared, bool checkpoints) {
   return shared || (!checkpoints && !HoldsNoCheckpoints(ckpt));
 }
-std::string KeptCheckpoints(const fs::path& ckpt, bool shared) {
-  return shared ? absl::StrCat(ckpt.string(), " (shared with another job)") : ckpt.string();
+std::string KeptCheckpoints(const fs::path& ckpt, const std::string& user) {
+  return user.empty() ? ckpt.string() : absl::StrCat(ckpt.string(), " (", user, ")");
 }
 
 // A checkpoint.dir of the job's own choosing (outside its job folder): only what the job wrote
@@ -137,7 +144,8 @@ absl::StatusOr<moe::v1::DeleteJobResponse> DeleteFinishedJob(JobStore& store,
   *out.mutable_job() = rec->job;
   const fs::path job_dir = rec->job.state_dir(), ckpt = rec->checkpoint_dir;
   absl::StatusOr<std::vector<JobRecord>> all = store.ListJobs();
-  const bool shared = all.ok() && SharedWithAnotherJob(*all, id, ckpt.string());
+  const std::string user = all.ok() ? OtherJobUsing(*all, id, ckpt.string()) : "";
+  const bool shared = !user.empty();
   const bool remove_ckpt = checkpoints && !shared && !ckpt.empty();
   std::error_code ec;
   if (!job_dir.empty() && Within(job_dir, jobs_root) && fs::is_directory(job_dir, ec)) {
@@ -157,7 +165,7 @@ absl::StatusOr<moe::v1::DeleteJobResponse> DeleteFinishedJob(JobStore& store,
         absl::StrCat("job ", rec->job.id(), " of ", fs::absolute(job_dir, ec).lexically_normal().string());
     RemoveOwnCheckpoints(ckpt, owner, &out);
   } else if (!ckpt.empty() && fs::exists(ckpt, ec)) {  // (an empty one inside went with the folder)
-    out.add_kept_paths(KeptCheckpoints(ckpt, shared));
+    out.add_kept_paths(KeptCheckpoints(ckpt, user));
   }
   return out;
 }
@@ -191,20 +199,20 @@ absl::StatusOr<moe::v1::PruneJobsResponse> PruneJobs(JobStore& store, const std:
       const fs::path job_dir = j.state_dir(), ckpt = r.checkpoint_dir;
       const bool own_folder = !ckpt.empty() && !job_dir.empty() && Within(ckpt, job_dir);
       if (!job_dir.empty() && Within(job_dir, jobs_root) && fs::exists(job_dir, ec)) {
-        const bool shared = SharedWithAnotherJob(*jobs, j.id(), r.checkpoint_dir);
-        if (own_folder && KeepsCheckpointsInFolder(ckpt, shared, request.checkpoints())) {
+        const std::string user = OtherJobUsing(*jobs, j.id(), r.checkpoint_dir);
+        if (own_folder && KeepsCheckpointsInFolder(ckpt, !user.empty(), request.checkpoints())) {
           d->add_removed_paths(absl::StrCat(job_dir.string(), " (all but its checkpoints)"));
-          d->add_kept_paths(KeptCheckpoints(ckpt, shared));
+          d->add_kept_paths(KeptCheckpoints(ckpt, user));
         } else {
           d->add_removed_paths(job_dir.string());
         }
       }
       if (!ckpt.empty() && !own_folder && fs::exists(ckpt, ec)) {
-        const bool shared = SharedWithAnotherJob(*jobs, j.id(), r.checkpoint_dir);
-        if (request.checkpoints() && !shared) {
+        const std::string user = OtherJobUsing(*jobs, j.id(), r.checkpoint_dir);
+        if (request.checkpoints() && user.empty()) {
           d->add_removed_paths(absl::StrCat(ckpt.string(), " (what the job wrote there)"));
         } else {
-          d->add_kept_paths(KeptCheckpoints(ckpt, shared));
+          d->add_kept_paths(KeptCheckpoints(ckpt, user));
         }
       }
       continue;

@@ -250,6 +250,21 @@ TEST(JobCleanup, DeleteRemovesOnlyTheJobsOwnCheckpoints) {
   EXPECT_TRUE(fs::exists(both + "/step_00000004/MANIFEST"));
   EXPECT_TRUE(absl::StrContains(joined(d6->kept_paths()), "shared with another job")) << joined(d6->kept_paths());
 
+  // A queued job starts from the checkpoints (model.init_from, moectl submit --from; here from
+  // one step of them): they stay while it has not ended (before, they went and it failed at its
+  // start).
+  const std::string from = dir + "/from";
+  const std::string id7 = finished(from);
+  moe::v1::JobSpec next = Spec("c");
+  next.mutable_model()->set_init_from(from + "/step_00000004");
+  absl::StatusOr<JobRecord> reader = (*store)->CreateJob(next, "", dir + "/jobs", "queued");
+  ASSERT_TRUE(reader.ok());
+  auto d7 = DeleteFinishedJob(**store, dir + "/jobs", id7, true);
+  ASSERT_TRUE(d7.ok()) << d7.status();
+  EXPECT_TRUE(fs::exists(from + "/step_00000004/MANIFEST"));
+  EXPECT_TRUE(absl::StrContains(joined(d7->kept_paths()), "job " + reader->job.id() + " starts from it"))
+      << joined(d7->kept_paths());
+
   // Ended before its first checkpoint (its own checkpoints folder empty but for the marker):
   // without --checkpoints nothing is kept, so the job folder goes whole.
   {

@@ -209,7 +209,10 @@ absl::StatusOr<PretrainedWeights> LoadOurs(const std::string& dir, const HfShape
 absl::StatusOr<PretrainedWeights> LoadPretrained(const std::string& dir, const HfShape& shape) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
-    return absl::NotFoundError(absl::StrCat("model.init_from: ", dir, " is not a directory"));
+    return absl::NotFoundError(absl::StrCat("model.init_from: ", dir,
+                                            fs::exists(dir, ec) ? " is not a directory" : " does not exist",
+                                            " (deleted since the job was submitted?); give a Hugging Face model "
+                                            "directory or a checkpoint directory"));
   }
   if (fs::exists(fs::path(dir) / "config.json", ec)) {
     if (!shape.unrepresentable.empty()) {
