@@ -274,9 +274,16 @@ int RunCancel(const CancelOptions& o) {
   // CANCELLED comes once no process of the job is left (SIGTERM, grace, SIGKILL).
   const auto deadline = std::chrono::steady_clock::now() +
                         std::chrono::milliseconds(static_cast<int64_t>(wait_s * 1000));
+  // moed gone meanwhile: said once; the cancel it recorded stands for the next moed.
+  bool unreachable = false;
   while (job.state() != moe::v1::JOB_STATE_CANCELLED && job.state() != moe::v1::JOB_STATE_FAILED &&
          job.state() != moe::v1::JOB_STATE_SUCCEEDED) {
     if (std::chrono::steady_clock::now() > deadline) {
+      if (unreachable) {
+        return Fail(absl::StrCat("moed at ", config->server, " is still unreachable after ", wait_s, " s, with ", id,
+                                 " last seen ", StateName(job.state()), "; the cancel is recorded, and moed stops "
+                                 "the job when it runs again (moectl status ", id, ")"));
+      }
       return Fail(absl::StrCat(id, " is still ", StateName(job.state()), " after ", wait_s,
                                " s; moed keeps stopping it (moectl status ", id, ")"));
     }
@@ -284,8 +291,16 @@ int RunCancel(const CancelOptions& o) {
     absl::StatusOr<moe::v1::Job> now = GetJob(*stub, *config, id, &s);
     if (now.ok()) {
       job = *std::move(now);
+      if (unreachable) std::fprintf(stderr, "moectl: moed at %s answers again\n", config->server.c_str());
+      unreachable = false;
     } else if (s.error_code() != grpc::StatusCode::UNAVAILABLE) {
       return Fail(DescribeError(s, *config));
+    } else if (!unreachable) {
+      std::fprintf(stderr,
+                   "moectl: lost moed at %s; the cancel is recorded (a restarted moed finishes it); waiting up "
+                   "to %g s for it\n",
+                   config->server.c_str(), wait_s);
+      unreachable = true;
     }
   }
   if (job.state() == moe::v1::JOB_STATE_CANCELLED) {

@@ -125,6 +125,26 @@ TEST(DaemonLifecycle, DeletingAJobBeingCancelledSaysToWaitNotToCancel) {
                            "CANCELLED, which moectl cancel ", id, " waits for")));
 }
 
+// moed killed while `cancel` waits for the job to stop: moectl says it lost moed, and at its
+// deadline that the cancel is recorded for the next moed (it said "moed keeps stopping it").
+TEST(DaemonLifecycle, ACancelWaitingOnAMoedThatDiedSaysSo) {
+  DaemonHarness h(Fake({{"FAKE_STEPS", "100000"}, {"FAKE_IGNORE_TERM", "1"}}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult sub = h.Moectl({"submit", h.WriteJob("orphaned", 1, 100000)});
+  ASSERT_EQ(sub.exit_code, 0) << sub.err;
+  const std::string id = sub.out.substr(0, sub.out.find('\n'));
+  h.WaitForState(id, moe::v1::JOB_STATE_RUNNING, 30);
+  CommandResult cancel;
+  std::thread waiter([&] { cancel = h.Moectl({"cancel", id, "--wait", "4"}); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // the cancel taken, its ranks ignoring it
+  h.Kill9();
+  waiter.join();
+  EXPECT_EQ(cancel.exit_code, 1);
+  EXPECT_THAT(cancel.err, HasSubstr("moectl: lost moed at"));
+  EXPECT_THAT(cancel.err, HasSubstr("is still unreachable after 4 s, with " + id +
+                                    " last seen RUNNING; the cancel is recorded"));
+}
+
 // A TCP relay to moed that holds each new connection for delay before it passes bytes on: a moed
 // that is busy, or far away, as a client sees it.
 class SlowRelay {
