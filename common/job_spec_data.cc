@@ -436,4 +436,31 @@ void CheckDataFiles(const JobSpec& spec, const std::function<bool(const std::str
   DataChecker(spec, ok, fail).Run();
 }
 
+std::vector<SpecError> TextDataWarnings(const JobSpec& spec) {
+  const v1::Tokenizer tok = spec.data().tokenizer();
+  const std::string& p = spec.data().path();
+  if (tok == v1::TOKENIZER_PRETOKENIZED || p.empty()) return {};
+  std::error_code ec;
+  if (!fs::is_regular_file(p, ec)) return {};
+  // A NUL byte in the first 64 KiB: no text has one, token shards and binaries do.
+  std::string why;
+  if (std::FILE* f = std::fopen(p.c_str(), "rb")) {
+    std::vector<char> head(64 << 10);
+    const size_t n = std::fread(head.data(), 1, head.size(), f);
+    std::fclose(f);
+    const auto nul = std::find(head.begin(), head.begin() + static_cast<std::ptrdiff_t>(n), '\0');
+    if (nul != head.begin() + static_cast<std::ptrdiff_t>(n)) {
+      why = absl::StrCat("holds a NUL byte at offset ", nul - head.begin());
+    }
+  }
+  if (why.empty() && fs::path(p).extension() == ".bin") why = "is named like a token shard (.bin)";
+  if (why.empty()) return {};
+  SpecError e;
+  e.field = "data.path";
+  e.message = absl::StrCat(p, " ", why, ", which text does not: tokenizer ",
+                           EnumName(v1::Tokenizer_descriptor(), tok),
+                           " reads it as text. For token shards set data.tokenizer: pretokenized");
+  return {std::move(e)};
+}
+
 }  // namespace moe::job_spec_internal

@@ -105,6 +105,9 @@ std::vector<SpecError> CheckJobSpec(const moe::v1::JobSpec& spec,
 // Advice on a spec that passed CheckJobSpec (job_spec_advice.cc): values in range that are almost
 // surely a mistake (an AdamW lr of 5, evaluation longer than training). Field paths, no positions.
 std::vector<SpecError> AdviseJobSpec(const moe::v1::JobSpec& spec);
+// data.path under a text tokenizer (char, gpt2) that looks like no text: a NUL byte in its first
+// 64 KiB, or a .bin name (a token shard). A warning: a byte-level model may mean it.
+std::vector<SpecError> TextDataWarnings(const moe::v1::JobSpec& spec);
 // Keys a job file gives (`present`) that the job does not read: decay_fraction without the wsd
 // schedule, the router's losses and capacity on a dense model. Warnings: the job is still valid.
 std::vector<SpecError> UnreadKeyWarnings(const moe::v1::JobSpec& spec, const std::set<std::string>& present);

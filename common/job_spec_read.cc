@@ -561,6 +561,7 @@ ParsedSpec ParseChecked(const std::string& yaml_text, const std::string& file_na
   if (out.errors.empty()) {
     std::vector<SpecError> warnings = job_spec_internal::AdviseJobSpec(out.spec);
     for (SpecError& w : PathWarnings(out.spec)) warnings.push_back(std::move(w));
+    for (SpecError& w : job_spec_internal::TextDataWarnings(out.spec)) warnings.push_back(std::move(w));
     for (SpecError& w : job_spec_internal::UnreadKeyWarnings(out.spec, reader.present)) warnings.push_back(std::move(w));
     place(std::move(warnings), &out.warnings);
   }

@@ -57,6 +57,29 @@ TEST_F(JobSpecTest, AVocabularyShortOfTheTokenizersIdsIsRefused) {
   EXPECT_EQ(ValidSpec(bpe(kMinimal)).model().vocab_size(), 50304);
 }
 
+// Binary data under the char tokenizer (a token shard, a program) trained without a word ("char
+// (65 symbols)"): a warning names the NUL byte or the .bin name and the pretokenized fix; text
+// gets none, and pretokenized shards are not read as text at all.
+TEST_F(JobSpecTest, BinaryDataUnderATextTokenizerIsAWarning) {
+  std::string bytes = std::string(5000, 'a') + std::string(1, '\0') + "tail";
+  WriteText(dir_ + "/data.raw", bytes);
+  auto at = [](const std::string& path) {
+    std::string y = kMinimal;
+    return y.replace(y.find("path: input.txt"), 15, "path: " + path);
+  };
+  ParsedSpec p = Parse(at("data.raw"));
+  ASSERT_TRUE(p.errors.empty()) << p.errors[0].message;
+  ASSERT_EQ(p.warnings.size(), 1u);
+  EXPECT_EQ(p.warnings[0].field, "data.path");
+  EXPECT_THAT(p.warnings[0].message, HasSubstr("data.raw holds a NUL byte at offset 5000"));
+  EXPECT_THAT(p.warnings[0].message, HasSubstr("set data.tokenizer: pretokenized"));
+  WriteText(dir_ + "/text.bin", std::string(5000, 'b'));
+  p = Parse(at("text.bin"));
+  ASSERT_EQ(p.warnings.size(), 1u);
+  EXPECT_THAT(p.warnings[0].message, HasSubstr("is named like a token shard (.bin)"));
+  EXPECT_TRUE(Parse(kMinimal).warnings.empty());
+}
+
 // model.init_from was checked only for being a directory: one without config.json, or without
 // the safetensors the worker reads, passed and the job failed when it started.
 TEST_F(JobSpecTest, InitFromMustHoldWhatTheWorkerReads) {
