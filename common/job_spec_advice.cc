@@ -28,10 +28,14 @@ std::vector<SpecError> AdviseJobSpec(const moe::v1::JobSpec& spec) {
   };
   const auto& t = spec.train();
   if (t.lr() > kHighLearningRate) {
+    // A guess only where it lands in the usual range (5 -> 0.005: a lost "e-3"); else the range.
+    const double guess = t.lr() / 1000;
     warn("train.lr", absl::StrCat(FormatDouble(t.lr()),
                                   " is far above what AdamW trains with (1e-4 to 1e-2 for most models): such a run "
-                                  "usually diverges in its first steps and ends FAILED; did you mean ",
-                                  FormatDouble(t.lr() / 1000), "?"));
+                                  "usually diverges in its first steps and ends FAILED",
+                                  guess >= 1e-5 && guess <= 1e-1
+                                      ? absl::StrCat("; did you mean ", FormatDouble(guess), "?")
+                                      : std::string("; give a value in that range")));
   }
   // Evaluation: eval_batches batches of batch_size sequences (grad_accum micro-batches each, a
   // forward each) at every eval_every-th step and at the last; training: grad_accum micro-batches

@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -339,7 +340,12 @@ class YamlReader {
           }
         }
         std::string msg_text = absl::StrCat("must be ", want, ", got '", Truncate(v.Scalar()), "'");
-        if (auto near = NearestName(v.Scalar(), names)) {
+        // Words users write for a value under another name (a GPU is CUDA's device here).
+        const std::string lower = absl::AsciiStrToLower(v.Scalar());
+        if ((lower == "gpu" || lower == "nvidia") &&
+            std::find(names.begin(), names.end(), "cuda") != names.end()) {
+          absl::StrAppend(&msg_text, "; did you mean 'cuda'?");
+        } else if (auto near = NearestName(v.Scalar(), names)) {
           absl::StrAppend(&msg_text, "; did you mean '", *near, "'?");
         }
         return BadValue(path, msg_text);
@@ -471,7 +477,20 @@ ParsedSpec ParseChecked(const std::string& yaml_text, const std::string& file_na
     return SingleError(file_name, PosOf(e.mark),
                        absl::StrCat("invalid YAML: nested too deeply (", e.depth(), " levels)"));
   } catch (const YAML::ParserException& e) {
-    return SingleError(file_name, PosOf(e.mark), absl::StrCat("invalid YAML: ", e.msg));
+    // A tab where YAML wants indentation reads "illegal map value" or the like: say so.
+    std::string hint;
+    if (!e.mark.is_null() && e.mark.line >= 0) {
+      const std::vector<absl::string_view> lines = absl::StrSplit(yaml_text, '\n');
+      for (int l = std::max(0, e.mark.line - 1); l <= e.mark.line && l < static_cast<int>(lines.size()); ++l) {
+        const absl::string_view line = lines[static_cast<size_t>(l)];
+        const size_t text = line.find_first_not_of(" \t");
+        if (line.substr(0, text == absl::string_view::npos ? line.size() : text).find('\t') != absl::string_view::npos) {
+          hint = absl::StrCat(" (line ", l + 1, " is indented with a tab; YAML indents with spaces only)");
+          break;
+        }
+      }
+    }
+    return SingleError(file_name, PosOf(e.mark), absl::StrCat("invalid YAML: ", e.msg, hint));
   }
   const char* kEmpty =
       "is empty; a job file is a YAML mapping with at least name, model, data and train "

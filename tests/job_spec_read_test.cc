@@ -130,7 +130,10 @@ TEST_F(JobSpecTest, EnumsListTheirChoices) {
   EXPECT_THAT(OnlyError(WithExtra("  batch_size: 8", "  precision: BF16\n")).message,
               HasSubstr("did you mean 'bf16'?"));
   EXPECT_THAT(OnlyError(kMinimal + std::string("resources: {device: gpu}\n")).message,
-              HasSubstr("must be one of cpu, cuda"));
+              HasSubstr("must be one of cpu, cuda, got 'gpu'; did you mean 'cuda'?"));  // it said 'cpu'
+  // A tab as indentation: yaml-cpp's words ("illegal map value") get the reason beside them.
+  SpecError tab = OnlyError(WithExtra("train:", "\tsteps: 4\n"));
+  EXPECT_THAT(tab.message, HasSubstr("is indented with a tab; YAML indents with spaces only")) << tab.message;
   EXPECT_THAT(OnlyError(kMinimal + std::string("resources: {launcher: k8s}\n")).message,
               HasSubstr("must be one of local, slurm"));
 }
@@ -326,6 +329,10 @@ TEST_F(JobSpecTest, LikelyMistakesAreWarningsAtTheirPositions) {
     EXPECT_GT(w.line, 9) << w.ToString();
     EXPECT_GT(w.column, 1) << w.ToString();
   }
+  // A guess only where it lands in the usual range (1e30 -> 1e27 was no help).
+  p = Parse(WithExtra("train:", "  lr: 1.0e+30\n"));
+  ASSERT_EQ(p.warnings.size(), 1u);
+  EXPECT_THAT(p.warnings[0].message, HasSubstr("ends FAILED; give a value in that range"));
   // Evaluation shorter than training is fine: 1 batch at every one of the 5000 steps.
   EXPECT_TRUE(Parse(WithExtra("train:", "  eval_every: 1\n  eval_batches: 1\n")).warnings.empty());
   ParsedSpec bad = Parse(WithExtra("train:", "  lr: 5\n  grad_clip: -1\n"));
