@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -18,6 +19,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "common/files.h"
@@ -31,6 +33,7 @@
 #include "worker/data/dataset.h"
 #include "worker/interchange/hf_export.h"
 #include "worker/interchange/hf_import.h"
+#include "worker/interchange/hf_layout.h"
 #include "worker/parallel/comm_single.h"
 #include "worker/train/trainer.h"
 
@@ -267,6 +270,19 @@ TEST_F(HfInterchange, OurCheckpointWithAnotherHeadSplitIsRefused) {
   EXPECT_THAT(msg, Not(HasSubstr("shape ")));
 }
 
+// A file of 200,000 foreign tensors made an error of as many lines: 64 and a count.
+TEST(HfProblems, ALongListIsCutWithACount) {
+  std::vector<std::string> problems;
+  for (int i = 0; i < 200000; ++i) problems.push_back(absl::StrCat("t", i, ": not a weight of the job's model"));
+  const std::string text = JoinProblems(problems);
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 64);
+  EXPECT_THAT(text, HasSubstr("t63: not a weight"));
+  EXPECT_THAT(text, Not(HasSubstr("t64:")));
+  EXPECT_THAT(text, ::testing::EndsWith("... and 199936 more (200000 in all)"));
+  problems.resize(64);
+  EXPECT_EQ(JoinProblems(problems), absl::StrJoin(problems, "\n"));
+}
+
 TEST_F(HfInterchange, ConfigKeysOurMathCannotFollowAreRefusedByName) {
   const std::string out = testing::MakeTempDir("hf-cfg-") + "/model";
   ASSERT_TRUE(ExportHf(*ckpt_dir_, out, {}).ok());
@@ -295,6 +311,14 @@ TEST_F(HfInterchange, AbsentRopeThetaAndNonFiniteWeightsAreRefused) {
   absl::StatusOr<PretrainedWeights> w = LoadPretrained(out, HfShape::FromSpec(*spec_, 65));
   ASSERT_FALSE(w.ok());
   EXPECT_THAT(std::string(w.status().message()), HasSubstr("rope_theta is 1e+06 in config.json"));
+  // A string where the number goes: named once, with no default's value said beside it.
+  ASSERT_TRUE(WriteFileAtomic(out + "/config.json",
+                              absl::StrReplaceAll(config, {{"\"rope_theta\": 10000.0", "\"rope_theta\": \"10000\""}}))
+                  .ok());
+  w = LoadPretrained(out, HfShape::FromSpec(*spec_, 65));
+  ASSERT_FALSE(w.ok());
+  EXPECT_THAT(std::string(w.status().message()), HasSubstr("rope_theta is \"10000\" in config.json, not a number"));
+  EXPECT_THAT(std::string(w.status().message()), Not(HasSubstr("1e+06")));
 
   const std::string nan_dir = testing::MakeTempDir("hf-nan-") + "/model";
   ASSERT_TRUE(ExportHf(*ckpt_dir_, nan_dir, {}).ok());

@@ -111,7 +111,7 @@ absl::StatusOr<PretrainedWeights> LoadHf(const std::string& dir, const HfShape& 
   }
   if (!problems.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(dir, ": its weight files cannot be used:\n",
-                                                   absl::StrJoin(problems, "\n")));
+                                                   JoinProblems(problems)));
   }
   absl::StatusOr<std::vector<NamedTensor>> ours = FromHfTensors(shape, std::move(hf));
   if (!ours.ok()) {
@@ -198,7 +198,7 @@ absl::StatusOr<PretrainedWeights> LoadOurs(const std::string& dir, const HfShape
   }
   if (!problems.empty()) {
     return absl::InvalidArgumentError(absl::StrCat("the tensors of checkpoint ", path,
-                                                   " do not fit this job's model:\n", absl::StrJoin(problems, "\n")));
+                                                   " do not fit this job's model:\n", JoinProblems(problems)));
   }
   out.source = absl::StrCat("checkpoint ", path, " (step ", ckpt->step, ")");
   return out;

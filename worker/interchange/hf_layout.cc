@@ -264,7 +264,7 @@ absl::StatusOr<std::vector<NamedTensor>> FromHfTensors(const HfShape& s,
     if (name == "lm_head.weight" && s.tied) why = "an untied LM head, but the job has model.tie_embeddings: true";
     problems.push_back(absl::StrCat(name, ": ", why, " (shape ", ShapeText(t.shape), ")"));
   }
-  if (!problems.empty()) return absl::InvalidArgumentError(absl::StrJoin(problems, "\n"));
+  if (!problems.empty()) return absl::InvalidArgumentError(JoinProblems(problems));
 
   const int64_t D = s.d, F = s.ffn;
   std::vector<NamedTensor> out;
@@ -369,6 +369,14 @@ std::string HfConfigJson(const HfShape& s, const HfConfigExtras& x) {
   }
   add("torch_dtype", absl::StrCat("\"", x.torch_dtype, "\""));
   return absl::StrCat("{\n", absl::StrJoin(kv, ",\n"), "\n}\n");
+}
+
+std::string JoinProblems(const std::vector<std::string>& problems) {
+  constexpr size_t kShown = 64;
+  if (problems.size() <= kShown) return absl::StrJoin(problems, "\n");
+  const std::vector<std::string> shown(problems.begin(), problems.begin() + kShown);
+  return absl::StrCat(absl::StrJoin(shown, "\n"), "\n... and ", problems.size() - kShown, " more (", problems.size(),
+                      " in all)");
 }
 
 absl::Status CheckHfConfig(const std::string& json, const std::string& what, const HfShape& s,
@@ -495,9 +503,10 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
   }
   // An absent (or null) key means transformers' default for the type: 1e6 for Mixtral, 10000 for
   // the others (before, 10000 for all: a Mixtral config without the key passed a job at 10000).
+  // (A value of another kind was named above; no default stands in for it here.)
   double theta = type == "mixtral" ? 1e6 : 10000;
-  num("rope_theta", &theta);
-  if (std::fabs(theta - rope_theta) > 1e-6 * rope_theta) {
+  const bool theta_known = is_null("rope_theta") || num("rope_theta", &theta);
+  if (theta_known && std::fabs(theta - rope_theta) > 1e-6 * rope_theta) {
     problems.push_back(absl::StrCat("rope_theta is ", theta, " in config.json; this job's RoPE uses ", rope_theta,
                                     " (set model.attention.rope_theta: ", theta, " to match)"));
   }
@@ -528,7 +537,7 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
   }
   if (!problems.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(what, " does not describe this job's model:\n",
-                                                   absl::StrJoin(problems, "\n")));
+                                                   JoinProblems(problems)));
   }
   return absl::OkStatus();
 }

@@ -86,4 +86,8 @@ std::string HfConfigJson(const HfShape& s, const HfConfigExtras& extras);
 absl::Status CheckHfConfig(const std::string& json, const std::string& what, const HfShape& s,
                            double rope_theta, std::vector<std::string>* notes);
 
+// The problems found with a model's files, one a line: the first 64 and a count of the rest (a
+// file of 200,000 foreign tensors made as many lines).
+std::string JoinProblems(const std::vector<std::string>& problems);
+
 }  // namespace moe
