@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/files.h"
@@ -457,8 +458,25 @@ absl::StatusOr<moe::v1::Job> Scheduler::Resume(const std::string& id, int steps)
   }
   absl::StatusOr<std::string> latest = LatestCheckpoint(rec->checkpoint_dir);
   if (!latest.ok()) {
+    // Step folders that are there but none complete: damage or a cut-short write, said as such.
+    int folders = 0;
+    std::string newest;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(rec->checkpoint_dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if (absl::StartsWith(name, "step_") && e.is_directory(ec)) {
+        ++folders;
+        newest = std::max(newest, name);
+      }
+    }
+    const char* kWhy = ": a MANIFEST missing or a file of another size than it lists)";
+    const std::string found =
+        folders == 0   ? ""
+        : folders == 1 ? absl::StrCat(" (its step folder ", newest, " is damaged or was cut short", kWhy)
+                       : absl::StrCat(" (its ", folders, " step folders, newest ", newest,
+                                      ", are damaged or were cut short", kWhy);
     return absl::FailedPreconditionError(absl::StrCat(
-        "job ", id, " has no complete checkpoint in ", rec->checkpoint_dir,
+        "job ", id, " has no complete checkpoint in ", rec->checkpoint_dir, found,
         " to continue from; submit its job file again to start over"));
   }
   const std::string name = std::filesystem::path(*latest).filename().string();

@@ -94,6 +94,15 @@ TEST(E2eResume, ResumeSubmitFromExportAndAForeignCheckpointDirectory) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(absl::StrContains(r.err, "is not empty")) << r.err;
 
+  // Every checkpoint of base damaged (their MANIFESTs gone): resume says they are there and
+  // damaged, not only that there is none.
+  for (const auto& e : std::filesystem::directory_iterator(ckpt_dir)) {
+    if (e.is_directory()) std::filesystem::remove(e.path() / "MANIFEST");
+  }
+  r = h.Moectl({"resume", base, "--steps", "8"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(absl::StrContains(r.err, "step folders, newest step_00000006, are damaged or were cut short")) << r.err;
+
   // A running job cannot be resumed; once cancelled (it checkpoints), it goes on to its end.
   r = h.Moectl({"submit", h.WriteJob("long", 2, 100000, 0, "checkpoint:\n  every: 0\n")});
   ASSERT_EQ(r.exit_code, 0) << r.err;
