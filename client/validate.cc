@@ -14,6 +14,7 @@
 #include "common/job_spec.h"
 #include "common/memory_fit.h"
 #include "common/model_stats.h"
+#include "common/number_text.h"
 
 namespace moe::client {
 namespace {
@@ -80,7 +81,7 @@ const char* TokenizerName(v1::Tokenizer t) {
 std::string ScheduleText(const v1::TrainSpec& t) {
   switch (t.schedule()) {
     case v1::SCHEDULE_WSD:
-      return absl::StrFormat("wsd (decay over the last %g%%)", 100 * (t.decay_fraction() > 0 ? t.decay_fraction() : 0.2));
+      return absl::StrCat("wsd (decay over the last ", Shortest(100 * (t.decay_fraction() > 0 ? t.decay_fraction() : 0.2)), "%)");
     case v1::SCHEDULE_CONSTANT:
       return "constant";
     default:
@@ -102,7 +103,7 @@ std::string RecipeText(const v1::JobSpec& spec) {
   if (m.attention().gate()) {
     on.push_back(absl::StrCat("gated attention (+", FormatCount(L * m.n_heads() * hd * m.d_model()), " params)"));
   }
-  if (m.attention().dropout() > 0) on.push_back(absl::StrFormat("attention dropout %g", m.attention().dropout()));
+  if (m.attention().dropout() > 0) on.push_back(absl::StrCat("attention dropout ", Shortest(m.attention().dropout())));
   const bool two = e.activation() == v1::ACTIVATION_RELU2 || e.activation() == v1::ACTIVATION_GELU;
   if (two) on.push_back(e.activation() == v1::ACTIVATION_RELU2 ? "relu2 experts (no w3)" : "gelu experts (no w3)");
   if (e.shared_experts() > 0) {
@@ -114,14 +115,18 @@ std::string RecipeText(const v1::JobSpec& spec) {
   }
   if (e.router_score() == v1::SCORE_SIGMOID) on.push_back("sigmoid router");
   if (e.router_temperature() > 0 && e.router_temperature() != 1) {
-    on.push_back(absl::StrFormat("router temperature %g", e.router_temperature()));
+    on.push_back(absl::StrCat("router temperature ", Shortest(e.router_temperature())));
   }
   if (e.bias_update_rate() > 0) {
-    on.push_back(absl::StrFormat("loss-free balancing (bias rate %g)", e.bias_update_rate()));
+    on.push_back(absl::StrCat("loss-free balancing (bias rate ", Shortest(e.bias_update_rate()), ")"));
   }
-  if (e.expert_dropout() > 0) on.push_back(absl::StrFormat("expert dropout %g", e.expert_dropout()));
+  if (e.expert_dropout() > 0) on.push_back(absl::StrCat("expert dropout ", Shortest(e.expert_dropout())));
+  if (t.optimizer_state() == v1::STATE_BF16 || t.optimizer_state() == v1::STATE_INT8) {
+    on.push_back(absl::StrCat("optimizer state ", t.optimizer_state() == v1::STATE_BF16 ? "bf16" : "int8"));
+  }
+  if (t.master_weights() == v1::PRECISION_BF16) on.push_back("bf16 master weights (stochastic rounding)");
   if (t.optimizer() == v1::OPTIMIZER_MUON) {
-    on.push_back(absl::StrFormat("Muon for block matrices (lr %g), AdamW for the rest", t.muon_lr()));
+    on.push_back(absl::StrCat("Muon for block matrices (lr ", Shortest(t.muon_lr()), "), AdamW for the rest"));
   }
   return absl::StrJoin(on, ", ");
 }
@@ -150,20 +155,20 @@ void Describe(const std::string& file, v1::JobSpec spec) {
   std::printf("%s: valid job (%s)\n", spec.name().c_str(), file.c_str());
   std::printf(
       "  model        d_model %d, %d layers, %d heads (%d kv heads, head size %d), seq_len %d,\n"
-      "               vocab %s, %s embeddings, dropout %g, rope theta %g\n",
+      "               vocab %s, %s embeddings, dropout %s, rope theta %s\n",
       m.d_model(), m.n_layers(), m.n_heads(), m.n_kv_heads(), m.d_model() / m.n_heads(),
-      m.seq_len(), vocab.c_str(), m.tie_embeddings() ? "tied" : "untied", m.dropout(),
-      m.attention().rope_theta() > 0 ? m.attention().rope_theta() : 10000.0);
+      m.seq_len(), vocab.c_str(), m.tie_embeddings() ? "tied" : "untied", Shortest(m.dropout()).c_str(),
+      Shortest(m.attention().rope_theta() > 0 ? m.attention().rope_theta() : 10000.0).c_str());
   if (e.num_experts() == 1) {
     std::printf("  experts      dense (1 expert, hidden %d), replicated on every rank\n",
                 e.expert_hidden());
   } else {
     std::string capacity = e.capacity_factor() == 0
                                ? std::string("dropless")
-                               : absl::StrFormat("capacity factor %g", e.capacity_factor());
-    std::printf("  experts      E %d, top-%d, hidden %d, %s, %d per rank; aux %g, z %g\n",
+                               : absl::StrCat("capacity factor ", Shortest(e.capacity_factor()));
+    std::printf("  experts      E %d, top-%d, hidden %d, %s, %d per rank; aux %s, z %s\n",
                 e.num_experts(), e.top_k(), e.expert_hidden(), capacity.c_str(),
-                e.num_experts() / r.ranks(), e.aux_loss_coef(), e.z_loss_coef());
+                e.num_experts() / r.ranks(), Shortest(e.aux_loss_coef()).c_str(), Shortest(e.z_loss_coef()).c_str());
   }
   const std::string recipe = RecipeText(spec);
   std::printf("  recipe       %s\n", recipe.empty() ? "base (no options)" : recipe.c_str());
@@ -186,15 +191,16 @@ void Describe(const std::string& file, v1::JobSpec spec) {
   std::printf("  data         %s\n               tokenizer %s", d.path().c_str(),
               TokenizerName(d.tokenizer()));
   if (d.tokenizer() == v1::TOKENIZER_GPT2) std::printf(" (%s)", d.tokenizer_dir().c_str());
-  std::printf(", val_fraction %g%s%s\n", d.val_fraction(), d.cache_dir().empty() ? "" : ", cache ",
+  std::printf(", val_fraction %s%s%s\n", Shortest(d.val_fraction()).c_str(), d.cache_dir().empty() ? "" : ", cache ",
               d.cache_dir().c_str());
   std::printf(
-      "  train        %d steps, batch %d (%d per rank, %d micro-batch%s), lr %g -> %g, warmup %d, %s,\n"
-      "               AdamW betas (%g, %g), weight_decay %g, grad_clip %g, %s, seed %llu\n",
+      "  train        %d steps, batch %d (%d per rank, %d micro-batch%s), lr %s -> %s, warmup %d, %s,\n"
+      "               AdamW betas (%s, %s), weight_decay %s, grad_clip %s, %s, seed %llu\n",
       t.steps(), t.batch_size(), t.batch_size() / r.ranks(), t.grad_accum(),
-      t.grad_accum() == 1 ? "" : "es", t.lr(), t.min_lr(), t.warmup_steps(), ScheduleText(t).c_str(),
-      t.beta1(), t.beta2(), t.weight_decay(),
-      t.grad_clip(), t.precision() == v1::PRECISION_BF16 ? "bf16" : "fp32",
+      t.grad_accum() == 1 ? "" : "es", Shortest(t.lr()).c_str(), Shortest(t.min_lr()).c_str(), t.warmup_steps(),
+      ScheduleText(t).c_str(), Shortest(t.beta1()).c_str(), Shortest(t.beta2()).c_str(),
+      Shortest(t.weight_decay()).c_str(), Shortest(t.grad_clip()).c_str(),
+      t.precision() == v1::PRECISION_BF16 ? "bf16" : "fp32",
       static_cast<unsigned long long>(t.seed()));
   std::printf("  eval         every %d steps, %d batches; log every %d steps\n", t.eval_every(),
               t.eval_batches(), t.log_every());

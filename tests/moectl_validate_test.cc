@@ -21,6 +21,7 @@
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "common/files.h"
 #include "common/backend_limits.h"
 #include "tests/support/paths.h"
 
@@ -279,6 +280,22 @@ TEST_F(ExampleTest, SmallMediumAndCpuDemoValidate) {
   RunResult demo = RunMoectl({"validate", root_ + "/examples/cpu-demo.yaml"});
   EXPECT_THAT(demo.out, HasSubstr("vocab 18 (byte values in the text)"));
   EXPECT_THAT(demo.out, HasSubstr("E 4, top-2, hidden 256, dropless, 2 per rank"));
+}
+
+// The description says the values as written (%g showed beta1 0.9999999, which the range allows,
+// as 1, which it does not) and the optimizer's storage options (they were left out).
+TEST_F(ExampleTest, TheDescriptionSaysValuesAsWrittenAndTheStorageOptions) {
+  ASSERT_EQ(ValidateCopy("cpu-demo.yaml").exit_code, 0);
+  std::string yaml = *ReadFile(root_ + "/examples/cpu-demo.yaml");
+  const size_t train = yaml.find("\ntrain:");
+  ASSERT_NE(train, std::string::npos);
+  yaml.insert(train + 7, "\n  beta1: 0.9999999\n  optimizer_state: int8\n  master_weights: bf16");
+  const std::string path = root_ + "/examples/described.yaml";
+  ASSERT_TRUE(WriteFileAtomic(path, yaml).ok());
+  RunResult r = RunMoectl({"validate", path});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("AdamW betas (0.9999999, "));
+  EXPECT_THAT(r.out, HasSubstr("optimizer state int8, bf16 master weights (stochastic rounding)"));
 }
 
 // --gpu-memory: whether a cuda job fits GPUs of that size. MODEL.md's "small" on one GPU needs

@@ -164,6 +164,13 @@ TEST(StepMetricsTest, TablesAndCsvSayNanForALossThatIsNoNumber) {
   EXPECT_EQ(Fixed(std::numeric_limits<double>::infinity(), 2), "inf");
   EXPECT_EQ(Significant(nan, 6), "nan");
   EXPECT_EQ(Significant(0.00125, 6), "0.00125");
+  // moectl validate's description: the value as written (%g said 1 for 0.9999999).
+  EXPECT_EQ(Shortest(0.9999999), "0.9999999");
+  EXPECT_EQ(Shortest(0.1), "0.1");
+  EXPECT_EQ(Shortest(3e-4), "0.0003");
+  EXPECT_EQ(Shortest(1e6), "1e+06");
+  EXPECT_EQ(Shortest(1.0 / 3), "0.3333333333333333");
+  EXPECT_EQ(Shortest(nan), "nan");
   moe::v1::Job job;
   job.set_id("j-000001");
   job.mutable_latest()->set_step(3);
