@@ -209,6 +209,12 @@ Moed::Moed(MoedConfig config) : config_(std::move(config)) {}
 
 absl::StatusOr<std::unique_ptr<Moed>> Moed::Start(MoedConfig config) {
   if (absl::Status s = config.Validate(); !s.ok()) return s;
+  // Job folders and checkpoint directories are stored under it and handed to jobs (init_from of
+  // `moectl submit --from` must be absolute): an absolute path whatever moed's working directory.
+  std::error_code ec;
+  const std::filesystem::path absolute = std::filesystem::absolute(config.state_dir, ec);
+  if (!ec) config.state_dir = absolute.lexically_normal().string();
+  while (config.state_dir.size() > 1 && config.state_dir.back() == '/') config.state_dir.pop_back();
   std::unique_ptr<Moed> m(new Moed(std::move(config)));
   const MoedConfig& c = m->config_;
   if (absl::Status s = MakeDirs(c.state_dir + "/jobs"); !s.ok()) {
