@@ -316,11 +316,21 @@ class Checker {
       } else if (std::string why = RefusedSbatchOption(arg); !why.empty()) {
         Fail(path, why);
       }
-      if (arg == "-p" || absl::StartsWith(arg, "--partition")) partition_in_args = true;
+      // One entry is one argv word: the partition goes in it (--partition=NAME, -pNAME).
+      if (arg == "-p" || arg == "--partition" || arg == "--partition=") {
+        Fail(path, absl::StrCat("'", arg, "' names no partition: each entry is one word for sbatch, so give the "
+                                "partition in it: --partition=NAME (or -pNAME), or use resources.slurm.partition"));
+      } else if (absl::StartsWith(arg, "-p=")) {
+        Fail(path, absl::StrCat("'", Truncate(arg), "': sbatch would read the partition as '", Truncate(arg.substr(2)),
+                                "'; write --partition=", Truncate(arg.substr(3)), " (or -p", Truncate(arg.substr(3)),
+                                ")"));
+      } else if (absl::StartsWith(arg, "--partition=") || (absl::StartsWith(arg, "-p") && arg.size() > 2)) {
+        partition_in_args = true;
+      }
     }
     if (sl.partition().empty() && !partition_in_args) {
       Fail("resources.slurm.partition",
-           "is required with launcher slurm (or pass --partition=... in "
+           "is required with launcher slurm (or pass --partition=NAME or -pNAME in "
            "resources.slurm.extra_sbatch_args); see sinfo for the partitions");
     } else {
       SlurmName("resources.slurm.partition", sl.partition(),

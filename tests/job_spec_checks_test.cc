@@ -374,6 +374,15 @@ TEST_F(JobSpecTest, SlurmLauncher) {
       "resources:\n  launcher: slurm\n  slurm: {extra_sbatch_args: [\"--partition=cpu\"]}\n");
   EXPECT_EQ(s.resources().slurm().nodes(), 1);
   EXPECT_EQ(s.resources().slurm().gpus_per_node(), 0);
+  // The short form with its value attached counts; a bare -p (which named no partition and
+  // passed) and -p=NAME (sbatch reads "=NAME") are refused with the forms that work.
+  ValidSpec(base + "resources:\n  launcher: slurm\n  slurm: {extra_sbatch_args: [\"-pdebug\"]}\n");
+  for (const char* bad : {"-p", "--partition", "-p=debug"}) {
+    const ParsedSpec p = Parse(absl::StrCat(base, "resources:\n  launcher: slurm\n  slurm: {extra_sbatch_args: [\"", bad,
+                                            "\"]}\n"));
+    ASSERT_FALSE(p.errors.empty()) << bad;
+    EXPECT_THAT(FormatSpecErrors(p.errors), HasSubstr("-pNAME")) << bad;
+  }
 
   e = OnlyError(base +
                 "resources:\n  ranks: 4\n  launcher: slurm\n  slurm: {partition: p, nodes: 2, "
