@@ -36,7 +36,9 @@ void ApplyDefaults(JobSpec* s, const std::set<std::string>& present, std::set<st
   v1::ResourceSpec* res = s->mutable_resources();
   v1::CheckpointSpec* ckpt = s->mutable_checkpoint();
 
-  derive("model.n_kv_heads", usable("model.n_heads") && m->n_heads() >= 1,
+  // (From values the range checks accept, as every derivation below: one past its range is that
+  // error alone, not also the derived key's.)
+  derive("model.n_kv_heads", usable("model.n_heads") && m->n_heads() >= 1 && m->n_heads() <= kMaxDModel,
          [&] { m->set_n_kv_heads(m->n_heads()); });
   if (absent("model.tie_embeddings")) m->set_tie_embeddings(true);
   if (absent("model.moe.num_experts")) moe->set_num_experts(1);
@@ -57,9 +59,9 @@ void ApplyDefaults(JobSpec* s, const std::set<std::string>& present, std::set<st
 
   if (absent("train.grad_accum")) train->set_grad_accum(1);
   if (absent("train.lr")) train->set_lr(1e-3);
-  // (From an lr the checks accept: one past fp32's range is that error alone.)
   derive("train.min_lr",
-         usable("train.lr") && train->lr() > 0 && train->lr() <= std::numeric_limits<float>::max(),
+         usable("train.lr") && train->lr() / 10 >= std::numeric_limits<float>::min() &&
+             train->lr() <= std::numeric_limits<float>::max(),
          [&] { train->set_min_lr(train->lr() / 10); });
   derive("train.warmup_steps", usable("train.steps") && train->steps() >= 1,
          [&] { train->set_warmup_steps(std::min(100, train->steps())); });
