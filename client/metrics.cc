@@ -88,7 +88,7 @@ int RunMetrics(const MetricsOptions& o) {
       std::vector<std::string> row = {
           std::to_string(step), num(m.loss()), m.has_val_loss() ? num(m.val_loss()) : "",
           num(m.aux_loss()), num(m.z_loss()), num(m.lr()), num(m.grad_norm()),
-          num(m.tokens_per_s()), num(m.mfu()), num(m.step_ms()), num(m.peak_memory_mb()),
+          num(m.tokens_per_s()), m.mfu() > 0 ? num(m.mfu()) : "", num(m.step_ms()), num(m.peak_memory_mb()),
           std::to_string(m.unix_ms()), num(m.times().compute_ms()),
           num(m.times().all_to_all_ms()), num(m.times().all_reduce_ms())};
       for (const auto& [layer, experts] : layers) {

@@ -54,7 +54,7 @@ Json PointToJson(const moe::v1::MetricPoint& p) {
   o["lr"] = p.lr();
   o["grad_norm"] = p.grad_norm();
   o["tokens_per_s"] = p.tokens_per_s();
-  o["mfu"] = p.mfu();
+  if (p.mfu() > 0) o["mfu"] = p.mfu();  // cuda jobs: a CPU has no peak to measure against
   o["step_ms"] = p.step_ms();
   if (p.has_times()) {
     const moe::v1::StepTimes& t = p.times();

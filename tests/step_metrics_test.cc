@@ -153,6 +153,10 @@ TEST(StepMetricsTest, ExpertOptionsMetricsAreApartFromCapacityDrops) {
   moe::v1::MetricPoint plain = p;
   plain.mutable_layers(0)->set_expert_dropout_rate(0);
   EXPECT_FALSE(client::PointToJson(plain)["layers"][0].contains("expert_dropout_rate"));
+  // MFU only where there is a peak to measure against (cuda jobs): a CPU job's 0 is left out.
+  EXPECT_FALSE(client::PointToJson(plain).contains("mfu"));
+  plain.set_mfu(0.25);
+  EXPECT_EQ(client::PointToJson(plain)["mfu"].get<double>(), 0.25);
 }
 
 // A diverged job's loss reads "nan" in moectl's tables and CSV (printf printed "-nan" for the
