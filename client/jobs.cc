@@ -297,9 +297,9 @@ int RunCancel(const CancelOptions& o) {
       return Fail(DescribeError(s, *config));
     } else if (!unreachable) {
       std::fprintf(stderr,
-                   "moectl: lost moed at %s; the cancel is recorded (a restarted moed finishes it); waiting up "
-                   "to %g s for it\n",
-                   config->server.c_str(), wait_s);
+                   "moectl: lost moed at %s; the cancel is recorded (a restarted moed finishes it); waiting "
+                   "for it until --wait runs out\n",
+                   config->server.c_str());
       unreachable = true;
     }
   }

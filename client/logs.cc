@@ -46,8 +46,13 @@ int FollowLogs(const std::string& job_id, int rank, int64_t tail, bool follow) {
       after[line.rank()] = line.seq();
       // Following, each line goes out as it comes (a pipe or a file would otherwise hold it in
       // the buffer, and lose it if moectl is stopped); a reader gone (EPIPE) or a full disk ends it.
+      // A reader gone (`| head`, `| grep -m1`) has what it wanted: stop reading the log.
+      if (std::ferror(stdout) && StdoutReaderGone()) {
+        ctx.TryCancel();
+        return 0;
+      }
       if (follow && !FlushStdout()) {
-        if (StdoutReaderGone()) return 0;  // the reader has what it wanted (`| head`, `| grep -m1`)
+        if (StdoutReaderGone()) return 0;
         Fail(absl::StrCat("cannot write the logs: ", StdoutError()));
         ClearStdoutError();  // said once, here
         return 1;

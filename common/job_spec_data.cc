@@ -444,7 +444,7 @@ std::vector<SpecError> TextDataWarnings(const JobSpec& spec) {
   if (!fs::is_regular_file(p, ec)) return {};
   // A NUL byte in the first 64 KiB: no text has one, token shards and binaries do.
   std::string why;
-  if (std::FILE* f = std::fopen(p.c_str(), "rb")) {
+  if (std::FILE* f = std::fopen(p.c_str(), "rbe")) {
     std::vector<char> head(64 << 10);
     const size_t n = std::fread(head.data(), 1, head.size(), f);
     std::fclose(f);

@@ -60,7 +60,7 @@ void ApplyDefaults(JobSpec* s, const std::set<std::string>& present, std::set<st
   if (absent("train.grad_accum")) train->set_grad_accum(1);
   if (absent("train.lr")) train->set_lr(1e-3);
   derive("train.min_lr",
-         usable("train.lr") && train->lr() / 10 >= std::numeric_limits<float>::min() &&
+         usable("train.lr") && train->lr() >= std::numeric_limits<float>::min() &&
              train->lr() <= std::numeric_limits<float>::max(),
          [&] { train->set_min_lr(train->lr() / 10); });
   derive("train.warmup_steps", usable("train.steps") && train->steps() >= 1,

@@ -21,18 +21,19 @@ absl::Status ParseJsonObject(std::string_view json_in, google::protobuf::Struct*
   // Nesting past protobuf's recursion limit read as "invalid protobuf output", and deep nesting
   // took protobuf's parser time quadratic in the depth (minutes at 200,000 levels): refused here,
   // at the byte where it goes too deep, in one pass.
+  // (protobuf's parser takes '...' strings too: either quote opens one, and only it closes it.)
   int depth = 0;
-  bool in_string = false;
+  char quote = 0;  // the quote of the string the scan is in, 0 outside strings
   for (size_t i = first; i < json.size(); ++i) {
     const char c = json[i];
-    if (in_string) {
+    if (quote != 0) {
       if (c == '\\') {
         ++i;
-      } else if (c == '"') {
-        in_string = false;
+      } else if (c == quote) {
+        quote = 0;
       }
-    } else if (c == '"') {
-      in_string = true;
+    } else if (c == '"' || c == '\'') {
+      quote = c;
     } else if (c == '{' || c == '[') {
       if (++depth > kMaxJsonDepth) {
         return absl::InvalidArgumentError(absl::StrCat(

@@ -46,8 +46,9 @@ std::string OtherJobUsing(const std::vector<JobRecord>& jobs, const std::string&
     if (other.job.id() == id) continue;
     if (SameDirectory(other.checkpoint_dir, ckpt)) return absl::StrCat("shared with another job, ", other.job.id());
     const std::string& from = other.job.spec().model().init_from();
+    std::error_code ec;  // (links resolved, as SameDirectory does: a step folder reached through one)
     if (!IsFinal(other.job.state()) && !from.empty() && !ckpt.empty() &&
-        (SameDirectory(from, ckpt) || Within(from, ckpt))) {
+        (SameDirectory(from, ckpt) || Within(fs::weakly_canonical(from, ec), fs::weakly_canonical(ckpt, ec)))) {
       return absl::StrCat("job ", other.job.id(), " starts from it (model.init_from) and has not ended");
     }
   }

@@ -7,9 +7,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -22,6 +24,7 @@
 #include "daemon/scheduler_internal.h"
 #include "google/protobuf/util/json_util.h"
 #include "worker/checkpoint/checkpoint.h"
+#include "worker/checkpoint/checkpoint_dir.h"
 
 namespace moe::daemon {
 namespace {
@@ -232,29 +235,30 @@ void Scheduler::Store(Active& a, JobState state, const std::string& reason) {
   }
 }
 
-void Scheduler::ShowUnstored(moe::v1::Job* job) {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = active_.find(job->id());
-  if (it == active_.end()) return;
-  const Active& a = it->second;
-  std::string note;
+std::string Scheduler::UnstoredNote(const Active& a) {
   if (a.unstored) {
     // The stored state stays what is shown (a moed killed now recovers from it); the one moed
     // holds is said beside it.
     const std::string held = a.rec.job.reason().empty()
                                  ? std::string(StateName(a.rec.job.state()))
                                  : absl::StrCat(StateName(a.rec.job.state()), ": ", a.rec.job.reason());
-    note = absl::StrCat("moed holds this job as ", held, " but could not store that yet (", a.store_error,
+    return absl::StrCat("moed holds this job as ", held, " but could not store that yet (", a.store_error,
                         "); it retries every tick");
-  } else if (!a.ingest_error.empty() || !a.spill_error.empty()) {
-    note = absl::StrCat("moed cannot store the job's ",
-                        a.ingest_error.empty() ? "metric points" : "log lines", " (",
+  }
+  if (!a.ingest_error.empty() || !a.spill_error.empty()) {
+    return absl::StrCat("moed cannot store the job's ", a.ingest_error.empty() ? "metric points" : "log lines", " (",
                         a.ingest_error.empty() ? a.spill_error : a.ingest_error,
                         "); they wait in the ranks' output, the job's end is recorded after them, and moed "
                         "retries every tick (free space in the state directory)");
   }
-  if (note.empty()) return;
-  job->set_reason(job->reason().empty() ? note : absl::StrCat(job->reason(), "; ", note));
+  return "";
+}
+
+void Scheduler::ShowUnstored(moe::v1::Job* job) {
+  std::lock_guard<std::mutex> lock(notes_mu_);  // never mu_: a tick may hold it for long (sbatch)
+  auto it = notes_.find(job->id());
+  if (it == notes_.end()) return;
+  job->set_reason(job->reason().empty() ? it->second : absl::StrCat(job->reason(), "; ", it->second));
 }
 
 int Scheduler::UsedRanks() const {
@@ -319,7 +323,13 @@ absl::Status Scheduler::Recover() {
       // Nothing of the attempt is left (or only strays): relaunch from the newest checkpoint.
       // This is moed's doing, not the job's, so it does not count against max_restarts.
       Ingest(a, /*final=*/true);
-      LauncherFor(a.rec)->Kill(a.rec.launch_handle);
+      // Strays go before the relaunch, as every other path waits for them: a rank 0 still
+      // dying holds the checkpoint directory's lock, and the new attempt would be refused.
+      Launcher* launcher = LauncherFor(a.rec);
+      launcher->Kill(a.rec.launch_handle);
+      for (int i = 0; i < 200 && launcher->AnyAlive(a.rec.launch_handle); ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
       a.launched = false;
       a.rec.attempt += 1;
       a.rec.launch_handle.clear();
@@ -460,13 +470,15 @@ absl::StatusOr<moe::v1::Job> Scheduler::Resume(const std::string& id, int steps)
   if (!latest.ok()) {
     // Step folders that are there but none complete: damage or a cut-short write, said as such.
     int folders = 0;
+    int64_t newest_step = -1;
     std::string newest;
     std::error_code ec;
     for (const auto& e : std::filesystem::directory_iterator(rec->checkpoint_dir, ec)) {
       const std::string name = e.path().filename().string();
-      if (absl::StartsWith(name, "step_") && e.is_directory(ec)) {
+      const int64_t step = checkpoint_dir::ParseStepDirName(name);
+      if (step >= 0 && e.is_directory(ec)) {
         ++folders;
-        newest = std::max(newest, name);
+        if (step > newest_step) newest_step = step, newest = name;
       }
     }
     const char* kWhy = ": a MANIFEST missing or a file of another size than it lists)";
@@ -606,6 +618,13 @@ void Scheduler::Tick() {
     }
   }
   Admit();
+  // What Get and List add to the stored record (ShowUnstored), as of this tick.
+  std::map<std::string, std::string> notes;
+  for (const auto& [id, a] : active_) {
+    if (std::string note = UnstoredNote(a); !note.empty()) notes.emplace(id, std::move(note));
+  }
+  std::lock_guard<std::mutex> lock(notes_mu_);
+  notes_.swap(notes);
 }
 
 void Scheduler::Admit() {

@@ -121,6 +121,8 @@ class Scheduler {
 
   void Loop();
   void Tick() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What ShowUnstored says of a: "" when the store holds what moed holds.
+  static std::string UnstoredNote(const Active& a);
   void Admit() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void LaunchAttempt(Active& a) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Returns true when the job left the active set.
@@ -175,6 +177,9 @@ class Scheduler {
   std::map<std::string, Active> active_ ABSL_GUARDED_BY(mu_);  // holding ranks
   Clock::time_point last_wal_checkpoint_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
+  // ShowUnstored's notes, job id -> note, published by every tick under their own lock.
+  std::mutex notes_mu_;
+  std::map<std::string, std::string> notes_ ABSL_GUARDED_BY(notes_mu_);
 };
 
 // Replaces bytes that are not valid UTF-8 with '?', so every line fits a proto string.

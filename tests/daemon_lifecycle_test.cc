@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -136,7 +137,8 @@ TEST(DaemonLifecycle, ACancelWaitingOnAMoedThatDiedSaysSo) {
   h.WaitForState(id, moe::v1::JOB_STATE_RUNNING, 30);
   CommandResult cancel;
   std::thread waiter([&] { cancel = h.Moectl({"cancel", id, "--wait", "4"}); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // the cancel taken, its ranks ignoring it
+  // The cancel taken (its ranks ignore it), then moed gone.
+  h.WaitFor(id, [](const moe::v1::Job& j) { return absl::StrContains(j.reason(), "cancelling"); }, 30);
   h.Kill9();
   waiter.join();
   EXPECT_EQ(cancel.exit_code, 1);

@@ -243,6 +243,9 @@ TEST(ParseJsonObject, DeepNestingIsRefusedAtOnceAtItsByte) {
   EXPECT_TRUE(ParseJsonObject(R"({"a": [[{"b": "[[[[{{{{"}]], "c\"[": 1})", &out).ok());
   std::string ok = "{\"deep\": " + std::string(kMaxJsonDepth - 1, '[') + std::string(kMaxJsonDepth - 1, ']') + "}";
   EXPECT_TRUE(ParseJsonObject(ok, &out).ok());
+  // A quote of the other kind inside a string hides nothing ('"' opened no string).
+  const std::string hidden = "{'\"': " + std::string(40, '[') + std::string(40, ']') + "}";
+  EXPECT_THAT(std::string(ParseJsonObject(hidden, &out).message()), ::testing::HasSubstr("nested more than"));
   const std::string deep = "{\"deep\": " + std::string(200000, '[') + std::string(200000, ']') + "}";
   absl::Status s = ParseJsonObject(deep, &out);
   EXPECT_THAT(std::string(s.message()),

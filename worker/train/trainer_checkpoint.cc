@@ -3,11 +3,13 @@
 #include "worker/train/trainer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -273,6 +275,11 @@ std::string Trainer::LockCheckpointDir() {
   const std::string& dir = opts_.checkpoint_dir;
   if (absl::Status st = MakeDirs(dir); !st.ok()) return std::string(st.message());
   absl::StatusOr<DirectoryLock> lock = DirectoryLock::Take(dir);
+  // A run that is ending (its process exiting) lets go within moments: a few seconds' grace.
+  for (int i = 0; i < 50 && absl::IsFailedPrecondition(lock.status()); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    lock = DirectoryLock::Take(dir);
+  }
   if (absl::IsFailedPrecondition(lock.status())) {
     return absl::StrCat("checkpoint directory ", dir,
                         " is in use: another run is training into it now (it holds the directory's lock), and "
@@ -280,6 +287,9 @@ std::string Trainer::LockCheckpointDir() {
                         "or give this run its own checkpoint.dir");
   }
   if (!lock.ok()) return std::string(lock.status().message());
+  if (!lock->held()) {
+    Log(absl::StrCat("note: the filesystem of ", dir, " takes no lock; one run at a time there is up to you"));
+  }
   checkpoint_lock_ = *std::move(lock);
   return "";
 }
@@ -292,6 +302,7 @@ absl::Status Trainer::ClaimCheckpointDir() {
     if (problem.empty() && !opts_.checkpoint_owner.empty()) {
       problem = Claim(opts_.checkpoint_dir, opts_.checkpoint_owner, opts_.resume);
     }
+    if (!problem.empty()) checkpoint_lock_.reset();  // refused: the directory stays free
   }
   double ok = problem.empty() ? 1.0 : 0.0;
   comm_->Broadcast(&ok, sizeof(ok), 0);
