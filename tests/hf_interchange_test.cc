@@ -360,6 +360,12 @@ TEST_F(HfInterchange, ExportRefusesANonEmptyDirectory) {
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("is not empty"));
   EXPECT_TRUE(fs::exists(out + "/keep.txt"));
+  // A link to nothing is refused before anything is written (it failed at the end, at the move).
+  fs::create_symlink(out + "/absent", out + "-dangling");
+  r = ExportHf(*ckpt_dir_, out + "-dangling", {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("is a symbolic link to " + out + "/absent, which does not exist"));
+  fs::remove(out + "-dangling");
   // An empty directory is fine, however it is named: written in place (before, "dir/." failed to
   // rename and a link was replaced by a new directory, its target left empty).
   const std::string empty = testing::MakeTempDir("hf-empty-");

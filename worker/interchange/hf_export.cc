@@ -81,6 +81,14 @@ void RemoveDeadExportsLeftovers(const fs::path& out, bool ours_made) {
 absl::Status CheckOutDir(const std::string& out_dir, bool ours_made = false) {
   std::error_code ec;
   RemoveDeadExportsLeftovers(ExportTarget(out_dir), ours_made);
+  // A link to nothing: the export would be written whole and then fail to move in.
+  if (fs::is_symlink(fs::symlink_status(out_dir, ec)) && !fs::exists(out_dir, ec)) {
+    std::error_code read_ec;
+    const fs::path target = fs::read_symlink(out_dir, read_ec);
+    return absl::FailedPreconditionError(absl::StrCat(
+        out_dir, " is a symbolic link to ", read_ec ? std::string("a path") : target.string(),
+        ", which does not exist; create that directory, or export into another one"));
+  }
   if (!fs::exists(out_dir, ec)) return absl::OkStatus();
   if (!fs::is_directory(out_dir, ec)) {
     return absl::FailedPreconditionError(absl::StrCat(out_dir, " exists and is not a directory"));
