@@ -294,6 +294,17 @@ TEST_F(CheckpointTest, AFileThatIsNoRegularFileIsDamageNotAHang) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(r.status().message(), HasSubstr("model.safetensors is a character device"));
   EXPECT_EQ(*LatestCheckpoint(dir_), dir_ + "/step_00000001");
+  // A step name that is a link to itself: skipped, and said (it was skipped without a word).
+  fs::create_symlink("step_00000009", dir_ + "/step_00000009");
+  std::vector<std::string> said;
+  auto good = NewestGoodCheckpointReader(dir_, false, [&](const std::string& m) { said.push_back(m); });
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_EQ(good->path(), dir_ + "/step_00000001");
+  std::string all;
+  for (const std::string& m : said) all += m + "\n";
+  EXPECT_THAT(all, HasSubstr("skipping " + dir_ + "/step_00000009: not a checkpoint directory"));
+  EXPECT_THAT(all, HasSubstr("model.safetensors is a character device"));
+  fs::remove(dir_ + "/step_00000009");
   fs::remove(ckpt + "/model.safetensors");
   ASSERT_EQ(::mkfifo((ckpt + "/model.safetensors").c_str(), 0600), 0);
   r = ReadCheckpoint(ckpt);

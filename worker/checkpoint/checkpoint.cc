@@ -106,7 +106,15 @@ std::optional<CheckpointReader> FindNewestGood(const std::string& dir,
   std::error_code ec;
   for (const fs::directory_entry& entry : fs::directory_iterator(dir, ec)) {
     int64_t step = ParseStepDirName(entry.path().filename().string());
-    if (step >= 0 && entry.is_directory(ec)) all.emplace_back(step, entry.path().string());
+    if (step < 0) continue;
+    std::error_code dir_ec;
+    if (entry.is_directory(dir_ec)) {
+      all.emplace_back(step, entry.path().string());
+    } else if (report) {
+      // A step name that is no directory (a file, a link to nothing or to itself): said, not used.
+      report(absl::StrCat("skipping ", entry.path().string(), ": not a checkpoint directory (",
+                          dir_ec ? dir_ec.message() : "not a directory", ")"));
+    }
   }
   std::sort(all.begin(), all.end(), std::greater<>());
   for (const auto& [step, path] : all) {
