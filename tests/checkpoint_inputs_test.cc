@@ -59,14 +59,15 @@ class CheckpointInputs : public ::testing::Test {
 
   // A copy of the good checkpoint with from -> to in its spec.json, the manifest rewritten to
   // match (sizes and checksums), so that only the spec is wrong.
-  static std::string WithSpecEdit(const std::string& from, const std::string& to) {
+  static std::string WithSpecEdit(const std::string& from, const std::string& to,
+                                  const std::string& file = "spec.json") {
     const std::string dir = testing::MakeTempDir("ckpt-edited-") + "/step_00000001";
     fs::copy(*good_, dir, fs::copy_options::recursive);
-    std::string spec = *ReadFile(dir + "/spec.json");
+    std::string spec = *ReadFile(dir + "/" + file);
     const size_t at = spec.find(from);
     EXPECT_NE(at, std::string::npos) << from << " is not in " << spec;
     if (at != std::string::npos) spec.replace(at, from.size(), to);
-    EXPECT_TRUE(WriteFileAtomic(dir + "/spec.json", spec).ok());
+    EXPECT_TRUE(WriteFileAtomic(dir + "/" + file, spec).ok());
     std::string manifest;
     for (absl::string_view line : absl::StrSplit(*ReadFile(dir + "/MANIFEST"), '\n', absl::SkipEmpty())) {
       std::vector<std::string> f = absl::StrSplit(line, ' ');
@@ -120,6 +121,19 @@ TEST_F(CheckpointInputs, ASpecNoModelCanBeBuiltFromIsRefusedByEveryTool) {
       EXPECT_THAT(r.err, HasSubstr(ckpt)) << c.to;
       EXPECT_THAT(r.err, HasSubstr("spec.json")) << c.to;
       EXPECT_THAT(r.err, HasSubstr(c.field)) << c.to;
+    }
+  }
+}
+
+// meta.json's vocab_size edited to no number (its manifest made to match): damage, named, in
+// every tool (a resume said "model.vocab_size: 0" or a wrapped-around number).
+TEST_F(CheckpointInputs, AMetaNumberThatIsNoNumberIsDamage) {
+  for (const char* to : {"\"vocab_size\": \"abc\"", "\"vocab_size\": \"99999999999999\""}) {
+    const std::string ckpt = WithSpecEdit("\"vocab_size\": \"65\"", to, "meta.json");
+    for (const CommandResult& r : {Sample(ckpt), Export(ckpt)}) {
+      EXPECT_EQ(r.exit_code, 1) << to << ": " << r.err;
+      EXPECT_THAT(r.err, HasSubstr("meta.json: vocab_size is")) << r.err;
+      EXPECT_THAT(r.err, HasSubstr("the checkpoint is damaged")) << r.err;
     }
   }
 }

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
@@ -261,6 +262,15 @@ absl::StatusOr<CheckpointReader> CheckpointReader::Open(const std::string& path)
   absl::StatusOr<std::map<std::string, std::string>> meta = ParseJsonStringMap(meta_json);
   if (!meta.ok()) {
     return absl::DataLossError(absl::StrCat(path, "/", kMetaFile, ": ", meta.status().message()));
+  }
+  // Its numbers are read as numbers (atoi): one that is not is damage, said here.
+  if (auto it = meta->find("vocab_size"); it != meta->end()) {
+    int vocab = 0;
+    if (!absl::SimpleAtoi(it->second, &vocab) || vocab < 1) {
+      return absl::DataLossError(absl::StrCat(path, "/", kMetaFile, ": vocab_size is \"", it->second,
+                                              "\", not a whole number of at least 1 that fits an int; the "
+                                              "checkpoint is damaged, use an older one"));
+    }
   }
   r.info_.meta = *std::move(meta);
 
