@@ -191,6 +191,27 @@ complete -o filenames -F _moectl moectl
 )SH");
 }
 
+// CLI11's words for two mistakes, in moectl's: a flag given twice ("At Most 1 required but received
+// 2") and a number that is no number ("Value abc not in range 1 to 2147483647").
+std::string PlainParseError(std::string text) {
+  if (const size_t at = text.find("At Most 1 required but received "); at != std::string::npos) {
+    const std::string times = text.substr(at + 32);
+    return absl::StrCat(text.substr(0, at), "given ", times, " times; give it once");
+  }
+  if (const size_t at = text.find("Value "); at != std::string::npos) {
+    const size_t range = text.find(" not in range ", at);
+    if (range != std::string::npos) {
+      const std::string value = text.substr(at + 6, range - at - 6);
+      int64_t n = 0;
+      if (!absl::SimpleAtoi(value, &n)) {
+        return absl::StrCat(text.substr(0, at), "'", value, "' is not a whole number; give one from ",
+                            text.substr(range + 14));
+      }
+    }
+  }
+  return text;
+}
+
 // Output that a full disk cut short must not read as success (exit 0 with a truncated table or
 // JSON): exit 1, saying whether the command itself did what it was asked (a submitted job stays
 // submitted).
@@ -410,7 +431,8 @@ int main(int argc, char** argv) {
         chosen.empty() ? "usage: moectl [--server HOST:PORT] COMMAND [ARGS]  (moectl --help)"
                        : chosen.front()->get_footer();
     std::fprintf(stderr, "moectl%s%s: %s\n%s\n", chosen.empty() ? "" : " ",
-                 chosen.empty() ? "" : chosen.front()->get_name().c_str(), e.what(), usage.c_str());
+                 chosen.empty() ? "" : chosen.front()->get_name().c_str(), PlainParseError(e.what()).c_str(),
+                 usage.c_str());
     return 2;
   }
   if (!server.empty()) moe::client::SetServerOverride(server);

@@ -117,7 +117,10 @@ TEST(MoectlCli, OutOfRangeNumbersNameTheRange) {
                         Case{{"submit", "job.yaml", "--from", ""}, "--from: is empty; give a job id"},
                         Case{{"metrics", "j-000001", "--svg", ""}, "--svg: is empty; give a file name"},
                         Case{{"validate", "job.yaml", "--gpu-memory", ""}, "is empty; give a size"},
-                        Case{{"--server", "", "list"}, "--server: is empty; give HOST:PORT"}}) {
+                        Case{{"--server", "", "list"}, "--server: is empty; give HOST:PORT"},
+                        // CLI11's own words, in moectl's.
+                        Case{{"list", "--limit", "abc"}, "--limit: 'abc' is not a whole number; give one from 1 to"},
+                        Case{{"list", "-o", "json", "-o", "csv"}, "--output: given 2 times; give it once"}}) {
     std::vector<std::string> argv = {BinDir() + "/moectl"};
     argv.insert(argv.end(), c.args.begin(), c.args.end());
     CommandResult r = RunCommand(argv, {{"MOE_SERVER", "127.0.0.1:1"}}, 10);
