@@ -9,6 +9,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/files.h"
 #include "worker/checkpoint/checkpoint_dir.h"
 
@@ -168,6 +169,8 @@ absl::StatusOr<moe::v1::DeleteJobResponse> DeleteFinishedJob(JobStore& store,
   } else if (!ckpt.empty() && fs::exists(ckpt, ec)) {  // (an empty one inside went with the folder)
     out.add_kept_paths(KeptCheckpoints(ckpt, user));
   }
+  // Said again to whoever asks about the job later (moectl status or delete --checkpoints).
+  if (out.kept_paths_size() > 0) store.NoteDeletedKept(id, absl::StrJoin(out.kept_paths(), "\n"));
   return out;
 }
 

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -155,6 +156,19 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
           absl::StrCat("cannot upgrade job store ", path, ": ", s.message()));
     }
   }
+  // And before the deleted jobs' kept paths, theirs.
+  bool has_kept = false;
+  {
+    Stmt q(db, "SELECT 1 FROM pragma_table_info('deleted_jobs') WHERE name = 'kept'");
+    has_kept = q.Step() == SQLITE_ROW;
+  }
+  if (!has_kept) {
+    absl::Status s = store->Exec("ALTER TABLE deleted_jobs ADD COLUMN kept TEXT NOT NULL DEFAULT '';");
+    if (!s.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("cannot upgrade job store ", path, ": ", s.message()));
+    }
+  }
   return store;
 }
 
@@ -287,6 +301,13 @@ absl::StatusOr<JobRecord> JobStore::CreateJob(const moe::v1::JobSpec& spec,
   return r;
 }
 
+void JobStore::NoteDeletedKept(const std::string& id, const std::string& kept) {
+  std::lock_guard<std::mutex> lock(mu_);
+  Stmt q(db_, "UPDATE deleted_jobs SET kept = ? WHERE id = ?");
+  q.Bind(1, kept).Bind(2, id);
+  q.Step();
+}
+
 absl::StatusOr<JobRecord> JobStore::GetJobLocked(const std::string& id) {
   Stmt q(db_, absl::StrCat("SELECT ", kJobColumns, " FROM jobs WHERE id = ?").c_str());
   q.Bind(1, id);
@@ -294,13 +315,17 @@ absl::StatusOr<JobRecord> JobStore::GetJobLocked(const std::string& id) {
   if (rc == SQLITE_ROW) return RowToRecord(q);
   if (rc == SQLITE_DONE) {
     // A deleted job leaves its id behind, so "no job" can say what happened to it.
-    Stmt gone(db_, "SELECT deleted_ms FROM deleted_jobs WHERE id = ?");
+    Stmt gone(db_, "SELECT deleted_ms, kept FROM deleted_jobs WHERE id = ?");
     gone.Bind(1, id);
     if (gone.Step() == SQLITE_ROW) {
+      const std::string kept = gone.Text(1);
       return absl::NotFoundError(absl::StrCat(
           "job ", id, " was deleted at ",
           absl::FormatTime("%Y-%m-%d %H:%M:%S %Z", absl::FromUnixMillis(gone.Int(0)), absl::LocalTimeZone()),
-          " (moectl delete or prune); its logs and metrics went with it"));
+          " (moectl delete or prune); its logs and metrics went with it",
+          kept.empty() ? std::string()
+                       : absl::StrCat("; it kept ", absl::StrReplaceAll(kept, {{"\n", ", "}}),
+                                      ", which moed no longer tracks: remove them by hand when done with them")));
     }
     return absl::NotFoundError(
         absl::StrCat("no job '", id, "' (moectl list shows the jobs moed knows)"));

@@ -84,6 +84,9 @@ class JobStore {
   // Removes a finished job's rows (job, events, logs, metrics, cursors) in one transaction and
   // returns what it was; its id is never reused. FailedPrecondition for a job not final.
   absl::StatusOr<JobRecord> DeleteJob(const std::string& id);
+  // What the deletion of job id left on disk (its kept checkpoints, one path a line): said
+  // afterwards by every "was deleted" answer about it. Best effort: an error changes nothing.
+  void NoteDeletedKept(const std::string& id, const std::string& kept);
 
   // Appends lines captured from a rank's output file and moves that file's offset, atomically.
   absl::Status AppendCapturedLines(const std::string& job_id, int rank,

@@ -264,6 +264,11 @@ TEST(JobCleanup, DeleteRemovesOnlyTheJobsOwnCheckpoints) {
   EXPECT_TRUE(fs::exists(from + "/step_00000004/MANIFEST"));
   EXPECT_TRUE(absl::StrContains(joined(d7->kept_paths()), "job " + reader->job.id() + " starts from it"))
       << joined(d7->kept_paths());
+  // Asked about later, the deleted job says what it left behind (it said only "was deleted").
+  const std::string gone((*store)->GetJob(id7).status().message());
+  EXPECT_TRUE(absl::StrContains(gone, "was deleted at")) << gone;
+  EXPECT_TRUE(absl::StrContains(gone, "; it kept " + from + " (job " + reader->job.id())) << gone;
+  EXPECT_TRUE(absl::StrContains(gone, "remove them by hand when done with them")) << gone;
 
   // Ended before its first checkpoint (its own checkpoints folder empty but for the marker):
   // without --checkpoints nothing is kept, so the job folder goes whole.
