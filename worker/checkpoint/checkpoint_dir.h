@@ -32,11 +32,10 @@ struct FileDigest {
   uint64_t size = 0;
   uint64_t hash = 0;
 };
-// Size and XXH64 of a file, read once through a fixed buffer.
 // DataLoss naming what path is when it exists and is no regular file (a device, a pipe, a
 // directory; through symbolic links): read, /dev/zero never ends and a pipe blocks. OK otherwise.
 absl::Status CheckRegularFile(const std::string& path);
-// Refuses what CheckRegularFile refuses.
+// Size and XXH64 of a file, read once through a fixed buffer; refuses what CheckRegularFile does.
 absl::StatusOr<FileDigest> DigestFile(const std::string& path);
 
 std::string StepDirName(int64_t step);           // 123 -> "step_00000123"
