@@ -7,6 +7,7 @@
 #include <atomic>
 #include <deque>
 #include <map>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -99,6 +100,7 @@ grpc::Status JobServiceImpl::Delete(const grpc::ServerContextBase& context,
                                     moe::v1::DeleteJobResponse* response) {
   if (absl::Status s = auth_->Check(context); !s.ok()) return ToGrpcStatus(s);
   if (absl::Status s = CheckJobId(request.id()); !s.ok()) return ToGrpcStatus(s);
+  std::unique_lock<std::mutex> no_submits = scheduler_->HoldSubmits();
   absl::StatusOr<moe::v1::DeleteJobResponse> out =
       DeleteFinishedJob(*store_, jobs_root_, request.id(), request.checkpoints());
   if (!out.ok()) return ToGrpcStatus(out.status());
@@ -110,6 +112,7 @@ grpc::Status JobServiceImpl::Prune(const grpc::ServerContextBase& context,
                                    const moe::v1::PruneJobsRequest& request,
                                    moe::v1::PruneJobsResponse* response) {
   if (absl::Status s = auth_->Check(context); !s.ok()) return ToGrpcStatus(s);
+  std::unique_lock<std::mutex> no_submits = scheduler_->HoldSubmits();
   absl::StatusOr<moe::v1::PruneJobsResponse> out = daemon::PruneJobs(*store_, jobs_root_, request);
   if (!out.ok()) return ToGrpcStatus(out.status());
   *response = *std::move(out);

@@ -87,6 +87,11 @@ class Scheduler {
   // end waits (its log lines or metric points not stored). The state stays the stored one.
   void ShowUnstored(moe::v1::Job* job);
 
+  // Holds submissions off while the lock lives, for delete and prune: a job being submitted that
+  // starts from checkpoints they would remove is either stored before (and then seen, so they
+  // stay) or checked after (and refused: its init_from is gone). Taken before the store's lock.
+  std::unique_lock<std::mutex> HoldSubmits() { return std::unique_lock<std::mutex>(submit_mu_); }
+
   int max_ranks() const { return options_.max_ranks; }
   // OK, or RESOURCE_EXHAUSTED saying how much the state directory has free against the floor
   // (--min-free-space): what Submit refuses with and what /healthz reports.
