@@ -91,6 +91,15 @@ absl::Status WriteFileAtomic(const std::string& path, std::string_view contents)
   return SyncDir(std::filesystem::path(path).parent_path().string());
 }
 
+const char* NonRegularKind(unsigned mode) {
+  return S_ISDIR(mode)    ? "a directory"
+         : S_ISCHR(mode)  ? "a character device"
+         : S_ISBLK(mode)  ? "a block device"
+         : S_ISFIFO(mode) ? "a named pipe"
+         : S_ISSOCK(mode) ? "a socket"
+                          : "not a regular file";
+}
+
 absl::Status WriteUserFile(const std::string& path, std::string_view contents) {
   std::string target = path;
   struct stat st;
@@ -106,14 +115,9 @@ absl::Status WriteUserFile(const std::string& path, std::string_view contents) {
   }
   if (::stat(target.c_str(), &st) == 0) {
     if (!S_ISREG(st.st_mode)) {
-      const char* kind = S_ISDIR(st.st_mode)    ? "a directory"
-                         : S_ISCHR(st.st_mode)  ? "a character device"
-                         : S_ISBLK(st.st_mode)  ? "a block device"
-                         : S_ISFIFO(st.st_mode) ? "a named pipe"
-                         : S_ISSOCK(st.st_mode) ? "a socket"
-                                                : "not a regular file";
-      return absl::FailedPreconditionError(absl::StrCat(
-          path, " is ", kind, ", which moe does not replace; give a new file name or a regular file's"));
+      return absl::FailedPreconditionError(absl::StrCat(path, " is ", NonRegularKind(st.st_mode),
+                                                        ", which moe does not replace; give a new file name or a "
+                                                        "regular file's"));
     }
     if ((st.st_mode & S_IWUSR) == 0) {
       return absl::FailedPreconditionError(absl::StrCat(

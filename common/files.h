@@ -13,6 +13,9 @@ namespace moe {
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 // Writes path.tmp.<pid>, fsyncs it, renames it over path and fsyncs the directory.
 absl::Status WriteFileAtomic(const std::string& path, std::string_view contents);
+// What a file of this st_mode is, for a message about one that is no regular file: "a directory",
+// "a character device", "a block device", "a named pipe", "a socket", else "not a regular file".
+const char* NonRegularKind(unsigned mode);
 // WriteFileAtomic for a path a user named (an output flag): a regular file is replaced, a
 // symbolic link has the file it names replaced (the link stays), a new name is created; anything
 // else (a directory, a device such as /dev/full, a pipe, a socket, a dangling link) and a

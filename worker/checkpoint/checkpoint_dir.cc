@@ -1,6 +1,7 @@
 #include "worker/checkpoint/checkpoint_dir.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,16 +35,9 @@ void Stage(absl::string_view stage) {
 }
 
 absl::Status CheckRegularFile(const std::string& path) {
-  std::error_code ec;
-  const fs::file_status st = fs::status(path, ec);  // through symbolic links
-  if (ec || !fs::exists(st) || fs::is_regular_file(st)) return absl::OkStatus();  // the read says why
-  const char* kind = fs::is_directory(st)           ? "a directory"
-                     : fs::is_character_file(st)    ? "a character device"
-                     : fs::is_block_file(st)        ? "a block device"
-                     : fs::is_fifo(st)              ? "a named pipe"
-                     : fs::is_socket(st)            ? "a socket"
-                                                    : "not a regular file";
-  return absl::DataLossError(absl::StrCat(path, " is ", kind,
+  struct stat st;  // through symbolic links
+  if (::stat(path.c_str(), &st) != 0 || S_ISREG(st.st_mode)) return absl::OkStatus();  // the read says why
+  return absl::DataLossError(absl::StrCat(path, " is ", NonRegularKind(st.st_mode),
                                           ", not a checkpoint file; the checkpoint is damaged, use an older one"));
 }
 
