@@ -32,6 +32,8 @@ std::string TickLabel(double v, double step) {
   return absl::StrFormat("%.*g", digits, v);
 }
 
+constexpr int kMaxTicks = 24;  // NiceStep asks for 4 or 5; rounding may add a few
+
 // 1, 2 or 5 times a power of ten, so that about `want` ticks span the range.
 double NiceStep(double range, int want) {
   const double raw = range / std::max(1, want);
@@ -47,9 +49,13 @@ struct Range {
 Range Padded(double lo, double hi, bool from_zero) {
   if (!(lo <= hi)) return {0, 1};
   if (from_zero && lo > 0) lo = 0;
-  if (hi == lo) {
-    const double d = lo == 0 ? 1 : std::fabs(lo) * 0.1;
-    return {lo - d, hi + d};
+  // Values a few ulp apart are drawn as a flat line: a tick step that small would not move a
+  // double (0.001 and 0.0009999999999999998 made the tick loop in Axes run forever), and one
+  // near the smallest doubles comes out of NiceStep as 0.
+  if (hi - lo <= std::max(std::fabs(lo), std::fabs(hi)) * 1e-9 || hi - lo < 1e-290) {
+    const double mid = lo + (hi - lo) / 2;
+    const double d = mid == 0 ? 1 : std::fabs(mid) * 0.1;
+    return {mid - d, mid + d};
   }
   const double pad = (hi - lo) * 0.05;
   return {from_zero && lo == 0 ? 0 : lo - pad, hi + pad};
@@ -81,8 +87,12 @@ std::string Open(const std::string& id, const std::string& kind, const std::stri
 // Grid lines and tick labels on y; step labels on x (integers only).
 std::string Axes(const Frame& f, bool x_is_step) {
   std::string out;
+  // Ticks by count (each v from its index, never by adding up steps), at most kMaxTicks a side.
   const double ystep = NiceStep(f.y.hi - f.y.lo, 4);
-  for (double v = std::ceil(f.y.lo / ystep) * ystep; v <= f.y.hi + ystep * 1e-9; v += ystep) {
+  const double y0 = std::ceil(f.y.lo / ystep) * ystep;
+  for (int i = 0; i < kMaxTicks; ++i) {
+    const double v = y0 + i * ystep;
+    if (!(v <= f.y.hi + ystep * 1e-9)) break;
     const double py = f.Y(std::fabs(v) < ystep * 1e-9 ? 0 : v);
     absl::StrAppend(&out, "<line x1=\"", Px(f.Left()), "\" x2=\"", Px(f.Right()), "\" y1=\"",
                     Px(py), "\" y2=\"", Px(py), "\" stroke=\"#e3e3e3\"/>");
@@ -92,7 +102,10 @@ std::string Axes(const Frame& f, bool x_is_step) {
   }
   double xstep = NiceStep(f.x.hi - f.x.lo, 5);
   if (x_is_step) xstep = std::max(1.0, std::round(xstep));
-  for (double v = std::ceil(f.x.lo / xstep) * xstep; v <= f.x.hi + xstep * 1e-9; v += xstep) {
+  const double x0 = std::ceil(f.x.lo / xstep) * xstep;
+  for (int i = 0; i < kMaxTicks; ++i) {
+    const double v = x0 + i * xstep;
+    if (!(v <= f.x.hi + xstep * 1e-9)) break;
     absl::StrAppend(&out, "<text x=\"", Px(f.X(v)), "\" y=\"", Px(f.Bottom() + 14),
                     "\" text-anchor=\"middle\" ", kFont, " fill=\"#555\">", TickLabel(v, xstep),
                     "</text>");

@@ -3,7 +3,9 @@
 // as XML and refuses whole on one error; and a long job's chart stays small.
 #include "common/svg_charts.h"
 
+#include <cmath>
 #include <cstddef>
+#include <utility>
 #include <set>
 #include <string>
 #include <vector>
@@ -71,6 +73,32 @@ TEST(SvgCharts, ALongSeriesIsDrawnThroughAFewHundredOfItsPoints) {
   EXPECT_LT(svg.size(), size_t{200000});
   EXPECT_NE(svg.find("data-step=\"1\""), std::string::npos);  // the first and last points stay
   EXPECT_NE(svg.find("data-step=\"100000\""), std::string::npos);
+}
+
+// Values a few ulp apart (a learning rate from 0.001 down to 0.0009999999999999998) once gave a
+// tick step too small to move a double: the tick loop ran until memory ran out, taking moed down
+// on one dashboard visit. Huge, tiny and mixed-sign ranges end with a handful of ticks too.
+TEST(SvgCharts, AnyRangeOfValuesGivesAFewTicks) {
+  const std::vector<std::pair<double, double>> ranges = {
+      {1e-3, 0.0009999999999999998}, {1.0, std::nextafter(1.0, 2.0)}, {-1e300, 1e300},
+      {1e-300, 2e-300},              {-5e-324, 5e-324},               {1e15, 1e15 + 2},
+      {0.0, 0.0},                    {-3.0, -3.0}};
+  for (const auto& [a, b] : ranges) {
+    Series s{"lr", "#1f77b4", {1, 2, 3}, {a, b, a}};
+    const std::string svg = RenderLineChart({"chart-lr", "lr", {s}});
+    size_t lines = 0;
+    for (size_t at = svg.find("<line"); at != std::string::npos; at = svg.find("<line", at + 1)) ++lines;
+    EXPECT_GE(lines, 1u) << a << " " << b;
+    EXPECT_LE(lines, 24u) << a << " " << b;
+    EXPECT_LT(svg.size(), size_t{20000}) << a << " " << b;
+  }
+  // And through JobCharts, the dashboard's and `moectl metrics --svg`'s path.
+  std::vector<moe::v1::MetricPoint> points(2);
+  points[0].set_step(1);
+  points[0].set_lr(1e-3);
+  points[1].set_step(2);
+  points[1].set_lr(0.0009999999999999998);
+  EXPECT_LT(ChartsDocument("ulp", JobCharts(points)).size(), size_t{200000});
 }
 
 }  // namespace
