@@ -82,6 +82,14 @@ std::string Page(const std::string& title, const std::string& body, bool refresh
 Dashboard::JobCache Dashboard::Refresh(const std::string& id) {
   std::lock_guard<std::mutex> lock(mu_);
   JobCache& c = cache_[id];
+  c.used = ++uses_;
+  while (cache_.size() > kCachedJobs) {  // the least recently shown other job goes
+    auto oldest = cache_.end();
+    for (auto it = cache_.begin(); it != cache_.end(); ++it) {
+      if (it->first != id && (oldest == cache_.end() || it->second.used < oldest->second.used)) oldest = it;
+    }
+    cache_.erase(oldest);
+  }
   while (true) {
     absl::StatusOr<std::vector<StoredMetric>> batch = store_->ReadMetrics(id, c.metric_cursor, kBatch);
     if (!batch.ok()) break;
@@ -102,6 +110,11 @@ Dashboard::JobCache Dashboard::Refresh(const std::string& id) {
     if (static_cast<int>(batch->size()) < kBatch) break;
   }
   return c;
+}
+
+size_t Dashboard::cached_jobs() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cache_.size();
 }
 
 std::string Dashboard::JobsPage() {

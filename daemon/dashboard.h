@@ -26,6 +26,10 @@ class Dashboard {
 
   static constexpr int kRefreshSeconds = 5;
   static constexpr size_t kLogTail = 60;
+  // Jobs whose points the pages keep between visits; the least recently shown beyond these are
+  // dropped (read again from the store when shown next).
+  static constexpr size_t kCachedJobs = 16;
+  size_t cached_jobs();
 
  private:
   // What the pages have read of a job so far, by store rowid: the newest point per step (a
@@ -35,6 +39,7 @@ class Dashboard {
     std::map<int64_t, moe::v1::MetricPoint> by_step;
     int64_t log_cursor = 0;
     std::deque<moe::v1::LogLine> tail;
+    uint64_t used = 0;  // uses_ when last shown
   };
   // Brings the job's cache up to date and returns a copy of it.
   JobCache Refresh(const std::string& id);
@@ -42,6 +47,7 @@ class Dashboard {
   JobStore* const store_;
   std::mutex mu_;
   std::map<std::string, JobCache> cache_ ABSL_GUARDED_BY(mu_);
+  uint64_t uses_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace moe::daemon
