@@ -102,6 +102,12 @@ constexpr const char* kText = "text/plain; charset=utf-8";
 // reading civetweb's buffer past what it parsed.
 bool DroppedHeaders(const mg_request_info* ri) { return ri->num_headers >= MG_MAX_HEADERS; }
 
+int HeaderCount(const mg_request_info* ri, const char* name) {
+  int n = 0;
+  for (int i = 0; i < ri->num_headers; ++i) n += absl::EqualsIgnoreCase(ri->http_headers[i].name, name);
+  return n;
+}
+
 void ReplyTooManyHeaders(mg_connection* conn) {
   Reply(conn, 431, "Request Header Fields Too Large", kText,
         absl::StrCat("this request has ", MG_MAX_HEADERS, " or more header lines, and moed's "
@@ -342,6 +348,12 @@ int HttpServer::Handle(mg_connection* conn) {
     }
     Reply(conn, 200, "OK", kText, "ok\n");
     return 200;
+  }
+  // Two Authorization headers: which one counts would depend on the reader (civetweb takes the
+  // first, a proxy in front may take the last). Refused rather than guessed.
+  if (!options_.token.empty() && HeaderCount(ri, "Authorization") > 1) {
+    Reply(conn, 400, "Bad Request", kText, "more than one Authorization header: send the token once\n");
+    return 400;
   }
   if (!Authorized(conn)) {
     Reply(conn, 401, "Unauthorized", kText,

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <utility>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -63,6 +64,15 @@ TEST(DashboardHttp, TokenIsRequiredExceptOnHealthz) {
   EXPECT_EQ(HttpGet(port, "/", {"Authorization: BASIC " + absl::Base64Escape("me:http-s3cret")}).status, 200);
   EXPECT_EQ(HttpGet(port, "/metrics", {"Authorization: Bearerhttp-s3cret"}).status, 401);
   EXPECT_EQ(HttpGet(port, "/metrics", {"Authorization: Bearer   http-s3cret"}).status, 200);  // 1*SP
+  // The token twice, or a right and a wrong one in either order: refused, whichever comes first.
+  for (const auto& [first, second] : {std::pair{"Bearer http-s3cret", "Bearer wrong"},
+                                      std::pair{"Bearer wrong", "Bearer http-s3cret"},
+                                      std::pair{"Bearer http-s3cret", "Bearer http-s3cret"}}) {
+    HttpResponse twice = HttpGet(port, "/metrics",
+                                 {absl::StrCat("Authorization: ", first), absl::StrCat("authorization: ", second)});
+    EXPECT_EQ(twice.status, 400) << first << " / " << second;
+    EXPECT_TRUE(absl::StrContains(twice.body, "more than one Authorization header")) << twice.body;
+  }
 }
 
 TEST(DashboardHttp, APathThatCanNameNoJobIsABadRequest) {
