@@ -215,35 +215,43 @@ std::string RenderLineChart(const LineChart& c) {
 
 std::string RenderHeatmap(const Heatmap& m) {
   size_t experts = 0;
-  int64_t max_tokens = 0;
-  for (const auto& col : m.cells) {
-    experts = std::max(experts, col.size());
-    for (int64_t t : col) max_tokens = std::max(max_tokens, t);
-  }
+  for (const auto& col : m.cells) experts = std::max(experts, col.size());
   if (m.steps.empty() || experts == 0) return Empty(m.id, "heatmap", m.title, m.width, m.height);
+  // A row per bin of `bin` consecutive experts (1 up to kMaxHeatRows experts).
+  const size_t bin = (experts + kMaxHeatRows - 1) / kMaxHeatRows;
+  const size_t rows = (experts + bin - 1) / bin;
+  std::vector<std::vector<int64_t>> sums(m.cells.size(), std::vector<int64_t>(rows, 0));
+  int64_t max_tokens = 0;
+  for (size_t c = 0; c < m.cells.size(); ++c) {
+    for (size_t e = 0; e < m.cells[c].size(); ++e) sums[c][e / bin] += m.cells[c][e];
+    for (int64_t t : sums[c]) max_tokens = std::max(max_tokens, t);
+  }
   Frame f{m.width, m.height, {0, 1}, {0, 1}};
   const double cw = (f.Right() - f.Left()) / static_cast<double>(m.steps.size());
-  const double ch = (f.Bottom() - f.Top()) / static_cast<double>(experts);
+  const double ch = (f.Bottom() - f.Top()) / static_cast<double>(rows);
   std::string out = Open(m.id, "heatmap", m.title, m.width, m.height);
   absl::StrAppend(&out, "<g class=\"cells\" data-layer=\"", m.layer, "\">");
   for (size_t c = 0; c < m.steps.size(); ++c) {
-    for (size_t e = 0; e < m.cells[c].size(); ++e) {
-      const int64_t t = m.cells[c][e];
+    const size_t have = (m.cells[c].size() + bin - 1) / bin;  // a short column draws its own rows
+    for (size_t r = 0; r < have; ++r) {
+      const int64_t t = sums[c][r];
+      const size_t first = r * bin, last = std::min(experts, first + bin) - 1;
+      const std::string who = bin == 1 ? absl::StrCat("expert ", first) : absl::StrCat("experts ", first, "-", last);
       absl::StrAppend(
           &out, "<rect class=\"cell\" x=\"", Px(f.Left() + c * cw), "\" y=\"",
-          Px(f.Top() + e * ch), "\" width=\"", Px(cw + 0.3), "\" height=\"", Px(ch + 0.3),
+          Px(f.Top() + r * ch), "\" width=\"", Px(cw + 0.3), "\" height=\"", Px(ch + 0.3),
           "\" fill=\"", HeatColor(max_tokens > 0 ? static_cast<double>(t) / max_tokens : 0),
-          "\" data-layer=\"", m.layer, "\" data-step=\"", m.steps[c], "\" data-expert=\"", e,
-          "\" data-tokens=\"", t, "\"><title>layer ", m.layer, " step ", m.steps[c], " expert ",
-          e, ": ", t, " tokens</title></rect>");
+          "\" data-layer=\"", m.layer, "\" data-step=\"", m.steps[c], "\" data-expert=\"", first,
+          bin == 1 ? "" : absl::StrCat("\" data-experts=\"", first, "-", last), "\" data-tokens=\"", t,
+          "\"><title>layer ", m.layer, " step ", m.steps[c], " ", who, ": ", t, " tokens</title></rect>");
     }
   }
   absl::StrAppend(&out, "</g>");
   // Expert labels (thinned when there are many) and the first and last step.
-  const size_t every = std::max<size_t>(1, experts / 8);
-  for (size_t e = 0; e < experts; e += every) {
-    absl::StrAppend(&out, "<text x=\"", Px(f.Left() - 4), "\" y=\"", Px(f.Top() + (e + 0.5) * ch + 4),
-                    "\" text-anchor=\"end\" ", kFont, " fill=\"#555\">e", e, "</text>");
+  const size_t every = std::max<size_t>(1, rows / 8);
+  for (size_t r = 0; r < rows; r += every) {
+    absl::StrAppend(&out, "<text x=\"", Px(f.Left() - 4), "\" y=\"", Px(f.Top() + (r + 0.5) * ch + 4),
+                    "\" text-anchor=\"end\" ", kFont, " fill=\"#555\">e", r * bin, "</text>");
   }
   absl::StrAppend(&out, "<text x=\"", Px(f.Left()), "\" y=\"", Px(f.Bottom() + 14), "\" ", kFont,
                   " fill=\"#555\">", m.steps.front(), "</text><text x=\"", Px(f.Right()),
@@ -345,6 +353,17 @@ std::vector<Chart> JobCharts(const std::vector<moe::v1::MetricPoint>& points,
   }
   const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
                            "#9467bd", "#8c564b", "#e377c2", "#17becf"};
+  // The heatmaps' columns: kMaxHeatCells shared by the layers, at least 8 columns each.
+  std::vector<size_t> heat_cols = cols;
+  if (!layers.empty()) {
+    size_t rows = 1;
+    for (const auto& l : points.back().layers()) {
+      const size_t experts = static_cast<size_t>(l.tokens_per_expert_size());
+      rows = std::max(rows, std::min(experts, kMaxHeatRows));
+    }
+    const size_t per_layer = kMaxHeatCells / layers.size() / rows;
+    heat_cols = Thin(points.size(), std::min(max_columns, std::max<size_t>(per_layer, 8)));
+  }
   std::vector<Series> entropy, drop;
   for (size_t li = 0; li < layers.size(); ++li) {
     const int layer = layers[li];
@@ -362,7 +381,7 @@ std::vector<Chart> JobCharts(const std::vector<moe::v1::MetricPoint>& points,
         sd.y.push_back(l.drop_rate());
       }
     }
-    for (size_t i : cols) {
+    for (size_t i : heat_cols) {
       for (const auto& l : points[i].layers()) {
         if (l.layer() != layer) continue;
         map.steps.push_back(points[i].step());

@@ -33,7 +33,9 @@ struct LineChart {
 inline constexpr size_t kMaxLinePoints = 600;
 std::string RenderLineChart(const LineChart& chart);
 
-// cells[c][e]: tokens routed to expert e at steps[c] (one MoE layer).
+// cells[c][e]: tokens routed to expert e at steps[c] (one MoE layer). More than kMaxHeatRows
+// experts are drawn in bins of consecutive experts (a row per bin: their tokens summed).
+inline constexpr size_t kMaxHeatRows = 64;
 struct Heatmap {
   std::string id, title;
   int layer = 0;
@@ -62,8 +64,11 @@ struct Chart {
 // Every chart of a job from its metric points (one per step, in step order): loss (train and
 // val), learning rate, grad norm, tokens/s, MFU, the step split, and per MoE layer the expert
 // load heatmap, router entropy and drop rate. Steps are thinned evenly to at most max_columns
-// (each kept column is a real logged step, never an average).
+// (each kept column is a real logged step, never an average); the heatmaps of all layers
+// together draw at most about kMaxHeatCells cells (fewer columns each when there are many layers
+// and experts: 32 layers of 512 experts drew 2 million cells, 450 MB a page).
 inline constexpr size_t kMaxStepColumns = 120;
+inline constexpr size_t kMaxHeatCells = 32768;
 std::vector<Chart> JobCharts(const std::vector<moe::v1::MetricPoint>& points,
                              size_t max_columns = kMaxStepColumns);
 

@@ -101,5 +101,42 @@ TEST(SvgCharts, AnyRangeOfValuesGivesAFewTicks) {
   EXPECT_LT(ChartsDocument("ulp", JobCharts(points)).size(), size_t{200000});
 }
 
+// Many layers of many experts: each heatmap draws at most kMaxHeatRows rows (bins of consecutive
+// experts, their tokens summed) and all of them together about kMaxHeatCells cells. 32 layers of
+// 512 experts over 120 columns were 2 million cells, a 450 MB page.
+TEST(SvgCharts, ManyLayersOfManyExpertsKeepThePageSmall) {
+  const int layers = 32, experts = 512, steps = 400;
+  std::vector<moe::v1::MetricPoint> points(steps);
+  for (int s = 0; s < steps; ++s) {
+    points[s].set_step(s + 1);
+    points[s].set_loss(4.0 - s * 1e-3);
+    for (int l = 0; l < layers; ++l) {
+      moe::v1::MoeLayerStats* m = points[s].add_layers();
+      m->set_layer(l);
+      for (int e = 0; e < experts; ++e) m->add_tokens_per_expert(e + l);
+    }
+  }
+  const std::vector<Chart> charts = JobCharts(points);
+  size_t cells = 0;
+  for (const Chart& c : charts) {
+    if (c.id.rfind("chart-expert-load-", 0) != 0) continue;
+    std::set<std::string> rows;
+    for (size_t at = c.svg.find("<rect class=\"cell\""); at != std::string::npos;
+         at = c.svg.find("<rect class=\"cell\"", at + 1)) {
+      ++cells;
+      const size_t y = c.svg.find(" y=\"", at);
+      rows.insert(c.svg.substr(y, c.svg.find('"', y + 4) - y));
+    }
+    EXPECT_EQ(rows.size(), kMaxHeatRows) << c.id;
+  }
+  EXPECT_LE(cells, kMaxHeatCells);
+  EXPECT_GE(cells, kMaxHeatCells / 2);
+  // Layer 3's first bin: experts 0-7, each with 3 + e tokens.
+  const std::string& layer3 = charts[6 + 3].svg;
+  EXPECT_NE(layer3.find("data-expert=\"0\" data-experts=\"0-7\" data-tokens=\"52\""), std::string::npos);
+  EXPECT_NE(layer3.find("experts 504-511: "), std::string::npos);
+  EXPECT_LT(ChartsDocument("big", charts).size(), size_t{20} << 20);
+}
+
 }  // namespace
 }  // namespace moe::charts
