@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -267,6 +268,12 @@ absl::StatusOr<JobRecord> JobStore::CreateJob(const moe::v1::JobSpec& spec,
              "SELECT MAX(COALESCE((SELECT MAX(num) FROM jobs), 0), "
              "COALESCE((SELECT MAX(num) FROM deleted_jobs), 0)) + 1");
       if (q.Step() == SQLITE_ROW) num = q.Int(0);
+    }
+    // Nor an id whose folder is on disk: a store moved aside or restored from a backup would
+    // otherwise hand a new job an old one's folder (its exit_status read as this job's end).
+    for (std::error_code ec;; ++num) {
+      const auto st = std::filesystem::symlink_status(absl::StrCat(job_root, "/", FormatId(num)), ec);
+      if (ec || st.type() == std::filesystem::file_type::not_found) break;
     }
     const int64_t now = NowUnixMs();
     std::string id = FormatId(num);

@@ -115,6 +115,25 @@ TEST(JobStore, JobsLogsMetricsSurviveReopen) {
   EXPECT_EQ((*last)[1], 1);
 }
 
+// A store moved aside (what moed says to do with a damaged one) or restored from a backup starts
+// its ids over; a new job never gets a folder left on disk by a job of the old store (moed read
+// that job's exit_status and called the new one SUCCEEDED without running it).
+TEST(JobStore, ANewJobNeverGetsAFolderThatIsOnDisk) {
+  const std::string dir = moe::testing::MakeTempDir("moe-store-folders-");
+  std::filesystem::create_directories(dir + "/jobs/j-000001/attempt-0");
+  std::ofstream(dir + "/jobs/j-000001/attempt-0/exit_status") << "0\n";
+  std::filesystem::create_directory_symlink("/nonexistent", dir + "/jobs/j-000002");  // dangling
+  std::ofstream(dir + "/jobs/j-000004") << "a file";
+  auto store = JobStore::Open(dir + "/moed.db");
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto a = (*store)->CreateJob(Spec("a"), "", dir + "/jobs", "queued");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->job.id(), "j-000003");
+  auto b = (*store)->CreateJob(Spec("b"), "", dir + "/jobs", "queued");
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->job.id(), "j-000005");
+}
+
 // A spill file's points come late, maybe after a later attempt's: each (attempt, step) is stored
 // once, and the latest point moves only forward in (attempt, step).
 TEST(JobStore, AddMetricsSkipsStoredPointsAndNeverMovesTheLatestBack) {
