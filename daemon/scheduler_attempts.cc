@@ -337,21 +337,23 @@ bool Scheduler::Watch(Active& a) {
   }
   if (!launcher->RunsOnThisMachine()) WatchBatch(a, now);
 
-  // Heartbeats: every rank that reported must keep reporting; and some rank must report
-  // within the timeout of the launch.
+  // Heartbeats: every rank must report within the timeout of the launch (or of moed's start:
+  // the ranks of a reattached attempt report to this moed afresh) and keep reporting.
   const auto timeout = options_.heartbeat_timeout;
+  const double timeout_s = timeout.count() / 1000.0;
   std::string lost;
   if (a.last_heard.empty()) {
     if (now - a.attempt_started > timeout) {
-      lost = absl::StrCat("lost heartbeat: no worker reported within ",
-                          timeout.count() / 1000.0, " s of the launch");
+      lost = absl::StrCat("lost heartbeat: no worker reported within ", timeout_s, " s of the launch");
     }
   } else {
-    for (const auto& [rank, t] : a.last_heard) {
-      if (now - t > timeout) {
-        lost = absl::StrCat("lost heartbeat from rank ", rank, " (nothing for ",
-                            timeout.count() / 1000.0, " s)");
-        break;
+    for (int rank = 0; rank < a.rec.job.spec().resources().ranks() && lost.empty(); ++rank) {
+      const auto heard = a.last_heard.find(rank);
+      if (heard == a.last_heard.end() && now - a.attempt_started > timeout) {
+        lost = absl::StrCat("lost heartbeat: rank ", rank, " has not reported within ", timeout_s,
+                            " s of the launch or of moed's start, while other ranks did");
+      } else if (heard != a.last_heard.end() && now - heard->second > timeout) {
+        lost = absl::StrCat("lost heartbeat from rank ", rank, " (nothing for ", timeout_s, " s)");
       }
     }
   }

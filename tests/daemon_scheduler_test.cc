@@ -7,6 +7,7 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/support/paths.h"
@@ -200,7 +201,9 @@ TEST_F(DaemonScheduler, SuspendedBatchJobIsNotKilledForItsSilence) {
   b.node_list = "n1";
   batch_.SetState(b);
   WaitFor(id, moe::v1::JOB_STATE_STARTING, "Fakebatch job 7 RUNNING on n1");
-  ASSERT_TRUE(scheduler_->OnWorkerHello(id, 0, 0, 4, store_->GetJob(id)->report_secret).ok());
+  for (int rank = 0; rank < 4; ++rank) {
+    ASSERT_TRUE(scheduler_->OnWorkerHello(id, 0, rank, 4, store_->GetJob(id)->report_secret).ok());
+  }
   ASSERT_EQ(WaitFor(id, moe::v1::JOB_STATE_RUNNING, "").state(), moe::v1::JOB_STATE_RUNNING);
 
   b.state = "SUSPENDED";
@@ -221,6 +224,33 @@ TEST_F(DaemonScheduler, SuspendedBatchJobIsNotKilledForItsSilence) {
   now = WaitFor(id, moe::v1::JOB_STATE_RUNNING, "");
   EXPECT_EQ(now.reason(), "");
   EXPECT_EQ(batch_.kills(), 0);
+}
+
+// Every rank must report, not just some: a rank hung before its first report to this moed (one
+// stopped while moed was down, its attempt reattached) was never watched once another rank
+// reported, and the job stayed RUNNING until the ranks' own collective timeout.
+TEST_F(DaemonScheduler, ARankThatNeverReportsIsALostHeartbeat) {
+  Start(milliseconds(400));
+  absl::StatusOr<moe::v1::Job> job = scheduler_->Submit(Spec(moe::v1::LAUNCHER_LOCAL, 2), "");
+  ASSERT_TRUE(job.ok()) << job.status();
+  const std::string id = job->id();
+  const std::string secret = store_->GetJob(id)->report_secret;
+  ASSERT_TRUE(scheduler_->OnWorkerHello(id, 0, 0, 2, secret).ok());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (local_.kills() == 0 && std::chrono::steady_clock::now() < deadline) {
+    scheduler_->OnWorkerReport(id, 0, 0);  // rank 0 keeps reporting
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  ASSERT_GT(local_.kills(), 0) << "rank 1 never reported, yet the attempt was not killed";
+  local_.Exit();
+  moe::v1::Job ended;
+  while (std::chrono::steady_clock::now() < deadline) {
+    ended = store_->GetJob(id)->job;
+    if (ended.state() == moe::v1::JOB_STATE_FAILED) break;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  EXPECT_EQ(ended.state(), moe::v1::JOB_STATE_FAILED);
+  EXPECT_TRUE(absl::StrContains(ended.reason(), "rank 1 has not reported within 0.4 s")) << ended.reason();
 }
 
 TEST(DaemonLaunchers, ChooseBySpec) {
