@@ -145,6 +145,16 @@ std::unique_ptr<moe::v1::JobService::Stub> NewJobStub(const ClientConfig& config
   return moe::v1::JobService::NewStub(NewMoedChannel(config.server));
 }
 
+bool Connect(grpc::Channel& channel, double seconds) {
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+  grpc_connectivity_state st = channel.GetState(/*try_to_connect=*/true);
+  while (st != GRPC_CHANNEL_READY && st != GRPC_CHANNEL_TRANSIENT_FAILURE && st != GRPC_CHANNEL_SHUTDOWN) {
+    if (!channel.WaitForStateChange(st, deadline)) return false;
+    st = channel.GetState(false);
+  }
+  return st == GRPC_CHANNEL_READY;
+}
+
 void PrepareContext(grpc::ClientContext& ctx, const ClientConfig& config, double deadline_s) {
   if (!config.token.empty()) ctx.AddMetadata("authorization", "Bearer " + config.token);
   if (deadline_s > 0) {

@@ -30,6 +30,9 @@ std::string ServerAddressProblem(const std::string& server);
 absl::StatusOr<ClientConfig> LoadClientConfig();
 
 std::unique_ptr<moe::v1::JobService::Stub> NewJobStub(const ClientConfig& config);
+// Whether the channel connects within `seconds`; false at once when moed's port refuses (the
+// first try fails), so that "cannot reach moed" comes as fast as a call's own failure.
+bool Connect(grpc::Channel& channel, double seconds);
 // Adds the token and, when deadline_s > 0, a deadline.
 void PrepareContext(grpc::ClientContext& ctx, const ClientConfig& config, double deadline_s);
 

@@ -15,6 +15,7 @@
 #include "client/connection.h"
 #include "client/expert_load.h"
 #include "client/output.h"
+#include "common/moed_channel.h"
 #include "common/files.h"
 #include "common/job_spec.h"
 
@@ -118,7 +119,8 @@ int RunSubmit(const SubmitOptions& o) {
   moe::v1::SubmitJobRequest req;
   *req.mutable_spec() = parsed.spec;
   if (absl::StatusOr<std::string> text = ReadFile(path); text.ok()) req.set_spec_yaml(*text);
-  auto stub = NewJobStub(*config);
+  std::shared_ptr<grpc::Channel> channel = NewMoedChannel(config->server);
+  auto stub = moe::v1::JobService::NewStub(channel);
   if (!o.from_job.empty()) {
     if (!parsed.spec.model().init_from().empty()) {
       std::fprintf(stderr, "moectl submit: %s sets model.init_from and --from names a job; give one of them\n",
@@ -134,8 +136,20 @@ int RunSubmit(const SubmitOptions& o) {
   grpc::ClientContext ctx;
   PrepareContext(ctx, *config, 30);
   moe::v1::Job job;
+  const bool reached = Connect(*channel, 10);
   grpc::Status s = stub->SubmitJob(&ctx, req, &job);
-  if (!s.ok()) return Fail(DescribeError(s, *config));
+  if (!s.ok()) {
+    // moed reached, then the call dropped (moed stopped or restarted): it may have stored the
+    // job before it went. (Without a connection the request was never sent.)
+    const grpc::StatusCode c = s.error_code();
+    const bool unknown = (c == grpc::StatusCode::UNAVAILABLE || c == grpc::StatusCode::CANCELLED ||
+                          c == grpc::StatusCode::DEADLINE_EXCEEDED || c == grpc::StatusCode::UNKNOWN) &&
+                         reached;
+    return Fail(absl::StrCat(DescribeError(s, *config),
+                             unknown ? "; the connection dropped after the job was sent, so moed may have "
+                                       "queued it: check `moectl list` before submitting again"
+                                     : ""));
+  }
   std::printf("%s\n", job.id().c_str());
   FlushStdout();
   if (o.follow) return FollowLogs(job.id(), -1, 0, true);

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,6 +26,7 @@ namespace moe::testing {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 HarnessOptions Fake(std::map<std::string, std::string> env) {
   HarnessOptions o;
@@ -148,11 +150,12 @@ TEST(DaemonLifecycle, ACancelWaitingOnAMoedThatDiedSaysSo) {
 }
 
 // A TCP relay to moed that holds each new connection for delay before it passes bytes on: a moed
-// that is busy, or far away, as a client sees it.
+// that is busy, or far away, as a client sees it. With cut_after, a connection is closed once
+// more than that many bytes went from the client to moed (a moed that stops mid-call).
 class SlowRelay {
  public:
-  SlowRelay(int target_port, std::chrono::milliseconds delay)
-      : target_(target_port), delay_(delay) {
+  SlowRelay(int target_port, std::chrono::milliseconds delay, size_t cut_after = 0)
+      : target_(target_port), delay_(delay), cut_after_(cut_after) {
     listen_fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in addr = {};
     addr.sin_family = AF_INET;
@@ -191,12 +194,15 @@ class SlowRelay {
     if (connect(server, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
       pollfd fds[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
       char buf[16384];
+      size_t sent = 0;  // client to moed
       while (!stop_ && poll(fds, 2, 100) >= 0) {
         bool open = true;
         for (int i = 0; i < 2 && open; ++i) {
           if (fds[i].revents == 0) continue;
           ssize_t n = read(fds[i].fd, buf, sizeof(buf));
           open = n > 0 && write(fds[1 - i].fd, buf, static_cast<size_t>(n)) == n;
+          if (open && i == 0) sent += static_cast<size_t>(n);
+          if (cut_after_ > 0 && sent > cut_after_) open = false;
         }
         if (!open) break;
       }
@@ -207,6 +213,7 @@ class SlowRelay {
 
   const int target_;
   const std::chrono::milliseconds delay_;
+  const size_t cut_after_;
   int listen_fd_ = -1, port_ = 0;
   std::atomic<bool> stop_{false};
   std::thread acceptor_;
@@ -223,6 +230,25 @@ TEST(DaemonLifecycle, MoectlWaitsForAMoedSlowToAcceptItsConnection) {
       h.Moectl({"list"}, 30, {{"MOE_SERVER", absl::StrCat("127.0.0.1:", relay.port())}});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("ID"));
+}
+
+// A submit whose connection drops after the job went out cannot know whether moed stored it:
+// moectl said only "cannot reach moed (is it running?)", and users submitting again got the job
+// twice. Without a connection at all, the request was never sent: no such hint.
+TEST(DaemonLifecycle, ASubmitCutMidCallSaysTheJobMayHaveBeenQueued) {
+  DaemonHarness h(Fake({}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const int port = std::stoi(h.address().substr(h.address().rfind(':') + 1));
+  const std::string job = h.WriteJob("cut", 1, 5);
+  std::ofstream(job, std::ios::app) << "# " << std::string(40000, 'x') << "\n";  // a request of 40 KB
+  SlowRelay relay(port, std::chrono::milliseconds(0), /*cut_after=*/20000);
+  CommandResult r = h.Moectl({"submit", job}, 30, {{"MOE_SERVER", absl::StrCat("127.0.0.1:", relay.port())}});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("moed may have queued it: check `moectl list` before submitting again"));
+  CommandResult none = h.Moectl({"submit", job}, 30, {{"MOE_SERVER", absl::StrCat("127.0.0.1:", FreePort())}});
+  EXPECT_EQ(none.exit_code, 1) << none.err;
+  EXPECT_THAT(none.err, HasSubstr("cannot reach moed"));
+  EXPECT_THAT(none.err, Not(HasSubstr("may have queued")));
 }
 
 }  // namespace
