@@ -17,6 +17,7 @@
 #include <deque>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -64,6 +65,7 @@ struct Reporter::Impl {
   std::deque<moe::v1::MetricPoint> metrics;  // unconfirmed
   size_t metrics_sent = 0;
   int spill_parts = 0;                      // parts written (SpillPart)
+  std::pair<int64_t, size_t> saved_mark{-1, 0};  // (last step, count) SaveUnconfirmed wrote
   int64_t next_seq = 1;
   int64_t step = 0;
   int64_t dropped = 0;
@@ -146,7 +148,10 @@ struct Reporter::Impl {
       metrics.clear();
       metrics_sent = 0;
     }
-    if (left.empty()) return;
+    if (left.empty()) {  // moed has every point: an outage's file is stale
+      if (saved_mark.first >= 0) std::remove(opts.spill_path.c_str());
+      return;
+    }
     const std::string what = absl::StrCat(
         "moed did not confirm ", left.size(), " metric point", left.size() == 1 ? "" : "s",
         " (steps ", left.front().step(), " to ", left.back().step(), ") before the end");
@@ -161,6 +166,22 @@ struct Reporter::Impl {
     }
     std::fprintf(stderr, "moe-worker rank %d: %s; left them in %s for moed to store\n", opts.rank,
                  what.c_str(), opts.spill_path.c_str());
+  }
+
+  // While moed is away: the unconfirmed points go to the spill file as they come (rewritten
+  // whole, at most every kMaxBackoff), so that a rank killed before Close (mpirun ending the
+  // attempt after another rank's failure) still leaves them for moed. Close's Spill replaces it.
+  void SaveUnconfirmed() {
+    std::vector<moe::v1::MetricPoint> now;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (opts.spill_path.empty() || metrics.empty()) return;
+      const std::pair<int64_t, size_t> mark{metrics.back().step(), metrics.size()};
+      if (mark == saved_mark) return;
+      saved_mark = mark;
+      now.assign(metrics.begin(), metrics.end());
+    }
+    (void)WriteMetricsSpill(opts.spill_path, now);  // a failure shows in Close's Spill
   }
 
   // Asks moed what it has stored; false when moed cannot be reached.
@@ -201,6 +222,7 @@ struct Reporter::Impl {
                        opts.rank, opts.moed_address.c_str(), status.error_message().c_str());
           outage = true;
         }
+        SaveUnconfirmed();
         std::unique_lock<std::mutex> lock(mu);
         if (closing && logs.empty() && metrics.empty()) break;
         cv.wait_for(lock, backoff, [&] { return closing && Clock::now() >= close_by; });
