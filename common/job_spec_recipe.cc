@@ -83,11 +83,14 @@ void CheckRecipeOptions(const JobSpec& spec, const std::function<bool(const std:
     if (u > 0) fail("model.moe.bias_update_rate", absl::StrCat("above 0", why));
     if (e.expert_dropout() > 0) fail("model.moe.expert_dropout", absl::StrCat("above 0", why));
   }
-  if (ok("model.moe.num_experts") && ok("model.moe.top_k") && ok("model.moe.expert_dropout") &&
-      e.expert_dropout() > 0 && e.num_experts() > 1 && e.top_k() >= e.num_experts()) {
-    fail("model.moe.expert_dropout",
-         absl::StrCat("has no choice to change when top_k (", e.top_k(), ") picks every one of the ",
-                      e.num_experts(), " experts; lower top_k or remove expert_dropout"));
+  // Both act on the choice of experts, and top_k = num_experts leaves none to make.
+  for (const auto& [path, on] : {std::pair{"model.moe.expert_dropout", e.expert_dropout() > 0},
+                                 std::pair{"model.moe.bias_update_rate", u > 0}}) {
+    if (on && ok("model.moe.num_experts") && ok("model.moe.top_k") && ok(path) && e.num_experts() > 1 &&
+        e.top_k() >= e.num_experts()) {
+      fail(path, absl::StrCat("has no choice to change when top_k (", e.top_k(), ") picks every one of the ",
+                              e.num_experts(), " experts; lower top_k or remove ", path + 10));
+    }
   }
 
   // What the job's backend runs (common/backend_limits.h).

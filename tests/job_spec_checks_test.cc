@@ -263,6 +263,12 @@ TEST_F(JobSpecTest, RangesAreChecked) {
       {"  seq_len: 32", "  attention: {dropout: 0.99999999}\n", "model.attention.dropout", "is 1 in fp32"},
       {"  seq_len: 32", "  moe: {num_experts: 4, top_k: 2, expert_dropout: 0.99999999}\n", "model.moe.expert_dropout",
        "is 1 in fp32"},
+      // The bias enters only the choice of experts: with top_k = num_experts there is none.
+      {"  seq_len: 32", "  moe: {num_experts: 4, top_k: 4, bias_update_rate: 0.1}\n", "model.moe.bias_update_rate",
+       "has no choice to change when top_k (4) picks every one of the 4 experts; lower top_k or remove "
+       "bias_update_rate"},
+      {"  seq_len: 32", "  moe: {num_experts: 4, top_k: 4, expert_dropout: 0.1}\n", "model.moe.expert_dropout",
+       "remove expert_dropout"},
       {"  seq_len: 32", "  moe: {num_experts: 4, router_temperature: 1.0e-300}\n", "model.moe.router_temperature",
        "must be at least 1e-06 (1 by default; below 1 sharpens the router, and the router divides the logits by it "
        "in fp32), got 1e-300"},
