@@ -230,13 +230,14 @@ TEST(TrainTest, ValidationLossDoesNotDependOnGradAccum) {
   EXPECT_NEAR(val[2], val[0], 1e-5 * val[0]);
 }
 
-// A gradient that is no number while the loss still is (lr 1e6: step 3 here) is not applied:
+// A gradient that is no number while the loss still is (lr 3e5 here; 1e6 breaks the model down
+// into all-zero gradients first, the test below) is not applied:
 // the run stops at that step with the weights of the step before, all of them numbers. Before,
 // the update went in and the next step's NaN loss blamed the learning rate a step late.
 TEST(TrainTest, ANonFiniteGradientIsNotAppliedAndStopsTheRun) {
   kernels::SetNumThreads(1);
   moe::v1::JobSpec spec = ShortRunSpec(6);
-  spec.mutable_train()->set_lr(1e6);
+  spec.mutable_train()->set_lr(3e5);
   spec.mutable_train()->set_min_lr(0);
   auto data = LoadDataset(spec.data());
   ASSERT_TRUE(data.ok()) << data.status();
@@ -258,6 +259,25 @@ TEST(TrainTest, ANonFiniteGradientIsNotAppliedAndStopsTheRun) {
   trainer->model().CopyToHost(ParamSet::kParams, &weights);
   ASSERT_FALSE(weights.empty());
   for (float v : weights) ASSERT_TRUE(std::isfinite(v));
+}
+
+// Every gradient 0 while the loss is above 0 (here all activations dropped; an update large
+// enough to overflow RMSNorm's mean square does the same): the run stops at once. Before, the
+// loss stayed finite, the run "succeeded" and checkpointed a model that could not learn.
+TEST(TrainTest, AllZeroGradientsWithALossStopTheRun) {
+  kernels::SetNumThreads(1);
+  moe::v1::JobSpec spec = ShortRunSpec(4);
+  spec.mutable_model()->set_dropout(0.9999999);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  auto comm = CreateSingleProcessCommunicator();
+  std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data, TrainerOptions{});
+  ASSERT_NE(trainer, nullptr);
+  TrainOutcome outcome;
+  absl::Status st = trainer->Run(&outcome);
+  ASSERT_FALSE(st.ok());
+  EXPECT_TRUE(absl::StrContains(st.message(), "the training broke down: every gradient is 0 at step 1")) << st;
+  EXPECT_TRUE(absl::StrContains(st.message(), "lower model.dropout (0.9999999)")) << st;
 }
 
 // When a router loss's coefficient is what blew the loss up, the reason names it beside lr.

@@ -120,6 +120,9 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       if (!value(&f->attempt_dir)) return "--attempt-dir needs a directory";
     } else if (a == "--max-steps") {
       err = int_flag(&f->max_steps);
+      if (absl::StrContains(err, "must be 0 or more") || (err.empty() && f->max_steps == 0)) {
+        err = absl::StrCat("--max-steps must be at least 1 (the steps this run trains), got ", v);
+      }
     } else if (a == "--threads") {
       err = int_flag(&f->threads);
       if (err.empty() && f->threads > moe::kMaxThreadsPerRank) {

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/model_stats.h"
+#include "common/number_text.h"
 #include "common/schedule.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/model/allocation_error.h"
@@ -328,6 +329,8 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
       resumed = true;
     } else if (!absl::IsNotFound(latest.status())) {
       return latest.status();
+    } else {
+      Log(absl::StrCat("resume: no checkpoint in ", opts_.checkpoint_dir, " yet; starting at step 0"));
     }
   }
   // A resumed job has its own weights; init_from only seeds a job's first step.
@@ -358,6 +361,18 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
           "the training diverged: the gradient's norm is ", p.grad_norm(), " at step ", step, " (the loss was ",
           p.loss(), "), and the step's update was not applied; ", DivergenceAdvice(spec_),
           "; no checkpoint is written from this step, the older ones are kept"));
+    }
+    // Every gradient exactly 0 while the loss is above 0: nothing reaches the output (the
+    // activations overflowed after too large an update, RMSNorm's mean square going to inf, or
+    // were all dropped). The loss stays finite, so the checks above pass, and the run went on
+    // to write checkpoints of a model that can no longer learn.
+    if (p.grad_norm() == 0 && p.loss() > 0) {
+      Emit(p);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the training broke down: every gradient is 0 at step ", step, " while the loss is ", p.loss(),
+          ", so the model can no longer learn (its activations overflowed or were all dropped); ",
+          DivergenceAdvice(spec_), ", or lower model.dropout (", Shortest(spec_.model().dropout()),
+          "); no checkpoint is written from this step, the older ones are kept"));
     }
     const bool stop = r.stop_requested;
     const bool ckpt_now = r.checkpoint_requested;
