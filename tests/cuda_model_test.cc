@@ -405,10 +405,10 @@ TEST(CudaTrainerTest, LearnsShakespeareInBf16) {
   auto comm = CreateSingleProcessCommunicator();
   std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data);
   ASSERT_NE(trainer, nullptr);
-  const double val0 = trainer->Evaluate();
+  const double val0 = trainer->Evaluate().value();
   TrainOutcome outcome;
   ASSERT_TRUE(trainer->Run(&outcome).ok());
-  const double val = trainer->Evaluate();
+  const double val = trainer->Evaluate().value();
   // The CPU trainer's bar (train_test.cc): 2.37 after 300 steps in fp32.
   EXPECT_GT(val0, 4.0);
   EXPECT_LT(val, 2.5) << "val loss after 300 steps";

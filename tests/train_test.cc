@@ -35,10 +35,10 @@ TEST(TrainTest, SmallModelLearnsShakespeare) {
   opts.checkpoint_dir = "";
   std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data, opts);
   ASSERT_NE(trainer, nullptr);
-  const double val0 = trainer->Evaluate();
+  const double val0 = trainer->Evaluate().value();
   TrainOutcome outcome;
   ASSERT_TRUE(trainer->Run(&outcome).ok());
-  const double val = trainer->Evaluate();
+  const double val = trainer->Evaluate().value();
   // Untrained: ~ln(65) = 4.17. This 0.1M-parameter model reaches 2.37 after 300 steps of
   // 512 tokens; 2.5 is a bar only a model that really learns clears.
   EXPECT_GT(val0, 4.0);
@@ -65,10 +65,10 @@ TEST(TrainTest, QkNormAndGatedAttentionLearnShakespeare) {
   std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data, opts);
   ASSERT_NE(trainer, nullptr);
   ASSERT_NE(trainer->model().layout().Find("blocks.1.attn.wg.weight"), nullptr);
-  const double val0 = trainer->Evaluate();
+  const double val0 = trainer->Evaluate().value();
   TrainOutcome outcome;
   ASSERT_TRUE(trainer->Run(&outcome).ok());
-  const double val = trainer->Evaluate();
+  const double val = trainer->Evaluate().value();
   EXPECT_GT(val0, 4.0);
   EXPECT_LT(val, 2.5) << "val loss after 300 steps with qk_norm, gate and attention dropout";
 }

@@ -1,6 +1,7 @@
 #include "worker/train/trainer.h"
 
 #include <algorithm>
+#include <optional>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -236,7 +237,7 @@ void Trainer::UpdateBiases(StepMeasurements* m) {
   }
 }
 
-double Trainer::Evaluate() {
+std::optional<double> Trainer::Evaluate() {
   const auto& t = spec_.train();
   const int T = cfg_.seq_len, A = t.grad_accum(), W = comm_->world_size(), r = comm_->rank();
   const int global_micro = t.batch_size() / A;
@@ -257,6 +258,11 @@ double Trainer::Evaluate() {
       ctx.loss_scale = 1.0f / ctx.global_tokens;
       ce_sum += model_->Forward(x.data(), y.data(), micro_batch_, ctx).ce_sum;
     }
+    // A stop signal ends the evaluation after this batch (every rank agrees: the forward's
+    // exchanges need them all); waiting out eval_batches could outlast moed's or Slurm's grace.
+    double stop = StopRequested() ? 1.0 : 0.0;
+    if (W > 1) comm_->AllReduceSum(&stop, 1);
+    if (stop > 0) return std::nullopt;
   }
   comm_->AllReduceSum(&ce_sum, 1);
   return ce_sum / (static_cast<double>(t.eval_batches()) * t.batch_size() * T);
@@ -374,14 +380,20 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
           DivergenceAdvice(spec_), ", or lower model.dropout (", Shortest(spec_.model().dropout()),
           "); no checkpoint is written from this step, the older ones are kept"));
     }
-    const bool stop = r.stop_requested;
+    bool stop = r.stop_requested;
     const bool ckpt_now = r.checkpoint_requested;
     p.set_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::system_clock::now().time_since_epoch()).count());
     const bool eval = (t.eval_every() > 0 && step % t.eval_every() == 0) || step == t.steps();
-    if (eval) {
-      p.set_has_val_loss(true);
-      p.set_val_loss(InStep(step, [&] { return Evaluate(); }));
+    if (eval && !stop) {  // a stop skips it: the checkpoint below comes first
+      const std::optional<double> val = InStep(step, [&] { return Evaluate(); });
+      if (val.has_value()) {
+        p.set_has_val_loss(true);
+        p.set_val_loss(*val);
+      } else {
+        Log(absl::StrCat("stop requested during the evaluation at step ", step, ": it has no val_loss"));
+        stop = true;
+      }
     }
     if (eval || step % log_every == 0 || step == last || step == 1) Emit(p);
     if (opts_.on_step) opts_.on_step(step);

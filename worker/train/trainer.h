@@ -64,7 +64,8 @@ class Trainer {
 
   // One optimizer step (exposed for tests).
   StepResult Step(int64_t step);
-  double Evaluate();  // val CE, averaged over eval_batches micro-batches
+  // val CE, averaged over eval_batches micro-batches; none when a stop signal came meanwhile.
+  std::optional<double> Evaluate();
   // Checkpoints (trainer_checkpoint.cc): collective over the ranks, rank 0 reads and writes.
   absl::Status SaveCheckpoint(int64_t steps_done);
   absl::Status LoadCheckpoint(const CheckpointReader& ckpt, int64_t* steps_done);  // opened: verified

@@ -1,0 +1,68 @@
+// moe-worker stops on SIGTERM within seconds even in the middle of a long evaluation: the
+// evaluation ends after its current batch (no val_loss for that step), the step is checkpointed
+// and the worker exits as stopped. Before, it finished every eval batch first, which could
+// outlast moed's cancel grace or Slurm's signal before the time limit.
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "tests/support/paths.h"
+
+extern char** environ;
+
+namespace moe::testing {
+namespace {
+
+TEST(WorkerStop, SigtermDuringALongEvaluationStopsAfterItsBatch) {
+  const std::string dir = MakeTempDir("moe-worker-stop-");
+  const std::string job = dir + "/job.yaml";
+  std::ofstream(job) << "name: stop\n"
+                     << "model: {d_model: 32, n_layers: 1, n_heads: 2, seq_len: 16, vocab_size: 65,\n"
+                     << "        moe: {num_experts: 4, top_k: 2, expert_hidden: 32}}\n"
+                     << "data: {path: " << ShakespearePath() << ", tokenizer: char}\n"
+                     << "train: {steps: 50, batch_size: 4, lr: 1.0e-3, warmup_steps: 0, eval_every: 1,\n"
+                     << "        eval_batches: 10000000, log_every: 1}\n";
+  const std::string out = dir + "/out.txt";
+  const std::string ckpt = dir + "/ckpt";
+  const std::string worker = BinDir() + "/moe-worker";
+  const std::string cmd = absl::StrCat("exec '", worker, "' --job '", job, "' --checkpoint-dir '", ckpt,
+                                       "' --threads 1 > '", out, "' 2>&1");
+  const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ), 0);
+  // Step 1 trains in well under a second (a few on a loaded machine); its evaluation (10 million
+  // batches) would take hours.
+  std::this_thread::sleep_for(std::chrono::seconds(6));
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  int status = 0;
+  pid_t done = 0;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while ((done = waitpid(pid, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (done == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  std::stringstream text;
+  text << std::ifstream(out).rdbuf();
+  ASSERT_NE(done, 0) << "still evaluating a minute after SIGTERM:\n" << text.str();
+  EXPECT_TRUE(absl::StrContains(text.str(), "stop requested during the evaluation at step 1: it has no val_loss"))
+      << text.str();
+  EXPECT_TRUE(absl::StrContains(text.str(), "stop requested: checkpointed at step 1, exiting")) << text.str();
+  EXPECT_TRUE(std::filesystem::exists(ckpt + "/step_00000001")) << text.str();
+}
+
+}  // namespace
+}  // namespace moe::testing
