@@ -32,7 +32,10 @@ def main():
     ap.add_argument("--export", help="an existing export to check (default: export into --work)")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--tokens", type=int, default=50, help="greedy tokens to compare")
-    ap.add_argument("--tolerance", type=float, help="relative logits tolerance (default 1e-4 fp32, 2e-2 bf16)")
+    # bf16: transformers runs the whole model in bf16 (its residual stream too) on bf16-rounded
+    # weights, against our fp32 logits; 3.4% was measured on the 2-layer Mixtral check with the
+    # 50 greedy tokens identical (2026-12-07, H100). The fp32 check is the exact one (4e-7).
+    ap.add_argument("--tolerance", type=float, help="relative logits tolerance (default 1e-4 fp32, 5e-2 bf16)")
     a = ap.parse_args()
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -69,7 +72,7 @@ def main():
         gen = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=a.tokens,
                              min_new_tokens=a.tokens, do_sample=False, num_beams=1,
                              pad_token_id=0, eos_token_id=None)[0].cpu().numpy()
-    tol = a.tolerance if a.tolerance is not None else (1e-4 if a.dtype == "fp32" else 2e-2)
+    tol = a.tolerance if a.tolerance is not None else (1e-4 if a.dtype == "fp32" else 5e-2)
     rel = float(np.abs(theirs - our_logits).max() / np.abs(our_logits).max())
     their_new, our_new = gen[prompt_len:].tolist(), greedy[prompt_len:].tolist()
     same_prefix = next((i for i, (p, q) in enumerate(zip(their_new, our_new)) if p != q), min(len(their_new), len(our_new)))

@@ -10,7 +10,9 @@ dropout off (attention dropout and expert dropout are training-only), scores CE 
 and prints one JSON line; exit 1 when |ours - reference| / reference is above the tolerance.
 Options covered: rope_theta, qk_norm, gate, GQA; activation swiglu | relu2 | gelu, shared
 experts, router_score softmax | sigmoid, router_temperature, the router bias of loss-free
-balancing (blocks.{i}.moe.router_bias when present), capacity_factor.
+balancing (blocks.{i}.moe.router_bias when present), and capacity_factor with --with-capacity.
+Without it the batch is scored dropless, as `moe-worker --score` scores it (sampling and scoring
+are dropless since 868d353); the capacity drops are training's routing.
 """
 import argparse, glob, json, math, os, sys
 
@@ -144,6 +146,9 @@ def main():
     ap.add_argument("--batch", required=True, help="int32 inputs then targets, from moe-worker --score")
     ap.add_argument("--ours", required=True, help="moe-worker --score JSON output")
     ap.add_argument("--tolerance", type=float, default=1e-5)
+    ap.add_argument("--with-capacity", action="store_true",
+                    help="drop assignments past the checkpoint's capacity_factor, as training does (moe-worker "
+                         "--score is dropless: a job with a capacity scored 4.0285 there against 4.0383 here)")
     a = ap.parse_args()
     path = a.checkpoint
     steps = sorted(glob.glob(os.path.join(path, "step_*")))
@@ -151,6 +156,7 @@ def main():
     state = {k: v.double() for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
     spec = json.load(open(os.path.join(path, "spec.json")))
     c = config_from_spec(spec, state)
+    if not a.with_capacity: c["capacity"] = 0
     raw = np.fromfile(a.batch, dtype=np.int32); T = c["T"]
     if raw.size % (2 * T): sys.exit(f"{a.batch}: {raw.size} int32 values is not inputs + targets of T={T}")
     B = raw.size // (2 * T)
