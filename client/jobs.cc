@@ -139,15 +139,15 @@ int RunSubmit(const SubmitOptions& o) {
   const bool reached = Connect(*channel, 10);
   grpc::Status s = stub->SubmitJob(&ctx, req, &job);
   if (!s.ok()) {
-    // moed reached, then the call dropped (moed stopped or restarted): it may have stored the
-    // job before it went. (Without a connection the request was never sent.)
+    // An answer that never came leaves the outcome unknown: moed may have stored the job. A call
+    // cut off (UNAVAILABLE) counts only once moed was reached: without a connection the request
+    // was never sent.
     const grpc::StatusCode c = s.error_code();
-    const bool unknown = (c == grpc::StatusCode::UNAVAILABLE || c == grpc::StatusCode::CANCELLED ||
-                          c == grpc::StatusCode::DEADLINE_EXCEEDED || c == grpc::StatusCode::UNKNOWN) &&
-                         reached;
+    const bool unknown = c == grpc::StatusCode::DEADLINE_EXCEEDED || c == grpc::StatusCode::CANCELLED ||
+                         c == grpc::StatusCode::UNKNOWN || (c == grpc::StatusCode::UNAVAILABLE && reached);
     return Fail(absl::StrCat(DescribeError(s, *config),
-                             unknown ? "; the connection dropped after the job was sent, so moed may have "
-                                       "queued it: check `moectl list` before submitting again"
+                             unknown ? "; moed may have queued the job before the call ended: check `moectl list` "
+                                       "before submitting again"
                                      : ""));
   }
   std::printf("%s\n", job.id().c_str());

@@ -25,6 +25,9 @@ std::vector<std::string> MetricsSpillFiles(const std::string& attempt_dir);
 
 absl::Status WriteMetricsSpill(const std::string& path,
                                const std::vector<moe::v1::MetricPoint>& points);
+// Adds records at the end (no temp file: a write cut short leaves a damaged last record, which
+// ReadMetricsSpill reports and skips).
+absl::Status AppendMetricsSpill(const std::string& path, const std::vector<moe::v1::MetricPoint>& points);
 
 struct MetricsSpill {
   std::vector<moe::v1::MetricPoint> points;  // every record before the first bad one

@@ -54,7 +54,7 @@ Range Padded(double lo, double hi, bool from_zero) {
   // near the smallest doubles comes out of NiceStep as 0.
   if (hi - lo <= std::max(std::fabs(lo), std::fabs(hi)) * 1e-9 || hi - lo < 1e-290) {
     const double mid = lo + (hi - lo) / 2;
-    const double d = mid == 0 ? 1 : std::fabs(mid) * 0.1;
+    const double d = mid == 0 ? 1 : std::max(std::fabs(mid) * 0.1, 1e-300);
     return {mid - d, mid + d};
   }
   const double pad = (hi - lo) * 0.05;

@@ -172,6 +172,13 @@ bool Scheduler::CapturesOutput(const std::string& job_id) {
 Scheduler::~Scheduler() { Stop(); }
 
 void Scheduler::Start() {
+  {
+    // Reattached attempts' ranks can report only now that moed serves again: their heartbeat
+    // clock starts here, not when Recover read them (recovery may take a while).
+    std::lock_guard<std::mutex> lock(mu_);
+    const Clock::time_point now = Clock::now();
+    for (auto& [id, a] : active_) a.attempt_started = std::max(a.attempt_started, now);
+  }
   thread_ = std::thread([this] { Loop(); });
 }
 

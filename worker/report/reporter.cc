@@ -65,7 +65,9 @@ struct Reporter::Impl {
   std::deque<moe::v1::MetricPoint> metrics;  // unconfirmed
   size_t metrics_sent = 0;
   int spill_parts = 0;                      // parts written (SpillPart)
-  std::pair<int64_t, size_t> saved_mark{-1, 0};  // (last step, count) SaveUnconfirmed wrote
+  size_t saved_count = 0;   // points of the queue's front in the spill file (SaveUnconfirmed)
+  int64_t saved_front = 0;  // the step at the queue's front when they were written
+  int save_failed = 0;
   int64_t next_seq = 1;
   int64_t step = 0;
   int64_t dropped = 0;
@@ -148,8 +150,8 @@ struct Reporter::Impl {
       metrics.clear();
       metrics_sent = 0;
     }
-    if (left.empty()) {  // moed has every point: an outage's file is stale
-      if (saved_mark.first >= 0) std::remove(opts.spill_path.c_str());
+    if (left.empty()) {  // moed has every point: an outage's file is stale (unless reports stopped)
+      if (saved_count > 0 && !gave_up) std::remove(opts.spill_path.c_str());
       return;
     }
     const std::string what = absl::StrCat(
@@ -168,20 +170,38 @@ struct Reporter::Impl {
                  what.c_str(), opts.spill_path.c_str());
   }
 
-  // While moed is away: the unconfirmed points go to the spill file as they come (rewritten
-  // whole, at most every kMaxBackoff), so that a rank killed before Close (mpirun ending the
-  // attempt after another rank's failure) still leaves them for moed. Close's Spill replaces it.
+  // While moed is away the unconfirmed points go to the spill file as they come (appended; the
+  // file is rewritten only when the queue's front moved), so that a rank killed before Close
+  // (mpirun ending the attempt after another rank failed) still leaves them for moed. When moed
+  // is back, what it confirmed leaves the file (the file goes when nothing is left); Close's
+  // Spill replaces it.
   void SaveUnconfirmed() {
-    std::vector<moe::v1::MetricPoint> now;
+    std::vector<moe::v1::MetricPoint> add;
+    bool rewrite = false;
     {
       std::lock_guard<std::mutex> lock(mu);
-      if (opts.spill_path.empty() || metrics.empty()) return;
-      const std::pair<int64_t, size_t> mark{metrics.back().step(), metrics.size()};
-      if (mark == saved_mark) return;
-      saved_mark = mark;
-      now.assign(metrics.begin(), metrics.end());
+      if (opts.spill_path.empty()) return;
+      if (metrics.empty()) {
+        if (saved_count > 0 && !gave_up) std::remove(opts.spill_path.c_str());
+        saved_count = 0;
+        return;
+      }
+      rewrite = saved_count == 0 || metrics.front().step() != saved_front || saved_count > metrics.size();
+      const size_t from = rewrite ? 0 : saved_count;
+      if (from == metrics.size()) return;
+      add.assign(metrics.begin() + static_cast<std::ptrdiff_t>(from), metrics.end());
+      saved_front = metrics.front().step();
+      saved_count = metrics.size();
     }
-    (void)WriteMetricsSpill(opts.spill_path, now);  // a failure shows in Close's Spill
+    const absl::Status st = rewrite ? WriteMetricsSpill(opts.spill_path, add) : AppendMetricsSpill(opts.spill_path, add);
+    if (!st.ok()) {
+      std::lock_guard<std::mutex> lock(mu);
+      saved_count = 0;  // written whole next time
+      if (save_failed++ == 0) {
+        std::fprintf(stderr, "moe-worker rank %d: cannot keep the metric points moed has not confirmed in %s (%s)\n",
+                     opts.rank, opts.spill_path.c_str(), std::string(st.message()).c_str());
+      }
+    }
   }
 
   // Asks moed what it has stored; false when moed cannot be reached.
@@ -232,6 +252,7 @@ struct Reporter::Impl {
       if (outage) {
         std::fprintf(stderr, "moe-worker rank %d: reconnected to moed\n", opts.rank);
         outage = false;
+        SaveUnconfirmed();  // what moed confirmed leaves the file
       }
       backoff = std::chrono::milliseconds(100);
       status = Stream(*stub, close_by);

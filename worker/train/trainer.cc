@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/model_stats.h"
@@ -335,7 +336,8 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
       resumed = true;
     } else if (!absl::IsNotFound(latest.status())) {
       return latest.status();
-    } else {
+    } else if (absl::StartsWith(latest.status().message(), "no checkpoint under ")) {
+      // (Damaged ones that start_over_if_damaged passes over were named by the reader already.)
       Log(absl::StrCat("resume: no checkpoint in ", opts_.checkpoint_dir, " yet; starting at step 0"));
     }
   }
@@ -372,13 +374,15 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
     // activations overflowed after too large an update, RMSNorm's mean square going to inf, or
     // were all dropped). The loss stays finite, so the checks above pass, and the run went on
     // to write checkpoints of a model that can no longer learn.
-    if (p.grad_norm() == 0 && p.loss() > 0) {
+    if (p.grad_norm() == 0 && p.loss() > 1e-6) {
       Emit(p);
       return absl::FailedPreconditionError(absl::StrCat(
           "the training broke down: every gradient is 0 at step ", step, " while the loss is ", p.loss(),
           ", so the model can no longer learn (its activations overflowed or were all dropped); ",
-          DivergenceAdvice(spec_), ", or lower model.dropout (", Shortest(spec_.model().dropout()),
-          "); no checkpoint is written from this step, the older ones are kept"));
+          DivergenceAdvice(spec_),
+          spec_.model().dropout() > 0 ? absl::StrCat(", or lower model.dropout (", Shortest(spec_.model().dropout()), ")")
+                                      : "",
+          "; no checkpoint is written from this step, the older ones are kept"));
     }
     bool stop = r.stop_requested;
     const bool ckpt_now = r.checkpoint_requested;
