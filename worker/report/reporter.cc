@@ -144,14 +144,17 @@ struct Reporter::Impl {
   // Once the thread has stopped: the metric points moed has not confirmed go to the spill file.
   void Spill() {
     std::vector<moe::v1::MetricPoint> left;
+    bool stale = false;  // an outage's file of points moed has all confirmed since
     {
       std::lock_guard<std::mutex> lock(mu);
       left.assign(metrics.begin(), metrics.end());
       metrics.clear();
       metrics_sent = 0;
+      stale = saved_count > 0 && !gave_up && left.empty();  // (reports stopped: moed lacks them)
+      saved_count = 0;
     }
-    if (left.empty()) {  // moed has every point: an outage's file is stale (unless reports stopped)
-      if (saved_count > 0 && !gave_up) std::remove(opts.spill_path.c_str());
+    if (left.empty()) {
+      if (stale) std::remove(opts.spill_path.c_str());
       return;
     }
     const std::string what = absl::StrCat(
