@@ -439,7 +439,9 @@ ProcessState LocalLauncher::Poll(const std::string& handle) {
                              m[3].str(), ")");
   } else if (std::regex_search(text, m, kExit)) {
     if (!absl::SimpleAtoi(m[1].str(), &rank)) rank = -1;
-    ps.reason = absl::StrCat("rank ", rank, " exited with code ", m[2].str());
+    ps.reason = absl::StrCat("rank ", rank, " exited with code ", m[2].str(),
+                             // The worker's own exit on SIGTERM (128 + 15), after its checkpoint.
+                             m[2].str() == "143" ? " (it stopped on a SIGTERM sent from outside moed)" : "");
   } else if (ps.exit_code == 127 && text.find("exec of mpirun failed") != std::string::npos) {
     ps.reason = "launch error: mpirun could not be executed";
     return ps;

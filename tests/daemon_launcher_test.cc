@@ -119,6 +119,21 @@ TEST(DaemonLauncher, RankExitFailsTheJobWithTheReason) {
   EXPECT_TRUE(ProcessesMentioning(h.state_dir() + "/jobs/" + id + "/").empty());
 }
 
+// 143 is the worker's exit on SIGTERM (128 + 15): the reason says so ("exited with code 143"
+// left users to decode it).
+TEST(DaemonLauncher, ARankStoppedBySigtermFromOutsideSaysSo) {
+  DaemonHarness h(FakeOptions({{"FAKE_STEPS", "20"}, {"FAKE_STEP_SECONDS", "0.05"},
+                               {"FAKE_FAIL_RANK", "0"}, {"FAKE_FAIL_STEP", "2"},
+                               {"FAKE_FAIL_CODE", "143"}}));
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const std::string id = SubmitOk(h, h.WriteJob("sigterm", 1, 20));
+  Job job = h.WaitFor(id, [](const Job& j) { return j.state() >= moe::v1::JOB_STATE_SUCCEEDED; }, 60);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_FAILED);
+  EXPECT_TRUE(absl::StrContains(job.reason(), "rank 0 exited with code 143 (it stopped on a SIGTERM sent from "
+                                              "outside moed)"))
+      << job.reason();
+}
+
 TEST(DaemonLauncher, KilledRankFailsOrRestartsFromCheckpoint) {
   DaemonHarness h(FakeOptions({{"FAKE_STEPS", "40"}, {"FAKE_STEP_SECONDS", "0.1"}}));
   ASSERT_TRUE(h.Start()) << h.MoedLog();

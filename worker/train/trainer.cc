@@ -1,12 +1,12 @@
 #include "worker/train/trainer.h"
 
 #include <algorithm>
-#include <optional>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <memory>
 #include <new>
+#include <optional>
 #include <utility>
 #include <vector>
 
