@@ -62,21 +62,32 @@ absl::Status SyncDir(const std::string& dir) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// All of contents to fd (path names it in the error); the caller closes fd.
+absl::Status WriteAll(int fd, std::string_view contents, const std::string& path) {
+  size_t done = 0;
+  while (done < contents.size()) {
+    const ssize_t n = ::write(fd, contents.data() + done, contents.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return ErrnoStatus("cannot write", path);
+    }
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status WriteFileAtomic(const std::string& path, std::string_view contents) {
   std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) return ErrnoStatus("cannot create", tmp);
-  size_t done = 0;
-  while (done < contents.size()) {
-    ssize_t n = ::write(fd, contents.data() + done, contents.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      absl::Status st = ErrnoStatus("cannot write", tmp);
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return st;
-    }
-    done += static_cast<size_t>(n);
+  if (absl::Status st = WriteAll(fd, contents, tmp); !st.ok()) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return st;
   }
   if (::fsync(fd) != 0 || ::close(fd) != 0) {
     absl::Status st = ErrnoStatus("cannot flush", tmp);
@@ -89,6 +100,14 @@ absl::Status WriteFileAtomic(const std::string& path, std::string_view contents)
     return st;
   }
   return SyncDir(std::filesystem::path(path).parent_path().string());
+}
+
+absl::Status AppendFile(const std::string& path, std::string_view contents) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus("cannot open", path);
+  absl::Status st = WriteAll(fd, contents, path);
+  if (::close(fd) != 0 && st.ok()) st = ErrnoStatus("cannot close", path);
+  return st;
 }
 
 const char* NonRegularKind(unsigned mode) {

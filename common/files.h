@@ -13,6 +13,9 @@ namespace moe {
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 // Writes path.tmp.<pid>, fsyncs it, renames it over path and fsyncs the directory.
 absl::Status WriteFileAtomic(const std::string& path, std::string_view contents);
+// Adds contents at the end of path (created if absent); no temp file, so a write cut short
+// leaves a partial tail.
+absl::Status AppendFile(const std::string& path, std::string_view contents);
 // What a file of this st_mode is, for a message about one that is no regular file: "a directory",
 // "a character device", "a block device", "a named pipe", "a socket", else "not a regular file".
 const char* NonRegularKind(unsigned mode);

@@ -1,12 +1,7 @@
 #include "common/metrics_spill.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cstdint>
-#include <cstring>
 #include <filesystem>
 
 #include "absl/strings/ascii.h"
@@ -81,22 +76,7 @@ absl::Status WriteMetricsSpill(const std::string& path,
 }
 
 absl::Status AppendMetricsSpill(const std::string& path, const std::vector<moe::v1::MetricPoint>& points) {
-  const std::string bytes = SpillBytes(points);
-  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::InternalError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = errno;
-      ::close(fd);
-      return absl::InternalError(absl::StrCat("cannot write ", path, ": ", std::strerror(err)));
-    }
-    done += static_cast<size_t>(n);
-  }
-  ::close(fd);
-  return absl::OkStatus();
+  return AppendFile(path, SpillBytes(points));
 }
 
 absl::StatusOr<MetricsSpill> ReadMetricsSpill(const std::string& path) {

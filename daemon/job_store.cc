@@ -6,7 +6,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <filesystem>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -271,10 +270,8 @@ absl::StatusOr<JobRecord> JobStore::CreateJob(const moe::v1::JobSpec& spec,
     }
     // Nor an id whose folder is on disk: a store moved aside or restored from a backup would
     // otherwise hand a new job an old one's folder (its exit_status read as this job's end).
-    for (std::error_code ec;; ++num) {
-      const auto st = std::filesystem::symlink_status(absl::StrCat(job_root, "/", FormatId(num)), ec);
-      if (ec || st.type() == std::filesystem::file_type::not_found) break;
-    }
+    struct stat st;
+    while (::lstat(absl::StrCat(job_root, "/", FormatId(num)).c_str(), &st) == 0) ++num;
     const int64_t now = NowUnixMs();
     std::string id = FormatId(num);
     std::string job_dir = absl::StrCat(job_root, "/", id);

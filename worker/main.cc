@@ -88,8 +88,9 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       return true;
     };
     std::string v;
-    // An integer flag; every one of them counts something, so none is negative.
-    auto int_flag = [&](int* out) -> std::string {
+    // An integer flag; every one of them counts something, so none is negative (and some, below
+    // `least`, would count nothing: `why` says what they count).
+    auto int_flag = [&](int* out, int least = 0, const char* why = "") -> std::string {
       if (!value(&v)) return a + " needs a value";
       if (!absl::SimpleAtoi(v, out)) {
         int64_t wide = 0;  // a whole number past int's range is named as such
@@ -100,7 +101,8 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
         }
         return absl::StrCat(a, " must be an integer, got '", v, "'");
       }
-      if (*out < 0) return absl::StrCat(a, " must be 0 or more, got ", v);
+      if (*out < 0 && least == 0) return absl::StrCat(a, " must be 0 or more, got ", v);
+      if (*out < least) return absl::StrCat(a, " must be at least ", least, why, ", got ", v);
       return "";
     };
     std::string err;
@@ -119,10 +121,7 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
     } else if (a == "--attempt-dir") {
       if (!value(&f->attempt_dir)) return "--attempt-dir needs a directory";
     } else if (a == "--max-steps") {
-      err = int_flag(&f->max_steps);
-      if (absl::StrContains(err, "must be 0 or more") || (err.empty() && f->max_steps == 0)) {
-        err = absl::StrCat("--max-steps must be at least 1 (the steps this run trains), got ", v);
-      }
+      err = int_flag(&f->max_steps, 1, " (the steps this run trains)");
     } else if (a == "--threads") {
       err = int_flag(&f->threads);
       if (err.empty() && f->threads > moe::kMaxThreadsPerRank) {
