@@ -27,6 +27,7 @@
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/nn.h"
 #include "kernels/cuda/reduce.h"
+#include "kernels/cuda/rope.h"
 #include "kernels/dropout.h"
 #include "kernels/embedding.h"
 #include "kernels/experts.h"
@@ -254,7 +255,8 @@ TEST(CudaOpsTest, Swiglu) {
 
 TEST(CudaOpsTest, CrossEntropy) {
   SKIP_WITHOUT_GPU();
-  for (int v : {65, 1000, 50304}) {
+  // 50257: a row the four-wide path cannot take; 70000: longer than the fused pass's row cache.
+  for (int v : {65, 1000, 50257, 50304, 70000}) {
     const int n = 37;
     auto logits = Randn(int64_t{n} * v, 12, 2.0f);
     std::vector<int32_t> tgt(n);
@@ -463,6 +465,47 @@ TEST_P(CudaAttentionBf16Test, TensorCoreForwardAndBackwardMatchCpu) {
       continue;
     }
     EXPECT_LT(RelErr(got, want), kAttnBf16Tol) << "part " << "qkv"[part] << " t " << c.t << " hd " << c.hd;
+  }
+}
+
+// The backward with RoPE's backward after it (bf16 jobs without QK-norm) gives the bits of
+// AttentionBackwardBf16 (overwrite) then RopeBackwardToBf16, whether the kernels rotate as they
+// store (hd 16, 32, 64, 96, 128) or not (padded head sizes, the dk/dv column halves, hd 8's fp32
+// path), with dropout off and on; and with the rotation in the stores the fp32 dqkv is untouched.
+TEST_P(CudaAttentionBf16Test, RopeInTheStoresGivesTheBitsOfRopeAfter) {
+  SKIP_WITHOUT_GPU();
+  const AttnCase c = GetParam();
+  const int row = (c.h + 2 * c.hkv) * c.hd;
+  const int64_t n = int64_t{c.b} * c.t, count = n * row;
+  auto qkv = Randn(count, 31), dout = Randn(n * c.h * c.hd, 32);
+  std::vector<float> out(n * c.h * c.hd), lse(int64_t{c.b} * c.h * c.t);
+  kernels::AttentionForward(out.data(), lse.data(), qkv.data(), c.b, c.t, c.h, c.hkv, c.hd);
+  std::vector<float> cos_t(int64_t{c.t} * (c.hd / 2)), sin_t(cos_t.size());
+  kernels::RopeTables(cos_t.data(), sin_t.data(), c.t, c.hd, kernels::kRopeTheta);
+  Dev<float> qkv_d(qkv), dout_d(dout), out_d(out), lse_d(lse), scratch(lse.size()), c_d(cos_t), s_d(sin_t);
+  Dev<cuda::bf16> qkv16(count), dout16(dout.size());
+  cuda::CastToBf16(qkv16.get(), qkv_d.get(), count, nullptr);
+  cuda::CastToBf16(dout16.get(), dout_d.get(), dout.size(), nullptr);
+  for (float p : {0.0f, 0.2f}) {
+    const cuda::AttentionDropout drop{p, 77, 5};
+    Dev<float> dqkv_a(count, NAN), dqkv_b(count, 0.5f);
+    Dev<cuda::bf16> want(count), got(count, __float2bfloat16(NAN));
+    cuda::AttentionBackwardBf16(dqkv_a.get(), dout_d.get(), dout16.get(), out_d.get(), lse_d.get(), qkv_d.get(),
+                                qkv16.get(), c.b, c.t, c.h, c.hkv, c.hd, scratch.get(), drop, nullptr, true);
+    cuda::RopeBackwardToBf16(want.get(), dqkv_a.get(), c_d.get(), s_d.get(), c.b, c.t, c.h, c.hkv, c.hd, nullptr);
+    cuda::AttentionRopeBackwardBf16(got.get(), dqkv_b.get(), dout_d.get(), dout16.get(), out_d.get(), lse_d.get(),
+                                    qkv_d.get(), qkv16.get(), c_d.get(), s_d.get(), c.b, c.t, c.h, c.hkv, c.hd,
+                                    scratch.get(), drop, nullptr);
+    const std::vector<cuda::bf16> a = want.Host(), g = got.Host();
+    int64_t differ = 0, first = -1;
+    for (int64_t i = 0; i < count; ++i) {
+      if (std::memcmp(&a[i], &g[i], sizeof(cuda::bf16)) != 0 && differ++ == 0) first = i;
+    }
+    EXPECT_EQ(differ, 0) << "hd " << c.hd << " t " << c.t << " h " << c.h << "/" << c.hkv << " p " << p
+                         << ": first at row " << first / std::max(row, 1) << " column " << first % std::max(row, 1);
+    if (CudaAttentionOnTensorCores(c.hd) && (c.hd == 16 || c.hd == 32 || c.hd == 64 || c.hd == 96 || c.hd == 128)) {
+      EXPECT_EQ(dqkv_b.Host(), std::vector<float>(count, 0.5f)) << "the fp32 dqkv is not written, hd " << c.hd;
+    }
   }
 }
 

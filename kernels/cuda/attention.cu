@@ -10,6 +10,7 @@
 
 #include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/matmul.h"
+#include "kernels/cuda/rope.h"
 
 namespace moe::cuda {
 namespace {
@@ -116,11 +117,16 @@ void AttentionForwardBf16(float* out, float* lse, const float* qkv, const bf16* 
   internal::TcForward(out, out16, lse, qkv16, b, t, h, hkv, hd, internal::MakeAttnDrop(drop), stream);
 }
 
-void AttentionBackwardBf16(float* dqkv, const float* dout, const bf16* dout16, const float* out, const float* lse,
-                           const float* qkv, const bf16* qkv16, int b, int t, int h, int hkv, int hd, float* scratch,
-                           const AttentionDropout& drop, cudaStream_t stream, bool overwrite, const bf16* out16) {
+namespace {
+
+// The tensor-core or fp32 backward of AttentionBackwardBf16; with rope.dqkv16 set (overwrite),
+// RoPE's backward into bf16 as well, in the kernels' stores where they can (then true) or after.
+void Backward16(float* dqkv, const float* dout, const bf16* dout16, const float* out, const float* lse,
+                const float* qkv, const bf16* qkv16, int b, int t, int h, int hkv, int hd, float* scratch,
+                const AttentionDropout& drop, cudaStream_t stream, bool overwrite, const bf16* out16,
+                const internal::RopeBack& rope) {
   if (b * t == 0) return;
-  if (!TcAligned(hd, {dqkv, dout16, qkv16})) {
+  if (!TcAligned(hd, {dqkv, dout16, qkv16, rope.dqkv16})) {
     if (out == nullptr) {
       std::fprintf(stderr, "AttentionBackwardBf16: no fp32 output off the tensor cores (hd %d)\n", hd);
       std::abort();
@@ -128,18 +134,38 @@ void AttentionBackwardBf16(float* dqkv, const float* dout, const bf16* dout16, c
     if (overwrite) {
       MOE_CUDA_CHECK(cudaMemsetAsync(dqkv, 0, sizeof(float) * b * t * int64_t{h + 2 * hkv} * hd, stream));
     }
-    return AttentionBackward(dqkv, dout, out, lse, qkv, b, t, h, hkv, hd, scratch, drop, stream);
-  }
-  if (out != nullptr) {
-    AttentionDsum(scratch, dout, out, b, t, h, hd, stream);
-  } else if (out16 != nullptr) {
-    AttentionDsum(scratch, dout, out16, b, t, h, hd, stream);
+    AttentionBackward(dqkv, dout, out, lse, qkv, b, t, h, hkv, hd, scratch, drop, stream);
   } else {
-    std::fprintf(stderr, "AttentionBackwardBf16: neither the fp32 nor the bf16 forward output given\n");
-    std::abort();
+    if (out != nullptr) {
+      AttentionDsum(scratch, dout, out, b, t, h, hd, stream);
+    } else if (out16 != nullptr) {
+      AttentionDsum(scratch, dout, out16, b, t, h, hd, stream);
+    } else {
+      std::fprintf(stderr, "AttentionBackwardBf16: neither the fp32 nor the bf16 forward output given\n");
+      std::abort();
+    }
+    internal::TcBackward(dqkv, dout16, lse, scratch, qkv16, b, t, h, hkv, hd, internal::MakeAttnDrop(drop), overwrite,
+                         rope, stream);
+    if (rope.dqkv16 == nullptr || (overwrite && internal::TcRopesInStores(hd))) return;
   }
-  internal::TcBackward(dqkv, dout16, lse, scratch, qkv16, b, t, h, hkv, hd, internal::MakeAttnDrop(drop), overwrite,
-                       stream);
+  if (rope.dqkv16 != nullptr) RopeBackwardToBf16(rope.dqkv16, dqkv, rope.cos_t, rope.sin_t, b, t, h, hkv, hd, stream);
+}
+
+}  // namespace
+
+void AttentionBackwardBf16(float* dqkv, const float* dout, const bf16* dout16, const float* out, const float* lse,
+                           const float* qkv, const bf16* qkv16, int b, int t, int h, int hkv, int hd, float* scratch,
+                           const AttentionDropout& drop, cudaStream_t stream, bool overwrite, const bf16* out16) {
+  Backward16(dqkv, dout, dout16, out, lse, qkv, qkv16, b, t, h, hkv, hd, scratch, drop, stream, overwrite, out16,
+             internal::RopeBack{});
+}
+
+void AttentionRopeBackwardBf16(bf16* dqkv16, float* dqkv, const float* dout, const bf16* dout16, const float* out,
+                               const float* lse, const float* qkv, const bf16* qkv16, const float* rope_cos,
+                               const float* rope_sin, int b, int t, int h, int hkv, int hd, float* scratch,
+                               const AttentionDropout& drop, cudaStream_t stream) {
+  Backward16(dqkv, dout, dout16, out, lse, qkv, qkv16, b, t, h, hkv, hd, scratch, drop, stream, /*overwrite=*/true,
+             nullptr, internal::RopeBack{dqkv16, rope_cos, rope_sin});
 }
 
 }  // namespace moe::cuda

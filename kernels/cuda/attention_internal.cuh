@@ -53,9 +53,23 @@ inline bool TcRunsHeadSize(int hd) { return CudaAttentionOnTensorCores(hd); }
 // out16 (may be null): out in bf16 as well, each value rounded from the fp32 one.
 void TcForward(float* out, bf16* out16, float* lse, const bf16* qkv16, int b, int t, int h, int hkv, int hd,
                const AttnDrop& drop, cudaStream_t stream);
+// RoPE's backward in the backward's stores: with dqkv16 set, dq and dk rotated back by the
+// angles of their rows' positions (cos_t, sin_t: (t, hd / 2), kernels::RopeTables) and rounded, dv
+// rounded, into dqkv16 in place of the fp32 dqkv: the bits RopeBackwardToBf16 of dqkv gives.
+struct RopeBack {
+  bf16* dqkv16 = nullptr;
+  const float* cos_t = nullptr;
+  const float* sin_t = nullptr;
+};
+// Whether the kernels for head size hd store through RopeBack: those built for hd itself (16, 32,
+// 64, 96, 128; the pairs (c, c + hd / 2) in one thread's registers) whose dk/dv is not split into
+// column halves.
+inline bool TcRopesInStores(int hd) { return hd == 16 || hd == 32 || hd == 64 || hd == 96 || hd == 128; }
 // TcBackward adds to dqkv, or with `overwrite` writes it (every element has one writer: no
-// clearing beforehand).
+// clearing beforehand). With rope.dqkv16 set (overwrite only, TcRopesInStores(hd)) it writes
+// dqkv16 instead and leaves dqkv as it is.
 void TcBackward(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b, int t,
-                int h, int hkv, int hd, const AttnDrop& drop, bool overwrite, cudaStream_t stream);
+                int h, int hkv, int hd, const AttnDrop& drop, bool overwrite, const RopeBack& rope,
+                cudaStream_t stream);
 
 }  // namespace moe::cuda::internal

@@ -1,7 +1,7 @@
 // The tensor-core attention kernels (bf16 jobs): the flash algorithm on mma.sync m16n8k16 (bf16
 // operands, fp32 accumulation). q, k, v and dout come in bf16 (the model keeps a bf16 copy);
 // each 64-row tile goes to shared memory by cp.async, two stages: the next tile loads while this
-// one is multiplied. out, lse, dq/dk/dv stay fp32. Softmax statistics (max, sum, lse, dsum) are
+// one is multiplied. out, lse, dq/dk/dv stay fp32 (but see RopeBack below). Softmax statistics (max, sum, lse, dsum) are
 // fp32; P and dS are rounded to bf16 for their products, as FlashAttention-2 does. A block is 4
 // warps, each owning 16 rows of a 64-row tile. Forward and dq walk key tiles; dk/dv walks query
 // tiles of every head of its kv group, so every output element has one writer (no atomics).
@@ -15,199 +15,51 @@
 // fit the registers. Tiles live in dynamic shared memory: at HD 256 six 64-row tiles take 203 KB
 // (the H100/H200 limit per block is 227 KB).
 //
-// Fragment layouts (PTX ISA, mma.m16n8k16 .bf16): with g = lane / 4, q = lane % 4,
-//   A (16x16, row): regs {a(g, 2q..), a(g+8, 2q..), a(g, 2q+8..), a(g+8, 2q+8..)}
-//   B (16x8, col):  regs {b(2q.., g), b(2q+8.., g)}
-//   C (16x8, f32):  {c(g, 2q), c(g, 2q+1), c(g+8, 2q), c(g+8, 2q+1)}
-// Tiles stay row-major in shared memory and every fragment comes by ldmatrix: A operands and the
-// B operands whose k index runs along a row as they lie, the others (the second products' V, K,
-// Q, dout) through .trans.
+// The backward of bf16 jobs without QK-norm also does RoPE's backward as it stores (RopeBack):
+// dq and dk rotated back and rounded, dv rounded, straight into the qkv product's bf16 output
+// gradient, where the kernel is built for hd itself and dk/dv is not split (hd 16 to 128).
+// Tiles, fragments and products: attention_tc_tiles.cuh.
 #include <algorithm>
 #include <cmath>
 
 #include "kernels/cuda/attention_internal.cuh"
+#include "kernels/cuda/attention_tc_tiles.cuh"
 
 namespace moe::cuda::internal {
 namespace {
 
-constexpr int kTc = 64;  // rows per tile (queries or keys)
-// 4 warps. Blocks of 8 warps (128 rows, each streamed tile shared by twice the rows) measured
-// slower on an H100 (small: forward 0.385 against 0.316 ms, backward 1.34 against 1.01 ms).
-constexpr int kTcThreads = 128;
-constexpr float kLog2e = 1.4426950408889634f;
-
-// A 64-row tile of pitch P (HD + 8: fragment reads and ldmatrix are conflict-free).
-template <int P>
-using Tile = bf16 (*)[P];
-
-template <int P>
-constexpr size_t TileBytes() {
-  return size_t{kTc} * P * sizeof(bf16);
-}
-
-// Tile n of the block's dynamic shared memory.
-template <int P>
-__device__ __forceinline__ Tile<P> TileAt(unsigned char* smem, int n) {
-  return reinterpret_cast<Tile<P>>(smem + n * TileBytes<P>());
-}
-
-// Columns [c0, ...) of a tile, as a tile of the same pitch.
-template <int P>
-__device__ __forceinline__ Tile<P> Cols(Tile<P> s, int c0) {
-  return reinterpret_cast<Tile<P>>(&s[0][c0]);
-}
-
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t Pack(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// cp.async of 16 bytes global -> shared; src_bytes 0 writes zeros (rows past t, columns past hd).
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 16 : 0));
-}
-// The same for 4 bytes (through L1: .cg takes 16 bytes only).
-__device__ __forceinline__ void CpAsync4(void* smem, const void* gmem, bool valid) {
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem), "r"(valid ? 4 : 0));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-// Waits until at most N of this thread's committed groups are still in flight.
-template <int N>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-// Starts dst[r][c] = src row (r0 + r), columns [col, col + HD) (bf16); zeros past t and past hd
-// (hd a multiple of 8: a 16-byte chunk is all in or all out).
-template <int HD, int PITCH>
-__device__ __forceinline__ void LoadTileAsync(bf16 (*dst)[PITCH], const bf16* src, int64_t row_len, int64_t col,
-                                              int r0, int t, int hd) {
-  constexpr int kChunks = HD / 8;  // 16-byte chunks per row
-  for (int idx = threadIdx.x; idx < kTc * kChunks; idx += kTcThreads) {
-    const int r = idx / kChunks, c = (idx % kChunks) * 8, i = r0 + r;
-    const bool ok = i < t && c < hd;
-    CpAsync16(&dst[r][c], src + int64_t{min(i, t - 1)} * row_len + col + (ok ? c : 0), ok);
-  }
-}
-
-// Four 8x8 bf16 matrices, transposed on the way (ldmatrix .trans): lane l names row l % 8 of
-// matrix l / 8 and receives, from each matrix, elements (2 (l % 4), l / 4) and (2 (l % 4) + 1, l / 4),
-// which is the B fragment layout when the tile is stored k-major.
-__device__ __forceinline__ void LdMatrixX4T(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, const bf16* p) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-
-// The same as they lie (no .trans): lane l receives elements (l / 4, 2 (l % 4)) and
-// (l / 4, 2 (l % 4) + 1) of each matrix, the A fragment layout and, for a tile whose k index runs
-// along a row, the B one. One instruction where the 32-bit reads took four.
-__device__ __forceinline__ void LdMatrixX4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, const bf16* p) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-
-// The A fragment of rows [r0, r0 + 16), k chunk kc, of a row-major tile: the matrices (rows r0,
-// k 0), (r0 + 8, 0), (r0, 8), (r0 + 8, 8) give a[0..3].
-template <int PITCH>
-__device__ __forceinline__ void LoadAChunk(uint32_t (&a)[4], const bf16 (*s)[PITCH], int r0, int kc, int lane) {
-  LdMatrixX4(a[0], a[1], a[2], a[3], &s[r0 + lane % 8 + ((lane / 8) & 1) * 8][kc * 16 + (lane / 16) * 8]);
-}
-
-// A fragments of rows [r0, r0 + 16) of a row-major tile, for every 16-wide k chunk.
-template <int HD, int PITCH>
-__device__ __forceinline__ void LoadA(uint32_t (&a)[HD / 16][4], const bf16 (*s)[PITCH], int r0, int lane) {
+// Row g + 8 r of a 16 x HD accumulator (this thread's columns of it), rotated back by RoPE at
+// position pos (pairs (c, c + HD / 2), one thread holding both) and rounded to bf16 into dst, the
+// row's head. 0 + x as the overwriting fp32 stores add it (-0 becomes +0): the bits
+// RopeBackwardToBf16 gives from those stores.
+template <int HD>
+__device__ __forceinline__ void StoreRopedBf16(const float (&acc)[HD / 8][4], int r, bf16* dst, int pos,
+                                               const RopeBack& rope, int q) {
+  constexpr int kHalf = HD / 2;
+  const float* cs = rope.cos_t + int64_t{pos} * kHalf;
+  const float* sn = rope.sin_t + int64_t{pos} * kHalf;
 #pragma unroll
-  for (int kc = 0; kc < HD / 16; ++kc) LoadAChunk(a[kc], s, r0, kc, lane);
-}
-
-// The B fragments of n tiles 2 np and 2 np + 1 (rows [16 np, 16 np + 16) of a row-major tile Y,
-// read as Y^T), k chunk kc: b[0], b[1] for the first, b[2], b[3] for the second.
-template <int PITCH>
-__device__ __forceinline__ void LoadBtPair(uint32_t (&b)[4], const bf16 (*y)[PITCH], int np, int kc, int lane) {
-  LdMatrixX4(b[0], b[1], b[2], b[3], &y[np * 16 + lane % 8 + (lane / 16) * 8][kc * 16 + ((lane / 8) & 1) * 8]);
-}
-
-// acc (16 x 64) = A (16 x HD, fragments) * Y^T, Y a row-major (64 x HD) tile. Each acc[nt] sums
-// its k chunks in order.
-template <int HD, int PITCH>
-__device__ __forceinline__ void MulABt(float (&acc)[kTc / 8][4], const uint32_t (&a)[HD / 16][4],
-                                       const bf16 (*y)[PITCH], int lane) {
+  for (int nt = 0; nt < HD / 16; ++nt) {
+    const int c = nt * 8 + 2 * q;
+    float na[2], nc[2];
 #pragma unroll
-  for (int np = 0; np < kTc / 16; ++np) {
-    float(&c0)[4] = acc[2 * np];
-    float(&c1)[4] = acc[2 * np + 1];
-    c0[0] = c0[1] = c0[2] = c0[3] = c1[0] = c1[1] = c1[2] = c1[3] = 0.f;
-#pragma unroll
-    for (int kc = 0; kc < HD / 16; ++kc) {
-      uint32_t b[4];
-      LoadBtPair(b, y, np, kc, lane);
-      Mma(c0, a[kc], b[0], b[1]);
-      Mma(c1, a[kc], b[2], b[3]);
+    for (int e = 0; e < 2; ++e) {
+      RopeRotate(0.f + acc[nt][2 * r + e], 0.f + acc[nt + HD / 16][2 * r + e], cs[c + e], sn[c + e] * -1.0f, na[e],
+                 nc[e]);
     }
+    *reinterpret_cast<__nv_bfloat162*>(dst + c) = __floats2bfloat162_rn(na[0], na[1]);
+    *reinterpret_cast<__nv_bfloat162*>(dst + kHalf + c) = __floats2bfloat162_rn(nc[0], nc[1]);
   }
 }
 
-// The same with A read from rows [r0, r0 + 16) of a shared tile, one k chunk at a time (the
-// backward, and the forward above HD 128: fewer registers held). Same sums in the same order.
-template <int HD, int PITCH>
-__device__ __forceinline__ void MulABtShared(float (&acc)[kTc / 8][4], const bf16 (*x)[PITCH], int r0,
-                                             const bf16 (*y)[PITCH], int lane) {
+// The same row unrotated (dv), rounded to bf16 into dst.
+template <int HD>
+__device__ __forceinline__ void StoreBf16Row(const float (&acc)[HD / 8][4], int r, bf16* dst, int q) {
 #pragma unroll
-  for (int nt = 0; nt < kTc / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-#pragma unroll
-  for (int kc = 0; kc < HD / 16; ++kc) {
-    uint32_t a[4];
-    LoadAChunk(a, x, r0, kc, lane);
-#pragma unroll
-    for (int np = 0; np < kTc / 16; ++np) {
-      uint32_t b[4];
-      LoadBtPair(b, y, np, kc, lane);
-      Mma(acc[2 * np], a, b[0], b[1]);
-      Mma(acc[2 * np + 1], a, b[2], b[3]);
-    }
+  for (int nt = 0; nt < HD / 8; ++nt) {
+    *reinterpret_cast<__nv_bfloat162*>(dst + nt * 8 + 2 * q) =
+        __floats2bfloat162_rn(0.f + acc[nt][2 * r], 0.f + acc[nt][2 * r + 1]);
   }
-}
-
-// acc (16 x HD) += P (16 x 64, C fragments rounded to bf16) * Z, Z a row-major (64 x HD) tile.
-template <int HD, int PITCH>
-__device__ __forceinline__ void MulPZ(float (&acc)[HD / 8][4], const float (&p)[kTc / 8][4],
-                                      const bf16 (*z)[PITCH], int lane) {
-  const int mtx = lane / 8, zr = lane % 8 + (mtx & 1) * 8, zc = (mtx >> 1) * 8;
-#pragma unroll
-  for (int kc = 0; kc < kTc / 16; ++kc) {
-    const uint32_t a[4] = {Pack(p[2 * kc][0], p[2 * kc][1]), Pack(p[2 * kc][2], p[2 * kc][3]),
-                           Pack(p[2 * kc + 1][0], p[2 * kc + 1][1]), Pack(p[2 * kc + 1][2], p[2 * kc + 1][3])};
-#pragma unroll
-    for (int np = 0; np < HD / 16; ++np) {
-      uint32_t b0, b1, b2, b3;  // n tiles 2 np (b0, b1) and 2 np + 1 (b2, b3)
-      LdMatrixX4T(b0, b1, b2, b3, &z[kc * 16 + zr][np * 16 + zc]);
-      Mma(acc[2 * np], a, b0, b1);
-      Mma(acc[2 * np + 1], a, b2, b3);
-    }
-  }
-}
-
-__device__ __forceinline__ float QuadMax(float v) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ __forceinline__ float QuadSum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
 // Where each kernel keeps its operands, by HD.
@@ -216,6 +68,10 @@ struct TcPlan {
   static constexpr int P = HD + 8;
   static constexpr bool kQInRegs = HD <= 128;   // forward: q fragments in registers
   static constexpr int kSlices = HD > 128 ? 2 : 1;  // dk/dv column halves
+  // The backward's stores can apply RoPE's backward (RopeBack): both columns of each pair in one
+  // thread's registers at indices known when compiled.
+  template <bool kExact>
+  static constexpr bool kRopes = kExact && kSlices == 1;
   // The backward reads its A fragments (q, dout; k, v) from shared memory at each product, and up
   // to HD 64 keeps to the registers that let 4 dq or 3 dk/dv blocks share an SM (a few bytes of
   // spills; above 64 the accumulators need the registers). On an H100 (DISABLED_AttentionTiming,
@@ -364,7 +220,7 @@ template <int HD, bool kDrop, bool kExact>
 __global__ void __launch_bounds__(kTcThreads, TcPlan<HD>::kDqBlocks) DqTcKernel(float* dqkv, const bf16* dout, const float* lse,
                                                          const float* dsum, const bf16* qkv, int t, int h, int hkv,
                                                          int hd, float scale, AttnDrop drop, bool overwrite,
-                                                         BlockOrder order) {
+                                                         RopeBack rope, BlockOrder order) {
   using Plan = TcPlan<HD>;
   constexpr int P = Plan::P;
   if constexpr (kExact) hd = HD;  // the head size the kernel is built for: addresses fold
@@ -433,6 +289,17 @@ __global__ void __launch_bounds__(kTcThreads, TcPlan<HD>::kDqBlocks) DqTcKernel(
     MulPZ<HD>(dq, s, ks(st), lane);
     __syncthreads();
   }
+  if constexpr (Plan::template kRopes<kExact>) {
+    if (rope.dqkv16 != nullptr) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if (row[r] >= t) continue;
+        bf16* dst = rope.dqkv16 + (int64_t{bi} * t + row[r]) * row_len + int64_t{hi} * HD;
+        StoreRopedBf16<HD>(dq, r, dst, row[r], rope, q);
+      }
+      return;
+    }
+  }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     if (row[r] >= t) continue;
@@ -484,7 +351,7 @@ template <int HD, bool kDrop, bool kExact>
 __global__ void __launch_bounds__(kTcThreads, TcPlan<HD>::kDkvBlocks) DkvTcKernel(float* dqkv, const bf16* dout, const float* lse,
                                                           const float* dsum, const bf16* qkv, int t, int h, int hkv,
                                                           int hd, float scale, AttnDrop drop, bool overwrite,
-                                                          BlockOrder order) {
+                                                          RopeBack rope, BlockOrder order) {
   using Plan = TcPlan<HD>;
   constexpr int P = Plan::P, HS = HD / Plan::kSlices;
   if constexpr (kExact) hd = HD;  // the head size the kernel is built for: addresses fold
@@ -542,6 +409,18 @@ __global__ void __launch_bounds__(kTcThreads, TcPlan<HD>::kDkvBlocks) DkvTcKerne
     MulPZ<HS>(dk, dp, Cols<P>(qs(st), c0), lane);
     __syncthreads();
   }
+  if constexpr (Plan::template kRopes<kExact>) {
+    if (rope.dqkv16 != nullptr) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if (key[r] >= t) continue;
+        bf16* drow = rope.dqkv16 + (int64_t{bi} * t + key[r]) * row_len;
+        StoreRopedBf16<HD>(dk, r, drow + int64_t{h + kvh} * HD, key[r], rope, q);
+        StoreBf16Row<HD>(dv, r, drow + int64_t{h + hkv + kvh} * HD, q);
+      }
+      return;
+    }
+  }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     if (key[r] >= t) continue;
@@ -588,20 +467,22 @@ void Forward(float* out, bf16* out16, float* lse, const bf16* qkv16, int b, int 
 
 template <int HD, bool kDrop, bool kExact>
 void Backward(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b, int t,
-              int h, int hkv, int hd, const AttnDrop& drop, bool overwrite, cudaStream_t stream) {
+              int h, int hkv, int hd, const AttnDrop& drop, bool overwrite, const RopeBack& rope_in,
+              cudaStream_t stream) {
   using Plan = TcPlan<HD>;
+  const RopeBack rope = Plan::template kRopes<kExact> && overwrite ? rope_in : RopeBack{};
   const float scale = 1.0f / sqrtf(static_cast<float>(hd));
   const int tiles = (t + kTc - 1) / kTc;
   auto* dq = DqTcKernel<HD, kDrop, kExact>;
   AllowSharedBytes(dq, Plan::kDqBytes);
   const BlockOrder q_order = OrderOf(tiles, b * h), kv_order = OrderOf(tiles, b * hkv);
   dq<<<q_order.tiles * q_order.heads, kTcThreads, Plan::kDqBytes, stream>>>(dqkv, dout16, lse, dsum, qkv16, t, h, hkv,
-                                                                            hd, scale, drop, overwrite, q_order);
+                                                                            hd, scale, drop, overwrite, rope, q_order);
   MOE_CUDA_LAUNCH_CHECK();
   auto* dkv = DkvTcKernel<HD, kDrop, kExact>;
   AllowSharedBytes(dkv, Plan::kDkvBytes);
   dkv<<<dim3(kv_order.tiles * kv_order.heads, 1, Plan::kSlices), kTcThreads, Plan::kDkvBytes, stream>>>(
-      dqkv, dout16, lse, dsum, qkv16, t, h, hkv, hd, scale, drop, overwrite, kv_order);
+      dqkv, dout16, lse, dsum, qkv16, t, h, hkv, hd, scale, drop, overwrite, rope, kv_order);
   MOE_CUDA_LAUNCH_CHECK();
 }
 
@@ -619,16 +500,19 @@ void ForwardEither(float* out, bf16* out16, float* lse, const bf16* qkv16, int b
 
 template <int HD>
 void BackwardEither(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b,
-                    int t, int h, int hkv, int hd, const AttnDrop& drop, bool overwrite, cudaStream_t stream) {
+                    int t, int h, int hkv, int hd, const AttnDrop& drop, bool overwrite, const RopeBack& rope,
+                    cudaStream_t stream) {
   const bool exact = hd == HD, on = drop.p > 0.0f;
   if (on && exact) {
-    return Backward<HD, true, true>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
+    return Backward<HD, true, true>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, rope, stream);
   }
-  if (on) return Backward<HD, true, false>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
+  if (on) {
+    return Backward<HD, true, false>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, rope, stream);
+  }
   if (exact) {
-    return Backward<HD, false, true>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
+    return Backward<HD, false, true>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, rope, stream);
   }
-  Backward<HD, false, false>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
+  Backward<HD, false, false>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, rope, stream);
 }
 
 }  // namespace
@@ -645,14 +529,16 @@ void TcForward(float* out, bf16* out16, float* lse, const bf16* qkv16, int b, in
 }
 
 void TcBackward(float* dqkv, const bf16* dout16, const float* lse, const float* dsum, const bf16* qkv16, int b, int t,
-                int h, int hkv, int hd, const AttnDrop& drop, bool overwrite, cudaStream_t stream) {
-  if (hd <= 16) return BackwardEither<16>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
-  if (hd <= 32) return BackwardEither<32>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
-  if (hd <= 64) return BackwardEither<64>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
-  if (hd <= 96) return BackwardEither<96>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
-  if (hd <= 128) return BackwardEither<128>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
-  if (hd <= 192) return BackwardEither<192>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
-  return BackwardEither<256>(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, stream);
+                int h, int hkv, int hd, const AttnDrop& drop, bool overwrite, const RopeBack& rope,
+                cudaStream_t stream) {
+  auto run = [&](auto either) { either(dqkv, dout16, lse, dsum, qkv16, b, t, h, hkv, hd, drop, overwrite, rope, stream); };
+  if (hd <= 16) return run(BackwardEither<16>);
+  if (hd <= 32) return run(BackwardEither<32>);
+  if (hd <= 64) return run(BackwardEither<64>);
+  if (hd <= 96) return run(BackwardEither<96>);
+  if (hd <= 128) return run(BackwardEither<128>);
+  if (hd <= 192) return run(BackwardEither<192>);
+  run(BackwardEither<256>);
 }
 
 }  // namespace moe::cuda::internal

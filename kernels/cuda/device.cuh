@@ -44,6 +44,14 @@ __device__ __forceinline__ float4 LoadBf16x4(const bf16* src) {
   return make_float4(a.x, a.y, b.x, b.y);
 }
 
+// RoPE's rotation of the pair (a, c) by the angle whose cosine is cs and sine s (the sine's
+// negative for the backward): each product and sum rounded on its own, no fused multiply-add, so
+// that every kernel that rotates (rope.cu's; the attention backward's stores) gives the same bits.
+__device__ __forceinline__ void RopeRotate(float a, float c, float cs, float s, float& na, float& nc) {
+  na = __fsub_rn(__fmul_rn(a, cs), __fmul_rn(c, s));
+  nc = __fadd_rn(__fmul_rn(a, s), __fmul_rn(c, cs));
+}
+
 // kernels::SplitMix64 and kernels::CounterUniform, bit for bit: a kernel takes the seed mixed once
 // on the host (SplitMix64(seed)) and draws CounterUniformMixed(mixed, counter), the top 24 bits of
 // one more mix of (mixed ^ counter) as a float in [0, 1). Dropout and attention dropout share it.

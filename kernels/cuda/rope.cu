@@ -48,10 +48,7 @@ template <int W>
 __device__ __forceinline__ void Rotate(const float (&a)[W], const float (&c)[W], const float (&cs)[W],
                                        const float (&s)[W], float (&na)[W], float (&nc)[W]) {
 #pragma unroll
-  for (int j = 0; j < W; ++j) {
-    na[j] = a[j] * cs[j] - c[j] * s[j];
-    nc[j] = a[j] * s[j] + c[j] * cs[j];
-  }
+  for (int j = 0; j < W; ++j) internal::RopeRotate(a[j], c[j], cs[j], s[j], na[j], nc[j]);
 }
 
 template <int W>

@@ -241,22 +241,25 @@ void CudaModel::Backward() {
     } else {
       ctx_.LinearBackward(dattn_y, bg.wo, dattn_out, nullptr, a.attn_y, bw.wo, n, D, D, false, /*add_to_dinp=*/false);
     }
-    if (bf16_) {  // writes dqkv_ (no clearing first)
-      cuda::CastToBf16(ctx_.s16b, dattn_y, nd, stream_);  // s16b is free until the next product
-      cuda::AttentionBackwardBf16(dqkv_, dattn_y, ctx_.s16b, a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd,
-                                  att_scratch_, AttnDropout(ctx, l), stream_, /*overwrite=*/true);
-    } else {
-      zero(dqkv_, int64_t{n} * C3);
-      cuda::AttentionBackward(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, att_scratch_,
-                              AttnDropout(ctx, l), stream_);
-    }
-    // bf16 without QK-norm: RoPE's backward writes the qkv product's bf16 output gradient itself
-    // (s16a, the cast the product would make).
+    // bf16 without QK-norm: the attention backward and RoPE's write the qkv product's bf16 output
+    // gradient (s16a, the cast the product would make), in the attention kernels' stores where
+    // they can; dqkv_ (fp32) is then not needed.
     const bf16* dqkv16 = nullptr;
+    if (bf16_) cuda::CastToBf16(ctx_.s16b, dattn_y, nd, stream_);  // s16b is free until the next product
     if (bf16_ && !cfg_.qk_norm) {
-      cuda::RopeBackwardToBf16(ctx_.s16a, dqkv_, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
+      cuda::AttentionRopeBackwardBf16(ctx_.s16a, dqkv_, dattn_y, ctx_.s16b, a.attn_y, a.attn_lse, a.qkv, a.qkv16,
+                                      rope_cos_, rope_sin_, b, T, H, Hkv, hd, att_scratch_, AttnDropout(ctx, l),
+                                      stream_);
       dqkv16 = ctx_.s16a;
     } else {
+      if (bf16_) {  // writes dqkv_ (no clearing first)
+        cuda::AttentionBackwardBf16(dqkv_, dattn_y, ctx_.s16b, a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv,
+                                    hd, att_scratch_, AttnDropout(ctx, l), stream_, /*overwrite=*/true);
+      } else {
+        zero(dqkv_, int64_t{n} * C3);
+        cuda::AttentionBackward(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, att_scratch_,
+                                AttnDropout(ctx, l), stream_);
+      }
       cuda::RopeBackward(dqkv_, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
     }
     if (cfg_.qk_norm) {
