@@ -255,7 +255,7 @@ TEST(CudaOpsTest, Swiglu) {
 
 TEST(CudaOpsTest, CrossEntropy) {
   SKIP_WITHOUT_GPU();
-  // 50257: a row the four-wide path cannot take; 70000: longer than the fused pass's row cache.
+  // 50257: a row the four-wide path cannot take; 70000: a longer row than any configuration has.
   for (int v : {65, 1000, 50257, 50304, 70000}) {
     const int n = 37;
     auto logits = Randn(int64_t{n} * v, 12, 2.0f);

@@ -12,22 +12,14 @@ namespace {
 
 using internal::kThreads;
 
-// Threads of a row's block: 1024 where the row is long enough to keep them busy (with the row
-// cached in shared memory one block fills an SM), else kThreads.
-constexpr int kMaxRowThreads = 1024;
-int RowThreads(int v, bool grad) { return grad && v >= 8192 ? kMaxRowThreads : kThreads; }
-
 // One block per row. Pass 1: each thread's online max and sum of exponentials over its columns
 // (four at a time when kVec4: v % 4 == 0 and the rows 16-byte aligned), then the block's. With
-// kGrad, pass 2 writes the bf16 dlogits = scale * (softmax - onehot); pass 1 keeps the row's first
-// `cached` logits in shared memory for it (all of a 50304-word vocabulary fits: 197 KB), so that
-// the fp32 logits are read from memory once (the L2 does not hold the rows of a full grid), and
-// the backward never reads them again.
+// kGrad, pass 2 writes the bf16 dlogits = scale * (softmax - onehot) while the row is still in L2,
+// so the backward never reads the fp32 logits again.
 template <bool kVec4, bool kGrad>
-__global__ void __launch_bounds__(kMaxRowThreads) CrossEntropyRowKernel(float* losses, float* lse, bf16* dlogits,
-                                                                        const float* logits, const int32_t* targets,
-                                                                        float scale, int v, int cached) {
-  extern __shared__ __align__(16) float row_cache[];  // `cached` floats (a multiple of 4 below v)
+__global__ void __launch_bounds__(kThreads) CrossEntropyRowKernel(float* losses, float* lse, bf16* dlogits,
+                                                                  const float* logits, const int32_t* targets,
+                                                                  float scale, int v) {
   const int64_t row = blockIdx.x;
   const float* z = logits + row * v;
   float mx = -INFINITY, sum = 0.0f;
@@ -42,15 +34,10 @@ __global__ void __launch_bounds__(kMaxRowThreads) CrossEntropyRowKernel(float* l
   if constexpr (kVec4) {
     for (int c = threadIdx.x * 4; c < v; c += blockDim.x * 4) {
       const float4 x = *reinterpret_cast<const float4*>(z + c);
-      if (kGrad && c < cached) *reinterpret_cast<float4*>(row_cache + c) = x;
       add(x.x), add(x.y), add(x.z), add(x.w);
     }
   } else {
-    for (int c = threadIdx.x; c < v; c += blockDim.x) {
-      const float x = z[c];
-      if (kGrad && c < cached) row_cache[c] = x;
-      add(x);
-    }
+    for (int c = threadIdx.x; c < v; c += blockDim.x) add(z[c]);
   }
   auto merge = [&](float omx, float osum) {
     const float m = fmaxf(mx, omx);
@@ -60,7 +47,7 @@ __global__ void __launch_bounds__(kMaxRowThreads) CrossEntropyRowKernel(float* l
   for (int o = 16; o > 0; o >>= 1) {
     merge(__shfl_xor_sync(0xffffffffu, mx, o), __shfl_xor_sync(0xffffffffu, sum, o));
   }
-  __shared__ float warp_mx[kMaxRowThreads / 32], warp_sum[kMaxRowThreads / 32], row_lse;
+  __shared__ float warp_mx[kThreads / 32], warp_sum[kThreads / 32], row_lse;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) warp_mx[warp] = mx, warp_sum[warp] = sum;
   __syncthreads();
@@ -73,7 +60,7 @@ __global__ void __launch_bounds__(kMaxRowThreads) CrossEntropyRowKernel(float* l
     row_lse = l;
   }
   if constexpr (kGrad) {
-    __syncthreads();  // (also: the cache is complete)
+    __syncthreads();
     const float l = row_lse;
     const int32_t tgt = targets[row];
     bf16* dz = dlogits + row * v;
@@ -84,14 +71,12 @@ __global__ void __launch_bounds__(kMaxRowThreads) CrossEntropyRowKernel(float* l
     };
     if constexpr (kVec4) {
       for (int c = threadIdx.x * 4; c < v; c += blockDim.x * 4) {
-        const float4 x = *reinterpret_cast<const float4*>((c < cached ? row_cache : z) + c);
+        const float4 x = *reinterpret_cast<const float4*>(z + c);
         internal::StoreBf16x4(dz + c,
                               make_float4(grad(x.x, c), grad(x.y, c + 1), grad(x.z, c + 2), grad(x.w, c + 3)));
       }
     } else {
-      for (int c = threadIdx.x; c < v; c += blockDim.x) {
-        dz[c] = __float2bfloat16(grad(c < cached ? row_cache[c] : z[c], c));
-      }
+      for (int c = threadIdx.x; c < v; c += blockDim.x) dz[c] = __float2bfloat16(grad(z[c], c));
     }
   }
 }
@@ -140,33 +125,14 @@ void LaunchCrossEntropyRows(float* losses, float* lse, bf16* dlogits, const floa
   const bool vec4 = v % 4 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0 &&
                     (dlogits == nullptr || reinterpret_cast<uintptr_t>(dlogits) % 8 == 0);
   const dim3 grid(static_cast<unsigned>(n));
-  const bool grad = dlogits != nullptr;
-  const unsigned threads = static_cast<unsigned>(RowThreads(v, grad));
-  // The row cache: as much of the row as a block may keep in shared memory (beside the kernel's
-  // own 260 bytes), a multiple of 4 floats where the row is longer.
-  int cached = 0;
-  if (grad) {
-    int device = 0, optin = 48 * 1024;
-    MOE_CUDA_CHECK(cudaGetDevice(&device));
-    MOE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    const int room = std::max(0, (optin - 1024) / static_cast<int>(sizeof(float))) & ~3;
-    cached = std::min(v, room);
-  }
-  const size_t bytes = sizeof(float) * static_cast<size_t>(cached);
-  auto launch = [&](auto kernel) {
-    if (bytes > 48 * 1024) {
-      MOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-    }
-    kernel<<<grid, threads, bytes, stream>>>(losses, lse, dlogits, logits, targets, scale, v, cached);
-  };
-  if (!grad && vec4) {
-    launch(CrossEntropyRowKernel<true, false>);
-  } else if (!grad) {
-    launch(CrossEntropyRowKernel<false, false>);
+  if (dlogits == nullptr && vec4) {
+    CrossEntropyRowKernel<true, false><<<grid, kThreads, 0, stream>>>(losses, lse, dlogits, logits, targets, scale, v);
+  } else if (dlogits == nullptr) {
+    CrossEntropyRowKernel<false, false><<<grid, kThreads, 0, stream>>>(losses, lse, dlogits, logits, targets, scale, v);
   } else if (vec4) {
-    launch(CrossEntropyRowKernel<true, true>);
+    CrossEntropyRowKernel<true, true><<<grid, kThreads, 0, stream>>>(losses, lse, dlogits, logits, targets, scale, v);
   } else {
-    launch(CrossEntropyRowKernel<false, true>);
+    CrossEntropyRowKernel<false, true><<<grid, kThreads, 0, stream>>>(losses, lse, dlogits, logits, targets, scale, v);
   }
   MOE_CUDA_LAUNCH_CHECK();
 }
