@@ -213,7 +213,9 @@ void CudaModel::EnsureActivations(int b) {
   }
   if (qkv_in_scratch) {
     // The tensor-core path needs 16-byte aligned rows (the table aligns every buffer to 256).
-    if (reinterpret_cast<uintptr_t>(dqkv_) % 16 != 0 || reinterpret_cast<uintptr_t>(ctx_.s16b) % 16 != 0) {
+    // (s16a: the backward's bf16 qkv gradient, written by the attention kernels themselves.)
+    if (reinterpret_cast<uintptr_t>(dqkv_) % 16 != 0 || reinterpret_cast<uintptr_t>(ctx_.s16b) % 16 != 0 ||
+        reinterpret_cast<uintptr_t>(ctx_.s16a) % 16 != 0) {
       throw std::logic_error("CudaModel: attention buffers not 16-byte aligned");
     }
     for (BlockActs& a : blocks_) a.qkv = dqkv_;
