@@ -1,6 +1,7 @@
 // moed: the controller daemon. main parses flags into a MoedConfig, starts the daemon and
 // serves until SIGTERM or SIGINT (running jobs keep running; the next moed finds them again).
 #include <algorithm>
+#include <errno.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -71,6 +72,21 @@ bool ParseSize(const std::string& text, int64_t* out) {
   if (!absl::SimpleAtoi(digits, &n) || n < 0 || n > (int64_t{1} << 62) / unit) return false;
   *out = n * unit;
   return true;
+}
+
+// Why PATH cannot be run as a program ("" when it can): a directory has the x bit too, and
+// access(X_OK) alone let one through to fail every job at launch.
+std::string ExecutableProblem(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) {
+    return errno == ENOENT || errno == ENOTDIR
+               ? " is missing"
+               : std::string(" cannot be reached: ") + std::strerror(errno);
+  }
+  if (S_ISDIR(st.st_mode)) return " is a directory, not an executable";
+  if (!S_ISREG(st.st_mode)) return " is not a regular file, not an executable";
+  if (access(path.c_str(), X_OK) != 0) return " is not executable";
+  return "";
 }
 
 // The flags that take a value (each handled in ParseFlags).
@@ -164,6 +180,11 @@ bool ParseFlags(int argc, char** argv, moe::daemon::MoedConfig* c) {
       }
     } else if (arg == "--gpus") {
       if (!count(&c->gpus)) return false;
+      if (c->gpus < 0) {  // (-1 in MoedConfig means "count them": not for the user to give)
+        std::fprintf(stderr, "moed: --gpus: must be 0 or more, got %d (leave it out to use every GPU moed sees)\n",
+                     c->gpus);
+        return false;
+      }
     } else if (arg == "--gpu-memory") {
       absl::StatusOr<int64_t> bytes = moe::ParseMemorySize(value);
       if (!bytes.ok()) {
@@ -231,20 +252,22 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moed: %s\n", std::string(st.message()).c_str());
     return 2;
   }
-  if (access(config.worker_bin.c_str(), X_OK) != 0) {
+  if (const std::string why = ExecutableProblem(config.worker_bin); !why.empty()) {
     if (default_worker) {
-      std::fprintf(stderr, "moed: no moe-worker beside moed (%s is missing or not executable): build or install "
-                   "moe-worker there, or give its path with --worker-bin PATH\n", config.worker_bin.c_str());
+      std::fprintf(stderr, "moed: no moe-worker beside moed (%s%s): build or install "
+                   "moe-worker there, or give its path with --worker-bin PATH\n", config.worker_bin.c_str(), why.c_str());
     } else {
-      std::fprintf(stderr, "moed: --worker-bin: %s is missing or not executable (build moe-worker, or give its path)\n",
-                   config.worker_bin.c_str());
+      std::fprintf(stderr, "moed: --worker-bin: %s%s (build moe-worker, or give the path of its executable)\n",
+                   config.worker_bin.c_str(), why.c_str());
     }
     return 2;
   }
-  if (absl::StrContains(config.mpirun, "/") && access(config.mpirun.c_str(), X_OK) != 0) {
-    std::fprintf(stderr, "moed: --mpirun: %s is missing or not executable (install Open MPI, or give mpirun's path)\n",
-                 config.mpirun.c_str());
-    return 2;
+  if (absl::StrContains(config.mpirun, "/")) {
+    if (const std::string why = ExecutableProblem(config.mpirun); !why.empty()) {
+      std::fprintf(stderr, "moed: --mpirun: %s%s (install Open MPI, or give the path of its mpirun executable)\n",
+                   config.mpirun.c_str(), why.c_str());
+      return 2;
+    }
   }
   auto moed = moe::daemon::Moed::Start(config);
   if (!moed.ok()) {

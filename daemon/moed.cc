@@ -129,8 +129,14 @@ std::string BindProblem(const std::string& listen) {
 absl::Status MoedConfig::Validate() {
   size_t colon = listen.rfind(':');
   int port = 0;
+  // gRPC parses the host too: an empty one (":50051") or an IPv6 address without its brackets
+  // fails there with a log line of its internals and no word on the address.
+  const std::string host = colon == std::string::npos ? "" : listen.substr(0, colon);
+  const bool bracketed = host.size() >= 2 && host.front() == '[' && host.back() == ']';
   if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), &port) ||
-      port <= 0 || port > 65535) {
+      port <= 0 || port > 65535 || host.empty() ||
+      (!bracketed && host.find_first_of(":[]") != std::string::npos) ||
+      (bracketed && host.find_first_of("[]", 1) != host.size() - 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "--listen: '", listen, "' is not HOST:PORT with a port 1-65535 (e.g. 127.0.0.1:50051)"));
   }
@@ -185,7 +191,15 @@ absl::Status MoedConfig::Validate() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--slurm-mpi: '", slurm_mpi, "' is neither pmix (srun --mpi=pmix) nor mpirun"));
   }
-  if (slurm_template.empty()) {
+  if (!slurm_template.empty()) {
+    // Given by hand, it is meant to be used: unreadable, every slurm job would be refused.
+    if (absl::StatusOr<std::string> t = ReadFile(slurm_template); !t.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--slurm-template: ", t.status().message(),
+          " (give a readable batch template, e.g. deploy/slurm/moe-job.sbatch.tmpl of moe's source, or leave the "
+          "flag out)"));
+    }
+  } else {
     // Installed (<prefix>/bin/moed -> <prefix>/share/moe), else a build tree inside the source.
     slurm_template = SelfDir() + "/../share/moe/slurm/moe-job.sbatch.tmpl";
     const std::string in_source = SelfDir() + "/../../deploy/slurm/moe-job.sbatch.tmpl";

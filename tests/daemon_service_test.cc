@@ -9,6 +9,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 
@@ -161,11 +162,32 @@ TEST(DaemonService, FlagsTooSmallOrTooLargeSaySo) {
                         // Before: moed started, and every job then failed at launch.
                         Case{"--worker-bin=/nonexistent/moe-worker", "--worker-bin: /nonexistent/moe-worker is missing"},
                         Case{"--mpirun=/nonexistent/mpirun", "--mpirun: /nonexistent/mpirun is missing"},
-                        Case{"--data-root=/nonexistent/data", "--data-root: '/nonexistent/data' is not an existing directory"}}) {
+                        Case{"--data-root=/nonexistent/data", "--data-root: '/nonexistent/data' is not an existing directory"},
+                        // Before: a directory has the x bit, and every job failed at launch.
+                        Case{"--worker-bin=/tmp", "--worker-bin: /tmp is a directory, not an executable"},
+                        Case{"--mpirun=/tmp", "--mpirun: /tmp is a directory, not an executable"},
+                        // Before: -1 was taken as "count the GPUs".
+                        Case{"--gpus=-1", "--gpus: must be 0 or more, got -1"},
+                        // Before: moed started, and every slurm job failed at launch.
+                        Case{"--slurm-template=/nonexistent/moe.sbatch.tmpl",
+                             "--slurm-template: cannot open /nonexistent/moe.sbatch.tmpl: No such file"},
+                        Case{"--slurm-template=/tmp", "--slurm-template: /tmp is a directory, not a file"}}) {
     CommandResult r = RunCommand({BinDir() + "/moed", "--allow-root", "--state-dir", MakeTempDir("moed-flags-"), c.flag},
                                  {}, 30);
     EXPECT_EQ(r.exit_code, 2) << c.flag;
     EXPECT_TRUE(absl::StrContains(r.err, c.expect)) << c.flag << ": " << r.err;
+  }
+}
+
+// An address gRPC cannot parse is refused as --listen bogus is, before gRPC sees it: ":PORT" gave a
+// line of gRPC's internals and then "cannot listen ... (is another moed running there?)".
+TEST(DaemonService, ListenWithoutAHostIsNoAddress) {
+  for (const std::string& listen : std::vector<std::string>{absl::StrCat(":", FreePort()), "::1:50051", "[::1:50051", "bogus"}) {
+    CommandResult r = RunCommand(
+        {BinDir() + "/moed", "--allow-root", "--state-dir", MakeTempDir("moed-flags-"), "--listen", listen}, {}, 30);
+    EXPECT_EQ(r.exit_code, 2) << listen;
+    EXPECT_EQ(r.err, absl::StrCat("moed: --listen: '", listen,
+                                  "' is not HOST:PORT with a port 1-65535 (e.g. 127.0.0.1:50051)\n"));
   }
 }
 
