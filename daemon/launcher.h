@@ -82,6 +82,9 @@ class Launcher {
  public:
   virtual ~Launcher() = default;
   virtual std::string name() const = 0;
+  // Why no job of this launcher could launch now (a file of moed's it needs cannot be read),
+  // checked at submit and resume so such a job is refused there, not failed at its launch.
+  virtual absl::Status CheckCanLaunch() const { return absl::OkStatus(); }
   // Starts the attempt; returns an opaque handle that survives a moed restart (it is stored).
   // Nothing of the job runs before record(handle) has returned OK: the launcher prepares the
   // attempt held (a monitor waiting on a pipe; a Slurm job submitted --hold), records it, and

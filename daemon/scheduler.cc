@@ -359,6 +359,7 @@ absl::StatusOr<moe::v1::Job> Scheduler::Submit(const moe::v1::JobSpec& spec,
   if (absl::Status s = CheckCheckpointDirFree(spec.checkpoint().dir()); !s.ok()) return s;
   if (absl::Status s = CheckCheckpointDirUnclaimed(store_, spec.checkpoint().dir()); !s.ok()) return s;
   if (absl::Status s = CheckInitFrom(spec.model().init_from()); !s.ok()) return s;
+  if (absl::Status s = launchers_.For(spec)->CheckCanLaunch(); !s.ok()) return s;
   const int ranks = spec.resources().ranks();
   const bool local = launchers_.For(spec)->RunsOnThisMachine();
   const bool cuda = spec.resources().device() == moe::v1::DEVICE_CUDA;
@@ -473,6 +474,7 @@ absl::StatusOr<moe::v1::Job> Scheduler::Resume(const std::string& id, int steps)
         "job ", id, " is ", StateName(rec->job.state()),
         "; only a finished (SUCCEEDED, FAILED or CANCELLED) job can be resumed"));
   }
+  if (absl::Status s = launchers_.For(rec->job.spec())->CheckCanLaunch(); !s.ok()) return s;
   absl::StatusOr<std::string> latest = LatestCheckpoint(rec->checkpoint_dir);
   if (!latest.ok()) {
     // Step folders that are there but none complete: damage or a cut-short write, said as such.

@@ -343,12 +343,34 @@ absl::StatusOr<std::vector<std::string>> SlurmLauncher::SbatchArgs(const LaunchR
   return args;
 }
 
-absl::StatusOr<std::string> SlurmLauncher::Render(const LaunchRequest& req) const {
-  absl::StatusOr<std::string> tmpl = ReadFile(options_.template_path);
+namespace {
+
+// Why the batch template cannot be read, with the fix; OK with its text.
+absl::StatusOr<std::string> ReadTemplate(const std::string& path) {
+  absl::StatusOr<std::string> tmpl = ReadFile(path);
   if (!tmpl.ok()) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "launch error: cannot read the Slurm batch template ", options_.template_path, ": ",
-        tmpl.status().message(), " (pass moed --slurm-template)"));
+        "cannot read the Slurm batch template (", tmpl.status().message(), ")",
+        " (start moed with --slurm-template FILE, e.g. deploy/slurm/moe-job.sbatch.tmpl of moe's source)"));
+  }
+  return tmpl;
+}
+
+}  // namespace
+
+absl::Status SlurmLauncher::CheckCanLaunch() const {
+  absl::StatusOr<std::string> tmpl = ReadTemplate(options_.template_path);
+  if (!tmpl.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("resources.launcher: slurm jobs cannot run on this moed: ", tmpl.status().message()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> SlurmLauncher::Render(const LaunchRequest& req) const {
+  absl::StatusOr<std::string> tmpl = ReadTemplate(options_.template_path);
+  if (!tmpl.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("launch error: ", tmpl.status().message()));
   }
   if (options_.mpi != "pmix" && options_.mpi != "mpirun") {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -46,6 +46,8 @@ class SlurmLauncher final : public Launcher {
   // Says in moed's log when sbatch is on PATH but another client tool it needs is not.
   explicit SlurmLauncher(SlurmLauncherOptions options);
   std::string name() const override { return "slurm"; }
+  // The batch template must be readable (moed --slurm-template, or the one found from moed's path).
+  absl::Status CheckCanLaunch() const override;
   absl::StatusOr<std::string> Launch(const LaunchRequest& request,
                                      const RecordLaunch& record) override;
   ProcessState Poll(const std::string& handle) override;

@@ -191,6 +191,38 @@ TEST(DaemonService, ListenWithoutAHostIsNoAddress) {
   }
 }
 
+// A Slurm batch template moed cannot read refuses slurm jobs at submit, with the flag that fixes
+// it; before, the job was accepted and FAILED at its launch.
+TEST(DaemonService, SlurmJobWithoutTemplateIsRefusedAtSubmit) {
+  const std::string dir = MakeTempDir("moed-slurm-template-");
+  const std::string tmpl = dir + "/moe.sbatch.tmpl";
+  std::filesystem::copy_file(SourceDir() + "/deploy/slurm/moe-job.sbatch.tmpl", tmpl);
+  HarnessOptions o;
+  o.extra_args = {"--slurm-template", tmpl};
+  DaemonHarness h(o);
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  std::filesystem::remove(tmpl);  // gone after the start: the check at start let it through
+  const std::string job = h.WriteJob("slurm-job", 2, 5);
+  std::string text;
+  {
+    std::ifstream in(job);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const size_t at = text.find("launcher: local");
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, std::string("launcher: local").size(), "launcher: slurm\n  slurm: {partition: debug}");
+  std::ofstream(job) << text;
+  CommandResult r = h.Moectl({"submit", job});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(r.out, "");
+  EXPECT_TRUE(absl::StrContains(r.err, "resources.launcher: slurm jobs cannot run on this moed: cannot read the "
+                                       "Slurm batch template (cannot open " + tmpl + ": No such file"))
+      << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "start moed with --slurm-template FILE")) << r.err;
+  CommandResult list = h.Moectl({"list", "-o", "json"});
+  EXPECT_EQ(list.out, "[]\n") << list.err;
+}
+
 // moed with no --worker-bin runs the moe-worker beside it: missing there, every job failed at its
 // launch; now moed does not start, and says where it looked.
 TEST(DaemonService, NoWorkerBesideMoedIsRefusedAtStart) {
