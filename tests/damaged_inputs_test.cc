@@ -23,7 +23,7 @@
 #include "tests/support/test_jobs.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/data/checkpoint_spec.h"
-#include "worker/data/tokenizer.h"
+#include "common/tokenizer.h"
 #include "worker/interchange/hf_export.h"
 #include "worker/interchange/hf_layout.h"
 

@@ -1,7 +1,7 @@
 // Tokenizers: nanoGPT char ids, GPT-2 BPE ids (checked against the gpt-3-encoder reference),
 // round trips, serialization, the errors bad input gets, and what a resume's check finds
 // different between two tokenizers (the files' content, not their formatting).
-#include "worker/data/tokenizer.h"
+#include "common/tokenizer.h"
 
 #include <filesystem>
 #include <memory>

@@ -11,7 +11,7 @@
 #include "absl/status/statusor.h"
 #include "moe/v1/job.pb.h"
 #include "worker/checkpoint/checkpoint.h"
-#include "worker/data/tokenizer.h"
+#include "common/tokenizer.h"
 
 namespace moe {
 

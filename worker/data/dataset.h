@@ -13,7 +13,7 @@
 #include "absl/status/statusor.h"
 #include "moe/v1/job.pb.h"
 #include "worker/data/token_split.h"
-#include "worker/data/tokenizer.h"
+#include "common/tokenizer.h"
 
 namespace moe {
 

@@ -19,7 +19,7 @@
 #include "moe/v1/job.pb.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/data/checkpoint_spec.h"
-#include "worker/data/tokenizer.h"
+#include "common/tokenizer.h"
 #include "worker/interchange/hf_layout.h"
 
 namespace moe {

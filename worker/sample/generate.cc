@@ -17,7 +17,7 @@
 #include "worker/data/dataset.h"
 #include "worker/model/cpu/model.h"
 #include "worker/model/moe_bookkeeping.h"
-#include "worker/data/tokenizer.h"
+#include "common/tokenizer.h"
 #include "worker/sample/decoder.h"
 #include "worker/model/cuda/cuda_decoder.h"
 

@@ -1,5 +1,6 @@
 // Tokenizers: text <-> token ids. The nanoGPT character tokenizer and GPT-2's byte-level BPE,
-// both rebuildable from a Serialize() blob that checkpoints and the token cache store.
+// both rebuildable from a Serialize() blob that checkpoints and the token cache store. In common:
+// the job-spec validator loads a gpt2 job's BPE files with it, as the worker does at start.
 #pragma once
 
 #include <cstdint>
@@ -58,7 +59,7 @@ struct Gpt2Files {
 absl::StatusOr<Gpt2Files> Gpt2FilesOf(std::string_view blob);
 
 // Parses a JSON object of string -> integer (GPT-2's encoder.json) with ParseJsonObject
-// (worker/safetensors.h). Exposed for tests.
+// (common/json_object.h). Exposed for tests.
 absl::StatusOr<std::map<std::string, int64_t>> ParseJsonStringIntMap(std::string_view json);
 
 }  // namespace moe

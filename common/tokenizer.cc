@@ -1,4 +1,4 @@
-#include "worker/data/tokenizer.h"
+#include "common/tokenizer.h"
 
 #include <algorithm>
 #include <array>
@@ -17,7 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "common/files.h"
 #include "google/protobuf/struct.pb.h"
-#include "worker/checkpoint/safetensors.h"
+#include "common/json_object.h"
 
 namespace moe {
 namespace {
