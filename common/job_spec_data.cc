@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <set>
 #include <string>
 #include <system_error>
@@ -23,6 +24,7 @@
 #include "common/job_spec_internal.h"
 #include "common/json_object.h"
 #include "common/token_shards.h"
+#include "common/tokenizer.h"
 #include "google/protobuf/struct.pb.h"
 
 namespace moe::job_spec_internal {
@@ -31,6 +33,8 @@ namespace {
 namespace fs = std::filesystem;
 using moe::v1::JobSpec;
 namespace v1 = moe::v1;
+
+constexpr uintmax_t kMaxBpeFileBytes = uintmax_t{64} << 20;
 
 class DataChecker {
  public:
@@ -143,14 +147,11 @@ class DataChecker {
   }
 
   // GPT-2's BPE (or another in its format) has one token id per encoder.json entry; the worker
-  // refuses a model.vocab_size below their number. An encoder.json that does not parse is left to
-  // the worker, which says what is wrong with it.
-  void CheckBpeVocab(const std::string& dir) {
+  // refuses a model.vocab_size below their number.
+  void CheckBpeVocab(const std::string& dir, const Tokenizer& bpe) {
     const int v = s_.model().vocab_size();
     if (!ok_("model.vocab_size") || v < 1) return;
-    google::protobuf::Struct entries;
-    if (!JsonObjectProblem((fs::path(dir) / "encoder.json").string(), &entries).empty()) return;
-    const auto tokens = static_cast<int64_t>(entries.fields().size());
+    const int64_t tokens = bpe.vocab_size();
     if (tokens <= v) return;
     fail_("model.vocab_size",
           absl::StrCat("is ", v, ", but the BPE in ", dir, " has ", tokens,
@@ -318,9 +319,26 @@ class DataChecker {
            absl::StrCat(dir, " lacks ", absl::StrJoin(missing, " and "),
                         "; tokenizer gpt2 needs encoder.json and vocab.bpe there (set "
                         "data.tokenizer_dir to where they are)"));
-    } else if (!pretokenized) {
-      CheckBpeVocab(dir);
+      return;
     }
+    // GPT-2's files are at most a few MiB (65536 tokens at most); moed runs this at submit.
+    for (const char* name : {"encoder.json", "vocab.bpe"}) {
+      const uintmax_t bytes = fs::file_size(fs::path(dir) / name, ec);
+      if (!ec && bytes > kMaxBpeFileBytes) {
+        fail_("data.tokenizer_dir", absl::StrCat((fs::path(dir) / name).string(), " is ", bytes,
+                                                 " bytes, more than a BPE of at most 65536 tokens has (GPT-2's "
+                                                 "is about 1 MB); give the directory of GPT-2's BPE files"));
+        return;
+      }
+    }
+    // Loaded as the worker loads it when the job starts (common/tokenizer.h), so a file it would
+    // refuse is refused here, with the file and what is wrong in it.
+    absl::StatusOr<std::unique_ptr<Tokenizer>> bpe = LoadGpt2Tokenizer(dir);
+    if (!bpe.ok()) {
+      fail_("data.tokenizer_dir", std::string(bpe.status().message()));
+      return;
+    }
+    if (!pretokenized) CheckBpeVocab(dir, **bpe);
   }
 
 

@@ -15,6 +15,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/job_spec_fixture.h"
+#include "tests/support/tiny_gpt2.h"
 
 namespace moe {
 namespace {
@@ -212,8 +213,7 @@ TEST_F(JobSpecTest, Gpt2DefaultsVocabAndTokenizerDir) {
   EXPECT_THAT(p.errors[0].message, HasSubstr("lacks encoder.json and vocab.bpe"));
   EXPECT_EQ(p.errors[0].line, 7);  // 'data:' holds the defaulted key
 
-  WriteText(dir_ + "/encoder.json", "{}");
-  WriteText(dir_ + "/vocab.bpe", "");
+  testing::TinyGpt2().Write(dir_);
   v1::JobSpec s = ValidSpec(yaml);
   EXPECT_EQ(s.model().vocab_size(), 50304);
   EXPECT_EQ(s.data().tokenizer_dir(), dir_);

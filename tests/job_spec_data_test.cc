@@ -1,6 +1,7 @@
 // Unit tests of a job spec's data rules (common/job_spec_data.cc, job_spec_checks.cc): the
 // vocabulary against the tokenizer's ids, model.init_from's files, data paths, token shards and
 // their splits. The other rules: job_spec_checks_test.cc.
+#include <chrono>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -12,6 +13,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/job_spec_fixture.h"
+#include "tests/support/paths.h"
+#include "tests/support/tiny_gpt2.h"
 
 namespace moe {
 namespace {
@@ -41,11 +44,15 @@ TEST_F(JobSpecTest, AVocabularyShortOfTheTokenizersIdsIsRefused) {
                                     distinct, ", or remove it to use the text's own"));
   ValidSpec(WithExtra("  seq_len: 32", absl::StrCat("  vocab_size: ", distinct, "\n")));
 
-  // A BPE of 50300 tokens: 50257 is too few, 50304 enough.
-  std::string encoder = "{";
-  for (int i = 0; i < 50300; ++i) absl::StrAppend(&encoder, i ? "," : "", "\"t", i, "\": ", i);
-  WriteText(dir_ + "/bpe/encoder.json", encoder + "}");
-  WriteText(dir_ + "/bpe/vocab.bpe", "#version: 0.2\n");
+  // A BPE of 50300 tokens (the 256 bytes and 50044 more): 50257 is too few, 50304 enough.
+  testing::TinyGpt2 big;
+  big.tokens.clear();
+  for (int i = 0; i < 50300 - 256; ++i) {
+    std::string letters = "t";
+    for (int n = i; n > 0 || letters.size() == 1; n /= 26) letters.push_back(static_cast<char>('a' + n % 26));
+    big.tokens.push_back(letters);
+  }
+  big.Write(dir_ + "/bpe");
   auto bpe = [](std::string y) {
     return y.insert(y.find("  path: input.txt\n") + 18, "  tokenizer: gpt2\n  tokenizer_dir: bpe\n");
   };
@@ -55,6 +62,53 @@ TEST_F(JobSpecTest, AVocabularyShortOfTheTokenizersIdsIsRefused) {
                                     "/bpe has 50300 tokens (encoder.json); raise model.vocab_size to at least "
                                     "50300 (a multiple of 64 is the usual padding), or remove it"));
   EXPECT_EQ(ValidSpec(bpe(kMinimal)).model().vocab_size(), 50304);
+}
+
+// A gpt2 job's encoder.json that is no JSON (cut short, empty, random bytes) passed validate and
+// submit, and the job failed when it started ("cannot load data: ...: JSON error at byte 7"):
+// validate loads the BPE with the worker's loader (common/tokenizer.h) and says what it says.
+TEST_F(JobSpecTest, ABpeTheWorkerCannotLoadIsRefused) {
+  const std::string yaml = WithExtra("  path: input.txt", "  tokenizer: gpt2\n  tokenizer_dir: gpt2\n");
+  ValidSpec(yaml);
+  const std::string encoder = dir_ + "/gpt2/encoder.json";
+  std::string random(300, '\0');
+  for (size_t i = 0; i < random.size(); ++i) random[i] = static_cast<char>((i * 2654435761u) >> 13);
+  struct Case {
+    std::string bytes, message;
+  };
+  for (const Case& c : {Case{"{\"a\": ", encoder + ": JSON error at byte 6: "},
+                        Case{"", encoder + ": JSON error at byte 0: "},
+                        Case{random, encoder + ": JSON error at byte 0: "},
+                        Case{"{\"a\": 0}", encoder + ": no token for byte 0; a byte-level BPE needs all 256"}}) {
+    WriteText(encoder, c.bytes);
+    SpecError e = OnlyError(yaml);
+    EXPECT_EQ(e.field, "data.tokenizer_dir");
+    EXPECT_EQ(e.line, 10);
+    EXPECT_THAT(e.message, ::testing::StartsWith(c.message)) << ::testing::PrintToString(c.bytes);
+  }
+  // The same for the BPE a pretokenized job names (the worker loads it at start too).
+  std::string shards = WithExtra("  path: input.txt", "  tokenizer_dir: gpt2\n");
+  shards.replace(shards.find("path: input.txt"), 15, "path: shards\n  tokenizer: pretokenized");
+  shards.insert(shards.find("data:"), "  vocab_size: 1024\n");
+  EXPECT_THAT(OnlyError(shards).message, HasSubstr("no token for byte 0"));
+  testing::TinyGpt2 tiny;
+  tiny.merges = {{"t", "h"}, {"bad", ""}};
+  tiny.Write(dir_ + "/gpt2");
+  EXPECT_THAT(OnlyError(yaml).message,
+              HasSubstr("/gpt2/vocab.bpe:3: expected \"left right\", got \"bad \"; re-fetch it"));
+}
+
+// GPT-2's own files (about 1 MB of encoder.json) load in a fraction of a second, moectl's and moed's
+// check at submit included.
+TEST_F(JobSpecTest, TheRealGpt2BpeValidatesQuickly) {
+  const std::string gpt2 = testing::SourceDir() + "/data/gpt2";
+  if (!fs::exists(gpt2 + "/encoder.json") || !fs::exists(gpt2 + "/vocab.bpe")) {
+    GTEST_SKIP() << gpt2 << " has no encoder.json/vocab.bpe; run scripts/fetch_data.sh";
+  }
+  const auto start = std::chrono::steady_clock::now();
+  ValidSpec(WithExtra("  path: input.txt", "  tokenizer: gpt2\n  tokenizer_dir: " + gpt2 + "\n"));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(seconds, 3.0);  // about 0.2 s on one core; generous for a loaded test machine
 }
 
 // Binary data under the char tokenizer (a token shard, a program) trained without a word ("char

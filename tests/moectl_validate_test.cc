@@ -24,6 +24,7 @@
 #include "common/files.h"
 #include "common/backend_limits.h"
 #include "tests/support/paths.h"
+#include "tests/support/tiny_gpt2.h"
 
 extern char** environ;
 
@@ -238,8 +239,7 @@ class ExampleTest : public ::testing::Test {
     std::ofstream bible(root_ + "/data/bible-kjv.txt");
     for (int i = 0; i < 80000; ++i) bible << "In the beginning God created the heaven and the earth.\n";
     bible.close();
-    std::ofstream(root_ + "/data/gpt2/encoder.json") << "{\"!\": 0}";
-    std::ofstream(root_ + "/data/gpt2/vocab.bpe") << "#version: 0.2\n";
+    moe::testing::TinyGpt2().Write(root_ + "/data/gpt2");  // validate loads it as the worker does
   }
   void TearDown() override { fs::remove_all(root_); }
 

@@ -5,6 +5,7 @@
 
 #include "gmock/gmock.h"
 #include "tests/support/paths.h"
+#include "tests/support/tiny_gpt2.h"
 
 namespace moe::testing {
 
@@ -29,8 +30,7 @@ void JobSpecTest::SetUp() {
   std::string text;
   for (int i = 0; i < 80; ++i) text += "First Citizen:\nBefore we proceed any further, hear me speak.\n";
   WriteText(dir_ + "/input.txt", text);
-  WriteText(dir_ + "/gpt2/encoder.json", "{}");
-  WriteText(dir_ + "/gpt2/vocab.bpe", "#version: 0.2\n");
+  TinyGpt2().Write(dir_ + "/gpt2");  // validate loads a gpt2 job's BPE as the worker does
   // Raw uint16 token shards of 400 tokens each: either alone fills both splits of seq_len 32.
   WriteText(dir_ + "/shards/train_000.bin", std::string(800, '\x01'));
   WriteText(dir_ + "/shards/train_001.bin", std::string(800, '\x03'));
