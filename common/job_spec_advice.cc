@@ -1,6 +1,7 @@
 // Advice on a valid job: values inside their ranges that are almost surely a mistake. moectl
 // validate and submit print each as a warning and go on (the job is still valid).
 #include <cmath>
+#include <cstdint>
 #include <set>
 #include <string>
 #include <vector>
@@ -41,7 +42,8 @@ std::vector<SpecError> AdviseJobSpec(const moe::v1::JobSpec& spec) {
   // forward each) at every eval_every-th step and at the last; training: grad_accum micro-batches
   // a step, each a forward and a backward (about three forwards).
   if (t.steps() > 0 && t.eval_every() > 0 && t.eval_batches() > 0 && t.grad_accum() > 0) {
-    const double evals = static_cast<double>(t.steps() / t.eval_every() + 1);
+    // In 64 bits: steps 2147483647 with eval_every 1 overflowed int and the warning went away.
+    const double evals = static_cast<double>(int64_t{t.steps()} / t.eval_every() + 1);
     const double eval_forwards = evals * t.eval_batches() * t.grad_accum();
     const double train_forwards = 3.0 * static_cast<double>(t.steps()) * t.grad_accum();
     if (eval_forwards > train_forwards) {

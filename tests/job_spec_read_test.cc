@@ -329,6 +329,12 @@ TEST_F(JobSpecTest, LikelyMistakesAreWarningsAtTheirPositions) {
     EXPECT_GT(w.line, 9) << w.ToString();
     EXPECT_GT(w.column, 1) << w.ToString();
   }
+  // The most steps there are: counting the evaluations overflowed int and the warning went away.
+  std::string most = WithExtra("train:", "  eval_every: 1\n  eval_batches: 4\n");
+  p = Parse(most.replace(most.find("steps: 5000"), 11, "steps: 2147483647"));
+  ASSERT_TRUE(p.ok()) << FormatSpecErrors(p.errors);
+  ASSERT_EQ(p.warnings.size(), 1u);
+  EXPECT_THAT(p.warnings[0].message, HasSubstr("4 batches every step: evaluation would take about 1.3 times as long"));
   // A guess only where it lands in the usual range (1e30 -> 1e27 was no help).
   p = Parse(WithExtra("train:", "  lr: 1.0e+30\n"));
   ASSERT_EQ(p.warnings.size(), 1u);
