@@ -1,6 +1,7 @@
 #include "common/files.h"
 
 #include <fcntl.h>
+#include <pwd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -206,6 +207,22 @@ int WildcardDirectories(std::string_view pattern) {
     start = end + 1;
   }
   return n;
+}
+
+PathLookup LookUpPath(const std::string& path, std::string* why) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) return PathLookup::kThere;
+  const int err = errno;
+  if (err == ENOENT || err == ENOTDIR) return PathLookup::kMissing;
+  if (err == EACCES) {
+    std::string user = absl::StrCat("uid ", geteuid());
+    if (const passwd* pw = getpwuid(geteuid()); pw != nullptr && pw->pw_name != nullptr) user = pw->pw_name;
+    *why = absl::StrCat("cannot be reached: permission denied (a directory on its way does not let user ", user,
+                        " search it)");
+  } else {
+    *why = absl::StrCat("cannot be reached: ", std::strerror(err));
+  }
+  return PathLookup::kUnreachable;
 }
 
 }  // namespace moe

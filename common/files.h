@@ -49,6 +49,13 @@ absl::Status SyncDir(const std::string& dir);
 // mkdir -p.
 absl::Status MakeDirs(const std::string& path);
 
+// What stat(2) finds at path: kThere; kMissing (nothing by that name: ENOENT, ENOTDIR); or
+// kUnreachable, with *why saying so: "cannot be reached: permission denied (a directory on its
+// way does not let user NAME search it)" for EACCES, stat's own reason for the rest (a link
+// loop, a name too long). A path checked for existence alone called the last "does not exist".
+enum class PathLookup { kThere, kMissing, kUnreachable };
+PathLookup LookUpPath(const std::string& path, std::string* why);
+
 // Whether two paths name the same directory, once symbolic links, "." and ".." are resolved and a
 // trailing "/" dropped ("d", "d/", "./d/." and a link to d agree). Neither has to exist yet; two
 // empty paths never match, and paths that cannot be resolved only when spelled the same.

@@ -132,7 +132,10 @@ class Checker {
   void DirectoryOrAbsent(const std::string& path, const std::string& value) {
     if (value.empty() || !AbsolutePath(path, value)) return;
     std::error_code ec;
-    if (fs::exists(value, ec) && !fs::is_directory(value, ec)) {
+    if (std::string why; LookUpPath(value, &why) == PathLookup::kUnreachable) {
+      Fail(path, absl::StrCat(value, " ", why, "; the worker could not create or use it there: give a directory "
+                              "this user can reach, or let it search the directories on the way (chmod)"));
+    } else if (fs::exists(value, ec) && !fs::is_directory(value, ec)) {
       Fail(path, absl::StrCat(value, " exists and is not a directory; give a directory"));
     }
   }
@@ -228,7 +231,10 @@ class Checker {
     const std::string& dir = s_.model().init_from();
     if (dir.empty() || !AbsolutePath("model.init_from", dir)) return;
     std::error_code ec;
-    if (!fs::is_directory(dir, ec)) {
+    if (std::string why; LookUpPath(dir, &why) == PathLookup::kUnreachable) {
+      Fail("model.init_from", absl::StrCat(dir, " ", why, "; give a directory this user can read, or let it "
+                                           "search the directories on the way (chmod)"));
+    } else if (!fs::is_directory(dir, ec)) {
       Fail("model.init_from", absl::StrCat(dir, fs::exists(dir, ec) ? " is not a directory" : " does not exist",
                                            "; give a Hugging Face model directory "
                                            "(config.json + safetensors) or a checkpoint directory"));

@@ -75,6 +75,11 @@ class DataChecker {
         }
         return;
       }
+      if (std::string why; LookUpPath(p, &why) == PathLookup::kUnreachable) {
+        fail_("data.path", absl::StrCat(p, " ", why, "; give a path this user can read, or let it search the "
+                                       "directories on the way (chmod)"));
+        return;
+      }
       if (fs::is_directory(p, ec)) {
         absl::StatusOr<std::vector<std::string>> files = ShardFiles(p);  // its regular *.bin files
         if (!files.ok()) {
@@ -100,7 +105,11 @@ class DataChecker {
       return;
     }
     std::string tokenizer = EnumName(v1::Tokenizer_descriptor(), s_.data().tokenizer());
-    if (!fs::exists(p, ec)) {
+    std::string why;
+    if (const PathLookup found = LookUpPath(p, &why); found == PathLookup::kUnreachable) {
+      fail_("data.path", absl::StrCat(p, " ", why, "; give a path this user can read, or let it search the "
+                                     "directories on the way (chmod)"));
+    } else if (found == PathLookup::kMissing) {
       fail_("data.path", absl::StrCat(p, " does not exist; give the training text file"));
     } else if (!fs::is_regular_file(p, ec)) {
       fail_("data.path",
@@ -303,6 +312,11 @@ class DataChecker {
       return;
     }
     std::error_code ec;
+    if (std::string why; LookUpPath(dir, &why) == PathLookup::kUnreachable) {
+      fail_("data.tokenizer_dir", absl::StrCat(dir, " ", why, "; give a directory this user can read, or let it "
+                                               "search the directories on the way (chmod)"));
+      return;
+    }
     if (!fs::is_directory(dir, ec)) {
       fail_("data.tokenizer_dir", absl::StrCat(dir,
                                               " is not a directory; give the directory holding "

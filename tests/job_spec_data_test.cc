@@ -1,6 +1,9 @@
 // Unit tests of a job spec's data rules (common/job_spec_data.cc, job_spec_checks.cc): the
 // vocabulary against the tokenizer's ids, model.init_from's files, data paths, token shards and
 // their splits. The other rules: job_spec_checks_test.cc.
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <filesystem>
 #include <string>
@@ -109,6 +112,53 @@ TEST_F(JobSpecTest, TheRealGpt2BpeValidatesQuickly) {
   ValidSpec(WithExtra("  path: input.txt", "  tokenizer: gpt2\n  tokenizer_dir: " + gpt2 + "\n"));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_LT(seconds, 3.0);  // about 0.2 s on one core; generous for a loaded test machine
+}
+
+// A path behind a directory this user may not search (EACCES from stat) was "does not exist" (data.path,
+// model.init_from), "is not a directory" (data.tokenizer_dir) or passed (checkpoint.dir, and the
+// worker failed at start): each now says it cannot be reached and why.
+TEST_F(JobSpecTest, APathThisUserCannotReachIsNamedSo) {
+  const std::string locked = dir_ + "/locked";
+  WriteText(locked + "/input.txt", ReadFile(dir_ + "/input.txt").value());
+  testing::TinyGpt2().Write(locked + "/gpt2");
+  fs::create_directories(locked + "/hf");
+  // Root searches every directory: the checks then run as nobody, with only locked/ closed to it.
+  const bool root = geteuid() == 0;
+  ASSERT_EQ(chmod(dir_.c_str(), 0711), 0);
+  ASSERT_EQ(chmod(locked.c_str(), root ? 0700 : 0), 0);
+  if (root && seteuid(65534) != 0) {
+    GTEST_SKIP() << "cannot take uid 65534 to look as another user";
+  }
+  struct Case {
+    std::string yaml, field, path;
+  };
+  auto at_path = [](const std::string& path) {
+    std::string y = kMinimal;
+    return y.replace(y.find("path: input.txt"), 15, "path: " + path);
+  };
+  std::string shards = at_path("locked/input.txt\n  tokenizer: pretokenized");
+  shards.insert(shards.find("data:"), "  vocab_size: 1024\n");
+  const std::vector<Case> cases = {
+      {at_path("locked/input.txt"), "data.path", locked + "/input.txt"},
+      {shards, "data.path", locked + "/input.txt"},
+      {WithExtra("  path: input.txt", "  tokenizer: gpt2\n  tokenizer_dir: locked/gpt2\n"), "data.tokenizer_dir",
+       locked + "/gpt2"},
+      {WithExtra("  seq_len: 32", "  init_from: locked/hf\n"), "model.init_from", locked + "/hf"},
+      {std::string(kMinimal) + "checkpoint: {dir: locked/ckpt}\n", "checkpoint.dir", locked + "/ckpt"},
+  };
+  std::vector<ParsedSpec> parsed;
+  for (const Case& c : cases) parsed.push_back(Parse(c.yaml));
+  if (root) {
+    ASSERT_EQ(seteuid(0), 0);
+  }
+  ASSERT_EQ(chmod(locked.c_str(), 0700), 0);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    ASSERT_EQ(parsed[i].errors.size(), 1u) << cases[i].path << "\n" << FormatSpecErrors(parsed[i].errors);
+    EXPECT_EQ(parsed[i].errors[0].field, cases[i].field);
+    EXPECT_THAT(parsed[i].errors[0].message,
+                ::testing::StartsWith(cases[i].path + " cannot be reached: permission denied (a directory on its way "
+                                                      "does not let user "));
+  }
 }
 
 // Binary data under the char tokenizer (a token shard, a program) trained without a word ("char
