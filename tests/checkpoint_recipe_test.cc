@@ -2,8 +2,8 @@
 // weights (blocks.{i}.moe.router_bias), sampled with, and left behind by model.init_from; a
 // checkpoint is refused, with the options that differ named, by a job of another recipe, model
 // shape or sequence length, whether or not the tensors would fit, or by data whose tokenizer maps
-// ids otherwise (not by GPT-2 files formatted otherwise); the training knobs may change, each
-// change logged once at the resume.
+// ids otherwise (not by GPT-2 files formatted otherwise), and then not scored either; the
+// training knobs may change, each change logged once at the resume.
 #include <algorithm>
 #include <memory>
 #include <string>
@@ -301,6 +301,42 @@ TEST_F(CheckpointRecipeTest, DataOfAnotherCharVocabularyIsRefusedNamingAToken) {
                                            "the checkpoint, \"b\" in this job's data)"),
             std::string::npos)
       << st;
+}
+
+// The scorer reads the data its checkpoint's spec.json names: when that file now maps ids
+// otherwise (the same 65 byte values, 'a' spelled '~'), it refuses as a resume does instead of
+// scoring another task.
+TEST(ScoreCheckpoint, RefusesDataWhoseTokenizerChangedSinceTraining) {
+  kernels::SetNumThreads(1);
+  const std::string path = testing::MakeTempDir("moe-score-text-") + "/input.txt";
+  std::string text = *ReadFile(testing::ShakespearePath());
+  ASSERT_TRUE(WriteFileAtomic(path, text).ok());
+  moe::v1::JobSpec spec = testing::SmallShakespeareSpec();
+  spec.mutable_train()->set_steps(1);
+  spec.mutable_train()->set_eval_every(0);
+  spec.mutable_data()->set_path(path);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  std::unique_ptr<Communicator> comm = CreateSingleProcessCommunicator();
+  TrainerOptions opts;
+  opts.checkpoint_dir = testing::MakeTempDir("moe-score-ck-");
+  std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &*data, opts);
+  ASSERT_NE(t, nullptr);
+  TrainOutcome outcome;
+  ASSERT_TRUE(t->Run(&outcome).ok());
+  const std::string batch = testing::MakeTempDir("moe-score-out-") + "/batch.bin";
+  absl::StatusOr<double> ce = ScoreCheckpoint(opts.checkpoint_dir, batch);
+  ASSERT_TRUE(ce.ok()) << ce.status();
+  std::replace(text.begin(), text.end(), 'a', '~');
+  ASSERT_TRUE(WriteFileAtomic(path, text).ok());
+  ce = ScoreCheckpoint(opts.checkpoint_dir, batch);
+  ASSERT_FALSE(ce.ok());
+  EXPECT_EQ(ce.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(std::string(ce.status().message()).find("now gives another tokenizer than checkpoint"), std::string::npos)
+      << ce.status();
+  EXPECT_NE(std::string(ce.status().message()).find("token id 39 is \"a\" in the checkpoint, \"b\" in this job's data"),
+            std::string::npos)
+      << ce.status();
 }
 
 TEST_F(CheckpointRecipeTest, InitFromTakesTheWeightsAndBalancesAfresh) {

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
+#include "worker/data/dataset.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -60,6 +61,22 @@ absl::StatusOr<CheckpointModelSpec> ReadCheckpointModelSpec(const Checkpoint& ck
         "checkpoint ", path, " holds a job spec (spec.json) no model can be built from:\n", FormatSpecErrors(errors)));
   }
   return m;
+}
+
+std::string CheckpointTokenizerDifference(const std::string& saved, const Tokenizer& job, const std::string& job_dir) {
+  if (saved.empty() || saved == job.Serialize()) return "";
+  absl::StatusOr<std::unique_ptr<Tokenizer>> was = DeserializeTokenizer(saved);
+  if (!was.ok()) return absl::StrCat("tokenizer.txt: ", was.status().message());
+  return TokenizerDifference(**was, job, job_dir);
+}
+
+std::string TokenizerFix(const moe::v1::DataSpec& data) {
+  if (data.tokenizer() == moe::v1::TOKENIZER_CHAR) {
+    return "Train on data of the checkpoint's vocabulary (a char tokenizer's is the text's byte values)";
+  }
+  return absl::StrCat("Put back in data.tokenizer_dir (", Gpt2TokenizerDir(data),
+                      ") the encoder.json and vocab.bpe the checkpoint was trained with (its tokenizer.txt "
+                      "holds both; moectl export writes them as vocab.json and merges.txt)");
 }
 
 }  // namespace moe

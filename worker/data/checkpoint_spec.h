@@ -30,4 +30,12 @@ absl::Status ParseCheckpointJobSpec(const std::string& spec_json, const std::str
 // named with what is wrong in it.
 absl::StatusOr<CheckpointModelSpec> ReadCheckpointModelSpec(const Checkpoint& ckpt, const std::string& path);
 
+// "" when a checkpoint's tokenizer (`saved`: its tokenizer.txt, Tokenizer::Serialize; empty for
+// pretokenized data) turns text into the ids `job`'s does; else what differs (TokenizerDifference).
+// Resuming and scoring both refuse a difference: the ids would mean other text.
+std::string CheckpointTokenizerDifference(const std::string& saved, const Tokenizer& job, const std::string& job_dir);
+
+// How to give a job the checkpoint's tokenizer back (the end of that refusal).
+std::string TokenizerFix(const moe::v1::DataSpec& data);
+
 }  // namespace moe

@@ -29,6 +29,7 @@ namespace {
 struct LoadedModel {
   moe::v1::JobSpec spec;
   std::unique_ptr<Tokenizer> tokenizer;  // null for pretokenized data
+  std::string saved_tokenizer;           // its tokenizer.txt as stored
   std::unique_ptr<Communicator> comm;
   std::unique_ptr<Model> model;
 };
@@ -47,6 +48,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int seq_len
   LoadedModel m;
   m.spec = std::move(read->spec);
   m.tokenizer = std::move(read->tokenizer);
+  m.saved_tokenizer = ckpt->tokenizer;
   const int vocab = read->vocab;
   m.comm = CreateSingleProcessCommunicator();
   ModelConfig cfg = ModelConfig::FromSpec(m.spec, vocab);
@@ -100,6 +102,22 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
     return absl::FailedPreconditionError(absl::StrCat(
         "the job's data (", data->source, ") now has ", data->vocab_size, " token ids, more than the ", cfg.vocab,
         " of checkpoint ", checkpoint, "'s model; it changed since the job trained: score with the data it trained on"));
+  }
+  // The same count of ids can still mean other text (a char tokenizer's symbols are the text's
+  // byte values): the score would be of another task. Resuming refuses this too.
+  if (data->tokenizer) {
+    const std::string diff =
+        CheckpointTokenizerDifference(m->saved_tokenizer, *data->tokenizer, Gpt2TokenizerDir(m->spec.data()));
+    if (!diff.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the job's data (", data->source, ") now gives another tokenizer than checkpoint ", checkpoint,
+          " was trained with (", diff, "): its token ids would mean other text, so the score would not be the "
+          "model's. Put back the data it trained on (data.path ", m->spec.data().path(),
+          m->spec.data().tokenizer() == moe::v1::TOKENIZER_CHAR
+              ? ""
+              : absl::StrCat(", and the BPE files in data.tokenizer_dir ", Gpt2TokenizerDir(m->spec.data())),
+          ", as the checkpoint's spec.json names them)"));
+    }
   }
   const int b = m->spec.train().batch_size(), T = cfg.seq_len;
   std::vector<int32_t> x(static_cast<size_t>(b) * T), y(x.size());

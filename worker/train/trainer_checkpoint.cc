@@ -30,25 +30,6 @@ namespace {
 constexpr std::pair<const char*, ParamSet> kCheckpointSets[] = {
     {"", ParamSet::kParams}, {"adam_m.", ParamSet::kAdamM}, {"adam_v.", ParamSet::kAdamV}};
 
-// "" when the checkpoint's tokenizer (its Serialize() blob; none for pretokenized data) turns
-// text into the ids the job's does; else what differs (TokenizerDifference).
-std::string CheckpointTokenizerDifference(const std::string& saved, const Tokenizer& job, const std::string& job_dir) {
-  if (saved.empty() || saved == job.Serialize()) return "";
-  absl::StatusOr<std::unique_ptr<Tokenizer>> was = DeserializeTokenizer(saved);
-  if (!was.ok()) return absl::StrCat("tokenizer.txt: ", was.status().message());
-  return TokenizerDifference(**was, job, job_dir);
-}
-
-// How to give a job the checkpoint's tokenizer back.
-std::string TokenizerFix(const moe::v1::DataSpec& data) {
-  if (data.tokenizer() == moe::v1::TOKENIZER_CHAR) {
-    return "Train on data of the checkpoint's vocabulary (a char tokenizer's is the text's byte values)";
-  }
-  return absl::StrCat("Put back in data.tokenizer_dir (", Gpt2TokenizerDir(data),
-                      ") the encoder.json and vocab.bpe the checkpoint was trained with (its tokenizer.txt "
-                      "holds both; moectl export writes them as vocab.json and merges.txt)");
-}
-
 }  // namespace
 
 absl::Status Trainer::SaveCheckpoint(int64_t steps_done) {
