@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -20,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "common/bearer_token.h"
 #include "common/files.h"
+#include "common/job_spec.h"
 #include "common/moed_channel.h"
 #include "yaml-cpp/yaml.h"
 
@@ -87,25 +89,48 @@ absl::StatusOr<ClientConfig> LoadClientConfig() {
                        "and `token_file: PATH`)"));
     }
     if (probe.good()) {
+      constexpr char kExpected[] = " (expected `server: HOST:PORT` and `token_file: PATH`)";
+      absl::StatusOr<std::string> text = ReadFile(config_path);
+      if (!text.ok()) {
+        return absl::Status(text.status().code(), absl::StrCat("config ", config_path, ": ", text.status().message()));
+      }
+      // As a job file's reader does: yaml-cpp read a file of other bytes as empty, and a NUL byte as
+      // an escape it did not know.
+      if (std::optional<NonTextByte> bad = FindNonTextByte(*text)) {
+        return absl::InvalidArgumentError(absl::StrCat("config ", config_path, ":", bad->line, ":", bad->column,
+                                                       ": is not a UTF-8 text file: found ", bad->what,
+                                                       "; a config file is YAML text", kExpected));
+      }
       try {
-        YAML::Node root = YAML::LoadFile(config_path);
+        YAML::Node root = YAML::Load(*text);
         if (!root.IsMap() && !root.IsNull()) throw YAML::Exception(root.Mark(), "not a mapping of keys");
         // A key moectl does not know is a typo it would otherwise follow silently (to the default
         // server): refused, with the keys it knows.
         if (root.IsMap()) {
           for (const auto& kv : root) {
+            if (!kv.first.IsScalar()) {
+              throw YAML::Exception(kv.first.Mark(), "keys must be plain names, got " + DescribeYamlValue(kv.first));
+            }
             const std::string key = kv.first.Scalar();
             if (key != "server" && key != "token_file") {
               throw YAML::Exception(kv.first.Mark(), "unknown key '" + key + "'");
             }
           }
         }
-        if (root["server"]) c.server = root["server"].as<std::string>();
-        if (root["token_file"]) token_file = ExpandHome(root["token_file"].as<std::string>());
+        // A string each: `server: [a, b]` was yaml-cpp's "bad conversion".
+        auto text_of = [](const YAML::Node& value, const char* key, const char* what) {
+          if (!value.IsScalar()) {
+            throw YAML::Exception(value.Mark(), absl::StrCat(key, ": must be a string ", what, ", got ",
+                                                             DescribeYamlValue(value)));
+          }
+          return value.Scalar();
+        };
+        if (root["server"]) c.server = text_of(root["server"], "server", "HOST:PORT");
+        if (root["token_file"]) token_file = ExpandHome(text_of(root["token_file"], "token_file", "PATH"));
       } catch (const YAML::Exception& e) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("config ", config_path, ": ", e.what(),
-                         " (expected `server: HOST:PORT` and `token_file: PATH`)"));
+        const std::string at =
+            e.mark.is_null() ? "" : absl::StrCat(":", e.mark.line + 1, ":", e.mark.column + 1);
+        return absl::InvalidArgumentError(absl::StrCat("config ", config_path, at, ": ", e.msg, kExpected));
       }
     } else if (explicit_config) {
       return absl::NotFoundError(

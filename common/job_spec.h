@@ -4,11 +4,17 @@
 #pragma once
 
 #include <cstddef>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "moe/v1/job.pb.h"
+
+namespace YAML {
+class Node;
+}
 
 namespace moe {
 
@@ -54,6 +60,19 @@ std::vector<SpecError> ValidateJobSpec(const moe::v1::JobSpec& spec);
 // gone and is not checked; n_kv_heads, num_experts and expert_hidden may be 0, as in checkpoints
 // older than those keys (the model reads them as n_heads, 1 and 4 * d_model).
 std::vector<SpecError> ValidateModelSpec(moe::v1::JobSpec spec, int vocab_size);
+
+// The job-file reader's checks, for the other YAML files moe reads (moectl's config). Where text
+// stops being UTF-8 text: the 1-based line and column and what is there ("a NUL byte here", "byte
+// 0xFF here, which is not valid UTF-8"); nullopt for text.
+struct NonTextByte {
+  int line = 0;
+  int column = 0;
+  std::string what;
+};
+std::optional<NonTextByte> FindNonTextByte(std::string_view text);
+// A value of the wrong type as a message names it after "got": "a list", "a mapping", "nothing
+// (null)", "the quoted string \"x\"", "'word'", "12".
+std::string DescribeYamlValue(const YAML::Node& node);
 
 // All errors, one per line, for a status message or a terminal.
 std::string FormatSpecErrors(const std::vector<SpecError>& errors);

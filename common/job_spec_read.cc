@@ -610,6 +610,15 @@ ParsedSpec ParseJobSpec(const std::string& yaml_text, const std::string& file_na
   }
 }
 
+std::optional<NonTextByte> FindNonTextByte(std::string_view text) {
+  const auto binary = FindBinary(text);
+  if (!binary) return std::nullopt;
+  const Pos at = OffsetToPos(text, binary->first);
+  return NonTextByte{at.line, at.column, binary->second};
+}
+
+std::string DescribeYamlValue(const YAML::Node& node) { return Describe(node); }
+
 ParsedSpec LoadJobSpecFile(const std::string& path) {
   std::error_code ec;
   fs::file_status st = fs::status(path, ec);

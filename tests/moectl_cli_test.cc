@@ -200,6 +200,29 @@ TEST(MoectlCli, AnUnsendableTokenOrADirectoryAsConfigIsAnError) {
   EXPECT_TRUE(absl::StrContains(r.err, "unknown key 'sever'")) << r.err;
 }
 
+// The config file gets the job file's checks: before, bytes that are not UTF-8 made it an empty
+// config (the default server, without a word), a NUL byte gave yaml-cpp's "unknown escape
+// character", and a list for server: its "bad conversion".
+TEST(MoectlCli, AConfigThatIsNoTextOrHasAListForAStringSaysWhere) {
+  const std::string dir = MakeTempDir("moectl-config-");
+  struct Case {
+    std::string text, expect;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"server: 127.0.0.1:1\n\xff\xfe\n",
+            ".yaml:2:1: is not a UTF-8 text file: found byte 0xFF here, which is not valid UTF-8"},
+           {std::string("server: \"a\0b\"\n", 14), ".yaml:1:11: is not a UTF-8 text file: found a NUL byte here"},
+           {"server: [a, b]\n", ".yaml:1:9: server: must be a string HOST:PORT, got a list"},
+           {"token_file: {a: 1}\n", ".yaml:1:13: token_file: must be a string PATH, got a mapping"}}) {
+    std::ofstream(dir + "/config.yaml", std::ios::binary | std::ios::trunc) << c.text;
+    CommandResult r = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_CONFIG", dir + "/config.yaml"}}, 10);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_TRUE(absl::StartsWith(r.err, "moectl: config " + dir + "/config" + c.expect)) << r.err;
+    EXPECT_TRUE(absl::StrContains(r.err, "(expected `server: HOST:PORT` and `token_file: PATH`)")) << r.err;
+    EXPECT_FALSE(absl::StrContains(r.err, "yaml-cpp")) << r.err;
+  }
+}
+
 // moe-worker --no-checkpoint (benchmarks and trials by hand): trains and writes no checkpoint, not
 // even at the end, where the same run without it writes one; refused beside --resume or
 // --checkpoint-dir, and for moed's --spec runs.
