@@ -243,7 +243,18 @@ TEST(WorkerFlags, OutOfRangeValuesAreRefusedAtTheCommandLine) {
         Case{{"--job", "job.yaml", "--threads", "100000"}, "--threads must be at most 1024"},
         Case{{"--sample", ckpt, "--tokens", "99999999999"}, "--tokens is out of range (at most 2147483647)"},
         Case{{"--job", "job.yaml", "--checkpoint-dir", ""}, "--checkpoint-dir needs a directory"},
-        Case{{"--job", "job.yaml", "--comm-timeout", "nan"}, "--comm-timeout needs a positive number"}}) {
+        Case{{"--job", "job.yaml", "--comm-timeout", "nan"}, "--comm-timeout needs a positive number"},
+        // Before: moed's --spec flags beside --job, and --job beside --sample, were ignored without a
+        // word; --job "" said "give exactly one of --job or --spec".
+        Case{{"--job", "job.yaml", "--moed", "127.0.0.1:1"}, "--moed is for moed's --spec runs (a --job run by "
+                                                             "hand reports to no moed); leave it out"},
+        Case{{"--job", "job.yaml", "--job-id", "j-000001"}, "--job-id is for moed's --spec runs"},
+        Case{{"--job", "job.yaml", "--sample", ckpt}, "--job and --sample are two runs of moe-worker; give one "
+                                                      "(--sample, --score and --export read the job from the "
+                                                      "checkpoint)"},
+        Case{{"--sample", ckpt, "--spec", "spec.json"}, "--sample and --spec are two runs of moe-worker"},
+        Case{{"--job", ""}, "--job needs a file"},
+        Case{{"--spec", ""}, "--spec needs a file"}}) {
     std::vector<std::string> argv = {Worker()};
     argv.insert(argv.end(), c.args.begin(), c.args.end());
     CommandResult r = RunCommand(argv, {}, 60);

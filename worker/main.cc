@@ -58,6 +58,8 @@ constexpr char kUsage[] =
     "             (CE on the first held-out batch, as JSON; the first sequence's logits; N greedy tokens)\n"
     "  moe-worker --export CHECKPOINT --format hf --out DIR [--dtype fp32|bf16]\n"
     "  moe-worker --version | --help\n"
+    "One form a run: --job, --spec, --sample, --score and --export do not go together, and --moed,\n"
+    "--job-id, --attempt and --attempt-dir only with --spec.\n"
     "Every training form also takes --threads N and --comm-timeout SECS (how long a collective may wait\n"
     "for a peer before the job is aborted, MPI and NCCL alike; default 300).\n"
     "Run several ranks with: mpirun -np W moe-worker --job JOB.yaml (as root also\n"
@@ -65,6 +67,8 @@ constexpr char kUsage[] =
 
 struct WorkerFlags {
   std::string job_yaml, spec_json, moed, job_id, checkpoint_dir, attempt_dir;
+  std::vector<std::string> spec_only;  // the flags given that only moed's --spec runs take
+  std::vector<std::string> runs;       // the kinds of run asked for: --job, --spec, --sample, ...
   int attempt = 0;
   bool resume = false;
   bool no_checkpoint = false;
@@ -106,10 +110,12 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       return "";
     };
     std::string err;
+    if (a == "--moed" || a == "--job-id" || a == "--attempt" || a == "--attempt-dir") f->spec_only.push_back(a);
+    if (a == "--job" || a == "--spec" || a == "--sample" || a == "--score" || a == "--export") f->runs.push_back(a);
     if (a == "--job") {
-      if (!value(&f->job_yaml)) return "--job needs a file";
+      if (!value(&f->job_yaml) || f->job_yaml.empty()) return "--job needs a file";
     } else if (a == "--spec") {
-      if (!value(&f->spec_json)) return "--spec needs a file";
+      if (!value(&f->spec_json) || f->spec_json.empty()) return "--spec needs a file";
     } else if (a == "--moed") {
       if (!value(&f->moed)) return "--moed needs HOST:PORT";
     } else if (a == "--job-id") {
@@ -188,6 +194,23 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       return absl::StrCat("unknown flag '", a, "'");
     }
     if (!err.empty()) return err;
+  }
+  // One run at a time: --sample, --score and --export read the job from the checkpoint, and a
+  // --job beside them was ignored without a word.
+  for (size_t i = 1; i < f->runs.size(); ++i) {
+    const std::string& first = f->runs[0];
+    const std::string& other = f->runs[i];
+    if (other == first) return absl::StrCat(first, " is given twice; give it once");
+    if ((first == "--job" || first == "--spec") && (other == "--job" || other == "--spec")) {
+      return "give exactly one of --job or --spec";
+    }
+    return absl::StrCat(first, " and ", other, " are two runs of moe-worker; give one (--sample, --score and "
+                        "--export read the job from the checkpoint)");
+  }
+  if (!f->spec_only.empty() && f->spec_json.empty()) {
+    return absl::StrCat(f->spec_only[0], " is for moed's --spec runs",
+                        f->job_yaml.empty() ? "" : " (a --job run by hand reports to no moed)",
+                        "; leave it out");
   }
   if (!f->score_checkpoint.empty()) {
     if (f->score_extras.greedy_tokens > 0 && f->score_extras.greedy_out.empty()) return "--greedy needs --greedy-out FILE";
