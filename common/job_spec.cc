@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/job_spec_internal.h"
+#include "common/number_text.h"
 
 namespace moe {
 namespace job_spec_internal {
@@ -107,7 +108,12 @@ std::string Printable(std::string_view text) {
   return out;
 }
 
-std::string FormatDouble(double v) { return absl::StrFormat("%g", v); }
+std::string FormatDouble(double v) { return Shortest(v); }
+
+std::string BelowFp32Message(const std::string& got) {
+  return absl::StrCat("is below fp32's smallest normal number (about 1.2e-38), the precision training uses, where "
+                      "it would be 0 or lose its digits; got ", got);
+}
 
 std::string RoundsToOneInFp32(double v) {
   if (!(v < 1) || static_cast<float>(v) < 1.0f) return "";

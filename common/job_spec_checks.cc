@@ -159,8 +159,7 @@ class Checker {
                                   "training uses; got ", FormatDouble(v)));
         } else if (v != 0 && std::fabs(v) < std::numeric_limits<float>::min()) {
           // 1e-320 passed "greater than 0" and trained with a rate of 0 (or a denormal).
-          Fail(path, absl::StrCat("is below fp32's smallest normal number (about 1.2e-38), the precision "
-                                  "training uses, where it would be 0 or lose its digits; got ", FormatDouble(v)));
+          Fail(path, BelowFp32Message(FormatDouble(v)));
         }
       }
     }

@@ -23,6 +23,7 @@
 #include "common/files.h"
 #include "common/job_spec_internal.h"
 #include "common/json_object.h"
+#include "common/number_text.h"
 #include "common/token_shards.h"
 #include "common/tokenizer.h"
 #include "google/protobuf/struct.pb.h"
@@ -258,7 +259,7 @@ class DataChecker {
       const int64_t total = train;
       train = static_cast<int64_t>(TrainSplitTokens(static_cast<size_t>(total), vf));
       val = total - train;
-      how = absl::StrCat(" (data.val_fraction ", FormatDouble(vf), " of ", total, " tokens)");
+      how = absl::StrCat(" (data.val_fraction ", Shortest(vf), " of ", total, " tokens)");
     }
     for (const auto& [name, tokens] : {std::pair<const char*, int64_t>{"train", train}, {"val", val}}) {
       if (tokens >= seq_len + 1) continue;
@@ -266,7 +267,8 @@ class DataChecker {
       fail_("data.path",
             absl::StrCat(p, ": the ", name, " split", how, " holds ", tokens, " tokens, but sampling sequences of "
                          "model.seq_len = ", seq_len, " needs ", seq_len + 1, "; use more shards, a shorter seq_len",
-                         is_val ? (val_files > 0 ? " or more val shards" : " or a larger data.val_fraction") : ""));
+                         is_val ? (val_files > 0 ? " or more val shards" : " or a larger data.val_fraction")
+                                : (val_files > 0 ? " or more train shards" : " or a smaller data.val_fraction")));
       return;
     }
   }
@@ -285,10 +287,10 @@ class DataChecker {
       if (tokens >= seq_len + 1) continue;
       fail_("data.path",
            absl::StrCat(p, " has ", n, " bytes, so its ", name, " split (data.val_fraction ",
-                        FormatDouble(vf), ") holds at most ", tokens,
+                        Shortest(vf), ") holds at most ", tokens,
                         " tokens, but sampling sequences of model.seq_len = ", seq_len, " needs ",
                         seq_len + 1, "; use more data, a shorter seq_len",
-                        std::string(name) == "val" ? " or a larger data.val_fraction" : ""));
+                        std::string(name) == "val" ? " or a larger data.val_fraction" : " or a smaller data.val_fraction"));
       return;
     }
   }

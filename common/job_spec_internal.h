@@ -65,8 +65,10 @@ bool IsControlCharacter(std::string_view text, size_t i, size_t len);
 // an escape sequence or broken UTF-8 from a job file.
 std::string Printable(std::string_view text);
 
-// %g: 0.001, 1e-05.
+// %g (0.001, 1e-05), or as many more digits as read back as v: 0.9999999, not %g's 1.
 std::string FormatDouble(double v);
+// A number that is not 0 but below fp32's smallest normal number, `got` as written.
+std::string BelowFp32Message(const std::string& got);
 
 // YAML names of an enum's values: TOKENIZER_CHAR -> "char"; UNSPECIFIED is not a choice.
 std::vector<std::pair<std::string, int>> EnumChoices(const google::protobuf::EnumDescriptor* e);

@@ -199,7 +199,11 @@ class YamlReader {
         continue;
       }
       const std::string name = key.Scalar();
-      const std::string path = JoinPath(prefix, name);
+      // A key with spaces around it (no field's name) is shown quoted: "train.steps : unknown key"
+      // hid the space the message is about.
+      const bool spaced = name.empty() || absl::ascii_isspace(static_cast<unsigned char>(name.front())) ||
+                          absl::ascii_isspace(static_cast<unsigned char>(name.back()));
+      const std::string path = JoinPath(prefix, spaced ? absl::StrCat("\"", name, "\"") : name);
       if (auto seen = seen_line.find(name); seen != seen_line.end()) {
         Error(key_pos, path,
               absl::StrCat("duplicate key (first given on line ", seen->second, "); keep one"));
@@ -387,6 +391,13 @@ class YamlReader {
     double d = std::strtod(v.Scalar().c_str(), nullptr);
     if (!std::isfinite(d)) {
       BadValue(path, absl::StrCat("is too large for a number, got ", v.Scalar()));
+      return std::nullopt;
+    }
+    // 1e-99999999999 reads as 0 (past even double's range): below fp32's range, as 1e-320 is said to
+    // be, not "must be greater than 0, got 0".
+    const std::string& text = v.Scalar();
+    if (d == 0 && text.substr(0, text.find_first_of("eE")).find_first_of("123456789") != std::string::npos) {
+      BadValue(path, job_spec_internal::BelowFp32Message(Truncate(text)));
       return std::nullopt;
     }
     return d;

@@ -255,6 +255,11 @@ TEST_F(JobSpecTest, DataPathMustExistAndFitTheTokenizer) {
                                    "use more data, a shorter seq_len or a larger data.val_fraction"));
   EXPECT_THAT(OnlyError(with_path("short.txt", "\n  val_fraction: 0.95")).message,
               HasSubstr("its train split (data.val_fraction 0.95) holds at most 15 tokens"));
+  // The fraction as written (%g said 1), and the fix for a train split too short.
+  EXPECT_THAT(OnlyError(with_path("input.txt", "\n  val_fraction: 0.9999999")).message,
+              HasSubstr("its train split (data.val_fraction 0.9999999) holds at most 0 tokens, but sampling sequences "
+                        "of model.seq_len = 32 needs 33; use more data, a shorter seq_len or a smaller "
+                        "data.val_fraction"));
   WriteText(dir_ + "/enough.txt", std::string(330, 'a'));
   ValidSpec(with_path("enough.txt"));
 

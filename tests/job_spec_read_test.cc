@@ -112,6 +112,11 @@ TEST_F(JobSpecTest, TypeErrorsSayWhatWasExpectedAndGot) {
   // Below fp32's normal range: "greater than 0" held, and training ran with a rate of 0.
   EXPECT_THAT(all_errors(WithExtra("  batch_size: 8", "  lr: 1e-320\n")),
               HasSubstr("job.yaml:12:7: train.lr: is below fp32's smallest normal number"));
+  // Past even double's range it read as 0, and said "must be greater than 0, got 0".
+  EXPECT_EQ(OnlyError(WithExtra("  batch_size: 8", "  lr: 1e-99999999999\n")).ToString(),
+            "job.yaml:12:7: train.lr: is below fp32's smallest normal number (about 1.2e-38), the precision "
+            "training uses, where it would be 0 or lose its digits; got 1e-99999999999");
+  ValidSpec(WithExtra("  batch_size: 8", "  weight_decay: 0.0e-99999999999\n"));  // a 0 that is one
   // Past fp32 (the precision training uses): was taken, and the worker diverged on infinity.
   for (const char* extra : {"  grad_clip: 1e300\n", "  weight_decay: 4e38\n"}) {
     SpecError big = OnlyError(WithExtra("  batch_size: 8", extra));
@@ -143,6 +148,11 @@ TEST_F(JobSpecTest, UnknownKeysSuggestTheNearestKnownOne) {
   yaml.replace(yaml.find("n_layers"), 8, "n_layer");
   SpecError e = OnlyError(yaml);  // no "n_layers missing" on top
   EXPECT_EQ(e.ToString(), "job.yaml:4:3: model.n_layer: unknown key; did you mean 'n_layers'?");
+
+  // A key with spaces around it is quoted: "train.steps : unknown key" hid the space.
+  e = OnlyError(WithExtra("  batch_size: 8", "  \"warmup_steps \": 10\n"));
+  EXPECT_EQ(e.ToString(), "job.yaml:12:3: train.\"warmup_steps \": unknown key; did you mean 'warmup_steps'?");
+  EXPECT_EQ(OnlyError(WithExtra("  batch_size: 8", "  \" lr\": 0.1\n")).field, "train.\" lr\"");
 
   e = OnlyError(WithExtra("  batch_size: 8", "  warmup: 10\n"));
   EXPECT_THAT(e.message, HasSubstr("unknown key"));

@@ -304,7 +304,7 @@ absl::Status CheckSplits(const Dataset& data, int seq_len) {
           "the ", name, " split of ", data.source, " has ", split->size(),
           " tokens, but sampling sequences of model.seq_len = ", seq_len, " needs at least ",
           seq_len + 1, "; use more data, a shorter seq_len",
-          absl::string_view(name) == "val" ? " or a larger data.val_fraction" : ""));
+          absl::string_view(name) == "val" ? " or a larger data.val_fraction" : " or a smaller data.val_fraction"));
     }
   }
   return absl::OkStatus();
