@@ -89,6 +89,42 @@ CLI::Validator JobId() {
       "");
 }
 
+// A glob for fnmatch (list --name): an unclosed '[' or a lone trailing '\\' matched no job at all,
+// without a word.
+CLI::Validator Glob() {
+  return CLI::Validator(
+      [](std::string& p) -> std::string {
+        const std::string bad = absl::StrCat("'", p, "' is not a glob: ");
+        for (size_t i = 0; i < p.size(); ++i) {
+          if (p[i] == '\\') {
+            if (i + 1 == p.size()) return bad + "it ends in a lone '\\'; write \\\\ for a '\\' itself";
+            ++i;
+            continue;
+          }
+          if (p[i] != '[') continue;
+          size_t j = i + 1;
+          if (j < p.size() && (p[j] == '!' || p[j] == '^')) ++j;
+          if (j < p.size() && p[j] == ']') ++j;  // a ']' first in the set is one of its characters
+          while (j < p.size() && p[j] != ']') {
+            // [:alpha:], [.x.], [=x=] inside a set end at their own ":]", ".]", "=]".
+            if (p[j] == '[' && j + 1 < p.size() && (p[j + 1] == ':' || p[j + 1] == '.' || p[j + 1] == '=')) {
+              const size_t close = p.find(std::string{p[j + 1], ']'}, j + 2);
+              j = close == std::string::npos ? p.size() : close + 2;
+            } else {
+              ++j;
+            }
+          }
+          if (j >= p.size()) {
+            return absl::StrCat(bad, "the '[' at character ", i + 1, " opens a set of characters that no ']' "
+                                "closes; close it (e.g. alpha-[12]), or write \\[ for a '[' itself");
+          }
+          i = j;
+        }
+        return "";
+      },
+      "");
+}
+
 // moed's gRPC address (client/connection.h's ServerAddressProblem).
 CLI::Validator ServerAddress() {
   return CLI::Validator(
@@ -284,7 +320,7 @@ int main(int argc, char** argv) {
   AddOutput(list, &list_fmt, "-o,--output");
   list->add_option("--state", list_o.states, "only jobs in this state (repeatable)")
       ->check(CLI::IsMember(kStates, CLI::ignore_case));
-  list->add_option("--name", list_o.name_pattern, "only jobs whose name matches this glob");
+  list->add_option("--name", list_o.name_pattern, "only jobs whose name matches this glob")->check(Glob());
   list->add_option("--limit", list_o.limit, "only the newest N (after the filters); leave it out for all")
       ->check(CLI::Range(1, std::numeric_limits<int>::max()));
   list->callback([&] {

@@ -153,6 +153,10 @@ TEST(MoectlCli, WordsThatCannotBeWhatTheyNameAreUsageErrors) {
         // Before: 0 printed every line / listed every job.
         Case{{"logs", "j-000001", "--tail", "0"}, "--tail"},
         Case{{"list", "--limit", "0"}, "--limit"},
+        // Before: a glob fnmatch cannot read matched no job, without a word.
+        Case{{"list", "--name", "["}, "--name: '[' is not a glob: the '[' at character 1 opens a set of characters "
+                                      "that no ']' closes"},
+        Case{{"list", "--name", "alpha\\"}, "--name: 'alpha\\' is not a glob: it ends in a lone '\\'"},
         Case{{"cancel", "j-000001", "--no-wait", "--wait", "5"}, "excludes"}}) {
     std::vector<std::string> argv = {BinDir() + "/moectl"};
     argv.insert(argv.end(), c.args.begin(), c.args.end());
