@@ -84,7 +84,14 @@ absl::Status WriteAll(int fd, std::string_view contents, const std::string& path
 absl::Status WriteFileAtomic(const std::string& path, std::string_view contents) {
   std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) return ErrnoStatus("cannot create", tmp);
+  if (fd < 0) {
+    // Named by the file the caller asked for: the temporary name is this function's own.
+    const int err = errno;
+    const std::string dir = std::filesystem::path(path).parent_path().string();
+    errno = err;
+    return ErrnoStatus("cannot write", absl::StrCat(path, " (no new file can be made in ", dir.empty() ? "." : dir,
+                                                    err == ENOENT ? ", which does not exist)" : ")"));
+  }
   if (absl::Status st = WriteAll(fd, contents, tmp); !st.ok()) {
     ::close(fd);
     ::unlink(tmp.c_str());
@@ -178,7 +185,17 @@ DirectoryLock::~DirectoryLock() {
 absl::Status MakeDirs(const std::string& path) {
   std::error_code ec;
   std::filesystem::create_directories(path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create directory ", path, ": ", ec.message()));
+  if (ec) {
+    std::error_code ec2;
+    // The path or a folder on the way is a file: said so, with the way out.
+    for (std::filesystem::path p = path; !p.empty() && p != p.parent_path(); p = p.parent_path()) {
+      if (std::filesystem::exists(p, ec2) && !std::filesystem::is_directory(p, ec2)) {
+        return absl::FailedPreconditionError(absl::StrCat("cannot create directory ", path, ": ", p.string(),
+                                                          " exists and is not a directory; give a directory"));
+      }
+    }
+    return absl::InternalError(absl::StrCat("cannot create directory ", path, ": ", ec.message()));
+  }
   return absl::OkStatus();
 }
 

@@ -41,6 +41,21 @@ TEST(ReadFile, ReadsWhatWasWrittenLargeOrEmpty) {
   EXPECT_THAT(std::string(ReadFile(dir).status().message()), HasSubstr("is a directory"));
 }
 
+// A write that cannot start names the path the caller gave, not the temporary beside it; a
+// directory that cannot be made because a file is in the way says which file.
+TEST(WriteFileAtomic, AFailureNamesTheCallersPath) {
+  const std::string dir = testing::MakeTempDir("moe-files-");
+  absl::Status st = WriteFileAtomic(dir + "/missing/x.bin", "a");
+  ASSERT_FALSE(st.ok());
+  EXPECT_THAT(std::string(st.message()), HasSubstr("cannot write " + dir + "/missing/x.bin (no new file can be made in " +
+                                                   dir + "/missing, which does not exist)"));
+  EXPECT_THAT(std::string(st.message()), ::testing::Not(HasSubstr(".tmp.")));
+  ASSERT_TRUE(WriteFileAtomic(dir + "/plain", "a").ok());
+  st = MakeDirs(dir + "/plain/sub");
+  ASSERT_FALSE(st.ok());
+  EXPECT_THAT(std::string(st.message()), HasSubstr(dir + "/plain exists and is not a directory; give a directory"));
+}
+
 // A file that opens and then fails to read: /proc/self/mem at offset 0 (unmapped) gives EIO.
 TEST(ReadFile, AReadErrorIsAStatusNotAnException) {
   absl::StatusOr<std::string> got = ReadFile("/proc/self/mem");

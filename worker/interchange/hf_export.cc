@@ -272,7 +272,10 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
   const std::string tmp = in_place ? (out / absl::StrCat(".partial-", ::getpid())).string()
                                    : absl::StrCat(out.string(), ".partial-", ::getpid());
   fs::remove_all(tmp, ec);
-  if (absl::Status st = MakeDirs(tmp); !st.ok()) return st;
+  if (absl::Status st = MakeDirs(tmp); !st.ok()) {
+    return absl::Status(st.code(), absl::StrCat("cannot write the export to ", out_dir, " (made first as ", tmp,
+                                                ", then renamed into place): ", st.message()));
+  }
   auto fail = [&](absl::Status st) {
     fs::remove_all(tmp, ec);
     return st;
