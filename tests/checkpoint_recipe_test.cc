@@ -5,6 +5,7 @@
 // ids otherwise (not by GPT-2 files formatted otherwise), and then not scored either; the
 // training knobs may change, each change logged once at the resume.
 #include <algorithm>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -337,6 +338,44 @@ TEST(ScoreCheckpoint, RefusesDataWhoseTokenizerChangedSinceTraining) {
   EXPECT_NE(std::string(ce.status().message()).find("token id 39 is \"a\" in the checkpoint, \"b\" in this job's data"),
             std::string::npos)
       << ce.status();
+}
+
+// Flags that cannot work together are refused before anything is written: outputs that name
+// one file, a greedy continuation that leaves no prompt in the context (with the largest that
+// fits), and a sampler device that cannot run (the prompt is not echoed first).
+TEST_F(CheckpointRecipeTest, ScorerAndSamplerRefuseBeforeWritingAnything) {
+  const std::string out = testing::MakeTempDir("moe-score-flags-");
+  ScoreExtras extras;
+  extras.greedy_tokens = 5;
+  extras.greedy_out = out + "/./a.bin";
+  absl::StatusOr<double> ce = ScoreCheckpoint(dir_, out + "/a.bin", extras);
+  ASSERT_FALSE(ce.ok());
+  EXPECT_EQ(ce.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(ce.status().message()).find("--batch-out and --greedy-out both name"), std::string::npos)
+      << ce.status();
+  extras.greedy_out = out + "/g.bin";
+  extras.greedy_tokens = 10000;
+  ce = ScoreCheckpoint(dir_, out + "/a.bin", extras);
+  ASSERT_FALSE(ce.ok());
+  EXPECT_NE(std::string(ce.status().message()).find("--greedy 10000 leaves no prompt in seq_len 32: give at most 31"),
+            std::string::npos)
+      << ce.status();
+  EXPECT_FALSE(std::filesystem::exists(out + "/a.bin")) << "nothing is written before the refusal";
+  SampleOptions opts;
+  opts.checkpoint = dir_;
+  opts.prompt = "ROMEO:";
+  opts.tokens = 2;
+  bool ready = false;
+  opts.on_ready = [&] { ready = true; };
+  opts.kv_cache = false;
+  opts.device = "cuda";
+  absl::StatusOr<std::string> text = GenerateText(opts);
+  ASSERT_FALSE(text.ok());
+  EXPECT_EQ(text.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(ready);
+  opts.kv_cache = true;  // no GPU here: refused before the prompt; with one, it samples
+  text = GenerateText(opts);
+  EXPECT_EQ(ready, text.ok()) << text.status();
 }
 
 TEST_F(CheckpointRecipeTest, InitFromTakesTheWeightsAndBalancesAfresh) {

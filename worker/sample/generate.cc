@@ -4,8 +4,10 @@
 #include <cstdlib>
 #include <cmath>
 #include <filesystem>
+#include <iterator>
 #include <numeric>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -90,8 +92,30 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
 
 absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std::string& batch_out,
                                        const ScoreExtras& extras) {
+  // Each output its own file: one named twice kept only the last written, without a word.
+  const std::pair<const char*, const std::string*> outs[] = {
+      {"--batch-out", &batch_out}, {"--logits-out", &extras.logits_out}, {"--greedy-out", &extras.greedy_out}};
+  for (size_t i = 0; i < std::size(outs); ++i) {
+    for (size_t j = i + 1; j < std::size(outs); ++j) {
+      if (outs[i].second->empty() || outs[j].second->empty()) continue;
+      std::error_code ec1, ec2;
+      const std::filesystem::path a = std::filesystem::weakly_canonical(*outs[i].second, ec1);
+      const std::filesystem::path b = std::filesystem::weakly_canonical(*outs[j].second, ec2);
+      const bool same = *outs[i].second == *outs[j].second || (!ec1 && !ec2 && a == b);
+      if (same) {
+        return absl::InvalidArgumentError(absl::StrCat(outs[i].first, " and ", outs[j].first, " both name ",
+                                                       *outs[j].second, "; give each output its own file"));
+      }
+    }
+  }
   absl::StatusOr<LoadedModel> m = LoadModel(checkpoint);
   if (!m.ok()) return m.status();
+  // The greedy continuation needs a prompt of at least one token in the context (checked before
+  // anything is written).
+  if (const int T = m->model->config().seq_len; extras.greedy_tokens > 0 && T - extras.greedy_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--greedy ", extras.greedy_tokens, " leaves no prompt in seq_len ",
+                                                   T, ": give at most ", T - 1));
+  }
   absl::StatusOr<Dataset> data = LoadDataset(m->spec.data());
   if (!data.ok()) return data.status();
   const ModelConfig& cfg = m->model->config();
@@ -205,6 +229,9 @@ absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
     return absl::InvalidArgumentError("--temperature must be a number greater than 0");
   }
   if (opts.top_k < 0) return absl::InvalidArgumentError("--top-k must be >= 0 (0 = every token)");
+  if (!opts.kv_cache && opts.device == "cuda") {
+    return absl::InvalidArgumentError("--no-kv-cache runs on the CPU (the whole context per token); drop --device cuda");
+  }
   absl::StatusOr<LoadedModel> loaded = LoadModel(opts.checkpoint);
   if (!loaded.ok()) return loaded.status();
   if (!loaded->tokenizer) {
@@ -225,12 +252,9 @@ absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
       return absl::InvalidArgumentError(absl::StrCat("the prompt holds token ", id, ", outside the model's vocabulary of ", cfg.vocab));
     }
   }
-  if (opts.on_ready) opts.on_ready();
-  std::mt19937_64 rng(opts.seed);
-  const int T = cfg.seq_len, V = cfg.vocab;
-  int64_t start = ContextStart(0, static_cast<int64_t>(ids.size()), T);
+  // The decoder before on_ready (which prints the prompt): a device that cannot run is an error
+  // with nothing written yet.
   std::unique_ptr<TokenDecoder> decoder;
-  std::vector<float> logits;
   if (opts.kv_cache) {
     if (opts.device != "cpu") {
       absl::StatusOr<std::unique_ptr<TokenDecoder>> gpu =
@@ -242,12 +266,15 @@ absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
       }
     }
     if (!decoder) decoder = std::make_unique<CpuDecoder>(&model);
-    if (opts.device_used) *opts.device_used = decoder->device();
+  }
+  if (opts.device_used) *opts.device_used = decoder ? decoder->device() : "cpu";
+  if (opts.on_ready) opts.on_ready();
+  std::mt19937_64 rng(opts.seed);
+  const int T = cfg.seq_len, V = cfg.vocab;
+  int64_t start = ContextStart(0, static_cast<int64_t>(ids.size()), T);
+  std::vector<float> logits;
+  if (decoder) {
     for (size_t j = start; j < ids.size(); ++j) logits = decoder->Step(ids[j]);
-  } else if (opts.device == "cuda") {
-    return absl::InvalidArgumentError("--no-kv-cache runs on the CPU (the whole context per token); drop --device cuda");
-  } else if (opts.device_used) {
-    *opts.device_used = "cpu";
   }
   // Draws come from the ids the tokenizer can write: a vocabulary padded past it (GPT-2's 50257
   // to 50304) has rows no text stands for.

@@ -23,8 +23,9 @@ struct SampleOptions {
   // Where the cached sampler runs: "cpu", "cuda", or "auto" (the GPU when there is one).
   std::string device = "auto";
   std::string* device_used = nullptr;  // if set: "cpu" or "cuda", where the sampler ran
-  // Called once the model is loaded and the prompt encoded, before the first token (may be null):
-  // a caller that echoes the prompt does it here, so a refused prompt or checkpoint prints nothing.
+  // Called once the model is loaded, the prompt encoded and the decoder made for the device,
+  // before the first token (may be null): a caller that echoes the prompt does it here, so a
+  // refused prompt, checkpoint or device prints nothing.
   std::function<void()> on_ready;
   // Called with the text of each new token as it comes (may be null).
   std::function<void(const std::string&)> on_token;
