@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -233,7 +234,14 @@ PathLookup LookUpPath(const std::string& path, std::string* why) {
   if (err == ENOENT || err == ENOTDIR) return PathLookup::kMissing;
   if (err == EACCES) {
     std::string user = absl::StrCat("uid ", geteuid());
-    if (const passwd* pw = getpwuid(geteuid()); pw != nullptr && pw->pw_name != nullptr) user = pw->pw_name;
+    // getpwuid_r: moed validates on several gRPC threads at once.
+    passwd pw{};
+    passwd* found = nullptr;
+    std::vector<char> buf(16384);
+    if (getpwuid_r(geteuid(), &pw, buf.data(), buf.size(), &found) == 0 && found != nullptr &&
+        found->pw_name != nullptr) {
+      user = found->pw_name;
+    }
     *why = absl::StrCat("cannot be reached: permission denied (a directory on its way does not let user ", user,
                         " search it)");
   } else {

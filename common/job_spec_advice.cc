@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/job_spec_internal.h"
+#include "common/number_text.h"
 
 namespace moe::job_spec_internal {
 
@@ -30,12 +31,13 @@ std::vector<SpecError> AdviseJobSpec(const moe::v1::JobSpec& spec) {
   const auto& t = spec.train();
   if (t.lr() > kHighLearningRate) {
     // A guess only where it lands in the usual range (5 -> 0.005: a lost "e-3"); else the range.
+    // The guess is computed, not written: 6 digits (0.12 / 1000 reads 0.00012, not 0.000119999...).
     const double guess = t.lr() / 1000;
     warn("train.lr", absl::StrCat(FormatDouble(t.lr()),
                                   " is far above what AdamW trains with (1e-4 to 1e-2 for most models): such a run "
                                   "usually diverges in its first steps and ends FAILED",
                                   guess >= 1e-5 && guess <= 1e-1
-                                      ? absl::StrCat("; did you mean ", FormatDouble(guess), "?")
+                                      ? absl::StrCat("; did you mean ", Significant(guess, 6), "?")
                                       : std::string("; give a value in that range")));
   }
   // Evaluation: eval_batches batches of batch_size sequences (grad_accum micro-batches each, a

@@ -111,7 +111,7 @@ TEST_F(JobSpecTest, TheRealGpt2BpeValidatesQuickly) {
   const auto start = std::chrono::steady_clock::now();
   ValidSpec(WithExtra("  path: input.txt", "  tokenizer: gpt2\n  tokenizer_dir: " + gpt2 + "\n"));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  EXPECT_LT(seconds, 3.0);  // about 0.2 s on one core; generous for a loaded test machine
+  EXPECT_LT(seconds, 10.0);  // about 0.2 s on one core: this catches a load gone quadratic, not noise
 }
 
 // A path behind a directory this user may not search (EACCES from stat) was "does not exist" (data.path,

@@ -332,6 +332,12 @@ TEST_F(JobSpecTest, LikelyMistakesAreWarningsAtTheirPositions) {
   EXPECT_EQ(p.warnings[0].field, "train.lr");
   EXPECT_THAT(p.warnings[0].message, HasSubstr("5 is far above what AdamW trains with"));
   EXPECT_THAT(p.warnings[0].message, HasSubstr("did you mean 0.005?"));
+  // A computed guess is printed to 6 digits, not as the double it is (0.000119999...).
+  ParsedSpec p12 = Parse(WithExtra("train:", "  lr: 0.12\n"));
+  ASSERT_TRUE(p12.ok()) << FormatSpecErrors(p12.errors);
+  ASSERT_FALSE(p12.warnings.empty());
+  EXPECT_THAT(p12.warnings[0].message, HasSubstr("0.12 is far above what AdamW trains with"));
+  EXPECT_THAT(p12.warnings[0].message, HasSubstr("did you mean 0.00012?"));
   EXPECT_EQ(p.warnings[1].field, "train.eval_batches");
   EXPECT_THAT(p.warnings[1].message, HasSubstr("500 batches every step: evaluation would take about"));
   EXPECT_THAT(p.warnings[1].message, HasSubstr("times as long as the training itself"));

@@ -55,8 +55,8 @@ void AttentionBackwardBf16(float* dqkv, const float* dout, const bf16* dout16, c
 // The backward and then RoPE's backward (bf16 jobs without QK-norm): dqkv16 gets
 // RopeBackwardToBf16 of the dqkv that AttentionBackwardBf16 with `overwrite` writes, the qkv
 // product's output gradient, bit for bit. Where the tensor-core kernels for hd itself run (hd 16,
-// 32, 64, 96, 128) they rotate and round as they store, and dqkv (fp32) is not written; elsewhere
-// dqkv is written and RoPE's backward reads it. rope_cos, rope_sin: (t, hd / 2), as RopeBackward's.
+// 32, 64, 96, 128, every buffer 16-byte aligned) they rotate and round as they store, and dqkv
+// (fp32) is not written; elsewhere dqkv is written and RoPE's backward reads it. rope_cos, rope_sin: (t, hd / 2), as RopeBackward's.
 void AttentionRopeBackwardBf16(bf16* dqkv16, float* dqkv, const float* dout, const bf16* dout16, const float* out,
                                const float* lse, const float* qkv, const bf16* qkv16, const float* rope_cos,
                                const float* rope_sin, int b, int t, int h, int hkv, int hd, float* scratch,

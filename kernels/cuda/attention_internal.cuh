@@ -64,7 +64,7 @@ struct RopeBack {
 // Whether the kernels for head size hd store through RopeBack: those built for hd itself (16, 32,
 // 64, 96, 128; the pairs (c, c + hd / 2) in one thread's registers) whose dk/dv is not split into
 // column halves.
-inline bool TcRopesInStores(int hd) { return hd == 16 || hd == 32 || hd == 64 || hd == 96 || hd == 128; }
+constexpr bool TcRopesInStores(int hd) { return hd == 16 || hd == 32 || hd == 64 || hd == 96 || hd == 128; }
 // TcBackward adds to dqkv, or with `overwrite` writes it (every element has one writer: no
 // clearing beforehand). With rope.dqkv16 set (overwrite only, TcRopesInStores(hd)) it writes
 // dqkv16 instead and leaves dqkv as it is.

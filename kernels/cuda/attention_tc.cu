@@ -83,6 +83,14 @@ struct TcPlan {
   static constexpr size_t kDkvBytes = 6 * TileBytes<P>() + 4 * kTc * sizeof(float);  // 2 q, 2 dout, k, v
 };
 
+// The kernels store through RopeBack exactly where the callers expect it (Backward16 runs RoPE's
+// backward itself elsewhere): for each kernel's HD built for hd itself.
+static_assert(TcRopesInStores(16) == TcPlan<16>::kRopes<true> && TcRopesInStores(32) == TcPlan<32>::kRopes<true> &&
+              TcRopesInStores(64) == TcPlan<64>::kRopes<true> && TcRopesInStores(96) == TcPlan<96>::kRopes<true> &&
+              TcRopesInStores(128) == TcPlan<128>::kRopes<true> &&
+              TcRopesInStores(192) == TcPlan<192>::kRopes<true> &&
+              TcRopesInStores(256) == TcPlan<256>::kRopes<true>);
+
 // Which (tile, head) a block of the 1-D grid takes: heads (b h, or b hkv for dk/dv) in groups of
 // `group`, and within a group rank-major, so that each group's heaviest tiles (rank 0) start
 // before its lighter ones. group 1 runs one head's tiles after another.

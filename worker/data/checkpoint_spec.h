@@ -35,7 +35,8 @@ absl::StatusOr<CheckpointModelSpec> ReadCheckpointModelSpec(const Checkpoint& ck
 // Resuming and scoring both refuse a difference: the ids would mean other text.
 std::string CheckpointTokenizerDifference(const std::string& saved, const Tokenizer& job, const std::string& job_dir);
 
-// How to give a job the checkpoint's tokenizer back (the end of that refusal).
+// How to give a resumed job the checkpoint's tokenizer back (the end of its refusal; the scorer,
+// whose data the checkpoint names, says to put that data back instead).
 std::string TokenizerFix(const moe::v1::DataSpec& data);
 
 }  // namespace moe

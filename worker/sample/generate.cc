@@ -162,8 +162,7 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
     if (absl::Status st = WriteUserFile(extras.logits_out, out); !st.ok()) return st;
   }
   if (extras.greedy_tokens > 0) {
-    const int n = extras.greedy_tokens, P = std::min(32, T - n);
-    if (P < 1) return absl::InvalidArgumentError(absl::StrCat("--greedy ", n, " leaves no prompt in seq_len ", T));
+    const int n = extras.greedy_tokens, P = std::min(32, T - n);  // P >= 1: checked above
     // A model for exactly P + n positions, run again over the whole context for every new token.
     absl::StatusOr<LoadedModel> g = LoadModel(checkpoint, P + n);
     if (!g.ok()) return g.status();
