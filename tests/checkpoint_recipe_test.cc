@@ -318,13 +318,9 @@ TEST(ScoreCheckpoint, RefusesDataWhoseTokenizerChangedSinceTraining) {
   spec.mutable_data()->set_path(path);
   auto data = LoadDataset(spec.data());
   ASSERT_TRUE(data.ok()) << data.status();
-  std::unique_ptr<Communicator> comm = CreateSingleProcessCommunicator();
   TrainerOptions opts;
   opts.checkpoint_dir = testing::MakeTempDir("moe-score-ck-");
-  std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &*data, opts);
-  ASSERT_NE(t, nullptr);
-  TrainOutcome outcome;
-  ASSERT_TRUE(t->Run(&outcome).ok());
+  ASSERT_NE(testing::TrainOnOneRank(spec, &*data, opts).trainer, nullptr);
   const std::string batch = testing::MakeTempDir("moe-score-out-") + "/batch.bin";
   absl::StatusOr<double> ce = ScoreCheckpoint(opts.checkpoint_dir, batch);
   ASSERT_TRUE(ce.ok()) << ce.status();

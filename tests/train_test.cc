@@ -218,13 +218,10 @@ TEST(TrainTest, ValidationLossDoesNotDependOnGradAccum) {
     spec.mutable_train()->set_eval_batches(2);
     auto data = LoadDataset(spec.data());
     ASSERT_TRUE(data.ok()) << data.status();
-    auto comm = CreateSingleProcessCommunicator();
-    std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data, TrainerOptions{});
-    ASSERT_NE(trainer, nullptr);
-    TrainOutcome outcome;
-    ASSERT_TRUE(trainer->Run(&outcome).ok());
-    ASSERT_TRUE(trainer->history().back().has_val_loss());
-    val.push_back(trainer->history().back().val_loss());
+    testing::OneRankRun run = testing::TrainOnOneRank(spec, &*data);
+    ASSERT_NE(run.trainer, nullptr);
+    ASSERT_TRUE(run.trainer->history().back().has_val_loss());
+    val.push_back(run.trainer->history().back().val_loss());
   }
   EXPECT_NEAR(val[1], val[0], 1e-5 * val[0]);
   EXPECT_NEAR(val[2], val[0], 1e-5 * val[0]);
@@ -241,12 +238,10 @@ TEST(TrainTest, ANonFiniteGradientIsNotAppliedAndStopsTheRun) {
   spec.mutable_train()->set_min_lr(0);
   auto data = LoadDataset(spec.data());
   ASSERT_TRUE(data.ok()) << data.status();
-  auto comm = CreateSingleProcessCommunicator();
-  TrainerOptions opts;
-  std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data, opts);
-  ASSERT_NE(trainer, nullptr);
-  TrainOutcome outcome;
-  absl::Status st = trainer->Run(&outcome);
+  testing::OneRankRun run = testing::RunOnOneRank(spec, &*data);
+  ASSERT_NE(run.trainer, nullptr);
+  Trainer* trainer = run.trainer.get();
+  const absl::Status& st = run.status;
   ASSERT_FALSE(st.ok());
   EXPECT_TRUE(absl::StrContains(st.message(), "the training diverged: the gradient's norm is nan at step"))
       << st;
@@ -270,11 +265,9 @@ TEST(TrainTest, AllZeroGradientsWithALossStopTheRun) {
   spec.mutable_model()->set_dropout(0.9999999);
   auto data = LoadDataset(spec.data());
   ASSERT_TRUE(data.ok()) << data.status();
-  auto comm = CreateSingleProcessCommunicator();
-  std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data, TrainerOptions{});
-  ASSERT_NE(trainer, nullptr);
-  TrainOutcome outcome;
-  absl::Status st = trainer->Run(&outcome);
+  testing::OneRankRun run = testing::RunOnOneRank(spec, &*data);
+  ASSERT_NE(run.trainer, nullptr);
+  const absl::Status& st = run.status;
   ASSERT_FALSE(st.ok());
   EXPECT_TRUE(absl::StrContains(st.message(), "the training broke down: every gradient is 0 at step 1")) << st;
   EXPECT_TRUE(absl::StrContains(st.message(), "lower model.dropout (0.9999999)")) << st;
@@ -289,11 +282,9 @@ TEST(TrainTest, ADivergenceNamesALargeRouterLossCoefficient) {
   spec.mutable_model()->mutable_moe()->set_aux_loss_coef(1e300);
   auto data = LoadDataset(spec.data());
   ASSERT_TRUE(data.ok()) << data.status();
-  auto comm = CreateSingleProcessCommunicator();
-  std::unique_ptr<Trainer> trainer = testing::NewTrainer(spec, comm.get(), &*data, TrainerOptions{});
-  ASSERT_NE(trainer, nullptr);
-  TrainOutcome outcome;
-  absl::Status st = trainer->Run(&outcome);
+  testing::OneRankRun run = testing::RunOnOneRank(spec, &*data);
+  ASSERT_NE(run.trainer, nullptr);
+  const absl::Status& st = run.status;
   EXPECT_TRUE(absl::StrContains(st.message(), "the training diverged")) << st;
   EXPECT_TRUE(absl::StrContains(st.message(), "model.moe.aux_loss_coef (1e+300)")) << st;
   EXPECT_FALSE(absl::StrContains(st.message(), "z_loss_coef")) << st;

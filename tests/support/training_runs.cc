@@ -27,16 +27,25 @@ std::vector<double> Losses(const Trainer& t) {
   return out;
 }
 
-OneRankRun TrainOnOneRank(const moe::v1::JobSpec& spec, Dataset* data, TrainerOptions opts) {
+OneRankRun RunOnOneRank(const moe::v1::JobSpec& spec, Dataset* data, TrainerOptions opts) {
   moe::v1::JobSpec one = spec;
   one.mutable_resources()->set_ranks(1);
   OneRankRun run;
   run.comm = CreateSingleProcessCommunicator();
   run.trainer = NewTrainer(one, run.comm.get(), data, std::move(opts));
-  if (run.trainer == nullptr) return run;
+  if (run.trainer == nullptr) {
+    run.status = absl::InternalError("the trainer could not be made");
+    return run;
+  }
   TrainOutcome outcome;
-  if (absl::Status st = run.trainer->Run(&outcome); !st.ok()) {
-    ADD_FAILURE() << "the one-rank run failed: " << st;
+  run.status = run.trainer->Run(&outcome);
+  return run;
+}
+
+OneRankRun TrainOnOneRank(const moe::v1::JobSpec& spec, Dataset* data, TrainerOptions opts) {
+  OneRankRun run = RunOnOneRank(spec, data, std::move(opts));
+  if (run.trainer != nullptr && !run.status.ok()) {
+    ADD_FAILURE() << "the one-rank run failed: " << run.status;
     run.trainer.reset();
   }
   return run;

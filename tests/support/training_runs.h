@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "moe/v1/job.pb.h"
 #include "worker/parallel/comm.h"
 #include "worker/data/dataset.h"
@@ -33,13 +34,18 @@ std::vector<double> TrainInTwoHalves(const moe::v1::JobSpec& spec, Communicator*
 std::vector<moe::v1::MetricPoint> TrainInTwoHalvesPoints(const moe::v1::JobSpec& spec, Communicator* comm,
                                                          Dataset* data, const std::string& dir);
 
-// The one-process oracle of the equivalence tests, and the trained checkpoint of the sampling and
-// checkpoint-tool tests (opts.checkpoint_dir): spec on one rank, straight through. The trainer is
-// null after a test failure that says why; comm outlives it.
+// spec on one rank, straight through. RunOnOneRank gives the run's status as it is (the tests of
+// runs that must stop, reading the trainer's history after); the trainer is null only when it
+// could not be made (a test failure says why). comm outlives the trainer.
 struct OneRankRun {
   std::unique_ptr<Communicator> comm;
   std::unique_ptr<Trainer> trainer;
+  absl::Status status;
 };
+OneRankRun RunOnOneRank(const moe::v1::JobSpec& spec, Dataset* data, TrainerOptions opts = {});
+// The same for a run that must succeed (the one-process oracle of the equivalence tests, and the
+// trained checkpoint of the sampling and checkpoint-tool tests): a failed run is a test failure
+// that says why, and its trainer null.
 OneRankRun TrainOnOneRank(const moe::v1::JobSpec& spec, Dataset* data, TrainerOptions opts = {});
 
 // |a - b| / |b| (b floored at 1e-12).
