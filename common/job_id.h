@@ -12,4 +12,8 @@ namespace moe {
 // printable ASCII.
 absl::Status CheckJobId(const std::string& id);
 
+// INVALID_ARGUMENT unless request_id (SubmitJobRequest's, moectl submit --request-id) is 1 to 128
+// of the characters A-Z a-z 0-9 . _ : -; `where` names it in the message ("request_id").
+absl::Status CheckRequestId(const std::string& request_id, const std::string& where);
+
 }  // namespace moe

@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS report_cursors(
   last_src_seq INTEGER NOT NULL, PRIMARY KEY(job_id, rank, attempt));
 CREATE TABLE IF NOT EXISTS deleted_jobs(
   num INTEGER PRIMARY KEY, id TEXT NOT NULL, deleted_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS submit_requests(
+  request_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, spec BLOB NOT NULL);
 )sql";
 
 std::string FormatId(int64_t num) { return absl::StrFormat("j-%06d", num); }
@@ -142,32 +144,8 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::string& path
                                                         StoreFix(sqlite3_errcode(db), path)));
     }
   }
-  // Stores from before the report secret get its column.
-  bool has_secret = false;
-  {
-    Stmt q(db, "SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'report_secret'");
-    has_secret = q.Step() == SQLITE_ROW;
-  }
-  if (!has_secret) {
-    absl::Status s =
-        store->Exec("ALTER TABLE jobs ADD COLUMN report_secret TEXT NOT NULL DEFAULT '';");
-    if (!s.ok()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("cannot upgrade job store ", path, ": ", s.message()));
-    }
-  }
-  // And before the deleted jobs' kept paths, theirs.
-  bool has_kept = false;
-  {
-    Stmt q(db, "SELECT 1 FROM pragma_table_info('deleted_jobs') WHERE name = 'kept'");
-    has_kept = q.Step() == SQLITE_ROW;
-  }
-  if (!has_kept) {
-    absl::Status s = store->Exec("ALTER TABLE deleted_jobs ADD COLUMN kept TEXT NOT NULL DEFAULT '';");
-    if (!s.ok()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("cannot upgrade job store ", path, ": ", s.message()));
-    }
+  if (absl::Status s = store->Upgrade(); !s.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("cannot upgrade job store ", path, ": ", s.message()));
   }
   return store;
 }
@@ -254,7 +232,8 @@ uint64_t JobStore::WaitForChange(uint64_t seen, std::chrono::steady_clock::time_
 absl::StatusOr<JobRecord> JobStore::CreateJob(const moe::v1::JobSpec& spec,
                                               const std::string& spec_yaml,
                                               const std::string& job_root,
-                                              const std::string& reason) {
+                                              const std::string& reason,
+                                              const std::string& request_id) {
   JobRecord r;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -295,6 +274,15 @@ absl::StatusOr<JobRecord> JobStore::CreateJob(const moe::v1::JobSpec& spec,
       absl::Status err = Error("insert event");
       Exec("ROLLBACK;").IgnoreError();
       return err;
+    }
+    if (!request_id.empty()) {  // the spec as submitted: a resend is compared with it (FindSubmit)
+      Stmt req(db_, "INSERT INTO submit_requests(request_id, job_id, spec) VALUES(?,?,?)");
+      req.Bind(1, request_id).Bind(2, id).BindBlob(3, spec.SerializeAsString());
+      if (req.Step() != SQLITE_DONE) {
+        absl::Status err = Error("insert the submit's request_id");
+        Exec("ROLLBACK;").IgnoreError();
+        return err;
+      }
     }
     if (absl::Status s = Commit(); !s.ok()) return s;
     absl::StatusOr<JobRecord> got = GetJobLocked(id);
@@ -680,7 +668,8 @@ absl::StatusOr<JobRecord> JobStore::DeleteJob(const std::string& id) {
     for (const char* sql :
          {"DELETE FROM events WHERE job_id = ?", "DELETE FROM logs WHERE job_id = ?",
           "DELETE FROM metrics WHERE job_id = ?", "DELETE FROM capture_offsets WHERE job_id = ?",
-          "DELETE FROM report_cursors WHERE job_id = ?", "DELETE FROM jobs WHERE id = ?"}) {
+          "DELETE FROM report_cursors WHERE job_id = ?", "DELETE FROM submit_requests WHERE job_id = ?",
+          "DELETE FROM jobs WHERE id = ?"}) {
       Stmt del(db_, sql);
       del.Bind(1, id);
       if (del.Step() != SQLITE_DONE) {

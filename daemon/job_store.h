@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -71,9 +72,15 @@ class JobStore {
   JobStore(const JobStore&) = delete;
   JobStore& operator=(const JobStore&) = delete;
 
-  // Stores a new QUEUED job with the next id (j-000001, ...). job_root is <state-dir>/jobs.
+  // Stores a new QUEUED job with the next id (j-000001, ...). job_root is <state-dir>/jobs. A
+  // request_id (SubmitJobRequest's) is stored with the job and the spec, in the same transaction.
   absl::StatusOr<JobRecord> CreateJob(const moe::v1::JobSpec& spec, const std::string& spec_yaml,
-                                      const std::string& job_root, const std::string& reason);
+                                      const std::string& job_root, const std::string& reason,
+                                      const std::string& request_id = {});
+  // The job an earlier submit with this request_id created (nullopt: none did, or its job was
+  // deleted); AlreadyExists when that submit's spec differs from spec (job_store_submits.cc).
+  absl::StatusOr<std::optional<JobRecord>> FindSubmit(const std::string& request_id,
+                                                      const moe::v1::JobSpec& spec);
   absl::StatusOr<JobRecord> GetJob(const std::string& id);  // NotFound for an unknown id
   absl::StatusOr<std::vector<JobRecord>> ListJobs();
   // Writes the mutable columns; records an event when the state or reason changed.
@@ -140,6 +147,8 @@ class JobStore {
  private:
   JobStore(sqlite3* db, std::string path) : path_(std::move(path)), db_(db) {}
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Adds the columns a store from an older moed lacks (job_store_upgrade.cc).
+  absl::Status Upgrade() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Error(const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // COMMIT; when it fails (a full disk), ROLLBACK, so the connection never stays inside a
   // transaction that would make every later BEGIN fail.

@@ -351,8 +351,8 @@ absl::Status Scheduler::Recover() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<moe::v1::Job> Scheduler::Submit(const moe::v1::JobSpec& spec,
-                                               const std::string& spec_yaml) {
+absl::StatusOr<moe::v1::Job> Scheduler::Submit(const moe::v1::JobSpec& spec, const std::string& spec_yaml,
+                                               const std::string& request_id) {
   if (absl::Status s = CheckFreeSpace(); !s.ok()) return s;
   if (absl::Status s = CheckSpecPaths(options_.paths, spec); !s.ok()) return s;
   std::lock_guard<std::mutex> one_at_a_time(submit_mu_);
@@ -391,7 +391,7 @@ absl::StatusOr<moe::v1::Job> Scheduler::Submit(const moe::v1::JobSpec& spec,
         ")"));
   }
   absl::StatusOr<JobRecord> rec =
-      store_->CreateJob(spec, spec_yaml, options_.state_dir + "/jobs", "waiting in the queue");
+      store_->CreateJob(spec, spec_yaml, options_.state_dir + "/jobs", "waiting in the queue", request_id);
   if (!rec.ok()) return rec.status();
   const std::string dir = rec->job.state_dir();
   absl::Status s = MakeDirs(dir);

@@ -61,8 +61,9 @@ class Scheduler {
   void Start();
   void Stop();
 
-  // spec must be valid (the service validated it).
-  absl::StatusOr<moe::v1::Job> Submit(const moe::v1::JobSpec& spec, const std::string& spec_yaml);
+  // spec must be valid (the service validated it); request_id (checked) is stored with the job.
+  absl::StatusOr<moe::v1::Job> Submit(const moe::v1::JobSpec& spec, const std::string& spec_yaml,
+                                      const std::string& request_id = {});
   // NotFound, FailedPrecondition for an ended job; otherwise starts the cancel and returns the
   // job as it is now (CANCELLED at once when it never started).
   absl::StatusOr<moe::v1::Job> Cancel(const std::string& id);

@@ -3,6 +3,8 @@
 // moves the latest back), all surviving a reopen; a file it cannot use says why and what to do.
 #include "daemon/job_store.h"
 
+#include <sqlite3.h>
+
 #include <filesystem>
 #include <fstream>
 
@@ -370,6 +372,61 @@ TEST(LastStderrMessage, ALongErrorKeepsItsHeadAndCountsTheRest) {
     out << "a line\nthe last line\n";
   }
   EXPECT_EQ(LastStderrMessage(path), "the last line");
+}
+
+// A store an older moed wrote (no report secret, no deleted jobs' kept paths, no submit request
+// ids) opens, keeps its jobs, and takes the new columns and table: a job submitted with a request
+// id is found by it afterwards, and another spec under it is refused.
+TEST(JobStore, AnOlderStoreIsUpgradedInPlace) {
+  const std::string dir = moe::testing::MakeTempDir("moe-store-old-");
+  const std::string db = dir + "/moed.db";
+  {
+    sqlite3* raw = nullptr;
+    ASSERT_EQ(sqlite3_open(db.c_str(), &raw), SQLITE_OK);
+    const std::string spec = Spec("old").SerializeAsString();
+    sqlite3_stmt* st = nullptr;
+    ASSERT_EQ(sqlite3_exec(raw,
+                           "CREATE TABLE jobs(num INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, spec BLOB NOT NULL, "
+                           "spec_yaml TEXT NOT NULL DEFAULT '', state INTEGER NOT NULL, reason TEXT NOT NULL DEFAULT '', "
+                           "created_ms INTEGER NOT NULL, started_ms INTEGER NOT NULL DEFAULT 0, ended_ms INTEGER NOT "
+                           "NULL DEFAULT 0, restarts INTEGER NOT NULL DEFAULT 0, attempt INTEGER NOT NULL DEFAULT 0, "
+                           "latest BLOB, best_val_loss REAL NOT NULL DEFAULT 0, job_dir TEXT NOT NULL, checkpoint_dir "
+                           "TEXT NOT NULL, launch_handle TEXT NOT NULL DEFAULT '', cancel_requested INTEGER NOT NULL "
+                           "DEFAULT 0);"
+                           "CREATE TABLE deleted_jobs(num INTEGER PRIMARY KEY, id TEXT NOT NULL, deleted_ms INTEGER "
+                           "NOT NULL);",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK)
+        << sqlite3_errmsg(raw);
+    ASSERT_EQ(sqlite3_prepare_v2(raw,
+                                 "INSERT INTO jobs(num, id, spec, state, created_ms, job_dir, checkpoint_dir) "
+                                 "VALUES(1, 'j-000001', ?, 5, 1, 'd', 'c')",
+                                 -1, &st, nullptr),
+              SQLITE_OK);
+    sqlite3_bind_blob(st, 1, spec.data(), static_cast<int>(spec.size()), SQLITE_TRANSIENT);
+    ASSERT_EQ(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    sqlite3_close(raw);
+  }
+  auto store = JobStore::Open(db);
+  ASSERT_TRUE(store.ok()) << store.status();
+  auto old = (*store)->GetJob("j-000001");
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(old->job.spec().name(), "old");
+  EXPECT_EQ(old->report_secret, "");
+  auto none = (*store)->FindSubmit("ci-7", Spec("new"));
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_FALSE(none->has_value());
+  auto made = (*store)->CreateJob(Spec("new"), "", dir + "/jobs", "queued", "ci-7");
+  ASSERT_TRUE(made.ok()) << made.status();
+  EXPECT_EQ(made->job.id(), "j-000002");
+  auto found = (*store)->FindSubmit("ci-7", Spec("new"));
+  ASSERT_TRUE(found.ok() && found->has_value());
+  EXPECT_EQ((*found)->job.id(), "j-000002");
+  auto other = (*store)->FindSubmit("ci-7", Spec("other"));
+  EXPECT_TRUE(absl::IsAlreadyExists(other.status())) << other.status();
+  // The store keeps each request id once.
+  EXPECT_FALSE((*store)->CreateJob(Spec("new"), "", dir + "/jobs", "queued", "ci-7").ok());
 }
 
 TEST(SanitizeUtf8, KeepsValidTextAndReplacesBadBytes) {
