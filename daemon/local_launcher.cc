@@ -31,6 +31,9 @@ extern char** environ;
 namespace moe::daemon {
 namespace {
 
+// The worker's exit after its checkpoint on a SIGTERM (the shell's 128 + signal number: 143).
+constexpr int kWorkerStoppedBySigterm = 128 + SIGTERM;
+
 struct Handle {
   int pid = 0;             // the monitor: session leader of the attempt
   long long start = 0;     // its start time in clock ticks, to tell a reused pid apart
@@ -439,9 +442,10 @@ ProcessState LocalLauncher::Poll(const std::string& handle) {
                              m[3].str(), ")");
   } else if (std::regex_search(text, m, kExit)) {
     if (!absl::SimpleAtoi(m[1].str(), &rank)) rank = -1;
+    int code = -1;
+    const bool stopped = absl::SimpleAtoi(m[2].str(), &code) && code == kWorkerStoppedBySigterm;
     ps.reason = absl::StrCat("rank ", rank, " exited with code ", m[2].str(),
-                             // The worker's own exit on SIGTERM (128 + 15), after its checkpoint.
-                             m[2].str() == "143" ? " (it stopped on a SIGTERM sent from outside moed)" : "");
+                             stopped ? " (it stopped on a SIGTERM sent from outside moed)" : "");
   } else if (ps.exit_code == 127 && text.find("exec of mpirun failed") != std::string::npos) {
     ps.reason = "launch error: mpirun could not be executed";
     return ps;
