@@ -120,16 +120,6 @@ std::string GpuName(int index) {
   return absl::StrCat(index);
 }
 
-std::string ResolveOnPath(const std::string& name) {
-  if (name.find('/') != std::string::npos) return name;
-  const char* path = std::getenv("PATH");
-  for (absl::string_view dir : absl::StrSplit(path ? path : "/usr/bin:/bin", ':')) {
-    std::string candidate = absl::StrCat(dir, "/", name);
-    if (access(candidate.c_str(), X_OK) == 0) return candidate;
-  }
-  return "";
-}
-
 // Async-signal-safe decimal formatting for the monitor child.
 size_t FormatInt(int v, char* buf) {
   char tmp[16];
@@ -148,6 +138,16 @@ size_t FormatInt(int v, char* buf) {
 }
 
 }  // namespace
+
+std::string ResolveOnPath(const std::string& name) {
+  if (name.find('/') != std::string::npos) return name;
+  const char* path = std::getenv("PATH");
+  for (absl::string_view dir : absl::StrSplit(path ? path : "/usr/bin:/bin", ':')) {
+    std::string candidate = absl::StrCat(dir, "/", name);
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "";
+}
 
 absl::Status ParseExitStatus(const absl::StatusOr<std::string>& text, const std::string& path,
                              int* status) {

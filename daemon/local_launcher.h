@@ -16,6 +16,10 @@ struct LocalLauncherOptions {
   std::string worker_bin;         // the moe-worker executable
 };
 
+// The program a launch runs for `name` (LocalLauncherOptions::mpirun): name itself when it has a
+// '/', else the first PATH entry whose name/ the x bit lets through; "" when none does.
+std::string ResolveOnPath(const std::string& name);
+
 // The monitor's exit_status file as a wait status; DataLoss, naming the file and what it holds,
 // when it cannot be read, is empty or is not a number (a full disk): never a silent 0.
 absl::Status ParseExitStatus(const absl::StatusOr<std::string>& text, const std::string& path,

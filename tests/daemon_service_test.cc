@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -177,6 +178,22 @@ TEST(DaemonService, FlagsTooSmallOrTooLargeSaySo) {
     EXPECT_EQ(r.exit_code, 2) << c.flag;
     EXPECT_TRUE(absl::StrContains(r.err, c.expect)) << c.flag << ": " << r.err;
   }
+}
+
+// --mpirun NAME is looked up on PATH as each launch looks it up; a directory found there is refused
+// at start as an explicit path to one is (before, moed started and every job failed at launch).
+TEST(DaemonService, MpirunNameThatPathFindsAsADirectoryIsRefused) {
+  const std::string bin = MakeTempDir("moed-path-");
+  std::filesystem::create_directory(bin + "/mpirun-dir");
+  CommandResult r = RunCommand({BinDir() + "/moed", "--allow-root", "--state-dir", MakeTempDir("moed-flags-"),
+                                "--listen", absl::StrCat("127.0.0.1:", FreePort()), "--metrics-listen=",
+                                "--mpirun", "mpirun-dir"},
+                               {{"PATH", bin + ":" + (std::getenv("PATH") ? std::getenv("PATH") : "/usr/bin:/bin")}},
+                               10);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "moed: --mpirun: mpirun-dir is found on PATH as " + bin +
+                                           "/mpirun-dir, which is a directory, not an executable"))
+      << r.err;
 }
 
 // An address gRPC cannot parse is refused as --listen bogus is, before gRPC sees it: ":PORT" gave a
