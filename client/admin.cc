@@ -30,7 +30,7 @@ moe::v1::JobState ParseState(const std::string& name) {
 
 int RunDelete(const DeleteOptions& o) {
   absl::StatusOr<ClientConfig> config = LoadClientConfig();
-  if (!config.ok()) return Fail(std::string(config.status().message()));
+  if (!config.ok()) return FailConfig(config.status());
   auto stub = NewJobStub(*config);
   int rc = 0;
   std::set<std::string> asked;  // an id named twice is deleted once, not refused the second time
@@ -59,7 +59,7 @@ int RunPrune(const PruneOptions& o) {
   req.set_dry_run(o.dry_run);
   for (const std::string& name : o.states) req.add_states(ParseState(name));
   absl::StatusOr<ClientConfig> config = LoadClientConfig();
-  if (!config.ok()) return Fail(std::string(config.status().message()));
+  if (!config.ok()) return FailConfig(config.status());
   auto stub = NewJobStub(*config);
   grpc::ClientContext ctx;
   PrepareContext(ctx, *config, 300);

@@ -1,6 +1,6 @@
 // The moectl commands. main.cc parses the command line (CLI11) into these option structs; each
 // command returns the exit code: 0 success, 1 an error from moed (or a job that did not
-// succeed), 2 bad usage or a bad file.
+// succeed), 2 bad usage, a bad file or a bad configuration (FailConfig).
 #pragma once
 
 #include <cstdint>

@@ -133,8 +133,12 @@ absl::StatusOr<ClientConfig> LoadClientConfig() {
         return absl::InvalidArgumentError(absl::StrCat("config ", config_path, at, ": ", e.msg, kExpected));
       }
     } else if (explicit_config) {
-      return absl::NotFoundError(
-          absl::StrCat("MOE_CONFIG names ", config_path, ", which cannot be read"));
+      const int err = access(config_path.c_str(), R_OK) == 0 ? 0 : errno;
+      return absl::NotFoundError(absl::StrCat(
+          "MOE_CONFIG names ", config_path, ", which cannot be read",
+          err == 0 ? "" : absl::StrCat(" (", std::strerror(err), ")"),
+          "; point MOE_CONFIG at a readable YAML file with `server: HOST:PORT` and `token_file: PATH` "
+          "(/dev/null for none), or unset it to read ~/.config/moe/config.yaml"));
     }
   }
   if (const char* env = std::getenv("MOE_SERVER"); env != nullptr && *env != '\0') c.server = env;
@@ -151,7 +155,8 @@ absl::StatusOr<ClientConfig> LoadClientConfig() {
     absl::StatusOr<std::string> text = ReadFile(token_file);
     if (!text.ok()) {
       return absl::NotFoundError(absl::StrCat("token_file ", token_file, " (from ", config_path,
-                                              ") cannot be read: ", text.status().message()));
+                                              ") cannot be read: ", text.status().message(),
+                                              "; fix `token_file:` there, or set MOE_TOKEN"));
     }
     std::string first = text->substr(0, text->find('\n'));
     c.token = std::string(absl::StripAsciiWhitespace(first));
@@ -215,6 +220,11 @@ std::string DescribeError(const grpc::Status& s, const ClientConfig& config) {
 int Fail(const std::string& message) {
   std::fprintf(stderr, "moectl: %s\n", message.c_str());
   return 1;
+}
+
+int FailConfig(const absl::Status& status) {
+  Fail(std::string(status.message()));
+  return 2;
 }
 
 namespace {

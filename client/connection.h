@@ -41,6 +41,9 @@ std::string DescribeError(const grpc::Status& status, const ClientConfig& config
 
 // Prints "moectl: <message>" on stderr; returns 1 (or 2 for usage errors from callers).
 int Fail(const std::string& message);
+// LoadClientConfig's error: "moectl: <message>" on stderr; returns 2, bad input as a bad flag is
+// (the config file, MOE_CONFIG, MOE_SERVER, MOE_TOKEN or the token file is wrong, not moed).
+int FailConfig(const absl::Status& status);
 
 // fflush(stdout), remembering why the first failed write failed (stdio forgets it: a failed
 // flush discards the buffer and only the error flag stays). False on a failure.

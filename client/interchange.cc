@@ -26,7 +26,7 @@ int RunExport(const ExportOptions& o) {
   if (!std::filesystem::is_directory(dir, ec)) {
     // Not a directory here: a job id, whose checkpoint directory moed knows.
     absl::StatusOr<ClientConfig> config = LoadClientConfig();
-    if (!config.ok()) return Fail(std::string(config.status().message()));
+    if (!config.ok()) return FailConfig(config.status());
     auto stub = NewJobStub(*config);
     grpc::Status s;
     absl::StatusOr<moe::v1::Job> got = GetJob(*stub, *config, o.source, &s);

@@ -115,7 +115,7 @@ int RunSubmit(const SubmitOptions& o) {
   }
   for (const SpecError& w : parsed.warnings) std::fprintf(stderr, "warning: %s\n", w.ToString().c_str());
   absl::StatusOr<ClientConfig> config = LoadClientConfig();
-  if (!config.ok()) return Fail(std::string(config.status().message()));
+  if (!config.ok()) return FailConfig(config.status());
   moe::v1::SubmitJobRequest req;
   *req.mutable_spec() = parsed.spec;
   if (absl::StatusOr<std::string> text = ReadFile(path); text.ok()) req.set_spec_yaml(*text);
@@ -158,7 +158,7 @@ int RunSubmit(const SubmitOptions& o) {
 
 int RunList(const ListOptions& o) {
   absl::StatusOr<ClientConfig> config = LoadClientConfig();
-  if (!config.ok()) return Fail(std::string(config.status().message()));
+  if (!config.ok()) return FailConfig(config.status());
   auto stub = NewJobStub(*config);
   grpc::Status s;
   absl::StatusOr<std::vector<moe::v1::Job>> all = ListAll(*stub, *config, &s);
@@ -198,7 +198,7 @@ int RunList(const ListOptions& o) {
 
 int RunStatus(const StatusOptions& o) {
   absl::StatusOr<ClientConfig> config = LoadClientConfig();
-  if (!config.ok()) return Fail(std::string(config.status().message()));
+  if (!config.ok()) return FailConfig(config.status());
   auto stub = NewJobStub(*config);
   grpc::Status s;
   std::vector<moe::v1::Job> jobs;
@@ -244,7 +244,7 @@ int RunStatus(const StatusOptions& o) {
 
 int RunResume(const ResumeOptions& o) {
   absl::StatusOr<ClientConfig> config = LoadClientConfig();
-  if (!config.ok()) return Fail(std::string(config.status().message()));
+  if (!config.ok()) return FailConfig(config.status());
   auto stub = NewJobStub(*config);
   grpc::ClientContext ctx;
   PrepareContext(ctx, *config, 30);
@@ -263,7 +263,7 @@ int RunResume(const ResumeOptions& o) {
 int RunCancel(const CancelOptions& o) {
   const double wait_s = o.wait_s;
   absl::StatusOr<ClientConfig> config = LoadClientConfig();
-  if (!config.ok()) return Fail(std::string(config.status().message()));
+  if (!config.ok()) return FailConfig(config.status());
   auto stub = NewJobStub(*config);
   const std::string& id = o.id;
   moe::v1::CancelJobRequest req;

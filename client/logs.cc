@@ -19,7 +19,7 @@ constexpr auto kReconnectFor = std::chrono::seconds(120);
 
 int FollowLogs(const std::string& job_id, int rank, int64_t tail, bool follow) {
   absl::StatusOr<ClientConfig> config = LoadClientConfig();
-  if (!config.ok()) return Fail(std::string(config.status().message()));
+  if (!config.ok()) return FailConfig(config.status());
   auto stub = NewJobStub(*config);
   std::map<int, int64_t> after;
   bool first = true;
@@ -111,7 +111,7 @@ int RunLogs(const LogsOptions& o) {
   // The job first: a moed that cannot be reached, or a job it does not have, is said at once
   // (-f alone would read it as a lost moed and try again for two minutes).
   absl::StatusOr<ClientConfig> config = LoadClientConfig();
-  if (!config.ok()) return Fail(std::string(config.status().message()));
+  if (!config.ok()) return FailConfig(config.status());
   auto stub = NewJobStub(*config);
   grpc::Status s;
   absl::StatusOr<moe::v1::Job> job = GetJob(*stub, *config, o.id, &s);

@@ -277,7 +277,7 @@ int main(int argc, char** argv) {
       "server: --server, else MOE_SERVER, else `server:` in MOE_CONFIG or\n"
       "~/.config/moe/config.yaml (default 127.0.0.1:50051); token: MOE_TOKEN or `token_file:`.\n"
       "exit codes: 0 ok, 1 an error from moed, a job that did not succeed or output that could not be\n"
-      "written, 2 bad usage",
+      "written, 2 bad usage or configuration (a flag, the config file, MOE_* variables, the token file)",
       "moectl");
   app.set_version_flag("--version", absl::StrCat("moectl ", moe::kMoeVersion));
   std::string server;

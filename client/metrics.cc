@@ -22,7 +22,7 @@ namespace moe::client {
 
 int RunMetrics(const MetricsOptions& o) {
   absl::StatusOr<ClientConfig> config = LoadClientConfig();
-  if (!config.ok()) return Fail(std::string(config.status().message()));
+  if (!config.ok()) return FailConfig(config.status());
   auto stub = NewJobStub(*config);
   grpc::ClientContext ctx;
   PrepareContext(ctx, *config, 60);

@@ -165,9 +165,9 @@ TEST(MoectlCli, WordsThatCannotBeWhatTheyNameAreUsageErrors) {
     EXPECT_TRUE(absl::StrContains(r.err, c.expect)) << c.args[0] << ": " << r.err;
     EXPECT_FALSE(absl::StrContains(r.err, "\x1b")) << r.err;
   }
-  // MOE_SERVER is checked as --server is (exit 1: the environment, not the command line).
+  // MOE_SERVER is checked as --server is, and is bad input as a flag is (exit 2).
   CommandResult env = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_SERVER", "https://moed:50051"}}, 10);
-  EXPECT_EQ(env.exit_code, 1) << env.err;
+  EXPECT_EQ(env.exit_code, 2) << env.err;
   EXPECT_TRUE(absl::StrContains(env.err, "MOE_SERVER: 'https://moed:50051' is a URL")) << env.err;
   // gRPC's own target names pass.
   CommandResult unix_target = RunCommand({BinDir() + "/moectl", "--server", "unix:/nonexistent/moed.sock", "list"}, {}, 10);
@@ -176,32 +176,46 @@ TEST(MoectlCli, WordsThatCannotBeWhatTheyNameAreUsageErrors) {
 }
 
 // A token gRPC cannot carry in a header, and a config path that is a directory: before, moectl
-// aborted (gRPC's 'Illegal header value' assertion; an uncaught std::ios_failure).
+// aborted (gRPC's 'Illegal header value' assertion; an uncaught std::ios_failure). A bad
+// configuration is bad input: exit 2, as a bad flag (it was 1, moed's errors' code).
 TEST(MoectlCli, AnUnsendableTokenOrADirectoryAsConfigIsAnError) {
   const std::string dir = MakeTempDir("moectl-config-");
   for (const std::string& token : {std::string("abc\x01" "def"), std::string("caf\xc3\xa9"), std::string(5000, 't')}) {
     CommandResult r = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_SERVER", "127.0.0.1:1"}, {"MOE_TOKEN", token}}, 10);
-    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_EQ(r.exit_code, 2) << r.err;
     EXPECT_TRUE(absl::StrContains(r.err, "moectl: MOE_TOKEN ")) << r.err;
   }
   std::ofstream(dir + "/token") << "t\x7fk\n";
   std::ofstream(dir + "/config.yaml") << "token_file: " << dir << "/token\n";
   CommandResult r = RunCommand({BinDir() + "/moectl", "list"},
                                {{"MOE_SERVER", "127.0.0.1:1"}, {"MOE_CONFIG", dir + "/config.yaml"}}, 10);
-  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_TRUE(absl::StrContains(r.err, "the token in " + dir + "/token holds the byte 0x7F at offset 1")) << r.err;
   r = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_SERVER", "127.0.0.1:1"}, {"MOE_CONFIG", dir}}, 10);
-  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_TRUE(absl::StrContains(r.err, "config " + dir + " is a directory")) << r.err;
   std::ofstream(dir + "/list.yaml") << "- server\n- token_file\n";
   r = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_CONFIG", dir + "/list.yaml"}}, 10);
-  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_TRUE(absl::StrContains(r.err, "not a mapping of keys")) << r.err;
   // A misspelt key: before, ignored (moectl went to the default server without a word).
   std::ofstream(dir + "/typo.yaml") << "sever: moed:50051\n";
   r = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_CONFIG", dir + "/typo.yaml"}}, 10);
-  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_TRUE(absl::StrContains(r.err, "unknown key 'sever'")) << r.err;
+  // A MOE_CONFIG that names no file, and a token_file that cannot be read: what, where, the fix.
+  r = RunCommand({BinDir() + "/moectl", "status"}, {{"MOE_CONFIG", dir + "/absent.yaml"}}, 10);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_EQ(r.err, "moectl: MOE_CONFIG names " + dir + "/absent.yaml, which cannot be read (No such file or "
+                   "directory); point MOE_CONFIG at a readable YAML file with `server: HOST:PORT` and "
+                   "`token_file: PATH` (/dev/null for none), or unset it to read ~/.config/moe/config.yaml\n");
+  std::ofstream(dir + "/lost-token.yaml") << "token_file: " << dir << "/no-token\n";
+  r = RunCommand({BinDir() + "/moectl", "logs", "j-000001"},
+                 {{"MOE_SERVER", "127.0.0.1:1"}, {"MOE_CONFIG", dir + "/lost-token.yaml"}, {"MOE_TOKEN", ""}}, 10);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "token_file " + dir + "/no-token (from " + dir + "/lost-token.yaml) cannot be read"))
+      << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "; fix `token_file:` there, or set MOE_TOKEN")) << r.err;
 }
 
 // The config file gets the job file's checks: before, bytes that are not UTF-8 made it an empty
@@ -220,7 +234,7 @@ TEST(MoectlCli, AConfigThatIsNoTextOrHasAListForAStringSaysWhere) {
            {"token_file: {a: 1}\n", ".yaml:1:13: token_file: must be a string PATH, got a mapping"}}) {
     std::ofstream(dir + "/config.yaml", std::ios::binary | std::ios::trunc) << c.text;
     CommandResult r = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_CONFIG", dir + "/config.yaml"}}, 10);
-    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_EQ(r.exit_code, 2) << r.err;
     EXPECT_TRUE(absl::StartsWith(r.err, "moectl: config " + dir + "/config" + c.expect)) << r.err;
     EXPECT_TRUE(absl::StrContains(r.err, "(expected `server: HOST:PORT` and `token_file: PATH`)")) << r.err;
     EXPECT_FALSE(absl::StrContains(r.err, "yaml-cpp")) << r.err;
