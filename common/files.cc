@@ -156,18 +156,41 @@ absl::Status WriteUserFile(const std::string& path, std::string_view contents) {
   return WriteFileAtomic(target, contents);
 }
 
-absl::StatusOr<DirectoryLock> DirectoryLock::Take(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return ErrnoStatus("cannot open directory", dir);
-  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return DirectoryLock(fd);
+namespace {
+
+// flock(LOCK_EX | LOCK_NB) on fd, open on path: OK with the lock held; else fd is closed and the
+// status is FailedPrecondition when another process holds the lock, Unimplemented when the
+// filesystem has no flock, the errno's otherwise (those two say "<what> <path>: <why>").
+absl::Status LockExclusive(int fd, const std::string& what, const std::string& path) {
+  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return absl::OkStatus();
   const int err = errno;
   ::close(fd);
   if (err == EWOULDBLOCK) {
-    return absl::FailedPreconditionError(absl::StrCat(dir, " is locked by another process"));
+    return absl::FailedPreconditionError(absl::StrCat(path, " is locked by another process"));
   }
-  if (err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS || err == EINVAL) return DirectoryLock(-1);
+  if (err == ENOLCK || err == EOPNOTSUPP || err == ENOSYS || err == EINVAL) {
+    return absl::UnimplementedError(absl::StrCat(what, " ", path, ": ", std::strerror(err)));
+  }
   errno = err;
-  return ErrnoStatus("cannot lock directory", dir);
+  return ErrnoStatus(what, path);
+}
+
+}  // namespace
+
+absl::StatusOr<DirectoryLock> DirectoryLock::Take(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus("cannot open directory", dir);
+  const absl::Status st = LockExclusive(fd, "cannot lock directory", dir);
+  if (st.ok()) return DirectoryLock(fd);
+  if (st.code() == absl::StatusCode::kUnimplemented) return DirectoryLock(-1);  // held() says so
+  return st;
+}
+
+absl::StatusOr<DirectoryLock> DirectoryLock::TakeFile(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return ErrnoStatus("cannot open", path);
+  if (absl::Status st = LockExclusive(fd, "cannot lock", path); !st.ok()) return st;
+  return DirectoryLock(fd);
 }
 
 DirectoryLock& DirectoryLock::operator=(DirectoryLock&& other) noexcept {

@@ -24,20 +24,27 @@ const char* NonRegularKind(unsigned mode);
 // else (a directory, a device such as /dev/full, a pipe, a socket, a dangling link) and a
 // read-only file are refused with FailedPrecondition saying what the path is.
 absl::Status WriteUserFile(const std::string& path, std::string_view contents);
-// An exclusive flock on a directory, held while the object lives and dropped by the kernel when
-// the process dies (kill -9 included): one writer at a time, e.g. one run training into a
-// checkpoint directory. No file is created in it.
+// An exclusive flock (LOCK_EX | LOCK_NB) on a directory, held while the object lives and dropped by
+// the kernel when the process dies (kill -9 included): one writer at a time, e.g. one run training
+// into a checkpoint directory (Take: no file is created in it), or one moed on a state directory
+// (TakeFile on its moed.lock).
 class DirectoryLock {
  public:
   // FailedPrecondition when another process holds it; NotFound when dir does not exist. On a
   // filesystem without flock (some NFS mounts) the result holds no lock and says so (held()).
   static absl::StatusOr<DirectoryLock> Take(const std::string& dir);
+  // The same lock through a lock file at path (created 0600 when missing; close-on-exec), opened
+  // read-write so that the holder can write who it is in it (fd()). FailedPrecondition when
+  // another process holds it; else "cannot open PATH: ..." or "cannot lock PATH: ...", a
+  // filesystem without flock included (the caller needs the lock, not a lock that holds nothing).
+  static absl::StatusOr<DirectoryLock> TakeFile(const std::string& path);
   DirectoryLock(DirectoryLock&& other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
   DirectoryLock& operator=(DirectoryLock&& other) noexcept;
   DirectoryLock(const DirectoryLock&) = delete;
   DirectoryLock& operator=(const DirectoryLock&) = delete;
   ~DirectoryLock();
   bool held() const { return fd_ >= 0; }
+  int fd() const { return fd_; }  // the locked descriptor; -1 when !held()
 
  private:
   explicit DirectoryLock(int fd) : fd_(fd) {}

@@ -1,14 +1,10 @@
-// StateDirLock: flock(LOCK_EX | LOCK_NB) on <state-dir>/moed.lock; the file names its holder.
+// StateDirLock: common/files.h's DirectoryLock on <state-dir>/moed.lock; the file names its holder.
 #include "daemon/state_dir_lock.h"
 
-#include <fcntl.h>
-#include <sys/file.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
-
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/files.h"
 
@@ -17,19 +13,14 @@ namespace moe::daemon {
 absl::StatusOr<std::unique_ptr<StateDirLock>> StateDirLock::Acquire(const std::string& state_dir,
                                                                     const std::string& listen) {
   const std::string path = state_dir + "/moed.lock";
-  // O_CLOEXEC: the lock is moed's alone (the launchers' monitors close every other descriptor).
-  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    return absl::FailedPreconditionError(absl::StrCat("--state-dir: cannot open ", path, ": ",
-                                                      std::strerror(errno),
-                                                      " (check that --state-dir is writable)"));
-  }
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    const int err = errno;
-    close(fd);
-    if (err != EWOULDBLOCK) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("--state-dir: cannot lock ", path, ": ", std::strerror(err)));
+  // Close-on-exec: the lock is moed's alone (the launchers' monitors close every other descriptor).
+  absl::StatusOr<DirectoryLock> lock = DirectoryLock::TakeFile(path);
+  if (!lock.ok()) {
+    const std::string why(lock.status().message());  // "cannot open PATH: ..." or "cannot lock PATH: ..."
+    if (lock.status().code() != absl::StatusCode::kFailedPrecondition) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--state-dir: ", why,
+          absl::StartsWith(why, "cannot open") ? " (check that --state-dir is writable)" : ""));
     }
     absl::StatusOr<std::string> holder = ReadFile(path);
     const std::string who(holder.ok() ? absl::StripAsciiWhitespace(*holder) : "");
@@ -41,10 +32,8 @@ absl::StatusOr<std::unique_ptr<StateDirLock>> StateDirLock::Acquire(const std::s
   }
   // Who holds it, for the message above (without it the message names no pid).
   const std::string who = absl::StrCat("pid ", getpid(), ", --listen ", listen, "\n");
-  if (ftruncate(fd, 0) == 0) (void)!pwrite(fd, who.data(), who.size(), 0);
-  return std::unique_ptr<StateDirLock>(new StateDirLock(fd));
+  if (ftruncate(lock->fd(), 0) == 0) (void)!pwrite(lock->fd(), who.data(), who.size(), 0);
+  return std::unique_ptr<StateDirLock>(new StateDirLock(*std::move(lock)));
 }
-
-StateDirLock::~StateDirLock() { close(fd_); }
 
 }  // namespace moe::daemon

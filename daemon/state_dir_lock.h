@@ -5,8 +5,10 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
+#include "common/files.h"
 
 namespace moe::daemon {
 
@@ -16,13 +18,12 @@ class StateDirLock {
   // fixes, when another process holds it.
   static absl::StatusOr<std::unique_ptr<StateDirLock>> Acquire(const std::string& state_dir,
                                                                const std::string& listen);
-  ~StateDirLock();  // releases the lock
   StateDirLock(const StateDirLock&) = delete;
   StateDirLock& operator=(const StateDirLock&) = delete;
 
  private:
-  explicit StateDirLock(int fd) : fd_(fd) {}
-  const int fd_;
+  explicit StateDirLock(DirectoryLock lock) : lock_(std::move(lock)) {}
+  DirectoryLock lock_;  // released with this object
 };
 
 }  // namespace moe::daemon

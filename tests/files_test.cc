@@ -109,6 +109,35 @@ TEST(SameDirectory, ComparesResolvedPathsNotStrings) {
   std::filesystem::remove_all(dir);
 }
 
+// DirectoryLock on a lock file (moed's <state-dir>/moed.lock): created 0600, one holder at a time
+// (flock is per open file, so a second take in this process is refused as another process's is),
+// writable by its holder, free again once the holder is gone; a directory that cannot hold the
+// file is "cannot open", not "locked".
+TEST(DirectoryLock, TakeFileLocksAFileItsHolderCanWrite) {
+  const std::string dir = testing::MakeTempDir("moe-lock-file-");
+  const std::string path = dir + "/moed.lock";
+  {
+    absl::StatusOr<DirectoryLock> first = DirectoryLock::TakeFile(path);
+    ASSERT_TRUE(first.ok()) << first.status();
+    EXPECT_TRUE(first->held());
+    struct stat st {};
+    ASSERT_EQ(stat(path.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+    ASSERT_EQ(write(first->fd(), "pid 1\n", 6), 6);
+    EXPECT_EQ(*ReadFile(path), "pid 1\n");
+    absl::StatusOr<DirectoryLock> second = DirectoryLock::TakeFile(path);
+    ASSERT_FALSE(second.ok());
+    EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition) << second.status();
+    EXPECT_THAT(second.status().message(), HasSubstr(path + " is locked by another process"));
+  }
+  EXPECT_TRUE(DirectoryLock::TakeFile(path).ok());
+  absl::StatusOr<DirectoryLock> missing = DirectoryLock::TakeFile(dir + "/absent/moed.lock");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(missing.status().message(), HasSubstr("cannot open " + dir + "/absent/moed.lock: No such file"));
+  std::filesystem::remove_all(dir);
+}
+
 // moed lists a job's processes by reading every /proc/PID/stat while processes come and go. The
 // session listed is a child's own (setsid), as moed's ranks are: this process's session leader may
 // live outside a container's PID namespace, where getsid() gives 0.
