@@ -191,7 +191,7 @@ absl::Status MoedConfig::Validate() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--slurm-mpi: '", slurm_mpi, "' is neither pmix (srun --mpi=pmix) nor mpirun"));
   }
-  if (!slurm_template.empty()) {
+  if (!slurm_template.empty() && !slurm_template_defaulted) {
     // Given by hand, it is meant to be used: unreadable, every slurm job would be refused.
     if (absl::StatusOr<std::string> t = ReadFile(slurm_template); !t.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -206,6 +206,7 @@ absl::Status MoedConfig::Validate() {
     if (access(slurm_template.c_str(), R_OK) != 0 && access(in_source.c_str(), R_OK) == 0) {
       slurm_template = in_source;
     }
+    slurm_template_defaulted = true;
   }
   if (heartbeat_timeout.count() <= 0) {
     return absl::InvalidArgumentError("--heartbeat-timeout: must be positive (seconds)");

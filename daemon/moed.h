@@ -48,6 +48,9 @@ struct MoedConfig {
   std::string worker_bin;                         // "" = moe-worker beside moed
   std::string mpirun = "mpirun";
   std::string slurm_template;     // "" = deploy/slurm/moe-job.sbatch.tmpl found from moed's path
+  // Validate filled slurm_template with the default path (which may not exist: moed copied out of
+  // its build tree then starts, and refuses slurm jobs at submit); a second Validate keeps it.
+  bool slurm_template_defaulted = false;
   std::string slurm_mpi = "pmix";  // how Slurm jobs start ranks: "pmix" (srun) or "mpirun"
   std::chrono::milliseconds heartbeat_timeout{60000};
   std::chrono::milliseconds cancel_grace{30000};
