@@ -159,10 +159,12 @@ TEST_F(CheckpointInputs, AHugeSpecOverSmallTensorsIsAMismatchNotAnAllocation) {
   }
 }
 
+// The checkpoint argument is the caller's input: --sample and --score exit 2 for one that names no
+// checkpoint, as for a bad flag (they exited 1, a failure's code).
 TEST_F(CheckpointInputs, APathThatIsNoCheckpointIsNamedAsSuch) {
   const std::string missing = testing::MakeTempDir("no-ckpt-") + "/absent";
   CommandResult r = Sample(missing);
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_THAT(r.err, HasSubstr(missing + " does not exist"));
   EXPECT_EQ(r.out, "") << "the prompt is echoed only once the checkpoint and the prompt are accepted";
   // Export says the same (it said "holds no complete checkpoint" of a path that is not there).
@@ -172,7 +174,7 @@ TEST_F(CheckpointInputs, APathThatIsNoCheckpointIsNamedAsSuch) {
   EXPECT_FALSE(fs::exists(missing + "-hf"));
   const std::string empty = testing::MakeTempDir("empty-ckpt-");
   for (const CommandResult& e : {Sample(empty), Score(empty)}) {
-    EXPECT_EQ(e.exit_code, 1);
+    EXPECT_EQ(e.exit_code, 2) << e.err;
     EXPECT_THAT(e.err, HasSubstr(empty + " holds no complete checkpoint"));
     EXPECT_THAT(e.err, Not(HasSubstr("writer crashed")));
   }
@@ -202,18 +204,46 @@ TEST_F(CheckpointInputs, ToolsSkipADamagedNewestCheckpoint) {
   }
 }
 
-// A prompt with a character the char vocabulary lacks: the error names it, and stdout stays empty
-// (the prompt was echoed before the refusal).
+// A prompt with a character the char vocabulary lacks: the error names it (exit 2: the caller's
+// input), and stdout stays empty (the prompt was echoed before the refusal).
 TEST_F(CheckpointInputs, APromptOutsideTheVocabularyPrintsNothing) {
   CommandResult r =
       RunCommand({Worker(), "--sample", *good_, "--prompt", "ROMEO \xE2\x82\xAC", "--tokens", "3", "--device", "cpu"},
                  {}, 120);
-  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_THAT(r.err, HasSubstr("is not in the char vocabulary"));
   EXPECT_EQ(r.out, "");
   CommandResult ok = Sample(*good_);
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
   EXPECT_THAT(ok.out, ::testing::StartsWith("ROMEO"));
+}
+
+// What the caller gave --score and --sample wrong exits 2, as a bad flag does (it was 1): outputs
+// that name one file, an output that is a directory, a --greedy that leaves no prompt,
+// --no-kv-cache with --device cuda. Nothing is written first. Failures while running stay 1 (the
+// damaged and changed inputs above).
+TEST_F(CheckpointInputs, ScoreAndSampleUsageErrorsExitTwo) {
+  const std::string out = testing::MakeTempDir("score-usage-");
+  struct Case {
+    std::vector<std::string> args;
+    std::string expect;
+  };
+  for (const Case& c : std::vector<Case>{
+           {{"--score", *good_, "--batch-out", out + "/a.bin", "--logits-out", out + "/./a.bin"},
+            "--batch-out and --logits-out both name " + out + "/./a.bin; give each output its own file"},
+           {{"--score", *good_, "--batch-out", out}, out + " is a directory, which moe does not replace"},
+           {{"--score", *good_, "--batch-out", out + "/a.bin", "--greedy", "32", "--greedy-out", out + "/g.bin"},
+            "--greedy 32 leaves no prompt in seq_len 32: give at most 31"},
+           {{"--sample", *good_, "--no-kv-cache", "--device", "cuda"}, "--no-kv-cache runs on the CPU"}}) {
+    std::vector<std::string> argv = {Worker()};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    CommandResult r = RunCommand(argv, {}, 120);
+    EXPECT_EQ(r.exit_code, 2) << c.expect << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr(c.expect));
+    EXPECT_EQ(r.out, "") << c.expect;
+  }
+  EXPECT_FALSE(fs::exists(out + "/a.bin"));
+  EXPECT_FALSE(fs::exists(out + "/g.bin"));
 }
 
 // The job's text file is now shorter than one sequence: before, --score aborted in SampleBatch.

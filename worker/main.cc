@@ -63,7 +63,12 @@ constexpr char kUsage[] =
     "Every training form also takes --threads N and --comm-timeout SECS (how long a collective may wait\n"
     "for a peer before the job is aborted, MPI and NCCL alike; default 300).\n"
     "Run several ranks with: mpirun -np W moe-worker --job JOB.yaml (as root also\n"
-    "--allow-run-as-root, or OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)\n";
+    "--allow-run-as-root, or OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)\n"
+    "Exit codes: 0 done; 2 bad usage or input: a flag, an invalid job, and for --sample and --score also\n"
+    "a checkpoint argument that names none, outputs that name one file or no regular file, a --greedy\n"
+    "that leaves no prompt, --no-kv-cache with --device cuda, a prompt the tokenizer cannot write;\n"
+    "1 a failure while running (memory, a damaged checkpoint, the job's data, no GPU for --device cuda,\n"
+    "a write); 143 stopped by SIGTERM after its checkpoint.\n";
 
 struct WorkerFlags {
   std::string job_yaml, spec_json, moed, job_id, checkpoint_dir, attempt_dir;
@@ -323,6 +328,14 @@ std::string OutOfMemoryReason(const moe::AllocationError& e, moe::v1::JobSpec sp
                       "lower train.batch_size or use more ranks");
 }
 
+// --score and --sample: exit 2 for the caller's input (moe::IsUsageError: a value, a checkpoint
+// argument that names none, outputs that clash), as for the flags' own errors; 1 for a failure
+// while running.
+int FailCheckpointTool(const absl::Status& status) {
+  std::fprintf(stderr, "moe-worker: %s\n", std::string(status.message()).c_str());
+  return moe::IsUsageError(status) ? 2 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -342,10 +355,7 @@ int main(int argc, char** argv) {
     absl::StatusOr<double> ce = CatchOutOfMemory(flags.score_checkpoint, [&] {
       return moe::ScoreCheckpoint(flags.score_checkpoint, flags.batch_out, flags.score_extras);
     });
-    if (!ce.ok()) {
-      std::fprintf(stderr, "moe-worker: %s\n", std::string(ce.status().message()).c_str());
-      return 1;
-    }
+    if (!ce.ok()) return FailCheckpointTool(ce.status());
     std::printf("{\"ce\": %.9g, \"batch\": \"%s\"}\n", *ce, flags.batch_out.c_str());
     return 0;
   }
@@ -382,10 +392,7 @@ int main(int argc, char** argv) {
     const auto start = std::chrono::steady_clock::now();
     absl::StatusOr<std::string> text =
         CatchOutOfMemory(flags.sample.checkpoint, [&] { return moe::GenerateText(flags.sample); });
-    if (!text.ok()) {
-      std::fprintf(stderr, "moe-worker: %s\n", std::string(text.status().message()).c_str());
-      return 1;
-    }
+    if (!text.ok()) return FailCheckpointTool(text.status());
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::printf("\n");
     // Generation speed: the tokens after the first over the time since it came (loading the

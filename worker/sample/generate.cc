@@ -7,9 +7,11 @@
 #include <iterator>
 #include <numeric>
 #include <random>
+#include <string_view>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "moe/v1/job.pb.h"
 #include "worker/checkpoint/checkpoint.h"
@@ -27,6 +29,21 @@ namespace moe {
 
 namespace {
 
+constexpr char kUsagePayload[] = "moe.worker/usage";
+
+// status, marked as the caller's input (IsUsageError).
+absl::Status Usage(absl::Status status) {
+  status.SetPayload(kUsagePayload, absl::Cord());
+  return status;
+}
+
+// An output flag's file: a path WriteUserFile will not replace (a directory, a device, a read-only
+// file: FailedPrecondition) is the flag's value; a write that fails is not.
+absl::Status WriteOutput(const std::string& path, std::string_view bytes) {
+  absl::Status st = WriteUserFile(path, bytes);
+  return st.code() == absl::StatusCode::kFailedPrecondition ? Usage(std::move(st)) : st;
+}
+
 // A one-rank model holding a checkpoint's weights, with its spec and tokenizer.
 struct LoadedModel {
   moe::v1::JobSpec spec;
@@ -41,7 +58,11 @@ struct LoadedModel {
 absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int seq_len = 0) {
   absl::StatusOr<CheckpointReader> resolved = ResolveCheckpointArgument(
       checkpoint, [](const std::string& line) { std::fprintf(stderr, "moe-worker: %s\n", line.c_str()); });
-  if (!resolved.ok()) return resolved.status();
+  if (!resolved.ok()) {
+    // NotFound: the argument names no checkpoint (missing, no directory, none complete in it);
+    // DataLoss (every one damaged) is not the caller's.
+    return resolved.status().code() == absl::StatusCode::kNotFound ? Usage(resolved.status()) : resolved.status();
+  }
   const std::string& path = resolved->path();
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(*resolved);
   if (!ckpt.ok()) return ckpt.status();
@@ -103,8 +124,8 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
       const std::filesystem::path b = std::filesystem::weakly_canonical(*outs[j].second, ec2);
       const bool same = *outs[i].second == *outs[j].second || (!ec1 && !ec2 && a == b);
       if (same) {
-        return absl::InvalidArgumentError(absl::StrCat(outs[i].first, " and ", outs[j].first, " both name ",
-                                                       *outs[j].second, "; give each output its own file"));
+        return Usage(absl::InvalidArgumentError(absl::StrCat(outs[i].first, " and ", outs[j].first, " both name ",
+                                                             *outs[j].second, "; give each output its own file")));
       }
     }
   }
@@ -113,8 +134,8 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
   // The greedy continuation needs a prompt of at least one token in the context (checked before
   // anything is written).
   if (const int T = m->model->config().seq_len; extras.greedy_tokens > 0 && T - extras.greedy_tokens < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--greedy ", extras.greedy_tokens, " leaves no prompt in seq_len ",
-                                                   T, ": give at most ", T - 1));
+    return Usage(absl::InvalidArgumentError(absl::StrCat("--greedy ", extras.greedy_tokens,
+                                                         " leaves no prompt in seq_len ", T, ": give at most ", T - 1)));
   }
   absl::StatusOr<Dataset> data = LoadDataset(m->spec.data());
   if (!data.ok()) return data.status();
@@ -154,12 +175,12 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
   // The batch as int32 rows: b rows of T inputs, then b rows of T targets.
   std::string bytes(reinterpret_cast<const char*>(x.data()), x.size() * sizeof(int32_t));
   bytes.append(reinterpret_cast<const char*>(y.data()), y.size() * sizeof(int32_t));
-  if (absl::Status st = WriteUserFile(batch_out, bytes); !st.ok()) return st;
+  if (absl::Status st = WriteOutput(batch_out, bytes); !st.ok()) return st;
   const int V = cfg.vocab;
   if (!extras.logits_out.empty()) {
     const std::vector<float>& logits = m->model->logits();
     std::string out(reinterpret_cast<const char*>(logits.data()), static_cast<size_t>(T) * V * sizeof(float));
-    if (absl::Status st = WriteUserFile(extras.logits_out, out); !st.ok()) return st;
+    if (absl::Status st = WriteOutput(extras.logits_out, out); !st.ok()) return st;
   }
   if (extras.greedy_tokens > 0) {
     const int n = extras.greedy_tokens, P = std::min(32, T - n);  // P >= 1: checked above
@@ -179,7 +200,7 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
       ids.push_back(static_cast<int32_t>(std::max_element(row, row + V) - row));
     }
     std::string out(reinterpret_cast<const char*>(ids.data()), ids.size() * sizeof(int32_t));
-    if (absl::Status st = WriteUserFile(extras.greedy_out, out); !st.ok()) return st;
+    if (absl::Status st = WriteOutput(extras.greedy_out, out); !st.ok()) return st;
   }
   return ce;
 }
@@ -223,13 +244,14 @@ std::vector<float> ContextLogits(Model& model, const std::vector<int32_t>& ids, 
 }  // namespace
 
 absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
-  if (opts.tokens < 0) return absl::InvalidArgumentError("--tokens must be >= 0");
+  if (opts.tokens < 0) return Usage(absl::InvalidArgumentError("--tokens must be >= 0"));
   if (!(opts.temperature > 0) || !std::isfinite(opts.temperature)) {
-    return absl::InvalidArgumentError("--temperature must be a number greater than 0");
+    return Usage(absl::InvalidArgumentError("--temperature must be a number greater than 0"));
   }
-  if (opts.top_k < 0) return absl::InvalidArgumentError("--top-k must be >= 0 (0 = every token)");
+  if (opts.top_k < 0) return Usage(absl::InvalidArgumentError("--top-k must be >= 0 (0 = every token)"));
   if (!opts.kv_cache && opts.device == "cuda") {
-    return absl::InvalidArgumentError("--no-kv-cache runs on the CPU (the whole context per token); drop --device cuda");
+    return Usage(absl::InvalidArgumentError(
+        "--no-kv-cache runs on the CPU (the whole context per token); drop --device cuda"));
   }
   absl::StatusOr<LoadedModel> loaded = LoadModel(opts.checkpoint);
   if (!loaded.ok()) return loaded.status();
@@ -243,12 +265,13 @@ absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
   Model& model = *loaded->model;
   const ModelConfig& cfg = model.config();
   absl::StatusOr<std::vector<int32_t>> encoded = tok->TryEncode(opts.prompt);
-  if (!encoded.ok()) return encoded.status();
+  if (!encoded.ok()) return Usage(encoded.status());
   std::vector<int32_t> ids = *std::move(encoded);
   if (ids.empty()) ids.push_back(0);
   for (int32_t id : ids) {
     if (id < 0 || id >= cfg.vocab) {
-      return absl::InvalidArgumentError(absl::StrCat("the prompt holds token ", id, ", outside the model's vocabulary of ", cfg.vocab));
+      return Usage(absl::InvalidArgumentError(
+          absl::StrCat("the prompt holds token ", id, ", outside the model's vocabulary of ", cfg.vocab)));
     }
   }
   // The decoder before on_ready (which prints the prompt): a device that cannot run is an error
@@ -296,5 +319,7 @@ absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
   }
   return tok->Decode(ids);
 }
+
+bool IsUsageError(const absl::Status& status) { return status.GetPayload(kUsagePayload).has_value(); }
 
 }  // namespace moe
