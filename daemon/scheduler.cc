@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
+#include <string>
 #include <thread>
 #include <utility>
 
@@ -503,6 +505,13 @@ absl::StatusOr<moe::v1::Job> Scheduler::Resume(const std::string& id, int steps)
   const std::string name = std::filesystem::path(*latest).filename().string();
   const int64_t at = std::atoll(name.substr(name.find('_') + 1).c_str());
   moe::v1::JobSpec spec = rec->job.spec();
+  // A stop (cancel, shutdown, preemption) during the last step skipped the final evaluation; the
+  // checkpoint says so, and a resume runs just that evaluation.
+  bool final_eval_only = false;
+  if (steps <= 0 && at == spec.train().steps()) {
+    absl::StatusOr<std::map<std::string, std::string>> meta = ReadCheckpointMeta(*latest);
+    final_eval_only = meta.ok() && meta->count(kFinalEvalPendingMeta) > 0;
+  }
   if (steps > 0) {
     if (steps <= at) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -514,7 +523,7 @@ absl::StatusOr<moe::v1::Job> Scheduler::Resume(const std::string& id, int steps)
       return absl::InvalidArgumentError(absl::StrCat("with train.steps ", steps, " the job is not valid:\n",
                                                      FormatSpecErrors(errors)));
     }
-  } else if (at >= spec.train().steps()) {
+  } else if (at >= spec.train().steps() && !final_eval_only) {
     return absl::FailedPreconditionError(absl::StrCat(
         "job ", id, " already trained all ", spec.train().steps(), " steps (checkpoint ", *latest,
         "); give more with moectl resume ", id, " --steps N"));
@@ -532,8 +541,11 @@ absl::StatusOr<moe::v1::Job> Scheduler::Resume(const std::string& id, int steps)
   next.report_secret.clear();
   next.job.set_ended_unix_ms(0);
   next.job.set_state(moe::v1::JOB_STATE_QUEUED);
-  next.job.set_reason(absl::StrCat("resumed (moectl resume): continues from step ", at, " of ",
-                                   spec.train().steps(), " (", *latest, ")"));
+  next.job.set_reason(
+      final_eval_only
+          ? absl::StrCat("resumed (moectl resume): runs the final evaluation that step ", at, " missed (", *latest, ")")
+          : absl::StrCat("resumed (moectl resume): continues from step ", at, " of ", spec.train().steps(), " (",
+                         *latest, ")"));
   if (absl::Status s = store_->UpdateJob(next); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("cannot record the resume of job ", id, " (", s.message(),
                                                "); nothing changed; try again"));

@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -316,6 +317,38 @@ TEST_F(CheckpointTest, AFileThatIsNoRegularFileIsDamageNotAHang) {
   r = ReadCheckpoint(dir_ + "/step_00000001");
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.status().message(), HasSubstr("MANIFEST is a named pipe"));
+}
+
+// A resume tells "no checkpoint at all" (a fresh start, said as such) from "every one damaged,
+// starting over" by a flag, not by the wording of the message; and moed reads a checkpoint's
+// meta.json alone, checked against the manifest.
+TEST_F(CheckpointTest, NewestGoodSaysWhetherThereWasNoneAndMetaReadsAlone) {
+  bool none_there = false;
+  auto r = NewestGoodCheckpointReader(dir_, true, nullptr, &none_there);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(none_there);
+
+  Checkpoint c = MakeCheckpoint(1);
+  c.meta["final_eval_pending"] = "{\"step\": 1}";
+  ASSERT_TRUE(WriteCheckpoint(dir_, c, 5).ok());
+  const std::string ckpt = dir_ + "/step_00000001";
+  auto meta = ReadCheckpointMeta(ckpt);
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_EQ((*meta)["final_eval_pending"], "{\"step\": 1}");
+  r = NewestGoodCheckpointReader(dir_, true, nullptr, &none_there);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(none_there);
+
+  // Damaged (meta.json changed behind the manifest's back): every one is, and start_over says so.
+  std::ofstream(ckpt + "/meta.json", std::ios::trunc) << "{\"final_eval_pending\": \"{}\"}\n";
+  meta = ReadCheckpointMeta(ckpt);
+  ASSERT_FALSE(meta.ok());
+  EXPECT_EQ(meta.status().code(), absl::StatusCode::kDataLoss);
+  r = NewestGoodCheckpointReader(dir_, true, nullptr, &none_there);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_FALSE(none_there);
 }
 
 TEST_F(CheckpointTest, CheckCompatibleNamesTheMismatch) {

@@ -3,13 +3,16 @@
 // a few steps further; `moectl submit --from` starts a new job from another job's newest checkpoint;
 // a job whose checkpoint.dir holds another job's checkpoints is refused at submit with the path
 // and the fix; `moectl export` of a job id writes a Hugging Face directory.
+#include <algorithm>
 #include <filesystem>
 #include <string>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 #include "tests/support/daemon_harness.h"
+#include "worker/checkpoint/checkpoint.h"
 
 namespace moe::testing {
 namespace {
@@ -125,6 +128,65 @@ TEST(E2eResume, ResumeSubmitFromExportAndAForeignCheckpointDirectory) {
   EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason();
   EXPECT_EQ(job.latest().step(), until);
   EXPECT_TRUE(LogsContain(h, long_id, "resumed from " + job.checkpoint_dir() + "/step_"));
+}
+
+// A job stopped (cancelled, moed shut down, preempted) during its last step has its checkpoint at
+// train.steps with the final evaluation still to do (the checkpoint's meta says so, with the
+// step's metric point): `moectl resume` takes it, the new attempt runs only that evaluation and
+// stores the step's point with its val_loss; after that the job is done. Before, resume refused
+// ("already trained all N steps") and the final val_loss was lost for good. The checkpoint of a
+// stop at the last step is made here from a finished job's (the worker's side: train_test), as a
+// real cancel cannot be timed to land in the last step.
+TEST(E2eResume, AJobStoppedInItsLastStepResumesToRunItsFinalEvaluation) {
+  DaemonHarness h(Options());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  CommandResult r = h.Moectl({"submit", h.WriteJob("last", 1, 4), "--follow"}, 300);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err << h.MoedLog();
+  const std::string id = FirstLine(r.out);
+  Job job = h.WaitFor(id, Ended, 10);
+  ASSERT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason();
+  moe::v1::MetricPoint final_point;
+  for (const auto& p : h.AllMetrics(id)) {
+    if (p.step() == 4) final_point = p;
+  }
+  ASSERT_TRUE(final_point.has_val_loss());
+  const double val_loss = final_point.val_loss();
+
+  // Its final evaluation done, the job has nothing left.
+  r = h.Moectl({"resume", id});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.err, "already trained all 4 steps")) << r.err;
+
+  // The checkpoint a stop in step 4 writes: the step's point, no val_loss, the evaluation pending.
+  const std::string step4 = job.checkpoint_dir() + "/step_00000004";
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(step4);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  final_point.clear_has_val_loss();
+  final_point.clear_val_loss();
+  ASSERT_TRUE(google::protobuf::util::MessageToJsonString(final_point, &ckpt->meta[kFinalEvalPendingMeta]).ok());
+  ASSERT_TRUE(WriteCheckpoint(job.checkpoint_dir(), *ckpt, 0).ok());
+
+  r = h.Moectl({"resume", id, "--follow"}, 300);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err << h.MoedLog();
+  job = h.WaitFor(id, Ended, 10);
+  EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason();
+  EXPECT_TRUE(LogsContain(h, id, "resumed at step 4: running the final evaluation it missed"));
+  EXPECT_FALSE(LogsContain(h, id, "nothing left to train"));
+  moe::v1::MetricPoint got;
+  for (const auto& p : h.AllMetrics(id)) {
+    if (p.step() == 4) got = p;  // the newest attempt's last
+  }
+  EXPECT_EQ(got.loss(), final_point.loss());
+  EXPECT_EQ(got.grad_norm(), final_point.grad_norm());
+  ASSERT_TRUE(got.has_val_loss());
+  EXPECT_NEAR(got.val_loss(), val_loss, 1e-6 * std::max(1.0, val_loss));
+  EXPECT_EQ(job.latest().step(), 4);
+  EXPECT_TRUE(job.latest().has_val_loss());
+
+  // Done now: the checkpoint was written again without the pending evaluation.
+  r = h.Moectl({"resume", id});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.err, "already trained all 4 steps")) << r.err;
 }
 
 }  // namespace

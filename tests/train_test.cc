@@ -386,5 +386,135 @@ TEST(TrainTest, ResumeSkipsADamagedCheckpointAndFailsWhenNoneIsGood) {
   EXPECT_NE(all.find("starting over from step 0"), std::string::npos) << all;
 }
 
+// The log lines of a run, one string.
+std::string Joined(const std::vector<std::string>& lines) {
+  std::string all;
+  for (const std::string& l : lines) all += l + "\n";
+  return all;
+}
+
+// A stop (SIGTERM: a cancel, moed's shutdown, preemption) during the last step, or during its
+// final evaluation, checkpoints the step with its metric point and the evaluation still to do; a
+// resume runs just that evaluation and emits the step's point (its own loss) with the val_loss an
+// uninterrupted run gets. Before, the checkpoint at train.steps left nothing to resume ("nothing
+// left to train") and the job never had its final val_loss.
+TEST(TrainTest, AStopAtTheLastStepLeavesItsFinalEvaluationToTheResume) {
+  kernels::SetNumThreads(1);
+  const moe::v1::JobSpec spec = ShortRunSpec(3);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  testing::OneRankRun straight = testing::TrainOnOneRank(spec, &*data);
+  ASSERT_NE(straight.trainer, nullptr);
+  const moe::v1::MetricPoint want = straight.trainer->history().back();
+  ASSERT_EQ(want.step(), 3);
+  ASSERT_TRUE(want.has_val_loss());
+
+  // The stop is polled once at the end of each step, then after each evaluation batch: from
+  // poll 3 on it comes during step 3 (its evaluation is skipped), from poll 4 on during the
+  // evaluation's first batch.
+  for (const int first_stopped_poll : {3, 4}) {
+    SCOPED_TRACE(first_stopped_poll == 3 ? "stop during the step" : "stop during the evaluation");
+    TrainerOptions opts;
+    opts.checkpoint_dir = testing::MakeTempDir("moe-last-step-stop-");
+    int polls = 0;
+    opts.stop_requested = [&polls, first_stopped_poll] { return ++polls >= first_stopped_poll; };
+    std::vector<std::string> log;
+    opts.on_log = [&log](const std::string& line) { log.push_back(line); };
+    TrainOutcome outcome = TrainOutcome::kFinished;
+    {
+      testing::OneRankRun run = testing::RunOnOneRank(spec, &*data, opts);
+      ASSERT_NE(run.trainer, nullptr);
+      ASSERT_TRUE(run.status.ok()) << run.status;
+      ASSERT_FALSE(run.trainer->history().empty());
+      ASSERT_EQ(run.trainer->history().back().step(), 3);
+      EXPECT_FALSE(run.trainer->history().back().has_val_loss());
+      EXPECT_EQ(run.trainer->history().back().loss(), want.loss());
+    }
+    // RunOnOneRank keeps no outcome: the log says the run stopped.
+    EXPECT_TRUE(absl::StrContains(Joined(log), "stop requested: checkpointed at step 3, exiting")) << Joined(log);
+    EXPECT_TRUE(absl::StrContains(Joined(log), "the final evaluation at step 3 did not run: a resume runs it"))
+        << Joined(log);
+    const std::string step3 = opts.checkpoint_dir + "/step_00000003";
+    auto meta = ReadCheckpointMeta(step3);
+    ASSERT_TRUE(meta.ok()) << meta.status();
+    EXPECT_EQ(meta->count(kFinalEvalPendingMeta), 1u);
+
+    // A resume stopped again during that evaluation keeps it pending.
+    opts.resume = true;
+    opts.stop_requested = [] { return true; };
+    log.clear();
+    {
+      auto comm = CreateSingleProcessCommunicator();
+      std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &*data, opts);
+      ASSERT_NE(t, nullptr);
+      ASSERT_TRUE(t->Run(&outcome).ok());
+      EXPECT_EQ(outcome, TrainOutcome::kStopped);
+      EXPECT_TRUE(t->history().empty());
+    }
+    EXPECT_TRUE(absl::StrContains(Joined(log), "stop requested during the final evaluation at step 3"))
+        << Joined(log);
+    meta = ReadCheckpointMeta(step3);
+    ASSERT_TRUE(meta.ok()) << meta.status();
+    EXPECT_EQ(meta->count(kFinalEvalPendingMeta), 1u);
+
+    // The resume that is let run: the step's own point, with the val_loss, and nothing trained.
+    opts.stop_requested = nullptr;
+    log.clear();
+    {
+      auto comm = CreateSingleProcessCommunicator();
+      std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &*data, opts);
+      ASSERT_NE(t, nullptr);
+      ASSERT_TRUE(t->Run(&outcome).ok());
+      EXPECT_EQ(outcome, TrainOutcome::kFinished);
+      ASSERT_EQ(t->history().size(), 1u);
+      const moe::v1::MetricPoint& got = t->history()[0];
+      EXPECT_EQ(got.step(), 3);
+      EXPECT_EQ(got.loss(), want.loss());
+      EXPECT_EQ(got.grad_norm(), want.grad_norm());
+      EXPECT_EQ(got.lr(), want.lr());
+      EXPECT_EQ(got.aux_loss(), want.aux_loss());
+      EXPECT_EQ(got.layers_size(), want.layers_size());
+      EXPECT_GT(got.unix_ms(), 0);
+      ASSERT_TRUE(got.has_val_loss());
+      EXPECT_EQ(got.val_loss(), want.val_loss());
+    }
+    EXPECT_TRUE(absl::StrContains(Joined(log), "resumed at step 3: running the final evaluation it missed"))
+        << Joined(log);
+    EXPECT_FALSE(absl::StrContains(Joined(log), "nothing left to train")) << Joined(log);
+    meta = ReadCheckpointMeta(step3);
+    ASSERT_TRUE(meta.ok()) << meta.status();
+    EXPECT_EQ(meta->count(kFinalEvalPendingMeta), 0u);
+
+    // Done now: a further resume has nothing left, as for a run that was never stopped.
+    log.clear();
+    {
+      auto comm = CreateSingleProcessCommunicator();
+      std::unique_ptr<Trainer> t = testing::NewTrainer(spec, comm.get(), &*data, opts);
+      ASSERT_NE(t, nullptr);
+      ASSERT_TRUE(t->Run(&outcome).ok());
+      EXPECT_TRUE(t->history().empty());
+    }
+    EXPECT_TRUE(absl::StrContains(Joined(log), "nothing left to train: the checkpoint is at step 3")) << Joined(log);
+  }
+}
+
+// A stop before the last step leaves no evaluation pending: the resume trains on as before.
+TEST(TrainTest, AStopBeforeTheLastStepLeavesNoEvaluationPending) {
+  kernels::SetNumThreads(1);
+  const moe::v1::JobSpec spec = ShortRunSpec(3);
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  TrainerOptions opts;
+  opts.checkpoint_dir = testing::MakeTempDir("moe-mid-stop-");
+  opts.stop_requested = [] { return true; };
+  testing::OneRankRun run = testing::RunOnOneRank(spec, &*data, opts);
+  ASSERT_NE(run.trainer, nullptr);
+  ASSERT_TRUE(run.status.ok()) << run.status;
+  ASSERT_EQ(run.trainer->history().size(), 1u);
+  auto meta = ReadCheckpointMeta(opts.checkpoint_dir + "/step_00000001");
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_EQ(meta->count(kFinalEvalPendingMeta), 0u);
+}
+
 }  // namespace
 }  // namespace moe

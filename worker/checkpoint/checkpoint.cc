@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/files.h"
 #include "worker/checkpoint/checkpoint_dir.h"
 
 namespace moe {
@@ -136,10 +137,14 @@ std::optional<CheckpointReader> FindNewestGood(const std::string& dir,
 
 absl::StatusOr<CheckpointReader> NewestGoodCheckpointReader(
     const std::string& dir, bool start_over,
-    const std::function<void(const std::string&)>& report) {
+    const std::function<void(const std::string&)>& report, bool* none_there) {
   std::vector<std::string> damaged;
+  if (none_there != nullptr) *none_there = false;
   if (std::optional<CheckpointReader> good = FindNewestGood(dir, report, &damaged)) return std::move(*good);
-  if (damaged.empty()) return absl::NotFoundError(absl::StrCat("no checkpoint under ", dir));
+  if (damaged.empty()) {
+    if (none_there != nullptr) *none_there = true;
+    return absl::NotFoundError(absl::StrCat("no checkpoint under ", dir));
+  }
   std::string why = absl::StrCat("every checkpoint under ", dir, " is damaged (",
                                  absl::StrJoin(damaged, "; "), ")");
   if (start_over) {
@@ -175,6 +180,29 @@ absl::StatusOr<std::string> NewestGoodCheckpoint(
   absl::StatusOr<CheckpointReader> r = NewestGoodCheckpointReader(dir, start_over, report);
   if (!r.ok()) return r.status();
   return r->path();
+}
+
+absl::StatusOr<std::map<std::string, std::string>> ReadCheckpointMeta(const std::string& path) {
+  absl::StatusOr<Manifest> manifest = ReadManifest(path);
+  if (!manifest.ok()) return manifest.status();
+  const std::string file = absl::StrCat(path, "/", kMetaFile);
+  for (const ManifestEntry& e : manifest->files) {
+    if (e.name != kMetaFile) continue;
+    if (absl::Status s = CheckRegularFile(file); !s.ok()) return s;
+    absl::StatusOr<std::string> text = ReadFile(file);
+    if (!text.ok()) {
+      return absl::DataLossError(absl::StrCat(file, " is listed in the manifest but cannot be read: ",
+                                              text.status().message()));
+    }
+    if (text->size() != e.size || Xxh64(text->data(), text->size()) != e.hash) {
+      return absl::DataLossError(absl::StrCat(file, " differs from the manifest (size or checksum); the "
+                                              "checkpoint is damaged"));
+    }
+    absl::StatusOr<std::map<std::string, std::string>> meta = ParseJsonStringMap(*text);
+    if (!meta.ok()) return absl::DataLossError(absl::StrCat(file, ": ", meta.status().message()));
+    return meta;
+  }
+  return absl::DataLossError(absl::StrCat(path, "/", kManifest, " lists no ", kMetaFile));
 }
 
 namespace {

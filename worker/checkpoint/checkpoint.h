@@ -124,10 +124,23 @@ absl::StatusOr<std::string> LatestCheckpoint(const std::string& dir);
 absl::StatusOr<std::string> NewestGoodCheckpoint(
     const std::string& dir, bool start_over,
     const std::function<void(const std::string&)>& report);
-// The same, the checkpoint left open (verified once: a resume reads its tensors from it).
+// The same, the checkpoint left open (verified once: a resume reads its tensors from it). When
+// none_there is given, it says which NotFound this is: true when dir holds no checkpoint at all
+// (damaged or not), false otherwise (start_over passing over damaged ones, or a checkpoint found).
 absl::StatusOr<CheckpointReader> NewestGoodCheckpointReader(
     const std::string& dir, bool start_over,
-    const std::function<void(const std::string&)>& report);
+    const std::function<void(const std::string&)>& report, bool* none_there = nullptr);
+
+// Meta key of a checkpoint at the job's last step (train.steps) written by a stop (SIGTERM, a
+// cancel, preemption) before the final evaluation ran: the step's MetricPoint as protobuf JSON,
+// so a resume runs just that evaluation and emits the point with its val_loss. Absent otherwise
+// (and in checkpoints from before it existed).
+constexpr char kFinalEvalPendingMeta[] = "final_eval_pending";
+
+// A checkpoint's meta.json alone, its size and checksum checked against the MANIFEST (no other
+// file is read): for moed, which looks at a job's newest checkpoint without verifying its tensors.
+// DataLoss naming what is wrong.
+absl::StatusOr<std::map<std::string, std::string>> ReadCheckpointMeta(const std::string& path);
 
 // Reads and verifies (manifest, sizes, checksums, safetensors headers, shapes); a corrupt,
 // truncated or foreign file is InvalidArgument/DataLoss naming the file and what is wrong.

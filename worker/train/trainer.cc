@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 #include "common/model_stats.h"
 #include "common/number_text.h"
 #include "common/schedule.h"
@@ -55,11 +55,12 @@ struct StepAgreement {
 // One small all-reduce of 4 + W doubles. The maximum rides on the sum: each rank writes its
 // peak into its own slot and zeros elsewhere, so the sum holds every rank's peak (exact in a
 // double up to 2^53 bytes).
-StepAgreement AgreeOnStep(Communicator* comm, double ce_sum, double expert_sq, int64_t peak_memory_bytes) {
+StepAgreement AgreeOnStep(Communicator* comm, double ce_sum, double expert_sq, int64_t peak_memory_bytes,
+                          bool stop) {
   std::vector<double> v(4 + static_cast<size_t>(comm->world_size()), 0.0);
   v[0] = ce_sum;
   v[1] = expert_sq;
-  v[2] = StopRequested() ? 1.0 : 0.0;
+  v[2] = stop ? 1.0 : 0.0;
   v[3] = CheckpointRequested() ? 1.0 : 0.0;
   v[4 + comm->rank()] = static_cast<double>(peak_memory_bytes);
   comm->AllReduceSum(v.data(), static_cast<int64_t>(v.size()));
@@ -103,6 +104,13 @@ std::string DivergenceAdvice(const moe::v1::JobSpec& spec) {
   }
   absl::StrAppend(&advice, ", or the options that scale updates (weight_decay, muon_lr), or raise warmup_steps");
   return advice;
+}
+
+// A run that diverged or broke down at a step: why, what to change, and what happens to the
+// checkpoints.
+absl::Status StepFailed(absl::string_view why, const moe::v1::JobSpec& spec, absl::string_view more = "") {
+  return absl::FailedPreconditionError(absl::StrCat(
+      why, DivergenceAdvice(spec), more, "; no checkpoint is written from this step, the older ones are kept"));
 }
 
 }  // namespace
@@ -194,7 +202,7 @@ StepResult Trainer::Step(int64_t step) {
   m.comm = model_->ReduceGrads();
   double dense_sq = 0, expert_sq = 0;
   model_->GradSquaredNorms(&dense_sq, &expert_sq);
-  const StepAgreement agreed = AgreeOnStep(comm_, ce_sum, expert_sq, model_->PeakMemoryBytes());
+  const StepAgreement agreed = AgreeOnStep(comm_, ce_sum, expert_sq, model_->PeakMemoryBytes(), StopWanted());
 
   // Clip, then update.
   m.grad_norm = std::sqrt(dense_sq + agreed.expert_sq);
@@ -261,12 +269,16 @@ std::optional<double> Trainer::Evaluate() {
     }
     // A stop signal ends the evaluation after this batch (every rank agrees: the forward's
     // exchanges need them all); waiting out eval_batches could outlast moed's or Slurm's grace.
-    double stop = StopRequested() ? 1.0 : 0.0;
+    double stop = StopWanted() ? 1.0 : 0.0;
     if (W > 1) comm_->AllReduceSum(&stop, 1);
     if (stop > 0) return std::nullopt;
   }
   comm_->AllReduceSum(&ce_sum, 1);
   return ce_sum / (static_cast<double>(t.eval_batches()) * t.batch_size() * T);
+}
+
+bool Trainer::StopWanted() const {
+  return StopRequested() || (opts_.stop_requested && opts_.stop_requested());
 }
 
 void Trainer::Log(const std::string& line) {
@@ -326,17 +338,21 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
   if (absl::Status st = ClaimCheckpointDir(); !st.ok()) return st;
   absl::Cleanup unlock = [this] { checkpoint_lock_.reset(); };  // the directory is free once Run ends
   bool resumed = false;
+  std::optional<moe::v1::MetricPoint> missed_eval;  // the checkpoint's last step, its final evaluation skipped
   if (opts_.resume && !opts_.checkpoint_dir.empty()) {
+    bool none_there = false;
     absl::StatusOr<CheckpointReader> latest = NewestGoodCheckpointReader(
-        opts_.checkpoint_dir, spec_.checkpoint().start_over_if_damaged(), [this](const std::string& m) { Log(m); });
+        opts_.checkpoint_dir, spec_.checkpoint().start_over_if_damaged(), [this](const std::string& m) { Log(m); },
+        &none_there);
     if (latest.ok()) {
       absl::Status st = LoadCheckpoint(*latest, &step);
       if (!st.ok()) return st;
       Log(absl::StrCat("resumed from ", latest->path(), " at step ", step));
       resumed = true;
+      missed_eval = FinalEvalPending(*latest);
     } else if (!absl::IsNotFound(latest.status())) {
       return latest.status();
-    } else if (absl::StartsWith(latest.status().message(), "no checkpoint under ")) {
+    } else if (none_there) {
       // (Damaged ones that start_over_if_damaged passes over were named by the reader already.)
       Log(absl::StrCat("resume: no checkpoint in ", opts_.checkpoint_dir, " yet; starting at step 0"));
     }
@@ -347,6 +363,8 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
   }
   const int64_t last = opts_.max_steps >= 0 ? std::min<int64_t>(t.steps(), step + opts_.max_steps) : t.steps();
   if (resumed && step >= t.steps()) {
+    // A stop during the last step skipped its final evaluation: that alone is left to do.
+    if (missed_eval.has_value() && step == t.steps()) return RunMissedFinalEval(step, *missed_eval, outcome);
     Log(absl::StrCat("nothing left to train: the checkpoint is at step ", step, " and train.steps is ", t.steps(),
                      "; raise train.steps to train on from it"));
   }
@@ -359,16 +377,13 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
     // Every rank has the same loss (summed over ranks), so all stop here together.
     if (!std::isfinite(p.loss())) {
       Emit(p);
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the training diverged: the loss is ", p.loss(), " at step ", step, "; ",
-          DivergenceAdvice(spec_), "; no checkpoint is written from this step, the older ones are kept"));
+      return StepFailed(absl::StrCat("the training diverged: the loss is ", p.loss(), " at step ", step, "; "), spec_);
     }
     if (!std::isfinite(p.grad_norm())) {
       Emit(p);
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the training diverged: the gradient's norm is ", p.grad_norm(), " at step ", step, " (the loss was ",
-          p.loss(), "), and the step's update was not applied; ", DivergenceAdvice(spec_),
-          "; no checkpoint is written from this step, the older ones are kept"));
+      return StepFailed(absl::StrCat("the training diverged: the gradient's norm is ", p.grad_norm(), " at step ",
+                                     step, " (the loss was ", p.loss(), "), and the step's update was not applied; "),
+                        spec_);
     }
     // Every gradient exactly 0 while the loss is above 0: nothing reaches the output (the
     // activations overflowed after too large an update, RMSNorm's mean square going to inf, or
@@ -376,20 +391,19 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
     // to write checkpoints of a model that can no longer learn.
     if (p.grad_norm() == 0 && p.loss() > 1e-6) {
       Emit(p);
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the training broke down: every gradient is 0 at step ", step, " while the loss is ", p.loss(),
-          ", so the model can no longer learn (its activations overflowed or were all dropped); ",
-          DivergenceAdvice(spec_),
+      return StepFailed(
+          absl::StrCat("the training broke down: every gradient is 0 at step ", step, " while the loss is ", p.loss(),
+                       ", so the model can no longer learn (its activations overflowed or were all dropped); "),
+          spec_,
           spec_.model().dropout() > 0 ? absl::StrCat(", or lower model.dropout (", Shortest(spec_.model().dropout()), ")")
-                                      : "",
-          "; no checkpoint is written from this step, the older ones are kept"));
+                                      : "");
     }
     bool stop = r.stop_requested;
     const bool ckpt_now = r.checkpoint_requested;
     p.set_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::system_clock::now().time_since_epoch()).count());
     const bool eval = (t.eval_every() > 0 && step % t.eval_every() == 0) || step == t.steps();
-    if (eval && !stop) {  // a stop skips it: the checkpoint below comes first
+    if (eval && !stop) {  // a stop skips it: the checkpoint below comes first (and, at the last step, keeps it pending)
       const std::optional<double> val = InStep(step, [&] { return Evaluate(); });
       if (val.has_value()) {
         p.set_has_val_loss(true);
@@ -404,8 +418,14 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
     const int every = spec_.checkpoint().every();
     if (!opts_.checkpoint_dir.empty() &&
         (stop || ckpt_now || step == last || (every > 0 && step % every == 0))) {
-      absl::Status st = SaveCheckpoint(step);
+      // The final evaluation a stop skipped waits in the checkpoint for the resume that runs it.
+      const bool final_eval_missed = step == t.steps() && !p.has_val_loss();
+      absl::Status st = SaveCheckpoint(step, final_eval_missed ? &p : nullptr);
       if (!st.ok()) return st;
+      if (final_eval_missed) {
+        Log(absl::StrCat("the final evaluation at step ", step,
+                         " did not run: a resume runs it (moectl resume, or moe-worker --resume)"));
+      }
     }
     if (stop) {
       Log(opts_.checkpoint_dir.empty() ? absl::StrCat("stop requested at step ", step, ", exiting (no checkpoint)")
@@ -415,6 +435,24 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status Trainer::RunMissedFinalEval(int64_t step, moe::v1::MetricPoint point, TrainOutcome* outcome) {
+  Log(absl::StrCat("resumed at step ", step, ": running the final evaluation it missed"));
+  *outcome = TrainOutcome::kFinished;
+  const std::optional<double> val = InStep(step, [&] { return Evaluate(); });
+  if (!val.has_value()) {
+    Log(absl::StrCat("stop requested during the final evaluation at step ", step,
+                     ": it has no val_loss; the checkpoint still has it to do, exiting"));
+    *outcome = TrainOutcome::kStopped;
+    return absl::OkStatus();
+  }
+  point.set_has_val_loss(true);
+  point.set_val_loss(*val);
+  Emit(point);
+  if (opts_.on_step) opts_.on_step(step);
+  // The step again, now without the mark: a later resume finds nothing left to do.
+  return SaveCheckpoint(step);
 }
 
 }  // namespace moe

@@ -36,6 +36,9 @@ struct TrainerOptions {
   std::function<void(const moe::v1::MetricPoint&)> on_metrics;
   std::function<void(const std::string&)> on_log;
   std::function<void(int64_t)> on_step;  // heartbeat: every rank, after each step
+  // A stop request besides SIGTERM/SIGINT (tests: a stop at a chosen point, no signal raced),
+  // polled where they are: at the end of each step and after each evaluation batch.
+  std::function<bool()> stop_requested;
 };
 
 // What one optimizer step measured, and what the ranks agreed on at its end.
@@ -67,7 +70,9 @@ class Trainer {
   // val CE, averaged over eval_batches micro-batches; none when a stop signal came meanwhile.
   std::optional<double> Evaluate();
   // Checkpoints (trainer_checkpoint.cc): collective over the ranks, rank 0 reads and writes.
-  absl::Status SaveCheckpoint(int64_t steps_done);
+  // final_eval_pending: the last step's metric point when a stop skipped its final evaluation
+  // (kept in the checkpoint's meta for the resume that runs it).
+  absl::Status SaveCheckpoint(int64_t steps_done, const moe::v1::MetricPoint* final_eval_pending = nullptr);
   absl::Status LoadCheckpoint(const CheckpointReader& ckpt, int64_t* steps_done);  // opened: verified
   // model.init_from: the weights of a Hugging Face directory or one of our checkpoints; the
   // optimizer state stays fresh. Collective; every rank reads the files.
@@ -92,6 +97,14 @@ class Trainer {
   void UpdateBiases(StepMeasurements* m);
   void Log(const std::string& line);
   void Emit(const moe::v1::MetricPoint& point);
+  // SIGTERM/SIGINT or opts_.stop_requested (this rank's view; the ranks agree on it).
+  bool StopWanted() const;
+  // The last step's metric point a checkpoint keeps for its skipped final evaluation
+  // (kFinalEvalPendingMeta); none when it has none (older checkpoints too) or it does not parse.
+  std::optional<moe::v1::MetricPoint> FinalEvalPending(const CheckpointReader& ckpt);
+  // A resume at train.steps whose checkpoint missed the final evaluation: runs just that, emits
+  // the step's point with its val_loss, and checkpoints the step again without the pending mark.
+  absl::Status RunMissedFinalEval(int64_t step, moe::v1::MetricPoint point, TrainOutcome* outcome);
   // Rank 0: creates opts_.checkpoint_dir and takes its lock; "" or what is wrong.
   std::string LockCheckpointDir();
 

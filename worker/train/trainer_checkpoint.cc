@@ -32,7 +32,7 @@ constexpr std::pair<const char*, ParamSet> kCheckpointSets[] = {
 
 }  // namespace
 
-absl::Status Trainer::SaveCheckpoint(int64_t steps_done) {
+absl::Status Trainer::SaveCheckpoint(int64_t steps_done, const moe::v1::MetricPoint* final_eval_pending) {
   // Rank 0 gathers each expert tensor (E_local experts from every rank, in rank order = global
   // expert order) and writes one checkpoint with every tensor by its global shape. Host memory:
   // one parameter set (the vector CopyToHost fills) and one gathered tensor; each tensor goes
@@ -53,6 +53,9 @@ absl::Status Trainer::SaveCheckpoint(int64_t steps_done) {
     if (data_->tokenizer) info.tokenizer = data_->tokenizer->Serialize();
     info.meta["world_size"] = std::to_string(W);
     info.meta["vocab_size"] = std::to_string(cfg_.vocab);
+    if (final_eval_pending != nullptr) {
+      google::protobuf::util::MessageToJsonString(*final_eval_pending, &info.meta[kFinalEvalPendingMeta]);
+    }
     std::vector<TensorSpec> specs;
     for (const auto& [prefix, set] : kCheckpointSets) {
       for (const ParamInfo& p : model_->layout().params()) specs.push_back({prefix + p.name, p.global_shape});
@@ -171,6 +174,18 @@ absl::Status Trainer::LoadCheckpoint(const CheckpointReader& ckpt, int64_t* step
     Log(absl::StrCat("resume: settings changed since checkpoint ", path, ": ", changes));
   }
   return absl::OkStatus();
+}
+
+std::optional<moe::v1::MetricPoint> Trainer::FinalEvalPending(const CheckpointReader& ckpt) {
+  auto it = ckpt.info().meta.find(kFinalEvalPendingMeta);
+  if (it == ckpt.info().meta.end()) return std::nullopt;
+  moe::v1::MetricPoint point;
+  if (auto st = google::protobuf::util::JsonStringToMessage(it->second, &point); !st.ok()) {
+    Log(absl::StrCat("checkpoint ", ckpt.path(), ": its ", kFinalEvalPendingMeta, " is no metric point (",
+                     st.ToString(), "); the final evaluation it missed is not run"));
+    return std::nullopt;
+  }
+  return point;
 }
 
 absl::Status Trainer::InitFrom(const std::string& dir) {
