@@ -9,12 +9,15 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
+#include "common/schedule.h"
 #include "moe/v1/job.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/job_spec_fixture.h"
 #include "tests/support/paths.h"
+#include "worker/model/moe_bookkeeping.h"
 
 namespace moe {
 namespace {
@@ -380,6 +383,110 @@ TEST_F(JobSpecTest, KeysTheJobDoesNotReadAreWarnings) {
   EXPECT_GT(dense.warnings[0].line, 5);
   EXPECT_TRUE(Parse(WithExtra("  seq_len: 32", "  moe: {num_experts: 4, top_k: 2, aux_loss_coef: 0.02}\n"))
                   .warnings.empty());
+}
+
+// A decaying schedule (cosine, wsd) whose warm-up leaves it no step to decay in: the last step
+// trains at the peak lr, min_lr is never reached. A warning at train.warmup_steps when the file
+// asks for a decay; each verdict agrees with the schedule code's lr at the last step.
+TEST_F(JobSpecTest, AWarmUpThatLeavesNoDecayIsAWarning) {
+  struct Case {
+    std::string extra;  // under train:
+    int steps;
+    std::string want;   // "" = no warning
+  };
+  const std::vector<Case> cases = {
+      {"  warmup_steps: 5000\n  schedule: wsd\n", 5000,
+       "the warm-up (5000 of the 5000 steps) leaves the wsd schedule no step to decay in: the last step trains "
+       "at the peak lr 0.001 and never reaches min_lr 0.0001; lower train.warmup_steps (a tenth of the steps, 500, "
+       "is usual)"},
+      {"  warmup_steps: 5000\n", 5000, "leaves the cosine schedule no step to decay in"},
+      // Cosine's first step past the warm-up is at the peak: one step left is none to decay in.
+      {"  warmup_steps: 4999\n", 5000, "the warm-up (4999 of the 5000 steps) leaves the cosine schedule"},
+      // wsd's one decay step is the last, at min_lr; cosine's second step is half way down.
+      {"  warmup_steps: 4999\n  schedule: wsd\n  decay_fraction: 0.5\n", 5000, ""},
+      {"  warmup_steps: 4998\n", 5000, ""},
+      // Nothing to decay: a constant schedule, or min_lr = lr.
+      {"  warmup_steps: 5000\n  schedule: constant\n", 5000, ""},
+      {"  warmup_steps: 5000\n  min_lr: 1.0e-3\n", 5000, ""},
+      // The default warm-up, min(100, steps), takes a short job whole: said when the file asks
+      // for a decay, not for a job of steps alone.
+      {"  schedule: cosine\n", 50, "the default warm-up (min(100, train.steps): 50 of the 50 steps)"},
+      {"  min_lr: 1.0e-5\n", 50, "never reaches min_lr 1e-05"},
+      {"", 50, ""},
+      // One step of cosine never decays, whatever the warm-up: nothing to fix there.
+      {"  warmup_steps: 1\n  eval_batches: 1\n", 1, ""},
+  };
+  for (const Case& c : cases) {
+    std::string yaml = WithExtra("train:", c.extra);
+    yaml.replace(yaml.find("steps: 5000"), 11, absl::StrCat("steps: ", c.steps));
+    ParsedSpec p = Parse(yaml);
+    ASSERT_TRUE(p.ok()) << c.extra << FormatSpecErrors(p.errors);
+    const moe::v1::TrainSpec& t = p.spec.train();
+    const bool at_peak = LearningRateAt(t, t.steps() - 1) >= t.lr() * (1 - 1e-9);
+    if (c.want.empty()) {
+      EXPECT_TRUE(p.warnings.empty()) << c.extra << p.warnings[0].ToString();
+      continue;
+    }
+    ASSERT_EQ(p.warnings.size(), 1u) << c.extra;
+    EXPECT_EQ(p.warnings[0].field, "train.warmup_steps");
+    EXPECT_THAT(p.warnings[0].message, HasSubstr(c.want));
+    EXPECT_THAT(p.warnings[0].message, HasSubstr("or raise train.steps, or set train.schedule: constant"));
+    EXPECT_TRUE(at_peak) << c.extra;
+    EXPECT_GE(p.warnings[0].line, 9);  // at warmup_steps, or at train: when it is the default
+  }
+}
+
+// A capacity_factor whose capacity (ExpertCapacity of each rank's micro-batch: batch_size /
+// (grad_accum * ranks) sequences of seq_len tokens) drops most assignments even when the
+// routing is perfectly balanced, or is under one token and drops some: a warning that says
+// how much is dropped at best and what to use.
+TEST_F(JobSpecTest, ACapacityThatDropsMostTokensIsAWarning) {
+  const std::string moe_line = "  moe: {num_experts: 8, top_k: 2, capacity_factor: 0.0125}\n";
+  ParsedSpec p = Parse(WithExtra("  seq_len: 32", moe_line));
+  ASSERT_TRUE(p.ok()) << FormatSpecErrors(p.errors);
+  ASSERT_EQ(p.warnings.size(), 1u);
+  EXPECT_EQ(p.warnings[0].field, "model.moe.capacity_factor");
+  EXPECT_EQ(p.warnings[0].line, 7);
+  // 8 sequences of 32 tokens, top-2 over 8 experts: 64 assignments an expert when balanced.
+  ASSERT_EQ(ExpertCapacity(0.0125, 256, 2, 8), 1);
+  EXPECT_THAT(p.warnings[0].message,
+              HasSubstr("0.0125 lets each expert take only 1 token of a rank's micro-batch (ceil(0.0125 * 256 "
+                        "tokens * top_k 2 / 8 experts), rounded up from below 1) where an even split gives each 64: "
+                        "even perfectly balanced routing drops 98.4% of the tokens' expert assignments; use 1"));
+  struct Case {
+    std::string moe;
+    std::string train;  // under train:
+    std::string want;   // "" = no warning
+  };
+  const std::vector<Case> cases = {
+      // ceil(0.3 * 256 * 2 / 8) = 20 of 64.
+      {"{num_experts: 8, top_k: 2, capacity_factor: 0.3}", "", "take only 20 tokens"},
+      {"{num_experts: 8, top_k: 2, capacity_factor: 0.3}", "", "drops 68.8%"},
+      // Half kept is not most dropped; 1 and more keep all when balanced; 0 is dropless.
+      {"{num_experts: 8, top_k: 2, capacity_factor: 0.5}", "", ""},
+      {"{num_experts: 8, top_k: 2, capacity_factor: 1.25}", "", ""},
+      {"{num_experts: 8, top_k: 2, capacity_factor: 0}", "", ""},
+      // Per rank's micro-batch: 8 micro-batches of 1 sequence, 32 tokens, top-3 over 64 experts
+      // is 1.5 assignments an expert; 0.5 of that rounds up to 1 and drops a third. The same
+      // factor on one micro-batch of 256 tokens keeps half.
+      {"{num_experts: 64, top_k: 3, capacity_factor: 0.5}", "  grad_accum: 8\n", "drops 33.3%"},
+      {"{num_experts: 64, top_k: 3, capacity_factor: 0.5}", "  grad_accum: 8\n", "rounded up from below 1"},
+      {"{num_experts: 64, top_k: 3, capacity_factor: 0.5}", "", ""},
+      // Fewer assignments than experts: a capacity of 1 drops nothing when balanced.
+      {"{num_experts: 64, top_k: 1, capacity_factor: 0.5}", "  grad_accum: 8\n", ""},
+  };
+  for (const Case& c : cases) {
+    std::string yaml = WithExtra("train:", c.train);
+    yaml.insert(yaml.find("data:"), absl::StrCat("  moe: ", c.moe, "\n"));
+    ParsedSpec q = Parse(yaml);
+    ASSERT_TRUE(q.ok()) << c.moe << FormatSpecErrors(q.errors);
+    if (c.want.empty()) {
+      EXPECT_TRUE(q.warnings.empty()) << c.moe << c.train << q.warnings[0].ToString();
+      continue;
+    }
+    ASSERT_EQ(q.warnings.size(), 1u) << c.moe << c.train;
+    EXPECT_THAT(q.warnings[0].message, HasSubstr(c.want));
+  }
 }
 
 TEST_F(JobSpecTest, LoadJobSpecFileReadsFilesAndRefusesOthers) {
