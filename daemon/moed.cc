@@ -140,6 +140,29 @@ absl::Status MoedConfig::Validate() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--listen: '", listen, "' is not HOST:PORT with a port 1-65535 (e.g. 127.0.0.1:50051)"));
   }
+  // Both ports on one HOST:PORT (or one port where either host is a wildcard, which covers every
+  // address): the HTTP port's bind, which comes second, failed with "the port is taken, e.g. by
+  // another moed", taken by this moed's own --listen.
+  if (const size_t mcolon = metrics_listen.rfind(':'); mcolon != std::string::npos) {
+    int metrics_port = 0;
+    auto wildcard = [](const std::string& h) { return h.empty() || h == "0.0.0.0" || h == "[::]" || h == "::"; };
+    auto same_host = [](std::string a, std::string b) {
+      for (std::string* h : {&a, &b}) {
+        if (absl::EqualsIgnoreCase(*h, "localhost")) *h = "127.0.0.1";
+      }
+      return absl::EqualsIgnoreCase(a, b);
+    };
+    const std::string metrics_host = metrics_listen.substr(0, mcolon);
+    if (absl::SimpleAtoi(metrics_listen.substr(mcolon + 1), &metrics_port) && metrics_port == port &&
+        (wildcard(host) || wildcard(metrics_host) || same_host(host, metrics_host))) {
+      const int other = port < 65535 ? port + 1 : port - 1;
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--metrics-listen: ", metrics_listen, " is the port of this moed's own --listen ", listen,
+          " (gRPC); the HTTP port (/metrics, dashboard) needs another one: give --metrics-listen another port, e.g. ",
+          wildcard(metrics_host) ? "0.0.0.0" : metrics_host, ":", other,
+          ", or \"\" to turn it off (or move --listen; --metrics-listen defaults to 127.0.0.1:9464)"));
+    }
+  }
   if (geteuid() == 0 && !allow_root) {
     return absl::FailedPreconditionError(
         "refusing to run as root: every job moed launches would run as root and could read or "

@@ -92,6 +92,30 @@ TEST(DaemonLifecycle, AMetricsAddressItCannotServeIsNamed) {
   }
 }
 
+// --metrics-listen on the port of the same moed's --listen (the same HOST:PORT, or the port with
+// a wildcard host on either side): refused before anything binds, naming the flag to change.
+// It was "the port is taken, e.g. by another moed", taken by this moed's own gRPC port.
+TEST(DaemonLifecycle, MetricsOnItsOwnListenPortIsNamed) {
+  const std::string port = std::to_string(FreePort());
+  for (const auto& [listen, metrics] :
+       {std::pair<std::string, std::string>{"127.0.0.1:" + port, "127.0.0.1:" + port},
+        {"127.0.0.1:" + port, "0.0.0.0:" + port},
+        {"0.0.0.0:" + port, "127.0.0.1:" + port},
+        {"127.0.0.1:" + port, "localhost:" + port}}) {
+    const std::string state = MakeTempDir("moed-ports-");
+    std::vector<std::string> args = {BinDir() + "/moed", "--state-dir", state, "--listen", listen,
+                                     "--metrics-listen", metrics};
+    if (geteuid() == 0) args.push_back("--allow-root");
+    CommandResult r = RunCommand(args, {}, 20);
+    EXPECT_EQ(r.exit_code, 2) << listen << " " << metrics << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr(absl::StrCat("--metrics-listen: ", metrics, " is the port of this moed's own "
+                                              "--listen ", listen)));
+    EXPECT_THAT(r.err, HasSubstr("give --metrics-listen another port")) << r.err;
+    EXPECT_THAT(r.err, Not(HasSubstr("another moed"))) << r.err;
+    EXPECT_FALSE(std::ifstream(state + "/moed.db").good()) << "checked before the store is opened";
+  }
+}
+
 TEST(DaemonLifecycle, ACancelThatArrivesAsTheJobFinishesLeavesItSucceeded) {
   // The ranks ignore SIGTERM, as ranks past their last step do: they finish every step.
   DaemonHarness h(Fake({{"FAKE_STEPS", "4"}, {"FAKE_STEP_SECONDS", "0.3"},
