@@ -21,6 +21,8 @@ struct SubmitOptions {
   bool follow = false;
   // --from JOB: start from that job's newest checkpoint (model.init_from = its checkpoint dir).
   std::string from_job;
+  // --request-id ID (SubmitJobRequest.request_id); "" = moectl makes one up for its resends.
+  std::string request_id;
 };
 int RunSubmit(const SubmitOptions& o);
 

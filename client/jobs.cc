@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <random>
 #include <cstdio>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -51,6 +53,26 @@ absl::StatusOr<std::vector<moe::v1::Job>> ListAll(moe::v1::JobService::Stub& stu
   *status = stub.ListJobs(&ctx, moe::v1::ListJobsRequest(), &resp);
   if (!status->ok()) return absl::UnknownError(status->error_message());
   return std::vector<moe::v1::Job>(resp.jobs().begin(), resp.jobs().end());
+}
+
+// How often moectl sends a submit whose answer did not come (each with the same request id).
+constexpr int kSubmitAttempts = 3;
+
+// An answer that never came leaves the outcome unknown: moed may have stored the job. A call cut
+// off (UNAVAILABLE) counts only once moed was reached: without a connection the request was never
+// sent.
+bool OutcomeUnknown(const grpc::Status& s, bool reached) {
+  const grpc::StatusCode c = s.error_code();
+  return c == grpc::StatusCode::DEADLINE_EXCEEDED || c == grpc::StatusCode::CANCELLED ||
+         c == grpc::StatusCode::UNKNOWN || (c == grpc::StatusCode::UNAVAILABLE && reached);
+}
+
+// A request id no other submit has: "moectl-" and 128 random bits in hex.
+std::string NewRequestId() {
+  std::random_device rd;
+  std::string id = "moectl-";
+  for (int i = 0; i < 4; ++i) absl::StrAppend(&id, absl::Hex(rd(), absl::kZeroPad8));
+  return id;
 }
 
 void PrintJson(const std::vector<moe::v1::Job>& jobs) {
@@ -133,22 +155,33 @@ int RunSubmit(const SubmitOptions& o) {
     // The worker reads the newest complete checkpoint there when the new job starts.
     req.mutable_spec()->mutable_model()->set_init_from(from->checkpoint_dir());
   }
-  grpc::ClientContext ctx;
-  PrepareContext(ctx, *config, 30);
+  // Resends carry the same request id, so moed answers one that already arrived with its job
+  // instead of queueing a second (SubmitJobRequest.request_id).
+  req.set_request_id(o.request_id.empty() ? NewRequestId() : o.request_id);
   moe::v1::Job job;
-  const bool reached = Connect(*channel, 10);
-  grpc::Status s = stub->SubmitJob(&ctx, req, &job);
+  grpc::Status s;
+  bool reached = false;
+  for (int attempt = 0; attempt < kSubmitAttempts; ++attempt) {
+    if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(250 << attempt));
+    grpc::ClientContext ctx;
+    PrepareContext(ctx, *config, 30);
+    reached = Connect(*channel, 10) || reached;
+    s = stub->SubmitJob(&ctx, req, &job);
+    if (!OutcomeUnknown(s, reached)) break;  // an answer, or moed never reached: sending again changes nothing
+  }
   if (!s.ok()) {
-    // An answer that never came leaves the outcome unknown: moed may have stored the job. A call
-    // cut off (UNAVAILABLE) counts only once moed was reached: without a connection the request
-    // was never sent.
-    const grpc::StatusCode c = s.error_code();
-    const bool unknown = c == grpc::StatusCode::DEADLINE_EXCEEDED || c == grpc::StatusCode::CANCELLED ||
-                         c == grpc::StatusCode::UNKNOWN || (c == grpc::StatusCode::UNAVAILABLE && reached);
-    return Fail(absl::StrCat(DescribeError(s, *config),
-                             unknown ? "; moed may have queued the job before the call ended: check `moectl list` "
-                                       "before submitting again"
-                                     : ""));
+    std::string message = DescribeError(s, *config);
+    // The checkpoint directory --from put into model.init_from is what moed's check names.
+    if (!o.from_job.empty() && absl::StrContains(message, "model.init_from")) {
+      message = absl::StrCat("--from ", o.from_job, " (model.init_from = its checkpoint directory ",
+                             req.spec().model().init_from(), "): ", message);
+    }
+    return Fail(absl::StrCat(
+        message, OutcomeUnknown(s, reached)
+                     ? absl::StrCat("; moed may have queued the job before the call ended: the same command with "
+                                    "--request-id ",
+                                    req.request_id(), " answers with that job, or submits it if moed has none")
+                     : ""));
   }
   std::printf("%s\n", job.id().c_str());
   FlushStdout();

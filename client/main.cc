@@ -89,6 +89,16 @@ CLI::Validator JobId() {
       "");
 }
 
+// A submit's request id (moectl submit --request-id).
+CLI::Validator RequestId() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        const absl::Status bad = moe::CheckRequestId(text, "request id");
+        return bad.ok() ? "" : std::string(absl::StripPrefix(bad.message(), "request id: "));
+      },
+      "");
+}
+
 // A glob for fnmatch (list --name): an unclosed '[' or a lone trailing '\\' matched no job at all,
 // without a word.
 CLI::Validator Glob() {
@@ -300,7 +310,7 @@ int main(int argc, char** argv) {
   validate->callback([&] { run = [&] { return moe::client::RunValidate(file, gpu_memory); }; });
 
   moe::client::SubmitOptions submit_o;
-  CLI::App* submit = AddCommand(app, "submit", "submit JOB.yaml [-f|--follow] [--from JOB]",
+  CLI::App* submit = AddCommand(app, "submit", "submit JOB.yaml [-f|--follow] [--from JOB] [--request-id ID]",
                                 "validate locally, submit, print the job id");
   submit->add_option("JOB.yaml", submit_o.file, "the job file")->required();
   submit->add_option("--from", submit_o.from_job,
@@ -308,6 +318,11 @@ int main(int argc, char** argv) {
                      "directory; the optimizer starts fresh), e.g. to fine-tune")
       ->check(NotEmpty("a job id"))
       ->check(JobId());
+  submit->add_option("--request-id", submit_o.request_id,
+                     "this submit's own name (1 to 128 of A-Z a-z 0-9 . _ : -, e.g. a CI build's id): a submit "
+                     "sent again with it gets the job the first one created, not a second job; by default "
+                     "moectl makes one up for its own resends")
+      ->check(RequestId());
   submit->add_flag("-f,--follow", submit_o.follow,
                    "follow the job's logs until it ends; exit 0 only if it SUCCEEDED");
   submit->callback([&] { run = [&] { return moe::client::RunSubmit(submit_o); }; });

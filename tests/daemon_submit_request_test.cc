@@ -114,5 +114,44 @@ TEST(SubmitRequestId, MalformedIdsAreRefusedAndDeleteFreesOne) {
   EXPECT_NE(again.id(), first.id());
 }
 
+// moectl submit --request-id: the same command twice prints one job's id; a malformed id is a
+// usage error (exit 2) before anything is sent.
+TEST(SubmitRequestId, MoectlSubmitWithARequestIdTwiceIsOneJob) {
+  DaemonHarness h(SlowFake());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const std::string file = h.WriteJob("cli", 1, 5);
+  CommandResult a = h.Moectl({"submit", file, "--request-id", "nightly-2026-12-07"});
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  CommandResult b = h.Moectl({"submit", "--request-id", "nightly-2026-12-07", file});
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_EQ(JobCount(h), 1);
+  // Without one, each moectl submit is a job of its own.
+  ASSERT_EQ(h.Moectl({"submit", file}).exit_code, 0);
+  ASSERT_EQ(h.Moectl({"submit", file}).exit_code, 0);
+  EXPECT_EQ(JobCount(h), 3);
+  CommandResult bad = h.Moectl({"submit", file, "--request-id", "two words"});
+  EXPECT_EQ(bad.exit_code, 2) << bad.err;
+  EXPECT_TRUE(absl::StrContains(bad.err, "byte 4 (' ') is not one of them")) << bad.err;
+  EXPECT_EQ(JobCount(h), 3);
+}
+
+// submit --from a job with no checkpoint: moed's refusal of model.init_from is said as what the
+// user asked for (--from JOB), not as a field the job file never set.
+TEST(SubmitRequestId, SubmitFromAJobWithoutACheckpointNamesTheFlag) {
+  DaemonHarness h(SlowFake());
+  ASSERT_TRUE(h.Start()) << h.MoedLog();
+  const std::string file = h.WriteJob("nockpt", 1, 5);
+  CommandResult first = h.Moectl({"submit", file});
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const std::string id = first.out.substr(0, first.out.find('\n'));
+  ASSERT_EQ(h.Moectl({"cancel", id}).exit_code, 0);
+  CommandResult from = h.Moectl({"submit", file, "--from", id});
+  EXPECT_NE(from.exit_code, 0);
+  EXPECT_TRUE(absl::StartsWith(from.err, "moectl: --from " + id + " (model.init_from = its checkpoint directory "))
+      << from.err;
+  EXPECT_EQ(JobCount(h), 1);
+}
+
 }  // namespace
 }  // namespace moe::testing
