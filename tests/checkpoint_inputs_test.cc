@@ -293,6 +293,40 @@ TEST(WorkerFlags, OutOfRangeValuesAreRefusedAtTheCommandLine) {
   }
 }
 
+// Each run takes only its own flags (one table in worker/main.cc): another run's flag is refused
+// with exit 2, naming the flag and the run. Before, --max-steps beside --sample, --tokens beside
+// --export and --prompt beside --job were ignored without a word. A --spec without moed's
+// --moed and --job-id trained standalone into ./checkpoints; it is moed's form, refused by hand.
+TEST(WorkerFlags, EachRunRefusesAnotherRunsFlags) {
+  const std::string dir = testing::MakeTempDir("run-flags-");
+  struct Case {
+    std::vector<std::string> args;
+    std::string expect;
+  };
+  for (const Case& c : std::vector<Case>{
+           {{"--sample", "CK", "--tokens", "3", "--max-steps", "5"}, "--max-steps is for training runs (--job, --spec), not --sample"},
+           {{"--sample", "CK", "--resume"}, "--resume is for training runs (--job, --spec), not --sample"},
+           {{"--sample", "CK", "--format", "hf"}, "--format is for --export, not --sample"},
+           {{"--sample", "CK", "--batch-out", "x"}, "--batch-out is for --score, not --sample"},
+           {{"--export", "CK", "--format", "hf", "--out", "D", "--tokens", "5"}, "--tokens is for --sample, not --export"},
+           {{"--export", "CK", "--format", "hf", "--out", "D", "--comm-timeout", "1"}, "--comm-timeout is for training runs (--job, --spec), not --export"},
+           {{"--score", "CK", "--batch-out", "b", "--device", "cpu"}, "--device is for --sample, not --score"},
+           {{"--job", "t.yaml", "--prompt", "hi", "--max-steps", "1"}, "--prompt is for --sample, not --job"},
+           {{"--spec", "s.json", "--no-checkpoint"}, "--no-checkpoint is for --job runs by hand"},
+           {{"--sample", "CK", "--attempt", "1"}, "--attempt is for moed's --spec runs, not --sample"},
+           {{"--spec", dir + "/spec.json"}, "--spec is moed's form of a run and needs --moed HOST:PORT and --job-id ID; "
+                                            "to train by hand, give --job JOB.yaml"},
+           {{"--spec", dir + "/spec.json", "--moed", "127.0.0.1:1"}, "--spec is moed's form of a run and needs --job-id ID"},
+           {{"--tokens", "3"}, "give exactly one of --job or --spec (or --sample, --score, --export)"}}) {
+    std::vector<std::string> argv = {Worker()};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    CommandResult r = RunCommand(argv, {}, 60);
+    EXPECT_EQ(r.exit_code, 2) << c.expect << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr(c.expect));
+    EXPECT_EQ(r.out, "") << c.expect;
+  }
+}
+
 // A checkpoint directory given by hand meets the rule checkpoint.dir meets (no system directory).
 TEST(WorkerFlags, CheckpointDirInASystemDirectoryIsRefused) {
   const std::string dir = testing::MakeTempDir("ckdir-");

@@ -58,8 +58,9 @@ constexpr char kUsage[] =
     "             (CE on the first held-out batch, as JSON; the first sequence's logits; N greedy tokens)\n"
     "  moe-worker --export CHECKPOINT --format hf --out DIR [--dtype fp32|bf16]\n"
     "  moe-worker --version | --help\n"
-    "One form a run: --job, --spec, --sample, --score and --export do not go together, and --moed,\n"
-    "--job-id, --attempt and --attempt-dir only with --spec.\n"
+    "One form a run: --job, --spec, --sample, --score and --export do not go together, and each form\n"
+    "takes only the flags shown with it (another form's flag is refused, exit 2): --moed, --job-id,\n"
+    "--attempt and --attempt-dir only with --spec, which is moed's form and needs --moed and --job-id.\n"
     "Every training form also takes --threads N and --comm-timeout SECS (how long a collective may wait\n"
     "for a peer before the job is aborted, MPI and NCCL alike; default 300).\n"
     "Run several ranks with: mpirun -np W moe-worker --job JOB.yaml (as root also\n"
@@ -72,8 +73,8 @@ constexpr char kUsage[] =
 
 struct WorkerFlags {
   std::string job_yaml, spec_json, moed, job_id, checkpoint_dir, attempt_dir;
-  std::vector<std::string> spec_only;  // the flags given that only moed's --spec runs take
-  std::vector<std::string> runs;       // the kinds of run asked for: --job, --spec, --sample, ...
+  std::vector<std::string> given;  // the flags given, in order (each option once per use)
+  std::vector<std::string> runs;   // the kinds of run asked for: --job, --spec, --sample, ...
   int attempt = 0;
   bool resume = false;
   bool no_checkpoint = false;
@@ -86,6 +87,68 @@ struct WorkerFlags {
   moe::ScoreExtras score_extras;
   std::string export_checkpoint, export_format, export_out, export_dtype = "fp32";
 };
+
+// The kinds of run (the flag that names each) and the options each takes: an option given to a
+// run that does not take it is refused, naming both (it was ignored without a word: --max-steps
+// beside --sample, --tokens beside --export).
+enum Run : unsigned { kJob = 1, kSpec = 2, kSample = 4, kScore = 8, kExport = 16 };
+constexpr unsigned kTrain = kJob | kSpec;
+
+struct RunFlag {
+  const char* flag;
+  unsigned runs;       // the runs that take it
+  const char* owners;  // those runs, in words
+};
+
+constexpr RunFlag kRunFlags[] = {
+    {"--moed", kSpec, "moed's --spec runs"},
+    {"--job-id", kSpec, "moed's --spec runs"},
+    {"--attempt", kSpec, "moed's --spec runs"},
+    {"--attempt-dir", kSpec, "moed's --spec runs"},
+    {"--checkpoint-dir", kTrain, "training runs (--job, --spec)"},
+    {"--resume", kTrain, "training runs (--job, --spec)"},
+    {"--max-steps", kTrain, "training runs (--job, --spec)"},
+    {"--comm-timeout", kTrain, "training runs (--job, --spec)"},
+    {"--no-checkpoint", kJob, "--job runs by hand (moed's jobs always checkpoint)"},
+    {"--threads", kTrain, "training runs (--job, --spec)"},
+    {"--prompt", kSample, "--sample"},
+    {"--tokens", kSample, "--sample"},
+    {"--temperature", kSample, "--sample"},
+    {"--top-k", kSample, "--sample"},
+    {"--seed", kSample, "--sample"},
+    {"--device", kSample, "--sample"},
+    {"--no-kv-cache", kSample, "--sample"},
+    {"--batch-out", kScore, "--score"},
+    {"--logits-out", kScore, "--score"},
+    {"--greedy", kScore, "--score"},
+    {"--greedy-out", kScore, "--score"},
+    {"--format", kExport, "--export"},
+    {"--out", kExport, "--export"},
+    {"--dtype", kExport, "--export"},
+};
+
+unsigned RunOf(const std::string& flag) {
+  if (flag == "--job") return kJob;
+  if (flag == "--spec") return kSpec;
+  if (flag == "--sample") return kSample;
+  if (flag == "--score") return kScore;
+  if (flag == "--export") return kExport;
+  return 0;
+}
+
+// "" when every option given belongs to `run` (the flag that names it), else why not.
+std::string CheckFlagsOfRun(const std::vector<std::string>& given, const std::string& run) {
+  for (const std::string& flag : given) {
+    for (const RunFlag& f : kRunFlags) {
+      if (flag != f.flag || (f.runs & RunOf(run)) != 0) continue;
+      return absl::StrCat(flag, " is for ", f.owners,
+                          run == "--job" && f.runs == kSpec ? " (a --job run by hand reports to no moed)"
+                                                            : absl::StrCat(", not ", run),
+                          "; leave it out");
+    }
+  }
+  return "";
+}
 
 // Returns an error message, or "" when the flags are good.
 std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
@@ -115,8 +178,11 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       return "";
     };
     std::string err;
-    if (a == "--moed" || a == "--job-id" || a == "--attempt" || a == "--attempt-dir") f->spec_only.push_back(a);
-    if (a == "--job" || a == "--spec" || a == "--sample" || a == "--score" || a == "--export") f->runs.push_back(a);
+    if (RunOf(a) != 0) {
+      f->runs.push_back(a);
+    } else {
+      f->given.push_back(a);
+    }
     if (a == "--job") {
       if (!value(&f->job_yaml) || f->job_yaml.empty()) return "--job needs a file";
     } else if (a == "--spec") {
@@ -212,11 +278,8 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
     return absl::StrCat(first, " and ", other, " are two runs of moe-worker; give one (--sample, --score and "
                         "--export read the job from the checkpoint)");
   }
-  if (!f->spec_only.empty() && f->spec_json.empty()) {
-    return absl::StrCat(f->spec_only[0], " is for moed's --spec runs",
-                        f->job_yaml.empty() ? "" : " (a --job run by hand reports to no moed)",
-                        "; leave it out");
-  }
+  if (f->runs.empty()) return "give exactly one of --job or --spec (or --sample, --score, --export)";
+  if (std::string err = CheckFlagsOfRun(f->given, f->runs[0]); !err.empty()) return err;
   if (!f->score_checkpoint.empty()) {
     if (f->score_extras.greedy_tokens > 0 && f->score_extras.greedy_out.empty()) return "--greedy needs --greedy-out FILE";
     return f->batch_out.empty() ? "--score needs --batch-out FILE" : "";
@@ -227,9 +290,14 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
     if (!moe::ParseExportDtype(f->export_dtype).ok()) return "--dtype must be fp32 or bf16";
     return "";
   }
-  if (!f->sampling && f->job_yaml.empty() == f->spec_json.empty()) return "give exactly one of --job or --spec";
+  // --spec is moed's form (its rank reports to moed, its checkpoints are the job's); by hand a run
+  // is --job (a --spec alone trained and wrote ./checkpoints without a word).
+  if (!f->spec_json.empty() && (f->moed.empty() || f->job_id.empty())) {
+    return absl::StrCat("--spec is moed's form of a run and needs ", f->moed.empty() ? "--moed HOST:PORT" : "",
+                        f->moed.empty() && f->job_id.empty() ? " and " : "", f->job_id.empty() ? "--job-id ID" : "",
+                        "; to train by hand, give --job JOB.yaml");
+  }
   if (f->no_checkpoint) {
-    if (f->job_yaml.empty()) return "--no-checkpoint is for --job runs by hand (moed's jobs always checkpoint)";
     if (f->resume || !f->checkpoint_dir.empty()) {
       return "--no-checkpoint cannot go with --resume or --checkpoint-dir: leave one out";
     }
