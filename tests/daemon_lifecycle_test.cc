@@ -268,7 +268,10 @@ TEST(DaemonLifecycle, ASubmitCutMidCallSaysTheJobMayHaveBeenQueued) {
   SlowRelay relay(port, std::chrono::milliseconds(0), /*cut_after=*/20000);
   CommandResult r = h.Moectl({"submit", job}, 30, {{"MOE_SERVER", absl::StrCat("127.0.0.1:", relay.port())}});
   EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_THAT(r.err, HasSubstr("moed may have queued the job before the call ended: check `moectl list` before submitting again"));
+  // (moectl sent it 3 times, each cut off, with one request id: the command again with it is safe.)
+  EXPECT_THAT(r.err, HasSubstr("moed may have queued the job before the call ended: the same command with "
+                               "--request-id moectl-"));
+  EXPECT_THAT(r.err, HasSubstr(" answers with that job, or submits it if moed has none"));
   CommandResult none = h.Moectl({"submit", job}, 30, {{"MOE_SERVER", absl::StrCat("127.0.0.1:", FreePort())}});
   EXPECT_EQ(none.exit_code, 1) << none.err;
   EXPECT_THAT(none.err, HasSubstr("cannot reach moed"));
