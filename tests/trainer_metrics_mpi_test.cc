@@ -1,7 +1,8 @@
 // The trainer's throughput metrics on W ranks (run under mpirun at W = 1, 2 and 4) with the same
 // work per rank: MFU is per device (a backend that reports a device peak gets the global model
 // FLOP/s over W peaks, so it does not grow with W), the CPU backend (peak 0) reports none, and
-// peak_memory_mb is the largest rank's high-water mark (a maximum, not a sum, over ranks).
+// peak_memory_mb is the largest rank's high-water mark (a maximum, not a sum, over ranks); and a
+// stop in the last step that one rank sees leaves the final evaluation to the resume on all ranks.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -133,6 +134,50 @@ TEST(TrainerMetricsTest, PeakMemoryIsTheLargestRanks) {
   EXPECT_GE(reported, *std::max_element(before.begin(), before.end()));
   EXPECT_LE(reported, *std::max_element(after.begin(), after.end())) << "a sum over " << W << " ranks?";
   EXPECT_EQ(ballast.empty() ? 1 : ballast.back(), 1);  // the ballast lives until here
+}
+
+// A stop that only the last rank sees, in the last step: every rank agrees on it, the checkpoint
+// keeps the final evaluation pending, and a resume on all the ranks runs just that evaluation (a
+// collective) and gives every rank the step's point with the val_loss of a run never stopped.
+TEST(TrainerMetricsTest, AStopOnOneRankInTheLastStepLeavesTheFinalEvaluationToTheResume) {
+  kernels::SetNumThreads(1);
+  auto comm = CreateMpiCommunicator(testing::TestCommOptions());
+  const int W = comm->world_size();
+  const moe::v1::JobSpec spec = SameWorkPerRank(W);  // 2 steps, evaluated at the last only
+  auto data = LoadDataset(spec.data());
+  ASSERT_TRUE(data.ok()) << data.status();
+  TrainOutcome outcome = TrainOutcome::kFinished;
+  std::unique_ptr<Trainer> straight = testing::NewTrainer(spec, comm.get(), &*data);
+  ASSERT_NE(straight, nullptr);
+  ASSERT_TRUE(straight->Run(&outcome).ok());
+  const moe::v1::MetricPoint want = straight->history().back();
+  ASSERT_TRUE(want.has_val_loss());
+
+  TrainerOptions opts;
+  opts.checkpoint_dir = testing::SharedTempDir(comm.get(), "moe-mpi-last-stop-");
+  int polls = 0;
+  const bool stopper = comm->rank() == W - 1;
+  opts.stop_requested = [&polls, stopper] { return stopper && ++polls >= 2; };  // poll 2: step 2's end
+  std::unique_ptr<Trainer> stopped = testing::NewTrainer(spec, comm.get(), &*data, opts);
+  ASSERT_NE(stopped, nullptr);
+  ASSERT_TRUE(stopped->Run(&outcome).ok());
+  EXPECT_EQ(outcome, TrainOutcome::kStopped);
+  ASSERT_EQ(stopped->history().back().step(), 2);
+  EXPECT_FALSE(stopped->history().back().has_val_loss());
+  stopped.reset();
+
+  opts.resume = true;
+  opts.stop_requested = nullptr;
+  std::unique_ptr<Trainer> resumed = testing::NewTrainer(spec, comm.get(), &*data, opts);
+  ASSERT_NE(resumed, nullptr);
+  ASSERT_TRUE(resumed->Run(&outcome).ok());
+  EXPECT_EQ(outcome, TrainOutcome::kFinished);
+  ASSERT_EQ(resumed->history().size(), 1u);
+  const moe::v1::MetricPoint& got = resumed->history()[0];
+  EXPECT_EQ(got.step(), 2);
+  EXPECT_EQ(got.loss(), want.loss());
+  ASSERT_TRUE(got.has_val_loss());
+  EXPECT_NEAR(got.val_loss(), want.val_loss(), 1e-9 * want.val_loss()) << W << " ranks";
 }
 
 }  // namespace
