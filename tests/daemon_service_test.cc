@@ -252,6 +252,22 @@ TEST(DaemonService, NoWorkerBesideMoedIsRefusedAtStart) {
   EXPECT_TRUE(absl::StrContains(r.err, "--worker-bin PATH")) << r.err;
 }
 
+// moed copied out of its build tree with its worker (no deploy/ above it, no share/moe): it starts
+// and serves; before, the default batch template path its first check filled in was taken by the
+// second as one given by hand, and moed refused to start over a --slurm-template nobody gave.
+TEST(DaemonService, MoedOutsideItsBuildTreeStarts) {
+  const std::string dir = MakeTempDir("moed-copied-");
+  for (const char* bin : {"moed", "moe-worker"}) {
+    std::filesystem::copy_file(BinDir() + "/" + bin, dir + "/" + bin);
+    std::filesystem::permissions(dir + "/" + bin, std::filesystem::perms::owner_all);
+  }
+  CommandResult r = RunCommand({dir + "/moed", "--allow-root", "--state-dir", MakeTempDir("moed-copied-state-"),
+                                "--listen", absl::StrCat("127.0.0.1:", FreePort()), "--metrics-listen", ""},
+                               {}, 3);
+  EXPECT_TRUE(absl::StrContains(r.err, "moed: serving on")) << r.err;
+  EXPECT_FALSE(absl::StrContains(r.err, "--slurm-template")) << r.err;
+}
+
 TEST(DaemonService, BadFileIsRefusedLocally) {
   // No moed at all: the file never leaves the terminal.
   const std::string dir = MakeTempDir("moe-badfile-");
