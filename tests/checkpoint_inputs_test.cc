@@ -167,9 +167,10 @@ TEST_F(CheckpointInputs, APathThatIsNoCheckpointIsNamedAsSuch) {
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_THAT(r.err, HasSubstr(missing + " does not exist"));
   EXPECT_EQ(r.out, "") << "the prompt is echoed only once the checkpoint and the prompt are accepted";
-  // Export says the same (it said "holds no complete checkpoint" of a path that is not there).
+  // Export says the same (it said "holds no complete checkpoint" of a path that is not there), with
+  // exit 2 too (it was 1).
   CommandResult x = RunCommand({Worker(), "--export", missing, "--format", "hf", "--out", missing + "-hf"}, {}, 60);
-  EXPECT_EQ(x.exit_code, 1) << x.err;
+  EXPECT_EQ(x.exit_code, 2) << x.err;
   EXPECT_THAT(x.err, HasSubstr(missing + " does not exist"));
   EXPECT_FALSE(fs::exists(missing + "-hf"));
   const std::string empty = testing::MakeTempDir("empty-ckpt-");
@@ -244,6 +245,39 @@ TEST_F(CheckpointInputs, ScoreAndSampleUsageErrorsExitTwo) {
   }
   EXPECT_FALSE(fs::exists(out + "/a.bin"));
   EXPECT_FALSE(fs::exists(out + "/g.bin"));
+}
+
+// --export's --out names the directory to create, not its parents: a missing parent is refused
+// (exit 2) and nothing is made (it created the whole tree and exited 0). Its other usage errors
+// exit 2 as --score's and --sample's do (they were 1): an --out that is not empty, no checkpoint
+// path. The final directory itself is still created.
+TEST_F(CheckpointInputs, ExportRefusesAMissingParentAndExitsTwoForUsage) {
+  const std::string root = testing::MakeTempDir("export-usage-");
+  struct Case {
+    std::vector<std::string> args;
+    std::string expect;
+  };
+  std::ofstream(root + "/file") << "x";
+  for (const Case& c : std::vector<Case>{
+           {{"--export", *good_, "--format", "hf", "--out", root + "/a/b/c"},
+            "cannot export to " + root + "/a/b/c: " + root + "/a/b does not exist"},
+           {{"--export", *good_, "--format", "hf", "--out", root + "/file/m"}, root + "/file is not a directory"},
+           {{"--export", *good_, "--format", "hf", "--out", root}, root + " exists and is not empty"},
+           {{"--export", "", "--format", "hf", "--out", root + "/m"}, "--export needs a checkpoint directory"},
+           {{"--export", *good_, "--format", "gguf", "--out", root + "/m"}, "--export needs --format hf"},
+           {{"--export", *good_, "--format", "hf", "--out", root + "/m", "--dtype", "fp8"}, "--dtype must be fp32 or bf16"}}) {
+    std::vector<std::string> argv = {Worker()};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    CommandResult r = RunCommand(argv, {}, 120);
+    EXPECT_EQ(r.exit_code, 2) << c.expect << ": " << r.err;
+    EXPECT_THAT(r.err, HasSubstr(c.expect));
+    EXPECT_EQ(r.out, "") << c.expect;
+  }
+  EXPECT_FALSE(fs::exists(root + "/a"));
+  EXPECT_FALSE(fs::exists(root + "/m"));
+  CommandResult ok = RunCommand({Worker(), "--export", *good_, "--format", "hf", "--out", root + "/m"}, {}, 120);
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_TRUE(fs::exists(root + "/m/config.json"));
 }
 
 // The job's text file is now shorter than one sequence: before, --score aborted in SampleBatch.

@@ -65,9 +65,10 @@ constexpr char kUsage[] =
     "for a peer before the job is aborted, MPI and NCCL alike; default 300).\n"
     "Run several ranks with: mpirun -np W moe-worker --job JOB.yaml (as root also\n"
     "--allow-run-as-root, or OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)\n"
-    "Exit codes: 0 done; 2 bad usage or input: a flag, an invalid job, and for --sample and --score also\n"
-    "a checkpoint argument that names none, outputs that name one file or no regular file, a --greedy\n"
-    "that leaves no prompt, --no-kv-cache with --device cuda, a prompt the tokenizer cannot write;\n"
+    "Exit codes: 0 done; 2 bad usage or input: a flag, an invalid job, and for --sample, --score and\n"
+    "--export also a checkpoint argument that names none, outputs that name one file or no regular file,\n"
+    "an --out that is not empty or whose parent directory is missing, a --greedy that leaves no prompt,\n"
+    "--no-kv-cache with --device cuda, a prompt the tokenizer cannot write;\n"
     "1 a failure while running (memory, a damaged checkpoint, the job's data, no GPU for --device cuda,\n"
     "a write); 143 stopped by SIGTERM after its checkpoint.\n";
 
@@ -223,11 +224,11 @@ std::string ParseFlags(int argc, char** argv, WorkerFlags* f) {
       }
     } else if (a == "--sample") {
       f->sampling = true;
-      if (!value(&f->sample.checkpoint)) return "--sample needs a checkpoint directory";
+      if (!value(&f->sample.checkpoint) || f->sample.checkpoint.empty()) return "--sample needs a checkpoint directory";
     } else if (a == "--score") {
-      if (!value(&f->score_checkpoint)) return "--score needs a checkpoint directory";
+      if (!value(&f->score_checkpoint) || f->score_checkpoint.empty()) return "--score needs a checkpoint directory";
     } else if (a == "--export") {
-      if (!value(&f->export_checkpoint)) return "--export needs a checkpoint directory";
+      if (!value(&f->export_checkpoint) || f->export_checkpoint.empty()) return "--export needs a checkpoint directory";
     } else if (a == "--format") {
       if (!value(&f->export_format)) return "--format needs a value (hf)";
     } else if (a == "--out") {
@@ -396,9 +397,9 @@ std::string OutOfMemoryReason(const moe::AllocationError& e, moe::v1::JobSpec sp
                       "lower train.batch_size or use more ranks");
 }
 
-// --score and --sample: exit 2 for the caller's input (moe::IsUsageError: a value, a checkpoint
-// argument that names none, outputs that clash), as for the flags' own errors; 1 for a failure
-// while running.
+// --score, --sample and --export: exit 2 for the caller's input (moe::IsUsageError: a value, a
+// checkpoint argument that names none, outputs that clash, an --out whose parent is missing), as
+// for the flags' own errors; 1 for a failure while running.
 int FailCheckpointTool(const absl::Status& status) {
   std::fprintf(stderr, "moe-worker: %s\n", std::string(status.message()).c_str());
   return moe::IsUsageError(status) ? 2 : 1;
@@ -433,10 +434,7 @@ int main(int argc, char** argv) {
     absl::StatusOr<moe::HfExportResult> r = CatchOutOfMemory(flags.export_checkpoint, [&] {
       return moe::ExportHf(flags.export_checkpoint, flags.export_out, opts);
     });
-    if (!r.ok()) {
-      std::fprintf(stderr, "moe-worker: %s\n", std::string(r.status().message()).c_str());
-      return 1;
-    }
+    if (!r.ok()) return FailCheckpointTool(r.status());
     std::printf("%s", moe::DescribeExport(*r, flags.export_out).c_str());
     return 0;
   }

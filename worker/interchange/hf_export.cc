@@ -9,6 +9,7 @@
 #include <set>
 #include <utility>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -49,6 +50,25 @@ fs::path ExportTarget(const std::string& out_dir) {
   std::error_code ec;
   fs::path out = fs::absolute(out_dir, ec).lexically_normal();
   return out.has_filename() ? out : out.parent_path();
+}
+
+// status, marked as the caller's input: the payload moe::IsUsageError (worker/sample/generate.h)
+// reads, so moe-worker --export exits 2 for it as --sample and --score do.
+absl::Status Usage(absl::Status status) {
+  status.SetPayload("moe.worker/usage", absl::Cord());
+  return status;
+}
+
+// The directory out_dir goes into must exist: the export creates out_dir itself, not its parents
+// (a typo in a parent made a whole tree somewhere unexpected).
+absl::Status CheckOutDirParent(const std::string& out_dir) {
+  std::error_code ec;
+  const fs::path parent = ExportTarget(out_dir).parent_path();
+  if (fs::is_directory(parent, ec)) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "cannot export to ", out_dir, ": ", parent.string(),
+      fs::exists(parent, ec) ? " is not a directory" : " does not exist",
+      " (the export creates only the last directory of the path); create it first, or give another"));
 }
 
 // A ".partial-PID" folder an export left when its process died (killed, out of memory, a power
@@ -163,12 +183,19 @@ absl::StatusOr<TensorDtype> ParseExportDtype(const std::string& name) {
 
 absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std::string& out_dir,
                                         const HfExportOptions& options) {
-  if (absl::Status st = CheckExportOutDirName(out_dir); !st.ok()) return st;
-  if (absl::Status st = CheckOutDir(out_dir); !st.ok()) return st;
+  // The output's name and place and a checkpoint argument that names none are the caller's input
+  // (Usage); what goes wrong after is not.
+  if (absl::Status st = CheckExportOutDirName(out_dir); !st.ok()) return Usage(st);
+  if (absl::Status st = CheckOutDirParent(out_dir); !st.ok()) return Usage(st);
+  if (absl::Status st = CheckOutDir(out_dir); !st.ok()) return Usage(st);
   std::vector<std::string> skipped;  // damaged newer checkpoints, for the notes
   absl::StatusOr<CheckpointReader> reader =
       ResolveCheckpointArgument(checkpoint, [&](const std::string& line) { skipped.push_back(line); });
-  if (!reader.ok()) return reader.status();
+  if (!reader.ok()) {
+    // NotFound: no checkpoint there (missing, no directory, none complete); DataLoss (every one
+    // damaged) is not the caller's.
+    return reader.status().code() == absl::StatusCode::kNotFound ? Usage(reader.status()) : reader.status();
+  }
   const std::string& path = reader->path();
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(*reader);
   if (!ckpt.ok()) return ckpt.status();

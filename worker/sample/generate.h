@@ -58,6 +58,7 @@ absl::StatusOr<std::string> GenerateText(const SampleOptions& opts);
 // file, a checkpoint argument that names no checkpoint, a --greedy that leaves no prompt,
 // --no-kv-cache with --device cuda, a prompt the tokenizer cannot write. Else (exit 1) a failure
 // while running: memory, a damaged checkpoint, the job's data, no GPU for --device cuda, a write.
+// ExportHf (worker/interchange/hf_export.h) marks its own the same way.
 bool IsUsageError(const absl::Status& status);
 
 }  // namespace moe
