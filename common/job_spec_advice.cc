@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/expert_capacity.h"
 #include "common/job_spec_internal.h"
 #include "common/number_text.h"
 #include "common/schedule.h"
@@ -19,14 +20,6 @@ namespace {
 
 // Above this AdamW learning rate a run of any model we train diverges within a few steps.
 constexpr double kHighLearningRate = 0.1;
-
-// The capacity rule of MODEL.md as the worker applies it (ExpertCapacity,
-// worker/model/moe_bookkeeping.cc): ceil(c n k / e) assignments per expert of a rank's
-// micro-batch of n tokens, at most the n k there are.
-int64_t CapacityOf(double capacity_factor, int64_t n, int k, int e) {
-  const double all = static_cast<double>(n) * k;
-  return static_cast<int64_t>(std::min(std::ceil(capacity_factor * all / e), all));
-}
 
 // Whether the schedule of t lowers the lr below its peak at any step past the warm-up: the last
 // step's lr, from the schedule code itself (every schedule is lowest at the last step). Below the
@@ -85,7 +78,7 @@ std::vector<SpecError> AdviseJobSpec(const moe::v1::JobSpec& spec) {
     const int64_t n = t.batch_size() / ranks_accum * int64_t{spec.model().seq_len()};
     const int k = router.top_k(), e = router.num_experts();
     const double assignments = static_cast<double>(n) * k;
-    const int64_t capacity = CapacityOf(router.capacity_factor(), n, k, e);
+    const int64_t capacity = ExpertCapacity(router.capacity_factor(), n, k, e);
     const double kept = std::min(1.0, static_cast<double>(capacity) * e / assignments);
     const double per_expert = assignments / e;
     // Most assignments dropped, or a capacity under one token rounded up to one that drops some.

@@ -1,7 +1,7 @@
 // Routing bookkeeping shared by every backend: which assignment (token t, choice j) goes to
 // which slot of the expert-grouped buffer, and which are dropped by the capacity rule of
 // MODEL.md (capacity kept assignments per expert, first come by token order; 0: dropless). The
-// capacity itself comes from ExpertCapacity (worker/model/moe_bookkeeping.h). Expert dropout
+// capacity itself comes from ExpertCapacity (common/expert_capacity.h). Expert dropout
 // (model.moe.expert_dropout) switches whole experts off: their assignments are dropped before
 // the capacity rule, take no capacity, and are counted apart.
 #pragma once

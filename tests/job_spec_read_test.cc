@@ -10,6 +10,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/expert_capacity.h"
 #include "common/job_spec.h"
 #include "common/schedule.h"
 #include "moe/v1/job.pb.h"
@@ -17,7 +18,6 @@
 #include "gtest/gtest.h"
 #include "tests/support/job_spec_fixture.h"
 #include "tests/support/paths.h"
-#include "worker/model/moe_bookkeeping.h"
 
 namespace moe {
 namespace {

@@ -19,14 +19,6 @@ MoeShape MoeShape::Of(const ModelConfig& cfg, int world) {
   return s;
 }
 
-int64_t ExpertCapacity(double capacity_factor, int64_t n, int k, int e) {
-  if (capacity_factor <= 0.0) return 0;
-  // No expert can take more than the n * k assignments there are; the bound also keeps a huge
-  // factor (validate takes any finite c >= 0) from a double-to-int64 conversion out of range.
-  const double all = static_cast<double>(n) * k;
-  return static_cast<int64_t>(std::min(std::ceil(capacity_factor * all / e), all));
-}
-
 MoeLayerForwardStats ReduceRouterStats(const double* summed, const MoeShape& shape, int64_t global_tokens,
                                        double aux_coef, double z_coef) {
   const RouterStatsSlots slot{shape.experts};

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/expert_capacity.h"  // ExpertCapacity, MODEL.md's capacity rule
 #include "kernels/experts.h"
 #include "kernels/router.h"
 #include "worker/model/model_config.h"
@@ -32,10 +33,6 @@ struct MoeShape {
   // Rows the experts of this rank see before any exchange: n k routed assignments, n when dense.
   int64_t ExpertRows(int64_t n) const { return dense ? n : n * top_k; }
 };
-
-// MODEL.md's capacity rule: ceil(c * n * k / e) kept assignments per expert, first come by
-// token order; c <= 0 means dropless (0 = unlimited). At most n * k, the assignments there are.
-int64_t ExpertCapacity(double capacity_factor, int64_t n, int k, int e);
 
 // One layer's router statistics, as one buffer of doubles that every rank fills with its own
 // tokens' values and that is summed over ranks:
