@@ -1,6 +1,8 @@
 // Reporter: one background thread owns the gRPC stream. Queued items stay in memory until moed
 // acknowledges them (LastLogSeq on every (re)connect and every few seconds), so a moed restart
-// loses nothing the queue could hold and duplicates nothing (moed skips seqs it has). Metric points
+// or a full state disk (moed refuses with RESOURCE_EXHAUSTED until it stores again) loses nothing
+// the queue can hold (max_held_bytes) and duplicates nothing (moed skips seqs it has). What the
+// bound drops is counted, and said in a "[moed] ... were lost" log line once moed stores again. Metric points
 // moed has not confirmed when Close() gives up are written to the spill file, which moed stores
 // when it reaps the attempt (a moed away when the job ends loses none of them either).
 #include "worker/report/reporter.h"
@@ -30,8 +32,9 @@ namespace moe {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr size_t kMaxLogLines = 20000;
-constexpr size_t kMaxMetrics = 2000;
+constexpr size_t kMaxMetrics = 2000;  // past this the older half goes to a spill part
+constexpr size_t kDefaultMaxHeldBytes = size_t{32} << 20;
+constexpr size_t kItemOverhead = 64;  // per queued item, beside its text or serialized size
 constexpr auto kHeartbeatEvery = std::chrono::seconds(2);
 constexpr auto kAckEvery = std::chrono::seconds(5);
 // With a queue half full (a run logging hundreds of steps a second), acks come this often: the
@@ -61,17 +64,31 @@ struct Reporter::Impl {
   mutable std::mutex mu;
   std::condition_variable cv;
   std::deque<moe::v1::LogLine> logs;        // unconfirmed, oldest first
+  std::deque<int64_t> log_steps;            // the step each of logs was logged at
   size_t logs_sent = 0;                     // how many at the front went out on this stream
+  size_t logs_bytes = 0;
   std::deque<moe::v1::MetricPoint> metrics;  // unconfirmed
   size_t metrics_sent = 0;
+  size_t metrics_bytes = 0;
+  size_t max_bytes = kDefaultMaxHeldBytes;  // each of logs_bytes and metrics_bytes
   int spill_parts = 0;                      // parts written (SpillPart)
+  size_t spill_retry_at = 0;                // after a failed part: the queue size to try again at
+  // What the bound dropped since the last notice: how many, first and last step.
+  struct Lost {
+    int64_t n = 0, first = 0, last = 0;
+    void Add(int64_t step) {
+      if (n++ == 0) first = step;
+      last = step;
+    }
+  };
+  Lost lost_lines, lost_metrics;
+  int64_t dropped_metrics = 0;
   size_t saved_count = 0;   // points of the queue's front in the spill file (SaveUnconfirmed)
   int64_t saved_front = 0;  // the step at the queue's front when they were written
   int save_failed = 0;
   int64_t next_seq = 1;
   int64_t step = 0;
   int64_t dropped = 0;
-  bool logs_wanted = true;  // false once moed says it reads our output itself
   bool closing = false;
   bool done = false;
   bool gave_up = false;
@@ -98,22 +115,78 @@ struct Reporter::Impl {
     if (!opts.report_secret.empty()) ctx.AddMetadata("x-moe-report-secret", opts.report_secret);
   }
 
-  // Drops what moed acknowledged.
-  void ApplyAck(const moe::v1::ReportAck& ack) {
-    std::lock_guard<std::mutex> lock(mu);
-    if (ack.logs_from_output()) {
-      logs_wanted = false;
-      logs.clear();
-      logs_sent = 0;
+  // Queue bookkeeping (mu held).
+  void PopLog() {
+    logs_bytes -= std::min(logs_bytes, logs.front().text().size() + kItemOverhead);
+    logs.pop_front();
+    log_steps.pop_front();
+    if (logs_sent > 0) --logs_sent;
+  }
+  void PopMetric() {
+    metrics_bytes -= std::min(metrics_bytes, metrics.front().ByteSizeLong() + kItemOverhead);
+    metrics.pop_front();
+    if (metrics_sent > 0) --metrics_sent;
+  }
+  moe::v1::LogLine& PushLog(const std::string& text) {
+    moe::v1::LogLine& l = logs.emplace_back();
+    l.set_rank(opts.rank);
+    l.set_seq(next_seq++);
+    l.set_unix_ms(NowMs());
+    l.set_text(text);
+    log_steps.push_back(step);
+    logs_bytes += text.size() + kItemOverhead;
+    return l;
+  }
+  // The bound: the oldest go, counted for the notice (mu held).
+  void Trim() {
+    while (logs_bytes > max_bytes && logs.size() > 1) {
+      lost_lines.Add(log_steps.front());
+      ++dropped;
+      PopLog();
     }
+    while (metrics_bytes > max_bytes && metrics.size() > 1) {
+      lost_metrics.Add(metrics.front().step());
+      ++dropped_metrics;
+      PopMetric();
+    }
+  }
+
+  // Drops what moed acknowledged. Once moed stores again after the bound dropped something, the
+  // loss is said: on stderr (the rank's output file, which moed stores) and as a log line of its
+  // own (stored where moed stores reported lines). Returns the notices to print.
+  std::vector<std::string> ApplyAck(const moe::v1::ReportAck& ack) {
+    std::vector<std::string> notices;
+    std::lock_guard<std::mutex> lock(mu);
+    size_t confirmed = 0;
     while (!logs.empty() && logs.front().seq() <= ack.last_log_seq()) {
-      logs.pop_front();
-      if (logs_sent > 0) --logs_sent;
+      PopLog();
+      ++confirmed;
     }
     while (!metrics.empty() && metrics.front().step() <= ack.last_metric_step()) {
-      metrics.pop_front();
-      if (metrics_sent > 0) --metrics_sent;
+      PopMetric();
+      ++confirmed;
     }
+    if (confirmed == 0) return notices;
+    auto say = [&](Lost& lost, const char* what) {
+      if (lost.n == 0) return;
+      std::string text = absl::StrCat("[moed] ", lost.n, " ", what, lost.n == 1 ? "" : "s", " of rank ", opts.rank,
+                                      " ", lost.n == 1 ? "was" : "were",
+                                      " lost while moed could not store them (state disk full?): more than the ",
+                                      max_bytes >= (size_t{1} << 20) ? absl::StrCat(max_bytes >> 20, " MiB")
+                                                                     : absl::StrCat(max_bytes >> 10, " KiB"),
+                                      " the worker keeps (steps ", lost.first, "-", lost.last, ")");
+      lost = Lost{};
+      PushLog(text);
+      notices.push_back(std::move(text));
+    };
+    say(lost_lines, "log line");
+    say(lost_metrics, "metric point");
+    if (!notices.empty()) cv.notify_all();
+    return notices;
+  }
+  void Print(const std::vector<std::string>& notices) {
+    for (const std::string& n : notices) std::fprintf(stderr, "%s\n", n.c_str());
+    if (!notices.empty()) std::fflush(stderr);
   }
 
   void GiveUp(const grpc::Status& s) {
@@ -122,23 +195,30 @@ struct Reporter::Impl {
     std::lock_guard<std::mutex> lock(mu);
     gave_up = true;
     logs.clear();
+    log_steps.clear();
+    logs_bytes = 0;
     metrics.clear();
+    metrics_bytes = 0;
   }
 
   // The oldest points of a full queue (moed away for kMaxMetrics points), written while training
   // goes on to the next part of the spill (common/metrics_spill.h): moed stores them with the rest
   // when it reaps the attempt, and skips any it had already.
-  void SpillPart(const std::vector<moe::v1::MetricPoint>& oldest, int part) {
+  // A part that cannot be written (the spill's disk is full too: it is moed's state disk) leaves
+  // the points in memory, up to max_held_bytes; false then.
+  bool SpillPart(const std::vector<moe::v1::MetricPoint>& oldest, int part) {
     const std::string path = MetricsSpillPartPath(opts.spill_path, part);
     const std::string what = absl::StrCat("moed has not confirmed ", oldest.size(), " metric points (steps ",
                                           oldest.front().step(), " to ", oldest.back().step(), "), more than its queue keeps");
     if (absl::Status s = WriteMetricsSpill(path, oldest); !s.ok()) {
-      std::fprintf(stderr, "moe-worker rank %d: %s and they cannot be left for it (%s); they are lost\n", opts.rank,
+      std::remove(path.c_str());
+      std::fprintf(stderr, "moe-worker rank %d: %s and they cannot be left for it (%s); kept in memory\n", opts.rank,
                    what.c_str(), std::string(s.message()).c_str());
-      return;
+      return false;
     }
     std::fprintf(stderr, "moe-worker rank %d: %s; left them in %s for moed to store\n", opts.rank, what.c_str(),
                  path.c_str());
+    return true;
   }
 
   // Once the thread has stopped: the metric points moed has not confirmed go to the spill file.
@@ -149,6 +229,7 @@ struct Reporter::Impl {
       std::lock_guard<std::mutex> lock(mu);
       left.assign(metrics.begin(), metrics.end());
       metrics.clear();
+      metrics_bytes = 0;
       metrics_sent = 0;
       stale = saved_count > 0 && !gave_up && left.empty();  // (reports stopped: moed lacks them)
       saved_count = 0;
@@ -218,7 +299,7 @@ struct Reporter::Impl {
     moe::v1::ReportAck ack;
     *status = stub.LastLogSeq(&ctx, Hello(), &ack);
     if (!status->ok()) return false;
-    ApplyAck(ack);
+    Print(ApplyAck(ack));
     return true;
   }
 
@@ -321,7 +402,7 @@ struct Reporter::Impl {
           next_beat = Clock::now() + kHeartbeatEvery;
         }
         flush_and_stop = closing;
-        filling = metrics.size() >= kMaxMetrics / 2 || logs.size() >= kMaxLogLines / 2;
+        filling = metrics.size() >= kMaxMetrics / 2 || logs_bytes >= max_bytes / 2;
       }
       for (const moe::v1::WorkerReport& r : batch) {
         if (!writer->Write(r)) return finish();
@@ -329,7 +410,7 @@ struct Reporter::Impl {
       if (flush_and_stop) {
         writer->WritesDone();
         grpc::Status s = finish();
-        if (s.ok()) ApplyAck(ack);
+        if (s.ok()) Print(ApplyAck(ack));
         std::lock_guard<std::mutex> lock(mu);
         const bool all_sent = logs_sent >= logs.size() && metrics_sent >= metrics.size();
         if (s.ok() && all_sent) return grpc::Status::OK;
@@ -352,6 +433,7 @@ Reporter::Reporter(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 std::unique_ptr<Reporter> Reporter::Create(const ReporterOptions& opts) {
   auto impl = std::make_unique<Impl>();
   impl->opts = opts;
+  if (opts.max_held_bytes > 0) impl->max_bytes = opts.max_held_bytes;
   if (impl->opts.token.empty()) {
     if (const char* t = std::getenv("MOE_TOKEN")) impl->opts.token = t;
   }
@@ -373,48 +455,48 @@ void Reporter::Log(const std::string& line) {
   if (!impl_->enabled) return;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
-    if (!impl_->logs_wanted || impl_->gave_up || impl_->closing) return;
-    if (impl_->logs.size() >= kMaxLogLines) {
-      if (impl_->logs_sent > 0) {
-        --impl_->logs_sent;  // sent, just not yet confirmed
-      } else {
-        ++impl_->dropped;
-      }
-      impl_->logs.pop_front();
-    }
-    moe::v1::LogLine& l = impl_->logs.emplace_back();
-    l.set_rank(impl_->opts.rank);
-    l.set_seq(impl_->next_seq++);
-    l.set_unix_ms(NowMs());
-    l.set_text(line);
+    if (impl_->gave_up || impl_->closing) return;
+    impl_->PushLog(line);
+    impl_->Trim();
   }
   impl_->cv.notify_all();
 }
 
 void Reporter::Metrics(const moe::v1::MetricPoint& point) {
   if (!impl_->enabled) return;
+  Impl& m = *impl_;
   std::vector<moe::v1::MetricPoint> oldest;
   int part = 0;
   {
-    std::lock_guard<std::mutex> lock(impl_->mu);
-    if (impl_->gave_up || impl_->closing) return;
-    if (impl_->metrics.size() >= kMaxMetrics) {
-      // A full queue: its older half goes to a spill part (without a spill path the oldest point
-      // is dropped). Those at the front went out on this stream, unconfirmed: fewer are now.
-      const size_t k = impl_->opts.spill_path.empty() ? 1 : kMaxMetrics / 2;
-      if (k > 1) {
-        oldest.assign(impl_->metrics.begin(), impl_->metrics.begin() + static_cast<std::ptrdiff_t>(k));
-        part = ++impl_->spill_parts;
-      }
-      impl_->metrics.erase(impl_->metrics.begin(), impl_->metrics.begin() + static_cast<std::ptrdiff_t>(k));
-      impl_->metrics_sent -= std::min(impl_->metrics_sent, k);
+    std::lock_guard<std::mutex> lock(m.mu);
+    if (m.gave_up || m.closing) return;
+    // A full queue: its older half goes to a spill part, when there is a spill path and the last
+    // part that could not be written is a half queue ago (else they stay in memory, to the bound).
+    if (!m.opts.spill_path.empty() && m.metrics.size() >= kMaxMetrics && m.metrics.size() >= m.spill_retry_at) {
+      oldest.assign(m.metrics.begin(), m.metrics.begin() + static_cast<std::ptrdiff_t>(kMaxMetrics / 2));
+      part = ++m.spill_parts;
     }
-    impl_->metrics.push_back(point);
-    if (impl_->metrics.back().unix_ms() == 0) impl_->metrics.back().set_unix_ms(NowMs());
-    impl_->step = std::max(impl_->step, point.step());
+    m.metrics.push_back(point);
+    if (m.metrics.back().unix_ms() == 0) m.metrics.back().set_unix_ms(NowMs());
+    m.metrics_bytes += m.metrics.back().ByteSizeLong() + kItemOverhead;
+    m.step = std::max(m.step, point.step());
   }
-  if (!oldest.empty()) impl_->SpillPart(oldest, part);
-  impl_->cv.notify_all();
+  if (!oldest.empty()) {
+    const bool written = m.SpillPart(oldest, part);
+    std::lock_guard<std::mutex> lock(m.mu);
+    if (written) {
+      // Those at the front went out on this stream, unconfirmed: moed stores them from the part.
+      while (!m.metrics.empty() && m.metrics.front().step() <= oldest.back().step()) m.PopMetric();
+      m.spill_retry_at = 0;
+    } else {
+      m.spill_retry_at = m.metrics.size() + kMaxMetrics / 2;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(m.mu);
+    m.Trim();
+  }
+  m.cv.notify_all();
 }
 
 void Reporter::SetStep(int64_t step) {
@@ -441,6 +523,11 @@ void Reporter::Close() {
 int64_t Reporter::dropped_lines() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   return impl_->dropped;
+}
+
+int64_t Reporter::dropped_metrics() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->dropped_metrics;
 }
 
 bool Reporter::connected() const {

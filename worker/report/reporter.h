@@ -25,6 +25,10 @@ struct ReporterOptions {
   // Where Close() leaves the metric points moed has not confirmed (common/metrics_spill.h), for
   // moed to store when it reaps the attempt; "" = they are lost (runs not launched by moed).
   std::string spill_path;
+  // What the reporter keeps in memory of what moed has not confirmed (log lines and metric
+  // points, each): beyond it the oldest go, and once moed stores again one line says how many
+  // and which steps (never a silent hole). 0 = 32 MiB; tests set a small one.
+  size_t max_held_bytes = 0;
 };
 
 class Reporter {
@@ -35,8 +39,9 @@ class Reporter {
   Reporter(const Reporter&) = delete;
   Reporter& operator=(const Reporter&) = delete;
 
-  // One log line of this rank. Kept in a bounded queue until moed has it; when the queue is
-  // full the oldest unsent line is dropped and counted.
+  // One log line of this rank (already printed to its stdout). Kept until moed confirms it
+  // (stored, or seen safely in the rank's output file); past max_held_bytes the oldest is
+  // dropped and counted, and the loss is said in the job's log once moed stores again.
   void Log(const std::string& line);
   // Rank 0 calls this each log interval.
   void Metrics(const moe::v1::MetricPoint& point);
@@ -46,7 +51,8 @@ class Reporter {
   // has not confirmed by then are written to spill_path. Idempotent.
   void Close();
 
-  int64_t dropped_lines() const;
+  int64_t dropped_lines() const;   // log lines lost to the bound
+  int64_t dropped_metrics() const;  // metric points lost to the bound (spill unwritable too)
   bool connected() const;
 
   struct Impl;
