@@ -257,8 +257,9 @@ std::string Scheduler::UnstoredNote(const Active& a) {
   if (!a.ingest_error.empty() || !a.spill_error.empty()) {
     return absl::StrCat("moed cannot store the job's ", a.ingest_error.empty() ? "metric points" : "log lines", " (",
                         a.ingest_error.empty() ? a.spill_error : a.ingest_error,
-                        "); they wait in the ranks' output, the job's end is recorded after them, and moed "
-                        "retries every tick (free space in the state directory)");
+                        "); they wait in the ranks (each keeps up to 32 MiB that moed has not stored) and their output "
+                        "files, the job's end is recorded after them, and moed retries every tick (free space in "
+                        "the state directory)");
   }
   return "";
 }
