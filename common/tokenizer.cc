@@ -104,6 +104,7 @@ class CharTokenizer final : public Tokenizer {
   }
 
   int vocab_size() const override { return static_cast<int>(symbols_.size()); }
+  size_t CutPoint(std::string_view text, size_t from) const override { return std::min(from, text.size()); }
   std::string Describe() const override {
     return absl::StrCat("char (", symbols_.size(), " symbols)");
   }
@@ -288,6 +289,18 @@ class Gpt2Tokenizer final : public Tokenizer {
     return out;
   }
   int vocab_size() const override { return static_cast<int>(id_bytes_.size()); }
+  // An ASCII whitespace byte after an ASCII byte that is no whitespace: every pre-token ends there
+  // (none holds a space after other characters), the one before it ends the same way at the end of
+  // the first part (its run of one class stops there either way; a contraction is whole), and the
+  // scan of the rest starts there afresh (the pre-tokenizer looks ahead, never back).
+  size_t CutPoint(std::string_view text, size_t from) const override {
+    auto space = [](unsigned char c) { return c == ' ' || (c >= 0x09 && c <= 0x0D); };
+    for (size_t c = std::max<size_t>(from, 1); c < text.size(); ++c) {
+      const unsigned char prev = static_cast<unsigned char>(text[c - 1]);
+      if (space(static_cast<unsigned char>(text[c])) && prev < 0x80 && !space(prev)) return c;
+    }
+    return text.size();
+  }
   std::string Describe() const override {
     return absl::StrCat("gpt2 BPE (", vocab_size(), " tokens, ", ranks_.size(), " merges)");
   }

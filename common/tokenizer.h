@@ -28,6 +28,10 @@ class Tokenizer {  // text <-> token ids
   virtual int vocab_size() const = 0;
   virtual std::string Describe() const = 0;   // e.g. "char (65 symbols)"
   virtual std::string Serialize() const = 0;  // enough to rebuild it (stored in checkpoints)
+  // Where a large text may be cut for encoding it piece by piece: the first point c >= from
+  // (text.size() if none) with Encode(text[0, c)) followed by Encode(text[c, end)) equal to
+  // Encode(text). The default never cuts.
+  virtual size_t CutPoint(std::string_view text, size_t from) const { return text.size(); }
 };
 
 // nanoGPT shakespeare_char: the vocabulary is the sorted set of distinct bytes of the corpus,

@@ -12,6 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/files.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -22,6 +25,13 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::ElementsAre;
+
+bool ReadFileTo(const std::string& path, std::string* out) {
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return false;
+  *out = *std::move(text);
+  return true;
+}
 using ::testing::HasSubstr;
 
 struct FileId {
@@ -407,7 +417,7 @@ TEST_F(DatasetTest, CachedTextTokensAreMapped) {
   moe::v1::DataSpec spec = Spec(path, moe::v1::TOKENIZER_CHAR);
   auto first = LoadDataset(spec);
   ASSERT_TRUE(first.ok()) << first.status();
-  EXPECT_FALSE(first->train.mapped());  // just tokenized: in memory
+  EXPECT_TRUE(first->train.mapped());  // just tokenized: the shards it wrote, mapped too
   auto second = LoadDataset(spec);
   ASSERT_TRUE(second.ok()) << second.status();
   EXPECT_THAT(second->source, HasSubstr("cached in"));
@@ -452,6 +462,90 @@ TEST(SampleBatch, DeterministicSliceableAndShifted) {
     SampleBatch(tokens, seed, stream, step, 0, b, t, x2.data(), y2.data());
     EXPECT_NE(x2, x) << seed << " " << stream << " " << step;
   }
+}
+
+// A stop while the text is read, tokenized or the cache written (each poll in turn, over a
+// cache that held other tokens before) ends the load with kDataLoadStopped at that poll and
+// leaves no cache that looks complete: no meta.txt of this load, no temp files. The next load
+// builds it whole, with the tokens of a load never stopped; progress lines say what it did.
+TEST_F(DatasetTest, AStopAtAnyPointLeavesNoCacheThatLooksComplete) {
+  const std::string path = dir_ + "/text.txt";
+  {
+    std::string one;
+    ASSERT_TRUE(ReadFileTo(testing::ShakespearePath(), &one));
+    std::ofstream out(path, std::ios::binary);
+    for (int i = 0; i < 8; ++i) out << one;  // 8.9 MB: 3 chunks of 4 MB to read and to tokenize
+  }
+  moe::v1::DataSpec spec = Spec(path, moe::v1::TOKENIZER_CHAR);
+  spec.set_cache_dir(dir_ + "/cache-stop");
+  moe::v1::DataSpec other = spec;
+  other.set_val_fraction(0.2);
+
+  // A load never stopped, counting its polls; progress lines at every chance.
+  int polls = 0;
+  std::vector<std::string> log;
+  DataLoadOptions opts;
+  opts.stop_requested = [&polls] { ++polls; return false; };
+  opts.on_log = [&log](const std::string& line) { log.push_back(line); };
+  opts.progress_every_s = 0;
+  auto want = LoadDataset(spec, opts);
+  ASSERT_TRUE(want.ok()) << want.status();
+  const int all_polls = polls;
+  ASSERT_GE(all_polls, 8);
+  const std::string lines = absl::StrJoin(log, "\n");
+  EXPECT_THAT(lines, HasSubstr("tokenizing 8.9 MB of text (" + path + ", char (65 symbols)) into the token cache " +
+                               spec.cache_dir()));
+  EXPECT_THAT(lines, HasSubstr("tokenizing: 100% of 8.9 MB, 8.9 M tokens so far"));
+  EXPECT_THAT(lines, HasSubstr("tokenized 8.9 MB of text in "));
+  EXPECT_THAT(lines, HasSubstr(absl::StrCat(" s: 8.9 M tokens (", want->train.size(), " train + ", want->val.size(),
+                                            " val), cached in ", spec.cache_dir())));
+  EXPECT_TRUE(want->train.mapped()) << "trains from the written shards";
+
+  for (int stop_at = 1; stop_at <= all_polls; ++stop_at) {
+    SCOPED_TRACE(absl::StrCat("stop at poll ", stop_at, " of ", all_polls));
+    ASSERT_TRUE(LoadDataset(other).ok());  // a complete cache of other tokens
+    polls = 0;
+    opts.stop_requested = [&polls, stop_at] { return ++polls >= stop_at; };
+    auto data = LoadDataset(spec, opts);
+    ASSERT_FALSE(data.ok());
+    EXPECT_TRUE(absl::IsCancelled(data.status())) << data.status();
+    EXPECT_EQ(data.status().message(), kDataLoadStopped);
+    EXPECT_EQ(polls, stop_at) << "ends at the first poll that asks";
+    std::string meta;
+    if (ReadFileTo(spec.cache_dir() + "/meta.txt", &meta)) {
+      EXPECT_THAT(meta, HasSubstr("val_fraction 0.2")) << "only the old cache's own meta may be left";
+    }
+    for (const auto& e : fs::directory_iterator(spec.cache_dir())) {
+      EXPECT_THAT(e.path().filename().string(), ::testing::Not(HasSubstr(".tmp."))) << e.path();
+    }
+  }
+  auto again = LoadDataset(spec);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_THAT(again->source, HasSubstr("tokenized into")) << "rebuilt, not reused";
+  EXPECT_TRUE(again->train == want->train);
+  EXPECT_TRUE(again->val == want->val);
+  auto reused = LoadDataset(spec);
+  ASSERT_TRUE(reused.ok()) << reused.status();
+  EXPECT_THAT(reused->source, HasSubstr("cached in"));
+  EXPECT_TRUE(reused->train == want->train);
+}
+
+// GPT-2 text tokenized in chunks gives the ids of the whole text encoded at once.
+TEST_F(DatasetTest, Gpt2TextTokenizedInChunksMatchesTheWholeEncoded) {
+  const std::string gpt2_dir = testing::SourceDir() + "/data/gpt2";
+  if (!fs::exists(gpt2_dir + "/encoder.json")) GTEST_SKIP() << gpt2_dir << " has no GPT-2 files";
+  std::string one;
+  ASSERT_TRUE(ReadFileTo(testing::ShakespearePath(), &one));
+  const std::string text = one + one.substr(0, 3 << 20) + one + one + one;  // 5.5 MB: 2 chunks
+  const std::string path = dir_ + "/gpt2.txt";
+  std::ofstream(path, std::ios::binary) << text;
+  moe::v1::DataSpec spec = Spec(path, moe::v1::TOKENIZER_GPT2, 0.0);
+  spec.set_tokenizer_dir(gpt2_dir);
+  auto data = LoadDataset(spec);
+  ASSERT_TRUE(data.ok()) << data.status();
+  const std::vector<int32_t> ids = data->tokenizer->Encode(text);
+  const std::vector<uint16_t> want(ids.begin(), ids.end());
+  EXPECT_EQ(data->train.ToVector(), want);
 }
 
 TEST(SampleBatch, CoversAllOffsetsIncludingTheLast) {

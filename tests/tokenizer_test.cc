@@ -160,6 +160,33 @@ TEST_F(Gpt2Test, RoundTripsAnyBytes) {
   EXPECT_LT(tok_->Encode(shakespeare).size(), shakespeare.size() / 3);
 }
 
+// LoadDataset encodes a large text a few MB at a time, cut where CutPoint says: the parts must
+// encode as the whole does, around contractions, runs of spaces and newlines, digits, Unicode
+// spaces and letters, and bytes that are no UTF-8.
+TEST_F(Gpt2Test, TextCutAtACutPointEncodesAsTheWhole) {
+  const std::string text =
+      "I'm here, they're ALL 123456 apples!!  two  spaces\n\nnew\tline  don' t 'll x'\n"
+      "naïve café \xc2\xa0 nbsp\xe3\x80\x80ideo — “quotes” 日本語 😀 \xff\xfe bad\xe2 a 12 34\r\n"
+      "end's   \n  ";
+  const std::vector<int32_t> whole = tok_->Encode(text);
+  int cuts = 0;
+  for (size_t from = 0; from <= text.size(); ++from) {
+    const size_t c = tok_->CutPoint(text, from);
+    ASSERT_GE(c, from);
+    ASSERT_LE(c, text.size());
+    if (c == text.size()) continue;
+    std::vector<int32_t> parts = tok_->Encode(std::string_view(text).substr(0, c));
+    const std::vector<int32_t> rest = tok_->Encode(std::string_view(text).substr(c));
+    parts.insert(parts.end(), rest.begin(), rest.end());
+    EXPECT_EQ(parts, whole) << "cut at byte " << c;
+    ++cuts;
+  }
+  EXPECT_GT(cuts, 50);
+  auto chr = BuildCharTokenizer(text);
+  ASSERT_TRUE(chr.ok());
+  EXPECT_EQ((*chr)->CutPoint(text, 7), 7u);  // char: anywhere
+}
+
 TEST_F(Gpt2Test, SerializeRebuildsTheSameTokenizer) {
   auto back = DeserializeTokenizer(tok_->Serialize());
   ASSERT_TRUE(back.ok()) << back.status();

@@ -64,5 +64,70 @@ TEST(WorkerStop, SigtermDuringALongEvaluationStopsAfterItsBatch) {
   EXPECT_TRUE(std::filesystem::exists(ckpt + "/step_00000001")) << text.str();
 }
 
+// SIGTERM while the worker tokenizes its text (sent when it says it started): it exits as stopped
+// (143, what moed reads as cancelled) within a second or two, says why, and leaves no cache that
+// looks complete (no meta.txt, no temp files). Before, it tokenized on and trained a step first.
+TEST(WorkerStop, SigtermWhileTokenizingTheDataExitsPromptlyWithNothingCached) {
+  const std::string dir = MakeTempDir("moe-worker-stop-data-");
+  const std::string text = dir + "/text.txt";
+  {
+    std::ifstream in(ShakespearePath(), std::ios::binary);
+    std::stringstream one;
+    one << in.rdbuf();
+    std::ofstream out(text, std::ios::binary);
+    for (int i = 0; i < 40; ++i) out << one.str();  // 44.6 MB: about a second to tokenize
+  }
+  const std::string job = dir + "/job.yaml";
+  std::ofstream(job) << "name: stop-data\n"
+                     << "model: {d_model: 32, n_layers: 1, n_heads: 2, seq_len: 16, vocab_size: 65,\n"
+                     << "        moe: {num_experts: 4, top_k: 2, expert_hidden: 32}}\n"
+                     << "data: {path: " << text << ", tokenizer: char, cache_dir: " << dir << "/cache}\n"
+                     << "train: {steps: 5, batch_size: 4, lr: 1.0e-3, warmup_steps: 0, log_every: 1}\n";
+  const std::string out = dir + "/out.txt";
+  const std::string cmd = absl::StrCat("exec '", BinDir(), "/moe-worker' --job '", job, "' --no-checkpoint",
+                                       " --threads 1 > '", out, "' 2>&1");
+  const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
+  pid_t pid = 0;
+  ASSERT_EQ(posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char**>(argv), environ), 0);
+  auto output = [&] {
+    std::stringstream t;
+    t << std::ifstream(out).rdbuf();
+    return t.str();
+  };
+  int status = 0;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!absl::StrContains(output(), "tokenizing 44.6 MB of text") && std::chrono::steady_clock::now() < deadline &&
+         waitpid(pid, &status, WNOHANG) == 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(kill(pid, SIGTERM), 0) << output();
+  const auto signalled = std::chrono::steady_clock::now();
+  pid_t done = 0;
+  deadline = signalled + std::chrono::seconds(30);
+  while ((done = waitpid(pid, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - signalled).count();
+  if (done == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  const std::string text_out = output();
+  ASSERT_NE(done, 0) << "still running 30 s after SIGTERM:\n" << text_out;
+  EXPECT_LT(took, 3.0) << text_out;
+  ASSERT_TRUE(WIFEXITED(status)) << text_out;
+  EXPECT_EQ(WEXITSTATUS(status), 143) << text_out;
+  EXPECT_TRUE(absl::StrContains(text_out, "stop requested while preparing the data: exiting, nothing to checkpoint"))
+      << text_out;
+  EXPECT_FALSE(absl::StrContains(text_out, "\"step\"")) << text_out;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/cache/meta.txt")) << text_out;
+  if (std::filesystem::exists(dir + "/cache")) {
+    for (const auto& e : std::filesystem::directory_iterator(dir + "/cache")) {
+      EXPECT_FALSE(absl::StrContains(e.path().filename().string(), ".tmp.")) << e.path();
+    }
+  }
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace moe::testing

@@ -38,6 +38,7 @@
 #include "worker/model/allocation_error.h"
 #include "worker/model/model_config.h"
 #include "worker/report/reporter.h"
+#include "worker/train/prepare_data.h"
 #include "worker/train/signals.h"
 #include "worker/train/trainer.h"
 
@@ -522,7 +523,17 @@ int main(int argc, char** argv) {
       return fail(std::string(st.message()));
     }
   }
-  absl::StatusOr<moe::Dataset> data = moe::LoadDataset(spec->data());
+  // Rank 0 logs the preparation (a long tokenization says so); a stop during it ends the job as
+  // stopped, every rank agreeing, with nothing to checkpoint.
+  absl::StatusOr<moe::Dataset> data = moe::PrepareData(spec->data(), comm.get(), [&](const std::string& line) {
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+    reporter->Log(line);
+  });
+  if (absl::IsCancelled(data.status())) {
+    reporter->Close();
+    return 143;
+  }
   if (!data.ok()) return fail(absl::StrCat("cannot load data: ", data.status().message()));
   if (absl::Status st = moe::CheckSplits(*data, spec->model().seq_len()); !st.ok()) {
     return fail(std::string(st.message()));

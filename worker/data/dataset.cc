@@ -1,6 +1,13 @@
 #include "worker/data/dataset.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <array>
+#include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +25,7 @@
 #include "common/token_shards.h"
 #include "kernels/dropout.h"
 #include "worker/checkpoint/checkpoint.h"
+#include "worker/checkpoint/xxh64.h"
 
 namespace moe {
 namespace fs = std::filesystem;
@@ -25,21 +33,121 @@ namespace {
 
 constexpr absl::string_view kCacheHeader = "moe-token-cache v1";
 
-std::string TokenBytes(const TokenSplit& tokens) {
-  std::string out;
-  out.reserve(tokens.size() * sizeof(uint16_t));
-  for (const TokenSplit::Piece& p : tokens.pieces()) {
-    out.append(reinterpret_cast<const char*>(p.data), p.count * sizeof(uint16_t));
-  }
-  return out;
+constexpr size_t kTextChunk = size_t{4} << 20;     // bytes of text per scan or encode step
+constexpr size_t kTokenChunk = size_t{16} << 20;   // tokens per hash or write step
+
+std::string HumanBytes(double n) {
+  if (n >= 1e9) return absl::StrFormat("%.1f GB", n / 1e9);
+  if (n >= 1e6) return absl::StrFormat("%.1f MB", n / 1e6);
+  if (n >= 1e3) return absl::StrFormat("%.1f kB", n / 1e3);
+  return absl::StrFormat("%.0f bytes", n);
 }
 
-uint64_t HashTokens(const TokenSplit& tokens) {
-  if (tokens.pieces().size() == 1) {
-    return Xxh64(tokens.pieces()[0].data, tokens.pieces()[0].count * sizeof(uint16_t));
+std::string HumanCount(double n) {
+  if (n >= 1e9) return absl::StrFormat("%.2f G", n / 1e9);
+  if (n >= 1e6) return absl::StrFormat("%.1f M", n / 1e6);
+  if (n >= 1e3) return absl::StrFormat("%.1f k", n / 1e3);
+  return absl::StrFormat("%.0f", n);
+}
+
+absl::Status Stopped() { return absl::CancelledError(kDataLoadStopped); }
+
+// The stop polls and progress lines of one load.
+class Progress {
+ public:
+  using Clock = std::chrono::steady_clock;
+  explicit Progress(const DataLoadOptions& opts) : opts_(opts), start_(Clock::now()), last_(start_) {}
+  bool Stop() const { return opts_.stop_requested && opts_.stop_requested(); }
+  void Log(const std::string& line) const {
+    if (opts_.on_log) opts_.on_log(line);
   }
-  const std::vector<uint16_t> all = tokens.ToVector();
-  return Xxh64(all.data(), all.size() * sizeof(uint16_t));
+  // line() when progress_every_s have passed since the start or the last such line.
+  template <typename F>
+  void Every(F line) {
+    if (!opts_.on_log) return;
+    const Clock::time_point now = Clock::now();
+    if (std::chrono::duration<double>(now - last_).count() < opts_.progress_every_s) return;
+    last_ = now;
+    Log(line());
+  }
+  double Seconds() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
+
+ private:
+  const DataLoadOptions& opts_;
+  Clock::time_point start_, last_;
+};
+
+// Lets the kernel drop the pages of [from, to) of a mapping (read-only, file-backed: they come
+// back from the file if read again), so a text read once does not stay in the process's memory.
+void DropPages(const unsigned char* base, size_t from, size_t to) {
+  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t a = (from + page - 1) / page * page, b = to / page * page;
+  if (b > a) ::madvise(const_cast<unsigned char*>(base) + a, b - a, MADV_DONTNEED);
+}
+
+// XXH64 of the tokens' bytes (as if concatenated), a chunk at a time; Cancelled on a stop.
+absl::StatusOr<uint64_t> HashTokens(const TokenSplit& tokens, Progress* progress, absl::string_view what) {
+  Xxh64Hasher hasher;
+  size_t done = 0;
+  for (const TokenSplit::Piece& p : tokens.pieces()) {
+    for (size_t i = 0; i < p.count; i += kTokenChunk) {
+      if (progress->Stop()) return Stopped();
+      const size_t n = std::min(kTokenChunk, p.count - i);
+      hasher.Update(p.data + i, n * sizeof(uint16_t));
+      done += n;
+      progress->Every([&] {
+        return absl::StrCat(what, ": ", done * 100 / std::max<size_t>(1, tokens.size()), "% of ",
+                            HumanCount(static_cast<double>(tokens.size())), " tokens, ",
+                            static_cast<int>(progress->Seconds()), " s");
+      });
+    }
+  }
+  return hasher.Digest();
+}
+
+// Writes the tokens to path through a temporary name and a rename, a chunk at a time. A stop or a
+// failure removes the temporary file (Cancelled on a stop). The file is not synced: meta.txt,
+// written (and synced) after it, holds its hash, and a reader trusts it only when it hashes to that.
+absl::Status WriteTokensAtomic(const std::string& path, const TokenSplit& tokens, Progress* progress) {
+  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::InternalError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
+  auto give_up = [&](absl::Status st) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return st;
+  };
+  for (const TokenSplit::Piece& p : tokens.pieces()) {
+    for (size_t i = 0; i < p.count; i += kTokenChunk) {
+      if (progress->Stop()) return give_up(Stopped());
+      const char* at = reinterpret_cast<const char*>(p.data + i);
+      size_t left = std::min(kTokenChunk, p.count - i) * sizeof(uint16_t);
+      while (left > 0) {
+        const ssize_t n = ::write(fd, at, left);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          return give_up(absl::InternalError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno))));
+        }
+        at += n;
+        left -= static_cast<size_t>(n);
+      }
+    }
+  }
+  if (::close(fd) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    return absl::InternalError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(err)));
+  }
+  if (progress->Stop()) {
+    ::unlink(tmp.c_str());
+    return Stopped();
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    return absl::InternalError(absl::StrCat("cannot rename into ", path, ": ", std::strerror(err)));
+  }
+  return absl::OkStatus();
 }
 
 std::string TokenizerName(moe::v1::Tokenizer t) {
@@ -89,9 +197,10 @@ std::string DefaultCacheDir(const std::string& text_path, absl::string_view kind
                       absl::StrFormat("%016x", Xxh64(abs.data(), abs.size())), "/", kind);
 }
 
-// Maps path as raw uint16 tokens when it has `count` tokens hashing to `hash`.
-bool ReadCachedTokens(const std::string& path, const std::string& count, const std::string& hash,
-                      TokenSplit* out) {
+// Maps path as raw uint16 tokens when it has `count` tokens (hashing to `hash`, unless hash is
+// empty): true and *out set, else false; Cancelled on a stop.
+absl::StatusOr<bool> ReadCachedTokens(const std::string& path, const std::string& count, const std::string& hash,
+                                      Progress* progress, TokenSplit* out) {
   absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(path);
   uint64_t n;
   if (!file.ok() || !absl::SimpleAtoi(count, &n) || (*file)->size() != n * sizeof(uint16_t)) {
@@ -99,9 +208,43 @@ bool ReadCachedTokens(const std::string& path, const std::string& count, const s
   }
   TokenSplit tokens;
   tokens.Append(*file, 0, n);
-  if (absl::StrFormat("%016x", HashTokens(tokens)) != hash) return false;
+  if (!hash.empty()) {
+    absl::StatusOr<uint64_t> h = HashTokens(tokens, progress, "checking the token cache");
+    if (!h.ok()) return h.status();
+    if (absl::StrFormat("%016x", *h) != hash) return false;
+  }
   *out = std::move(tokens);
   return true;
+}
+
+// XXH64 of the text and, when symbols is given, its distinct bytes in order (what the char
+// tokenizer is built from), a chunk at a time; Cancelled on a stop.
+absl::Status ScanText(const MappedFile& text, Progress* progress, uint64_t* hash, std::string* symbols) {
+  Xxh64Hasher hasher;
+  std::array<bool, 256> present{};
+  const unsigned char* data = text.data();
+  for (size_t pos = 0; pos < text.size(); pos += kTextChunk) {
+    if (progress->Stop()) return Stopped();
+    const size_t n = std::min(kTextChunk, text.size() - pos);
+    hasher.Update(data + pos, n);
+    if (symbols != nullptr) {
+      for (size_t i = 0; i < n; ++i) present[data[pos + i]] = true;
+    }
+    DropPages(data, pos, pos + n);
+    progress->Every([&] {
+      return absl::StrCat("reading the text: ", (pos + n) * 100 / text.size(), "% of ",
+                          HumanBytes(static_cast<double>(text.size())), ", ", static_cast<int>(progress->Seconds()),
+                          " s");
+    });
+  }
+  *hash = hasher.Digest();
+  if (symbols != nullptr) {
+    symbols->clear();
+    for (int b = 0; b < 256; ++b) {
+      if (present[b]) symbols->push_back(static_cast<char>(b));
+    }
+  }
+  return absl::OkStatus();
 }
 
 void Split(TokenSplit tokens, double val_fraction, Dataset* data) {
@@ -110,14 +253,14 @@ void Split(TokenSplit tokens, double val_fraction, Dataset* data) {
   data->train = tokens.Slice(0, n_train);
 }
 
-absl::StatusOr<Dataset> LoadText(const moe::v1::DataSpec& spec) {
+absl::StatusOr<Dataset> LoadText(const moe::v1::DataSpec& spec, Progress* progress) {
   const std::string kind = TokenizerName(spec.tokenizer());
-  absl::StatusOr<std::string> text = ReadFile(spec.path());
-  if (!text.ok()) {
-    return absl::Status(text.status().code(),
-                        absl::StrCat("data.path: ", text.status().message()));
+  absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(spec.path());
+  if (!file.ok()) {
+    return absl::Status(file.status().code(), absl::StrCat("data.path: ", file.status().message()));
   }
-  if (text->empty()) {
+  const MappedFile& text = **file;
+  if (text.size() == 0) {
     return absl::InvalidArgumentError(absl::StrCat("data.path: ", spec.path(), " is empty"));
   }
 
@@ -125,8 +268,12 @@ absl::StatusOr<Dataset> LoadText(const moe::v1::DataSpec& spec) {
   CacheMeta want;
   want["tokenizer"] = kind;
   want["source"] = fs::absolute(spec.path()).string();
-  want["source_size"] = absl::StrCat(text->size());
-  want["source_xxh64"] = absl::StrFormat("%016x", Xxh64(text->data(), text->size()));
+  want["source_size"] = absl::StrCat(text.size());
+  uint64_t text_hash = 0;
+  std::string symbols;  // char: the text's distinct bytes
+  const bool is_char = spec.tokenizer() == moe::v1::TOKENIZER_CHAR;
+  if (absl::Status st = ScanText(text, progress, &text_hash, is_char ? &symbols : nullptr); !st.ok()) return st;
+  want["source_xxh64"] = absl::StrFormat("%016x", text_hash);
   want["val_fraction"] = absl::StrFormat("%.17g", spec.val_fraction());
   if (spec.tokenizer() == moe::v1::TOKENIZER_GPT2) {
     absl::StatusOr<std::unique_ptr<Tokenizer>> t = LoadGpt2Tokenizer(Gpt2TokenizerDir(spec));
@@ -153,11 +300,18 @@ absl::StatusOr<Dataset> LoadText(const moe::v1::DataSpec& spec) {
       absl::StatusOr<std::string> blob = ReadFile(cache_dir + "/tokenizer.txt");
       absl::StatusOr<std::unique_ptr<Tokenizer>> tok =
           blob.ok() ? DeserializeTokenizer(*blob) : absl::StatusOr<std::unique_ptr<Tokenizer>>(blob.status());
-      if (tok.ok() &&
-          ReadCachedTokens(cache_dir + "/train.bin", (*have)["train_tokens"], (*have)["train_xxh64"],
-                           &data.train) &&
-          ReadCachedTokens(cache_dir + "/val.bin", (*have)["val_tokens"], (*have)["val_xxh64"],
-                           &data.val)) {
+      absl::StatusOr<bool> train_ok = false, val_ok = false;
+      if (tok.ok()) {
+        train_ok = ReadCachedTokens(cache_dir + "/train.bin", (*have)["train_tokens"], (*have)["train_xxh64"],
+                                    progress, &data.train);
+        if (!train_ok.ok()) return train_ok.status();
+      }
+      if (tok.ok() && *train_ok) {
+        val_ok = ReadCachedTokens(cache_dir + "/val.bin", (*have)["val_tokens"], (*have)["val_xxh64"], progress,
+                                  &data.val);
+        if (!val_ok.ok()) return val_ok.status();
+      }
+      if (tok.ok() && *train_ok && *val_ok) {
         data.tokenizer = *std::move(tok);
         data.vocab_size = data.tokenizer->vocab_size();
         data.source = absl::StrCat(spec.path(), " (", data.tokenizer->Describe(), ", ",
@@ -168,9 +322,9 @@ absl::StatusOr<Dataset> LoadText(const moe::v1::DataSpec& spec) {
     }
   }
 
-  // Tokenize.
-  if (spec.tokenizer() == moe::v1::TOKENIZER_CHAR) {
-    absl::StatusOr<std::unique_ptr<Tokenizer>> t = BuildCharTokenizer(*text);
+  // Tokenize, a chunk at a time (cut where the tokenizer says the parts encode as the whole).
+  if (is_char) {
+    absl::StatusOr<std::unique_ptr<Tokenizer>> t = BuildCharTokenizer(symbols);
     if (!t.ok()) return t.status();
     data.tokenizer = *std::move(t);
   } else {
@@ -180,31 +334,72 @@ absl::StatusOr<Dataset> LoadText(const moe::v1::DataSpec& spec) {
     return absl::InvalidArgumentError(absl::StrCat(data.tokenizer->Describe(),
                                                    " does not fit uint16 token shards"));
   }
-  absl::StatusOr<std::vector<int32_t>> ids = data.tokenizer->TryEncode(*text);
-  if (!ids.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("data.path: ", spec.path(), ": ", ids.status().message()));
+  const std::string text_size = HumanBytes(static_cast<double>(text.size()));
+  progress->Log(absl::StrCat("tokenizing ", text_size, " of text (", spec.path(), ", ", data.tokenizer->Describe(),
+                             ") into the token cache ", cache_dir));
+  const std::string_view all(reinterpret_cast<const char*>(text.data()), text.size());
+  std::vector<uint16_t> tokens;
+  tokens.reserve(is_char ? text.size() : text.size() / 4 + 1024);
+  for (size_t pos = 0; pos < text.size();) {
+    if (progress->Stop()) return Stopped();
+    const size_t end = pos + kTextChunk >= text.size() ? text.size() : data.tokenizer->CutPoint(all, pos + kTextChunk);
+    absl::StatusOr<std::vector<int32_t>> ids = data.tokenizer->TryEncode(all.substr(pos, end - pos));
+    if (!ids.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("data.path: ", spec.path(), ": ", ids.status().message(),
+                                                     " (counted from byte ", pos, ")"));
+    }
+    tokens.insert(tokens.end(), ids->begin(), ids->end());
+    DropPages(text.data(), pos, end);
+    pos = end;
+    progress->Every([&] {
+      return absl::StrCat("tokenizing: ", pos * 100 / text.size(), "% of ", text_size, ", ",
+                          HumanCount(static_cast<double>(tokens.size())), " tokens so far, ",
+                          static_cast<int>(progress->Seconds()), " s");
+    });
   }
-  text->clear();
-  text->shrink_to_fit();
-  std::vector<uint16_t> tokens(ids->begin(), ids->end());
-  ids->clear();
-  ids->shrink_to_fit();
+  tokens.shrink_to_fit();
   Split(TokenSplit(std::move(tokens)), spec.val_fraction(), &data);
   data.vocab_size = data.tokenizer->vocab_size();
 
-  // Write the cache; meta last, so a reader never trusts shards that are not all in place. Ranks
-  // racing here write identical bytes through their own temp names, so any winner is correct.
+  // Write the cache. The old meta goes first and the new one comes last, so a cache is complete
+  // exactly when its meta is there: a stop or a failure in between leaves none (and each shard is
+  // written under a temp name and renamed). Ranks racing here write identical bytes through their
+  // own temp names, so any winner is correct.
   CacheMeta meta = want;
+  absl::StatusOr<uint64_t> train_hash = HashTokens(data.train, progress, "hashing the tokens");
+  if (!train_hash.ok()) return train_hash.status();
+  absl::StatusOr<uint64_t> val_hash = HashTokens(data.val, progress, "hashing the tokens");
+  if (!val_hash.ok()) return val_hash.status();
   meta["train_tokens"] = absl::StrCat(data.train.size());
-  meta["train_xxh64"] = absl::StrFormat("%016x", HashTokens(data.train));
+  meta["train_xxh64"] = absl::StrFormat("%016x", *train_hash);
   meta["val_tokens"] = absl::StrCat(data.val.size());
-  meta["val_xxh64"] = absl::StrFormat("%016x", HashTokens(data.val));
+  meta["val_xxh64"] = absl::StrFormat("%016x", *val_hash);
   absl::Status st = MakeDirs(cache_dir);
-  if (st.ok()) st = WriteFileAtomic(cache_dir + "/train.bin", TokenBytes(data.train));
-  if (st.ok()) st = WriteFileAtomic(cache_dir + "/val.bin", TokenBytes(data.val));
+  if (st.ok() && ::unlink(meta_path.c_str()) != 0 && errno != ENOENT) {
+    st = absl::InternalError(absl::StrCat("cannot remove the old ", meta_path, ": ", std::strerror(errno)));
+  }
+  if (st.ok()) st = WriteTokensAtomic(cache_dir + "/train.bin", data.train, progress);
+  if (st.ok()) st = WriteTokensAtomic(cache_dir + "/val.bin", data.val, progress);
   if (st.ok()) st = WriteFileAtomic(cache_dir + "/tokenizer.txt", data.tokenizer->Serialize());
+  if (st.ok() && progress->Stop()) st = Stopped();
   if (st.ok()) st = WriteFileAtomic(meta_path, FormatMeta(meta));
+  if (absl::IsCancelled(st)) return st;
+  if (st.ok()) {
+    // Train from the written shards, mapped, rather than from the tokens in memory.
+    TokenSplit train, val;
+    absl::StatusOr<bool> train_ok =
+        ReadCachedTokens(cache_dir + "/train.bin", meta["train_tokens"], "", progress, &train);
+    absl::StatusOr<bool> val_ok = ReadCachedTokens(cache_dir + "/val.bin", meta["val_tokens"], "", progress, &val);
+    if (train_ok.ok() && *train_ok && val_ok.ok() && *val_ok) {
+      data.train = std::move(train);
+      data.val = std::move(val);
+    }
+  }
+  progress->Log(absl::StrCat("tokenized ", text_size, " of text in ", static_cast<int>(progress->Seconds() + 0.5),
+                             " s: ", HumanCount(static_cast<double>(data.train.size() + data.val.size())),
+                             " tokens (", data.train.size(), " train + ", data.val.size(), " val), ",
+                             st.ok() ? absl::StrCat("cached in ", cache_dir)
+                                     : absl::StrCat("not cached: ", st.message())));
   data.source = absl::StrCat(spec.path(), " (", data.tokenizer->Describe(), ", ", data.train.size(),
                              " train + ", data.val.size(), " val tokens, ",
                              st.ok() ? absl::StrCat("tokenized into ", cache_dir)
@@ -226,13 +421,14 @@ absl::StatusOr<TokenSplit> MapShard(const std::string& path) {
   return tokens;
 }
 
-absl::StatusOr<Dataset> LoadPretokenized(const moe::v1::DataSpec& spec) {
+absl::StatusOr<Dataset> LoadPretokenized(const moe::v1::DataSpec& spec, Progress* progress) {
   absl::StatusOr<std::vector<std::string>> files = ShardFiles(spec.path());
   if (!files.ok()) return files.status();
   Dataset data;
   TokenSplit all;
   int n_val_files = 0;
   for (const std::string& f : *files) {
+    if (progress->Stop()) return Stopped();
     absl::StatusOr<TokenSplit> tokens = MapShard(f);
     if (!tokens.ok()) return tokens.status();
     const bool is_val = IsValShard(f, files->size());
@@ -253,7 +449,10 @@ absl::StatusOr<Dataset> LoadPretokenized(const moe::v1::DataSpec& spec) {
   int max_id = 0;
   for (const TokenSplit* split : {&data.train, &data.val}) {
     for (const TokenSplit::Piece& p : split->pieces()) {
-      for (size_t i = 0; i < p.count; ++i) max_id = std::max<int>(max_id, p.data[i]);
+      for (size_t i = 0; i < p.count; ++i) {
+        if (i % kTokenChunk == 0 && progress->Stop()) return Stopped();
+        max_id = std::max<int>(max_id, p.data[i]);
+      }
     }
   }
   data.vocab_size = max_id + 1;
@@ -270,7 +469,8 @@ std::string Gpt2TokenizerDir(const moe::v1::DataSpec& spec) {
   return spec.tokenizer_dir().empty() ? "data/gpt2" : spec.tokenizer_dir();
 }
 
-absl::StatusOr<Dataset> LoadDataset(const moe::v1::DataSpec& spec) {
+absl::StatusOr<Dataset> LoadDataset(const moe::v1::DataSpec& spec, const DataLoadOptions& opts) {
+  Progress progress(opts);
   if (spec.path().empty()) return absl::InvalidArgumentError("data.path is empty");
   if (!(spec.val_fraction() >= 0.0 && spec.val_fraction() < 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -279,9 +479,9 @@ absl::StatusOr<Dataset> LoadDataset(const moe::v1::DataSpec& spec) {
   switch (spec.tokenizer()) {
     case moe::v1::TOKENIZER_CHAR:
     case moe::v1::TOKENIZER_GPT2:
-      return LoadText(spec);
+      return LoadText(spec, &progress);
     case moe::v1::TOKENIZER_PRETOKENIZED: {
-      absl::StatusOr<Dataset> data = LoadPretokenized(spec);
+      absl::StatusOr<Dataset> data = LoadPretokenized(spec, &progress);
       if (!data.ok() || spec.tokenizer_dir().empty()) return data;
       // Shards made with GPT-2's BPE may name it, so that samples and exports can turn
       // tokens back into text: the tokenizer is kept with the data (and in checkpoints).

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,6 +26,22 @@ struct Dataset {
   std::string source;            // description for logs
 };
 
+// How a load reports and ends early.
+struct DataLoadOptions {
+  // Polled between chunks (a few MB) while the text is hashed and tokenized, the cache written
+  // and the tokens hashed or scanned: true ends the load with a Cancelled status; a cache being
+  // written is left without its meta.txt (and without half-written shards under their names), so
+  // it never looks complete.
+  std::function<bool()> stop_requested;
+  // Lines that say what a long preparation is doing: when tokenizing starts (the text's size, the
+  // cache), every progress_every_s while it runs, and when it ends (time, tokens).
+  std::function<void(const std::string&)> on_log;
+  double progress_every_s = 10;
+};
+
+// The status a stopped load returns (absl::IsCancelled).
+inline constexpr char kDataLoadStopped[] = "stop requested while preparing the data";
+
 // Loads spec.path as spec.tokenizer says:
 //  char / gpt2: a text file, tokenized once and cached in spec.cache_dir (default
 //    "<path>.moe-cache/<char|gpt2>/"): train.bin, val.bin (raw little-endian uint16),
@@ -32,12 +49,13 @@ struct Dataset {
 //    XXH64, tokenizer hash, val_fraction, token counts and hashes). A cache that matches the
 //    text, tokenizer and val_fraction is reused; otherwise it is rebuilt, each file through a temp
 //    name and a rename, so ranks loading the same data concurrently never see a torn file.
-//  The cached shards are mapped, not read (a text just tokenized keeps its tokens in memory).
+//  The text is mapped and tokenized a few MB at a time (Tokenizer::CutPoint), so memory holds
+//  the tokens (2 bytes per token) and one chunk's work; the shards are mapped once written.
 //  pretokenized: a .bin file, a directory of .bin files, or a glob, mapped. Each file is a FineWeb shard
 //    (256 x int32 header: magic 20240520, version 1, token count; then uint16 tokens) or raw
 //    uint16 tokens. Files whose name contains "val" are the validation split if there are any,
 //    otherwise the concatenated tokens are split by val_fraction.
-absl::StatusOr<Dataset> LoadDataset(const moe::v1::DataSpec& spec);
+absl::StatusOr<Dataset> LoadDataset(const moe::v1::DataSpec& spec, const DataLoadOptions& opts = {});
 
 // Where a gpt2 job reads encoder.json and vocab.bpe: data.tokenizer_dir, else data/gpt2.
 std::string Gpt2TokenizerDir(const moe::v1::DataSpec& spec);

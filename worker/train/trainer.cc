@@ -370,6 +370,18 @@ absl::Status Trainer::Run(TrainOutcome* outcome) {
   }
   const int log_every = std::max(1, t.log_every());
   *outcome = TrainOutcome::kFinished;
+  // A SIGTERM/SIGINT that came while the model was built or a checkpoint read: no step of this
+  // run has trained, so there is nothing to checkpoint (opts_.stop_requested is polled at the
+  // steps' ends only, as it says). Every rank agrees.
+  if (step < last) {
+    double stop = StopRequested() ? 1.0 : 0.0;
+    if (comm_->world_size() > 1) comm_->AllReduceSum(&stop, 1);
+    if (stop > 0) {
+      Log("stop requested before the first step: exiting, nothing to checkpoint");
+      *outcome = TrainOutcome::kStopped;
+      return absl::OkStatus();
+    }
+  }
   while (step < last) {
     StepResult r = InStep(step + 1, [&] { return Step(step); });
     ++step;
