@@ -280,6 +280,21 @@ TEST_F(CheckpointInputs, ExportRefusesAMissingParentAndExitsTwoForUsage) {
   EXPECT_TRUE(fs::exists(root + "/m/config.json"));
 }
 
+// --threads N applies to --sample and --score (they ran on OpenMP's default, every core, whatever
+// N was given); --export takes no --threads.
+TEST_F(CheckpointInputs, SampleAndScoreRunOnTheThreadsGiven) {
+  for (const char* n : {"1", "3"}) {
+    CommandResult r = RunCommand(
+        {Worker(), "--sample", *good_, "--prompt", "ROMEO", "--tokens", "3", "--device", "cpu", "--threads", n}, {}, 120);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_THAT(r.err, HasSubstr(absl::StrCat("with a kv cache, ", n, " CPU thread(s)"))) << r.err;
+  }
+  CommandResult score = RunCommand(
+      {Worker(), "--score", *good_, "--batch-out", testing::MakeTempDir("score-threads-") + "/b.bin", "--threads", "1"},
+      {}, 120);
+  EXPECT_EQ(score.exit_code, 0) << score.err;
+}
+
 // The job's text file is now shorter than one sequence: before, --score aborted in SampleBatch.
 TEST_F(CheckpointInputs, ScoringDataThatShrankSinceTrainingIsAnError) {
   const std::string text = testing::WriteTempText("First Citizen:\nBefore we proceed");

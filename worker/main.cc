@@ -63,7 +63,8 @@ constexpr char kUsage[] =
     "takes only the flags shown with it (another form's flag is refused, exit 2): --moed, --job-id,\n"
     "--attempt and --attempt-dir only with --spec, which is moed's form and needs --moed and --job-id.\n"
     "Every training form also takes --threads N and --comm-timeout SECS (how long a collective may wait\n"
-    "for a peer before the job is aborted, MPI and NCCL alike; default 300).\n"
+    "for a peer before the job is aborted, MPI and NCCL alike; default 300); --sample and --score take\n"
+    "--threads N too (CPU threads; 0, the default, the machine's cores).\n"
     "Run several ranks with: mpirun -np W moe-worker --job JOB.yaml (as root also\n"
     "--allow-run-as-root, or OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1)\n"
     "Exit codes: 0 done; 2 bad usage or input: a flag, an invalid job, and for --sample, --score and\n"
@@ -112,7 +113,7 @@ constexpr RunFlag kRunFlags[] = {
     {"--max-steps", kTrain, "training runs (--job, --spec)"},
     {"--comm-timeout", kTrain, "training runs (--job, --spec)"},
     {"--no-checkpoint", kJob, "--job runs by hand (moed's jobs always checkpoint)"},
-    {"--threads", kTrain, "training runs (--job, --spec)"},
+    {"--threads", kTrain | kSample | kScore, "training runs, --sample and --score"},
     {"--prompt", kSample, "--sample"},
     {"--tokens", kSample, "--sample"},
     {"--temperature", kSample, "--sample"},
@@ -406,6 +407,20 @@ int FailCheckpointTool(const absl::Status& status) {
   return moe::IsUsageError(status) ? 2 : 1;
 }
 
+// OpenMP's threads wait for the next parallel region by spinning (libgomp: 300,000 spins) before
+// they sleep. When another process holds a core, the spinning thread takes the time the thread it
+// waits for needs: --sample of the CPU demo on a busy 2-core machine made 14 to 280 tokens/s, 700
+// to 1,400 with passive waiting. libgomp reads its environment once, in its constructor before
+// main (a setenv in .preinit_array is undone by libc's own start), so --sample and --score, whose
+// regions are tiny, run again with OMP_WAIT_POLICY=passive when the user set neither it nor
+// GOMP_SPINCOUNT. If the exec fails they go on as they are.
+void ExecWithPassiveOpenMpWait(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") != nullptr || std::getenv("GOMP_SPINCOUNT") != nullptr) return;
+  if (setenv("OMP_WAIT_POLICY", "passive", 0) != 0) return;
+  execv("/proc/self/exe", argv);
+  unsetenv("OMP_WAIT_POLICY");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -421,6 +436,12 @@ int main(int argc, char** argv) {
   }
   // Checkpoints and token caches hold the job's data: for the job's owner alone.
   umask(077);
+  // --sample and --score run the model on this process's CPU threads: --threads N (0 or none: the
+  // machine's cores), as training does (they took OpenMP's and OpenBLAS's defaults, whatever N).
+  if (!flags.score_checkpoint.empty() || flags.sampling) {
+    ExecWithPassiveOpenMpWait(argv);
+    moe::kernels::SetNumThreads(flags.threads);
+  }
   if (!flags.score_checkpoint.empty()) {
     absl::StatusOr<double> ce = CatchOutOfMemory(flags.score_checkpoint, [&] {
       return moe::ScoreCheckpoint(flags.score_checkpoint, flags.batch_out, flags.score_extras);
@@ -465,9 +486,9 @@ int main(int argc, char** argv) {
     // Generation speed: the tokens after the first over the time since it came (loading the
     // model and reading the prompt excluded).
     const double gen = std::chrono::duration<double>(last - first).count();
-    std::fprintf(stderr, "moe-worker: %d tokens in %.2f s, %.1f tokens/s after the first, on %s with %s\n",
+    std::fprintf(stderr, "moe-worker: %d tokens in %.2f s, %.1f tokens/s after the first, on %s with %s, %d CPU thread(s)\n",
                  produced, seconds, gen > 0 ? (produced - 1) / gen : 0.0, device.c_str(),
-                 flags.sample.kv_cache ? "a kv cache" : "no kv cache");
+                 flags.sample.kv_cache ? "a kv cache" : "no kv cache", moe::kernels::NumThreads());
     return 0;
   }
 
