@@ -196,6 +196,15 @@ void PrepareContext(grpc::ClientContext& ctx, const ClientConfig& config, double
 std::string DescribeError(const grpc::Status& s, const ClientConfig& config) {
   switch (s.error_code()) {
     case grpc::StatusCode::UNAVAILABLE:
+      // Something answered, but not in HTTP/2: no gRPC server (e.g. moed's --metrics-listen HTTP
+      // port, which MOE_SERVER has been given by mistake); "is it running?" misled.
+      if (absl::StrContains(s.error_message(), "http1.x server") ||
+          absl::StrContains(s.error_message(), "Failed parsing HTTP/2") ||
+          absl::StrContains(s.error_message(), "Expected SETTINGS frame")) {
+        return absl::StrCat(config.server, " answers, but not as moed's gRPC port (it does not speak HTTP/2; "
+                            "perhaps moed's --metrics-listen HTTP port): set --server or MOE_SERVER to moed's "
+                            "--listen address (default 127.0.0.1:50051)");
+      }
       return absl::StrCat("cannot reach moed at ", config.server,
                           " (is it running? set --server or MOE_SERVER)");
     case grpc::StatusCode::CANCELLED:

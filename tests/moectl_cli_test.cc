@@ -2,7 +2,10 @@
 // list/status -o json parse and carry every field; the filters; a rank the job lacks is a usage
 // error; delete and prune remove finished jobs end to end and refuse a running one; `logs -f`
 // with no moed to reach says so at once.
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
@@ -10,6 +13,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -285,6 +289,35 @@ TEST(MoeWorkerCli, NoCheckpointWritesNoneAndRefusesWhatNeedsOne) {
     EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
     EXPECT_TRUE(absl::StrContains(r.err, "--no-checkpoint")) << r.err;
   }
+}
+
+// MOE_SERVER at a port that answers in HTTP/1.1 (moed's --metrics-listen port, say): moectl says
+// the address answers but is not moed's gRPC port, not "cannot reach moed ... (is it running?)".
+TEST(MoectlCli, AnHttpPortIsNamedAsNotMoedsGrpcPort) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(fd, 16), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string server = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+  std::thread http([fd] {  // answers every connection as an HTTP/1.1 server, until shut down
+    for (int c; (c = accept(fd, nullptr, nullptr)) >= 0; close(c)) {
+      const char reply[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+      (void)!write(c, reply, sizeof(reply) - 1);
+    }
+  });
+  CommandResult r = RunCommand({BinDir() + "/moectl", "list"}, {{"MOE_SERVER", server}}, 30);
+  shutdown(fd, SHUT_RDWR);
+  http.join();
+  close(fd);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, server + " answers, but not as moed's gRPC port")) << r.err;
+  EXPECT_TRUE(absl::StrContains(r.err, "--metrics-listen")) << r.err;
+  EXPECT_FALSE(absl::StrContains(r.err, "is it running")) << r.err;
 }
 
 TEST(MoectlCli, ListJsonCarriesEveryFieldAndFilters) {
