@@ -1,46 +1,16 @@
 // ReportServiceImpl: stores what workers send. Log lines come from one source only: when the
 // launcher captures the ranks' output files (local), reported lines are dropped and the ack
 // tells reporters not to send them; otherwise (slurm) they are stored, deduplicated by the
-// reporter's own sequence numbers. With captured output the reporters still send their lines,
-// and moed uses them only where a nearly full state disk may have kept them out of the output
-// files (OutputWatch in report_service.h).
+// reporter's own sequence numbers.
 #include "daemon/report_service.h"
-
-#include <sys/statvfs.h>
 
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
-#include "absl/time/time.h"
 #include "daemon/status_util.h"
 
 namespace moe::daemon {
 namespace {
-
-using SteadyClock = std::chrono::steady_clock;
-// Below this much free space a rank's output file may lose what it prints.
-constexpr int64_t kOutputRoom = int64_t{1} << 20;
-// A reported line is confirmed once this old with room on the disk all along: its output file
-// write (Open MPI's, a moment after the print) has landed by then.
-constexpr auto kLag = std::chrono::seconds(2);
-
-std::mutex free_space_mu;
-std::function<int64_t(const std::string&)>* free_space_hook = nullptr;
-
-int64_t FreeSpace(const std::string& dir) {
-  {
-    std::lock_guard<std::mutex> lock(free_space_mu);
-    if (free_space_hook != nullptr) return (*free_space_hook)(dir);
-  }
-  struct statvfs st {};
-  if (dir.empty() || statvfs(dir.c_str(), &st) != 0) return kOutputRoom;  // unknown: assume room
-  return static_cast<int64_t>(st.f_bavail) * static_cast<int64_t>(st.f_frsize);
-}
-
-std::string ClockTime(int64_t unix_ms) {
-  return absl::FormatTime("%H:%M:%S", absl::FromUnixMillis(unix_ms), absl::LocalTimeZone());
-}
 
 // The launch's secret a worker sends with every report (x-moe-report-secret metadata).
 std::string ReportSecret(const grpc::ServerContextBase& context) {
@@ -51,77 +21,6 @@ std::string ReportSecret(const grpc::ServerContextBase& context) {
 
 }  // namespace
 
-void ReportServiceImpl::SetFreeSpaceForTest(std::function<int64_t(const std::string& dir)> free_space) {
-  std::lock_guard<std::mutex> lock(free_space_mu);
-  delete free_space_hook;
-  free_space_hook = free_space ? new std::function<int64_t(const std::string&)>(std::move(free_space)) : nullptr;
-}
-
-ReportServiceImpl::OutputWatch& ReportServiceImpl::Watch(const moe::v1::WorkerHello& hello) {
-  OutputWatch& w = watch_[{hello.job_id(), hello.attempt(), hello.rank()}];
-  if (w.state_dir.empty()) {
-    absl::StatusOr<JobRecord> rec = store_->GetJob(hello.job_id());
-    if (rec.ok()) w.state_dir = rec->job.state_dir();
-  }
-  // Lines old enough, received while the disk had room, are in the output file.
-  const auto now = SteadyClock::now();
-  size_t aged = 0;
-  while (aged < w.pending.size() && now - w.pending[aged].first >= kLag) w.acked = w.pending[aged++].second;
-  w.pending.erase(w.pending.begin(), w.pending.begin() + static_cast<std::ptrdiff_t>(aged));
-  return w;
-}
-
-absl::Status ReportServiceImpl::StoreRefill(const moe::v1::WorkerHello& hello, OutputWatch& w) {
-  const std::vector<moe::v1::LogLine> refill = std::move(w.refill);
-  w.refill.clear();
-  if (refill.empty()) return absl::OkStatus();
-  const int64_t last = refill.back().seq();
-  std::vector<std::string> lines;
-  lines.reserve(refill.size() + 1);
-  lines.push_back(absl::StrCat(
-      "[moed] the state disk had less than ", kOutputRoom >> 20, " MiB free from ",
-      ClockTime(refill.front().unix_ms()), " to ", ClockTime(refill.back().unix_ms()), ": rank ", hello.rank(),
-      "'s output file may lack what it printed then, so the ", refill.size(), " line",
-      refill.size() == 1 ? "" : "s", " the worker kept follow (a line may repeat one above)"));
-  for (const moe::v1::LogLine& l : refill) lines.push_back(l.text());
-  // The offset of a path no file has: the last reported seq stored, in the same transaction.
-  absl::Status s = store_->AppendCapturedLines(
-      hello.job_id(), hello.rank(), lines, NowUnixMs(),
-      absl::StrCat("reported:attempt", hello.attempt(), ":rank", hello.rank()), last);
-  if (!s.ok()) return s;  // the reporter resends them
-  w.acked = std::max(w.acked, std::max(last, w.outage_upto));
-  w.outage_upto = 0;
-  w.pending.clear();
-  return absl::OkStatus();
-}
-
-absl::Status ReportServiceImpl::WatchOutput(const moe::v1::WorkerHello& hello, const moe::v1::LogLine& line) {
-  std::lock_guard<std::mutex> lock(watch_mu_);
-  OutputWatch& w = Watch(hello);
-  if (line.seq() <= w.acked) return absl::OkStatus();  // a resend
-  const bool room = FreeSpace(w.state_dir) >= kOutputRoom;
-  if (room && w.outage_upto > 0) {
-    if (line.seq() <= w.outage_upto) {
-      // The outage's lines, resent now that there is room: stored together once all are here.
-      if (w.refill.empty() || line.seq() > w.refill.back().seq()) w.refill.push_back(line);
-      return line.seq() == w.outage_upto ? StoreRefill(hello, w) : absl::OkStatus();
-    }
-    // Past the outage (the reporter's bound dropped its last lines, and says so itself).
-    if (absl::Status s = StoreRefill(hello, w); !s.ok()) return s;
-    w.outage_upto = 0;
-  }
-  if (!room) {
-    w.outage_upto = std::max(w.outage_upto, line.seq());
-    w.refill.clear();
-    w.pending.clear();
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the state directory ", w.state_dir, " has less than ", kOutputRoom >> 20,
-        " MiB free, so the ranks' output files may lose lines: the worker keeps them until moed has room"));
-  }
-  w.pending.emplace_back(SteadyClock::now(), line.seq());
-  return absl::OkStatus();
-}
-
 absl::Status ReportServiceImpl::FillAck(const moe::v1::WorkerHello& hello,
                                         moe::v1::ReportAck* ack) {
   absl::StatusOr<ReportCursor> cursor =
@@ -129,16 +28,7 @@ absl::Status ReportServiceImpl::FillAck(const moe::v1::WorkerHello& hello,
   if (!cursor.ok()) return cursor.status();
   ack->set_last_log_seq(cursor->last_src_seq);
   ack->set_last_metric_step(cursor->last_metric_step);
-  const bool captured = scheduler_->CapturesOutput(hello.job_id());
-  ack->set_logs_from_output(captured);
-  if (captured) {
-    std::lock_guard<std::mutex> lock(watch_mu_);
-    OutputWatch& w = Watch(hello);
-    if (!w.refill.empty() && FreeSpace(w.state_dir) >= kOutputRoom) {
-      StoreRefill(hello, w).IgnoreError();  // the stream ended before the outage's last line
-    }
-    ack->set_last_log_seq(w.acked);
-  }
+  ack->set_logs_from_output(scheduler_->CapturesOutput(hello.job_id()));
   return absl::OkStatus();
 }
 
@@ -196,7 +86,7 @@ absl::Status ReportServiceImpl::Store(const moe::v1::WorkerHello& hello, int64_t
         line.set_rank(hello.rank());
         return store_->AppendReportedLines(job_id, hello.attempt(), {line});
       }
-      return WatchOutput(hello, msg.log());
+      return absl::OkStatus();
     default:
       return absl::OkStatus();  // heartbeats (and a repeated hello) only keep the job alive
   }
