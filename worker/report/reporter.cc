@@ -1,8 +1,12 @@
 // Reporter: one background thread owns the gRPC stream. Queued items stay in memory until moed
 // acknowledges them (LastLogSeq on every (re)connect and every few seconds), so a moed restart
-// or a full state disk (moed refuses with RESOURCE_EXHAUSTED until it stores again) loses nothing
-// the queue can hold (max_held_bytes) and duplicates nothing (moed skips seqs it has). What the
-// bound drops is counted, and said in a "[moed] ... were lost" log line once moed stores again. Metric points
+// or a full state disk (moed refuses, e.g. RESOURCE_EXHAUSTED, until it stores again) loses
+// nothing the queue can hold (max_held_bytes) and duplicates nothing (moed skips seqs it has).
+// Log lines are queued only while moed wants them: once its ack says logs_from_output (it reads
+// the ranks' output files itself) they are neither kept nor sent. What the bound drops is
+// counted, and said in a "[moed] ... were lost" line once moed confirms again. A failed or
+// refused stream is retried with backoff, and a stream sends the queue in slices, so the
+// training thread's Log/Metrics never wait for a copy of the whole queue. Metric points
 // moed has not confirmed when Close() gives up are written to the spill file, which moed stores
 // when it reaps the attempt (a moed away when the job ends loses none of them either).
 #include "worker/report/reporter.h"
@@ -42,6 +46,10 @@ constexpr auto kAckEvery = std::chrono::seconds(5);
 constexpr auto kAckEveryWhenFilling = std::chrono::milliseconds(200);
 constexpr auto kMaxBackoff = std::chrono::milliseconds(2000);
 constexpr auto kCloseDeadline = std::chrono::seconds(3);
+// A stream that lasted this long (or got something confirmed) worked: the backoff starts over.
+constexpr auto kStreamWorked = std::chrono::seconds(5);
+// What one pass of a stream copies out of the queue under the lock.
+constexpr size_t kSliceBytes = size_t{1} << 20;
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -73,12 +81,19 @@ struct Reporter::Impl {
   size_t max_bytes = kDefaultMaxHeldBytes;  // each of logs_bytes and metrics_bytes
   int spill_parts = 0;                      // parts written (SpillPart)
   size_t spill_retry_at = 0;                // after a failed part: the queue size to try again at
-  // What the bound dropped since the last notice: how many, first and last step.
+  // Why moed has not been confirming (bits, cleared when it confirms again), for the notice.
+  enum Trouble { kAway = 1, kRefused = 2 };
+  int trouble = 0;
+  std::string refusal;  // the message of moed's last refusal
+  uint64_t confirmed_total = 0;  // items moed confirmed, ever (a stream that made progress)
+  // What the bound dropped since the last notice: how many, first and last step, and why.
   struct Lost {
     int64_t n = 0, first = 0, last = 0;
-    void Add(int64_t step) {
+    int why = 0;
+    void Add(int64_t step, int trouble) {
       if (n++ == 0) first = step;
       last = step;
+      why |= trouble;
     }
   };
   Lost lost_lines, lost_metrics;
@@ -89,10 +104,12 @@ struct Reporter::Impl {
   int64_t next_seq = 1;
   int64_t step = 0;
   int64_t dropped = 0;
+  bool logs_wanted = true;  // false once moed says it reads our output files itself
   bool closing = false;
   bool done = false;
   bool gave_up = false;
   bool is_connected = false;
+  bool refused_said = false;  // the refusal line went to stderr (Run's thread only)
   grpc::ClientContext* live_ctx = nullptr;  // to cancel a stuck final flush
 
   std::thread thread;
@@ -140,23 +157,35 @@ struct Reporter::Impl {
   // The bound: the oldest go, counted for the notice (mu held).
   void Trim() {
     while (logs_bytes > max_bytes && logs.size() > 1) {
-      lost_lines.Add(log_steps.front());
+      lost_lines.Add(log_steps.front(), trouble);
       ++dropped;
       PopLog();
     }
     while (metrics_bytes > max_bytes && metrics.size() > 1) {
-      lost_metrics.Add(metrics.front().step());
+      lost_metrics.Add(metrics.front().step(), trouble);
       ++dropped_metrics;
       PopMetric();
     }
   }
 
-  // Drops what moed acknowledged. Once moed stores again after the bound dropped something, the
-  // loss is said: on stderr (the rank's output file, which moed stores) and as a log line of its
-  // own (stored where moed stores reported lines). Returns the notices to print.
+  // Drops what moed acknowledged. Once moed confirms again after the bound dropped something,
+  // the loss is said: on stderr (the rank's output, which moed stores with the local launcher)
+  // and, while moed wants reported lines (Slurm), as a log line of its own. Returns the notices
+  // to print.
   std::vector<std::string> ApplyAck(const moe::v1::ReportAck& ack) {
     std::vector<std::string> notices;
     std::lock_guard<std::mutex> lock(mu);
+    if (ack.logs_from_output() && logs_wanted) {
+      // moed stores the rank's output files, which hold every line printed: none is kept here,
+      // and none that the bound dropped before this ack was lost.
+      logs_wanted = false;
+      logs.clear();
+      log_steps.clear();
+      logs_bytes = 0;
+      logs_sent = 0;
+      lost_lines = Lost{};
+      dropped = 0;
+    }
     size_t confirmed = 0;
     while (!logs.empty() && logs.front().seq() <= ack.last_log_seq()) {
       PopLog();
@@ -166,17 +195,32 @@ struct Reporter::Impl {
       PopMetric();
       ++confirmed;
     }
+    confirmed_total += confirmed;
+    if (confirmed > 0 || (logs.empty() && metrics.empty())) trouble = 0;
     if (confirmed == 0) return notices;
     auto say = [&](Lost& lost, const char* what) {
       if (lost.n == 0) return;
+      std::string while_;
+      switch (lost.why) {
+        case kAway:
+          while_ = "while moed could not be reached";
+          break;
+        case kRefused:
+          while_ = absl::StrCat("while moed could not store them (", refusal, ")");
+          break;
+        case kAway | kRefused:
+          while_ = absl::StrCat("while moed could not be reached or could not store them (", refusal, ")");
+          break;
+        default:
+          while_ = "before moed confirmed them";
+      }
       std::string text = absl::StrCat("[moed] ", lost.n, " ", what, lost.n == 1 ? "" : "s", " of rank ", opts.rank,
-                                      " ", lost.n == 1 ? "was" : "were",
-                                      " lost while moed could not store them (state disk full?): more than the ",
+                                      " ", lost.n == 1 ? "was" : "were", " lost ", while_, ": more than the ",
                                       max_bytes >= (size_t{1} << 20) ? absl::StrCat(max_bytes >> 20, " MiB")
                                                                      : absl::StrCat(max_bytes >> 10, " KiB"),
                                       " the worker keeps (steps ", lost.first, "-", lost.last, ")");
       lost = Lost{};
-      PushLog(text);
+      if (logs_wanted) PushLog(text);  // else stderr is the rank's output, which moed stores
       notices.push_back(std::move(text));
     };
     say(lost_lines, "log line");
@@ -303,6 +347,18 @@ struct Reporter::Impl {
     return true;
   }
 
+  // Waits out the backoff (doubled for next time); false when closing and nothing is left, or
+  // the close deadline passed.
+  bool Backoff(std::chrono::milliseconds& backoff, Clock::time_point close_by) {
+    std::unique_lock<std::mutex> lock(mu);
+    if (closing && logs.empty() && metrics.empty()) return false;
+    // Closing: Close() waits at most kCloseDeadline, so retries come quicker.
+    cv.wait_for(lock, closing ? std::min(backoff, std::chrono::milliseconds(100)) : backoff,
+                [&] { return closing && Clock::now() >= close_by; });
+    backoff = std::min(backoff * 2, kMaxBackoff);
+    return true;
+  }
+
   void Run() {
     // Reconnects quickly when moed comes back.
     auto stub = moe::v1::WorkerReportService::NewStub(NewMoedChannel(opts.moed_address));
@@ -326,11 +382,12 @@ struct Reporter::Impl {
                        opts.rank, opts.moed_address.c_str(), status.error_message().c_str());
           outage = true;
         }
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          trouble |= kAway;
+        }
         SaveUnconfirmed();
-        std::unique_lock<std::mutex> lock(mu);
-        if (closing && logs.empty() && metrics.empty()) break;
-        cv.wait_for(lock, backoff, [&] { return closing && Clock::now() >= close_by; });
-        backoff = std::min(backoff * 2, kMaxBackoff);
+        if (!Backoff(backoff, close_by)) break;
         continue;
       }
       if (outage) {
@@ -338,13 +395,39 @@ struct Reporter::Impl {
         outage = false;
         SaveUnconfirmed();  // what moed confirmed leaves the file
       }
-      backoff = std::chrono::milliseconds(100);
+      const Clock::time_point stream_start = Clock::now();
+      uint64_t confirmed_before;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        confirmed_before = confirmed_total;
+      }
       status = Stream(*stub, close_by);
       if (status.ok()) break;  // closed cleanly after a flush
       if (Permanent(status.error_code())) {
         GiveUp(status);
         break;
       }
+      // A failed or refused stream (moed went away, or cannot store: a full state disk) is
+      // retried after the backoff, which starts over only after a stream that worked.
+      const bool worked = Clock::now() - stream_start >= kStreamWorked;
+      const bool away = status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                        status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+                        status.error_code() == grpc::StatusCode::CANCELLED;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (worked || confirmed_total > confirmed_before) {
+          backoff = std::chrono::milliseconds(100);
+          refused_said = false;
+        }
+        trouble |= away ? kAway : kRefused;
+        if (!away) refusal = status.error_message();
+      }
+      if (!away && !refused_said) {  // one line per refusal spell, for the rank's log
+        std::fprintf(stderr, "moe-worker rank %d: moed cannot store reports (%s); keeping them, retrying\n",
+                     opts.rank, status.error_message().c_str());
+        refused_said = true;
+      }
+      if (!Backoff(backoff, close_by)) break;
     }
     std::lock_guard<std::mutex> lock(mu);
     done = true;
@@ -389,19 +472,25 @@ struct Reporter::Impl {
           return closing || logs_sent < logs.size() || metrics_sent < metrics.size();
         });
         if (closing && close_by == Clock::time_point::max()) close_by = Clock::now() + kCloseDeadline;
-        for (; metrics_sent < metrics.size(); ++metrics_sent) {
+        // A slice of what is unsent (after a reconnect that is the whole queue, up to 64 MiB):
+        // the rest goes on the next passes, without holding the lock meanwhile.
+        size_t slice = 0;
+        for (; metrics_sent < metrics.size() && slice < kSliceBytes; ++metrics_sent) {
           *batch.emplace_back().mutable_metrics() = metrics[metrics_sent];
+          slice += metrics[metrics_sent].ByteSizeLong() + kItemOverhead;
         }
-        for (; logs_sent < logs.size(); ++logs_sent) {
+        for (; logs_sent < logs.size() && slice < kSliceBytes; ++logs_sent) {
           *batch.emplace_back().mutable_log() = logs[logs_sent];
+          slice += logs[logs_sent].text().size() + kItemOverhead;
         }
+        const bool all_sent = metrics_sent >= metrics.size() && logs_sent >= logs.size();
         if (Clock::now() >= next_beat) {
           moe::v1::Heartbeat* hb = batch.emplace_back().mutable_heartbeat();
           hb->set_step(step);
           hb->set_unix_ms(NowMs());
           next_beat = Clock::now() + kHeartbeatEvery;
         }
-        flush_and_stop = closing;
+        flush_and_stop = closing && (all_sent || Clock::now() >= close_by);
         filling = metrics.size() >= kMaxMetrics / 2 || logs_bytes >= max_bytes / 2;
       }
       for (const moe::v1::WorkerReport& r : batch) {
@@ -455,7 +544,7 @@ void Reporter::Log(const std::string& line) {
   if (!impl_->enabled) return;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
-    if (impl_->gave_up || impl_->closing) return;
+    if (!impl_->logs_wanted || impl_->gave_up || impl_->closing) return;
     impl_->PushLog(line);
     impl_->Trim();
   }

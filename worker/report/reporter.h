@@ -25,9 +25,10 @@ struct ReporterOptions {
   // Where Close() leaves the metric points moed has not confirmed (common/metrics_spill.h), for
   // moed to store when it reaps the attempt; "" = they are lost (runs not launched by moed).
   std::string spill_path;
-  // What the reporter keeps in memory of what moed has not confirmed (log lines and metric
-  // points, each): beyond it the oldest go, and once moed stores again one line says how many
-  // and which steps (never a silent hole). 0 = 32 MiB; tests set a small one.
+  // What the reporter keeps in memory of what moed has not confirmed (metric points, and log
+  // lines while moed wants them reported), each: beyond it the oldest go, and once moed confirms
+  // again one line says how many and which steps (never a silent hole). 0 = 32 MiB; tests set a
+  // small one.
   size_t max_held_bytes = 0;
 };
 
@@ -39,9 +40,10 @@ class Reporter {
   Reporter(const Reporter&) = delete;
   Reporter& operator=(const Reporter&) = delete;
 
-  // One log line of this rank (already printed to its stdout). Kept until moed confirms it
-  // (stored, or seen safely in the rank's output file); past max_held_bytes the oldest is
-  // dropped and counted, and the loss is said in the job's log once moed stores again.
+  // One log line of this rank (already printed to its stdout). Once moed's ack says it reads the
+  // rank's output files itself (logs_from_output: the local launcher) lines are neither kept nor
+  // sent. Otherwise (Slurm) each is kept until moed stores it; past max_held_bytes the oldest is
+  // dropped and counted, and the loss is said in the job's log once moed confirms again.
   void Log(const std::string& line);
   // Rank 0 calls this each log interval.
   void Metrics(const moe::v1::MetricPoint& point);
@@ -51,7 +53,7 @@ class Reporter {
   // has not confirmed by then are written to spill_path. Idempotent.
   void Close();
 
-  int64_t dropped_lines() const;   // log lines lost to the bound
+  int64_t dropped_lines() const;   // reported log lines lost to the bound (none with logs_from_output)
   int64_t dropped_metrics() const;  // metric points lost to the bound (spill unwritable too)
   bool connected() const;
 
