@@ -255,11 +255,14 @@ std::string Scheduler::UnstoredNote(const Active& a) {
                         "); it retries every tick");
   }
   if (!a.ingest_error.empty() || !a.spill_error.empty()) {
-    return absl::StrCat("moed cannot store the job's ", a.ingest_error.empty() ? "metric points" : "log lines", " (",
-                        a.ingest_error.empty() ? a.spill_error : a.ingest_error,
-                        "); they wait in the ranks (each keeps up to 32 MiB that moed has not stored) and their output "
-                        "files, the job's end is recorded after them, and moed retries every tick (free space in "
-                        "the state directory)");
+    // Lines: read from the ranks' output files (captured output); points: the attempt's spill
+    // files, read once its ranks are gone.
+    const bool lines = !a.ingest_error.empty();
+    return absl::StrCat("moed cannot store the job's ", lines ? "log lines" : "metric points", " (",
+                        lines ? a.ingest_error : a.spill_error, "); they wait in ",
+                        lines ? "the ranks' output files" : "the attempt's spill files (unsent-metrics.rank*.pb)",
+                        ", the job's end is recorded after them, and moed retries every tick (free space in the "
+                        "state directory)");
   }
   return "";
 }

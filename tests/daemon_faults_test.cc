@@ -313,7 +313,7 @@ TEST_F(DaemonFaults, RefusedLogLinesAreRetriedAndSaidOnceInMoedsLog) {
     if (!shown.reason().empty()) break;
   }
   EXPECT_TRUE(absl::StrContains(shown.reason(), "moed cannot store the job's log lines (injected: database or "
-                                                "disk is full); they wait in the ranks (each keeps up to 32 MiB"))
+                                                "disk is full); they wait in the ranks' output files"))
       << shown.reason();
   RefuseLines(false);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
