@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
@@ -31,27 +32,40 @@ const std::vector<std::string> kStates = {"QUEUED",    "STARTING", "RUNNING",  "
                                           "SUCCEEDED", "FAILED",   "CANCELLED"};
 const std::vector<std::string> kFinalStates = {"SUCCEEDED", "FAILED", "CANCELLED"};
 
-// "7d", "12h", "30m", "90s", "2w", or several ("1d12h"); milliseconds, or -1 when malformed.
-int64_t ParseAge(const std::string& text) {
+// "7d", "12h", "30m", "90s", "2w", or several from larger units to smaller ("1d12h"), each unit
+// once; milliseconds, or what is wrong with the text.
+absl::StatusOr<int64_t> ParseAge(const std::string& text) {
+  const std::string like = "an age is like 7d, 12h, 30m or 1d12h (units w, d, h, m, s, larger first, each once)";
+  if (text.empty()) return absl::InvalidArgumentError(absl::StrCat("it is empty; ", like));
+  constexpr char kUnits[] = "wdhms";
+  constexpr int64_t kMs[] = {7 * 24 * 3600 * 1000LL, 24 * 3600 * 1000LL, 3600 * 1000, 60 * 1000, 1000};
   int64_t total = 0;
+  int last = -1;  // the index in kUnits of the unit before
   size_t i = 0;
-  if (text.empty()) return -1;
   while (i < text.size()) {
     size_t j = i;
     while (j < text.size() && absl::ascii_isdigit(static_cast<unsigned char>(text[j]))) ++j;
-    int64_t n = 0;
-    if (j == i || j == text.size() || !absl::SimpleAtoi(text.substr(i, j - i), &n)) return -1;
-    int64_t unit = 0;
-    switch (text[j]) {
-      case 's': unit = 1000; break;
-      case 'm': unit = 60 * 1000; break;
-      case 'h': unit = 3600 * 1000; break;
-      case 'd': unit = 24 * 3600 * 1000LL; break;
-      case 'w': unit = 7 * 24 * 3600 * 1000LL; break;
-      default: return -1;
+    if (j == i || j == text.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not an age: ", like));
     }
-    if (n > (std::numeric_limits<int64_t>::max() - total) / unit) return -1;  // beyond any age
-    total += n * unit;
+    const char* unit = std::strchr(kUnits, text[j]);
+    if (unit == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not an age: '", std::string(1, text[j]),
+                                                     "' is no unit; ", like));
+    }
+    const int u = static_cast<int>(unit - kUnits);
+    if (u <= last) {
+      return absl::InvalidArgumentError(absl::StrCat("'", text, "' is not an age: '", std::string(1, text[j]),
+                                                     u == last ? "' comes twice; " : "' comes after a smaller unit; ",
+                                                     like));
+    }
+    last = u;
+    int64_t n = 0;
+    if (!absl::SimpleAtoi(text.substr(i, j - i), &n) || n > (std::numeric_limits<int64_t>::max() - total) / kMs[u]) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", text, "' is too large an age (beyond 290 million years)"));
+    }
+    total += n * kMs[u];
     i = j + 1;
   }
   return total;
@@ -429,11 +443,9 @@ int main(int argc, char** argv) {
   prune->add_flag("--dry-run", prune_o.dry_run, "list what would be deleted, delete nothing");
   prune->callback([&] {
     for (std::string& st : prune_o.states) absl::AsciiStrToUpper(&st);
-    prune_o.older_than_ms = ParseAge(older_than);
-    if (prune_o.older_than_ms < 0) {
-      throw CLI::ValidationError("--older-than", "'" + older_than +
-                                                     "' is not an age like 7d, 12h, 30m or 1d12h");
-    }
+    const absl::StatusOr<int64_t> age = ParseAge(older_than);
+    if (!age.ok()) throw CLI::ValidationError("--older-than", std::string(age.status().message()));
+    prune_o.older_than_ms = *age;
     run = [&] { return moe::client::RunPrune(prune_o); };
   });
 

@@ -116,7 +116,12 @@ TEST(MoectlCli, OutOfRangeNumbersNameTheRange) {
                         Case{{"resume", "j-000001", "--steps", "0"}, "not in range 1 to 2147483647"},
                         Case{{"cancel", "j-000001", "--wait", "nan"}, "'nan' is not a number of seconds"},
                         Case{{"cancel", "j-000001", "--wait", "inf"}, "'inf' is not a number of seconds"},
-                        Case{{"prune", "--older-than", "15250284453w"}, "is not an age"},
+                        Case{{"prune", "--older-than", "15250284453w"}, "'15250284453w' is too large an age"},
+                        Case{{"prune", "--older-than", "999999999999d"}, "too large an age (beyond 290 million"},
+                        // Each unit once, larger first: 1d1d was taken as 2 days.
+                        Case{{"prune", "--older-than", "1d1d"}, "'1d1d' is not an age: 'd' comes twice"},
+                        Case{{"prune", "--older-than", "30m1h"}, "'h' comes after a smaller unit"},
+                        Case{{"prune", "--older-than", "7y"}, "'y' is no unit; an age is like 7d"},
                         // Empty values that were taken as not given (submit --from '' ran a fresh job).
                         Case{{"submit", "job.yaml", "--from", ""}, "--from: is empty; give a job id"},
                         Case{{"metrics", "j-000001", "--svg", ""}, "--svg: is empty; give a file name"},
