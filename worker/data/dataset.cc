@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,7 +14,9 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <string_view>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -105,33 +108,51 @@ absl::StatusOr<uint64_t> HashTokens(const TokenSplit& tokens, Progress* progress
   return hasher.Digest();
 }
 
-// Writes the tokens to path through a temporary name and a rename, a chunk at a time. A stop or a
-// failure removes the temporary file (Cancelled on a stop). The file is not synced: meta.txt,
-// written (and synced) after it, holds its hash, and a reader trusts it only when it hashes to that.
-absl::Status WriteTokensAtomic(const std::string& path, const TokenSplit& tokens, Progress* progress) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+// A new file beside path for writing it: "<path>.tmp.<host>.<pid>.XXXXXX", created exclusively
+// (mkstemp), so writers on other nodes that share the folder (NFS) and happen to have the same
+// pid never share one. Its descriptor, the name in *tmp.
+absl::StatusOr<int> CreateTemp(const std::string& path, std::string* tmp) {
+  char host[256] = {};
+  if (::gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') std::strcpy(host, "host");
+  for (char* c = host; *c != '\0'; ++c) {
+    if (*c == '/') *c = '_';
+  }
+  std::string name = absl::StrCat(path, ".tmp.", host, ".", ::getpid(), ".XXXXXX");
+  const int fd = ::mkstemp(name.data());
   if (fd < 0) return absl::InternalError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
+  ::fchmod(fd, 0644);
+  ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  *tmp = std::move(name);
+  return fd;
+}
+
+// Writes the chunks (in order) to path through a temporary name of its own (CreateTemp) and a
+// rename. A stop (polled between chunks and before the rename) or a failure removes the temporary
+// file (Cancelled on a stop). sync: the file and the folder are synced too (meta.txt, the
+// tokenizer); the shards are not: meta.txt holds their hashes, and a reader trusts them only when
+// they hash to those.
+absl::Status WriteChunksAtomic(const std::string& path, const std::vector<std::string_view>& chunks, bool sync,
+                               Progress* progress) {
+  std::string tmp;
+  absl::StatusOr<int> opened = CreateTemp(path, &tmp);
+  if (!opened.ok()) return opened.status();
+  const int fd = *opened;
   auto give_up = [&](absl::Status st) {
     ::close(fd);
     ::unlink(tmp.c_str());
     return st;
   };
-  for (const TokenSplit::Piece& p : tokens.pieces()) {
-    for (size_t i = 0; i < p.count; i += kTokenChunk) {
-      if (progress->Stop()) return give_up(Stopped());
-      const char* at = reinterpret_cast<const char*>(p.data + i);
-      size_t left = std::min(kTokenChunk, p.count - i) * sizeof(uint16_t);
-      while (left > 0) {
-        const ssize_t n = ::write(fd, at, left);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-          return give_up(absl::InternalError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno))));
-        }
-        at += n;
-        left -= static_cast<size_t>(n);
-      }
+  for (std::string_view chunk : chunks) {
+    if (progress->Stop()) return give_up(Stopped());
+    while (!chunk.empty()) {
+      const ssize_t n = ::write(fd, chunk.data(), chunk.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return give_up(absl::InternalError(absl::StrCat("cannot write ", tmp, ": ", std::strerror(errno))));
+      chunk.remove_prefix(static_cast<size_t>(n));
     }
+  }
+  if (sync && ::fsync(fd) != 0) {
+    return give_up(absl::InternalError(absl::StrCat("cannot flush ", tmp, ": ", std::strerror(errno))));
   }
   if (::close(fd) != 0) {
     const int err = errno;
@@ -147,7 +168,18 @@ absl::Status WriteTokensAtomic(const std::string& path, const TokenSplit& tokens
     ::unlink(tmp.c_str());
     return absl::InternalError(absl::StrCat("cannot rename into ", path, ": ", std::strerror(err)));
   }
-  return absl::OkStatus();
+  return sync ? SyncDir(fs::path(path).parent_path().string()) : absl::OkStatus();
+}
+
+// The tokens' bytes, kTokenChunk tokens a chunk.
+std::vector<std::string_view> TokenChunks(const TokenSplit& tokens) {
+  std::vector<std::string_view> chunks;
+  for (const TokenSplit::Piece& p : tokens.pieces()) {
+    for (size_t i = 0; i < p.count; i += kTokenChunk) {
+      chunks.emplace_back(reinterpret_cast<const char*>(p.data + i), std::min(kTokenChunk, p.count - i) * sizeof(uint16_t));
+    }
+  }
+  return chunks;
 }
 
 std::string TokenizerName(moe::v1::Tokenizer t) {
@@ -197,23 +229,74 @@ std::string DefaultCacheDir(const std::string& text_path, absl::string_view kind
                       absl::StrFormat("%016x", Xxh64(abs.data(), abs.size())), "/", kind);
 }
 
-// Maps path as raw uint16 tokens when it has `count` tokens (hashing to `hash`, unless hash is
-// empty): true and *out set, else false; Cancelled on a stop.
+// Maps path as raw uint16 tokens when it has `count` tokens hashing to `hash` (a meta.txt without
+// the hash never matches): true and *out set, else false; Cancelled on a stop.
 absl::StatusOr<bool> ReadCachedTokens(const std::string& path, const std::string& count, const std::string& hash,
                                       Progress* progress, TokenSplit* out) {
-  absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(path);
   uint64_t n;
-  if (!file.ok() || !absl::SimpleAtoi(count, &n) || (*file)->size() != n * sizeof(uint16_t)) {
-    return false;
-  }
+  if (hash.empty() || !absl::SimpleAtoi(count, &n)) return false;
+  absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(path);
+  if (!file.ok() || (*file)->size() != n * sizeof(uint16_t)) return false;
   TokenSplit tokens;
   tokens.Append(*file, 0, n);
-  if (!hash.empty()) {
-    absl::StatusOr<uint64_t> h = HashTokens(tokens, progress, "checking the token cache");
-    if (!h.ok()) return h.status();
-    if (absl::StrFormat("%016x", *h) != hash) return false;
-  }
+  absl::StatusOr<uint64_t> h = HashTokens(tokens, progress, "checking the token cache");
+  if (!h.ok()) return h.status();
+  if (absl::StrFormat("%016x", *h) != hash) return false;
   *out = std::move(tokens);
+  return true;
+}
+
+// Whether path holds `count` tokens hashing to `hash`, read (not mapped: a file another writer
+// replaces meanwhile, on NFS, then fails a read instead of raising SIGBUS); Cancelled on a stop.
+absl::StatusOr<bool> FileHoldsTokens(const std::string& path, const std::string& count, const std::string& hash,
+                                     Progress* progress) {
+  uint64_t n;
+  if (hash.empty() || !absl::SimpleAtoi(count, &n)) return false;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  Xxh64Hasher hasher;
+  std::vector<char> buf(kTokenChunk / 4 * sizeof(uint16_t));
+  uint64_t total = 0;
+  for (;;) {
+    if (progress->Stop()) {
+      ::close(fd);
+      return Stopped();
+    }
+    const ssize_t got = ::read(fd, buf.data(), buf.size());
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) {
+      ::close(fd);
+      return false;
+    }
+    if (got == 0) break;
+    hasher.Update(buf.data(), static_cast<size_t>(got));
+    total += static_cast<uint64_t>(got);
+  }
+  ::close(fd);
+  return total == n * sizeof(uint16_t) && absl::StrFormat("%016x", hasher.Digest()) == hash;
+}
+
+// Whether cache_dir already holds the cache `meta` describes, complete (another rank or job
+// tokenized the same text meanwhile): its meta.txt has every key of meta with the same value, its
+// tokenizer.txt is `tokenizer` and its shards hash as meta says. Cancelled on a stop.
+absl::StatusOr<bool> CacheHolds(const std::string& cache_dir, const CacheMeta& meta, const std::string& tokenizer,
+                                Progress* progress) {
+  absl::StatusOr<std::string> text = ReadFile(cache_dir + "/meta.txt");
+  if (!text.ok()) return false;
+  absl::StatusOr<CacheMeta> have = ParseMeta(*text);
+  if (!have.ok()) return false;
+  for (const auto& [k, v] : meta) {
+    auto it = have->find(k);
+    if (it == have->end() || it->second != v) return false;
+  }
+  absl::StatusOr<std::string> blob = ReadFile(cache_dir + "/tokenizer.txt");
+  if (!blob.ok() || *blob != tokenizer) return false;
+  for (const char* split : {"train", "val"}) {
+    absl::StatusOr<bool> ok =
+        FileHoldsTokens(absl::StrCat(cache_dir, "/", split, ".bin"), meta.at(absl::StrCat(split, "_tokens")),
+                        meta.at(absl::StrCat(split, "_xxh64")), progress);
+    if (!ok.ok() || !*ok) return ok;
+  }
   return true;
 }
 
@@ -361,10 +444,13 @@ absl::StatusOr<Dataset> LoadText(const moe::v1::DataSpec& spec, Progress* progre
   Split(TokenSplit(std::move(tokens)), spec.val_fraction(), &data);
   data.vocab_size = data.tokenizer->vocab_size();
 
-  // Write the cache. The old meta goes first and the new one comes last, so a cache is complete
-  // exactly when its meta is there: a stop or a failure in between leaves none (and each shard is
-  // written under a temp name and renamed). Ranks racing here write identical bytes through their
-  // own temp names, so any winner is correct.
+  // Write the cache, unless another rank or job (they may share the folder, over NFS) has just
+  // written the same one: rewriting it would take its meta.txt away for a while and replace shards
+  // that others may have mapped. Otherwise the old meta goes first and the new one comes last, so a
+  // cache is complete exactly when its meta is there: a stop or a failure in between leaves none
+  // (and each file is written under a temp name of its own and renamed). Ranks racing here write
+  // identical bytes, so any winner is correct. This rank trains from the tokens in memory, never
+  // from the shards it wrote (another writer may replace them).
   CacheMeta meta = want;
   absl::StatusOr<uint64_t> train_hash = HashTokens(data.train, progress, "hashing the tokens");
   if (!train_hash.ok()) return train_hash.status();
@@ -374,26 +460,21 @@ absl::StatusOr<Dataset> LoadText(const moe::v1::DataSpec& spec, Progress* progre
   meta["train_xxh64"] = absl::StrFormat("%016x", *train_hash);
   meta["val_tokens"] = absl::StrCat(data.val.size());
   meta["val_xxh64"] = absl::StrFormat("%016x", *val_hash);
-  absl::Status st = MakeDirs(cache_dir);
-  if (st.ok() && ::unlink(meta_path.c_str()) != 0 && errno != ENOENT) {
-    st = absl::InternalError(absl::StrCat("cannot remove the old ", meta_path, ": ", std::strerror(errno)));
-  }
-  if (st.ok()) st = WriteTokensAtomic(cache_dir + "/train.bin", data.train, progress);
-  if (st.ok()) st = WriteTokensAtomic(cache_dir + "/val.bin", data.val, progress);
-  if (st.ok()) st = WriteFileAtomic(cache_dir + "/tokenizer.txt", data.tokenizer->Serialize());
-  if (st.ok() && progress->Stop()) st = Stopped();
-  if (st.ok()) st = WriteFileAtomic(meta_path, FormatMeta(meta));
-  if (absl::IsCancelled(st)) return st;
-  if (st.ok()) {
-    // Train from the written shards, mapped, rather than from the tokens in memory.
-    TokenSplit train, val;
-    absl::StatusOr<bool> train_ok =
-        ReadCachedTokens(cache_dir + "/train.bin", meta["train_tokens"], "", progress, &train);
-    absl::StatusOr<bool> val_ok = ReadCachedTokens(cache_dir + "/val.bin", meta["val_tokens"], "", progress, &val);
-    if (train_ok.ok() && *train_ok && val_ok.ok() && *val_ok) {
-      data.train = std::move(train);
-      data.val = std::move(val);
+  const std::string tokenizer_blob = data.tokenizer->Serialize();
+  absl::StatusOr<bool> cached = CacheHolds(cache_dir, meta, tokenizer_blob, progress);
+  if (!cached.ok()) return cached.status();
+  absl::Status st = absl::OkStatus();
+  if (!*cached) {
+    const std::string meta_text = FormatMeta(meta);
+    st = MakeDirs(cache_dir);
+    if (st.ok() && ::unlink(meta_path.c_str()) != 0 && errno != ENOENT) {
+      st = absl::InternalError(absl::StrCat("cannot remove the old ", meta_path, ": ", std::strerror(errno)));
     }
+    if (st.ok()) st = WriteChunksAtomic(cache_dir + "/train.bin", TokenChunks(data.train), false, progress);
+    if (st.ok()) st = WriteChunksAtomic(cache_dir + "/val.bin", TokenChunks(data.val), false, progress);
+    if (st.ok()) st = WriteChunksAtomic(cache_dir + "/tokenizer.txt", {tokenizer_blob}, true, progress);
+    if (st.ok()) st = WriteChunksAtomic(meta_path, {meta_text}, true, progress);
+    if (absl::IsCancelled(st)) return st;
   }
   progress->Log(absl::StrCat("tokenized ", text_size, " of text in ", static_cast<int>(progress->Seconds() + 0.5),
                              " s: ", HumanCount(static_cast<double>(data.train.size() + data.val.size())),

@@ -47,10 +47,14 @@ inline constexpr char kDataLoadStopped[] = "stop requested while preparing the d
 //    "<path>.moe-cache/<char|gpt2>/"): train.bin, val.bin (raw little-endian uint16),
 //    tokenizer.txt (Tokenizer::Serialize()) and meta.txt (written last: source path, size and
 //    XXH64, tokenizer hash, val_fraction, token counts and hashes). A cache that matches the
-//    text, tokenizer and val_fraction is reused; otherwise it is rebuilt, each file through a temp
-//    name and a rename, so ranks loading the same data concurrently never see a torn file.
+//    text, tokenizer and val_fraction is reused (its shards mapped, once they hash as meta.txt
+//    says; a meta.txt without a hash never matches); otherwise it is rebuilt, each file through a
+//    temp name of its own (host, pid, random) and a rename, so ranks loading the same data
+//    concurrently never see a torn file. A rank that finds, once it has tokenized, that another
+//    rank or job has written the same cache meanwhile leaves it alone.
 //  The text is mapped and tokenized a few MB at a time (Tokenizer::CutPoint), so memory holds
-//  the tokens (2 bytes per token) and one chunk's work; the shards are mapped once written.
+//  the tokens (2 bytes per token) and one chunk's work; a rank that tokenized trains from those
+//  tokens, never from the shards it wrote (another writer may replace them).
 //  pretokenized: a .bin file, a directory of .bin files, or a glob, mapped. Each file is a FineWeb shard
 //    (256 x int32 header: magic 20240520, version 1, token count; then uint16 tokens) or raw
 //    uint16 tokens. Files whose name contains "val" are the validation split if there are any,
