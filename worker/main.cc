@@ -555,7 +555,14 @@ int main(int argc, char** argv) {
     reporter->Close();
     return 143;
   }
-  if (!data.ok()) return fail(absl::StrCat("cannot load data: ", data.status().message()));
+  if (!data.ok()) {
+    // This rank's alone, perhaps (the text missing on its node): its peers wait for it in
+    // PrepareData's agreement. The reason first, then the whole job ends.
+    fail(absl::StrCat("cannot load data: ", data.status().message()));
+    reporter->Close();
+    if (world > 1) comm->Abort(1);
+    return 1;
+  }
   if (absl::Status st = moe::CheckSplits(*data, spec->model().seq_len()); !st.ok()) {
     return fail(std::string(st.message()));
   }

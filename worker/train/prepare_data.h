@@ -19,9 +19,11 @@ inline constexpr char kStoppedWhilePreparingData[] =
 // Loads spec on this rank (LoadDataset: each rank loads on its own, from the token cache or
 // tokenizing into it), polling stop_requested (default: the signals, StopRequested()) between
 // chunks; rank 0 passes on_log the preparation's lines (start, progress every ~10 s, end).
-// Then the ranks agree (a collective, also after a failed load): when any rank saw a stop, every
-// rank returns Cancelled and rank 0 has logged kStoppedWhilePreparingData. Otherwise this rank's
-// own result.
+// A load that failed for another reason than a stop (and with no stop requested) returns its
+// error at once, joining no collective: the caller must then end the job (print the error,
+// Communicator::Abort), as the other ranks are left waiting in the agreement.
+// Otherwise the ranks agree (a collective): when any rank saw a stop, every rank returns
+// Cancelled and rank 0 has logged kStoppedWhilePreparingData. Otherwise this rank's own result.
 absl::StatusOr<Dataset> PrepareData(const moe::v1::DataSpec& spec, Communicator* comm,
                                     std::function<void(const std::string&)> on_log,
                                     std::function<bool()> stop_requested = nullptr);
