@@ -72,7 +72,8 @@ constexpr char kUsage[] =
     "an --out that is not empty or whose parent directory is missing, a --greedy that leaves no prompt,\n"
     "--no-kv-cache with --device cuda, a prompt the tokenizer cannot write;\n"
     "1 a failure while running (memory, a damaged checkpoint, the job's data, no GPU for --device cuda,\n"
-    "a write); 143 stopped by SIGTERM after its checkpoint.\n";
+    "a write); 143 stopped by SIGTERM or SIGINT: after its checkpoint, or with nothing to checkpoint\n"
+    "while it prepared the data or before its first step.\n";
 
 struct WorkerFlags {
   std::string job_yaml, spec_json, moed, job_id, checkpoint_dir, attempt_dir;
