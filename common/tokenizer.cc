@@ -289,17 +289,42 @@ class Gpt2Tokenizer final : public Tokenizer {
     return out;
   }
   int vocab_size() const override { return static_cast<int>(id_bytes_.size()); }
-  // An ASCII whitespace byte after an ASCII byte that is no whitespace: every pre-token ends there
+  // An ASCII whitespace byte after a code point that is no whitespace: every pre-token ends there
   // (none holds a space after other characters), the one before it ends the same way at the end of
   // the first part (its run of one class stops there either way; a contraction is whole), and the
-  // scan of the rest starts there afresh (the pre-tokenizer looks ahead, never back).
+  // scan of the rest starts there afresh (the pre-tokenizer looks ahead, never back). DecodeUtf8
+  // starts a code point at such a byte (an ASCII byte continues no sequence) and at the previous
+  // code point as read back here (NoSpaceBefore), so both parts decode as the whole does.
   size_t CutPoint(std::string_view text, size_t from) const override {
-    auto space = [](unsigned char c) { return c == ' ' || (c >= 0x09 && c <= 0x0D); };
     for (size_t c = std::max<size_t>(from, 1); c < text.size(); ++c) {
-      const unsigned char prev = static_cast<unsigned char>(text[c - 1]);
-      if (space(static_cast<unsigned char>(text[c])) && prev < 0x80 && !space(prev)) return c;
+      if (IsAsciiSpace(static_cast<unsigned char>(text[c])) && NoSpaceBefore(text, c)) return c;
     }
     return text.size();
+  }
+  static bool IsAsciiSpace(unsigned char c) { return c == ' ' || (c >= 0x09 && c <= 0x0D); }
+  // Whether the code point DecodeUtf8 ends at c (an ASCII byte there) is no whitespace, read back:
+  //  - an ASCII byte: itself;
+  //  - a byte >= 0xC0: no byte before it covers it (it continues no sequence) and it starts no
+  //    valid one (the ASCII byte at c is no continuation): one "other" code point;
+  //  - a continuation byte: the valid sequence of at most 4 bytes it ends, if any (its lead byte
+  //    continues no sequence, so DecodeUtf8 starts there and reads the same code point); none
+  //    (a stray byte, a sequence cut short): no cut, to be safe.
+  static bool NoSpaceBefore(std::string_view text, size_t c) {
+    const unsigned char last = static_cast<unsigned char>(text[c - 1]);
+    if (last < 0x80) return !IsAsciiSpace(last);
+    if (last >= 0xC0) return true;
+    for (size_t k = 2; k <= 4 && k <= c; ++k) {
+      const unsigned char lead = static_cast<unsigned char>(text[c - k]);
+      if ((lead & 0xC0) == 0x80) continue;
+      const size_t len = (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xE ? 3 : (lead >> 3) == 0x1E ? 4 : 0;
+      if (len != k) return false;
+      uint32_t cp = lead & (0xFF >> (len + 1));
+      for (size_t j = 1; j < len; ++j) cp = (cp << 6) | (static_cast<unsigned char>(text[c - k + j]) & 0x3F);
+      static constexpr uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
+      if (cp < kMin[len] || cp > 0x10FFFF) return false;
+      return Classify(cp) != CharClass::kSpace;
+    }
+    return false;
   }
   std::string Describe() const override {
     return absl::StrCat("gpt2 BPE (", vocab_size(), " tokens, ", ranks_.size(), " merges)");

@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -629,6 +630,74 @@ TEST_F(DatasetTest, Gpt2TextTokenizedInChunksMatchesTheWholeEncoded) {
   const std::vector<int32_t> ids = data->tokenizer->Encode(text);
   const std::vector<uint16_t> want(ids.begin(), ids.end());
   EXPECT_EQ(data->train.ToVector(), want);
+}
+
+// Text with no ASCII byte before its whitespace (CJK lines, Latin-1 bytes, emoji) is cut too,
+// where the code point before an ASCII whitespace byte is none: the parts encode as the whole,
+// around Unicode spaces (no cut after one), stray and cut-short UTF-8 bytes. Such a text of a few
+// MB is tokenized in chunks (progress, stop polls), with the ids of the whole encoded at once.
+TEST_F(DatasetTest, Gpt2TextWithNoAsciiBeforeItsSpacesIsCutAndEncodesAsTheWhole) {
+  const std::string gpt2_dir = testing::SourceDir() + "/data/gpt2";
+  if (!fs::exists(gpt2_dir + "/encoder.json")) GTEST_SKIP() << gpt2_dir << " has no GPT-2 files";
+  auto tok = LoadGpt2Tokenizer(gpt2_dir);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const std::string text =
+      "日本語の文章です。\n東京\n  改行\r\n😀 emoji😀\tcaf\xe9\ncaf\xc3\xa9 \xc2\xa0 nbsp\xc2\xa0\n"
+      "ideo\xe3\x80\x80\nstray\x80 cut\xe6\x97 over\xc0\x80 sur\xed\xa0\x80 \xff\n\xf0\x9f\x98\x80\n"
+      "'s\xc3\xa9 12\xef\xbc\x91 end";
+  const std::vector<int32_t> whole = (*tok)->Encode(text);
+  std::vector<size_t> cut_at;
+  for (size_t from = 0; from <= text.size(); ++from) {
+    const size_t c = (*tok)->CutPoint(text, from);
+    ASSERT_GE(c, from);
+    ASSERT_LE(c, text.size());
+    if (c == text.size()) continue;
+    if (cut_at.empty() || cut_at.back() != c) cut_at.push_back(c);
+    std::vector<int32_t> parts = (*tok)->Encode(std::string_view(text).substr(0, c));
+    const std::vector<int32_t> rest = (*tok)->Encode(std::string_view(text).substr(c));
+    parts.insert(parts.end(), rest.begin(), rest.end());
+    EXPECT_EQ(parts, whole) << "cut at byte " << c;
+  }
+  auto cut_before = [&](const std::string& what) {
+    const size_t at = text.find(what);
+    EXPECT_NE(at, std::string::npos) << what;
+    return std::find(cut_at.begin(), cut_at.end(), at + what.size() - 1) != cut_at.end();
+  };
+  EXPECT_TRUE(cut_before("です。\n"));
+  EXPECT_TRUE(cut_before("東京\n"));
+  EXPECT_TRUE(cut_before("😀 "));
+  EXPECT_TRUE(cut_before("😀\t"));
+  EXPECT_TRUE(cut_before("caf\xe9\n"));  // a Latin-1 byte: one "other" code point
+  EXPECT_TRUE(cut_before("caf\xc3\xa9 "));
+  EXPECT_TRUE(cut_before("\xff\n"));
+  EXPECT_TRUE(cut_before("\xff\n\xf0\x9f\x98\x80\n"));  // after U+1F600
+  EXPECT_FALSE(cut_before("\xc2\xa0 "));     // after U+00A0, a space
+  EXPECT_FALSE(cut_before("\xc2\xa0\n"));
+  EXPECT_FALSE(cut_before("\xe3\x80\x80\n"));  // after U+3000, a space
+  EXPECT_FALSE(cut_before("stray\x80 "));    // no valid sequence ends there: not cut, to be safe
+  EXPECT_FALSE(cut_before("\xe6\x97 "));
+  EXPECT_FALSE(cut_before("\xc0\x80 "));
+
+  // 5 MB of CJK lines, no ASCII byte but the newlines: tokenized in chunks, as the whole.
+  std::string line = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。\n";
+  std::string big;
+  while (big.size() < (size_t{5} << 20)) big += line;
+  const std::string path = dir_ + "/cjk.txt";
+  std::ofstream(path, std::ios::binary) << big;
+  moe::v1::DataSpec spec = Spec(path, moe::v1::TOKENIZER_GPT2, 0.0);
+  spec.set_tokenizer_dir(gpt2_dir);
+  std::vector<std::string> log;
+  DataLoadOptions opts;
+  opts.on_log = [&log](const std::string& l) { log.push_back(l); };
+  opts.progress_every_s = 0;
+  auto data = LoadDataset(spec, opts);
+  ASSERT_TRUE(data.ok()) << data.status();
+  int progress_lines = 0;
+  for (const std::string& l : log) progress_lines += absl::StartsWith(l, "tokenizing: ") ? 1 : 0;
+  EXPECT_GE(progress_lines, 2) << absl::StrJoin(log, "\n");
+  const std::vector<int32_t> ids = (*tok)->Encode(big);
+  const std::vector<uint16_t> want(ids.begin(), ids.end());
+  EXPECT_TRUE(data->train.ToVector() == want);
 }
 
 TEST(SampleBatch, CoversAllOffsetsIncludingTheLast) {
