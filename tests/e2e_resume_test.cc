@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -172,10 +173,15 @@ TEST(E2eResume, AJobStoppedInItsLastStepResumesToRunItsFinalEvaluation) {
   EXPECT_EQ(job.state(), moe::v1::JOB_STATE_SUCCEEDED) << job.reason();
   EXPECT_TRUE(LogsContain(h, id, "resumed at step 4: running the final evaluation it missed"));
   EXPECT_FALSE(LogsContain(h, id, "nothing left to train"));
-  moe::v1::MetricPoint got;
+  // Each attempt stores its own step-4 point (moed keeps one per attempt and step), in order: the
+  // first attempt's, then the one the resumed attempt sent with the val_loss it computed. Only one
+  // (the first attempt's, which has a val_loss too) would mean the resume stored nothing.
+  std::vector<moe::v1::MetricPoint> step4_points;
   for (const auto& p : h.AllMetrics(id)) {
-    if (p.step() == 4) got = p;  // the newest attempt's last
+    if (p.step() == 4) step4_points.push_back(p);
   }
+  ASSERT_EQ(step4_points.size(), 2u) << "one step-4 point per attempt";
+  const moe::v1::MetricPoint& got = step4_points.back();
   EXPECT_EQ(got.loss(), final_point.loss());
   EXPECT_EQ(got.grad_norm(), final_point.grad_norm());
   ASSERT_TRUE(got.has_val_loss());

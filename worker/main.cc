@@ -556,23 +556,28 @@ int main(int argc, char** argv) {
     reporter->Close();
     return 143;
   }
-  if (!data.ok()) {
-    // This rank's alone, perhaps (the text missing on its node): its peers wait for it in
-    // PrepareData's agreement. The reason first, then the whole job ends.
-    fail(absl::StrCat("cannot load data: ", data.status().message()));
+  // A failure from here on ends the whole job: the reason first, then (world > 1) an abort, or the
+  // peers would wait for this rank in their next collective until --comm-timeout.
+  auto fail_job = [&](const std::string& msg) {
+    fail(msg);
     reporter->Close();
     if (world > 1) comm->Abort(1);
     return 1;
+  };
+  if (!data.ok()) {
+    // This rank's alone, perhaps (the text missing on its node): its peers wait for it in
+    // PrepareData's agreement.
+    return fail_job(absl::StrCat("cannot load data: ", data.status().message()));
   }
   if (absl::Status st = moe::CheckSplits(*data, spec->model().seq_len()); !st.ok()) {
-    return fail(std::string(st.message()));
+    return fail_job(std::string(st.message()));
   }
   if (spec->model().vocab_size() > 0 && data->vocab_size > spec->model().vocab_size()) {
-    return fail(absl::StrCat("model.vocab_size is ", spec->model().vocab_size(), " but the data has ",
-                             data->vocab_size, " token ids; raise model.vocab_size to at least ", data->vocab_size,
-                             spec->data().tokenizer() == moe::v1::TOKENIZER_PRETOKENIZED
-                                 ? " (pretokenized data needs it set)"
-                                 : " or leave it out (then the tokenizer's vocabulary is used)"));
+    return fail_job(absl::StrCat("model.vocab_size is ", spec->model().vocab_size(), " but the data has ",
+                                 data->vocab_size, " token ids; raise model.vocab_size to at least ", data->vocab_size,
+                                 spec->data().tokenizer() == moe::v1::TOKENIZER_PRETOKENIZED
+                                     ? " (pretokenized data needs it set)"
+                                     : " or leave it out (then the tokenizer's vocabulary is used)"));
   }
 
   moe::TrainerOptions topts;

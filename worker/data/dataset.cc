@@ -110,7 +110,8 @@ absl::StatusOr<uint64_t> HashTokens(const TokenSplit& tokens, Progress* progress
 
 // A new file beside path for writing it: "<path>.tmp.<host>.<pid>.XXXXXX", created exclusively
 // (mkstemp), so writers on other nodes that share the folder (NFS) and happen to have the same
-// pid never share one. Its descriptor, the name in *tmp.
+// pid never share one. Its descriptor, the name in *tmp. Its mode is mkstemp's 0600, left so: the
+// worker's umask(077) keeps what it writes to the job's owner alone (worker/main.cc).
 absl::StatusOr<int> CreateTemp(const std::string& path, std::string* tmp) {
   char host[256] = {};
   if (::gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') std::strcpy(host, "host");
@@ -120,7 +121,6 @@ absl::StatusOr<int> CreateTemp(const std::string& path, std::string* tmp) {
   std::string name = absl::StrCat(path, ".tmp.", host, ".", ::getpid(), ".XXXXXX");
   const int fd = ::mkstemp(name.data());
   if (fd < 0) return absl::InternalError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
-  ::fchmod(fd, 0644);
   ::fcntl(fd, F_SETFD, FD_CLOEXEC);
   *tmp = std::move(name);
   return fd;

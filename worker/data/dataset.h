@@ -1,7 +1,9 @@
 // Training data: text tokenized once into cached token shards (nanoGPT's raw uint16 train.bin /
 // val.bin), or pretokenized shards (raw uint16 or modded-nanogpt FineWeb), split into train/val,
 // and the stateless seeded batch sampler every rank shares. Token files are memory-mapped
-// (token_split.h), never read whole into memory.
+// (token_split.h), never read whole into memory: pretokenized shards, and a token cache found
+// complete. A rank that tokenizes the text trains from its own tokens in memory (about 2 bytes per
+// token, for the whole run), never from the shards it wrote (another writer may replace them).
 #pragma once
 
 #include <cstdint>
