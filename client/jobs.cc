@@ -160,13 +160,14 @@ int RunSubmit(const SubmitOptions& o) {
   req.set_request_id(o.request_id.empty() ? NewRequestId() : o.request_id);
   moe::v1::Job job;
   grpc::Status s;
-  bool reached = false;
+  bool reached = false, unknown = false;  // unknown: some try may have queued the job
   for (int attempt = 0; attempt < kSubmitAttempts; ++attempt) {
     if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(250 << attempt));
     grpc::ClientContext ctx;
     PrepareContext(ctx, *config, 30);
     reached = Connect(*channel, 10) || reached;
     s = stub->SubmitJob(&ctx, req, &job);
+    unknown = unknown || OutcomeUnknown(s, reached);
     if (!OutcomeUnknown(s, reached)) break;  // an answer, or moed never reached: sending again changes nothing
   }
   if (!s.ok()) {
@@ -177,7 +178,7 @@ int RunSubmit(const SubmitOptions& o) {
                              req.spec().model().init_from(), "): ", message);
     }
     return Fail(absl::StrCat(
-        message, OutcomeUnknown(s, reached)
+        message, unknown
                      ? absl::StrCat("; moed may have queued the job before the call ended: the same command with "
                                     "--request-id ",
                                     req.request_id(), " answers with that job, or submits it if moed has none")

@@ -229,7 +229,7 @@ _moectl() {
     -o|--output|--format) COMPREPLY=($(compgen -W "table json csv" -- "$cur")); return ;;
     --state) COMPREPLY=($(compgen -W ")SH", absl::StrJoin(kStates, " "), R"SH(" -- "$cur")); return ;;
     --svg) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-    --server|--rank|--tail|--wait|--limit|--name|--older-than|--steps) return ;;
+    --server|--rank|--tail|--wait|--limit|--name|--older-than|--steps|--request-id) return ;;
     --from) COMPREPLY=($(compgen -W "$(moectl list -o csv 2>/dev/null | tail -n +2 | cut -d, -f1)" -- "$cur")); return ;;
     --dtype) COMPREPLY=($(compgen -W "fp32 bf16" -- "$cur")); return ;;
   esac

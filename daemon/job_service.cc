@@ -41,31 +41,24 @@ grpc::Status JobServiceImpl::Submit(const grpc::ServerContextBase& context,
         absl::StrCat("invalid job spec:\n", FormatSpecErrors(errors))));
   }
   // A submit sent again (its request_id used before) answers with the job the first one created,
-  // as Get would. Looked up again after a failed submit: of one sent twice at once, the store
-  // keeps one job (each request_id once), and the other finds it.
+  // as Get would. Of two sent at once, Scheduler::Submit answers the second (it looks again once
+  // the submits' lock is its).
   const std::string& request_id = request.request_id();
   if (!request_id.empty()) {
     if (absl::Status s = CheckRequestId(request_id, "request_id"); !s.ok()) return ToGrpcStatus(s);
   }
-  auto answer_earlier = [&](bool* found) -> absl::Status {
-    *found = false;
-    if (request_id.empty()) return absl::OkStatus();
+  if (!request_id.empty()) {
     absl::StatusOr<std::optional<JobRecord>> first = store_->FindSubmit(request_id, request.spec());
-    if (!first.ok()) return first.status();
-    if (!first->has_value()) return absl::OkStatus();
-    *found = true;
-    *response = (*first)->job;
-    scheduler_->ShowUnstored(response);
-    launchers_.For(response->spec())->Describe((*first)->launch_handle, response);
-    return absl::OkStatus();
-  };
-  bool found = false;
-  if (absl::Status s = answer_earlier(&found); !s.ok() || found) return ToGrpcStatus(s);
-  absl::StatusOr<moe::v1::Job> job = scheduler_->Submit(request.spec(), request.spec_yaml(), request_id);
-  if (!job.ok()) {
-    if (absl::Status s = answer_earlier(&found); s.ok() && found) return grpc::Status::OK;
-    return ToGrpcStatus(job.status());
+    if (!first.ok()) return ToGrpcStatus(first.status());
+    if (first->has_value()) {
+      *response = (*first)->job;
+      scheduler_->ShowUnstored(response);
+      launchers_.For(response->spec())->Describe((*first)->launch_handle, response);
+      return grpc::Status::OK;
+    }
   }
+  absl::StatusOr<moe::v1::Job> job = scheduler_->Submit(request.spec(), request.spec_yaml(), request_id);
+  if (!job.ok()) return ToGrpcStatus(job.status());
   *response = *std::move(job);
   return grpc::Status::OK;
 }

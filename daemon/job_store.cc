@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS deleted_jobs(
   num INTEGER PRIMARY KEY, id TEXT NOT NULL, deleted_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS submit_requests(
   request_id TEXT PRIMARY KEY, job_id TEXT NOT NULL, spec BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS submit_requests_job ON submit_requests(job_id);
 )sql";
 
 std::string FormatId(int64_t num) { return absl::StrFormat("j-%06d", num); }

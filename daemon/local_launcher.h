@@ -17,7 +17,8 @@ struct LocalLauncherOptions {
 };
 
 // The program a launch runs for `name` (LocalLauncherOptions::mpirun): name itself when it has a
-// '/', else the first PATH entry whose name/ the x bit lets through; "" when none does.
+// '/', else the first PATH entry whose name/ is an executable regular file, as execvp finds it;
+// "" when none is.
 std::string ResolveOnPath(const std::string& name);
 
 // The monitor's exit_status file as a wait status; DataLoss, naming the file and what it holds,

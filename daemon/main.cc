@@ -269,15 +269,6 @@ int main(int argc, char** argv) {
                    config.mpirun.c_str(), why.c_str());
       return 2;
     }
-  } else if (const std::string found = moe::daemon::ResolveOnPath(config.mpirun); !found.empty()) {
-    // A name is looked up on PATH as each launch looks it up: a directory found there (it has
-    // the x bit too) would fail every job at launch. One not on PATH at all stays a launch
-    // error, for moeds that run only Slurm jobs.
-    if (const std::string why = ExecutableProblem(found); !why.empty()) {
-      std::fprintf(stderr, "moed: --mpirun: %s is found on PATH as %s, which%s (install Open MPI, or give the "
-                   "path of its mpirun executable)\n", config.mpirun.c_str(), found.c_str(), why.c_str());
-      return 2;
-    }
   }
   auto moed = moe::daemon::Moed::Start(config);
   if (!moed.ok()) {

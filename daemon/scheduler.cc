@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -244,36 +245,6 @@ void Scheduler::Store(Active& a, JobState state, const std::string& reason) {
   }
 }
 
-std::string Scheduler::UnstoredNote(const Active& a) {
-  if (a.unstored) {
-    // The stored state stays what is shown (a moed killed now recovers from it); the one moed
-    // holds is said beside it.
-    const std::string held = a.rec.job.reason().empty()
-                                 ? std::string(StateName(a.rec.job.state()))
-                                 : absl::StrCat(StateName(a.rec.job.state()), ": ", a.rec.job.reason());
-    return absl::StrCat("moed holds this job as ", held, " but could not store that yet (", a.store_error,
-                        "); it retries every tick");
-  }
-  if (!a.ingest_error.empty() || !a.spill_error.empty()) {
-    // Lines: read from the ranks' output files (captured output); points: the attempt's spill
-    // files, read once its ranks are gone.
-    const bool lines = !a.ingest_error.empty();
-    return absl::StrCat("moed cannot store the job's ", lines ? "log lines" : "metric points", " (",
-                        lines ? a.ingest_error : a.spill_error, "); they wait in ",
-                        lines ? "the ranks' output files" : "the attempt's spill files (unsent-metrics.rank*.pb)",
-                        ", the job's end is recorded after them, and moed retries every tick (free space in the "
-                        "state directory)");
-  }
-  return "";
-}
-
-void Scheduler::ShowUnstored(moe::v1::Job* job) {
-  std::lock_guard<std::mutex> lock(notes_mu_);  // never mu_: a tick may hold it for long (sbatch)
-  auto it = notes_.find(job->id());
-  if (it == notes_.end()) return;
-  job->set_reason(job->reason().empty() ? it->second : absl::StrCat(job->reason(), "; ", it->second));
-}
-
 int Scheduler::UsedRanks() const {
   int used = 0;
   for (const auto& [id, a] : active_) {
@@ -362,6 +333,12 @@ absl::StatusOr<moe::v1::Job> Scheduler::Submit(const moe::v1::JobSpec& spec, con
   if (absl::Status s = CheckFreeSpace(); !s.ok()) return s;
   if (absl::Status s = CheckSpecPaths(options_.paths, spec); !s.ok()) return s;
   std::lock_guard<std::mutex> one_at_a_time(submit_mu_);
+  // A twin of this submit (its request_id) stored while this one waited: that job is the answer.
+  if (!request_id.empty()) {
+    absl::StatusOr<std::optional<JobRecord>> first = store_->FindSubmit(request_id, spec);
+    if (!first.ok()) return first.status();
+    if (first->has_value()) return (*first)->job;
+  }
   if (absl::Status s = CheckCheckpointDirFree(spec.checkpoint().dir()); !s.ok()) return s;
   if (absl::Status s = CheckCheckpointDirUnclaimed(store_, spec.checkpoint().dir()); !s.ok()) return s;
   if (absl::Status s = CheckInitFrom(spec.model().init_from()); !s.ok()) return s;

@@ -417,4 +417,35 @@ void Scheduler::WatchBatch(Active& a, Clock::time_point now) {
 }
 
 
+// What moed holds of an attempt that its store does not have yet, said beside the stored job.
+std::string Scheduler::UnstoredNote(const Active& a) {
+  if (a.unstored) {
+    // The stored state stays what is shown (a moed killed now recovers from it); the one moed
+    // holds is said beside it.
+    const std::string held = a.rec.job.reason().empty()
+                                 ? std::string(StateName(a.rec.job.state()))
+                                 : absl::StrCat(StateName(a.rec.job.state()), ": ", a.rec.job.reason());
+    return absl::StrCat("moed holds this job as ", held, " but could not store that yet (", a.store_error,
+                        "); it retries every tick");
+  }
+  if (!a.ingest_error.empty() || !a.spill_error.empty()) {
+    // Lines: read from the ranks' output files (captured output); points: the attempt's spill
+    // files, read once its ranks are gone.
+    const bool lines = !a.ingest_error.empty();
+    return absl::StrCat("moed cannot store the job's ", lines ? "log lines" : "metric points", " (",
+                        lines ? a.ingest_error : a.spill_error, "); they wait in ",
+                        lines ? "the ranks' output files" : "the attempt's spill files (unsent-metrics.rank*.pb)",
+                        ", the job's end is recorded after them, and moed retries every tick (free space in the "
+                        "state directory)");
+  }
+  return "";
+}
+
+void Scheduler::ShowUnstored(moe::v1::Job* job) {
+  std::lock_guard<std::mutex> lock(notes_mu_);  // never mu_: a tick may hold it for long (sbatch)
+  auto it = notes_.find(job->id());
+  if (it == notes_.end()) return;
+  job->set_reason(job->reason().empty() ? it->second : absl::StrCat(job->reason(), "; ", it->second));
+}
+
 }  // namespace moe::daemon

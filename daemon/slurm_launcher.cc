@@ -25,6 +25,7 @@
 #include "absl/strings/strip.h"
 #include "common/files.h"
 #include "common/sbatch_options.h"
+#include "daemon/local_launcher.h"
 
 extern char** environ;
 
@@ -184,17 +185,8 @@ std::string Field(const std::string& line, const std::string& key) {
 }
 
 // Whether PATH (as execvpe searches it) holds an executable file `tool`.
-bool OnPath(const std::string& tool) {
-  const char* path = std::getenv("PATH");
-  for (absl::string_view dir : absl::StrSplit(path != nullptr ? path : "/bin:/usr/bin", ':')) {
-    const std::string file = absl::StrCat(dir.empty() ? "." : dir, "/", tool);
-    struct stat st;
-    if (stat(file.c_str(), &st) == 0 && S_ISREG(st.st_mode) && access(file.c_str(), X_OK) == 0) {
-      return true;
-    }
-  }
-  return false;
-}
+// A tool a batch job needs, found on PATH as execvp finds it.
+bool OnPath(const std::string& tool) { return !ResolveOnPath(tool).empty(); }
 
 // What is missing, what each tool is for, and how to get them.
 std::string MissingToolsAdvice(const std::vector<std::string>& missing) {

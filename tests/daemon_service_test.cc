@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/job_spec.h"
 #include "common/metrics_spill.h"
+#include "daemon/local_launcher.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "gtest/gtest.h"
@@ -180,20 +181,21 @@ TEST(DaemonService, FlagsTooSmallOrTooLargeSaySo) {
   }
 }
 
-// --mpirun NAME is looked up on PATH as each launch looks it up; a directory found there is refused
-// at start as an explicit path to one is (before, moed started and every job failed at launch).
-TEST(DaemonService, MpirunNameThatPathFindsAsADirectoryIsRefused) {
-  const std::string bin = MakeTempDir("moed-path-");
-  std::filesystem::create_directory(bin + "/mpirun-dir");
-  CommandResult r = RunCommand({BinDir() + "/moed", "--allow-root", "--state-dir", MakeTempDir("moed-flags-"),
-                                "--listen", absl::StrCat("127.0.0.1:", FreePort()), "--metrics-listen=",
-                                "--mpirun", "mpirun-dir"},
-                               {{"PATH", bin + ":" + (std::getenv("PATH") ? std::getenv("PATH") : "/usr/bin:/bin")}},
-                               10);
-  EXPECT_EQ(r.exit_code, 2) << r.err;
-  EXPECT_TRUE(absl::StrContains(r.err, "moed: --mpirun: mpirun-dir is found on PATH as " + bin +
-                                           "/mpirun-dir, which is a directory, not an executable"))
-      << r.err;
+// --mpirun NAME is looked up on PATH as execvp looks: a directory of that name earlier on PATH (it
+// has the x bit too) is passed over for the program after it, not taken (every job failed at
+// launch) nor a reason to refuse a PATH that runs it.
+TEST(DaemonService, MpirunNameOnPathPassesOverADirectoryOfThatName) {
+  const std::string first = MakeTempDir("moed-path-dir-"), second = MakeTempDir("moed-path-exe-");
+  std::filesystem::create_directory(first + "/mpirun-x");
+  std::ofstream(second + "/mpirun-x") << "#!/bin/sh\n";
+  std::filesystem::permissions(second + "/mpirun-x", std::filesystem::perms::owner_all);
+  const char* old = std::getenv("PATH");
+  const std::string saved = old != nullptr ? old : "";
+  setenv("PATH", (first + ":" + second).c_str(), 1);
+  EXPECT_EQ(moe::daemon::ResolveOnPath("mpirun-x"), second + "/mpirun-x");
+  setenv("PATH", first.c_str(), 1);
+  EXPECT_EQ(moe::daemon::ResolveOnPath("mpirun-x"), "");
+  setenv("PATH", saved.c_str(), 1);
 }
 
 // An address gRPC cannot parse is refused as --listen bogus is, before gRPC sees it: ":PORT" gave a
@@ -261,9 +263,11 @@ TEST(DaemonService, MoedOutsideItsBuildTreeStarts) {
     std::filesystem::copy_file(BinDir() + "/" + bin, dir + "/" + bin);
     std::filesystem::permissions(dir + "/" + bin, std::filesystem::perms::owner_all);
   }
+  // Killed after 6 s: enough to start on a loaded machine (no GPUs to look for).
   CommandResult r = RunCommand({dir + "/moed", "--allow-root", "--state-dir", MakeTempDir("moed-copied-state-"),
-                                "--listen", absl::StrCat("127.0.0.1:", FreePort()), "--metrics-listen", ""},
-                               {}, 3);
+                                "--listen", absl::StrCat("127.0.0.1:", FreePort()), "--metrics-listen", "",
+                                "--gpus", "0"},
+                               {}, 6);
   EXPECT_TRUE(absl::StrContains(r.err, "moed: serving on")) << r.err;
   EXPECT_FALSE(absl::StrContains(r.err, "--slurm-template")) << r.err;
 }

@@ -147,7 +147,7 @@ TEST(SubmitRequestId, SubmitFromAJobWithoutACheckpointNamesTheFlag) {
   const std::string id = first.out.substr(0, first.out.find('\n'));
   ASSERT_EQ(h.Moectl({"cancel", id}).exit_code, 0);
   CommandResult from = h.Moectl({"submit", file, "--from", id});
-  EXPECT_NE(from.exit_code, 0);
+  EXPECT_EQ(from.exit_code, 1) << from.err;
   EXPECT_TRUE(absl::StartsWith(from.err, "moectl: --from " + id + " (model.init_from = its checkpoint directory "))
       << from.err;
   EXPECT_EQ(JobCount(h), 1);
