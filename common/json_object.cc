@@ -1,6 +1,7 @@
 #include "common/json_object.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -66,6 +67,23 @@ absl::Status ParseJsonObject(std::string_view json_in, google::protobuf::Struct*
   return absl::InvalidArgumentError(absl::StrCat(
       "JSON error: ", what, " (at the ^ in \"", absl::CEscape(context.substr(0, caret)), "^",
       absl::CEscape(context.substr(caret)), "\")"));
+}
+
+absl::StatusOr<std::map<std::string, int64_t>> ParseJsonStringIntMap(std::string_view json) {
+  google::protobuf::Struct doc;
+  if (absl::Status st = ParseJsonObject(json, &doc); !st.ok()) return st;
+  std::map<std::string, int64_t> out;
+  for (const auto& [key, value] : doc.fields()) {
+    // Numbers arrive as double; below 2^53 in magnitude an integer converts exactly.
+    double d = value.number_value();
+    if (value.kind_case() != google::protobuf::Value::kNumberValue || std::trunc(d) != d ||
+        std::fabs(d) >= 9007199254740992.0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("value of \"", key, "\" is not an integer below 2^53"));
+    }
+    out.emplace(key, static_cast<int64_t>(d));
+  }
+  return out;
 }
 
 }  // namespace moe

@@ -3,9 +3,13 @@
 // model.init_from (common/job_spec_data.cc).
 #pragma once
 
+#include <cstdint>
+#include <map>
+#include <string>
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "google/protobuf/struct.pb.h"
 
 namespace moe {
@@ -17,5 +21,9 @@ namespace moe {
 // nesting passes it (protobuf's parser slows with depth and stops near 40 levels).
 inline constexpr int kMaxJsonDepth = 32;
 absl::Status ParseJsonObject(std::string_view json, google::protobuf::Struct* out);
+
+// A JSON object of string -> integer (GPT-2's encoder.json) through ParseJsonObject; a value that
+// is no integer below 2^53 in magnitude is InvalidArgument naming its key.
+absl::StatusOr<std::map<std::string, int64_t>> ParseJsonStringIntMap(std::string_view json);
 
 }  // namespace moe

@@ -590,23 +590,6 @@ std::string TokenizerDifference(const Tokenizer& saved, const Tokenizer& job, co
   return absl::StrCat(saved.Describe(), " in the checkpoint, ", job.Describe(), " in this job's data");
 }
 
-absl::StatusOr<std::map<std::string, int64_t>> ParseJsonStringIntMap(std::string_view json) {
-  google::protobuf::Struct doc;
-  if (absl::Status st = ParseJsonObject(json, &doc); !st.ok()) return st;
-  std::map<std::string, int64_t> out;
-  for (const auto& [key, value] : doc.fields()) {
-    // Numbers arrive as double; below 2^53 in magnitude an integer converts exactly.
-    double d = value.number_value();
-    if (value.kind_case() != google::protobuf::Value::kNumberValue || std::trunc(d) != d ||
-        std::fabs(d) >= 9007199254740992.0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("value of \"", key, "\" is not an integer below 2^53"));
-    }
-    out.emplace(key, static_cast<int64_t>(d));
-  }
-  return out;
-}
-
 absl::StatusOr<std::unique_ptr<Tokenizer>> BuildCharTokenizer(std::string_view corpus) {
   if (corpus.empty()) {
     return absl::InvalidArgumentError("char tokenizer: the text is empty, nothing to build a "

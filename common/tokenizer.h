@@ -62,8 +62,5 @@ struct Gpt2Files {
 };
 absl::StatusOr<Gpt2Files> Gpt2FilesOf(std::string_view blob);
 
-// Parses a JSON object of string -> integer (GPT-2's encoder.json) with ParseJsonObject
-// (common/json_object.h). Exposed for tests.
-absl::StatusOr<std::map<std::string, int64_t>> ParseJsonStringIntMap(std::string_view json);
 
 }  // namespace moe

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/files.h"
+#include "common/json_object.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/paths.h"

@@ -17,6 +17,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/files.h"
+#include "common/json_object.h"
 #include "moe/v1/job.pb.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/data/checkpoint_spec.h"
