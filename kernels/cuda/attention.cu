@@ -9,6 +9,7 @@
 #include <initializer_list>
 
 #include "kernels/cuda/attention_internal.cuh"
+#include "kernels/cuda/cudnn_sdpa.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/rope.h"
 
@@ -114,10 +115,36 @@ void AttentionForwardBf16(float* out, float* lse, const float* qkv, const bf16* 
     if (out16 != nullptr) CastToBf16(out16, out, int64_t{b} * t * h * hd, stream);
     return;
   }
+  // cuDNN's fused attention where asked (cudnn_sdpa.h): it writes bf16 alone, so the fp32 output,
+  // where wanted, is those values.
+  if (drop.p == 0.f && out16 != nullptr && CudnnAttentionWanted() &&
+      CudnnAttentionForward(out16, lse, qkv16, b, t, h, hkv, hd, stream)) {
+    if (out != nullptr) CastToFloat(out, out16, int64_t{b} * t * h * hd, stream);
+    return;
+  }
   internal::TcForward(out, out16, lse, qkv16, b, t, h, hkv, hd, internal::MakeAttnDrop(drop), stream);
 }
 
 namespace {
+
+// cuDNN's backward where asked and it can (the RoPE path: bf16 gradients written, no dropout),
+// then RoPE's backward in place on them. The bf16 forward output it reads is out16, or out
+// rounded into dqkv's memory (free in this path: the gradients go to rope.dqkv16).
+bool CudnnBackward(const bf16* dout16, const float* out, const bf16* out16, const float* lse, const bf16* qkv16, int b,
+                   int t, int h, int hkv, int hd, const AttentionDropout& drop, cudaStream_t stream, bool overwrite,
+                   const internal::RopeBack& rope, float* dqkv) {
+  if (drop.p != 0.f || !overwrite || rope.dqkv16 == nullptr || !CudnnAttentionWanted()) return false;
+  const bf16* o16 = out16;
+  if (o16 == nullptr) {
+    if (out == nullptr || dqkv == nullptr) return false;
+    bf16* tmp = reinterpret_cast<bf16*>(dqkv);
+    CastToBf16(tmp, out, int64_t{b} * t * h * hd, stream);
+    o16 = tmp;
+  }
+  if (!CudnnAttentionBackward(rope.dqkv16, qkv16, o16, dout16, lse, b, t, h, hkv, hd, stream)) return false;
+  RopeBackwardBf16(rope.dqkv16, rope.cos_t, rope.sin_t, b, t, h, hkv, hd, stream);
+  return true;
+}
 
 // The tensor-core or fp32 backward of AttentionBackwardBf16; with rope.dqkv16 set (overwrite),
 // RoPE's backward into bf16 as well, in the kernels' stores where they can (then true) or after.
@@ -136,6 +163,7 @@ void Backward16(float* dqkv, const float* dout, const bf16* dout16, const float*
     }
     AttentionBackward(dqkv, dout, out, lse, qkv, b, t, h, hkv, hd, scratch, drop, stream);
   } else {
+    if (CudnnBackward(dout16, out, out16, lse, qkv16, b, t, h, hkv, hd, drop, stream, overwrite, rope, dqkv)) return;
     if (out != nullptr) {
       AttentionDsum(scratch, dout, out, b, t, h, hd, stream);
     } else if (out16 != nullptr) {

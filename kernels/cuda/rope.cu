@@ -136,6 +136,38 @@ __global__ void RopeToBf16Kernel(bf16* __restrict__ out, const float* __restrict
   }
 }
 
+// RoPE's backward in place on bf16 rows (the attention backward's bf16 q, k gradients, cudnn_sdpa.h):
+// each pair read as the floats it holds, rotated as RopeKernel rotates, rounded back. The same
+// threads and pairs as RopeKernel.
+template <int W>
+__global__ void RopeBf16Kernel(bf16* qkv16, const float* cos_t, const float* sin_t, int rows, int t, int heads,
+                               int row_len, int hd, float sign) {
+  const int row = blockIdx.x * blockDim.y + threadIdx.y;
+  if (row >= rows) return;
+  const int half = hd / 2, pos = row % t;
+  bf16* base = qkv16 + int64_t{row} * row_len;
+  for (int i = threadIdx.x * W; i < half; i += blockDim.x * W) {
+    float cs[W], s[W];
+    LoadAngle<W>(cs, s, cos_t, sin_t, pos, half, i, sign);
+    for (int head = 0; head < heads; ++head) {
+      float a[W], c[W], na[W], nc[W];
+      bf16* pa = base + head * hd + i;
+      bf16* pc = pa + half;
+      if constexpr (W == 4) {
+        const float4 va = internal::LoadBf16x4(pa), vc = internal::LoadBf16x4(pc);
+        a[0] = va.x, a[1] = va.y, a[2] = va.z, a[3] = va.w;
+        c[0] = vc.x, c[1] = vc.y, c[2] = vc.z, c[3] = vc.w;
+      } else {
+#pragma unroll
+        for (int j = 0; j < W; ++j) a[j] = __bfloat162float(pa[j]), c[j] = __bfloat162float(pc[j]);
+      }
+      Rotate<W>(a, c, cs, s, na, nc);
+      StoreBf16W<W>(pa, na);
+      StoreBf16W<W>(pc, nc);
+    }
+  }
+}
+
 // The launch both kernels take for `rows` rows of `half` pairs a head: threadIdx.x over the pair
 // groups of one head (at most kThreads), threadIdx.y over rows; vec: four pairs a thread (W = 4).
 struct RopeLaunch {
@@ -183,6 +215,21 @@ void RopeToBf16(bf16* qkv16, const float* qkv, const float* cos_t, const float* 
   MOE_CUDA_LAUNCH_CHECK();
 }
 
+void RopeBf16(bf16* qkv16, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv, int hd, float sign,
+              cudaStream_t stream) {
+  const int rows = b * t, heads = h + hkv, half = hd / 2;
+  if (rows <= 0 || heads <= 0 || half <= 0) return;
+  const int row_len = (h + 2 * hkv) * hd;
+  const bool vec = half % 4 == 0 && Aligned(16, {cos_t, sin_t}) && Aligned(8, {qkv16});
+  const RopeLaunch l = RopeLaunchFor(rows, half, vec);
+  if (vec) {
+    RopeBf16Kernel<4><<<l.blocks, l.block, 0, stream>>>(qkv16, cos_t, sin_t, rows, t, heads, row_len, hd, sign);
+  } else {
+    RopeBf16Kernel<1><<<l.blocks, l.block, 0, stream>>>(qkv16, cos_t, sin_t, rows, t, heads, row_len, hd, sign);
+  }
+  MOE_CUDA_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 void RopeForward(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
@@ -203,6 +250,11 @@ void RopeBackwardToBf16(bf16* dqkv16, const float* dqkv, const float* cos_t, con
 void RopeBackward(float* dqkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
                   int hd, cudaStream_t stream) {
   Rope(dqkv, cos_t, sin_t, b, t, h, hkv, hd, -1.0f, stream);
+}
+
+void RopeBackwardBf16(bf16* dqkv16, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv, int hd,
+                      cudaStream_t stream) {
+  RopeBf16(dqkv16, cos_t, sin_t, b, t, h, hkv, hd, -1.0f, stream);
 }
 
 }  // namespace moe::cuda

@@ -18,6 +18,10 @@ void RopeForwardToBf16(bf16* qkv16, const float* qkv, const float* cos_t, const 
 // And the backward so: dqkv16 = bf16(RopeBackward(dqkv)), dqkv left as it is.
 void RopeBackwardToBf16(bf16* dqkv16, const float* dqkv, const float* cos_t, const float* sin_t, int b, int t, int h,
                         int hkv, int hd, cudaStream_t stream);
+// RoPE's backward in place on bf16 (q and k heads rotated back, v left): the bf16 gradients
+// cuDNN's attention backward writes (cudnn_sdpa.h).
+void RopeBackwardBf16(bf16* dqkv16, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv, int hd,
+                      cudaStream_t stream);
 void RopeBackward(float* dqkv, const float* cos_t, const float* sin_t, int b, int t, int h, int hkv,
                   int hd, cudaStream_t stream);
 
