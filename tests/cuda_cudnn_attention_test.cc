@@ -173,6 +173,33 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudnnAttentionTest,
                                            Case{1, 100, 3, 1, 96}, Case{2, 64, 2, 2, 256}, Case{1, 1, 4, 4, 64},
                                            Case{3, 33, 2, 1, 80}, Case{2, 191, 8, 2, 32}, Case{2, 128, 4, 4, 192}));
 
+// RoPE's backward in place on bf16 (after cuDNN's backward) gives the bits of RopeBackwardToBf16
+// of the same values in fp32: the rotation is computed in fp32 either way and rounded once. v's
+// columns stay as they were. Even and odd pair counts (float4 and scalar kernels), GQA.
+TEST(CudnnAttentionRope, InPlaceBf16BackwardMatchesTheFp32One) {
+  SKIP_WITHOUT_GPU();
+  for (const Case& c : {Case{2, 37, 4, 2, 64}, Case{1, 20, 3, 3, 24}, Case{2, 9, 2, 1, 10}}) {
+    const int row = (c.h + 2 * c.hkv) * c.hd;
+    const int64_t count = int64_t{c.b} * c.t * row;
+    std::vector<float> cos_t(int64_t{c.t} * (c.hd / 2)), sin_t(cos_t.size());
+    kernels::RopeTables(cos_t.data(), sin_t.data(), c.t, c.hd, kernels::kRopeTheta);
+    Dev<float> x(Randn(count, 61)), cs(cos_t), sn(sin_t);
+    Dev<cuda::bf16> x16(count), want(count);
+    cuda::CastToBf16(x16.get(), x.get(), count, nullptr);
+    const auto before = x16.Host();
+    Dev<float> x32(ToFloat(before));
+    cuda::RopeBackwardToBf16(want.get(), x32.get(), cs.get(), sn.get(), c.b, c.t, c.h, c.hkv, c.hd, nullptr);
+    cuda::RopeBackwardBf16(x16.get(), cs.get(), sn.get(), c.b, c.t, c.h, c.hkv, c.hd, nullptr);
+    const auto got = x16.Host(), w = want.Host();
+    EXPECT_EQ(0, std::memcmp(got.data(), w.data(), sizeof(cuda::bf16) * got.size())) << Name(c);
+    int64_t v_changed = 0;
+    for (int64_t i = 0; i < int64_t{c.b} * c.t; ++i)
+      for (int k = (c.h + c.hkv) * c.hd; k < row; ++k)
+        v_changed += std::memcmp(&got[i * row + k], &before[i * row + k], sizeof(cuda::bf16)) != 0;
+    EXPECT_EQ(v_changed, 0) << Name(c);
+  }
+}
+
 // Milliseconds a layer, the project's tensor-core kernels against cuDNN, at the sweep's sizes
 // (run by the device script: --gtest_also_run_disabled_tests).
 TEST(CudnnAttentionTiming, DISABLED_AgainstTheTensorCoreKernels) {

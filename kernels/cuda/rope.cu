@@ -61,22 +61,39 @@ __device__ __forceinline__ void StoreBf16W(bf16* p, const float (&src)[W]) {
   }
 }
 
+// The same loads and stores on bf16 (RoPE's backward in place on the bf16 gradients cuDNN's
+// attention writes): each value read as the float it is, rounded back as it is stored.
+template <int W>
+__device__ __forceinline__ void LoadW(float (&dst)[W], const bf16* p) {
+  if constexpr (W == 4) {
+    const float4 q = internal::LoadBf16x4(p);
+    dst[0] = q.x, dst[1] = q.y, dst[2] = q.z, dst[3] = q.w;
+  } else {
+#pragma unroll
+    for (int j = 0; j < W; ++j) dst[j] = __bfloat162float(p[j]);
+  }
+}
+template <int W>
+__device__ __forceinline__ void StoreW(bf16* p, const float (&src)[W]) {
+  StoreBf16W<W>(p, src);
+}
+
 // Rotated heads one thread loads before it stores any of them (memory-level parallelism).
 constexpr int kRopeHeadsPerStep = 4;
 
-// RoPE in place on the q and k heads (the first `heads` of each row of row_len floats), pairs
+// RoPE in place on the q and k heads (the first `heads` of each row of row_len T: fp32, or bf16), pairs
 // (i, i + hd/2). Block (x, y): threadIdx.y picks one of blockDim.y rows (row = b * t + pos),
 // threadIdx.x a group of W pairs i = W * threadIdx.x + j (striding by W * blockDim.x when hd / 2 is
 // larger); the thread reads that group's cos/sin once and walks every rotated head of its row,
 // kRopeHeadsPerStep heads at a time. W = 4 (float4 accesses) needs hd/2 % 4 == 0 and 16-byte
 // aligned qkv and tables; W = 1 takes any even hd. All index math is 32-bit but the row offset.
-template <int W>
-__global__ void RopeKernel(float* qkv, const float* cos_t, const float* sin_t, int rows, int t,
-                           int heads, int row_len, int hd, float sign) {
+template <typename T, int W>
+__global__ void RopeKernel(T* qkv, const float* cos_t, const float* sin_t, int rows, int t, int heads, int row_len,
+                           int hd, float sign) {
   const int row = blockIdx.x * blockDim.y + threadIdx.y;
   if (row >= rows) return;
   const int half = hd / 2, pos = row % t;
-  float* base = qkv + int64_t{row} * row_len;
+  T* base = qkv + int64_t{row} * row_len;
   for (int i = threadIdx.x * W; i < half; i += blockDim.x * W) {
     float cs[W], s[W];
     LoadAngle<W>(cs, s, cos_t, sin_t, pos, half, i, sign);
@@ -136,38 +153,6 @@ __global__ void RopeToBf16Kernel(bf16* __restrict__ out, const float* __restrict
   }
 }
 
-// RoPE's backward in place on bf16 rows (the attention backward's bf16 q, k gradients, cudnn_sdpa.h):
-// each pair read as the floats it holds, rotated as RopeKernel rotates, rounded back. The same
-// threads and pairs as RopeKernel.
-template <int W>
-__global__ void RopeBf16Kernel(bf16* qkv16, const float* cos_t, const float* sin_t, int rows, int t, int heads,
-                               int row_len, int hd, float sign) {
-  const int row = blockIdx.x * blockDim.y + threadIdx.y;
-  if (row >= rows) return;
-  const int half = hd / 2, pos = row % t;
-  bf16* base = qkv16 + int64_t{row} * row_len;
-  for (int i = threadIdx.x * W; i < half; i += blockDim.x * W) {
-    float cs[W], s[W];
-    LoadAngle<W>(cs, s, cos_t, sin_t, pos, half, i, sign);
-    for (int head = 0; head < heads; ++head) {
-      float a[W], c[W], na[W], nc[W];
-      bf16* pa = base + head * hd + i;
-      bf16* pc = pa + half;
-      if constexpr (W == 4) {
-        const float4 va = internal::LoadBf16x4(pa), vc = internal::LoadBf16x4(pc);
-        a[0] = va.x, a[1] = va.y, a[2] = va.z, a[3] = va.w;
-        c[0] = vc.x, c[1] = vc.y, c[2] = vc.z, c[3] = vc.w;
-      } else {
-#pragma unroll
-        for (int j = 0; j < W; ++j) a[j] = __bfloat162float(pa[j]), c[j] = __bfloat162float(pc[j]);
-      }
-      Rotate<W>(a, c, cs, s, na, nc);
-      StoreBf16W<W>(pa, na);
-      StoreBf16W<W>(pc, nc);
-    }
-  }
-}
-
 // The launch both kernels take for `rows` rows of `half` pairs a head: threadIdx.x over the pair
 // groups of one head (at most kThreads), threadIdx.y over rows; vec: four pairs a thread (W = 4).
 struct RopeLaunch {
@@ -191,9 +176,9 @@ void Rope(float* qkv, const float* cos_t, const float* sin_t, int b, int t, int 
   const bool vec = half % 4 == 0 && Aligned(16, {qkv, cos_t, sin_t});
   const RopeLaunch l = RopeLaunchFor(rows, half, vec);
   if (vec) {
-    RopeKernel<4><<<l.blocks, l.block, 0, stream>>>(qkv, cos_t, sin_t, rows, t, heads, row_len, hd, sign);
+    RopeKernel<float, 4><<<l.blocks, l.block, 0, stream>>>(qkv, cos_t, sin_t, rows, t, heads, row_len, hd, sign);
   } else {
-    RopeKernel<1><<<l.blocks, l.block, 0, stream>>>(qkv, cos_t, sin_t, rows, t, heads, row_len, hd, sign);
+    RopeKernel<float, 1><<<l.blocks, l.block, 0, stream>>>(qkv, cos_t, sin_t, rows, t, heads, row_len, hd, sign);
   }
   MOE_CUDA_LAUNCH_CHECK();
 }
@@ -223,9 +208,9 @@ void RopeBf16(bf16* qkv16, const float* cos_t, const float* sin_t, int b, int t,
   const bool vec = half % 4 == 0 && Aligned(16, {cos_t, sin_t}) && Aligned(8, {qkv16});
   const RopeLaunch l = RopeLaunchFor(rows, half, vec);
   if (vec) {
-    RopeBf16Kernel<4><<<l.blocks, l.block, 0, stream>>>(qkv16, cos_t, sin_t, rows, t, heads, row_len, hd, sign);
+    RopeKernel<bf16, 4><<<l.blocks, l.block, 0, stream>>>(qkv16, cos_t, sin_t, rows, t, heads, row_len, hd, sign);
   } else {
-    RopeBf16Kernel<1><<<l.blocks, l.block, 0, stream>>>(qkv16, cos_t, sin_t, rows, t, heads, row_len, hd, sign);
+    RopeKernel<bf16, 1><<<l.blocks, l.block, 0, stream>>>(qkv16, cos_t, sin_t, rows, t, heads, row_len, hd, sign);
   }
   MOE_CUDA_LAUNCH_CHECK();
 }
