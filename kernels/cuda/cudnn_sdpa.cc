@@ -262,9 +262,9 @@ bool CudnnAttentionWanted() {
   std::atomic<int>& flag = WantedFlag();
   int v = flag.load();
   if (v < 0) {
-    v = 0;  // the default until measured
-    if (EnvFlag("MOE_ATTENTION", "cudnn")) v = 1;
-    if (EnvFlag("MOE_ATTENTION", "ours")) v = 0;
+    // On by default: on an H100 it ran small 2.8% and medium 3.2% faster end to end, the same
+    // bits every run (README, the thirty-second session). MOE_ATTENTION=ours turns it off.
+    v = EnvFlag("MOE_ATTENTION", "ours") ? 0 : 1;
     flag.store(v);
   }
   return v == 1;

@@ -6,9 +6,9 @@
 // forward's, so either backward can follow either forward). No attention dropout: jobs with
 // model.attention.dropout keep the project's kernels (their masks are the CPU's, bit for bit).
 //
-// Which path runs: MOE_ATTENTION=cudnn asks for cuDNN, =ours for the project's kernels; unset,
-// the default below. A shape cuDNN refuses (or a machine without libcudnn) runs the project's
-// kernels, said once on stderr per shape.
+// Which path runs: cuDNN where it can, unless MOE_ATTENTION=ours asks for the project's kernels.
+// A shape cuDNN refuses (or a machine without libcudnn) runs the project's kernels, said once on
+// stderr per shape.
 #pragma once
 
 #include <cstdint>
