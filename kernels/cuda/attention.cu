@@ -127,15 +127,13 @@ void AttentionForwardBf16(float* out, float* lse, const float* qkv, const bf16* 
 
 namespace {
 
-// cuDNN's backward where asked and it can (overwrite, no dropout, somewhere for its bf16
-// gradients): into rope.dqkv16, then RoPE's backward in place on them; or into staging16, then
-// widened into dqkv. The bf16 forward output it reads is out16, or out rounded into dqkv's memory
-// (only written after cuDNN has read it).
+// cuDNN's backward where asked and it can (the RoPE path: bf16 gradients written, no dropout),
+// then RoPE's backward in place on them. The bf16 forward output it reads is out16, or out
+// rounded into dqkv's memory (free in this path: the gradients go to rope.dqkv16).
 bool CudnnBackward(const bf16* dout16, const float* out, const bf16* out16, const float* lse, const bf16* qkv16, int b,
                    int t, int h, int hkv, int hd, const AttentionDropout& drop, cudaStream_t stream, bool overwrite,
-                   const internal::RopeBack& rope, float* dqkv, bf16* staging16) {
-  bf16* grads16 = rope.dqkv16 != nullptr ? rope.dqkv16 : staging16;
-  if (drop.p != 0.f || !overwrite || grads16 == nullptr || !CudnnAttentionWanted()) return false;
+                   const internal::RopeBack& rope, float* dqkv) {
+  if (drop.p != 0.f || !overwrite || rope.dqkv16 == nullptr || !CudnnAttentionWanted()) return false;
   const bf16* o16 = out16;
   if (o16 == nullptr) {
     if (out == nullptr || dqkv == nullptr) return false;
@@ -143,12 +141,8 @@ bool CudnnBackward(const bf16* dout16, const float* out, const bf16* out16, cons
     CastToBf16(tmp, out, int64_t{b} * t * h * hd, stream);
     o16 = tmp;
   }
-  if (!CudnnAttentionBackward(grads16, qkv16, o16, dout16, lse, b, t, h, hkv, hd, stream)) return false;
-  if (rope.dqkv16 != nullptr) {
-    RopeBackwardBf16(rope.dqkv16, rope.cos_t, rope.sin_t, b, t, h, hkv, hd, stream);
-  } else {
-    CastToFloat(dqkv, staging16, int64_t{b} * t * (h + 2 * hkv) * hd, stream);
-  }
+  if (!CudnnAttentionBackward(rope.dqkv16, qkv16, o16, dout16, lse, b, t, h, hkv, hd, stream)) return false;
+  RopeBackwardBf16(rope.dqkv16, rope.cos_t, rope.sin_t, b, t, h, hkv, hd, stream);
   return true;
 }
 
@@ -157,7 +151,7 @@ bool CudnnBackward(const bf16* dout16, const float* out, const bf16* out16, cons
 void Backward16(float* dqkv, const float* dout, const bf16* dout16, const float* out, const float* lse,
                 const float* qkv, const bf16* qkv16, int b, int t, int h, int hkv, int hd, float* scratch,
                 const AttentionDropout& drop, cudaStream_t stream, bool overwrite, const bf16* out16,
-                const internal::RopeBack& rope, bf16* staging16 = nullptr) {
+                const internal::RopeBack& rope) {
   if (b * t == 0) return;
   if (!TcAligned(hd, {dqkv, dout16, qkv16, rope.dqkv16})) {
     if (out == nullptr) {
@@ -169,10 +163,7 @@ void Backward16(float* dqkv, const float* dout, const bf16* dout16, const float*
     }
     AttentionBackward(dqkv, dout, out, lse, qkv, b, t, h, hkv, hd, scratch, drop, stream);
   } else {
-    if (CudnnBackward(dout16, out, out16, lse, qkv16, b, t, h, hkv, hd, drop, stream, overwrite, rope, dqkv,
-                      staging16)) {
-      return;
-    }
+    if (CudnnBackward(dout16, out, out16, lse, qkv16, b, t, h, hkv, hd, drop, stream, overwrite, rope, dqkv)) return;
     if (out != nullptr) {
       AttentionDsum(scratch, dout, out, b, t, h, hd, stream);
     } else if (out16 != nullptr) {
@@ -192,10 +183,9 @@ void Backward16(float* dqkv, const float* dout, const bf16* dout16, const float*
 
 void AttentionBackwardBf16(float* dqkv, const float* dout, const bf16* dout16, const float* out, const float* lse,
                            const float* qkv, const bf16* qkv16, int b, int t, int h, int hkv, int hd, float* scratch,
-                           const AttentionDropout& drop, cudaStream_t stream, bool overwrite, const bf16* out16,
-                           bf16* staging16) {
+                           const AttentionDropout& drop, cudaStream_t stream, bool overwrite, const bf16* out16) {
   Backward16(dqkv, dout, dout16, out, lse, qkv, qkv16, b, t, h, hkv, hd, scratch, drop, stream, overwrite, out16,
-             internal::RopeBack{}, staging16);
+             internal::RopeBack{});
 }
 
 void AttentionRopeBackwardBf16(bf16* dqkv16, float* dqkv, const float* dout, const bf16* dout16, const float* out,

@@ -47,12 +47,10 @@ void AttentionForwardBf16(float* out, float* lse, const float* qkv, const bf16* 
 // (the caller need not clear it). out null (tensor cores only): dsum = rowsum(dout * out16), the
 // bf16 output's values, as FlashAttention-2 computes it from its bf16 output. The model gives
 // the fp32 out (with out16's dsum shakespeare-moe's best val loss was 0.005 and 0.010 worse).
-// staging16 (overwrite only; may be null): b t (h + 2 hkv) hd bf16 of scratch, which lets cuDNN's
-// attention run this backward (its bf16 gradients pass through it into dqkv).
 void AttentionBackwardBf16(float* dqkv, const float* dout, const bf16* dout16, const float* out, const float* lse,
                            const float* qkv, const bf16* qkv16, int b, int t, int h, int hkv, int hd, float* scratch,
                            const AttentionDropout& drop, cudaStream_t stream, bool overwrite = false,
-                           const bf16* out16 = nullptr, bf16* staging16 = nullptr);
+                           const bf16* out16 = nullptr);
 
 // The backward and then RoPE's backward (bf16 jobs without QK-norm): dqkv16 gets
 // RopeBackwardToBf16 of the dqkv that AttentionBackwardBf16 with `overwrite` writes, the qkv

@@ -55,10 +55,9 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
     cuda::RopeForward(a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
     if (bf16_) cuda::CastToBf16(a.qkv16, a.qkv, int64_t{n} * C3, stream_);
   }
-  // bf16: the output also in bf16 (s16a: free at this point of the forward), wo's product input
-  // without the gate; with it, the gate path below overwrites it (cuDNN's attention writes bf16
-  // alone and needs it).
-  cuda::bf16* y16 = bf16_ ? ctx_.s16a : nullptr;
+  // bf16 without the gate: the output also in bf16, wo's product input (s16a: free at this point
+  // of the forward; the gate path below writes it itself).
+  cuda::bf16* y16 = bf16_ && !cfg_.attn_gate ? ctx_.s16a : nullptr;
   if (bf16_) {
     cuda::AttentionForwardBf16(a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv, hd, AttnDropout(ctx, l), stream_,
                                y16);
@@ -253,10 +252,9 @@ void CudaModel::Backward() {
                                       stream_);
       dqkv16 = ctx_.s16a;
     } else {
-      if (bf16_) {  // writes dqkv_ (no clearing first); s16a: cuDNN's bf16 gradients on their way
+      if (bf16_) {  // writes dqkv_ (no clearing first)
         cuda::AttentionBackwardBf16(dqkv_, dattn_y, ctx_.s16b, a.attn_y, a.attn_lse, a.qkv, a.qkv16, b, T, H, Hkv,
-                                    hd, att_scratch_, AttnDropout(ctx, l), stream_, /*overwrite=*/true,
-                                    /*out16=*/nullptr, /*staging16=*/ctx_.s16a);
+                                    hd, att_scratch_, AttnDropout(ctx, l), stream_, /*overwrite=*/true);
       } else {
         zero(dqkv_, int64_t{n} * C3);
         cuda::AttentionBackward(dqkv_, dattn_y, a.attn_y, a.attn_lse, a.qkv, b, T, H, Hkv, hd, att_scratch_,
