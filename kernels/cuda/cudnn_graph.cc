@@ -4,7 +4,7 @@
 // binds memory at each run.
 #include "kernels/cuda/cudnn_graph.h"
 
-#if __has_include(<cudnn_graph.h>)
+#if __has_include(<cudnn_graph.h>) && !defined(MOE_NO_CUDNN)  // MOE_NO_CUDNN: build as if absent
 #define MOE_HAVE_CUDNN_HEADERS 1
 #include <cudnn_graph.h>
 #include <dlfcn.h>
