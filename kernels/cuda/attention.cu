@@ -1,6 +1,7 @@
-// The attention entry points: which path runs (tensor cores for bf16 jobs where the head size
-// and the buffers allow, else fp32 SIMT), and the row sums dsum = rowsum(dout * out) that both
-// backward paths start from. The kernels are in attention_fp32.cu and attention_tc.cu.
+// The attention entry points: which path runs (for bf16 jobs cuDNN's fused attention where it
+// can, cudnn_sdpa.h, then tensor cores where the head size and the buffers allow, else fp32
+// SIMT), and the row sums dsum = rowsum(dout * out) that the project's backward paths start from.
+// The project's kernels are in attention_fp32.cu and attention_tc.cu.
 #include "kernels/cuda/attention.h"
 
 #include <cstdint>
@@ -115,8 +116,8 @@ void AttentionForwardBf16(float* out, float* lse, const float* qkv, const bf16* 
     if (out16 != nullptr) CastToBf16(out16, out, int64_t{b} * t * h * hd, stream);
     return;
   }
-  // cuDNN's fused attention where asked (cudnn_sdpa.h): it writes bf16 alone, so the fp32 output,
-  // where wanted, is those values.
+  // cuDNN's fused attention unless turned off (cudnn_sdpa.h): it writes bf16 alone, so the fp32
+  // output, where wanted, is those values.
   if (drop.p == 0.f && out16 != nullptr && CudnnAttentionWanted() &&
       CudnnAttentionForward(out16, lse, qkv16, b, t, h, hkv, hd, stream)) {
     if (out != nullptr) CastToFloat(out, out16, int64_t{b} * t * h * hd, stream);
@@ -127,7 +128,7 @@ void AttentionForwardBf16(float* out, float* lse, const float* qkv, const bf16* 
 
 namespace {
 
-// cuDNN's backward where asked and it can (the RoPE path: bf16 gradients written, no dropout),
+// cuDNN's backward unless turned off, where it can (the RoPE path: bf16 gradients written, no dropout),
 // then RoPE's backward in place on them. The bf16 forward output it reads is out16, or out
 // rounded into dqkv's memory (free in this path: the gradients go to rope.dqkv16).
 bool CudnnBackward(const bf16* dout16, const float* out, const bf16* out16, const float* lse, const bf16* qkv16, int b,

@@ -33,7 +33,11 @@ void AttentionBackward(float* dqkv, const float* dout, const float* out, const f
                        const float* qkv, int b, int t, int h, int hkv, int hd, float* scratch,
                        const AttentionDropout& drop, cudaStream_t stream);
 
-// The same on tensor cores (mma.sync bf16, fp32 accumulation; fp32 softmax statistics, P and dS
+// The same for bf16 jobs. Without attention dropout these go to cuDNN's fused attention first
+// (kernels/cuda/cudnn_sdpa.h: the forward where out16 is given, the backward in
+// AttentionRopeBackwardBf16), whose outputs agree with the kernels below to bf16 rounding; the
+// rest of this comment is about those kernels.
+// On tensor cores (mma.sync bf16, fp32 accumulation; fp32 softmax statistics, P and dS
 // rounded to bf16), reading q, k, v from qkv16 (qkv in bf16, same layout) and, backward, dout
 // from dout16 (dout in bf16); out, lse, dqkv and the statistics stay fp32. Agrees with the fp32
 // path to bf16 rounding (about 1e-2 relative). hd 16 to 256; hd 8 (or a buffer not 16-byte
