@@ -6,7 +6,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <climits>
+#include <cstdint>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -83,8 +85,17 @@ absl::Status WriteAll(int fd, std::string_view contents, const std::string& path
 }  // namespace
 
 absl::Status WriteFileAtomic(const std::string& path, std::string_view contents) {
-  std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  // A temporary name no other writer holds: this process's id and a count of its writes (two
+  // threads writing one path each get their own file; the last rename wins, whole), made with
+  // O_EXCL so that a leftover of a dead process with the same id is passed over, not shared.
+  static std::atomic<uint64_t> writes{0};
+  std::string tmp;
+  int fd = -1;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    tmp = absl::StrCat(path, ".tmp.", ::getpid(), ".", writes.fetch_add(1));
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd >= 0 || errno != EEXIST) break;
+  }
   if (fd < 0) {
     // Named by the file the caller asked for: the temporary name is this function's own.
     const int err = errno;

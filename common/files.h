@@ -11,7 +11,8 @@
 namespace moe {
 
 absl::StatusOr<std::string> ReadFile(const std::string& path);
-// Writes path.tmp.<pid>, fsyncs it, renames it over path and fsyncs the directory.
+// Writes path.tmp.<pid>.<n> (a name no other write holds, even another thread's), fsyncs it,
+// renames it over path and fsyncs the directory.
 absl::Status WriteFileAtomic(const std::string& path, std::string_view contents);
 // Adds contents at the end of path (created if absent); no temp file, so a write cut short
 // leaves a partial tail.

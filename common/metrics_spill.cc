@@ -22,7 +22,7 @@ bool AllDigits(absl::string_view s) {
 }
 
 // unsent-metrics.rank<digits>.pb and its parts, unsent-metrics.rank<digits>.part<digits>.pb (not
-// the writer's temp files, path.tmp.<pid>).
+// the writer's temp files, path.tmp.<pid>.<n>).
 bool IsSpillName(absl::string_view name) {
   if (!absl::ConsumePrefix(&name, kPrefix) || !absl::ConsumeSuffix(&name, kSuffix)) return false;
   const size_t dot = name.find(".part");

@@ -57,6 +57,36 @@ TEST(WriteFileAtomic, AFailureNamesTheCallersPath) {
 }
 
 // A file that opens and then fails to read: /proc/self/mem at offset 0 (unmapped) gives EIO.
+// Threads writing one path at once each write their own temporary file: the file is always one
+// writer's contents whole (a shared temporary name interleaved and cut them), and none of the
+// temporary files is left behind.
+TEST(WriteFileAtomic, ConcurrentWritersNeverMixTheirContents) {
+  const std::string dir = testing::MakeTempDir("moe-files-");
+  const std::string path = dir + "/shared.json";
+  constexpr int kThreads = 8, kRounds = 40;
+  std::vector<std::string> contents;
+  for (int t = 0; t < kThreads; ++t) contents.push_back(std::string(1000 + 4096 * t, static_cast<char>('a' + t)));
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int r = 0; r < kRounds; ++r) {
+        if (!WriteFileAtomic(path, contents[t]).ok()) failures.fetch_add(1);
+        absl::StatusOr<std::string> got = ReadFile(path);
+        if (!got.ok() || std::find(contents.begin(), contents.end(), *got) == contents.end()) failures.fetch_add(1);
+      }
+    });
+  }
+  for (std::thread& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  int files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    ++files;
+    EXPECT_EQ(e.path().filename().string(), "shared.json") << "left behind";
+  }
+  EXPECT_EQ(files, 1);
+}
+
 TEST(ReadFile, AReadErrorIsAStatusNotAnException) {
   absl::StatusOr<std::string> got = ReadFile("/proc/self/mem");
   ASSERT_FALSE(got.ok());
