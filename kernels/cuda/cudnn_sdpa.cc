@@ -198,7 +198,20 @@ Plan* PlanFor(const Shape& s, std::string* why) {
     BuildForward(*p, s);
   }
   std::string err;
-  if (!p->graph.Finish(&err)) {
+  bool built = p->graph.Finish(&err);
+  if (built) {
+    // The deterministic backward's workspace grows with b h t^2 and sits outside the model's
+    // accounted memory: past a quarter of what the GPU has free, the project's kernels run it.
+    const int64_t need = RoundUp(p->graph.workspace_bytes()) + RoundUp(p->extra_bytes);
+    size_t free_b = 0, total_b = 0;
+    if (need > c.workspace_bytes && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess &&
+        need > c.workspace_bytes + static_cast<int64_t>(free_b / 4)) {
+      err = "its workspace of " + std::to_string(need >> 20) + " MiB is over a quarter of the " +
+            std::to_string(free_b >> 20) + " MiB the GPU has free";
+      built = false;
+    }
+  }
+  if (!built) {
     std::fprintf(stderr,
                  "moe: cuDNN attention %s off for b %d t %d heads %d kv heads %d head size %d: %s; the project's "
                  "kernels run it\n",
@@ -243,7 +256,11 @@ bool Supported(int b, int t, int h, int hkv, int hd, std::initializer_list<const
   } else if (!Aligned(16, ptrs)) {
     reason = "a buffer not 16-byte aligned";
   } else if (!cudnn::Available(&reason)) {
-    // reason set
+    static std::once_flag said;  // once a process: every call would ask again
+    std::call_once(said, [&] {
+      std::fprintf(stderr, "moe: cuDNN's attention is unavailable (%s); the project's kernels run it\n",
+                   reason.c_str());
+    });
   } else {
     return true;
   }
