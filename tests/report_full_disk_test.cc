@@ -102,6 +102,13 @@ struct Fixture {
   ~Fixture() {
     if (server) server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   }
+  // A reporter's options for job j-000001 on this fake moed.
+  ReporterOptions Options() const {
+    ReporterOptions o;
+    o.moed_address = address;
+    o.job_id = "j-000001";
+    return o;
+  }
 };
 
 moe::v1::MetricPoint Point(int64_t step) {
@@ -131,9 +138,7 @@ TEST(ReportFullDisk, PointsAndLinesWaitInTheWorkerUntilMoedStoresAgain) {
   // The attempt folder is a file: every spill write fails (ENOTDIR), as on a full disk, even as root.
   const std::string attempt_dir = dir + "/attempt-0";
   std::ofstream(attempt_dir) << "not a folder\n";
-  ReporterOptions o;
-  o.moed_address = f.address;
-  o.job_id = "j-000001";
+  ReporterOptions o = f.Options();
   o.spill_path = MetricsSpillPath(attempt_dir, 0);
   auto reporter = Reporter::Create(o);
   constexpr int64_t kSteps = 4500;
@@ -169,9 +174,7 @@ TEST(ReportFullDisk, PointsAndLinesWaitInTheWorkerUntilMoedStoresAgain) {
 TEST(ReportFullDisk, WhatTheBoundDropsIsSaidOnceMoedStoresAgain) {
   Fixture f;
   f.service.full = true;
-  ReporterOptions o;
-  o.moed_address = f.address;
-  o.job_id = "j-000001";
+  ReporterOptions o = f.Options();
   o.max_held_bytes = 64 << 10;
   auto reporter = Reporter::Create(o);
   reporter->Log("step 0");  // refused: the reporter knows why moed does not confirm
@@ -227,9 +230,7 @@ TEST(ReportFullDisk, WhatTheBoundDropsIsSaidOnceMoedStoresAgain) {
 TEST(ReportFullDisk, RefusedStreamsAreRetriedWithBackoff) {
   Fixture f;
   f.service.full = true;
-  ReporterOptions o;
-  o.moed_address = f.address;
-  o.job_id = "j-000001";
+  ReporterOptions o = f.Options();
   auto reporter = Reporter::Create(o);
   constexpr int kLines = 40000;
   for (int i = 1; i <= kLines; ++i) reporter->Log(absl::StrCat("line ", i, " ", std::string(200, 'x')));
@@ -251,9 +252,7 @@ TEST(ReportFullDisk, RefusedStreamsAreRetriedWithBackoff) {
 TEST(ReportFullDisk, WithCapturedOutputNoLinesAreKeptAndNoneSaidLost) {
   Fixture f(/*start=*/false);  // moed restarting: away when the rank starts printing
   f.service.captured = true;
-  ReporterOptions o;
-  o.moed_address = f.address;
-  o.job_id = "j-000001";
+  ReporterOptions o = f.Options();
   o.max_held_bytes = 64 << 10;
   auto reporter = Reporter::Create(o);
   ::testing::internal::CaptureStderr();
