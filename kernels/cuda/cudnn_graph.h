@@ -51,7 +51,7 @@ class Graph {
   TensorRef Tensor(std::vector<int64_t> dims, std::vector<int64_t> strides, Type type, bool is_virtual);
   // A float scalar passed by value (kept here; Run() binds it).
   TensorRef Scalar(float value);
-  // A virtual tensor of x's shape (or the one given) and the given type.
+  // A virtual tensor of x's dims and strides, of the given type.
   TensorRef Like(const TensorRef& x, Type type);
 
   // y = op(x [, b [, t]]); axis for kGenIndex; math: the precision the op computes in.

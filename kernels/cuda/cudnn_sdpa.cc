@@ -282,6 +282,10 @@ bool CudnnAttentionWanted() {
     // On by default: on an H100 it ran small 2.8% and medium 3.2% faster end to end, the same
     // bits every run (README, the thirty-second session). MOE_ATTENTION=ours turns it off.
     v = EnvFlag("MOE_ATTENTION", "ours") ? 0 : 1;
+    const char* e = std::getenv("MOE_ATTENTION");
+    if (e != nullptr && v == 1 && std::strcmp(e, "cudnn") != 0) {
+      std::fprintf(stderr, "moe: MOE_ATTENTION=%s is neither 'ours' nor 'cudnn'; cuDNN's attention runs\n", e);
+    }
     flag.store(v);
   }
   return v == 1;
@@ -312,7 +316,7 @@ bool CudnnAttentionBackward(bf16* dqkv16, const bf16* qkv16, const bf16* out16, 
   if (!Supported(b, t, h, hkv, hd, {dqkv16, qkv16, out16, dout16}, why)) return false;
   Cache& c = TheCache();
   std::lock_guard<std::mutex> lock(c.mu);
-  const bool atomic = EnvFlag("MOE_CUDNN_ATOMIC_DQ", "1");
+  static const bool atomic = EnvFlag("MOE_CUDNN_ATOMIC_DQ", "1");  // read once, not at every backward
   Plan* p = PlanFor(Shape{b, t, h, hkv, hd, true, atomic}, why);
   if (p == nullptr) return false;
   char* ws = WorkspaceFor(*p, why);
