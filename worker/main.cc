@@ -28,6 +28,7 @@
 #include "common/memory_fit.h"
 #include "common/metrics_spill.h"
 #include "common/model_stats.h"
+#include "common/usage_error.h"
 #include "google/protobuf/util/json_util.h"
 #include "kernels/threads.h"
 #include "moe_version.h"

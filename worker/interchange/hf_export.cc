@@ -9,7 +9,6 @@
 #include <set>
 #include <utility>
 
-#include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -18,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "common/files.h"
 #include "common/json_object.h"
+#include "common/usage_error.h"
 #include "moe/v1/job.pb.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "worker/data/checkpoint_spec.h"
@@ -51,13 +51,6 @@ fs::path ExportTarget(const std::string& out_dir) {
   std::error_code ec;
   fs::path out = fs::absolute(out_dir, ec).lexically_normal();
   return out.has_filename() ? out : out.parent_path();
-}
-
-// status, marked as the caller's input: the payload moe::IsUsageError (worker/sample/generate.h)
-// reads, so moe-worker --export exits 2 for it as --sample and --score do.
-absl::Status Usage(absl::Status status) {
-  status.SetPayload("moe.worker/usage", absl::Cord());
-  return status;
 }
 
 // The directory out_dir goes into must exist: the export creates out_dir itself, not its parents
@@ -186,16 +179,16 @@ absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std
                                         const HfExportOptions& options) {
   // The output's name and place and a checkpoint argument that names none are the caller's input
   // (Usage); what goes wrong after is not.
-  if (absl::Status st = CheckExportOutDirName(out_dir); !st.ok()) return Usage(st);
-  if (absl::Status st = CheckOutDirParent(out_dir); !st.ok()) return Usage(st);
-  if (absl::Status st = CheckOutDir(out_dir); !st.ok()) return Usage(st);
+  if (absl::Status st = CheckExportOutDirName(out_dir); !st.ok()) return UsageError(st);
+  if (absl::Status st = CheckOutDirParent(out_dir); !st.ok()) return UsageError(st);
+  if (absl::Status st = CheckOutDir(out_dir); !st.ok()) return UsageError(st);
   std::vector<std::string> skipped;  // damaged newer checkpoints, for the notes
   absl::StatusOr<CheckpointReader> reader =
       ResolveCheckpointArgument(checkpoint, [&](const std::string& line) { skipped.push_back(line); });
   if (!reader.ok()) {
     // NotFound: no checkpoint there (missing, no directory, none complete); DataLoss (every one
     // damaged) is not the caller's.
-    return reader.status().code() == absl::StatusCode::kNotFound ? Usage(reader.status()) : reader.status();
+    return reader.status().code() == absl::StatusCode::kNotFound ? UsageError(reader.status()) : reader.status();
   }
   const std::string& path = reader->path();
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(*reader);

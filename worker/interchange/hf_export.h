@@ -34,7 +34,7 @@ struct HfExportResult {
 // passes its checks). out_dir must not exist or be empty, and the directory it is in must exist;
 // it is written as a temp sibling and renamed into place, so it is whole or absent. Errors that are
 // the caller's input (out_dir's name or place, a checkpoint argument that names none) carry the
-// payload moe::IsUsageError (worker/sample/generate.h) reads.
+// mark of common/usage_error.h (moe-worker --export exits 2 for them).
 absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std::string& out_dir,
                                         const HfExportOptions& options);
 

@@ -11,11 +11,11 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "moe/v1/job.pb.h"
 #include "worker/checkpoint/checkpoint.h"
 #include "common/files.h"
+#include "common/usage_error.h"
 #include "worker/parallel/comm_single.h"
 #include "worker/data/checkpoint_spec.h"
 #include "worker/data/dataset.h"
@@ -29,19 +29,11 @@ namespace moe {
 
 namespace {
 
-constexpr char kUsagePayload[] = "moe.worker/usage";
-
-// status, marked as the caller's input (IsUsageError).
-absl::Status Usage(absl::Status status) {
-  status.SetPayload(kUsagePayload, absl::Cord());
-  return status;
-}
-
 // An output flag's file: a path WriteUserFile will not replace (a directory, a device, a read-only
 // file: FailedPrecondition) is the flag's value; a write that fails is not.
 absl::Status WriteOutput(const std::string& path, std::string_view bytes) {
   absl::Status st = WriteUserFile(path, bytes);
-  return st.code() == absl::StatusCode::kFailedPrecondition ? Usage(std::move(st)) : st;
+  return st.code() == absl::StatusCode::kFailedPrecondition ? UsageError(std::move(st)) : st;
 }
 
 // A one-rank model holding a checkpoint's weights, with its spec and tokenizer.
@@ -61,7 +53,7 @@ absl::StatusOr<LoadedModel> LoadModel(const std::string& checkpoint, int seq_len
   if (!resolved.ok()) {
     // NotFound: the argument names no checkpoint (missing, no directory, none complete in it);
     // DataLoss (every one damaged) is not the caller's.
-    return resolved.status().code() == absl::StatusCode::kNotFound ? Usage(resolved.status()) : resolved.status();
+    return resolved.status().code() == absl::StatusCode::kNotFound ? UsageError(resolved.status()) : resolved.status();
   }
   const std::string& path = resolved->path();
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpointWeights(*resolved);
@@ -124,7 +116,7 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
       const std::filesystem::path b = std::filesystem::weakly_canonical(*outs[j].second, ec2);
       const bool same = *outs[i].second == *outs[j].second || (!ec1 && !ec2 && a == b);
       if (same) {
-        return Usage(absl::InvalidArgumentError(absl::StrCat(outs[i].first, " and ", outs[j].first, " both name ",
+        return UsageError(absl::InvalidArgumentError(absl::StrCat(outs[i].first, " and ", outs[j].first, " both name ",
                                                              *outs[j].second, "; give each output its own file")));
       }
     }
@@ -134,7 +126,7 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
   // The greedy continuation needs a prompt of at least one token in the context (checked before
   // anything is written).
   if (const int T = m->model->config().seq_len; extras.greedy_tokens > 0 && T - extras.greedy_tokens < 1) {
-    return Usage(absl::InvalidArgumentError(absl::StrCat("--greedy ", extras.greedy_tokens,
+    return UsageError(absl::InvalidArgumentError(absl::StrCat("--greedy ", extras.greedy_tokens,
                                                          " leaves no prompt in seq_len ", T, ": give at most ", T - 1)));
   }
   absl::StatusOr<Dataset> data = LoadDataset(m->spec.data());
@@ -244,13 +236,13 @@ std::vector<float> ContextLogits(Model& model, const std::vector<int32_t>& ids, 
 }  // namespace
 
 absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
-  if (opts.tokens < 0) return Usage(absl::InvalidArgumentError("--tokens must be >= 0"));
+  if (opts.tokens < 0) return UsageError(absl::InvalidArgumentError("--tokens must be >= 0"));
   if (!(opts.temperature > 0) || !std::isfinite(opts.temperature)) {
-    return Usage(absl::InvalidArgumentError("--temperature must be a number greater than 0"));
+    return UsageError(absl::InvalidArgumentError("--temperature must be a number greater than 0"));
   }
-  if (opts.top_k < 0) return Usage(absl::InvalidArgumentError("--top-k must be >= 0 (0 = every token)"));
+  if (opts.top_k < 0) return UsageError(absl::InvalidArgumentError("--top-k must be >= 0 (0 = every token)"));
   if (!opts.kv_cache && opts.device == "cuda") {
-    return Usage(absl::InvalidArgumentError(
+    return UsageError(absl::InvalidArgumentError(
         "--no-kv-cache runs on the CPU (the whole context per token); drop --device cuda"));
   }
   absl::StatusOr<LoadedModel> loaded = LoadModel(opts.checkpoint);
@@ -265,12 +257,12 @@ absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
   Model& model = *loaded->model;
   const ModelConfig& cfg = model.config();
   absl::StatusOr<std::vector<int32_t>> encoded = tok->TryEncode(opts.prompt);
-  if (!encoded.ok()) return Usage(encoded.status());
+  if (!encoded.ok()) return UsageError(encoded.status());
   std::vector<int32_t> ids = *std::move(encoded);
   if (ids.empty()) ids.push_back(0);
   for (int32_t id : ids) {
     if (id < 0 || id >= cfg.vocab) {
-      return Usage(absl::InvalidArgumentError(
+      return UsageError(absl::InvalidArgumentError(
           absl::StrCat("the prompt holds token ", id, ", outside the model's vocabulary of ", cfg.vocab)));
     }
   }
@@ -319,7 +311,5 @@ absl::StatusOr<std::string> GenerateText(const SampleOptions& opts) {
   }
   return tok->Decode(ids);
 }
-
-bool IsUsageError(const absl::Status& status) { return status.GetPayload(kUsagePayload).has_value(); }
 
 }  // namespace moe

@@ -53,12 +53,12 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
 // Returns the prompt followed by the generated text.
 absl::StatusOr<std::string> GenerateText(const SampleOptions& opts);
 
-// Whether an error of ScoreCheckpoint or GenerateText is the caller's input (moe-worker exits 2,
-// as for a bad flag): an option value, outputs that name one file or an output that is no regular
-// file, a checkpoint argument that names no checkpoint, a --greedy that leaves no prompt,
-// --no-kv-cache with --device cuda, a prompt the tokenizer cannot write. Else (exit 1) a failure
-// while running: memory, a damaged checkpoint, the job's data, no GPU for --device cuda, a write.
-// ExportHf (worker/interchange/hf_export.h) marks its own the same way.
-bool IsUsageError(const absl::Status& status);
+// ScoreCheckpoint's and GenerateText's errors that are the caller's input carry
+// common/usage_error.h's mark (moe-worker exits 2, as for a bad flag): an option value, outputs
+// that name one file or an output that is no regular file, a checkpoint argument that names no
+// checkpoint, a --greedy that leaves no prompt, --no-kv-cache with --device cuda, a prompt the
+// tokenizer cannot write. Else (exit 1) a failure while running: memory, a damaged checkpoint,
+// the job's data, no GPU for --device cuda, a write. ExportHf (worker/interchange/hf_export.h)
+// marks its own the same way.
 
 }  // namespace moe
