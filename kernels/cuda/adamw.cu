@@ -69,28 +69,12 @@ __global__ void AdamWVec4Kernel(float* param, bf16* param_bf16, const float* gra
 }
 
 // Each block's sum into partials[blockIdx.x] (reduce.h: added in block order afterwards).
-// kVec: x is 16-byte aligned and each thread reads 16 bytes at a time (4 floats or 8 bf16), so
-// that enough loads are in flight for the memory's bandwidth; the n % (16 / sizeof(T)) tail
-// goes to block 0's first threads. The same order every run either way.
-template <bool kSquare, bool kVec, typename T>
+template <bool kSquare, typename T>
 __global__ void SumKernel(double* partials, const T* x, int64_t n) {
   double acc = 0.0;
-  auto add = [&](float f) {
-    const double xi = f;
+  MOE_GRID_STRIDE(i, n) {
+    const double xi = static_cast<float>(x[i]);
     acc += kSquare ? xi * xi : xi;
-  };
-  if constexpr (kVec) {
-    constexpr int kPer = 16 / sizeof(T);
-    const int64_t chunks = n / kPer;
-    MOE_GRID_STRIDE(i, chunks) {
-      const uint4 raw = reinterpret_cast<const uint4*>(x)[i];
-      const T* v = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-      for (int j = 0; j < kPer; ++j) add(static_cast<float>(v[j]));
-    }
-    if (blockIdx.x == 0 && threadIdx.x < n - chunks * kPer) add(static_cast<float>(x[chunks * kPer + threadIdx.x]));
-  } else {
-    MOE_GRID_STRIDE(i, n) { add(static_cast<float>(x[i])); }
   }
   acc = WarpSumD(acc);
   __shared__ double partial[kThreads / 32];
@@ -106,14 +90,8 @@ __global__ void SumKernel(double* partials, const T* x, int64_t n) {
 template <bool kSquare, typename T>
 void SumInto(double* out, const T* x, int64_t n, double* partials, cudaStream_t stream) {
   if (n <= 0) return;
-  const bool vec = Aligned(16, {x});
-  const int64_t items = vec ? std::max<int64_t>(1, n * int64_t{sizeof(T)} / 16) : n;
-  const unsigned blocks = std::min<unsigned>(GridFor(items), kPartialBlocks);
-  if (vec) {
-    SumKernel<kSquare, true><<<blocks, kThreads, 0, stream>>>(partials, x, n);
-  } else {
-    SumKernel<kSquare, false><<<blocks, kThreads, 0, stream>>>(partials, x, n);
-  }
+  const unsigned blocks = std::min<unsigned>(GridFor(n), kPartialBlocks);
+  SumKernel<kSquare><<<blocks, kThreads, 0, stream>>>(partials, x, n);
   MOE_CUDA_LAUNCH_CHECK();
   AddPartials(out, partials, static_cast<int>(blocks), stream);
 }

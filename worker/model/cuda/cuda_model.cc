@@ -51,9 +51,6 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr
   const bool bf16_grads = cfg.bf16_master && bf16_ && comm->world_size() == 1;
   grads_ = std::make_unique<DeviceGrads>(layout_, bf16_grads, cfg.bf16_master, &weights_);
   optimizer_ = std::make_unique<DeviceOptimizer>(cfg, layout_, bf16_, &weights_, stream_);
-  // (fp32 storage of bf16 master weights rounds the gradients in ReduceGrads, after the backward.)
-  expert_norms_ = std::make_unique<ExpertGradNorms>(layout_, cfg.layers, *grads_,
-                                                    /*rounded_later=*/cfg.bf16_master && !bf16_grads, &weights_);
   ctx_.stream = stream_;
   ctx_.dcomm = dcomm_.get();
   ctx_.blas = blas_.get();
@@ -82,9 +79,7 @@ CudaModel::CudaModel(const ModelConfig& cfg, Communicator* comm, std::unique_ptr
   // columns (QK-norm's over 2 hd), the squared norms' and the loss's kPartialBlocks doubles.
   partials_ = weights_.Alloc<float>(cuda::PartialsFloats(std::max(cfg.d, 2 * cfg.head_dim)));
   const int per_layer = RouterStatsSlots{cfg.experts}.size();
-  // (and the gradient norms: 2 + the layers' expert sums)
-  MOE_CUDA_CHECK(
-      cudaMallocHost(&host_stats_, sizeof(double) * std::max(1 + cfg.layers * per_layer, 2 + cfg.layers)));
+  MOE_CUDA_CHECK(cudaMallocHost(&host_stats_, sizeof(double) * (1 + cfg.layers * per_layer)));
 
   if (dcomm_ != nullptr) {
     exchange_ = std::make_unique<ExpertExchange>(comm_, dcomm_.get(), shape_);
@@ -107,7 +102,6 @@ CudaModel::~CudaModel() {
   cudaFreeHost(host_stats_);
   moe_.clear();
   moe_scratch_.reset();
-  expert_norms_.reset();
   optimizer_.reset();
   params_.reset();
   blas_.reset();
@@ -132,7 +126,6 @@ void CudaModel::ZeroGrads() {
   // After an update still in flight (which reads them), on its stream.
   optimizer_->AfterUpdate(stream_, [&](cudaStream_t s) { grads_->Zero(s, /*experts=*/!expert_grads_unwritten_); });
   comm_at_step_start_ = CommClocks();
-  expert_norms_->Forget();
 }
 
 void CudaModel::WriteUnwrittenGrads() {
@@ -244,21 +237,12 @@ CommSeconds CudaModel::ReduceGrads() {
 
 void CudaModel::GradSquaredNorms(double* dense_sq, double* expert_sq) {
   WriteUnwrittenGrads();
-  // The experts' sums, when the backward queued them layer by layer (ExpertGradNorms); else
-  // one pass over every gradient here.
-  const double* layer_sq = nullptr;
-  const bool early = expert_norms_->Collect(stream_, &layer_sq);
   MOE_CUDA_CHECK(cudaMemsetAsync(norms_, 0, 2 * sizeof(double), stream_));
-  grads_->SquaredNorms(norms_, reinterpret_cast<double*>(partials_), stream_, /*experts=*/!early);
+  grads_->SquaredNorms(norms_, reinterpret_cast<double*>(partials_), stream_);
   MOE_CUDA_CHECK(cudaMemcpyAsync(host_stats_, norms_, 2 * sizeof(double), cudaMemcpyDeviceToHost, stream_));
-  if (early) {
-    MOE_CUDA_CHECK(cudaMemcpyAsync(host_stats_ + 2, layer_sq, cfg_.layers * sizeof(double), cudaMemcpyDeviceToHost,
-                                   stream_));
-  }
   ctx_.Sync("the gradient norms");
   *dense_sq = host_stats_[0];
   *expert_sq = host_stats_[1];
-  for (int l = 0; early && l < cfg_.layers; ++l) *expert_sq += host_stats_[2 + l];  // in layer order
 }
 
 void CudaModel::OptimizerStep(int64_t step, double lr, double muon_lr, double weight_decay, float clip_scale) {
@@ -320,7 +304,6 @@ void CudaModel::CopyFromHost(ParamSet set, const std::vector<float>& in) {
   }
   WriteUnwrittenGrads();  // a short input keeps the rest
   grads_->Upload(in, stream_);
-  expert_norms_->Forget();
 }
 
 const std::vector<float>& CudaModel::params() {

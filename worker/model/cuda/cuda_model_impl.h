@@ -24,7 +24,6 @@
 #include "worker/model/cuda/device_optimizer.h"
 #include "worker/model/cuda/device_weights.h"
 #include "worker/model/cuda/device_grads.h"
-#include "worker/model/cuda/expert_grad_norms.h"
 #include "worker/model/cuda/grad_reducer.h"
 #include "worker/model/cuda/moe_layer.h"
 #include "worker/model/moe_bookkeeping.h"
@@ -115,7 +114,6 @@ class CudaModel final : public TrainModel {
   std::unique_ptr<DeviceWeights> params_;            // fp32 and / or bf16 (train.master_weights)
   std::unique_ptr<DeviceGrads> grads_;               // fp32, or bf16 (train.master_weights)
   std::unique_ptr<DeviceOptimizer> optimizer_;       // AdamW's m and v as train.optimizer_state says
-  std::unique_ptr<ExpertGradNorms> expert_norms_;    // the experts' gradient norms during the backward
   float *rope_cos_ = nullptr, *rope_sin_ = nullptr;  // (T, hd/2)
   double* norms_ = nullptr;                          // (2) device
   float* partials_ = nullptr;                        // cuda::PartialsFloats(max(D, 2 hd))

@@ -222,7 +222,6 @@ void CudaModel::Backward() {
     zero(dnorm_, nd);
     if (!cfg_.recompute) MoeNorm(l, bw.moe_norm);  // (the rerun just wrote it)
     moe_[l]->Backward(dmoe, moe_in_, bw, bg, n, ctx.loss_scale, dnorm_, expert_grads_unwritten_, moe_in16_);
-    if (ctx.last_micro_step) expert_norms_->AfterLayer(l, stream_);  // layer l's expert gradients are final
     cuda::RmsNormBackward(dx_, bg.moe_norm, dnorm_, a.x_mid, bw.moe_norm, a.moe_rstd, n, D, partials_, stream_);
 
     const float* dattn_out = through_dropout(1 + 2 * l);

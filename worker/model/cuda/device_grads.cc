@@ -66,30 +66,17 @@ void DeviceGrads::RoundToBf16Values(cudaStream_t stream) {
   }
 }
 
-void DeviceGrads::SquaredNorms(double* norms, double* partials, cudaStream_t stream, bool experts) const {
+void DeviceGrads::SquaredNorms(double* norms, double* partials, cudaStream_t stream) const {
   const int64_t dense = layout_.dense_size(), total = layout_.total();
   if (f32_ != nullptr) {
     cuda::SquaredNorm(norms, f32_, dense, partials, stream);
-  } else {
-    // The bf16 buffer holds zeros where a gradient is fp32; the fp32 ones are all replicated.
-    cuda::SquaredNorm(norms, b16_, dense, partials, stream);
-    cuda::SquaredNorm(norms, copies_.base(), copies_.size(), partials, stream);
+    cuda::SquaredNorm(norms + 1, f32_ + dense, total - dense, partials, stream);
+    return;
   }
-  if (experts) ExpertSquaredNorm(norms + 1, dense, total, partials, stream);
-}
-
-void DeviceGrads::ExpertSquaredNorm(double* out, int64_t begin, int64_t end, double* partials,
-                                    cudaStream_t stream) const {
-  if (begin < layout_.dense_size() || end > layout_.total()) {
-    throw std::logic_error("DeviceGrads::ExpertSquaredNorm: the range is not inside the expert shard");
-  }
-  if (end <= begin) return;
-  // (bf16 storage keeps every expert gradient in the bf16 buffer: the constructor checks.)
-  if (f32_ != nullptr) {
-    cuda::SquaredNorm(out, f32_ + begin, end - begin, partials, stream);
-  } else {
-    cuda::SquaredNorm(out, b16_ + begin, end - begin, partials, stream);
-  }
+  // The bf16 buffer holds zeros where a gradient is fp32; the fp32 ones are all replicated.
+  cuda::SquaredNorm(norms, b16_, dense, partials, stream);
+  cuda::SquaredNorm(norms + 1, b16_ + dense, total - dense, partials, stream);
+  cuda::SquaredNorm(norms, copies_.base(), copies_.size(), partials, stream);
 }
 
 void DeviceGrads::Download(std::vector<float>* host, cudaStream_t stream) const {

@@ -46,13 +46,9 @@ class DeviceGrads {
   void ZeroExperts(cudaStream_t stream);
   // fp32 storage with bf16 values: rounds the Bf16Gradient tensors (once a step, summed).
   void RoundToBf16Values(cudaStream_t stream);
-  // norms[0] += the replicated gradients' squared norm, norms[1] += the experts' (device doubles;
-  // experts false: norms[1] untouched), the same bits every run (partials: cuda::SquaredNorm's
-  // scratch).
-  void SquaredNorms(double* norms, double* partials, cudaStream_t stream, bool experts = true) const;
-  // *out += the squared norm of the expert gradients [begin, end) (layout offsets at or past
-  // dense_size: fp32 or bf16 storage alike), the same bits every run.
-  void ExpertSquaredNorm(double* out, int64_t begin, int64_t end, double* partials, cudaStream_t stream) const;
+  // norms[0] += the replicated gradients' squared norm, norms[1] += the experts' (device doubles),
+  // the same bits every run (partials: cuda::SquaredNorm's scratch).
+  void SquaredNorms(double* norms, double* partials, cudaStream_t stream) const;
   // All gradients to / from the host in the layout's order (fp32); a short input sets a prefix.
   void Download(std::vector<float>* host, cudaStream_t stream) const;
   void Upload(const std::vector<float>& host, cudaStream_t stream);
