@@ -178,7 +178,7 @@ absl::StatusOr<TensorDtype> ParseExportDtype(const std::string& name) {
 absl::StatusOr<HfExportResult> ExportHf(const std::string& checkpoint, const std::string& out_dir,
                                         const HfExportOptions& options) {
   // The output's name and place and a checkpoint argument that names none are the caller's input
-  // (Usage); what goes wrong after is not.
+  // (UsageError); what goes wrong after is not.
   if (absl::Status st = CheckExportOutDirName(out_dir); !st.ok()) return UsageError(st);
   if (absl::Status st = CheckOutDirParent(out_dir); !st.ok()) return UsageError(st);
   if (absl::Status st = CheckOutDir(out_dir); !st.ok()) return UsageError(st);
