@@ -56,7 +56,6 @@ TEST(WriteFileAtomic, AFailureNamesTheCallersPath) {
   EXPECT_THAT(std::string(st.message()), HasSubstr(dir + "/plain exists and is not a directory; give a directory"));
 }
 
-// A file that opens and then fails to read: /proc/self/mem at offset 0 (unmapped) gives EIO.
 // Threads writing one path at once each write their own temporary file: the file is always one
 // writer's contents whole (a shared temporary name interleaved and cut them), and none of the
 // temporary files is left behind.
@@ -87,6 +86,7 @@ TEST(WriteFileAtomic, ConcurrentWritersNeverMixTheirContents) {
   EXPECT_EQ(files, 1);
 }
 
+// A file that opens and then fails to read: /proc/self/mem at offset 0 (unmapped) gives EIO.
 TEST(ReadFile, AReadErrorIsAStatusNotAnException) {
   absl::StatusOr<std::string> got = ReadFile("/proc/self/mem");
   ASSERT_FALSE(got.ok());

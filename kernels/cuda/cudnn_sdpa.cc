@@ -281,9 +281,9 @@ bool CudnnAttentionWanted() {
   if (v < 0) {
     // On by default: on an H100 it ran small 2.8% and medium 3.2% faster end to end, the same
     // bits every run (README, the thirty-second session). MOE_ATTENTION=ours turns it off.
-    v = EnvFlag("MOE_ATTENTION", "ours") ? 0 : 1;
     const char* e = std::getenv("MOE_ATTENTION");
-    if (e != nullptr && v == 1 && std::strcmp(e, "cudnn") != 0) {
+    v = e != nullptr && std::strcmp(e, "ours") == 0 ? 0 : 1;
+    if (v == 1 && e != nullptr && std::strcmp(e, "cudnn") != 0) {
       std::fprintf(stderr, "moe: MOE_ATTENTION=%s is neither 'ours' nor 'cudnn'; cuDNN's attention runs\n", e);
     }
     flag.store(v);

@@ -86,7 +86,8 @@ constexpr int kRopeHeadsPerStep = 4;
 // threadIdx.x a group of W pairs i = W * threadIdx.x + j (striding by W * blockDim.x when hd / 2 is
 // larger); the thread reads that group's cos/sin once and walks every rotated head of its row,
 // kRopeHeadsPerStep heads at a time. W = 4 (four values an access) needs hd/2 % 4 == 0, 16-byte
-// aligned tables and qkv 16-byte (fp32) or 8-byte (bf16) aligned; W = 1 takes any even hd. All index math is 32-bit but the row offset.
+// aligned tables and qkv 16-byte (fp32) or 8-byte (bf16) aligned; W = 1 takes any even hd. All
+// index math is 32-bit but the row offset.
 template <typename T, int W>
 __global__ void RopeKernel(T* qkv, const float* cos_t, const float* sin_t, int rows, int t, int heads, int row_len,
                            int hd, float sign) {
