@@ -138,6 +138,18 @@ TEST_F(CheckpointInputs, AMetaNumberThatIsNoNumberIsDamage) {
   }
 }
 
+// meta.json that is no object of strings (its manifest made to match): damage, said as such.
+TEST_F(CheckpointInputs, AMetaOfOtherThanStringsIsDamage) {
+  for (const char* to : {"\"vocab_size\": 65", "\"vocab_size\": [\"65\"]"}) {
+    const std::string ckpt = WithSpecEdit("\"vocab_size\": \"65\"", to, "meta.json");
+    for (const CommandResult& r : {Sample(ckpt), Export(ckpt)}) {
+      EXPECT_EQ(r.exit_code, 1) << to << ": " << r.err;
+      EXPECT_THAT(r.err, HasSubstr("meta.json: ")) << r.err;
+      EXPECT_THAT(r.err, HasSubstr("the checkpoint is damaged or was edited")) << r.err;
+    }
+  }
+}
+
 // A spec of one layer over a checkpoint of two: before, the export wrote a one-layer model and
 // said nothing of the second layer's tensors.
 TEST_F(CheckpointInputs, TensorsTheSpecLacksAreNotLeftOutOfAnExportSilently) {

@@ -199,7 +199,7 @@ absl::StatusOr<std::map<std::string, std::string>> ReadCheckpointMeta(const std:
                                               "checkpoint is damaged"));
     }
     absl::StatusOr<std::map<std::string, std::string>> meta = ParseJsonStringMap(*text);
-    if (!meta.ok()) return absl::DataLossError(absl::StrCat(file, ": ", meta.status().message()));
+    if (!meta.ok()) return absl::DataLossError(absl::StrCat(file, ": ", meta.status().message(), kMetaDamaged));
     return meta;
   }
   return absl::DataLossError(absl::StrCat(path, "/", kManifest, " lists no ", kMetaFile));

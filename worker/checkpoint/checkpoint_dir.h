@@ -21,6 +21,10 @@ constexpr char kOptimizerFile[] = "optimizer.safetensors";
 constexpr char kSpecFile[] = "spec.json";
 constexpr char kTokenizerFile[] = "tokenizer.txt";
 constexpr char kMetaFile[] = "meta.json";
+// Said after why a meta.json (one JSON object of string values, written by the trainer) does
+// not parse: only damage or an edit makes one so.
+constexpr char kMetaDamaged[] =
+    " (meta.json holds one JSON object of string values); the checkpoint is damaged or was edited, use an older one";
 constexpr absl::string_view kOptimizerPrefix = "adam_";
 constexpr absl::string_view kTempPrefix = ".tmp-step_";
 

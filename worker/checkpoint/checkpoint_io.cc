@@ -261,7 +261,7 @@ absl::StatusOr<CheckpointReader> CheckpointReader::Open(const std::string& path)
   }
   absl::StatusOr<std::map<std::string, std::string>> meta = ParseJsonStringMap(meta_json);
   if (!meta.ok()) {
-    return absl::DataLossError(absl::StrCat(path, "/", kMetaFile, ": ", meta.status().message()));
+    return absl::DataLossError(absl::StrCat(path, "/", kMetaFile, ": ", meta.status().message(), kMetaDamaged));
   }
   // Its numbers are read as numbers (atoi): one that is not is damage, said here.
   if (auto it = meta->find("vocab_size"); it != meta->end()) {
