@@ -198,9 +198,7 @@ absl::StatusOr<std::map<std::string, std::string>> ReadCheckpointMeta(const std:
       return absl::DataLossError(absl::StrCat(file, " differs from the manifest (size or checksum); the "
                                               "checkpoint is damaged"));
     }
-    absl::StatusOr<std::map<std::string, std::string>> meta = ParseJsonStringMap(*text);
-    if (!meta.ok()) return absl::DataLossError(absl::StrCat(file, ": ", meta.status().message(), kMetaDamaged));
-    return meta;
+    return ParseCheckpointMeta(file, *text);
   }
   return absl::DataLossError(absl::StrCat(path, "/", kManifest, " lists no ", kMetaFile));
 }

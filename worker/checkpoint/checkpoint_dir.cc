@@ -18,6 +18,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/files.h"
+#include "worker/checkpoint/safetensors.h"
 #include "worker/checkpoint/xxh64.h"
 
 namespace moe::checkpoint_dir {
@@ -133,6 +134,16 @@ bool LooksComplete(const std::string& ckpt_dir, int64_t step) {
 }
 
 }  // namespace
+
+absl::StatusOr<std::map<std::string, std::string>> ParseCheckpointMeta(const std::string& file, std::string_view text) {
+  absl::StatusOr<std::map<std::string, std::string>> meta = ParseJsonStringMap(text);
+  if (!meta.ok()) {
+    return absl::DataLossError(absl::StrCat(file, ": ", meta.status().message(),
+                                            " (meta.json holds one JSON object of string values); the checkpoint is "
+                                            "damaged or was edited, use an older one"));
+  }
+  return meta;
+}
 
 std::vector<std::pair<int64_t, std::string>> CompleteCheckpoints(const std::string& dir) {
   std::vector<std::pair<int64_t, std::string>> out;

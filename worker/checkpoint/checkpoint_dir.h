@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -21,10 +22,6 @@ constexpr char kOptimizerFile[] = "optimizer.safetensors";
 constexpr char kSpecFile[] = "spec.json";
 constexpr char kTokenizerFile[] = "tokenizer.txt";
 constexpr char kMetaFile[] = "meta.json";
-// Said after why a meta.json (one JSON object of string values, written by the trainer) does
-// not parse: only damage or an edit makes one so.
-constexpr char kMetaDamaged[] =
-    " (meta.json holds one JSON object of string values); the checkpoint is damaged or was edited, use an older one";
 constexpr absl::string_view kOptimizerPrefix = "adam_";
 constexpr absl::string_view kTempPrefix = ".tmp-step_";
 
@@ -56,6 +53,11 @@ struct Manifest {
 };
 // Parses ckpt_dir/MANIFEST; DataLoss naming the line when it is missing, corrupt or foreign.
 absl::StatusOr<Manifest> ReadManifest(const std::string& ckpt_dir);
+
+// Parses a checkpoint's meta.json (text, read from `file`): one JSON object of string values,
+// as the trainer writes it. Anything else is DataLoss naming the file: only damage or an edit
+// makes one so.
+absl::StatusOr<std::map<std::string, std::string>> ParseCheckpointMeta(const std::string& file, std::string_view text);
 
 // (step, path) of complete-looking checkpoints under dir (manifest parses, files have their
 // listed sizes), newest first.

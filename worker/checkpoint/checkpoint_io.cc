@@ -259,10 +259,9 @@ absl::StatusOr<CheckpointReader> CheckpointReader::Open(const std::string& path)
           "is damaged, use an older one", file, d->hash, e.hash));
     }
   }
-  absl::StatusOr<std::map<std::string, std::string>> meta = ParseJsonStringMap(meta_json);
-  if (!meta.ok()) {
-    return absl::DataLossError(absl::StrCat(path, "/", kMetaFile, ": ", meta.status().message(), kMetaDamaged));
-  }
+  absl::StatusOr<std::map<std::string, std::string>> meta =
+      ParseCheckpointMeta(absl::StrCat(path, "/", kMetaFile), meta_json);
+  if (!meta.ok()) return meta.status();
   // Its numbers are read as numbers (atoi): one that is not is damage, said here.
   if (auto it = meta->find("vocab_size"); it != meta->end()) {
     int vocab = 0;

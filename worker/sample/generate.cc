@@ -126,8 +126,8 @@ absl::StatusOr<double> ScoreCheckpoint(const std::string& checkpoint, const std:
   // The greedy continuation needs a prompt of at least one token in the context (checked before
   // anything is written).
   if (const int T = m->model->config().seq_len; extras.greedy_tokens > 0 && T - extras.greedy_tokens < 1) {
-    return UsageError(absl::InvalidArgumentError(absl::StrCat("--greedy ", extras.greedy_tokens, " leaves no prompt in seq_len ",
-                                                              T, ": give at most ", T - 1)));
+    return UsageError(absl::InvalidArgumentError(
+        absl::StrCat("--greedy ", extras.greedy_tokens, " leaves no prompt in seq_len ", T, ": give at most ", T - 1)));
   }
   absl::StatusOr<Dataset> data = LoadDataset(m->spec.data());
   if (!data.ok()) return data.status();
