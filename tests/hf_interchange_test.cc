@@ -353,6 +353,51 @@ TEST_F(HfInterchange, ConfigValuesOfTheWrongKindAreNamedAsSuch) {
   EXPECT_THAT(message, ::testing::Not(HasSubstr("hidden_size is missing")));
 }
 
+// config.json read as transformers reads it: transformers 5's rope_parameters object (before, its
+// theta was not seen and the type's default stood in), an absent rms_norm_eps as the type's default
+// (1e-6 but for Mixtral; before, 1e-5 for all), a value of the wrong kind for a string key, and a
+// num_experts_per_tok below 1 (before, both passed).
+TEST(HfConfigCheck, ReadsKeysAsTransformersDoes) {
+  HfShape moe;
+  moe.vocab = 65, moe.d = 64, moe.layers = 2, moe.heads = 4, moe.kv_heads = 4, moe.head_dim = 16;
+  moe.experts = 4, moe.top_k = 2, moe.ffn = 96, moe.tied = false, moe.seq_len = 64;
+  HfShape dense = moe;
+  dense.experts = 1, dense.top_k = 1;
+  auto check = [](const HfShape& s, const std::string& json) {
+    std::vector<std::string> notes;
+    return std::string(CheckHfConfig(json, "config.json", s, 10000, &notes).message());
+  };
+  const std::string mixtral = HfConfigJson(moe, {}), mistral = HfConfigJson(dense, {});
+  ASSERT_EQ(check(moe, mixtral), "");
+  ASSERT_EQ(check(dense, mistral), "");
+  auto edit = [](const std::string& json, const std::string& from, const std::string& to) {
+    std::string out = absl::StrReplaceAll(json, {{from, to}});
+    EXPECT_NE(out, json) << from;
+    return out;
+  };
+  auto with_rope = [&](const std::string& value) {
+    return check(moe, edit(mixtral, "\"rope_theta\": 10000.0,", "\"rope_parameters\": " + value + ","));
+  };
+  EXPECT_EQ(with_rope("{\"rope_type\": \"default\", \"rope_theta\": 10000}"), "");
+  EXPECT_THAT(with_rope("{\"rope_type\": \"default\", \"rope_theta\": 5e5}"),
+              HasSubstr("rope_theta is 500000 in config.json"));
+  EXPECT_THAT(with_rope("{\"rope_type\": \"yarn\", \"rope_theta\": 10000}"),
+              HasSubstr("rope_parameters.rope_type is \"yarn\""));
+  EXPECT_THAT(with_rope("7"), HasSubstr("rope_parameters is 7 in config.json, not an object"));
+
+  const std::string eps = "\"rms_norm_eps\": 1e-05,";
+  EXPECT_EQ(check(moe, edit(mixtral, eps, "")), "");
+  EXPECT_THAT(check(dense, edit(mistral, eps, "")),
+              HasSubstr("rms_norm_eps is absent from config.json, which transformers reads as 1e-06 for mistral"));
+
+  EXPECT_THAT(check(moe, edit(mixtral, "\"hidden_act\": \"silu\"", "\"hidden_act\": 1")),
+              HasSubstr("hidden_act is 1 in config.json, not a string"));
+  for (const std::string k : {"0", "-1", "1.5", "5"}) {
+    EXPECT_THAT(check(moe, edit(mixtral, "\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": " + k)),
+                HasSubstr("not a whole number from 1 to its 4 experts")) << k;
+  }
+}
+
 TEST_F(HfInterchange, ExportRefusesANonEmptyDirectory) {
   const std::string out = testing::MakeTempDir("hf-full-");
   ASSERT_TRUE(WriteFileAtomic(out + "/keep.txt", "x").ok());

@@ -427,6 +427,10 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
   for (const char* key : {"tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window", "norm_topk_prob"}) {
     wrong_kind(key, google::protobuf::Value::kBoolValue, "true or false");
   }
+  for (const char* key : {"model_type", "hidden_act"}) {
+    wrong_kind(key, google::protobuf::Value::kStringValue, "a string");
+  }
+  wrong_kind("rope_parameters", google::protobuf::Value::kStructValue, "an object");
   const std::string type = str("model_type");
   const bool qwen = type == "qwen3" || type == "qwen3_moe";
   const bool dense_type = type == "mistral" || type == "llama" || type == "qwen3";
@@ -490,12 +494,11 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
         dense_layers->second.list_value().values_size() > 0) {
       problems.push_back("mlp_only_layers is not empty; every one of our blocks is an MoE layer");
     }
-    if (truthy("use_sliding_window")) problems.push_back("use_sliding_window is true; our attention is full causal");
   }
   if (moe_type && num("num_experts_per_tok", &k)) {
-    if (k > s.experts) {
-      problems.push_back(absl::StrCat("num_experts_per_tok is ", k, " in config.json, more than its ", s.experts,
-                                      " experts: the config is inconsistent"));
+    if (k < 1 || k != std::floor(k) || k > s.experts) {
+      problems.push_back(absl::StrCat("num_experts_per_tok is ", k, " in config.json, not a whole number from 1 to its ",
+                                      s.experts, " experts: the config is inconsistent"));
     } else if (k != s.top_k) {
       notes->push_back(absl::StrCat("the checkpoint routed to num_experts_per_tok = ", k,
                                     " experts per token; this job uses model.moe.top_k = ", s.top_k));
@@ -505,13 +508,39 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
   // the others (before, 10000 for all: a Mixtral config without the key passed a job at 10000).
   // (A value of another kind was named above; no default stands in for it here.)
   double theta = type == "mixtral" ? 1e6 : 10000;
-  const bool theta_known = is_null("rope_theta") || num("rope_theta", &theta);
+  bool theta_known = is_null("rope_theta") || num("rope_theta", &theta);
+  // transformers 5 writes RoPE's settings as one object, rope_parameters {rope_type, rope_theta, ...}
+  // (before, a config of it without the top-level key read as the type's default theta).
+  auto rope = f.find("rope_parameters");
+  if (rope != f.end() && rope->second.has_struct_value()) {
+    const auto& rf = rope->second.struct_value().fields();
+    auto t = rf.find("rope_theta");
+    if (t != rf.end() && t->second.kind_case() != google::protobuf::Value::kNullValue) {
+      theta_known = t->second.has_number_value();
+      if (theta_known) theta = t->second.number_value();
+      if (!theta_known) problems.push_back("rope_parameters.rope_theta in config.json is not a number");
+    }
+    auto rope_type = rf.find("rope_type");
+    if (rope_type != rf.end() && rope_type->second.kind_case() != google::protobuf::Value::kNullValue &&
+        !(rope_type->second.has_string_value() && rope_type->second.string_value() == "default")) {
+      std::string shown;
+      (void)google::protobuf::util::MessageToJsonString(rope_type->second, &shown);
+      problems.push_back(absl::StrCat("rope_parameters.rope_type is ", shown,
+                                      " in config.json; our RoPE is the default one, with no scaling"));
+    }
+  }
   if (theta_known && std::fabs(theta - rope_theta) > 1e-6 * rope_theta) {
     problems.push_back(absl::StrCat("rope_theta is ", theta, " in config.json; this job's RoPE uses ", rope_theta,
                                     " (set model.attention.rope_theta: ", theta, " to match)"));
   }
-  double eps = 1e-5;
-  if (num("rms_norm_eps", &eps) && std::fabs(eps - 1e-5) > 1e-12) {
+  // As rope_theta, an absent (or null) key is transformers' default: 1e-5 for Mixtral, 1e-6 for the others.
+  double eps = type == "mixtral" ? 1e-5 : 1e-6;
+  if (is_null("rms_norm_eps")) {
+    if (eps != 1e-5 && (moe_type || dense_type)) {
+      problems.push_back(absl::StrCat("rms_norm_eps is absent from config.json, which transformers reads as ", eps,
+                                      " for ", type, "; our RMSNorm uses 1e-05"));
+    }
+  } else if (num("rms_norm_eps", &eps) && std::fabs(eps - 1e-5) > 1e-12) {
     problems.push_back(absl::StrCat("rms_norm_eps is ", eps, " in config.json; our RMSNorm uses 1e-05"));
   }
   const std::string act = str("hidden_act");
@@ -522,8 +551,11 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
     problems.push_back("attention_bias or mlp_bias is true; our model has no biases");
   }
   if (!is_null("rope_scaling")) problems.push_back("rope_scaling is set; our RoPE has no scaling");
+  // Qwen3 applies sliding_window only with use_sliding_window true; the others whenever it is set.
   double window = 0;
-  if (num("sliding_window", &window) && window < s.seq_len) {
+  if (qwen && truthy("use_sliding_window")) {
+    problems.push_back("use_sliding_window is true; our attention is full causal");
+  } else if (!qwen && num("sliding_window", &window) && window < s.seq_len) {
     problems.push_back(absl::StrCat("sliding_window is ", window, ", shorter than the job's model.seq_len ",
                                     s.seq_len, "; our attention is full causal"));
   }
@@ -531,7 +563,8 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
   // HF's default for these configs is false.
   const bool hf_tied = tie != f.end() && tie->second.kind_case() == google::protobuf::Value::kBoolValue &&
                        tie->second.bool_value();
-  if (hf_tied != s.tied && (tie == f.end() || tie->second.kind_case() == google::protobuf::Value::kBoolValue)) {
+  if (hf_tied != s.tied &&
+      (is_null("tie_word_embeddings") || tie->second.kind_case() == google::protobuf::Value::kBoolValue)) {
     problems.push_back(absl::StrCat("tie_word_embeddings is ", hf_tied ? "true" : "false",
                                     " in config.json, the job's model.tie_embeddings is ", s.tied ? "true" : "false"));
   }
