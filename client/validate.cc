@@ -155,10 +155,11 @@ void Describe(const std::string& file, v1::JobSpec spec) {
   std::printf("%s: valid job (%s)\n", spec.name().c_str(), file.c_str());
   std::printf(
       "  model        d_model %d, %d layers, %d heads (%d kv heads, head size %d), seq_len %d,\n"
-      "               vocab %s, %s embeddings, dropout %s, rope theta %s\n",
+      "               vocab %s, %s embeddings, dropout %s, rope theta %s, norm eps %s\n",
       m.d_model(), m.n_layers(), m.n_heads(), m.n_kv_heads(), m.d_model() / m.n_heads(),
       m.seq_len(), vocab.c_str(), m.tie_embeddings() ? "tied" : "untied", Shortest(m.dropout()).c_str(),
-      Shortest(m.attention().rope_theta() > 0 ? m.attention().rope_theta() : 10000.0).c_str());
+      Shortest(m.attention().rope_theta() > 0 ? m.attention().rope_theta() : 10000.0).c_str(),
+      Shortest(m.norm_eps() > 0 ? m.norm_eps() : 1e-5).c_str());
   if (e.num_experts() == 1) {
     std::printf("  experts      dense (1 expert, hidden %d), replicated on every rank\n",
                 e.expert_hidden());

@@ -57,6 +57,7 @@ class Checker {
     }
     CheckName();
     CheckModel();
+    CheckNormEps();
     CheckInitFrom();
     CheckData();
     CheckTrain();
@@ -222,6 +223,15 @@ class Checker {
            absl::StrCat("must be at most 3.4e38 (fp32's largest value; 10000 by default, 1e6 for "
                         "Mixtral and Qwen), got ",
                         FormatDouble(theta)));
+    }
+  }
+
+  // RMSNorm's epsilon (0: the default 1e-5). Kept in fp32 by the workers, added to mean(x^2).
+  void CheckNormEps() {
+    const double eps = s_.model().norm_eps();
+    if (!(eps == 0 || (eps >= 1e-12 && eps <= 0.1))) {
+      Fail("model.norm_eps", absl::StrCat("must be from 1e-12 to 0.1 (RMSNorm's epsilon: 1e-05 by default, "
+                                          "1e-06 for Qwen and DeepSeek), got ", FormatDouble(eps)));
     }
   }
 

@@ -428,6 +428,9 @@ void RefuseWrittenZeros(const JobSpec& spec, YamlReader* reader) {
        "key for the default 0.2"},
       {"model.attention.rope_theta", spec.model().attention().rope_theta(),
        "must be greater than 1 (1e6 for Mixtral and Qwen), got 0; remove the key for the default 10000"},
+      {"model.norm_eps", spec.model().norm_eps(),
+       "must be greater than 0 (RMSNorm's epsilon; 1e-06 for Qwen and DeepSeek), got 0; remove the key for the "
+       "default 1e-05"},
       {"model.moe.router_temperature", spec.model().moe().router_temperature(),
        "must be at least 1e-06 (below 1 sharpens the router), got 0; remove the key for the default 1"},
       {"train.muon_lr", spec.train().muon_lr(),

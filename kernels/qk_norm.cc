@@ -5,17 +5,15 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels/rmsnorm.h"
-
 namespace moe::kernels {
 namespace {
 
 // One head vector x (hd) -> y = x r w, r = 1 / sqrt(mean(x^2) + eps). y may alias x.
-inline float NormHead(float* y, const float* x, const float* w, int hd) {
+inline float NormHead(float* y, const float* x, const float* w, int hd, float eps) {
   float ss = 0.0f;
 #pragma omp simd reduction(+ : ss)
   for (int c = 0; c < hd; ++c) ss += x[c] * x[c];
-  const float r = 1.0f / std::sqrt(ss / hd + kRmsNormEps);
+  const float r = 1.0f / std::sqrt(ss / hd + eps);
 #pragma omp simd
   for (int c = 0; c < hd; ++c) y[c] = x[c] * r * w[c];
   return r;
@@ -39,7 +37,7 @@ inline void NormHeadBackward(float* d, float* dw, const float* x, const float* w
 }  // namespace
 
 void QkNormForward(float* qkv, float* rstd, float* raw, const float* q_weight, const float* k_weight,
-                   int64_t n, int h, int hkv, int hd) {
+                   int64_t n, int h, int hkv, int hd, float eps) {
   const int64_t row = int64_t{h + 2 * hkv} * hd;
   const int64_t qk = int64_t{h + hkv} * hd;  // the normalised part of a row
 #pragma omp parallel for schedule(static)
@@ -50,7 +48,7 @@ void QkNormForward(float* qkv, float* rstd, float* raw, const float* q_weight, c
     }
     for (int hi = 0; hi < h + hkv; ++hi) {
       float* v = x + int64_t{hi} * hd;
-      rstd[i * (h + hkv) + hi] = NormHead(v, v, hi < h ? q_weight : k_weight, hd);
+      rstd[i * (h + hkv) + hi] = NormHead(v, v, hi < h ? q_weight : k_weight, hd, eps);
     }
   }
 }

@@ -8,11 +8,11 @@
 
 namespace moe::kernels {
 
-// In place on qkv (n, (h + 2 hkv) hd). rstd (n, h + hkv): 1 / sqrt(mean(x^2) + 1e-5) of each
+// In place on qkv (n, (h + 2 hkv) hd). rstd (n, h + hkv): 1 / sqrt(mean(x^2) + eps) of each
 // q then k head vector. raw (n, (h + hkv) hd) receives the q and k values before the norm, for
 // the backward; null when no backward follows (inference).
 void QkNormForward(float* qkv, float* rstd, float* raw, const float* q_weight, const float* k_weight,
-                   int64_t n, int h, int hkv, int hd);
+                   int64_t n, int h, int hkv, int hd, float eps);
 
 // In place on dqkv's q and k parts: the gradient with respect to the normalised vectors becomes
 // the gradient with respect to the raw ones. dq_weight, dk_weight (hd) += (may be null).

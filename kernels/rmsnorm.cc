@@ -8,7 +8,7 @@
 
 namespace moe::kernels {
 
-void RmsNormForward(float* out, float* rstd, const float* inp, const float* weight, int n, int d) {
+void RmsNormForward(float* out, float* rstd, const float* inp, const float* weight, int n, int d, float eps) {
 #pragma omp parallel for schedule(static)
   for (int i = 0; i < n; ++i) {
     const float* x = inp + int64_t{i} * d;
@@ -16,7 +16,7 @@ void RmsNormForward(float* out, float* rstd, const float* inp, const float* weig
     float ss = 0.0f;
 #pragma omp simd reduction(+ : ss)
     for (int c = 0; c < d; ++c) ss += x[c] * x[c];
-    const float r = 1.0f / std::sqrt(ss / d + kRmsNormEps);
+    const float r = 1.0f / std::sqrt(ss / d + eps);
     rstd[i] = r;
 #pragma omp simd
     for (int c = 0; c < d; ++c) y[c] = x[c] * r * weight[c];

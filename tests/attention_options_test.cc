@@ -12,6 +12,7 @@
 #include "kernels/attention_gate.h"
 #include "kernels/dropout.h"
 #include "kernels/qk_norm.h"
+#include "kernels/rmsnorm.h"
 #include "tests/support/gradcheck.h"
 
 namespace moe::kernels {
@@ -41,14 +42,15 @@ TEST_P(QkNormTest, ForwardMatchesNaiveLeavesVAloneAndBackwardMatchesFiniteDiffer
   for (float& w : qw) w += 1.0f;
   for (float& w : kw) w += 1.0f;
 
+  const float eps = 0.25f;  // not the default 1e-5: the argument is what the sum adds (model.norm_eps)
   std::vector<float> y = x, rstd(int64_t{s.n} * (s.h + s.hkv)), raw(int64_t{s.n} * qk);
-  QkNormForward(y.data(), rstd.data(), raw.data(), qw.data(), kw.data(), s.n, s.h, s.hkv, s.hd);
+  QkNormForward(y.data(), rstd.data(), raw.data(), qw.data(), kw.data(), s.n, s.h, s.hkv, s.hd, eps);
   for (int i = 0; i < s.n; ++i) {
     for (int hi = 0; hi < s.h + s.hkv; ++hi) {
       const float* v = x.data() + int64_t{i} * row + int64_t{hi} * s.hd;
       double ss = 0;
       for (int c = 0; c < s.hd; ++c) ss += double{v[c]} * v[c];
-      const double want_r = 1.0 / std::sqrt(ss / s.hd + 1e-5);
+      const double want_r = 1.0 / std::sqrt(ss / s.hd + eps);
       EXPECT_NEAR(rstd[i * (s.h + s.hkv) + hi], want_r, 1e-5 * want_r);
       const std::vector<float>& w = hi < s.h ? qw : kw;
       for (int c = 0; c < s.hd; ++c) {
@@ -66,7 +68,7 @@ TEST_P(QkNormTest, ForwardMatchesNaiveLeavesVAloneAndBackwardMatchesFiniteDiffer
                  s.hkv, s.hd);
   auto loss = [&] {
     y = x;
-    QkNormForward(y.data(), rstd.data(), nullptr, qw.data(), kw.data(), s.n, s.h, s.hkv, s.hd);
+    QkNormForward(y.data(), rstd.data(), nullptr, qw.data(), kw.data(), s.n, s.h, s.hkv, s.hd, eps);
     return WeightedSum(y, r);
   };
   // fp32 forward, eps 1e-2 on O(1) inputs, every element: max relative error 1e-2 (floor 1e-2).
@@ -92,7 +94,7 @@ TEST(QkNorm, WeightGradientsAccumulate) {
   const int n = 4, h = 2, hkv = 1, hd = 8, row = (h + 2 * hkv) * hd;
   std::vector<float> x = Randn(n * row, 31), r = Randn(n * row, 32), qw(hd, 1.0f), kw(hd, 1.0f);
   std::vector<float> rstd(n * (h + hkv)), raw(n * (h + hkv) * hd);
-  QkNormForward(x.data(), rstd.data(), raw.data(), qw.data(), kw.data(), n, h, hkv, hd);
+  QkNormForward(x.data(), rstd.data(), raw.data(), qw.data(), kw.data(), n, h, hkv, hd, kRmsNormEps);
   std::vector<float> d1 = r, d2 = r, dqw1(hd, 0.0f), dkw1(hd, 0.0f), dqw2(hd, 1.0f), dkw2(hd, 2.0f);
   QkNormBackward(d1.data(), dqw1.data(), dkw1.data(), raw.data(), rstd.data(), qw.data(), kw.data(), n, h, hkv, hd);
   QkNormBackward(d2.data(), dqw2.data(), dkw2.data(), raw.data(), rstd.data(), qw.data(), kw.data(), n, h, hkv, hd);

@@ -40,13 +40,13 @@ std::vector<int32_t> FirstBlockRouting(const ModelConfig& cfg, uint64_t seed, co
   std::vector<float> x(static_cast<size_t>(n) * D), a(x.size()), rstd(n), y(x.size()), proj(x.size());
   std::vector<float> qkv(static_cast<size_t>(n) * cfg.qkv_dim()), lse(static_cast<size_t>(b) * cfg.heads * T);
   kernels::EmbeddingForward(x.data(), idx.data(), t.wte, n, D);
-  kernels::RmsNormForward(a.data(), rstd.data(), x.data(), t.blocks[0].attn_norm, n, D);
+  kernels::RmsNormForward(a.data(), rstd.data(), x.data(), t.blocks[0].attn_norm, n, D, kernels::kRmsNormEps);
   kernels::LinearForward(qkv.data(), a.data(), t.blocks[0].wqkv, n, D, cfg.qkv_dim());
   kernels::RopeForward(qkv.data(), b, T, cfg.heads, cfg.kv_heads, cfg.head_dim, cfg.rope_theta);
   kernels::AttentionForward(y.data(), lse.data(), qkv.data(), b, T, cfg.heads, cfg.kv_heads, cfg.head_dim);
   kernels::LinearForward(proj.data(), y.data(), t.blocks[0].wo, n, D, D);
   for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
-  kernels::RmsNormForward(a.data(), rstd.data(), x.data(), t.blocks[0].moe_norm, n, D);
+  kernels::RmsNormForward(a.data(), rstd.data(), x.data(), t.blocks[0].moe_norm, n, D, kernels::kRmsNormEps);
   std::vector<float> logits(static_cast<size_t>(n) * E), probs(logits.size()), rlse(n), weights(static_cast<size_t>(n) * k);
   std::vector<int32_t> choice(static_cast<size_t>(n) * k);
   kernels::LinearForward(logits.data(), a.data(), t.blocks[0].router, n, D, E);

@@ -11,6 +11,7 @@
 #include "kernels/cuda/attention_options.h"
 #include "kernels/cuda/reduce.h"
 #include "kernels/qk_norm.h"
+#include "kernels/rmsnorm.h"
 #include "tests/support/cuda_ops.h"
 #endif
 
@@ -42,13 +43,14 @@ TEST_P(CudaQkNormTest, MatchesCpu) {
   for (float& w : kw) w += 1.0f;
   // CPU.
   std::vector<float> y = x, rstd(s.n * heads), raw(s.n * heads * s.hd), dx = dy, dqw(s.hd, 0.5f), dkw(s.hd, 0.5f);
-  kernels::QkNormForward(y.data(), rstd.data(), raw.data(), qw.data(), kw.data(), s.n, s.h, s.hkv, s.hd);
+  const float eps = s.n % 2 == 0 ? kernels::kRmsNormEps : 0.25f;  // model.norm_eps, the default and another
+  kernels::QkNormForward(y.data(), rstd.data(), raw.data(), qw.data(), kw.data(), s.n, s.h, s.hkv, s.hd, eps);
   kernels::QkNormBackward(dx.data(), dqw.data(), dkw.data(), raw.data(), rstd.data(), qw.data(), kw.data(), s.n,
                           s.h, s.hkv, s.hd);
   // GPU.
   Dev<float> gy(x), grstd(rstd.size()), graw(raw.size()), gqw(qw), gkw(kw), gdx(dy), gdqw(s.hd, 0.5f),
       gdkw(s.hd, 0.5f);
-  cuda::QkNormForward(gy.get(), grstd.get(), graw.get(), gqw.get(), gkw.get(), s.n, s.h, s.hkv, s.hd, nullptr);
+  cuda::QkNormForward(gy.get(), grstd.get(), graw.get(), gqw.get(), gkw.get(), s.n, s.h, s.hkv, s.hd, eps, nullptr);
   Dev<float> partials(cuda::PartialsFloats(2 * s.hd));
   Dev<float> gdx2(dy), gdqw2(s.hd, 0.5f), gdkw2(s.hd, 0.5f);
   cuda::QkNormBackward(gdx.get(), gdqw.get(), gdkw.get(), graw.get(), grstd.get(), gqw.get(), gkw.get(), s.n, s.h,

@@ -258,6 +258,11 @@ void DenseGeluShared(ModelConfig* c) {
   c->shared_ffn = 24;
 }
 
+// model.norm_eps far from the default, on every norm (QK-norm's too).
+void QkNormEps(ModelConfig* c) {
+  c->qk_norm = true;
+  c->norm_eps = 0.05f;
+}
 INSTANTIATE_TEST_SUITE_P(Recipes, CudaRecipeModelTest,
                          ::testing::Values(ModelRecipe{"router_options_fp32", false, RouterOptions},
                                            ModelRecipe{"router_options_bf16", true, RouterOptions},
@@ -270,7 +275,9 @@ INSTANTIATE_TEST_SUITE_P(Recipes, CudaRecipeModelTest,
                                            ModelRecipe{"shared_relu2_bias_fp32", false, SharedRelu2Bias},
                                            ModelRecipe{"shared_relu2_bias_bf16", true, SharedRelu2Bias},
                                            ModelRecipe{"dense_gelu_shared_fp32", false, DenseGeluShared},
-                                           ModelRecipe{"dense_gelu_shared_bf16", true, DenseGeluShared}),
+                                           ModelRecipe{"dense_gelu_shared_bf16", true, DenseGeluShared},
+                                           ModelRecipe{"qk_norm_eps_fp32", false, QkNormEps},
+                                           ModelRecipe{"qk_norm_eps_bf16", true, QkNormEps}),
                          [](const ::testing::TestParamInfo<ModelRecipe>& info) { return std::string(info.param.name); });
 
 #endif  // MOE_WITH_CUDA

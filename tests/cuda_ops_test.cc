@@ -168,11 +168,12 @@ TEST(CudaOpsTest, RmsNorm) {
     const int n = 37;
     auto x = Randn(int64_t{n} * d, 5), w = Randn(d, 6), dy = Randn(int64_t{n} * d, 7);
     std::vector<float> y(n * d), rstd(n), dx(n * d, 0.1f), dw(d, 0.2f);
-    kernels::RmsNormForward(y.data(), rstd.data(), x.data(), w.data(), n, d);
+    const float eps = d % 3 == 0 ? 0.25f : kernels::kRmsNormEps;  // model.norm_eps: another on both kernels
+    kernels::RmsNormForward(y.data(), rstd.data(), x.data(), w.data(), n, d, eps);
     kernels::RmsNormBackward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), n, d);
     Dev<float> x_d(x), w_d(w), dy_d(dy), y_d(n * d), rstd_d(n), dx_d(n * d, 0.1f), dw_d(d, 0.2f);
     Dev<float> partials(cuda::PartialsFloats(d));
-    cuda::RmsNormForward(y_d.get(), rstd_d.get(), x_d.get(), w_d.get(), n, d, nullptr);
+    cuda::RmsNormForward(y_d.get(), rstd_d.get(), x_d.get(), w_d.get(), n, d, eps, nullptr);
     cuda::RmsNormBackward(dx_d.get(), dw_d.get(), dy_d.get(), x_d.get(), w_d.get(), rstd_d.get(), n, d,
                           partials.get(), nullptr);
     EXPECT_LT(RelErr(y_d.Host(), y), kFp32Tol) << "d " << d;
@@ -184,7 +185,7 @@ TEST(CudaOpsTest, RmsNorm) {
     // on the general kernel).
     Dev<float> y2(n * d), rstd2(n);
     Dev<cuda::bf16> y16(int64_t{n} * d), cast(int64_t{n} * d);
-    cuda::RmsNormForward(y2.get(), rstd2.get(), x_d.get(), w_d.get(), n, d, nullptr, y16.get());
+    cuda::RmsNormForward(y2.get(), rstd2.get(), x_d.get(), w_d.get(), n, d, eps, nullptr, y16.get());
     cuda::CastToBf16(cast.get(), y2.get(), int64_t{n} * d, nullptr);
     EXPECT_EQ(y2.Host(), y_d.Host()) << "d " << d;
     const std::vector<cuda::bf16> got16 = y16.Host(), want16 = cast.Host();

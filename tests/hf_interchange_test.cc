@@ -388,7 +388,17 @@ TEST(HfConfigCheck, ReadsKeysAsTransformersDoes) {
   const std::string eps = "\"rms_norm_eps\": 1e-05,";
   EXPECT_EQ(check(moe, edit(mixtral, eps, "")), "");
   EXPECT_THAT(check(dense, edit(mistral, eps, "")),
-              HasSubstr("rms_norm_eps is absent from config.json, which transformers reads as 1e-06 for mistral"));
+              HasSubstr("rms_norm_eps is 1e-06 (absent from config.json: transformers' default for mistral); this "
+                        "job's RMSNorm uses 1e-05 (set model.norm_eps: 1e-06 to match)"));
+  // A job with model.norm_eps 1e-6 (Qwen's, Llama 1's) reads such a config, absent or written.
+  HfShape dense6 = dense;
+  dense6.norm_eps = 1e-6;
+  const std::string mistral6 = HfConfigJson(dense6, {});
+  ASSERT_THAT(mistral6, HasSubstr("\"rms_norm_eps\": 1e-06,"));
+  EXPECT_EQ(check(dense6, mistral6), "");
+  EXPECT_EQ(check(dense6, edit(mistral6, "\"rms_norm_eps\": 1e-06,", "")), "");
+  EXPECT_THAT(check(dense, mistral6), HasSubstr("rms_norm_eps is 1e-06 in config.json; this job's RMSNorm uses "
+                                                "1e-05 (set model.norm_eps: 1e-06 to match)"));
 
   EXPECT_THAT(check(moe, edit(mixtral, "\"hidden_act\": \"silu\"", "\"hidden_act\": 1")),
               HasSubstr("hidden_act is 1 in config.json, not a string"));

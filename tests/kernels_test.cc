@@ -120,19 +120,20 @@ TEST(RmsNorm, ForwardMatchesNaiveAndBackwardMatchesFiniteDifferences) {
   const int n = 7, d = 13;
   std::vector<float> x = Randn(n * d, 9), w = Randn(d, 10, 0.5f), r = Randn(n * d, 11);
   for (float& wi : w) wi += 1.0f;
+  const float eps = 0.25f;  // not the default 1e-5: the argument is what the sum adds (model.norm_eps)
   std::vector<float> out(n * d), rstd(n);
-  RmsNormForward(out.data(), rstd.data(), x.data(), w.data(), n, d);
+  RmsNormForward(out.data(), rstd.data(), x.data(), w.data(), n, d, eps);
   for (int i = 0; i < n; ++i) {
     double ss = 0.0;
     for (int c = 0; c < d; ++c) ss += double{x[i * d + c]} * x[i * d + c];
-    const double want_r = 1.0 / std::sqrt(ss / d + 1e-5);
+    const double want_r = 1.0 / std::sqrt(ss / d + eps);
     EXPECT_NEAR(rstd[i], want_r, 1e-5 * want_r);
     for (int c = 0; c < d; ++c) EXPECT_NEAR(out[i * d + c], x[i * d + c] * want_r * w[c], 1e-5);
   }
   std::vector<float> dx(n * d, 0.0f), dw(d, 0.0f);
   RmsNormBackward(dx.data(), dw.data(), r.data(), x.data(), w.data(), rstd.data(), n, d);
   auto loss = [&] {
-    RmsNormForward(out.data(), rstd.data(), x.data(), w.data(), n, d);
+    RmsNormForward(out.data(), rstd.data(), x.data(), w.data(), n, d, eps);
     return WeightedSum(out, r);
   };
   // fp32 forward, eps 1e-2 on O(1) inputs: max relative error 1e-2.

@@ -3,12 +3,14 @@
 // options; the context window restarts the same way for both samplers; and a trained
 // checkpoint samples the same tokens with and without the cache for the same seed, across a
 // window restart.
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/rmsnorm.h"
 #include "kernels/threads.h"
 #include "tests/support/paths.h"
 #include "tests/support/test_jobs.h"
@@ -52,6 +54,29 @@ void QkNormAndGate(ModelConfig* cfg) {
   cfg->attn_gate = true;
   cfg->attn_dropout = 0.2f;  // training only: sampling must not drop
 }
+// model.norm_eps far from the default, so that a norm left at 1e-5 would show.
+void QkNormLargeEps(ModelConfig* cfg) {
+  cfg->qk_norm = true;
+  cfg->norm_eps = 0.05f;
+}
+
+// The prompt the tests below feed (x_t = (11 t + 3) mod V) and the model's logits (T, V) for it,
+// one sequence, no training.
+std::vector<int32_t> Prompt(int T, int V) {
+  std::vector<int32_t> x(T);
+  for (int t = 0; t < T; ++t) x[t] = (t * 11 + 3) % V;
+  return x;
+}
+std::vector<float> PromptLogits(Model& model, const std::vector<int32_t>& x) {
+  const int T = static_cast<int>(x.size());
+  std::vector<int32_t> y(T, 0);
+  BatchContext bc;
+  bc.train = false;
+  bc.global_tokens = T;
+  bc.loss_scale = 1.0f / T;
+  model.Forward(x.data(), y.data(), 1, bc);
+  return model.logits();
+}
 
 class DecoderMatchesForward : public ::testing::TestWithParam<DecoderCase> {};
 
@@ -70,14 +95,8 @@ TEST_P(DecoderMatchesForward, AtEveryPosition) {
     for (size_t i = 0; i < bias.size(); ++i) bias[i] = 0.02f * static_cast<float>(i % 5);
     model.SetRouterBiases(bias);
   }
-  std::vector<int32_t> x(T), y(T, 0);
-  for (int t = 0; t < T; ++t) x[t] = (t * 11 + 3) % V;
-  BatchContext bc;
-  bc.train = false;
-  bc.global_tokens = T;
-  bc.loss_scale = 1.0f / T;
-  model.Forward(x.data(), y.data(), 1, bc);
-  const std::vector<float> full = model.logits();
+  const std::vector<int32_t> x = Prompt(T, V);
+  const std::vector<float> full = PromptLogits(model, x);
 
   CpuDecoder decoder(&model);
   for (int t = 0; t < T; ++t) {
@@ -103,8 +122,31 @@ INSTANTIATE_TEST_SUITE_P(
                       DecoderCase{"moe_gelu_sigmoid_bias", {"moe", 4, 2, 4, 4, 0, false, 0}, GeluSigmoidBias},
                       DecoderCase{"dense_gelu_shared", {"dense", 1, 1, 2, 2, 0, true, 0}, GeluShared},
                       DecoderCase{"qk_norm_gate_gqa", {"qk", 4, 2, 4, 2, 0, true, 0}, QkNormAndGate},
-                      DecoderCase{"qk_norm_gate_dense_mqa", {"qk", 1, 1, 4, 1, 0, false, 0}, QkNormAndGate}),
+                      DecoderCase{"qk_norm_gate_dense_mqa", {"qk", 1, 1, 4, 1, 0, false, 0}, QkNormAndGate},
+                      DecoderCase{"qk_norm_eps", {"qk", 4, 2, 4, 2, 0, true, 0}, QkNormLargeEps}),
     [](const ::testing::TestParamInfo<DecoderCase>& info) { return std::string(info.param.name); });
+
+// model.norm_eps reaches the model's norms: another value moves the logits, the default's value
+// given again leaves every bit (the decoder at another value: DecoderMatchesForward's qk_norm_eps).
+TEST(NormEps, EveryNormOfTheModelTakesIt) {
+  kernels::SetNumThreads(1);
+  const int V = 37, D = 32, T = 12, F = 24;
+  auto logits = [&](float eps) {
+    ModelConfig cfg = testing::CaseConfig({"qk", 4, 2, 4, 2, 0, true, 0}, V, D, T, F);
+    cfg.dropout = 0;
+    cfg.qk_norm = true;
+    cfg.norm_eps = eps;
+    auto comm = CreateSingleProcessCommunicator();
+    Model model(cfg, comm.get());
+    model.InitParams(7);
+    return PromptLogits(model, Prompt(T, V));
+  };
+  const std::vector<float> base = logits(kernels::kRmsNormEps), again = logits(1e-5f), other = logits(0.05f);
+  EXPECT_EQ(base, again);
+  double moved = 0;
+  for (size_t i = 0; i < base.size(); ++i) moved = std::max(moved, double{std::fabs(base[i] - other[i])});
+  EXPECT_GT(moved, 1e-3) << "model.norm_eps 0.05 left the logits as they were at 1e-5";
+}
 
 TEST(ContextStart, RestartsFromTheLastHalfWindowOnlyWhenFull) {
   EXPECT_EQ(ContextStart(0, 5, 8), 0);

@@ -17,7 +17,7 @@ using internal::WarpSum;
 
 // One warp per head vector (row i, head hi of h + hkv): hd values at stride 1.
 __global__ void QkNormForwardKernel(float* qkv, float* rstd, float* raw, const float* q_weight,
-                                    const float* k_weight, int64_t n, int h, int hkv, int hd) {
+                                    const float* k_weight, int64_t n, int h, int hkv, int hd, float eps) {
   const int64_t vec = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   const int heads = h + hkv;
@@ -29,7 +29,7 @@ __global__ void QkNormForwardKernel(float* qkv, float* rstd, float* raw, const f
   float ss = 0.0f;
   for (int c = lane; c < hd; c += 32) ss += x[c] * x[c];
   ss = WarpSum(ss);
-  const float r = 1.0f / sqrtf(ss / hd + kernels::kRmsNormEps);
+  const float r = 1.0f / sqrtf(ss / hd + eps);
   if (lane == 0) rstd[vec] = r;
   float* keep = raw != nullptr ? raw + vec * hd : nullptr;
   for (int c = lane; c < hd; c += 32) {
@@ -144,10 +144,10 @@ unsigned WarpBlocks(int64_t warps) { return BlocksFor(warps * 32, kThreads); }
 }  // namespace
 
 void QkNormForward(float* qkv, float* rstd, float* raw, const float* q_weight, const float* k_weight, int64_t n,
-                   int h, int hkv, int hd, cudaStream_t stream) {
+                   int h, int hkv, int hd, float eps, cudaStream_t stream) {
   if (n == 0) return;
   QkNormForwardKernel<<<WarpBlocks(n * (h + hkv)), kThreads, 0, stream>>>(qkv, rstd, raw, q_weight, k_weight, n, h,
-                                                                         hkv, hd);
+                                                                         hkv, hd, eps);
   MOE_CUDA_LAUNCH_CHECK();
 }
 

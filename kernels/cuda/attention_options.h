@@ -9,9 +9,9 @@
 namespace moe::cuda {
 
 // QK-norm in place on qkv (n, (h + 2 hkv) hd); rstd (n, h + hkv); raw (n, (h + hkv) hd) gets
-// the values before the norm (may be null).
+// the values before the norm (may be null). eps: RMSNorm's epsilon (model.norm_eps).
 void QkNormForward(float* qkv, float* rstd, float* raw, const float* q_weight, const float* k_weight, int64_t n,
-                   int h, int hkv, int hd, cudaStream_t stream);
+                   int h, int hkv, int hd, float eps, cudaStream_t stream);
 // In place on dqkv's q and k parts; dq_weight, dk_weight (hd) += (may be null), summed in a fixed
 // order (reduce.h: partials is scratch for PartialsFloats(2 hd) floats). hd <= 256.
 void QkNormBackward(float* dqkv, float* dq_weight, float* dk_weight, const float* raw, const float* rstd,

@@ -24,7 +24,7 @@ __device__ __forceinline__ void StoreOut4(bf16* y, int v, float4 o) { internal::
 // One warp per row. The general kernel: any d, any alignment.
 template <typename Out>
 __global__ void RmsNormForwardKernel(Out* out, bf16* out16, float* rstd, const float* inp, const float* weight,
-                                     int n, int d) {
+                                     int n, int d, float eps) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= n) return;
@@ -32,7 +32,7 @@ __global__ void RmsNormForwardKernel(Out* out, bf16* out16, float* rstd, const f
   float ss = 0.0f;
   for (int c = lane; c < d; c += 32) ss += x[c] * x[c];
   ss = WarpSum(ss);
-  const float r = 1.0f / sqrtf(ss / d + kernels::kRmsNormEps);
+  const float r = 1.0f / sqrtf(ss / d + eps);
   if (lane == 0) rstd[row] = r;
   Out* y = out + int64_t{row} * d;
   bf16* y16 = out16 != nullptr ? out16 + int64_t{row} * d : nullptr;
@@ -56,7 +56,7 @@ template <typename Out, int kVecs>
 __global__ void __launch_bounds__(kThreads) RmsNormForwardVecKernel(Out* out, bf16* out16, float* rstd,
                                                                     const float* inp,
                                                                     const float* weight, int n,
-                                                                    int d) {
+                                                                    int d, float eps) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32, d4 = d / 4;
   if (row >= n) return;
@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(kThreads) RmsNormForwardVecKernel(Out* out, bf
     ss += x[k].w * x[k].w;
   }
   ss = WarpSum(ss);
-  const float r = 1.0f / sqrtf(ss / d + kernels::kRmsNormEps);
+  const float r = 1.0f / sqrtf(ss / d + eps);
   if (lane == 0) rstd[row] = r;
   const float4* w4 = reinterpret_cast<const float4*>(weight);
   Out* y = out + int64_t{row} * d;
@@ -241,31 +241,31 @@ bool RmsNormVectorizable(int d, std::initializer_list<const void*> ptrs) {
 
 template <typename Out>
 void RmsNormForwardAs(Out* out, bf16* out16, float* rstd, const float* inp, const float* weight, int n, int d,
-                      cudaStream_t stream) {
+                      float eps, cudaStream_t stream) {
   if (n <= 0) return;
   const unsigned blocks = BlocksFor(n, kThreads / 32);
   // out16's rows take 8-byte stores (StoreBf16x4): 16-byte alignment of the pointer, as the rest.
   if (RmsNormVectorizable(d, {out, inp, weight, out16})) {
     WithRmsVecs((d / 4 + 31) / 32, [&](auto vecs) {
       RmsNormForwardVecKernel<Out, decltype(vecs)::value><<<blocks, kThreads, 0, stream>>>(
-          out, out16, rstd, inp, weight, n, d);
+          out, out16, rstd, inp, weight, n, d, eps);
     });
   } else {
-    RmsNormForwardKernel<Out><<<blocks, kThreads, 0, stream>>>(out, out16, rstd, inp, weight, n, d);
+    RmsNormForwardKernel<Out><<<blocks, kThreads, 0, stream>>>(out, out16, rstd, inp, weight, n, d, eps);
   }
   MOE_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace
 
-void RmsNormForward(float* out, float* rstd, const float* inp, const float* weight, int n, int d,
+void RmsNormForward(float* out, float* rstd, const float* inp, const float* weight, int n, int d, float eps,
                     cudaStream_t stream, bf16* out16) {
-  RmsNormForwardAs(out, out16, rstd, inp, weight, n, d, stream);
+  RmsNormForwardAs(out, out16, rstd, inp, weight, n, d, eps, stream);
 }
 
-void RmsNormForwardBf16(bf16* out, float* rstd, const float* inp, const float* weight, int n, int d,
+void RmsNormForwardBf16(bf16* out, float* rstd, const float* inp, const float* weight, int n, int d, float eps,
                         cudaStream_t stream) {
-  RmsNormForwardAs(out, static_cast<bf16*>(nullptr), rstd, inp, weight, n, d, stream);
+  RmsNormForwardAs(out, static_cast<bf16*>(nullptr), rstd, inp, weight, n, d, eps, stream);
 }
 
 void RmsNormBackward(float* dinp, float* dweight, const float* dout, const float* inp,

@@ -169,6 +169,10 @@ absl::StatusOr<PretrainedWeights> LoadOurs(const std::string& dir, const HfShape
                                      "; this job: ", listed(now),
                                      "); its weights are taken as they are"));
   }
+  if (was.norm_eps != shape.norm_eps) {
+    out.notes.push_back(absl::StrCat("the checkpoint was trained with model.norm_eps ", was.norm_eps,
+                                     ", this job uses ", shape.norm_eps));
+  }
   if (was.rope_theta != shape.rope_theta) {
     out.notes.push_back(absl::StrCat("the checkpoint was trained with model.attention.rope_theta ", was.rope_theta,
                                      ", this job uses ", shape.rope_theta));

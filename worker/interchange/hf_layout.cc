@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/number_text.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -108,6 +109,7 @@ HfShape HfShape::FromSpec(const moe::v1::JobSpec& spec, int vocab) {
   s.seq_len = m.seq_len();
   s.aux_coef = s.experts > 1 ? m.moe().aux_loss_coef() : 0;
   s.rope_theta = m.attention().rope_theta() > 0 ? m.attention().rope_theta() : 10000;
+  s.norm_eps = m.norm_eps() > 0 ? m.norm_eps() : 1e-5;
   s.qk_norm = m.attention().qk_norm();
   s.unrepresentable = HfUnrepresentable(spec);
   s.ours = OurTensorShapes(s);
@@ -336,7 +338,7 @@ std::string HfConfigJson(const HfShape& s, const HfConfigExtras& x) {
   add("hidden_act", "\"silu\"");
   add("max_position_embeddings", std::to_string(s.seq_len));
   add("initializer_range", "0.02");
-  add("rms_norm_eps", "1e-05");
+  add("rms_norm_eps", Shortest(s.norm_eps));
   add("rope_theta", absl::StrFormat("%.1f", x.rope_theta));
   add("rope_scaling", "null");
   add("sliding_window", "null");
@@ -535,13 +537,15 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
   }
   // As rope_theta, an absent (or null) key is transformers' default: 1e-5 for Mixtral, 1e-6 for the others.
   double eps = type == "mixtral" ? 1e-5 : 1e-6;
-  if (is_null("rms_norm_eps")) {
-    if (eps != 1e-5 && (moe_type || dense_type)) {
-      problems.push_back(absl::StrCat("rms_norm_eps is absent from config.json, which transformers reads as ", eps,
-                                      " for ", type, "; our RMSNorm uses 1e-05"));
-    }
-  } else if (num("rms_norm_eps", &eps) && std::fabs(eps - 1e-5) > 1e-12) {
-    problems.push_back(absl::StrCat("rms_norm_eps is ", eps, " in config.json; our RMSNorm uses 1e-05"));
+  const bool eps_absent = is_null("rms_norm_eps");
+  if ((eps_absent || num("rms_norm_eps", &eps)) && (moe_type || dense_type) &&
+      std::fabs(eps - s.norm_eps) > 1e-6 * s.norm_eps) {
+    problems.push_back(absl::StrCat("rms_norm_eps is ", eps,
+                                    eps_absent ? absl::StrCat(" (absent from config.json: transformers' default for ",
+                                                              type, ")")
+                                               : std::string(" in config.json"),
+                                    "; this job's RMSNorm uses ", s.norm_eps, " (set model.norm_eps: ", eps,
+                                    " to match)"));
   }
   const std::string act = str("hidden_act");
   if (!act.empty() && act != "silu") {

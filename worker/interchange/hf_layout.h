@@ -40,6 +40,7 @@ struct HfShape {
   int seq_len = 0;
   double aux_coef = 0;
   double rope_theta = 10000;  // model.attention.rope_theta
+  double norm_eps = 1e-5;     // model.norm_eps: config.json's rms_norm_eps
   bool qk_norm = false;       // model.attention.qk_norm: Qwen3's naming and config
   // Our tensors by MODEL.md name and global shape, every recipe option's included (from the
   // job's ParamLayout when the caller has one; else OurTensorShapes' base model + QK-norm).

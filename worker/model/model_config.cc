@@ -1,5 +1,7 @@
 #include "worker/model/model_config.h"
 
+#include "kernels/rmsnorm.h"
+
 namespace moe {
 
 ModelConfig ModelConfig::FromSpec(const moe::v1::JobSpec& spec, int vocab_size) {
@@ -18,6 +20,7 @@ ModelConfig ModelConfig::FromSpec(const moe::v1::JobSpec& spec, int vocab_size) 
   c.tied = m.tie_embeddings();
   c.dropout = static_cast<float>(m.dropout());
   c.rope_theta = m.attention().rope_theta() > 0 ? static_cast<float>(m.attention().rope_theta()) : 10000.f;
+  c.norm_eps = m.norm_eps() > 0 ? static_cast<float>(m.norm_eps()) : kernels::kRmsNormEps;
   c.capacity_factor = m.moe().capacity_factor();
   c.aux_coef = c.experts > 1 ? m.moe().aux_loss_coef() : 0;
   c.z_coef = c.experts > 1 ? m.moe().z_loss_coef() : 0;

@@ -61,12 +61,13 @@ const std::vector<float>& CpuDecoder::Step(int32_t token) {
   kernels::EmbeddingForward(x_.data(), &token, w.wte, 1, D);
   for (int l = 0; l < cfg_.layers; ++l) {
     const BlockTensors& bw = w.blocks[l];
-    kernels::RmsNormForward(a_.data(), rstd_.data(), x_.data(), bw.attn_norm, 1, D);
+    kernels::RmsNormForward(a_.data(), rstd_.data(), x_.data(), bw.attn_norm, 1, D, cfg_.norm_eps);
     kernels::LinearForward(qkv_.data(), a_.data(), bw.wqkv, 1, D, cfg_.qkv_dim());
     float* q = qkv_.data();
     float* k = q + static_cast<size_t>(H) * hd;
     float* v = k + static_cast<size_t>(Hkv) * hd;
-    if (cfg_.qk_norm) kernels::QkNormForward(qkv_.data(), rstd_.data(), nullptr, bw.q_norm, bw.k_norm, 1, H, Hkv, hd);
+    if (cfg_.qk_norm) kernels::QkNormForward(qkv_.data(), rstd_.data(), nullptr, bw.q_norm, bw.k_norm, 1, H, Hkv, hd,
+                                                   cfg_.norm_eps);
     for (int h = 0; h < H; ++h) RotateHead(q + static_cast<size_t>(h) * hd, cos, sin, hd);
     for (int h = 0; h < Hkv; ++h) RotateHead(k + static_cast<size_t>(h) * hd, cos, sin, hd);
     const size_t row = static_cast<size_t>(Hkv) * hd;
@@ -103,12 +104,12 @@ const std::vector<float>& CpuDecoder::Step(int32_t token) {
     kernels::LinearForward(tmp_.data(), y_.data(), bw.wo, 1, H * hd, D);
     for (int i = 0; i < D; ++i) x_[i] += tmp_[i];
 
-    kernels::RmsNormForward(a_.data(), rstd_.data(), x_.data(), bw.moe_norm, 1, D);
+    kernels::RmsNormForward(a_.data(), rstd_.data(), x_.data(), bw.moe_norm, 1, D, cfg_.norm_eps);
     MoeLayerForwardStats stats;
     model_->moe_layer(l)->Forward(a_.data(), bw, 1, /*global_tokens=*/1, /*loss_scale=*/1.f, tmp_.data(), &stats);
     for (int i = 0; i < D; ++i) x_[i] += tmp_[i];
   }
-  kernels::RmsNormForward(a_.data(), rstd_.data(), x_.data(), w.final_norm, 1, D);
+  kernels::RmsNormForward(a_.data(), rstd_.data(), x_.data(), w.final_norm, 1, D, cfg_.norm_eps);
   kernels::LinearForward(logits_.data(), a_.data(), w.lm_head, 1, D, cfg_.vocab);
   ++length_;
   return logits_;

@@ -257,13 +257,14 @@ void Model::BlockForward(int l, BlockActs* ap, std::vector<float>* xp, bool reru
   a.x_in = x;
   a.attn_in.resize(nd);
   a.attn_rstd.resize(n);
-  kernels::RmsNormForward(a.attn_in.data(), a.attn_rstd.data(), x.data(), bw.attn_norm, n, D);
+  kernels::RmsNormForward(a.attn_in.data(), a.attn_rstd.data(), x.data(), bw.attn_norm, n, D, cfg_.norm_eps);
   a.qkv.resize(static_cast<size_t>(n) * C3);
   kernels::LinearForward(a.qkv.data(), a.attn_in.data(), bw.wqkv, n, D, C3);
   if (cfg_.qk_norm) {
     a.qk_raw.resize(static_cast<size_t>(n) * (H + Hkv) * hd);
     a.qk_rstd.resize(static_cast<size_t>(n) * (H + Hkv));
-    kernels::QkNormForward(a.qkv.data(), a.qk_rstd.data(), a.qk_raw.data(), bw.q_norm, bw.k_norm, n, H, Hkv, hd);
+    kernels::QkNormForward(a.qkv.data(), a.qk_rstd.data(), a.qk_raw.data(), bw.q_norm, bw.k_norm, n, H, Hkv, hd,
+                           cfg_.norm_eps);
   }
   kernels::RopeForward(a.qkv.data(), b, T, H, Hkv, hd, cfg_.rope_theta);
   a.attn_y.resize(nd);
@@ -285,7 +286,7 @@ void Model::BlockForward(int l, BlockActs* ap, std::vector<float>* xp, bool reru
   a.x_mid = x;
   a.moe_in.resize(nd);
   a.moe_rstd.resize(n);
-  kernels::RmsNormForward(a.moe_in.data(), a.moe_rstd.data(), x.data(), bw.moe_norm, n, D);
+  kernels::RmsNormForward(a.moe_in.data(), a.moe_rstd.data(), x.data(), bw.moe_norm, n, D, cfg_.norm_eps);
   moe_layers_[l]->Forward(a.moe_in.data(), bw, n, ctx.global_tokens, ctx.loss_scale, tmp.data(), stats,
                           MoeLayerStep{ctx.train, ExpertDropoutSeed(ctx.dropout_seed, l), rerun});
   if (rerun) return;  // the backward reads the saved activations, not the block's output
@@ -329,7 +330,7 @@ ForwardResult Model::Forward(const int32_t* idx, const int32_t* targets, int b,
   x_final_ = std::move(x);
   final_out_.resize(nd);
   final_rstd_.resize(n);
-  kernels::RmsNormForward(final_out_.data(), final_rstd_.data(), x_final_.data(), w.final_norm, n, D);
+  kernels::RmsNormForward(final_out_.data(), final_rstd_.data(), x_final_.data(), w.final_norm, n, D, cfg_.norm_eps);
   logits_.resize(static_cast<size_t>(n) * V);
   kernels::LinearForward(logits_.data(), final_out_.data(), w.lm_head, n, D, V);
   ce_losses_.resize(n);

@@ -94,15 +94,15 @@ class CudaDecoder final : public TokenDecoder {
                                    cudaMemcpyDeviceToDevice, stream_));
     for (int l = 0; l < cfg_.layers; ++l) {
       const BlockTensors& bw = w_.blocks[l];
-      cuda::RmsNormForward(a_->p, rstd_->p, x, bw.attn_norm, 1, D, stream_);
+      cuda::RmsNormForward(a_->p, rstd_->p, x, bw.attn_norm, 1, D, cfg_.norm_eps, stream_);
       gemv_->OutIn(qkv_->p, bw.wqkv, a_->p, cfg_.qkv_dim(), D);
       float* q = qkv_->p;
       float* k = q + static_cast<size_t>(H) * hd;
       float* v = k + static_cast<size_t>(Hkv) * hd;
       if (cfg_.qk_norm) {  // each head vector is one RMSNorm row of hd
-        cuda::RmsNormForward(qn_->p, rstd_->p, q, bw.q_norm, H, hd, stream_);
+        cuda::RmsNormForward(qn_->p, rstd_->p, q, bw.q_norm, H, hd, cfg_.norm_eps, stream_);
         MOE_CUDA_CHECK(cudaMemcpyAsync(q, qn_->p, sizeof(float) * H * hd, cudaMemcpyDeviceToDevice, stream_));
-        cuda::RmsNormForward(qn_->p, rstd_->p, k, bw.k_norm, Hkv, hd, stream_);
+        cuda::RmsNormForward(qn_->p, rstd_->p, k, bw.k_norm, Hkv, hd, cfg_.norm_eps, stream_);
         MOE_CUDA_CHECK(cudaMemcpyAsync(k, qn_->p, sizeof(float) * Hkv * hd, cudaMemcpyDeviceToDevice, stream_));
       }
       // One row at position pos: the tables from that row on.
@@ -118,10 +118,10 @@ class CudaDecoder final : public TokenDecoder {
         cuda::SigmoidGateInPlace(y_->p, gate_->p, H * hd, stream_);
       }
       gemv_->OutIn(x, bw.wo, y_->p, D, H * hd, 1.f, 1.f);  // x += y wo^T
-      cuda::RmsNormForward(m_->p, rstd_->p, x, bw.moe_norm, 1, D, stream_);
+      cuda::RmsNormForward(m_->p, rstd_->p, x, bw.moe_norm, 1, D, cfg_.norm_eps, stream_);
       MoeRow(l, bw);
     }
-    cuda::RmsNormForward(a_->p, rstd_->p, x, w_.final_norm, 1, D, stream_);
+    cuda::RmsNormForward(a_->p, rstd_->p, x, w_.final_norm, 1, D, cfg_.norm_eps, stream_);
     gemv_->OutIn(logits_dev_->p, w_.lm_head, a_->p, cfg_.vocab, D);
     MOE_CUDA_CHECK(cudaMemcpyAsync(logits_.data(), logits_dev_->p, sizeof(float) * cfg_.vocab,
                                    cudaMemcpyDeviceToHost, stream_));

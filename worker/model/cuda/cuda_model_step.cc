@@ -14,16 +14,16 @@ void CudaModel::AttnNorm(int l, const float* gain) {
   const int n = b_ * cfg_.seq_len;
   const BlockActs& a = blocks_[l];
   if (bf16_) {
-    cuda::RmsNormForwardBf16(attn_in16_, a.attn_rstd, a.x_in, gain, n, cfg_.d, stream_);
+    cuda::RmsNormForwardBf16(attn_in16_, a.attn_rstd, a.x_in, gain, n, cfg_.d, cfg_.norm_eps, stream_);
   } else {
-    cuda::RmsNormForward(attn_in_, a.attn_rstd, a.x_in, gain, n, cfg_.d, stream_);
+    cuda::RmsNormForward(attn_in_, a.attn_rstd, a.x_in, gain, n, cfg_.d, cfg_.norm_eps, stream_);
   }
 }
 
 void CudaModel::MoeNorm(int l, const float* gain) {
   const int n = b_ * cfg_.seq_len;
   const BlockActs& a = blocks_[l];
-  cuda::RmsNormForward(moe_in_, a.moe_rstd, a.x_mid, gain, n, cfg_.d, stream_, moe_in16_);
+  cuda::RmsNormForward(moe_in_, a.moe_rstd, a.x_mid, gain, n, cfg_.d, cfg_.norm_eps, stream_, moe_in16_);
 }
 
 void CudaModel::BlockForward(int l, float* out, bool rerun) {
@@ -47,7 +47,9 @@ void CudaModel::BlockForward(int l, float* out, bool rerun) {
     ctx_.Linear(a.qkv, attn_in_, bw.wqkv, n, D, C3, false);
     if (cfg_.attn_gate) ctx_.Linear(a.gate, attn_in_, bw.wg, n, D, D, false);
   }
-  if (cfg_.qk_norm) cuda::QkNormForward(a.qkv, a.qk_rstd, a.qk_raw, bw.q_norm, bw.k_norm, n, H, Hkv, hd, stream_);
+  if (cfg_.qk_norm) {
+    cuda::QkNormForward(a.qkv, a.qk_rstd, a.qk_raw, bw.q_norm, bw.k_norm, n, H, Hkv, hd, cfg_.norm_eps, stream_);
+  }
   if (bf16_ && CudaAttentionOnTensorCores(hd)) {
     // Tensor cores, reading q, k, v in bf16 alone (kept for the backward): RoPE writes them so.
     cuda::RopeForwardToBf16(a.qkv16, a.qkv, rope_cos_, rope_sin_, b, T, H, Hkv, hd, stream_);
@@ -133,9 +135,9 @@ ForwardResult CudaModel::Forward(const int32_t* idx, const int32_t* targets, int
   }
   optimizer_->WaitForHead(stream_);
   if (bf16_) {
-    cuda::RmsNormForwardBf16(final_out16_, final_rstd_, x_final_, w.final_norm, n, D, stream_);
+    cuda::RmsNormForwardBf16(final_out16_, final_rstd_, x_final_, w.final_norm, n, D, cfg_.norm_eps, stream_);
   } else {
-    cuda::RmsNormForward(final_out_, final_rstd_, x_final_, w.final_norm, n, D, stream_);
+    cuda::RmsNormForward(final_out_, final_rstd_, x_final_, w.final_norm, n, D, cfg_.norm_eps, stream_);
   }
   // The head, head_rows_ rows at a time: logits, their cross-entropy and (bf16 products) the
   // bf16 dlogits = loss_scale * (softmax - onehot) of the backward, so that only one chunk of
