@@ -268,7 +268,10 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   callbacks.log_message = QuietLog;
   callbacks.http_error = CivetwebError;
   callbacks.connection_close = AnswerUnrouted;
-  s->ctx_ = mg_start(&callbacks, nullptr, opts);
+  // mg_start serves at once and the handler can only be set after it: a request in between was
+  // civetweb's own 404 (a scrape at moed's start, seen in a test). Such a request waits for it.
+  callbacks.begin_request = &HttpServer::WaitUntilRouted;
+  s->ctx_ = mg_start(&callbacks, s.get(), opts);
   if (s->ctx_ == nullptr) {
     return absl::UnavailableError(absl::StrCat(
         "--metrics-listen: cannot listen on ", options.listen,
@@ -278,7 +281,16 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
   mg_server_port bound[4] = {};
   if (mg_get_server_ports(s->ctx_, 4, bound) > 0) s->port_ = bound[0].port;
   mg_set_request_handler(s->ctx_, "/", &HttpServer::HandleThunk, s.get());
+  s->routed_.store(true, std::memory_order_release);
   return s;
+}
+
+int HttpServer::WaitUntilRouted(mg_connection* conn) {
+  const auto* self = static_cast<const HttpServer*>(mg_get_user_data(mg_get_context(conn)));
+  while (!self->routed_.load(std::memory_order_acquire)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return 0;  // civetweb goes on to the handler
 }
 
 HttpServer::~HttpServer() {

@@ -6,6 +6,7 @@
 // (GET *, http://OTHER/) is a 400 naming the pages.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -47,6 +48,8 @@ class HttpServer {
   HttpServer(HttpServerOptions options, PrometheusExporter* exporter, Dashboard* dashboard)
       : options_(std::move(options)), exporter_(exporter), dashboard_(dashboard) {}
   static int HandleThunk(mg_connection* conn, void* self);
+  // civetweb's begin_request: holds a request that came before the handler was set.
+  static int WaitUntilRouted(mg_connection* conn);
   int Handle(mg_connection* conn);
   bool Authorized(mg_connection* conn) const;
 
@@ -55,6 +58,7 @@ class HttpServer {
   Dashboard* const dashboard_;
   mg_context* ctx_ = nullptr;
   int port_ = 0;
+  std::atomic<bool> routed_{false};  // the handler of "/" is set
 };
 
 }  // namespace moe::daemon
