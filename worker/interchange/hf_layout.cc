@@ -499,8 +499,8 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
   }
   if (moe_type && num("num_experts_per_tok", &k)) {
     if (k < 1 || k != std::floor(k) || k > s.experts) {
-      problems.push_back(absl::StrCat("num_experts_per_tok is ", k, " in config.json, not a whole number from 1 to its ",
-                                      s.experts, " experts: the config is inconsistent"));
+      problems.push_back(absl::StrCat("num_experts_per_tok is ", k, " in config.json, not a whole number from 1 ",
+                                      "to its ", s.experts, " experts: the config is inconsistent"));
     } else if (k != s.top_k) {
       notes->push_back(absl::StrCat("the checkpoint routed to num_experts_per_tok = ", k,
                                     " experts per token; this job uses model.moe.top_k = ", s.top_k));

@@ -66,8 +66,9 @@ const std::vector<float>& CpuDecoder::Step(int32_t token) {
     float* q = qkv_.data();
     float* k = q + static_cast<size_t>(H) * hd;
     float* v = k + static_cast<size_t>(Hkv) * hd;
-    if (cfg_.qk_norm) kernels::QkNormForward(qkv_.data(), rstd_.data(), nullptr, bw.q_norm, bw.k_norm, 1, H, Hkv, hd,
-                                                   cfg_.norm_eps);
+    if (cfg_.qk_norm) {
+      kernels::QkNormForward(qkv_.data(), rstd_.data(), nullptr, bw.q_norm, bw.k_norm, 1, H, Hkv, hd, cfg_.norm_eps);
+    }
     for (int h = 0; h < H; ++h) RotateHead(q + static_cast<size_t>(h) * hd, cos, sin, hd);
     for (int h = 0; h < Hkv; ++h) RotateHead(k + static_cast<size_t>(h) * hd, cos, sin, hd);
     const size_t row = static_cast<size_t>(Hkv) * hd;
