@@ -159,7 +159,7 @@ void Describe(const std::string& file, v1::JobSpec spec) {
       m.d_model(), m.n_layers(), m.n_heads(), m.n_kv_heads(), m.d_model() / m.n_heads(),
       m.seq_len(), vocab.c_str(), m.tie_embeddings() ? "tied" : "untied", Shortest(m.dropout()).c_str(),
       Shortest(m.attention().rope_theta() > 0 ? m.attention().rope_theta() : 10000.0).c_str(),
-      Shortest(m.norm_eps() > 0 ? m.norm_eps() : 1e-5).c_str());
+      Shortest(NormEps(m)).c_str());
   if (e.num_experts() == 1) {
     std::printf("  experts      dense (1 expert, hidden %d), replicated on every rank\n",
                 e.expert_hidden());

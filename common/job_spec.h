@@ -82,6 +82,10 @@ absl::StatusOr<moe::v1::JobSpec> LoadJobSpec(const std::string& path);
 
 // How many of a text's or shard set's n tokens form the training split (the first ones; the rest
 // are validation) at data.val_fraction: the worker's split, and validate's bound on it.
+// model.norm_eps as the model uses it: a spec that leaves it 0 (one sent over gRPC, or stored before
+// the key existed) gets MODEL.md's 1e-5.
+inline double NormEps(const moe::v1::ModelSpec& m) { return m.norm_eps() > 0 ? m.norm_eps() : 1e-5; }
+
 inline size_t TrainSplitTokens(size_t n, double val_fraction) {
   const auto train = static_cast<size_t>(static_cast<double>(n) * (1.0 - val_fraction));
   return train < n ? train : n;

@@ -3,7 +3,8 @@
 
 namespace moe::kernels {
 
-// MODEL.md's epsilon, the default of model.norm_eps (ModelConfig::norm_eps).
+// MODEL.md's epsilon, model.norm_eps's default (the model takes its eps from NormEps in
+// common/job_spec.h).
 constexpr float kRmsNormEps = 1e-5f;
 
 // out (n, d), rstd (n) saved for backward ; inp (n, d), weight (d).

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/job_spec.h"
 #include "common/number_text.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -109,7 +110,7 @@ HfShape HfShape::FromSpec(const moe::v1::JobSpec& spec, int vocab) {
   s.seq_len = m.seq_len();
   s.aux_coef = s.experts > 1 ? m.moe().aux_loss_coef() : 0;
   s.rope_theta = m.attention().rope_theta() > 0 ? m.attention().rope_theta() : 10000;
-  s.norm_eps = m.norm_eps() > 0 ? m.norm_eps() : 1e-5;
+  s.norm_eps = NormEps(m);
   s.qk_norm = m.attention().qk_norm();
   s.unrepresentable = HfUnrepresentable(spec);
   s.ours = OurTensorShapes(s);
@@ -408,6 +409,11 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
     return it == f.end() || it->second.kind_case() == google::protobuf::Value::kNullValue;
   };
   std::vector<std::string> problems;
+  auto as_json = [](const google::protobuf::Value& v) {
+    std::string shown;
+    (void)google::protobuf::util::MessageToJsonString(v, &shown);
+    return shown;
+  };
   // A key given with the wrong kind of value ("hidden_size": "32", "rms_norm_eps": "x",
   // "tie_word_embeddings": "yes") is named as such, not taken as absent or as its default.
   auto wrong_kind = [&](const char* key, google::protobuf::Value::KindCase want, const char* what) {
@@ -416,9 +422,7 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
         it->second.kind_case() == want) {
       return;
     }
-    std::string shown;
-    (void)google::protobuf::util::MessageToJsonString(it->second, &shown);
-    problems.push_back(absl::StrCat(key, " is ", shown, " in config.json, not ", what));
+    problems.push_back(absl::StrCat(key, " is ", as_json(it->second), " in config.json, not ", what));
   };
   for (const char* key : {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                           "num_key_value_heads", "head_dim", "intermediate_size", "moe_intermediate_size",
@@ -525,9 +529,7 @@ absl::Status CheckHfConfig(const std::string& json, const std::string& what, con
     auto rope_type = rf.find("rope_type");
     if (rope_type != rf.end() && rope_type->second.kind_case() != google::protobuf::Value::kNullValue &&
         !(rope_type->second.has_string_value() && rope_type->second.string_value() == "default")) {
-      std::string shown;
-      (void)google::protobuf::util::MessageToJsonString(rope_type->second, &shown);
-      problems.push_back(absl::StrCat("rope_parameters.rope_type is ", shown,
+      problems.push_back(absl::StrCat("rope_parameters.rope_type is ", as_json(rope_type->second),
                                       " in config.json; our RoPE is the default one, with no scaling"));
     }
   }

@@ -1,8 +1,8 @@
 // Our weights (MODEL.md names and layouts) <-> Hugging Face's Mixtral and Mistral tensors, and
-// the config.json that describes them. The math is the same (RMSNorm eps 1e-5, half-split RoPE as
-// HF's rotate_half, softmax router with renormalised top-k, SwiGLU w1/w3/w2, no biases, GQA with
-// query head h on kv head h / (H / H_kv)), so the conversion is renaming, splitting and
-// transposing, never arithmetic:
+// the config.json that describes them. The math is the same (RMSNorm eps model.norm_eps,
+// half-split RoPE as HF's rotate_half, softmax router with renormalised top-k, SwiGLU
+// w1/w3/w2, no biases, GQA with query head h on kv head h / (H / H_kv)), so the conversion is
+// renaming, splitting and transposing, never arithmetic:
 //   wte.weight (V, D)                      -> model.embed_tokens.weight (V, D)
 //   blocks.i.attn_norm.weight (D)          -> model.layers.i.input_layernorm.weight
 //   blocks.i.attn.wqkv.weight ((H+2Hkv)hd, D), rows q heads | k heads | v heads

@@ -1,6 +1,6 @@
 #include "worker/model/model_config.h"
 
-#include "kernels/rmsnorm.h"
+#include "common/job_spec.h"
 
 namespace moe {
 
@@ -20,7 +20,7 @@ ModelConfig ModelConfig::FromSpec(const moe::v1::JobSpec& spec, int vocab_size) 
   c.tied = m.tie_embeddings();
   c.dropout = static_cast<float>(m.dropout());
   c.rope_theta = m.attention().rope_theta() > 0 ? static_cast<float>(m.attention().rope_theta()) : 10000.f;
-  c.norm_eps = m.norm_eps() > 0 ? static_cast<float>(m.norm_eps()) : kernels::kRmsNormEps;
+  c.norm_eps = static_cast<float>(NormEps(m));
   c.capacity_factor = m.moe().capacity_factor();
   c.aux_coef = c.experts > 1 ? m.moe().aux_loss_coef() : 0;
   c.z_coef = c.experts > 1 ? m.moe().z_loss_coef() : 0;

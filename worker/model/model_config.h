@@ -19,7 +19,7 @@ struct ModelConfig {
   bool tied = true;     // LM head shares wte
   float dropout = 0.f;
   float rope_theta = 10000.f;  // RoPE base (model.attention.rope_theta)
-  float norm_eps = 1e-5f;      // RMSNorm's epsilon (model.norm_eps; kernels::kRmsNormEps by default)
+  float norm_eps = 1e-5f;      // RMSNorm's epsilon (model.norm_eps; NormEps in common/job_spec.h)
   double capacity_factor = 0;  // 0 = dropless
   double aux_coef = 0;
   double z_coef = 0;
